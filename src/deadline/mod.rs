@@ -1,0 +1,237 @@
+//! Timeout budgets: a [`Deadline`] that travels with the request.
+//!
+//! A deadline is an absolute point in time (a `tokio::time::Instant`). Inside
+//! the process it travels two ways at once:
+//!
+//! - in the request itself, for request types that implement [`HasDeadline`]
+//!   (`http::Request` keeps it in its extensions, so an axum handler can take
+//!   `Extension<Deadline>`), and
+//! - in a task-local for the duration of the call, so every layer below and the
+//!   handler itself can read it with [`current()`] whatever the request type.
+//!
+//! On the wire it travels as a *relative* timeout (no clock skew between hosts).
+//!
+//! # Example
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() {
+//! use std::time::Duration;
+//! use seawall::deadline::Deadline;
+//!
+//! let deadline = Deadline::after(Duration::from_millis(300));
+//! tokio::time::sleep(Duration::from_millis(100)).await;
+//! assert_eq!(deadline.remaining(), Duration::from_millis(200));
+//! assert!(!deadline.is_expired());
+//! # }
+//! ```
+
+use std::fmt;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// An absolute deadline on tokio's clock.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Deadline(Instant);
+
+/// The longest budget a [`Deadline::after`] can express (about 30 years); longer
+/// budgets are clamped to it, so arithmetic on deadlines never overflows.
+pub const MAX_BUDGET: Duration = Duration::from_secs(30 * 365 * 24 * 3600);
+
+impl Deadline {
+    /// The deadline at `instant`.
+    #[inline]
+    pub const fn at(instant: Instant) -> Self {
+        Deadline(instant)
+    }
+
+    /// The deadline `budget` from now (clamped to [`MAX_BUDGET`]).
+    #[inline]
+    pub fn after(budget: Duration) -> Self {
+        Self::after_from(Instant::now(), budget)
+    }
+
+    /// The deadline `budget` after `now` (clamped to [`MAX_BUDGET`]).
+    #[inline]
+    pub fn after_from(now: Instant, budget: Duration) -> Self {
+        let budget = budget.min(MAX_BUDGET);
+        Deadline(
+            now.checked_add(budget)
+                .unwrap_or(now + MAX_BUDGET.min(Duration::from_secs(86_400))),
+        )
+    }
+
+    /// The instant of the deadline.
+    #[inline]
+    pub const fn instant(self) -> Instant {
+        self.0
+    }
+
+    /// Time left until the deadline, zero once it has passed.
+    #[inline]
+    pub fn remaining(self) -> Duration {
+        self.remaining_from(Instant::now())
+    }
+
+    /// Time left from `now` until the deadline, zero once it has passed.
+    #[inline]
+    pub fn remaining_from(self, now: Instant) -> Duration {
+        self.0.saturating_duration_since(now)
+    }
+
+    /// Whether the deadline has passed.
+    #[inline]
+    pub fn is_expired(self) -> bool {
+        self.0 <= Instant::now()
+    }
+
+    /// The earlier of two deadlines (merging keeps the earlier one).
+    #[inline]
+    pub fn min(self, other: Deadline) -> Deadline {
+        if other.0 < self.0 { other } else { self }
+    }
+
+    /// The earlier of `self` and `other`, if any.
+    #[inline]
+    pub fn min_opt(self, other: Option<Deadline>) -> Deadline {
+        match other {
+            Some(o) => self.min(o),
+            None => self,
+        }
+    }
+}
+
+impl fmt::Debug for Deadline {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Deadline")
+            .field(&format_args!("{:?} remaining", self.remaining()))
+            .finish()
+    }
+}
+
+tokio::task_local! {
+    static CURRENT: Deadline;
+}
+
+/// The deadline of the request being handled on this task, if a seawall layer
+/// set one for the call in progress (or [`scope`] did).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() {
+/// use std::time::Duration;
+/// use seawall::deadline::{self, Deadline};
+///
+/// assert!(deadline::current().is_none());
+/// let d = Deadline::after(Duration::from_secs(1));
+/// deadline::scope(d, async {
+///     assert_eq!(deadline::current(), Some(d));
+///     assert_eq!(deadline::remaining(), Some(Duration::from_secs(1)));
+/// })
+/// .await;
+/// # }
+/// ```
+#[inline]
+pub fn current() -> Option<Deadline> {
+    CURRENT.try_with(|d| *d).ok()
+}
+
+/// The time left in the current request's budget, if it has a deadline.
+#[inline]
+pub fn remaining() -> Option<Duration> {
+    current().map(Deadline::remaining)
+}
+
+/// Runs `fut` with `deadline` as the [`current()`] deadline.
+pub fn scope<F: std::future::Future>(deadline: Deadline, fut: F) -> Scoped<F> {
+    CURRENT.scope(deadline, fut)
+}
+
+/// Runs `f` with `deadline` as the [`current()`] deadline.
+pub fn sync_scope<R>(deadline: Deadline, f: impl FnOnce() -> R) -> R {
+    CURRENT.sync_scope(deadline, f)
+}
+
+/// A future running with a [`current()`] deadline; returned by [`scope`].
+pub type Scoped<F> = tokio::task::futures::TaskLocalFuture<Deadline, F>;
+
+/// A request that can carry its own [`Deadline`].
+///
+/// Both methods have defaults that carry nothing, so any request type can opt
+/// in with `impl HasDeadline for MyRequest {}`; the deadline then travels in
+/// the task-local only (see [`current()`]). `http::Request` (feature `http`) keeps it
+/// in its extensions, so it also crosses tasks (a `tower::buffer::Buffer`, a
+/// spawned handler) and axum handlers can extract it.
+pub trait HasDeadline {
+    /// The deadline the request carries, if any.
+    fn deadline(&self) -> Option<Deadline> {
+        None
+    }
+
+    /// Stores `deadline` in the request.
+    fn set_deadline(&mut self, deadline: Deadline) {
+        let _ = deadline;
+    }
+}
+
+macro_rules! carries_nothing {
+    ($($ty:ty),*) => {$(
+        /// Carries no deadline of its own (the task-local one applies).
+        impl HasDeadline for $ty {}
+    )*};
+}
+carries_nothing!(
+    (),
+    bool,
+    u8,
+    u16,
+    u32,
+    u64,
+    u128,
+    usize,
+    i8,
+    i16,
+    i32,
+    i64,
+    i128,
+    isize,
+    String,
+    &'static str
+);
+
+#[cfg(feature = "http")]
+impl<B> HasDeadline for http::Request<B> {
+    #[inline]
+    fn deadline(&self) -> Option<Deadline> {
+        self.extensions().get::<Deadline>().copied()
+    }
+
+    #[inline]
+    fn set_deadline(&mut self, deadline: Deadline) {
+        self.extensions_mut().insert(deadline);
+    }
+}
+
+#[cfg(feature = "tonic")]
+impl<T> HasDeadline for tonic::Request<T> {
+    #[inline]
+    fn deadline(&self) -> Option<Deadline> {
+        self.extensions().get::<Deadline>().copied()
+    }
+
+    #[inline]
+    fn set_deadline(&mut self, deadline: Deadline) {
+        self.extensions_mut().insert(deadline);
+    }
+}
+
+/// The deadline that applies to `req`: the earlier of the one it carries and
+/// the task-local [`current()`] one.
+#[inline]
+pub fn of<R: HasDeadline + ?Sized>(req: &R) -> Option<Deadline> {
+    match (req.deadline(), current()) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}

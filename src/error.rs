@@ -1,0 +1,438 @@
+//! The rejection marker types every seawall layer returns, and the one shared
+//! view over them.
+//!
+//! Layers fail with a [`BoxError`] (tower's convention). When a seawall layer
+//! refuses a request, the box holds one of the small marker types below. Each of
+//! them offers the same [`Rejection`] view: *what* happened ([`RejectionKind`]),
+//! *which* layer instance said no (its [`Name`]), and *when* to come back
+//! (`retry_after`), if the layer knows.
+//!
+//! [`rejection`] finds that view in any error, also when it is wrapped inside
+//! other errors (through [`Error::source`] chains), so the HTTP and gRPC mappings
+//! and the retry layer treat every rejection alike whatever order the layers were
+//! stacked in.
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use seawall::error::{rejection, CircuitOpen, RejectionKind};
+//! use seawall::BoxError;
+//!
+//! let err: BoxError = CircuitOpen::new("payments-breaker", Some(Duration::from_secs(3))).into();
+//! assert_eq!(err.to_string(), "circuit open (payments-breaker)");
+//!
+//! let view = rejection(&*err).expect("a seawall rejection");
+//! assert_eq!(view.kind(), RejectionKind::CircuitOpen);
+//! assert_eq!(view.name(), "payments-breaker");
+//! assert_eq!(view.retry_after(), Some(Duration::from_secs(3)));
+//! ```
+
+use std::error::Error;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use tower::BoxError;
+
+/// The name of one layer instance, such as `"payments-breaker"`.
+///
+/// It appears in every event the instance reports and in every rejection it
+/// returns. Cloning is cheap (a reference count).
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Name(Arc<str>);
+
+impl Name {
+    /// Creates a name.
+    pub fn new(name: impl Into<Arc<str>>) -> Self {
+        Name(name.into())
+    }
+
+    /// The name as a string slice.
+    #[inline]
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Name {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl fmt::Display for Name {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(&self.0)
+    }
+}
+
+impl From<&str> for Name {
+    fn from(s: &str) -> Self {
+        Name(Arc::from(s))
+    }
+}
+
+impl From<String> for Name {
+    fn from(s: String) -> Self {
+        Name(Arc::from(s))
+    }
+}
+
+impl From<&Name> for Name {
+    fn from(n: &Name) -> Self {
+        n.clone()
+    }
+}
+
+impl AsRef<str> for Name {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+/// What kind of rejection a seawall layer returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum RejectionKind {
+    /// The request's total budget ran out ([`DeadlineExceeded`]).
+    DeadlineExceeded,
+    /// One attempt ran longer than its per-attempt timeout while budget was
+    /// left ([`AttemptTimeout`]). Retryable.
+    AttemptTimeout,
+    /// A circuit breaker is open ([`CircuitOpen`]).
+    CircuitOpen,
+    /// A bulkhead had no free slot and no room (or time) to wait ([`BulkheadFull`]).
+    BulkheadFull,
+    /// A load shedder refused the request ([`Overloaded`]).
+    Overloaded,
+    /// A rate limiter refused the request ([`RateLimited`]).
+    RateLimited,
+    /// The retry budget was empty ([`RetryBudgetExhausted`]).
+    RetryBudgetExhausted,
+}
+
+impl RejectionKind {
+    /// A short, stable, lower-case label, used in metrics and logs
+    /// (`"deadline_exceeded"`, `"circuit_open"`, …).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            RejectionKind::DeadlineExceeded => "deadline_exceeded",
+            RejectionKind::AttemptTimeout => "attempt_timeout",
+            RejectionKind::CircuitOpen => "circuit_open",
+            RejectionKind::BulkheadFull => "bulkhead_full",
+            RejectionKind::Overloaded => "overloaded",
+            RejectionKind::RateLimited => "rate_limited",
+            RejectionKind::RetryBudgetExhausted => "retry_budget_exhausted",
+        }
+    }
+
+    /// Every kind, in declaration order.
+    pub const ALL: [RejectionKind; 7] = [
+        RejectionKind::DeadlineExceeded,
+        RejectionKind::AttemptTimeout,
+        RejectionKind::CircuitOpen,
+        RejectionKind::BulkheadFull,
+        RejectionKind::Overloaded,
+        RejectionKind::RateLimited,
+        RejectionKind::RetryBudgetExhausted,
+    ];
+}
+
+impl fmt::Display for RejectionKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+/// The shared view of a seawall rejection: kind, layer instance name and, when
+/// the layer knows it, how long to wait before trying again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rejection<'a> {
+    kind: RejectionKind,
+    name: &'a str,
+    retry_after: Option<Duration>,
+}
+
+impl<'a> Rejection<'a> {
+    /// What happened.
+    #[inline]
+    pub fn kind(&self) -> RejectionKind {
+        self.kind
+    }
+
+    /// The name of the layer instance that rejected the request.
+    #[inline]
+    pub fn name(&self) -> &'a str {
+        self.name
+    }
+
+    /// How long the caller should wait before trying again, if known.
+    #[inline]
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.retry_after
+    }
+}
+
+/// Implemented by every seawall rejection marker.
+pub trait Reject: Error + Send + Sync + 'static {
+    /// The shared view of this rejection.
+    fn rejection(&self) -> Rejection<'_>;
+}
+
+macro_rules! marker {
+    (
+        $(#[$meta:meta])*
+        $ty:ident, $kind:ident, $msg:literal, retry_after
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, PartialEq, Eq)]
+        pub struct $ty {
+            name: Name,
+            retry_after: Option<Duration>,
+        }
+
+        impl $ty {
+            /// Creates the rejection for the layer instance `name`.
+            pub fn new(name: impl Into<Name>, retry_after: Option<Duration>) -> Self {
+                $ty { name: name.into(), retry_after }
+            }
+
+            /// The name of the layer instance that rejected the request.
+            pub fn name(&self) -> &str {
+                self.name.as_str()
+            }
+
+            /// How long the caller should wait before trying again, if known.
+            pub fn retry_after(&self) -> Option<Duration> {
+                self.retry_after
+            }
+        }
+
+        marker!(@common $ty, $kind, $msg);
+    };
+    (
+        $(#[$meta:meta])*
+        $ty:ident, $kind:ident, $msg:literal
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, PartialEq, Eq)]
+        pub struct $ty {
+            name: Name,
+        }
+
+        impl $ty {
+            /// Creates the rejection for the layer instance `name`.
+            pub fn new(name: impl Into<Name>) -> Self {
+                $ty { name: name.into() }
+            }
+
+            /// The name of the layer instance that rejected the request.
+            pub fn name(&self) -> &str {
+                self.name.as_str()
+            }
+        }
+
+        marker!(@common $ty, $kind, $msg);
+    };
+    (@common $ty:ident, $kind:ident, $msg:literal) => {
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                if self.name.as_str().is_empty() {
+                    f.pad($msg)
+                } else {
+                    write!(f, concat!($msg, " ({})"), self.name)
+                }
+            }
+        }
+
+        impl Error for $ty {}
+
+        impl Reject for $ty {
+            fn rejection(&self) -> Rejection<'_> {
+                Rejection {
+                    kind: RejectionKind::$kind,
+                    name: self.name.as_str(),
+                    retry_after: self.retry_after_opt(),
+                }
+            }
+        }
+    };
+}
+
+marker!(
+    /// The request's total time budget ran out, or had already run out when it
+    /// arrived. Maps to HTTP 504 and gRPC `DEADLINE_EXCEEDED`. Never retried by
+    /// seawall's retry layer: no budget is left to retry with.
+    DeadlineExceeded, DeadlineExceeded, "deadline exceeded"
+);
+marker!(
+    /// One attempt exceeded its per-attempt timeout while the request still had
+    /// budget left. Retryable; counted as a failure by a circuit breaker above.
+    /// Maps to HTTP 504 and gRPC `DEADLINE_EXCEEDED`.
+    AttemptTimeout, AttemptTimeout, "attempt timed out"
+);
+marker!(
+    /// A circuit breaker is open and refused the request without calling the
+    /// service. `retry_after` is the time until the breaker lets probes
+    /// through again (none while forced open). Maps to HTTP 503 and gRPC
+    /// `UNAVAILABLE`.
+    CircuitOpen, CircuitOpen, "circuit open", retry_after
+);
+marker!(
+    /// A bulkhead had every slot busy and no room, or no time, to wait.
+    /// Maps to HTTP 503 and gRPC `UNAVAILABLE`.
+    BulkheadFull, BulkheadFull, "bulkhead full", retry_after
+);
+marker!(
+    /// A load shedder refused the request to protect the service (adaptive
+    /// limit reached, request shed by priority, or its deadline could not be
+    /// met). Maps to HTTP 503 and gRPC `UNAVAILABLE`.
+    Overloaded, Overloaded, "overloaded", retry_after
+);
+marker!(
+    /// A rate limiter refused the request. `retry_after` is the exact wait until
+    /// the request would conform. Maps to HTTP 429 and gRPC `RESOURCE_EXHAUSTED`.
+    RateLimited, RateLimited, "rate limited", retry_after
+);
+marker!(
+    /// The retry budget was empty, so a failed request was not retried.
+    RetryBudgetExhausted, RetryBudgetExhausted, "retry budget exhausted"
+);
+
+trait RetryAfterOpt {
+    fn retry_after_opt(&self) -> Option<Duration>;
+}
+
+macro_rules! no_retry_after {
+    ($($ty:ident),*) => {$(
+        impl RetryAfterOpt for $ty {
+            fn retry_after_opt(&self) -> Option<Duration> { None }
+        }
+    )*};
+}
+macro_rules! with_retry_after {
+    ($($ty:ident),*) => {$(
+        impl RetryAfterOpt for $ty {
+            fn retry_after_opt(&self) -> Option<Duration> { self.retry_after }
+        }
+    )*};
+}
+no_retry_after!(DeadlineExceeded, AttemptTimeout, RetryBudgetExhausted);
+with_retry_after!(CircuitOpen, BulkheadFull, Overloaded, RateLimited);
+
+/// Finds the seawall rejection in `err`, looking at `err` itself and then down
+/// its [`Error::source`] chain. Returns `None` for errors that are not seawall
+/// rejections.
+///
+/// ```
+/// use seawall::error::{rejection, RateLimited, RejectionKind};
+/// use seawall::BoxError;
+///
+/// #[derive(Debug)]
+/// struct Wrapper(BoxError);
+/// impl std::fmt::Display for Wrapper {
+///     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result { f.write_str("wrapped") }
+/// }
+/// impl std::error::Error for Wrapper {
+///     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> { Some(&*self.0) }
+/// }
+///
+/// let err: BoxError = Box::new(Wrapper(RateLimited::new("api", None).into()));
+/// assert_eq!(rejection(&*err).unwrap().kind(), RejectionKind::RateLimited);
+/// ```
+pub fn rejection<'a>(err: &'a (dyn Error + 'static)) -> Option<Rejection<'a>> {
+    let mut cur: Option<&'a (dyn Error + 'static)> = Some(err);
+    while let Some(e) = cur {
+        if let Some(r) = view(e) {
+            return Some(r);
+        }
+        cur = e.source();
+    }
+    None
+}
+
+fn view<'a>(e: &'a (dyn Error + 'static)) -> Option<Rejection<'a>> {
+    macro_rules! try_all {
+        ($($ty:ident),*) => {$(
+            if let Some(r) = e.downcast_ref::<$ty>() {
+                return Some(r.rejection());
+            }
+        )*};
+    }
+    try_all!(
+        DeadlineExceeded,
+        AttemptTimeout,
+        CircuitOpen,
+        BulkheadFull,
+        Overloaded,
+        RateLimited,
+        RetryBudgetExhausted
+    );
+    None
+}
+
+/// Finds the seawall rejection in a [`BoxError`]; shorthand for
+/// [`rejection`]`(&*err)`.
+pub fn rejection_of(err: &BoxError) -> Option<Rejection<'_>> {
+    rejection(&**err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct Outer(BoxError);
+    impl fmt::Display for Outer {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("outer")
+        }
+    }
+    impl Error for Outer {
+        fn source(&self) -> Option<&(dyn Error + 'static)> {
+            Some(&*self.0)
+        }
+    }
+
+    #[test]
+    fn display_is_short_and_names_the_instance() {
+        assert_eq!(
+            DeadlineExceeded::new("api").to_string(),
+            "deadline exceeded (api)"
+        );
+        assert_eq!(DeadlineExceeded::new("").to_string(), "deadline exceeded");
+        assert_eq!(
+            BulkheadFull::new("db", None).to_string(),
+            "bulkhead full (db)"
+        );
+        assert_eq!(
+            RetryBudgetExhausted::new("r").to_string(),
+            "retry budget exhausted (r)"
+        );
+    }
+
+    #[test]
+    fn view_found_through_source_chain() {
+        let inner: BoxError = Overloaded::new("shed", Some(Duration::from_millis(250))).into();
+        let err: BoxError = Box::new(Outer(Box::new(Outer(inner))));
+        let r = rejection_of(&err).unwrap();
+        assert_eq!(r.kind(), RejectionKind::Overloaded);
+        assert_eq!(r.name(), "shed");
+        assert_eq!(r.retry_after(), Some(Duration::from_millis(250)));
+    }
+
+    #[test]
+    fn non_seawall_errors_have_no_view() {
+        let err: BoxError = "boom".into();
+        assert!(rejection_of(&err).is_none());
+    }
+
+    #[test]
+    fn every_kind_has_a_distinct_label() {
+        let mut labels: Vec<_> = RejectionKind::ALL.iter().map(|k| k.as_str()).collect();
+        labels.sort();
+        labels.dedup();
+        assert_eq!(labels.len(), RejectionKind::ALL.len());
+    }
+}

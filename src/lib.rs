@@ -1,0 +1,39 @@
+//! seawall: composable tower middleware that keeps services standing when
+//! traffic surges and dependencies fail.
+//!
+//! (crate docs are completed as layers land)
+#![forbid(unsafe_code)]
+#![warn(
+    missing_docs,
+    missing_debug_implementations,
+    unreachable_pub,
+    rust_2018_idioms
+)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub mod classify;
+pub mod clock;
+pub mod deadline;
+pub mod error;
+pub mod observe;
+
+#[cfg(feature = "bulkhead")]
+pub mod bulkhead;
+#[cfg(feature = "chaos")]
+pub mod chaos;
+#[cfg(feature = "circuit-breaker")]
+pub mod circuit_breaker;
+#[cfg(feature = "tonic")]
+pub mod grpc;
+#[cfg(feature = "http")]
+pub mod http;
+#[cfg(feature = "rate-limit")]
+pub mod rate_limit;
+#[cfg(feature = "retry")]
+pub mod retry;
+#[cfg(feature = "shed")]
+pub mod shed;
+
+pub use crate::deadline::{Deadline, HasDeadline};
+pub use crate::error::{BoxError, Name, Rejection, RejectionKind};
+pub use crate::observe::{Event, EventKind, Hook, Observer};

@@ -1,0 +1,294 @@
+use std::fmt;
+use std::time::Duration;
+
+use crate::error::RejectionKind;
+
+/// Which kind of seawall layer reported an event. A low-cardinality label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum LayerKind {
+    /// [`DeadlineLayer`](crate::deadline) (total budget) and header ingress.
+    Deadline,
+    /// The per-attempt timeout layer.
+    AttemptTimeout,
+    /// The retry layer.
+    Retry,
+    /// The circuit breaker.
+    CircuitBreaker,
+    /// The bulkhead.
+    Bulkhead,
+    /// The adaptive concurrency limit (load shedding).
+    AdaptiveLimit,
+    /// Client-side adaptive throttling.
+    Throttle,
+    /// The rate limiter.
+    RateLimit,
+    /// Fault injection.
+    Chaos,
+}
+
+impl LayerKind {
+    /// A short, stable, lower-case label (`"circuit_breaker"`, …).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            LayerKind::Deadline => "deadline",
+            LayerKind::AttemptTimeout => "attempt_timeout",
+            LayerKind::Retry => "retry",
+            LayerKind::CircuitBreaker => "circuit_breaker",
+            LayerKind::Bulkhead => "bulkhead",
+            LayerKind::AdaptiveLimit => "adaptive_limit",
+            LayerKind::Throttle => "throttle",
+            LayerKind::RateLimit => "rate_limit",
+            LayerKind::Chaos => "chaos",
+        }
+    }
+}
+
+impl fmt::Display for LayerKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+/// How a call through a layer ended, as the layer's classifier saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Outcome {
+    /// The call succeeded.
+    Success,
+    /// The call failed.
+    Failure,
+}
+
+impl Outcome {
+    /// `"success"` or `"failure"`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::Failure => "failure",
+        }
+    }
+
+    /// `true` for [`Outcome::Success`].
+    pub const fn is_success(self) -> bool {
+        matches!(self, Outcome::Success)
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+/// The state of a stateful layer (circuit breaker states; also used by a
+/// backend that can be healthy or degraded).
+///
+/// The metrics adapter keeps one gauge per state and sets exactly one of
+/// them to 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum State {
+    /// Calls flow; outcomes are recorded.
+    Closed,
+    /// Calls are rejected until the open time has passed.
+    Open,
+    /// A limited number of probe calls are let through.
+    HalfOpen,
+    /// Held open by an operator: every call is rejected.
+    ForcedOpen,
+    /// Always closed; nothing is recorded.
+    Disabled,
+    /// Records outcomes and reports transitions, but never rejects.
+    MetricsOnly,
+    /// A backend (such as the Redis limiter) answers normally.
+    Healthy,
+    /// A backend failed; the layer follows its failure policy.
+    Degraded,
+}
+
+impl State {
+    /// A short, stable, lower-case label (`"half_open"`, …).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            State::Closed => "closed",
+            State::Open => "open",
+            State::HalfOpen => "half_open",
+            State::ForcedOpen => "forced_open",
+            State::Disabled => "disabled",
+            State::MetricsOnly => "metrics_only",
+            State::Healthy => "healthy",
+            State::Degraded => "degraded",
+        }
+    }
+
+    /// The states a layer of `kind` can be in (the set the state gauge covers).
+    pub const fn all_for(kind: LayerKind) -> &'static [State] {
+        match kind {
+            LayerKind::CircuitBreaker => &[
+                State::Closed,
+                State::Open,
+                State::HalfOpen,
+                State::ForcedOpen,
+                State::Disabled,
+                State::MetricsOnly,
+            ],
+            _ => &[State::Healthy, State::Degraded],
+        }
+    }
+}
+
+impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+/// Why a retry layer stopped retrying a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum GiveUpReason {
+    /// The attempt limit was reached.
+    MaxAttempts,
+    /// The retry budget was empty.
+    BudgetExhausted,
+    /// The next attempt would not fit the request's deadline.
+    Deadline,
+    /// The server asked for a wait longer than allowed, or said not to retry.
+    Pushback,
+    /// The outcome is not retryable (or the request is not safe to retry).
+    NotRetryable,
+    /// The request could not be replayed (body too large to buffer, or not cloneable).
+    NotReplayable,
+}
+
+impl GiveUpReason {
+    /// A short, stable, lower-case label.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            GiveUpReason::MaxAttempts => "max_attempts",
+            GiveUpReason::BudgetExhausted => "budget_exhausted",
+            GiveUpReason::Deadline => "deadline",
+            GiveUpReason::Pushback => "pushback",
+            GiveUpReason::NotRetryable => "not_retryable",
+            GiveUpReason::NotReplayable => "not_replayable",
+        }
+    }
+}
+
+impl fmt::Display for GiveUpReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+/// What happened. Every variant is plain data (`Copy`, no allocation).
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
+pub enum EventKind {
+    /// A call was admitted and handed to the inner service.
+    CallStarted,
+    /// A call finished.
+    CallFinished {
+        /// Success or failure, as classified by the layer.
+        outcome: Outcome,
+        /// Time from admission to completion.
+        latency: Duration,
+    },
+    /// The layer refused a request.
+    Rejected {
+        /// The rejection kind returned to the caller.
+        reason: RejectionKind,
+        /// A finer, low-cardinality detail (`"queue_full"`, `"expired_on_arrival"`, …),
+        /// or `""`.
+        detail: &'static str,
+        /// The wait the rejection advertises, if any.
+        retry_after: Option<Duration>,
+    },
+    /// A stateful layer changed state.
+    StateChanged {
+        /// The state left.
+        from: State,
+        /// The state entered.
+        to: State,
+        /// The failure rate (0..=1) that caused the change, if it applies.
+        failure_rate: Option<f64>,
+        /// The slow-call rate (0..=1) that caused the change, if it applies.
+        slow_call_rate: Option<f64>,
+    },
+    /// A retry was scheduled.
+    RetryScheduled {
+        /// The number of the attempt that will be made (2 for the first retry).
+        attempt: u32,
+        /// The backoff slept before it.
+        delay: Duration,
+    },
+    /// The retry layer gave up on a request and returned its last outcome.
+    RetryGaveUp {
+        /// Attempts made in total.
+        attempts: u32,
+        /// Why it stopped.
+        reason: GiveUpReason,
+    },
+    /// A retry budget had no token for a retry.
+    BudgetExhausted,
+    /// An adaptive limit changed.
+    LimitChanged {
+        /// The previous limit.
+        from: usize,
+        /// The new limit.
+        to: usize,
+    },
+    /// Malformed, oversized or otherwise unusable input (a header, a key) was
+    /// ignored or rejected.
+    InputIgnored {
+        /// Which input (`"grpc-timeout"`, `"x-forwarded-for"`, …).
+        input: &'static str,
+        /// Why (`"malformed"`, `"too_large"`, …).
+        reason: &'static str,
+    },
+    /// A backend the layer depends on (such as Redis) failed or was slow.
+    BackendError {
+        /// Which backend (`"redis"`).
+        backend: &'static str,
+        /// A low-cardinality cause (`"timeout"`, `"connection"`, …).
+        cause: &'static str,
+    },
+}
+
+impl EventKind {
+    /// A short, stable, lower-case label for the variant.
+    pub const fn as_str(&self) -> &'static str {
+        match self {
+            EventKind::CallStarted => "call_started",
+            EventKind::CallFinished { .. } => "call_finished",
+            EventKind::Rejected { .. } => "rejected",
+            EventKind::StateChanged { .. } => "state_changed",
+            EventKind::RetryScheduled { .. } => "retry_scheduled",
+            EventKind::RetryGaveUp { .. } => "retry_gave_up",
+            EventKind::BudgetExhausted => "budget_exhausted",
+            EventKind::LimitChanged { .. } => "limit_changed",
+            EventKind::InputIgnored { .. } => "input_ignored",
+            EventKind::BackendError { .. } => "backend_error",
+        }
+    }
+}
+
+/// One event reported by a layer instance: which kind of layer, its instance
+/// name, and what happened. Borrowed: hooks that keep events copy what they need.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Event<'a> {
+    /// The kind of layer that reported it.
+    pub layer: LayerKind,
+    /// The layer instance's name.
+    pub name: &'a str,
+    /// What happened.
+    pub kind: EventKind,
+}
+
+impl<'a> Event<'a> {
+    /// Creates an event.
+    #[inline]
+    pub const fn new(layer: LayerKind, name: &'a str, kind: EventKind) -> Self {
+        Event { layer, name, kind }
+    }
+}

@@ -1,0 +1,207 @@
+//! The one metrics hook every seawall layer reports through.
+//!
+//! Every layer instance carries a [`Name`](crate::error::Name) and an
+//! [`Observer`]. When something happens — a call starts or finishes, a request is
+//! rejected, a breaker changes state, a retry is scheduled, a limit moves — the
+//! layer hands a borrowed [`Event`] to the observer's [`Hook`].
+//!
+//! Build one `Observer` and pass it to every layer builder: wire observability
+//! once, see every layer. The default observer is empty and costs one branch:
+//! no event is built, nothing is formatted or allocated.
+//!
+//! Hooks shipped here:
+//! - any closure `Fn(&Event<'_>)`;
+//! - [`TracingHook`]: `tracing` events with structured fields;
+//! - [`MetricsHook`] (feature `metrics`): the `metrics` facade, names below;
+//! - [`Recorder`]: keeps events in memory for tests and dashboards;
+//! - a pair `(A, B)` of hooks reports to both.
+//!
+//! # Example
+//!
+//! ```
+//! use seawall::observe::{Event, EventKind, LayerKind, Observer, Recorder};
+//!
+//! let recorder = Recorder::new();
+//! let observer = Observer::new(recorder.clone());
+//! // …pass `observer.clone()` to every layer builder…
+//! observer.emit(LayerKind::CircuitBreaker, "payments", EventKind::CallStarted);
+//!
+//! assert_eq!(recorder.count(|e| e.kind == EventKind::CallStarted), 1);
+//! assert_eq!(recorder.events()[0].name, "payments");
+//! ```
+//!
+//! # Metric names (feature `metrics`)
+//!
+//! [`MetricsHook`] reports through the [`metrics`](https://docs.rs/metrics) facade.
+//! Names follow OpenTelemetry (dot-separated; Prometheus exporters turn dots into
+//! underscores). Labels are low-cardinality: `layer` (the [`LayerKind`] label),
+//! `name` (the instance name), and `outcome` / `reason` / `state` where stated.
+//!
+//! | metric | type | labels |
+//! |---|---|---|
+//! | `seawall.calls` | counter | layer, name, outcome |
+//! | `seawall.call.duration` | histogram, seconds | layer, name, outcome |
+//! | `seawall.rejections` | counter | layer, name, reason |
+//! | `seawall.state` | gauge, exactly one state at 1 | layer, name, state |
+//! | `seawall.retries` | counter | layer, name |
+//! | `seawall.retry.delay` | histogram, seconds | layer, name |
+//! | `seawall.retry.gave_up` | counter | layer, name, reason |
+//! | `seawall.retry.budget_exhausted` | counter | layer, name |
+//! | `seawall.limit` | gauge | layer, name |
+//! | `seawall.input.ignored` | counter | layer, name, input, reason |
+//! | `seawall.backend.errors` | counter | layer, name, backend, reason |
+
+use std::fmt;
+use std::sync::Arc;
+
+mod event;
+#[cfg(feature = "metrics")]
+mod metrics;
+mod recorder;
+mod tracing;
+
+pub use self::event::{Event, EventKind, GiveUpReason, LayerKind, Outcome, State};
+#[cfg(feature = "metrics")]
+pub use self::metrics::MetricsHook;
+pub use self::recorder::{RecordedEvent, Recorder};
+pub use self::tracing::TracingHook;
+
+/// Receives every event of the layers built with it.
+///
+/// Implementations must be cheap and must not block: they run inline on the
+/// request path.
+pub trait Hook: Send + Sync + 'static {
+    /// Called for every event.
+    fn on_event(&self, event: &Event<'_>);
+}
+
+/// The no-op hook.
+impl Hook for () {
+    #[inline(always)]
+    fn on_event(&self, _event: &Event<'_>) {}
+}
+
+impl<F> Hook for F
+where
+    F: Fn(&Event<'_>) + Send + Sync + 'static,
+{
+    #[inline]
+    fn on_event(&self, event: &Event<'_>) {
+        self(event)
+    }
+}
+
+/// Both hooks receive every event, `A` first.
+impl<A: Hook, B: Hook> Hook for (A, B) {
+    #[inline]
+    fn on_event(&self, event: &Event<'_>) {
+        self.0.on_event(event);
+        self.1.on_event(event);
+    }
+}
+
+impl<H: Hook + ?Sized> Hook for Arc<H> {
+    #[inline]
+    fn on_event(&self, event: &Event<'_>) {
+        (**self).on_event(event)
+    }
+}
+
+/// A cheaply cloneable handle to a [`Hook`], given to layer builders.
+///
+/// `Observer::default()` listens to nothing; layers then skip building events
+/// altogether (see [`Observer::is_enabled`]).
+#[derive(Clone, Default)]
+pub struct Observer {
+    hook: Option<Arc<dyn Hook>>,
+}
+
+impl Observer {
+    /// An observer that reports to `hook`.
+    pub fn new<H: Hook>(hook: H) -> Self {
+        if std::any::TypeId::of::<H>() == std::any::TypeId::of::<()>() {
+            return Observer::none();
+        }
+        Observer {
+            hook: Some(Arc::new(hook)),
+        }
+    }
+
+    /// An observer that listens to nothing (the default).
+    pub const fn none() -> Self {
+        Observer { hook: None }
+    }
+
+    /// Whether a hook listens. Layers check this before doing work that only
+    /// serves events (such as reading the clock for a latency).
+    #[inline(always)]
+    pub fn is_enabled(&self) -> bool {
+        self.hook.is_some()
+    }
+
+    /// Reports an event, if a hook listens.
+    #[inline(always)]
+    pub fn emit(&self, layer: LayerKind, name: &str, kind: EventKind) {
+        if let Some(hook) = &self.hook {
+            hook.on_event(&Event::new(layer, name, kind));
+        }
+    }
+
+    /// Reports an event built only when a hook listens.
+    #[inline(always)]
+    pub fn emit_with(&self, layer: LayerKind, name: &str, kind: impl FnOnce() -> EventKind) {
+        if let Some(hook) = &self.hook {
+            hook.on_event(&Event::new(layer, name, kind()));
+        }
+    }
+}
+
+impl fmt::Debug for Observer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Observer")
+            .field("enabled", &self.is_enabled())
+            .finish()
+    }
+}
+
+impl<H: Hook> From<H> for Observer {
+    fn from(hook: H) -> Self {
+        Observer::new(hook)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn unit_hook_is_disabled() {
+        assert!(!Observer::new(()).is_enabled());
+        assert!(!Observer::default().is_enabled());
+    }
+
+    #[test]
+    fn closure_and_pair_receive_events() {
+        let n = Arc::new(AtomicUsize::new(0));
+        let n2 = n.clone();
+        let rec = Recorder::new();
+        let obs = Observer::new((
+            move |_: &Event<'_>| {
+                n2.fetch_add(1, Ordering::Relaxed);
+            },
+            rec.clone(),
+        ));
+        obs.emit(LayerKind::Retry, "r", EventKind::BudgetExhausted);
+        obs.emit_with(LayerKind::Retry, "r", || EventKind::LimitChanged {
+            from: 1,
+            to: 2,
+        });
+        assert_eq!(n.load(Ordering::Relaxed), 2);
+        assert_eq!(rec.len(), 2);
+        assert_eq!(
+            rec.events()[1].kind,
+            EventKind::LimitChanged { from: 1, to: 2 }
+        );
+    }
+}

@@ -1,0 +1,109 @@
+use super::{Event, EventKind, Hook, State};
+
+/// A [`Hook`] that turns events into `tracing` events with structured fields
+/// (`layer`, `name`, and the event's own fields), under the target `seawall`.
+///
+/// Levels: calls at `trace`; rejections, retries and ignored input at `debug`;
+/// state transitions at `info` (`warn` when a breaker opens or a backend
+/// degrades); limit changes at `debug`; an exhausted retry budget and backend
+/// errors at `warn`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TracingHook;
+
+impl TracingHook {
+    /// Creates the hook.
+    pub const fn new() -> Self {
+        TracingHook
+    }
+}
+
+impl Hook for TracingHook {
+    fn on_event(&self, e: &Event<'_>) {
+        let layer = e.layer.as_str();
+        let name = e.name;
+        match e.kind {
+            EventKind::CallStarted => {
+                tracing::trace!(target: "seawall", layer, name, "call started")
+            }
+            EventKind::CallFinished { outcome, latency } => tracing::trace!(
+                target: "seawall",
+                layer,
+                name,
+                outcome = outcome.as_str(),
+                latency_s = latency.as_secs_f64(),
+                "call finished"
+            ),
+            EventKind::Rejected {
+                reason,
+                detail,
+                retry_after,
+            } => tracing::debug!(
+                target: "seawall",
+                layer,
+                name,
+                reason = reason.as_str(),
+                detail,
+                retry_after_s = retry_after.map(|d| d.as_secs_f64()),
+                "request rejected"
+            ),
+            EventKind::StateChanged {
+                from,
+                to,
+                failure_rate,
+                slow_call_rate,
+            } => {
+                if matches!(to, State::Open | State::ForcedOpen | State::Degraded) {
+                    tracing::warn!(
+                        target: "seawall",
+                        layer,
+                        name,
+                        from = from.as_str(),
+                        to = to.as_str(),
+                        failure_rate,
+                        slow_call_rate,
+                        "state changed"
+                    )
+                } else {
+                    tracing::info!(
+                        target: "seawall",
+                        layer,
+                        name,
+                        from = from.as_str(),
+                        to = to.as_str(),
+                        failure_rate,
+                        slow_call_rate,
+                        "state changed"
+                    )
+                }
+            }
+            EventKind::RetryScheduled { attempt, delay } => tracing::debug!(
+                target: "seawall",
+                layer,
+                name,
+                attempt,
+                delay_s = delay.as_secs_f64(),
+                "retry scheduled"
+            ),
+            EventKind::RetryGaveUp { attempts, reason } => tracing::debug!(
+                target: "seawall",
+                layer,
+                name,
+                attempts,
+                reason = reason.as_str(),
+                "retry gave up"
+            ),
+            EventKind::BudgetExhausted => {
+                tracing::warn!(target: "seawall", layer, name, "retry budget exhausted")
+            }
+            EventKind::LimitChanged { from, to } => {
+                tracing::debug!(target: "seawall", layer, name, from, to, "limit changed")
+            }
+            EventKind::InputIgnored { input, reason } => {
+                tracing::debug!(target: "seawall", layer, name, input, reason, "input ignored")
+            }
+            EventKind::BackendError { backend, cause } => {
+                tracing::warn!(target: "seawall", layer, name, backend, cause, "backend error")
+            }
+        }
+    }
+}
