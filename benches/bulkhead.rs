@@ -1,0 +1,2 @@
+//! Placeholder: the bulkhead benches land with their layer.
+fn main() {}

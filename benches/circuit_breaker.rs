@@ -1,0 +1,2 @@
+//! Placeholder: the circuit_breaker benches land with their layer.
+fn main() {}

@@ -1,0 +1,2 @@
+//! Placeholder: the deadline benches land with their layer.
+fn main() {}

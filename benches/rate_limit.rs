@@ -1,0 +1,2 @@
+//! Placeholder: the rate_limit benches land with their layer.
+fn main() {}

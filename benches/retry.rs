@@ -1,0 +1,2 @@
+//! Placeholder: the retry benches land with their layer.
+fn main() {}

@@ -1,0 +1,2 @@
+//! Placeholder: the shed benches land with their layer.
+fn main() {}

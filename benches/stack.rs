@@ -1,0 +1,2 @@
+//! Placeholder: the stack benches land with their layer.
+fn main() {}
