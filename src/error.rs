@@ -321,6 +321,54 @@ macro_rules! with_retry_after {
 no_retry_after!(DeadlineExceeded, AttemptTimeout, RetryBudgetExhausted);
 with_retry_after!(CircuitOpen, BulkheadFull, Overloaded, RateLimited);
 
+/// A layer configuration that makes no sense (a zero window, a threshold
+/// outside `0..=1`, an attempt timeout above the total budget, …), returned by
+/// the builders when they are built.
+///
+/// ```
+/// use seawall::error::ConfigError;
+///
+/// let err = ConfigError::new("circuit_breaker", "failure_rate_threshold must be in 0..=1, got 1.5");
+/// assert_eq!(
+///     err.to_string(),
+///     "invalid circuit_breaker configuration: failure_rate_threshold must be in 0..=1, got 1.5"
+/// );
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    layer: &'static str,
+    message: std::borrow::Cow<'static, str>,
+}
+
+impl ConfigError {
+    /// Creates the error for a layer kind (`"retry"`, …) with a message that
+    /// names the setting, the rule and the value given.
+    pub fn new(layer: &'static str, message: impl Into<std::borrow::Cow<'static, str>>) -> Self {
+        ConfigError {
+            layer,
+            message: message.into(),
+        }
+    }
+
+    /// The layer kind whose configuration was refused.
+    pub fn layer(&self) -> &'static str {
+        self.layer
+    }
+
+    /// What was wrong.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid {} configuration: {}", self.layer, self.message)
+    }
+}
+
+impl Error for ConfigError {}
+
 /// Finds the seawall rejection in `err`, looking at `err` itself and then down
 /// its [`Error::source`] chain. Returns `None` for errors that are not seawall
 /// rejections.

@@ -35,5 +35,5 @@ pub mod retry;
 pub mod shed;
 
 pub use crate::deadline::{Deadline, HasDeadline};
-pub use crate::error::{BoxError, Name, Rejection, RejectionKind};
+pub use crate::error::{BoxError, ConfigError, Name, Rejection, RejectionKind};
 pub use crate::observe::{Event, EventKind, Hook, Observer};
