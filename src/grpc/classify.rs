@@ -52,10 +52,11 @@ const ALL_CODES: [Code; 17] = [
 /// - any other `Err` (transport errors, seawall rejections): a failure.
 ///
 /// **Limit:** a normal unary or streaming response sends its `grpc-status` in
-/// the *trailers*, after the body. This classifier looks at the response head
-/// only, so such a response counts as a success when it arrives, whatever code
-/// its trailers carry later. Errors a server raises before sending a message
-/// come trailers-only, and are classified.
+/// the *trailers*, after the body. Through [`Classify`] this classifier sees
+/// the response head only, so such a response counts as a success when it
+/// arrives, whatever code its trailers carry later. Errors a server raises
+/// before sending a message come trailers-only, and are classified; code that
+/// reads the trailers can use [`classify_trailers`](Self::classify_trailers).
 ///
 /// ```
 /// use seawall::classify::{Classify, Outcome};
@@ -111,13 +112,34 @@ impl GrpcStatusClassifier {
         self.failures & bit(code) != 0
     }
 
+    /// The outcome of a call that ended with `code`.
     #[inline]
-    fn outcome(&self, code: Code) -> Outcome {
+    pub const fn outcome(&self, code: Code) -> Outcome {
         if self.is_failure(code) {
             Outcome::Failure
         } else {
             Outcome::Success
         }
+    }
+
+    /// The outcome read from a call's trailers (or any header map carrying
+    /// `grpc-status`), for code that sees the trailers of a normal response;
+    /// `None` when there is no `grpc-status`. An unparseable code reads as
+    /// `UNKNOWN`.
+    ///
+    /// ```
+    /// use seawall::classify::Outcome;
+    /// use seawall::grpc::GrpcStatusClassifier;
+    ///
+    /// let mut trailers = http::HeaderMap::new();
+    /// trailers.insert("grpc-status", http::HeaderValue::from_static("4"));
+    /// assert_eq!(GrpcStatusClassifier::new().classify_trailers(&trailers), Some(Outcome::Failure));
+    /// assert_eq!(GrpcStatusClassifier::new().classify_trailers(&http::HeaderMap::new()), None);
+    /// ```
+    pub fn classify_trailers(&self, trailers: &http::HeaderMap) -> Option<Outcome> {
+        trailers
+            .get(Status::GRPC_STATUS)
+            .map(|v| self.outcome(Code::from_bytes(v.as_bytes())))
     }
 }
 

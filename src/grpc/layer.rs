@@ -6,8 +6,9 @@ use super::service::GrpcRejection;
 /// gRPC responses: HTTP 200, `content-type: application/grpc`, `grpc-status`,
 /// `grpc-message`, `grpc-retry-pushback-ms` when the rejection knows its wait,
 /// and an empty body. Clients then see the mapped code (`UNAVAILABLE`,
-/// `RESOURCE_EXHAUSTED`, `DEADLINE_EXCEEDED`) instead of a broken stream or
-/// `UNKNOWN`. The wrapped service never fails (its error type is
+/// `RESOURCE_EXHAUSTED`, `DEADLINE_EXCEEDED`) and the pushback. Without it, a
+/// tonic server resets the stream for an error that is not a `tonic::Status`,
+/// and clients see `INTERNAL` ("h2 protocol error"). The wrapped service never fails (its error type is
 /// [`Infallible`](std::convert::Infallible)).
 ///
 /// Put it **outside** the seawall layers it answers for. It holds no state.

@@ -27,7 +27,8 @@
 //! - [`status_for`] builds the `tonic::Status` (for handlers and clients).
 //! - [`GrpcRejectionLayer`] wraps a tonic server stack
 //!   (`Server::builder().layer(...)`) and answers rejections as trailers-only
-//!   gRPC responses, so clients see the code and the pushback, not `UNKNOWN`.
+//!   gRPC responses, so clients see the code and the pushback (without it,
+//!   tonic resets the stream and clients see `INTERNAL`).
 //! - [`GrpcStatusClassifier`] classifies calls for the circuit breaker, the
 //!   adaptive limit and the client throttle.
 //!

@@ -390,3 +390,26 @@ fn classifier_failure_codes_are_configurable() {
         "GrpcStatusClassifier { failure_codes: [Unknown, DeadlineExceeded, Aborted, Internal, Unavailable] }"
     );
 }
+
+#[tokio::test]
+async fn without_the_layer_clients_lose_the_code_and_pushback() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let incoming = tonic::transport::server::TcpIncoming::from(listener);
+    tokio::spawn(async move {
+        Server::builder()
+            .layer(tower::filter::FilterLayer::new(rejecting_filter))
+            .add_service(EchoServer)
+            .serve_with_incoming(incoming)
+            .await
+            .unwrap();
+    });
+    let channel = connect(addr).await;
+    let status = say(&channel, "hello", Some("circuit_open"))
+        .await
+        .unwrap_err();
+    // tonic resets the stream for a non-Status error: the client sees
+    // INTERNAL, neither UNAVAILABLE nor the pushback.
+    assert_eq!(status.code(), Code::Internal);
+    assert_eq!(pushback(&status), None);
+}
