@@ -13,6 +13,11 @@ use super::service::GrpcRejection;
 ///
 /// Put it **outside** the seawall layers it answers for. It holds no state.
 ///
+/// On the client side, put it outside the seawall layers that wrap a tonic
+/// `Channel` (and hand the stack to the generated client or
+/// `tonic::client::Grpc`): a rejection then reaches the caller as the mapped
+/// `Status`, pushback in its metadata, instead of `UNKNOWN`.
+///
 /// ```no_run
 /// use seawall::grpc::GrpcRejectionLayer;
 /// use tower::ServiceBuilder;

@@ -28,7 +28,9 @@
 //! - [`GrpcRejectionLayer`] wraps a tonic server stack
 //!   (`Server::builder().layer(...)`) and answers rejections as trailers-only
 //!   gRPC responses, so clients see the code and the pushback (without it,
-//!   tonic resets the stream and clients see `INTERNAL`).
+//!   tonic resets the stream and clients see `INTERNAL`). It works on the
+//!   client side too, around seawall layers wrapping a `Channel`: the tonic
+//!   client then returns the mapped `Status` instead of `UNKNOWN`.
 //! - [`GrpcStatusClassifier`] classifies calls for the circuit breaker, the
 //!   adaptive limit and the client throttle.
 //!

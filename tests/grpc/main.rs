@@ -413,3 +413,57 @@ async fn without_the_layer_clients_lose_the_code_and_pushback() {
     assert_eq!(status.code(), Code::Internal);
     assert_eq!(pushback(&status), None);
 }
+
+async fn call_through<S>(svc: S) -> Result<String, Status>
+where
+    S: tonic::client::GrpcService<Body>,
+    S::ResponseBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    <S::ResponseBody as http_body::Body>::Error: Into<BoxError>,
+{
+    let mut grpc = tonic::client::Grpc::new(svc);
+    grpc.ready()
+        .await
+        .map_err(|e| Status::unknown(e.into().to_string()))?;
+    grpc.unary(
+        tonic::Request::new(Echo {
+            text: "hi".to_owned(),
+        }),
+        PathAndQuery::from_static("/test.Echo/Say"),
+        ProstCodec::<Echo, Echo>::default(),
+    )
+    .await
+    .map(|r| r.into_inner().text)
+}
+
+/// Client side: seawall layers around a `Channel`. Under the layer, the tonic
+/// client sees the mapped code and pushback; without it, `UNKNOWN`.
+#[tokio::test]
+async fn client_side_layer_gives_tonic_clients_the_code() {
+    let addr = serve().await;
+    let channel = connect(addr).await;
+
+    // A stand-in for an open client-side breaker: rejects every call.
+    let open = |_req: http::Request<Body>| -> Result<http::Request<Body>, BoxError> {
+        Err(error_for("circuit_open"))
+    };
+
+    let with_layer = ServiceBuilder::new()
+        .layer(GrpcRejectionLayer::new())
+        .filter(open)
+        .service(channel.clone());
+    let status = call_through(with_layer).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable);
+    assert_eq!(status.message(), "circuit open");
+    assert_eq!(pushback(&status), Some("1400"));
+
+    let without = ServiceBuilder::new().filter(open).service(channel.clone());
+    let status = call_through(without).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unknown);
+    assert_eq!(pushback(&status), None);
+
+    // Calls that pass go through the layer unchanged.
+    let passing = ServiceBuilder::new()
+        .layer(GrpcRejectionLayer::new())
+        .service(channel);
+    assert_eq!(call_through(passing).await.unwrap(), "hi");
+}
