@@ -97,6 +97,30 @@ impl Fault {
     }
 }
 
+/// An outage window, `[start, end)` since the layer's creation, repeated
+/// every `period` when there is one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Window {
+    pub(crate) start: Duration,
+    pub(crate) end: Duration,
+    pub(crate) period: Option<Duration>,
+}
+
+impl Window {
+    pub(crate) fn contains(&self, at: Duration) -> bool {
+        if at < self.start {
+            return false;
+        }
+        match self.period {
+            None => at < self.end,
+            Some(period) => {
+                let into = (at - self.start).as_nanos() % period.as_nanos().max(1);
+                into < (self.end - self.start).as_nanos()
+            }
+        }
+    }
+}
+
 /// What happens to one call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Plan {
@@ -113,8 +137,8 @@ pub(crate) struct Faults {
     pub(crate) error_rate: f64,
     pub(crate) latency: Option<Latency>,
     pub(crate) latency_rate: f64,
-    /// Half-open windows `[start, end)` since the layer's creation.
-    pub(crate) outages: Vec<(Duration, Duration)>,
+    /// Outage windows.
+    pub(crate) outages: Vec<Window>,
 }
 
 impl Faults {
@@ -134,11 +158,7 @@ impl Faults {
             }
             _ => None,
         };
-        let fault = if self
-            .outages
-            .iter()
-            .any(|&(start, end)| start <= elapsed && elapsed < end)
-        {
+        let fault = if self.outages.iter().any(|w| w.contains(elapsed)) {
             Some(Fault::Outage)
         } else if error_draw < self.error_rate {
             Some(Fault::Error)
@@ -159,7 +179,11 @@ mod tests {
             error_rate,
             latency: None,
             latency_rate: 1.0,
-            outages: vec![(Duration::from_secs(10), Duration::from_secs(20))],
+            outages: vec![Window {
+                start: Duration::from_secs(10),
+                end: Duration::from_secs(20),
+                period: None,
+            }],
         }
     }
 
@@ -181,6 +205,22 @@ mod tests {
         assert_eq!(at(10_000), Some(Fault::Outage));
         assert_eq!(at(19_999), Some(Fault::Outage));
         assert_eq!(at(20_000), None);
+    }
+
+    #[test]
+    fn periodic_window_repeats() {
+        let w = Window {
+            start: Duration::from_secs(5),
+            end: Duration::from_secs(7),
+            period: Some(Duration::from_secs(10)),
+        };
+        let at = |ms| w.contains(Duration::from_millis(ms));
+        assert!(!at(0) && !at(4_999));
+        assert!(at(5_000) && at(6_999));
+        assert!(!at(7_000) && !at(14_999));
+        assert!(at(15_000) && at(16_999));
+        assert!(!at(17_000));
+        assert!(at(1_000_005_000));
     }
 
     #[test]

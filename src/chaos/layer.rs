@@ -9,7 +9,7 @@ use tokio::time::Instant;
 use tower_layer::Layer;
 
 use super::error::InjectedFault;
-use super::fault::{Fault, Faults, Latency, Plan};
+use super::fault::{Fault, Faults, Latency, Plan, Window};
 use super::service::Chaos;
 use crate::error::{BoxError, ConfigError, Name};
 
@@ -128,7 +128,7 @@ pub struct ChaosLayerBuilder {
     error_rate: f64,
     latency: Option<Latency>,
     latency_rate: Option<f64>,
-    outages: Vec<(Duration, Duration)>,
+    outages: Vec<Window>,
     error: Option<ErrorFn>,
 }
 
@@ -198,7 +198,25 @@ impl ChaosLayerBuilder {
     /// including) `end`, measured from the moment the layer is built, fails
     /// with [`Fault::Outage`]. Windows may overlap; at most 1024.
     pub fn outage(mut self, start: Duration, end: Duration) -> Self {
-        self.outages.push((start, end));
+        self.outages.push(Window {
+            start,
+            end,
+            period: None,
+        });
+        self
+    }
+
+    /// Adds a repeating outage: down for `length` every `period`, the first
+    /// time `first` after the layer is built (windows
+    /// `[first + k·period, first + k·period + length)` for k = 0, 1, 2, …).
+    /// `length` must be above zero and below `period`. Counts as one window
+    /// towards the limit of 1024.
+    pub fn periodic_outage(mut self, first: Duration, length: Duration, period: Duration) -> Self {
+        self.outages.push(Window {
+            start: first,
+            end: first.saturating_add(length),
+            period: Some(period),
+        });
         self
     }
 
@@ -208,7 +226,8 @@ impl ChaosLayerBuilder {
     /// Fails when a rate is outside `0..=1` (or not a number), a latency
     /// distribution is malformed (`Uniform` min above max, `Exponential` mean
     /// of zero or max below the mean), a window does not end after it starts,
-    /// or there are more than 1024 windows.
+    /// a periodic outage is not shorter than its period, or there are more
+    /// than 1024 windows.
     pub fn build(self) -> Result<ChaosLayer, ConfigError> {
         check_rate("error_rate", self.error_rate)?;
         if let Some(rate) = self.latency_rate {
@@ -226,11 +245,27 @@ impl ChaosLayerBuilder {
                 ),
             ));
         }
-        if let Some(&(start, end)) = self.outages.iter().find(|(s, e)| s >= e) {
-            return Err(ConfigError::new(
-                "chaos",
-                format!("an outage window must end after it starts, got {start:?}..{end:?}"),
-            ));
+        for w in &self.outages {
+            if w.start >= w.end {
+                return Err(ConfigError::new(
+                    "chaos",
+                    format!(
+                        "an outage window must end after it starts, got {:?}..{:?}",
+                        w.start, w.end
+                    ),
+                ));
+            }
+            if let Some(period) = w.period {
+                if w.end - w.start >= period {
+                    return Err(ConfigError::new(
+                        "chaos",
+                        format!(
+                            "a periodic outage must be shorter than its period, got length {:?} every {period:?}",
+                            w.end - w.start
+                        ),
+                    ));
+                }
+            }
         }
         let seed = match self.seed {
             Some(seed) => seed,

@@ -10,7 +10,8 @@
 //!   or the failure, is delayed by a [`Latency`]: fixed, uniform in a range,
 //!   or exponential with a cap;
 //! - **outages**: every call made inside an outage window (an interval of
-//!   time since the layer was built) fails with [`Fault::Outage`].
+//!   time since the layer was built, once or repeating) fails with
+//!   [`Fault::Outage`].
 //!
 //! The plan of call number *n* depends only on the seed and *n* (each call
 //! seeds its own `SmallRng` from both), so a test that makes calls in the

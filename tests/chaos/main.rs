@@ -282,6 +282,36 @@ async fn outage_window_boundaries_are_exact() {
     }
 }
 
+#[tokio::test(start_paused = true)]
+async fn periodic_outage_repeats_exactly() {
+    // Down 2 s every 10 s, starting 5 s after build.
+    let mut svc = ChaosLayer::builder()
+        .seed(1)
+        .periodic_outage(
+            Duration::from_secs(5),
+            Duration::from_secs(2),
+            Duration::from_secs(10),
+        )
+        .build()
+        .unwrap()
+        .layer(echo());
+    // One call every 500 ms for 60 s: 121 calls.
+    let mut failed_at = Vec::new();
+    for i in 0..=120u32 {
+        if svc.ready().await.unwrap().call(i).await.is_err() {
+            failed_at.push(i * 500);
+        }
+        tokio::time::advance(Duration::from_millis(500)).await;
+    }
+    // Calls at 5.0, 5.5, 6.0, 6.5 s of every 10 s from 5 s on: 4 per period, 6 periods.
+    assert_eq!(failed_at.len(), 24);
+    assert_eq!(
+        &failed_at[..8],
+        &[5000, 5500, 6000, 6500, 15000, 15500, 16000, 16500]
+    );
+    assert_eq!(failed_at.last(), Some(&56500));
+}
+
 #[test]
 fn builder_refuses_nonsense() {
     let msg = |r: Result<ChaosLayer, seawall::ConfigError>| r.unwrap_err().to_string();
@@ -325,6 +355,16 @@ fn builder_refuses_nonsense() {
             .build()),
         "invalid chaos configuration: an outage window must end after it starts, got 5s..5s"
     );
+    assert_eq!(
+        msg(ChaosLayer::builder()
+            .periodic_outage(
+                Duration::ZERO,
+                Duration::from_secs(10),
+                Duration::from_secs(10)
+            )
+            .build()),
+        "invalid chaos configuration: a periodic outage must be shorter than its period, got length 10s every 10s"
+    );
     let mut many = ChaosLayer::builder();
     for i in 0..1025u64 {
         many = many.outage(Duration::from_secs(i), Duration::from_secs(i + 1));
@@ -337,4 +377,46 @@ fn builder_refuses_nonsense() {
             .build()
             .is_ok()
     );
+}
+
+/// Chaos under the HTTP rejection layer: injected `Overloaded` rejections
+/// become 503s with `Retry-After`, the same calls as the plain error test.
+#[cfg(feature = "http")]
+#[tokio::test(start_paused = true)]
+async fn injected_rejections_become_http_answers() {
+    use seawall::error::Overloaded;
+    use seawall::http::RejectionResponseLayer;
+
+    let chaos = ChaosLayer::builder()
+        .seed(42)
+        .error_rate(0.3)
+        .error(|_| Overloaded::new("shed", Some(Duration::from_millis(250))).into())
+        .build()
+        .unwrap();
+    let mut svc = tower::ServiceBuilder::new()
+        .layer(RejectionResponseLayer::new())
+        .layer(chaos)
+        .service_fn(|_req: http::Request<()>| async {
+            Ok::<_, BoxError>(http::Response::new(String::from("ok")))
+        });
+    let (mut ok, mut unavailable) = (0, 0);
+    for _ in 0..1000 {
+        let res = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(http::Request::new(()))
+            .await
+            .unwrap();
+        match res.status().as_u16() {
+            200 => ok += 1,
+            503 => {
+                assert_eq!(res.headers()["retry-after"], "1");
+                assert_eq!(res.body(), "overloaded");
+                unavailable += 1;
+            }
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert_eq!((ok, unavailable), (674, 326));
 }
