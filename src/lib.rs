@@ -37,3 +37,10 @@ pub mod shed;
 pub use crate::deadline::{Deadline, HasDeadline};
 pub use crate::error::{BoxError, ConfigError, Name, Rejection, RejectionKind};
 pub use crate::observe::{Event, EventKind, Hook, Observer};
+
+#[cfg(feature = "chaos")]
+pub use crate::chaos::ChaosLayer;
+#[cfg(feature = "tonic")]
+pub use crate::grpc::{GrpcRejectionLayer, GrpcStatusClassifier};
+#[cfg(feature = "http")]
+pub use crate::http::{HttpStatusClassifier, RejectionResponseLayer};
