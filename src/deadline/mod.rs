@@ -235,3 +235,29 @@ pub fn of<R: HasDeadline + ?Sized>(req: &R) -> Option<Deadline> {
         (a, b) => a.or(b),
     }
 }
+
+#[cfg(feature = "deadline")]
+pub mod future;
+#[cfg(feature = "deadline")]
+mod layer;
+#[cfg(all(feature = "deadline", feature = "http"))]
+pub mod propagate;
+#[cfg(feature = "deadline")]
+mod service;
+mod wire;
+
+#[cfg(feature = "deadline")]
+pub use self::layer::{
+    AttemptTimeoutLayer, AttemptTimeoutLayerBuilder, DeadlineLayer, DeadlineLayerBuilder,
+};
+#[cfg(all(feature = "deadline", feature = "http"))]
+pub use self::propagate::{
+    DeadlineFromHeaders, DeadlineFromHeadersLayer, DeadlineFromHeadersLayerBuilder,
+    InvalidTimeout, OnInvalid, PropagateDeadline, PropagateDeadlineLayer,
+    PropagateDeadlineLayerBuilder,
+};
+#[cfg(feature = "deadline")]
+pub use self::service::{AttemptTimeoutService, DeadlineService};
+pub use self::wire::{
+    GrpcTimeout, ParseTimeoutError, format_grpc_timeout, parse_grpc_timeout, parse_timeout_ms,
+};
