@@ -178,7 +178,9 @@ where
 
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.project().state.poll_state(cx, LayerKind::AttemptTimeout)
+        self.project()
+            .state
+            .poll_state(cx, LayerKind::AttemptTimeout)
     }
 }
 

@@ -252,9 +252,8 @@ pub use self::layer::{
 };
 #[cfg(all(feature = "deadline", feature = "http"))]
 pub use self::propagate::{
-    DeadlineFromHeaders, DeadlineFromHeadersLayer, DeadlineFromHeadersLayerBuilder,
-    InvalidTimeout, OnInvalid, PropagateDeadline, PropagateDeadlineLayer,
-    PropagateDeadlineLayerBuilder,
+    DeadlineFromHeaders, DeadlineFromHeadersLayer, DeadlineFromHeadersLayerBuilder, InvalidTimeout,
+    OnInvalid, PropagateDeadline, PropagateDeadlineLayer, PropagateDeadlineLayerBuilder,
 };
 #[cfg(feature = "deadline")]
 pub use self::service::{AttemptTimeoutService, DeadlineService};

@@ -69,9 +69,9 @@ use super::service::{EXPIRED_ON_ARRIVAL, reject_deadline};
 use super::wire::{ParseTimeoutError, format_grpc_timeout, parse_grpc_timeout, parse_timeout_ms};
 use super::{Deadline, HasDeadline, Scoped};
 use crate::clock;
+use crate::deadline::layer::Shared;
 use crate::error::{BoxError, ConfigError, Name};
 use crate::observe::{EventKind, LayerKind, Observer};
-use crate::deadline::layer::Shared;
 
 /// The `grpc-timeout` header name.
 pub const GRPC_TIMEOUT: &str = "grpc-timeout";
@@ -393,8 +393,8 @@ impl IngressConfig {
     fn read<B>(&self, req: &http::Request<B>) -> Result<Option<Duration>, InvalidTimeout> {
         let mut asked: Option<(Duration, &'static str)> = None;
         let mut invalid = None;
-        let mut take = |input: &'static str, parsed: Result<Duration, ParseTimeoutError>| {
-            match parsed {
+        let mut take =
+            |input: &'static str, parsed: Result<Duration, ParseTimeoutError>| match parsed {
                 Ok(d) => {
                     if asked.is_none_or(|(a, _)| d < a) {
                         asked = Some((d, input));
@@ -406,8 +406,7 @@ impl IngressConfig {
                         invalid = Some(InvalidTimeout { input, reason });
                     }
                 }
-            }
-        };
+            };
         if self.grpc {
             if let Some(v) = req.headers().get(GRPC_TIMEOUT) {
                 take(GRPC_TIMEOUT, parse_grpc_timeout(v.as_bytes()));
@@ -520,9 +519,9 @@ impl<F> fmt::Debug for IngressFuture<F> {
 }
 
 fn poll_rejected<T>(error: &mut Option<BoxError>) -> Poll<Result<T, BoxError>> {
-    Poll::Ready(Err(error
-        .take()
-        .unwrap_or_else(|| "deadline future polled after completion".into())))
+    Poll::Ready(Err(error.take().unwrap_or_else(|| {
+        "deadline future polled after completion".into()
+    })))
 }
 
 impl<F, T, E> Future for IngressFuture<F>

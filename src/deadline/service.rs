@@ -21,11 +21,7 @@ pub(crate) const EXPIRED_WAITING_READY: &str = "expired_waiting_ready";
 /// The `detail` of a rejection for a call cut off when its time ran out.
 pub(crate) const TIMED_OUT: &str = "timed_out";
 
-pub(crate) fn reject_deadline(
-    layer: LayerKind,
-    shared: &Shared,
-    detail: &'static str,
-) -> BoxError {
+pub(crate) fn reject_deadline(layer: LayerKind, shared: &Shared, detail: &'static str) -> BoxError {
     shared.observer.emit(
         layer,
         shared.name.as_str(),

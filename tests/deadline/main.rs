@@ -4,15 +4,15 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use seawall::BoxError;
 use seawall::deadline::{self, AttemptTimeoutLayer, Deadline, DeadlineLayer, HasDeadline};
 use seawall::error::{RejectionKind, rejection_of};
 use seawall::observe::{EventKind, LayerKind, Observer, Recorder};
-use seawall::BoxError;
 use tokio::time::{Instant, Sleep, sleep};
 use tower::{Layer, Service, ServiceExt, service_fn};
 
@@ -590,9 +590,8 @@ mod propagation {
         );
 
         // Milliseconds only: less than 1 ms left counts as nothing left.
-        let ms_only = PropagateDeadlineLayer::http().layer(service_fn(|_: Request<()>| async {
-            Ok::<_, BoxError>(())
-        }));
+        let ms_only = PropagateDeadlineLayer::http()
+            .layer(service_fn(|_: Request<()>| async { Ok::<_, BoxError>(()) }));
         let d = Deadline::after(Duration::from_micros(999));
         let err = deadline::scope(d, ms_only.oneshot(Request::new(())))
             .await
@@ -825,10 +824,12 @@ mod propagation {
                 .build()),
             "ms_header must be a valid HTTP header name, got \"bad header\""
         );
-        assert!(PropagateDeadlineLayer::builder()
-            .grpc_timeout(false)
-            .no_ms_header()
-            .build()
-            .is_err());
+        assert!(
+            PropagateDeadlineLayer::builder()
+                .grpc_timeout(false)
+                .no_ms_header()
+                .build()
+                .is_err()
+        );
     }
 }
