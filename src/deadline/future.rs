@@ -9,9 +9,9 @@ use std::task::{Context, Poll};
 use pin_project_lite::pin_project;
 use tokio::time::{Sleep, sleep_until};
 
+use super::Deadline;
 use super::layer::Shared;
 use super::service::{TIMED_OUT, reject_deadline};
-use super::{Deadline, Scoped};
 use crate::error::{AttemptTimeout, BoxError, RejectionKind};
 use crate::observe::{EventKind, LayerKind};
 
@@ -20,9 +20,12 @@ pin_project! {
     enum State<F> {
         Running {
             #[pin]
-            inner: Scoped<F>,
+            inner: F,
+            // Created at the first poll that finds the inner future pending,
+            // so a call that answers at once never touches the timer wheel.
             #[pin]
-            sleep: Sleep,
+            sleep: Option<Sleep>,
+            deadline: Deadline,
             shared: Arc<Shared>,
             overall_binds: bool,
         },
@@ -35,8 +38,9 @@ pin_project! {
 impl<F: Future> State<F> {
     fn running(inner: F, deadline: Deadline, shared: Arc<Shared>, overall_binds: bool) -> Self {
         State::Running {
-            inner: super::scope(deadline, inner),
-            sleep: sleep_until(deadline.instant()),
+            inner,
+            sleep: None,
+            deadline,
             shared,
             overall_binds,
         }
@@ -54,31 +58,39 @@ impl<F: Future> State<F> {
         match self.project() {
             StateProj::Running {
                 inner,
-                sleep,
+                mut sleep,
+                deadline,
                 shared,
                 overall_binds,
             } => {
-                if let Poll::Ready(res) = inner.poll(cx) {
+                // Every poll of the inner future sees the deadline as the
+                // task-local `current()` one.
+                if let Poll::Ready(res) = super::sync_scope(*deadline, || inner.poll(cx)) {
                     return Poll::Ready(res.map_err(Into::into));
                 }
-                match sleep.poll(cx) {
-                    Poll::Pending => Poll::Pending,
-                    Poll::Ready(()) if *overall_binds || layer == LayerKind::Deadline => {
-                        Poll::Ready(Err(reject_deadline(layer, shared, TIMED_OUT)))
-                    }
-                    Poll::Ready(()) => {
-                        shared.observer.emit(
-                            layer,
-                            shared.name.as_str(),
-                            EventKind::Rejected {
-                                reason: RejectionKind::AttemptTimeout,
-                                detail: TIMED_OUT,
-                                retry_after: None,
-                            },
-                        );
-                        Poll::Ready(Err(AttemptTimeout::new(shared.name.clone()).into()))
-                    }
+                if sleep.is_none() {
+                    sleep.set(Some(sleep_until(deadline.instant())));
                 }
+                let fired = match sleep.as_pin_mut() {
+                    Some(sleep) => sleep.poll(cx).is_ready(),
+                    None => false,
+                };
+                if !fired {
+                    return Poll::Pending;
+                }
+                if *overall_binds || layer == LayerKind::Deadline {
+                    return Poll::Ready(Err(reject_deadline(layer, shared, TIMED_OUT)));
+                }
+                shared.observer.emit(
+                    layer,
+                    shared.name.as_str(),
+                    EventKind::Rejected {
+                        reason: RejectionKind::AttemptTimeout,
+                        detail: TIMED_OUT,
+                        retry_after: None,
+                    },
+                );
+                Poll::Ready(Err(AttemptTimeout::new(shared.name.clone()).into()))
             }
             StateProj::Rejected { error } => Poll::Ready(Err(error
                 .take()

@@ -32,8 +32,9 @@
 //!   below it, retries included. On `call` it sets the request's deadline to
 //!   `min(existing, start + budget)`, where *existing* is [`of`]`(&req)` (the
 //!   request's own deadline and the task-local one) and *start* is the first
-//!   `poll_ready` of that service clone for that request: time spent waiting
-//!   for readiness is charged to the budget. It stores the deadline in the
+//!   `poll_ready` of that service clone for that request that had to wait
+//!   (or `call`, when the inner service was ready at once): time spent
+//!   waiting for readiness is charged to the budget. It stores the deadline in the
 //!   request ([`HasDeadline::set_deadline`]) and runs the inner `call` and
 //!   every poll of the response future with it as the task-local
 //!   [`current()`] deadline. A request whose deadline has already passed is
@@ -57,7 +58,8 @@
 //! a bulkhead or load shedder below to bound waiting. Both layers keep their
 //! configuration in an `Arc`: every service and clone built from one layer
 //! shares it. The timers are tokio `Sleep`s pinned inside the named response
-//! futures: no allocation per call. Calls must run inside a tokio runtime with
+//! futures, created only when the inner future is first found pending: no
+//! allocation per call, and no timer at all for calls that answer at once. Calls must run inside a tokio runtime with
 //! time enabled.
 //!
 //! # Ordering

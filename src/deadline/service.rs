@@ -36,10 +36,12 @@ pub(crate) fn reject_deadline(layer: LayerKind, shared: &Shared, detail: &'stati
 
 /// The service built by [`DeadlineLayer`](super::DeadlineLayer).
 ///
-/// `poll_ready` passes the inner service's readiness through unchanged; the
-/// first `poll_ready` after a call (or after the service was cloned) starts
-/// the budget clock for the next request, so time spent waiting to become
-/// ready counts against the budget. `poll_ready` itself never times out.
+/// `poll_ready` passes the inner service's readiness through unchanged. The
+/// budget clock of the next request starts at the first `poll_ready` (after a
+/// call, or after the service was cloned) that finds the inner service not
+/// ready, so time spent waiting to become ready counts against the budget;
+/// when the inner service is ready at once, the clock starts at `call`.
+/// `poll_ready` itself never times out.
 pub struct DeadlineService<S> {
     inner: S,
     shared: Arc<Shared>,
@@ -104,15 +106,20 @@ where
     type Future = ResponseFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        if self.ready_since.is_none() {
-            self.ready_since = Some(clock::now());
-        }
         match self.inner.poll_ready(cx) {
+            Poll::Pending => {
+                // The budget clock starts at the first `poll_ready` that has
+                // to wait; a service ready at once costs no clock read here.
+                if self.ready_since.is_none() {
+                    self.ready_since = Some(clock::now());
+                }
+                Poll::Pending
+            }
+            Poll::Ready(Ok(())) => Poll::Ready(Ok(())),
             Poll::Ready(Err(e)) => {
                 self.ready_since = None;
                 Poll::Ready(Err(e.into()))
             }
-            other => other.map_err(Into::into),
         }
     }
 
