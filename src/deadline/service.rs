@@ -125,16 +125,17 @@ where
 
     fn call(&mut self, mut req: Req) -> Self::Future {
         let now = clock::now();
-        let start = self.ready_since.take().unwrap_or(now);
+        let waited = self.ready_since.take();
+        let start = waited.unwrap_or(now);
         let own = Deadline::after_from(start, self.shared.limit);
         let upstream = super::of(&req);
         let deadline = own.min_opt(upstream);
         if deadline.instant() <= now {
             let upstream_expired = upstream.is_some_and(|u| u.instant() <= now);
-            let detail = if upstream_expired {
-                EXPIRED_ON_ARRIVAL
-            } else {
+            let detail = if waited.is_some() && !upstream_expired {
                 EXPIRED_WAITING_READY
+            } else {
+                EXPIRED_ON_ARRIVAL
             };
             return ResponseFuture::rejected(reject_deadline(
                 LayerKind::Deadline,
