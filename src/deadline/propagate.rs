@@ -10,6 +10,14 @@
 //!   reserve a server for an hour), subtracts a per-hop margin (default 0),
 //!   and sets the resulting [`Deadline`] in the request's extensions and as the
 //!   task-local [`current()`](super::current) deadline for the whole call.
+//!   Only the first value of each header is read. Unreadable values
+//!   (anything but the exact wire format: a sign, spaces, a decimal point,
+//!   non-ASCII bytes, too many digits) never panic: they are ignored and
+//!   reported as [`EventKind::InputIgnored`], or refused with
+//!   [`InvalidTimeout`] under [`OnInvalid::Reject`]. A deadline that has
+//!   already passed on arrival (`0m`, or no more than the margin) is refused
+//!   with [`DeadlineExceeded`](crate::error::DeadlineExceeded) without calling
+//!   the inner service.
 //! - **Egress** ([`PropagateDeadlineLayer`], for clients) writes the time left
 //!   (the earlier of the request's deadline and the task-local one) onto the
 //!   outbound request as `grpc-timeout` and/or the milliseconds header,
@@ -27,7 +35,7 @@
 //! # #[tokio::main(flavor = "current_thread", start_paused = true)]
 //! # async fn main() -> Result<(), seawall::BoxError> {
 //! use std::time::Duration;
-//! use seawall::deadline::{self, DeadlineFromHeadersLayer, PropagateDeadlineLayer};
+//! use seawall::deadline::{self, Deadline, DeadlineFromHeadersLayer, PropagateDeadlineLayer};
 //! use tower::{service_fn, Layer, ServiceExt};
 //!
 //! // A client the handler uses: it records the header it would send.
@@ -38,9 +46,13 @@
 //! let server = DeadlineFromHeadersLayer::builder()
 //!     .margin(Duration::from_millis(50))
 //!     .build()?
-//!     .layer(service_fn(move |_req: http::Request<()>| {
+//!     .layer(service_fn(move |req: http::Request<()>| {
 //!         let client = client.clone();
 //!         async move {
+//!             // The handler sees the budget in the task-local and in the
+//!             // request's extensions (axum: `Extension<Deadline>`).
+//!             let from_ext = req.extensions().get::<Deadline>().map(|d| d.remaining());
+//!             assert_eq!(from_ext, Some(Duration::from_millis(1450)));
 //!             assert_eq!(deadline::remaining(), Some(Duration::from_millis(1450)));
 //!             tokio::time::sleep(Duration::from_millis(100)).await;
 //!             client.oneshot(http::Request::new(())).await
