@@ -40,6 +40,10 @@ pub use crate::observe::{Event, EventKind, Hook, Observer};
 
 #[cfg(feature = "chaos")]
 pub use crate::chaos::ChaosLayer;
+#[cfg(feature = "deadline")]
+pub use crate::deadline::{AttemptTimeoutLayer, DeadlineLayer};
+#[cfg(all(feature = "deadline", feature = "http"))]
+pub use crate::deadline::{DeadlineFromHeadersLayer, PropagateDeadlineLayer};
 #[cfg(feature = "tonic")]
 pub use crate::grpc::{GrpcRejectionLayer, GrpcStatusClassifier};
 #[cfg(feature = "http")]
