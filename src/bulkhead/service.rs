@@ -175,8 +175,9 @@ where
         if let Some(permit) = permit {
             return ResponseFuture::running(self.inner.call(req), permit);
         }
-        if self.backpressure {
-            // `call` without a reserved permit and none free.
+        if self.backpressure || self.engine.settings.max_queue == 0 {
+            // No queue, or (backpressure mode) `call` without a reserved
+            // permit while none is free: refuse at once.
             return ResponseFuture::rejected(reject(&self.engine, GiveUp::QueueFull));
         }
         let now = crate::clock::now();
