@@ -713,3 +713,95 @@ fn rejects_without_a_runtime_when_nothing_would_wait() {
     assert!(matches!(first.as_mut().poll(&mut cx), Poll::Ready(Ok(1))));
     assert_eq!(layer.handle().available_permits(), 1);
 }
+
+/// Many tasks on a multi-thread runtime hammer 2 permits through a queue,
+/// abandoning some calls right after their first poll. No timer is involved;
+/// a lost wakeup would hang the run (the 60 s guard below only turns such a
+/// hang into a failure, it measures nothing).
+#[test]
+fn multi_thread_hammering_loses_no_wakeup_and_no_permit() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    // (CoDel orders shed on real time here, by design; they share the hand-off code.)
+    for order in [QueueOrder::Fifo, QueueOrder::Lifo] {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_time()
+                .build()
+                .unwrap();
+            let layer = BulkheadLayer::builder()
+                .max_concurrent(2)
+                .max_queue(64)
+                .max_wait(Duration::from_secs(3600))
+                .queue_order(order)
+                .build()
+                .unwrap();
+            let handle = layer.handle();
+            let in_flight = Arc::new(AtomicUsize::new(0));
+            let max_seen = Arc::new(AtomicUsize::new(0));
+            let (i2, m2) = (in_flight.clone(), max_seen.clone());
+            let svc = layer.layer(tower::service_fn(move |x: u32| {
+                let (i, m) = (i2.clone(), m2.clone());
+                async move {
+                    // Counts calls in flight, also when the call is dropped midway.
+                    struct InFlight(Arc<AtomicUsize>);
+                    impl Drop for InFlight {
+                        fn drop(&mut self) {
+                            self.0.fetch_sub(1, Ordering::SeqCst);
+                        }
+                    }
+                    let now = i.fetch_add(1, Ordering::SeqCst) + 1;
+                    let _guard = InFlight(i);
+                    m.fetch_max(now, Ordering::SeqCst);
+                    tokio::task::yield_now().await;
+                    Ok::<_, Infallible>(x)
+                }
+            }));
+            let ok = rt.block_on(async move {
+                let tasks: Vec<_> = (0..16u32)
+                    .map(|t| {
+                        let mut svc = svc.clone();
+                        tokio::spawn(async move {
+                            let mut ok = 0;
+                            for k in 0..300u32 {
+                                let fut = svc.ready().await.unwrap().call(k);
+                                if (t + k) % 7 == 0 {
+                                    // Abandon it after one poll (queued, granted or running).
+                                    let mut fut = pin!(fut);
+                                    let _ = futures::poll!(fut.as_mut());
+                                } else {
+                                    assert_eq!(fut.await.unwrap(), k);
+                                    ok += 1;
+                                }
+                            }
+                            ok
+                        })
+                    })
+                    .collect();
+                let mut ok = 0;
+                for t in tasks {
+                    ok += t.await.unwrap();
+                }
+                ok
+            });
+            tx.send((
+                ok,
+                max_seen.load(Ordering::SeqCst),
+                handle.available_permits(),
+                handle.queue_len(),
+            ))
+            .unwrap();
+        });
+        let expected_ok = (0..16u32)
+            .flat_map(|t| (0..300u32).map(move |k| (t + k) % 7 != 0))
+            .filter(|&b| b)
+            .count();
+        let (ok, max_seen, available, queued) = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("hammering hung: a wakeup or a permit was lost");
+        assert_eq!(ok, expected_ok, "{order:?}");
+        assert!(max_seen <= 2, "{order:?}: {max_seen} calls in flight");
+        assert_eq!((available, queued), (2, 0), "{order:?}");
+    }
+}
