@@ -28,6 +28,10 @@ use crate::observe::Observer;
 ///
 /// Whatever the order, at most `max_queue` callers wait and each gives up after
 /// `max_wait` or at its request deadline, whichever comes first.
+///
+/// The order is exact: a released permit is handed to the next waiter
+/// directly, and while anyone waits, newcomers queue behind them instead of
+/// taking a permit on the fast path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[non_exhaustive]
 pub enum QueueOrder {
@@ -311,10 +315,11 @@ impl Engine {
         }
     }
 
-    /// The admitted fast path: a permit if one is free.
+    /// The admitted fast path: a permit if one is free and nobody waits
+    /// (waiters go first: with anyone queued, newcomers queue behind them).
     #[inline]
     pub(crate) fn try_acquire(self: &Arc<Self>) -> Option<Permit> {
-        if self.take() {
+        if self.queued.load(Ordering::SeqCst) == 0 && self.take() {
             Some(Permit {
                 engine: Arc::clone(self),
             })
@@ -323,10 +328,12 @@ impl Engine {
         }
     }
 
-    /// A permit if one is free, else a place in the queue if there is room.
+    /// A permit if one is free and nobody waits, else a place in the queue if
+    /// there is room.
     ///
     /// `now` is needed only for CoDel (the busy period); pass it when the
-    /// order uses CoDel.
+    /// order uses CoDel. A `Queued` waiter may already have been handed a
+    /// permit: its first poll finds it.
     pub(crate) fn acquire(
         self: &Arc<Self>,
         waker: Option<&Waker>,
@@ -339,29 +346,24 @@ impl Engine {
             return Acquire::Full;
         }
         let mut list = self.lock();
-        if list.len >= self.settings.max_queue {
-            drop(list);
-            // A permit may have been freed meanwhile; with a full queue the
-            // releaser hands it to a waiter, so this is only a last chance.
-            return match self.try_acquire() {
-                Some(p) => Acquire::Permit(p),
-                None => Acquire::Full,
-            };
-        }
-        // Announce the waiter before the last look at the permits: a releaser
-        // adds its permit and then looks at `queued`, so one of the two sees
-        // the other (both SeqCst) and no wakeup is lost.
-        self.queued.fetch_add(1, Ordering::SeqCst);
-        if self.take() {
-            self.queued.fetch_sub(1, Ordering::SeqCst);
+        if list.len == 0 && self.take() {
+            // The waiters left meanwhile and a permit is free.
             return Acquire::Permit(Permit {
                 engine: Arc::clone(self),
             });
         }
+        if list.len >= self.settings.max_queue {
+            // Any permit freed now goes to the waiters already queued.
+            return Acquire::Full;
+        }
         let Some(idx) = list.alloc() else {
-            self.queued.fetch_sub(1, Ordering::SeqCst);
             return Acquire::Full;
         };
+        // Announce the waiter, then look at the permits (below): a releaser
+        // adds its permit, then looks at `queued`. Both are SeqCst, so one of
+        // the two sees the other and runs the hand-off: no permit is left free
+        // while someone waits, no wakeup is lost.
+        self.queued.fetch_add(1, Ordering::SeqCst);
         list.push_back(idx, waker.cloned(), now);
         let codel_until = match (self.settings.order.uses_codel(), now, list.busy_since) {
             (true, Some(now), Some(busy)) => {
@@ -370,6 +372,9 @@ impl Engine {
             _ => None,
         };
         drop(list);
+        if self.available.load(Ordering::SeqCst) != 0 {
+            self.hand_off();
+        }
         Acquire::Queued {
             waiter: Waiter {
                 engine: Arc::clone(self),
@@ -643,6 +648,31 @@ mod tests {
         assert_eq!(list.len, 0);
         assert_eq!(list.head, NIL);
         assert_eq!(list.tail, NIL);
+    }
+
+    #[test]
+    fn newcomers_do_not_jump_the_queue() {
+        let e = engine(1, 3, QueueOrder::Fifo);
+        let p = e.try_acquire().unwrap();
+        let mut w0 = queued(e.acquire(None, None));
+        // The instant between a release's two steps: the permit is back in the
+        // counter, the hand-off has not run yet.
+        std::mem::forget(p);
+        e.available.fetch_add(1, Ordering::SeqCst);
+        assert!(e.try_acquire().is_none(), "fast path must not barge");
+        // A newcomer queues behind w0, and its enqueue hands the free permit
+        // over in order: to w0.
+        let mut w1 = queued(e.acquire(None, None));
+        assert_eq!(e.available_permits(), 0);
+        assert!(w1.poll(&mut cx()).is_pending());
+        let p0 = match w0.poll(&mut cx()) {
+            Poll::Ready(p) => p,
+            Poll::Pending => panic!("w0 was not handed the permit"),
+        };
+        drop(p0);
+        assert!(w1.poll(&mut cx()).is_ready());
+        assert_eq!(e.available_permits(), 1);
+        assert_eq!(e.queue_len(), 0);
     }
 
     #[test]
