@@ -19,7 +19,8 @@
 //!   ([`deadline::current()`](crate::deadline::current)), whichever comes
 //!   first. A freed permit is handed straight to the next waiter in
 //!   [`QueueOrder`]: FIFO (default), LIFO, CoDel (target 5 ms, interval
-//!   100 ms) or CoDel with adaptive LIFO. A waiter that is dropped leaves the
+//!   100 ms) or CoDel with adaptive LIFO; while anyone waits, newcomers queue
+//!   behind them rather than take a permit. A waiter that is dropped leaves the
 //!   queue; if it was dropped just after being handed a permit, the permit
 //!   passes on to the next waiter.
 //! - **Rejections** emit [`EventKind::Rejected`](crate::observe::EventKind)
