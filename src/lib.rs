@@ -38,6 +38,8 @@ pub use crate::deadline::{Deadline, HasDeadline};
 pub use crate::error::{BoxError, ConfigError, Name, Rejection, RejectionKind};
 pub use crate::observe::{Event, EventKind, Hook, Observer};
 
+#[cfg(feature = "bulkhead")]
+pub use crate::bulkhead::{BulkheadLayer, QueueOrder};
 #[cfg(feature = "chaos")]
 pub use crate::chaos::ChaosLayer;
 #[cfg(feature = "deadline")]
