@@ -45,8 +45,8 @@ impl WindowSample {
         self.samples
     }
 
-    /// The largest number of calls in flight seen when a call of the window was
-    /// admitted (itself included).
+    /// The largest number of calls in flight during the window (counted when
+    /// calls are admitted).
     pub const fn max_inflight(&self) -> usize {
         self.max_inflight
     }

@@ -163,11 +163,16 @@ impl Limiter {
             self.inflight.fetch_sub(1, Ordering::AcqRel);
             return Err(Refusal::Limit);
         }
+        let inflight = before + 1;
+        // Usually a plain read: the window's maximum only moves up.
+        if self.win_max_inflight.load(Ordering::Relaxed) < inflight {
+            self.win_max_inflight.fetch_max(inflight, Ordering::Relaxed);
+        }
         Ok(Permit {
             limiter: Arc::clone(self),
             class,
             start: now,
-            inflight: before + 1,
+            inflight,
             done: false,
         })
     }
@@ -184,7 +189,7 @@ impl Limiter {
         self.inflight.fetch_sub(1, Ordering::AcqRel);
     }
 
-    fn record(&self, completion: Completion, rtt: Duration, inflight: usize, now: Instant) {
+    fn record(&self, completion: Completion, rtt: Duration, now: Instant) {
         match completion {
             Completion::Ignore => return,
             Completion::Drop => {
@@ -199,7 +204,6 @@ impl Limiter {
                 self.win_count.fetch_add(1, Ordering::Relaxed);
             }
         }
-        self.win_max_inflight.fetch_max(inflight, Ordering::Relaxed);
         self.maybe_close_window(now);
     }
 
@@ -228,7 +232,10 @@ impl Limiter {
         let sum = self.win_sum_ns.swap(0, Ordering::Relaxed);
         let count = self.win_count.swap(0, Ordering::Relaxed);
         let drops = self.win_drops.swap(0, Ordering::Relaxed);
-        let max_inflight = self.win_max_inflight.swap(0, Ordering::Relaxed);
+        // The calls still in flight belong to the next window too.
+        let max_inflight = self
+            .win_max_inflight
+            .swap(self.inflight.load(Ordering::Relaxed), Ordering::Relaxed);
         let rtt = if count > 0 {
             Duration::from_nanos(sum / count)
         } else {
@@ -294,7 +301,7 @@ impl Permit {
         let rtt = now.saturating_duration_since(self.start);
         let limiter = &*self.limiter;
         limiter.release(self.class);
-        limiter.record(completion, rtt, self.inflight, now);
+        limiter.record(completion, rtt, now);
         let outcome = match completion {
             Completion::Sample(outcome) => outcome,
             Completion::Drop | Completion::Ignore => Outcome::Failure,
@@ -316,7 +323,7 @@ impl Drop for Permit {
             self.done = true;
             let limiter = &*self.limiter;
             limiter.release(self.class);
-            limiter.record(Completion::Drop, Duration::ZERO, self.inflight, Instant::now());
+            limiter.record(Completion::Drop, Duration::ZERO, Instant::now());
         }
     }
 }
@@ -389,7 +396,7 @@ mod tests {
         let t0 = Instant::now();
         let a = l.try_acquire(Criticality::Critical, t0).unwrap();
         let b = l.try_acquire(Criticality::Critical, t0).unwrap();
-        assert_eq!(l.win_max_inflight.load(Ordering::Relaxed), 0);
+        assert_eq!(l.win_max_inflight.load(Ordering::Relaxed), 2);
         drop(a);
         drop(b);
         assert_eq!(l.win_drops.load(Ordering::Relaxed), 2);
