@@ -167,7 +167,9 @@ pub(crate) fn validate_limits(initial: usize, min: usize, max: usize) -> Result<
     if !(min..=max).contains(&initial) {
         return Err(ConfigError::new(
             "adaptive_limit",
-            format!("initial_limit must be in min_limit..=max_limit ({min}..={max}), got {initial}"),
+            format!(
+                "initial_limit must be in min_limit..=max_limit ({min}..={max}), got {initial}"
+            ),
         ));
     }
     Ok(())

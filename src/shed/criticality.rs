@@ -219,7 +219,13 @@ mod tests {
             assert_eq!(c.as_str().to_ascii_uppercase().parse(), Ok(c));
         }
         assert_eq!(" Sheddable-Plus ".parse(), Ok(Criticality::SheddablePlus));
-        for bad in ["", "critical!", "very_very_very_critical", "crítical", "plus"] {
+        for bad in [
+            "",
+            "critical!",
+            "very_very_very_critical",
+            "crítical",
+            "plus",
+        ] {
             assert_eq!(bad.parse::<Criticality>(), Err(ParseCriticalityError));
         }
     }

@@ -104,8 +104,9 @@ where
 
 pin_project! {
     /// The response future of [`Throttle`](super::Throttle). When the call
-    /// finishes, a result the classifier calls a success counts as an accept;
-    /// a future dropped before it finished does not.
+    /// finishes, a result the classifier calls a success counts as an accept
+    /// (in the time bucket where the request was counted); a future dropped
+    /// before it finished does not.
     pub struct ThrottleFuture<F, C> {
         #[pin]
         state: ThrottleState<F, C>,
@@ -120,7 +121,7 @@ pin_project! {
             future: F,
             shared: Arc<ThrottleShared>,
             classifier: Arc<C>,
-            start: Option<Instant>,
+            start: Instant,
         },
         Rejected { error: Option<BoxError> },
     }
@@ -131,7 +132,7 @@ impl<F, C> ThrottleFuture<F, C> {
         future: F,
         shared: Arc<ThrottleShared>,
         classifier: Arc<C>,
-        start: Option<Instant>,
+        start: Instant,
     ) -> Self {
         ThrottleFuture {
             state: ThrottleState::Called {
@@ -184,9 +185,11 @@ where
                 let result = ready!(future.poll(cx));
                 let outcome = classifier.classify(result.as_ref());
                 if outcome.is_success() {
-                    shared.lock().accept(crate::clock::now());
+                    // Counted in the bucket of its request, so both leave the
+                    // window together (and no clock read is needed).
+                    shared.lock().accept(*start);
                 }
-                if let Some(start) = start.take() {
+                if shared.observer.is_enabled() {
                     shared.observer.emit(
                         LayerKind::Throttle,
                         shared.name.as_str(),

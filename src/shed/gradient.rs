@@ -273,10 +273,7 @@ mod tests {
 
     #[test]
     fn latency_doubling_shrinks_the_limit() {
-        let mut g = Gradient2::builder()
-            .initial_limit(100)
-            .build()
-            .unwrap();
+        let mut g = Gradient2::builder().initial_limit(100).build().unwrap();
         // 10 warm-up windows at 10 ms: limit grows 100 → 108.
         for _ in 0..10 {
             g.update(&WindowSample::new(ms(10), 100, 0));
@@ -297,10 +294,7 @@ mod tests {
 
     #[test]
     fn app_limited_does_not_move() {
-        let mut g = Gradient2::builder()
-            .initial_limit(100)
-            .build()
-            .unwrap();
+        let mut g = Gradient2::builder().initial_limit(100).build().unwrap();
         // 49 in flight < 100 / 2.
         for _ in 0..5 {
             assert_eq!(g.update(&WindowSample::new(ms(10), 49, 0)), 100);
@@ -312,10 +306,7 @@ mod tests {
 
     #[test]
     fn clamps_and_ignores_rttless_windows() {
-        let mut g = Gradient2::builder()
-            .initial_limit(200)
-            .build()
-            .unwrap();
+        let mut g = Gradient2::builder().initial_limit(200).build().unwrap();
         assert_eq!(g.update(&WindowSample::new(ms(10), 200, 0)), 200);
         assert_eq!(g.update(&WindowSample::new(Duration::ZERO, 200, 5)), 200);
         let mut g = Gradient2::default();

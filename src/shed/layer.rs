@@ -79,7 +79,11 @@ impl<S, P> Layer<S> for AdaptiveLimitLayer<P> {
     type Service = AdaptiveLimit<S, P>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        AdaptiveLimit::new(inner, Arc::clone(&self.limiter), Arc::clone(&self.extractor))
+        AdaptiveLimit::new(
+            inner,
+            Arc::clone(&self.limiter),
+            Arc::clone(&self.extractor),
+        )
     }
 }
 
@@ -340,7 +344,11 @@ impl<S, C> Layer<S> for ThrottleLayer<C> {
     type Service = Throttle<S, C>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Throttle::new(inner, Arc::clone(&self.shared), Arc::clone(&self.classifier))
+        Throttle::new(
+            inner,
+            Arc::clone(&self.shared),
+            Arc::clone(&self.classifier),
+        )
     }
 }
 
@@ -453,7 +461,10 @@ impl<C> ThrottleLayerBuilder<C> {
     /// Validates and builds the layer.
     pub fn build(self) -> Result<ThrottleLayer<C>, ConfigError> {
         if self.window.is_zero() {
-            return Err(ConfigError::new("throttle", "window must be above zero, got 0s"));
+            return Err(ConfigError::new(
+                "throttle",
+                "window must be above zero, got 0s",
+            ));
         }
         if !(1..=3600).contains(&self.buckets) {
             return Err(ConfigError::new(

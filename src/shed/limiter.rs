@@ -148,7 +148,8 @@ impl Limiter {
             let expected = self.expected_rtt_ns.load(Ordering::Relaxed);
             if let Some(deadline) = crate::deadline::current() {
                 let remaining = deadline.remaining_from(now);
-                if remaining.is_zero() || (expected > 0 && remaining.as_nanos() < u128::from(expected))
+                if remaining.is_zero()
+                    || (expected > 0 && remaining.as_nanos() < u128::from(expected))
                 {
                     return Err(Refusal::Doomed);
                 }
@@ -208,8 +209,8 @@ impl Limiter {
     }
 
     fn maybe_close_window(&self, now: Instant) {
-        let now_ns = u64::try_from(now.saturating_duration_since(self.epoch).as_nanos())
-            .unwrap_or(u64::MAX);
+        let now_ns =
+            u64::try_from(now.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX);
         let start = self.win_start_ns.load(Ordering::Relaxed);
         if now_ns.saturating_sub(start) < self.window_ns {
             return;
@@ -236,17 +237,13 @@ impl Limiter {
         let max_inflight = self
             .win_max_inflight
             .swap(self.inflight.load(Ordering::Relaxed), Ordering::Relaxed);
-        let rtt = if count > 0 {
-            Duration::from_nanos(sum / count)
-        } else {
-            Duration::ZERO
-        };
+        let avg_ns = sum.checked_div(count);
+        let rtt = Duration::from_nanos(avg_ns.unwrap_or(0));
         let sample = WindowSample::new(rtt, max_inflight, drops).with_samples(count);
         let new = algorithm.update(&sample).max(1);
         drop(algorithm);
-        if count > 0 {
-            self.expected_rtt_ns
-                .store((sum / count).max(1), Ordering::Relaxed);
+        if let Some(avg_ns) = avg_ns {
+            self.expected_rtt_ns.store(avg_ns.max(1), Ordering::Relaxed);
         }
         let old = self.limit.swap(new, Ordering::Relaxed);
         if old != new {

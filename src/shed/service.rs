@@ -103,9 +103,7 @@ where
             }
             Err(refusal) => {
                 self.limiter.emit_rejected(refusal);
-                ResponseFuture::rejected(
-                    Overloaded::new(self.limiter.name.clone(), None).into(),
-                )
+                ResponseFuture::rejected(Overloaded::new(self.limiter.name.clone(), None).into())
             }
         }
     }
@@ -207,12 +205,11 @@ where
             self.shared.name.as_str(),
             EventKind::CallStarted,
         );
-        let start = observer.is_enabled().then_some(now);
         ThrottleFuture::called(
             self.inner.call(req),
             Arc::clone(&self.shared),
             Arc::clone(&self.classifier),
-            start,
+            now,
         )
     }
 }

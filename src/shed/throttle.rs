@@ -34,7 +34,13 @@ pub(crate) struct ThrottleWindow {
 }
 
 impl ThrottleWindow {
-    pub(crate) fn new(window: Duration, buckets: usize, k: f64, cap: f64, seed: Option<u64>) -> Self {
+    pub(crate) fn new(
+        window: Duration,
+        buckets: usize,
+        k: f64,
+        cap: f64,
+        seed: Option<u64>,
+    ) -> Self {
         let buckets = buckets.max(1);
         let bucket_ns = u64::try_from(window.as_nanos() / buckets as u128)
             .unwrap_or(u64::MAX)
@@ -109,10 +115,20 @@ impl ThrottleWindow {
         !(p > 0.0 && self.rng.random::<f64>() < p)
     }
 
-    /// Counts an accepted request.
-    pub(crate) fn accept(&mut self, now: Instant) {
-        self.advance(now);
-        let slot = self.slot();
+    /// Counts an accepted request that was admitted at `admitted_at`: in that
+    /// request's bucket if it is still in the window, else not at all (its
+    /// request has left the window too).
+    pub(crate) fn accept(&mut self, admitted_at: Instant) {
+        let idx = u64::try_from(admitted_at.saturating_duration_since(self.epoch).as_nanos())
+            .unwrap_or(u64::MAX)
+            / self.bucket_ns;
+        let n = self.buckets.len() as u64;
+        if idx > self.head || self.head - idx >= n {
+            // In the future (cannot happen: admission advanced the head) or
+            // already out of the window.
+            return;
+        }
+        let slot = (idx % n) as usize;
         self.buckets[slot].accepts += 1;
         self.accepts += 1;
     }
@@ -178,6 +194,23 @@ mod tests {
         assert_eq!(t.totals(), (120, 60));
         // After a whole idle window everything is forgotten.
         t.probability_at(t0 + Duration::from_secs(1000));
+        assert_eq!(t.totals(), (0, 0));
+    }
+
+    #[test]
+    fn accepts_land_in_their_request_bucket() {
+        let mut t = w();
+        let t0 = t.epoch;
+        assert!(t.admit(t0));
+        // The window moves on 60 s before the answer comes back.
+        t.probability_at(t0 + Duration::from_secs(60));
+        t.accept(t0);
+        assert_eq!(t.totals(), (1, 1));
+        // Both leave together when the first bucket expires.
+        t.probability_at(t0 + Duration::from_secs(120));
+        assert_eq!(t.totals(), (0, 0));
+        // An answer to a request that already left the window is not counted.
+        t.accept(t0);
         assert_eq!(t.totals(), (0, 0));
     }
 
