@@ -403,4 +403,34 @@ mod tests {
         assert_eq!(l.limit(), 9);
         assert_eq!(l.expected_rtt(), None);
     }
+
+    proptest::proptest! {
+        #[test]
+        fn inflight_is_exact_and_bounded(ops in proptest::collection::vec((0usize..4, proptest::bool::ANY, 0usize..64), 1..400)) {
+            let shares = [0.2, 0.5, 0.1, 0.0];
+            let l = limiter(8, shares);
+            let now = Instant::now();
+            let mut held: Vec<(Criticality, Permit)> = Vec::new();
+            // Limit 8: ceilings 2 + 4 + 1 + 0 above it.
+            let bound = 8 + 2 + 4 + 1;
+            for (class, acquire, pick) in ops {
+                let class = Criticality::ALL[class];
+                if acquire || held.is_empty() {
+                    if let Ok(p) = l.try_acquire(class, now) {
+                        held.push((class, p));
+                    }
+                } else {
+                    held.swap_remove(pick % held.len());
+                }
+                proptest::prop_assert_eq!(l.inflight(), held.len());
+                proptest::prop_assert!(held.len() <= bound);
+                for c in Criticality::ALL {
+                    let n = held.iter().filter(|(k, _)| *k == c).count();
+                    proptest::prop_assert_eq!(l.inflight_of(c), n);
+                }
+            }
+            held.clear();
+            proptest::prop_assert_eq!(l.inflight(), 0);
+        }
+    }
 }

@@ -658,6 +658,23 @@ async fn criticality_from_http_header() {
     hold.await.unwrap().unwrap();
 }
 
+#[tokio::test(start_paused = true)]
+async fn poll_ready_forwards_the_inner_readiness() {
+    let layer = AdaptiveLimitLayer::builder().build().unwrap();
+    let (mock, mut handle) = tower_test::mock::pair::<u64, u64>();
+    let mut svc = tower_test::mock::Spawn::new(layer.layer(mock));
+    handle.allow(0);
+    assert!(svc.poll_ready().is_pending());
+    handle.allow(1);
+    assert!(svc.poll_ready().is_ready());
+    let fut = svc.call(7);
+    let (req, send) = handle.next_request().await.unwrap();
+    assert_eq!((req, layer.inflight()), (7, 1));
+    send.send_response(8);
+    assert_eq!(fut.await.unwrap(), 8);
+    assert_eq!(layer.inflight(), 0);
+}
+
 #[test]
 fn builder_rejects_nonsense() {
     let e = AdaptiveLimitLayer::builder()
