@@ -84,6 +84,8 @@ fn adaptive_limit_admitted_path_allocates_nothing() {
     println!("adaptive limit (gradient2, windows closing): {allocs} allocations in 10 000 calls");
     assert_eq!(allocs, 0);
     assert_eq!(layer.inflight(), 0);
+    // Windows did close: the expected service time is known.
+    assert!(layer.expected_rtt().is_some());
 
     // Defaults (AIMD), with a deadline and a criticality in task-locals.
     let layer = AdaptiveLimitLayer::builder()
