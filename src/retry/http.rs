@@ -242,20 +242,23 @@ pin_project! {
     /// read so far followed by the rest of the original body (sent once).
     ///
     /// Made by [`ReplayBodyLayer`], or directly with [`ReplayBody::full`].
+    pub struct ReplayBody<B> {
+        #[pin]
+        inner: Inner<B>,
+    }
+}
+
+pin_project! {
     #[project = ReplayProj]
-    pub enum ReplayBody<B> {
-        /// The whole body, in memory.
+    enum Inner<B> {
+        // The whole body, in memory: the bytes not yet sent, and the trailers.
         Full {
-            /// The bytes not yet sent.
             data: Bytes,
-            /// The trailers, if the body had any.
             trailers: Option<HeaderMap>,
         },
-        /// The first bytes read, then the rest of the body.
+        // The bytes read ahead, then the rest of the original body.
         Streaming {
-            /// The bytes read ahead, not yet sent.
             prefix: Bytes,
-            /// The rest of the original body.
             #[pin]
             rest: B,
         },
@@ -265,39 +268,45 @@ pin_project! {
 impl<B> ReplayBody<B> {
     /// A replayable body holding `data`.
     pub fn full(data: impl Into<Bytes>) -> Self {
-        ReplayBody::Full {
-            data: data.into(),
-            trailers: None,
+        Self::buffered(data.into(), None)
+    }
+
+    fn buffered(data: Bytes, trailers: Option<HeaderMap>) -> Self {
+        ReplayBody {
+            inner: Inner::Full { data, trailers },
+        }
+    }
+
+    fn streaming(prefix: Bytes, rest: B) -> Self {
+        ReplayBody {
+            inner: Inner::Streaming { prefix, rest },
         }
     }
 
     /// Whether the body can be sent again.
     pub fn is_replayable(&self) -> bool {
-        matches!(self, ReplayBody::Full { .. })
+        matches!(self.inner, Inner::Full { .. })
     }
 
     /// A fresh copy of a buffered body (cheap: the bytes are shared), or
     /// `None` if the body was too large to buffer.
     pub fn try_clone(&self) -> Option<Self> {
-        match self {
-            ReplayBody::Full { data, trailers } => Some(ReplayBody::Full {
-                data: data.clone(),
-                trailers: trailers.clone(),
-            }),
-            ReplayBody::Streaming { .. } => None,
+        match &self.inner {
+            Inner::Full { data, trailers } => Some(Self::buffered(data.clone(), trailers.clone())),
+            Inner::Streaming { .. } => None,
         }
     }
 }
 
 impl<B> fmt::Debug for ReplayBody<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ReplayBody::Full { data, trailers } => f
+        match &self.inner {
+            Inner::Full { data, trailers } => f
                 .debug_struct("ReplayBody::Full")
                 .field("len", &data.len())
                 .field("trailers", &trailers.is_some())
                 .finish(),
-            ReplayBody::Streaming { prefix, .. } => f
+            Inner::Streaming { prefix, .. } => f
                 .debug_struct("ReplayBody::Streaming")
                 .field("prefix_len", &prefix.len())
                 .finish_non_exhaustive(),
@@ -317,7 +326,7 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.project() {
+        match self.project().inner.project() {
             ReplayProj::Full { data, trailers } => {
                 if !data.is_empty() {
                     return Poll::Ready(Some(Ok(Frame::data(std::mem::take(data)))));
@@ -340,16 +349,16 @@ where
     }
 
     fn is_end_stream(&self) -> bool {
-        match self {
-            ReplayBody::Full { data, trailers } => data.is_empty() && trailers.is_none(),
-            ReplayBody::Streaming { prefix, rest } => prefix.is_empty() && rest.is_end_stream(),
+        match &self.inner {
+            Inner::Full { data, trailers } => data.is_empty() && trailers.is_none(),
+            Inner::Streaming { prefix, rest } => prefix.is_empty() && rest.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self {
-            ReplayBody::Full { data, .. } => SizeHint::with_exact(data.len() as u64),
-            ReplayBody::Streaming { prefix, rest } => {
+        match &self.inner {
+            Inner::Full { data, .. } => SizeHint::with_exact(data.len() as u64),
+            Inner::Streaming { prefix, rest } => {
                 let inner = rest.size_hint();
                 let mut hint = SizeHint::new();
                 hint.set_lower(inner.lower().saturating_add(prefix.len() as u64));
@@ -548,10 +557,7 @@ where
     // Known to be too large: do not read anything ahead.
     if b.size_hint().lower() > limit as u64 {
         if let Some(rest) = body.take() {
-            return Poll::Ready(Ok(ReplayBody::Streaming {
-                prefix: Bytes::new(),
-                rest,
-            }));
+            return Poll::Ready(Ok(ReplayBody::streaming(Bytes::new(), rest)));
         }
     }
     loop {
@@ -560,18 +566,12 @@ where
         };
         if b.is_end_stream() {
             body.take();
-            return Poll::Ready(Ok(ReplayBody::Full {
-                data: std::mem::take(buf).freeze(),
-                trailers: None,
-            }));
+            return Poll::Ready(Ok(ReplayBody::buffered(std::mem::take(buf).freeze(), None)));
         }
         match ready!(Pin::new(b).poll_frame(cx)) {
             None => {
                 body.take();
-                return Poll::Ready(Ok(ReplayBody::Full {
-                    data: std::mem::take(buf).freeze(),
-                    trailers: None,
-                }));
+                return Poll::Ready(Ok(ReplayBody::buffered(std::mem::take(buf).freeze(), None)));
             }
             Some(Err(e)) => return Poll::Ready(Err(e.into())),
             Some(Ok(frame)) => match frame.into_data() {
@@ -585,10 +585,10 @@ where
                     }
                     if over {
                         if let Some(rest) = body.take() {
-                            return Poll::Ready(Ok(ReplayBody::Streaming {
-                                prefix: std::mem::take(buf).freeze(),
+                            return Poll::Ready(Ok(ReplayBody::streaming(
+                                std::mem::take(buf).freeze(),
                                 rest,
-                            }));
+                            )));
                         }
                     }
                 }
@@ -596,10 +596,7 @@ where
                     // A trailers frame ends the body.
                     let trailers = frame.into_trailers().ok();
                     body.take();
-                    return Poll::Ready(Ok(ReplayBody::Full {
-                        data: std::mem::take(buf).freeze(),
-                        trailers,
-                    }));
+                    return Poll::Ready(Ok(ReplayBody::buffered(std::mem::take(buf).freeze(), trailers)));
                 }
             },
         }
