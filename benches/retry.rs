@@ -18,7 +18,11 @@ struct Trivial;
 impl tower::retry::Policy<u32, u32, BoxError> for Trivial {
     type Future = std::future::Ready<()>;
 
-    fn retry(&mut self, _req: &mut u32, result: &mut Result<u32, BoxError>) -> Option<Self::Future> {
+    fn retry(
+        &mut self,
+        _req: &mut u32,
+        result: &mut Result<u32, BoxError>,
+    ) -> Option<Self::Future> {
         result.is_err().then(|| std::future::ready(()))
     }
 
@@ -33,8 +37,8 @@ fn inner() -> impl Service<
     Error = BoxError,
     Future = std::future::Ready<Result<u32, BoxError>>,
 > + Clone
-       + Send
-       + 'static {
++ Send
++ 'static {
     tower::service_fn(|x: u32| std::future::ready(Ok::<u32, BoxError>(x)))
 }
 
@@ -55,7 +59,10 @@ where
 macro_rules! contenders {
     ($f:ident) => {{
         $f!("bare service", inner());
-        $f!("seawall RetryLayer", seawall::retry::RetryLayer::new().layer(inner()));
+        $f!(
+            "seawall RetryLayer",
+            seawall::retry::RetryLayer::new().layer(inner())
+        );
         $f!(
             "tower Retry",
             tower::retry::RetryLayer::new(Trivial).layer(inner())

@@ -378,7 +378,14 @@ mod tests {
         assert_eq!(drain(&b, t1), 0);
         // 10 s later, the first bucket left: no requests, no retries.
         let t2 = t0 + Duration::from_secs(10);
-        assert_eq!(b.snapshot_at(t2), BudgetSnapshot { requests: 0, retries: 0, available: 0 });
+        assert_eq!(
+            b.snapshot_at(t2),
+            BudgetSnapshot {
+                requests: 0,
+                retries: 0,
+                available: 0
+            }
+        );
         for _ in 0..4 {
             b.deposit_at(t2);
         }

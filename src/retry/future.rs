@@ -319,9 +319,11 @@ fn plan<P>(
     match shared.budget.try_withdraw() {
         Some(w) => Ok((delay, w)),
         None => {
-            shared
-                .observer
-                .emit(LayerKind::Retry, shared.name.as_str(), EventKind::BudgetExhausted);
+            shared.observer.emit(
+                LayerKind::Retry,
+                shared.name.as_str(),
+                EventKind::BudgetExhausted,
+            );
             Err(GiveUp::new(GiveUpReason::BudgetExhausted))
         }
     }

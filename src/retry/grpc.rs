@@ -271,7 +271,9 @@ mod tests {
         let e: BoxError = Box::new(s);
         assert_eq!(
             policy.classify_error(&e),
-            Verdict::Retry { after: Some(Duration::from_millis(40)) }
+            Verdict::Retry {
+                after: Some(Duration::from_millis(40))
+            }
         );
         let e: BoxError = crate::error::DeadlineExceeded::new("d").into();
         assert_eq!(policy.classify_error(&e), Verdict::Fail);

@@ -69,9 +69,9 @@ use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
+use super::ATTEMPT_HEADER;
 use super::inbound::{InboundScoped, scope_inbound_attempt, sync_scope_inbound_attempt};
 use super::policy::{RetryPolicy, Verdict, classify_error};
-use super::ATTEMPT_HEADER;
 use crate::error::BoxError;
 
 /// The `Idempotency-Key` request header: a request carrying it may be retried
@@ -114,7 +114,8 @@ impl HttpRetry {
 
     /// Whether a response status is retried: 408, 429 and 5xx except 501.
     pub fn is_retryable_status(status: StatusCode) -> bool {
-        matches!(status.as_u16(), 408 | 429) || (status.is_server_error() && status != StatusCode::NOT_IMPLEMENTED)
+        matches!(status.as_u16(), 408 | 429)
+            || (status.is_server_error() && status != StatusCode::NOT_IMPLEMENTED)
     }
 
     /// Whether a request may be retried: an idempotent method (GET, HEAD,
@@ -122,7 +123,12 @@ impl HttpRetry {
     pub fn is_idempotent<B>(req: &Request<B>) -> bool {
         matches!(
             *req.method(),
-            Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+            Method::GET
+                | Method::HEAD
+                | Method::OPTIONS
+                | Method::TRACE
+                | Method::PUT
+                | Method::DELETE
         ) || req.headers().contains_key(IDEMPOTENCY_KEY)
     }
 
@@ -531,7 +537,9 @@ where
                         Poll::Ready(Ok(replay)) => replay,
                     };
                     let (Some(mut service), Some(parts)) = (service.take(), parts.take()) else {
-                        return Poll::Ready(Err("replay body future polled after completion".into()));
+                        return Poll::Ready(Err(
+                            "replay body future polled after completion".into()
+                        ));
                     };
                     let future = service.call(Request::from_parts(parts, replay));
                     this.state.set(ReadState::Calling { future });
@@ -596,7 +604,10 @@ where
                     // A trailers frame ends the body.
                     let trailers = frame.into_trailers().ok();
                     body.take();
-                    return Poll::Ready(Ok(ReplayBody::buffered(std::mem::take(buf).freeze(), trailers)));
+                    return Poll::Ready(Ok(ReplayBody::buffered(
+                        std::mem::take(buf).freeze(),
+                        trailers,
+                    )));
                 }
             },
         }
@@ -710,8 +721,22 @@ mod tests {
 
     #[test]
     fn statuses() {
-        for (code, retry) in [(500, true), (501, false), (502, true), (503, true), (504, true), (408, true), (429, true), (404, false), (200, false)] {
-            assert_eq!(HttpRetry::is_retryable_status(StatusCode::from_u16(code).unwrap()), retry, "{code}");
+        for (code, retry) in [
+            (500, true),
+            (501, false),
+            (502, true),
+            (503, true),
+            (504, true),
+            (408, true),
+            (429, true),
+            (404, false),
+            (200, false),
+        ] {
+            assert_eq!(
+                HttpRetry::is_retryable_status(StatusCode::from_u16(code).unwrap()),
+                retry,
+                "{code}"
+            );
         }
     }
 }

@@ -292,10 +292,7 @@ impl<P> RetryLayerBuilder<P> {
         if self.max_attempts == 0 || self.max_attempts > MAX_ATTEMPTS_LIMIT {
             return Err(ConfigError::new(
                 "retry",
-                format!(
-                    "max_attempts must be in 1..=100, got {}",
-                    self.max_attempts
-                ),
+                format!("max_attempts must be in 1..=100, got {}", self.max_attempts),
             ));
         }
         if self.max_retry_after > Backoff::MAX_CAP {

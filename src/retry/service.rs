@@ -87,12 +87,12 @@ where
         shared.budget.deposit();
         shared.policy.on_attempt(&mut req, 1);
 
+        let inbound_retry =
+            shared.honor_inbound && (inbound_is_retry() || shared.policy.arrived_as_retry(&req));
         let (copy, no_retry) = if shared.max_attempts <= 1 {
             (None, GiveUpReason::MaxAttempts)
-        } else if shared.honor_inbound && (inbound_is_retry() || shared.policy.arrived_as_retry(&req))
-        {
-            (None, GiveUpReason::NotRetryable)
-        } else if !shared.policy.may_retry(&req) {
+        } else if inbound_retry || !shared.policy.may_retry(&req) {
+            // Retried upstream already (retry at one layer), or not safe to retry.
             (None, GiveUpReason::NotRetryable)
         } else {
             match shared.policy.clone_request(&req) {
@@ -105,9 +105,11 @@ where
         let service = copy.as_ref().map(|_| self.inner.clone());
 
         let started = if shared.observer.is_enabled() {
-            shared
-                .observer
-                .emit(LayerKind::Retry, shared.name.as_str(), EventKind::CallStarted);
+            shared.observer.emit(
+                LayerKind::Retry,
+                shared.name.as_str(),
+                EventKind::CallStarted,
+            );
             Some(crate::clock::now())
         } else {
             None

@@ -81,7 +81,11 @@ fn a_retried_request_allocates_only_for_its_error() {
     let inner = tower::service_fn(|x: u32| {
         calls.set(calls.get() + 1);
         let fail = calls.get() % 2 == 1;
-        std::future::ready(if fail { Err::<u32, BoxError>(Box::new(Flaky)) } else { Ok(x) })
+        std::future::ready(if fail {
+            Err::<u32, BoxError>(Box::new(Flaky))
+        } else {
+            Ok(x)
+        })
     });
     let mut svc = RetryLayer::builder().seed(1).build().unwrap().layer(inner);
     rt.block_on(async {

@@ -48,8 +48,12 @@ fn count(calls: &AtomicU32) -> u32 {
 /// Fails every call at once with "boom".
 fn always_failing(
     calls: Arc<AtomicU32>,
-) -> impl Service<u32, Response = u32, Error = BoxError, Future = impl Future<Output = Result<u32, BoxError>>>
-+ Clone {
+) -> impl Service<
+    u32,
+    Response = u32,
+    Error = BoxError,
+    Future = impl Future<Output = Result<u32, BoxError>>,
+> + Clone {
     tower::service_fn(move |_req: u32| {
         calls.fetch_add(1, Ordering::SeqCst);
         async { Err::<u32, BoxError>("boom".into()) }
@@ -60,8 +64,12 @@ fn always_failing(
 fn slow_failing(
     calls: Arc<AtomicU32>,
     after: Duration,
-) -> impl Service<u32, Response = u32, Error = BoxError, Future = impl Future<Output = Result<u32, BoxError>>>
-+ Clone {
+) -> impl Service<
+    u32,
+    Response = u32,
+    Error = BoxError,
+    Future = impl Future<Output = Result<u32, BoxError>>,
+> + Clone {
     tower::service_fn(move |_req: u32| {
         calls.fetch_add(1, Ordering::SeqCst);
         async move {
@@ -76,8 +84,12 @@ fn slow_failing(
 fn scripted(
     outcomes: Vec<Result<u32, BoxError>>,
     log: Arc<Mutex<Vec<Instant>>>,
-) -> impl Service<u32, Response = u32, Error = BoxError, Future = impl Future<Output = Result<u32, BoxError>>>
-+ Clone {
+) -> impl Service<
+    u32,
+    Response = u32,
+    Error = BoxError,
+    Future = impl Future<Output = Result<u32, BoxError>>,
+> + Clone {
     let outcomes = Arc::new(Mutex::new(outcomes));
     tower::service_fn(move |_req: u32| {
         let mut log = log.lock().unwrap();
@@ -114,7 +126,12 @@ fn clone_err(e: &BoxError) -> BoxError {
 fn every_jitter_kind_stays_inside_its_bounds_over_many_draws() {
     let base = 10 * MS;
     let cap = Duration::from_secs(1);
-    for jitter in [Jitter::None, Jitter::Full, Jitter::Equal, Jitter::Decorrelated] {
+    for jitter in [
+        Jitter::None,
+        Jitter::Full,
+        Jitter::Equal,
+        Jitter::Decorrelated,
+    ] {
         let b = Backoff::new(base, cap).unwrap().with_jitter(jitter);
         let mut rng = Backoff::rng(2024);
         let mut ratio_sum = 0.0;
@@ -126,7 +143,10 @@ fn every_jitter_kind_stays_inside_its_bounds_over_many_draws() {
             for n in 0..10u32 {
                 let (lo, hi) = b.bounds(&state);
                 let d = b.next_delay(&mut state, &mut rng);
-                assert!(lo <= d && d <= hi, "{jitter:?} n={n}: {d:?} outside {lo:?}..={hi:?}");
+                assert!(
+                    lo <= d && d <= hi,
+                    "{jitter:?} n={n}: {d:?} outside {lo:?}..={hi:?}"
+                );
                 let ceil = b.ceiling(n);
                 assert_eq!(ceil, (base * 2u32.pow(n)).min(cap));
                 match jitter {
@@ -145,7 +165,9 @@ fn every_jitter_kind_stays_inside_its_bounds_over_many_draws() {
             }
         }
         let mean = ratio_sum / f64::from(draws);
-        println!("{jitter:?}: {draws} draws, delay/ceiling mean {mean:.3}, min {min_ratio:.3}, max {max_ratio:.3}");
+        println!(
+            "{jitter:?}: {draws} draws, delay/ceiling mean {mean:.3}, min {min_ratio:.3}, max {max_ratio:.3}"
+        );
         match jitter {
             Jitter::None => assert_eq!((min_ratio, max_ratio), (1.0, 1.0)),
             Jitter::Full => {
@@ -155,7 +177,7 @@ fn every_jitter_kind_stays_inside_its_bounds_over_many_draws() {
             }
             Jitter::Equal => {
                 assert!((0.73..=0.77).contains(&mean), "{mean}");
-                assert!(min_ratio >= 0.5 && min_ratio < 0.51 && max_ratio > 0.99);
+                assert!((0.5..0.51).contains(&min_ratio) && max_ratio > 0.99);
             }
             _ => {}
         }
@@ -273,13 +295,17 @@ async fn total_outage_amplification_is_bounded_by_the_budget() {
         futures.push(svc.ready().await.unwrap().call(i));
     }
     let results = futures::future::join_all(futures).await;
-    assert!(results.iter().all(|r| r.as_ref().unwrap_err().to_string() == "boom"));
+    assert!(
+        results
+            .iter()
+            .all(|r| r.as_ref().unwrap_err().to_string() == "boom")
+    );
     let seawall_attempts = count(&calls);
 
     // The same outage through a plain 3-attempt retry.
     let naive_calls = Arc::new(AtomicU32::new(0));
-    let mut naive = tower::retry::RetryLayer::new(NaiveAttempts(3))
-        .layer(always_failing(naive_calls.clone()));
+    let mut naive =
+        tower::retry::RetryLayer::new(NaiveAttempts(3)).layer(always_failing(naive_calls.clone()));
     let mut futures = Vec::with_capacity(REQUESTS as usize);
     for i in 0..REQUESTS {
         futures.push(naive.ready().await.unwrap().call(i));
@@ -500,12 +526,20 @@ async fn no_retry_below_the_minimum_remaining_budget_and_deadline_exceeded_when_
     let err = deadline::scope(Deadline::after(100 * MS), fut)
         .await
         .unwrap_err();
-    let de = err.downcast_ref::<DeadlineExceeded>().expect("DeadlineExceeded");
+    let de = err
+        .downcast_ref::<DeadlineExceeded>()
+        .expect("DeadlineExceeded");
     assert_eq!(de.name(), "payments-retry");
     assert_eq!(count(&calls), 4);
     assert_eq!(gave_up(&rec), [(1, GiveUpReason::Deadline)]);
     assert_eq!(
-        rec.count(|e| matches!(e.kind, EventKind::Rejected { detail: "deadline_spent", .. })),
+        rec.count(|e| matches!(
+            e.kind,
+            EventKind::Rejected {
+                detail: "deadline_spent",
+                ..
+            }
+        )),
         1
     );
 }
@@ -517,7 +551,10 @@ async fn retry_after_is_honoured_exactly() {
     let log = Arc::new(Mutex::new(Vec::new()));
     let rec = Recorder::new();
     let svc = scripted(
-        vec![Err(RateLimited::new("upstream", Some(300 * MS)).into()), Ok(7)],
+        vec![
+            Err(RateLimited::new("upstream", Some(300 * MS)).into()),
+            Ok(7),
+        ],
         log.clone(),
     );
     let mut svc = RetryLayer::builder()
@@ -538,7 +575,10 @@ async fn retry_after_beyond_the_deadline_or_the_maximum_is_not_waited_for() {
     let log = Arc::new(Mutex::new(Vec::new()));
     let rec = Recorder::new();
     let svc = scripted(
-        vec![Err(RateLimited::new("upstream", Some(300 * MS)).into()), Ok(7)],
+        vec![
+            Err(RateLimited::new("upstream", Some(300 * MS)).into()),
+            Ok(7),
+        ],
         log.clone(),
     );
     let mut svc = RetryLayer::builder()
@@ -816,7 +856,11 @@ mod http_tests {
         // An HTTP-date cannot be measured on tokio's clock: not retried.
         let log = Log::default();
         let rec = Recorder::new();
-        let mut c = client((503, Some("Wed, 21 Oct 2015 07:28:00 GMT")), log.clone(), &rec);
+        let mut c = client(
+            (503, Some("Wed, 21 Oct 2015 07:28:00 GMT")),
+            log.clone(),
+            &rec,
+        );
         let res = c
             .ready()
             .await
@@ -920,9 +964,11 @@ mod grpc_tests {
     use http::{Request, Response};
     use seawall::retry::grpc::GrpcRetry;
 
+    type CallLog = Arc<Mutex<Vec<(Instant, Option<String>)>>>;
+
     fn upstream(
         first_pushback: &'static str,
-        log: Arc<Mutex<Vec<(Instant, Option<String>)>>>,
+        log: CallLog,
     ) -> impl Service<
         Request<()>,
         Response = Response<()>,
