@@ -1,32 +1,6 @@
-//! The retry budget engine: retries may be at most a fraction of requests,
-//! plus a small floor, over a sliding window.
-//!
-//! Free of tower types; every operation has an `_at(now)` form for tests.
-//!
-//! # Algorithm and cost
-//!
-//! The window is a ring of [`BUCKETS`] buckets (each `window / 10` wide, 1 s by
-//! default). Each bucket counts the requests (deposits) and the retries
-//! (withdrawals) made during its slice of time. A retry is allowed when
-//!
-//! ```text
-//! retries_in_window + 1 ≤ ratio × requests_in_window + min_retries_per_sec × window
-//! ```
-//!
-//! so over any window, retries are at most `ratio` of the requests plus a
-//! floor; requests and retries leave the window together, so credit earned
-//! long ago cannot fund a storm now (the flaw of an unbounded token bucket).
-//!
-//! - A **deposit** (every request, the success path) is one compare-and-swap on
-//!   one atomic word holding the bucket's slice number and its count; no lock.
-//! - A **withdrawal** (only when a retry is wanted) takes a short
-//!   `std::sync::Mutex` section that sums the ten buckets and records the retry,
-//!   so concurrent retries can never overdraw the budget. It is never held
-//!   across an `.await`.
-//!
-//! Both are O(1): the ring has a fixed ten buckets whatever the window length.
-//! A bucket counts up to 16 777 215 requests per slice; beyond that, deposits
-//! saturate, which only makes the budget stricter.
+//! The retry budget engine (see [`RetryBudget`] for the rule, the algorithm
+//! and its cost). Free of tower types; every operation has an `_at(now)` form
+//! for tests.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -45,7 +19,34 @@ const COUNT_MAX: u64 = (1 << COUNT_BITS) - 1;
 const EPOCH_MASK: u64 = (1 << (64 - COUNT_BITS)) - 1;
 const PPM: u64 = 1_000_000;
 
-/// A retry budget: see the [module docs](self) for the rule and its cost.
+/// A retry budget: retries may be at most a fraction of requests, plus a
+/// small floor, over a sliding window (in the spirit of Finagle's
+/// `RetryBudget` and gRPC retry throttling).
+///
+/// # Rule, algorithm and cost
+///
+/// The window is a ring of [`BUCKETS`] buckets (each `window / 10` wide, 1 s by
+/// default). Each bucket counts the requests (deposits) and the retries
+/// (withdrawals) made during its slice of time. A retry is allowed when
+///
+/// ```text
+/// retries_in_window + 1 ≤ ratio × requests_in_window + min_retries_per_sec × window
+/// ```
+///
+/// so over any window, retries are at most `ratio` of the requests plus a
+/// floor; requests and retries leave the window together, so credit earned
+/// long ago cannot fund a storm now (the flaw of an unbounded token bucket).
+///
+/// - A **deposit** (every request, the success path) is one compare-and-swap on
+///   one atomic word holding the bucket's slice number and its count; no lock.
+/// - A **withdrawal** (only when a retry is wanted) takes a short
+///   `std::sync::Mutex` section that sums the ten buckets and records the retry,
+///   so concurrent retries can never overdraw the budget. It is never held
+///   across an `.await`.
+///
+/// Both are O(1): the ring has a fixed ten buckets whatever the window length.
+/// A bucket counts up to 16 777 215 requests per slice; beyond that, deposits
+/// saturate, which only makes the budget stricter.
 ///
 /// Cloning is cheap and clones share one budget. A
 /// [`RetryLayer`](super::RetryLayer) owns one, shared by every service built

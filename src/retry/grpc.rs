@@ -21,7 +21,7 @@
 //! gRPC does not know whether a method is idempotent: like a gRPC service
 //! config's retry policy, every method is retried on the configured codes, so
 //! configure only codes that mean the server did not process the call.
-//! Requests carry the [`ATTEMPT_HEADER`](super::ATTEMPT_HEADER) and, on retries,
+//! Requests carry the [`ATTEMPT_HEADER`] and, on retries,
 //! gRPC's `grpc-previous-rpc-attempts`. A tonic `Channel` takes
 //! `http::Request<tonic::body::Body>`: put
 //! [`ReplayBodyLayer`](super::http::ReplayBodyLayer) above the retry layer and

@@ -8,7 +8,7 @@
 //!   delay-seconds is honoured as the wait; a `Retry-After` given as an
 //!   HTTP-date (or unparseable) means no retry, since seawall reads only
 //!   tokio's clock and cannot tell how far away a calendar date is. Every
-//!   outbound attempt carries [`ATTEMPT_HEADER`](super::ATTEMPT_HEADER).
+//!   outbound attempt carries [`ATTEMPT_HEADER`].
 //! - Bodies: `http::Request<B>` is not `Clone`. Put [`ReplayBodyLayer`] above
 //!   the retry layer: it reads the body once, up to a limit (default 64 KiB),
 //!   and hands the retry layer an `http::Request<ReplayBody<B>>` that can be
@@ -620,7 +620,7 @@ where
 pub struct InboundAttempt(pub u32);
 
 /// The attempt number an inbound request says it is: the
-/// [`ATTEMPT_HEADER`](super::ATTEMPT_HEADER), or gRPC's
+/// [`ATTEMPT_HEADER`], or gRPC's
 /// `grpc-previous-rpc-attempts` plus one; 1 when neither is present or
 /// readable.
 pub fn attempt_of<B>(req: &Request<B>) -> u32 {

@@ -97,7 +97,9 @@
 //! (calling, backing off, waiting for readiness) with no boxing and no spawned
 //! task; retries use a clone of the inner service, polled ready before each
 //! retry. Dropping the future mid-backoff drops the timer and hands the
-//! granted retry back to the budget.
+//! granted retry back to the budget. The failed outcome is kept during the
+//! backoff, so it can be returned if the retry finally does not happen (for
+//! an HTTP response, its unread body is held until then).
 
 mod backoff;
 mod budget;
