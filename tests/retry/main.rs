@@ -898,6 +898,96 @@ mod http_tests {
         );
     }
 
+    type Frames = http_body_util::StreamBody<
+        futures::stream::Iter<
+            std::vec::IntoIter<Result<http_body::Frame<Bytes>, std::convert::Infallible>>,
+        >,
+    >;
+
+    fn frames(parts: &[&'static str], trailer: Option<&'static str>) -> Frames {
+        let mut v: Vec<_> = parts
+            .iter()
+            .map(|p| Ok(http_body::Frame::data(Bytes::from_static(p.as_bytes()))))
+            .collect();
+        if let Some(t) = trailer {
+            let mut map = http::HeaderMap::new();
+            map.insert("x-checksum", http::HeaderValue::from_static(t));
+            v.push(Ok(http_body::Frame::trailers(map)));
+        }
+        http_body_util::StreamBody::new(futures::stream::iter(v))
+    }
+
+    type Seen = Arc<Mutex<Vec<(Bytes, Option<String>)>>>;
+
+    /// 503 on the first call, then 200; records each body and its trailer.
+    fn recording(
+        seen: Seen,
+    ) -> impl Service<
+        Request<ReplayBody<Frames>>,
+        Response = Response<()>,
+        Error = BoxError,
+        Future = impl Future<Output = Result<Response<()>, BoxError>> + Send,
+    > + Clone {
+        tower::service_fn(move |req: Request<ReplayBody<Frames>>| {
+            let seen = seen.clone();
+            async move {
+                let collected = req.into_body().collect().await?;
+                let trailer = collected
+                    .trailers()
+                    .and_then(|t| t.get("x-checksum"))
+                    .map(|v| v.to_str().unwrap().to_owned());
+                let mut seen = seen.lock().unwrap();
+                seen.push((collected.to_bytes(), trailer));
+                let status = if seen.len() == 1 { 503 } else { 200 };
+                Ok::<_, BoxError>(Response::builder().status(status).body(())?)
+            }
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn streamed_bodies_keep_their_order_and_trailers() {
+        // Over a 10-byte limit: what was read ahead is sent first, then the
+        // rest, once.
+        let seen = Seen::default();
+        let mut c = ServiceBuilder::new()
+            .layer(ReplayBodyLayer::new(10))
+            .layer(
+                RetryLayer::builder()
+                    .policy(HttpRetry::new())
+                    .build()
+                    .unwrap(),
+            )
+            .service(recording(seen.clone()));
+        let req = Request::put("/")
+            .body(frames(&["hello", "world", "!!!", "tail"], None))
+            .unwrap();
+        let res = c.ready().await.unwrap().call(req).await.unwrap();
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            *seen.lock().unwrap(),
+            [(Bytes::from_static(b"helloworld!!!tail"), None)]
+        );
+
+        // Within the limit, with trailers: both attempts get body and trailers.
+        let seen = Seen::default();
+        let mut c = ServiceBuilder::new()
+            .layer(ReplayBodyLayer::new(10))
+            .layer(
+                RetryLayer::builder()
+                    .policy(HttpRetry::new())
+                    .build()
+                    .unwrap(),
+            )
+            .service(recording(seen.clone()));
+        let req = Request::put("/")
+            .body(frames(&["ab", "cd"], Some("sum-1")))
+            .unwrap();
+        let res = c.ready().await.unwrap().call(req).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        let want = (Bytes::from_static(b"abcd"), Some("sum-1".to_owned()));
+        assert_eq!(*seen.lock().unwrap(), [want.clone(), want]);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_server_marks_inbound_retries_so_its_clients_do_not_retry_again() {
         let log = Log::default();
