@@ -14,7 +14,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use tokio::time::Instant;
 
-use super::window::{Code, CountWindow, TimeWindow, Window, WindowSnapshot};
+use super::window::{Code, CountWindow, Padded, TimeWindow, Window, WindowSnapshot};
 use crate::error::Name;
 use crate::observe::{EventKind, LayerKind, Observer, State};
 
@@ -125,7 +125,8 @@ pub(crate) struct Core {
     pub(crate) observer: Observer,
     pub(crate) config: Config,
     origin: Instant,
-    word: AtomicU64,
+    /// Read by every call, written on transitions: a line of its own.
+    word: Padded<AtomicU64>,
     window: Window,
     consecutive: AtomicU32,
     /// Nanoseconds since `origin` at which an open breaker lets probes in.
@@ -151,7 +152,7 @@ impl Core {
             observer,
             config,
             origin,
-            word: AtomicU64::new(pack(CLOSED, 0, 0)),
+            word: Padded(AtomicU64::new(pack(CLOSED, 0, 0))),
             window,
             consecutive: AtomicU32::new(0),
             open_until: AtomicU64::new(0),

@@ -96,9 +96,9 @@ fn contrib(code: u8) -> u64 {
 #[derive(Debug)]
 pub(crate) struct CountWindow {
     slots: Box<[AtomicU8]>,
-    cursor: AtomicUsize,
+    cursor: Padded<AtomicUsize>,
     /// calls | failures << 21 | slow << 42
-    totals: AtomicU64,
+    totals: Padded<AtomicU64>,
 }
 
 impl CountWindow {
@@ -107,8 +107,8 @@ impl CountWindow {
         let size = size.clamp(1, MAX_COUNT_WINDOW) as usize;
         CountWindow {
             slots: (0..size).map(|_| AtomicU8::new(0)).collect(),
-            cursor: AtomicUsize::new(0),
-            totals: AtomicU64::new(0),
+            cursor: Padded(AtomicUsize::new(0)),
+            totals: Padded(AtomicU64::new(0)),
         }
     }
 
@@ -187,8 +187,8 @@ pub(crate) struct TimeWindow {
     bucket_nanos: u64,
     buckets: Box<[Counts]>,
     /// The newest bucket's epoch (bucket-width ticks since `origin`).
-    head: AtomicU64,
-    totals: Counts,
+    head: Padded<AtomicU64>,
+    totals: Padded<Counts>,
     rotate: Mutex<()>,
 }
 
@@ -203,8 +203,8 @@ impl TimeWindow {
             origin,
             bucket_nanos,
             buckets: (0..buckets).map(|_| Counts::default()).collect(),
-            head: AtomicU64::new(0),
-            totals: Counts::default(),
+            head: Padded(AtomicU64::new(0)),
+            totals: Padded(Counts::default()),
             rotate: Mutex::new(()),
         }
     }
@@ -287,6 +287,20 @@ impl TimeWindow {
             self.totals.failures.fetch_sub(f, Ordering::AcqRel);
             self.totals.slow.fetch_sub(s, Ordering::AcqRel);
         }
+    }
+}
+
+/// Keeps a hot atomic on a cache line of its own (two lines, for adjacent-line
+/// prefetchers), so threads writing one do not slow down readers of another.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub(crate) struct Padded<T>(pub(crate) T);
+
+impl<T> std::ops::Deref for Padded<T> {
+    type Target = T;
+    #[inline]
+    fn deref(&self) -> &T {
+        &self.0
     }
 }
 
