@@ -7,7 +7,7 @@
 //! a short `Mutex` section; no lock is ever held across an `.await`.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use rand::rngs::SmallRng;
@@ -129,8 +129,8 @@ pub(crate) struct Core {
     word: Padded<AtomicU64>,
     window: Window,
     consecutive: AtomicU32,
-    /// Nanoseconds since `origin` at which an open breaker lets probes in.
-    open_until: AtomicU64,
+    /// Nanoseconds after `origin` at which an open breaker lets probes in.
+    open_until: AtomicI64,
     control: Mutex<Control>,
 }
 
@@ -155,7 +155,7 @@ impl Core {
             word: Padded(AtomicU64::new(pack(CLOSED, 0, 0))),
             window,
             consecutive: AtomicU32::new(0),
-            open_until: AtomicU64::new(0),
+            open_until: AtomicI64::new(0),
             control: Mutex::new(Control {
                 trips: 0,
                 rng,
@@ -174,8 +174,8 @@ impl Core {
     }
 
     #[inline]
-    fn nanos(&self, at: Instant) -> u64 {
-        u64::try_from(at.saturating_duration_since(self.origin).as_nanos()).unwrap_or(u64::MAX)
+    fn nanos(&self, at: Instant) -> i64 {
+        super::window::signed_nanos(self.origin, at)
     }
 
     fn emit_state(&self, from: State, to: State, fr: Option<f64>, sr: Option<f64>) {
@@ -210,7 +210,7 @@ impl Core {
             return None;
         }
         let until = self.open_until.load(Ordering::Acquire);
-        Some(Duration::from_nanos(until.saturating_sub(self.nanos(now))))
+        Some(nanos_to_duration(until.saturating_sub(self.nanos(now))))
     }
 
     /// The instant an open breaker lets probes through, when it is open and
@@ -253,7 +253,7 @@ impl Core {
                     let at = self.nanos(now);
                     if at < until {
                         return Err(Refusal {
-                            retry_after: Some(Duration::from_nanos(until - at)),
+                            retry_after: Some(nanos_to_duration(until.saturating_sub(at))),
                             detail: "open",
                         });
                     }
@@ -390,7 +390,8 @@ impl Core {
         let d = self.open_duration(control);
         control.trips = control.trips.saturating_add(1);
         self.open_until.store(
-            self.nanos(now).saturating_add(d.as_nanos() as u64),
+            self.nanos(now)
+                .saturating_add(i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)),
             Ordering::Release,
         );
         self.consecutive.store(0, Ordering::Release);
@@ -514,6 +515,11 @@ impl Core {
             .store(pack(to, 0, next_gen(generation)), Ordering::Release);
         self.emit_state(public_state(from), public_state(to), None, None);
     }
+}
+
+#[inline]
+fn nanos_to_duration(nanos: i64) -> Duration {
+    Duration::from_nanos(u64::try_from(nanos).unwrap_or(0))
 }
 
 #[inline]

@@ -20,7 +20,7 @@
 //! what its slots hold.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -63,6 +63,16 @@ fn rate(part: u64, whole: u64) -> Option<f64> {
         None
     } else {
         Some(part as f64 / whole as f64)
+    }
+}
+
+/// Signed nanoseconds from `origin` to `at`: instants before the origin (a
+/// layer built before a paused test runtime started, say) stay ordered.
+#[inline]
+pub(crate) fn signed_nanos(origin: Instant, at: Instant) -> i64 {
+    match at.checked_duration_since(origin) {
+        Some(d) => i64::try_from(d.as_nanos()).unwrap_or(i64::MAX),
+        None => -i64::try_from((origin - at).as_nanos()).unwrap_or(i64::MAX),
     }
 }
 
@@ -184,10 +194,11 @@ impl Counts {
 #[derive(Debug)]
 pub(crate) struct TimeWindow {
     origin: Instant,
-    bucket_nanos: u64,
+    bucket_nanos: i64,
     buckets: Box<[Counts]>,
-    /// The newest bucket's epoch (bucket-width ticks since `origin`).
-    head: Padded<AtomicU64>,
+    /// The newest bucket's epoch (bucket-width ticks since `origin`); starts
+    /// far in the past, so the first call resets every bucket once.
+    head: Padded<AtomicI64>,
     totals: Padded<Counts>,
     rotate: Mutex<()>,
 }
@@ -197,35 +208,34 @@ impl TimeWindow {
     /// width is at least 1 ns).
     pub(crate) fn new(origin: Instant, span: Duration, buckets: u32) -> Self {
         let buckets = buckets.max(1);
-        let nanos = u64::try_from(span.as_nanos()).unwrap_or(u64::MAX);
-        let bucket_nanos = (nanos / buckets as u64).max(1);
+        let nanos = i64::try_from(span.as_nanos()).unwrap_or(i64::MAX);
+        let bucket_nanos = (nanos / buckets as i64).max(1);
         TimeWindow {
             origin,
             bucket_nanos,
             buckets: (0..buckets).map(|_| Counts::default()).collect(),
-            head: Padded(AtomicU64::new(0)),
+            head: Padded(AtomicI64::new(i64::MIN / 4)),
             totals: Padded(Counts::default()),
             rotate: Mutex::new(()),
         }
     }
 
     #[inline]
-    fn epoch(&self, now: Instant) -> u64 {
-        let d = now.saturating_duration_since(self.origin).as_nanos();
-        u64::try_from(d).unwrap_or(u64::MAX) / self.bucket_nanos
+    fn epoch(&self, now: Instant) -> i64 {
+        signed_nanos(self.origin, now).div_euclid(self.bucket_nanos)
     }
 
     /// Moves the head to `epoch`, resetting the buckets passed over.
-    fn advance(&self, epoch: u64) {
+    fn advance(&self, epoch: i64) {
         let _guard = self.rotate.lock().unwrap_or_else(|p| p.into_inner());
         let head = self.head.load(Ordering::Acquire);
         if epoch <= head {
             return;
         }
-        let n = self.buckets.len() as u64;
-        let steps = (epoch - head).min(n);
+        let n = self.buckets.len() as i64;
+        let steps = epoch.saturating_sub(head).min(n);
         for ep in (epoch - steps + 1)..=epoch {
-            let b = &self.buckets[(ep % n) as usize];
+            let b = &self.buckets[ep.rem_euclid(n) as usize];
             // Same discipline as the count window: take exactly what the bucket
             // held, then subtract exactly that.
             let c = b.calls.swap(0, Ordering::AcqRel);
@@ -239,13 +249,13 @@ impl TimeWindow {
     }
 
     #[inline]
-    fn current(&self, now: Instant) -> u64 {
+    fn current(&self, now: Instant) -> i64 {
         let epoch = self.epoch(now);
         let head = self.head.load(Ordering::Acquire);
         if epoch > head {
             self.advance(epoch);
             epoch
-        } else if head - epoch >= self.buckets.len() as u64 {
+        } else if head - epoch >= self.buckets.len() as i64 {
             // A clock read that lagged a whole window behind: count it now.
             head
         } else {
@@ -257,7 +267,7 @@ impl TimeWindow {
     #[inline]
     pub(crate) fn record(&self, now: Instant, code: Code) {
         let epoch = self.current(now);
-        let b = &self.buckets[(epoch % self.buckets.len() as u64) as usize];
+        let b = &self.buckets[epoch.rem_euclid(self.buckets.len() as i64) as usize];
         // Totals first, bucket second: a reset that takes the bucket's count
         // subtracts only what was already added.
         self.totals.add(code);
@@ -385,6 +395,17 @@ mod tests {
                 slow_calls: 1
             }
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn time_window_handles_instants_before_its_origin() {
+        let t0 = Instant::now();
+        // Built "later" than the clock reads it will see.
+        let w = TimeWindow::new(t0 + Duration::from_secs(5), Duration::from_secs(10), 10);
+        w.record(t0, FAIL);
+        assert_eq!(w.snapshot(t0).failures, 1);
+        assert_eq!(w.snapshot(t0 + Duration::from_millis(9_999)).failures, 1);
+        assert_eq!(w.snapshot(t0 + Duration::from_secs(10)).failures, 0);
     }
 
     #[tokio::test(start_paused = true)]

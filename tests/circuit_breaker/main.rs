@@ -805,6 +805,66 @@ fn a_small_window_stays_exact_under_contention() {
     );
 }
 
+#[test]
+fn half_open_admits_exactly_the_permitted_probes_across_threads() {
+    const PERMITTED: usize = 50;
+    const THREADS: usize = 8;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    let layer = CircuitBreakerLayer::builder()
+        .window(SlidingWindow::count(1))
+        .minimum_calls(1)
+        .permitted_calls_in_half_open(PERMITTED as u32)
+        .open_duration(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    // The backend counts the calls the breaker lets through.
+    let calls = Arc::new(AtomicUsize::new(0));
+    let mut svc = layer.layer(backend(calls.clone()));
+    // Trip it, wait out the open time, and let one probe in (held, unfinished).
+    let first = rt.block_on(async {
+        let _ = call(&mut svc, FAIL).await;
+        advance(Duration::from_secs(10)).await;
+        svc.ready().await.unwrap().call(OK)
+    });
+    assert_eq!(handle.state(), State::HalfOpen);
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    // Admission in half-open reads no clock: threads outside the runtime race
+    // for the remaining slots, 800 attempts in all. Every thread holds what it
+    // got until all have tried, so no slot is given back during the race.
+    let barrier = Arc::new(std::sync::Barrier::new(THREADS));
+    let threads: Vec<_> = (0..THREADS)
+        .map(|_| {
+            let mut svc = svc.clone();
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                barrier.wait();
+                let held: Vec<_> = (0..100).map(|_| svc.call(OK)).collect();
+                barrier.wait();
+                drop(held);
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 2 + (PERMITTED - 1));
+    // The dropped probes gave their slots back; with the first one dropped
+    // too, exactly PERMITTED more get in.
+    drop(first);
+    let held: Vec<_> = (0..2 * PERMITTED).map(|_| svc.call(OK)).collect();
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2 + (PERMITTED - 1) + PERMITTED
+    );
+    drop(held);
+    assert_eq!(handle.state(), State::HalfOpen);
+}
+
 mod model {
     //! A plain reference model of the state machine, checked against the
     //! breaker on random sequences of outcomes and time steps.
