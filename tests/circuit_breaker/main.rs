@@ -826,11 +826,15 @@ fn half_open_admits_exactly_the_permitted_probes_across_threads() {
     let calls = Arc::new(AtomicUsize::new(0));
     let mut svc = layer.layer(backend(calls.clone()));
     // Trip it, wait out the open time, and let one probe in (held, unfinished).
-    let first = rt.block_on(async {
+    rt.block_on(async {
         let _ = call(&mut svc, FAIL).await;
         advance(Duration::from_secs(10)).await;
-        svc.ready().await.unwrap().call(OK)
+        svc.ready().await.unwrap();
     });
+    let first = {
+        let _in_runtime = rt.enter(); // the paused clock
+        svc.call(OK)
+    };
     assert_eq!(handle.state(), State::HalfOpen);
     assert_eq!(calls.load(Ordering::SeqCst), 2);
     // Admission in half-open reads no clock: threads outside the runtime race
