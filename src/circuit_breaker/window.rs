@@ -397,6 +397,75 @@ mod tests {
         );
     }
 
+    #[test]
+    fn time_window_totals_stay_exact_while_buckets_rotate_under_contention() {
+        let t0 = Instant::now();
+        let w = std::sync::Arc::new(TimeWindow::new(t0, Duration::from_millis(10), 10));
+        let threads: Vec<_> = (0..4u64)
+            .map(|t| {
+                let w = w.clone();
+                std::thread::spawn(move || {
+                    for i in 0..50_000u64 {
+                        // Each thread walks its own clock (1 µs a call, offset
+                        // per thread), so buckets rotate while others record,
+                        // and some records arrive late.
+                        let now = t0 + Duration::from_micros(i + t * 300);
+                        w.record(now, Code::new(i % 3 == 0, i % 5 == 0));
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let sum = |f: fn(&Counts) -> &AtomicU64| -> u64 {
+            w.buckets.iter().map(|b| f(b).load(Ordering::Relaxed)).sum()
+        };
+        assert_eq!(w.totals.calls.load(Ordering::Relaxed), sum(|c| &c.calls));
+        assert_eq!(
+            w.totals.failures.load(Ordering::Relaxed),
+            sum(|c| &c.failures)
+        );
+        assert_eq!(w.totals.slow.load(Ordering::Relaxed), sum(|c| &c.slow));
+        // Once everything has aged out, the totals are exactly zero (no
+        // underflow, nothing left behind).
+        let later = t0 + Duration::from_secs(10);
+        assert_eq!(w.snapshot(later), WindowSnapshot::default());
+        assert_eq!(w.totals.calls.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn count_window_totals_match_its_slots_under_contention() {
+        let w = std::sync::Arc::new(CountWindow::new(7));
+        let threads: Vec<_> = (0..4u64)
+            .map(|t| {
+                let w = w.clone();
+                std::thread::spawn(move || {
+                    for i in 0..100_000u64 {
+                        w.record(Code::new((i + t) % 3 == 0, (i * t) % 4 == 0));
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let mut expected = WindowSnapshot::default();
+        for slot in w.slots.iter() {
+            let v = slot.load(Ordering::Relaxed);
+            expected.calls += (v & 1) as u64;
+            expected.failures += ((v >> 1) & 1) as u64;
+            expected.slow_calls += ((v >> 2) & 1) as u64;
+        }
+        assert_eq!(expected.calls, 7);
+        assert_eq!(w.snapshot(), expected);
+        assert_eq!(w.totals.load(Ordering::Relaxed), {
+            expected.calls
+                | expected.failures << FIELD_BITS
+                | expected.slow_calls << (2 * FIELD_BITS)
+        });
+    }
+
     #[tokio::test(start_paused = true)]
     async fn time_window_handles_instants_before_its_origin() {
         let t0 = Instant::now();
