@@ -42,6 +42,8 @@ pub use crate::observe::{Event, EventKind, Hook, Observer};
 pub use crate::bulkhead::{BulkheadLayer, QueueOrder};
 #[cfg(feature = "chaos")]
 pub use crate::chaos::ChaosLayer;
+#[cfg(feature = "circuit-breaker")]
+pub use crate::circuit_breaker::{CircuitBreakerHandle, CircuitBreakerLayer, SlidingWindow};
 #[cfg(feature = "retry")]
 pub use crate::retry::{Jitter, RetryBudget, RetryLayer};
 #[cfg(feature = "shed")]
