@@ -44,10 +44,6 @@ pub use crate::bulkhead::{BulkheadLayer, QueueOrder};
 pub use crate::chaos::ChaosLayer;
 #[cfg(feature = "circuit-breaker")]
 pub use crate::circuit_breaker::{CircuitBreakerHandle, CircuitBreakerLayer, SlidingWindow};
-#[cfg(feature = "retry")]
-pub use crate::retry::{Jitter, RetryBudget, RetryLayer};
-#[cfg(feature = "shed")]
-pub use crate::shed::{AdaptiveLimitLayer, Criticality, ThrottleLayer};
 #[cfg(feature = "deadline")]
 pub use crate::deadline::{AttemptTimeoutLayer, DeadlineLayer};
 #[cfg(all(feature = "deadline", feature = "http"))]
@@ -56,3 +52,7 @@ pub use crate::deadline::{DeadlineFromHeadersLayer, PropagateDeadlineLayer};
 pub use crate::grpc::{GrpcRejectionLayer, GrpcStatusClassifier};
 #[cfg(feature = "http")]
 pub use crate::http::{HttpStatusClassifier, RejectionResponseLayer};
+#[cfg(feature = "retry")]
+pub use crate::retry::{Jitter, RetryBudget, RetryLayer};
+#[cfg(feature = "shed")]
+pub use crate::shed::{AdaptiveLimitLayer, Criticality, ThrottleLayer};
