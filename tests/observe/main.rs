@@ -16,8 +16,11 @@ mod metrics_facade {
     use metrics_util::debugging::{DebugValue, DebuggingRecorder};
     use seawall::observe::MetricsHook;
 
-    /// (name, labels sorted, value) for every metric in a snapshot.
-    fn snapshot(rec: &DebuggingRecorder) -> Vec<(String, Vec<(String, String)>, DebugValue)> {
+    /// (name, labels sorted, value) of one metric.
+    type Metric = (String, Vec<(String, String)>, DebugValue);
+
+    /// Every metric in a snapshot.
+    fn snapshot(rec: &DebuggingRecorder) -> Vec<Metric> {
         rec.snapshotter()
             .snapshot()
             .into_vec()
