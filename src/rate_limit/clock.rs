@@ -113,9 +113,15 @@ mod tests {
         let a = c.now();
         tokio::time::advance(Duration::from_millis(1500)).await;
         let b = c.now();
-        assert_eq!(b.duration_since(a), Nanos::from(Duration::from_millis(1500)));
+        assert_eq!(
+            b.duration_since(a),
+            Nanos::from(Duration::from_millis(1500))
+        );
         assert_eq!(a.duration_since(b), Nanos::from(0u64));
         assert_eq!(a + Nanos::from(Duration::from_millis(1500)), b);
-        assert_eq!(b.saturating_sub(Nanos::from(Duration::from_millis(1500))), a);
+        assert_eq!(
+            b.saturating_sub(Nanos::from(Duration::from_millis(1500))),
+            a
+        );
     }
 }

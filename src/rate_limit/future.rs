@@ -113,9 +113,11 @@ impl<F, S, Req, X, D> ResponseFuture<F, S, Req, X, D> {
     where
         D: Decorate<Res>,
     {
-        shared
-            .observer
-            .emit(LayerKind::RateLimit, shared.name.as_str(), EventKind::CallStarted);
+        shared.observer.emit(
+            LayerKind::RateLimit,
+            shared.name.as_str(),
+            EventKind::CallStarted,
+        );
         let deco = if D::ENABLED {
             status.map(|s| (shared.clone(), s))
         } else {
@@ -167,7 +169,10 @@ impl<F, S, Req, X, D> ResponseFuture<F, S, Req, X, D> {
         req: Req,
         shared: &Arc<Shared<X, D>>,
     ) -> Self {
-        let timeout = shared.redis.as_ref().map_or(Duration::ZERO, |r| r.timeout());
+        let timeout = shared
+            .redis
+            .as_ref()
+            .map_or(Duration::ZERO, |r| r.timeout());
         ResponseFuture {
             state: State::Redis {
                 call,
@@ -264,8 +269,10 @@ where
                 } => {
                     ready!(sleep.poll(cx));
                     let shared = shared.clone();
-                    match shared.decide(key) {
-                        Step::Now(v, status) => next(v, status, Some(*limit), *key, svc, req, &shared),
+                    match shared.decide(key, D::ENABLED) {
+                        Step::Now(v, status) => {
+                            next(v, status, Some(*limit), *key, svc, req, &shared)
+                        }
                         #[cfg(feature = "redis")]
                         Step::Redis(call) => match (svc.take(), req.take()) {
                             (Some(s), Some(r)) => {
@@ -297,7 +304,7 @@ where
                     let shared = shared.clone();
                     let (v, status) = match &shared.redis {
                         Some(r) => r.complete(&shared, key, outcome),
-                        None => shared.decide_local(key),
+                        None => shared.decide_local(key, D::ENABLED),
                     };
                     next(v, status, *limit, *key, svc, req, &shared)
                 }

@@ -40,10 +40,7 @@ pub fn policy_value(name: &str, quota: &Quota) -> String {
 /// assert_eq!(rate_limit_value("default", 50, Duration::from_millis(29_400)), "\"default\";r=50;t=30");
 /// ```
 pub fn rate_limit_value(name: &str, remaining: u32, reset: std::time::Duration) -> String {
-    format!(
-        "\"{name}\";r={remaining};t={}",
-        retry_after_secs(reset)
-    )
+    format!("\"{name}\";r={remaining};t={}", retry_after_secs(reset))
 }
 
 /// Adds `RateLimit-Policy` and `RateLimit` to every admitted response (the
@@ -71,7 +68,9 @@ impl IetfHeaders {
         {
             return Err(ConfigError::new(
                 "rate_limit",
-                format!("response header policy name {name:?} must be non-empty printable ASCII without '\"' or '\\'"),
+                format!(
+                    "response header policy name {name:?} must be non-empty printable ASCII without '\"' or '\\'"
+                ),
             ));
         }
         Ok(IetfHeaders {
@@ -81,7 +80,9 @@ impl IetfHeaders {
     }
 
     fn policy(&self, quota: &Quota) -> HeaderValue {
-        let (q, v) = self.policy.get_or_init(|| (*quota, to_value(policy_value(&self.name, quota))));
+        let (q, v) = self
+            .policy
+            .get_or_init(|| (*quota, to_value(policy_value(&self.name, quota))));
         if q == quota {
             v.clone()
         } else {

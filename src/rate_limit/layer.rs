@@ -92,7 +92,7 @@ impl<X, D> Shared<X, D> {
     #[inline]
     pub(crate) fn finish(&self, quota: &Quota, a: Admit) -> (Verdict, Option<RateLimitStatus>) {
         if let Some(g) = &self.global {
-            if let Err(w) = g.check() {
+            if let Err(w) = g.check(false) {
                 return (
                     Verdict::Deny {
                         wait: Some(w),
@@ -105,9 +105,13 @@ impl<X, D> Shared<X, D> {
         (Verdict::Admit(a), Some(self.status(quota, a)))
     }
 
-    fn fallback(&self, detail: &'static str) -> (Verdict, Option<RateLimitStatus>) {
+    fn fallback(
+        &self,
+        detail: &'static str,
+        want_status: bool,
+    ) -> (Verdict, Option<RateLimitStatus>) {
         match (&self.fallback, &self.fallback_bucket) {
-            (Fallback::SharedBucket, Some(b)) => match b.check() {
+            (Fallback::SharedBucket, Some(b)) => match b.check(want_status) {
                 Ok(a) => self.finish(b.quota(), a),
                 Err(w) => (
                     Verdict::Deny {
@@ -122,9 +126,12 @@ impl<X, D> Shared<X, D> {
     }
 
     /// The local decision for `key` (the primary limit, then the global one).
+    /// `want_status`: compute the bucket state for response headers.
+    #[inline]
     pub(crate) fn decide_local(
         &self,
         key: &Result<Key, MissingKey>,
+        want_status: bool,
     ) -> (Verdict, Option<RateLimitStatus>) {
         let key = match key {
             Ok(k) => k,
@@ -137,11 +144,11 @@ impl<X, D> Shared<X, D> {
                         reason: m.reason,
                     },
                 );
-                return self.fallback(DETAIL_NO_KEY);
+                return self.fallback(DETAIL_NO_KEY, want_status);
             }
         };
         match &self.primary {
-            Primary::Global(b) => match b.check() {
+            Primary::Global(b) => match b.check(want_status) {
                 Ok(a) => self.finish(b.quota(), a),
                 Err(w) => (
                     Verdict::Deny {
@@ -151,7 +158,7 @@ impl<X, D> Shared<X, D> {
                     None,
                 ),
             },
-            Primary::Keyed(k) => match k.check(key) {
+            Primary::Keyed(k) => match k.check(key, want_status) {
                 KeyedCheck::Decided(Ok(a)) => self.finish(k.quota(), a),
                 KeyedCheck::Decided(Err(w)) => (
                     Verdict::Deny {
@@ -160,23 +167,23 @@ impl<X, D> Shared<X, D> {
                     },
                     None,
                 ),
-                KeyedCheck::Full => self.fallback(DETAIL_KEYS_FULL),
+                KeyedCheck::Full => self.fallback(DETAIL_KEYS_FULL, want_status),
             },
         }
     }
 
     /// The decision for `key`: local, or a pending Redis call.
     #[inline]
-    pub(crate) fn decide(&self, key: &Result<Key, MissingKey>) -> Step {
+    pub(crate) fn decide(&self, key: &Result<Key, MissingKey>, want_status: bool) -> Step {
         #[cfg(feature = "redis")]
         if let (Some(r), Ok(k)) = (&self.redis, key) {
             if r.should_call() {
                 return Step::Redis(r.call(self.name.as_str(), k));
             }
-            let (v, s) = r.degraded(self, key);
+            let (v, s) = r.degraded(self, key, want_status);
             return Step::Now(v, s);
         }
-        let (v, s) = self.decide_local(key);
+        let (v, s) = self.decide_local(key, want_status);
         Step::Now(v, s)
     }
 

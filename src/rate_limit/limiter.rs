@@ -30,6 +30,14 @@ pub(crate) struct Admit {
     pub(crate) reset: Duration,
 }
 
+impl Admit {
+    /// An admission whose bucket state was not computed.
+    pub(crate) const UNKNOWN: Admit = Admit {
+        remaining: 0,
+        reset: Duration::ZERO,
+    };
+}
+
 /// The outcome of one check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Verdict {
@@ -42,6 +50,7 @@ pub(crate) enum Verdict {
     },
 }
 
+#[inline]
 fn admit(quota: &Quota, remaining: u32) -> Admit {
     let used = quota.burst_size().saturating_sub(remaining);
     Admit {
@@ -67,13 +76,14 @@ impl Bucket {
         })
     }
 
+    /// One cell. `want_status`: compute `remaining` / `reset` (a division),
+    /// only needed for response headers; otherwise both read 0.
     #[inline]
-    pub(crate) fn check(&self) -> Result<Admit, Duration> {
+    pub(crate) fn check(&self, want_status: bool) -> Result<Admit, Duration> {
         match self.limiter.check() {
-            Ok(snap) => Ok(admit(&self.quota, snap.remaining_burst_capacity())),
-            Err(not_until) => {
-                Err(not_until.wait_time_from(TokioInstant::new(Instant::now())))
-            }
+            Ok(snap) if want_status => Ok(admit(&self.quota, snap.remaining_burst_capacity())),
+            Ok(_) => Ok(Admit::UNKNOWN),
+            Err(not_until) => Err(not_until.wait_time_from(TokioInstant::new(Instant::now()))),
         }
     }
 
@@ -224,7 +234,8 @@ impl KeyedBuckets {
             .is_ok()
     }
 
-    pub(crate) fn check(&self, key: &Key) -> KeyedCheck {
+    #[inline]
+    pub(crate) fn check(&self, key: &Key, want_status: bool) -> KeyedCheck {
         let n = self.calls.fetch_add(1, Ordering::Relaxed);
         if n % self.settings.sweep_every == self.settings.sweep_every - 1 {
             self.sweep();
@@ -244,7 +255,8 @@ impl KeyedBuckets {
             }
         }
         KeyedCheck::Decided(match self.limiter.check_key(key) {
-            Ok(snap) => Ok(admit(&self.quota, snap.remaining_burst_capacity())),
+            Ok(snap) if want_status => Ok(admit(&self.quota, snap.remaining_burst_capacity())),
+            Ok(_) => Ok(Admit::UNKNOWN),
             Err(nu) => Err(nu.wait_time_from(TokioInstant::new(Instant::now()))),
         })
     }
@@ -307,37 +319,46 @@ mod tests {
     async fn bucket_burst_then_rate() {
         let b = Bucket::new(Quota::per_second(2), "quota").unwrap();
         assert_eq!(
-            b.check(),
+            b.check(true),
             Ok(Admit {
                 remaining: 1,
                 reset: Duration::from_millis(500)
             })
         );
         assert_eq!(
-            b.check(),
+            b.check(true),
             Ok(Admit {
                 remaining: 0,
                 reset: Duration::from_secs(1)
             })
         );
-        assert_eq!(b.check(), Err(Duration::from_millis(500)));
+        assert_eq!(b.check(true), Err(Duration::from_millis(500)));
         tokio::time::advance(Duration::from_millis(200)).await;
-        assert_eq!(b.check(), Err(Duration::from_millis(300)));
+        assert_eq!(b.check(true), Err(Duration::from_millis(300)));
     }
 
     #[tokio::test(start_paused = true)]
     async fn cap_holds_and_idle_keys_are_evicted() {
         let k = KeyedBuckets::new(Quota::per_second(10), settings(3)).unwrap();
         for i in 0..3 {
-            assert!(matches!(k.check(&Key::from_u64(i)), KeyedCheck::Decided(Ok(_))));
+            assert!(matches!(
+                k.check(&Key::from_u64(i), true),
+                KeyedCheck::Decided(Ok(_))
+            ));
         }
-        assert_eq!(k.check(&Key::from_u64(3)), KeyedCheck::Full);
+        assert_eq!(k.check(&Key::from_u64(3), true), KeyedCheck::Full);
         assert_eq!(k.tracked(), 3);
         // known keys still go through
-        assert!(matches!(k.check(&Key::from_u64(0)), KeyedCheck::Decided(Ok(_))));
+        assert!(matches!(
+            k.check(&Key::from_u64(0), true),
+            KeyedCheck::Decided(Ok(_))
+        ));
         // after the buckets refill, the sweep evicts them
         tokio::time::advance(Duration::from_millis(500)).await;
-        assert!(matches!(k.check(&Key::from_u64(3)), KeyedCheck::Decided(Ok(_))));
+        assert!(matches!(
+            k.check(&Key::from_u64(3), true),
+            KeyedCheck::Decided(Ok(_))
+        ));
         assert_eq!(k.tracked(), 1);
         assert_eq!(k.evicted(), 3);
     }

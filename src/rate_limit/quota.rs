@@ -101,13 +101,19 @@ impl Quota {
         if self.period.is_zero() {
             return Err(ConfigError::new(
                 "rate_limit",
-                format!("{what}: the period must be greater than zero, got {:?}", self.period),
+                format!(
+                    "{what}: the period must be greater than zero, got {:?}",
+                    self.period
+                ),
             ));
         }
         if self.period > Duration::from_secs(365 * 24 * 3600) {
             return Err(ConfigError::new(
                 "rate_limit",
-                format!("{what}: the period must be at most one year, got {:?}", self.period),
+                format!(
+                    "{what}: the period must be at most one year, got {:?}",
+                    self.period
+                ),
             ));
         }
         governor::Quota::with_period(self.period)

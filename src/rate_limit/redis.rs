@@ -290,7 +290,7 @@ impl RedisState {
             None => "timeout",
         };
         self.failed(shared, cause);
-        self.degraded(shared, key)
+        self.degraded(shared, key, true)
     }
 
     fn healthy<X, D>(&self, shared: &Shared<X, D>) {
@@ -318,9 +318,8 @@ impl RedisState {
             },
         );
         self.next_probe_ns.store(
-            self.now_ns().saturating_add(
-                u64::try_from(self.probe_interval.as_nanos()).unwrap_or(u64::MAX),
-            ),
+            self.now_ns()
+                .saturating_add(u64::try_from(self.probe_interval.as_nanos()).unwrap_or(u64::MAX)),
             Ordering::Release,
         );
         if !self.degraded.swap(true, Ordering::AcqRel) {
@@ -342,6 +341,7 @@ impl RedisState {
         &self,
         shared: &Shared<X, D>,
         key: &Result<Key, MissingKey>,
+        want_status: bool,
     ) -> (Verdict, Option<RateLimitStatus>) {
         match self.policy {
             FailurePolicy::FailOpen => shared.finish(
@@ -358,7 +358,7 @@ impl RedisState {
                 },
                 None,
             ),
-            FailurePolicy::Local { .. } => shared.decide_local(key),
+            FailurePolicy::Local { .. } => shared.decide_local(key, want_status),
         }
     }
 }

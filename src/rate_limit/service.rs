@@ -86,7 +86,7 @@ where
     fn call(&mut self, req: Req) -> Self::Future {
         let shared = &self.shared;
         let key = shared.extractor.extract(&req);
-        match shared.decide(&key) {
+        match shared.decide(&key, D::ENABLED) {
             Step::Now(Verdict::Admit(_), status) => {
                 ResponseFuture::called(self.inner.call(req), shared, status)
             }
@@ -98,7 +98,11 @@ where
                         let svc = take_ready(&mut self.inner);
                         return ResponseFuture::waiting(now + w, limit, key, svc, req, shared);
                     }
-                    return ResponseFuture::rejected(shared, Some(w), super::layer::DETAIL_WAIT_TOO_LONG);
+                    return ResponseFuture::rejected(
+                        shared,
+                        Some(w),
+                        super::layer::DETAIL_WAIT_TOO_LONG,
+                    );
                 }
                 ResponseFuture::rejected(shared, wait, detail)
             }

@@ -18,7 +18,12 @@ use tower::{Layer, Service};
 #[global_allocator]
 static A: CountingAlloc = CountingAlloc;
 
-fn echo() -> impl Service<u64, Response = u64, Error = Infallible, Future = std::future::Ready<Result<u64, Infallible>>> + Clone {
+fn echo() -> impl Service<
+    u64,
+    Response = u64,
+    Error = Infallible,
+    Future = std::future::Ready<Result<u64, Infallible>>,
+> + Clone {
     tower::service_fn(|x: u64| std::future::ready(Ok::<_, Infallible>(x)))
 }
 
@@ -40,12 +45,15 @@ const CALLS: u64 = 10_000;
 
 #[test]
 fn global_limiter_admits_without_allocating() {
-    let layer = RateLimitLayer::builder(Quota::per_second(1_000_000)).build().unwrap();
+    let layer = RateLimitLayer::builder(Quota::per_second(1_000_000))
+        .build()
+        .unwrap();
     let mut svc = layer.layer(echo());
     for i in 0..100 {
         assert!(drive(&mut svc, i));
     }
-    let (allocs, admitted) = count_allocations(|| (0..CALLS).filter(|&i| drive(&mut svc, i)).count());
+    let (allocs, admitted) =
+        count_allocations(|| (0..CALLS).filter(|&i| drive(&mut svc, i)).count());
     assert_eq!(admitted as u64, CALLS);
     println!("global: {allocs} allocations for {CALLS} admitted calls");
     assert_eq!(allocs, 0, "allocations per admitted call must be 0");
@@ -62,7 +70,8 @@ fn keyed_limiter_admits_known_keys_without_allocating() {
     for i in 0..1_000 {
         assert!(drive(&mut svc, i));
     }
-    let (allocs, admitted) = count_allocations(|| (0..CALLS).filter(|&i| drive(&mut svc, i)).count());
+    let (allocs, admitted) =
+        count_allocations(|| (0..CALLS).filter(|&i| drive(&mut svc, i)).count());
     assert_eq!(admitted as u64, CALLS);
     println!("keyed (64 known keys): {allocs} allocations for {CALLS} admitted calls");
     assert_eq!(allocs, 0, "allocations per admitted call must be 0");
@@ -71,17 +80,25 @@ fn keyed_limiter_admits_known_keys_without_allocating() {
     let (sweep_allocs, ran) = count_allocations(|| layer.evict_idle());
     assert!(ran);
     println!("keyed: one idle-key sweep over 64 keys made {sweep_allocs} allocations");
-    assert!(sweep_allocs <= 64, "a sweep allocates at most a little: {sweep_allocs}");
+    assert!(
+        sweep_allocs <= 64,
+        "a sweep allocates at most a little: {sweep_allocs}"
+    );
 }
 
 #[test]
 fn rejected_calls_allocate_only_the_error() {
-    let layer = RateLimitLayer::builder(Quota::per_second(1)).build().unwrap();
+    let layer = RateLimitLayer::builder(Quota::per_second(1))
+        .build()
+        .unwrap();
     let mut svc = layer.layer(echo());
     assert!(drive(&mut svc, 0));
     // The rejection's BoxError (the error box and the name's reference count).
     let (allocs, admitted) = count_allocations(|| (0..100).filter(|&i| drive(&mut svc, i)).count());
     assert_eq!(admitted, 0);
     println!("rejected: {allocs} allocations for 100 rejected calls");
-    assert_eq!(allocs, 100, "one allocation (the boxed error) per rejection");
+    assert_eq!(
+        allocs, 100,
+        "one allocation (the boxed error) per rejection"
+    );
 }

@@ -7,15 +7,20 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use seawall::BoxError;
 use seawall::deadline::{self, Deadline};
 use seawall::error::{RejectionKind, rejection_of};
 use seawall::observe::{Event, EventKind, Observer, Recorder};
 use seawall::rate_limit::{Fallback, Key, Quota, RateLimitLayer};
-use seawall::BoxError;
 use tokio::time::{Instant, advance};
 use tower::{Layer, Service, ServiceExt};
 
-fn echo() -> impl Service<u64, Response = u64, Error = Infallible, Future = std::future::Ready<Result<u64, Infallible>>> + Clone {
+fn echo() -> impl Service<
+    u64,
+    Response = u64,
+    Error = Infallible,
+    Future = std::future::Ready<Result<u64, Infallible>>,
+> + Clone {
     tower::service_fn(|x: u64| std::future::ready(Ok::<_, Infallible>(x)))
 }
 
@@ -35,7 +40,9 @@ fn retry_after(err: &BoxError) -> Option<Duration> {
 #[tokio::test(start_paused = true)]
 async fn burst_then_steady_rate_admits_exactly_the_quota() {
     // 10 per second: a burst of 10, then one every 100 ms.
-    let layer = RateLimitLayer::builder(Quota::per_second(10)).build().unwrap();
+    let layer = RateLimitLayer::builder(Quota::per_second(10))
+        .build()
+        .unwrap();
     let mut svc = layer.layer(echo());
 
     for i in 0..10 {
@@ -48,7 +55,10 @@ async fn burst_then_steady_rate_admits_exactly_the_quota() {
     let err = call(&mut svc, 11).await.unwrap_err();
     assert_eq!(retry_after(&err), Some(Duration::from_millis(70)));
     advance(Duration::from_millis(70)).await;
-    assert!(call(&mut svc, 12).await.is_ok(), "conforms exactly at the next cell");
+    assert!(
+        call(&mut svc, 12).await.is_ok(),
+        "conforms exactly at the next cell"
+    );
 
     // Steady state: a request every 10 ms for 2 s; one in ten is admitted.
     let mut admitted = 0;
@@ -59,7 +69,10 @@ async fn burst_then_steady_rate_admits_exactly_the_quota() {
             Ok(_) => admitted += 1,
             Err(e) => {
                 let w = retry_after(&e).unwrap();
-                assert!(w > Duration::ZERO && w < Duration::from_millis(100), "{w:?}");
+                assert!(
+                    w > Duration::ZERO && w < Duration::from_millis(100),
+                    "{w:?}"
+                );
                 rejected += 1;
             }
         }
@@ -70,7 +83,9 @@ async fn burst_then_steady_rate_admits_exactly_the_quota() {
 
 #[tokio::test(start_paused = true)]
 async fn quota_is_shared_by_clones_and_services_of_one_layer() {
-    let layer = RateLimitLayer::builder(Quota::per_minute(3)).build().unwrap();
+    let layer = RateLimitLayer::builder(Quota::per_minute(3))
+        .build()
+        .unwrap();
     let mut a = layer.layer(echo());
     let mut b = a.clone();
     let mut c = layer.layer(echo());
@@ -113,7 +128,11 @@ async fn noisy_key_is_limited_while_others_pass_untouched() {
     assert_eq!(
         recorder.count(|e| matches!(
             e.kind,
-            EventKind::Rejected { reason: RejectionKind::RateLimited, detail: "limit", retry_after: Some(_) }
+            EventKind::Rejected {
+                reason: RejectionKind::RateLimited,
+                detail: "limit",
+                retry_after: Some(_)
+            }
         ) && e.name == "tenants"),
         45
     );
@@ -131,9 +150,19 @@ async fn global_quota_applies_on_top_of_per_key_quota() {
     let mut svc = layer.layer(echo());
     let a: usize = futures_ok(&mut svc, 0, 5).await;
     let b: usize = futures_ok(&mut svc, 1000, 5).await;
-    assert_eq!((a, b), (5, 3), "tenant B gets only what is left of the global 8");
     assert_eq!(
-        recorder.count(|e| matches!(e.kind, EventKind::Rejected { detail: "global_limit", .. })),
+        (a, b),
+        (5, 3),
+        "tenant B gets only what is left of the global 8"
+    );
+    assert_eq!(
+        recorder.count(|e| matches!(
+            e.kind,
+            EventKind::Rejected {
+                detail: "global_limit",
+                ..
+            }
+        )),
         2
     );
 }
@@ -166,11 +195,24 @@ async fn requests_without_a_key_follow_the_fallback_rule() {
     let err = call(&mut svc, 0).await.unwrap_err();
     assert_eq!(retry_after(&err), None);
     assert_eq!(
-        recorder.count(|e| matches!(e.kind, EventKind::InputIgnored { input: "key", reason: "absent" })),
+        recorder.count(|e| matches!(
+            e.kind,
+            EventKind::InputIgnored {
+                input: "key",
+                reason: "absent"
+            }
+        )),
         1
     );
     assert_eq!(
-        recorder.count(|e| matches!(e.kind, EventKind::Rejected { detail: "no_key", retry_after: None, .. })),
+        recorder.count(|e| matches!(
+            e.kind,
+            EventKind::Rejected {
+                detail: "no_key",
+                retry_after: None,
+                ..
+            }
+        )),
         1
     );
 
@@ -200,7 +242,13 @@ async fn a_million_distinct_keys_never_exceed_the_cap() {
         .fallback(Fallback::Reject)
         .min_sweep_interval(Duration::from_millis(100))
         .observer(Observer::new(move |e: &Event<'_>| {
-            if matches!(e.kind, EventKind::Rejected { detail: "keys_full", .. }) {
+            if matches!(
+                e.kind,
+                EventKind::Rejected {
+                    detail: "keys_full",
+                    ..
+                }
+            ) {
                 full2.fetch_add(1, Ordering::Relaxed);
             }
         }))
@@ -240,7 +288,11 @@ async fn a_million_distinct_keys_never_exceed_the_cap() {
     // governor's retain_recent from t + 200 ms; sweeps run at most every
     // 100 ms, so the 10 000 slots turn over about every 300 ms: at least 3
     // times in the 1 s spray.
-    assert!(layer.evicted_keys() >= 30_000, "evicted {}", layer.evicted_keys());
+    assert!(
+        layer.evicted_keys() >= 30_000,
+        "evicted {}",
+        layer.evicted_keys()
+    );
     // Memory: the map never holds more than the cap, so its allocation stays
     // within a small factor of it.
     assert!(max_capacity <= 4 * CAP, "map capacity {max_capacity}");
@@ -261,7 +313,11 @@ async fn wait_mode_waits_exactly_and_respects_max_wait() {
     assert!(call(&mut svc, 1).await.is_ok());
     assert_eq!(t0.elapsed(), Duration::ZERO);
     assert!(call(&mut svc, 2).await.is_ok());
-    assert_eq!(t0.elapsed(), Duration::from_secs(1), "waited exactly one period");
+    assert_eq!(
+        t0.elapsed(),
+        Duration::from_secs(1),
+        "waited exactly one period"
+    );
 
     // Two waiters at once: the second one's wait is 2 s, still within max.
     let (mut s1, mut s2) = (svc.clone(), svc.clone());
@@ -280,10 +336,20 @@ async fn wait_mode_waits_exactly_and_respects_max_wait() {
     assert!(call(&mut svc, 1).await.is_ok());
     let t1 = Instant::now();
     let err = call(&mut svc, 2).await.unwrap_err();
-    assert_eq!(t1.elapsed(), Duration::ZERO, "no waiting when the wait is too long");
+    assert_eq!(
+        t1.elapsed(),
+        Duration::ZERO,
+        "no waiting when the wait is too long"
+    );
     assert_eq!(retry_after(&err), Some(Duration::from_secs(1)));
     assert_eq!(
-        recorder.count(|e| matches!(e.kind, EventKind::Rejected { detail: "wait_exceeds_limit", .. })),
+        recorder.count(|e| matches!(
+            e.kind,
+            EventKind::Rejected {
+                detail: "wait_exceeds_limit",
+                ..
+            }
+        )),
         1
     );
 }
@@ -299,25 +365,38 @@ async fn wait_mode_never_waits_past_the_deadline() {
 
     // 300 ms of budget left, 1 s to wait: refused at once.
     let t0 = Instant::now();
-    let err = deadline::scope(Deadline::after(Duration::from_millis(300)), call(&mut svc, 2))
-        .await
-        .unwrap_err();
+    let err = deadline::scope(
+        Deadline::after(Duration::from_millis(300)),
+        call(&mut svc, 2),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(t0.elapsed(), Duration::ZERO);
     assert_eq!(retry_after(&err), Some(Duration::from_secs(1)));
 
     // 1.5 s of budget: waits the 1 s and goes through.
-    let ok = deadline::scope(Deadline::after(Duration::from_millis(1500)), call(&mut svc, 3)).await;
+    let ok = deadline::scope(
+        Deadline::after(Duration::from_millis(1500)),
+        call(&mut svc, 3),
+    )
+    .await;
     assert_eq!(ok.unwrap(), 3);
     assert_eq!(t0.elapsed(), Duration::from_secs(1));
 }
 
 #[test]
 fn nonsense_configuration_is_refused() {
-    let e = RateLimitLayer::builder(Quota::per_second(0)).build().unwrap_err();
+    let e = RateLimitLayer::builder(Quota::per_second(0))
+        .build()
+        .unwrap_err();
     assert!(e.to_string().contains("burst"), "{e}");
-    let e = RateLimitLayer::builder(Quota::with_period(Duration::ZERO)).build().unwrap_err();
+    let e = RateLimitLayer::builder(Quota::with_period(Duration::ZERO))
+        .build()
+        .unwrap_err();
     assert!(e.to_string().contains("period"), "{e}");
-    let e = RateLimitLayer::builder(Quota::per_second(5).burst(0)).build().unwrap_err();
+    let e = RateLimitLayer::builder(Quota::per_second(5).burst(0))
+        .build()
+        .unwrap_err();
     assert!(e.to_string().contains("burst"), "{e}");
     let e = RateLimitLayer::builder(Quota::per_second(5))
         .keyed(|x: &u64| Some(Key::from_u64(*x)))
@@ -325,7 +404,10 @@ fn nonsense_configuration_is_refused() {
         .build()
         .unwrap_err();
     assert!(e.to_string().contains("max_keys"), "{e}");
-    let e = RateLimitLayer::builder(Quota::per_second(5)).wait(Duration::ZERO).build().unwrap_err();
+    let e = RateLimitLayer::builder(Quota::per_second(5))
+        .wait(Duration::ZERO)
+        .build()
+        .unwrap_err();
     assert!(e.to_string().contains("Wait"), "{e}");
 }
 
@@ -351,7 +433,8 @@ mod http_keys {
             b = b.header("x-forwarded-for", x);
         }
         let mut r = b.body(()).unwrap();
-        r.extensions_mut().insert(peer.parse::<SocketAddr>().unwrap());
+        r.extensions_mut()
+            .insert(peer.parse::<SocketAddr>().unwrap());
         r
     }
 
@@ -367,7 +450,14 @@ mod http_keys {
         let mut ok = 0;
         for i in 0..20 {
             let xff = format!("198.51.100.{i}, 203.0.113.7");
-            if svc.ready().await.unwrap().call(req("10.0.0.1:5000", Some(&xff))).await.is_ok() {
+            if svc
+                .ready()
+                .await
+                .unwrap()
+                .call(req("10.0.0.1:5000", Some(&xff)))
+                .await
+                .is_ok()
+            {
                 ok += 1;
             }
         }
@@ -400,8 +490,19 @@ mod http_keys {
         assert!(svc.ready().await.unwrap().call(with("a")).await.is_err());
         assert!(svc.ready().await.unwrap().call(with("b")).await.is_ok());
         let long = "k".repeat(65);
-        assert!(svc.ready().await.unwrap().call(with(&long)).await.is_err(), "too long: no key");
-        assert!(svc.ready().await.unwrap().call(Request::new(())).await.is_err(), "absent: no key");
+        assert!(
+            svc.ready().await.unwrap().call(with(&long)).await.is_err(),
+            "too long: no key"
+        );
+        assert!(
+            svc.ready()
+                .await
+                .unwrap()
+                .call(Request::new(()))
+                .await
+                .is_err(),
+            "absent: no key"
+        );
 
         let layer = RateLimitLayer::builder(Quota::per_second(1))
             .keyed(PeerAddr::with(|ext| ext.get::<IpAddr>().copied()))
@@ -413,9 +514,30 @@ mod http_keys {
             r.extensions_mut().insert(ip.parse::<IpAddr>().unwrap());
             r
         };
-        assert!(svc.ready().await.unwrap().call(from("192.0.2.1")).await.is_ok());
-        assert!(svc.ready().await.unwrap().call(from("192.0.2.1")).await.is_err());
-        assert!(svc.ready().await.unwrap().call(from("192.0.2.2")).await.is_ok());
+        assert!(
+            svc.ready()
+                .await
+                .unwrap()
+                .call(from("192.0.2.1"))
+                .await
+                .is_ok()
+        );
+        assert!(
+            svc.ready()
+                .await
+                .unwrap()
+                .call(from("192.0.2.1"))
+                .await
+                .is_err()
+        );
+        assert!(
+            svc.ready()
+                .await
+                .unwrap()
+                .call(from("192.0.2.2"))
+                .await
+                .is_ok()
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -425,19 +547,46 @@ mod http_keys {
             .build()
             .unwrap();
         let mut svc = layer.layer(ok_http());
-        let res = svc.ready().await.unwrap().call(Request::new(())).await.unwrap();
+        let res = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(Request::new(()))
+            .await
+            .unwrap();
         assert_eq!(res.headers()["ratelimit-policy"], "\"default\";q=100;w=60");
-        assert_eq!(res.headers()["ratelimit"], "\"default\";r=99;t=1", "0.6 s rounds up to 1");
+        assert_eq!(
+            res.headers()["ratelimit"],
+            "\"default\";r=99;t=1",
+            "0.6 s rounds up to 1"
+        );
         for _ in 0..48 {
-            svc.ready().await.unwrap().call(Request::new(())).await.unwrap();
+            svc.ready()
+                .await
+                .unwrap()
+                .call(Request::new(()))
+                .await
+                .unwrap();
         }
-        let res = svc.ready().await.unwrap().call(Request::new(())).await.unwrap();
+        let res = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(Request::new(()))
+            .await
+            .unwrap();
         assert_eq!(res.headers()["ratelimit-policy"], "\"default\";q=100;w=60");
         assert_eq!(res.headers()["ratelimit"], "\"default\";r=50;t=30");
 
         // 10 s later, 16 cells have come back (one per 600 ms).
         advance(Duration::from_secs(10)).await;
-        let res = svc.ready().await.unwrap().call(Request::new(())).await.unwrap();
+        let res = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(Request::new(()))
+            .await
+            .unwrap();
         assert_eq!(res.headers()["ratelimit"], "\"default\";r=65;t=21");
 
         let named = RateLimitLayer::builder(Quota::per_second(10).burst(5))
@@ -445,7 +594,13 @@ mod http_keys {
             .build()
             .unwrap();
         let mut svc = named.layer(ok_http());
-        let res = svc.ready().await.unwrap().call(Request::new(())).await.unwrap();
+        let res = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(Request::new(()))
+            .await
+            .unwrap();
         assert_eq!(res.headers()["ratelimit-policy"], "\"api\";q=5;w=1");
         assert_eq!(res.headers()["ratelimit"], "\"api\";r=4;t=1");
         assert!(IetfHeaders::new("bad\"name").is_err());

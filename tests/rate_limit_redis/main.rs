@@ -14,10 +14,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
+use seawall::BoxError;
 use seawall::error::{RejectionKind, rejection_of};
 use seawall::observe::{EventKind, Observer, Recorder, State};
 use seawall::rate_limit::{FailurePolicy, Key, Quota, RateLimitLayer, RedisBackend};
-use seawall::BoxError;
 use tower::{Layer, Service, ServiceExt};
 
 const REDIS_SERVER: &str = "redis-server";
@@ -57,7 +57,18 @@ impl RedisServer {
         let dir = std::env::temp_dir().join(format!("seawall-redis-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let child = Command::new(REDIS_SERVER)
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--enable-debug-command", "yes"])
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--enable-debug-command",
+                "yes",
+            ])
             .arg("--dir")
             .arg(&dir)
             .stdout(Stdio::null())
@@ -84,7 +95,10 @@ impl RedisServer {
             .set_number_of_retries(1)
             .set_connection_timeout(Some(Duration::from_millis(200)))
             .set_response_timeout(Some(Duration::from_millis(500)));
-        client.get_connection_manager_with_config(config).await.unwrap()
+        client
+            .get_connection_manager_with_config(config)
+            .await
+            .unwrap()
     }
 
     fn kill(&mut self) {
@@ -100,7 +114,12 @@ impl Drop for RedisServer {
     }
 }
 
-fn echo() -> impl Service<u64, Response = u64, Error = Infallible, Future = std::future::Ready<Result<u64, Infallible>>> + Clone {
+fn echo() -> impl Service<
+    u64,
+    Response = u64,
+    Error = Infallible,
+    Future = std::future::Ready<Result<u64, Infallible>>,
+> + Clone {
     tower::service_fn(|x: u64| std::future::ready(Ok::<_, Infallible>(x)))
 }
 
@@ -109,9 +128,11 @@ where
     S: Service<u64, Response = u64, Error = BoxError>,
 {
     // A generous safety bound: a call never hangs, whatever Redis does.
-    tokio::time::timeout(Duration::from_secs(5), async { svc.ready().await?.call(x).await })
-        .await
-        .expect("a rate-limited call must never hang")
+    tokio::time::timeout(Duration::from_secs(5), async {
+        svc.ready().await?.call(x).await
+    })
+    .await
+    .expect("a rate-limited call must never hang")
 }
 
 async fn admitted<S>(svc: &mut S, n: u64) -> u64
@@ -128,7 +149,11 @@ where
 }
 
 async fn info_field(conn: &mut ConnectionManager, section: &str, field: &str) -> u64 {
-    let info: String = redis::cmd("INFO").arg(section).query_async(conn).await.unwrap();
+    let info: String = redis::cmd("INFO")
+        .arg(section)
+        .query_async(conn)
+        .await
+        .unwrap();
     for line in info.lines() {
         if let Some(rest) = line.strip_prefix(field).and_then(|r| r.strip_prefix(':')) {
             // "total_commands_processed:123" or "cmdstat_evalsha:calls=5,usec=…"
@@ -142,18 +167,28 @@ async fn info_field(conn: &mut ConnectionManager, section: &str, field: &str) ->
 
 #[tokio::test]
 async fn two_instances_sharing_redis_enforce_one_quota() {
-    let Some(server) = RedisServer::start() else { return };
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
     let quota = Quota::per_minute(100);
 
     // Two "processes": two layers built independently, each with its own connection.
     let a = RateLimitLayer::builder(quota)
         .name("api")
-        .redis(RedisBackend::new(server.connection().await).prefix("shared").timeout(Duration::from_secs(1)))
+        .redis(
+            RedisBackend::new(server.connection().await)
+                .prefix("shared")
+                .timeout(Duration::from_secs(1)),
+        )
         .build()
         .unwrap();
     let b = RateLimitLayer::builder(quota)
         .name("api")
-        .redis(RedisBackend::new(server.connection().await).prefix("shared").timeout(Duration::from_secs(1)))
+        .redis(
+            RedisBackend::new(server.connection().await)
+                .prefix("shared")
+                .timeout(Duration::from_secs(1)),
+        )
         .build()
         .unwrap();
     let (mut sa, mut sb) = (a.layer(echo()), b.layer(echo()));
@@ -177,16 +212,29 @@ async fn two_instances_sharing_redis_enforce_one_quota() {
     let (mut la, mut lb) = (la.layer(echo()), lb.layer(echo()));
     let local = admitted(&mut la, 200).await + admitted(&mut lb, 200).await;
 
-    println!("400 requests over two instances: redis-shared admitted {together}, two local limiters admitted {local}");
-    assert!((95..=105).contains(&together), "shared quota 100 ±5%, admitted {together}");
-    assert!((190..=210).contains(&local), "two local limiters: 2 × 100, admitted {local}");
+    println!(
+        "400 requests over two instances: redis-shared admitted {together}, two local limiters admitted {local}"
+    );
+    assert!(
+        (95..=105).contains(&together),
+        "shared quota 100 ±5%, admitted {together}"
+    );
+    assert!(
+        (190..=210).contains(&local),
+        "two local limiters: 2 × 100, admitted {local}"
+    );
     let w = first_wait.unwrap();
-    assert!(w > Duration::ZERO && w <= Duration::from_millis(600), "retry_after {w:?} within one period");
+    assert!(
+        w > Duration::ZERO && w <= Duration::from_millis(600),
+        "retry_after {w:?} within one period"
+    );
 }
 
 #[tokio::test]
 async fn keyed_limits_share_across_instances_and_keys_expire() {
-    let Some(server) = RedisServer::start() else { return };
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
     let quota = Quota::per_second(5);
     let build = |conn| {
         RateLimitLayer::builder(quota)
@@ -201,24 +249,37 @@ async fn keyed_limits_share_across_instances_and_keys_expire() {
     let (mut sa, mut sb) = (a.layer(echo()), b.layer(echo()));
     let mut noisy = 0;
     for i in 0..10 {
-        noisy += u64::from(call(&mut sa, i).await.is_ok()) + u64::from(call(&mut sb, i).await.is_ok());
+        noisy +=
+            u64::from(call(&mut sa, i).await.is_ok()) + u64::from(call(&mut sb, i).await.is_ok());
     }
     let mut other = 0;
     for i in 0..5 {
         other += u64::from(call(&mut sa, 7000 + i).await.is_ok());
     }
-    assert!((5..=6).contains(&noisy), "tenant 0 shares 5 across both instances, got {noisy}");
+    assert!(
+        (5..=6).contains(&noisy),
+        "tenant 0 shares 5 across both instances, got {noisy}"
+    );
     assert_eq!(other, 5, "tenant 7 is untouched");
 
     // Redis memory stays bounded: each key expires with its burst window (1 s).
     let mut conn = server.connection().await;
-    let ttl: i64 = redis::cmd("PTTL").arg(b"seawall:keyed:n:\0\0\0\0\0\0\0\x07".as_slice()).query_async(&mut conn).await.unwrap();
-    assert!(ttl > 0 && ttl <= 1000, "key TTL {ttl} ms within the 1 s window");
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(b"seawall:keyed:n:\0\0\0\0\0\0\0\x07".as_slice())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(
+        ttl > 0 && ttl <= 1000,
+        "key TTL {ttl} ms within the 1 s window"
+    );
 }
 
 #[tokio::test]
 async fn one_redis_round_trip_per_request() {
-    let Some(server) = RedisServer::start() else { return };
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
     let layer = RateLimitLayer::builder(Quota::per_second(1000))
         .redis(RedisBackend::new(server.connection().await).timeout(Duration::from_secs(1)))
         .build()
@@ -291,11 +352,23 @@ async fn killed_mid_test(policy: FailurePolicy) -> (Recorder, Vec<Result<u64, Bo
 }
 
 fn assert_degraded_once(recorder: &Recorder) {
-    assert!(recorder.count(|e| matches!(e.kind, EventKind::BackendError { backend: "redis", .. })) >= 1);
+    assert!(
+        recorder.count(|e| matches!(
+            e.kind,
+            EventKind::BackendError {
+                backend: "redis",
+                ..
+            }
+        )) >= 1
+    );
     assert_eq!(
         recorder.count(|e| matches!(
             e.kind,
-            EventKind::StateChanged { from: State::Healthy, to: State::Degraded, .. }
+            EventKind::StateChanged {
+                from: State::Healthy,
+                to: State::Degraded,
+                ..
+            }
         )),
         1
     );
@@ -307,7 +380,11 @@ async fn redis_down_fail_open_admits() {
         return;
     }
     let (recorder, results) = killed_mid_test(FailurePolicy::FailOpen).await;
-    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 20, "fail open admits all 20");
+    assert_eq!(
+        results.iter().filter(|r| r.is_ok()).count(),
+        20,
+        "fail open admits all 20"
+    );
     assert_degraded_once(&recorder);
 }
 
@@ -324,7 +401,13 @@ async fn redis_down_fail_closed_rejects() {
         assert_eq!(v.retry_after(), None);
     }
     assert_eq!(
-        recorder.count(|e| matches!(e.kind, EventKind::Rejected { detail: "backend_unavailable", .. })),
+        recorder.count(|e| matches!(
+            e.kind,
+            EventKind::Rejected {
+                detail: "backend_unavailable",
+                ..
+            }
+        )),
         20
     );
     assert_degraded_once(&recorder);
@@ -348,7 +431,9 @@ fn redis_available() -> bool {
 
 #[tokio::test]
 async fn back_to_healthy_when_redis_returns() {
-    let Some(mut server) = RedisServer::start() else { return };
+    let Some(mut server) = RedisServer::start() else {
+        return;
+    };
     let port = server.port;
     let recorder = Recorder::new();
     let layer = RateLimitLayer::builder(Quota::per_minute(1000))
@@ -365,7 +450,10 @@ async fn back_to_healthy_when_redis_returns() {
     let mut svc = layer.layer(echo());
     assert!(call(&mut svc, 0).await.is_ok());
     server.kill();
-    assert!(call(&mut svc, 1).await.is_err(), "fail closed while Redis is down");
+    assert!(
+        call(&mut svc, 1).await.is_err(),
+        "fail closed while Redis is down"
+    );
     drop(server);
     let _server = RedisServer::start_on(port).expect("restart on the same port");
     // Probes go to Redis every 50 ms; the connection manager reconnects.
@@ -386,12 +474,20 @@ async fn back_to_healthy_when_redis_returns() {
             _ => None,
         })
         .collect();
-    assert_eq!(changes, vec![(State::Healthy, State::Degraded), (State::Degraded, State::Healthy)]);
+    assert_eq!(
+        changes,
+        vec![
+            (State::Healthy, State::Degraded),
+            (State::Degraded, State::Healthy)
+        ]
+    );
 }
 
 #[tokio::test]
 async fn slow_redis_times_out_and_follows_the_policy() {
-    let Some(server) = RedisServer::start() else { return };
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
     let recorder = Recorder::new();
     let layer = RateLimitLayer::builder(Quota::per_minute(1000))
         .observer(Observer::new(recorder.clone()))
@@ -407,14 +503,27 @@ async fn slow_redis_times_out_and_follows_the_policy() {
     // Block the server for 1 s from another connection.
     let mut blocker = server.connection().await;
     let sleeper = tokio::spawn(async move {
-        let _: redis::RedisResult<()> = redis::cmd("DEBUG").arg("SLEEP").arg("1").query_async(&mut blocker).await;
+        let _: redis::RedisResult<()> = redis::cmd("DEBUG")
+            .arg("SLEEP")
+            .arg("1")
+            .query_async(&mut blocker)
+            .await;
     });
     tokio::time::sleep(Duration::from_millis(50)).await;
     let started = tokio::time::Instant::now();
-    assert!(call(&mut svc, 1).await.is_ok(), "fail open after the 100 ms timeout");
+    assert!(
+        call(&mut svc, 1).await.is_ok(),
+        "fail open after the 100 ms timeout"
+    );
     let waited = started.elapsed();
     assert_eq!(
-        recorder.count(|e| matches!(e.kind, EventKind::BackendError { backend: "redis", cause: "timeout" })),
+        recorder.count(|e| matches!(
+            e.kind,
+            EventKind::BackendError {
+                backend: "redis",
+                cause: "timeout"
+            }
+        )),
         1
     );
     println!("slow redis: answered by the failure policy after {waited:?} (timeout 100 ms)");
