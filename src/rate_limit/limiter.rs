@@ -241,7 +241,8 @@ impl KeyedBuckets {
             self.sweep();
         }
         if !self.map.contains_key(key) {
-            if !self.reserve() && !(self.sweep() && self.reserve()) {
+            let reserved = self.reserve() || (self.sweep() && self.reserve());
+            if !reserved {
                 return KeyedCheck::Full;
             }
             match self.map.entry(*key) {
