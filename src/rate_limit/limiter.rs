@@ -1,7 +1,7 @@
 //! The local limiting engine (no tower types): governor's GCRA on tokio's
 //! clock, a direct bucket for global limits and a bounded keyed store.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -92,12 +92,47 @@ impl Bucket {
     }
 }
 
-/// governor's keyed state store over a shared map, so the engine can see
-/// which keys are tracked and bound their number.
+/// Counters shared by the store and the engine.
+#[derive(Debug, Default)]
+struct Counters {
+    /// Keys in the map (exact: only the store inserts, only sweeps remove).
+    count: AtomicUsize,
+    /// Keys inserted so far.
+    inserts: AtomicU64,
+    /// Set every `sweep_every` insertions; the engine then sweeps.
+    sweep_due: AtomicBool,
+}
+
+/// The theoretical arrival time the store reports for a new key when the map
+/// is full: so far in the future (2^62 ns, 146 years) that governor refuses
+/// the cell, which the engine recognises by the absurd wait. Real waits are
+/// at most one period (validated to at most a year).
+const FULL_TAT: u64 = 1 << 62;
+const FULL_WAIT: Duration = Duration::from_secs(50 * 365 * 24 * 3600);
+
+/// governor's keyed state store over a map of at most `cap` keys.
+///
+/// A known key costs one map lookup. A new key takes a slot under the cap
+/// (an atomic compare-and-swap, under the map shard's lock) and is inserted;
+/// when no slot is free, the key is not inserted and the cell is refused with
+/// the [`FULL_TAT`] marker.
 #[derive(Debug)]
 pub(crate) struct Store {
     map: Arc<DashMap<Key, InMemoryState>>,
-    count: Arc<AtomicUsize>,
+    counters: Arc<Counters>,
+    cap: usize,
+    sweep_every: u64,
+}
+
+impl Store {
+    fn reserve(&self) -> bool {
+        self.counters
+            .count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| {
+                (c < self.cap).then_some(c + 1)
+            })
+            .is_ok()
+    }
 }
 
 fn tat_of(state: &InMemoryState) -> u64 {
@@ -113,6 +148,7 @@ fn tat_of(state: &InMemoryState) -> u64 {
 impl StateStore for Store {
     type Key = Key;
 
+    #[inline]
     fn measure_and_replace<T, F, E>(&self, key: &Key, f: F) -> Result<T, E>
     where
         F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
@@ -120,12 +156,17 @@ impl StateStore for Store {
         if let Some(v) = self.map.get(key) {
             return v.measure_and_replace(&NotKeyed::NonKey, f);
         }
-        // Only reached when a sweep removed the key between admission and
-        // this check: count the re-insertion.
         match self.map.entry(*key) {
             Entry::Occupied(e) => e.get().measure_and_replace(&NotKeyed::NonKey, f),
             Entry::Vacant(v) => {
-                self.count.fetch_add(1, Ordering::AcqRel);
+                if !self.reserve() {
+                    drop(v);
+                    return f(Some(Nanos::from(FULL_TAT))).map(|(t, _)| t);
+                }
+                let n = self.counters.inserts.fetch_add(1, Ordering::Relaxed) + 1;
+                if n % self.sweep_every == 0 {
+                    self.counters.sweep_due.store(true, Ordering::Relaxed);
+                }
                 v.insert(InMemoryState::default())
                     .measure_and_replace(&NotKeyed::NonKey, f)
             }
@@ -139,7 +180,7 @@ impl ShrinkableKeyedStateStore<Key> for Store {
         self.map.retain(|_, v| {
             let keep = tat_of(v) > drop_below;
             if !keep {
-                self.count.fetch_sub(1, Ordering::AcqRel);
+                self.counters.count.fetch_sub(1, Ordering::AcqRel);
             }
             keep
         });
@@ -185,9 +226,8 @@ pub(crate) struct KeyedBuckets {
     quota: Quota,
     limiter: KeyedGov,
     map: Arc<DashMap<Key, InMemoryState>>,
-    count: Arc<AtomicUsize>,
+    counters: Arc<Counters>,
     settings: KeyedSettings,
-    calls: AtomicU64,
     last_sweep: Mutex<Option<Instant>>,
     evicted: AtomicU64,
 }
@@ -208,58 +248,54 @@ impl KeyedBuckets {
             ));
         }
         let map = Arc::new(DashMap::new());
-        let count = Arc::new(AtomicUsize::new(0));
+        let counters = Arc::new(Counters::default());
         let store = Store {
             map: map.clone(),
-            count: count.clone(),
+            counters: counters.clone(),
+            cap: settings.max_keys,
+            sweep_every: settings.sweep_every,
         };
         Ok(KeyedBuckets {
             quota,
             limiter: KeyedGov::new(q, store, TokioClock::new()),
             map,
-            count,
+            counters,
             settings,
-            calls: AtomicU64::new(0),
             last_sweep: Mutex::new(None),
             evicted: AtomicU64::new(0),
         })
     }
 
-    /// Takes a slot under the cap for a new key.
-    fn reserve(&self) -> bool {
-        self.count
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| {
-                (c < self.settings.max_keys).then_some(c + 1)
-            })
-            .is_ok()
-    }
-
     #[inline]
-    pub(crate) fn check(&self, key: &Key, want_status: bool) -> KeyedCheck {
-        let n = self.calls.fetch_add(1, Ordering::Relaxed);
-        if n % self.settings.sweep_every == self.settings.sweep_every - 1 {
-            self.sweep();
-        }
-        if !self.map.contains_key(key) {
-            let reserved = self.reserve() || (self.sweep() && self.reserve());
-            if !reserved {
-                return KeyedCheck::Full;
-            }
-            match self.map.entry(*key) {
-                Entry::Occupied(_) => {
-                    // Another caller inserted it meanwhile: give the slot back.
-                    self.count.fetch_sub(1, Ordering::AcqRel);
-                }
-                Entry::Vacant(v) => {
-                    v.insert(InMemoryState::default());
-                }
-            }
-        }
+    fn check_once(&self, key: &Key, want_status: bool) -> KeyedCheck {
         KeyedCheck::Decided(match self.limiter.check_key(key) {
             Ok(snap) if want_status => Ok(admit(&self.quota, snap.remaining_burst_capacity())),
             Ok(_) => Ok(Admit::UNKNOWN),
-            Err(nu) => Err(nu.wait_time_from(TokioInstant::new(Instant::now()))),
+            Err(nu) => {
+                let wait = nu.wait_time_from(TokioInstant::new(Instant::now()));
+                if wait >= FULL_WAIT {
+                    return KeyedCheck::Full;
+                }
+                Err(wait)
+            }
         })
+    }
+
+    /// One cell for `key`: one map lookup for a known key.
+    #[inline]
+    pub(crate) fn check(&self, key: &Key, want_status: bool) -> KeyedCheck {
+        let r = match self.check_once(key, want_status) {
+            // New key at the cap: evict idle keys (if a sweep is allowed
+            // now), then try once more.
+            KeyedCheck::Full if self.sweep() => self.check_once(key, want_status),
+            r => r,
+        };
+        if self.counters.sweep_due.load(Ordering::Relaxed)
+            && self.counters.sweep_due.swap(false, Ordering::Relaxed)
+        {
+            self.sweep();
+        }
+        r
     }
 
     /// Evicts idle keys; returns whether a sweep ran.
@@ -288,7 +324,7 @@ impl KeyedBuckets {
     }
 
     pub(crate) fn tracked(&self) -> usize {
-        self.count.load(Ordering::Acquire)
+        self.counters.count.load(Ordering::Acquire)
     }
 
     pub(crate) fn capacity(&self) -> usize {

@@ -116,6 +116,15 @@ impl Quota {
                 ),
             ));
         }
+        if self.window() > Duration::from_secs(10 * 365 * 24 * 3600) {
+            return Err(ConfigError::new(
+                "rate_limit",
+                format!(
+                    "{what}: the window (burst × period) must be at most ten years, got {:?}",
+                    self.window()
+                ),
+            ));
+        }
         governor::Quota::with_period(self.period)
             .map(|q| q.allow_burst(burst))
             .ok_or_else(|| {
