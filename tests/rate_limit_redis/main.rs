@@ -529,3 +529,26 @@ async fn slow_redis_times_out_and_follows_the_policy() {
     println!("slow redis: answered by the failure policy after {waited:?} (timeout 100 ms)");
     sleeper.await.unwrap();
 }
+
+#[tokio::test]
+async fn wait_mode_through_redis_waits_for_the_shared_cells() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let layer = RateLimitLayer::builder(Quota::per_second(20).burst(2))
+        .wait(Duration::from_secs(1))
+        .redis(RedisBackend::new(server.connection().await).timeout(Duration::from_secs(1)))
+        .build()
+        .unwrap();
+    let mut svc = layer.layer(echo());
+    let started = tokio::time::Instant::now();
+    // A burst of 2, then one cell every 50 ms: 10 requests need about 400 ms
+    // of waiting, each wait told by Redis and well inside the 1 s maximum.
+    assert_eq!(admitted(&mut svc, 10).await, 10);
+    let took = started.elapsed();
+    println!("redis wait mode: 10 requests at 20/s (burst 2) took {took:?}");
+    assert!(
+        took >= Duration::from_millis(390),
+        "the requests did wait: {took:?}"
+    );
+}
