@@ -52,6 +52,8 @@ pub use crate::deadline::{DeadlineFromHeadersLayer, PropagateDeadlineLayer};
 pub use crate::grpc::{GrpcRejectionLayer, GrpcStatusClassifier};
 #[cfg(feature = "http")]
 pub use crate::http::{HttpStatusClassifier, RejectionResponseLayer};
+#[cfg(feature = "rate-limit")]
+pub use crate::rate_limit::{Quota, RateLimitLayer};
 #[cfg(feature = "retry")]
 pub use crate::retry::{Jitter, RetryBudget, RetryLayer};
 #[cfg(feature = "shed")]
