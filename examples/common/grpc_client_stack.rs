@@ -1,0 +1,146 @@
+//! seawall's recommended client stack around a tonic `Channel`, shared by
+//! `examples/tonic_client.rs` and the `examples_grpc` integration test.
+//!
+//! Outermost first:
+//!
+//! ```text
+//! GrpcRejectionLayer      client-side rejections -> tonic::Status with the real code
+//! DeadlineLayer           the total budget of the call, retries included   -> DEADLINE_EXCEEDED
+//! ReplayBodyLayer         buffers the request body so a retry can resend it
+//! RetryLayer              UNAVAILABLE / per-try DEADLINE_EXCEEDED, jittered backoff, retry budget
+//! CircuitBreakerLayer     stops calling a server that keeps failing        -> UNAVAILABLE + pushback
+//! AttemptTimeoutLayer     each attempt gets min(per try, time left)
+//! PropagateDeadlineLayer  writes grpc-timeout = the attempt's time left (rounded down)
+//! Channel
+//! ```
+//!
+//! The breaker sits below the retry layer, so it sees every attempt; the
+//! attempt timeout below the breaker, so a hung attempt counts as a failure.
+//! Each layer keeps its state in an `Arc`: clone the returned service freely,
+//! every clone shares one budget and one breaker. Build one stack per server
+//! (per dependency), not per call.
+#![allow(dead_code)] // each includer uses a different part of this file
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use seawall::circuit_breaker::{CircuitBreakerHandle, CircuitBreakerLayer, SlidingWindow};
+use seawall::deadline::{AttemptTimeoutLayer, DeadlineLayer, PropagateDeadlineLayer};
+use seawall::grpc::{GrpcRejectionLayer, GrpcStatusClassifier};
+use seawall::retry::RetryLayer;
+use seawall::retry::grpc::GrpcRetry;
+use seawall::retry::http::{ReplayBody, ReplayBodyLayer};
+use seawall::{ConfigError, Observer};
+use tonic::Code;
+use tonic::body::Body;
+use tonic::transport::Channel;
+use tower::{Service, ServiceBuilder};
+
+/// The knobs of the client stack. `Default` holds the values the example
+/// runs with.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// The budget of one call, every attempt and backoff included.
+    pub total: Duration,
+    /// The budget of one attempt (capped by what is left of `total`).
+    pub per_try: Duration,
+    /// Attempts per call, the first one included.
+    pub max_attempts: u32,
+    /// The breaker's sliding window, in calls; it opens when at least
+    /// `minimum_calls` are in it and half of them failed.
+    pub breaker_window: u32,
+    /// Calls in the window before the breaker may open.
+    pub minimum_calls: u32,
+    /// How long the breaker stays open before letting probes through.
+    pub open_duration: Duration,
+    /// Where every layer reports its events.
+    pub observer: Observer,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            total: Duration::from_secs(2),
+            per_try: Duration::from_millis(600),
+            max_attempts: 3,
+            breaker_window: 20,
+            minimum_calls: 10,
+            open_duration: Duration::from_secs(5),
+            observer: Observer::none(),
+        }
+    }
+}
+
+/// Wraps `channel` in the client stack (see the module docs). Returns the
+/// service to hand to `tonic::client::Grpc` (or a generated client's
+/// `with_origin`/`new`) and a handle on the breaker.
+#[allow(clippy::type_complexity)]
+pub fn protect(
+    channel: Channel,
+    cfg: &ClientConfig,
+) -> Result<
+    (
+        impl Service<
+            http::Request<Body>,
+            Response = http::Response<Body>,
+            Error = Infallible,
+            Future: Send,
+        > + Clone
+        + Send
+        + Sync
+        + 'static,
+        CircuitBreakerHandle,
+    ),
+    ConfigError,
+> {
+    let obs = &cfg.observer;
+    let breaker = CircuitBreakerLayer::builder()
+        .window(SlidingWindow::count(cfg.breaker_window))
+        .minimum_calls(cfg.minimum_calls)
+        .failure_rate_threshold(0.5)
+        .open_duration(cfg.open_duration)
+        // UNAVAILABLE, DEADLINE_EXCEEDED, INTERNAL, UNKNOWN, RESOURCE_EXHAUSTED
+        // fail; a NOT_FOUND says nothing about the server's health.
+        .classifier(GrpcStatusClassifier::new())
+        .name("greeter")
+        .observer(obs.clone())
+        .build()?;
+    let handle = breaker.handle();
+    let stack = ServiceBuilder::new()
+        .layer(GrpcRejectionLayer::new())
+        .layer(
+            DeadlineLayer::builder(cfg.total)
+                .name("call")
+                .observer(obs.clone())
+                .build()?,
+        )
+        .layer(ReplayBodyLayer::default())
+        .layer(
+            RetryLayer::builder()
+                // UNAVAILABLE: the server did not process the call. An attempt
+                // that ran out of its per-try time on the server comes back as
+                // DEADLINE_EXCEEDED: retry it too, as SayHello is idempotent.
+                // (No retry starts without enough of the total budget left.)
+                .policy(GrpcRetry::new().with_code(Code::DeadlineExceeded))
+                .max_attempts(cfg.max_attempts)
+                .name("greeter")
+                .observer(obs.clone())
+                .build()?,
+        )
+        .layer(breaker)
+        .layer(
+            AttemptTimeoutLayer::builder(cfg.per_try)
+                .name("attempt")
+                .observer(obs.clone())
+                .build()?,
+        )
+        .layer(
+            PropagateDeadlineLayer::builder()
+                .no_ms_header()
+                .observer(obs.clone())
+                .build()?,
+        )
+        .map_request(|req: http::Request<ReplayBody<Body>>| req.map(Body::new))
+        .service(channel);
+    Ok((stack, handle))
+}

@@ -1,0 +1,203 @@
+//! seawall's recommended server stack for an axum app, shared by
+//! `examples/axum_server.rs` and the `examples_http` integration test.
+//!
+//! Outermost first, each layer sees what the one above let through:
+//!
+//! ```text
+//! RejectionResponseLayer   errors -> 429 / 503 / 504 + Retry-After (error type becomes Infallible)
+//! DeadlineFromHeadersLayer the client's budget: x-request-timeout-ms or grpc-timeout, minus a margin
+//! DeadlineLayer            caps that budget (and gives one to requests without) and enforces it
+//! RateLimitLayer           per client IP, IETF RateLimit headers on admitted responses  -> 429
+//! AdaptiveLimitLayer       adaptive concurrency limit, x-seawall-criticality priorities -> 503
+//! BulkheadLayer            at most N handlers at once, a short bounded queue            -> 503
+//! AttemptTimeoutLayer      one handler run may take at most this long                   -> 504
+//! ```
+//!
+//! Cheap refusals come first: a rate-limited request costs one atomic
+//! operation and never takes a concurrency slot. Every layer keeps its state
+//! in an `Arc` owned by the layer, so the clones `Router::layer` makes for
+//! each route share one limiter, one adaptive limit and one bulkhead.
+#![allow(dead_code)] // each includer uses a different part of this file
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{ConnectInfo, Extension};
+use axum::http::{Extensions, Uri};
+use axum::routing::get;
+use seawall::bulkhead::BulkheadLayer;
+use seawall::deadline::{
+    self, AttemptTimeoutLayer, Deadline, DeadlineFromHeadersLayer, DeadlineLayer,
+};
+use seawall::http::RejectionResponseLayer;
+use seawall::rate_limit::{IetfHeaders, PeerAddr, Quota, RateLimitLayer};
+use seawall::shed::criticality::FromHttpRequest;
+use seawall::shed::{AdaptiveLimitLayer, Gradient2};
+use seawall::{ConfigError, Observer};
+use tokio::net::TcpListener;
+use tower::ServiceBuilder;
+
+/// The knobs of the server stack. `Default` holds the values the example
+/// runs with.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// The longest budget a request gets, whatever its client asks for; also
+    /// the budget of requests that carry no timeout header.
+    pub max_budget: Duration,
+    /// Taken off the client's timeout, to leave time for the answer to travel back.
+    pub margin: Duration,
+    /// Requests per client IP address.
+    pub rate: Quota,
+    /// The adaptive concurrency limit: (initial, min, max).
+    pub concurrency: (usize, usize, usize),
+    /// Handlers running at once.
+    pub max_concurrent: usize,
+    /// Requests waiting for a handler slot, and for how long at most.
+    pub max_queue: usize,
+    /// How long a request may wait in the bulkhead queue.
+    pub max_wait: Duration,
+    /// How long one handler run may take.
+    pub handler_timeout: Duration,
+    /// Where every layer reports its events.
+    pub observer: Observer,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            max_budget: Duration::from_secs(10),
+            margin: Duration::from_millis(5),
+            rate: Quota::per_second(50).burst(20),
+            concurrency: (20, 20, 200),
+            max_concurrent: 64,
+            max_queue: 16,
+            max_wait: Duration::from_millis(20),
+            handler_timeout: Duration::from_secs(2),
+            observer: Observer::none(),
+        }
+    }
+}
+
+/// The client's IP address, from the `ConnectInfo` that
+/// `into_make_service_with_connect_info` puts in every request.
+fn peer_ip(ext: &Extensions) -> Option<IpAddr> {
+    ext.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip())
+}
+
+/// Puts `router` behind the server stack (see the module docs).
+///
+/// `Router::layer` wraps the routes that exist when it is called: add every
+/// route first.
+pub fn protect(router: Router, cfg: &ServerConfig) -> Result<Router, ConfigError> {
+    let obs = &cfg.observer;
+    let (initial, min, max) = cfg.concurrency;
+    let stack = ServiceBuilder::new()
+        .layer(RejectionResponseLayer::new())
+        .layer(
+            DeadlineFromHeadersLayer::builder()
+                .max(cfg.max_budget)
+                .margin(cfg.margin)
+                .name("client_timeout")
+                .observer(obs.clone())
+                .build()?,
+        )
+        .layer(
+            DeadlineLayer::builder(cfg.max_budget)
+                .name("request")
+                .observer(obs.clone())
+                .build()?,
+        )
+        .layer(
+            RateLimitLayer::builder(cfg.rate)
+                .keyed(PeerAddr::with(peer_ip))
+                .response_headers(IetfHeaders::default())
+                .name("per_client")
+                .observer(obs.clone())
+                .build()?,
+        )
+        .layer(
+            AdaptiveLimitLayer::builder()
+                .algorithm(
+                    Gradient2::builder()
+                        .initial_limit(initial)
+                        .min_limit(min)
+                        .max_limit(max)
+                        .build()?,
+                )
+                .criticality(FromHttpRequest)
+                .name("adaptive")
+                .observer(obs.clone())
+                .build()?,
+        )
+        .layer(
+            BulkheadLayer::builder()
+                .max_concurrent(cfg.max_concurrent)
+                .max_queue(cfg.max_queue)
+                .max_wait(cfg.max_wait)
+                .name("handlers")
+                .observer(obs.clone())
+                .build()?,
+        )
+        .layer(
+            AttemptTimeoutLayer::builder(cfg.handler_timeout)
+                .name("handler")
+                .observer(obs.clone())
+                .build()?,
+        );
+    Ok(router.layer(stack))
+}
+
+/// The example's routes, without the stack.
+pub fn routes() -> Router {
+    Router::new()
+        .route("/", get(|| async { "hello\n" }))
+        .route("/work", get(work))
+}
+
+/// `GET /work?ms=N`: pretends to work for `N` ms (at most 60 s) and reports
+/// its time budget:
+///
+/// - `deadline_ms`: time left until the request's deadline, on arrival, from
+///   `Extension<Deadline>` (the deadline is in the request's extensions, a
+///   value that can be moved to other tasks);
+/// - `budget_ms`: time this handler run may use, on arrival, from
+///   `seawall::deadline::remaining()` (the task-local deadline: the
+///   request's deadline or the handler timeout, whichever comes first; any
+///   code below the stack can read it);
+/// - `left_ms`: the same after the work.
+async fn work(Extension(deadline): Extension<Deadline>, uri: Uri) -> String {
+    let on_arrival = deadline.remaining();
+    let budget = deadline::remaining().unwrap_or_default();
+    let ms = uri
+        .query()
+        .unwrap_or_default()
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("ms="))
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0)
+        .min(60_000);
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    let left = deadline::remaining().unwrap_or_default();
+    format!(
+        "deadline_ms={} budget_ms={} worked_ms={ms} left_ms={}\n",
+        on_arrival.as_millis(),
+        budget.as_millis(),
+        left.as_millis()
+    )
+}
+
+/// Serves `app` on `listener` with each connection's address available to
+/// the per-client rate limit, until `shutdown` completes.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+}
