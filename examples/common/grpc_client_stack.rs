@@ -11,8 +11,16 @@
 //! CircuitBreakerLayer     stops calling a server that keeps failing        -> UNAVAILABLE + pushback
 //! AttemptTimeoutLayer     each attempt gets min(per try, time left)
 //! PropagateDeadlineLayer  writes grpc-timeout = the attempt's time left (rounded down)
+//! map_err                 tonic's own client-side timeout -> AttemptTimeout
 //! Channel
 //! ```
+//!
+//! A tonic `Channel` enforces the `grpc-timeout` it sends, too, at the same
+//! instant as the attempt timeout above it, and fails with a transport error
+//! that tonic calls `TimeoutExpired`. The `map_err` turns it into seawall's
+//! `AttemptTimeout`, so the expiry means one thing whichever timer wins:
+//! retried while budget is left, `DEADLINE_EXCEEDED` for the caller otherwise
+//! (instead of `UNKNOWN`).
 //!
 //! The breaker sits below the retry layer, so it sees every attempt; the
 //! attempt timeout below the breaker, so a hung attempt counts as a failure.
@@ -22,15 +30,17 @@
 #![allow(dead_code)] // each includer uses a different part of this file
 
 use std::convert::Infallible;
+use std::error::Error;
 use std::time::Duration;
 
 use seawall::circuit_breaker::{CircuitBreakerHandle, CircuitBreakerLayer, SlidingWindow};
 use seawall::deadline::{AttemptTimeoutLayer, DeadlineLayer, PropagateDeadlineLayer};
+use seawall::error::AttemptTimeout;
 use seawall::grpc::{GrpcRejectionLayer, GrpcStatusClassifier};
 use seawall::retry::RetryLayer;
 use seawall::retry::grpc::GrpcRetry;
 use seawall::retry::http::{ReplayBody, ReplayBodyLayer};
-use seawall::{ConfigError, Observer};
+use seawall::{BoxError, ConfigError, Observer};
 use tonic::Code;
 use tonic::body::Body;
 use tonic::transport::Channel;
@@ -141,6 +151,21 @@ pub fn protect(
                 .build()?,
         )
         .map_request(|req: http::Request<ReplayBody<Body>>| req.map(Body::new))
+        .map_err(channel_timeout_as_attempt_timeout)
         .service(channel);
     Ok((stack, handle))
+}
+
+/// The `Channel`'s own expiry of the `grpc-timeout` it sent, as seawall's
+/// `AttemptTimeout` (named like the attempt timeout layer); other errors as
+/// they are.
+fn channel_timeout_as_attempt_timeout(err: tonic::transport::Error) -> BoxError {
+    let mut cur: Option<&(dyn Error + 'static)> = Some(&err);
+    while let Some(e) = cur {
+        if e.is::<tonic::TimeoutExpired>() {
+            return AttemptTimeout::new("attempt").into();
+        }
+        cur = e.source();
+    }
+    err.into()
 }

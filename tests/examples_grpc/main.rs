@@ -91,11 +91,10 @@ impl Probe {
                     permit.forget();
                 }
             }
-            "hang-once" => {
-                if !self.hung_once.swap(true, Ordering::SeqCst) {
-                    std::future::pending::<()>().await
-                }
+            "hang-once" if !self.hung_once.swap(true, Ordering::SeqCst) => {
+                std::future::pending::<()>().await
             }
+            "hang-once" => {}
             n if n.starts_with("hang") => std::future::pending::<()>().await,
             "down" => return Err(Status::unavailable("down for maintenance")),
             _ => {}
@@ -340,7 +339,7 @@ async fn adaptive_limit_is_unavailable() {
 }
 
 #[tokio::test]
-async fn expired_budgets_are_deadline_exceeded_not_cancelled() {
+async fn server_cap_is_deadline_exceeded() {
     let server = start(ServerConfig {
         max_budget: Duration::from_millis(50),
         ..ServerConfig::default()
@@ -352,10 +351,9 @@ async fn expired_budgets_are_deadline_exceeded_not_cancelled() {
     assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
     assert_eq!(status.message(), "deadline exceeded");
 
-    // The client's 40 ms: tonic's own grpc-timeout timer would answer
-    // CANCELLED; the margin makes seawall's fire first.
+    // A client asking for a minute gets the server's 50 ms too.
     let mut req = hello("hang-client");
-    req.set_timeout(Duration::from_millis(40));
+    req.set_timeout(Duration::from_secs(60));
     let status = server.call(req).await.unwrap_err();
     assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
     assert_eq!(status.message(), "deadline exceeded");
@@ -367,10 +365,10 @@ async fn expired_budgets_are_deadline_exceeded_not_cancelled() {
             .iter()
             .all(|(_, kind)| *kind == RejectionKind::DeadlineExceeded)
     );
-    // Whichever handler runs got at most its budget (the client's 40 ms minus
-    // the 5 ms margin; the server's 50 ms cap).
+    // Whichever handler ran got at most the server's 50 ms (minus the 5 ms
+    // margin when the cap replaced the client's timeout).
     for s in server.probe.seen() {
-        let most = if s.name == "hang-client" { 35 } else { 50 };
+        let most = if s.name == "hang-client" { 45 } else { 50 };
         assert!(s.budget.unwrap() <= Duration::from_millis(most), "{s:?}");
     }
 }
@@ -474,6 +472,37 @@ async fn timed_out_attempt_is_retried_within_the_total_budget() {
     assert_eq!(
         recorder.count(|e| matches!(e.kind, EventKind::RetryScheduled { .. })),
         1
+    );
+    assert_eq!(breaker.state(), State::Closed);
+}
+
+#[tokio::test]
+async fn client_sees_deadline_exceeded_whichever_timer_fires_first() {
+    // No server margin: the server's deadline, tonic's timers on both sides
+    // and the client stack's own timers all expire at about the same time.
+    let server = start(ServerConfig {
+        margin: Duration::ZERO,
+        ..ServerConfig::default()
+    })
+    .await;
+    let recorder = Recorder::new();
+    let (client, breaker) = server.client(ClientConfig {
+        total: Duration::from_millis(300),
+        per_try: Duration::from_secs(10),
+        observer: Observer::new(recorder.clone()),
+        ..ClientConfig::default()
+    });
+
+    for _ in 0..3 {
+        let status = greeter::call_say_hello(client.clone(), hello("hang"))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    }
+    // Each call made one attempt: nothing was left to retry with.
+    assert_eq!(
+        recorder.count(|e| matches!(e.kind, EventKind::RetryScheduled { .. })),
+        0
     );
     assert_eq!(breaker.state(), State::Closed);
 }
