@@ -19,8 +19,11 @@
 //!
 //! tonic's own server also reads `grpc-timeout`, outside these layers, and
 //! answers `CANCELLED` when it fires. The margin makes seawall's deadline the
-//! earlier one, so clients get `DEADLINE_EXCEEDED` and the handler gets the
-//! budget it really has.
+//! earlier one, so the server answers `DEADLINE_EXCEEDED`, while the client
+//! is still waiting, and the handler gets the budget it really has. (A
+//! tonic client enforces the timeout it sends as well, reporting
+//! `CANCELLED` locally; the `tonic_client` stack maps that to
+//! `DEADLINE_EXCEEDED` too.)
 #![allow(dead_code)] // each includer uses a different part of this file
 
 use std::future::Future;
