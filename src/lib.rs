@@ -33,6 +33,13 @@ pub mod rate_limit;
 pub mod retry;
 #[cfg(feature = "shed")]
 pub mod shed;
+#[cfg(all(
+    feature = "deadline",
+    feature = "retry",
+    feature = "circuit-breaker",
+    feature = "shed"
+))]
+pub mod stack;
 
 pub use crate::deadline::{Deadline, HasDeadline};
 pub use crate::error::{BoxError, ConfigError, Name, Rejection, RejectionKind};
