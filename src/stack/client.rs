@@ -336,9 +336,11 @@ impl<P, C, L> ClientStackBuilder<P, C, L> {
     /// - with `max_attempts` of 2 or more, the retry schedule does not fit the
     ///   budget: `attempt_timeout` plus the longest first backoff (the first
     ///   delay's upper bound for the jitter in use: the base for full, equal
-    ///   and no jitter, up to 3 × base for decorrelated) must be **below**
-    ///   `total_budget`, or a request whose first attempt times out never
-    ///   gets its second one;
+    ///   and no jitter, up to 3 × base for decorrelated) plus the retry's
+    ///   `min_remaining` (default 10 ms) must be at most `total_budget`, or
+    ///   a request whose first attempt times out may get no second one (the
+    ///   retry layer schedules a retry only when its delay plus
+    ///   `min_remaining` fits the time left);
     /// - the slow-call duration is not below `attempt_timeout` (a call
     ///   cannot take longer than its attempt timeout, so such a threshold
     ///   never trips).
@@ -381,16 +383,17 @@ impl<P, C, L> ClientStackBuilder<P, C, L> {
         }
         let retry = retry.build()?;
         if retry.max_attempts() >= 2 {
-            let backoff = retry.backoff();
-            let (_, first) = backoff.bounds(&BackoffState::new());
-            if per_try.saturating_add(first) >= total {
+            let (_, first) = retry.backoff().bounds(&BackoffState::new());
+            let min_remaining = retry.min_remaining();
+            if per_try.saturating_add(first).saturating_add(min_remaining) > total {
                 return Err(ConfigError::new(
                     KIND,
                     format!(
                         "retry schedule does not fit total_budget ({total:?}): attempt_timeout \
-                         ({per_try:?}) + the longest first backoff ({first:?}) must be below it, \
-                         or no second attempt can start after a timeout; lower them or set \
-                         max_attempts(1)"
+                         ({per_try:?}) + the longest first backoff ({first:?}) + the retry's \
+                         min_remaining ({min_remaining:?}) must be at most total_budget, or a \
+                         request whose first attempt times out may get no second attempt; lower \
+                         them or set max_attempts(1)"
                     ),
                 ));
             }

@@ -93,14 +93,16 @@
 //! |---|---|
 //! | both durations set | `total_budget must be set`, `attempt_timeout must be set` |
 //! | `attempt_timeout ≤ total_budget` | `attempt_timeout must be at most total_budget (…), got …` |
-//! | with `max_attempts ≥ 2`: `attempt_timeout + longest first backoff < total_budget` | `retry schedule does not fit total_budget (…): …` |
+//! | with `max_attempts ≥ 2`: `attempt_timeout + longest first backoff + min_remaining ≤ total_budget` | `retry schedule does not fit total_budget (…): …` |
 //! | `slow_call_duration < attempt_timeout` | `slow_call_duration must be below attempt_timeout (…), got …` |
 //!
 //! The retry rule is the worst case of a second attempt: the first attempt
 //! times out at `attempt_timeout`, the first backoff draws its upper bound
 //! (the base delay for full, equal or no jitter; up to 3 × base for
-//! decorrelated jitter), and some budget must be left for the second
-//! attempt to start. The slow-call rule: the attempt timeout cuts every call
+//! decorrelated jitter), and the retry layer starts a retry only with at
+//! least its `min_remaining` (default 10 ms) of budget left. With the
+//! defaults (50 ms base, full jitter) and a 1 s budget, the longest attempt
+//! timeout accepted is 940 ms. The slow-call rule: the attempt timeout cuts every call
 //! at `attempt_timeout`, so a slow-call threshold at or above it can never
 //! trip. The stack's default slow-call duration is 80 % of the attempt
 //! timeout.
@@ -169,7 +171,10 @@
 //! # Cost
 //!
 //! The stacks add no state of their own: a call through them costs what the
-//! layers cost, and allocates nothing on the success path.
+//! layers cost, and the layers allocate nothing on the success path. The
+//! request type may: an `http::Request` gets its deadline stored in its
+//! extensions (whose map `http` allocates on first insert), the retry keeps a
+//! copy of it for a possible retry, and propagation writes header values.
 //!
 //! # Another order
 //!

@@ -82,48 +82,71 @@ fn client_refuses_attempt_timeout_above_budget() {
     );
 }
 
+fn schedule_msg(per_try: &str, first: &str) -> String {
+    format!(
+        "invalid client_stack configuration: retry schedule does not fit total_budget (1s): \
+         attempt_timeout ({per_try}) + the longest first backoff ({first}) + the retry's \
+         min_remaining (10ms) must be at most total_budget, or a request whose first attempt \
+         times out may get no second attempt; lower them or set max_attempts(1)"
+    )
+}
+
 #[test]
 fn client_refuses_a_retry_schedule_that_cannot_fit() {
-    // 950 ms + 50 ms (default base, full jitter: first delay at most 50 ms) = 1 s: no room.
-    assert_eq!(
-        client_err(
-            ClientStack::builder("p")
-                .total_budget(ms(1000))
-                .attempt_timeout(ms(950))
-        ),
-        "invalid client_stack configuration: retry schedule does not fit total_budget (1s): \
-         attempt_timeout (950ms) + the longest first backoff (50ms) must be below it, or no \
-         second attempt can start after a timeout; lower them or set max_attempts(1)"
-    );
-    // 949 ms leaves 1 ms: accepted.
-    assert!(
+    let b = |per_try| {
         ClientStack::builder("p")
             .total_budget(ms(1000))
-            .attempt_timeout(ms(949))
+            .attempt_timeout(ms(per_try))
+    };
+    // 941 ms + 50 ms (default base, full jitter: first delay at most 50 ms)
+    // + 10 ms (min_remaining) = 1001 ms.
+    assert_eq!(client_err(b(941)), schedule_msg("941ms", "50ms"));
+    // 940 ms fits exactly.
+    assert!(b(940).build().is_ok());
+    // A smaller min_remaining makes room.
+    assert!(b(941).retry(|r| r.min_remaining(ms(5))).build().is_ok());
+    // Decorrelated jitter's first delay reaches 3 × base: 700 + 300 + 10.
+    assert_eq!(
+        client_err(b(700).retry(|r| r.backoff(ms(100), ms(2000)).jitter(Jitter::Decorrelated))),
+        schedule_msg("700ms", "300ms")
+    );
+    // No jitter: exactly the base.
+    assert!(
+        b(890)
+            .retry(|r| r.backoff(ms(100), ms(2000)).jitter(Jitter::None))
             .build()
             .is_ok()
-    );
-    // Decorrelated jitter's first delay reaches 3 × base: 700 + 300 = 1 s.
-    assert_eq!(
-        client_err(
-            ClientStack::builder("p")
-                .total_budget(ms(1000))
-                .attempt_timeout(ms(700))
-                .retry(|r| r.backoff(ms(100), ms(2000)).jitter(Jitter::Decorrelated))
-        ),
-        "invalid client_stack configuration: retry schedule does not fit total_budget (1s): \
-         attempt_timeout (700ms) + the longest first backoff (300ms) must be below it, or no \
-         second attempt can start after a timeout; lower them or set max_attempts(1)"
     );
     // One attempt: nothing to fit.
-    assert!(
-        ClientStack::builder("p")
+    assert!(b(1000).retry(|r| r.max_attempts(1)).build().is_ok());
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_tightest_accepted_schedule_still_makes_its_second_attempt() {
+    // 940 ms + at most 50 ms of backoff + 10 ms: the second attempt always
+    // starts, whatever the jitter draws.
+    for seed in 0..20 {
+        let calls = Arc::new(AtomicU32::new(0));
+        let c = calls.clone();
+        let slow = service_fn(move |_: u32| {
+            c.fetch_add(1, Ordering::SeqCst);
+            async {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                Ok::<u32, BoxError>(0)
+            }
+        });
+        let stack = ClientStack::builder("p")
             .total_budget(ms(1000))
-            .attempt_timeout(ms(1000))
-            .retry(|r| r.max_attempts(1))
+            .attempt_timeout(ms(940))
+            .retry(|r| r.seed(seed))
             .build()
-            .is_ok()
-    );
+            .unwrap();
+        let start = Instant::now();
+        let err = stack.layer(slow).oneshot(1).await.unwrap_err();
+        assert_eq!(calls.load(Ordering::SeqCst), 2, "seed {seed}");
+        assert_eq!(start.elapsed(), ms(1000));
+        assert_eq!(kind(&err), RejectionKind::DeadlineExceeded);
+    }
 }
 
 #[test]
