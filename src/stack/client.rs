@@ -302,6 +302,27 @@ impl<P, C, L> ClientStackBuilder<P, C, L> {
     /// `http::Request`s): each attempt's outbound request carries the time
     /// it has left as `grpc-timeout` and `x-request-timeout-ms` (configure
     /// which in `f`; `|b| b` keeps both).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), seawall::BoxError> {
+    /// use std::time::Duration;
+    /// use seawall::stack::ClientStack;
+    /// use tower::{service_fn, Layer, ServiceExt};
+    ///
+    /// let stack = ClientStack::builder("users")
+    ///     .total_budget(Duration::from_secs(1))
+    ///     .attempt_timeout(Duration::from_millis(250))
+    ///     .propagate_deadline(|p| p.no_ms_header()) // a gRPC backend: grpc-timeout only
+    ///     .build()?;
+    /// // Stands in for an HTTP/2 client: answers with the header it was sent.
+    /// let client = service_fn(|req: http::Request<()>| async move {
+    ///     Ok::<_, seawall::BoxError>(req.headers()["grpc-timeout"].to_str()?.to_owned())
+    /// });
+    /// assert_eq!(stack.layer(client).oneshot(http::Request::new(())).await?, "250m");
+    /// # Ok(())
+    /// # }
+    /// ```
     #[cfg(feature = "http")]
     #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
     pub fn propagate_deadline(
