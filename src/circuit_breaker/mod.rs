@@ -1,1 +1,161 @@
-//! (in progress)
+//! Circuit breaker: stop calling a dependency that is failing or slow, give it
+//! time to recover, then let a few probe calls decide whether it has.
+//!
+//! # Example
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() {
+//! use std::time::Duration;
+//! use seawall::circuit_breaker::{CircuitBreakerLayer, SlidingWindow};
+//! use seawall::error::{rejection_of, RejectionKind};
+//! use seawall::observe::State;
+//! use tower::{service_fn, Layer, Service, ServiceExt};
+//!
+//! let layer = CircuitBreakerLayer::builder()
+//!     .name("payments")
+//!     .window(SlidingWindow::count(10)) // the last 10 calls
+//!     .minimum_calls(10)
+//!     .failure_rate_threshold(0.5)
+//!     .open_duration(Duration::from_secs(5))
+//!     .build()
+//!     .expect("valid configuration");
+//! let handle = layer.handle();
+//!
+//! let mut svc = layer.layer(service_fn(|fail: bool| async move {
+//!     if fail { Err("down") } else { Ok("paid") }
+//! }));
+//! for i in 0..10 {
+//!     let _ = svc.ready().await.unwrap().call(i % 2 == 0).await; // 50 % fail
+//! }
+//! assert_eq!(handle.state(), State::Open);
+//!
+//! // Open: calls fail at once, saying when to come back.
+//! let err = svc.ready().await.unwrap().call(false).await.unwrap_err();
+//! let view = rejection_of(&err).unwrap();
+//! assert_eq!(view.kind(), RejectionKind::CircuitOpen);
+//! assert_eq!(view.retry_after(), Some(Duration::from_secs(5)));
+//! # }
+//! ```
+//!
+//! # How it decides
+//!
+//! - **Closed**: calls go through and their outcomes fill a sliding window,
+//!   either the last `n` calls ([`SlidingWindow::Count`]) or the calls of the
+//!   last `T` ([`SlidingWindow::Time`], a ring of buckets). Once the window
+//!   holds at least `minimum_calls` calls, the breaker opens when the failure
+//!   rate is at or above `failure_rate_threshold`, or when the share of calls
+//!   slower than `slow_call_duration` (successes and failures alike) is at or
+//!   above `slow_call_rate_threshold`. The window really slides: after 1 000
+//!   successes, a 10-call window at 50 % opens after 5 failures. Optionally,
+//!   `consecutive_failures(n)` opens after `n` failures in a row.
+//! - **Open**: calls are rejected at once with [`CircuitOpen`], whose
+//!   `retry_after` is the exact time left until half-open. The open time starts
+//!   at `open_duration`, is multiplied by `open_multiplier` on each trip that
+//!   follows without a healthy close in between, capped at
+//!   `max_open_duration`, optionally jittered (`open_jitter`, seedable), and
+//!   returns to its base after a healthy close.
+//! - **Half-open**: exactly `permitted_calls_in_half_open` probe calls are let
+//!   through; others are rejected (`retry_after` none). When every probe has
+//!   finished, the breaker closes (with an empty window) if their failure and
+//!   slow-call rates are below the thresholds, and opens again otherwise. A
+//!   probe whose future is dropped before it finishes frees its slot for
+//!   another probe.
+//! - **Manual states**, through a [`CircuitBreakerHandle`] from
+//!   [`CircuitBreakerLayer::handle`]: forced-open, disabled (always closed,
+//!   nothing recorded), metrics-only (counts, never opens), and `reset` back to
+//!   closed. The handle also reads the state and the window's rates.
+//!
+//! Outcomes are classified by a [`Classify`](crate::classify::Classify)
+//! (default [`ErrorsAsFailures`](crate::classify::ErrorsAsFailures): every
+//! `Err` is a failure, including rejections from seawall layers *below* the
+//! breaker, such as an attempt timeout). A call whose future is dropped before
+//! it finishes is not counted.
+//!
+//! Every state change is reported as [`EventKind::StateChanged`] with the
+//! failure and slow-call rates that caused it; the initial closed state is
+//! reported once when the layer is built, so a state gauge has exactly one
+//! state at 1 from the start. Admitted calls report `CallStarted` and
+//! `CallFinished`, rejections `Rejected { reason: CircuitOpen, detail }`
+//! with detail `"open"`, `"half_open_full"` or `"forced_open"`.
+//!
+//! [`EventKind::StateChanged`]: crate::observe::EventKind::StateChanged
+//! [`CircuitOpen`]: crate::error::CircuitOpen
+//!
+//! # Defaults
+//!
+//! The defaults and their meaning are Resilience4j's:
+//!
+//! | setting | default |
+//! |---|---|
+//! | `window` | [`SlidingWindow::Count`]`(100)` (a time window defaults to 10 buckets) |
+//! | `minimum_calls` | 100 |
+//! | `failure_rate_threshold` | 0.5 (50 %) |
+//! | `slow_call_rate_threshold` | 1.0 (100 %) |
+//! | `slow_call_duration` | 60 s |
+//! | `permitted_calls_in_half_open` | 10 |
+//! | `open_duration` | 60 s |
+//! | `open_multiplier` | 2 (60 s, 120 s, 240 s, … on repeated trips) |
+//! | `max_open_duration` | 600 s |
+//! | `open_jitter` | 0 |
+//! | `consecutive_failures` | off |
+//! | `backpressure` | off |
+//! | `name` | `"circuit_breaker"` |
+//!
+//! # Sharing, and one breaker per dependency
+//!
+//! The breaker lives in an `Arc` created by the layer: every service built
+//! from one layer, and every clone of those services, shares **one** breaker.
+//! To protect several downstream hosts separately, build one layer per host:
+//!
+//! ```
+//! use std::collections::HashMap;
+//! use seawall::circuit_breaker::{CircuitBreakerHandle, CircuitBreakerLayer};
+//! use seawall::observe::State;
+//!
+//! let mut breakers: HashMap<&str, CircuitBreakerLayer> = HashMap::new();
+//! for host in ["db-1.internal", "db-2.internal"] {
+//!     let layer = CircuitBreakerLayer::builder()
+//!         .name(format!("db:{host}"))
+//!         .build()
+//!         .expect("valid configuration");
+//!     breakers.insert(host, layer);
+//! }
+//! // Wrap each host's client with its own layer:
+//! // `breakers["db-1.internal"].layer(client_for("db-1.internal"))`.
+//! let db1: CircuitBreakerHandle = breakers["db-1.internal"].handle();
+//! db1.force_open(); // only db-1 is cut off
+//! assert_eq!(db1.state(), State::ForcedOpen);
+//! assert_eq!(breakers["db-2.internal"].handle().state(), State::Closed);
+//! ```
+//!
+//! # Readiness
+//!
+//! By default `poll_ready` only forwards the inner service's readiness: while
+//! open, the service stays ready and each call fails fast. With
+//! `backpressure(true)` it reports `Pending` while the breaker is open and
+//! wakes the task when the open time is over (a `tokio::time::Sleep` made
+//! once per service, in that mode only), which suits balancers. A forced-open
+//! breaker, or a half-open one with every probe slot taken, still rejects in
+//! `call`.
+//!
+//! # Cost
+//!
+//! In the closed state a call takes no lock and allocates nothing: an atomic
+//! load of the state, a reference-count increment, the window's atomics (a
+//! success replacing a success in a count window writes only the cursor), two
+//! clock reads. State transitions take a short mutex section (never held
+//! across an `.await`); resetting the window on close is O(window size).
+
+mod future;
+mod handle;
+mod layer;
+mod service;
+mod state;
+mod window;
+
+pub use self::future::ResponseFuture;
+pub use self::handle::CircuitBreakerHandle;
+pub use self::layer::{CircuitBreakerBuilder, CircuitBreakerLayer, SlidingWindow};
+pub use self::service::CircuitBreaker;
+pub use self::window::WindowSnapshot;

@@ -25,6 +25,135 @@
 //! assert!(!deadline.is_expired());
 //! # }
 //! ```
+//!
+//! # Layers (feature `deadline`)
+//!
+//! - [`DeadlineLayer`] gives each request a **total budget** for everything
+//!   below it, retries included. On `call` it sets the request's deadline to
+//!   `min(existing, start + budget)`, where *existing* is [`of`]`(&req)` (the
+//!   request's own deadline and the task-local one) and *start* is the first
+//!   `poll_ready` of that service clone for that request that had to wait
+//!   (or `call`, when the inner service was ready at once): time spent
+//!   waiting for readiness is charged to the budget. It stores the deadline in the
+//!   request ([`HasDeadline::set_deadline`]) and runs the inner `call` and
+//!   every poll of the response future with it as the task-local
+//!   [`current()`] deadline. A request whose deadline has already passed is
+//!   refused with [`DeadlineExceeded`](crate::error::DeadlineExceeded)
+//!   without calling the inner service; when the deadline passes mid-call the
+//!   call fails with `DeadlineExceeded` (the inner future is dropped).
+//!   Requires `Req: HasDeadline` (one line for your own request types:
+//!   `impl HasDeadline for MyRequest {}`).
+//! - [`AttemptTimeoutLayer`] limits **each attempt** to `min(per_try, time
+//!   left)`, the time left being read from the task-local [`current()`]
+//!   deadline when `call` runs, so it works for any request type. When the
+//!   per-attempt timer fires while budget remains the attempt fails with
+//!   [`AttemptTimeout`](crate::error::AttemptTimeout) (retryable); when the
+//!   total deadline was the binding limit it fails with `DeadlineExceeded`
+//!   (not retryable: nothing is left). With no time left at all it refuses
+//!   the attempt without calling the inner service. The attempt's deadline is
+//!   the task-local deadline below it, so outbound calls advertise it.
+//!
+//! `poll_ready` of both layers passes the inner readiness through and never
+//! times out by itself (a service cannot own a timer without allocating); put
+//! a bulkhead or load shedder below to bound waiting. Both layers keep their
+//! configuration in an `Arc`: every service and clone built from one layer
+//! shares it. The timers are tokio `Sleep`s pinned inside the named response
+//! futures, created only when the inner future is first found pending: no
+//! allocation per call, and no timer at all for calls that answer at once. Calls must run inside a tokio runtime with
+//! time enabled.
+//!
+//! # Ordering
+//!
+//! Deadline outermost, attempt timeout innermost, retries in between:
+//!
+//! ```text
+//! DeadlineLayer (total, e.g. 1 s)
+//!   └─ retry
+//!       └─ AttemptTimeoutLayer (per try, e.g. 300 ms)
+//!           └─ [PropagateDeadlineLayer] └─ client
+//! ```
+//!
+//! With a 1 s budget and 300 ms per try, attempts start at 0, 300, 600 and
+//! 900 ms; the fourth gets only the 100 ms left and ends the request at
+//! exactly 1 s with `DeadlineExceeded`.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() {
+//! use std::time::Duration;
+//! use seawall::deadline::{AttemptTimeoutLayer, DeadlineLayer};
+//! use seawall::error::{rejection_of, RejectionKind};
+//! use tower::{service_fn, ServiceBuilder, ServiceExt};
+//!
+//! let slow = service_fn(|_: ()| async {
+//!     tokio::time::sleep(Duration::from_secs(5)).await;
+//!     Ok::<_, seawall::BoxError>("done")
+//! });
+//! let svc = ServiceBuilder::new()
+//!     .layer(DeadlineLayer::new(Duration::from_secs(1)))
+//!     .layer(AttemptTimeoutLayer::new(Duration::from_millis(300)))
+//!     .service(slow);
+//!
+//! let start = tokio::time::Instant::now();
+//! let err = svc.oneshot(()).await.unwrap_err();
+//! // No retry layer here: the first attempt times out after 300 ms, retryably.
+//! assert_eq!(start.elapsed(), Duration::from_millis(300));
+//! assert_eq!(rejection_of(&err).unwrap().kind(), RejectionKind::AttemptTimeout);
+//! # }
+//! ```
+//!
+//! # Reading the budget in a handler
+//!
+//! Below a [`DeadlineLayer`] (or the header ingress layer), handler code
+//! reads the time left with [`remaining()`], whatever the request type. With
+//! `http::Request` the deadline is also in the request's extensions, so an
+//! axum handler can take `Extension<Deadline>` (and keep it when it spawns
+//! work on another task, where the task-local does not follow).
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() {
+//! use std::time::Duration;
+//! use seawall::deadline::{self, DeadlineLayer};
+//! use tower::{service_fn, Layer, ServiceExt};
+//!
+//! let handler = service_fn(|query: String| async move {
+//!     // Skip the expensive path when too little time is left.
+//!     let left = deadline::remaining().unwrap_or(Duration::MAX);
+//!     let answer = if left < Duration::from_millis(100) { "cached" } else { "fresh" };
+//!     Ok::<_, seawall::BoxError>(format!("{query}: {answer}"))
+//! });
+//! let svc = DeadlineLayer::new(Duration::from_millis(250)).layer(handler);
+//! assert_eq!(svc.oneshot("price".to_string()).await.unwrap(), "price: fresh");
+//! # }
+//! ```
+//!
+//! # Propagation (feature `http`)
+//!
+//! The [`propagate`] module carries deadlines across hops as relative
+//! timeouts: [`DeadlineFromHeadersLayer`] reads `grpc-timeout` and
+//! `x-request-timeout-ms` on servers (clamped to 30 s by default, minus a
+//! per-hop margin), [`PropagateDeadlineLayer`] writes the time left on
+//! clients, rounded down. The wire formats are available without any feature
+//! through [`parse_grpc_timeout`], [`format_grpc_timeout`] and
+//! [`parse_timeout_ms`].
+//!
+//! # Events
+//!
+//! Every rejection is reported as [`EventKind::Rejected`](crate::observe::EventKind::Rejected)
+//! with the instance name, `reason` `deadline_exceeded` or `attempt_timeout`,
+//! and one of these `detail`s:
+//!
+//! | detail | meaning |
+//! |---|---|
+//! | `expired_on_arrival` | the request's deadline had already passed when it reached the layer; the inner service was not called |
+//! | `expired_waiting_ready` | ([`DeadlineLayer`]) the budget was spent waiting in `poll_ready`; the inner service was not called |
+//! | `timed_out` | the deadline or the per-attempt timer fired during the call |
+//!
+//! The header ingress layer reports unreadable or clamped headers as
+//! [`EventKind::InputIgnored`](crate::observe::EventKind::InputIgnored)
+//! (`input` = the header, `reason` = `malformed`, `too_long`, `bad_unit`,
+//! `empty` or `clamped`).
 
 use std::fmt;
 use std::time::Duration;
@@ -235,3 +364,28 @@ pub fn of<R: HasDeadline + ?Sized>(req: &R) -> Option<Deadline> {
         (a, b) => a.or(b),
     }
 }
+
+#[cfg(feature = "deadline")]
+pub mod future;
+#[cfg(feature = "deadline")]
+mod layer;
+#[cfg(all(feature = "deadline", feature = "http"))]
+pub mod propagate;
+#[cfg(feature = "deadline")]
+mod service;
+mod wire;
+
+#[cfg(feature = "deadline")]
+pub use self::layer::{
+    AttemptTimeoutLayer, AttemptTimeoutLayerBuilder, DeadlineLayer, DeadlineLayerBuilder,
+};
+#[cfg(all(feature = "deadline", feature = "http"))]
+pub use self::propagate::{
+    DeadlineFromHeaders, DeadlineFromHeadersLayer, DeadlineFromHeadersLayerBuilder, InvalidTimeout,
+    OnInvalid, PropagateDeadline, PropagateDeadlineLayer, PropagateDeadlineLayerBuilder,
+};
+#[cfg(feature = "deadline")]
+pub use self::service::{AttemptTimeoutService, DeadlineService};
+pub use self::wire::{
+    GrpcTimeout, ParseTimeoutError, format_grpc_timeout, parse_grpc_timeout, parse_timeout_ms,
+};

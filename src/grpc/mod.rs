@@ -1,1 +1,94 @@
-//! (in progress)
+//! gRPC answers for seawall rejections: `tonic::Status` codes with retry
+//! pushback, trailers-only responses for tonic servers, and a status-code
+//! classifier.
+//!
+//! Seawall layers fail with a [`BoxError`] holding a rejection marker. This
+//! module maps any such error, also when wrapped in other errors (it follows
+//! `source()` chains with [`error::rejection`](crate::error::rejection)), to the
+//! status a gRPC client can act on:
+//!
+//! | rejection | code | `grpc-retry-pushback-ms` | message |
+//! |---|---|---|---|
+//! | [`CircuitOpen`](crate::error::CircuitOpen) | `UNAVAILABLE` | when known | `circuit open` |
+//! | [`BulkheadFull`](crate::error::BulkheadFull) | `UNAVAILABLE` | when known | `bulkhead full` |
+//! | [`Overloaded`](crate::error::Overloaded) | `UNAVAILABLE` | when known | `overloaded` |
+//! | [`RetryBudgetExhausted`](crate::error::RetryBudgetExhausted) | `UNAVAILABLE` | — | `retry budget exhausted` |
+//! | [`RateLimited`](crate::error::RateLimited) | `RESOURCE_EXHAUSTED` | when known | `rate limited` |
+//! | [`DeadlineExceeded`](crate::error::DeadlineExceeded) | `DEADLINE_EXCEEDED` | — | `deadline exceeded` |
+//! | [`AttemptTimeout`](crate::error::AttemptTimeout) | `DEADLINE_EXCEEDED` | — | `attempt timed out` |
+//! | a `tonic::Status` (in the chain) | its own | its own | its own |
+//! | any other error | `UNKNOWN` | — | `internal error` |
+//!
+//! The pushback (gRPC proposal A6) is the rejection's `retry_after` in whole
+//! milliseconds, rounded **up** and never `0`; gRPC clients with retry
+//! policies wait that long before their next attempt. Messages name the reason
+//! only: never the layer instance, nor the message of a non-seawall error.
+//!
+//! - [`status_for`] builds the `tonic::Status` (for handlers and clients).
+//! - [`GrpcRejectionLayer`] wraps a tonic server stack
+//!   (`Server::builder().layer(...)`) and answers rejections as trailers-only
+//!   gRPC responses, so clients see the code and the pushback (without it,
+//!   tonic resets the stream and clients see `INTERNAL`). It works on the
+//!   client side too, around seawall layers wrapping a `Channel`: the tonic
+//!   client then returns the mapped `Status` instead of `UNKNOWN`.
+//! - [`GrpcStatusClassifier`] classifies calls for the circuit breaker, the
+//!   adaptive limit and the client throttle.
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use seawall::error::RateLimited;
+//! use seawall::grpc::status_for;
+//! use seawall::BoxError;
+//! use tonic::Code;
+//!
+//! let err: BoxError = RateLimited::new("per-tenant", Some(Duration::from_millis(250))).into();
+//! let status = status_for(&err);
+//! assert_eq!(status.code(), Code::ResourceExhausted);
+//! assert_eq!(status.message(), "rate limited");
+//! assert_eq!(status.metadata().get("grpc-retry-pushback-ms").unwrap(), "250");
+//! ```
+
+mod classify;
+mod future;
+mod layer;
+mod service;
+mod status;
+
+pub use self::classify::GrpcStatusClassifier;
+pub use self::future::ResponseFuture;
+pub use self::layer::GrpcRejectionLayer;
+pub use self::service::GrpcRejection;
+pub use self::status::{PUSHBACK_HEADER, code_for};
+
+use crate::error::BoxError;
+
+/// The `tonic::Status` for an error: the mapped code, message and pushback
+/// for a seawall rejection (found through `source()` chains), a copy of the
+/// `tonic::Status` found in the chain, or `UNKNOWN` (`internal error`) for any
+/// other error. See the [module docs](self) for the table.
+///
+/// ```
+/// use std::time::Duration;
+/// use seawall::error::{CircuitOpen, DeadlineExceeded};
+/// use seawall::grpc::status_for;
+/// use seawall::BoxError;
+/// use tonic::Code;
+///
+/// let open: BoxError = CircuitOpen::new("db", Some(Duration::from_millis(1400))).into();
+/// let status = status_for(&open);
+/// assert_eq!(status.code(), Code::Unavailable);
+/// assert_eq!(status.metadata().get("grpc-retry-pushback-ms").unwrap(), "1400");
+///
+/// let late: BoxError = DeadlineExceeded::new("edge").into();
+/// assert_eq!(status_for(&late).code(), Code::DeadlineExceeded);
+/// assert!(status_for(&late).metadata().get("grpc-retry-pushback-ms").is_none());
+///
+/// let other: BoxError = "db password rejected".into();
+/// assert_eq!(status_for(&other).code(), Code::Unknown);
+/// assert_eq!(status_for(&other).message(), "internal error");
+/// ```
+pub fn status_for(err: &BoxError) -> tonic::Status {
+    status::status_for_error(&**err)
+}

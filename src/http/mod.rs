@@ -1,1 +1,132 @@
-//! (in progress)
+//! HTTP answers for seawall rejections: status codes, `Retry-After`, short
+//! bodies, and a status-code classifier.
+//!
+//! Seawall layers fail with a [`BoxError`] holding a rejection marker. This
+//! module turns any such error, also when wrapped in other errors (it follows
+//! `source()` chains with [`error::rejection`](crate::error::rejection)), into
+//! the response a client can act on:
+//!
+//! | rejection | status | `Retry-After` | body |
+//! |---|---|---|---|
+//! | [`CircuitOpen`](crate::error::CircuitOpen) | 503 | when known | `circuit open` |
+//! | [`BulkheadFull`](crate::error::BulkheadFull) | 503 | when known | `bulkhead full` |
+//! | [`Overloaded`](crate::error::Overloaded) | 503 | when known | `overloaded` |
+//! | [`RetryBudgetExhausted`](crate::error::RetryBudgetExhausted) | 503 | — | `retry budget exhausted` |
+//! | [`RateLimited`](crate::error::RateLimited) | 429 | when known | `rate limited` |
+//! | [`DeadlineExceeded`](crate::error::DeadlineExceeded) | 504 | — | `deadline exceeded` |
+//! | [`AttemptTimeout`](crate::error::AttemptTimeout) | 504 | — | `attempt timed out` |
+//! | any other error | 500 | — | `internal server error` |
+//!
+//! Bodies are plain text (`content-type: text/plain; charset=utf-8`) and name
+//! the reason only: never the layer instance name, nor the message of a
+//! non-seawall error (it may hold internal details; log it where the error is
+//! produced). `Retry-After` is in `delay-seconds`, rounded **up** to whole
+//! seconds and never `0`: a 1.4 s wait reads `2`, a 400 ms wait reads `1`.
+//!
+//! Two ways in:
+//!
+//! - [`RejectionResponseLayer`]: put it outside the seawall layers; the stack's
+//!   `Err` becomes an `Ok` response and the error type becomes
+//!   [`Infallible`](std::convert::Infallible), so axum's `Router::layer` takes
+//!   the stack as is. Works for any body type that can be built from a
+//!   `&'static str` (axum's `Body`, `String`, `Full<Bytes>`, …).
+//! - With feature `axum`: [`handle_error`], an error handler for axum's
+//!   `HandleErrorLayer`.
+//!
+//! The building blocks are public too: [`status_for`], [`body_for`],
+//! [`retry_after_header`] and [`rejection_response`].
+//!
+//! [`HttpStatusClassifier`] classifies responses for the circuit breaker, the
+//! adaptive limit and the client throttle: 5xx and 408 fail, the rest succeed.
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use seawall::error::CircuitOpen;
+//! use seawall::http::RejectionResponseLayer;
+//! use seawall::BoxError;
+//! use tower::{ServiceBuilder, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! // Stands in for a seawall stack whose breaker is open.
+//! let svc = ServiceBuilder::new()
+//!     .layer(RejectionResponseLayer::new())
+//!     .service_fn(|_req: http::Request<()>| async {
+//!         Err::<http::Response<String>, BoxError>(
+//!             CircuitOpen::new("db", Some(Duration::from_millis(1400))).into(),
+//!         )
+//!     });
+//!
+//! let res = svc.oneshot(http::Request::new(())).await.unwrap(); // Infallible
+//! assert_eq!(res.status(), 503);
+//! assert_eq!(res.headers()["retry-after"], "2");
+//! assert_eq!(res.body(), "circuit open");
+//! # }
+//! ```
+
+mod classify;
+mod future;
+mod layer;
+mod response;
+mod service;
+
+pub use self::classify::HttpStatusClassifier;
+pub use self::future::ResponseFuture;
+pub use self::layer::RejectionResponseLayer;
+pub use self::response::{body_for, retry_after_header, status_for};
+pub use self::service::RejectionResponse;
+
+use crate::error::BoxError;
+
+/// The response for an error: the mapped status, `Retry-After` and body for a
+/// seawall rejection (found through `source()` chains), or a generic `500`
+/// (`internal server error`) for any other error. See the
+/// [module docs](self) for the table.
+///
+/// ```
+/// use seawall::error::RateLimited;
+/// use seawall::http::rejection_response;
+/// use seawall::BoxError;
+/// use std::time::Duration;
+///
+/// let err: BoxError = RateLimited::new("api", Some(Duration::from_millis(400))).into();
+/// let res: http::Response<String> = rejection_response(&err);
+/// assert_eq!(res.status(), 429);
+/// assert_eq!(res.headers()["retry-after"], "1");
+/// assert_eq!(res.body(), "rate limited");
+///
+/// let other: BoxError = "connection refused to 10.0.0.7".into();
+/// let res: http::Response<String> = rejection_response(&other);
+/// assert_eq!(res.status(), 500);
+/// assert_eq!(res.body(), "internal server error");
+/// ```
+pub fn rejection_response<B>(err: &BoxError) -> http::Response<B>
+where
+    B: From<&'static str>,
+{
+    response::response_for_error(&**err)
+}
+
+/// An error handler for axum's `HandleErrorLayer`: answers seawall rejections
+/// with their status, `Retry-After` and body, other errors with a generic 500
+/// (see the [module docs](self)).
+///
+/// ```
+/// use axum::{error_handling::HandleErrorLayer, routing::get, Router};
+/// use tower::ServiceBuilder;
+///
+/// let app: Router = Router::new().route("/", get(|| async { "hello" })).layer(
+///     ServiceBuilder::new()
+///         .layer(HandleErrorLayer::new(seawall::http::handle_error))
+///         // the seawall layers go here, below the error handler
+///         .timeout(std::time::Duration::from_secs(5)),
+/// );
+/// # let _ = app;
+/// ```
+#[cfg(feature = "axum")]
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
+pub async fn handle_error(err: BoxError) -> axum_core::response::Response {
+    rejection_response(&err)
+}

@@ -98,7 +98,7 @@ pub enum State {
     ForcedOpen,
     /// Always closed; nothing is recorded.
     Disabled,
-    /// Records outcomes and reports transitions, but never rejects.
+    /// Records outcomes in its window, but never rejects and never changes state.
     MetricsOnly,
     /// A backend (such as the Redis limiter) answers normally.
     Healthy,

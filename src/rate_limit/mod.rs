@@ -1,1 +1,99 @@
-//! (in progress)
+//! Rate limiting on governor's GCRA: global or per key, safe client keys,
+//! bounded memory, standard headers, and a Redis backend for fleets.
+//!
+//! [`RateLimitLayer`] admits requests at a [`Quota`] (a burst refilled at a
+//! steady rate). A refused request fails with
+//! [`RateLimited`](crate::error::RateLimited) whose `retry_after` is the
+//! exact wait until it would conform (governor's `NotUntil::wait_time_from`),
+//! or — in [`Mode::Wait`] — waits for its cell, up to a maximum and never past
+//! the request's [deadline](crate::deadline::current).
+//!
+//! - **Shared state.** The limiter lives in an `Arc` owned by the layer: every
+//!   service built from one layer, and every clone, shares one quota.
+//! - **Global or keyed.** The default is one global bucket (governor's direct
+//!   limiter: one atomic compare-and-swap, no allocation). With
+//!   [`RateLimitLayerBuilder::keyed`] each key found by a [`KeyExtractor`] gets
+//!   its own bucket: [`HeaderKey`] (API key, tenant id), [`PeerAddr`] (the
+//!   connection's address), [`ClientIp`] (the client behind trusted proxies:
+//!   the rightmost untrusted `X-Forwarded-For` / `Forwarded` address, so
+//!   clients cannot forge their key), or any closure. [`RateLimitLayerBuilder::global_quota`]
+//!   adds a total limit on top of the per-key one; stack layers for more.
+//! - **No key.** A request without a usable key follows the [`Fallback`]
+//!   rule: a shared bucket (default) or rejection.
+//! - **Bounded memory.** At most [`max_keys`](RateLimitLayerBuilder::max_keys)
+//!   keys are tracked. Idle keys (whose bucket is full again) are evicted by
+//!   the layer itself with governor's `retain_recent` + `shrink_to_fit` —
+//!   every N calls, and when a new key arrives at the cap — so no background
+//!   task is needed. When the cap is reached and no key is idle, new keys go
+//!   to the [`Fallback`] rule: a flood of a million distinct keys cannot grow
+//!   the map past the cap.
+//! - **Paused time.** governor reads tokio's clock through [`TokioClock`], so
+//!   every limit follows `tokio::time::pause()` / `advance()`.
+//! - **Headers** (feature `http`): [`IetfHeaders`] writes the IETF
+//!   `RateLimit-Policy: "default";q=100;w=60` and `RateLimit: "default";r=50;t=30`
+//!   fields on admitted responses. [`retry_after_secs`] rounds a wait *up* to
+//!   whole seconds for `Retry-After`.
+//! - **Redis** (feature `redis`): the same layer backed by one GCRA Lua script
+//!   per request on Redis server time, with a failure policy and a per-call
+//!   timeout (see [`RedisBackend`]).
+//!
+//! # Example
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() {
+//! use std::time::Duration;
+//! use seawall::error::{rejection_of, RejectionKind};
+//! use seawall::rate_limit::{Quota, RateLimitLayer};
+//! use tower::{Service, ServiceBuilder, ServiceExt};
+//!
+//! let layer = RateLimitLayer::builder(Quota::per_second(2)).name("api").build().unwrap();
+//! let mut svc = ServiceBuilder::new()
+//!     .layer(layer)
+//!     .service_fn(|x: u32| async move { Ok::<_, std::convert::Infallible>(x) });
+//!
+//! assert_eq!(svc.ready().await.unwrap().call(1).await.unwrap(), 1);
+//! assert_eq!(svc.ready().await.unwrap().call(2).await.unwrap(), 2);
+//! let err = svc.ready().await.unwrap().call(3).await.unwrap_err();
+//! let r = rejection_of(&err).unwrap();
+//! assert_eq!(r.kind(), RejectionKind::RateLimited);
+//! assert_eq!(r.retry_after(), Some(Duration::from_millis(500)));
+//!
+//! tokio::time::advance(Duration::from_millis(500)).await;
+//! assert_eq!(svc.ready().await.unwrap().call(4).await.unwrap(), 4);
+//! # }
+//! ```
+
+mod clock;
+mod decorate;
+mod future;
+mod key;
+mod layer;
+mod limiter;
+mod quota;
+mod service;
+
+#[cfg(feature = "http")]
+mod client_ip;
+#[cfg(feature = "http")]
+pub mod headers;
+#[cfg(feature = "redis")]
+mod redis;
+
+pub use self::clock::{TokioClock, TokioInstant};
+pub use self::decorate::{Decorate, NoHeaders, RateLimitStatus, retry_after_secs};
+pub use self::future::ResponseFuture;
+pub use self::key::{Cidr, Global, Key, KeyExtractor, MAX_KEY_LEN, MissingKey, PeerAddr};
+pub use self::layer::{
+    DEFAULT_MAX_KEYS, DEFAULT_MIN_SWEEP_INTERVAL, DEFAULT_SWEEP_EVERY, Fallback, Mode,
+    RateLimitLayer, RateLimitLayerBuilder,
+};
+pub use self::quota::Quota;
+pub use self::service::RateLimit;
+
+#[cfg(feature = "http")]
+pub use self::client_ip::{ClientIp, ForwardedHeader, HeaderKey};
+#[cfg(feature = "http")]
+pub use self::headers::IetfHeaders;
+#[cfg(feature = "redis")]
+pub use self::redis::{FailurePolicy, RedisBackend};

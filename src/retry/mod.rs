@@ -1,1 +1,134 @@
-//! (in progress)
+//! Retries with jittered backoff, a retry budget and deadline awareness: a
+//! retry layer that cannot turn a brownout into a retry storm.
+//!
+//! # Example
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() {
+//! use std::sync::Arc;
+//! use std::sync::atomic::{AtomicU32, Ordering};
+//! use std::time::Duration;
+//! use seawall::retry::RetryLayer;
+//! use seawall::BoxError;
+//! use tower::{Service, ServiceBuilder, ServiceExt};
+//!
+//! // A dependency that fails its first call, then answers.
+//! let calls = Arc::new(AtomicU32::new(0));
+//! let c = calls.clone();
+//! let flaky = tower::service_fn(move |req: u32| {
+//!     let n = c.fetch_add(1, Ordering::SeqCst);
+//!     async move {
+//!         if n == 0 { Err::<u32, BoxError>("connection reset".into()) } else { Ok(req * 2) }
+//!     }
+//! });
+//!
+//! // Build the layer once per dependency: its budget is shared by every
+//! // service and clone built from it.
+//! let retry = RetryLayer::builder()
+//!     .max_attempts(3)
+//!     .backoff(Duration::from_millis(20), Duration::from_secs(1))
+//!     .build()
+//!     .unwrap();
+//! let mut svc = ServiceBuilder::new().layer(retry).service(flaky);
+//!
+//! let answer = svc.ready().await.unwrap().call(21).await.unwrap();
+//! assert_eq!(answer, 42);
+//! assert_eq!(calls.load(Ordering::SeqCst), 2);
+//! # }
+//! ```
+//!
+//! # What it does
+//!
+//! - **Attempts.** At most `max_attempts` calls per request, the first one
+//!   included (default 3). The [`RetryPolicy`] decides, per outcome, whether to
+//!   retry ([`Verdict`]). The default [`RetryErrors`] retries every error but
+//!   seawall's `DeadlineExceeded` (and a lower layer's `RetryBudgetExhausted`),
+//!   and does retry `AttemptTimeout`. With feature `http`, [`http::HttpRetry`]
+//!   retries 5xx (not 501), 408, 429 and connection errors for idempotent
+//!   requests; with feature `tonic`, [`grpc::GrpcRetry`] retries `UNAVAILABLE`
+//!   and the codes you configure.
+//! - **Backoff.** Exponential, capped, with [full jitter](Jitter::Full) by
+//!   default (base 50 ms, cap 2 s); equal, decorrelated and no jitter are
+//!   selectable ([`Jitter`] lists the formulas and bounds). `seed` makes the
+//!   delays reproducible.
+//! - **Budget.** One [`RetryBudget`] per layer, shared by every service and
+//!   clone built from it: over a sliding window (default 10 s) retries may be
+//!   at most a fraction of requests (default 10 %) plus a floor
+//!   (default 10 retries/s, so 100 per window). When the budget is empty the
+//!   request fails with its last outcome. During a total outage, 10 000
+//!   requests therefore make at most 11 100 attempts, where a plain
+//!   3-attempt retry makes 30 000.
+//! - **Deadline.** The layer reads the task-local [`deadline::current()`](crate::deadline::current).
+//!   It never sleeps a backoff that ends past the deadline and never starts a
+//!   retry with less than `min_remaining` (default 10 ms) left; it then
+//!   returns the last outcome, or `DeadlineExceeded` when nothing is left at
+//!   all. The first attempt is always made (expiry on arrival is the
+//!   deadline layer's job).
+//! - **Server hints.** A `retry_after` carried by a seawall rejection
+//!   (circuit open, rate limited, …), an HTTP `Retry-After` (delay-seconds) or
+//!   a gRPC `grpc-retry-pushback-ms` replaces the backoff: the retry waits
+//!   exactly that long, if that fits the deadline and `max_retry_after`
+//!   (default 10 s); otherwise the request is not retried. A negative or
+//!   unparseable pushback means "do not retry". After a hint the backoff
+//!   starts over.
+//! - **Retry at one layer.** Outbound HTTP/gRPC requests carry the 1-based
+//!   attempt number in the [`ATTEMPT_HEADER`] (`x-seawall-attempt`). A server
+//!   that receives attempt 2 or later can record it
+//!   ([`http::MarkInboundAttemptLayer`], or [`scope_inbound_attempt`]); the
+//!   retry layers of the client stacks called while handling it then send
+//!   each request once, so attempts do not multiply across hops.
+//! - **Requests.** `Req: Clone` works directly: the request is cloned only
+//!   when a retry is possible, and kept for the next attempt. An
+//!   `http::Request` whose body is not `Clone` goes through
+//!   [`http::ReplayBodyLayer`], which buffers the body once (up to 64 KiB by
+//!   default) so it can be replayed; a larger body is sent once and not retried.
+//!
+//! # Events
+//!
+//! Every attempt reports `CallStarted` / `CallFinished`, every retry
+//! `RetryScheduled { attempt, delay }` (before its backoff), and every
+//! failed request that is not retried further `RetryGaveUp { attempts, reason }`;
+//! an empty budget also reports `BudgetExhausted`.
+//!
+//! # Readiness and cancellation
+//!
+//! `poll_ready` is the inner service's. The response future is a state machine
+//! (calling, backing off, waiting for readiness) with no boxing and no spawned
+//! task; retries use a clone of the inner service, polled ready before each
+//! retry. Dropping the future mid-backoff drops the timer and hands the
+//! granted retry back to the budget. The failed outcome is kept during the
+//! backoff, so it can be returned if the retry finally does not happen (for
+//! an HTTP response, its unread body is held until then).
+
+mod backoff;
+mod budget;
+mod future;
+mod inbound;
+mod layer;
+mod policy;
+mod service;
+
+#[cfg(feature = "tonic")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tonic")))]
+pub mod grpc;
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+pub mod http;
+
+pub use self::backoff::{Backoff, BackoffState, Delays, Jitter};
+pub use self::budget::{BUCKETS, BudgetSnapshot, RetryBudget, Withdrawal};
+pub use self::future::ResponseFuture;
+pub use self::inbound::{
+    InboundScoped, inbound_attempt, scope_inbound_attempt, sync_scope_inbound_attempt,
+};
+pub use self::layer::{
+    DEFAULT_MAX_RETRY_AFTER, DEFAULT_MIN_REMAINING, MAX_ATTEMPTS_LIMIT, RetryLayer,
+    RetryLayerBuilder,
+};
+pub use self::policy::{PolicyFn, RetryErrors, RetryPolicy, Verdict, classify_error, policy_fn};
+pub use self::service::Retry;
+
+/// The header carrying the 1-based attempt number on outbound HTTP and gRPC
+/// requests: `x-seawall-attempt` (1 for the first call, 2 for the first retry…).
+pub const ATTEMPT_HEADER: &str = "x-seawall-attempt";

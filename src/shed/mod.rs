@@ -1,1 +1,154 @@
-//! (in progress)
+//! Load shedding: an adaptive concurrency limit with priorities and doomed-work
+//! rejection, and client-side adaptive throttling.
+//!
+//! Under overload a service should keep its *goodput* — requests answered
+//! within their deadline — close to its capacity instead of collapsing under
+//! ever longer queues. [`AdaptiveLimitLayer`] finds that capacity by itself
+//! from observed latency and turns the excess away at once with
+//! [`Overloaded`](crate::error::Overloaded); [`ThrottleLayer`] makes clients
+//! stop sending what a struggling backend would reject anyway.
+//!
+//! # Example
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() {
+//! use std::time::Duration;
+//! use seawall::error::{rejection_of, RejectionKind};
+//! use seawall::shed::{AdaptiveLimitLayer, Aimd};
+//! use tower::{service_fn, Service, ServiceBuilder, ServiceExt};
+//!
+//! let limit = AdaptiveLimitLayer::builder()
+//!     .name("api")
+//!     .algorithm(Aimd::builder().initial_limit(2).min_limit(1).build().unwrap())
+//!     .build()
+//!     .unwrap();
+//! let mut svc = ServiceBuilder::new().layer(limit.clone()).service(service_fn(|ms: u64| async move {
+//!     tokio::time::sleep(Duration::from_millis(ms)).await;
+//!     Ok::<_, std::convert::Infallible>(ms)
+//! }));
+//!
+//! // Two calls in flight fill the limit of 2 …
+//! let a = svc.ready().await.unwrap().call(10);
+//! let b = svc.ready().await.unwrap().call(10);
+//! assert_eq!(limit.inflight(), 2);
+//! // … so a third is turned away at once instead of queueing.
+//! let err = svc.ready().await.unwrap().call(10).await.unwrap_err();
+//! assert_eq!(rejection_of(&err).unwrap().kind(), RejectionKind::Overloaded);
+//! assert_eq!((a.await.unwrap(), b.await.unwrap()), (10, 10));
+//! assert_eq!(limit.inflight(), 0);
+//! # }
+//! ```
+//!
+//! # The adaptive limit
+//!
+//! Admission is one atomic in-flight counter compared with an atomic limit:
+//! no lock, no allocation, no queue. Each finished call adds its round-trip
+//! time to a sampling window (atomics); when a window closes (default: 1 s
+//! and at least 10 samples) the [`LimitAlgorithm`] runs once, under a short
+//! lock that no request waits on, and the new limit is reported with
+//! [`EventKind::LimitChanged`](crate::observe::EventKind::LimitChanged).
+//!
+//! - [`Gradient2`] (default) and [`Aimd`] follow the formulas and defaults of
+//!   Netflix concurrency-limits (initial 20, min 20, max 200); plug your own
+//!   with [`LimitAlgorithm`].
+//! - How a call feeds the limit: an `Ok` response is an RTT sample (RTTs
+//!   under 100 µs are ignored); an error that signals overload below it
+//!   (`DeadlineExceeded`, `AttemptTimeout`, `Overloaded`) is a *drop*; other
+//!   errors are ignored. A response future dropped before it finished (the
+//!   caller gave up, usually on its timeout) releases its slot and counts as a
+//!   drop. Gradient2 learns from RTTs only; AIMD backs off on drops.
+//! - Every service and clone built from one layer shares one limit.
+//! - `poll_ready` forwards the inner service's readiness; the decision is made
+//!   in `call`, and a rejection is immediate.
+//!
+//! ## Priorities
+//!
+//! Each request has a [`Criticality`] (`CriticalPlus`, `Critical`,
+//! `SheddablePlus`, `Sheddable`), found by the layer's extractor: the
+//! task-local set with [`criticality::scope`] (default), a closure over the
+//! request, or with feature `http` [`criticality::FromHttpRequest`] (an
+//! extension, then the `x-seawall-criticality` header). Below the limit
+//! everything is admitted. At the limit, only a class still under its
+//! guaranteed share of the limit gets in (defaults: `CriticalPlus` 20 %,
+//! `Critical` 50 %, `SheddablePlus` 10 %, `Sheddable` 0 %), so the lowest
+//! classes are shed first while the top ones keep their share (as in
+//! Netflix's partitioned limits).
+//!
+//! ## Doomed work
+//!
+//! A request whose remaining deadline
+//! ([`deadline::current()`](crate::deadline::current)) is shorter than the
+//! expected service time — the average RTT of the last window — cannot
+//! finish in time; it is rejected at admission (event detail `"doomed"`)
+//! instead of taking a slot to die. Turn it off with
+//! [`reject_doomed(false)`](AdaptiveLimitLayerBuilder::reject_doomed).
+//!
+//! ## A small queue in front
+//!
+//! The limit never queues. To absorb short bursts, stack a bounded bulkhead
+//! queue (`BulkheadLayer` with a small queue and a short maximum wait) *in
+//! front of* the adaptive limit: requests wait there briefly, and the limit
+//! still decides what reaches the service.
+//!
+//! # Client-side adaptive throttling
+//!
+//! [`ThrottleLayer`] implements the adaptive throttling of Google SRE's
+//! "Handling Overload" on the client: over a sliding window (2 minutes, in
+//! 120 one-second buckets, O(1) per call) it counts `requests` (every call
+//! the application made, throttled ones included) and `accepts` (calls the
+//! backend accepted, as the [`Classify`](crate::classify::Classify) you give
+//! it says; by default every `Ok`), and rejects a new call locally, with
+//! `Overloaded` (event detail `"throttled"`), with probability
+//!
+//! `min(0.9, max(0, (requests − K × accepts) / (requests + 1)))`, K = 2.
+//!
+//! The cap (0.9; Envoy's admission control uses 0.8) keeps a trickle of
+//! calls reaching the backend so the throttle sees it recover. Random draws
+//! come from a small RNG; [`ThrottleLayerBuilder::seed`] makes them
+//! deterministic. The window sits behind a short `std::sync::Mutex`
+//! (taken once when a call starts, once when it is accepted; never across
+//! an `.await`).
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() {
+//! use seawall::shed::ThrottleLayer;
+//! use tower::{service_fn, Service, ServiceBuilder, ServiceExt};
+//!
+//! let throttle = ThrottleLayer::builder().name("users-api").seed(1).build().unwrap();
+//! let mut client = ServiceBuilder::new().layer(throttle.clone()).service(service_fn(|_: ()| async {
+//!     Err::<(), _>("unavailable")
+//! }));
+//! let mut sent = 0;
+//! for _ in 0..1000 {
+//!     match client.ready().await.unwrap().call(()).await {
+//!         Err(e) if e.to_string().starts_with("overloaded") => {}
+//!         _ => sent += 1,
+//!     }
+//! }
+//! // The backend rejects everything: the client soon sends only ~10 %.
+//! assert!(sent < 150, "{sent}");
+//! assert_eq!(throttle.rejection_probability(), 0.9);
+//! # }
+//! ```
+
+mod aimd;
+mod algorithm;
+pub mod criticality;
+mod future;
+mod gradient;
+mod layer;
+mod limiter;
+mod service;
+mod throttle;
+
+pub use self::aimd::{Aimd, AimdBuilder};
+pub use self::algorithm::{LimitAlgorithm, WindowSample};
+pub use self::criticality::Criticality;
+pub use self::future::{ResponseFuture, ThrottleFuture};
+pub use self::gradient::{Gradient2, Gradient2Builder};
+pub use self::layer::{
+    AdaptiveLimitLayer, AdaptiveLimitLayerBuilder, ThrottleLayer, ThrottleLayerBuilder,
+};
+pub use self::service::{AdaptiveLimit, Throttle};

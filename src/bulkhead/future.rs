@@ -1,0 +1,348 @@
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use pin_project_lite::pin_project;
+use tokio::time::{Instant, Sleep};
+use tower_service::Service;
+
+use super::queue::{Engine, GiveUp, Permit, Waiter};
+use crate::error::{BoxError, BulkheadFull};
+use crate::observe::{EventKind, LayerKind, Outcome};
+use crate::{clock, deadline};
+
+/// Emits the `Rejected` event and builds the error.
+pub(crate) fn reject(engine: &Engine, why: GiveUp) -> BulkheadFull {
+    engine.observer.emit(
+        LayerKind::Bulkhead,
+        engine.name.as_str(),
+        EventKind::Rejected {
+            reason: crate::error::RejectionKind::BulkheadFull,
+            detail: why.detail(),
+            retry_after: None,
+        },
+    );
+    BulkheadFull::new(engine.name.clone(), None)
+}
+
+/// Emits `CallStarted`; returns the start time if a hook listens (for the
+/// latency of `CallFinished`).
+#[inline]
+fn started(engine: &Engine) -> Option<Instant> {
+    if engine.observer.is_enabled() {
+        engine.observer.emit(
+            LayerKind::Bulkhead,
+            engine.name.as_str(),
+            EventKind::CallStarted,
+        );
+        Some(clock::now())
+    } else {
+        None
+    }
+}
+
+/// When a waiter gives up and why: the earliest of `max_wait`, the request
+/// deadline and CoDel's limit (ties: deadline, then `max_wait`, then CoDel).
+fn give_up_at(
+    max_wait_until: Option<Instant>,
+    codel_until: Option<Instant>,
+    deadline: Option<deadline::Deadline>,
+) -> (Option<Instant>, GiveUp) {
+    let mut at = max_wait_until;
+    let mut why = GiveUp::MaxWait;
+    if let Some(c) = codel_until {
+        if at.is_none_or(|a| c < a) {
+            at = Some(c);
+            why = GiveUp::Codel;
+        }
+    }
+    if let Some(d) = deadline.map(deadline::Deadline::instant) {
+        if at.is_none_or(|a| d <= a) {
+            at = Some(d);
+            why = GiveUp::Deadline;
+        }
+    }
+    (at, why)
+}
+
+pin_project! {
+    /// The response future of [`Bulkhead`](super::Bulkhead).
+    ///
+    /// It waits for a permit if the request was queued, calls the inner
+    /// service, and holds the permit until the inner future completes or this
+    /// future is dropped. Dropped while waiting, it leaves the queue (and
+    /// passes on a permit it was handed but had not yet used).
+    pub struct ResponseFuture<S, Req>
+    where
+        S: Service<Req>,
+    {
+        #[pin]
+        state: State<S, Req>,
+        started: Option<Instant>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<S, Req>
+    where
+        S: Service<Req>,
+    {
+        Waiting {
+            waiter: Waiter,
+            service: Option<S>,
+            request: Option<Req>,
+            #[pin]
+            sleep: Option<Sleep>,
+            until: Option<Instant>,
+            why: GiveUp,
+        },
+        Admitted {
+            service: Option<S>,
+            request: Option<Req>,
+            permit: Option<Permit>,
+        },
+        Running {
+            #[pin]
+            future: S::Future,
+            permit: Permit,
+        },
+        Rejected {
+            error: Option<BulkheadFull>,
+        },
+        Done,
+    }
+}
+
+impl<S, Req> ResponseFuture<S, Req>
+where
+    S: Service<Req>,
+{
+    #[inline]
+    pub(crate) fn running(future: S::Future, permit: Permit) -> Self {
+        let started = started(permit.engine());
+        ResponseFuture {
+            state: State::Running { future, permit },
+            started,
+        }
+    }
+
+    pub(crate) fn rejected(error: BulkheadFull) -> Self {
+        ResponseFuture {
+            state: State::Rejected { error: Some(error) },
+            started: None,
+        }
+    }
+
+    pub(crate) fn waiting(
+        waiter: Waiter,
+        service: S,
+        request: Req,
+        now: Instant,
+        codel_until: Option<Instant>,
+        engine: &Engine,
+    ) -> Self {
+        let max_wait_until = now.checked_add(engine.settings.max_wait);
+        let (until, why) = give_up_at(max_wait_until, codel_until, deadline::current());
+        if until.is_some_and(|u| u <= now) {
+            // Nothing left to wait for (the deadline has passed): leave the
+            // queue (dropping the waiter) and say so at once.
+            drop(waiter);
+            return Self::rejected(reject(engine, why));
+        }
+        ResponseFuture {
+            state: State::Waiting {
+                waiter,
+                service: Some(service),
+                request: Some(request),
+                sleep: None,
+                until,
+                why,
+            },
+            started: None,
+        }
+    }
+}
+
+impl<S, Req> Future for ResponseFuture<S, Req>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+{
+    type Output = Result<S::Response, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Waiting {
+                    waiter,
+                    service,
+                    request,
+                    mut sleep,
+                    until,
+                    why,
+                } => {
+                    if let Poll::Ready(permit) = waiter.poll(cx) {
+                        *this.started = started(permit.engine());
+                        let (service, request) = (service.take(), request.take());
+                        this.state.set(State::Admitted {
+                            service,
+                            request,
+                            permit: Some(permit),
+                        });
+                        continue;
+                    }
+                    if sleep.is_none() {
+                        // First poll: the deadline may be set around the
+                        // future rather than around `call`.
+                        if let Some(d) = deadline::current() {
+                            if until.is_none_or(|u| d.instant() <= u) {
+                                *until = Some(d.instant());
+                                *why = GiveUp::Deadline;
+                            }
+                        }
+                        if let Some(u) = *until {
+                            sleep.set(Some(tokio::time::sleep_until(u)));
+                        }
+                    }
+                    let expired = match sleep.as_pin_mut() {
+                        Some(s) => s.poll(cx).is_ready(),
+                        None => false,
+                    };
+                    if !expired {
+                        return Poll::Pending;
+                    }
+                    match waiter.leave() {
+                        Some(permit) => {
+                            // Handed a permit just as the wait ran out: use it.
+                            *this.started = started(permit.engine());
+                            let (service, request) = (service.take(), request.take());
+                            this.state.set(State::Admitted {
+                                service,
+                                request,
+                                permit: Some(permit),
+                            });
+                        }
+                        None => {
+                            let error = reject(waiter.engine(), *why);
+                            this.state.set(State::Done);
+                            return Poll::Ready(Err(error.into()));
+                        }
+                    }
+                }
+                StateProj::Admitted {
+                    service,
+                    request,
+                    permit,
+                } => {
+                    let Some(svc) = service.as_mut() else {
+                        this.state.set(State::Done);
+                        return Poll::Ready(Err(POLLED_AFTER_COMPLETION.into()));
+                    };
+                    if let Err(e) = ready!(svc.poll_ready(cx)) {
+                        this.state.set(State::Done);
+                        return Poll::Ready(Err(e.into()));
+                    }
+                    let (Some(req), Some(permit)) = (request.take(), permit.take()) else {
+                        this.state.set(State::Done);
+                        return Poll::Ready(Err(POLLED_AFTER_COMPLETION.into()));
+                    };
+                    let future = svc.call(req);
+                    this.state.set(State::Running { future, permit });
+                }
+                StateProj::Running { future, permit } => {
+                    let result = ready!(future.poll(cx));
+                    if let Some(start) = *this.started {
+                        let engine = permit.engine();
+                        engine.observer.emit(
+                            LayerKind::Bulkhead,
+                            engine.name.as_str(),
+                            EventKind::CallFinished {
+                                outcome: if result.is_ok() {
+                                    Outcome::Success
+                                } else {
+                                    Outcome::Failure
+                                },
+                                latency: clock::now().saturating_duration_since(start),
+                            },
+                        );
+                    }
+                    // Releases the permit before handing the result back.
+                    this.state.set(State::Done);
+                    return Poll::Ready(result.map_err(Into::into));
+                }
+                StateProj::Rejected { error } => {
+                    let error = error.take();
+                    this.state.set(State::Done);
+                    return Poll::Ready(Err(match error {
+                        Some(e) => e.into(),
+                        None => POLLED_AFTER_COMPLETION.into(),
+                    }));
+                }
+                StateProj::Done => {
+                    return Poll::Ready(Err(POLLED_AFTER_COMPLETION.into()));
+                }
+            }
+        }
+    }
+}
+
+const POLLED_AFTER_COMPLETION: &str = "bulkhead response future polled after completion";
+
+impl<S, Req> fmt::Debug for ResponseFuture<S, Req>
+where
+    S: Service<Req>,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match &self.state {
+            State::Waiting { .. } => "waiting",
+            State::Admitted { .. } => "admitted",
+            State::Running { .. } => "running",
+            State::Rejected { .. } => "rejected",
+            State::Done => "done",
+        };
+        f.debug_struct("ResponseFuture")
+            .field("state", &state)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn give_up_picks_the_earliest_with_tie_order() {
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        let dl = |n| Some(deadline::Deadline::at(ms(n)));
+        assert_eq!(
+            give_up_at(Some(ms(50)), None, None),
+            (Some(ms(50)), GiveUp::MaxWait)
+        );
+        assert_eq!(
+            give_up_at(Some(ms(50)), None, dl(20)),
+            (Some(ms(20)), GiveUp::Deadline)
+        );
+        assert_eq!(
+            give_up_at(Some(ms(50)), None, dl(50)),
+            (Some(ms(50)), GiveUp::Deadline)
+        );
+        assert_eq!(
+            give_up_at(Some(ms(50)), None, dl(80)),
+            (Some(ms(50)), GiveUp::MaxWait)
+        );
+        assert_eq!(
+            give_up_at(Some(ms(50)), Some(ms(5)), dl(80)),
+            (Some(ms(5)), GiveUp::Codel)
+        );
+        assert_eq!(
+            give_up_at(Some(ms(50)), Some(ms(50)), None),
+            (Some(ms(50)), GiveUp::MaxWait)
+        );
+        assert_eq!(give_up_at(None, None, None), (None, GiveUp::MaxWait));
+    }
+}

@@ -1,0 +1,77 @@
+use std::fmt;
+use std::sync::Arc;
+
+use super::queue::{Engine, QueueOrder};
+
+/// A read-only view of one bulkhead's state, for tests, metrics and health
+/// endpoints. Cheap to clone; every clone sees the same bulkhead as the layer
+/// it came from and every service built from that layer.
+///
+/// ```
+/// use seawall::bulkhead::BulkheadLayer;
+///
+/// let layer = BulkheadLayer::builder().max_concurrent(4).max_queue(2).build()?;
+/// let handle = layer.handle();
+/// assert_eq!(handle.available_permits(), 4);
+/// assert_eq!(handle.in_flight(), 0);
+/// assert_eq!(handle.queue_len(), 0);
+/// # Ok::<(), seawall::ConfigError>(())
+/// ```
+#[derive(Clone)]
+pub struct BulkheadHandle {
+    pub(crate) engine: Arc<Engine>,
+}
+
+impl BulkheadHandle {
+    /// The bulkhead's instance name.
+    pub fn name(&self) -> &str {
+        self.engine.name.as_str()
+    }
+
+    /// Free permits right now (`max_concurrent` when idle).
+    pub fn available_permits(&self) -> usize {
+        self.engine.available_permits()
+    }
+
+    /// Permits held right now: calls in flight, plus waiters that were just
+    /// handed a permit and have not yet started.
+    pub fn in_flight(&self) -> usize {
+        self.engine
+            .settings
+            .max_concurrent
+            .saturating_sub(self.engine.available_permits())
+    }
+
+    /// Callers waiting for a permit right now.
+    pub fn queue_len(&self) -> usize {
+        self.engine.queue_len()
+    }
+
+    /// The configured maximum of calls in flight.
+    pub fn max_concurrent(&self) -> usize {
+        self.engine.settings.max_concurrent
+    }
+
+    /// The configured maximum of waiting callers.
+    pub fn max_queue(&self) -> usize {
+        self.engine.settings.max_queue
+    }
+
+    /// The configured queue order.
+    pub fn queue_order(&self) -> QueueOrder {
+        self.engine.settings.order
+    }
+}
+
+impl fmt::Debug for BulkheadHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BulkheadHandle")
+            .field("name", &self.name())
+            .field("available_permits", &self.available_permits())
+            .field("max_concurrent", &self.max_concurrent())
+            .field("queue_len", &self.queue_len())
+            .field("max_queue", &self.max_queue())
+            .field("queue_order", &self.queue_order())
+            .finish()
+    }
+}

@@ -1,0 +1,244 @@
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tower_layer::Layer;
+
+use super::handle::BulkheadHandle;
+use super::queue::{Engine, QueueOrder, Settings};
+use super::service::Bulkhead;
+use crate::error::{ConfigError, Name};
+use crate::observe::Observer;
+
+const KIND: &str = "bulkhead";
+
+/// The largest accepted `max_concurrent` and `max_queue`.
+pub const MAX_LIMIT: usize = 1_000_000;
+
+/// Applies a [`Bulkhead`] to services: at most `max_concurrent` calls in
+/// flight, at most `max_queue` callers waiting for a turn.
+///
+/// The layer owns the bulkhead's state (permits and queue) in an `Arc`: every
+/// service built from one layer, and every clone of those services, shares the
+/// same permits. Build one layer per dependency or route you want to isolate,
+/// and give each its own [`name`](BulkheadBuilder::name).
+///
+/// See the [module docs](crate::bulkhead) for behaviour and an example.
+#[derive(Clone)]
+pub struct BulkheadLayer {
+    engine: Arc<Engine>,
+    backpressure: bool,
+}
+
+impl BulkheadLayer {
+    /// A builder with the defaults: `max_concurrent` 25, `max_queue` 0 (reject
+    /// at once when every permit is taken), `max_wait` 1 s, FIFO order, CoDel
+    /// target 5 ms and interval 100 ms, no backpressure, name `"bulkhead"`, no
+    /// observer.
+    pub fn builder() -> BulkheadBuilder {
+        BulkheadBuilder::default()
+    }
+
+    /// A handle reading this bulkhead's permits and queue.
+    pub fn handle(&self) -> BulkheadHandle {
+        BulkheadHandle {
+            engine: Arc::clone(&self.engine),
+        }
+    }
+
+    /// The instance name.
+    pub fn name(&self) -> &str {
+        self.engine.name.as_str()
+    }
+}
+
+impl<S> Layer<S> for BulkheadLayer {
+    type Service = Bulkhead<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Bulkhead::from_parts(inner, Arc::clone(&self.engine), self.backpressure)
+    }
+}
+
+impl fmt::Debug for BulkheadLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BulkheadLayer")
+            .field("handle", &self.handle())
+            .field("backpressure", &self.backpressure)
+            .finish()
+    }
+}
+
+/// Builds a [`BulkheadLayer`]; [`build`](BulkheadBuilder::build) validates the
+/// settings.
+#[derive(Debug, Clone)]
+pub struct BulkheadBuilder {
+    max_concurrent: usize,
+    max_queue: usize,
+    max_wait: Duration,
+    order: QueueOrder,
+    codel_target: Duration,
+    codel_interval: Duration,
+    backpressure: bool,
+    name: Name,
+    observer: Observer,
+}
+
+impl Default for BulkheadBuilder {
+    fn default() -> Self {
+        BulkheadBuilder {
+            max_concurrent: 25,
+            max_queue: 0,
+            max_wait: Duration::from_secs(1),
+            order: QueueOrder::Fifo,
+            codel_target: Duration::from_millis(5),
+            codel_interval: Duration::from_millis(100),
+            backpressure: false,
+            name: Name::from(KIND),
+            observer: Observer::none(),
+        }
+    }
+}
+
+impl BulkheadBuilder {
+    /// Calls allowed in flight at once (default 25, Resilience4j's
+    /// `maxConcurrentCalls`). Must be in `1..=1_000_000`.
+    pub fn max_concurrent(mut self, n: usize) -> Self {
+        self.max_concurrent = n;
+        self
+    }
+
+    /// Callers allowed to wait for a permit (default 0: reject at once when
+    /// every permit is taken, like Resilience4j's `maxWaitDuration` 0 and
+    /// Polly's `QueueLimit` 0). Must be at most `1_000_000`.
+    pub fn max_queue(mut self, n: usize) -> Self {
+        self.max_queue = n;
+        self
+    }
+
+    /// The longest a caller waits in the queue (default 1 s). A caller also
+    /// stops waiting at its request deadline
+    /// ([`deadline::current()`](crate::deadline::current)) if that comes
+    /// first. Must be above zero and at most
+    /// [`MAX_BUDGET`](crate::deadline::MAX_BUDGET).
+    pub fn max_wait(mut self, d: Duration) -> Self {
+        self.max_wait = d;
+        self
+    }
+
+    /// The order waiting callers are admitted in (default
+    /// [`QueueOrder::Fifo`]).
+    pub fn queue_order(mut self, order: QueueOrder) -> Self {
+        self.order = order;
+        self
+    }
+
+    /// Shorthand for `queue_order(QueueOrder::Lifo)`.
+    pub fn lifo(self) -> Self {
+        self.queue_order(QueueOrder::Lifo)
+    }
+
+    /// Shorthand for `queue_order(QueueOrder::Codel)`.
+    pub fn codel(self) -> Self {
+        self.queue_order(QueueOrder::Codel)
+    }
+
+    /// CoDel's target queueing delay (default 5 ms): once the queue is
+    /// standing, waiters older than this are rejected. Must be above zero and
+    /// below the interval.
+    pub fn codel_target(mut self, d: Duration) -> Self {
+        self.codel_target = d;
+        self
+    }
+
+    /// CoDel's interval (default 100 ms): a queue that has not been empty for
+    /// this long is standing; while it drains, a waiter may wait this long at
+    /// most. Must be above the target and at most 1 hour.
+    pub fn codel_interval(mut self, d: Duration) -> Self {
+        self.codel_interval = d;
+        self
+    }
+
+    /// Backpressure mode (default off): `poll_ready` reserves a permit and
+    /// returns `Pending` while none is free, instead of queueing inside the
+    /// response future. For callers that act on readiness, such as balancers.
+    /// See the [module docs](crate::bulkhead#readiness).
+    pub fn backpressure(mut self, on: bool) -> Self {
+        self.backpressure = on;
+        self
+    }
+
+    /// The instance name, in events and rejections (default `"bulkhead"`).
+    pub fn name(mut self, name: impl Into<Name>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// The observer that receives this bulkhead's events (default: none).
+    pub fn observer(mut self, observer: impl Into<Observer>) -> Self {
+        self.observer = observer.into();
+        self
+    }
+
+    /// Validates the settings and builds the layer.
+    pub fn build(self) -> Result<BulkheadLayer, ConfigError> {
+        if self.max_concurrent == 0 || self.max_concurrent > MAX_LIMIT {
+            return Err(ConfigError::new(
+                KIND,
+                format!(
+                    "max_concurrent must be in 1..={MAX_LIMIT}, got {}",
+                    self.max_concurrent
+                ),
+            ));
+        }
+        if self.max_queue > MAX_LIMIT {
+            return Err(ConfigError::new(
+                KIND,
+                format!(
+                    "max_queue must be at most {MAX_LIMIT}, got {}",
+                    self.max_queue
+                ),
+            ));
+        }
+        if self.max_wait.is_zero() || self.max_wait > crate::deadline::MAX_BUDGET {
+            return Err(ConfigError::new(
+                KIND,
+                format!(
+                    "max_wait must be above zero and at most {:?} (use max_queue(0) to reject at once), got {:?}",
+                    crate::deadline::MAX_BUDGET,
+                    self.max_wait
+                ),
+            ));
+        }
+        if self.codel_target.is_zero() || self.codel_target >= self.codel_interval {
+            return Err(ConfigError::new(
+                KIND,
+                format!(
+                    "codel_target must be above zero and below codel_interval ({:?}), got {:?}",
+                    self.codel_interval, self.codel_target
+                ),
+            ));
+        }
+        if self.codel_interval > Duration::from_secs(3600) {
+            return Err(ConfigError::new(
+                KIND,
+                format!(
+                    "codel_interval must be at most 1h, got {:?}",
+                    self.codel_interval
+                ),
+            ));
+        }
+        let settings = Settings {
+            max_concurrent: self.max_concurrent,
+            max_queue: self.max_queue,
+            max_wait: self.max_wait,
+            order: self.order,
+            codel_target: self.codel_target,
+            codel_interval: self.codel_interval,
+        };
+        Ok(BulkheadLayer {
+            engine: Arc::new(Engine::new(settings, self.name, self.observer)),
+            backpressure: self.backpressure,
+        })
+    }
+}

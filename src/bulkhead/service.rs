@@ -1,0 +1,199 @@
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tower_service::Service;
+
+use super::future::{ResponseFuture, reject};
+use super::handle::BulkheadHandle;
+use super::queue::{Acquire, Engine, GiveUp, Permit, Waiter};
+use crate::error::BoxError;
+
+/// A service with a bulkhead in front: at most `max_concurrent` calls in
+/// flight, at most `max_queue` callers waiting. Built by
+/// [`BulkheadLayer`](super::BulkheadLayer).
+///
+/// Clones share the bulkhead of the layer they were built from. A clone starts
+/// without a reserved permit (backpressure mode), so cloning never copies a
+/// permit.
+///
+/// # Readiness
+///
+/// - Default mode: `poll_ready` reports the inner service's readiness and
+///   never waits for a permit. `call` admits the request at once when a permit
+///   is free; otherwise the request waits in the bulkhead's queue *inside the
+///   response future* (which then holds a clone of the inner service, already
+///   polled ready, and calls it once a permit is handed over). A full queue,
+///   `max_wait`, the request deadline or CoDel end the wait with
+///   [`BulkheadFull`](crate::error::BulkheadFull). Requires `S: Clone` only for
+///   the requests that wait.
+/// - Backpressure mode: `poll_ready` reserves a permit first, returning
+///   `Pending` (with a place in the queue, in queue order) while none is free,
+///   then polls the inner service. No timer applies to that wait. If the queue
+///   is full, `poll_ready` fails with `BulkheadFull` (detail `"queue_full"`):
+///   size `max_queue` to the number of clones polled at once. `call` uses the
+///   reserved permit; a `call` without a reserved permit is admitted only if a
+///   permit is free, and rejected otherwise.
+pub struct Bulkhead<S> {
+    inner: S,
+    engine: Arc<Engine>,
+    backpressure: bool,
+    ready: Ready,
+}
+
+enum Ready {
+    Idle,
+    Waiting(Waiter),
+    Reserved(Permit),
+}
+
+impl<S> Bulkhead<S> {
+    pub(crate) fn from_parts(inner: S, engine: Arc<Engine>, backpressure: bool) -> Self {
+        Bulkhead {
+            inner,
+            engine,
+            backpressure,
+            ready: Ready::Idle,
+        }
+    }
+
+    /// A handle reading this bulkhead's permits and queue (shared with the
+    /// layer and every service built from it).
+    pub fn handle(&self) -> BulkheadHandle {
+        BulkheadHandle {
+            engine: Arc::clone(&self.engine),
+        }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Consumes the bulkhead and returns the inner service (releasing a
+    /// permit reserved by `poll_ready`, if any).
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: Clone> Clone for Bulkhead<S> {
+    fn clone(&self) -> Self {
+        Bulkhead {
+            inner: self.inner.clone(),
+            engine: Arc::clone(&self.engine),
+            backpressure: self.backpressure,
+            ready: Ready::Idle,
+        }
+    }
+}
+
+impl<S: fmt::Debug> fmt::Debug for Bulkhead<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ready = match self.ready {
+            Ready::Idle => "idle",
+            Ready::Waiting(_) => "waiting",
+            Ready::Reserved(_) => "reserved",
+        };
+        f.debug_struct("Bulkhead")
+            .field("inner", &self.inner)
+            .field("handle", &self.handle())
+            .field("backpressure", &self.backpressure)
+            .field("ready", &ready)
+            .finish()
+    }
+}
+
+impl<S, Req> Service<Req> for Bulkhead<S>
+where
+    S: Service<Req> + Clone,
+    S::Error: Into<BoxError>,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = ResponseFuture<S, Req>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        if self.backpressure {
+            loop {
+                match &mut self.ready {
+                    Ready::Reserved(_) => break,
+                    Ready::Waiting(waiter) => match waiter.poll(cx) {
+                        Poll::Ready(permit) => self.ready = Ready::Reserved(permit),
+                        Poll::Pending => return Poll::Pending,
+                    },
+                    Ready::Idle => {
+                        if let Some(permit) = self.engine.try_acquire() {
+                            self.ready = Ready::Reserved(permit);
+                            continue;
+                        }
+                        let now = self
+                            .engine
+                            .settings
+                            .order
+                            .uses_codel()
+                            .then(crate::clock::now);
+                        match self.engine.acquire(Some(cx.waker()), now) {
+                            Acquire::Permit(permit) => self.ready = Ready::Reserved(permit),
+                            Acquire::Queued { waiter, .. } => {
+                                self.ready = Ready::Waiting(waiter);
+                                return Poll::Pending;
+                            }
+                            Acquire::Full => {
+                                return Poll::Ready(Err(
+                                    reject(&self.engine, GiveUp::QueueFull).into()
+                                ));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        match self.inner.poll_ready(cx) {
+            Poll::Ready(Ok(())) => Poll::Ready(Ok(())),
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Err(e)) => {
+                self.ready = Ready::Idle;
+                Poll::Ready(Err(e.into()))
+            }
+        }
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        let permit = match std::mem::replace(&mut self.ready, Ready::Idle) {
+            Ready::Reserved(permit) => Some(permit),
+            other => {
+                self.ready = other;
+                self.engine.try_acquire()
+            }
+        };
+        if let Some(permit) = permit {
+            return ResponseFuture::running(self.inner.call(req), permit);
+        }
+        if self.backpressure || self.engine.settings.max_queue == 0 {
+            // No queue, or (backpressure mode) `call` without a reserved
+            // permit while none is free: refuse at once.
+            return ResponseFuture::rejected(reject(&self.engine, GiveUp::QueueFull));
+        }
+        let now = crate::clock::now();
+        match self.engine.acquire(None, Some(now)) {
+            Acquire::Permit(permit) => ResponseFuture::running(self.inner.call(req), permit),
+            Acquire::Full => ResponseFuture::rejected(reject(&self.engine, GiveUp::QueueFull)),
+            Acquire::Queued {
+                waiter,
+                codel_until,
+            } => {
+                // The waiting request keeps the instance that was polled
+                // ready; this service continues with a fresh clone.
+                let clone = self.inner.clone();
+                let service = std::mem::replace(&mut self.inner, clone);
+                ResponseFuture::waiting(waiter, service, req, now, codel_until, &self.engine)
+            }
+        }
+    }
+}

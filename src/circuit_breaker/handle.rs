@@ -1,0 +1,117 @@
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::state::{CLOSED, Core, DISABLED, FORCED_OPEN, METRICS_ONLY};
+use super::window::WindowSnapshot;
+use crate::clock;
+use crate::observe::State;
+
+/// What a layer shares with its services, their futures and its handles.
+pub(crate) struct Shared<C> {
+    pub(crate) core: Core,
+    pub(crate) classifier: C,
+}
+
+pub(crate) trait CoreRef: Send + Sync + 'static {
+    fn core(&self) -> &Core;
+}
+
+impl<C: Send + Sync + 'static> CoreRef for Shared<C> {
+    fn core(&self) -> &Core {
+        &self.core
+    }
+}
+
+/// Reads and steers one breaker (obtained from
+/// [`CircuitBreakerLayer::handle`](super::CircuitBreakerLayer::handle)).
+/// Cheap to clone; every clone acts on the same breaker.
+///
+/// Manual states: [`force_open`](Self::force_open) rejects every call
+/// (`retry_after` none) until [`reset`](Self::reset);
+/// [`disable`](Self::disable) lets every call through and records nothing;
+/// [`metrics_only`](Self::metrics_only) lets every call through and keeps
+/// counting, so the rates stay readable, but never opens. Each of them is
+/// reported as a `StateChanged` event.
+///
+/// Hooks run while the breaker changes state: a hook must not call the
+/// handle's switching methods (`force_open`, `disable`, `metrics_only`,
+/// `reset`); reading is fine.
+#[derive(Clone)]
+pub struct CircuitBreakerHandle {
+    shared: Arc<dyn CoreRef>,
+}
+
+impl CircuitBreakerHandle {
+    pub(crate) fn new<C: Send + Sync + 'static>(shared: Arc<Shared<C>>) -> Self {
+        CircuitBreakerHandle { shared }
+    }
+
+    fn core(&self) -> &Core {
+        self.shared.core()
+    }
+
+    /// The instance name.
+    pub fn name(&self) -> &str {
+        self.core().name.as_str()
+    }
+
+    /// The current state. An open breaker whose open time has passed reads
+    /// [`State::Open`] until the next call moves it to half-open.
+    pub fn state(&self) -> State {
+        self.core().state()
+    }
+
+    /// The window's counts now (calls, failures, slow calls). While open or
+    /// half-open, the window that opened the breaker.
+    pub fn metrics(&self) -> WindowSnapshot {
+        self.core().snapshot(clock::now())
+    }
+
+    /// The window's failure rate (0..=1), `None` while it is empty.
+    pub fn failure_rate(&self) -> Option<f64> {
+        self.metrics().failure_rate()
+    }
+
+    /// The window's slow-call rate (0..=1), `None` while it is empty.
+    pub fn slow_call_rate(&self) -> Option<f64> {
+        self.metrics().slow_call_rate()
+    }
+
+    /// While open: the time left until the breaker lets probes through.
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.core().open_remaining(clock::now())
+    }
+
+    /// Holds the breaker open: every call is rejected, until [`reset`](Self::reset).
+    pub fn force_open(&self) {
+        self.core().set_manual(FORCED_OPEN);
+    }
+
+    /// Turns the breaker off: every call goes through, nothing is recorded
+    /// (the window is emptied).
+    pub fn disable(&self) {
+        self.core().set_manual(DISABLED);
+    }
+
+    /// Every call goes through; outcomes are counted (from an empty window)
+    /// and readable, but the breaker never opens.
+    pub fn metrics_only(&self) {
+        self.core().set_manual(METRICS_ONLY);
+    }
+
+    /// Back to closed, whatever the state: empty window, open time back to
+    /// its base.
+    pub fn reset(&self) {
+        self.core().set_manual(CLOSED);
+    }
+}
+
+impl fmt::Debug for CircuitBreakerHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CircuitBreakerHandle")
+            .field("name", &self.name())
+            .field("state", &self.state())
+            .finish()
+    }
+}

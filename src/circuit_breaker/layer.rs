@@ -1,0 +1,420 @@
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tower_layer::Layer;
+
+use super::handle::{CircuitBreakerHandle, Shared};
+use super::service::CircuitBreaker;
+use super::state::{Config, Core, WindowConfig};
+use super::window::MAX_COUNT_WINDOW;
+use crate::classify::ErrorsAsFailures;
+use crate::error::{ConfigError, Name};
+use crate::observe::Observer;
+
+const KIND: &str = "circuit_breaker";
+
+/// The longest open time accepted (about 30 years).
+const MAX_OPEN: Duration = crate::deadline::MAX_BUDGET;
+
+/// The window a closed breaker judges the failure and slow-call rates by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlidingWindow {
+    /// Exactly the last `n` calls (`1..=1_000_000`). Default: 100.
+    Count(u32),
+    /// The calls of the last `span`, kept in `buckets` buckets of
+    /// `span / buckets` (`1..=1_000` buckets, each at least 1 ms wide). A call
+    /// counts from the moment it finishes until its bucket leaves the window:
+    /// for at least `span - span / buckets` and less than `span`.
+    Time {
+        /// How far back the window reaches.
+        span: Duration,
+        /// How many buckets the span is cut into.
+        buckets: u32,
+    },
+}
+
+impl SlidingWindow {
+    /// A count-based window of the last `n` calls.
+    pub const fn count(n: u32) -> Self {
+        SlidingWindow::Count(n)
+    }
+
+    /// A time-based window of the last `span`, in 10 buckets.
+    pub const fn time(span: Duration) -> Self {
+        SlidingWindow::Time { span, buckets: 10 }
+    }
+}
+
+impl Default for SlidingWindow {
+    fn default() -> Self {
+        SlidingWindow::Count(100)
+    }
+}
+
+/// Applies a circuit breaker to a service. Every service (and every clone)
+/// built from one layer shares **one** breaker: build one layer per
+/// dependency you want to protect separately.
+///
+/// Built with [`CircuitBreakerLayer::builder`]; see the [module
+/// docs](crate::circuit_breaker) for the behaviour and the defaults.
+pub struct CircuitBreakerLayer<C = ErrorsAsFailures> {
+    shared: Arc<Shared<C>>,
+}
+
+impl<C> Clone for CircuitBreakerLayer<C> {
+    fn clone(&self) -> Self {
+        CircuitBreakerLayer {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<C> fmt::Debug for CircuitBreakerLayer<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CircuitBreakerLayer")
+            .field("name", &self.shared.core.name)
+            .field("state", &self.shared.core.state())
+            .finish()
+    }
+}
+
+impl CircuitBreakerLayer<ErrorsAsFailures> {
+    /// A builder with the defaults listed in the [module
+    /// docs](crate::circuit_breaker).
+    pub fn builder() -> CircuitBreakerBuilder<ErrorsAsFailures> {
+        CircuitBreakerBuilder::default()
+    }
+}
+
+impl<C: Send + Sync + 'static> CircuitBreakerLayer<C> {
+    /// A handle on this layer's breaker: read its state and rates, or switch
+    /// it to forced-open, disabled, metrics-only, or back to closed.
+    pub fn handle(&self) -> CircuitBreakerHandle {
+        CircuitBreakerHandle::new(self.shared.clone())
+    }
+}
+
+impl<S, C> Layer<S> for CircuitBreakerLayer<C> {
+    type Service = CircuitBreaker<S, C>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        CircuitBreaker::new(inner, self.shared.clone())
+    }
+}
+
+/// Configures a [`CircuitBreakerLayer`]. Every setting has a default (see the
+/// [module docs](crate::circuit_breaker)); [`build`](Self::build) refuses
+/// nonsense with a [`ConfigError`].
+pub struct CircuitBreakerBuilder<C = ErrorsAsFailures> {
+    name: Name,
+    observer: Observer,
+    window: SlidingWindow,
+    failure_rate_threshold: f64,
+    slow_call_rate_threshold: f64,
+    slow_call_duration: Duration,
+    minimum_calls: u32,
+    rate_trips: bool,
+    consecutive_failures: Option<u32>,
+    permitted_in_half_open: u32,
+    open_duration: Duration,
+    open_multiplier: f64,
+    max_open_duration: Duration,
+    open_jitter: f64,
+    seed: Option<u64>,
+    backpressure: bool,
+    classifier: C,
+}
+
+impl Default for CircuitBreakerBuilder<ErrorsAsFailures> {
+    fn default() -> Self {
+        CircuitBreakerBuilder {
+            name: Name::from(KIND),
+            observer: Observer::none(),
+            window: SlidingWindow::Count(100),
+            failure_rate_threshold: 0.5,
+            slow_call_rate_threshold: 1.0,
+            slow_call_duration: Duration::from_secs(60),
+            minimum_calls: 100,
+            rate_trips: true,
+            consecutive_failures: None,
+            permitted_in_half_open: 10,
+            open_duration: Duration::from_secs(60),
+            open_multiplier: 2.0,
+            max_open_duration: Duration::from_secs(600),
+            open_jitter: 0.0,
+            seed: None,
+            backpressure: false,
+            classifier: ErrorsAsFailures,
+        }
+    }
+}
+
+impl<C> fmt::Debug for CircuitBreakerBuilder<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CircuitBreakerBuilder")
+            .field("name", &self.name)
+            .field("window", &self.window)
+            .field("failure_rate_threshold", &self.failure_rate_threshold)
+            .field("slow_call_rate_threshold", &self.slow_call_rate_threshold)
+            .field("slow_call_duration", &self.slow_call_duration)
+            .field("minimum_calls", &self.minimum_calls)
+            .field("rate_trips", &self.rate_trips)
+            .field("consecutive_failures", &self.consecutive_failures)
+            .field("permitted_in_half_open", &self.permitted_in_half_open)
+            .field("open_duration", &self.open_duration)
+            .field("open_multiplier", &self.open_multiplier)
+            .field("max_open_duration", &self.max_open_duration)
+            .field("open_jitter", &self.open_jitter)
+            .field("backpressure", &self.backpressure)
+            .finish()
+    }
+}
+
+impl<C> CircuitBreakerBuilder<C> {
+    /// The instance name, used in events and in [`CircuitOpen`](crate::error::CircuitOpen)
+    /// rejections. Default: `"circuit_breaker"`.
+    pub fn name(mut self, name: impl Into<Name>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// The observer every event goes to. Default: none.
+    pub fn observer(mut self, observer: impl Into<Observer>) -> Self {
+        self.observer = observer.into();
+        self
+    }
+
+    /// The sliding window. Default: the last 100 calls.
+    pub fn window(mut self, window: SlidingWindow) -> Self {
+        self.window = window;
+        self
+    }
+
+    /// Opens when the failure rate is at or above this (`0 < t <= 1`).
+    /// Default: 0.5.
+    pub fn failure_rate_threshold(mut self, threshold: f64) -> Self {
+        self.failure_rate_threshold = threshold;
+        self
+    }
+
+    /// Opens when the share of slow calls is at or above this (`0 < t <= 1`).
+    /// Default: 1.0 (every call in the window slow).
+    pub fn slow_call_rate_threshold(mut self, threshold: f64) -> Self {
+        self.slow_call_rate_threshold = threshold;
+        self
+    }
+
+    /// A call taking longer than this is slow (whatever its outcome).
+    /// Default: 60 s.
+    pub fn slow_call_duration(mut self, duration: Duration) -> Self {
+        self.slow_call_duration = duration;
+        self
+    }
+
+    /// Rates are judged only once the window holds this many calls (at least
+    /// 1; for a count window of `n` calls, `min(minimum_calls, n)` applies).
+    /// Default: 100.
+    pub fn minimum_calls(mut self, calls: u32) -> Self {
+        self.minimum_calls = calls;
+        self
+    }
+
+    /// Also open after `n` failures in a row (at least 1), whatever the
+    /// window says. Default: off.
+    pub fn consecutive_failures(mut self, n: u32) -> Self {
+        self.consecutive_failures = Some(n);
+        self
+    }
+
+    /// Open **only** after `n` failures in a row: the window still counts (its
+    /// rates stay readable through the handle) but never opens the breaker.
+    pub fn consecutive_failures_only(mut self, n: u32) -> Self {
+        self.consecutive_failures = Some(n);
+        self.rate_trips = false;
+        self
+    }
+
+    /// Probe calls let through in half-open (`1..=65_535`); the breaker closes
+    /// if their failure and slow-call rates are below the thresholds, and
+    /// opens again otherwise. Default: 10.
+    pub fn permitted_calls_in_half_open(mut self, calls: u32) -> Self {
+        self.permitted_in_half_open = calls;
+        self
+    }
+
+    /// The open time after a first trip. Default: 60 s.
+    pub fn open_duration(mut self, duration: Duration) -> Self {
+        self.open_duration = duration;
+        self
+    }
+
+    /// Each further trip before a healthy close multiplies the open time by
+    /// this (at least 1; 1 keeps it constant). Default: 2.
+    pub fn open_multiplier(mut self, multiplier: f64) -> Self {
+        self.open_multiplier = multiplier;
+        self
+    }
+
+    /// The open time never exceeds this (at least the base open duration).
+    /// Default: 600 s.
+    pub fn max_open_duration(mut self, duration: Duration) -> Self {
+        self.max_open_duration = duration;
+        self
+    }
+
+    /// Multiplies each open time by a random factor in `1 ± jitter`
+    /// (`0..=1`), then caps it at the maximum, so a fleet of clients does not
+    /// probe in step. Default: 0 (exact open times).
+    pub fn open_jitter(mut self, jitter: f64) -> Self {
+        self.open_jitter = jitter;
+        self
+    }
+
+    /// Seeds the jitter's random generator (reproducible runs). Default: seeded
+    /// from the operating system.
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+
+    /// Backpressure mode: while open, `poll_ready` reports `Pending` until the
+    /// breaker lets probes through (and wakes the task then), instead of
+    /// staying ready and failing calls fast. For balancers. Default: off.
+    pub fn backpressure(mut self, enabled: bool) -> Self {
+        self.backpressure = enabled;
+        self
+    }
+
+    /// How results are classified as successes and failures. Default:
+    /// [`ErrorsAsFailures`] (every `Err`, including a seawall rejection from a
+    /// layer below such as an attempt timeout, is a failure).
+    pub fn classifier<C2>(self, classifier: C2) -> CircuitBreakerBuilder<C2> {
+        CircuitBreakerBuilder {
+            name: self.name,
+            observer: self.observer,
+            window: self.window,
+            failure_rate_threshold: self.failure_rate_threshold,
+            slow_call_rate_threshold: self.slow_call_rate_threshold,
+            slow_call_duration: self.slow_call_duration,
+            minimum_calls: self.minimum_calls,
+            rate_trips: self.rate_trips,
+            consecutive_failures: self.consecutive_failures,
+            permitted_in_half_open: self.permitted_in_half_open,
+            open_duration: self.open_duration,
+            open_multiplier: self.open_multiplier,
+            max_open_duration: self.max_open_duration,
+            open_jitter: self.open_jitter,
+            seed: self.seed,
+            backpressure: self.backpressure,
+            classifier,
+        }
+    }
+
+    fn validate(&self) -> Result<Config, ConfigError> {
+        let err = |msg: String| Err(ConfigError::new(KIND, msg));
+        let window = match self.window {
+            SlidingWindow::Count(n) => {
+                if n == 0 || n > MAX_COUNT_WINDOW {
+                    return err(format!(
+                        "window Count must be in 1..={MAX_COUNT_WINDOW} calls, got {n}"
+                    ));
+                }
+                WindowConfig::Count(n)
+            }
+            SlidingWindow::Time { span, buckets } => {
+                if buckets == 0 || buckets > 1_000 {
+                    return err(format!(
+                        "window Time buckets must be in 1..=1000, got {buckets}"
+                    ));
+                }
+                if span > MAX_OPEN || span / buckets < Duration::from_millis(1) {
+                    return err(format!(
+                        "window Time span / buckets must be at least 1ms (and span at most ~30 years), got {span:?} / {buckets}"
+                    ));
+                }
+                WindowConfig::Time { span, buckets }
+            }
+        };
+        for (setting, t) in [
+            ("failure_rate_threshold", self.failure_rate_threshold),
+            ("slow_call_rate_threshold", self.slow_call_rate_threshold),
+        ] {
+            if !(t > 0.0 && t <= 1.0) {
+                return err(format!("{setting} must be in (0, 1], got {t}"));
+            }
+        }
+        if self.slow_call_duration.is_zero() {
+            return err("slow_call_duration must be above zero, got 0ns".into());
+        }
+        if self.minimum_calls == 0 {
+            return err("minimum_calls must be at least 1, got 0".into());
+        }
+        if self.consecutive_failures == Some(0) {
+            return err("consecutive_failures must be at least 1, got 0".into());
+        }
+        if self.permitted_in_half_open == 0 || self.permitted_in_half_open > 65_535 {
+            return err(format!(
+                "permitted_calls_in_half_open must be in 1..=65535, got {}",
+                self.permitted_in_half_open
+            ));
+        }
+        if self.open_duration.is_zero() || self.open_duration > MAX_OPEN {
+            return err(format!(
+                "open_duration must be above zero and at most ~30 years, got {:?}",
+                self.open_duration
+            ));
+        }
+        if !(self.open_multiplier.is_finite() && self.open_multiplier >= 1.0) {
+            return err(format!(
+                "open_multiplier must be finite and at least 1, got {}",
+                self.open_multiplier
+            ));
+        }
+        if self.max_open_duration < self.open_duration || self.max_open_duration > MAX_OPEN {
+            return err(format!(
+                "max_open_duration must be at least open_duration ({:?}) and at most ~30 years, got {:?}",
+                self.open_duration, self.max_open_duration
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.open_jitter) {
+            return err(format!(
+                "open_jitter must be in 0..=1, got {}",
+                self.open_jitter
+            ));
+        }
+        Ok(Config {
+            window,
+            failure_rate_threshold: self.failure_rate_threshold,
+            slow_call_rate_threshold: self.slow_call_rate_threshold,
+            slow_call_duration: self.slow_call_duration,
+            minimum_calls: self.minimum_calls,
+            rate_trips: self.rate_trips,
+            consecutive_failures: self.consecutive_failures,
+            permitted_in_half_open: self.permitted_in_half_open,
+            open_duration: self.open_duration,
+            open_multiplier: self.open_multiplier,
+            max_open_duration: self.max_open_duration,
+            open_jitter: self.open_jitter,
+            seed: self.seed,
+            backpressure: self.backpressure,
+        })
+    }
+
+    /// Validates the settings and builds the layer, with its breaker in the
+    /// closed state (reported once to the observer as a `StateChanged` event
+    /// from `Closed` to `Closed`, so a state gauge starts at one state).
+    pub fn build(self) -> Result<CircuitBreakerLayer<C>, ConfigError>
+    where
+        C: Send + Sync + 'static,
+    {
+        let config = self.validate()?;
+        let core = Core::new(self.name, self.observer, config);
+        Ok(CircuitBreakerLayer {
+            shared: Arc::new(Shared {
+                core,
+                classifier: self.classifier,
+            }),
+        })
+    }
+}

@@ -1,0 +1,136 @@
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tokio::time::Sleep;
+use tower_service::Service;
+
+use super::future::{Guard, ResponseFuture};
+use super::handle::Shared;
+use crate::classify::Classify;
+use crate::clock;
+use crate::error::{BoxError, CircuitOpen, RejectionKind};
+use crate::observe::{EventKind, LayerKind};
+
+/// A service guarded by a circuit breaker (built by
+/// [`CircuitBreakerLayer`](super::CircuitBreakerLayer)). Clones share the
+/// layer's breaker.
+///
+/// `poll_ready`: by default it only forwards the inner service's readiness, and
+/// a call made while the breaker is open fails at once with
+/// [`CircuitOpen`]. In backpressure mode it reports `Pending` while the
+/// breaker is open, and wakes the task when the open time is over.
+pub struct CircuitBreaker<S, C> {
+    inner: S,
+    shared: Arc<Shared<C>>,
+    /// Backpressure mode only: the wake-up at the end of the open time. Made
+    /// once per service the first time it waits, then reset.
+    sleep: Option<Pin<Box<Sleep>>>,
+}
+
+impl<S, C> CircuitBreaker<S, C> {
+    pub(crate) fn new(inner: S, shared: Arc<Shared<C>>) -> Self {
+        CircuitBreaker {
+            inner,
+            shared,
+            sleep: None,
+        }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The inner service, consuming the breaker.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: Clone, C> Clone for CircuitBreaker<S, C> {
+    fn clone(&self) -> Self {
+        CircuitBreaker {
+            inner: self.inner.clone(),
+            shared: self.shared.clone(),
+            sleep: None,
+        }
+    }
+}
+
+impl<S: fmt::Debug, C> fmt::Debug for CircuitBreaker<S, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CircuitBreaker")
+            .field("inner", &self.inner)
+            .field("name", &self.shared.core.name)
+            .field("state", &self.shared.core.state())
+            .finish()
+    }
+}
+
+impl<S, C, Req> Service<Req> for CircuitBreaker<S, C>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+    C: Classify<S::Response, S::Error>,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = ResponseFuture<S::Future, C>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        let core = &self.shared.core;
+        if core.config.backpressure {
+            while let Some(until) = core.open_deadline(clock::now()) {
+                let sleep = match &mut self.sleep {
+                    Some(sleep) => {
+                        if sleep.deadline() != until {
+                            sleep.as_mut().reset(until);
+                        }
+                        sleep
+                    }
+                    slot @ None => slot.insert(Box::pin(tokio::time::sleep_until(until))),
+                };
+                if sleep.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+            }
+        }
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        let core = &self.shared.core;
+        let now = clock::now();
+        match core.try_acquire(now) {
+            Ok(permit) => {
+                core.observer.emit(
+                    LayerKind::CircuitBreaker,
+                    core.name.as_str(),
+                    EventKind::CallStarted,
+                );
+                let future = self.inner.call(req);
+                ResponseFuture::called(future, Guard::new(self.shared.clone(), permit, now))
+            }
+            Err(refusal) => {
+                core.observer.emit(
+                    LayerKind::CircuitBreaker,
+                    core.name.as_str(),
+                    EventKind::Rejected {
+                        reason: RejectionKind::CircuitOpen,
+                        detail: refusal.detail,
+                        retry_after: refusal.retry_after,
+                    },
+                );
+                ResponseFuture::rejected(CircuitOpen::new(&core.name, refusal.retry_after))
+            }
+        }
+    }
+}

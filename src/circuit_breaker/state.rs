@@ -1,0 +1,583 @@
+//! The breaker's state machine, free of tower types.
+//!
+//! One `AtomicU64` holds the state, a generation that changes on every
+//! transition, and (in half-open) the number of probe slots still free.
+//! Admission and recording in the closed state read it and touch the window's
+//! atomics: no lock. Transitions, and the (few) half-open probe results, take
+//! a short `Mutex` section; no lock is ever held across an `.await`.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use tokio::time::Instant;
+
+use super::window::{Code, CountWindow, Padded, TimeWindow, Window, WindowSnapshot};
+use crate::error::Name;
+use crate::observe::{EventKind, LayerKind, Observer, State};
+
+pub(crate) const CLOSED: u8 = 0;
+pub(crate) const OPEN: u8 = 1;
+pub(crate) const HALF_OPEN: u8 = 2;
+pub(crate) const FORCED_OPEN: u8 = 3;
+pub(crate) const DISABLED: u8 = 4;
+pub(crate) const METRICS_ONLY: u8 = 5;
+
+const FREE_SHIFT: u32 = 8;
+const GEN_SHIFT: u32 = 24;
+const FREE_MASK: u64 = 0xffff;
+
+#[inline]
+fn pack(state: u8, free: u32, generation: u64) -> u64 {
+    state as u64 | ((free as u64) & FREE_MASK) << FREE_SHIFT | generation << GEN_SHIFT
+}
+#[inline]
+fn state_of(word: u64) -> u8 {
+    (word & 0xff) as u8
+}
+#[inline]
+fn free_of(word: u64) -> u32 {
+    ((word >> FREE_SHIFT) & FREE_MASK) as u32
+}
+#[inline]
+fn gen_of(word: u64) -> u64 {
+    word >> GEN_SHIFT
+}
+
+pub(crate) fn public_state(s: u8) -> State {
+    match s {
+        OPEN => State::Open,
+        HALF_OPEN => State::HalfOpen,
+        FORCED_OPEN => State::ForcedOpen,
+        DISABLED => State::Disabled,
+        METRICS_ONLY => State::MetricsOnly,
+        _ => State::Closed,
+    }
+}
+
+/// The window the breaker judges the closed state by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WindowConfig {
+    Count(u32),
+    Time { span: Duration, buckets: u32 },
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub(crate) window: WindowConfig,
+    pub(crate) failure_rate_threshold: f64,
+    pub(crate) slow_call_rate_threshold: f64,
+    pub(crate) slow_call_duration: Duration,
+    pub(crate) minimum_calls: u32,
+    pub(crate) rate_trips: bool,
+    pub(crate) consecutive_failures: Option<u32>,
+    pub(crate) permitted_in_half_open: u32,
+    pub(crate) open_duration: Duration,
+    pub(crate) open_multiplier: f64,
+    pub(crate) max_open_duration: Duration,
+    pub(crate) open_jitter: f64,
+    pub(crate) seed: Option<u64>,
+    pub(crate) backpressure: bool,
+}
+
+/// What a call admitted by the breaker must report back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PermitKind {
+    /// Closed or metrics-only: record the outcome in the window.
+    Record,
+    /// A half-open probe: report the outcome, or free the slot if dropped.
+    Probe,
+    /// Disabled: nothing to record.
+    Ignore,
+}
+
+/// An admitted call's ticket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Permit {
+    pub(crate) generation: u64,
+    pub(crate) kind: PermitKind,
+}
+
+/// Why a call was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Refusal {
+    pub(crate) retry_after: Option<Duration>,
+    pub(crate) detail: &'static str,
+}
+
+#[derive(Debug)]
+struct Control {
+    /// Trips since the last healthy close (drives the open-time growth).
+    trips: u32,
+    rng: SmallRng,
+    probes_done: u32,
+    probe_failures: u32,
+    probe_slow: u32,
+}
+
+/// The shared breaker.
+#[derive(Debug)]
+pub(crate) struct Core {
+    pub(crate) name: Name,
+    pub(crate) observer: Observer,
+    pub(crate) config: Config,
+    origin: Instant,
+    /// Read by every call, written on transitions: a line of its own.
+    word: Padded<AtomicU64>,
+    window: Window,
+    consecutive: AtomicU32,
+    /// Nanoseconds after `origin` at which an open breaker lets probes in.
+    open_until: AtomicI64,
+    control: Mutex<Control>,
+}
+
+impl Core {
+    pub(crate) fn new(name: Name, observer: Observer, config: Config) -> Self {
+        let origin = Instant::now();
+        let window = match config.window {
+            WindowConfig::Count(n) => Window::Count(CountWindow::new(n)),
+            WindowConfig::Time { span, buckets } => {
+                Window::Time(TimeWindow::new(origin, span, buckets))
+            }
+        };
+        let rng = match config.seed {
+            Some(seed) => SmallRng::seed_from_u64(seed),
+            None => SmallRng::from_os_rng(),
+        };
+        let core = Core {
+            name,
+            observer,
+            config,
+            origin,
+            word: Padded(AtomicU64::new(pack(CLOSED, 0, 0))),
+            window,
+            consecutive: AtomicU32::new(0),
+            open_until: AtomicI64::new(0),
+            control: Mutex::new(Control {
+                trips: 0,
+                rng,
+                probes_done: 0,
+                probe_failures: 0,
+                probe_slow: 0,
+            }),
+        };
+        // The state gauge starts with exactly one state at 1.
+        core.emit_state(State::Closed, State::Closed, None, None);
+        core
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Control> {
+        self.control.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    #[inline]
+    fn nanos(&self, at: Instant) -> i64 {
+        super::window::signed_nanos(self.origin, at)
+    }
+
+    fn emit_state(&self, from: State, to: State, fr: Option<f64>, sr: Option<f64>) {
+        self.observer.emit(
+            LayerKind::CircuitBreaker,
+            self.name.as_str(),
+            EventKind::StateChanged {
+                from,
+                to,
+                failure_rate: fr,
+                slow_call_rate: sr,
+            },
+        );
+    }
+
+    /// The current state (an open breaker whose open time has passed reads
+    /// `Open` until the next call moves it to half-open).
+    #[inline]
+    pub(crate) fn state(&self) -> State {
+        public_state(state_of(self.word.load(Ordering::Acquire)))
+    }
+
+    /// The window's counts now.
+    pub(crate) fn snapshot(&self, now: Instant) -> WindowSnapshot {
+        self.window.snapshot(now)
+    }
+
+    /// Time until an open breaker lets probes through, if it is open.
+    pub(crate) fn open_remaining(&self, now: Instant) -> Option<Duration> {
+        let word = self.word.load(Ordering::Acquire);
+        if state_of(word) != OPEN {
+            return None;
+        }
+        let until = self.open_until.load(Ordering::Acquire);
+        Some(nanos_to_duration(until.saturating_sub(self.nanos(now))))
+    }
+
+    /// The instant an open breaker lets probes through, when it is open and
+    /// that instant is still ahead.
+    pub(crate) fn open_deadline(&self, now: Instant) -> Option<Instant> {
+        match self.open_remaining(now) {
+            Some(d) if !d.is_zero() => Some(now + d),
+            _ => None,
+        }
+    }
+
+    /// Admits a call or refuses it. Lock-free except for the open → half-open
+    /// transition.
+    #[inline]
+    pub(crate) fn try_acquire(&self, now: Instant) -> Result<Permit, Refusal> {
+        loop {
+            let word = self.word.load(Ordering::Acquire);
+            let generation = gen_of(word);
+            match state_of(word) {
+                CLOSED | METRICS_ONLY => {
+                    return Ok(Permit {
+                        generation,
+                        kind: PermitKind::Record,
+                    });
+                }
+                DISABLED => {
+                    return Ok(Permit {
+                        generation,
+                        kind: PermitKind::Ignore,
+                    });
+                }
+                FORCED_OPEN => {
+                    return Err(Refusal {
+                        retry_after: None,
+                        detail: "forced_open",
+                    });
+                }
+                OPEN => {
+                    let until = self.open_until.load(Ordering::Acquire);
+                    let at = self.nanos(now);
+                    if at < until {
+                        return Err(Refusal {
+                            retry_after: Some(nanos_to_duration(until.saturating_sub(at))),
+                            detail: "open",
+                        });
+                    }
+                    self.to_half_open(generation, now);
+                }
+                _ => {
+                    // Half-open: take a probe slot from the state word itself,
+                    // so a slot always belongs to the generation it came from.
+                    let free = free_of(word);
+                    if free == 0 {
+                        return Err(Refusal {
+                            retry_after: None,
+                            detail: "half_open_full",
+                        });
+                    }
+                    let next = pack(HALF_OPEN, free - 1, generation);
+                    if self
+                        .word
+                        .compare_exchange(word, next, Ordering::AcqRel, Ordering::Acquire)
+                        .is_ok()
+                    {
+                        return Ok(Permit {
+                            generation,
+                            kind: PermitKind::Probe,
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    /// A call admitted with `permit` finished with this outcome at `now`.
+    #[inline]
+    pub(crate) fn on_complete(&self, permit: Permit, now: Instant, failure: bool, slow: bool) {
+        match permit.kind {
+            PermitKind::Ignore => {}
+            PermitKind::Record => self.record_closed(permit, now, failure, slow),
+            PermitKind::Probe => self.record_probe(permit, now, failure, slow),
+        }
+    }
+
+    /// A call admitted with `permit` was dropped before it finished: a probe
+    /// gives its slot back; other calls record nothing.
+    pub(crate) fn on_cancel(&self, permit: Permit) {
+        if permit.kind != PermitKind::Probe {
+            return;
+        }
+        let mut word = self.word.load(Ordering::Acquire);
+        while state_of(word) == HALF_OPEN && gen_of(word) == permit.generation {
+            let next = pack(HALF_OPEN, free_of(word) + 1, permit.generation);
+            match self
+                .word
+                .compare_exchange(word, next, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return,
+                Err(w) => word = w,
+            }
+        }
+    }
+
+    #[inline]
+    fn record_closed(&self, permit: Permit, now: Instant, failure: bool, slow: bool) {
+        let word = self.word.load(Ordering::Acquire);
+        if gen_of(word) != permit.generation {
+            // Admitted before a transition: not part of this state's window.
+            return;
+        }
+        self.window.record(now, Code::new(failure, slow));
+        if state_of(word) != CLOSED {
+            // Metrics-only: counts, never trips.
+            return;
+        }
+        let mut trip = false;
+        if let Some(limit) = self.config.consecutive_failures {
+            if failure {
+                trip = self.consecutive.fetch_add(1, Ordering::AcqRel) + 1 >= limit;
+            } else if self.consecutive.load(Ordering::Relaxed) != 0 {
+                self.consecutive.store(0, Ordering::Release);
+            }
+        }
+        if self.config.rate_trips && !trip {
+            let snap = self.window.snapshot(now);
+            if self.rates_trip(&snap) {
+                self.trip_closed(permit.generation, now, snap);
+            }
+        } else if trip {
+            self.trip_closed(permit.generation, now, self.window.snapshot(now));
+        }
+    }
+
+    /// Whether these counts open a closed breaker.
+    #[inline]
+    fn rates_trip(&self, snap: &WindowSnapshot) -> bool {
+        let minimum = match self.config.window {
+            WindowConfig::Count(n) => self.config.minimum_calls.min(n),
+            WindowConfig::Time { .. } => self.config.minimum_calls,
+        } as u64;
+        if snap.calls == 0 || snap.calls < minimum {
+            return false;
+        }
+        let calls = snap.calls as f64;
+        snap.failures as f64 / calls >= self.config.failure_rate_threshold
+            || snap.slow_calls as f64 / calls >= self.config.slow_call_rate_threshold
+    }
+
+    /// The open time for the next trip, given the trips since the last
+    /// healthy close.
+    fn open_duration(&self, control: &mut Control) -> Duration {
+        let c = &self.config;
+        let base = c.open_duration.as_secs_f64();
+        let grown = base * c.open_multiplier.powi(control.trips.min(1024) as i32);
+        let max = c.max_open_duration.as_secs_f64();
+        let mut secs = grown.min(max);
+        if c.open_jitter > 0.0 {
+            let factor = control
+                .rng
+                .random_range((1.0 - c.open_jitter)..=(1.0 + c.open_jitter));
+            secs = (secs * factor).min(max);
+        }
+        // Whole nanoseconds, so retry_after values are exact.
+        Duration::from_nanos((secs * 1e9).round() as u64).max(Duration::from_nanos(1))
+    }
+
+    /// Opens the breaker (under the lock), from `from`.
+    fn open_locked(
+        &self,
+        control: &mut Control,
+        from: u8,
+        generation: u64,
+        now: Instant,
+        fr: Option<f64>,
+        sr: Option<f64>,
+    ) {
+        let d = self.open_duration(control);
+        control.trips = control.trips.saturating_add(1);
+        self.open_until.store(
+            self.nanos(now)
+                .saturating_add(i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)),
+            Ordering::Release,
+        );
+        self.consecutive.store(0, Ordering::Release);
+        self.word
+            .store(pack(OPEN, 0, next_gen(generation)), Ordering::Release);
+        self.emit_state(public_state(from), State::Open, fr, sr);
+    }
+
+    #[cold]
+    fn trip_closed(&self, generation: u64, now: Instant, snap: WindowSnapshot) {
+        let mut control = self.lock();
+        let word = self.word.load(Ordering::Acquire);
+        if gen_of(word) != generation || state_of(word) != CLOSED {
+            return;
+        }
+        self.open_locked(
+            &mut control,
+            CLOSED,
+            generation,
+            now,
+            snap.failure_rate(),
+            snap.slow_call_rate(),
+        );
+    }
+
+    #[cold]
+    fn to_half_open(&self, generation: u64, now: Instant) {
+        let mut control = self.lock();
+        let word = self.word.load(Ordering::Acquire);
+        if gen_of(word) != generation || state_of(word) != OPEN {
+            return;
+        }
+        if self.nanos(now) < self.open_until.load(Ordering::Acquire) {
+            return;
+        }
+        control.probes_done = 0;
+        control.probe_failures = 0;
+        control.probe_slow = 0;
+        self.word.store(
+            pack(
+                HALF_OPEN,
+                self.config.permitted_in_half_open,
+                next_gen(generation),
+            ),
+            Ordering::Release,
+        );
+        self.emit_state(State::Open, State::HalfOpen, None, None);
+    }
+
+    #[cold]
+    fn record_probe(&self, permit: Permit, now: Instant, failure: bool, slow: bool) {
+        let mut control = self.lock();
+        let word = self.word.load(Ordering::Acquire);
+        if gen_of(word) != permit.generation || state_of(word) != HALF_OPEN {
+            return;
+        }
+        control.probes_done += 1;
+        control.probe_failures += failure as u32;
+        control.probe_slow += slow as u32;
+        let permitted = self.config.permitted_in_half_open;
+        if control.probes_done < permitted {
+            return;
+        }
+        let fr = control.probe_failures as f64 / permitted as f64;
+        let sr = control.probe_slow as f64 / permitted as f64;
+        if fr < self.config.failure_rate_threshold && sr < self.config.slow_call_rate_threshold {
+            self.close_locked(
+                &mut control,
+                HALF_OPEN,
+                permit.generation,
+                Some(fr),
+                Some(sr),
+            );
+        } else {
+            self.open_locked(
+                &mut control,
+                HALF_OPEN,
+                permit.generation,
+                now,
+                Some(fr),
+                Some(sr),
+            );
+        }
+    }
+
+    fn close_locked(
+        &self,
+        control: &mut Control,
+        from: u8,
+        generation: u64,
+        fr: Option<f64>,
+        sr: Option<f64>,
+    ) {
+        control.trips = 0;
+        self.window.reset();
+        self.consecutive.store(0, Ordering::Release);
+        self.word
+            .store(pack(CLOSED, 0, next_gen(generation)), Ordering::Release);
+        self.emit_state(public_state(from), State::Closed, fr, sr);
+    }
+
+    /// Moves to a state chosen by an operator: `CLOSED` (a reset: empty
+    /// window, open time back to its base), `FORCED_OPEN`, `DISABLED` or
+    /// `METRICS_ONLY`.
+    pub(crate) fn set_manual(&self, to: u8) {
+        let mut control = self.lock();
+        let word = self.word.load(Ordering::Acquire);
+        let from = state_of(word);
+        let generation = gen_of(word);
+        if to == CLOSED {
+            self.close_locked(&mut control, from, generation, None, None);
+            return;
+        }
+        if to == METRICS_ONLY || to == DISABLED {
+            self.window.reset();
+        }
+        if from == to {
+            return;
+        }
+        self.word
+            .store(pack(to, 0, next_gen(generation)), Ordering::Release);
+        self.emit_state(public_state(from), public_state(to), None, None);
+    }
+}
+
+#[inline]
+fn nanos_to_duration(nanos: i64) -> Duration {
+    Duration::from_nanos(u64::try_from(nanos).unwrap_or(0))
+}
+
+#[inline]
+fn next_gen(generation: u64) -> u64 {
+    (generation + 1) & ((1 << (64 - GEN_SHIFT)) - 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> Config {
+        Config {
+            window: WindowConfig::Count(4),
+            failure_rate_threshold: 0.5,
+            slow_call_rate_threshold: 1.0,
+            slow_call_duration: Duration::from_secs(1),
+            minimum_calls: 4,
+            rate_trips: true,
+            consecutive_failures: None,
+            permitted_in_half_open: 2,
+            open_duration: Duration::from_secs(10),
+            open_multiplier: 2.0,
+            max_open_duration: Duration::from_secs(30),
+            open_jitter: 0.0,
+            seed: Some(1),
+            backpressure: false,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn trips_probes_and_grows() {
+        let core = Core::new(Name::from("t"), Observer::none(), config());
+        let now = Instant::now();
+        for failure in [false, false, true, true] {
+            let p = core.try_acquire(now).unwrap();
+            core.on_complete(p, now, failure, false);
+        }
+        assert_eq!(core.state(), State::Open);
+        let r = core.try_acquire(now).unwrap_err();
+        assert_eq!(r.retry_after, Some(Duration::from_secs(10)));
+        let later = now + Duration::from_secs(10);
+        let p1 = core.try_acquire(later).unwrap();
+        let p2 = core.try_acquire(later).unwrap();
+        assert_eq!(core.state(), State::HalfOpen);
+        assert_eq!(
+            core.try_acquire(later).unwrap_err().detail,
+            "half_open_full"
+        );
+        core.on_cancel(p2);
+        let p3 = core.try_acquire(later).unwrap();
+        core.on_complete(p1, later, true, false);
+        core.on_complete(p3, later, false, false);
+        // 1 of 2 probes failed: 50 % is not below 50 %: open again, 20 s.
+        assert_eq!(core.state(), State::Open);
+        assert_eq!(core.open_remaining(later), Some(Duration::from_secs(20)));
+        // Stale completion of the cancelled probe is ignored.
+        core.on_complete(p2, later, false, false);
+        assert_eq!(core.state(), State::Open);
+    }
+}

@@ -1,0 +1,237 @@
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tokio::time::Instant;
+use tower_service::Service;
+
+use super::future::{AttemptFuture, ResponseFuture};
+use super::layer::Shared;
+use super::{Deadline, HasDeadline};
+use crate::clock;
+use crate::error::{BoxError, DeadlineExceeded, RejectionKind};
+use crate::observe::{EventKind, LayerKind};
+
+/// The `detail` of a rejection for a request whose own deadline (from the
+/// request or the task-local) had already passed when it arrived.
+pub(crate) const EXPIRED_ON_ARRIVAL: &str = "expired_on_arrival";
+/// The `detail` of a rejection for a request whose budget was used up while
+/// the service was waiting to become ready.
+pub(crate) const EXPIRED_WAITING_READY: &str = "expired_waiting_ready";
+/// The `detail` of a rejection for a call cut off when its time ran out.
+pub(crate) const TIMED_OUT: &str = "timed_out";
+
+pub(crate) fn reject_deadline(layer: LayerKind, shared: &Shared, detail: &'static str) -> BoxError {
+    shared.observer.emit(
+        layer,
+        shared.name.as_str(),
+        EventKind::Rejected {
+            reason: RejectionKind::DeadlineExceeded,
+            detail,
+            retry_after: None,
+        },
+    );
+    DeadlineExceeded::new(shared.name.clone()).into()
+}
+
+/// The service built by [`DeadlineLayer`](super::DeadlineLayer).
+///
+/// `poll_ready` passes the inner service's readiness through unchanged. The
+/// budget clock of the next request starts at the first `poll_ready` (after a
+/// call, or after the service was cloned) that finds the inner service not
+/// ready, so time spent waiting to become ready counts against the budget;
+/// when the inner service is ready at once, the clock starts at `call`.
+/// `poll_ready` itself never times out.
+pub struct DeadlineService<S> {
+    inner: S,
+    shared: Arc<Shared>,
+    ready_since: Option<Instant>,
+}
+
+impl<S> DeadlineService<S> {
+    pub(crate) fn new(inner: S, shared: Arc<Shared>) -> Self {
+        DeadlineService {
+            inner,
+            shared,
+            ready_since: None,
+        }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Consumes this service, returning the inner one.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: Clone> Clone for DeadlineService<S> {
+    /// A clone starts with its own readiness: the budget clock of the clone
+    /// starts at its own first `poll_ready`.
+    fn clone(&self) -> Self {
+        DeadlineService {
+            inner: self.inner.clone(),
+            shared: self.shared.clone(),
+            ready_since: None,
+        }
+    }
+}
+
+impl<S: fmt::Debug> fmt::Debug for DeadlineService<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DeadlineService")
+            .field("inner", &self.inner)
+            .field("budget", &self.shared.limit)
+            .field("name", &self.shared.name)
+            .finish()
+    }
+}
+
+impl<S, Req> Service<Req> for DeadlineService<S>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+    Req: HasDeadline,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        match self.inner.poll_ready(cx) {
+            Poll::Pending => {
+                // The budget clock starts at the first `poll_ready` that has
+                // to wait; a service ready at once costs no clock read here.
+                if self.ready_since.is_none() {
+                    self.ready_since = Some(clock::now());
+                }
+                Poll::Pending
+            }
+            Poll::Ready(Ok(())) => Poll::Ready(Ok(())),
+            Poll::Ready(Err(e)) => {
+                self.ready_since = None;
+                Poll::Ready(Err(e.into()))
+            }
+        }
+    }
+
+    fn call(&mut self, mut req: Req) -> Self::Future {
+        let now = clock::now();
+        let waited = self.ready_since.take();
+        let start = waited.unwrap_or(now);
+        let own = Deadline::after_from(start, self.shared.limit);
+        let upstream = super::of(&req);
+        let deadline = own.min_opt(upstream);
+        if deadline.instant() <= now {
+            let upstream_expired = upstream.is_some_and(|u| u.instant() <= now);
+            let detail = if waited.is_some() && !upstream_expired {
+                EXPIRED_WAITING_READY
+            } else {
+                EXPIRED_ON_ARRIVAL
+            };
+            return ResponseFuture::rejected(reject_deadline(
+                LayerKind::Deadline,
+                &self.shared,
+                detail,
+            ));
+        }
+        req.set_deadline(deadline);
+        let inner = &mut self.inner;
+        let fut = super::sync_scope(deadline, || inner.call(req));
+        ResponseFuture::running(fut, deadline, self.shared.clone())
+    }
+}
+
+/// The service built by [`AttemptTimeoutLayer`](super::AttemptTimeoutLayer).
+///
+/// Each call (each attempt) gets `min(per_try, time left)` where the time
+/// left comes from the task-local [`current()`](super::current) deadline,
+/// read when `call` runs. `poll_ready` passes the inner readiness through; the
+/// per-attempt timer starts at `call`.
+pub struct AttemptTimeoutService<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S> AttemptTimeoutService<S> {
+    pub(crate) fn new(inner: S, shared: Arc<Shared>) -> Self {
+        AttemptTimeoutService { inner, shared }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Consumes this service, returning the inner one.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: Clone> Clone for AttemptTimeoutService<S> {
+    fn clone(&self) -> Self {
+        AttemptTimeoutService {
+            inner: self.inner.clone(),
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<S: fmt::Debug> fmt::Debug for AttemptTimeoutService<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AttemptTimeoutService")
+            .field("inner", &self.inner)
+            .field("per_try", &self.shared.limit)
+            .field("name", &self.shared.name)
+            .finish()
+    }
+}
+
+impl<S, Req> Service<Req> for AttemptTimeoutService<S>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = AttemptFuture<S::Future>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        let now = clock::now();
+        let per_try = Deadline::after_from(now, self.shared.limit);
+        let overall = super::current();
+        let (deadline, overall_binds) = match overall {
+            Some(o) if o <= per_try => (o, true),
+            _ => (per_try, false),
+        };
+        if overall_binds && deadline.instant() <= now {
+            return AttemptFuture::rejected(reject_deadline(
+                LayerKind::AttemptTimeout,
+                &self.shared,
+                EXPIRED_ON_ARRIVAL,
+            ));
+        }
+        let inner = &mut self.inner;
+        let fut = super::sync_scope(deadline, || inner.call(req));
+        AttemptFuture::running(fut, deadline, overall_binds, self.shared.clone())
+    }
+}

@@ -1,0 +1,122 @@
+//! The mapping from errors to gRPC statuses and trailers-only responses, free
+//! of tower types.
+
+use std::error::Error;
+use std::time::Duration;
+
+use http::HeaderValue;
+use http::header::CONTENT_TYPE;
+use tonic::metadata::MetadataValue;
+use tonic::{Code, Status};
+
+use crate::error::{RejectionKind, rejection};
+
+/// The metadata key of gRPC retry pushback (gRPC proposal A6): the number of
+/// milliseconds the client should wait before retrying.
+pub const PUSHBACK_HEADER: &str = "grpc-retry-pushback-ms";
+
+/// The message of the status for errors that are not seawall rejections.
+pub(crate) const INTERNAL_ERROR_MESSAGE: &str = "internal error";
+
+const GRPC_CONTENT_TYPE: HeaderValue = HeaderValue::from_static("application/grpc");
+
+/// The gRPC code a rejection of `kind` answers with.
+///
+/// | kind | code |
+/// |---|---|
+/// | circuit open, bulkhead full, overloaded, retry budget exhausted | `UNAVAILABLE` |
+/// | rate limited | `RESOURCE_EXHAUSTED` |
+/// | deadline exceeded, attempt timeout | `DEADLINE_EXCEEDED` |
+///
+/// ```
+/// use seawall::grpc::code_for;
+/// use seawall::RejectionKind;
+/// use tonic::Code;
+///
+/// assert_eq!(code_for(RejectionKind::Overloaded), Code::Unavailable);
+/// assert_eq!(code_for(RejectionKind::RateLimited), Code::ResourceExhausted);
+/// assert_eq!(code_for(RejectionKind::AttemptTimeout), Code::DeadlineExceeded);
+/// ```
+pub const fn code_for(kind: RejectionKind) -> Code {
+    match kind {
+        RejectionKind::CircuitOpen
+        | RejectionKind::BulkheadFull
+        | RejectionKind::Overloaded
+        | RejectionKind::RetryBudgetExhausted => Code::Unavailable,
+        RejectionKind::RateLimited => Code::ResourceExhausted,
+        RejectionKind::DeadlineExceeded | RejectionKind::AttemptTimeout => Code::DeadlineExceeded,
+    }
+}
+
+/// Whole milliseconds of pushback for a wait: rounded **up**, never 0.
+pub(crate) fn pushback_ms(wait: Duration) -> u64 {
+    let ms = wait.as_millis();
+    let ms = if wait.subsec_nanos() % 1_000_000 != 0 {
+        ms.saturating_add(1)
+    } else {
+        ms
+    };
+    u64::try_from(ms).unwrap_or(u64::MAX).max(1)
+}
+
+/// The status for any error (see [`status_for`](super::status_for)).
+pub(crate) fn status_for_error(err: &(dyn Error + 'static)) -> Status {
+    if let Some(r) = rejection(err) {
+        let mut status = Status::new(code_for(r.kind()), crate::http::body_for(r.kind()));
+        if let Some(wait) = r.retry_after() {
+            status
+                .metadata_mut()
+                .insert(PUSHBACK_HEADER, MetadataValue::from(pushback_ms(wait)));
+        }
+        return status;
+    }
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        if let Some(status) = e.downcast_ref::<Status>() {
+            return status.clone();
+        }
+        cur = e.source();
+    }
+    Status::new(Code::Unknown, INTERNAL_ERROR_MESSAGE)
+}
+
+/// A trailers-only gRPC response carrying `status`: HTTP 200,
+/// `content-type: application/grpc`, `grpc-status`, `grpc-message`, the
+/// status metadata (pushback included) and an empty body.
+pub(crate) fn trailers_only<B: Default>(status: &Status) -> http::Response<B> {
+    let mut res = http::Response::new(B::default());
+    let headers = res.headers_mut();
+    headers.insert(CONTENT_TYPE, GRPC_CONTENT_TYPE);
+    if status.add_header(headers).is_err() {
+        // Only metadata or a message that cannot be a header value fails;
+        // the code alone still tells the client what happened.
+        headers.insert(Status::GRPC_STATUS, HeaderValue::from(status.code() as i32));
+    }
+    res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pushback_rounds_up_to_whole_milliseconds() {
+        assert_eq!(pushback_ms(Duration::ZERO), 1);
+        assert_eq!(pushback_ms(Duration::from_micros(1)), 1);
+        assert_eq!(pushback_ms(Duration::from_micros(1500)), 2);
+        assert_eq!(pushback_ms(Duration::from_millis(1400)), 1400);
+        assert_eq!(pushback_ms(Duration::MAX), u64::MAX);
+    }
+
+    #[test]
+    fn trailers_only_response_has_the_code_and_pushback() {
+        let err: crate::BoxError =
+            crate::error::CircuitOpen::new("db", Some(Duration::from_millis(1400))).into();
+        let res: http::Response<()> = trailers_only(&status_for_error(&*err));
+        assert_eq!(res.status(), 200);
+        assert_eq!(res.headers()["content-type"], "application/grpc");
+        assert_eq!(res.headers()["grpc-status"], "14");
+        assert_eq!(res.headers()["grpc-message"], "circuit%20open");
+        assert_eq!(res.headers()[PUSHBACK_HEADER], "1400");
+    }
+}

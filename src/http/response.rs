@@ -1,0 +1,141 @@
+//! The mapping from errors to HTTP responses, free of tower types.
+
+use std::error::Error;
+use std::time::Duration;
+
+use http::header::{CONTENT_TYPE, RETRY_AFTER};
+use http::{HeaderValue, Response, StatusCode};
+
+use crate::error::{RejectionKind, rejection};
+
+/// The `content-type` of every body this module writes.
+const TEXT_PLAIN: HeaderValue = HeaderValue::from_static("text/plain; charset=utf-8");
+
+/// The body written for errors that are not seawall rejections.
+pub(crate) const INTERNAL_ERROR_BODY: &str = "internal server error";
+
+/// The HTTP status a rejection of `kind` answers with.
+///
+/// | kind | status |
+/// |---|---|
+/// | [`CircuitOpen`](RejectionKind::CircuitOpen), [`BulkheadFull`](RejectionKind::BulkheadFull), [`Overloaded`](RejectionKind::Overloaded) | `503 Service Unavailable` |
+/// | [`RetryBudgetExhausted`](RejectionKind::RetryBudgetExhausted) | `503 Service Unavailable` |
+/// | [`RateLimited`](RejectionKind::RateLimited) | `429 Too Many Requests` |
+/// | [`DeadlineExceeded`](RejectionKind::DeadlineExceeded), [`AttemptTimeout`](RejectionKind::AttemptTimeout) | `504 Gateway Timeout` |
+///
+/// ```
+/// use http::StatusCode;
+/// use seawall::http::status_for;
+/// use seawall::RejectionKind;
+///
+/// assert_eq!(status_for(RejectionKind::RateLimited), StatusCode::TOO_MANY_REQUESTS);
+/// assert_eq!(status_for(RejectionKind::CircuitOpen), StatusCode::SERVICE_UNAVAILABLE);
+/// assert_eq!(status_for(RejectionKind::DeadlineExceeded), StatusCode::GATEWAY_TIMEOUT);
+/// ```
+pub const fn status_for(kind: RejectionKind) -> StatusCode {
+    match kind {
+        RejectionKind::CircuitOpen
+        | RejectionKind::BulkheadFull
+        | RejectionKind::Overloaded
+        | RejectionKind::RetryBudgetExhausted => StatusCode::SERVICE_UNAVAILABLE,
+        RejectionKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+        RejectionKind::DeadlineExceeded | RejectionKind::AttemptTimeout => {
+            StatusCode::GATEWAY_TIMEOUT
+        }
+    }
+}
+
+/// The short plain-text body a rejection of `kind` answers with
+/// (`"circuit open"`, `"rate limited"`, …). It names the reason only, never the
+/// layer instance or any other internal detail.
+///
+/// ```
+/// use seawall::http::body_for;
+/// use seawall::RejectionKind;
+///
+/// assert_eq!(body_for(RejectionKind::CircuitOpen), "circuit open");
+/// assert_eq!(body_for(RejectionKind::DeadlineExceeded), "deadline exceeded");
+/// ```
+pub const fn body_for(kind: RejectionKind) -> &'static str {
+    match kind {
+        RejectionKind::DeadlineExceeded => "deadline exceeded",
+        RejectionKind::AttemptTimeout => "attempt timed out",
+        RejectionKind::CircuitOpen => "circuit open",
+        RejectionKind::BulkheadFull => "bulkhead full",
+        RejectionKind::Overloaded => "overloaded",
+        RejectionKind::RateLimited => "rate limited",
+        RejectionKind::RetryBudgetExhausted => "retry budget exhausted",
+    }
+}
+
+/// Whole seconds to advertise for a wait: rounded **up**, and never 0 (a client
+/// told "0" retries at once, before the layer is ready to take the request).
+pub(crate) fn retry_after_secs(wait: Duration) -> u64 {
+    let secs = wait.as_secs();
+    let secs = if wait.subsec_nanos() > 0 {
+        secs.saturating_add(1)
+    } else {
+        secs
+    };
+    secs.max(1)
+}
+
+/// A `Retry-After` header value (RFC 9110 `delay-seconds`) for a wait: whole
+/// seconds, rounded **up**, never `0`.
+///
+/// ```
+/// use std::time::Duration;
+/// use seawall::http::retry_after_header;
+///
+/// assert_eq!(retry_after_header(Duration::from_millis(1400)), "2");
+/// assert_eq!(retry_after_header(Duration::from_millis(400)), "1");
+/// assert_eq!(retry_after_header(Duration::from_secs(3)), "3");
+/// assert_eq!(retry_after_header(Duration::ZERO), "1");
+/// ```
+pub fn retry_after_header(wait: Duration) -> HeaderValue {
+    HeaderValue::from(retry_after_secs(wait))
+}
+
+/// Builds the response for any error: the mapped answer for a seawall rejection
+/// (found through `source()` chains), a generic `500` otherwise.
+pub(crate) fn response_for_error<B>(err: &(dyn Error + 'static)) -> Response<B>
+where
+    B: From<&'static str>,
+{
+    let (status, body, retry_after) = match rejection(err) {
+        Some(r) => (status_for(r.kind()), body_for(r.kind()), r.retry_after()),
+        None => (StatusCode::INTERNAL_SERVER_ERROR, INTERNAL_ERROR_BODY, None),
+    };
+    let mut res = Response::new(B::from(body));
+    *res.status_mut() = status;
+    let headers = res.headers_mut();
+    headers.insert(CONTENT_TYPE, TEXT_PLAIN);
+    if let Some(wait) = retry_after {
+        headers.insert(RETRY_AFTER, retry_after_header(wait));
+    }
+    res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seconds_round_up_and_never_zero() {
+        assert_eq!(retry_after_secs(Duration::ZERO), 1);
+        assert_eq!(retry_after_secs(Duration::from_nanos(1)), 1);
+        assert_eq!(retry_after_secs(Duration::from_millis(999)), 1);
+        assert_eq!(retry_after_secs(Duration::from_secs(1)), 1);
+        assert_eq!(retry_after_secs(Duration::from_millis(1001)), 2);
+        assert_eq!(retry_after_secs(Duration::from_secs(60)), 60);
+        assert_eq!(retry_after_secs(Duration::MAX), u64::MAX);
+    }
+
+    #[test]
+    fn every_kind_has_a_status_and_body() {
+        for kind in RejectionKind::ALL {
+            assert!(status_for(kind).is_server_error() || status_for(kind).is_client_error());
+            assert!(!body_for(kind).is_empty());
+        }
+    }
+}

@@ -1,0 +1,62 @@
+use std::time::Duration;
+
+use super::quota::Quota;
+
+/// What the limit said about an admitted request: the quota that applied, how
+/// many more requests it admits right now, and when it is full again.
+/// Handed to the layer's [`Decorate`] (the response-header option).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimitStatus {
+    /// The quota of the limit that admitted the request (the per-key quota of
+    /// a keyed layer).
+    pub quota: Quota,
+    /// Requests the bucket admits right now, after this one.
+    pub remaining: u32,
+    /// Time until the bucket is full again (to within one period).
+    pub reset: Duration,
+}
+
+/// Writes rate-limit information into responses (the layer's response-header
+/// option). [`NoHeaders`] (the default) writes nothing;
+/// [`IetfHeaders`](crate::rate_limit::IetfHeaders) (feature `http`) writes the
+/// IETF `RateLimit-Policy` and `RateLimit` fields.
+pub trait Decorate<Res>: Send + Sync + 'static {
+    /// `false` when [`Decorate::decorate`] does nothing: the layer then skips
+    /// the bookkeeping.
+    const ENABLED: bool = true;
+
+    /// Adds the information of `status` to `res`.
+    fn decorate(&self, res: &mut Res, status: &RateLimitStatus);
+}
+
+/// Leaves responses untouched (the default).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoHeaders;
+
+impl<Res> Decorate<Res> for NoHeaders {
+    const ENABLED: bool = false;
+
+    #[inline(always)]
+    fn decorate(&self, _res: &mut Res, _status: &RateLimitStatus) {}
+}
+
+/// Whole seconds for a `Retry-After` (or `RateLimit` `t=`) value, rounded
+/// **up**: a 400 ms wait reads `1`, never `0`; zero stays zero.
+///
+/// ```
+/// use std::time::Duration;
+/// use seawall::rate_limit::retry_after_secs;
+///
+/// assert_eq!(retry_after_secs(Duration::from_millis(400)), 1);
+/// assert_eq!(retry_after_secs(Duration::from_secs(2)), 2);
+/// assert_eq!(retry_after_secs(Duration::from_millis(2001)), 3);
+/// assert_eq!(retry_after_secs(Duration::ZERO), 0);
+/// ```
+pub fn retry_after_secs(wait: Duration) -> u64 {
+    let s = wait.as_secs();
+    if wait.subsec_nanos() > 0 {
+        s.saturating_add(1)
+    } else {
+        s
+    }
+}

@@ -1,0 +1,317 @@
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use pin_project_lite::pin_project;
+use tokio::time::{Instant, Sleep};
+use tower_service::Service;
+
+use super::decorate::{Decorate, RateLimitStatus};
+use super::key::{Key, KeyExtractor, MissingKey};
+use super::layer::{DETAIL_WAIT_TOO_LONG, Shared, Step};
+use super::limiter::Verdict;
+use crate::error::{BoxError, RateLimited, RejectionKind};
+use crate::observe::{EventKind, LayerKind};
+
+pin_project! {
+    /// The response future of [`RateLimit`](super::RateLimit): the inner
+    /// call, an immediate rejection, a wait for a cell ([`Mode::Wait`](super::Mode)),
+    /// or (feature `redis`) the round trip to Redis.
+    ///
+    /// Dropping it mid-wait releases nothing: a rate limiter holds no permit.
+    #[project = Proj]
+    pub struct ResponseFuture<F, S, Req, X, D> {
+        #[pin]
+        state: State<F, S, Req, X, D>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F, S, Req, X, D> {
+        Called {
+            #[pin]
+            fut: F,
+            deco: Option<(Arc<Shared<X, D>>, RateLimitStatus)>,
+        },
+        Rejected {
+            err: Option<BoxError>,
+        },
+        Waiting {
+            #[pin]
+            sleep: Sleep,
+            limit: Instant,
+            key: Result<Key, MissingKey>,
+            svc: Option<S>,
+            req: Option<Req>,
+            shared: Arc<Shared<X, D>>,
+        },
+        Redis {
+            call: RedisCall,
+            #[pin]
+            timer: Sleep,
+            limit: Option<Instant>,
+            key: Result<Key, MissingKey>,
+            svc: Option<S>,
+            req: Option<Req>,
+            shared: Arc<Shared<X, D>>,
+        },
+    }
+}
+
+#[cfg(feature = "redis")]
+type RedisCall = super::redis::RedisCall;
+#[cfg(not(feature = "redis"))]
+type RedisCall = Never;
+
+/// Uninhabited: no Redis call without feature `redis`.
+#[cfg(not(feature = "redis"))]
+#[derive(Debug)]
+enum Never {}
+
+impl<F, S, Req, X, D> fmt::Debug for ResponseFuture<F, S, Req, X, D> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match &self.state {
+            State::Called { .. } => "called",
+            State::Rejected { .. } => "rejected",
+            State::Waiting { .. } => "waiting",
+            State::Redis { .. } => "redis",
+        };
+        f.debug_struct("ResponseFuture")
+            .field("state", &state)
+            .finish()
+    }
+}
+
+pub(crate) fn reject<X, D>(
+    shared: &Shared<X, D>,
+    wait: Option<Duration>,
+    detail: &'static str,
+) -> BoxError {
+    shared.observer.emit(
+        LayerKind::RateLimit,
+        shared.name.as_str(),
+        EventKind::Rejected {
+            reason: RejectionKind::RateLimited,
+            detail,
+            retry_after: wait,
+        },
+    );
+    RateLimited::new(shared.name.clone(), wait).into()
+}
+
+impl<F, S, Req, X, D> ResponseFuture<F, S, Req, X, D> {
+    #[inline]
+    pub(crate) fn called<Res>(
+        fut: F,
+        shared: &Arc<Shared<X, D>>,
+        status: Option<RateLimitStatus>,
+    ) -> Self
+    where
+        D: Decorate<Res>,
+    {
+        shared.observer.emit(
+            LayerKind::RateLimit,
+            shared.name.as_str(),
+            EventKind::CallStarted,
+        );
+        let deco = if D::ENABLED {
+            status.map(|s| (shared.clone(), s))
+        } else {
+            None
+        };
+        ResponseFuture {
+            state: State::Called { fut, deco },
+        }
+    }
+
+    pub(crate) fn rejected(
+        shared: &Shared<X, D>,
+        wait: Option<Duration>,
+        detail: &'static str,
+    ) -> Self {
+        ResponseFuture {
+            state: State::Rejected {
+                err: Some(reject(shared, wait, detail)),
+            },
+        }
+    }
+
+    pub(crate) fn waiting(
+        until: Instant,
+        limit: Instant,
+        key: Result<Key, MissingKey>,
+        svc: S,
+        req: Req,
+        shared: &Arc<Shared<X, D>>,
+    ) -> Self {
+        ResponseFuture {
+            state: State::Waiting {
+                sleep: tokio::time::sleep_until(until),
+                limit,
+                key,
+                svc: Some(svc),
+                req: Some(req),
+                shared: shared.clone(),
+            },
+        }
+    }
+
+    #[cfg(feature = "redis")]
+    pub(crate) fn redis(
+        call: RedisCall,
+        limit: Option<Instant>,
+        key: Result<Key, MissingKey>,
+        svc: S,
+        req: Req,
+        shared: &Arc<Shared<X, D>>,
+    ) -> Self {
+        let timeout = shared
+            .redis
+            .as_ref()
+            .map_or(Duration::ZERO, |r| r.timeout());
+        ResponseFuture {
+            state: State::Redis {
+                call,
+                timer: tokio::time::sleep(timeout),
+                limit,
+                key,
+                svc: Some(svc),
+                req: Some(req),
+                shared: shared.clone(),
+            },
+        }
+    }
+}
+
+/// What to do after a decision made inside the future.
+fn next<F, S, Req, X, D>(
+    verdict: Verdict,
+    status: Option<RateLimitStatus>,
+    limit: Option<Instant>,
+    key: Result<Key, MissingKey>,
+    svc: &mut Option<S>,
+    req: &mut Option<Req>,
+    shared: &Arc<Shared<X, D>>,
+) -> State<F, S, Req, X, D>
+where
+    S: Service<Req, Future = F>,
+    D: Decorate<S::Response>,
+{
+    match verdict {
+        Verdict::Admit(_) => match (svc.take(), req.take()) {
+            (Some(mut s), Some(r)) => ResponseFuture::called(s.call(r), shared, status).state,
+            _ => State::Rejected {
+                err: Some("rate limit future polled after completion".into()),
+            },
+        },
+        Verdict::Deny { wait, detail } => match (limit, wait) {
+            (Some(limit), Some(w)) => {
+                let now = Instant::now();
+                if now + w <= limit {
+                    match (svc.take(), req.take()) {
+                        (Some(s), Some(r)) => {
+                            ResponseFuture::waiting(now + w, limit, key, s, r, shared).state
+                        }
+                        _ => State::Rejected {
+                            err: Some("rate limit future polled after completion".into()),
+                        },
+                    }
+                } else {
+                    State::Rejected {
+                        err: Some(reject(shared, Some(w), DETAIL_WAIT_TOO_LONG)),
+                    }
+                }
+            }
+            _ => State::Rejected {
+                err: Some(reject(shared, wait, detail)),
+            },
+        },
+    }
+}
+
+impl<F, S, Req, X, D, Res, E> Future for ResponseFuture<F, S, Req, X, D>
+where
+    F: Future<Output = Result<Res, E>>,
+    E: Into<BoxError>,
+    S: Service<Req, Response = Res, Error = E, Future = F>,
+    X: KeyExtractor<Req>,
+    D: Decorate<Res>,
+{
+    type Output = Result<Res, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut state = self.project().state;
+        loop {
+            let new = match state.as_mut().project() {
+                StateProj::Called { fut, deco } => {
+                    let mut res = ready!(fut.poll(cx)).map_err(Into::into)?;
+                    if let Some((shared, status)) = deco.take() {
+                        shared.decorator.decorate(&mut res, &status);
+                    }
+                    return Poll::Ready(Ok(res));
+                }
+                StateProj::Rejected { err } => {
+                    return Poll::Ready(Err(err
+                        .take()
+                        .unwrap_or_else(|| "rate limit future polled after completion".into())));
+                }
+                StateProj::Waiting {
+                    sleep,
+                    limit,
+                    key,
+                    svc,
+                    req,
+                    shared,
+                } => {
+                    ready!(sleep.poll(cx));
+                    let shared = shared.clone();
+                    match shared.decide(key, D::ENABLED) {
+                        Step::Now(v, status) => {
+                            next(v, status, Some(*limit), *key, svc, req, &shared)
+                        }
+                        #[cfg(feature = "redis")]
+                        Step::Redis(call) => match (svc.take(), req.take()) {
+                            (Some(s), Some(r)) => {
+                                ResponseFuture::redis(call, Some(*limit), *key, s, r, &shared).state
+                            }
+                            _ => State::Rejected {
+                                err: Some("rate limit future polled after completion".into()),
+                            },
+                        },
+                    }
+                }
+                #[cfg(feature = "redis")]
+                StateProj::Redis {
+                    call,
+                    timer,
+                    limit,
+                    key,
+                    svc,
+                    req,
+                    shared,
+                } => {
+                    let outcome = match call.as_mut().poll(cx) {
+                        Poll::Ready(r) => Some(r),
+                        Poll::Pending => {
+                            ready!(timer.poll(cx));
+                            None
+                        }
+                    };
+                    let shared = shared.clone();
+                    let (v, status) = match &shared.redis {
+                        Some(r) => r.complete(&shared, key, outcome),
+                        None => shared.decide_local(key, D::ENABLED),
+                    };
+                    next(v, status, *limit, *key, svc, req, &shared)
+                }
+                #[cfg(not(feature = "redis"))]
+                StateProj::Redis { call, .. } => match *call {},
+            };
+            state.set(new);
+        }
+    }
+}

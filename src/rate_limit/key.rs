@@ -1,0 +1,404 @@
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::str::FromStr;
+
+use crate::error::ConfigError;
+
+/// The longest key, in bytes, a [`Key`] holds. Longer inputs are not usable as
+/// keys (the request follows the layer's fallback rule), so a client cannot
+/// make the limiter store large keys.
+pub const MAX_KEY_LEN: usize = 64;
+
+/// A rate-limit key: up to [`MAX_KEY_LEN`] bytes held inline (no heap
+/// allocation), tagged with what it came from (an IP address, a header value,
+/// a number) so that equal bytes from different sources never share a bucket.
+///
+/// ```
+/// use std::net::{IpAddr, Ipv4Addr};
+/// use seawall::rate_limit::Key;
+///
+/// let k = Key::from_bytes(b"tenant-42").unwrap();
+/// assert_eq!(k.as_bytes(), b"tenant-42");
+/// assert!(Key::from_bytes(&[b'x'; 65]).is_none());
+/// assert_ne!(Key::from_ip(IpAddr::V4(Ipv4Addr::LOCALHOST)), Key::from_bytes(&[127, 0, 0, 1]).unwrap());
+/// ```
+#[derive(Clone, Copy)]
+pub struct Key {
+    tag: u8,
+    len: u8,
+    bytes: [u8; MAX_KEY_LEN],
+}
+
+const TAG_GLOBAL: u8 = 0;
+const TAG_BYTES: u8 = 1;
+const TAG_V4: u8 = 4;
+const TAG_V6: u8 = 6;
+const TAG_U64: u8 = 8;
+
+impl Key {
+    /// The one key of a global limit.
+    pub const GLOBAL: Key = Key {
+        tag: TAG_GLOBAL,
+        len: 0,
+        bytes: [0; MAX_KEY_LEN],
+    };
+
+    fn with(tag: u8, src: &[u8]) -> Key {
+        let mut bytes = [0; MAX_KEY_LEN];
+        bytes[..src.len()].copy_from_slice(src);
+        Key {
+            tag,
+            len: src.len() as u8,
+            bytes,
+        }
+    }
+
+    /// A key made of `bytes` (an API key, a tenant id, …); `None` when longer
+    /// than [`MAX_KEY_LEN`].
+    pub fn from_bytes(bytes: &[u8]) -> Option<Key> {
+        (bytes.len() <= MAX_KEY_LEN).then(|| Key::with(TAG_BYTES, bytes))
+    }
+
+    /// A key for an IP address. IPv4-mapped IPv6 addresses count as IPv4.
+    pub fn from_ip(ip: IpAddr) -> Key {
+        match ip {
+            IpAddr::V4(v4) => Key::with(TAG_V4, &v4.octets()),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => Key::with(TAG_V4, &v4.octets()),
+                None => Key::with(TAG_V6, &v6.octets()),
+            },
+        }
+    }
+
+    /// A key for a number (a user id, a shard).
+    pub fn from_u64(n: u64) -> Key {
+        Key::with(TAG_U64, &n.to_be_bytes())
+    }
+
+    /// The key's bytes (without its source tag).
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len as usize]
+    }
+
+    /// The IP address, for keys made by [`Key::from_ip`].
+    pub fn ip(&self) -> Option<IpAddr> {
+        match self.tag {
+            TAG_V4 => {
+                let b: [u8; 4] = self.bytes[..4].try_into().ok()?;
+                Some(IpAddr::V4(Ipv4Addr::from(b)))
+            }
+            TAG_V6 => {
+                let b: [u8; 16] = self.bytes[..16].try_into().ok()?;
+                Some(IpAddr::V6(Ipv6Addr::from(b)))
+            }
+            _ => None,
+        }
+    }
+
+    /// A one-byte tag telling the key's source apart (used in Redis key names).
+    #[cfg(feature = "redis")]
+    pub(crate) fn tag_char(&self) -> u8 {
+        match self.tag {
+            TAG_GLOBAL => b'g',
+            TAG_BYTES => b'b',
+            TAG_V4 => b'4',
+            TAG_V6 => b'6',
+            _ => b'n',
+        }
+    }
+}
+
+impl PartialEq for Key {
+    fn eq(&self, other: &Key) -> bool {
+        self.tag == other.tag && self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl Eq for Key {}
+
+impl Hash for Key {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u8(self.tag);
+        state.write(self.as_bytes());
+    }
+}
+
+impl fmt::Debug for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(ip) = self.ip() {
+            return write!(f, "Key({ip})");
+        }
+        match self.tag {
+            TAG_GLOBAL => f.write_str("Key(global)"),
+            TAG_U64 => {
+                let b: [u8; 8] = self.bytes[..8].try_into().unwrap_or([0; 8]);
+                write!(f, "Key({})", u64::from_be_bytes(b))
+            }
+            _ => write!(f, "Key({:?})", String::from_utf8_lossy(self.as_bytes())),
+        }
+    }
+}
+
+/// Why a request had no usable key. Reported as
+/// [`EventKind::InputIgnored`](crate::observe::EventKind::InputIgnored) and the
+/// request then follows the layer's [`Fallback`](crate::rate_limit::Fallback) rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MissingKey {
+    /// Which input was looked at (`"x-api-key"`, `"peer_addr"`, `"x-forwarded-for"`, …).
+    pub input: &'static str,
+    /// Why it was not usable (`"absent"`, `"too_large"`, `"malformed"`, …).
+    pub reason: &'static str,
+}
+
+impl MissingKey {
+    /// Creates the reason.
+    pub const fn new(input: &'static str, reason: &'static str) -> Self {
+        MissingKey { input, reason }
+    }
+}
+
+/// Finds the rate-limit key of a request.
+///
+/// Implemented by the built-in extractors ([`Global`], [`PeerAddr`], and with
+/// feature `http` [`HeaderKey`](crate::rate_limit::HeaderKey) and
+/// [`ClientIp`](crate::rate_limit::ClientIp)) and by closures
+/// `Fn(&Req) -> Option<Key>`. It runs on every request: it must be cheap and
+/// must not allocate.
+pub trait KeyExtractor<Req>: Send + Sync + 'static {
+    /// The key of `req`, or why there is none.
+    fn extract(&self, req: &Req) -> Result<Key, MissingKey>;
+}
+
+impl<Req, F> KeyExtractor<Req> for F
+where
+    F: Fn(&Req) -> Option<Key> + Send + Sync + 'static,
+{
+    #[inline]
+    fn extract(&self, req: &Req) -> Result<Key, MissingKey> {
+        self(req).ok_or(MissingKey::new("key", "absent"))
+    }
+}
+
+/// One limit shared by every request (the default of [`RateLimitLayer`](crate::rate_limit::RateLimitLayer)).
+///
+/// A global limit uses governor's direct (unkeyed) limiter: one atomic
+/// compare-and-swap per request, no map.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Global;
+
+impl<Req> KeyExtractor<Req> for Global {
+    #[inline]
+    fn extract(&self, _req: &Req) -> Result<Key, MissingKey> {
+        Ok(Key::GLOBAL)
+    }
+}
+
+/// An IP network in CIDR notation (`10.0.0.0/8`, `2001:db8::/32`), such as
+/// the networks of trusted proxies.
+///
+/// ```
+/// use seawall::rate_limit::Cidr;
+///
+/// let net: Cidr = "10.0.0.0/8".parse().unwrap();
+/// assert!(net.contains("10.1.2.3".parse().unwrap()));
+/// assert!(!net.contains("11.0.0.1".parse().unwrap()));
+/// assert!("10.0.0.0/33".parse::<Cidr>().is_err());
+/// // A bare address is a /32 (or /128).
+/// assert!("192.0.2.1".parse::<Cidr>().unwrap().contains("192.0.2.1".parse().unwrap()));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Cidr {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    /// The network `addr/prefix`; an error if the prefix is longer than the
+    /// address.
+    pub fn new(addr: IpAddr, prefix: u8) -> Result<Cidr, ConfigError> {
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        if prefix > max {
+            return Err(ConfigError::new(
+                "rate_limit",
+                format!("trusted proxy network {addr}/{prefix}: the prefix must be at most {max}"),
+            ));
+        }
+        Ok(Cidr { addr, prefix })
+    }
+
+    /// Whether `ip` lies in this network. IPv4-mapped IPv6 addresses are
+    /// compared as IPv4.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = canonical(ip);
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = if self.prefix == 0 {
+                    0
+                } else {
+                    u32::MAX << (32 - self.prefix)
+                };
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = if self.prefix == 0 {
+                    0
+                } else {
+                    u128::MAX << (128 - self.prefix)
+                };
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+impl FromStr for Cidr {
+    type Err = ConfigError;
+
+    fn from_str(s: &str) -> Result<Cidr, ConfigError> {
+        let bad = || {
+            ConfigError::new(
+                "rate_limit",
+                format!("trusted proxy network {s:?} is not an address or address/prefix"),
+            )
+        };
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = addr.trim().parse().map_err(|_| bad())?;
+        let addr = canonical(addr);
+        let prefix = match prefix {
+            Some(p) => p.trim().parse::<u8>().map_err(|_| bad())?,
+            None => {
+                if addr.is_ipv4() {
+                    32
+                } else {
+                    128
+                }
+            }
+        };
+        Cidr::new(addr, prefix)
+    }
+}
+
+/// The peer (socket) address of the connection, read from the request's
+/// extensions (feature `http`) — for `http::Request`, the first of:
+///
+/// - a [`std::net::SocketAddr`] extension,
+/// - a [`std::net::IpAddr`] extension,
+///
+/// or, with [`PeerAddr::with`], any function of the extensions — for axum's
+/// `ConnectInfo<SocketAddr>` write
+/// `PeerAddr::with(|ext| ext.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip()))`.
+///
+/// Behind a reverse proxy every request comes from the proxy: use
+/// [`ClientIp`](crate::rate_limit::ClientIp) there.
+#[derive(Clone, Copy)]
+pub struct PeerAddr {
+    #[cfg(feature = "http")]
+    read: Option<fn(&http::Extensions) -> Option<IpAddr>>,
+}
+
+impl fmt::Debug for PeerAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PeerAddr").finish_non_exhaustive()
+    }
+}
+
+impl Default for PeerAddr {
+    fn default() -> Self {
+        PeerAddr::new()
+    }
+}
+
+impl PeerAddr {
+    /// Reads a `SocketAddr` or `IpAddr` extension.
+    pub const fn new() -> Self {
+        PeerAddr {
+            #[cfg(feature = "http")]
+            read: None,
+        }
+    }
+
+    /// Reads the peer address with `read` (for connection-info types of your
+    /// server, such as axum's `ConnectInfo`).
+    #[cfg(feature = "http")]
+    pub const fn with(read: fn(&http::Extensions) -> Option<IpAddr>) -> Self {
+        PeerAddr { read: Some(read) }
+    }
+
+    #[cfg(feature = "http")]
+    pub(crate) fn peer(&self, ext: &http::Extensions) -> Option<IpAddr> {
+        if let Some(read) = self.read {
+            return read(ext);
+        }
+        ext.get::<std::net::SocketAddr>()
+            .map(|a| a.ip())
+            .or_else(|| ext.get::<IpAddr>().copied())
+    }
+}
+
+/// The peer address of a plain [`std::net::SocketAddr`] "request" (for
+/// services keyed by connection, e.g. a `tower::Service<SocketAddr>` acceptor).
+impl KeyExtractor<std::net::SocketAddr> for PeerAddr {
+    fn extract(&self, req: &std::net::SocketAddr) -> Result<Key, MissingKey> {
+        Ok(Key::from_ip(req.ip()))
+    }
+}
+
+#[cfg(feature = "http")]
+impl<B> KeyExtractor<http::Request<B>> for PeerAddr {
+    fn extract(&self, req: &http::Request<B>) -> Result<Key, MissingKey> {
+        self.peer(req.extensions())
+            .map(Key::from_ip)
+            .ok_or(MissingKey::new("peer_addr", "absent"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::hash_map::DefaultHasher;
+
+    fn h(k: &Key) -> u64 {
+        let mut s = DefaultHasher::new();
+        k.hash(&mut s);
+        s.finish()
+    }
+
+    #[test]
+    fn keys_compare_by_tag_and_bytes() {
+        let a = Key::from_bytes(b"abc").unwrap();
+        let b = Key::from_bytes(b"abc").unwrap();
+        assert_eq!(a, b);
+        assert_eq!(h(&a), h(&b));
+        assert_ne!(a, Key::from_bytes(b"abd").unwrap());
+        let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
+        let v4: IpAddr = "10.0.0.1".parse().unwrap();
+        assert_eq!(Key::from_ip(mapped), Key::from_ip(v4));
+        assert_eq!(Key::from_ip(v4).ip(), Some(v4));
+        assert!(Key::from_bytes(&[0; MAX_KEY_LEN]).is_some());
+        assert!(Key::from_bytes(&[0; MAX_KEY_LEN + 1]).is_none());
+    }
+
+    #[test]
+    fn cidr_matching() {
+        let n: Cidr = "2001:db8::/32".parse().unwrap();
+        assert!(n.contains("2001:db8:1::5".parse().unwrap()));
+        assert!(!n.contains("2001:db9::5".parse().unwrap()));
+        assert!(!n.contains("10.0.0.1".parse().unwrap()));
+        let all: Cidr = "0.0.0.0/0".parse().unwrap();
+        assert!(all.contains("8.8.8.8".parse().unwrap()));
+        assert!("::ffff:10.0.0.0/8".parse::<Cidr>().is_ok());
+        assert!("x/8".parse::<Cidr>().is_err());
+    }
+}

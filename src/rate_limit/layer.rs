@@ -1,0 +1,527 @@
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tower_layer::Layer;
+
+use super::decorate::{NoHeaders, RateLimitStatus};
+use super::key::{Global, Key, MissingKey};
+use super::limiter::{Admit, Bucket, KeyedBuckets, KeyedCheck, KeyedSettings, Verdict};
+use super::quota::Quota;
+use super::service::RateLimit;
+use crate::error::{ConfigError, Name};
+use crate::observe::{EventKind, LayerKind, Observer};
+
+/// What a request does when its limit has no cell for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// Fail at once with [`RateLimited`](crate::error::RateLimited), whose
+    /// `retry_after` is the exact wait until the request would conform
+    /// (the default).
+    #[default]
+    Reject,
+    /// Wait for a cell, up to `max` — and never past the request's deadline
+    /// ([`deadline::current()`](crate::deadline::current)). A request whose
+    /// wait would exceed either fails at once with `RateLimited`.
+    Wait {
+        /// The longest wait.
+        max: Duration,
+    },
+}
+
+/// What happens to a request that has no usable key (the extractor found
+/// none), or whose key is new while the limiter already tracks
+/// [`max_keys`](RateLimitLayerBuilder::max_keys) keys and none is idle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Fallback {
+    /// All such requests share one bucket with the layer's quota (or the one
+    /// set with [`RateLimitLayerBuilder::fallback_quota`]) — the default.
+    #[default]
+    SharedBucket,
+    /// Reject them with [`RateLimited`](crate::error::RateLimited) (no
+    /// `retry_after`).
+    Reject,
+}
+
+/// Rejection details reported in [`EventKind::Rejected`].
+pub(crate) const DETAIL_LIMIT: &str = "limit";
+pub(crate) const DETAIL_GLOBAL: &str = "global_limit";
+pub(crate) const DETAIL_NO_KEY: &str = "no_key";
+pub(crate) const DETAIL_KEYS_FULL: &str = "keys_full";
+pub(crate) const DETAIL_WAIT_TOO_LONG: &str = "wait_exceeds_limit";
+#[cfg(feature = "redis")]
+pub(crate) const DETAIL_BACKEND: &str = "backend_unavailable";
+
+pub(crate) enum Primary {
+    Global(Bucket),
+    Keyed(KeyedBuckets),
+}
+
+pub(crate) enum Step {
+    Now(Verdict, Option<RateLimitStatus>),
+    #[cfg(feature = "redis")]
+    Redis(super::redis::RedisCall),
+}
+
+/// State shared by every service built from one layer.
+pub(crate) struct Shared<X, D> {
+    pub(crate) name: Name,
+    pub(crate) observer: Observer,
+    pub(crate) extractor: X,
+    pub(crate) decorator: D,
+    pub(crate) mode: Mode,
+    pub(crate) quota: Quota,
+    primary: Primary,
+    global: Option<Bucket>,
+    fallback: Fallback,
+    fallback_bucket: Option<Bucket>,
+    #[cfg(feature = "redis")]
+    pub(crate) redis: Option<super::redis::RedisState>,
+}
+
+impl<X, D> Shared<X, D> {
+    fn status(&self, quota: &Quota, a: Admit) -> RateLimitStatus {
+        RateLimitStatus {
+            quota: *quota,
+            remaining: a.remaining,
+            reset: a.reset,
+        }
+    }
+
+    /// Applies the extra global quota to a request its primary limit admitted.
+    #[inline]
+    pub(crate) fn finish(&self, quota: &Quota, a: Admit) -> (Verdict, Option<RateLimitStatus>) {
+        if let Some(g) = &self.global {
+            if let Err(w) = g.check(false) {
+                return (
+                    Verdict::Deny {
+                        wait: Some(w),
+                        detail: DETAIL_GLOBAL,
+                    },
+                    None,
+                );
+            }
+        }
+        (Verdict::Admit(a), Some(self.status(quota, a)))
+    }
+
+    fn fallback(
+        &self,
+        detail: &'static str,
+        want_status: bool,
+    ) -> (Verdict, Option<RateLimitStatus>) {
+        match (&self.fallback, &self.fallback_bucket) {
+            (Fallback::SharedBucket, Some(b)) => match b.check(want_status) {
+                Ok(a) => self.finish(b.quota(), a),
+                Err(w) => (
+                    Verdict::Deny {
+                        wait: Some(w),
+                        detail,
+                    },
+                    None,
+                ),
+            },
+            _ => (Verdict::Deny { wait: None, detail }, None),
+        }
+    }
+
+    /// The local decision for `key` (the primary limit, then the global one).
+    /// `want_status`: compute the bucket state for response headers.
+    #[inline]
+    pub(crate) fn decide_local(
+        &self,
+        key: &Result<Key, MissingKey>,
+        want_status: bool,
+    ) -> (Verdict, Option<RateLimitStatus>) {
+        let key = match key {
+            Ok(k) => k,
+            Err(m) => {
+                self.observer.emit(
+                    LayerKind::RateLimit,
+                    self.name.as_str(),
+                    EventKind::InputIgnored {
+                        input: m.input,
+                        reason: m.reason,
+                    },
+                );
+                return self.fallback(DETAIL_NO_KEY, want_status);
+            }
+        };
+        match &self.primary {
+            Primary::Global(b) => match b.check(want_status) {
+                Ok(a) => self.finish(b.quota(), a),
+                Err(w) => (
+                    Verdict::Deny {
+                        wait: Some(w),
+                        detail: DETAIL_LIMIT,
+                    },
+                    None,
+                ),
+            },
+            Primary::Keyed(k) => match k.check(key, want_status) {
+                KeyedCheck::Decided(Ok(a)) => self.finish(k.quota(), a),
+                KeyedCheck::Decided(Err(w)) => (
+                    Verdict::Deny {
+                        wait: Some(w),
+                        detail: DETAIL_LIMIT,
+                    },
+                    None,
+                ),
+                KeyedCheck::Full => self.fallback(DETAIL_KEYS_FULL, want_status),
+            },
+        }
+    }
+
+    /// The decision for `key`: local, or a pending Redis call.
+    #[inline]
+    pub(crate) fn decide(&self, key: &Result<Key, MissingKey>, want_status: bool) -> Step {
+        #[cfg(feature = "redis")]
+        if let (Some(r), Ok(k)) = (&self.redis, key) {
+            if r.should_call() {
+                return Step::Redis(r.call(self.name.as_str(), k));
+            }
+            let (v, s) = r.degraded(self, key, want_status);
+            return Step::Now(v, s);
+        }
+        let (v, s) = self.decide_local(key, want_status);
+        Step::Now(v, s)
+    }
+
+    pub(crate) fn tracked_keys(&self) -> usize {
+        match &self.primary {
+            Primary::Global(_) => 0,
+            Primary::Keyed(k) => k.tracked(),
+        }
+    }
+}
+
+/// Rate limiting on governor's GCRA: one global limit or one per key, with
+/// bounded memory (see the [module docs](crate::rate_limit)).
+///
+/// Every service built from one layer — and every clone of those services —
+/// shares the layer's limiter (it lives in an `Arc` the layer owns): layering
+/// the same `RateLimitLayer` onto several routes makes them share one quota;
+/// build a layer per route for separate quotas.
+pub struct RateLimitLayer<X = Global, D = NoHeaders> {
+    shared: Arc<Shared<X, D>>,
+}
+
+impl<X, D> Clone for RateLimitLayer<X, D> {
+    fn clone(&self) -> Self {
+        RateLimitLayer {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<X, D> fmt::Debug for RateLimitLayer<X, D> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RateLimitLayer")
+            .field("name", &self.shared.name)
+            .field("quota", &self.shared.quota)
+            .field("mode", &self.shared.mode)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RateLimitLayer {
+    /// A builder for a global limit of `quota` (see [`RateLimitLayerBuilder`]
+    /// for keys, modes and the other settings and their defaults).
+    pub fn builder(quota: Quota) -> RateLimitLayerBuilder {
+        RateLimitLayerBuilder {
+            quota,
+            extractor: Global,
+            keyed: false,
+            decorator: NoHeaders,
+            name: None,
+            observer: Observer::default(),
+            mode: Mode::Reject,
+            global: None,
+            fallback: Fallback::SharedBucket,
+            fallback_quota: None,
+            settings: KeyedSettings {
+                max_keys: DEFAULT_MAX_KEYS,
+                sweep_every: DEFAULT_SWEEP_EVERY,
+                min_sweep_interval: DEFAULT_MIN_SWEEP_INTERVAL,
+            },
+            #[cfg(feature = "redis")]
+            redis: None,
+        }
+    }
+}
+
+impl<X, D> RateLimitLayer<X, D> {
+    /// The number of keys the limiter tracks now (0 for a global limit).
+    /// Never above [`max_keys`](RateLimitLayerBuilder::max_keys).
+    pub fn tracked_keys(&self) -> usize {
+        self.shared.tracked_keys()
+    }
+
+    /// The per-key (or global) quota.
+    pub fn quota(&self) -> Quota {
+        self.shared.quota
+    }
+
+    /// Runs the idle-key eviction now (it also runs by itself; see
+    /// [`RateLimitLayerBuilder::max_keys`]). Returns whether it ran (at most
+    /// once per `min_sweep_interval`).
+    pub fn evict_idle(&self) -> bool {
+        match &self.shared.primary {
+            Primary::Global(_) => false,
+            Primary::Keyed(k) => k.sweep(),
+        }
+    }
+
+    /// Keys evicted so far.
+    pub fn evicted_keys(&self) -> u64 {
+        match &self.shared.primary {
+            Primary::Global(_) => 0,
+            Primary::Keyed(k) => k.evicted(),
+        }
+    }
+
+    /// The capacity (allocated slots) of the key map: bounded by the key cap
+    /// rounded up to the map's growth steps.
+    pub fn key_capacity(&self) -> usize {
+        match &self.shared.primary {
+            Primary::Global(_) => 0,
+            Primary::Keyed(k) => k.capacity(),
+        }
+    }
+}
+
+impl<S, X, D> Layer<S> for RateLimitLayer<X, D> {
+    type Service = RateLimit<S, X, D>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RateLimit::new(inner, self.shared.clone())
+    }
+}
+
+/// Default [`RateLimitLayerBuilder::max_keys`]: 100 000 tracked keys.
+pub const DEFAULT_MAX_KEYS: usize = 100_000;
+/// Default [`RateLimitLayerBuilder::sweep_every`]: every 10 000 calls.
+pub const DEFAULT_SWEEP_EVERY: u64 = 10_000;
+/// Default [`RateLimitLayerBuilder::min_sweep_interval`]: 1 s.
+pub const DEFAULT_MIN_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Builds a [`RateLimitLayer`]; start with [`RateLimitLayer::builder`].
+///
+/// Defaults: global (one bucket for all requests), [`Mode::Reject`],
+/// [`Fallback::SharedBucket`] with the layer's quota, no response headers, at
+/// most [`DEFAULT_MAX_KEYS`] keys, idle-key sweep every
+/// [`DEFAULT_SWEEP_EVERY`] calls and at most once per
+/// [`DEFAULT_MIN_SWEEP_INTERVAL`], name `"rate_limit"`, no observer.
+pub struct RateLimitLayerBuilder<X = Global, D = NoHeaders> {
+    quota: Quota,
+    extractor: X,
+    keyed: bool,
+    decorator: D,
+    name: Option<Name>,
+    observer: Observer,
+    mode: Mode,
+    global: Option<Quota>,
+    fallback: Fallback,
+    fallback_quota: Option<Quota>,
+    settings: KeyedSettings,
+    #[cfg(feature = "redis")]
+    redis: Option<super::redis::RedisBackend>,
+}
+
+impl<X, D> fmt::Debug for RateLimitLayerBuilder<X, D> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RateLimitLayerBuilder")
+            .field("quota", &self.quota)
+            .field("keyed", &self.keyed)
+            .field("mode", &self.mode)
+            .field("fallback", &self.fallback)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<X, D> RateLimitLayerBuilder<X, D> {
+    /// One bucket of the quota per key found by `extractor`
+    /// ([`HeaderKey`](crate::rate_limit::HeaderKey),
+    /// [`ClientIp`](crate::rate_limit::ClientIp), [`PeerAddr`](crate::rate_limit::PeerAddr),
+    /// or a closure `Fn(&Req) -> Option<Key>`).
+    pub fn keyed<Y>(self, extractor: Y) -> RateLimitLayerBuilder<Y, D> {
+        RateLimitLayerBuilder {
+            quota: self.quota,
+            extractor,
+            keyed: true,
+            decorator: self.decorator,
+            name: self.name,
+            observer: self.observer,
+            mode: self.mode,
+            global: self.global,
+            fallback: self.fallback,
+            fallback_quota: self.fallback_quota,
+            settings: self.settings,
+            #[cfg(feature = "redis")]
+            redis: self.redis,
+        }
+    }
+
+    /// Writes rate-limit information into every admitted response with
+    /// `decorator` — with feature `http`,
+    /// [`IetfHeaders`](crate::rate_limit::IetfHeaders) for the IETF
+    /// `RateLimit-Policy` / `RateLimit` fields.
+    pub fn response_headers<E>(self, decorator: E) -> RateLimitLayerBuilder<X, E> {
+        RateLimitLayerBuilder {
+            quota: self.quota,
+            extractor: self.extractor,
+            keyed: self.keyed,
+            decorator,
+            name: self.name,
+            observer: self.observer,
+            mode: self.mode,
+            global: self.global,
+            fallback: self.fallback,
+            fallback_quota: self.fallback_quota,
+            settings: self.settings,
+            #[cfg(feature = "redis")]
+            redis: self.redis,
+        }
+    }
+
+    /// The instance name in events and rejections (default `"rate_limit"`).
+    pub fn name(mut self, name: impl Into<Name>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// Where events go (default: nowhere).
+    pub fn observer(mut self, observer: impl Into<Observer>) -> Self {
+        self.observer = observer.into();
+        self
+    }
+
+    /// Reject or wait (default [`Mode::Reject`]).
+    pub fn mode(mut self, mode: Mode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// Shorthand for `mode(Mode::Wait { max })`.
+    pub fn wait(self, max: Duration) -> Self {
+        self.mode(Mode::Wait { max })
+    }
+
+    /// Also applies one global `quota` to every request, after its per-key
+    /// limit admitted it (per tenant *and* in total). A request the global
+    /// limit refuses has still spent its key's cell. For more limits, stack
+    /// layers.
+    pub fn global_quota(mut self, quota: Quota) -> Self {
+        self.global = Some(quota);
+        self
+    }
+
+    /// The rule for requests without a usable key, and for new keys when the
+    /// key cap is reached (default [`Fallback::SharedBucket`]).
+    pub fn fallback(mut self, fallback: Fallback) -> Self {
+        self.fallback = fallback;
+        self
+    }
+
+    /// The quota of the shared fallback bucket (default: the layer's quota).
+    pub fn fallback_quota(mut self, quota: Quota) -> Self {
+        self.fallback_quota = Some(quota);
+        self
+    }
+
+    /// The most keys tracked at once (default [`DEFAULT_MAX_KEYS`]). A new key
+    /// arriving at the cap triggers an eviction of idle keys (keys whose
+    /// bucket is full again); if none can go, the request follows the
+    /// [`Fallback`] rule. The cap is exact: a slot is taken with an atomic
+    /// compare-and-swap under the map shard's lock before a key is inserted.
+    /// Memory is therefore bounded by about 81 bytes per map slot (an inline
+    /// key of up to [`MAX_KEY_LEN`](crate::rate_limit::MAX_KEY_LEN) bytes and
+    /// its GCRA state) times the map's capacity, which stays within a small
+    /// factor of the cap (10 000 keys → 14 336 slots, about 1.2 MB), whatever
+    /// the clients send.
+    pub fn max_keys(mut self, max_keys: usize) -> Self {
+        self.settings.max_keys = max_keys;
+        self
+    }
+
+    /// Sweep idle keys every `calls` calls (default [`DEFAULT_SWEEP_EVERY`]).
+    pub fn sweep_every(mut self, calls: u64) -> Self {
+        self.settings.sweep_every = calls;
+        self
+    }
+
+    /// Sweep at most once per `interval` (default
+    /// [`DEFAULT_MIN_SWEEP_INTERVAL`]), so that a flood of new keys at the cap
+    /// cannot make every request scan the map.
+    pub fn min_sweep_interval(mut self, interval: Duration) -> Self {
+        self.settings.min_sweep_interval = interval;
+        self
+    }
+
+    /// Limits through Redis, shared by every instance using the same Redis
+    /// and key prefix (feature `redis`; see
+    /// [`RedisBackend`](crate::rate_limit::RedisBackend)).
+    #[cfg(feature = "redis")]
+    pub fn redis(mut self, backend: super::redis::RedisBackend) -> Self {
+        self.redis = Some(backend);
+        self
+    }
+
+    /// Validates the configuration and builds the layer.
+    pub fn build(self) -> Result<RateLimitLayer<X, D>, ConfigError> {
+        self.quota.validate("quota")?;
+        if let Mode::Wait { max } = self.mode {
+            if max.is_zero() {
+                return Err(ConfigError::new(
+                    "rate_limit",
+                    "Mode::Wait max must be greater than zero (use Mode::Reject), got 0s",
+                ));
+            }
+        }
+        #[allow(unused_mut)]
+        let mut local_quota = self.quota;
+        #[cfg(feature = "redis")]
+        let redis = match self.redis {
+            Some(b) => {
+                let state = super::redis::RedisState::new(b, self.quota)?;
+                if let Some(n) = state.local_instances() {
+                    local_quota = self.quota.divided_by(n);
+                }
+                Some(state)
+            }
+            None => None,
+        };
+        let primary = if self.keyed {
+            Primary::Keyed(KeyedBuckets::new(local_quota, self.settings)?)
+        } else {
+            Primary::Global(Bucket::new(local_quota, "quota")?)
+        };
+        let global = match self.global {
+            Some(q) => Some(Bucket::new(q, "global_quota")?),
+            None => None,
+        };
+        let fallback_bucket = match self.fallback {
+            Fallback::SharedBucket => Some(Bucket::new(
+                self.fallback_quota.unwrap_or(local_quota),
+                "fallback_quota",
+            )?),
+            Fallback::Reject => None,
+        };
+        Ok(RateLimitLayer {
+            shared: Arc::new(Shared {
+                name: self.name.unwrap_or_else(|| Name::from("rate_limit")),
+                observer: self.observer,
+                extractor: self.extractor,
+                decorator: self.decorator,
+                mode: self.mode,
+                quota: self.quota,
+                primary,
+                global,
+                fallback: self.fallback,
+                fallback_bucket,
+                #[cfg(feature = "redis")]
+                redis,
+            }),
+        })
+    }
+}

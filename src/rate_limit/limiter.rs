@@ -1,0 +1,408 @@
+//! The local limiting engine (no tower types): governor's GCRA on tokio's
+//! clock, a direct bucket for global limits and a bounded keyed store.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use dashmap::DashMap;
+use dashmap::mapref::entry::Entry;
+use governor::RateLimiter;
+use governor::middleware::StateInformationMiddleware;
+use governor::nanos::Nanos;
+use governor::state::keyed::ShrinkableKeyedStateStore;
+use governor::state::{InMemoryState, NotKeyed, StateStore};
+use tokio::time::Instant;
+
+use super::clock::{TokioClock, TokioInstant};
+use super::key::Key;
+use super::quota::Quota;
+use crate::error::ConfigError;
+
+type Direct = RateLimiter<NotKeyed, InMemoryState, TokioClock, StateInformationMiddleware>;
+type KeyedGov = RateLimiter<Key, Store, TokioClock, StateInformationMiddleware>;
+
+/// A positive decision: how many more requests the bucket admits right now,
+/// and how long until it is full again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Admit {
+    pub(crate) remaining: u32,
+    pub(crate) reset: Duration,
+}
+
+impl Admit {
+    /// An admission whose bucket state was not computed.
+    pub(crate) const UNKNOWN: Admit = Admit {
+        remaining: 0,
+        reset: Duration::ZERO,
+    };
+}
+
+/// The outcome of one check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    Admit(Admit),
+    /// Refused; `wait` is the exact time until the request would conform
+    /// (`None` when waiting would not help, e.g. no usable key).
+    Deny {
+        wait: Option<Duration>,
+        detail: &'static str,
+    },
+}
+
+#[inline]
+fn admit(quota: &Quota, remaining: u32) -> Admit {
+    let used = quota.burst_size().saturating_sub(remaining);
+    Admit {
+        remaining,
+        reset: quota.period().saturating_mul(used),
+    }
+}
+
+/// One GCRA bucket (governor's direct limiter).
+#[derive(Debug)]
+pub(crate) struct Bucket {
+    quota: Quota,
+    limiter: Direct,
+}
+
+impl Bucket {
+    pub(crate) fn new(quota: Quota, what: &str) -> Result<Bucket, ConfigError> {
+        let q = quota.validate(what)?;
+        Ok(Bucket {
+            quota,
+            limiter: RateLimiter::direct_with_clock(q, TokioClock::new())
+                .with_middleware::<StateInformationMiddleware>(),
+        })
+    }
+
+    /// One cell. `want_status`: compute `remaining` / `reset` (a division),
+    /// only needed for response headers; otherwise both read 0.
+    #[inline]
+    pub(crate) fn check(&self, want_status: bool) -> Result<Admit, Duration> {
+        match self.limiter.check() {
+            Ok(snap) if want_status => Ok(admit(&self.quota, snap.remaining_burst_capacity())),
+            Ok(_) => Ok(Admit::UNKNOWN),
+            Err(not_until) => Err(not_until.wait_time_from(TokioInstant::new(Instant::now()))),
+        }
+    }
+
+    pub(crate) fn quota(&self) -> &Quota {
+        &self.quota
+    }
+}
+
+/// Counters shared by the store and the engine.
+#[derive(Debug, Default)]
+struct Counters {
+    /// Keys in the map (exact: only the store inserts, only sweeps remove).
+    count: AtomicUsize,
+    /// Keys inserted so far.
+    inserts: AtomicU64,
+    /// Set every `sweep_every` insertions; the engine then sweeps.
+    sweep_due: AtomicBool,
+}
+
+/// The theoretical arrival time the store reports for a new key when the map
+/// is full: so far in the future (2^62 ns, 146 years) that governor refuses
+/// the cell, which the engine recognises by the absurd wait. Real waits are
+/// at most one period (validated to at most a year).
+const FULL_TAT: u64 = 1 << 62;
+const FULL_WAIT: Duration = Duration::from_secs(50 * 365 * 24 * 3600);
+
+/// governor's keyed state store over a map of at most `cap` keys.
+///
+/// A known key costs one map lookup. A new key takes a slot under the cap
+/// (an atomic compare-and-swap, under the map shard's lock) and is inserted;
+/// when no slot is free, the key is not inserted and the cell is refused with
+/// the [`FULL_TAT`] marker.
+#[derive(Debug)]
+pub(crate) struct Store {
+    map: Arc<DashMap<Key, InMemoryState>>,
+    counters: Arc<Counters>,
+    cap: usize,
+    sweep_every: u64,
+}
+
+impl Store {
+    fn reserve(&self) -> bool {
+        self.counters
+            .count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| {
+                (c < self.cap).then_some(c + 1)
+            })
+            .is_ok()
+    }
+}
+
+fn tat_of(state: &InMemoryState) -> u64 {
+    // Reads the state without replacing it: the closure declines.
+    match state.measure_and_replace(&NotKeyed::NonKey, |tat| {
+        Err::<((), Nanos), u64>(tat.map_or(0, |n| n.as_u64()))
+    }) {
+        Ok(()) => 0,
+        Err(t) => t,
+    }
+}
+
+impl StateStore for Store {
+    type Key = Key;
+
+    #[inline]
+    fn measure_and_replace<T, F, E>(&self, key: &Key, f: F) -> Result<T, E>
+    where
+        F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
+    {
+        if let Some(v) = self.map.get(key) {
+            return v.measure_and_replace(&NotKeyed::NonKey, f);
+        }
+        match self.map.entry(*key) {
+            Entry::Occupied(e) => e.get().measure_and_replace(&NotKeyed::NonKey, f),
+            Entry::Vacant(v) => {
+                if !self.reserve() {
+                    drop(v);
+                    return f(Some(Nanos::from(FULL_TAT))).map(|(t, _)| t);
+                }
+                let n = self.counters.inserts.fetch_add(1, Ordering::Relaxed) + 1;
+                if n % self.sweep_every == 0 {
+                    self.counters.sweep_due.store(true, Ordering::Relaxed);
+                }
+                v.insert(InMemoryState::default())
+                    .measure_and_replace(&NotKeyed::NonKey, f)
+            }
+        }
+    }
+}
+
+impl ShrinkableKeyedStateStore<Key> for Store {
+    fn retain_recent(&self, drop_below: Nanos) {
+        let drop_below = drop_below.as_u64();
+        self.map.retain(|_, v| {
+            let keep = tat_of(v) > drop_below;
+            if !keep {
+                self.counters.count.fetch_sub(1, Ordering::AcqRel);
+            }
+            keep
+        });
+    }
+
+    fn shrink_to_fit(&self) {
+        self.map.shrink_to_fit();
+    }
+
+    fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
+/// Settings of the keyed store's memory bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct KeyedSettings {
+    pub(crate) max_keys: usize,
+    pub(crate) sweep_every: u64,
+    pub(crate) min_sweep_interval: Duration,
+}
+
+/// The result of a keyed check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum KeyedCheck {
+    Decided(Result<Admit, Duration>),
+    /// The key is new and the store is full even after evicting idle keys.
+    Full,
+}
+
+/// Per-key GCRA buckets, at most `max_keys` of them.
+///
+/// Idle keys (whose bucket is full again) are evicted by governor's
+/// `retain_recent` + `shrink_to_fit`, run by the calls themselves: every
+/// `sweep_every` calls, and when a new key arrives at the cap — at most once
+/// per `min_sweep_interval`, by one caller at a time (the others do not wait).
+#[derive(Debug)]
+pub(crate) struct KeyedBuckets {
+    quota: Quota,
+    limiter: KeyedGov,
+    map: Arc<DashMap<Key, InMemoryState>>,
+    counters: Arc<Counters>,
+    settings: KeyedSettings,
+    last_sweep: Mutex<Option<Instant>>,
+    evicted: AtomicU64,
+}
+
+impl KeyedBuckets {
+    pub(crate) fn new(quota: Quota, settings: KeyedSettings) -> Result<Self, ConfigError> {
+        let q = quota.validate("quota")?;
+        if settings.max_keys == 0 {
+            return Err(ConfigError::new(
+                "rate_limit",
+                "max_keys must be at least 1, got 0",
+            ));
+        }
+        if settings.sweep_every == 0 {
+            return Err(ConfigError::new(
+                "rate_limit",
+                "sweep_every must be at least 1 call, got 0",
+            ));
+        }
+        let map = Arc::new(DashMap::new());
+        let counters = Arc::new(Counters::default());
+        let store = Store {
+            map: map.clone(),
+            counters: counters.clone(),
+            cap: settings.max_keys,
+            sweep_every: settings.sweep_every,
+        };
+        Ok(KeyedBuckets {
+            quota,
+            limiter: KeyedGov::new(q, store, TokioClock::new()),
+            map,
+            counters,
+            settings,
+            last_sweep: Mutex::new(None),
+            evicted: AtomicU64::new(0),
+        })
+    }
+
+    #[inline]
+    fn check_once(&self, key: &Key, want_status: bool) -> KeyedCheck {
+        KeyedCheck::Decided(match self.limiter.check_key(key) {
+            Ok(snap) if want_status => Ok(admit(&self.quota, snap.remaining_burst_capacity())),
+            Ok(_) => Ok(Admit::UNKNOWN),
+            Err(nu) => {
+                let wait = nu.wait_time_from(TokioInstant::new(Instant::now()));
+                if wait >= FULL_WAIT {
+                    return KeyedCheck::Full;
+                }
+                Err(wait)
+            }
+        })
+    }
+
+    /// One cell for `key`: one map lookup for a known key.
+    #[inline]
+    pub(crate) fn check(&self, key: &Key, want_status: bool) -> KeyedCheck {
+        let r = match self.check_once(key, want_status) {
+            // New key at the cap: evict idle keys (if a sweep is allowed
+            // now), then try once more.
+            KeyedCheck::Full if self.sweep() => self.check_once(key, want_status),
+            r => r,
+        };
+        if self.counters.sweep_due.load(Ordering::Relaxed)
+            && self.counters.sweep_due.swap(false, Ordering::Relaxed)
+        {
+            self.sweep();
+        }
+        r
+    }
+
+    /// Evicts idle keys; returns whether a sweep ran.
+    pub(crate) fn sweep(&self) -> bool {
+        let Ok(mut last) = self.last_sweep.try_lock() else {
+            return false;
+        };
+        let now = Instant::now();
+        if let Some(l) = *last {
+            if now.saturating_duration_since(l) < self.settings.min_sweep_interval {
+                return false;
+            }
+        }
+        *last = Some(now);
+        let before = self.map.len();
+        self.limiter.retain_recent();
+        let after = self.map.len();
+        if after < before {
+            self.evicted
+                .fetch_add((before - after) as u64, Ordering::Relaxed);
+            if after.saturating_mul(4) < self.map.capacity() {
+                self.limiter.shrink_to_fit();
+            }
+        }
+        true
+    }
+
+    pub(crate) fn tracked(&self) -> usize {
+        self.counters.count.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn capacity(&self) -> usize {
+        self.map.capacity()
+    }
+
+    pub(crate) fn evicted(&self) -> u64 {
+        self.evicted.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn quota(&self) -> &Quota {
+        &self.quota
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(max_keys: usize) -> KeyedSettings {
+        KeyedSettings {
+            max_keys,
+            sweep_every: 1_000_000,
+            min_sweep_interval: Duration::from_millis(100),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn bucket_burst_then_rate() {
+        let b = Bucket::new(Quota::per_second(2), "quota").unwrap();
+        assert_eq!(
+            b.check(true),
+            Ok(Admit {
+                remaining: 1,
+                reset: Duration::from_millis(500)
+            })
+        );
+        assert_eq!(
+            b.check(true),
+            Ok(Admit {
+                remaining: 0,
+                reset: Duration::from_secs(1)
+            })
+        );
+        assert_eq!(b.check(true), Err(Duration::from_millis(500)));
+        tokio::time::advance(Duration::from_millis(200)).await;
+        assert_eq!(b.check(true), Err(Duration::from_millis(300)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cap_holds_and_idle_keys_are_evicted() {
+        let k = KeyedBuckets::new(Quota::per_second(10), settings(3)).unwrap();
+        for i in 0..3 {
+            assert!(matches!(
+                k.check(&Key::from_u64(i), true),
+                KeyedCheck::Decided(Ok(_))
+            ));
+        }
+        assert_eq!(k.check(&Key::from_u64(3), true), KeyedCheck::Full);
+        assert_eq!(k.tracked(), 3);
+        // known keys still go through
+        assert!(matches!(
+            k.check(&Key::from_u64(0), true),
+            KeyedCheck::Decided(Ok(_))
+        ));
+        // after the buckets refill, the sweep evicts them
+        tokio::time::advance(Duration::from_millis(500)).await;
+        assert!(matches!(
+            k.check(&Key::from_u64(3), true),
+            KeyedCheck::Decided(Ok(_))
+        ));
+        assert_eq!(k.tracked(), 1);
+        assert_eq!(k.evicted(), 3);
+    }
+
+    #[test]
+    fn tat_is_read_without_change() {
+        let s = InMemoryState::default();
+        assert_eq!(tat_of(&s), 0);
+    }
+}

@@ -1,0 +1,374 @@
+//! The Redis backend: one GCRA Lua script per request, on Redis server time.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use redis::{RedisError, RedisResult, Script};
+use tokio::time::Instant;
+
+use super::decorate::RateLimitStatus;
+use super::key::{Key, MissingKey};
+use super::layer::{DETAIL_BACKEND, DETAIL_LIMIT, Shared};
+use super::limiter::{Admit, Verdict};
+use super::quota::Quota;
+use crate::error::ConfigError;
+use crate::observe::{EventKind, LayerKind, State};
+
+/// GCRA in one atomic step. KEYS[1]: the bucket; ARGV[1]: the period
+/// (emission interval) in µs; ARGV[2]: the burst. Time is Redis server time,
+/// so instances with skewed clocks agree. The key expires when its bucket is
+/// full again (at most one burst window), so Redis memory stays bounded.
+/// Returns {1, remaining, reset_us} or {0, retry_after_us, 0}.
+const GCRA_LUA: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local period = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local tau = period * (burst - 1)
+local tat = tonumber(redis.call('GET', KEYS[1]))
+if tat == nil or tat < now then tat = now end
+local earliest = tat - tau
+if now < earliest then
+  return {0, earliest - now, 0}
+end
+local new_tat = tat + period
+local ttl_ms = math.ceil((new_tat - now) / 1000)
+redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', ttl_ms)
+local remaining = math.floor((now + tau + period - new_tat) / period)
+return {1, remaining, new_tat - now}
+";
+
+/// What a Redis-backed limiter does while Redis is unreachable, fails or
+/// answers later than the [timeout](RedisBackend::timeout).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FailurePolicy {
+    /// Admit every request (the default: the limiter protects, it must not
+    /// become the outage).
+    #[default]
+    FailOpen,
+    /// Reject every request with [`RateLimited`](crate::error::RateLimited)
+    /// (no `retry_after`).
+    FailClosed,
+    /// Limit locally with the quota divided by `instances` (the number of
+    /// instances sharing the Redis quota), so the fleet as a whole keeps about
+    /// the same limit.
+    Local {
+        /// How many instances share the quota (at least 1).
+        instances: u32,
+    },
+}
+
+/// Redis settings for [`RateLimitLayerBuilder::redis`](crate::rate_limit::RateLimitLayerBuilder::redis).
+///
+/// Every instance whose layer uses the same Redis, the same key
+/// [`prefix`](RedisBackend::prefix) and the same quota enforces one shared
+/// limit. Each request costs exactly one round trip (`EVALSHA` of a GCRA Lua
+/// script; the very first call per connection may add one `EVAL` to load it),
+/// bounded by [`timeout`](RedisBackend::timeout). On an error or a timeout the
+/// layer reports [`EventKind::BackendError`] (`backend: "redis"`, cause
+/// `"timeout"`, `"connection"`, `"protocol"` or `"error"`), switches
+/// [`State::Healthy`] → [`State::Degraded`] (one `StateChanged` event), and
+/// follows its [`FailurePolicy`]. While degraded it tries Redis again once
+/// per [`probe_interval`](RedisBackend::probe_interval), and other requests
+/// follow the policy without waiting on Redis. The first success switches back
+/// to `Healthy`.
+///
+/// The Redis call is a boxed future inside the layer's future: the `redis`
+/// crate's connection API returns boxed futures that borrow the connection,
+/// so this one path allocates; the local limiter never does.
+///
+/// Defaults: prefix `"seawall"`, timeout 50 ms, probe interval 1 s,
+/// [`FailurePolicy::FailOpen`].
+#[derive(Clone)]
+pub struct RedisBackend {
+    conn: ConnectionManager,
+    prefix: String,
+    timeout: Duration,
+    probe_interval: Duration,
+    policy: FailurePolicy,
+}
+
+impl fmt::Debug for RedisBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisBackend")
+            .field("prefix", &self.prefix)
+            .field("timeout", &self.timeout)
+            .field("probe_interval", &self.probe_interval)
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisBackend {
+    /// Limits through `conn` (a `redis::aio::ConnectionManager`, which
+    /// reconnects by itself).
+    pub fn new(conn: ConnectionManager) -> Self {
+        RedisBackend {
+            conn,
+            prefix: "seawall".to_owned(),
+            timeout: Duration::from_millis(50),
+            probe_interval: Duration::from_secs(1),
+            policy: FailurePolicy::FailOpen,
+        }
+    }
+
+    /// The Redis key prefix; keys are `{prefix}:{name}:{kind}:{key}`.
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// The longest wait for Redis per request (default 50 ms).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// How often a degraded limiter tries Redis again (default 1 s).
+    pub fn probe_interval(mut self, interval: Duration) -> Self {
+        self.probe_interval = interval;
+        self
+    }
+
+    /// What to do while Redis fails (default [`FailurePolicy::FailOpen`]).
+    pub fn on_failure(mut self, policy: FailurePolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+}
+
+/// The pending Redis call of one request. Boxed: the redis crate's
+/// connection futures borrow the connection and are boxed themselves.
+pub(crate) type RedisCall = Pin<Box<dyn Future<Output = RedisResult<Vec<i64>>> + Send>>;
+
+pub(crate) struct RedisState {
+    conn: ConnectionManager,
+    script: Arc<Script>,
+    prefix: Vec<u8>,
+    timeout: Duration,
+    probe_interval: Duration,
+    policy: FailurePolicy,
+    quota: Quota,
+    period_us: u64,
+    degraded: AtomicBool,
+    start: Instant,
+    next_probe_ns: AtomicU64,
+}
+
+impl RedisState {
+    pub(crate) fn new(b: RedisBackend, quota: Quota) -> Result<RedisState, ConfigError> {
+        if b.timeout.is_zero() {
+            return Err(ConfigError::new(
+                "rate_limit",
+                "redis timeout must be greater than zero, got 0s",
+            ));
+        }
+        if let FailurePolicy::Local { instances: 0 } = b.policy {
+            return Err(ConfigError::new(
+                "rate_limit",
+                "FailurePolicy::Local instances must be at least 1, got 0",
+            ));
+        }
+        let period_us = u64::try_from(quota.period().as_micros()).unwrap_or(u64::MAX);
+        if period_us == 0 {
+            return Err(ConfigError::new(
+                "rate_limit",
+                format!(
+                    "with redis the quota period must be at least 1µs, got {:?}",
+                    quota.period()
+                ),
+            ));
+        }
+        Ok(RedisState {
+            conn: b.conn,
+            script: Arc::new(Script::new(GCRA_LUA)),
+            prefix: b.prefix.into_bytes(),
+            timeout: b.timeout,
+            probe_interval: b.probe_interval,
+            policy: b.policy,
+            quota,
+            period_us,
+            degraded: AtomicBool::new(false),
+            start: Instant::now(),
+            next_probe_ns: AtomicU64::new(0),
+        })
+    }
+
+    pub(crate) fn local_instances(&self) -> Option<u32> {
+        match self.policy {
+            FailurePolicy::Local { instances } => Some(instances),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    fn now_ns(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// Whether this request asks Redis: always while healthy; while degraded,
+    /// one request per probe interval.
+    pub(crate) fn should_call(&self) -> bool {
+        if !self.degraded.load(Ordering::Acquire) {
+            return true;
+        }
+        let now = self.now_ns();
+        let due = self.next_probe_ns.load(Ordering::Acquire);
+        now >= due
+            && self
+                .next_probe_ns
+                .compare_exchange(
+                    due,
+                    now.saturating_add(
+                        u64::try_from(self.probe_interval.as_nanos()).unwrap_or(u64::MAX),
+                    ),
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                )
+                .is_ok()
+    }
+
+    pub(crate) fn call(&self, name: &str, key: &Key) -> RedisCall {
+        let mut k = Vec::with_capacity(self.prefix.len() + name.len() + key.as_bytes().len() + 4);
+        k.extend_from_slice(&self.prefix);
+        k.push(b':');
+        k.extend_from_slice(name.as_bytes());
+        k.push(b':');
+        k.push(key.tag_char());
+        k.push(b':');
+        k.extend_from_slice(key.as_bytes());
+        let script = self.script.clone();
+        let mut conn = self.conn.clone();
+        let period = self.period_us;
+        let burst = self.quota.burst_size();
+        Box::pin(async move {
+            let mut inv = script.prepare_invoke();
+            inv.key(k).arg(period).arg(burst);
+            inv.invoke_async::<Vec<i64>>(&mut conn).await
+        })
+    }
+
+    /// The decision from a finished (or timed-out: `None`) Redis call.
+    pub(crate) fn complete<X, D>(
+        &self,
+        shared: &Shared<X, D>,
+        key: &Result<Key, MissingKey>,
+        outcome: Option<RedisResult<Vec<i64>>>,
+    ) -> (Verdict, Option<RateLimitStatus>) {
+        let cause = match outcome {
+            Some(Ok(v)) if v.len() == 3 => {
+                self.healthy(shared);
+                let us = |n: i64| Duration::from_micros(u64::try_from(n).unwrap_or(0));
+                return if v[0] == 1 {
+                    shared.finish(
+                        &self.quota,
+                        Admit {
+                            remaining: u32::try_from(v[1]).unwrap_or(0),
+                            reset: us(v[2]),
+                        },
+                    )
+                } else {
+                    (
+                        Verdict::Deny {
+                            wait: Some(us(v[1])),
+                            detail: DETAIL_LIMIT,
+                        },
+                        None,
+                    )
+                };
+            }
+            Some(Ok(_)) => "protocol",
+            Some(Err(e)) => cause_of(&e),
+            None => "timeout",
+        };
+        self.failed(shared, cause);
+        self.degraded(shared, key, true)
+    }
+
+    fn healthy<X, D>(&self, shared: &Shared<X, D>) {
+        if self.degraded.swap(false, Ordering::AcqRel) {
+            shared.observer.emit(
+                LayerKind::RateLimit,
+                shared.name.as_str(),
+                EventKind::StateChanged {
+                    from: State::Degraded,
+                    to: State::Healthy,
+                    failure_rate: None,
+                    slow_call_rate: None,
+                },
+            );
+        }
+    }
+
+    fn failed<X, D>(&self, shared: &Shared<X, D>, cause: &'static str) {
+        shared.observer.emit(
+            LayerKind::RateLimit,
+            shared.name.as_str(),
+            EventKind::BackendError {
+                backend: "redis",
+                cause,
+            },
+        );
+        self.next_probe_ns.store(
+            self.now_ns()
+                .saturating_add(u64::try_from(self.probe_interval.as_nanos()).unwrap_or(u64::MAX)),
+            Ordering::Release,
+        );
+        if !self.degraded.swap(true, Ordering::AcqRel) {
+            shared.observer.emit(
+                LayerKind::RateLimit,
+                shared.name.as_str(),
+                EventKind::StateChanged {
+                    from: State::Healthy,
+                    to: State::Degraded,
+                    failure_rate: None,
+                    slow_call_rate: None,
+                },
+            );
+        }
+    }
+
+    /// The decision while Redis is unavailable.
+    pub(crate) fn degraded<X, D>(
+        &self,
+        shared: &Shared<X, D>,
+        key: &Result<Key, MissingKey>,
+        want_status: bool,
+    ) -> (Verdict, Option<RateLimitStatus>) {
+        match self.policy {
+            FailurePolicy::FailOpen => shared.finish(
+                &self.quota,
+                Admit {
+                    remaining: self.quota.burst_size(),
+                    reset: Duration::ZERO,
+                },
+            ),
+            FailurePolicy::FailClosed => (
+                Verdict::Deny {
+                    wait: None,
+                    detail: DETAIL_BACKEND,
+                },
+                None,
+            ),
+            FailurePolicy::Local { .. } => shared.decide_local(key, want_status),
+        }
+    }
+}
+
+fn cause_of(e: &RedisError) -> &'static str {
+    if e.is_timeout() {
+        "timeout"
+    } else if e.is_connection_dropped() || e.is_connection_refusal() || e.is_io_error() {
+        "connection"
+    } else {
+        "error"
+    }
+}

@@ -1,0 +1,137 @@
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tokio::time::Instant;
+use tower_service::Service;
+
+use super::decorate::Decorate;
+use super::future::ResponseFuture;
+use super::key::KeyExtractor;
+use super::layer::{Mode, Shared, Step};
+use super::limiter::Verdict;
+use crate::error::BoxError;
+
+/// The rate-limiting service built by [`RateLimitLayer`](super::RateLimitLayer).
+///
+/// Clones share the layer's limiter.
+///
+/// **Readiness:** `poll_ready` is the inner service's readiness, unchanged.
+/// Limits are per request (a key is only known once the request is seen), so
+/// the decision is made in `call`: in [`Mode::Reject`] the returned future
+/// fails at once with [`RateLimited`](crate::error::RateLimited); in
+/// [`Mode::Wait`] it waits for a cell before calling the inner service.
+/// Waiting (and the Redis backend's round trip) keeps a clone of the inner
+/// service, which is why the inner service must be `Clone`.
+pub struct RateLimit<S, X, D> {
+    inner: S,
+    shared: Arc<Shared<X, D>>,
+}
+
+impl<S, X, D> RateLimit<S, X, D> {
+    pub(crate) fn new(inner: S, shared: Arc<Shared<X, D>>) -> Self {
+        RateLimit { inner, shared }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Consumes the rate limiter, returning the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: Clone, X, D> Clone for RateLimit<S, X, D> {
+    fn clone(&self) -> Self {
+        RateLimit {
+            inner: self.inner.clone(),
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<S: fmt::Debug, X, D> fmt::Debug for RateLimit<S, X, D> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RateLimit")
+            .field("inner", &self.inner)
+            .field("name", &self.shared.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, X, D, Req> Service<Req> for RateLimit<S, X, D>
+where
+    S: Service<Req> + Clone,
+    S::Error: Into<BoxError>,
+    X: KeyExtractor<Req>,
+    D: Decorate<S::Response>,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = ResponseFuture<S::Future, S, Req, X, D>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        let shared = &self.shared;
+        let key = shared.extractor.extract(&req);
+        match shared.decide(&key, D::ENABLED) {
+            Step::Now(Verdict::Admit(_), status) => {
+                ResponseFuture::called(self.inner.call(req), shared, status)
+            }
+            Step::Now(Verdict::Deny { wait, detail }, _) => {
+                if let (Mode::Wait { max }, Some(w)) = (shared.mode, wait) {
+                    let now = Instant::now();
+                    let limit = limit_of(now, max);
+                    if now + w <= limit {
+                        let svc = take_ready(&mut self.inner);
+                        return ResponseFuture::waiting(now + w, limit, key, svc, req, shared);
+                    }
+                    return ResponseFuture::rejected(
+                        shared,
+                        Some(w),
+                        super::layer::DETAIL_WAIT_TOO_LONG,
+                    );
+                }
+                ResponseFuture::rejected(shared, wait, detail)
+            }
+            #[cfg(feature = "redis")]
+            Step::Redis(call) => {
+                let limit = match shared.mode {
+                    Mode::Wait { max } => Some(limit_of(Instant::now(), max)),
+                    Mode::Reject => None,
+                };
+                let svc = take_ready(&mut self.inner);
+                ResponseFuture::redis(call, limit, key, svc, req, shared)
+            }
+        }
+    }
+}
+
+/// The latest instant a waiting request may be admitted: `max` from now, and
+/// never past the request's deadline.
+pub(crate) fn limit_of(now: Instant, max: std::time::Duration) -> Instant {
+    let by_max = now.checked_add(max).unwrap_or(now);
+    match crate::deadline::current() {
+        Some(d) if d.instant() < by_max => d.instant(),
+        _ => by_max,
+    }
+}
+
+/// Takes the ready inner service, leaving a clone in its place (tower's
+/// pattern: the service that was polled ready is the one that is called).
+fn take_ready<S: Clone>(inner: &mut S) -> S {
+    let clone = inner.clone();
+    std::mem::replace(inner, clone)
+}

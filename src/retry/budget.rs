@@ -1,0 +1,441 @@
+//! The retry budget engine (see [`RetryBudget`] for the rule, the algorithm
+//! and its cost). Free of tower types; every operation has an `_at(now)` form
+//! for tests.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::error::ConfigError;
+
+/// Number of buckets in the sliding window.
+pub const BUCKETS: usize = 10;
+
+const COUNT_BITS: u32 = 24;
+const COUNT_MAX: u64 = (1 << COUNT_BITS) - 1;
+const EPOCH_MASK: u64 = (1 << (64 - COUNT_BITS)) - 1;
+const PPM: u64 = 1_000_000;
+
+/// A retry budget: retries may be at most a fraction of requests, plus a
+/// small floor, over a sliding window (in the spirit of Finagle's
+/// `RetryBudget` and gRPC retry throttling).
+///
+/// # Rule, algorithm and cost
+///
+/// The window is a ring of [`BUCKETS`] buckets (each `window / 10` wide, 1 s by
+/// default). Each bucket counts the requests (deposits) and the retries
+/// (withdrawals) made during its slice of time. A retry is allowed when
+///
+/// ```text
+/// retries_in_window + 1 ≤ ratio × requests_in_window + min_retries_per_sec × window
+/// ```
+///
+/// so over any window, retries are at most `ratio` of the requests plus a
+/// floor; requests and retries leave the window together, so credit earned
+/// long ago cannot fund a storm now (the flaw of an unbounded token bucket).
+///
+/// - A **deposit** (every request, the success path) is one clock read and one
+///   compare-and-swap on one atomic word holding the bucket's slice number and
+///   its count; no lock.
+/// - A **withdrawal** (only when a retry is wanted) takes a short
+///   `std::sync::Mutex` section that sums the ten buckets and records the retry,
+///   so concurrent retries can never overdraw the budget. It is never held
+///   across an `.await`.
+///
+/// Both are O(1): the ring has a fixed ten buckets whatever the window length.
+/// A bucket counts up to 16 777 215 requests per slice; beyond that, deposits
+/// saturate, which only makes the budget stricter.
+///
+/// Cloning is cheap and clones share one budget. A
+/// [`RetryLayer`](super::RetryLayer) owns one, shared by every service built
+/// from that layer (and their clones).
+///
+/// ```
+/// use std::time::Duration;
+/// use seawall::retry::RetryBudget;
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() {
+/// // 10% of requests, plus 1 retry/s over 10 s (a floor of 10 per window).
+/// let budget = RetryBudget::new(0.1, 1, Duration::from_secs(10)).unwrap();
+/// for _ in 0..100 {
+///     budget.deposit();
+/// }
+/// let mut granted = 0;
+/// while budget.try_withdraw().is_some() {
+///     granted += 1;
+/// }
+/// assert_eq!(granted, 10 + 10);
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct RetryBudget {
+    inner: std::sync::Arc<Inner>,
+}
+
+struct Inner {
+    start: Instant,
+    bucket_nanos: u64,
+    ratio_ppm: u64,
+    floor: u64,
+    window: Duration,
+    deposits: [AtomicU64; BUCKETS],
+    withdrawals: Mutex<Ring>,
+}
+
+struct Ring {
+    epochs: [u64; BUCKETS],
+    counts: [u64; BUCKETS],
+}
+
+/// A granted retry, to hand back with [`RetryBudget::refund`] if the retry
+/// is finally not made (for example, its request was dropped mid-backoff).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub struct Withdrawal {
+    epoch: u64,
+}
+
+/// The budget's view of the current window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BudgetSnapshot {
+    /// Requests counted in the window.
+    pub requests: u64,
+    /// Retries granted in the window.
+    pub retries: u64,
+    /// Retries that would still be granted now.
+    pub available: u64,
+}
+
+impl RetryBudget {
+    /// The default fraction of requests that may be retried: 10 %.
+    pub const DEFAULT_RATIO: f64 = 0.1;
+    /// The default floor: 10 retries per second.
+    pub const DEFAULT_MIN_PER_SEC: u32 = 10;
+    /// The default window: 10 s.
+    pub const DEFAULT_WINDOW: Duration = Duration::from_secs(10);
+    /// The shortest window accepted: 10 ms (1 ms buckets).
+    pub const MIN_WINDOW: Duration = Duration::from_millis(10);
+    /// The longest window accepted: one hour.
+    pub const MAX_WINDOW: Duration = Duration::from_secs(3600);
+
+    /// A budget letting retries be at most `ratio` (in `0.0..=1.0`) of the
+    /// requests, plus `min_per_sec × window` retries, over a sliding `window`.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] if `ratio` is not a number in `0.0..=1.0`, or
+    /// `window` is outside [`MIN_WINDOW`](Self::MIN_WINDOW)`..=`[`MAX_WINDOW`](Self::MAX_WINDOW).
+    pub fn new(ratio: f64, min_per_sec: u32, window: Duration) -> Result<Self, ConfigError> {
+        if !(0.0..=1.0).contains(&ratio) {
+            return Err(ConfigError::new(
+                "retry",
+                format!("budget ratio must be in 0.0..=1.0, got {ratio}"),
+            ));
+        }
+        if window < Self::MIN_WINDOW || window > Self::MAX_WINDOW {
+            return Err(ConfigError::new(
+                "retry",
+                format!("budget window must be between 10ms and 1h, got {window:?}"),
+            ));
+        }
+        let bucket_nanos = u64::try_from(window.as_nanos() / BUCKETS as u128).unwrap_or(u64::MAX);
+        let floor = (f64::from(min_per_sec) * window.as_secs_f64()).round() as u64;
+        Ok(RetryBudget {
+            inner: std::sync::Arc::new(Inner {
+                start: Instant::now(),
+                bucket_nanos: bucket_nanos.max(1),
+                ratio_ppm: (ratio * PPM as f64).round() as u64,
+                floor,
+                window,
+                deposits: std::array::from_fn(|_| AtomicU64::new(0)),
+                withdrawals: Mutex::new(Ring {
+                    epochs: [0; BUCKETS],
+                    counts: [0; BUCKETS],
+                }),
+            }),
+        })
+    }
+
+    /// The fraction of requests that may be retried, in parts per million.
+    pub fn ratio_ppm(&self) -> u64 {
+        self.inner.ratio_ppm
+    }
+
+    /// The retries granted per window regardless of traffic (`min_per_sec × window`).
+    pub fn floor(&self) -> u64 {
+        self.inner.floor
+    }
+
+    /// The window length.
+    pub fn window(&self) -> Duration {
+        self.inner.window
+    }
+
+    /// Counts one request (call it once per request, not per attempt).
+    #[inline]
+    pub fn deposit(&self) {
+        self.deposit_at(Instant::now())
+    }
+
+    /// [`deposit`](Self::deposit) at `now`.
+    pub fn deposit_at(&self, now: Instant) {
+        let epoch = self.inner.epoch(now);
+        let slot = &self.inner.deposits[(epoch % BUCKETS as u64) as usize];
+        let mut cur = slot.load(Ordering::Relaxed);
+        loop {
+            let tag = cur >> COUNT_BITS;
+            let new = if tag == epoch {
+                if cur & COUNT_MAX == COUNT_MAX {
+                    return; // saturated: stricter, never wrong
+                }
+                cur + 1
+            } else if tag_is_ahead(epoch, tag) {
+                // Another thread already moved this slot on to a later slice
+                // (it read the clock a moment later): drop this deposit, which
+                // only makes the budget stricter.
+                return;
+            } else {
+                (epoch << COUNT_BITS) | 1
+            };
+            match slot.compare_exchange_weak(cur, new, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => return,
+                Err(actual) => cur = actual,
+            }
+        }
+    }
+
+    /// Takes one retry from the budget, if the rule allows it.
+    pub fn try_withdraw(&self) -> Option<Withdrawal> {
+        self.try_withdraw_at(Instant::now())
+    }
+
+    /// [`try_withdraw`](Self::try_withdraw) at `now`.
+    pub fn try_withdraw_at(&self, now: Instant) -> Option<Withdrawal> {
+        let epoch = self.inner.epoch(now);
+        let requests = self.inner.requests(epoch);
+        let mut ring = self.inner.lock();
+        let retries = ring.sum(epoch);
+        if !self.inner.allows(requests, retries + 1) {
+            return None;
+        }
+        let i = (epoch % BUCKETS as u64) as usize;
+        if ring.epochs[i] != epoch {
+            ring.epochs[i] = epoch;
+            ring.counts[i] = 0;
+        }
+        ring.counts[i] += 1;
+        Some(Withdrawal { epoch })
+    }
+
+    /// Hands back a retry that was granted but not made. A no-op once the
+    /// bucket it was taken from has left the window.
+    pub fn refund(&self, withdrawal: Withdrawal) {
+        let mut ring = self.inner.lock();
+        let i = (withdrawal.epoch % BUCKETS as u64) as usize;
+        if ring.epochs[i] == withdrawal.epoch {
+            ring.counts[i] = ring.counts[i].saturating_sub(1);
+        }
+    }
+
+    /// The current window's figures.
+    pub fn snapshot(&self) -> BudgetSnapshot {
+        self.snapshot_at(Instant::now())
+    }
+
+    /// [`snapshot`](Self::snapshot) at `now`.
+    pub fn snapshot_at(&self, now: Instant) -> BudgetSnapshot {
+        let epoch = self.inner.epoch(now);
+        let requests = self.inner.requests(epoch);
+        let retries = self.inner.lock().sum(epoch);
+        let allowance = self.inner.allowance_ppm(requests) / PPM;
+        BudgetSnapshot {
+            requests,
+            retries,
+            available: allowance.saturating_sub(retries),
+        }
+    }
+}
+
+#[inline]
+fn age(epoch: u64, tag: u64) -> u64 {
+    epoch.wrapping_sub(tag) & EPOCH_MASK
+}
+
+#[inline]
+fn tag_is_ahead(epoch: u64, tag: u64) -> bool {
+    // `tag` is a later slice than `epoch` when `epoch - tag` wraps to a huge value.
+    tag != epoch && age(epoch, tag) > EPOCH_MASK / 2
+}
+
+impl Inner {
+    #[inline]
+    fn epoch(&self, now: Instant) -> u64 {
+        // u64 nanoseconds cover 584 years; a u64 division is much cheaper
+        // than a u128 one on the per-request path.
+        let since =
+            u64::try_from(now.saturating_duration_since(self.start).as_nanos()).unwrap_or(u64::MAX);
+        (since / self.bucket_nanos) & EPOCH_MASK
+    }
+
+    fn requests(&self, epoch: u64) -> u64 {
+        self.deposits
+            .iter()
+            .map(|d| {
+                let v = d.load(Ordering::Relaxed);
+                let tag = v >> COUNT_BITS;
+                if !tag_is_ahead(epoch, tag) && age(epoch, tag) < BUCKETS as u64 {
+                    v & COUNT_MAX
+                } else {
+                    0
+                }
+            })
+            .sum()
+    }
+
+    #[inline]
+    fn allowance_ppm(&self, requests: u64) -> u64 {
+        self.floor
+            .saturating_mul(PPM)
+            .saturating_add(self.ratio_ppm.saturating_mul(requests))
+    }
+
+    #[inline]
+    fn allows(&self, requests: u64, retries: u64) -> bool {
+        retries.saturating_mul(PPM) <= self.allowance_ppm(requests)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Ring> {
+        self.withdrawals.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Ring {
+    fn sum(&self, epoch: u64) -> u64 {
+        self.epochs
+            .iter()
+            .zip(self.counts.iter())
+            .filter(|(tag, _)| !tag_is_ahead(epoch, **tag) && age(epoch, **tag) < BUCKETS as u64)
+            .map(|(_, c)| *c)
+            .sum()
+    }
+}
+
+impl fmt::Debug for RetryBudget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RetryBudget")
+            .field("ratio_ppm", &self.inner.ratio_ppm)
+            .field("floor", &self.inner.floor)
+            .field("window", &self.inner.window)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn budget(ratio: f64, min: u32) -> (RetryBudget, Instant) {
+        let b = RetryBudget::new(ratio, min, Duration::from_secs(10)).unwrap();
+        let t0 = b.inner.start;
+        (b, t0)
+    }
+
+    fn drain(b: &RetryBudget, now: Instant) -> u64 {
+        let mut n = 0;
+        while b.try_withdraw_at(now).is_some() {
+            n += 1;
+        }
+        n
+    }
+
+    #[test]
+    fn floor_alone_is_min_per_sec_times_window() {
+        let (b, t0) = budget(0.1, 10);
+        assert_eq!(b.floor(), 100);
+        assert_eq!(drain(&b, t0), 100);
+    }
+
+    #[test]
+    fn ratio_of_requests_plus_floor() {
+        let (b, t0) = budget(0.1, 10);
+        for _ in 0..10_000 {
+            b.deposit_at(t0);
+        }
+        assert_eq!(b.snapshot_at(t0).available, 1_100);
+        assert_eq!(drain(&b, t0), 1_100);
+        let s = b.snapshot_at(t0);
+        assert_eq!((s.requests, s.retries, s.available), (10_000, 1_100, 0));
+    }
+
+    #[test]
+    fn window_slides_and_refills() {
+        let (b, t0) = budget(0.5, 0);
+        for _ in 0..10 {
+            b.deposit_at(t0);
+        }
+        assert_eq!(drain(&b, t0), 5);
+        // 9.9 s later, still the same window.
+        let t1 = t0 + Duration::from_millis(9_900);
+        assert_eq!(drain(&b, t1), 0);
+        // 10 s later, the first bucket left: no requests, no retries.
+        let t2 = t0 + Duration::from_secs(10);
+        assert_eq!(
+            b.snapshot_at(t2),
+            BudgetSnapshot {
+                requests: 0,
+                retries: 0,
+                available: 0
+            }
+        );
+        for _ in 0..4 {
+            b.deposit_at(t2);
+        }
+        assert_eq!(drain(&b, t2), 2);
+    }
+
+    #[test]
+    fn refund_gives_the_retry_back_within_the_window() {
+        let (b, t0) = budget(0.0, 1);
+        let w: Vec<_> = (0..10).map(|_| b.try_withdraw_at(t0).unwrap()).collect();
+        assert!(b.try_withdraw_at(t0).is_none());
+        b.refund(w[0]);
+        assert_eq!(b.snapshot_at(t0).available, 1);
+        assert!(b.try_withdraw_at(t0).is_some());
+    }
+
+    #[test]
+    fn validation() {
+        assert!(RetryBudget::new(-0.1, 10, Duration::from_secs(10)).is_err());
+        assert!(RetryBudget::new(1.5, 10, Duration::from_secs(10)).is_err());
+        assert!(RetryBudget::new(f64::NAN, 10, Duration::from_secs(10)).is_err());
+        assert!(RetryBudget::new(0.1, 10, Duration::from_millis(5)).is_err());
+        assert!(RetryBudget::new(0.1, 10, Duration::from_secs(3601)).is_err());
+        assert!(RetryBudget::new(0.0, 0, Duration::from_millis(10)).is_ok());
+    }
+
+    #[test]
+    fn concurrent_withdrawals_never_overdraw() {
+        let (b, t0) = budget(0.1, 0);
+        for _ in 0..1_000 {
+            b.deposit_at(t0);
+        }
+        let granted = std::sync::Arc::new(AtomicU64::new(0));
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                let b = b.clone();
+                let g = granted.clone();
+                s.spawn(move || {
+                    for _ in 0..100 {
+                        if b.try_withdraw_at(t0).is_some() {
+                            g.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                });
+            }
+        });
+        assert_eq!(granted.load(Ordering::Relaxed), 100);
+    }
+}

@@ -1,0 +1,372 @@
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use pin_project_lite::pin_project;
+use rand::rngs::SmallRng;
+use tokio::time::{Instant, Sleep};
+use tower_service::Service;
+
+use super::backoff::BackoffState;
+use super::budget::Withdrawal;
+use super::layer::Shared;
+use super::policy::{RetryPolicy, Verdict};
+use crate::error::{BoxError, DeadlineExceeded, RejectionKind};
+use crate::observe::{EventKind, GiveUpReason, LayerKind, Outcome};
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F> {
+        // An attempt is in flight.
+        Calling { #[pin] future: F },
+        // Sleeping the backoff before the next attempt.
+        Backoff { #[pin] sleep: Sleep },
+        // Waiting for the service clone to be ready for the next attempt.
+        Ready,
+    }
+}
+
+pin_project! {
+    /// The response future of [`Retry`](super::Retry): a state machine
+    /// (calling, backing off, waiting for readiness) holding the attempt in
+    /// flight or the backoff timer inline.
+    ///
+    /// Dropping it cancels cleanly: the attempt or timer is dropped with it,
+    /// nothing is spawned, and a retry granted by the budget but not yet
+    /// started is handed back.
+    pub struct ResponseFuture<S, Req, P>
+    where
+        S: Service<Req>,
+    {
+        #[pin]
+        state: State<S::Future>,
+        shared: Arc<Shared<P>>,
+        service: Option<S>,
+        request: Option<Req>,
+        last: Option<Result<S::Response, BoxError>>,
+        attempts: u32,
+        no_retry: GiveUpReason,
+        backoff: BackoffState,
+        rng: Option<SmallRng>,
+        withdrawal: Option<Withdrawal>,
+        started: Option<Instant>,
+    }
+
+    impl<S, Req, P> PinnedDrop for ResponseFuture<S, Req, P>
+    where
+        S: Service<Req>,
+    {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if let Some(w) = this.withdrawal.take() {
+                this.shared.budget.refund(w);
+            }
+        }
+    }
+}
+
+impl<S, Req, P> ResponseFuture<S, Req, P>
+where
+    S: Service<Req>,
+{
+    pub(crate) fn new(
+        future: S::Future,
+        shared: Arc<Shared<P>>,
+        service: Option<S>,
+        request: Option<Req>,
+        no_retry: GiveUpReason,
+        started: Option<Instant>,
+    ) -> Self {
+        ResponseFuture {
+            state: State::Calling { future },
+            shared,
+            service,
+            request,
+            last: None,
+            attempts: 1,
+            no_retry,
+            backoff: BackoffState::new(),
+            rng: None,
+            withdrawal: None,
+            started,
+        }
+    }
+
+    /// Attempts started so far (1 while the first is in flight).
+    pub fn attempts(&self) -> u32 {
+        self.attempts
+    }
+}
+
+impl<S, Req, P> fmt::Debug for ResponseFuture<S, Req, P>
+where
+    S: Service<Req>,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match self.state {
+            State::Calling { .. } => "calling",
+            State::Backoff { .. } => "backoff",
+            State::Ready => "ready",
+        };
+        f.debug_struct("ResponseFuture")
+            .field("state", &state)
+            .field("attempts", &self.attempts)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why no retry is scheduled, and whether the deadline itself is spent.
+struct GiveUp {
+    reason: GiveUpReason,
+    deadline_spent: bool,
+}
+
+impl GiveUp {
+    fn new(reason: GiveUpReason) -> Self {
+        GiveUp {
+            reason,
+            deadline_spent: false,
+        }
+    }
+}
+
+impl<S, Req, P> Future for ResponseFuture<S, Req, P>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+    P: RetryPolicy<Req, S::Response>,
+{
+    type Output = Result<S::Response, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Calling { future } => {
+                    let result = ready!(future.poll(cx)).map_err(Into::into);
+                    let shared = &**this.shared;
+                    let verdict = shared.policy.classify(result.as_ref());
+                    if let Some(started) = this.started.take() {
+                        let outcome = if verdict.is_failure() {
+                            Outcome::Failure
+                        } else {
+                            Outcome::Success
+                        };
+                        shared.observer.emit(
+                            LayerKind::Retry,
+                            shared.name.as_str(),
+                            EventKind::CallFinished {
+                                outcome,
+                                latency: started.elapsed(),
+                            },
+                        );
+                    }
+                    let give_up = match verdict {
+                        Verdict::Success => return Poll::Ready(result),
+                        Verdict::Fail => GiveUp::new(GiveUpReason::NotRetryable),
+                        Verdict::DoNotRetry => GiveUp::new(GiveUpReason::Pushback),
+                        Verdict::Retry { after } => {
+                            match plan(
+                                shared,
+                                *this.attempts,
+                                this.request.is_some(),
+                                *this.no_retry,
+                                after,
+                                this.backoff,
+                                this.rng,
+                            ) {
+                                Ok((delay, withdrawal)) => {
+                                    *this.withdrawal = Some(withdrawal);
+                                    *this.last = Some(result);
+                                    shared.observer.emit(
+                                        LayerKind::Retry,
+                                        shared.name.as_str(),
+                                        EventKind::RetryScheduled {
+                                            attempt: *this.attempts + 1,
+                                            delay,
+                                        },
+                                    );
+                                    this.state.set(State::Backoff {
+                                        sleep: tokio::time::sleep(delay),
+                                    });
+                                    continue;
+                                }
+                                Err(g) => g,
+                            }
+                        }
+                    };
+                    return Poll::Ready(give_up_with(shared, *this.attempts, give_up, result));
+                }
+                StateProj::Backoff { sleep } => {
+                    ready!(sleep.poll(cx));
+                    this.state.set(State::Ready);
+                }
+                StateProj::Ready => {
+                    let shared = &**this.shared;
+                    let Some(service) = this.service.as_mut() else {
+                        // Not reachable: a retry is only scheduled with a service clone.
+                        return Poll::Ready(take_last(this.last, shared));
+                    };
+                    if let Err(e) = ready!(service.poll_ready(cx)) {
+                        if let Some(w) = this.withdrawal.take() {
+                            shared.budget.refund(w);
+                        }
+                        let give_up = GiveUp::new(GiveUpReason::NotRetryable);
+                        return Poll::Ready(give_up_with(
+                            shared,
+                            *this.attempts,
+                            give_up,
+                            Err(e.into()),
+                        ));
+                    }
+                    // Time may have passed while waiting for readiness.
+                    if let Some(deadline) = crate::deadline::current() {
+                        let remaining = deadline.remaining();
+                        if remaining < shared.min_remaining {
+                            if let Some(w) = this.withdrawal.take() {
+                                shared.budget.refund(w);
+                            }
+                            let give_up = GiveUp {
+                                reason: GiveUpReason::Deadline,
+                                deadline_spent: remaining.is_zero(),
+                            };
+                            let last = take_last(this.last, shared);
+                            return Poll::Ready(give_up_with(
+                                shared,
+                                *this.attempts,
+                                give_up,
+                                last,
+                            ));
+                        }
+                    }
+                    let Some(mut req) = this.request.take() else {
+                        return Poll::Ready(take_last(this.last, shared));
+                    };
+                    let attempt = *this.attempts + 1;
+                    if attempt < shared.max_attempts {
+                        *this.request = shared.policy.clone_request(&req);
+                        if this.request.is_none() {
+                            *this.no_retry = GiveUpReason::NotReplayable;
+                        }
+                    }
+                    // The retry is made: its budget withdrawal stands.
+                    *this.withdrawal = None;
+                    *this.last = None;
+                    *this.attempts = attempt;
+                    shared.policy.on_attempt(&mut req, attempt);
+                    if shared.observer.is_enabled() {
+                        shared.observer.emit(
+                            LayerKind::Retry,
+                            shared.name.as_str(),
+                            EventKind::CallStarted,
+                        );
+                        *this.started = Some(crate::clock::now());
+                    }
+                    let future = service.call(req);
+                    this.state.set(State::Calling { future });
+                }
+            }
+        }
+    }
+}
+
+/// Decides the delay of the next retry, or why there is none. Takes a retry
+/// from the budget last, so a refused retry never spends budget.
+fn plan<P>(
+    shared: &Shared<P>,
+    attempts: u32,
+    replayable: bool,
+    no_retry: GiveUpReason,
+    after: Option<Duration>,
+    backoff: &mut BackoffState,
+    rng: &mut Option<SmallRng>,
+) -> Result<(Duration, Withdrawal), GiveUp> {
+    if attempts >= shared.max_attempts {
+        return Err(GiveUp::new(GiveUpReason::MaxAttempts));
+    }
+    if !replayable {
+        return Err(GiveUp::new(no_retry));
+    }
+    let delay = match after {
+        Some(wait) if wait > shared.max_retry_after => {
+            return Err(GiveUp::new(GiveUpReason::Pushback));
+        }
+        Some(wait) => {
+            // As gRPC does: after a pushback, the backoff starts over.
+            backoff.reset();
+            wait
+        }
+        None => {
+            let rng = rng.get_or_insert_with(|| shared.session_rng());
+            shared.backoff.next_delay(backoff, rng)
+        }
+    };
+    if let Some(deadline) = crate::deadline::current() {
+        let remaining = deadline.remaining();
+        if remaining.is_zero() {
+            return Err(GiveUp {
+                reason: GiveUpReason::Deadline,
+                deadline_spent: true,
+            });
+        }
+        if delay.saturating_add(shared.min_remaining) > remaining {
+            return Err(GiveUp::new(GiveUpReason::Deadline));
+        }
+    }
+    match shared.budget.try_withdraw() {
+        Some(w) => Ok((delay, w)),
+        None => {
+            shared.observer.emit(
+                LayerKind::Retry,
+                shared.name.as_str(),
+                EventKind::BudgetExhausted,
+            );
+            Err(GiveUp::new(GiveUpReason::BudgetExhausted))
+        }
+    }
+}
+
+fn take_last<P, R>(
+    last: &mut Option<Result<R, BoxError>>,
+    shared: &Shared<P>,
+) -> Result<R, BoxError> {
+    match last.take() {
+        Some(r) => r,
+        None => Err(DeadlineExceeded::new(shared.name.clone()).into()),
+    }
+}
+
+/// Reports the give-up and returns what the caller gets: the last outcome,
+/// or `DeadlineExceeded` when the deadline itself is spent.
+fn give_up_with<P, R>(
+    shared: &Shared<P>,
+    attempts: u32,
+    give_up: GiveUp,
+    last: Result<R, BoxError>,
+) -> Result<R, BoxError> {
+    let name = shared.name.as_str();
+    shared.observer.emit(
+        LayerKind::Retry,
+        name,
+        EventKind::RetryGaveUp {
+            attempts,
+            reason: give_up.reason,
+        },
+    );
+    if give_up.deadline_spent {
+        shared.observer.emit(
+            LayerKind::Retry,
+            name,
+            EventKind::Rejected {
+                reason: RejectionKind::DeadlineExceeded,
+                detail: "deadline_spent",
+                retry_after: None,
+            },
+        );
+        return Err(DeadlineExceeded::new(shared.name.clone()).into());
+    }
+    last
+}

@@ -1,0 +1,289 @@
+//! gRPC retries (feature `tonic`): `UNAVAILABLE` and configured codes, server
+//! pushback, at the `http::Request` level of a tonic `Channel`.
+//!
+//! [`GrpcRetry`] classifies:
+//! - a response whose headers carry `grpc-status` (a *trailers-only*
+//!   response, how servers answer errors before any message): retried when the
+//!   code is in the set (default `UNAVAILABLE` only). A status sent in the
+//!   trailers after a response body cannot be seen without consuming the body
+//!   and counts as a success here;
+//! - a response without `grpc-status` and with HTTP status 502, 503 or 504 as
+//!   `UNAVAILABLE` (gRPC's HTTP-to-status mapping);
+//! - a [`tonic::Status`] error (anywhere in the error's `source()` chain) by its
+//!   code; other errors (connection errors, seawall rejections) as
+//!   [`classify_error`] does: retried, except `DeadlineExceeded`.
+//!
+//! Server pushback `grpc-retry-pushback-ms` (in the response headers or the
+//! status metadata) is honoured: a non-negative value is the wait before the
+//! retry (the backoff starts over afterwards); a negative or unparseable value
+//! means "do not retry".
+//!
+//! gRPC does not know whether a method is idempotent: like a gRPC service
+//! config's retry policy, every method is retried on the configured codes, so
+//! configure only codes that mean the server did not process the call.
+//! Requests carry the [`ATTEMPT_HEADER`] and, on retries,
+//! gRPC's `grpc-previous-rpc-attempts`. A tonic `Channel` takes
+//! `http::Request<tonic::body::Body>`: put
+//! [`ReplayBodyLayer`](super::http::ReplayBodyLayer) above the retry layer and
+//! map `ReplayBody` back into `tonic::body::Body::new(..)` below it (for
+//! example with `tower::util::MapRequestLayer`).
+//!
+//! # Example
+//!
+//! ```
+//! use http::Response;
+//! use seawall::retry::grpc::GrpcRetry;
+//! use seawall::retry::{RetryPolicy, Verdict};
+//! use seawall::BoxError;
+//! use tonic::Code;
+//!
+//! let policy = GrpcRetry::new().with_code(Code::ResourceExhausted);
+//! let trailers_only = |code: &'static str, pushback: Option<&'static str>| {
+//!     let mut b = Response::builder().header("grpc-status", code);
+//!     if let Some(p) = pushback {
+//!         b = b.header("grpc-retry-pushback-ms", p);
+//!     }
+//!     b.body(()).unwrap()
+//! };
+//! let verdict = |r: &Response<()>| {
+//!     RetryPolicy::<http::Request<()>, _>::classify(&policy, Ok::<_, &BoxError>(r))
+//! };
+//! assert_eq!(verdict(&trailers_only("14", None)), Verdict::RETRY); // UNAVAILABLE
+//! assert_eq!(
+//!     verdict(&trailers_only("14", Some("250"))),
+//!     Verdict::Retry { after: Some(std::time::Duration::from_millis(250)) }
+//! );
+//! assert_eq!(verdict(&trailers_only("14", Some("-1"))), Verdict::DoNotRetry);
+//! assert_eq!(verdict(&trailers_only("3", None)), Verdict::Fail); // INVALID_ARGUMENT
+//! assert_eq!(verdict(&trailers_only("0", None)), Verdict::Success);
+//! ```
+
+use std::time::Duration;
+
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode};
+use tonic::Code;
+
+use super::ATTEMPT_HEADER;
+use super::http::{InboundAttempt, ReplayBody, copy_request};
+use super::policy::{RetryPolicy, Verdict, classify_error};
+use crate::error::BoxError;
+
+/// The gRPC pushback header.
+pub const PUSHBACK_HEADER: &str = "grpc-retry-pushback-ms";
+/// gRPC's header counting the attempts made before this one.
+pub const PREVIOUS_ATTEMPTS_HEADER: &str = "grpc-previous-rpc-attempts";
+
+/// The retry policy for gRPC calls; see the [module docs](self).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GrpcRetry {
+    codes: u32,
+}
+
+impl Default for GrpcRetry {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl GrpcRetry {
+    /// Retries `UNAVAILABLE` only.
+    pub const fn new() -> Self {
+        GrpcRetry {
+            codes: 1 << (Code::Unavailable as i32),
+        }
+    }
+
+    /// Also retries `code` (`OK` is ignored).
+    #[must_use]
+    pub fn with_code(mut self, code: Code) -> Self {
+        if code != Code::Ok {
+            self.codes |= 1 << (code as i32);
+        }
+        self
+    }
+
+    /// Retries exactly `codes` (`OK` is ignored).
+    #[must_use]
+    pub fn with_codes(codes: impl IntoIterator<Item = Code>) -> Self {
+        codes
+            .into_iter()
+            .fold(GrpcRetry { codes: 0 }, GrpcRetry::with_code)
+    }
+
+    /// Whether `code` is retried.
+    pub fn retries(&self, code: Code) -> bool {
+        let c = code as i32;
+        (0..32).contains(&c) && self.codes & (1 << c) != 0
+    }
+
+    fn verdict(&self, code: Code, headers: &HeaderMap) -> Verdict {
+        if code == Code::Ok {
+            return Verdict::Success;
+        }
+        if !self.retries(code) {
+            return Verdict::Fail;
+        }
+        match headers.get(PUSHBACK_HEADER) {
+            None => Verdict::RETRY,
+            Some(v) => match parse_pushback(v) {
+                Some(after) => Verdict::Retry { after: Some(after) },
+                None => Verdict::DoNotRetry,
+            },
+        }
+    }
+
+    fn classify_response<RB>(&self, res: &Response<RB>) -> Verdict {
+        match res.headers().get("grpc-status") {
+            Some(v) => {
+                let code = v
+                    .to_str()
+                    .ok()
+                    .and_then(|s| s.trim().parse::<i32>().ok())
+                    .map(Code::from)
+                    .unwrap_or(Code::Unknown);
+                self.verdict(code, res.headers())
+            }
+            None => match res.status() {
+                StatusCode::OK => Verdict::Success,
+                StatusCode::BAD_GATEWAY
+                | StatusCode::SERVICE_UNAVAILABLE
+                | StatusCode::GATEWAY_TIMEOUT => self.verdict(Code::Unavailable, res.headers()),
+                _ => Verdict::Fail,
+            },
+        }
+    }
+
+    fn classify_error(&self, err: &BoxError) -> Verdict {
+        let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(&**err);
+        while let Some(e) = cur {
+            if let Some(status) = e.downcast_ref::<tonic::Status>() {
+                return self.verdict(status.code(), status.metadata().as_ref());
+            }
+            cur = e.source();
+        }
+        classify_error(err)
+    }
+}
+
+/// Parses `grpc-retry-pushback-ms`: `Some(wait)` for a non-negative integer,
+/// `None` (do not retry) for a negative or unparseable value.
+pub fn parse_pushback(value: &HeaderValue) -> Option<Duration> {
+    let s = value.to_str().ok()?.trim();
+    let ms: i64 = s.parse().ok()?;
+    u64::try_from(ms).ok().map(Duration::from_millis)
+}
+
+fn stamp<B>(req: &mut Request<B>, attempt: u32) {
+    let headers = req.headers_mut();
+    let value = match attempt {
+        1 => HeaderValue::from_static("1"),
+        n => HeaderValue::from(n),
+    };
+    headers.insert(HeaderName::from_static(ATTEMPT_HEADER), value);
+    if attempt > 1 {
+        headers.insert(
+            HeaderName::from_static(PREVIOUS_ATTEMPTS_HEADER),
+            HeaderValue::from(attempt - 1),
+        );
+    }
+}
+
+fn arrived_as_retry<B>(req: &Request<B>) -> bool {
+    req.extensions()
+        .get::<InboundAttempt>()
+        .is_some_and(|a| a.0 > 1)
+}
+
+impl<B, RB> RetryPolicy<Request<ReplayBody<B>>, Response<RB>> for GrpcRetry
+where
+    B: Send + 'static,
+{
+    fn classify(&self, result: Result<&Response<RB>, &BoxError>) -> Verdict {
+        match result {
+            Ok(res) => self.classify_response(res),
+            Err(e) => self.classify_error(e),
+        }
+    }
+
+    fn clone_request(&self, req: &Request<ReplayBody<B>>) -> Option<Request<ReplayBody<B>>> {
+        let body = req.body().try_clone()?;
+        Some(copy_request(req, body))
+    }
+
+    fn arrived_as_retry(&self, req: &Request<ReplayBody<B>>) -> bool {
+        arrived_as_retry(req)
+    }
+
+    fn on_attempt(&self, req: &mut Request<ReplayBody<B>>, attempt: u32) {
+        stamp(req, attempt);
+    }
+}
+
+/// For requests whose body is `Clone`.
+impl<B, RB> RetryPolicy<Request<B>, Response<RB>> for GrpcRetry
+where
+    B: Clone + Send + 'static,
+{
+    fn classify(&self, result: Result<&Response<RB>, &BoxError>) -> Verdict {
+        match result {
+            Ok(res) => self.classify_response(res),
+            Err(e) => self.classify_error(e),
+        }
+    }
+
+    fn clone_request(&self, req: &Request<B>) -> Option<Request<B>> {
+        Some(copy_request(req, req.body().clone()))
+    }
+
+    fn arrived_as_retry(&self, req: &Request<B>) -> bool {
+        arrived_as_retry(req)
+    }
+
+    fn on_attempt(&self, req: &mut Request<B>, attempt: u32) {
+        stamp(req, attempt);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pushback_rules() {
+        let p = |s: &'static str| parse_pushback(&HeaderValue::from_static(s));
+        assert_eq!(p("0"), Some(Duration::ZERO));
+        assert_eq!(p("1500"), Some(Duration::from_millis(1500)));
+        assert_eq!(p("-5"), None);
+        assert_eq!(p("soon"), None);
+    }
+
+    #[test]
+    fn status_errors_by_code() {
+        let policy = GrpcRetry::new();
+        let e: BoxError = Box::new(tonic::Status::unavailable("down"));
+        assert_eq!(policy.classify_error(&e), Verdict::RETRY);
+        let e: BoxError = Box::new(tonic::Status::invalid_argument("bad"));
+        assert_eq!(policy.classify_error(&e), Verdict::Fail);
+        let mut s = tonic::Status::unavailable("busy");
+        s.metadata_mut()
+            .insert(PUSHBACK_HEADER, "40".parse().unwrap());
+        let e: BoxError = Box::new(s);
+        assert_eq!(
+            policy.classify_error(&e),
+            Verdict::Retry {
+                after: Some(Duration::from_millis(40))
+            }
+        );
+        let e: BoxError = crate::error::DeadlineExceeded::new("d").into();
+        assert_eq!(policy.classify_error(&e), Verdict::Fail);
+    }
+
+    #[test]
+    fn code_set() {
+        let p = GrpcRetry::with_codes([Code::Aborted, Code::Ok]);
+        assert!(p.retries(Code::Aborted));
+        assert!(!p.retries(Code::Unavailable));
+        assert!(!p.retries(Code::Ok));
+    }
+}

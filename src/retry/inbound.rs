@@ -1,0 +1,56 @@
+//! The "retry at one layer" guard: which attempt the request being handled
+//! arrived as.
+
+use std::future::Future;
+
+tokio::task_local! {
+    static INBOUND_ATTEMPT: u32;
+}
+
+/// The attempt number (1-based) of the inbound request this task is handling,
+/// if a server-side layer recorded it (with feature `http`,
+/// [`MarkInboundAttemptLayer`](super::http::MarkInboundAttemptLayer) does, from
+/// the [`ATTEMPT_HEADER`](super::ATTEMPT_HEADER)), or [`scope_inbound_attempt`] did.
+///
+/// When it is above 1, the request being handled is itself a retry made by a
+/// caller upstream, and every [`RetryLayer`](super::RetryLayer) on this task
+/// sends its requests only once (unless built with
+/// `honor_inbound_retries(false)`): attempts multiply across layers, so only one
+/// layer should retry.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// use seawall::retry::{inbound_attempt, scope_inbound_attempt};
+///
+/// assert_eq!(inbound_attempt(), None);
+/// scope_inbound_attempt(2, async {
+///     assert_eq!(inbound_attempt(), Some(2));
+/// })
+/// .await;
+/// # }
+/// ```
+#[inline]
+pub fn inbound_attempt() -> Option<u32> {
+    INBOUND_ATTEMPT.try_with(|a| *a).ok()
+}
+
+/// Runs `fut` as the handling of an inbound request that arrived as attempt
+/// `attempt` (1-based).
+pub fn scope_inbound_attempt<F: Future>(attempt: u32, fut: F) -> InboundScoped<F> {
+    INBOUND_ATTEMPT.scope(attempt, fut)
+}
+
+/// Runs `f` as the handling of an inbound request that arrived as attempt
+/// `attempt` (1-based).
+pub fn sync_scope_inbound_attempt<R>(attempt: u32, f: impl FnOnce() -> R) -> R {
+    INBOUND_ATTEMPT.sync_scope(attempt, f)
+}
+
+/// A future running with an [`inbound_attempt`]; returned by [`scope_inbound_attempt`].
+pub type InboundScoped<F> = tokio::task::futures::TaskLocalFuture<u32, F>;
+
+#[inline]
+pub(crate) fn inbound_is_retry() -> bool {
+    inbound_attempt().is_some_and(|a| a > 1)
+}

@@ -1,0 +1,329 @@
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use rand::rngs::SmallRng;
+use rand::{RngCore, SeedableRng};
+use tower_layer::Layer;
+
+use super::backoff::{Backoff, Jitter};
+use super::budget::RetryBudget;
+use super::policy::RetryErrors;
+use super::service::Retry;
+use crate::error::{ConfigError, Name};
+use crate::observe::Observer;
+
+/// Applies [`Retry`] to a service: jittered backoff, a shared retry budget,
+/// deadline awareness and server hints. See the [module docs](super).
+///
+/// Every service built from one `RetryLayer` (and every clone of those
+/// services) shares **one** [`RetryBudget`] and one random sequence: build the
+/// layer once per dependency and apply it everywhere that dependency is called.
+#[derive(Clone)]
+pub struct RetryLayer<P = RetryErrors> {
+    shared: Arc<Shared<P>>,
+}
+
+pub(crate) struct Shared<P> {
+    pub(crate) name: Name,
+    pub(crate) observer: Observer,
+    pub(crate) policy: P,
+    pub(crate) backoff: Backoff,
+    pub(crate) max_attempts: u32,
+    pub(crate) budget: RetryBudget,
+    pub(crate) min_remaining: Duration,
+    pub(crate) max_retry_after: Duration,
+    pub(crate) honor_inbound: bool,
+    seed: u64,
+    seq: AtomicU64,
+}
+
+impl<P> Shared<P> {
+    /// The random source of one request's backoff session: derived from the
+    /// layer's seed and the request's rank among requests that backed off, so
+    /// a seeded layer replays the same delays for the same order of retries.
+    pub(crate) fn session_rng(&self) -> SmallRng {
+        let k = self.seq.fetch_add(1, Ordering::Relaxed);
+        SmallRng::seed_from_u64(splitmix64(self.seed ^ splitmix64(k)))
+    }
+}
+
+fn splitmix64(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+impl RetryLayer<RetryErrors> {
+    /// A layer with every default (see [`RetryLayerBuilder`]).
+    pub fn new() -> Self {
+        // The defaults are valid by construction.
+        match Self::builder().build() {
+            Ok(layer) => layer,
+            Err(e) => unreachable!("default retry configuration is valid: {e}"),
+        }
+    }
+
+    /// A builder starting from the defaults.
+    pub fn builder() -> RetryLayerBuilder<RetryErrors> {
+        RetryLayerBuilder::new()
+    }
+}
+
+impl Default for RetryLayer<RetryErrors> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<P> RetryLayer<P> {
+    /// The budget shared by every service built from this layer.
+    pub fn budget(&self) -> &RetryBudget {
+        &self.shared.budget
+    }
+
+    /// The layer instance's name.
+    pub fn name(&self) -> &str {
+        self.shared.name.as_str()
+    }
+
+    /// The most attempts made per request, the first one included.
+    pub fn max_attempts(&self) -> u32 {
+        self.shared.max_attempts
+    }
+
+    /// The backoff.
+    pub fn backoff(&self) -> Backoff {
+        self.shared.backoff
+    }
+}
+
+impl<S, P> Layer<S> for RetryLayer<P> {
+    type Service = Retry<S, P>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Retry::from_shared(inner, self.shared.clone())
+    }
+}
+
+impl<P> fmt::Debug for RetryLayer<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.shared.fmt(f)
+    }
+}
+
+impl<P> fmt::Debug for Shared<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RetryLayer")
+            .field("name", &self.name)
+            .field("max_attempts", &self.max_attempts)
+            .field("backoff", &self.backoff)
+            .field("budget", &self.budget)
+            .field("min_remaining", &self.min_remaining)
+            .field("max_retry_after", &self.max_retry_after)
+            .field("honor_inbound_retries", &self.honor_inbound)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`RetryLayer`]; every setting has the default stated on its method.
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct RetryLayerBuilder<P = RetryErrors> {
+    name: Name,
+    observer: Observer,
+    policy: P,
+    max_attempts: u32,
+    base: Duration,
+    cap: Duration,
+    jitter: Jitter,
+    seed: Option<u64>,
+    ratio: f64,
+    min_per_sec: u32,
+    window: Duration,
+    min_remaining: Duration,
+    max_retry_after: Duration,
+    honor_inbound: bool,
+}
+
+impl RetryLayerBuilder<RetryErrors> {
+    fn new() -> Self {
+        RetryLayerBuilder {
+            name: Name::from("retry"),
+            observer: Observer::default(),
+            policy: RetryErrors,
+            max_attempts: 3,
+            base: Backoff::DEFAULT_BASE,
+            cap: Backoff::DEFAULT_CAP,
+            jitter: Jitter::Full,
+            seed: None,
+            ratio: RetryBudget::DEFAULT_RATIO,
+            min_per_sec: RetryBudget::DEFAULT_MIN_PER_SEC,
+            window: RetryBudget::DEFAULT_WINDOW,
+            min_remaining: DEFAULT_MIN_REMAINING,
+            max_retry_after: DEFAULT_MAX_RETRY_AFTER,
+            honor_inbound: true,
+        }
+    }
+}
+
+/// The default smallest remaining deadline budget worth starting a retry with: 10 ms.
+pub const DEFAULT_MIN_REMAINING: Duration = Duration::from_millis(10);
+/// The default longest server-requested wait the layer will honour: 10 s.
+pub const DEFAULT_MAX_RETRY_AFTER: Duration = Duration::from_secs(10);
+/// The largest `max_attempts` accepted.
+pub const MAX_ATTEMPTS_LIMIT: u32 = 100;
+
+impl<P> RetryLayerBuilder<P> {
+    /// The instance name used in events (default `"retry"`).
+    pub fn name(mut self, name: impl Into<Name>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Where events go (default: nowhere).
+    pub fn observer(mut self, observer: impl Into<Observer>) -> Self {
+        self.observer = observer.into();
+        self
+    }
+
+    /// The policy deciding what is retried (default [`RetryErrors`]; see also
+    /// the HTTP and gRPC policies).
+    pub fn policy<Q>(self, policy: Q) -> RetryLayerBuilder<Q> {
+        RetryLayerBuilder {
+            name: self.name,
+            observer: self.observer,
+            policy,
+            max_attempts: self.max_attempts,
+            base: self.base,
+            cap: self.cap,
+            jitter: self.jitter,
+            seed: self.seed,
+            ratio: self.ratio,
+            min_per_sec: self.min_per_sec,
+            window: self.window,
+            min_remaining: self.min_remaining,
+            max_retry_after: self.max_retry_after,
+            honor_inbound: self.honor_inbound,
+        }
+    }
+
+    /// Attempts per request in total, the first call included (default 3;
+    /// `1..=100`). 1 disables retries.
+    pub fn max_attempts(mut self, n: u32) -> Self {
+        self.max_attempts = n;
+        self
+    }
+
+    /// Exponential backoff from `base`, doubling up to `cap` (default 50 ms
+    /// to 2 s).
+    pub fn backoff(mut self, base: Duration, cap: Duration) -> Self {
+        self.base = base;
+        self.cap = cap;
+        self
+    }
+
+    /// The jitter (default [`Jitter::Full`]).
+    pub fn jitter(mut self, jitter: Jitter) -> Self {
+        self.jitter = jitter;
+        self
+    }
+
+    /// Seeds the backoff's random source so the delays are reproducible
+    /// (default: seeded once from the operating system).
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+
+    /// The fraction of requests that may be retried, in `0.0..=1.0`
+    /// (default 0.1: 10 %).
+    pub fn budget_ratio(mut self, ratio: f64) -> Self {
+        self.ratio = ratio;
+        self
+    }
+
+    /// Retries per second always allowed whatever the traffic (default 10);
+    /// the floor is this times the budget window.
+    pub fn min_retries_per_sec(mut self, n: u32) -> Self {
+        self.min_per_sec = n;
+        self
+    }
+
+    /// The budget's sliding window (default 10 s; 10 ms..=1 h).
+    pub fn budget_window(mut self, window: Duration) -> Self {
+        self.window = window;
+        self
+    }
+
+    /// A retry is not started when less than this is left of the request's
+    /// deadline, nor scheduled when its backoff would leave less (default 10 ms).
+    pub fn min_remaining(mut self, min: Duration) -> Self {
+        self.min_remaining = min;
+        self
+    }
+
+    /// The longest server-requested wait (`retry_after`, `Retry-After`,
+    /// pushback) honoured; a longer request means no retry (default 10 s;
+    /// at most one day).
+    pub fn max_retry_after(mut self, max: Duration) -> Self {
+        self.max_retry_after = max;
+        self
+    }
+
+    /// Whether a request handled on behalf of an inbound retry (see
+    /// [`inbound_attempt`](super::inbound_attempt)) is sent only once, so
+    /// retries happen at one layer only (default `true`).
+    pub fn honor_inbound_retries(mut self, honor: bool) -> Self {
+        self.honor_inbound = honor;
+        self
+    }
+
+    /// Validates the settings and builds the layer.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming the setting when `max_attempts` is outside
+    /// `1..=100`, the backoff is invalid (see [`Backoff::new`]), the budget is
+    /// invalid (see [`RetryBudget::new`]), or `max_retry_after` is above one day.
+    pub fn build(self) -> Result<RetryLayer<P>, ConfigError> {
+        if self.max_attempts == 0 || self.max_attempts > MAX_ATTEMPTS_LIMIT {
+            return Err(ConfigError::new(
+                "retry",
+                format!("max_attempts must be in 1..=100, got {}", self.max_attempts),
+            ));
+        }
+        if self.max_retry_after > Backoff::MAX_CAP {
+            return Err(ConfigError::new(
+                "retry",
+                format!(
+                    "max_retry_after must be at most one day, got {:?}",
+                    self.max_retry_after
+                ),
+            ));
+        }
+        let backoff = Backoff::new(self.base, self.cap)?.with_jitter(self.jitter);
+        let budget = RetryBudget::new(self.ratio, self.min_per_sec, self.window)?;
+        let seed = match self.seed {
+            Some(s) => s,
+            None => SmallRng::from_os_rng().next_u64(),
+        };
+        Ok(RetryLayer {
+            shared: Arc::new(Shared {
+                name: self.name,
+                observer: self.observer,
+                policy: self.policy,
+                backoff,
+                max_attempts: self.max_attempts,
+                budget,
+                min_remaining: self.min_remaining,
+                max_retry_after: self.max_retry_after,
+                honor_inbound: self.honor_inbound,
+                seed,
+                seq: AtomicU64::new(0),
+            }),
+        })
+    }
+}

@@ -1,0 +1,181 @@
+//! What is retried: the pluggable [`RetryPolicy`] and the default [`RetryErrors`].
+
+use std::time::Duration;
+
+use crate::error::{BoxError, RejectionKind, rejection};
+
+/// A policy's decision about one outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Verdict {
+    /// A success: return it.
+    Success,
+    /// A failure that must not be retried: return it.
+    Fail,
+    /// A failure worth retrying. `after` is the server's hint, if it gave one:
+    /// the next attempt waits exactly that long instead of the backoff (so at
+    /// least as long as asked), provided the wait fits the deadline and the
+    /// configured maximum.
+    Retry {
+        /// The server's `retry_after` / `Retry-After` / pushback, if any.
+        after: Option<Duration>,
+    },
+    /// The server said not to retry (a negative or unparseable pushback):
+    /// return the outcome.
+    DoNotRetry,
+}
+
+impl Verdict {
+    /// A retryable failure without a server hint.
+    pub const RETRY: Verdict = Verdict::Retry { after: None };
+
+    /// Whether the outcome counts as a failure (everything but [`Verdict::Success`]).
+    pub const fn is_failure(self) -> bool {
+        !matches!(self, Verdict::Success)
+    }
+}
+
+/// Decides, per outcome, whether a request is retried, and how a request is
+/// replayed.
+///
+/// The retry layer converts the inner service's error into a [`BoxError`]
+/// before classifying, so one policy serves any error type.
+pub trait RetryPolicy<Req, Res>: Send + Sync + 'static {
+    /// Classifies one attempt's outcome.
+    fn classify(&self, result: Result<&Res, &BoxError>) -> Verdict;
+
+    /// A copy of `req` for another attempt, or `None` if it cannot be replayed
+    /// (the request is then sent once; a failure is returned with
+    /// [`GiveUpReason::NotReplayable`](crate::observe::GiveUpReason::NotReplayable)).
+    fn clone_request(&self, req: &Req) -> Option<Req>;
+
+    /// Whether `req` may be retried at all (for example, only idempotent HTTP
+    /// methods). Asked once, before the first attempt. Default: yes.
+    fn may_retry(&self, req: &Req) -> bool {
+        let _ = req;
+        true
+    }
+
+    /// Whether `req` itself says it arrived as a retry from upstream (the
+    /// "retry at one layer" guard; see [`inbound_attempt`](super::inbound_attempt)).
+    /// Default: no.
+    fn arrived_as_retry(&self, req: &Req) -> bool {
+        let _ = req;
+        false
+    }
+
+    /// Stamps the 1-based attempt number on an outbound request, just before
+    /// it is sent (the HTTP and gRPC policies set the
+    /// [`ATTEMPT_HEADER`](super::ATTEMPT_HEADER)). Default: nothing.
+    fn on_attempt(&self, req: &mut Req, attempt: u32) {
+        let _ = (req, attempt);
+    }
+}
+
+/// The default policy: every error is retried, except seawall's
+/// [`DeadlineExceeded`](crate::error::DeadlineExceeded) (no budget left) and
+/// [`RetryBudgetExhausted`](crate::error::RetryBudgetExhausted) (a retry layer
+/// below already gave up: retry at one layer only). An
+/// [`AttemptTimeout`](crate::error::AttemptTimeout) is retried. A seawall
+/// rejection's `retry_after` (circuit open, rate limited, …) becomes the
+/// server hint. Every `Ok` response is a success.
+///
+/// Requests must be `Clone`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetryErrors;
+
+impl<Req, Res> RetryPolicy<Req, Res> for RetryErrors
+where
+    Req: Clone,
+{
+    #[inline]
+    fn classify(&self, result: Result<&Res, &BoxError>) -> Verdict {
+        match result {
+            Ok(_) => Verdict::Success,
+            Err(e) => classify_error(e),
+        }
+    }
+
+    #[inline]
+    fn clone_request(&self, req: &Req) -> Option<Req> {
+        Some(req.clone())
+    }
+}
+
+/// The default classification of an error, shared by every shipped policy:
+/// never retry [`DeadlineExceeded`](crate::error::DeadlineExceeded) or
+/// [`RetryBudgetExhausted`](crate::error::RetryBudgetExhausted); retry
+/// anything else, taking a seawall rejection's `retry_after` as the hint.
+///
+/// ```
+/// use std::time::Duration;
+/// use seawall::error::{CircuitOpen, DeadlineExceeded, AttemptTimeout};
+/// use seawall::retry::{classify_error, Verdict};
+/// use seawall::BoxError;
+///
+/// let e: BoxError = DeadlineExceeded::new("api").into();
+/// assert_eq!(classify_error(&e), Verdict::Fail);
+/// let e: BoxError = AttemptTimeout::new("api").into();
+/// assert_eq!(classify_error(&e), Verdict::RETRY);
+/// let e: BoxError = CircuitOpen::new("db", Some(Duration::from_secs(5))).into();
+/// assert_eq!(classify_error(&e), Verdict::Retry { after: Some(Duration::from_secs(5)) });
+/// ```
+pub fn classify_error(err: &BoxError) -> Verdict {
+    match rejection(&**err) {
+        Some(r) => match r.kind() {
+            RejectionKind::DeadlineExceeded | RejectionKind::RetryBudgetExhausted => Verdict::Fail,
+            _ => Verdict::Retry {
+                after: r.retry_after(),
+            },
+        },
+        None => Verdict::RETRY,
+    }
+}
+
+/// A policy made from a classifying closure, for `Clone` requests; see
+/// [`policy_fn`].
+#[derive(Clone, Copy)]
+pub struct PolicyFn<F> {
+    f: F,
+}
+
+impl<F> std::fmt::Debug for PolicyFn<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PolicyFn").finish_non_exhaustive()
+    }
+}
+
+/// A policy for `Clone` requests from a closure classifying each outcome.
+///
+/// ```
+/// use seawall::retry::{policy_fn, RetryLayer, Verdict};
+/// use seawall::BoxError;
+///
+/// // Retry odd responses, never errors.
+/// let policy = policy_fn(|r: Result<&u32, &BoxError>| match r {
+///     Ok(n) if n % 2 == 1 => Verdict::RETRY,
+///     Ok(_) => Verdict::Success,
+///     Err(_) => Verdict::Fail,
+/// });
+/// let layer = RetryLayer::builder().policy(policy).build().unwrap();
+/// # let _ = layer;
+/// ```
+pub fn policy_fn<F>(f: F) -> PolicyFn<F> {
+    PolicyFn { f }
+}
+
+impl<Req, Res, F> RetryPolicy<Req, Res> for PolicyFn<F>
+where
+    Req: Clone,
+    F: Fn(Result<&Res, &BoxError>) -> Verdict + Send + Sync + 'static,
+{
+    #[inline]
+    fn classify(&self, result: Result<&Res, &BoxError>) -> Verdict {
+        (self.f)(result)
+    }
+
+    #[inline]
+    fn clone_request(&self, req: &Req) -> Option<Req> {
+        Some(req.clone())
+    }
+}

@@ -1,0 +1,127 @@
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tower_service::Service;
+
+use super::future::ResponseFuture;
+use super::inbound::inbound_is_retry;
+use super::layer::Shared;
+use super::policy::{RetryErrors, RetryPolicy};
+use crate::error::BoxError;
+use crate::observe::{EventKind, GiveUpReason, LayerKind};
+
+/// Retries failed requests with jittered backoff, within a shared budget and
+/// the request's deadline. Built by [`RetryLayer`](super::RetryLayer).
+///
+/// `poll_ready` is the inner service's `poll_ready` (errors converted into
+/// [`BoxError`]). Retries run inside the response future on a clone of the
+/// inner service, which is polled ready before each retry. The clone is made
+/// only when the request may be retried.
+pub struct Retry<S, P = RetryErrors> {
+    inner: S,
+    shared: Arc<Shared<P>>,
+}
+
+impl<S, P> Retry<S, P> {
+    pub(crate) fn from_shared(inner: S, shared: Arc<Shared<P>>) -> Self {
+        Retry { inner, shared }
+    }
+
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The wrapped service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+
+    /// The budget shared with every service built from the same layer.
+    pub fn budget(&self) -> &super::RetryBudget {
+        &self.shared.budget
+    }
+}
+
+impl<S: Clone, P> Clone for Retry<S, P> {
+    fn clone(&self) -> Self {
+        Retry {
+            inner: self.inner.clone(),
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<S: fmt::Debug, P> fmt::Debug for Retry<S, P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Retry")
+            .field("inner", &self.inner)
+            .field("layer", &self.shared)
+            .finish()
+    }
+}
+
+impl<S, P, Req> Service<Req> for Retry<S, P>
+where
+    S: Service<Req> + Clone,
+    S::Error: Into<BoxError>,
+    P: RetryPolicy<Req, S::Response>,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = ResponseFuture<S, Req, P>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, mut req: Req) -> Self::Future {
+        let shared = &*self.shared;
+        shared.budget.deposit();
+        shared.policy.on_attempt(&mut req, 1);
+
+        let inbound_retry =
+            shared.honor_inbound && (inbound_is_retry() || shared.policy.arrived_as_retry(&req));
+        let (copy, no_retry) = if shared.max_attempts <= 1 {
+            (None, GiveUpReason::MaxAttempts)
+        } else if inbound_retry || !shared.policy.may_retry(&req) {
+            // Retried upstream already (retry at one layer), or not safe to retry.
+            (None, GiveUpReason::NotRetryable)
+        } else {
+            match shared.policy.clone_request(&req) {
+                Some(c) => (Some(c), GiveUpReason::NotReplayable),
+                None => (None, GiveUpReason::NotReplayable),
+            }
+        };
+        // Follow tower: the ready service makes this call, a clone (made only
+        // when a retry is possible) is polled ready before each retry.
+        let service = copy.as_ref().map(|_| self.inner.clone());
+
+        let started = if shared.observer.is_enabled() {
+            shared.observer.emit(
+                LayerKind::Retry,
+                shared.name.as_str(),
+                EventKind::CallStarted,
+            );
+            Some(crate::clock::now())
+        } else {
+            None
+        };
+        let future = self.inner.call(req);
+        ResponseFuture::new(
+            future,
+            self.shared.clone(),
+            service,
+            copy,
+            no_retry,
+            started,
+        )
+    }
+}

@@ -1,0 +1,100 @@
+//! The [`LimitAlgorithm`] trait and the per-window sample it is fed.
+
+use std::fmt;
+use std::time::Duration;
+
+/// What the adaptive limit observed during one sampling window.
+///
+/// The layer aggregates completed calls in atomics and hands one
+/// `WindowSample` to its [`LimitAlgorithm`] when a window closes (by default
+/// after 1 s and at least 10 samples).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WindowSample {
+    rtt: Duration,
+    samples: u64,
+    max_inflight: usize,
+    drops: u64,
+}
+
+impl WindowSample {
+    /// A window whose calls took `rtt` on average, with at most
+    /// `max_inflight` calls in flight, and `drops` dropped calls.
+    pub const fn new(rtt: Duration, max_inflight: usize, drops: u64) -> Self {
+        WindowSample {
+            rtt,
+            samples: 1,
+            max_inflight,
+            drops,
+        }
+    }
+
+    /// Sets how many round-trip times were averaged into [`rtt`](Self::rtt).
+    pub const fn with_samples(mut self, samples: u64) -> Self {
+        self.samples = samples;
+        self
+    }
+
+    /// The average round-trip time of the calls that completed in the window
+    /// (zero when the window held only drops).
+    pub const fn rtt(&self) -> Duration {
+        self.rtt
+    }
+
+    /// How many round-trip times were averaged into [`rtt`](Self::rtt).
+    pub const fn samples(&self) -> u64 {
+        self.samples
+    }
+
+    /// The largest number of calls in flight during the window (counted when
+    /// calls are admitted).
+    pub const fn max_inflight(&self) -> usize {
+        self.max_inflight
+    }
+
+    /// How many calls were dropped: they failed with a sign of overload
+    /// (a deadline, an attempt timeout, an `Overloaded` rejection from below)
+    /// or were cancelled before they finished.
+    pub const fn drops(&self) -> u64 {
+        self.drops
+    }
+
+    /// Whether any call of the window was dropped.
+    pub const fn did_drop(&self) -> bool {
+        self.drops > 0
+    }
+}
+
+/// An algorithm that turns window samples into a concurrency limit.
+///
+/// Implemented by [`Gradient2`](super::Gradient2) (the default) and
+/// [`Aimd`](super::Aimd); implement it to plug your own into
+/// [`AdaptiveLimitLayerBuilder::algorithm`](super::AdaptiveLimitLayerBuilder::algorithm).
+/// It is called under a short lock, once per window, never on the request
+/// path of admitted calls.
+///
+/// ```
+/// use seawall::shed::{LimitAlgorithm, WindowSample};
+///
+/// /// Halves the limit on drops, otherwise adds one, between 1 and 64.
+/// #[derive(Debug)]
+/// struct Halving(usize);
+///
+/// impl LimitAlgorithm for Halving {
+///     fn limit(&self) -> usize { self.0 }
+///     fn update(&mut self, sample: &WindowSample) -> usize {
+///         self.0 = if sample.did_drop() { (self.0 / 2).max(1) } else { (self.0 + 1).min(64) };
+///         self.0
+///     }
+/// }
+///
+/// let mut h = Halving(10);
+/// assert_eq!(h.update(&WindowSample::new(std::time::Duration::from_millis(5), 10, 1)), 5);
+/// ```
+pub trait LimitAlgorithm: fmt::Debug + Send + 'static {
+    /// The current limit (before any sample: the initial limit). At least 1.
+    fn limit(&self) -> usize;
+
+    /// Feeds the sample of a closed window and returns the new limit. The
+    /// layer treats a returned 0 as 1.
+    fn update(&mut self, sample: &WindowSample) -> usize;
+}

@@ -1,0 +1,209 @@
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use pin_project_lite::pin_project;
+use tokio::time::Instant;
+
+use super::layer::ThrottleShared;
+use super::limiter::{Completion, Permit};
+use crate::classify::Classify;
+use crate::error::{BoxError, RejectionKind, rejection};
+use crate::observe::{EventKind, LayerKind, Outcome};
+
+pin_project! {
+    /// The response future of [`AdaptiveLimit`](super::AdaptiveLimit).
+    ///
+    /// An admitted call holds its place under the limit until it finishes or
+    /// this future is dropped. Completion feeds the limit: an `Ok` is an RTT
+    /// sample; an error that signals overload below (`DeadlineExceeded`,
+    /// `AttemptTimeout`, `Overloaded`) is a drop; other errors are ignored.
+    /// A future dropped before it finished (the caller gave up) counts as a
+    /// drop.
+    pub struct ResponseFuture<F> {
+        #[pin]
+        state: State<F>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F> {
+        Admitted { #[pin] future: F, permit: Permit },
+        Rejected { error: Option<BoxError> },
+    }
+}
+
+impl<F> ResponseFuture<F> {
+    pub(crate) fn admitted(future: F, permit: Permit) -> Self {
+        ResponseFuture {
+            state: State::Admitted { future, permit },
+        }
+    }
+
+    pub(crate) fn rejected(error: BoxError) -> Self {
+        ResponseFuture {
+            state: State::Rejected { error: Some(error) },
+        }
+    }
+}
+
+impl<F> fmt::Debug for ResponseFuture<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.state {
+            State::Admitted { permit, .. } => f
+                .debug_struct("ResponseFuture")
+                .field("permit", permit)
+                .finish_non_exhaustive(),
+            State::Rejected { error } => f
+                .debug_struct("ResponseFuture")
+                .field("error", error)
+                .finish(),
+        }
+    }
+}
+
+fn overload_below(err: &BoxError) -> bool {
+    matches!(
+        rejection(&**err).map(|r| r.kind()),
+        Some(
+            RejectionKind::DeadlineExceeded
+                | RejectionKind::AttemptTimeout
+                | RejectionKind::Overloaded
+        )
+    )
+}
+
+impl<F, T, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<T, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<T, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().state.project() {
+            StateProj::Admitted { future, permit } => {
+                let result = ready!(future.poll(cx)).map_err(Into::into);
+                let completion = match &result {
+                    Ok(_) => Completion::Sample(Outcome::Success),
+                    Err(e) if overload_below(e) => Completion::Drop,
+                    Err(_) => Completion::Ignore,
+                };
+                permit.complete(completion);
+                Poll::Ready(result)
+            }
+            StateProj::Rejected { error } => Poll::Ready(Err(error
+                .take()
+                .unwrap_or_else(|| "future polled after completion".into()))),
+        }
+    }
+}
+
+pin_project! {
+    /// The response future of [`Throttle`](super::Throttle). When the call
+    /// finishes, a result the classifier calls a success counts as an accept
+    /// (in the time bucket where the request was counted); a future dropped
+    /// before it finished does not.
+    pub struct ThrottleFuture<F, C> {
+        #[pin]
+        state: ThrottleState<F, C>,
+    }
+}
+
+pin_project! {
+    #[project = ThrottleStateProj]
+    enum ThrottleState<F, C> {
+        Called {
+            #[pin]
+            future: F,
+            shared: Arc<ThrottleShared>,
+            classifier: Arc<C>,
+            start: Instant,
+        },
+        Rejected { error: Option<BoxError> },
+    }
+}
+
+impl<F, C> ThrottleFuture<F, C> {
+    pub(crate) fn called(
+        future: F,
+        shared: Arc<ThrottleShared>,
+        classifier: Arc<C>,
+        start: Instant,
+    ) -> Self {
+        ThrottleFuture {
+            state: ThrottleState::Called {
+                future,
+                shared,
+                classifier,
+                start,
+            },
+        }
+    }
+
+    pub(crate) fn rejected(error: BoxError) -> Self {
+        ThrottleFuture {
+            state: ThrottleState::Rejected { error: Some(error) },
+        }
+    }
+}
+
+impl<F, C> fmt::Debug for ThrottleFuture<F, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.state {
+            ThrottleState::Called { shared, .. } => f
+                .debug_struct("ThrottleFuture")
+                .field("shared", shared)
+                .finish_non_exhaustive(),
+            ThrottleState::Rejected { error } => f
+                .debug_struct("ThrottleFuture")
+                .field("error", error)
+                .finish(),
+        }
+    }
+}
+
+impl<F, C, T, E> Future for ThrottleFuture<F, C>
+where
+    F: Future<Output = Result<T, E>>,
+    E: Into<BoxError>,
+    C: Classify<T, E>,
+{
+    type Output = Result<T, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().state.project() {
+            ThrottleStateProj::Called {
+                future,
+                shared,
+                classifier,
+                start,
+            } => {
+                let result = ready!(future.poll(cx));
+                let outcome = classifier.classify(result.as_ref());
+                if outcome.is_success() {
+                    // Counted in the bucket of its request, so both leave the
+                    // window together (and no clock read is needed).
+                    shared.lock().accept(*start);
+                }
+                if shared.observer.is_enabled() {
+                    shared.observer.emit(
+                        LayerKind::Throttle,
+                        shared.name.as_str(),
+                        EventKind::CallFinished {
+                            outcome,
+                            latency: start.elapsed(),
+                        },
+                    );
+                }
+                Poll::Ready(result.map_err(Into::into))
+            }
+            ThrottleStateProj::Rejected { error } => Poll::Ready(Err(error
+                .take()
+                .unwrap_or_else(|| "future polled after completion".into()))),
+        }
+    }
+}

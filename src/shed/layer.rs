@@ -1,0 +1,506 @@
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tower_layer::Layer;
+
+use super::algorithm::LimitAlgorithm;
+use super::criticality::{Criticality, FromTaskLocal};
+use super::gradient::Gradient2;
+use super::limiter::{Config, Limiter};
+use super::service::{AdaptiveLimit, Throttle};
+use super::throttle::ThrottleWindow;
+use crate::classify::ErrorsAsFailures;
+use crate::error::{ConfigError, Name};
+use crate::observe::Observer;
+
+/// Applies an adaptive concurrency limit to a service; see the
+/// [module docs](super).
+///
+/// Every service built from one layer (and every clone of them) shares one
+/// limit: build the layer once per protected resource and reuse it; building
+/// a new layer per connection or per route gives each its own limit.
+pub struct AdaptiveLimitLayer<P = FromTaskLocal> {
+    pub(crate) limiter: Arc<Limiter>,
+    pub(crate) extractor: Arc<P>,
+}
+
+impl<P> Clone for AdaptiveLimitLayer<P> {
+    fn clone(&self) -> Self {
+        AdaptiveLimitLayer {
+            limiter: Arc::clone(&self.limiter),
+            extractor: Arc::clone(&self.extractor),
+        }
+    }
+}
+
+impl<P> fmt::Debug for AdaptiveLimitLayer<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AdaptiveLimitLayer")
+            .field("limiter", &self.limiter)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AdaptiveLimitLayer {
+    /// A builder with the defaults: Gradient2, 1 s windows of at least 10
+    /// samples, RTTs under 100 µs ignored, doomed requests rejected, shares
+    /// `CriticalPlus` 20 %, `Critical` 50 %, `SheddablePlus` 10 %,
+    /// `Sheddable` 0 %, criticality from the task-local.
+    pub fn builder() -> AdaptiveLimitLayerBuilder {
+        AdaptiveLimitLayerBuilder::default()
+    }
+}
+
+impl<P> AdaptiveLimitLayer<P> {
+    /// The current limit.
+    pub fn limit(&self) -> usize {
+        self.limiter.limit()
+    }
+
+    /// Calls in flight now.
+    pub fn inflight(&self) -> usize {
+        self.limiter.inflight()
+    }
+
+    /// Calls of `class` in flight now.
+    pub fn inflight_of(&self, class: Criticality) -> usize {
+        self.limiter.inflight_of(class)
+    }
+
+    /// The service time the doomed-work check expects: the average RTT of
+    /// the last closed window (`None` before the first window closed).
+    pub fn expected_rtt(&self) -> Option<Duration> {
+        self.limiter.expected_rtt()
+    }
+}
+
+impl<S, P> Layer<S> for AdaptiveLimitLayer<P> {
+    type Service = AdaptiveLimit<S, P>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        AdaptiveLimit::new(
+            inner,
+            Arc::clone(&self.limiter),
+            Arc::clone(&self.extractor),
+        )
+    }
+}
+
+/// Builder for [`AdaptiveLimitLayer`]; see [`AdaptiveLimitLayer::builder`]
+/// for the defaults.
+pub struct AdaptiveLimitLayerBuilder<P = FromTaskLocal> {
+    algorithm: Option<Box<dyn LimitAlgorithm>>,
+    window: Duration,
+    min_window_samples: u64,
+    min_rtt: Duration,
+    shares: [f64; 4],
+    reject_doomed: bool,
+    name: Name,
+    observer: Observer,
+    extractor: P,
+}
+
+impl Default for AdaptiveLimitLayerBuilder {
+    fn default() -> Self {
+        AdaptiveLimitLayerBuilder {
+            algorithm: None,
+            window: Duration::from_secs(1),
+            min_window_samples: 10,
+            min_rtt: Duration::from_micros(100),
+            shares: [0.2, 0.5, 0.1, 0.0],
+            reject_doomed: true,
+            name: Name::from("adaptive_limit"),
+            observer: Observer::default(),
+            extractor: FromTaskLocal,
+        }
+    }
+}
+
+impl<P> fmt::Debug for AdaptiveLimitLayerBuilder<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AdaptiveLimitLayerBuilder")
+            .field("algorithm", &self.algorithm)
+            .field("window", &self.window)
+            .field("min_window_samples", &self.min_window_samples)
+            .field("min_rtt", &self.min_rtt)
+            .field("shares", &self.shares)
+            .field("reject_doomed", &self.reject_doomed)
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<P> AdaptiveLimitLayerBuilder<P> {
+    /// The limit algorithm (default [`Gradient2::default()`]); pass an
+    /// [`Aimd`](super::Aimd) or your own [`LimitAlgorithm`].
+    pub fn algorithm(mut self, algorithm: impl LimitAlgorithm) -> Self {
+        self.algorithm = Some(Box::new(algorithm));
+        self
+    }
+
+    /// The shortest sampling window (default 1 s). A window closes at the
+    /// first completion after it has lasted this long *and* holds
+    /// [`min_window_samples`](Self::min_window_samples) samples; the
+    /// algorithm then runs once.
+    pub fn window(mut self, window: Duration) -> Self {
+        self.window = window;
+        self
+    }
+
+    /// Samples (RTTs and drops) a window needs before it closes (default 10).
+    pub fn min_window_samples(mut self, samples: u64) -> Self {
+        self.min_window_samples = samples;
+        self
+    }
+
+    /// RTTs below this are not sampled (default 100 µs): such answers (cache
+    /// hits, fast errors) say nothing about the backend's capacity.
+    pub fn min_rtt(mut self, min_rtt: Duration) -> Self {
+        self.min_rtt = min_rtt;
+        self
+    }
+
+    /// The share of the limit guaranteed to `class` (in `0..=1`; all shares
+    /// together at most 1). Defaults: `CriticalPlus` 0.2, `Critical` 0.5,
+    /// `SheddablePlus` 0.1, `Sheddable` 0.
+    ///
+    /// Shares are enforced only when the limit is reached (as in Netflix's
+    /// partitioned limits): below the limit every class is admitted; at the
+    /// limit a request is still admitted while its class has fewer than
+    /// `ceil(share × limit)` calls in flight, so the top classes keep their
+    /// share while the lowest classes absorb the rejections. In-flight calls
+    /// can then exceed the limit, by at most the sum of the guaranteed shares
+    /// (`ceil(share × limit)` per class): the adaptive algorithm sees the
+    /// extra latency and lowers the limit.
+    pub fn share(mut self, class: Criticality, share: f64) -> Self {
+        self.shares[class.index()] = share;
+        self
+    }
+
+    /// Whether to reject doomed requests (default `true`): a request whose
+    /// remaining deadline ([`deadline::current()`](crate::deadline::current))
+    /// is shorter than the expected service time (the average RTT of the
+    /// last closed window), or already passed, is rejected at admission with
+    /// `Overloaded` (event detail `"doomed"`) instead of using a slot to die.
+    pub fn reject_doomed(mut self, enabled: bool) -> Self {
+        self.reject_doomed = enabled;
+        self
+    }
+
+    /// How to find a request's [`Criticality`] (default [`FromTaskLocal`]):
+    /// a closure `Fn(&Req) -> Criticality`,
+    /// [`FromHttpRequest`](super::criticality::FromHttpRequest) (feature
+    /// `http`), or any [`CriticalityOf`](super::criticality::CriticalityOf).
+    pub fn criticality<P2>(self, extractor: P2) -> AdaptiveLimitLayerBuilder<P2> {
+        AdaptiveLimitLayerBuilder {
+            algorithm: self.algorithm,
+            window: self.window,
+            min_window_samples: self.min_window_samples,
+            min_rtt: self.min_rtt,
+            shares: self.shares,
+            reject_doomed: self.reject_doomed,
+            name: self.name,
+            observer: self.observer,
+            extractor,
+        }
+    }
+
+    /// The instance name (default `"adaptive_limit"`).
+    pub fn name(mut self, name: impl Into<Name>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Where events go (default: nowhere).
+    pub fn observer(mut self, observer: impl Into<Observer>) -> Self {
+        self.observer = observer.into();
+        self
+    }
+
+    /// Validates and builds the layer.
+    pub fn build(self) -> Result<AdaptiveLimitLayer<P>, ConfigError> {
+        if self.window.is_zero() {
+            return Err(ConfigError::new(
+                "adaptive_limit",
+                "window must be above zero, got 0s",
+            ));
+        }
+        if self.min_window_samples == 0 {
+            return Err(ConfigError::new(
+                "adaptive_limit",
+                "min_window_samples must be at least 1, got 0",
+            ));
+        }
+        for class in Criticality::ALL {
+            let share = self.shares[class.index()];
+            if !(0.0..=1.0).contains(&share) {
+                return Err(ConfigError::new(
+                    "adaptive_limit",
+                    format!("share of {class} must be in 0..=1, got {share}"),
+                ));
+            }
+        }
+        let total: f64 = self.shares.iter().sum();
+        if total > 1.0 + 1e-9 {
+            return Err(ConfigError::new(
+                "adaptive_limit",
+                format!("shares must add up to at most 1, got {total}"),
+            ));
+        }
+        let algorithm = self
+            .algorithm
+            .unwrap_or_else(|| Box::new(Gradient2::default()));
+        let limiter = Limiter::new(
+            algorithm,
+            Config {
+                window: self.window,
+                min_window_samples: self.min_window_samples,
+                min_rtt: self.min_rtt,
+                shares: self.shares,
+                reject_doomed: self.reject_doomed,
+            },
+            self.name,
+            self.observer,
+        );
+        Ok(AdaptiveLimitLayer {
+            limiter: Arc::new(limiter),
+            extractor: Arc::new(self.extractor),
+        })
+    }
+}
+
+/// The shared state of a [`ThrottleLayer`].
+pub(crate) struct ThrottleShared {
+    window: Mutex<ThrottleWindow>,
+    pub(crate) name: Name,
+    pub(crate) observer: Observer,
+}
+
+impl ThrottleShared {
+    #[inline]
+    pub(crate) fn lock(&self) -> MutexGuard<'_, ThrottleWindow> {
+        self.window.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl fmt::Debug for ThrottleShared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ThrottleShared")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Client-side adaptive throttling; see the [module docs](super#client-side-adaptive-throttling).
+///
+/// Every service built from one layer (and every clone of them) shares one
+/// window: build one layer per backend you call.
+pub struct ThrottleLayer<C = ErrorsAsFailures> {
+    pub(crate) shared: Arc<ThrottleShared>,
+    pub(crate) classifier: Arc<C>,
+}
+
+impl<C> Clone for ThrottleLayer<C> {
+    fn clone(&self) -> Self {
+        ThrottleLayer {
+            shared: Arc::clone(&self.shared),
+            classifier: Arc::clone(&self.classifier),
+        }
+    }
+}
+
+impl<C> fmt::Debug for ThrottleLayer<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ThrottleLayer")
+            .field("name", &self.shared.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ThrottleLayer {
+    /// A builder with the defaults: a 2-minute window in 120 buckets, K = 2,
+    /// rejection probability capped at 0.9, every `Ok` an accept.
+    pub fn builder() -> ThrottleLayerBuilder {
+        ThrottleLayerBuilder::default()
+    }
+}
+
+impl<C> ThrottleLayer<C> {
+    /// The probability with which the next request would be throttled.
+    pub fn rejection_probability(&self) -> f64 {
+        self.shared.lock().probability_at(crate::clock::now())
+    }
+
+    /// `(requests, accepts)` counted in the current window.
+    pub fn totals(&self) -> (u64, u64) {
+        let mut w = self.shared.lock();
+        w.probability_at(crate::clock::now());
+        w.totals()
+    }
+}
+
+impl<S, C> Layer<S> for ThrottleLayer<C> {
+    type Service = Throttle<S, C>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Throttle::new(
+            inner,
+            Arc::clone(&self.shared),
+            Arc::clone(&self.classifier),
+        )
+    }
+}
+
+/// Builder for [`ThrottleLayer`]; see [`ThrottleLayer::builder`] for the
+/// defaults.
+pub struct ThrottleLayerBuilder<C = ErrorsAsFailures> {
+    window: Duration,
+    buckets: usize,
+    k: f64,
+    max_probability: f64,
+    seed: Option<u64>,
+    name: Name,
+    observer: Observer,
+    classifier: C,
+}
+
+impl Default for ThrottleLayerBuilder {
+    fn default() -> Self {
+        ThrottleLayerBuilder {
+            window: Duration::from_secs(120),
+            buckets: 120,
+            k: 2.0,
+            max_probability: 0.9,
+            seed: None,
+            name: Name::from("throttle"),
+            observer: Observer::default(),
+            classifier: ErrorsAsFailures,
+        }
+    }
+}
+
+impl<C> fmt::Debug for ThrottleLayerBuilder<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ThrottleLayerBuilder")
+            .field("window", &self.window)
+            .field("buckets", &self.buckets)
+            .field("k", &self.k)
+            .field("max_rejection_probability", &self.max_probability)
+            .field("seed", &self.seed)
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<C> ThrottleLayerBuilder<C> {
+    /// The sliding window requests and accepts are counted over (default
+    /// 2 minutes).
+    pub fn window(mut self, window: Duration) -> Self {
+        self.window = window;
+        self
+    }
+
+    /// Time buckets in the window (default 120; 1..=3600). The window slides
+    /// one bucket at a time.
+    pub fn buckets(mut self, buckets: usize) -> Self {
+        self.buckets = buckets;
+        self
+    }
+
+    /// The multiplier K (default 2; at least 1): the client keeps sending
+    /// while `requests < K × accepts`. Lower is more aggressive.
+    pub fn k(mut self, k: f64) -> Self {
+        self.k = k;
+        self
+    }
+
+    /// The cap on the rejection probability (default 0.9, in `0..1`; Envoy's
+    /// admission control uses 0.8). Below 1 so that some requests always
+    /// reach the backend and the throttle sees it recover.
+    pub fn max_rejection_probability(mut self, p: f64) -> Self {
+        self.max_probability = p;
+        self
+    }
+
+    /// Seeds the random draws, for deterministic tests (default: seeded from
+    /// the OS).
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+
+    /// What counts as an accept (default [`ErrorsAsFailures`]: every `Ok`).
+    /// Any [`Classify`](crate::classify::Classify); a call classified
+    /// `Success` is an accept. A call dropped before it finished is not.
+    pub fn classifier<C2>(self, classifier: C2) -> ThrottleLayerBuilder<C2> {
+        ThrottleLayerBuilder {
+            window: self.window,
+            buckets: self.buckets,
+            k: self.k,
+            max_probability: self.max_probability,
+            seed: self.seed,
+            name: self.name,
+            observer: self.observer,
+            classifier,
+        }
+    }
+
+    /// The instance name (default `"throttle"`).
+    pub fn name(mut self, name: impl Into<Name>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Where events go (default: nowhere).
+    pub fn observer(mut self, observer: impl Into<Observer>) -> Self {
+        self.observer = observer.into();
+        self
+    }
+
+    /// Validates and builds the layer.
+    pub fn build(self) -> Result<ThrottleLayer<C>, ConfigError> {
+        if self.window.is_zero() {
+            return Err(ConfigError::new(
+                "throttle",
+                "window must be above zero, got 0s",
+            ));
+        }
+        if !(1..=3600).contains(&self.buckets) {
+            return Err(ConfigError::new(
+                "throttle",
+                format!("buckets must be in 1..=3600, got {}", self.buckets),
+            ));
+        }
+        if !(self.k >= 1.0 && self.k.is_finite()) {
+            return Err(ConfigError::new(
+                "throttle",
+                format!("k must be a finite number >= 1, got {}", self.k),
+            ));
+        }
+        if !(0.0..1.0).contains(&self.max_probability) {
+            return Err(ConfigError::new(
+                "throttle",
+                format!(
+                    "max_rejection_probability must be in 0..1, got {}",
+                    self.max_probability
+                ),
+            ));
+        }
+        let window = ThrottleWindow::new(
+            self.window,
+            self.buckets,
+            self.k,
+            self.max_probability,
+            self.seed,
+        );
+        Ok(ThrottleLayer {
+            shared: Arc::new(ThrottleShared {
+                window: Mutex::new(window),
+                name: self.name,
+                observer: self.observer,
+            }),
+            classifier: Arc::new(self.classifier),
+        })
+    }
+}

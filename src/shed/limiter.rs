@@ -1,0 +1,436 @@
+//! The shared admission state of the adaptive limit: atomics on the request
+//! path, the [`LimitAlgorithm`] behind a short lock taken once per window.
+//! Free of tower types.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, TryLockError};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::algorithm::{LimitAlgorithm, WindowSample};
+use super::criticality::Criticality;
+use crate::error::{Name, RejectionKind};
+use crate::observe::{EventKind, LayerKind, Observer, Outcome};
+
+/// Why a request was refused at admission.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// The limit was reached and the request's class had used its share.
+    Limit,
+    /// The request's deadline is shorter than the expected service time.
+    Doomed,
+}
+
+impl Refusal {
+    pub(crate) const fn detail(self) -> &'static str {
+        match self {
+            Refusal::Limit => "limit",
+            Refusal::Doomed => "doomed",
+        }
+    }
+}
+
+/// How an admitted call ended, for the limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Completion {
+    /// Finished: its RTT is a sample.
+    Sample(Outcome),
+    /// Finished with a sign of overload below, or was cancelled.
+    Drop,
+    /// Finished with an error that says nothing about capacity.
+    Ignore,
+}
+
+pub(crate) struct Config {
+    pub(crate) window: Duration,
+    pub(crate) min_window_samples: u64,
+    pub(crate) min_rtt: Duration,
+    pub(crate) shares: [f64; 4],
+    pub(crate) reject_doomed: bool,
+}
+
+pub(crate) struct Limiter {
+    inflight: AtomicUsize,
+    by_class: [AtomicUsize; 4],
+    limit: AtomicUsize,
+    // Current window, in atomics.
+    win_start_ns: AtomicU64,
+    win_sum_ns: AtomicU64,
+    win_count: AtomicU64,
+    win_drops: AtomicU64,
+    win_max_inflight: AtomicUsize,
+    /// Average RTT of the last closed window, in nanoseconds (0: unknown).
+    expected_rtt_ns: AtomicU64,
+    epoch: Instant,
+    window_ns: u64,
+    min_window_samples: u64,
+    min_rtt: Duration,
+    shares: [f64; 4],
+    reject_doomed: bool,
+    algorithm: Mutex<Box<dyn LimitAlgorithm>>,
+    pub(crate) name: Name,
+    pub(crate) observer: Observer,
+}
+
+impl fmt::Debug for Limiter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Limiter")
+            .field("name", &self.name)
+            .field("limit", &self.limit())
+            .field("inflight", &self.inflight())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Limiter {
+    pub(crate) fn new(
+        algorithm: Box<dyn LimitAlgorithm>,
+        config: Config,
+        name: Name,
+        observer: Observer,
+    ) -> Self {
+        let limit = algorithm.limit().max(1);
+        Limiter {
+            inflight: AtomicUsize::new(0),
+            by_class: Default::default(),
+            limit: AtomicUsize::new(limit),
+            win_start_ns: AtomicU64::new(0),
+            win_sum_ns: AtomicU64::new(0),
+            win_count: AtomicU64::new(0),
+            win_drops: AtomicU64::new(0),
+            win_max_inflight: AtomicUsize::new(0),
+            expected_rtt_ns: AtomicU64::new(0),
+            epoch: Instant::now(),
+            window_ns: u64::try_from(config.window.as_nanos()).unwrap_or(u64::MAX),
+            min_window_samples: config.min_window_samples,
+            min_rtt: config.min_rtt,
+            shares: config.shares,
+            reject_doomed: config.reject_doomed,
+            algorithm: Mutex::new(algorithm),
+            name,
+            observer,
+        }
+    }
+
+    #[inline]
+    pub(crate) fn limit(&self) -> usize {
+        self.limit.load(Ordering::Relaxed)
+    }
+
+    #[inline]
+    pub(crate) fn inflight(&self) -> usize {
+        self.inflight.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn inflight_of(&self, class: Criticality) -> usize {
+        self.by_class[class.index()].load(Ordering::Relaxed)
+    }
+
+    /// The service time an admitted request is expected to take: the average
+    /// RTT of the last closed window (`None` before the first one).
+    pub(crate) fn expected_rtt(&self) -> Option<Duration> {
+        match self.expected_rtt_ns.load(Ordering::Relaxed) {
+            0 => None,
+            ns => Some(Duration::from_nanos(ns)),
+        }
+    }
+
+    /// Admission: O(1), a few atomics, no lock, no allocation.
+    #[inline]
+    pub(crate) fn try_acquire(
+        self: &Arc<Self>,
+        class: Criticality,
+        now: Instant,
+    ) -> Result<Permit, Refusal> {
+        if self.reject_doomed {
+            let expected = self.expected_rtt_ns.load(Ordering::Relaxed);
+            if let Some(deadline) = crate::deadline::current() {
+                let remaining = deadline.remaining_from(now);
+                if remaining.is_zero()
+                    || (expected > 0 && remaining.as_nanos() < u128::from(expected))
+                {
+                    return Err(Refusal::Doomed);
+                }
+            }
+        }
+        let limit = self.limit.load(Ordering::Relaxed);
+        let before = self.inflight.fetch_add(1, Ordering::AcqRel);
+        let idx = class.index();
+        let class_before = self.by_class[idx].fetch_add(1, Ordering::AcqRel);
+        if before >= limit && !self.under_share(idx, limit, class_before) {
+            self.by_class[idx].fetch_sub(1, Ordering::AcqRel);
+            self.inflight.fetch_sub(1, Ordering::AcqRel);
+            return Err(Refusal::Limit);
+        }
+        let inflight = before + 1;
+        // Usually a plain read: the window's maximum only moves up.
+        if self.win_max_inflight.load(Ordering::Relaxed) < inflight {
+            self.win_max_inflight.fetch_max(inflight, Ordering::Relaxed);
+        }
+        Ok(Permit {
+            limiter: Arc::clone(self),
+            class,
+            start: now,
+            inflight,
+            done: false,
+        })
+    }
+
+    /// At the limit: whether class `idx`, with `busy` calls in flight before
+    /// this one, is still under its guaranteed share, `ceil(share × limit)`.
+    #[cold]
+    fn under_share(&self, idx: usize, limit: usize, busy: usize) -> bool {
+        busy < (self.shares[idx] * limit as f64).ceil() as usize
+    }
+
+    fn release(&self, class: Criticality) {
+        self.by_class[class.index()].fetch_sub(1, Ordering::AcqRel);
+        self.inflight.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    fn record(&self, completion: Completion, rtt: Duration, now: Instant) {
+        match completion {
+            Completion::Ignore => return,
+            Completion::Drop => {
+                self.win_drops.fetch_add(1, Ordering::Relaxed);
+            }
+            Completion::Sample(_) => {
+                if rtt < self.min_rtt {
+                    return;
+                }
+                let ns = u64::try_from(rtt.as_nanos()).unwrap_or(u64::MAX);
+                self.win_sum_ns.fetch_add(ns, Ordering::Relaxed);
+                self.win_count.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.maybe_close_window(now);
+    }
+
+    fn maybe_close_window(&self, now: Instant) {
+        let now_ns =
+            u64::try_from(now.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX);
+        let start = self.win_start_ns.load(Ordering::Relaxed);
+        if now_ns.saturating_sub(start) < self.window_ns {
+            return;
+        }
+        let count = self.win_count.load(Ordering::Relaxed);
+        let drops = self.win_drops.load(Ordering::Relaxed);
+        if count.saturating_add(drops) < self.min_window_samples {
+            return;
+        }
+        let mut algorithm = match self.algorithm.try_lock() {
+            Ok(guard) => guard,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            // Another completion is closing this window.
+            Err(TryLockError::WouldBlock) => return,
+        };
+        if self.win_start_ns.load(Ordering::Relaxed) != start {
+            return;
+        }
+        self.win_start_ns.store(now_ns, Ordering::Relaxed);
+        let sum = self.win_sum_ns.swap(0, Ordering::Relaxed);
+        let count = self.win_count.swap(0, Ordering::Relaxed);
+        let drops = self.win_drops.swap(0, Ordering::Relaxed);
+        // The calls still in flight belong to the next window too.
+        let max_inflight = self
+            .win_max_inflight
+            .swap(self.inflight.load(Ordering::Relaxed), Ordering::Relaxed);
+        let avg_ns = sum.checked_div(count);
+        let rtt = Duration::from_nanos(avg_ns.unwrap_or(0));
+        let sample = WindowSample::new(rtt, max_inflight, drops).with_samples(count);
+        let new = algorithm.update(&sample).max(1);
+        drop(algorithm);
+        if let Some(avg_ns) = avg_ns {
+            self.expected_rtt_ns.store(avg_ns.max(1), Ordering::Relaxed);
+        }
+        let old = self.limit.swap(new, Ordering::Relaxed);
+        if old != new {
+            self.observer.emit(
+                LayerKind::AdaptiveLimit,
+                self.name.as_str(),
+                EventKind::LimitChanged { from: old, to: new },
+            );
+        }
+    }
+
+    pub(crate) fn emit_rejected(&self, refusal: Refusal) {
+        self.observer.emit(
+            LayerKind::AdaptiveLimit,
+            self.name.as_str(),
+            EventKind::Rejected {
+                reason: RejectionKind::Overloaded,
+                detail: refusal.detail(),
+                retry_after: None,
+            },
+        );
+    }
+}
+
+/// One admitted call's place under the limit. Released when the call
+/// finishes or when it is dropped (a drop counts as a dropped sample).
+pub(crate) struct Permit {
+    limiter: Arc<Limiter>,
+    class: Criticality,
+    start: Instant,
+    inflight: usize,
+    done: bool,
+}
+
+impl fmt::Debug for Permit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Permit")
+            .field("class", &self.class)
+            .field("inflight", &self.inflight)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Permit {
+    /// Releases the permit and records how the call ended.
+    pub(crate) fn complete(&mut self, completion: Completion) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        let now = Instant::now();
+        let rtt = now.saturating_duration_since(self.start);
+        let limiter = &*self.limiter;
+        limiter.release(self.class);
+        limiter.record(completion, rtt, now);
+        let outcome = match completion {
+            Completion::Sample(outcome) => outcome,
+            Completion::Drop | Completion::Ignore => Outcome::Failure,
+        };
+        limiter.observer.emit(
+            LayerKind::AdaptiveLimit,
+            limiter.name.as_str(),
+            EventKind::CallFinished {
+                outcome,
+                latency: rtt,
+            },
+        );
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        if !self.done {
+            self.done = true;
+            let limiter = &*self.limiter;
+            limiter.release(self.class);
+            limiter.record(Completion::Drop, Duration::ZERO, Instant::now());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shed::Aimd;
+
+    fn limiter(limit: usize, shares: [f64; 4]) -> Arc<Limiter> {
+        let algo = Aimd::builder()
+            .initial_limit(limit)
+            .min_limit(1)
+            .build()
+            .unwrap();
+        Arc::new(Limiter::new(
+            Box::new(algo),
+            Config {
+                window: Duration::from_millis(100),
+                min_window_samples: 2,
+                min_rtt: Duration::from_micros(100),
+                shares,
+                reject_doomed: true,
+            },
+            Name::from("t"),
+            Observer::default(),
+        ))
+    }
+
+    #[test]
+    fn admits_up_to_the_limit_then_only_guaranteed_shares() {
+        let l = limiter(4, [0.5, 0.25, 0.0, 0.0]);
+        let now = Instant::now();
+        let mut held: Vec<Permit> = (0..4)
+            .map(|_| l.try_acquire(Criticality::Sheddable, now).unwrap())
+            .collect();
+        assert_eq!(l.inflight(), 4);
+        for class in [Criticality::Sheddable, Criticality::SheddablePlus] {
+            assert_eq!(l.try_acquire(class, now).unwrap_err(), Refusal::Limit);
+        }
+        // CriticalPlus has ceil(0.5 × 4) = 2 guaranteed slots, Critical
+        // ceil(0.25 × 4) = 1.
+        held.push(l.try_acquire(Criticality::Critical, now).unwrap());
+        assert_eq!(
+            l.try_acquire(Criticality::Critical, now).unwrap_err(),
+            Refusal::Limit
+        );
+        held.push(l.try_acquire(Criticality::CriticalPlus, now).unwrap());
+        held.push(l.try_acquire(Criticality::CriticalPlus, now).unwrap());
+        assert_eq!(
+            l.try_acquire(Criticality::CriticalPlus, now).unwrap_err(),
+            Refusal::Limit
+        );
+        // In flight: the limit plus the guaranteed shares, 4 + 2 + 1.
+        assert_eq!(l.inflight(), 7);
+        assert_eq!(l.inflight_of(Criticality::CriticalPlus), 2);
+        assert_eq!(l.inflight_of(Criticality::Critical), 1);
+        // Below the limit every class is admitted again.
+        held.truncate(3);
+        assert_eq!(l.inflight(), 3);
+        held.push(l.try_acquire(Criticality::Sheddable, now).unwrap());
+        drop(held);
+        assert_eq!(l.inflight(), 0);
+        assert_eq!(l.inflight_of(Criticality::Sheddable), 0);
+    }
+
+    #[test]
+    fn dropped_permits_count_as_drops_and_shrink_aimd() {
+        let l = limiter(10, [0.0; 4]);
+        let t0 = Instant::now();
+        let a = l.try_acquire(Criticality::Critical, t0).unwrap();
+        let b = l.try_acquire(Criticality::Critical, t0).unwrap();
+        assert_eq!(l.win_max_inflight.load(Ordering::Relaxed), 2);
+        drop(a);
+        drop(b);
+        assert_eq!(l.win_drops.load(Ordering::Relaxed), 2);
+        assert_eq!(l.inflight(), 0);
+        // The window (100 ms) has not elapsed in real time here; close it by hand.
+        l.maybe_close_window(t0 + Duration::from_secs(1));
+        assert_eq!(l.limit(), 9);
+        assert_eq!(l.expected_rtt(), None);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn inflight_is_exact_and_bounded(ops in proptest::collection::vec((0usize..4, proptest::bool::ANY, 0usize..64), 1..400)) {
+            let shares = [0.2, 0.5, 0.1, 0.0];
+            let l = limiter(8, shares);
+            let now = Instant::now();
+            let mut held: Vec<(Criticality, Permit)> = Vec::new();
+            // Limit 8: ceilings 2 + 4 + 1 + 0 above it.
+            let bound = 8 + 2 + 4 + 1;
+            for (class, acquire, pick) in ops {
+                let class = Criticality::ALL[class];
+                if acquire || held.is_empty() {
+                    if let Ok(p) = l.try_acquire(class, now) {
+                        held.push((class, p));
+                    }
+                } else {
+                    held.swap_remove(pick % held.len());
+                }
+                proptest::prop_assert_eq!(l.inflight(), held.len());
+                proptest::prop_assert!(held.len() <= bound);
+                for c in Criticality::ALL {
+                    let n = held.iter().filter(|(k, _)| *k == c).count();
+                    proptest::prop_assert_eq!(l.inflight_of(c), n);
+                }
+            }
+            held.clear();
+            proptest::prop_assert_eq!(l.inflight(), 0);
+        }
+    }
+}

@@ -1,0 +1,215 @@
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tower_service::Service;
+
+use super::criticality::{CriticalityOf, FromTaskLocal};
+use super::future::{ResponseFuture, ThrottleFuture};
+use super::layer::ThrottleShared;
+use super::limiter::Limiter;
+use crate::classify::{Classify, ErrorsAsFailures};
+use crate::error::{BoxError, Overloaded};
+use crate::observe::{EventKind, LayerKind};
+
+/// A service under an adaptive concurrency limit; built by
+/// [`AdaptiveLimitLayer`](super::AdaptiveLimitLayer).
+///
+/// `poll_ready` forwards the inner service's readiness. The admission
+/// decision is made in `call` (it needs the request's criticality and
+/// deadline): over the limit the call fails at once with
+/// [`Overloaded`], it never waits.
+pub struct AdaptiveLimit<S, P = FromTaskLocal> {
+    inner: S,
+    limiter: Arc<Limiter>,
+    extractor: Arc<P>,
+}
+
+impl<S, P> AdaptiveLimit<S, P> {
+    pub(crate) fn new(inner: S, limiter: Arc<Limiter>, extractor: Arc<P>) -> Self {
+        AdaptiveLimit {
+            inner,
+            limiter,
+            extractor,
+        }
+    }
+
+    /// The current limit.
+    pub fn limit(&self) -> usize {
+        self.limiter.limit()
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The inner service, consuming this one.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: Clone, P> Clone for AdaptiveLimit<S, P> {
+    fn clone(&self) -> Self {
+        AdaptiveLimit {
+            inner: self.inner.clone(),
+            limiter: Arc::clone(&self.limiter),
+            extractor: Arc::clone(&self.extractor),
+        }
+    }
+}
+
+impl<S: fmt::Debug, P> fmt::Debug for AdaptiveLimit<S, P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AdaptiveLimit")
+            .field("inner", &self.inner)
+            .field("limiter", &self.limiter)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, P, Req> Service<Req> for AdaptiveLimit<S, P>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+    P: CriticalityOf<Req>,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = ResponseFuture<S::Future>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    #[inline]
+    fn call(&mut self, req: Req) -> Self::Future {
+        let class = self.extractor.criticality_of(&req);
+        match self.limiter.try_acquire(class, crate::clock::now()) {
+            Ok(permit) => {
+                self.limiter.observer.emit(
+                    LayerKind::AdaptiveLimit,
+                    self.limiter.name.as_str(),
+                    EventKind::CallStarted,
+                );
+                ResponseFuture::admitted(self.inner.call(req), permit)
+            }
+            Err(refusal) => {
+                self.limiter.emit_rejected(refusal);
+                ResponseFuture::rejected(Overloaded::new(self.limiter.name.clone(), None).into())
+            }
+        }
+    }
+}
+
+/// A client service under adaptive throttling; built by
+/// [`ThrottleLayer`](super::ThrottleLayer).
+///
+/// `poll_ready` forwards the inner service's readiness; the throttling
+/// decision is made in `call`: a throttled call fails at once with
+/// [`Overloaded`] (event detail `"throttled"`) without reaching the inner
+/// service.
+pub struct Throttle<S, C = ErrorsAsFailures> {
+    inner: S,
+    shared: Arc<ThrottleShared>,
+    classifier: Arc<C>,
+}
+
+impl<S, C> Throttle<S, C> {
+    pub(crate) fn new(inner: S, shared: Arc<ThrottleShared>, classifier: Arc<C>) -> Self {
+        Throttle {
+            inner,
+            shared,
+            classifier,
+        }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The inner service, consuming this one.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: Clone, C> Clone for Throttle<S, C> {
+    fn clone(&self) -> Self {
+        Throttle {
+            inner: self.inner.clone(),
+            shared: Arc::clone(&self.shared),
+            classifier: Arc::clone(&self.classifier),
+        }
+    }
+}
+
+impl<S: fmt::Debug, C> fmt::Debug for Throttle<S, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Throttle")
+            .field("inner", &self.inner)
+            .field("shared", &self.shared)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, C, Req> Service<Req> for Throttle<S, C>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+    C: Classify<S::Response, S::Error>,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = ThrottleFuture<S::Future, C>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    #[inline]
+    fn call(&mut self, req: Req) -> Self::Future {
+        let now = crate::clock::now();
+        let admitted = self.shared.lock().admit(now);
+        let observer = &self.shared.observer;
+        if !admitted {
+            observer.emit(
+                LayerKind::Throttle,
+                self.shared.name.as_str(),
+                EventKind::Rejected {
+                    reason: crate::error::RejectionKind::Overloaded,
+                    detail: "throttled",
+                    retry_after: None,
+                },
+            );
+            return ThrottleFuture::rejected(
+                Overloaded::new(self.shared.name.clone(), None).into(),
+            );
+        }
+        observer.emit(
+            LayerKind::Throttle,
+            self.shared.name.as_str(),
+            EventKind::CallStarted,
+        );
+        ThrottleFuture::called(
+            self.inner.call(req),
+            Arc::clone(&self.shared),
+            Arc::clone(&self.classifier),
+            now,
+        )
+    }
+}

@@ -1,0 +1,1116 @@
+#![cfg(feature = "circuit-breaker")]
+//! Circuit breaker behaviour: sliding windows, slow calls, open-time growth,
+//! half-open probes, manual states, readiness, and a model check.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use seawall::circuit_breaker::{
+    CircuitBreaker, CircuitBreakerHandle, CircuitBreakerLayer, SlidingWindow, WindowSnapshot,
+};
+use seawall::classify::Outcome;
+use seawall::error::{AttemptTimeout, BoxError, RejectionKind, rejection_of};
+use seawall::observe::{EventKind, Observer, Recorder, State};
+use tokio::time::{Instant, advance, sleep};
+use tower::{Layer, Service, ServiceExt, service_fn};
+
+/// One request to the test service: fail or succeed after `delay`.
+#[derive(Debug, Clone, Copy)]
+struct Req {
+    fail: bool,
+    delay: Duration,
+}
+
+const OK: Req = Req {
+    fail: false,
+    delay: Duration::ZERO,
+};
+const FAIL: Req = Req {
+    fail: true,
+    delay: Duration::ZERO,
+};
+
+fn slow(ms: u64) -> Req {
+    Req {
+        fail: false,
+        delay: Duration::from_millis(ms),
+    }
+}
+
+type TestSvc = tower::util::BoxCloneSyncService<Req, &'static str, BoxError>;
+
+/// A service counting its calls.
+fn backend(calls: Arc<AtomicUsize>) -> TestSvc {
+    tower::util::BoxCloneSyncService::new(service_fn(move |r: Req| {
+        calls.fetch_add(1, Ordering::SeqCst);
+        async move {
+            if !r.delay.is_zero() {
+                sleep(r.delay).await;
+            }
+            if r.fail {
+                Err::<&'static str, BoxError>("backend failed".into())
+            } else {
+                Ok("ok")
+            }
+        }
+    }))
+}
+
+fn wrap(
+    layer: &CircuitBreakerLayer,
+) -> CircuitBreaker<TestSvc, seawall::classify::ErrorsAsFailures> {
+    layer.layer(backend(Arc::new(AtomicUsize::new(0))))
+}
+
+async fn call<S>(svc: &mut S, req: Req) -> Result<&'static str, BoxError>
+where
+    S: Service<Req, Response = &'static str, Error = BoxError>,
+{
+    svc.ready().await?.call(req).await
+}
+
+/// The rejection's retry_after, or a panic if the call was not rejected by
+/// an open breaker.
+fn retry_after(res: Result<&'static str, BoxError>) -> Option<Duration> {
+    let err = res.expect_err("expected a rejection");
+    let view = rejection_of(&err).expect("a seawall rejection");
+    assert_eq!(view.kind(), RejectionKind::CircuitOpen);
+    view.retry_after()
+}
+
+fn transitions(rec: &Recorder) -> Vec<(State, State)> {
+    rec.events()
+        .into_iter()
+        .filter_map(|e| match e.kind {
+            EventKind::StateChanged { from, to, .. } => Some((from, to)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn count_window_slides_after_1000_successes() {
+    let layer = CircuitBreakerLayer::builder()
+        .window(SlidingWindow::count(10))
+        .minimum_calls(10)
+        .failure_rate_threshold(0.5)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let mut svc = wrap(&layer);
+    for _ in 0..1000 {
+        call(&mut svc, OK).await.unwrap();
+    }
+    assert_eq!(
+        handle.metrics(),
+        WindowSnapshot {
+            calls: 10,
+            failures: 0,
+            slow_calls: 0
+        }
+    );
+    for i in 1..=4 {
+        assert!(call(&mut svc, FAIL).await.is_err());
+        assert_eq!(handle.state(), State::Closed, "after {i} failures");
+        assert_eq!(handle.metrics().failures, i);
+    }
+    // The 5th failure makes 5 of the last 10 calls: 50 %, at the threshold.
+    let err = call(&mut svc, FAIL).await.unwrap_err();
+    assert!(
+        rejection_of(&err).is_none(),
+        "the 5th call reached the backend"
+    );
+    assert_eq!(handle.state(), State::Open);
+    assert_eq!(handle.failure_rate(), Some(0.5));
+    // Default open time: 60 s.
+    assert_eq!(
+        retry_after(call(&mut svc, OK).await),
+        Some(Duration::from_secs(60))
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn time_window_forgets_failures_older_than_its_span() {
+    let layer = CircuitBreakerLayer::builder()
+        .window(SlidingWindow::Time {
+            span: Duration::from_secs(10),
+            buckets: 10,
+        })
+        .minimum_calls(5)
+        .failure_rate_threshold(0.5)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let mut svc = wrap(&layer);
+    for _ in 0..4 {
+        let _ = call(&mut svc, FAIL).await;
+    }
+    assert_eq!(handle.metrics().failures, 4);
+    advance(Duration::from_millis(9_999)).await;
+    assert_eq!(handle.metrics().failures, 4, "still inside the 10 s window");
+    advance(Duration::from_millis(1)).await;
+    assert_eq!(
+        handle.metrics(),
+        WindowSnapshot::default(),
+        "aged out at 10 s"
+    );
+    // 1 failure + 4 successes: 20 %. Had the old failures counted, 5 of 9.
+    let _ = call(&mut svc, FAIL).await;
+    for _ in 0..4 {
+        call(&mut svc, OK).await.unwrap();
+    }
+    assert_eq!(handle.state(), State::Closed);
+    assert_eq!(
+        handle.metrics(),
+        WindowSnapshot {
+            calls: 5,
+            failures: 1,
+            slow_calls: 0
+        }
+    );
+    // Recent failures still count: 3 of 7 is below 50 %, 4 of 8 opens it.
+    for _ in 0..2 {
+        let _ = call(&mut svc, FAIL).await;
+    }
+    assert_eq!(handle.state(), State::Closed);
+    let _ = call(&mut svc, FAIL).await;
+    assert_eq!(handle.state(), State::Open);
+    assert_eq!(handle.failure_rate(), Some(0.5));
+}
+
+#[tokio::test(start_paused = true)]
+async fn slow_calls_trip_with_zero_errors() {
+    let rec = Recorder::new();
+    let layer = CircuitBreakerLayer::builder()
+        .window(SlidingWindow::count(4))
+        .minimum_calls(4)
+        .slow_call_duration(Duration::from_secs(1))
+        .slow_call_rate_threshold(0.5)
+        .observer(Observer::new(rec.clone()))
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let mut svc = wrap(&layer);
+    // Exactly the slow-call duration is not slow; longer is.
+    call(&mut svc, slow(1_000)).await.unwrap();
+    call(&mut svc, slow(100)).await.unwrap();
+    call(&mut svc, slow(2_000)).await.unwrap();
+    assert_eq!(handle.state(), State::Closed);
+    assert_eq!(handle.metrics().slow_calls, 1);
+    call(&mut svc, slow(1_001)).await.unwrap();
+    assert_eq!(handle.state(), State::Open);
+    assert_eq!(
+        handle.metrics(),
+        WindowSnapshot {
+            calls: 4,
+            failures: 0,
+            slow_calls: 2
+        }
+    );
+    let opened: Vec<_> = rec.filter(|e| {
+        matches!(
+            e.kind,
+            EventKind::StateChanged {
+                to: State::Open,
+                ..
+            }
+        )
+    });
+    assert_eq!(opened.len(), 1);
+    assert_eq!(
+        opened[0].kind,
+        EventKind::StateChanged {
+            from: State::Closed,
+            to: State::Open,
+            failure_rate: Some(0.0),
+            slow_call_rate: Some(0.5),
+        }
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn consecutive_failures_trip() {
+    let layer = CircuitBreakerLayer::builder()
+        .consecutive_failures_only(3)
+        .open_duration(Duration::from_secs(7))
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let mut svc = wrap(&layer);
+    for _ in 0..2 {
+        let _ = call(&mut svc, FAIL).await;
+    }
+    call(&mut svc, OK).await.unwrap(); // breaks the run
+    for _ in 0..2 {
+        let _ = call(&mut svc, FAIL).await;
+    }
+    assert_eq!(handle.state(), State::Closed);
+    let _ = call(&mut svc, FAIL).await;
+    assert_eq!(handle.state(), State::Open);
+    // The window still counts (5 failures of 6 calls) but only runs trip.
+    assert_eq!(
+        handle.metrics(),
+        WindowSnapshot {
+            calls: 6,
+            failures: 5,
+            slow_calls: 0
+        }
+    );
+    assert_eq!(
+        retry_after(call(&mut svc, OK).await),
+        Some(Duration::from_secs(7))
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn open_time_grows_caps_and_resets_after_a_healthy_close() {
+    let rec = Recorder::new();
+    let layer = CircuitBreakerLayer::builder()
+        .window(SlidingWindow::count(2))
+        .minimum_calls(2)
+        .permitted_calls_in_half_open(1)
+        .open_duration(Duration::from_secs(10))
+        .open_multiplier(2.0)
+        .max_open_duration(Duration::from_secs(35))
+        .observer(Observer::new(rec.clone()))
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let mut svc = layer.layer(backend(calls.clone()));
+    let _ = call(&mut svc, FAIL).await;
+    let _ = call(&mut svc, FAIL).await;
+    assert_eq!(handle.state(), State::Open);
+
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        let open = retry_after(call(&mut svc, OK).await).unwrap();
+        seen.push(open.as_secs());
+        advance(open - Duration::from_millis(1)).await;
+        assert_eq!(
+            retry_after(call(&mut svc, OK).await),
+            Some(Duration::from_millis(1)),
+            "1 ms before half-open"
+        );
+        advance(Duration::from_millis(1)).await;
+        // The failing probe opens it again, for longer.
+        let before = calls.load(Ordering::SeqCst);
+        assert!(rejection_of(&call(&mut svc, FAIL).await.unwrap_err()).is_none());
+        assert_eq!(calls.load(Ordering::SeqCst), before + 1);
+    }
+    assert_eq!(seen, [10, 20, 35, 35]);
+    let open = handle.retry_after().unwrap();
+    assert_eq!(open, Duration::from_secs(35));
+    advance(open).await;
+    call(&mut svc, OK).await.unwrap(); // healthy probe: closed
+    assert_eq!(handle.state(), State::Closed);
+    assert_eq!(handle.metrics(), WindowSnapshot::default(), "fresh window");
+    let _ = call(&mut svc, FAIL).await;
+    let _ = call(&mut svc, FAIL).await;
+    assert_eq!(
+        retry_after(call(&mut svc, OK).await),
+        Some(Duration::from_secs(10))
+    );
+
+    use State::*;
+    assert_eq!(
+        transitions(&rec),
+        [
+            (Closed, Closed),
+            (Closed, Open),
+            (Open, HalfOpen),
+            (HalfOpen, Open),
+            (Open, HalfOpen),
+            (HalfOpen, Open),
+            (Open, HalfOpen),
+            (HalfOpen, Open),
+            (Open, HalfOpen),
+            (HalfOpen, Open),
+            (Open, HalfOpen),
+            (HalfOpen, Closed),
+            (Closed, Open),
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn jittered_open_time_is_seedable_and_bounded() {
+    async fn sequence(seed: u64) -> Vec<Duration> {
+        let layer = CircuitBreakerLayer::builder()
+            .window(SlidingWindow::count(1))
+            .minimum_calls(1)
+            .permitted_calls_in_half_open(1)
+            .open_duration(Duration::from_secs(10))
+            .max_open_duration(Duration::from_secs(60))
+            .open_jitter(0.2)
+            .seed(seed)
+            .build()
+            .unwrap();
+        let handle = layer.handle();
+        let mut svc = wrap(&layer);
+        let _ = call(&mut svc, FAIL).await;
+        let mut out = Vec::new();
+        for _ in 0..4 {
+            let d = handle.retry_after().unwrap();
+            out.push(d);
+            advance(d).await;
+            let _ = call(&mut svc, FAIL).await;
+        }
+        out
+    }
+    let a = sequence(7).await;
+    assert_eq!(a, sequence(7).await, "same seed, same open times");
+    assert_ne!(a, sequence(8).await);
+    for (n, d) in a.iter().enumerate() {
+        let nominal = (10.0 * 2f64.powi(n as i32)).min(60.0);
+        let secs = d.as_secs_f64();
+        assert!(
+            secs >= nominal * 0.8 - 1e-9 && secs <= (nominal * 1.2).min(60.0) + 1e-9,
+            "{n}: {secs}"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn half_open_lets_exactly_the_permitted_probes_through() {
+    let layer = CircuitBreakerLayer::builder()
+        .window(SlidingWindow::count(2))
+        .minimum_calls(2)
+        .permitted_calls_in_half_open(3)
+        .open_duration(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let mut svc = layer.layer(backend(calls.clone()));
+
+    // Round 1: 2 of 3 probes fail (67 % >= 50 %): open again, for 20 s.
+    let _ = call(&mut svc, FAIL).await;
+    let _ = call(&mut svc, FAIL).await;
+    advance(Duration::from_secs(10)).await;
+    let p1 = svc.ready().await.unwrap().call(Req {
+        fail: true,
+        delay: Duration::from_secs(1),
+    });
+    let p2 = svc.ready().await.unwrap().call(Req {
+        fail: true,
+        delay: Duration::from_secs(1),
+    });
+    let p3 = svc.ready().await.unwrap().call(Req {
+        fail: false,
+        delay: Duration::from_secs(1),
+    });
+    assert_eq!(handle.state(), State::HalfOpen);
+    assert_eq!(
+        retry_after(call(&mut svc, OK).await),
+        None,
+        "4th probe refused"
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 5);
+    let (r1, r2, r3) = tokio::join!(p1, p2, p3);
+    assert!(r1.is_err() && r2.is_err() && r3.is_ok());
+    assert_eq!(handle.state(), State::Open);
+    assert_eq!(handle.retry_after(), Some(Duration::from_secs(20)));
+
+    // Round 2: 1 of 3 fails (33 % < 50 %): closed.
+    advance(Duration::from_secs(20)).await;
+    let p1 = svc.ready().await.unwrap().call(FAIL);
+    let p2 = svc.ready().await.unwrap().call(OK);
+    let p3 = svc.ready().await.unwrap().call(OK);
+    let (r1, r2, r3) = tokio::join!(p1, p2, p3);
+    assert!(r1.is_err() && r2.is_ok() && r3.is_ok());
+    assert_eq!(handle.state(), State::Closed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dropped_probe_frees_its_slot() {
+    let layer = CircuitBreakerLayer::builder()
+        .window(SlidingWindow::count(1))
+        .minimum_calls(1)
+        .permitted_calls_in_half_open(1)
+        .open_duration(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let mut svc = wrap(&layer);
+    let _ = call(&mut svc, FAIL).await;
+    advance(Duration::from_secs(10)).await;
+
+    let stuck = svc.ready().await.unwrap().call(slow(3_600_000));
+    assert_eq!(handle.state(), State::HalfOpen);
+    assert_eq!(
+        retry_after(call(&mut svc, OK).await),
+        None,
+        "the one slot is taken"
+    );
+    drop(stuck);
+    // The slot is free again: the next probe goes through and closes it.
+    call(&mut svc, OK).await.unwrap();
+    assert_eq!(handle.state(), State::Closed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn manual_states_through_the_handle() {
+    let rec = Recorder::new();
+    let layer = CircuitBreakerLayer::builder()
+        .window(SlidingWindow::count(10))
+        .minimum_calls(1)
+        .observer(Observer::new(rec.clone()))
+        .build()
+        .unwrap();
+    let handle: CircuitBreakerHandle = layer.handle();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let mut svc = layer.layer(backend(calls.clone()));
+
+    handle.force_open();
+    assert_eq!(handle.state(), State::ForcedOpen);
+    assert_eq!(retry_after(call(&mut svc, OK).await), None);
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        0,
+        "forced open never calls the backend"
+    );
+
+    handle.disable();
+    for _ in 0..20 {
+        let _ = call(&mut svc, FAIL).await;
+    }
+    assert_eq!(handle.state(), State::Disabled);
+    assert_eq!(calls.load(Ordering::SeqCst), 20);
+    assert_eq!(
+        handle.metrics(),
+        WindowSnapshot::default(),
+        "disabled records nothing"
+    );
+
+    handle.metrics_only();
+    for _ in 0..20 {
+        let _ = call(&mut svc, FAIL).await;
+    }
+    assert_eq!(handle.state(), State::MetricsOnly);
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        40,
+        "metrics-only never rejects"
+    );
+    assert_eq!(handle.metrics().calls, 10);
+    assert_eq!(handle.failure_rate(), Some(1.0));
+
+    handle.reset();
+    assert_eq!(handle.state(), State::Closed);
+    assert_eq!(handle.metrics(), WindowSnapshot::default());
+    let _ = call(&mut svc, FAIL).await;
+    assert_eq!(
+        handle.state(),
+        State::Open,
+        "closed again: one failure trips it"
+    );
+
+    use State::*;
+    assert_eq!(
+        transitions(&rec),
+        [
+            (Closed, Closed),
+            (Closed, ForcedOpen),
+            (ForcedOpen, Disabled),
+            (Disabled, MetricsOnly),
+            (MetricsOnly, Closed),
+            (Closed, Open),
+        ]
+    );
+    assert_eq!(
+        rec.count(|e| matches!(
+            e.kind,
+            EventKind::Rejected {
+                reason: RejectionKind::CircuitOpen,
+                detail: "forced_open",
+                retry_after: None
+            }
+        )),
+        1
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn initial_state_is_reported_once_per_layer() {
+    let rec = Recorder::new();
+    let layer = CircuitBreakerLayer::builder()
+        .name("db")
+        .observer(Observer::new(rec.clone()))
+        .build()
+        .unwrap();
+    let _a = wrap(&layer);
+    let _b = wrap(&layer).clone();
+    let _c = layer.clone();
+    let changes = rec.filter(|e| matches!(e.kind, EventKind::StateChanged { .. }));
+    assert_eq!(changes.len(), 1);
+    assert_eq!(changes[0].name, "db");
+    assert_eq!(
+        changes[0].kind,
+        EventKind::StateChanged {
+            from: State::Closed,
+            to: State::Closed,
+            failure_rate: None,
+            slow_call_rate: None
+        }
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn rejections_from_layers_below_count_as_failures() {
+    let layer = CircuitBreakerLayer::builder()
+        .window(SlidingWindow::count(4))
+        .minimum_calls(4)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let mut svc = layer.layer(service_fn(|timeout: bool| async move {
+        if timeout {
+            Err::<(), BoxError>(AttemptTimeout::new("attempt").into())
+        } else {
+            Ok(())
+        }
+    }));
+    for t in [false, true, false, true] {
+        let _ = svc.ready().await.unwrap().call(t).await;
+    }
+    assert_eq!(handle.metrics().failures, 2);
+    assert_eq!(handle.state(), State::Open);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_custom_classifier_decides_what_fails() {
+    // Responses of 500 and above fail; errors do not count as failures here.
+    let layer = CircuitBreakerLayer::builder()
+        .window(SlidingWindow::count(3))
+        .minimum_calls(3)
+        .classifier(|r: Result<&u16, &BoxError>| match r {
+            Ok(code) if *code >= 500 => Outcome::Failure,
+            _ => Outcome::Success,
+        })
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let mut svc = layer.layer(service_fn(|code: u16| async move {
+        if code == 0 {
+            Err::<u16, BoxError>("transport".into())
+        } else {
+            Ok(code)
+        }
+    }));
+    for code in [0, 0, 503] {
+        let _ = svc.ready().await.unwrap().call(code).await;
+    }
+    assert_eq!(handle.metrics().failures, 1);
+    assert_eq!(handle.state(), State::Closed);
+    let _ = svc.ready().await.unwrap().call(500).await;
+    assert_eq!(handle.state(), State::Open, "2 of the last 3 are 5xx");
+}
+
+#[tokio::test(start_paused = true)]
+async fn clones_and_services_of_one_layer_share_one_breaker() {
+    let layer = CircuitBreakerLayer::builder()
+        .window(SlidingWindow::count(2))
+        .minimum_calls(2)
+        .build()
+        .unwrap();
+    let mut a = wrap(&layer);
+    let mut b = a.clone();
+    let mut c = wrap(&layer);
+    let _ = call(&mut a, FAIL).await;
+    let _ = call(&mut b, FAIL).await;
+    assert!(retry_after(call(&mut c, OK).await).is_some());
+    // Another layer is another breaker.
+    let other = CircuitBreakerLayer::builder().build().unwrap();
+    call(&mut wrap(&other), OK).await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn fast_fail_by_default_backpressure_when_asked() {
+    for backpressure in [false, true] {
+        let layer = CircuitBreakerLayer::builder()
+            .window(SlidingWindow::count(1))
+            .minimum_calls(1)
+            .permitted_calls_in_half_open(1)
+            .open_duration(Duration::from_secs(10))
+            .backpressure(backpressure)
+            .build()
+            .unwrap();
+        let handle = layer.handle();
+        let mut svc = wrap(&layer);
+        let _ = call(&mut svc, FAIL).await;
+        let start = Instant::now();
+        svc.ready().await.unwrap();
+        let waited = start.elapsed();
+        if backpressure {
+            assert_eq!(
+                waited,
+                Duration::from_secs(10),
+                "ready exactly at half-open"
+            );
+            call(&mut svc, OK).await.unwrap();
+            assert_eq!(handle.state(), State::Closed);
+        } else {
+            assert_eq!(waited, Duration::ZERO);
+            assert_eq!(
+                retry_after(svc.call(OK).await),
+                Some(Duration::from_secs(10))
+            );
+        }
+    }
+}
+
+#[test]
+fn builder_refuses_nonsense() {
+    let b = || CircuitBreakerLayer::builder();
+    let msg = |r: Result<CircuitBreakerLayer, seawall::ConfigError>| r.unwrap_err().to_string();
+    assert_eq!(
+        msg(b().failure_rate_threshold(1.5).build()),
+        "invalid circuit_breaker configuration: failure_rate_threshold must be in (0, 1], got 1.5"
+    );
+    assert!(msg(b().slow_call_rate_threshold(0.0).build()).contains("slow_call_rate_threshold"));
+    assert!(msg(b().window(SlidingWindow::count(0)).build()).contains("window Count"));
+    assert!(
+        msg(b()
+            .window(SlidingWindow::Time {
+                span: Duration::from_millis(5),
+                buckets: 10
+            })
+            .build())
+        .contains("at least 1ms")
+    );
+    assert!(msg(b().minimum_calls(0).build()).contains("minimum_calls"));
+    assert!(msg(b().permitted_calls_in_half_open(0).build()).contains("permitted"));
+    assert!(msg(b().open_duration(Duration::ZERO).build()).contains("open_duration"));
+    assert!(msg(b().open_multiplier(0.5).build()).contains("open_multiplier"));
+    assert!(msg(b().open_multiplier(f64::NAN).build()).contains("open_multiplier"));
+    assert!(
+        msg(b().max_open_duration(Duration::from_secs(1)).build()).contains("max_open_duration")
+    );
+    assert!(msg(b().open_jitter(-0.1).build()).contains("open_jitter"));
+    assert!(msg(b().consecutive_failures(0).build()).contains("consecutive_failures"));
+    assert!(msg(b().slow_call_duration(Duration::ZERO).build()).contains("slow_call_duration"));
+    assert!(b().build().is_ok());
+}
+
+#[test]
+fn counts_stay_exact_under_contention() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .build()
+        .unwrap();
+    for window in [
+        SlidingWindow::count(100_000),
+        SlidingWindow::Time {
+            span: Duration::from_secs(3600),
+            buckets: 10,
+        },
+    ] {
+        let layer = CircuitBreakerLayer::builder()
+            .window(window)
+            .minimum_calls(1_000_000) // never trips: counting only
+            .build()
+            .unwrap();
+        let handle = layer.handle();
+        let svc = layer.layer(service_fn(|fail: bool| async move {
+            tokio::task::yield_now().await;
+            if fail {
+                Err::<(), BoxError>("x".into())
+            } else {
+                Ok(())
+            }
+        }));
+        const TASKS: usize = 16;
+        const CALLS: usize = 5_000;
+        rt.block_on(async {
+            let mut tasks = Vec::new();
+            for t in 0..TASKS {
+                let mut svc = svc.clone();
+                tasks.push(tokio::spawn(async move {
+                    for i in 0..CALLS {
+                        let _ = svc.ready().await.unwrap().call((t + i) % 7 == 0).await;
+                    }
+                }));
+            }
+            for t in tasks {
+                t.await.unwrap();
+            }
+        });
+        let expected_failures = (0..TASKS)
+            .flat_map(|t| (0..CALLS).map(move |i| (t + i) % 7 == 0))
+            .filter(|f| *f)
+            .count() as u64;
+        assert_eq!(
+            handle.metrics(),
+            WindowSnapshot {
+                calls: (TASKS * CALLS) as u64,
+                failures: expected_failures,
+                slow_calls: 0
+            },
+            "{window:?}"
+        );
+    }
+}
+
+#[test]
+fn a_small_window_stays_exact_under_contention() {
+    // 4 threads writing a 16-slot ring: slots are overwritten concurrently,
+    // and the totals must still match what the slots hold. The last 16 calls
+    // are all failures, so the window must read 16 of 16.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .build()
+        .unwrap();
+    let layer = CircuitBreakerLayer::builder()
+        .window(SlidingWindow::count(16))
+        .consecutive_failures_only(u32::MAX)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let svc = layer.layer(service_fn(|fail: bool| async move {
+        if fail {
+            Err::<(), BoxError>("x".into())
+        } else {
+            Ok(())
+        }
+    }));
+    rt.block_on(async {
+        let mut tasks = Vec::new();
+        for t in 0..8 {
+            let mut svc = svc.clone();
+            tasks.push(tokio::spawn(async move {
+                for i in 0..20_000 {
+                    let _ = svc.ready().await.unwrap().call((t * 3 + i) % 3 == 0).await;
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+    });
+    let mut svc = svc.clone();
+    rt.block_on(async {
+        for _ in 0..16 {
+            let _ = svc.ready().await.unwrap().call(true).await;
+        }
+    });
+    assert_eq!(
+        handle.metrics(),
+        WindowSnapshot {
+            calls: 16,
+            failures: 16,
+            slow_calls: 0
+        }
+    );
+}
+
+#[test]
+fn half_open_admits_exactly_the_permitted_probes_across_threads() {
+    const PERMITTED: usize = 50;
+    const THREADS: usize = 8;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    let layer = CircuitBreakerLayer::builder()
+        .window(SlidingWindow::count(1))
+        .minimum_calls(1)
+        .permitted_calls_in_half_open(PERMITTED as u32)
+        .open_duration(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    // The backend counts the calls the breaker lets through.
+    let calls = Arc::new(AtomicUsize::new(0));
+    let mut svc = layer.layer(backend(calls.clone()));
+    // Trip it, wait out the open time, and let one probe in (held, unfinished).
+    rt.block_on(async {
+        let _ = call(&mut svc, FAIL).await;
+        advance(Duration::from_secs(10)).await;
+        svc.ready().await.unwrap();
+    });
+    let first = {
+        let _in_runtime = rt.enter(); // the paused clock
+        svc.call(OK)
+    };
+    assert_eq!(handle.state(), State::HalfOpen);
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    // Admission in half-open reads no clock: threads outside the runtime race
+    // for the remaining slots, 800 attempts in all. Every thread holds what it
+    // got until all have tried, so no slot is given back during the race.
+    let barrier = Arc::new(std::sync::Barrier::new(THREADS));
+    let threads: Vec<_> = (0..THREADS)
+        .map(|_| {
+            let mut svc = svc.clone();
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                barrier.wait();
+                let held: Vec<_> = (0..100).map(|_| svc.call(OK)).collect();
+                barrier.wait();
+                drop(held);
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 2 + (PERMITTED - 1));
+    // The dropped probes gave their slots back; with the first one dropped
+    // too, exactly PERMITTED more get in.
+    drop(first);
+    let held: Vec<_> = (0..2 * PERMITTED).map(|_| svc.call(OK)).collect();
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2 + (PERMITTED - 1) + PERMITTED
+    );
+    drop(held);
+    assert_eq!(handle.state(), State::HalfOpen);
+}
+
+mod model {
+    //! A plain reference model of the state machine, checked against the
+    //! breaker on random sequences of outcomes and time steps.
+    use super::*;
+    use proptest::prelude::*;
+
+    const BASE_MS: u64 = 1_000;
+    const MAX_MS: u64 = 5_000;
+    const SLOW_MS: u64 = 100;
+    const PERMITTED: u32 = 4;
+    const THRESHOLD: f64 = 0.5;
+    const SLOW_THRESHOLD: f64 = 0.6;
+    const MINIMUM: usize = 4;
+    const COUNT: usize = 6;
+    const SPAN_MS: u64 = 1_000;
+    const BUCKETS: u64 = 10;
+
+    #[derive(Debug, Clone, Copy)]
+    enum Op {
+        Call { fail: bool, ms: u64 },
+        Advance(u64),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            3 => (any::<bool>(), prop::sample::select(vec![0u64, 50, 100, 150]))
+                .prop_map(|(fail, ms)| Op::Call { fail, ms }),
+            1 => (0u64..3_000).prop_map(Op::Advance),
+        ]
+    }
+
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    enum MState {
+        Closed,
+        Open { until: u64 },
+        HalfOpen { done: u32, failures: u32, slow: u32 },
+    }
+
+    /// Times are milliseconds since the breaker was built.
+    struct Model {
+        time_based: bool,
+        state: MState,
+        /// (finished at, failed, slow), oldest first.
+        window: Vec<(u64, bool, bool)>,
+        trips: u32,
+    }
+
+    impl Model {
+        fn in_window(&self, now: u64) -> Vec<(u64, bool, bool)> {
+            if self.time_based {
+                let width = SPAN_MS / BUCKETS;
+                let current = now / width;
+                self.window
+                    .iter()
+                    .copied()
+                    .filter(|(t, _, _)| t / width + BUCKETS > current)
+                    .collect()
+            } else {
+                let n = self.window.len();
+                self.window[n.saturating_sub(COUNT)..].to_vec()
+            }
+        }
+
+        fn open(&mut self, now: u64) {
+            let d = (BASE_MS * 2u64.pow(self.trips.min(20))).min(MAX_MS);
+            self.trips += 1;
+            self.state = MState::Open { until: now + d };
+        }
+
+        /// Admission at `now`: Err(retry_after in ms, None when unknown).
+        fn admit(&mut self, now: u64) -> Result<(), Option<u64>> {
+            if let MState::Open { until } = self.state {
+                if now < until {
+                    return Err(Some(until - now));
+                }
+                self.state = MState::HalfOpen {
+                    done: 0,
+                    failures: 0,
+                    slow: 0,
+                };
+            }
+            Ok(())
+        }
+
+        fn finish(&mut self, admitted_in: MState, end: u64, fail: bool, slow: bool) {
+            match (admitted_in, self.state) {
+                (MState::Closed, MState::Closed) => {
+                    self.window.push((end, fail, slow));
+                    let w = self.in_window(end);
+                    let calls = w.len();
+                    let failures = w.iter().filter(|x| x.1).count();
+                    let slows = w.iter().filter(|x| x.2).count();
+                    let minimum = if self.time_based {
+                        MINIMUM
+                    } else {
+                        MINIMUM.min(COUNT)
+                    };
+                    if calls >= minimum
+                        && (failures as f64 / calls as f64 >= THRESHOLD
+                            || slows as f64 / calls as f64 >= SLOW_THRESHOLD)
+                    {
+                        self.open(end);
+                    }
+                }
+                (
+                    MState::HalfOpen { .. },
+                    MState::HalfOpen {
+                        done,
+                        failures,
+                        slow: s,
+                    },
+                ) => {
+                    let (done, failures, s) = (done + 1, failures + fail as u32, s + slow as u32);
+                    if done < PERMITTED {
+                        self.state = MState::HalfOpen {
+                            done,
+                            failures,
+                            slow: s,
+                        };
+                    } else if (failures as f64 / PERMITTED as f64) < THRESHOLD
+                        && (s as f64 / PERMITTED as f64) < SLOW_THRESHOLD
+                    {
+                        self.state = MState::Closed;
+                        self.window.clear();
+                        self.trips = 0;
+                    } else {
+                        self.open(end);
+                    }
+                }
+                _ => {}
+            }
+        }
+
+        fn public(&self) -> State {
+            match self.state {
+                MState::Closed => State::Closed,
+                MState::Open { .. } => State::Open,
+                MState::HalfOpen { .. } => State::HalfOpen,
+            }
+        }
+    }
+
+    fn run(time_based: bool, ops: Vec<Op>) -> Result<(), TestCaseError> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let window = if time_based {
+                SlidingWindow::Time {
+                    span: Duration::from_millis(SPAN_MS),
+                    buckets: BUCKETS as u32,
+                }
+            } else {
+                SlidingWindow::count(COUNT as u32)
+            };
+            let layer = CircuitBreakerLayer::builder()
+                .window(window)
+                .minimum_calls(MINIMUM as u32)
+                .failure_rate_threshold(THRESHOLD)
+                .slow_call_rate_threshold(SLOW_THRESHOLD)
+                .slow_call_duration(Duration::from_millis(SLOW_MS))
+                .permitted_calls_in_half_open(PERMITTED)
+                .open_duration(Duration::from_millis(BASE_MS))
+                .open_multiplier(2.0)
+                .max_open_duration(Duration::from_millis(MAX_MS))
+                .build()
+                .unwrap();
+            let t0 = Instant::now();
+            let now = || (Instant::now() - t0).as_millis() as u64;
+            let handle = layer.handle();
+            let mut svc = wrap(&layer);
+            let mut model = Model {
+                time_based,
+                state: MState::Closed,
+                window: Vec::new(),
+                trips: 0,
+            };
+            for (step, op) in ops.into_iter().enumerate() {
+                match op {
+                    Op::Advance(ms) => advance(Duration::from_millis(ms)).await,
+                    Op::Call { fail, ms } => {
+                        let expected = model.admit(now());
+                        let admitted_in = model.state;
+                        let res = call(
+                            &mut svc,
+                            Req {
+                                fail,
+                                delay: Duration::from_millis(ms),
+                            },
+                        )
+                        .await;
+                        match expected {
+                            Err(wait) => {
+                                let got = retry_after(res);
+                                prop_assert_eq!(
+                                    got,
+                                    wait.map(Duration::from_millis),
+                                    "step {}",
+                                    step
+                                );
+                            }
+                            Ok(()) => {
+                                if let Err(e) = &res {
+                                    prop_assert!(rejection_of(e).is_none(), "step {}: {}", step, e);
+                                }
+                                model.finish(admitted_in, now(), fail, ms > SLOW_MS);
+                            }
+                        }
+                    }
+                }
+                prop_assert_eq!(handle.state(), model.public(), "step {}", step);
+                if model.state == MState::Closed {
+                    let w = model.in_window(now());
+                    prop_assert_eq!(
+                        handle.metrics(),
+                        WindowSnapshot {
+                            calls: w.len() as u64,
+                            failures: w.iter().filter(|x| x.1).count() as u64,
+                            slow_calls: w.iter().filter(|x| x.2).count() as u64,
+                        },
+                        "step {}",
+                        step
+                    );
+                }
+            }
+            Ok(())
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        #[test]
+        fn count_window_agrees_with_the_model(ops in prop::collection::vec(op(), 1..200)) {
+            run(false, ops)?;
+        }
+
+        #[test]
+        fn time_window_agrees_with_the_model(ops in prop::collection::vec(op(), 1..200)) {
+            run(true, ops)?;
+        }
+    }
+}

@@ -1,0 +1,609 @@
+#![cfg(feature = "rate-limit")]
+//! Rate limiting in paused time: exact quotas, exact waits, keys, memory cap,
+//! headers and wait mode.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use seawall::BoxError;
+use seawall::deadline::{self, Deadline};
+use seawall::error::{RejectionKind, rejection_of};
+use seawall::observe::{Event, EventKind, Observer, Recorder};
+use seawall::rate_limit::{Fallback, Key, Quota, RateLimitLayer};
+use tokio::time::{Instant, advance};
+use tower::{Layer, Service, ServiceExt};
+
+fn echo() -> impl Service<
+    u64,
+    Response = u64,
+    Error = Infallible,
+    Future = std::future::Ready<Result<u64, Infallible>>,
+> + Clone {
+    tower::service_fn(|x: u64| std::future::ready(Ok::<_, Infallible>(x)))
+}
+
+async fn call<S>(svc: &mut S, x: u64) -> Result<u64, BoxError>
+where
+    S: Service<u64, Response = u64, Error = BoxError>,
+{
+    svc.ready().await?.call(x).await
+}
+
+fn retry_after(err: &BoxError) -> Option<Duration> {
+    let r = rejection_of(err).expect("a seawall rejection");
+    assert_eq!(r.kind(), RejectionKind::RateLimited);
+    r.retry_after()
+}
+
+#[tokio::test(start_paused = true)]
+async fn burst_then_steady_rate_admits_exactly_the_quota() {
+    // 10 per second: a burst of 10, then one every 100 ms.
+    let layer = RateLimitLayer::builder(Quota::per_second(10))
+        .build()
+        .unwrap();
+    let mut svc = layer.layer(echo());
+
+    for i in 0..10 {
+        assert_eq!(call(&mut svc, i).await.unwrap(), i, "burst request {i}");
+    }
+    let err = call(&mut svc, 10).await.unwrap_err();
+    // The first rejection's wait is exactly the time until the next cell.
+    assert_eq!(retry_after(&err), Some(Duration::from_millis(100)));
+    advance(Duration::from_millis(30)).await;
+    let err = call(&mut svc, 11).await.unwrap_err();
+    assert_eq!(retry_after(&err), Some(Duration::from_millis(70)));
+    advance(Duration::from_millis(70)).await;
+    assert!(
+        call(&mut svc, 12).await.is_ok(),
+        "conforms exactly at the next cell"
+    );
+
+    // Steady state: a request every 10 ms for 2 s; one in ten is admitted.
+    let mut admitted = 0;
+    let mut rejected = 0;
+    for i in 0..200 {
+        advance(Duration::from_millis(10)).await;
+        match call(&mut svc, i).await {
+            Ok(_) => admitted += 1,
+            Err(e) => {
+                let w = retry_after(&e).unwrap();
+                assert!(
+                    w > Duration::ZERO && w < Duration::from_millis(100),
+                    "{w:?}"
+                );
+                rejected += 1;
+            }
+        }
+    }
+    assert_eq!(admitted, 20, "2 s at 10/s");
+    assert_eq!(rejected, 180);
+}
+
+#[tokio::test(start_paused = true)]
+async fn quota_is_shared_by_clones_and_services_of_one_layer() {
+    let layer = RateLimitLayer::builder(Quota::per_minute(3))
+        .build()
+        .unwrap();
+    let mut a = layer.layer(echo());
+    let mut b = a.clone();
+    let mut c = layer.layer(echo());
+    assert!(call(&mut a, 1).await.is_ok());
+    assert!(call(&mut b, 2).await.is_ok());
+    assert!(call(&mut c, 3).await.is_ok());
+    let err = call(&mut a, 4).await.unwrap_err();
+    assert_eq!(retry_after(&err), Some(Duration::from_secs(20)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn noisy_key_is_limited_while_others_pass_untouched() {
+    let recorder = Recorder::new();
+    let layer = RateLimitLayer::builder(Quota::per_second(5))
+        .keyed(|x: &u64| Some(Key::from_u64(*x / 1000)))
+        .name("tenants")
+        .observer(Observer::new(recorder.clone()))
+        .build()
+        .unwrap();
+    let mut svc = layer.layer(echo());
+
+    // Tenant 0 sends 50 requests, interleaved with 5 each from tenants 1..=3.
+    let mut noisy_ok = 0;
+    let mut quiet_ok = 0;
+    for i in 0..50u64 {
+        if call(&mut svc, i).await.is_ok() {
+            noisy_ok += 1;
+        }
+        if i % 10 == 0 {
+            for t in 1..=3u64 {
+                if call(&mut svc, t * 1000 + i).await.is_ok() {
+                    quiet_ok += 1;
+                }
+            }
+        }
+    }
+    assert_eq!(noisy_ok, 5);
+    assert_eq!(quiet_ok, 15, "every quiet tenant request admitted");
+    assert_eq!(layer.tracked_keys(), 4);
+    assert_eq!(
+        recorder.count(|e| matches!(
+            e.kind,
+            EventKind::Rejected {
+                reason: RejectionKind::RateLimited,
+                detail: "limit",
+                retry_after: Some(_)
+            }
+        ) && e.name == "tenants"),
+        45
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn global_quota_applies_on_top_of_per_key_quota() {
+    let recorder = Recorder::new();
+    let layer = RateLimitLayer::builder(Quota::per_second(5))
+        .keyed(|x: &u64| Some(Key::from_u64(*x / 1000)))
+        .global_quota(Quota::per_second(8))
+        .observer(Observer::new(recorder.clone()))
+        .build()
+        .unwrap();
+    let mut svc = layer.layer(echo());
+    let a: usize = futures_ok(&mut svc, 0, 5).await;
+    let b: usize = futures_ok(&mut svc, 1000, 5).await;
+    assert_eq!(
+        (a, b),
+        (5, 3),
+        "tenant B gets only what is left of the global 8"
+    );
+    assert_eq!(
+        recorder.count(|e| matches!(
+            e.kind,
+            EventKind::Rejected {
+                detail: "global_limit",
+                ..
+            }
+        )),
+        2
+    );
+}
+
+async fn futures_ok<S>(svc: &mut S, base: u64, n: u64) -> usize
+where
+    S: Service<u64, Response = u64, Error = BoxError>,
+{
+    let mut ok = 0;
+    for i in 0..n {
+        if call(svc, base + i).await.is_ok() {
+            ok += 1;
+        }
+    }
+    ok
+}
+
+#[tokio::test(start_paused = true)]
+async fn requests_without_a_key_follow_the_fallback_rule() {
+    let extract = |x: &u64| (*x != 0).then(|| Key::from_u64(*x));
+
+    let recorder = Recorder::new();
+    let reject = RateLimitLayer::builder(Quota::per_second(5))
+        .keyed(extract)
+        .fallback(Fallback::Reject)
+        .observer(Observer::new(recorder.clone()))
+        .build()
+        .unwrap();
+    let mut svc = reject.layer(echo());
+    let err = call(&mut svc, 0).await.unwrap_err();
+    assert_eq!(retry_after(&err), None);
+    assert_eq!(
+        recorder.count(|e| matches!(
+            e.kind,
+            EventKind::InputIgnored {
+                input: "key",
+                reason: "absent"
+            }
+        )),
+        1
+    );
+    assert_eq!(
+        recorder.count(|e| matches!(
+            e.kind,
+            EventKind::Rejected {
+                detail: "no_key",
+                retry_after: None,
+                ..
+            }
+        )),
+        1
+    );
+
+    // Shared bucket: key-less requests share one bucket of 2 per second.
+    let shared = RateLimitLayer::builder(Quota::per_second(5))
+        .keyed(extract)
+        .fallback_quota(Quota::per_second(2))
+        .build()
+        .unwrap();
+    let mut svc = shared.layer(echo());
+    assert!(call(&mut svc, 0).await.is_ok());
+    assert!(call(&mut svc, 0).await.is_ok());
+    let err = call(&mut svc, 0).await.unwrap_err();
+    assert_eq!(retry_after(&err), Some(Duration::from_millis(500)));
+    // keyed requests are unaffected
+    assert_eq!(futures_ok(&mut svc, 1, 5).await, 5);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_million_distinct_keys_never_exceed_the_cap() {
+    const CAP: usize = 10_000;
+    let full = Arc::new(AtomicU64::new(0));
+    let full2 = full.clone();
+    let layer = RateLimitLayer::builder(Quota::per_second(10))
+        .keyed(|x: &u64| Some(Key::from_u64(*x)))
+        .max_keys(CAP)
+        .fallback(Fallback::Reject)
+        .min_sweep_interval(Duration::from_millis(100))
+        .observer(Observer::new(move |e: &Event<'_>| {
+            if matches!(
+                e.kind,
+                EventKind::Rejected {
+                    detail: "keys_full",
+                    ..
+                }
+            ) {
+                full2.fetch_add(1, Ordering::Relaxed);
+            }
+        }))
+        .build()
+        .unwrap();
+    let mut svc = layer.layer(echo());
+
+    let mut admitted = 0u64;
+    let mut max_tracked = 0;
+    let mut max_capacity = 0;
+    // One million distinct keys, 1000 per millisecond of paused time (1 s in all).
+    for i in 0..1_000_000u64 {
+        if i % 1000 == 0 {
+            advance(Duration::from_millis(1)).await;
+            max_capacity = max_capacity.max(layer.key_capacity());
+        }
+        // `echo` is always ready: call without polling readiness each time.
+        if svc.call(i).await.is_ok() {
+            admitted += 1;
+        }
+        // checked after every single call
+        max_tracked = max_tracked.max(layer.tracked_keys());
+    }
+    max_tracked = max_tracked.max(layer.tracked_keys());
+    println!(
+        "1M keys, cap {CAP}: max tracked {max_tracked}, max map capacity {max_capacity}, \
+         admitted {admitted}, rejected at cap {}, evicted {}",
+        full.load(Ordering::Relaxed),
+        layer.evicted_keys()
+    );
+    assert!(max_tracked <= CAP, "tracked {max_tracked} > cap {CAP}");
+    assert_eq!(max_tracked, CAP, "the spray does reach the cap");
+    assert_eq!(admitted + full.load(Ordering::Relaxed), 1_000_000);
+    // Every key is new, so each admission beyond the tracked ones needed an
+    // eviction: admitted = evicted + tracked at the end.
+    assert_eq!(admitted, layer.evicted_keys() + layer.tracked_keys() as u64);
+    // A key admitted at t (bucket full again at t + 100 ms) is idle for
+    // governor's retain_recent from t + 200 ms; sweeps run at most every
+    // 100 ms, so the 10 000 slots turn over about every 300 ms: at least 3
+    // times in the 1 s spray.
+    assert!(
+        layer.evicted_keys() >= 30_000,
+        "evicted {}",
+        layer.evicted_keys()
+    );
+    // Memory: the map never holds more than the cap, so its allocation stays
+    // within a small factor of it.
+    assert!(max_capacity <= 4 * CAP, "map capacity {max_capacity}");
+    // Once the spray stops, everything becomes idle and is evicted.
+    advance(Duration::from_secs(1)).await;
+    assert!(layer.evict_idle());
+    assert_eq!(layer.tracked_keys(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn wait_mode_waits_exactly_and_respects_max_wait() {
+    let layer = RateLimitLayer::builder(Quota::per_second(1))
+        .wait(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let mut svc = layer.layer(echo());
+    let t0 = Instant::now();
+    assert!(call(&mut svc, 1).await.is_ok());
+    assert_eq!(t0.elapsed(), Duration::ZERO);
+    assert!(call(&mut svc, 2).await.is_ok());
+    assert_eq!(
+        t0.elapsed(),
+        Duration::from_secs(1),
+        "waited exactly one period"
+    );
+
+    // Two waiters at once: the second one's wait is 2 s, still within max.
+    let (mut s1, mut s2) = (svc.clone(), svc.clone());
+    let (a, b) = tokio::join!(call(&mut s1, 3), call(&mut s2, 4));
+    assert!(a.is_ok() && b.is_ok());
+    assert_eq!(t0.elapsed(), Duration::from_secs(3));
+
+    // Max wait 500 ms: a 1 s wait is refused at once, with the exact wait.
+    let recorder = Recorder::new();
+    let short = RateLimitLayer::builder(Quota::per_second(1))
+        .wait(Duration::from_millis(500))
+        .observer(Observer::new(recorder.clone()))
+        .build()
+        .unwrap();
+    let mut svc = short.layer(echo());
+    assert!(call(&mut svc, 1).await.is_ok());
+    let t1 = Instant::now();
+    let err = call(&mut svc, 2).await.unwrap_err();
+    assert_eq!(
+        t1.elapsed(),
+        Duration::ZERO,
+        "no waiting when the wait is too long"
+    );
+    assert_eq!(retry_after(&err), Some(Duration::from_secs(1)));
+    assert_eq!(
+        recorder.count(|e| matches!(
+            e.kind,
+            EventKind::Rejected {
+                detail: "wait_exceeds_limit",
+                ..
+            }
+        )),
+        1
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn wait_mode_never_waits_past_the_deadline() {
+    let layer = RateLimitLayer::builder(Quota::per_second(1))
+        .wait(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let mut svc = layer.layer(echo());
+    assert!(call(&mut svc, 1).await.is_ok());
+
+    // 300 ms of budget left, 1 s to wait: refused at once.
+    let t0 = Instant::now();
+    let err = deadline::scope(
+        Deadline::after(Duration::from_millis(300)),
+        call(&mut svc, 2),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(t0.elapsed(), Duration::ZERO);
+    assert_eq!(retry_after(&err), Some(Duration::from_secs(1)));
+
+    // 1.5 s of budget: waits the 1 s and goes through.
+    let ok = deadline::scope(
+        Deadline::after(Duration::from_millis(1500)),
+        call(&mut svc, 3),
+    )
+    .await;
+    assert_eq!(ok.unwrap(), 3);
+    assert_eq!(t0.elapsed(), Duration::from_secs(1));
+}
+
+#[test]
+fn nonsense_configuration_is_refused() {
+    let e = RateLimitLayer::builder(Quota::per_second(0))
+        .build()
+        .unwrap_err();
+    assert!(e.to_string().contains("burst"), "{e}");
+    let e = RateLimitLayer::builder(Quota::with_period(Duration::ZERO))
+        .build()
+        .unwrap_err();
+    assert!(e.to_string().contains("period"), "{e}");
+    let e = RateLimitLayer::builder(Quota::per_second(5).burst(0))
+        .build()
+        .unwrap_err();
+    assert!(e.to_string().contains("burst"), "{e}");
+    let e = RateLimitLayer::builder(Quota::per_second(5))
+        .keyed(|x: &u64| Some(Key::from_u64(*x)))
+        .max_keys(0)
+        .build()
+        .unwrap_err();
+    assert!(e.to_string().contains("max_keys"), "{e}");
+    let e = RateLimitLayer::builder(Quota::per_second(5))
+        .wait(Duration::ZERO)
+        .build()
+        .unwrap_err();
+    assert!(e.to_string().contains("Wait"), "{e}");
+}
+
+#[cfg(feature = "http")]
+mod http_keys {
+    use super::*;
+    use http::{HeaderName, Request, Response};
+    use seawall::rate_limit::{ClientIp, HeaderKey, IetfHeaders, PeerAddr};
+    use std::net::{IpAddr, SocketAddr};
+
+    fn ok_http() -> impl Service<
+        Request<()>,
+        Response = Response<()>,
+        Error = Infallible,
+        Future = std::future::Ready<Result<Response<()>, Infallible>>,
+    > + Clone {
+        tower::service_fn(|_req: Request<()>| std::future::ready(Ok(Response::new(()))))
+    }
+
+    fn req(peer: &str, xff: Option<&str>) -> Request<()> {
+        let mut b = Request::builder();
+        if let Some(x) = xff {
+            b = b.header("x-forwarded-for", x);
+        }
+        let mut r = b.body(()).unwrap();
+        r.extensions_mut()
+            .insert(peer.parse::<SocketAddr>().unwrap());
+        r
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn forwarded_for_spoofing_does_not_choose_the_key() {
+        let layer = RateLimitLayer::builder(Quota::per_minute(3))
+            .keyed(ClientIp::new().trust("10.0.0.0/8").unwrap())
+            .build()
+            .unwrap();
+        let mut svc = layer.layer(ok_http());
+        // The attacker (203.0.113.7, behind our proxy 10.0.0.1) prepends a
+        // fresh fake address to every request.
+        let mut ok = 0;
+        for i in 0..20 {
+            let xff = format!("198.51.100.{i}, 203.0.113.7");
+            if svc
+                .ready()
+                .await
+                .unwrap()
+                .call(req("10.0.0.1:5000", Some(&xff)))
+                .await
+                .is_ok()
+            {
+                ok += 1;
+            }
+        }
+        assert_eq!(ok, 3, "one bucket for the attacker whatever it prepends");
+        assert_eq!(layer.tracked_keys(), 1);
+        // Another client behind the same proxy is untouched.
+        for _ in 0..3 {
+            let r = req("10.0.0.1:5000", Some("192.0.2.50"));
+            assert!(svc.ready().await.unwrap().call(r).await.is_ok());
+        }
+        // A direct (untrusted) peer cannot use the header at all: the
+        // attacker connecting directly is keyed by its own address, whose
+        // bucket is already empty, not by the 192.0.2.99 it claims.
+        let r = req("203.0.113.7:6000", Some("192.0.2.99"));
+        assert!(svc.ready().await.unwrap().call(r).await.is_err());
+        assert_eq!(layer.tracked_keys(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn header_and_peer_keys() {
+        let layer = RateLimitLayer::builder(Quota::per_second(2))
+            .keyed(HeaderKey::new(HeaderName::from_static("x-api-key")))
+            .fallback(Fallback::Reject)
+            .build()
+            .unwrap();
+        let mut svc = layer.layer(ok_http());
+        let with = |k: &str| Request::builder().header("x-api-key", k).body(()).unwrap();
+        assert!(svc.ready().await.unwrap().call(with("a")).await.is_ok());
+        assert!(svc.ready().await.unwrap().call(with("a")).await.is_ok());
+        assert!(svc.ready().await.unwrap().call(with("a")).await.is_err());
+        assert!(svc.ready().await.unwrap().call(with("b")).await.is_ok());
+        let long = "k".repeat(65);
+        assert!(
+            svc.ready().await.unwrap().call(with(&long)).await.is_err(),
+            "too long: no key"
+        );
+        assert!(
+            svc.ready()
+                .await
+                .unwrap()
+                .call(Request::new(()))
+                .await
+                .is_err(),
+            "absent: no key"
+        );
+
+        let layer = RateLimitLayer::builder(Quota::per_second(1))
+            .keyed(PeerAddr::with(|ext| ext.get::<IpAddr>().copied()))
+            .build()
+            .unwrap();
+        let mut svc = layer.layer(ok_http());
+        let from = |ip: &str| {
+            let mut r = Request::new(());
+            r.extensions_mut().insert(ip.parse::<IpAddr>().unwrap());
+            r
+        };
+        assert!(
+            svc.ready()
+                .await
+                .unwrap()
+                .call(from("192.0.2.1"))
+                .await
+                .is_ok()
+        );
+        assert!(
+            svc.ready()
+                .await
+                .unwrap()
+                .call(from("192.0.2.1"))
+                .await
+                .is_err()
+        );
+        assert!(
+            svc.ready()
+                .await
+                .unwrap()
+                .call(from("192.0.2.2"))
+                .await
+                .is_ok()
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ietf_headers_are_exact() {
+        let layer = RateLimitLayer::builder(Quota::per_minute(100))
+            .response_headers(IetfHeaders::default())
+            .build()
+            .unwrap();
+        let mut svc = layer.layer(ok_http());
+        let res = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(Request::new(()))
+            .await
+            .unwrap();
+        assert_eq!(res.headers()["ratelimit-policy"], "\"default\";q=100;w=60");
+        assert_eq!(
+            res.headers()["ratelimit"],
+            "\"default\";r=99;t=1",
+            "0.6 s rounds up to 1"
+        );
+        for _ in 0..48 {
+            svc.ready()
+                .await
+                .unwrap()
+                .call(Request::new(()))
+                .await
+                .unwrap();
+        }
+        let res = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(Request::new(()))
+            .await
+            .unwrap();
+        assert_eq!(res.headers()["ratelimit-policy"], "\"default\";q=100;w=60");
+        assert_eq!(res.headers()["ratelimit"], "\"default\";r=50;t=30");
+
+        // 10 s later, 16 cells have come back (one per 600 ms).
+        advance(Duration::from_secs(10)).await;
+        let res = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(Request::new(()))
+            .await
+            .unwrap();
+        assert_eq!(res.headers()["ratelimit"], "\"default\";r=65;t=21");
+
+        let named = RateLimitLayer::builder(Quota::per_second(10).burst(5))
+            .response_headers(IetfHeaders::new("api").unwrap())
+            .build()
+            .unwrap();
+        let mut svc = named.layer(ok_http());
+        let res = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(Request::new(()))
+            .await
+            .unwrap();
+        assert_eq!(res.headers()["ratelimit-policy"], "\"api\";q=5;w=1");
+        assert_eq!(res.headers()["ratelimit"], "\"api\";r=4;t=1");
+        assert!(IetfHeaders::new("bad\"name").is_err());
+    }
+}

@@ -1,0 +1,554 @@
+#![cfg(feature = "redis")]
+//! The Redis backend against a real `redis-server` started by the test on a
+//! free loopback port. These tests run in real time: the limiter's clock is
+//! Redis server time (`TIME` inside the script), which paused tokio time
+//! cannot drive.
+//!
+//! Without the `redis-server` binary the tests are skipped with a message —
+//! unless `CI` is set, where its absence is a failure.
+
+use std::convert::Infallible;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use seawall::BoxError;
+use seawall::error::{RejectionKind, rejection_of};
+use seawall::observe::{EventKind, Observer, Recorder, State};
+use seawall::rate_limit::{FailurePolicy, Key, Quota, RateLimitLayer, RedisBackend};
+use tower::{Layer, Service, ServiceExt};
+
+const REDIS_SERVER: &str = "redis-server";
+
+struct RedisServer {
+    child: Child,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl RedisServer {
+    /// Starts a server, or returns `None` (with a message) when the binary is
+    /// absent and `CI` is unset.
+    fn start() -> Option<RedisServer> {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free loopback port");
+        Self::start_on(port)
+    }
+
+    /// Starts a server on `port` (see [`RedisServer::start`]).
+    fn start_on(port: u16) -> Option<RedisServer> {
+        let found = Command::new(REDIS_SERVER)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok();
+        if !found {
+            if std::env::var_os("CI").is_some() {
+                panic!("redis-server not found, and CI is set: the Redis tests must run in CI");
+            }
+            eprintln!("SKIPPED: redis-server not found on PATH (set CI=1 to make this a failure)");
+            return None;
+        }
+        let dir = std::env::temp_dir().join(format!("seawall-redis-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let child = Command::new(REDIS_SERVER)
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--enable-debug-command",
+                "yes",
+            ])
+            .arg("--dir")
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn redis-server");
+        let server = RedisServer { child, port, dir };
+        for _ in 0..500 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Some(server);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("redis-server did not listen on port {port} within 5 s");
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    async fn connection(&self) -> ConnectionManager {
+        let client = redis::Client::open(self.url()).unwrap();
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_number_of_retries(1)
+            .set_connection_timeout(Some(Duration::from_millis(200)))
+            .set_response_timeout(Some(Duration::from_millis(500)));
+        client
+            .get_connection_manager_with_config(config)
+            .await
+            .unwrap()
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn echo() -> impl Service<
+    u64,
+    Response = u64,
+    Error = Infallible,
+    Future = std::future::Ready<Result<u64, Infallible>>,
+> + Clone {
+    tower::service_fn(|x: u64| std::future::ready(Ok::<_, Infallible>(x)))
+}
+
+async fn call<S>(svc: &mut S, x: u64) -> Result<u64, BoxError>
+where
+    S: Service<u64, Response = u64, Error = BoxError>,
+{
+    // A generous safety bound: a call never hangs, whatever Redis does.
+    tokio::time::timeout(Duration::from_secs(5), async {
+        svc.ready().await?.call(x).await
+    })
+    .await
+    .expect("a rate-limited call must never hang")
+}
+
+async fn admitted<S>(svc: &mut S, n: u64) -> u64
+where
+    S: Service<u64, Response = u64, Error = BoxError>,
+{
+    let mut ok = 0;
+    for i in 0..n {
+        if call(svc, i).await.is_ok() {
+            ok += 1;
+        }
+    }
+    ok
+}
+
+async fn info_field(conn: &mut ConnectionManager, section: &str, field: &str) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg(section)
+        .query_async(conn)
+        .await
+        .unwrap();
+    for line in info.lines() {
+        if let Some(rest) = line.strip_prefix(field).and_then(|r| r.strip_prefix(':')) {
+            // "total_commands_processed:123" or "cmdstat_evalsha:calls=5,usec=…"
+            let rest = rest.strip_prefix("calls=").unwrap_or(rest);
+            let n: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+            return n.parse().unwrap();
+        }
+    }
+    0
+}
+
+#[tokio::test]
+async fn two_instances_sharing_redis_enforce_one_quota() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let quota = Quota::per_minute(100);
+
+    // Two "processes": two layers built independently, each with its own connection.
+    let a = RateLimitLayer::builder(quota)
+        .name("api")
+        .redis(
+            RedisBackend::new(server.connection().await)
+                .prefix("shared")
+                .timeout(Duration::from_secs(1)),
+        )
+        .build()
+        .unwrap();
+    let b = RateLimitLayer::builder(quota)
+        .name("api")
+        .redis(
+            RedisBackend::new(server.connection().await)
+                .prefix("shared")
+                .timeout(Duration::from_secs(1)),
+        )
+        .build()
+        .unwrap();
+    let (mut sa, mut sb) = (a.layer(echo()), b.layer(echo()));
+    let mut together = 0;
+    let mut first_wait = None;
+    for i in 0..200 {
+        for svc in [&mut sa, &mut sb] {
+            match call(svc, i).await {
+                Ok(_) => together += 1,
+                Err(e) => {
+                    let r = rejection_of(&e).unwrap();
+                    assert_eq!(r.kind(), RejectionKind::RateLimited);
+                    first_wait.get_or_insert(r.retry_after().unwrap());
+                }
+            }
+        }
+    }
+    // Two local limiters with the same quota admit twice as much.
+    let la = RateLimitLayer::builder(quota).build().unwrap();
+    let lb = RateLimitLayer::builder(quota).build().unwrap();
+    let (mut la, mut lb) = (la.layer(echo()), lb.layer(echo()));
+    let local = admitted(&mut la, 200).await + admitted(&mut lb, 200).await;
+
+    println!(
+        "400 requests over two instances: redis-shared admitted {together}, two local limiters admitted {local}"
+    );
+    assert!(
+        (95..=105).contains(&together),
+        "shared quota 100 ±5%, admitted {together}"
+    );
+    assert!(
+        (190..=210).contains(&local),
+        "two local limiters: 2 × 100, admitted {local}"
+    );
+    let w = first_wait.unwrap();
+    assert!(
+        w > Duration::ZERO && w <= Duration::from_millis(600),
+        "retry_after {w:?} within one period"
+    );
+}
+
+#[tokio::test]
+async fn keyed_limits_share_across_instances_and_keys_expire() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let quota = Quota::per_second(5);
+    let build = |conn| {
+        RateLimitLayer::builder(quota)
+            .keyed(|x: &u64| Some(Key::from_u64(*x / 1000)))
+            .name("keyed")
+            .redis(RedisBackend::new(conn).timeout(Duration::from_secs(1)))
+            .build()
+            .unwrap()
+    };
+    let a = build(server.connection().await);
+    let b = build(server.connection().await);
+    let (mut sa, mut sb) = (a.layer(echo()), b.layer(echo()));
+    let mut noisy = 0;
+    for i in 0..10 {
+        noisy +=
+            u64::from(call(&mut sa, i).await.is_ok()) + u64::from(call(&mut sb, i).await.is_ok());
+    }
+    let mut other = 0;
+    for i in 0..5 {
+        other += u64::from(call(&mut sa, 7000 + i).await.is_ok());
+    }
+    assert!(
+        (5..=6).contains(&noisy),
+        "tenant 0 shares 5 across both instances, got {noisy}"
+    );
+    assert_eq!(other, 5, "tenant 7 is untouched");
+
+    // Redis memory stays bounded: each key expires with its burst window (1 s).
+    let mut conn = server.connection().await;
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(b"seawall:keyed:n:\0\0\0\0\0\0\0\x07".as_slice())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(
+        ttl > 0 && ttl <= 1000,
+        "key TTL {ttl} ms within the 1 s window"
+    );
+}
+
+#[tokio::test]
+async fn one_redis_round_trip_per_request() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let layer = RateLimitLayer::builder(Quota::per_second(1000))
+        .redis(RedisBackend::new(server.connection().await).timeout(Duration::from_secs(1)))
+        .build()
+        .unwrap();
+    let mut svc = layer.layer(echo());
+    // Warm up: the first call loads the script (EVALSHA → NOSCRIPT → EVAL).
+    assert!(call(&mut svc, 0).await.is_ok());
+
+    let mut probe = server.connection().await;
+    let script_cmds = ["cmdstat_time", "cmdstat_get", "cmdstat_set"];
+    let mut inner_before = 0;
+    for c in script_cmds {
+        inner_before += info_field(&mut probe, "commandstats", c).await;
+    }
+    let evalsha_before = info_field(&mut probe, "commandstats", "cmdstat_evalsha").await;
+    let eval_before = info_field(&mut probe, "commandstats", "cmdstat_eval").await;
+    let before = info_field(&mut probe, "stats", "total_commands_processed").await;
+
+    const N: u64 = 50;
+    assert_eq!(admitted(&mut svc, N).await, N);
+
+    let after = info_field(&mut probe, "stats", "total_commands_processed").await;
+    let evalsha_after = info_field(&mut probe, "commandstats", "cmdstat_evalsha").await;
+    let eval_after = info_field(&mut probe, "commandstats", "cmdstat_eval").await;
+    let mut inner_after = 0;
+    for c in script_cmds {
+        inner_after += info_field(&mut probe, "commandstats", c).await;
+    }
+    // total_commands_processed also counts the commands the script runs
+    // (TIME, GET, SET) and the INFO that read `before` (a command is counted
+    // once it has run, so that INFO shows up in `after` only).
+    let inner = inner_after - inner_before;
+    let total = after - before - 1;
+    let client_commands = total - inner;
+    println!(
+        "{N} requests: {total} commands processed, of which {inner} inside the script; \
+         {client_commands} sent by the client ({} EVALSHA, {} EVAL)",
+        evalsha_after - evalsha_before,
+        eval_after - eval_before
+    );
+    assert_eq!(evalsha_after - evalsha_before, N, "one EVALSHA per request");
+    assert_eq!(eval_after - eval_before, 0, "the script stays cached");
+    assert_eq!(inner, 3 * N, "TIME, GET, SET inside each script run");
+    assert_eq!(client_commands, N, "exactly one round trip per request");
+}
+
+async fn killed_mid_test(policy: FailurePolicy) -> (Recorder, Vec<Result<u64, BoxError>>) {
+    let mut server = RedisServer::start().expect("checked by the caller");
+    let recorder = Recorder::new();
+    let layer = RateLimitLayer::builder(Quota::per_minute(10))
+        .name("fleet")
+        .observer(Observer::new(recorder.clone()))
+        .redis(
+            RedisBackend::new(server.connection().await)
+                .timeout(Duration::from_millis(100))
+                .on_failure(policy),
+        )
+        .build()
+        .unwrap();
+    let mut svc = layer.layer(echo());
+    // Healthy: two requests through Redis.
+    assert!(call(&mut svc, 0).await.is_ok());
+    assert!(call(&mut svc, 1).await.is_ok());
+    server.kill();
+    let mut results = Vec::new();
+    for i in 0..20 {
+        results.push(call(&mut svc, i).await);
+    }
+    (recorder, results)
+}
+
+fn assert_degraded_once(recorder: &Recorder) {
+    assert!(
+        recorder.count(|e| matches!(
+            e.kind,
+            EventKind::BackendError {
+                backend: "redis",
+                ..
+            }
+        )) >= 1
+    );
+    assert_eq!(
+        recorder.count(|e| matches!(
+            e.kind,
+            EventKind::StateChanged {
+                from: State::Healthy,
+                to: State::Degraded,
+                ..
+            }
+        )),
+        1
+    );
+}
+
+#[tokio::test]
+async fn redis_down_fail_open_admits() {
+    if !redis_available() {
+        return;
+    }
+    let (recorder, results) = killed_mid_test(FailurePolicy::FailOpen).await;
+    assert_eq!(
+        results.iter().filter(|r| r.is_ok()).count(),
+        20,
+        "fail open admits all 20"
+    );
+    assert_degraded_once(&recorder);
+}
+
+#[tokio::test]
+async fn redis_down_fail_closed_rejects() {
+    if !redis_available() {
+        return;
+    }
+    let (recorder, results) = killed_mid_test(FailurePolicy::FailClosed).await;
+    for r in &results {
+        let e = r.as_ref().unwrap_err();
+        let v = rejection_of(e).unwrap();
+        assert_eq!(v.kind(), RejectionKind::RateLimited);
+        assert_eq!(v.retry_after(), None);
+    }
+    assert_eq!(
+        recorder.count(|e| matches!(
+            e.kind,
+            EventKind::Rejected {
+                detail: "backend_unavailable",
+                ..
+            }
+        )),
+        20
+    );
+    assert_degraded_once(&recorder);
+}
+
+#[tokio::test]
+async fn redis_down_falls_back_to_a_local_share_of_the_quota() {
+    if !redis_available() {
+        return;
+    }
+    // 10 per minute over 2 instances: the local fallback admits 5 per 2 minutes.
+    let (recorder, results) = killed_mid_test(FailurePolicy::Local { instances: 2 }).await;
+    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 5);
+    assert_degraded_once(&recorder);
+}
+
+fn redis_available() -> bool {
+    // Start (and stop) a server once to apply the skip-or-fail rule.
+    RedisServer::start().is_some()
+}
+
+#[tokio::test]
+async fn back_to_healthy_when_redis_returns() {
+    let Some(mut server) = RedisServer::start() else {
+        return;
+    };
+    let port = server.port;
+    let recorder = Recorder::new();
+    let layer = RateLimitLayer::builder(Quota::per_minute(1000))
+        .name("fleet")
+        .observer(Observer::new(recorder.clone()))
+        .redis(
+            RedisBackend::new(server.connection().await)
+                .timeout(Duration::from_millis(100))
+                .probe_interval(Duration::from_millis(50))
+                .on_failure(FailurePolicy::FailClosed),
+        )
+        .build()
+        .unwrap();
+    let mut svc = layer.layer(echo());
+    assert!(call(&mut svc, 0).await.is_ok());
+    server.kill();
+    assert!(
+        call(&mut svc, 1).await.is_err(),
+        "fail closed while Redis is down"
+    );
+    drop(server);
+    let _server = RedisServer::start_on(port).expect("restart on the same port");
+    // Probes go to Redis every 50 ms; the connection manager reconnects.
+    let mut recovered = false;
+    for i in 0..100 {
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        if call(&mut svc, i).await.is_ok() {
+            recovered = true;
+            break;
+        }
+    }
+    assert!(recovered, "admitted through Redis again");
+    let changes: Vec<_> = recorder
+        .events()
+        .into_iter()
+        .filter_map(|e| match e.kind {
+            EventKind::StateChanged { from, to, .. } => Some((from, to)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        changes,
+        vec![
+            (State::Healthy, State::Degraded),
+            (State::Degraded, State::Healthy)
+        ]
+    );
+}
+
+#[tokio::test]
+async fn slow_redis_times_out_and_follows_the_policy() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let recorder = Recorder::new();
+    let layer = RateLimitLayer::builder(Quota::per_minute(1000))
+        .observer(Observer::new(recorder.clone()))
+        .redis(
+            RedisBackend::new(server.connection().await)
+                .timeout(Duration::from_millis(100))
+                .on_failure(FailurePolicy::FailOpen),
+        )
+        .build()
+        .unwrap();
+    let mut svc = layer.layer(echo());
+    assert!(call(&mut svc, 0).await.is_ok());
+    // Block the server for 1 s from another connection.
+    let mut blocker = server.connection().await;
+    let sleeper = tokio::spawn(async move {
+        let _: redis::RedisResult<()> = redis::cmd("DEBUG")
+            .arg("SLEEP")
+            .arg("1")
+            .query_async(&mut blocker)
+            .await;
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let started = tokio::time::Instant::now();
+    assert!(
+        call(&mut svc, 1).await.is_ok(),
+        "fail open after the 100 ms timeout"
+    );
+    let waited = started.elapsed();
+    assert_eq!(
+        recorder.count(|e| matches!(
+            e.kind,
+            EventKind::BackendError {
+                backend: "redis",
+                cause: "timeout"
+            }
+        )),
+        1
+    );
+    println!("slow redis: answered by the failure policy after {waited:?} (timeout 100 ms)");
+    sleeper.await.unwrap();
+}
+
+#[tokio::test]
+async fn wait_mode_through_redis_waits_for_the_shared_cells() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let layer = RateLimitLayer::builder(Quota::per_second(20).burst(2))
+        .wait(Duration::from_secs(1))
+        .redis(RedisBackend::new(server.connection().await).timeout(Duration::from_secs(1)))
+        .build()
+        .unwrap();
+    let mut svc = layer.layer(echo());
+    let started = tokio::time::Instant::now();
+    // A burst of 2, then one cell every 50 ms: 10 requests need about 400 ms
+    // of waiting, each wait told by Redis and well inside the 1 s maximum.
+    assert_eq!(admitted(&mut svc, 10).await, 10);
+    let took = started.elapsed();
+    println!("redis wait mode: 10 requests at 20/s (burst 2) took {took:?}");
+    assert!(
+        took >= Duration::from_millis(390),
+        "the requests did wait: {took:?}"
+    );
+}

@@ -1,0 +1,1138 @@
+#![cfg(feature = "retry")]
+//! Behaviour of the retry layer: jitter bounds, reproducible seeds, the budget
+//! during an outage and a brownout, deadlines, server hints, idempotency,
+//! cancellation, and the "retry at one layer" guard.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use seawall::BoxError;
+use seawall::deadline::{self, Deadline};
+use seawall::error::{AttemptTimeout, CircuitOpen, DeadlineExceeded, RateLimited};
+use seawall::observe::{EventKind, GiveUpReason, Observer, Recorder};
+use seawall::retry::{
+    Backoff, BackoffState, BudgetSnapshot, Jitter, RetryLayer, scope_inbound_attempt,
+};
+use tokio::time::Instant;
+use tower::{Layer, Service, ServiceExt};
+
+const MS: Duration = Duration::from_millis(1);
+
+fn scheduled(rec: &Recorder) -> Vec<(u32, Duration)> {
+    rec.events()
+        .iter()
+        .filter_map(|e| match e.kind {
+            EventKind::RetryScheduled { attempt, delay } => Some((attempt, delay)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn gave_up(rec: &Recorder) -> Vec<(u32, GiveUpReason)> {
+    rec.events()
+        .iter()
+        .filter_map(|e| match e.kind {
+            EventKind::RetryGaveUp { attempts, reason } => Some((attempts, reason)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn count(calls: &AtomicU32) -> u32 {
+    calls.load(Ordering::SeqCst)
+}
+
+/// Fails every call at once with "boom".
+fn always_failing(
+    calls: Arc<AtomicU32>,
+) -> impl Service<
+    u32,
+    Response = u32,
+    Error = BoxError,
+    Future = impl Future<Output = Result<u32, BoxError>>,
+> + Clone {
+    tower::service_fn(move |_req: u32| {
+        calls.fetch_add(1, Ordering::SeqCst);
+        async { Err::<u32, BoxError>("boom".into()) }
+    })
+}
+
+/// Fails every call with "boom" after `after`.
+fn slow_failing(
+    calls: Arc<AtomicU32>,
+    after: Duration,
+) -> impl Service<
+    u32,
+    Response = u32,
+    Error = BoxError,
+    Future = impl Future<Output = Result<u32, BoxError>>,
+> + Clone {
+    tower::service_fn(move |_req: u32| {
+        calls.fetch_add(1, Ordering::SeqCst);
+        async move {
+            tokio::time::sleep(after).await;
+            Err::<u32, BoxError>("boom".into())
+        }
+    })
+}
+
+/// Answers call `i` with `outcomes[i]` (the last one repeats), recording when
+/// each call arrived.
+fn scripted(
+    outcomes: Vec<Result<u32, BoxError>>,
+    log: Arc<Mutex<Vec<Instant>>>,
+) -> impl Service<
+    u32,
+    Response = u32,
+    Error = BoxError,
+    Future = impl Future<Output = Result<u32, BoxError>>,
+> + Clone {
+    let outcomes = Arc::new(Mutex::new(outcomes));
+    tower::service_fn(move |_req: u32| {
+        let mut log = log.lock().unwrap();
+        log.push(Instant::now());
+        let i = log.len() - 1;
+        let outs = outcomes.lock().unwrap();
+        let out = match &outs[i.min(outs.len() - 1)] {
+            Ok(v) => Ok(*v),
+            Err(e) => Err(clone_err(e)),
+        };
+        async move { out }
+    })
+}
+
+fn clone_err(e: &BoxError) -> BoxError {
+    if let Some(r) = e.downcast_ref::<RateLimited>() {
+        return r.clone().into();
+    }
+    if let Some(r) = e.downcast_ref::<CircuitOpen>() {
+        return r.clone().into();
+    }
+    if let Some(r) = e.downcast_ref::<AttemptTimeout>() {
+        return r.clone().into();
+    }
+    if let Some(r) = e.downcast_ref::<DeadlineExceeded>() {
+        return r.clone().into();
+    }
+    e.to_string().into()
+}
+
+// ---------------------------------------------------------------- backoff
+
+#[test]
+fn every_jitter_kind_stays_inside_its_bounds_over_many_draws() {
+    let base = 10 * MS;
+    let cap = Duration::from_secs(1);
+    for jitter in [
+        Jitter::None,
+        Jitter::Full,
+        Jitter::Equal,
+        Jitter::Decorrelated,
+    ] {
+        let b = Backoff::new(base, cap).unwrap().with_jitter(jitter);
+        let mut rng = Backoff::rng(2024);
+        let mut ratio_sum = 0.0;
+        let mut draws = 0u32;
+        let (mut min_ratio, mut max_ratio) = (f64::MAX, 0.0f64);
+        for _session in 0..2_000 {
+            let mut state = BackoffState::new();
+            let mut prev = base;
+            for n in 0..10u32 {
+                let (lo, hi) = b.bounds(&state);
+                let d = b.next_delay(&mut state, &mut rng);
+                assert!(
+                    lo <= d && d <= hi,
+                    "{jitter:?} n={n}: {d:?} outside {lo:?}..={hi:?}"
+                );
+                let ceil = b.ceiling(n);
+                assert_eq!(ceil, (base * 2u32.pow(n)).min(cap));
+                match jitter {
+                    Jitter::None => assert_eq!(d, ceil),
+                    Jitter::Full => assert!(d <= ceil),
+                    Jitter::Equal => assert!(d >= ceil / 2 && d <= ceil),
+                    Jitter::Decorrelated => assert!(d >= base && d <= (prev * 3).min(cap)),
+                    _ => unreachable!(),
+                }
+                let r = d.as_secs_f64() / ceil.as_secs_f64();
+                ratio_sum += r;
+                min_ratio = min_ratio.min(r);
+                max_ratio = max_ratio.max(r);
+                draws += 1;
+                prev = d;
+            }
+        }
+        let mean = ratio_sum / f64::from(draws);
+        println!(
+            "{jitter:?}: {draws} draws, delay/ceiling mean {mean:.3}, min {min_ratio:.3}, max {max_ratio:.3}"
+        );
+        match jitter {
+            Jitter::None => assert_eq!((min_ratio, max_ratio), (1.0, 1.0)),
+            Jitter::Full => {
+                // Uniform on 0..=1 of the ceiling: spread over the whole range.
+                assert!((0.48..=0.52).contains(&mean), "{mean}");
+                assert!(min_ratio < 0.01 && max_ratio > 0.99);
+            }
+            Jitter::Equal => {
+                assert!((0.73..=0.77).contains(&mean), "{mean}");
+                assert!((0.5..0.51).contains(&min_ratio) && max_ratio > 0.99);
+            }
+            _ => {}
+        }
+    }
+}
+
+async fn delays_with_seed(seed: u64) -> Vec<Duration> {
+    let rec = Recorder::new();
+    let layer = RetryLayer::builder()
+        .seed(seed)
+        .max_attempts(5)
+        .observer(rec.clone())
+        .build()
+        .unwrap();
+    let mut svc = layer.layer(always_failing(Arc::default()));
+    for i in 0..3 {
+        let r = svc.ready().await.unwrap().call(i).await;
+        assert_eq!(r.unwrap_err().to_string(), "boom");
+    }
+    scheduled(&rec).into_iter().map(|(_, d)| d).collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_seeded_layer_replays_the_same_delays() {
+    let a = delays_with_seed(7).await;
+    let b = delays_with_seed(7).await;
+    let c = delays_with_seed(8).await;
+    assert_eq!(a.len(), 12, "3 requests x 4 retries");
+    assert_eq!(a, b);
+    assert_ne!(a, c);
+    // The engine alone too.
+    let backoff = Backoff::default().with_jitter(Jitter::Decorrelated);
+    assert_eq!(
+        backoff.delays(99).take(50).collect::<Vec<_>>(),
+        backoff.delays(99).take(50).collect::<Vec<_>>()
+    );
+}
+
+// ---------------------------------------------------------------- attempts
+
+#[tokio::test(start_paused = true)]
+async fn at_most_three_attempts_by_default_with_full_jitter_bounds() {
+    let calls = Arc::new(AtomicU32::new(0));
+    let rec = Recorder::new();
+    let layer = RetryLayer::builder().observer(rec.clone()).build().unwrap();
+    assert_eq!(layer.max_attempts(), 3);
+    let mut svc = layer.layer(always_failing(calls.clone()));
+    let err = svc.ready().await.unwrap().call(1).await.unwrap_err();
+    assert_eq!(err.to_string(), "boom");
+    assert_eq!(count(&calls), 3);
+    let s = scheduled(&rec);
+    assert_eq!(s.iter().map(|x| x.0).collect::<Vec<_>>(), [2, 3]);
+    assert!(s[0].1 <= 50 * MS && s[1].1 <= 100 * MS, "{s:?}");
+    assert_eq!(gave_up(&rec), [(3, GiveUpReason::MaxAttempts)]);
+    assert_eq!(rec.count(|e| e.kind == EventKind::CallStarted), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn deadline_exceeded_is_never_retried_attempt_timeout_is() {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let rec = Recorder::new();
+    let svc = scripted(
+        vec![
+            Err(AttemptTimeout::new("attempt").into()),
+            Err(DeadlineExceeded::new("deadline").into()),
+            Ok(1),
+        ],
+        log.clone(),
+    );
+    let mut svc = RetryLayer::builder()
+        .observer(rec.clone())
+        .build()
+        .unwrap()
+        .layer(svc);
+    let err = svc.ready().await.unwrap().call(1).await.unwrap_err();
+    assert!(err.downcast_ref::<DeadlineExceeded>().is_some(), "{err}");
+    assert_eq!(log.lock().unwrap().len(), 2);
+    assert_eq!(gave_up(&rec), [(2, GiveUpReason::NotRetryable)]);
+}
+
+// ---------------------------------------------------------------- budget
+
+#[derive(Clone)]
+struct NaiveAttempts(u32);
+
+impl<E> tower::retry::Policy<u32, u32, E> for NaiveAttempts {
+    type Future = std::future::Ready<()>;
+
+    fn retry(&mut self, _req: &mut u32, result: &mut Result<u32, E>) -> Option<Self::Future> {
+        if result.is_err() && self.0 > 1 {
+            self.0 -= 1;
+            Some(std::future::ready(()))
+        } else {
+            None
+        }
+    }
+
+    fn clone_request(&mut self, req: &u32) -> Option<u32> {
+        Some(*req)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn total_outage_amplification_is_bounded_by_the_budget() {
+    const REQUESTS: u32 = 10_000;
+    // Defaults: 10% of requests + 10 retries/s over a 10 s window = 100.
+    const BOUND: u32 = REQUESTS + REQUESTS / 10 + 100;
+
+    let calls = Arc::new(AtomicU32::new(0));
+    let rec = Recorder::new();
+    let layer = RetryLayer::builder().observer(rec.clone()).build().unwrap();
+    let mut svc = layer.layer(always_failing(calls.clone()));
+    let mut futures = Vec::with_capacity(REQUESTS as usize);
+    for i in 0..REQUESTS {
+        futures.push(svc.ready().await.unwrap().call(i));
+    }
+    let results = futures::future::join_all(futures).await;
+    assert!(
+        results
+            .iter()
+            .all(|r| r.as_ref().unwrap_err().to_string() == "boom")
+    );
+    let seawall_attempts = count(&calls);
+
+    // The same outage through a plain 3-attempt retry.
+    let naive_calls = Arc::new(AtomicU32::new(0));
+    let mut naive =
+        tower::retry::RetryLayer::new(NaiveAttempts(3)).layer(always_failing(naive_calls.clone()));
+    let mut futures = Vec::with_capacity(REQUESTS as usize);
+    for i in 0..REQUESTS {
+        futures.push(naive.ready().await.unwrap().call(i));
+    }
+    futures::future::join_all(futures).await;
+    let naive_attempts = count(&naive_calls);
+
+    println!(
+        "total outage, {REQUESTS} requests: seawall retry made {seawall_attempts} attempts \
+         (bound {BOUND}, amplification {:.3}x); a plain 3-attempt retry made {naive_attempts} ({:.1}x)",
+        f64::from(seawall_attempts) / f64::from(REQUESTS),
+        f64::from(naive_attempts) / f64::from(REQUESTS),
+    );
+    assert!(seawall_attempts <= BOUND);
+    // Every request's first attempt lands before any retry is decided, so the
+    // budget is used exactly to its bound.
+    assert_eq!(seawall_attempts, 11_100);
+    assert_eq!(naive_attempts, 30_000);
+    assert_eq!(
+        layer.budget().snapshot(),
+        BudgetSnapshot {
+            requests: 10_000,
+            retries: 1_100,
+            available: 0
+        }
+    );
+    // 8 900 refused at their first retry, the 1 100 retried ones at their second.
+    assert_eq!(rec.count(|e| e.kind == EventKind::BudgetExhausted), 10_000);
+    assert_eq!(
+        rec.count(|e| e.kind
+            == EventKind::RetryGaveUp {
+                attempts: 1,
+                reason: GiveUpReason::BudgetExhausted
+            }),
+        8_900
+    );
+    assert_eq!(
+        rec.count(|e| e.kind
+            == EventKind::RetryGaveUp {
+                attempts: 2,
+                reason: GiveUpReason::BudgetExhausted
+            }),
+        1_100
+    );
+    assert_eq!(scheduled(&rec).len(), 1_100);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_brownout_is_retried_within_budget_and_the_budget_refills() {
+    let healthy = Arc::new(AtomicBool::new(false));
+    let seen = Arc::new(Mutex::new(HashSet::new()));
+    let calls = Arc::new(AtomicU32::new(0));
+    // During the brownout, the first attempt of each request fails.
+    let svc = {
+        let (healthy, seen, calls) = (healthy.clone(), seen.clone(), calls.clone());
+        tower::service_fn(move |req: u32| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            let first = seen.lock().unwrap().insert(req);
+            let fail = first && !healthy.load(Ordering::SeqCst);
+            async move {
+                if fail {
+                    Err::<u32, BoxError>("brownout".into())
+                } else {
+                    Ok(req)
+                }
+            }
+        })
+    };
+    let layer = RetryLayer::builder()
+        .backoff(MS, MS)
+        .jitter(Jitter::None)
+        .build()
+        .unwrap();
+    let mut svc = layer.layer(svc);
+
+    // 300 requests, one after the other, within the first second.
+    let mut ok = 0;
+    for i in 0..300 {
+        if svc.ready().await.unwrap().call(i).await.is_ok() {
+            ok += 1;
+        }
+    }
+    // Request k may retry while retries + 1 <= 100 + k/10: requests 1..=111,
+    // then every tenth (120, 130, …, 300): 130 retries, all successful.
+    assert_eq!(ok, 130);
+    assert_eq!(count(&calls), 430);
+    assert_eq!(
+        layer.budget().snapshot(),
+        BudgetSnapshot {
+            requests: 300,
+            retries: 130,
+            available: 0
+        }
+    );
+
+    // The dependency recovers; the window slides past the brownout.
+    healthy.store(true, Ordering::SeqCst);
+    tokio::time::advance(Duration::from_secs(10)).await;
+    assert_eq!(
+        layer.budget().snapshot(),
+        BudgetSnapshot {
+            requests: 0,
+            retries: 0,
+            available: 100
+        }
+    );
+    for i in 1000..1100 {
+        svc.ready().await.unwrap().call(i).await.unwrap();
+    }
+    assert_eq!(layer.budget().snapshot().available, 110);
+
+    // A new wobble is absorbed again.
+    healthy.store(false, Ordering::SeqCst);
+    for i in 2000..2005 {
+        assert_eq!(svc.ready().await.unwrap().call(i).await.unwrap(), i);
+    }
+    assert_eq!(
+        layer.budget().snapshot(),
+        BudgetSnapshot {
+            requests: 105,
+            retries: 5,
+            available: 105
+        }
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_service_and_clone_from_one_layer_shares_one_budget() {
+    let layer = RetryLayer::new();
+    let ok = tower::service_fn(|r: u32| async move { Ok::<u32, BoxError>(r) });
+    let mut a = layer.layer(ok);
+    let mut b = a.clone();
+    let mut c = layer.layer(ok);
+    a.ready().await.unwrap().call(1).await.unwrap();
+    b.ready().await.unwrap().call(2).await.unwrap();
+    c.ready().await.unwrap().call(3).await.unwrap();
+    assert_eq!(layer.budget().snapshot().requests, 3);
+    assert_eq!(c.budget().snapshot().requests, 3);
+}
+
+// ---------------------------------------------------------------- deadline
+
+#[tokio::test(start_paused = true)]
+async fn no_second_attempt_when_the_backoff_would_end_past_the_deadline() {
+    let calls = Arc::new(AtomicU32::new(0));
+    let rec = Recorder::new();
+    let layer = RetryLayer::builder()
+        .backoff(80 * MS, 80 * MS)
+        .jitter(Jitter::None)
+        .observer(rec.clone())
+        .build()
+        .unwrap();
+    let mut svc = layer.layer(slow_failing(calls.clone(), 50 * MS));
+
+    // 100 ms budget: failure at 50 ms + 80 ms backoff = 130 ms > 100 ms.
+    let start = Instant::now();
+    let fut = svc.ready().await.unwrap().call(1);
+    let err = deadline::scope(Deadline::after(100 * MS), fut)
+        .await
+        .unwrap_err();
+    assert_eq!(err.to_string(), "boom");
+    assert_eq!(count(&calls), 1);
+    assert_eq!(start.elapsed(), 50 * MS, "gave up at once, no sleep");
+    assert!(scheduled(&rec).is_empty());
+    assert_eq!(gave_up(&rec), [(1, GiveUpReason::Deadline)]);
+
+    // 200 ms budget: the retry fits (starts at 130 ms); the next 80 ms
+    // backoff, due at 180 ms, does not.
+    rec.clear();
+    let start = Instant::now();
+    let fut = svc.ready().await.unwrap().call(2);
+    let err = deadline::scope(Deadline::after(200 * MS), fut)
+        .await
+        .unwrap_err();
+    assert_eq!(err.to_string(), "boom");
+    assert_eq!(count(&calls), 3);
+    assert_eq!(start.elapsed(), 180 * MS);
+    assert_eq!(scheduled(&rec), [(2, 80 * MS)]);
+    assert_eq!(gave_up(&rec), [(2, GiveUpReason::Deadline)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_retry_below_the_minimum_remaining_budget_and_deadline_exceeded_when_spent() {
+    let calls = Arc::new(AtomicU32::new(0));
+    let build = |min: Duration| {
+        RetryLayer::builder()
+            .backoff(45 * MS, 45 * MS)
+            .jitter(Jitter::None)
+            .min_remaining(min)
+            .build()
+            .unwrap()
+            .layer(slow_failing(calls.clone(), 50 * MS))
+    };
+    // 50 ms + 45 ms leaves 5 ms: below the default 10 ms minimum.
+    let mut svc = build(seawall::retry::DEFAULT_MIN_REMAINING);
+    let fut = svc.ready().await.unwrap().call(1);
+    let err = deadline::scope(Deadline::after(100 * MS), fut)
+        .await
+        .unwrap_err();
+    assert_eq!(err.to_string(), "boom");
+    assert_eq!(count(&calls), 1);
+
+    // With no minimum the retry starts at 95 ms.
+    let mut svc = build(Duration::ZERO);
+    let fut = svc.ready().await.unwrap().call(1);
+    let _ = deadline::scope(Deadline::after(100 * MS), fut).await;
+    assert_eq!(count(&calls), 3);
+
+    // The deadline itself ran out during the attempt: DeadlineExceeded.
+    let rec = Recorder::new();
+    let mut svc = RetryLayer::builder()
+        .observer(rec.clone())
+        .name("payments-retry")
+        .build()
+        .unwrap()
+        .layer(slow_failing(calls.clone(), 120 * MS));
+    let fut = svc.ready().await.unwrap().call(1);
+    let err = deadline::scope(Deadline::after(100 * MS), fut)
+        .await
+        .unwrap_err();
+    let de = err
+        .downcast_ref::<DeadlineExceeded>()
+        .expect("DeadlineExceeded");
+    assert_eq!(de.name(), "payments-retry");
+    assert_eq!(count(&calls), 4);
+    assert_eq!(gave_up(&rec), [(1, GiveUpReason::Deadline)]);
+    assert_eq!(
+        rec.count(|e| matches!(
+            e.kind,
+            EventKind::Rejected {
+                detail: "deadline_spent",
+                ..
+            }
+        )),
+        1
+    );
+}
+
+// ---------------------------------------------------------------- hints
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_is_honoured_exactly() {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let rec = Recorder::new();
+    let svc = scripted(
+        vec![
+            Err(RateLimited::new("upstream", Some(300 * MS)).into()),
+            Ok(7),
+        ],
+        log.clone(),
+    );
+    let mut svc = RetryLayer::builder()
+        .observer(rec.clone())
+        .build()
+        .unwrap()
+        .layer(svc);
+    let start = Instant::now();
+    assert_eq!(svc.ready().await.unwrap().call(1).await.unwrap(), 7);
+    let times: Vec<_> = log.lock().unwrap().iter().map(|t| *t - start).collect();
+    assert_eq!(times, [Duration::ZERO, 300 * MS]);
+    assert_eq!(scheduled(&rec), [(2, 300 * MS)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_beyond_the_deadline_or_the_maximum_is_not_waited_for() {
+    // Does not fit a 200 ms deadline.
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let rec = Recorder::new();
+    let svc = scripted(
+        vec![
+            Err(RateLimited::new("upstream", Some(300 * MS)).into()),
+            Ok(7),
+        ],
+        log.clone(),
+    );
+    let mut svc = RetryLayer::builder()
+        .observer(rec.clone())
+        .build()
+        .unwrap()
+        .layer(svc);
+    let start = Instant::now();
+    let fut = svc.ready().await.unwrap().call(1);
+    let err = deadline::scope(Deadline::after(200 * MS), fut)
+        .await
+        .unwrap_err();
+    let rl = err.downcast_ref::<RateLimited>().expect("the last error");
+    assert_eq!(rl.retry_after(), Some(300 * MS));
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    assert_eq!(log.lock().unwrap().len(), 1);
+    assert_eq!(gave_up(&rec), [(1, GiveUpReason::Deadline)]);
+
+    // Longer than max_retry_after (no deadline at all).
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let rec = Recorder::new();
+    let svc = scripted(
+        vec![
+            Err(CircuitOpen::new("db", Some(Duration::from_secs(5))).into()),
+            Ok(7),
+        ],
+        log.clone(),
+    );
+    let mut svc = RetryLayer::builder()
+        .max_retry_after(Duration::from_secs(1))
+        .observer(rec.clone())
+        .build()
+        .unwrap()
+        .layer(svc);
+    let err = svc.ready().await.unwrap().call(1).await.unwrap_err();
+    assert!(err.downcast_ref::<CircuitOpen>().is_some());
+    assert_eq!(log.lock().unwrap().len(), 1);
+    assert_eq!(gave_up(&rec), [(1, GiveUpReason::Pushback)]);
+}
+
+// ---------------------------------------------------------------- cancellation
+
+#[tokio::test(start_paused = true)]
+async fn dropping_the_future_mid_backoff_cancels_cleanly() {
+    let calls = Arc::new(AtomicU32::new(0));
+    let rec = Recorder::new();
+    let layer = RetryLayer::builder()
+        .backoff(Duration::from_secs(1), Duration::from_secs(1))
+        .jitter(Jitter::None)
+        .observer(rec.clone())
+        .build()
+        .unwrap();
+    let mut svc = layer.layer(always_failing(calls.clone()));
+    let metrics = tokio::runtime::Handle::current().metrics();
+
+    let mut fut = Box::pin(svc.ready().await.unwrap().call(1));
+    assert!(futures::poll!(fut.as_mut()).is_pending());
+    // The first attempt failed; the retry is granted and sleeping.
+    assert_eq!(count(&calls), 1);
+    assert_eq!(scheduled(&rec), [(2, Duration::from_secs(1))]);
+    assert_eq!(
+        layer.budget().snapshot(),
+        BudgetSnapshot {
+            requests: 1,
+            retries: 1,
+            available: 99
+        }
+    );
+    assert_eq!(metrics.num_alive_tasks(), 0);
+
+    drop(fut);
+    // The granted retry was handed back; nothing runs on.
+    assert_eq!(
+        layer.budget().snapshot(),
+        BudgetSnapshot {
+            requests: 1,
+            retries: 0,
+            available: 100
+        }
+    );
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(count(&calls), 1);
+    assert_eq!(metrics.num_alive_tasks(), 0);
+    assert!(gave_up(&rec).is_empty());
+}
+
+// ---------------------------------------------------------------- one layer
+
+#[tokio::test(start_paused = true)]
+async fn a_request_handled_for_an_inbound_retry_is_sent_once() {
+    let calls = Arc::new(AtomicU32::new(0));
+    let rec = Recorder::new();
+    let layer = RetryLayer::builder().observer(rec.clone()).build().unwrap();
+    let svc = layer.layer(always_failing(calls.clone()));
+
+    let mut s = svc.clone();
+    let r = scope_inbound_attempt(2, async move { s.ready().await.unwrap().call(1).await }).await;
+    assert_eq!(r.unwrap_err().to_string(), "boom");
+    assert_eq!(count(&calls), 1);
+    assert_eq!(gave_up(&rec), [(1, GiveUpReason::NotRetryable)]);
+
+    // An inbound first attempt is retried as usual.
+    let mut s = svc.clone();
+    let _ = scope_inbound_attempt(1, async move { s.ready().await.unwrap().call(1).await }).await;
+    assert_eq!(count(&calls), 4);
+
+    // Opting out of the guard.
+    let mut s = RetryLayer::builder()
+        .honor_inbound_retries(false)
+        .build()
+        .unwrap()
+        .layer(always_failing(calls.clone()));
+    let _ = scope_inbound_attempt(2, async move { s.ready().await.unwrap().call(1).await }).await;
+    assert_eq!(count(&calls), 7);
+}
+
+// ---------------------------------------------------------------- config
+
+#[test]
+fn nonsense_configuration_is_refused() {
+    let msg = |r: Result<RetryLayer, seawall::ConfigError>| r.unwrap_err().to_string();
+    assert_eq!(
+        msg(RetryLayer::builder().max_attempts(0).build()),
+        "invalid retry configuration: max_attempts must be in 1..=100, got 0"
+    );
+    assert!(msg(RetryLayer::builder().budget_ratio(1.5).build()).contains("ratio"));
+    assert!(msg(RetryLayer::builder().budget_window(MS).build()).contains("window"));
+    assert!(msg(RetryLayer::builder().backoff(Duration::ZERO, MS).build()).contains("base"));
+    assert!(msg(RetryLayer::builder().backoff(MS * 2, MS).build()).contains("cap"));
+    assert!(
+        msg(RetryLayer::builder()
+            .max_retry_after(Duration::from_secs(90_000))
+            .build())
+        .contains("max_retry_after")
+    );
+    let layer = RetryLayer::builder()
+        .name("x")
+        .observer(Observer::default())
+        .build()
+        .unwrap();
+    assert_eq!(layer.name(), "x");
+    assert_eq!(layer.backoff(), Backoff::default());
+}
+
+// ---------------------------------------------------------------- http
+
+#[cfg(feature = "http")]
+mod http_tests {
+    use super::*;
+    use bytes::Bytes;
+    use http::{Request, Response, StatusCode};
+    use http_body_util::{BodyExt, Full};
+    use seawall::retry::http::{HttpRetry, MarkInboundAttemptLayer, ReplayBody, ReplayBodyLayer};
+    use tower::ServiceBuilder;
+
+    type Log = Arc<Mutex<Vec<(String, usize)>>>;
+
+    /// Answers the first call with `first` (status, Retry-After), then 200;
+    /// logs each call's attempt header and body length.
+    fn upstream(
+        first: (u16, Option<&'static str>),
+        log: Log,
+    ) -> impl Service<
+        Request<ReplayBody<Full<Bytes>>>,
+        Response = Response<()>,
+        Error = BoxError,
+        Future = impl Future<Output = Result<Response<()>, BoxError>> + Send,
+    > + Clone {
+        let n = Arc::new(AtomicU32::new(0));
+        tower::service_fn(move |req: Request<ReplayBody<Full<Bytes>>>| {
+            let k = n.fetch_add(1, Ordering::SeqCst);
+            let log = log.clone();
+            async move {
+                let attempt = req
+                    .headers()
+                    .get("x-seawall-attempt")
+                    .map(|v| v.to_str().unwrap().to_owned())
+                    .unwrap_or_default();
+                let body = req.into_body().collect().await?.to_bytes();
+                log.lock().unwrap().push((attempt, body.len()));
+                let mut b = Response::builder().status(if k == 0 { first.0 } else { 200 });
+                if k == 0 {
+                    if let Some(ra) = first.1 {
+                        b = b.header("retry-after", ra);
+                    }
+                }
+                Ok::<_, BoxError>(b.body(())?)
+            }
+        })
+    }
+
+    fn client(
+        first: (u16, Option<&'static str>),
+        log: Log,
+        rec: &Recorder,
+    ) -> impl Service<Request<Full<Bytes>>, Response = Response<()>, Error = BoxError> + Clone {
+        ServiceBuilder::new()
+            .layer(ReplayBodyLayer::default())
+            .layer(
+                RetryLayer::builder()
+                    .policy(HttpRetry::new())
+                    .observer(rec.clone())
+                    .build()
+                    .unwrap(),
+            )
+            .service(upstream(first, log))
+    }
+
+    fn body(s: &'static str) -> Full<Bytes> {
+        Full::new(Bytes::from_static(s.as_bytes()))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_post_is_not_retried_the_same_post_with_an_idempotency_key_is() {
+        let log = Log::default();
+        let rec = Recorder::new();
+        let mut c = client((503, None), log.clone(), &rec);
+        let req = Request::post("/pay").body(body("hello")).unwrap();
+        let res = c.ready().await.unwrap().call(req).await.unwrap();
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(*log.lock().unwrap(), [("1".to_owned(), 5)]);
+        assert_eq!(gave_up(&rec), [(1, GiveUpReason::NotRetryable)]);
+
+        let log = Log::default();
+        let rec = Recorder::new();
+        let mut c = client((503, None), log.clone(), &rec);
+        let req = Request::post("/pay")
+            .header("idempotency-key", "order-42")
+            .body(body("hello"))
+            .unwrap();
+        let res = c.ready().await.unwrap().call(req).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(
+            *log.lock().unwrap(),
+            [("1".to_owned(), 5), ("2".to_owned(), 5)]
+        );
+        assert_eq!(scheduled(&rec).len(), 1);
+        assert!(gave_up(&rec).is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retry_after_header_is_honoured_or_refused() {
+        // delay-seconds: waited exactly.
+        let log = Log::default();
+        let rec = Recorder::new();
+        let mut c = client((503, Some("2")), log.clone(), &rec);
+        let start = Instant::now();
+        let res = c
+            .ready()
+            .await
+            .unwrap()
+            .call(Request::get("/").body(body("")).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(start.elapsed(), Duration::from_secs(2));
+        assert_eq!(scheduled(&rec), [(2, Duration::from_secs(2))]);
+
+        // Longer than the deadline: the 429 is returned at once.
+        let log = Log::default();
+        let rec = Recorder::new();
+        let mut c = client((429, Some("8")), log.clone(), &rec);
+        let fut = c
+            .ready()
+            .await
+            .unwrap()
+            .call(Request::get("/").body(body("")).unwrap());
+        let res = deadline::scope(Deadline::after(Duration::from_secs(5)), fut)
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(log.lock().unwrap().len(), 1);
+        assert_eq!(gave_up(&rec), [(1, GiveUpReason::Deadline)]);
+
+        // An HTTP-date cannot be measured on tokio's clock: not retried.
+        let log = Log::default();
+        let rec = Recorder::new();
+        let mut c = client(
+            (503, Some("Wed, 21 Oct 2015 07:28:00 GMT")),
+            log.clone(),
+            &rec,
+        );
+        let res = c
+            .ready()
+            .await
+            .unwrap()
+            .call(Request::get("/").body(body("")).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(gave_up(&rec), [(1, GiveUpReason::Pushback)]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_over_the_limit_is_sent_once_whole_and_not_retried() {
+        let log = Log::default();
+        let rec = Recorder::new();
+        let mut c = client((503, None), log.clone(), &rec);
+        let big = Bytes::from(vec![7u8; 100 * 1024]);
+        let req = Request::put("/blob").body(Full::new(big)).unwrap();
+        let res = c.ready().await.unwrap().call(req).await.unwrap();
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(*log.lock().unwrap(), [("1".to_owned(), 100 * 1024)]);
+        assert_eq!(gave_up(&rec), [(1, GiveUpReason::NotReplayable)]);
+
+        // Exactly at the limit: buffered and replayed.
+        let log = Log::default();
+        let mut c = client((503, None), log.clone(), &rec);
+        let req = Request::put("/blob")
+            .body(Full::new(Bytes::from(vec![7u8; 64 * 1024])))
+            .unwrap();
+        let res = c.ready().await.unwrap().call(req).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(
+            *log.lock().unwrap(),
+            [("1".to_owned(), 65_536), ("2".to_owned(), 65_536)]
+        );
+    }
+
+    type Frames = http_body_util::StreamBody<
+        futures::stream::Iter<
+            std::vec::IntoIter<Result<http_body::Frame<Bytes>, std::convert::Infallible>>,
+        >,
+    >;
+
+    fn frames(parts: &[&'static str], trailer: Option<&'static str>) -> Frames {
+        let mut v: Vec<_> = parts
+            .iter()
+            .map(|p| Ok(http_body::Frame::data(Bytes::from_static(p.as_bytes()))))
+            .collect();
+        if let Some(t) = trailer {
+            let mut map = http::HeaderMap::new();
+            map.insert("x-checksum", http::HeaderValue::from_static(t));
+            v.push(Ok(http_body::Frame::trailers(map)));
+        }
+        http_body_util::StreamBody::new(futures::stream::iter(v))
+    }
+
+    type Seen = Arc<Mutex<Vec<(Bytes, Option<String>)>>>;
+
+    /// 503 on the first call, then 200; records each body and its trailer.
+    fn recording(
+        seen: Seen,
+    ) -> impl Service<
+        Request<ReplayBody<Frames>>,
+        Response = Response<()>,
+        Error = BoxError,
+        Future = impl Future<Output = Result<Response<()>, BoxError>> + Send,
+    > + Clone {
+        tower::service_fn(move |req: Request<ReplayBody<Frames>>| {
+            let seen = seen.clone();
+            async move {
+                let collected = req.into_body().collect().await?;
+                let trailer = collected
+                    .trailers()
+                    .and_then(|t| t.get("x-checksum"))
+                    .map(|v| v.to_str().unwrap().to_owned());
+                let mut seen = seen.lock().unwrap();
+                seen.push((collected.to_bytes(), trailer));
+                let status = if seen.len() == 1 { 503 } else { 200 };
+                Ok::<_, BoxError>(Response::builder().status(status).body(())?)
+            }
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn streamed_bodies_keep_their_order_and_trailers() {
+        // Over a 10-byte limit: what was read ahead is sent first, then the
+        // rest, once.
+        let seen = Seen::default();
+        let mut c = ServiceBuilder::new()
+            .layer(ReplayBodyLayer::new(10))
+            .layer(
+                RetryLayer::builder()
+                    .policy(HttpRetry::new())
+                    .build()
+                    .unwrap(),
+            )
+            .service(recording(seen.clone()));
+        let req = Request::put("/")
+            .body(frames(&["hello", "world", "!!!", "tail"], None))
+            .unwrap();
+        let res = c.ready().await.unwrap().call(req).await.unwrap();
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            *seen.lock().unwrap(),
+            [(Bytes::from_static(b"helloworld!!!tail"), None)]
+        );
+
+        // Within the limit, with trailers: both attempts get body and trailers.
+        let seen = Seen::default();
+        let mut c = ServiceBuilder::new()
+            .layer(ReplayBodyLayer::new(10))
+            .layer(
+                RetryLayer::builder()
+                    .policy(HttpRetry::new())
+                    .build()
+                    .unwrap(),
+            )
+            .service(recording(seen.clone()));
+        let req = Request::put("/")
+            .body(frames(&["ab", "cd"], Some("sum-1")))
+            .unwrap();
+        let res = c.ready().await.unwrap().call(req).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        let want = (Bytes::from_static(b"abcd"), Some("sum-1".to_owned()));
+        assert_eq!(*seen.lock().unwrap(), [want.clone(), want]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_server_marks_inbound_retries_so_its_clients_do_not_retry_again() {
+        let log = Log::default();
+        let rec = Recorder::new();
+        // The dependency is down: every call 503.
+        let down = ServiceBuilder::new()
+            .layer(ReplayBodyLayer::default())
+            .layer(
+                RetryLayer::builder()
+                    .policy(HttpRetry::new())
+                    .observer(rec.clone())
+                    .build()
+                    .unwrap(),
+            )
+            .service({
+                let log = log.clone();
+                tower::service_fn(move |req: Request<ReplayBody<Full<Bytes>>>| {
+                    let log = log.clone();
+                    async move {
+                        let a = req.headers()["x-seawall-attempt"].to_str()?.to_owned();
+                        log.lock().unwrap().push((a, 0));
+                        Ok::<_, BoxError>(Response::builder().status(503).body(())?)
+                    }
+                })
+            });
+        let mut server = ServiceBuilder::new()
+            .layer(MarkInboundAttemptLayer::new())
+            .service(tower::service_fn(move |_req: Request<()>| {
+                let mut dep = down.clone();
+                async move {
+                    let res = dep
+                        .ready()
+                        .await?
+                        .call(Request::get("/dep").body(body(""))?)
+                        .await?;
+                    Ok::<_, BoxError>(res.status())
+                }
+            }));
+
+        // Inbound first attempt: the handler's client retries (3 attempts).
+        let req = Request::get("/").body(()).unwrap();
+        server.ready().await.unwrap().call(req).await.unwrap();
+        assert_eq!(log.lock().unwrap().len(), 3);
+
+        // Inbound retry (attempt 2): its sub-request is sent once.
+        log.lock().unwrap().clear();
+        rec.clear();
+        let req = Request::get("/")
+            .header("x-seawall-attempt", "2")
+            .body(())
+            .unwrap();
+        let status = server.ready().await.unwrap().call(req).await.unwrap();
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(*log.lock().unwrap(), [("1".to_owned(), 0)]);
+        assert_eq!(gave_up(&rec), [(1, GiveUpReason::NotRetryable)]);
+    }
+}
+
+// ---------------------------------------------------------------- grpc
+
+#[cfg(feature = "tonic")]
+mod grpc_tests {
+    use super::*;
+    use http::{Request, Response};
+    use seawall::retry::grpc::GrpcRetry;
+
+    type CallLog = Arc<Mutex<Vec<(Instant, Option<String>)>>>;
+
+    fn upstream(
+        first_pushback: &'static str,
+        log: CallLog,
+    ) -> impl Service<
+        Request<()>,
+        Response = Response<()>,
+        Error = BoxError,
+        Future = impl Future<Output = Result<Response<()>, BoxError>>,
+    > + Clone {
+        tower::service_fn(move |req: Request<()>| {
+            let mut log = log.lock().unwrap();
+            let prev = req
+                .headers()
+                .get("grpc-previous-rpc-attempts")
+                .map(|v| v.to_str().unwrap().to_owned());
+            log.push((Instant::now(), prev));
+            // Trailers-only UNAVAILABLE with pushback first, then OK.
+            let res = if log.len() == 1 {
+                Response::builder()
+                    .header("grpc-status", "14")
+                    .header("grpc-retry-pushback-ms", first_pushback)
+                    .body(())
+            } else {
+                Response::builder().header("grpc-status", "0").body(())
+            };
+            async move { Ok::<_, BoxError>(res?) }
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn grpc_pushback_is_honoured_and_a_negative_one_stops_retries() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let rec = Recorder::new();
+        let mut svc = RetryLayer::builder()
+            .policy(GrpcRetry::new())
+            .observer(rec.clone())
+            .build()
+            .unwrap()
+            .layer(upstream("250", log.clone()));
+        let start = Instant::now();
+        let res = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(Request::new(()))
+            .await
+            .unwrap();
+        assert_eq!(res.headers()["grpc-status"], "0");
+        let log_now: Vec<_> = log
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(t, p)| (*t - start, p.clone()))
+            .collect();
+        assert_eq!(
+            log_now,
+            [(Duration::ZERO, None), (250 * MS, Some("1".to_owned()))]
+        );
+        assert_eq!(scheduled(&rec), [(2, 250 * MS)]);
+
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let rec = Recorder::new();
+        let mut svc = RetryLayer::builder()
+            .policy(GrpcRetry::new())
+            .observer(rec.clone())
+            .build()
+            .unwrap()
+            .layer(upstream("-1", log.clone()));
+        let res = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(Request::new(()))
+            .await
+            .unwrap();
+        assert_eq!(res.headers()["grpc-status"], "14");
+        assert_eq!(log.lock().unwrap().len(), 1);
+        assert_eq!(gave_up(&rec), [(1, GiveUpReason::Pushback)]);
+    }
+}

@@ -1,0 +1,869 @@
+#![cfg(feature = "shed")]
+//! Load shedding: goodput under overload, priorities, doomed work, client
+//! throttling, limit events. All in paused time.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use seawall::deadline::{self, Deadline};
+use seawall::error::{BoxError, Overloaded, RejectionKind, rejection_of};
+use seawall::observe::{EventKind, LayerKind, Observer, Recorder};
+use seawall::shed::criticality::{self, Criticality};
+use seawall::shed::{AdaptiveLimitLayer, Aimd, Gradient2, ThrottleLayer};
+use tokio::time::{Instant, sleep, timeout};
+use tower::{BoxError as TowerBoxError, Layer, Service, ServiceExt, service_fn};
+
+const CAPACITY: usize = 100;
+const BASE: Duration = Duration::from_millis(50);
+const DEADLINE: Duration = Duration::from_secs(1);
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// A backend of fixed capacity: up to `CAPACITY` concurrent calls take
+/// `BASE`; past it, each call takes `BASE × inflight / CAPACITY` (the work is
+/// shared, throughput stays at CAPACITY / BASE = 2000/s). A cancelled call
+/// stops using the backend.
+#[derive(Clone)]
+struct Backend {
+    inflight: Arc<AtomicUsize>,
+}
+
+struct Slot(Arc<AtomicUsize>);
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl<R> Service<R> for Backend {
+    type Response = ();
+    type Error = TowerBoxError;
+    type Future = std::pin::Pin<Box<dyn Future<Output = Result<(), TowerBoxError>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: R) -> Self::Future {
+        let n = self.inflight.fetch_add(1, Ordering::Relaxed) + 1;
+        let slot = Slot(self.inflight.clone());
+        let factor = (n as f64 / CAPACITY as f64).max(1.0);
+        Box::pin(async move {
+            sleep(BASE.mul_f64(factor)).await;
+            drop(slot);
+            Ok(())
+        })
+    }
+}
+
+fn backend() -> Backend {
+    Backend {
+        inflight: Arc::new(AtomicUsize::new(0)),
+    }
+}
+
+#[derive(Default)]
+struct ClassStats {
+    ok: AtomicU64,
+    rejected: AtomicU64,
+    timed_out: AtomicU64,
+}
+
+impl ClassStats {
+    fn total(&self) -> u64 {
+        self.ok.load(Ordering::Relaxed)
+            + self.rejected.load(Ordering::Relaxed)
+            + self.timed_out.load(Ordering::Relaxed)
+    }
+    fn success(&self) -> f64 {
+        self.ok.load(Ordering::Relaxed) as f64 / self.total().max(1) as f64
+    }
+}
+
+struct Stats {
+    classes: [ClassStats; 4],
+    /// Answered calls over the whole run, warm-up included.
+    all_ok: AtomicU64,
+    /// Latency histogram of admitted, answered calls, 1 ms buckets.
+    latency_ms: Vec<AtomicU64>,
+}
+
+impl Stats {
+    fn new() -> Arc<Self> {
+        Arc::new(Stats {
+            classes: Default::default(),
+            all_ok: AtomicU64::new(0),
+            latency_ms: (0..=2000).map(|_| AtomicU64::new(0)).collect(),
+        })
+    }
+    fn ok(&self) -> u64 {
+        self.classes
+            .iter()
+            .map(|c| c.ok.load(Ordering::Relaxed))
+            .sum()
+    }
+    fn rejected(&self) -> u64 {
+        self.classes
+            .iter()
+            .map(|c| c.rejected.load(Ordering::Relaxed))
+            .sum()
+    }
+    fn timed_out(&self) -> u64 {
+        self.classes
+            .iter()
+            .map(|c| c.timed_out.load(Ordering::Relaxed))
+            .sum()
+    }
+    fn p99_ms(&self) -> u64 {
+        let total: u64 = self
+            .latency_ms
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .sum();
+        let target = (total as f64 * 0.99).ceil() as u64;
+        let mut seen = 0;
+        for (ms, b) in self.latency_ms.iter().enumerate() {
+            seen += b.load(Ordering::Relaxed);
+            if seen >= target {
+                return ms as u64;
+            }
+        }
+        u64::MAX
+    }
+}
+
+/// Open-loop load: `per_ms` requests every millisecond for `duration`, each
+/// with a 1 s deadline (the caller gives up then). Only requests started
+/// after `warmup` are counted.
+async fn open_loop<S>(
+    svc: S,
+    per_ms: usize,
+    duration: Duration,
+    warmup: Duration,
+    class_of: fn(u64) -> Criticality,
+) -> Arc<Stats>
+where
+    S: Service<Criticality, Response = (), Error = BoxError> + Clone + Send + 'static,
+    S::Future: Send,
+{
+    let stats = Stats::new();
+    let start = Instant::now();
+    let mut tick = tokio::time::interval(ms(1));
+    let mut i = 0u64;
+    while start.elapsed() < duration {
+        tick.tick().await;
+        let counted = start.elapsed() >= warmup;
+        for _ in 0..per_ms {
+            let class = class_of(i);
+            i += 1;
+            let svc = svc.clone();
+            let stats = stats.clone();
+            tokio::spawn(async move {
+                let t0 = Instant::now();
+                let call = svc.oneshot(class);
+                let res = deadline::scope(Deadline::after(DEADLINE), timeout(DEADLINE, call)).await;
+                if let Ok(Ok(())) = &res {
+                    stats.all_ok.fetch_add(1, Ordering::Relaxed);
+                }
+                if !counted {
+                    return;
+                }
+                let c = &stats.classes[class as usize];
+                match res {
+                    Ok(Ok(())) => {
+                        c.ok.fetch_add(1, Ordering::Relaxed);
+                        let l = t0.elapsed().as_millis().min(2000) as usize;
+                        stats.latency_ms[l].fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(Err(e)) => {
+                        assert_eq!(rejection_of(&e).unwrap().kind(), RejectionKind::Overloaded);
+                        c.rejected.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(_) => {
+                        c.timed_out.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            });
+        }
+    }
+    sleep(DEADLINE + ms(100)).await;
+    stats
+}
+
+fn all_critical(_: u64) -> Criticality {
+    Criticality::Critical
+}
+
+#[tokio::test(start_paused = true)]
+async fn goodput_stays_near_capacity_under_4x_overload() {
+    const SECS: u64 = 24;
+    const WARMUP: u64 = 12;
+    let measured = (SECS - WARMUP) as f64;
+    let capacity_per_s = CAPACITY as f64 / BASE.as_secs_f64(); // 2000/s
+
+    // Without a limit.
+    let plain = tower::util::MapErrLayer::new(Into::<BoxError>::into).layer(backend());
+    let unprotected = open_loop(
+        plain,
+        8,
+        Duration::from_secs(SECS),
+        Duration::from_secs(WARMUP),
+        all_critical,
+    )
+    .await;
+    let goodput_plain = unprotected.ok() as f64 / measured;
+
+    // With the adaptive limit: Gradient2 with its defaults, but 100 ms windows.
+    // On flat latency Gradient2 grows by smoothing × queue size = 0.8 per
+    // window, so from 20 it passes the capacity (100) after ~10 s here
+    // (~100 s with the 1 s default window); goodput is measured after 12 s.
+    let limit = AdaptiveLimitLayer::builder()
+        .window(ms(100))
+        .build()
+        .unwrap();
+    let protected = open_loop(
+        limit.layer(backend()),
+        8,
+        Duration::from_secs(SECS),
+        Duration::from_secs(WARMUP),
+        all_critical,
+    )
+    .await;
+    let goodput = protected.ok() as f64 / measured;
+    let whole_run = protected.all_ok.load(Ordering::Relaxed) as f64 / SECS as f64;
+    let p99 = protected.p99_ms();
+
+    println!(
+        "offered 8000/s, capacity {capacity_per_s}/s; without limit: goodput {goodput_plain:.0}/s \
+         ({:.1}%), timed out {}; with adaptive limit: goodput {goodput:.0}/s ({:.1}%), \
+         rejected {}, timed out {}, p99 {p99} ms, final limit {}; whole run with the ramp-up \
+         from limit 20: {whole_run:.0}/s",
+        100.0 * goodput_plain / capacity_per_s,
+        unprotected.timed_out(),
+        100.0 * goodput / capacity_per_s,
+        protected.rejected(),
+        protected.timed_out(),
+        limit.limit(),
+    );
+    assert!(goodput >= 0.9 * capacity_per_s, "goodput {goodput}");
+    assert!(p99 < DEADLINE.as_millis() as u64, "p99 {p99} ms");
+    assert_eq!(protected.timed_out(), 0);
+    assert!(
+        goodput_plain < 0.1 * capacity_per_s,
+        "goodput without limit {goodput_plain}"
+    );
+    assert_eq!(limit.inflight(), 0);
+}
+
+/// 5 % CriticalPlus, 10 % Critical, 25 % SheddablePlus, 60 % Sheddable,
+/// interleaved (37 is coprime with 100).
+fn mixed(i: u64) -> Criticality {
+    match (i * 37) % 100 {
+        0..5 => Criticality::CriticalPlus,
+        5..15 => Criticality::Critical,
+        15..40 => Criticality::SheddablePlus,
+        _ => Criticality::Sheddable,
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn critical_requests_survive_3x_overload() {
+    let limit = AdaptiveLimitLayer::builder()
+        .window(ms(100))
+        .criticality(|c: &Criticality| *c)
+        .build()
+        .unwrap();
+    let stats = open_loop(
+        limit.layer(backend()),
+        6,
+        Duration::from_secs(24),
+        Duration::from_secs(12),
+        mixed,
+    )
+    .await;
+    let rate = |c: Criticality| stats.classes[c as usize].success();
+    let rejected = |c: Criticality| stats.classes[c as usize].rejected.load(Ordering::Relaxed);
+    println!(
+        "success: critical_plus {:.4}, critical {:.4}, sheddable_plus {:.4}, sheddable {:.4}; \
+         rejected: {} / {} / {} / {}; final limit {}",
+        rate(Criticality::CriticalPlus),
+        rate(Criticality::Critical),
+        rate(Criticality::SheddablePlus),
+        rate(Criticality::Sheddable),
+        rejected(Criticality::CriticalPlus),
+        rejected(Criticality::Critical),
+        rejected(Criticality::SheddablePlus),
+        rejected(Criticality::Sheddable),
+        limit.limit(),
+    );
+    assert!(rate(Criticality::CriticalPlus) >= 0.99);
+    assert!(rate(Criticality::Critical) >= 0.99);
+    assert!(rate(Criticality::SheddablePlus) > rate(Criticality::Sheddable));
+    // Sheddable requests absorb the rejections: at 3× load about two thirds
+    // of all requests must go, and the two sheddable classes take ≥ 99 % of them.
+    let total_rejected = stats.rejected();
+    let sheddable = rejected(Criticality::SheddablePlus) + rejected(Criticality::Sheddable);
+    assert!(sheddable as f64 >= 0.99 * total_rejected as f64);
+    assert_eq!(stats.timed_out(), 0);
+}
+
+// ---------------------------------------------------------------------------
+// Small, exact scenarios.
+
+/// A service that sleeps the number of milliseconds it is given.
+fn sleeper() -> impl Service<u64, Response = u64, Error = Infallible, Future: Send> + Clone {
+    service_fn(|n: u64| async move {
+        sleep(ms(n)).await;
+        Ok::<_, Infallible>(n)
+    })
+}
+
+fn limit_changes(rec: &Recorder) -> Vec<(usize, usize)> {
+    rec.events()
+        .iter()
+        .filter_map(|e| match e.kind {
+            EventKind::LimitChanged { from, to } => {
+                assert_eq!(e.layer, LayerKind::AdaptiveLimit);
+                Some((from, to))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn rejection_details(rec: &Recorder) -> Vec<&'static str> {
+    rec.events()
+        .iter()
+        .filter_map(|e| match e.kind {
+            EventKind::Rejected {
+                reason,
+                detail,
+                retry_after,
+            } => {
+                assert_eq!(reason, RejectionKind::Overloaded);
+                assert_eq!(retry_after, None);
+                Some(detail)
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// Runs `n` calls of `rtt_ms` concurrently and waits for all of them.
+async fn wave<S>(svc: &S, n: usize, rtt_ms: u64)
+where
+    S: Service<u64, Response = u64, Error = BoxError> + Clone + Send + 'static,
+    S::Future: Send,
+{
+    let calls: Vec<_> = (0..n)
+        .map(|_| tokio::spawn(svc.clone().oneshot(rtt_ms)))
+        .collect();
+    for c in calls {
+        assert_eq!(c.await.unwrap().unwrap(), rtt_ms);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn aimd_limit_changes_are_reported() {
+    let rec = Recorder::new();
+    let layer = AdaptiveLimitLayer::builder()
+        .name("aimd")
+        .algorithm(
+            Aimd::builder()
+                .initial_limit(10)
+                .min_limit(1)
+                .build()
+                .unwrap(),
+        )
+        .window(ms(100))
+        .min_window_samples(5)
+        .observer(Observer::new(rec.clone()))
+        .build()
+        .unwrap();
+    let svc = layer.layer(sleeper());
+    // 5 calls of 100 ms with 5 in flight: 5 × 2 >= 10 → 11.
+    wave(&svc, 5, 100).await;
+    assert_eq!(layer.limit(), 11);
+    assert_eq!(layer.expected_rtt(), Some(ms(100)));
+    // 5 in flight is now app-limited (10 < 11): no change.
+    wave(&svc, 5, 100).await;
+    assert_eq!(layer.limit(), 11);
+    // 6 in flight: → 12.
+    wave(&svc, 6, 100).await;
+    assert_eq!(layer.limit(), 12);
+    // Calls failing with an overload error from below are drops: floor(12 × 0.9) = 10.
+    let failing = layer.layer(service_fn(|_: u64| async {
+        sleep(ms(100)).await;
+        Err::<u64, BoxError>(Overloaded::new("below", None).into())
+    }));
+    let calls: Vec<_> = (0..5)
+        .map(|_| tokio::spawn(failing.clone().oneshot(0)))
+        .collect();
+    for c in calls {
+        let err = c.await.unwrap().unwrap_err();
+        assert_eq!(rejection_of(&err).unwrap().name(), "below");
+    }
+    assert_eq!(layer.limit(), 10);
+    assert_eq!(limit_changes(&rec), vec![(10, 11), (11, 12), (12, 10)]);
+    assert_eq!(rec.count(|e| e.kind == EventKind::CallStarted), 21);
+    assert_eq!(rec.count(|e| e.name != "aimd"), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn gradient2_limit_grows_while_latency_is_flat() {
+    let rec = Recorder::new();
+    let layer = AdaptiveLimitLayer::builder()
+        .algorithm(Gradient2::default())
+        .window(ms(100))
+        .min_window_samples(20)
+        .observer(Observer::new(rec.clone()))
+        .build()
+        .unwrap();
+    let svc = layer.layer(sleeper());
+    // Each wave closes one window: 20 in flight, 100 ms RTT.
+    // Estimated limit 20.8, 21.6, 22.4, 23.2, 24.0 → integer 20, 21, 22, 23, 24.
+    for _ in 0..5 {
+        wave(&svc, 20, 100).await;
+    }
+    assert_eq!(layer.limit(), 24);
+    assert_eq!(
+        limit_changes(&rec),
+        vec![(20, 21), (21, 22), (22, 23), (23, 24)]
+    );
+    // Latency jumps to 400 ms (the window closes after 20 of the 24 calls):
+    // long RTT (still warming up) = (5 × 100 + 400) / 6 = 150 ms,
+    // gradient = 1.5 × 150 / 400 = 0.5625,
+    // limit = 24 × 0.8 + (24 × 0.5625 + 4) × 0.2 = 22.7 → 22.
+    wave(&svc, 24, 400).await;
+    assert_eq!(layer.limit(), 22);
+    assert_eq!(limit_changes(&rec).last(), Some(&(24, 22)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn over_the_limit_is_rejected_at_once_and_slots_are_released_on_drop() {
+    let rec = Recorder::new();
+    let layer = AdaptiveLimitLayer::builder()
+        .name("api")
+        .algorithm(
+            Aimd::builder()
+                .initial_limit(3)
+                .min_limit(1)
+                .build()
+                .unwrap(),
+        )
+        .window(ms(100))
+        .min_window_samples(1)
+        .observer(Observer::new(rec.clone()))
+        .build()
+        .unwrap();
+    let mut svc = layer.layer(sleeper());
+    let a = svc.ready().await.unwrap().call(1000);
+    let b = svc.ready().await.unwrap().call(1000);
+    let c = svc.ready().await.unwrap().call(1000);
+    assert_eq!(layer.inflight(), 3);
+    let t0 = Instant::now();
+    let err = svc.ready().await.unwrap().call(1).await.unwrap_err();
+    assert_eq!(t0.elapsed(), Duration::ZERO);
+    let view = rejection_of(&err).unwrap();
+    assert_eq!(
+        (view.kind(), view.name(), view.retry_after()),
+        (RejectionKind::Overloaded, "api", None)
+    );
+    assert_eq!(err.to_string(), "overloaded (api)");
+    assert_eq!(rejection_details(&rec), vec!["limit"]);
+    // Dropping in-flight calls frees their slots at once (and counts drops).
+    drop((a, b));
+    assert_eq!(layer.inflight(), 1);
+    sleep(ms(200)).await;
+    assert_eq!(svc.ready().await.unwrap().call(5).await.unwrap(), 5);
+    // The window held 2 drops and one sample: floor(3 × 0.9) = 2.
+    assert_eq!(layer.limit(), 2);
+    assert_eq!(layer.inflight(), 1);
+    drop(c);
+    assert_eq!(layer.inflight(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn doomed_requests_are_rejected_at_admission() {
+    let rec = Recorder::new();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let hits2 = hits.clone();
+    let layer = AdaptiveLimitLayer::builder()
+        .algorithm(Aimd::default())
+        .window(ms(100))
+        .min_window_samples(1)
+        .observer(Observer::new(rec.clone()))
+        .build()
+        .unwrap();
+    let svc = layer.layer(service_fn(move |n: u64| {
+        hits2.fetch_add(1, Ordering::Relaxed);
+        async move {
+            sleep(ms(n)).await;
+            Ok::<_, Infallible>(n)
+        }
+    }));
+    // Before any window closed the expected service time is unknown: a short
+    // deadline is not judged (only an expired one is).
+    let r = deadline::scope(Deadline::after(ms(10)), svc.clone().oneshot(5)).await;
+    assert_eq!(r.unwrap(), 5);
+    // One 200 ms call closes the first window (with the 5 ms one):
+    // expected service time (5 + 200) / 2 = 102.5 ms.
+    sleep(ms(100)).await;
+    svc.clone().oneshot(200).await.unwrap();
+    assert_eq!(layer.expected_rtt(), Some(Duration::from_micros(102_500)));
+    assert_eq!(hits.load(Ordering::Relaxed), 2);
+
+    let call_with = |budget: Option<Duration>| {
+        let svc = svc.clone();
+        async move {
+            match budget {
+                Some(b) => deadline::scope(Deadline::after(b), svc.oneshot(1)).await,
+                None => svc.oneshot(1).await,
+            }
+        }
+    };
+    // 100 ms left < 102.5 ms expected: doomed, never reaches the service.
+    let err = call_with(Some(ms(100))).await.unwrap_err();
+    assert_eq!(
+        rejection_of(&err).unwrap().kind(),
+        RejectionKind::Overloaded
+    );
+    // Already expired: doomed.
+    assert!(call_with(Some(Duration::ZERO)).await.is_err());
+    assert_eq!(hits.load(Ordering::Relaxed), 2);
+    // Exactly the expected time, more time, or no deadline: admitted.
+    assert_eq!(
+        call_with(Some(Duration::from_micros(102_500)))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(call_with(Some(ms(150))).await.unwrap(), 1);
+    assert_eq!(call_with(None).await.unwrap(), 1);
+    assert_eq!(hits.load(Ordering::Relaxed), 5);
+    assert_eq!(rejection_details(&rec), vec!["doomed", "doomed"]);
+
+    // With the check off, the doomed request is admitted.
+    let lenient = AdaptiveLimitLayer::builder()
+        .reject_doomed(false)
+        .build()
+        .unwrap();
+    let r = deadline::scope(
+        Deadline::after(Duration::ZERO),
+        lenient.layer(sleeper()).oneshot(1),
+    )
+    .await;
+    assert_eq!(r.unwrap(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn criticality_from_task_local_decides_who_is_shed() {
+    let layer = AdaptiveLimitLayer::builder()
+        .algorithm(
+            Aimd::builder()
+                .initial_limit(10)
+                .min_limit(1)
+                .build()
+                .unwrap(),
+        )
+        .build()
+        .unwrap();
+    let svc = layer.layer(sleeper());
+    // Fill the limit with sheddable work.
+    let fill: Vec<_> = (0..10)
+        .map(|_| {
+            tokio::spawn(criticality::scope(
+                Criticality::Sheddable,
+                svc.clone().oneshot(1000),
+            ))
+        })
+        .collect();
+    tokio::task::yield_now().await;
+    assert_eq!(layer.inflight_of(Criticality::Sheddable), 10);
+    // Guaranteed shares at limit 10: CriticalPlus ceil(0.2 × 10) = 2,
+    // Critical 5, SheddablePlus 1, Sheddable 0.
+    let mut calls = Vec::new();
+    for (class, n, expect) in [
+        (Criticality::Sheddable, 3, 0),
+        (Criticality::SheddablePlus, 3, 1),
+        (Criticality::Critical, 7, 5),
+        (Criticality::CriticalPlus, 3, 2),
+    ] {
+        let before = layer.inflight_of(class);
+        for _ in 0..n {
+            calls.push((
+                class,
+                tokio::spawn(criticality::scope(class, svc.clone().oneshot(1000))),
+            ));
+        }
+        tokio::task::yield_now().await;
+        assert_eq!(layer.inflight_of(class) - before, expect, "{class}");
+    }
+    assert_eq!(layer.inflight(), 10 + 1 + 5 + 2);
+    let mut rejected = [0; 4];
+    for (class, call) in calls {
+        if let Err(e) = call.await.unwrap() {
+            assert_eq!(rejection_of(&e).unwrap().kind(), RejectionKind::Overloaded);
+            rejected[class as usize] += 1;
+        }
+    }
+    assert_eq!(rejected, [1, 2, 2, 3]);
+    for f in fill {
+        f.await.unwrap().unwrap();
+    }
+    assert_eq!(layer.inflight(), 0);
+}
+
+#[cfg(feature = "http")]
+#[tokio::test(start_paused = true)]
+async fn criticality_from_http_header() {
+    use seawall::shed::criticality::{FromHttpRequest, HEADER};
+    let layer = AdaptiveLimitLayer::builder()
+        .algorithm(
+            Aimd::builder()
+                .initial_limit(1)
+                .min_limit(1)
+                .build()
+                .unwrap(),
+        )
+        .criticality(FromHttpRequest)
+        .build()
+        .unwrap();
+    let svc = layer.layer(service_fn(|_: http::Request<()>| async {
+        sleep(ms(100)).await;
+        Ok::<_, Infallible>(())
+    }));
+    let req = |class: &'static str| {
+        http::Request::builder()
+            .header(HEADER, class)
+            .body(())
+            .unwrap()
+    };
+    let hold = tokio::spawn(svc.clone().oneshot(req("sheddable")));
+    tokio::task::yield_now().await;
+    assert_eq!(layer.inflight(), 1);
+    // At the limit: sheddable is shed, critical_plus uses its share (ceil(0.2 × 1) = 1).
+    assert!(svc.clone().oneshot(req("sheddable")).await.is_err());
+    let vip = tokio::spawn(svc.clone().oneshot(req("CRITICAL_PLUS")));
+    tokio::task::yield_now().await;
+    assert_eq!(layer.inflight_of(Criticality::CriticalPlus), 1);
+    vip.await.unwrap().unwrap();
+    hold.await.unwrap().unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn poll_ready_forwards_the_inner_readiness() {
+    let layer = AdaptiveLimitLayer::builder().build().unwrap();
+    let (mock, mut handle) = tower_test::mock::pair::<u64, u64>();
+    let mut svc = tower_test::mock::Spawn::new(layer.layer(mock));
+    handle.allow(0);
+    assert!(svc.poll_ready().is_pending());
+    handle.allow(1);
+    assert!(svc.poll_ready().is_ready());
+    let fut = svc.call(7);
+    let (req, send) = handle.next_request().await.unwrap();
+    assert_eq!((req, layer.inflight()), (7, 1));
+    send.send_response(8);
+    assert_eq!(fut.await.unwrap(), 8);
+    assert_eq!(layer.inflight(), 0);
+}
+
+#[test]
+fn builder_rejects_nonsense() {
+    let e = AdaptiveLimitLayer::builder()
+        .window(Duration::ZERO)
+        .build()
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "invalid adaptive_limit configuration: window must be above zero, got 0s"
+    );
+    assert!(
+        AdaptiveLimitLayer::builder()
+            .min_window_samples(0)
+            .build()
+            .is_err()
+    );
+    let e = AdaptiveLimitLayer::builder()
+        .share(Criticality::Sheddable, 1.5)
+        .build()
+        .unwrap_err();
+    assert_eq!(e.message(), "share of sheddable must be in 0..=1, got 1.5");
+    let e = AdaptiveLimitLayer::builder()
+        .share(Criticality::Critical, 0.9)
+        .build()
+        .unwrap_err();
+    assert!(
+        e.message().starts_with("shares must add up to at most 1"),
+        "{e}"
+    );
+    assert!(
+        AdaptiveLimitLayer::builder()
+            .share(Criticality::Critical, f64::NAN)
+            .build()
+            .is_err()
+    );
+    assert!(
+        ThrottleLayer::builder()
+            .window(Duration::ZERO)
+            .build()
+            .is_err()
+    );
+    assert!(ThrottleLayer::builder().buckets(0).build().is_err());
+    assert!(ThrottleLayer::builder().k(0.5).build().is_err());
+    let e = ThrottleLayer::builder()
+        .max_rejection_probability(1.0)
+        .build()
+        .unwrap_err();
+    assert_eq!(
+        e.message(),
+        "max_rejection_probability must be in 0..1, got 1"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Client-side throttling.
+
+/// A dependency that accepts one call in `every` and rejects the rest.
+fn flaky(
+    every: u64,
+) -> (
+    impl Service<(), Response = (), Error = BoxError, Future: Send> + Clone,
+    Arc<AtomicU64>,
+) {
+    let calls = Arc::new(AtomicU64::new(0));
+    let c = calls.clone();
+    let svc = service_fn(move |_: ()| {
+        let n = c.fetch_add(1, Ordering::Relaxed);
+        async move {
+            sleep(ms(5)).await;
+            if n % every == 0 {
+                Ok(())
+            } else {
+                Err::<(), BoxError>("unavailable".into())
+            }
+        }
+    });
+    (svc, calls)
+}
+
+#[tokio::test(start_paused = true)]
+async fn throttle_sends_far_fewer_requests_to_a_failing_dependency() {
+    let rec = Recorder::new();
+    let layer = ThrottleLayer::builder()
+        .name("deps")
+        .seed(42)
+        .observer(Observer::new(rec.clone()))
+        .build()
+        .unwrap();
+    let (dep, reached) = flaky(10); // rejects 90 %
+    let mut client = layer.layer(dep);
+    // 100 requests/s for 100 s (inside the 2-minute window).
+    let (mut attempted, mut accepted, mut throttled) = (0u64, 0u64, 0u64);
+    let (mut late_attempts, mut late_throttled) = (0u64, 0u64);
+    for i in 0..10_000u64 {
+        attempted += 1;
+        match client.ready().await.unwrap().call(()).await {
+            Ok(()) => accepted += 1,
+            Err(e) if rejection_of(&e).is_some() => {
+                throttled += 1;
+                if i >= 5_000 {
+                    late_throttled += 1;
+                }
+            }
+            Err(_) => {}
+        }
+        if i >= 5_000 {
+            late_attempts += 1;
+        }
+        sleep(ms(5)).await;
+    }
+    let sent = reached.load(Ordering::Relaxed);
+    assert_eq!(sent + throttled, attempted);
+    // The layer counted what we counted.
+    assert_eq!(layer.totals(), (attempted, accepted));
+    // The formula with our own counts: (10 000 − 2 × accepts) / 10 001 is far
+    // above the cap, so the cap (0.9) applies.
+    let formula = (attempted as f64 - 2.0 * accepted as f64) / (attempted as f64 + 1.0);
+    let p = formula.clamp(0.0, 0.9);
+    assert_eq!(p, 0.9);
+    assert_eq!(layer.rejection_probability(), 0.9);
+    let ratio = sent as f64 / attempted as f64;
+    let late = late_throttled as f64 / late_attempts as f64;
+    println!(
+        "attempted {attempted}, sent {sent} ({:.1}%), accepted {accepted}, formula {formula:.3}, \
+         throttled in the second half {:.1}% (expected {:.0}%)",
+        100.0 * ratio,
+        100.0 * late,
+        100.0 * p
+    );
+    // In steady state the client throttles with probability p = 0.9 ...
+    assert!((late - p).abs() < 0.015, "late throttle rate {late}");
+    // ... so it sends about 1 − p of its requests (a little more while the window fills).
+    assert!((0.09..0.12).contains(&ratio), "sent ratio {ratio}");
+    assert_eq!(
+        rec.count(|e| matches!(
+            e.kind,
+            EventKind::Rejected {
+                detail: "throttled",
+                ..
+            }
+        )),
+        throttled as usize
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn throttle_leaves_a_healthy_dependency_alone_and_forgets_old_failures() {
+    let layer = ThrottleLayer::builder().seed(7).build().unwrap();
+    // Every call accepted: requests − 2 × accepts < 0, never throttled.
+    let (dep, reached) = flaky(1);
+    let mut client = layer.layer(dep);
+    for _ in 0..1000 {
+        client.ready().await.unwrap().call(()).await.unwrap();
+    }
+    assert_eq!(reached.load(Ordering::Relaxed), 1000);
+    assert_eq!(layer.rejection_probability(), 0.0);
+
+    // A full outage: the probability climbs to the cap …
+    let outage = ThrottleLayer::builder().seed(7).build().unwrap();
+    let (dead, _) = flaky(u64::MAX);
+    let mut client = outage.layer(dead);
+    // (flaky(u64::MAX) accepts only the very first call)
+    for _ in 0..200 {
+        let _ = client.ready().await.unwrap().call(()).await;
+    }
+    assert_eq!(outage.rejection_probability(), 0.9);
+    // … and two minutes later the window has forgotten it.
+    sleep(Duration::from_secs(121)).await;
+    assert_eq!(outage.totals(), (0, 0));
+    assert_eq!(outage.rejection_probability(), 0.0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn throttle_accepts_follow_the_classifier() {
+    use seawall::observe::Outcome;
+    // Responses are status codes; only codes below 500 are accepts.
+    let layer = ThrottleLayer::builder()
+        .seed(3)
+        .classifier(|r: Result<&u16, &Infallible>| match r {
+            Ok(code) if *code < 500 => Outcome::Success,
+            _ => Outcome::Failure,
+        })
+        .build()
+        .unwrap();
+    let mut client = layer.layer(service_fn(|_: ()| async { Ok::<u16, Infallible>(503) }));
+    for _ in 0..100 {
+        let _ = client.ready().await.unwrap().call(()).await;
+    }
+    let (requests, accepts) = layer.totals();
+    assert_eq!((requests, accepts), (100, 0));
+    assert_eq!(layer.rejection_probability(), 0.9);
+}
