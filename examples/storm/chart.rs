@@ -1,5 +1,5 @@
-//! The timeline as an SVG chart: goodput per second (top) and backend calls per
-//! second (bottom) for every mode, phase boundaries marked.
+//! The timeline as an SVG chart: goodput per second (top) and calls sent to the
+//! server per second (bottom) for every mode, phase boundaries marked.
 
 use std::path::Path;
 
@@ -15,7 +15,7 @@ fn color(mode: Mode) -> RGBColor {
     }
 }
 
-type DrawResult = Result<(), Box<dyn std::error::Error>>;
+type DrawResult = Result<(), seawall::BoxError>;
 
 /// Writes the chart to `path`, creating its directory if needed.
 pub fn draw(path: &Path, scenario: &Scenario, runs: &[Run]) -> DrawResult {
@@ -50,7 +50,7 @@ pub fn draw(path: &Path, scenario: &Scenario, runs: &[Run]) -> DrawResult {
     )?;
     panel(
         &bottom,
-        "backend calls per second (every attempt)",
+        "calls sent to the server per second (every attempt, retries included)",
         "calls/s",
         total,
         scenario,
@@ -105,6 +105,12 @@ where
     chart
         .configure_mesh()
         .disable_x_mesh()
+        .light_line_style(WHITE)
+        .bold_line_style(BLACK.mix(0.08))
+        .x_labels(11)
+        .y_labels(6)
+        .x_label_formatter(&|v| format!("{v:.0}"))
+        .y_label_formatter(&|v| format!("{v:.0}"))
         .x_desc("time (s)")
         .y_desc(y_desc)
         .draw()?;

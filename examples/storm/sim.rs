@@ -16,7 +16,8 @@ use std::time::Duration;
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use seawall::{BoxError, Deadline, HasDeadline};
+use seawall::observe::LayerKind;
+use seawall::{BoxError, Deadline, Event, EventKind, HasDeadline, Observer};
 use tokio::sync::{Semaphore, oneshot};
 use tokio::time::Instant;
 use tower::util::BoxCloneService;
@@ -51,7 +52,7 @@ impl fmt::Display for Condition {
         match self {
             Condition::Healthy => f.write_str("backend healthy"),
             Condition::Slow(x) => write!(f, "backend latency x{x}"),
-            Condition::Down => f.write_str("backend down (every call fails)"),
+            Condition::Down => f.write_str("backend down, every call fails"),
         }
     }
 }
@@ -199,8 +200,6 @@ impl Scenario {
 /// of the client's deadline, used only to measure doomed work.
 #[derive(Debug, Clone)]
 pub struct Req {
-    /// Request number.
-    pub id: u64,
     deadline: Option<Deadline>,
     caller_gives_up: Instant,
 }
@@ -242,8 +241,10 @@ pub struct Second {
     pub offered: u64,
     /// Of those, answered successfully within their deadline.
     pub good: u64,
-    /// Calls the backend received in this second (every attempt).
+    /// Calls sent to the server in this second (every attempt, retries included).
     pub attempts: u64,
+    /// Calls that reached the backend itself (past the server's own layers).
+    pub backend_calls: u64,
     /// Worker time (ms) finished in this second for callers still waiting.
     pub useful_ms: f64,
     /// Worker time (ms) finished in this second after the caller's deadline.
@@ -351,7 +352,10 @@ struct InFlight(Arc<BackendShared>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.meter.backend_in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0
+            .meter
+            .backend_in_flight
+            .fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -396,7 +400,7 @@ impl Service<Req> for Backend {
             let at = meter.since_start(Instant::now());
             let mut book = meter.book();
             if let Some(s) = Meter::second(&mut book, at) {
-                s.attempts += 1;
+                s.backend_calls += 1;
             }
         }
         let guard = InFlight(shared.clone());
@@ -436,15 +440,26 @@ impl Service<Req> for Backend {
 /// The hop between client and server: every call runs the server stack on its
 /// own task, so the server keeps working after the client stops waiting (as a
 /// real server does), unless the server's own layers drop the work.
+/// It also counts every call that crosses it: the attempts.
 #[derive(Debug, Clone)]
 pub struct Network<S> {
     server: S,
+    meter: Arc<Meter>,
 }
 
-impl<S> Network<S> {
-    /// Puts a network hop in front of `server`.
-    pub fn new(server: S) -> Self {
-        Network { server }
+/// Connects clients to servers through a counted [`Network`] hop.
+#[derive(Debug, Clone)]
+pub struct Wire {
+    meter: Arc<Meter>,
+}
+
+impl Wire {
+    /// A network hop in front of `server`.
+    pub fn connect<S>(&self, server: S) -> Network<S> {
+        Network {
+            server,
+            meter: self.meter.clone(),
+        }
     }
 }
 
@@ -462,6 +477,13 @@ where
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
+        {
+            let at = self.meter.since_start(Instant::now());
+            let mut book = self.meter.book();
+            if let Some(s) = Meter::second(&mut book, at) {
+                s.attempts += 1;
+            }
+        }
         let (tx, rx) = oneshot::channel();
         let server = self.server.clone();
         tokio::spawn(async move {
@@ -522,10 +544,16 @@ impl fmt::Debug for Stacks {
 }
 
 /// Builds the stacks of `mode` around `backend`.
-fn build(mode: Mode, scenario: &Scenario, backend: Backend) -> Stacks {
-    match mode {
+fn build(
+    mode: Mode,
+    scenario: &Scenario,
+    wire: &Wire,
+    backend: Backend,
+    observer: Observer,
+) -> Result<Stacks, seawall::ConfigError> {
+    Ok(match mode {
         Mode::Unprotected => Stacks {
-            client: Stack::new(Network::new(backend)),
+            client: Stack::new(wire.connect(backend)),
             client_desc: "plain call, waits for the answer".into(),
             server_desc: "backend (unbounded queue)".into(),
         },
@@ -533,7 +561,7 @@ fn build(mode: Mode, scenario: &Scenario, backend: Backend) -> Stacks {
             let client = ServiceBuilder::new()
                 .retry(naive::Retries(3))
                 .timeout(scenario.deadline)
-                .service(Network::new(backend));
+                .service(wire.connect(backend));
             Stacks {
                 client: Stack::new(client),
                 client_desc: format!(
@@ -543,8 +571,8 @@ fn build(mode: Mode, scenario: &Scenario, backend: Backend) -> Stacks {
                 server_desc: "backend (unbounded queue)".into(),
             }
         }
-        Mode::Seawall => stacks::seawall(scenario, backend),
-    }
+        Mode::Seawall => stacks::seawall(scenario, wire, backend, observer)?,
+    })
 }
 
 mod naive {
@@ -610,35 +638,57 @@ pub struct Run {
     pub seconds: Vec<Second>,
     /// Every client request, in arrival order.
     pub records: Vec<Record>,
-    /// Simulated time until the last request and the last backend call ended.
-    pub drained_after: Duration,
+    /// State and limit changes the seawall layers reported (seconds, layer, event).
+    pub events: Vec<(f64, LayerKind, EventKind)>,
 }
 
 /// Runs `mode` through `scenario` on its own paused current-thread runtime.
-pub fn run(scenario: &Scenario, mode: Mode) -> std::io::Result<Run> {
+pub fn run(scenario: &Scenario, mode: Mode) -> Result<Run, BoxError> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .start_paused(true)
         .build()?;
-    Ok(rt.block_on(run_async(scenario, mode)))
+    rt.block_on(run_async(scenario, mode))
 }
 
-async fn run_async(scenario: &Scenario, mode: Mode) -> Run {
+async fn run_async(scenario: &Scenario, mode: Mode) -> Result<Run, BoxError> {
     let start = Instant::now();
     let total = scenario.total();
     let secs = total.as_secs_f64().ceil() as usize;
     let meter = Arc::new(Meter::new(start, secs));
     let backend = Backend::new(scenario.clone(), meter.clone());
-    let stacks = build(mode, scenario, backend);
+    let trace = std::env::var_os("STORM_TRACE").is_some();
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let sink = events.clone();
+    let observer = Observer::new(move |e: &Event<'_>| {
+        let t = Instant::now()
+            .saturating_duration_since(start)
+            .as_secs_f64();
+        let keep = matches!(
+            e.kind,
+            EventKind::StateChanged { .. } | EventKind::LimitChanged { .. }
+        );
+        if keep {
+            if trace {
+                eprintln!("{t:8.3} {} {} {:?}", e.layer.as_str(), e.name, e.kind);
+            }
+            if let Ok(mut v) = sink.lock() {
+                v.push((t, e.layer, e.kind));
+            }
+        }
+    });
+    let wire = Wire {
+        meter: meter.clone(),
+    };
+    let stacks = build(mode, scenario, &wire, backend, observer)?;
     let arrivals = scenario.arrivals();
 
-    for (id, offset) in arrivals.iter().enumerate() {
+    for offset in &arrivals {
         let at = start + *offset;
         tokio::time::sleep_until(at).await;
         let arrival = offset.as_secs_f64();
         let gives_up = at + scenario.deadline;
         let req = Req {
-            id: id as u64,
             deadline: None,
             caller_gives_up: gives_up,
         };
@@ -684,19 +734,18 @@ async fn run_async(scenario: &Scenario, mode: Mode) -> Run {
     {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let drained_after = Instant::now() - start;
 
     let mut book = meter.book();
     let mut records = std::mem::take(&mut book.records);
     records.sort_by(|a, b| a.arrival.total_cmp(&b.arrival));
-    Run {
+    Ok(Run {
         mode,
         client_desc: stacks.client_desc,
         server_desc: stacks.server_desc,
         seconds: std::mem::take(&mut book.seconds),
         records,
-        drained_after,
-    }
+        events: std::mem::take(&mut *events.lock().unwrap_or_else(|e| e.into_inner())),
+    })
 }
 
 // ---------------------------------------------------------------------------
@@ -765,8 +814,8 @@ impl Run {
                 latencies[i - 1]
             }
         };
-        let secs = &self.seconds[(from as usize).min(self.seconds.len())
-            ..(to.ceil() as usize).min(self.seconds.len())];
+        let secs = &self.seconds
+            [(from as usize).min(self.seconds.len())..(to.ceil() as usize).min(self.seconds.len())];
         let attempts: u64 = secs.iter().map(|s| s.attempts).sum();
         let useful: f64 = secs.iter().map(|s| s.useful_ms).sum();
         let doomed: f64 = secs.iter().map(|s| s.doomed_ms).sum();
