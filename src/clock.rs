@@ -16,6 +16,9 @@
 
 pub use tokio::time::Instant;
 
+#[cfg(feature = "rate-limit")]
+pub use crate::rate_limit::{TokioClock, TokioInstant};
+
 /// The current time on tokio's clock.
 #[inline]
 pub fn now() -> Instant {

@@ -1,7 +1,76 @@
-//! seawall: composable tower middleware that keeps services standing when
+//! seawall: composable [tower] middleware that keeps services standing when
 //! traffic surges and dependencies fail.
 //!
-//! (crate docs are completed as layers land)
+//! Every layer wraps any `tower::Service` — an axum router, a tonic server, a
+//! tonic `Channel`, a hyper client — and reports through one metrics hook.
+//!
+//! | layer | stops | rejects with |
+//! |---|---|---|
+//! | [`deadline`]: [`DeadlineLayer`], [`AttemptTimeoutLayer`], header propagation | work that can no longer succeed; slow dependencies eating the caller's budget | [`DeadlineExceeded`](error::DeadlineExceeded), [`AttemptTimeout`](error::AttemptTimeout) |
+//! | [`retry`]: [`RetryLayer`] with a [`RetryBudget`] | transient failures, without retry storms | the last error |
+//! | [`circuit_breaker`]: [`CircuitBreakerLayer`] | hammering a dependency that is down | [`CircuitOpen`](error::CircuitOpen) with `retry_after` |
+//! | [`bulkhead`]: [`BulkheadLayer`] | one dependency or route drowning the process | [`BulkheadFull`](error::BulkheadFull) |
+//! | [`shed`]: [`AdaptiveLimitLayer`], [`ThrottleLayer`] | overload collapse, queues of doomed work | [`Overloaded`](error::Overloaded) |
+//! | [`rate_limit`]: [`RateLimitLayer`] (local or Redis) | abusive or runaway callers | [`RateLimited`](error::RateLimited) with `retry_after` |
+//!
+//! Rejections are small marker types in a `BoxError`; [`error::rejection`]
+//! gives one view of any of them (kind, layer instance, `retry_after`), and the
+//! [`http`] and [`grpc`] modules turn them into 503/429/504 responses with
+//! `Retry-After`, or `UNAVAILABLE` / `RESOURCE_EXHAUSTED` / `DEADLINE_EXCEEDED`.
+//!
+//! # Example: a client stack
+//!
+//! Order matters. From the outside in: one total budget, retries within it
+//! (bounded by a budget shared by every clone), a circuit breaker that sees
+//! every attempt, and a per-attempt timeout.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), seawall::BoxError> {
+//! use std::time::Duration;
+//! use seawall::observe::{Observer, Recorder};
+//! use seawall::{AttemptTimeoutLayer, CircuitBreakerLayer, DeadlineLayer, RetryLayer};
+//! use tower::{service_fn, ServiceBuilder, ServiceExt};
+//!
+//! let recorder = Recorder::new();
+//! let observer = Observer::new(recorder.clone()); // wire observability once
+//!
+//! let stack = ServiceBuilder::new()
+//!     .layer(DeadlineLayer::builder(Duration::from_secs(2)).name("inventory").observer(observer.clone()).build()?)
+//!     .layer(RetryLayer::builder().name("inventory").observer(observer.clone()).build()?)
+//!     .layer(CircuitBreakerLayer::builder().name("inventory").observer(observer.clone()).build()?)
+//!     .layer(AttemptTimeoutLayer::builder(Duration::from_millis(500)).name("inventory").observer(observer.clone()).build()?);
+//!
+//! // Build once, clone per use: every clone shares one breaker and one retry budget.
+//! let client = stack.service(service_fn(|item: u32| async move {
+//!     Ok::<_, seawall::BoxError>(item * 2)
+//! }));
+//!
+//! assert_eq!(client.clone().oneshot(21).await?, 42);
+//! assert!(!recorder.is_empty());
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Observability
+//!
+//! Every layer takes an [`Observer`] and reports borrowed [`Event`]s through it:
+//! calls, rejections with reasons, state changes, retries, limit changes. Ship
+//! them to `tracing` ([`observe::TracingHook`]), the `metrics` facade
+//! ([`observe::MetricsHook`], feature `metrics`; names in [`observe`]), a
+//! closure, or an in-memory [`observe::Recorder`]. With no observer set, a layer
+//! builds no event at all.
+//!
+//! # Time
+//!
+//! Every layer reads `tokio::time`, so `#[tokio::test(start_paused = true)]`
+//! drives every timer, window and quota deterministically ([`clock`]).
+//!
+//! # Cargo features
+//!
+//! Layers: `deadline`, `retry`, `circuit-breaker`, `bulkhead`, `shed`,
+//! `rate-limit` (all on by default) and `chaos`. Integrations (opt-in): `http`,
+//! `axum`, `tonic`, `metrics`, `redis`; `full` turns everything on.
 #![forbid(unsafe_code)]
 #![warn(
     missing_docs,
@@ -59,6 +128,8 @@ pub use crate::deadline::{DeadlineFromHeadersLayer, PropagateDeadlineLayer};
 pub use crate::grpc::{GrpcRejectionLayer, GrpcStatusClassifier};
 #[cfg(feature = "http")]
 pub use crate::http::{HttpStatusClassifier, RejectionResponseLayer};
+#[cfg(feature = "rate-limit")]
+pub use crate::rate_limit::{Quota, RateLimitLayer};
 #[cfg(feature = "retry")]
 pub use crate::retry::{Jitter, RetryBudget, RetryLayer};
 #[cfg(feature = "shed")]

@@ -175,8 +175,8 @@ impl BulkheadBuilder {
     }
 
     /// The observer that receives this bulkhead's events (default: none).
-    pub fn observer(mut self, observer: Observer) -> Self {
-        self.observer = observer;
+    pub fn observer(mut self, observer: impl Into<Observer>) -> Self {
+        self.observer = observer.into();
         self
     }
 

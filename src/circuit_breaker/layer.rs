@@ -180,8 +180,8 @@ impl<C> CircuitBreakerBuilder<C> {
     }
 
     /// The observer every event goes to. Default: none.
-    pub fn observer(mut self, observer: Observer) -> Self {
-        self.observer = observer;
+    pub fn observer(mut self, observer: impl Into<Observer>) -> Self {
+        self.observer = observer.into();
         self
     }
 

@@ -121,8 +121,8 @@ impl DeadlineLayerBuilder {
     }
 
     /// The observer that receives this layer's events (default: none).
-    pub fn observer(mut self, observer: Observer) -> Self {
-        self.observer = observer;
+    pub fn observer(mut self, observer: impl Into<Observer>) -> Self {
+        self.observer = observer.into();
         self
     }
 
@@ -235,8 +235,8 @@ impl AttemptTimeoutLayerBuilder {
     }
 
     /// The observer that receives this layer's events (default: none).
-    pub fn observer(mut self, observer: Observer) -> Self {
-        self.observer = observer;
+    pub fn observer(mut self, observer: impl Into<Observer>) -> Self {
+        self.observer = observer.into();
         self
     }
 

@@ -310,8 +310,8 @@ impl DeadlineFromHeadersLayerBuilder {
     }
 
     /// The observer that receives this layer's events (default: none).
-    pub fn observer(mut self, observer: Observer) -> Self {
-        self.observer = observer;
+    pub fn observer(mut self, observer: impl Into<Observer>) -> Self {
+        self.observer = observer.into();
         self
     }
 
@@ -680,8 +680,8 @@ impl PropagateDeadlineLayerBuilder {
     }
 
     /// The observer that receives this layer's events (default: none).
-    pub fn observer(mut self, observer: Observer) -> Self {
-        self.observer = observer;
+    pub fn observer(mut self, observer: impl Into<Observer>) -> Self {
+        self.observer = observer.into();
         self
     }
 

@@ -391,8 +391,8 @@ impl<X, D> RateLimitLayerBuilder<X, D> {
     }
 
     /// Where events go (default: nowhere).
-    pub fn observer(mut self, observer: Observer) -> Self {
-        self.observer = observer;
+    pub fn observer(mut self, observer: impl Into<Observer>) -> Self {
+        self.observer = observer.into();
         self
     }
 

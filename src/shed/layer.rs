@@ -213,8 +213,8 @@ impl<P> AdaptiveLimitLayerBuilder<P> {
     }
 
     /// Where events go (default: nowhere).
-    pub fn observer(mut self, observer: Observer) -> Self {
-        self.observer = observer;
+    pub fn observer(mut self, observer: impl Into<Observer>) -> Self {
+        self.observer = observer.into();
         self
     }
 
@@ -453,8 +453,8 @@ impl<C> ThrottleLayerBuilder<C> {
     }
 
     /// Where events go (default: nowhere).
-    pub fn observer(mut self, observer: Observer) -> Self {
-        self.observer = observer;
+    pub fn observer(mut self, observer: impl Into<Observer>) -> Self {
+        self.observer = observer.into();
         self
     }
 
