@@ -224,8 +224,8 @@ impl<P, C, L: fmt::Debug> fmt::Debug for ClientStackBuilder<P, C, L> {
 impl<P, C, L> ClientStackBuilder<P, C, L> {
     /// The observer every layer of the stack reports to (default: none). It
     /// replaces any observer set inside the per-layer closures.
-    pub fn observer(mut self, observer: Observer) -> Self {
-        self.observer = Some(observer);
+    pub fn observer(mut self, observer: impl Into<Observer>) -> Self {
+        self.observer = Some(observer.into());
         self
     }
 

@@ -62,11 +62,11 @@
 //!   attempt timeout never runs past it).
 //! - **Retry above the breaker**, so every attempt passes through the
 //!   breaker: it counts retries as the calls they are, and once it opens, a
-//!   retry meets [`CircuitOpen`](crate::error::CircuitOpen) at once. Its
-//!   `retry_after` (the open time left) is honoured as the retry's wait
-//!   only when it fits the deadline, so an open breaker stops the retries
-//!   instead of being hammered by them. Retries below a breaker would be
-//!   invisible to it (one "call" hiding three failures).
+//!   retry meets [`CircuitOpen`](crate::error::CircuitOpen) at once, which
+//!   the default retry policy does not retry (the breaker already speaks for
+//!   the dependency): an open breaker ends the request instead of being
+//!   hammered by its retries. Retries below a breaker would be invisible to
+//!   it (one "call" hiding three failures).
 //! - **Breaker above the bulkhead**, so an open breaker fails fast without
 //!   taking a slot or a queue place. A full bulkhead is this process's own
 //!   limit, not the dependency failing: the stack's breaker classifier,

@@ -186,8 +186,8 @@ impl<O: fmt::Debug, R: fmt::Debug, P> fmt::Debug for ServerStackBuilder<O, R, P>
 impl<O, R, P> ServerStackBuilder<O, R, P> {
     /// The observer every layer of the stack reports to (default: none). It
     /// replaces any observer set inside the per-layer closures.
-    pub fn observer(mut self, observer: Observer) -> Self {
-        self.observer = Some(observer);
+    pub fn observer(mut self, observer: impl Into<Observer>) -> Self {
+        self.observer = Some(observer.into());
         self
     }
 
