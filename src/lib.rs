@@ -114,6 +114,14 @@ pub use crate::deadline::{Deadline, HasDeadline};
 pub use crate::error::{BoxError, ConfigError, Name, Rejection, RejectionKind};
 pub use crate::observe::{Event, EventKind, Hook, Observer};
 
+#[cfg(all(
+    feature = "deadline",
+    feature = "retry",
+    feature = "circuit-breaker",
+    feature = "shed"
+))]
+pub use crate::stack::{ClientStack, ServerStack};
+
 #[cfg(feature = "bulkhead")]
 pub use crate::bulkhead::{BulkheadLayer, QueueOrder};
 #[cfg(feature = "chaos")]

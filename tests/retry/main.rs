@@ -626,10 +626,7 @@ async fn circuit_open_is_not_retried_by_default() {
     let log = Arc::new(Mutex::new(Vec::new()));
     let rec = Recorder::new();
     let svc = scripted(
-        vec![
-            Err(CircuitOpen::new("db", Some(100 * MS)).into()),
-            Ok(7),
-        ],
+        vec![Err(CircuitOpen::new("db", Some(100 * MS)).into()), Ok(7)],
         log.clone(),
     );
     let mut svc = RetryLayer::builder()
@@ -642,7 +639,9 @@ async fn circuit_open_is_not_retried_by_default() {
     let err = deadline::scope(Deadline::after(Duration::from_secs(1)), fut)
         .await
         .unwrap_err();
-    let open = err.downcast_ref::<CircuitOpen>().expect("the breaker's rejection");
+    let open = err
+        .downcast_ref::<CircuitOpen>()
+        .expect("the breaker's rejection");
     assert_eq!(open.retry_after(), Some(100 * MS));
     assert_eq!(start.elapsed(), Duration::ZERO);
     assert_eq!(log.lock().unwrap().len(), 1);
