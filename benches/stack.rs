@@ -1,2 +1,342 @@
-//! Placeholder: the stack benches land with their layer.
-fn main() {}
+//! Overhead per call of the recommended stacks and of each of their layers,
+//! on a no-op service: seawall side by side with tower's built-ins and
+//! tower-resilience, in one run.
+//!
+//! Every call is `ready().await` + `call().await` on a current-thread tokio
+//! runtime (time enabled); the no-op service answers at once, so every call
+//! is admitted and succeeds at its first attempt. Groups:
+//!
+//! - `stack/current_thread`: one thread.
+//! - `stack/contended_2_threads`: two threads, each with its own runtime and
+//!   its own clone of services built from one layer (so they contend for the
+//!   layer's shared state), calling at the same time; the time reported is
+//!   the slower thread's wall time per call.
+//!
+//! Equivalents: tower has no circuit breaker; its closest bulkhead is
+//! `LoadShed` over `GlobalConcurrencyLimit`; its `RateLimit` is not `Clone`
+//! (each service has its own), so it is left out of the contended group.
+//!
+//! Run: `cargo bench --bench stack -- --noplot`
+
+use std::hint::black_box;
+use std::sync::{Arc, Barrier};
+use std::time::Duration;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use seawall::BoxError;
+use tower::{Layer, Service, ServiceBuilder, ServiceExt};
+
+const BIG: u32 = 1_000_000_000;
+const LIMIT: usize = 1_000;
+
+type Noop = tower::util::ServiceFn<fn(u64) -> std::future::Ready<Result<u64, BoxError>>>;
+
+fn noop() -> Noop {
+    tower::service_fn((|x| std::future::ready(Ok(x))) as fn(u64) -> _)
+}
+
+/// A retry policy for tower's `Retry` that retries errors, never successes.
+#[derive(Clone)]
+struct Trivial;
+
+impl<E> tower::retry::Policy<u64, u64, E> for Trivial {
+    type Future = std::future::Ready<()>;
+
+    fn retry(&mut self, _req: &mut u64, result: &mut Result<u64, E>) -> Option<Self::Future> {
+        result.is_err().then(|| std::future::ready(()))
+    }
+
+    fn clone_request(&mut self, req: &u64) -> Option<u64> {
+        Some(*req)
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("runtime")
+}
+
+/// `iters` calls through `svc`, one at a time.
+async fn drive<S: Service<u64, Response = u64>>(svc: &mut S, iters: u64) {
+    for i in 0..iters {
+        let ready = match svc.ready().await {
+            Ok(s) => s,
+            Err(_) => panic!("not ready"),
+        };
+        match ready.call(black_box(i)).await {
+            Ok(r) => {
+                black_box(r);
+            }
+            Err(_) => panic!("call failed"),
+        }
+    }
+}
+
+// ------------------------------------------------------------------ seawall
+
+fn sw_client() -> seawall::stack::ClientStackLayer {
+    seawall::stack::ClientStack::builder("client")
+        .total_budget(Duration::from_secs(1))
+        .attempt_timeout(Duration::from_millis(300))
+        .bulkhead(|b| b.max_concurrent(LIMIT))
+        .build()
+        .expect("client stack")
+}
+
+fn sw_server() -> seawall::stack::ServerStackLayer<
+    tower::layer::util::Identity,
+    seawall::rate_limit::RateLimitLayer,
+> {
+    seawall::stack::ServerStack::builder("server")
+        .total_budget(Duration::from_secs(2))
+        .handler_timeout(Duration::from_millis(500))
+        .rate_limit(seawall::rate_limit::Quota::per_second(BIG), |r| r)
+        .bulkhead(|b| b.max_concurrent(LIMIT))
+        .build()
+        .expect("server stack")
+}
+
+// ------------------------------------------------------------------ tower-resilience
+
+fn tr_timelimiter(
+    d: Duration,
+) -> tower_resilience::timelimiter::TimeLimiterLayer<tower_resilience::timelimiter::FixedTimeout> {
+    tower_resilience::timelimiter::TimeLimiterLayer::builder()
+        .timeout_duration(d)
+        .build()
+}
+
+fn tr_breaker() -> tower_resilience::circuitbreaker::CircuitBreakerLayer {
+    tower_resilience::circuitbreaker::CircuitBreakerLayer::builder()
+        .failure_rate_threshold(0.5)
+        .sliding_window_size(100)
+        .minimum_number_of_calls(100)
+        .build()
+        .expect("tower-resilience breaker")
+}
+
+fn tr_bulkhead() -> tower_resilience::bulkhead::BulkheadLayer {
+    tower_resilience::bulkhead::BulkheadLayer::builder()
+        .max_concurrent_calls(LIMIT)
+        .build()
+        .expect("tower-resilience bulkhead")
+}
+
+fn tr_ratelimiter() -> tower_resilience::ratelimiter::RateLimiterLayer {
+    tower_resilience::ratelimiter::RateLimiterLayer::builder()
+        .limit_for_period(BIG as usize)
+        .refresh_period(Duration::from_secs(1))
+        .timeout_duration(Duration::ZERO)
+        .build()
+        .expect("tower-resilience rate limiter")
+}
+
+// ------------------------------------------------------------------ contenders
+
+/// Every contender, as `$f!(name, service expression)`; the expression is
+/// evaluated once per benchmark (per thread, from shared layers, in the
+/// contended group).
+macro_rules! per_layer {
+    ($f:ident) => {{
+        $f!("bare", |_: ()| noop());
+        // timeout
+        let at = seawall::deadline::AttemptTimeoutLayer::new(Duration::from_secs(1));
+        $f!("timeout/seawall_attempt_timeout", |_: ()| at.layer(noop()));
+        let dl = seawall::deadline::DeadlineLayer::new(Duration::from_secs(1));
+        $f!("timeout/seawall_deadline", |_: ()| dl.layer(noop()));
+        let tt = tower::timeout::TimeoutLayer::new(Duration::from_secs(1));
+        $f!("timeout/tower", |_: ()| tt.layer(noop()));
+        let tl = tr_timelimiter(Duration::from_secs(1));
+        $f!("timeout/tower_resilience", |_: ()| tl.layer(noop()));
+        // retry
+        let sr = seawall::retry::RetryLayer::new();
+        $f!("retry/seawall", |_: ()| sr.layer(noop()));
+        $f!("retry/tower", |_: ()| tower::retry::RetryLayer::new(Trivial).layer(noop()));
+        let tr = tower_resilience::retry::RetryLayer::<u64, u64, BoxError>::builder()
+            .max_attempts(3)
+            .build();
+        $f!("retry/tower_resilience", |_: ()| tr.layer(noop()));
+        // circuit breaker (tower has none)
+        let sb = seawall::circuit_breaker::CircuitBreakerLayer::builder()
+            .build()
+            .expect("breaker");
+        $f!("breaker/seawall", |_: ()| sb.layer(noop()));
+        let tb = tr_breaker();
+        $f!("breaker/tower_resilience", |_: ()| tb.layer(noop()));
+        // bulkhead / concurrency limit
+        let sh = seawall::bulkhead::BulkheadLayer::builder()
+            .max_concurrent(LIMIT)
+            .build()
+            .expect("bulkhead");
+        $f!("bulkhead/seawall", |_: ()| sh.layer(noop()));
+        let gl = tower::limit::GlobalConcurrencyLimitLayer::new(LIMIT);
+        $f!("bulkhead/tower_limit_load_shed", |_: ()| {
+            tower::load_shed::LoadShedLayer::new().layer(gl.layer(noop()))
+        });
+        let th = tr_bulkhead();
+        $f!("bulkhead/tower_resilience", |_: ()| th.layer(noop()));
+        // load shedding
+        let sa = seawall::shed::AdaptiveLimitLayer::builder()
+            .build()
+            .expect("adaptive limit");
+        $f!("shed/seawall_adaptive_limit", |_: ()| sa.layer(noop()));
+        // rate limit
+        let sl = seawall::rate_limit::RateLimitLayer::builder(seawall::rate_limit::Quota::per_second(BIG))
+            .build()
+            .expect("rate limit");
+        $f!("rate_limit/seawall", |_: ()| sl.layer(noop()));
+        $f!(@single "rate_limit/tower", |_: ()| {
+            tower::limit::RateLimitLayer::new(u64::from(BIG), Duration::from_secs(1)).layer(noop())
+        });
+        let tq = tr_ratelimiter();
+        $f!("rate_limit/tower_resilience", |_: ()| tq.layer(noop()));
+    }};
+}
+
+macro_rules! full_stacks {
+    ($f:ident) => {{
+        // client: total timeout → retry → [breaker] → bulkhead → attempt timeout
+        let sc = sw_client();
+        $f!("client/seawall", |_: ()| sc.layer(noop()));
+        let tcl = tower::limit::GlobalConcurrencyLimitLayer::new(LIMIT);
+        $f!("client/tower", |_: ()| {
+            ServiceBuilder::new()
+                .timeout(Duration::from_secs(1))
+                .layer(tower::retry::RetryLayer::new(Trivial))
+                .load_shed()
+                .layer(tcl.clone())
+                .timeout(Duration::from_millis(300))
+                .service(noop())
+        });
+        let (c1, c2, c3, c4) = (
+            tr_timelimiter(Duration::from_secs(1)),
+            tr_breaker(),
+            tr_bulkhead(),
+            tr_timelimiter(Duration::from_millis(300)),
+        );
+        let c_retry = tower_resilience::retry::RetryLayer::<u64, u64, _>::builder()
+            .max_attempts(3)
+            .build();
+        $f!("client/tower_resilience", |_: ()| {
+            c1.layer(c_retry.layer(c2.layer(c3.layer(c4.layer(noop())))))
+        });
+        // server: deadline → rate limit → shed → bulkhead → handler timeout
+        let ss = sw_server();
+        $f!("server/seawall", |_: ()| ss.layer(noop()));
+        let tsl = tower::limit::GlobalConcurrencyLimitLayer::new(LIMIT);
+        $f!(@single "server/tower", |_: ()| {
+            ServiceBuilder::new()
+                .timeout(Duration::from_secs(2))
+                .rate_limit(u64::from(BIG), Duration::from_secs(1))
+                .load_shed()
+                .layer(tsl.clone())
+                .timeout(Duration::from_millis(500))
+                .service(noop())
+        });
+        let (s1, s2, s3, s4) = (
+            tr_timelimiter(Duration::from_secs(2)),
+            tr_ratelimiter(),
+            tr_bulkhead(),
+            tr_timelimiter(Duration::from_millis(500)),
+        );
+        $f!("server/tower_resilience", |_: ()| {
+            s1.layer(s2.layer(s3.layer(s4.layer(noop()))))
+        });
+    }};
+}
+
+fn configure<'a>(
+    c: &'a mut Criterion,
+    name: &str,
+) -> criterion::BenchmarkGroup<'a, criterion::measurement::WallTime> {
+    let mut g = c.benchmark_group(name);
+    g.warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(2))
+        .sample_size(30);
+    g
+}
+
+fn current_thread(c: &mut Criterion) {
+    let rt = runtime();
+    let mut g = configure(c, "stack/current_thread");
+    macro_rules! one {
+        (@single $name:expr, $make:expr) => {
+            one!($name, $make)
+        };
+        ($name:expr, $make:expr) => {{
+            // Built inside the runtime: some services create timers when made.
+            let mut svc = {
+                let _enter = rt.enter();
+                ($make)(())
+            };
+            g.bench_function($name, |b| {
+                b.iter_custom(|iters| {
+                    rt.block_on(async {
+                        let start = std::time::Instant::now();
+                        drive(&mut svc, iters).await;
+                        start.elapsed()
+                    })
+                })
+            });
+        }};
+    }
+    per_layer!(one);
+    full_stacks!(one);
+    g.finish();
+}
+
+/// Runs `iters` calls on each of two threads at once, each with its own
+/// current-thread runtime and its own service, and returns the slower
+/// thread's time.
+fn on_two_threads<S>(make: &dyn Fn() -> S, iters: u64) -> Duration
+where
+    S: Service<u64, Response = u64> + Send + 'static,
+{
+    let barrier = Arc::new(Barrier::new(2));
+    let threads: Vec<_> = (0..2)
+        .map(|_| {
+            let mut svc = make();
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                let rt = runtime();
+                barrier.wait();
+                let start = std::time::Instant::now();
+                rt.block_on(drive(&mut svc, iters));
+                start.elapsed()
+            })
+        })
+        .collect();
+    threads
+        .into_iter()
+        .map(|t| t.join().expect("bench thread"))
+        .max()
+        .unwrap_or_default()
+}
+
+fn contended(c: &mut Criterion) {
+    let rt = runtime();
+    let mut g = configure(c, "stack/contended_2_threads");
+    macro_rules! two {
+        (@single $name:expr, $make:expr) => {
+            // Not shareable across threads (not `Clone`): left out.
+            let _ = ($name, $make);
+        };
+        ($name:expr, $make:expr) => {{
+            let make = || {
+                let _enter = rt.enter();
+                ($make)(())
+            };
+            g.bench_function($name, |b| {
+                b.iter_custom(|iters| on_two_threads(&make, iters))
+            });
+        }};
+    }
+    per_layer!(two);
+    full_stacks!(two);
+    g.finish();
+}
+
+criterion_group!(benches, current_thread, contended);
+criterion_main!(benches);

@@ -102,10 +102,25 @@ pub mod rate_limit;
 pub mod retry;
 #[cfg(feature = "shed")]
 pub mod shed;
+#[cfg(all(
+    feature = "deadline",
+    feature = "retry",
+    feature = "circuit-breaker",
+    feature = "shed"
+))]
+pub mod stack;
 
 pub use crate::deadline::{Deadline, HasDeadline};
 pub use crate::error::{BoxError, ConfigError, Name, Rejection, RejectionKind};
 pub use crate::observe::{Event, EventKind, Hook, Observer};
+
+#[cfg(all(
+    feature = "deadline",
+    feature = "retry",
+    feature = "circuit-breaker",
+    feature = "shed"
+))]
+pub use crate::stack::{ClientStack, ServerStack};
 
 #[cfg(feature = "bulkhead")]
 pub use crate::bulkhead::{BulkheadLayer, QueueOrder};

@@ -98,6 +98,12 @@ impl<P> RetryLayer<P> {
     pub fn backoff(&self) -> Backoff {
         self.shared.backoff
     }
+
+    /// The smallest remaining deadline budget a retry is started (or its
+    /// backoff scheduled) with.
+    pub fn min_remaining(&self) -> Duration {
+        self.shared.min_remaining
+    }
 }
 
 impl<S, P> Layer<S> for RetryLayer<P> {

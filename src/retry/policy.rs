@@ -73,12 +73,13 @@ pub trait RetryPolicy<Req, Res>: Send + Sync + 'static {
 }
 
 /// The default policy: every error is retried, except seawall's
-/// [`DeadlineExceeded`](crate::error::DeadlineExceeded) (no budget left) and
+/// [`DeadlineExceeded`](crate::error::DeadlineExceeded) (no budget left),
 /// [`RetryBudgetExhausted`](crate::error::RetryBudgetExhausted) (a retry layer
-/// below already gave up: retry at one layer only). An
+/// below already gave up: retry at one layer only) and
+/// [`CircuitOpen`](crate::error::CircuitOpen) (see [`classify_error`]). An
 /// [`AttemptTimeout`](crate::error::AttemptTimeout) is retried. A seawall
-/// rejection's `retry_after` (circuit open, rate limited, …) becomes the
-/// server hint. Every `Ok` response is a success.
+/// rejection's `retry_after` (rate limited, overloaded, …) becomes the server
+/// hint. Every `Ok` response is a success.
 ///
 /// Requests must be `Clone`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -103,9 +104,17 @@ where
 }
 
 /// The default classification of an error, shared by every shipped policy:
-/// never retry [`DeadlineExceeded`](crate::error::DeadlineExceeded) or
-/// [`RetryBudgetExhausted`](crate::error::RetryBudgetExhausted); retry
-/// anything else, taking a seawall rejection's `retry_after` as the hint.
+/// never retry [`DeadlineExceeded`](crate::error::DeadlineExceeded),
+/// [`RetryBudgetExhausted`](crate::error::RetryBudgetExhausted) or
+/// [`CircuitOpen`](crate::error::CircuitOpen); retry anything else, taking a
+/// seawall rejection's `retry_after` as the hint.
+///
+/// A circuit breaker's rejection is not retried: the breaker already speaks for
+/// the dependency, and a request that waits out the open time only comes back,
+/// late and with little budget left, at the moment the breaker lets its few
+/// probes through, together with every other request that waited. Such stale
+/// probes get shed or time out, and the breaker opens again. To retry it
+/// anyway, use [`policy_fn`].
 ///
 /// ```
 /// use std::time::Duration;
@@ -118,12 +127,14 @@ where
 /// let e: BoxError = AttemptTimeout::new("api").into();
 /// assert_eq!(classify_error(&e), Verdict::RETRY);
 /// let e: BoxError = CircuitOpen::new("db", Some(Duration::from_secs(5))).into();
-/// assert_eq!(classify_error(&e), Verdict::Retry { after: Some(Duration::from_secs(5)) });
+/// assert_eq!(classify_error(&e), Verdict::Fail);
 /// ```
 pub fn classify_error(err: &BoxError) -> Verdict {
     match rejection(&**err) {
         Some(r) => match r.kind() {
-            RejectionKind::DeadlineExceeded | RejectionKind::RetryBudgetExhausted => Verdict::Fail,
+            RejectionKind::DeadlineExceeded
+            | RejectionKind::RetryBudgetExhausted
+            | RejectionKind::CircuitOpen => Verdict::Fail,
             _ => Verdict::Retry {
                 after: r.retry_after(),
             },

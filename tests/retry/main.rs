@@ -602,7 +602,7 @@ async fn retry_after_beyond_the_deadline_or_the_maximum_is_not_waited_for() {
     let rec = Recorder::new();
     let svc = scripted(
         vec![
-            Err(CircuitOpen::new("db", Some(Duration::from_secs(5))).into()),
+            Err(RateLimited::new("api", Some(Duration::from_secs(5))).into()),
             Ok(7),
         ],
         log.clone(),
@@ -614,9 +614,38 @@ async fn retry_after_beyond_the_deadline_or_the_maximum_is_not_waited_for() {
         .unwrap()
         .layer(svc);
     let err = svc.ready().await.unwrap().call(1).await.unwrap_err();
-    assert!(err.downcast_ref::<CircuitOpen>().is_some());
+    assert!(err.downcast_ref::<RateLimited>().is_some());
     assert_eq!(log.lock().unwrap().len(), 1);
     assert_eq!(gave_up(&rec), [(1, GiveUpReason::Pushback)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn circuit_open_is_not_retried_by_default() {
+    // Even with a short open time that would fit the deadline: waiting it out
+    // only turns the request into a stale probe.
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let rec = Recorder::new();
+    let svc = scripted(
+        vec![Err(CircuitOpen::new("db", Some(100 * MS)).into()), Ok(7)],
+        log.clone(),
+    );
+    let mut svc = RetryLayer::builder()
+        .observer(rec.clone())
+        .build()
+        .unwrap()
+        .layer(svc);
+    let start = Instant::now();
+    let fut = svc.ready().await.unwrap().call(1);
+    let err = deadline::scope(Deadline::after(Duration::from_secs(1)), fut)
+        .await
+        .unwrap_err();
+    let open = err
+        .downcast_ref::<CircuitOpen>()
+        .expect("the breaker's rejection");
+    assert_eq!(open.retry_after(), Some(100 * MS));
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    assert_eq!(log.lock().unwrap().len(), 1);
+    assert_eq!(gave_up(&rec), [(1, GiveUpReason::NotRetryable)]);
 }
 
 // ---------------------------------------------------------------- cancellation

@@ -1,0 +1,252 @@
+//! Plain-text tables and the "what happened" paragraph, computed from the runs.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use seawall::EventKind;
+
+use crate::sim::{Condition, Run, Scenario, Summary};
+
+/// Seconds the goodput must hold at >= 90% of offered to count as recovered.
+pub const HOLD: usize = 5;
+
+fn ms(d: Duration) -> String {
+    let ms = d.as_secs_f64() * 1e3;
+    if ms == 0.0 {
+        "0 ms".into()
+    } else if ms < 1.0 {
+        format!("{:.2} ms", ms)
+    } else if ms < 1000.0 {
+        format!("{:.0} ms", ms)
+    } else {
+        format!("{:.1} s", ms / 1e3)
+    }
+}
+
+fn failures(s: &Summary) -> String {
+    if s.failures.is_empty() {
+        return "-".into();
+    }
+    s.failures
+        .iter()
+        .map(|(label, n)| format!("{label} {n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn recover(run: &Run, scenario: &Scenario) -> Option<f64> {
+    let outage = scenario.phases.iter().position(|p| p.name == "outage")?;
+    let (_, end) = scenario.bounds(outage);
+    run.time_to_recover(end, HOLD)
+}
+
+fn recover_text(t: Option<f64>) -> String {
+    match t {
+        Some(t) => format!("{t:.0} s"),
+        None => "not within the run".into(),
+    }
+}
+
+/// The per-phase tables (one block per phase, one row per mode), plus totals.
+pub fn tables(scenario: &Scenario, runs: &[Run]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "good = answered successfully within the {:?} deadline; p50/p99 = what the caller waited, \
+         any outcome;\nattempts = calls sent to the server per request; doomed = share of backend \
+         worker time spent on answers that came after the caller's deadline.\n",
+        scenario.deadline
+    );
+    let header = format!(
+        "  {:<12} {:>8} {:>8} {:>8} {:>9} {:>9} {:>9} {:>7}  {}",
+        "mode",
+        "offered",
+        "good",
+        "goodput",
+        "p50",
+        "p99",
+        "attempts",
+        "doomed",
+        "not good (by reason)"
+    );
+    let row = |out: &mut String, run: &Run, s: &Summary| {
+        let _ = writeln!(
+            out,
+            "  {:<12} {:>8} {:>8} {:>7.1}% {:>9} {:>9} {:>8.2}x {:>6.0}%  {}",
+            run.mode.label(),
+            s.offered,
+            s.good,
+            s.goodput() * 100.0,
+            ms(s.p50),
+            ms(s.p99),
+            s.amplification,
+            s.doomed_share * 100.0,
+            failures(s)
+        );
+    };
+    for (i, phase) in scenario.phases.iter().enumerate() {
+        let (from, to) = scenario.bounds(i);
+        let _ = writeln!(
+            out,
+            "{} ({:.0}-{:.0} s): offered {:.0} req/s = {:.0}% of capacity, {}",
+            phase.name,
+            from,
+            to,
+            phase.load * scenario.capacity(),
+            phase.load * 100.0,
+            phase.condition
+        );
+        let _ = writeln!(out, "{header}");
+        for run in runs {
+            row(&mut out, run, &run.summary(from, to));
+        }
+        out.push('\n');
+    }
+    let total = scenario.total().as_secs_f64();
+    let _ = writeln!(out, "whole run (0-{total:.0} s)");
+    let _ = writeln!(out, "{header}");
+    for run in runs {
+        row(&mut out, run, &run.summary(0.0, total));
+    }
+    out.push('\n');
+    let _ = write!(
+        out,
+        "time to recover after the outage (goodput back to >= 90% of offered, held {HOLD} s):"
+    );
+    for run in runs {
+        let _ = write!(
+            out,
+            "  {} {}",
+            run.mode.label(),
+            recover_text(recover(run, scenario))
+        );
+    }
+    out.push('\n');
+    out
+}
+
+fn pct(x: f64) -> String {
+    format!("{:.0}%", x * 100.0)
+}
+
+/// The best goodput a phase allows: the backend's capacity in that phase
+/// over the offered load (1.0 at most).
+fn possible(scenario: &Scenario, i: usize) -> f64 {
+    let phase = &scenario.phases[i];
+    let capacity = match phase.condition {
+        Condition::Healthy => scenario.capacity(),
+        Condition::Slow(x) => scenario.capacity() / x,
+        Condition::Down => 0.0,
+    };
+    (capacity / (phase.load * scenario.capacity())).min(1.0)
+}
+
+/// One paragraph on what happened, from the numbers.
+pub fn what_happened(scenario: &Scenario, runs: &[Run]) -> String {
+    let mut sentences = Vec::new();
+    for (i, phase) in scenario.phases.iter().enumerate() {
+        if i == 0 || phase.name == "recovery" {
+            continue;
+        }
+        let (from, to) = scenario.bounds(i);
+        let mut by_goodput: Vec<(&Run, Summary)> =
+            runs.iter().map(|r| (r, r.summary(from, to))).collect();
+        by_goodput.sort_by(|a, b| b.1.goodput().total_cmp(&a.1.goodput()));
+        let goodput = by_goodput
+            .iter()
+            .map(|(r, s)| format!("{} {}", r.mode.label(), pct(s.goodput())))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let attempts = by_goodput
+            .iter()
+            .map(|(r, s)| format!("{} {:.2}", r.mode.label(), s.amplification))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let doomed = by_goodput
+            .iter()
+            .filter(|(_, s)| s.doomed_share >= 0.01)
+            .map(|(r, s)| format!("{} {}", r.mode.label(), pct(s.doomed_share)))
+            .collect::<Vec<_>>();
+        let best = possible(scenario, i);
+        let best = if best > 0.0 {
+            format!("at most {} was possible", pct(best))
+        } else {
+            "no answer was possible".to_string()
+        };
+        let mut sentence = format!(
+            "In the {} ({}, {:.0}% of capacity offered), goodput was {} ({best}); attempts per request: {}",
+            phase.name,
+            phase.condition,
+            phase.load * 100.0,
+            goodput,
+            attempts
+        );
+        if !doomed.is_empty() {
+            sentence.push_str(&format!(
+                "; worker time spent on answers that came after the deadline: {}",
+                doomed.join(", ")
+            ));
+        }
+        sentences.push(sentence);
+    }
+    let mut rec = Vec::new();
+    let mut stuck = Vec::new();
+    if let Some(i) = scenario.phases.iter().position(|p| p.name == "recovery") {
+        let (from, to) = scenario.bounds(i);
+        for r in runs {
+            let t = recover(r, scenario);
+            let s = r.summary(from, to);
+            if t.is_none() && s.amplification > 1.5 && s.doomed_share > 0.5 {
+                stuck.push(format!(
+                    "{} never did: with the trigger gone, its retries ({:.2} attempts per request) kept the backend's queue longer than the deadline, so every try timed out and was retried again (a metastable failure)",
+                    r.mode.label(),
+                    s.amplification
+                ));
+            } else {
+                rec.push(format!("{} {}", r.mode.label(), recover_text(t)));
+            }
+        }
+        let mut sentence = format!(
+            "After the outage, goodput was back to 90% of offered after: {}",
+            rec.join(", ")
+        );
+        if !stuck.is_empty() {
+            sentence.push_str(&format!("; {}", stuck.join("; ")));
+        }
+        sentences.push(sentence);
+    }
+    sentences.join(". ") + "."
+}
+
+/// What the seawall layers reported: breaker transitions and the range of the
+/// adaptive limit.
+pub fn seawall_events(run: &Run) -> Option<String> {
+    if run.events.is_empty() {
+        return None;
+    }
+    let mut transitions = Vec::new();
+    let mut limits: Option<(usize, usize)> = None;
+    for (t, _, kind) in &run.events {
+        match *kind {
+            EventKind::StateChanged { from, to, .. } if from != to => {
+                transitions.push(format!("{} at {t:.1} s", to.as_str()));
+            }
+            EventKind::LimitChanged { from, to } => {
+                let (lo, hi) = limits.unwrap_or((from, from));
+                limits = Some((lo.min(to), hi.max(to)));
+            }
+            _ => {}
+        }
+    }
+    let mut out = String::new();
+    if !transitions.is_empty() {
+        let _ = write!(out, "circuit breaker: {}", transitions.join(", "));
+    }
+    if let Some((lo, hi)) = limits {
+        if !out.is_empty() {
+            out.push_str("; ");
+        }
+        let _ = write!(out, "adaptive limit between {lo} and {hi} in flight");
+    }
+    Some(out)
+}

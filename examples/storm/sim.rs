@@ -1,0 +1,853 @@
+//! The storm simulation: a backend of fixed capacity, an open-loop client load,
+//! a phase schedule, and the three client/server stacks under comparison.
+//!
+//! Everything runs on a current-thread tokio runtime in paused time with a
+//! seeded RNG, so a run takes a few seconds of wall time and prints the same
+//! numbers every time. `tests/storm/main.rs` includes this file to check
+//! exactly that on a shorter timeline.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use seawall::observe::LayerKind;
+use seawall::{BoxError, Deadline, Event, EventKind, HasDeadline, Observer};
+use tokio::sync::{Semaphore, oneshot};
+use tokio::time::Instant;
+use tower::util::BoxCloneService;
+use tower::{Service, ServiceBuilder, ServiceExt};
+
+#[path = "stacks.rs"]
+mod stacks;
+
+/// A boxed response future (the example's own services; the crate never boxes).
+pub type BoxFut<T> = Pin<Box<dyn Future<Output = Result<T, BoxError>> + Send>>;
+
+/// A type-erased client or server stack.
+pub type Stack = BoxCloneService<Req, Resp, BoxError>;
+
+// ---------------------------------------------------------------------------
+// scenario
+// ---------------------------------------------------------------------------
+
+/// What the backend is going through during a phase.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Condition {
+    /// Normal service times.
+    Healthy,
+    /// Every service time multiplied by this factor (a slow dependency).
+    Slow(f64),
+    /// Every call fails after a short delay.
+    Down,
+}
+
+impl fmt::Display for Condition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Condition::Healthy => f.write_str("backend healthy"),
+            Condition::Slow(x) => write!(f, "backend latency x{x}"),
+            Condition::Down => f.write_str("backend down, every call fails"),
+        }
+    }
+}
+
+/// One phase of the timeline.
+#[derive(Debug, Clone)]
+pub struct Phase {
+    /// Short name printed in the tables.
+    pub name: &'static str,
+    /// How long the phase lasts.
+    pub duration: Duration,
+    /// Offered load as a fraction of the backend's healthy capacity.
+    pub load: f64,
+    /// The backend's condition.
+    pub condition: Condition,
+}
+
+/// The whole scenario: backend size, client deadline, phases, seed.
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    /// Seed of every random draw (arrivals, service times).
+    pub seed: u64,
+    /// Concurrent workers in the backend.
+    pub workers: usize,
+    /// Mean healthy service time (each call draws uniformly in 0.5x..1.5x).
+    pub service_time: Duration,
+    /// How long a failing call takes while the backend is down.
+    pub fail_time: Duration,
+    /// Each client request's total deadline; goodput counts only answers
+    /// that arrive within it.
+    pub deadline: Duration,
+    /// The phases, in order.
+    pub phases: Vec<Phase>,
+}
+
+impl Scenario {
+    /// The full scenario the example runs: 100 s, ~84 000 requests per mode.
+    pub fn full() -> Self {
+        Scenario::with_phase_lengths([20, 10, 20, 20, 30])
+    }
+
+    /// A shorter timeline with the same shape (`--quick`): 40 s.
+    pub fn quick() -> Self {
+        Scenario::with_phase_lengths([6, 6, 8, 8, 12])
+    }
+
+    fn with_phase_lengths(secs: [u64; 5]) -> Self {
+        let d = Duration::from_secs;
+        Scenario {
+            seed: 0x5EA_3A11,
+            workers: 20,
+            service_time: Duration::from_millis(20),
+            fail_time: Duration::from_millis(5),
+            deadline: Duration::from_secs(1),
+            phases: vec![
+                Phase {
+                    name: "healthy",
+                    duration: d(secs[0]),
+                    load: 0.6,
+                    condition: Condition::Healthy,
+                },
+                Phase {
+                    name: "surge",
+                    duration: d(secs[1]),
+                    load: 1.8,
+                    condition: Condition::Healthy,
+                },
+                Phase {
+                    name: "brownout",
+                    duration: d(secs[2]),
+                    load: 0.6,
+                    condition: Condition::Slow(10.0),
+                },
+                Phase {
+                    name: "outage",
+                    duration: d(secs[3]),
+                    load: 0.6,
+                    condition: Condition::Down,
+                },
+                Phase {
+                    name: "recovery",
+                    duration: d(secs[4]),
+                    load: 0.6,
+                    condition: Condition::Healthy,
+                },
+            ],
+        }
+    }
+
+    /// Healthy capacity in requests per second (workers / mean service time).
+    pub fn capacity(&self) -> f64 {
+        self.workers as f64 / self.service_time.as_secs_f64()
+    }
+
+    /// Total length of the timeline.
+    pub fn total(&self) -> Duration {
+        self.phases.iter().map(|p| p.duration).sum()
+    }
+
+    /// Start and end (seconds from the start) of phase `i`.
+    pub fn bounds(&self, i: usize) -> (f64, f64) {
+        let start: Duration = self.phases[..i].iter().map(|p| p.duration).sum();
+        (
+            start.as_secs_f64(),
+            (start + self.phases[i].duration).as_secs_f64(),
+        )
+    }
+
+    /// Index of the phase at `t` seconds (the last phase for `t` past the end).
+    pub fn phase_at(&self, t: f64) -> usize {
+        (0..self.phases.len())
+            .find(|&i| t < self.bounds(i).1)
+            .unwrap_or(self.phases.len() - 1)
+    }
+
+    /// Open-loop arrivals (Poisson, offset from the start), identical for
+    /// every mode.
+    pub fn arrivals(&self) -> Vec<Duration> {
+        let mut rng = SmallRng::seed_from_u64(self.seed);
+        let mut out = Vec::new();
+        for i in 0..self.phases.len() {
+            let (start, end) = self.bounds(i);
+            let rate = self.phases[i].load * self.capacity();
+            let mut t = start;
+            loop {
+                // exponential inter-arrival time
+                let u: f64 = rng.random_range(f64::EPSILON..1.0);
+                t += -u.ln() / rate;
+                if t >= end {
+                    break;
+                }
+                out.push(Duration::from_secs_f64(t));
+            }
+        }
+        out
+    }
+}
+
+// ---------------------------------------------------------------------------
+// request / response
+// ---------------------------------------------------------------------------
+
+/// One request. It carries the deadline that a seawall client propagates (none
+/// for the baselines); `caller_gives_up` is the simulation's own bookkeeping
+/// of the client's deadline, used only to measure doomed work.
+#[derive(Debug, Clone)]
+pub struct Req {
+    deadline: Option<Deadline>,
+    caller_gives_up: Instant,
+}
+
+impl HasDeadline for Req {
+    fn deadline(&self) -> Option<Deadline> {
+        self.deadline
+    }
+
+    fn set_deadline(&mut self, deadline: Deadline) {
+        self.deadline = Some(deadline);
+    }
+}
+
+/// A successful answer.
+#[derive(Debug, Clone, Copy)]
+pub struct Resp;
+
+/// The error the backend answers with while it is down.
+#[derive(Debug)]
+pub struct BackendError;
+
+impl fmt::Display for BackendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("backend unavailable")
+    }
+}
+
+impl std::error::Error for BackendError {}
+
+// ---------------------------------------------------------------------------
+// measurements
+// ---------------------------------------------------------------------------
+
+/// Counters for one second of the timeline.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Second {
+    /// Requests that arrived in this second.
+    pub offered: u64,
+    /// Of those, answered successfully within their deadline.
+    pub good: u64,
+    /// Calls sent to the server in this second (every attempt, retries included).
+    pub attempts: u64,
+    /// Calls that reached the backend itself (past the server's own layers).
+    pub backend_calls: u64,
+    /// Worker time (ms) finished in this second for callers still waiting.
+    pub useful_ms: f64,
+    /// Worker time (ms) finished in this second after the caller's deadline.
+    pub doomed_ms: f64,
+}
+
+/// How one client request ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum End {
+    /// Success within the deadline.
+    Good,
+    /// Success, but after the deadline: useless to the caller.
+    Late,
+    /// An error; the label names its cause (a seawall rejection kind,
+    /// `timeout` for tower's timeout, `backend_error`, …).
+    Failed(&'static str),
+}
+
+impl End {
+    /// A short label.
+    pub fn label(self) -> &'static str {
+        match self {
+            End::Good => "ok",
+            End::Late => "late",
+            End::Failed(reason) => reason,
+        }
+    }
+}
+
+/// One finished client request.
+#[derive(Debug, Clone, Copy)]
+pub struct Record {
+    /// Arrival, seconds from the start.
+    pub arrival: f64,
+    /// What the caller waited, start to answer.
+    pub latency: Duration,
+    /// How it ended.
+    pub end: End,
+}
+
+#[derive(Debug, Default)]
+struct Book {
+    seconds: Vec<Second>,
+    records: Vec<Record>,
+}
+
+#[derive(Debug)]
+struct Meter {
+    start: Instant,
+    book: Mutex<Book>,
+    client_in_flight: AtomicUsize,
+    backend_in_flight: AtomicUsize,
+}
+
+impl Meter {
+    fn new(start: Instant, secs: usize) -> Self {
+        Meter {
+            start,
+            book: Mutex::new(Book {
+                seconds: vec![Second::default(); secs],
+                records: Vec::new(),
+            }),
+            client_in_flight: AtomicUsize::new(0),
+            backend_in_flight: AtomicUsize::new(0),
+        }
+    }
+
+    fn book(&self) -> MutexGuard<'_, Book> {
+        // Nothing panics while holding the lock; recover the data regardless.
+        self.book.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn second(book: &mut Book, at: f64) -> Option<&mut Second> {
+        let i = at.max(0.0) as usize;
+        book.seconds.get_mut(i)
+    }
+
+    fn since_start(&self, at: Instant) -> f64 {
+        at.saturating_duration_since(self.start).as_secs_f64()
+    }
+}
+
+// ---------------------------------------------------------------------------
+// the backend
+// ---------------------------------------------------------------------------
+
+/// The simulated backend: `workers` concurrent workers, an unbounded FIFO queue
+/// in front of them, service times set by the phase schedule. The same in
+/// every mode; only what stands in front of it changes.
+#[derive(Debug, Clone)]
+pub struct Backend {
+    shared: Arc<BackendShared>,
+}
+
+#[derive(Debug)]
+struct BackendShared {
+    workers: Semaphore,
+    scenario: Scenario,
+    calls: AtomicU64,
+    meter: Arc<Meter>,
+}
+
+/// Decrements the backend's in-flight count when the call ends or is dropped.
+struct InFlight(Arc<BackendShared>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0
+            .meter
+            .backend_in_flight
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A uniform draw in `[0, 1)` for call number `n` (splitmix64), so service
+/// times do not depend on the order in which calls are scheduled.
+fn unit(seed: u64, n: u64) -> f64 {
+    let mut z = seed ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    (z >> 11) as f64 / (1u64 << 53) as f64
+}
+
+impl Backend {
+    fn new(scenario: Scenario, meter: Arc<Meter>) -> Self {
+        Backend {
+            shared: Arc::new(BackendShared {
+                workers: Semaphore::new(scenario.workers),
+                scenario,
+                calls: AtomicU64::new(0),
+                meter,
+            }),
+        }
+    }
+}
+
+impl Service<Req> for Backend {
+    type Response = Resp;
+    type Error = BoxError;
+    type Future = BoxFut<Resp>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        let shared = self.shared.clone();
+        let n = shared.calls.fetch_add(1, Ordering::Relaxed);
+        let meter = &shared.meter;
+        meter.backend_in_flight.fetch_add(1, Ordering::Relaxed);
+        {
+            let at = meter.since_start(Instant::now());
+            let mut book = meter.book();
+            if let Some(s) = Meter::second(&mut book, at) {
+                s.backend_calls += 1;
+            }
+        }
+        let guard = InFlight(shared.clone());
+        Box::pin(async move {
+            let _guard = guard;
+            let _worker = shared.workers.acquire().await?;
+            let begin = Instant::now();
+            let sc = &shared.scenario;
+            let phase = sc.phase_at(shared.meter.since_start(begin));
+            let jitter = 0.5 + unit(sc.seed, n);
+            let (busy, result) = match sc.phases[phase].condition {
+                Condition::Healthy => (sc.service_time.mul_f64(jitter), Ok(Resp)),
+                Condition::Slow(x) => (sc.service_time.mul_f64(jitter * x), Ok(Resp)),
+                Condition::Down => (sc.fail_time, Err(BackendError.into())),
+            };
+            tokio::time::sleep(busy).await;
+            let done = Instant::now();
+            let at = shared.meter.since_start(done);
+            let mut book = shared.meter.book();
+            if let Some(s) = Meter::second(&mut book, at) {
+                let ms = busy.as_secs_f64() * 1e3;
+                if done > req.caller_gives_up {
+                    s.doomed_ms += ms;
+                } else {
+                    s.useful_ms += ms;
+                }
+            }
+            result
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------
+// the network hop
+// ---------------------------------------------------------------------------
+
+/// The hop between client and server: every call runs the server stack on its
+/// own task, so the server keeps working after the client stops waiting (as a
+/// real server does), unless the server's own layers drop the work.
+/// It also counts every call that crosses it: the attempts.
+#[derive(Debug, Clone)]
+pub struct Network<S> {
+    server: S,
+    meter: Arc<Meter>,
+}
+
+/// Connects clients to servers through a counted [`Network`] hop.
+#[derive(Debug, Clone)]
+pub struct Wire {
+    meter: Arc<Meter>,
+}
+
+impl Wire {
+    /// A network hop in front of `server`.
+    pub fn connect<S>(&self, server: S) -> Network<S> {
+        Network {
+            server,
+            meter: self.meter.clone(),
+        }
+    }
+}
+
+impl<S> Service<Req> for Network<S>
+where
+    S: Service<Req, Response = Resp, Error = BoxError> + Clone + Send + 'static,
+    S::Future: Send,
+{
+    type Response = Resp;
+    type Error = BoxError;
+    type Future = BoxFut<Resp>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        {
+            let at = self.meter.since_start(Instant::now());
+            let mut book = self.meter.book();
+            if let Some(s) = Meter::second(&mut book, at) {
+                s.attempts += 1;
+            }
+        }
+        let (tx, rx) = oneshot::channel();
+        let server = self.server.clone();
+        tokio::spawn(async move {
+            let result = server.oneshot(req).await;
+            let _ = tx.send(result);
+        });
+        Box::pin(async move { rx.await.map_err(BoxError::from)? })
+    }
+}
+
+// ---------------------------------------------------------------------------
+// modes
+// ---------------------------------------------------------------------------
+
+/// The three ways the same traffic is served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// No timeouts, no retries, no limits: the client waits for whatever comes.
+    Unprotected,
+    /// What people usually write: a 1 s timeout per try and 3 retries, no
+    /// backoff, no budget, no breaker.
+    Naive,
+    /// seawall's recommended client and server stacks.
+    Seawall,
+}
+
+impl Mode {
+    /// All modes, in print order.
+    pub const ALL: [Mode; 3] = [Mode::Unprotected, Mode::Naive, Mode::Seawall];
+
+    /// A short label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Mode::Unprotected => "unprotected",
+            Mode::Naive => "naive",
+            Mode::Seawall => "seawall",
+        }
+    }
+}
+
+/// The client and server stacks of one mode, with a description of each.
+pub struct Stacks {
+    /// What the client calls.
+    pub client: Stack,
+    /// Printed description of the client stack.
+    pub client_desc: String,
+    /// Printed description of the server stack.
+    pub server_desc: String,
+}
+
+impl fmt::Debug for Stacks {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Stacks")
+            .field("client", &self.client_desc)
+            .field("server", &self.server_desc)
+            .finish()
+    }
+}
+
+/// Builds the stacks of `mode` around `backend`.
+fn build(
+    mode: Mode,
+    scenario: &Scenario,
+    wire: &Wire,
+    backend: Backend,
+    observer: Observer,
+) -> Result<Stacks, seawall::ConfigError> {
+    Ok(match mode {
+        Mode::Unprotected => Stacks {
+            client: Stack::new(wire.connect(backend)),
+            client_desc: "plain call, waits for the answer".into(),
+            server_desc: "backend (unbounded queue)".into(),
+        },
+        Mode::Naive => {
+            let client = ServiceBuilder::new()
+                .retry(naive::Retries(3))
+                .timeout(scenario.deadline)
+                .service(wire.connect(backend));
+            Stacks {
+                client: Stack::new(client),
+                client_desc: format!(
+                    "tower Retry (3 retries, no backoff, no budget) -> tower Timeout {:?} per try",
+                    scenario.deadline
+                ),
+                server_desc: "backend (unbounded queue)".into(),
+            }
+        }
+        Mode::Seawall => stacks::seawall(scenario, wire, backend, observer)?,
+    })
+}
+
+mod naive {
+    use std::future::{Ready, ready};
+
+    use super::{Req, Resp};
+
+    /// Retries any error, up to `n` times, immediately.
+    #[derive(Debug, Clone)]
+    pub struct Retries(pub usize);
+
+    impl<E> tower::retry::Policy<Req, Resp, E> for Retries {
+        type Future = Ready<()>;
+
+        fn retry(&mut self, _req: &mut Req, result: &mut Result<Resp, E>) -> Option<Self::Future> {
+            match result {
+                Err(_) if self.0 > 0 => {
+                    self.0 -= 1;
+                    Some(ready(()))
+                }
+                _ => None,
+            }
+        }
+
+        fn clone_request(&mut self, req: &Req) -> Option<Req> {
+            Some(req.clone())
+        }
+    }
+}
+
+/// Names the cause of a failed request.
+fn failure_label(err: &BoxError) -> &'static str {
+    if let Some(r) = seawall::error::rejection_of(err) {
+        return r.kind().as_str();
+    }
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(&**err);
+    while let Some(e) = cur {
+        if e.is::<tower::timeout::error::Elapsed>() {
+            return "timeout";
+        }
+        if e.is::<BackendError>() {
+            return "backend_error";
+        }
+        cur = e.source();
+    }
+    "other"
+}
+
+// ---------------------------------------------------------------------------
+// running
+// ---------------------------------------------------------------------------
+
+/// Everything measured in one run of one mode.
+#[derive(Debug)]
+pub struct Run {
+    /// Which mode ran.
+    pub mode: Mode,
+    /// Printed description of the client stack.
+    pub client_desc: String,
+    /// Printed description of the server stack.
+    pub server_desc: String,
+    /// Per-second counters over the timeline.
+    pub seconds: Vec<Second>,
+    /// Every client request, in arrival order.
+    pub records: Vec<Record>,
+    /// State and limit changes the seawall layers reported (seconds, layer, event).
+    pub events: Vec<(f64, LayerKind, EventKind)>,
+}
+
+/// Runs `mode` through `scenario` on its own paused current-thread runtime.
+pub fn run(scenario: &Scenario, mode: Mode) -> Result<Run, BoxError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()?;
+    rt.block_on(run_async(scenario, mode))
+}
+
+async fn run_async(scenario: &Scenario, mode: Mode) -> Result<Run, BoxError> {
+    let start = Instant::now();
+    let total = scenario.total();
+    let secs = total.as_secs_f64().ceil() as usize;
+    let meter = Arc::new(Meter::new(start, secs));
+    let backend = Backend::new(scenario.clone(), meter.clone());
+    let trace = std::env::var_os("STORM_TRACE").is_some();
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let sink = events.clone();
+    let observer = Observer::new(move |e: &Event<'_>| {
+        let t = Instant::now()
+            .saturating_duration_since(start)
+            .as_secs_f64();
+        let keep = matches!(
+            e.kind,
+            EventKind::StateChanged { .. } | EventKind::LimitChanged { .. }
+        );
+        if keep {
+            if trace {
+                eprintln!("{t:8.3} {} {} {:?}", e.layer.as_str(), e.name, e.kind);
+            }
+            if let Ok(mut v) = sink.lock() {
+                v.push((t, e.layer, e.kind));
+            }
+        }
+    });
+    let wire = Wire {
+        meter: meter.clone(),
+    };
+    let stacks = build(mode, scenario, &wire, backend, observer)?;
+    let arrivals = scenario.arrivals();
+
+    for offset in &arrivals {
+        let at = start + *offset;
+        tokio::time::sleep_until(at).await;
+        let arrival = offset.as_secs_f64();
+        let gives_up = at + scenario.deadline;
+        let req = Req {
+            deadline: None,
+            caller_gives_up: gives_up,
+        };
+        let client = stacks.client.clone();
+        let meter = meter.clone();
+        meter.client_in_flight.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut book = meter.book();
+            if let Some(s) = Meter::second(&mut book, arrival) {
+                s.offered += 1;
+            }
+        }
+        tokio::spawn(async move {
+            let began = Instant::now();
+            let result = client.oneshot(req).await;
+            let now = Instant::now();
+            let end = match &result {
+                Ok(_) if now <= gives_up => End::Good,
+                Ok(_) => End::Late,
+                Err(e) => End::Failed(failure_label(e)),
+            };
+            let mut book = meter.book();
+            if end == End::Good {
+                if let Some(s) = Meter::second(&mut book, arrival) {
+                    s.good += 1;
+                }
+            }
+            book.records.push(Record {
+                arrival,
+                latency: now - began,
+                end,
+            });
+            drop(book);
+            meter.client_in_flight.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+
+    // Let every request and every backend call finish (bounded).
+    let give_up = Instant::now() + Duration::from_secs(3600);
+    while (meter.client_in_flight.load(Ordering::Relaxed) > 0
+        || meter.backend_in_flight.load(Ordering::Relaxed) > 0)
+        && Instant::now() < give_up
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let mut book = meter.book();
+    let mut records = std::mem::take(&mut book.records);
+    records.sort_by(|a, b| a.arrival.total_cmp(&b.arrival));
+    Ok(Run {
+        mode,
+        client_desc: stacks.client_desc,
+        server_desc: stacks.server_desc,
+        seconds: std::mem::take(&mut book.seconds),
+        records,
+        events: std::mem::take(&mut *events.lock().unwrap_or_else(|e| e.into_inner())),
+    })
+}
+
+// ---------------------------------------------------------------------------
+// summaries
+// ---------------------------------------------------------------------------
+
+/// The numbers of one mode over one phase (or the whole run).
+#[derive(Debug, Clone)]
+pub struct Summary {
+    /// Requests that arrived.
+    pub offered: u64,
+    /// Answered successfully within the deadline.
+    pub good: u64,
+    /// Median latency as the caller saw it (any outcome).
+    pub p50: Duration,
+    /// 99th percentile latency as the caller saw it (any outcome).
+    pub p99: Duration,
+    /// Backend calls per client request.
+    pub amplification: f64,
+    /// Requests that did not end well, by cause, most frequent first.
+    pub failures: Vec<(&'static str, u64)>,
+    /// Share of worker time spent on answers that came after the caller's deadline.
+    pub doomed_share: f64,
+}
+
+impl Summary {
+    /// Goodput as a fraction of offered requests.
+    pub fn goodput(&self) -> f64 {
+        if self.offered == 0 {
+            0.0
+        } else {
+            self.good as f64 / self.offered as f64
+        }
+    }
+}
+
+impl Run {
+    /// Summary over arrivals (and backend calls) in `[from, to)` seconds.
+    pub fn summary(&self, from: f64, to: f64) -> Summary {
+        let mut latencies: Vec<Duration> = Vec::new();
+        let mut good = 0;
+        let mut failures: Vec<(&'static str, u64)> = Vec::new();
+        for r in self
+            .records
+            .iter()
+            .filter(|r| r.arrival >= from && r.arrival < to)
+        {
+            latencies.push(r.latency);
+            if r.end == End::Good {
+                good += 1;
+            } else {
+                let label = r.end.label();
+                match failures.iter_mut().find(|(l, _)| *l == label) {
+                    Some((_, n)) => *n += 1,
+                    None => failures.push((label, 1)),
+                }
+            }
+        }
+        failures.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+        latencies.sort_unstable();
+        let pct = |p: f64| -> Duration {
+            if latencies.is_empty() {
+                Duration::ZERO
+            } else {
+                let i = ((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len());
+                latencies[i - 1]
+            }
+        };
+        let secs = &self.seconds
+            [(from as usize).min(self.seconds.len())..(to.ceil() as usize).min(self.seconds.len())];
+        let attempts: u64 = secs.iter().map(|s| s.attempts).sum();
+        let useful: f64 = secs.iter().map(|s| s.useful_ms).sum();
+        let doomed: f64 = secs.iter().map(|s| s.doomed_ms).sum();
+        let offered = latencies.len() as u64;
+        Summary {
+            offered,
+            good,
+            p50: pct(0.50),
+            p99: pct(0.99),
+            amplification: if offered == 0 {
+                0.0
+            } else {
+                attempts as f64 / offered as f64
+            },
+            failures,
+            doomed_share: if useful + doomed > 0.0 {
+                doomed / (useful + doomed)
+            } else {
+                0.0
+            },
+        }
+    }
+
+    /// Seconds from `from` until goodput per second is back to at least 90% of
+    /// the offered load and stays there for `hold` seconds; `None` if it never
+    /// does before the end of the timeline.
+    pub fn time_to_recover(&self, from: f64, hold: usize) -> Option<f64> {
+        let first = from as usize;
+        let n = self.seconds.len();
+        let ok = |s: &Second| s.offered == 0 || s.good as f64 >= 0.9 * s.offered as f64;
+        (first..n.saturating_sub(hold - 1))
+            .find(|&i| self.seconds[i..i + hold].iter().all(ok))
+            .map(|i| (i - first) as f64)
+    }
+}

@@ -1,0 +1,451 @@
+//! The recommended client stack.
+
+use std::fmt;
+use std::time::Duration;
+
+use tower_layer::Layer;
+
+use super::classify::DependencyFailures;
+use super::part::{Skip, StackPart, part_name};
+use crate::bulkhead::{Bulkhead, BulkheadBuilder, BulkheadHandle, BulkheadLayer};
+use crate::circuit_breaker::{
+    CircuitBreaker, CircuitBreakerBuilder, CircuitBreakerHandle, CircuitBreakerLayer,
+};
+use crate::deadline::{AttemptTimeoutLayer, AttemptTimeoutService, DeadlineLayer, DeadlineService};
+use crate::error::{ConfigError, Name};
+use crate::observe::Observer;
+use crate::retry::{BackoffState, Retry, RetryBudget, RetryErrors, RetryLayer, RetryLayerBuilder};
+
+const KIND: &str = "client_stack";
+
+/// The recommended client stack, as one layer; start with
+/// [`ClientStack::builder`].
+///
+/// Outermost first: [`DeadlineLayer`] (total budget) → [`RetryLayer`] →
+/// [`CircuitBreakerLayer`] → [`BulkheadLayer`] → [`AttemptTimeoutLayer`] →
+/// the optional innermost part `L` (with feature `http`, deadline
+/// propagation). The [module docs](super) explain the order.
+///
+/// It holds the built seawall layers and applies them by value: the service
+/// it makes is a [`ClientStackService`], a plain nesting of the layers'
+/// services with no boxing. Every service built from one `ClientStackLayer`
+/// (and every clone) shares **one** retry budget, breaker and bulkhead:
+/// build one stack per dependency.
+pub struct ClientStackLayer<
+    P = RetryErrors,
+    C = DependencyFailures,
+    L = tower::layer::util::Identity,
+> {
+    deadline: DeadlineLayer,
+    retry: RetryLayer<P>,
+    breaker: CircuitBreakerLayer<C>,
+    bulkhead: BulkheadLayer,
+    attempt: AttemptTimeoutLayer,
+    inner: L,
+}
+
+/// The service a [`ClientStackLayer`] makes around `S` (`S` being the service
+/// below the attempt timeout: yours, or with propagation, a
+/// [`PropagateDeadline`](crate::deadline::PropagateDeadline) around yours).
+pub type ClientStackService<S, P = RetryErrors, C = DependencyFailures> =
+    DeadlineService<Retry<CircuitBreaker<Bulkhead<AttemptTimeoutService<S>>, C>, P>>;
+
+impl<S, P, C, L> Layer<S> for ClientStackLayer<P, C, L>
+where
+    L: Layer<S>,
+{
+    type Service = ClientStackService<L::Service, P, C>;
+
+    fn layer(&self, service: S) -> Self::Service {
+        let s = self.inner.layer(service);
+        let s = self.attempt.layer(s);
+        let s = self.bulkhead.layer(s);
+        let s = self.breaker.layer(s);
+        let s = self.retry.layer(s);
+        self.deadline.layer(s)
+    }
+}
+
+impl<P, C, L> ClientStackLayer<P, C, L> {
+    /// The total-budget layer (outermost).
+    pub fn deadline(&self) -> &DeadlineLayer {
+        &self.deadline
+    }
+
+    /// The retry layer.
+    pub fn retry(&self) -> &RetryLayer<P> {
+        &self.retry
+    }
+
+    /// The circuit breaker layer.
+    pub fn breaker(&self) -> &CircuitBreakerLayer<C> {
+        &self.breaker
+    }
+
+    /// The bulkhead layer.
+    pub fn bulkhead(&self) -> &BulkheadLayer {
+        &self.bulkhead
+    }
+
+    /// The per-attempt timeout layer.
+    pub fn attempt_timeout(&self) -> &AttemptTimeoutLayer {
+        &self.attempt
+    }
+
+    /// The optional innermost layer ([`Identity`](tower::layer::util::Identity)
+    /// when none was configured).
+    pub fn innermost(&self) -> &L {
+        &self.inner
+    }
+
+    /// The retry budget shared by every service built from this stack.
+    pub fn retry_budget(&self) -> &RetryBudget {
+        self.retry.budget()
+    }
+
+    /// A handle reading this stack's bulkhead.
+    pub fn bulkhead_handle(&self) -> BulkheadHandle {
+        self.bulkhead.handle()
+    }
+}
+
+impl<P, C: Send + Sync + 'static, L> ClientStackLayer<P, C, L> {
+    /// A handle on this stack's circuit breaker (state, rates, manual states).
+    pub fn breaker_handle(&self) -> CircuitBreakerHandle {
+        self.breaker.handle()
+    }
+}
+
+impl<P, C, L: Clone> Clone for ClientStackLayer<P, C, L>
+where
+    RetryLayer<P>: Clone,
+{
+    fn clone(&self) -> Self {
+        ClientStackLayer {
+            deadline: self.deadline.clone(),
+            retry: self.retry.clone(),
+            breaker: self.breaker.clone(),
+            bulkhead: self.bulkhead.clone(),
+            attempt: self.attempt.clone(),
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<P, C, L: fmt::Debug> fmt::Debug for ClientStackLayer<P, C, L> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientStackLayer")
+            .field("deadline", &self.deadline)
+            .field("retry", &self.retry)
+            .field("breaker", &self.breaker)
+            .field("bulkhead", &self.bulkhead)
+            .field("attempt_timeout", &self.attempt)
+            .field("innermost", &self.inner)
+            .finish()
+    }
+}
+
+/// Entry point of the recommended client stack; see [`ClientStack::builder`].
+#[derive(Debug, Clone, Copy)]
+pub struct ClientStack {
+    _priv: (),
+}
+
+impl ClientStack {
+    /// A builder for the stack of the dependency `name` (for example
+    /// `"payments"`). Every layer is named after it: `payments.deadline`,
+    /// `payments.retry`, `payments.breaker`, `payments.bulkhead`,
+    /// `payments.attempt` and, with propagation, `payments.propagate`.
+    ///
+    /// [`total_budget`](ClientStackBuilder::total_budget) and
+    /// [`attempt_timeout`](ClientStackBuilder::attempt_timeout) must be set;
+    /// every other setting has the default of its layer, except the ones the
+    /// stack chooses (listed on [`ClientStackBuilder`]).
+    pub fn builder(name: impl Into<Name>) -> ClientStackBuilder {
+        let name = name.into();
+        ClientStackBuilder {
+            retry: RetryLayer::builder().name(part_name(&name, "retry")),
+            breaker: CircuitBreakerLayer::builder()
+                .name(part_name(&name, "breaker"))
+                .classifier(DependencyFailures),
+            bulkhead: BulkheadLayer::builder().name(part_name(&name, "bulkhead")),
+            inner: Skip,
+            name,
+            observer: None,
+            total_budget: None,
+            attempt_timeout: None,
+            slow_call_duration: None,
+        }
+    }
+}
+
+/// Builds a [`ClientStackLayer`]; see [`ClientStack::builder`].
+///
+/// What the stack sets on top of each layer's own defaults:
+///
+/// - instance names derived from the stack name (`"{name}.retry"`, …);
+/// - the breaker classifier [`DependencyFailures`] (a full bulkhead below the
+///   breaker is not a failure of the dependency);
+/// - the breaker's slow-call duration: 80 % of the attempt timeout unless
+///   set with [`slow_call_duration`](Self::slow_call_duration) (the breaker's
+///   own default, 60 s, is above any sensible attempt timeout and could never
+///   trip). With the breaker's default slow-call rate threshold of 100 %,
+///   the breaker opens on slowness only when every call in its window took
+///   more than that.
+///
+/// [`build`](Self::build) checks the settings against each other; see
+/// [`build`](Self::build) for the rules.
+pub struct ClientStackBuilder<P = RetryErrors, C = DependencyFailures, L = Skip> {
+    name: Name,
+    observer: Option<Observer>,
+    total_budget: Option<Duration>,
+    attempt_timeout: Option<Duration>,
+    slow_call_duration: Option<Duration>,
+    retry: RetryLayerBuilder<P>,
+    breaker: CircuitBreakerBuilder<C>,
+    bulkhead: BulkheadBuilder,
+    inner: L,
+}
+
+impl<P, C, L: fmt::Debug> fmt::Debug for ClientStackBuilder<P, C, L> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientStackBuilder")
+            .field("name", &self.name)
+            .field("total_budget", &self.total_budget)
+            .field("attempt_timeout", &self.attempt_timeout)
+            .field("slow_call_duration", &self.slow_call_duration)
+            .field("breaker", &self.breaker)
+            .field("bulkhead", &self.bulkhead)
+            .field("innermost", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<P, C, L> ClientStackBuilder<P, C, L> {
+    /// The observer every layer of the stack reports to (default: none). It
+    /// replaces any observer set inside the per-layer closures.
+    pub fn observer(mut self, observer: impl Into<Observer>) -> Self {
+        self.observer = Some(observer.into());
+        self
+    }
+
+    /// The total time budget of a request, every attempt and backoff
+    /// included (required). A shorter deadline the request already carries
+    /// wins.
+    pub fn total_budget(mut self, budget: Duration) -> Self {
+        self.total_budget = Some(budget);
+        self
+    }
+
+    /// The time limit of each attempt (required; at most the total budget).
+    pub fn attempt_timeout(mut self, per_try: Duration) -> Self {
+        self.attempt_timeout = Some(per_try);
+        self
+    }
+
+    /// The breaker's slow-call duration (default: 80 % of the attempt
+    /// timeout). Must be below the attempt timeout. Set it here rather than
+    /// inside [`breaker`](Self::breaker): the stack sets it last.
+    pub fn slow_call_duration(mut self, duration: Duration) -> Self {
+        self.slow_call_duration = Some(duration);
+        self
+    }
+
+    /// Configures the retry layer, starting from its defaults (3 attempts,
+    /// full-jitter backoff from 50 ms to 2 s, a 10 % budget) and the stack's
+    /// name. May change the policy (`|b| b.policy(HttpRetry::default())`).
+    pub fn retry<Q>(
+        self,
+        f: impl FnOnce(RetryLayerBuilder<P>) -> RetryLayerBuilder<Q>,
+    ) -> ClientStackBuilder<Q, C, L> {
+        ClientStackBuilder {
+            retry: f(self.retry),
+            name: self.name,
+            observer: self.observer,
+            total_budget: self.total_budget,
+            attempt_timeout: self.attempt_timeout,
+            slow_call_duration: self.slow_call_duration,
+            breaker: self.breaker,
+            bulkhead: self.bulkhead,
+            inner: self.inner,
+        }
+    }
+
+    /// Configures the circuit breaker, starting from its defaults
+    /// (Resilience4j's: a 100-call window, 50 % failures, 60 s open) with the
+    /// stack's name and classifier. May change the classifier.
+    pub fn breaker<C2>(
+        self,
+        f: impl FnOnce(CircuitBreakerBuilder<C>) -> CircuitBreakerBuilder<C2>,
+    ) -> ClientStackBuilder<P, C2, L> {
+        ClientStackBuilder {
+            breaker: f(self.breaker),
+            name: self.name,
+            observer: self.observer,
+            total_budget: self.total_budget,
+            attempt_timeout: self.attempt_timeout,
+            slow_call_duration: self.slow_call_duration,
+            retry: self.retry,
+            bulkhead: self.bulkhead,
+            inner: self.inner,
+        }
+    }
+
+    /// Configures the bulkhead, starting from its defaults (25 concurrent
+    /// calls, no queue) and the stack's name.
+    pub fn bulkhead(mut self, f: impl FnOnce(BulkheadBuilder) -> BulkheadBuilder) -> Self {
+        self.bulkhead = f(self.bulkhead);
+        self
+    }
+
+    /// Adds deadline propagation innermost (feature `http`; requests must be
+    /// `http::Request`s): each attempt's outbound request carries the time
+    /// it has left as `grpc-timeout` and `x-request-timeout-ms` (configure
+    /// which in `f`; `|b| b` keeps both).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), seawall::BoxError> {
+    /// use std::time::Duration;
+    /// use seawall::stack::ClientStack;
+    /// use tower::{service_fn, Layer, ServiceExt};
+    ///
+    /// let stack = ClientStack::builder("users")
+    ///     .total_budget(Duration::from_secs(1))
+    ///     .attempt_timeout(Duration::from_millis(250))
+    ///     .propagate_deadline(|p| p.no_ms_header()) // a gRPC backend: grpc-timeout only
+    ///     .build()?;
+    /// // Stands in for an HTTP/2 client: answers with the header it was sent.
+    /// let client = service_fn(|req: http::Request<()>| async move {
+    ///     Ok::<_, seawall::BoxError>(req.headers()["grpc-timeout"].to_str()?.to_owned())
+    /// });
+    /// assert_eq!(stack.layer(client).oneshot(http::Request::new(())).await?, "250m");
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[cfg(feature = "http")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+    pub fn propagate_deadline(
+        self,
+        f: impl FnOnce(
+            crate::deadline::PropagateDeadlineLayerBuilder,
+        ) -> crate::deadline::PropagateDeadlineLayerBuilder,
+    ) -> ClientStackBuilder<P, C, crate::deadline::PropagateDeadlineLayerBuilder> {
+        let part = f(crate::deadline::PropagateDeadlineLayer::builder()
+            .name(part_name(&self.name, "propagate")));
+        ClientStackBuilder {
+            inner: part,
+            name: self.name,
+            observer: self.observer,
+            total_budget: self.total_budget,
+            attempt_timeout: self.attempt_timeout,
+            slow_call_duration: self.slow_call_duration,
+            retry: self.retry,
+            breaker: self.breaker,
+            bulkhead: self.bulkhead,
+        }
+    }
+
+    /// Builds every layer and checks them against each other.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] (layer `"client_stack"`) when:
+    ///
+    /// - `total_budget` or `attempt_timeout` was not set;
+    /// - `attempt_timeout` is above `total_budget`;
+    /// - with `max_attempts` of 2 or more, the retry schedule does not fit the
+    ///   budget: `attempt_timeout` plus the longest first backoff (the first
+    ///   delay's upper bound for the jitter in use: the base for full, equal
+    ///   and no jitter, up to 3 × base for decorrelated) plus the retry's
+    ///   `min_remaining` (default 10 ms) must be at most `total_budget`, or
+    ///   a request whose first attempt times out may get no second one (the
+    ///   retry layer schedules a retry only when its delay plus
+    ///   `min_remaining` fits the time left);
+    /// - the slow-call duration is not below `attempt_timeout` (a call
+    ///   cannot take longer than its attempt timeout, so such a threshold
+    ///   never trips).
+    ///
+    /// A layer's own refusal (a zero budget, `max_attempts(0)`, a breaker
+    /// threshold outside `(0, 1]`, …) is returned as that layer's error.
+    pub fn build(self) -> Result<ClientStackLayer<P, C, L::Layer>, ConfigError>
+    where
+        L: StackPart,
+        C: Send + Sync + 'static,
+    {
+        let total = self
+            .total_budget
+            .ok_or_else(|| ConfigError::new(KIND, "total_budget must be set"))?;
+        let per_try = self
+            .attempt_timeout
+            .ok_or_else(|| ConfigError::new(KIND, "attempt_timeout must be set"))?;
+        let obs = self.observer.as_ref();
+
+        let mut deadline = DeadlineLayer::builder(total).name(part_name(&self.name, "deadline"));
+        let mut attempt =
+            AttemptTimeoutLayer::builder(per_try).name(part_name(&self.name, "attempt"));
+        let mut retry = self.retry;
+        let mut bulkhead = self.bulkhead;
+        if let Some(o) = obs {
+            deadline = deadline.observer(o.clone());
+            attempt = attempt.observer(o.clone());
+            retry = retry.observer(o.clone());
+            bulkhead = bulkhead.observer(o.clone());
+        }
+        let deadline = deadline.build()?;
+        let attempt = attempt.build()?;
+        if per_try > total {
+            return Err(ConfigError::new(
+                KIND,
+                format!(
+                    "attempt_timeout must be at most total_budget ({total:?}), got {per_try:?}"
+                ),
+            ));
+        }
+        let retry = retry.build()?;
+        if retry.max_attempts() >= 2 {
+            let (_, first) = retry.backoff().bounds(&BackoffState::new());
+            let min_remaining = retry.min_remaining();
+            if per_try.saturating_add(first).saturating_add(min_remaining) > total {
+                return Err(ConfigError::new(
+                    KIND,
+                    format!(
+                        "retry schedule does not fit total_budget ({total:?}): attempt_timeout \
+                         ({per_try:?}) + the longest first backoff ({first:?}) + the retry's \
+                         min_remaining ({min_remaining:?}) must be at most total_budget, or a \
+                         request whose first attempt times out may get no second attempt; lower \
+                         them or set max_attempts(1)"
+                    ),
+                ));
+            }
+        }
+        let slow = self
+            .slow_call_duration
+            .unwrap_or_else(|| per_try - per_try / 5);
+        if slow >= per_try {
+            return Err(ConfigError::new(
+                KIND,
+                format!(
+                    "slow_call_duration must be below attempt_timeout ({per_try:?}), got \
+                     {slow:?}: a call cannot take longer than its attempt timeout, so the \
+                     slow-call rate could never trip"
+                ),
+            ));
+        }
+        let mut breaker = self.breaker.slow_call_duration(slow);
+        if let Some(o) = obs {
+            breaker = breaker.observer(o.clone());
+        }
+        let breaker = breaker.build()?;
+        let bulkhead = bulkhead.build()?;
+        let inner = self.inner.build_part(obs)?;
+        Ok(ClientStackLayer {
+            deadline,
+            retry,
+            breaker,
+            bulkhead,
+            attempt,
+            inner,
+        })
+    }
+}

@@ -1,0 +1,196 @@
+//! The recommended stacks: the seawall layers composed in the order that
+//! works, for a client calling a dependency and for a server taking traffic.
+//!
+//! Each builder names every layer after the stack (`payments.retry`,
+//! `payments.breaker`, …), hands them one [`Observer`](crate::Observer),
+//! checks the settings against each other when built, and returns one
+//! `tower::Layer` that applies the real seawall layers by value: the service
+//! it makes is a plain nesting of their services ([`ClientStackService`]),
+//! with no boxing and no allocation per call.
+//!
+//! # Example
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), seawall::BoxError> {
+//! use std::time::Duration;
+//! use seawall::stack::ClientStack;
+//! use tower::{service_fn, Layer, Service, ServiceExt};
+//!
+//! let payments = ClientStack::builder("payments")
+//!     .total_budget(Duration::from_secs(1))
+//!     .attempt_timeout(Duration::from_millis(300))
+//!     .retry(|r| r.max_attempts(3))
+//!     .breaker(|b| b.consecutive_failures(5))
+//!     .bulkhead(|b| b.max_concurrent(50))
+//!     .build()?;
+//! assert_eq!(payments.breaker_handle().name(), "payments.breaker");
+//!
+//! let client = service_fn(|amount: u32| async move { Ok::<_, seawall::BoxError>(amount) });
+//! let mut svc = payments.layer(client);
+//! assert_eq!(svc.ready().await?.call(42).await?, 42);
+//!
+//! // Settings that contradict each other are refused when built.
+//! let err = ClientStack::builder("payments")
+//!     .total_budget(Duration::from_millis(200))
+//!     .attempt_timeout(Duration::from_millis(300))
+//!     .build()
+//!     .unwrap_err();
+//! assert_eq!(
+//!     err.to_string(),
+//!     "invalid client_stack configuration: attempt_timeout must be at most total_budget (200ms), got 300ms"
+//! );
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # The client stack
+//!
+//! ```text
+//! DeadlineLayer          total budget: every attempt and backoff included
+//!  └─ RetryLayer         jittered backoff, retry budget, never past the deadline
+//!      └─ CircuitBreakerLayer   sees every attempt; open = fail fast
+//!          └─ BulkheadLayer     caps attempts in flight to the dependency
+//!              └─ AttemptTimeoutLayer   min(per try, budget left)
+//!                  └─ [PropagateDeadlineLayer]  (http) the attempt's time left on the wire
+//!                      └─ your client
+//! ```
+//!
+//! - **Deadline outermost**, so one budget bounds the whole request: the
+//!   first attempt, every backoff and every retry. The layers below read it
+//!   (retry never sleeps past it; the bulkhead never queues past it; the
+//!   attempt timeout never runs past it).
+//! - **Retry above the breaker**, so every attempt passes through the
+//!   breaker: it counts retries as the calls they are, and once it opens, a
+//!   retry meets [`CircuitOpen`](crate::error::CircuitOpen) at once, which
+//!   the default retry policy does not retry (the breaker already speaks for
+//!   the dependency): an open breaker ends the request instead of being
+//!   hammered by its retries. Retries below a breaker would be invisible to
+//!   it (one "call" hiding three failures).
+//! - **Breaker above the bulkhead**, so an open breaker fails fast without
+//!   taking a slot or a queue place. A full bulkhead is this process's own
+//!   limit, not the dependency failing: the stack's breaker classifier,
+//!   [`DependencyFailures`], does not count it as a failure.
+//! - **Bulkhead above the attempt timeout**, so a slot is held only while an
+//!   attempt runs (released during backoff), and time waiting for a slot is
+//!   not charged to the attempt's own timer (the total deadline still bounds
+//!   it).
+//! - **Attempt timeout innermost** (before propagation), so each attempt gets
+//!   a fresh `min(per try, time left)` and fails with a retryable
+//!   [`AttemptTimeout`](crate::error::AttemptTimeout), or with
+//!   [`DeadlineExceeded`](crate::error::DeadlineExceeded) when the budget was
+//!   the binding limit (not retried: nothing is left).
+//! - **Propagation last** (feature `http`,
+//!   [`ClientStackBuilder::propagate_deadline`]), so the header a server
+//!   receives is the time this attempt really has.
+//!
+//! ## Validation
+//!
+//! [`ClientStackBuilder::build`] refuses, with a
+//! [`ConfigError`](crate::ConfigError) of layer `"client_stack"`:
+//!
+//! | rule | message |
+//! |---|---|
+//! | both durations set | `total_budget must be set`, `attempt_timeout must be set` |
+//! | `attempt_timeout ≤ total_budget` | `attempt_timeout must be at most total_budget (…), got …` |
+//! | with `max_attempts ≥ 2`: `attempt_timeout + longest first backoff + min_remaining ≤ total_budget` | `retry schedule does not fit total_budget (…): …` |
+//! | `slow_call_duration < attempt_timeout` | `slow_call_duration must be below attempt_timeout (…), got …` |
+//!
+//! The retry rule is the worst case of a second attempt: the first attempt
+//! times out at `attempt_timeout`, the first backoff draws its upper bound
+//! (the base delay for full, equal or no jitter; up to 3 × base for
+//! decorrelated jitter), and the retry layer starts a retry only with at
+//! least its `min_remaining` (default 10 ms) of budget left. With the
+//! defaults (50 ms base, full jitter) and a 1 s budget, the longest attempt
+//! timeout accepted is 940 ms. The slow-call rule: the attempt timeout cuts every call
+//! at `attempt_timeout`, so a slow-call threshold at or above it can never
+//! trip. The stack's default slow-call duration is 80 % of the attempt
+//! timeout.
+//!
+//! # The server stack
+//!
+//! ```text
+//! [DeadlineFromHeadersLayer]   (http) the client's deadline from grpc-timeout / x-request-timeout-ms
+//!  └─ DeadlineLayer            the server's own cap; the earlier deadline wins
+//!      └─ [RateLimitLayer]     (rate-limit) abusive or runaway callers
+//!          └─ AdaptiveLimitLayer   load shedding: adaptive limit, priorities, doomed work
+//!              └─ BulkheadLayer    hard cap on handlers in flight (a pool size)
+//!                  └─ AttemptTimeoutLayer   handler timeout
+//!                      └─ your handler
+//! ```
+//!
+//! - **Ingress and deadline first**, so every layer below knows the
+//!   request's deadline: the load shedder rejects work that cannot finish in
+//!   time, the bulkhead never queues past it, the handler reads it with
+//!   [`deadline::remaining()`](crate::deadline::remaining).
+//! - **Rate limit before shedding**: it is the cheapest check (one atomic
+//!   for a global limit) and it is about *who* calls, not about load. Over-quota
+//!   traffic is turned away with `429` before it can take capacity from the
+//!   others or feed the adaptive limit's latency samples.
+//! - **Adaptive limit before the bulkhead**: the limit decides how much work
+//!   the service can take right now and sheds the excess at once (`503`,
+//!   lowest priorities first); the bulkhead below is a fixed hard cap (for
+//!   example a connection pool's size) that the adaptive limit may not
+//!   exceed. Time spent in the bulkhead's queue, if it has one, shows in the
+//!   limit's latency samples, so the limit comes down when requests queue.
+//! - **Handler timeout innermost**, so it times the handler only.
+//!
+//! Rejections therefore come in a fixed order under pressure: `RateLimited`
+//! (429) before `Overloaded` (503) before `BulkheadFull` (503). With feature
+//! `http`, put [`RejectionResponseLayer`](crate::http::RejectionResponseLayer)
+//! outside the stack to answer them as responses.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), seawall::BoxError> {
+//! use std::time::Duration;
+//! use seawall::error::{rejection_of, RejectionKind};
+//! use seawall::rate_limit::Quota;
+//! use seawall::stack::ServerStack;
+//! use tower::{service_fn, Layer, Service, ServiceExt};
+//!
+//! let api = ServerStack::builder("api")
+//!     .total_budget(Duration::from_secs(2))
+//!     .handler_timeout(Duration::from_millis(500))
+//!     .rate_limit(Quota::per_second(100), |r| r)
+//!     .bulkhead(|b| b.max_concurrent(64))
+//!     .build()?;
+//! let mut svc = api.layer(service_fn(|x: u32| async move { Ok::<_, seawall::BoxError>(x) }));
+//! for i in 0..100 {
+//!     assert_eq!(svc.ready().await?.call(i).await?, i);
+//! }
+//! let err = svc.ready().await?.call(100).await.unwrap_err();
+//! let view = rejection_of(&err).unwrap();
+//! assert_eq!(view.kind(), RejectionKind::RateLimited);
+//! assert_eq!(view.name(), "api.rate_limit");
+//! assert_eq!(view.retry_after(), Some(Duration::from_millis(10)));
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Cost
+//!
+//! The stacks add no state of their own: a call through them costs what the
+//! layers cost, and the layers allocate nothing on the success path. The
+//! request type may: an `http::Request` gets its deadline stored in its
+//! extensions (whose map `http` allocates on first insert), the retry keeps a
+//! copy of it for a possible retry, and propagation writes header values.
+//!
+//! # Another order
+//!
+//! The built layers are readable ([`ClientStackLayer::retry`],
+//! [`ClientStackLayer::breaker`], …) and cloneable, so a different order is a
+//! `tower::ServiceBuilder` away; the order above is the one we recommend and
+//! test.
+
+mod classify;
+mod client;
+mod part;
+mod server;
+
+pub use self::classify::DependencyFailures;
+pub use self::client::{ClientStack, ClientStackBuilder, ClientStackLayer, ClientStackService};
+pub use self::part::{Skip, StackPart};
+pub use self::server::{
+    ServerCore, ServerStack, ServerStackBuilder, ServerStackLayer, ServerStackService,
+};

@@ -1,0 +1,368 @@
+//! The recommended server stack.
+
+use std::fmt;
+use std::time::Duration;
+
+use tower::layer::util::Identity;
+use tower_layer::Layer;
+
+use super::part::{Skip, StackPart, part_name};
+use crate::bulkhead::{Bulkhead, BulkheadBuilder, BulkheadHandle, BulkheadLayer};
+use crate::deadline::{AttemptTimeoutLayer, AttemptTimeoutService, DeadlineLayer, DeadlineService};
+use crate::error::{ConfigError, Name};
+use crate::observe::Observer;
+use crate::shed::criticality::FromTaskLocal;
+use crate::shed::{AdaptiveLimit, AdaptiveLimitLayer, AdaptiveLimitLayerBuilder};
+
+const KIND: &str = "server_stack";
+
+/// The recommended server stack, as one layer; start with
+/// [`ServerStack::builder`].
+///
+/// Outermost first: the optional ingress part `O` (with feature `http`,
+/// [`DeadlineFromHeadersLayer`](crate::deadline::DeadlineFromHeadersLayer))
+/// → [`DeadlineLayer`] (the server's own cap) → the optional rate limit `R`
+/// (feature `rate-limit`) → [`AdaptiveLimitLayer`] → [`BulkheadLayer`] →
+/// [`AttemptTimeoutLayer`] (the handler timeout). The [module docs](super)
+/// explain the order. Parts left out are tower's
+/// [`Identity`], which adds nothing.
+///
+/// Every service built from one `ServerStackLayer` (and every clone) shares
+/// one rate limiter, adaptive limit and bulkhead: build one stack per
+/// service or route you want to protect separately.
+pub struct ServerStackLayer<O = Identity, R = Identity, P = FromTaskLocal> {
+    ingress: O,
+    deadline: DeadlineLayer,
+    rate_limit: R,
+    limit: AdaptiveLimitLayer<P>,
+    bulkhead: BulkheadLayer,
+    handler: AttemptTimeoutLayer,
+}
+
+/// The service the inner part of a [`ServerStackLayer`] makes around `S`:
+/// adaptive limit → bulkhead → handler timeout. The rate limit and the
+/// ingress wrap it (see [`ServerStackLayer`]'s `Layer` impl).
+pub type ServerCore<S, P = FromTaskLocal> = AdaptiveLimit<Bulkhead<AttemptTimeoutService<S>>, P>;
+
+/// The service a [`ServerStackLayer`] without ingress nor rate limit makes
+/// around `S`.
+pub type ServerStackService<S, P = FromTaskLocal> = DeadlineService<ServerCore<S, P>>;
+
+impl<S, O, R, P> Layer<S> for ServerStackLayer<O, R, P>
+where
+    R: Layer<ServerCore<S, P>>,
+    O: Layer<DeadlineService<R::Service>>,
+{
+    type Service = O::Service;
+
+    fn layer(&self, service: S) -> Self::Service {
+        let s = self.handler.layer(service);
+        let s = self.bulkhead.layer(s);
+        let s = self.limit.layer(s);
+        let s = self.rate_limit.layer(s);
+        let s = self.deadline.layer(s);
+        self.ingress.layer(s)
+    }
+}
+
+impl<O, R, P> ServerStackLayer<O, R, P> {
+    /// The optional ingress layer ([`Identity`] when none was configured).
+    pub fn ingress(&self) -> &O {
+        &self.ingress
+    }
+
+    /// The server's total-budget layer.
+    pub fn deadline(&self) -> &DeadlineLayer {
+        &self.deadline
+    }
+
+    /// The optional rate limit layer ([`Identity`] when none was configured).
+    pub fn rate_limit(&self) -> &R {
+        &self.rate_limit
+    }
+
+    /// The adaptive concurrency limit (its current limit and in-flight calls).
+    pub fn adaptive_limit(&self) -> &AdaptiveLimitLayer<P> {
+        &self.limit
+    }
+
+    /// The bulkhead layer.
+    pub fn bulkhead(&self) -> &BulkheadLayer {
+        &self.bulkhead
+    }
+
+    /// A handle reading this stack's bulkhead.
+    pub fn bulkhead_handle(&self) -> BulkheadHandle {
+        self.bulkhead.handle()
+    }
+
+    /// The handler timeout layer.
+    pub fn handler_timeout(&self) -> &AttemptTimeoutLayer {
+        &self.handler
+    }
+}
+
+impl<O: Clone, R: Clone, P> Clone for ServerStackLayer<O, R, P> {
+    fn clone(&self) -> Self {
+        ServerStackLayer {
+            ingress: self.ingress.clone(),
+            deadline: self.deadline.clone(),
+            rate_limit: self.rate_limit.clone(),
+            limit: self.limit.clone(),
+            bulkhead: self.bulkhead.clone(),
+            handler: self.handler.clone(),
+        }
+    }
+}
+
+impl<O: fmt::Debug, R: fmt::Debug, P> fmt::Debug for ServerStackLayer<O, R, P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerStackLayer")
+            .field("ingress", &self.ingress)
+            .field("deadline", &self.deadline)
+            .field("rate_limit", &self.rate_limit)
+            .field("adaptive_limit", &self.limit)
+            .field("bulkhead", &self.bulkhead)
+            .field("handler_timeout", &self.handler)
+            .finish()
+    }
+}
+
+/// Entry point of the recommended server stack; see [`ServerStack::builder`].
+#[derive(Debug, Clone, Copy)]
+pub struct ServerStack {
+    _priv: (),
+}
+
+impl ServerStack {
+    /// A builder for the stack of the service `name` (for example `"api"`).
+    /// Every layer is named after it: `api.ingress`, `api.deadline`,
+    /// `api.rate_limit`, `api.limit`, `api.bulkhead`, `api.handler`.
+    ///
+    /// [`total_budget`](ServerStackBuilder::total_budget) must be set; every
+    /// other setting has the default of its layer. The handler timeout
+    /// defaults to the total budget.
+    pub fn builder(name: impl Into<Name>) -> ServerStackBuilder {
+        let name = name.into();
+        ServerStackBuilder {
+            limit: AdaptiveLimitLayer::builder().name(part_name(&name, "limit")),
+            bulkhead: BulkheadLayer::builder().name(part_name(&name, "bulkhead")),
+            ingress: Skip,
+            rate_limit: Skip,
+            name,
+            observer: None,
+            total_budget: None,
+            handler_timeout: None,
+        }
+    }
+}
+
+/// Builds a [`ServerStackLayer`]; see [`ServerStack::builder`].
+pub struct ServerStackBuilder<O = Skip, R = Skip, P = FromTaskLocal> {
+    name: Name,
+    observer: Option<Observer>,
+    total_budget: Option<Duration>,
+    handler_timeout: Option<Duration>,
+    ingress: O,
+    rate_limit: R,
+    limit: AdaptiveLimitLayerBuilder<P>,
+    bulkhead: BulkheadBuilder,
+}
+
+impl<O: fmt::Debug, R: fmt::Debug, P> fmt::Debug for ServerStackBuilder<O, R, P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerStackBuilder")
+            .field("name", &self.name)
+            .field("total_budget", &self.total_budget)
+            .field("handler_timeout", &self.handler_timeout)
+            .field("ingress", &self.ingress)
+            .field("rate_limit", &self.rate_limit)
+            .field("adaptive_limit", &self.limit)
+            .field("bulkhead", &self.bulkhead)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<O, R, P> ServerStackBuilder<O, R, P> {
+    /// The observer every layer of the stack reports to (default: none). It
+    /// replaces any observer set inside the per-layer closures.
+    pub fn observer(mut self, observer: impl Into<Observer>) -> Self {
+        self.observer = Some(observer.into());
+        self
+    }
+
+    /// The most time a request may spend in this server, waiting in queues
+    /// included (required). A client's shorter deadline (from headers, with
+    /// [`deadline_from_headers`](Self::deadline_from_headers)) wins.
+    pub fn total_budget(mut self, budget: Duration) -> Self {
+        self.total_budget = Some(budget);
+        self
+    }
+
+    /// The most time the handler itself may run, once admitted (default:
+    /// the total budget; at most the total budget).
+    pub fn handler_timeout(mut self, timeout: Duration) -> Self {
+        self.handler_timeout = Some(timeout);
+        self
+    }
+
+    /// Configures the adaptive concurrency limit, starting from its defaults
+    /// (Gradient2, initial and minimum limit 20, maximum 200) and the stack's
+    /// name. May change the criticality extractor.
+    pub fn adaptive_limit<P2>(
+        self,
+        f: impl FnOnce(AdaptiveLimitLayerBuilder<P>) -> AdaptiveLimitLayerBuilder<P2>,
+    ) -> ServerStackBuilder<O, R, P2> {
+        ServerStackBuilder {
+            limit: f(self.limit),
+            name: self.name,
+            observer: self.observer,
+            total_budget: self.total_budget,
+            handler_timeout: self.handler_timeout,
+            ingress: self.ingress,
+            rate_limit: self.rate_limit,
+            bulkhead: self.bulkhead,
+        }
+    }
+
+    /// Configures the bulkhead, starting from its defaults (25 concurrent
+    /// calls, no queue) and the stack's name.
+    pub fn bulkhead(mut self, f: impl FnOnce(BulkheadBuilder) -> BulkheadBuilder) -> Self {
+        self.bulkhead = f(self.bulkhead);
+        self
+    }
+
+    /// Adds a rate limit of `quota` below the deadline (feature
+    /// `rate-limit`), configured by `f` from the rate limit's defaults
+    /// (global, reject at once) and the stack's name. `|b| b` keeps them;
+    /// `|b| b.keyed(ClientIp::new())` limits per client.
+    #[cfg(feature = "rate-limit")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "rate-limit")))]
+    pub fn rate_limit<X, D>(
+        self,
+        quota: crate::rate_limit::Quota,
+        f: impl FnOnce(
+            crate::rate_limit::RateLimitLayerBuilder,
+        ) -> crate::rate_limit::RateLimitLayerBuilder<X, D>,
+    ) -> ServerStackBuilder<O, crate::rate_limit::RateLimitLayerBuilder<X, D>, P> {
+        let part = f(crate::rate_limit::RateLimitLayer::builder(quota)
+            .name(part_name(&self.name, "rate_limit")));
+        ServerStackBuilder {
+            rate_limit: part,
+            name: self.name,
+            observer: self.observer,
+            total_budget: self.total_budget,
+            handler_timeout: self.handler_timeout,
+            ingress: self.ingress,
+            limit: self.limit,
+            bulkhead: self.bulkhead,
+        }
+    }
+
+    /// Reads the client's deadline from `grpc-timeout` and
+    /// `x-request-timeout-ms` outermost (feature `http`; requests must be
+    /// `http::Request`s), configured by `f` from the ingress layer's defaults
+    /// (30 s cap, no margin). The total budget below it caps what a client
+    /// may ask for.
+    ///
+    /// With axum, put [`RejectionResponseLayer`](crate::http::RejectionResponseLayer)
+    /// outside the stack so rejections become responses:
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), seawall::BoxError> {
+    /// use std::time::Duration;
+    /// use axum::{body::Body, routing::get, Router};
+    /// use seawall::http::RejectionResponseLayer;
+    /// use seawall::stack::ServerStack;
+    /// use tower::{ServiceBuilder, ServiceExt};
+    ///
+    /// let stack = ServerStack::builder("api")
+    ///     .total_budget(Duration::from_secs(5))
+    ///     .handler_timeout(Duration::from_secs(2))
+    ///     .deadline_from_headers(|d| d.margin(Duration::from_millis(20)))
+    ///     .bulkhead(|b| b.max_concurrent(128))
+    ///     .build()?;
+    /// let app: Router = Router::new()
+    ///     .route("/", get(|| async { "hello" }))
+    ///     .layer(ServiceBuilder::new().layer(RejectionResponseLayer::new()).layer(stack));
+    ///
+    /// let ok = app.clone().oneshot(http::Request::get("/").body(Body::empty())?).await?;
+    /// assert_eq!(ok.status(), 200);
+    /// // A client with 15 ms left, under the 20 ms margin: refused without running the handler.
+    /// let late = http::Request::get("/").header("grpc-timeout", "15m").body(Body::empty())?;
+    /// assert_eq!(app.oneshot(late).await?.status(), 504);
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[cfg(feature = "http")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+    pub fn deadline_from_headers(
+        self,
+        f: impl FnOnce(
+            crate::deadline::DeadlineFromHeadersLayerBuilder,
+        ) -> crate::deadline::DeadlineFromHeadersLayerBuilder,
+    ) -> ServerStackBuilder<crate::deadline::DeadlineFromHeadersLayerBuilder, R, P> {
+        let part = f(crate::deadline::DeadlineFromHeadersLayer::builder()
+            .name(part_name(&self.name, "ingress")));
+        ServerStackBuilder {
+            ingress: part,
+            name: self.name,
+            observer: self.observer,
+            total_budget: self.total_budget,
+            handler_timeout: self.handler_timeout,
+            rate_limit: self.rate_limit,
+            limit: self.limit,
+            bulkhead: self.bulkhead,
+        }
+    }
+
+    /// Builds every layer and checks them against each other.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] (layer `"server_stack"`) when `total_budget` was not
+    /// set, or the handler timeout is above it; a layer's own refusal is
+    /// returned as that layer's error.
+    #[allow(clippy::type_complexity)]
+    pub fn build(self) -> Result<ServerStackLayer<O::Layer, R::Layer, P>, ConfigError>
+    where
+        O: StackPart,
+        R: StackPart,
+    {
+        let total = self
+            .total_budget
+            .ok_or_else(|| ConfigError::new(KIND, "total_budget must be set"))?;
+        let handler_timeout = self.handler_timeout.unwrap_or(total);
+        let obs = self.observer.as_ref();
+        let mut deadline = DeadlineLayer::builder(total).name(part_name(&self.name, "deadline"));
+        let mut handler =
+            AttemptTimeoutLayer::builder(handler_timeout).name(part_name(&self.name, "handler"));
+        let mut limit = self.limit;
+        let mut bulkhead = self.bulkhead;
+        if let Some(o) = obs {
+            deadline = deadline.observer(o.clone());
+            handler = handler.observer(o.clone());
+            limit = limit.observer(o.clone());
+            bulkhead = bulkhead.observer(o.clone());
+        }
+        let deadline = deadline.build()?;
+        let handler = handler.build()?;
+        if handler_timeout > total {
+            return Err(ConfigError::new(
+                KIND,
+                format!(
+                    "handler_timeout must be at most total_budget ({total:?}), got {handler_timeout:?}"
+                ),
+            ));
+        }
+        Ok(ServerStackLayer {
+            ingress: self.ingress.build_part(obs)?,
+            deadline,
+            rate_limit: self.rate_limit.build_part(obs)?,
+            limit: limit.build()?,
+            bulkhead: bulkhead.build()?,
+            handler,
+        })
+    }
+}

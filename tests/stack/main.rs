@@ -1,0 +1,555 @@
+//! The recommended stacks, composed: validation messages, instance names, and
+//! behaviour with numbers (backend calls, attempts, elapsed time, rejection
+//! kinds) under paused time.
+#![cfg(all(
+    feature = "deadline",
+    feature = "retry",
+    feature = "circuit-breaker",
+    feature = "shed"
+))]
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use seawall::BoxError;
+use seawall::error::{RejectionKind, rejection_of};
+use seawall::observe::{EventKind, Observer, Recorder, State};
+use seawall::retry::Jitter;
+use seawall::stack::{ClientStack, ServerStack};
+use tokio::time::Instant;
+use tower::{Layer, Service, ServiceExt, service_fn};
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+fn kind(err: &BoxError) -> RejectionKind {
+    rejection_of(err)
+        .unwrap_or_else(|| panic!("not a rejection: {err}"))
+        .kind()
+}
+
+/// A backend that counts its calls and fails each one at once.
+fn failing(
+    calls: Arc<AtomicU32>,
+) -> impl Service<u32, Response = u32, Error = BoxError, Future = impl Future + Send> + Clone {
+    service_fn(move |_: u32| {
+        calls.fetch_add(1, Ordering::SeqCst);
+        async { Err::<u32, BoxError>("connection reset".into()) }
+    })
+}
+
+// ---------------------------------------------------------------- validation
+
+fn client_err(b: seawall::stack::ClientStackBuilder) -> String {
+    b.build().unwrap_err().to_string()
+}
+
+#[test]
+fn client_requires_both_durations() {
+    assert_eq!(
+        client_err(ClientStack::builder("p").attempt_timeout(ms(300))),
+        "invalid client_stack configuration: total_budget must be set"
+    );
+    assert_eq!(
+        client_err(ClientStack::builder("p").total_budget(ms(300))),
+        "invalid client_stack configuration: attempt_timeout must be set"
+    );
+}
+
+#[test]
+fn client_refuses_attempt_timeout_above_budget() {
+    assert_eq!(
+        client_err(
+            ClientStack::builder("p")
+                .total_budget(ms(200))
+                .attempt_timeout(ms(300))
+        ),
+        "invalid client_stack configuration: attempt_timeout must be at most total_budget (200ms), got 300ms"
+    );
+    // Equal is allowed when there is no retry to fit.
+    assert!(
+        ClientStack::builder("p")
+            .total_budget(ms(300))
+            .attempt_timeout(ms(300))
+            .retry(|r| r.max_attempts(1))
+            .build()
+            .is_ok()
+    );
+}
+
+fn schedule_msg(per_try: &str, first: &str) -> String {
+    format!(
+        "invalid client_stack configuration: retry schedule does not fit total_budget (1s): \
+         attempt_timeout ({per_try}) + the longest first backoff ({first}) + the retry's \
+         min_remaining (10ms) must be at most total_budget, or a request whose first attempt \
+         times out may get no second attempt; lower them or set max_attempts(1)"
+    )
+}
+
+#[test]
+fn client_refuses_a_retry_schedule_that_cannot_fit() {
+    let b = |per_try| {
+        ClientStack::builder("p")
+            .total_budget(ms(1000))
+            .attempt_timeout(ms(per_try))
+    };
+    // 941 ms + 50 ms (default base, full jitter: first delay at most 50 ms)
+    // + 10 ms (min_remaining) = 1001 ms.
+    assert_eq!(client_err(b(941)), schedule_msg("941ms", "50ms"));
+    // 940 ms fits exactly.
+    assert!(b(940).build().is_ok());
+    // A smaller min_remaining makes room.
+    assert!(b(941).retry(|r| r.min_remaining(ms(5))).build().is_ok());
+    // Decorrelated jitter's first delay reaches 3 × base: 700 + 300 + 10.
+    assert_eq!(
+        client_err(b(700).retry(|r| r.backoff(ms(100), ms(2000)).jitter(Jitter::Decorrelated))),
+        schedule_msg("700ms", "300ms")
+    );
+    // No jitter: exactly the base.
+    assert!(
+        b(890)
+            .retry(|r| r.backoff(ms(100), ms(2000)).jitter(Jitter::None))
+            .build()
+            .is_ok()
+    );
+    // One attempt: nothing to fit.
+    assert!(b(1000).retry(|r| r.max_attempts(1)).build().is_ok());
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_tightest_accepted_schedule_still_makes_its_second_attempt() {
+    // 940 ms + at most 50 ms of backoff + 10 ms: the second attempt always
+    // starts, whatever the jitter draws.
+    for seed in 0..20 {
+        let calls = Arc::new(AtomicU32::new(0));
+        let c = calls.clone();
+        let slow = service_fn(move |_: u32| {
+            c.fetch_add(1, Ordering::SeqCst);
+            async {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                Ok::<u32, BoxError>(0)
+            }
+        });
+        let stack = ClientStack::builder("p")
+            .total_budget(ms(1000))
+            .attempt_timeout(ms(940))
+            .retry(|r| r.seed(seed))
+            .build()
+            .unwrap();
+        let start = Instant::now();
+        let err = stack.layer(slow).oneshot(1).await.unwrap_err();
+        assert_eq!(calls.load(Ordering::SeqCst), 2, "seed {seed}");
+        assert_eq!(start.elapsed(), ms(1000));
+        assert_eq!(kind(&err), RejectionKind::DeadlineExceeded);
+    }
+}
+
+#[test]
+fn client_refuses_a_slow_call_threshold_that_never_trips() {
+    let msg = |got: &str| {
+        format!(
+            "invalid client_stack configuration: slow_call_duration must be below \
+             attempt_timeout (300ms), got {got}: a call cannot take longer than its attempt \
+             timeout, so the slow-call rate could never trip"
+        )
+    };
+    let b = || {
+        ClientStack::builder("p")
+            .total_budget(ms(1000))
+            .attempt_timeout(ms(300))
+    };
+    assert_eq!(client_err(b().slow_call_duration(ms(300))), msg("300ms"));
+    assert_eq!(client_err(b().slow_call_duration(ms(5000))), msg("5s"));
+    assert!(b().slow_call_duration(ms(299)).build().is_ok());
+    // The default (80 % of the attempt timeout) is valid.
+    assert!(b().build().is_ok());
+}
+
+#[test]
+fn client_passes_layer_refusals_through() {
+    let b = || {
+        ClientStack::builder("p")
+            .total_budget(ms(1000))
+            .attempt_timeout(ms(300))
+    };
+    assert_eq!(
+        client_err(b().retry(|r| r.max_attempts(0))),
+        "invalid retry configuration: max_attempts must be in 1..=100, got 0"
+    );
+    assert_eq!(
+        client_err(b().breaker(|c| c.failure_rate_threshold(1.5))),
+        "invalid circuit_breaker configuration: failure_rate_threshold must be in (0, 1], got 1.5"
+    );
+    assert_eq!(
+        client_err(b().bulkhead(|c| c.max_concurrent(0))),
+        "invalid bulkhead configuration: max_concurrent must be in 1..=1000000, got 0"
+    );
+    assert_eq!(
+        client_err(
+            ClientStack::builder("p")
+                .total_budget(Duration::ZERO)
+                .attempt_timeout(ms(1))
+        ),
+        "invalid deadline configuration: budget must be greater than zero, got 0ns"
+    );
+}
+
+#[test]
+fn server_validation() {
+    assert_eq!(
+        ServerStack::builder("api").build().unwrap_err().to_string(),
+        "invalid server_stack configuration: total_budget must be set"
+    );
+    assert_eq!(
+        ServerStack::builder("api")
+            .total_budget(ms(500))
+            .handler_timeout(ms(501))
+            .build()
+            .unwrap_err()
+            .to_string(),
+        "invalid server_stack configuration: handler_timeout must be at most total_budget (500ms), got 501ms"
+    );
+    let layer = ServerStack::builder("api")
+        .total_budget(ms(500))
+        .build()
+        .unwrap();
+    assert_eq!(layer.handler_timeout().per_try(), ms(500));
+}
+
+#[test]
+fn every_layer_is_named_after_the_stack() {
+    let c = ClientStack::builder("payments")
+        .total_budget(ms(1000))
+        .attempt_timeout(ms(300))
+        .build()
+        .unwrap();
+    assert_eq!(c.deadline().name(), "payments.deadline");
+    assert_eq!(c.retry().name(), "payments.retry");
+    assert_eq!(c.breaker_handle().name(), "payments.breaker");
+    assert_eq!(c.bulkhead().name(), "payments.bulkhead");
+    assert_eq!(c.attempt_timeout().name(), "payments.attempt");
+    // A name set in a closure wins.
+    let c = ClientStack::builder("payments")
+        .total_budget(ms(1000))
+        .attempt_timeout(ms(300))
+        .retry(|r| r.name("payments-retry"))
+        .build()
+        .unwrap();
+    assert_eq!(c.retry().name(), "payments-retry");
+
+    let s = ServerStack::builder("api")
+        .total_budget(ms(1000))
+        .build()
+        .unwrap();
+    assert_eq!(s.deadline().name(), "api.deadline");
+    assert_eq!(s.bulkhead().name(), "api.bulkhead");
+    assert_eq!(s.handler_timeout().name(), "api.handler");
+}
+
+// ---------------------------------------------------------------- client behaviour
+
+#[tokio::test(start_paused = true)]
+async fn client_attempts_per_request_are_bounded_and_backoffs_exact() {
+    let calls = Arc::new(AtomicU32::new(0));
+    let stack = ClientStack::builder("payments")
+        .total_budget(ms(1000))
+        .attempt_timeout(ms(300))
+        .retry(|r| {
+            r.max_attempts(3)
+                .backoff(ms(50), ms(1000))
+                .jitter(Jitter::None)
+        })
+        .build()
+        .unwrap();
+    let mut svc = stack.layer(failing(calls.clone()));
+
+    let start = Instant::now();
+    let err = svc.ready().await.unwrap().call(1).await.unwrap_err();
+    // 3 attempts, backoffs of 50 ms then 100 ms, failures answered at once.
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    assert_eq!(start.elapsed(), ms(150));
+    assert_eq!(err.to_string(), "connection reset");
+    assert_eq!(stack.breaker_handle().state(), State::Closed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn open_breaker_stops_retries_from_reaching_the_backend() {
+    let calls = Arc::new(AtomicU32::new(0));
+    let recorder = Recorder::new();
+    let stack = ClientStack::builder("payments")
+        .observer(Observer::new(recorder.clone()))
+        .total_budget(ms(1000))
+        .attempt_timeout(ms(300))
+        .retry(|r| {
+            r.max_attempts(3)
+                .backoff(ms(50), ms(1000))
+                .jitter(Jitter::None)
+        })
+        .breaker(|b| {
+            b.consecutive_failures_only(5)
+                .open_duration(Duration::from_secs(30))
+        })
+        .build()
+        .unwrap();
+    let handle = stack.breaker_handle();
+    let mut svc = stack.layer(failing(calls.clone()));
+
+    // Request 1: three attempts, three failures.
+    let e1 = svc.ready().await.unwrap().call(1).await.unwrap_err();
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    assert_eq!(e1.to_string(), "connection reset");
+    assert_eq!(handle.state(), State::Closed);
+
+    // Request 2: failures 4 and 5 open the breaker; its third attempt meets the
+    // open breaker, and a CircuitOpen is not retried.
+    let start = Instant::now();
+    let e2 = svc.ready().await.unwrap().call(2).await.unwrap_err();
+    assert_eq!(calls.load(Ordering::SeqCst), 5);
+    assert_eq!(handle.state(), State::Open);
+    assert_eq!(kind(&e2), RejectionKind::CircuitOpen);
+    assert_eq!(rejection_of(&e2).unwrap().name(), "payments.breaker");
+    assert_eq!(rejection_of(&e2).unwrap().retry_after(), Some(ms(29_900)));
+    assert_eq!(start.elapsed(), ms(150));
+
+    // Ten more requests: rejected at once by the breaker, not retried, and
+    // the backend is never called again.
+    let start = Instant::now();
+    for i in 0..10 {
+        let e = svc.ready().await.unwrap().call(i).await.unwrap_err();
+        assert_eq!(kind(&e), RejectionKind::CircuitOpen);
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 5);
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    // 1 rejection in request 2, 10 afterwards, each reported once.
+    assert_eq!(
+        recorder.count(|e| e.name == "payments.breaker"
+            && matches!(
+                e.kind,
+                EventKind::Rejected {
+                    reason: RejectionKind::CircuitOpen,
+                    ..
+                }
+            )),
+        11
+    );
+    // Retries scheduled: 2 in request 1, 2 in request 2, none afterwards.
+    assert_eq!(
+        recorder.count(|e| matches!(e.kind, EventKind::RetryScheduled { .. })),
+        4
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn total_deadline_bounds_elapsed_time_exactly() {
+    let calls = Arc::new(AtomicU32::new(0));
+    let c = calls.clone();
+    let slow = service_fn(move |_: u32| {
+        c.fetch_add(1, Ordering::SeqCst);
+        async {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            Ok::<u32, BoxError>(0)
+        }
+    });
+    let stack = ClientStack::builder("inventory")
+        .total_budget(ms(1000))
+        .attempt_timeout(ms(300))
+        .retry(|r| {
+            r.max_attempts(5)
+                .backoff(ms(50), ms(1000))
+                .jitter(Jitter::None)
+        })
+        .build()
+        .unwrap();
+    let mut svc = stack.layer(slow);
+
+    let start = Instant::now();
+    let err = svc.ready().await.unwrap().call(1).await.unwrap_err();
+    // Attempts at 0 (timed out at 300), 350 (timed out at 650), 750 (cut at
+    // 1000 by the budget): 5 attempts allowed, 3 fit.
+    assert_eq!(start.elapsed(), ms(1000));
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    assert_eq!(kind(&err), RejectionKind::DeadlineExceeded);
+    // The breaker saw three failed attempts: two attempt timeouts and the
+    // third attempt cut by the budget.
+    assert_eq!(stack.breaker_handle().metrics().failures, 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn full_bulkhead_is_not_a_dependency_failure() {
+    let stack = ClientStack::builder("db")
+        .total_budget(ms(1000))
+        .attempt_timeout(ms(300))
+        .retry(|r| r.max_attempts(1))
+        .breaker(|b| b.consecutive_failures_only(1))
+        .bulkhead(|b| b.max_concurrent(1))
+        .build()
+        .unwrap();
+    let handle = stack.breaker_handle();
+    let mut svc = stack.layer(service_fn(|_: u32| async {
+        tokio::time::sleep(ms(100)).await;
+        Ok::<u32, BoxError>(7)
+    }));
+    let first = svc.ready().await.unwrap().call(1);
+    let second = svc.ready().await.unwrap().call(2);
+    let (a, b) = tokio::join!(first, second);
+    assert_eq!(a.unwrap(), 7);
+    assert_eq!(kind(&b.unwrap_err()), RejectionKind::BulkheadFull);
+    // With one failure in a row opening it, the breaker is still closed.
+    assert_eq!(handle.state(), State::Closed);
+    assert_eq!(handle.metrics().failures, 0);
+}
+
+// ---------------------------------------------------------------- server behaviour
+
+/// Polls a future once.
+fn poll_once<F: Future + Unpin>(f: &mut F) -> Poll<F::Output> {
+    Pin::new(f).poll(&mut Context::from_waker(Waker::noop()))
+}
+
+#[cfg(feature = "rate-limit")]
+#[tokio::test(start_paused = true)]
+async fn server_rejections_come_in_layer_order() {
+    use seawall::rate_limit::Quota;
+    use seawall::shed::Aimd;
+
+    let stack = ServerStack::builder("api")
+        .total_budget(Duration::from_secs(2))
+        .rate_limit(Quota::per_second(6), |r| r)
+        .adaptive_limit(|a| {
+            a.algorithm(
+                Aimd::builder()
+                    .initial_limit(4)
+                    .min_limit(1)
+                    .max_limit(4)
+                    .build()
+                    .unwrap(),
+            )
+        })
+        .bulkhead(|b| b.max_concurrent(2))
+        .build()
+        .unwrap();
+    let mut svc = stack.layer(service_fn(|x: u32| async move {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        Ok::<u32, BoxError>(x)
+    }));
+
+    // Admission happens in `call`: make all seven calls first (each future
+    // holds what it was admitted to), then look at the outcomes.
+    let mut futures = Vec::new();
+    for i in 0..7 {
+        futures.push(Box::pin(svc.ready().await.unwrap().call(i)));
+    }
+    assert_eq!(stack.adaptive_limit().inflight(), 4);
+    let mut outcomes = Vec::new();
+    for f in &mut futures {
+        outcomes.push(match poll_once(f) {
+            Poll::Pending => None,
+            Poll::Ready(Ok(_)) => unreachable!("the handler sleeps"),
+            Poll::Ready(Err(e)) => Some((kind(&e), rejection_of(&e).unwrap().name().to_owned())),
+        });
+    }
+    let k = |kind: RejectionKind, name: &str| Some((kind, name.to_owned()));
+    assert_eq!(
+        outcomes,
+        vec![
+            None,                                            // admitted everywhere
+            None,                                            // bulkhead now 2/2
+            k(RejectionKind::BulkheadFull, "api.bulkhead"),  // limit 3/4, bulkhead full
+            k(RejectionKind::BulkheadFull, "api.bulkhead"),  // limit 4/4
+            k(RejectionKind::Overloaded, "api.limit"),       // limit full: shed before the bulkhead
+            k(RejectionKind::Overloaded, "api.limit"),       // 6th cell of the rate limit
+            k(RejectionKind::RateLimited, "api.rate_limit"), // every layer would refuse: the rate limit answers
+        ]
+    );
+    // The two rejected by the bulkhead gave their limit slots back.
+    assert_eq!(stack.adaptive_limit().inflight(), 2);
+    drop(futures);
+    assert_eq!(stack.adaptive_limit().inflight(), 0);
+    assert_eq!(stack.bulkhead_handle().available_permits(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn server_handler_timeout_and_budget() {
+    let stack = ServerStack::builder("api")
+        .total_budget(ms(800))
+        .handler_timeout(ms(250))
+        .build()
+        .unwrap();
+    let mut svc = stack.layer(service_fn(|x: u64| async move {
+        tokio::time::sleep(ms(x)).await;
+        Ok::<u64, BoxError>(x)
+    }));
+    assert_eq!(svc.ready().await.unwrap().call(200).await.unwrap(), 200);
+    let start = Instant::now();
+    let err = svc.ready().await.unwrap().call(400).await.unwrap_err();
+    assert_eq!(start.elapsed(), ms(250));
+    assert_eq!(kind(&err), RejectionKind::AttemptTimeout);
+    assert_eq!(rejection_of(&err).unwrap().name(), "api.handler");
+}
+
+// ---------------------------------------------------------------- http
+
+#[cfg(feature = "http")]
+#[tokio::test(start_paused = true)]
+async fn client_propagates_each_attempts_time_left() {
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let s = seen.clone();
+    let backend = service_fn(move |req: http::Request<()>| {
+        let header = req.headers()["x-request-timeout-ms"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        s.lock().unwrap().push(header);
+        async {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            Ok::<_, BoxError>(http::Response::new(()))
+        }
+    });
+    let stack = ClientStack::builder("users")
+        .total_budget(ms(500))
+        .attempt_timeout(ms(300))
+        .retry(|r| r.backoff(ms(50), ms(1000)).jitter(Jitter::None))
+        .propagate_deadline(|p| p)
+        .build()
+        .unwrap();
+    assert!(format!("{:?}", stack.innermost()).contains("\"users.propagate\""));
+    let svc = stack.layer(backend);
+    let start = Instant::now();
+    let err = svc.oneshot(http::Request::new(())).await.unwrap_err();
+    // Attempt 1 at 0 ms has 300 ms; attempt 2 at 350 ms has the 150 ms left.
+    assert_eq!(*seen.lock().unwrap(), ["300", "150"]);
+    assert_eq!(start.elapsed(), ms(500));
+    assert_eq!(kind(&err), RejectionKind::DeadlineExceeded);
+}
+
+#[cfg(feature = "http")]
+#[tokio::test(start_paused = true)]
+async fn server_takes_the_clients_shorter_deadline() {
+    let stack = ServerStack::builder("api")
+        .total_budget(Duration::from_secs(2))
+        .deadline_from_headers(|d| d)
+        .build()
+        .unwrap();
+    let svc = stack.layer(service_fn(|_: http::Request<()>| async {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        Ok::<_, BoxError>(http::Response::new(()))
+    }));
+    let req = http::Request::builder()
+        .header("grpc-timeout", "120m")
+        .body(())
+        .unwrap();
+    let start = Instant::now();
+    let err = svc.clone().oneshot(req).await.unwrap_err();
+    assert_eq!(start.elapsed(), ms(120));
+    assert_eq!(kind(&err), RejectionKind::DeadlineExceeded);
+    // Without a header, the server's own budget applies.
+    let start = Instant::now();
+    let err = svc.oneshot(http::Request::new(())).await.unwrap_err();
+    assert_eq!(start.elapsed(), Duration::from_secs(2));
+    assert_eq!(kind(&err), RejectionKind::DeadlineExceeded);
+}
