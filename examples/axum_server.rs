@@ -1,4 +1,5 @@
-//! An axum 0.8 server behind seawall's recommended server stack.
+//! An axum 0.8 server behind seawall's recommended server stack
+//! (`seawall::stack::ServerStack`, answered by `RejectionResponseLayer`).
 //!
 //! ```text
 //! RejectionResponseLayer   rejections -> 429 / 503 / 504 with Retry-After
@@ -38,8 +39,8 @@
 //! curl -s --no-progress-meter --parallel --parallel-max 50 \
 //!   -w '%{http_code} retry-after: %header{retry-after}\n' \
 //!   $(printf -- '-o /dev/null http://127.0.0.1:3000/ %.0s' $(seq 150)) | sort | uniq -c
-//! #   106 200 retry-after:
-//! #    44 429 retry-after: 1
+//! #   ~106 200 retry-after:
+//! #    ~44 429 retry-after: 1
 //!
 //! # 504: the client's budget (100 ms) is shorter than the work (500 ms)
 //! curl -i -H 'x-request-timeout-ms: 100' 'http://127.0.0.1:3000/work?ms=500'
@@ -52,8 +53,8 @@
 //! # adaptive limit admits ~20, the rest is shed at once instead of queueing
 //! curl -s --no-progress-meter --parallel --parallel-max 90 -w '%{http_code}\n' \
 //!   $(printf -- '-o /dev/null http://127.0.0.1:3000/work?ms=1500 %.0s' $(seq 90)) | sort | uniq -c
-//! #    21 200
-//! #    69 503
+//! #    ~21 200
+//! #    ~69 503
 //! # The same with a load tool: 80 req/s (under the rate limit) of 1.5 s work
 //! # want ~120 in flight
 //! hey -z 10s -c 200 -q 0.4 'http://127.0.0.1:3000/work?ms=1500'
@@ -66,8 +67,9 @@
 //! # What to look at
 //!
 //! Logs (stderr, target `seawall`, through `seawall::observe::TracingHook`):
-//! every rejection at DEBUG with `layer`, `name` (`per_client`, `adaptive`,
-//! `handlers`, `request`, `handler`, `client_timeout`), `reason` and `detail`;
+//! every rejection at DEBUG with `layer`, `name` (`api.rate_limit`,
+//! `api.limit`, `api.bulkhead`, `api.deadline`, `api.handler`,
+//! `api.ingress`), `reason` and `detail`;
 //! adaptive limit changes at DEBUG; ignored timeout headers (malformed,
 //! clamped to 10 s) at DEBUG.
 //!
@@ -75,7 +77,7 @@
 //! `seawall_rejections_total{layer,name,reason}` (what was refused and by whom),
 //! `seawall_calls_total{layer,name,outcome}` and
 //! `seawall_call_duration_bucket` (what got through, how long it took),
-//! `seawall_limit{layer="adaptive_limit",name="adaptive"}` (the adaptive limit, once it moves),
+//! `seawall_limit{layer="adaptive_limit",name="api.limit"}` (the adaptive limit, once it moves),
 //! `seawall_input_ignored_total` (unreadable timeout headers).
 
 #[path = "common/http_stack.rs"]

@@ -1,15 +1,17 @@
-//! A tonic gRPC client behind seawall's recommended client stack, calling the
-//! `tonic_server` example.
+//! A tonic gRPC client behind seawall's recommended client stack
+//! (`seawall::stack::ClientStack`), calling the `tonic_server` example.
 //!
 //! ```text
-//! GrpcRejectionLayer      client-side rejections -> tonic::Status with the real code
-//! DeadlineLayer           2 s per call, retries included
-//! ReplayBodyLayer         keeps the request body so a retry can resend it
-//! RetryLayer              3 attempts at most, UNAVAILABLE / DEADLINE_EXCEEDED, jittered backoff,
-//!                         retry budget (10 % of calls + 10/s)
-//! CircuitBreakerLayer     opens at 50 % failures over the last 20 calls (10 at least), 5 s
-//! AttemptTimeoutLayer     600 ms per attempt, or what is left of the 2 s
-//! PropagateDeadlineLayer  grpc-timeout = the attempt's time left
+//! GrpcRejectionLayer        client-side rejections -> tonic::Status with the real code
+//! ReplayBodyLayer           keeps the request body so a retry can resend it
+//! ClientStack "greeter":
+//!   DeadlineLayer           2 s per call, retries included
+//!   RetryLayer              3 attempts at most, UNAVAILABLE / DEADLINE_EXCEEDED, jittered
+//!                           backoff, retry budget (10 % of calls + 10/s)
+//!   CircuitBreakerLayer     opens at 50 % failures over the last 20 calls (10 at least), 5 s
+//!   BulkheadLayer           64 attempts in flight at most
+//!   AttemptTimeoutLayer     600 ms per attempt, or what is left of the 2 s
+//!   PropagateDeadlineLayer  grpc-timeout = the attempt's time left
 //! Channel
 //! ```
 //!
@@ -56,10 +58,10 @@
 //!
 //! # What to look at
 //!
-//! Logs (stderr, target `seawall`): `retry_scheduled` (attempt, delay) and
-//! `retry_gave_up` (why) from `retry` "greeter"; `rejected` from `attempt`,
-//! `call` and the breaker; breaker `state_changed` at INFO/WARN with the
-//! failure rate that tripped it.
+//! Logs (stderr, target `seawall`): retries scheduled (attempt, delay) and
+//! given up (why) from `greeter.retry`; rejections from `greeter.attempt`,
+//! `greeter.deadline` and `greeter.breaker`; breaker state changes at
+//! INFO/WARN with the failure rate that tripped it.
 
 #[path = "common/greeter.rs"]
 mod greeter;

@@ -1,4 +1,5 @@
-//! A tonic gRPC server behind seawall's recommended server stack.
+//! A tonic gRPC server behind seawall's recommended server stack
+//! (`seawall::stack::ServerStack`, answered by `GrpcRejectionLayer`).
 //!
 //! ```text
 //! GrpcRejectionLayer       (outermost) rejections -> real gRPC codes + grpc-retry-pushback-ms
@@ -52,12 +53,12 @@
 //! # What to look at
 //!
 //! Logs (stderr, target `seawall`, `seawall::observe::TracingHook`): each
-//! rejection at DEBUG with `layer`, `name` (`per_client`, `adaptive`,
-//! `handlers`, `request`, `handler`, `client_timeout`), `reason` and
-//! `detail`. With `--features tonic,metrics`, Prometheus text on
+//! rejection at DEBUG with `layer`, `name` (`greeter.rate_limit`,
+//! `greeter.limit`, `greeter.bulkhead`, `greeter.deadline`,
+//! `greeter.handler`, `greeter.ingress`), `reason` and `detail`. With `--features tonic,metrics`, Prometheus text on
 //! `127.0.0.1:9001/metrics`: `seawall_rejections_total{layer,name,reason}`,
 //! `seawall_calls_total{layer,name,outcome}`, `seawall_call_duration_bucket`,
-//! `seawall_limit{layer="adaptive_limit",name="adaptive"}`.
+//! `seawall_limit{layer="adaptive_limit",name="greeter.limit"}`.
 
 #[path = "common/greeter.rs"]
 mod greeter;

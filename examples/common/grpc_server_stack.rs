@@ -1,5 +1,6 @@
-//! seawall's recommended server stack for a tonic server, shared by
-//! `examples/tonic_server.rs` and the `examples_grpc` integration test.
+//! seawall's recommended server stack (`seawall::stack::ServerStack`) for a
+//! tonic server, shared by `examples/tonic_server.rs` and the `examples_grpc`
+//! integration test.
 //!
 //! Outermost first:
 //!
@@ -31,12 +32,11 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use http::Extensions;
-use seawall::bulkhead::BulkheadLayer;
-use seawall::deadline::{AttemptTimeoutLayer, DeadlineFromHeadersLayer, DeadlineLayer};
 use seawall::grpc::GrpcRejectionLayer;
-use seawall::rate_limit::{PeerAddr, Quota, RateLimitLayer};
+use seawall::rate_limit::{PeerAddr, Quota};
+use seawall::shed::Gradient2;
 use seawall::shed::criticality::FromHttpRequest;
-use seawall::shed::{AdaptiveLimitLayer, Gradient2};
+use seawall::stack::ServerStack;
 use seawall::{ConfigError, Observer};
 use tokio::net::TcpListener;
 use tonic::transport::Server;
@@ -105,61 +105,30 @@ pub fn serve<F>(
 where
     F: Future<Output = ()> + Send + 'static,
 {
-    let obs = &cfg.observer;
     let (initial, min, max) = cfg.concurrency;
-    let stack = ServiceBuilder::new()
-        .layer(GrpcRejectionLayer::new())
-        .layer(
-            DeadlineFromHeadersLayer::builder()
-                .no_ms_header()
-                .max(cfg.max_budget)
-                .margin(cfg.margin)
-                .name("client_timeout")
-                .observer(obs.clone())
-                .build()?,
-        )
-        .layer(
-            DeadlineLayer::builder(cfg.max_budget)
-                .name("request")
-                .observer(obs.clone())
-                .build()?,
-        )
-        .layer(
-            RateLimitLayer::builder(cfg.rate)
-                .keyed(PeerAddr::with(peer_ip))
-                .name("per_client")
-                .observer(obs.clone())
-                .build()?,
-        )
-        .layer(
-            AdaptiveLimitLayer::builder()
-                .algorithm(
-                    Gradient2::builder()
-                        .initial_limit(initial)
-                        .min_limit(min)
-                        .max_limit(max)
-                        .build()?,
-                )
-                .criticality(FromHttpRequest)
-                .name("adaptive")
-                .observer(obs.clone())
-                .build()?,
-        )
-        .layer(
-            BulkheadLayer::builder()
-                .max_concurrent(cfg.max_concurrent)
+    let gradient = Gradient2::builder()
+        .initial_limit(initial)
+        .min_limit(min)
+        .max_limit(max)
+        .build()?;
+    // Layers named "greeter.ingress", "greeter.deadline", "greeter.rate_limit",
+    // "greeter.limit", "greeter.bulkhead" and "greeter.handler".
+    let server_stack = ServerStack::builder("greeter")
+        .observer(cfg.observer.clone())
+        .total_budget(cfg.max_budget)
+        .handler_timeout(cfg.handler_timeout)
+        .deadline_from_headers(|d| d.no_ms_header().max(cfg.max_budget).margin(cfg.margin))
+        .rate_limit(cfg.rate, |r| r.keyed(PeerAddr::with(peer_ip)))
+        .adaptive_limit(|l| l.algorithm(gradient).criticality(FromHttpRequest))
+        .bulkhead(|b| {
+            b.max_concurrent(cfg.max_concurrent)
                 .max_queue(cfg.max_queue)
                 .max_wait(cfg.max_wait)
-                .name("handlers")
-                .observer(obs.clone())
-                .build()?,
-        )
-        .layer(
-            AttemptTimeoutLayer::builder(cfg.handler_timeout)
-                .name("handler")
-                .observer(obs.clone())
-                .build()?,
-        );
+        })
+        .build()?;
+    let stack = ServiceBuilder::new()
+        .layer(GrpcRejectionLayer::new())
+        .layer(server_stack);
     let router = Server::builder().layer(stack).add_service(greeter);
     Ok(router.serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown))
 }

@@ -1,5 +1,6 @@
-//! seawall's recommended server stack for an axum app, shared by
-//! `examples/axum_server.rs` and the `examples_http` integration test.
+//! seawall's recommended server stack (`seawall::stack::ServerStack`) for an
+//! axum app, shared by `examples/axum_server.rs` and the `examples_http`
+//! integration test.
 //!
 //! Outermost first, each layer sees what the one above let through:
 //!
@@ -26,14 +27,12 @@ use axum::Router;
 use axum::extract::{ConnectInfo, Extension};
 use axum::http::{Extensions, Uri};
 use axum::routing::get;
-use seawall::bulkhead::BulkheadLayer;
-use seawall::deadline::{
-    self, AttemptTimeoutLayer, Deadline, DeadlineFromHeadersLayer, DeadlineLayer,
-};
+use seawall::deadline::{self, Deadline};
 use seawall::http::RejectionResponseLayer;
-use seawall::rate_limit::{IetfHeaders, PeerAddr, Quota, RateLimitLayer};
+use seawall::rate_limit::{IetfHeaders, PeerAddr, Quota};
+use seawall::shed::Gradient2;
 use seawall::shed::criticality::FromHttpRequest;
-use seawall::shed::{AdaptiveLimitLayer, Gradient2};
+use seawall::stack::ServerStack;
 use seawall::{ConfigError, Observer};
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
@@ -90,62 +89,35 @@ fn peer_ip(ext: &Extensions) -> Option<IpAddr> {
 /// `Router::layer` wraps the routes that exist when it is called: add every
 /// route first.
 pub fn protect(router: Router, cfg: &ServerConfig) -> Result<Router, ConfigError> {
-    let obs = &cfg.observer;
     let (initial, min, max) = cfg.concurrency;
-    let stack = ServiceBuilder::new()
-        .layer(RejectionResponseLayer::new())
-        .layer(
-            DeadlineFromHeadersLayer::builder()
-                .max(cfg.max_budget)
-                .margin(cfg.margin)
-                .name("client_timeout")
-                .observer(obs.clone())
-                .build()?,
-        )
-        .layer(
-            DeadlineLayer::builder(cfg.max_budget)
-                .name("request")
-                .observer(obs.clone())
-                .build()?,
-        )
-        .layer(
-            RateLimitLayer::builder(cfg.rate)
-                .keyed(PeerAddr::with(peer_ip))
+    let gradient = Gradient2::builder()
+        .initial_limit(initial)
+        .min_limit(min)
+        .max_limit(max)
+        .build()?;
+    // Layers named "api.ingress", "api.deadline", "api.rate_limit",
+    // "api.limit", "api.bulkhead" and "api.handler".
+    let stack = ServerStack::builder("api")
+        .observer(cfg.observer.clone())
+        .total_budget(cfg.max_budget)
+        .handler_timeout(cfg.handler_timeout)
+        .deadline_from_headers(|d| d.max(cfg.max_budget).margin(cfg.margin))
+        .rate_limit(cfg.rate, |r| {
+            r.keyed(PeerAddr::with(peer_ip))
                 .response_headers(IetfHeaders::default())
-                .name("per_client")
-                .observer(obs.clone())
-                .build()?,
-        )
-        .layer(
-            AdaptiveLimitLayer::builder()
-                .algorithm(
-                    Gradient2::builder()
-                        .initial_limit(initial)
-                        .min_limit(min)
-                        .max_limit(max)
-                        .build()?,
-                )
-                .criticality(FromHttpRequest)
-                .name("adaptive")
-                .observer(obs.clone())
-                .build()?,
-        )
-        .layer(
-            BulkheadLayer::builder()
-                .max_concurrent(cfg.max_concurrent)
+        })
+        .adaptive_limit(|l| l.algorithm(gradient).criticality(FromHttpRequest))
+        .bulkhead(|b| {
+            b.max_concurrent(cfg.max_concurrent)
                 .max_queue(cfg.max_queue)
                 .max_wait(cfg.max_wait)
-                .name("handlers")
-                .observer(obs.clone())
-                .build()?,
-        )
-        .layer(
-            AttemptTimeoutLayer::builder(cfg.handler_timeout)
-                .name("handler")
-                .observer(obs.clone())
-                .build()?,
-        );
-    Ok(router.layer(stack))
+        })
+        .build()?;
+    Ok(router.layer(
+        ServiceBuilder::new()
+            .layer(RejectionResponseLayer::new())
+            .layer(stack),
+    ))
 }
 
 /// The example's routes, without the stack.

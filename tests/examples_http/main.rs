@@ -275,7 +275,7 @@ async fn burst_past_the_rate_limit_is_429_with_retry_after() {
     }
     assert_eq!(
         server.rejections(),
-        vec![rejection("per_client", RejectionKind::RateLimited, "limit"); 3]
+        vec![rejection("api.rate_limit", RejectionKind::RateLimited, "limit"); 3]
     );
 }
 
@@ -304,7 +304,7 @@ async fn full_bulkhead_is_503_until_the_handler_finishes() {
     assert_eq!(
         server.rejections(),
         vec![rejection(
-            "handlers",
+            "api.bulkhead",
             RejectionKind::BulkheadFull,
             "queue_full"
         )]
@@ -335,7 +335,7 @@ async fn adaptive_limit_sheds_at_its_limit() {
     assert_eq!(shed.len(), 2, "{shed:?}");
     assert!(
         shed.iter()
-            .all(|(name, reason, _)| name == "adaptive" && *reason == RejectionKind::Overloaded),
+            .all(|(name, reason, _)| name == "api.limit" && *reason == RejectionKind::Overloaded),
         "{shed:?}"
     );
 }
@@ -361,7 +361,7 @@ async fn budget_running_out_mid_call_is_504() {
     assert_eq!(rejected.len(), 1, "{rejected:?}");
     assert_eq!(rejected[0].1, RejectionKind::DeadlineExceeded);
     assert!(
-        ["request", "handler"].contains(&rejected[0].0.as_str()),
+        ["api.deadline", "api.handler"].contains(&rejected[0].0.as_str()),
         "{rejected:?}"
     );
     // Nothing leaked: the bulkhead and adaptive-limit slots (one each) of the
@@ -382,7 +382,7 @@ async fn expired_on_arrival_is_504_without_calling_the_handler() {
         server.rejections(),
         vec![
             rejection(
-                "client_timeout",
+                "api.ingress",
                 RejectionKind::DeadlineExceeded,
                 "expired_on_arrival"
             );
@@ -405,7 +405,7 @@ async fn slow_handler_hits_the_attempt_timeout() {
     assert_eq!(
         server.rejections(),
         vec![rejection(
-            "handler",
+            "api.handler",
             RejectionKind::AttemptTimeout,
             "timed_out"
         )]
