@@ -14,8 +14,8 @@
 //! AttemptTimeoutLayer      one handler run may take at most this long                   -> 504
 //! ```
 //!
-//! Cheap refusals come first: a rate-limited request costs one atomic
-//! operation and never takes a concurrency slot. Every layer keeps its state
+//! Cheap refusals come first: a rate-limited request costs a key lookup and
+//! an atomic operation, and never takes a concurrency slot. Every layer keeps its state
 //! in an `Arc` owned by the layer, so the clones `Router::layer` makes for
 //! each route share one limiter, one adaptive limit and one bulkhead.
 #![allow(dead_code)] // each includer uses a different part of this file
@@ -52,7 +52,7 @@ pub struct ServerConfig {
     pub concurrency: (usize, usize, usize),
     /// Handlers running at once.
     pub max_concurrent: usize,
-    /// Requests waiting for a handler slot, and for how long at most.
+    /// Requests waiting for a handler slot.
     pub max_queue: usize,
     /// How long a request may wait in the bulkhead queue.
     pub max_wait: Duration,
