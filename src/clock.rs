@@ -24,3 +24,23 @@ pub use crate::rate_limit::{TokioClock, TokioInstant};
 pub fn now() -> Instant {
     Instant::now()
 }
+
+/// `d` in whole seconds, rounded **up** (400 ms → 1, 2 s → 2, 2.001 s → 3,
+/// 0 → 0): what `Retry-After` and the `RateLimit` fields advertise, so a client
+/// never comes back early.
+///
+/// ```
+/// use std::time::Duration;
+/// assert_eq!(seawall::clock::ceil_secs(Duration::from_millis(400)), 1);
+/// assert_eq!(seawall::clock::ceil_secs(Duration::from_millis(2001)), 3);
+/// assert_eq!(seawall::clock::ceil_secs(Duration::ZERO), 0);
+/// ```
+#[inline]
+pub fn ceil_secs(d: std::time::Duration) -> u64 {
+    let s = d.as_secs();
+    if d.subsec_nanos() > 0 {
+        s.saturating_add(1)
+    } else {
+        s
+    }
+}

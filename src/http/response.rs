@@ -71,13 +71,7 @@ pub const fn body_for(kind: RejectionKind) -> &'static str {
 /// Whole seconds to advertise for a wait: rounded **up**, and never 0 (a client
 /// told "0" retries at once, before the layer is ready to take the request).
 pub(crate) fn retry_after_secs(wait: Duration) -> u64 {
-    let secs = wait.as_secs();
-    let secs = if wait.subsec_nanos() > 0 {
-        secs.saturating_add(1)
-    } else {
-        secs
-    };
-    secs.max(1)
+    crate::clock::ceil_secs(wait).max(1)
 }
 
 /// A `Retry-After` header value (RFC 9110 `delay-seconds`) for a wait: whole

@@ -53,10 +53,5 @@ impl<Res> Decorate<Res> for NoHeaders {
 /// assert_eq!(retry_after_secs(Duration::ZERO), 0);
 /// ```
 pub fn retry_after_secs(wait: Duration) -> u64 {
-    let s = wait.as_secs();
-    if wait.subsec_nanos() > 0 {
-        s.saturating_add(1)
-    } else {
-        s
-    }
+    crate::clock::ceil_secs(wait)
 }
