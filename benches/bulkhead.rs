@@ -14,45 +14,18 @@
 //!   service built from one layer (so both hit the same permits), calling at
 //!   the same time; the time reported is wall time per call per thread.
 
-use std::future::Future;
-use std::hint::black_box;
-use std::pin::pin;
+#[path = "common/mod.rs"]
+mod common;
+
 use std::sync::Barrier;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Waker};
 use std::time::Duration;
 
+use common::{noop, one_call, runtime};
 use criterion::{Criterion, criterion_group, criterion_main};
-use tower::{Layer, Service, service_fn};
+use tower::Layer;
 
 const LIMIT: usize = 100;
-
-type Noop = tower::util::ServiceFn<fn(u64) -> std::future::Ready<Result<u64, std::io::Error>>>;
-
-fn noop() -> Noop {
-    service_fn((|x| std::future::ready(Ok(x))) as fn(u64) -> _)
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .expect("runtime")
-}
-
-#[inline]
-fn one_call<S: Service<u64>>(svc: &mut S, cx: &mut Context<'_>, x: u64) {
-    match svc.poll_ready(cx) {
-        Poll::Ready(Ok(())) => {}
-        _ => panic!("service with free permits not ready"),
-    }
-    let mut fut = pin!(svc.call(x));
-    match fut.as_mut().poll(cx) {
-        Poll::Ready(Ok(r)) => {
-            black_box(r);
-        }
-        _ => panic!("admitted call did not answer"),
-    }
-}
 
 #[derive(Clone, Copy)]
 enum Kind {
@@ -185,16 +158,9 @@ fn contended(c: &mut Criterion) {
     group.finish();
 }
 
-fn config() -> Criterion {
-    Criterion::default()
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(2))
-        .sample_size(30)
-}
-
 criterion_group! {
     name = benches;
-    config = config();
+    config = common::config();
     targets = current_thread, contended
 }
 criterion_main!(benches);

@@ -5,12 +5,16 @@
 //!
 //! Run: `cargo bench --bench circuit_breaker -- --noplot`
 
+#[path = "common/mod.rs"]
+mod common;
+
 use std::convert::Infallible;
 use std::future::{Ready, ready};
 use std::hint::black_box;
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
+use common::configure;
 use criterion::{Criterion, criterion_group, criterion_main};
 use failsafe::futures::CircuitBreaker as _;
 use seawall::circuit_breaker::{CircuitBreakerLayer, SlidingWindow};
@@ -85,17 +89,6 @@ async fn drive_failsafe(cb: &Failsafe, iters: u64) {
         let out = cb.call(ok(black_box(i))).await;
         black_box(out.is_ok());
     }
-}
-
-fn configure<'a>(
-    c: &'a mut Criterion,
-    name: &str,
-) -> criterion::BenchmarkGroup<'a, criterion::measurement::WallTime> {
-    let mut g = c.benchmark_group(name);
-    g.warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(2))
-        .sample_size(30);
-    g
 }
 
 type Group<'a> = criterion::BenchmarkGroup<'a, criterion::measurement::WallTime>;

@@ -4,6 +4,9 @@
 //! limiter. Quotas are huge so every call is admitted: this measures the
 //! admission path.
 
+#[path = "common/mod.rs"]
+mod common;
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::hint::black_box;
@@ -81,13 +84,6 @@ fn resilience() -> impl Service<u64, Response = u64> + Clone + Send {
 
 fn gov_quota() -> GovQuota {
     GovQuota::per_second(NonZeroU32::new(BIG).unwrap())
-}
-
-fn config() -> Criterion {
-    Criterion::default()
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(2))
-        .sample_size(30)
 }
 
 fn single_thread(c: &mut Criterion) {
@@ -240,7 +236,7 @@ fn two_threads(c: &mut Criterion) {
 
 criterion_group! {
     name = benches;
-    config = config();
+    config = common::config();
     targets = single_thread, two_threads
 }
 criterion_main!(benches);

@@ -5,6 +5,9 @@
 //!
 //! `cargo bench --bench shed -- --noplot`
 
+#[path = "common/mod.rs"]
+mod common;
+
 use std::convert::Infallible;
 use std::future::{Future, Ready, ready};
 use std::hint::black_box;
@@ -169,16 +172,9 @@ fn contended(c: &mut Criterion) {
     g.finish();
 }
 
-fn config() -> Criterion {
-    Criterion::default()
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(2))
-        .sample_size(30)
-}
-
 criterion_group! {
     name = benches;
-    config = config();
+    config = common::config();
     targets = single, contended
 }
 criterion_main!(benches);

@@ -18,10 +18,14 @@
 //!
 //! Run: `cargo bench --bench stack -- --noplot`
 
+#[path = "common/mod.rs"]
+mod common;
+
 use std::hint::black_box;
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
+use common::{configure, runtime};
 use criterion::{Criterion, criterion_group, criterion_main};
 use seawall::BoxError;
 use tower::{Layer, Service, ServiceBuilder, ServiceExt};
@@ -49,13 +53,6 @@ impl<E> tower::retry::Policy<u64, u64, E> for Trivial {
     fn clone_request(&mut self, req: &u64) -> Option<u64> {
         Some(*req)
     }
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .expect("runtime")
 }
 
 /// `iters` calls through `svc`, one at a time.
@@ -245,17 +242,6 @@ macro_rules! full_stacks {
             s1.layer(s2.layer(s3.layer(s4.layer(noop()))))
         });
     }};
-}
-
-fn configure<'a>(
-    c: &'a mut Criterion,
-    name: &str,
-) -> criterion::BenchmarkGroup<'a, criterion::measurement::WallTime> {
-    let mut g = c.benchmark_group(name);
-    g.warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(2))
-        .sample_size(30);
-    g
 }
 
 fn current_thread(c: &mut Criterion) {

@@ -10,13 +10,14 @@ use tonic::metadata::MetadataValue;
 use tonic::{Code, Status};
 
 use crate::error::{RejectionKind, rejection};
+use crate::http::{AnswerError, sealed};
 
 /// The metadata key of gRPC retry pushback (gRPC proposal A6): the number of
 /// milliseconds the client should wait before retrying.
 pub const PUSHBACK_HEADER: &str = "grpc-retry-pushback-ms";
 
 /// The message of the status for errors that are not seawall rejections.
-pub(crate) const INTERNAL_ERROR_MESSAGE: &str = "internal error";
+const INTERNAL_ERROR_MESSAGE: &str = "internal error";
 
 const GRPC_CONTENT_TYPE: HeaderValue = HeaderValue::from_static("application/grpc");
 
@@ -83,7 +84,7 @@ pub(crate) fn status_for_error(err: &(dyn Error + 'static)) -> Status {
 /// A trailers-only gRPC response carrying `status`: HTTP 200,
 /// `content-type: application/grpc`, `grpc-status`, `grpc-message`, the
 /// status metadata (pushback included) and an empty body.
-pub(crate) fn trailers_only<B: Default>(status: &Status) -> http::Response<B> {
+fn trailers_only<B: Default>(status: &Status) -> http::Response<B> {
     let mut res = http::Response::new(B::default());
     let headers = res.headers_mut();
     headers.insert(CONTENT_TYPE, GRPC_CONTENT_TYPE);
@@ -93,6 +94,33 @@ pub(crate) fn trailers_only<B: Default>(status: &Status) -> http::Response<B> {
         headers.insert(Status::GRPC_STATUS, HeaderValue::from(status.code() as i32));
     }
     res
+}
+
+/// Answers errors with trailers-only gRPC responses: HTTP 200, the mapped
+/// `grpc-status`, `grpc-message` and pushback for a seawall rejection, the
+/// status itself for a `tonic::Status` in the chain, `UNKNOWN` otherwise (see
+/// the [module docs](crate::grpc)). Works for any body type with a `Default`
+/// (the empty body).
+///
+/// A type-level marker (it has no values): the answer of
+/// [`GrpcRejectionLayer`](super::GrpcRejectionLayer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GrpcAnswer {}
+
+impl sealed::Sealed for GrpcAnswer {
+    const LAYER: &'static str = "GrpcRejectionLayer";
+    const SERVICE: &'static str = "GrpcRejection";
+}
+
+impl<B: Default> AnswerError<B> for GrpcAnswer {
+    #[inline]
+    fn answer(err: &(dyn Error + 'static)) -> http::Response<B> {
+        trailers_only(&status_for_error(err))
+    }
+
+    fn internal_error() -> http::Response<B> {
+        trailers_only(&Status::unknown(INTERNAL_ERROR_MESSAGE))
+    }
 }
 
 #[cfg(test)]

@@ -1,19 +1,22 @@
 use std::convert::Infallible;
 use std::fmt;
 use std::future::Future;
+use std::marker::PhantomData;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use pin_project_lite::pin_project;
 use tower::BoxError;
 
-use super::response::{INTERNAL_ERROR_BODY, response_for_error};
+use super::answer::AnswerError;
 
 pin_project! {
-    /// The response future of [`RejectionResponse`](super::RejectionResponse).
-    pub struct ResponseFuture<F, B> {
+    /// The response future of [`AnswerErrors`](super::AnswerErrors): the inner
+    /// service's response, or the answer `A` builds for its error.
+    pub struct AnswerErrorsFuture<F, B, A> {
         #[pin]
         kind: Kind<F, B>,
+        _answer: PhantomData<fn() -> A>,
     }
 }
 
@@ -25,23 +28,25 @@ pin_project! {
     }
 }
 
-impl<F, B> ResponseFuture<F, B> {
+impl<F, B, A> AnswerErrorsFuture<F, B, A> {
     pub(crate) fn new(future: F) -> Self {
-        ResponseFuture {
+        AnswerErrorsFuture {
             kind: Kind::Inner { future },
+            _answer: PhantomData,
         }
     }
 
     pub(crate) fn ready(response: http::Response<B>) -> Self {
-        ResponseFuture {
+        AnswerErrorsFuture {
             kind: Kind::Ready {
                 response: Some(response),
             },
+            _answer: PhantomData,
         }
     }
 }
 
-impl<F, B> fmt::Debug for ResponseFuture<F, B> {
+impl<F, B, A> fmt::Debug for AnswerErrorsFuture<F, B, A> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = match self.kind {
             Kind::Inner { .. } => "inner",
@@ -53,11 +58,11 @@ impl<F, B> fmt::Debug for ResponseFuture<F, B> {
     }
 }
 
-impl<F, B, E> Future for ResponseFuture<F, B>
+impl<F, B, E, A> Future for AnswerErrorsFuture<F, B, A>
 where
     F: Future<Output = Result<http::Response<B>, E>>,
     E: Into<BoxError>,
-    B: From<&'static str>,
+    A: AnswerError<B>,
 {
     type Output = Result<http::Response<B>, Infallible>;
 
@@ -67,16 +72,14 @@ where
                 Ok(res) => Poll::Ready(Ok(res)),
                 Err(err) => {
                     let err: BoxError = err.into();
-                    Poll::Ready(Ok(response_for_error(&*err)))
+                    Poll::Ready(Ok(A::answer(&*err)))
                 }
             },
-            KindProj::Ready { response } => Poll::Ready(Ok(response.take().unwrap_or_else(|| {
-                // Polled again after completion: answer a generic error
-                // rather than panic.
-                let mut res = http::Response::new(B::from(INTERNAL_ERROR_BODY));
-                *res.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
-                res
-            }))),
+            // Polled again after completion: answer a generic error rather
+            // than panic.
+            KindProj::Ready { response } => {
+                Poll::Ready(Ok(response.take().unwrap_or_else(A::internal_error)))
+            }
         }
     }
 }

@@ -1,44 +1,53 @@
+use std::fmt;
+use std::marker::PhantomData;
+
 use tower_layer::Layer;
 
-use super::service::RejectionResponse;
+use super::answer::sealed::Sealed;
+use super::service::AnswerErrors;
 
-/// Wraps a service so that its errors become HTTP responses: seawall
-/// rejections get their mapped status, `Retry-After` and short body, any other
-/// error a generic `500`. The wrapped service never fails (its error type is
-/// [`Infallible`](std::convert::Infallible)), which is what axum's
-/// `Router::layer` and `route_layer` ask for.
-///
-/// Put it **outside** the seawall layers it answers for. It holds no state;
-/// see the [module docs](crate::http) for the exact responses.
-///
-/// ```
-/// use seawall::http::RejectionResponseLayer;
-/// use tower::ServiceBuilder;
-///
-/// let stack = ServiceBuilder::new()
-///     .layer(RejectionResponseLayer::new())
-///     // .layer(breaker).layer(limiter) ...
-///     .service_fn(|_req: http::Request<String>| async {
-///         Ok::<_, seawall::BoxError>(http::Response::new(String::from("hello")))
-///     });
-/// # let _ = stack;
-/// ```
-#[derive(Debug, Clone, Copy, Default)]
-pub struct RejectionResponseLayer {
-    _priv: (),
+/// Wraps a service in [`AnswerErrors`]: its errors become `Ok` responses
+/// built by `A`. Use it through its aliases,
+/// [`RejectionResponseLayer`](super::RejectionResponseLayer) (plain-text HTTP
+/// answers) and, with feature `tonic`, `seawall::grpc::GrpcRejectionLayer`
+/// (trailers-only gRPC answers). It holds no state.
+pub struct AnswerErrorsLayer<A> {
+    _answer: PhantomData<fn() -> A>,
 }
 
-impl RejectionResponseLayer {
+impl<A> AnswerErrorsLayer<A> {
     /// Creates the layer.
     pub const fn new() -> Self {
-        RejectionResponseLayer { _priv: () }
+        AnswerErrorsLayer {
+            _answer: PhantomData,
+        }
     }
 }
 
-impl<S> Layer<S> for RejectionResponseLayer {
-    type Service = RejectionResponse<S>;
+impl<A> Default for AnswerErrorsLayer<A> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<A> Clone for AnswerErrorsLayer<A> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<A> Copy for AnswerErrorsLayer<A> {}
+
+impl<A: Sealed> fmt::Debug for AnswerErrorsLayer<A> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct(A::LAYER).field("_priv", &()).finish()
+    }
+}
+
+impl<S, A> Layer<S> for AnswerErrorsLayer<A> {
+    type Service = AnswerErrors<S, A>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        RejectionResponse::new(inner)
+        AnswerErrors::new(inner)
     }
 }

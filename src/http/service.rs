@@ -1,32 +1,39 @@
 use std::convert::Infallible;
 use std::fmt;
+use std::marker::PhantomData;
 use std::task::{Context, Poll};
 
 use tower::BoxError;
 use tower_service::Service;
 
-use super::future::ResponseFuture;
-use super::response::response_for_error;
+use super::answer::{AnswerError, sealed::Sealed};
+use super::future::AnswerErrorsFuture;
 
-/// The service built by [`RejectionResponseLayer`](super::RejectionResponseLayer):
-/// turns the inner service's `Err` into an `Ok` HTTP response.
+/// The service built by [`AnswerErrorsLayer`](super::AnswerErrorsLayer):
+/// turns the inner service's `Err` into an `Ok` HTTP response built by `A`
+/// ([`TextAnswer`](super::TextAnswer) for
+/// [`RejectionResponse`](super::RejectionResponse), `GrpcAnswer` for
+/// `seawall::grpc::GrpcRejection`). Its error type is
+/// [`Infallible`](std::convert::Infallible).
 ///
 /// **Readiness.** `poll_ready` passes the inner service's readiness through.
 /// If the inner service *fails* readiness, the error is kept and `poll_ready`
 /// reports ready; the next `call` answers that error as a response without
 /// calling the inner service, and the following `poll_ready` asks the inner
 /// service again.
-pub struct RejectionResponse<S> {
+pub struct AnswerErrors<S, A> {
     inner: S,
     ready_error: Option<BoxError>,
+    _answer: PhantomData<fn() -> A>,
 }
 
-impl<S> RejectionResponse<S> {
+impl<S, A> AnswerErrors<S, A> {
     /// Wraps `inner`.
     pub const fn new(inner: S) -> Self {
-        RejectionResponse {
+        AnswerErrors {
             inner,
             ready_error: None,
+            _answer: PhantomData,
         }
     }
 
@@ -46,31 +53,31 @@ impl<S> RejectionResponse<S> {
     }
 }
 
-impl<S: Clone> Clone for RejectionResponse<S> {
+impl<S: Clone, A> Clone for AnswerErrors<S, A> {
     fn clone(&self) -> Self {
         // A pending readiness error belongs to the clone that saw it.
-        RejectionResponse::new(self.inner.clone())
+        AnswerErrors::new(self.inner.clone())
     }
 }
 
-impl<S: fmt::Debug> fmt::Debug for RejectionResponse<S> {
+impl<S: fmt::Debug, A: Sealed> fmt::Debug for AnswerErrors<S, A> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RejectionResponse")
+        f.debug_struct(A::SERVICE)
             .field("inner", &self.inner)
             .field("ready_error", &self.ready_error.is_some())
             .finish()
     }
 }
 
-impl<S, Req, B> Service<Req> for RejectionResponse<S>
+impl<S, Req, B, A> Service<Req> for AnswerErrors<S, A>
 where
     S: Service<Req, Response = http::Response<B>>,
     S::Error: Into<BoxError>,
-    B: From<&'static str>,
+    A: AnswerError<B>,
 {
     type Response = http::Response<B>;
     type Error = Infallible;
-    type Future = ResponseFuture<S::Future, B>;
+    type Future = AnswerErrorsFuture<S::Future, B, A>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         if self.ready_error.is_some() {
@@ -88,8 +95,8 @@ where
 
     fn call(&mut self, req: Req) -> Self::Future {
         match self.ready_error.take() {
-            Some(err) => ResponseFuture::ready(response_for_error(&*err)),
-            None => ResponseFuture::new(self.inner.call(req)),
+            Some(err) => AnswerErrorsFuture::ready(A::answer(&*err)),
+            None => AnswerErrorsFuture::new(self.inner.call(req)),
         }
     }
 }
