@@ -6,15 +6,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use seawall::RejectionKind;
-use seawall::observe::{
-    Event, EventKind, GiveUpReason, LayerKind, Observer, Outcome, Recorder, State, TracingHook,
-};
+use seawall::observe::{Event, EventKind, LayerKind, Observer, Recorder, State, TracingHook};
 
 #[cfg(feature = "metrics")]
 mod metrics_facade {
     use super::*;
     use metrics_util::debugging::{DebugValue, DebuggingRecorder};
     use seawall::observe::MetricsHook;
+    use seawall::observe::{GiveUpReason, Outcome};
 
     /// (name, labels sorted, value) of one metric.
     type Metric = (String, Vec<(String, String)>, DebugValue);
