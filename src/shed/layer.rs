@@ -432,7 +432,10 @@ impl<C> ThrottleLayerBuilder<C> {
 
     /// What counts as an accept (default [`ErrorsAsFailures`]: every `Ok`).
     /// Any [`Classify`](crate::classify::Classify); a call classified
-    /// `Success` is an accept. A call dropped before it finished is not.
+    /// `Success` is an accept, one classified `Failure` a request without an
+    /// accept, and one classified `Ignored` is not counted at all (its request
+    /// is taken back out of the window). A call dropped before it finished is
+    /// a request without an accept.
     pub fn classifier<C2>(self, classifier: C2) -> ThrottleLayerBuilder<C2> {
         ThrottleLayerBuilder {
             window: self.window,
