@@ -1,6 +1,21 @@
-//! Outcome classification: deciding whether a finished call was a success or a
-//! failure, shared by the circuit breaker, the adaptive limit and the client
-//! throttle.
+//! Outcome classification: deciding whether a finished call was a success, a
+//! failure, or not to be counted at all, shared by the circuit breaker and the
+//! client throttle.
+//!
+//! A classifier answers one of three [`Outcome`]s:
+//!
+//! - [`Outcome::Success`]: the dependency answered well. The breaker counts a
+//!   call (not a failure); the throttle counts a request and an accept.
+//! - [`Outcome::Failure`]: the dependency failed. The breaker counts a failed
+//!   call; the throttle counts a request but no accept.
+//! - [`Outcome::Ignored`]: the call says nothing about the dependency's health
+//!   (a rejection by this process's own bulkhead below the breaker, a server
+//!   shedding load, a cancellation you do not want to count). It is not
+//!   counted: the breaker leaves it out of its window and out of a run of
+//!   consecutive failures, and a half-open probe that ends `Ignored` frees its
+//!   slot for another probe without counting toward the verdict; the throttle
+//!   counts neither a request nor an accept. Events still report the call,
+//!   with outcome `"ignored"`.
 //!
 //! Classification is separate from the layers that use it, so one classifier can
 //! serve several layers, and users can plug their own. The default,
@@ -25,11 +40,20 @@
 //!     _ => Outcome::Failure,
 //! };
 //! assert_eq!(by_code.classify(Ok(&503)), Outcome::Failure);
+//!
+//! // A 429 (the server shedding load) is neither: not counted.
+//! let shedding_ignored = |r: Result<&u16, &std::io::Error>| match r {
+//!     Ok(429) => Outcome::Ignored,
+//!     Ok(code) if *code < 500 => Outcome::Success,
+//!     _ => Outcome::Failure,
+//! };
+//! assert_eq!(shedding_ignored.classify(Ok(&429)), Outcome::Ignored);
 //! ```
 
 pub use crate::observe::Outcome;
 
-/// Decides whether a call's result is a success or a failure.
+/// Decides whether a call's result is a success, a failure, or not to be
+/// counted ([`Outcome::Ignored`]).
 pub trait Classify<Res, E>: Send + Sync + 'static {
     /// Classifies one result.
     fn classify(&self, result: Result<&Res, &E>) -> Outcome;

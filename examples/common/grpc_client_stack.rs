@@ -152,7 +152,7 @@ type Classifier = fn(Result<&http::Response<Body>, &BoxError>) -> Outcome;
 /// (trailers-only answers: UNAVAILABLE, DEADLINE_EXCEEDED, INTERNAL, UNKNOWN,
 /// RESOURCE_EXHAUSTED fail; NOT_FOUND and the like say nothing about the
 /// server's health), and for errors the stack's `DependencyFailures` (every
-/// error fails but this client's own full bulkhead).
+/// error fails but this client's own full bulkhead, which is not counted).
 fn dependency_failures(result: Result<&http::Response<Body>, &BoxError>) -> Outcome {
     match result {
         Ok(_) => GrpcStatusClassifier::new().classify(result),

@@ -109,8 +109,14 @@ where
                     let outcome = shared.classifier.classify(result.as_ref());
                     let now = clock::now();
                     let latency = now.saturating_duration_since(guard.start);
-                    let slow = latency > core.config.slow_call_duration;
-                    core.on_complete(guard.permit, now, outcome == Outcome::Failure, slow);
+                    if outcome == Outcome::Ignored {
+                        // Not counted: recorded nowhere, and a probe's slot
+                        // is given back, exactly as if it had been dropped.
+                        core.on_cancel(guard.permit);
+                    } else {
+                        let slow = latency > core.config.slow_call_duration;
+                        core.on_complete(guard.permit, now, outcome == Outcome::Failure, slow);
+                    }
                     core.observer.emit(
                         LayerKind::CircuitBreaker,
                         core.name.as_str(),

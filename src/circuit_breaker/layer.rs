@@ -286,7 +286,9 @@ impl<C> CircuitBreakerBuilder<C> {
         self
     }
 
-    /// How results are classified as successes and failures. Default:
+    /// How results are classified as successes, failures, or not counted
+    /// ([`Outcome::Ignored`](crate::classify::Outcome::Ignored): left out of
+    /// the window; a half-open probe frees its slot). Default:
     /// [`ErrorsAsFailures`] (every `Err`, including a seawall rejection from a
     /// layer below such as an attempt timeout, is a failure).
     pub fn classifier<C2>(self, classifier: C2) -> CircuitBreakerBuilder<C2> {

@@ -295,8 +295,9 @@ impl Core {
         }
     }
 
-    /// A call admitted with `permit` was dropped before it finished: a probe
-    /// gives its slot back; other calls record nothing.
+    /// A call admitted with `permit` was dropped before it finished, or
+    /// finished with an outcome that is not counted: a probe gives its slot
+    /// back; other calls record nothing.
     pub(crate) fn on_cancel(&self, permit: Permit) {
         if permit.kind != PermitKind::Probe {
             return;

@@ -57,20 +57,36 @@ pub enum Outcome {
     Success,
     /// The call failed.
     Failure,
+    /// The call is not counted: neither success nor failure. It says nothing
+    /// about the dependency's health (for example a rejection by a layer of
+    /// this process, or a server shedding load), so layers that judge health
+    /// by outcomes leave it out.
+    Ignored,
 }
 
 impl Outcome {
-    /// `"success"` or `"failure"`.
+    /// `"success"`, `"failure"` or `"ignored"`.
     pub const fn as_str(self) -> &'static str {
         match self {
             Outcome::Success => "success",
             Outcome::Failure => "failure",
+            Outcome::Ignored => "ignored",
         }
     }
 
-    /// `true` for [`Outcome::Success`].
+    /// `true` for [`Outcome::Success`] only.
     pub const fn is_success(self) -> bool {
         matches!(self, Outcome::Success)
+    }
+
+    /// `true` for [`Outcome::Failure`] only.
+    pub const fn is_failure(self) -> bool {
+        matches!(self, Outcome::Failure)
+    }
+
+    /// `true` for [`Outcome::Ignored`].
+    pub const fn is_ignored(self) -> bool {
+        matches!(self, Outcome::Ignored)
     }
 }
 

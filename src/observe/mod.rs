@@ -35,7 +35,8 @@
 //! [`MetricsHook`] reports through the [`metrics`](https://docs.rs/metrics) facade.
 //! Names follow OpenTelemetry (dot-separated; Prometheus exporters turn dots into
 //! underscores). Labels are low-cardinality: `layer` (the [`LayerKind`] label),
-//! `name` (the instance name), and `outcome` / `reason` / `state` where stated.
+//! `name` (the instance name), and `outcome` (`success`, `failure` or
+//! `ignored`, see [`Outcome`]) / `reason` / `state` where stated.
 //!
 //! | metric | type | labels |
 //! |---|---|---|

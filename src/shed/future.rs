@@ -105,8 +105,10 @@ where
 pin_project! {
     /// The response future of [`Throttle`](super::Throttle). When the call
     /// finishes, a result the classifier calls a success counts as an accept
-    /// (in the time bucket where the request was counted); a future dropped
-    /// before it finished does not.
+    /// (in the time bucket where the request was counted); a result it calls
+    /// ignored takes the request back out of that bucket (counted as neither
+    /// request nor accept); a future dropped before it finished counts as a
+    /// request without an accept.
     pub struct ThrottleFuture<F, C> {
         #[pin]
         state: ThrottleState<F, C>,
@@ -184,10 +186,14 @@ where
             } => {
                 let result = ready!(future.poll(cx));
                 let outcome = classifier.classify(result.as_ref());
-                if outcome.is_success() {
+                match outcome {
                     // Counted in the bucket of its request, so both leave the
                     // window together (and no clock read is needed).
-                    shared.lock().accept(*start);
+                    Outcome::Success => shared.lock().accept(*start),
+                    // Not counted: its request, counted at admission, is
+                    // taken back from the same bucket.
+                    Outcome::Ignored => shared.lock().forget(*start),
+                    Outcome::Failure => {}
                 }
                 if shared.observer.is_enabled() {
                     shared.observer.emit(

@@ -432,7 +432,15 @@ impl<C> ThrottleLayerBuilder<C> {
 
     /// What counts as an accept (default [`ErrorsAsFailures`]: every `Ok`).
     /// Any [`Classify`](crate::classify::Classify); a call classified
-    /// `Success` is an accept. A call dropped before it finished is not.
+    /// `Success` is an accept, one classified `Failure` a request without an
+    /// accept, and one classified `Ignored` is not counted at all (its request
+    /// is taken back out of the window). A call dropped before it finished is
+    /// a request without an accept.
+    ///
+    /// The backend's own overload rejections (`Overloaded`, HTTP 429, gRPC
+    /// `RESOURCE_EXHAUSTED`) are what the throttle exists to react to: classify
+    /// them `Failure` here, even where a circuit breaker's classifier ignores
+    /// them.
     pub fn classifier<C2>(self, classifier: C2) -> ThrottleLayerBuilder<C2> {
         ThrottleLayerBuilder {
             window: self.window,

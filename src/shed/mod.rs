@@ -98,7 +98,9 @@
 //! 120 one-second buckets, O(1) per call) it counts `requests` (every call
 //! the application made, throttled ones included) and `accepts` (calls the
 //! backend accepted, as the [`Classify`](crate::classify::Classify) you give
-//! it says; by default every `Ok`), and rejects a new call locally, with
+//! it says; by default every `Ok`; a call it classifies
+//! [`Ignored`](crate::classify::Outcome::Ignored) is counted as neither), and
+//! rejects a new call locally, with
 //! `Overloaded` (event detail `"throttled"`), with probability
 //!
 //! `min(0.9, max(0, (requests − K × accepts) / (requests + 1)))`, K = 2.
@@ -107,7 +109,7 @@
 //! calls reaching the backend so the throttle sees it recover. Random draws
 //! come from a small RNG; [`ThrottleLayerBuilder::seed`] makes them
 //! deterministic. The window sits behind a short `std::sync::Mutex`
-//! (taken once when a call starts, once when it is accepted; never across
+//! (taken once when a call starts, once when it is accepted or ignored; never across
 //! an `.await`).
 //!
 //! ```

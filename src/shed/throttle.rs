@@ -115,10 +115,9 @@ impl ThrottleWindow {
         !(p > 0.0 && self.rng.random::<f64>() < p)
     }
 
-    /// Counts an accepted request that was admitted at `admitted_at`: in that
-    /// request's bucket if it is still in the window, else not at all (its
-    /// request has left the window too).
-    pub(crate) fn accept(&mut self, admitted_at: Instant) {
+    /// The ring slot of the bucket a request admitted at `admitted_at` was
+    /// counted in, if that bucket is still in the window.
+    fn slot_of(&self, admitted_at: Instant) -> Option<usize> {
         let idx = u64::try_from(admitted_at.saturating_duration_since(self.epoch).as_nanos())
             .unwrap_or(u64::MAX)
             / self.bucket_ns;
@@ -126,11 +125,33 @@ impl ThrottleWindow {
         if idx > self.head || self.head - idx >= n {
             // In the future (cannot happen: admission advanced the head) or
             // already out of the window.
-            return;
+            return None;
         }
-        let slot = (idx % n) as usize;
-        self.buckets[slot].accepts += 1;
-        self.accepts += 1;
+        Some((idx % n) as usize)
+    }
+
+    /// Counts an accepted request that was admitted at `admitted_at`: in that
+    /// request's bucket if it is still in the window, else not at all (its
+    /// request has left the window too).
+    pub(crate) fn accept(&mut self, admitted_at: Instant) {
+        if let Some(slot) = self.slot_of(admitted_at) {
+            self.buckets[slot].accepts += 1;
+            self.accepts += 1;
+        }
+    }
+
+    /// Takes back the request admitted at `admitted_at` (its call ended with
+    /// an outcome that is not counted): from that request's bucket if it is
+    /// still in the window, else nothing (it has left the window already).
+    /// The running totals stay the sum of the buckets.
+    pub(crate) fn forget(&mut self, admitted_at: Instant) {
+        if let Some(slot) = self.slot_of(admitted_at) {
+            let bucket = &mut self.buckets[slot];
+            if bucket.requests > 0 {
+                bucket.requests -= 1;
+                self.requests -= 1;
+            }
+        }
     }
 
     pub(crate) fn totals(&self) -> (u64, u64) {
@@ -211,6 +232,29 @@ mod tests {
         assert_eq!(t.totals(), (0, 0));
         // An answer to a request that already left the window is not counted.
         t.accept(t0);
+        assert_eq!(t.totals(), (0, 0));
+    }
+
+    #[test]
+    fn forgotten_requests_leave_their_bucket() {
+        let mut t = w();
+        let t0 = t.epoch;
+        assert!(t.admit(t0));
+        t.accept(t0);
+        assert!(t.admit(t0));
+        // The window moves on 30 s before the second call ends, not counted.
+        assert!(t.admit(t0 + Duration::from_secs(30)));
+        t.forget(t0);
+        assert_eq!(t.totals(), (2, 1));
+        // The first bucket leaves with 1 request and 1 accept: no underflow.
+        t.probability_at(t0 + Duration::from_secs(120));
+        assert_eq!(t.totals(), (1, 0));
+        // A request that already left the window is not taken back twice.
+        t.forget(t0);
+        assert_eq!(t.totals(), (1, 0));
+        t.forget(t0 + Duration::from_secs(30));
+        assert_eq!(t.totals(), (0, 0));
+        t.forget(t0 + Duration::from_secs(30));
         assert_eq!(t.totals(), (0, 0));
     }
 

@@ -5,14 +5,16 @@ use crate::error::{BoxError, RejectionKind, rejection};
 use crate::observe::Outcome;
 
 /// The circuit breaker classifier of the [`ClientStack`](super::ClientStack):
-/// every `Err` is a failure of the dependency **except** a
-/// [`BulkheadFull`](crate::error::BulkheadFull) rejection, and every `Ok` is a
-/// success.
+/// every `Ok` is a success, every `Err` a failure of the dependency **except**
+/// a [`BulkheadFull`](crate::error::BulkheadFull) rejection, which is
+/// [`Outcome::Ignored`]: not counted at all.
 ///
 /// In the client stack the bulkhead sits *below* the breaker. A full
-/// bulkhead is this process running out of its own slots, not the dependency
-/// failing: counted as a failure, a burst of local traffic would open the
-/// breaker on a healthy dependency. An
+/// bulkhead is this process running out of its own slots and says nothing
+/// about the dependency: counted as a failure, a burst of local traffic would
+/// open the breaker on a healthy dependency; counted as a success, it would
+/// dilute the failure rate of a dependency that is failing. So the breaker
+/// leaves it out of its window. An
 /// [`AttemptTimeout`](crate::error::AttemptTimeout) (the dependency was too
 /// slow) is a failure.
 ///
@@ -25,7 +27,7 @@ use crate::observe::Outcome;
 ///
 /// let full: BoxError = BulkheadFull::new("payments.bulkhead", None).into();
 /// let slow: BoxError = AttemptTimeout::new("payments.attempt").into();
-/// assert_eq!(DependencyFailures.classify(Err::<&(), _>(&full)), Outcome::Success);
+/// assert_eq!(DependencyFailures.classify(Err::<&(), _>(&full)), Outcome::Ignored);
 /// assert_eq!(DependencyFailures.classify(Err::<&(), _>(&slow)), Outcome::Failure);
 /// assert_eq!(DependencyFailures.classify(Ok::<_, &BoxError>(&())), Outcome::Success);
 /// ```
@@ -38,7 +40,7 @@ impl<Res> Classify<Res, BoxError> for DependencyFailures {
         match result {
             Ok(_) => Outcome::Success,
             Err(e) => match rejection(&**e) {
-                Some(r) if r.kind() == RejectionKind::BulkheadFull => Outcome::Success,
+                Some(r) if r.kind() == RejectionKind::BulkheadFull => Outcome::Ignored,
                 _ => Outcome::Failure,
             },
         }

@@ -185,7 +185,7 @@ impl ClientStack {
 ///
 /// - instance names derived from the stack name (`"{name}.retry"`, …);
 /// - the breaker classifier [`DependencyFailures`] (a full bulkhead below the
-///   breaker is not a failure of the dependency);
+///   breaker says nothing about the dependency: not counted);
 /// - the breaker's slow-call duration: 80 % of the attempt timeout unless
 ///   set with [`slow_call_duration`](Self::slow_call_duration) (the breaker's
 ///   own default, 60 s, is above any sensible attempt timeout and could never

@@ -70,7 +70,8 @@
 //! - **Breaker above the bulkhead**, so an open breaker fails fast without
 //!   taking a slot or a queue place. A full bulkhead is this process's own
 //!   limit, not the dependency failing: the stack's breaker classifier,
-//!   [`DependencyFailures`], does not count it as a failure.
+//!   [`DependencyFailures`], does not count it at all (neither a failure nor
+//!   a success diluting the failure rate).
 //! - **Bulkhead above the attempt timeout**, so a slot is held only while an
 //!   attempt runs (released during backoff), and time waiting for a slot is
 //!   not charged to the attempt's own timer (the total deadline still bounds

@@ -608,6 +608,217 @@ async fn a_custom_classifier_decides_what_fails() {
     assert_eq!(handle.state(), State::Open, "2 of the last 3 are 5xx");
 }
 
+/// Status codes: 429 (the server shedding load) is not counted, 5xx fail,
+/// the rest succeed.
+fn shedding_ignored(r: Result<&u16, &BoxError>) -> Outcome {
+    match r {
+        Ok(429) => Outcome::Ignored,
+        Ok(code) if *code < 500 => Outcome::Success,
+        _ => Outcome::Failure,
+    }
+}
+
+/// A service answering `code` after `delay`, counting its calls.
+fn status_backend(
+    calls: Arc<AtomicUsize>,
+) -> impl Service<(u16, Duration), Response = u16, Error = BoxError> + Clone {
+    service_fn(move |(code, delay): (u16, Duration)| {
+        calls.fetch_add(1, Ordering::SeqCst);
+        async move {
+            if !delay.is_zero() {
+                sleep(delay).await;
+            }
+            Ok::<u16, BoxError>(code)
+        }
+    })
+}
+
+fn finished(rec: &Recorder, outcome: Outcome) -> usize {
+    rec.count(|e| matches!(e.kind, EventKind::CallFinished { outcome: o, .. } if o == outcome))
+}
+
+#[tokio::test(start_paused = true)]
+async fn ignored_calls_are_not_counted() {
+    let rec = Recorder::new();
+    let layer = CircuitBreakerLayer::builder()
+        .window(SlidingWindow::count(10))
+        .minimum_calls(10)
+        .failure_rate_threshold(0.5)
+        .slow_call_duration(Duration::from_secs(1))
+        .slow_call_rate_threshold(0.5)
+        .observer(Observer::new(rec.clone()))
+        .classifier(shedding_ignored)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let mut svc = layer.layer(status_backend(calls.clone()));
+    let empty = WindowSnapshot {
+        calls: 0,
+        failures: 0,
+        slow_calls: 0,
+    };
+    // 100 ignored calls, half of them slow: nothing recorded.
+    for i in 0..100u64 {
+        let delay = Duration::from_secs(2 * (i % 2));
+        let code = svc.ready().await.unwrap().call((429, delay)).await.unwrap();
+        assert_eq!(code, 429);
+    }
+    assert_eq!(handle.metrics(), empty);
+    assert_eq!(handle.state(), State::Closed);
+    // 5 failures then 5 successes, each followed by 10 ignored calls: the
+    // window sees only the 10 counted calls.
+    for i in 1..=10u64 {
+        let code = if i <= 5 { 503 } else { 200 };
+        let _ = svc
+            .ready()
+            .await
+            .unwrap()
+            .call((code, Duration::ZERO))
+            .await;
+        assert_eq!(handle.metrics().calls, i);
+        assert_eq!(handle.metrics().failures, i.min(5));
+        if i < 10 {
+            assert_eq!(handle.state(), State::Closed, "after {i} counted calls");
+            for _ in 0..10 {
+                let _ = svc
+                    .ready()
+                    .await
+                    .unwrap()
+                    .call((429, Duration::from_secs(2)))
+                    .await;
+            }
+            assert_eq!(handle.metrics().calls, i);
+        }
+    }
+    // The 10th counted call: 5 of 10 failed, 50 %: open.
+    assert_eq!(handle.state(), State::Open);
+    assert_eq!(
+        handle.metrics(),
+        WindowSnapshot {
+            calls: 10,
+            failures: 5,
+            slow_calls: 0
+        }
+    );
+    assert_eq!(handle.failure_rate(), Some(0.5));
+    assert_eq!(handle.slow_call_rate(), Some(0.0));
+    assert_eq!(calls.load(Ordering::SeqCst), 100 + 10 + 9 * 10);
+    // Events still report every call, the ignored ones as such.
+    assert_eq!(finished(&rec, Outcome::Ignored), 190);
+    assert_eq!(finished(&rec, Outcome::Failure), 5);
+    assert_eq!(finished(&rec, Outcome::Success), 5);
+}
+
+#[tokio::test(start_paused = true)]
+async fn ignored_calls_neither_extend_nor_break_a_failure_run() {
+    let layer = CircuitBreakerLayer::builder()
+        .consecutive_failures_only(3)
+        .classifier(shedding_ignored)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let mut svc = layer.layer(status_backend(Arc::new(AtomicUsize::new(0))));
+    let mut send = async |code: u16| {
+        let _ = svc
+            .ready()
+            .await
+            .unwrap()
+            .call((code, Duration::ZERO))
+            .await;
+    };
+    // Two failures, then 50 ignored calls: the run is neither extended to 3
+    // nor broken.
+    send(503).await;
+    send(503).await;
+    for _ in 0..50 {
+        send(429).await;
+    }
+    assert_eq!(handle.state(), State::Closed);
+    assert_eq!(handle.metrics().calls, 2);
+    // The third failure is the third in a row.
+    send(503).await;
+    assert_eq!(handle.state(), State::Open);
+    assert_eq!(
+        handle.metrics(),
+        WindowSnapshot {
+            calls: 3,
+            failures: 3,
+            slow_calls: 0
+        }
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_ignored_probe_frees_its_slot_without_counting() {
+    let rec = Recorder::new();
+    let layer = CircuitBreakerLayer::builder()
+        .window(SlidingWindow::count(1))
+        .minimum_calls(1)
+        .permitted_calls_in_half_open(2)
+        .open_duration(Duration::from_secs(10))
+        .observer(Observer::new(rec.clone()))
+        .classifier(shedding_ignored)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let mut svc = layer.layer(status_backend(calls.clone()));
+    let _ = svc.ready().await.unwrap().call((503, Duration::ZERO)).await;
+    assert_eq!(handle.state(), State::Open);
+    advance(Duration::from_secs(10)).await;
+
+    // Two probes take both slots: one the server sheds, one succeeds later.
+    let shed = svc
+        .ready()
+        .await
+        .unwrap()
+        .call((429, Duration::from_secs(1)));
+    let ok = svc
+        .ready()
+        .await
+        .unwrap()
+        .call((200, Duration::from_secs(5)));
+    assert_eq!(handle.state(), State::HalfOpen);
+    let full = svc.ready().await.unwrap().call((200, Duration::ZERO)).await;
+    assert_eq!(retry_after(full.map(|_| "")), None, "both slots taken");
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+
+    // The shed probe ends Ignored: its slot is free, and it is no verdict
+    // (counted as a success, it and the later 200 would close the breaker).
+    assert_eq!(shed.await.unwrap(), 429);
+    assert_eq!(handle.state(), State::HalfOpen);
+    let _ = svc.ready().await.unwrap().call((503, Duration::ZERO)).await;
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        4,
+        "the freed slot admitted a probe"
+    );
+    assert_eq!(
+        handle.state(),
+        State::HalfOpen,
+        "1 of 2 counted probes done"
+    );
+    assert_eq!(ok.await.unwrap(), 200);
+    // Verdict on the 2 counted probes: 1 of 2 failed, 50 %: open again, 20 s.
+    assert_eq!(handle.state(), State::Open);
+    assert_eq!(handle.retry_after(), Some(Duration::from_secs(20)));
+    assert_eq!(
+        rec.events().into_iter().find_map(|e| match e.kind {
+            EventKind::StateChanged {
+                from: State::HalfOpen,
+                failure_rate,
+                ..
+            } => Some(failure_rate),
+            _ => None,
+        }),
+        Some(Some(0.5))
+    );
+    assert_eq!(finished(&rec, Outcome::Ignored), 1);
+    assert_eq!(finished(&rec, Outcome::Failure), 2);
+    assert_eq!(finished(&rec, Outcome::Success), 1);
+}
+
 #[tokio::test(start_paused = true)]
 async fn clones_and_services_of_one_layer_share_one_breaker() {
     let layer = CircuitBreakerLayer::builder()

@@ -867,3 +867,83 @@ async fn throttle_accepts_follow_the_classifier() {
     assert_eq!((requests, accepts), (100, 0));
     assert_eq!(layer.rejection_probability(), 0.9);
 }
+
+#[tokio::test(start_paused = true)]
+async fn throttle_does_not_count_ignored_calls() {
+    use seawall::observe::Outcome;
+    // 200 is an accept, 503 a failure, 429 (the server shedding load) is not
+    // counted at all.
+    let rec = Recorder::new();
+    let layer = ThrottleLayer::builder()
+        .seed(5)
+        .observer(Observer::new(rec.clone()))
+        .classifier(|r: Result<&u16, &Infallible>| match r {
+            Ok(429) => Outcome::Ignored,
+            Ok(code) if *code < 500 => Outcome::Success,
+            _ => Outcome::Failure,
+        })
+        .build()
+        .unwrap();
+    let reached = Arc::new(AtomicU64::new(0));
+    let backend = {
+        let reached = reached.clone();
+        service_fn(move |code: u16| {
+            reached.fetch_add(1, Ordering::Relaxed);
+            async move { Ok::<u16, Infallible>(code) }
+        })
+    };
+    let mut client = layer.layer(backend);
+    let finished = |outcome: Outcome| {
+        rec.count(|e| matches!(e.kind, EventKind::CallFinished { outcome: o, .. } if o == outcome))
+    };
+
+    for _ in 0..10 {
+        assert_eq!(client.ready().await.unwrap().call(200).await.unwrap(), 200);
+    }
+    assert_eq!(layer.totals(), (10, 10));
+    // 1000 ignored calls, 10 ms apart (10 s, inside the window): all sent,
+    // none counted.
+    for _ in 0..1000 {
+        assert_eq!(client.ready().await.unwrap().call(429).await.unwrap(), 429);
+        sleep(ms(10)).await;
+    }
+    assert_eq!(layer.totals(), (10, 10));
+    assert_eq!(layer.rejection_probability(), 0.0);
+    assert_eq!(reached.load(Ordering::Relaxed), 1010);
+
+    // 30 failures: 40 requests, 10 accepts, p = (40 − 20) / 41.
+    for _ in 0..30 {
+        let _ = client.ready().await.unwrap().call(503).await;
+    }
+    assert_eq!(layer.totals(), (40, 10));
+    assert_eq!(layer.rejection_probability(), 20.0 / 41.0);
+    let sent_before = reached.load(Ordering::Relaxed);
+
+    // 200 more ignored calls while throttling: a call throttled locally is a
+    // request (it never got an answer to classify); one that was sent and
+    // came back 429 is taken back out.
+    let mut throttled = 0u64;
+    for _ in 0..200 {
+        match client.ready().await.unwrap().call(429).await {
+            Ok(code) => assert_eq!(code, 429),
+            Err(e) => {
+                assert_eq!(
+                    rejection_of(&e).map(|r| r.kind()),
+                    Some(RejectionKind::Overloaded)
+                );
+                throttled += 1;
+            }
+        }
+    }
+    let sent = reached.load(Ordering::Relaxed) - sent_before;
+    assert_eq!(sent + throttled, 200);
+    assert!(
+        throttled > 0 && sent > 0,
+        "throttled {throttled}, sent {sent}"
+    );
+    assert_eq!(layer.totals(), (40 + throttled, 10));
+    assert_eq!(finished(Outcome::Ignored), 1000 + sent as usize);
+    // (some of the 30 failing calls were throttled: no answer, no event)
+    assert_eq!(finished(Outcome::Failure), sent_before as usize - 1010);
+    assert_eq!(finished(Outcome::Success), 10);
+}

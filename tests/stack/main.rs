@@ -16,8 +16,9 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use seawall::BoxError;
+use seawall::circuit_breaker::WindowSnapshot;
 use seawall::error::{RejectionKind, rejection_of};
-use seawall::observe::{EventKind, Observer, Recorder, State};
+use seawall::observe::{EventKind, LayerKind, Observer, Outcome, Recorder, State};
 use seawall::retry::Jitter;
 use seawall::stack::{ClientStack, ServerStack};
 use tokio::time::Instant;
@@ -381,7 +382,9 @@ async fn total_deadline_bounds_elapsed_time_exactly() {
 
 #[tokio::test(start_paused = true)]
 async fn full_bulkhead_is_not_a_dependency_failure() {
+    let recorder = Recorder::new();
     let stack = ClientStack::builder("db")
+        .observer(Observer::new(recorder.clone()))
         .total_budget(ms(1000))
         .attempt_timeout(ms(300))
         .retry(|r| r.max_attempts(1))
@@ -401,7 +404,25 @@ async fn full_bulkhead_is_not_a_dependency_failure() {
     assert_eq!(kind(&b.unwrap_err()), RejectionKind::BulkheadFull);
     // With one failure in a row opening it, the breaker is still closed.
     assert_eq!(handle.state(), State::Closed);
-    assert_eq!(handle.metrics().failures, 0);
+    // The BulkheadFull outcome is not counted at all (it used to count as a
+    // success): the window holds only the call that reached the dependency.
+    assert_eq!(
+        handle.metrics(),
+        WindowSnapshot {
+            calls: 1,
+            failures: 0,
+            slow_calls: 0
+        }
+    );
+    let breaker_finished = |outcome: Outcome| {
+        recorder.count(|e| {
+            e.layer == LayerKind::CircuitBreaker
+                && matches!(e.kind, EventKind::CallFinished { outcome: o, .. } if o == outcome)
+        })
+    };
+    assert_eq!(breaker_finished(Outcome::Success), 1);
+    assert_eq!(breaker_finished(Outcome::Ignored), 1);
+    assert_eq!(breaker_finished(Outcome::Failure), 0);
 }
 
 // ---------------------------------------------------------------- server behaviour
