@@ -1,54 +1,67 @@
-//! Outcome classification: deciding whether a finished call was a success, a
-//! failure, or not to be counted at all, shared by the circuit breaker and the
-//! client throttle.
+//! Outcome classification: where a finished call's result came from, and
+//! what it says about the dependency.
 //!
-//! A classifier answers one of three [`Outcome`]s:
+//! Every result a layer sees is one of five [`Outcome`]s:
 //!
-//! - [`Outcome::Success`]: the dependency answered well. The breaker counts a
-//!   call (not a failure); the throttle counts a request and an accept.
-//! - [`Outcome::Failure`]: the dependency failed. The breaker counts a failed
-//!   call; the throttle counts a request but no accept.
-//! - [`Outcome::Ignored`]: the call says nothing about the dependency's health
-//!   (a rejection by this process's own bulkhead below the breaker, a server
-//!   shedding load, a cancellation you do not want to count). It is not
-//!   counted: the breaker leaves it out of its window and out of a run of
-//!   consecutive failures, and a half-open probe that ends `Ignored` frees its
-//!   slot for another probe without counting toward the verdict; the throttle
-//!   counts neither a request nor an accept. Events still report the call,
-//!   with outcome `"ignored"`.
+//! - [`Outcome::Success`]: the dependency answered well.
+//! - [`Outcome::Failure`], a **remote failure**: the dependency is broken (a
+//!   5xx, a connection error, an attempt timeout, gRPC `INTERNAL`).
+//! - [`Outcome::Overloaded`], a **remote overload**: the dependency answered
+//!   "busy" (HTTP 503 or 429, gRPC `RESOURCE_EXHAUSTED`, `UNAVAILABLE` with
+//!   pushback, a seawall server's `Overloaded`).
+//! - [`Outcome::Refused`], a **local refusal**: this process said no before
+//!   the dependency saw the call (its own bulkhead, rate limit, open breaker,
+//!   spent retry budget, client throttle, a deadline gone before sending).
+//! - [`Outcome::Ignored`]: the caller's own mistake (most 4xx) or a call not
+//!   to count.
 //!
-//! Classification is separate from the layers that use it, so one classifier can
-//! serve several layers, and users can plug their own. The default,
-//! [`ErrorsAsFailures`], counts every `Err` (including seawall rejections from
-//! layers *below*, such as an attempt timeout) as a failure and every `Ok` as a
-//! success. With feature `http` the [`http`](crate::http) module adds a status
-//! code classifier (5xx and 408 fail, 4xx do not); with feature `tonic` the
-//! [`grpc`](crate::grpc) module adds a gRPC status classifier.
+//! A circuit breaker opens on *broken*, never on *us*, and by default not on
+//! *busy* either ([`count_overload`](crate::circuit_breaker::CircuitBreakerBuilder::count_overload)):
+//! busy is for the retry budget, the client throttle and the adaptive limit.
+//!
+//! # The rule no classifier can break
+//!
+//! A local refusal is recognised by the model itself, before any classifier
+//! runs ([`judge`]): an error holding a seawall rejection whose
+//! [`is_local`](crate::error::Rejection::is_local) is true is
+//! [`Outcome::Refused`], whatever the classifier would say. So a classifier a
+//! user writes — even `|_| Outcome::Failure` — can never open a breaker on
+//! this process's own full bulkhead.
+//!
+//! # Classifiers
+//!
+//! [`Classify`] is implemented by closures, by [`ErrorsAsFailures`] (the
+//! generic default: `Ok` is a success, an error a failure, a shedder's
+//! `Overloaded` an overload), and with the protocol features by
+//! [`HttpStatusClassifier`](crate::http::HttpStatusClassifier) (5xx fail,
+//! 503/429 busy, 4xx ignored) and
+//! [`GrpcStatusClassifier`](crate::grpc::GrpcStatusClassifier). The protocol
+//! classifiers compose: take one and change a single rule
+//! (`.overload_code(502)`, `.ignored_code(Code::NotFound)`).
 //!
 //! # Example
 //!
 //! ```
-//! use seawall::classify::{Classify, ErrorsAsFailures};
+//! use seawall::classify::{judge, Classify, ErrorsAsFailures};
+//! use seawall::error::{AttemptTimeout, BulkheadFull};
 //! use seawall::observe::Outcome;
+//! use seawall::BoxError;
 //!
-//! let ok: Result<&u16, &std::io::Error> = Ok(&200);
+//! let ok: Result<&u16, &BoxError> = Ok(&200);
 //! assert_eq!(ErrorsAsFailures.classify(ok), Outcome::Success);
 //!
-//! // Any closure works too: here responses above 499 are failures.
-//! let by_code = |r: Result<&u16, &std::io::Error>| match r {
-//!     Ok(code) if *code < 500 => Outcome::Success,
-//!     _ => Outcome::Failure,
-//! };
-//! assert_eq!(by_code.classify(Ok(&503)), Outcome::Failure);
-//!
-//! // A 429 (the server shedding load) is neither: not counted.
-//! let shedding_ignored = |r: Result<&u16, &std::io::Error>| match r {
-//!     Ok(429) => Outcome::Ignored,
-//!     Ok(code) if *code < 500 => Outcome::Success,
-//!     _ => Outcome::Failure,
-//! };
-//! assert_eq!(shedding_ignored.classify(Ok(&429)), Outcome::Ignored);
+//! // A classifier that calls everything a failure…
+//! let everything_fails = |_: Result<&u16, &BoxError>| Outcome::Failure;
+//! let slow: BoxError = AttemptTimeout::new("db.attempt").into();
+//! assert_eq!(judge(&everything_fails, Err::<&u16, _>(&slow)), Outcome::Failure);
+//! // …still cannot blame the dependency for this process's own full bulkhead.
+//! let full: BoxError = BulkheadFull::new("db.bulkhead", None).into();
+//! assert_eq!(judge(&everything_fails, Err::<&u16, _>(&full)), Outcome::Refused);
 //! ```
+
+use std::any::Any;
+
+use crate::error::{BoxError, RejectionKind, rejection};
 
 pub use crate::observe::Outcome;
 
@@ -59,17 +72,90 @@ pub trait Classify<Res, E>: Send + Sync + 'static {
     fn classify(&self, result: Result<&Res, &E>) -> Outcome;
 }
 
-/// The default classifier: `Ok` is a success, `Err` a failure.
+/// The generic classifier: `Ok` is a success; an `Err` is a failure, except
+/// a seawall [`Overloaded`](crate::error::Overloaded) from a load shedder (an
+/// overload) and a local refusal (refused; see [`judge`]).
+///
+/// It cannot know more: an `Ok` holding an HTTP 500 or a gRPC error status is
+/// a success to it. For HTTP and gRPC use the protocol classifiers (the
+/// protocol presets of the stacks do).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ErrorsAsFailures;
 
-impl<Res, E> Classify<Res, E> for ErrorsAsFailures {
+impl<Res, E: 'static> Classify<Res, E> for ErrorsAsFailures {
     #[inline]
     fn classify(&self, result: Result<&Res, &E>) -> Outcome {
         match result {
             Ok(_) => Outcome::Success,
-            Err(_) => Outcome::Failure,
+            Err(e) => error_origin(e).unwrap_or(Outcome::Failure),
         }
+    }
+}
+
+/// The origin the model gives an error by itself: [`Outcome::Refused`] for a
+/// local refusal, [`Outcome::Overloaded`] for a load shedder's
+/// [`Overloaded`](crate::error::Overloaded), `None` for anything else (the
+/// classifier decides).
+///
+/// The error is recognised when it is a [`BoxError`] holding a seawall
+/// rejection (anywhere in its `source()` chain) or a seawall marker type
+/// itself.
+pub fn error_origin<E: 'static>(err: &E) -> Option<Outcome> {
+    let any = err as &dyn Any;
+    let view = if let Some(boxed) = any.downcast_ref::<BoxError>() {
+        rejection(&**boxed)
+    } else {
+        marker_view(any)
+    }?;
+    if view.is_local() {
+        Some(Outcome::Refused)
+    } else if view.kind() == RejectionKind::Overloaded {
+        Some(Outcome::Overloaded)
+    } else {
+        None
+    }
+}
+
+fn marker_view(any: &dyn Any) -> Option<crate::error::Rejection<'_>> {
+    use crate::error::*;
+    macro_rules! try_marker {
+        ($($ty:ty),*) => {$(
+            if let Some(m) = any.downcast_ref::<$ty>() {
+                return Some(Reject::rejection(m));
+            }
+        )*};
+    }
+    try_marker!(
+        DeadlineExceeded,
+        AttemptTimeout,
+        CircuitOpen,
+        BulkheadFull,
+        Overloaded,
+        RateLimited,
+        RetryBudgetExhausted
+    );
+    None
+}
+
+/// Whether `err` is a local refusal (see [`Rejection::is_local`](crate::error::Rejection::is_local)).
+#[inline]
+pub fn is_local_refusal<E: 'static>(err: &E) -> bool {
+    error_origin(err) == Some(Outcome::Refused)
+}
+
+/// Classifies a result under the model's rule: a local refusal is
+/// [`Outcome::Refused`] whatever `classifier` says; everything else is the
+/// classifier's verdict. Every seawall layer that counts outcomes (the
+/// circuit breaker, the client throttle) classifies through this.
+#[inline]
+pub fn judge<C, Res, E>(classifier: &C, result: Result<&Res, &E>) -> Outcome
+where
+    C: Classify<Res, E> + ?Sized,
+    E: 'static,
+{
+    match result {
+        Err(e) if is_local_refusal(e) => Outcome::Refused,
+        r => classifier.classify(r),
     }
 }
 

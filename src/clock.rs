@@ -44,3 +44,19 @@ pub fn ceil_secs(d: std::time::Duration) -> u64 {
         s
     }
 }
+
+/// The smallest hint a shedder or a bulkhead gives with its refusal.
+pub(crate) const MIN_HINT: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// `base` stretched by a random factor in `[1, 1.5)`: the `retry_after` of a
+/// refusal, so that clients told to wait do not all come back at the same
+/// instant. Never shorter than `base`.
+pub(crate) fn jittered(base: std::time::Duration) -> std::time::Duration {
+    use rand::{Rng, SeedableRng, rngs::SmallRng};
+    use std::cell::RefCell;
+    thread_local! {
+        static RNG: RefCell<SmallRng> = RefCell::new(SmallRng::from_os_rng());
+    }
+    let factor: f64 = RNG.with(|r| r.borrow_mut().random_range(1.0..1.5));
+    base.mul_f64(factor)
+}

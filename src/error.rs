@@ -127,6 +127,18 @@ impl RejectionKind {
         }
     }
 
+    /// Whether a rejection of this kind is a local refusal unless its
+    /// constructor says otherwise (see [`Rejection::is_local`]).
+    const fn local_by_default(self) -> bool {
+        matches!(
+            self,
+            RejectionKind::CircuitOpen
+                | RejectionKind::BulkheadFull
+                | RejectionKind::RateLimited
+                | RejectionKind::RetryBudgetExhausted
+        )
+    }
+
     /// Every kind, in declaration order.
     pub const ALL: [RejectionKind; 7] = [
         RejectionKind::DeadlineExceeded,
@@ -152,6 +164,7 @@ pub struct Rejection<'a> {
     kind: RejectionKind,
     name: &'a str,
     retry_after: Option<Duration>,
+    local: bool,
 }
 
 impl<'a> Rejection<'a> {
@@ -172,6 +185,22 @@ impl<'a> Rejection<'a> {
     pub fn retry_after(&self) -> Option<Duration> {
         self.retry_after
     }
+
+    /// Whether this process refused the call before the dependency saw it
+    /// (a *local refusal*): a full bulkhead, a rate limit, an open breaker, a
+    /// spent retry budget, a client throttle, a deadline gone before sending.
+    /// Such a rejection says nothing about the dependency, and no layer
+    /// counts it against it, whatever classifier a user writes
+    /// ([`Outcome::Refused`](crate::observe::Outcome::Refused)).
+    ///
+    /// Not local: an [`AttemptTimeout`] (the dependency was too slow), a
+    /// [`DeadlineExceeded`] that fired while the call was under way, and an
+    /// [`Overloaded`] from a load shedder (the server protecting itself: a
+    /// remote overload when it comes back to a client).
+    #[inline]
+    pub fn is_local(&self) -> bool {
+        self.local
+    }
 }
 
 /// Implemented by every seawall rejection marker.
@@ -190,12 +219,13 @@ macro_rules! marker {
         pub struct $ty {
             name: Name,
             retry_after: Option<Duration>,
+            local: bool,
         }
 
         impl $ty {
             /// Creates the rejection for the layer instance `name`.
             pub fn new(name: impl Into<Name>, retry_after: Option<Duration>) -> Self {
-                $ty { name: name.into(), retry_after }
+                $ty { name: name.into(), retry_after, local: RejectionKind::$kind.local_by_default() }
             }
 
             /// The name of the layer instance that rejected the request.
@@ -219,12 +249,13 @@ macro_rules! marker {
         #[derive(Debug, Clone, PartialEq, Eq)]
         pub struct $ty {
             name: Name,
+            local: bool,
         }
 
         impl $ty {
             /// Creates the rejection for the layer instance `name`.
             pub fn new(name: impl Into<Name>) -> Self {
-                $ty { name: name.into() }
+                $ty { name: name.into(), local: RejectionKind::$kind.local_by_default() }
             }
 
             /// The name of the layer instance that rejected the request.
@@ -254,6 +285,7 @@ macro_rules! marker {
                     kind: RejectionKind::$kind,
                     name: self.name.as_str(),
                     retry_after: self.retry_after_opt(),
+                    local: self.local,
                 }
             }
         }
@@ -299,6 +331,31 @@ marker!(
     /// The retry budget was empty, so a failed request was not retried.
     RetryBudgetExhausted, RetryBudgetExhausted, "retry budget exhausted"
 );
+
+impl DeadlineExceeded {
+    /// The rejection of a request whose deadline had passed before it was
+    /// sent: a local refusal (see [`Rejection::is_local`]).
+    pub fn before_sending(name: impl Into<Name>) -> Self {
+        DeadlineExceeded {
+            name: name.into(),
+            local: true,
+        }
+    }
+}
+
+impl Overloaded {
+    /// The rejection of a client-side layer of this process (a client
+    /// throttle) that refused the call before sending it: a local refusal
+    /// (see [`Rejection::is_local`]). [`Overloaded::new`] is a load
+    /// shedder's answer, a remote overload to whoever called it.
+    pub fn local(name: impl Into<Name>, retry_after: Option<Duration>) -> Self {
+        Overloaded {
+            name: name.into(),
+            retry_after,
+            local: true,
+        }
+    }
+}
 
 trait RetryAfterOpt {
     fn retry_after_opt(&self) -> Option<Duration>;

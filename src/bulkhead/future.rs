@@ -8,22 +8,46 @@ use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 
 use super::queue::{Engine, GiveUp, Permit, Waiter};
-use crate::error::{BoxError, BulkheadFull};
+use crate::error::{BoxError, BulkheadFull, DeadlineExceeded};
 use crate::observe::{EventKind, LayerKind, Outcome};
 use crate::{clock, deadline};
 
-/// Emits the `Rejected` event and builds the error.
-pub(crate) fn reject(engine: &Engine, why: GiveUp) -> BulkheadFull {
+/// Emits the `Rejected` event and builds the error: `DeadlineExceeded` when
+/// the request's deadline ended the wait (nothing is left to come back
+/// with), `BulkheadFull` with a jittered `retry_after` otherwise.
+pub(crate) fn reject(engine: &Engine, why: GiveUp) -> BoxError {
+    if why == GiveUp::Deadline {
+        engine.observer.emit(
+            LayerKind::Bulkhead,
+            engine.name.as_str(),
+            EventKind::Rejected {
+                reason: crate::error::RejectionKind::DeadlineExceeded,
+                detail: why.detail(),
+                retry_after: None,
+            },
+        );
+        // Never sent: a local refusal.
+        return DeadlineExceeded::before_sending(engine.name.clone()).into();
+    }
+    let retry_after = retry_hint(engine);
     engine.observer.emit(
         LayerKind::Bulkhead,
         engine.name.as_str(),
         EventKind::Rejected {
             reason: crate::error::RejectionKind::BulkheadFull,
             detail: why.detail(),
-            retry_after: None,
+            retry_after: Some(retry_after),
         },
     );
-    BulkheadFull::new(engine.name.clone(), None)
+    BulkheadFull::new(engine.name.clone(), Some(retry_after)).into()
+}
+
+/// The `retry_after` of a full bulkhead: its `max_wait` (a waiter just waited
+/// that long, or there was no room to wait), at least
+/// [`MIN_HINT`](crate::clock::MIN_HINT), stretched by a random factor in
+/// `[1, 1.5)` so that refused clients do not come back together.
+fn retry_hint(engine: &Engine) -> std::time::Duration {
+    crate::clock::jittered(engine.settings.max_wait.max(crate::clock::MIN_HINT))
 }
 
 /// Emits `CallStarted`; returns the start time if a hook listens (for the
@@ -109,7 +133,7 @@ pin_project! {
             permit: Permit,
         },
         Rejected {
-            error: Option<BulkheadFull>,
+            error: Option<BoxError>,
         },
         Done,
     }
@@ -128,7 +152,7 @@ where
         }
     }
 
-    pub(crate) fn rejected(error: BulkheadFull) -> Self {
+    pub(crate) fn rejected(error: BoxError) -> Self {
         ResponseFuture {
             state: State::Rejected { error: Some(error) },
             started: None,
@@ -142,9 +166,10 @@ where
         now: Instant,
         codel_until: Option<Instant>,
         engine: &Engine,
+        deadline: Option<deadline::Deadline>,
     ) -> Self {
         let max_wait_until = now.checked_add(engine.settings.max_wait);
-        let (until, why) = give_up_at(max_wait_until, codel_until, deadline::current());
+        let (until, why) = give_up_at(max_wait_until, codel_until, deadline);
         if until.is_some_and(|u| u <= now) {
             // Nothing left to wait for (the deadline has passed): leave the
             // queue (dropping the waiter) and say so at once.
@@ -228,7 +253,7 @@ where
                         None => {
                             let error = reject(waiter.engine(), *why);
                             this.state.set(State::Done);
-                            return Poll::Ready(Err(error.into()));
+                            return Poll::Ready(Err(error));
                         }
                     }
                 }
@@ -277,7 +302,7 @@ where
                     let error = error.take();
                     this.state.set(State::Done);
                     return Poll::Ready(Err(match error {
-                        Some(e) => e.into(),
+                        Some(e) => e,
                         None => POLLED_AFTER_COMPLETION.into(),
                     }));
                 }

@@ -113,6 +113,7 @@ impl<S, Req> Service<Req> for Bulkhead<S>
 where
     S: Service<Req> + Clone,
     S::Error: Into<BoxError>,
+    Req: crate::deadline::HasDeadline,
 {
     type Response = S::Response;
     type Error = BoxError;
@@ -145,9 +146,7 @@ where
                                 return Poll::Pending;
                             }
                             Acquire::Full => {
-                                return Poll::Ready(Err(
-                                    reject(&self.engine, GiveUp::QueueFull).into()
-                                ));
+                                return Poll::Ready(Err(reject(&self.engine, GiveUp::QueueFull)));
                             }
                         }
                     }
@@ -192,7 +191,17 @@ where
                 // ready; this service continues with a fresh clone.
                 let clone = self.inner.clone();
                 let service = std::mem::replace(&mut self.inner, clone);
-                ResponseFuture::waiting(waiter, service, req, now, codel_until, &self.engine)
+                // The request's own deadline, or the task-local one.
+                let deadline = crate::deadline::of(&req);
+                ResponseFuture::waiting(
+                    waiter,
+                    service,
+                    req,
+                    now,
+                    codel_until,
+                    &self.engine,
+                    deadline,
+                )
             }
         }
     }

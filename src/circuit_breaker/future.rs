@@ -9,7 +9,7 @@ use tokio::time::Instant;
 
 use super::handle::Shared;
 use super::state::Permit;
-use crate::classify::Classify;
+use crate::classify::{Classify, judge};
 use crate::clock;
 use crate::error::{BoxError, CircuitOpen};
 use crate::observe::{EventKind, LayerKind, Outcome};
@@ -93,7 +93,7 @@ impl<F, C> fmt::Debug for ResponseFuture<F, C> {
 impl<F, C, T, E> Future for ResponseFuture<F, C>
 where
     F: Future<Output = Result<T, E>>,
-    E: Into<BoxError>,
+    E: Into<BoxError> + 'static,
     C: Classify<T, E>,
 {
     type Output = Result<T, BoxError>;
@@ -106,16 +106,25 @@ where
                     guard.done = true;
                     let shared = &*guard.shared;
                     let core = &shared.core;
-                    let outcome = shared.classifier.classify(result.as_ref());
+                    // The model first: a local refusal is never counted,
+                    // whatever the classifier says.
+                    let outcome = judge(&shared.classifier, result.as_ref());
                     let now = clock::now();
                     let latency = now.saturating_duration_since(guard.start);
-                    if outcome == Outcome::Ignored {
+                    let failure = match outcome {
+                        Outcome::Success => Some(false),
+                        Outcome::Failure => Some(true),
+                        Outcome::Overloaded if core.config.count_overload => Some(true),
                         // Not counted: recorded nowhere, and a probe's slot
                         // is given back, exactly as if it had been dropped.
-                        core.on_cancel(guard.permit);
-                    } else {
-                        let slow = latency > core.config.slow_call_duration;
-                        core.on_complete(guard.permit, now, outcome == Outcome::Failure, slow);
+                        _ => None,
+                    };
+                    match failure {
+                        Some(failure) => {
+                            let slow = latency > core.config.slow_call_duration;
+                            core.on_complete(guard.permit, now, failure, slow);
+                        }
+                        None => core.on_cancel(guard.permit),
                     }
                     core.observer.emit(
                         LayerKind::CircuitBreaker,

@@ -123,6 +123,7 @@ pub struct CircuitBreakerBuilder<C = ErrorsAsFailures> {
     open_jitter: f64,
     seed: Option<u64>,
     backpressure: bool,
+    count_overload: bool,
     classifier: C,
 }
 
@@ -145,6 +146,7 @@ impl Default for CircuitBreakerBuilder<ErrorsAsFailures> {
             open_jitter: 0.0,
             seed: None,
             backpressure: false,
+            count_overload: false,
             classifier: ErrorsAsFailures,
         }
     }
@@ -167,6 +169,7 @@ impl<C> fmt::Debug for CircuitBreakerBuilder<C> {
             .field("max_open_duration", &self.max_open_duration)
             .field("open_jitter", &self.open_jitter)
             .field("backpressure", &self.backpressure)
+            .field("count_overload", &self.count_overload)
             .finish()
     }
 }
@@ -286,6 +289,24 @@ impl<C> CircuitBreakerBuilder<C> {
         self
     }
 
+    /// Whether a remote overload ([`Outcome::Overloaded`](crate::classify::Outcome::Overloaded):
+    /// a 503 or 429, `RESOURCE_EXHAUSTED`, `UNAVAILABLE` with pushback, a
+    /// shedder's `Overloaded`) counts as a failure. Default: **no**, it is
+    /// not counted at all.
+    ///
+    /// Chosen by the surge scenario: a healthy server that sheds load for
+    /// 30 s answers "busy" to part of the traffic; counted as failures, those
+    /// answers open the breaker, which then refuses *every* call for its open
+    /// time (60 s, then longer on each trip) — a minute of zero goodput for a
+    /// server that was serving most requests. Overload is for the layers
+    /// built for it: the retry budget, the client throttle, the adaptive
+    /// limit. Turn this on for a dependency whose "busy" answers really mean
+    /// it is down (a proxy answering 503 for a dead backend).
+    pub fn count_overload(mut self, enabled: bool) -> Self {
+        self.count_overload = enabled;
+        self
+    }
+
     /// How results are classified as successes, failures, or not counted
     /// ([`Outcome::Ignored`](crate::classify::Outcome::Ignored): left out of
     /// the window; a half-open probe frees its slot). Default:
@@ -309,6 +330,7 @@ impl<C> CircuitBreakerBuilder<C> {
             open_jitter: self.open_jitter,
             seed: self.seed,
             backpressure: self.backpressure,
+            count_overload: self.count_overload,
             classifier,
         }
     }
@@ -400,6 +422,7 @@ impl<C> CircuitBreakerBuilder<C> {
             open_jitter: self.open_jitter,
             seed: self.seed,
             backpressure: self.backpressure,
+            count_overload: self.count_overload,
         })
     }
 

@@ -78,7 +78,7 @@ impl<S: fmt::Debug, C> fmt::Debug for CircuitBreaker<S, C> {
 impl<S, C, Req> Service<Req> for CircuitBreaker<S, C>
 where
     S: Service<Req>,
-    S::Error: Into<BoxError>,
+    S::Error: Into<BoxError> + 'static,
     C: Classify<S::Response, S::Error>,
 {
     type Response = S::Response;

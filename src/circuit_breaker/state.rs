@@ -81,6 +81,7 @@ pub(crate) struct Config {
     pub(crate) open_jitter: f64,
     pub(crate) seed: Option<u64>,
     pub(crate) backpressure: bool,
+    pub(crate) count_overload: bool,
 }
 
 /// What a call admitted by the breaker must report back.
@@ -548,6 +549,7 @@ mod tests {
             open_jitter: 0.0,
             seed: Some(1),
             backpressure: false,
+            count_overload: false,
         }
     }
 

@@ -31,7 +31,12 @@ pub(crate) fn reject_deadline(layer: LayerKind, shared: &Shared, detail: &'stati
             retry_after: None,
         },
     );
-    DeadlineExceeded::new(shared.name.clone()).into()
+    if detail == TIMED_OUT {
+        DeadlineExceeded::new(shared.name.clone()).into()
+    } else {
+        // Refused before the call was made: a local refusal.
+        DeadlineExceeded::before_sending(shared.name.clone()).into()
+    }
 }
 
 /// The service built by [`DeadlineLayer`](super::DeadlineLayer).

@@ -6,7 +6,7 @@ use std::fmt;
 
 use tonic::{Code, Status};
 
-use crate::classify::{Classify, Outcome};
+use crate::classify::{Classify, Outcome, error_origin};
 use crate::error::BoxError;
 
 /// Every gRPC code, in numeric order.
@@ -30,13 +30,21 @@ const ALL_CODES: [Code; 17] = [
     Code::Unauthenticated,
 ];
 
-/// Classifies gRPC calls by status code, for the circuit breaker, the adaptive
-/// limit and the client throttle.
+/// Classifies gRPC calls by status code into the [`Outcome`] model, for the
+/// circuit breaker and the client throttle.
 ///
-/// Failures by default: `UNAVAILABLE`, `DEADLINE_EXCEEDED`, `INTERNAL`,
-/// `UNKNOWN`, `RESOURCE_EXHAUSTED`. Every other code (`OK`, `NOT_FOUND`,
-/// `INVALID_ARGUMENT`, …) is a success: it says nothing about the health of the
-/// service. Codes can be added to or removed from the failure set.
+/// The default rules:
+///
+/// | code | outcome |
+/// |---|---|
+/// | `OK` | [`Success`](Outcome::Success) |
+/// | `RESOURCE_EXHAUSTED`; `UNAVAILABLE` *with* `grpc-retry-pushback-ms` | [`Overloaded`](Outcome::Overloaded): the server said "busy" |
+/// | `UNAVAILABLE` without pushback, `DEADLINE_EXCEEDED`, `INTERNAL`, `UNKNOWN`, `DATA_LOSS` | [`Failure`](Outcome::Failure) |
+/// | every other code (`NOT_FOUND`, `INVALID_ARGUMENT`, `CANCELLED`, …) | [`Ignored`](Outcome::Ignored): the caller's own affair |
+///
+/// Each rule can be changed alone: [`failure_code`](Self::failure_code),
+/// [`overload_code`](Self::overload_code), [`ignored_code`](Self::ignored_code),
+/// [`success_code`](Self::success_code).
 ///
 /// Where the code is read from:
 ///
@@ -48,15 +56,18 @@ const ALL_CODES: [Code; 17] = [
 ///   504 → `UNAVAILABLE`; 400 → `INTERNAL`; 401 → `UNAUTHENTICATED`;
 ///   403 → `PERMISSION_DENIED`; 404 → `UNIMPLEMENTED`; others → `UNKNOWN`);
 /// - an `Err` that is a [`tonic::Status`], or a [`BoxError`] holding one in
-///   its `source()` chain: that status's code;
-/// - any other `Err` (transport errors, seawall rejections): a failure.
+///   its `source()` chain: that status's code (and its pushback metadata);
+/// - any other `Err`: a failure, except seawall's own rejections (a local
+///   refusal is [`Refused`](Outcome::Refused), a shedder's `Overloaded` is
+///   [`Overloaded`](Outcome::Overloaded)).
 ///
-/// **Limit:** a normal unary or streaming response sends its `grpc-status` in
-/// the *trailers*, after the body. Through [`Classify`] this classifier sees
-/// the response head only, so such a response counts as a success when it
-/// arrives, whatever code its trailers carry later. Errors a server raises
-/// before sending a message come trailers-only, and are classified; code that
-/// reads the trailers can use [`classify_trailers`](Self::classify_trailers).
+/// A status sent in the *trailers* of a normal response is not in the head.
+/// The gRPC client preset ([`ClientStack::grpc`](crate::stack::ClientStack::grpc))
+/// reads the first frame of every response below its breaker, so a failure
+/// sent as headers and then trailers with no message reaches this
+/// classifier as a trailers-only one. A status in trailers *after* a message
+/// (a stream) is not seen; code that reads trailers can use
+/// [`classify_trailers`](Self::classify_trailers).
 ///
 /// ```
 /// use seawall::classify::{Classify, Outcome};
@@ -70,56 +81,105 @@ const ALL_CODES: [Code; 17] = [
 ///     .unwrap();
 /// assert_eq!(Classify::<_, Status>::classify(&classifier, Ok(&trailers_only)), Outcome::Failure);
 ///
+/// let busy = http::Response::builder()
+///     .header("grpc-status", "14")
+///     .header("grpc-retry-pushback-ms", "250")
+///     .body(())
+///     .unwrap();
+/// assert_eq!(Classify::<_, Status>::classify(&classifier, Ok(&busy)), Outcome::Overloaded);
+///
 /// let err = Status::not_found("no such user");
-/// assert_eq!(Classify::<http::Response<()>, _>::classify(&classifier, Err(&err)), Outcome::Success);
+/// assert_eq!(Classify::<http::Response<()>, _>::classify(&classifier, Err(&err)), Outcome::Ignored);
 /// ```
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct GrpcStatusClassifier {
-    /// One bit per code (0..=16).
-    failures: u32,
+    /// Two bits per code (0..=16): 0 success, 1 failure, 2 overloaded, 3 ignored.
+    table: u64,
+    /// `UNAVAILABLE` with a pushback header is an overload.
+    pushback_is_overload: bool,
 }
 
+const SUCCESS: u64 = 0;
+const FAILURE: u64 = 1;
+const OVERLOADED: u64 = 2;
+const IGNORED: u64 = 3;
+
 impl GrpcStatusClassifier {
-    /// The default classifier: `UNAVAILABLE`, `DEADLINE_EXCEEDED`, `INTERNAL`,
-    /// `UNKNOWN` and `RESOURCE_EXHAUSTED` are failures.
+    /// The default rules (see the type's docs).
     pub const fn new() -> Self {
-        GrpcStatusClassifier { failures: 0 }
-            .failure_code(Code::Unavailable)
-            .failure_code(Code::DeadlineExceeded)
-            .failure_code(Code::Internal)
-            .failure_code(Code::Unknown)
-            .failure_code(Code::ResourceExhausted)
+        let mut c = GrpcStatusClassifier {
+            table: 0,
+            pushback_is_overload: true,
+        };
+        let mut i = 1;
+        while i < ALL_CODES.len() {
+            c = c.with(ALL_CODES[i], IGNORED);
+            i += 1;
+        }
+        c.with(Code::Unavailable, FAILURE)
+            .with(Code::DeadlineExceeded, FAILURE)
+            .with(Code::Internal, FAILURE)
+            .with(Code::Unknown, FAILURE)
+            .with(Code::DataLoss, FAILURE)
+            .with(Code::ResourceExhausted, OVERLOADED)
     }
 
-    /// Also counts `code` as a failure (for example `ABORTED`).
+    /// Counts `code` as a remote failure (for example `ABORTED`).
     pub const fn failure_code(self, code: Code) -> Self {
-        GrpcStatusClassifier {
-            failures: self.failures | bit(code),
-        }
+        self.with(code, FAILURE)
     }
 
-    /// Counts `code` as a success (for example `RESOURCE_EXHAUSTED`, when a
-    /// dependency's quota errors should not open a breaker).
+    /// Counts `code` as a remote overload.
+    pub const fn overload_code(self, code: Code) -> Self {
+        self.with(code, OVERLOADED)
+    }
+
+    /// Does not count `code` at all (for example `NOT_FOUND`, already the
+    /// default).
+    pub const fn ignored_code(self, code: Code) -> Self {
+        self.with(code, IGNORED)
+    }
+
+    /// Counts `code` as a success.
     pub const fn success_code(self, code: Code) -> Self {
-        GrpcStatusClassifier {
-            failures: self.failures & !bit(code),
-        }
+        self.with(code, SUCCESS)
     }
 
-    /// Whether `code` is classified as a failure.
+    /// Whether `UNAVAILABLE` with `grpc-retry-pushback-ms` is an overload
+    /// (default: yes; off, it takes `UNAVAILABLE`'s own rule).
+    pub const fn pushback_is_overload(mut self, enabled: bool) -> Self {
+        self.pushback_is_overload = enabled;
+        self
+    }
+
+    /// Whether `code` is classified as a remote failure.
     #[inline]
     pub const fn is_failure(&self, code: Code) -> bool {
-        self.failures & bit(code) != 0
+        matches!(self.outcome(code), Outcome::Failure)
     }
 
-    /// The outcome of a call that ended with `code`.
+    /// The outcome of a call that ended with `code` (no pushback).
     #[inline]
     pub const fn outcome(&self, code: Code) -> Outcome {
-        if self.is_failure(code) {
-            Outcome::Failure
-        } else {
-            Outcome::Success
+        match (self.table >> slot(code)) & 3 {
+            SUCCESS => Outcome::Success,
+            FAILURE => Outcome::Failure,
+            OVERLOADED => Outcome::Overloaded,
+            _ => Outcome::Ignored,
         }
+    }
+
+    /// The outcome of a call that ended with `code` and the metadata
+    /// `headers` (read for `grpc-retry-pushback-ms`).
+    #[inline]
+    pub fn outcome_with(&self, code: Code, headers: &http::HeaderMap) -> Outcome {
+        if self.pushback_is_overload
+            && code == Code::Unavailable
+            && headers.contains_key(crate::grpc::PUSHBACK_HEADER)
+        {
+            return Outcome::Overloaded;
+        }
+        self.outcome(code)
     }
 
     /// The outcome read from a call's trailers (or any header map carrying
@@ -132,20 +192,26 @@ impl GrpcStatusClassifier {
     /// use seawall::grpc::GrpcStatusClassifier;
     ///
     /// let mut trailers = http::HeaderMap::new();
-    /// trailers.insert("grpc-status", http::HeaderValue::from_static("4"));
+    /// trailers.insert("grpc-status", http::HeaderValue::from_static("13"));
     /// assert_eq!(GrpcStatusClassifier::new().classify_trailers(&trailers), Some(Outcome::Failure));
     /// assert_eq!(GrpcStatusClassifier::new().classify_trailers(&http::HeaderMap::new()), None);
     /// ```
     pub fn classify_trailers(&self, trailers: &http::HeaderMap) -> Option<Outcome> {
         trailers
             .get(Status::GRPC_STATUS)
-            .map(|v| self.outcome(Code::from_bytes(v.as_bytes())))
+            .map(|v| self.outcome_with(Code::from_bytes(v.as_bytes()), trailers))
+    }
+
+    const fn with(mut self, code: Code, class: u64) -> Self {
+        let shift = slot(code);
+        self.table = (self.table & !(3 << shift)) | (class << shift);
+        self
     }
 }
 
 #[inline]
-const fn bit(code: Code) -> u32 {
-    1 << ((code as i32 as u32) & 31)
+const fn slot(code: Code) -> u32 {
+    ((code as i32 as u32) & 31) * 2
 }
 
 /// The code of a response head, if it carries one.
@@ -165,11 +231,11 @@ fn response_code<B>(res: &http::Response<B>) -> Option<Code> {
     Some(code)
 }
 
-/// The code of an error, if it is or holds a `tonic::Status`.
-fn error_code<E: 'static>(err: &E) -> Option<Code> {
+/// The status of an error, if it is or holds a `tonic::Status`.
+fn error_status<E: 'static>(err: &E) -> Option<&Status> {
     let any = err as &dyn Any;
     if let Some(status) = any.downcast_ref::<Status>() {
-        return Some(status.code());
+        return Some(status);
     }
     let mut cur: Option<&(dyn Error + 'static)> = match any.downcast_ref::<BoxError>() {
         Some(boxed) => Some(&**boxed),
@@ -177,7 +243,7 @@ fn error_code<E: 'static>(err: &E) -> Option<Code> {
     };
     while let Some(e) = cur {
         if let Some(status) = e.downcast_ref::<Status>() {
-            return Some(status.code());
+            return Some(status);
         }
         cur = e.source();
     }
@@ -192,16 +258,18 @@ impl Default for GrpcStatusClassifier {
 
 impl fmt::Debug for GrpcStatusClassifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        struct Codes<'a>(&'a GrpcStatusClassifier);
+        struct Codes<'a>(&'a GrpcStatusClassifier, Outcome);
         impl fmt::Debug for Codes<'_> {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.debug_list()
-                    .entries(ALL_CODES.iter().filter(|c| self.0.is_failure(**c)))
+                    .entries(ALL_CODES.iter().filter(|c| self.0.outcome(**c) == self.1))
                     .finish()
             }
         }
         f.debug_struct("GrpcStatusClassifier")
-            .field("failure_codes", &Codes(self))
+            .field("failure_codes", &Codes(self, Outcome::Failure))
+            .field("overload_codes", &Codes(self, Outcome::Overloaded))
+            .field("pushback_is_overload", &self.pushback_is_overload)
             .finish()
     }
 }
@@ -211,12 +279,12 @@ impl<B, E: 'static> Classify<http::Response<B>, E> for GrpcStatusClassifier {
     fn classify(&self, result: Result<&http::Response<B>, &E>) -> Outcome {
         match result {
             Ok(res) => match response_code(res) {
-                Some(code) => self.outcome(code),
+                Some(code) => self.outcome_with(code, res.headers()),
                 None => Outcome::Success,
             },
-            Err(err) => match error_code(err) {
-                Some(code) => self.outcome(code),
-                None => Outcome::Failure,
+            Err(err) => match error_status(err) {
+                Some(status) => self.outcome_with(status.code(), status.metadata().as_ref()),
+                None => error_origin(err).unwrap_or(Outcome::Failure),
             },
         }
     }
@@ -239,9 +307,9 @@ mod tests {
             vec![
                 Code::Unknown,
                 Code::DeadlineExceeded,
-                Code::ResourceExhausted,
                 Code::Internal,
-                Code::Unavailable
+                Code::Unavailable,
+                Code::DataLoss
             ]
         );
     }

@@ -4,85 +4,129 @@ use std::fmt;
 
 use http::StatusCode;
 
-use crate::classify::{Classify, Outcome};
+use crate::classify::{Classify, Outcome, error_origin};
 
-/// Classifies HTTP responses by status code, for the circuit breaker, the
-/// adaptive limit and the client throttle.
+/// Classifies HTTP responses by status code into the [`Outcome`] model, for
+/// the circuit breaker and the client throttle.
 ///
-/// By default `5xx` and `408 Request Timeout` are failures; every other status
-/// (`1xx`, `2xx`, `3xx`, and `4xx` other than 408, including `429`) is a
-/// success: a client error says nothing about the health of the service.
-/// Every `Err` is a failure, seawall rejections from layers below included.
-/// Codes can be added to or removed from the failure set.
+/// The default rules:
 ///
-/// Classifying is a bit test: no allocation, O(1).
+/// | status | outcome | why |
+/// |---|---|---|
+/// | 1xx, 2xx, 3xx | [`Success`](Outcome::Success) | |
+/// | 503, 429 | [`Overloaded`](Outcome::Overloaded) | the server said "busy": alive, protecting itself |
+/// | other 5xx, 408 | [`Failure`](Outcome::Failure) | the server (or the way to it) is broken or too slow |
+/// | 501 and other 4xx | [`Ignored`](Outcome::Ignored) | the caller's own mistake: says nothing about the server |
+///
+/// An `Err` is a [`Failure`](Outcome::Failure) (a connection error, an
+/// attempt timeout), except a seawall [`Overloaded`](crate::error::Overloaded)
+/// ([`Overloaded`](Outcome::Overloaded)) and a local refusal
+/// ([`Refused`](Outcome::Refused); the breaker enforces that one whatever the
+/// classifier, see [`judge`](crate::classify::judge)).
+///
+/// Each rule can be changed alone: [`failure_code`](Self::failure_code),
+/// [`overload_code`](Self::overload_code), [`ignored_code`](Self::ignored_code),
+/// [`success_code`](Self::success_code). Classifying is a table lookup: no
+/// allocation, O(1).
 ///
 /// ```
 /// use http::{Response, StatusCode};
 /// use seawall::classify::{Classify, Outcome};
 /// use seawall::http::HttpStatusClassifier;
 ///
-/// let classifier = HttpStatusClassifier::new()
-///     .failure_code(StatusCode::TOO_MANY_REQUESTS)
-///     .success_code(StatusCode::NOT_IMPLEMENTED);
+/// // A gateway in front of us answers 502 when it is itself overloaded.
+/// let classifier = HttpStatusClassifier::new().overload_code(StatusCode::BAD_GATEWAY);
 ///
 /// let res = |code: u16| Response::builder().status(code).body(()).unwrap();
 /// let classify = |code| Classify::<Response<()>, std::io::Error>::classify(&classifier, Ok(&res(code)));
-/// assert_eq!(classify(503), Outcome::Failure);
+/// assert_eq!(classify(500), Outcome::Failure);
+/// assert_eq!(classify(502), Outcome::Overloaded);
+/// assert_eq!(classify(503), Outcome::Overloaded);
+/// assert_eq!(classify(429), Outcome::Overloaded);
 /// assert_eq!(classify(408), Outcome::Failure);
-/// assert_eq!(classify(429), Outcome::Failure);
-/// assert_eq!(classify(501), Outcome::Success);
-/// assert_eq!(classify(404), Outcome::Success);
+/// assert_eq!(classify(404), Outcome::Ignored);
+/// assert_eq!(classify(200), Outcome::Success);
 /// ```
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct HttpStatusClassifier {
-    /// One bit per status code 0..1024 (`StatusCode` spans 100..=999).
-    failures: [u64; 16],
+    /// Two bits per status code 0..1024 (`StatusCode` spans 100..=999):
+    /// 0 success, 1 failure, 2 overloaded, 3 ignored.
+    table: [u64; 32],
 }
 
+const SUCCESS: u64 = 0;
+const FAILURE: u64 = 1;
+const OVERLOADED: u64 = 2;
+const IGNORED: u64 = 3;
+
 impl HttpStatusClassifier {
-    /// The default classifier: `5xx` and `408` are failures.
+    /// The default rules (see the type's docs).
     pub const fn new() -> Self {
-        let mut c = HttpStatusClassifier { failures: [0; 16] };
-        let mut code = 500;
-        while code < 600 {
-            c = c.with(code, true);
+        let mut c = HttpStatusClassifier { table: [0; 32] };
+        let mut code = 400;
+        while code < 500 {
+            c = c.with(code, IGNORED);
             code += 1;
         }
-        c.with(408, true)
+        while code < 600 {
+            c = c.with(code, FAILURE);
+            code += 1;
+        }
+        c.with(408, FAILURE)
+            .with(429, OVERLOADED)
+            .with(503, OVERLOADED)
+            .with(501, IGNORED)
     }
 
-    /// A classifier with an empty failure set: only `Err` is a failure until
-    /// codes are added with [`failure_code`](Self::failure_code).
+    /// Every status a success: only an `Err` fails until codes are added
+    /// with [`failure_code`](Self::failure_code) and the like.
     pub const fn errors_only() -> Self {
-        HttpStatusClassifier { failures: [0; 16] }
+        HttpStatusClassifier { table: [0; 32] }
     }
 
-    /// Also counts `code` as a failure (for example `429`).
+    /// Counts `code` as a remote failure (for example `501`).
     pub const fn failure_code(self, code: StatusCode) -> Self {
-        self.with(code.as_u16(), true)
+        self.with(code.as_u16(), FAILURE)
     }
 
-    /// Counts `code` as a success (for example `501 Not Implemented`).
+    /// Counts `code` as a remote overload (for example `502` from a gateway
+    /// that sheds).
+    pub const fn overload_code(self, code: StatusCode) -> Self {
+        self.with(code.as_u16(), OVERLOADED)
+    }
+
+    /// Does not count `code` at all (for example `404` on a lookup API).
+    pub const fn ignored_code(self, code: StatusCode) -> Self {
+        self.with(code.as_u16(), IGNORED)
+    }
+
+    /// Counts `code` as a success.
     pub const fn success_code(self, code: StatusCode) -> Self {
-        self.with(code.as_u16(), false)
+        self.with(code.as_u16(), SUCCESS)
     }
 
-    /// Whether a response with `code` is classified as a failure.
+    /// The outcome of a response with status `code`.
+    #[inline]
+    pub const fn outcome(&self, code: StatusCode) -> Outcome {
+        let c = code.as_u16() as usize & 1023;
+        match (self.table[c >> 5] >> ((c & 31) * 2)) & 3 {
+            SUCCESS => Outcome::Success,
+            FAILURE => Outcome::Failure,
+            OVERLOADED => Outcome::Overloaded,
+            _ => Outcome::Ignored,
+        }
+    }
+
+    /// Whether a response with `code` is classified as a remote failure.
     #[inline]
     pub const fn is_failure(&self, code: StatusCode) -> bool {
-        let c = code.as_u16() as usize;
-        self.failures[(c >> 6) & 15] & (1 << (c & 63)) != 0
+        matches!(self.outcome(code), Outcome::Failure)
     }
 
-    const fn with(mut self, code: u16, failure: bool) -> Self {
-        let c = code as usize;
-        let (word, bit) = ((c >> 6) & 15, 1u64 << (c & 63));
-        if failure {
-            self.failures[word] |= bit;
-        } else {
-            self.failures[word] &= !bit;
-        }
+    const fn with(mut self, code: u16, class: u64) -> Self {
+        let c = code as usize & 1023;
+        let shift = (c & 31) * 2;
+        self.table[c >> 5] = (self.table[c >> 5] & !(3 << shift)) | (class << shift);
         self
     }
 }
@@ -95,13 +139,13 @@ impl Default for HttpStatusClassifier {
 
 impl fmt::Debug for HttpStatusClassifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        struct Codes<'a>(&'a HttpStatusClassifier);
+        struct Codes<'a>(&'a HttpStatusClassifier, Outcome);
         impl fmt::Debug for Codes<'_> {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 let mut list = f.debug_list();
                 for code in 100u16..1000 {
                     if let Ok(code) = StatusCode::from_u16(code) {
-                        if self.0.is_failure(code) {
+                        if self.0.outcome(code) == self.1 {
                             list.entry(&code.as_u16());
                         }
                     }
@@ -110,17 +154,19 @@ impl fmt::Debug for HttpStatusClassifier {
             }
         }
         f.debug_struct("HttpStatusClassifier")
-            .field("failure_codes", &Codes(self))
+            .field("failure_codes", &Codes(self, Outcome::Failure))
+            .field("overload_codes", &Codes(self, Outcome::Overloaded))
+            .field("ignored_codes", &Codes(self, Outcome::Ignored))
             .finish()
     }
 }
 
-impl<B, E> Classify<http::Response<B>, E> for HttpStatusClassifier {
+impl<B, E: 'static> Classify<http::Response<B>, E> for HttpStatusClassifier {
     #[inline]
     fn classify(&self, result: Result<&http::Response<B>, &E>) -> Outcome {
         match result {
-            Ok(res) if !self.is_failure(res.status()) => Outcome::Success,
-            _ => Outcome::Failure,
+            Ok(res) => self.outcome(res.status()),
+            Err(e) => error_origin(e).unwrap_or(Outcome::Failure),
         }
     }
 }
@@ -130,22 +176,40 @@ mod tests {
     use super::*;
 
     #[test]
-    fn default_set_is_5xx_and_408() {
+    fn default_table() {
         let c = HttpStatusClassifier::new();
         for code in 100u16..1000 {
             let status = StatusCode::from_u16(code).unwrap();
-            let expected = (500..600).contains(&code) || code == 408;
-            assert_eq!(c.is_failure(status), expected, "{code}");
+            let expected = match code {
+                429 | 503 => Outcome::Overloaded,
+                408 => Outcome::Failure,
+                501 => Outcome::Ignored,
+                400..=499 => Outcome::Ignored,
+                500..=599 => Outcome::Failure,
+                _ => Outcome::Success,
+            };
+            assert_eq!(c.outcome(status), expected, "{code}");
         }
     }
 
     #[test]
-    fn codes_can_be_added_and_removed() {
-        let c =
-            HttpStatusClassifier::errors_only().failure_code(StatusCode::from_u16(999).unwrap());
+    fn one_rule_changes_alone() {
+        let c = HttpStatusClassifier::new().overload_code(StatusCode::BAD_GATEWAY);
+        for code in 100u16..1000 {
+            let status = StatusCode::from_u16(code).unwrap();
+            if code == 502 {
+                assert_eq!(c.outcome(status), Outcome::Overloaded);
+            } else {
+                assert_eq!(c.outcome(status), HttpStatusClassifier::new().outcome(status));
+            }
+        }
+        let back = c.failure_code(StatusCode::BAD_GATEWAY);
+        assert_eq!(back, HttpStatusClassifier::new());
+        let c = HttpStatusClassifier::errors_only().failure_code(StatusCode::from_u16(999).unwrap());
         assert!(c.is_failure(StatusCode::from_u16(999).unwrap()));
-        assert!(!c.is_failure(StatusCode::INTERNAL_SERVER_ERROR));
-        let c = c.success_code(StatusCode::from_u16(999).unwrap());
-        assert_eq!(c, HttpStatusClassifier::errors_only());
+        assert_eq!(
+            c.success_code(StatusCode::from_u16(999).unwrap()),
+            HttpStatusClassifier::errors_only()
+        );
     }
 }

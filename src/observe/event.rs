@@ -50,26 +50,48 @@ impl fmt::Display for LayerKind {
     }
 }
 
-/// How a call through a layer ended, as the layer's classifier saw it.
+/// How a call through a layer ended, and where the outcome came from.
+///
+/// Every result a layer sees has an origin (see [`classify`](crate::classify)):
+///
+/// | outcome | origin | circuit breaker | client throttle |
+/// |---|---|---|---|
+/// | [`Success`](Outcome::Success) | the dependency answered well | a call | an accept |
+/// | [`Failure`](Outcome::Failure) | the dependency is broken (5xx, connection error, attempt timeout, `INTERNAL`) | a failed call | a request, no accept |
+/// | [`Overloaded`](Outcome::Overloaded) | the dependency said "busy" (503, 429, `RESOURCE_EXHAUSTED`, pushback) | not counted (opt in with `count_overload`) | a request, no accept |
+/// | [`Refused`](Outcome::Refused) | this process refused it (bulkhead, rate limit, open breaker, spent budget) | never counted | not counted |
+/// | [`Ignored`](Outcome::Ignored) | the caller's own mistake (most 4xx), or a call not to count | not counted | not counted |
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
 pub enum Outcome {
-    /// The call succeeded.
+    /// The dependency answered well.
     Success,
-    /// The call failed.
+    /// The dependency failed: it is broken (a remote failure).
     Failure,
+    /// The dependency answered "busy, come back later" (a remote overload):
+    /// it is alive and protecting itself. A breaker does not count it by
+    /// default; the retry budget, the client throttle and the adaptive limit
+    /// are the layers built for it.
+    Overloaded,
+    /// This process refused the call before the dependency saw it (a local
+    /// refusal): its own bulkhead, rate limit, open breaker, spent retry
+    /// budget, or a deadline gone before sending. Never counted against the
+    /// dependency, whatever a classifier says.
+    Refused,
     /// The call is not counted: neither success nor failure. It says nothing
-    /// about the dependency's health (for example a rejection by a layer of
-    /// this process, or a server shedding load), so layers that judge health
-    /// by outcomes leave it out.
+    /// about the dependency's health (the caller's own mistake, such as most
+    /// 4xx, or a cancellation you do not want to count).
     Ignored,
 }
 
 impl Outcome {
-    /// `"success"`, `"failure"` or `"ignored"`.
+    /// `"success"`, `"failure"`, `"overloaded"`, `"refused"` or `"ignored"`.
     pub const fn as_str(self) -> &'static str {
         match self {
             Outcome::Success => "success",
             Outcome::Failure => "failure",
+            Outcome::Overloaded => "overloaded",
+            Outcome::Refused => "refused",
             Outcome::Ignored => "ignored",
         }
     }
@@ -82,6 +104,16 @@ impl Outcome {
     /// `true` for [`Outcome::Failure`] only.
     pub const fn is_failure(self) -> bool {
         matches!(self, Outcome::Failure)
+    }
+
+    /// `true` for [`Outcome::Overloaded`] only.
+    pub const fn is_overloaded(self) -> bool {
+        matches!(self, Outcome::Overloaded)
+    }
+
+    /// `true` for [`Outcome::Refused`] only.
+    pub const fn is_refused(self) -> bool {
+        matches!(self, Outcome::Refused)
     }
 
     /// `true` for [`Outcome::Ignored`].

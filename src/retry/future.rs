@@ -14,6 +14,7 @@ use super::backoff::BackoffState;
 use super::budget::Withdrawal;
 use super::layer::Shared;
 use super::policy::{RetryPolicy, Verdict};
+use crate::deadline::Deadline;
 use crate::error::{BoxError, DeadlineExceeded, RejectionKind};
 use crate::observe::{EventKind, GiveUpReason, LayerKind, Outcome};
 
@@ -53,6 +54,7 @@ pin_project! {
         rng: Option<SmallRng>,
         withdrawal: Option<Withdrawal>,
         started: Option<Instant>,
+        deadline: Option<Deadline>,
     }
 
     impl<S, Req, P> PinnedDrop for ResponseFuture<S, Req, P>
@@ -79,8 +81,10 @@ where
         request: Option<Req>,
         no_retry: GiveUpReason,
         started: Option<Instant>,
+        deadline: Option<Deadline>,
     ) -> Self {
         ResponseFuture {
+            deadline,
             state: State::Calling { future },
             shared,
             service,
@@ -177,6 +181,7 @@ where
                                 after,
                                 this.backoff,
                                 this.rng,
+                                *this.deadline,
                             ) {
                                 Ok((delay, withdrawal)) => {
                                     *this.withdrawal = Some(withdrawal);
@@ -223,7 +228,7 @@ where
                         ));
                     }
                     // Time may have passed while waiting for readiness.
-                    if let Some(deadline) = crate::deadline::current() {
+                    if let Some(deadline) = effective(*this.deadline) {
                         let remaining = deadline.remaining();
                         if remaining < shared.min_remaining {
                             if let Some(w) = this.withdrawal.take() {
@@ -283,6 +288,7 @@ fn plan<P>(
     after: Option<Duration>,
     backoff: &mut BackoffState,
     rng: &mut Option<SmallRng>,
+    deadline: Option<Deadline>,
 ) -> Result<(Duration, Withdrawal), GiveUp> {
     if attempts >= shared.max_attempts {
         return Err(GiveUp::new(GiveUpReason::MaxAttempts));
@@ -304,7 +310,7 @@ fn plan<P>(
             shared.backoff.next_delay(backoff, rng)
         }
     };
-    if let Some(deadline) = crate::deadline::current() {
+    if let Some(deadline) = effective(deadline) {
         let remaining = deadline.remaining();
         if remaining.is_zero() {
             return Err(GiveUp {
@@ -326,6 +332,17 @@ fn plan<P>(
             );
             Err(GiveUp::new(GiveUpReason::BudgetExhausted))
         }
+    }
+}
+
+/// The deadline that bounds the retries: the one the request carried (or the
+/// task-local one) when it was called, or a task-local one set around this
+/// future since, whichever is earlier.
+#[inline]
+fn effective(at_call: Option<Deadline>) -> Option<Deadline> {
+    match (at_call, crate::deadline::current()) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 

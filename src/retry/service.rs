@@ -72,6 +72,7 @@ where
     S: Service<Req> + Clone,
     S::Error: Into<BoxError>,
     P: RetryPolicy<Req, S::Response>,
+    Req: crate::deadline::HasDeadline,
 {
     type Response = S::Response;
     type Error = BoxError;
@@ -114,6 +115,12 @@ where
         } else {
             None
         };
+        // Read before the call: a request with no retry left needs none.
+        let deadline = if copy.is_some() {
+            crate::deadline::of(&req)
+        } else {
+            None
+        };
         let future = self.inner.call(req);
         ResponseFuture::new(
             future,
@@ -122,6 +129,7 @@ where
             copy,
             no_retry,
             started,
+            deadline,
         )
     }
 }

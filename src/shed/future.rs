@@ -9,7 +9,7 @@ use tokio::time::Instant;
 
 use super::layer::ThrottleShared;
 use super::limiter::{Completion, Permit};
-use crate::classify::Classify;
+use crate::classify::{Classify, judge};
 use crate::error::{BoxError, RejectionKind, rejection};
 use crate::observe::{EventKind, LayerKind, Outcome};
 
@@ -171,7 +171,7 @@ impl<F, C> fmt::Debug for ThrottleFuture<F, C> {
 impl<F, C, T, E> Future for ThrottleFuture<F, C>
 where
     F: Future<Output = Result<T, E>>,
-    E: Into<BoxError>,
+    E: Into<BoxError> + 'static,
     C: Classify<T, E>,
 {
     type Output = Result<T, BoxError>;
@@ -185,15 +185,18 @@ where
                 start,
             } => {
                 let result = ready!(future.poll(cx));
-                let outcome = classifier.classify(result.as_ref());
+                let outcome = judge(&**classifier, result.as_ref());
                 match outcome {
                     // Counted in the bucket of its request, so both leave the
                     // window together (and no clock read is needed).
                     Outcome::Success => shared.lock().accept(*start),
-                    // Not counted: its request, counted at admission, is
-                    // taken back from the same bucket.
-                    Outcome::Ignored => shared.lock().forget(*start),
-                    Outcome::Failure => {}
+                    // A request the backend did not accept: it failed or
+                    // said "busy".
+                    Outcome::Failure | Outcome::Overloaded => {}
+                    // Not counted (a local refusal, or ignored): its
+                    // request, counted at admission, is taken back from the
+                    // same bucket.
+                    _ => shared.lock().forget(*start),
                 }
                 if shared.observer.is_enabled() {
                     shared.observer.emit(

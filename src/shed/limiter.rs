@@ -255,16 +255,28 @@ impl Limiter {
         }
     }
 
-    pub(crate) fn emit_rejected(&self, refusal: Refusal) {
+    pub(crate) fn emit_rejected(&self, refusal: Refusal, retry_after: Duration) {
         self.observer.emit(
             LayerKind::AdaptiveLimit,
             self.name.as_str(),
             EventKind::Rejected {
                 reason: RejectionKind::Overloaded,
                 detail: refusal.detail(),
-                retry_after: None,
+                retry_after: Some(retry_after),
             },
         );
+    }
+
+    /// The `retry_after` of a refusal: the expected service time (by then
+    /// the requests in flight have had time to finish), at least
+    /// [`MIN_HINT`](crate::clock::MIN_HINT), stretched by a random factor in
+    /// `[1, 1.5)` so that refused clients do not come back together.
+    pub(crate) fn retry_hint(&self) -> Duration {
+        let base = self
+            .expected_rtt()
+            .unwrap_or(crate::clock::MIN_HINT)
+            .max(crate::clock::MIN_HINT);
+        crate::clock::jittered(base)
     }
 }
 

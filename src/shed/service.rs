@@ -102,8 +102,11 @@ where
                 ResponseFuture::admitted(self.inner.call(req), permit)
             }
             Err(refusal) => {
-                self.limiter.emit_rejected(refusal);
-                ResponseFuture::rejected(Overloaded::new(self.limiter.name.clone(), None).into())
+                let hint = self.limiter.retry_hint();
+                self.limiter.emit_rejected(refusal, hint);
+                ResponseFuture::rejected(
+                    Overloaded::new(self.limiter.name.clone(), Some(hint)).into(),
+                )
             }
         }
     }
@@ -169,7 +172,7 @@ impl<S: fmt::Debug, C> fmt::Debug for Throttle<S, C> {
 impl<S, C, Req> Service<Req> for Throttle<S, C>
 where
     S: Service<Req>,
-    S::Error: Into<BoxError>,
+    S::Error: Into<BoxError> + 'static,
     C: Classify<S::Response, S::Error>,
 {
     type Response = S::Response;
@@ -197,7 +200,7 @@ where
                 },
             );
             return ThrottleFuture::rejected(
-                Overloaded::new(self.shared.name.clone(), None).into(),
+                Overloaded::local(self.shared.name.clone(), None).into(),
             );
         }
         observer.emit(

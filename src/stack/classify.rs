@@ -1,22 +1,24 @@
 //! The client stack's default breaker classifier.
 
-use crate::classify::Classify;
-use crate::error::{BoxError, RejectionKind, rejection};
+use crate::classify::{Classify, ErrorsAsFailures};
+use crate::error::BoxError;
 use crate::observe::Outcome;
 
-/// The circuit breaker classifier of the [`ClientStack`](super::ClientStack):
-/// every `Ok` is a success, every `Err` a failure of the dependency **except**
-/// a [`BulkheadFull`](crate::error::BulkheadFull) rejection, which is
-/// [`Outcome::Ignored`]: not counted at all.
+/// The circuit breaker classifier of the generic [`ClientStack`](super::ClientStack):
+/// every `Ok` is a success; an `Err` is a failure of the dependency, except
+/// a local refusal ([`Outcome::Refused`]: this process's own full bulkhead
+/// below the breaker, a deadline gone before sending, …) and a load
+/// shedder's [`Overloaded`](crate::error::Overloaded) ([`Outcome::Overloaded`]).
 ///
-/// In the client stack the bulkhead sits *below* the breaker. A full
-/// bulkhead is this process running out of its own slots and says nothing
-/// about the dependency: counted as a failure, a burst of local traffic would
-/// open the breaker on a healthy dependency; counted as a success, it would
-/// dilute the failure rate of a dependency that is failing. So the breaker
-/// leaves it out of its window. An
-/// [`AttemptTimeout`](crate::error::AttemptTimeout) (the dependency was too
-/// slow) is a failure.
+/// The refusal rule does not depend on this classifier: the breaker applies
+/// it to every classifier ([`judge`](crate::classify::judge)). It is the same
+/// as [`ErrorsAsFailures`](crate::classify::ErrorsAsFailures) and stays for
+/// its name.
+///
+/// **What it cannot know:** a response is a success whatever it holds. An
+/// HTTP 500 or a gRPC error status arrives as an `Ok`; the protocol presets
+/// ([`ClientStack::http`](super::ClientStack::http),
+/// [`ClientStack::grpc`](super::ClientStack::grpc)) read statuses.
 ///
 /// ```
 /// use seawall::classify::Classify;
@@ -27,7 +29,7 @@ use crate::observe::Outcome;
 ///
 /// let full: BoxError = BulkheadFull::new("payments.bulkhead", None).into();
 /// let slow: BoxError = AttemptTimeout::new("payments.attempt").into();
-/// assert_eq!(DependencyFailures.classify(Err::<&(), _>(&full)), Outcome::Ignored);
+/// assert_eq!(DependencyFailures.classify(Err::<&(), _>(&full)), Outcome::Refused);
 /// assert_eq!(DependencyFailures.classify(Err::<&(), _>(&slow)), Outcome::Failure);
 /// assert_eq!(DependencyFailures.classify(Ok::<_, &BoxError>(&())), Outcome::Success);
 /// ```
@@ -37,12 +39,6 @@ pub struct DependencyFailures;
 impl<Res> Classify<Res, BoxError> for DependencyFailures {
     #[inline]
     fn classify(&self, result: Result<&Res, &BoxError>) -> Outcome {
-        match result {
-            Ok(_) => Outcome::Success,
-            Err(e) => match rejection(&**e) {
-                Some(r) if r.kind() == RejectionKind::BulkheadFull => Outcome::Ignored,
-                _ => Outcome::Failure,
-            },
-        }
+        ErrorsAsFailures.classify(result)
     }
 }
