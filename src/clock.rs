@@ -48,15 +48,45 @@ pub fn ceil_secs(d: std::time::Duration) -> u64 {
 /// The smallest hint a shedder or a bulkhead gives with its refusal.
 pub(crate) const MIN_HINT: std::time::Duration = std::time::Duration::from_millis(100);
 
-/// `base` stretched by a random factor in `[1, 1.5)`: the `retry_after` of a
-/// refusal, so that clients told to wait do not all come back at the same
-/// instant. Never shorter than `base`.
-pub(crate) fn jittered(base: std::time::Duration) -> std::time::Duration {
-    use rand::{Rng, SeedableRng, rngs::SmallRng};
-    use std::cell::RefCell;
-    thread_local! {
-        static RNG: RefCell<SmallRng> = RefCell::new(SmallRng::from_os_rng());
+/// Spreads the `retry_after` hints of one layer instance: each hint is its
+/// base stretched by a pseudo-random factor in `[1, 1.5)`, so that clients
+/// refused together do not all come back at the same instant.
+///
+/// The sequence is a hash of the instance name and a counter: lock-free, no
+/// clock read, and the same from one run to the next (simulations in paused
+/// time stay reproducible).
+#[derive(Debug)]
+pub(crate) struct Jitter {
+    seed: u64,
+    counter: std::sync::atomic::AtomicU64,
+}
+
+impl Jitter {
+    pub(crate) fn new(name: &str) -> Self {
+        // FNV-1a over the name.
+        let mut seed = 0xcbf2_9ce4_8422_2325u64;
+        for b in name.bytes() {
+            seed = (seed ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        Jitter {
+            seed,
+            counter: std::sync::atomic::AtomicU64::new(0),
+        }
     }
-    let factor: f64 = RNG.with(|r| r.borrow_mut().random_range(1.0..1.5));
-    base.mul_f64(factor)
+
+    /// `base` times a factor in `[1, 1.5)`; never shorter than `base`.
+    pub(crate) fn stretch(&self, base: std::time::Duration) -> std::time::Duration {
+        let n = self
+            .counter
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // splitmix64
+        let mut z = self
+            .seed
+            .wrapping_add(n.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        let unit = (z >> 11) as f64 / (1u64 << 53) as f64;
+        base.mul_f64(1.0 + unit / 2.0)
+    }
 }

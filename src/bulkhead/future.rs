@@ -42,12 +42,18 @@ pub(crate) fn reject(engine: &Engine, why: GiveUp) -> BoxError {
     BulkheadFull::new(engine.name.clone(), Some(retry_after)).into()
 }
 
-/// The `retry_after` of a full bulkhead: its `max_wait` (a waiter just waited
-/// that long, or there was no room to wait), at least
-/// [`MIN_HINT`](crate::clock::MIN_HINT), stretched by a random factor in
+/// The `retry_after` of a full bulkhead: with a queue, its `max_wait` (a
+/// waiter just waited that long without a slot, or the queue was full of
+/// such waiters); without one, [`MIN_HINT`](crate::clock::MIN_HINT) (100 ms);
+/// never less than that floor. Stretched by a pseudo-random factor in
 /// `[1, 1.5)` so that refused clients do not come back together.
 fn retry_hint(engine: &Engine) -> std::time::Duration {
-    crate::clock::jittered(engine.settings.max_wait.max(crate::clock::MIN_HINT))
+    let base = if engine.settings.max_queue == 0 {
+        crate::clock::MIN_HINT
+    } else {
+        engine.settings.max_wait.max(crate::clock::MIN_HINT)
+    };
+    engine.jitter.stretch(base)
 }
 
 /// Emits `CallStarted`; returns the start time if a hook listens (for the

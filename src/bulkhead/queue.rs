@@ -265,6 +265,7 @@ pub(crate) struct Engine {
     pub(crate) settings: Settings,
     pub(crate) name: Name,
     pub(crate) observer: Observer,
+    pub(crate) jitter: crate::clock::Jitter,
 }
 
 impl Engine {
@@ -274,6 +275,7 @@ impl Engine {
             queued: AtomicUsize::new(0),
             list: Mutex::new(WaitList::new(settings.max_queue, settings.max_concurrent)),
             settings,
+            jitter: crate::clock::Jitter::new(name.as_str()),
             name,
             observer,
         }

@@ -54,7 +54,8 @@ const ALL_CODES: [Code; 17] = [
 /// - an `Ok` response with an HTTP status other than 200 and no `grpc-status`
 ///   (a proxy answered): the code the gRPC spec maps it to (429, 502, 503,
 ///   504 → `UNAVAILABLE`; 400 → `INTERNAL`; 401 → `UNAUTHENTICATED`;
-///   403 → `PERMISSION_DENIED`; 404 → `UNIMPLEMENTED`; others → `UNKNOWN`);
+///   403 → `PERMISSION_DENIED`; 404 → `UNIMPLEMENTED`; others → `UNKNOWN`),
+///   except that a proxy's 429 and 503 are an overload, as they are for HTTP;
 /// - an `Err` that is a [`tonic::Status`], or a [`BoxError`] holding one in
 ///   its `source()` chain: that status's code (and its pushback metadata);
 /// - any other `Err`: a failure, except seawall's own rejections (a local
@@ -279,6 +280,15 @@ impl<B, E: 'static> Classify<http::Response<B>, E> for GrpcStatusClassifier {
     fn classify(&self, result: Result<&http::Response<B>, &E>) -> Outcome {
         match result {
             Ok(res) => match response_code(res) {
+                // A proxy's "busy" (429, 503 without grpc-status): an
+                // overload, as for HTTP, unless UNAVAILABLE was remapped.
+                Some(Code::Unavailable)
+                    if !res.headers().contains_key(Status::GRPC_STATUS)
+                        && matches!(res.status().as_u16(), 429 | 503)
+                        && self.pushback_is_overload =>
+                {
+                    Outcome::Overloaded
+                }
                 Some(code) => self.outcome_with(code, res.headers()),
                 None => Outcome::Success,
             },

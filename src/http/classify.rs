@@ -200,12 +200,16 @@ mod tests {
             if code == 502 {
                 assert_eq!(c.outcome(status), Outcome::Overloaded);
             } else {
-                assert_eq!(c.outcome(status), HttpStatusClassifier::new().outcome(status));
+                assert_eq!(
+                    c.outcome(status),
+                    HttpStatusClassifier::new().outcome(status)
+                );
             }
         }
         let back = c.failure_code(StatusCode::BAD_GATEWAY);
         assert_eq!(back, HttpStatusClassifier::new());
-        let c = HttpStatusClassifier::errors_only().failure_code(StatusCode::from_u16(999).unwrap());
+        let c =
+            HttpStatusClassifier::errors_only().failure_code(StatusCode::from_u16(999).unwrap());
         assert!(c.is_failure(StatusCode::from_u16(999).unwrap()));
         assert_eq!(
             c.success_code(StatusCode::from_u16(999).unwrap()),

@@ -280,6 +280,7 @@ where
 
 /// Decides the delay of the next retry, or why there is none. Takes a retry
 /// from the budget last, so a refused retry never spends budget.
+#[allow(clippy::too_many_arguments)]
 fn plan<P>(
     shared: &Shared<P>,
     attempts: u32,

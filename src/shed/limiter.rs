@@ -52,6 +52,7 @@ pub(crate) struct Config {
 }
 
 pub(crate) struct Limiter {
+    jitter: crate::clock::Jitter,
     inflight: AtomicUsize,
     by_class: [AtomicUsize; 4],
     limit: AtomicUsize,
@@ -109,6 +110,7 @@ impl Limiter {
             shares: config.shares,
             reject_doomed: config.reject_doomed,
             algorithm: Mutex::new(algorithm),
+            jitter: crate::clock::Jitter::new(name.as_str()),
             name,
             observer,
         }
@@ -276,7 +278,7 @@ impl Limiter {
             .expected_rtt()
             .unwrap_or(crate::clock::MIN_HINT)
             .max(crate::clock::MIN_HINT);
-        crate::clock::jittered(base)
+        self.jitter.stretch(base)
     }
 }
 

@@ -26,6 +26,9 @@ type Log = Arc<Mutex<Vec<(u32, Duration)>>>;
 #[derive(Clone, Copy, Debug)]
 struct Req(u32, u64);
 
+/// Carries no deadline of its own (the task-local one applies).
+impl seawall::HasDeadline for Req {}
+
 /// The protected dependency: logs (id, time) when called (i.e. admitted),
 /// then sleeps for the request's work time and answers its id.
 #[derive(Clone)]
@@ -103,9 +106,9 @@ impl Fixture {
             .into_iter()
             .filter_map(|e| match e.kind {
                 EventKind::Rejected {
-                    reason: RejectionKind::BulkheadFull,
+                    reason: RejectionKind::BulkheadFull | RejectionKind::DeadlineExceeded,
                     detail,
-                    retry_after: None,
+                    ..
                 } => Some(detail),
                 _ => None,
             })
@@ -133,7 +136,60 @@ fn assert_bulkhead_full(r: &Result<u32, BoxError>) {
     let view = rejection_of(err).expect("a seawall rejection");
     assert_eq!(view.kind(), RejectionKind::BulkheadFull);
     assert_eq!(view.name(), "db");
+    assert!(view.is_local());
+    // max(max_wait, 100 ms), stretched by [1, 1.5).
+    let hint = view
+        .retry_after()
+        .expect("a full bulkhead says when to come back");
+    assert!(hint >= 100 * MS, "{hint:?}");
+}
+
+/// A wait ended by the request's deadline: `DeadlineExceeded` (504), not
+/// `BulkheadFull` (nothing is left to come back with).
+fn assert_deadline_exceeded(r: &Result<u32, BoxError>) {
+    let err = r.as_ref().expect_err("expected a rejection");
+    let view = rejection_of(err).expect("a seawall rejection");
+    assert_eq!(view.kind(), RejectionKind::DeadlineExceeded);
+    assert_eq!(view.name(), "db");
     assert_eq!(view.retry_after(), None);
+    assert!(view.is_local(), "never sent: a local refusal");
+}
+
+#[tokio::test(start_paused = true)]
+async fn bulkhead_full_says_when_to_come_back_jittered() {
+    // (max_queue, max_wait, base): no queue, 100 ms; with one, max_wait (at least 100 ms).
+    for (queue, max_wait, base) in [
+        (0, Duration::from_secs(1), 100 * MS),
+        (1, 40 * MS, 100 * MS),
+        (1, Duration::from_secs(1), Duration::from_secs(1)),
+    ] {
+        let b = BulkheadLayer::builder()
+            .max_concurrent(1)
+            .max_queue(queue)
+            .max_wait(max_wait);
+        let mut f = Fixture::new(b);
+        let _running = f.call(0, 10_000);
+        let _queued = (queue > 0).then(|| f.call(99, 1));
+        let mut hints = Vec::new();
+        for i in 1..=20 {
+            let err = f.call(i, 1).await.expect_err("full");
+            let view = rejection_of(&err).unwrap();
+            assert_eq!(view.kind(), RejectionKind::BulkheadFull);
+            let hint = view.retry_after().unwrap();
+            assert!(
+                hint >= base && hint < base.mul_f64(1.5),
+                "{hint:?} for base {base:?}"
+            );
+            hints.push(hint);
+        }
+        hints.sort();
+        hints.dedup();
+        assert!(
+            hints.len() > 10,
+            "jittered: {} distinct hints of 20",
+            hints.len()
+        );
+    }
 }
 
 fn polled_once<F: Future>(fut: Pin<&mut F>) -> Poll<F::Output> {
@@ -256,9 +312,10 @@ async fn the_request_deadline_wins_when_it_comes_before_max_wait() {
     assert_eq!(f.handle.queue_len(), 3);
 
     let (ra, rb, rc, rd) = tokio::join!(timed(t0, a), timed(t0, b), timed(t0, c), timed(t0, d));
-    for r in [&ra.0, &rb.0, &rc.0, &rd.0] {
-        assert_bulkhead_full(r);
+    for r in [&ra.0, &rb.0, &rd.0] {
+        assert_deadline_exceeded(r);
     }
+    assert_bulkhead_full(&rc.0);
     assert_eq!(
         (ra.1, rb.1, rc.1, rd.1),
         (20 * MS, 35 * MS, 100 * MS, Duration::ZERO)

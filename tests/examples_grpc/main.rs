@@ -296,7 +296,9 @@ async fn full_bulkhead_is_unavailable() {
     let status = server.call(hello("second")).await.unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert_eq!(status.message(), "bulkhead full");
-    assert_eq!(pushback(&status), None);
+    // max(max_wait, 100 ms) stretched by [1, 1.5): the client is told when to come back.
+    let ms = pushback(&status).expect("a full bulkhead sends pushback");
+    assert!((100..150).contains(&ms), "{ms}");
 
     server.probe.release.add_permits(1);
     assert_eq!(held.await.unwrap().unwrap().message, "hello, hold");

@@ -285,12 +285,12 @@ async fn rejection_is_a_trailers_only_response() {
     let c = GrpcStatusClassifier::new();
     assert_eq!(
         Classify::<_, BoxError>::classify(&c, Ok(&res)),
-        Outcome::Failure
+        Outcome::Overloaded
     );
-    let lenient = GrpcStatusClassifier::new().success_code(Code::ResourceExhausted);
+    let strict = GrpcStatusClassifier::new().failure_code(Code::ResourceExhausted);
     assert_eq!(
-        Classify::<_, BoxError>::classify(&lenient, Ok(&res)),
-        Outcome::Success
+        Classify::<_, BoxError>::classify(&strict, Ok(&res)),
+        Outcome::Failure
     );
 }
 
@@ -310,23 +310,23 @@ fn classify_head(c: &GrpcStatusClassifier, grpc_status: Option<&str>, http_statu
 fn classifier_reads_grpc_status_from_response_heads() {
     let c = GrpcStatusClassifier::default();
     let table: [(u8, Outcome); 17] = [
-        (0, Outcome::Success),  // OK
-        (1, Outcome::Success),  // CANCELLED
-        (2, Outcome::Failure),  // UNKNOWN
-        (3, Outcome::Success),  // INVALID_ARGUMENT
-        (4, Outcome::Failure),  // DEADLINE_EXCEEDED
-        (5, Outcome::Success),  // NOT_FOUND
-        (6, Outcome::Success),  // ALREADY_EXISTS
-        (7, Outcome::Success),  // PERMISSION_DENIED
-        (8, Outcome::Failure),  // RESOURCE_EXHAUSTED
-        (9, Outcome::Success),  // FAILED_PRECONDITION
-        (10, Outcome::Success), // ABORTED
-        (11, Outcome::Success), // OUT_OF_RANGE
-        (12, Outcome::Success), // UNIMPLEMENTED
-        (13, Outcome::Failure), // INTERNAL
-        (14, Outcome::Failure), // UNAVAILABLE
-        (15, Outcome::Success), // DATA_LOSS
-        (16, Outcome::Success), // UNAUTHENTICATED
+        (0, Outcome::Success),    // OK
+        (1, Outcome::Ignored),    // CANCELLED
+        (2, Outcome::Failure),    // UNKNOWN
+        (3, Outcome::Ignored),    // INVALID_ARGUMENT
+        (4, Outcome::Failure),    // DEADLINE_EXCEEDED
+        (5, Outcome::Ignored),    // NOT_FOUND
+        (6, Outcome::Ignored),    // ALREADY_EXISTS
+        (7, Outcome::Ignored),    // PERMISSION_DENIED
+        (8, Outcome::Overloaded), // RESOURCE_EXHAUSTED
+        (9, Outcome::Ignored),    // FAILED_PRECONDITION
+        (10, Outcome::Ignored),   // ABORTED
+        (11, Outcome::Ignored),   // OUT_OF_RANGE
+        (12, Outcome::Ignored),   // UNIMPLEMENTED
+        (13, Outcome::Failure),   // INTERNAL
+        (14, Outcome::Failure),   // UNAVAILABLE
+        (15, Outcome::Failure),   // DATA_LOSS
+        (16, Outcome::Ignored),   // UNAUTHENTICATED
     ];
     for (code, expected) in table {
         assert_eq!(
@@ -335,16 +335,32 @@ fn classifier_reads_grpc_status_from_response_heads() {
             "grpc-status {code}"
         );
     }
+    // UNAVAILABLE with pushback: the server said "busy".
+    let busy = http::Response::builder()
+        .header("grpc-status", "14")
+        .header("grpc-retry-pushback-ms", "300")
+        .body(())
+        .unwrap();
+    assert_eq!(
+        Classify::<_, Status>::classify(&c, Ok(&busy)),
+        Outcome::Overloaded
+    );
+    let no_pushback_rule = GrpcStatusClassifier::new().pushback_is_overload(false);
+    assert_eq!(
+        Classify::<_, Status>::classify(&no_pushback_rule, Ok(&busy)),
+        Outcome::Failure
+    );
     // Unparseable codes read as UNKNOWN: a failure.
     assert_eq!(classify_head(&c, Some("banana"), 200), Outcome::Failure);
     assert_eq!(classify_head(&c, Some("99"), 200), Outcome::Failure);
     // No grpc-status on a 200 head: the code comes later in trailers; success.
     assert_eq!(classify_head(&c, None, 200), Outcome::Success);
     // A proxy's HTTP error without grpc-status, mapped as the gRPC spec says.
-    assert_eq!(classify_head(&c, None, 503), Outcome::Failure); // UNAVAILABLE
-    assert_eq!(classify_head(&c, None, 429), Outcome::Failure); // UNAVAILABLE
-    assert_eq!(classify_head(&c, None, 404), Outcome::Success); // UNIMPLEMENTED
-    assert_eq!(classify_head(&c, None, 401), Outcome::Success); // UNAUTHENTICATED
+    assert_eq!(classify_head(&c, None, 503), Outcome::Overloaded); // a proxy's "busy"
+    assert_eq!(classify_head(&c, None, 429), Outcome::Overloaded); // a proxy's "busy"
+    assert_eq!(classify_head(&c, None, 502), Outcome::Failure); // UNAVAILABLE
+    assert_eq!(classify_head(&c, None, 404), Outcome::Ignored); // UNIMPLEMENTED
+    assert_eq!(classify_head(&c, None, 401), Outcome::Ignored); // UNAUTHENTICATED
     assert_eq!(classify_head(&c, None, 400), Outcome::Failure); // INTERNAL
     assert_eq!(classify_head(&c, None, 418), Outcome::Failure); // UNKNOWN
 }
@@ -354,21 +370,29 @@ fn classifier_reads_status_errors() {
     let c = GrpcStatusClassifier::new();
     let err = |e: &Status| Classify::<http::Response<()>, Status>::classify(&c, Err(e));
     assert_eq!(err(&Status::unavailable("down")), Outcome::Failure);
-    assert_eq!(err(&Status::not_found("nope")), Outcome::Success);
-    assert_eq!(err(&Status::invalid_argument("bad")), Outcome::Success);
+    assert_eq!(err(&Status::not_found("nope")), Outcome::Ignored);
+    assert_eq!(err(&Status::invalid_argument("bad")), Outcome::Ignored);
+    assert_eq!(
+        err(&Status::resource_exhausted("quota")),
+        Outcome::Overloaded
+    );
 
     let boxed = |e: BoxError| Classify::<http::Response<()>, BoxError>::classify(&c, Err(&e));
-    assert_eq!(boxed(Box::new(Status::not_found("nope"))), Outcome::Success);
+    assert_eq!(boxed(Box::new(Status::not_found("nope"))), Outcome::Ignored);
     assert_eq!(
         boxed(Box::new(Wrapped(Box::new(Status::already_exists("dup"))))),
-        Outcome::Success
+        Outcome::Ignored
     );
     assert_eq!(
         boxed(Box::new(Wrapped(Box::new(Status::internal("bug"))))),
         Outcome::Failure
     );
-    // Seawall rejections and other errors are failures.
-    assert_eq!(boxed(error_for("circuit_open")), Outcome::Failure);
+    // This process's own refusals are refused, a shedder's answer an
+    // overload, other errors failures.
+    assert_eq!(boxed(error_for("circuit_open")), Outcome::Refused);
+    assert_eq!(boxed(error_for("bulkhead_full")), Outcome::Refused);
+    assert_eq!(boxed(error_for("overloaded")), Outcome::Overloaded);
+    assert_eq!(boxed(error_for("attempt_timeout")), Outcome::Failure);
     assert_eq!(boxed(error_for("other")), Outcome::Failure);
     let io = std::io::Error::other("reset");
     assert_eq!(
@@ -381,13 +405,17 @@ fn classifier_reads_status_errors() {
 fn classifier_failure_codes_are_configurable() {
     let c = GrpcStatusClassifier::new()
         .failure_code(Code::Aborted)
-        .success_code(Code::ResourceExhausted);
+        .success_code(Code::ResourceExhausted)
+        .overload_code(Code::DataLoss);
     assert_eq!(classify_head(&c, Some("10"), 200), Outcome::Failure);
     assert_eq!(classify_head(&c, Some("8"), 200), Outcome::Success);
     assert_eq!(classify_head(&c, Some("14"), 200), Outcome::Failure);
+    assert_eq!(classify_head(&c, Some("15"), 200), Outcome::Overloaded);
+    // Every other rule is untouched.
+    assert_eq!(classify_head(&c, Some("5"), 200), Outcome::Ignored);
     assert_eq!(
         format!("{c:?}"),
-        "GrpcStatusClassifier { failure_codes: [Unknown, DeadlineExceeded, Aborted, Internal, Unavailable] }"
+        "GrpcStatusClassifier { failure_codes: [Unknown, DeadlineExceeded, Aborted, Internal, Unavailable], overload_codes: [DataLoss], pushback_is_overload: true }"
     );
 }
 

@@ -308,17 +308,17 @@ fn classifier_default_outcomes() {
         (204, Outcome::Success),
         (301, Outcome::Success),
         (304, Outcome::Success),
-        (400, Outcome::Success),
-        (401, Outcome::Success),
-        (404, Outcome::Success),
+        (400, Outcome::Ignored),
+        (401, Outcome::Ignored),
+        (404, Outcome::Ignored),
         (408, Outcome::Failure),
-        (409, Outcome::Success),
-        (429, Outcome::Success),
-        (499, Outcome::Success),
+        (409, Outcome::Ignored),
+        (429, Outcome::Overloaded),
+        (499, Outcome::Ignored),
         (500, Outcome::Failure),
-        (501, Outcome::Failure),
+        (501, Outcome::Ignored),
         (502, Outcome::Failure),
-        (503, Outcome::Failure),
+        (503, Outcome::Overloaded),
         (504, Outcome::Failure),
         (599, Outcome::Failure),
         (600, Outcome::Success),
@@ -327,20 +327,32 @@ fn classifier_default_outcomes() {
     for (code, expected) in table {
         assert_eq!(classify(&c, code), expected, "{code}");
     }
-    let failures = (100u16..1000)
-        .filter(|&code| classify(&c, code) == Outcome::Failure)
-        .count();
-    assert_eq!(failures, 101); // 500..=599 and 408
+    let count = |o| {
+        (100u16..1000)
+            .filter(|&code| classify(&c, code) == o)
+            .count()
+    };
+    assert_eq!(count(Outcome::Failure), 99); // 5xx but 501 and 503, and 408
+    assert_eq!(count(Outcome::Overloaded), 2); // 429, 503
+    assert_eq!(count(Outcome::Ignored), 99); // 4xx but 408 and 429, and 501
 }
 
 #[test]
-fn classifier_counts_every_error_as_a_failure() {
+fn classifier_errors_by_origin() {
     let c = HttpStatusClassifier::new();
-    for case in ["circuit_open", "rate_limited", "deadline", "other"] {
+    for (case, expected) in [
+        ("circuit_open", Outcome::Refused),
+        ("rate_limited", Outcome::Refused),
+        ("bulkhead_full", Outcome::Refused),
+        ("overloaded", Outcome::Overloaded),
+        ("attempt_timeout", Outcome::Failure),
+        ("deadline", Outcome::Failure),
+        ("other", Outcome::Failure),
+    ] {
         let err = error_for(case);
         assert_eq!(
             Classify::<http::Response<Body>, BoxError>::classify(&c, Err(&err)),
-            Outcome::Failure,
+            expected,
             "{case}"
         );
     }
@@ -349,37 +361,38 @@ fn classifier_counts_every_error_as_a_failure() {
         Classify::<http::Response<Body>, _>::classify(&c, Err(&io)),
         Outcome::Failure
     );
-    // Even with an empty failure set.
+    // With every status a success, errors still fail.
     let errors_only = HttpStatusClassifier::errors_only();
     assert_eq!(classify(&errors_only, 503), Outcome::Success);
     assert_eq!(
         Classify::<http::Response<Body>, BoxError>::classify(
             &errors_only,
-            Err(&error_for("deadline"))
+            Err(&error_for("other"))
         ),
         Outcome::Failure
     );
 }
 
 #[test]
-fn classifier_failure_codes_are_configurable() {
+fn classifier_rules_change_one_at_a_time() {
     let c = HttpStatusClassifier::new()
-        .failure_code(http::StatusCode::TOO_MANY_REQUESTS)
-        .success_code(http::StatusCode::NOT_IMPLEMENTED);
-    assert_eq!(classify(&c, 429), Outcome::Failure);
-    assert_eq!(classify(&c, 501), Outcome::Success);
-    assert_eq!(classify(&c, 500), Outcome::Failure);
-    assert_eq!(classify(&c, 408), Outcome::Failure);
+        .overload_code(http::StatusCode::BAD_GATEWAY)
+        .failure_code(http::StatusCode::NOT_IMPLEMENTED)
+        .success_code(http::StatusCode::NOT_FOUND);
+    assert_eq!(classify(&c, 502), Outcome::Overloaded);
+    assert_eq!(classify(&c, 501), Outcome::Failure);
     assert_eq!(classify(&c, 404), Outcome::Success);
-    let failures = (100u16..1000)
-        .filter(|&code| classify(&c, code) == Outcome::Failure)
-        .count();
-    assert_eq!(failures, 101); // +429, -501
+    // The rest as before.
+    assert_eq!(classify(&c, 500), Outcome::Failure);
+    assert_eq!(classify(&c, 503), Outcome::Overloaded);
+    assert_eq!(classify(&c, 400), Outcome::Ignored);
     assert_eq!(
         format!(
             "{:?}",
-            HttpStatusClassifier::errors_only().failure_code(http::StatusCode::BAD_GATEWAY)
+            HttpStatusClassifier::errors_only()
+                .failure_code(http::StatusCode::BAD_GATEWAY)
+                .ignored_code(http::StatusCode::NOT_FOUND)
         ),
-        "HttpStatusClassifier { failure_codes: [502] }"
+        "HttpStatusClassifier { failure_codes: [502], overload_codes: [], ignored_codes: [404] }"
     );
 }

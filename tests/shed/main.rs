@@ -348,7 +348,8 @@ fn rejection_details(rec: &Recorder) -> Vec<&'static str> {
                 retry_after,
             } => {
                 assert_eq!(reason, RejectionKind::Overloaded);
-                assert_eq!(retry_after, None);
+                let hint = retry_after.expect("a shed request is told when to come back");
+                assert!(hint >= Duration::from_millis(100), "{hint:?}");
                 Some(detail)
             }
             _ => None,
@@ -472,9 +473,19 @@ async fn over_the_limit_is_rejected_at_once_and_slots_are_released_on_drop() {
     let err = svc.ready().await.unwrap().call(1).await.unwrap_err();
     assert_eq!(t0.elapsed(), Duration::ZERO);
     let view = rejection_of(&err).unwrap();
+    // No window closed yet: the floor, 100 ms, stretched by [1, 1.5).
+    let hint = view.retry_after().unwrap();
+    assert!(
+        hint >= Duration::from_millis(100) && hint < Duration::from_millis(150),
+        "{hint:?}"
+    );
+    assert!(
+        !view.is_local(),
+        "a shedder's answer is a remote overload to its caller"
+    );
     assert_eq!(
-        (view.kind(), view.name(), view.retry_after()),
-        (RejectionKind::Overloaded, "api", None)
+        (view.kind(), view.name()),
+        (RejectionKind::Overloaded, "api")
     );
     assert_eq!(err.to_string(), "overloaded (api)");
     assert_eq!(rejection_details(&rec), vec!["limit"]);

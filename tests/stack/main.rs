@@ -421,7 +421,7 @@ async fn full_bulkhead_is_not_a_dependency_failure() {
         })
     };
     assert_eq!(breaker_finished(Outcome::Success), 1);
-    assert_eq!(breaker_finished(Outcome::Ignored), 1);
+    assert_eq!(breaker_finished(Outcome::Refused), 1);
     assert_eq!(breaker_finished(Outcome::Failure), 0);
 }
 
