@@ -52,8 +52,10 @@
 
 mod classify;
 mod status;
+pub(crate) mod transport;
 
 pub use self::classify::GrpcStatusClassifier;
+pub use self::transport::{TonicTransport, TonicTransportFuture, TonicTransportLayer};
 pub use self::status::{GrpcAnswer, PUSHBACK_HEADER, code_for};
 
 use crate::error::BoxError;

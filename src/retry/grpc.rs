@@ -10,8 +10,11 @@
 //! - a response without `grpc-status` and with HTTP status 502, 503 or 504 as
 //!   `UNAVAILABLE` (gRPC's HTTP-to-status mapping);
 //! - a [`tonic::Status`] error (anywhere in the error's `source()` chain) by its
-//!   code; other errors (connection errors, seawall rejections) as
-//!   [`classify_error`] does: retried, except `DeadlineExceeded`.
+//!   code; an [`AttemptTimeout`](crate::error::AttemptTimeout) as
+//!   `DEADLINE_EXCEEDED` (the attempt may have run on the server: retried
+//!   only when that code is opted in); other errors (connection errors,
+//!   seawall rejections) as [`classify_error`] does: retried, except
+//!   `DeadlineExceeded` and `CircuitOpen`.
 //!
 //! Server pushback `grpc-retry-pushback-ms` (in the response headers or the
 //! status metadata) is honoured: a non-negative value is the wait before the
@@ -23,10 +26,10 @@
 //! configure only codes that mean the server did not process the call.
 //! Requests carry the [`ATTEMPT_HEADER`] and, on retries,
 //! gRPC's `grpc-previous-rpc-attempts`. A tonic `Channel` takes
-//! `http::Request<tonic::body::Body>`: put
+//! `http::Request<tonic::body::Body>`: the gRPC client preset
+//! ([`ClientStack::grpc`](crate::stack::ClientStack::grpc)) puts
 //! [`ReplayBodyLayer`](super::http::ReplayBodyLayer) above the retry layer and
-//! map `ReplayBody` back into `tonic::body::Body::new(..)` below it (for
-//! example with `tower::util::MapRequestLayer`).
+//! hands the `Channel` its own body type below it.
 //!
 //! # Example
 //!
@@ -161,6 +164,14 @@ impl GrpcRetry {
                 return self.verdict(status.code(), status.metadata().as_ref());
             }
             cur = e.source();
+        }
+        // An attempt that timed out here is a DEADLINE_EXCEEDED: it may have
+        // run on the server, so it is retried only when that code is opted
+        // in (idempotent methods), as gRPC's own retry policy does.
+        if crate::error::rejection(&**err)
+            .is_some_and(|r| r.kind() == crate::error::RejectionKind::AttemptTimeout)
+        {
+            return self.verdict(Code::DeadlineExceeded, &HeaderMap::new());
         }
         classify_error(err)
     }

@@ -3,6 +3,7 @@
 use std::fmt;
 use std::time::Duration;
 
+use tower::layer::util::Identity;
 use tower_layer::Layer;
 
 use super::classify::DependencyFailures;
@@ -35,6 +36,7 @@ pub struct ClientStackLayer<
     P = RetryErrors,
     C = DependencyFailures,
     L = tower::layer::util::Identity,
+    O = tower::layer::util::Identity,
 > {
     deadline: DeadlineLayer,
     retry: RetryLayer<P>,
@@ -42,6 +44,7 @@ pub struct ClientStackLayer<
     bulkhead: BulkheadLayer,
     attempt: AttemptTimeoutLayer,
     inner: L,
+    outer: O,
 }
 
 /// The service a [`ClientStackLayer`] makes around `S` (`S` being the service
@@ -50,11 +53,12 @@ pub struct ClientStackLayer<
 pub type ClientStackService<S, P = RetryErrors, C = DependencyFailures> =
     DeadlineService<Retry<CircuitBreaker<Bulkhead<AttemptTimeoutService<S>>, C>, P>>;
 
-impl<S, P, C, L> Layer<S> for ClientStackLayer<P, C, L>
+impl<S, P, C, L, O> Layer<S> for ClientStackLayer<P, C, L, O>
 where
     L: Layer<S>,
+    O: Layer<ClientStackService<L::Service, P, C>>,
 {
-    type Service = ClientStackService<L::Service, P, C>;
+    type Service = O::Service;
 
     fn layer(&self, service: S) -> Self::Service {
         let s = self.inner.layer(service);
@@ -62,11 +66,11 @@ where
         let s = self.bulkhead.layer(s);
         let s = self.breaker.layer(s);
         let s = self.retry.layer(s);
-        self.deadline.layer(s)
+        self.outer.layer(self.deadline.layer(s))
     }
 }
 
-impl<P, C, L> ClientStackLayer<P, C, L> {
+impl<P, C, L, O> ClientStackLayer<P, C, L, O> {
     /// The total-budget layer (outermost).
     pub fn deadline(&self) -> &DeadlineLayer {
         &self.deadline
@@ -98,6 +102,13 @@ impl<P, C, L> ClientStackLayer<P, C, L> {
         &self.inner
     }
 
+    /// The optional outermost layer ([`Identity`](tower::layer::util::Identity)
+    /// for the generic stack; for the gRPC preset, body replay and the
+    /// answer of errors as gRPC statuses).
+    pub fn outermost(&self) -> &O {
+        &self.outer
+    }
+
     /// The retry budget shared by every service built from this stack.
     pub fn retry_budget(&self) -> &RetryBudget {
         self.retry.budget()
@@ -109,14 +120,14 @@ impl<P, C, L> ClientStackLayer<P, C, L> {
     }
 }
 
-impl<P, C: Send + Sync + 'static, L> ClientStackLayer<P, C, L> {
+impl<P, C: Send + Sync + 'static, L, O> ClientStackLayer<P, C, L, O> {
     /// A handle on this stack's circuit breaker (state, rates, manual states).
     pub fn breaker_handle(&self) -> CircuitBreakerHandle {
         self.breaker.handle()
     }
 }
 
-impl<P, C, L: Clone> Clone for ClientStackLayer<P, C, L>
+impl<P, C, L: Clone, O: Clone> Clone for ClientStackLayer<P, C, L, O>
 where
     RetryLayer<P>: Clone,
 {
@@ -128,11 +139,12 @@ where
             bulkhead: self.bulkhead.clone(),
             attempt: self.attempt.clone(),
             inner: self.inner.clone(),
+            outer: self.outer.clone(),
         }
     }
 }
 
-impl<P, C, L: fmt::Debug> fmt::Debug for ClientStackLayer<P, C, L> {
+impl<P, C, L: fmt::Debug, O: fmt::Debug> fmt::Debug for ClientStackLayer<P, C, L, O> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ClientStackLayer")
             .field("deadline", &self.deadline)
@@ -141,6 +153,7 @@ impl<P, C, L: fmt::Debug> fmt::Debug for ClientStackLayer<P, C, L> {
             .field("bulkhead", &self.bulkhead)
             .field("attempt_timeout", &self.attempt)
             .field("innermost", &self.inner)
+            .field("outermost", &self.outer)
             .finish()
     }
 }
@@ -170,6 +183,7 @@ impl ClientStack {
                 .classifier(DependencyFailures),
             bulkhead: BulkheadLayer::builder().name(part_name(&name, "bulkhead")),
             inner: Skip,
+            outer: Identity::new(),
             name,
             observer: None,
             total_budget: None,
@@ -195,7 +209,7 @@ impl ClientStack {
 ///
 /// [`build`](Self::build) checks the settings against each other; see
 /// [`build`](Self::build) for the rules.
-pub struct ClientStackBuilder<P = RetryErrors, C = DependencyFailures, L = Skip> {
+pub struct ClientStackBuilder<P = RetryErrors, C = DependencyFailures, L = Skip, O = Identity> {
     name: Name,
     observer: Option<Observer>,
     total_budget: Option<Duration>,
@@ -205,9 +219,10 @@ pub struct ClientStackBuilder<P = RetryErrors, C = DependencyFailures, L = Skip>
     breaker: CircuitBreakerBuilder<C>,
     bulkhead: BulkheadBuilder,
     inner: L,
+    outer: O,
 }
 
-impl<P, C, L: fmt::Debug> fmt::Debug for ClientStackBuilder<P, C, L> {
+impl<P, C, L: fmt::Debug, O> fmt::Debug for ClientStackBuilder<P, C, L, O> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ClientStackBuilder")
             .field("name", &self.name)
@@ -221,7 +236,7 @@ impl<P, C, L: fmt::Debug> fmt::Debug for ClientStackBuilder<P, C, L> {
     }
 }
 
-impl<P, C, L> ClientStackBuilder<P, C, L> {
+impl<P, C, L, O> ClientStackBuilder<P, C, L, O> {
     /// The observer every layer of the stack reports to (default: none). It
     /// replaces any observer set inside the per-layer closures.
     pub fn observer(mut self, observer: impl Into<Observer>) -> Self {
@@ -257,9 +272,10 @@ impl<P, C, L> ClientStackBuilder<P, C, L> {
     pub fn retry<Q>(
         self,
         f: impl FnOnce(RetryLayerBuilder<P>) -> RetryLayerBuilder<Q>,
-    ) -> ClientStackBuilder<Q, C, L> {
+    ) -> ClientStackBuilder<Q, C, L, O> {
         ClientStackBuilder {
             retry: f(self.retry),
+            outer: self.outer,
             name: self.name,
             observer: self.observer,
             total_budget: self.total_budget,
@@ -277,9 +293,10 @@ impl<P, C, L> ClientStackBuilder<P, C, L> {
     pub fn breaker<C2>(
         self,
         f: impl FnOnce(CircuitBreakerBuilder<C>) -> CircuitBreakerBuilder<C2>,
-    ) -> ClientStackBuilder<P, C2, L> {
+    ) -> ClientStackBuilder<P, C2, L, O> {
         ClientStackBuilder {
             breaker: f(self.breaker),
+            outer: self.outer,
             name: self.name,
             observer: self.observer,
             total_budget: self.total_budget,
@@ -296,54 +313,6 @@ impl<P, C, L> ClientStackBuilder<P, C, L> {
     pub fn bulkhead(mut self, f: impl FnOnce(BulkheadBuilder) -> BulkheadBuilder) -> Self {
         self.bulkhead = f(self.bulkhead);
         self
-    }
-
-    /// Adds deadline propagation innermost (feature `http`; requests must be
-    /// `http::Request`s): each attempt's outbound request carries the time
-    /// it has left as `grpc-timeout` and `x-request-timeout-ms` (configure
-    /// which in `f`; `|b| b` keeps both).
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
-    /// # async fn main() -> Result<(), seawall::BoxError> {
-    /// use std::time::Duration;
-    /// use seawall::stack::ClientStack;
-    /// use tower::{service_fn, Layer, ServiceExt};
-    ///
-    /// let stack = ClientStack::builder("users")
-    ///     .total_budget(Duration::from_secs(1))
-    ///     .attempt_timeout(Duration::from_millis(250))
-    ///     .propagate_deadline(|p| p.no_ms_header()) // a gRPC backend: grpc-timeout only
-    ///     .build()?;
-    /// // Stands in for an HTTP/2 client: answers with the header it was sent.
-    /// let client = service_fn(|req: http::Request<()>| async move {
-    ///     Ok::<_, seawall::BoxError>(req.headers()["grpc-timeout"].to_str()?.to_owned())
-    /// });
-    /// assert_eq!(stack.layer(client).oneshot(http::Request::new(())).await?, "250m");
-    /// # Ok(())
-    /// # }
-    /// ```
-    #[cfg(feature = "http")]
-    #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
-    pub fn propagate_deadline(
-        self,
-        f: impl FnOnce(
-            crate::deadline::PropagateDeadlineLayerBuilder,
-        ) -> crate::deadline::PropagateDeadlineLayerBuilder,
-    ) -> ClientStackBuilder<P, C, crate::deadline::PropagateDeadlineLayerBuilder> {
-        let part = f(crate::deadline::PropagateDeadlineLayer::builder()
-            .name(part_name(&self.name, "propagate")));
-        ClientStackBuilder {
-            inner: part,
-            name: self.name,
-            observer: self.observer,
-            total_budget: self.total_budget,
-            attempt_timeout: self.attempt_timeout,
-            slow_call_duration: self.slow_call_duration,
-            retry: self.retry,
-            breaker: self.breaker,
-            bulkhead: self.bulkhead,
-        }
     }
 
     /// Builds every layer and checks them against each other.
@@ -368,7 +337,7 @@ impl<P, C, L> ClientStackBuilder<P, C, L> {
     ///
     /// A layer's own refusal (a zero budget, `max_attempts(0)`, a breaker
     /// threshold outside `(0, 1]`, …) is returned as that layer's error.
-    pub fn build(self) -> Result<ClientStackLayer<P, C, L::Layer>, ConfigError>
+    pub fn build(self) -> Result<ClientStackLayer<P, C, L::Layer, O>, ConfigError>
     where
         L: StackPart,
         C: Send + Sync + 'static,
@@ -446,6 +415,94 @@ impl<P, C, L> ClientStackBuilder<P, C, L> {
             bulkhead,
             attempt,
             inner,
+            outer: self.outer,
         })
     }
 }
+
+impl<P, C, L, O> ClientStackBuilder<P, C, L, O> {
+    /// Replaces the innermost part.
+    pub(crate) fn with_innermost<L2>(self, inner: L2) -> ClientStackBuilder<P, C, L2, O> {
+        ClientStackBuilder {
+            inner,
+            outer: self.outer,
+            name: self.name,
+            observer: self.observer,
+            total_budget: self.total_budget,
+            attempt_timeout: self.attempt_timeout,
+            slow_call_duration: self.slow_call_duration,
+            retry: self.retry,
+            breaker: self.breaker,
+            bulkhead: self.bulkhead,
+        }
+    }
+
+    /// Changes the innermost part.
+    pub(crate) fn map_innermost(mut self, f: impl FnOnce(L) -> L) -> Self {
+        self.inner = f(self.inner);
+        self
+    }
+
+    /// Replaces the outermost part.
+    pub(crate) fn with_outermost<O2>(self, outer: O2) -> ClientStackBuilder<P, C, L, O2> {
+        ClientStackBuilder {
+            outer,
+            inner: self.inner,
+            name: self.name,
+            observer: self.observer,
+            total_budget: self.total_budget,
+            attempt_timeout: self.attempt_timeout,
+            slow_call_duration: self.slow_call_duration,
+            retry: self.retry,
+            breaker: self.breaker,
+            bulkhead: self.bulkhead,
+        }
+    }
+
+    /// The name of the stack.
+    pub(crate) fn stack_name(&self) -> &Name {
+        &self.name
+    }
+}
+
+impl<P, C, O> ClientStackBuilder<P, C, Skip, O> {
+    /// Adds deadline propagation innermost (feature `http`; requests must be
+    /// `http::Request`s): each attempt's outbound request carries the time
+    /// it has left as `grpc-timeout` and `x-request-timeout-ms` (configure
+    /// which in `f`; `|b| b` keeps both).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), seawall::BoxError> {
+    /// use std::time::Duration;
+    /// use seawall::stack::ClientStack;
+    /// use tower::{service_fn, Layer, ServiceExt};
+    ///
+    /// let stack = ClientStack::builder("users")
+    ///     .total_budget(Duration::from_secs(1))
+    ///     .attempt_timeout(Duration::from_millis(250))
+    ///     .propagate_deadline(|p| p.no_ms_header()) // a gRPC backend: grpc-timeout only
+    ///     .build()?;
+    /// // Stands in for an HTTP/2 client: answers with the header it was sent.
+    /// let client = service_fn(|req: http::Request<()>| async move {
+    ///     Ok::<_, seawall::BoxError>(req.headers()["grpc-timeout"].to_str()?.to_owned())
+    /// });
+    /// assert_eq!(stack.layer(client).oneshot(http::Request::new(())).await?, "250m");
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[cfg(feature = "http")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+    pub fn propagate_deadline(
+        self,
+        f: impl FnOnce(
+            crate::deadline::PropagateDeadlineLayerBuilder,
+        ) -> crate::deadline::PropagateDeadlineLayerBuilder,
+    ) -> ClientStackBuilder<P, C, crate::deadline::PropagateDeadlineLayerBuilder, O> {
+        let part = f(crate::deadline::PropagateDeadlineLayer::builder()
+            .name(part_name(self.stack_name(), "propagate")));
+        self.with_innermost(part)
+    }
+
+}
+

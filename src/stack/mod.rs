@@ -187,11 +187,17 @@
 mod classify;
 mod client;
 mod part;
+#[cfg(feature = "http")]
+mod preset;
 mod server;
 
 pub use self::classify::DependencyFailures;
 pub use self::client::{ClientStack, ClientStackBuilder, ClientStackLayer, ClientStackService};
 pub use self::part::{Skip, StackPart};
+#[cfg(feature = "http")]
+pub use self::preset::HttpClient;
+#[cfg(feature = "tonic")]
+pub use self::preset::{GrpcClient, GrpcOutermost, GrpcTransportPart};
 pub use self::server::{
     ServerCore, ServerStack, ServerStackBuilder, ServerStackLayer, ServerStackService,
 };

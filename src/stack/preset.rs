@@ -1,0 +1,222 @@
+//! The protocol presets of the client stack: HTTP and gRPC.
+
+use super::client::{ClientStack, ClientStackBuilder, ClientStackService};
+use super::part::part_name;
+use crate::deadline::{PropagateDeadline, PropagateDeadlineLayer, PropagateDeadlineLayerBuilder};
+use crate::error::Name;
+use crate::http::HttpStatusClassifier;
+use crate::retry::http::HttpRetry;
+
+/// The service the [HTTP client preset](ClientStack::http) makes around a
+/// client `S` (a hyper client, a `reqwest`-like tower service, …): name it in
+/// a struct field.
+///
+/// ```
+/// use http_body_util::Full;
+/// use bytes::Bytes;
+/// # type HyperClient = tower::util::BoxCloneService<http::Request<Full<Bytes>>, http::Response<String>, std::io::Error>;
+/// struct Inventory {
+///     // `HyperClient` is your client's type, for example
+///     // `hyper_util::client::legacy::Client<HttpConnector, Full<Bytes>>`.
+///     client: seawall::stack::HttpClient<HyperClient>,
+/// }
+/// ```
+pub type HttpClient<S> = ClientStackService<PropagateDeadline<S>, HttpRetry, HttpStatusClassifier>;
+
+impl ClientStack {
+    /// The client stack for an HTTP dependency (feature `http`): the
+    /// [generic stack](ClientStack::builder) with what HTTP needs, so that
+    /// a newcomer gets it right with the two budgets alone.
+    ///
+    /// | part | HTTP preset |
+    /// |---|---|
+    /// | breaker classifier | [`HttpStatusClassifier`]: 5xx and 408 fail; 503 and 429 are "busy" (not counted by the breaker); other 4xx ignored; connection errors and attempt timeouts fail; this process's own refusals never count |
+    /// | retry policy | [`HttpRetry`]: only idempotent methods (GET, HEAD, OPTIONS, TRACE, PUT, DELETE) or requests with an `Idempotency-Key`; 5xx (not 501), 408, 429, connection errors, attempt timeouts; `Retry-After` honoured; `x-seawall-attempt` stamped |
+    /// | propagation | each attempt carries its time left as `x-request-timeout-ms` and `grpc-timeout` ([`propagate_deadline`](ClientStackBuilder::propagate_deadline) to change) |
+    ///
+    /// Request bodies must be `Clone` to be retried (`Full<Bytes>`,
+    /// `String`, `Empty<Bytes>`, …). For a streaming body, put
+    /// [`ReplayBodyLayer`](crate::retry::http::ReplayBodyLayer) above the
+    /// stack and give the client `ReplayBody<B>` bodies; larger than its limit
+    /// (64 KiB), a request is sent once.
+    ///
+    /// The service is an [`HttpClient<S>`]; errors stay errors (a
+    /// [`BoxError`](crate::BoxError) holding the rejection, with its
+    /// `retry_after`), responses stay responses whatever their status.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), seawall::BoxError> {
+    /// use std::time::Duration;
+    /// use seawall::stack::ClientStack;
+    /// use tower::{service_fn, Layer, ServiceExt};
+    ///
+    /// let inventory = ClientStack::http("inventory")
+    ///     .total_budget(Duration::from_secs(2))
+    ///     .attempt_timeout(Duration::from_millis(500))
+    ///     .build()?;
+    /// // Stands in for a hyper client.
+    /// let client = service_fn(|req: http::Request<String>| async move {
+    ///     let status = if req.method() == http::Method::POST { 500 } else { 200 };
+    ///     Ok::<_, seawall::BoxError>(http::Response::builder().status(status).body(String::new())?)
+    /// });
+    /// let svc = inventory.layer(client);
+    /// let post = http::Request::post("/orders").body(String::from("{}"))?;
+    /// // A 500 comes back as a response, and a POST is never retried.
+    /// assert_eq!(svc.clone().oneshot(post).await?.status(), 500);
+    /// assert_eq!(inventory.breaker_handle().metrics().failures, 1);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn http(
+        name: impl Into<Name>,
+    ) -> ClientStackBuilder<HttpRetry, HttpStatusClassifier, PropagateDeadlineLayerBuilder> {
+        let name = name.into();
+        let propagate = PropagateDeadlineLayer::builder().name(part_name(&name, "propagate"));
+        ClientStack::builder(name)
+            .retry(|r| r.policy(HttpRetry::new()))
+            .breaker(|b| b.classifier(HttpStatusClassifier::new()))
+            .with_innermost(propagate)
+    }
+}
+
+impl<P, C, O> ClientStackBuilder<P, C, PropagateDeadlineLayerBuilder, O> {
+    /// Configures the deadline propagation of this stack (`|p| p.no_ms_header()`
+    /// for a gRPC backend, `|p| p.grpc_timeout(false)` for a plain HTTP one).
+    pub fn propagate_deadline(
+        self,
+        f: impl FnOnce(PropagateDeadlineLayerBuilder) -> PropagateDeadlineLayerBuilder,
+    ) -> Self {
+        self.map_innermost(f)
+    }
+}
+
+#[cfg(feature = "tonic")]
+pub use self::grpc::{GrpcClient, GrpcOutermost, GrpcTransportPart};
+
+#[cfg(feature = "tonic")]
+mod grpc {
+    use tower::layer::util::Stack;
+
+    use super::super::client::{ClientStack, ClientStackBuilder, ClientStackService};
+    use super::super::part::{StackPart, part_name};
+    use crate::deadline::{
+        PropagateDeadline, PropagateDeadlineLayer, PropagateDeadlineLayerBuilder,
+    };
+    use crate::error::{ConfigError, Name};
+    use crate::grpc::transport::{TonicTransport, TonicTransportLayer};
+    use crate::grpc::{GrpcRejection, GrpcRejectionLayer, GrpcStatusClassifier};
+    use crate::observe::Observer;
+    use crate::retry::grpc::GrpcRetry;
+    use crate::retry::http::{ReplayBodyLayer, ReplayBodyService};
+
+    /// The service the [gRPC client preset](ClientStack::grpc) makes around a
+    /// tonic transport `S` (a `tonic::transport::Channel`): name it in a
+    /// struct field, hand it to a generated client's `new`.
+    ///
+    /// ```ignore
+    /// struct Handler {
+    ///     greeter: GreeterClient<seawall::stack::GrpcClient<tonic::transport::Channel>>,
+    /// }
+    /// ```
+    pub type GrpcClient<S> = GrpcRejection<
+        ReplayBodyService<
+            ClientStackService<PropagateDeadline<TonicTransport<S>>, GrpcRetry, GrpcStatusClassifier>,
+        >,
+    >;
+
+    /// The outermost part of the gRPC preset: body replay (so a retry can
+    /// resend the request), then the answer of every error as a gRPC status.
+    pub type GrpcOutermost = Stack<ReplayBodyLayer, GrpcRejectionLayer>;
+
+    /// The innermost part of the gRPC preset, unbuilt: `grpc-timeout`
+    /// propagation over the [`TonicTransport`] adapter.
+    #[derive(Debug)]
+    pub struct GrpcTransportPart {
+        propagate: PropagateDeadlineLayerBuilder,
+        attempt_name: Name,
+    }
+
+    impl StackPart for GrpcTransportPart {
+        type Layer = Stack<TonicTransportLayer, PropagateDeadlineLayer>;
+
+        fn build_part(self, observer: Option<&Observer>) -> Result<Self::Layer, ConfigError> {
+            let propagate = self.propagate.build_part(observer)?;
+            Ok(Stack::new(TonicTransportLayer::new(self.attempt_name), propagate))
+        }
+    }
+
+    impl ClientStack {
+        /// The client stack for a gRPC dependency (feature `tonic`), around a
+        /// tonic `Channel`: the [generic stack](ClientStack::builder) with
+        /// what gRPC needs, so that a newcomer gets it right with the two
+        /// budgets alone.
+        ///
+        /// | part | gRPC preset |
+        /// |---|---|
+        /// | breaker classifier | [`GrpcStatusClassifier`]: `UNAVAILABLE`, `INTERNAL`, `UNKNOWN`, `DEADLINE_EXCEEDED`, `DATA_LOSS` fail; `RESOURCE_EXHAUSTED` and `UNAVAILABLE` with pushback are "busy" (not counted by the breaker); other codes ignored; this process's own refusals never count |
+        /// | status of a failure sent as headers then trailers | read below the breaker ([`TonicTransport`]): classified and retried like a trailers-only one |
+        /// | retry policy | [`GrpcRetry`]: `UNAVAILABLE` only (the server did not process the call), `grpc-retry-pushback-ms` honoured; opt more codes in with `.retry(\|r\| r.policy(GrpcRetry::new().with_code(Code::DeadlineExceeded)))` for idempotent methods |
+        /// | body replay | request bodies up to 64 KiB are kept for a retry |
+        /// | propagation | each attempt carries its time left as `grpc-timeout` |
+        /// | the `Channel`'s own timeout | an attempt timeout, never `UNKNOWN` |
+        /// | errors | answered as gRPC statuses: the tonic client sees `DEADLINE_EXCEEDED`, `UNAVAILABLE` with pushback, `RESOURCE_EXHAUSTED` … |
+        ///
+        /// The service is a [`GrpcClient<Channel>`](GrpcClient): hand it to a
+        /// generated client (`GreeterClient::new(svc)`).
+        ///
+        /// ```no_run
+        /// # async fn run() -> Result<(), seawall::BoxError> {
+        /// use std::time::Duration;
+        /// use seawall::stack::ClientStack;
+        /// use tower::Layer;
+        ///
+        /// let channel = tonic::transport::Channel::from_static("http://127.0.0.1:50051").connect_lazy();
+        /// let greeter = ClientStack::grpc("greeter")
+        ///     .total_budget(Duration::from_secs(2))
+        ///     .attempt_timeout(Duration::from_millis(600))
+        ///     .build()?;
+        /// let svc = greeter.layer(channel);
+        /// // let mut client = GreeterClient::new(svc);
+        /// # let _ = svc;
+        /// # Ok(())
+        /// # }
+        /// ```
+        pub fn grpc(
+            name: impl Into<Name>,
+        ) -> ClientStackBuilder<GrpcRetry, GrpcStatusClassifier, GrpcTransportPart, GrpcOutermost>
+        {
+            let name = name.into();
+            let part = GrpcTransportPart {
+                propagate: PropagateDeadlineLayer::builder()
+                    .name(part_name(&name, "propagate"))
+                    .no_ms_header(),
+                attempt_name: part_name(&name, "attempt"),
+            };
+            ClientStack::builder(name)
+                .retry(|r| r.policy(GrpcRetry::new()))
+                .breaker(|b| b.classifier(GrpcStatusClassifier::new()))
+                .with_innermost(part)
+                .with_outermost(Stack::new(ReplayBodyLayer::default(), GrpcRejectionLayer::new()))
+        }
+    }
+
+    impl<P, C, O> ClientStackBuilder<P, C, GrpcTransportPart, O> {
+        /// Configures the `grpc-timeout` propagation of this stack.
+        pub fn propagate_deadline(
+            self,
+            f: impl FnOnce(PropagateDeadlineLayerBuilder) -> PropagateDeadlineLayerBuilder,
+        ) -> Self {
+            self.map_innermost(|p| GrpcTransportPart {
+                propagate: f(p.propagate),
+                attempt_name: p.attempt_name,
+            })
+        }
+
+        /// The largest request body kept for a retry (default 64 KiB); a
+        /// larger one is sent once.
+        pub fn replay_limit(self, limit: usize) -> ClientStackBuilder<P, C, GrpcTransportPart, GrpcOutermost> {
+            self.with_outermost(Stack::new(ReplayBodyLayer::new(limit), GrpcRejectionLayer::new()))
+        }
+    }
+}
