@@ -55,8 +55,8 @@ mod status;
 pub(crate) mod transport;
 
 pub use self::classify::GrpcStatusClassifier;
-pub use self::transport::{TonicTransport, TonicTransportFuture, TonicTransportLayer};
 pub use self::status::{GrpcAnswer, PUSHBACK_HEADER, code_for};
+pub use self::transport::{TonicTransport, TonicTransportFuture, TonicTransportLayer};
 
 use crate::error::BoxError;
 use crate::http::{AnswerErrors, AnswerErrorsFuture, AnswerErrorsLayer};

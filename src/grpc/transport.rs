@@ -256,7 +256,12 @@ where
 
     fn size_hint(&self) -> SizeHint {
         let mut hint = self.rest.size_hint();
-        if let Some(n) = self.first.as_ref().and_then(|f| f.data_ref()).map(|d| d.len() as u64) {
+        if let Some(n) = self
+            .first
+            .as_ref()
+            .and_then(|f| f.data_ref())
+            .map(|d| d.len() as u64)
+        {
             hint.set_lower(hint.lower().saturating_add(n));
             if let Some(upper) = hint.upper() {
                 hint.set_upper(upper.saturating_add(n));

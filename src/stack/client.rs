@@ -503,6 +503,4 @@ impl<P, C, O> ClientStackBuilder<P, C, Skip, O> {
             .name(part_name(self.stack_name(), "propagate")));
         self.with_innermost(part)
     }
-
 }
-

@@ -121,7 +121,11 @@ mod grpc {
     /// ```
     pub type GrpcClient<S> = GrpcRejection<
         ReplayBodyService<
-            ClientStackService<PropagateDeadline<TonicTransport<S>>, GrpcRetry, GrpcStatusClassifier>,
+            ClientStackService<
+                PropagateDeadline<TonicTransport<S>>,
+                GrpcRetry,
+                GrpcStatusClassifier,
+            >,
         >,
     >;
 
@@ -142,7 +146,10 @@ mod grpc {
 
         fn build_part(self, observer: Option<&Observer>) -> Result<Self::Layer, ConfigError> {
             let propagate = self.propagate.build_part(observer)?;
-            Ok(Stack::new(TonicTransportLayer::new(self.attempt_name), propagate))
+            Ok(Stack::new(
+                TonicTransportLayer::new(self.attempt_name),
+                propagate,
+            ))
         }
     }
 
@@ -197,7 +204,10 @@ mod grpc {
                 .retry(|r| r.policy(GrpcRetry::new()))
                 .breaker(|b| b.classifier(GrpcStatusClassifier::new()))
                 .with_innermost(part)
-                .with_outermost(Stack::new(ReplayBodyLayer::default(), GrpcRejectionLayer::new()))
+                .with_outermost(Stack::new(
+                    ReplayBodyLayer::default(),
+                    GrpcRejectionLayer::new(),
+                ))
         }
     }
 
@@ -215,8 +225,14 @@ mod grpc {
 
         /// The largest request body kept for a retry (default 64 KiB); a
         /// larger one is sent once.
-        pub fn replay_limit(self, limit: usize) -> ClientStackBuilder<P, C, GrpcTransportPart, GrpcOutermost> {
-            self.with_outermost(Stack::new(ReplayBodyLayer::new(limit), GrpcRejectionLayer::new()))
+        pub fn replay_limit(
+            self,
+            limit: usize,
+        ) -> ClientStackBuilder<P, C, GrpcTransportPart, GrpcOutermost> {
+            self.with_outermost(Stack::new(
+                ReplayBodyLayer::new(limit),
+                GrpcRejectionLayer::new(),
+            ))
         }
     }
 }

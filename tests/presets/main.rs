@@ -1,0 +1,544 @@
+//! The protocol presets of the client stack, `ClientStack::http` and
+//! `ClientStack::grpc`, with their defaults, over loopback against real
+//! servers: a real hyper client against axum, a real tonic `Channel` and
+//! tonic client against a tonic server.
+//!
+//! These tests run in real time (real sockets); every loop is bounded in
+//! count, and no assertion depends on how long anything took.
+#![cfg(all(feature = "tonic", feature = "full"))]
+
+#[path = "../../examples/common/greeter.rs"]
+mod greeter;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::{get, post};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use seawall::error::{RejectionKind, rejection_of};
+use seawall::observe::State;
+use seawall::stack::{ClientStack, GrpcClient, HttpClient};
+use tonic::body::Body;
+use tonic::server::NamedService;
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+use tower::{Layer, ServiceExt};
+
+use greeter::{GreeterServer, HelloRequest, call_say_hello};
+
+type Hyper = Client<HttpConnector, Full<Bytes>>;
+
+fn hyper() -> Hyper {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// An axum server on loopback; every route counts its hits.
+struct HttpServer {
+    addr: SocketAddr,
+    hits: Arc<AtomicUsize>,
+}
+
+async fn http_server() -> HttpServer {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let h = hits.clone();
+    let count = move || {
+        h.fetch_add(1, Ordering::SeqCst);
+    };
+    let (c1, c2, c3, c4) = (count.clone(), count.clone(), count.clone(), count);
+    let app = Router::new()
+        .route(
+            "/fail",
+            get(move || async move {
+                c1();
+                (http::StatusCode::INTERNAL_SERVER_ERROR, "broken")
+            }),
+        )
+        .route(
+            "/busy",
+            get(move || async move {
+                c2();
+                (http::StatusCode::SERVICE_UNAVAILABLE, "busy")
+            }),
+        )
+        .route(
+            "/slow",
+            post({
+                let c = c3.clone();
+                move || async move {
+                    c();
+                    tokio::time::sleep(Duration::from_secs(3)).await;
+                    "done"
+                }
+            })
+            .get(move || async move {
+                c3();
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                "done"
+            }),
+        )
+        .route(
+            "/ok",
+            get(move || async move {
+                c4();
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                "ok"
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    HttpServer { addr, hits }
+}
+
+fn get_req(addr: SocketAddr, path: &str) -> http::Request<Full<Bytes>> {
+    http::Request::get(format!("http://{addr}{path}"))
+        .body(Full::new(Bytes::new()))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn http_preset_breaker_opens_on_500_then_refuses_fast() {
+    let server = http_server().await;
+    // Only the budgets are set: every other setting is the preset's default.
+    let stack = ClientStack::http("dep")
+        .total_budget(Duration::from_secs(2))
+        .attempt_timeout(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    let breaker = stack.breaker_handle();
+    let client: HttpClient<Hyper> = stack.layer(hyper());
+
+    let mut calls_until_open = 0;
+    for _ in 0..150 {
+        if breaker.state() == State::Open {
+            break;
+        }
+        calls_until_open += 1;
+        let res = client.clone().oneshot(get_req(server.addr, "/fail")).await;
+        match res {
+            Ok(res) => assert_eq!(res.status(), 500),
+            Err(e) => assert_eq!(rejection_of(&e).unwrap().kind(), RejectionKind::CircuitOpen),
+        }
+    }
+    assert_eq!(
+        breaker.state(),
+        State::Open,
+        "the breaker opens on HTTP 500"
+    );
+    // Resilience4j's window: it opens when 100 attempts have failed.
+    let reached = server.hits.load(Ordering::SeqCst);
+    assert_eq!(reached, 100, "attempts that reached the dependency");
+    assert!(
+        calls_until_open < 100,
+        "retries are attempts too: {calls_until_open} calls"
+    );
+
+    let mut refused_fast = 0;
+    for _ in 0..100 {
+        let err = client
+            .clone()
+            .oneshot(get_req(server.addr, "/fail"))
+            .await
+            .unwrap_err();
+        let view = rejection_of(&err).unwrap();
+        assert_eq!(view.kind(), RejectionKind::CircuitOpen);
+        assert!(view.retry_after().is_some());
+        refused_fast += 1;
+    }
+    assert_eq!(server.hits.load(Ordering::SeqCst), 100, "none reached it");
+    assert_eq!(refused_fast, 100);
+    println!(
+        "http preset vs a dependency answering 500: {calls_until_open} calls, {reached} attempts \
+         reached it before the breaker opened; {refused_fast} of {refused_fast} later calls refused \
+         without reaching it"
+    );
+}
+
+#[tokio::test]
+async fn http_preset_never_retries_a_timed_out_post() {
+    let server = http_server().await;
+    let stack = ClientStack::http("dep")
+        .total_budget(Duration::from_secs(2))
+        .attempt_timeout(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let client = stack.layer(hyper());
+    let post = http::Request::post(format!("http://{}/slow", server.addr))
+        .body(Full::new(Bytes::from_static(b"{\"amount\":5}")))
+        .unwrap();
+    let err = client.clone().oneshot(post).await.unwrap_err();
+    assert_eq!(
+        rejection_of(&err).unwrap().kind(),
+        RejectionKind::AttemptTimeout
+    );
+    assert_eq!(server.hits.load(Ordering::SeqCst), 1, "the POST ran once");
+
+    // The same with an Idempotency-Key is retried, as is a GET.
+    let keyed = http::Request::post(format!("http://{}/slow", server.addr))
+        .header("idempotency-key", "order-7")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let _ = client.clone().oneshot(keyed).await.unwrap_err();
+    assert_eq!(server.hits.load(Ordering::SeqCst), 1 + 3);
+    let _ = client
+        .clone()
+        .oneshot(get_req(server.addr, "/slow"))
+        .await
+        .unwrap_err();
+    assert_eq!(server.hits.load(Ordering::SeqCst), 1 + 3 + 3);
+}
+
+#[tokio::test]
+async fn http_preset_busy_answers_never_open_the_breaker() {
+    let server = http_server().await;
+    let stack = ClientStack::http("dep")
+        .total_budget(Duration::from_secs(2))
+        .attempt_timeout(Duration::from_millis(500))
+        .breaker(|b| b.consecutive_failures(1))
+        .build()
+        .unwrap();
+    let breaker = stack.breaker_handle();
+    let client = stack.layer(hyper());
+    for _ in 0..50 {
+        let res = client
+            .clone()
+            .oneshot(get_req(server.addr, "/busy"))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 503);
+    }
+    assert_eq!(breaker.state(), State::Closed);
+    assert_eq!(breaker.metrics().calls, 0, "a 503 is not counted");
+    assert!(server.hits.load(Ordering::SeqCst) >= 50);
+}
+
+#[tokio::test]
+async fn http_preset_local_bulkhead_refusals_never_open_the_breaker() {
+    let server = http_server().await;
+    let stack = ClientStack::http("dep")
+        .total_budget(Duration::from_secs(2))
+        .attempt_timeout(Duration::from_millis(500))
+        .bulkhead(|b| b.max_concurrent(2))
+        // A refused call would be retried after its hint: one attempt keeps
+        // the count of refusals exact.
+        .retry(|r| r.max_attempts(1))
+        .breaker(|b| b.consecutive_failures(1))
+        .build()
+        .unwrap();
+    let breaker = stack.breaker_handle();
+    let client = stack.layer(hyper());
+    let calls = (0..20).map(|_| client.clone().oneshot(get_req(server.addr, "/ok")));
+    let results = futures::future::join_all(calls).await;
+    let ok = results.iter().filter(|r| r.is_ok()).count();
+    let full = results
+        .iter()
+        .filter(|r| {
+            r.as_ref()
+                .err()
+                .and_then(|e| rejection_of(e))
+                .is_some_and(|v| v.kind() == RejectionKind::BulkheadFull && v.is_local())
+        })
+        .count();
+    assert_eq!((ok, full), (2, 18));
+    assert_eq!(breaker.state(), State::Closed);
+    assert_eq!(breaker.metrics().calls, 2, "only the calls that reached it");
+    assert_eq!(breaker.metrics().failures, 0);
+}
+
+// ---------------------------------------------------------------- gRPC
+
+/// How the raw gRPC server answers `SayHello`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Answer {
+    /// `UNAVAILABLE`, trailers-only.
+    TrailersOnly,
+    /// `UNAVAILABLE` sent as headers, then trailers with no message.
+    HeadersThenTrailers,
+    /// `UNAVAILABLE` with `grpc-retry-pushback-ms: 0`: busy.
+    Busy,
+}
+
+/// A gRPC server that answers every call the same way, counting calls.
+#[derive(Clone)]
+struct Raw {
+    answer: Answer,
+    hits: Arc<AtomicUsize>,
+}
+
+impl NamedService for Raw {
+    const NAME: &'static str = "demo.Greeter";
+}
+
+impl tower::Service<http::Request<Body>> for Raw {
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _req: http::Request<Body>) -> Self::Future {
+        self.hits.fetch_add(1, Ordering::SeqCst);
+        let answer = self.answer;
+        Box::pin(async move {
+            Ok(match answer {
+                Answer::TrailersOnly => Status::unavailable("down").into_http(),
+                Answer::Busy => {
+                    let mut s = Status::unavailable("busy");
+                    s.metadata_mut()
+                        .insert("grpc-retry-pushback-ms", "0".parse().unwrap());
+                    s.into_http()
+                }
+                Answer::HeadersThenTrailers => {
+                    let mut trailers = http::HeaderMap::new();
+                    trailers.insert("grpc-status", "14".parse().unwrap());
+                    trailers.insert("grpc-message", "down".parse().unwrap());
+                    let frames = futures::stream::iter([Ok::<_, Status>(
+                        http_body::Frame::trailers(trailers),
+                    )]);
+                    http::Response::builder()
+                        .header("content-type", "application/grpc")
+                        .header("x-handler-metadata", "set before failing")
+                        .body(Body::new(StreamBody::new(frames)))
+                        .unwrap()
+                }
+            })
+        })
+    }
+}
+
+async fn serve_grpc<S>(svc: S) -> Channel
+where
+    S: tower::Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
+        + NamedService
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let router = tonic::transport::Server::builder().add_service(svc);
+    tokio::spawn(router.serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)));
+    Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+fn hello() -> tonic::Request<HelloRequest> {
+    tonic::Request::new(HelloRequest {
+        name: "preset".into(),
+        work_ms: 0,
+    })
+}
+
+#[tokio::test]
+async fn grpc_preset_breaker_opens_on_unavailable_then_refuses_fast() {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let channel = serve_grpc(Raw {
+        answer: Answer::TrailersOnly,
+        hits: hits.clone(),
+    })
+    .await;
+    let stack = ClientStack::grpc("dep")
+        .total_budget(Duration::from_secs(2))
+        .attempt_timeout(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    let breaker = stack.breaker_handle();
+    let client: GrpcClient<Channel> = stack.layer(channel);
+
+    let mut calls_until_open = 0;
+    for _ in 0..150 {
+        if breaker.state() == State::Open {
+            break;
+        }
+        calls_until_open += 1;
+        let status = call_say_hello(client.clone(), hello()).await.unwrap_err();
+        assert_eq!(status.code(), Code::Unavailable);
+    }
+    assert_eq!(
+        breaker.state(),
+        State::Open,
+        "the breaker opens on UNAVAILABLE"
+    );
+    let reached = hits.load(Ordering::SeqCst);
+    assert_eq!(reached, 100, "attempts that reached the dependency");
+
+    let mut refused_fast = 0;
+    for _ in 0..100 {
+        let status = call_say_hello(client.clone(), hello()).await.unwrap_err();
+        assert_eq!(status.code(), Code::Unavailable);
+        assert_eq!(status.message(), "circuit open");
+        assert!(status.metadata().get("grpc-retry-pushback-ms").is_some());
+        refused_fast += 1;
+    }
+    assert_eq!(hits.load(Ordering::SeqCst), 100, "none reached it");
+    println!(
+        "grpc preset vs a dependency answering UNAVAILABLE: {calls_until_open} calls, {reached} \
+         attempts reached it before the breaker opened; {refused_fast} of {refused_fast} later \
+         calls refused without reaching it"
+    );
+}
+
+#[tokio::test]
+async fn grpc_preset_reads_a_failure_sent_as_headers_then_trailers() {
+    for answer in [Answer::TrailersOnly, Answer::HeadersThenTrailers] {
+        let hits = Arc::new(AtomicUsize::new(0));
+        let channel = serve_grpc(Raw {
+            answer,
+            hits: hits.clone(),
+        })
+        .await;
+        let stack = ClientStack::grpc("dep")
+            .total_budget(Duration::from_secs(2))
+            .attempt_timeout(Duration::from_millis(500))
+            .build()
+            .unwrap();
+        let breaker = stack.breaker_handle();
+        let status = call_say_hello(stack.layer(channel), hello())
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::Unavailable, "{answer:?}");
+        assert_eq!(status.message(), "down", "{answer:?}");
+        // Retried (UNAVAILABLE: 3 attempts) and counted by the breaker.
+        assert_eq!(hits.load(Ordering::SeqCst), 3, "{answer:?}");
+        let m = breaker.metrics();
+        assert_eq!((m.calls, m.failures), (3, 3), "{answer:?}");
+    }
+}
+
+#[tokio::test]
+async fn grpc_preset_busy_answers_never_open_the_breaker() {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let channel = serve_grpc(Raw {
+        answer: Answer::Busy,
+        hits: hits.clone(),
+    })
+    .await;
+    let stack = ClientStack::grpc("dep")
+        .total_budget(Duration::from_secs(2))
+        .attempt_timeout(Duration::from_millis(500))
+        .breaker(|b| b.consecutive_failures(1))
+        .build()
+        .unwrap();
+    let breaker = stack.breaker_handle();
+    let client = stack.layer(channel);
+    for _ in 0..30 {
+        let status = call_say_hello(client.clone(), hello()).await.unwrap_err();
+        assert_eq!(status.code(), Code::Unavailable);
+    }
+    assert_eq!(breaker.state(), State::Closed);
+    assert_eq!(breaker.metrics().calls, 0, "pushback is not counted");
+    assert!(hits.load(Ordering::SeqCst) >= 30);
+}
+
+#[tokio::test]
+async fn grpc_preset_tonic_client_sees_deadline_exceeded() {
+    let entered = Arc::new(AtomicUsize::new(0));
+    let e = entered.clone();
+    let channel = serve_grpc(GreeterServer::new(move |_req| {
+        e.fetch_add(1, Ordering::SeqCst);
+        async {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            Ok(greeter::HelloReply::default())
+        }
+    }))
+    .await;
+    let stack = ClientStack::grpc("dep")
+        .total_budget(Duration::from_millis(600))
+        .attempt_timeout(Duration::from_millis(250))
+        .build()
+        .unwrap();
+    let breaker = stack.breaker_handle();
+    let status = call_say_hello(stack.layer(channel), hello())
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    // DEADLINE_EXCEEDED is not retried unless opted in: it may have run.
+    assert_eq!(entered.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        breaker.metrics().failures,
+        1,
+        "a timed-out attempt is a failure"
+    );
+}
+
+#[tokio::test]
+async fn grpc_preset_local_bulkhead_refusals_never_open_the_breaker() {
+    let channel = serve_grpc(GreeterServer::new(|_req| async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        Ok(greeter::HelloReply::default())
+    }))
+    .await;
+    let stack = ClientStack::grpc("dep")
+        .total_budget(Duration::from_secs(2))
+        .attempt_timeout(Duration::from_millis(1000))
+        .bulkhead(|b| b.max_concurrent(2))
+        // A refused call would be retried after its hint: one attempt keeps
+        // the count of refusals exact.
+        .retry(|r| r.max_attempts(1))
+        .breaker(|b| b.consecutive_failures(1))
+        .build()
+        .unwrap();
+    let breaker = stack.breaker_handle();
+    let client = stack.layer(channel);
+    let calls = (0..20).map(|_| call_say_hello(client.clone(), hello()));
+    let results = futures::future::join_all(calls).await;
+    let ok = results.iter().filter(|r| r.is_ok()).count();
+    let full: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert_eq!(ok, 2);
+    assert_eq!(full.len(), 18);
+    for status in full {
+        assert_eq!(status.code(), Code::Unavailable);
+        assert_eq!(status.message(), "bulkhead full");
+        let ms: u64 = status
+            .metadata()
+            .get("grpc-retry-pushback-ms")
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((100..=150).contains(&ms), "{ms} (rounded up to whole ms)");
+    }
+    assert_eq!(breaker.state(), State::Closed);
+    assert_eq!(
+        (breaker.metrics().calls, breaker.metrics().failures),
+        (2, 0)
+    );
+}
+
+#[tokio::test]
+async fn http_preset_body_is_read_by_the_client() {
+    // The preset hands back the dependency's response untouched.
+    let server = http_server().await;
+    let stack = ClientStack::http("dep")
+        .total_budget(Duration::from_secs(2))
+        .attempt_timeout(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    let res = stack
+        .layer(hyper())
+        .oneshot(get_req(server.addr, "/ok"))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"ok");
+}
