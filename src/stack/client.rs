@@ -420,6 +420,7 @@ impl<P, C, L, O> ClientStackBuilder<P, C, L, O> {
     }
 }
 
+#[cfg_attr(not(feature = "http"), allow(dead_code))]
 impl<P, C, L, O> ClientStackBuilder<P, C, L, O> {
     /// Replaces the innermost part.
     pub(crate) fn with_innermost<L2>(self, inner: L2) -> ClientStackBuilder<P, C, L2, O> {
@@ -444,6 +445,7 @@ impl<P, C, L, O> ClientStackBuilder<P, C, L, O> {
     }
 
     /// Replaces the outermost part.
+    #[cfg_attr(not(feature = "tonic"), allow(dead_code))]
     pub(crate) fn with_outermost<O2>(self, outer: O2) -> ClientStackBuilder<P, C, L, O2> {
         ClientStackBuilder {
             outer,

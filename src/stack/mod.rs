@@ -194,10 +194,10 @@ mod server;
 pub use self::classify::DependencyFailures;
 pub use self::client::{ClientStack, ClientStackBuilder, ClientStackLayer, ClientStackService};
 pub use self::part::{Skip, StackPart};
-#[cfg(feature = "http")]
-pub use self::preset::HttpClient;
 #[cfg(feature = "tonic")]
-pub use self::preset::{GrpcClient, GrpcOutermost, GrpcTransportPart};
+pub use self::preset::{GrpcClient, GrpcIngress, GrpcOutermost, GrpcTransportPart};
+#[cfg(feature = "http")]
+pub use self::preset::{HttpClient, HttpIngress};
 pub use self::server::{
     ServerCore, ServerStack, ServerStackBuilder, ServerStackLayer, ServerStackService,
 };

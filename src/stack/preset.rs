@@ -236,3 +236,194 @@ mod grpc {
         }
     }
 }
+
+#[cfg(feature = "tonic")]
+pub use self::server::GrpcIngress;
+pub use self::server::HttpIngress;
+
+mod server {
+    use tower::layer::util::Stack;
+
+    use super::super::part::{StackPart, part_name};
+    use super::super::server::{ServerStack, ServerStackBuilder};
+    use crate::deadline::{DeadlineFromHeadersLayer, DeadlineFromHeadersLayerBuilder};
+    use crate::error::{ConfigError, Name};
+    use crate::http::RejectionResponseLayer;
+    use crate::observe::Observer;
+    use crate::retry::http::MarkInboundAttemptLayer;
+
+    /// The outermost part of the [HTTP server preset](ServerStack::http),
+    /// unbuilt: rejections answered as responses (429 / 503 / 504 with
+    /// `Retry-After`), the client's deadline read from its headers, and the
+    /// attempt number a client stack sent recorded (so the handler's own
+    /// client stacks do not retry a retried request again).
+    #[derive(Debug)]
+    pub struct HttpIngress {
+        deadline: DeadlineFromHeadersLayerBuilder,
+    }
+
+    impl StackPart for HttpIngress {
+        type Layer =
+            Stack<Stack<MarkInboundAttemptLayer, DeadlineFromHeadersLayer>, RejectionResponseLayer>;
+
+        fn build_part(self, observer: Option<&Observer>) -> Result<Self::Layer, ConfigError> {
+            let deadline = self.deadline.build_part(observer)?;
+            Ok(Stack::new(
+                Stack::new(MarkInboundAttemptLayer::new(), deadline),
+                RejectionResponseLayer::new(),
+            ))
+        }
+    }
+
+    impl ServerStack {
+        /// The server stack for an HTTP service (feature `http`), for
+        /// example an axum `Router`: the [generic stack](ServerStack::builder)
+        /// with what HTTP needs, so that a newcomer gets it right with the
+        /// budget alone.
+        ///
+        /// On top of the generic stack, outermost:
+        ///
+        /// - every rejection is answered as a response (errors become
+        ///   [`Infallible`](std::convert::Infallible), as axum requires):
+        ///   429 for a rate limit, 503 for shedding, a full bulkhead or an
+        ///   open breaker, 504 for a deadline, each with a `Retry-After` when
+        ///   the layer knows when to come back (shed and full-bulkhead
+        ///   answers always do, jittered);
+        /// - the client's deadline is read from `x-request-timeout-ms` or
+        ///   `grpc-timeout` (capped at the total budget; change with
+        ///   [`deadline_from_headers`](ServerStackBuilder::deadline_from_headers));
+        /// - the `x-seawall-attempt` a client stack sends is recorded, so the
+        ///   handler's own client stacks do not retry a retried request.
+        ///
+        /// ```
+        /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+        /// # async fn main() -> Result<(), seawall::BoxError> {
+        /// use std::time::Duration;
+        /// use axum::{body::Body, routing::get, Router};
+        /// use seawall::stack::ServerStack;
+        /// use tower::ServiceExt;
+        ///
+        /// let stack = ServerStack::http("api")
+        ///     .total_budget(Duration::from_secs(5))
+        ///     .build()?;
+        /// let app: Router = Router::new()
+        ///     .route("/", get(|| async { "hello" }))
+        ///     .layer(stack);
+        ///
+        /// let ok = app.clone().oneshot(http::Request::get("/").body(Body::empty())?).await?;
+        /// assert_eq!(ok.status(), 200);
+        /// let late = http::Request::get("/").header("x-request-timeout-ms", "0").body(Body::empty())?;
+        /// assert_eq!(app.oneshot(late).await?.status(), 504);
+        /// # Ok(())
+        /// # }
+        /// ```
+        pub fn http(name: impl Into<Name>) -> ServerStackBuilder<HttpIngress> {
+            let builder = ServerStack::builder(name);
+            let deadline = DeadlineFromHeadersLayer::builder()
+                .name(part_name(builder.stack_name(), "ingress"));
+            builder.with_ingress(HttpIngress { deadline })
+        }
+    }
+
+    impl<R, P> ServerStackBuilder<HttpIngress, R, P> {
+        /// Configures how the client's deadline is read (header names, cap,
+        /// margin, what to do with bad input).
+        pub fn deadline_from_headers(
+            self,
+            f: impl FnOnce(DeadlineFromHeadersLayerBuilder) -> DeadlineFromHeadersLayerBuilder,
+        ) -> Self {
+            self.map_ingress(|i| HttpIngress {
+                deadline: f(i.deadline),
+            })
+        }
+    }
+
+    #[cfg(feature = "tonic")]
+    pub use self::grpc::GrpcIngress;
+
+    #[cfg(feature = "tonic")]
+    mod grpc {
+        use tower::layer::util::Stack;
+
+        use super::*;
+        use crate::grpc::GrpcRejectionLayer;
+
+        /// The outermost part of the [gRPC server preset](ServerStack::grpc),
+        /// unbuilt: rejections answered as gRPC statuses
+        /// (`RESOURCE_EXHAUSTED`, `UNAVAILABLE` with `grpc-retry-pushback-ms`,
+        /// `DEADLINE_EXCEEDED`), the client's `grpc-timeout` read, and the
+        /// attempt number a client stack sent recorded.
+        #[derive(Debug)]
+        pub struct GrpcIngress {
+            pub(super) deadline: DeadlineFromHeadersLayerBuilder,
+        }
+
+        impl StackPart for GrpcIngress {
+            type Layer =
+                Stack<Stack<MarkInboundAttemptLayer, DeadlineFromHeadersLayer>, GrpcRejectionLayer>;
+
+            fn build_part(self, observer: Option<&Observer>) -> Result<Self::Layer, ConfigError> {
+                let deadline = self.deadline.build_part(observer)?;
+                Ok(Stack::new(
+                    Stack::new(MarkInboundAttemptLayer::new(), deadline),
+                    GrpcRejectionLayer::new(),
+                ))
+            }
+        }
+
+        impl ServerStack {
+            /// The server stack for a tonic server (feature `tonic`): the
+            /// [generic stack](ServerStack::builder) with what gRPC needs.
+            /// Give it to `tonic::transport::Server::builder().layer(..)`.
+            ///
+            /// On top of the generic stack, outermost: every rejection is
+            /// answered as a gRPC status (`RESOURCE_EXHAUSTED` for a rate
+            /// limit, `UNAVAILABLE` for shedding or a full bulkhead,
+            /// `DEADLINE_EXCEEDED` for a deadline), with
+            /// `grpc-retry-pushback-ms` when the layer knows when to come
+            /// back (shed and full-bulkhead answers always do, jittered);
+            /// the client's `grpc-timeout` is read (capped at the total
+            /// budget; tonic's own `grpc-timeout` handling answers
+            /// `CANCELLED`, this one `DEADLINE_EXCEEDED` and hands the time
+            /// left to the handler); the `x-seawall-attempt` a client stack
+            /// sends is recorded.
+            ///
+            /// ```no_run
+            /// # async fn run(routes: tonic::service::Routes) -> Result<(), seawall::BoxError> {
+            /// use std::time::Duration;
+            /// use seawall::stack::ServerStack;
+            ///
+            /// let stack = ServerStack::grpc("greeter")
+            ///     .total_budget(Duration::from_secs(5))
+            ///     .build()?;
+            /// tonic::transport::Server::builder()
+            ///     .layer(stack)
+            ///     .add_routes(routes)
+            ///     .serve("127.0.0.1:50051".parse()?)
+            ///     .await?;
+            /// # Ok(())
+            /// # }
+            /// ```
+            pub fn grpc(name: impl Into<Name>) -> ServerStackBuilder<GrpcIngress> {
+                let builder = ServerStack::builder(name);
+                let deadline = DeadlineFromHeadersLayer::builder()
+                    .name(part_name(builder.stack_name(), "ingress"))
+                    .no_ms_header();
+                builder.with_ingress(GrpcIngress { deadline })
+            }
+        }
+
+        impl<R, P> ServerStackBuilder<GrpcIngress, R, P> {
+            /// Configures how the client's `grpc-timeout` is read (cap,
+            /// margin, what to do with bad input).
+            pub fn deadline_from_headers(
+                self,
+                f: impl FnOnce(DeadlineFromHeadersLayerBuilder) -> DeadlineFromHeadersLayerBuilder,
+            ) -> Self {
+                self.map_ingress(|i| GrpcIngress {
+                    deadline: f(i.deadline),
+                })
+            }
+        }
+    }
+}

@@ -259,64 +259,6 @@ impl<O, R, P> ServerStackBuilder<O, R, P> {
         }
     }
 
-    /// Reads the client's deadline from `grpc-timeout` and
-    /// `x-request-timeout-ms` outermost (feature `http`; requests must be
-    /// `http::Request`s), configured by `f` from the ingress layer's defaults
-    /// (30 s cap, no margin). The total budget below it caps what a client
-    /// may ask for.
-    ///
-    /// With axum, put [`RejectionResponseLayer`](crate::http::RejectionResponseLayer)
-    /// outside the stack so rejections become responses:
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
-    /// # async fn main() -> Result<(), seawall::BoxError> {
-    /// use std::time::Duration;
-    /// use axum::{body::Body, routing::get, Router};
-    /// use seawall::http::RejectionResponseLayer;
-    /// use seawall::stack::ServerStack;
-    /// use tower::{ServiceBuilder, ServiceExt};
-    ///
-    /// let stack = ServerStack::builder("api")
-    ///     .total_budget(Duration::from_secs(5))
-    ///     .handler_timeout(Duration::from_secs(2))
-    ///     .deadline_from_headers(|d| d.margin(Duration::from_millis(20)))
-    ///     .bulkhead(|b| b.max_concurrent(128))
-    ///     .build()?;
-    /// let app: Router = Router::new()
-    ///     .route("/", get(|| async { "hello" }))
-    ///     .layer(ServiceBuilder::new().layer(RejectionResponseLayer::new()).layer(stack));
-    ///
-    /// let ok = app.clone().oneshot(http::Request::get("/").body(Body::empty())?).await?;
-    /// assert_eq!(ok.status(), 200);
-    /// // A client with 15 ms left, under the 20 ms margin: refused without running the handler.
-    /// let late = http::Request::get("/").header("grpc-timeout", "15m").body(Body::empty())?;
-    /// assert_eq!(app.oneshot(late).await?.status(), 504);
-    /// # Ok(())
-    /// # }
-    /// ```
-    #[cfg(feature = "http")]
-    #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
-    pub fn deadline_from_headers(
-        self,
-        f: impl FnOnce(
-            crate::deadline::DeadlineFromHeadersLayerBuilder,
-        ) -> crate::deadline::DeadlineFromHeadersLayerBuilder,
-    ) -> ServerStackBuilder<crate::deadline::DeadlineFromHeadersLayerBuilder, R, P> {
-        let part = f(crate::deadline::DeadlineFromHeadersLayer::builder()
-            .name(part_name(&self.name, "ingress")));
-        ServerStackBuilder {
-            ingress: part,
-            name: self.name,
-            observer: self.observer,
-            total_budget: self.total_budget,
-            handler_timeout: self.handler_timeout,
-            rate_limit: self.rate_limit,
-            limit: self.limit,
-            bulkhead: self.bulkhead,
-        }
-    }
-
     /// Builds every layer and checks them against each other.
     ///
     /// # Errors
@@ -364,5 +306,84 @@ impl<O, R, P> ServerStackBuilder<O, R, P> {
             bulkhead: bulkhead.build()?,
             handler,
         })
+    }
+}
+
+#[cfg_attr(not(feature = "http"), allow(dead_code))]
+impl<O, R, P> ServerStackBuilder<O, R, P> {
+    /// Replaces the ingress part.
+    pub(crate) fn with_ingress<O2>(self, ingress: O2) -> ServerStackBuilder<O2, R, P> {
+        ServerStackBuilder {
+            ingress,
+            name: self.name,
+            observer: self.observer,
+            total_budget: self.total_budget,
+            handler_timeout: self.handler_timeout,
+            rate_limit: self.rate_limit,
+            limit: self.limit,
+            bulkhead: self.bulkhead,
+        }
+    }
+
+    /// Changes the ingress part.
+    pub(crate) fn map_ingress(mut self, f: impl FnOnce(O) -> O) -> Self {
+        self.ingress = f(self.ingress);
+        self
+    }
+
+    /// The name of the stack.
+    pub(crate) fn stack_name(&self) -> &Name {
+        &self.name
+    }
+}
+
+impl<R, P> ServerStackBuilder<Skip, R, P> {
+    /// Reads the client's deadline from `grpc-timeout` and
+    /// `x-request-timeout-ms` outermost (feature `http`; requests must be
+    /// `http::Request`s), configured by `f` from the ingress layer's defaults
+    /// (30 s cap, no margin). The total budget below it caps what a client
+    /// may ask for.
+    ///
+    /// With axum, put [`RejectionResponseLayer`](crate::http::RejectionResponseLayer)
+    /// outside the stack so rejections become responses:
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), seawall::BoxError> {
+    /// use std::time::Duration;
+    /// use axum::{body::Body, routing::get, Router};
+    /// use seawall::http::RejectionResponseLayer;
+    /// use seawall::stack::ServerStack;
+    /// use tower::{ServiceBuilder, ServiceExt};
+    ///
+    /// let stack = ServerStack::builder("api")
+    ///     .total_budget(Duration::from_secs(5))
+    ///     .handler_timeout(Duration::from_secs(2))
+    ///     .deadline_from_headers(|d| d.margin(Duration::from_millis(20)))
+    ///     .bulkhead(|b| b.max_concurrent(128))
+    ///     .build()?;
+    /// let app: Router = Router::new()
+    ///     .route("/", get(|| async { "hello" }))
+    ///     .layer(ServiceBuilder::new().layer(RejectionResponseLayer::new()).layer(stack));
+    ///
+    /// let ok = app.clone().oneshot(http::Request::get("/").body(Body::empty())?).await?;
+    /// assert_eq!(ok.status(), 200);
+    /// // A client with 15 ms left, under the 20 ms margin: refused without running the handler.
+    /// let late = http::Request::get("/").header("grpc-timeout", "15m").body(Body::empty())?;
+    /// assert_eq!(app.oneshot(late).await?.status(), 504);
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[cfg(feature = "http")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+    pub fn deadline_from_headers(
+        self,
+        f: impl FnOnce(
+            crate::deadline::DeadlineFromHeadersLayerBuilder,
+        ) -> crate::deadline::DeadlineFromHeadersLayerBuilder,
+    ) -> ServerStackBuilder<crate::deadline::DeadlineFromHeadersLayerBuilder, R, P> {
+        let part = f(crate::deadline::DeadlineFromHeadersLayer::builder()
+            .name(part_name(&self.name, "ingress")));
+        self.with_ingress(part)
     }
 }

@@ -246,7 +246,7 @@ async fn http_preset_local_bulkhead_refusals_never_open_the_breaker() {
         .filter(|r| {
             r.as_ref()
                 .err()
-                .and_then(|e| rejection_of(e))
+                .and_then(rejection_of)
                 .is_some_and(|v| v.kind() == RejectionKind::BulkheadFull && v.is_local())
         })
         .count();
@@ -541,4 +541,124 @@ async fn http_preset_body_is_read_by_the_client() {
     assert_eq!(res.status(), 200);
     let body = res.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(&body[..], b"ok");
+}
+
+// ------------------------------------------------------- server presets
+
+fn limit_of_one() -> seawall::shed::Gradient2 {
+    seawall::shed::Gradient2::builder()
+        .initial_limit(1)
+        .min_limit(1)
+        .max_limit(1)
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn http_server_preset_sheds_with_a_retry_after() {
+    let release = Arc::new(tokio::sync::Semaphore::new(0));
+    let r = release.clone();
+    let stack = seawall::stack::ServerStack::http("api")
+        .total_budget(Duration::from_secs(5))
+        .adaptive_limit(|l| l.algorithm(limit_of_one()))
+        .build()
+        .unwrap();
+    let app = Router::new()
+        .route(
+            "/hold",
+            get(move || {
+                let r = r.clone();
+                async move {
+                    let _permit = r.acquire().await.unwrap();
+                    "released"
+                }
+            }),
+        )
+        .layer(stack);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let client = hyper();
+    let held = tokio::spawn(client.clone().oneshot(get_req(addr, "/hold")));
+    // Wait until the first request holds the one slot.
+    let mut shed = None;
+    for _ in 0..200 {
+        let res = client
+            .clone()
+            .oneshot(get_req(addr, "/hold"))
+            .await
+            .unwrap();
+        if res.status() == 503 {
+            shed = Some(res);
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    let shed = shed.expect("the second request is shed while the first holds the slot");
+    assert_eq!(shed.headers()["retry-after"], "1");
+    let body = shed.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"overloaded");
+    release.add_permits(1);
+    assert_eq!(held.await.unwrap().unwrap().status(), 200);
+}
+
+#[tokio::test]
+async fn server_shedding_never_opens_the_client_breaker() {
+    // A seawall gRPC server that runs one call at a time and sheds the rest,
+    // called by the gRPC client preset with a breaker that opens on a single
+    // counted failure.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stack = seawall::stack::ServerStack::grpc("greeter")
+        .total_budget(Duration::from_secs(5))
+        .adaptive_limit(|l| l.algorithm(limit_of_one()))
+        .build()
+        .unwrap();
+    let greeter = GreeterServer::new(|_req| async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        Ok(greeter::HelloReply::default())
+    });
+    let router = tonic::transport::Server::builder()
+        .layer(stack)
+        .add_service(greeter);
+    tokio::spawn(router.serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)));
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+
+    // What the server answers to a plain tonic client while it is busy.
+    let plain =
+        futures::future::join_all((0..5).map(|_| call_say_hello(channel.clone(), hello()))).await;
+    let shed: Vec<_> = plain.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert!(!shed.is_empty(), "one at a time: the others are shed");
+    for status in &shed {
+        assert_eq!(status.code(), Code::Unavailable);
+        assert_eq!(status.message(), "overloaded");
+        assert!(
+            status.metadata().get("grpc-retry-pushback-ms").is_some(),
+            "{status:?}"
+        );
+    }
+
+    let client_stack = ClientStack::grpc("greeter")
+        .total_budget(Duration::from_secs(2))
+        .attempt_timeout(Duration::from_millis(1000))
+        .breaker(|b| b.consecutive_failures(1))
+        .build()
+        .unwrap();
+    let breaker = client_stack.breaker_handle();
+    let client = client_stack.layer(channel);
+    let results =
+        futures::future::join_all((0..8).map(|_| call_say_hello(client.clone(), hello()))).await;
+    let ok = results.iter().filter(|r| r.is_ok()).count();
+    assert!(ok >= 1);
+    assert_eq!(breaker.state(), State::Closed, "busy is not broken");
+    let m = breaker.metrics();
+    assert_eq!(m.failures, 0);
+    assert_eq!(
+        m.calls as usize, ok,
+        "only the calls that were served are counted"
+    );
 }
