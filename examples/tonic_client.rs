@@ -1,17 +1,17 @@
-//! A tonic gRPC client behind seawall's recommended client stack
-//! (`seawall::stack::ClientStack`), calling the `tonic_server` example.
+//! A tonic gRPC client behind seawall's gRPC client preset
+//! (`seawall::stack::ClientStack::grpc`), calling the `tonic_server` example.
 //!
 //! ```text
 //! GrpcRejectionLayer        client-side rejections -> tonic::Status with the real code
 //! ReplayBodyLayer           keeps the request body so a retry can resend it
-//! ClientStack "greeter":
-//!   DeadlineLayer           2 s per call, retries included
-//!   RetryLayer              3 attempts at most, UNAVAILABLE / DEADLINE_EXCEEDED, jittered
+//! DeadlineLayer             2 s per call, retries included
+//! RetryLayer                3 attempts at most, UNAVAILABLE / DEADLINE_EXCEEDED, jittered
 //!                           backoff, retry budget (10 % of calls + 10/s)
-//!   CircuitBreakerLayer     opens at 50 % failures over the last 20 calls (10 at least), 5 s
-//!   BulkheadLayer           64 attempts in flight at most
-//!   AttemptTimeoutLayer     600 ms per attempt, or what is left of the 2 s
-//!   PropagateDeadlineLayer  grpc-timeout = the attempt's time left
+//! CircuitBreakerLayer       opens at 50 % failures over the last 20 calls (10 at least), 5 s
+//! BulkheadLayer             64 attempts in flight at most
+//! AttemptTimeoutLayer       600 ms per attempt, or what is left of the 2 s
+//! PropagateDeadlineLayer    grpc-timeout = the attempt's time left
+//! TonicTransport            the Channel's own timeout as an attempt timeout
 //! Channel
 //! ```
 //!

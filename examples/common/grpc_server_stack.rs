@@ -1,4 +1,4 @@
-//! seawall's recommended server stack (`seawall::stack::ServerStack`) for a
+//! seawall's gRPC server preset (`seawall::stack::ServerStack::grpc`) for a
 //! tonic server, shared by `examples/tonic_server.rs` and the `examples_grpc`
 //! integration test.
 //!
@@ -7,6 +7,7 @@
 //! ```text
 //! GrpcRejectionLayer       rejections -> real gRPC codes + grpc-retry-pushback-ms
 //! DeadlineFromHeadersLayer the client's grpc-timeout, minus a margin
+//! MarkInboundAttemptLayer  records x-seawall-attempt (a retried call is not retried again below)
 //! DeadlineLayer            caps it (and gives one to calls without) and enforces it -> DEADLINE_EXCEEDED
 //! RateLimitLayer           per client IP                                -> RESOURCE_EXHAUSTED
 //! AdaptiveLimitLayer       adaptive concurrency limit, priorities       -> UNAVAILABLE
@@ -14,16 +15,16 @@
 //! AttemptTimeoutLayer      one handler run may take at most this long   -> DEADLINE_EXCEEDED
 //! ```
 //!
-//! `GrpcRejectionLayer` must be outermost: tonic turns any other error of a
-//! layer into a reset stream, which clients see as `INTERNAL` (or `UNKNOWN`)
-//! without the pushback.
+//! The preset puts `GrpcRejectionLayer` outermost: tonic turns any other
+//! error of a layer into a reset stream, which clients see as `INTERNAL` (or
+//! `UNKNOWN`) without the pushback.
 //!
 //! tonic's own server also reads `grpc-timeout`, outside these layers, and
 //! answers `CANCELLED` when it fires. The margin makes seawall's deadline the
 //! earlier one, so the server answers `DEADLINE_EXCEEDED`, while the client
 //! is still waiting, and the handler gets the budget it really has. (A
 //! tonic client enforces the timeout it sends as well, reporting
-//! `CANCELLED` locally; the `tonic_client` stack maps that to
+//! `CANCELLED` locally; the gRPC client preset maps that to
 //! `DEADLINE_EXCEEDED` too.)
 #![allow(dead_code)] // each includer uses a different part of this file
 
@@ -32,7 +33,6 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use http::Extensions;
-use seawall::grpc::GrpcRejectionLayer;
 use seawall::rate_limit::{PeerAddr, Quota};
 use seawall::shed::Gradient2;
 use seawall::shed::criticality::FromHttpRequest;
@@ -41,7 +41,6 @@ use seawall::{ConfigError, Observer};
 use tokio::net::TcpListener;
 use tonic::transport::Server;
 use tonic::transport::server::{TcpConnectInfo, TcpIncoming};
-use tower::ServiceBuilder;
 
 use super::greeter::GreeterServer;
 
@@ -111,13 +110,16 @@ where
         .min_limit(min)
         .max_limit(max)
         .build()?;
-    // Layers named "greeter.ingress", "greeter.deadline", "greeter.rate_limit",
-    // "greeter.limit", "greeter.bulkhead" and "greeter.handler".
-    let server_stack = ServerStack::builder("greeter")
+    // The gRPC preset: rejections answered as gRPC statuses with pushback,
+    // the client's grpc-timeout read, the attempt header of a calling client
+    // stack recorded. Layers named "greeter.ingress", "greeter.deadline",
+    // "greeter.rate_limit", "greeter.limit", "greeter.bulkhead" and
+    // "greeter.handler".
+    let stack = ServerStack::grpc("greeter")
         .observer(cfg.observer.clone())
         .total_budget(cfg.max_budget)
         .handler_timeout(cfg.handler_timeout)
-        .deadline_from_headers(|d| d.no_ms_header().max(cfg.max_budget).margin(cfg.margin))
+        .deadline_from_headers(|d| d.max(cfg.max_budget).margin(cfg.margin))
         .rate_limit(cfg.rate, |r| r.keyed(PeerAddr::with(peer_ip)))
         .adaptive_limit(|l| l.algorithm(gradient).criticality(FromHttpRequest))
         .bulkhead(|b| {
@@ -126,9 +128,6 @@ where
                 .max_wait(cfg.max_wait)
         })
         .build()?;
-    let stack = ServiceBuilder::new()
-        .layer(GrpcRejectionLayer::new())
-        .layer(server_stack);
     let router = Server::builder().layer(stack).add_service(greeter);
     Ok(router.serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown))
 }

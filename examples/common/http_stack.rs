@@ -1,4 +1,4 @@
-//! seawall's recommended server stack (`seawall::stack::ServerStack`) for an
+//! seawall's HTTP server preset (`seawall::stack::ServerStack::http`) for an
 //! axum app, shared by `examples/axum_server.rs` and the `examples_http`
 //! integration test.
 //!
@@ -7,6 +7,7 @@
 //! ```text
 //! RejectionResponseLayer   errors -> 429 / 503 / 504 + Retry-After (error type becomes Infallible)
 //! DeadlineFromHeadersLayer the client's budget: x-request-timeout-ms or grpc-timeout, minus a margin
+//! MarkInboundAttemptLayer  records x-seawall-attempt (a retried request is not retried again below)
 //! DeadlineLayer            caps that budget (and gives one to requests without) and enforces it
 //! RateLimitLayer           per client IP, IETF RateLimit headers on admitted responses  -> 429
 //! AdaptiveLimitLayer       adaptive concurrency limit, x-seawall-criticality priorities -> 503
@@ -28,14 +29,12 @@ use axum::extract::{ConnectInfo, Extension};
 use axum::http::{Extensions, Uri};
 use axum::routing::get;
 use seawall::deadline::{self, Deadline};
-use seawall::http::RejectionResponseLayer;
 use seawall::rate_limit::{IetfHeaders, PeerAddr, Quota};
 use seawall::shed::Gradient2;
 use seawall::shed::criticality::FromHttpRequest;
 use seawall::stack::ServerStack;
 use seawall::{ConfigError, Observer};
 use tokio::net::TcpListener;
-use tower::ServiceBuilder;
 
 /// The knobs of the server stack. `Default` holds the values the example
 /// runs with.
@@ -95,9 +94,12 @@ pub fn protect(router: Router, cfg: &ServerConfig) -> Result<Router, ConfigError
         .min_limit(min)
         .max_limit(max)
         .build()?;
-    // Layers named "api.ingress", "api.deadline", "api.rate_limit",
-    // "api.limit", "api.bulkhead" and "api.handler".
-    let stack = ServerStack::builder("api")
+    // The HTTP preset: rejections answered as 429 / 503 / 504 with
+    // Retry-After, the client's deadline read from its headers, the attempt
+    // header of a calling client stack recorded. Layers named "api.ingress",
+    // "api.deadline", "api.rate_limit", "api.limit", "api.bulkhead" and
+    // "api.handler".
+    let stack = ServerStack::http("api")
         .observer(cfg.observer.clone())
         .total_budget(cfg.max_budget)
         .handler_timeout(cfg.handler_timeout)
@@ -113,18 +115,43 @@ pub fn protect(router: Router, cfg: &ServerConfig) -> Result<Router, ConfigError
                 .max_wait(cfg.max_wait)
         })
         .build()?;
-    Ok(router.layer(
-        ServiceBuilder::new()
-            .layer(RejectionResponseLayer::new())
-            .layer(stack),
-    ))
+    Ok(router.layer(stack))
 }
 
 /// The example's routes, without the stack.
+///
+/// `/export` has a policy of its own inside the server's: exports are
+/// expensive, so at most two run at once (none wait: a third is answered
+/// 503 with `Retry-After` at once) and each may take 5 s. A route's stack is
+/// a `ServerStack::http` like the server's, given to `MethodRouter::layer`.
 pub fn routes() -> Router {
+    let export_policy = ServerStack::http("export")
+        .total_budget(Duration::from_secs(5))
+        .bulkhead(|b| b.max_concurrent(2))
+        .build()
+        .expect("a valid configuration");
     Router::new()
         .route("/", get(|| async { "hello\n" }))
         .route("/work", get(work))
+        .route("/export", get(export).layer(export_policy))
+}
+
+/// `GET /export?ms=N`: an expensive export that takes `N` ms (at most 60 s).
+async fn export(uri: Uri) -> String {
+    let ms = query_ms(&uri);
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    format!("exported in {ms} ms\n")
+}
+
+/// The `ms=N` query parameter, at most 60 s.
+fn query_ms(uri: &Uri) -> u64 {
+    uri.query()
+        .unwrap_or_default()
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("ms="))
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0)
+        .min(60_000)
 }
 
 /// `GET /work?ms=N`: pretends to work for `N` ms (at most 60 s) and reports
@@ -141,14 +168,7 @@ pub fn routes() -> Router {
 async fn work(Extension(deadline): Extension<Deadline>, uri: Uri) -> String {
     let on_arrival = deadline.remaining();
     let budget = deadline::remaining().unwrap_or_default();
-    let ms = uri
-        .query()
-        .unwrap_or_default()
-        .split('&')
-        .find_map(|pair| pair.strip_prefix("ms="))
-        .and_then(|v| v.parse::<u64>().ok())
-        .unwrap_or(0)
-        .min(60_000);
+    let ms = query_ms(&uri);
     tokio::time::sleep(Duration::from_millis(ms)).await;
     let left = deadline::remaining().unwrap_or_default();
     format!(

@@ -329,6 +329,9 @@ async fn adaptive_limit_is_unavailable() {
         let status = server.call(req).await.unwrap_err();
         assert_eq!(status.code(), Code::Unavailable, "{status:?}");
         assert_eq!(status.message(), "overloaded");
+        // The expected service time, at least 100 ms, stretched by [1, 1.5).
+        let ms = pushback(&status).expect("a shed call is told when to come back");
+        assert!((100..=150).contains(&ms), "{ms}");
     }
 
     server.probe.release.add_permits(1);

@@ -412,3 +412,27 @@ async fn slow_handler_hits_the_attempt_timeout() {
         )]
     );
 }
+
+#[tokio::test]
+async fn export_route_has_its_own_tighter_policy() {
+    let server = start(ServerConfig::default()).await;
+    // Three exports at once: the route's own bulkhead runs two, answers the
+    // third at once with 503 and a Retry-After; the server's stack let all in.
+    let calls = (0..3).map(|_| server.get("/export?ms=1000", &[]));
+    let mut answers = futures::future::join_all(calls).await;
+    answers.sort_by_key(|a| a.status);
+    let statuses: Vec<u16> = answers.iter().map(|a| a.status).collect();
+    assert_eq!(statuses, vec![200, 200, 503], "{answers:?}");
+    assert_eq!(answers[2].body, "bulkhead full");
+    assert_eq!(answers[2].header("retry-after"), Some("1"));
+    assert_eq!(answers[0].body, "exported in 1000 ms\n");
+    // The refusal came from the route's own layer.
+    assert!(
+        server
+            .rejections()
+            .iter()
+            .all(|(name, _, _)| !name.starts_with("api.")),
+        "{:?}",
+        server.rejections()
+    );
+}
