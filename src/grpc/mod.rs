@@ -59,48 +59,51 @@ pub use self::status::{GrpcAnswer, PUSHBACK_HEADER, code_for};
 pub use self::transport::{TonicTransport, TonicTransportFuture, TonicTransportLayer};
 
 use crate::error::BoxError;
-use crate::http::{AnswerErrors, AnswerErrorsFuture, AnswerErrorsLayer};
+use crate::http::AnswerErrorsFuture;
 
-/// Wraps a gRPC server stack so that its errors become proper trailers-only
-/// gRPC responses: HTTP 200, `content-type: application/grpc`, `grpc-status`,
-/// `grpc-message`, `grpc-retry-pushback-ms` when the rejection knows its wait,
-/// and an empty body. Clients then see the mapped code (`UNAVAILABLE`,
-/// `RESOURCE_EXHAUSTED`, `DEADLINE_EXCEEDED`) and the pushback. Without it, a
-/// tonic server resets the stream for an error that is not a `tonic::Status`,
-/// and clients see `INTERNAL` ("h2 protocol error"). The wrapped service never fails (its error type is
-/// [`Infallible`](std::convert::Infallible)).
-///
-/// Put it **outside** the seawall layers it answers for. It holds no state.
-///
-/// On the client side, put it outside the seawall layers that wrap a tonic
-/// `Channel` (and hand the stack to the generated client or
-/// `tonic::client::Grpc`): a rejection then reaches the caller as the mapped
-/// `Status`, pushback in its metadata, instead of `UNKNOWN`.
-///
-/// ```no_run
-/// use seawall::grpc::GrpcRejectionLayer;
-/// use tower::ServiceBuilder;
-///
-/// # async fn run(routes: tonic::service::Routes) -> Result<(), Box<dyn std::error::Error>> {
-/// tonic::transport::Server::builder()
-///     .layer(
-///         ServiceBuilder::new()
-///             .layer(GrpcRejectionLayer::new())
-///             // the seawall layers go here, below it
-///             .concurrency_limit(64),
-///     )
-///     .add_routes(routes)
-///     .serve("127.0.0.1:50051".parse()?)
-///     .await?;
-/// # Ok(())
-/// # }
-/// ```
-pub type GrpcRejectionLayer = AnswerErrorsLayer<GrpcAnswer>;
+crate::http::named_answer! {
+    /// Wraps a gRPC server stack so that its errors become proper trailers-only
+    /// gRPC responses: HTTP 200, `content-type: application/grpc`, `grpc-status`,
+    /// `grpc-message`, `grpc-retry-pushback-ms` when the rejection knows its wait,
+    /// and an empty body. Clients then see the mapped code (`UNAVAILABLE`,
+    /// `RESOURCE_EXHAUSTED`, `DEADLINE_EXCEEDED`) and the pushback. Without it, a
+    /// tonic server resets the stream for an error that is not a `tonic::Status`,
+    /// and clients see `INTERNAL` ("h2 protocol error"). The wrapped service never fails (its error type is
+    /// [`Infallible`](std::convert::Infallible)).
+    ///
+    /// Put it **outside** the seawall layers it answers for. It holds no state.
+    ///
+    /// On the client side, put it outside the seawall layers that wrap a tonic
+    /// `Channel` (and hand the stack to the generated client or
+    /// `tonic::client::Grpc`): a rejection then reaches the caller as the mapped
+    /// `Status`, pushback in its metadata, instead of `UNKNOWN`.
+    ///
+    /// ```no_run
+    /// use seawall::grpc::GrpcRejectionLayer;
+    /// use tower::ServiceBuilder;
+    ///
+    /// # async fn run(routes: tonic::service::Routes) -> Result<(), Box<dyn std::error::Error>> {
+    /// tonic::transport::Server::builder()
+    ///     .layer(
+    ///         ServiceBuilder::new()
+    ///             .layer(GrpcRejectionLayer::new())
+    ///             // the seawall layers go here, below it
+    ///             .concurrency_limit(64),
+    ///     )
+    ///     .add_routes(routes)
+    ///     .serve("127.0.0.1:50051".parse()?)
+    ///     .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    layer GrpcRejectionLayer;
 
-/// The service built by [`GrpcRejectionLayer`]: turns the inner service's
-/// `Err` into a trailers-only gRPC response (see
-/// [`AnswerErrors`] for readiness).
-pub type GrpcRejection<S> = AnswerErrors<S, GrpcAnswer>;
+    /// The service built by [`GrpcRejectionLayer`]: turns the inner service's
+    /// `Err` into a trailers-only gRPC response (see
+    /// [`AnswerErrors`](crate::http::AnswerErrors) for readiness).
+    service GrpcRejection;
+    answer GrpcAnswer;
+}
 
 /// The response future of [`GrpcRejection`].
 pub type ResponseFuture<F, B> = AnswerErrorsFuture<F, B, GrpcAnswer>;

@@ -81,33 +81,37 @@ pub use self::future::AnswerErrorsFuture;
 pub use self::layer::AnswerErrorsLayer;
 pub use self::response::{body_for, retry_after_header, status_for};
 pub use self::service::AnswerErrors;
+#[cfg(feature = "tonic")]
+pub(crate) use self::service::named_answer;
 
-/// Wraps a service so that its errors become HTTP responses: seawall
-/// rejections get their mapped status, `Retry-After` and short body, any other
-/// error a generic `500`. The wrapped service never fails (its error type is
-/// [`Infallible`](std::convert::Infallible)), which is what axum's
-/// `Router::layer` and `route_layer` ask for.
-///
-/// Put it **outside** the seawall layers it answers for. It holds no state;
-/// see the [module docs](crate::http) for the exact responses.
-///
-/// ```
-/// use seawall::http::RejectionResponseLayer;
-/// use tower::ServiceBuilder;
-///
-/// let stack = ServiceBuilder::new()
-///     .layer(RejectionResponseLayer::new())
-///     // .layer(breaker).layer(limiter) ...
-///     .service_fn(|_req: http::Request<String>| async {
-///         Ok::<_, seawall::BoxError>(http::Response::new(String::from("hello")))
-///     });
-/// # let _ = stack;
-/// ```
-pub type RejectionResponseLayer = AnswerErrorsLayer<TextAnswer>;
-
-/// The service built by [`RejectionResponseLayer`]: turns the inner service's
-/// `Err` into an `Ok` HTTP response (see [`AnswerErrors`] for readiness).
-pub type RejectionResponse<S> = AnswerErrors<S, TextAnswer>;
+service::named_answer! {
+    /// Wraps a service so that its errors become HTTP responses: seawall
+    /// rejections get their mapped status, `Retry-After` and short body, any other
+    /// error a generic `500`. The wrapped service never fails (its error type is
+    /// [`Infallible`](std::convert::Infallible)), which is what axum's
+    /// `Router::layer` and `route_layer` ask for.
+    ///
+    /// Put it **outside** the seawall layers it answers for. It holds no state;
+    /// see the [module docs](crate::http) for the exact responses.
+    ///
+    /// ```
+    /// use seawall::http::RejectionResponseLayer;
+    /// use tower::ServiceBuilder;
+    ///
+    /// let stack = ServiceBuilder::new()
+    ///     .layer(RejectionResponseLayer::new())
+    ///     // .layer(breaker).layer(limiter) ...
+    ///     .service_fn(|_req: http::Request<String>| async {
+    ///         Ok::<_, seawall::BoxError>(http::Response::new(String::from("hello")))
+    ///     });
+    /// # let _ = stack;
+    /// ```
+    layer RejectionResponseLayer;
+    /// The service built by [`RejectionResponseLayer`]: turns the inner service's
+    /// `Err` into an `Ok` HTTP response (see [`AnswerErrors`] for readiness: an error of `poll_ready` is answered by the next call).
+    service RejectionResponse;
+    answer TextAnswer;
+}
 
 /// The response future of [`RejectionResponse`].
 pub type ResponseFuture<F, B> = AnswerErrorsFuture<F, B, TextAnswer>;

@@ -100,3 +100,106 @@ where
         }
     }
 }
+
+/// Defines a named layer and service over [`AnswerErrors`] for one answer
+/// type, so that compiler messages and type names show what the user wrote
+/// (`RejectionResponse<…>`, `GrpcRejection<…>`), not the shared machinery.
+macro_rules! named_answer {
+    (
+        $(#[$layer_meta:meta])*
+        layer $layer:ident;
+        $(#[$service_meta:meta])*
+        service $service:ident;
+        answer $answer:ty;
+    ) => {
+        $(#[$layer_meta])*
+        #[derive(Clone, Copy, Default)]
+        pub struct $layer {
+            _private: (),
+        }
+
+        impl $layer {
+            /// The layer.
+            pub const fn new() -> Self {
+                $layer { _private: () }
+            }
+        }
+
+        impl ::std::fmt::Debug for $layer {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
+                f.write_str(stringify!($layer))
+            }
+        }
+
+        impl<S> ::tower_layer::Layer<S> for $layer {
+            type Service = $service<S>;
+
+            fn layer(&self, inner: S) -> Self::Service {
+                $service {
+                    inner: $crate::http::AnswerErrors::new(inner),
+                }
+            }
+        }
+
+        $(#[$service_meta])*
+        #[derive(Clone)]
+        pub struct $service<S> {
+            inner: $crate::http::AnswerErrors<S, $answer>,
+        }
+
+        impl<S> $service<S> {
+            /// Wraps `inner`.
+            pub const fn new(inner: S) -> Self {
+                $service {
+                    inner: $crate::http::AnswerErrors::new(inner),
+                }
+            }
+
+            /// The inner service.
+            pub fn get_ref(&self) -> &S {
+                self.inner.get_ref()
+            }
+
+            /// The inner service, mutably.
+            pub fn get_mut(&mut self) -> &mut S {
+                self.inner.get_mut()
+            }
+
+            /// Unwraps the inner service.
+            pub fn into_inner(self) -> S {
+                self.inner.into_inner()
+            }
+        }
+
+        impl<S: ::std::fmt::Debug> ::std::fmt::Debug for $service<S> {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
+                ::std::fmt::Debug::fmt(&self.inner, f)
+            }
+        }
+
+        impl<S, Req, B> ::tower_service::Service<Req> for $service<S>
+        where
+            S: ::tower_service::Service<Req, Response = ::http::Response<B>>,
+            S::Error: Into<$crate::BoxError>,
+            $answer: $crate::http::AnswerError<B>,
+        {
+            type Response = ::http::Response<B>;
+            type Error = ::std::convert::Infallible;
+            type Future = $crate::http::AnswerErrorsFuture<S::Future, B, $answer>;
+
+            #[inline]
+            fn poll_ready(
+                &mut self,
+                cx: &mut ::std::task::Context<'_>,
+            ) -> ::std::task::Poll<Result<(), Self::Error>> {
+                self.inner.poll_ready(cx)
+            }
+
+            #[inline]
+            fn call(&mut self, req: Req) -> Self::Future {
+                self.inner.call(req)
+            }
+        }
+    };
+}
+pub(crate) use named_answer;
