@@ -140,6 +140,26 @@ impl<F, S, Req, X, D> ResponseFuture<F, S, Req, X, D> {
         }
     }
 
+    /// A request whose cell would come only after its deadline.
+    pub(crate) fn deadline_exceeded(shared: &Shared<X, D>) -> Self {
+        shared.observer.emit(
+            crate::observe::LayerKind::RateLimit,
+            shared.name.as_str(),
+            crate::observe::EventKind::Rejected {
+                reason: crate::error::RejectionKind::DeadlineExceeded,
+                detail: "deadline_before_cell",
+                retry_after: None,
+            },
+        );
+        ResponseFuture {
+            state: State::Rejected {
+                err: Some(
+                    crate::error::DeadlineExceeded::before_sending(shared.name.clone()).into(),
+                ),
+            },
+        }
+    }
+
     pub(crate) fn waiting(
         until: Instant,
         limit: Instant,

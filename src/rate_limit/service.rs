@@ -73,6 +73,7 @@ where
     S::Error: Into<BoxError>,
     X: KeyExtractor<Req>,
     D: Decorate<S::Response>,
+    Req: crate::deadline::HasDeadline,
 {
     type Response = S::Response;
     type Error = BoxError;
@@ -93,10 +94,16 @@ where
             Step::Now(Verdict::Deny { wait, detail }, _) => {
                 if let (Mode::Wait { max }, Some(w)) = (shared.mode, wait) {
                     let now = Instant::now();
-                    let limit = limit_of(now, max);
+                    let deadline = crate::deadline::of(&req);
+                    let limit = limit_of(now, max, deadline);
                     if now + w <= limit {
                         let svc = take_ready(&mut self.inner);
                         return ResponseFuture::waiting(now + w, limit, key, svc, req, shared);
+                    }
+                    if deadline.is_some_and(|d| d.instant() == limit) {
+                        // The cell comes after the request's deadline: the
+                        // request cannot be served in time at all.
+                        return ResponseFuture::deadline_exceeded(shared);
                     }
                     return ResponseFuture::rejected(
                         shared,
@@ -109,7 +116,9 @@ where
             #[cfg(feature = "redis")]
             Step::Redis(call) => {
                 let limit = match shared.mode {
-                    Mode::Wait { max } => Some(limit_of(Instant::now(), max)),
+                    Mode::Wait { max } => {
+                        Some(limit_of(Instant::now(), max, crate::deadline::of(&req)))
+                    }
                     Mode::Reject => None,
                 };
                 let svc = take_ready(&mut self.inner);
@@ -120,10 +129,15 @@ where
 }
 
 /// The latest instant a waiting request may be admitted: `max` from now, and
-/// never past the request's deadline.
-pub(crate) fn limit_of(now: Instant, max: std::time::Duration) -> Instant {
+/// never past the request's deadline (the one it carries or the task-local
+/// one, whichever is earlier: `deadline`).
+pub(crate) fn limit_of(
+    now: Instant,
+    max: std::time::Duration,
+    deadline: Option<crate::deadline::Deadline>,
+) -> Instant {
     let by_max = now.checked_add(max).unwrap_or(now);
-    match crate::deadline::current() {
+    match deadline {
         Some(d) if d.instant() < by_max => d.instant(),
         _ => by_max,
     }

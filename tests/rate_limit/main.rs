@@ -364,7 +364,8 @@ async fn wait_mode_never_waits_past_the_deadline() {
     let mut svc = layer.layer(echo());
     assert!(call(&mut svc, 1).await.is_ok());
 
-    // 300 ms of budget left, 1 s to wait: refused at once.
+    // 300 ms of budget left, 1 s to wait: the request cannot be served in
+    // time, refused at once as DeadlineExceeded (a local refusal).
     let t0 = Instant::now();
     let err = deadline::scope(
         Deadline::after(Duration::from_millis(300)),
@@ -373,7 +374,10 @@ async fn wait_mode_never_waits_past_the_deadline() {
     .await
     .unwrap_err();
     assert_eq!(t0.elapsed(), Duration::ZERO);
-    assert_eq!(retry_after(&err), Some(Duration::from_secs(1)));
+    let view = rejection_of(&err).unwrap();
+    assert_eq!(view.kind(), RejectionKind::DeadlineExceeded);
+    assert!(view.is_local());
+    assert_eq!(view.retry_after(), None);
 
     // 1.5 s of budget: waits the 1 s and goes through.
     let ok = deadline::scope(
@@ -606,4 +610,32 @@ mod http_keys {
         assert_eq!(res.headers()["ratelimit"], "\"api\";r=4;t=1");
         assert!(IetfHeaders::new("bad\"name").is_err());
     }
+}
+
+/// The deadline the request carries counts too, with no task-local one set.
+#[tokio::test(start_paused = true)]
+async fn wait_mode_reads_the_deadline_in_the_request() {
+    let layer = RateLimitLayer::builder(Quota::per_second(1))
+        .wait(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let svc = layer.layer(tower::service_fn(|req: http::Request<u64>| async move {
+        Ok::<_, BoxError>(*req.body())
+    }));
+    let req = |x: u64, budget_ms: u64| {
+        let mut r = http::Request::new(x);
+        r.extensions_mut()
+            .insert(Deadline::after(Duration::from_millis(budget_ms)));
+        r
+    };
+    assert_eq!(svc.clone().oneshot(req(1, 5000)).await.unwrap(), 1);
+    let t0 = Instant::now();
+    let err = svc.clone().oneshot(req(2, 300)).await.unwrap_err();
+    assert_eq!(
+        rejection_of(&err).unwrap().kind(),
+        RejectionKind::DeadlineExceeded
+    );
+    assert_eq!(t0.elapsed(), Duration::ZERO);
+    assert_eq!(svc.clone().oneshot(req(3, 1500)).await.unwrap(), 3);
+    assert_eq!(t0.elapsed(), Duration::from_secs(1));
 }
