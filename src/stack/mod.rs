@@ -1,6 +1,28 @@
 //! The recommended stacks: the seawall layers composed in the order that
 //! works, for a client calling a dependency and for a server taking traffic.
 //!
+//! # Start with a protocol preset
+//!
+//! | | HTTP (feature `http`) | gRPC (feature `tonic`) |
+//! |---|---|---|
+//! | server | [`ServerStack::http`] | [`ServerStack::grpc`] |
+//! | client | [`ClientStack::http`] → [`HttpClient<S>`] | [`ClientStack::grpc`] → [`GrpcClient<Channel>`](GrpcClient) |
+//!
+//! A preset knows its protocol: which statuses mean broken, busy or the
+//! caller's own mistake (so the breaker opens on HTTP 500 and gRPC
+//! `UNAVAILABLE`, never on a shedding server's 503 nor on this process's own
+//! full bulkhead), which requests are safe to repeat (a timed-out `POST` runs
+//! once), where the deadline travels on the wire, and how a refusal is
+//! answered (503/429/504 with `Retry-After`, gRPC statuses with pushback).
+//! Set the budgets; every other default is chosen for you.
+//!
+//! The generic stacks below, [`ClientStack::builder`] and
+//! [`ServerStack::builder`], take any request type. **What they cannot
+//! know:** to them every `Ok` is a success, so an HTTP 500 or a gRPC error
+//! status inside an `Ok` response is a success too, and the default retry
+//! policy retries any request it can clone, whatever its method. Use them
+//! for non-HTTP services, or bring your own classifier and policy.
+//!
 //! Each builder names every layer after the stack (`payments.retry`,
 //! `payments.breaker`, …), hands them one [`Observer`](crate::Observer),
 //! checks the settings against each other when built, and returns one
