@@ -242,6 +242,8 @@ pub use self::server::GrpcIngress;
 pub use self::server::HttpIngress;
 
 mod server {
+    use std::time::Duration;
+
     use tower::layer::util::Stack;
 
     use super::super::part::{StackPart, part_name};
@@ -251,6 +253,14 @@ mod server {
     use crate::http::RejectionResponseLayer;
     use crate::observe::Observer;
     use crate::retry::http::MarkInboundAttemptLayer;
+
+    /// The server presets' margin per hop: taken off the time a client says
+    /// it has, so that the server's own answer (504, `DEADLINE_EXCEEDED`)
+    /// reaches the client before the client's timer fires. Without it both
+    /// fire at the same instant and the same call ends sometimes as the
+    /// server's answer, sometimes as the client's timeout (seen on loopback
+    /// with the client preset's attempt timeout).
+    pub(super) const HOP_MARGIN: Duration = Duration::from_millis(10);
 
     /// The outermost part of the [HTTP server preset](ServerStack::http),
     /// unbuilt: rejections answered as responses (429 / 503 / 504 with
@@ -285,13 +295,15 @@ mod server {
         ///
         /// - every rejection is answered as a response (errors become
         ///   [`Infallible`](std::convert::Infallible), as axum requires):
-        ///   429 for a rate limit, 503 for shedding, a full bulkhead or an
-        ///   open breaker, 504 for a deadline, each with a `Retry-After` when
-        ///   the layer knows when to come back (shed and full-bulkhead
-        ///   answers always do, jittered);
+        ///   429 for a rate limit, 503 for shedding or a full bulkhead, 504
+        ///   for a deadline, each with a `Retry-After` when the layer knows
+        ///   when to come back (shed and full-bulkhead answers always do,
+        ///   jittered); an error your handler returns is a 500;
         /// - the client's deadline is read from `x-request-timeout-ms` or
-        ///   `grpc-timeout` (capped at the total budget; change with
-        ///   [`deadline_from_headers`](ServerStackBuilder::deadline_from_headers));
+        ///   `grpc-timeout`, less a 10 ms margin per hop (so the server's
+        ///   504 reaches the client before the client's own timer fires),
+        ///   capped at the total budget; change with
+        ///   [`deadline_from_headers`](ServerStackBuilder::deadline_from_headers);
         /// - the `x-seawall-attempt` a client stack sends is recorded, so the
         ///   handler's own client stacks do not retry a retried request.
         ///
@@ -320,7 +332,8 @@ mod server {
         pub fn http(name: impl Into<Name>) -> ServerStackBuilder<HttpIngress> {
             let builder = ServerStack::builder(name);
             let deadline = DeadlineFromHeadersLayer::builder()
-                .name(part_name(builder.stack_name(), "ingress"));
+                .name(part_name(builder.stack_name(), "ingress"))
+                .margin(HOP_MARGIN);
             builder.with_ingress(HttpIngress { deadline })
         }
     }
@@ -382,8 +395,9 @@ mod server {
             /// `DEADLINE_EXCEEDED` for a deadline), with
             /// `grpc-retry-pushback-ms` when the layer knows when to come
             /// back (shed and full-bulkhead answers always do, jittered);
-            /// the client's `grpc-timeout` is read (capped at the total
-            /// budget; tonic's own `grpc-timeout` handling answers
+            /// the client's `grpc-timeout` is read, less a 10 ms margin per
+            /// hop, capped at the total budget (tonic's own `grpc-timeout`
+            /// handling answers
             /// `CANCELLED`, this one `DEADLINE_EXCEEDED` and hands the time
             /// left to the handler); the `x-seawall-attempt` a client stack
             /// sends is recorded.
@@ -408,7 +422,8 @@ mod server {
                 let builder = ServerStack::builder(name);
                 let deadline = DeadlineFromHeadersLayer::builder()
                     .name(part_name(builder.stack_name(), "ingress"))
-                    .no_ms_header();
+                    .no_ms_header()
+                    .margin(HOP_MARGIN);
                 builder.with_ingress(GrpcIngress { deadline })
             }
         }

@@ -662,3 +662,49 @@ async fn server_shedding_never_opens_the_client_breaker() {
         "only the calls that were served are counted"
     );
 }
+
+#[tokio::test]
+async fn server_preset_answers_before_the_client_preset_times_out() {
+    // Both presets with defaults: the server takes its 10 ms margin off the
+    // time the client says it has, so a slow handler ends as the server's
+    // 504, every time, not as a race between the two timers.
+    let hits = Arc::new(AtomicUsize::new(0));
+    let h = hits.clone();
+    let server_stack = seawall::stack::ServerStack::http("api")
+        .total_budget(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let app = Router::new()
+        .route(
+            "/slow",
+            post(move || {
+                h.fetch_add(1, Ordering::SeqCst);
+                async {
+                    tokio::time::sleep(Duration::from_secs(3)).await;
+                    "done"
+                }
+            }),
+        )
+        .layer(server_stack);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let client = ClientStack::http("api")
+        .total_budget(Duration::from_secs(2))
+        .attempt_timeout(Duration::from_millis(300))
+        .build()
+        .unwrap()
+        .layer(hyper());
+    for i in 1..=5 {
+        let post = http::Request::post(format!("http://{addr}/slow"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let res = client
+            .clone()
+            .oneshot(post)
+            .await
+            .expect("the server's answer, not a timeout");
+        assert_eq!(res.status(), 504);
+        assert_eq!(hits.load(Ordering::SeqCst), i, "a POST runs once");
+    }
+}
