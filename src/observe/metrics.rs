@@ -45,8 +45,8 @@ impl Hook for MetricsHook {
                 metrics::histogram!("seawall.call.duration", "layer" => layer, "name" => name, "outcome" => outcome.as_str())
                     .record(latency.as_secs_f64());
             }
-            EventKind::Rejected { reason, .. } => {
-                metrics::counter!("seawall.rejections", "layer" => layer, "name" => name, "reason" => reason.as_str())
+            EventKind::Rejected { reason, detail, .. } => {
+                metrics::counter!("seawall.rejections", "layer" => layer, "name" => name, "reason" => reason.as_str(), "detail" => detail)
                     .increment(1);
             }
             EventKind::StateChanged { to, .. } => self.set_state(e.layer, e.name, to),

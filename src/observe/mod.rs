@@ -42,7 +42,7 @@
 //! |---|---|---|
 //! | `seawall.calls` | counter | layer, name, outcome |
 //! | `seawall.call.duration` | histogram, seconds | layer, name, outcome |
-//! | `seawall.rejections` | counter | layer, name, reason |
+//! | `seawall.rejections` | counter | layer, name, reason, detail (a short static word: `limit`, `doomed`, `queue_full`, `max_wait`, `open`, …) |
 //! | `seawall.state` | gauge, exactly one state at 1 | layer, name, state |
 //! | `seawall.retries` | counter | layer, name |
 //! | `seawall.retry.delay` | histogram, seconds | layer, name |

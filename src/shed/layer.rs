@@ -180,9 +180,18 @@ impl<P> AdaptiveLimitLayerBuilder<P> {
 
     /// Whether to reject doomed requests (default `true`): a request whose
     /// remaining deadline ([`deadline::current()`](crate::deadline::current))
-    /// is shorter than the expected service time (the average RTT of the
-    /// last closed window), or already passed, is rejected at admission with
-    /// `Overloaded` (event detail `"doomed"`) instead of using a slot to die.
+    /// has already passed, or — on current evidence only — is shorter than
+    /// the expected service time, is rejected at admission with `Overloaded`
+    /// (event detail and metric label `"doomed"`, where a request over the
+    /// limit has `"limit"`) instead of using a slot to die.
+    ///
+    /// Current evidence means: the server is busy (at least half its limit
+    /// in flight, so the request would wait behind others) and the expected
+    /// service time (the average RTT of the last closed window) was measured
+    /// less than two windows ago. An idle server admits every request whose
+    /// deadline has not passed: refused requests add no latency samples, so
+    /// an estimate from a burst of slow requests would otherwise go on
+    /// refusing short-budget requests long after the burst.
     pub fn reject_doomed(mut self, enabled: bool) -> Self {
         self.reject_doomed = enabled;
         self

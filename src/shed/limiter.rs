@@ -64,6 +64,8 @@ pub(crate) struct Limiter {
     win_max_inflight: AtomicUsize,
     /// Average RTT of the last closed window, in nanoseconds (0: unknown).
     expected_rtt_ns: AtomicU64,
+    /// When `expected_rtt_ns` was measured (ns since `epoch`).
+    expected_at_ns: AtomicU64,
     epoch: Instant,
     window_ns: u64,
     min_window_samples: u64,
@@ -103,6 +105,7 @@ impl Limiter {
             win_drops: AtomicU64::new(0),
             win_max_inflight: AtomicUsize::new(0),
             expected_rtt_ns: AtomicU64::new(0),
+            expected_at_ns: AtomicU64::new(0),
             epoch: Instant::now(),
             window_ns: u64::try_from(config.window.as_nanos()).unwrap_or(u64::MAX),
             min_window_samples: config.min_window_samples,
@@ -147,12 +150,9 @@ impl Limiter {
         now: Instant,
     ) -> Result<Permit, Refusal> {
         if self.reject_doomed {
-            let expected = self.expected_rtt_ns.load(Ordering::Relaxed);
             if let Some(deadline) = crate::deadline::current() {
                 let remaining = deadline.remaining_from(now);
-                if remaining.is_zero()
-                    || (expected > 0 && remaining.as_nanos() < u128::from(expected))
-                {
+                if remaining.is_zero() || self.doomed_by_evidence(remaining, now) {
                     return Err(Refusal::Doomed);
                 }
             }
@@ -178,6 +178,31 @@ impl Limiter {
             inflight,
             done: false,
         })
+    }
+
+    /// Whether current evidence says a request with `remaining` time cannot
+    /// finish: the server is busy (at least half its limit in flight, so a
+    /// request waits behind others), the expected service time is fresh (its
+    /// window closed less than two windows ago) and longer than `remaining`.
+    ///
+    /// Without load, or on an estimate that nothing has refreshed (refused
+    /// requests add no samples: an idle server would otherwise go on
+    /// refusing on the latency of a burst long gone), the request is
+    /// admitted.
+    #[inline]
+    fn doomed_by_evidence(&self, remaining: Duration, now: Instant) -> bool {
+        let expected = self.expected_rtt_ns.load(Ordering::Relaxed);
+        if expected == 0 || remaining.as_nanos() >= u128::from(expected) {
+            return false;
+        }
+        let limit = self.limit.load(Ordering::Relaxed);
+        if self.inflight.load(Ordering::Relaxed).saturating_mul(2) < limit {
+            return false;
+        }
+        let now_ns =
+            u64::try_from(now.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX);
+        let at = self.expected_at_ns.load(Ordering::Relaxed);
+        now_ns.saturating_sub(at) < self.window_ns.saturating_mul(2)
     }
 
     /// At the limit: whether class `idx`, with `busy` calls in flight before
@@ -246,6 +271,7 @@ impl Limiter {
         drop(algorithm);
         if let Some(avg_ns) = avg_ns {
             self.expected_rtt_ns.store(avg_ns.max(1), Ordering::Relaxed);
+            self.expected_at_ns.store(now_ns, Ordering::Relaxed);
         }
         let old = self.limit.swap(new, Ordering::Relaxed);
         if old != new {

@@ -540,7 +540,20 @@ async fn doomed_requests_are_rejected_at_admission() {
             }
         }
     };
-    // 100 ms left < 102.5 ms expected: doomed, never reaches the service.
+    // Idle (nothing in flight): every request whose deadline has not passed
+    // is admitted, even with less time than the last window's average.
+    assert_eq!(call_with(Some(ms(100))).await.unwrap(), 1);
+    assert_eq!(hits.load(Ordering::Relaxed), 3);
+
+    // Busy: half the limit (AIMD starts at 20) in flight, for a second.
+    let held: Vec<_> = (0..10)
+        .map(|_| tokio::spawn(svc.clone().oneshot(1000)))
+        .collect();
+    tokio::task::yield_now().await;
+    assert_eq!(layer.inflight(), 10);
+    assert_eq!(hits.load(Ordering::Relaxed), 13);
+    // 100 ms left < 102.5 ms expected, on a fresh estimate: doomed, never
+    // reaches the service.
     let err = call_with(Some(ms(100))).await.unwrap_err();
     assert_eq!(
         rejection_of(&err).unwrap().kind(),
@@ -548,7 +561,7 @@ async fn doomed_requests_are_rejected_at_admission() {
     );
     // Already expired: doomed.
     assert!(call_with(Some(Duration::ZERO)).await.is_err());
-    assert_eq!(hits.load(Ordering::Relaxed), 2);
+    assert_eq!(hits.load(Ordering::Relaxed), 13);
     // Exactly the expected time, more time, or no deadline: admitted.
     assert_eq!(
         call_with(Some(Duration::from_micros(102_500)))
@@ -558,8 +571,17 @@ async fn doomed_requests_are_rejected_at_admission() {
     );
     assert_eq!(call_with(Some(ms(150))).await.unwrap(), 1);
     assert_eq!(call_with(None).await.unwrap(), 1);
-    assert_eq!(hits.load(Ordering::Relaxed), 5);
+    assert_eq!(hits.load(Ordering::Relaxed), 16);
     assert_eq!(rejection_details(&rec), vec!["doomed", "doomed"]);
+    // Still busy, but the estimate is two windows old and nothing has
+    // refreshed it: not evidence any more, admitted.
+    sleep(ms(300)).await;
+    assert_eq!(layer.inflight(), 10);
+    assert_eq!(call_with(Some(ms(100))).await.unwrap(), 1);
+    assert_eq!(rejection_details(&rec), vec!["doomed", "doomed"]);
+    for h in held {
+        h.await.unwrap().unwrap();
+    }
 
     // With the check off, the doomed request is admitted.
     let lenient = AdaptiveLimitLayer::builder()
@@ -957,4 +979,51 @@ async fn throttle_does_not_count_ignored_calls() {
     // (some of the 30 failing calls were throttled: no answer, no event)
     assert_eq!(finished(Outcome::Failure), sent_before as usize - 1010);
     assert_eq!(finished(Outcome::Success), 10);
+}
+
+/// An idle server after a burst of slow requests admits every short-budget
+/// request: the estimate of the burst is not evidence about them (it used to
+/// refuse 45 of 50, and went on refusing minutes later).
+#[tokio::test(start_paused = true)]
+async fn idle_after_a_slow_burst_admits_every_short_budget_request() {
+    let rec = Recorder::new();
+    let layer = AdaptiveLimitLayer::builder()
+        .observer(Observer::new(rec.clone()))
+        .build()
+        .unwrap();
+    let svc = layer.layer(service_fn(|n: u64| async move {
+        sleep(ms(n)).await;
+        Ok::<_, Infallible>(n)
+    }));
+    // 12 slow requests of 2 s at once, then a few more so windows close.
+    let burst: Vec<_> = (0..12)
+        .map(|_| tokio::spawn(svc.clone().oneshot(2000)))
+        .collect();
+    for h in burst {
+        h.await.unwrap().unwrap();
+    }
+    for _ in 0..12 {
+        svc.clone().oneshot(2000).await.unwrap();
+    }
+    assert!(
+        layer.expected_rtt().unwrap() >= ms(1000),
+        "{:?}",
+        layer.expected_rtt()
+    );
+    // Now 50 short-budget requests for quick work, one after another.
+    let mut admitted = 0;
+    for _ in 0..50 {
+        if deadline::scope(Deadline::after(ms(100)), svc.clone().oneshot(5))
+            .await
+            .is_ok()
+        {
+            admitted += 1;
+        }
+    }
+    assert_eq!(admitted, 50);
+    assert!(
+        rejection_details(&rec).is_empty(),
+        "{:?}",
+        rejection_details(&rec)
+    );
 }
