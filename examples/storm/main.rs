@@ -23,9 +23,11 @@
 //! - **unprotected**: no timeout, no retry, no limit;
 //! - **naive**: tower `Timeout` (1 s per try) + tower `Retry` (3 retries, no
 //!   backoff, no budget, no breaker), what most code does;
-//! - **seawall**: the crate's recommended client stack (deadline, retry with a
-//!   budget, circuit breaker, attempt timeout) and server stack (deadline,
-//!   adaptive concurrency limit): see `stacks.rs`, and copy it from there.
+//! - **seawall**: the crate's `ClientStack` and `ServerStack` with their
+//!   defaults, only the budgets set: see `stacks.rs`.
+//!
+//! Then a second scenario on the same backend: a partial failure (30 % of
+//! calls fail fast, at 60 % of capacity).
 //!
 //! Everything runs in paused tokio time with a seeded RNG: every run prints
 //! the same numbers, in a few seconds.
@@ -125,5 +127,18 @@ fn main() -> Result<(), seawall::BoxError> {
         .join("storm.svg");
     chart::draw(&path, &scenario, &runs)?;
     println!("chart: {}", path.display());
+
+    // A second scenario: a partial failure, where a retry saves the request.
+    let partial = Scenario::partial_failure(if quick { 10 } else { 30 });
+    println!();
+    println!(
+        "partial failure: {} s at 60% of capacity, 30% of calls fail fast",
+        partial.total().as_secs()
+    );
+    let runs = Mode::ALL
+        .iter()
+        .map(|&mode| sim::run(&partial, mode))
+        .collect::<Result<Vec<_>, _>>()?;
+    print!("{}", report::tables(&partial, &runs));
     Ok(())
 }

@@ -108,6 +108,9 @@ pub fn tables(scenario: &Scenario, runs: &[Run]) -> String {
     for run in runs {
         row(&mut out, run, &run.summary(0.0, total));
     }
+    if !scenario.phases.iter().any(|p| p.name == "outage") {
+        return out;
+    }
     out.push('\n');
     let _ = write!(
         out,
@@ -137,6 +140,8 @@ fn possible(scenario: &Scenario, i: usize) -> f64 {
         Condition::Healthy => scenario.capacity(),
         Condition::Slow(x) => scenario.capacity() / x,
         Condition::Down => 0.0,
+        // Every request can be served: a failed call can be tried again.
+        Condition::Failing(_) => scenario.capacity(),
     };
     (capacity / (phase.load * scenario.capacity())).min(1.0)
 }

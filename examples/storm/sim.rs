@@ -45,6 +45,9 @@ pub enum Condition {
     Slow(f64),
     /// Every call fails after a short delay.
     Down,
+    /// This share of calls (0..=1) fails after a short delay; the others are
+    /// served normally (a partial failure).
+    Failing(f64),
 }
 
 impl fmt::Display for Condition {
@@ -53,6 +56,7 @@ impl fmt::Display for Condition {
             Condition::Healthy => f.write_str("backend healthy"),
             Condition::Slow(x) => write!(f, "backend latency x{x}"),
             Condition::Down => f.write_str("backend down, every call fails"),
+            Condition::Failing(p) => write!(f, "{:.0}% of calls fail fast", p * 100.0),
         }
     }
 }
@@ -92,6 +96,19 @@ impl Scenario {
     /// The full scenario the example runs: 100 s, ~84 000 requests per mode.
     pub fn full() -> Self {
         Scenario::with_phase_lengths([20, 10, 20, 20, 30])
+    }
+
+    /// A partial failure: the same backend at 60 % of capacity, 30 % of its
+    /// calls failing fast, for `secs` seconds.
+    pub fn partial_failure(secs: u64) -> Self {
+        let mut s = Scenario::quick();
+        s.phases = vec![Phase {
+            name: "partial",
+            duration: Duration::from_secs(secs),
+            load: 0.6,
+            condition: Condition::Failing(0.3),
+        }];
+        s
     }
 
     /// A shorter timeline with the same shape (`--quick`): 40 s.
@@ -415,6 +432,10 @@ impl Service<Req> for Backend {
                 Condition::Healthy => (sc.service_time.mul_f64(jitter), Ok(Resp)),
                 Condition::Slow(x) => (sc.service_time.mul_f64(jitter * x), Ok(Resp)),
                 Condition::Down => (sc.fail_time, Err(BackendError.into())),
+                Condition::Failing(p) if unit(!sc.seed, n) < p => {
+                    (sc.fail_time, Err(BackendError.into()))
+                }
+                Condition::Failing(_) => (sc.service_time.mul_f64(jitter), Ok(Resp)),
             };
             tokio::time::sleep(busy).await;
             let done = Instant::now();

@@ -11,7 +11,7 @@ use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 
 use super::backoff::BackoffState;
-use super::budget::Withdrawal;
+use super::budget::{RequestTicket, Withdrawal};
 use super::layer::Shared;
 use super::policy::{RetryPolicy, Verdict};
 use crate::deadline::Deadline;
@@ -55,6 +55,7 @@ pin_project! {
         withdrawal: Option<Withdrawal>,
         started: Option<Instant>,
         deadline: Option<Deadline>,
+        ticket: RequestTicket,
     }
 
     impl<S, Req, P> PinnedDrop for ResponseFuture<S, Req, P>
@@ -74,6 +75,7 @@ impl<S, Req, P> ResponseFuture<S, Req, P>
 where
     S: Service<Req>,
 {
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         future: S::Future,
         shared: Arc<Shared<P>>,
@@ -82,9 +84,11 @@ where
         no_retry: GiveUpReason,
         started: Option<Instant>,
         deadline: Option<Deadline>,
+        ticket: RequestTicket,
     ) -> Self {
         ResponseFuture {
             deadline,
+            ticket,
             state: State::Calling { future },
             shared,
             service,
@@ -169,7 +173,10 @@ where
                         );
                     }
                     let give_up = match verdict {
-                        Verdict::Success => return Poll::Ready(result),
+                        Verdict::Success => {
+                            shared.budget.credit_success(*this.ticket);
+                            return Poll::Ready(result);
+                        }
                         Verdict::Fail => GiveUp::new(GiveUpReason::NotRetryable),
                         Verdict::DoNotRetry => GiveUp::new(GiveUpReason::Pushback),
                         Verdict::Retry { after } => {

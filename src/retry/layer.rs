@@ -147,6 +147,7 @@ pub struct RetryLayerBuilder<P = RetryErrors> {
     jitter: Jitter,
     seed: Option<u64>,
     ratio: f64,
+    success_ratio: f64,
     min_per_sec: u32,
     window: Duration,
     min_remaining: Duration,
@@ -166,6 +167,7 @@ impl RetryLayerBuilder<RetryErrors> {
             jitter: Jitter::Full,
             seed: None,
             ratio: RetryBudget::DEFAULT_RATIO,
+            success_ratio: RetryBudget::DEFAULT_SUCCESS_RATIO,
             min_per_sec: RetryBudget::DEFAULT_MIN_PER_SEC,
             window: RetryBudget::DEFAULT_WINDOW,
             min_remaining: DEFAULT_MIN_REMAINING,
@@ -208,6 +210,7 @@ impl<P> RetryLayerBuilder<P> {
             jitter: self.jitter,
             seed: self.seed,
             ratio: self.ratio,
+            success_ratio: self.success_ratio,
             min_per_sec: self.min_per_sec,
             window: self.window,
             min_remaining: self.min_remaining,
@@ -248,6 +251,15 @@ impl<P> RetryLayerBuilder<P> {
     /// (default 0.1: 10 %).
     pub fn budget_ratio(mut self, ratio: f64) -> Self {
         self.ratio = ratio;
+        self
+    }
+
+    /// The fraction of *succeeded* requests added to the budget, in
+    /// `0.0..=1.0` (default 0.5; 0 gives Finagle's plain budget). See
+    /// [`RetryBudget::adaptive`] and [`RetryBudget::DEFAULT_SUCCESS_RATIO`]
+    /// for the scenarios that chose the default.
+    pub fn budget_success_ratio(mut self, ratio: f64) -> Self {
+        self.success_ratio = ratio;
         self
     }
 
@@ -311,7 +323,12 @@ impl<P> RetryLayerBuilder<P> {
             ));
         }
         let backoff = Backoff::new(self.base, self.cap)?.with_jitter(self.jitter);
-        let budget = RetryBudget::new(self.ratio, self.min_per_sec, self.window)?;
+        let budget = RetryBudget::adaptive(
+            self.ratio,
+            self.success_ratio,
+            self.min_per_sec,
+            self.window,
+        )?;
         let seed = match self.seed {
             Some(s) => s,
             None => SmallRng::from_os_rng().next_u64(),

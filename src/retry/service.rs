@@ -85,7 +85,7 @@ where
 
     fn call(&mut self, mut req: Req) -> Self::Future {
         let shared = &*self.shared;
-        shared.budget.deposit();
+        let ticket = shared.budget.deposit_request();
         shared.policy.on_attempt(&mut req, 1);
 
         let inbound_retry =
@@ -130,6 +130,7 @@ where
             no_retry,
             started,
             deadline,
+            ticket,
         )
     }
 }

@@ -136,11 +136,12 @@ async fn http_preset_breaker_opens_on_500_then_refuses_fast() {
         State::Open,
         "the breaker opens on HTTP 500"
     );
-    // Resilience4j's window: it opens when 100 attempts have failed.
+    // The stack's breaker opens after 20 failures in a row (its window also
+    // judges from 20 calls).
     let reached = server.hits.load(Ordering::SeqCst);
-    assert_eq!(reached, 100, "attempts that reached the dependency");
+    assert_eq!(reached, 20, "attempts that reached the dependency");
     assert!(
-        calls_until_open < 100,
+        calls_until_open < 20,
         "retries are attempts too: {calls_until_open} calls"
     );
 
@@ -156,7 +157,7 @@ async fn http_preset_breaker_opens_on_500_then_refuses_fast() {
         assert!(view.retry_after().is_some());
         refused_fast += 1;
     }
-    assert_eq!(server.hits.load(Ordering::SeqCst), 100, "none reached it");
+    assert_eq!(server.hits.load(Ordering::SeqCst), 20, "none reached it");
     assert_eq!(refused_fast, 100);
     println!(
         "http preset vs a dependency answering 500: {calls_until_open} calls, {reached} attempts \
@@ -378,7 +379,7 @@ async fn grpc_preset_breaker_opens_on_unavailable_then_refuses_fast() {
         "the breaker opens on UNAVAILABLE"
     );
     let reached = hits.load(Ordering::SeqCst);
-    assert_eq!(reached, 100, "attempts that reached the dependency");
+    assert_eq!(reached, 20, "attempts that reached the dependency");
 
     let mut refused_fast = 0;
     for _ in 0..100 {
@@ -388,7 +389,7 @@ async fn grpc_preset_breaker_opens_on_unavailable_then_refuses_fast() {
         assert!(status.metadata().get("grpc-retry-pushback-ms").is_some());
         refused_fast += 1;
     }
-    assert_eq!(hits.load(Ordering::SeqCst), 100, "none reached it");
+    assert_eq!(hits.load(Ordering::SeqCst), 20, "none reached it");
     println!(
         "grpc preset vs a dependency answering UNAVAILABLE: {calls_until_open} calls, {reached} \
          attempts reached it before the breaker opened; {refused_fast} of {refused_fast} later \

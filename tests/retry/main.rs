@@ -374,9 +374,12 @@ async fn a_brownout_is_retried_within_budget_and_the_budget_refills() {
             }
         })
     };
+    // Finagle's plain budget (no credit for successes), whose arithmetic
+    // this test follows.
     let layer = RetryLayer::builder()
         .backoff(MS, MS)
         .jitter(Jitter::None)
+        .budget_success_ratio(0.0)
         .build()
         .unwrap();
     let mut svc = layer.layer(svc);
@@ -1164,4 +1167,48 @@ mod grpc_tests {
         assert_eq!(log.lock().unwrap().len(), 1);
         assert_eq!(gave_up(&rec), [(1, GiveUpReason::Pushback)]);
     }
+}
+
+/// The default budget grows with success: in the same brownout (the first
+/// attempt of each request fails, its retry succeeds), each saved request
+/// adds half a retry to the budget. Every first attempt failing is the case
+/// where the budget should stay bounded: it saves 259 of 300 (a plain 10 %
+/// budget saved 130) and no more.
+#[tokio::test(start_paused = true)]
+async fn the_default_budget_grows_with_success() {
+    let seen = Arc::new(Mutex::new(HashSet::new()));
+    let calls = Arc::new(AtomicU32::new(0));
+    let svc = {
+        let (seen, calls) = (seen.clone(), calls.clone());
+        tower::service_fn(move |req: u32| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            let first = seen.lock().unwrap().insert(req);
+            async move {
+                if first {
+                    Err::<u32, BoxError>("brownout".into())
+                } else {
+                    Ok(req)
+                }
+            }
+        })
+    };
+    let layer = RetryLayer::builder()
+        .backoff(MS, MS)
+        .jitter(Jitter::None)
+        .build()
+        .unwrap();
+    let mut svc = layer.layer(svc);
+    let mut ok = 0;
+    for i in 0..300 {
+        if svc.ready().await.unwrap().call(i).await.is_ok() {
+            ok += 1;
+        }
+    }
+    // Request k retries while retries + 1 <= 100 (floor) + 0.1 k + 0.5 ×
+    // successes, and only retried requests succeed: every request up to
+    // k = 250, then while retries <= 198 + 0.2 k: 259 retries by k = 300.
+    assert_eq!(ok, 259);
+    assert_eq!(count(&calls), 300 + 259);
+    let snap = layer.budget().snapshot();
+    assert_eq!((snap.requests, snap.retries, snap.available), (300, 259, 0));
 }
