@@ -140,5 +140,25 @@ fn main() -> Result<(), seawall::BoxError> {
         .map(|&mode| sim::run(&partial, mode))
         .collect::<Result<Vec<_>, _>>()?;
     print!("{}", report::tables(&partial, &runs));
+
+    // More failure classes, one line per mode.
+    let more = [
+        (
+            "flapping: up 3 s, down 2 s, six times, at 60% of capacity",
+            Scenario::flapping(6),
+        ),
+        (
+            "latency creep: service time x1, x2, x4, x8, x16, 5 s each, at 30% of capacity",
+            Scenario::latency_creep(5),
+        ),
+    ];
+    for (title, scenario) in more {
+        let runs = Mode::ALL
+            .iter()
+            .map(|&mode| sim::run(&scenario, mode))
+            .collect::<Result<Vec<_>, _>>()?;
+        println!();
+        print!("{}", report::whole_run(title, &scenario, &runs));
+    }
     Ok(())
 }

@@ -255,3 +255,31 @@ pub fn seawall_events(run: &Run) -> Option<String> {
     }
     Some(out)
 }
+
+/// One table for a whole scenario: a row per mode over the whole run.
+pub fn whole_run(title: &str, scenario: &Scenario, runs: &[Run]) -> String {
+    let mut out = String::new();
+    let total = scenario.total().as_secs_f64();
+    let _ = writeln!(out, "{title} (0-{total:.0} s)");
+    let _ = writeln!(
+        out,
+        "  {:<12} {:>8} {:>8} {:>8} {:>9} {:>9} {:>9}  {}",
+        "mode", "offered", "good", "goodput", "p50", "p99", "attempts", "not good (by reason)"
+    );
+    for run in runs {
+        let x = run.summary(0.0, total);
+        let _ = writeln!(
+            out,
+            "  {:<12} {:>8} {:>8} {:>7.1}% {:>9} {:>9} {:>8.2}x  {}",
+            run.mode.label(),
+            x.offered,
+            x.good,
+            x.goodput() * 100.0,
+            ms(x.p50),
+            ms(x.p99),
+            x.amplification,
+            failures(&x)
+        );
+    }
+    out
+}

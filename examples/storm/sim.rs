@@ -111,6 +111,54 @@ impl Scenario {
         s
     }
 
+    /// A flapping dependency: healthy for 3 s, down for 2 s, `cycles` times,
+    /// at 60 % of capacity.
+    pub fn flapping(cycles: usize) -> Self {
+        let mut s = Scenario::quick();
+        s.phases = (0..cycles)
+            .flat_map(|_| {
+                [
+                    Phase {
+                        name: "up",
+                        duration: Duration::from_secs(3),
+                        load: 0.6,
+                        condition: Condition::Healthy,
+                    },
+                    Phase {
+                        name: "down",
+                        duration: Duration::from_secs(2),
+                        load: 0.6,
+                        condition: Condition::Down,
+                    },
+                ]
+            })
+            .collect();
+        s
+    }
+
+    /// A slow latency creep: the backend's service time doubles every
+    /// `step_secs` seconds (x1, x2, x4, x8, x16), at 30 % of its healthy
+    /// capacity.
+    pub fn latency_creep(step_secs: u64) -> Self {
+        let mut s = Scenario::quick();
+        s.phases = [
+            ("x1", 1.0),
+            ("x2", 2.0),
+            ("x4", 4.0),
+            ("x8", 8.0),
+            ("x16", 16.0),
+        ]
+        .into_iter()
+        .map(|(name, x)| Phase {
+            name,
+            duration: Duration::from_secs(step_secs),
+            load: 0.3,
+            condition: Condition::Slow(x),
+        })
+        .collect();
+        s
+    }
+
     /// A shorter timeline with the same shape (`--quick`): 40 s.
     pub fn quick() -> Self {
         Scenario::with_phase_lengths([6, 6, 8, 8, 12])
