@@ -263,8 +263,8 @@ pub fn whole_run(title: &str, scenario: &Scenario, runs: &[Run]) -> String {
     let _ = writeln!(out, "{title} (0-{total:.0} s)");
     let _ = writeln!(
         out,
-        "  {:<12} {:>8} {:>8} {:>8} {:>9} {:>9} {:>9}  {}",
-        "mode", "offered", "good", "goodput", "p50", "p99", "attempts", "not good (by reason)"
+        "  {:<12} {:>8} {:>8} {:>8} {:>9} {:>9} {:>9}  not good (by reason)",
+        "mode", "offered", "good", "goodput", "p50", "p99", "attempts"
     );
     for run in runs {
         let x = run.summary(0.0, total);
