@@ -121,6 +121,17 @@ fn main() -> Result<(), seawall::BoxError> {
     println!();
     println!("what happened: {}", report::what_happened(&scenario, &runs));
     println!();
+    // The retry budget alone: the same run with the client's breaker off.
+    let no_breaker = sim::run(&scenario, Mode::SeawallWithoutBreaker)?;
+    if let Some(i) = scenario.phases.iter().position(|p| p.name == "outage") {
+        let (a, b) = scenario.bounds(i);
+        println!(
+            "with the client's breaker off, the outage cost seawall {:.2} attempts per request \
+             (the retry budget alone: nothing succeeds, so only its 5% and floor are left)",
+            no_breaker.summary(a, b).amplification
+        );
+        println!();
+    }
 
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("target")

@@ -577,6 +577,9 @@ pub enum Mode {
     Naive,
     /// seawall's recommended client and server stacks.
     Seawall,
+    /// The same with the client's breaker never opening (counting only):
+    /// what the retry budget alone does. Not in [`Mode::ALL`].
+    SeawallWithoutBreaker,
 }
 
 impl Mode {
@@ -589,6 +592,7 @@ impl Mode {
             Mode::Unprotected => "unprotected",
             Mode::Naive => "naive",
             Mode::Seawall => "seawall",
+            Mode::SeawallWithoutBreaker => "seawall, breaker off",
         }
     }
 }
@@ -640,7 +644,8 @@ fn build(
                 server_desc: "backend (unbounded queue)".into(),
             }
         }
-        Mode::Seawall => stacks::seawall(scenario, wire, backend, observer)?,
+        Mode::Seawall => stacks::seawall(scenario, wire, backend, observer, true)?,
+        Mode::SeawallWithoutBreaker => stacks::seawall(scenario, wire, backend, observer, false)?,
     })
 }
 

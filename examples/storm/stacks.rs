@@ -35,12 +35,15 @@ use tower::Layer;
 
 use super::{Backend, Scenario, Stack, Stacks, Wire};
 
-/// seawall's stacks around `backend`, every layer reporting to `observer`.
+/// seawall's stacks around `backend`, every layer reporting to `observer`;
+/// with `breaker` false, the client's breaker counts but never opens (to
+/// measure the retry budget alone).
 pub(super) fn seawall(
     scenario: &Scenario,
     wire: &Wire,
     backend: Backend,
     observer: Observer,
+    breaker: bool,
 ) -> Result<Stacks, ConfigError> {
     // Server side: 10 s is the server's own cap for requests that bring no
     // deadline; the caller's deadline travels with the request.
@@ -53,13 +56,16 @@ pub(super) fn seawall(
     // Client side: the request's budget and each attempt's.
     // (The seed only makes the backoff draws reproducible from run to run;
     // it changes no behaviour.)
-    let client = ClientStack::builder("backend")
+    let client_stack = ClientStack::builder("backend")
         .observer(observer)
         .total_budget(scenario.deadline)
         .attempt_timeout(Duration::from_millis(500))
         .retry(|r| r.seed(scenario.seed))
-        .build()?
-        .layer(wire.connect(server));
+        .build()?;
+    if !breaker {
+        client_stack.breaker_handle().metrics_only();
+    }
+    let client = client_stack.layer(wire.connect(server));
 
     Ok(Stacks {
         client: Stack::new(client),

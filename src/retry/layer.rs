@@ -248,7 +248,7 @@ impl<P> RetryLayerBuilder<P> {
     }
 
     /// The fraction of requests that may be retried, in `0.0..=1.0`
-    /// (default 0.1: 10 %).
+    /// (default 0.05: 5 %; see [`RetryBudget::DEFAULT_RATIO`]).
     pub fn budget_ratio(mut self, ratio: f64) -> Self {
         self.ratio = ratio;
         self

@@ -54,10 +54,11 @@
 //!   delays reproducible.
 //! - **Budget.** One [`RetryBudget`] per layer, shared by every service and
 //!   clone built from it: over a sliding window (default 10 s) retries may be
-//!   at most a fraction of requests (default 10 %) plus a floor
+//!   at most a fraction of requests (default 5 %, plus half of those that
+//!   succeeded) plus a floor
 //!   (default 10 retries/s, so 100 per window). When the budget is empty the
 //!   request fails with its last outcome. During a total outage, 10 000
-//!   requests therefore make at most 11 100 attempts, where a plain
+//!   requests therefore make at most 10 600 attempts, where a plain
 //!   3-attempt retry makes 30 000.
 //! - **Deadline.** The layer reads the task-local [`deadline::current()`](crate::deadline::current).
 //!   It never sleeps a backoff that ends past the deadline and never starts a

@@ -303,7 +303,7 @@ impl<P, C, L, O> ClientStackBuilder<P, C, L, O> {
     }
 
     /// Configures the retry layer, starting from its defaults (3 attempts,
-    /// full-jitter backoff from 50 ms to 2 s, a budget of 10 % of requests + 50 % of those that succeeded + 10/s) and the stack's
+    /// full-jitter backoff from 50 ms to 2 s, a budget of 5 % of requests + 50 % of those that succeeded + 10/s) and the stack's
     /// name. May change the policy (`|b| b.policy(HttpRetry::default())`).
     pub fn retry<Q>(
         self,

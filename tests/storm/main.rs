@@ -283,3 +283,20 @@ fn latency_creep() {
     let best = g.iter().cloned().fold(0.0, f64::max);
     assert!(g[2] >= best - 0.02, "{g:?}");
 }
+
+/// A total outage with the breaker off: the retry budget alone holds the
+/// load to at most 1.1 attempts per request (nothing succeeds, so only its
+/// base share and floor are left).
+#[test]
+fn outage_without_breaker_is_held_by_the_budget() {
+    let s = scenario(LONGER);
+    let r = run(&s, Mode::SeawallWithoutBreaker);
+    let (a, b) = phase(&s, "outage");
+    let x = r.summary(a + 1.0, b);
+    println!(
+        "outage, breaker off: {:.3} attempts per request",
+        x.amplification
+    );
+    assert!(x.amplification <= 1.1, "{}", x.amplification);
+    assert!(!x.failures.iter().any(|(r, _)| *r == "circuit_open"));
+}
