@@ -162,6 +162,11 @@ fn main() -> Result<(), seawall::BoxError> {
             "latency creep: service time x1, x2, x4, x8, x16, 5 s each, at 30% of capacity",
             Scenario::latency_creep(5),
         ),
+        (
+            "chain: client -> A -> B -> backend, each hop with its stacks; backend healthy 10 s, \
+             down 10 s, healthy 10 s; attempts count every hop",
+            Scenario::chain([10, 10, 10]),
+        ),
     ];
     for (title, scenario) in more {
         let runs = Mode::ALL

@@ -263,14 +263,14 @@ pub fn whole_run(title: &str, scenario: &Scenario, runs: &[Run]) -> String {
     let _ = writeln!(out, "{title} (0-{total:.0} s)");
     let _ = writeln!(
         out,
-        "  {:<12} {:>8} {:>8} {:>8} {:>9} {:>9} {:>9}  not good (by reason)",
-        "mode", "offered", "good", "goodput", "p50", "p99", "attempts"
+        "  {:<12} {:>8} {:>8} {:>8} {:>9} {:>9} {:>9} {:>11}  not good (by reason)",
+        "mode", "offered", "good", "goodput", "p50", "p99", "attempts", "backend/req"
     );
     for run in runs {
         let x = run.summary(0.0, total);
         let _ = writeln!(
             out,
-            "  {:<12} {:>8} {:>8} {:>7.1}% {:>9} {:>9} {:>8.2}x  {}",
+            "  {:<12} {:>8} {:>8} {:>7.1}% {:>9} {:>9} {:>8.2}x {:>10.2}x  {}",
             run.mode.label(),
             x.offered,
             x.good,
@@ -278,6 +278,7 @@ pub fn whole_run(title: &str, scenario: &Scenario, runs: &[Run]) -> String {
             ms(x.p50),
             ms(x.p99),
             x.amplification,
+            x.backend_per_request,
             failures(&x)
         );
     }

@@ -90,6 +90,9 @@ pub struct Scenario {
     pub deadline: Duration,
     /// The phases, in order.
     pub phases: Vec<Phase>,
+    /// Services between the client and the backend's server, each with the
+    /// mode's stacks (0: the client calls the backend's server directly).
+    pub middle_tiers: usize,
 }
 
 impl Scenario {
@@ -159,6 +162,36 @@ impl Scenario {
         s
     }
 
+    /// A chain: the client calls service A, which calls service B, which
+    /// calls the backend, each hop with the mode's client stack (its retries)
+    /// and each service with the mode's server stack. The backend is healthy,
+    /// then down, then healthy again, at 60 % of its capacity.
+    pub fn chain(secs: [u64; 3]) -> Self {
+        let mut s = Scenario::quick();
+        s.middle_tiers = 2;
+        s.phases = vec![
+            Phase {
+                name: "healthy",
+                duration: Duration::from_secs(secs[0]),
+                load: 0.6,
+                condition: Condition::Healthy,
+            },
+            Phase {
+                name: "outage",
+                duration: Duration::from_secs(secs[1]),
+                load: 0.6,
+                condition: Condition::Down,
+            },
+            Phase {
+                name: "recovery",
+                duration: Duration::from_secs(secs[2]),
+                load: 0.6,
+                condition: Condition::Healthy,
+            },
+        ];
+        s
+    }
+
     /// A shorter timeline with the same shape (`--quick`): 40 s.
     pub fn quick() -> Self {
         Scenario::with_phase_lengths([6, 6, 8, 8, 12])
@@ -172,6 +205,7 @@ impl Scenario {
             service_time: Duration::from_millis(20),
             fail_time: Duration::from_millis(5),
             deadline: Duration::from_secs(1),
+            middle_tiers: 0,
             phases: vec![
                 Phase {
                     name: "healthy",
@@ -616,7 +650,8 @@ impl fmt::Debug for Stacks {
     }
 }
 
-/// Builds the stacks of `mode` around `backend`.
+/// Builds the stacks of `mode` around `backend`, with the scenario's middle
+/// tiers between the client and the backend's server.
 fn build(
     mode: Mode,
     scenario: &Scenario,
@@ -624,19 +659,33 @@ fn build(
     backend: Backend,
     observer: Observer,
 ) -> Result<Stacks, seawall::ConfigError> {
-    Ok(match mode {
-        Mode::Unprotected => Stacks {
-            client: Stack::new(wire.connect(backend)),
-            client_desc: "plain call, waits for the answer".into(),
-            server_desc: "backend (unbounded queue)".into(),
-        },
-        Mode::Naive => {
-            let client = ServiceBuilder::new()
+    let naive_client = |inner: Stack| -> Stack {
+        Stack::new(
+            ServiceBuilder::new()
                 .retry(naive::Retries(3))
                 .timeout(scenario.deadline)
-                .service(wire.connect(backend));
+                .service(wire.connect(inner)),
+        )
+    };
+    let mut stacks = match mode {
+        Mode::Unprotected => {
+            let mut deep = Stack::new(backend);
+            for _ in 0..scenario.middle_tiers {
+                deep = Stack::new(wire.connect(deep));
+            }
             Stacks {
-                client: Stack::new(client),
+                client: Stack::new(wire.connect(deep)),
+                client_desc: "plain call, waits for the answer".into(),
+                server_desc: "backend (unbounded queue)".into(),
+            }
+        }
+        Mode::Naive => {
+            let mut deep = Stack::new(backend);
+            for _ in 0..scenario.middle_tiers {
+                deep = naive_client(deep);
+            }
+            Stacks {
+                client: naive_client(deep),
                 client_desc: format!(
                     "tower Retry (3 retries, no backoff, no budget) -> tower Timeout {:?} per try",
                     scenario.deadline
@@ -644,9 +693,17 @@ fn build(
                 server_desc: "backend (unbounded queue)".into(),
             }
         }
-        Mode::Seawall => stacks::seawall(scenario, wire, backend, observer, true)?,
-        Mode::SeawallWithoutBreaker => stacks::seawall(scenario, wire, backend, observer, false)?,
-    })
+        Mode::Seawall | Mode::SeawallWithoutBreaker => {
+            stacks::seawall(scenario, wire, backend, observer, mode == Mode::Seawall)?
+        }
+    };
+    if scenario.middle_tiers > 0 {
+        stacks.client_desc = format!(
+            "{} (and at each of {} middle tiers)",
+            stacks.client_desc, scenario.middle_tiers
+        );
+    }
+    Ok(stacks)
 }
 
 mod naive {
@@ -837,8 +894,10 @@ pub struct Summary {
     pub p50: Duration,
     /// 99th percentile latency as the caller saw it (any outcome).
     pub p99: Duration,
-    /// Backend calls per client request.
+    /// Calls sent over the network (every hop) per client request.
     pub amplification: f64,
+    /// Calls that reached the backend per client request.
+    pub backend_per_request: f64,
     /// Requests that did not end well, by cause, most frequent first.
     pub failures: Vec<(&'static str, u64)>,
     /// Share of worker time spent on answers that came after the caller's deadline.
@@ -891,6 +950,7 @@ impl Run {
         let secs = &self.seconds
             [(from as usize).min(self.seconds.len())..(to.ceil() as usize).min(self.seconds.len())];
         let attempts: u64 = secs.iter().map(|s| s.attempts).sum();
+        let backend_calls: u64 = secs.iter().map(|s| s.backend_calls).sum();
         let useful: f64 = secs.iter().map(|s| s.useful_ms).sum();
         let doomed: f64 = secs.iter().map(|s| s.doomed_ms).sum();
         let offered = latencies.len() as u64;
@@ -903,6 +963,11 @@ impl Run {
                 0.0
             } else {
                 attempts as f64 / offered as f64
+            },
+            backend_per_request: if offered == 0 {
+                0.0
+            } else {
+                backend_calls as f64 / offered as f64
             },
             failures,
             doomed_share: if useful + doomed > 0.0 {

@@ -36,8 +36,10 @@ use tower::Layer;
 use super::{Backend, Scenario, Stack, Stacks, Wire};
 
 /// seawall's stacks around `backend`, every layer reporting to `observer`;
-/// with `breaker` false, the client's breaker counts but never opens (to
-/// measure the retry budget alone).
+/// with `breaker` false, the clients' breakers count but never open (to
+/// measure the retry budget alone). With middle tiers, each one is a
+/// service with the server stack whose handler calls the next hop through
+/// the client stack.
 pub(super) fn seawall(
     scenario: &Scenario,
     wire: &Wire,
@@ -45,34 +47,56 @@ pub(super) fn seawall(
     observer: Observer,
     breaker: bool,
 ) -> Result<Stacks, ConfigError> {
-    // Server side: 10 s is the server's own cap for requests that bring no
-    // deadline; the caller's deadline travels with the request.
-    let server = ServerStack::builder("backend")
-        .observer(observer.clone())
-        .total_budget(Duration::from_secs(10))
-        .build()?
-        .layer(backend);
-
-    // Client side: the request's budget and each attempt's.
-    // (The seed only makes the backoff draws reproducible from run to run;
-    // it changes no behaviour.)
-    let client_stack = ClientStack::builder("backend")
-        .observer(observer)
-        .total_budget(scenario.deadline)
-        .attempt_timeout(Duration::from_millis(500))
-        .retry(|r| r.seed(scenario.seed))
-        .build()?;
-    if !breaker {
-        client_stack.breaker_handle().metrics_only();
+    let mut deep = server(Stack::new(backend), "backend", &observer)?;
+    for tier in (0..scenario.middle_tiers).rev() {
+        let name = format!("tier{}", tier + 1);
+        let handler = client(scenario, wire, deep, &name, &observer, breaker)?;
+        deep = server(handler, &name, &observer)?;
     }
-    let client = client_stack.layer(wire.connect(server));
-
+    let client = client(scenario, wire, deep, "backend", &observer, breaker)?;
     Ok(Stacks {
-        client: Stack::new(client),
+        client,
         client_desc: format!(
             "seawall ClientStack defaults: Deadline {:?} -> Retry -> CircuitBreaker -> Bulkhead -> AttemptTimeout 500ms",
             scenario.deadline
         ),
         server_desc: "seawall ServerStack defaults: Deadline (caller's) -> AdaptiveLimit -> Bulkhead -> backend".into(),
     })
+}
+
+/// The server stack in front of `inner`. 10 s is the server's own cap for
+/// requests that bring no deadline; the caller's deadline travels with the
+/// request.
+fn server(inner: Stack, name: &str, observer: &Observer) -> Result<Stack, ConfigError> {
+    Ok(Stack::new(
+        ServerStack::builder(name.to_owned())
+            .observer(observer.clone())
+            .total_budget(Duration::from_secs(10))
+            .build()?
+            .layer(inner),
+    ))
+}
+
+/// The client stack calling `server` over the network: the request's budget
+/// and each attempt's.
+fn client(
+    scenario: &Scenario,
+    wire: &Wire,
+    server: Stack,
+    name: &str,
+    observer: &Observer,
+    breaker: bool,
+) -> Result<Stack, ConfigError> {
+    // (The seed only makes the backoff draws reproducible from run to run;
+    // it changes no behaviour.)
+    let stack = ClientStack::builder(name.to_owned())
+        .observer(observer.clone())
+        .total_budget(scenario.deadline)
+        .attempt_timeout(Duration::from_millis(500))
+        .retry(|r| r.seed(scenario.seed))
+        .build()?;
+    if !breaker {
+        stack.breaker_handle().metrics_only();
+    }
+    Ok(Stack::new(stack.layer(wire.connect(server))))
 }
