@@ -461,18 +461,7 @@ impl<P, C, L, O> ClientStackBuilder<P, C, L, O> {
 impl<P, C, L, O> ClientStackBuilder<P, C, L, O> {
     /// Replaces the innermost part.
     pub(crate) fn with_innermost<L2>(self, inner: L2) -> ClientStackBuilder<P, C, L2, O> {
-        ClientStackBuilder {
-            inner,
-            outer: self.outer,
-            name: self.name,
-            observer: self.observer,
-            total_budget: self.total_budget,
-            attempt_timeout: self.attempt_timeout,
-            slow_call_duration: self.slow_call_duration,
-            retry: self.retry,
-            breaker: self.breaker,
-            bulkhead: self.bulkhead,
-        }
+        self.replace_parts(|_, outer| (inner, outer))
     }
 
     /// Changes the innermost part.
@@ -484,9 +473,18 @@ impl<P, C, L, O> ClientStackBuilder<P, C, L, O> {
     /// Replaces the outermost part.
     #[cfg_attr(not(feature = "tonic"), allow(dead_code))]
     pub(crate) fn with_outermost<O2>(self, outer: O2) -> ClientStackBuilder<P, C, L, O2> {
+        self.replace_parts(|inner, _| (inner, outer))
+    }
+
+    /// The same builder with its innermost and outermost parts replaced.
+    fn replace_parts<L2, O2>(
+        self,
+        f: impl FnOnce(L, O) -> (L2, O2),
+    ) -> ClientStackBuilder<P, C, L2, O2> {
+        let (inner, outer) = f(self.inner, self.outer);
         ClientStackBuilder {
+            inner,
             outer,
-            inner: self.inner,
             name: self.name,
             observer: self.observer,
             total_budget: self.total_budget,

@@ -26,9 +26,16 @@ use http_body_util::{BodyExt, Full, StreamBody};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use seawall::deadline::PropagateDeadlineLayerBuilder;
 use seawall::error::{RejectionKind, rejection_of};
+use seawall::grpc::GrpcStatusClassifier;
+use seawall::http::HttpStatusClassifier;
 use seawall::observe::State;
-use seawall::stack::{ClientStack, GrpcClient, HttpClient};
+use seawall::retry::grpc::GrpcRetry;
+use seawall::retry::http::HttpRetry;
+use seawall::stack::{
+    ClientStack, ClientStackBuilder, GrpcClient, GrpcOutermost, GrpcTransportPart, HttpClient,
+};
 use tonic::body::Body;
 use tonic::server::NamedService;
 use tonic::transport::Channel;
@@ -38,6 +45,37 @@ use tower::{Layer, ServiceExt};
 use greeter::{GreeterServer, HelloRequest, call_say_hello};
 
 type Hyper = Client<HttpConnector, Full<Bytes>>;
+
+/// The HTTP client preset with its defaults: 2 s per request, 500 ms per
+/// attempt.
+fn http_preset()
+-> ClientStackBuilder<HttpRetry, HttpStatusClassifier, PropagateDeadlineLayerBuilder> {
+    ClientStack::http("dep")
+        .total_budget(Duration::from_secs(2))
+        .attempt_timeout(Duration::from_millis(500))
+}
+
+/// The gRPC client preset with its defaults and the given attempt timeout
+/// (2 s per request).
+fn grpc_preset(
+    attempt: Duration,
+) -> ClientStackBuilder<GrpcRetry, GrpcStatusClassifier, GrpcTransportPart, GrpcOutermost> {
+    ClientStack::grpc("dep")
+        .total_budget(Duration::from_secs(2))
+        .attempt_timeout(attempt)
+}
+
+/// The same stack, for a surge of local traffic: two attempts in flight at
+/// most, one attempt per call (a refused call would be retried after its
+/// hint: one attempt keeps the count of refusals exact), a breaker that
+/// opens on one counted failure.
+fn for_a_local_surge<P, C, L, O>(
+    b: ClientStackBuilder<P, C, L, O>,
+) -> ClientStackBuilder<P, C, L, O> {
+    b.bulkhead(|b| b.max_concurrent(2))
+        .retry(|r| r.max_attempts(1))
+        .breaker(|b| b.consecutive_failures(1))
+}
 
 fn hyper() -> Hyper {
     Client::builder(TokioExecutor::new()).build_http()
@@ -111,11 +149,7 @@ fn get_req(addr: SocketAddr, path: &str) -> http::Request<Full<Bytes>> {
 async fn http_preset_breaker_opens_on_500_then_refuses_fast() {
     let server = http_server().await;
     // Only the budgets are set: every other setting is the preset's default.
-    let stack = ClientStack::http("dep")
-        .total_budget(Duration::from_secs(2))
-        .attempt_timeout(Duration::from_millis(500))
-        .build()
-        .unwrap();
+    let stack = http_preset().build().unwrap();
     let breaker = stack.breaker_handle();
     let client: HttpClient<Hyper> = stack.layer(hyper());
 
@@ -203,9 +237,7 @@ async fn http_preset_never_retries_a_timed_out_post() {
 #[tokio::test]
 async fn http_preset_busy_answers_never_open_the_breaker() {
     let server = http_server().await;
-    let stack = ClientStack::http("dep")
-        .total_budget(Duration::from_secs(2))
-        .attempt_timeout(Duration::from_millis(500))
+    let stack = http_preset()
         .breaker(|b| b.consecutive_failures(1))
         .build()
         .unwrap();
@@ -227,16 +259,7 @@ async fn http_preset_busy_answers_never_open_the_breaker() {
 #[tokio::test]
 async fn http_preset_local_bulkhead_refusals_never_open_the_breaker() {
     let server = http_server().await;
-    let stack = ClientStack::http("dep")
-        .total_budget(Duration::from_secs(2))
-        .attempt_timeout(Duration::from_millis(500))
-        .bulkhead(|b| b.max_concurrent(2))
-        // A refused call would be retried after its hint: one attempt keeps
-        // the count of refusals exact.
-        .retry(|r| r.max_attempts(1))
-        .breaker(|b| b.consecutive_failures(1))
-        .build()
-        .unwrap();
+    let stack = for_a_local_surge(http_preset()).build().unwrap();
     let breaker = stack.breaker_handle();
     let client = stack.layer(hyper());
     let calls = (0..20).map(|_| client.clone().oneshot(get_req(server.addr, "/ok")));
@@ -356,11 +379,7 @@ async fn grpc_preset_breaker_opens_on_unavailable_then_refuses_fast() {
         hits: hits.clone(),
     })
     .await;
-    let stack = ClientStack::grpc("dep")
-        .total_budget(Duration::from_secs(2))
-        .attempt_timeout(Duration::from_millis(500))
-        .build()
-        .unwrap();
+    let stack = grpc_preset(Duration::from_millis(500)).build().unwrap();
     let breaker = stack.breaker_handle();
     let client: GrpcClient<Channel> = stack.layer(channel);
 
@@ -432,9 +451,7 @@ async fn grpc_preset_busy_answers_never_open_the_breaker() {
         hits: hits.clone(),
     })
     .await;
-    let stack = ClientStack::grpc("dep")
-        .total_budget(Duration::from_secs(2))
-        .attempt_timeout(Duration::from_millis(500))
+    let stack = grpc_preset(Duration::from_millis(500))
         .breaker(|b| b.consecutive_failures(1))
         .build()
         .unwrap();
@@ -487,14 +504,7 @@ async fn grpc_preset_local_bulkhead_refusals_never_open_the_breaker() {
         Ok(greeter::HelloReply::default())
     }))
     .await;
-    let stack = ClientStack::grpc("dep")
-        .total_budget(Duration::from_secs(2))
-        .attempt_timeout(Duration::from_millis(1000))
-        .bulkhead(|b| b.max_concurrent(2))
-        // A refused call would be retried after its hint: one attempt keeps
-        // the count of refusals exact.
-        .retry(|r| r.max_attempts(1))
-        .breaker(|b| b.consecutive_failures(1))
+    let stack = for_a_local_surge(grpc_preset(Duration::from_secs(1)))
         .build()
         .unwrap();
     let breaker = stack.breaker_handle();
@@ -529,11 +539,7 @@ async fn grpc_preset_local_bulkhead_refusals_never_open_the_breaker() {
 async fn http_preset_body_is_read_by_the_client() {
     // The preset hands back the dependency's response untouched.
     let server = http_server().await;
-    let stack = ClientStack::http("dep")
-        .total_budget(Duration::from_secs(2))
-        .attempt_timeout(Duration::from_millis(500))
-        .build()
-        .unwrap();
+    let stack = http_preset().build().unwrap();
     let res = stack
         .layer(hyper())
         .oneshot(get_req(server.addr, "/ok"))
