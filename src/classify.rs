@@ -7,7 +7,7 @@
 //! - [`Outcome::Failure`], a **remote failure**: the dependency is broken (a
 //!   5xx, a connection error, an attempt timeout, gRPC `INTERNAL`).
 //! - [`Outcome::Overloaded`], a **remote overload**: the dependency answered
-//!   "busy" (HTTP 503 or 429, gRPC `RESOURCE_EXHAUSTED`, `UNAVAILABLE` with
+//!   "busy" (HTTP 429 or 503 with `Retry-After`, gRPC `RESOURCE_EXHAUSTED`, `UNAVAILABLE` with
 //!   pushback, a seawall server's `Overloaded`).
 //! - [`Outcome::Refused`], a **local refusal**: this process said no before
 //!   the dependency saw the call (its own bulkhead, rate limit, open breaker,
@@ -34,7 +34,7 @@
 //! generic default: `Ok` is a success, an error a failure, a shedder's
 //! `Overloaded` an overload), and with the protocol features by
 //! [`HttpStatusClassifier`](crate::http::HttpStatusClassifier) (5xx fail,
-//! 503/429 busy, 4xx ignored) and
+//! 429 and 503 with `Retry-After` busy, 4xx ignored) and
 //! [`GrpcStatusClassifier`](crate::grpc::GrpcStatusClassifier). The protocol
 //! classifiers compose: take one and change a single rule
 //! (`.overload_code(502)`, `.ignored_code(Code::NotFound)`).
@@ -99,7 +99,15 @@ impl<Res, E: 'static> Classify<Res, E> for ErrorsAsFailures {
 ///
 /// The error is recognised when it is a [`BoxError`] holding a seawall
 /// rejection (anywhere in its `source()` chain) or a seawall marker type
-/// itself.
+/// itself. Every seawall layer returns `BoxError`, so a seawall layer below
+/// the breaker is always recognised; an error type of your own that wraps a
+/// rejection (an enum, `anyhow::Error`) is not: convert it into `BoxError`
+/// below the breaker (`tower::ServiceBuilder::map_err(Into::into)`).
+///
+/// Whether a rejection is local is decided by its marker, not by who sees
+/// it: a stack that wraps another in the same process (an in-process
+/// "dependency" with its own breaker or bulkhead) sees that one's
+/// refusals as local too.
 pub fn error_origin<E: 'static>(err: &E) -> Option<Outcome> {
     let any = err as &dyn Any;
     let view = if let Some(boxed) = any.downcast_ref::<BoxError>() {

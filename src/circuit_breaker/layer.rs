@@ -290,7 +290,7 @@ impl<C> CircuitBreakerBuilder<C> {
     }
 
     /// Whether a remote overload ([`Outcome::Overloaded`](crate::classify::Outcome::Overloaded):
-    /// a 503 or 429, `RESOURCE_EXHAUSTED`, `UNAVAILABLE` with pushback, a
+    /// a 429 or a 503 with `Retry-After`, `RESOURCE_EXHAUSTED`, `UNAVAILABLE` with pushback, a
     /// shedder's `Overloaded`) counts as a failure. Default: **no**, it is
     /// not counted at all.
     ///

@@ -280,12 +280,14 @@ impl<B, E: 'static> Classify<http::Response<B>, E> for GrpcStatusClassifier {
     fn classify(&self, result: Result<&http::Response<B>, &E>) -> Outcome {
         match result {
             Ok(res) => match response_code(res) {
-                // A proxy's "busy" (429, 503 without grpc-status): an
-                // overload, as for HTTP, unless UNAVAILABLE was remapped.
+                // A proxy's "busy" (429; 503 with a Retry-After) without
+                // grpc-status: an overload, as for HTTP, unless the rule
+                // for UNAVAILABLE was changed from a failure.
                 Some(Code::Unavailable)
                     if !res.headers().contains_key(Status::GRPC_STATUS)
-                        && matches!(res.status().as_u16(), 429 | 503)
-                        && self.pushback_is_overload =>
+                        && crate::http::says_busy(res)
+                        && self.pushback_is_overload
+                        && self.outcome(Code::Unavailable) == Outcome::Failure =>
                 {
                     Outcome::Overloaded
                 }

@@ -32,16 +32,18 @@ use crate::error::{AttemptTimeout, BoxError, Name};
 ///   classifier and the retry policy read a code.
 /// - **A failure sent as headers, then trailers** (what grpc-go, grpcio and
 ///   others send when a handler set metadata before failing): when a
-///   response head has no `grpc-status`, the first frame of its body is read
-///   before the response is handed up. Trailers with no message before them
-///   are moved into the head, exactly as a *trailers-only* response, so the
-///   breaker and the retry layer above see the status. A first frame of data
-///   is kept and sent on first: nothing is lost or copied.
+///   response head has no `grpc-status`, the first frame of its body is
+///   awaited for at most 20 ms before the response is handed up. Trailers
+///   with a failure status and no message before them are moved into the
+///   head, exactly as a *trailers-only* response, so the breaker and the
+///   retry layer above see the status. Anything else (data, `OK` trailers)
+///   is kept and sent on first: nothing is lost or copied. Empty data frames
+///   are skipped.
 ///
-/// Reading the first frame means a response head is handed up when its first
-/// message (or its status) arrives, not before: for a unary call that is
-/// when tonic would read it anyway; a server-streaming call waits for its
-/// first message. The attempt timeout above covers that wait.
+/// So a response head is handed up when its first frame arrives or 20 ms
+/// after the head, whichever is first: a stream whose first message comes
+/// later is not held back longer than that. A status in trailers *after* a
+/// message is not seen here.
 #[derive(Debug, Clone)]
 pub struct TonicTransportLayer {
     attempt_name: Name,
@@ -128,11 +130,22 @@ fn transport_error(err: BoxError, attempt_name: &Name) -> BoxError {
     Box::new(Status::from_error(err))
 }
 
+/// How long a response head without `grpc-status` waits for its body's
+/// first frame before it is handed up as it is. A failure sent as headers
+/// then trailers arrives at once (in the same flight); a stream whose first
+/// message comes later is not held back longer than this.
+pub(crate) const PEEK_WAIT: std::time::Duration = std::time::Duration::from_millis(20);
+
 pin_project! {
     #[project = StateProj]
     enum State<F, RB> {
         Calling { #[pin] future: F },
-        Peeking { parts: Option<http::response::Parts>, body: Option<RB> },
+        Peeking {
+            parts: Option<http::response::Parts>,
+            body: Option<RB>,
+            #[pin]
+            timer: Option<tokio::time::Sleep>,
+        },
     }
 }
 
@@ -187,13 +200,43 @@ where
                     this.state.set(State::Peeking {
                         parts: Some(parts),
                         body: Some(body),
+                        timer: None,
                     });
                 }
-                StateProj::Peeking { parts, body } => {
+                StateProj::Peeking {
+                    parts,
+                    body,
+                    mut timer,
+                } => {
                     let Some(b) = body.as_mut() else {
                         return Poll::Ready(Err("polled after completion".into()));
                     };
-                    let frame = ready!(Pin::new(b).poll_frame(cx));
+                    let frame = match Pin::new(b).poll_frame(cx) {
+                        Poll::Ready(frame) => frame,
+                        Poll::Pending => {
+                            // Wait a little for the first frame, no longer.
+                            if timer.is_none() {
+                                timer.set(Some(tokio::time::sleep(PEEK_WAIT)));
+                            }
+                            let expired = timer.as_pin_mut().is_some_and(|t| t.poll(cx).is_ready());
+                            if !expired {
+                                return Poll::Pending;
+                            }
+                            let (Some(parts), Some(body)) = (parts.take(), body.take()) else {
+                                return Poll::Ready(Err("polled after completion".into()));
+                            };
+                            return Poll::Ready(Ok(http::Response::from_parts(
+                                parts,
+                                tonic::body::Body::new(body),
+                            )));
+                        }
+                    };
+                    // An empty data frame says nothing: read on.
+                    if let Some(Ok(f)) = &frame {
+                        if f.data_ref().is_some_and(|d| d.is_empty()) {
+                            continue;
+                        }
+                    }
                     let (Some(mut parts), Some(body)) = (parts.take(), body.take()) else {
                         return Poll::Ready(Err("polled after completion".into()));
                     };
@@ -203,12 +246,20 @@ where
                             return Poll::Ready(Err(transport_error(e.into(), this.attempt_name)));
                         }
                         Some(Ok(frame)) => match frame.into_trailers() {
-                            // Headers, then trailers, no message: the same as
-                            // a trailers-only answer.
-                            Ok(trailers) => {
-                                parts.headers.extend(trailers);
+                            // Headers, then trailers with a failure and no
+                            // message: the same as a trailers-only answer.
+                            Ok(trailers) if is_failure(&trailers) => {
+                                for (name, value) in &trailers {
+                                    parts.headers.insert(name, value.clone());
+                                }
                                 tonic::body::Body::empty()
                             }
+                            // An `OK` with no message (a stream with none):
+                            // the trailers stay trailers, for the client.
+                            Ok(trailers) => tonic::body::Body::new(Prepended {
+                                first: Some(Frame::trailers(trailers)),
+                                rest: body,
+                            }),
                             Err(frame) => tonic::body::Body::new(Prepended {
                                 first: Some(frame),
                                 rest: body,
@@ -220,6 +271,13 @@ where
             }
         }
     }
+}
+
+/// Whether trailers carry a `grpc-status` other than `0` (`OK`).
+fn is_failure(trailers: &http::HeaderMap) -> bool {
+    trailers
+        .get(Status::GRPC_STATUS)
+        .is_some_and(|v| v.as_bytes() != b"0")
 }
 
 pin_project! {

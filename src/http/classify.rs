@@ -14,9 +14,14 @@ use crate::classify::{Classify, Outcome, error_origin};
 /// | status | outcome | why |
 /// |---|---|---|
 /// | 1xx, 2xx, 3xx | [`Success`](Outcome::Success) | |
-/// | 503, 429 | [`Overloaded`](Outcome::Overloaded) | the server said "busy": alive, protecting itself |
-/// | other 5xx, 408 | [`Failure`](Outcome::Failure) | the server (or the way to it) is broken or too slow |
+/// | 429; 503 *with* a `Retry-After` | [`Overloaded`](Outcome::Overloaded) | the server said "busy, come back then": alive, protecting itself |
+/// | 503 without `Retry-After`, other 5xx, 408 | [`Failure`](Outcome::Failure) | the server (or the way to it) is broken or too slow: a proxy with no healthy upstream answers a bare 503 |
 /// | 501 and other 4xx | [`Ignored`](Outcome::Ignored) | the caller's own mistake: says nothing about the server |
+///
+/// The 503 rule mirrors gRPC's (`UNAVAILABLE` with pushback is busy,
+/// without it broken): a load shedder says when to come back (seawall's
+/// servers always do), a load balancer with nothing behind it does not. Turn
+/// it off with [`retry_after_is_overload(false)`](Self::retry_after_is_overload).
 ///
 /// An `Err` is a [`Failure`](Outcome::Failure) (a connection error, an
 /// attempt timeout), except a seawall [`Overloaded`](crate::error::Overloaded)
@@ -41,8 +46,10 @@ use crate::classify::{Classify, Outcome, error_origin};
 /// let classify = |code| Classify::<Response<()>, std::io::Error>::classify(&classifier, Ok(&res(code)));
 /// assert_eq!(classify(500), Outcome::Failure);
 /// assert_eq!(classify(502), Outcome::Overloaded);
-/// assert_eq!(classify(503), Outcome::Overloaded);
+/// assert_eq!(classify(503), Outcome::Failure); // a bare 503: no healthy upstream
 /// assert_eq!(classify(429), Outcome::Overloaded);
+/// let shed = Response::builder().status(503).header("retry-after", "1").body(()).unwrap();
+/// assert_eq!(Classify::<_, std::io::Error>::classify(&classifier, Ok(&shed)), Outcome::Overloaded);
 /// assert_eq!(classify(408), Outcome::Failure);
 /// assert_eq!(classify(404), Outcome::Ignored);
 /// assert_eq!(classify(200), Outcome::Success);
@@ -52,6 +59,8 @@ pub struct HttpStatusClassifier {
     /// Two bits per status code 0..1024 (`StatusCode` spans 100..=999):
     /// 0 success, 1 failure, 2 overloaded, 3 ignored.
     table: [u64; 32],
+    /// A 503 whose rule is "failure" is an overload when it has a `Retry-After`.
+    retry_after_is_overload: bool,
 }
 
 const SUCCESS: u64 = 0;
@@ -62,7 +71,10 @@ const IGNORED: u64 = 3;
 impl HttpStatusClassifier {
     /// The default rules (see the type's docs).
     pub const fn new() -> Self {
-        let mut c = HttpStatusClassifier { table: [0; 32] };
+        let mut c = HttpStatusClassifier {
+            table: [0; 32],
+            retry_after_is_overload: true,
+        };
         let mut code = 400;
         while code < 500 {
             c = c.with(code, IGNORED);
@@ -74,14 +86,38 @@ impl HttpStatusClassifier {
         }
         c.with(408, FAILURE)
             .with(429, OVERLOADED)
-            .with(503, OVERLOADED)
             .with(501, IGNORED)
     }
 
     /// Every status a success: only an `Err` fails until codes are added
     /// with [`failure_code`](Self::failure_code) and the like.
     pub const fn errors_only() -> Self {
-        HttpStatusClassifier { table: [0; 32] }
+        HttpStatusClassifier {
+            table: [0; 32],
+            retry_after_is_overload: false,
+        }
+    }
+
+    /// Whether a 503 with a `Retry-After` header is an overload while its
+    /// rule is "failure" (default: yes).
+    pub const fn retry_after_is_overload(mut self, enabled: bool) -> Self {
+        self.retry_after_is_overload = enabled;
+        self
+    }
+
+    /// The outcome of a whole response head: its status's rule, and the
+    /// 503-with-`Retry-After` rule.
+    #[inline]
+    pub fn outcome_of<B>(&self, res: &http::Response<B>) -> Outcome {
+        let outcome = self.outcome(res.status());
+        if self.retry_after_is_overload
+            && outcome == Outcome::Failure
+            && res.status() == StatusCode::SERVICE_UNAVAILABLE
+            && res.headers().contains_key(http::header::RETRY_AFTER)
+        {
+            return Outcome::Overloaded;
+        }
+        outcome
     }
 
     /// Counts `code` as a remote failure (for example `501`).
@@ -131,6 +167,17 @@ impl HttpStatusClassifier {
     }
 }
 
+/// Whether a response head says "busy, come back later": a 429, or a 503
+/// with a `Retry-After`.
+#[cfg_attr(not(feature = "tonic"), allow(dead_code))]
+pub(crate) fn says_busy<B>(res: &http::Response<B>) -> bool {
+    match res.status().as_u16() {
+        429 => true,
+        503 => res.headers().contains_key(http::header::RETRY_AFTER),
+        _ => false,
+    }
+}
+
 impl Default for HttpStatusClassifier {
     fn default() -> Self {
         HttpStatusClassifier::new()
@@ -157,6 +204,7 @@ impl fmt::Debug for HttpStatusClassifier {
             .field("failure_codes", &Codes(self, Outcome::Failure))
             .field("overload_codes", &Codes(self, Outcome::Overloaded))
             .field("ignored_codes", &Codes(self, Outcome::Ignored))
+            .field("retry_after_is_overload", &self.retry_after_is_overload)
             .finish()
     }
 }
@@ -165,7 +213,7 @@ impl<B, E: 'static> Classify<http::Response<B>, E> for HttpStatusClassifier {
     #[inline]
     fn classify(&self, result: Result<&http::Response<B>, &E>) -> Outcome {
         match result {
-            Ok(res) => self.outcome(res.status()),
+            Ok(res) => self.outcome_of(res),
             Err(e) => error_origin(e).unwrap_or(Outcome::Failure),
         }
     }
@@ -181,7 +229,7 @@ mod tests {
         for code in 100u16..1000 {
             let status = StatusCode::from_u16(code).unwrap();
             let expected = match code {
-                429 | 503 => Outcome::Overloaded,
+                429 => Outcome::Overloaded,
                 408 => Outcome::Failure,
                 501 => Outcome::Ignored,
                 400..=499 => Outcome::Ignored,

@@ -77,6 +77,8 @@ mod service;
 pub(crate) use self::answer::sealed;
 pub use self::answer::{AnswerError, TextAnswer};
 pub use self::classify::HttpStatusClassifier;
+#[cfg(feature = "tonic")]
+pub(crate) use self::classify::says_busy;
 pub use self::future::AnswerErrorsFuture;
 pub use self::layer::AnswerErrorsLayer;
 pub use self::response::{body_for, retry_after_header, status_for};

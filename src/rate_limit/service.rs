@@ -100,9 +100,12 @@ where
                         let svc = take_ready(&mut self.inner);
                         return ResponseFuture::waiting(now + w, limit, key, svc, req, shared);
                     }
-                    if deadline.is_some_and(|d| d.instant() == limit) {
-                        // The cell comes after the request's deadline: the
-                        // request cannot be served in time at all.
+                    if deadline.is_some_and(|d| d.instant() == limit)
+                        && now.checked_add(max).is_some_and(|by_max| now + w <= by_max)
+                    {
+                        // The wait itself would be allowed, but the cell
+                        // comes after the request's deadline: the request
+                        // cannot be served in time at all.
                         return ResponseFuture::deadline_exceeded(shared);
                     }
                     return ResponseFuture::rejected(

@@ -269,6 +269,7 @@ impl RetryBudget {
     /// budget, or once that slice has left the window.
     #[inline]
     pub fn credit_success(&self, ticket: RequestTicket) {
+        // (Consumed: a ticket credits one success.)
         if self.inner.success_ratio_ppm > 0 {
             bump(&self.inner.successes, ticket.epoch);
         }
@@ -309,8 +310,8 @@ fn bump(ring: &[AtomicU64; BUCKETS], epoch: u64) {
 }
 
 /// A request counted by [`RetryBudget::deposit_request`]: where to credit
-/// its success.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// its success. Crediting consumes it, so a request is credited once.
+#[derive(Debug, PartialEq, Eq)]
 pub struct RequestTicket {
     epoch: u64,
 }

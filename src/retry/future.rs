@@ -55,7 +55,7 @@ pin_project! {
         withdrawal: Option<Withdrawal>,
         started: Option<Instant>,
         deadline: Option<Deadline>,
-        ticket: RequestTicket,
+        ticket: Option<RequestTicket>,
     }
 
     impl<S, Req, P> PinnedDrop for ResponseFuture<S, Req, P>
@@ -88,7 +88,7 @@ where
     ) -> Self {
         ResponseFuture {
             deadline,
-            ticket,
+            ticket: Some(ticket),
             state: State::Calling { future },
             shared,
             service,
@@ -174,7 +174,9 @@ where
                     }
                     let give_up = match verdict {
                         Verdict::Success => {
-                            shared.budget.credit_success(*this.ticket);
+                            if let Some(ticket) = this.ticket.take() {
+                                shared.budget.credit_success(ticket);
+                            }
                             return Poll::Ready(result);
                         }
                         Verdict::Fail => GiveUp::new(GiveUpReason::NotRetryable),

@@ -271,7 +271,11 @@ impl Limiter {
         drop(algorithm);
         if let Some(avg_ns) = avg_ns {
             self.expected_rtt_ns.store(avg_ns.max(1), Ordering::Relaxed);
-            self.expected_at_ns.store(now_ns, Ordering::Relaxed);
+            // Stamped no later than one window before its close: a window
+            // that an idle spell kept open until a late completion holds
+            // old samples, and must not pass for fresh for long.
+            let at = start.max(now_ns.saturating_sub(self.window_ns));
+            self.expected_at_ns.store(at, Ordering::Relaxed);
         }
         let old = self.limit.swap(new, Ordering::Relaxed);
         if old != new {

@@ -30,7 +30,7 @@ impl ClientStack {
     ///
     /// | part | HTTP preset |
     /// |---|---|
-    /// | breaker classifier | [`HttpStatusClassifier`]: 5xx and 408 fail; 503 and 429 are "busy" (not counted by the breaker); other 4xx ignored; connection errors and attempt timeouts fail; this process's own refusals never count |
+    /// | breaker classifier | [`HttpStatusClassifier`]: 5xx and 408 fail (a bare 503 too: a proxy with no healthy upstream); 429 and a 503 with `Retry-After` are "busy" (not counted by the breaker); other 4xx ignored; connection errors and attempt timeouts fail; this process's own refusals never count |
     /// | retry policy | [`HttpRetry`]: only idempotent methods (GET, HEAD, OPTIONS, TRACE, PUT, DELETE) or requests with an `Idempotency-Key`; 5xx (not 501), 408, 429, connection errors, attempt timeouts; `Retry-After` honoured; `x-seawall-attempt` stamped |
     /// | propagation | each attempt carries its time left as `x-request-timeout-ms` and `grpc-timeout` ([`propagate_deadline`](ClientStackBuilder::propagate_deadline) to change) |
     ///
@@ -171,6 +171,12 @@ mod grpc {
         ///
         /// The service is a [`GrpcClient<Channel>`](GrpcClient): hand it to a
         /// generated client (`GreeterClient::new(svc)`).
+        ///
+        /// Made for unary and server-streaming calls. The request body is read
+        /// (up to the replay limit) before the call is sent, so a
+        /// client-streaming or bidirectional call must have its first messages
+        /// ready when it is made: a call whose first request message is sent
+        /// only after the answer begins would wait until its deadline.
         ///
         /// ```no_run
         /// # async fn run() -> Result<(), seawall::BoxError> {

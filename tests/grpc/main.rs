@@ -356,8 +356,23 @@ fn classifier_reads_grpc_status_from_response_heads() {
     // No grpc-status on a 200 head: the code comes later in trailers; success.
     assert_eq!(classify_head(&c, None, 200), Outcome::Success);
     // A proxy's HTTP error without grpc-status, mapped as the gRPC spec says.
-    assert_eq!(classify_head(&c, None, 503), Outcome::Overloaded); // a proxy's "busy"
+    assert_eq!(classify_head(&c, None, 503), Outcome::Failure); // UNAVAILABLE: no healthy upstream
     assert_eq!(classify_head(&c, None, 429), Outcome::Overloaded); // a proxy's "busy"
+    let shed = http::Response::builder()
+        .status(503)
+        .header("retry-after", "1")
+        .body(())
+        .unwrap();
+    assert_eq!(
+        Classify::<_, Status>::classify(&c, Ok(&shed)),
+        Outcome::Overloaded
+    ); // "busy, come back"
+    // With UNAVAILABLE's rule changed, a proxy's "busy" follows it.
+    let lenient = GrpcStatusClassifier::new().ignored_code(Code::Unavailable);
+    assert_eq!(
+        Classify::<_, Status>::classify(&lenient, Ok(&shed)),
+        Outcome::Ignored
+    );
     assert_eq!(classify_head(&c, None, 502), Outcome::Failure); // UNAVAILABLE
     assert_eq!(classify_head(&c, None, 404), Outcome::Ignored); // UNIMPLEMENTED
     assert_eq!(classify_head(&c, None, 401), Outcome::Ignored); // UNAUTHENTICATED

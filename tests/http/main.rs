@@ -318,7 +318,7 @@ fn classifier_default_outcomes() {
         (500, Outcome::Failure),
         (501, Outcome::Ignored),
         (502, Outcome::Failure),
-        (503, Outcome::Overloaded),
+        (503, Outcome::Failure),
         (504, Outcome::Failure),
         (599, Outcome::Failure),
         (600, Outcome::Success),
@@ -332,8 +332,24 @@ fn classifier_default_outcomes() {
             .filter(|&code| classify(&c, code) == o)
             .count()
     };
-    assert_eq!(count(Outcome::Failure), 99); // 5xx but 501 and 503, and 408
-    assert_eq!(count(Outcome::Overloaded), 2); // 429, 503
+    assert_eq!(count(Outcome::Failure), 100); // 5xx but 501, and 408
+    assert_eq!(count(Outcome::Overloaded), 1); // 429
+    // A 503 that says when to come back is "busy"; a bare one (a proxy with
+    // no healthy upstream) is broken.
+    let shed = http::Response::builder()
+        .status(503)
+        .header("retry-after", "2")
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(
+        Classify::<http::Response<Body>, BoxError>::classify(&c, Ok(&shed)),
+        Outcome::Overloaded
+    );
+    let strict = HttpStatusClassifier::new().retry_after_is_overload(false);
+    assert_eq!(
+        Classify::<http::Response<Body>, BoxError>::classify(&strict, Ok(&shed)),
+        Outcome::Failure
+    );
     assert_eq!(count(Outcome::Ignored), 99); // 4xx but 408 and 429, and 501
 }
 
@@ -384,7 +400,7 @@ fn classifier_rules_change_one_at_a_time() {
     assert_eq!(classify(&c, 404), Outcome::Success);
     // The rest as before.
     assert_eq!(classify(&c, 500), Outcome::Failure);
-    assert_eq!(classify(&c, 503), Outcome::Overloaded);
+    assert_eq!(classify(&c, 503), Outcome::Failure);
     assert_eq!(classify(&c, 400), Outcome::Ignored);
     assert_eq!(
         format!(
@@ -393,6 +409,6 @@ fn classifier_rules_change_one_at_a_time() {
                 .failure_code(http::StatusCode::BAD_GATEWAY)
                 .ignored_code(http::StatusCode::NOT_FOUND)
         ),
-        "HttpStatusClassifier { failure_codes: [502], overload_codes: [], ignored_codes: [404] }"
+        "HttpStatusClassifier { failure_codes: [502], overload_codes: [], ignored_codes: [404], retry_after_is_overload: false }"
     );
 }

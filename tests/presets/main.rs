@@ -22,6 +22,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::routing::{get, post};
 use bytes::Bytes;
+use futures::StreamExt;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -106,8 +107,16 @@ async fn http_server() -> HttpServer {
             "/busy",
             get(move || async move {
                 c2();
-                (http::StatusCode::SERVICE_UNAVAILABLE, "busy")
+                (
+                    http::StatusCode::SERVICE_UNAVAILABLE,
+                    [(http::header::RETRY_AFTER, "0")],
+                    "busy",
+                )
             }),
+        )
+        .route(
+            "/no_upstream",
+            get(|| async { (http::StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream") }),
         )
         .route(
             "/slow",
@@ -256,6 +265,26 @@ async fn http_preset_busy_answers_never_open_the_breaker() {
     assert!(server.hits.load(Ordering::SeqCst) >= 50);
 }
 
+/// A load balancer with nothing behind it answers a bare 503 (no
+/// `Retry-After`): that is an outage, and the breaker opens on it.
+#[tokio::test]
+async fn http_preset_breaker_opens_on_a_bare_503() {
+    let server = http_server().await;
+    let stack = http_preset().build().unwrap();
+    let breaker = stack.breaker_handle();
+    let client = stack.layer(hyper());
+    for _ in 0..50 {
+        if breaker.state() == State::Open {
+            break;
+        }
+        let _ = client
+            .clone()
+            .oneshot(get_req(server.addr, "/no_upstream"))
+            .await;
+    }
+    assert_eq!(breaker.state(), State::Open);
+}
+
 #[tokio::test]
 async fn http_preset_local_bulkhead_refusals_never_open_the_breaker() {
     let server = http_server().await;
@@ -291,6 +320,11 @@ enum Answer {
     HeadersThenTrailers,
     /// `UNAVAILABLE` with `grpc-retry-pushback-ms: 0`: busy.
     Busy,
+    /// `UNAVAILABLE` sent as headers, an empty data frame, then trailers.
+    HeadersEmptyDataThenTrailers,
+    /// A reply that starts at once (headers) and whose message comes 800 ms
+    /// later, then `OK` trailers: a slow first message.
+    SlowFirstMessage,
 }
 
 /// A gRPC server that answers every call the same way, counting calls.
@@ -325,16 +359,42 @@ impl tower::Service<http::Request<Body>> for Raw {
                         .insert("grpc-retry-pushback-ms", "0".parse().unwrap());
                     s.into_http()
                 }
-                Answer::HeadersThenTrailers => {
+                Answer::HeadersThenTrailers | Answer::HeadersEmptyDataThenTrailers => {
                     let mut trailers = http::HeaderMap::new();
                     trailers.insert("grpc-status", "14".parse().unwrap());
                     trailers.insert("grpc-message", "down".parse().unwrap());
-                    let frames = futures::stream::iter([Ok::<_, Status>(
-                        http_body::Frame::trailers(trailers),
-                    )]);
+                    let mut frames = Vec::new();
+                    if answer == Answer::HeadersEmptyDataThenTrailers {
+                        frames.push(Ok::<_, Status>(http_body::Frame::data(Bytes::new())));
+                    }
+                    frames.push(Ok(http_body::Frame::trailers(trailers)));
                     http::Response::builder()
                         .header("content-type", "application/grpc")
                         .header("x-handler-metadata", "set before failing")
+                        .body(Body::new(StreamBody::new(futures::stream::iter(frames))))
+                        .unwrap()
+                }
+                Answer::SlowFirstMessage => {
+                    use prost::Message as _;
+                    let reply = greeter::HelloReply {
+                        message: "late but fine".into(),
+                        ..Default::default()
+                    }
+                    .encode_to_vec();
+                    let mut framed = vec![0u8];
+                    framed.extend_from_slice(&(reply.len() as u32).to_be_bytes());
+                    framed.extend_from_slice(&reply);
+                    let mut trailers = http::HeaderMap::new();
+                    trailers.insert("grpc-status", "0".parse().unwrap());
+                    let frames = futures::stream::once(async move {
+                        tokio::time::sleep(Duration::from_millis(800)).await;
+                        Ok::<_, Status>(http_body::Frame::data(Bytes::from(framed)))
+                    })
+                    .chain(futures::stream::iter([Ok(
+                        http_body::Frame::trailers(trailers),
+                    )]));
+                    http::Response::builder()
+                        .header("content-type", "application/grpc")
                         .body(Body::new(StreamBody::new(frames)))
                         .unwrap()
                 }
@@ -418,7 +478,11 @@ async fn grpc_preset_breaker_opens_on_unavailable_then_refuses_fast() {
 
 #[tokio::test]
 async fn grpc_preset_reads_a_failure_sent_as_headers_then_trailers() {
-    for answer in [Answer::TrailersOnly, Answer::HeadersThenTrailers] {
+    for answer in [
+        Answer::TrailersOnly,
+        Answer::HeadersThenTrailers,
+        Answer::HeadersEmptyDataThenTrailers,
+    ] {
         let hits = Arc::new(AtomicUsize::new(0));
         let channel = serve_grpc(Raw {
             answer,
@@ -714,4 +778,26 @@ async fn server_preset_answers_before_the_client_preset_times_out() {
         assert_eq!(res.status(), 504);
         assert_eq!(hits.load(Ordering::SeqCst), i, "a POST runs once");
     }
+}
+
+/// A reply whose head comes at once and whose first message comes after the
+/// attempt timeout: the head is handed up (the preset reads the first frame
+/// for 20 ms at most), so the call is not cut as an attempt timeout.
+#[tokio::test]
+async fn grpc_preset_does_not_hold_a_slow_first_message_past_the_attempt_timeout() {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let channel = serve_grpc(Raw {
+        answer: Answer::SlowFirstMessage,
+        hits: hits.clone(),
+    })
+    .await;
+    let stack = grpc_preset(Duration::from_millis(500)).build().unwrap();
+    let breaker = stack.breaker_handle();
+    let reply = call_say_hello(stack.layer(channel), hello()).await.unwrap();
+    assert_eq!(reply.message, "late but fine");
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        (breaker.metrics().calls, breaker.metrics().failures),
+        (1, 0)
+    );
 }
