@@ -142,6 +142,7 @@ mod future;
 mod gradient;
 mod layer;
 mod limiter;
+mod queue_delay;
 mod service;
 mod throttle;
 
@@ -153,4 +154,5 @@ pub use self::gradient::{Gradient2, Gradient2Builder};
 pub use self::layer::{
     AdaptiveLimitLayer, AdaptiveLimitLayerBuilder, ThrottleLayer, ThrottleLayerBuilder,
 };
+pub use self::queue_delay::{QueueDelay, QueueDelayBuilder};
 pub use self::service::{AdaptiveLimit, Throttle};

@@ -11,7 +11,9 @@ use seawall::deadline::{self, Deadline};
 use seawall::error::{BoxError, Overloaded, RejectionKind, rejection_of};
 use seawall::observe::{EventKind, LayerKind, Observer, Recorder};
 use seawall::shed::criticality::{self, Criticality};
-use seawall::shed::{AdaptiveLimitLayer, Aimd, Gradient2, ThrottleLayer};
+use seawall::shed::{
+    AdaptiveLimitLayer, Aimd, Gradient2, LimitAlgorithm, QueueDelay, ThrottleLayer,
+};
 use tokio::time::{Instant, sleep, timeout};
 use tower::{BoxError as TowerBoxError, Layer, Service, ServiceExt, service_fn};
 
@@ -1026,4 +1028,90 @@ async fn idle_after_a_slow_burst_admits_every_short_budget_request() {
         "{:?}",
         rejection_details(&rec)
     );
+}
+
+/// Runs 3 × `slots` + 10 closed-loop clients for 60 s against a backend of
+/// `slots` slots (100 ms each) behind an adaptive limit with `algorithm`;
+/// returns the highest limit of the last 30 s and the share of the
+/// backend's capacity served then.
+async fn settle(slots: usize, algorithm: impl LimitAlgorithm) -> (usize, f64) {
+    let layer = AdaptiveLimitLayer::builder()
+        .algorithm(algorithm)
+        .build()
+        .unwrap();
+    let backend = Arc::new(tokio::sync::Semaphore::new(slots));
+    let served = Arc::new(AtomicUsize::new(0));
+    let s = served.clone();
+    let svc = layer.layer(service_fn(move |_: u64| {
+        let (backend, s) = (backend.clone(), s.clone());
+        async move {
+            let _slot = backend.acquire().await.unwrap();
+            sleep(ms(100)).await;
+            s.fetch_add(1, Ordering::Relaxed);
+            Ok::<_, Infallible>(())
+        }
+    }));
+    let end = Instant::now() + Duration::from_secs(60);
+    let clients: Vec<_> = (0..3 * slots + 10)
+        .map(|_| {
+            let svc = svc.clone();
+            tokio::spawn(async move {
+                while Instant::now() < end {
+                    if svc.clone().oneshot(0).await.is_err() {
+                        sleep(ms(20)).await;
+                    }
+                }
+            })
+        })
+        .collect();
+    sleep(Duration::from_secs(30)).await;
+    let before = served.load(Ordering::Relaxed);
+    let mut highest = 0;
+    for _ in 0..30 {
+        highest = highest.max(layer.limit());
+        sleep(Duration::from_secs(1)).await;
+    }
+    let share = (served.load(Ordering::Relaxed) - before) as f64 / (slots as f64 * 10.0 * 30.0);
+    for c in clients {
+        c.await.unwrap();
+    }
+    (highest, share)
+}
+
+/// `QueueDelay` learns what a backend can run at once, from 4 to 256 slots:
+/// after a minute at three times its capacity the limit stays within 1.5×
+/// of the slots (no queue of more than half the backend inside it, no creep
+/// upward) and the backend is kept busy.
+#[tokio::test(start_paused = true)]
+async fn queue_delay_learns_the_backends_capacity() {
+    for slots in [4, 16, 64, 256] {
+        let (highest, share) = settle(slots, QueueDelay::default()).await;
+        println!(
+            "{slots} slots: QueueDelay limit at most {highest}, {:.0}% of capacity served",
+            share * 100.0
+        );
+        assert!(
+            highest >= slots && highest as f64 <= 1.5 * slots as f64,
+            "{slots} slots: {highest}"
+        );
+        assert!(share >= 0.9, "{slots} slots: {share}");
+    }
+    // Gradient2 (the default), free to go from 1 to 1000, stays far from
+    // the backend's concurrency on both sides.
+    for slots in [4, 256] {
+        let g2 = Gradient2::builder()
+            .min_limit(1)
+            .max_limit(1000)
+            .build()
+            .unwrap();
+        let (highest, share) = settle(slots, g2).await;
+        println!(
+            "{slots} slots: Gradient2 limit at most {highest}, {:.0}% of capacity served",
+            share * 100.0
+        );
+        assert!(
+            highest as f64 > 1.5 * slots as f64 || (highest as f64) < slots as f64 / 1.5,
+            "{slots} slots: {highest}"
+        );
+    }
 }
