@@ -176,5 +176,35 @@ fn main() -> Result<(), seawall::BoxError> {
         println!();
         print!("{}", report::whole_run(title, &scenario, &runs));
     }
+
+    // A surge where some requests matter more than others.
+    let priority = Scenario::priority_surge();
+    let runs = Mode::ALL
+        .iter()
+        .map(|&mode| sim::run(&priority, mode))
+        .collect::<Result<Vec<_>, _>>()?;
+    println!();
+    print!(
+        "{}",
+        report::whole_run(
+            "priority surge: 180% of capacity for 15 s, 30% of requests critical, the rest sheddable",
+            &priority,
+            &runs
+        )
+    );
+    let surge = priority
+        .phases
+        .iter()
+        .position(|p| p.name == "surge")
+        .map(|i| priority.bounds(i))
+        .unwrap_or((0.0, 0.0));
+    for run in &runs {
+        println!(
+            "  {:<12} in the surge: critical {:.1}% good, sheddable {:.1}% good",
+            run.mode.label(),
+            run.goodput_of(true, surge.0, surge.1) * 100.0,
+            run.goodput_of(false, surge.0, surge.1) * 100.0
+        );
+    }
     Ok(())
 }

@@ -93,6 +93,9 @@ pub struct Scenario {
     /// Services between the client and the backend's server, each with the
     /// mode's stacks (0: the client calls the backend's server directly).
     pub middle_tiers: usize,
+    /// The share of requests the client marks critical (the rest are
+    /// sheddable); `None`: requests carry no criticality.
+    pub critical_share: Option<f64>,
 }
 
 impl Scenario {
@@ -192,6 +195,35 @@ impl Scenario {
         s
     }
 
+    /// A surge with mixed criticality: 5 s at 60 % of capacity, then 15 s at
+    /// 180 %, where 30 % of the requests are critical (user-facing) and the
+    /// rest sheddable (prefetch, batch), then 5 s back at 60 %.
+    pub fn priority_surge() -> Self {
+        let mut s = Scenario::quick();
+        s.critical_share = Some(0.3);
+        s.phases = vec![
+            Phase {
+                name: "healthy",
+                duration: Duration::from_secs(5),
+                load: 0.6,
+                condition: Condition::Healthy,
+            },
+            Phase {
+                name: "surge",
+                duration: Duration::from_secs(15),
+                load: 1.8,
+                condition: Condition::Healthy,
+            },
+            Phase {
+                name: "after",
+                duration: Duration::from_secs(5),
+                load: 0.6,
+                condition: Condition::Healthy,
+            },
+        ];
+        s
+    }
+
     /// A shorter timeline with the same shape (`--quick`): 40 s.
     pub fn quick() -> Self {
         Scenario::with_phase_lengths([6, 6, 8, 8, 12])
@@ -206,6 +238,7 @@ impl Scenario {
             fail_time: Duration::from_millis(5),
             deadline: Duration::from_secs(1),
             middle_tiers: 0,
+            critical_share: None,
             phases: vec![
                 Phase {
                     name: "healthy",
@@ -378,6 +411,8 @@ impl End {
 pub struct Record {
     /// Arrival, seconds from the start.
     pub arrival: f64,
+    /// Whether the client marked the request critical.
+    pub critical: bool,
     /// What the caller waited, start to answer.
     pub latency: Duration,
     /// How it ended.
@@ -589,8 +624,15 @@ where
         }
         let (tx, rx) = oneshot::channel();
         let server = self.server.clone();
+        // The request's criticality travels with it, as seawall's
+        // `x-seawall-criticality` header would carry it.
+        let criticality = seawall::shed::criticality::current();
         tokio::spawn(async move {
-            let result = server.oneshot(req).await;
+            let call = server.oneshot(req);
+            let result = match criticality {
+                Some(c) => seawall::shed::criticality::scope(c, call).await,
+                None => call.await,
+            };
             let _ = tx.send(result);
         });
         Box::pin(async move { rx.await.map_err(BoxError::from)? })
@@ -814,8 +856,15 @@ async fn run_async(scenario: &Scenario, mode: Mode) -> Result<Run, BoxError> {
     let stacks = build(mode, scenario, &wire, backend, observer)?;
     let arrivals = scenario.arrivals();
 
-    for offset in &arrivals {
+    for (i, offset) in arrivals.iter().enumerate() {
         let at = start + *offset;
+        let criticality = scenario.critical_share.map(|share| {
+            if unit(scenario.seed ^ 0xC417, i as u64) < share {
+                seawall::shed::Criticality::Critical
+            } else {
+                seawall::shed::Criticality::Sheddable
+            }
+        });
         tokio::time::sleep_until(at).await;
         let arrival = offset.as_secs_f64();
         let gives_up = at + scenario.deadline;
@@ -834,7 +883,11 @@ async fn run_async(scenario: &Scenario, mode: Mode) -> Result<Run, BoxError> {
         }
         tokio::spawn(async move {
             let began = Instant::now();
-            let result = client.oneshot(req).await;
+            let call = client.oneshot(req);
+            let result = match criticality {
+                Some(c) => seawall::shed::criticality::scope(c, call).await,
+                None => call.await,
+            };
             let now = Instant::now();
             let end = match &result {
                 Ok(_) if now <= gives_up => End::Good,
@@ -849,6 +902,7 @@ async fn run_async(scenario: &Scenario, mode: Mode) -> Result<Run, BoxError> {
             }
             book.records.push(Record {
                 arrival,
+                critical: criticality == Some(seawall::shed::Criticality::Critical),
                 latency: now - began,
                 end,
             });
@@ -916,6 +970,27 @@ impl Summary {
 }
 
 impl Run {
+    /// Goodput of the requests marked critical (`true`) or not, arriving in
+    /// `[from, to)` seconds.
+    pub fn goodput_of(&self, critical: bool, from: f64, to: f64) -> f64 {
+        let (mut offered, mut good) = (0u64, 0u64);
+        for r in self
+            .records
+            .iter()
+            .filter(|r| r.critical == critical && r.arrival >= from && r.arrival < to)
+        {
+            offered += 1;
+            if r.end == End::Good {
+                good += 1;
+            }
+        }
+        if offered == 0 {
+            0.0
+        } else {
+            good as f64 / offered as f64
+        }
+    }
+
     /// Summary over arrivals (and backend calls) in `[from, to)` seconds.
     pub fn summary(&self, from: f64, to: f64) -> Summary {
         let mut latencies: Vec<Duration> = Vec::new();

@@ -16,6 +16,11 @@ use crate::shed::{AdaptiveLimit, AdaptiveLimitLayer, AdaptiveLimitLayerBuilder};
 
 const KIND: &str = "server_stack";
 
+/// Handlers in flight at most, whatever the adaptive limit says: a guard on
+/// memory, above the adaptive limit's own maximum (200), so that the
+/// adaptive limit (which sheds by priority) is what turns requests away.
+const BULKHEAD_MAX_CONCURRENT: usize = 1000;
+
 /// The recommended server stack, as one layer; start with
 /// [`ServerStack::builder`].
 ///
@@ -146,7 +151,9 @@ impl ServerStack {
         let name = name.into();
         ServerStackBuilder {
             limit: AdaptiveLimitLayer::builder().name(part_name(&name, "limit")),
-            bulkhead: BulkheadLayer::builder().name(part_name(&name, "bulkhead")),
+            bulkhead: BulkheadLayer::builder()
+                .name(part_name(&name, "bulkhead"))
+                .max_concurrent(BULKHEAD_MAX_CONCURRENT),
             ingress: Skip,
             rate_limit: Skip,
             name,
@@ -225,8 +232,12 @@ impl<O, R, P> ServerStackBuilder<O, R, P> {
         }
     }
 
-    /// Configures the bulkhead, starting from its defaults (25 concurrent
-    /// calls, no queue) and the stack's name.
+    /// Configures the bulkhead, starting from the stack's default (1000
+    /// handlers in flight, no queue: a guard on memory above the adaptive
+    /// limit's maximum, so that the adaptive limit, which sheds by
+    /// priority, is what turns requests away; chosen by the storm's
+    /// priority surge, where a bulkhead of 25 below the adaptive limit
+    /// refused critical and sheddable requests alike) and the stack's name.
     pub fn bulkhead(mut self, f: impl FnOnce(BulkheadBuilder) -> BulkheadBuilder) -> Self {
         self.bulkhead = f(self.bulkhead);
         self

@@ -344,3 +344,32 @@ fn chain_of_three_hops() {
         assert!(x.goodput() >= 0.9, "second {t}: {}", x.goodput());
     }
 }
+
+/// A surge with mixed criticality (180 % of capacity, 30 % of requests
+/// critical): the baselines cannot tell them apart; seawall's server sheds
+/// the sheddable ones first, and keeps the highest goodput overall.
+#[test]
+fn priority_surge_serves_critical_requests_first() {
+    let s = Scenario::priority_surge();
+    let runs: Vec<Run> = [Mode::Unprotected, Mode::Naive, Mode::Seawall]
+        .iter()
+        .map(|&m| run(&s, m))
+        .collect();
+    let g: Vec<f64> = runs.iter().map(|r| goodput(r, &s)).collect();
+    let (a, b) = phase(&s, "surge");
+    let critical: Vec<f64> = runs.iter().map(|r| r.goodput_of(true, a, b)).collect();
+    let sheddable: Vec<f64> = runs.iter().map(|r| r.goodput_of(false, a, b)).collect();
+    println!(
+        "priority surge: goodput {g:?}; in the surge, critical {critical:?}, sheddable {sheddable:?}"
+    );
+    let best = g.iter().cloned().fold(0.0, f64::max);
+    assert!(g[2] >= best - 0.02, "{g:?}");
+    assert!(critical[2] >= 0.75, "seawall critical {}", critical[2]);
+    assert!(
+        critical[2] > sheddable[2] + 0.25,
+        "{critical:?} {sheddable:?}"
+    );
+    for base in [0, 1] {
+        assert!(critical[2] > critical[base] + 0.5, "{critical:?}");
+    }
+}
