@@ -190,17 +190,20 @@ where
         let admitted = self.shared.lock().admit(now);
         let observer = &self.shared.observer;
         if !admitted {
+            // Come back in 100 ms or so: the throttle admits requests again
+            // as soon as the backend accepts more of them.
+            let hint = self.shared.jitter.stretch(crate::clock::MIN_HINT);
             observer.emit(
                 LayerKind::Throttle,
                 self.shared.name.as_str(),
                 EventKind::Rejected {
                     reason: crate::error::RejectionKind::Overloaded,
                     detail: "throttled",
-                    retry_after: None,
+                    retry_after: Some(hint),
                 },
             );
             return ThrottleFuture::rejected(
-                Overloaded::local(self.shared.name.clone(), None).into(),
+                Overloaded::local(self.shared.name.clone(), Some(hint)).into(),
             );
         }
         observer.emit(

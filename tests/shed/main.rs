@@ -808,6 +808,11 @@ async fn throttle_sends_far_fewer_requests_to_a_failing_dependency() {
         match client.ready().await.unwrap().call(()).await {
             Ok(()) => accepted += 1,
             Err(e) if rejection_of(&e).is_some() => {
+                let view = rejection_of(&e).unwrap();
+                // This process's own refusal, told when to come back.
+                assert!(view.is_local());
+                let hint = view.retry_after().expect("a throttled call has a hint");
+                assert!(hint >= ms(100) && hint < ms(150), "{hint:?}");
                 throttled += 1;
                 if i >= 5_000 {
                     late_throttled += 1;
