@@ -1,7 +1,7 @@
 //! storm: the same traffic through a backend outage, served three ways.
 //!
 //! ```text
-//! cargo run --release --example storm            # 100 s simulated, a few seconds of wall time
+//! cargo run --release --example storm            # every scenario, about 20 s of wall time
 //! cargo run --release --example storm -- --quick # 40 s simulated (or STORM_QUICK=1)
 //! STORM_TRACE=1 cargo run --release --example storm # also print every breaker and limit change
 //! ```
@@ -30,7 +30,7 @@
 //! calls fail fast, at 60 % of capacity).
 //!
 //! Everything runs in paused tokio time with a seeded RNG: every run prints
-//! the same numbers, in a few seconds.
+//! the same numbers, in about 20 seconds for every scenario.
 //!
 //! What to look at, per phase: **goodput** (answered successfully within the
 //! deadline: the only answers a caller can use), **attempts** (calls sent to
