@@ -13,6 +13,13 @@
 //! | [`shed`]: [`AdaptiveLimitLayer`], [`ThrottleLayer`] | overload collapse, queues of doomed work | [`Overloaded`](error::Overloaded) |
 //! | [`rate_limit`]: [`RateLimitLayer`] (local or Redis) | abusive or runaway callers | [`RateLimited`](error::RateLimited) with `retry_after` |
 //!
+//! **Start with a protocol preset** (see [`stack`]): `ClientStack::http`
+//! around a hyper client, `ClientStack::grpc` around a tonic `Channel`,
+//! `ServerStack::http` around an axum `Router`, `ServerStack::grpc` in a
+//! tonic server (features `http` / `tonic`). Each knows how its protocol says "broken", "busy" and "your
+//! mistake", what is safe to retry, and where the deadline travels; set the
+//! budgets and keep the defaults. The layers below compose by hand too.
+//!
 //! Rejections are small marker types in a `BoxError`; [`error::rejection`]
 //! gives one view of any of them (kind, layer instance, `retry_after`), and the
 //! [`http`] and [`grpc`] modules turn them into 503/429/504 responses with
