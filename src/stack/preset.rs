@@ -313,6 +313,13 @@ mod server {
         /// - the `x-seawall-attempt` a client stack sends is recorded, so the
         ///   handler's own client stacks do not retry a retried request.
         ///
+        /// The adaptive limit sheds by criticality (sheddable requests first)
+        /// once it knows each request's class. It does not read the
+        /// `x-seawall-criticality` header by default, since any client could
+        /// claim `critical_plus`; behind an edge you control, opt in with
+        /// `.adaptive_limit(|l| l.criticality(FromHttpRequest))`
+        /// ([`FromHttpRequest`](crate::shed::criticality::FromHttpRequest)).
+        ///
         /// ```
         /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
         /// # async fn main() -> Result<(), seawall::BoxError> {
