@@ -26,13 +26,13 @@ use crate::error::ConfigError;
 /// (0.8 with the defaults) per window.
 ///
 /// Its limit does not follow the backend's own concurrency: behind a
-/// backend of 1 to 1000 slots offered three times its capacity (the harness
-/// of `tests/shed`, limits free from 1 to 1000), it settled between 35 and
-/// 66 whatever the slots: a queue of 40 in front of a backend of 4, and a
-/// backend of 256 kept at 22 % of its capacity. It is the
-/// default because it reads a slow latency creep best (the storm's latency
-/// creep: 69 % kept, where [`QueueDelay`](super::QueueDelay) kept 38 %);
-/// for a backend whose concurrency is far from 20–50, choose `QueueDelay`.
+/// backend offered three times its capacity (the harness of `tests/shed`,
+/// limits free from 1 to 1000) it settled at 44 for 4 slots and at 66 for
+/// 256: a queue of 40 in front of the small backend, the large one kept at
+/// 22 % of its capacity. It is the default because it reads a slow latency
+/// creep best (the storm's latency creep: 69 % kept, where
+/// [`QueueDelay`](super::QueueDelay) kept 38 %); for a backend whose
+/// concurrency is far from 20–60, choose `QueueDelay`.
 ///
 /// Defaults: initial 20, min 20, max 200, smoothing 0.2, rtt tolerance 1.5,
 /// long window 600, queue size 4.

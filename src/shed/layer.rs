@@ -284,7 +284,6 @@ pub(crate) struct ThrottleShared {
     window: Mutex<ThrottleWindow>,
     pub(crate) name: Name,
     pub(crate) observer: Observer,
-    pub(crate) jitter: crate::clock::Jitter,
 }
 
 impl ThrottleShared {
@@ -515,7 +514,6 @@ impl<C> ThrottleLayerBuilder<C> {
         Ok(ThrottleLayer {
             shared: Arc::new(ThrottleShared {
                 window: Mutex::new(window),
-                jitter: crate::clock::Jitter::new(self.name.as_str()),
                 name: self.name,
                 observer: self.observer,
             }),

@@ -16,19 +16,25 @@ use crate::error::ConfigError;
 ///    right after the first), one window runs at a quarter of the limit, so
 ///    the queue empties and the window's latency is the service's own.
 ///    Between drains, a lower window latency lowers `base`.
-/// 2. While `rtt ≤ base × (1 + tolerance)` nothing queues: the limit grows,
-///    ×2 per window until the first sign of queueing, then by `increase`
-///    (10 %, at least 1) per window.
-/// 3. Otherwise requests queue: `limit = limit × base × (1 + tolerance) /
+/// 2. While `rtt ≤ base × (1 + tolerance)` nothing queues: when at least
+///    half the limit was in flight, the limit grows, ×2 per window until
+///    the first sign of queueing, then by `increase` (5 %, at least 1) per
+///    window.
+/// 3. When `rtt` is above that with at least a quarter of the limit in
+///    flight, requests queue: `limit = limit × base × (1 + tolerance) /
 ///    rtt` (at most halved per window), the limit at which the queueing
-///    delay would be `tolerance` of the service time.
-/// 4. A window where fewer than half the limit were in flight says nothing
-///    about capacity: the limit stays put.
+///    delay would be `tolerance` of the service time. A window with calls
+///    that timed out or were shed below cuts the limit by a tenth at least.
+/// 4. Otherwise the window says nothing about capacity: the limit stays
+///    put.
 ///
 /// Without draining windows `base` would only be measured with a queue in
-/// front of the service and the limit would creep upward; they cost a
-/// quarter of the throughput for one window in `drain_every` while the
-/// service is saturated, nothing otherwise.
+/// front of the service and the limit would creep upward; each one costs
+/// up to three quarters of one window's throughput while the service is
+/// saturated (about 4 % with the defaults), nothing otherwise.
+///
+/// The draining window assumes a window outlasts the queue in front of the
+/// service (service times well under the window, 1 s by default).
 ///
 /// A cut that does not bring the latency down, while it is more than twice
 /// the target, means the service itself got slower (a brownout), not
@@ -42,8 +48,8 @@ use crate::error::ConfigError;
 /// Measured in `tests/shed` (a backend of 4 to 256 slots, three times its
 /// capacity offered for a minute): the limit settles at 1.25× the slots and
 /// the backend serves 97–98 % of its capacity. The default,
-/// [`Gradient2`](super::Gradient2), settled between 35 and 66 whatever the
-/// slots: a queue of 40 in front of a backend of 4, a backend of 256 kept
+/// [`Gradient2`](super::Gradient2), settled at 44 for 4 slots and at 66
+/// for 256: a queue of 40 in front of the small backend, the large one kept
 /// at 22 % of its capacity. Choose `QueueDelay` when the backend's
 /// concurrency is far from 20–60.
 ///
@@ -146,13 +152,19 @@ impl LimitAlgorithm for QueueDelay {
             return self.limit();
         }
         let target = self.base * (1.0 + self.tolerance);
-        if rtt > target || sample.did_drop() {
+        let queueing = rtt > target && busy >= self.limit / 4.0;
+        if queueing || sample.did_drop() {
             // A queue: shrink to where it would be `tolerance` of the
-            // service time.
+            // service time; calls that timed out or were shed below: by a
+            // tenth at least.
+            let mut factor = if queueing { target / rtt } else { 1.0 };
+            if sample.did_drop() {
+                factor = factor.min(0.9);
+            }
             self.slow_start = false;
-            self.limit = self.clamp((self.limit * target / rtt).max(self.limit / 2.0));
+            self.limit = self.clamp((self.limit * factor).max(self.limit / 2.0));
             self.cut_at_rtt = Some(rtt);
-        } else if busy >= self.limit / 2.0 {
+        } else if rtt <= target && busy >= self.limit / 2.0 {
             // No queue, and the limit was used: grow.
             self.limit = if self.slow_start {
                 self.clamp(self.limit * 2.0)
@@ -208,14 +220,14 @@ impl QueueDelayBuilder {
     }
 
     /// The queueing delay tolerated, as a share of the service's own
-    /// latency (default 0.2; `0 < tolerance ≤ 10`).
+    /// latency (default 0.1; `0 < tolerance ≤ 10`).
     pub fn tolerance(mut self, tolerance: f64) -> Self {
         self.tolerance = tolerance;
         self
     }
 
     /// The growth per window once queueing was seen, as a share of the limit
-    /// (default 0.1, at least 1 a window; `0 < increase ≤ 1`).
+    /// (default 0.05, at least 1 a window; `0 < increase ≤ 1`).
     pub fn increase(mut self, increase: f64) -> Self {
         self.increase = increase;
         self

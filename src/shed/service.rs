@@ -190,20 +190,20 @@ where
         let admitted = self.shared.lock().admit(now);
         let observer = &self.shared.observer;
         if !admitted {
-            // Come back in 100 ms or so: the throttle admits requests again
-            // as soon as the backend accepts more of them.
-            let hint = self.shared.jitter.stretch(crate::clock::MIN_HINT);
+            // No hint: the rejection chance comes from a two-minute window
+            // and will not have changed a moment later; a retry layer above
+            // keeps its own backoff.
             observer.emit(
                 LayerKind::Throttle,
                 self.shared.name.as_str(),
                 EventKind::Rejected {
                     reason: crate::error::RejectionKind::Overloaded,
                     detail: "throttled",
-                    retry_after: Some(hint),
+                    retry_after: None,
                 },
             );
             return ThrottleFuture::rejected(
-                Overloaded::local(self.shared.name.clone(), Some(hint)).into(),
+                Overloaded::local(self.shared.name.clone(), None).into(),
             );
         }
         observer.emit(

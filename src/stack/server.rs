@@ -17,8 +17,9 @@ use crate::shed::{AdaptiveLimit, AdaptiveLimitLayer, AdaptiveLimitLayerBuilder};
 const KIND: &str = "server_stack";
 
 /// Handlers in flight at most, whatever the adaptive limit says: a guard on
-/// memory, above the adaptive limit's own maximum (200), so that the
-/// adaptive limit (which sheds by priority) is what turns requests away.
+/// memory, above Gradient2's maximum (200), so that the adaptive limit
+/// (which sheds by priority) is what turns requests away. With
+/// `QueueDelay` (maximum 1000 by default) raise it to at least its maximum.
 const BULKHEAD_MAX_CONCURRENT: usize = 1000;
 
 /// The recommended server stack, as one layer; start with
@@ -145,8 +146,9 @@ impl ServerStack {
     /// `api.rate_limit`, `api.limit`, `api.bulkhead`, `api.handler`.
     ///
     /// [`total_budget`](ServerStackBuilder::total_budget) must be set; every
-    /// other setting has the default of its layer. The handler timeout
-    /// defaults to the total budget.
+    /// other setting has the default of its layer, except the bulkhead
+    /// (1000 handlers: see [`bulkhead`](ServerStackBuilder::bulkhead)). The
+    /// handler timeout defaults to the total budget.
     pub fn builder(name: impl Into<Name>) -> ServerStackBuilder {
         let name = name.into();
         ServerStackBuilder {

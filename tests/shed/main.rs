@@ -809,10 +809,10 @@ async fn throttle_sends_far_fewer_requests_to_a_failing_dependency() {
             Ok(()) => accepted += 1,
             Err(e) if rejection_of(&e).is_some() => {
                 let view = rejection_of(&e).unwrap();
-                // This process's own refusal, told when to come back.
+                // This process's own refusal; no hint (the rejection chance
+                // comes from a two-minute window).
                 assert!(view.is_local());
-                let hint = view.retry_after().expect("a throttled call has a hint");
-                assert!(hint >= ms(100) && hint < ms(150), "{hint:?}");
+                assert_eq!(view.retry_after(), None);
                 throttled += 1;
                 if i >= 5_000 {
                     late_throttled += 1;
@@ -1114,9 +1114,16 @@ async fn queue_delay_learns_the_backends_capacity() {
             "{slots} slots: Gradient2 limit at most {highest}, {:.0}% of capacity served",
             share * 100.0
         );
-        assert!(
-            highest as f64 > 1.5 * slots as f64 || (highest as f64) < slots as f64 / 1.5,
-            "{slots} slots: {highest}"
-        );
+        if slots == 4 {
+            // A queue of ten times the backend in front of it.
+            assert!(highest >= 10 * slots, "{slots} slots: {highest}");
+        } else {
+            // Most of the backend left idle.
+            assert!(
+                (highest as f64) < slots as f64 / 2.0,
+                "{slots} slots: {highest}"
+            );
+            assert!(share < 0.5, "{slots} slots: {share}");
+        }
     }
 }

@@ -364,6 +364,12 @@ fn priority_surge_serves_critical_requests_first() {
     );
     let best = g.iter().cloned().fold(0.0, f64::max);
     assert!(g[2] >= best - 0.02, "{g:?}");
+    for base in [0, 1] {
+        assert!(
+            (critical[base] - sheddable[base]).abs() < 0.05,
+            "{critical:?} {sheddable:?}"
+        );
+    }
     assert!(critical[2] >= 0.75, "seawall critical {}", critical[2]);
     assert!(
         critical[2] > sheddable[2] + 0.25,
