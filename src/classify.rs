@@ -113,7 +113,7 @@ pub fn error_origin<E: 'static>(err: &E) -> Option<Outcome> {
     let view = if let Some(boxed) = any.downcast_ref::<BoxError>() {
         rejection(&**boxed)
     } else {
-        marker_view(any)
+        crate::error::marker_view(any)
     }?;
     if view.is_local() {
         Some(Outcome::Refused)
@@ -122,27 +122,6 @@ pub fn error_origin<E: 'static>(err: &E) -> Option<Outcome> {
     } else {
         None
     }
-}
-
-fn marker_view(any: &dyn Any) -> Option<crate::error::Rejection<'_>> {
-    use crate::error::*;
-    macro_rules! try_marker {
-        ($($ty:ty),*) => {$(
-            if let Some(m) = any.downcast_ref::<$ty>() {
-                return Some(Reject::rejection(m));
-            }
-        )*};
-    }
-    try_marker!(
-        DeadlineExceeded,
-        AttemptTimeout,
-        CircuitOpen,
-        BulkheadFull,
-        Overloaded,
-        RateLimited,
-        RetryBudgetExhausted
-    );
-    None
 }
 
 /// Whether `err` is a local refusal (see [`Rejection::is_local`](crate::error::Rejection::is_local)).
@@ -174,5 +153,27 @@ where
     #[inline]
     fn classify(&self, result: Result<&Res, &E>) -> Outcome {
         self(result)
+    }
+}
+
+/// Outcomes packed in two bits, for the protocol classifiers' rule tables.
+#[cfg(feature = "http")]
+pub(crate) mod packed {
+    use super::Outcome;
+
+    pub(crate) const SUCCESS: u64 = 0;
+    pub(crate) const FAILURE: u64 = 1;
+    pub(crate) const OVERLOADED: u64 = 2;
+    pub(crate) const IGNORED: u64 = 3;
+
+    /// The outcome of the two low bits of `bits`.
+    #[inline]
+    pub(crate) const fn unpack(bits: u64) -> Outcome {
+        match bits & 3 {
+            SUCCESS => Outcome::Success,
+            FAILURE => Outcome::Failure,
+            OVERLOADED => Outcome::Overloaded,
+            _ => Outcome::Ignored,
+        }
     }
 }

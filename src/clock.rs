@@ -46,6 +46,7 @@ pub fn ceil_secs(d: std::time::Duration) -> u64 {
 }
 
 /// The smallest hint a shedder or a bulkhead gives with its refusal.
+#[cfg(feature = "bulkhead")]
 pub(crate) const MIN_HINT: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Spreads the `retry_after` hints of one layer instance: each hint is its
@@ -55,12 +56,14 @@ pub(crate) const MIN_HINT: std::time::Duration = std::time::Duration::from_milli
 /// The sequence is a hash of the instance name and a counter: lock-free, no
 /// clock read, and the same from one run to the next (simulations in paused
 /// time stay reproducible).
+#[cfg(feature = "bulkhead")]
 #[derive(Debug)]
 pub(crate) struct Jitter {
     seed: u64,
     counter: std::sync::atomic::AtomicU64,
 }
 
+#[cfg(feature = "bulkhead")]
 impl Jitter {
     pub(crate) fn new(name: &str) -> Self {
         // FNV-1a over the name.
@@ -79,14 +82,26 @@ impl Jitter {
         let n = self
             .counter
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        // splitmix64
-        let mut z = self
-            .seed
-            .wrapping_add(n.wrapping_mul(0x9e37_79b9_7f4a_7c15));
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^= z >> 31;
+        // The splitmix64 sequence from `seed`: its n-th value mixes
+        // `seed + (n + 1) × golden`.
+        let z = splitmix64(
+            self.seed
+                .wrapping_add(n.wrapping_sub(1).wrapping_mul(GOLDEN)),
+        );
         let unit = (z >> 11) as f64 / (1u64 << 53) as f64;
         base.mul_f64(1.0 + unit / 2.0)
     }
+}
+
+/// 2⁶⁴ divided by the golden ratio: splitmix64's increment.
+#[cfg(any(feature = "bulkhead", feature = "retry"))]
+const GOLDEN: u64 = 0x9e37_79b9_7f4a_7c15;
+
+/// The splitmix64 finaliser: a well-mixed 64-bit hash of `z + golden ratio`.
+#[cfg(any(feature = "bulkhead", feature = "retry"))]
+pub(crate) fn splitmix64(mut z: u64) -> u64 {
+    z = z.wrapping_add(GOLDEN);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }

@@ -457,6 +457,21 @@ pub fn rejection<'a>(err: &'a (dyn Error + 'static)) -> Option<Rejection<'a>> {
     None
 }
 
+/// Calls `$m!` with every marker type: the one list of them.
+macro_rules! for_each_marker {
+    ($m:ident) => {
+        $m!(
+            DeadlineExceeded,
+            AttemptTimeout,
+            CircuitOpen,
+            BulkheadFull,
+            Overloaded,
+            RateLimited,
+            RetryBudgetExhausted
+        )
+    };
+}
+
 fn view<'a>(e: &'a (dyn Error + 'static)) -> Option<Rejection<'a>> {
     macro_rules! try_all {
         ($($ty:ident),*) => {$(
@@ -465,15 +480,20 @@ fn view<'a>(e: &'a (dyn Error + 'static)) -> Option<Rejection<'a>> {
             }
         )*};
     }
-    try_all!(
-        DeadlineExceeded,
-        AttemptTimeout,
-        CircuitOpen,
-        BulkheadFull,
-        Overloaded,
-        RateLimited,
-        RetryBudgetExhausted
-    );
+    for_each_marker!(try_all);
+    None
+}
+
+/// The rejection view of `any` when it is a marker itself (not boxed).
+pub(crate) fn marker_view(any: &dyn std::any::Any) -> Option<Rejection<'_>> {
+    macro_rules! try_all {
+        ($($ty:ident),*) => {$(
+            if let Some(r) = any.downcast_ref::<$ty>() {
+                return Some(r.rejection());
+            }
+        )*};
+    }
+    for_each_marker!(try_all);
     None
 }
 

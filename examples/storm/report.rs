@@ -57,32 +57,10 @@ pub fn tables(scenario: &Scenario, runs: &[Run]) -> String {
          worker time spent on answers that came after the caller's deadline.\n",
         scenario.deadline
     );
-    let header = format!(
-        "  {:<12} {:>8} {:>8} {:>8} {:>9} {:>9} {:>9} {:>7}  {}",
-        "mode",
-        "offered",
-        "good",
-        "goodput",
-        "p50",
-        "p99",
-        "attempts",
-        "doomed",
-        "not good (by reason)"
-    );
+    let header = header_line("doomed", 7);
     let row = |out: &mut String, run: &Run, s: &Summary| {
-        let _ = writeln!(
-            out,
-            "  {:<12} {:>8} {:>8} {:>7.1}% {:>9} {:>9} {:>8.2}x {:>6.0}%  {}",
-            run.mode.label(),
-            s.offered,
-            s.good,
-            s.goodput() * 100.0,
-            ms(s.p50),
-            ms(s.p99),
-            s.amplification,
-            s.doomed_share * 100.0,
-            failures(s)
-        );
+        let doomed = format!("{:>6.0}%", s.doomed_share * 100.0);
+        let _ = writeln!(out, "{}", row_line(run, s, &doomed));
     };
     for (i, phase) in scenario.phases.iter().enumerate() {
         let (from, to) = scenario.bounds(i);
@@ -261,26 +239,36 @@ pub fn whole_run(title: &str, scenario: &Scenario, runs: &[Run]) -> String {
     let mut out = String::new();
     let total = scenario.total().as_secs_f64();
     let _ = writeln!(out, "{title} (0-{total:.0} s)");
-    let _ = writeln!(
-        out,
-        "  {:<12} {:>8} {:>8} {:>8} {:>9} {:>9} {:>9} {:>11}  not good (by reason)",
-        "mode", "offered", "good", "goodput", "p50", "p99", "attempts", "backend/req"
-    );
+    let _ = writeln!(out, "{}", header_line("backend/req", 11));
     for run in runs {
         let x = run.summary(0.0, total);
-        let _ = writeln!(
-            out,
-            "  {:<12} {:>8} {:>8} {:>7.1}% {:>9} {:>9} {:>8.2}x {:>10.2}x  {}",
-            run.mode.label(),
-            x.offered,
-            x.good,
-            x.goodput() * 100.0,
-            ms(x.p50),
-            ms(x.p99),
-            x.amplification,
-            x.backend_per_request,
-            failures(&x)
-        );
+        let backend = format!("{:>10.2}x", x.backend_per_request);
+        let _ = writeln!(out, "{}", row_line(run, &x, &backend));
     }
     out
+}
+
+/// A table header: the columns every table has, then `last` (right-aligned
+/// in `width`) before the reasons.
+fn header_line(last: &str, width: usize) -> String {
+    format!(
+        "  {:<12} {:>8} {:>8} {:>8} {:>9} {:>9} {:>9} {last:>width$}  not good (by reason)",
+        "mode", "offered", "good", "goodput", "p50", "p99", "attempts"
+    )
+}
+
+/// A table row for `run`'s summary `s`: the columns every table has, then the
+/// formatted `last` cell and the reasons.
+fn row_line(run: &Run, s: &Summary, last: &str) -> String {
+    format!(
+        "  {:<12} {:>8} {:>8} {:>7.1}% {:>9} {:>9} {:>8.2}x {last}  {}",
+        run.mode.label(),
+        s.offered,
+        s.good,
+        s.goodput() * 100.0,
+        ms(s.p50),
+        ms(s.p99),
+        s.amplification,
+        failures(s)
+    )
 }

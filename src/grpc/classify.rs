@@ -100,10 +100,7 @@ pub struct GrpcStatusClassifier {
     pushback_is_overload: bool,
 }
 
-const SUCCESS: u64 = 0;
-const FAILURE: u64 = 1;
-const OVERLOADED: u64 = 2;
-const IGNORED: u64 = 3;
+use crate::classify::packed::{FAILURE, IGNORED, OVERLOADED, SUCCESS, unpack};
 
 impl GrpcStatusClassifier {
     /// The default rules (see the type's docs).
@@ -162,12 +159,7 @@ impl GrpcStatusClassifier {
     /// The outcome of a call that ended with `code` (no pushback).
     #[inline]
     pub const fn outcome(&self, code: Code) -> Outcome {
-        match (self.table >> slot(code)) & 3 {
-            SUCCESS => Outcome::Success,
-            FAILURE => Outcome::Failure,
-            OVERLOADED => Outcome::Overloaded,
-            _ => Outcome::Ignored,
-        }
+        unpack(self.table >> slot(code))
     }
 
     /// The outcome of a call that ended with `code` and the metadata

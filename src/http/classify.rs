@@ -63,10 +63,7 @@ pub struct HttpStatusClassifier {
     retry_after_is_overload: bool,
 }
 
-const SUCCESS: u64 = 0;
-const FAILURE: u64 = 1;
-const OVERLOADED: u64 = 2;
-const IGNORED: u64 = 3;
+use crate::classify::packed::{FAILURE, IGNORED, OVERLOADED, SUCCESS, unpack};
 
 impl HttpStatusClassifier {
     /// The default rules (see the type's docs).
@@ -113,7 +110,7 @@ impl HttpStatusClassifier {
         if self.retry_after_is_overload
             && outcome == Outcome::Failure
             && res.status() == StatusCode::SERVICE_UNAVAILABLE
-            && res.headers().contains_key(http::header::RETRY_AFTER)
+            && says_busy(res)
         {
             return Outcome::Overloaded;
         }
@@ -145,12 +142,7 @@ impl HttpStatusClassifier {
     #[inline]
     pub const fn outcome(&self, code: StatusCode) -> Outcome {
         let c = code.as_u16() as usize & 1023;
-        match (self.table[c >> 5] >> ((c & 31) * 2)) & 3 {
-            SUCCESS => Outcome::Success,
-            FAILURE => Outcome::Failure,
-            OVERLOADED => Outcome::Overloaded,
-            _ => Outcome::Ignored,
-        }
+        unpack(self.table[c >> 5] >> ((c & 31) * 2))
     }
 
     /// Whether a response with `code` is classified as a remote failure.
@@ -169,7 +161,6 @@ impl HttpStatusClassifier {
 
 /// Whether a response head says "busy, come back later": a 429, or a 503
 /// with a `Retry-After`.
-#[cfg_attr(not(feature = "tonic"), allow(dead_code))]
 pub(crate) fn says_busy<B>(res: &http::Response<B>) -> bool {
     match res.status().as_u16() {
         429 => true,

@@ -45,15 +45,9 @@ impl<P> Shared<P> {
     /// a seeded layer replays the same delays for the same order of retries.
     pub(crate) fn session_rng(&self) -> SmallRng {
         let k = self.seq.fetch_add(1, Ordering::Relaxed);
+        use crate::clock::splitmix64;
         SmallRng::seed_from_u64(splitmix64(self.seed ^ splitmix64(k)))
     }
-}
-
-fn splitmix64(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
 }
 
 impl RetryLayer<RetryErrors> {

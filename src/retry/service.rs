@@ -115,9 +115,11 @@ where
         } else {
             None
         };
-        // Read before the call: a request with no retry left needs none.
+        // The deadline the request carries, read before the call (a
+        // request with no retry left needs none); the task-local one is
+        // read where a retry is planned.
         let deadline = if copy.is_some() {
-            crate::deadline::of(&req)
+            crate::deadline::HasDeadline::deadline(&req)
         } else {
             None
         };

@@ -403,6 +403,18 @@ impl tower::Service<http::Request<Body>> for Raw {
     }
 }
 
+/// A [`Raw`] server answering every call with `answer`, and its count of
+/// calls.
+async fn serve_raw(answer: Answer) -> (Channel, Arc<AtomicUsize>) {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let channel = serve_grpc(Raw {
+        answer,
+        hits: hits.clone(),
+    })
+    .await;
+    (channel, hits)
+}
+
 async fn serve_grpc<S>(svc: S) -> Channel
 where
     S: tower::Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
@@ -433,12 +445,7 @@ fn hello() -> tonic::Request<HelloRequest> {
 
 #[tokio::test]
 async fn grpc_preset_breaker_opens_on_unavailable_then_refuses_fast() {
-    let hits = Arc::new(AtomicUsize::new(0));
-    let channel = serve_grpc(Raw {
-        answer: Answer::TrailersOnly,
-        hits: hits.clone(),
-    })
-    .await;
+    let (channel, hits) = serve_raw(Answer::TrailersOnly).await;
     let stack = grpc_preset(Duration::from_millis(500)).build().unwrap();
     let breaker = stack.breaker_handle();
     let client: GrpcClient<Channel> = stack.layer(channel);
@@ -483,17 +490,8 @@ async fn grpc_preset_reads_a_failure_sent_as_headers_then_trailers() {
         Answer::HeadersThenTrailers,
         Answer::HeadersEmptyDataThenTrailers,
     ] {
-        let hits = Arc::new(AtomicUsize::new(0));
-        let channel = serve_grpc(Raw {
-            answer,
-            hits: hits.clone(),
-        })
-        .await;
-        let stack = ClientStack::grpc("dep")
-            .total_budget(Duration::from_secs(2))
-            .attempt_timeout(Duration::from_millis(500))
-            .build()
-            .unwrap();
+        let (channel, hits) = serve_raw(answer).await;
+        let stack = grpc_preset(Duration::from_millis(500)).build().unwrap();
         let breaker = stack.breaker_handle();
         let status = call_say_hello(stack.layer(channel), hello())
             .await
@@ -509,12 +507,7 @@ async fn grpc_preset_reads_a_failure_sent_as_headers_then_trailers() {
 
 #[tokio::test]
 async fn grpc_preset_busy_answers_never_open_the_breaker() {
-    let hits = Arc::new(AtomicUsize::new(0));
-    let channel = serve_grpc(Raw {
-        answer: Answer::Busy,
-        hits: hits.clone(),
-    })
-    .await;
+    let (channel, hits) = serve_raw(Answer::Busy).await;
     let stack = grpc_preset(Duration::from_millis(500))
         .breaker(|b| b.consecutive_failures(1))
         .build()
@@ -785,12 +778,7 @@ async fn server_preset_answers_before_the_client_preset_times_out() {
 /// for 20 ms at most), so the call is not cut as an attempt timeout.
 #[tokio::test]
 async fn grpc_preset_does_not_hold_a_slow_first_message_past_the_attempt_timeout() {
-    let hits = Arc::new(AtomicUsize::new(0));
-    let channel = serve_grpc(Raw {
-        answer: Answer::SlowFirstMessage,
-        hits: hits.clone(),
-    })
-    .await;
+    let (channel, hits) = serve_raw(Answer::SlowFirstMessage).await;
     let stack = grpc_preset(Duration::from_millis(500)).build().unwrap();
     let breaker = stack.breaker_handle();
     let reply = call_say_hello(stack.layer(channel), hello()).await.unwrap();

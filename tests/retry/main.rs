@@ -354,27 +354,32 @@ async fn total_outage_amplification_is_bounded_by_the_budget() {
     assert_eq!(scheduled(&rec).len(), 600);
 }
 
+/// A dependency in a brownout: until `healthy` is set, the first attempt of
+/// each request fails and its retry succeeds. Counts every call in `calls`.
+fn brownout(
+    healthy: Arc<AtomicBool>,
+    calls: Arc<AtomicU32>,
+) -> impl Service<u32, Response = u32, Error = BoxError, Future: Send> + Clone {
+    let seen = Arc::new(Mutex::new(HashSet::new()));
+    tower::service_fn(move |req: u32| {
+        calls.fetch_add(1, Ordering::SeqCst);
+        let first = seen.lock().unwrap().insert(req);
+        let fail = first && !healthy.load(Ordering::SeqCst);
+        async move {
+            if fail {
+                Err::<u32, BoxError>("brownout".into())
+            } else {
+                Ok(req)
+            }
+        }
+    })
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_brownout_is_retried_within_budget_and_the_budget_refills() {
     let healthy = Arc::new(AtomicBool::new(false));
-    let seen = Arc::new(Mutex::new(HashSet::new()));
     let calls = Arc::new(AtomicU32::new(0));
-    // During the brownout, the first attempt of each request fails.
-    let svc = {
-        let (healthy, seen, calls) = (healthy.clone(), seen.clone(), calls.clone());
-        tower::service_fn(move |req: u32| {
-            calls.fetch_add(1, Ordering::SeqCst);
-            let first = seen.lock().unwrap().insert(req);
-            let fail = first && !healthy.load(Ordering::SeqCst);
-            async move {
-                if fail {
-                    Err::<u32, BoxError>("brownout".into())
-                } else {
-                    Ok(req)
-                }
-            }
-        })
-    };
+    let svc = brownout(healthy.clone(), calls.clone());
     // Finagle's plain budget (no credit for successes), whose arithmetic
     // this test follows.
     let layer = RetryLayer::builder()
@@ -1178,22 +1183,8 @@ mod grpc_tests {
 /// budget saved 130) and no more.
 #[tokio::test(start_paused = true)]
 async fn the_default_budget_grows_with_success() {
-    let seen = Arc::new(Mutex::new(HashSet::new()));
     let calls = Arc::new(AtomicU32::new(0));
-    let svc = {
-        let (seen, calls) = (seen.clone(), calls.clone());
-        tower::service_fn(move |req: u32| {
-            calls.fetch_add(1, Ordering::SeqCst);
-            let first = seen.lock().unwrap().insert(req);
-            async move {
-                if first {
-                    Err::<u32, BoxError>("brownout".into())
-                } else {
-                    Ok(req)
-                }
-            }
-        })
-    };
+    let svc = brownout(Arc::new(AtomicBool::new(false)), calls.clone());
     let layer = RetryLayer::builder()
         .backoff(MS, MS)
         .jitter(Jitter::None)
