@@ -89,23 +89,7 @@ impl Default for AimdBuilder {
 }
 
 impl AimdBuilder {
-    /// The limit before any sample (default 20).
-    pub fn initial_limit(mut self, limit: usize) -> Self {
-        self.initial_limit = limit;
-        self
-    }
-
-    /// The lowest limit (default 20; at least 1).
-    pub fn min_limit(mut self, limit: usize) -> Self {
-        self.min_limit = limit;
-        self
-    }
-
-    /// The highest limit (default 200).
-    pub fn max_limit(mut self, limit: usize) -> Self {
-        self.max_limit = limit;
-        self
-    }
+    limit_setters!("20", "20", "200");
 
     /// The factor applied on a drop (default 0.9; in `0.5..1`).
     pub fn backoff_ratio(mut self, ratio: f64) -> Self {
@@ -150,6 +134,31 @@ impl AimdBuilder {
         Ok(self.build_unchecked())
     }
 }
+
+/// The `initial_limit`, `min_limit` and `max_limit` setters of a limit
+/// algorithm's builder, documented with its defaults.
+macro_rules! limit_setters {
+    ($initial:literal, $min:literal, $max:literal) => {
+        #[doc = concat!("The limit before the first window (default ", $initial, ").")]
+        pub fn initial_limit(mut self, limit: usize) -> Self {
+            self.initial_limit = limit;
+            self
+        }
+
+        #[doc = concat!("The lowest limit (default ", $min, "; at least 1).")]
+        pub fn min_limit(mut self, limit: usize) -> Self {
+            self.min_limit = limit;
+            self
+        }
+
+        #[doc = concat!("The highest limit (default ", $max, ").")]
+        pub fn max_limit(mut self, limit: usize) -> Self {
+            self.max_limit = limit;
+            self
+        }
+    };
+}
+pub(crate) use limit_setters;
 
 pub(crate) fn validate_limits(initial: usize, min: usize, max: usize) -> Result<(), ConfigError> {
     if min == 0 {

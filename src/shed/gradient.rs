@@ -168,23 +168,7 @@ impl Default for Gradient2Builder {
 }
 
 impl Gradient2Builder {
-    /// The limit before any sample (default 20).
-    pub fn initial_limit(mut self, limit: usize) -> Self {
-        self.initial_limit = limit;
-        self
-    }
-
-    /// The lowest limit (default 20; at least 1).
-    pub fn min_limit(mut self, limit: usize) -> Self {
-        self.min_limit = limit;
-        self
-    }
-
-    /// The highest limit (default 200).
-    pub fn max_limit(mut self, limit: usize) -> Self {
-        self.max_limit = limit;
-        self
-    }
+    super::aimd::limit_setters!("20", "20", "200");
 
     /// Weight of each new estimate (default 0.2; in `(0, 1]`).
     pub fn smoothing(mut self, smoothing: f64) -> Self {

@@ -201,23 +201,7 @@ impl Default for QueueDelayBuilder {
 }
 
 impl QueueDelayBuilder {
-    /// The limit before the first window (default 20).
-    pub fn initial_limit(mut self, limit: usize) -> Self {
-        self.initial_limit = limit;
-        self
-    }
-
-    /// The lowest limit (default 1).
-    pub fn min_limit(mut self, limit: usize) -> Self {
-        self.min_limit = limit;
-        self
-    }
-
-    /// The highest limit (default 1000).
-    pub fn max_limit(mut self, limit: usize) -> Self {
-        self.max_limit = limit;
-        self
-    }
+    super::aimd::limit_setters!("20", "1", "1000");
 
     /// The queueing delay tolerated, as a share of the service's own
     /// latency (default 0.1; `0 < tolerance ≤ 10`).
