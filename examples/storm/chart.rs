@@ -11,6 +11,7 @@ fn color(mode: Mode) -> RGBColor {
     match mode {
         Mode::Unprotected => RGBColor(214, 96, 77),
         Mode::Naive => RGBColor(230, 160, 40),
+        Mode::TowerResilience => RGBColor(120, 120, 120),
         Mode::Seawall | Mode::SeawallWithoutBreaker => RGBColor(33, 102, 172),
     }
 }

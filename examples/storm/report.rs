@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use seawall::EventKind;
 
-use crate::sim::{Condition, Run, Scenario, Summary};
+use crate::sim::{Run, Scenario, Summary};
 
 /// Seconds the goodput must hold at >= 90% of offered to count as recovered.
 pub const HOLD: usize = 5;
@@ -52,15 +52,15 @@ pub fn tables(scenario: &Scenario, runs: &[Run]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "good = answered successfully within the {:?} deadline; p50/p99 = what the caller waited, \
-         any outcome;\nattempts = calls sent to the server per request; doomed = share of backend \
+        "good = answered successfully within the {:?} deadline; of poss. = goodput over the best \
+         the backend's capacity allows;\np50/p99 = what the caller waited, any outcome; attempts = calls sent to the server per request; doomed = share of backend \
          worker time spent on answers that came after the caller's deadline.\n",
         scenario.deadline
     );
     let header = header_line("doomed", 7);
-    let row = |out: &mut String, run: &Run, s: &Summary| {
+    let row = |out: &mut String, run: &Run, s: &Summary, possible: f64| {
         let doomed = format!("{:>6.0}%", s.doomed_share * 100.0);
-        let _ = writeln!(out, "{}", row_line(run, s, &doomed));
+        let _ = writeln!(out, "{}", row_line(run, s, possible, &doomed));
     };
     for (i, phase) in scenario.phases.iter().enumerate() {
         let (from, to) = scenario.bounds(i);
@@ -76,7 +76,7 @@ pub fn tables(scenario: &Scenario, runs: &[Run]) -> String {
         );
         let _ = writeln!(out, "{header}");
         for run in runs {
-            row(&mut out, run, &run.summary(from, to));
+            row(&mut out, run, &run.summary(from, to), scenario.possible(i));
         }
         out.push('\n');
     }
@@ -84,7 +84,12 @@ pub fn tables(scenario: &Scenario, runs: &[Run]) -> String {
     let _ = writeln!(out, "whole run (0-{total:.0} s)");
     let _ = writeln!(out, "{header}");
     for run in runs {
-        row(&mut out, run, &run.summary(0.0, total));
+        row(
+            &mut out,
+            run,
+            &run.summary(0.0, total),
+            scenario.possible_overall(),
+        );
     }
     if !scenario.phases.iter().any(|p| p.name == "outage") {
         return out;
@@ -108,20 +113,6 @@ pub fn tables(scenario: &Scenario, runs: &[Run]) -> String {
 
 fn pct(x: f64) -> String {
     format!("{:.0}%", x * 100.0)
-}
-
-/// The best goodput a phase allows: the backend's capacity in that phase
-/// over the offered load (1.0 at most).
-fn possible(scenario: &Scenario, i: usize) -> f64 {
-    let phase = &scenario.phases[i];
-    let capacity = match phase.condition {
-        Condition::Healthy => scenario.capacity(),
-        Condition::Slow(x) => scenario.capacity() / x,
-        Condition::Down => 0.0,
-        // Every request can be served: a failed call can be tried again.
-        Condition::Failing(_) => scenario.capacity(),
-    };
-    (capacity / (phase.load * scenario.capacity())).min(1.0)
 }
 
 /// One paragraph on what happened, from the numbers.
@@ -150,7 +141,7 @@ pub fn what_happened(scenario: &Scenario, runs: &[Run]) -> String {
             .filter(|(_, s)| s.doomed_share >= 0.01)
             .map(|(r, s)| format!("{} {}", r.mode.label(), pct(s.doomed_share)))
             .collect::<Vec<_>>();
-        let best = possible(scenario, i);
+        let best = scenario.possible(i);
         let best = if best > 0.0 {
             format!("at most {} was possible", pct(best))
         } else {
@@ -243,7 +234,11 @@ pub fn whole_run(title: &str, scenario: &Scenario, runs: &[Run]) -> String {
     for run in runs {
         let x = run.summary(0.0, total);
         let backend = format!("{:>10.2}x", x.backend_per_request);
-        let _ = writeln!(out, "{}", row_line(run, &x, &backend));
+        let _ = writeln!(
+            out,
+            "{}",
+            row_line(run, &x, scenario.possible_overall(), &backend)
+        );
     }
     out
 }
@@ -252,20 +247,26 @@ pub fn whole_run(title: &str, scenario: &Scenario, runs: &[Run]) -> String {
 /// in `width`) before the reasons.
 fn header_line(last: &str, width: usize) -> String {
     format!(
-        "  {:<12} {:>8} {:>8} {:>8} {:>9} {:>9} {:>9} {last:>width$}  not good (by reason)",
-        "mode", "offered", "good", "goodput", "p50", "p99", "attempts"
+        "  {:<12} {:>8} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9} {last:>width$}  not good (by reason)",
+        "mode", "offered", "good", "goodput", "of poss.", "p50", "p99", "attempts"
     )
 }
 
 /// A table row for `run`'s summary `s`: the columns every table has, then the
 /// formatted `last` cell and the reasons.
-fn row_line(run: &Run, s: &Summary, last: &str) -> String {
+fn row_line(run: &Run, s: &Summary, possible: f64, last: &str) -> String {
+    let of_possible = if possible > 0.0 {
+        format!("{:.1}%", s.goodput() / possible * 100.0)
+    } else {
+        "-".into()
+    };
     format!(
-        "  {:<12} {:>8} {:>8} {:>7.1}% {:>9} {:>9} {:>8.2}x {last}  {}",
+        "  {:<12} {:>8} {:>8} {:>7.1}% {:>9} {:>9} {:>9} {:>8.2}x {last}  {}",
         run.mode.label(),
         s.offered,
         s.good,
         s.goodput() * 100.0,
+        of_possible,
         ms(s.p50),
         ms(s.p99),
         s.amplification,

@@ -23,6 +23,8 @@ use tokio::time::Instant;
 use tower::util::BoxCloneService;
 use tower::{Service, ServiceBuilder, ServiceExt};
 
+#[path = "resilience.rs"]
+mod resilience;
 #[path = "stacks.rs"]
 mod stacks;
 
@@ -277,6 +279,32 @@ impl Scenario {
     /// Healthy capacity in requests per second (workers / mean service time).
     pub fn capacity(&self) -> f64 {
         self.workers as f64 / self.service_time.as_secs_f64()
+    }
+
+    /// The best goodput phase `i` allows: the backend's capacity in that
+    /// phase over the offered load (1.0 at most; 0 while it is down).
+    pub fn possible(&self, i: usize) -> f64 {
+        let phase = &self.phases[i];
+        let capacity = match phase.condition {
+            Condition::Healthy => self.capacity(),
+            Condition::Slow(x) => self.capacity() / x,
+            Condition::Down => 0.0,
+            // Every request can be served: a failed call can be tried again.
+            Condition::Failing(_) => self.capacity(),
+        };
+        (capacity / (phase.load * self.capacity())).min(1.0)
+    }
+
+    /// The best goodput the whole run allows: each phase's
+    /// [`possible`](Self::possible), weighted by the requests it offers.
+    pub fn possible_overall(&self) -> f64 {
+        let (mut good, mut offered) = (0.0, 0.0);
+        for (i, p) in self.phases.iter().enumerate() {
+            let n = p.load * p.duration.as_secs_f64();
+            good += self.possible(i) * n;
+            offered += n;
+        }
+        if offered > 0.0 { good / offered } else { 0.0 }
     }
 
     /// Total length of the timeline.
@@ -651,6 +679,9 @@ pub enum Mode {
     /// What people usually write: a 1 s timeout per try and 3 retries, no
     /// backoff, no budget, no breaker.
     Naive,
+    /// The best stack tower-resilience allows, tuned to the backend (see
+    /// `resilience.rs`).
+    TowerResilience,
     /// seawall's recommended client and server stacks.
     Seawall,
     /// The same with the client's breaker never opening (counting only):
@@ -660,13 +691,19 @@ pub enum Mode {
 
 impl Mode {
     /// All modes, in print order.
-    pub const ALL: [Mode; 3] = [Mode::Unprotected, Mode::Naive, Mode::Seawall];
+    pub const ALL: [Mode; 4] = [
+        Mode::Unprotected,
+        Mode::Naive,
+        Mode::TowerResilience,
+        Mode::Seawall,
+    ];
 
     /// A short label.
     pub fn label(self) -> &'static str {
         match self {
             Mode::Unprotected => "unprotected",
             Mode::Naive => "naive",
+            Mode::TowerResilience => "t-resilience",
             Mode::Seawall => "seawall",
             Mode::SeawallWithoutBreaker => "seawall, breaker off",
         }
@@ -700,7 +737,7 @@ fn build(
     wire: &Wire,
     backend: Backend,
     observer: Observer,
-) -> Result<Stacks, seawall::ConfigError> {
+) -> Result<Stacks, BoxError> {
     let naive_client = |inner: Stack| -> Stack {
         Stack::new(
             ServiceBuilder::new()
@@ -735,6 +772,7 @@ fn build(
                 server_desc: "backend (unbounded queue)".into(),
             }
         }
+        Mode::TowerResilience => resilience::stacks(scenario, wire, backend)?,
         Mode::Seawall | Mode::SeawallWithoutBreaker => {
             stacks::seawall(scenario, wire, backend, observer, mode == Mode::Seawall)?
         }
@@ -780,6 +818,9 @@ mod naive {
 fn failure_label(err: &BoxError) -> &'static str {
     if let Some(r) = seawall::error::rejection_of(err) {
         return r.kind().as_str();
+    }
+    if let Some(label) = resilience::label(err) {
+        return label;
     }
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(&**err);
     while let Some(e) = cur {

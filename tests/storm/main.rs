@@ -1,7 +1,9 @@
 //! The storm example's simulation on a shorter timeline: it gives the same
-//! numbers on every run, and seawall's stacks keep more goodput than both
-//! baselines (no protection; tower timeout + 3 retries) while sending fewer
-//! attempts per request than the naive client.
+//! numbers on every run, and in every scenario seawall's stacks with their
+//! defaults keep the highest goodput of the four configurations (no
+//! protection; tower timeout + 3 retries; the best tower-resilience stack,
+//! tuned to the backend; seawall), or come within 2 points of the best, and
+//! reach 90 % of the physically possible wherever any configuration does.
 #![cfg(all(
     feature = "deadline",
     feature = "retry",
@@ -37,6 +39,51 @@ fn run(s: &Scenario, mode: Mode) -> Run {
     sim::run(s, mode).expect("the scenario builds and runs")
 }
 
+/// Where seawall is in [`Mode::ALL`].
+const SW: usize = 3;
+
+/// Every configuration through `s`, in [`Mode::ALL`] order.
+fn all(s: &Scenario) -> Vec<Run> {
+    Mode::ALL.iter().map(|&m| run(s, m)).collect()
+}
+
+/// The suite's rule for one scenario (or one phase, arrivals in
+/// `[from, to)`, where `possible` is the best goodput the backend's capacity
+/// allows): seawall has the highest goodput of the four configurations or is
+/// within 2 points of the best, and reaches 90 % of the possible wherever
+/// any configuration does. Returns the goodputs, in [`Mode::ALL`] order.
+fn judge(what: &str, runs: &[Run], from: f64, to: f64, possible: f64) -> Vec<f64> {
+    assert_eq!(runs[SW].mode, Mode::Seawall);
+    let g: Vec<f64> = runs.iter().map(|r| r.summary(from, to).goodput()).collect();
+    let line: Vec<String> = runs
+        .iter()
+        .zip(&g)
+        .map(|(r, g)| format!("{} {:.1}%", r.mode.label(), g * 100.0))
+        .collect();
+    println!(
+        "{what}: {} (possible {:.1}%)",
+        line.join(", "),
+        possible * 100.0
+    );
+    let best = g.iter().cloned().fold(0.0, f64::max);
+    assert!(g[SW] >= best - 0.02, "{what}: {line:?}");
+    if g.iter().any(|&x| x >= 0.9 * possible) {
+        assert!(g[SW] >= 0.9 * possible, "{what}: {line:?}");
+    }
+    g
+}
+
+/// [`judge`] over a whole run.
+fn judge_whole(what: &str, runs: &[Run], s: &Scenario) -> Vec<f64> {
+    judge(
+        what,
+        runs,
+        0.0,
+        s.total().as_secs_f64(),
+        s.possible_overall(),
+    )
+}
+
 fn phase(s: &Scenario, name: &str) -> (f64, f64) {
     let i = s.phases.iter().position(|p| p.name == name).expect("phase");
     s.bounds(i)
@@ -61,26 +108,32 @@ fn seawall_run_is_deterministic() {
     assert_eq!(a.events, b.events);
 }
 
+/// The main storm (healthy, surge, brownout, outage, recovery), each phase
+/// judged as a scenario of its own, then the whole run.
 #[test]
-fn seawall_beats_both_baselines() {
+fn main_storm_every_phase_against_every_configuration() {
     let s = scenario(LONGER);
     let arrivals = s.arrivals().len() as u64;
-    let unprotected = run(&s, Mode::Unprotected);
-    let naive = run(&s, Mode::Naive);
-    let seawall = run(&s, Mode::Seawall);
+    let runs = all(&s);
+    for (i, p) in s.phases.iter().enumerate() {
+        let (a, b) = s.bounds(i);
+        judge(p.name, &runs, a, b, s.possible(i));
+    }
+    judge_whole("whole storm", &runs, &s);
+    let (unprotected, naive, seawall) = (&runs[0], &runs[1], &runs[SW]);
     let total = s.total().as_secs_f64();
 
     // Every mode serves exactly the same 22 740 arrivals (seeded Poisson).
     assert_eq!(arrivals, 22_740);
-    for r in [&unprotected, &naive, &seawall] {
+    for r in &runs {
         assert_eq!(r.summary(0.0, total).offered, arrivals);
         assert_eq!(r.records.len() as u64, arrivals);
     }
 
     // The baselines depend on the simulation and tower only: exact numbers.
     let good = |r: &Run| r.summary(0.0, total).good;
-    assert_eq!(good(&unprotected), 10_541);
-    assert_eq!(good(&naive), 4_507);
+    assert_eq!(good(unprotected), 10_541);
+    assert_eq!(good(naive), 4_507);
     let (a, b) = phase(&s, "surge");
     assert_eq!(unprotected.summary(a, b).good, 2_157);
     assert_eq!(naive.summary(a, b).good, 2_157);
@@ -88,16 +141,16 @@ fn seawall_beats_both_baselines() {
     // Whole run: seawall answers more requests within their deadline than
     // either baseline (12 252 when this was written).
     assert!(
-        good(&seawall) > good(&unprotected),
+        good(seawall) > good(unprotected),
         "{} vs {}",
-        good(&seawall),
-        good(&unprotected)
+        good(seawall),
+        good(unprotected)
     );
     assert!(
-        good(&seawall) > good(&naive),
+        good(seawall) > good(naive),
         "{} vs {}",
-        good(&seawall),
-        good(&naive)
+        good(seawall),
+        good(naive)
     );
 
     // Surge and brownout: the baselines collapse under their queues, seawall
@@ -117,7 +170,7 @@ fn seawall_beats_both_baselines() {
             sw.goodput()
         );
         assert!(sw.doomed_share < 0.01, "{name}: {}", sw.doomed_share);
-        for base in [&unprotected, &naive] {
+        for base in [unprotected, naive] {
             let x = base.summary(a, b);
             assert!(
                 sw.goodput() > x.goodput() + 0.1,
@@ -161,7 +214,7 @@ fn seawall_beats_both_baselines() {
 
     // Healthy: nobody loses anything.
     let (a, b) = phase(&s, "healthy");
-    for r in [&unprotected, &naive, &seawall] {
+    for r in &runs {
         let x = r.summary(a, b);
         assert_eq!(x.good, x.offered, "{}", r.mode.label());
     }
@@ -194,20 +247,10 @@ fn seawall_beats_both_baselines() {
 fn partial_failure_is_retried_to_97_percent() {
     let s = Scenario::partial_failure(20);
     let total = s.total().as_secs_f64();
-    let unprotected = run(&s, Mode::Unprotected).summary(0.0, total);
-    let seawall = run(&s, Mode::Seawall);
-    let sw = seawall.summary(0.0, total);
-    println!(
-        "partial failure 30%: unprotected {:.1}% good, seawall {:.1}% good at {:.2} attempts per request",
-        unprotected.goodput() * 100.0,
-        sw.goodput() * 100.0,
-        sw.amplification
-    );
-    assert!(
-        (unprotected.goodput() - 0.7).abs() < 0.02,
-        "{}",
-        unprotected.goodput()
-    );
+    let runs = all(&s);
+    let g = judge_whole("partial failure 30%", &runs, &s);
+    let sw = runs[SW].summary(0.0, total);
+    assert!((g[0] - 0.7).abs() < 0.02, "unprotected {}", g[0]);
     assert!(sw.goodput() >= 0.97, "seawall {}", sw.goodput());
     assert!(sw.amplification < 1.5, "seawall {}", sw.amplification);
     assert!(
@@ -217,30 +260,14 @@ fn partial_failure_is_retried_to_97_percent() {
     );
 }
 
-/// Good answers over offered, for a whole run.
-fn goodput(r: &Run, s: &Scenario) -> f64 {
-    r.summary(0.0, s.total().as_secs_f64()).goodput()
-}
-
 /// A dependency flapping (up 3 s, down 2 s): seawall serves what can be
 /// served (the up phases: 60 % of the run), within 2 points of the best
 /// configuration, and sends less than a tenth of the calls to the dead one.
 #[test]
 fn flapping_dependency() {
     let s = Scenario::flapping(6);
-    let runs: Vec<Run> = [Mode::Unprotected, Mode::Naive, Mode::Seawall]
-        .iter()
-        .map(|&m| run(&s, m))
-        .collect();
-    let g: Vec<f64> = runs.iter().map(|r| goodput(r, &s)).collect();
-    println!(
-        "flapping: unprotected {:.1}%, naive {:.1}%, seawall {:.1}%",
-        g[0] * 100.0,
-        g[1] * 100.0,
-        g[2] * 100.0
-    );
-    let best = g.iter().cloned().fold(0.0, f64::max);
-    assert!(g[2] >= best - 0.02, "{g:?}");
+    let runs = all(&s);
+    judge_whole("flapping", &runs, &s);
     // Down phases: attempts per request.
     let down: Vec<(f64, f64)> = (0..s.phases.len())
         .filter(|&i| s.phases[i].name == "down")
@@ -249,13 +276,13 @@ fn flapping_dependency() {
     let calls: f64 = down
         .iter()
         .map(|&(a, b)| {
-            let x = runs[2].summary(a, b);
+            let x = runs[SW].summary(a, b);
             x.amplification * x.offered as f64
         })
         .sum();
     let offered: f64 = down
         .iter()
-        .map(|&(a, b)| runs[2].summary(a, b).offered as f64)
+        .map(|&(a, b)| runs[SW].summary(a, b).offered as f64)
         .sum();
     println!(
         "flapping: seawall {:.2} attempts per request while down",
@@ -270,18 +297,7 @@ fn flapping_dependency() {
 #[test]
 fn latency_creep() {
     let s = Scenario::latency_creep(5);
-    let g: Vec<f64> = [Mode::Unprotected, Mode::Naive, Mode::Seawall]
-        .iter()
-        .map(|&m| goodput(&run(&s, m), &s))
-        .collect();
-    println!(
-        "latency creep: unprotected {:.1}%, naive {:.1}%, seawall {:.1}%",
-        g[0] * 100.0,
-        g[1] * 100.0,
-        g[2] * 100.0
-    );
-    let best = g.iter().cloned().fold(0.0, f64::max);
-    assert!(g[2] >= best - 0.02, "{g:?}");
+    judge_whole("latency creep", &all(&s), &s);
 }
 
 /// A total outage with the breaker off: the retry budget alone holds the
@@ -309,73 +325,54 @@ fn outage_without_breaker_is_held_by_the_budget() {
 #[test]
 fn chain_of_three_hops() {
     let s = Scenario::chain([4, 6, 6]);
-    let runs: Vec<Run> = [Mode::Unprotected, Mode::Naive, Mode::Seawall]
-        .iter()
-        .map(|&m| run(&s, m))
-        .collect();
-    let g: Vec<f64> = runs.iter().map(|r| goodput(r, &s)).collect();
+    let runs = all(&s);
+    judge_whole("chain", &runs, &s);
     let (a, b) = phase(&s, "outage");
     let deep: Vec<f64> = runs
         .iter()
         .map(|r| r.summary(a, b).backend_per_request)
         .collect();
-    println!(
-        "chain: goodput unprotected {:.1}%, naive {:.1}%, seawall {:.1}%; backend calls per request in the outage {:.2} / {:.2} / {:.2}",
-        g[0] * 100.0,
-        g[1] * 100.0,
-        g[2] * 100.0,
-        deep[0],
-        deep[1],
-        deep[2]
-    );
-    let best = g.iter().cloned().fold(0.0, f64::max);
-    assert!(g[2] >= best - 0.02, "{g:?}");
+    println!("chain: backend calls per request in the outage {deep:.2?}");
     assert!(
         deep[1] > 10.0,
         "naive retries multiply across hops: {}",
         deep[1]
     );
-    assert!(deep[2] <= 0.2, "seawall {}", deep[2]);
+    assert!(deep[SW] <= 0.2, "seawall {}", deep[SW]);
     // Recovery: from the second second after the backend is back, every
     // second serves at least 90 % through all three hops.
     let (a, b) = phase(&s, "recovery");
     for t in (a as usize + 1)..(b as usize) {
-        let x = runs[2].summary(t as f64, t as f64 + 1.0);
+        let x = runs[SW].summary(t as f64, t as f64 + 1.0);
         assert!(x.goodput() >= 0.9, "second {t}: {}", x.goodput());
     }
 }
 
 /// A surge with mixed criticality (180 % of capacity, 30 % of requests
-/// critical): the baselines cannot tell them apart; seawall's server sheds
-/// the sheddable ones first, and keeps the highest goodput overall.
+/// critical): the other configurations cannot tell them apart; seawall's
+/// server sheds the sheddable ones first, and keeps the highest goodput
+/// overall (within 2 points).
 #[test]
 fn priority_surge_serves_critical_requests_first() {
     let s = Scenario::priority_surge();
-    let runs: Vec<Run> = [Mode::Unprotected, Mode::Naive, Mode::Seawall]
-        .iter()
-        .map(|&m| run(&s, m))
-        .collect();
-    let g: Vec<f64> = runs.iter().map(|r| goodput(r, &s)).collect();
+    let runs = all(&s);
+    judge_whole("priority surge", &runs, &s);
     let (a, b) = phase(&s, "surge");
     let critical: Vec<f64> = runs.iter().map(|r| r.goodput_of(true, a, b)).collect();
     let sheddable: Vec<f64> = runs.iter().map(|r| r.goodput_of(false, a, b)).collect();
-    println!(
-        "priority surge: goodput {g:?}; in the surge, critical {critical:?}, sheddable {sheddable:?}"
-    );
-    let best = g.iter().cloned().fold(0.0, f64::max);
-    assert!(g[2] >= best - 0.02, "{g:?}");
-    for base in [0, 1] {
+    println!("priority surge: in the surge, critical {critical:?}, sheddable {sheddable:?}");
+    for base in 0..SW {
         assert!(
             (critical[base] - sheddable[base]).abs() < 0.05,
             "{critical:?} {sheddable:?}"
         );
     }
-    assert!(critical[2] >= 0.75, "seawall critical {}", critical[2]);
+    assert!(critical[SW] >= 0.75, "seawall critical {}", critical[SW]);
     assert!(
-        critical[2] > sheddable[2] + 0.25,
+        critical[SW] > sheddable[SW] + 0.25,
         "{critical:?} {sheddable:?}"
     );
-    for base in [0, 1] {
-        assert!(critical[2] > critical[base] + 0.5, "{critical:?}");
+    for base in 0..SW {
+        assert!(critical[SW] > critical[base] + 0.2, "{critical:?}");
     }
 }
