@@ -6,7 +6,7 @@
 //! DeadlineFromHeadersLayer client budget from x-request-timeout-ms / grpc-timeout (minus 5 ms)
 //! DeadlineLayer            at most 10 s per request, enforced             -> 504
 //! RateLimitLayer           100 req/s per client IP, burst 100             -> 429 + Retry-After
-//! AdaptiveLimitLayer       adaptive concurrency limit (Gradient2, 20..200) -> 503
+//! AdaptiveLimitLayer       adaptive concurrency limit (QueueDelay, 1..1000) -> 503
 //! BulkheadLayer            64 handlers at once, 16 waiting for <= 20 ms   -> 503
 //! AttemptTimeoutLayer      2 s per handler run                            -> 504
 //! ```

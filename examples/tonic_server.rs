@@ -6,7 +6,7 @@
 //! DeadlineFromHeadersLayer the client's grpc-timeout, minus 5 ms
 //! DeadlineLayer            at most 10 s per call, enforced                 -> DEADLINE_EXCEEDED
 //! RateLimitLayer           100 calls/s per client IP                       -> RESOURCE_EXHAUSTED
-//! AdaptiveLimitLayer       adaptive concurrency limit (Gradient2, 20..200) -> UNAVAILABLE
+//! AdaptiveLimitLayer       adaptive concurrency limit (QueueDelay, 1..1000) -> UNAVAILABLE
 //! BulkheadLayer            64 handlers at once, 16 waiting for <= 20 ms    -> UNAVAILABLE
 //! AttemptTimeoutLayer      2 s per handler run                             -> DEADLINE_EXCEEDED
 //! ```

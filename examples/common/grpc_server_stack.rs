@@ -34,7 +34,7 @@ use std::time::Duration;
 
 use http::Extensions;
 use seawall::rate_limit::{PeerAddr, Quota};
-use seawall::shed::Gradient2;
+use seawall::shed::QueueDelay;
 use seawall::shed::criticality::FromHttpRequest;
 use seawall::stack::ServerStack;
 use seawall::{ConfigError, Observer};
@@ -75,7 +75,7 @@ impl Default for ServerConfig {
             max_budget: Duration::from_secs(10),
             margin: Duration::from_millis(5),
             rate: Quota::per_second(100),
-            concurrency: (20, 20, 200),
+            concurrency: (20, 1, 1000),
             max_concurrent: 64,
             max_queue: 16,
             max_wait: Duration::from_millis(20),
@@ -105,7 +105,7 @@ where
     F: Future<Output = ()> + Send + 'static,
 {
     let (initial, min, max) = cfg.concurrency;
-    let gradient = Gradient2::builder()
+    let algorithm = QueueDelay::builder()
         .initial_limit(initial)
         .min_limit(min)
         .max_limit(max)
@@ -121,7 +121,7 @@ where
         .handler_timeout(cfg.handler_timeout)
         .deadline_from_headers(|d| d.max(cfg.max_budget).margin(cfg.margin))
         .rate_limit(cfg.rate, |r| r.keyed(PeerAddr::with(peer_ip)))
-        .adaptive_limit(|l| l.algorithm(gradient).criticality(FromHttpRequest))
+        .adaptive_limit(|l| l.algorithm(algorithm).criticality(FromHttpRequest))
         .bulkhead(|b| {
             b.max_concurrent(cfg.max_concurrent)
                 .max_queue(cfg.max_queue)

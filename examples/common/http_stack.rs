@@ -30,7 +30,7 @@ use axum::http::{Extensions, Uri};
 use axum::routing::get;
 use seawall::deadline::{self, Deadline};
 use seawall::rate_limit::{IetfHeaders, PeerAddr, Quota};
-use seawall::shed::Gradient2;
+use seawall::shed::QueueDelay;
 use seawall::shed::criticality::FromHttpRequest;
 use seawall::stack::ServerStack;
 use seawall::{ConfigError, Observer};
@@ -67,7 +67,7 @@ impl Default for ServerConfig {
             max_budget: Duration::from_secs(10),
             margin: Duration::from_millis(5),
             rate: Quota::per_second(50).burst(20),
-            concurrency: (20, 20, 200),
+            concurrency: (20, 1, 1000),
             max_concurrent: 64,
             max_queue: 16,
             max_wait: Duration::from_millis(20),
@@ -89,7 +89,7 @@ fn peer_ip(ext: &Extensions) -> Option<IpAddr> {
 /// route first.
 pub fn protect(router: Router, cfg: &ServerConfig) -> Result<Router, ConfigError> {
     let (initial, min, max) = cfg.concurrency;
-    let gradient = Gradient2::builder()
+    let algorithm = QueueDelay::builder()
         .initial_limit(initial)
         .min_limit(min)
         .max_limit(max)
@@ -108,7 +108,7 @@ pub fn protect(router: Router, cfg: &ServerConfig) -> Result<Router, ConfigError
             r.keyed(PeerAddr::with(peer_ip))
                 .response_headers(IetfHeaders::default())
         })
-        .adaptive_limit(|l| l.algorithm(gradient).criticality(FromHttpRequest))
+        .adaptive_limit(|l| l.algorithm(algorithm).criticality(FromHttpRequest))
         .bulkhead(|b| {
             b.max_concurrent(cfg.max_concurrent)
                 .max_queue(cfg.max_queue)

@@ -1,4 +1,4 @@
-//! storm: the same traffic through a backend outage, served three ways.
+//! storm: the same traffic through a backend outage, served four ways.
 //!
 //! ```text
 //! cargo run --release --example storm            # every scenario, about 20 s of wall time
@@ -18,16 +18,19 @@
 //! | outage   | 50-70 s (20-28)    | 60%             | every call fails (5 ms) |
 //! | recovery | 70-100 s (28-40)   | 60%             | normal                  |
 //!
-//! The same arrivals are served three ways:
+//! The same arrivals are served four ways:
 //!
 //! - **unprotected**: no timeout, no retry, no limit;
 //! - **naive**: tower `Timeout` (1 s per try) + tower `Retry` (3 retries, no
 //!   backoff, no budget, no breaker), what most code does;
+//! - **t-resilience**: the best stack tower-resilience allows, tuned to the
+//!   backend: see `resilience.rs`;
 //! - **seawall**: the crate's `ClientStack` and `ServerStack` with their
 //!   defaults, only the budgets set: see `stacks.rs`.
 //!
-//! Then a second scenario on the same backend: a partial failure (30 % of
-//! calls fail fast, at 60 % of capacity).
+//! Then more scenarios on the same backend: a partial failure (30 % of
+//! calls fail fast, at 60 % of capacity), a flapping dependency, a latency
+//! creep, a chain of three hops, a surge with mixed criticality.
 //!
 //! Everything runs in paused tokio time with a seeded RNG: every run prints
 //! the same numbers, in about 20 seconds for every scenario.

@@ -1,5 +1,5 @@
 //! The storm simulation: a backend of fixed capacity, an open-loop client load,
-//! a phase schedule, and the three client/server stacks under comparison.
+//! a phase schedule, and the four client/server stacks under comparison.
 //!
 //! Everything runs on a current-thread tokio runtime in paused time with a
 //! seeded RNG, so a run takes a few seconds of wall time and prints the same
@@ -671,7 +671,7 @@ where
 // modes
 // ---------------------------------------------------------------------------
 
-/// The three ways the same traffic is served.
+/// The ways the same traffic is served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
     /// No timeouts, no retries, no limits: the client waits for whatever comes.

@@ -66,8 +66,8 @@ impl WindowSample {
 
 /// An algorithm that turns window samples into a concurrency limit.
 ///
-/// Implemented by [`Gradient2`](super::Gradient2) (the default) and
-/// [`Aimd`](super::Aimd); implement it to plug your own into
+/// Implemented by [`QueueDelay`](super::QueueDelay) (the default),
+/// [`Gradient2`](super::Gradient2) and [`Aimd`](super::Aimd); implement it to plug your own into
 /// [`AdaptiveLimitLayerBuilder::algorithm`](super::AdaptiveLimitLayerBuilder::algorithm).
 /// It is called under a short lock, once per window, never on the request
 /// path of admitted calls.
@@ -97,4 +97,14 @@ pub trait LimitAlgorithm: fmt::Debug + Send + 'static {
     /// Feeds the sample of a closed window and returns the new limit. The
     /// layer treats a returned 0 as 1.
     fn update(&mut self, sample: &WindowSample) -> usize;
+
+    /// How long the next window lasts, given the configured length (called
+    /// after each [`update`](Self::update)). The default keeps the
+    /// configured length; an algorithm that probes with a lower limit for a
+    /// while (as [`QueueDelay`](super::QueueDelay) does) can make that
+    /// window shorter, or longer when calls take longer than a window. The
+    /// layer clamps the answer to `1 ms..=4 × configured`.
+    fn next_window(&self, configured: Duration) -> Duration {
+        configured
+    }
 }

@@ -4,8 +4,8 @@ use super::aimd::validate_limits;
 use super::algorithm::{LimitAlgorithm, WindowSample};
 use crate::error::ConfigError;
 
-/// The default algorithm of [`AdaptiveLimitLayer`](super::AdaptiveLimitLayer):
-/// compares the short-term RTT (this window's average) with a long-term
+/// An algorithm for [`AdaptiveLimitLayer`](super::AdaptiveLimitLayer) (the
+/// default is [`QueueDelay`](super::QueueDelay)): compares the short-term RTT (this window's average) with a long-term
 /// exponential average, with the formula and defaults of Netflix
 /// concurrency-limits' `Gradient2Limit`.
 ///
@@ -29,10 +29,9 @@ use crate::error::ConfigError;
 /// backend offered three times its capacity (the harness of `tests/shed`,
 /// limits free from 1 to 1000) it settled at 44 for 4 slots and at 66 for
 /// 256: a queue of 40 in front of the small backend, the large one kept at
-/// 22 % of its capacity. It is the default because it reads a slow latency
-/// creep best (the storm's latency creep: 69 % kept, where
-/// [`QueueDelay`](super::QueueDelay) kept 38 %); for a backend whose
-/// concurrency is far from 20–60, choose `QueueDelay`.
+/// 22 % of its capacity. That is why it is no longer the default; choose it
+/// to match a service that already runs Netflix's limiter with these
+/// settings.
 ///
 /// Defaults: initial 20, min 20, max 200, smoothing 0.2, rtt tolerance 1.5,
 /// long window 600, queue size 4.

@@ -6,8 +6,8 @@ use tower_layer::Layer;
 
 use super::algorithm::LimitAlgorithm;
 use super::criticality::{Criticality, FromTaskLocal};
-use super::gradient::Gradient2;
 use super::limiter::{Config, Limiter};
+use super::queue_delay::QueueDelay;
 use super::service::{AdaptiveLimit, Throttle};
 use super::throttle::ThrottleWindow;
 use crate::classify::ErrorsAsFailures;
@@ -43,7 +43,7 @@ impl<P> fmt::Debug for AdaptiveLimitLayer<P> {
 }
 
 impl AdaptiveLimitLayer {
-    /// A builder with the defaults: Gradient2, 1 s windows of at least 10
+    /// A builder with the defaults: QueueDelay, 1 s windows of at least 10
     /// samples, RTTs under 100 µs ignored, doomed requests rejected, shares
     /// `CriticalPlus` 20 %, `Critical` 50 %, `SheddablePlus` 10 %,
     /// `Sheddable` 0 %, criticality from the task-local.
@@ -132,7 +132,7 @@ impl<P> fmt::Debug for AdaptiveLimitLayerBuilder<P> {
 }
 
 impl<P> AdaptiveLimitLayerBuilder<P> {
-    /// The limit algorithm (default [`Gradient2::default()`]); pass an
+    /// The limit algorithm (default [`QueueDelay::default()`]); pass an
     /// [`Aimd`](super::Aimd) or your own [`LimitAlgorithm`].
     pub fn algorithm(mut self, algorithm: impl LimitAlgorithm) -> Self {
         self.algorithm = Some(Box::new(algorithm));
@@ -259,7 +259,7 @@ impl<P> AdaptiveLimitLayerBuilder<P> {
         }
         let algorithm = self
             .algorithm
-            .unwrap_or_else(|| Box::new(Gradient2::default()));
+            .unwrap_or_else(|| Box::new(QueueDelay::default()));
         let limiter = Limiter::new(
             algorithm,
             Config {

@@ -68,6 +68,8 @@ pub(crate) struct Limiter {
     expected_at_ns: AtomicU64,
     epoch: Instant,
     window_ns: u64,
+    /// The current window's length (the algorithm may shorten one).
+    cur_window_ns: AtomicU64,
     min_window_samples: u64,
     min_rtt: Duration,
     shares: [f64; 4],
@@ -108,6 +110,9 @@ impl Limiter {
             expected_at_ns: AtomicU64::new(0),
             epoch: Instant::now(),
             window_ns: u64::try_from(config.window.as_nanos()).unwrap_or(u64::MAX),
+            cur_window_ns: AtomicU64::new(
+                u64::try_from(config.window.as_nanos()).unwrap_or(u64::MAX),
+            ),
             min_window_samples: config.min_window_samples,
             min_rtt: config.min_rtt,
             shares: config.shares,
@@ -239,7 +244,7 @@ impl Limiter {
         let now_ns =
             u64::try_from(now.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX);
         let start = self.win_start_ns.load(Ordering::Relaxed);
-        if now_ns.saturating_sub(start) < self.window_ns {
+        if now_ns.saturating_sub(start) < self.cur_window_ns.load(Ordering::Relaxed) {
             return;
         }
         let count = self.win_count.load(Ordering::Relaxed);
@@ -268,6 +273,12 @@ impl Limiter {
         let rtt = Duration::from_nanos(avg_ns.unwrap_or(0));
         let sample = WindowSample::new(rtt, max_inflight, drops).with_samples(count);
         let new = algorithm.update(&sample).max(1);
+        let next = algorithm.next_window(Duration::from_nanos(self.window_ns));
+        let next = u64::try_from(next.as_nanos()).unwrap_or(u64::MAX).clamp(
+            1_000_000.min(self.window_ns),
+            self.window_ns.saturating_mul(4),
+        );
+        self.cur_window_ns.store(next, Ordering::Relaxed);
         drop(algorithm);
         if let Some(avg_ns) = avg_ns {
             self.expected_rtt_ns.store(avg_ns.max(1), Ordering::Relaxed);

@@ -49,7 +49,10 @@
 //! lock that no request waits on, and the new limit is reported with
 //! [`EventKind::LimitChanged`](crate::observe::EventKind::LimitChanged).
 //!
-//! - [`Gradient2`] (default) and [`Aimd`] follow the formulas and defaults of
+//! - [`QueueDelay`] (default: initial 20, min 1, max 1000) learns what the
+//!   service can run at once and keeps the queue in front of it at a tenth
+//!   of its latency, telling a queue of its own from a service that got
+//!   slower; [`Gradient2`] and [`Aimd`] follow the formulas and defaults of
 //!   Netflix concurrency-limits (initial 20, min 20, max 200); plug your own
 //!   with [`LimitAlgorithm`].
 //! - How a call feeds the limit: an `Ok` response is an RTT sample (RTTs
@@ -57,7 +60,8 @@
 //!   (`DeadlineExceeded`, `AttemptTimeout`, `Overloaded`) is a *drop*; other
 //!   errors are ignored. A response future dropped before it finished (the
 //!   caller gave up, usually on its timeout) releases its slot and counts as a
-//!   drop. Gradient2 learns from RTTs only; AIMD backs off on drops.
+//!   drop. Gradient2 learns from RTTs only; AIMD backs off on drops;
+//!   QueueDelay cuts on drops only when some queueing shows.
 //! - Every service and clone built from one layer shares one limit.
 //! - `poll_ready` forwards the inner service's readiness; the decision is made
 //!   in `call`, and a rejection is immediate.

@@ -87,6 +87,20 @@ fn adaptive_limit_admitted_path_allocates_nothing() {
     // Windows did close: the expected service time is known.
     assert!(layer.expected_rtt().is_some());
 
+    // The default algorithm (QueueDelay), every window closing.
+    let layer = AdaptiveLimitLayer::builder()
+        .window(Duration::from_nanos(1))
+        .min_window_samples(1)
+        .min_rtt(Duration::ZERO)
+        .build()
+        .unwrap();
+    let mut svc = layer.layer(Echo);
+    let allocs = measure(&mut svc, 10_000);
+    println!("adaptive limit (queue delay, windows closing): {allocs} allocations in 10 000 calls");
+    assert_eq!(allocs, 0);
+    assert_eq!(layer.inflight(), 0);
+    assert!(layer.expected_rtt().is_some());
+
     // Defaults (AIMD), with a deadline and a criticality in task-locals.
     let layer = AdaptiveLimitLayer::builder()
         .algorithm(Aimd::default())
