@@ -215,6 +215,12 @@ impl<P> RetryLayerBuilder<P> {
 
     /// Attempts per request in total, the first call included (default 3;
     /// `1..=100`). 1 disables retries.
+    ///
+    /// 3 is chosen by the storm's partial failure (30 % of calls failing
+    /// fast): three attempts leave 0.3³ = 2.7 % of requests failing, and
+    /// 97 % succeed (`tests/storm`); each attempt more would save under
+    /// 1 % there, and is one more call a dead dependency receives for every
+    /// request the budget lets through.
     pub fn max_attempts(mut self, n: u32) -> Self {
         self.max_attempts = n;
         self
