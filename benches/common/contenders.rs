@@ -1,0 +1,229 @@
+//! The contenders the benches compare, shared by `stack.rs` (criterion,
+//! time) and `instructions.rs` (valgrind, instructions and clock reads):
+//! each layer and both stacks, seawall beside tower's built-ins and
+//! tower-resilience, on a no-op service.
+//!
+//! The macros `per_layer!` and `full_stacks!` call `$f!(name, closure)`
+//! for every contender; the caller brings `Duration`, `Layer`,
+//! `ServiceBuilder` and `BoxError` into scope.
+#![allow(dead_code)]
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use seawall::BoxError;
+use tower::{Service, ServiceExt};
+
+pub const BIG: u32 = 1_000_000_000;
+pub const LIMIT: usize = 1_000;
+
+pub type Noop = tower::util::ServiceFn<fn(u64) -> std::future::Ready<Result<u64, BoxError>>>;
+
+pub fn noop() -> Noop {
+    tower::service_fn((|x| std::future::ready(Ok(x))) as fn(u64) -> _)
+}
+
+/// A retry policy for tower's `Retry` that retries errors, never successes.
+#[derive(Clone)]
+pub struct Trivial;
+
+impl<E> tower::retry::Policy<u64, u64, E> for Trivial {
+    type Future = std::future::Ready<()>;
+
+    fn retry(&mut self, _req: &mut u64, result: &mut Result<u64, E>) -> Option<Self::Future> {
+        result.is_err().then(|| std::future::ready(()))
+    }
+
+    fn clone_request(&mut self, req: &u64) -> Option<u64> {
+        Some(*req)
+    }
+}
+
+/// `iters` calls through `svc`, one at a time.
+pub async fn drive<S: Service<u64, Response = u64>>(svc: &mut S, iters: u64) {
+    for i in 0..iters {
+        let ready = match svc.ready().await {
+            Ok(s) => s,
+            Err(_) => panic!("not ready"),
+        };
+        match ready.call(black_box(i)).await {
+            Ok(r) => {
+                black_box(r);
+            }
+            Err(_) => panic!("call failed"),
+        }
+    }
+}
+
+// ------------------------------------------------------------------ seawall
+
+pub fn sw_client() -> seawall::stack::ClientStackLayer {
+    seawall::stack::ClientStack::builder("client")
+        .total_budget(Duration::from_secs(1))
+        .attempt_timeout(Duration::from_millis(300))
+        .bulkhead(|b| b.max_concurrent(LIMIT))
+        .build()
+        .expect("client stack")
+}
+
+pub fn sw_server() -> seawall::stack::ServerStackLayer<
+    tower::layer::util::Identity,
+    seawall::rate_limit::RateLimitLayer,
+> {
+    seawall::stack::ServerStack::builder("server")
+        .total_budget(Duration::from_secs(2))
+        .handler_timeout(Duration::from_millis(500))
+        .rate_limit(seawall::rate_limit::Quota::per_second(BIG), |r| r)
+        .bulkhead(|b| b.max_concurrent(LIMIT))
+        .build()
+        .expect("server stack")
+}
+
+// ------------------------------------------------------------------ tower-resilience
+
+pub fn tr_timelimiter(
+    d: Duration,
+) -> tower_resilience::timelimiter::TimeLimiterLayer<tower_resilience::timelimiter::FixedTimeout> {
+    tower_resilience::timelimiter::TimeLimiterLayer::builder()
+        .timeout_duration(d)
+        .build()
+}
+
+pub fn tr_breaker() -> tower_resilience::circuitbreaker::CircuitBreakerLayer {
+    tower_resilience::circuitbreaker::CircuitBreakerLayer::builder()
+        .failure_rate_threshold(0.5)
+        .sliding_window_size(100)
+        .minimum_number_of_calls(100)
+        .build()
+        .expect("tower-resilience breaker")
+}
+
+pub fn tr_bulkhead() -> tower_resilience::bulkhead::BulkheadLayer {
+    tower_resilience::bulkhead::BulkheadLayer::builder()
+        .max_concurrent_calls(LIMIT)
+        .build()
+        .expect("tower-resilience bulkhead")
+}
+
+pub fn tr_ratelimiter() -> tower_resilience::ratelimiter::RateLimiterLayer {
+    tower_resilience::ratelimiter::RateLimiterLayer::builder()
+        .limit_for_period(BIG as usize)
+        .refresh_period(Duration::from_secs(1))
+        .timeout_duration(Duration::ZERO)
+        .build()
+        .expect("tower-resilience rate limiter")
+}
+
+// ------------------------------------------------------------------ contenders
+
+/// Every contender, as `$f!(name, service expression)`; the expression is
+/// evaluated once per benchmark (per thread, from shared layers, in the
+/// contended group).
+macro_rules! per_layer {
+    ($f:ident) => {{
+        $f!("bare", |_: ()| noop());
+        // timeout
+        let at = seawall::deadline::AttemptTimeoutLayer::new(Duration::from_secs(1));
+        $f!("timeout/seawall_attempt_timeout", |_: ()| at.layer(noop()));
+        let dl = seawall::deadline::DeadlineLayer::new(Duration::from_secs(1));
+        $f!("timeout/seawall_deadline", |_: ()| dl.layer(noop()));
+        let tt = tower::timeout::TimeoutLayer::new(Duration::from_secs(1));
+        $f!("timeout/tower", |_: ()| tt.layer(noop()));
+        let tl = tr_timelimiter(Duration::from_secs(1));
+        $f!("timeout/tower_resilience", |_: ()| tl.layer(noop()));
+        // retry
+        let sr = seawall::retry::RetryLayer::new();
+        $f!("retry/seawall", |_: ()| sr.layer(noop()));
+        $f!("retry/tower", |_: ()| tower::retry::RetryLayer::new(Trivial).layer(noop()));
+        let tr = tower_resilience::retry::RetryLayer::<u64, u64, BoxError>::builder()
+            .max_attempts(3)
+            .build();
+        $f!("retry/tower_resilience", |_: ()| tr.layer(noop()));
+        // circuit breaker (tower has none)
+        let sb = seawall::circuit_breaker::CircuitBreakerLayer::builder()
+            .build()
+            .expect("breaker");
+        $f!("breaker/seawall", |_: ()| sb.layer(noop()));
+        let tb = tr_breaker();
+        $f!("breaker/tower_resilience", |_: ()| tb.layer(noop()));
+        // bulkhead / concurrency limit
+        let sh = seawall::bulkhead::BulkheadLayer::builder()
+            .max_concurrent(LIMIT)
+            .build()
+            .expect("bulkhead");
+        $f!("bulkhead/seawall", |_: ()| sh.layer(noop()));
+        let gl = tower::limit::GlobalConcurrencyLimitLayer::new(LIMIT);
+        $f!("bulkhead/tower_limit_load_shed", |_: ()| {
+            tower::load_shed::LoadShedLayer::new().layer(gl.layer(noop()))
+        });
+        let th = tr_bulkhead();
+        $f!("bulkhead/tower_resilience", |_: ()| th.layer(noop()));
+        // load shedding
+        let sa = seawall::shed::AdaptiveLimitLayer::builder()
+            .build()
+            .expect("adaptive limit");
+        $f!("shed/seawall_adaptive_limit", |_: ()| sa.layer(noop()));
+        // rate limit
+        let sl = seawall::rate_limit::RateLimitLayer::builder(seawall::rate_limit::Quota::per_second(BIG))
+            .build()
+            .expect("rate limit");
+        $f!("rate_limit/seawall", |_: ()| sl.layer(noop()));
+        $f!(@single "rate_limit/tower", |_: ()| {
+            tower::limit::RateLimitLayer::new(u64::from(BIG), Duration::from_secs(1)).layer(noop())
+        });
+        let tq = tr_ratelimiter();
+        $f!("rate_limit/tower_resilience", |_: ()| tq.layer(noop()));
+    }};
+}
+
+macro_rules! full_stacks {
+    ($f:ident) => {{
+        // client: total timeout → retry → [breaker] → bulkhead → attempt timeout
+        let sc = sw_client();
+        $f!("client/seawall", |_: ()| sc.layer(noop()));
+        let tcl = tower::limit::GlobalConcurrencyLimitLayer::new(LIMIT);
+        $f!("client/tower", |_: ()| {
+            ServiceBuilder::new()
+                .timeout(Duration::from_secs(1))
+                .layer(tower::retry::RetryLayer::new(Trivial))
+                .load_shed()
+                .layer(tcl.clone())
+                .timeout(Duration::from_millis(300))
+                .service(noop())
+        });
+        let (c1, c2, c3, c4) = (
+            tr_timelimiter(Duration::from_secs(1)),
+            tr_breaker(),
+            tr_bulkhead(),
+            tr_timelimiter(Duration::from_millis(300)),
+        );
+        let c_retry = tower_resilience::retry::RetryLayer::<u64, u64, _>::builder()
+            .max_attempts(3)
+            .build();
+        $f!("client/tower_resilience", |_: ()| {
+            c1.layer(c_retry.layer(c2.layer(c3.layer(c4.layer(noop())))))
+        });
+        // server: deadline → rate limit → shed → bulkhead → handler timeout
+        let ss = sw_server();
+        $f!("server/seawall", |_: ()| ss.layer(noop()));
+        let tsl = tower::limit::GlobalConcurrencyLimitLayer::new(LIMIT);
+        $f!(@single "server/tower", |_: ()| {
+            ServiceBuilder::new()
+                .timeout(Duration::from_secs(2))
+                .rate_limit(u64::from(BIG), Duration::from_secs(1))
+                .load_shed()
+                .layer(tsl.clone())
+                .timeout(Duration::from_millis(500))
+                .service(noop())
+        });
+        let (s1, s2, s3, s4) = (
+            tr_timelimiter(Duration::from_secs(2)),
+            tr_ratelimiter(),
+            tr_bulkhead(),
+            tr_timelimiter(Duration::from_millis(500)),
+        );
+        $f!("server/tower_resilience", |_: ()| {
+            s1.layer(s2.layer(s3.layer(s4.layer(noop()))))
+        });
+    }};
+}
