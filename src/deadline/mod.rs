@@ -365,6 +365,8 @@ pub fn of<R: HasDeadline + ?Sized>(req: &R) -> Option<Deadline> {
     }
 }
 
+#[cfg(all(feature = "deadline", feature = "http"))]
+mod body;
 #[cfg(feature = "deadline")]
 pub mod future;
 #[cfg(feature = "deadline")]
@@ -375,6 +377,8 @@ pub mod propagate;
 mod service;
 mod wire;
 
+#[cfg(all(feature = "deadline", feature = "http"))]
+pub use self::body::DeadlineBody;
 #[cfg(feature = "deadline")]
 pub use self::layer::{
     AttemptTimeoutLayer, AttemptTimeoutLayerBuilder, DeadlineLayer, DeadlineLayerBuilder,

@@ -40,7 +40,8 @@
 //!
 //! // A client the handler uses: it records the header it would send.
 //! let client = PropagateDeadlineLayer::new().layer(service_fn(|req: http::Request<()>| async move {
-//!     Ok::<_, seawall::BoxError>(req.headers()["grpc-timeout"].to_str()?.to_owned())
+//!     let sent = req.headers()["grpc-timeout"].to_str()?.to_owned();
+//!     Ok::<_, seawall::BoxError>(http::Response::new(sent))
 //! }));
 //!
 //! let server = DeadlineFromHeadersLayer::builder()
@@ -60,7 +61,7 @@
 //!     }));
 //!
 //! let req = http::Request::builder().header("grpc-timeout", "1500m").body(())?;
-//! assert_eq!(server.oneshot(req).await?, "1350m");
+//! assert_eq!(server.oneshot(req).await?.into_body().into_inner(), "1350m");
 //! # Ok(())
 //! # }
 //! ```
@@ -69,7 +70,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use http::header::{HeaderName, HeaderValue};
@@ -77,6 +78,7 @@ use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
+use super::body::DeadlineBody;
 use super::service::{EXPIRED_ON_ARRIVAL, reject_deadline};
 use super::wire::{ParseTimeoutError, format_grpc_timeout, parse_grpc_timeout, parse_timeout_ms};
 use super::{Deadline, HasDeadline, Scoped};
@@ -555,7 +557,7 @@ where
 struct EgressConfig {
     grpc: bool,
     ms_header: Option<HeaderName>,
-    shared: Shared,
+    shared: Arc<Shared>,
 }
 
 /// Writes the time left in the request's budget onto outbound requests
@@ -597,11 +599,11 @@ impl PropagateDeadlineLayer {
             cfg: Arc::new(EgressConfig {
                 grpc,
                 ms_header,
-                shared: Shared {
+                shared: Arc::new(Shared {
                     limit: Duration::ZERO,
                     name: Name::from("propagate_deadline"),
                     observer: Observer::none(),
-                },
+                }),
             }),
         }
     }
@@ -703,11 +705,11 @@ impl PropagateDeadlineLayerBuilder {
             cfg: Arc::new(EgressConfig {
                 grpc: self.grpc,
                 ms_header,
-                shared: Shared {
+                shared: Arc::new(Shared {
                     limit: Duration::ZERO,
                     name: self.name,
                     observer: self.observer,
-                },
+                }),
             }),
         })
     }
@@ -730,12 +732,12 @@ impl<S: fmt::Debug> fmt::Debug for PropagateDeadline<S> {
     }
 }
 
-impl<S, B> Service<http::Request<B>> for PropagateDeadline<S>
+impl<S, B, RB> Service<http::Request<B>> for PropagateDeadline<S>
 where
-    S: Service<http::Request<B>>,
+    S: Service<http::Request<B>, Response = http::Response<RB>>,
     S::Error: Into<BoxError>,
 {
-    type Response = S::Response;
+    type Response = http::Response<DeadlineBody<RB>>;
     type Error = BoxError;
     type Future = EgressFuture<S::Future>;
 
@@ -750,6 +752,8 @@ where
             return EgressFuture {
                 state: EgressState::Running {
                     inner: self.inner.call(req),
+                    deadline: None,
+                    shared: cfg.shared.clone(),
                 },
             };
         };
@@ -795,6 +799,8 @@ where
         EgressFuture {
             state: EgressState::Running {
                 inner: self.inner.call(req),
+                deadline: Some(deadline),
+                shared: cfg.shared.clone(),
             },
         }
     }
@@ -803,7 +809,12 @@ where
 pin_project! {
     #[project = EgressProj]
     enum EgressState<F> {
-        Running { #[pin] inner: F },
+        Running {
+            #[pin]
+            inner: F,
+            deadline: Option<Deadline>,
+            shared: Arc<Shared>,
+        },
         Rejected { error: Option<BoxError> },
     }
 }
@@ -822,16 +833,30 @@ impl<F> fmt::Debug for EgressFuture<F> {
     }
 }
 
-impl<F, T, E> Future for EgressFuture<F>
+impl<F, RB, E> Future for EgressFuture<F>
 where
-    F: Future<Output = Result<T, E>>,
+    F: Future<Output = Result<http::Response<RB>, E>>,
     E: Into<BoxError>,
 {
-    type Output = Result<T, BoxError>;
+    type Output = Result<http::Response<DeadlineBody<RB>>, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().state.project() {
-            EgressProj::Running { inner } => inner.poll(cx).map_err(Into::into),
+            EgressProj::Running {
+                inner,
+                deadline,
+                shared,
+            } => {
+                let response = ready!(inner.poll(cx)).map_err(Into::into)?;
+                let deadline = *deadline;
+                let grpc = response
+                    .headers()
+                    .get(http::header::CONTENT_TYPE)
+                    .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+                Poll::Ready(Ok(
+                    response.map(|body| DeadlineBody::new(body, deadline, shared, grpc))
+                ))
+            }
             EgressProj::Rejected { error } => poll_rejected(error),
         }
     }

@@ -536,9 +536,12 @@ impl<P, C, O> ClientStackBuilder<P, C, Skip, O> {
     ///     .build()?;
     /// // Stands in for an HTTP/2 client: answers with the header it was sent.
     /// let client = service_fn(|req: http::Request<()>| async move {
-    ///     Ok::<_, seawall::BoxError>(req.headers()["grpc-timeout"].to_str()?.to_owned())
+    ///     let sent = req.headers()["grpc-timeout"].to_str()?.to_owned();
+    ///     Ok::<_, seawall::BoxError>(http::Response::new(sent))
     /// });
-    /// assert_eq!(stack.layer(client).oneshot(http::Request::new(())).await?, "250m");
+    /// let res = stack.layer(client).oneshot(http::Request::new(())).await?;
+    /// // (The body comes back held to the deadline: a `DeadlineBody`.)
+    /// assert_eq!(res.into_body().into_inner(), "250m");
     /// # Ok(())
     /// # }
     /// ```

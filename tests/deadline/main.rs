@@ -491,7 +491,7 @@ mod propagation {
             s.lock()
                 .unwrap()
                 .push((h("grpc-timeout"), h("x-request-timeout-ms")));
-            async { Ok::<_, BoxError>(()) }
+            async { Ok::<_, BoxError>(http::Response::new(())) }
         }));
         let server = DeadlineFromHeadersLayer::builder()
             .margin(50 * MS)
@@ -543,7 +543,7 @@ mod propagation {
                 c.lock()
                     .unwrap()
                     .push((h("grpc-timeout"), h("x-request-timeout-ms")));
-                async { Ok::<_, BoxError>(()) }
+                async { Ok::<_, BoxError>(http::Response::new(())) }
             }));
 
         // 1.2345678 s left: 1234567u (rounded down to whole microseconds), 1234 ms.
@@ -590,8 +590,9 @@ mod propagation {
         );
 
         // Milliseconds only: less than 1 ms left counts as nothing left.
-        let ms_only = PropagateDeadlineLayer::http()
-            .layer(service_fn(|_: Request<()>| async { Ok::<_, BoxError>(()) }));
+        let ms_only = PropagateDeadlineLayer::http().layer(service_fn(|_: Request<()>| async {
+            Ok::<_, BoxError>(http::Response::new(()))
+        }));
         let d = Deadline::after(Duration::from_micros(999));
         let err = deadline::scope(d, ms_only.oneshot(Request::new(())))
             .await

@@ -40,6 +40,13 @@ use greeter::{GreeterServer, HelloReply, HelloRequest};
 use grpc_client_stack::ClientConfig;
 use grpc_server_stack::ServerConfig;
 
+/// The gRPC client stack of `tonic_client`, boxed.
+type BoxedClient = tower::util::BoxCloneSyncService<
+    http::Request<tonic::body::Body>,
+    http::Response<seawall::deadline::DeadlineBody<tonic::body::Body>>,
+    std::convert::Infallible,
+>;
+
 /// What the handler saw of one call.
 #[derive(Debug, Clone)]
 struct Seen {
@@ -191,17 +198,7 @@ impl Server {
     }
 
     /// The client stack of `tonic_client` around this server's channel.
-    fn client(
-        &self,
-        cfg: ClientConfig,
-    ) -> (
-        tower::util::BoxCloneSyncService<
-            http::Request<tonic::body::Body>,
-            http::Response<tonic::body::Body>,
-            std::convert::Infallible,
-        >,
-        CircuitBreakerHandle,
-    ) {
+    fn client(&self, cfg: ClientConfig) -> (BoxedClient, CircuitBreakerHandle) {
         let (svc, breaker) =
             grpc_client_stack::protect(self.channel.clone(), &cfg).expect("valid configuration");
         (tower::util::BoxCloneSyncService::new(svc), breaker)

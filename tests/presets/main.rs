@@ -775,17 +775,89 @@ async fn server_preset_answers_before_the_client_preset_times_out() {
 
 /// A reply whose head comes at once and whose first message comes after the
 /// attempt timeout: the head is handed up (the preset reads the first frame
-/// for 20 ms at most), so the call is not cut as an attempt timeout.
-#[tokio::test]
-async fn grpc_preset_does_not_hold_a_slow_first_message_past_the_attempt_timeout() {
+/// for 20 ms at most), and the body is held to the deadline sent in
+/// `grpc-timeout`: the call ends `DEADLINE_EXCEEDED` at the attempt timeout,
+/// as a gRPC deadline covers the whole stream. It is not retried (the head
+/// had come) and the breaker counted the head.
+#[tokio::test(start_paused = true)]
+async fn grpc_preset_holds_the_body_to_the_attempts_deadline() {
     let (channel, hits) = serve_raw(Answer::SlowFirstMessage).await;
     let stack = grpc_preset(Duration::from_millis(500)).build().unwrap();
     let breaker = stack.breaker_handle();
-    let reply = call_say_hello(stack.layer(channel), hello()).await.unwrap();
-    assert_eq!(reply.message, "late but fine");
+    let start = tokio::time::Instant::now();
+    let status = call_say_hello(stack.layer(channel), hello())
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
+    assert!(status.message().contains("dep.propagate"), "{status:?}");
+    assert_eq!(start.elapsed(), Duration::from_millis(500));
     assert_eq!(hits.load(Ordering::SeqCst), 1);
     assert_eq!(
         (breaker.metrics().calls, breaker.metrics().failures),
         (1, 0)
     );
+}
+
+/// An HTTP response whose head comes at once and whose body's second chunk
+/// comes after the attempt's deadline: reading the body fails with
+/// `DeadlineExceeded` at that deadline (500 ms after the call began, not
+/// 2 s); a body that ends in time is untouched; a response cut this way is
+/// neither retried nor counted against the dependency (the head came).
+#[tokio::test(start_paused = true)]
+async fn http_preset_holds_the_body_to_the_attempts_deadline() {
+    fn chunks(delay: Duration) -> axum::body::Body {
+        let first = futures::stream::iter([Ok::<_, Infallible>(Bytes::from("head "))]);
+        let second = futures::stream::once(async move {
+            tokio::time::sleep(delay).await;
+            Ok::<_, Infallible>(Bytes::from("tail"))
+        });
+        axum::body::Body::from_stream(first.chain(second))
+    }
+    let hits = Arc::new(AtomicUsize::new(0));
+    let h = hits.clone();
+    let app = Router::new()
+        .route(
+            "/slow",
+            get(move || {
+                h.fetch_add(1, Ordering::SeqCst);
+                async { chunks(Duration::from_secs(2)) }
+            }),
+        )
+        .route(
+            "/fast",
+            get(|| async { chunks(Duration::from_millis(100)) }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let stack = ClientStack::http("api")
+        .total_budget(Duration::from_secs(1))
+        .attempt_timeout(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    let breaker = stack.breaker_handle();
+    let client = stack.layer(hyper());
+    let get = |path: &str| {
+        http::Request::get(format!("http://{addr}{path}"))
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+
+    let start = tokio::time::Instant::now();
+    let res = client.clone().oneshot(get("/slow")).await.unwrap();
+    assert_eq!(res.status(), 200);
+    let err = res.into_body().collect().await.unwrap_err();
+    assert_eq!(start.elapsed(), Duration::from_millis(500));
+    let rejection = rejection_of(&err).expect("a seawall rejection");
+    assert_eq!(rejection.kind(), RejectionKind::DeadlineExceeded);
+    assert_eq!(rejection.name(), "api.propagate");
+    assert_eq!(hits.load(Ordering::SeqCst), 1, "not retried");
+    assert_eq!(
+        (breaker.metrics().calls, breaker.metrics().failures),
+        (1, 0)
+    );
+
+    let res = client.clone().oneshot(get("/fast")).await.unwrap();
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, "head tail");
 }

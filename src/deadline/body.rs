@@ -1,0 +1,171 @@
+//! [`DeadlineBody`]: a response body held to the deadline of the call that
+//! produced it.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+use tokio::time::Sleep;
+
+use super::Deadline;
+use super::layer::Shared;
+use super::service::{TIMED_OUT, reject_deadline};
+use crate::error::BoxError;
+use crate::observe::LayerKind;
+
+pin_project! {
+    /// A response body that ends with a
+    /// [`DeadlineExceeded`](crate::error::DeadlineExceeded) error (detail
+    /// `"timed_out"`) if the call's deadline passes while it is still
+    /// streaming: the deadline covers the whole call, not only the wait for
+    /// the head.
+    ///
+    /// [`PropagateDeadline`](super::PropagateDeadline) (in the HTTP and gRPC
+    /// client presets) puts every response body in one, with the deadline it
+    /// sent the server: the attempt's time left (the attempt timeout or the
+    /// total budget, whichever ends first). A body that is complete when the
+    /// head arrives, or a call with no deadline, arms no timer (the timer is
+    /// armed by the first read that finds the body unfinished). A gRPC
+    /// response (`content-type: application/grpc…`) ends with the
+    /// `DEADLINE_EXCEEDED` status instead (feature `tonic`), as a generated
+    /// client reports it. The retry layer, the breaker and the bulkhead look
+    /// at heads only: a body cut off after its head arrived is not retried,
+    /// and the error reaches whoever reads the body.
+    pub struct DeadlineBody<B> {
+        #[pin]
+        inner: B,
+        #[pin]
+        sleep: Option<Sleep>,
+        deadline: Option<Deadline>,
+        shared: Option<Arc<Shared>>,
+        expired: bool,
+        grpc: bool,
+    }
+}
+
+impl<B> DeadlineBody<B> {
+    /// `inner` held to `deadline`, reported as the layer `shared` names. The
+    /// timer is armed on the first poll that finds the body unfinished.
+    pub(crate) fn new(
+        inner: B,
+        deadline: Option<Deadline>,
+        shared: &Arc<Shared>,
+        grpc: bool,
+    ) -> Self {
+        DeadlineBody {
+            inner,
+            sleep: None,
+            shared: deadline.map(|_| shared.clone()),
+            deadline,
+            expired: false,
+            grpc,
+        }
+    }
+
+    /// A body with no deadline.
+    pub fn unlimited(inner: B) -> Self {
+        DeadlineBody {
+            inner,
+            sleep: None,
+            deadline: None,
+            shared: None,
+            expired: false,
+            grpc: false,
+        }
+    }
+
+    /// The deadline the body is held to, if any.
+    pub fn deadline(&self) -> Option<Deadline> {
+        self.deadline
+    }
+
+    /// The body inside.
+    pub fn get_ref(&self) -> &B {
+        &self.inner
+    }
+
+    /// The body inside (the deadline is dropped with the wrapper).
+    pub fn into_inner(self) -> B {
+        self.inner
+    }
+}
+
+impl<B: Default> Default for DeadlineBody<B> {
+    /// An empty body with no deadline (what an answer made by a layer
+    /// carries).
+    fn default() -> Self {
+        DeadlineBody::unlimited(B::default())
+    }
+}
+
+impl<B: fmt::Debug> fmt::Debug for DeadlineBody<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DeadlineBody")
+            .field("inner", &self.inner)
+            .field("deadline", &self.deadline)
+            .field("armed", &self.sleep.is_some())
+            .field("expired", &self.expired)
+            .finish()
+    }
+}
+
+impl<B> Body for DeadlineBody<B>
+where
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    type Data = B::Data;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let mut this = self.project();
+        if *this.expired {
+            return Poll::Ready(None);
+        }
+        if this.sleep.is_none() {
+            match *this.deadline {
+                Some(d) if !this.inner.is_end_stream() => {
+                    this.sleep.set(Some(tokio::time::sleep_until(d.instant())));
+                }
+                _ => return this.inner.poll_frame(cx).map_err(Into::into),
+            }
+        }
+        if let Some(sleep) = this.sleep.as_pin_mut() {
+            if sleep.poll(cx).is_ready() {
+                *this.expired = true;
+                let error = match this.shared.as_deref() {
+                    Some(shared) => reject_deadline(LayerKind::Deadline, shared, TIMED_OUT),
+                    None => "deadline exceeded".into(),
+                };
+                return Poll::Ready(Some(Err(for_protocol(error, *this.grpc))));
+            }
+        }
+        this.inner.poll_frame(cx).map_err(Into::into)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.expired || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A gRPC body's error is the `DEADLINE_EXCEEDED` status a generated
+/// client reports (with feature `tonic`); an HTTP body's, the rejection.
+fn for_protocol(error: BoxError, grpc: bool) -> BoxError {
+    #[cfg(feature = "tonic")]
+    if grpc {
+        return Box::new(tonic::Status::deadline_exceeded(error.to_string()));
+    }
+    let _ = grpc;
+    error
+}
