@@ -14,7 +14,9 @@ use std::time::Duration;
 use counting_alloc::{CountingAlloc, count_allocations};
 use seawall::deadline::{self, Deadline};
 use seawall::shed::criticality::{self, Criticality};
-use seawall::shed::{AdaptiveLimitLayer, Aimd, Gradient2, ThrottleLayer};
+use seawall::shed::{
+    AdaptiveLimitLayer, Aimd, Gradient2, LimitAlgorithm, QueueDelay, ThrottleLayer, WindowSample,
+};
 use tower::{Layer, Service};
 
 #[global_allocator]
@@ -68,38 +70,49 @@ where
     allocs
 }
 
+/// A boxed algorithm, so that one loop builds the layer with either.
+#[derive(Debug)]
+struct BoxedAlgorithm(Box<dyn LimitAlgorithm>);
+
+impl LimitAlgorithm for BoxedAlgorithm {
+    fn limit(&self) -> usize {
+        self.0.limit()
+    }
+
+    fn update(&mut self, sample: &WindowSample) -> usize {
+        self.0.update(sample)
+    }
+
+    fn next_window(&self, configured: Duration) -> Duration {
+        self.0.next_window(configured)
+    }
+}
+
 #[test]
 fn adaptive_limit_admitted_path_allocates_nothing() {
-    // Gradient2 with every window closing (min RTT 0, 1 ns windows, 1 sample):
-    // the limit update runs on nearly every call and allocates nothing either.
-    let layer = AdaptiveLimitLayer::builder()
-        .algorithm(Gradient2::default())
-        .window(Duration::from_nanos(1))
-        .min_window_samples(1)
-        .min_rtt(Duration::ZERO)
-        .build()
-        .unwrap();
-    let mut svc = layer.layer(Echo);
-    let allocs = measure(&mut svc, 10_000);
-    println!("adaptive limit (gradient2, windows closing): {allocs} allocations in 10 000 calls");
-    assert_eq!(allocs, 0);
-    assert_eq!(layer.inflight(), 0);
-    // Windows did close: the expected service time is known.
-    assert!(layer.expected_rtt().is_some());
-
-    // The default algorithm (QueueDelay), every window closing.
-    let layer = AdaptiveLimitLayer::builder()
-        .window(Duration::from_nanos(1))
-        .min_window_samples(1)
-        .min_rtt(Duration::ZERO)
-        .build()
-        .unwrap();
-    let mut svc = layer.layer(Echo);
-    let allocs = measure(&mut svc, 10_000);
-    println!("adaptive limit (queue delay, windows closing): {allocs} allocations in 10 000 calls");
-    assert_eq!(allocs, 0);
-    assert_eq!(layer.inflight(), 0);
-    assert!(layer.expected_rtt().is_some());
+    // Gradient2 and the default (QueueDelay), with every window closing
+    // (min RTT 0, 1 ns windows, 1 sample): the limit update runs on nearly
+    // every call and allocates nothing either.
+    let algorithms: [(&str, Box<dyn LimitAlgorithm>); 2] = [
+        ("gradient2", Box::new(Gradient2::default())),
+        ("queue delay", Box::new(QueueDelay::default())),
+    ];
+    for (name, algorithm) in algorithms {
+        let layer = AdaptiveLimitLayer::builder()
+            .algorithm(BoxedAlgorithm(algorithm))
+            .window(Duration::from_nanos(1))
+            .min_window_samples(1)
+            .min_rtt(Duration::ZERO)
+            .build()
+            .unwrap();
+        let mut svc = layer.layer(Echo);
+        let allocs = measure(&mut svc, 10_000);
+        println!("adaptive limit ({name}, windows closing): {allocs} allocations in 10 000 calls");
+        assert_eq!(allocs, 0);
+        assert_eq!(layer.inflight(), 0);
+        // Windows did close: the expected service time is known.
+        assert!(layer.expected_rtt().is_some());
+    }
 
     // Defaults (AIMD), with a deadline and a criticality in task-locals.
     let layer = AdaptiveLimitLayer::builder()

@@ -88,6 +88,14 @@ struct HttpServer {
     hits: Arc<AtomicUsize>,
 }
 
+/// Serves `app` on a free loopback port.
+async fn serve_axum(app: Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
 async fn http_server() -> HttpServer {
     let hits = Arc::new(AtomicUsize::new(0));
     let h = hits.clone();
@@ -142,9 +150,7 @@ async fn http_server() -> HttpServer {
                 "ok"
             }),
         );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let addr = serve_axum(app).await;
     HttpServer { addr, hits }
 }
 
@@ -639,9 +645,7 @@ async fn http_server_preset_sheds_with_a_retry_after() {
             }),
         )
         .layer(stack);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let addr = serve_axum(app).await;
     let client = hyper();
     let held = tokio::spawn(client.clone().oneshot(get_req(addr, "/hold")));
     // Wait until the first request holds the one slot.
@@ -750,9 +754,7 @@ async fn server_preset_answers_before_the_client_preset_times_out() {
             }),
         )
         .layer(server_stack);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let addr = serve_axum(app).await;
     let client = ClientStack::http("api")
         .total_budget(Duration::from_secs(2))
         .attempt_timeout(Duration::from_millis(300))
@@ -827,9 +829,7 @@ async fn http_preset_holds_the_body_to_the_attempts_deadline() {
             "/fast",
             get(|| async { chunks(Duration::from_millis(100)) }),
         );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let addr = serve_axum(app).await;
     let stack = ClientStack::http("api")
         .total_budget(Duration::from_secs(1))
         .attempt_timeout(Duration::from_millis(500))
