@@ -77,7 +77,9 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 ///   [`ClientIp::max_hops`] (default 16) gives no key: the request follows the
 ///   layer's [`Fallback`](crate::rate_limit::Fallback).
 ///
-/// With no trusted networks configured the peer address is the key.
+/// With no trusted networks configured the peer address is the key. Keys
+/// are networks, not single addresses: an IPv6 client's /64 by default
+/// ([`prefixes`](ClientIp::prefixes)).
 ///
 /// ```
 /// use std::net::SocketAddr;
@@ -93,12 +95,20 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 /// // 6.6.6.6 was written by the client and is ignored.
 /// assert_eq!(client_ip.extract(&req), Ok(Key::from_ip("203.0.113.7".parse().unwrap())));
 /// ```
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ClientIp {
     trusted: Arc<[Cidr]>,
     header: ForwardedHeader,
     peer: PeerAddr,
     max_hops: usize,
+    v4_prefix: u8,
+    v6_prefix: u8,
+}
+
+impl Default for ClientIp {
+    fn default() -> Self {
+        ClientIp::new()
+    }
 }
 
 impl ClientIp {
@@ -109,7 +119,26 @@ impl ClientIp {
             header: ForwardedHeader::XForwardedFor,
             peer: PeerAddr::new(),
             max_hops: 16,
+            v4_prefix: super::key::DEFAULT_V4_PREFIX,
+            v6_prefix: super::key::DEFAULT_V6_PREFIX,
         }
+    }
+
+    /// Keys clients by network: an IPv4 client by its first `v4` bits
+    /// (default 32: each address), an IPv6 client by its first `v6`
+    /// (default 64: each /64, the block one subscriber or host gets; keyed
+    /// by whole addresses, one /64 could spray 2⁶⁴ keys and fill the key
+    /// map).
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`](crate::error::ConfigError) unless `1 ≤ v4 ≤ 32`
+    /// and `1 ≤ v6 ≤ 128`.
+    pub fn prefixes(mut self, v4: u8, v6: u8) -> Result<Self, crate::error::ConfigError> {
+        super::key::check_prefixes(v4, v6)?;
+        self.v4_prefix = v4;
+        self.v6_prefix = v6;
+        Ok(self)
     }
 
     /// Trusts the proxy network `cidr` (`"10.0.0.0/8"`, `"::1"`).
@@ -231,7 +260,8 @@ impl<B> KeyExtractor<http::Request<B>> for ClientIp {
             .peer
             .peer(req.extensions())
             .ok_or(MissingKey::new("peer_addr", "absent"))?;
-        self.client(peer, req.headers()).map(Key::from_ip)
+        self.client(peer, req.headers())
+            .map(|ip| Key::from_network(ip, self.v4_prefix, self.v6_prefix))
     }
 }
 

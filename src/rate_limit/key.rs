@@ -71,6 +71,36 @@ impl Key {
         }
     }
 
+    /// A key for the network of `ip`: the address with all but its first
+    /// `v4_prefix` bits (IPv4, IPv4-mapped IPv6 included) or `v6_prefix`
+    /// bits (IPv6) cleared, so that every address of one network shares a
+    /// key. Prefixes beyond the address length keep it whole.
+    ///
+    /// ```
+    /// use seawall::rate_limit::Key;
+    ///
+    /// let a = Key::from_network("2001:db8:1:2:aaaa::1".parse().unwrap(), 32, 64);
+    /// let b = Key::from_network("2001:db8:1:2:ffff::9".parse().unwrap(), 32, 64);
+    /// assert_eq!(a, b);
+    /// assert_eq!(a.ip(), Some("2001:db8:1:2::".parse().unwrap()));
+    /// ```
+    pub fn from_network(ip: IpAddr, v4_prefix: u8, v6_prefix: u8) -> Key {
+        let v4 = |v4: Ipv4Addr| {
+            let bits = u32::from(v4) & mask32(v4_prefix);
+            Key::with(TAG_V4, &bits.to_be_bytes())
+        };
+        match ip {
+            IpAddr::V4(a) => v4(a),
+            IpAddr::V6(a) => match a.to_ipv4_mapped() {
+                Some(m) => v4(m),
+                None => {
+                    let bits = u128::from(a) & mask128(v6_prefix);
+                    Key::with(TAG_V6, &bits.to_be_bytes())
+                }
+            },
+        }
+    }
+
     /// A key for a number (a user id, a shard).
     pub fn from_u64(n: u64) -> Key {
         Key::with(TAG_U64, &n.to_be_bytes())
@@ -306,6 +336,8 @@ impl FromStr for Cidr {
 pub struct PeerAddr {
     #[cfg(feature = "http")]
     read: Option<fn(&http::Extensions) -> Option<IpAddr>>,
+    v4_prefix: u8,
+    v6_prefix: u8,
 }
 
 impl fmt::Debug for PeerAddr {
@@ -326,6 +358,8 @@ impl PeerAddr {
         PeerAddr {
             #[cfg(feature = "http")]
             read: None,
+            v4_prefix: DEFAULT_V4_PREFIX,
+            v6_prefix: DEFAULT_V6_PREFIX,
         }
     }
 
@@ -333,7 +367,32 @@ impl PeerAddr {
     /// server, such as axum's `ConnectInfo`).
     #[cfg(feature = "http")]
     pub const fn with(read: fn(&http::Extensions) -> Option<IpAddr>) -> Self {
-        PeerAddr { read: Some(read) }
+        PeerAddr {
+            read: Some(read),
+            v4_prefix: DEFAULT_V4_PREFIX,
+            v6_prefix: DEFAULT_V6_PREFIX,
+        }
+    }
+
+    /// Keys by network: IPv4 addresses by their first `v4` bits (default
+    /// 32, one key per address), IPv6 ones by their first `v6` (default 64:
+    /// one key per /64, the block one subscriber or one host gets, as CDNs
+    /// and proxies key rate limits; a single address of it would let one
+    /// client take 2⁶⁴ keys).
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] unless `1 ≤ v4 ≤ 32` and `1 ≤ v6 ≤ 128`.
+    pub fn prefixes(mut self, v4: u8, v6: u8) -> Result<Self, ConfigError> {
+        check_prefixes(v4, v6)?;
+        self.v4_prefix = v4;
+        self.v6_prefix = v6;
+        Ok(self)
+    }
+
+    /// The key of `ip`: its network under this extractor's prefixes.
+    pub fn key_of(&self, ip: IpAddr) -> Key {
+        Key::from_network(ip, self.v4_prefix, self.v6_prefix)
     }
 
     #[cfg(feature = "http")]
@@ -351,7 +410,7 @@ impl PeerAddr {
 /// services keyed by connection, e.g. a `tower::Service<SocketAddr>` acceptor).
 impl KeyExtractor<std::net::SocketAddr> for PeerAddr {
     fn extract(&self, req: &std::net::SocketAddr) -> Result<Key, MissingKey> {
-        Ok(Key::from_ip(req.ip()))
+        Ok(self.key_of(req.ip()))
     }
 }
 
@@ -359,8 +418,41 @@ impl KeyExtractor<std::net::SocketAddr> for PeerAddr {
 impl<B> KeyExtractor<http::Request<B>> for PeerAddr {
     fn extract(&self, req: &http::Request<B>) -> Result<Key, MissingKey> {
         self.peer(req.extensions())
-            .map(Key::from_ip)
+            .map(|ip| self.key_of(ip))
             .ok_or(MissingKey::new("peer_addr", "absent"))
+    }
+}
+
+/// IPv4 addresses are keyed whole by default.
+pub(crate) const DEFAULT_V4_PREFIX: u8 = 32;
+/// IPv6 addresses are keyed by their /64 by default.
+pub(crate) const DEFAULT_V6_PREFIX: u8 = 64;
+
+pub(crate) fn check_prefixes(v4: u8, v6: u8) -> Result<(), ConfigError> {
+    if !(1..=32).contains(&v4) || !(1..=128).contains(&v6) {
+        return Err(ConfigError::new(
+            "key",
+            format!("prefixes must be in 1..=32 (IPv4) and 1..=128 (IPv6), got /{v4} and /{v6}"),
+        ));
+    }
+    Ok(())
+}
+
+/// The first `prefix` bits set (all 32 from 32 on).
+fn mask32(prefix: u8) -> u32 {
+    match prefix {
+        0 => 0,
+        p if p >= 32 => u32::MAX,
+        p => u32::MAX << (32 - u32::from(p)),
+    }
+}
+
+/// The first `prefix` bits set (all 128 from 128 on).
+fn mask128(prefix: u8) -> u128 {
+    match prefix {
+        0 => 0,
+        p if p >= 128 => u128::MAX,
+        p => u128::MAX << (128 - u32::from(p)),
     }
 }
 

@@ -443,6 +443,79 @@ mod http_keys {
         r
     }
 
+    /// One IPv6 /64 is one client: 1000 addresses of one /64 share one
+    /// bucket (3 admitted), while a client of another /64, and an IPv4
+    /// client, keep theirs; `prefixes` changes the grouping, and nonsense
+    /// prefixes are refused.
+    #[tokio::test(start_paused = true)]
+    async fn ipv6_clients_are_keyed_by_their_64() {
+        let layer = RateLimitLayer::builder(Quota::per_minute(3))
+            .keyed(ClientIp::new())
+            .build()
+            .unwrap();
+        let mut svc = layer.layer(ok_http());
+        let mut ok = 0;
+        for i in 0..1000u32 {
+            let peer = format!("[2001:db8:aa:bb:{:x}:{:x}::1]:443", i >> 8, i & 0xff);
+            if svc
+                .ready()
+                .await
+                .unwrap()
+                .call(req(&peer, None))
+                .await
+                .is_ok()
+            {
+                ok += 1;
+            }
+        }
+        assert_eq!(ok, 3, "one bucket for the whole /64");
+        assert_eq!(layer.tracked_keys(), 1);
+        for peer in ["[2001:db8:aa:cc::1]:443", "192.0.2.1:443", "192.0.2.2:443"] {
+            for _ in 0..3 {
+                assert!(
+                    svc.ready()
+                        .await
+                        .unwrap()
+                        .call(req(peer, None))
+                        .await
+                        .is_ok()
+                );
+            }
+        }
+        assert_eq!(layer.tracked_keys(), 4);
+
+        // Whole addresses when asked: two addresses of one /64 are two keys.
+        let whole = RateLimitLayer::builder(Quota::per_minute(3))
+            .keyed(ClientIp::new().prefixes(32, 128).unwrap())
+            .build()
+            .unwrap();
+        let mut svc = whole.layer(ok_http());
+        for peer in ["[2001:db8::1]:443", "[2001:db8::2]:443"] {
+            assert!(
+                svc.ready()
+                    .await
+                    .unwrap()
+                    .call(req(peer, None))
+                    .await
+                    .is_ok()
+            );
+        }
+        assert_eq!(whole.tracked_keys(), 2);
+        // IPv4 by /24, and the peer extractor groups the same way.
+        let k = |p: PeerAddr, ip: &str| p.key_of(ip.parse::<IpAddr>().unwrap());
+        let by24 = PeerAddr::new().prefixes(24, 64).unwrap();
+        assert_eq!(k(by24, "198.51.100.7"), k(by24, "198.51.100.200"));
+        assert_ne!(k(by24, "198.51.100.7"), k(by24, "198.51.101.7"));
+        assert_ne!(
+            k(PeerAddr::new(), "198.51.100.7"),
+            k(PeerAddr::new(), "198.51.100.8")
+        );
+        for (v4, v6) in [(0, 64), (33, 64), (32, 0), (32, 129)] {
+            assert!(ClientIp::new().prefixes(v4, v6).is_err(), "/{v4} /{v6}");
+            assert!(PeerAddr::new().prefixes(v4, v6).is_err(), "/{v4} /{v6}");
+        }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn forwarded_for_spoofing_does_not_choose_the_key() {
         let layer = RateLimitLayer::builder(Quota::per_minute(3))
