@@ -75,6 +75,8 @@ pub(crate) struct Shared<X, D> {
     global: Option<Bucket>,
     fallback: Fallback,
     fallback_bucket: Option<Bucket>,
+    /// New IP keys at the cap: one bucket per coarser network.
+    overflow: Option<KeyedBuckets>,
     #[cfg(feature = "redis")]
     pub(crate) redis: Option<super::redis::RedisState>,
 }
@@ -125,6 +127,28 @@ impl<X, D> Shared<X, D> {
         }
     }
 
+    /// A new key at the cap: an IP key takes its coarser network's bucket in
+    /// the overflow table (a spray from one network drains its own bucket,
+    /// not the one newcomers from elsewhere share); other keys, or a full
+    /// overflow table, follow the fallback rule.
+    fn overflow(&self, key: &Key, want_status: bool) -> (Verdict, Option<RateLimitStatus>) {
+        let (Some(table), Some(ip)) = (&self.overflow, key.ip()) else {
+            return self.fallback(DETAIL_KEYS_FULL, want_status);
+        };
+        let network = Key::from_network(ip, OVERFLOW_V4_PREFIX, OVERFLOW_V6_PREFIX);
+        match table.check(&network, want_status) {
+            KeyedCheck::Decided(Ok(a)) => self.finish(table.quota(), a),
+            KeyedCheck::Decided(Err(w)) => (
+                Verdict::Deny {
+                    wait: Some(w),
+                    detail: DETAIL_KEYS_FULL,
+                },
+                None,
+            ),
+            KeyedCheck::Full => self.fallback(DETAIL_KEYS_FULL, want_status),
+        }
+    }
+
     /// The local decision for `key` (the primary limit, then the global one).
     /// `want_status`: compute the bucket state for response headers.
     #[inline]
@@ -167,7 +191,7 @@ impl<X, D> Shared<X, D> {
                     },
                     None,
                 ),
-                KeyedCheck::Full => self.fallback(DETAIL_KEYS_FULL, want_status),
+                KeyedCheck::Full => self.overflow(key, want_status),
             },
         }
     }
@@ -300,6 +324,13 @@ impl<S, X, D> Layer<S> for RateLimitLayer<X, D> {
 
 /// Default [`RateLimitLayerBuilder::max_keys`]: 100 000 tracked keys.
 pub const DEFAULT_MAX_KEYS: usize = 100_000;
+/// Networks the overflow table of a keyed limit tracks at most (see
+/// [`RateLimitLayerBuilder::max_keys`]).
+pub const OVERFLOW_NETWORKS: usize = 4096;
+/// The overflow table keys IPv4 clients by /24 …
+const OVERFLOW_V4_PREFIX: u8 = 24;
+/// … and IPv6 clients by /48.
+const OVERFLOW_V6_PREFIX: u8 = 48;
 /// Default [`RateLimitLayerBuilder::sweep_every`]: every 10 000 calls.
 pub const DEFAULT_SWEEP_EVERY: u64 = 10_000;
 /// Default [`RateLimitLayerBuilder::min_sweep_interval`]: 1 s.
@@ -431,8 +462,16 @@ impl<X, D> RateLimitLayerBuilder<X, D> {
 
     /// The most keys tracked at once (default [`DEFAULT_MAX_KEYS`]). A new key
     /// arriving at the cap triggers an eviction of idle keys (keys whose
-    /// bucket is full again); if none can go, the request follows the
-    /// [`Fallback`] rule. The cap is exact: a slot is taken with an atomic
+    /// bucket is full again); if none can go, an IP key (from
+    /// [`ClientIp`](super::ClientIp) or [`PeerAddr`](super::PeerAddr)) takes
+    /// the bucket of its wider network (/24 for IPv4, /48 for IPv6) in an
+    /// overflow table of at most [`OVERFLOW_NETWORKS`] networks, with the
+    /// fallback quota: a spray of addresses from one network fills the map,
+    /// then drains its own network's bucket, and newcomers from other
+    /// networks are still admitted (the table holds about 0.5 MB at most).
+    /// Other keys, and IP keys once the overflow table is full too (a spray
+    /// across more than 4096 /24s or /48s), follow the [`Fallback`] rule
+    /// (with [`Fallback::Reject`] there is no overflow table). The cap is exact: a slot is taken with an atomic
     /// compare-and-swap under the map shard's lock before a key is inserted.
     /// Memory is therefore bounded by about 81 bytes per map slot (an inline
     /// key of up to [`MAX_KEY_LEN`](crate::rate_limit::MAX_KEY_LEN) bytes and
@@ -507,6 +546,16 @@ impl<X, D> RateLimitLayerBuilder<X, D> {
             )?),
             Fallback::Reject => None,
         };
+        let overflow = match (self.keyed, self.fallback) {
+            (true, Fallback::SharedBucket) => Some(KeyedBuckets::new(
+                self.fallback_quota.unwrap_or(local_quota),
+                KeyedSettings {
+                    max_keys: OVERFLOW_NETWORKS,
+                    ..self.settings
+                },
+            )?),
+            _ => None,
+        };
         Ok(RateLimitLayer {
             shared: Arc::new(Shared {
                 name: self.name.unwrap_or_else(|| Name::from("rate_limit")),
@@ -519,6 +568,7 @@ impl<X, D> RateLimitLayerBuilder<X, D> {
                 global,
                 fallback: self.fallback,
                 fallback_bucket,
+                overflow,
                 #[cfg(feature = "redis")]
                 redis,
             }),

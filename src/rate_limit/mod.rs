@@ -86,7 +86,7 @@ pub use self::future::ResponseFuture;
 pub use self::key::{Cidr, Global, Key, KeyExtractor, MAX_KEY_LEN, MissingKey, PeerAddr};
 pub use self::layer::{
     DEFAULT_MAX_KEYS, DEFAULT_MIN_SWEEP_INTERVAL, DEFAULT_SWEEP_EVERY, Fallback, Mode,
-    RateLimitLayer, RateLimitLayerBuilder,
+    OVERFLOW_NETWORKS, RateLimitLayer, RateLimitLayerBuilder,
 };
 pub use self::quota::Quota;
 pub use self::service::RateLimit;

@@ -516,6 +516,83 @@ mod http_keys {
         }
     }
 
+    /// A spray of 100 000 IPv6 addresses, each from its own /64 in a few
+    /// /48s, fills the key map (10 000 here); the spray's new keys then take
+    /// their /48's bucket in the overflow table, and 1 000 newcomers from
+    /// other networks, arriving during the spray, are all admitted. A spray
+    /// from a single /64 is a single key.
+    #[tokio::test(start_paused = true)]
+    async fn a_spray_from_a_few_networks_does_not_starve_newcomers() {
+        let layer = RateLimitLayer::builder(Quota::per_minute(10))
+            .keyed(ClientIp::new())
+            .max_keys(10_000)
+            .build()
+            .unwrap();
+        let mut svc = layer.layer(ok_http());
+        let (mut newcomers, mut spray_ok) = (0, 0);
+        for i in 0..100_000u32 {
+            // /64s of 2001:db8:0:0::/44 .. (16 /48s), one request each.
+            let peer = format!("[2001:db8:{:x}:{:x}::1]:443", i >> 16, i & 0xffff);
+            if svc
+                .ready()
+                .await
+                .unwrap()
+                .call(req(&peer, None))
+                .await
+                .is_ok()
+            {
+                spray_ok += 1;
+            }
+            if i % 100 == 99 {
+                // Each from its own /48.
+                let peer = format!("[2001:db9:{:x}::1]:443", i / 100);
+                if svc
+                    .ready()
+                    .await
+                    .unwrap()
+                    .call(req(&peer, None))
+                    .await
+                    .is_ok()
+                {
+                    newcomers += 1;
+                }
+            }
+        }
+        println!(
+            "spray: {spray_ok} of 100000 admitted, newcomers {newcomers} of 1000, keys {}",
+            layer.tracked_keys()
+        );
+        assert_eq!(layer.tracked_keys(), 10_000, "the spray fills the map");
+        // The map's keys, then 10 a minute for each of the 2 /48s the rest
+        // of the spray came from.
+        assert!(spray_ok <= 10_000 + 20, "{spray_ok}");
+        assert!(newcomers >= 990, "{newcomers} of 1000 newcomers admitted");
+
+        // One /64: one key, however many addresses.
+        let layer = RateLimitLayer::builder(Quota::per_minute(10))
+            .keyed(ClientIp::new())
+            .max_keys(10_000)
+            .build()
+            .unwrap();
+        let mut svc = layer.layer(ok_http());
+        for i in 0..100_000u32 {
+            let peer = format!("[2001:db8:1:1:{:x}:{:x}::1]:443", i >> 16, i & 0xffff);
+            let _ = svc.ready().await.unwrap().call(req(&peer, None)).await;
+        }
+        assert_eq!(layer.tracked_keys(), 1);
+        for n in 0..1000u32 {
+            let peer = format!("[2001:db9:{:x}::1]:443", n);
+            assert!(
+                svc.ready()
+                    .await
+                    .unwrap()
+                    .call(req(&peer, None))
+                    .await
+                    .is_ok()
+            );
+        }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn forwarded_for_spoofing_does_not_choose_the_key() {
         let layer = RateLimitLayer::builder(Quota::per_minute(3))
