@@ -16,19 +16,54 @@ pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-poli
 pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 
 /// The `RateLimit-Policy` value of `quota` under the policy name `name`:
-/// `"default";q=100;w=60` (quota units `q` in a window of `w` seconds, the
-/// window rounded up to whole seconds).
+/// `"default";q=100;w=60` (`q` requests in any window of `w` whole seconds;
+/// see [`policy`] for how they are chosen).
 ///
 /// ```
 /// use seawall::rate_limit::{Quota, headers::policy_value};
 /// assert_eq!(policy_value("default", &Quota::per_minute(100)), "\"default\";q=100;w=60");
 /// ```
 pub fn policy_value(name: &str, quota: &Quota) -> String {
-    format!(
-        "\"{name}\";q={};w={}",
-        quota.burst_size(),
-        retry_after_secs(quota.window())
-    )
+    let (q, w) = policy(quota);
+    format!("\"{name}\";q={q};w={w}")
+}
+
+/// The `(q, w)` of the policy that describes `quota`: `q` requests in any
+/// window of `w` whole seconds, such that a client that never sends more
+/// than `q` in any `w` seconds is never refused (`q` is at most the burst,
+/// and at most what refills in `w`), and is told at most one request less
+/// than the limiter sustains over `w` (`w / period − q ≤ 1`).
+///
+/// `w` is the time the whole burst takes to refill, rounded up to whole
+/// seconds, when that keeps the second promise; otherwise the longest whole
+/// number of seconds in which the burst and one more cell refill. A burst
+/// that refills in under a second with a cell to spare (`(burst + 1) ×
+/// period < 1 s`: `Quota::per_second(50).burst(20)`) has no honest
+/// whole-second window: the policy says `q = burst` per second, which a
+/// client can always send, and understates the rate; the `RateLimit` field
+/// (requests remaining now) is exact.
+///
+/// ```
+/// use std::time::Duration;
+/// use seawall::rate_limit::{Quota, headers::policy};
+/// assert_eq!(policy(&Quota::per_minute(100)), (100, 60));
+/// assert_eq!(policy(&Quota::with_period(Duration::from_millis(1500)).burst(3)), (3, 5));
+/// assert_eq!(policy(&Quota::per_second(50).burst(20)), (20, 1));
+/// ```
+pub fn policy(quota: &Quota) -> (u64, u64) {
+    const SEC: u128 = 1_000_000_000;
+    let p = quota.period().as_nanos().max(1);
+    let b = u128::from(quota.burst_size());
+    let q_of = |w: u128| b.min(w * SEC / p);
+    let fits = |w: u128| w * SEC <= (q_of(w) + 1) * p;
+    let refill = (b * p).div_ceil(SEC).max(1);
+    let w = if fits(refill) {
+        refill
+    } else {
+        ((b + 1) * p / SEC).max(1)
+    };
+    let clamp = |x: u128| u64::try_from(x).unwrap_or(u64::MAX);
+    (clamp(q_of(w)), clamp(w))
 }
 
 /// The `RateLimit` value: `"default";r=50;t=30` (`r` requests remaining,

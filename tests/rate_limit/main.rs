@@ -789,3 +789,74 @@ async fn wait_mode_reads_the_deadline_in_the_request() {
     assert_eq!(svc.clone().oneshot(req(3, 1500)).await.unwrap(), 3);
     assert_eq!(t0.elapsed(), Duration::from_secs(1));
 }
+
+/// The `RateLimit-Policy` a limiter advertises is honest for any quota: a
+/// client that never sends more than `q` requests in any `w` seconds is
+/// never refused by that limiter, whatever its arrival times; and the
+/// policy understates the sustained rate by at most one request per window
+/// wherever a whole-second window can say it (`(burst + 1) × period ≥
+/// 1 s`; otherwise it is `q = burst` per second).
+mod honest_policy {
+    use super::*;
+    use proptest::prelude::*;
+    use seawall::rate_limit::headers::policy;
+
+    /// The arrivals (ms from the start) a policy follower keeps from
+    /// `wanted`: one is sent only if fewer than `q` were sent in the `w`
+    /// seconds before it, its own instant included.
+    fn follow(wanted: &[u64], q: u64, w_ms: u64) -> Vec<u64> {
+        let mut sent: Vec<u64> = Vec::new();
+        for &t in wanted {
+            let recent = sent.iter().filter(|&&s| s + w_ms > t).count() as u64;
+            if recent < q {
+                sent.push(t);
+            }
+        }
+        sent
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        #[test]
+        fn a_client_that_follows_the_policy_is_never_refused(
+            burst in 1u32..=40,
+            period_ms in 5u64..=2_000,
+            gaps in proptest::collection::vec(0u64..1_500, 1..120),
+        ) {
+            let quota = Quota::with_period(Duration::from_millis(period_ms)).burst(burst);
+            let (q, w) = policy(&quota);
+            // Honesty of the numbers.
+            let rate_per_window = (w * 1000) as f64 / period_ms as f64;
+            prop_assert!(q <= u64::from(burst));
+            prop_assert!(q as f64 <= rate_per_window + 1e-9);
+            if (u64::from(burst) + 1) * period_ms >= 1000 {
+                prop_assert!(rate_per_window - q as f64 <= 1.0 + 1e-9, "q={q} w={w}");
+            } else {
+                prop_assert_eq!((q, w), (u64::from(burst), 1));
+            }
+            // The limiter itself, on a follower's arrivals.
+            let mut t = 0;
+            let wanted: Vec<u64> = gaps.iter().map(|g| { t += g; t }).collect();
+            let sent = follow(&wanted, q, w * 1000);
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .start_paused(true)
+                .build()
+                .unwrap();
+            let refused = rt.block_on(async {
+                let layer = RateLimitLayer::builder(quota).build().unwrap();
+                let mut svc = layer.layer(echo());
+                let start = Instant::now();
+                let mut refused = Vec::new();
+                for &at in &sent {
+                    tokio::time::sleep_until(start + Duration::from_millis(at)).await;
+                    if call(&mut svc, at).await.is_err() {
+                        refused.push(at);
+                    }
+                }
+                refused
+            });
+            prop_assert!(refused.is_empty(), "q={} w={} refused at {:?} of {:?}", q, w, refused, sent);
+        }
+    }
+}
