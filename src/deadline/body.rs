@@ -32,7 +32,12 @@ pin_project! {
     /// armed by the first read that finds the body unfinished). A gRPC
     /// response (`content-type: application/grpc…`) ends with the
     /// `DEADLINE_EXCEEDED` status instead (feature `tonic`), as a generated
-    /// client reports it. The retry layer, the breaker and the bulkhead look
+    /// client reports it. On the server side,
+    /// [`DeadlineFromHeaders`](super::DeadlineFromHeaders) (in the server
+    /// presets) holds its answers to the caller's deadline the same way: an
+    /// HTTP answer still streaming is cut off (the connection reports an
+    /// incomplete body), a gRPC one ends with `grpc-status: 4` in its
+    /// trailers. The retry layer, the breaker and the bulkhead look
     /// at heads only: a body cut off after its head arrived is not retried,
     /// and the error reaches whoever reads the body.
     pub struct DeadlineBody<B> {
@@ -44,6 +49,7 @@ pin_project! {
         shared: Option<Arc<Shared>>,
         expired: bool,
         grpc: bool,
+        server: bool,
     }
 }
 
@@ -63,7 +69,16 @@ impl<B> DeadlineBody<B> {
             deadline,
             expired: false,
             grpc,
+            server: false,
         }
+    }
+
+    /// The body of an answer this process sends (server side): a gRPC one
+    /// ends with `grpc-status: 4` (`DEADLINE_EXCEEDED`) in its trailers
+    /// instead of an error.
+    pub(crate) fn answering(mut self) -> Self {
+        self.server = true;
+        self
     }
 
     /// A body with no deadline.
@@ -75,6 +90,7 @@ impl<B> DeadlineBody<B> {
             shared: None,
             expired: false,
             grpc: false,
+            server: false,
         }
     }
 
@@ -99,6 +115,14 @@ impl<B: Default> Default for DeadlineBody<B> {
     /// carries).
     fn default() -> Self {
         DeadlineBody::unlimited(B::default())
+    }
+}
+
+impl<B: From<&'static str>> From<&'static str> for DeadlineBody<B> {
+    /// A text body with no deadline (what an answer made by a layer
+    /// carries).
+    fn from(text: &'static str) -> Self {
+        DeadlineBody::unlimited(B::from(text))
     }
 }
 
@@ -144,6 +168,9 @@ where
                     Some(shared) => reject_deadline(LayerKind::Deadline, shared, TIMED_OUT),
                     None => "deadline exceeded".into(),
                 };
+                if *this.grpc && *this.server {
+                    return Poll::Ready(Some(Ok(Frame::trailers(deadline_trailers(&error)))));
+                }
                 return Poll::Ready(Some(Err(for_protocol(error, *this.grpc))));
             }
         }
@@ -168,4 +195,15 @@ fn for_protocol(error: BoxError, grpc: bool) -> BoxError {
     }
     let _ = grpc;
     error
+}
+
+/// The trailers that end a gRPC answer cut by its deadline.
+fn deadline_trailers(error: &BoxError) -> http::HeaderMap {
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("grpc-status", http::HeaderValue::from_static("4"));
+    // Printable ASCII only (names are validated): no percent-encoding needed.
+    if let Ok(message) = http::HeaderValue::from_str(&error.to_string()) {
+        trailers.insert("grpc-message", message);
+    }
+    trailers
 }

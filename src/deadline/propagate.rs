@@ -56,7 +56,8 @@
 //!             assert_eq!(from_ext, Some(Duration::from_millis(1450)));
 //!             assert_eq!(deadline::remaining(), Some(Duration::from_millis(1450)));
 //!             tokio::time::sleep(Duration::from_millis(100)).await;
-//!             client.oneshot(http::Request::new(())).await
+//!             let res = client.oneshot(http::Request::new(())).await?;
+//!             Ok::<_, seawall::BoxError>(res.map(deadline::DeadlineBody::into_inner))
 //!         }
 //!     }));
 //!
@@ -158,7 +159,7 @@ struct IngressConfig {
     margin: Duration,
     default_budget: Option<Duration>,
     on_invalid: OnInvalid,
-    shared: Shared,
+    shared: Arc<Shared>,
 }
 
 /// Reads the request's deadline from `grpc-timeout` and an integer-milliseconds
@@ -187,11 +188,11 @@ impl DeadlineFromHeadersLayer {
                 margin: Duration::ZERO,
                 default_budget: None,
                 on_invalid: OnInvalid::Ignore,
-                shared: Shared {
+                shared: Arc::new(Shared {
                     limit: DEFAULT_MAX,
                     name: Name::from("deadline_from_headers"),
                     observer: Observer::none(),
-                },
+                }),
             }),
         }
     }
@@ -366,11 +367,11 @@ impl DeadlineFromHeadersLayerBuilder {
                 margin: self.margin,
                 default_budget: self.default_budget,
                 on_invalid: self.on_invalid,
-                shared: Shared {
+                shared: Arc::new(Shared {
                     limit: self.max,
                     name: self.name,
                     observer: self.observer,
-                },
+                }),
             }),
         })
     }
@@ -445,12 +446,12 @@ impl IngressConfig {
     }
 }
 
-impl<S, B> Service<http::Request<B>> for DeadlineFromHeaders<S>
+impl<S, B, RB> Service<http::Request<B>> for DeadlineFromHeaders<S>
 where
-    S: Service<http::Request<B>>,
+    S: Service<http::Request<B>, Response = http::Response<RB>>,
     S::Error: Into<BoxError>,
 {
-    type Response = S::Response;
+    type Response = http::Response<DeadlineBody<RB>>;
     type Error = BoxError;
     type Future = IngressFuture<S::Future>;
 
@@ -503,6 +504,8 @@ where
         IngressFuture {
             state: IngressState::Scoped {
                 inner: super::scope(deadline, fut),
+                deadline,
+                shared: cfg.shared.clone(),
             },
         }
     }
@@ -511,7 +514,12 @@ where
 pin_project! {
     #[project = IngressProj]
     enum IngressState<F> {
-        Scoped { #[pin] inner: Scoped<F> },
+        Scoped {
+            #[pin]
+            inner: Scoped<F>,
+            deadline: Deadline,
+            shared: Arc<Shared>,
+        },
         Plain { #[pin] inner: F },
         Rejected { error: Option<BoxError> },
     }
@@ -538,20 +546,41 @@ fn poll_rejected<T>(error: &mut Option<BoxError>) -> Poll<Result<T, BoxError>> {
     })))
 }
 
-impl<F, T, E> Future for IngressFuture<F>
+impl<F, RB, E> Future for IngressFuture<F>
 where
-    F: Future<Output = Result<T, E>>,
+    F: Future<Output = Result<http::Response<RB>, E>>,
     E: Into<BoxError>,
 {
-    type Output = Result<T, BoxError>;
+    type Output = Result<http::Response<DeadlineBody<RB>>, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().state.project() {
-            IngressProj::Scoped { inner } => inner.poll(cx).map_err(Into::into),
-            IngressProj::Plain { inner } => inner.poll(cx).map_err(Into::into),
+            IngressProj::Scoped {
+                inner,
+                deadline,
+                shared,
+            } => {
+                let response = ready!(inner.poll(cx)).map_err(Into::into)?;
+                let (deadline, grpc) = (*deadline, is_grpc(&response));
+                Poll::Ready(Ok(response.map(|body| {
+                    DeadlineBody::new(body, Some(deadline), shared, grpc).answering()
+                })))
+            }
+            IngressProj::Plain { inner } => inner
+                .poll(cx)
+                .map_ok(|r| r.map(DeadlineBody::unlimited))
+                .map_err(Into::into),
             IngressProj::Rejected { error } => poll_rejected(error),
         }
     }
+}
+
+/// Whether `response` is a gRPC one (`content-type: application/grpc…`).
+fn is_grpc<B>(response: &http::Response<B>) -> bool {
+    response
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }
 
 struct EgressConfig {
@@ -849,10 +878,7 @@ where
             } => {
                 let response = ready!(inner.poll(cx)).map_err(Into::into)?;
                 let deadline = *deadline;
-                let grpc = response
-                    .headers()
-                    .get(http::header::CONTENT_TYPE)
-                    .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+                let grpc = is_grpc(&response);
                 Poll::Ready(Ok(
                     response.map(|body| DeadlineBody::new(body, deadline, shared, grpc))
                 ))

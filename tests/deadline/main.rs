@@ -450,13 +450,14 @@ mod propagation {
     /// A handler recording (extension deadline remaining, task-local remaining).
     fn recording_handler(
         seen: Seen,
-    ) -> impl Service<Request<()>, Response = (), Error = BoxError, Future: Send> + Clone {
+    ) -> impl Service<Request<()>, Response = http::Response<()>, Error = BoxError, Future: Send> + Clone
+    {
         service_fn(move |req: Request<()>| {
             let seen = seen.clone();
             async move {
                 let ext = req.extensions().get::<Deadline>().map(|d| d.remaining());
                 seen.lock().unwrap().push((ext, deadline::remaining()));
-                Ok::<_, BoxError>(())
+                Ok::<_, BoxError>(http::Response::new(()))
             }
         })
     }
@@ -781,7 +782,7 @@ mod propagation {
             .layer(DeadlineLayer::new(Duration::from_secs(10)))
             .service(service_fn(|_: Request<()>| async {
                 sleep(Duration::from_secs(5)).await;
-                Ok::<_, BoxError>(())
+                Ok::<_, BoxError>(http::Response::new(()))
             }));
         let start = Instant::now();
         let err = svc

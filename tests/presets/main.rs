@@ -861,3 +861,103 @@ async fn http_preset_holds_the_body_to_the_attempts_deadline() {
     let body = res.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(body, "head tail");
 }
+
+/// The server presets hold their answers to the caller's deadline: an
+/// axum answer still streaming when the `x-request-timeout-ms` budget (less
+/// the 10 ms hop margin) runs out is cut off, and the client sees an
+/// incomplete body at that moment; a gRPC answer ends with `grpc-status: 4`
+/// (`DEADLINE_EXCEEDED`) in its trailers. An answer that ends in time is
+/// untouched.
+#[tokio::test(start_paused = true)]
+async fn server_presets_hold_answers_to_the_callers_deadline() {
+    fn chunks(delay: Duration) -> axum::body::Body {
+        let first = futures::stream::iter([Ok::<_, Infallible>(Bytes::from("head "))]);
+        let second = futures::stream::once(async move {
+            tokio::time::sleep(delay).await;
+            Ok::<_, Infallible>(Bytes::from("tail"))
+        });
+        axum::body::Body::from_stream(first.chain(second))
+    }
+    let http_stack = seawall::stack::ServerStack::http("api")
+        .total_budget(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let grpc_stack = seawall::stack::ServerStack::grpc("rpc")
+        .total_budget(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let http_app = Router::new()
+        .route("/slow", get(|| async { chunks(Duration::from_secs(2)) }))
+        .route(
+            "/fast",
+            get(|| async { chunks(Duration::from_millis(100)) }),
+        )
+        .layer(http_stack);
+    let grpc_app = Router::new()
+        .route(
+            "/slow",
+            post(|| async {
+                http::Response::builder()
+                    .header(http::header::CONTENT_TYPE, "application/grpc")
+                    .body(chunks(Duration::from_secs(2)))
+                    .unwrap()
+            }),
+        )
+        .layer(grpc_stack);
+    let http_addr = serve_axum(http_app).await;
+    let grpc_addr = serve_axum(grpc_app).await;
+    let client = hyper();
+    let budget = |method: http::Method, uri: String| {
+        http::Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("x-request-timeout-ms", "500")
+            .header("grpc-timeout", "500m")
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+
+    let start = tokio::time::Instant::now();
+    let res = client
+        .request(budget(
+            http::Method::GET,
+            format!("http://{http_addr}/slow"),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(res.into_body().collect().await.is_err(), "cut off");
+    assert_eq!(start.elapsed(), Duration::from_millis(490));
+
+    let res = client
+        .request(budget(
+            http::Method::GET,
+            format!("http://{http_addr}/fast"),
+        ))
+        .await
+        .unwrap();
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, "head tail");
+
+    // gRPC runs on HTTP/2, where trailers always reach the client.
+    let h2: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http();
+    let start = tokio::time::Instant::now();
+    let res = h2
+        .request(budget(
+            http::Method::POST,
+            format!("http://{grpc_addr}/slow"),
+        ))
+        .await
+        .unwrap();
+    let collected = res.into_body().collect().await.unwrap();
+    assert_eq!(start.elapsed(), Duration::from_millis(490));
+    let trailers = collected.trailers().expect("trailers").clone();
+    assert_eq!(trailers["grpc-status"], "4");
+    assert!(
+        trailers["grpc-message"].to_str().unwrap().contains("rpc."),
+        "{trailers:?}"
+    );
+    assert_eq!(collected.to_bytes(), "head ");
+}
