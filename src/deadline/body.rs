@@ -19,10 +19,16 @@ use crate::observe::LayerKind;
 
 pin_project! {
     /// A response body that ends with a
-    /// [`DeadlineExceeded`](crate::error::DeadlineExceeded) error (detail
-    /// `"timed_out"`) if the call's deadline passes while it is still
-    /// streaming: the deadline covers the whole call, not only the wait for
-    /// the head.
+    /// [`DeadlineExceeded`](crate::error::DeadlineExceeded) error (event
+    /// detail `"timed_out"`) if the call's deadline passes while it is
+    /// still streaming: the deadline covers the whole call, not only the
+    /// wait for the head.
+    ///
+    /// It holds its timer inline (no allocation), so, like tower-http's
+    /// `TimeoutBody`, it is `!Unpin`: `BodyExt::collect` takes it as it is;
+    /// for `BodyExt::frame`, pin it first (`let mut body =
+    /// std::pin::pin!(res.into_body());`). `into_inner()` drops the
+    /// deadline.
     ///
     /// [`PropagateDeadline`](super::PropagateDeadline) (in the HTTP and gRPC
     /// client presets) puts every response body in one, with the deadline it

@@ -325,10 +325,13 @@ impl FromStr for Cidr {
 ///
 /// - a [`std::net::SocketAddr`] extension,
 /// - a [`std::net::IpAddr`] extension,
+/// - (feature `axum`) axum's `ConnectInfo<SocketAddr>`, which axum records
+///   when served with
+///   `axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())`
+///   (without it no request has a peer address, and every one follows the
+///   layer's [`Fallback`](crate::rate_limit::Fallback): one shared limit),
 ///
-/// or, with [`PeerAddr::with`], any function of the extensions — for axum's
-/// `ConnectInfo<SocketAddr>` write
-/// `PeerAddr::with(|ext| ext.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip()))`.
+/// or, with [`PeerAddr::with`], any function of the extensions.
 ///
 /// Behind a reverse proxy every request comes from the proxy: use
 /// [`ClientIp`](crate::rate_limit::ClientIp) there.
@@ -400,9 +403,16 @@ impl PeerAddr {
         if let Some(read) = self.read {
             return read(ext);
         }
-        ext.get::<std::net::SocketAddr>()
+        let plain = ext
+            .get::<std::net::SocketAddr>()
             .map(|a| a.ip())
-            .or_else(|| ext.get::<IpAddr>().copied())
+            .or_else(|| ext.get::<IpAddr>().copied());
+        #[cfg(feature = "axum")]
+        let plain = plain.or_else(|| {
+            ext.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .map(|c| c.0.ip())
+        });
+        plain
     }
 }
 

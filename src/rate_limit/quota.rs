@@ -8,8 +8,9 @@ use crate::error::ConfigError;
 ///
 /// `Quota::per_minute(100)` admits a burst of 100 requests, then one every
 /// 600 ms; the burst refills completely within a minute of idleness. The
-/// *window* of a quota (used by the `RateLimit-Policy` header) is
-/// `burst × period`.
+/// *window* of a quota is `burst × period`; the `RateLimit-Policy` header
+/// describes it in whole seconds, as
+/// [`headers::policy`](crate::rate_limit::headers::policy) explains.
 ///
 /// Nonsense (zero requests, zero period, zero burst) is refused when the layer
 /// is built.

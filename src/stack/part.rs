@@ -18,6 +18,15 @@ pub trait StackPart {
 
     /// Builds the layer, handing it the stack's observer when one was set.
     fn build_part(self, observer: Option<&Observer>) -> Result<Self::Layer, ConfigError>;
+
+    /// Tells the part the stack's total budget before it is built (the
+    /// server presets' ingress holds answers to it); most parts ignore it.
+    fn with_budget(self, _budget: std::time::Duration) -> Self
+    where
+        Self: Sized,
+    {
+        self
+    }
 }
 
 /// An optional part left out of a stack.

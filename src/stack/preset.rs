@@ -289,6 +289,12 @@ mod server {
                 RejectionResponseLayer::new(),
             ))
         }
+
+        fn with_budget(self, budget: std::time::Duration) -> Self {
+            HttpIngress {
+                deadline: self.deadline.cap_at(budget),
+            }
+        }
     }
 
     impl ServerStack {
@@ -394,6 +400,12 @@ mod server {
                     Stack::new(MarkInboundAttemptLayer::new(), deadline),
                     GrpcRejectionLayer::new(),
                 ))
+            }
+
+            fn with_budget(self, budget: std::time::Duration) -> Self {
+                GrpcIngress {
+                    deadline: self.deadline.cap_at(budget),
+                }
             }
         }
 

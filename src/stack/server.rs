@@ -253,7 +253,11 @@ impl<O, R, P> ServerStackBuilder<O, R, P> {
     /// Adds a rate limit of `quota` below the deadline (feature
     /// `rate-limit`), configured by `f` from the rate limit's defaults
     /// (global, reject at once) and the stack's name. `|b| b` keeps them;
-    /// `|b| b.keyed(ClientIp::new())` limits per client.
+    /// `|b| b.keyed(ClientIp::new())` limits per client network (IPv6 by
+    /// /64): behind axum, serve with
+    /// `app.into_make_service_with_connect_info::<SocketAddr>()` so that the
+    /// peer address is known (feature `axum`); without it every request
+    /// shares the fallback bucket, and an `InputIgnored` event says so.
     #[cfg(feature = "rate-limit")]
     #[cfg_attr(docsrs, doc(cfg(feature = "rate-limit")))]
     pub fn rate_limit<X, D>(
@@ -317,7 +321,7 @@ impl<O, R, P> ServerStackBuilder<O, R, P> {
             ));
         }
         Ok(ServerStackLayer {
-            ingress: self.ingress.build_part(obs)?,
+            ingress: self.ingress.with_budget(total).build_part(obs)?,
             deadline,
             rate_limit: self.rate_limit.build_part(obs)?,
             limit: limit.build()?,

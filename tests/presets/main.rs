@@ -862,9 +862,10 @@ async fn http_preset_holds_the_body_to_the_attempts_deadline() {
     assert_eq!(body, "head tail");
 }
 
-/// The server presets hold their answers to the caller's deadline: an
-/// axum answer still streaming when the `x-request-timeout-ms` budget (less
-/// the 10 ms hop margin) runs out is cut off, and the client sees an
+/// The server presets hold their answers to the caller's deadline and to
+/// their own budget: an axum answer still streaming when the
+/// `x-request-timeout-ms` budget (less the 10 ms hop margin) or the
+/// server's `total_budget` runs out is cut off, and the client sees an
 /// incomplete body at that moment; a gRPC answer ends with `grpc-status: 4`
 /// (`DEADLINE_EXCEEDED`) in its trailers. An answer that ends in time is
 /// untouched.
@@ -939,6 +940,41 @@ async fn server_presets_hold_answers_to_the_callers_deadline() {
     let body = res.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(body, "head tail");
 
+    // No header: the server's own budget (5 s) holds the answer, which
+    // takes 2 s: untouched. A server with a 1 s budget cuts it at 1 s.
+    let short = seawall::stack::ServerStack::http("short")
+        .total_budget(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let short_addr = serve_axum(
+        Router::new()
+            .route("/slow", get(|| async { chunks(Duration::from_secs(2)) }))
+            .layer(short),
+    )
+    .await;
+    let plain = |uri: String| {
+        http::Request::get(uri)
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    let start = tokio::time::Instant::now();
+    let res = client
+        .request(plain(format!("http://{http_addr}/slow")))
+        .await
+        .unwrap();
+    assert_eq!(
+        res.into_body().collect().await.unwrap().to_bytes(),
+        "head tail"
+    );
+    assert_eq!(start.elapsed(), Duration::from_secs(2));
+    let start = tokio::time::Instant::now();
+    let res = client
+        .request(plain(format!("http://{short_addr}/slow")))
+        .await
+        .unwrap();
+    assert!(res.into_body().collect().await.is_err(), "cut off");
+    assert_eq!(start.elapsed(), Duration::from_secs(1));
+
     // gRPC runs on HTTP/2, where trailers always reach the client.
     let h2: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new())
         .http2_only(true)
@@ -960,4 +996,50 @@ async fn server_presets_hold_answers_to_the_callers_deadline() {
         "{trailers:?}"
     );
     assert_eq!(collected.to_bytes(), "head ");
+}
+
+/// A keyed rate limit behind the HTTP server preset, with the default
+/// `ClientIp` and axum serving connect info: each client has its own
+/// bucket (3 admitted, then 429 with `Retry-After`), not one shared by all.
+#[tokio::test(start_paused = true)]
+async fn keyed_rate_limit_reads_axums_connect_info() {
+    let stack = seawall::stack::ServerStack::http("api")
+        .total_budget(Duration::from_secs(5))
+        .rate_limit(seawall::rate_limit::Quota::per_minute(3), |b| {
+            b.keyed(seawall::rate_limit::ClientIp::new())
+        })
+        .build()
+        .unwrap();
+    let limit = stack.rate_limit().clone();
+    let app = Router::new()
+        .route("/", get(|| async { "hello" }))
+        .layer(stack);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+        .unwrap()
+    });
+    let client = hyper();
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        let req = http::Request::get(format!("http://{addr}/"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let res = client.request(req).await.unwrap();
+        statuses.push(res.status().as_u16());
+        if res.status() == 429 {
+            assert!(res.headers().contains_key(http::header::RETRY_AFTER));
+        }
+    }
+    assert_eq!(statuses, [200, 200, 200, 429]);
+    assert_eq!(
+        limit.tracked_keys(),
+        1,
+        "keyed by 127.0.0.1, not the fallback"
+    );
 }
