@@ -88,6 +88,16 @@ struct HttpServer {
     hits: Arc<AtomicUsize>,
 }
 
+/// A streamed body: "head " at once, "tail" after `delay`.
+fn chunks(delay: Duration) -> axum::body::Body {
+    let first = futures::stream::iter([Ok::<_, Infallible>(Bytes::from("head "))]);
+    let second = futures::stream::once(async move {
+        tokio::time::sleep(delay).await;
+        Ok::<_, Infallible>(Bytes::from("tail"))
+    });
+    axum::body::Body::from_stream(first.chain(second))
+}
+
 /// Serves `app` on a free loopback port.
 async fn serve_axum(app: Router) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -807,14 +817,6 @@ async fn grpc_preset_holds_the_body_to_the_attempts_deadline() {
 /// neither retried nor counted against the dependency (the head came).
 #[tokio::test(start_paused = true)]
 async fn http_preset_holds_the_body_to_the_attempts_deadline() {
-    fn chunks(delay: Duration) -> axum::body::Body {
-        let first = futures::stream::iter([Ok::<_, Infallible>(Bytes::from("head "))]);
-        let second = futures::stream::once(async move {
-            tokio::time::sleep(delay).await;
-            Ok::<_, Infallible>(Bytes::from("tail"))
-        });
-        axum::body::Body::from_stream(first.chain(second))
-    }
     let hits = Arc::new(AtomicUsize::new(0));
     let h = hits.clone();
     let app = Router::new()
@@ -871,14 +873,6 @@ async fn http_preset_holds_the_body_to_the_attempts_deadline() {
 /// untouched.
 #[tokio::test(start_paused = true)]
 async fn server_presets_hold_answers_to_the_callers_deadline() {
-    fn chunks(delay: Duration) -> axum::body::Body {
-        let first = futures::stream::iter([Ok::<_, Infallible>(Bytes::from("head "))]);
-        let second = futures::stream::once(async move {
-            tokio::time::sleep(delay).await;
-            Ok::<_, Infallible>(Bytes::from("tail"))
-        });
-        axum::body::Body::from_stream(first.chain(second))
-    }
     let http_stack = seawall::stack::ServerStack::http("api")
         .total_budget(Duration::from_secs(5))
         .build()

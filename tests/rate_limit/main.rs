@@ -432,6 +432,19 @@ mod http_keys {
         tower::service_fn(|_req: Request<()>| std::future::ready(Ok(Response::new(()))))
     }
 
+    /// Whether one request from `peer` is admitted.
+    async fn admits<S>(svc: &mut S, peer: &str) -> bool
+    where
+        S: Service<Request<()>, Response = Response<()>, Error = BoxError>,
+    {
+        svc.ready()
+            .await
+            .unwrap()
+            .call(req(peer, None))
+            .await
+            .is_ok()
+    }
+
     fn req(peer: &str, xff: Option<&str>) -> Request<()> {
         let mut b = Request::builder();
         if let Some(x) = xff {
@@ -457,14 +470,7 @@ mod http_keys {
         let mut ok = 0;
         for i in 0..1000u32 {
             let peer = format!("[2001:db8:aa:bb:{:x}:{:x}::1]:443", i >> 8, i & 0xff);
-            if svc
-                .ready()
-                .await
-                .unwrap()
-                .call(req(&peer, None))
-                .await
-                .is_ok()
-            {
+            if admits(&mut svc, &peer).await {
                 ok += 1;
             }
         }
@@ -472,14 +478,7 @@ mod http_keys {
         assert_eq!(layer.tracked_keys(), 1);
         for peer in ["[2001:db8:aa:cc::1]:443", "192.0.2.1:443", "192.0.2.2:443"] {
             for _ in 0..3 {
-                assert!(
-                    svc.ready()
-                        .await
-                        .unwrap()
-                        .call(req(peer, None))
-                        .await
-                        .is_ok()
-                );
+                assert!(admits(&mut svc, peer).await);
             }
         }
         assert_eq!(layer.tracked_keys(), 4);
@@ -491,14 +490,7 @@ mod http_keys {
             .unwrap();
         let mut svc = whole.layer(ok_http());
         for peer in ["[2001:db8::1]:443", "[2001:db8::2]:443"] {
-            assert!(
-                svc.ready()
-                    .await
-                    .unwrap()
-                    .call(req(peer, None))
-                    .await
-                    .is_ok()
-            );
+            assert!(admits(&mut svc, peer).await);
         }
         assert_eq!(whole.tracked_keys(), 2);
         // IPv4 by /24, and the peer extractor groups the same way.
@@ -533,27 +525,13 @@ mod http_keys {
         for i in 0..100_000u32 {
             // /64s of 2001:db8:0:0::/44 .. (16 /48s), one request each.
             let peer = format!("[2001:db8:{:x}:{:x}::1]:443", i >> 16, i & 0xffff);
-            if svc
-                .ready()
-                .await
-                .unwrap()
-                .call(req(&peer, None))
-                .await
-                .is_ok()
-            {
+            if admits(&mut svc, &peer).await {
                 spray_ok += 1;
             }
             if i % 100 == 99 {
                 // Each from its own /48.
                 let peer = format!("[2001:db9:{:x}::1]:443", i / 100);
-                if svc
-                    .ready()
-                    .await
-                    .unwrap()
-                    .call(req(&peer, None))
-                    .await
-                    .is_ok()
-                {
+                if admits(&mut svc, &peer).await {
                     newcomers += 1;
                 }
             }
@@ -582,14 +560,7 @@ mod http_keys {
         assert_eq!(layer.tracked_keys(), 1);
         for n in 0..1000u32 {
             let peer = format!("[2001:db9:{:x}::1]:443", n);
-            assert!(
-                svc.ready()
-                    .await
-                    .unwrap()
-                    .call(req(&peer, None))
-                    .await
-                    .is_ok()
-            );
+            assert!(admits(&mut svc, &peer).await);
         }
     }
 
