@@ -186,9 +186,11 @@ impl<P> AdaptiveLimitLayerBuilder<P> {
     /// limit has `"limit"`) instead of using a slot to die.
     ///
     /// Current evidence means: the server is busy (at least half its limit
-    /// in flight, so the request would wait behind others) and the expected
+    /// in flight, so the request would wait behind others), the expected
     /// service time (the average RTT of the last closed window) was measured
-    /// less than two windows ago. An idle server admits every request whose
+    /// less than two windows ago, and the server has not been idle (nothing
+    /// in flight) since that window's calls: after an idle moment, what is
+    /// in flight may be other work. An idle server admits every request whose
     /// deadline has not passed: refused requests add no latency samples, so
     /// an estimate from a burst of slow requests would otherwise go on
     /// refusing short-budget requests long after the burst.

@@ -66,6 +66,11 @@ pub(crate) struct Limiter {
     expected_rtt_ns: AtomicU64,
     /// When `expected_rtt_ns` was measured (ns since `epoch`).
     expected_at_ns: AtomicU64,
+    /// How many times nothing was in flight any more (the work of the
+    /// windows before has left).
+    idle: AtomicU64,
+    /// `idle` while the window of `expected_rtt_ns` was measured.
+    expected_idle: AtomicU64,
     epoch: Instant,
     window_ns: u64,
     /// The current window's length (the algorithm may shorten one).
@@ -108,6 +113,8 @@ impl Limiter {
             win_max_inflight: AtomicUsize::new(0),
             expected_rtt_ns: AtomicU64::new(0),
             expected_at_ns: AtomicU64::new(0),
+            idle: AtomicU64::new(0),
+            expected_idle: AtomicU64::new(0),
             epoch: Instant::now(),
             window_ns: u64::try_from(config.window.as_nanos()).unwrap_or(u64::MAX),
             cur_window_ns: AtomicU64::new(
@@ -204,6 +211,11 @@ impl Limiter {
         if self.inflight.load(Ordering::Relaxed).saturating_mul(2) < limit {
             return false;
         }
+        // The server went idle since: the work the estimate describes has
+        // left, and what is in flight now may be other work.
+        if self.idle.load(Ordering::Relaxed) != self.expected_idle.load(Ordering::Relaxed) {
+            return false;
+        }
         let now_ns =
             u64::try_from(now.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX);
         let at = self.expected_at_ns.load(Ordering::Relaxed);
@@ -217,12 +229,18 @@ impl Limiter {
         busy < (self.shares[idx] * limit as f64).ceil() as usize
     }
 
-    fn release(&self, class: Criticality) {
+    /// Releases a slot; returns the idle count before this release.
+    fn release(&self, class: Criticality) -> u64 {
+        let idle = self.idle.load(Ordering::Relaxed);
         self.by_class[class.index()].fetch_sub(1, Ordering::AcqRel);
-        self.inflight.fetch_sub(1, Ordering::AcqRel);
+        if self.inflight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            // Nothing in flight any more.
+            self.idle.fetch_add(1, Ordering::Relaxed);
+        }
+        idle
     }
 
-    fn record(&self, completion: Completion, rtt: Duration, now: Instant) {
+    fn record(&self, completion: Completion, rtt: Duration, now: Instant, idle: u64) {
         match completion {
             Completion::Ignore => return,
             Completion::Drop => {
@@ -237,10 +255,11 @@ impl Limiter {
                 self.win_count.fetch_add(1, Ordering::Relaxed);
             }
         }
-        self.maybe_close_window(now);
+        self.maybe_close_window(now, idle);
     }
 
-    fn maybe_close_window(&self, now: Instant) {
+    /// `idle`: the idle count while the closing call was in flight.
+    fn maybe_close_window(&self, now: Instant, idle: u64) {
         let now_ns =
             u64::try_from(now.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX);
         let start = self.win_start_ns.load(Ordering::Relaxed);
@@ -287,6 +306,7 @@ impl Limiter {
             // old samples, and must not pass for fresh for long.
             let at = start.max(now_ns.saturating_sub(self.window_ns));
             self.expected_at_ns.store(at, Ordering::Relaxed);
+            self.expected_idle.store(idle, Ordering::Relaxed);
         }
         let old = self.limit.swap(new, Ordering::Relaxed);
         if old != new {
@@ -352,8 +372,8 @@ impl Permit {
         let now = Instant::now();
         let rtt = now.saturating_duration_since(self.start);
         let limiter = &*self.limiter;
-        limiter.release(self.class);
-        limiter.record(completion, rtt, now);
+        let idle = limiter.release(self.class);
+        limiter.record(completion, rtt, now, idle);
         let outcome = match completion {
             Completion::Sample(outcome) => outcome,
             Completion::Drop | Completion::Ignore => Outcome::Failure,
@@ -374,8 +394,8 @@ impl Drop for Permit {
         if !self.done {
             self.done = true;
             let limiter = &*self.limiter;
-            limiter.release(self.class);
-            limiter.record(Completion::Drop, Duration::ZERO, Instant::now());
+            let idle = limiter.release(self.class);
+            limiter.record(Completion::Drop, Duration::ZERO, Instant::now(), idle);
         }
     }
 }
@@ -454,7 +474,7 @@ mod tests {
         assert_eq!(l.win_drops.load(Ordering::Relaxed), 2);
         assert_eq!(l.inflight(), 0);
         // The window (100 ms) has not elapsed in real time here; close it by hand.
-        l.maybe_close_window(t0 + Duration::from_secs(1));
+        l.maybe_close_window(t0 + Duration::from_secs(1), 0);
         assert_eq!(l.limit(), 9);
         assert_eq!(l.expected_rtt(), None);
     }
