@@ -990,11 +990,13 @@ async fn throttle_does_not_count_ignored_calls() {
     assert_eq!(finished(Outcome::Success), 10);
 }
 
-/// An idle server after a burst of slow requests admits every short-budget
-/// request: the estimate of the burst is not evidence about them (it used to
-/// refuse 45 of 50, and went on refusing minutes later).
-#[tokio::test(start_paused = true)]
-async fn idle_after_a_slow_burst_admits_every_short_budget_request() {
+/// A default adaptive limit reporting to a recorder, over a service that
+/// sleeps the milliseconds it is given.
+fn limit_over_sleeper() -> (
+    Recorder,
+    AdaptiveLimitLayer,
+    impl Service<u64, Response = u64, Error = BoxError, Future: Send> + Clone,
+) {
     let rec = Recorder::new();
     let layer = AdaptiveLimitLayer::builder()
         .observer(Observer::new(rec.clone()))
@@ -1004,6 +1006,15 @@ async fn idle_after_a_slow_burst_admits_every_short_budget_request() {
         sleep(ms(n)).await;
         Ok::<_, Infallible>(n)
     }));
+    (rec, layer, svc)
+}
+
+/// An idle server after a burst of slow requests admits every short-budget
+/// request: the estimate of the burst is not evidence about them (it used to
+/// refuse 45 of 50, and went on refusing minutes later).
+#[tokio::test(start_paused = true)]
+async fn idle_after_a_slow_burst_admits_every_short_budget_request() {
+    let (rec, layer, svc) = limit_over_sleeper();
     // 12 slow requests of 2 s at once, then a few more so windows close.
     let burst: Vec<_> = (0..12)
         .map(|_| tokio::spawn(svc.clone().oneshot(2000)))
@@ -1043,15 +1054,7 @@ async fn idle_after_a_slow_burst_admits_every_short_budget_request() {
 /// none is refused as doomed (a new user saw 29 of 40 refused).
 #[tokio::test(start_paused = true)]
 async fn a_concurrent_batch_after_a_slow_burst_is_not_refused_as_doomed() {
-    let rec = Recorder::new();
-    let layer = AdaptiveLimitLayer::builder()
-        .observer(Observer::new(rec.clone()))
-        .build()
-        .unwrap();
-    let svc = layer.layer(service_fn(|n: u64| async move {
-        sleep(ms(n)).await;
-        Ok::<_, Infallible>(n)
-    }));
+    let (rec, layer, svc) = limit_over_sleeper();
     let burst: Vec<_> = (0..12)
         .map(|_| tokio::spawn(svc.clone().oneshot(2000)))
         .collect();
