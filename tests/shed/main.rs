@@ -1009,6 +1009,19 @@ fn limit_over_sleeper() -> (
     (rec, layer, svc)
 }
 
+/// 12 requests of 2 s at once, awaited.
+async fn slow_burst<S>(svc: &S)
+where
+    S: Service<u64, Response = u64, Error = BoxError, Future: Send> + Clone + Send + 'static,
+{
+    let burst: Vec<_> = (0..12)
+        .map(|_| tokio::spawn(svc.clone().oneshot(2000)))
+        .collect();
+    for h in burst {
+        h.await.unwrap().unwrap();
+    }
+}
+
 /// An idle server after a burst of slow requests admits every short-budget
 /// request: the estimate of the burst is not evidence about them (it used to
 /// refuse 45 of 50, and went on refusing minutes later).
@@ -1016,12 +1029,7 @@ fn limit_over_sleeper() -> (
 async fn idle_after_a_slow_burst_admits_every_short_budget_request() {
     let (rec, layer, svc) = limit_over_sleeper();
     // 12 slow requests of 2 s at once, then a few more so windows close.
-    let burst: Vec<_> = (0..12)
-        .map(|_| tokio::spawn(svc.clone().oneshot(2000)))
-        .collect();
-    for h in burst {
-        h.await.unwrap().unwrap();
-    }
+    slow_burst(&svc).await;
     for _ in 0..12 {
         svc.clone().oneshot(2000).await.unwrap();
     }
@@ -1055,12 +1063,7 @@ async fn idle_after_a_slow_burst_admits_every_short_budget_request() {
 #[tokio::test(start_paused = true)]
 async fn a_concurrent_batch_after_a_slow_burst_is_not_refused_as_doomed() {
     let (rec, layer, svc) = limit_over_sleeper();
-    let burst: Vec<_> = (0..12)
-        .map(|_| tokio::spawn(svc.clone().oneshot(2000)))
-        .collect();
-    for h in burst {
-        h.await.unwrap().unwrap();
-    }
+    slow_burst(&svc).await;
     assert!(layer.expected_rtt().unwrap() >= ms(1000));
     let batch: Vec<_> = (0..40)
         .map(|_| {
