@@ -51,12 +51,23 @@ pin_project! {
         inner: B,
         #[pin]
         sleep: Option<Sleep>,
-        deadline: Option<Deadline>,
-        shared: Option<Arc<Shared>>,
+        // The deadline, and the layer that reports its passing.
+        limit: Option<(Deadline, Arc<Shared>)>,
+        ending: Ending,
         expired: bool,
-        grpc: bool,
-        server: bool,
     }
+}
+
+/// How a body cut by its deadline ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    /// With the `DeadlineExceeded` rejection as the body's error.
+    Error,
+    /// With the `DEADLINE_EXCEEDED` status as the error (a gRPC reply read
+    /// by this process).
+    GrpcStatus,
+    /// With `grpc-status: 4` in trailers (a gRPC answer this process sends).
+    GrpcTrailers,
 }
 
 impl<B> DeadlineBody<B> {
@@ -71,11 +82,13 @@ impl<B> DeadlineBody<B> {
         DeadlineBody {
             inner,
             sleep: None,
-            shared: deadline.map(|_| shared.clone()),
-            deadline,
+            limit: deadline.map(|d| (d, shared.clone())),
+            ending: if grpc {
+                Ending::GrpcStatus
+            } else {
+                Ending::Error
+            },
             expired: false,
-            grpc,
-            server: false,
         }
     }
 
@@ -83,7 +96,9 @@ impl<B> DeadlineBody<B> {
     /// ends with `grpc-status: 4` (`DEADLINE_EXCEEDED`) in its trailers
     /// instead of an error.
     pub(crate) fn answering(mut self) -> Self {
-        self.server = true;
+        if self.ending == Ending::GrpcStatus {
+            self.ending = Ending::GrpcTrailers;
+        }
         self
     }
 
@@ -92,17 +107,15 @@ impl<B> DeadlineBody<B> {
         DeadlineBody {
             inner,
             sleep: None,
-            deadline: None,
-            shared: None,
+            limit: None,
+            ending: Ending::Error,
             expired: false,
-            grpc: false,
-            server: false,
         }
     }
 
     /// The deadline the body is held to, if any.
     pub fn deadline(&self) -> Option<Deadline> {
-        self.deadline
+        self.limit.as_ref().map(|(d, _)| *d)
     }
 
     /// The body inside.
@@ -136,7 +149,7 @@ impl<B: fmt::Debug> fmt::Debug for DeadlineBody<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DeadlineBody")
             .field("inner", &self.inner)
-            .field("deadline", &self.deadline)
+            .field("deadline", &self.deadline())
             .field("armed", &self.sleep.is_some())
             .field("expired", &self.expired)
             .finish()
@@ -159,25 +172,25 @@ where
         if *this.expired {
             return Poll::Ready(None);
         }
+        let Some((deadline, shared)) = this.limit.as_ref() else {
+            return this.inner.poll_frame(cx).map_err(Into::into);
+        };
         if this.sleep.is_none() {
-            match *this.deadline {
-                Some(d) if !this.inner.is_end_stream() => {
-                    this.sleep.set(Some(tokio::time::sleep_until(d.instant())));
-                }
-                _ => return this.inner.poll_frame(cx).map_err(Into::into),
+            if this.inner.is_end_stream() {
+                return this.inner.poll_frame(cx).map_err(Into::into);
             }
+            this.sleep
+                .set(Some(tokio::time::sleep_until(deadline.instant())));
         }
         if let Some(sleep) = this.sleep.as_pin_mut() {
             if sleep.poll(cx).is_ready() {
                 *this.expired = true;
-                let error = match this.shared.as_deref() {
-                    Some(shared) => reject_deadline(LayerKind::Deadline, shared, TIMED_OUT),
-                    None => "deadline exceeded".into(),
-                };
-                if *this.grpc && *this.server {
-                    return Poll::Ready(Some(Ok(Frame::trailers(deadline_trailers(&error)))));
-                }
-                return Poll::Ready(Some(Err(for_protocol(error, *this.grpc))));
+                let error = reject_deadline(LayerKind::Deadline, shared, TIMED_OUT);
+                return Poll::Ready(Some(match *this.ending {
+                    Ending::Error => Err(error),
+                    Ending::GrpcStatus => Err(grpc_status(error)),
+                    Ending::GrpcTrailers => Ok(Frame::trailers(deadline_trailers(&error))),
+                }));
             }
         }
         this.inner.poll_frame(cx).map_err(Into::into)
@@ -192,14 +205,12 @@ where
     }
 }
 
-/// A gRPC body's error is the `DEADLINE_EXCEEDED` status a generated
-/// client reports (with feature `tonic`); an HTTP body's, the rejection.
-fn for_protocol(error: BoxError, grpc: bool) -> BoxError {
+/// The `DEADLINE_EXCEEDED` status a generated client reports (feature
+/// `tonic`; without it, the rejection itself).
+fn grpc_status(error: BoxError) -> BoxError {
     #[cfg(feature = "tonic")]
-    if grpc {
-        return Box::new(tonic::Status::deadline_exceeded(error.to_string()));
-    }
-    let _ = grpc;
+    return Box::new(tonic::Status::deadline_exceeded(error.to_string()));
+    #[cfg(not(feature = "tonic"))]
     error
 }
 

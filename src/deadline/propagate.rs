@@ -261,6 +261,7 @@ impl DeadlineFromHeadersLayerBuilder {
     /// Caps every deadline at `budget` (the server's own budget, in the
     /// server presets), a request without a readable header included, so
     /// that the answer's body is held to it too.
+    #[cfg(all(feature = "retry", feature = "circuit-breaker", feature = "shed"))]
     pub(crate) fn cap_at(mut self, budget: Duration) -> Self {
         self.max = self.max.min(budget);
         self.default_budget = Some(self.default_budget.map_or(budget, |d| d.min(budget)));

@@ -3,7 +3,7 @@ use std::sync::Arc;
 
 use http::header::{FORWARDED, HeaderName};
 
-use super::key::{Cidr, Key, KeyExtractor, MissingKey, PeerAddr};
+use super::key::{Cidr, Key, KeyExtractor, MissingKey, PeerAddr, Prefixes};
 
 /// The value of a request header as the key: an API key, a tenant id.
 ///
@@ -101,8 +101,7 @@ pub struct ClientIp {
     header: ForwardedHeader,
     peer: PeerAddr,
     max_hops: usize,
-    v4_prefix: u8,
-    v6_prefix: u8,
+    prefixes: Prefixes,
 }
 
 impl Default for ClientIp {
@@ -119,8 +118,7 @@ impl ClientIp {
             header: ForwardedHeader::XForwardedFor,
             peer: PeerAddr::new(),
             max_hops: 16,
-            v4_prefix: super::key::DEFAULT_V4_PREFIX,
-            v6_prefix: super::key::DEFAULT_V6_PREFIX,
+            prefixes: Prefixes::DEFAULT,
         }
     }
 
@@ -135,9 +133,7 @@ impl ClientIp {
     /// A [`ConfigError`](crate::error::ConfigError) unless `1 ≤ v4 ≤ 32`
     /// and `1 ≤ v6 ≤ 128`.
     pub fn prefixes(mut self, v4: u8, v6: u8) -> Result<Self, crate::error::ConfigError> {
-        super::key::check_prefixes(v4, v6)?;
-        self.v4_prefix = v4;
-        self.v6_prefix = v6;
+        self.prefixes = Prefixes::new(v4, v6)?;
         Ok(self)
     }
 
@@ -261,7 +257,7 @@ impl<B> KeyExtractor<http::Request<B>> for ClientIp {
             .peer(req.extensions())
             .ok_or(MissingKey::new("peer_addr", "absent"))?;
         self.client(peer, req.headers())
-            .map(|ip| Key::from_network(ip, self.v4_prefix, self.v6_prefix))
+            .map(|ip| self.prefixes.key_of(ip))
     }
 }
 

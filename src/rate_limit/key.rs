@@ -339,8 +339,7 @@ impl FromStr for Cidr {
 pub struct PeerAddr {
     #[cfg(feature = "http")]
     read: Option<fn(&http::Extensions) -> Option<IpAddr>>,
-    v4_prefix: u8,
-    v6_prefix: u8,
+    prefixes: Prefixes,
 }
 
 impl fmt::Debug for PeerAddr {
@@ -361,8 +360,7 @@ impl PeerAddr {
         PeerAddr {
             #[cfg(feature = "http")]
             read: None,
-            v4_prefix: DEFAULT_V4_PREFIX,
-            v6_prefix: DEFAULT_V6_PREFIX,
+            prefixes: Prefixes::DEFAULT,
         }
     }
 
@@ -372,8 +370,7 @@ impl PeerAddr {
     pub const fn with(read: fn(&http::Extensions) -> Option<IpAddr>) -> Self {
         PeerAddr {
             read: Some(read),
-            v4_prefix: DEFAULT_V4_PREFIX,
-            v6_prefix: DEFAULT_V6_PREFIX,
+            prefixes: Prefixes::DEFAULT,
         }
     }
 
@@ -387,15 +384,13 @@ impl PeerAddr {
     ///
     /// A [`ConfigError`] unless `1 ≤ v4 ≤ 32` and `1 ≤ v6 ≤ 128`.
     pub fn prefixes(mut self, v4: u8, v6: u8) -> Result<Self, ConfigError> {
-        check_prefixes(v4, v6)?;
-        self.v4_prefix = v4;
-        self.v6_prefix = v6;
+        self.prefixes = Prefixes::new(v4, v6)?;
         Ok(self)
     }
 
     /// The key of `ip`: its network under this extractor's prefixes.
     pub fn key_of(&self, ip: IpAddr) -> Key {
-        Key::from_network(ip, self.v4_prefix, self.v6_prefix)
+        self.prefixes.key_of(ip)
     }
 
     #[cfg(feature = "http")]
@@ -433,19 +428,37 @@ impl<B> KeyExtractor<http::Request<B>> for PeerAddr {
     }
 }
 
-/// IPv4 addresses are keyed whole by default.
-pub(crate) const DEFAULT_V4_PREFIX: u8 = 32;
-/// IPv6 addresses are keyed by their /64 by default.
-pub(crate) const DEFAULT_V6_PREFIX: u8 = 64;
+/// How client addresses are grouped into keys: by their first `v4` bits
+/// (IPv4) or `v6` bits (IPv6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Prefixes {
+    v4: u8,
+    v6: u8,
+}
 
-pub(crate) fn check_prefixes(v4: u8, v6: u8) -> Result<(), ConfigError> {
-    if !(1..=32).contains(&v4) || !(1..=128).contains(&v6) {
-        return Err(ConfigError::new(
-            "key",
-            format!("prefixes must be in 1..=32 (IPv4) and 1..=128 (IPv6), got /{v4} and /{v6}"),
-        ));
+impl Prefixes {
+    /// IPv4 addresses whole, IPv6 ones by their /64.
+    pub(crate) const DEFAULT: Prefixes = Prefixes { v4: 32, v6: 64 };
+    /// The wider networks of the keyed limit's overflow table.
+    pub(crate) const OVERFLOW: Prefixes = Prefixes { v4: 24, v6: 48 };
+
+    /// Validated: `1 ≤ v4 ≤ 32`, `1 ≤ v6 ≤ 128`.
+    pub(crate) fn new(v4: u8, v6: u8) -> Result<Prefixes, ConfigError> {
+        if !(1..=32).contains(&v4) || !(1..=128).contains(&v6) {
+            return Err(ConfigError::new(
+                "key",
+                format!(
+                    "prefixes must be in 1..=32 (IPv4) and 1..=128 (IPv6), got /{v4} and /{v6}"
+                ),
+            ));
+        }
+        Ok(Prefixes { v4, v6 })
     }
-    Ok(())
+
+    /// The key of `ip`'s network.
+    pub(crate) fn key_of(self, ip: IpAddr) -> Key {
+        Key::from_network(ip, self.v4, self.v6)
+    }
 }
 
 /// The first `prefix` bits set (all 32 from 32 on).

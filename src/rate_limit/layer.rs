@@ -5,7 +5,7 @@ use std::time::Duration;
 use tower_layer::Layer;
 
 use super::decorate::{NoHeaders, RateLimitStatus};
-use super::key::{Global, Key, MissingKey};
+use super::key::{Global, Key, MissingKey, Prefixes};
 use super::limiter::{Admit, Bucket, KeyedBuckets, KeyedCheck, KeyedSettings, Verdict};
 use super::quota::Quota;
 use super::service::RateLimit;
@@ -113,17 +113,31 @@ impl<X, D> Shared<X, D> {
         want_status: bool,
     ) -> (Verdict, Option<RateLimitStatus>) {
         match (&self.fallback, &self.fallback_bucket) {
-            (Fallback::SharedBucket, Some(b)) => match b.check(want_status) {
-                Ok(a) => self.finish(b.quota(), a),
-                Err(w) => (
-                    Verdict::Deny {
-                        wait: Some(w),
-                        detail,
-                    },
-                    None,
-                ),
-            },
+            (Fallback::SharedBucket, Some(b)) => {
+                self.settle(b.quota(), b.check(want_status), detail)
+            }
             _ => (Verdict::Deny { wait: None, detail }, None),
+        }
+    }
+
+    /// A bucket's answer: admitted (then the global limit), or refused with
+    /// the wait and `detail`.
+    #[inline]
+    fn settle(
+        &self,
+        quota: &Quota,
+        checked: Result<Admit, Duration>,
+        detail: &'static str,
+    ) -> (Verdict, Option<RateLimitStatus>) {
+        match checked {
+            Ok(a) => self.finish(quota, a),
+            Err(w) => (
+                Verdict::Deny {
+                    wait: Some(w),
+                    detail,
+                },
+                None,
+            ),
         }
     }
 
@@ -135,16 +149,9 @@ impl<X, D> Shared<X, D> {
         let (Some(table), Some(ip)) = (&self.overflow, key.ip()) else {
             return self.fallback(DETAIL_KEYS_FULL, want_status);
         };
-        let network = Key::from_network(ip, OVERFLOW_V4_PREFIX, OVERFLOW_V6_PREFIX);
+        let network = Prefixes::OVERFLOW.key_of(ip);
         match table.check(&network, want_status) {
-            KeyedCheck::Decided(Ok(a)) => self.finish(table.quota(), a),
-            KeyedCheck::Decided(Err(w)) => (
-                Verdict::Deny {
-                    wait: Some(w),
-                    detail: DETAIL_KEYS_FULL,
-                },
-                None,
-            ),
+            KeyedCheck::Decided(r) => self.settle(table.quota(), r, DETAIL_KEYS_FULL),
             KeyedCheck::Full => self.fallback(DETAIL_KEYS_FULL, want_status),
         }
     }
@@ -172,25 +179,9 @@ impl<X, D> Shared<X, D> {
             }
         };
         match &self.primary {
-            Primary::Global(b) => match b.check(want_status) {
-                Ok(a) => self.finish(b.quota(), a),
-                Err(w) => (
-                    Verdict::Deny {
-                        wait: Some(w),
-                        detail: DETAIL_LIMIT,
-                    },
-                    None,
-                ),
-            },
+            Primary::Global(b) => self.settle(b.quota(), b.check(want_status), DETAIL_LIMIT),
             Primary::Keyed(k) => match k.check(key, want_status) {
-                KeyedCheck::Decided(Ok(a)) => self.finish(k.quota(), a),
-                KeyedCheck::Decided(Err(w)) => (
-                    Verdict::Deny {
-                        wait: Some(w),
-                        detail: DETAIL_LIMIT,
-                    },
-                    None,
-                ),
+                KeyedCheck::Decided(r) => self.settle(k.quota(), r, DETAIL_LIMIT),
                 KeyedCheck::Full => self.overflow(key, want_status),
             },
         }
@@ -327,10 +318,6 @@ pub const DEFAULT_MAX_KEYS: usize = 100_000;
 /// Networks the overflow table of a keyed limit tracks at most (see
 /// [`RateLimitLayerBuilder::max_keys`]).
 pub const OVERFLOW_NETWORKS: usize = 4096;
-/// The overflow table keys IPv4 clients by /24 …
-const OVERFLOW_V4_PREFIX: u8 = 24;
-/// … and IPv6 clients by /48.
-const OVERFLOW_V6_PREFIX: u8 = 48;
 /// Default [`RateLimitLayerBuilder::sweep_every`]: every 10 000 calls.
 pub const DEFAULT_SWEEP_EVERY: u64 = 10_000;
 /// Default [`RateLimitLayerBuilder::min_sweep_interval`]: 1 s.

@@ -122,6 +122,12 @@ impl QueueDelay {
         self.base / 1e9
     }
 
+    /// The latency at which the queueing delay is `tolerance` of the
+    /// service's own.
+    fn target(&self) -> f64 {
+        self.base * (1.0 + self.tolerance)
+    }
+
     fn clamp(&self, limit: f64) -> f64 {
         limit.clamp(self.min_limit as f64, self.max_limit as f64)
     }
@@ -189,7 +195,7 @@ impl LimitAlgorithm for QueueDelay {
                 };
             // Back to where the window before it was, but no higher than the
             // limit at which the queueing delay would be `tolerance`.
-            let target = self.base * (1.0 + self.tolerance);
+            let target = self.target();
             let knee = if before_rtt > target {
                 before_busy * target / before_rtt
             } else {
@@ -212,8 +218,8 @@ impl LimitAlgorithm for QueueDelay {
                 self.base *= ratio;
             }
         }
-        // Cuts that did not bring the latency down by half what a queue of
-        // ours would have given back mean the service got slower, not
+        // Cuts that took a tenth or more of the calls in flight and did not
+        // bring the latency down at all mean the service got slower, not
         // busier: undo them, and the latency now (with the limit cut, no
         // queue) is the service's own. Counted over a run of cuts, so that
         // several small ones are judged as one.
@@ -221,12 +227,8 @@ impl LimitAlgorithm for QueueDelay {
         if let Some((before_rtt, before_limit)) = cutting {
             // What the cuts took from what was in flight (`before_limit` is
             // the lower of the limit and the calls in flight then).
-            let expected_fall = 1.0 - self.limit / before_limit;
-            let fell = 1.0 - rtt / before_rtt;
-            if expected_fall >= 0.1
-                && fell < (expected_fall / 2.0).min(0.0)
-                && rtt > self.base * (1.0 + self.tolerance)
-            {
+            let taken = 1.0 - self.limit / before_limit;
+            if taken >= 0.1 && rtt > before_rtt && rtt > self.target() {
                 self.base = rtt;
                 self.limit = self.clamp(before_limit);
                 return self.limit();
@@ -238,7 +240,8 @@ impl LimitAlgorithm for QueueDelay {
         // Drain when a queue of ours may be hiding in `base`: the limit was
         // reached two windows in a row, or the latency is above the
         // tolerance. A service well within its capacity never drains.
-        let above = rtt > self.base * (1.0 + self.tolerance);
+        let target = self.target();
+        let above = rtt > target;
         let was_above = std::mem::replace(&mut self.above, above);
         let suspect = (saturated && was_saturated) || (above && was_above);
         if suspect && self.windows >= self.next_drain {
@@ -253,8 +256,7 @@ impl LimitAlgorithm for QueueDelay {
             self.limit = self.clamp((self.limit.min(busy) / depth).ceil());
             return self.limit();
         }
-        let target = self.base * (1.0 + self.tolerance);
-        let queueing = rtt > target && busy >= self.limit / 4.0;
+        let queueing = above && busy >= self.limit / 4.0;
         // Calls that timed out or were shed below count only with some
         // queueing: a service that got slower times calls out at any limit.
         let dropped = sample.did_drop() && rtt > self.base * (1.0 + self.tolerance / 2.0);
