@@ -87,10 +87,13 @@
 )]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+#[cfg(all(feature = "http", feature = "deadline"))]
+pub mod body;
 pub mod classify;
 pub mod clock;
 pub mod deadline;
 pub mod error;
+pub mod hold;
 pub mod observe;
 
 #[cfg(feature = "bulkhead")]

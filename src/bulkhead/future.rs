@@ -1,5 +1,6 @@
 use std::fmt;
 use std::future::Future;
+use std::marker::PhantomData;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
@@ -9,6 +10,7 @@ use tower_service::Service;
 
 use super::queue::{Engine, GiveUp, Permit, Waiter};
 use crate::error::{BoxError, BulkheadFull, DeadlineExceeded};
+use crate::hold::{Duty, DutyKind, Head, Hold};
 use crate::observe::{EventKind, LayerKind, Outcome};
 use crate::{clock, deadline};
 
@@ -103,13 +105,14 @@ pin_project! {
     /// service, and holds the permit until the inner future completes or this
     /// future is dropped. Dropped while waiting, it leaves the queue (and
     /// passes on a permit it was handed but had not yet used).
-    pub struct ResponseFuture<S, Req>
+    pub struct ResponseFuture<S, Req, M = Head>
     where
         S: Service<Req>,
     {
         #[pin]
         state: State<S, Req>,
         started: Option<Instant>,
+        hold: PhantomData<fn() -> M>,
     }
 }
 
@@ -136,7 +139,7 @@ pin_project! {
         Running {
             #[pin]
             future: S::Future,
-            permit: Permit,
+            permit: Option<Permit>,
         },
         Rejected {
             error: Option<BoxError>,
@@ -145,7 +148,7 @@ pin_project! {
     }
 }
 
-impl<S, Req> ResponseFuture<S, Req>
+impl<S, Req, M> ResponseFuture<S, Req, M>
 where
     S: Service<Req>,
 {
@@ -153,8 +156,12 @@ where
     pub(crate) fn running(future: S::Future, permit: Permit) -> Self {
         let started = started(permit.engine());
         ResponseFuture {
-            state: State::Running { future, permit },
+            state: State::Running {
+                future,
+                permit: Some(permit),
+            },
             started,
+            hold: PhantomData,
         }
     }
 
@@ -162,6 +169,7 @@ where
         ResponseFuture {
             state: State::Rejected { error: Some(error) },
             started: None,
+            hold: PhantomData,
         }
     }
 
@@ -192,14 +200,16 @@ where
                 why,
             },
             started: None,
+            hold: PhantomData,
         }
     }
 }
 
-impl<S, Req> Future for ResponseFuture<S, Req>
+impl<S, Req, M> Future for ResponseFuture<S, Req, M>
 where
     S: Service<Req>,
     S::Error: Into<BoxError>,
+    M: Hold<S::Response>,
 {
     type Output = Result<S::Response, BoxError>;
 
@@ -281,10 +291,17 @@ where
                         return Poll::Ready(Err(POLLED_AFTER_COMPLETION.into()));
                     };
                     let future = svc.call(req);
-                    this.state.set(State::Running { future, permit });
+                    this.state.set(State::Running {
+                        future,
+                        permit: Some(permit),
+                    });
                 }
                 StateProj::Running { future, permit } => {
-                    let result = ready!(future.poll(cx));
+                    let mut result = ready!(future.poll(cx));
+                    let Some(permit) = permit.take() else {
+                        this.state.set(State::Done);
+                        return Poll::Ready(Err(POLLED_AFTER_COMPLETION.into()));
+                    };
                     if let Some(start) = *this.started {
                         let engine = permit.engine();
                         engine.observer.emit(
@@ -300,7 +317,13 @@ where
                             },
                         );
                     }
-                    // Releases the permit before handing the result back.
+                    // Releases the permit before handing the result back,
+                    // unless the response's body carries it to its end.
+                    if let Ok(response) = &mut result {
+                        drop(M::hold(response, Duty(DutyKind::Bulkhead(permit))));
+                    } else {
+                        drop(permit);
+                    }
                     this.state.set(State::Done);
                     return Poll::Ready(result.map_err(Into::into));
                 }
@@ -322,7 +345,7 @@ where
 
 const POLLED_AFTER_COMPLETION: &str = "bulkhead response future polled after completion";
 
-impl<S, Req> fmt::Debug for ResponseFuture<S, Req>
+impl<S, Req, M> fmt::Debug for ResponseFuture<S, Req, M>
 where
     S: Service<Req>,
 {

@@ -1,4 +1,5 @@
 use std::fmt;
+use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -8,6 +9,9 @@ use super::handle::BulkheadHandle;
 use super::queue::{Engine, QueueOrder, Settings};
 use super::service::Bulkhead;
 use crate::error::{ConfigError, Name};
+#[cfg(feature = "http")]
+use crate::hold::BodyEnd;
+use crate::hold::Head;
 use crate::observe::Observer;
 
 const KIND: &str = "bulkhead";
@@ -24,10 +28,24 @@ pub const MAX_LIMIT: usize = 1_000_000;
 /// and give each its own [`name`](BulkheadBuilder::name).
 ///
 /// See the [module docs](crate::bulkhead) for behaviour and an example.
-#[derive(Clone)]
-pub struct BulkheadLayer {
+///
+/// The layer lets go of a permit when the response arrives; with
+/// [`until_body_end`](Self::until_body_end) (the protocol presets), when
+/// its body ends or is dropped (see [`hold`](crate::hold)).
+pub struct BulkheadLayer<M = Head> {
     engine: Arc<Engine>,
     backpressure: bool,
+    hold: PhantomData<fn() -> M>,
+}
+
+impl<M> Clone for BulkheadLayer<M> {
+    fn clone(&self) -> Self {
+        BulkheadLayer {
+            engine: Arc::clone(&self.engine),
+            backpressure: self.backpressure,
+            hold: PhantomData,
+        }
+    }
 }
 
 impl BulkheadLayer {
@@ -37,6 +55,24 @@ impl BulkheadLayer {
     /// observer.
     pub fn builder() -> BulkheadBuilder {
         BulkheadBuilder::default()
+    }
+}
+
+impl<M> BulkheadLayer<M> {
+    /// This bulkhead, holding each permit until the response body ends,
+    /// fails or is dropped (responses of type `http::Response<CallBody<B>>`;
+    /// see [`hold`](crate::hold)).
+    #[cfg(feature = "http")]
+    pub fn until_body_end(self) -> BulkheadLayer<BodyEnd> {
+        self.hold_until()
+    }
+
+    pub(crate) fn hold_until<M2>(self) -> BulkheadLayer<M2> {
+        BulkheadLayer {
+            engine: self.engine,
+            backpressure: self.backpressure,
+            hold: PhantomData,
+        }
     }
 
     /// A handle reading this bulkhead's permits and queue.
@@ -52,15 +88,15 @@ impl BulkheadLayer {
     }
 }
 
-impl<S> Layer<S> for BulkheadLayer {
-    type Service = Bulkhead<S>;
+impl<S, M> Layer<S> for BulkheadLayer<M> {
+    type Service = Bulkhead<S, M>;
 
     fn layer(&self, inner: S) -> Self::Service {
         Bulkhead::from_parts(inner, Arc::clone(&self.engine), self.backpressure)
     }
 }
 
-impl fmt::Debug for BulkheadLayer {
+impl<M> fmt::Debug for BulkheadLayer<M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BulkheadLayer")
             .field("handle", &self.handle())
@@ -239,6 +275,7 @@ impl BulkheadBuilder {
         Ok(BulkheadLayer {
             engine: Arc::new(Engine::new(settings, self.name, self.observer)),
             backpressure: self.backpressure,
+            hold: PhantomData,
         })
     }
 }

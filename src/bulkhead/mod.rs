@@ -95,7 +95,7 @@
 mod future;
 mod handle;
 mod layer;
-mod queue;
+pub(crate) mod queue;
 mod service;
 
 pub use self::future::ResponseFuture;

@@ -1,4 +1,5 @@
 use std::fmt;
+use std::marker::PhantomData;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -8,6 +9,7 @@ use super::future::{ResponseFuture, reject};
 use super::handle::BulkheadHandle;
 use super::queue::{Acquire, Engine, GiveUp, Permit, Waiter};
 use crate::error::BoxError;
+use crate::hold::{Head, Hold};
 
 /// A service with a bulkhead in front: at most `max_concurrent` calls in
 /// flight, at most `max_queue` callers waiting. Built by
@@ -34,8 +36,9 @@ use crate::error::BoxError;
 ///   size `max_queue` to the number of clones polled at once. `call` uses the
 ///   reserved permit; a `call` without a reserved permit is admitted only if a
 ///   permit is free, and rejected otherwise.
-pub struct Bulkhead<S> {
+pub struct Bulkhead<S, M = Head> {
     inner: S,
+    hold: PhantomData<fn() -> M>,
     engine: Arc<Engine>,
     backpressure: bool,
     ready: Ready,
@@ -47,10 +50,11 @@ enum Ready {
     Reserved(Permit),
 }
 
-impl<S> Bulkhead<S> {
+impl<S, M> Bulkhead<S, M> {
     pub(crate) fn from_parts(inner: S, engine: Arc<Engine>, backpressure: bool) -> Self {
         Bulkhead {
             inner,
+            hold: PhantomData,
             engine,
             backpressure,
             ready: Ready::Idle,
@@ -82,10 +86,11 @@ impl<S> Bulkhead<S> {
     }
 }
 
-impl<S: Clone> Clone for Bulkhead<S> {
+impl<S: Clone, M> Clone for Bulkhead<S, M> {
     fn clone(&self) -> Self {
         Bulkhead {
             inner: self.inner.clone(),
+            hold: PhantomData,
             engine: Arc::clone(&self.engine),
             backpressure: self.backpressure,
             ready: Ready::Idle,
@@ -93,7 +98,7 @@ impl<S: Clone> Clone for Bulkhead<S> {
     }
 }
 
-impl<S: fmt::Debug> fmt::Debug for Bulkhead<S> {
+impl<S: fmt::Debug, M> fmt::Debug for Bulkhead<S, M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ready = match self.ready {
             Ready::Idle => "idle",
@@ -109,15 +114,16 @@ impl<S: fmt::Debug> fmt::Debug for Bulkhead<S> {
     }
 }
 
-impl<S, Req> Service<Req> for Bulkhead<S>
+impl<S, M, Req> Service<Req> for Bulkhead<S, M>
 where
     S: Service<Req> + Clone,
     S::Error: Into<BoxError>,
     Req: crate::deadline::HasDeadline,
+    M: Hold<S::Response>,
 {
     type Response = S::Response;
     type Error = BoxError;
-    type Future = ResponseFuture<S, Req>;
+    type Future = ResponseFuture<S, Req, M>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         if self.backpressure {

@@ -1,5 +1,7 @@
+use std::any::Any;
 use std::fmt;
 use std::future::Future;
+use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
@@ -12,6 +14,7 @@ use super::state::Permit;
 use crate::classify::{Classify, judge};
 use crate::clock;
 use crate::error::{BoxError, CircuitOpen};
+use crate::hold::{Duty, DutyKind, End, Head, HoldVerdict};
 use crate::observe::{EventKind, LayerKind, Outcome};
 
 /// An admitted call's ticket, kept in its future: reports the outcome when the
@@ -47,9 +50,10 @@ pin_project! {
     /// The future of a [`CircuitBreaker`](super::CircuitBreaker) call: the
     /// inner call with its breaker ticket, or an immediate [`CircuitOpen`]
     /// rejection.
-    pub struct ResponseFuture<F, C> {
+    pub struct ResponseFuture<F, C, M = Head> {
         #[pin]
         kind: Kind<F, C>,
+        hold: PhantomData<fn() -> M>,
     }
 }
 
@@ -67,21 +71,23 @@ pin_project! {
     }
 }
 
-impl<F, C> ResponseFuture<F, C> {
+impl<F, C, M> ResponseFuture<F, C, M> {
     pub(crate) fn called(future: F, guard: Guard<C>) -> Self {
         ResponseFuture {
             kind: Kind::Called { future, guard },
+            hold: PhantomData,
         }
     }
 
     pub(crate) fn rejected(error: CircuitOpen) -> Self {
         ResponseFuture {
             kind: Kind::Rejected { error: Some(error) },
+            hold: PhantomData,
         }
     }
 }
 
-impl<F, C> fmt::Debug for ResponseFuture<F, C> {
+impl<F, C, M> fmt::Debug for ResponseFuture<F, C, M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.kind {
             Kind::Called { .. } => f.write_str("ResponseFuture::Called"),
@@ -90,47 +96,52 @@ impl<F, C> fmt::Debug for ResponseFuture<F, C> {
     }
 }
 
-impl<F, C, T, E> Future for ResponseFuture<F, C>
+impl<F, C, M, T, E> Future for ResponseFuture<F, C, M>
 where
     F: Future<Output = Result<T, E>>,
     E: Into<BoxError> + 'static,
     C: Classify<T, E>,
+    M: HoldVerdict<T, C>,
 {
     type Output = Result<T, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().kind.project() {
             KindProj::Called { future, guard } => {
-                let result = ready!(future.poll(cx));
+                let mut result = ready!(future.poll(cx));
                 if !guard.done {
                     guard.done = true;
                     let shared = &*guard.shared;
-                    let core = &shared.core;
                     // The model first: a local refusal is never counted,
                     // whatever the classifier says.
                     let outcome = judge(&shared.classifier, result.as_ref());
-                    let now = clock::now();
-                    let latency = now.saturating_duration_since(guard.start);
-                    let failure = match outcome {
-                        Outcome::Success => Some(false),
-                        Outcome::Failure => Some(true),
-                        Outcome::Overloaded if core.config.count_overload => Some(true),
-                        // Not counted: recorded nowhere, and a probe's slot
-                        // is given back, exactly as if it had been dropped.
+                    let held = match (&mut result, outcome) {
+                        // Looks like a success, but the body may still fail
+                        // (or carry an error status in its trailers): judged
+                        // when it ends.
+                        (Ok(response), Outcome::Success) => M::pending(response).and_then(|s| {
+                            let pending = Pending {
+                                shared: guard.shared.clone(),
+                                permit: guard.permit,
+                                start: guard.start,
+                                settle: s.0,
+                                done: false,
+                            };
+                            match M::hold(response, Duty(DutyKind::Breaker(pending))) {
+                                None => Some(()),
+                                Some(Duty(DutyKind::Breaker(mut back))) => {
+                                    back.done = true;
+                                    None
+                                }
+                                #[allow(unreachable_patterns)]
+                                Some(_) => None,
+                            }
+                        }),
                         _ => None,
                     };
-                    match failure {
-                        Some(failure) => {
-                            let slow = latency > core.config.slow_call_duration;
-                            core.on_complete(guard.permit, now, failure, slow);
-                        }
-                        None => core.on_cancel(guard.permit),
+                    if held.is_none() {
+                        finish(shared, guard.permit, guard.start, outcome, clock::now());
                     }
-                    core.observer.emit(
-                        LayerKind::CircuitBreaker,
-                        core.name.as_str(),
-                        EventKind::CallFinished { outcome, latency },
-                    );
                 }
                 Poll::Ready(result.map_err(Into::into))
             }
@@ -140,4 +151,85 @@ where
             },
         }
     }
+}
+
+/// Records a finished call's outcome (or gives its slot back when it is
+/// not counted) and reports it.
+fn finish<C>(shared: &Shared<C>, permit: Permit, start: Instant, outcome: Outcome, now: Instant) {
+    let core = &shared.core;
+    let latency = now.saturating_duration_since(start);
+    let failure = match outcome {
+        Outcome::Success => Some(false),
+        Outcome::Failure => Some(true),
+        Outcome::Overloaded if core.config.count_overload => Some(true),
+        // Not counted: recorded nowhere, and a probe's slot is given back,
+        // exactly as if it had been dropped.
+        _ => None,
+    };
+    match failure {
+        Some(failure) => {
+            let slow = latency > core.config.slow_call_duration;
+            core.on_complete(permit, now, failure, slow);
+        }
+        None => core.on_cancel(permit),
+    }
+    core.observer.emit(
+        LayerKind::CircuitBreaker,
+        core.name.as_str(),
+        EventKind::CallFinished { outcome, latency },
+    );
+}
+
+/// The breaker's judge of a held body's end (see [`Settle`](crate::hold::Settle)).
+pub(crate) type SettleFn = fn(&(dyn Any + Send + Sync), Permit, Instant, End<'_>);
+
+/// A call whose head looked like a success, waiting in its body for the
+/// verdict; a body dropped before its end gives the slot back uncounted.
+pub(crate) struct Pending {
+    shared: Arc<dyn Any + Send + Sync>,
+    permit: Permit,
+    start: Instant,
+    settle: SettleFn,
+    done: bool,
+}
+
+impl Pending {
+    /// Gives the verdict of the body's end.
+    pub(crate) fn settle(mut self, end: End<'_>) {
+        self.done = true;
+        (self.settle)(&*self.shared, self.permit, self.start, end);
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if !self.done {
+            (self.settle)(&*self.shared, self.permit, self.start, End::Dropped);
+        }
+    }
+}
+
+/// The judge of a body's end for classifier `C` and responses `T`: a
+/// complete body confirms the head's success; a failed one is classified
+/// as the error it ended with; a dropped one is not counted.
+pub(crate) fn settle<C, T>(
+    shared: &(dyn Any + Send + Sync),
+    permit: Permit,
+    start: Instant,
+    end: End<'_>,
+) where
+    C: Classify<T, BoxError>,
+{
+    let Some(shared) = shared.downcast_ref::<Shared<C>>() else {
+        return;
+    };
+    let outcome = match end {
+        End::Complete => Outcome::Success,
+        End::Failed(error) => judge(&shared.classifier, Err::<&T, _>(error)),
+        End::Dropped => {
+            shared.core.on_cancel(permit);
+            return;
+        }
+    };
+    finish(shared, permit, start, outcome, clock::now());
 }

@@ -1,4 +1,5 @@
 use std::fmt;
+use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,6 +11,9 @@ use super::state::{Config, Core, WindowConfig};
 use super::window::MAX_COUNT_WINDOW;
 use crate::classify::ErrorsAsFailures;
 use crate::error::{ConfigError, Name};
+#[cfg(feature = "http")]
+use crate::hold::BodyEnd;
+use crate::hold::Head;
 use crate::observe::Observer;
 
 const KIND: &str = "circuit_breaker";
@@ -58,19 +62,43 @@ impl Default for SlidingWindow {
 ///
 /// Built with [`CircuitBreakerLayer::builder`]; see the [module
 /// docs](crate::circuit_breaker) for the behaviour and the defaults.
-pub struct CircuitBreakerLayer<C = ErrorsAsFailures> {
+///
+/// The layer lets go of a call when its response arrives; with
+/// [`until_body_end`](Self::until_body_end) (the HTTP and gRPC client
+/// presets), a head that looks like a success is judged again when its body
+/// ends (see [`hold`](crate::hold)).
+pub struct CircuitBreakerLayer<C = ErrorsAsFailures, M = Head> {
     shared: Arc<Shared<C>>,
+    hold: PhantomData<fn() -> M>,
 }
 
-impl<C> Clone for CircuitBreakerLayer<C> {
+impl<C, M> Clone for CircuitBreakerLayer<C, M> {
     fn clone(&self) -> Self {
         CircuitBreakerLayer {
             shared: self.shared.clone(),
+            hold: PhantomData,
         }
     }
 }
 
-impl<C> fmt::Debug for CircuitBreakerLayer<C> {
+impl<C, M> CircuitBreakerLayer<C, M> {
+    /// This breaker, judging a response whose head looks like a success
+    /// again when its body ends, fails or is dropped (responses of type
+    /// `http::Response<CallBody<B>>`; see [`hold`](crate::hold)).
+    #[cfg(feature = "http")]
+    pub fn until_body_end(self) -> CircuitBreakerLayer<C, BodyEnd> {
+        self.hold_until()
+    }
+
+    pub(crate) fn hold_until<M2>(self) -> CircuitBreakerLayer<C, M2> {
+        CircuitBreakerLayer {
+            shared: self.shared,
+            hold: PhantomData,
+        }
+    }
+}
+
+impl<C, M> fmt::Debug for CircuitBreakerLayer<C, M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CircuitBreakerLayer")
             .field("name", &self.shared.core.name)
@@ -87,7 +115,7 @@ impl CircuitBreakerLayer<ErrorsAsFailures> {
     }
 }
 
-impl<C: Send + Sync + 'static> CircuitBreakerLayer<C> {
+impl<C: Send + Sync + 'static, M> CircuitBreakerLayer<C, M> {
     /// A handle on this layer's breaker: read its state and rates, or switch
     /// it to forced-open, disabled, metrics-only, or back to closed.
     pub fn handle(&self) -> CircuitBreakerHandle {
@@ -95,8 +123,8 @@ impl<C: Send + Sync + 'static> CircuitBreakerLayer<C> {
     }
 }
 
-impl<S, C> Layer<S> for CircuitBreakerLayer<C> {
-    type Service = CircuitBreaker<S, C>;
+impl<S, C, M> Layer<S> for CircuitBreakerLayer<C, M> {
+    type Service = CircuitBreaker<S, C, M>;
 
     fn layer(&self, inner: S) -> Self::Service {
         CircuitBreaker::new(inner, self.shared.clone())
@@ -440,6 +468,7 @@ impl<C> CircuitBreakerBuilder<C> {
                 core,
                 classifier: self.classifier,
             }),
+            hold: PhantomData,
         })
     }
 }

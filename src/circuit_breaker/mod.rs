@@ -160,6 +160,7 @@ mod state;
 mod window;
 
 pub use self::future::ResponseFuture;
+pub(crate) use self::future::{Pending, SettleFn, settle};
 pub use self::handle::CircuitBreakerHandle;
 pub use self::layer::{CircuitBreakerBuilder, CircuitBreakerLayer, SlidingWindow};
 pub use self::service::CircuitBreaker;

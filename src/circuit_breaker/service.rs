@@ -1,5 +1,6 @@
 use std::fmt;
 use std::future::Future;
+use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -12,6 +13,7 @@ use super::handle::Shared;
 use crate::classify::Classify;
 use crate::clock;
 use crate::error::{BoxError, CircuitOpen, RejectionKind};
+use crate::hold::{Head, HoldVerdict};
 use crate::observe::{EventKind, LayerKind};
 
 /// A service guarded by a circuit breaker (built by
@@ -22,18 +24,20 @@ use crate::observe::{EventKind, LayerKind};
 /// a call made while the breaker is open fails at once with
 /// [`CircuitOpen`]. In backpressure mode it reports `Pending` while the
 /// breaker is open, and wakes the task when the open time is over.
-pub struct CircuitBreaker<S, C> {
+pub struct CircuitBreaker<S, C, M = Head> {
     inner: S,
+    hold: PhantomData<fn() -> M>,
     shared: Arc<Shared<C>>,
     /// Backpressure mode only: the wake-up at the end of the open time. Made
     /// once per service the first time it waits, then reset.
     sleep: Option<Pin<Box<Sleep>>>,
 }
 
-impl<S, C> CircuitBreaker<S, C> {
+impl<S, C, M> CircuitBreaker<S, C, M> {
     pub(crate) fn new(inner: S, shared: Arc<Shared<C>>) -> Self {
         CircuitBreaker {
             inner,
+            hold: PhantomData,
             shared,
             sleep: None,
         }
@@ -55,17 +59,18 @@ impl<S, C> CircuitBreaker<S, C> {
     }
 }
 
-impl<S: Clone, C> Clone for CircuitBreaker<S, C> {
+impl<S: Clone, C, M> Clone for CircuitBreaker<S, C, M> {
     fn clone(&self) -> Self {
         CircuitBreaker {
             inner: self.inner.clone(),
+            hold: PhantomData,
             shared: self.shared.clone(),
             sleep: None,
         }
     }
 }
 
-impl<S: fmt::Debug, C> fmt::Debug for CircuitBreaker<S, C> {
+impl<S: fmt::Debug, C, M> fmt::Debug for CircuitBreaker<S, C, M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CircuitBreaker")
             .field("inner", &self.inner)
@@ -75,15 +80,16 @@ impl<S: fmt::Debug, C> fmt::Debug for CircuitBreaker<S, C> {
     }
 }
 
-impl<S, C, Req> Service<Req> for CircuitBreaker<S, C>
+impl<S, C, M, Req> Service<Req> for CircuitBreaker<S, C, M>
 where
     S: Service<Req>,
     S::Error: Into<BoxError> + 'static,
     C: Classify<S::Response, S::Error>,
+    M: HoldVerdict<S::Response, C>,
 {
     type Response = S::Response;
     type Error = BoxError;
-    type Future = ResponseFuture<S::Future, C>;
+    type Future = ResponseFuture<S::Future, C, M>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         let core = &self.shared.core;

@@ -365,20 +365,16 @@ pub fn of<R: HasDeadline + ?Sized>(req: &R) -> Option<Deadline> {
     }
 }
 
-#[cfg(all(feature = "deadline", feature = "http"))]
-mod body;
 #[cfg(feature = "deadline")]
 pub mod future;
 #[cfg(feature = "deadline")]
-mod layer;
+pub(crate) mod layer;
 #[cfg(all(feature = "deadline", feature = "http"))]
 pub mod propagate;
 #[cfg(feature = "deadline")]
-mod service;
+pub(crate) mod service;
 mod wire;
 
-#[cfg(all(feature = "deadline", feature = "http"))]
-pub use self::body::DeadlineBody;
 #[cfg(feature = "deadline")]
 pub use self::layer::{
     AttemptTimeoutLayer, AttemptTimeoutLayerBuilder, DeadlineLayer, DeadlineLayerBuilder,

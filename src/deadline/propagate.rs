@@ -57,12 +57,12 @@
 //!             assert_eq!(deadline::remaining(), Some(Duration::from_millis(1450)));
 //!             tokio::time::sleep(Duration::from_millis(100)).await;
 //!             let res = client.oneshot(http::Request::new(())).await?;
-//!             Ok::<_, seawall::BoxError>(res.map(deadline::DeadlineBody::into_inner))
+//!             Ok::<_, seawall::BoxError>(res.map(seawall::body::CallBody::into_inner))
 //!         }
 //!     }));
 //!
 //! let req = http::Request::builder().header("grpc-timeout", "1500m").body(())?;
-//! assert_eq!(server.oneshot(req).await?.into_body().into_inner(), "1350m");
+//! assert_eq!(server.oneshot(req).await?.into_body(), "1350m");
 //! # Ok(())
 //! # }
 //! ```
@@ -79,10 +79,10 @@ use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::body::DeadlineBody;
 use super::service::{EXPIRED_ON_ARRIVAL, reject_deadline};
 use super::wire::{ParseTimeoutError, format_grpc_timeout, parse_grpc_timeout, parse_timeout_ms};
 use super::{Deadline, HasDeadline, Scoped};
+use crate::body::CallBody;
 use crate::clock;
 use crate::deadline::layer::Shared;
 use crate::error::{BoxError, ConfigError, Name};
@@ -258,6 +258,20 @@ pub struct DeadlineFromHeadersLayerBuilder {
 }
 
 impl DeadlineFromHeadersLayerBuilder {
+    /// The layer that holds the answers to the deadline this ingress reads
+    /// (innermost in the server presets), reporting under the same name.
+    #[cfg(feature = "http")]
+    pub(crate) fn answer_layer(
+        &self,
+        observer: Option<&Observer>,
+    ) -> Result<crate::body::CallBodyLayer, ConfigError> {
+        let observer = observer.cloned().unwrap_or_else(|| self.observer.clone());
+        crate::body::CallBodyLayer::builder()
+            .name(self.name.clone())
+            .observer(observer)
+            .build()
+    }
+
     /// Caps every deadline at `budget` (the server's own budget, in the
     /// server presets), a request without a readable header included, so
     /// that the answer's body is held to it too.
@@ -456,12 +470,12 @@ impl IngressConfig {
     }
 }
 
-impl<S, B, RB> Service<http::Request<B>> for DeadlineFromHeaders<S>
+impl<S, B> Service<http::Request<B>> for DeadlineFromHeaders<S>
 where
-    S: Service<http::Request<B>, Response = http::Response<RB>>,
+    S: Service<http::Request<B>>,
     S::Error: Into<BoxError>,
 {
-    type Response = http::Response<DeadlineBody<RB>>;
+    type Response = S::Response;
     type Error = BoxError;
     type Future = IngressFuture<S::Future>;
 
@@ -514,8 +528,6 @@ where
         IngressFuture {
             state: IngressState::Scoped {
                 inner: super::scope(deadline, fut),
-                deadline,
-                shared: cfg.shared.clone(),
             },
         }
     }
@@ -527,8 +539,6 @@ pin_project! {
         Scoped {
             #[pin]
             inner: Scoped<F>,
-            deadline: Deadline,
-            shared: Arc<Shared>,
         },
         Plain { #[pin] inner: F },
         Rejected { error: Option<BoxError> },
@@ -556,46 +566,27 @@ fn poll_rejected<T>(error: &mut Option<BoxError>) -> Poll<Result<T, BoxError>> {
     })))
 }
 
-impl<F, RB, E> Future for IngressFuture<F>
+impl<F, T, E> Future for IngressFuture<F>
 where
-    F: Future<Output = Result<http::Response<RB>, E>>,
+    F: Future<Output = Result<T, E>>,
     E: Into<BoxError>,
 {
-    type Output = Result<http::Response<DeadlineBody<RB>>, BoxError>;
+    type Output = Result<T, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().state.project() {
-            IngressProj::Scoped {
-                inner,
-                deadline,
-                shared,
-            } => {
-                let response = ready!(inner.poll(cx)).map_err(Into::into)?;
-                let (deadline, grpc) = (*deadline, is_grpc(&response));
-                Poll::Ready(Ok(response.map(|body| {
-                    DeadlineBody::new(body, Some(deadline), shared, grpc).answering()
-                })))
-            }
-            IngressProj::Plain { inner } => inner
-                .poll(cx)
-                .map_ok(|r| r.map(DeadlineBody::unlimited))
-                .map_err(Into::into),
+            IngressProj::Scoped { inner } => inner.poll(cx).map_err(Into::into),
+            IngressProj::Plain { inner } => inner.poll(cx).map_err(Into::into),
             IngressProj::Rejected { error } => poll_rejected(error),
         }
     }
 }
 
-/// Whether `response` is a gRPC one (`content-type: application/grpc…`).
-fn is_grpc<B>(response: &http::Response<B>) -> bool {
-    response
-        .headers()
-        .get(http::header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
-}
-
 struct EgressConfig {
     grpc: bool,
     ms_header: Option<HeaderName>,
+    // Whether response bodies are held to the deadline too.
+    body: bool,
     shared: Arc<Shared>,
 }
 
@@ -638,6 +629,7 @@ impl PropagateDeadlineLayer {
             cfg: Arc::new(EgressConfig {
                 grpc,
                 ms_header,
+                body: true,
                 shared: Arc::new(Shared {
                     limit: Duration::ZERO,
                     name: Name::from("propagate_deadline"),
@@ -652,6 +644,7 @@ impl PropagateDeadlineLayer {
         PropagateDeadlineLayerBuilder {
             grpc: true,
             ms_header: Some(DEFAULT_MS_HEADER),
+            body: true,
             name: Name::from("propagate_deadline"),
             observer: Observer::none(),
         }
@@ -690,6 +683,7 @@ impl<S> Layer<S> for PropagateDeadlineLayer {
 pub struct PropagateDeadlineLayerBuilder {
     grpc: bool,
     ms_header: Option<&'static str>,
+    body: bool,
     name: Name,
     observer: Observer,
 }
@@ -711,6 +705,15 @@ impl PropagateDeadlineLayerBuilder {
     /// Write no milliseconds header.
     pub fn no_ms_header(mut self) -> Self {
         self.ms_header = None;
+        self
+    }
+
+    /// Whether the deadline covers the response body too (default `true`:
+    /// a body still streaming when the deadline passes ends with an error).
+    /// With `false`, only the head is waited for against the deadline; the
+    /// [`CallBody`] still carries what the layers above hold.
+    pub fn body_deadline(mut self, covers: bool) -> Self {
+        self.body = covers;
         self
     }
 
@@ -744,6 +747,7 @@ impl PropagateDeadlineLayerBuilder {
             cfg: Arc::new(EgressConfig {
                 grpc: self.grpc,
                 ms_header,
+                body: self.body,
                 shared: Arc::new(Shared {
                     limit: Duration::ZERO,
                     name: self.name,
@@ -776,7 +780,7 @@ where
     S: Service<http::Request<B>, Response = http::Response<RB>>,
     S::Error: Into<BoxError>,
 {
-    type Response = http::Response<DeadlineBody<RB>>;
+    type Response = http::Response<CallBody<RB>>;
     type Error = BoxError;
     type Future = EgressFuture<S::Future>;
 
@@ -838,7 +842,7 @@ where
         EgressFuture {
             state: EgressState::Running {
                 inner: self.inner.call(req),
-                deadline: Some(deadline),
+                deadline: cfg.body.then_some(deadline),
                 shared: cfg.shared.clone(),
             },
         }
@@ -877,7 +881,7 @@ where
     F: Future<Output = Result<http::Response<RB>, E>>,
     E: Into<BoxError>,
 {
-    type Output = Result<http::Response<DeadlineBody<RB>>, BoxError>;
+    type Output = Result<http::Response<CallBody<RB>>, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().state.project() {
@@ -888,9 +892,9 @@ where
             } => {
                 let response = ready!(inner.poll(cx)).map_err(Into::into)?;
                 let deadline = *deadline;
-                let grpc = is_grpc(&response);
+                let grpc = crate::body::is_grpc(&response);
                 Poll::Ready(Ok(
-                    response.map(|body| DeadlineBody::new(body, deadline, shared, grpc))
+                    response.map(|body| CallBody::new(body, deadline, shared, grpc))
                 ))
             }
             EgressProj::Rejected { error } => poll_rejected(error),

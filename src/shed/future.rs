@@ -1,5 +1,6 @@
 use std::fmt;
 use std::future::Future;
+use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
@@ -11,6 +12,7 @@ use super::layer::ThrottleShared;
 use super::limiter::{Completion, Permit};
 use crate::classify::{Classify, judge};
 use crate::error::{BoxError, RejectionKind, rejection};
+use crate::hold::{Duty, DutyKind, Head, Hold};
 use crate::observe::{EventKind, LayerKind, Outcome};
 
 pin_project! {
@@ -22,35 +24,41 @@ pin_project! {
     /// `AttemptTimeout`, `Overloaded`) is a drop; other errors are ignored.
     /// A future dropped before it finished (the caller gave up) counts as a
     /// drop.
-    pub struct ResponseFuture<F> {
+    pub struct ResponseFuture<F, M = Head> {
         #[pin]
         state: State<F>,
+        hold: PhantomData<fn() -> M>,
     }
 }
 
 pin_project! {
     #[project = StateProj]
     enum State<F> {
-        Admitted { #[pin] future: F, permit: Permit },
+        Admitted { #[pin] future: F, permit: Option<Permit> },
         Rejected { error: Option<BoxError> },
     }
 }
 
-impl<F> ResponseFuture<F> {
+impl<F, M> ResponseFuture<F, M> {
     pub(crate) fn admitted(future: F, permit: Permit) -> Self {
         ResponseFuture {
-            state: State::Admitted { future, permit },
+            state: State::Admitted {
+                future,
+                permit: Some(permit),
+            },
+            hold: PhantomData,
         }
     }
 
     pub(crate) fn rejected(error: BoxError) -> Self {
         ResponseFuture {
             state: State::Rejected { error: Some(error) },
+            hold: PhantomData,
         }
     }
 }
 
-impl<F> fmt::Debug for ResponseFuture<F> {
+impl<F, M> fmt::Debug for ResponseFuture<F, M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.state {
             State::Admitted { permit, .. } => f
@@ -76,23 +84,39 @@ fn overload_below(err: &BoxError) -> bool {
     )
 }
 
-impl<F, T, E> Future for ResponseFuture<F>
+impl<F, M, T, E> Future for ResponseFuture<F, M>
 where
     F: Future<Output = Result<T, E>>,
     E: Into<BoxError>,
+    M: Hold<T>,
 {
     type Output = Result<T, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().state.project() {
             StateProj::Admitted { future, permit } => {
-                let result = ready!(future.poll(cx)).map_err(Into::into);
-                let completion = match &result {
-                    Ok(_) => Completion::Sample(Outcome::Success),
-                    Err(e) if overload_below(e) => Completion::Drop,
-                    Err(_) => Completion::Ignore,
+                let mut result = ready!(future.poll(cx)).map_err(Into::into);
+                let Some(mut permit) = permit.take() else {
+                    return Poll::Ready(Err("future polled after completion".into()));
                 };
-                permit.complete(completion);
+                match &mut result {
+                    Ok(response) => {
+                        // The latency is the head's; the place is held until
+                        // the body ends if the response carries it.
+                        permit.head_at(Instant::now());
+                        if let Some(Duty(DutyKind::Limit(mut permit))) =
+                            M::hold(response, Duty(DutyKind::Limit(permit)))
+                        {
+                            let head = permit.head().unwrap_or_else(Instant::now);
+                            permit.complete_at(Completion::Sample(Outcome::Success), head);
+                        }
+                    }
+                    Err(e) => permit.complete(if overload_below(e) {
+                        Completion::Drop
+                    } else {
+                        Completion::Ignore
+                    }),
+                }
                 Poll::Ready(result)
             }
             StateProj::Rejected { error } => Poll::Ready(Err(error

@@ -1,4 +1,5 @@
 use std::fmt;
+use std::marker::PhantomData;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -12,6 +13,9 @@ use super::service::{AdaptiveLimit, Throttle};
 use super::throttle::ThrottleWindow;
 use crate::classify::ErrorsAsFailures;
 use crate::error::{ConfigError, Name};
+#[cfg(feature = "http")]
+use crate::hold::BodyEnd;
+use crate::hold::Head;
 use crate::observe::Observer;
 
 /// Applies an adaptive concurrency limit to a service; see the
@@ -20,21 +24,27 @@ use crate::observe::Observer;
 /// Every service built from one layer (and every clone of them) shares one
 /// limit: build the layer once per protected resource and reuse it; building
 /// a new layer per connection or per route gives each its own limit.
-pub struct AdaptiveLimitLayer<P = FromTaskLocal> {
+///
+/// A call keeps its place until its response arrives; with
+/// [`until_body_end`](Self::until_body_end) (the server presets), until
+/// the response body ends or is dropped (see [`hold`](crate::hold)).
+pub struct AdaptiveLimitLayer<P = FromTaskLocal, M = Head> {
     pub(crate) limiter: Arc<Limiter>,
     pub(crate) extractor: Arc<P>,
+    hold: PhantomData<fn() -> M>,
 }
 
-impl<P> Clone for AdaptiveLimitLayer<P> {
+impl<P, M> Clone for AdaptiveLimitLayer<P, M> {
     fn clone(&self) -> Self {
         AdaptiveLimitLayer {
             limiter: Arc::clone(&self.limiter),
             extractor: Arc::clone(&self.extractor),
+            hold: PhantomData,
         }
     }
 }
 
-impl<P> fmt::Debug for AdaptiveLimitLayer<P> {
+impl<P, M> fmt::Debug for AdaptiveLimitLayer<P, M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AdaptiveLimitLayer")
             .field("limiter", &self.limiter)
@@ -52,7 +62,24 @@ impl AdaptiveLimitLayer {
     }
 }
 
-impl<P> AdaptiveLimitLayer<P> {
+impl<P, M> AdaptiveLimitLayer<P, M> {
+    /// This limit, holding each call's place until its response body ends,
+    /// fails or is dropped (responses of type `http::Response<CallBody<B>>`;
+    /// see [`hold`](crate::hold)). The latency sample is still the
+    /// head's.
+    #[cfg(feature = "http")]
+    pub fn until_body_end(self) -> AdaptiveLimitLayer<P, BodyEnd> {
+        self.hold_until()
+    }
+
+    pub(crate) fn hold_until<M2>(self) -> AdaptiveLimitLayer<P, M2> {
+        AdaptiveLimitLayer {
+            limiter: self.limiter,
+            extractor: self.extractor,
+            hold: PhantomData,
+        }
+    }
+
     /// The current limit.
     pub fn limit(&self) -> usize {
         self.limiter.limit()
@@ -75,8 +102,8 @@ impl<P> AdaptiveLimitLayer<P> {
     }
 }
 
-impl<S, P> Layer<S> for AdaptiveLimitLayer<P> {
-    type Service = AdaptiveLimit<S, P>;
+impl<S, P, M> Layer<S> for AdaptiveLimitLayer<P, M> {
+    type Service = AdaptiveLimit<S, P, M>;
 
     fn layer(&self, inner: S) -> Self::Service {
         AdaptiveLimit::new(
@@ -277,6 +304,7 @@ impl<P> AdaptiveLimitLayerBuilder<P> {
         Ok(AdaptiveLimitLayer {
             limiter: Arc::new(limiter),
             extractor: Arc::new(self.extractor),
+            hold: PhantomData,
         })
     }
 }

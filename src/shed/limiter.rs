@@ -189,6 +189,7 @@ impl Limiter {
             start: now,
             inflight,
             done: false,
+            head: None,
         })
     }
 
@@ -350,7 +351,10 @@ pub(crate) struct Permit {
     class: Criticality,
     start: Instant,
     inflight: usize,
+    // Given back.
     done: bool,
+    // When the response head came back, if a response body holds it.
+    head: Option<Instant>,
 }
 
 impl fmt::Debug for Permit {
@@ -365,14 +369,40 @@ impl fmt::Debug for Permit {
 impl Permit {
     /// Releases the permit and records how the call ended.
     pub(crate) fn complete(&mut self, completion: Completion) {
+        self.complete_at(completion, Instant::now());
+    }
+
+    /// [`complete`](Self::complete), with the time the call ended.
+    pub(crate) fn complete_at(&mut self, completion: Completion, now: Instant) {
         if self.done {
             return;
         }
         self.done = true;
-        let now = Instant::now();
-        let rtt = now.saturating_duration_since(self.start);
         let limiter = &*self.limiter;
         let idle = limiter.release(self.class);
+        self.report(
+            completion,
+            now.saturating_duration_since(self.start),
+            now,
+            idle,
+        );
+    }
+
+    /// Marks the moment the call's response head came back: its latency
+    /// sample. A permit dropped after this (the response body carried it to
+    /// its end; see [`hold`](crate::hold)) records that sample as it gives
+    /// its place back.
+    pub(crate) fn head_at(&mut self, now: Instant) {
+        self.head = Some(now);
+    }
+
+    /// The moment marked by [`head_at`](Self::head_at).
+    pub(crate) fn head(&self) -> Option<Instant> {
+        self.head
+    }
+
+    fn report(&self, completion: Completion, rtt: Duration, now: Instant, idle: u64) {
+        let limiter = &*self.limiter;
         limiter.record(completion, rtt, now, idle);
         let outcome = match completion {
             Completion::Sample(outcome) => outcome,
@@ -395,7 +425,17 @@ impl Drop for Permit {
             self.done = true;
             let limiter = &*self.limiter;
             let idle = limiter.release(self.class);
-            limiter.record(Completion::Drop, Duration::ZERO, Instant::now(), idle);
+            let now = Instant::now();
+            match self.head {
+                // Held by a response body: the head's latency is the sample.
+                Some(head) => self.report(
+                    Completion::Sample(Outcome::Success),
+                    head.saturating_duration_since(self.start),
+                    now,
+                    idle,
+                ),
+                None => limiter.record(Completion::Drop, Duration::ZERO, now, idle),
+            }
         }
     }
 }

@@ -145,7 +145,7 @@ pub mod criticality;
 mod future;
 mod gradient;
 mod layer;
-mod limiter;
+pub(crate) mod limiter;
 mod queue_delay;
 mod service;
 mod throttle;

@@ -1,4 +1,5 @@
 use std::fmt;
+use std::marker::PhantomData;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -10,6 +11,7 @@ use super::layer::ThrottleShared;
 use super::limiter::Limiter;
 use crate::classify::{Classify, ErrorsAsFailures};
 use crate::error::{BoxError, Overloaded};
+use crate::hold::{Head, Hold};
 use crate::observe::{EventKind, LayerKind};
 
 /// A service under an adaptive concurrency limit; built by
@@ -19,18 +21,20 @@ use crate::observe::{EventKind, LayerKind};
 /// decision is made in `call` (it needs the request's criticality and
 /// deadline): over the limit the call fails at once with
 /// [`Overloaded`], it never waits.
-pub struct AdaptiveLimit<S, P = FromTaskLocal> {
+pub struct AdaptiveLimit<S, P = FromTaskLocal, M = Head> {
     inner: S,
     limiter: Arc<Limiter>,
     extractor: Arc<P>,
+    hold: PhantomData<fn() -> M>,
 }
 
-impl<S, P> AdaptiveLimit<S, P> {
+impl<S, P, M> AdaptiveLimit<S, P, M> {
     pub(crate) fn new(inner: S, limiter: Arc<Limiter>, extractor: Arc<P>) -> Self {
         AdaptiveLimit {
             inner,
             limiter,
             extractor,
+            hold: PhantomData,
         }
     }
 
@@ -55,17 +59,18 @@ impl<S, P> AdaptiveLimit<S, P> {
     }
 }
 
-impl<S: Clone, P> Clone for AdaptiveLimit<S, P> {
+impl<S: Clone, P, M> Clone for AdaptiveLimit<S, P, M> {
     fn clone(&self) -> Self {
         AdaptiveLimit {
             inner: self.inner.clone(),
             limiter: Arc::clone(&self.limiter),
             extractor: Arc::clone(&self.extractor),
+            hold: PhantomData,
         }
     }
 }
 
-impl<S: fmt::Debug, P> fmt::Debug for AdaptiveLimit<S, P> {
+impl<S: fmt::Debug, P, M> fmt::Debug for AdaptiveLimit<S, P, M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AdaptiveLimit")
             .field("inner", &self.inner)
@@ -74,15 +79,16 @@ impl<S: fmt::Debug, P> fmt::Debug for AdaptiveLimit<S, P> {
     }
 }
 
-impl<S, P, Req> Service<Req> for AdaptiveLimit<S, P>
+impl<S, P, M, Req> Service<Req> for AdaptiveLimit<S, P, M>
 where
     S: Service<Req>,
     S::Error: Into<BoxError>,
     P: CriticalityOf<Req>,
+    M: Hold<S::Response>,
 {
     type Response = S::Response;
     type Error = BoxError;
-    type Future = ResponseFuture<S::Future>;
+    type Future = ResponseFuture<S::Future, M>;
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {

@@ -7,13 +7,14 @@ use tower::layer::util::Identity;
 use tower_layer::Layer;
 
 use super::classify::DependencyFailures;
-use super::part::{Skip, StackPart, part_name};
+use super::part::{HoldPoint, Skip, StackPart, part_name};
 use crate::bulkhead::{Bulkhead, BulkheadBuilder, BulkheadHandle, BulkheadLayer};
 use crate::circuit_breaker::{
     CircuitBreaker, CircuitBreakerBuilder, CircuitBreakerHandle, CircuitBreakerLayer, SlidingWindow,
 };
 use crate::deadline::{AttemptTimeoutLayer, AttemptTimeoutService, DeadlineLayer, DeadlineService};
 use crate::error::{ConfigError, Name};
+use crate::hold::Head;
 use crate::observe::Observer;
 use crate::retry::{BackoffState, Retry, RetryBudget, RetryErrors, RetryLayer, RetryLayerBuilder};
 
@@ -64,21 +65,26 @@ pub struct ClientStackLayer<
 /// The service a [`ClientStackLayer`] makes around `S` (`S` being the service
 /// below the attempt timeout: yours, or with propagation, a
 /// [`PropagateDeadline`](crate::deadline::PropagateDeadline) around yours).
-pub type ClientStackService<S, P = RetryErrors, C = DependencyFailures> =
-    DeadlineService<Retry<CircuitBreaker<Bulkhead<AttemptTimeoutService<S>>, C>, P>>;
+///
+/// `M` is where the bulkhead and the breaker let go of a call: at the
+/// response head ([`Head`]), or, in the HTTP and gRPC presets, at the end of
+/// the response body ([`BodyEnd`](crate::hold::BodyEnd); see
+/// [`hold`](crate::hold)).
+pub type ClientStackService<S, P = RetryErrors, C = DependencyFailures, M = Head> =
+    DeadlineService<Retry<CircuitBreaker<Bulkhead<AttemptTimeoutService<S>, M>, C, M>, P>>;
 
 impl<S, P, C, L, O> Layer<S> for ClientStackLayer<P, C, L, O>
 where
-    L: Layer<S>,
-    O: Layer<ClientStackService<L::Service, P, C>>,
+    L: Layer<S> + HoldPoint,
+    O: Layer<ClientStackService<L::Service, P, C, L::Hold>>,
 {
     type Service = O::Service;
 
     fn layer(&self, service: S) -> Self::Service {
         let s = self.inner.layer(service);
         let s = self.attempt.layer(s);
-        let s = self.bulkhead.layer(s);
-        let s = self.breaker.layer(s);
+        let s = self.bulkhead.clone().hold_until::<L::Hold>().layer(s);
+        let s = self.breaker.clone().hold_until::<L::Hold>().layer(s);
         let s = self.retry.layer(s);
         self.outer.layer(self.deadline.layer(s))
     }
@@ -540,7 +546,7 @@ impl<P, C, O> ClientStackBuilder<P, C, Skip, O> {
     ///     Ok::<_, seawall::BoxError>(http::Response::new(sent))
     /// });
     /// let res = stack.layer(client).oneshot(http::Request::new(())).await?;
-    /// // (The body comes back held to the deadline: a `DeadlineBody`.)
+    /// // (The body comes back held to the deadline: a `CallBody`.)
     /// assert_eq!(res.into_body().into_inner(), "250m");
     /// # Ok(())
     /// # }

@@ -82,3 +82,65 @@ impl<X, D> StackPart for crate::rate_limit::RateLimitLayerBuilder<X, D> {
 pub(crate) fn part_name(stack: &Name, part: &str) -> Name {
     Name::from(format!("{stack}.{part}"))
 }
+
+/// Where the layers of a stack let go of a call, as its innermost part
+/// decides: at the head ([`Head`](crate::hold::Head)) when nothing below
+/// hands out [`CallBody`](crate::body::CallBody) responses, at the end of
+/// the body ([`BodyEnd`](crate::hold::BodyEnd)) when something does (the
+/// protocol presets). See [`hold`](crate::hold).
+pub trait HoldPoint {
+    /// [`Head`](crate::hold::Head) or [`BodyEnd`](crate::hold::BodyEnd).
+    type Hold;
+}
+
+impl HoldPoint for Identity {
+    type Hold = crate::hold::Head;
+}
+
+/// A pair holds as its outer layer (the one the stack sees) does.
+impl<I, O: HoldPoint> HoldPoint for tower::layer::util::Stack<I, O> {
+    type Hold = O::Hold;
+}
+
+#[cfg(all(feature = "http", feature = "deadline"))]
+impl HoldPoint for crate::deadline::PropagateDeadlineLayer {
+    type Hold = crate::hold::BodyEnd;
+}
+
+#[cfg(all(feature = "http", feature = "deadline"))]
+impl HoldPoint for crate::body::CallBodyLayer {
+    type Hold = crate::hold::BodyEnd;
+}
+
+/// An ingress part of the server stack: with it comes the stack's
+/// innermost layer ([`Identity`] for none; with an HTTP ingress, the
+/// [`CallBodyLayer`](crate::body::CallBodyLayer) that holds the handler's
+/// answers to the caller's deadline, so that the stack's limits hold until
+/// an answer's last byte).
+pub trait IngressPart: StackPart {
+    /// The innermost layer that comes with this ingress.
+    type Innermost: HoldPoint;
+
+    /// Builds it (before the ingress itself), with the stack's observer.
+    fn build_innermost(&self, observer: Option<&Observer>) -> Result<Self::Innermost, ConfigError>;
+}
+
+impl IngressPart for Skip {
+    type Innermost = Identity;
+
+    fn build_innermost(&self, _observer: Option<&Observer>) -> Result<Identity, ConfigError> {
+        Ok(Identity::new())
+    }
+}
+
+#[cfg(all(feature = "http", feature = "deadline"))]
+impl IngressPart for crate::deadline::DeadlineFromHeadersLayerBuilder {
+    type Innermost = crate::body::CallBodyLayer;
+
+    fn build_innermost(
+        &self,
+        observer: Option<&Observer>,
+    ) -> Result<crate::body::CallBodyLayer, ConfigError> {
+        self.answer_layer(observer)
+    }
+}

@@ -4,6 +4,7 @@ use super::client::{ClientStack, ClientStackBuilder, ClientStackService};
 use super::part::part_name;
 use crate::deadline::{PropagateDeadline, PropagateDeadlineLayer, PropagateDeadlineLayerBuilder};
 use crate::error::Name;
+use crate::hold::BodyEnd;
 use crate::http::HttpStatusClassifier;
 use crate::retry::http::HttpRetry;
 
@@ -21,7 +22,8 @@ use crate::retry::http::HttpRetry;
 ///     client: seawall::stack::HttpClient<HyperClient>,
 /// }
 /// ```
-pub type HttpClient<S> = ClientStackService<PropagateDeadline<S>, HttpRetry, HttpStatusClassifier>;
+pub type HttpClient<S> =
+    ClientStackService<PropagateDeadline<S>, HttpRetry, HttpStatusClassifier, BodyEnd>;
 
 impl ClientStack {
     /// The client stack for an HTTP dependency (feature `http`): the
@@ -106,6 +108,7 @@ mod grpc {
     use crate::error::{ConfigError, Name};
     use crate::grpc::transport::{TonicTransport, TonicTransportLayer};
     use crate::grpc::{GrpcRejection, GrpcRejectionLayer, GrpcStatusClassifier};
+    use crate::hold::BodyEnd;
     use crate::observe::Observer;
     use crate::retry::grpc::GrpcRetry;
     use crate::retry::http::{ReplayBodyLayer, ReplayBodyService};
@@ -125,6 +128,7 @@ mod grpc {
                 PropagateDeadline<TonicTransport<S>>,
                 GrpcRetry,
                 GrpcStatusClassifier,
+                BodyEnd,
             >,
         >,
     >;
@@ -252,7 +256,7 @@ mod server {
 
     use tower::layer::util::Stack;
 
-    use super::super::part::{StackPart, part_name};
+    use super::super::part::{IngressPart, StackPart, part_name};
     use super::super::server::{ServerStack, ServerStackBuilder};
     use crate::deadline::{DeadlineFromHeadersLayer, DeadlineFromHeadersLayerBuilder};
     use crate::error::{ConfigError, Name};
@@ -276,6 +280,17 @@ mod server {
     #[derive(Debug)]
     pub struct HttpIngress {
         deadline: DeadlineFromHeadersLayerBuilder,
+    }
+
+    impl IngressPart for HttpIngress {
+        type Innermost = crate::body::CallBodyLayer;
+
+        fn build_innermost(
+            &self,
+            observer: Option<&Observer>,
+        ) -> Result<Self::Innermost, ConfigError> {
+            self.deadline.answer_layer(observer)
+        }
     }
 
     impl StackPart for HttpIngress {
@@ -388,6 +403,17 @@ mod server {
         #[derive(Debug)]
         pub struct GrpcIngress {
             pub(super) deadline: DeadlineFromHeadersLayerBuilder,
+        }
+
+        impl IngressPart for GrpcIngress {
+            type Innermost = crate::body::CallBodyLayer;
+
+            fn build_innermost(
+                &self,
+                observer: Option<&Observer>,
+            ) -> Result<Self::Innermost, ConfigError> {
+                self.deadline.answer_layer(observer)
+            }
         }
 
         impl StackPart for GrpcIngress {

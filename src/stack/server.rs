@@ -6,10 +6,11 @@ use std::time::Duration;
 use tower::layer::util::Identity;
 use tower_layer::Layer;
 
-use super::part::{Skip, StackPart, part_name};
+use super::part::{HoldPoint, IngressPart, Skip, StackPart, part_name};
 use crate::bulkhead::{Bulkhead, BulkheadBuilder, BulkheadHandle, BulkheadLayer};
 use crate::deadline::{AttemptTimeoutLayer, AttemptTimeoutService, DeadlineLayer, DeadlineService};
 use crate::error::{ConfigError, Name};
+use crate::hold::Head;
 use crate::observe::Observer;
 use crate::shed::criticality::FromTaskLocal;
 use crate::shed::{AdaptiveLimit, AdaptiveLimitLayer, AdaptiveLimitLayerBuilder};
@@ -36,42 +37,48 @@ const BULKHEAD_MAX_CONCURRENT: usize = 1000;
 /// Every service built from one `ServerStackLayer` (and every clone) shares
 /// one rate limiter, adaptive limit and bulkhead: build one stack per
 /// service or route you want to protect separately.
-pub struct ServerStackLayer<O = Identity, R = Identity, P = FromTaskLocal> {
+pub struct ServerStackLayer<O = Identity, R = Identity, P = FromTaskLocal, I = Identity> {
     ingress: O,
     deadline: DeadlineLayer,
     rate_limit: R,
     limit: AdaptiveLimitLayer<P>,
     bulkhead: BulkheadLayer,
     handler: AttemptTimeoutLayer,
+    innermost: I,
 }
 
 /// The service the inner part of a [`ServerStackLayer`] makes around `S`:
 /// adaptive limit → bulkhead → handler timeout. The rate limit and the
-/// ingress wrap it (see [`ServerStackLayer`]'s `Layer` impl).
-pub type ServerCore<S, P = FromTaskLocal> = AdaptiveLimit<Bulkhead<AttemptTimeoutService<S>>, P>;
+/// ingress wrap it (see [`ServerStackLayer`]'s `Layer` impl). `M` is where
+/// the limit and the bulkhead let go of a call ([`Head`], or with an HTTP
+/// ingress [`BodyEnd`](crate::hold::BodyEnd): see [`hold`](crate::hold)).
+pub type ServerCore<S, P = FromTaskLocal, M = Head> =
+    AdaptiveLimit<Bulkhead<AttemptTimeoutService<S>, M>, P, M>;
 
 /// The service a [`ServerStackLayer`] without ingress nor rate limit makes
 /// around `S`.
 pub type ServerStackService<S, P = FromTaskLocal> = DeadlineService<ServerCore<S, P>>;
 
-impl<S, O, R, P> Layer<S> for ServerStackLayer<O, R, P>
+impl<S, O, R, P, I> Layer<S> for ServerStackLayer<O, R, P, I>
 where
-    R: Layer<ServerCore<S, P>>,
+    I: Layer<S> + HoldPoint,
+    R: Layer<ServerCore<I::Service, P, I::Hold>>,
     O: Layer<DeadlineService<R::Service>>,
 {
     type Service = O::Service;
 
     fn layer(&self, service: S) -> Self::Service {
-        let s = self.handler.layer(service);
-        let s = self.bulkhead.layer(s);
-        let s = self.limit.layer(s);
+        let s = self.innermost.layer(service);
+        let s = self.handler.layer(s);
+        let s = self.bulkhead.clone().hold_until::<I::Hold>().layer(s);
+        let s = self.limit.clone().hold_until::<I::Hold>().layer(s);
         let s = self.rate_limit.layer(s);
         let s = self.deadline.layer(s);
         self.ingress.layer(s)
     }
 }
 
-impl<O, R, P> ServerStackLayer<O, R, P> {
+impl<O, R, P, I> ServerStackLayer<O, R, P, I> {
     /// The optional ingress layer ([`Identity`] when none was configured).
     pub fn ingress(&self) -> &O {
         &self.ingress
@@ -108,9 +115,10 @@ impl<O, R, P> ServerStackLayer<O, R, P> {
     }
 }
 
-impl<O: Clone, R: Clone, P> Clone for ServerStackLayer<O, R, P> {
+impl<O: Clone, R: Clone, P, I: Clone> Clone for ServerStackLayer<O, R, P, I> {
     fn clone(&self) -> Self {
         ServerStackLayer {
+            innermost: self.innermost.clone(),
             ingress: self.ingress.clone(),
             deadline: self.deadline.clone(),
             rate_limit: self.rate_limit.clone(),
@@ -121,7 +129,7 @@ impl<O: Clone, R: Clone, P> Clone for ServerStackLayer<O, R, P> {
     }
 }
 
-impl<O: fmt::Debug, R: fmt::Debug, P> fmt::Debug for ServerStackLayer<O, R, P> {
+impl<O: fmt::Debug, R: fmt::Debug, P, I: fmt::Debug> fmt::Debug for ServerStackLayer<O, R, P, I> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ServerStackLayer")
             .field("ingress", &self.ingress)
@@ -130,6 +138,7 @@ impl<O: fmt::Debug, R: fmt::Debug, P> fmt::Debug for ServerStackLayer<O, R, P> {
             .field("adaptive_limit", &self.limit)
             .field("bulkhead", &self.bulkhead)
             .field("handler_timeout", &self.handler)
+            .field("innermost", &self.innermost)
             .finish()
     }
 }
@@ -289,9 +298,9 @@ impl<O, R, P> ServerStackBuilder<O, R, P> {
     /// set, or the handler timeout is above it; a layer's own refusal is
     /// returned as that layer's error.
     #[allow(clippy::type_complexity)]
-    pub fn build(self) -> Result<ServerStackLayer<O::Layer, R::Layer, P>, ConfigError>
+    pub fn build(self) -> Result<ServerStackLayer<O::Layer, R::Layer, P, O::Innermost>, ConfigError>
     where
-        O: StackPart,
+        O: IngressPart,
         R: StackPart,
     {
         let total = self
@@ -320,7 +329,9 @@ impl<O, R, P> ServerStackBuilder<O, R, P> {
                 ),
             ));
         }
+        let innermost = self.ingress.build_innermost(obs)?;
         Ok(ServerStackLayer {
+            innermost,
             ingress: self.ingress.with_budget(total).build_part(obs)?,
             deadline,
             rate_limit: self.rate_limit.build_part(obs)?,

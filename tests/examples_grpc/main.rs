@@ -43,7 +43,7 @@ use grpc_server_stack::ServerConfig;
 /// The gRPC client stack of `tonic_client`, boxed.
 type BoxedClient = tower::util::BoxCloneSyncService<
     http::Request<tonic::body::Body>,
-    http::Response<seawall::deadline::DeadlineBody<tonic::body::Body>>,
+    http::Response<seawall::body::CallBody<tonic::body::Body>>,
     std::convert::Infallible,
 >;
 

@@ -320,6 +320,11 @@ async fn http_preset_local_bulkhead_refusals_never_open_the_breaker() {
         })
         .count();
     assert_eq!((ok, full), (2, 18));
+    // The two answers are judged when their bodies end.
+    assert_eq!(breaker.metrics().calls, 0, "bodies not read yet");
+    for res in results.into_iter().flatten() {
+        res.into_body().collect().await.unwrap();
+    }
     assert_eq!(breaker.state(), State::Closed);
     assert_eq!(breaker.metrics().calls, 2, "only the calls that reached it");
     assert_eq!(breaker.metrics().failures, 0);
@@ -790,7 +795,8 @@ async fn server_preset_answers_before_the_client_preset_times_out() {
 /// for 20 ms at most), and the body is held to the deadline sent in
 /// `grpc-timeout`: the call ends `DEADLINE_EXCEEDED` at the attempt timeout,
 /// as a gRPC deadline covers the whole stream. It is not retried (the head
-/// had come) and the breaker counted the head.
+/// had come), and the breaker counts it as a failure when the body is cut
+/// (a head that looks like a success is judged again at the body's end).
 #[tokio::test(start_paused = true)]
 async fn grpc_preset_holds_the_body_to_the_attempts_deadline() {
     let (channel, hits) = serve_raw(Answer::SlowFirstMessage).await;
@@ -806,7 +812,7 @@ async fn grpc_preset_holds_the_body_to_the_attempts_deadline() {
     assert_eq!(hits.load(Ordering::SeqCst), 1);
     assert_eq!(
         (breaker.metrics().calls, breaker.metrics().failures),
-        (1, 0)
+        (1, 1)
     );
 }
 
@@ -814,7 +820,8 @@ async fn grpc_preset_holds_the_body_to_the_attempts_deadline() {
 /// comes after the attempt's deadline: reading the body fails with
 /// `DeadlineExceeded` at that deadline (500 ms after the call began, not
 /// 2 s); a body that ends in time is untouched; a response cut this way is
-/// neither retried nor counted against the dependency (the head came).
+/// not retried (the head came) and is counted by the breaker as a failure
+/// when its body is cut.
 #[tokio::test(start_paused = true)]
 async fn http_preset_holds_the_body_to_the_attempts_deadline() {
     let hits = Arc::new(AtomicUsize::new(0));
@@ -856,7 +863,7 @@ async fn http_preset_holds_the_body_to_the_attempts_deadline() {
     assert_eq!(hits.load(Ordering::SeqCst), 1, "not retried");
     assert_eq!(
         (breaker.metrics().calls, breaker.metrics().failures),
-        (1, 0)
+        (1, 1)
     );
 
     let res = client.clone().oneshot(get("/fast")).await.unwrap();

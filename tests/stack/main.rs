@@ -528,7 +528,7 @@ async fn client_propagates_each_attempts_time_left() {
         s.lock().unwrap().push(header);
         async {
             tokio::time::sleep(Duration::from_secs(10)).await;
-            Ok::<_, BoxError>(http::Response::new(()))
+            Ok::<_, BoxError>(http::Response::new(String::new()))
         }
     });
     let stack = ClientStack::builder("users")
@@ -556,9 +556,9 @@ async fn server_takes_the_clients_shorter_deadline() {
         .deadline_from_headers(|d| d)
         .build()
         .unwrap();
-    let svc = stack.layer(service_fn(|_: http::Request<()>| async {
+    let svc = stack.layer(service_fn(|_: http::Request<_>| async {
         tokio::time::sleep(Duration::from_secs(5)).await;
-        Ok::<_, BoxError>(http::Response::new(()))
+        Ok::<_, BoxError>(http::Response::new(String::new()))
     }));
     let req = http::Request::builder()
         .header("grpc-timeout", "120m")

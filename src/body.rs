@@ -1,0 +1,599 @@
+//! [`CallBody`]: a response body that carries what its call still holds —
+//! the call's deadline, and under [`BodyEnd`](crate::hold::BodyEnd) the
+//! bulkhead permit, the adaptive limit's place and the breaker's verdict —
+//! to its last byte (feature `http`).
+//!
+//! Every body the protocol presets hand out is a `CallBody`: on a client,
+//! [`PropagateDeadline`](crate::deadline::PropagateDeadline) wraps the
+//! dependency's answer; on a server, [`CallBodyLayer`] wraps the
+//! handler's. Composing by hand, put either below the layers that should
+//! hold until the body ends (see [`hold`](crate::hold)).
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), seawall::BoxError> {
+//! use std::time::Duration;
+//! use http_body_util::{BodyExt, StreamBody};
+//! use seawall::body::CallBodyLayer;
+//! use seawall::DeadlineLayer;
+//! use tower::{service_fn, ServiceBuilder, ServiceExt};
+//!
+//! let svc = ServiceBuilder::new()
+//!     .layer(DeadlineLayer::builder(Duration::from_secs(1)).build()?)
+//!     .layer(CallBodyLayer::new())
+//!     .service(service_fn(|_req: http::Request<_>| async {
+//!         // The head at once, the body never.
+//!         let never = futures::stream::pending::<Result<http_body::Frame<bytes::Bytes>, std::convert::Infallible>>();
+//!         Ok::<_, seawall::BoxError>(http::Response::new(StreamBody::new(never)))
+//!     }));
+//!
+//! let res = svc.oneshot(http::Request::new(())).await?;
+//! // The total budget covers the body: it ends with `DeadlineExceeded` after 1 s.
+//! let err = res.into_body().collect().await.unwrap_err();
+//! assert!(err.is::<seawall::error::DeadlineExceeded>());
+//! # Ok(())
+//! # }
+//! ```
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+use tokio::time::Sleep;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::deadline::Deadline;
+use crate::deadline::layer::Shared;
+use crate::deadline::service::{TIMED_OUT, reject_deadline};
+use crate::error::{BoxError, ConfigError, Name};
+use crate::hold::{BodyEnd, Duty, DutyKind, Hold};
+use crate::observe::{LayerKind, Observer};
+
+pin_project! {
+    /// A response body held to its call: it ends with a
+    /// [`DeadlineExceeded`](crate::error::DeadlineExceeded) error (event
+    /// detail `"timed_out"`) if the call's deadline passes while it is
+    /// still streaming — the deadline covers the whole call, not only the
+    /// wait for the head — and it carries what the layers above hold until
+    /// its end (see [`hold`](crate::hold)): a bulkhead permit and an
+    /// adaptive-limit place are given back, and the breaker's verdict given,
+    /// when the body ends, fails, or is dropped.
+    ///
+    /// It holds its timer inline (no allocation), so, like tower-http's
+    /// `TimeoutBody`, it is `!Unpin`: `BodyExt::collect` takes it as it is;
+    /// for `BodyExt::frame`, pin it first (`let mut body =
+    /// std::pin::pin!(res.into_body());`). `into_inner()` drops the
+    /// deadline and lets go of what it holds.
+    ///
+    /// [`PropagateDeadline`](crate::deadline::PropagateDeadline) (in the HTTP
+    /// and gRPC client presets) puts every response body in one, with the
+    /// deadline it sent the server: the attempt's time left (the attempt
+    /// timeout or the total budget, whichever ends first). A body that is
+    /// complete when the head arrives, or a call with no deadline, arms no
+    /// timer (the timer is armed by the first read that finds the body
+    /// unfinished). A gRPC response (`content-type: application/grpc…`)
+    /// ends with the `DEADLINE_EXCEEDED` status instead (feature `tonic`),
+    /// as a generated client reports it. On the server side,
+    /// [`CallBodyLayer`] (in the server presets) holds the handler's answers
+    /// to the request's deadline the same way: an HTTP answer still
+    /// streaming is cut off (the connection reports an incomplete body), a
+    /// gRPC one ends with `grpc-status: 4` in its trailers. Retry looks at
+    /// heads only: a body cut off after its head arrived is not retried,
+    /// and the error reaches whoever reads the body.
+    pub struct CallBody<B> {
+        #[pin]
+        inner: B,
+        #[pin]
+        sleep: Option<Sleep>,
+        // The deadline, and the layer that reports its passing.
+        limit: Option<(Deadline, Arc<Shared>)>,
+        ending: Ending,
+        expired: bool,
+        held: Held,
+    }
+}
+
+/// How a body cut by its deadline ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    /// With the `DeadlineExceeded` rejection as the body's error.
+    Error,
+    /// With the `DEADLINE_EXCEEDED` status as the error (a gRPC reply read
+    /// by this process).
+    GrpcStatus,
+    /// With `grpc-status: 4` in trailers (a gRPC answer this process sends).
+    GrpcTrailers,
+}
+
+/// What the layers above hold until the body ends: one of each kind (a
+/// second bulkhead above the first lets go at the head).
+#[derive(Default)]
+struct Held {
+    #[cfg(feature = "bulkhead")]
+    bulkhead: Option<crate::bulkhead::queue::Permit>,
+    #[cfg(feature = "shed")]
+    limit: Option<crate::shed::limiter::Permit>,
+    #[cfg(feature = "circuit-breaker")]
+    breaker: Option<crate::circuit_breaker::Pending>,
+    // Whether anything above is held (the fast path checks this alone).
+    any: bool,
+}
+
+impl Held {
+    /// Takes `duty` if its slot is free; gives it back otherwise.
+    fn take(&mut self, duty: Duty) -> Option<Duty> {
+        #[allow(unreachable_patterns)]
+        let back = match duty.0 {
+            #[cfg(feature = "bulkhead")]
+            DutyKind::Bulkhead(permit) if self.bulkhead.is_none() => {
+                self.bulkhead = Some(permit);
+                None
+            }
+            #[cfg(feature = "shed")]
+            DutyKind::Limit(permit) if self.limit.is_none() => {
+                self.limit = Some(permit);
+                None
+            }
+            #[cfg(feature = "circuit-breaker")]
+            DutyKind::Breaker(pending) if self.breaker.is_none() => {
+                self.breaker = Some(pending);
+                None
+            }
+            other => Some(Duty(other)),
+        };
+        if back.is_none() {
+            self.any = true;
+        }
+        back
+    }
+
+    /// Lets go of everything: the breaker's verdict first, then the places.
+    #[cfg_attr(not(feature = "circuit-breaker"), allow(unused_variables))]
+    fn release(&mut self, failure: Option<&BoxError>) {
+        if !self.any {
+            return;
+        }
+        self.any = false;
+        #[cfg(feature = "circuit-breaker")]
+        if let Some(pending) = self.breaker.take() {
+            pending.settle(match failure {
+                Some(error) => crate::hold::End::Failed(error),
+                None => crate::hold::End::Complete,
+            });
+        }
+        #[cfg(feature = "shed")]
+        drop(self.limit.take());
+        #[cfg(feature = "bulkhead")]
+        drop(self.bulkhead.take());
+    }
+}
+
+impl<B> CallBody<B> {
+    /// `inner` held to `deadline`, reported as the layer `shared` names. The
+    /// timer is armed on the first poll that finds the body unfinished.
+    pub(crate) fn new(
+        inner: B,
+        deadline: Option<Deadline>,
+        shared: &Arc<Shared>,
+        grpc: bool,
+    ) -> Self {
+        CallBody {
+            inner,
+            sleep: None,
+            limit: deadline.map(|d| (d, shared.clone())),
+            ending: if grpc {
+                Ending::GrpcStatus
+            } else {
+                Ending::Error
+            },
+            expired: false,
+            held: Held::default(),
+        }
+    }
+
+    /// The body of an answer this process sends (server side): a gRPC one
+    /// ends with `grpc-status: 4` (`DEADLINE_EXCEEDED`) in its trailers
+    /// instead of an error.
+    pub(crate) fn answering(mut self) -> Self {
+        if self.ending == Ending::GrpcStatus {
+            self.ending = Ending::GrpcTrailers;
+        }
+        self
+    }
+
+    /// A body with no deadline, holding nothing.
+    pub fn unlimited(inner: B) -> Self {
+        CallBody {
+            inner,
+            sleep: None,
+            limit: None,
+            ending: Ending::Error,
+            expired: false,
+            held: Held::default(),
+        }
+    }
+
+    /// The deadline the body is held to, if any.
+    pub fn deadline(&self) -> Option<Deadline> {
+        self.limit.as_ref().map(|(d, _)| *d)
+    }
+
+    /// Whether the body still holds something for the layers above (a
+    /// permit, a place under a limit, a verdict to give).
+    pub fn holds(&self) -> bool {
+        self.held.any
+    }
+
+    /// The body inside.
+    pub fn get_ref(&self) -> &B {
+        &self.inner
+    }
+
+    /// The body inside (the deadline is dropped with the wrapper, and what
+    /// it held is let go, as for a body dropped before its end).
+    pub fn into_inner(self) -> B {
+        self.inner
+    }
+}
+
+impl<B: Default> Default for CallBody<B> {
+    /// An empty body with no deadline (what an answer made by a layer
+    /// carries).
+    fn default() -> Self {
+        CallBody::unlimited(B::default())
+    }
+}
+
+impl<B: From<&'static str>> From<&'static str> for CallBody<B> {
+    /// A text body with no deadline (what an answer made by a layer
+    /// carries).
+    fn from(text: &'static str) -> Self {
+        CallBody::unlimited(B::from(text))
+    }
+}
+
+impl<B: fmt::Debug> fmt::Debug for CallBody<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CallBody")
+            .field("inner", &self.inner)
+            .field("deadline", &self.deadline())
+            .field("armed", &self.sleep.is_some())
+            .field("expired", &self.expired)
+            .field("holds", &self.held.any)
+            .finish()
+    }
+}
+
+impl<B> Body for CallBody<B>
+where
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    type Data = B::Data;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let mut this = self.project();
+        if *this.expired {
+            return Poll::Ready(None);
+        }
+        if let Some((deadline, shared)) = this.limit.as_ref() {
+            if this.sleep.is_none() && !this.inner.is_end_stream() {
+                this.sleep
+                    .set(Some(tokio::time::sleep_until(deadline.instant())));
+            }
+            if let Some(sleep) = this.sleep.as_mut().as_pin_mut() {
+                if sleep.poll(cx).is_ready() {
+                    *this.expired = true;
+                    let error = reject_deadline(LayerKind::Deadline, shared, TIMED_OUT);
+                    this.held.release(Some(&error));
+                    return Poll::Ready(Some(match *this.ending {
+                        Ending::Error => Err(error),
+                        Ending::GrpcStatus => Err(grpc_status(error)),
+                        Ending::GrpcTrailers => Ok(Frame::trailers(deadline_trailers(&error))),
+                    }));
+                }
+            }
+        }
+        let polled = ready!(this.inner.as_mut().poll_frame(cx));
+        if !this.held.any {
+            return Poll::Ready(polled.map(|r| r.map_err(Into::into)));
+        }
+        Poll::Ready(match polled {
+            None => {
+                this.held.release(None);
+                None
+            }
+            Some(Err(error)) => {
+                let error = error.into();
+                this.held.release(Some(&error));
+                Some(Err(error))
+            }
+            Some(Ok(frame)) => {
+                if let Some(trailers) = frame.trailers_ref() {
+                    match trailer_status(trailers) {
+                        Some(error) => this.held.release(Some(&error)),
+                        None => this.held.release(None),
+                    }
+                } else if this.inner.is_end_stream() {
+                    this.held.release(None);
+                }
+                Some(Ok(frame))
+            }
+        })
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.expired || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl<B: Body> Hold<http::Response<CallBody<B>>> for BodyEnd {
+    #[inline]
+    fn hold(response: &mut http::Response<CallBody<B>>, duty: Duty) -> Option<Duty> {
+        let body = response.body_mut();
+        if body.expired || body.inner.is_end_stream() {
+            // Nothing left to hold it for.
+            return Some(duty);
+        }
+        body.held.take(duty)
+    }
+}
+
+#[cfg(feature = "circuit-breaker")]
+impl<B, C> crate::hold::HoldVerdict<http::Response<CallBody<B>>, C> for BodyEnd
+where
+    B: Body + 'static,
+    C: crate::classify::Classify<http::Response<CallBody<B>>, BoxError>,
+{
+    #[inline]
+    fn pending(response: &http::Response<CallBody<B>>) -> Option<crate::hold::Settle> {
+        let body = response.body();
+        if body.expired || body.inner.is_end_stream() {
+            return None;
+        }
+        Some(crate::hold::Settle(
+            crate::circuit_breaker::settle::<C, http::Response<CallBody<B>>>,
+        ))
+    }
+}
+
+/// The error a gRPC status in trailers stands for, if it is not `OK`.
+fn trailer_status(trailers: &http::HeaderMap) -> Option<BoxError> {
+    let code = trailers.get("grpc-status")?;
+    if code.as_bytes() == b"0" {
+        return None;
+    }
+    #[cfg(feature = "tonic")]
+    return tonic::Status::from_header_map(trailers).map(|s| Box::new(s) as BoxError);
+    #[cfg(not(feature = "tonic"))]
+    Some(
+        format!(
+            "grpc-status {} in trailers",
+            String::from_utf8_lossy(code.as_bytes())
+        )
+        .into(),
+    )
+}
+
+/// The `DEADLINE_EXCEEDED` status a generated client reports (feature
+/// `tonic`; without it, the rejection itself).
+fn grpc_status(error: BoxError) -> BoxError {
+    #[cfg(feature = "tonic")]
+    return Box::new(tonic::Status::deadline_exceeded(error.to_string()));
+    #[cfg(not(feature = "tonic"))]
+    error
+}
+
+/// The trailers that end a gRPC answer cut by its deadline.
+fn deadline_trailers(error: &BoxError) -> http::HeaderMap {
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("grpc-status", http::HeaderValue::from_static("4"));
+    // Printable ASCII only (names are validated): no percent-encoding needed.
+    if let Ok(message) = http::HeaderValue::from_str(&error.to_string()) {
+        trailers.insert("grpc-message", message);
+    }
+    trailers
+}
+
+/// Whether `response` is a gRPC one (`content-type: application/grpc…`).
+pub(crate) fn is_grpc<B>(response: &http::Response<B>) -> bool {
+    response
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// Puts a service's requests and answers in [`CallBody`] bodies held to
+/// the request's deadline (the one it carries or the task-local one when
+/// the service is called, whichever ends first): the innermost layer of the
+/// server presets, so that the layers above can hold until the answer's
+/// last byte (see [`hold`](crate::hold)) and the caller's deadline covers
+/// the whole call.
+///
+/// - A handler still reading the request body when the deadline passes
+///   reads a [`DeadlineExceeded`](crate::error::DeadlineExceeded) error.
+///   The service below receives `http::Request<CallBody<B>>`: an axum
+///   `Router` and tonic's routes take any body; a handler written for one
+///   body type takes `CallBody<B>` (or calls `into_inner()`).
+/// - A gRPC answer cut by its deadline ends with `grpc-status: 4`
+///   (`DEADLINE_EXCEEDED`) in its trailers; an HTTP one is cut off (the
+///   connection reports an incomplete body).
+#[derive(Clone)]
+pub struct CallBodyLayer {
+    shared: Arc<Shared>,
+    deadline: bool,
+}
+
+impl CallBodyLayer {
+    /// The layer, named `"body"`, with no observer.
+    pub fn new() -> Self {
+        CallBodyLayer::builder()
+            .build()
+            .expect("the default settings are valid")
+    }
+
+    /// A builder (name, observer, whether the deadline covers the body).
+    pub fn builder() -> CallBodyLayerBuilder {
+        CallBodyLayerBuilder {
+            name: Name::from("body"),
+            observer: Observer::none(),
+            deadline: true,
+        }
+    }
+}
+
+impl Default for CallBodyLayer {
+    fn default() -> Self {
+        CallBodyLayer::new()
+    }
+}
+
+impl fmt::Debug for CallBodyLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CallBodyLayer")
+            .field("name", &self.shared.name)
+            .field("deadline", &self.deadline)
+            .finish()
+    }
+}
+
+/// Configures a [`CallBodyLayer`].
+#[derive(Debug)]
+pub struct CallBodyLayerBuilder {
+    name: Name,
+    observer: Observer,
+    deadline: bool,
+}
+
+impl CallBodyLayerBuilder {
+    /// The instance name, reported with a `"timed_out"` rejection when a
+    /// deadline cuts a body (default `"body"`).
+    pub fn name(mut self, name: impl Into<Name>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// The observer the cut is reported to.
+    pub fn observer(mut self, observer: impl Into<Observer>) -> Self {
+        self.observer = observer.into();
+        self
+    }
+
+    /// Whether the deadline covers the body (default `true`); with `false`
+    /// the bodies only carry what the layers above hold.
+    pub fn body_deadline(mut self, covers: bool) -> Self {
+        self.deadline = covers;
+        self
+    }
+
+    /// Builds the layer.
+    pub fn build(self) -> Result<CallBodyLayer, ConfigError> {
+        Ok(CallBodyLayer {
+            shared: Arc::new(Shared {
+                limit: std::time::Duration::ZERO,
+                name: self.name,
+                observer: self.observer,
+            }),
+            deadline: self.deadline,
+        })
+    }
+}
+
+impl<S> Layer<S> for CallBodyLayer {
+    type Service = CallBodyService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        CallBodyService {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// The service of [`CallBodyLayer`]. `poll_ready` is the inner service's.
+#[derive(Clone, Debug)]
+pub struct CallBodyService<S> {
+    inner: S,
+    layer: CallBodyLayer,
+}
+
+impl<S, B, RB> Service<http::Request<B>> for CallBodyService<S>
+where
+    S: Service<http::Request<CallBody<B>>, Response = http::Response<RB>>,
+{
+    type Response = http::Response<CallBody<RB>>;
+    type Error = S::Error;
+    type Future = CallBodyFuture<S::Future>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    #[inline]
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let deadline = if self.layer.deadline {
+            crate::deadline::of(&req)
+        } else {
+            None
+        };
+        // The request body too: a handler still reading it when the
+        // deadline passes gets `DeadlineExceeded`.
+        let shared = &self.layer.shared;
+        let req = req.map(|body| CallBody::new(body, deadline, shared, false));
+        CallBodyFuture {
+            inner: self.inner.call(req),
+            deadline,
+            shared: Arc::clone(&self.layer.shared),
+        }
+    }
+}
+
+pin_project! {
+    /// The response future of [`CallBodyService`].
+    pub struct CallBodyFuture<F> {
+        #[pin]
+        inner: F,
+        deadline: Option<Deadline>,
+        shared: Arc<Shared>,
+    }
+}
+
+impl<F> fmt::Debug for CallBodyFuture<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CallBodyFuture")
+            .field("deadline", &self.deadline)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F, RB, E> Future for CallBodyFuture<F>
+where
+    F: Future<Output = Result<http::Response<RB>, E>>,
+{
+    type Output = Result<http::Response<CallBody<RB>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let response = ready!(this.inner.poll(cx))?;
+        let grpc = is_grpc(&response);
+        let deadline = *this.deadline;
+        let shared = &*this.shared;
+        Poll::Ready(Ok(response.map(|body| {
+            CallBody::new(body, deadline, shared, grpc).answering()
+        })))
+    }
+}

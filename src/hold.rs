@@ -1,0 +1,170 @@
+//! Where a layer lets go of a call: when the response head arrives
+//! ([`Head`], every layer's default) or when the response body ends
+//! ([`BodyEnd`], the protocol stacks).
+//!
+//! A streamed response is still work when its head arrives: the server is
+//! still producing it, the connection still carries it, a gRPC status is
+//! still to come in its trailers. Under [`BodyEnd`], the
+//! [bulkhead](crate::bulkhead) keeps its permit, the [adaptive
+//! limit](crate::shed) its place in flight and the [circuit
+//! breaker](crate::circuit_breaker) its verdict (and a half-open probe
+//! slot) until the body of an `http::Response<CallBody<B>>` ends, fails, or
+//! is dropped: the [`CallBody`](crate::body::CallBody) carries them. A body
+//! already complete when the head arrives is let go at once.
+//!
+//! The adaptive limit takes its latency sample at the head (the time to the
+//! first byte, where a queue shows); its place in flight is held until the
+//! end. The breaker judges a head that looks like a success again at the
+//! end: a body that fails, is cut by its deadline, or ends with a gRPC error
+//! status in its trailers is a failure; a body the reader drops half way is
+//! not counted. A head that says failure is counted at once. Retry looks at
+//! heads only: a response whose head has arrived is never retried.
+//!
+//! The [client](crate::stack::ClientStack::http) and
+//! [server](crate::stack::ServerStack::http) presets hold until the body
+//! ends; composing by hand, ask a layer for it with `until_body_end()`
+//! (feature `http`) and put a layer below it that hands out `CallBody`
+//! responses ([`PropagateDeadline`](crate::deadline::PropagateDeadline) on a
+//! client, [`CallBodyLayer`](crate::body::CallBodyLayer) around a handler).
+//!
+//! ```
+//! # #[cfg(all(feature = "http", feature = "bulkhead", feature = "deadline"))]
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), seawall::BoxError> {
+//! use http_body_util::{BodyExt, StreamBody};
+//! use seawall::body::CallBodyLayer;
+//! use seawall::BulkheadLayer;
+//! use tower::{service_fn, ServiceBuilder, ServiceExt};
+//!
+//! let bulkhead = BulkheadLayer::builder().max_concurrent(1).build()?.until_body_end();
+//! let handle = bulkhead.handle();
+//! let svc = ServiceBuilder::new()
+//!     .layer(bulkhead)
+//!     .layer(CallBodyLayer::new())
+//!     .service(service_fn(|_req: http::Request<_>| async {
+//!         // A body of two chunks, still streaming when the head is sent.
+//!         let chunks = futures::stream::iter(["a", "b"].map(|c| {
+//!             Ok::<_, std::convert::Infallible>(http_body::Frame::data(bytes::Bytes::from(c)))
+//!         }));
+//!         Ok::<_, seawall::BoxError>(http::Response::new(StreamBody::new(chunks)))
+//!     }));
+//!
+//! let res = svc.oneshot(http::Request::new(())).await?;
+//! assert_eq!(handle.available_permits(), 0); // the body is still to be read
+//! let body = res.into_body().collect().await?.to_bytes();
+//! assert_eq!(body, "ab");
+//! assert_eq!(handle.available_permits(), 1); // read to the end: let go
+//! # Ok(())
+//! # }
+//! # #[cfg(not(all(feature = "http", feature = "bulkhead", feature = "deadline")))]
+//! # fn main() {}
+//! ```
+
+use std::fmt;
+
+/// Let go of a call when its response (head) arrives: the default of every
+/// layer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Head;
+
+/// Hold a call until its response body ends, fails or is dropped
+/// (responses of type `http::Response<CallBody<B>>`, feature `http`); see
+/// the [module docs](self).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BodyEnd;
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for super::Head {}
+    impl Sealed for super::BodyEnd {}
+}
+
+/// A point where a layer lets go of a call whose response is a `T`:
+/// [`Head`] for any `T`, [`BodyEnd`] for `http::Response<CallBody<B>>`.
+/// Sealed.
+pub trait Hold<T>: sealed::Sealed + Send + Sync + 'static {
+    /// Hands `duty` to the response to carry until its body ends; gives it
+    /// back if the response cannot (then the layer lets go now).
+    #[doc(hidden)]
+    fn hold(response: &mut T, duty: Duty) -> Option<Duty>;
+}
+
+impl<T> Hold<T> for Head {
+    #[inline]
+    fn hold(_: &mut T, duty: Duty) -> Option<Duty> {
+        Some(duty)
+    }
+}
+
+/// What a layer still holds for a call (a permit, a place in flight, a
+/// verdict to give), handed to the response body to carry. Opaque.
+pub struct Duty(pub(crate) DutyKind);
+
+pub(crate) enum DutyKind {
+    #[cfg(feature = "bulkhead")]
+    Bulkhead(crate::bulkhead::queue::Permit),
+    #[cfg(feature = "shed")]
+    Limit(crate::shed::limiter::Permit),
+    #[cfg(feature = "circuit-breaker")]
+    Breaker(crate::circuit_breaker::Pending),
+}
+
+impl fmt::Debug for Duty {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        #[allow(unreachable_patterns)]
+        let what = match &self.0 {
+            #[cfg(feature = "bulkhead")]
+            DutyKind::Bulkhead(_) => "bulkhead permit",
+            #[cfg(feature = "shed")]
+            DutyKind::Limit(_) => "adaptive limit place",
+            #[cfg(feature = "circuit-breaker")]
+            DutyKind::Breaker(_) => "breaker verdict",
+            _ => "nothing",
+        };
+        f.write_str(what)
+    }
+}
+
+/// How a held body ended, for the breaker's verdict.
+#[cfg(feature = "circuit-breaker")]
+pub(crate) enum End<'a> {
+    /// Read to its end (trailers without an error status included).
+    Complete,
+    /// Failed: the body's error, its deadline's, or the gRPC status of its
+    /// trailers.
+    Failed(&'a crate::error::BoxError),
+    /// Dropped before its end.
+    Dropped,
+}
+
+/// For the circuit breaker: whether a response whose head looks like a
+/// success is judged again when its body ends ([`BodyEnd`], with the
+/// classifier `C` reading the body's failure as an error), or now
+/// ([`Head`]). Sealed.
+#[cfg(feature = "circuit-breaker")]
+pub trait HoldVerdict<T, C>: Hold<T> {
+    /// The judge of the body's end, if the verdict waits for it.
+    #[doc(hidden)]
+    fn pending(response: &T) -> Option<Settle>;
+}
+
+#[cfg(feature = "circuit-breaker")]
+impl<T, C> HoldVerdict<T, C> for Head {
+    #[inline]
+    fn pending(_: &T) -> Option<Settle> {
+        None
+    }
+}
+
+/// The breaker's judge of a body's end, made for one classifier and
+/// response type. Opaque.
+#[cfg(feature = "circuit-breaker")]
+#[derive(Clone, Copy)]
+pub struct Settle(pub(crate) crate::circuit_breaker::SettleFn);
+
+#[cfg(feature = "circuit-breaker")]
+impl fmt::Debug for Settle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Settle")
+    }
+}
