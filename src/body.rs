@@ -1,5 +1,5 @@
 //! [`CallBody`]: a response body that carries what its call still holds —
-//! the call's deadline, and under [`BodyEnd`](crate::hold::BodyEnd) the
+//! the call's deadline, and under [`BodyEnd`] the
 //! bulkhead permit, the adaptive limit's place and the breaker's verdict —
 //! to its last byte (feature `http`).
 //!
