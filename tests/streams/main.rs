@@ -1,0 +1,476 @@
+//! Streamed responses through the protocol presets, with their defaults,
+//! over loopback: a real hyper client against axum, a real tonic `Channel`
+//! and tonic streaming client against a tonic server. The call ends when
+//! its body ends: permits and places are held to the last chunk and given
+//! back when the reader drops the stream half way; the breaker counts a
+//! body that fails or ends with an error status in its trailers, and does
+//! not count a body the reader dropped.
+//!
+//! These tests run in real time (real sockets: a paused clock would jump
+//! over data still in flight on loopback); every wait is bounded, and no
+//! assertion depends on how long anything took beyond a lower bound.
+#![cfg(all(feature = "tonic", feature = "full"))]
+
+#[path = "../../examples/common/greeter.rs"]
+mod greeter;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::{Pin, pin};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::{get, post};
+use bytes::Bytes;
+use futures::StreamExt;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use seawall::error::{RejectionKind, rejection_of};
+use seawall::stack::{ClientStack, ServerStack};
+use tonic::body::Body;
+use tonic::server::NamedService;
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+use tower::{Layer, ServiceExt};
+
+use greeter::{HelloReply, HelloRequest};
+
+type Hyper = Client<HttpConnector, Full<Bytes>>;
+
+fn hyper() -> Hyper {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+fn h2() -> Hyper {
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http()
+}
+
+/// Serves `app` on a free loopback port.
+async fn serve_axum(app: Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
+/// `n` chunks "0 ", "1 ", …, the first at once, then one every `every`;
+/// with `fail`, an error after the last one (the server resets the
+/// stream).
+fn chunks(n: usize, every: Duration, fail: bool) -> axum::body::Body {
+    let s = futures::stream::iter(0..n).then(move |i| async move {
+        if i > 0 {
+            tokio::time::sleep(every).await;
+        }
+        Ok::<_, std::io::Error>(Bytes::from(format!("{i} ")))
+    });
+    let tail = futures::stream::iter(fail.then(|| Err(std::io::Error::other("broken"))));
+    axum::body::Body::from_stream(s.chain(tail))
+}
+
+/// Waits until `done` holds, for 2 s at most.
+async fn settle(done: impl Fn() -> bool) {
+    for _ in 0..200 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(done(), "not settled after 2 s");
+}
+
+fn get_req(addr: SocketAddr, path: &str) -> http::Request<Full<Bytes>> {
+    http::Request::get(format!("http://{addr}{path}"))
+        .body(Full::new(Bytes::new()))
+        .unwrap()
+}
+
+/// Reads one frame of a body.
+async fn one_frame<B: http_body::Body<Data = Bytes> + Unpin>(body: &mut B) -> Bytes
+where
+    B::Error: std::fmt::Debug,
+{
+    let frame = body.frame().await.expect("a frame").expect("no error");
+    frame.into_data().expect("data")
+}
+
+// ---------------------------------------------------------------- HTTP client
+
+#[tokio::test]
+async fn http_client_preset_holds_the_permit_to_the_last_chunk() {
+    let addr = serve_axum(
+        Router::new()
+            .route(
+                "/stream",
+                get(|| async { chunks(3, Duration::from_millis(20), false) }),
+            )
+            .route(
+                "/broken",
+                get(|| async { chunks(2, Duration::from_millis(20), true) }),
+            ),
+    )
+    .await;
+    let stack = ClientStack::http("dep")
+        .total_budget(Duration::from_secs(2))
+        .attempt_timeout(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    let (bulkhead, breaker) = (stack.bulkhead_handle(), stack.breaker_handle());
+    let client = stack.layer(hyper());
+
+    // Read to the end: held until the last chunk, then one success.
+    let res = client
+        .clone()
+        .oneshot(get_req(addr, "/stream"))
+        .await
+        .unwrap();
+    assert_eq!(bulkhead.in_flight(), 1, "the body is still streaming");
+    assert_eq!(breaker.metrics().calls, 0, "judged at the end");
+    let mut body = pin!(res.into_body());
+    assert_eq!(one_frame(&mut body).await, "0 ");
+    assert_eq!(bulkhead.in_flight(), 1);
+    let rest = body.collect().await.unwrap().to_bytes();
+    assert_eq!(rest, "1 2 ");
+    assert_eq!(bulkhead.in_flight(), 0);
+    let m = breaker.metrics();
+    assert_eq!((m.calls, m.failures), (1, 0));
+
+    // Dropped half way: given back, not counted.
+    let res = client
+        .clone()
+        .oneshot(get_req(addr, "/stream"))
+        .await
+        .unwrap();
+    let mut body = Box::pin(res.into_body());
+    assert_eq!(one_frame(&mut body).await, "0 ");
+    assert_eq!(bulkhead.in_flight(), 1);
+    drop(body);
+    assert_eq!(bulkhead.in_flight(), 0);
+    assert_eq!(
+        breaker.metrics().calls,
+        1,
+        "a dropped stream is not counted"
+    );
+
+    // A body that fails mid-stream is a failure of the dependency.
+    let res = client
+        .clone()
+        .oneshot(get_req(addr, "/broken"))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(res.into_body().collect().await.is_err());
+    assert_eq!(bulkhead.in_flight(), 0);
+    let m = breaker.metrics();
+    assert_eq!((m.calls, m.failures), (2, 1));
+}
+
+// ---------------------------------------------------------------- HTTP server
+
+#[tokio::test]
+async fn http_server_preset_holds_the_limit_to_the_last_chunk() {
+    let stack = ServerStack::http("api")
+        .total_budget(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let limit = stack.adaptive_limit().clone();
+    let bulkhead = stack.bulkhead_handle();
+    let addr = serve_axum(
+        Router::new()
+            .route(
+                "/stream",
+                get(|| async { chunks(3, Duration::from_millis(20), false) }),
+            )
+            .layer(stack),
+    )
+    .await;
+    let client = h2();
+
+    let res = client.request(get_req(addr, "/stream")).await.unwrap();
+    assert_eq!((limit.inflight(), bulkhead.in_flight()), (1, 1));
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, "0 1 2 ");
+    // The server lets go once it has sent the last chunk.
+    settle(|| (limit.inflight(), bulkhead.in_flight()) == (0, 0)).await;
+
+    // The client drops the stream half way (HTTP/2 resets it): the server
+    // drops the answer and gives the places back.
+    let res = client.request(get_req(addr, "/stream")).await.unwrap();
+    let mut body = Box::pin(res.into_body());
+    assert_eq!(one_frame(&mut body).await, "0 ");
+    assert_eq!((limit.inflight(), bulkhead.in_flight()), (1, 1));
+    drop(body);
+    settle(|| (limit.inflight(), bulkhead.in_flight()) == (0, 0)).await;
+}
+
+/// A handler still reading the request body when the caller's deadline
+/// passes reads `DeadlineExceeded`.
+#[tokio::test]
+async fn http_server_preset_holds_request_bodies_to_the_deadline() {
+    let seen: Arc<Mutex<Vec<Option<RejectionKind>>>> = Arc::default();
+    let s = seen.clone();
+    let stack = ServerStack::http("api")
+        .total_budget(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let addr = serve_axum(
+        Router::new()
+            .route(
+                "/upload",
+                post(move |body: axum::body::Body| {
+                    let s = s.clone();
+                    async move {
+                        let read = body.collect().await;
+                        let kind = read.err().map(|e| {
+                            let e: seawall::BoxError = e.into();
+                            rejection_of(&e).map(|r| r.kind())
+                        });
+                        s.lock().unwrap().push(kind.flatten());
+                        "read"
+                    }
+                }),
+            )
+            .layer(stack),
+    )
+    .await;
+    let client: Client<HttpConnector, BoxBody<Bytes, Infallible>> =
+        Client::builder(TokioExecutor::new()).build_http();
+    let upload = |second_after: Duration| {
+        let first = futures::stream::iter([Ok::<_, Infallible>(http_body::Frame::data(
+            Bytes::from("part one "),
+        ))]);
+        let second = futures::stream::once(async move {
+            tokio::time::sleep(second_after).await;
+            Ok(http_body::Frame::data(Bytes::from("part two")))
+        });
+        http::Request::post(format!("http://{addr}/upload"))
+            .header("x-request-timeout-ms", "500")
+            .body(BoxBody::new(StreamBody::new(first.chain(second))))
+            .unwrap()
+    };
+
+    // In time: read whole.
+    let res = client
+        .request(upload(Duration::from_millis(100)))
+        .await
+        .unwrap();
+    assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "read");
+    // Too late: the handler's read fails at the deadline (500 ms less the
+    // 10 ms hop margin).
+    let start = tokio::time::Instant::now();
+    let _ = client.request(upload(Duration::from_secs(2))).await;
+    assert!(start.elapsed() >= Duration::from_millis(490));
+    settle(|| seen.lock().unwrap().len() == 2).await;
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [None, Some(RejectionKind::DeadlineExceeded)]
+    );
+}
+
+// ---------------------------------------------------------------- gRPC
+
+/// How the raw streaming server ends its answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum End {
+    /// `OK` trailers after the messages.
+    Ok,
+    /// `UNAVAILABLE` in the trailers after the messages.
+    Unavailable,
+    /// `DEADLINE_EXCEEDED` in the trailers after the messages.
+    DeadlineExceeded,
+}
+
+/// A tonic server answering every call with `messages` replies, one every
+/// `every` (the first at once), then trailers saying `end`.
+#[derive(Clone)]
+struct Streamer {
+    messages: usize,
+    every: Duration,
+    end: End,
+    hits: Arc<AtomicUsize>,
+}
+
+impl NamedService for Streamer {
+    const NAME: &'static str = "demo.Greeter";
+}
+
+fn framed(text: &str) -> Bytes {
+    use prost::Message as _;
+    let reply = HelloReply {
+        message: text.into(),
+        ..Default::default()
+    }
+    .encode_to_vec();
+    let mut out = vec![0u8];
+    out.extend_from_slice(&(reply.len() as u32).to_be_bytes());
+    out.extend_from_slice(&reply);
+    Bytes::from(out)
+}
+
+impl tower::Service<http::Request<Body>> for Streamer {
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _req: http::Request<Body>) -> Self::Future {
+        self.hits.fetch_add(1, Ordering::SeqCst);
+        let (n, every, end) = (self.messages, self.every, self.end);
+        Box::pin(async move {
+            let messages = futures::stream::iter(0..n).then(move |i| async move {
+                if i > 0 {
+                    tokio::time::sleep(every).await;
+                }
+                Ok::<_, Status>(http_body::Frame::data(framed(&format!("m{i}"))))
+            });
+            let mut trailers = http::HeaderMap::new();
+            let code = match end {
+                End::Ok => "0",
+                End::Unavailable => "14",
+                End::DeadlineExceeded => "4",
+            };
+            trailers.insert("grpc-status", code.parse().unwrap());
+            let tail = futures::stream::iter([Ok(http_body::Frame::trailers(trailers))]);
+            Ok(http::Response::builder()
+                .header("content-type", "application/grpc")
+                .body(Body::new(StreamBody::new(messages.chain(tail))))
+                .unwrap())
+        })
+    }
+}
+
+async fn serve_streamer(messages: usize, every: Duration, end: End) -> (Channel, Arc<AtomicUsize>) {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let svc = Streamer {
+        messages,
+        every,
+        end,
+        hits: hits.clone(),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let router = tonic::transport::Server::builder().add_service(svc);
+    tokio::spawn(router.serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)));
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    (channel, hits)
+}
+
+/// A server-streaming call through a tonic client: the stream of replies.
+async fn stream_hello<S>(svc: S) -> Result<tonic::Streaming<HelloReply>, Status>
+where
+    S: tonic::client::GrpcService<Body>,
+    S::ResponseBody: http_body::Body<Data = Bytes> + Send + 'static,
+    <S::ResponseBody as http_body::Body>::Error: Into<seawall::BoxError>,
+{
+    let mut grpc = tonic::client::Grpc::new(svc);
+    grpc.ready()
+        .await
+        .map_err(|e| Status::unavailable(e.into().to_string()))?;
+    let codec = tonic_prost::ProstCodec::<HelloRequest, HelloReply>::default();
+    let path = http::uri::PathAndQuery::from_static("/demo.Greeter/SayHellos");
+    let req = tonic::Request::new(HelloRequest {
+        name: "stream".into(),
+        work_ms: 0,
+    });
+    Ok(grpc.server_streaming(req, path, codec).await?.into_inner())
+}
+
+/// Every message of a stream, then how it ended.
+async fn drain(mut stream: tonic::Streaming<HelloReply>) -> (Vec<String>, Option<Code>) {
+    let mut got = Vec::new();
+    loop {
+        match stream.message().await {
+            Ok(Some(m)) => got.push(m.message),
+            Ok(None) => return (got, None),
+            Err(status) => return (got, Some(status.code())),
+        }
+    }
+}
+
+fn grpc_preset() -> seawall::stack::ClientStackBuilder<
+    seawall::retry::grpc::GrpcRetry,
+    seawall::grpc::GrpcStatusClassifier,
+    seawall::stack::GrpcTransportPart,
+    seawall::stack::GrpcOutermost,
+> {
+    ClientStack::grpc("dep")
+        .total_budget(Duration::from_secs(2))
+        .attempt_timeout(Duration::from_millis(600))
+}
+
+#[tokio::test]
+async fn grpc_client_preset_counts_a_status_in_trailers_after_messages() {
+    for (end, failures) in [
+        (End::Ok, 0),
+        (End::Unavailable, 1),
+        (End::DeadlineExceeded, 1),
+    ] {
+        let (channel, hits) = serve_streamer(2, Duration::from_millis(20), end).await;
+        let stack = grpc_preset().build().unwrap();
+        let (bulkhead, breaker) = (stack.bulkhead_handle(), stack.breaker_handle());
+        let stream = stream_hello(stack.layer(channel)).await.unwrap();
+        assert_eq!(bulkhead.in_flight(), 1, "{end:?}: streaming");
+        let (got, code) = drain(stream).await;
+        assert_eq!(got, ["m0", "m1"], "{end:?}");
+        let expected = match end {
+            End::Ok => None,
+            End::Unavailable => Some(Code::Unavailable),
+            End::DeadlineExceeded => Some(Code::DeadlineExceeded),
+        };
+        assert_eq!(code, expected);
+        assert_eq!(bulkhead.in_flight(), 0, "{end:?}: given back");
+        let m = breaker.metrics();
+        assert_eq!((m.calls, m.failures), (1, failures), "{end:?}");
+        assert_eq!(
+            hits.load(Ordering::SeqCst),
+            1,
+            "{end:?}: a started stream is not retried"
+        );
+    }
+}
+
+#[tokio::test]
+async fn grpc_client_preset_cuts_a_stream_at_the_deadline_and_frees_a_dropped_one() {
+    // 10 messages 100 ms apart outlive the 600 ms attempt: the stream ends
+    // DEADLINE_EXCEEDED after the messages sent in time, counted as a
+    // failure; the permit is back.
+    let (channel, _) = serve_streamer(10, Duration::from_millis(100), End::Ok).await;
+    let stack = grpc_preset().build().unwrap();
+    let (bulkhead, breaker) = (stack.bulkhead_handle(), stack.breaker_handle());
+    let svc = stack.layer(channel);
+    let start = tokio::time::Instant::now();
+    let (got, code) = drain(stream_hello(svc.clone()).await.unwrap()).await;
+    assert_eq!(code, Some(Code::DeadlineExceeded));
+    assert!(start.elapsed() >= Duration::from_millis(600));
+    assert!(
+        (4..10).contains(&got.len()),
+        "m0 at once, then one every 100 ms, until 600 ms: {got:?}"
+    );
+    assert_eq!(bulkhead.in_flight(), 0);
+    let m = breaker.metrics();
+    assert_eq!((m.calls, m.failures), (1, 1));
+
+    // Dropped after two messages: given back, not counted.
+    let mut stream = stream_hello(svc).await.unwrap();
+    assert!(stream.message().await.unwrap().is_some());
+    assert!(stream.message().await.unwrap().is_some());
+    assert_eq!(bulkhead.in_flight(), 1);
+    drop(stream);
+    assert_eq!(bulkhead.in_flight(), 0);
+    assert_eq!(breaker.metrics().calls, 1);
+}
