@@ -474,3 +474,210 @@ async fn grpc_client_preset_cuts_a_stream_at_the_deadline_and_frees_a_dropped_on
     assert_eq!(bulkhead.in_flight(), 0);
     assert_eq!(breaker.metrics().calls, 1);
 }
+
+// ---------------------------------------------------------------- drops
+
+mod drops {
+    //! 10^4 streamed calls through the HTTP client preset around the HTTP
+    //! server preset (in process, paused time: deterministic), each dropped
+    //! at a random point — before its head, after k chunks, or read to the
+    //! end — with random chunk counts, delays, failures and 500s. Every
+    //! permit, place and probe slot comes back.
+
+    use super::*;
+    use rand::rngs::SmallRng;
+    use rand::{Rng, SeedableRng};
+    use seawall::BoxError;
+    use seawall::observe::State;
+
+    type Answer = axum::body::Body;
+
+    /// The handler: the answer the request's headers ask for.
+    async fn handler<B>(req: http::Request<B>) -> Result<http::Response<Answer>, BoxError> {
+        let num = |name: &str| -> u64 {
+            req.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        let (head_ms, chunks, every_ms, end) = (
+            num("x-head-ms"),
+            num("x-chunks"),
+            num("x-every-ms"),
+            num("x-end"),
+        );
+        tokio::time::sleep(Duration::from_millis(head_ms)).await;
+        let frames = futures::stream::iter(0..chunks).then(move |i| async move {
+            tokio::time::sleep(Duration::from_millis(every_ms)).await;
+            Ok::<_, BoxError>(http_body::Frame::data(Bytes::from(format!("{i}"))))
+        });
+        let tail = futures::stream::iter(
+            (end == 1).then(|| Err::<http_body::Frame<Bytes>, BoxError>("broken".into())),
+        );
+        let status = if end == 2 { 500 } else { 200 };
+        Ok(http::Response::builder()
+            .status(status)
+            .body(axum::body::Body::new(StreamBody::new(frames.chain(tail))))?)
+    }
+
+    /// A random call; in an outage, every answer is a 500.
+    fn request(rng: &mut SmallRng, outage: bool) -> http::Request<Full<Bytes>> {
+        // One call in a hundred streams slowly enough to be cut by the
+        // attempt's deadline (500 ms).
+        let every = if rng.random_ratio(1, 100) {
+            200
+        } else {
+            rng.random_range(0..3)
+        };
+        http::Request::get("http://dep/stream")
+            .header("x-head-ms", rng.random_range(0..3).to_string())
+            .header("x-chunks", rng.random_range(0..5).to_string())
+            .header("x-every-ms", every.to_string())
+            .header(
+                "x-end",
+                if outage { 2 } else { rng.random_range(0..20) }.to_string(),
+            )
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    }
+
+    /// How far the reader goes.
+    #[derive(Clone, Copy)]
+    enum Drop {
+        /// Gives up on the head after this many ms.
+        Head(u64),
+        /// Reads this many frames, then drops the body.
+        After(usize),
+        /// Reads to the end.
+        End,
+    }
+
+    /// Responses whose body held something for the layers above when it
+    /// came back.
+    static HELD: AtomicUsize = AtomicUsize::new(0);
+
+    /// `Some(true)`: a response came back; `Some(false)`: the breaker
+    /// refused; `None`: given up before the head, or another error.
+    async fn one<S, RB>(svc: S, req: http::Request<Full<Bytes>>, drop_at: Drop) -> Option<bool>
+    where
+        S: tower::Service<
+                http::Request<Full<Bytes>>,
+                Response = http::Response<seawall::body::CallBody<RB>>,
+                Error = BoxError,
+            >,
+        RB: http_body::Body<Data = Bytes>,
+        RB::Error: Into<BoxError>,
+    {
+        let call = svc.oneshot(req);
+        let res = match drop_at {
+            Drop::Head(ms) => match tokio::time::timeout(Duration::from_millis(ms), call).await {
+                Ok(res) => res,
+                Err(_) => return None,
+            },
+            _ => call.await,
+        };
+        let res = match res {
+            Ok(res) => res,
+            Err(e) => {
+                let kind = rejection_of(&e).map(|r| r.kind());
+                return (kind == Some(RejectionKind::CircuitOpen)).then_some(false);
+            }
+        };
+        if res.body().holds() {
+            HELD.fetch_add(1, Ordering::Relaxed);
+        }
+        let mut body = Box::pin(res.into_body());
+        let frames = match drop_at {
+            Drop::After(k) => k,
+            _ => usize::MAX,
+        };
+        for _ in 0..frames {
+            match body.frame().await {
+                Some(Ok(_)) => {}
+                _ => break,
+            }
+        }
+        Some(true)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ten_thousand_streams_dropped_at_random_points_leave_every_place_free() {
+        let client_stack = ClientStack::http("dep")
+            .total_budget(Duration::from_secs(2))
+            .attempt_timeout(Duration::from_millis(500))
+            .bulkhead(|b| b.max_concurrent(8))
+            .build()
+            .unwrap();
+        let server_stack = ServerStack::http("api")
+            .total_budget(Duration::from_secs(5))
+            .build()
+            .unwrap();
+        let (client_bulkhead, breaker) = (
+            client_stack.bulkhead_handle(),
+            client_stack.breaker_handle(),
+        );
+        let (limit, server_bulkhead) = (
+            server_stack.adaptive_limit().clone(),
+            server_stack.bulkhead_handle(),
+        );
+        let server = server_stack.layer(tower::service_fn(handler));
+        // The server answers errors as responses (Infallible): the client's
+        // transport error type is a BoxError.
+        let transport =
+            tower::ServiceExt::map_err(server, |e: Infallible| -> BoxError { match e {} });
+        let client = client_stack.layer(transport);
+
+        let mut rng = SmallRng::seed_from_u64(12);
+        let mut opened = 0;
+        let (mut admitted, mut refused) = (0, 0);
+        for batch in 0..1250 {
+            // A short outage now and then opens the breaker; the calls after
+            // its open time are its half-open probes, dropped like the rest.
+            let outage = batch % 125 < 3;
+            let calls: Vec<_> = (0..8)
+                .map(|_| {
+                    let drop_at = match rng.random_range(0..3) {
+                        0 => Drop::Head(rng.random_range(0..4)),
+                        1 => Drop::After(rng.random_range(0..4)),
+                        _ => Drop::End,
+                    };
+                    one(client.clone(), request(&mut rng, outage), drop_at)
+                })
+                .collect();
+            for got in futures::future::join_all(calls).await {
+                match got {
+                    Some(true) => admitted += 1,
+                    Some(false) => refused += 1,
+                    None => {}
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if breaker.state() == State::Open {
+                opened += 1;
+            }
+            // Between batches nothing is in flight: everything came back.
+            assert_eq!(client_bulkhead.in_flight(), 0);
+            assert_eq!((limit.inflight(), server_bulkhead.in_flight()), (0, 0));
+        }
+        assert!(opened >= 10, "each outage opened the breaker: {opened}");
+        assert!(
+            admitted > 5000 && refused > 0,
+            "{admitted} admitted, {refused} refused"
+        );
+        let held = HELD.load(Ordering::Relaxed);
+        assert!(held > 2000, "bodies held their call: {held}");
+
+        // No half-open probe slot leaked: after the open time, probes are
+        // admitted and close the breaker again.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        for _ in 0..20 {
+            let req = http::Request::get("http://dep/ok")
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            let res = client.clone().oneshot(req).await.expect("admitted");
+            let _ = res.into_body().collect().await.unwrap();
+        }
+        assert_eq!(breaker.state(), State::Closed);
+    }
+}
