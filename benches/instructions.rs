@@ -75,6 +75,7 @@ fn main() {
     }
     per_layer!(each);
     full_stacks!(each);
+    http_unary!(each);
     if mode == Some("run") && !found {
         eprintln!("no contender named {:?}; try `list`", want);
         std::process::exit(2);

@@ -59,6 +59,7 @@ fn current_thread(c: &mut Criterion) {
     }
     per_layer!(one);
     full_stacks!(one);
+    http_unary!(one);
     g.finish();
 }
 

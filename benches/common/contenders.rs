@@ -79,6 +79,155 @@ pub fn sw_server() -> seawall::stack::ServerStackLayer<
         .expect("server stack")
 }
 
+// ------------------------------------------------------------------ HTTP unary calls
+
+/// An HTTP unary call as a `u64` call (feature `http`): a `GET` with an
+/// empty `Full` body through `S`, and the answer's body read to its end
+/// (where the protocol presets let go of their permits).
+#[cfg(feature = "http")]
+pub mod http_unary {
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::task::{Context, Poll, ready};
+
+    use bytes::Bytes;
+    use http_body::Body;
+    use http_body_util::Full;
+    use pin_project_lite::pin_project;
+    use seawall::BoxError;
+    use tower::Service;
+
+    pub type Req = http::Request<Full<Bytes>>;
+    pub type Res = http::Response<Full<Bytes>>;
+
+    /// The backend: a 200 with a one-chunk body, at once, whatever the
+    /// request's body type.
+    #[derive(Clone, Copy)]
+    pub struct Backend;
+
+    impl<B> Service<http::Request<B>> for Backend {
+        type Response = Res;
+        type Error = BoxError;
+        type Future = std::future::Ready<Result<Res, BoxError>>;
+
+        fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _req: http::Request<B>) -> Self::Future {
+            std::future::ready(Ok(http::Response::new(Full::new(Bytes::from_static(
+                b"ok",
+            )))))
+        }
+    }
+
+    pub fn backend() -> Backend {
+        Backend
+    }
+
+    #[derive(Clone)]
+    pub struct Unary<S>(pub S);
+
+    impl<S, RB> Service<u64> for Unary<S>
+    where
+        S: Service<Req, Response = http::Response<RB>>,
+        S::Error: Into<BoxError>,
+        RB: Body<Data = Bytes>,
+        RB::Error: Into<BoxError>,
+    {
+        type Response = u64;
+        type Error = BoxError;
+        type Future = UnaryFuture<S::Future, RB>;
+
+        fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+            self.0.poll_ready(cx).map_err(Into::into)
+        }
+
+        fn call(&mut self, n: u64) -> Self::Future {
+            let req = http::Request::get("http://dep/").body(Full::new(Bytes::new()));
+            UnaryFuture {
+                state: State::Calling {
+                    call: self.0.call(req.expect("a valid request")),
+                },
+                n,
+            }
+        }
+    }
+
+    pin_project! {
+        #[project = StateProj]
+        enum State<F, RB> {
+            Calling { #[pin] call: F },
+            Reading { #[pin] body: RB },
+        }
+    }
+
+    pin_project! {
+        pub struct UnaryFuture<F, RB> {
+            #[pin]
+            state: State<F, RB>,
+            n: u64,
+        }
+    }
+
+    impl<F, E, RB> Future for UnaryFuture<F, RB>
+    where
+        F: Future<Output = Result<http::Response<RB>, E>>,
+        E: Into<BoxError>,
+        RB: Body<Data = Bytes>,
+        RB::Error: Into<BoxError>,
+    {
+        type Output = Result<u64, BoxError>;
+
+        fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+            let mut this = self.project();
+            loop {
+                match this.state.as_mut().project() {
+                    StateProj::Calling { call } => {
+                        let body = ready!(call.poll(cx)).map_err(Into::into)?.into_body();
+                        this.state.set(State::Reading { body });
+                    }
+                    StateProj::Reading { mut body } => match ready!(body.as_mut().poll_frame(cx)) {
+                        Some(Ok(_)) => {}
+                        Some(Err(e)) => return Poll::Ready(Err(e.into())),
+                        None => return Poll::Ready(Ok(*this.n)),
+                    },
+                }
+            }
+        }
+    }
+
+    /// The HTTP client preset with its defaults (2 s, 500 ms).
+    pub fn client() -> seawall::stack::HttpClient<Backend> {
+        use tower::Layer;
+        seawall::stack::ClientStack::http("dep")
+            .total_budget(std::time::Duration::from_secs(2))
+            .attempt_timeout(std::time::Duration::from_millis(500))
+            .build()
+            .expect("http client preset")
+            .layer(backend())
+    }
+}
+
+#[cfg(feature = "http")]
+macro_rules! http_unary {
+    ($f:ident) => {{
+        use contenders::http_unary::{Unary, backend, client};
+        $f!(@single "http_unary/bare", |_: ()| Unary(backend()));
+        $f!(@single "http_unary/seawall_client_preset", |_: ()| Unary(client()));
+        let server = seawall::stack::ServerStack::http("api")
+            .total_budget(Duration::from_secs(2))
+            .build()
+            .expect("http server preset");
+        $f!(@single "http_unary/seawall_server_preset", |_: ()| Unary(server.layer(backend())));
+    }};
+}
+
+#[cfg(not(feature = "http"))]
+macro_rules! http_unary {
+    ($f:ident) => {{}};
+}
+
 // ------------------------------------------------------------------ tower-resilience
 
 pub fn tr_timelimiter(

@@ -425,16 +425,16 @@ impl Drop for Permit {
             self.done = true;
             let limiter = &*self.limiter;
             let idle = limiter.release(self.class);
-            let now = Instant::now();
             match self.head {
-                // Held by a response body: the head's latency is the sample.
+                // Held by a response body: the head's latency is the sample,
+                // recorded as of the head (no second clock read).
                 Some(head) => self.report(
                     Completion::Sample(Outcome::Success),
                     head.saturating_duration_since(self.start),
-                    now,
+                    head,
                     idle,
                 ),
-                None => limiter.record(Completion::Drop, Duration::ZERO, now, idle),
+                None => limiter.record(Completion::Drop, Duration::ZERO, Instant::now(), idle),
             }
         }
     }
