@@ -35,6 +35,7 @@ impl ClientStack {
     /// | breaker classifier | [`HttpStatusClassifier`]: 5xx and 408 fail (a bare 503 too: a proxy with no healthy upstream); 429 and a 503 with `Retry-After` are "busy" (not counted by the breaker); other 4xx ignored; connection errors and attempt timeouts fail; this process's own refusals never count |
     /// | retry policy | [`HttpRetry`]: only idempotent methods (GET, HEAD, OPTIONS, TRACE, PUT, DELETE) or requests with an `Idempotency-Key`; 5xx (not 501), 408, 429, connection errors, attempt timeouts; `Retry-After` honoured; `x-seawall-attempt` stamped |
     /// | propagation | each attempt carries its time left as `x-request-timeout-ms` and `grpc-timeout` ([`propagate_deadline`](ClientStackBuilder::propagate_deadline) to change) |
+    /// | the response body | held to the attempt's deadline; the bulkhead permit and the breaker's verdict are held until it ends, fails or is dropped (a body that fails counts as a failure, one dropped half way not at all: see [`hold`](crate::hold)) — read or drop the bodies you get |
     ///
     /// Request bodies must be `Clone` to be retried (`Full<Bytes>`,
     /// `String`, `Empty<Bytes>`, …). For a streaming body, put
@@ -170,6 +171,7 @@ mod grpc {
         /// | retry policy | [`GrpcRetry`]: `UNAVAILABLE` only (the server did not process the call), `grpc-retry-pushback-ms` honoured; opt more codes in with `.retry(\|r\| r.policy(GrpcRetry::new().with_code(Code::DeadlineExceeded)))` for idempotent methods |
         /// | body replay | request bodies up to 64 KiB are kept for a retry |
         /// | propagation | each attempt carries its time left as `grpc-timeout` |
+        /// | streams | the deadline covers the whole stream (`DEADLINE_EXCEEDED` after the messages sent in time); the bulkhead permit and the breaker's verdict are held until the stream ends: an error status in the trailers after messages counts as a failure, a stream dropped half way not at all; a started stream is never retried |
         /// | the `Channel`'s own timeout | an attempt timeout, never `UNKNOWN` |
         /// | errors | answered as gRPC statuses: the tonic client sees `DEADLINE_EXCEEDED`, `UNAVAILABLE` with pushback, `RESOURCE_EXHAUSTED` … |
         ///
@@ -332,7 +334,14 @@ mod server {
         ///   capped at the total budget; change with
         ///   [`deadline_from_headers`](ServerStackBuilder::deadline_from_headers);
         /// - the `x-seawall-attempt` a client stack sends is recorded, so the
-        ///   handler's own client stacks do not retry a retried request.
+        ///   handler's own client stacks do not retry a retried request;
+        /// - innermost, a [`CallBodyLayer`](crate::body::CallBodyLayer): the
+        ///   answer is held to the deadline to its last byte, and so are the
+        ///   adaptive limit's place and the bulkhead permit (a streaming
+        ///   answer counts while it streams; see [`hold`](crate::hold)); the
+        ///   request body too (a handler still reading it at the deadline
+        ///   reads `DeadlineExceeded`), so the service inside receives
+        ///   `http::Request<CallBody<B>>` — an axum `Router` takes any body.
         ///
         /// The adaptive limit sheds by criticality (sheddable requests first)
         /// once it knows each request's class. It does not read the
@@ -451,7 +460,10 @@ mod server {
             /// handling answers
             /// `CANCELLED`, this one `DEADLINE_EXCEEDED` and hands the time
             /// left to the handler); the `x-seawall-attempt` a client stack
-            /// sends is recorded.
+            /// sends is recorded. A streaming answer is held to the deadline
+            /// (it ends with `grpc-status: 4` in its trailers) and holds the
+            /// adaptive limit's place and the bulkhead permit until it ends
+            /// (see [`hold`](crate::hold)).
             ///
             /// ```no_run
             /// # async fn run(routes: tonic::service::Routes) -> Result<(), seawall::BoxError> {
