@@ -159,6 +159,7 @@ impl Held {
             return;
         }
         self.any = false;
+        let _edge = crate::clock::Edge::enter();
         #[cfg(feature = "circuit-breaker")]
         if let Some(pending) = self.breaker.take() {
             pending.settle(match failure {

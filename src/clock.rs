@@ -14,15 +14,68 @@
 //! # }
 //! ```
 
+use std::cell::Cell;
+
 pub use tokio::time::Instant;
 
 #[cfg(feature = "rate-limit")]
 pub use crate::rate_limit::{TokioClock, TokioInstant};
 
 /// The current time on tokio's clock.
+///
+/// Read once per edge of a call: while a request goes in through the
+/// layers' `call` (one synchronous chain), and while its answer comes out
+/// through their futures' `poll`, every seawall layer on the way reads the
+/// same instant — the first read of the edge. A whole stack reads the clock
+/// twice per call, not once per layer. Outside a layer, it is
+/// `tokio::time::Instant::now()`.
 #[inline]
 pub fn now() -> Instant {
-    Instant::now()
+    if DEPTH.with(Cell::get) == 0 {
+        return Instant::now();
+    }
+    NOW.with(|cell| match cell.get() {
+        Some(now) => now,
+        None => {
+            let now = Instant::now();
+            cell.set(Some(now));
+            now
+        }
+    })
+}
+
+thread_local! {
+    // How many layers' edges are open on this thread.
+    static DEPTH: Cell<u32> = const { Cell::new(0) };
+    // The instant of the open edge, once read.
+    static NOW: Cell<Option<Instant>> = const { Cell::new(None) };
+}
+
+/// One layer's part of an edge of a call (its `call`, or its future's
+/// `poll`): while any is alive on this thread, [`now`] reads the clock once.
+/// The outermost one forgets the instant when it ends.
+pub(crate) struct Edge(());
+
+impl Edge {
+    #[inline]
+    pub(crate) fn enter() -> Edge {
+        DEPTH.with(|d| d.set(d.get().wrapping_add(1)));
+        Edge(())
+    }
+}
+
+impl Drop for Edge {
+    #[inline]
+    fn drop(&mut self) {
+        let depth = DEPTH.with(|d| {
+            let depth = d.get().saturating_sub(1);
+            d.set(depth);
+            depth
+        });
+        if depth == 0 {
+            NOW.with(|n| n.set(None));
+        }
+    }
 }
 
 /// `d` in whole seconds, rounded **up** (400 ms → 1, 2 s → 2, 2.001 s → 3,

@@ -406,7 +406,7 @@ impl Engine {
                 let lifo = match self.settings.order {
                     QueueOrder::Lifo => true,
                     QueueOrder::AdaptiveLifo => list.busy_since.is_some_and(|busy| {
-                        Instant::now().saturating_duration_since(busy)
+                        crate::clock::now().saturating_duration_since(busy)
                             >= self.settings.codel_interval
                     }),
                     QueueOrder::Fifo | QueueOrder::Codel => false,

@@ -170,6 +170,7 @@ where
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
+        let _edge = crate::clock::Edge::enter();
         let permit = match std::mem::replace(&mut self.ready, Ready::Idle) {
             Ready::Reserved(permit) => Some(permit),
             other => {

@@ -106,6 +106,7 @@ where
     type Output = Result<T, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let _edge = crate::clock::Edge::enter();
         match self.project().kind.project() {
             KindProj::Called { future, guard } => {
                 let mut result = ready!(future.poll(cx));

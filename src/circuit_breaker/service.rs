@@ -113,6 +113,7 @@ where
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
+        let _edge = crate::clock::Edge::enter();
         let core = &self.shared.core;
         let now = clock::now();
         match core.try_acquire(now) {

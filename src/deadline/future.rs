@@ -135,6 +135,7 @@ where
 
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let _edge = crate::clock::Edge::enter();
         self.project().state.poll_state(cx, LayerKind::Deadline)
     }
 }
@@ -190,6 +191,7 @@ where
 
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let _edge = crate::clock::Edge::enter();
         self.project()
             .state
             .poll_state(cx, LayerKind::AttemptTimeout)

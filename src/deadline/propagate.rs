@@ -485,6 +485,7 @@ where
     }
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        let _edge = crate::clock::Edge::enter();
         let cfg = &*self.cfg;
         let now = clock::now();
         let budget = match cfg.read(&req) {
@@ -574,6 +575,7 @@ where
     type Output = Result<T, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let _edge = crate::clock::Edge::enter();
         match self.project().state.project() {
             IngressProj::Scoped { inner } => inner.poll(cx).map_err(Into::into),
             IngressProj::Plain { inner } => inner.poll(cx).map_err(Into::into),
@@ -790,6 +792,7 @@ where
     }
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        let _edge = crate::clock::Edge::enter();
         let cfg = &*self.cfg;
         let Some(deadline) = super::of(&req) else {
             return EgressFuture {
@@ -884,6 +887,7 @@ where
     type Output = Result<http::Response<CallBody<RB>>, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let _edge = crate::clock::Edge::enter();
         match self.project().state.project() {
             EgressProj::Running {
                 inner,

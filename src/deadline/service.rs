@@ -129,6 +129,7 @@ where
     }
 
     fn call(&mut self, mut req: Req) -> Self::Future {
+        let _edge = crate::clock::Edge::enter();
         let now = clock::now();
         let waited = self.ready_since.take();
         let start = waited.unwrap_or(now);
@@ -221,6 +222,7 @@ where
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
+        let _edge = crate::clock::Edge::enter();
         let now = clock::now();
         let per_try = Deadline::after_from(now, self.shared.limit);
         let overall = super::current();

@@ -49,7 +49,7 @@ impl Clock for TokioClock {
 
     #[inline]
     fn now(&self) -> TokioInstant {
-        TokioInstant(Instant::now())
+        TokioInstant(crate::clock::now())
     }
 }
 

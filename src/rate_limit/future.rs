@@ -264,6 +264,7 @@ where
     type Output = Result<Res, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let _edge = crate::clock::Edge::enter();
         let mut state = self.project().state;
         loop {
             let new = match state.as_mut().project() {

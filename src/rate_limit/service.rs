@@ -85,6 +85,7 @@ where
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
+        let _edge = crate::clock::Edge::enter();
         let shared = &self.shared;
         let key = shared.extractor.extract(&req);
         match shared.decide(&key, D::ENABLED) {

@@ -212,7 +212,7 @@ impl RetryBudget {
         let floor = (f64::from(min_per_sec) * window.as_secs_f64()).round() as u64;
         Ok(RetryBudget {
             inner: std::sync::Arc::new(Inner {
-                start: Instant::now(),
+                start: crate::clock::now(),
                 bucket_nanos: bucket_nanos.max(1),
                 ratio_ppm: (ratio * PPM as f64).round() as u64,
                 success_ratio_ppm: (success_ratio * PPM as f64).round() as u64,
@@ -252,14 +252,14 @@ impl RetryBudget {
     /// Counts one request (call it once per request, not per attempt).
     #[inline]
     pub fn deposit(&self) {
-        self.deposit_at(Instant::now())
+        self.deposit_at(crate::clock::now())
     }
 
     /// Counts one request, like [`deposit`](Self::deposit), and returns its
     /// ticket for [`credit_success`](Self::credit_success).
     #[inline]
     pub fn deposit_request(&self) -> RequestTicket {
-        let epoch = self.inner.epoch(Instant::now());
+        let epoch = self.inner.epoch(crate::clock::now());
         bump(&self.inner.deposits, epoch);
         RequestTicket { epoch }
     }
@@ -319,7 +319,7 @@ pub struct RequestTicket {
 impl RetryBudget {
     /// Takes one retry from the budget, if the rule allows it.
     pub fn try_withdraw(&self) -> Option<Withdrawal> {
-        self.try_withdraw_at(Instant::now())
+        self.try_withdraw_at(crate::clock::now())
     }
 
     /// [`try_withdraw`](Self::try_withdraw) at `now`.
@@ -353,7 +353,7 @@ impl RetryBudget {
 
     /// The current window's figures.
     pub fn snapshot(&self) -> BudgetSnapshot {
-        self.snapshot_at(Instant::now())
+        self.snapshot_at(crate::clock::now())
     }
 
     /// [`snapshot`](Self::snapshot) at `now`.

@@ -150,6 +150,7 @@ where
     type Output = Result<S::Response, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let _edge = crate::clock::Edge::enter();
         let mut this = self.project();
         loop {
             match this.state.as_mut().project() {

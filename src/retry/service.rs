@@ -84,6 +84,7 @@ where
     }
 
     fn call(&mut self, mut req: Req) -> Self::Future {
+        let _edge = crate::clock::Edge::enter();
         let shared = &*self.shared;
         let ticket = shared.budget.deposit_request();
         shared.policy.on_attempt(&mut req, 1);

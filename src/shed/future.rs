@@ -93,6 +93,7 @@ where
     type Output = Result<T, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let _edge = crate::clock::Edge::enter();
         match self.project().state.project() {
             StateProj::Admitted { future, permit } => {
                 let mut result = ready!(future.poll(cx)).map_err(Into::into);
@@ -103,7 +104,7 @@ where
                     Ok(response) => {
                         // The latency is the head's; the place is held until
                         // the body ends if the response carries it.
-                        permit.head_at(Instant::now());
+                        permit.head_at(crate::clock::now());
                         if let Some(Duty(DutyKind::Limit(mut permit))) =
                             M::hold(response, Duty(DutyKind::Limit(permit)))
                         {
@@ -201,6 +202,7 @@ where
     type Output = Result<T, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let _edge = crate::clock::Edge::enter();
         match self.project().state.project() {
             ThrottleStateProj::Called {
                 future,

@@ -369,7 +369,7 @@ impl fmt::Debug for Permit {
 impl Permit {
     /// Releases the permit and records how the call ended.
     pub(crate) fn complete(&mut self, completion: Completion) {
-        self.complete_at(completion, Instant::now());
+        self.complete_at(completion, crate::clock::now());
     }
 
     /// [`complete`](Self::complete), with the time the call ended.
@@ -434,7 +434,7 @@ impl Drop for Permit {
                     head,
                     idle,
                 ),
-                None => limiter.record(Completion::Drop, Duration::ZERO, Instant::now(), idle),
+                None => limiter.record(Completion::Drop, Duration::ZERO, crate::clock::now(), idle),
             }
         }
     }

@@ -97,6 +97,7 @@ where
 
     #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
+        let _edge = crate::clock::Edge::enter();
         let class = self.extractor.criticality_of(&req);
         match self.limiter.try_acquire(class, crate::clock::now()) {
             Ok(permit) => {
@@ -192,6 +193,7 @@ where
 
     #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
+        let _edge = crate::clock::Edge::enter();
         let now = crate::clock::now();
         let admitted = self.shared.lock().admit(now);
         let observer = &self.shared.observer;
