@@ -93,6 +93,8 @@ pin_project! {
         // The deadline, and the layer that reports its passing.
         limit: Option<(Deadline, Arc<Shared>)>,
         ending: Ending,
+        // An answer this process sends (server side).
+        answer: bool,
         expired: bool,
         held: Held,
     }
@@ -192,6 +194,7 @@ impl<B> CallBody<B> {
             } else {
                 Ending::Error
             },
+            answer: false,
             expired: false,
             held: Held::default(),
         }
@@ -204,6 +207,7 @@ impl<B> CallBody<B> {
         if self.ending == Ending::GrpcStatus {
             self.ending = Ending::GrpcTrailers;
         }
+        self.answer = true;
         self
     }
 
@@ -214,6 +218,7 @@ impl<B> CallBody<B> {
             sleep: None,
             limit: None,
             ending: Ending::Error,
+            answer: false,
             expired: false,
             held: Held::default(),
         }
@@ -286,50 +291,61 @@ where
         if *this.expired {
             return Poll::Ready(None);
         }
-        if let Some((deadline, shared)) = this.limit.as_ref() {
-            if this.sleep.is_none() && !this.inner.is_end_stream() {
-                this.sleep
-                    .set(Some(tokio::time::sleep_until(deadline.instant())));
+        let Some((deadline, shared)) = this.limit.as_ref() else {
+            let polled = ready!(this.inner.as_mut().poll_frame(cx));
+            return Poll::Ready(settle(
+                this.held,
+                polled.map(|r| r.map_err(Into::into)),
+                || this.inner.is_end_stream(),
+            ));
+        };
+        // A reply read by this process: what has arrived is handed over
+        // first, so a reader that comes late loses nothing that came in
+        // time, and the deadline cuts only a wait for more. An answer this
+        // process sends: the deadline first (a producer that is always
+        // ready is cut too).
+        if !*this.answer {
+            if let Poll::Ready(polled) = this.inner.as_mut().poll_frame(cx) {
+                let polled = polled.map(|r| {
+                    r.map_err(|error| {
+                        // The server held the reply to the deadline this
+                        // process sent it, less its margin, and cut it:
+                        // that is this deadline passing.
+                        if deadline.remaining() <= CUT_MARGIN {
+                            *this.expired = true;
+                            return timed_out(shared, *this.ending);
+                        }
+                        error.into()
+                    })
+                });
+                return Poll::Ready(settle(this.held, polled, || this.inner.is_end_stream()));
             }
-            if let Some(sleep) = this.sleep.as_mut().as_pin_mut() {
-                if sleep.poll(cx).is_ready() {
-                    *this.expired = true;
-                    let error = reject_deadline(LayerKind::Deadline, shared, TIMED_OUT);
-                    this.held.release(Some(&error));
-                    return Poll::Ready(Some(match *this.ending {
-                        Ending::Error => Err(error),
-                        Ending::GrpcStatus => Err(grpc_status(error)),
-                        Ending::GrpcTrailers => Ok(Frame::trailers(deadline_trailers(&error))),
-                    }));
-                }
+        }
+        if this.sleep.is_none() && !this.inner.is_end_stream() {
+            this.sleep
+                .set(Some(tokio::time::sleep_until(deadline.instant())));
+        }
+        if let Some(sleep) = this.sleep.as_mut().as_pin_mut() {
+            if sleep.poll(cx).is_ready() {
+                *this.expired = true;
+                let error = reject_deadline(LayerKind::Deadline, shared, TIMED_OUT);
+                this.held.release(Some(&error));
+                return Poll::Ready(Some(match *this.ending {
+                    Ending::Error => Err(error),
+                    Ending::GrpcStatus => Err(grpc_status(error)),
+                    Ending::GrpcTrailers => Ok(Frame::trailers(deadline_trailers(&error))),
+                }));
             }
+        }
+        if !*this.answer {
+            return Poll::Pending;
         }
         let polled = ready!(this.inner.as_mut().poll_frame(cx));
-        if !this.held.any {
-            return Poll::Ready(polled.map(|r| r.map_err(Into::into)));
-        }
-        Poll::Ready(match polled {
-            None => {
-                this.held.release(None);
-                None
-            }
-            Some(Err(error)) => {
-                let error = error.into();
-                this.held.release(Some(&error));
-                Some(Err(error))
-            }
-            Some(Ok(frame)) => {
-                if let Some(trailers) = frame.trailers_ref() {
-                    match trailer_status(trailers) {
-                        Some(error) => this.held.release(Some(&error)),
-                        None => this.held.release(None),
-                    }
-                } else if this.inner.is_end_stream() {
-                    this.held.release(None);
-                }
-                Some(Ok(frame))
-            }
-        })
+        Poll::Ready(settle(
+            this.held,
+            polled.map(|r| r.map_err(Into::into)),
+            || this.inner.is_end_stream(),
+        ))
     }
 
     fn is_end_stream(&self) -> bool {
@@ -369,6 +385,49 @@ where
             crate::circuit_breaker::settle::<C, http::Response<CallBody<B>>>,
         ))
     }
+}
+
+/// How close to its deadline a reply's failure counts as the deadline
+/// passing: a server holding its answer to the deadline it was sent (less
+/// its per-hop margin, 10 ms in the server presets) cuts it that much
+/// early.
+const CUT_MARGIN: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// The error of a reply cut at its deadline (reported as the layer
+/// `shared` names).
+fn timed_out(shared: &Shared, ending: Ending) -> BoxError {
+    let error = reject_deadline(LayerKind::Deadline, shared, TIMED_OUT);
+    match ending {
+        Ending::GrpcStatus => grpc_status(error),
+        _ => error,
+    }
+}
+
+/// Lets go of what the body holds when `polled` ends it (its end, an error,
+/// trailers, or data after which the body is at its end).
+fn settle<D>(
+    held: &mut Held,
+    polled: Option<Result<Frame<D>, BoxError>>,
+    at_end: impl FnOnce() -> bool,
+) -> Option<Result<Frame<D>, BoxError>> {
+    if !held.any {
+        return polled;
+    }
+    match &polled {
+        None => held.release(None),
+        Some(Err(error)) => held.release(Some(error)),
+        Some(Ok(frame)) => {
+            if let Some(trailers) = frame.trailers_ref() {
+                match trailer_status(trailers) {
+                    Some(error) => held.release(Some(&error)),
+                    None => held.release(None),
+                }
+            } else if at_end() {
+                held.release(None);
+            }
+        }
+    }
+    polled
 }
 
 /// The error a gRPC status in trailers stands for, if it is not `OK`.
@@ -534,14 +593,15 @@ pub struct CallBodyService<S> {
 impl<S, B, RB> Service<http::Request<B>> for CallBodyService<S>
 where
     S: Service<http::Request<CallBody<B>>, Response = http::Response<RB>>,
+    S::Error: Into<BoxError>,
 {
     type Response = http::Response<CallBody<RB>>;
-    type Error = S::Error;
+    type Error = BoxError;
     type Future = CallBodyFuture<S::Future>;
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
+        self.inner.poll_ready(cx).map_err(Into::into)
     }
 
     #[inline]
@@ -584,15 +644,24 @@ impl<F> fmt::Debug for CallBodyFuture<F> {
 impl<F, RB, E> Future for CallBodyFuture<F>
 where
     F: Future<Output = Result<http::Response<RB>, E>>,
+    E: Into<BoxError>,
 {
-    type Output = Result<http::Response<CallBody<RB>>, E>;
+    type Output = Result<http::Response<CallBody<RB>>, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let response = ready!(this.inner.poll(cx))?;
+        let response = ready!(this.inner.poll(cx)).map_err(Into::into)?;
         let grpc = is_grpc(&response);
         let deadline = *this.deadline;
         let shared = &*this.shared;
+        // An answer made after the deadline (say, a handler that answered
+        // the error of a request body cut at the deadline) would be cut
+        // before its first byte, and the caller would see the connection
+        // close without a status: the deadline's own answer goes instead
+        // (504, `DEADLINE_EXCEEDED`).
+        if deadline.is_some_and(|d| d.instant() <= crate::clock::now()) {
+            return Poll::Ready(Err(reject_deadline(LayerKind::Deadline, shared, TIMED_OUT)));
+        }
         Poll::Ready(Ok(response.map(|body| {
             CallBody::new(body, deadline, shared, grpc).answering()
         })))

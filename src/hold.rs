@@ -12,12 +12,13 @@
 //! is dropped: the [`CallBody`](crate::body::CallBody) carries them. A body
 //! already complete when the head arrives is let go at once.
 //!
-//! The adaptive limit takes its latency sample at the head (the time to the
-//! first byte, where a queue shows); its place in flight is held until the
-//! end. The breaker judges a head that looks like a success again at the
-//! end: a body that fails, is cut by its deadline, or ends with a gRPC error
-//! status in its trailers is a failure; a body the reader drops half way is
-//! not counted. A head that says failure is counted at once. Retry looks at
+//! Speed is judged by the head (the time to the first byte, where a queue
+//! shows): the adaptive limit's latency sample and the breaker's slow-call
+//! time are the head's, so a long healthy stream is not a slow call; the
+//! places are held until the end. The breaker judges a head that looks like
+//! a success again at the end: a body that fails, is cut by its deadline,
+//! or ends with a gRPC error status in its trailers is a failure; a body
+//! the reader drops half way is not counted. A head that says failure is counted at once. Retry looks at
 //! heads only: a response whose head has arrived is never retried.
 //!
 //! The [client](crate::stack::ClientStack::http) and

@@ -5,6 +5,7 @@ use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
@@ -124,7 +125,7 @@ where
                             let pending = Pending {
                                 shared: guard.shared.clone(),
                                 permit: guard.permit,
-                                start: guard.start,
+                                latency: clock::now().saturating_duration_since(guard.start),
                                 settle: s.0,
                                 done: false,
                             };
@@ -141,7 +142,9 @@ where
                         _ => None,
                     };
                     if held.is_none() {
-                        finish(shared, guard.permit, guard.start, outcome, clock::now());
+                        let now = clock::now();
+                        let latency = now.saturating_duration_since(guard.start);
+                        finish(shared, guard.permit, latency, outcome, now);
                     }
                 }
                 Poll::Ready(result.map_err(Into::into))
@@ -156,9 +159,14 @@ where
 
 /// Records a finished call's outcome (or gives its slot back when it is
 /// not counted) and reports it.
-fn finish<C>(shared: &Shared<C>, permit: Permit, start: Instant, outcome: Outcome, now: Instant) {
+fn finish<C>(
+    shared: &Shared<C>,
+    permit: Permit,
+    latency: Duration,
+    outcome: Outcome,
+    now: Instant,
+) {
     let core = &shared.core;
-    let latency = now.saturating_duration_since(start);
     let failure = match outcome {
         Outcome::Success => Some(false),
         Outcome::Failure => Some(true),
@@ -182,14 +190,16 @@ fn finish<C>(shared: &Shared<C>, permit: Permit, start: Instant, outcome: Outcom
 }
 
 /// The breaker's judge of a held body's end (see [`Settle`](crate::hold::Settle)).
-pub(crate) type SettleFn = fn(&(dyn Any + Send + Sync), Permit, Instant, End<'_>);
+pub(crate) type SettleFn = fn(&(dyn Any + Send + Sync), Permit, Duration, End<'_>);
 
 /// A call whose head looked like a success, waiting in its body for the
 /// verdict; a body dropped before its end gives the slot back uncounted.
+/// Its latency (for slow calls and the `CallFinished` event) is the head's:
+/// a healthy stream that lasts is not a slow call.
 pub(crate) struct Pending {
     shared: Arc<dyn Any + Send + Sync>,
     permit: Permit,
-    start: Instant,
+    latency: Duration,
     settle: SettleFn,
     done: bool,
 }
@@ -198,14 +208,14 @@ impl Pending {
     /// Gives the verdict of the body's end.
     pub(crate) fn settle(mut self, end: End<'_>) {
         self.done = true;
-        (self.settle)(&*self.shared, self.permit, self.start, end);
+        (self.settle)(&*self.shared, self.permit, self.latency, end);
     }
 }
 
 impl Drop for Pending {
     fn drop(&mut self) {
         if !self.done {
-            (self.settle)(&*self.shared, self.permit, self.start, End::Dropped);
+            (self.settle)(&*self.shared, self.permit, self.latency, End::Dropped);
         }
     }
 }
@@ -216,7 +226,7 @@ impl Drop for Pending {
 pub(crate) fn settle<C, T>(
     shared: &(dyn Any + Send + Sync),
     permit: Permit,
-    start: Instant,
+    latency: Duration,
     end: End<'_>,
 ) where
     C: Classify<T, BoxError>,
@@ -232,5 +242,5 @@ pub(crate) fn settle<C, T>(
             return;
         }
     };
-    finish(shared, permit, start, outcome, clock::now());
+    finish(shared, permit, latency, outcome, clock::now());
 }

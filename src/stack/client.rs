@@ -389,8 +389,9 @@ impl<P, C, L, O> ClientStackBuilder<P, C, L, O> {
     ///   retry layer schedules a retry only when its delay plus
     ///   `min_remaining` fits the time left);
     /// - the slow-call duration is not below `attempt_timeout` (a call
-    ///   cannot take longer than its attempt timeout, so such a threshold
-    ///   never trips).
+    ///   cannot take longer than its attempt timeout to answer, and a
+    ///   streamed body is judged by its head, so such a threshold never
+    ///   trips).
     ///
     /// A layer's own refusal (a zero budget, `max_attempts(0)`, a breaker
     /// threshold outside `(0, 1]`, …) is returned as that layer's error.

@@ -339,9 +339,13 @@ mod server {
         ///   answer is held to the deadline to its last byte, and so are the
         ///   adaptive limit's place and the bulkhead permit (a streaming
         ///   answer counts while it streams; see [`hold`](crate::hold)); the
-        ///   request body too (a handler still reading it at the deadline
-        ///   reads `DeadlineExceeded`), so the service inside receives
-        ///   `http::Request<CallBody<B>>` — an axum `Router` takes any body.
+        ///   request body too: a handler still waiting for it at the
+        ///   deadline reads an error holding `DeadlineExceeded` (axum wraps
+        ///   it in an `axum::Error`: find it with
+        ///   [`rejection_of`](crate::error::rejection_of)), and an answer
+        ///   made after the deadline is replaced by the 504. The service
+        ///   inside receives `http::Request<CallBody<B>>` — an axum `Router`
+        ///   takes any body.
         ///
         /// The adaptive limit sheds by criticality (sheddable requests first)
         /// once it knows each request's class. It does not read the

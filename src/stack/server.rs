@@ -26,12 +26,17 @@ const BULKHEAD_MAX_CONCURRENT: usize = 1000;
 /// The recommended server stack, as one layer; start with
 /// [`ServerStack::builder`].
 ///
-/// Outermost first: the optional ingress part `O` (with feature `http`,
-/// [`DeadlineFromHeadersLayer`](crate::deadline::DeadlineFromHeadersLayer))
-/// → [`DeadlineLayer`] (the server's own cap) → the optional rate limit `R`
-/// (feature `rate-limit`) → [`AdaptiveLimitLayer`] → [`BulkheadLayer`] →
-/// [`AttemptTimeoutLayer`] (the handler timeout). The [module docs](super)
-/// explain the order. Parts left out are tower's
+/// Outermost first: the optional ingress part `O` (in the presets: the
+/// answer of every rejection as a response or a gRPC status, then
+/// [`DeadlineFromHeadersLayer`](crate::deadline::DeadlineFromHeadersLayer)
+/// and the inbound attempt mark) → [`DeadlineLayer`] (the server's own cap)
+/// → the optional rate limit `R` (feature `rate-limit`) →
+/// [`AdaptiveLimitLayer`] → [`BulkheadLayer`] → [`AttemptTimeoutLayer`]
+/// (the handler timeout) → the innermost part `I` that comes with the
+/// ingress (in the presets, [`CallBodyLayer`](crate::body::CallBodyLayer):
+/// request and answer bodies held to the deadline, and the limit's place
+/// and the bulkhead permit held to the answer's last byte). The [module
+/// docs](super) explain the order. Parts left out are tower's
 /// [`Identity`], which adds nothing.
 ///
 /// Every service built from one `ServerStackLayer` (and every clone) shares

@@ -264,15 +264,56 @@ async fn http_server_preset_holds_request_bodies_to_the_deadline() {
         .unwrap();
     assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "read");
     // Too late: the handler's read fails at the deadline (500 ms less the
-    // 10 ms hop margin).
+    // 10 ms hop margin); its answer comes after the deadline, and the caller
+    // gets the deadline's own answer (not a connection closed without one).
     let start = tokio::time::Instant::now();
-    let _ = client.request(upload(Duration::from_secs(2))).await;
+    let res = client
+        .request(upload(Duration::from_secs(2)))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 504);
     assert!(start.elapsed() >= Duration::from_millis(490));
     settle(|| seen.lock().unwrap().len() == 2).await;
     assert_eq!(
         *seen.lock().unwrap(),
         [None, Some(RejectionKind::DeadlineExceeded)]
     );
+}
+
+/// A seawall client calling a seawall server: the server holds its answer
+/// to the deadline the client sent, less its 10 ms margin, and cuts it
+/// first; the client reports that cut as its deadline passing
+/// (`DeadlineExceeded`, named after its `.propagate` part), not as an I/O
+/// error.
+#[tokio::test]
+async fn a_cut_by_the_server_preset_reads_as_the_clients_deadline() {
+    let server = ServerStack::http("api")
+        .total_budget(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let addr = serve_axum(
+        Router::new()
+            .route(
+                "/stream",
+                get(|| async { chunks(20, Duration::from_millis(50), false) }),
+            )
+            .layer(server),
+    )
+    .await;
+    let stack = ClientStack::http("dep")
+        .total_budget(Duration::from_secs(2))
+        .attempt_timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let breaker = stack.breaker_handle();
+    let client = stack.layer(hyper());
+    let res = client.oneshot(get_req(addr, "/stream")).await.unwrap();
+    let err = res.into_body().collect().await.unwrap_err();
+    let rejection = rejection_of(&err).expect("a seawall rejection");
+    assert_eq!(rejection.kind(), RejectionKind::DeadlineExceeded);
+    assert_eq!(rejection.name(), "dep.propagate");
+    let m = breaker.metrics();
+    assert_eq!((m.calls, m.failures), (1, 1));
 }
 
 // ---------------------------------------------------------------- gRPC
@@ -679,5 +720,119 @@ mod drops {
             let _ = res.into_body().collect().await.unwrap();
         }
         assert_eq!(breaker.state(), State::Closed);
+    }
+}
+
+// ---------------------------------------------------------------- in process
+
+mod in_process {
+    //! The same rules without sockets, in paused time (exact figures).
+
+    use super::*;
+    use futures::SinkExt;
+    use seawall::BoxError;
+    use seawall::observe::State;
+
+    type Frames = futures::channel::mpsc::Receiver<Result<http_body::Frame<Bytes>, BoxError>>;
+
+    /// A backend whose answer's body is fed by a task: `n` chunks, one
+    /// every `every` (the first at once), produced whether or not anyone
+    /// reads them (as a socket buffers them); the channel closes after the
+    /// last one if `close`.
+    fn fed(n: usize, every: Duration, close: bool) -> http::Response<StreamBody<Frames>> {
+        let (mut tx, rx) = futures::channel::mpsc::channel(64);
+        tokio::spawn(async move {
+            for i in 0..n {
+                if i > 0 {
+                    tokio::time::sleep(every).await;
+                }
+                let _ = tx
+                    .send(Ok(http_body::Frame::data(Bytes::from(format!("{i} ")))))
+                    .await;
+            }
+            if !close {
+                // Keep the channel open: the body waits for more.
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+            }
+        });
+        http::Response::new(StreamBody::new(rx))
+    }
+
+    fn preset() -> seawall::stack::ClientStackLayer<
+        seawall::retry::http::HttpRetry,
+        seawall::http::HttpStatusClassifier,
+        seawall::deadline::PropagateDeadlineLayer,
+    > {
+        ClientStack::http("dep")
+            .total_budget(Duration::from_secs(2))
+            .attempt_timeout(Duration::from_millis(500))
+            .build()
+            .unwrap()
+    }
+
+    fn get() -> http::Request<Full<Bytes>> {
+        http::Request::get("http://dep/")
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    }
+
+    /// Streams that last 90 % of the attempt timeout (past the stack's
+    /// slow-call threshold of 80 %) are healthy: the breaker judges a
+    /// stream's speed by its head, and stays closed after 40 of them.
+    #[tokio::test(start_paused = true)]
+    async fn long_healthy_streams_are_not_slow_calls() {
+        let stack = preset();
+        let breaker = stack.breaker_handle();
+        let client = stack.layer(tower::service_fn(|_: http::Request<Full<Bytes>>| async {
+            Ok::<_, BoxError>(fed(10, Duration::from_millis(50), true))
+        }));
+        for _ in 0..40 {
+            let start = tokio::time::Instant::now();
+            let res = client.clone().oneshot(get()).await.unwrap();
+            let body = res.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(body.len(), 20);
+            assert_eq!(start.elapsed(), Duration::from_millis(450));
+        }
+        // The window holds the last 10 s of calls: 21 of them, enough (20)
+        // for the breaker to judge, none slow.
+        let m = breaker.metrics();
+        assert_eq!((m.calls, m.failures, m.slow_calls), (21, 0, 0));
+        assert_eq!(breaker.state(), State::Closed);
+    }
+
+    /// A reader that comes back after the deadline gets what arrived in
+    /// time; only a wait for more is cut (and counted).
+    #[tokio::test(start_paused = true)]
+    async fn a_late_reader_gets_what_came_in_time() {
+        let stack = preset();
+        let breaker = stack.breaker_handle();
+        let client = stack.layer(tower::service_fn(|_: http::Request<Full<Bytes>>| async {
+            Ok::<_, BoxError>(fed(3, Duration::from_millis(100), false))
+        }));
+        let res = client.clone().oneshot(get()).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let mut body = Box::pin(res.into_body());
+        for want in ["0 ", "1 ", "2 "] {
+            assert_eq!(one_frame(&mut body).await, want);
+        }
+        assert_eq!(breaker.metrics().calls, 0, "not judged yet");
+        // The producer sent everything but never closed its channel: the
+        // reader now waits for more, past the deadline: cut.
+        let err = body.frame().await.unwrap().unwrap_err();
+        assert_eq!(
+            rejection_of(&err).map(|r| r.kind()),
+            Some(RejectionKind::DeadlineExceeded)
+        );
+        let m = breaker.metrics();
+        assert_eq!((m.calls, m.failures), (1, 1));
+
+        // Closed in time and read late: whole, a success.
+        let client = preset().layer(tower::service_fn(|_: http::Request<Full<Bytes>>| async {
+            Ok::<_, BoxError>(fed(3, Duration::from_millis(100), true))
+        }));
+        let res = client.oneshot(get()).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, "0 1 2 ");
     }
 }
