@@ -51,7 +51,9 @@ use crate::deadline::Deadline;
 use crate::deadline::layer::Shared;
 use crate::deadline::service::{TIMED_OUT, reject_deadline};
 use crate::error::{BoxError, ConfigError, Name};
-use crate::hold::{BodyEnd, Duty, DutyKind, Hold};
+#[allow(unused_imports)]
+use crate::hold::DutyKind;
+use crate::hold::{BodyEnd, Duty, Hold};
 use crate::observe::{LayerKind, Observer};
 
 pin_project! {
@@ -122,6 +124,8 @@ struct Held {
     limit: Option<crate::shed::limiter::Permit>,
     #[cfg(feature = "circuit-breaker")]
     breaker: Option<crate::circuit_breaker::Pending>,
+    #[cfg(feature = "shed")]
+    throttle: Option<crate::shed::ThrottlePending>,
     // Whether anything above is held (the fast path checks this alone).
     any: bool,
 }
@@ -146,6 +150,11 @@ impl Held {
                 self.breaker = Some(pending);
                 None
             }
+            #[cfg(feature = "shed")]
+            DutyKind::Throttle(pending) if self.throttle.is_none() => {
+                self.throttle = Some(pending);
+                None
+            }
             other => Some(Duty(other)),
         };
         if back.is_none() {
@@ -155,19 +164,28 @@ impl Held {
     }
 
     /// Lets go of everything: the breaker's verdict first, then the places.
-    #[cfg_attr(not(feature = "circuit-breaker"), allow(unused_variables))]
+    #[cfg_attr(
+        not(any(feature = "circuit-breaker", feature = "shed")),
+        allow(unused_variables)
+    )]
     fn release(&mut self, failure: Option<&BoxError>) {
         if !self.any {
             return;
         }
         self.any = false;
         let _edge = crate::clock::Edge::enter();
+        #[cfg(any(feature = "circuit-breaker", feature = "shed"))]
+        let end = || match failure {
+            Some(error) => crate::hold::End::Failed(error),
+            None => crate::hold::End::Complete,
+        };
         #[cfg(feature = "circuit-breaker")]
         if let Some(pending) = self.breaker.take() {
-            pending.settle(match failure {
-                Some(error) => crate::hold::End::Failed(error),
-                None => crate::hold::End::Complete,
-            });
+            pending.settle(end());
+        }
+        #[cfg(feature = "shed")]
+        if let Some(pending) = self.throttle.take() {
+            pending.settle(end());
         }
         #[cfg(feature = "shed")]
         drop(self.limit.take());
@@ -369,20 +387,19 @@ impl<B: Body> Hold<http::Response<CallBody<B>>> for BodyEnd {
     }
 }
 
-#[cfg(feature = "circuit-breaker")]
 impl<B, C> crate::hold::HoldVerdict<http::Response<CallBody<B>>, C> for BodyEnd
 where
     B: Body + 'static,
     C: crate::classify::Classify<http::Response<CallBody<B>>, BoxError>,
 {
     #[inline]
-    fn pending(response: &http::Response<CallBody<B>>) -> Option<crate::hold::Settle> {
+    fn pending(response: &http::Response<CallBody<B>>) -> Option<crate::hold::Judge> {
         let body = response.body();
         if body.expired || body.inner.is_end_stream() {
             return None;
         }
-        Some(crate::hold::Settle(
-            crate::circuit_breaker::settle::<C, http::Response<CallBody<B>>>,
+        Some(crate::hold::Judge(
+            crate::classify::judge_error::<C, http::Response<CallBody<B>>>,
         ))
     }
 }

@@ -146,6 +146,23 @@ where
     }
 }
 
+/// How a classifier of `T` responses judges a failed body: a function made
+/// for one classifier type `C` (passed as `&dyn Any`), so that a response
+/// body can carry it without naming `C`.
+pub(crate) type JudgeFn = fn(&(dyn Any + Send + Sync), &BoxError) -> Outcome;
+
+/// The [`JudgeFn`] of classifier `C` for responses `T`.
+#[cfg(all(feature = "http", feature = "deadline"))]
+pub(crate) fn judge_error<C, T>(classifier: &(dyn Any + Send + Sync), error: &BoxError) -> Outcome
+where
+    C: Classify<T, BoxError>,
+{
+    match classifier.downcast_ref::<C>() {
+        Some(c) => judge(c, Err::<&T, _>(error)),
+        None => error_origin(error).unwrap_or(Outcome::Failure),
+    }
+}
+
 impl<Res, E, F> Classify<Res, E> for F
 where
     F: Fn(Result<&Res, &E>) -> Outcome + Send + Sync + 'static,

@@ -61,6 +61,10 @@
 //! # fn main() {}
 //! ```
 
+// Without a body to hold them (features `http` and `deadline`), duties
+// are made and let go at once.
+#![cfg_attr(not(all(feature = "http", feature = "deadline")), allow(dead_code))]
+
 use std::fmt;
 
 /// Let go of a call when its response (head) arrives: the default of every
@@ -108,6 +112,8 @@ pub(crate) enum DutyKind {
     Limit(crate::shed::limiter::Permit),
     #[cfg(feature = "circuit-breaker")]
     Breaker(crate::circuit_breaker::Pending),
+    #[cfg(feature = "shed")]
+    Throttle(crate::shed::ThrottlePending),
 }
 
 impl fmt::Debug for Duty {
@@ -120,52 +126,49 @@ impl fmt::Debug for Duty {
             DutyKind::Limit(_) => "adaptive limit place",
             #[cfg(feature = "circuit-breaker")]
             DutyKind::Breaker(_) => "breaker verdict",
+            #[cfg(feature = "shed")]
+            DutyKind::Throttle(_) => "throttle verdict",
             _ => "nothing",
         };
         f.write_str(what)
     }
 }
 
-/// How a held body ended, for the breaker's verdict.
-#[cfg(feature = "circuit-breaker")]
+/// How a held body ended, for the verdicts it carries.
+#[cfg(any(feature = "circuit-breaker", feature = "shed"))]
 pub(crate) enum End<'a> {
     /// Read to its end (trailers without an error status included).
     Complete,
     /// Failed: the body's error, its deadline's, or the gRPC status of its
     /// trailers.
     Failed(&'a crate::error::BoxError),
-    /// Dropped before its end.
-    Dropped,
 }
 
-/// For the circuit breaker: whether a response whose head looks like a
-/// success is judged again when its body ends ([`BodyEnd`], with the
-/// classifier `C` reading the body's failure as an error), or now
-/// ([`Head`]). Sealed.
-#[cfg(feature = "circuit-breaker")]
+/// For the circuit breaker and the client throttle: whether a response
+/// whose head looks like a success is judged again when its body ends
+/// ([`BodyEnd`], with the classifier `C` reading the body's failure as an
+/// error), or now ([`Head`]). Sealed.
 pub trait HoldVerdict<T, C>: Hold<T> {
     /// The judge of the body's end, if the verdict waits for it.
     #[doc(hidden)]
-    fn pending(response: &T) -> Option<Settle>;
+    fn pending(response: &T) -> Option<Judge>;
 }
 
-#[cfg(feature = "circuit-breaker")]
 impl<T, C> HoldVerdict<T, C> for Head {
     #[inline]
-    fn pending(_: &T) -> Option<Settle> {
+    fn pending(_: &T) -> Option<Judge> {
         None
     }
 }
 
-/// The breaker's judge of a body's end, made for one classifier and
+/// How a classifier judges a body that failed, made for one classifier and
 /// response type. Opaque.
-#[cfg(feature = "circuit-breaker")]
 #[derive(Clone, Copy)]
-pub struct Settle(pub(crate) crate::circuit_breaker::SettleFn);
+#[allow(dead_code)]
+pub struct Judge(pub(crate) crate::classify::JudgeFn);
 
-#[cfg(feature = "circuit-breaker")]
-impl fmt::Debug for Settle {
+impl fmt::Debug for Judge {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Settle")
+        f.write_str("Judge")
     }
 }

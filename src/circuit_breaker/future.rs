@@ -1,4 +1,3 @@
-use std::any::Any;
 use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
@@ -10,9 +9,10 @@ use std::time::Duration;
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
 
-use super::handle::Shared;
+use super::handle::{CoreRef, Shared};
+use super::state::Core;
 use super::state::Permit;
-use crate::classify::{Classify, judge};
+use crate::classify::{Classify, JudgeFn, judge};
 use crate::clock;
 use crate::error::{BoxError, CircuitOpen};
 use crate::hold::{Duty, DutyKind, End, Head, HoldVerdict};
@@ -121,12 +121,12 @@ where
                         // Looks like a success, but the body may still fail
                         // (or carry an error status in its trailers): judged
                         // when it ends.
-                        (Ok(response), Outcome::Success) => M::pending(response).and_then(|s| {
+                        (Ok(response), Outcome::Success) => M::pending(response).and_then(|j| {
                             let pending = Pending {
                                 shared: guard.shared.clone(),
                                 permit: guard.permit,
                                 latency: clock::now().saturating_duration_since(guard.start),
-                                settle: s.0,
+                                judge: j.0,
                                 done: false,
                             };
                             match M::hold(response, Duty(DutyKind::Breaker(pending))) {
@@ -144,7 +144,7 @@ where
                     if held.is_none() {
                         let now = clock::now();
                         let latency = now.saturating_duration_since(guard.start);
-                        finish(shared, guard.permit, latency, outcome, now);
+                        finish(&shared.core, guard.permit, latency, outcome, now);
                     }
                 }
                 Poll::Ready(result.map_err(Into::into))
@@ -159,14 +159,7 @@ where
 
 /// Records a finished call's outcome (or gives its slot back when it is
 /// not counted) and reports it.
-fn finish<C>(
-    shared: &Shared<C>,
-    permit: Permit,
-    latency: Duration,
-    outcome: Outcome,
-    now: Instant,
-) {
-    let core = &shared.core;
+fn finish(core: &Core, permit: Permit, latency: Duration, outcome: Outcome, now: Instant) {
     let failure = match outcome {
         Outcome::Success => Some(false),
         Outcome::Failure => Some(true),
@@ -189,58 +182,39 @@ fn finish<C>(
     );
 }
 
-/// The breaker's judge of a held body's end (see [`Settle`](crate::hold::Settle)).
-pub(crate) type SettleFn = fn(&(dyn Any + Send + Sync), Permit, Duration, End<'_>);
-
 /// A call whose head looked like a success, waiting in its body for the
 /// verdict; a body dropped before its end gives the slot back uncounted.
 /// Its latency (for slow calls and the `CallFinished` event) is the head's:
 /// a healthy stream that lasts is not a slow call.
+#[cfg_attr(not(all(feature = "http", feature = "deadline")), allow(dead_code))]
 pub(crate) struct Pending {
-    shared: Arc<dyn Any + Send + Sync>,
+    shared: Arc<dyn CoreRef>,
     permit: Permit,
     latency: Duration,
-    settle: SettleFn,
+    judge: JudgeFn,
     done: bool,
 }
 
+#[cfg_attr(not(all(feature = "http", feature = "deadline")), allow(dead_code))]
 impl Pending {
-    /// Gives the verdict of the body's end.
+    /// Gives the verdict of the body's end: a complete body confirms the
+    /// head's success; a failed one is classified as the error it ended
+    /// with; a dropped one is not counted.
     pub(crate) fn settle(mut self, end: End<'_>) {
         self.done = true;
-        (self.settle)(&*self.shared, self.permit, self.latency, end);
+        let core = self.shared.core();
+        let outcome = match end {
+            End::Complete => Outcome::Success,
+            End::Failed(error) => (self.judge)(self.shared.classifier(), error),
+        };
+        finish(core, self.permit, self.latency, outcome, clock::now());
     }
 }
 
 impl Drop for Pending {
     fn drop(&mut self) {
         if !self.done {
-            (self.settle)(&*self.shared, self.permit, self.latency, End::Dropped);
+            self.shared.core().on_cancel(self.permit);
         }
     }
-}
-
-/// The judge of a body's end for classifier `C` and responses `T`: a
-/// complete body confirms the head's success; a failed one is classified
-/// as the error it ended with; a dropped one is not counted.
-pub(crate) fn settle<C, T>(
-    shared: &(dyn Any + Send + Sync),
-    permit: Permit,
-    latency: Duration,
-    end: End<'_>,
-) where
-    C: Classify<T, BoxError>,
-{
-    let Some(shared) = shared.downcast_ref::<Shared<C>>() else {
-        return;
-    };
-    let outcome = match end {
-        End::Complete => Outcome::Success,
-        End::Failed(error) => judge(&shared.classifier, Err::<&T, _>(error)),
-        End::Dropped => {
-            shared.core.on_cancel(permit);
-            return;
-        }
-    };
-    finish(shared, permit, latency, outcome, clock::now());
 }

@@ -15,11 +15,17 @@ pub(crate) struct Shared<C> {
 
 pub(crate) trait CoreRef: Send + Sync + 'static {
     fn core(&self) -> &Core;
+    #[cfg_attr(not(all(feature = "http", feature = "deadline")), allow(dead_code))]
+    fn classifier(&self) -> &(dyn std::any::Any + Send + Sync);
 }
 
 impl<C: Send + Sync + 'static> CoreRef for Shared<C> {
     fn core(&self) -> &Core {
         &self.core
+    }
+
+    fn classifier(&self) -> &(dyn std::any::Any + Send + Sync) {
+        &self.classifier
     }
 }
 

@@ -159,8 +159,8 @@ mod service;
 mod state;
 mod window;
 
+pub(crate) use self::future::Pending;
 pub use self::future::ResponseFuture;
-pub(crate) use self::future::{Pending, SettleFn, settle};
 pub use self::handle::CircuitBreakerHandle;
 pub use self::layer::{CircuitBreakerBuilder, CircuitBreakerLayer, SlidingWindow};
 pub use self::service::CircuitBreaker;

@@ -260,7 +260,7 @@ pub struct DeadlineFromHeadersLayerBuilder {
 impl DeadlineFromHeadersLayerBuilder {
     /// The layer that holds the answers to the deadline this ingress reads
     /// (innermost in the server presets), reporting under the same name.
-    #[cfg(feature = "http")]
+    #[cfg(all(feature = "retry", feature = "circuit-breaker", feature = "shed"))]
     pub(crate) fn answer_layer(
         &self,
         observer: Option<&Observer>,

@@ -335,21 +335,28 @@ impl fmt::Debug for ThrottleShared {
 ///
 /// Every service built from one layer (and every clone of them) shares one
 /// window: build one layer per backend you call.
-pub struct ThrottleLayer<C = ErrorsAsFailures> {
+///
+/// A call is judged when its response arrives; with
+/// [`until_body_end`](Self::until_body_end), a response whose head looks
+/// like a success is judged again when its body ends (see
+/// [`hold`](crate::hold)).
+pub struct ThrottleLayer<C = ErrorsAsFailures, M = Head> {
     pub(crate) shared: Arc<ThrottleShared>,
     pub(crate) classifier: Arc<C>,
+    hold: PhantomData<fn() -> M>,
 }
 
-impl<C> Clone for ThrottleLayer<C> {
+impl<C, M> Clone for ThrottleLayer<C, M> {
     fn clone(&self) -> Self {
         ThrottleLayer {
             shared: Arc::clone(&self.shared),
             classifier: Arc::clone(&self.classifier),
+            hold: PhantomData,
         }
     }
 }
 
-impl<C> fmt::Debug for ThrottleLayer<C> {
+impl<C, M> fmt::Debug for ThrottleLayer<C, M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ThrottleLayer")
             .field("name", &self.shared.name)
@@ -365,7 +372,19 @@ impl ThrottleLayer {
     }
 }
 
-impl<C> ThrottleLayer<C> {
+impl<C, M> ThrottleLayer<C, M> {
+    /// This throttle, counting the accept of a response whose head looks
+    /// like a success only when its body ends well (responses of type
+    /// `http::Response<CallBody<B>>`; see [`hold`](crate::hold)).
+    #[cfg(feature = "http")]
+    pub fn until_body_end(self) -> ThrottleLayer<C, BodyEnd> {
+        ThrottleLayer {
+            shared: self.shared,
+            classifier: self.classifier,
+            hold: PhantomData,
+        }
+    }
+
     /// The probability with which the next request would be throttled.
     pub fn rejection_probability(&self) -> f64 {
         self.shared.lock().probability_at(crate::clock::now())
@@ -379,8 +398,8 @@ impl<C> ThrottleLayer<C> {
     }
 }
 
-impl<S, C> Layer<S> for ThrottleLayer<C> {
-    type Service = Throttle<S, C>;
+impl<S, C, M> Layer<S> for ThrottleLayer<C, M> {
+    type Service = Throttle<S, C, M>;
 
     fn layer(&self, inner: S) -> Self::Service {
         Throttle::new(
@@ -548,6 +567,7 @@ impl<C> ThrottleLayerBuilder<C> {
                 observer: self.observer,
             }),
             classifier: Arc::new(self.classifier),
+            hold: PhantomData,
         })
     }
 }

@@ -153,6 +153,7 @@ mod throttle;
 pub use self::aimd::{Aimd, AimdBuilder};
 pub use self::algorithm::{LimitAlgorithm, WindowSample};
 pub use self::criticality::Criticality;
+pub(crate) use self::future::ThrottlePending;
 pub use self::future::{ResponseFuture, ThrottleFuture};
 pub use self::gradient::{Gradient2, Gradient2Builder};
 pub use self::layer::{

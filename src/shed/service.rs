@@ -11,7 +11,7 @@ use super::layer::ThrottleShared;
 use super::limiter::Limiter;
 use crate::classify::{Classify, ErrorsAsFailures};
 use crate::error::{BoxError, Overloaded};
-use crate::hold::{Head, Hold};
+use crate::hold::{Head, Hold, HoldVerdict};
 use crate::observe::{EventKind, LayerKind};
 
 /// A service under an adaptive concurrency limit; built by
@@ -126,18 +126,20 @@ where
 /// decision is made in `call`: a throttled call fails at once with
 /// [`Overloaded`] (event detail `"throttled"`) without reaching the inner
 /// service.
-pub struct Throttle<S, C = ErrorsAsFailures> {
+pub struct Throttle<S, C = ErrorsAsFailures, M = Head> {
     inner: S,
     shared: Arc<ThrottleShared>,
     classifier: Arc<C>,
+    hold: PhantomData<fn() -> M>,
 }
 
-impl<S, C> Throttle<S, C> {
+impl<S, C, M> Throttle<S, C, M> {
     pub(crate) fn new(inner: S, shared: Arc<ThrottleShared>, classifier: Arc<C>) -> Self {
         Throttle {
             inner,
             shared,
             classifier,
+            hold: PhantomData,
         }
     }
 
@@ -157,17 +159,18 @@ impl<S, C> Throttle<S, C> {
     }
 }
 
-impl<S: Clone, C> Clone for Throttle<S, C> {
+impl<S: Clone, C, M> Clone for Throttle<S, C, M> {
     fn clone(&self) -> Self {
         Throttle {
             inner: self.inner.clone(),
             shared: Arc::clone(&self.shared),
             classifier: Arc::clone(&self.classifier),
+            hold: PhantomData,
         }
     }
 }
 
-impl<S: fmt::Debug, C> fmt::Debug for Throttle<S, C> {
+impl<S: fmt::Debug, C, M> fmt::Debug for Throttle<S, C, M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Throttle")
             .field("inner", &self.inner)
@@ -176,15 +179,16 @@ impl<S: fmt::Debug, C> fmt::Debug for Throttle<S, C> {
     }
 }
 
-impl<S, C, Req> Service<Req> for Throttle<S, C>
+impl<S, C, M, Req> Service<Req> for Throttle<S, C, M>
 where
     S: Service<Req>,
     S::Error: Into<BoxError> + 'static,
     C: Classify<S::Response, S::Error>,
+    M: HoldVerdict<S::Response, C>,
 {
     type Response = S::Response;
     type Error = BoxError;
-    type Future = ThrottleFuture<S::Future, C>;
+    type Future = ThrottleFuture<S::Future, C, M>;
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {

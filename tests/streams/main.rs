@@ -835,4 +835,52 @@ mod in_process {
         let body = res.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(body, "0 1 2 ");
     }
+
+    /// The client throttle, held to the body's end, counts an accept only
+    /// for a body that ends well; a body that fails is a request without an
+    /// accept; one dropped half way is taken back.
+    #[tokio::test(start_paused = true)]
+    async fn the_throttle_counts_an_accept_when_the_body_ends_well() {
+        let throttle = seawall::ThrottleLayer::builder()
+            .build()
+            .unwrap()
+            .until_body_end();
+        let svc = tower::ServiceBuilder::new()
+            .layer(throttle.clone())
+            .layer(seawall::deadline::PropagateDeadlineLayer::new())
+            .service(tower::service_fn(
+                |req: http::Request<Full<Bytes>>| async move {
+                    let frames: Vec<Result<http_body::Frame<Bytes>, BoxError>> =
+                        if req.uri().path() == "/broken" {
+                            vec![
+                                Ok(http_body::Frame::data(Bytes::from("a"))),
+                                Err("broken".into()),
+                            ]
+                        } else {
+                            vec![Ok(http_body::Frame::data(Bytes::from("a")))]
+                        };
+                    Ok::<_, BoxError>(http::Response::new(StreamBody::new(futures::stream::iter(
+                        frames,
+                    ))))
+                },
+            ));
+        let call = |path: &'static str| {
+            svc.clone().oneshot(
+                http::Request::get(path)
+                    .body(Full::new(Bytes::new()))
+                    .unwrap(),
+            )
+        };
+        let res = call("/ok").await.unwrap();
+        assert_eq!(throttle.totals(), (1, 0), "judged at the end");
+        res.into_body().collect().await.unwrap();
+        assert_eq!(throttle.totals(), (1, 1));
+        let res = call("/broken").await.unwrap();
+        assert!(res.into_body().collect().await.is_err());
+        assert_eq!(throttle.totals(), (2, 1));
+        let res = call("/ok").await.unwrap();
+        assert_eq!(throttle.totals(), (3, 1));
+        drop(res);
+        assert_eq!(throttle.totals(), (2, 1), "a dropped body is taken back");
+    }
 }
