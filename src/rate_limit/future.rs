@@ -290,7 +290,8 @@ where
                 } => {
                     ready!(sleep.poll(cx));
                     let shared = shared.clone();
-                    match shared.decide(key, D::ENABLED) {
+                    let cost = req.as_ref().map_or(1, |r| shared.extractor.cost(r));
+                    match shared.decide(key, cost, D::ENABLED) {
                         Step::Now(v, status) => {
                             next(v, status, Some(*limit), *key, svc, req, &shared)
                         }
@@ -323,9 +324,10 @@ where
                         }
                     };
                     let shared = shared.clone();
+                    let cost = req.as_ref().map_or(1, |r| shared.extractor.cost(r));
                     let (v, status) = match &shared.redis {
-                        Some(r) => r.complete(&shared, key, outcome),
-                        None => shared.decide_local(key, D::ENABLED),
+                        Some(r) => r.complete(&shared, key, cost, outcome),
+                        None => shared.decide_local(key, cost, D::ENABLED),
                     };
                     next(v, status, *limit, *key, svc, req, &shared)
                 }

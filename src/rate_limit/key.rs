@@ -198,6 +198,52 @@ impl MissingKey {
 pub trait KeyExtractor<Req>: Send + Sync + 'static {
     /// The key of `req`, or why there is none.
     fn extract(&self, req: &Req) -> Result<Key, MissingKey>;
+
+    /// How many cells `req` costs (default 1; 0 is free). Set it with
+    /// [`RateLimitLayerBuilder::cost`](super::RateLimitLayerBuilder::cost).
+    #[inline]
+    fn cost(&self, _req: &Req) -> u32 {
+        1
+    }
+}
+
+/// A key extractor with a cost per request: what
+/// [`RateLimitLayerBuilder::cost`](super::RateLimitLayerBuilder::cost)
+/// makes of the key extractor `X` and the cost function `F`.
+#[derive(Debug, Clone)]
+pub struct Weighted<X, F> {
+    pub(crate) key: X,
+    pub(crate) cost: F,
+}
+
+impl<Req, X, F> KeyExtractor<Req> for Weighted<X, F>
+where
+    X: KeyExtractor<Req>,
+    F: Fn(&Req) -> u32 + Send + Sync + 'static,
+{
+    #[inline]
+    fn extract(&self, req: &Req) -> Result<Key, MissingKey> {
+        self.key.extract(req)
+    }
+
+    #[inline]
+    fn cost(&self, req: &Req) -> u32 {
+        (self.cost)(req)
+    }
+}
+
+/// The cost of a request in cells, as an `http::Request` extension: set it
+/// in a layer (or a `map_request`) outside the rate limit, and read it with
+/// `.cost(seawall::rate_limit::cost_from_extension)`. A request without one
+/// costs 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cost(pub u32);
+
+/// The [`Cost`] extension of `req`, or 1: a cost function for
+/// [`RateLimitLayerBuilder::cost`](super::RateLimitLayerBuilder::cost).
+#[cfg(feature = "http")]
+pub fn cost_from_extension<B>(req: &http::Request<B>) -> u32 {
+    req.extensions().get::<Cost>().map_or(1, |c| c.0)
 }
 
 impl<Req, F> KeyExtractor<Req> for F

@@ -5,8 +5,8 @@ use std::time::Duration;
 use tower_layer::Layer;
 
 use super::decorate::{NoHeaders, RateLimitStatus};
-use super::key::{Global, Key, MissingKey, Prefixes};
-use super::limiter::{Admit, Bucket, KeyedBuckets, KeyedCheck, KeyedSettings, Verdict};
+use super::key::{Global, Key, MissingKey, Prefixes, Weighted};
+use super::limiter::{Admit, Bucket, KeyedBuckets, KeyedCheck, KeyedSettings, NEVER, Verdict};
 use super::quota::Quota;
 use super::service::RateLimit;
 use crate::error::{ConfigError, Name};
@@ -49,6 +49,8 @@ pub(crate) const DETAIL_GLOBAL: &str = "global_limit";
 pub(crate) const DETAIL_NO_KEY: &str = "no_key";
 pub(crate) const DETAIL_KEYS_FULL: &str = "keys_full";
 pub(crate) const DETAIL_WAIT_TOO_LONG: &str = "wait_exceeds_limit";
+/// A request costs more cells than the burst holds: it can never pass.
+pub(crate) const DETAIL_COST: &str = "cost_above_burst";
 #[cfg(feature = "redis")]
 pub(crate) const DETAIL_BACKEND: &str = "backend_unavailable";
 
@@ -61,6 +63,21 @@ pub(crate) enum Step {
     Now(Verdict, Option<RateLimitStatus>),
     #[cfg(feature = "redis")]
     Redis(super::redis::RedisCall),
+}
+
+/// A refusal with the wait until the request conforms (none for a cost
+/// above the burst: it never will).
+fn deny(wait: Duration, detail: &'static str) -> Verdict {
+    if wait == NEVER {
+        return Verdict::Deny {
+            wait: None,
+            detail: DETAIL_COST,
+        };
+    }
+    Verdict::Deny {
+        wait: Some(wait),
+        detail,
+    }
 }
 
 /// State shared by every service built from one layer.
@@ -92,16 +109,15 @@ impl<X, D> Shared<X, D> {
 
     /// Applies the extra global quota to a request its primary limit admitted.
     #[inline]
-    pub(crate) fn finish(&self, quota: &Quota, a: Admit) -> (Verdict, Option<RateLimitStatus>) {
+    pub(crate) fn finish(
+        &self,
+        quota: &Quota,
+        a: Admit,
+        cost: u32,
+    ) -> (Verdict, Option<RateLimitStatus>) {
         if let Some(g) = &self.global {
-            if let Err(w) = g.check(false) {
-                return (
-                    Verdict::Deny {
-                        wait: Some(w),
-                        detail: DETAIL_GLOBAL,
-                    },
-                    None,
-                );
+            if let Err(w) = g.check(cost, false) {
+                return (deny(w, DETAIL_GLOBAL), None);
             }
         }
         (Verdict::Admit(a), Some(self.status(quota, a)))
@@ -110,11 +126,12 @@ impl<X, D> Shared<X, D> {
     fn fallback(
         &self,
         detail: &'static str,
+        cost: u32,
         want_status: bool,
     ) -> (Verdict, Option<RateLimitStatus>) {
         match (&self.fallback, &self.fallback_bucket) {
             (Fallback::SharedBucket, Some(b)) => {
-                self.settle(b.quota(), b.check(want_status), detail)
+                self.settle(b.quota(), b.check(cost, want_status), detail, cost)
             }
             _ => (Verdict::Deny { wait: None, detail }, None),
         }
@@ -128,9 +145,11 @@ impl<X, D> Shared<X, D> {
         quota: &Quota,
         checked: Result<Admit, Duration>,
         detail: &'static str,
+        cost: u32,
     ) -> (Verdict, Option<RateLimitStatus>) {
         match checked {
-            Ok(a) => self.finish(quota, a),
+            Ok(a) => self.finish(quota, a, cost),
+            Err(w) if w == NEVER => (deny(w, detail), None),
             Err(w) => (
                 Verdict::Deny {
                     wait: Some(w),
@@ -145,14 +164,19 @@ impl<X, D> Shared<X, D> {
     /// the overflow table (a spray from one network drains its own bucket,
     /// not the one newcomers from elsewhere share); other keys, or a full
     /// overflow table, follow the fallback rule.
-    fn overflow(&self, key: &Key, want_status: bool) -> (Verdict, Option<RateLimitStatus>) {
+    fn overflow(
+        &self,
+        key: &Key,
+        cost: u32,
+        want_status: bool,
+    ) -> (Verdict, Option<RateLimitStatus>) {
         let (Some(table), Some(ip)) = (&self.overflow, key.ip()) else {
-            return self.fallback(DETAIL_KEYS_FULL, want_status);
+            return self.fallback(DETAIL_KEYS_FULL, cost, want_status);
         };
         let network = Prefixes::OVERFLOW.key_of(ip);
-        match table.check(&network, want_status) {
-            KeyedCheck::Decided(r) => self.settle(table.quota(), r, DETAIL_KEYS_FULL),
-            KeyedCheck::Full => self.fallback(DETAIL_KEYS_FULL, want_status),
+        match table.check(&network, cost, want_status) {
+            KeyedCheck::Decided(r) => self.settle(table.quota(), r, DETAIL_KEYS_FULL, cost),
+            KeyedCheck::Full => self.fallback(DETAIL_KEYS_FULL, cost, want_status),
         }
     }
 
@@ -162,8 +186,16 @@ impl<X, D> Shared<X, D> {
     pub(crate) fn decide_local(
         &self,
         key: &Result<Key, MissingKey>,
+        cost: u32,
         want_status: bool,
     ) -> (Verdict, Option<RateLimitStatus>) {
+        if cost == 0 {
+            // Free: nothing to take.
+            return (Verdict::Admit(Admit::UNKNOWN), None);
+        }
+        if cost > self.quota.burst_size() {
+            return (deny(NEVER, DETAIL_COST), None);
+        }
         let key = match key {
             Ok(k) => k,
             Err(m) => {
@@ -175,30 +207,42 @@ impl<X, D> Shared<X, D> {
                         reason: m.reason,
                     },
                 );
-                return self.fallback(DETAIL_NO_KEY, want_status);
+                return self.fallback(DETAIL_NO_KEY, cost, want_status);
             }
         };
         match &self.primary {
-            Primary::Global(b) => self.settle(b.quota(), b.check(want_status), DETAIL_LIMIT),
-            Primary::Keyed(k) => match k.check(key, want_status) {
-                KeyedCheck::Decided(r) => self.settle(k.quota(), r, DETAIL_LIMIT),
-                KeyedCheck::Full => self.overflow(key, want_status),
+            Primary::Global(b) => {
+                self.settle(b.quota(), b.check(cost, want_status), DETAIL_LIMIT, cost)
+            }
+            Primary::Keyed(k) => match k.check(key, cost, want_status) {
+                KeyedCheck::Decided(r) => self.settle(k.quota(), r, DETAIL_LIMIT, cost),
+                KeyedCheck::Full => self.overflow(key, cost, want_status),
             },
         }
     }
 
-    /// The decision for `key`: local, or a pending Redis call.
+    /// The decision for `key` and a request of `cost` cells: local, or a
+    /// pending Redis call.
     #[inline]
-    pub(crate) fn decide(&self, key: &Result<Key, MissingKey>, want_status: bool) -> Step {
+    pub(crate) fn decide(
+        &self,
+        key: &Result<Key, MissingKey>,
+        cost: u32,
+        want_status: bool,
+    ) -> Step {
         #[cfg(feature = "redis")]
         if let (Some(r), Ok(k)) = (&self.redis, key) {
-            if r.should_call() {
-                return Step::Redis(r.call(self.name.as_str(), k));
+            if cost == 0 || cost > self.quota.burst_size() {
+                let (v, s) = self.decide_local(key, cost, want_status);
+                return Step::Now(v, s);
             }
-            let (v, s) = r.degraded(self, key, want_status);
+            if r.should_call() {
+                return Step::Redis(r.call(self.name.as_str(), k, cost));
+            }
+            let (v, s) = r.degraded(self, key, cost, want_status);
             return Step::Now(v, s);
         }
-        let (v, s) = self.decide_local(key, want_status);
+        let (v, s) = self.decide_local(key, cost, want_status);
         Step::Now(v, s)
     }
 
@@ -367,6 +411,55 @@ impl<X, D> RateLimitLayerBuilder<X, D> {
             quota: self.quota,
             extractor,
             keyed: true,
+            decorator: self.decorator,
+            name: self.name,
+            observer: self.observer,
+            mode: self.mode,
+            global: self.global,
+            fallback: self.fallback,
+            fallback_quota: self.fallback_quota,
+            settings: self.settings,
+            #[cfg(feature = "redis")]
+            redis: self.redis,
+        }
+    }
+
+    /// Makes a request cost `cost(&req)` cells instead of one (an export
+    /// 20, a search 5, …; 0 is free), with the local limiter and with Redis
+    /// alike: the request waits, or its `retry_after` says, until that many
+    /// cells are free. A request that costs more than the quota's burst can
+    /// never pass: it is refused at once with
+    /// [`RateLimited`](crate::error::RateLimited), no `retry_after` (event
+    /// detail `"cost_above_burst"`). With feature `http`,
+    /// [`cost_from_extension`](crate::rate_limit::cost_from_extension) reads
+    /// a [`Cost`](crate::rate_limit::Cost) extension set outside the limit.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), seawall::BoxError> {
+    /// use seawall::rate_limit::{Quota, RateLimitLayer};
+    /// use tower::{service_fn, Layer, ServiceExt};
+    ///
+    /// // 10 cells a second, a burst of 10; a request costs its number.
+    /// let layer = RateLimitLayer::builder(Quota::per_second(10))
+    ///     .cost(|n: &u32| *n)
+    ///     .build()?;
+    /// let svc = layer.layer(service_fn(|n: u32| async move { Ok::<_, seawall::BoxError>(n) }));
+    /// assert!(svc.clone().oneshot(8).await.is_ok());
+    /// assert!(svc.clone().oneshot(4).await.is_err()); // 2 cells left
+    /// assert!(svc.clone().oneshot(2).await.is_ok());
+    /// assert!(svc.oneshot(11).await.is_err()); // above the burst: never
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn cost<F>(self, cost: F) -> RateLimitLayerBuilder<Weighted<X, F>, D> {
+        RateLimitLayerBuilder {
+            quota: self.quota,
+            extractor: Weighted {
+                key: self.extractor,
+                cost,
+            },
+            keyed: self.keyed,
             decorator: self.decorator,
             name: self.name,
             observer: self.observer,

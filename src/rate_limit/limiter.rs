@@ -1,6 +1,7 @@
 //! The local limiting engine (no tower types): governor's GCRA on tokio's
 //! clock, a direct bucket for global limits and a bounded keyed store.
 
+use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -76,14 +77,26 @@ impl Bucket {
         })
     }
 
-    /// One cell. `want_status`: compute `remaining` / `reset` (a division),
-    /// only needed for response headers; otherwise both read 0.
+    /// `cost` cells (at least 1). `want_status`: compute `remaining` /
+    /// `reset` (a division), only needed for response headers; otherwise
+    /// both read 0. A cost above the burst is refused with [`NEVER`].
     #[inline]
-    pub(crate) fn check(&self, want_status: bool) -> Result<Admit, Duration> {
-        match self.limiter.check() {
+    pub(crate) fn check(&self, cost: u32, want_status: bool) -> Result<Admit, Duration> {
+        let checked = if cost <= 1 {
+            self.limiter.check()
+        } else {
+            match self
+                .limiter
+                .check_n(NonZeroU32::new(cost).unwrap_or(NonZeroU32::MIN))
+            {
+                Ok(r) => r,
+                Err(_) => return Err(NEVER),
+            }
+        };
+        match checked {
             Ok(snap) if want_status => Ok(admit(&self.quota, snap.remaining_burst_capacity())),
             Ok(_) => Ok(Admit::UNKNOWN),
-            Err(not_until) => Err(not_until.wait_time_from(TokioInstant::new(Instant::now()))),
+            Err(not_until) => Err(not_until.wait_time_from(TokioInstant::new(crate::clock::now()))),
         }
     }
 
@@ -108,6 +121,9 @@ struct Counters {
 /// the cell, which the engine recognises by the absurd wait. Real waits are
 /// at most one period (validated to at most a year).
 const FULL_TAT: u64 = 1 << 62;
+
+/// The "wait" of a cost above the burst: it never fits.
+pub(crate) const NEVER: Duration = Duration::MAX;
 const FULL_WAIT: Duration = Duration::from_secs(50 * 365 * 24 * 3600);
 
 /// governor's keyed state store over a map of at most `cap` keys.
@@ -267,8 +283,19 @@ impl KeyedBuckets {
     }
 
     #[inline]
-    fn check_once(&self, key: &Key, want_status: bool) -> KeyedCheck {
-        KeyedCheck::Decided(match self.limiter.check_key(key) {
+    fn check_once(&self, key: &Key, cost: u32, want_status: bool) -> KeyedCheck {
+        let checked = if cost <= 1 {
+            self.limiter.check_key(key)
+        } else {
+            match self
+                .limiter
+                .check_key_n(key, NonZeroU32::new(cost).unwrap_or(NonZeroU32::MIN))
+            {
+                Ok(r) => r,
+                Err(_) => return KeyedCheck::Decided(Err(NEVER)),
+            }
+        };
+        KeyedCheck::Decided(match checked {
             Ok(snap) if want_status => Ok(admit(&self.quota, snap.remaining_burst_capacity())),
             Ok(_) => Ok(Admit::UNKNOWN),
             Err(nu) => {
@@ -283,11 +310,11 @@ impl KeyedBuckets {
 
     /// One cell for `key`: one map lookup for a known key.
     #[inline]
-    pub(crate) fn check(&self, key: &Key, want_status: bool) -> KeyedCheck {
-        let r = match self.check_once(key, want_status) {
+    pub(crate) fn check(&self, key: &Key, cost: u32, want_status: bool) -> KeyedCheck {
+        let r = match self.check_once(key, cost, want_status) {
             // New key at the cap: evict idle keys (if a sweep is allowed
             // now), then try once more.
-            KeyedCheck::Full if self.sweep() => self.check_once(key, want_status),
+            KeyedCheck::Full if self.sweep() => self.check_once(key, cost, want_status),
             r => r,
         };
         if self.counters.sweep_due.load(Ordering::Relaxed)
@@ -356,22 +383,22 @@ mod tests {
     async fn bucket_burst_then_rate() {
         let b = Bucket::new(Quota::per_second(2), "quota").unwrap();
         assert_eq!(
-            b.check(true),
+            b.check(1, true),
             Ok(Admit {
                 remaining: 1,
                 reset: Duration::from_millis(500)
             })
         );
         assert_eq!(
-            b.check(true),
+            b.check(1, true),
             Ok(Admit {
                 remaining: 0,
                 reset: Duration::from_secs(1)
             })
         );
-        assert_eq!(b.check(true), Err(Duration::from_millis(500)));
+        assert_eq!(b.check(1, true), Err(Duration::from_millis(500)));
         tokio::time::advance(Duration::from_millis(200)).await;
-        assert_eq!(b.check(true), Err(Duration::from_millis(300)));
+        assert_eq!(b.check(1, true), Err(Duration::from_millis(300)));
     }
 
     #[tokio::test(start_paused = true)]
@@ -379,25 +406,39 @@ mod tests {
         let k = KeyedBuckets::new(Quota::per_second(10), settings(3)).unwrap();
         for i in 0..3 {
             assert!(matches!(
-                k.check(&Key::from_u64(i), true),
+                k.check(&Key::from_u64(i), 1, true),
                 KeyedCheck::Decided(Ok(_))
             ));
         }
-        assert_eq!(k.check(&Key::from_u64(3), true), KeyedCheck::Full);
+        assert_eq!(k.check(&Key::from_u64(3), 1, true), KeyedCheck::Full);
         assert_eq!(k.tracked(), 3);
         // known keys still go through
         assert!(matches!(
-            k.check(&Key::from_u64(0), true),
+            k.check(&Key::from_u64(0), 1, true),
             KeyedCheck::Decided(Ok(_))
         ));
         // after the buckets refill, the sweep evicts them
         tokio::time::advance(Duration::from_millis(500)).await;
         assert!(matches!(
-            k.check(&Key::from_u64(3), true),
+            k.check(&Key::from_u64(3), 1, true),
             KeyedCheck::Decided(Ok(_))
         ));
         assert_eq!(k.tracked(), 1);
         assert_eq!(k.evicted(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_bucket_takes_several_cells_and_never_more_than_its_burst() {
+        let b = Bucket::new(Quota::per_second(10), "test").unwrap();
+        assert!(b.check(8, false).is_ok());
+        // 4 more: 2 are there, 2 come in 200 ms.
+        assert_eq!(b.check(4, false), Err(Duration::from_millis(200)));
+        assert_eq!(b.check(11, false), Err(NEVER));
+        let k = KeyedBuckets::new(Quota::per_second(10), settings(3)).unwrap();
+        assert_eq!(
+            k.check(&Key::from_u64(0), 11, false),
+            KeyedCheck::Decided(Err(NEVER))
+        );
     }
 
     #[test]

@@ -83,7 +83,11 @@ mod redis;
 pub use self::clock::{TokioClock, TokioInstant};
 pub use self::decorate::{Decorate, NoHeaders, RateLimitStatus, retry_after_secs};
 pub use self::future::ResponseFuture;
-pub use self::key::{Cidr, Global, Key, KeyExtractor, MAX_KEY_LEN, MissingKey, PeerAddr};
+#[cfg(feature = "http")]
+pub use self::key::cost_from_extension;
+pub use self::key::{
+    Cidr, Cost, Global, Key, KeyExtractor, MAX_KEY_LEN, MissingKey, PeerAddr, Weighted,
+};
 pub use self::layer::{
     DEFAULT_MAX_KEYS, DEFAULT_MIN_SWEEP_INTERVAL, DEFAULT_SWEEP_EVERY, Fallback, Mode,
     OVERFLOW_NETWORKS, RateLimitLayer, RateLimitLayerBuilder,

@@ -7,7 +7,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use redis::aio::ConnectionManager;
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
 use redis::{RedisError, RedisResult, Script};
 use tokio::time::Instant;
 
@@ -20,8 +23,9 @@ use crate::error::ConfigError;
 use crate::observe::{EventKind, LayerKind, State};
 
 /// GCRA in one atomic step. KEYS[1]: the bucket; ARGV[1]: the period
-/// (emission interval) in µs; ARGV[2]: the burst. Time is Redis server time,
-/// so instances with skewed clocks agree. The key expires when its bucket is
+/// (emission interval) in µs; ARGV[2]: the burst; ARGV[3]: the request's
+/// cost in cells (at most the burst). Time is Redis server time, so
+/// instances with skewed clocks agree. The key expires when its bucket is
 /// full again (at most one burst window), so Redis memory stays bounded.
 /// Returns {1, remaining, reset_us} or {0, retry_after_us, 0}.
 const GCRA_LUA: &str = r"
@@ -29,17 +33,17 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local period = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
-local tau = period * (burst - 1)
+local cost = tonumber(ARGV[3])
 local tat = tonumber(redis.call('GET', KEYS[1]))
 if tat == nil or tat < now then tat = now end
-local earliest = tat - tau
-if now < earliest then
-  return {0, earliest - now, 0}
+local new_tat = tat + period * cost
+local allow_at = new_tat - period * burst
+if now < allow_at then
+  return {0, allow_at - now, 0}
 end
-local new_tat = tat + period
 local ttl_ms = math.ceil((new_tat - now) / 1000)
 redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', ttl_ms)
-local remaining = math.floor((now + tau + period - new_tat) / period)
+local remaining = math.floor((now + period * burst - new_tat) / period)
 return {1, remaining, new_tat - now}
 ";
 
@@ -86,7 +90,7 @@ pub enum FailurePolicy {
 /// [`FailurePolicy::FailOpen`].
 #[derive(Clone)]
 pub struct RedisBackend {
-    conn: ConnectionManager,
+    conn: Conn,
     prefix: String,
     timeout: Duration,
     probe_interval: Duration,
@@ -104,10 +108,102 @@ impl fmt::Debug for RedisBackend {
     }
 }
 
+/// A single node or a cluster.
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(Arc<Cluster>),
+}
+
+/// A cluster client and its current connection (swapped after a
+/// reconnection, read without a lock).
+struct Cluster {
+    client: ClusterClient,
+    conn: ArcSwap<ClusterConnection>,
+    reconnecting: AtomicBool,
+}
+
+impl Cluster {
+    /// How long a background reconnection may take.
+    const RECONNECT_WITHIN: Duration = Duration::from_secs(10);
+
+    /// Connects anew in the background (one attempt at a time), so that the
+    /// next probe uses a connection that read the cluster's topology after
+    /// a failover; the probe that asked does not wait for it.
+    fn reconnect(cluster: &Arc<Cluster>) {
+        if cluster.reconnecting.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let cluster = Arc::clone(cluster);
+        tokio::spawn(async move {
+            let fresh = tokio::time::timeout(
+                Self::RECONNECT_WITHIN,
+                cluster.client.get_async_connection(),
+            )
+            .await;
+            if let Ok(Ok(conn)) = fresh {
+                cluster.conn.store(Arc::new(conn));
+            }
+            cluster.reconnecting.store(false, Ordering::Release);
+        });
+    }
+}
+
 impl RedisBackend {
     /// Limits through `conn` (a `redis::aio::ConnectionManager`, which
     /// reconnects by itself).
     pub fn new(conn: ConnectionManager) -> Self {
+        Self::with(Conn::Single(conn))
+    }
+
+    /// Limits through a Redis Cluster (or a Valkey cluster): connects with
+    /// `client` now, and again in the background whenever the limiter is
+    /// degraded and probes (a new connection reads the cluster's current
+    /// topology, so a replica promoted after its primary failed is found by
+    /// the next probe). Each limit key
+    /// is one Redis key, so each check is one script on the primary of that
+    /// key's slot; `MOVED` / `ASK` redirections are followed by the client
+    /// library, and while a slot has no primary the [`FailurePolicy`]
+    /// applies as for a single node (the limiter has one health state: while
+    /// degraded, every key follows the policy until a probe succeeds).
+    ///
+    /// Give the client a connection timeout and retry waits well under the
+    /// limiter's [`timeout`](Self::timeout) (the limiter never waits longer
+    /// than that anyway):
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), seawall::BoxError> {
+    /// use std::time::Duration;
+    /// use seawall::rate_limit::{FailurePolicy, Quota, RateLimitLayer, RedisBackend};
+    ///
+    /// let client = redis::cluster::ClusterClient::builder(["redis://10.0.0.1:6379", "redis://10.0.0.2:6379"])
+    ///     .connection_timeout(Duration::from_millis(10))
+    ///     .response_timeout(Duration::from_millis(50))
+    ///     .min_retry_wait(1)
+    ///     .max_retry_wait(10)
+    ///     .build()?;
+    /// let layer = RateLimitLayer::builder(Quota::per_second(1000))
+    ///     .redis(RedisBackend::cluster(client).await?
+    ///         .on_failure(FailurePolicy::Local { instances: 4 }))
+    ///     .build()?;
+    /// # let _ = layer;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// The client's error when it cannot connect to the cluster now.
+    pub async fn cluster(client: ClusterClient) -> RedisResult<Self> {
+        let conn = client.get_async_connection().await?;
+        Ok(Self::with(Conn::Cluster(Arc::new(Cluster {
+            client,
+            conn: ArcSwap::from_pointee(conn),
+            reconnecting: AtomicBool::new(false),
+        }))))
+    }
+
+    fn with(conn: Conn) -> Self {
         RedisBackend {
             conn,
             prefix: "seawall".to_owned(),
@@ -147,7 +243,7 @@ impl RedisBackend {
 pub(crate) type RedisCall = Pin<Box<dyn Future<Output = RedisResult<Vec<i64>>> + Send>>;
 
 pub(crate) struct RedisState {
-    conn: ConnectionManager,
+    conn: Conn,
     script: Arc<Script>,
     prefix: Vec<u8>,
     timeout: Duration,
@@ -236,7 +332,7 @@ impl RedisState {
                 .is_ok()
     }
 
-    pub(crate) fn call(&self, name: &str, key: &Key) -> RedisCall {
+    pub(crate) fn call(&self, name: &str, key: &Key, cost: u32) -> RedisCall {
         let mut k = Vec::with_capacity(self.prefix.len() + name.len() + key.as_bytes().len() + 4);
         k.extend_from_slice(&self.prefix);
         k.push(b':');
@@ -246,13 +342,38 @@ impl RedisState {
         k.push(b':');
         k.extend_from_slice(key.as_bytes());
         let script = self.script.clone();
-        let mut conn = self.conn.clone();
+        let conn = self.conn.clone();
+        // A probe of a degraded cluster limiter connects anew first.
+        let reconnect = self.degraded.load(Ordering::Acquire);
         let period = self.period_us;
         let burst = self.quota.burst_size();
         Box::pin(async move {
-            let mut inv = script.prepare_invoke();
-            inv.key(k).arg(period).arg(burst);
-            inv.invoke_async::<Vec<i64>>(&mut conn).await
+            // EVALSHA, and on NOSCRIPT the script itself with EVAL (which
+            // caches it on that node): routed by the key, so it reaches the
+            // node that needs it — a replica promoted in a failover has an
+            // empty script cache, and a `SCRIPT LOAD` would go elsewhere.
+            let call = |verb: &str, body: &str| {
+                let mut cmd = redis::cmd(verb);
+                cmd.arg(body)
+                    .arg(1)
+                    .arg(&k[..])
+                    .arg(period)
+                    .arg(burst)
+                    .arg(cost);
+                cmd
+            };
+            let evalsha = call("EVALSHA", script.get_hash());
+            let eval = call("EVAL", GCRA_LUA);
+            match conn {
+                Conn::Single(mut c) => run(&mut c, &evalsha, &eval).await,
+                Conn::Cluster(cluster) => {
+                    if reconnect {
+                        Cluster::reconnect(&cluster);
+                    }
+                    let mut c = ClusterConnection::clone(&cluster.conn.load());
+                    run(&mut c, &evalsha, &eval).await
+                }
+            }
         })
     }
 
@@ -261,6 +382,7 @@ impl RedisState {
         &self,
         shared: &Shared<X, D>,
         key: &Result<Key, MissingKey>,
+        cost: u32,
         outcome: Option<RedisResult<Vec<i64>>>,
     ) -> (Verdict, Option<RateLimitStatus>) {
         let cause = match outcome {
@@ -274,6 +396,7 @@ impl RedisState {
                             remaining: u32::try_from(v[1]).unwrap_or(0),
                             reset: us(v[2]),
                         },
+                        cost,
                     )
                 } else {
                     (
@@ -290,7 +413,7 @@ impl RedisState {
             None => "timeout",
         };
         self.failed(shared, cause);
-        self.degraded(shared, key, true)
+        self.degraded(shared, key, cost, true)
     }
 
     fn healthy<X, D>(&self, shared: &Shared<X, D>) {
@@ -341,6 +464,7 @@ impl RedisState {
         &self,
         shared: &Shared<X, D>,
         key: &Result<Key, MissingKey>,
+        cost: u32,
         want_status: bool,
     ) -> (Verdict, Option<RateLimitStatus>) {
         match self.policy {
@@ -350,6 +474,7 @@ impl RedisState {
                     remaining: self.quota.burst_size(),
                     reset: Duration::ZERO,
                 },
+                cost,
             ),
             FailurePolicy::FailClosed => (
                 Verdict::Deny {
@@ -358,12 +483,32 @@ impl RedisState {
                 },
                 None,
             ),
-            FailurePolicy::Local { .. } => shared.decide_local(key, want_status),
+            FailurePolicy::Local { .. } => shared.decide_local(key, cost, want_status),
         }
     }
 }
 
+/// `evalsha`, or `eval` if the node does not know the script.
+async fn run(
+    conn: &mut impl redis::aio::ConnectionLike,
+    evalsha: &redis::Cmd,
+    eval: &redis::Cmd,
+) -> RedisResult<Vec<i64>> {
+    match evalsha.query_async(conn).await {
+        Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+            eval.query_async(conn).await
+        }
+        r => r,
+    }
+}
+
 fn cause_of(e: &RedisError) -> &'static str {
+    if std::env::var_os("SEAWALL_DEBUG_REDIS").is_some() {
+        eprintln!("redis error: {e:?}");
+    }
+    if std::env::var_os("SEAWALL_DEBUG_REDIS").is_some() {
+        eprintln!("redis error: {e:?}");
+    }
     if e.is_timeout() {
         "timeout"
     } else if e.is_connection_dropped() || e.is_connection_refusal() || e.is_io_error() {

@@ -88,7 +88,8 @@ where
         let _edge = crate::clock::Edge::enter();
         let shared = &self.shared;
         let key = shared.extractor.extract(&req);
-        match shared.decide(&key, D::ENABLED) {
+        let cost = shared.extractor.cost(&req);
+        match shared.decide(&key, cost, D::ENABLED) {
             Step::Now(Verdict::Admit(_), status) => {
                 ResponseFuture::called(self.inner.call(req), shared, status)
             }

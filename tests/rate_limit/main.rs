@@ -831,3 +831,83 @@ mod honest_policy {
         }
     }
 }
+
+// ---------------------------------------------------------------- weighted cost
+
+/// A request costs what its cost function says: an 8-cell request takes
+/// 8 of a burst of 10; a 4-cell one then waits for the 2 cells it lacks
+/// (200 ms at 10 a second) and says so; a request above the burst is refused
+/// at once, with no `retry_after`, even in wait mode; a 0-cell one is free.
+#[tokio::test(start_paused = true)]
+async fn a_request_costs_its_cells() {
+    let recorder = Recorder::new();
+    let layer = RateLimitLayer::builder(Quota::per_second(10))
+        .name("api")
+        .observer(Observer::new(recorder.clone()))
+        .cost(|n: &u64| *n as u32)
+        .build()
+        .unwrap();
+    let mut svc = layer.layer(echo());
+    assert!(call(&mut svc, 8).await.is_ok());
+    let err = call(&mut svc, 4).await.unwrap_err();
+    assert_eq!(retry_after(&err), Some(Duration::from_millis(200)));
+    assert!(call(&mut svc, 2).await.is_ok());
+    assert!(call(&mut svc, 0).await.is_ok(), "free");
+    let err = call(&mut svc, 11).await.unwrap_err();
+    let r = rejection_of(&err).unwrap();
+    assert_eq!(
+        (r.kind(), r.retry_after()),
+        (RejectionKind::RateLimited, None)
+    );
+    let details: Vec<&str> = recorder
+        .events()
+        .iter()
+        .filter_map(|e| match e.kind {
+            EventKind::Rejected { detail, .. } => Some(detail),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(details, ["limit", "cost_above_burst"]);
+
+    // A second later the bucket is full again: 10 cells, then nothing.
+    advance(Duration::from_secs(1)).await;
+    assert!(call(&mut svc, 10).await.is_ok());
+    assert!(call(&mut svc, 1).await.is_err());
+
+    // Wait mode waits for the cells a request needs, and never for a cost
+    // above the burst.
+    let mut waiting = RateLimitLayer::builder(Quota::per_second(10))
+        .wait(Duration::from_secs(5))
+        .cost(|n: &u64| *n as u32)
+        .build()
+        .unwrap()
+        .layer(echo());
+    assert!(call(&mut waiting, 10).await.is_ok());
+    let start = Instant::now();
+    assert!(call(&mut waiting, 5).await.is_ok());
+    assert_eq!(start.elapsed(), Duration::from_millis(500));
+    let start = Instant::now();
+    assert!(call(&mut waiting, 11).await.is_err());
+    assert_eq!(start.elapsed(), Duration::ZERO);
+}
+
+/// Keyed limits weigh per key: one client's heavy requests drain its own
+/// bucket, not another's.
+#[tokio::test(start_paused = true)]
+async fn weighted_costs_are_per_key() {
+    let layer = RateLimitLayer::builder(Quota::per_second(10))
+        .keyed(|n: &u64| Some(Key::from_u64(*n % 2)))
+        .cost(|n: &u64| if *n < 100 { 5 } else { 1 })
+        .build()
+        .unwrap();
+    let mut svc = layer.layer(echo());
+    // Key 0: two 5-cell requests, then refused.
+    assert!(call(&mut svc, 2).await.is_ok());
+    assert!(call(&mut svc, 4).await.is_ok());
+    assert!(call(&mut svc, 6).await.is_err());
+    // Key 1 untouched: ten 1-cell requests.
+    for n in 0..10 {
+        assert!(call(&mut svc, 101 + 2 * n).await.is_ok(), "request {n}");
+    }
+    assert!(call(&mut svc, 121).await.is_err());
+}

@@ -41,6 +41,11 @@ impl RedisServer {
 
     /// Starts a server on `port` (see [`RedisServer::start`]).
     fn start_on(port: u16) -> Option<RedisServer> {
+        Self::start_with(port, &[])
+    }
+
+    /// Starts a server on `port` with `extra` arguments.
+    fn start_with(port: u16, extra: &[&str]) -> Option<RedisServer> {
         let found = Command::new(REDIS_SERVER)
             .arg("--version")
             .stdout(Stdio::null())
@@ -71,6 +76,7 @@ impl RedisServer {
             ])
             .arg("--dir")
             .arg(&dir)
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -550,5 +556,367 @@ async fn wait_mode_through_redis_waits_for_the_shared_cells() {
     assert!(
         took >= Duration::from_millis(390),
         "the requests did wait: {took:?}"
+    );
+}
+
+// ---------------------------------------------------------------- weighted cost
+
+/// Through Redis, a request costs its cells too: two instances share one
+/// burst of 10 cells; a 6-cell request then a 6-cell one from the other
+/// instance: the second waits for the 2 cells it lacks; above the burst,
+/// refused at once without a round trip.
+#[tokio::test]
+async fn weighted_costs_through_redis() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let quota = Quota::per_second(10);
+    let build = |conn| {
+        RateLimitLayer::builder(quota)
+            .name("weighted")
+            .redis(RedisBackend::new(conn).timeout(Duration::from_secs(1)))
+            .cost(|n: &u64| *n as u32)
+            .build()
+            .unwrap()
+    };
+    let a = build(server.connection().await);
+    let b = build(server.connection().await);
+    let (mut sa, mut sb) = (a.layer(echo()), b.layer(echo()));
+    assert!(call(&mut sa, 6).await.is_ok());
+    let err = call(&mut sb, 6).await.unwrap_err();
+    let wait = rejection_of(&err).unwrap().retry_after().unwrap();
+    assert!(
+        wait > Duration::from_millis(100) && wait <= Duration::from_millis(200),
+        "the 2 missing cells take about 200 ms: {wait:?}"
+    );
+    assert!(call(&mut sb, 4).await.is_ok(), "the 4 cells left");
+    let err = call(&mut sa, 11).await.unwrap_err();
+    let r = rejection_of(&err).unwrap();
+    assert_eq!(
+        (r.kind(), r.retry_after()),
+        (RejectionKind::RateLimited, None)
+    );
+}
+
+// ---------------------------------------------------------------- cluster
+
+/// A Redis Cluster of 3 primaries and 3 replicas on free loopback ports
+/// (each port and its bus port, +10000), made with `redis-cli --cluster
+/// create`.
+struct Cluster {
+    nodes: Vec<RedisServer>,
+}
+
+/// A free port whose cluster bus port (+10000) is free too.
+fn free_cluster_port(taken: &[u16]) -> u16 {
+    for _ in 0..1000 {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free loopback port");
+        if port < 55_000
+            && !taken.contains(&port)
+            && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok()
+        {
+            return port;
+        }
+    }
+    panic!("no free port pair for a cluster node");
+}
+
+impl Cluster {
+    fn start() -> Option<Cluster> {
+        redis_available().then_some(())?;
+        let mut ports = Vec::new();
+        for _ in 0..6 {
+            let p = free_cluster_port(&ports);
+            ports.push(p);
+        }
+        let nodes: Vec<RedisServer> = ports
+            .iter()
+            .map(|&p| {
+                RedisServer::start_with(
+                    p,
+                    &[
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        "nodes.conf",
+                        "--cluster-node-timeout",
+                        "1000",
+                        "--cluster-require-full-coverage",
+                        "no",
+                        // Replicas sync at once (Redis 7 waits 5 s by
+                        // default): a replica that never synced does not
+                        // take over.
+                        "--repl-diskless-sync-delay",
+                        "0",
+                    ],
+                )
+                .expect("redis-server")
+            })
+            .collect();
+        let mut create = Command::new("redis-cli");
+        create.arg("--cluster").arg("create");
+        for p in &ports {
+            create.arg(format!("127.0.0.1:{p}"));
+        }
+        let out = create
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .output()
+            .expect("redis-cli --cluster create");
+        assert!(
+            out.status.success(),
+            "cluster create failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let cluster = Cluster { nodes };
+        cluster.wait_until_ok(Duration::from_secs(10));
+        Some(cluster)
+    }
+
+    /// Waits until every live node says `cluster_state:ok` and every
+    /// replica is in sync with its primary.
+    fn wait_until_ok(&self, within: Duration) {
+        let start = std::time::Instant::now();
+        let says = |port: u16, args: &[&str], what: &str| {
+            Command::new("redis-cli")
+                .args(["-p", &port.to_string()])
+                .args(args)
+                .output()
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(what))
+        };
+        while start.elapsed() < within {
+            let ok = self.nodes.iter().all(|n| {
+                says(n.port, &["cluster", "info"], "cluster_state:ok")
+                    && (says(n.port, &["info", "replication"], "role:master")
+                        || says(n.port, &["info", "replication"], "master_link_status:up"))
+            });
+            if ok {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("the cluster was not ok within {within:?}");
+    }
+
+    fn client(&self, timeout: Duration) -> redis::cluster::ClusterClient {
+        let urls: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("redis://127.0.0.1:{}/", n.port))
+            .collect();
+        // Short retry waits and a connection timeout well under the
+        // limiter's (as `RedisBackend::cluster` advises).
+        redis::cluster::ClusterClient::builder(urls)
+            .connection_timeout(timeout / 5)
+            .response_timeout(timeout)
+            .min_retry_wait(1)
+            .max_retry_wait(10)
+            .build()
+            .unwrap()
+    }
+
+    /// The port of the primary holding `key`'s slot.
+    fn primary_of(&self, key: &[u8]) -> u16 {
+        let port = self.nodes[0].port.to_string();
+        let slot = key_slot(key);
+        let out = Command::new("redis-cli")
+            .args(["-p", &port, "cluster", "nodes"])
+            .output()
+            .unwrap();
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 9 || !f[2].contains("master") || f[2].contains("fail") {
+                continue;
+            }
+            for range in &f[8..] {
+                let (lo, hi) = range.split_once('-').unwrap_or((range, range));
+                if let (Ok(lo), Ok(hi)) = (lo.parse::<u16>(), hi.parse::<u16>()) {
+                    if (lo..=hi).contains(&slot) {
+                        let addr = f[1].split('@').next().unwrap();
+                        return addr.rsplit(':').next().unwrap().parse().unwrap();
+                    }
+                }
+            }
+        }
+        panic!("no primary for slot {slot}");
+    }
+
+    fn kill(&mut self, port: u16) {
+        for n in &mut self.nodes {
+            if n.port == port {
+                n.kill();
+            }
+        }
+    }
+}
+
+/// The cluster slot of `key` (no hash tag): CRC16-XMODEM modulo 16384.
+fn key_slot(key: &[u8]) -> u16 {
+    let mut crc: u16 = 0;
+    for &b in key {
+        crc ^= u16::from(b) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc % 16384
+}
+
+#[test]
+fn key_slots_match_redis() {
+    // From the Redis Cluster specification: "123456789" has CRC16 0x31C3.
+    assert_eq!(key_slot(b"123456789"), 0x31C3);
+}
+
+/// Two limiter instances on a real 3-primary cluster hold one fleet-wide
+/// quota per key (keys spread over the primaries); then the primary of one
+/// key is killed mid-run: while its slot has no primary, the local-share
+/// policy decides and no request waits longer than the backend timeout;
+/// once its replica is promoted, the shared quota holds again.
+#[tokio::test]
+async fn a_redis_cluster_holds_one_quota_and_survives_a_failover() {
+    let Some(mut cluster) = Cluster::start() else {
+        return;
+    };
+    let timeout = Duration::from_millis(100);
+    let quota = Quota::per_minute(30);
+    let recorder = Recorder::new();
+    let build = |backend: RedisBackend, recorder: &Recorder| {
+        RateLimitLayer::builder(quota)
+            .name("fleet")
+            .observer(Observer::new(recorder.clone()))
+            .keyed(|x: &u64| Some(Key::from_u64(*x % 100)))
+            .redis(
+                backend
+                    .timeout(timeout)
+                    .probe_interval(Duration::from_millis(200))
+                    .on_failure(FailurePolicy::Local { instances: 2 }),
+            )
+            .build()
+            .unwrap()
+    };
+    let backend = || async {
+        RedisBackend::cluster(cluster.client(timeout))
+            .await
+            .unwrap()
+    };
+    let a = build(backend().await, &recorder);
+    let b = build(backend().await, &recorder);
+    let (mut sa, mut sb) = (a.layer(echo()), b.layer(echo()));
+
+    // Before: keys 0..6 (spread over the primaries), 30 requests each per
+    // instance: the fleet admits 30 per key.
+    let mut before = 0;
+    for key in 0..6u64 {
+        for i in 0..30 {
+            before += u64::from(call(&mut sa, key + 100 * i).await.is_ok());
+            before += u64::from(call(&mut sb, key + 100 * i).await.is_ok());
+        }
+    }
+    let before_ratio = before as f64 / (6.0 * 30.0);
+    println!("before the failover: admitted {before} of a fleet-wide 6 x 30 ({before_ratio:.2})");
+    assert!(
+        (0.95..=1.1).contains(&before_ratio),
+        "one quota per key: {before}"
+    );
+
+    // Kill the primary of key 50's slot, mid-run.
+    let mut key50 = b"seawall:fleet:n:".to_vec();
+    key50.extend_from_slice(&50u64.to_be_bytes());
+    let victim = cluster.primary_of(&key50);
+    cluster.kill(victim);
+    let mut slowest = Duration::ZERO;
+    let mut during = 0;
+    for i in 0..40 {
+        let start = std::time::Instant::now();
+        during += u64::from(call(&mut sa, 50 + 100 * i).await.is_ok());
+        slowest = slowest.max(start.elapsed());
+    }
+    println!(
+        "during the failover: key 50 admitted {during} of 40 locally, slowest request {slowest:?}"
+    );
+    assert!(
+        slowest < timeout + Duration::from_millis(50),
+        "no request waits past the backend timeout: {slowest:?}"
+    );
+    // The local share of 30 a minute over 2 instances: 15.
+    assert_eq!(during, 15, "the local share while the slot has no primary");
+    assert!(
+        recorder.count(|e| matches!(
+            e.kind,
+            EventKind::StateChanged {
+                to: State::Degraded,
+                ..
+            }
+        )) >= 1
+    );
+
+    // Meanwhile the keys of the other primaries: the limiter is degraded
+    // as a whole (one health state per limiter, not per slot), so each
+    // instance decides them with its local share too, probing Redis
+    // once per interval: at most 2 x 15 local plus Redis's 30 per key.
+    let mut others = 0;
+    let mut counted = 0;
+    for key in 60..80u64 {
+        let mut k = b"seawall:fleet:n:".to_vec();
+        k.extend_from_slice(&key.to_be_bytes());
+        if cluster.primary_of(&k) == victim {
+            continue;
+        }
+        counted += 1;
+        for i in 0..30 {
+            others += u64::from(call(&mut sa, key + 100 * i).await.is_ok());
+            others += u64::from(call(&mut sb, key + 100 * i).await.is_ok());
+        }
+        if counted == 3 {
+            break;
+        }
+    }
+    println!("during the failover: keys on the other primaries admitted {others} of 3 x 30");
+    assert!(
+        (88..=180).contains(&others),
+        "at most twice the quota while degraded: {others}"
+    );
+
+    // The replica takes over (node timeout 1 s); the limiters' next probe
+    // connects anew and finds it: healthy again, one quota.
+    cluster.nodes.retain(|n| n.port != victim);
+    cluster.wait_until_ok(Duration::from_secs(15));
+    let healthy = std::time::Instant::now();
+    let to = |state: State| {
+        recorder.count(|e| matches!(e.kind, EventKind::StateChanged { to, .. } if to == state))
+    };
+    while to(State::Healthy) < to(State::Degraded) {
+        let _ = call(&mut sa, 99).await;
+        let _ = call(&mut sb, 99).await;
+        assert!(
+            healthy.elapsed() < Duration::from_secs(15),
+            "every degraded limiter healthy again within 15 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!(
+        "healthy again {:?} after the cluster said ok",
+        healthy.elapsed()
+    );
+    // Keys 50..56 (key 50 on the promoted primary; in Redis, all fresh).
+    let mut after = 0;
+    for key in 50..56u64 {
+        for i in 0..30 {
+            after += u64::from(call(&mut sa, key + 100 * i).await.is_ok());
+            after += u64::from(call(&mut sb, key + 100 * i).await.is_ok());
+        }
+    }
+    let after_ratio = after as f64 / (6.0 * 30.0);
+    println!("after the failover: admitted {after} of a fleet-wide 6 x 30 ({after_ratio:.2})");
+    assert!(
+        (0.95..=1.1).contains(&after_ratio),
+        "one quota per key again: {after}"
     );
 }
