@@ -11,7 +11,7 @@ use std::future::Future;
 use std::pin::pin;
 use std::task::{Context, Poll, Waker};
 
-use counting_alloc::{CountingAlloc, count_allocations};
+use counting_alloc::{CountingAlloc, count_allocations, live_bytes_on_this_thread};
 use seawall::rate_limit::{Key, Quota, RateLimitLayer};
 use tower::{Layer, Service};
 
@@ -100,5 +100,47 @@ fn rejected_calls_allocate_only_the_error() {
     assert_eq!(
         allocs, 100,
         "one allocation (the boxed error) per rejection"
+    );
+}
+
+/// The memory a keyed limiter holds at its caps, measured: a spray of
+/// 300 000 IPv6 clients, each from its own /64, over 8 192 /48s, fills the
+/// key map (100 000 keys, the default cap) and the overflow table (4 096
+/// networks); the heap the limiter holds then stays put however long the
+/// spray goes on.
+#[test]
+fn memory_at_the_key_cap_is_bounded() {
+    let before = live_bytes_on_this_thread();
+    let layer = RateLimitLayer::builder(Quota::per_minute(10))
+        .keyed(|n: &u64| {
+            let n = *n as u128;
+            // 2001:db8:XXXX:YYYY::1, a /48 per 8192-th, a /64 each.
+            let ip = (0x2001_0db8u128 << 96) | ((n % 8192) << 80) | ((n / 8192) << 64) | 1;
+            Some(Key::from_network(std::net::IpAddr::V6(ip.into()), 32, 64))
+        })
+        .build()
+        .unwrap();
+    let mut svc = layer.layer(echo());
+    for i in 0..200_000u64 {
+        drive(&mut svc, i);
+    }
+    let full = live_bytes_on_this_thread() - before;
+    for i in 200_000..300_000u64 {
+        drive(&mut svc, i);
+    }
+    let later = live_bytes_on_this_thread() - before;
+    println!(
+        "keyed limiter at its caps: {} keys, {:.1} MiB held ({} bytes a key); \
+         after 100 000 more new clients: {:.1} MiB",
+        layer.tracked_keys(),
+        full as f64 / (1 << 20) as f64,
+        full / layer.tracked_keys() as i64,
+        later as f64 / (1 << 20) as f64,
+    );
+    assert_eq!(layer.tracked_keys(), 100_000);
+    assert!(full < 32 << 20, "under 32 MiB at the caps: {full} bytes");
+    assert!(
+        later <= full + (1 << 20),
+        "the spray goes on, the memory does not grow: {full} then {later}"
     );
 }

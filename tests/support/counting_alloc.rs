@@ -24,6 +24,12 @@ pub struct CountingAlloc;
 thread_local! {
     static ALLOCS: Cell<u64> = const { Cell::new(0) };
     static BYTES: Cell<u64> = const { Cell::new(0) };
+    // Bytes allocated less bytes freed on this thread.
+    static LIVE: Cell<i64> = const { Cell::new(0) };
+}
+
+fn live(delta: i64) {
+    let _ = LIVE.try_with(|c| c.set(c.get() + delta));
 }
 
 fn bump(size: usize) {
@@ -35,20 +41,24 @@ fn bump(size: usize) {
 unsafe impl GlobalAlloc for CountingAlloc {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         bump(layout.size());
+        live(layout.size() as i64);
         unsafe { System.alloc(layout) }
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         bump(layout.size());
+        live(layout.size() as i64);
         unsafe { System.alloc_zeroed(layout) }
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         bump(new_size);
+        live(new_size as i64 - layout.size() as i64);
         unsafe { System.realloc(ptr, layout, new_size) }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        live(-(layout.size() as i64));
         unsafe { System.dealloc(ptr, layout) }
     }
 }
@@ -61,6 +71,11 @@ pub fn allocations_on_this_thread() -> u64 {
 /// Bytes requested on this thread so far.
 pub fn bytes_on_this_thread() -> u64 {
     BYTES.with(|c| c.get())
+}
+
+/// Heap bytes held by what this thread allocated (and freed) so far.
+pub fn live_bytes_on_this_thread() -> i64 {
+    LIVE.with(|c| c.get())
 }
 
 /// Runs `f` and returns how many allocations it made on this thread.
