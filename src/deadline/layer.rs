@@ -48,6 +48,7 @@ impl fmt::Debug for Shared {
 #[derive(Clone)]
 pub struct DeadlineLayer {
     shared: Arc<Shared>,
+    in_request: bool,
 }
 
 impl DeadlineLayer {
@@ -64,6 +65,7 @@ impl DeadlineLayer {
                 name: Name::from("deadline"),
                 observer: Observer::none(),
             }),
+            in_request: true,
         }
     }
 
@@ -73,6 +75,7 @@ impl DeadlineLayer {
             budget,
             name: Name::from("deadline"),
             observer: Observer::none(),
+            in_request: true,
         }
     }
 
@@ -101,7 +104,7 @@ impl<S> Layer<S> for DeadlineLayer {
     type Service = DeadlineService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        DeadlineService::new(inner, self.shared.clone())
+        DeadlineService::new(inner, self.shared.clone(), self.in_request)
     }
 }
 
@@ -111,9 +114,23 @@ pub struct DeadlineLayerBuilder {
     budget: Duration,
     name: Name,
     observer: Observer,
+    in_request: bool,
 }
 
 impl DeadlineLayerBuilder {
+    /// Whether the deadline is also stored in the request (default `true`;
+    /// for an `http::Request`, in its extensions, where a handler reads it
+    /// with `Extension<Deadline>`). Every layer and service called within
+    /// the request's task reads the task-local deadline anyway; the copy in
+    /// the request carries it across a task boundary (a `tower::buffer`
+    /// worker) and to code that reads extensions. Storing it costs an
+    /// extension insert (heap allocations) per request; the client stack
+    /// leaves it out.
+    pub fn in_request(mut self, store: bool) -> Self {
+        self.in_request = store;
+        self
+    }
+
     /// The instance name used in events and rejections (default `"deadline"`).
     pub fn name(mut self, name: impl Into<Name>) -> Self {
         self.name = name.into();
@@ -140,6 +157,7 @@ impl DeadlineLayerBuilder {
                 name: self.name,
                 observer: self.observer,
             }),
+            in_request: self.in_request,
         })
     }
 }

@@ -821,6 +821,8 @@ where
             };
         }
         let headers = req.headers_mut();
+        // Room for both at once (an empty map allocates when it first grows).
+        headers.reserve(usize::from(cfg.grpc) + usize::from(cfg.ms_header.is_some()));
         if cfg.grpc {
             let keep = headers
                 .get(GRPC_TIMEOUT)
@@ -839,7 +841,21 @@ where
                 .is_some_and(|existing| existing <= left);
             if !keep {
                 let ms = u64::try_from(left.as_millis()).unwrap_or(u64::MAX);
-                headers.insert(name.clone(), HeaderValue::from(ms));
+                // Digits on the stack, copied once into the value.
+                let mut buf = [0u8; 20];
+                let mut at = buf.len();
+                let mut n = ms;
+                loop {
+                    at -= 1;
+                    buf[at] = b'0' + (n % 10) as u8;
+                    n /= 10;
+                    if n == 0 {
+                        break;
+                    }
+                }
+                if let Ok(v) = HeaderValue::from_bytes(&buf[at..]) {
+                    headers.insert(name.clone(), v);
+                }
             }
         }
         EgressFuture {

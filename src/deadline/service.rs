@@ -51,14 +51,16 @@ pub struct DeadlineService<S> {
     inner: S,
     shared: Arc<Shared>,
     ready_since: Option<Instant>,
+    in_request: bool,
 }
 
 impl<S> DeadlineService<S> {
-    pub(crate) fn new(inner: S, shared: Arc<Shared>) -> Self {
+    pub(crate) fn new(inner: S, shared: Arc<Shared>, in_request: bool) -> Self {
         DeadlineService {
             inner,
             shared,
             ready_since: None,
+            in_request,
         }
     }
 
@@ -86,6 +88,7 @@ impl<S: Clone> Clone for DeadlineService<S> {
             inner: self.inner.clone(),
             shared: self.shared.clone(),
             ready_since: None,
+            in_request: self.in_request,
         }
     }
 }
@@ -149,7 +152,11 @@ where
                 detail,
             ));
         }
-        req.set_deadline(deadline);
+        // Stored in the request unless it is there already (a server's
+        // ingress stored the caller's, shorter than this budget).
+        if self.in_request && req.deadline() != Some(deadline) {
+            req.set_deadline(deadline);
+        }
         let inner = &mut self.inner;
         let fut = super::sync_scope(deadline, || inner.call(req));
         ResponseFuture::running(fut, deadline, self.shared.clone())

@@ -615,7 +615,8 @@ where
 }
 
 /// The attempt number an inbound request arrived as, recorded in its
-/// extensions by [`MarkInboundAttemptLayer`].
+/// extensions by [`MarkInboundAttemptLayer`] when it is a retry (above 1);
+/// a request without it is a first attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct InboundAttempt(pub u32);
 
@@ -686,7 +687,11 @@ where
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let attempt = attempt_of(&req);
-        req.extensions_mut().insert(InboundAttempt(attempt));
+        // A first attempt needs no mark (absent means 1): no extension
+        // insert for the common case.
+        if attempt > 1 {
+            req.extensions_mut().insert(InboundAttempt(attempt));
+        }
         let inner = &mut self.inner;
         let future = sync_scope_inbound_attempt(attempt, || inner.call(req));
         scope_inbound_attempt(attempt, future)

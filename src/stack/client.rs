@@ -408,7 +408,11 @@ impl<P, C, L, O> ClientStackBuilder<P, C, L, O> {
             .ok_or_else(|| ConfigError::new(KIND, "attempt_timeout must be set"))?;
         let obs = self.observer.as_ref();
 
-        let mut deadline = DeadlineLayer::builder(total).name(part_name(&self.name, "deadline"));
+        // The deadline travels by task-local inside the stack (and as a
+        // header to the dependency): no extension insert per request.
+        let mut deadline = DeadlineLayer::builder(total)
+            .name(part_name(&self.name, "deadline"))
+            .in_request(false);
         let mut attempt =
             AttemptTimeoutLayer::builder(per_try).name(part_name(&self.name, "attempt"));
         let mut retry = self.retry;
