@@ -401,7 +401,9 @@ impl Default for PeerAddr {
 }
 
 impl PeerAddr {
-    /// Reads a `SocketAddr` or `IpAddr` extension.
+    /// Reads a `SocketAddr` or `IpAddr` extension, and with feature `axum`
+    /// axum's `ConnectInfo<SocketAddr>` (serve with
+    /// `into_make_service_with_connect_info::<SocketAddr>()`).
     pub const fn new() -> Self {
         PeerAddr {
             #[cfg(feature = "http")]
@@ -410,8 +412,8 @@ impl PeerAddr {
         }
     }
 
-    /// Reads the peer address with `read` (for connection-info types of your
-    /// server, such as axum's `ConnectInfo`).
+    /// Reads the peer address with `read` (for a connection-info type of
+    /// your server that [`new`](Self::new) does not know).
     #[cfg(feature = "http")]
     pub const fn with(read: fn(&http::Extensions) -> Option<IpAddr>) -> Self {
         PeerAddr {

@@ -401,11 +401,13 @@ impl<X, D> fmt::Debug for RateLimitLayerBuilder<X, D> {
     }
 }
 
-impl<X, D> RateLimitLayerBuilder<X, D> {
+impl<D> RateLimitLayerBuilder<Global, D> {
     /// One bucket of the quota per key found by `extractor`
     /// ([`HeaderKey`](crate::rate_limit::HeaderKey),
     /// [`ClientIp`](crate::rate_limit::ClientIp), [`PeerAddr`](crate::rate_limit::PeerAddr),
-    /// or a closure `Fn(&Req) -> Option<Key>`).
+    /// or a closure `Fn(&Req) -> Option<Key>`). Call it before
+    /// [`cost`](Self::cost) (which wraps the key extractor): after it, there
+    /// is no `keyed` to call.
     pub fn keyed<Y>(self, extractor: Y) -> RateLimitLayerBuilder<Y, D> {
         RateLimitLayerBuilder {
             quota: self.quota,
@@ -423,16 +425,44 @@ impl<X, D> RateLimitLayerBuilder<X, D> {
             redis: self.redis,
         }
     }
+}
 
+impl<X, D> RateLimitLayerBuilder<X, D> {
     /// Makes a request cost `cost(&req)` cells instead of one (an export
     /// 20, a search 5, …; 0 is free), with the local limiter and with Redis
     /// alike: the request waits, or its `retry_after` says, until that many
-    /// cells are free. A request that costs more than the quota's burst can
-    /// never pass: it is refused at once with
-    /// [`RateLimited`](crate::error::RateLimited), no `retry_after` (event
-    /// detail `"cost_above_burst"`). With feature `http`,
-    /// [`cost_from_extension`](crate::rate_limit::cost_from_extension) reads
-    /// a [`Cost`](crate::rate_limit::Cost) extension set outside the limit.
+    /// cells are free, and the `RateLimit` header's `r` counts cells. A
+    /// request that costs more than the quota's burst can never pass: it is
+    /// refused at once with [`RateLimited`](crate::error::RateLimited), no
+    /// `retry_after` (event detail `"cost_above_burst"`; size the burst for
+    /// your most expensive request). Call it after
+    /// [`keyed`](RateLimitLayerBuilder::keyed).
+    ///
+    /// The cost must be known when the request reaches the limit: from the
+    /// request itself (a closure on the path or method, as below), or a
+    /// [`Cost`](crate::rate_limit::Cost) extension read by
+    /// [`cost_from_extension`](crate::rate_limit::cost_from_extension) and
+    /// set *outside* the limit (`ServiceBuilder::map_request` before it). A
+    /// layer on an axum route runs inside the router, after the limit: a
+    /// `Cost` set there is never seen.
+    ///
+    /// ```
+    /// # #[cfg(feature = "axum")]
+    /// # fn main() -> Result<(), seawall::BoxError> {
+    /// use axum::body::Body;
+    /// use seawall::rate_limit::{PeerAddr, Quota, RateLimitLayer};
+    ///
+    /// // Per client: 10 cells a second; a search costs 5.
+    /// let limit = RateLimitLayer::builder(Quota::per_second(10))
+    ///     .keyed(PeerAddr::new())
+    ///     .cost(|req: &http::Request<Body>| if req.uri().path().starts_with("/search") { 5 } else { 1 })
+    ///     .build()?;
+    /// # let _ = limit;
+    /// # Ok(())
+    /// # }
+    /// # #[cfg(not(feature = "axum"))]
+    /// # fn main() {}
+    /// ```
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread", start_paused = true)]

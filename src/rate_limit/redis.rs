@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
+use arc_swap::ArcSwapOption;
 use redis::aio::ConnectionManager;
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
@@ -119,7 +119,7 @@ enum Conn {
 /// reconnection, read without a lock).
 struct Cluster {
     client: ClusterClient,
-    conn: ArcSwap<ClusterConnection>,
+    conn: ArcSwapOption<ClusterConnection>,
     reconnecting: AtomicBool,
 }
 
@@ -142,7 +142,7 @@ impl Cluster {
             )
             .await;
             if let Ok(Ok(conn)) = fresh {
-                cluster.conn.store(Arc::new(conn));
+                cluster.conn.store(Some(Arc::new(conn)));
             }
             cluster.reconnecting.store(false, Ordering::Release);
         });
@@ -160,16 +160,23 @@ impl RedisBackend {
     /// `client` now, and again in the background whenever the limiter is
     /// degraded and probes (a new connection reads the cluster's current
     /// topology, so a replica promoted after its primary failed is found by
-    /// the next probe). Each limit key
-    /// is one Redis key, so each check is one script on the primary of that
-    /// key's slot; `MOVED` / `ASK` redirections are followed by the client
-    /// library, and while a slot has no primary the [`FailurePolicy`]
-    /// applies as for a single node (the limiter has one health state: while
-    /// degraded, every key follows the policy until a probe succeeds).
+    /// the next probe). A cluster that cannot be reached now does not stop
+    /// the service from starting: the limiter starts degraded (its
+    /// [`FailurePolicy`] applies) and connects in the background.
+    ///
+    /// Each limit key is one Redis key, so each check is one script on the
+    /// primary of that key's slot; `MOVED` / `ASK` redirections are followed
+    /// by the client library. While a slot has no primary (a failover takes
+    /// the cluster's node timeout and an election, a few seconds) the
+    /// limiter is degraded as a whole, every key follows the policy until a
+    /// probe succeeds, and a probe is a live request that waits up to the
+    /// [`timeout`](Self::timeout). With [`FailurePolicy::FailOpen`] the
+    /// fleet admits everything for that long, and each bucket starts full
+    /// again after; [`FailurePolicy::Local`] keeps about the quota: prefer
+    /// it for a cluster.
     ///
     /// Give the client a connection timeout and retry waits well under the
-    /// limiter's [`timeout`](Self::timeout) (the limiter never waits longer
-    /// than that anyway):
+    /// limiter's timeout (the limiter never waits longer than that anyway):
     ///
     /// ```no_run
     /// # async fn run() -> Result<(), seawall::BoxError> {
@@ -183,24 +190,20 @@ impl RedisBackend {
     ///     .max_retry_wait(10)
     ///     .build()?;
     /// let layer = RateLimitLayer::builder(Quota::per_second(1000))
-    ///     .redis(RedisBackend::cluster(client).await?
+    ///     .redis(RedisBackend::cluster(client).await
     ///         .on_failure(FailurePolicy::Local { instances: 4 }))
     ///     .build()?;
     /// # let _ = layer;
     /// # Ok(())
     /// # }
     /// ```
-    ///
-    /// # Errors
-    ///
-    /// The client's error when it cannot connect to the cluster now.
-    pub async fn cluster(client: ClusterClient) -> RedisResult<Self> {
-        let conn = client.get_async_connection().await?;
-        Ok(Self::with(Conn::Cluster(Arc::new(Cluster {
+    pub async fn cluster(client: ClusterClient) -> Self {
+        let conn = client.get_async_connection().await.ok().map(Arc::new);
+        Self::with(Conn::Cluster(Arc::new(Cluster {
             client,
-            conn: ArcSwap::from_pointee(conn),
+            conn: ArcSwapOption::new(conn),
             reconnecting: AtomicBool::new(false),
-        }))))
+        })))
     }
 
     fn with(conn: Conn) -> Self {
@@ -367,10 +370,17 @@ impl RedisState {
             match conn {
                 Conn::Single(mut c) => run(&mut c, &evalsha, &eval).await,
                 Conn::Cluster(cluster) => {
-                    if reconnect {
+                    let current = cluster.conn.load_full();
+                    if reconnect || current.is_none() {
                         Cluster::reconnect(&cluster);
                     }
-                    let mut c = ClusterConnection::clone(&cluster.conn.load());
+                    let Some(current) = current else {
+                        return Err(RedisError::from((
+                            redis::ErrorKind::Io,
+                            "not connected to the cluster yet",
+                        )));
+                    };
+                    let mut c = ClusterConnection::clone(&current);
                     run(&mut c, &evalsha, &eval).await
                 }
             }

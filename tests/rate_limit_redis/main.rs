@@ -627,11 +627,20 @@ fn free_cluster_port(taken: &[u16]) -> u16 {
 impl Cluster {
     fn start() -> Option<Cluster> {
         redis_available().then_some(())?;
+        Some(Self::start_on(&Self::free_ports()))
+    }
+
+    /// Six free ports for a cluster's nodes.
+    fn free_ports() -> Vec<u16> {
         let mut ports = Vec::new();
         for _ in 0..6 {
             let p = free_cluster_port(&ports);
             ports.push(p);
         }
+        ports
+    }
+
+    fn start_on(ports: &[u16]) -> Cluster {
         let nodes: Vec<RedisServer> = ports
             .iter()
             .map(|&p| {
@@ -658,7 +667,7 @@ impl Cluster {
             .collect();
         let mut create = Command::new("redis-cli");
         create.arg("--cluster").arg("create");
-        for p in &ports {
+        for p in ports {
             create.arg(format!("127.0.0.1:{p}"));
         }
         let out = create
@@ -672,7 +681,7 @@ impl Cluster {
         );
         let cluster = Cluster { nodes };
         cluster.wait_until_ok(Duration::from_secs(10));
-        Some(cluster)
+        cluster
     }
 
     /// Waits until every live node says `cluster_state:ok` and every
@@ -701,20 +710,8 @@ impl Cluster {
     }
 
     fn client(&self, timeout: Duration) -> redis::cluster::ClusterClient {
-        let urls: Vec<String> = self
-            .nodes
-            .iter()
-            .map(|n| format!("redis://127.0.0.1:{}/", n.port))
-            .collect();
-        // Short retry waits and a connection timeout well under the
-        // limiter's (as `RedisBackend::cluster` advises).
-        redis::cluster::ClusterClient::builder(urls)
-            .connection_timeout(timeout / 5)
-            .response_timeout(timeout)
-            .min_retry_wait(1)
-            .max_retry_wait(10)
-            .build()
-            .unwrap()
+        let ports: Vec<u16> = self.nodes.iter().map(|n| n.port).collect();
+        cluster_client(&ports, timeout)
     }
 
     /// The port of the primary holding `key`'s slot.
@@ -750,6 +747,23 @@ impl Cluster {
             }
         }
     }
+}
+
+/// A cluster client for the nodes on `ports` (listening or not).
+fn cluster_client(ports: &[u16], timeout: Duration) -> redis::cluster::ClusterClient {
+    let urls: Vec<String> = ports
+        .iter()
+        .map(|p| format!("redis://127.0.0.1:{p}/"))
+        .collect();
+    // Short retry waits and a connection timeout well under the
+    // limiter's (as `RedisBackend::cluster` advises).
+    redis::cluster::ClusterClient::builder(urls)
+        .connection_timeout(timeout / 5)
+        .response_timeout(timeout)
+        .min_retry_wait(1)
+        .max_retry_wait(10)
+        .build()
+        .unwrap()
 }
 
 /// The cluster slot of `key` (no hash tag): CRC16-XMODEM modulo 16384.
@@ -801,11 +815,7 @@ async fn a_redis_cluster_holds_one_quota_and_survives_a_failover() {
             .build()
             .unwrap()
     };
-    let backend = || async {
-        RedisBackend::cluster(cluster.client(timeout))
-            .await
-            .unwrap()
-    };
+    let backend = || RedisBackend::cluster(cluster.client(timeout));
     let a = build(backend().await, &recorder);
     let b = build(backend().await, &recorder);
     let (mut sa, mut sb) = (a.layer(echo()), b.layer(echo()));
@@ -918,5 +928,71 @@ async fn a_redis_cluster_holds_one_quota_and_survives_a_failover() {
     assert!(
         (0.95..=1.1).contains(&after_ratio),
         "one quota per key again: {after}"
+    );
+}
+
+/// A cluster that cannot be reached when the service starts does not stop
+/// it: the limiter starts degraded (the local share decides, within the
+/// timeout), connects in the background, and is healthy (one fleet quota)
+/// once the cluster is up.
+#[tokio::test]
+async fn a_cluster_down_at_start_does_not_stop_the_service() {
+    if !redis_available() {
+        return;
+    }
+    let ports = Cluster::free_ports();
+    let timeout = Duration::from_millis(100);
+    let recorder = Recorder::new();
+    let layer = RateLimitLayer::builder(Quota::per_minute(30))
+        .name("early")
+        .observer(Observer::new(recorder.clone()))
+        .redis(
+            RedisBackend::cluster(cluster_client(&ports, timeout))
+                .await
+                .timeout(timeout)
+                .probe_interval(Duration::from_millis(200))
+                .on_failure(FailurePolicy::Local { instances: 2 }),
+        )
+        .build()
+        .unwrap();
+    let mut svc = layer.layer(echo());
+    let mut early = 0;
+    for i in 0..40 {
+        let start = std::time::Instant::now();
+        early += u64::from(call(&mut svc, i).await.is_ok());
+        assert!(start.elapsed() < timeout + Duration::from_millis(50));
+    }
+    assert_eq!(early, 15, "the local share of 30 over 2 instances");
+
+    let _cluster = Cluster::start_on(&ports);
+    let up = std::time::Instant::now();
+    let healthy = || {
+        recorder.count(|e| {
+            matches!(
+                e.kind,
+                EventKind::StateChanged {
+                    to: State::Healthy,
+                    ..
+                }
+            )
+        })
+    };
+    while healthy() == 0 {
+        let _ = call(&mut svc, 1000).await;
+        assert!(up.elapsed() < Duration::from_secs(15), "never connected");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A fresh key through Redis: the fleet quota, 30.
+    let mut later = 0;
+    for i in 0..40 {
+        later += u64::from(call(&mut svc, 7 + 1000 * i).await.is_ok());
+    }
+    println!(
+        "cluster down at start: {early} of 40 by the local share; connected {:?} after it came up; then {later} of 40",
+        up.elapsed()
+    );
+    assert!(
+        (28..=31).contains(&later),
+        "the fleet quota through Redis: {later}"
     );
 }
