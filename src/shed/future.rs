@@ -240,14 +240,14 @@ where
                 match outcome {
                     // Counted in the bucket of its request, so both leave the
                     // window together (and no clock read is needed).
-                    Outcome::Success => shared.lock().accept(*start),
+                    Outcome::Success => shared.window().accept(*start),
                     // A request the backend did not accept: it failed or
                     // said "busy".
                     Outcome::Failure | Outcome::Overloaded => {}
                     // Not counted (a local refusal, or ignored): its
                     // request, counted at admission, is taken back from the
                     // same bucket.
-                    _ => shared.lock().forget(*start),
+                    _ => shared.window().forget(*start),
                 }
                 if shared.observer.is_enabled() {
                     shared.observer.emit(
@@ -289,9 +289,9 @@ impl ThrottlePending {
             End::Failed(error) => (self.judge)(&*self.classifier, error),
         };
         match outcome {
-            Outcome::Success => self.shared.lock().accept(self.start),
+            Outcome::Success => self.shared.window().accept(self.start),
             Outcome::Failure | Outcome::Overloaded => {}
-            _ => self.shared.lock().forget(self.start),
+            _ => self.shared.window().forget(self.start),
         }
         if self.shared.observer.is_enabled() {
             self.shared.observer.emit(
@@ -309,7 +309,7 @@ impl ThrottlePending {
 impl Drop for ThrottlePending {
     fn drop(&mut self) {
         if !self.done {
-            self.shared.lock().forget(self.start);
+            self.shared.window().forget(self.start);
         }
     }
 }

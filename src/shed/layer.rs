@@ -1,6 +1,6 @@
 use std::fmt;
 use std::marker::PhantomData;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tower_layer::Layer;
@@ -311,15 +311,16 @@ impl<P> AdaptiveLimitLayerBuilder<P> {
 
 /// The shared state of a [`ThrottleLayer`].
 pub(crate) struct ThrottleShared {
-    window: Mutex<ThrottleWindow>,
+    window: ThrottleWindow,
     pub(crate) name: Name,
     pub(crate) observer: Observer,
 }
 
 impl ThrottleShared {
+    /// The window (lock-free).
     #[inline]
-    pub(crate) fn lock(&self) -> MutexGuard<'_, ThrottleWindow> {
-        self.window.lock().unwrap_or_else(|p| p.into_inner())
+    pub(crate) fn window(&self) -> &ThrottleWindow {
+        &self.window
     }
 }
 
@@ -387,12 +388,12 @@ impl<C, M> ThrottleLayer<C, M> {
 
     /// The probability with which the next request would be throttled.
     pub fn rejection_probability(&self) -> f64 {
-        self.shared.lock().probability_at(crate::clock::now())
+        self.shared.window().probability_at(crate::clock::now())
     }
 
     /// `(requests, accepts)` counted in the current window.
     pub fn totals(&self) -> (u64, u64) {
-        let mut w = self.shared.lock();
+        let w = self.shared.window();
         w.probability_at(crate::clock::now());
         w.totals()
     }
@@ -562,7 +563,7 @@ impl<C> ThrottleLayerBuilder<C> {
         );
         Ok(ThrottleLayer {
             shared: Arc::new(ThrottleShared {
-                window: Mutex::new(window),
+                window,
                 name: self.name,
                 observer: self.observer,
             }),

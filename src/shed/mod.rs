@@ -111,10 +111,10 @@
 //!
 //! The cap (0.9; Envoy's admission control uses 0.8) keeps a trickle of
 //! calls reaching the backend so the throttle sees it recover. Random draws
-//! come from a small RNG; [`ThrottleLayerBuilder::seed`] makes them
-//! deterministic. The window sits behind a short `std::sync::Mutex`
-//! (taken once when a call starts, once when it is accepted or ignored; never across
-//! an `.await`).
+//! come from a counter-based generator (splitmix64, one atomic add per
+//! draw); [`ThrottleLayerBuilder::seed`] makes them deterministic. The
+//! window is lock-free: a few atomic operations when a call starts and when
+//! it is accepted or ignored.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread", start_paused = true)]

@@ -199,7 +199,7 @@ where
     fn call(&mut self, req: Req) -> Self::Future {
         let _edge = crate::clock::Edge::enter();
         let now = crate::clock::now();
-        let admitted = self.shared.lock().admit(now);
+        let admitted = self.shared.window().admit(now);
         let observer = &self.shared.observer;
         if !admitted {
             // No hint: the rejection chance comes from a two-minute window
