@@ -276,6 +276,7 @@ macro_rules! per_layer {
         $f!("timeout/seawall_attempt_timeout", |_: ()| at.layer(noop()));
         let dl = seawall::deadline::DeadlineLayer::new(Duration::from_secs(1));
         $f!("timeout/seawall_deadline", |_: ()| dl.layer(noop()));
+        $f!(@single "timeout/seawall_deadline+attempt", |_: ()| dl.layer(at.layer(noop())));
         let tt = tower::timeout::TimeoutLayer::new(Duration::from_secs(1));
         $f!("timeout/tower", |_: ()| tt.layer(noop()));
         let tl = tr_timelimiter(Duration::from_secs(1));

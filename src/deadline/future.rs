@@ -64,8 +64,14 @@ impl<F: Future> State<F> {
                 overall_binds,
             } => {
                 // Every poll of the inner future sees the deadline as the
-                // task-local `current()` one.
-                if let Poll::Ready(res) = super::sync_scope(*deadline, || inner.poll(cx)) {
+                // task-local `current()` one (an attempt bound by the
+                // request's deadline: that one is current already).
+                let polled = if *overall_binds && layer == LayerKind::AttemptTimeout {
+                    inner.poll(cx)
+                } else {
+                    super::sync_scope(*deadline, || inner.poll(cx))
+                };
+                if let Poll::Ready(res) = polled {
                     return Poll::Ready(res.map_err(Into::into));
                 }
                 if sleep.is_none() {

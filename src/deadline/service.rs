@@ -244,8 +244,14 @@ where
                 EXPIRED_ON_ARRIVAL,
             ));
         }
-        let inner = &mut self.inner;
-        let fut = super::sync_scope(deadline, || inner.call(req));
+        // When the request's deadline binds, it is the task-local one
+        // already: no scope of its own to set.
+        let fut = if overall_binds {
+            self.inner.call(req)
+        } else {
+            let inner = &mut self.inner;
+            super::sync_scope(deadline, || inner.call(req))
+        };
         AttemptFuture::running(fut, deadline, overall_binds, self.shared.clone())
     }
 }
