@@ -316,7 +316,7 @@ where
                     req,
                     shared,
                 } => {
-                    let outcome = match call.as_mut().poll(cx) {
+                    let outcome = match call.fut.as_mut().poll(cx) {
                         Poll::Ready(r) => Some(r),
                         Poll::Pending => {
                             ready!(timer.poll(cx));
@@ -326,7 +326,7 @@ where
                     let shared = shared.clone();
                     let cost = req.as_ref().map_or(1, |r| shared.extractor.cost(r));
                     let (v, status) = match &shared.redis {
-                        Some(r) => r.complete(&shared, key, cost, outcome),
+                        Some(r) => r.complete(&shared, key, cost, call.slot, outcome),
                         None => shared.decide_local(key, cost, D::ENABLED),
                     };
                     next(v, status, *limit, *key, svc, req, &shared)

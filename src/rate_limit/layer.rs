@@ -236,8 +236,10 @@ impl<X, D> Shared<X, D> {
                 let (v, s) = self.decide_local(key, cost, want_status);
                 return Step::Now(v, s);
             }
-            if r.should_call() {
-                return Step::Redis(r.call(self.name.as_str(), k, cost));
+            let redis_key = r.key_for(self.name.as_str(), k);
+            let slot = r.slot_of(&redis_key);
+            if let Some(probe) = r.should_call(slot) {
+                return Step::Redis(r.call(redis_key, slot, cost, probe));
             }
             let (v, s) = r.degraded(self, key, cost, want_status);
             return Step::Now(v, s);

@@ -4,7 +4,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
@@ -166,14 +166,16 @@ impl RedisBackend {
     ///
     /// Each limit key is one Redis key, so each check is one script on the
     /// primary of that key's slot; `MOVED` / `ASK` redirections are followed
-    /// by the client library. While a slot has no primary (a failover takes
-    /// the cluster's node timeout and an election, a few seconds) the
-    /// limiter is degraded as a whole, every key follows the policy until a
-    /// probe succeeds, and a probe is a live request that waits up to the
-    /// [`timeout`](Self::timeout). With [`FailurePolicy::FailOpen`] the
-    /// fleet admits everything for that long, and each bucket starts full
-    /// again after; [`FailurePolicy::Local`] keeps about the quota: prefer
-    /// it for a cluster.
+    /// by the client library. Health is kept per slot: while a slot has no
+    /// primary (a failover takes the cluster's node timeout and an
+    /// election, a few seconds), the keys of that slot follow the policy
+    /// and one of their requests per probe interval probes (a live request
+    /// that waits up to the [`timeout`](Self::timeout)); keys on the other
+    /// primaries stay on Redis. The limiter reports `Degraded` while any
+    /// slot is. With [`FailurePolicy::FailOpen`] the failed slots admit
+    /// everything for that long, and their buckets start full again after;
+    /// [`FailurePolicy::Local`] keeps about the quota: prefer it for a
+    /// cluster.
     ///
     /// Give the client a connection timeout and retry waits well under the
     /// limiter's timeout (the limiter never waits longer than that anyway):
@@ -241,9 +243,17 @@ impl RedisBackend {
     }
 }
 
-/// The pending Redis call of one request. Boxed: the redis crate's
-/// connection futures borrow the connection and are boxed themselves.
-pub(crate) type RedisCall = Pin<Box<dyn Future<Output = RedisResult<Vec<i64>>> + Send>>;
+/// The pending Redis call of one request, and the health slot of its key.
+/// Boxed: the redis crate's connection futures borrow the connection and
+/// are boxed themselves.
+pub(crate) struct RedisCall {
+    pub(crate) fut: Pin<Box<dyn Future<Output = RedisResult<Vec<i64>>> + Send>>,
+    pub(crate) slot: usize,
+}
+
+/// Health is kept per cluster slot (one slot for a single node): while one
+/// primary is missing, only the keys of its slots follow the policy.
+const CLUSTER_SLOTS: usize = 16_384;
 
 pub(crate) struct RedisState {
     conn: Conn,
@@ -254,9 +264,12 @@ pub(crate) struct RedisState {
     policy: FailurePolicy,
     quota: Quota,
     period_us: u64,
-    degraded: AtomicBool,
+    /// Per health slot: 0 while healthy, else when the next probe is due
+    /// (ns since `start`, at least 1).
+    slots: Box<[AtomicU64]>,
+    /// Slots not healthy: the limiter is `Degraded` while any is.
+    degraded_slots: AtomicUsize,
     start: Instant,
-    next_probe_ns: AtomicU64,
 }
 
 impl RedisState {
@@ -284,7 +297,6 @@ impl RedisState {
             ));
         }
         Ok(RedisState {
-            conn: b.conn,
             script: Arc::new(Script::new(GCRA_LUA)),
             prefix: b.prefix.into_bytes(),
             timeout: b.timeout,
@@ -292,9 +304,15 @@ impl RedisState {
             policy: b.policy,
             quota,
             period_us,
-            degraded: AtomicBool::new(false),
+            slots: (0..match b.conn {
+                Conn::Single(_) => 1,
+                Conn::Cluster(_) => CLUSTER_SLOTS,
+            })
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+            degraded_slots: AtomicUsize::new(0),
             start: Instant::now(),
-            next_probe_ns: AtomicU64::new(0),
+            conn: b.conn,
         })
     }
 
@@ -313,29 +331,8 @@ impl RedisState {
         u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
 
-    /// Whether this request asks Redis: always while healthy; while degraded,
-    /// one request per probe interval.
-    pub(crate) fn should_call(&self) -> bool {
-        if !self.degraded.load(Ordering::Acquire) {
-            return true;
-        }
-        let now = self.now_ns();
-        let due = self.next_probe_ns.load(Ordering::Acquire);
-        now >= due
-            && self
-                .next_probe_ns
-                .compare_exchange(
-                    due,
-                    now.saturating_add(
-                        u64::try_from(self.probe_interval.as_nanos()).unwrap_or(u64::MAX),
-                    ),
-                    Ordering::AcqRel,
-                    Ordering::Acquire,
-                )
-                .is_ok()
-    }
-
-    pub(crate) fn call(&self, name: &str, key: &Key, cost: u32) -> RedisCall {
+    /// The Redis key of a limit key: `{prefix}:{name}:{kind}:{key}`.
+    pub(crate) fn key_for(&self, name: &str, key: &Key) -> Vec<u8> {
         let mut k = Vec::with_capacity(self.prefix.len() + name.len() + key.as_bytes().len() + 4);
         k.extend_from_slice(&self.prefix);
         k.push(b':');
@@ -344,13 +341,46 @@ impl RedisState {
         k.push(key.tag_char());
         k.push(b':');
         k.extend_from_slice(key.as_bytes());
+        k
+    }
+
+    /// The health slot of a Redis key: its cluster slot, or 0 on a single
+    /// node.
+    pub(crate) fn slot_of(&self, redis_key: &[u8]) -> usize {
+        if self.slots.len() == 1 {
+            0
+        } else {
+            usize::from(cluster_slot(redis_key))
+        }
+    }
+
+    /// Whether a request of `slot` asks Redis (`Some(probe)`): always while
+    /// the slot is healthy; while not, one request per probe interval.
+    pub(crate) fn should_call(&self, slot: usize) -> Option<bool> {
+        let cell = &self.slots[slot];
+        let due = cell.load(Ordering::Acquire);
+        if due == 0 {
+            return Some(false);
+        }
+        let now = self.now_ns();
+        let next = now.saturating_add(self.probe_ns()).max(1);
+        (now >= due
+            && cell
+                .compare_exchange(due, next, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok())
+        .then_some(true)
+    }
+
+    fn probe_ns(&self) -> u64 {
+        u64::try_from(self.probe_interval.as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    pub(crate) fn call(&self, k: Vec<u8>, slot: usize, cost: u32, probe: bool) -> RedisCall {
         let script = self.script.clone();
         let conn = self.conn.clone();
-        // A probe of a degraded cluster limiter connects anew first.
-        let reconnect = self.degraded.load(Ordering::Acquire);
         let period = self.period_us;
         let burst = self.quota.burst_size();
-        Box::pin(async move {
+        let fut = Box::pin(async move {
             // EVALSHA, and on NOSCRIPT the script itself with EVAL (which
             // caches it on that node): routed by the key, so it reaches the
             // node that needs it — a replica promoted in a failover has an
@@ -371,7 +401,9 @@ impl RedisState {
                 Conn::Single(mut c) => run(&mut c, &evalsha, &eval).await,
                 Conn::Cluster(cluster) => {
                     let current = cluster.conn.load_full();
-                    if reconnect || current.is_none() {
+                    // A probe of a degraded slot connects anew first (in
+                    // the background: the next probe uses it).
+                    if probe || current.is_none() {
                         Cluster::reconnect(&cluster);
                     }
                     let Some(current) = current else {
@@ -384,7 +416,8 @@ impl RedisState {
                     run(&mut c, &evalsha, &eval).await
                 }
             }
-        })
+        });
+        RedisCall { fut, slot }
     }
 
     /// The decision from a finished (or timed-out: `None`) Redis call.
@@ -393,11 +426,12 @@ impl RedisState {
         shared: &Shared<X, D>,
         key: &Result<Key, MissingKey>,
         cost: u32,
+        slot: usize,
         outcome: Option<RedisResult<Vec<i64>>>,
     ) -> (Verdict, Option<RateLimitStatus>) {
         let cause = match outcome {
             Some(Ok(v)) if v.len() == 3 => {
-                self.healthy(shared);
+                self.healthy(shared, slot);
                 let us = |n: i64| Duration::from_micros(u64::try_from(n).unwrap_or(0));
                 return if v[0] == 1 {
                     shared.finish(
@@ -422,12 +456,14 @@ impl RedisState {
             Some(Err(e)) => cause_of(&e),
             None => "timeout",
         };
-        self.failed(shared, cause);
+        self.failed(shared, slot, cause);
         self.degraded(shared, key, cost, true)
     }
 
-    fn healthy<X, D>(&self, shared: &Shared<X, D>) {
-        if self.degraded.swap(false, Ordering::AcqRel) {
+    fn healthy<X, D>(&self, shared: &Shared<X, D>, slot: usize) {
+        if self.slots[slot].swap(0, Ordering::AcqRel) != 0
+            && self.degraded_slots.fetch_sub(1, Ordering::AcqRel) == 1
+        {
             shared.observer.emit(
                 LayerKind::RateLimit,
                 shared.name.as_str(),
@@ -441,7 +477,7 @@ impl RedisState {
         }
     }
 
-    fn failed<X, D>(&self, shared: &Shared<X, D>, cause: &'static str) {
+    fn failed<X, D>(&self, shared: &Shared<X, D>, slot: usize, cause: &'static str) {
         shared.observer.emit(
             LayerKind::RateLimit,
             shared.name.as_str(),
@@ -450,12 +486,10 @@ impl RedisState {
                 cause,
             },
         );
-        self.next_probe_ns.store(
-            self.now_ns()
-                .saturating_add(u64::try_from(self.probe_interval.as_nanos()).unwrap_or(u64::MAX)),
-            Ordering::Release,
-        );
-        if !self.degraded.swap(true, Ordering::AcqRel) {
+        let next = self.now_ns().saturating_add(self.probe_ns()).max(1);
+        if self.slots[slot].swap(next, Ordering::AcqRel) == 0
+            && self.degraded_slots.fetch_add(1, Ordering::AcqRel) == 0
+        {
             shared.observer.emit(
                 LayerKind::RateLimit,
                 shared.name.as_str(),
@@ -498,6 +532,29 @@ impl RedisState {
     }
 }
 
+/// The Redis Cluster slot of `key`: CRC16 (XMODEM) of its hash tag (the
+/// part between the first `{` and the next `}`, if not empty) or of the
+/// whole key, modulo 16384.
+fn cluster_slot(key: &[u8]) -> u16 {
+    let tagged = key.iter().position(|&b| b == b'{').and_then(|open| {
+        let rest = &key[open + 1..];
+        let close = rest.iter().position(|&b| b == b'}')?;
+        (close > 0).then(|| &rest[..close])
+    });
+    let mut crc: u16 = 0;
+    for &b in tagged.unwrap_or(key) {
+        crc ^= u16::from(b) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc % CLUSTER_SLOTS as u16
+}
+
 /// `evalsha`, or `eval` if the node does not know the script.
 async fn run(
     conn: &mut impl redis::aio::ConnectionLike,
@@ -525,5 +582,23 @@ fn cause_of(e: &RedisError) -> &'static str {
         "connection"
     } else {
         "error"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cluster_slot;
+
+    #[test]
+    fn cluster_slots_are_redis_slots() {
+        // From the Redis Cluster specification and `CLUSTER KEYSLOT`.
+        assert_eq!(cluster_slot(b"123456789"), 0x31C3);
+        assert_eq!(cluster_slot(b"foo"), 12182);
+        assert_eq!(
+            cluster_slot(b"{user1000}.following"),
+            cluster_slot(b"{user1000}.followers")
+        );
+        assert_eq!(cluster_slot(b"{}foo"), cluster_slot(b"{}foo"));
+        assert_ne!(cluster_slot(b"{}foo"), cluster_slot(b"foo"));
     }
 }
