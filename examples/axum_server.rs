@@ -76,7 +76,7 @@
 //! Metrics (with `--features metrics`, `curl -s 127.0.0.1:9000/metrics | grep seawall`):
 //! `seawall_rejections_total{layer,name,reason}` (what was refused and by whom),
 //! `seawall_calls_total{layer,name,outcome}` and
-//! `seawall_call_duration_bucket` (what got through, how long it took),
+//! `seawall_call_duration_seconds_bucket` (what got through, how long it took),
 //! `seawall_limit{layer="adaptive_limit",name="api.limit"}` (the adaptive limit, once it moves),
 //! `seawall_input_ignored_total` (unreadable timeout headers).
 

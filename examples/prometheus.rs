@@ -29,11 +29,11 @@
 //! | metric | type | extra labels | from |
 //! |---|---|---|---|
 //! | `seawall_calls_total` | counter | `outcome` (success, failure) | every layer that admits calls |
-//! | `seawall_call_duration` (`_bucket`, `_sum`, `_count`) | histogram, seconds | `outcome` | same |
+//! | `seawall_call_duration_seconds` (`_bucket`, `_sum`, `_count`) | histogram, seconds | `outcome` | same |
 //! | `seawall_rejections_total` | counter | `reason` (rate_limited, circuit_open, …) | every layer that refuses |
 //! | `seawall_state` | gauge, one state at 1 | `state` (closed, open, half_open, …) | circuit breaker |
 //! | `seawall_retries_total` | counter | | retry |
-//! | `seawall_retry_delay` (`_bucket`, `_sum`, `_count`) | histogram, seconds | | retry |
+//! | `seawall_retry_delay_seconds` (`_bucket`, `_sum`, `_count`) | histogram, seconds | | retry |
 //! | `seawall_retry_gave_up_total` | counter | `reason` | retry |
 //! | `seawall_retry_budget_exhausted_total` | counter | | retry |
 //! | `seawall_limit` | gauge | | adaptive limit |
@@ -50,9 +50,9 @@
 //! seawall_state{layer="circuit_breaker",name="backend",state="open"} 0
 //! seawall_state{layer="circuit_breaker",name="backend",state="closed"} 1
 //! seawall_state{layer="circuit_breaker",name="backend",state="half_open"} 0
-//! seawall_call_duration_bucket{layer="circuit_breaker",name="backend",outcome="success",le="0.005"} 225
-//! seawall_call_duration_sum{layer="circuit_breaker",name="backend",outcome="success"} 0.724153052
-//! seawall_call_duration_count{layer="circuit_breaker",name="backend",outcome="success"} 225
+//! seawall_call_duration_seconds_bucket{layer="circuit_breaker",name="backend",outcome="success",le="0.005"} 225
+//! seawall_call_duration_seconds_sum{layer="circuit_breaker",name="backend",outcome="success"} 0.724153052
+//! seawall_call_duration_seconds_count{layer="circuit_breaker",name="backend",outcome="success"} 225
 //! ```
 //!
 //! Alert on `rate(seawall_rejections_total[5m])` by `reason`, and on

@@ -57,7 +57,7 @@
 //! `greeter.limit`, `greeter.bulkhead`, `greeter.deadline`,
 //! `greeter.handler`, `greeter.ingress`), `reason` and `detail`. With `--features tonic,metrics`, Prometheus text on
 //! `127.0.0.1:9001/metrics`: `seawall_rejections_total{layer,name,reason}`,
-//! `seawall_calls_total{layer,name,outcome}`, `seawall_call_duration_bucket`,
+//! `seawall_calls_total{layer,name,outcome}`, `seawall_call_duration_seconds_bucket`,
 //! `seawall_limit{layer="adaptive_limit",name="greeter.limit"}`.
 
 #[path = "common/greeter.rs"]

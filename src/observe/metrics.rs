@@ -8,13 +8,115 @@ use super::{Event, EventKind, Hook, State};
 ///
 /// Label values are built only when an event is reported; with no hook set,
 /// layers do none of this work.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub struct MetricsHook;
 
+impl Default for MetricsHook {
+    fn default() -> Self {
+        MetricsHook::new()
+    }
+}
+
+/// Every metric the hook reports: name, kind, unit and help text (the
+/// `# HELP` line a Prometheus exporter shows).
+const METRICS: &[(&str, Kind, Option<metrics::Unit>, &str)] = &[
+    (
+        "seawall.calls",
+        Kind::Counter,
+        None,
+        "Calls a seawall layer let through and saw finish, by outcome (success, failure, overloaded, refused, ignored).",
+    ),
+    (
+        "seawall.call.duration.seconds",
+        Kind::Histogram,
+        Some(metrics::Unit::Seconds),
+        "How long the calls a seawall layer let through took, by outcome.",
+    ),
+    (
+        "seawall.rejections",
+        Kind::Counter,
+        None,
+        "Requests a seawall layer refused, by reason and detail.",
+    ),
+    (
+        "seawall.state",
+        Kind::Gauge,
+        None,
+        "The state of a stateful seawall layer: exactly one state at 1.",
+    ),
+    (
+        "seawall.retries",
+        Kind::Counter,
+        None,
+        "Retries a seawall retry layer scheduled.",
+    ),
+    (
+        "seawall.retry.delay.seconds",
+        Kind::Histogram,
+        Some(metrics::Unit::Seconds),
+        "The delays before the retries a seawall retry layer scheduled.",
+    ),
+    (
+        "seawall.retry.gave_up",
+        Kind::Counter,
+        None,
+        "Requests a seawall retry layer stopped retrying, by reason.",
+    ),
+    (
+        "seawall.retry.budget_exhausted",
+        Kind::Counter,
+        None,
+        "Retries refused by an empty retry budget.",
+    ),
+    (
+        "seawall.limit",
+        Kind::Gauge,
+        None,
+        "The current limit of a seawall adaptive concurrency limit.",
+    ),
+    (
+        "seawall.input.ignored",
+        Kind::Counter,
+        None,
+        "Bad input (a header, a key) a seawall layer ignored, by input and reason.",
+    ),
+    (
+        "seawall.backend.errors",
+        Kind::Counter,
+        None,
+        "Errors of a seawall layer's backend (Redis), by reason.",
+    ),
+];
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
 impl MetricsHook {
-    /// Creates the hook.
-    pub const fn new() -> Self {
+    /// Creates the hook and describes every seawall metric to the installed
+    /// `metrics` recorder (units and help texts: the `# HELP` lines of a
+    /// Prometheus exporter). Create it after installing the recorder.
+    pub fn new() -> Self {
+        Self::describe();
         MetricsHook
+    }
+
+    /// Describes every seawall metric to the installed recorder (done by
+    /// [`new`](Self::new); call it again after installing another one).
+    pub fn describe() {
+        for &(name, kind, unit, help) in METRICS {
+            match (kind, unit) {
+                (Kind::Counter, Some(u)) => metrics::describe_counter!(name, u, help),
+                (Kind::Counter, None) => metrics::describe_counter!(name, help),
+                (Kind::Gauge, Some(u)) => metrics::describe_gauge!(name, u, help),
+                (Kind::Gauge, None) => metrics::describe_gauge!(name, help),
+                (Kind::Histogram, Some(u)) => metrics::describe_histogram!(name, u, help),
+                (Kind::Histogram, None) => metrics::describe_histogram!(name, help),
+            }
+        }
     }
 
     /// Publishes the initial state of a stateful layer: `state` at 1 and every
@@ -42,7 +144,7 @@ impl Hook for MetricsHook {
             EventKind::CallFinished { outcome, latency } => {
                 metrics::counter!("seawall.calls", "layer" => layer, "name" => name.clone(), "outcome" => outcome.as_str())
                     .increment(1);
-                metrics::histogram!("seawall.call.duration", "layer" => layer, "name" => name, "outcome" => outcome.as_str())
+                metrics::histogram!("seawall.call.duration.seconds", "layer" => layer, "name" => name, "outcome" => outcome.as_str())
                     .record(latency.as_secs_f64());
             }
             EventKind::Rejected { reason, detail, .. } => {
@@ -53,7 +155,7 @@ impl Hook for MetricsHook {
             EventKind::RetryScheduled { delay, .. } => {
                 metrics::counter!("seawall.retries", "layer" => layer, "name" => name.clone())
                     .increment(1);
-                metrics::histogram!("seawall.retry.delay", "layer" => layer, "name" => name)
+                metrics::histogram!("seawall.retry.delay.seconds", "layer" => layer, "name" => name)
                     .record(delay.as_secs_f64());
             }
             EventKind::RetryGaveUp { reason, .. } => {

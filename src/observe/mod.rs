@@ -32,20 +32,23 @@
 //!
 //! # Metric names (feature `metrics`)
 //!
-//! [`MetricsHook`] reports through the [`metrics`](https://docs.rs/metrics) facade.
-//! Names follow OpenTelemetry (dot-separated; Prometheus exporters turn dots into
-//! underscores). Labels are low-cardinality: `layer` (the [`LayerKind`] label),
+//! [`MetricsHook`] reports through the [`metrics`](https://docs.rs/metrics) facade,
+//! and describes every metric (unit and help text) when it is created.
+//! Names are dot-separated (Prometheus exporters turn dots into underscores
+//! and, with recommended naming, add `_total` to counters); durations are
+//! in seconds and say so in their names, as Prometheus wants
+//! (`seawall_call_duration_seconds`). Labels are low-cardinality: `layer` (the [`LayerKind`] label),
 //! `name` (the instance name), and `outcome` (`success`, `failure` or
 //! `ignored`, see [`Outcome`]) / `reason` / `state` where stated.
 //!
 //! | metric | type | labels |
 //! |---|---|---|
 //! | `seawall.calls` | counter | layer, name, outcome |
-//! | `seawall.call.duration` | histogram, seconds | layer, name, outcome |
+//! | `seawall.call.duration.seconds` | histogram, seconds | layer, name, outcome |
 //! | `seawall.rejections` | counter | layer, name, reason, detail (a short static word: `limit`, `doomed`, `queue_full`, `max_wait`, `open`, …) |
 //! | `seawall.state` | gauge, exactly one state at 1 | layer, name, state |
 //! | `seawall.retries` | counter | layer, name |
-//! | `seawall.retry.delay` | histogram, seconds | layer, name |
+//! | `seawall.retry.delay.seconds` | histogram, seconds | layer, name |
 //! | `seawall.retry.gave_up` | counter | layer, name, reason |
 //! | `seawall.retry.budget_exhausted` | counter | layer, name |
 //! | `seawall.limit` | gauge | layer, name |

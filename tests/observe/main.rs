@@ -145,7 +145,7 @@ mod metrics_facade {
             ]
         );
         assert_eq!(v, &DebugValue::Counter(3));
-        let (_, _, v) = find("seawall.call.duration");
+        let (_, _, v) = find("seawall.call.duration.seconds");
         match v {
             DebugValue::Histogram(h) => {
                 assert_eq!(h.len(), 3);

@@ -1,0 +1,168 @@
+#![cfg(all(
+    feature = "metrics",
+    feature = "circuit-breaker",
+    feature = "rate-limit"
+))]
+//! seawall's metrics as Prometheus scrapes them: the real
+//! `metrics-exporter-prometheus` recorder and its HTTP listener on a free
+//! loopback port (its own test binary: the recorder is process-wide), a
+//! breaker that opens and a rate limiter that refuses, then one scrape over
+//! a socket. Names carry their units (`_seconds`) and counters `_total`;
+//! every seawall series has `# HELP` and `# TYPE` lines; the state gauge has
+//! exactly one state at 1.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::Duration;
+
+use metrics_exporter_prometheus::PrometheusBuilder;
+use seawall::circuit_breaker::{CircuitBreakerLayer, SlidingWindow};
+use seawall::observe::MetricsHook;
+use seawall::rate_limit::{Quota, RateLimitLayer};
+use seawall::{BoxError, Observer};
+use tower::{ServiceBuilder, ServiceExt};
+
+fn scrape(addr: SocketAddr) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_sees_conventional_names_help_and_one_state() {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .with_recommended_naming(true)
+        .set_buckets(&[0.001, 0.01, 0.1, 1.0])
+        .unwrap()
+        .install()
+        .unwrap();
+    // Created after the recorder: it describes every metric to it.
+    let observer = Observer::new(MetricsHook::new());
+
+    let breaker = CircuitBreakerLayer::builder()
+        .name("backend")
+        .window(SlidingWindow::Count(10))
+        .minimum_calls(10)
+        .observer(observer.clone())
+        .build()
+        .unwrap();
+    let limit = RateLimitLayer::builder(Quota::per_second(30))
+        .name("api")
+        .observer(observer.clone())
+        .build()
+        .unwrap();
+    let svc = ServiceBuilder::new()
+        .layer(limit)
+        .layer(breaker)
+        .service(tower::service_fn(|fail: bool| async move {
+            if fail {
+                Err::<(), BoxError>("down".into())
+            } else {
+                Ok(())
+            }
+        }));
+    for i in 0..40 {
+        let _ = svc.clone().oneshot(i >= 2).await;
+    }
+
+    // The listener serves once the recorder's exporter task runs.
+    let mut text = String::new();
+    for _ in 0..100 {
+        if let Ok(body) = std::panic::catch_unwind(|| scrape(addr)) {
+            if body.contains("seawall_") {
+                text = body;
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!text.is_empty(), "no seawall metrics scraped");
+
+    // Every seawall series: a TYPE and a HELP line.
+    let mut types: BTreeMap<String, String> = BTreeMap::new();
+    let mut helps: BTreeMap<String, String> = BTreeMap::new();
+    let mut series: Vec<&str> = Vec::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap();
+            types.insert(name.to_owned(), kind.to_owned());
+        } else if let Some(rest) = line.strip_prefix("# HELP ") {
+            let (name, help) = rest.split_once(' ').unwrap_or((rest, ""));
+            helps.insert(name.to_owned(), help.to_owned());
+        } else if line.starts_with("seawall_") {
+            series.push(line);
+        }
+    }
+    println!("{text}");
+    let expected = [
+        ("seawall_calls_total", "counter"),
+        ("seawall_call_duration_seconds", "histogram"),
+        ("seawall_rejections_total", "counter"),
+        ("seawall_state", "gauge"),
+    ];
+    for (name, kind) in expected {
+        assert_eq!(types.get(name).map(String::as_str), Some(kind), "{name}");
+        assert!(
+            helps.get(name).is_some_and(|h| h.len() > 10),
+            "{name} has a HELP line"
+        );
+    }
+    for family in types.keys().filter(|n| n.starts_with("seawall_")) {
+        assert!(helps.contains_key(family), "{family} has a HELP line");
+    }
+    assert!(
+        series
+            .iter()
+            .any(|s| s.starts_with("seawall_call_duration_seconds_bucket{")),
+        "the duration histogram's buckets"
+    );
+    assert!(
+        series
+            .iter()
+            .any(|s| s.starts_with("seawall_rejections_total{")
+                && s.contains("reason=\"circuit_open\"")),
+        "the breaker refused once open"
+    );
+    assert!(
+        series
+            .iter()
+            .any(|s| s.starts_with("seawall_rejections_total{")
+                && s.contains("reason=\"rate_limited\"")),
+        "the limiter refused the excess"
+    );
+    // The breaker's state gauge: one series per state, exactly one at 1.
+    let states: Vec<(&str, f64)> = series
+        .iter()
+        .filter(|s| s.starts_with("seawall_state{") && s.contains("name=\"backend\""))
+        .map(|s| {
+            let state = s
+                .split("state=\"")
+                .nth(1)
+                .unwrap()
+                .split('"')
+                .next()
+                .unwrap();
+            let value: f64 = s.rsplit(' ').next().unwrap().parse().unwrap();
+            (state, value)
+        })
+        .collect();
+    assert!(states.len() >= 3, "{states:?}");
+    let ones: Vec<_> = states.iter().filter(|(_, v)| *v == 1.0).collect();
+    assert_eq!(ones.len(), 1, "exactly one state at 1: {states:?}");
+    assert_eq!(ones[0].0, "open");
+}
