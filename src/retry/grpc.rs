@@ -71,9 +71,8 @@ use super::ATTEMPT_HEADER;
 use super::http::{InboundAttempt, ReplayBody, copy_request};
 use super::policy::{RetryPolicy, Verdict, classify_error};
 use crate::error::BoxError;
+use crate::grpc::PUSHBACK_HEADER;
 
-/// The gRPC pushback header.
-pub const PUSHBACK_HEADER: &str = "grpc-retry-pushback-ms";
 /// gRPC's header counting the attempts made before this one.
 pub const PREVIOUS_ATTEMPTS_HEADER: &str = "grpc-previous-rpc-attempts";
 
