@@ -56,7 +56,10 @@
 //! ```
 //!
 //! Alert on `rate(seawall_rejections_total[5m])` by `reason`, and on
-//! `seawall_state{state="open"} == 1`.
+//! `seawall_state{state="open"} == 1`. A Grafana dashboard for these metrics
+//! is in `examples/grafana/seawall-dashboard.json` (import it, pick the
+//! Prometheus data source): breaker states, rejections by reason, calls by
+//! outcome, latency, retries and the retry budget, the adaptive limit.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -166,3 +166,54 @@ async fn prometheus_sees_conventional_names_help_and_one_state() {
     assert_eq!(ones.len(), 1, "exactly one state at 1: {states:?}");
     assert_eq!(ones[0].0, "open");
 }
+
+/// The Grafana dashboard in `examples/grafana` queries only what seawall
+/// ships: every `seawall_*` name in its queries is a series the exporter
+/// shows for the documented metrics (with Prometheus's recommended naming).
+#[test]
+fn the_grafana_dashboard_queries_shipped_metrics() {
+    let text = include_str!("../../examples/grafana/seawall-dashboard.json");
+    let dash: serde_json::Value = serde_json::from_str(text).expect("valid JSON");
+    let shipped = [
+        "seawall_calls_total",
+        "seawall_call_duration_seconds_bucket",
+        "seawall_call_duration_seconds_sum",
+        "seawall_call_duration_seconds_count",
+        "seawall_rejections_total",
+        "seawall_state",
+        "seawall_retries_total",
+        "seawall_retry_delay_seconds_bucket",
+        "seawall_retry_gave_up_total",
+        "seawall_retry_budget_exhausted_total",
+        "seawall_limit",
+        "seawall_input_ignored_total",
+        "seawall_backend_errors_total",
+    ];
+    let mut exprs = Vec::new();
+    for panel in dash["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().expect("targets") {
+            exprs.push(target["expr"].as_str().expect("expr").to_owned());
+        }
+    }
+    exprs.push(
+        dash["templating"]["list"][1]["query"]
+            .as_str()
+            .unwrap()
+            .to_owned(),
+    );
+    assert!(exprs.len() >= 10, "{exprs:?}");
+    for expr in &exprs {
+        let mut rest = expr.as_str();
+        let mut found = 0;
+        while let Some(at) = rest.find("seawall_") {
+            let name: String = rest[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            assert!(shipped.contains(&name.as_str()), "{name} in {expr}");
+            found += 1;
+            rest = &rest[at + name.len()..];
+        }
+        assert!(found > 0, "a seawall metric in {expr}");
+    }
+}
