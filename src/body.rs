@@ -322,8 +322,13 @@ where
         // time, and the deadline cuts only a wait for more. An answer this
         // process sends: the deadline first (a producer that is always
         // ready is cut too).
+        // The body runs with its call's deadline as the task-local one: a
+        // stream's producer (after its handler returned) still reads its
+        // budget with `deadline::remaining()`, and its own outbound calls
+        // carry it.
+        let deadline = *deadline;
         if !*this.answer {
-            if let Poll::Ready(polled) = this.inner.as_mut().poll_frame(cx) {
+            if let Poll::Ready(polled) = poll_scoped(deadline, this.inner.as_mut(), cx) {
                 let polled = polled.map(|r| {
                     r.map_err(|error| {
                         // The server held the reply to the deadline this
@@ -358,7 +363,7 @@ where
         if !*this.answer {
             return Poll::Pending;
         }
-        let polled = ready!(this.inner.as_mut().poll_frame(cx));
+        let polled = ready!(poll_scoped(deadline, this.inner.as_mut(), cx));
         Poll::Ready(settle(
             this.held,
             polled.map(|r| r.map_err(Into::into)),
@@ -376,6 +381,8 @@ where
 }
 
 impl<B: Body> Hold<http::Response<CallBody<B>>> for BodyEnd {
+    const PAST_HEAD: bool = true;
+
     #[inline]
     fn hold(response: &mut http::Response<CallBody<B>>, duty: Duty) -> Option<Duty> {
         let body = response.body_mut();
@@ -402,6 +409,16 @@ where
             crate::classify::judge_error::<C, http::Response<CallBody<B>>>,
         ))
     }
+}
+
+/// Polls `inner` with `deadline` as the task-local deadline.
+#[allow(clippy::type_complexity)]
+fn poll_scoped<B: Body>(
+    deadline: Deadline,
+    inner: Pin<&mut B>,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+    crate::deadline::sync_scope(deadline, || inner.poll_frame(cx))
 }
 
 /// How close to its deadline a reply's failure counts as the deadline
@@ -474,14 +491,16 @@ fn grpc_status(error: BoxError) -> BoxError {
     error
 }
 
-/// The trailers that end a gRPC answer cut by its deadline.
-fn deadline_trailers(error: &BoxError) -> http::HeaderMap {
+/// The trailers that end a gRPC answer cut by its deadline. The message
+/// names the reason only, never the layer instance (as every gRPC answer
+/// seawall sends).
+fn deadline_trailers(_error: &BoxError) -> http::HeaderMap {
     let mut trailers = http::HeaderMap::new();
     trailers.insert("grpc-status", http::HeaderValue::from_static("4"));
-    // Printable ASCII only (names are validated): no percent-encoding needed.
-    if let Ok(message) = http::HeaderValue::from_str(&error.to_string()) {
-        trailers.insert("grpc-message", message);
-    }
+    trailers.insert(
+        "grpc-message",
+        http::HeaderValue::from_static("deadline exceeded"),
+    );
     trailers
 }
 

@@ -88,6 +88,10 @@ mod sealed {
 /// [`Head`] for any `T`, [`BodyEnd`] for `http::Response<CallBody<B>>`.
 /// Sealed.
 pub trait Hold<T>: sealed::Sealed + Send + Sync + 'static {
+    /// Whether this point may hold past the head.
+    #[doc(hidden)]
+    const PAST_HEAD: bool;
+
     /// Hands `duty` to the response to carry until its body ends; gives it
     /// back if the response cannot (then the layer lets go now).
     #[doc(hidden)]
@@ -95,6 +99,8 @@ pub trait Hold<T>: sealed::Sealed + Send + Sync + 'static {
 }
 
 impl<T> Hold<T> for Head {
+    const PAST_HEAD: bool = false;
+
     #[inline]
     fn hold(_: &mut T, duty: Duty) -> Option<Duty> {
         Some(duty)

@@ -52,7 +52,16 @@ impl Hook for TracingHook {
                 failure_rate,
                 slow_call_rate,
             } => {
-                if matches!(to, State::Open | State::ForcedOpen | State::Degraded) {
+                if from == to {
+                    // The initial state, reported once for gauges: not news.
+                    tracing::debug!(
+                        target: "seawall",
+                        layer,
+                        name,
+                        state = to.as_str(),
+                        "initial state"
+                    )
+                } else if matches!(to, State::Open | State::ForcedOpen | State::Degraded) {
                     tracing::warn!(
                         target: "seawall",
                         layer,

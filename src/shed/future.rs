@@ -102,6 +102,13 @@ where
                     return Poll::Ready(Err("future polled after completion".into()));
                 };
                 match &mut result {
+                    Ok(response) if M::PAST_HEAD => {
+                        // The latency is the head's, recorded now (the limit
+                        // adapts while long streams hold their places); the
+                        // place is held until the body ends.
+                        permit.sample_head(crate::clock::now());
+                        drop(M::hold(response, Duty(DutyKind::Limit(permit))));
+                    }
                     Ok(response) => {
                         // The latency is the head's; the place is held until
                         // the body ends if the response carries it.

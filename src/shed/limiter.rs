@@ -190,6 +190,7 @@ impl Limiter {
             inflight,
             done: false,
             head: None,
+            sampled: false,
         })
     }
 
@@ -355,6 +356,8 @@ pub(crate) struct Permit {
     done: bool,
     // When the response head came back, if a response body holds it.
     head: Option<Instant>,
+    // Its sample recorded at the head already (the drop only releases).
+    sampled: bool,
 }
 
 impl fmt::Debug for Permit {
@@ -396,6 +399,24 @@ impl Permit {
         self.head = Some(now);
     }
 
+    /// Records the head's latency sample now, keeping the place (a
+    /// response body carries the permit to its end, and the drop then only
+    /// gives the place back): the limit's windows close and it adapts while
+    /// long streams hold their places.
+    pub(crate) fn sample_head(&mut self, now: Instant) {
+        if self.done || self.sampled {
+            return;
+        }
+        self.sampled = true;
+        let idle = self.limiter.idle.load(Ordering::Relaxed);
+        self.report(
+            Completion::Sample(Outcome::Success),
+            now.saturating_duration_since(self.start),
+            now,
+            idle,
+        );
+    }
+
     /// The moment marked by [`head_at`](Self::head_at).
     pub(crate) fn head(&self) -> Option<Instant> {
         self.head
@@ -425,6 +446,9 @@ impl Drop for Permit {
             self.done = true;
             let limiter = &*self.limiter;
             let idle = limiter.release(self.class);
+            if self.sampled {
+                return;
+            }
             match self.head {
                 // Held by a response body: the head's latency is the sample,
                 // recorded as of the head (no second clock read).

@@ -194,6 +194,12 @@ impl ClientStack {
     /// [`attempt_timeout`](ClientStackBuilder::attempt_timeout) must be set;
     /// every other setting has the default of its layer, except the ones the
     /// stack chooses (listed on [`ClientStackBuilder`]).
+    ///
+    /// For an HTTP or gRPC dependency, start from a protocol preset
+    /// instead (`ClientStack::http` with feature `http`, `ClientStack::grpc`
+    /// with feature `tonic`): this generic stack retries any error and
+    /// replays requests by cloning them (a tonic `Channel`'s bodies cannot
+    /// be cloned).
     pub fn builder(name: impl Into<Name>) -> ClientStackBuilder {
         let name = name.into();
         ClientStackBuilder {

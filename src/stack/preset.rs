@@ -171,7 +171,7 @@ mod grpc {
         /// | retry policy | [`GrpcRetry`]: `UNAVAILABLE` only (the server did not process the call), `grpc-retry-pushback-ms` honoured; opt more codes in with `.retry(\|r\| r.policy(GrpcRetry::new().with_code(Code::DeadlineExceeded)))` for idempotent methods |
         /// | body replay | request bodies up to 64 KiB are kept for a retry |
         /// | propagation | each attempt carries its time left as `grpc-timeout` |
-        /// | streams | the deadline covers the whole stream (`DEADLINE_EXCEEDED` after the messages sent in time); the bulkhead permit and the breaker's verdict are held until the stream ends: an error status in the trailers after messages counts as a failure, a stream dropped half way not at all; a started stream is never retried |
+        /// | streams | the deadline covers the whole stream (`DEADLINE_EXCEEDED` after the messages sent in time); the bulkhead permit and the breaker's verdict are held until the stream ends: an error status in the trailers after messages counts as a failure, a stream dropped half way not at all; a started stream is never retried. A stream that outlasts the attempt timeout is cut and counted: give long-lived streaming methods their own stack whose budgets fit them |
         /// | the `Channel`'s own timeout | an attempt timeout, never `UNKNOWN` |
         /// | errors | answered as gRPC statuses: the tonic client sees `DEADLINE_EXCEEDED`, `UNAVAILABLE` with pushback, `RESOURCE_EXHAUSTED` … |
         ///

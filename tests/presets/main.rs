@@ -992,8 +992,9 @@ async fn server_presets_hold_answers_to_the_callers_deadline() {
     assert_eq!(start.elapsed(), Duration::from_millis(490));
     let trailers = collected.trailers().expect("trailers").clone();
     assert_eq!(trailers["grpc-status"], "4");
-    assert!(
-        trailers["grpc-message"].to_str().unwrap().contains("rpc."),
+    // The reason only: the server's layer names stay inside.
+    assert_eq!(
+        trailers["grpc-message"], "deadline exceeded",
         "{trailers:?}"
     );
     assert_eq!(collected.to_bytes(), "head ");

@@ -883,4 +883,67 @@ mod in_process {
         drop(res);
         assert_eq!(throttle.totals(), (2, 1), "a dropped body is taken back");
     }
+
+    /// A server preset holding long streams (25 s) keeps learning: the adaptive
+    /// limit's latency sample is taken at each head, so its windows close
+    /// while every place is held by a stream still flowing.
+    #[tokio::test(start_paused = true)]
+    async fn the_server_limit_learns_while_streams_hold_their_places() {
+        let stack = ServerStack::http("api")
+            .total_budget(Duration::from_secs(30))
+            .build()
+            .unwrap();
+        let limit = stack.adaptive_limit().clone();
+        let svc = stack.layer(tower::service_fn(|_: http::Request<_>| async {
+            // 5 ms to the head, then a stream that lasts 25 s.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            Ok::<_, BoxError>(fed(25, Duration::from_secs(1), true).map(axum::body::Body::new))
+        }));
+        let mut bodies = Vec::new();
+        for _ in 0..25 {
+            let res = svc
+                .clone()
+                .oneshot(http::Request::new(Full::new(Bytes::new())))
+                .await
+                .unwrap();
+            bodies.push(Box::pin(res.into_body()));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(limit.inflight(), 25, "every stream holds its place");
+        assert!(
+            limit.expected_rtt().is_some(),
+            "a window closed on the heads' samples while the streams flow"
+        );
+        drop(bodies);
+        assert_eq!(limit.inflight(), 0);
+    }
+
+    /// A stream's producer, running after its handler returned, still reads
+    /// the call's budget: the body is polled with the deadline as the
+    /// task-local one.
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_reads_its_budget_while_it_flows() {
+        let stack = ServerStack::http("api")
+            .total_budget(Duration::from_secs(5))
+            .build()
+            .unwrap();
+        let svc = stack.layer(tower::service_fn(|_: http::Request<_>| async {
+            let chunks = futures::stream::iter(0..3).then(|_| async {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                let left = seawall::deadline::remaining().map_or(0, |d| d.as_millis());
+                Ok::<_, BoxError>(http_body::Frame::data(Bytes::from(format!("{left} "))))
+            });
+            Ok::<_, BoxError>(http::Response::new(axum::body::Body::new(StreamBody::new(
+                chunks,
+            ))))
+        }));
+        let req = http::Request::builder()
+            .header("x-request-timeout-ms", "500")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let res = svc.oneshot(req).await.unwrap();
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        // 500 ms less the 10 ms hop margin, less 10 ms per chunk.
+        assert_eq!(body, "480 470 460 ");
+    }
 }
