@@ -570,12 +570,6 @@ async fn run(
 }
 
 fn cause_of(e: &RedisError) -> &'static str {
-    if std::env::var_os("SEAWALL_DEBUG_REDIS").is_some() {
-        eprintln!("redis error: {e:?}");
-    }
-    if std::env::var_os("SEAWALL_DEBUG_REDIS").is_some() {
-        eprintln!("redis error: {e:?}");
-    }
     if e.is_timeout() {
         "timeout"
     } else if e.is_connection_dropped() || e.is_connection_refusal() || e.is_io_error() {
