@@ -321,11 +321,10 @@ where
         // first, so a reader that comes late loses nothing that came in
         // time, and the deadline cuts only a wait for more. An answer this
         // process sends: the deadline first (a producer that is always
-        // ready is cut too).
-        // The body runs with its call's deadline as the task-local one: a
-        // stream's producer (after its handler returned) still reads its
-        // budget with `deadline::remaining()`, and its own outbound calls
-        // carry it.
+        // ready is cut too). Either way the body is polled with its
+        // deadline as the task-local one: a stream's producer, running
+        // after its handler returned, still reads its budget and its
+        // outbound calls carry it.
         let deadline = *deadline;
         if !*this.answer {
             if let Poll::Ready(polled) = poll_scoped(deadline, this.inner.as_mut(), cx) {

@@ -149,14 +149,7 @@ impl<X, D> Shared<X, D> {
     ) -> (Verdict, Option<RateLimitStatus>) {
         match checked {
             Ok(a) => self.finish(quota, a, cost),
-            Err(w) if w == NEVER => (deny(w, detail), None),
-            Err(w) => (
-                Verdict::Deny {
-                    wait: Some(w),
-                    detail,
-                },
-                None,
-            ),
+            Err(w) => (deny(w, detail), None),
         }
     }
 

@@ -109,17 +109,7 @@ where
                         permit.sample_head(crate::clock::now());
                         drop(M::hold(response, Duty(DutyKind::Limit(permit))));
                     }
-                    Ok(response) => {
-                        // The latency is the head's; the place is held until
-                        // the body ends if the response carries it.
-                        permit.head_at(crate::clock::now());
-                        if let Some(Duty(DutyKind::Limit(mut permit))) =
-                            M::hold(response, Duty(DutyKind::Limit(permit)))
-                        {
-                            let head = permit.head().unwrap_or_else(Instant::now);
-                            permit.complete_at(Completion::Sample(Outcome::Success), head);
-                        }
-                    }
+                    Ok(_) => permit.complete(Completion::Sample(Outcome::Success)),
                     Err(e) => permit.complete(if overload_below(e) {
                         Completion::Drop
                     } else {

@@ -189,7 +189,6 @@ impl Limiter {
             start: now,
             inflight,
             done: false,
-            head: None,
             sampled: false,
         })
     }
@@ -354,8 +353,6 @@ pub(crate) struct Permit {
     inflight: usize,
     // Given back.
     done: bool,
-    // When the response head came back, if a response body holds it.
-    head: Option<Instant>,
     // Its sample recorded at the head already (the drop only releases).
     sampled: bool,
 }
@@ -376,7 +373,7 @@ impl Permit {
     }
 
     /// [`complete`](Self::complete), with the time the call ended.
-    pub(crate) fn complete_at(&mut self, completion: Completion, now: Instant) {
+    fn complete_at(&mut self, completion: Completion, now: Instant) {
         if self.done {
             return;
         }
@@ -389,14 +386,6 @@ impl Permit {
             now,
             idle,
         );
-    }
-
-    /// Marks the moment the call's response head came back: its latency
-    /// sample. A permit dropped after this (the response body carried it to
-    /// its end; see [`hold`](crate::hold)) records that sample as it gives
-    /// its place back.
-    pub(crate) fn head_at(&mut self, now: Instant) {
-        self.head = Some(now);
     }
 
     /// Records the head's latency sample now, keeping the place (a
@@ -415,11 +404,6 @@ impl Permit {
             now,
             idle,
         );
-    }
-
-    /// The moment marked by [`head_at`](Self::head_at).
-    pub(crate) fn head(&self) -> Option<Instant> {
-        self.head
     }
 
     fn report(&self, completion: Completion, rtt: Duration, now: Instant, idle: u64) {
@@ -446,19 +430,10 @@ impl Drop for Permit {
             self.done = true;
             let limiter = &*self.limiter;
             let idle = limiter.release(self.class);
-            if self.sampled {
-                return;
-            }
-            match self.head {
-                // Held by a response body: the head's latency is the sample,
-                // recorded as of the head (no second clock read).
-                Some(head) => self.report(
-                    Completion::Sample(Outcome::Success),
-                    head.saturating_duration_since(self.start),
-                    head,
-                    idle,
-                ),
-                None => limiter.record(Completion::Drop, Duration::ZERO, crate::clock::now(), idle),
+            // Sampled at its head (a response body held it): only the
+            // place goes back. Otherwise the caller gave up: a drop.
+            if !self.sampled {
+                limiter.record(Completion::Drop, Duration::ZERO, crate::clock::now(), idle);
             }
         }
     }
