@@ -94,6 +94,7 @@ pub mod clock;
 pub mod deadline;
 pub mod error;
 pub mod hold;
+pub mod local;
 pub mod observe;
 
 #[cfg(feature = "bulkhead")]

@@ -323,7 +323,9 @@ impl Core {
             // Admitted before a transition: not part of this state's window.
             return;
         }
-        self.window.record(now, Code::new(failure, slow));
+        let snap = self
+            .window
+            .record_and_snapshot(now, Code::new(failure, slow));
         if state_of(word) != CLOSED {
             // Metrics-only: counts, never trips.
             return;
@@ -337,12 +339,11 @@ impl Core {
             }
         }
         if self.config.rate_trips && !trip {
-            let snap = self.window.snapshot(now);
             if self.rates_trip(&snap) {
                 self.trip_closed(permit.generation, now, snap);
             }
         } else if trip {
-            self.trip_closed(permit.generation, now, self.window.snapshot(now));
+            self.trip_closed(permit.generation, now, snap);
         }
     }
 

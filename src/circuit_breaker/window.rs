@@ -278,6 +278,13 @@ impl TimeWindow {
     #[inline]
     pub(crate) fn snapshot(&self, now: Instant) -> WindowSnapshot {
         let _ = self.current(now);
+        self.totals()
+    }
+
+    /// The counts as they stand, without moving the window: right after a
+    /// [`record`](Self::record), which moved it already.
+    #[inline]
+    fn totals(&self) -> WindowSnapshot {
         let calls = self.totals.calls.load(Ordering::Acquire);
         WindowSnapshot {
             calls,
@@ -323,18 +330,25 @@ pub(crate) enum Window {
 
 impl Window {
     #[inline]
-    pub(crate) fn record(&self, now: Instant, code: Code) {
-        match self {
-            Window::Count(w) => w.record(code),
-            Window::Time(w) => w.record(now, code),
-        }
-    }
-
-    #[inline]
     pub(crate) fn snapshot(&self, now: Instant) -> WindowSnapshot {
         match self {
             Window::Count(w) => w.snapshot(),
             Window::Time(w) => w.snapshot(now),
+        }
+    }
+
+    /// Records one call made at `now` and returns the counts with it.
+    #[inline]
+    pub(crate) fn record_and_snapshot(&self, now: Instant, code: Code) -> WindowSnapshot {
+        match self {
+            Window::Count(w) => {
+                w.record(code);
+                w.snapshot()
+            }
+            Window::Time(w) => {
+                w.record(now, code);
+                w.totals()
+            }
         }
     }
 

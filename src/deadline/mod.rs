@@ -187,7 +187,7 @@ impl Deadline {
         let budget = budget.min(MAX_BUDGET);
         Deadline(
             now.checked_add(budget)
-                .unwrap_or(now + MAX_BUDGET.min(Duration::from_secs(86_400))),
+                .unwrap_or_else(|| now + MAX_BUDGET.min(Duration::from_secs(86_400))),
         )
     }
 
@@ -239,8 +239,8 @@ impl fmt::Debug for Deadline {
     }
 }
 
-tokio::task_local! {
-    static CURRENT: Deadline;
+thread_local! {
+    static CURRENT: std::cell::Cell<Option<Deadline>> = const { std::cell::Cell::new(None) };
 }
 
 /// The deadline of the request being handled on this task, if a seawall layer
@@ -263,7 +263,7 @@ tokio::task_local! {
 /// ```
 #[inline]
 pub fn current() -> Option<Deadline> {
-    CURRENT.try_with(|d| *d).ok()
+    crate::local::get(&CURRENT)
 }
 
 /// The time left in the current request's budget, if it has a deadline.
@@ -274,16 +274,17 @@ pub fn remaining() -> Option<Duration> {
 
 /// Runs `fut` with `deadline` as the [`current()`] deadline.
 pub fn scope<F: std::future::Future>(deadline: Deadline, fut: F) -> Scoped<F> {
-    CURRENT.scope(deadline, fut)
+    crate::local::Scoped::new(&CURRENT, deadline, fut)
 }
 
 /// Runs `f` with `deadline` as the [`current()`] deadline.
+#[inline]
 pub fn sync_scope<R>(deadline: Deadline, f: impl FnOnce() -> R) -> R {
-    CURRENT.sync_scope(deadline, f)
+    crate::local::sync_scope(&CURRENT, deadline, f)
 }
 
 /// A future running with a [`current()`] deadline; returned by [`scope`].
-pub type Scoped<F> = tokio::task::futures::TaskLocalFuture<Deadline, F>;
+pub type Scoped<F> = crate::local::Scoped<Deadline, F>;
 
 /// A request that can carry its own [`Deadline`].
 ///

@@ -6,13 +6,12 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use pin_project_lite::pin_project;
-use rand::rngs::SmallRng;
 use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 
 use super::backoff::BackoffState;
 use super::budget::{RequestTicket, Withdrawal};
-use super::layer::Shared;
+use super::layer::{SessionRng, Shared};
 use super::policy::{RetryPolicy, Verdict};
 use crate::deadline::Deadline;
 use crate::error::{BoxError, DeadlineExceeded, RejectionKind};
@@ -20,13 +19,22 @@ use crate::observe::{EventKind, GiveUpReason, LayerKind, Outcome};
 
 pin_project! {
     #[project = StateProj]
-    enum State<F> {
+    enum State<F, T> {
         // An attempt is in flight.
         Calling { #[pin] future: F },
-        // Sleeping the backoff before the next attempt.
-        Backoff { #[pin] sleep: Sleep },
+        // Sleeping the backoff before the next attempt, with the outcome it
+        // would answer and the retry granted by the budget.
+        Backoff {
+            #[pin]
+            sleep: Sleep,
+            last: Option<Result<T, BoxError>>,
+            withdrawal: Option<Withdrawal>,
+        },
         // Waiting for the service clone to be ready for the next attempt.
-        Ready,
+        Ready {
+            last: Option<Result<T, BoxError>>,
+            withdrawal: Option<Withdrawal>,
+        },
     }
 }
 
@@ -43,16 +51,14 @@ pin_project! {
         S: Service<Req>,
     {
         #[pin]
-        state: State<S::Future>,
+        state: State<S::Future, S::Response>,
         shared: Arc<Shared<P>>,
         service: Option<S>,
         request: Option<Req>,
-        last: Option<Result<S::Response, BoxError>>,
         attempts: u32,
         no_retry: GiveUpReason,
         backoff: BackoffState,
-        rng: Option<SmallRng>,
-        withdrawal: Option<Withdrawal>,
+        rng: Option<SessionRng>,
         started: Option<Instant>,
         deadline: Option<Deadline>,
         ticket: Option<RequestTicket>,
@@ -64,8 +70,12 @@ pin_project! {
     {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
-            if let Some(w) = this.withdrawal.take() {
-                this.shared.budget.refund(w);
+            if let StateProj::Backoff { withdrawal, .. } | StateProj::Ready { withdrawal, .. } =
+                this.state.project()
+            {
+                if let Some(w) = withdrawal.take() {
+                    this.shared.budget.refund(w);
+                }
             }
         }
     }
@@ -93,12 +103,10 @@ where
             shared,
             service,
             request,
-            last: None,
             attempts: 1,
             no_retry,
             backoff: BackoffState::new(),
             rng: None,
-            withdrawal: None,
             started,
         }
     }
@@ -117,7 +125,7 @@ where
         let state = match self.state {
             State::Calling { .. } => "calling",
             State::Backoff { .. } => "backoff",
-            State::Ready => "ready",
+            State::Ready { .. } => "ready",
         };
         f.debug_struct("ResponseFuture")
             .field("state", &state)
@@ -194,8 +202,6 @@ where
                                 *this.deadline,
                             ) {
                                 Ok((delay, withdrawal)) => {
-                                    *this.withdrawal = Some(withdrawal);
-                                    *this.last = Some(result);
                                     shared.observer.emit(
                                         LayerKind::Retry,
                                         shared.name.as_str(),
@@ -206,6 +212,8 @@ where
                                     );
                                     this.state.set(State::Backoff {
                                         sleep: tokio::time::sleep(delay),
+                                        last: Some(result),
+                                        withdrawal: Some(withdrawal),
                                     });
                                     continue;
                                 }
@@ -215,18 +223,23 @@ where
                     };
                     return Poll::Ready(give_up_with(shared, *this.attempts, give_up, result));
                 }
-                StateProj::Backoff { sleep } => {
+                StateProj::Backoff {
+                    sleep,
+                    last,
+                    withdrawal,
+                } => {
                     ready!(sleep.poll(cx));
-                    this.state.set(State::Ready);
+                    let (last, withdrawal) = (last.take(), withdrawal.take());
+                    this.state.set(State::Ready { last, withdrawal });
                 }
-                StateProj::Ready => {
+                StateProj::Ready { last, withdrawal } => {
                     let shared = &**this.shared;
                     let Some(service) = this.service.as_mut() else {
                         // Not reachable: a retry is only scheduled with a service clone.
-                        return Poll::Ready(take_last(this.last, shared));
+                        return Poll::Ready(take_last(last, shared));
                     };
                     if let Err(e) = ready!(service.poll_ready(cx)) {
-                        if let Some(w) = this.withdrawal.take() {
+                        if let Some(w) = withdrawal.take() {
                             shared.budget.refund(w);
                         }
                         let give_up = GiveUp::new(GiveUpReason::NotRetryable);
@@ -241,14 +254,14 @@ where
                     if let Some(deadline) = effective(*this.deadline) {
                         let remaining = deadline.remaining();
                         if remaining < shared.min_remaining {
-                            if let Some(w) = this.withdrawal.take() {
+                            if let Some(w) = withdrawal.take() {
                                 shared.budget.refund(w);
                             }
                             let give_up = GiveUp {
                                 reason: GiveUpReason::Deadline,
                                 deadline_spent: remaining.is_zero(),
                             };
-                            let last = take_last(this.last, shared);
+                            let last = take_last(last, shared);
                             return Poll::Ready(give_up_with(
                                 shared,
                                 *this.attempts,
@@ -258,7 +271,7 @@ where
                         }
                     }
                     let Some(mut req) = this.request.take() else {
-                        return Poll::Ready(take_last(this.last, shared));
+                        return Poll::Ready(take_last(last, shared));
                     };
                     let attempt = *this.attempts + 1;
                     if attempt < shared.max_attempts {
@@ -268,8 +281,7 @@ where
                         }
                     }
                     // The retry is made: its budget withdrawal stands.
-                    *this.withdrawal = None;
-                    *this.last = None;
+                    *withdrawal = None;
                     *this.attempts = attempt;
                     shared.policy.on_attempt(&mut req, attempt);
                     if shared.observer.is_enabled() {
@@ -298,7 +310,7 @@ fn plan<P>(
     no_retry: GiveUpReason,
     after: Option<Duration>,
     backoff: &mut BackoffState,
-    rng: &mut Option<SmallRng>,
+    rng: &mut Option<SessionRng>,
     deadline: Option<Deadline>,
 ) -> Result<(Duration, Withdrawal), GiveUp> {
     if attempts >= shared.max_attempts {

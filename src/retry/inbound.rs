@@ -3,8 +3,8 @@
 
 use std::future::Future;
 
-tokio::task_local! {
-    static INBOUND_ATTEMPT: u32;
+thread_local! {
+    static INBOUND_ATTEMPT: std::cell::Cell<Option<u32>> = const { std::cell::Cell::new(None) };
 }
 
 /// The attempt number (1-based) of the inbound request this task is handling,
@@ -32,23 +32,23 @@ tokio::task_local! {
 /// ```
 #[inline]
 pub fn inbound_attempt() -> Option<u32> {
-    INBOUND_ATTEMPT.try_with(|a| *a).ok()
+    crate::local::get(&INBOUND_ATTEMPT)
 }
 
 /// Runs `fut` as the handling of an inbound request that arrived as attempt
 /// `attempt` (1-based).
 pub fn scope_inbound_attempt<F: Future>(attempt: u32, fut: F) -> InboundScoped<F> {
-    INBOUND_ATTEMPT.scope(attempt, fut)
+    crate::local::Scoped::new(&INBOUND_ATTEMPT, attempt, fut)
 }
 
 /// Runs `f` as the handling of an inbound request that arrived as attempt
 /// `attempt` (1-based).
 pub fn sync_scope_inbound_attempt<R>(attempt: u32, f: impl FnOnce() -> R) -> R {
-    INBOUND_ATTEMPT.sync_scope(attempt, f)
+    crate::local::sync_scope(&INBOUND_ATTEMPT, attempt, f)
 }
 
 /// A future running with an [`inbound_attempt`]; returned by [`scope_inbound_attempt`].
-pub type InboundScoped<F> = tokio::task::futures::TaskLocalFuture<u32, F>;
+pub type InboundScoped<F> = crate::local::Scoped<u32, F>;
 
 #[inline]
 pub(crate) fn inbound_is_retry() -> bool {

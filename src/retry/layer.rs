@@ -43,10 +43,35 @@ impl<P> Shared<P> {
     /// The random source of one request's backoff session: derived from the
     /// layer's seed and the request's rank among requests that backed off, so
     /// a seeded layer replays the same delays for the same order of retries.
-    pub(crate) fn session_rng(&self) -> SmallRng {
+    pub(crate) fn session_rng(&self) -> SessionRng {
         let k = self.seq.fetch_add(1, Ordering::Relaxed);
         use crate::clock::splitmix64;
-        SmallRng::seed_from_u64(splitmix64(self.seed ^ splitmix64(k)))
+        SessionRng(splitmix64(self.seed ^ splitmix64(k)))
+    }
+}
+
+/// The random source of one backoff session: splitmix64, 8 bytes in the
+/// response future (a session draws a handful of numbers).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SessionRng(u64);
+
+impl rand::RngCore for SessionRng {
+    #[inline]
+    fn next_u32(&mut self) -> u32 {
+        (self.next_u64() >> 32) as u32
+    }
+
+    #[inline]
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        crate::clock::splitmix64(self.0)
+    }
+
+    fn fill_bytes(&mut self, dst: &mut [u8]) {
+        for chunk in dst.chunks_mut(8) {
+            let bytes = self.next_u64().to_le_bytes();
+            chunk.copy_from_slice(&bytes[..chunk.len()]);
+        }
     }
 }
 

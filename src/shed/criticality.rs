@@ -123,28 +123,28 @@ impl FromStr for Criticality {
     }
 }
 
-tokio::task_local! {
-    static CURRENT: Criticality;
+thread_local! {
+    static CURRENT: std::cell::Cell<Option<Criticality>> = const { std::cell::Cell::new(None) };
 }
 
 /// The criticality set for the current task by [`scope`] or [`sync_scope`].
 #[inline]
 pub fn current() -> Option<Criticality> {
-    CURRENT.try_with(|c| *c).ok()
+    crate::local::get(&CURRENT)
 }
 
 /// Runs `fut` with `criticality` as the [`current()`] one.
 pub fn scope<F: std::future::Future>(criticality: Criticality, fut: F) -> Scoped<F> {
-    CURRENT.scope(criticality, fut)
+    crate::local::Scoped::new(&CURRENT, criticality, fut)
 }
 
 /// Runs `f` with `criticality` as the [`current()`] one.
 pub fn sync_scope<R>(criticality: Criticality, f: impl FnOnce() -> R) -> R {
-    CURRENT.sync_scope(criticality, f)
+    crate::local::sync_scope(&CURRENT, criticality, f)
 }
 
 /// A future running with a [`current()`] criticality; returned by [`scope`].
-pub type Scoped<F> = tokio::task::futures::TaskLocalFuture<Criticality, F>;
+pub type Scoped<F> = crate::local::Scoped<Criticality, F>;
 
 /// Finds the criticality of a request.
 pub trait CriticalityOf<Req>: Send + Sync + 'static {

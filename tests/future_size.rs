@@ -1,0 +1,66 @@
+//! The response futures a caller holds per call stay small: every byte of
+//! them is copied as the future moves (into a task, through `.await`s).
+//!
+//! Sizes are exact for one compiler; the bounds leave a few bytes of room.
+//! Two timers (the request's deadline and the attempt's timeout, 112 B each
+//! as a `tokio::time::Sleep`) are most of the client stack's future; a
+//! bulkhead keeps its queue timer inline too, so that a request that waits
+//! for a permit allocates nothing (`tests/alloc_bulkhead`).
+
+use std::time::Duration;
+
+use seawall::BoxError;
+use tower::{Layer, Service};
+
+type Noop = tower::util::ServiceFn<fn(u64) -> std::future::Ready<Result<u64, BoxError>>>;
+
+fn noop() -> Noop {
+    tower::service_fn((|x| std::future::ready(Ok(x))) as fn(u64) -> _)
+}
+
+fn future_size<S: Service<u64>>(_: &S) -> usize {
+    std::mem::size_of::<S::Future>()
+}
+
+const NOOP: usize = std::mem::size_of::<std::future::Ready<Result<u64, BoxError>>>();
+
+#[test]
+fn the_client_stack_future_fits_in_576_bytes() {
+    let stack = seawall::stack::ClientStack::builder("client")
+        .total_budget(Duration::from_secs(1))
+        .attempt_timeout(Duration::from_millis(300))
+        .bulkhead(|b| b.max_concurrent(1000))
+        .build()
+        .unwrap()
+        .layer(noop());
+    let size = future_size(&stack);
+    println!("client stack future: {size} B");
+    assert!(size <= 576, "client stack future is {size} B");
+}
+
+#[test]
+fn each_layer_adds_little_to_the_inner_future() {
+    let breaker = seawall::circuit_breaker::CircuitBreakerLayer::builder()
+        .build()
+        .unwrap()
+        .layer(noop());
+    let bulkhead = seawall::bulkhead::BulkheadLayer::builder()
+        .max_concurrent(10)
+        .max_queue(10)
+        .build()
+        .unwrap()
+        .layer(noop());
+    let attempt = seawall::deadline::AttemptTimeoutLayer::new(Duration::from_secs(1)).layer(noop());
+    let sleep = std::mem::size_of::<tokio::time::Sleep>();
+    let over = |s: usize| s - NOOP;
+    println!(
+        "over the inner future: breaker {} B, bulkhead {} B, attempt timeout {} B (a Sleep is {sleep} B)",
+        over(future_size(&breaker)),
+        over(future_size(&bulkhead)),
+        over(future_size(&attempt)),
+    );
+    assert!(over(future_size(&breaker)) <= 48);
+    // The queue's timer is inline (a queued call allocates nothing).
+    assert!(over(future_size(&bulkhead)) <= sleep + 64);
+    assert!(over(future_size(&attempt)) <= sleep + 40);
+}
