@@ -169,6 +169,7 @@ where
         }
     }
 
+    #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
         let _edge = crate::clock::Edge::enter();
         let permit = match std::mem::replace(&mut self.ready, Ready::Idle) {

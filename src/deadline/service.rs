@@ -131,6 +131,7 @@ where
         }
     }
 
+    #[inline]
     fn call(&mut self, mut req: Req) -> Self::Future {
         let _edge = crate::clock::Edge::enter();
         let now = clock::now();
@@ -228,6 +229,7 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
+    #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
         let _edge = crate::clock::Edge::enter();
         let now = clock::now();

@@ -83,6 +83,7 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
+    #[inline]
     fn call(&mut self, mut req: Req) -> Self::Future {
         let _edge = crate::clock::Edge::enter();
         let shared = &*self.shared;
