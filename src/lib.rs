@@ -105,6 +105,8 @@ pub mod chaos;
 pub mod circuit_breaker;
 #[cfg(feature = "tonic")]
 pub mod grpc;
+#[cfg(feature = "hedge")]
+pub mod hedge;
 #[cfg(feature = "http")]
 pub mod http;
 #[cfg(feature = "rate-limit")]

@@ -25,6 +25,10 @@ pub enum LayerKind {
     RateLimit,
     /// Fault injection.
     Chaos,
+    /// Hedged requests.
+    Hedge,
+    /// The fallback layer.
+    Fallback,
 }
 
 impl LayerKind {
@@ -40,6 +44,8 @@ impl LayerKind {
             LayerKind::Throttle => "throttle",
             LayerKind::RateLimit => "rate_limit",
             LayerKind::Chaos => "chaos",
+            LayerKind::Hedge => "hedge",
+            LayerKind::Fallback => "fallback",
         }
     }
 }
@@ -229,6 +235,39 @@ impl fmt::Display for GiveUpReason {
     }
 }
 
+/// Why a fallback answered: how the call ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum FallbackReason {
+    /// This process refused the call before sending it (a local refusal:
+    /// its bulkhead, rate limit, open breaker, spent retry budget).
+    Refused,
+    /// The dependency said it was busy (a remote overload).
+    Overloaded,
+    /// The dependency failed (a remote failure).
+    Failure,
+    /// The request's deadline ran out.
+    Deadline,
+}
+
+impl FallbackReason {
+    /// `"refused"`, `"overloaded"`, `"failure"` or `"deadline"`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            FallbackReason::Refused => "refused",
+            FallbackReason::Overloaded => "overloaded",
+            FallbackReason::Failure => "failure",
+            FallbackReason::Deadline => "deadline",
+        }
+    }
+}
+
+impl fmt::Display for FallbackReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
 /// What happened. Every variant is plain data (`Copy`, no allocation).
 #[derive(Debug, Clone, Copy, PartialEq)]
 #[non_exhaustive]
@@ -294,6 +333,18 @@ pub enum EventKind {
         /// Why (`"malformed"`, `"too_large"`, …).
         reason: &'static str,
     },
+    /// A hedge was sent: a copy of a request that had not answered.
+    HedgeSent {
+        /// The number of the copy (2 for the first hedge).
+        attempt: u32,
+        /// How long the request had been waiting.
+        delay: Duration,
+    },
+    /// A fallback answered for a call that failed or was refused.
+    FallbackUsed {
+        /// What the call ended with.
+        reason: FallbackReason,
+    },
     /// A backend the layer depends on (such as Redis) failed or was slow.
     BackendError {
         /// Which backend (`"redis"`).
@@ -316,6 +367,8 @@ impl EventKind {
             EventKind::BudgetExhausted => "budget_exhausted",
             EventKind::LimitChanged { .. } => "limit_changed",
             EventKind::InputIgnored { .. } => "input_ignored",
+            EventKind::HedgeSent { .. } => "hedge_sent",
+            EventKind::FallbackUsed { .. } => "fallback_used",
             EventKind::BackendError { .. } => "backend_error",
         }
     }

@@ -45,6 +45,18 @@ const METRICS: &[(&str, Kind, Option<metrics::Unit>, &str)] = &[
         "The state of a stateful seawall layer: exactly one state at 1.",
     ),
     (
+        "seawall.hedges",
+        Kind::Counter,
+        None,
+        "Hedges a seawall hedge layer sent (copies of requests that had not answered).",
+    ),
+    (
+        "seawall.fallbacks",
+        Kind::Counter,
+        None,
+        "Calls a seawall fallback layer answered for, by reason (refused, overloaded, failure, deadline).",
+    ),
+    (
         "seawall.retries",
         Kind::Counter,
         None,
@@ -171,6 +183,13 @@ impl Hook for MetricsHook {
             }
             EventKind::InputIgnored { input, reason } => {
                 metrics::counter!("seawall.input.ignored", "layer" => layer, "name" => name, "input" => input, "reason" => reason)
+                    .increment(1);
+            }
+            EventKind::HedgeSent { .. } => {
+                metrics::counter!("seawall.hedges", "layer" => layer, "name" => name).increment(1);
+            }
+            EventKind::FallbackUsed { reason } => {
+                metrics::counter!("seawall.fallbacks", "layer" => layer, "name" => name, "reason" => reason.as_str())
                     .increment(1);
             }
             EventKind::BackendError { backend, cause } => {

@@ -64,7 +64,7 @@ mod metrics;
 mod recorder;
 mod tracing;
 
-pub use self::event::{Event, EventKind, GiveUpReason, LayerKind, Outcome, State};
+pub use self::event::{Event, EventKind, FallbackReason, GiveUpReason, LayerKind, Outcome, State};
 #[cfg(feature = "metrics")]
 pub use self::metrics::MetricsHook;
 pub use self::recorder::{RecordedEvent, Recorder};

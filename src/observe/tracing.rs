@@ -110,6 +110,17 @@ impl Hook for TracingHook {
             EventKind::InputIgnored { input, reason } => {
                 tracing::debug!(target: "seawall", layer, name, input, reason, "input ignored")
             }
+            EventKind::HedgeSent { attempt, delay } => tracing::debug!(
+                target: "seawall",
+                layer,
+                name,
+                attempt,
+                delay_ms = delay.as_secs_f64() * 1e3,
+                "hedge sent"
+            ),
+            EventKind::FallbackUsed { reason } => {
+                tracing::debug!(target: "seawall", layer, name, reason = reason.as_str(), "fallback used")
+            }
             EventKind::BackendError { backend, cause } => {
                 tracing::warn!(target: "seawall", layer, name, backend, cause, "backend error")
             }

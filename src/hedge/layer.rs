@@ -1,0 +1,310 @@
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tower_layer::Layer;
+
+use super::estimator::LatencyEstimator;
+use super::service::Hedge;
+use crate::error::{ConfigError, Name};
+use crate::observe::Observer;
+use crate::retry::{RetryBudget, RetryErrors};
+
+/// The most attempts one request may have in flight: gRPC's limit.
+pub const MAX_ATTEMPTS_LIMIT: u32 = 5;
+
+/// The default number of attempts in flight per request: the request and
+/// one hedge.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 2;
+
+/// The default latency quantile a hedge waits for: p95.
+///
+/// Chosen by the heavy-tail scenario (`tests/hedge`, the storm's `tail`
+/// scenario): when 5 % of calls take 20 times the median, waiting for p95
+/// hedges about the slowest 5 to 10 % of requests, which cuts the caller's
+/// p99 more than tenfold; an earlier quantile sends more copies for the
+/// same p99.
+pub const DEFAULT_QUANTILE: f64 = 0.95;
+
+/// The default number of samples a window needs before its quantile is
+/// trusted: 20.
+pub const DEFAULT_MIN_SAMPLES: u32 = 20;
+
+/// The default estimator window: 1 s (a window closes when it is at least
+/// this long and holds [`DEFAULT_MIN_SAMPLES`]).
+pub const DEFAULT_WINDOW: Duration = Duration::from_secs(1);
+
+/// The default hedge budget: hedges may be at most 10 % of the requests, plus
+/// 1 per second, over a sliding 10 s.
+///
+/// Chosen by the brownout scenario (`tests/hedge`): when every call becomes
+/// slow, every request outlasts the old p95 and asks for a hedge; the budget
+/// is what keeps the slow dependency at 1.1 times its load, not 2.
+pub const DEFAULT_BUDGET_RATIO: f64 = 0.1;
+
+/// When a hedge is sent.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Delay {
+    Fixed(Duration),
+    Quantile {
+        quantile: f64,
+        min_samples: u32,
+        window: Duration,
+    },
+}
+
+pub(crate) struct Shared<P> {
+    pub(crate) name: Name,
+    pub(crate) observer: Observer,
+    pub(crate) policy: P,
+    pub(crate) max_attempts: u32,
+    pub(crate) fixed: Option<Duration>,
+    pub(crate) estimator: Option<LatencyEstimator>,
+    pub(crate) budget: RetryBudget,
+    /// Whether this layer counts requests into its budget (not when the
+    /// budget is a retry layer's, which counts them already).
+    pub(crate) deposits: bool,
+}
+
+impl<P> Shared<P> {
+    /// The delay after which an attempt still running gets a hedge, if one
+    /// is known.
+    #[inline]
+    pub(crate) fn delay(&self) -> Option<Duration> {
+        match &self.estimator {
+            Some(e) => e.estimate(),
+            None => self.fixed,
+        }
+    }
+}
+
+/// Applies [`Hedge`] to a service: after a delay, a copy of a request that
+/// has not answered; the first answer wins. See the [module docs](super).
+///
+/// Every service built from one `HedgeLayer` (and their clones) shares one
+/// latency estimator and one hedge budget.
+pub struct HedgeLayer<P = RetryErrors> {
+    shared: Arc<Shared<P>>,
+}
+
+impl<P> Clone for HedgeLayer<P> {
+    fn clone(&self) -> Self {
+        HedgeLayer {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<P> fmt::Debug for HedgeLayer<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HedgeLayer")
+            .field("name", &self.shared.name)
+            .field("max_attempts", &self.shared.max_attempts)
+            .field("delay", &self.shared.delay())
+            .finish_non_exhaustive()
+    }
+}
+
+impl HedgeLayer<RetryErrors> {
+    /// A builder starting from the defaults: 2 attempts in flight, a hedge
+    /// after the p95 of recent latencies (none before 20 samples), a budget
+    /// of 10 % of requests + 1/s.
+    pub fn builder() -> HedgeLayerBuilder<RetryErrors> {
+        HedgeLayerBuilder {
+            name: Name::from("hedge"),
+            observer: Observer::none(),
+            policy: RetryErrors,
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
+            delay: Delay::Quantile {
+                quantile: DEFAULT_QUANTILE,
+                min_samples: DEFAULT_MIN_SAMPLES,
+                window: DEFAULT_WINDOW,
+            },
+            budget: None,
+            budget_ratio: DEFAULT_BUDGET_RATIO,
+        }
+    }
+}
+
+impl<P> HedgeLayer<P> {
+    /// The budget hedges draw from.
+    pub fn budget(&self) -> &RetryBudget {
+        &self.shared.budget
+    }
+
+    /// The delay after which a request gets a hedge now: the fixed delay, or
+    /// the current latency estimate (`None` until the estimator has enough
+    /// samples: no hedge).
+    pub fn current_delay(&self) -> Option<Duration> {
+        self.shared.delay()
+    }
+
+    /// The instance name.
+    pub fn name(&self) -> &str {
+        self.shared.name.as_str()
+    }
+}
+
+impl<S, P> Layer<S> for HedgeLayer<P> {
+    type Service = Hedge<S, P>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Hedge::new(inner, self.shared.clone())
+    }
+}
+
+/// Builds a [`HedgeLayer`]; see [`HedgeLayer::builder`].
+pub struct HedgeLayerBuilder<P = RetryErrors> {
+    name: Name,
+    observer: Observer,
+    policy: P,
+    max_attempts: u32,
+    delay: Delay,
+    budget: Option<RetryBudget>,
+    budget_ratio: f64,
+}
+
+impl<P> fmt::Debug for HedgeLayerBuilder<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HedgeLayerBuilder")
+            .field("name", &self.name)
+            .field("max_attempts", &self.max_attempts)
+            .field("delay", &self.delay)
+            .field("budget_ratio", &self.budget_ratio)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<P> HedgeLayerBuilder<P> {
+    /// The instance name in events and metrics (default `"hedge"`).
+    pub fn name(mut self, name: impl Into<Name>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// The observer this layer reports to (default: none).
+    pub fn observer(mut self, observer: impl Into<Observer>) -> Self {
+        self.observer = observer.into();
+        self
+    }
+
+    /// What may be hedged and what counts as an answer: a
+    /// [`RetryPolicy`](crate::retry::RetryPolicy) (its `may_retry`,
+    /// `clone_request`, `on_attempt` and `classify`). The HTTP and gRPC
+    /// retry policies hedge only what they would retry: idempotent HTTP
+    /// methods or an `Idempotency-Key`; gRPC methods opted in.
+    pub fn policy<Q>(self, policy: Q) -> HedgeLayerBuilder<Q> {
+        HedgeLayerBuilder {
+            policy,
+            name: self.name,
+            observer: self.observer,
+            max_attempts: self.max_attempts,
+            delay: self.delay,
+            budget: self.budget,
+            budget_ratio: self.budget_ratio,
+        }
+    }
+
+    /// Attempts in flight per request at most, the request included
+    /// (default 2; 2 to 5).
+    pub fn max_attempts(mut self, n: u32) -> Self {
+        self.max_attempts = n;
+        self
+    }
+
+    /// Hedge after a fixed delay (as gRPC's `hedgingDelay` and Polly do),
+    /// instead of a latency quantile.
+    pub fn delay(mut self, delay: Duration) -> Self {
+        self.delay = Delay::Fixed(delay);
+        self
+    }
+
+    /// Hedge after the `quantile` (in `(0, 1)`, default 0.95) of recent
+    /// latencies, read from windows of at least `min_samples` samples
+    /// (default 20) and at least `window` long (default 1 s).
+    pub fn quantile(mut self, quantile: f64, min_samples: u32, window: Duration) -> Self {
+        self.delay = Delay::Quantile {
+            quantile,
+            min_samples,
+            window,
+        };
+        self
+    }
+
+    /// Hedges may be at most `ratio` of the requests (in `0..=1`, default
+    /// 0.1), plus 1 per second, over a sliding 10 s. Ignored when a shared
+    /// [`budget`](Self::budget) is given.
+    pub fn budget_ratio(mut self, ratio: f64) -> Self {
+        self.budget_ratio = ratio;
+        self
+    }
+
+    /// Draw hedges from this budget, shared with a retry layer
+    /// (`retry_layer.budget().clone()`): retries and hedges then spend one
+    /// allowance, and this layer does not count requests into it (the retry
+    /// layer does).
+    pub fn budget(mut self, budget: RetryBudget) -> Self {
+        self.budget = Some(budget);
+        self
+    }
+
+    /// Builds the layer.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] (layer `"hedge"`) when `max_attempts` is outside
+    /// `2..=5`, the fixed delay is zero, the quantile is not in `(0, 1)`, the
+    /// window is zero, or the budget ratio is not in `0..=1`.
+    pub fn build(self) -> Result<HedgeLayer<P>, ConfigError> {
+        let err = |m: String| ConfigError::new("hedge", m);
+        if !(2..=MAX_ATTEMPTS_LIMIT).contains(&self.max_attempts) {
+            return Err(err(format!(
+                "max_attempts must be in 2..={MAX_ATTEMPTS_LIMIT}, got {}",
+                self.max_attempts
+            )));
+        }
+        let (fixed, estimator) = match self.delay {
+            Delay::Fixed(d) if d.is_zero() => {
+                return Err(err("the hedge delay must be above zero".into()));
+            }
+            Delay::Fixed(d) => (Some(d), None),
+            Delay::Quantile {
+                quantile,
+                min_samples,
+                window,
+            } => {
+                if !(quantile > 0.0 && quantile < 1.0) {
+                    return Err(err(format!("quantile must be in (0, 1), got {quantile}")));
+                }
+                if window.is_zero() {
+                    return Err(err("the estimator window must be above zero".into()));
+                }
+                let now = crate::clock::now();
+                (
+                    None,
+                    Some(LatencyEstimator::new(quantile, min_samples, window, now)),
+                )
+            }
+        };
+        let (budget, deposits) = match self.budget {
+            Some(b) => (b, false),
+            None => (
+                RetryBudget::new(self.budget_ratio, 1, Duration::from_secs(10))
+                    .map_err(|e| err(e.to_string()))?,
+                true,
+            ),
+        };
+        Ok(HedgeLayer {
+            shared: Arc::new(Shared {
+                name: self.name,
+                observer: self.observer,
+                policy: self.policy,
+                max_attempts: self.max_attempts,
+                fixed,
+                estimator,
+                budget,
+                deposits,
+            }),
+        })
+    }
+}

@@ -1,0 +1,90 @@
+//! Hedged requests: when a request has not answered after a delay, send a
+//! copy; the first answer wins and the others are cancelled. It cuts the
+//! tail a few slow replicas or a garbage collection pause add to every
+//! caller ("The Tail at Scale": with hedging, a p99.9 of 1,800 ms became
+//! 74 ms for a few percent of extra load).
+//!
+//! # Example
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() {
+//! use std::sync::atomic::{AtomicU32, Ordering};
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use seawall::hedge::HedgeLayer;
+//! use tower::{service_fn, Layer, Service, ServiceExt};
+//!
+//! // The first call is stuck for 10 s; the copy answers in 10 ms.
+//! let calls = Arc::new(AtomicU32::new(0));
+//! let seen = calls.clone();
+//! let backend = service_fn(move |req: u32| {
+//!     let n = seen.fetch_add(1, Ordering::SeqCst);
+//!     async move {
+//!         let slow = if n == 0 { 10_000 } else { 10 };
+//!         tokio::time::sleep(Duration::from_millis(slow)).await;
+//!         Ok::<_, seawall::BoxError>(req * 2)
+//!     }
+//! });
+//! let layer = HedgeLayer::builder()
+//!     .delay(Duration::from_millis(50)) // or the default: the p95 of recent calls
+//!     .build()
+//!     .unwrap();
+//! let mut svc = layer.layer(backend);
+//!
+//! let start = tokio::time::Instant::now();
+//! let answer = svc.ready().await.unwrap().call(21).await.unwrap();
+//! assert_eq!(answer, 42);
+//! assert_eq!(start.elapsed(), Duration::from_millis(60)); // 50 ms, then the copy's 10
+//! assert_eq!(calls.load(Ordering::SeqCst), 2);
+//! # }
+//! ```
+//!
+//! # What is hedged, and how much
+//!
+//! - **When**: after a fixed delay ([`delay`](HedgeLayerBuilder::delay)), or
+//!   by default after the p95 of recent successful calls, read from a
+//!   bounded histogram (O(1) per sample, no allocation; see
+//!   [`DEFAULT_QUANTILE`]). No hedge until the estimator has
+//!   [`DEFAULT_MIN_SAMPLES`] samples.
+//! - **How many**: at most [`max_attempts`](HedgeLayerBuilder::max_attempts)
+//!   in flight per request (default 2, at most 5 as gRPC allows), each the
+//!   delay after the one before.
+//! - **How much load**: each hedge draws from a budget, 10 % of the requests
+//!   plus 1 per second by default ([`DEFAULT_BUDGET_RATIO`]), or the retry
+//!   layer's budget when [shared](HedgeLayerBuilder::budget). When every call
+//!   is slow (a brownout), every request wants a hedge and the budget is
+//!   what keeps the dependency at 1.1 times its load, not 2.
+//! - **Deadline**: no hedge that cannot get as much time as the request
+//!   waited before it ([`deadline::current`](crate::deadline::current)); an
+//!   attempt timeout below bounds each copy by the time left.
+//! - **Only what is safe to repeat**: the [`RetryPolicy`](crate::retry::RetryPolicy)
+//!   decides (`may_retry`, `clone_request`), so the HTTP and gRPC retry
+//!   policies hedge idempotent methods and opted-in gRPC methods only. A
+//!   hedge carries the attempt header (`on_attempt`, attempt 2 and up), so
+//!   the server side sees a repeat and does not hedge or retry it again;
+//!   a request that arrived as a retry or a hedge is sent once.
+//! - **With a breaker below**: a cancelled copy is not counted (its slot is
+//!   given back); a copy refused in this process (an open breaker, a full
+//!   bulkhead) reached nobody: its budget comes back and no more hedges are
+//!   sent for that request.
+//!
+//! A hedge that answers with a retryable failure does not end the request
+//! while another attempt is running; when none is left, the last failure is
+//! returned, for a retry layer above.
+//!
+//! Events: [`HedgeSent`](crate::observe::EventKind::HedgeSent) for each copy,
+//! [`BudgetExhausted`](crate::observe::EventKind::BudgetExhausted) when the
+//! budget said no.
+
+mod estimator;
+mod future;
+mod layer;
+mod service;
+
+pub use self::future::ResponseFuture;
+pub use self::layer::{
+    DEFAULT_BUDGET_RATIO, DEFAULT_MAX_ATTEMPTS, DEFAULT_MIN_SAMPLES, DEFAULT_QUANTILE,
+    DEFAULT_WINDOW, HedgeLayer, HedgeLayerBuilder, MAX_ATTEMPTS_LIMIT,
+};
+pub use self::service::Hedge;
