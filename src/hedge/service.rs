@@ -85,7 +85,7 @@ where
         // retry or a hedge from upstream is sent once.
         let upstream_retry =
             inbound_attempt().is_some_and(|a| a > 1) || shared.policy.arrived_as_retry(&req);
-        let copy = if upstream_retry || !shared.policy.may_retry(&req) {
+        let copy = if upstream_retry || !shared.policy.may_hedge(&req) {
             None
         } else {
             shared.policy.clone_request(&req)

@@ -80,6 +80,20 @@ pub const PREVIOUS_ATTEMPTS_HEADER: &str = "grpc-previous-rpc-attempts";
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GrpcRetry {
     codes: u32,
+    /// The methods that may be hedged, as FNV-1a hashes of their paths.
+    hedged: [u64; MAX_HEDGED_METHODS],
+    hedged_len: u8,
+}
+
+/// The most methods one [`GrpcRetry`] opts in to hedging.
+pub const MAX_HEDGED_METHODS: usize = 16;
+
+fn path_hash(path: &str) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    for b in path.bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    h
 }
 
 impl Default for GrpcRetry {
@@ -93,7 +107,32 @@ impl GrpcRetry {
     pub const fn new() -> Self {
         GrpcRetry {
             codes: 1 << (Code::Unavailable as i32),
+            hedged: [0; MAX_HEDGED_METHODS],
+            hedged_len: 0,
         }
+    }
+
+    /// Opts the method `path` (`"/helloworld.Greeter/SayHello"`) in to
+    /// hedging: with a [`hedge`](crate::hedge) layer (the gRPC client
+    /// preset's [`hedge`](crate::stack::ClientStackBuilder::hedge)), a call
+    /// to it still running after the hedge delay gets a copy. Only for
+    /// idempotent methods: both copies may run. No method is hedged unless
+    /// opted in; at most [`MAX_HEDGED_METHODS`] (more are ignored).
+    #[must_use]
+    pub fn hedge_method(mut self, path: &str) -> Self {
+        let h = path_hash(path);
+        let n = usize::from(self.hedged_len);
+        if n < MAX_HEDGED_METHODS && !self.hedged[..n].contains(&h) {
+            self.hedged[n] = h;
+            self.hedged_len += 1;
+        }
+        self
+    }
+
+    /// Whether calls to the method `path` may be hedged.
+    pub fn hedges(&self, path: &str) -> bool {
+        let h = path_hash(path);
+        self.hedged[..usize::from(self.hedged_len)].contains(&h)
     }
 
     /// Also retries `code` (`OK` is ignored).
@@ -108,9 +147,13 @@ impl GrpcRetry {
     /// Retries exactly `codes` (`OK` is ignored).
     #[must_use]
     pub fn with_codes(codes: impl IntoIterator<Item = Code>) -> Self {
-        codes
-            .into_iter()
-            .fold(GrpcRetry { codes: 0 }, GrpcRetry::with_code)
+        codes.into_iter().fold(
+            GrpcRetry {
+                codes: 0,
+                ..GrpcRetry::new()
+            },
+            GrpcRetry::with_code,
+        )
     }
 
     /// Whether `code` is retried.
@@ -221,6 +264,10 @@ where
         Some(copy_request(req, body))
     }
 
+    fn may_hedge(&self, req: &Request<ReplayBody<B>>) -> bool {
+        self.hedges(req.uri().path())
+    }
+
     fn arrived_as_retry(&self, req: &Request<ReplayBody<B>>) -> bool {
         arrived_as_retry(req)
     }
@@ -246,6 +293,10 @@ where
         Some(copy_request(req, req.body().clone()))
     }
 
+    fn may_hedge(&self, req: &Request<B>) -> bool {
+        self.hedges(req.uri().path())
+    }
+
     fn arrived_as_retry(&self, req: &Request<B>) -> bool {
         arrived_as_retry(req)
     }
@@ -258,6 +309,28 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_opted_in_methods_are_hedged() {
+        let p = GrpcRetry::new()
+            .hedge_method("/a.B/Get")
+            .hedge_method("/a.B/Get");
+        assert!(p.hedges("/a.B/Get"));
+        assert!(!p.hedges("/a.B/Put"));
+        assert!(!GrpcRetry::new().hedges("/a.B/Get"));
+        let many = (0..40).fold(GrpcRetry::new(), |p, i| {
+            p.hedge_method(&format!("/a.B/M{i}"))
+        });
+        assert!(many.hedges("/a.B/M15"));
+        assert!(!many.hedges("/a.B/M16"), "beyond the cap is ignored");
+        let req = Request::builder().uri("/a.B/Get").body(()).unwrap();
+        assert!(RetryPolicy::<Request<()>, Response<()>>::may_hedge(
+            &p, &req
+        ));
+        assert!(RetryPolicy::<Request<()>, Response<()>>::may_retry(
+            &p, &req
+        ));
+    }
 
     #[test]
     fn pushback_rules() {

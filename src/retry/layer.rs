@@ -98,6 +98,12 @@ impl Default for RetryLayer<RetryErrors> {
 }
 
 impl<P> RetryLayer<P> {
+    /// The policy deciding what is retried.
+    #[cfg_attr(not(feature = "hedge"), allow(dead_code))]
+    pub(crate) fn policy(&self) -> &P {
+        &self.shared.policy
+    }
+
     /// The budget shared by every service built from this layer.
     pub fn budget(&self) -> &RetryBudget {
         &self.shared.budget

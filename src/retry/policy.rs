@@ -56,6 +56,17 @@ pub trait RetryPolicy<Req, Res>: Send + Sync + 'static {
         true
     }
 
+    /// Whether a copy of `req` may be sent while it is still in flight (a
+    /// hedge; see [`hedge`](crate::hedge)). A hedge runs beside an attempt
+    /// that may be executing, so it is safe only for idempotent requests.
+    /// Default: [`may_retry`](Self::may_retry) (the HTTP policy: idempotent
+    /// methods or an `Idempotency-Key`); the gRPC policy hedges only the
+    /// methods opted in with
+    /// [`hedge_method`](super::grpc::GrpcRetry::hedge_method).
+    fn may_hedge(&self, req: &Req) -> bool {
+        self.may_retry(req)
+    }
+
     /// Whether `req` itself says it arrived as a retry from upstream (the
     /// "retry at one layer" guard; see [`inbound_attempt`](super::inbound_attempt)).
     /// Default: no.

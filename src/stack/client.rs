@@ -7,7 +7,7 @@ use tower::layer::util::Identity;
 use tower_layer::Layer;
 
 use super::classify::DependencyFailures;
-use super::part::{HoldPoint, Skip, StackPart, part_name};
+use super::part::{HedgePart, HoldPoint, Skip, StackPart, part_name};
 use crate::bulkhead::{Bulkhead, BulkheadBuilder, BulkheadHandle, BulkheadLayer};
 use crate::circuit_breaker::{
     CircuitBreaker, CircuitBreakerBuilder, CircuitBreakerHandle, CircuitBreakerLayer, SlidingWindow,
@@ -38,9 +38,11 @@ const BREAKER_OPEN: Duration = Duration::from_secs(1);
 /// [`ClientStack::builder`].
 ///
 /// Outermost first: [`DeadlineLayer`] (total budget) → [`RetryLayer`] →
-/// [`CircuitBreakerLayer`] → [`BulkheadLayer`] → [`AttemptTimeoutLayer`] →
-/// the optional innermost part `L` (with feature `http`, deadline
-/// propagation). The [module docs](super) explain the order.
+/// the optional hedge `H` (a `HedgeLayer`, with
+/// [`ClientStackBuilder::hedge`]) → [`CircuitBreakerLayer`] →
+/// [`BulkheadLayer`] → [`AttemptTimeoutLayer`] → the optional innermost
+/// part `L` (with feature `http`, deadline propagation). The
+/// [module docs](super) explain the order.
 ///
 /// It holds the built seawall layers and applies them by value: the service
 /// it makes is a [`ClientStackService`], a plain nesting of the layers'
@@ -52,9 +54,11 @@ pub struct ClientStackLayer<
     C = DependencyFailures,
     L = tower::layer::util::Identity,
     O = tower::layer::util::Identity,
+    H = tower::layer::util::Identity,
 > {
     deadline: DeadlineLayer,
     retry: RetryLayer<P>,
+    hedge: H,
     breaker: CircuitBreakerLayer<C>,
     bulkhead: BulkheadLayer,
     attempt: AttemptTimeoutLayer,
@@ -70,13 +74,22 @@ pub struct ClientStackLayer<
 /// response head ([`Head`]), or, in the HTTP and gRPC presets, at the end of
 /// the response body ([`BodyEnd`](crate::hold::BodyEnd); see
 /// [`hold`](crate::hold)).
-pub type ClientStackService<S, P = RetryErrors, C = DependencyFailures, M = Head> =
-    DeadlineService<Retry<CircuitBreaker<Bulkhead<AttemptTimeoutService<S>, M>, C, M>, P>>;
+///
+/// `H` is the hedge part: [`Identity`] (no hedging, the default) or a
+/// `HedgeLayer` (feature `hedge`).
+pub type ClientStackService<S, P = RetryErrors, C = DependencyFailures, M = Head, H = Identity> =
+    DeadlineService<
+        Retry<
+            <H as Layer<CircuitBreaker<Bulkhead<AttemptTimeoutService<S>, M>, C, M>>>::Service,
+            P,
+        >,
+    >;
 
-impl<S, P, C, L, O> Layer<S> for ClientStackLayer<P, C, L, O>
+impl<S, P, C, L, O, H> Layer<S> for ClientStackLayer<P, C, L, O, H>
 where
     L: Layer<S> + HoldPoint,
-    O: Layer<ClientStackService<L::Service, P, C, L::Hold>>,
+    H: Layer<CircuitBreaker<Bulkhead<AttemptTimeoutService<L::Service>, L::Hold>, C, L::Hold>>,
+    O: Layer<ClientStackService<L::Service, P, C, L::Hold, H>>,
 {
     type Service = O::Service;
 
@@ -85,12 +98,18 @@ where
         let s = self.attempt.layer(s);
         let s = self.bulkhead.clone().hold_until::<L::Hold>().layer(s);
         let s = self.breaker.clone().hold_until::<L::Hold>().layer(s);
+        let s = self.hedge.layer(s);
         let s = self.retry.layer(s);
         self.outer.layer(self.deadline.layer(s))
     }
 }
 
-impl<P, C, L, O> ClientStackLayer<P, C, L, O> {
+impl<P, C, L, O, H> ClientStackLayer<P, C, L, O, H> {
+    /// The hedge part ([`Identity`] when the stack does not hedge).
+    pub fn hedge(&self) -> &H {
+        &self.hedge
+    }
+
     /// The total-budget layer (outermost).
     pub fn deadline(&self) -> &DeadlineLayer {
         &self.deadline
@@ -140,14 +159,14 @@ impl<P, C, L, O> ClientStackLayer<P, C, L, O> {
     }
 }
 
-impl<P, C: Send + Sync + 'static, L, O> ClientStackLayer<P, C, L, O> {
+impl<P, C: Send + Sync + 'static, L, O, H> ClientStackLayer<P, C, L, O, H> {
     /// A handle on this stack's circuit breaker (state, rates, manual states).
     pub fn breaker_handle(&self) -> CircuitBreakerHandle {
         self.breaker.handle()
     }
 }
 
-impl<P, C, L: Clone, O: Clone> Clone for ClientStackLayer<P, C, L, O>
+impl<P, C, L: Clone, O: Clone, H: Clone> Clone for ClientStackLayer<P, C, L, O, H>
 where
     RetryLayer<P>: Clone,
 {
@@ -155,6 +174,7 @@ where
         ClientStackLayer {
             deadline: self.deadline.clone(),
             retry: self.retry.clone(),
+            hedge: self.hedge.clone(),
             breaker: self.breaker.clone(),
             bulkhead: self.bulkhead.clone(),
             attempt: self.attempt.clone(),
@@ -164,11 +184,14 @@ where
     }
 }
 
-impl<P, C, L: fmt::Debug, O: fmt::Debug> fmt::Debug for ClientStackLayer<P, C, L, O> {
+impl<P, C, L: fmt::Debug, O: fmt::Debug, H: fmt::Debug> fmt::Debug
+    for ClientStackLayer<P, C, L, O, H>
+{
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ClientStackLayer")
             .field("deadline", &self.deadline)
             .field("retry", &self.retry)
+            .field("hedge", &self.hedge)
             .field("breaker", &self.breaker)
             .field("bulkhead", &self.bulkhead)
             .field("attempt_timeout", &self.attempt)
@@ -218,6 +241,7 @@ impl ClientStack {
                 .max_concurrent(BULKHEAD_MAX_CONCURRENT),
             inner: Skip,
             outer: Identity::new(),
+            hedge: Skip,
             name,
             observer: None,
             total_budget: None,
@@ -270,7 +294,13 @@ impl ClientStack {
 ///
 /// [`build`](Self::build) checks the settings against each other; see
 /// [`build`](Self::build) for the rules.
-pub struct ClientStackBuilder<P = RetryErrors, C = DependencyFailures, L = Skip, O = Identity> {
+pub struct ClientStackBuilder<
+    P = RetryErrors,
+    C = DependencyFailures,
+    L = Skip,
+    O = Identity,
+    H = Skip,
+> {
     name: Name,
     observer: Option<Observer>,
     total_budget: Option<Duration>,
@@ -281,9 +311,10 @@ pub struct ClientStackBuilder<P = RetryErrors, C = DependencyFailures, L = Skip,
     bulkhead: BulkheadBuilder,
     inner: L,
     outer: O,
+    hedge: H,
 }
 
-impl<P, C, L: fmt::Debug, O> fmt::Debug for ClientStackBuilder<P, C, L, O> {
+impl<P, C, L: fmt::Debug, O, H> fmt::Debug for ClientStackBuilder<P, C, L, O, H> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ClientStackBuilder")
             .field("name", &self.name)
@@ -297,7 +328,7 @@ impl<P, C, L: fmt::Debug, O> fmt::Debug for ClientStackBuilder<P, C, L, O> {
     }
 }
 
-impl<P, C, L, O> ClientStackBuilder<P, C, L, O> {
+impl<P, C, L, O, H> ClientStackBuilder<P, C, L, O, H> {
     /// The observer every layer of the stack reports to (default: none). It
     /// replaces any observer set inside the per-layer closures.
     pub fn observer(mut self, observer: impl Into<Observer>) -> Self {
@@ -333,10 +364,11 @@ impl<P, C, L, O> ClientStackBuilder<P, C, L, O> {
     pub fn retry<Q>(
         self,
         f: impl FnOnce(RetryLayerBuilder<P>) -> RetryLayerBuilder<Q>,
-    ) -> ClientStackBuilder<Q, C, L, O> {
+    ) -> ClientStackBuilder<Q, C, L, O, H> {
         ClientStackBuilder {
             retry: f(self.retry),
             outer: self.outer,
+            hedge: self.hedge,
             name: self.name,
             observer: self.observer,
             total_budget: self.total_budget,
@@ -355,16 +387,50 @@ impl<P, C, L, O> ClientStackBuilder<P, C, L, O> {
     pub fn breaker<C2>(
         self,
         f: impl FnOnce(CircuitBreakerBuilder<C>) -> CircuitBreakerBuilder<C2>,
-    ) -> ClientStackBuilder<P, C2, L, O> {
+    ) -> ClientStackBuilder<P, C2, L, O, H> {
         ClientStackBuilder {
             breaker: f(self.breaker),
             outer: self.outer,
+            hedge: self.hedge,
             name: self.name,
             observer: self.observer,
             total_budget: self.total_budget,
             attempt_timeout: self.attempt_timeout,
             slow_call_duration: self.slow_call_duration,
             retry: self.retry,
+            bulkhead: self.bulkhead,
+            inner: self.inner,
+        }
+    }
+
+    /// Adds hedging between the retry layer and the breaker (feature
+    /// `hedge`): a copy of a request still unanswered after the p95 of
+    /// recent calls, within a budget of 10 % of requests (see
+    /// [`hedge`](crate::hedge)), configured from those defaults in `f`. The
+    /// stack gives it its name (`"{name}.hedge"`), its observer and the retry
+    /// policy, so it hedges only what the stack would retry (with the
+    /// protocol presets: idempotent HTTP methods, opted-in gRPC methods).
+    ///
+    /// Each copy goes through the breaker, the bulkhead and the attempt
+    /// timeout like an attempt; a copy that loses is cancelled and not
+    /// counted.
+    #[cfg(feature = "hedge")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "hedge")))]
+    pub fn hedge(
+        self,
+        f: impl FnOnce(crate::hedge::HedgeLayerBuilder) -> crate::hedge::HedgeLayerBuilder,
+    ) -> ClientStackBuilder<P, C, L, O, crate::hedge::HedgeLayerBuilder> {
+        let hedge = f(crate::hedge::HedgeLayer::builder().name(part_name(&self.name, "hedge")));
+        ClientStackBuilder {
+            hedge,
+            retry: self.retry,
+            outer: self.outer,
+            name: self.name,
+            observer: self.observer,
+            total_budget: self.total_budget,
+            attempt_timeout: self.attempt_timeout,
+            slow_call_duration: self.slow_call_duration,
+            breaker: self.breaker,
             bulkhead: self.bulkhead,
             inner: self.inner,
         }
@@ -401,9 +467,11 @@ impl<P, C, L, O> ClientStackBuilder<P, C, L, O> {
     ///
     /// A layer's own refusal (a zero budget, `max_attempts(0)`, a breaker
     /// threshold outside `(0, 1]`, …) is returned as that layer's error.
-    pub fn build(self) -> Result<ClientStackLayer<P, C, L::Layer, O>, ConfigError>
+    #[allow(clippy::type_complexity)]
+    pub fn build(self) -> Result<ClientStackLayer<P, C, L::Layer, O, H::Layer>, ConfigError>
     where
         L: StackPart,
+        H: HedgePart<P>,
         C: Send + Sync + 'static,
     {
         let total = self
@@ -476,9 +544,11 @@ impl<P, C, L, O> ClientStackBuilder<P, C, L, O> {
         let breaker = breaker.build()?;
         let bulkhead = bulkhead.build()?;
         let inner = self.inner.build_part(obs)?;
+        let hedge = self.hedge.build_hedge(retry.policy(), obs)?;
         Ok(ClientStackLayer {
             deadline,
             retry,
+            hedge,
             breaker,
             bulkhead,
             attempt,
@@ -489,9 +559,9 @@ impl<P, C, L, O> ClientStackBuilder<P, C, L, O> {
 }
 
 #[cfg_attr(not(feature = "http"), allow(dead_code))]
-impl<P, C, L, O> ClientStackBuilder<P, C, L, O> {
+impl<P, C, L, O, H> ClientStackBuilder<P, C, L, O, H> {
     /// Replaces the innermost part.
-    pub(crate) fn with_innermost<L2>(self, inner: L2) -> ClientStackBuilder<P, C, L2, O> {
+    pub(crate) fn with_innermost<L2>(self, inner: L2) -> ClientStackBuilder<P, C, L2, O, H> {
         self.replace_parts(|_, outer| (inner, outer))
     }
 
@@ -503,7 +573,7 @@ impl<P, C, L, O> ClientStackBuilder<P, C, L, O> {
 
     /// Replaces the outermost part.
     #[cfg_attr(not(feature = "tonic"), allow(dead_code))]
-    pub(crate) fn with_outermost<O2>(self, outer: O2) -> ClientStackBuilder<P, C, L, O2> {
+    pub(crate) fn with_outermost<O2>(self, outer: O2) -> ClientStackBuilder<P, C, L, O2, H> {
         self.replace_parts(|inner, _| (inner, outer))
     }
 
@@ -511,11 +581,12 @@ impl<P, C, L, O> ClientStackBuilder<P, C, L, O> {
     fn replace_parts<L2, O2>(
         self,
         f: impl FnOnce(L, O) -> (L2, O2),
-    ) -> ClientStackBuilder<P, C, L2, O2> {
+    ) -> ClientStackBuilder<P, C, L2, O2, H> {
         let (inner, outer) = f(self.inner, self.outer);
         ClientStackBuilder {
             inner,
             outer,
+            hedge: self.hedge,
             name: self.name,
             observer: self.observer,
             total_budget: self.total_budget,
@@ -533,7 +604,7 @@ impl<P, C, L, O> ClientStackBuilder<P, C, L, O> {
     }
 }
 
-impl<P, C, O> ClientStackBuilder<P, C, Skip, O> {
+impl<P, C, O, H> ClientStackBuilder<P, C, Skip, O, H> {
     /// Adds deadline propagation innermost (feature `http`; requests must be
     /// `http::Request`s): each attempt's outbound request carries the time
     /// it has left as `grpc-timeout` and `x-request-timeout-ms` (configure
@@ -569,7 +640,7 @@ impl<P, C, O> ClientStackBuilder<P, C, Skip, O> {
         f: impl FnOnce(
             crate::deadline::PropagateDeadlineLayerBuilder,
         ) -> crate::deadline::PropagateDeadlineLayerBuilder,
-    ) -> ClientStackBuilder<P, C, crate::deadline::PropagateDeadlineLayerBuilder, O> {
+    ) -> ClientStackBuilder<P, C, crate::deadline::PropagateDeadlineLayerBuilder, O, H> {
         let part = f(crate::deadline::PropagateDeadlineLayer::builder()
             .name(part_name(self.stack_name(), "propagate")));
         self.with_innermost(part)

@@ -215,7 +215,7 @@ mod server;
 
 pub use self::classify::DependencyFailures;
 pub use self::client::{ClientStack, ClientStackBuilder, ClientStackLayer, ClientStackService};
-pub use self::part::{HoldPoint, IngressPart, Skip, StackPart};
+pub use self::part::{HedgePart, HoldPoint, IngressPart, Skip, StackPart};
 #[cfg(feature = "tonic")]
 pub use self::preset::{GrpcClient, GrpcIngress, GrpcOutermost, GrpcTransportPart};
 #[cfg(feature = "http")]

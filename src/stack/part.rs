@@ -42,6 +42,47 @@ impl StackPart for Skip {
     }
 }
 
+/// The hedging part of a client stack: [`Skip`] (no hedging) or, with
+/// feature `hedge`, a `HedgeLayerBuilder`, built with the stack's retry
+/// policy `P` and observer.
+pub trait HedgePart<P> {
+    /// The layer this part builds.
+    type Layer;
+
+    /// Builds the layer with the stack's retry policy and observer.
+    fn build_hedge(
+        self,
+        policy: &P,
+        observer: Option<&Observer>,
+    ) -> Result<Self::Layer, ConfigError>;
+}
+
+impl<P> HedgePart<P> for Skip {
+    type Layer = Identity;
+
+    #[inline]
+    fn build_hedge(self, _: &P, _: Option<&Observer>) -> Result<Identity, ConfigError> {
+        Ok(Identity::new())
+    }
+}
+
+#[cfg(feature = "hedge")]
+impl<P: Clone, Q> HedgePart<P> for crate::hedge::HedgeLayerBuilder<Q> {
+    type Layer = crate::hedge::HedgeLayer<P>;
+
+    fn build_hedge(
+        self,
+        policy: &P,
+        observer: Option<&Observer>,
+    ) -> Result<Self::Layer, ConfigError> {
+        let builder = self.policy(policy.clone());
+        match observer {
+            Some(o) => builder.observer(o.clone()).build(),
+            None => builder.build(),
+        }
+    }
+}
+
 #[cfg(feature = "http")]
 impl StackPart for crate::deadline::PropagateDeadlineLayerBuilder {
     type Layer = crate::deadline::PropagateDeadlineLayer;

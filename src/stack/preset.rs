@@ -22,8 +22,12 @@ use crate::retry::http::HttpRetry;
 ///     client: seawall::stack::HttpClient<HyperClient>,
 /// }
 /// ```
-pub type HttpClient<S> =
-    ClientStackService<PropagateDeadline<S>, HttpRetry, HttpStatusClassifier, BodyEnd>;
+///
+/// `H` is the hedge part: [`Identity`](tower::layer::util::Identity) unless
+/// the stack was built with [`hedge`](ClientStackBuilder::hedge)
+/// (`HttpClient<S, HedgeLayer<HttpRetry>>`).
+pub type HttpClient<S, H = tower::layer::util::Identity> =
+    ClientStackService<PropagateDeadline<S>, HttpRetry, HttpStatusClassifier, BodyEnd, H>;
 
 impl ClientStack {
     /// The client stack for an HTTP dependency (feature `http`): the
@@ -83,7 +87,7 @@ impl ClientStack {
     }
 }
 
-impl<P, C, O> ClientStackBuilder<P, C, PropagateDeadlineLayerBuilder, O> {
+impl<P, C, O, H> ClientStackBuilder<P, C, PropagateDeadlineLayerBuilder, O, H> {
     /// Configures the deadline propagation of this stack (`|p| p.no_ms_header()`
     /// for a gRPC backend, `|p| p.grpc_timeout(false)` for a plain HTTP one).
     pub fn propagate_deadline(
@@ -123,13 +127,19 @@ mod grpc {
     ///     greeter: GreeterClient<seawall::stack::GrpcClient<tonic::transport::Channel>>,
     /// }
     /// ```
-    pub type GrpcClient<S> = GrpcRejection<
+    ///
+    /// `H` is the hedge part: [`Identity`](tower::layer::util::Identity)
+    /// unless the stack was built with
+    /// [`hedge`](ClientStackBuilder::hedge) (`GrpcClient<Channel,
+    /// HedgeLayer<GrpcRetry>>`).
+    pub type GrpcClient<S, H = tower::layer::util::Identity> = GrpcRejection<
         ReplayBodyService<
             ClientStackService<
                 PropagateDeadline<TonicTransport<S>>,
                 GrpcRetry,
                 GrpcStatusClassifier,
                 BodyEnd,
+                H,
             >,
         >,
     >;
@@ -223,7 +233,7 @@ mod grpc {
         }
     }
 
-    impl<P, C, O> ClientStackBuilder<P, C, GrpcTransportPart, O> {
+    impl<P, C, O, H> ClientStackBuilder<P, C, GrpcTransportPart, O, H> {
         /// Configures the `grpc-timeout` propagation of this stack.
         pub fn propagate_deadline(
             self,
@@ -240,7 +250,7 @@ mod grpc {
         pub fn replay_limit(
             self,
             limit: usize,
-        ) -> ClientStackBuilder<P, C, GrpcTransportPart, GrpcOutermost> {
+        ) -> ClientStackBuilder<P, C, GrpcTransportPart, GrpcOutermost, H> {
             self.with_outermost(Stack::new(
                 ReplayBodyLayer::new(limit),
                 GrpcRejectionLayer::new(),

@@ -1045,3 +1045,108 @@ async fn keyed_rate_limit_reads_axums_connect_info() {
         "keyed by 127.0.0.1, not the fallback"
     );
 }
+
+/// A server whose first request is stuck for 800 ms and every other one
+/// answers at once; it records the attempt header of each request.
+async fn slow_first_server() -> (SocketAddr, Arc<std::sync::Mutex<Vec<Option<String>>>>) {
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let s = seen.clone();
+    let handler = move |headers: http::HeaderMap| {
+        let s = s.clone();
+        async move {
+            let attempt = headers
+                .get("x-seawall-attempt")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let n = {
+                let mut seen = s.lock().unwrap();
+                seen.push(attempt);
+                seen.len()
+            };
+            if n == 1 {
+                tokio::time::sleep(Duration::from_millis(800)).await;
+            }
+            format!("hit {n}")
+        }
+    };
+    let app = Router::new().route("/item", get(handler.clone()).post(handler));
+    (serve_axum(app).await, seen)
+}
+
+#[tokio::test]
+async fn http_preset_with_hedging_answers_from_the_copy_and_never_hedges_a_post() {
+    let (addr, seen) = slow_first_server().await;
+    let stack = ClientStack::http("dep")
+        .total_budget(Duration::from_secs(2))
+        .attempt_timeout(Duration::from_secs(1))
+        .hedge(|h| h.delay(Duration::from_millis(100)))
+        .build()
+        .unwrap();
+    let client: HttpClient<Hyper, seawall::hedge::HedgeLayer<HttpRetry>> = stack.layer(hyper());
+    let res = client
+        .clone()
+        .oneshot(get_req(addr, "/item"))
+        .await
+        .unwrap();
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"hit 2", "the copy answered");
+    assert_eq!(
+        *seen.lock().unwrap(),
+        vec![Some("1".to_owned()), Some("2".to_owned())],
+        "the copy carries attempt 2"
+    );
+
+    // A POST is not idempotent: sent once, answered by the slow first call.
+    let (addr, seen) = slow_first_server().await;
+    let post = http::Request::post(format!("http://{addr}/item"))
+        .body(Full::new(Bytes::from_static(b"{}")))
+        .unwrap();
+    let res = client.clone().oneshot(post).await.unwrap();
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"hit 1");
+    assert_eq!(seen.lock().unwrap().len(), 1, "the POST was hedged");
+}
+
+#[tokio::test]
+async fn grpc_preset_hedges_only_the_methods_opted_in() {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let h = hits.clone();
+    let server = GreeterServer::new(move |req: tonic::Request<HelloRequest>| {
+        let n = h.fetch_add(1, Ordering::SeqCst) + 1;
+        async move {
+            if n == 1 {
+                tokio::time::sleep(Duration::from_millis(800)).await;
+            }
+            Ok(greeter::HelloReply {
+                message: format!("hello {} from call {n}", req.into_inner().name),
+                deadline_ms: None,
+                budget_ms: None,
+                left_ms: None,
+            })
+        }
+    });
+    let channel = serve_grpc(server.clone()).await;
+    let hedged = ClientStack::grpc("dep")
+        .total_budget(Duration::from_secs(2))
+        .attempt_timeout(Duration::from_secs(1))
+        .retry(|r| r.policy(GrpcRetry::new().hedge_method(greeter::SAY_HELLO)))
+        .hedge(|h| h.delay(Duration::from_millis(100)))
+        .build()
+        .unwrap();
+    let client = hedged.layer(channel.clone());
+    let reply = call_say_hello(client, hello()).await.unwrap();
+    assert_eq!(reply.message, "hello preset from call 2");
+    assert_eq!(hits.load(Ordering::SeqCst), 2);
+
+    // Without the opt-in, the same call is sent once.
+    hits.store(0, Ordering::SeqCst);
+    let plain = ClientStack::grpc("dep")
+        .total_budget(Duration::from_secs(2))
+        .attempt_timeout(Duration::from_secs(1))
+        .hedge(|h| h.delay(Duration::from_millis(100)))
+        .build()
+        .unwrap();
+    let reply = call_say_hello(plain.layer(channel), hello()).await.unwrap();
+    assert_eq!(reply.message, "hello preset from call 1");
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+}
