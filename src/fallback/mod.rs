@@ -1,0 +1,68 @@
+//! Fallback: a call that failed or was refused gets an answer anyway — a
+//! cached value, a default, a degraded response, or a second service's —
+//! chosen by how it ended.
+//!
+//! # Example
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() {
+//! use seawall::error::Overloaded;
+//! use seawall::fallback::{fallback_fn, FallbackLayer, FallbackOn};
+//! use seawall::observe::FallbackReason;
+//! use tower::{service_fn, Layer, ServiceExt};
+//!
+//! // A price service shedding load.
+//! let prices = service_fn(|_sku: &'static str| async {
+//!     Err::<u32, seawall::BoxError>(Overloaded::new("prices", None).into())
+//! });
+//! let layer = FallbackLayer::builder(fallback_fn(|reason: FallbackReason, _: Result<&u32, &seawall::BoxError>| async move {
+//!     assert_eq!(reason, FallbackReason::Overloaded);
+//!     Some(999) // the list price, from the catalogue
+//! }))
+//! .on(FallbackOn::REFUSED | FallbackOn::OVERLOADED) // not for real failures
+//! .build()
+//! .unwrap();
+//! let price = layer.layer(prices).oneshot("sku-1").await.unwrap();
+//! assert_eq!(price, 999);
+//! # }
+//! ```
+//!
+//! # How a call is judged
+//!
+//! With the [outcome model](crate::classify): an error whose rejection is a
+//! [`DeadlineExceeded`](crate::error::DeadlineExceeded) is
+//! [`Deadline`](crate::observe::FallbackReason::Deadline); a local refusal
+//! (this process's bulkhead, rate limit, open breaker, spent budget) is
+//! [`Refused`](crate::observe::FallbackReason::Refused); anything else is
+//! what the [classifier](FallbackLayerBuilder::classifier) says:
+//! [`Overloaded`](crate::observe::FallbackReason::Overloaded),
+//! [`Failure`](crate::observe::FallbackReason::Failure), or no fallback (a
+//! success, an ignored outcome such as a 404). With the HTTP or gRPC
+//! classifier, a 503 response or an `UNAVAILABLE` status is answered for
+//! too, not only errors.
+//!
+//! # Bounded
+//!
+//! The fallback's own answer gets at most [`DEFAULT_TIMEOUT`] (1 s, or
+//! [`timeout`](FallbackLayerBuilder::timeout)) and never past the request's
+//! deadline (the task-local one, or the one the request carries); cut
+//! there, or answering `None`, it lets the original outcome through. The
+//! service keeps its error type: the layer adds no error of its own.
+//!
+//! For axum, answer a `Response` ([`fallback_fn`] returning
+//! `Some(response)`); for a tonic client, a `tonic::Status::into_http()`
+//! is a response too. Each answer is reported as
+//! [`FallbackUsed`](crate::observe::EventKind::FallbackUsed) with its
+//! reason (metric `seawall.fallbacks`).
+
+mod layer;
+mod policy;
+mod service;
+
+pub use self::layer::{DEFAULT_TIMEOUT, FallbackLayer, FallbackLayerBuilder};
+pub use self::policy::{
+    FallbackFn, FallbackOn, FallbackPolicy, FallbackTo, FallbackWith, ToAnswer, fallback_fn,
+    fallback_to, fallback_with,
+};
+pub use self::service::{Fallback, ResponseFuture};

@@ -1,0 +1,251 @@
+use std::any::Any;
+use std::fmt;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use pin_project_lite::pin_project;
+use tokio::time::{Instant, Sleep, sleep_until};
+use tower_service::Service;
+
+use super::layer::Shared;
+use super::policy::FallbackPolicy;
+use crate::classify::{Classify, judge};
+use crate::deadline::HasDeadline;
+use crate::error::{BoxError, RejectionKind, rejection};
+use crate::observe::{EventKind, FallbackReason, LayerKind, Outcome};
+
+/// A service whose failed or refused calls are answered by a fallback
+/// (built by [`FallbackLayer`](super::FallbackLayer)). Its error type is
+/// the inner service's: a call the fallback does not answer ends as it
+/// ended.
+pub struct Fallback<S, F, C> {
+    inner: S,
+    shared: Arc<Shared<F, C>>,
+}
+
+impl<S, F, C> Fallback<S, F, C> {
+    pub(crate) fn new(inner: S, shared: Arc<Shared<F, C>>) -> Self {
+        Fallback { inner, shared }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The inner service, consuming the fallback.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: Clone, F, C> Clone for Fallback<S, F, C> {
+    fn clone(&self) -> Self {
+        Fallback {
+            inner: self.inner.clone(),
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<S: fmt::Debug, F, C> fmt::Debug for Fallback<S, F, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Fallback")
+            .field("inner", &self.inner)
+            .field("name", &self.shared.name)
+            .finish()
+    }
+}
+
+impl<S, F, C, Req> Service<Req> for Fallback<S, F, C>
+where
+    S: Service<Req>,
+    S::Error: 'static,
+    F: FallbackPolicy<Req, S::Response, S::Error>,
+    C: Classify<S::Response, S::Error>,
+    Req: HasDeadline,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, F, C, Req, S::Response, S::Error>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        let memo = self.shared.policy.memo(&req);
+        let deadline = crate::deadline::current()
+            .map(|d| d.min_opt(req.deadline()))
+            .or(req.deadline());
+        ResponseFuture {
+            state: State::Calling {
+                future: self.inner.call(req),
+                memo: Some(memo),
+                deadline: deadline.map(crate::deadline::Deadline::instant),
+            },
+            shared: self.shared.clone(),
+            request: PhantomData,
+        }
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<Fut, M, A, T, E> {
+        Calling {
+            #[pin]
+            future: Fut,
+            memo: Option<M>,
+            deadline: Option<Instant>,
+        },
+        Answering {
+            #[pin]
+            answer: A,
+            #[pin]
+            sleep: Sleep,
+            original: Option<Result<T, E>>,
+            reason: FallbackReason,
+        },
+        Done,
+    }
+}
+
+pin_project! {
+    /// The response future of [`Fallback`]: the call, then, if it ended for
+    /// a routed reason, the fallback's answer bounded by its timeout and the
+    /// request's deadline.
+    pub struct ResponseFuture<Fut, F, C, Req, T, E>
+    where
+        F: FallbackPolicy<Req, T, E>,
+    {
+        #[pin]
+        state: State<Fut, F::Memo, F::Future, T, E>,
+        shared: Arc<Shared<F, C>>,
+        request: PhantomData<fn(Req)>,
+    }
+}
+
+impl<Fut, F, C, Req, T, E> fmt::Debug for ResponseFuture<Fut, F, C, Req, T, E>
+where
+    F: FallbackPolicy<Req, T, E>,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+/// The reason a call that ended with `outcome` gets a fallback, if any.
+fn reason_of<C, T, E>(classifier: &C, outcome: Result<&T, &E>) -> Option<FallbackReason>
+where
+    C: Classify<T, E>,
+    E: 'static,
+{
+    if let Err(e) = outcome {
+        let any = e as &dyn Any;
+        let kind = match any.downcast_ref::<BoxError>() {
+            Some(b) => rejection(&**b).map(|r| r.kind()),
+            None => crate::error::marker_view(any).map(|r| r.kind()),
+        };
+        if kind == Some(RejectionKind::DeadlineExceeded) {
+            return Some(FallbackReason::Deadline);
+        }
+    }
+    match judge(classifier, outcome) {
+        Outcome::Refused => Some(FallbackReason::Refused),
+        Outcome::Overloaded => Some(FallbackReason::Overloaded),
+        Outcome::Failure => Some(FallbackReason::Failure),
+        _ => None,
+    }
+}
+
+impl<Fut, T, E, F, C, Req> Future for ResponseFuture<Fut, F, C, Req, T, E>
+where
+    Fut: Future<Output = Result<T, E>>,
+    E: 'static,
+    F: FallbackPolicy<Req, T, E>,
+    C: Classify<T, E>,
+{
+    type Output = Result<T, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Calling {
+                    future,
+                    memo,
+                    deadline,
+                } => {
+                    let outcome = ready!(future.poll(cx));
+                    let shared = &**this.shared;
+                    let reason = reason_of(&shared.classifier, outcome.as_ref())
+                        .filter(|r| shared.on.contains(*r));
+                    let (Some(reason), Some(memo)) = (reason, memo.take()) else {
+                        this.state.set(State::Done);
+                        return Poll::Ready(outcome);
+                    };
+                    let now = crate::clock::now();
+                    let mut until = now + shared.timeout;
+                    if let Some(d) = *deadline {
+                        until = until.min(d);
+                    }
+                    if until <= now {
+                        this.state.set(State::Done);
+                        return Poll::Ready(outcome);
+                    }
+                    let answer = shared.policy.answer(memo, reason, outcome.as_ref());
+                    this.state.set(State::Answering {
+                        answer,
+                        sleep: sleep_until(until),
+                        original: Some(outcome),
+                        reason,
+                    });
+                }
+                StateProj::Answering {
+                    answer,
+                    sleep,
+                    original,
+                    reason,
+                } => {
+                    if let Poll::Ready(a) = answer.poll(cx) {
+                        let out = match a {
+                            Some(res) => {
+                                let shared = &**this.shared;
+                                shared.observer.emit(
+                                    LayerKind::Fallback,
+                                    shared.name.as_str(),
+                                    EventKind::FallbackUsed { reason: *reason },
+                                );
+                                Ok(res)
+                            }
+                            None => match original.take() {
+                                Some(o) => o,
+                                None => return Poll::Pending,
+                            },
+                        };
+                        this.state.set(State::Done);
+                        return Poll::Ready(out);
+                    }
+                    ready!(sleep.poll(cx));
+                    // The fallback is itself too slow: the original outcome.
+                    let Some(out) = original.take() else {
+                        return Poll::Pending;
+                    };
+                    this.state.set(State::Done);
+                    return Poll::Ready(out);
+                }
+                StateProj::Done => return Poll::Pending,
+            }
+        }
+    }
+}
