@@ -30,7 +30,9 @@
 //!
 //! Then more scenarios on the same backend: a partial failure (30 % of
 //! calls fail fast, at 60 % of capacity), a flapping dependency, a latency
-//! creep, a chain of three hops, a surge with mixed criticality.
+//! creep, a chain of three hops, a surge with mixed criticality; and on a
+//! backend of its own, a heavy tail then a brownout, served without
+//! hedging, with seawall's hedge and with tower's `Hedge` (`tail.rs`).
 //!
 //! Everything runs in paused tokio time with a seeded RNG: every run prints
 //! the same numbers, in about 20 seconds for every scenario.
@@ -64,6 +66,14 @@ mod report;
     feature = "shed"
 ))]
 mod sim;
+#[cfg(all(
+    feature = "deadline",
+    feature = "retry",
+    feature = "circuit-breaker",
+    feature = "shed",
+    feature = "hedge"
+))]
+mod tail;
 
 #[cfg(not(all(
     feature = "deadline",
@@ -208,6 +218,27 @@ fn main() -> Result<(), seawall::BoxError> {
             run.goodput_of(true, surge.0, surge.1) * 100.0,
             run.goodput_of(false, surge.0, surge.1) * 100.0
         );
+    }
+
+    // A heavy tail, then a brownout: hedging, and what it costs.
+    #[cfg(feature = "hedge")]
+    {
+        let scenario = tail::Tail::full();
+        let runs = tail::TailMode::ALL
+            .iter()
+            .map(|&mode| tail::run_tail(&scenario, mode))
+            .collect::<Result<Vec<_>, _>>()?;
+        println!();
+        println!(
+            "heavy tail: {} req/s for {} s, 5% of calls take 200 ms (20x the median), then {} s \
+             of brownout (every call {} ms, 90% of the 8 backend workers); deadline {:?}",
+            scenario.rate,
+            scenario.tail_secs,
+            scenario.brownout_secs,
+            tail::BROWNOUT_MS,
+            scenario.deadline
+        );
+        print!("{}", tail::table(&scenario, &runs));
     }
     Ok(())
 }

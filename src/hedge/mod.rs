@@ -51,10 +51,12 @@
 //!   in flight per request (default 2, at most 5 as gRPC allows), each the
 //!   delay after the one before.
 //! - **How much load**: each hedge draws from a budget, 10 % of the requests
-//!   plus 1 per second by default ([`DEFAULT_BUDGET_RATIO`]), or the retry
-//!   layer's budget when [shared](HedgeLayerBuilder::budget). When every call
-//!   is slow (a brownout), every request wants a hedge and the budget is
-//!   what keeps the dependency at 1.1 times its load, not 2.
+//!   plus 1 per second over a sliding second by default
+//!   ([`DEFAULT_BUDGET_RATIO`]), or the retry layer's budget when
+//!   [shared](HedgeLayerBuilder::budget). When every call turns slow (a
+//!   brownout), every request wants a hedge until the estimate catches up,
+//!   and the budget is what keeps the dependency at 1.1 times its load at
+//!   most, not 2.
 //! - **Deadline**: no hedge that cannot get as much time as the request
 //!   waited before it ([`deadline::current`](crate::deadline::current)); an
 //!   attempt timeout below bounds each copy by the time left.
@@ -84,7 +86,7 @@ mod service;
 
 pub use self::future::ResponseFuture;
 pub use self::layer::{
-    DEFAULT_BUDGET_RATIO, DEFAULT_MAX_ATTEMPTS, DEFAULT_MIN_SAMPLES, DEFAULT_QUANTILE,
-    DEFAULT_WINDOW, HedgeLayer, HedgeLayerBuilder, MAX_ATTEMPTS_LIMIT,
+    DEFAULT_BUDGET_RATIO, DEFAULT_BUDGET_WINDOW, DEFAULT_MAX_ATTEMPTS, DEFAULT_MIN_SAMPLES,
+    DEFAULT_QUANTILE, DEFAULT_WINDOW, HedgeLayer, HedgeLayerBuilder, MAX_ATTEMPTS_LIMIT,
 };
 pub use self::service::Hedge;

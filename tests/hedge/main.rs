@@ -231,6 +231,7 @@ async fn up_to_max_attempts_each_a_delay_after_the_last_and_the_first_answer_win
     let layer = HedgeLayer::builder()
         .delay(20 * MS)
         .max_attempts(3)
+        .budget_ratio(1.0)
         .observer(Observer::from(rec.clone()))
         .build()
         .unwrap();
