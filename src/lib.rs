@@ -103,6 +103,8 @@ pub mod bulkhead;
 pub mod chaos;
 #[cfg(feature = "circuit-breaker")]
 pub mod circuit_breaker;
+#[cfg(feature = "eject")]
+pub mod eject;
 #[cfg(feature = "fallback")]
 pub mod fallback;
 #[cfg(feature = "tonic")]

@@ -56,6 +56,14 @@ mod chart;
     feature = "deadline",
     feature = "retry",
     feature = "circuit-breaker",
+    feature = "shed",
+    feature = "eject"
+))]
+mod replicas;
+#[cfg(all(
+    feature = "deadline",
+    feature = "retry",
+    feature = "circuit-breaker",
     feature = "shed"
 ))]
 mod report;
@@ -239,6 +247,25 @@ fn main() -> Result<(), seawall::BoxError> {
             scenario.deadline
         );
         print!("{}", tail::table(&scenario, &runs));
+    }
+
+    // Ten replicas behind a balancer: a shared breaker, a breaker per
+    // replica, or ejection.
+    #[cfg(feature = "eject")]
+    {
+        let scenario = replicas::Replicas::full();
+        let runs = replicas::Protection::ALL
+            .iter()
+            .map(|&p| replicas::run_replicas(&scenario, p))
+            .collect::<Result<Vec<_>, _>>()?;
+        println!();
+        println!(
+            "replicas: {} replicas behind tower's p2c balancer, {} req/s, one client stack above; \
+             1 replica broken, then 3, then all recovered, then 1 slow (10x latency)",
+            replicas::REPLICAS,
+            scenario.rate
+        );
+        print!("{}", replicas::table(&scenario, &runs));
     }
     Ok(())
 }

@@ -123,11 +123,14 @@ impl<F, C> FallbackLayerBuilder<F, C> {
         self
     }
 
-    /// How responses are judged: an HTTP or gRPC classifier makes a 503 or
-    /// an `UNAVAILABLE` status an overload and a 500 a failure, so the
-    /// fallback answers for them too (errors are judged by the outcome
-    /// model whatever the classifier: a local refusal is always
-    /// [`Refused`](crate::observe::FallbackReason::Refused)).
+    /// How responses are judged (default: errors only, every response is a
+    /// success). With [`HttpStatusClassifier`](crate::http::HttpStatusClassifier)
+    /// a 5xx (a bare 503 included) is a failure and a 429 or a 503 with
+    /// `Retry-After` an overload; with the gRPC classifier, an
+    /// `UNAVAILABLE` status is a failure, or an overload with pushback. Use
+    /// the classifier of the stack the fallback goes around. Errors are
+    /// judged by the outcome model whatever the classifier: a local
+    /// refusal is always [`Refused`](crate::observe::FallbackReason::Refused).
     pub fn classifier<C2>(self, classifier: C2) -> FallbackLayerBuilder<F, C2> {
         FallbackLayerBuilder {
             classifier,

@@ -50,6 +50,62 @@
 //! there, or answering `None`, it lets the original outcome through. The
 //! service keeps its error type: the layer adds no error of its own.
 //!
+//! # Around an HTTP client stack
+//!
+//! The fallback answers with the service's own response type. The HTTP
+//! client preset answers `http::Response<CallBody<Incoming>>`, a body no one
+//! but hyper can make: box the body first, then the fallback can build
+//! responses of that type. Give it the stack's classifier, or it sees only
+//! errors (a 503 response is not one):
+//!
+//! ```no_run
+//! # async fn doc() -> Result<(), seawall::BoxError> {
+//! use std::time::Duration;
+//! use bytes::Bytes;
+//! use http_body_util::{BodyExt, Full};
+//! use http_body_util::combinators::UnsyncBoxBody;
+//! use seawall::fallback::{fallback_fn, FallbackLayer};
+//! use seawall::http::HttpStatusClassifier;
+//! use seawall::observe::FallbackReason;
+//! use seawall::stack::ClientStack;
+//! use seawall::body::CallBody;
+//! use seawall::BoxError;
+//! use hyper::body::Incoming;
+//! use tower::{Layer, ServiceBuilder, ServiceExt};
+//!
+//! type Body = UnsyncBoxBody<Bytes, BoxError>;
+//! let hyper = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+//!     .build_http::<Full<Bytes>>();
+//! let stack = ClientStack::http("catalogue")
+//!     .total_budget(Duration::from_secs(2))
+//!     .attempt_timeout(Duration::from_millis(500))
+//!     .build()?;
+//! let fallback = FallbackLayer::builder(fallback_fn(
+//!     |reason: FallbackReason, _: Result<&http::Response<Body>, &BoxError>| async move {
+//!         let body = Full::new(Bytes::from_static(b"[]")).map_err(Into::into).boxed_unsync();
+//!         Some(http::Response::builder().header("x-degraded", reason.as_str()).body(body).unwrap())
+//!     },
+//! ))
+//! .classifier(HttpStatusClassifier::new())
+//! .build()?;
+//! let client = ServiceBuilder::new()
+//!     .layer(fallback)
+//!     .map_response(|res: http::Response<CallBody<Incoming>>| {
+//!         res.map(|b| b.map_err(Into::into).boxed_unsync())
+//!     })
+//!     .service(stack.layer(hyper));
+//! let req = http::Request::get("http://127.0.0.1:3000/products").body(Full::default())?;
+//! let res = client.oneshot(req).await?;
+//! # let _ = res;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! The stack retries before the fallback sees anything: a 503 with
+//! `Retry-After` is retried after its wait (within the budget), so its
+//! fallback answers after that wait; lower the retry layer's
+//! `max_retry_after` (or retry less) for a quicker degraded answer.
+//!
 //! For axum, answer a `Response` ([`fallback_fn`] returning
 //! `Some(response)`); for a tonic client, a `tonic::Status::into_http()`
 //! is a response too. Each answer is reported as

@@ -29,6 +29,8 @@ pub enum LayerKind {
     Hedge,
     /// The fallback layer.
     Fallback,
+    /// Outlier ejection in a balanced set.
+    Ejection,
 }
 
 impl LayerKind {
@@ -46,6 +48,7 @@ impl LayerKind {
             LayerKind::Chaos => "chaos",
             LayerKind::Hedge => "hedge",
             LayerKind::Fallback => "fallback",
+            LayerKind::Ejection => "ejection",
         }
     }
 }
@@ -186,6 +189,7 @@ impl State {
                 State::Disabled,
                 State::MetricsOnly,
             ],
+            LayerKind::Ejection => &[State::Healthy, State::Open, State::HalfOpen],
             _ => &[State::Healthy, State::Degraded],
         }
     }
@@ -345,6 +349,14 @@ pub enum EventKind {
         /// What the call ended with.
         reason: FallbackReason,
     },
+    /// An endpoint was taken out of its balanced set.
+    EndpointEjected {
+        /// Why (`"consecutive_failures"`, `"success_rate"`, `"latency"`,
+        /// `"probe_failed"`).
+        reason: &'static str,
+        /// For how long.
+        duration: Duration,
+    },
     /// A backend the layer depends on (such as Redis) failed or was slow.
     BackendError {
         /// Which backend (`"redis"`).
@@ -369,6 +381,7 @@ impl EventKind {
             EventKind::InputIgnored { .. } => "input_ignored",
             EventKind::HedgeSent { .. } => "hedge_sent",
             EventKind::FallbackUsed { .. } => "fallback_used",
+            EventKind::EndpointEjected { .. } => "endpoint_ejected",
             EventKind::BackendError { .. } => "backend_error",
         }
     }

@@ -57,6 +57,12 @@ const METRICS: &[(&str, Kind, Option<metrics::Unit>, &str)] = &[
         "Calls a seawall fallback layer answered for, by reason (refused, overloaded, failure, deadline).",
     ),
     (
+        "seawall.ejections",
+        Kind::Counter,
+        None,
+        "Endpoints a seawall ejection layer took out of their balanced set, by reason.",
+    ),
+    (
         "seawall.retries",
         Kind::Counter,
         None,
@@ -190,6 +196,10 @@ impl Hook for MetricsHook {
             }
             EventKind::FallbackUsed { reason } => {
                 metrics::counter!("seawall.fallbacks", "layer" => layer, "name" => name, "reason" => reason.as_str())
+                    .increment(1);
+            }
+            EventKind::EndpointEjected { reason, .. } => {
+                metrics::counter!("seawall.ejections", "layer" => layer, "name" => name, "reason" => reason)
                     .increment(1);
             }
             EventKind::BackendError { backend, cause } => {

@@ -121,6 +121,14 @@ impl Hook for TracingHook {
             EventKind::FallbackUsed { reason } => {
                 tracing::debug!(target: "seawall", layer, name, reason = reason.as_str(), "fallback used")
             }
+            EventKind::EndpointEjected { reason, duration } => tracing::warn!(
+                target: "seawall",
+                layer,
+                name,
+                reason,
+                duration_ms = duration.as_secs_f64() * 1e3,
+                "endpoint ejected"
+            ),
             EventKind::BackendError { backend, cause } => {
                 tracing::warn!(target: "seawall", layer, name, backend, cause, "backend error")
             }

@@ -67,7 +67,10 @@ impl ThrottleWindow {
             epoch: crate::clock::now(),
             k,
             cap,
-            rng: AtomicU64::new(seed.unwrap_or_else(rand::random)),
+            rng: AtomicU64::new(seed.unwrap_or_else(|| {
+                use rand::{RngCore, SeedableRng};
+                rand::rngs::SmallRng::from_os_rng().next_u64()
+            })),
         }
     }
 

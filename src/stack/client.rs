@@ -413,7 +413,32 @@ impl<P, C, L, O, H> ClientStackBuilder<P, C, L, O, H> {
     ///
     /// Each copy goes through the breaker, the bulkhead and the attempt
     /// timeout like an attempt; a copy that loses is cancelled and not
-    /// counted.
+    /// counted. The policy is the retry layer's as it stands at
+    /// [`build`](Self::build), whatever the order of `.retry(..)` and
+    /// `.hedge(..)`. No copy is sent before the latency estimator has a
+    /// window of at least 20 samples and 1 s (or set a fixed
+    /// [`delay`](crate::hedge::HedgeLayerBuilder::delay)).
+    ///
+    /// For gRPC, opt the idempotent methods in on the retry policy:
+    ///
+    /// ```
+    /// # #[cfg(feature = "tonic")]
+    /// # fn doc() -> Result<(), seawall::ConfigError> {
+    /// use std::time::Duration;
+    /// use seawall::retry::grpc::GrpcRetry;
+    /// use seawall::stack::ClientStack;
+    ///
+    /// let stack = ClientStack::grpc("catalogue")
+    ///     .total_budget(Duration::from_secs(2))
+    ///     .attempt_timeout(Duration::from_millis(600))
+    ///     .retry(|r| r.policy(GrpcRetry::new().hedge_method("/catalogue.Catalogue/GetItem")))
+    ///     .hedge(|h| h)
+    ///     .build()?;
+    /// // `stack.layer(channel)` is a `GrpcClient<Channel, HedgeLayer<GrpcRetry>>`.
+    /// # let _ = stack;
+    /// # Ok(())
+    /// # }
+    /// ```
     #[cfg(feature = "hedge")]
     #[cfg_attr(docsrs, doc(cfg(feature = "hedge")))]
     pub fn hedge(

@@ -1,0 +1,298 @@
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tower_layer::Layer;
+
+use super::registry::{Registry, Settings};
+use super::service::Ejectable;
+use crate::classify::ErrorsAsFailures;
+use crate::error::{ConfigError, Name};
+use crate::observe::{EventKind, LayerKind, Observer};
+
+/// Failures in a row that eject an endpoint: 5 (Envoy's `consecutive_5xx`).
+pub const DEFAULT_CONSECUTIVE_FAILURES: u32 = 5;
+/// An ejection's length: 5 s. An endpoint ejected again after it came back
+/// stays out `n` times as long the `n`-th time (up to
+/// [`DEFAULT_MAX_EJECTION`]; each healthy interval forgives one); a failed
+/// probe keeps it out for the same time again.
+///
+/// Chosen by the storm's replica scenario (`cargo run --release --example
+/// storm`, asserted in `tests/storm`): replicas broken for 15 to 30 s serve
+/// their share again within a few seconds of their recovery, for 0.17 % of
+/// requests costing a call to a broken replica. A 10 s base left two of
+/// them out 15 s after they recovered; Envoy's growth on every failed probe
+/// (which returns a host to full traffic, where seawall sends one probe)
+/// left a replica broken for 16 s out for 15 s more. The cost of a short
+/// ejection: a slow replica, ejected as a latency outlier, comes back
+/// sooner between ejections (1.9 % of the calls in the slow phase's second
+/// half, 0.7 % with 10 s).
+pub const DEFAULT_BASE_EJECTION: Duration = Duration::from_secs(5);
+/// The longest ejection: 300 s (Envoy's).
+pub const DEFAULT_MAX_EJECTION: Duration = Duration::from_secs(300);
+/// The largest share of the set ejected at once: 50 % (at least one
+/// endpoint, never the last).
+///
+/// Chosen by the replica scenario: with three replicas of ten broken,
+/// Envoy's 10 % ejects one and leaves two taking a fifth of the calls; at
+/// 50 % all three are out (100 % of requests succeed, 0.17 % of them cost a
+/// call to a broken replica), while half of the set stays in service
+/// whatever happens.
+pub const DEFAULT_MAX_EJECTED_PERCENT: u32 = 50;
+/// How often success-rate and latency outliers are looked for: 10 s
+/// (Envoy's interval).
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
+/// The most endpoints one layer watches: 256 (more are served, never
+/// ejected, and reported once).
+pub const DEFAULT_MAX_ENDPOINTS: usize = 256;
+
+pub(crate) struct Shared<C> {
+    pub(crate) registry: Registry,
+    pub(crate) classifier: C,
+    pub(crate) count_overload: bool,
+}
+
+impl<C> Shared<C> {
+    /// No slot was left for a new endpoint: it is served, never ejected.
+    pub(crate) fn full(&self) {
+        self.registry.observer.emit(
+            LayerKind::Ejection,
+            self.registry.name.as_str(),
+            EventKind::InputIgnored {
+                input: "endpoint",
+                reason: "too_many_endpoints",
+            },
+        );
+    }
+}
+
+/// Watches the endpoints of one balanced set and takes outliers out of it:
+/// apply it to each endpoint's service (every one from the same layer),
+/// then balance them. See the [module docs](super).
+pub struct EjectionLayer<C = ErrorsAsFailures> {
+    shared: Arc<Shared<C>>,
+}
+
+impl<C> Clone for EjectionLayer<C> {
+    fn clone(&self) -> Self {
+        EjectionLayer {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<C> fmt::Debug for EjectionLayer<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EjectionLayer")
+            .field("registry", &self.shared.registry)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EjectionLayer<ErrorsAsFailures> {
+    /// A builder with the defaults: 5 failures in a row, or a success rate
+    /// 1.9 standard deviations below the set's (Envoy's), or a mean latency
+    /// 5 times the median, eject an endpoint for 5 s (×n the n-th time it
+    /// offends again, up to 300 s), at most half of the set at once.
+    pub fn builder() -> EjectionLayerBuilder<ErrorsAsFailures> {
+        EjectionLayerBuilder {
+            name: Name::from("ejection"),
+            observer: Observer::none(),
+            classifier: ErrorsAsFailures,
+            count_overload: false,
+            max_endpoints: DEFAULT_MAX_ENDPOINTS,
+            settings: Settings {
+                consecutive_failures: DEFAULT_CONSECUTIVE_FAILURES,
+                base_ejection: DEFAULT_BASE_EJECTION,
+                max_ejection: DEFAULT_MAX_EJECTION,
+                max_ejected_percent: DEFAULT_MAX_EJECTED_PERCENT,
+                interval: DEFAULT_INTERVAL,
+                success_rate_min_hosts: 5,
+                success_rate_volume: 100,
+                success_rate_stdev_factor: 1.9,
+                latency_factor: Some(5.0),
+            },
+        }
+    }
+}
+
+impl<C> EjectionLayer<C> {
+    /// Endpoints registered now.
+    pub fn endpoints(&self) -> usize {
+        self.shared.registry.active.load(Ordering::Acquire) as usize
+    }
+
+    /// Endpoints ejected now (one waiting for its probe's answer included).
+    pub fn ejected(&self) -> usize {
+        self.shared.registry.ejected.load(Ordering::Acquire) as usize
+    }
+}
+
+impl<S, C> Layer<S> for EjectionLayer<C> {
+    type Service = Ejectable<S, C>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Ejectable::new(inner, self.shared.clone())
+    }
+}
+
+/// Builds an [`EjectionLayer`]; see [`EjectionLayer::builder`].
+pub struct EjectionLayerBuilder<C = ErrorsAsFailures> {
+    name: Name,
+    observer: Observer,
+    classifier: C,
+    count_overload: bool,
+    max_endpoints: usize,
+    settings: Settings,
+}
+
+impl<C> fmt::Debug for EjectionLayerBuilder<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EjectionLayerBuilder")
+            .field("name", &self.name)
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<C> EjectionLayerBuilder<C> {
+    /// The instance name (default `"ejection"`); endpoint `i` reports as
+    /// `"{name}.{i}"`.
+    pub fn name(mut self, name: impl Into<Name>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// The observer this layer reports to (default: none).
+    pub fn observer(mut self, observer: impl Into<Observer>) -> Self {
+        self.observer = observer.into();
+        self
+    }
+
+    /// How outcomes are judged (default [`ErrorsAsFailures`]; the HTTP and
+    /// gRPC classifiers make a 5xx or an `UNAVAILABLE` status a failure).
+    /// A local refusal never counts.
+    pub fn classifier<C2>(self, classifier: C2) -> EjectionLayerBuilder<C2> {
+        EjectionLayerBuilder {
+            classifier,
+            name: self.name,
+            observer: self.observer,
+            count_overload: self.count_overload,
+            max_endpoints: self.max_endpoints,
+            settings: self.settings,
+        }
+    }
+
+    /// Whether an endpoint answering "busy" counts as failing (default
+    /// off: an overloaded endpoint sheds its own load; taking it out would
+    /// move that load onto the others).
+    pub fn count_overload(mut self, yes: bool) -> Self {
+        self.count_overload = yes;
+        self
+    }
+
+    /// Failures in a row that eject an endpoint (default 5; at least 1).
+    pub fn consecutive_failures(mut self, n: u32) -> Self {
+        self.settings.consecutive_failures = n;
+        self
+    }
+
+    /// An ejection's length (default 5 s) and the longest (default 300 s):
+    /// the `n`-th ejection of an endpoint that came back in between lasts
+    /// `n` times the first.
+    pub fn ejection_time(mut self, base: Duration, max: Duration) -> Self {
+        self.settings.base_ejection = base;
+        self.settings.max_ejection = max;
+        self
+    }
+
+    /// The largest share of the set ejected at once, in percent (default
+    /// 50; at least one endpoint may be, and never the last).
+    pub fn max_ejected_percent(mut self, percent: u32) -> Self {
+        self.settings.max_ejected_percent = percent;
+        self
+    }
+
+    /// How often outliers are looked for (default 10 s), among endpoints
+    /// with at least `min_calls` calls in the interval (default 100), when
+    /// at least `min_endpoints` have them (default 5).
+    pub fn interval(mut self, interval: Duration, min_calls: u32, min_endpoints: u32) -> Self {
+        self.settings.interval = interval;
+        self.settings.success_rate_volume = min_calls;
+        self.settings.success_rate_min_hosts = min_endpoints;
+        self
+    }
+
+    /// An endpoint whose success rate is more than `factor` standard
+    /// deviations below the set's mean is ejected (default 1.9, Envoy's).
+    pub fn success_rate_stdev_factor(mut self, factor: f64) -> Self {
+        self.settings.success_rate_stdev_factor = factor;
+        self
+    }
+
+    /// An endpoint whose mean latency is above `factor` times the median of
+    /// the set's is ejected (default 5; `None` turns it off).
+    pub fn latency_factor(mut self, factor: Option<f64>) -> Self {
+        self.settings.latency_factor = factor;
+        self
+    }
+
+    /// The most endpoints watched (default 256).
+    pub fn max_endpoints(mut self, n: usize) -> Self {
+        self.max_endpoints = n;
+        self
+    }
+
+    /// Builds the layer.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] (layer `"ejection"`) when a count or a time is
+    /// zero, the percentage is above 100, the latency factor is not above
+    /// 1, or the stdev factor is negative.
+    pub fn build(self) -> Result<EjectionLayer<C>, ConfigError> {
+        let s = self.settings;
+        let err = |m: String| Err(ConfigError::new("ejection", m));
+        if s.consecutive_failures == 0 {
+            return err("consecutive_failures must be at least 1".into());
+        }
+        if s.base_ejection.is_zero() || s.max_ejection < s.base_ejection {
+            return err(format!(
+                "ejection times must be above zero with max >= base, got {:?} and {:?}",
+                s.base_ejection, s.max_ejection
+            ));
+        }
+        if s.max_ejected_percent > 100 {
+            return err(format!(
+                "max_ejected_percent must be in 0..=100, got {}",
+                s.max_ejected_percent
+            ));
+        }
+        if s.interval.is_zero() {
+            return err("interval must be above zero".into());
+        }
+        if s.latency_factor.is_some_and(|f| f.is_nan() || f <= 1.0) {
+            return err(format!(
+                "latency_factor must be above 1, got {:?}",
+                s.latency_factor
+            ));
+        }
+        if s.success_rate_stdev_factor.is_nan() || s.success_rate_stdev_factor < 0.0 {
+            return err(format!(
+                "success_rate_stdev_factor must be at least 0, got {}",
+                s.success_rate_stdev_factor
+            ));
+        }
+        if self.max_endpoints == 0 {
+            return err("max_endpoints must be at least 1".into());
+        }
+        Ok(EjectionLayer {
+            shared: Arc::new(Shared {
+                registry: Registry::new(self.name, self.observer, s, self.max_endpoints),
+                classifier: self.classifier,
+                count_overload: self.count_overload,
+            }),
+        })
+    }
+}

@@ -1,0 +1,99 @@
+//! Outlier ejection for balanced clients: each endpoint of a balanced set
+//! is watched with the outcome model, and an outlier is taken out of the
+//! set for a while — what Envoy, Istio and gRPC (A50) do, for
+//! `tower::balance`.
+//!
+//! A single breaker in front of ten replicas turns a partial outage into a
+//! full one: one replica failing is 10 % of calls, below its threshold;
+//! three failing open it and the seven healthy ones are refused too. An
+//! endpoint that is ejected just stops being picked.
+//!
+//! # Example
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), seawall::BoxError> {
+//! use seawall::eject::EjectionLayer;
+//! use tower::balance::p2c::Balance;
+//! use tower::discover::ServiceList;
+//! use tower::load::{CompleteOnResponse, PendingRequestsDiscover};
+//! use tower::{service_fn, Layer, Service, ServiceExt};
+//!
+//! // Three replicas; the first is broken.
+//! let replica = |broken: bool| {
+//!     service_fn(move |x: u32| async move {
+//!         if broken { Err::<u32, seawall::BoxError>("down".into()) } else { Ok(x) }
+//!     })
+//! };
+//! let ejection = EjectionLayer::builder().build()?;
+//! let endpoints: Vec<_> = [true, false, false]
+//!     .into_iter()
+//!     .map(|broken| ejection.layer(replica(broken)))
+//!     .collect();
+//! let discover =
+//!     PendingRequestsDiscover::new(ServiceList::new(endpoints), CompleteOnResponse::default());
+//! let mut balanced = Balance::new(discover);
+//!
+//! let mut failed = 0;
+//! for i in 0..200 {
+//!     if balanced.ready().await?.call(i).await.is_err() {
+//!         failed += 1;
+//!     }
+//! }
+//! assert_eq!(ejection.ejected(), 1); // out after 5 failures in a row
+//! assert!(failed <= 5, "{failed}");
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Rules (Envoy's, with defaults chosen by the replica scenario)
+//!
+//! - **Failures in a row**: 5 remote failures in a row eject an endpoint
+//!   ([`DEFAULT_CONSECUTIVE_FAILURES`]). A local refusal never counts; a
+//!   remote overload counts only with
+//!   [`count_overload`](EjectionLayerBuilder::count_overload).
+//! - **Outliers** (every 10 s, among endpoints with 100 calls, when at least
+//!   5 have them): a success rate more than 1.9 standard deviations below the
+//!   set's mean; a mean latency above 5 times the set's median.
+//! - **How long**: 5 s ([`DEFAULT_BASE_EJECTION`]); an endpoint that
+//!   offends again after coming back stays out `n` times as long the `n`-th
+//!   time, at most 300 s (each healthy interval forgives one).
+//! - **How many**: at most half of the set at once
+//!   ([`DEFAULT_MAX_EJECTED_PERCENT`]), at least one, never the last one.
+//! - **Coming back**: when its time is over, an endpoint takes one probe
+//!   call; a success makes it healthy, a failure ejects it again for as
+//!   long (one call per ejection is all a dead endpoint costs, and it comes
+//!   back within one ejection of its recovery).
+//!
+//! An ejected endpoint's `poll_ready` is `Pending` (woken when its time is
+//! over), so `tower::balance::p2c::Balance` picks among the others. For
+//! tonic, make one `Channel` per endpoint, wrap each, and balance them with
+//! `Balance` (tonic's own `balance_list` cannot be told which endpoint
+//! answered). Events: each endpoint's [`StateChanged`](crate::observe::EventKind::StateChanged)
+//! (healthy, open = ejected, half-open = probing) as `"{name}.{i}"`, and
+//! [`EndpointEjected`](crate::observe::EventKind::EndpointEjected) with the
+//! reason and the time.
+//!
+//! # Shared breaker, per-endpoint breakers, or ejection?
+//!
+//! - One dependency behind one address (a load balancer you do not see
+//!   through): one client stack, one breaker.
+//! - Endpoints you balance yourself: ejection below the balancer, and one
+//!   client stack above it (its retry sends a failed call to another
+//!   endpoint, its breaker opens only when the whole set fails).
+//! - A per-endpoint breaker (a `CircuitBreakerLayer` per endpoint, in
+//!   [`backpressure`](crate::circuit_breaker::CircuitBreakerBuilder::backpressure)
+//!   mode so that an open breaker reads as not ready) works too, but it
+//!   judges each endpoint alone: it cannot see that one endpoint is slower
+//!   or worse than the others, and it has no cap on how many are out.
+
+mod layer;
+mod registry;
+mod service;
+
+pub use self::layer::{
+    DEFAULT_BASE_EJECTION, DEFAULT_CONSECUTIVE_FAILURES, DEFAULT_INTERVAL,
+    DEFAULT_MAX_EJECTED_PERCENT, DEFAULT_MAX_EJECTION, DEFAULT_MAX_ENDPOINTS, EjectionLayer,
+    EjectionLayerBuilder,
+};
+pub use self::service::{Ejectable, ResponseFuture};

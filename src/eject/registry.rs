@@ -1,0 +1,413 @@
+//! The shared state of one balanced set: a fixed table of endpoint slots,
+//! all atomics, and the rules that eject an endpoint and bring it back.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::error::Name;
+use crate::observe::{EventKind, LayerKind, Observer, State};
+
+/// An endpoint's state, in [`Slot::state`].
+pub(crate) const HEALTHY: u32 = 0;
+pub(crate) const EJECTED: u32 = 1;
+/// Back after an ejection: one probe call decides.
+pub(crate) const PROBING: u32 = 2;
+/// The probe is in flight.
+pub(crate) const PROBE_SENT: u32 = 3;
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Settings {
+    pub(crate) consecutive_failures: u32,
+    pub(crate) base_ejection: Duration,
+    pub(crate) max_ejection: Duration,
+    pub(crate) max_ejected_percent: u32,
+    pub(crate) interval: Duration,
+    pub(crate) success_rate_min_hosts: u32,
+    pub(crate) success_rate_volume: u32,
+    pub(crate) success_rate_stdev_factor: f64,
+    pub(crate) latency_factor: Option<f64>,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Slot {
+    pub(crate) in_use: AtomicBool,
+    pub(crate) state: AtomicU32,
+    /// Nanoseconds since the registry's origin when the ejection ends.
+    pub(crate) until: AtomicU64,
+    pub(crate) consecutive: AtomicU32,
+    pub(crate) times_ejected: AtomicU32,
+    /// Ejected (or its probe failed) since the last sweep.
+    pub(crate) offended: AtomicBool,
+    /// This interval's calls, successes and summed latency (µs).
+    pub(crate) calls: AtomicU64,
+    pub(crate) successes: AtomicU64,
+    pub(crate) latency_us: AtomicU64,
+    /// The endpoint's `poll_ready` waiting for a probe in flight.
+    pub(crate) waker: futures_util::task::AtomicWaker,
+}
+
+impl Slot {
+    fn clear(&self) {
+        self.state.store(HEALTHY, Ordering::Relaxed);
+        self.until.store(0, Ordering::Relaxed);
+        self.consecutive.store(0, Ordering::Relaxed);
+        self.times_ejected.store(0, Ordering::Relaxed);
+        self.offended.store(false, Ordering::Relaxed);
+        self.calls.store(0, Ordering::Relaxed);
+        self.successes.store(0, Ordering::Relaxed);
+        self.latency_us.store(0, Ordering::Relaxed);
+    }
+}
+
+/// Why an endpoint was ejected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Why {
+    Consecutive,
+    SuccessRate,
+    Latency,
+    ProbeFailed,
+}
+
+impl Why {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Why::Consecutive => "consecutive_failures",
+            Why::SuccessRate => "success_rate",
+            Why::Latency => "latency",
+            Why::ProbeFailed => "probe_failed",
+        }
+    }
+}
+
+pub(crate) struct Registry {
+    pub(crate) name: Name,
+    pub(crate) observer: Observer,
+    pub(crate) settings: Settings,
+    pub(crate) slots: Box<[Slot]>,
+    pub(crate) origin: Instant,
+    /// Endpoints registered now.
+    pub(crate) active: AtomicU32,
+    /// Endpoints ejected now (probing ones included: they serve one call).
+    pub(crate) ejected: AtomicU32,
+    /// When the next outlier sweep is due (ns since origin).
+    next_sweep: AtomicU64,
+    sweeping: Mutex<()>,
+    pub(crate) names: Box<[Name]>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry")
+            .field("name", &self.name)
+            .field("active", &self.active)
+            .field("ejected", &self.ejected)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Registry {
+    pub(crate) fn new(name: Name, observer: Observer, settings: Settings, capacity: usize) -> Self {
+        let now = crate::clock::now();
+        Registry {
+            names: (0..capacity)
+                .map(|i| Name::from(format!("{name}.{i}")))
+                .collect(),
+            name,
+            observer,
+            settings,
+            slots: (0..capacity).map(|_| Slot::default()).collect(),
+            origin: now,
+            active: AtomicU32::new(0),
+            ejected: AtomicU32::new(0),
+            next_sweep: AtomicU64::new(settings.interval.as_nanos() as u64),
+            sweeping: Mutex::new(()),
+        }
+    }
+
+    #[inline]
+    pub(crate) fn nanos(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.origin).as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    fn instant(&self, nanos: u64) -> Instant {
+        self.origin + Duration::from_nanos(nanos)
+    }
+
+    /// Takes a free slot for a new endpoint, if one is left.
+    pub(crate) fn register(&self) -> Option<usize> {
+        for (i, slot) in self.slots.iter().enumerate() {
+            if slot
+                .in_use
+                .compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+            {
+                slot.clear();
+                self.active.fetch_add(1, Ordering::AcqRel);
+                self.emit(i, State::Healthy, State::Healthy);
+                return Some(i);
+            }
+        }
+        None
+    }
+
+    /// An endpoint left the set (its service was dropped).
+    pub(crate) fn release(&self, i: usize) {
+        let slot = &self.slots[i];
+        if slot.state.load(Ordering::Acquire) != HEALTHY {
+            self.ejected.fetch_sub(1, Ordering::AcqRel);
+        }
+        slot.clear();
+        self.active.fetch_sub(1, Ordering::AcqRel);
+        slot.in_use.store(false, Ordering::Release);
+    }
+
+    fn emit(&self, i: usize, from: State, to: State) {
+        self.observer.emit(
+            LayerKind::Ejection,
+            self.names[i].as_str(),
+            EventKind::StateChanged {
+                from,
+                to,
+                failure_rate: None,
+                slow_call_rate: None,
+            },
+        );
+    }
+
+    /// Where endpoint `i` stands at `now`: `Ok(())` when it takes calls (a
+    /// probing endpoint: the one probe), `Err(until)` while ejected (or its
+    /// probe is in flight: `None`).
+    pub(crate) fn admit(&self, i: usize, now: Instant) -> Result<bool, Option<Instant>> {
+        let slot = &self.slots[i];
+        match slot.state.load(Ordering::Acquire) {
+            HEALTHY => Ok(false),
+            EJECTED => {
+                let until = slot.until.load(Ordering::Acquire);
+                if self.nanos(now) < until {
+                    return Err(Some(self.instant(until)));
+                }
+                if slot
+                    .state
+                    .compare_exchange(EJECTED, PROBING, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+                {
+                    self.emit(i, State::Open, State::HalfOpen);
+                }
+                self.admit(i, now)
+            }
+            PROBING => Ok(true),
+            _ => Err(None),
+        }
+    }
+
+    /// Endpoint `i` is about to send its probe: only one goes.
+    pub(crate) fn take_probe(&self, i: usize) -> bool {
+        self.slots[i]
+            .state
+            .compare_exchange(PROBING, PROBE_SENT, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// A call on endpoint `i` finished: `failure` (a remote failure or
+    /// overload), or a success; `None` when it is not counted.
+    pub(crate) fn record(
+        &self,
+        i: usize,
+        failure: Option<bool>,
+        latency: Duration,
+        probe: bool,
+        now: Instant,
+    ) {
+        let slot = &self.slots[i];
+        if probe {
+            match failure {
+                Some(false) => {
+                    slot.consecutive.store(0, Ordering::Relaxed);
+                    slot.state.store(HEALTHY, Ordering::Release);
+                    self.ejected.fetch_sub(1, Ordering::AcqRel);
+                    self.emit(i, State::HalfOpen, State::Healthy);
+                    slot.waker.wake();
+                }
+                Some(true) => {
+                    // Out again for as long (a probe is one call: a dead
+                    // endpoint costs one call per ejection, and comes back
+                    // within one ejection of its recovery); it stays
+                    // counted as ejected.
+                    let n = slot.times_ejected.load(Ordering::Acquire);
+                    slot.offended.store(true, Ordering::Release);
+                    slot.until
+                        .store(self.nanos(now) + self.ejection_time(n), Ordering::Release);
+                    slot.state.store(EJECTED, Ordering::Release);
+                    self.emit(i, State::HalfOpen, State::Open);
+                    self.observer.emit(
+                        LayerKind::Ejection,
+                        self.names[i].as_str(),
+                        EventKind::EndpointEjected {
+                            reason: Why::ProbeFailed.as_str(),
+                            duration: Duration::from_nanos(self.ejection_time(n)),
+                        },
+                    );
+                    slot.waker.wake();
+                }
+                None => {
+                    // Not counted: the probe slot is free again.
+                    let _ = slot.state.compare_exchange(
+                        PROBE_SENT,
+                        PROBING,
+                        Ordering::AcqRel,
+                        Ordering::Acquire,
+                    );
+                    slot.waker.wake();
+                }
+            }
+            return;
+        }
+        let Some(failure) = failure else { return };
+        slot.calls.fetch_add(1, Ordering::Relaxed);
+        slot.latency_us.fetch_add(
+            u64::try_from(latency.as_micros()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+        if failure {
+            let n = slot.consecutive.fetch_add(1, Ordering::AcqRel) + 1;
+            if n >= self.settings.consecutive_failures {
+                self.eject(i, Why::Consecutive, now);
+            }
+        } else {
+            slot.successes.fetch_add(1, Ordering::Relaxed);
+            if slot.consecutive.load(Ordering::Relaxed) != 0 {
+                slot.consecutive.store(0, Ordering::Relaxed);
+            }
+        }
+        if self.nanos(now) >= self.next_sweep.load(Ordering::Relaxed) {
+            self.sweep(now);
+        }
+    }
+
+    /// How long the `n`-th ejection of an endpoint lasts: the base time `n`
+    /// times, capped.
+    fn ejection_time(&self, n: u32) -> u64 {
+        let t = self.settings.base_ejection.saturating_mul(n.max(1));
+        t.min(self.settings.max_ejection).as_nanos() as u64
+    }
+
+    /// Ejects endpoint `i` if the cap allows: at most the configured share
+    /// of the set (at least one endpoint), never the last one taking calls.
+    pub(crate) fn eject(&self, i: usize, why: Why, now: Instant) -> bool {
+        let active = self.active.load(Ordering::Acquire);
+        let cap = (active * self.settings.max_ejected_percent / 100).max(1);
+        let mut ejected = self.ejected.load(Ordering::Acquire);
+        loop {
+            if ejected >= cap || ejected + 1 >= active {
+                return false;
+            }
+            match self.ejected.compare_exchange(
+                ejected,
+                ejected + 1,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => break,
+                Err(e) => ejected = e,
+            }
+        }
+        let slot = &self.slots[i];
+        if slot
+            .state
+            .compare_exchange(HEALTHY, EJECTED, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            self.ejected.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        }
+        let n = slot.times_ejected.fetch_add(1, Ordering::AcqRel) + 1;
+        slot.offended.store(true, Ordering::Release);
+        let time = self.ejection_time(n);
+        slot.until.store(self.nanos(now) + time, Ordering::Release);
+        slot.consecutive.store(0, Ordering::Relaxed);
+        self.emit(i, State::Healthy, State::Open);
+        self.observer.emit(
+            LayerKind::Ejection,
+            self.names[i].as_str(),
+            EventKind::EndpointEjected {
+                reason: why.as_str(),
+                duration: Duration::from_nanos(time),
+            },
+        );
+        true
+    }
+
+    /// Once per interval: ejects success-rate and latency outliers among the
+    /// endpoints with enough calls, then starts a new interval.
+    fn sweep(&self, now: Instant) {
+        let Ok(_guard) = self.sweeping.try_lock() else {
+            return;
+        };
+        let at = self.nanos(now);
+        if at < self.next_sweep.load(Ordering::Relaxed) {
+            return;
+        }
+        self.next_sweep.store(
+            at + self.settings.interval.as_nanos() as u64,
+            Ordering::Relaxed,
+        );
+        let s = &self.settings;
+        // (index, success rate, mean latency µs) of endpoints with volume.
+        let mut stats: [(usize, f64, f64); SWEEP_MAX] = [(0, 0.0, 0.0); SWEEP_MAX];
+        let mut n = 0;
+        for (i, slot) in self.slots.iter().enumerate() {
+            // A whole healthy interval forgives one past ejection (Envoy's
+            // decay).
+            let offended = slot.offended.swap(false, Ordering::AcqRel);
+            if !offended && slot.state.load(Ordering::Acquire) == HEALTHY {
+                let _ = slot
+                    .times_ejected
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+            }
+            let calls = slot.calls.swap(0, Ordering::Relaxed);
+            let ok = slot.successes.swap(0, Ordering::Relaxed);
+            let lat = slot.latency_us.swap(0, Ordering::Relaxed);
+            if !slot.in_use.load(Ordering::Acquire)
+                || slot.state.load(Ordering::Acquire) != HEALTHY
+                || calls < u64::from(s.success_rate_volume)
+                || n == SWEEP_MAX
+            {
+                continue;
+            }
+            stats[n] = (i, ok as f64 / calls as f64, lat as f64 / calls as f64);
+            n += 1;
+        }
+        if (n as u32) < s.success_rate_min_hosts {
+            return;
+        }
+        let stats = &mut stats[..n];
+        let mean = stats.iter().map(|x| x.1).sum::<f64>() / n as f64;
+        let var = stats.iter().map(|x| (x.1 - mean).powi(2)).sum::<f64>() / n as f64;
+        let floor = mean - s.success_rate_stdev_factor * var.sqrt();
+        for &(i, rate, _) in stats.iter() {
+            if rate < floor {
+                self.eject(i, Why::SuccessRate, now);
+            }
+        }
+        if let Some(factor) = s.latency_factor {
+            let mut means: [f64; SWEEP_MAX] = [0.0; SWEEP_MAX];
+            for (k, x) in stats.iter().enumerate() {
+                means[k] = x.2;
+            }
+            let means = &mut means[..n];
+            means.sort_by(|a, b| a.total_cmp(b));
+            let median = means[n / 2];
+            for &(i, _, lat) in stats.iter() {
+                if median > 0.0 && lat > factor * median {
+                    self.eject(i, Why::Latency, now);
+                }
+            }
+        }
+    }
+}
+
+/// The most endpoints one sweep compares (the first ones with volume).
+const SWEEP_MAX: usize = 256;

@@ -1,0 +1,222 @@
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use pin_project_lite::pin_project;
+use tokio::time::{Instant, Sleep, sleep_until};
+use tower_service::Service;
+
+use super::layer::Shared;
+use crate::classify::{Classify, judge};
+use crate::clock;
+use crate::observe::Outcome;
+
+/// Gives the endpoint's slot back when the last handle on it goes.
+struct SlotGuard<C> {
+    shared: Arc<Shared<C>>,
+    index: Option<usize>,
+}
+
+impl<C> Drop for SlotGuard<C> {
+    fn drop(&mut self) {
+        if let Some(i) = self.index {
+            self.shared.registry.release(i);
+        }
+    }
+}
+
+/// One endpoint of a balanced set, watched for outliers (built by
+/// [`EjectionLayer`](super::EjectionLayer)).
+///
+/// `poll_ready` reports `Pending` while the endpoint is ejected (a balancer
+/// such as `tower::balance::p2c` then picks among the others) and wakes the
+/// task when the ejection ends; back, it takes one probe call, and is
+/// healthy again if the probe succeeds. Clones share the endpoint.
+pub struct Ejectable<S, C> {
+    inner: S,
+    slot: Arc<SlotGuard<C>>,
+    sleep: Option<Pin<Box<Sleep>>>,
+    probing: bool,
+}
+
+impl<S, C> Ejectable<S, C> {
+    pub(crate) fn new(inner: S, shared: Arc<Shared<C>>) -> Self {
+        let index = shared.registry.register();
+        if index.is_none() {
+            shared.full();
+        }
+        Ejectable {
+            inner,
+            slot: Arc::new(SlotGuard { shared, index }),
+            sleep: None,
+            probing: false,
+        }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Whether the endpoint is ejected now (its probe in flight counts).
+    pub fn is_ejected(&self) -> bool {
+        match self.slot.index {
+            Some(i) => self.slot.shared.registry.admit(i, clock::now()).is_err(),
+            None => false,
+        }
+    }
+}
+
+impl<S: Clone, C> Clone for Ejectable<S, C> {
+    fn clone(&self) -> Self {
+        Ejectable {
+            inner: self.inner.clone(),
+            slot: self.slot.clone(),
+            sleep: None,
+            probing: false,
+        }
+    }
+}
+
+impl<S: fmt::Debug, C> fmt::Debug for Ejectable<S, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Ejectable")
+            .field("inner", &self.inner)
+            .field("slot", &self.slot.index)
+            .finish()
+    }
+}
+
+impl<S, C, Req> Service<Req> for Ejectable<S, C>
+where
+    S: Service<Req>,
+    S::Error: 'static,
+    C: Classify<S::Response, S::Error>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, C>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        if let Some(i) = self.slot.index {
+            let registry = &self.slot.shared.registry;
+            loop {
+                match registry.admit(i, clock::now()) {
+                    Ok(probing) => {
+                        self.probing = probing;
+                        break;
+                    }
+                    Err(Some(until)) => {
+                        let sleep = match &mut self.sleep {
+                            Some(s) => {
+                                if s.deadline() != until {
+                                    s.as_mut().reset(until);
+                                }
+                                s
+                            }
+                            slot @ None => slot.insert(Box::pin(sleep_until(until))),
+                        };
+                        ready!(sleep.as_mut().poll(cx));
+                    }
+                    Err(None) => {
+                        // Its probe is in flight: woken when it ends.
+                        registry.slots[i].waker.register(cx.waker());
+                        if registry.admit(i, clock::now()).is_err() {
+                            return Poll::Pending;
+                        }
+                    }
+                }
+            }
+        }
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        let probe = match (self.probing, self.slot.index) {
+            (true, Some(i)) => self.slot.shared.registry.take_probe(i),
+            _ => false,
+        };
+        self.probing = false;
+        ResponseFuture {
+            inner: self.inner.call(req),
+            slot: self.slot.index.map(|_| self.slot.clone()),
+            probe,
+            start: clock::now(),
+        }
+    }
+}
+
+pin_project! {
+    /// The response future of [`Ejectable`]: the inner call, whose outcome
+    /// counts for the endpoint.
+    pub struct ResponseFuture<F, C> {
+        #[pin]
+        inner: F,
+        slot: Option<Arc<SlotGuard<C>>>,
+        probe: bool,
+        start: Instant,
+    }
+
+    impl<F, C> PinnedDrop for ResponseFuture<F, C> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            // A probe dropped before its answer decides nothing.
+            if let (true, Some(slot)) = (*this.probe, this.slot.take()) {
+                if let Some(i) = slot.index {
+                    slot.shared.registry.record(i, None, std::time::Duration::ZERO, true, clock::now());
+                }
+            }
+        }
+    }
+}
+
+impl<F, C> fmt::Debug for ResponseFuture<F, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture")
+            .field("probe", &self.probe)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F, C, T, E> Future for ResponseFuture<F, C>
+where
+    F: Future<Output = Result<T, E>>,
+    E: 'static,
+    C: Classify<T, E>,
+{
+    type Output = Result<T, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let _edge = clock::Edge::enter();
+        let this = self.project();
+        let result = ready!(this.inner.poll(cx));
+        if let Some(slot) = this.slot.take() {
+            if let Some(i) = slot.index {
+                let shared = &slot.shared;
+                let failure = match judge(&shared.classifier, result.as_ref()) {
+                    Outcome::Success => Some(false),
+                    Outcome::Failure => Some(true),
+                    Outcome::Overloaded if shared.count_overload => Some(true),
+                    _ => None,
+                };
+                let now = clock::now();
+                shared.registry.record(
+                    i,
+                    failure,
+                    now.saturating_duration_since(*this.start),
+                    *this.probe,
+                    now,
+                );
+                *this.probe = false;
+            }
+        }
+        Poll::Ready(result)
+    }
+}

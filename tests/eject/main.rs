@@ -1,0 +1,425 @@
+#![cfg(all(feature = "eject", feature = "full"))]
+//! Outlier ejection: the rules in paused time, the replica scenario's
+//! figures, and a balanced tonic client over three real servers, one killed
+//! and restarted.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use seawall::BoxError;
+use seawall::eject::{Ejectable, EjectionLayer};
+use seawall::observe::{EventKind, Observer, Recorder, State};
+use tower::balance::p2c::Balance;
+use tower::discover::ServiceList;
+use tower::load::{CompleteOnResponse, PendingRequestsDiscover};
+use tower::{Layer, Service, ServiceExt};
+
+const MS: Duration = Duration::from_millis(1);
+
+/// A replica whose behaviour can be switched: broken (fails in 1 ms) or
+/// answering after `latency_ms`.
+#[derive(Clone)]
+struct Replica {
+    broken: Arc<AtomicBool>,
+    latency_ms: Arc<AtomicU64>,
+    calls: Arc<AtomicU64>,
+}
+
+impl Replica {
+    fn new() -> Self {
+        Replica {
+            broken: Arc::new(AtomicBool::new(false)),
+            latency_ms: Arc::new(AtomicU64::new(10)),
+            calls: Arc::new(AtomicU64::new(0)),
+        }
+    }
+}
+
+impl Service<u64> for Replica {
+    type Response = u64;
+    type Error = BoxError;
+    type Future =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<u64, BoxError>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: u64) -> Self::Future {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let broken = self.broken.load(Ordering::SeqCst);
+        let ms = self.latency_ms.load(Ordering::SeqCst);
+        Box::pin(async move {
+            if broken {
+                tokio::time::sleep(MS).await;
+                return Err("down".into());
+            }
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            Ok(req)
+        })
+    }
+}
+
+async fn ready_call<S: Service<u64, Error = BoxError>>(
+    svc: &mut S,
+    i: u64,
+) -> Result<S::Response, BoxError> {
+    svc.ready().await?.call(i).await
+}
+
+#[tokio::test(start_paused = true)]
+async fn five_failures_in_a_row_eject_then_one_probe_decides() {
+    let rec = Recorder::new();
+    let layer = EjectionLayer::builder()
+        .observer(Observer::from(rec.clone()))
+        .build()
+        .unwrap();
+    let replicas: Vec<Replica> = (0..4).map(|_| Replica::new()).collect();
+    let mut eps: Vec<Ejectable<Replica, _>> =
+        replicas.iter().map(|r| layer.layer(r.clone())).collect();
+    replicas[0].broken.store(true, Ordering::SeqCst);
+    for i in 0..4 {
+        assert!(ready_call(&mut eps[0], i).await.is_err());
+        assert!(!eps[0].is_ejected());
+    }
+    assert!(ready_call(&mut eps[0], 4).await.is_err());
+    assert!(eps[0].is_ejected(), "not ejected after 5 failures in a row");
+    assert_eq!(layer.ejected(), 1);
+    // Not ready while ejected: 5 s.
+    let t0 = tokio::time::Instant::now();
+    eps[0].ready().await.unwrap();
+    assert_eq!(t0.elapsed(), Duration::from_secs(5));
+    // The probe fails: out again, as long.
+    assert!(eps[0].call(5).await.is_err());
+    let t0 = tokio::time::Instant::now();
+    eps[0].ready().await.unwrap();
+    assert_eq!(t0.elapsed(), Duration::from_secs(5));
+    // It recovered: the probe succeeds and it is healthy.
+    replicas[0].broken.store(false, Ordering::SeqCst);
+    assert_eq!(eps[0].call(6).await.unwrap(), 6);
+    assert_eq!(layer.ejected(), 0);
+    // Offending again right after: out twice as long.
+    replicas[0].broken.store(true, Ordering::SeqCst);
+    for i in 0..5 {
+        assert!(ready_call(&mut eps[0], i).await.is_err());
+    }
+    let t0 = tokio::time::Instant::now();
+    eps[0].ready().await.unwrap();
+    assert_eq!(t0.elapsed(), Duration::from_secs(10));
+    replicas[0].broken.store(false, Ordering::SeqCst);
+    assert_eq!(eps[0].call(7).await.unwrap(), 7);
+    let states: Vec<(State, State)> = rec
+        .events()
+        .iter()
+        .filter(|e| e.name == "ejection.0")
+        .filter_map(|e| match e.kind {
+            EventKind::StateChanged { from, to, .. } if from != to => Some((from, to)),
+            _ => None,
+        })
+        .collect();
+    use State::{HalfOpen, Healthy, Open};
+    assert_eq!(
+        states,
+        vec![
+            (Healthy, Open),
+            (Open, HalfOpen),
+            (HalfOpen, Open),
+            (Open, HalfOpen),
+            (HalfOpen, Healthy),
+            (Healthy, Open),
+            (Open, HalfOpen),
+            (HalfOpen, Healthy),
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn at_most_half_the_set_and_never_the_last_one() {
+    let layer = EjectionLayer::builder().build().unwrap();
+    let replicas: Vec<Replica> = (0..4).map(|_| Replica::new()).collect();
+    let mut eps: Vec<_> = replicas.iter().map(|r| layer.layer(r.clone())).collect();
+    for r in &replicas {
+        r.broken.store(true, Ordering::SeqCst);
+    }
+    for ep in eps.iter_mut() {
+        for i in 0..5 {
+            let _ = ready_call(ep, i).await;
+        }
+    }
+    assert_eq!(layer.ejected(), 2, "half of 4");
+    let two = EjectionLayer::builder()
+        .max_ejected_percent(100)
+        .build()
+        .unwrap();
+    let mut pair: Vec<_> = replicas[..2].iter().map(|r| two.layer(r.clone())).collect();
+    for ep in pair.iter_mut() {
+        for i in 0..5 {
+            let _ = ready_call(ep, i).await;
+        }
+    }
+    assert_eq!(two.ejected(), 1, "the last one stays");
+    // An endpoint dropped leaves the set and its slot.
+    drop(pair);
+    assert_eq!(two.endpoints(), 0);
+    assert_eq!(two.ejected(), 0);
+}
+
+/// Drives `n` calls through a p2c balancer over `eps`, one every `every`.
+async fn drive<S>(balanced: &mut S, n: u64, every: Duration) -> u64
+where
+    S: Service<u64, Response = u64, Error = BoxError>,
+    S::Future: Send + 'static,
+{
+    let mut failed = 0;
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let fut = balanced.ready().await.unwrap().call(i);
+        tasks.push(tokio::spawn(fut));
+        tokio::time::sleep(every).await;
+    }
+    for t in tasks {
+        if t.await.unwrap().is_err() {
+            failed += 1;
+        }
+    }
+    failed
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_replica_is_a_latency_outlier() {
+    let rec = Recorder::new();
+    let layer = EjectionLayer::builder()
+        .observer(Observer::from(rec.clone()))
+        .build()
+        .unwrap();
+    let replicas: Vec<Replica> = (0..10).map(|_| Replica::new()).collect();
+    replicas[3].latency_ms.store(100, Ordering::SeqCst);
+    let eps: Vec<_> = replicas.iter().map(|r| layer.layer(r.clone())).collect();
+    let mut balanced = Balance::new(PendingRequestsDiscover::new(
+        ServiceList::new(eps),
+        CompleteOnResponse::default(),
+    ));
+    drive(&mut balanced, 12_000, MS).await; // 12 s at 1000/s
+    let reasons: Vec<&str> = rec
+        .events()
+        .iter()
+        .filter_map(|e| match e.kind {
+            EventKind::EndpointEjected { reason, .. } => Some(reason),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(reasons, vec!["latency"]);
+    let before = replicas[3].calls.load(Ordering::SeqCst);
+    drive(&mut balanced, 2_000, MS).await; // inside its 5 s ejection (10 s to 15 s)
+    assert_eq!(replicas[3].calls.load(Ordering::SeqCst), before);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_replica_failing_a_fifth_of_its_calls_is_a_success_rate_outlier() {
+    let rec = Recorder::new();
+    let layer = EjectionLayer::builder()
+        .observer(Observer::from(rec.clone()))
+        .build()
+        .unwrap();
+    // Replica 0 fails one of its calls in five: never five in a row.
+    let n = Arc::new(AtomicU64::new(0));
+    let flaky = tower::service_fn(move |i: u64| {
+        let k = n.fetch_add(1, Ordering::SeqCst);
+        async move {
+            tokio::time::sleep(10 * MS).await;
+            if k % 5 == 0 {
+                Err::<u64, BoxError>("flaky".into())
+            } else {
+                Ok(i)
+            }
+        }
+    });
+    let mut eps: Vec<tower::util::BoxService<u64, u64, BoxError>> =
+        vec![tower::util::BoxService::new(layer.layer(flaky))];
+    for _ in 1..10 {
+        eps.push(tower::util::BoxService::new(layer.layer(Replica::new())));
+    }
+    let mut balanced = Balance::new(PendingRequestsDiscover::new(
+        ServiceList::new(eps),
+        CompleteOnResponse::default(),
+    ));
+    drive(&mut balanced, 12_000, MS).await;
+    let reasons: Vec<&str> = rec
+        .events()
+        .iter()
+        .filter_map(|e| match e.kind {
+            EventKind::EndpointEjected { reason, .. } => Some(reason),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(reasons, vec!["success_rate"]);
+}
+
+#[test]
+fn the_settings_are_checked_when_built() {
+    assert!(
+        EjectionLayer::builder()
+            .consecutive_failures(0)
+            .build()
+            .is_err()
+    );
+    assert!(
+        EjectionLayer::builder()
+            .max_ejected_percent(101)
+            .build()
+            .is_err()
+    );
+    assert!(
+        EjectionLayer::builder()
+            .ejection_time(Duration::from_secs(10), Duration::from_secs(1))
+            .build()
+            .is_err()
+    );
+    assert!(
+        EjectionLayer::builder()
+            .latency_factor(Some(0.5))
+            .build()
+            .is_err()
+    );
+    assert!(EjectionLayer::builder().max_endpoints(0).build().is_err());
+}
+
+#[path = "../../examples/common/greeter.rs"]
+mod greeter;
+
+/// A greeter server on `addr` (0 = a free port) that counts its calls;
+/// dropping the returned sender shuts it down.
+async fn greeter_on(
+    addr: std::net::SocketAddr,
+    hits: Arc<AtomicU64>,
+) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>) {
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = greeter::GreeterServer::new(move |req: tonic::Request<greeter::HelloRequest>| {
+        hits.fetch_add(1, Ordering::SeqCst);
+        async move { greeter::say_hello(req).await }
+    });
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(server)
+            .serve_with_incoming_shutdown(
+                tonic::transport::server::TcpIncoming::from(listener),
+                async {
+                    let _ = stopped.await;
+                },
+            ),
+    );
+    (addr, stop)
+}
+
+/// Three real tonic servers, one channel each, each watched by one
+/// ejection layer and balanced by p2c, under the gRPC client preset: one
+/// server is killed (at most 2 calls of 100 fail, those whose three
+/// attempts all reached it before it was ejected; none after) and
+/// restarted (its probe finds it, and it takes calls again).
+#[tokio::test]
+async fn a_balanced_tonic_client_rides_out_a_killed_server_and_takes_it_back() {
+    use seawall::grpc::GrpcStatusClassifier;
+    use seawall::stack::ClientStack;
+    use tonic::transport::Channel;
+
+    let hits: Vec<Arc<AtomicU64>> = (0..3).map(|_| Arc::new(AtomicU64::new(0))).collect();
+    let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let mut servers = Vec::new();
+    for h in &hits {
+        servers.push(greeter_on(any, h.clone()).await);
+    }
+    let ejection = EjectionLayer::builder()
+        .classifier(GrpcStatusClassifier::new())
+        .build()
+        .unwrap();
+    let endpoints: Vec<_> = servers
+        .iter()
+        .map(|(addr, _)| {
+            let channel = Channel::from_shared(format!("http://{addr}"))
+                .unwrap()
+                .connect_lazy();
+            ejection.layer(channel)
+        })
+        .collect();
+    let balanced = tower::buffer::Buffer::new(
+        Balance::new(PendingRequestsDiscover::new(
+            ServiceList::new(endpoints),
+            CompleteOnResponse::default(),
+        )),
+        64,
+    );
+    let client = ClientStack::grpc("greeter")
+        .total_budget(Duration::from_secs(2))
+        .attempt_timeout(Duration::from_millis(500))
+        .build()
+        .unwrap()
+        .layer(balanced);
+    let hello = || {
+        tonic::Request::new(greeter::HelloRequest {
+            name: "balanced".into(),
+            work_ms: 0,
+        })
+    };
+    for _ in 0..60 {
+        greeter::call_say_hello(client.clone(), hello())
+            .await
+            .unwrap();
+    }
+    assert!(
+        hits.iter().all(|h| h.load(Ordering::SeqCst) > 0),
+        "an endpoint got no call"
+    );
+
+    // Kill server 1.
+    let (addr1, stop1) = servers.remove(1);
+    drop(stop1);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Until it is ejected (5 failures in a row), a call whose three
+    // attempts all land on it fails: a few at most.
+    let mut failed = 0;
+    for _ in 0..100 {
+        if greeter::call_say_hello(client.clone(), hello())
+            .await
+            .is_err()
+        {
+            failed += 1;
+        }
+    }
+    assert!(
+        failed <= 2,
+        "{failed} of 100 calls failed with server 1 down"
+    );
+    assert_eq!(ejection.ejected(), 1, "the dead server was not ejected");
+    // Ejected: every call succeeds.
+    for i in 0..50 {
+        let r = greeter::call_say_hello(client.clone(), hello()).await;
+        assert!(r.is_ok(), "call {i} failed after the ejection: {r:?}");
+    }
+    let dead_hits = hits[1].load(Ordering::SeqCst);
+
+    // Restart it on the same port: within its ejection (5 s) and a probe,
+    // it takes calls again.
+    let (_addr, _stop1) = greeter_on(addr1, hits[1].clone()).await;
+    let restarted = tokio::time::Instant::now();
+    let mut calls = 0;
+    while hits[1].load(Ordering::SeqCst) < dead_hits + 5 {
+        assert!(
+            restarted.elapsed() < Duration::from_secs(15),
+            "server 1 not back after 15 s"
+        );
+        greeter::call_say_hello(client.clone(), hello())
+            .await
+            .unwrap();
+        calls += 1;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(ejection.ejected(), 0);
+    assert_eq!(ejection.endpoints(), 3);
+    assert!(calls > 0);
+}
