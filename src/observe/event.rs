@@ -31,6 +31,8 @@ pub enum LayerKind {
     Fallback,
     /// Outlier ejection in a balanced set.
     Ejection,
+    /// A table of layers per key.
+    Keyed,
 }
 
 impl LayerKind {
@@ -49,6 +51,7 @@ impl LayerKind {
             LayerKind::Hedge => "hedge",
             LayerKind::Fallback => "fallback",
             LayerKind::Ejection => "ejection",
+            LayerKind::Keyed => "keyed",
         }
     }
 }

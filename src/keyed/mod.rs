@@ -1,0 +1,479 @@
+//! One layer instance per key: a breaker, a bulkhead or a retry budget per
+//! host, tenant or route, with bounded memory.
+//!
+//! [`KeyedLayer`] holds a layer per key, made by your factory the first
+//! time the key is seen; each request goes through its key's layer. Any
+//! seawall layer keeps its state in the layer, so `KeyedLayer` around a
+//! [`CircuitBreakerLayer`](crate::circuit_breaker::CircuitBreakerLayer)
+//! is a breaker per key, around a
+//! [`BulkheadLayer`](crate::bulkhead::BulkheadLayer) a bulkhead per key,
+//! around a [`RetryLayer`](crate::retry::RetryLayer) a retry budget per key.
+//!
+//! # Example
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), seawall::BoxError> {
+//! use seawall::circuit_breaker::CircuitBreakerLayer;
+//! use seawall::keyed::KeyedLayer;
+//! use seawall::observe::State;
+//! use seawall::rate_limit::Key;
+//! use tower::{service_fn, Layer, ServiceExt};
+//!
+//! // Requests are (tenant, payload); tenant 7's calls all fail.
+//! let backend = service_fn(|(tenant, x): (u64, u32)| async move {
+//!     if tenant == 7 { Err::<u32, seawall::BoxError>("broken".into()) } else { Ok(x) }
+//! });
+//! let per_tenant = KeyedLayer::builder(
+//!     |req: &(u64, u32)| Some(Key::from_u64(req.0)),
+//!     |key: &Key| {
+//!         CircuitBreakerLayer::builder()
+//!             .minimum_calls(5)
+//!             .window(seawall::circuit_breaker::SlidingWindow::count(10))
+//!             .build()
+//!             .expect("valid settings")
+//!     },
+//! )
+//! .build()?;
+//! let svc = per_tenant.layer(backend);
+//! for i in 0..10 {
+//!     let _ = svc.clone().oneshot((7, i)).await;
+//! }
+//! // Tenant 7's breaker is open; tenant 8 is served.
+//! let seven = per_tenant.get(&Key::from_u64(7)).unwrap();
+//! assert_eq!(seven.handle().state(), State::Open);
+//! assert_eq!(svc.clone().oneshot((8, 1)).await?, 1);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Bounded
+//!
+//! At most [`max_keys`](KeyedLayerBuilder::max_keys) keys (default
+//! [`DEFAULT_MAX_KEYS`], 10 000). A key with no call in flight and none for
+//! [`idle_after`](KeyedLayerBuilder::idle_after) (default 60 s) is evicted
+//! when room is needed (a sweep of the table, at most once a second; its
+//! state starts fresh if it comes back). When the table is full of keys in
+//! use, requests of new keys share one overflow instance (reported once
+//! until a sweep makes room, as an
+//! [`InputIgnored`](crate::observe::EventKind::InputIgnored) `"key"` /
+//! `"too_many_keys"`): memory stays bounded whatever keys a client sprays.
+//! A request whose key cannot be read goes through the overflow instance
+//! too. A known key costs a map read and no allocation.
+//!
+//! Events carry the names your factory gives each instance: name them after
+//! the key (`format!("db.breaker.{key}")`) for per-key metrics, bounded by
+//! `max_keys`, or give them all one name.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use dashmap::DashMap;
+use pin_project_lite::pin_project;
+use tokio::time::Instant;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::error::{BoxError, ConfigError, Name};
+use crate::observe::{EventKind, LayerKind, Observer};
+use crate::rate_limit::{Key, KeyExtractor};
+
+/// The default cap on keys: 10 000 (the keyed rate limiter's is 100 000;
+/// a breaker's window is larger than a token bucket).
+pub const DEFAULT_MAX_KEYS: usize = 10_000;
+/// How long a key must be idle to be evicted: 60 s.
+pub const DEFAULT_IDLE_AFTER: Duration = Duration::from_secs(60);
+
+/// The least time between two eviction sweeps: 1 s.
+const SWEEP_EVERY: u64 = 1_000_000_000;
+
+struct Entry<L> {
+    layer: L,
+    /// Nanoseconds since the table's origin of the last call.
+    last_used: AtomicU64,
+}
+
+struct Table<X, F, L> {
+    name: Name,
+    observer: Observer,
+    extractor: X,
+    factory: F,
+    map: DashMap<Key, Arc<Entry<L>>>,
+    overflow: Arc<Entry<L>>,
+    max_keys: usize,
+    idle_after: Duration,
+    origin: Instant,
+    evicted: AtomicU64,
+    overflowed: AtomicU64,
+    /// When the next eviction sweep may run (ns since origin): at most one
+    /// a second, so a spray of new keys at the cap costs a map read each,
+    /// not a walk of the table.
+    next_sweep: AtomicU64,
+}
+
+impl<X, F, L> Table<X, F, L>
+where
+    F: Fn(&Key) -> L,
+{
+    fn nanos(&self, now: Instant) -> u64 {
+        u64::try_from(now.saturating_duration_since(self.origin).as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// The entry of `key`: a map read for a known key; a new instance for a
+    /// new one (after evicting idle keys when the table is full), or the
+    /// overflow instance when no room is left.
+    fn entry(&self, key: Option<Key>) -> Arc<Entry<L>> {
+        let now = self.nanos(crate::clock::now());
+        let Some(key) = key else {
+            return self.overflow.clone();
+        };
+        if let Some(e) = self.map.get(&key) {
+            e.last_used.store(now, Ordering::Relaxed);
+            return e.clone();
+        }
+        if self.map.len() >= self.max_keys {
+            let due = self.next_sweep.load(Ordering::Relaxed);
+            if now >= due
+                && self
+                    .next_sweep
+                    .compare_exchange(due, now + SWEEP_EVERY, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok()
+            {
+                self.sweep(now);
+            }
+            if self.map.len() >= self.max_keys {
+                if self.overflowed.swap(1, Ordering::Relaxed) == 0 {
+                    self.observer.emit(
+                        LayerKind::Keyed,
+                        self.name.as_str(),
+                        EventKind::InputIgnored {
+                            input: "key",
+                            reason: "too_many_keys",
+                        },
+                    );
+                }
+                return self.overflow.clone();
+            }
+        }
+        self.map
+            .entry(key)
+            .or_insert_with(|| {
+                Arc::new(Entry {
+                    layer: (self.factory)(&key),
+                    last_used: AtomicU64::new(now),
+                })
+            })
+            .clone()
+    }
+
+    /// Evicts the keys with no call in flight and none for `idle_after`.
+    fn sweep(&self, now: u64) {
+        let idle = self.idle_after.as_nanos() as u64;
+        let before = self.map.len();
+        self.map.retain(|_, e| {
+            Arc::strong_count(e) > 1
+                || now.saturating_sub(e.last_used.load(Ordering::Relaxed)) < idle
+        });
+        let gone = before.saturating_sub(self.map.len());
+        if gone > 0 {
+            self.evicted.fetch_add(gone as u64, Ordering::Relaxed);
+            self.overflowed.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A layer per key; see the [module docs](self).
+pub struct KeyedLayer<X, F, L> {
+    table: Arc<Table<X, F, L>>,
+}
+
+impl<X, F, L> Clone for KeyedLayer<X, F, L> {
+    fn clone(&self) -> Self {
+        KeyedLayer {
+            table: self.table.clone(),
+        }
+    }
+}
+
+impl<X, F, L> fmt::Debug for KeyedLayer<X, F, L> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyedLayer")
+            .field("name", &self.table.name)
+            .field("keys", &self.table.map.len())
+            .field("max_keys", &self.table.max_keys)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<X, F, L> KeyedLayer<X, F, L>
+where
+    F: Fn(&Key) -> L + Send + Sync + 'static,
+{
+    /// A builder: `extractor` reads each request's key (a closure
+    /// `Fn(&Req) -> Option<Key>` or any rate-limit key extractor:
+    /// `ClientIp`, `HeaderKey`, …); `factory` makes the layer of a
+    /// new key (and once, of the overflow: with the key
+    /// [`Key::GLOBAL`]).
+    pub fn builder(extractor: X, factory: F) -> KeyedLayerBuilder<X, F> {
+        KeyedLayerBuilder {
+            name: Name::from("keyed"),
+            observer: Observer::none(),
+            extractor,
+            factory,
+            max_keys: DEFAULT_MAX_KEYS,
+            idle_after: DEFAULT_IDLE_AFTER,
+        }
+    }
+}
+
+impl<X, F, L: Clone> KeyedLayer<X, F, L> {
+    /// The layer of `key`, if the key is in the table: its handle reads or
+    /// forces that key's state (`.handle().force_open()` for a breaker).
+    pub fn get(&self, key: &Key) -> Option<L> {
+        self.table.map.get(key).map(|e| e.layer.clone())
+    }
+
+    /// The layer requests go through when the table is full or their key
+    /// cannot be read.
+    pub fn overflow(&self) -> L {
+        self.table.overflow.layer.clone()
+    }
+}
+
+impl<X, F, L> KeyedLayer<X, F, L> {
+    /// Keys in the table now.
+    pub fn len(&self) -> usize {
+        self.table.map.len()
+    }
+
+    /// Whether the table is empty.
+    pub fn is_empty(&self) -> bool {
+        self.table.map.is_empty()
+    }
+
+    /// Keys evicted so far.
+    pub fn evicted(&self) -> u64 {
+        self.table.evicted.load(Ordering::Relaxed)
+    }
+}
+
+impl<S, X, F, L> Layer<S> for KeyedLayer<X, F, L> {
+    type Service = Keyed<S, X, F, L>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Keyed {
+            inner,
+            table: self.table.clone(),
+        }
+    }
+}
+
+/// Builds a [`KeyedLayer`]; see [`KeyedLayer::builder`].
+pub struct KeyedLayerBuilder<X, F> {
+    name: Name,
+    observer: Observer,
+    extractor: X,
+    factory: F,
+    max_keys: usize,
+    idle_after: Duration,
+}
+
+impl<X, F> fmt::Debug for KeyedLayerBuilder<X, F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyedLayerBuilder")
+            .field("name", &self.name)
+            .field("max_keys", &self.max_keys)
+            .field("idle_after", &self.idle_after)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<X, F> KeyedLayerBuilder<X, F> {
+    /// The table's name in its own events (default `"keyed"`).
+    pub fn name(mut self, name: impl Into<Name>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// The observer of the table's own events (a full table); each key's
+    /// layer reports to the observer its factory gives it.
+    pub fn observer(mut self, observer: impl Into<Observer>) -> Self {
+        self.observer = observer.into();
+        self
+    }
+
+    /// The most keys held (default 10 000).
+    pub fn max_keys(mut self, n: usize) -> Self {
+        self.max_keys = n;
+        self
+    }
+
+    /// How long a key must go without calls to be evicted (default 60 s).
+    pub fn idle_after(mut self, idle: Duration) -> Self {
+        self.idle_after = idle;
+        self
+    }
+
+    /// Builds the layer (and the overflow instance).
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] (layer `"keyed"`) when `max_keys` is zero.
+    pub fn build<L>(self) -> Result<KeyedLayer<X, F, L>, ConfigError>
+    where
+        F: Fn(&Key) -> L,
+    {
+        if self.max_keys == 0 {
+            return Err(ConfigError::new("keyed", "max_keys must be at least 1"));
+        }
+        let overflow = Arc::new(Entry {
+            layer: (self.factory)(&Key::GLOBAL),
+            last_used: AtomicU64::new(0),
+        });
+        Ok(KeyedLayer {
+            table: Arc::new(Table {
+                name: self.name,
+                observer: self.observer,
+                extractor: self.extractor,
+                factory: self.factory,
+                map: DashMap::new(),
+                overflow,
+                max_keys: self.max_keys,
+                idle_after: self.idle_after,
+                origin: crate::clock::now(),
+                evicted: AtomicU64::new(0),
+                overflowed: AtomicU64::new(0),
+                next_sweep: AtomicU64::new(0),
+            }),
+        })
+    }
+}
+
+/// The service of a [`KeyedLayer`]: each request goes through its key's
+/// layer around a clone of the inner service.
+///
+/// `poll_ready` forwards the inner service's readiness; the key's own
+/// readiness (a breaker in backpressure mode, a bulkhead's queue) is waited
+/// for in the response future.
+pub struct Keyed<S, X, F, L> {
+    inner: S,
+    table: Arc<Table<X, F, L>>,
+}
+
+impl<S: Clone, X, F, L> Clone for Keyed<S, X, F, L> {
+    fn clone(&self) -> Self {
+        Keyed {
+            inner: self.inner.clone(),
+            table: self.table.clone(),
+        }
+    }
+}
+
+impl<S: fmt::Debug, X, F, L> fmt::Debug for Keyed<S, X, F, L> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Keyed")
+            .field("inner", &self.inner)
+            .field("name", &self.table.name)
+            .finish()
+    }
+}
+
+impl<S, X, F, L, Req> Service<Req> for Keyed<S, X, F, L>
+where
+    S: Service<Req> + Clone,
+    S::Error: Into<BoxError>,
+    X: KeyExtractor<Req>,
+    F: Fn(&Key) -> L,
+    L: Layer<S>,
+    L::Service: Service<Req, Response = S::Response>,
+    <L::Service as Service<Req>>::Error: Into<BoxError>,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = ResponseFuture<L::Service, Req, L>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        let entry = self.table.entry(self.table.extractor.extract(&req).ok());
+        let inner = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, inner);
+        let service = entry.layer.layer(inner);
+        ResponseFuture {
+            state: State::NotReady {
+                service,
+                request: Some(req),
+            },
+            _entry: entry,
+        }
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<S: Service<Req>, Req> {
+        NotReady { service: S, request: Option<Req> },
+        Called { #[pin] future: S::Future },
+        Done,
+    }
+}
+
+pin_project! {
+    /// The response future of [`Keyed`]: the key's service made ready, then
+    /// called. It holds the key's entry, so that a key with a call in
+    /// flight is never evicted.
+    pub struct ResponseFuture<S: Service<Req>, Req, L> {
+        #[pin]
+        state: State<S, Req>,
+        _entry: Arc<Entry<L>>,
+    }
+}
+
+impl<S: Service<Req>, Req, L> fmt::Debug for ResponseFuture<S, Req, L> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl<S, Req, L> Future for ResponseFuture<S, Req, L>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+{
+    type Output = Result<S::Response, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut state = self.project().state;
+        loop {
+            match state.as_mut().project() {
+                StateProj::NotReady { service, request } => {
+                    if let Err(e) = ready!(service.poll_ready(cx)) {
+                        state.set(State::Done);
+                        return Poll::Ready(Err(e.into()));
+                    }
+                    let Some(req) = request.take() else {
+                        state.set(State::Done);
+                        return Poll::Ready(Err("keyed future polled after completion".into()));
+                    };
+                    let future = service.call(req);
+                    state.set(State::Called { future });
+                }
+                StateProj::Called { future } => {
+                    let out = ready!(future.poll(cx)).map_err(Into::into);
+                    state.set(State::Done);
+                    return Poll::Ready(out);
+                }
+                StateProj::Done => {
+                    return Poll::Ready(Err("keyed future polled after completion".into()));
+                }
+            }
+        }
+    }
+}
