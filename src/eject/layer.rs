@@ -296,3 +296,62 @@ impl<C> EjectionLayerBuilder<C> {
         })
     }
 }
+
+impl<C> EjectionLayer<C> {
+    /// Wraps every endpoint a service discovery inserts (a
+    /// [`tower::discover::Discover`] such as `ServiceList`, or a stream of
+    /// `Change`s fed as endpoints come and go) in this layer; a removed
+    /// endpoint leaves the set. Give the result to
+    /// `tower::balance::p2c::Balance`.
+    ///
+    /// For tonic, map each `Endpoint` to `endpoint.connect_lazy()` in the
+    /// stream: the set then changes at run time as with tonic's
+    /// `Channel::balance_channel`, with each endpoint watched.
+    pub fn discover<D>(&self, discover: D) -> EjectDiscover<D, C> {
+        EjectDiscover {
+            inner: discover,
+            layer: self.clone(),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A service discovery whose endpoints are watched by an
+    /// [`EjectionLayer`]; see [`EjectionLayer::discover`].
+    pub struct EjectDiscover<D, C> {
+        #[pin]
+        inner: D,
+        layer: EjectionLayer<C>,
+    }
+}
+
+impl<D: fmt::Debug, C> fmt::Debug for EjectDiscover<D, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EjectDiscover")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<D, K, S, E, C> futures_util::Stream for EjectDiscover<D, C>
+where
+    D: futures_util::Stream<Item = Result<tower::discover::Change<K, S>, E>>,
+{
+    type Item = Result<tower::discover::Change<K, Ejectable<S, C>>, E>;
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use tower::discover::Change;
+        let this = self.project();
+        this.inner.poll_next(cx).map(|item| {
+            item.map(|change| {
+                change.map(|c| match c {
+                    Change::Insert(k, s) => Change::Insert(k, this.layer.layer(s)),
+                    Change::Remove(k) => Change::Remove(k),
+                })
+            })
+        })
+    }
+}

@@ -68,8 +68,12 @@
 //! An ejected endpoint's `poll_ready` is `Pending` (woken when its time is
 //! over), so `tower::balance::p2c::Balance` picks among the others. For
 //! tonic, make one `Channel` per endpoint, wrap each, and balance them with
-//! `Balance` (tonic's own `balance_list` cannot be told which endpoint
-//! answered). Events: each endpoint's [`StateChanged`](crate::observe::EventKind::StateChanged)
+//! `Balance`; for endpoints that come and go, give `Balance`
+//! [`EjectionLayer::discover`] over a stream of `Change`s (what tonic's
+//! `Channel::balance_channel` takes, each `Endpoint` made a `Channel` with
+//! `connect_lazy`). Tonic's own `balance_list` and `balance_channel`
+//! balance inside the `Channel`, where no layer can see which endpoint
+//! answered a call: they cannot be watched. Events: each endpoint's [`StateChanged`](crate::observe::EventKind::StateChanged)
 //! (healthy, open = ejected, half-open = probing) as `"{name}.{i}"`, and
 //! [`EndpointEjected`](crate::observe::EventKind::EndpointEjected) with the
 //! reason and the time.

@@ -423,3 +423,36 @@ async fn a_balanced_tonic_client_rides_out_a_killed_server_and_takes_it_back() {
     assert_eq!(ejection.endpoints(), 3);
     assert!(calls > 0);
 }
+
+/// Endpoints that come and go: `EjectionLayer::discover` over a stream of
+/// changes (as tonic's `balance_channel` takes), a broken one ejected, then
+/// removed from the set, leaving its slot.
+#[tokio::test(start_paused = true)]
+async fn endpoints_from_a_changing_discovery_are_watched_and_leave_cleanly() {
+    use tower::discover::Change;
+    let layer = EjectionLayer::builder().build().unwrap();
+    let replicas: Vec<Replica> = (0..3).map(|_| Replica::new()).collect();
+    replicas[0].broken.store(true, Ordering::SeqCst);
+    let (tx, rx) = futures::channel::mpsc::unbounded();
+    for (i, r) in replicas.iter().enumerate() {
+        tx.unbounded_send(Ok::<_, std::convert::Infallible>(Change::Insert(
+            i,
+            r.clone(),
+        )))
+        .unwrap();
+    }
+    let mut balanced = Balance::new(PendingRequestsDiscover::new(
+        layer.discover(rx),
+        CompleteOnResponse::default(),
+    ));
+    let failed = drive(&mut balanced, 300, MS).await;
+    assert_eq!(layer.endpoints(), 3);
+    assert_eq!(layer.ejected(), 1);
+    // Five in a row eject it; calls already on their way to it fail too.
+    assert!(failed <= 8, "{failed} failed");
+    tx.unbounded_send(Ok(Change::Remove(0))).unwrap();
+    let failed = drive(&mut balanced, 100, MS).await;
+    assert_eq!(failed, 0);
+    assert_eq!(layer.endpoints(), 2, "the removed endpoint kept its slot");
+    assert_eq!(layer.ejected(), 0);
+}

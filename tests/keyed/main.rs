@@ -227,3 +227,42 @@ fn a_million_keys_stay_under_the_cap() {
         "the memory grew with the spray: {full} then {later}"
     );
 }
+
+/// A retry budget per key: one tenant's failures spend its own budget, not
+/// the others'.
+#[tokio::test(start_paused = true)]
+async fn a_retry_budget_per_key_is_spent_by_its_own_failures_only() {
+    use seawall::retry::RetryLayer;
+    let backend = tower::service_fn(|x: u64| async move {
+        if x / 1000 == 1 {
+            Err::<u64, BoxError>("broken".into())
+        } else {
+            Ok(x)
+        }
+    });
+    let keyed = KeyedLayer::builder(
+        |x: &u64| Some(Key::from_u64(x / 1000)),
+        |_: &Key| {
+            RetryLayer::builder()
+                .budget_ratio(0.0)
+                .budget_success_ratio(0.0)
+                .min_retries_per_sec(1)
+                .budget_window(Duration::from_secs(10))
+                .build()
+                .unwrap()
+        },
+    )
+    .build()
+    .unwrap();
+    let svc = keyed.layer(backend);
+    // Tenant 1 fails every call: its floor of 10 retries is spent.
+    for i in 0..20 {
+        let _ = svc.clone().oneshot(1000 + i).await;
+    }
+    let one = keyed.get(&Key::from_u64(1)).unwrap();
+    assert_eq!(one.budget().snapshot().available, 0);
+    // Tenant 2's budget is untouched.
+    assert_eq!(svc.clone().oneshot(2000).await.unwrap(), 2000);
+    let two = keyed.get(&Key::from_u64(2)).unwrap();
+    assert_eq!(two.budget().snapshot().available, 10);
+}
