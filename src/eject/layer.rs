@@ -20,13 +20,13 @@ pub const DEFAULT_CONSECUTIVE_FAILURES: u32 = 5;
 ///
 /// Chosen by the storm's replica scenario (`cargo run --release --example
 /// storm`, asserted in `tests/storm`): replicas broken for 15 to 30 s serve
-/// their share again within a few seconds of their recovery, for 0.17 % of
-/// requests costing a call to a broken replica. A 10 s base left two of
+/// their share again within a few seconds of their recovery, for 0.09 to
+/// 0.23 % of requests costing a call to a broken replica. A 10 s base left two of
 /// them out 15 s after they recovered; Envoy's growth on every failed probe
 /// (which returns a host to full traffic, where seawall sends one probe)
 /// left a replica broken for 16 s out for 15 s more. The cost of a short
 /// ejection: a slow replica, ejected as a latency outlier, comes back
-/// sooner between ejections (1.9 % of the calls in the slow phase's second
+/// sooner between ejections (1.8 % of the calls in the slow phase's second
 /// half, 0.7 % with 10 s).
 pub const DEFAULT_BASE_EJECTION: Duration = Duration::from_secs(5);
 /// The longest ejection: 300 s (Envoy's).
@@ -36,7 +36,7 @@ pub const DEFAULT_MAX_EJECTION: Duration = Duration::from_secs(300);
 ///
 /// Chosen by the replica scenario: with three replicas of ten broken,
 /// Envoy's 10 % ejects one and leaves two taking a fifth of the calls; at
-/// 50 % all three are out (100 % of requests succeed, 0.17 % of them cost a
+/// 50 % all three are out (100 % of requests succeed, 0.23 % of them cost a
 /// call to a broken replica), while half of the set stays in service
 /// whatever happens.
 pub const DEFAULT_MAX_EJECTED_PERCENT: u32 = 50;

@@ -28,6 +28,7 @@
 //!     |req: &(u64, u32)| Some(Key::from_u64(req.0)),
 //!     |key: &Key| {
 //!         CircuitBreakerLayer::builder()
+//!             .name(format!("tenants.breaker.{key}")) // events and metrics per tenant
 //!             .minimum_calls(5)
 //!             .window(seawall::circuit_breaker::SlidingWindow::count(10))
 //!             .build()
@@ -62,8 +63,17 @@
 //! too. A known key costs a map read and no allocation.
 //!
 //! Events carry the names your factory gives each instance: name them after
-//! the key (`format!("db.breaker.{key}")`) for per-key metrics, bounded by
-//! `max_keys`, or give them all one name.
+//! the key (`format!("db.breaker.{key}")`, `Key` is `Display`) for per-key
+//! metrics and messages, bounded by `max_keys`, or give them all one name.
+//!
+//! # Under a client stack
+//!
+//! Put the keyed layer inside the stack's parts or around your client, below
+//! the stack: the stack's retry then sees a key's open breaker as a local
+//! refusal (not retried, not counted by the stack's own breaker), while a
+//! key's failures before its breaker opens count in the stack's breaker too
+//! (one tenant failing alone rarely reaches the shared breaker's rate; many
+//! failing together open it, as they should).
 
 use std::fmt;
 use std::future::Future;

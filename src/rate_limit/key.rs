@@ -170,6 +170,32 @@ impl fmt::Debug for Key {
     }
 }
 
+/// The key as a label: an address (`192.0.2.7`, `2001:db8::/64`'s address),
+/// a number, `global`, or its bytes as text (invalid UTF-8 replaced), for
+/// instance names such as `format!("db.breaker.{key}")`.
+///
+/// ```
+/// use seawall::rate_limit::Key;
+/// assert_eq!(Key::from_u64(7).to_string(), "7");
+/// assert_eq!(Key::from_bytes(b"acme").unwrap().to_string(), "acme");
+/// assert_eq!(Key::GLOBAL.to_string(), "global");
+/// ```
+impl fmt::Display for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(ip) = self.ip() {
+            return write!(f, "{ip}");
+        }
+        match self.tag {
+            TAG_GLOBAL => f.write_str("global"),
+            TAG_U64 => {
+                let b: [u8; 8] = self.bytes[..8].try_into().unwrap_or([0; 8]);
+                write!(f, "{}", u64::from_be_bytes(b))
+            }
+            _ => f.write_str(&String::from_utf8_lossy(self.as_bytes())),
+        }
+    }
+}
+
 /// Why a request had no usable key. Reported as
 /// [`EventKind::InputIgnored`](crate::observe::EventKind::InputIgnored) and the
 /// request then follows the layer's [`Fallback`](crate::rate_limit::Fallback) rule.
