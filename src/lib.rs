@@ -12,6 +12,10 @@
 //! | [`bulkhead`]: [`BulkheadLayer`] | one dependency or route drowning the process | [`BulkheadFull`](error::BulkheadFull) |
 //! | [`shed`]: [`AdaptiveLimitLayer`], [`ThrottleLayer`] | overload collapse, queues of doomed work | [`Overloaded`](error::Overloaded) |
 //! | [`rate_limit`]: [`RateLimitLayer`] (local or Redis) | abusive or runaway callers | [`RateLimited`](error::RateLimited) with `retry_after` |
+//! | [`hedge`]: [`HedgeLayer`](hedge::HedgeLayer) | a slow tail, without doubling the load | never refuses |
+//! | [`fallback`]: [`FallbackLayer`](fallback::FallbackLayer) | a failure or refusal reaching the user when a degraded answer would do | the original outcome, when it declines |
+//! | [`eject`]: [`EjectionLayer`](eject::EjectionLayer) | a broken or slow replica dragging a balanced set down | an ejected endpoint is not ready |
+//! | [`keyed`]: [`KeyedLayer`](keyed::KeyedLayer) | one tenant or host tripping the protection of all | what the key's layer says |
 //!
 //! **Start with a protocol preset** (see [`stack`]): `ClientStack::http`
 //! around a hyper client, `ClientStack::grpc` around a tonic `Channel`,
@@ -76,8 +80,10 @@
 //! # Cargo features
 //!
 //! Layers: `deadline`, `retry`, `circuit-breaker`, `bulkhead`, `shed`,
-//! `rate-limit` (all on by default) and `chaos`. Integrations (opt-in): `http`,
-//! `axum`, `tonic`, `metrics`, `redis`; `full` turns everything on.
+//! `rate-limit`, `hedge`, `fallback`, `eject`, `keyed` (all on by default) and
+//! `chaos`. Integrations (opt-in): `http`, `axum`, `tonic`, `metrics`,
+//! `redis`; `full` turns everything on. The protocol presets need `http`
+//! (HTTP) or `tonic` (gRPC).
 #![forbid(unsafe_code)]
 #![warn(
     missing_docs,
@@ -96,6 +102,8 @@ pub mod error;
 pub mod hold;
 pub mod local;
 pub mod observe;
+#[cfg(any(feature = "keyed", feature = "fallback"))]
+mod oneshot;
 
 #[cfg(feature = "bulkhead")]
 pub mod bulkhead;

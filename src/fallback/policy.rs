@@ -217,10 +217,7 @@ where
 
     fn answer(&self, req: Req, _: FallbackReason, _: Result<&Res, &E>) -> Self::Future {
         ToAnswer {
-            state: ToState::NotReady {
-                service: self.service.clone(),
-                request: Some(req),
-            },
+            inner: crate::oneshot::Oneshot::new(self.service.clone(), req),
         }
     }
 }
@@ -229,16 +226,7 @@ pin_project_lite::pin_project! {
     /// The answer of a [`fallback_to`] service: its response, or `None`.
     pub struct ToAnswer<S: Service<Req>, Req> {
         #[pin]
-        state: ToState<S, Req>,
-    }
-}
-
-pin_project_lite::pin_project! {
-    #[project = ToProj]
-    enum ToState<S: Service<Req>, Req> {
-        NotReady { service: S, request: Option<Req> },
-        Called { #[pin] future: S::Future },
-        Done,
+        inner: crate::oneshot::Oneshot<S, Req>,
     }
 }
 
@@ -255,33 +243,9 @@ impl<S: Service<Req>, Req> Future for ToAnswer<S, Req> {
         self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Self::Output> {
-        use std::task::Poll;
-        let mut state = self.project().state;
-        loop {
-            match state.as_mut().project() {
-                ToProj::NotReady { service, request } => {
-                    match service.poll_ready(cx) {
-                        Poll::Pending => return Poll::Pending,
-                        Poll::Ready(Err(_)) => {
-                            state.set(ToState::Done);
-                            return Poll::Ready(None);
-                        }
-                        Poll::Ready(Ok(())) => {}
-                    }
-                    let Some(req) = request.take() else {
-                        state.set(ToState::Done);
-                        return Poll::Ready(None);
-                    };
-                    let future = service.call(req);
-                    state.set(ToState::Called { future });
-                }
-                ToProj::Called { future } => {
-                    let out = std::task::ready!(future.poll(cx)).ok();
-                    state.set(ToState::Done);
-                    return Poll::Ready(out);
-                }
-                ToProj::Done => return Poll::Ready(None),
-            }
-        }
+        self.project()
+            .inner
+            .poll(cx)
+            .map(|out| out.and_then(Result::ok))
     }
 }

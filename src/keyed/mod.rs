@@ -91,6 +91,7 @@ use tower_service::Service;
 
 use crate::error::{BoxError, ConfigError, Name};
 use crate::observe::{EventKind, LayerKind, Observer};
+use crate::oneshot::Oneshot;
 use crate::rate_limit::{Key, KeyExtractor};
 
 /// The default cap on keys: 10 000 (the keyed rate limiter's is 100 000;
@@ -417,21 +418,9 @@ where
         let inner = std::mem::replace(&mut self.inner, inner);
         let service = entry.layer.layer(inner);
         ResponseFuture {
-            state: State::NotReady {
-                service,
-                request: Some(req),
-            },
+            inner: Oneshot::new(service, req),
             _entry: entry,
         }
-    }
-}
-
-pin_project! {
-    #[project = StateProj]
-    enum State<S: Service<Req>, Req> {
-        NotReady { service: S, request: Option<Req> },
-        Called { #[pin] future: S::Future },
-        Done,
     }
 }
 
@@ -441,7 +430,7 @@ pin_project! {
     /// flight is never evicted.
     pub struct ResponseFuture<S: Service<Req>, Req, L> {
         #[pin]
-        state: State<S, Req>,
+        inner: Oneshot<S, Req>,
         _entry: Arc<Entry<L>>,
     }
 }
@@ -460,30 +449,9 @@ where
     type Output = Result<S::Response, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut state = self.project().state;
-        loop {
-            match state.as_mut().project() {
-                StateProj::NotReady { service, request } => {
-                    if let Err(e) = ready!(service.poll_ready(cx)) {
-                        state.set(State::Done);
-                        return Poll::Ready(Err(e.into()));
-                    }
-                    let Some(req) = request.take() else {
-                        state.set(State::Done);
-                        return Poll::Ready(Err("keyed future polled after completion".into()));
-                    };
-                    let future = service.call(req);
-                    state.set(State::Called { future });
-                }
-                StateProj::Called { future } => {
-                    let out = ready!(future.poll(cx)).map_err(Into::into);
-                    state.set(State::Done);
-                    return Poll::Ready(out);
-                }
-                StateProj::Done => {
-                    return Poll::Ready(Err("keyed future polled after completion".into()));
-                }
-            }
+        match ready!(self.project().inner.poll(cx)) {
+            Some(out) => Poll::Ready(out.map_err(Into::into)),
+            None => Poll::Ready(Err("keyed future polled after completion".into())),
         }
     }
 }
