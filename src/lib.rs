@@ -97,6 +97,14 @@
 pub mod body;
 pub mod classify;
 pub mod clock;
+#[cfg(all(
+    feature = "serde",
+    feature = "deadline",
+    feature = "retry",
+    feature = "circuit-breaker",
+    feature = "shed"
+))]
+pub mod config;
 pub mod deadline;
 pub mod error;
 pub mod hold;

@@ -208,6 +208,8 @@
 
 mod classify;
 mod client;
+#[cfg(feature = "serde")]
+mod config;
 mod part;
 #[cfg(feature = "http")]
 mod preset;

@@ -1,0 +1,299 @@
+//! Settings from files (feature `serde`): the client stacks of a service's
+//! dependencies and its server stack, read with your own deserializer
+//! (TOML, YAML, JSON), built into the same layers the builders build.
+//!
+//! Durations are written as `"250ms"`, `"2s"`, `"1m 30s"`; rates as
+//! `"100/s"`, `"6000/min"`. Unknown fields are errors, and a setting the
+//! layers refuse is reported with its path (`invalid circuit_breaker
+//! configuration: clients.payments.breaker: failure_rate_threshold must be
+//! in (0, 1], got 1.5`).
+//!
+//! # Example
+//!
+//! ```
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use seawall::config::ServiceConfig;
+//!
+//! let config: ServiceConfig = toml::from_str(r#"
+//!     [server]
+//!     total_budget = "5s"
+//!
+//!     [clients.payments]
+//!     total_budget = "2s"
+//!     attempt_timeout = "500ms"
+//!     retry = { max_attempts = 2 }
+//!     breaker = { open_duration = "2s" }
+//! "#)?;
+//! let payments = config.client("payments")?;     // the generic client stack
+//! let server = config.server("api")?;            // the generic server stack
+//! assert_eq!(payments.retry().max_attempts(), 2);
+//! # let _ = server;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! With the protocol presets, apply a section to a preset's builder:
+//! `ClientStack::http("payments").configure(config.client_settings("payments")?)`
+//! (then `build()`), or `ServerStack::http("api").configure(..)`.
+//! `examples/seawall.toml` is a whole file; `tests/config` loads it.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::error::ConfigError;
+
+mod duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub(super) fn de<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map_err(|e| {
+            serde::de::Error::custom(format!("{s:?} is not a duration such as \"250ms\": {e}"))
+        })
+    }
+
+    pub(super) fn opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        de(d).map(Some)
+    }
+}
+
+/// A whole service: a server stack and a client stack per dependency.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    /// The server stack's settings.
+    #[serde(default)]
+    pub server: Option<ServerSettings>,
+    /// A client stack's settings per dependency, by name.
+    #[serde(default)]
+    pub clients: BTreeMap<String, ClientSettings>,
+}
+
+impl ServiceConfig {
+    /// The settings of the client stack `name`.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming the missing section.
+    pub fn client_settings(&self, name: &str) -> Result<&ClientSettings, ConfigError> {
+        self.clients
+            .get(name)
+            .ok_or_else(|| ConfigError::new("service", format!("clients.{name}: no such section")))
+    }
+
+    /// The server stack's settings.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] when there is no `server` section.
+    pub fn server_settings(&self) -> Result<&ServerSettings, ConfigError> {
+        self.server
+            .as_ref()
+            .ok_or_else(|| ConfigError::new("service", "server: no such section"))
+    }
+
+    /// The generic client stack `name`, built from its section (as
+    /// [`ClientStack::from_config`](crate::stack::ClientStack::from_config)).
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming the path of the setting that was refused.
+    pub fn client(&self, name: &str) -> Result<crate::stack::ClientStackLayer, ConfigError> {
+        crate::stack::ClientStack::from_config(name, self.client_settings(name)?)
+    }
+
+    /// The generic server stack, named `name`, built from the `server`
+    /// section.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming the path of the setting that was refused.
+    pub fn server(
+        &self,
+        name: &str,
+    ) -> Result<
+        crate::stack::ServerStackLayer<tower::layer::util::Identity, tower::layer::util::Identity>,
+        ConfigError,
+    > {
+        crate::stack::ServerStack::from_config(name, self.server_settings()?)
+    }
+}
+
+/// A client stack's settings; each absent field keeps the stack's default.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientSettings {
+    /// The total budget of a request (required to build).
+    #[serde(default, deserialize_with = "duration::opt")]
+    pub total_budget: Option<Duration>,
+    /// The limit of each attempt (required to build).
+    #[serde(default, deserialize_with = "duration::opt")]
+    pub attempt_timeout: Option<Duration>,
+    /// The breaker's slow-call duration.
+    #[serde(default, deserialize_with = "duration::opt")]
+    pub slow_call_duration: Option<Duration>,
+    /// The retry layer.
+    #[serde(default)]
+    pub retry: RetrySettings,
+    /// The circuit breaker.
+    #[serde(default)]
+    pub breaker: BreakerSettings,
+    /// The bulkhead.
+    #[serde(default)]
+    pub bulkhead: BulkheadSettings,
+}
+
+/// The retry layer's settings.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetrySettings {
+    /// Attempts per request, the first included.
+    pub max_attempts: Option<u32>,
+    /// The first backoff.
+    #[serde(default, deserialize_with = "duration::opt")]
+    pub backoff_base: Option<Duration>,
+    /// The longest backoff.
+    #[serde(default, deserialize_with = "duration::opt")]
+    pub backoff_cap: Option<Duration>,
+    /// The share of requests that may be retried.
+    pub budget_ratio: Option<f64>,
+    /// The share of succeeded requests added to the budget.
+    pub budget_success_ratio: Option<f64>,
+    /// The floor of retries per second.
+    pub min_retries_per_sec: Option<u32>,
+}
+
+/// The circuit breaker's settings.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BreakerSettings {
+    /// The failure rate that opens it, in `(0, 1]`.
+    pub failure_rate_threshold: Option<f64>,
+    /// Calls in the window before a rate is judged.
+    pub minimum_calls: Option<u32>,
+    /// Failures in a row that open it.
+    pub consecutive_failures: Option<u32>,
+    /// How long it stays open.
+    #[serde(default, deserialize_with = "duration::opt")]
+    pub open_duration: Option<Duration>,
+    /// Probes let through half-open.
+    pub half_open_calls: Option<u32>,
+    /// Whether a remote overload counts as a failure.
+    pub count_overload: Option<bool>,
+}
+
+/// The bulkhead's settings.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BulkheadSettings {
+    /// Calls in flight at most.
+    pub max_concurrent: Option<usize>,
+    /// Calls waiting at most.
+    pub max_queue: Option<usize>,
+    /// The longest wait for a permit.
+    #[serde(default, deserialize_with = "duration::opt")]
+    pub max_wait: Option<Duration>,
+}
+
+/// A server stack's settings; each absent field keeps the stack's default.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSettings {
+    /// The server's budget per request (required to build).
+    #[serde(default, deserialize_with = "duration::opt")]
+    pub total_budget: Option<Duration>,
+    /// The handler's time limit.
+    #[serde(default, deserialize_with = "duration::opt")]
+    pub handler_timeout: Option<Duration>,
+    /// The bulkhead.
+    #[serde(default)]
+    pub bulkhead: BulkheadSettings,
+    /// A rate limit (apply it with `ServerStackBuilder::rate_limit(rate.quota(), ..)`:
+    /// a rate limit changes the stack's type, so it is set in code).
+    #[serde(default)]
+    pub rate_limit: Option<Rate>,
+}
+
+/// A rate: `"100/s"`, `"6000/min"`, `"10/100ms"`, with an optional burst.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rate {
+    /// Requests per period.
+    #[serde(deserialize_with = "rate")]
+    pub rate: (u32, Duration),
+    /// The burst (default: the rate's count).
+    #[serde(default)]
+    pub burst: Option<u32>,
+}
+
+#[cfg(feature = "rate-limit")]
+impl Rate {
+    /// The quota of this rate.
+    pub fn quota(&self) -> crate::rate_limit::Quota {
+        let q = crate::rate_limit::Quota::new(self.rate.0, self.rate.1);
+        match self.burst {
+            Some(b) => q.burst(b),
+            None => q,
+        }
+    }
+}
+
+fn rate<'de, D: serde::Deserializer<'de>>(d: D) -> Result<(u32, Duration), D::Error> {
+    let s = String::deserialize(d)?;
+    parse_rate(&s).ok_or_else(|| {
+        serde::de::Error::custom(format!(
+            "{s:?} is not a rate such as \"100/s\", \"6000/min\" or \"10/100ms\""
+        ))
+    })
+}
+
+fn parse_rate(s: &str) -> Option<(u32, Duration)> {
+    let (n, per) = s.split_once('/')?;
+    let n: u32 = n.trim().parse().ok().filter(|n| *n > 0)?;
+    let per = per.trim();
+    let period = match per {
+        "s" | "sec" | "second" => Duration::from_secs(1),
+        "min" | "minute" => Duration::from_secs(60),
+        "h" | "hour" => Duration::from_secs(3600),
+        other => humantime::parse_duration(other).ok()?,
+    };
+    (!period.is_zero()).then_some((n, period))
+}
+
+/// Prefixes a layer's refusal with the path of the section it came from.
+pub(crate) fn at(path: impl fmt::Display, e: ConfigError) -> ConfigError {
+    let section = match e.layer() {
+        "retry" => ".retry",
+        "circuit_breaker" => ".breaker",
+        "bulkhead" => ".bulkhead",
+        _ => "",
+    };
+    ConfigError::new(e.layer(), format!("{path}{section}: {}", e.message()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_parse() {
+        assert_eq!(parse_rate("100/s"), Some((100, Duration::from_secs(1))));
+        assert_eq!(
+            parse_rate("6000/min"),
+            Some((6000, Duration::from_secs(60)))
+        );
+        assert_eq!(
+            parse_rate("10/100ms"),
+            Some((10, Duration::from_millis(100)))
+        );
+        assert_eq!(parse_rate("0/s"), None);
+        assert_eq!(parse_rate("10/0s"), None);
+        assert_eq!(parse_rate("ten/s"), None);
+        assert_eq!(parse_rate("100"), None);
+    }
+}

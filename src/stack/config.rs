@@ -1,0 +1,138 @@
+//! The stacks built from [`config`](crate::config) sections.
+
+use super::client::{ClientStack, ClientStackBuilder, ClientStackLayer};
+use super::server::{ServerStack, ServerStackBuilder, ServerStackLayer};
+use crate::config::{BulkheadSettings, ClientSettings, ServerSettings, at};
+use crate::error::ConfigError;
+use crate::retry::Backoff;
+
+fn bulkhead(
+    b: crate::bulkhead::BulkheadBuilder,
+    s: &BulkheadSettings,
+) -> crate::bulkhead::BulkheadBuilder {
+    let mut b = b;
+    if let Some(n) = s.max_concurrent {
+        b = b.max_concurrent(n);
+    }
+    if let Some(n) = s.max_queue {
+        b = b.max_queue(n);
+    }
+    if let Some(d) = s.max_wait {
+        b = b.max_wait(d);
+    }
+    b
+}
+
+impl<P, C, L, O, H> ClientStackBuilder<P, C, L, O, H> {
+    /// Applies a [`ClientSettings`] section (read from a file): each setting
+    /// present replaces the builder's; absent ones are left as they are.
+    pub fn configure(self, s: &ClientSettings) -> Self {
+        let mut b = self;
+        if let Some(d) = s.total_budget {
+            b = b.total_budget(d);
+        }
+        if let Some(d) = s.attempt_timeout {
+            b = b.attempt_timeout(d);
+        }
+        if let Some(d) = s.slow_call_duration {
+            b = b.slow_call_duration(d);
+        }
+        let r = s.retry.clone();
+        let b = b.retry(move |mut rb| {
+            if let Some(n) = r.max_attempts {
+                rb = rb.max_attempts(n);
+            }
+            if r.backoff_base.is_some() || r.backoff_cap.is_some() {
+                rb = rb.backoff(
+                    r.backoff_base.unwrap_or(Backoff::DEFAULT_BASE),
+                    r.backoff_cap.unwrap_or(Backoff::DEFAULT_CAP),
+                );
+            }
+            if let Some(x) = r.budget_ratio {
+                rb = rb.budget_ratio(x);
+            }
+            if let Some(x) = r.budget_success_ratio {
+                rb = rb.budget_success_ratio(x);
+            }
+            if let Some(n) = r.min_retries_per_sec {
+                rb = rb.min_retries_per_sec(n);
+            }
+            rb
+        });
+        let k = s.breaker.clone();
+        let b = b.breaker(move |mut bb| {
+            if let Some(x) = k.failure_rate_threshold {
+                bb = bb.failure_rate_threshold(x);
+            }
+            if let Some(n) = k.minimum_calls {
+                bb = bb.minimum_calls(n);
+            }
+            if let Some(n) = k.consecutive_failures {
+                bb = bb.consecutive_failures(n);
+            }
+            if let Some(d) = k.open_duration {
+                bb = bb.open_duration(d);
+            }
+            if let Some(n) = k.half_open_calls {
+                bb = bb.permitted_calls_in_half_open(n);
+            }
+            if let Some(x) = k.count_overload {
+                bb = bb.count_overload(x);
+            }
+            bb
+        });
+        let h = s.bulkhead.clone();
+        b.bulkhead(move |bh| bulkhead(bh, &h))
+    }
+}
+
+impl ClientStack {
+    /// The generic client stack `name` built from a [`ClientSettings`]
+    /// section (feature `serde`): what `ClientStack::builder(name)` with
+    /// the same settings builds. For the protocol presets, use
+    /// [`configure`](ClientStackBuilder::configure) on the preset's builder.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming the path of the refused setting
+    /// (`clients.payments.breaker: …`).
+    pub fn from_config(name: &str, s: &ClientSettings) -> Result<ClientStackLayer, ConfigError> {
+        ClientStack::builder(name.to_owned())
+            .configure(s)
+            .build()
+            .map_err(|e| at(format_args!("clients.{name}"), e))
+    }
+}
+
+impl<O, R, P> ServerStackBuilder<O, R, P> {
+    /// Applies a [`ServerSettings`] section (read from a file): each setting
+    /// present replaces the builder's. Its `rate_limit`, if any, is applied
+    /// in code: `.rate_limit(rate.quota(), ..)`.
+    pub fn configure(self, s: &ServerSettings) -> Self {
+        let mut b = self;
+        if let Some(d) = s.total_budget {
+            b = b.total_budget(d);
+        }
+        if let Some(d) = s.handler_timeout {
+            b = b.handler_timeout(d);
+        }
+        let h = s.bulkhead.clone();
+        b.bulkhead(move |bh| bulkhead(bh, &h))
+    }
+}
+
+impl ServerStack {
+    /// The generic server stack `name` built from a [`ServerSettings`]
+    /// section (feature `serde`).
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming the path of the refused setting
+    /// (`server.bulkhead: …`).
+    pub fn from_config(name: &str, s: &ServerSettings) -> Result<ServerStackLayer, ConfigError> {
+        ServerStack::builder(name.to_owned())
+            .configure(s)
+            .build()
+            .map_err(|e| at("server", e))
+    }
+}

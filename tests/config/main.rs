@@ -1,0 +1,143 @@
+#![cfg(all(feature = "serde", feature = "http"))]
+//! Settings from files: `examples/seawall.toml` builds the stacks the
+//! builders build; refused settings name their path.
+
+use std::time::Duration;
+
+use seawall::config::ServiceConfig;
+use seawall::stack::{ClientStack, ServerStack};
+use tower::{Layer, ServiceExt};
+
+fn example() -> ServiceConfig {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/seawall.toml"
+    ))
+    .expect("the example file");
+    toml::from_str(&text).expect("the example file parses")
+}
+
+#[test]
+fn the_example_file_reads_into_its_settings() {
+    let c = example();
+    let payments = c.client_settings("payments").unwrap();
+    assert_eq!(payments.total_budget, Some(Duration::from_secs(2)));
+    assert_eq!(payments.attempt_timeout, Some(Duration::from_millis(500)));
+    assert_eq!(payments.retry.max_attempts, Some(2));
+    assert_eq!(
+        payments.retry.backoff_base,
+        Some(Duration::from_millis(100))
+    );
+    assert_eq!(payments.breaker.open_duration, Some(Duration::from_secs(2)));
+    assert_eq!(payments.bulkhead.max_concurrent, Some(64));
+    let server = c.server_settings().unwrap();
+    assert_eq!(server.total_budget, Some(Duration::from_secs(5)));
+    let rate = server.rate_limit.unwrap();
+    assert_eq!(rate.rate, (500, Duration::from_secs(1)));
+    assert_eq!(rate.quota().burst_size(), 100);
+    assert_eq!(c.clients.len(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_stacks_it_builds_behave_as_configured() {
+    let c = example();
+    // The generic stack: 2 attempts; 10 failures in a row open the breaker.
+    let payments = c.client("payments").unwrap();
+    assert_eq!(payments.retry().max_attempts(), 2);
+    assert_eq!(payments.bulkhead_handle().max_concurrent(), 64);
+    let failing =
+        tower::service_fn(|_: u32| async { Err::<u32, seawall::BoxError>("down".into()) });
+    let svc = payments.layer(failing);
+    for _ in 0..5 {
+        let _ = svc.clone().oneshot(1).await;
+    }
+    assert_eq!(
+        payments.breaker_handle().state(),
+        seawall::observe::State::Open
+    );
+
+    // A preset, configured from the same section.
+    let http = ClientStack::http("payments")
+        .configure(c.client_settings("payments").unwrap())
+        .build()
+        .unwrap();
+    assert_eq!(http.retry().max_attempts(), 2);
+    assert_eq!(http.bulkhead_handle().max_concurrent(), 64);
+
+    // The server: its budget and bulkhead.
+    let server = c.server("api").unwrap();
+    assert_eq!(server.bulkhead_handle().max_concurrent(), 800);
+    let preset = ServerStack::http("api")
+        .configure(c.server_settings().unwrap())
+        .rate_limit(
+            c.server_settings().unwrap().rate_limit.unwrap().quota(),
+            |r| r,
+        )
+        .build()
+        .unwrap();
+    assert_eq!(preset.bulkhead_handle().max_concurrent(), 800);
+}
+
+#[test]
+fn refused_settings_name_their_path() {
+    let bad: ServiceConfig = toml::from_str(
+        r#"
+        [clients.payments]
+        total_budget = "2s"
+        attempt_timeout = "500ms"
+        breaker = { failure_rate_threshold = 1.5 }
+        "#,
+    )
+    .unwrap();
+    let e = bad.client("payments").unwrap_err().to_string();
+    assert!(
+        e.starts_with("invalid circuit_breaker configuration: clients.payments.breaker: failure_rate_threshold"),
+        "{e}"
+    );
+    assert!(e.contains("1.5"), "{e}");
+
+    let e = bad.client("orders").unwrap_err().to_string();
+    assert!(e.contains("clients.orders: no such section"), "{e}");
+
+    let unknown = toml::from_str::<ServiceConfig>(
+        r#"
+        [clients.payments]
+        total_budget = "2s"
+        retry = { max_atempts = 2 }
+        "#,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(unknown.contains("unknown field `max_atempts`"), "{unknown}");
+
+    let duration = toml::from_str::<ServiceConfig>(
+        r#"
+        [clients.payments]
+        total_budget = "two seconds"
+        "#,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        duration.contains("\"two seconds\" is not a duration"),
+        "{duration}"
+    );
+
+    let rate = toml::from_str::<ServiceConfig>(
+        r#"
+        [server]
+        rate_limit = { rate = "fast" }
+        "#,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(rate.contains("\"fast\" is not a rate"), "{rate}");
+
+    // A missing budget is refused at build, with its path.
+    let none: ServiceConfig = toml::from_str("[clients.payments]\n").unwrap();
+    let e = none.client("payments").unwrap_err().to_string();
+    assert!(
+        e.contains("clients.payments: ") && e.contains("total_budget must be set"),
+        "{e}"
+    );
+}
