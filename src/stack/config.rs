@@ -136,3 +136,47 @@ impl ServerStack {
             .map_err(|e| at("server", e))
     }
 }
+
+#[cfg(feature = "tonic")]
+impl<O, H>
+    ClientStackBuilder<
+        crate::retry::grpc::GrpcRetry,
+        crate::grpc::GrpcStatusClassifier,
+        super::preset::GrpcTransportPart,
+        O,
+        H,
+    >
+{
+    /// Applies what a gRPC service config says (feature `serde`): its
+    /// `timeout` as the total budget, its `retryPolicy` (attempts, backoff,
+    /// status codes) as the retry layer's, and opts its hedged methods in
+    /// (add `.hedge(|h| h.delay(d).max_attempts(n))` with the delay and
+    /// attempts of [`GrpcPolicy::hedging`](crate::config::GrpcPolicy)).
+    ///
+    /// # Errors
+    ///
+    /// What does not map, named by its field: see
+    /// [`GrpcServiceConfig::policy`](crate::config::GrpcServiceConfig::policy).
+    pub fn service_config(
+        self,
+        config: &crate::config::GrpcServiceConfig,
+    ) -> Result<Self, ConfigError> {
+        let p = config.policy()?;
+        let mut b = self;
+        if let Some(t) = p.timeout {
+            b = b.total_budget(t);
+        }
+        let hedged = p.hedging.map(|h| h.2).unwrap_or_default();
+        let retry = p.retry;
+        Ok(b.retry(move |r| {
+            let (r, mut policy) = match retry {
+                Some((n, base, cap, policy)) => (r.max_attempts(n).backoff(base, cap), policy),
+                None => (r, crate::retry::grpc::GrpcRetry::new()),
+            };
+            for m in &hedged {
+                policy = policy.hedge_method(m);
+            }
+            r.policy(policy)
+        }))
+    }
+}

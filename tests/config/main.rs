@@ -141,3 +141,92 @@ fn refused_settings_name_their_path() {
         "{e}"
     );
 }
+
+/// A gRPC service config's timeout, retry policy and hedged methods, read
+/// into the gRPC preset; what does not map is refused by name.
+#[cfg(feature = "tonic")]
+#[test]
+fn a_grpc_service_config_sets_the_grpc_preset() {
+    use seawall::config::GrpcServiceConfig;
+    let json = r#"{
+        "methodConfig": [
+            {
+                "name": [{"service": "catalogue.Catalogue"}],
+                "timeout": "1.5s",
+                "retryPolicy": {
+                    "maxAttempts": 4,
+                    "initialBackoff": "0.1s",
+                    "maxBackoff": "1s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE", "RESOURCE_EXHAUSTED"]
+                }
+            },
+            {
+                "name": [{"service": "catalogue.Catalogue", "method": "GetItem"}],
+                "timeout": "1.5s",
+                "hedgingPolicy": {"maxAttempts": 3, "hedgingDelay": "0.05s"}
+            }
+        ]
+    }"#;
+    let config: GrpcServiceConfig = serde_json::from_str(json).unwrap();
+    let policy = config.policy().unwrap();
+    assert_eq!(policy.timeout, Some(Duration::from_millis(1500)));
+    let (attempts, base, cap, retry) = policy.retry.unwrap();
+    assert_eq!(
+        (attempts, base, cap),
+        (4, Duration::from_millis(100), Duration::from_secs(1))
+    );
+    assert!(retry.retries(tonic::Code::ResourceExhausted));
+    assert!(!retry.retries(tonic::Code::Internal));
+    let (delay, hedges, methods) = policy.hedging.clone().unwrap();
+    assert_eq!((delay, hedges), (Duration::from_millis(50), 3));
+    assert_eq!(methods, vec!["/catalogue.Catalogue/GetItem".to_owned()]);
+
+    let stack = ClientStack::grpc("catalogue")
+        .attempt_timeout(Duration::from_millis(500))
+        .service_config(&config)
+        .unwrap()
+        .hedge(|h| h.delay(delay).max_attempts(hedges))
+        .build()
+        .unwrap();
+    assert_eq!(stack.retry().max_attempts(), 4);
+    assert_eq!(
+        stack.hedge().current_delay(),
+        Some(Duration::from_millis(50))
+    );
+
+    // What does not map.
+    let refused = |json: &str| {
+        serde_json::from_str::<GrpcServiceConfig>(json)
+            .unwrap()
+            .policy()
+            .unwrap_err()
+            .to_string()
+    };
+    assert!(
+        refused(r#"{"retryThrottling": {"maxTokens": 10, "tokenRatio": 0.1}}"#)
+            .contains("retryThrottling")
+    );
+    let e = refused(
+        r#"{"methodConfig": [{"retryPolicy": {"maxAttempts": 3, "initialBackoff": "0.1s",
+            "maxBackoff": "1s", "backoffMultiplier": 1.5, "retryableStatusCodes": ["UNAVAILABLE"]}}]}"#,
+    );
+    assert!(
+        e.contains("methodConfig[0].retryPolicy.backoffMultiplier"),
+        "{e}"
+    );
+    let e = refused(
+        r#"{"methodConfig": [{"retryPolicy": {"maxAttempts": 3, "initialBackoff": "0.1s",
+            "maxBackoff": "1s", "backoffMultiplier": 2, "retryableStatusCodes": ["SOMETIMES"]}}]}"#,
+    );
+    assert!(
+        e.contains("\"SOMETIMES\" is not a gRPC status code name"),
+        "{e}"
+    );
+    let e = refused(r#"{"methodConfig": [{"timeout": "1s"}, {"timeout": "2s"}]}"#);
+    assert!(e.contains("methodConfig[1].timeout"), "{e}");
+    let e = refused(
+        r#"{"methodConfig": [{"name": [{"service": "a.B"}], "hedgingPolicy": {"maxAttempts": 2, "hedgingDelay": "0.1s"}}]}"#,
+    );
+    assert!(e.contains("hedges every method"), "{e}");
+}

@@ -36,6 +36,20 @@
 //! `ClientStack::http("payments").configure(config.client_settings("payments")?)`
 //! (then `build()`), or `ServerStack::http("api").configure(..)`.
 //! `examples/seawall.toml` is a whole file; `tests/config` loads it.
+//!
+//! A gRPC service config (`GrpcServiceConfig`, feature `tonic`) gives the
+//! gRPC preset its timeout, retry policy and hedged methods:
+//! `ClientStack::grpc(name).service_config(&config)?` (and
+//! `.hedge(|h| h.delay(d).max_attempts(n))` when it has a hedging policy).
+
+#[cfg(feature = "tonic")]
+mod grpc;
+
+#[cfg(feature = "tonic")]
+pub use self::grpc::{
+    GrpcPolicy, GrpcServiceConfig, HedgingPolicy, MethodConfig, MethodName, RetryPolicy,
+    RetryThrottling,
+};
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -1,0 +1,268 @@
+//! gRPC's service config (the JSON of `grpc.service_config`): its
+//! `timeout`, `retryPolicy`, `hedgingPolicy` and `retryThrottling`, read
+//! into the gRPC client preset.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+use tonic::Code;
+
+use crate::error::ConfigError;
+
+/// A gRPC service config, as gRPC clients read it (`serde_json::from_str`).
+/// Only the fields below are read; others are ignored, as gRPC does.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GrpcServiceConfig {
+    /// The per-method configurations.
+    #[serde(default)]
+    pub method_config: Vec<MethodConfig>,
+    /// gRPC's retry throttling.
+    #[serde(default)]
+    pub retry_throttling: Option<RetryThrottling>,
+}
+
+/// One `methodConfig` entry.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MethodConfig {
+    /// The methods it applies to (a service alone: all its methods).
+    #[serde(default)]
+    pub name: Vec<MethodName>,
+    /// The deadline of a call (`"1.5s"`).
+    #[serde(default)]
+    pub timeout: Option<String>,
+    /// The retry policy.
+    #[serde(default)]
+    pub retry_policy: Option<RetryPolicy>,
+    /// The hedging policy.
+    #[serde(default)]
+    pub hedging_policy: Option<HedgingPolicy>,
+}
+
+/// A `name` of a `methodConfig`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct MethodName {
+    /// `package.Service` (empty: every service).
+    #[serde(default)]
+    pub service: String,
+    /// The method (empty: every method of the service).
+    #[serde(default)]
+    pub method: String,
+}
+
+/// A `retryPolicy`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RetryPolicy {
+    /// Attempts, the first included (gRPC caps it at 5).
+    pub max_attempts: u32,
+    /// The first backoff (`"0.1s"`).
+    pub initial_backoff: String,
+    /// The longest backoff.
+    pub max_backoff: String,
+    /// The backoff's growth per attempt.
+    pub backoff_multiplier: f64,
+    /// The status codes retried (`"UNAVAILABLE"`).
+    pub retryable_status_codes: Vec<String>,
+}
+
+/// A `hedgingPolicy`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HedgingPolicy {
+    /// Attempts in flight, the first included.
+    pub max_attempts: u32,
+    /// The delay before each copy (`"0.05s"`; absent: at once).
+    #[serde(default)]
+    pub hedging_delay: Option<String>,
+    /// Status codes after which the other copies keep running.
+    #[serde(default)]
+    pub non_fatal_status_codes: Vec<String>,
+}
+
+/// `retryThrottling`: a token bucket of failures.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RetryThrottling {
+    /// The bucket's size.
+    pub max_tokens: u32,
+    /// Tokens a success adds back.
+    pub token_ratio: f64,
+}
+
+/// What a service config says for the gRPC preset.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GrpcPolicy {
+    /// The call deadline: the stack's total budget.
+    pub timeout: Option<Duration>,
+    /// `max_attempts`, backoff base and cap, and the policy with its codes.
+    pub retry: Option<(u32, Duration, Duration, crate::retry::grpc::GrpcRetry)>,
+    /// The hedge's delay and attempts, and the methods hedged (their paths).
+    pub hedging: Option<(Duration, u32, Vec<String>)>,
+}
+
+/// A protobuf JSON duration: seconds with an `s` suffix (`"0.1s"`, `"2s"`).
+fn duration(field: &str, s: &str) -> Result<Duration, ConfigError> {
+    s.strip_suffix('s')
+        .and_then(|n| n.trim().parse::<f64>().ok())
+        .filter(|n| n.is_finite() && *n >= 0.0)
+        .map(Duration::from_secs_f64)
+        .ok_or_else(|| {
+            ConfigError::new(
+                "grpc_service_config",
+                format!("{field}: {s:?} is not a duration such as \"0.1s\""),
+            )
+        })
+}
+
+fn code(field: &str, name: &str) -> Result<Code, ConfigError> {
+    let codes = [
+        ("CANCELLED", Code::Cancelled),
+        ("UNKNOWN", Code::Unknown),
+        ("INVALID_ARGUMENT", Code::InvalidArgument),
+        ("DEADLINE_EXCEEDED", Code::DeadlineExceeded),
+        ("NOT_FOUND", Code::NotFound),
+        ("ALREADY_EXISTS", Code::AlreadyExists),
+        ("PERMISSION_DENIED", Code::PermissionDenied),
+        ("RESOURCE_EXHAUSTED", Code::ResourceExhausted),
+        ("FAILED_PRECONDITION", Code::FailedPrecondition),
+        ("ABORTED", Code::Aborted),
+        ("OUT_OF_RANGE", Code::OutOfRange),
+        ("UNIMPLEMENTED", Code::Unimplemented),
+        ("INTERNAL", Code::Internal),
+        ("UNAVAILABLE", Code::Unavailable),
+        ("DATA_LOSS", Code::DataLoss),
+        ("UNAUTHENTICATED", Code::Unauthenticated),
+    ];
+    codes
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, c)| *c)
+        .ok_or_else(|| {
+            ConfigError::new(
+                "grpc_service_config",
+                format!("{field}: {name:?} is not a gRPC status code name"),
+            )
+        })
+}
+
+impl GrpcServiceConfig {
+    /// What this config says for one client stack (one dependency): the
+    /// `methodConfig` entries' timeout and retry policy, which must agree
+    /// (a seawall stack has one policy per dependency), and the hedged
+    /// methods.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] (layer `"grpc_service_config"`) for what does not
+    /// map: `retryThrottling` (a token bucket of failures; seawall's retry
+    /// budget is a share of requests over a window: set `budget_ratio`
+    /// instead), a `backoffMultiplier` other than 2 (seawall doubles), entries
+    /// whose timeouts or retry policies differ, a method with both a retry
+    /// and a hedging policy, `maxAttempts` outside `2..=5`, and malformed
+    /// durations or codes. Each error names the field.
+    pub fn policy(&self) -> Result<GrpcPolicy, ConfigError> {
+        let err = |m: String| Err(ConfigError::new("grpc_service_config", m));
+        if self.retry_throttling.is_some() {
+            return err(
+                "retryThrottling: no equivalent; seawall's retry budget is a share of \
+                        requests over a sliding window (retry.budget_ratio)"
+                    .into(),
+            );
+        }
+        let mut out = GrpcPolicy::default();
+        let mut hedged = Vec::new();
+        for (i, m) in self.method_config.iter().enumerate() {
+            let at = format!("methodConfig[{i}]");
+            if let Some(t) = &m.timeout {
+                let t = duration(&format!("{at}.timeout"), t)?;
+                match out.timeout {
+                    Some(prev) if prev != t => {
+                        return err(format!(
+                            "{at}.timeout: {t:?} differs from an earlier entry's {prev:?}; a \
+                             seawall stack has one budget per dependency"
+                        ));
+                    }
+                    _ => out.timeout = Some(t),
+                }
+            }
+            if m.retry_policy.is_some() && m.hedging_policy.is_some() {
+                return err(format!(
+                    "{at}: both retryPolicy and hedgingPolicy (gRPC allows one)"
+                ));
+            }
+            if let Some(r) = &m.retry_policy {
+                let f = format!("{at}.retryPolicy");
+                if !(2..=5).contains(&r.max_attempts) {
+                    return err(format!(
+                        "{f}.maxAttempts: must be in 2..=5, got {}",
+                        r.max_attempts
+                    ));
+                }
+                if (r.backoff_multiplier - 2.0).abs() > f64::EPSILON {
+                    return err(format!(
+                        "{f}.backoffMultiplier: seawall's backoff doubles; got {}",
+                        r.backoff_multiplier
+                    ));
+                }
+                let base = duration(&format!("{f}.initialBackoff"), &r.initial_backoff)?;
+                let cap = duration(&format!("{f}.maxBackoff"), &r.max_backoff)?;
+                let codes = r
+                    .retryable_status_codes
+                    .iter()
+                    .map(|c| code(&format!("{f}.retryableStatusCodes"), c))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let policy = crate::retry::grpc::GrpcRetry::with_codes(codes);
+                let this = (r.max_attempts, base, cap, policy);
+                match &out.retry {
+                    Some(prev) if *prev != this => {
+                        return err(format!(
+                            "{f}: differs from an earlier entry's; a seawall stack has one \
+                             retry policy per dependency"
+                        ));
+                    }
+                    _ => out.retry = Some(this),
+                }
+            }
+            if let Some(h) = &m.hedging_policy {
+                let f = format!("{at}.hedgingPolicy");
+                if !(2..=5).contains(&h.max_attempts) {
+                    return err(format!(
+                        "{f}.maxAttempts: must be in 2..=5, got {}",
+                        h.max_attempts
+                    ));
+                }
+                let delay = match &h.hedging_delay {
+                    Some(d) => duration(&format!("{f}.hedgingDelay"), d)?,
+                    None => Duration::ZERO,
+                };
+                if delay.is_zero() {
+                    return err(format!(
+                        "{f}.hedgingDelay: copies sent at once are not hedges; give a delay"
+                    ));
+                }
+                for n in &m.name {
+                    if n.method.is_empty() {
+                        return err(format!(
+                            "{f}: name {{service: {:?}}} hedges every method; list the idempotent \
+                             methods one by one",
+                            n.service
+                        ));
+                    }
+                    hedged.push(format!("/{}/{}", n.service, n.method));
+                }
+                match &out.hedging {
+                    Some((d, a, _)) if (*d, *a) != (delay, h.max_attempts) => {
+                        return err(format!("{f}: differs from an earlier entry's"));
+                    }
+                    _ => out.hedging = Some((delay, h.max_attempts, Vec::new())),
+                }
+            }
+        }
+        if let Some(h) = &mut out.hedging {
+            h.2 = hedged;
+        }
+        Ok(out)
+    }
+}
