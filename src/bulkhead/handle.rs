@@ -37,8 +37,8 @@ impl BulkheadHandle {
     /// handed a permit and have not yet started.
     pub fn in_flight(&self) -> usize {
         self.engine
-            .settings
-            .max_concurrent
+            .max_concurrent()
+            .saturating_add(self.engine.debt())
             .saturating_sub(self.engine.available_permits())
     }
 
@@ -47,9 +47,52 @@ impl BulkheadHandle {
         self.engine.queue_len()
     }
 
-    /// The configured maximum of calls in flight.
+    /// The maximum of calls in flight now (as configured, or as last set
+    /// with [`set_max_concurrent`](Self::set_max_concurrent)).
     pub fn max_concurrent(&self) -> usize {
-        self.engine.settings.max_concurrent
+        self.engine.max_concurrent()
+    }
+
+    /// Changes the maximum of calls in flight at run time (an operator's
+    /// reload), without a lock or an allocation on the request path.
+    /// Growing admits waiting callers at once; shrinking refuses new calls
+    /// until enough calls in flight have finished (their permits stay
+    /// valid). Reported as a
+    /// [`LimitChanged`](crate::observe::EventKind::LimitChanged) event.
+    ///
+    /// ```
+    /// use seawall::bulkhead::BulkheadLayer;
+    ///
+    /// let layer = BulkheadLayer::builder().max_concurrent(50).build().unwrap();
+    /// let handle = layer.handle();
+    /// handle.set_max_concurrent(20).unwrap();
+    /// assert_eq!(handle.max_concurrent(), 20);
+    /// assert_eq!(handle.available_permits(), 20);
+    /// assert!(handle.set_max_concurrent(0).is_err()); // refused: nothing changes
+    /// assert_eq!(handle.max_concurrent(), 20);
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`](crate::error::ConfigError) when `n` is outside
+    /// `1..=`[`MAX_LIMIT`](super::MAX_LIMIT); the limit is left unchanged.
+    pub fn set_max_concurrent(&self, n: usize) -> Result<(), crate::error::ConfigError> {
+        if n == 0 || n > super::MAX_LIMIT {
+            return Err(crate::error::ConfigError::new(
+                "bulkhead",
+                format!(
+                    "max_concurrent must be in 1..={}, got {n}",
+                    super::MAX_LIMIT
+                ),
+            ));
+        }
+        let from = self.engine.resize(n);
+        self.engine.observer.emit(
+            crate::observe::LayerKind::Bulkhead,
+            self.engine.name.as_str(),
+            crate::observe::EventKind::LimitChanged { from, to: n },
+        );
+        Ok(())
     }
 
     /// The configured maximum of waiting callers.

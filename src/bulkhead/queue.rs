@@ -259,6 +259,11 @@ pub(crate) enum Acquire {
 #[derive(Debug)]
 pub(crate) struct Engine {
     available: AtomicUsize,
+    /// The limit now (`settings.max_concurrent` until a resize).
+    max: AtomicUsize,
+    /// Permits to retire as they come back, after a resize made the limit
+    /// smaller than the permits held.
+    debt: AtomicUsize,
     /// Number of waiting (linked) slots; written under the lock, read without.
     queued: AtomicUsize,
     list: Mutex<WaitList>,
@@ -272,6 +277,8 @@ impl Engine {
     pub(crate) fn new(settings: Settings, name: Name, observer: Observer) -> Self {
         Engine {
             available: AtomicUsize::new(settings.max_concurrent),
+            max: AtomicUsize::new(settings.max_concurrent),
+            debt: AtomicUsize::new(0),
             queued: AtomicUsize::new(0),
             list: Mutex::new(WaitList::new(settings.max_queue, settings.max_concurrent)),
             settings,
@@ -283,6 +290,61 @@ impl Engine {
 
     fn lock(&self) -> MutexGuard<'_, WaitList> {
         self.list.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Retires a returned permit against the debt, if any is left.
+    fn retire(&self) -> bool {
+        self.debt
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| d.checked_sub(1))
+            .is_ok()
+    }
+
+    /// Permits still to retire after a shrink.
+    #[inline]
+    pub(crate) fn debt(&self) -> usize {
+        self.debt.load(Ordering::Acquire)
+    }
+
+    /// The limit of calls in flight now.
+    #[inline]
+    pub(crate) fn max_concurrent(&self) -> usize {
+        self.max.load(Ordering::Acquire)
+    }
+
+    /// Changes the limit of calls in flight. Growing frees permits at once
+    /// (waiters first); shrinking takes free permits away, and retires the
+    /// rest as calls in flight return theirs (their permits stay valid).
+    /// Returns the limit before.
+    pub(crate) fn resize(&self, n: usize) -> usize {
+        let grew = {
+            let mut list = self.lock();
+            let old = self.max.swap(n, Ordering::AcqRel);
+            if n >= old {
+                let mut add = n - old;
+                let pay = self.debt.load(Ordering::Acquire).min(add);
+                self.debt.fetch_sub(pay, Ordering::AcqRel);
+                add -= pay;
+                list.max_slots = self
+                    .settings
+                    .max_queue
+                    .saturating_add(n)
+                    .min(NIL as usize - 1)
+                    .max(list.max_slots);
+                self.available.fetch_add(add, Ordering::SeqCst);
+                (old, add > 0)
+            } else {
+                let mut cut = old - n;
+                while cut > 0 && self.take() {
+                    cut -= 1;
+                }
+                self.debt.fetch_add(cut, Ordering::AcqRel);
+                (old, false)
+            }
+        };
+        if grew.1 && self.queued.load(Ordering::SeqCst) != 0 {
+            self.hand_off();
+        }
+        grew.0
     }
 
     /// Free permits right now.
@@ -389,6 +451,9 @@ impl Engine {
 
     /// Returns a permit: hands it to the next waiter if any, else makes it free.
     fn release(&self) {
+        if self.debt.load(Ordering::Relaxed) != 0 && self.retire() {
+            return;
+        }
         self.available.fetch_add(1, Ordering::SeqCst);
         if self.queued.load(Ordering::SeqCst) != 0 {
             self.hand_off();

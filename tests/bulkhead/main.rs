@@ -862,3 +862,68 @@ fn multi_thread_hammering_loses_no_wakeup_and_no_permit() {
         assert_eq!((available, queued), (2, 0), "{order:?}");
     }
 }
+
+/// A reload during a running load: 50 calls of 1 s in flight under a
+/// limit of 50, shrunk to 20 (the 50 finish; new calls are refused until
+/// fewer than 20 are in flight), then grown to 80 (admitted at once, the
+/// queue's waiters first).
+#[tokio::test(start_paused = true)]
+async fn the_limit_changes_at_run_time_without_breaking_calls_in_flight() {
+    let rec = Recorder::new();
+    let layer = BulkheadLayer::builder()
+        .max_concurrent(50)
+        .max_queue(10)
+        .max_wait(Duration::from_secs(10))
+        .observer(Observer::from(rec.clone()))
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let slow = tower::service_fn(|x: u32| async move {
+        sleep(Duration::from_secs(1)).await;
+        Ok::<u32, BoxError>(x)
+    });
+    let svc = layer.layer(slow);
+    let first: Vec<_> = (0..50)
+        .map(|i| tokio::spawn(svc.clone().oneshot(i)))
+        .collect();
+    tokio::task::yield_now().await;
+    assert_eq!(handle.in_flight(), 50);
+
+    handle.set_max_concurrent(20).unwrap();
+    assert_eq!((handle.max_concurrent(), handle.in_flight()), (20, 50));
+    // Every call in flight finishes; a new one waits in the queue.
+    let waiting = tokio::spawn(svc.clone().oneshot(99));
+    for f in first {
+        assert!(f.await.unwrap().is_ok());
+    }
+    assert_eq!(waiting.await.unwrap().unwrap(), 99);
+    assert_eq!((handle.in_flight(), handle.available_permits()), (0, 20));
+    // Now 20 at once, and the 21st waits.
+    let twenty: Vec<_> = (0..21)
+        .map(|i| tokio::spawn(svc.clone().oneshot(i)))
+        .collect();
+    tokio::task::yield_now().await;
+    assert_eq!((handle.in_flight(), handle.queue_len()), (20, 1));
+
+    // Grown to 80: the waiter is admitted at once.
+    handle.set_max_concurrent(80).unwrap();
+    tokio::task::yield_now().await;
+    assert_eq!((handle.in_flight(), handle.queue_len()), (21, 0));
+    for t in twenty {
+        assert!(t.await.unwrap().is_ok());
+    }
+    assert_eq!(handle.available_permits(), 80);
+
+    // A refused reload changes nothing.
+    assert!(handle.set_max_concurrent(0).is_err());
+    assert_eq!(handle.max_concurrent(), 80);
+    let changes: Vec<(usize, usize)> = rec
+        .events()
+        .iter()
+        .filter_map(|e| match e.kind {
+            EventKind::LimitChanged { from, to } => Some((from, to)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(changes, vec![(50, 20), (20, 80)]);
+}
