@@ -111,6 +111,44 @@ impl CircuitBreakerHandle {
     pub fn reset(&self) {
         self.core().set_manual(CLOSED);
     }
+
+    /// The settings [`retune`](Self::retune) may change, as they are now.
+    pub fn tuning(&self) -> super::BreakerTuning {
+        self.core().tuning()
+    }
+
+    /// Changes the breaker's thresholds and open times at run time (an
+    /// operator's reload), keeping its state, its window and an open time
+    /// already running; no lock or allocation is added on the request path.
+    /// Reported as a [`Reconfigured`](crate::observe::EventKind::Reconfigured)
+    /// event.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use seawall::circuit_breaker::CircuitBreakerLayer;
+    ///
+    /// let layer = CircuitBreakerLayer::builder().build().unwrap();
+    /// let handle = layer.handle();
+    /// let mut t = handle.tuning();
+    /// t.open_duration = Duration::from_secs(5);
+    /// t.failure_rate_threshold = 0.25;
+    /// handle.retune(t).unwrap();
+    /// assert_eq!(handle.tuning().open_duration, Duration::from_secs(5));
+    ///
+    /// t.failure_rate_threshold = 1.5; // refused: nothing changes
+    /// assert!(handle.retune(t).is_err());
+    /// assert_eq!(handle.tuning().failure_rate_threshold, 0.25);
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`](crate::error::ConfigError) naming the setting, as the
+    /// builder's; the breaker is left as it was.
+    pub fn retune(&self, t: super::BreakerTuning) -> Result<(), crate::error::ConfigError> {
+        t.check(self.core().config.rate_trips)?;
+        self.core().retune(&t);
+        Ok(())
+    }
 }
 
 impl fmt::Debug for CircuitBreakerHandle {

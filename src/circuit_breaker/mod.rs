@@ -160,8 +160,78 @@ mod state;
 mod window;
 
 pub(crate) use self::future::Pending;
+/// The settings of a breaker that change at run time, with
+/// [`CircuitBreakerHandle::retune`]: read them with
+/// [`tuning`](CircuitBreakerHandle::tuning), change some, hand them back.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
+pub struct BreakerTuning {
+    /// The failure rate that opens it, in `(0, 1]`.
+    pub failure_rate_threshold: f64,
+    /// The slow-call rate that opens it, in `(0, 1]`.
+    pub slow_call_rate_threshold: f64,
+    /// Calls in the window before a rate is judged (at least 1).
+    pub minimum_calls: u32,
+    /// Failures in a row that open it (`None`: off).
+    pub consecutive_failures: Option<u32>,
+    /// How long it stays open the first time.
+    pub open_duration: std::time::Duration,
+    /// The growth of the open time per trip (at least 1).
+    pub open_multiplier: f64,
+    /// The longest open time.
+    pub max_open_duration: std::time::Duration,
+}
+
+impl BreakerTuning {
+    fn check(&self, rate_trips: bool) -> Result<(), crate::error::ConfigError> {
+        let err = |m: String| Err(crate::error::ConfigError::new("circuit_breaker", m));
+        let unit = |x: f64| x > 0.0 && x <= 1.0;
+        if !unit(self.failure_rate_threshold) {
+            return err(format!(
+                "failure_rate_threshold must be in (0, 1], got {}",
+                self.failure_rate_threshold
+            ));
+        }
+        if !unit(self.slow_call_rate_threshold) {
+            return err(format!(
+                "slow_call_rate_threshold must be in (0, 1], got {}",
+                self.slow_call_rate_threshold
+            ));
+        }
+        if self.minimum_calls == 0 {
+            return err("minimum_calls must be at least 1, got 0".into());
+        }
+        if self.consecutive_failures == Some(0) {
+            return err("consecutive_failures must be at least 1, got 0".into());
+        }
+        if !rate_trips && self.consecutive_failures.is_none() {
+            return err(
+                "consecutive_failures cannot be turned off on a breaker that opens on them only"
+                    .into(),
+            );
+        }
+        if self.open_duration.is_zero() {
+            return err("open_duration must be above zero".into());
+        }
+        if !(self.open_multiplier.is_finite() && self.open_multiplier >= 1.0) {
+            return err(format!(
+                "open_multiplier must be finite and at least 1, got {}",
+                self.open_multiplier
+            ));
+        }
+        if self.max_open_duration < self.open_duration {
+            return err(format!(
+                "max_open_duration must be at least open_duration ({:?}), got {:?}",
+                self.open_duration, self.max_open_duration
+            ));
+        }
+        Ok(())
+    }
+}
+
 pub use self::future::ResponseFuture;
 pub use self::handle::CircuitBreakerHandle;
 pub use self::layer::{CircuitBreakerBuilder, CircuitBreakerLayer, SlidingWindow};
+
 pub use self::service::CircuitBreaker;
 pub use self::window::WindowSnapshot;

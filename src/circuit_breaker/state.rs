@@ -113,6 +113,8 @@ pub(crate) struct Refusal {
 struct Control {
     /// Trips since the last healthy close (drives the open-time growth).
     trips: u32,
+    /// The open time, its growth per trip and its cap (changed by a retune).
+    open: (Duration, f64, Duration),
     rng: SmallRng,
     probes_done: u32,
     probe_failures: u32,
@@ -130,6 +132,12 @@ pub(crate) struct Core {
     word: Padded<AtomicU64>,
     window: Window,
     consecutive: AtomicU32,
+    /// The settings a retune changes, read per call: failure and slow-call
+    /// rate thresholds (f64 bits), minimum calls, failures in a row (0: off).
+    failure_rate: AtomicU64,
+    slow_rate: AtomicU64,
+    minimum_calls: AtomicU32,
+    in_a_row: AtomicU32,
     /// Nanoseconds after `origin` at which an open breaker lets probes in.
     open_until: AtomicI64,
     control: Mutex<Control>,
@@ -151,19 +159,28 @@ impl Core {
         let core = Core {
             name,
             observer,
-            config,
             origin,
             word: Padded(AtomicU64::new(pack(CLOSED, 0, 0))),
             window,
             consecutive: AtomicU32::new(0),
+            failure_rate: AtomicU64::new(config.failure_rate_threshold.to_bits()),
+            slow_rate: AtomicU64::new(config.slow_call_rate_threshold.to_bits()),
+            minimum_calls: AtomicU32::new(config.minimum_calls),
+            in_a_row: AtomicU32::new(config.consecutive_failures.unwrap_or(0)),
             open_until: AtomicI64::new(0),
             control: Mutex::new(Control {
                 trips: 0,
+                open: (
+                    config.open_duration,
+                    config.open_multiplier,
+                    config.max_open_duration,
+                ),
                 rng,
                 probes_done: 0,
                 probe_failures: 0,
                 probe_slow: 0,
             }),
+            config,
         };
         // The state gauge starts with exactly one state at 1.
         core.emit_state(State::Closed, State::Closed, None, None);
@@ -189,6 +206,43 @@ impl Core {
                 failure_rate: fr,
                 slow_call_rate: sr,
             },
+        );
+    }
+
+    /// The settings a retune may change, as they are now.
+    pub(crate) fn tuning(&self) -> super::BreakerTuning {
+        let control = self.lock();
+        super::BreakerTuning {
+            failure_rate_threshold: f64::from_bits(self.failure_rate.load(Ordering::Acquire)),
+            slow_call_rate_threshold: f64::from_bits(self.slow_rate.load(Ordering::Acquire)),
+            minimum_calls: self.minimum_calls.load(Ordering::Acquire),
+            consecutive_failures: match self.in_a_row.load(Ordering::Acquire) {
+                0 => None,
+                n => Some(n),
+            },
+            open_duration: control.open.0,
+            open_multiplier: control.open.1,
+            max_open_duration: control.open.2,
+        }
+    }
+
+    /// Applies new settings (checked by the caller); the state, the window
+    /// and an open time already running are kept.
+    pub(crate) fn retune(&self, t: &super::BreakerTuning) {
+        let mut control = self.lock();
+        self.failure_rate
+            .store(t.failure_rate_threshold.to_bits(), Ordering::Release);
+        self.slow_rate
+            .store(t.slow_call_rate_threshold.to_bits(), Ordering::Release);
+        self.minimum_calls.store(t.minimum_calls, Ordering::Release);
+        self.in_a_row
+            .store(t.consecutive_failures.unwrap_or(0), Ordering::Release);
+        control.open = (t.open_duration, t.open_multiplier, t.max_open_duration);
+        drop(control);
+        self.observer.emit(
+            LayerKind::CircuitBreaker,
+            self.name.as_str(),
+            EventKind::Reconfigured,
         );
     }
 
@@ -331,7 +385,8 @@ impl Core {
             return;
         }
         let mut trip = false;
-        if let Some(limit) = self.config.consecutive_failures {
+        let limit = self.in_a_row.load(Ordering::Relaxed);
+        if limit != 0 {
             if failure {
                 trip = self.consecutive.fetch_add(1, Ordering::AcqRel) + 1 >= limit;
             } else if self.consecutive.load(Ordering::Relaxed) != 0 {
@@ -350,25 +405,28 @@ impl Core {
     /// Whether these counts open a closed breaker.
     #[inline]
     fn rates_trip(&self, snap: &WindowSnapshot) -> bool {
+        let minimum_calls = self.minimum_calls.load(Ordering::Relaxed);
         let minimum = match self.config.window {
-            WindowConfig::Count(n) => self.config.minimum_calls.min(n),
-            WindowConfig::Time { .. } => self.config.minimum_calls,
+            WindowConfig::Count(n) => minimum_calls.min(n),
+            WindowConfig::Time { .. } => minimum_calls,
         } as u64;
         if snap.calls == 0 || snap.calls < minimum {
             return false;
         }
         let calls = snap.calls as f64;
-        snap.failures as f64 / calls >= self.config.failure_rate_threshold
-            || snap.slow_calls as f64 / calls >= self.config.slow_call_rate_threshold
+        snap.failures as f64 / calls >= f64::from_bits(self.failure_rate.load(Ordering::Relaxed))
+            || snap.slow_calls as f64 / calls
+                >= f64::from_bits(self.slow_rate.load(Ordering::Relaxed))
     }
 
     /// The open time for the next trip, given the trips since the last
     /// healthy close.
     fn open_duration(&self, control: &mut Control) -> Duration {
         let c = &self.config;
-        let base = c.open_duration.as_secs_f64();
-        let grown = base * c.open_multiplier.powi(control.trips.min(1024) as i32);
-        let max = c.max_open_duration.as_secs_f64();
+        let (open, multiplier, max) = control.open;
+        let base = open.as_secs_f64();
+        let grown = base * multiplier.powi(control.trips.min(1024) as i32);
+        let max = max.as_secs_f64();
         let mut secs = grown.min(max);
         if c.open_jitter > 0.0 {
             let factor = control
@@ -460,7 +518,9 @@ impl Core {
         }
         let fr = control.probe_failures as f64 / permitted as f64;
         let sr = control.probe_slow as f64 / permitted as f64;
-        if fr < self.config.failure_rate_threshold && sr < self.config.slow_call_rate_threshold {
+        if fr < f64::from_bits(self.failure_rate.load(Ordering::Relaxed))
+            && sr < f64::from_bits(self.slow_rate.load(Ordering::Relaxed))
+        {
             self.close_locked(
                 &mut control,
                 HALF_OPEN,

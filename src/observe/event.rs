@@ -352,6 +352,8 @@ pub enum EventKind {
         /// What the call ended with.
         reason: FallbackReason,
     },
+    /// A layer's settings were changed at run time (a reload).
+    Reconfigured,
     /// An endpoint was taken out of its balanced set.
     EndpointEjected {
         /// Why (`"consecutive_failures"`, `"success_rate"`, `"latency"`,
@@ -385,6 +387,7 @@ impl EventKind {
             EventKind::HedgeSent { .. } => "hedge_sent",
             EventKind::FallbackUsed { .. } => "fallback_used",
             EventKind::EndpointEjected { .. } => "endpoint_ejected",
+            EventKind::Reconfigured => "reconfigured",
             EventKind::BackendError { .. } => "backend_error",
         }
     }

@@ -57,6 +57,12 @@ const METRICS: &[(&str, Kind, Option<metrics::Unit>, &str)] = &[
         "Calls a seawall fallback layer answered for, by reason (refused, overloaded, failure, deadline).",
     ),
     (
+        "seawall.reconfigurations",
+        Kind::Counter,
+        None,
+        "Settings a seawall layer took at run time (reloads).",
+    ),
+    (
         "seawall.ejections",
         Kind::Counter,
         None,
@@ -196,6 +202,10 @@ impl Hook for MetricsHook {
             }
             EventKind::FallbackUsed { reason } => {
                 metrics::counter!("seawall.fallbacks", "layer" => layer, "name" => name, "reason" => reason.as_str())
+                    .increment(1);
+            }
+            EventKind::Reconfigured => {
+                metrics::counter!("seawall.reconfigurations", "layer" => layer, "name" => name)
                     .increment(1);
             }
             EventKind::EndpointEjected { reason, .. } => {

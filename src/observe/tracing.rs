@@ -121,6 +121,9 @@ impl Hook for TracingHook {
             EventKind::FallbackUsed { reason } => {
                 tracing::debug!(target: "seawall", layer, name, reason = reason.as_str(), "fallback used")
             }
+            EventKind::Reconfigured => {
+                tracing::info!(target: "seawall", layer, name, "settings changed")
+            }
             EventKind::EndpointEjected { reason, duration } => tracing::warn!(
                 target: "seawall",
                 layer,

@@ -1325,3 +1325,75 @@ mod model {
         }
     }
 }
+
+/// A retune during a running load: the state and an open time already
+/// running are kept; the new thresholds and open time apply from then on.
+#[tokio::test(start_paused = true)]
+async fn a_retune_changes_thresholds_and_open_time_and_keeps_the_state() {
+    use seawall::circuit_breaker::CircuitBreakerLayer;
+    let rec = Recorder::new();
+    let layer = CircuitBreakerLayer::builder()
+        .window(seawall::circuit_breaker::SlidingWindow::count(10))
+        .minimum_calls(10)
+        .failure_rate_threshold(0.5)
+        .open_duration(Duration::from_secs(10))
+        .open_multiplier(1.0)
+        .observer(Observer::from(rec.clone()))
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    // 6 calls in 10 fail: above 50 %.
+    let n = Arc::new(AtomicUsize::new(0));
+    let c = n.clone();
+    let svc = layer.layer(service_fn(move |_: u32| {
+        let k = c.fetch_add(1, Ordering::SeqCst);
+        async move {
+            if k % 10 < 6 {
+                Err::<u32, BoxError>("down".into())
+            } else {
+                Ok(1)
+            }
+        }
+    }));
+    let run10 = |svc: &_| {
+        let svc = Clone::clone(svc);
+        async move {
+            for _ in 0..10 {
+                let _ = ServiceExt::<u32>::oneshot(Clone::clone(&svc), 0).await;
+            }
+        }
+    };
+    run10(&svc).await;
+    assert_eq!(handle.state(), State::Open);
+    // Retuned while open: 1 s open, 70 % to trip. The 10 s already running stand.
+    let mut t = handle.tuning();
+    t.open_duration = Duration::from_secs(1);
+    t.failure_rate_threshold = 0.7;
+    handle.retune(t).unwrap();
+    assert_eq!(handle.state(), State::Open);
+    assert!(handle.retry_after().unwrap() > Duration::from_secs(9));
+    advance(Duration::from_secs(10)).await;
+    handle.reset();
+    // 60 % failures no longer trip it.
+    run10(&svc).await;
+    run10(&svc).await;
+    assert_eq!(handle.state(), State::Closed);
+    // Back to 50 %: the same 60 % trip it, now for the new 1 s.
+    let mut t = handle.tuning();
+    t.failure_rate_threshold = 0.5;
+    handle.retune(t).unwrap();
+    run10(&svc).await;
+    assert_eq!(handle.state(), State::Open);
+    let left = handle.retry_after().unwrap();
+    assert!(
+        left <= Duration::from_secs(1) && left > Duration::ZERO,
+        "{left:?}"
+    );
+    assert_eq!(
+        rec.events()
+            .iter()
+            .filter(|e| matches!(e.kind, EventKind::Reconfigured))
+            .count(),
+        2
+    );
+}
