@@ -3,8 +3,9 @@ use std::sync::Arc;
 
 use super::queue::{Engine, QueueOrder};
 
-/// A read-only view of one bulkhead's state, for tests, metrics and health
-/// endpoints. Cheap to clone; every clone sees the same bulkhead as the layer
+/// A view of one bulkhead's state, for tests, metrics and health endpoints,
+/// and its limit changed at run time
+/// ([`set_max_concurrent`](Self::set_max_concurrent)). Cheap to clone; every clone sees the same bulkhead as the layer
 /// it came from and every service built from that layer.
 ///
 /// ```

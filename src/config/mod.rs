@@ -32,9 +32,11 @@
 //! # }
 //! ```
 //!
-//! With the protocol presets, apply a section to a preset's builder:
-//! `ClientStack::http("payments").configure(config.client_settings("payments")?)`
-//! (then `build()`), or `ServerStack::http("api").configure(..)`.
+//! With the protocol presets, hand the preset's builder over:
+//! `config.build_client("payments", ClientStack::http("payments"))?` and
+//! `config.build_server(ServerStack::http("api"))?` (refused settings named
+//! by path), or apply a section yourself and add what a file cannot say
+//! (`ClientStack::http("payments").configure(config.client_settings("payments")?).hedge(|h| h).build()`).
 //! `examples/seawall.toml` is a whole file; `tests/config` loads it.
 //!
 //! A gRPC service config (`GrpcServiceConfig`, feature `tonic`) gives the
@@ -233,16 +235,54 @@ pub struct ServerSettings {
     pub rate_limit: Option<Rate>,
 }
 
-/// A rate: `"100/s"`, `"6000/min"`, `"10/100ms"`, with an optional burst.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// A rate: `"100/s"`, `"6000/min"`, `"10/100ms"` alone, or with a burst as
+/// `{ rate = "100/s", burst = 20 }`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rate {
     /// Requests per period.
-    #[serde(deserialize_with = "rate")]
     pub rate: (u32, Duration),
     /// The burst (default: the rate's count).
-    #[serde(default)]
     pub burst: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RateTable {
+    #[serde(deserialize_with = "rate")]
+    rate: (u32, Duration),
+    #[serde(default)]
+    burst: Option<u32>,
+}
+
+impl<'de> Deserialize<'de> for Rate {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Rate;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a rate such as \"100/s\", or { rate = \"100/s\", burst = 20 }")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Rate, E> {
+                let rate = parse_rate(s).ok_or_else(|| {
+                    E::custom(format!(
+                        "{s:?} is not a rate such as \"100/s\", \"6000/min\" or \"10/100ms\""
+                    ))
+                })?;
+                Ok(Rate { rate, burst: None })
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Rate, A::Error> {
+                let t = RateTable::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(Rate {
+                    rate: t.rate,
+                    burst: t.burst,
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 #[cfg(feature = "rate-limit")]

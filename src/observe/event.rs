@@ -325,7 +325,7 @@ pub enum EventKind {
     },
     /// A retry budget had no token for a retry.
     BudgetExhausted,
-    /// An adaptive limit changed.
+    /// An adaptive limit changed, or a bulkhead's limit was set at run time.
     LimitChanged {
         /// The previous limit.
         from: usize,

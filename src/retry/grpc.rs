@@ -77,12 +77,25 @@ use crate::grpc::PUSHBACK_HEADER;
 pub const PREVIOUS_ATTEMPTS_HEADER: &str = "grpc-previous-rpc-attempts";
 
 /// The retry policy for gRPC calls; see the [module docs](self).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub struct GrpcRetry {
     codes: u32,
     /// The methods that may be hedged, as FNV-1a hashes of their paths.
     hedged: [u64; MAX_HEDGED_METHODS],
     hedged_len: u8,
+}
+
+impl std::fmt::Debug for GrpcRetry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let codes: Vec<Code> = (0..17)
+            .map(Code::from)
+            .filter(|c| self.retries(*c))
+            .collect();
+        f.debug_struct("GrpcRetry")
+            .field("codes", &codes)
+            .field("hedged_methods", &self.hedged_len)
+            .finish()
+    }
 }
 
 /// The most methods one [`GrpcRetry`] opts in to hedging.

@@ -153,7 +153,8 @@ impl<P, C, L, O, H> ClientStackLayer<P, C, L, O, H> {
         self.retry.budget()
     }
 
-    /// A handle reading this stack's bulkhead.
+    /// A handle on this stack's bulkhead: its permits and queue, and its
+    /// limit changed at run time ([`set_max_concurrent`](BulkheadHandle::set_max_concurrent)).
     pub fn bulkhead_handle(&self) -> BulkheadHandle {
         self.bulkhead.handle()
     }

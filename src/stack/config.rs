@@ -180,3 +180,53 @@ impl<O, H>
         }))
     }
 }
+
+impl crate::config::ServiceConfig {
+    /// Applies the section `clients.<name>` to `builder` (a preset's, such
+    /// as `ClientStack::http(name)`) and builds it; a refused setting is
+    /// named by its path (`clients.payments.breaker: …`).
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming the section, or the path of the refused
+    /// setting.
+    #[allow(clippy::type_complexity)]
+    pub fn build_client<P, C, L, O, H>(
+        &self,
+        name: &str,
+        builder: ClientStackBuilder<P, C, L, O, H>,
+    ) -> Result<ClientStackLayer<P, C, L::Layer, O, H::Layer>, ConfigError>
+    where
+        L: super::part::StackPart,
+        H: super::part::HedgePart<P>,
+        C: Send + Sync + 'static,
+    {
+        builder
+            .configure(self.client_settings(name)?)
+            .build()
+            .map_err(|e| at(format_args!("clients.{name}"), e))
+    }
+
+    /// Applies the `server` section to `builder` (a preset's, such as
+    /// `ServerStack::http(name)`) and builds it; a refused setting is named
+    /// by its path (`server.bulkhead: …`).
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming the section, or the path of the refused
+    /// setting.
+    #[allow(clippy::type_complexity)]
+    pub fn build_server<O, R, P>(
+        &self,
+        builder: ServerStackBuilder<O, R, P>,
+    ) -> Result<ServerStackLayer<O::Layer, R::Layer, P, O::Innermost>, ConfigError>
+    where
+        O: super::part::IngressPart,
+        R: super::part::StackPart,
+    {
+        builder
+            .configure(self.server_settings()?)
+            .build()
+            .map_err(|e| at("server", e))
+    }
+}

@@ -109,7 +109,8 @@ impl<O, R, P, I> ServerStackLayer<O, R, P, I> {
         &self.bulkhead
     }
 
-    /// A handle reading this stack's bulkhead.
+    /// A handle on this stack's bulkhead: its permits and queue, and its
+    /// limit changed at run time ([`set_max_concurrent`](BulkheadHandle::set_max_concurrent)).
     pub fn bulkhead_handle(&self) -> BulkheadHandle {
         self.bulkhead.handle()
     }

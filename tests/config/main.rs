@@ -57,9 +57,8 @@ async fn the_stacks_it_builds_behave_as_configured() {
     );
 
     // A preset, configured from the same section.
-    let http = ClientStack::http("payments")
-        .configure(c.client_settings("payments").unwrap())
-        .build()
+    let http = c
+        .build_client("payments", ClientStack::http("payments"))
         .unwrap();
     assert_eq!(http.retry().max_attempts(), 2);
     assert_eq!(http.bulkhead_handle().max_concurrent(), 64);
@@ -92,6 +91,15 @@ fn refused_settings_name_their_path() {
     let e = bad.client("payments").unwrap_err().to_string();
     assert!(
         e.starts_with("invalid circuit_breaker configuration: clients.payments.breaker: failure_rate_threshold"),
+        "{e}"
+    );
+    // The same through a preset's builder.
+    let e = bad
+        .build_client("payments", ClientStack::http("payments"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("clients.payments.breaker: failure_rate_threshold"),
         "{e}"
     );
     assert!(e.contains("1.5"), "{e}");
@@ -132,6 +140,13 @@ fn refused_settings_name_their_path() {
     .unwrap_err()
     .to_string();
     assert!(rate.contains("\"fast\" is not a rate"), "{rate}");
+    let short: ServiceConfig = toml::from_str("[server]\nrate_limit = \"100/s\"\n").unwrap();
+    let r = short.server_settings().unwrap().rate_limit.unwrap();
+    assert_eq!((r.rate, r.burst), ((100, Duration::from_secs(1)), None));
+    let wrong = toml::from_str::<ServiceConfig>("[server]\nrate_limit = \"100 per second\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(wrong.contains("is not a rate such as \"100/s\""), "{wrong}");
 
     // A missing budget is refused at build, with its path.
     let none: ServiceConfig = toml::from_str("[clients.payments]\n").unwrap();

@@ -665,19 +665,30 @@ impl Cluster {
                 .expect("redis-server")
             })
             .collect();
-        let mut create = Command::new("redis-cli");
-        create.arg("--cluster").arg("create");
-        for p in ports {
-            create.arg(format!("127.0.0.1:{p}"));
-        }
-        let out = create
-            .args(["--cluster-replicas", "1", "--cluster-yes"])
-            .output()
-            .expect("redis-cli --cluster create");
+        // On a busy machine a node may not answer the first time: a few
+        // tries, bounded.
+        let mut tries = 0;
+        let out = loop {
+            let mut create = Command::new("redis-cli");
+            create.arg("--cluster").arg("create");
+            for p in ports {
+                create.arg(format!("127.0.0.1:{p}"));
+            }
+            let out = create
+                .args(["--cluster-replicas", "1", "--cluster-yes"])
+                .output()
+                .expect("redis-cli --cluster create");
+            tries += 1;
+            if out.status.success() || tries == 5 {
+                break out;
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        };
         assert!(
             out.status.success(),
-            "cluster create failed: {}",
-            String::from_utf8_lossy(&out.stdout)
+            "cluster create failed after {tries} tries: {} {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
         );
         let cluster = Cluster { nodes };
         cluster.wait_until_ok(Duration::from_secs(10));
