@@ -230,3 +230,98 @@ impl crate::config::ServiceConfig {
             .map_err(|e| at("server", e))
     }
 }
+
+/// The breaker tuning a section asks for, from the breaker's current one.
+fn tuned(
+    now: crate::circuit_breaker::BreakerTuning,
+    s: &crate::config::BreakerSettings,
+) -> crate::circuit_breaker::BreakerTuning {
+    let mut t = now;
+    if let Some(x) = s.failure_rate_threshold {
+        t.failure_rate_threshold = x;
+    }
+    if let Some(n) = s.minimum_calls {
+        t.minimum_calls = n;
+    }
+    if let Some(n) = s.consecutive_failures {
+        t.consecutive_failures = Some(n);
+    }
+    if let Some(d) = s.open_duration {
+        t.open_duration = d;
+        t.max_open_duration = t.max_open_duration.max(d);
+    }
+    t
+}
+
+fn check_limit(path: &str, n: Option<usize>) -> Result<(), ConfigError> {
+    match n {
+        Some(n) if n == 0 || n > crate::bulkhead::MAX_LIMIT => Err(ConfigError::new(
+            "bulkhead",
+            format!(
+                "{path}: max_concurrent must be in 1..={}, got {n}",
+                crate::bulkhead::MAX_LIMIT
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+impl<P, C: Send + Sync + 'static, L, O, H> ClientStackLayer<P, C, L, O, H> {
+    /// Reloads what can change in a running stack from a section (feature
+    /// `serde`): the breaker's thresholds, failures in a row and open time
+    /// (its state and window kept), and the bulkhead's limit (calls in
+    /// flight keep their permits). Other settings of the section (budgets,
+    /// retry) take effect when the stack is built again. All or nothing: a
+    /// refused value changes nothing, and the error names its path.
+    ///
+    /// A file watcher is yours; on SIGHUP, for instance:
+    ///
+    /// ```ignore
+    /// let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    /// tokio::spawn(async move {
+    ///     while hup.recv().await.is_some() {
+    ///         let text = std::fs::read_to_string("seawall.toml");
+    ///         let config = text.map_err(BoxError::from).and_then(|t| Ok(toml::from_str::<ServiceConfig>(&t)?));
+    ///         match config.and_then(|c| Ok(payments.reload(c.client_settings("payments")?)?)) {
+    ///             Ok(()) => tracing::info!("seawall settings reloaded"),
+    ///             Err(e) => tracing::warn!("reload refused, nothing changed: {e}"),
+    ///         }
+    ///     }
+    /// });
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming the refused setting; nothing is changed.
+    pub fn reload(&self, s: &ClientSettings) -> Result<(), ConfigError> {
+        let breaker = self.breaker_handle();
+        let t = tuned(breaker.tuning(), &s.breaker);
+        check_limit(self.bulkhead_handle().name(), s.bulkhead.max_concurrent)?;
+        // Checked by a dry run on the current tuning: retune refuses before
+        // it changes anything.
+        breaker.retune(t).map_err(|e| {
+            ConfigError::new(e.layer(), format!("{}: {}", breaker.name(), e.message()))
+        })?;
+        if let Some(n) = s.bulkhead.max_concurrent {
+            self.bulkhead_handle().set_max_concurrent(n)?;
+        }
+        Ok(())
+    }
+}
+
+impl<O, R, P, I> ServerStackLayer<O, R, P, I> {
+    /// Reloads what can change in a running server stack from a section
+    /// (feature `serde`): the bulkhead's limit. Other settings take effect
+    /// when the stack is built again.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming the refused setting; nothing is changed.
+    pub fn reload(&self, s: &ServerSettings) -> Result<(), ConfigError> {
+        check_limit(self.bulkhead_handle().name(), s.bulkhead.max_concurrent)?;
+        if let Some(n) = s.bulkhead.max_concurrent {
+            self.bulkhead_handle().set_max_concurrent(n)?;
+        }
+        Ok(())
+    }
+}

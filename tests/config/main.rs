@@ -245,3 +245,70 @@ fn a_grpc_service_config_sets_the_grpc_preset() {
     );
     assert!(e.contains("hedges every method"), "{e}");
 }
+
+/// A reload of a running stack from a changed file: the breaker's open time
+/// and the bulkhead's limit change, the rest waits for a rebuild; a refused
+/// file changes nothing.
+#[tokio::test(start_paused = true)]
+async fn a_running_stack_reloads_what_can_change() {
+    let c = example();
+    let payments = c.client("payments").unwrap();
+    assert_eq!(
+        payments.breaker_handle().tuning().open_duration,
+        Duration::from_secs(2)
+    );
+    let changed: ServiceConfig = toml::from_str(
+        r#"
+        [clients.payments]
+        total_budget = "2s"
+        attempt_timeout = "500ms"
+        breaker = { open_duration = "5s", failure_rate_threshold = 0.3 }
+        bulkhead = { max_concurrent = 16 }
+        "#,
+    )
+    .unwrap();
+    payments
+        .reload(changed.client_settings("payments").unwrap())
+        .unwrap();
+    let t = payments.breaker_handle().tuning();
+    assert_eq!(
+        (t.open_duration, t.failure_rate_threshold),
+        (Duration::from_secs(5), 0.3)
+    );
+    assert_eq!(payments.bulkhead_handle().max_concurrent(), 16);
+
+    let refused: ServiceConfig = toml::from_str(
+        r#"
+        [clients.payments]
+        breaker = { failure_rate_threshold = 2.0 }
+        bulkhead = { max_concurrent = 8 }
+        "#,
+    )
+    .unwrap();
+    let e = payments
+        .reload(refused.client_settings("payments").unwrap())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("payments.breaker: failure_rate_threshold"),
+        "{e}"
+    );
+    assert_eq!(
+        payments.bulkhead_handle().max_concurrent(),
+        16,
+        "a refused reload changed the bulkhead"
+    );
+    assert_eq!(
+        payments.breaker_handle().tuning().failure_rate_threshold,
+        0.3
+    );
+
+    let server = c.server("api").unwrap();
+    let mut s = c.server_settings().unwrap().clone();
+    s.bulkhead.max_concurrent = Some(100);
+    server.reload(&s).unwrap();
+    assert_eq!(server.bulkhead_handle().max_concurrent(), 100);
+    s.bulkhead.max_concurrent = Some(0);
+    assert!(server.reload(&s).is_err());
+    assert_eq!(server.bulkhead_handle().max_concurrent(), 100);
+}
