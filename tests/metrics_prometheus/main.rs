@@ -79,6 +79,7 @@ async fn prometheus_sees_conventional_names_help_and_one_state() {
     for i in 0..40 {
         let _ = svc.clone().oneshot(i >= 2).await;
     }
+    more_events(&observer).await;
 
     // The listener serves once the recorder's exporter task runs.
     let mut text = String::new();
@@ -131,6 +132,32 @@ async fn prometheus_sees_conventional_names_help_and_one_state() {
             .any(|s| s.starts_with("seawall_call_duration_seconds_bucket{")),
         "the duration histogram's buckets"
     );
+    // This session's layers: a hedge, a fallback, an ejection, a retune.
+    for (name, label) in [
+        ("seawall_hedges_total", "layer=\"hedge\""),
+        ("seawall_fallbacks_total", "reason=\"failure\""),
+        ("seawall_ejections_total", "reason=\"consecutive_failures\""),
+        (
+            "seawall_reconfigurations_total",
+            "layer=\"circuit_breaker\"",
+        ),
+    ] {
+        assert_eq!(
+            types.get(name).map(String::as_str),
+            Some("counter"),
+            "{name}"
+        );
+        assert!(
+            helps.get(name).is_some_and(|h| h.len() > 10),
+            "{name} has a HELP line"
+        );
+        assert!(
+            series
+                .iter()
+                .any(|s| s.starts_with(name) && s.contains(label)),
+            "{name} with {label}"
+        );
+    }
     assert!(
         series
             .iter()
@@ -217,3 +244,54 @@ fn the_grafana_dashboard_queries_shipped_metrics() {
         assert!(found > 0, "a seawall metric in {expr}");
     }
 }
+
+/// One event of each kind this session's layers report: a hedge sent, a
+/// fallback answer, an endpoint ejected, a breaker retuned.
+#[cfg(all(feature = "hedge", feature = "fallback", feature = "eject"))]
+async fn more_events(observer: &Observer) {
+    use seawall::eject::EjectionLayer;
+    use seawall::fallback::{FallbackLayer, fallback_fn};
+    use seawall::hedge::HedgeLayer;
+    use seawall::observe::FallbackReason;
+    use tower::{Layer, Service};
+
+    let slow = tower::service_fn(|x: u32| async move {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        Ok::<u32, BoxError>(x)
+    });
+    let hedge = HedgeLayer::builder()
+        .delay(Duration::from_millis(5))
+        .observer(observer.clone())
+        .build()
+        .unwrap();
+    hedge.layer(slow).oneshot(1).await.unwrap();
+
+    let failing = tower::service_fn(|_: u32| async { Err::<u32, BoxError>("down".into()) });
+    let fallback = FallbackLayer::builder(fallback_fn(
+        |_: FallbackReason, _: Result<&u32, &BoxError>| async { Some(0) },
+    ))
+    .observer(observer.clone())
+    .build()
+    .unwrap();
+    assert_eq!(fallback.layer(failing).oneshot(1).await.unwrap(), 0);
+
+    let ejection = EjectionLayer::builder()
+        .observer(observer.clone())
+        .build()
+        .unwrap();
+    let mut endpoints: Vec<_> = (0..2).map(|_| ejection.layer(failing)).collect();
+    for _ in 0..5 {
+        let _ = endpoints[0].ready().await.unwrap().call(1).await;
+    }
+    assert_eq!(ejection.ejected(), 1);
+
+    let breaker = CircuitBreakerLayer::builder()
+        .observer(observer.clone())
+        .build()
+        .unwrap();
+    let handle = breaker.handle();
+    handle.retune(handle.tuning()).unwrap();
+}
+
+#[cfg(not(all(feature = "hedge", feature = "fallback", feature = "eject")))]
+async fn more_events(_: &Observer) {}
