@@ -215,6 +215,10 @@ fn the_grafana_dashboard_queries_shipped_metrics() {
         "seawall_limit",
         "seawall_input_ignored_total",
         "seawall_backend_errors_total",
+        "seawall_hedges_total",
+        "seawall_fallbacks_total",
+        "seawall_ejections_total",
+        "seawall_reconfigurations_total",
     ];
     let mut exprs = Vec::new();
     for panel in dash["panels"].as_array().expect("panels") {
