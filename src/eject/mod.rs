@@ -89,7 +89,12 @@
 //!   [`backpressure`](crate::circuit_breaker::CircuitBreakerBuilder::backpressure)
 //!   mode so that an open breaker reads as not ready) works too, but it
 //!   judges each endpoint alone: it cannot see that one endpoint is slower
-//!   or worse than the others, and it has no cap on how many are out.
+//!   or worse than the others, and it has no cap on how many are out. A
+//!   protocol preset per endpoint does this: `ClientStack::http(name)
+//!   .retry(|r| r.max_attempts(1)).breaker(|b| b.backpressure(true))` around
+//!   each endpoint's client, balanced (retry above the balancer, where a
+//!   second attempt can reach another endpoint; `tests/eject` runs it
+//!   against real servers).
 
 mod layer;
 mod registry;

@@ -456,3 +456,86 @@ async fn endpoints_from_a_changing_discovery_are_watched_and_leave_cleanly() {
     assert_eq!(layer.endpoints(), 2, "the removed endpoint kept its slot");
     assert_eq!(layer.ejected(), 0);
 }
+
+/// The HTTP client preset built per endpoint behind a balancer (each with
+/// its own breaker, in backpressure mode so that an open one reads as not
+/// ready): three real axum servers, one answering 500; its breaker opens
+/// and the balancer stops sending it calls.
+#[tokio::test]
+async fn the_http_preset_per_endpoint_behind_a_balancer() {
+    use bytes::Bytes;
+    use http_body_util::Full;
+    use seawall::stack::ClientStack;
+
+    let mut addrs = Vec::new();
+    let mut hits = Vec::new();
+    for broken in [true, false, false] {
+        let h = Arc::new(AtomicU64::new(0));
+        let c = h.clone();
+        let app = axum::Router::new().route(
+            "/",
+            axum::routing::get(move || {
+                c.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    if broken {
+                        (http::StatusCode::INTERNAL_SERVER_ERROR, "broken")
+                    } else {
+                        (http::StatusCode::OK, "ok")
+                    }
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        addrs.push(listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        hits.push(h);
+    }
+    let hyper = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Full<Bytes>>();
+    let mut breakers = Vec::new();
+    let endpoints: Vec<_> = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, addr)| {
+            let stack = ClientStack::http(format!("replica{i}"))
+                .total_budget(Duration::from_secs(2))
+                .attempt_timeout(Duration::from_millis(500))
+                .retry(|r| r.max_attempts(1)) // the retry goes above the balancer
+                .breaker(|b| b.backpressure(true).consecutive_failures(5))
+                .build()
+                .unwrap();
+            breakers.push(stack.breaker_handle());
+            // Each endpoint sends to its own address.
+            let authority = addr.to_string();
+            let client =
+                tower::util::MapRequestLayer::new(move |mut req: http::Request<Full<Bytes>>| {
+                    *req.uri_mut() = format!("http://{authority}{}", req.uri().path())
+                        .parse()
+                        .unwrap();
+                    req
+                })
+                .layer(hyper.clone());
+            stack.layer(client)
+        })
+        .collect();
+    let mut balanced = Balance::new(PendingRequestsDiscover::new(
+        ServiceList::new(endpoints),
+        CompleteOnResponse::default(),
+    ));
+    let mut ok = 0;
+    for _ in 0..200 {
+        let req = http::Request::get("/").body(Full::default()).unwrap();
+        let res = balanced.ready().await.unwrap().call(req).await.unwrap();
+        if res.status() == 200 {
+            ok += 1;
+        }
+    }
+    assert_eq!(breakers[0].state(), seawall::observe::State::Open);
+    let broken_hits = hits[0].load(Ordering::SeqCst);
+    println!("{ok} of 200 answered 200; the broken server saw {broken_hits} calls");
+    assert!(
+        broken_hits <= 10,
+        "the broken server saw {broken_hits} calls"
+    );
+    assert!(ok >= 190, "{ok} of 200");
+}
