@@ -82,8 +82,9 @@
 //! Layers: `deadline`, `retry`, `circuit-breaker`, `bulkhead`, `shed`,
 //! `rate-limit`, `hedge`, `fallback`, `eject`, `keyed` (all on by default) and
 //! `chaos`. Integrations (opt-in): `http`, `axum`, `tonic`, `metrics`,
-//! `redis`; `full` turns everything on. The protocol presets need `http`
-//! (HTTP) or `tonic` (gRPC).
+//! `redis`, `serde` (settings from files), `tonic-channel` (a balanced tonic
+//! channel with ejection); `full` turns everything on. The protocol presets
+//! need `http` (HTTP) or `tonic` (gRPC).
 #![forbid(unsafe_code)]
 #![warn(
     missing_docs,

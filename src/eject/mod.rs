@@ -68,12 +68,13 @@
 //! An ejected endpoint's `poll_ready` is `Pending` (woken when its time is
 //! over), so `tower::balance::p2c::Balance` picks among the others. For
 //! tonic, make one `Channel` per endpoint, wrap each, and balance them with
-//! `Balance`; for endpoints that come and go, give `Balance`
-//! [`EjectionLayer::discover`] over a stream of `Change`s (what tonic's
-//! `Channel::balance_channel` takes, each `Endpoint` made a `Channel` with
-//! `connect_lazy`). Tonic's own `balance_list` and `balance_channel`
+//! `Balance`; for endpoints that come and go, `balance_channel` (feature
+//! `tonic-channel`) has the shape of tonic's `Channel::balance_channel` — a
+//! service and a sender of `Change<K, Endpoint>` — with every endpoint
+//! watched, or give `Balance` [`EjectionLayer::discover`] over your own
+//! stream of changes. Tonic's own `balance_list` and `balance_channel`
 //! balance inside the `Channel`, where no layer can see which endpoint
-//! answered a call: they cannot be watched. Events: each endpoint's [`StateChanged`](crate::observe::EventKind::StateChanged)
+//! answered a call: use these instead. Events: each endpoint's [`StateChanged`](crate::observe::EventKind::StateChanged)
 //! (healthy, open = ejected, half-open = probing) as `"{name}.{i}"`, and
 //! [`EndpointEjected`](crate::observe::EventKind::EndpointEjected) with the
 //! reason and the time.
@@ -96,9 +97,14 @@
 //!   second attempt can reach another endpoint; `tests/eject` runs it
 //!   against real servers).
 
+#[cfg(feature = "tonic-channel")]
+mod channel;
 mod layer;
 mod registry;
 mod service;
+
+#[cfg(feature = "tonic-channel")]
+pub use self::channel::{EjectChannel, EndpointChanges, balance_channel};
 
 pub use self::layer::{
     DEFAULT_BASE_EJECTION, DEFAULT_CONSECUTIVE_FAILURES, DEFAULT_INTERVAL,

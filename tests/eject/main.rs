@@ -539,3 +539,99 @@ async fn the_http_preset_per_endpoint_behind_a_balancer() {
     );
     assert!(ok >= 190, "{ok} of 200");
 }
+
+/// `balance_channel`: tonic's `balance_channel` shape with ejection. Three
+/// real servers added as endpoints; one killed (ejected; calls keep
+/// succeeding), then removed from the set, then added back on a restarted
+/// server.
+#[tokio::test]
+async fn a_balance_channel_with_ejection_over_real_servers() {
+    use seawall::eject::balance_channel;
+    use seawall::grpc::GrpcStatusClassifier;
+    use seawall::stack::ClientStack;
+    use tonic::transport::Endpoint;
+    use tower::discover::Change;
+
+    let hits: Vec<Arc<AtomicU64>> = (0..3).map(|_| Arc::new(AtomicU64::new(0))).collect();
+    let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let mut servers = Vec::new();
+    for h in &hits {
+        servers.push(greeter_on(any, h.clone()).await);
+    }
+    let ejection = EjectionLayer::builder()
+        .classifier(GrpcStatusClassifier::new())
+        .build()
+        .unwrap();
+    let (channel, changes) = balance_channel(&ejection, 64);
+    for (i, (addr, _)) in servers.iter().enumerate() {
+        let endpoint = Endpoint::from_shared(format!("http://{addr}")).unwrap();
+        changes.send(Change::Insert(i, endpoint)).await.unwrap();
+    }
+    let client = ClientStack::grpc("greeter")
+        .total_budget(Duration::from_secs(2))
+        .attempt_timeout(Duration::from_millis(500))
+        .build()
+        .unwrap()
+        .layer(channel);
+    let hello = || {
+        tonic::Request::new(greeter::HelloRequest {
+            name: "balanced".into(),
+            work_ms: 0,
+        })
+    };
+    for _ in 0..60 {
+        greeter::call_say_hello(client.clone(), hello())
+            .await
+            .unwrap();
+    }
+    assert_eq!(ejection.endpoints(), 3);
+    assert!(
+        hits.iter().all(|h| h.load(Ordering::SeqCst) > 0),
+        "an endpoint got no call"
+    );
+
+    let (addr1, stop1) = servers.remove(1);
+    drop(stop1);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut failed = 0;
+    for _ in 0..100 {
+        if greeter::call_say_hello(client.clone(), hello())
+            .await
+            .is_err()
+        {
+            failed += 1;
+        }
+    }
+    assert!(failed <= 2, "{failed} of 100 failed");
+    assert_eq!(ejection.ejected(), 1);
+
+    // Removed from the set: its slot is freed.
+    changes.send(Change::Remove(1)).await.unwrap();
+    for _ in 0..20 {
+        greeter::call_say_hello(client.clone(), hello())
+            .await
+            .unwrap();
+    }
+    assert_eq!((ejection.endpoints(), ejection.ejected()), (2, 0));
+
+    // Restarted and added back: it takes calls.
+    let (_addr, _stop) = greeter_on(addr1, hits[1].clone()).await;
+    let before = hits[1].load(Ordering::SeqCst);
+    changes
+        .send(Change::Insert(
+            1,
+            Endpoint::from_shared(format!("http://{addr1}")).unwrap(),
+        ))
+        .await
+        .unwrap();
+    for _ in 0..60 {
+        greeter::call_say_hello(client.clone(), hello())
+            .await
+            .unwrap();
+    }
+    assert_eq!(ejection.endpoints(), 3);
+    assert!(
+        hits[1].load(Ordering::SeqCst) > before,
+        "the restarted server got no call"
+    );
+}
