@@ -78,9 +78,11 @@ pub struct RetryBudget {
 struct Inner {
     start: Instant,
     bucket_nanos: u64,
-    ratio_ppm: u64,
-    success_ratio_ppm: u64,
-    floor: u64,
+    // Atomics, so that an operator can change them at run time
+    // (`set_ratios`); read with relaxed loads.
+    ratio_ppm: AtomicU64,
+    success_ratio_ppm: AtomicU64,
+    floor: AtomicU64,
     window: Duration,
     deposits: [AtomicU64; BUCKETS],
     successes: [AtomicU64; BUCKETS],
@@ -214,9 +216,9 @@ impl RetryBudget {
             inner: std::sync::Arc::new(Inner {
                 start: crate::clock::now(),
                 bucket_nanos: bucket_nanos.max(1),
-                ratio_ppm: (ratio * PPM as f64).round() as u64,
-                success_ratio_ppm: (success_ratio * PPM as f64).round() as u64,
-                floor,
+                ratio_ppm: AtomicU64::new((ratio * PPM as f64).round() as u64),
+                success_ratio_ppm: AtomicU64::new((success_ratio * PPM as f64).round() as u64),
+                floor: AtomicU64::new(floor),
                 window,
                 deposits: std::array::from_fn(|_| AtomicU64::new(0)),
                 successes: std::array::from_fn(|_| AtomicU64::new(0)),
@@ -230,18 +232,66 @@ impl RetryBudget {
 
     /// The fraction of requests that may be retried, in parts per million.
     pub fn ratio_ppm(&self) -> u64 {
-        self.inner.ratio_ppm
+        self.inner.ratio_ppm.load(Ordering::Relaxed)
     }
 
     /// The fraction of succeeded requests added to the budget, in parts per
     /// million (0 for a plain [`new`](Self::new) budget).
     pub fn success_ratio_ppm(&self) -> u64 {
-        self.inner.success_ratio_ppm
+        self.inner.success_ratio_ppm.load(Ordering::Relaxed)
     }
 
     /// The retries granted per window regardless of traffic (`min_per_sec × window`).
     pub fn floor(&self) -> u64 {
-        self.inner.floor
+        self.inner.floor.load(Ordering::Relaxed)
+    }
+
+    /// Changes the budget's shares at run time (an operator's reload): the
+    /// share of requests, the share of succeeded requests and the floor
+    /// per second, as in [`adaptive`](Self::adaptive); the window and the
+    /// counts in it are kept. Every clone sees the change.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use seawall::retry::RetryBudget;
+    ///
+    /// let budget = RetryBudget::new(0.1, 1, Duration::from_secs(10)).unwrap();
+    /// budget.set_ratios(0.2, 0.0, 0).unwrap();
+    /// assert_eq!((budget.ratio_ppm(), budget.floor()), (200_000, 0));
+    /// assert!(budget.set_ratios(1.5, 0.0, 0).is_err()); // nothing changes
+    /// assert_eq!(budget.ratio_ppm(), 200_000);
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] when a share is not in `0.0..=1.0`.
+    pub fn set_ratios(
+        &self,
+        ratio: f64,
+        success_ratio: f64,
+        min_per_sec: u32,
+    ) -> Result<(), ConfigError> {
+        for (what, r) in [
+            ("budget ratio", ratio),
+            ("budget success ratio", success_ratio),
+        ] {
+            if !(0.0..=1.0).contains(&r) {
+                return Err(ConfigError::new(
+                    "retry",
+                    format!("{what} must be in 0.0..=1.0, got {r}"),
+                ));
+            }
+        }
+        let floor = (f64::from(min_per_sec) * self.inner.window.as_secs_f64()).round() as u64;
+        self.inner
+            .ratio_ppm
+            .store((ratio * PPM as f64).round() as u64, Ordering::Relaxed);
+        self.inner.success_ratio_ppm.store(
+            (success_ratio * PPM as f64).round() as u64,
+            Ordering::Relaxed,
+        );
+        self.inner.floor.store(floor, Ordering::Relaxed);
+        Ok(())
     }
 
     /// The window length.
@@ -270,7 +320,7 @@ impl RetryBudget {
     #[inline]
     pub fn credit_success(&self, ticket: RequestTicket) {
         // (Consumed: a ticket credits one success.)
-        if self.inner.success_ratio_ppm > 0 {
+        if self.inner.success_ratio_ppm.load(Ordering::Relaxed) > 0 {
             bump(&self.inner.successes, ticket.epoch);
         }
     }
@@ -397,7 +447,7 @@ impl Inner {
     }
 
     fn successes(&self, epoch: u64) -> u64 {
-        if self.success_ratio_ppm == 0 {
+        if self.success_ratio_ppm.load(Ordering::Relaxed) == 0 {
             return 0;
         }
         count_in_window(&self.successes, epoch)
@@ -406,9 +456,18 @@ impl Inner {
     #[inline]
     fn allowance_ppm(&self, requests: u64, successes: u64) -> u64 {
         self.floor
+            .load(Ordering::Relaxed)
             .saturating_mul(PPM)
-            .saturating_add(self.ratio_ppm.saturating_mul(requests))
-            .saturating_add(self.success_ratio_ppm.saturating_mul(successes))
+            .saturating_add(
+                self.ratio_ppm
+                    .load(Ordering::Relaxed)
+                    .saturating_mul(requests),
+            )
+            .saturating_add(
+                self.success_ratio_ppm
+                    .load(Ordering::Relaxed)
+                    .saturating_mul(successes),
+            )
     }
 
     #[inline]
@@ -450,8 +509,8 @@ impl Ring {
 impl fmt::Debug for RetryBudget {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RetryBudget")
-            .field("ratio_ppm", &self.inner.ratio_ppm)
-            .field("floor", &self.inner.floor)
+            .field("ratio_ppm", &self.ratio_ppm())
+            .field("floor", &self.floor())
             .field("window", &self.inner.window)
             .finish()
     }

@@ -269,10 +269,12 @@ fn check_limit(path: &str, n: Option<usize>) -> Result<(), ConfigError> {
 impl<P, C: Send + Sync + 'static, L, O, H> ClientStackLayer<P, C, L, O, H> {
     /// Reloads what can change in a running stack from a section (feature
     /// `serde`): the breaker's thresholds, failures in a row and open time
-    /// (its state and window kept), and the bulkhead's limit (calls in
-    /// flight keep their permits). Other settings of the section (budgets,
-    /// retry) take effect when the stack is built again. All or nothing: a
-    /// refused value changes nothing, and the error names its path.
+    /// (its state and window kept), the bulkhead's limit (calls in flight
+    /// keep their permits) and the retry budget's shares and floor (its
+    /// window and counts kept). Other settings of the section (time
+    /// budgets, attempts, backoff) take effect when the stack is built
+    /// again. All or nothing: a refused value changes nothing, and the error
+    /// names its path.
     ///
     /// A file watcher is yours; on SIGHUP, for instance:
     ///
@@ -297,6 +299,32 @@ impl<P, C: Send + Sync + 'static, L, O, H> ClientStackLayer<P, C, L, O, H> {
         let breaker = self.breaker_handle();
         let t = tuned(breaker.tuning(), &s.breaker);
         check_limit(self.bulkhead_handle().name(), s.bulkhead.max_concurrent)?;
+        let budget = self.retry_budget();
+        let ppm = |p: u64| p as f64 / 1e6;
+        let window = budget.window().as_secs_f64();
+        let ratios = (
+            s.retry.budget_ratio.unwrap_or(ppm(budget.ratio_ppm())),
+            s.retry
+                .budget_success_ratio
+                .unwrap_or(ppm(budget.success_ratio_ppm())),
+            s.retry
+                .min_retries_per_sec
+                .unwrap_or((budget.floor() as f64 / window).round() as u32),
+        );
+        for (what, r) in [
+            ("budget_ratio", ratios.0),
+            ("budget_success_ratio", ratios.1),
+        ] {
+            if !(0.0..=1.0).contains(&r) {
+                return Err(ConfigError::new(
+                    "retry",
+                    format!(
+                        "{}: {what} must be in 0.0..=1.0, got {r}",
+                        self.retry().name()
+                    ),
+                ));
+            }
+        }
         // Checked by a dry run on the current tuning: retune refuses before
         // it changes anything.
         breaker.retune(t).map_err(|e| {
@@ -305,6 +333,7 @@ impl<P, C: Send + Sync + 'static, L, O, H> ClientStackLayer<P, C, L, O, H> {
         if let Some(n) = s.bulkhead.max_concurrent {
             self.bulkhead_handle().set_max_concurrent(n)?;
         }
+        budget.set_ratios(ratios.0, ratios.1, ratios.2)?;
         Ok(())
     }
 }

@@ -247,8 +247,8 @@ fn a_grpc_service_config_sets_the_grpc_preset() {
 }
 
 /// A reload of a running stack from a changed file: the breaker's open time
-/// and the bulkhead's limit change, the rest waits for a rebuild; a refused
-/// file changes nothing.
+/// and threshold, the bulkhead's limit and the retry budget's share change,
+/// the rest waits for a rebuild; a refused file changes nothing.
 #[tokio::test(start_paused = true)]
 async fn a_running_stack_reloads_what_can_change() {
     let c = example();
@@ -264,12 +264,20 @@ async fn a_running_stack_reloads_what_can_change() {
         attempt_timeout = "500ms"
         breaker = { open_duration = "5s", failure_rate_threshold = 0.3 }
         bulkhead = { max_concurrent = 16 }
+        retry = { budget_ratio = 0.2 }
         "#,
     )
     .unwrap();
+    let floor = payments.retry_budget().floor();
     payments
         .reload(changed.client_settings("payments").unwrap())
         .unwrap();
+    assert_eq!(payments.retry_budget().ratio_ppm(), 200_000);
+    assert_eq!(
+        payments.retry_budget().floor(),
+        floor,
+        "an absent setting is kept"
+    );
     let t = payments.breaker_handle().tuning();
     assert_eq!(
         (t.open_duration, t.failure_rate_threshold),
@@ -282,6 +290,7 @@ async fn a_running_stack_reloads_what_can_change() {
         [clients.payments]
         breaker = { failure_rate_threshold = 2.0 }
         bulkhead = { max_concurrent = 8 }
+        retry = { budget_ratio = 0.5 }
         "#,
     )
     .unwrap();
@@ -297,6 +306,11 @@ async fn a_running_stack_reloads_what_can_change() {
         payments.bulkhead_handle().max_concurrent(),
         16,
         "a refused reload changed the bulkhead"
+    );
+    assert_eq!(
+        payments.retry_budget().ratio_ppm(),
+        200_000,
+        "a refused reload changed the budget"
     );
     assert_eq!(
         payments.breaker_handle().tuning().failure_rate_threshold,
