@@ -175,25 +175,12 @@ pub struct DeadlineFromHeadersLayer {
 }
 
 impl DeadlineFromHeadersLayer {
-    /// The layer with every default.
+    /// The layer with every default (`builder().build()`).
     pub fn new() -> Self {
-        DeadlineFromHeadersLayer {
-            cfg: Arc::new(IngressConfig {
-                grpc: true,
-                ms_header: Some((
-                    HeaderName::from_static(DEFAULT_MS_HEADER),
-                    DEFAULT_MS_HEADER,
-                )),
-                max: DEFAULT_MAX,
-                margin: Duration::ZERO,
-                default_budget: None,
-                on_invalid: OnInvalid::Ignore,
-                shared: Arc::new(Shared {
-                    limit: DEFAULT_MAX,
-                    name: Name::from("deadline_from_headers"),
-                    observer: Observer::none(),
-                }),
-            }),
+        // The defaults are valid by construction.
+        match Self::builder().build() {
+            Ok(layer) => layer,
+            Err(e) => unreachable!("default deadline ingress configuration is valid: {e}"),
         }
     }
 
