@@ -53,7 +53,13 @@ pub type EjectChannel<K, C> = Buffer<
 /// where no layer sees which endpoint answered). Send
 /// `Change::Insert(key, endpoint)` and `Change::Remove(key)`; `capacity` is
 /// the buffer of changes and of requests waiting for the balancer. Needs a
-/// tokio runtime (the buffer's worker is spawned).
+/// tokio runtime (the buffer's worker is spawned). Changes apply when a
+/// request next drives the balancer.
+///
+/// To call it from `tokio::spawn`, box the client you build on it
+/// (`tower::util::BoxCloneService::new(client)`): the compiler cannot prove
+/// a `Buffer` over a `BoxError` service's future `Send` inside an `async`
+/// block ("implementation of `From` is not general enough").
 ///
 /// ```no_run
 /// # async fn doc() -> Result<(), seawall::BoxError> {

@@ -118,7 +118,9 @@ impl EjectionLayer<ErrorsAsFailures> {
 }
 
 impl<C> EjectionLayer<C> {
-    /// Endpoints registered now.
+    /// Endpoints registered now: those whose services exist. Endpoints a
+    /// discovery adds or removes count once the balancer has taken the
+    /// change, which it does when a request next drives it.
     pub fn endpoints(&self) -> usize {
         self.shared.registry.active.load(Ordering::Acquire) as usize
     }

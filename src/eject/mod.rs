@@ -75,7 +75,11 @@
 //! stream of changes. Tonic's own `balance_list` and `balance_channel`
 //! balance inside the `Channel`, where no layer can see which endpoint
 //! answered a call: use these instead. Events: each endpoint's [`StateChanged`](crate::observe::EventKind::StateChanged)
-//! (healthy, open = ejected, half-open = probing) as `"{name}.{i}"`, and
+//! (healthy, open = ejected, half-open = probing) as `"{name}.{i}"`, where
+//! `i` is the endpoint's slot (taken when its service is made, given back
+//! and reused when it is dropped; a removed endpoint's history goes with
+//! it; a new one starts with a `Healthy → Healthy` event, so that the
+//! state gauge has one state at 1), and
 //! [`EndpointEjected`](crate::observe::EventKind::EndpointEjected) with the
 //! reason and the time.
 //!
