@@ -78,15 +78,7 @@ impl BulkheadHandle {
     /// A [`ConfigError`](crate::error::ConfigError) when `n` is outside
     /// `1..=`[`MAX_LIMIT`](super::MAX_LIMIT); the limit is left unchanged.
     pub fn set_max_concurrent(&self, n: usize) -> Result<(), crate::error::ConfigError> {
-        if n == 0 || n > super::MAX_LIMIT {
-            return Err(crate::error::ConfigError::new(
-                "bulkhead",
-                format!(
-                    "max_concurrent must be in 1..={}, got {n}",
-                    super::MAX_LIMIT
-                ),
-            ));
-        }
+        super::layer::check_max_concurrent(n)?;
         let from = self.engine.resize(n);
         self.engine.observer.emit(
             crate::observe::LayerKind::Bulkhead,

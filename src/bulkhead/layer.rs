@@ -218,15 +218,7 @@ impl BulkheadBuilder {
 
     /// Validates the settings and builds the layer.
     pub fn build(self) -> Result<BulkheadLayer, ConfigError> {
-        if self.max_concurrent == 0 || self.max_concurrent > MAX_LIMIT {
-            return Err(ConfigError::new(
-                KIND,
-                format!(
-                    "max_concurrent must be in 1..={MAX_LIMIT}, got {}",
-                    self.max_concurrent
-                ),
-            ));
-        }
+        check_max_concurrent(self.max_concurrent)?;
         if self.max_queue > MAX_LIMIT {
             return Err(ConfigError::new(
                 KIND,
@@ -278,4 +270,16 @@ impl BulkheadBuilder {
             hold: PhantomData,
         })
     }
+}
+
+/// The one rule for a limit of calls in flight: the builder's, a run-time
+/// change's and a reload's.
+pub(crate) fn check_max_concurrent(n: usize) -> Result<(), ConfigError> {
+    if n == 0 || n > MAX_LIMIT {
+        return Err(ConfigError::new(
+            KIND,
+            format!("max_concurrent must be in 1..={MAX_LIMIT}, got {n}"),
+        ));
+    }
+    Ok(())
 }

@@ -19,7 +19,7 @@ use crate::observe::Observer;
 const KIND: &str = "circuit_breaker";
 
 /// The longest open time accepted (about 30 years).
-const MAX_OPEN: Duration = crate::deadline::MAX_BUDGET;
+pub(crate) const MAX_OPEN: Duration = crate::deadline::MAX_BUDGET;
 
 /// The window a closed breaker judges the failure and slow-call rates by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -388,45 +388,23 @@ impl<C> CircuitBreakerBuilder<C> {
                 WindowConfig::Time { span, buckets }
             }
         };
-        for (setting, t) in [
-            ("failure_rate_threshold", self.failure_rate_threshold),
-            ("slow_call_rate_threshold", self.slow_call_rate_threshold),
-        ] {
-            if !(t > 0.0 && t <= 1.0) {
-                return err(format!("{setting} must be in (0, 1], got {t}"));
-            }
+        super::BreakerTuning {
+            failure_rate_threshold: self.failure_rate_threshold,
+            slow_call_rate_threshold: self.slow_call_rate_threshold,
+            minimum_calls: self.minimum_calls,
+            consecutive_failures: self.consecutive_failures,
+            open_duration: self.open_duration,
+            open_multiplier: self.open_multiplier,
+            max_open_duration: self.max_open_duration,
         }
+        .check(self.rate_trips)?;
         if self.slow_call_duration.is_zero() {
             return err("slow_call_duration must be above zero, got 0ns".into());
-        }
-        if self.minimum_calls == 0 {
-            return err("minimum_calls must be at least 1, got 0".into());
-        }
-        if self.consecutive_failures == Some(0) {
-            return err("consecutive_failures must be at least 1, got 0".into());
         }
         if self.permitted_in_half_open == 0 || self.permitted_in_half_open > 65_535 {
             return err(format!(
                 "permitted_calls_in_half_open must be in 1..=65535, got {}",
                 self.permitted_in_half_open
-            ));
-        }
-        if self.open_duration.is_zero() || self.open_duration > MAX_OPEN {
-            return err(format!(
-                "open_duration must be above zero and at most ~30 years, got {:?}",
-                self.open_duration
-            ));
-        }
-        if !(self.open_multiplier.is_finite() && self.open_multiplier >= 1.0) {
-            return err(format!(
-                "open_multiplier must be finite and at least 1, got {}",
-                self.open_multiplier
-            ));
-        }
-        if self.max_open_duration < self.open_duration || self.max_open_duration > MAX_OPEN {
-            return err(format!(
-                "max_open_duration must be at least open_duration ({:?}) and at most ~30 years, got {:?}",
-                self.open_duration, self.max_open_duration
             ));
         }
         if !(0.0..=1.0).contains(&self.open_jitter) {

@@ -183,20 +183,17 @@ pub struct BreakerTuning {
 }
 
 impl BreakerTuning {
-    fn check(&self, rate_trips: bool) -> Result<(), crate::error::ConfigError> {
+    /// The one rule for these settings: the builder's and a retune's.
+    pub(crate) fn check(&self, rate_trips: bool) -> Result<(), crate::error::ConfigError> {
+        use self::layer::MAX_OPEN;
         let err = |m: String| Err(crate::error::ConfigError::new("circuit_breaker", m));
-        let unit = |x: f64| x > 0.0 && x <= 1.0;
-        if !unit(self.failure_rate_threshold) {
-            return err(format!(
-                "failure_rate_threshold must be in (0, 1], got {}",
-                self.failure_rate_threshold
-            ));
-        }
-        if !unit(self.slow_call_rate_threshold) {
-            return err(format!(
-                "slow_call_rate_threshold must be in (0, 1], got {}",
-                self.slow_call_rate_threshold
-            ));
+        for (setting, t) in [
+            ("failure_rate_threshold", self.failure_rate_threshold),
+            ("slow_call_rate_threshold", self.slow_call_rate_threshold),
+        ] {
+            if !(t > 0.0 && t <= 1.0) {
+                return err(format!("{setting} must be in (0, 1], got {t}"));
+            }
         }
         if self.minimum_calls == 0 {
             return err("minimum_calls must be at least 1, got 0".into());
@@ -210,8 +207,11 @@ impl BreakerTuning {
                     .into(),
             );
         }
-        if self.open_duration.is_zero() {
-            return err("open_duration must be above zero".into());
+        if self.open_duration.is_zero() || self.open_duration > MAX_OPEN {
+            return err(format!(
+                "open_duration must be above zero and at most ~30 years, got {:?}",
+                self.open_duration
+            ));
         }
         if !(self.open_multiplier.is_finite() && self.open_multiplier >= 1.0) {
             return err(format!(
@@ -219,9 +219,9 @@ impl BreakerTuning {
                 self.open_multiplier
             ));
         }
-        if self.max_open_duration < self.open_duration {
+        if self.max_open_duration < self.open_duration || self.max_open_duration > MAX_OPEN {
             return err(format!(
-                "max_open_duration must be at least open_duration ({:?}), got {:?}",
+                "max_open_duration must be at least open_duration ({:?}) and at most ~30 years, got {:?}",
                 self.open_duration, self.max_open_duration
             ));
         }

@@ -192,18 +192,7 @@ impl RetryBudget {
         min_per_sec: u32,
         window: Duration,
     ) -> Result<Self, ConfigError> {
-        if !(0.0..=1.0).contains(&ratio) {
-            return Err(ConfigError::new(
-                "retry",
-                format!("budget ratio must be in 0.0..=1.0, got {ratio}"),
-            ));
-        }
-        if !(0.0..=1.0).contains(&success_ratio) {
-            return Err(ConfigError::new(
-                "retry",
-                format!("budget success ratio must be in 0.0..=1.0, got {success_ratio}"),
-            ));
-        }
+        Self::check_ratios(ratio, success_ratio)?;
         if window < Self::MIN_WINDOW || window > Self::MAX_WINDOW {
             return Err(ConfigError::new(
                 "retry",
@@ -271,6 +260,22 @@ impl RetryBudget {
         success_ratio: f64,
         min_per_sec: u32,
     ) -> Result<(), ConfigError> {
+        Self::check_ratios(ratio, success_ratio)?;
+        let floor = (f64::from(min_per_sec) * self.inner.window.as_secs_f64()).round() as u64;
+        self.inner
+            .ratio_ppm
+            .store((ratio * PPM as f64).round() as u64, Ordering::Relaxed);
+        self.inner.success_ratio_ppm.store(
+            (success_ratio * PPM as f64).round() as u64,
+            Ordering::Relaxed,
+        );
+        self.inner.floor.store(floor, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// The one rule for the budget's shares: the constructors', a run-time
+    /// change's and a reload's.
+    pub(crate) fn check_ratios(ratio: f64, success_ratio: f64) -> Result<(), ConfigError> {
         for (what, r) in [
             ("budget ratio", ratio),
             ("budget success ratio", success_ratio),
@@ -282,15 +287,6 @@ impl RetryBudget {
                 ));
             }
         }
-        let floor = (f64::from(min_per_sec) * self.inner.window.as_secs_f64()).round() as u64;
-        self.inner
-            .ratio_ppm
-            .store((ratio * PPM as f64).round() as u64, Ordering::Relaxed);
-        self.inner.success_ratio_ppm.store(
-            (success_ratio * PPM as f64).round() as u64,
-            Ordering::Relaxed,
-        );
-        self.inner.floor.store(floor, Ordering::Relaxed);
         Ok(())
     }
 

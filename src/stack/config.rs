@@ -253,16 +253,12 @@ fn tuned(
     t
 }
 
+/// The bulkhead's rule, with the instance's name as the path.
 fn check_limit(path: &str, n: Option<usize>) -> Result<(), ConfigError> {
     match n {
-        Some(n) if n == 0 || n > crate::bulkhead::MAX_LIMIT => Err(ConfigError::new(
-            "bulkhead",
-            format!(
-                "{path}: max_concurrent must be in 1..={}, got {n}",
-                crate::bulkhead::MAX_LIMIT
-            ),
-        )),
-        _ => Ok(()),
+        Some(n) => crate::bulkhead::check_max_concurrent(n)
+            .map_err(|e| ConfigError::new(e.layer(), format!("{path}: {}", e.message()))),
+        None => Ok(()),
     }
 }
 
@@ -311,22 +307,14 @@ impl<P, C: Send + Sync + 'static, L, O, H> ClientStackLayer<P, C, L, O, H> {
                 .min_retries_per_sec
                 .unwrap_or((budget.floor() as f64 / window).round() as u32),
         );
-        for (what, r) in [
-            ("budget_ratio", ratios.0),
-            ("budget_success_ratio", ratios.1),
-        ] {
-            if !(0.0..=1.0).contains(&r) {
-                return Err(ConfigError::new(
-                    "retry",
-                    format!(
-                        "{}: {what} must be in 0.0..=1.0, got {r}",
-                        self.retry().name()
-                    ),
-                ));
-            }
-        }
-        // Checked by a dry run on the current tuning: retune refuses before
-        // it changes anything.
+        crate::retry::RetryBudget::check_ratios(ratios.0, ratios.1).map_err(|e| {
+            ConfigError::new(
+                e.layer(),
+                format!("{}: {}", self.retry().name(), e.message()),
+            )
+        })?;
+        // Every value was checked above or is checked by retune before it
+        // changes anything: nothing below can fail half way.
         breaker.retune(t).map_err(|e| {
             ConfigError::new(e.layer(), format!("{}: {}", breaker.name(), e.message()))
         })?;
