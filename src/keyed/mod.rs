@@ -100,6 +100,9 @@ pub const DEFAULT_MAX_KEYS: usize = 10_000;
 /// How long a key must be idle to be evicted: 60 s.
 pub const DEFAULT_IDLE_AFTER: Duration = Duration::from_secs(60);
 
+/// How fine a key's last use is kept: 1 s (eviction waits for 60 s).
+const LAST_USED_GRAIN: u64 = 1_000_000_000;
+
 /// The least time between two eviction sweeps: 1 s.
 const SWEEP_EVERY: u64 = 1_000_000_000;
 
@@ -144,7 +147,11 @@ where
             return self.overflow.clone();
         };
         if let Some(e) = self.map.get(&key) {
-            e.last_used.store(now, Ordering::Relaxed);
+            // Written at most once a second per key: a busy key's calls on
+            // several threads do not all write one shared word.
+            if now.saturating_sub(e.last_used.load(Ordering::Relaxed)) >= LAST_USED_GRAIN {
+                e.last_used.store(now, Ordering::Relaxed);
+            }
             return e.clone();
         }
         if self.map.len() >= self.max_keys {
