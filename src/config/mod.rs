@@ -124,7 +124,9 @@ impl ServiceConfig {
     }
 
     /// The generic server stack, named `name`, built from the `server`
-    /// section.
+    /// section (without a rate limit: a section with a `rate_limit` is
+    /// refused; build that one with
+    /// `build_server(ServerStack::builder(name).rate_limit(q, |r| r))`).
     ///
     /// # Errors
     ///
@@ -216,6 +218,17 @@ pub struct BulkheadSettings {
     pub max_wait: Option<Duration>,
 }
 
+/// The adaptive limit's bounds (the algorithm keeps what it learns within
+/// them).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitSettings {
+    /// The lowest concurrency limit (at least 1).
+    pub min_limit: Option<usize>,
+    /// The highest concurrency limit.
+    pub max_limit: Option<usize>,
+}
+
 /// A server stack's settings; each absent field keeps the stack's default.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -229,8 +242,13 @@ pub struct ServerSettings {
     /// The bulkhead.
     #[serde(default)]
     pub bulkhead: BulkheadSettings,
-    /// A rate limit (apply it with `ServerStackBuilder::rate_limit(rate.quota(), ..)`:
-    /// a rate limit changes the stack's type, so it is set in code).
+    /// The adaptive limit's bounds.
+    #[serde(default)]
+    pub limit: LimitSettings,
+    /// The rate limit's quota. The stack's builder must have a rate limit
+    /// (`.rate_limit(quota, |r| r)`: a rate limit changes the stack's type,
+    /// so it is added in code); `build_server` and `from_config` then give
+    /// it this rate, a reload changes it, and a stack without one refuses it.
     #[serde(default)]
     pub rate_limit: Option<Rate>,
 }
@@ -325,6 +343,8 @@ pub(crate) fn at(path: impl fmt::Display, e: ConfigError) -> ConfigError {
         "retry" => ".retry",
         "circuit_breaker" => ".breaker",
         "bulkhead" => ".bulkhead",
+        "rate_limit" => ".rate_limit",
+        "adaptive_limit" => ".limit",
         _ => "",
     };
     ConfigError::new(e.layer(), format!("{path}{section}: {}", e.message()))

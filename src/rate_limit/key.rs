@@ -284,7 +284,7 @@ where
 
 /// One limit shared by every request (the default of [`RateLimitLayer`](crate::rate_limit::RateLimitLayer)).
 ///
-/// A global limit uses governor's direct (unkeyed) limiter: one atomic
+/// A global limit uses one bucket (unkeyed): one atomic
 /// compare-and-swap per request, no map.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Global;

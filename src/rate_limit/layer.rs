@@ -6,7 +6,9 @@ use tower_layer::Layer;
 
 use super::decorate::{NoHeaders, RateLimitStatus};
 use super::key::{Global, Key, MissingKey, Prefixes, Weighted};
-use super::limiter::{Admit, Bucket, KeyedBuckets, KeyedCheck, KeyedSettings, NEVER, Verdict};
+use super::limiter::{
+    Admit, Bucket, KeyedBuckets, KeyedCheck, KeyedSettings, NEVER, QuotaCell, Verdict,
+};
 use super::quota::Quota;
 use super::service::RateLimit;
 use crate::error::{ConfigError, Name};
@@ -87,7 +89,10 @@ pub(crate) struct Shared<X, D> {
     pub(crate) extractor: X,
     pub(crate) decorator: D,
     pub(crate) mode: Mode,
-    pub(crate) quota: Quota,
+    pub(crate) quota: QuotaCell,
+    /// Whether the fallback bucket and the overflow table follow the
+    /// layer's quota (no `fallback_quota` of their own).
+    fallback_follows: bool,
     primary: Primary,
     global: Option<Bucket>,
     fallback: Fallback,
@@ -99,19 +104,21 @@ pub(crate) struct Shared<X, D> {
 }
 
 impl<X, D> Shared<X, D> {
-    fn status(&self, quota: &Quota, a: Admit) -> RateLimitStatus {
+    fn status(&self, quota: Quota, a: Admit) -> RateLimitStatus {
         RateLimitStatus {
-            quota: *quota,
+            quota,
             remaining: a.remaining,
             reset: a.reset,
         }
     }
 
-    /// Applies the extra global quota to a request its primary limit admitted.
-    #[inline]
+    /// Applies the extra global quota to a request its primary limit
+    /// admitted. The status (for response headers) when a quota is given
+    /// (the bucket state was computed).
+    #[inline(always)]
     pub(crate) fn finish(
         &self,
-        quota: &Quota,
+        quota: Option<Quota>,
         a: Admit,
         cost: u32,
     ) -> (Verdict, Option<RateLimitStatus>) {
@@ -120,7 +127,8 @@ impl<X, D> Shared<X, D> {
                 return (deny(w, DETAIL_GLOBAL), None);
             }
         }
-        (Verdict::Admit(a), Some(self.status(quota, a)))
+        let status = quota.map(|q| self.status(q, a));
+        (Verdict::Admit(a), status)
     }
 
     fn fallback(
@@ -130,25 +138,30 @@ impl<X, D> Shared<X, D> {
         want_status: bool,
     ) -> (Verdict, Option<RateLimitStatus>) {
         match (&self.fallback, &self.fallback_bucket) {
-            (Fallback::SharedBucket, Some(b)) => {
-                self.settle(b.quota(), b.check(cost, want_status), detail, cost)
-            }
+            (Fallback::SharedBucket, Some(b)) => self.settle(
+                b.quota(),
+                b.check(cost, want_status),
+                detail,
+                cost,
+                want_status,
+            ),
             _ => (Verdict::Deny { wait: None, detail }, None),
         }
     }
 
     /// A bucket's answer: admitted (then the global limit), or refused with
     /// the wait and `detail`.
-    #[inline]
+    #[inline(always)]
     fn settle(
         &self,
-        quota: &Quota,
+        quota: &QuotaCell,
         checked: Result<Admit, Duration>,
         detail: &'static str,
         cost: u32,
+        want_status: bool,
     ) -> (Verdict, Option<RateLimitStatus>) {
         match checked {
-            Ok(a) => self.finish(quota, a, cost),
+            Ok(a) => self.finish(want_status.then(|| quota.get()), a, cost),
             Err(w) => (deny(w, detail), None),
         }
     }
@@ -168,7 +181,9 @@ impl<X, D> Shared<X, D> {
         };
         let network = Prefixes::OVERFLOW.key_of(ip);
         match table.check(&network, cost, want_status) {
-            KeyedCheck::Decided(r) => self.settle(table.quota(), r, DETAIL_KEYS_FULL, cost),
+            KeyedCheck::Decided(r) => {
+                self.settle(table.quota(), r, DETAIL_KEYS_FULL, cost, want_status)
+            }
             KeyedCheck::Full => self.fallback(DETAIL_KEYS_FULL, cost, want_status),
         }
     }
@@ -186,7 +201,7 @@ impl<X, D> Shared<X, D> {
             // Free: nothing to take.
             return (Verdict::Admit(Admit::UNKNOWN), None);
         }
-        if cost > self.quota.burst_size() {
+        if cost > self.quota.burst() {
             return (deny(NEVER, DETAIL_COST), None);
         }
         let key = match key {
@@ -204,11 +219,17 @@ impl<X, D> Shared<X, D> {
             }
         };
         match &self.primary {
-            Primary::Global(b) => {
-                self.settle(b.quota(), b.check(cost, want_status), DETAIL_LIMIT, cost)
-            }
+            Primary::Global(b) => self.settle(
+                b.quota(),
+                b.check(cost, want_status),
+                DETAIL_LIMIT,
+                cost,
+                want_status,
+            ),
             Primary::Keyed(k) => match k.check(key, cost, want_status) {
-                KeyedCheck::Decided(r) => self.settle(k.quota(), r, DETAIL_LIMIT, cost),
+                KeyedCheck::Decided(r) => {
+                    self.settle(k.quota(), r, DETAIL_LIMIT, cost, want_status)
+                }
                 KeyedCheck::Full => self.overflow(key, cost, want_status),
             },
         }
@@ -225,7 +246,7 @@ impl<X, D> Shared<X, D> {
     ) -> Step {
         #[cfg(feature = "redis")]
         if let (Some(r), Ok(k)) = (&self.redis, key) {
-            if cost == 0 || cost > self.quota.burst_size() {
+            if cost == 0 || cost > self.quota.burst() {
                 let (v, s) = self.decide_local(key, cost, want_status);
                 return Step::Now(v, s);
             }
@@ -249,7 +270,7 @@ impl<X, D> Shared<X, D> {
     }
 }
 
-/// Rate limiting on governor's GCRA: one global limit or one per key, with
+/// Rate limiting on GCRA: one global limit or one per key, with
 /// bounded memory (see the [module docs](crate::rate_limit)).
 ///
 /// Every service built from one layer — and every clone of those services —
@@ -272,7 +293,7 @@ impl<X, D> fmt::Debug for RateLimitLayer<X, D> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RateLimitLayer")
             .field("name", &self.shared.name)
-            .field("quota", &self.shared.quota)
+            .field("quota", &self.shared.quota.get())
             .field("mode", &self.shared.mode)
             .finish_non_exhaustive()
     }
@@ -311,9 +332,64 @@ impl<X, D> RateLimitLayer<X, D> {
         self.shared.tracked_keys()
     }
 
+    /// The layer instance's name.
+    pub fn name(&self) -> &str {
+        self.shared.name.as_str()
+    }
+
     /// The per-key (or global) quota.
     pub fn quota(&self) -> Quota {
-        self.shared.quota
+        self.shared.quota.get()
+    }
+
+    /// Changes the quota at run time (a reload): the per-key (or global)
+    /// quota, and the fallback bucket's and overflow table's when they
+    /// follow the layer's (no
+    /// [`fallback_quota`](RateLimitLayerBuilder::fallback_quota) of their
+    /// own). No bucket is dropped or refilled: each keeps what it owes, in
+    /// time, within the new burst — a key that spent its burst under
+    /// `100/s` waits at most one new burst's worth under `10/s`, and one
+    /// that spent nothing starts the new quota full. Requests in flight are
+    /// unaffected; a check racing with the change may see the new period
+    /// with the old burst, for that one decision. Lock-free and
+    /// allocation-free on the request path (the quota lives in atomics).
+    /// Reported as a [`Reconfigured`](crate::observe::EventKind::Reconfigured)
+    /// event.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] for a quota the builder would refuse, or for a
+    /// limit kept in Redis (its scripts carry the quota: build a new layer);
+    /// nothing is changed.
+    pub fn set_quota(&self, quota: Quota) -> Result<(), ConfigError> {
+        let s = &*self.shared;
+        quota.validate("quota")?;
+        #[cfg(feature = "redis")]
+        if s.redis.is_some() {
+            return Err(ConfigError::new(
+                "rate_limit",
+                "the quota of a limit kept in Redis cannot change at run time; build a new layer",
+            ));
+        }
+        s.quota.set(quota, "quota")?;
+        match &s.primary {
+            Primary::Global(b) => b.quota().set(quota, "quota")?,
+            Primary::Keyed(k) => k.quota().set(quota, "quota")?,
+        }
+        if s.fallback_follows {
+            if let Some(b) = &s.fallback_bucket {
+                b.quota().set(quota, "fallback_quota")?;
+            }
+            if let Some(t) = &s.overflow {
+                t.quota().set(quota, "fallback_quota")?;
+            }
+        }
+        s.observer.emit(
+            LayerKind::RateLimit,
+            s.name.as_str(),
+            EventKind::Reconfigured,
+        );
+        Ok(())
     }
 
     /// Runs the idle-key eviction now (it also runs by itself; see
@@ -611,6 +687,12 @@ impl<X, D> RateLimitLayerBuilder<X, D> {
         self
     }
 
+    /// Replaces the quota given to [`RateLimitLayer::builder`].
+    pub fn quota(mut self, quota: Quota) -> Self {
+        self.quota = quota;
+        self
+    }
+
     /// Validates the configuration and builds the layer.
     pub fn build(self) -> Result<RateLimitLayer<X, D>, ConfigError> {
         self.quota.validate("quota")?;
@@ -624,6 +706,7 @@ impl<X, D> RateLimitLayerBuilder<X, D> {
         }
         #[allow(unused_mut)]
         let mut local_quota = self.quota;
+
         #[cfg(feature = "redis")]
         let redis = match self.redis {
             Some(b) => {
@@ -668,7 +751,8 @@ impl<X, D> RateLimitLayerBuilder<X, D> {
                 extractor: self.extractor,
                 decorator: self.decorator,
                 mode: self.mode,
-                quota: self.quota,
+                quota: QuotaCell::new(self.quota, "quota")?,
+                fallback_follows: self.fallback_quota.is_none(),
                 primary,
                 global,
                 fallback: self.fallback,

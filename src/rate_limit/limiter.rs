@@ -1,27 +1,19 @@
-//! The local limiting engine (no tower types): GCRA on tokio's clock, a
-//! bucket of one atomic word for global limits (governor's algorithm,
-//! written out) and governor's keyed limiter over a bounded store.
+//! The local limiting engine (no tower types): GCRA on tokio's clock
+//! (governor's algorithm, written out), one atomic word per bucket, for a
+//! global limit or per key over a bounded map. The quota lives in atomics
+//! so that it can change while the buckets keep what they owe.
 
-use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
-use governor::RateLimiter;
-use governor::middleware::StateInformationMiddleware;
-use governor::nanos::Nanos;
-use governor::state::keyed::ShrinkableKeyedStateStore;
-use governor::state::{InMemoryState, NotKeyed, StateStore};
 use tokio::time::Instant;
 
-use super::clock::{TokioClock, TokioInstant};
 use super::key::Key;
 use super::quota::Quota;
 use crate::error::ConfigError;
-
-type KeyedGov = RateLimiter<Key, Store, TokioClock, StateInformationMiddleware>;
 
 /// A positive decision: how many more requests the bucket admits right now,
 /// and how long until it is full again.
@@ -51,43 +43,138 @@ pub(crate) enum Verdict {
     },
 }
 
-#[inline]
-fn admit(quota: &Quota, remaining: u32) -> Admit {
-    let used = quota.burst_size().saturating_sub(remaining);
-    Admit {
-        remaining,
-        reset: quota.period().saturating_mul(used),
+/// The "wait" of a cost above the burst: it never fits.
+pub(crate) const NEVER: Duration = Duration::MAX;
+
+/// A quota that can change at run time: the period (nanoseconds per cell)
+/// and the burst, in two atomics. A check racing with a change may see the
+/// new period with the old burst for that one decision.
+#[derive(Debug)]
+pub(crate) struct QuotaCell {
+    /// Nanoseconds per cell (at least 1).
+    t: AtomicU64,
+    burst: AtomicU32,
+}
+
+impl QuotaCell {
+    pub(crate) fn new(quota: Quota, what: &str) -> Result<QuotaCell, ConfigError> {
+        let (t, burst) = Self::parts(quota, what)?;
+        Ok(QuotaCell {
+            t: AtomicU64::new(t),
+            burst: AtomicU32::new(burst),
+        })
+    }
+
+    fn parts(quota: Quota, what: &str) -> Result<(u64, u32), ConfigError> {
+        quota.validate(what)?;
+        let t = u64::try_from(quota.period().as_nanos())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        Ok((t, quota.burst_size()))
+    }
+
+    /// Replaces the quota (validated first; nothing changes on an error).
+    pub(crate) fn set(&self, quota: Quota, what: &str) -> Result<(), ConfigError> {
+        let (t, burst) = Self::parts(quota, what)?;
+        self.t.store(t, Ordering::Relaxed);
+        self.burst.store(burst, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// The quota now.
+    pub(crate) fn get(&self) -> Quota {
+        Quota::with_period(Duration::from_nanos(self.t.load(Ordering::Relaxed)))
+            .burst(self.burst.load(Ordering::Relaxed))
+    }
+
+    pub(crate) fn burst(&self) -> u32 {
+        self.burst.load(Ordering::Relaxed)
+    }
+
+    /// `(t, tau, burst)`: nanoseconds per cell, the burst tolerance
+    /// `t × (burst − 1)`, and the burst.
+    #[inline]
+    fn gcra(&self) -> (u64, u64, u32) {
+        let t = self.t.load(Ordering::Relaxed);
+        let burst = self.burst.load(Ordering::Relaxed);
+        (t, t.saturating_mul(u64::from(burst.max(1) - 1)), burst)
     }
 }
 
-/// One GCRA bucket: governor's algorithm (the same decisions, `remaining`
-/// and waits as its direct limiter), on one atomic word and tokio's clock.
+/// Nanoseconds from `start` to now (one clock read).
+#[inline]
+fn nanos_since(start: Instant) -> u64 {
+    u64::try_from(
+        crate::clock::now()
+            .saturating_duration_since(start)
+            .as_nanos(),
+    )
+    .unwrap_or(u64::MAX)
+}
+
+/// One GCRA decision on the theoretical arrival time in `cell`
+/// (nanoseconds since the table's start; 0 = none yet), governor's
+/// algorithm: the same admissions, `remaining` and waits as its limiters.
 ///
-/// The theoretical arrival time is kept in nanoseconds since the bucket was
-/// made; 0 means none yet. A check is one clock read (shared by the layers
-/// of a call) and one compare-and-swap.
+/// A bucket owes at most one full burst of the quota now: a theoretical
+/// arrival time beyond `now + tau + t` (left by a larger quota before a
+/// change) is read as that bound, so a changed quota keeps what each bucket
+/// owes, in time, within the new burst.
+#[inline(always)]
+fn gcra(
+    cell: &AtomicU64,
+    q: &QuotaCell,
+    now: u64,
+    cost: u32,
+    want_status: bool,
+) -> Result<Admit, Duration> {
+    let (t, tau, burst) = q.gcra();
+    let extra = t.saturating_mul(u64::from(cost.max(1) - 1));
+    if extra > tau {
+        return Err(NEVER);
+    }
+    let full = now.saturating_add(tau).saturating_add(t);
+    let mut prev = cell.load(Ordering::Acquire);
+    loop {
+        let tat = if prev == 0 { now } else { prev.min(full) };
+        let earliest = tat.saturating_add(extra).saturating_sub(tau);
+        if now < earliest {
+            return Err(Duration::from_nanos(earliest - now));
+        }
+        let next = tat.max(now).saturating_add(t).saturating_add(extra);
+        match cell.compare_exchange_weak(prev, next, Ordering::Release, Ordering::Relaxed) {
+            Ok(_) => {
+                if !want_status {
+                    return Ok(Admit::UNKNOWN);
+                }
+                let remaining = (full.saturating_sub(next)).min(tau.saturating_add(t)) / t;
+                let remaining = remaining as u32;
+                let used = burst.saturating_sub(remaining);
+                return Ok(Admit {
+                    remaining,
+                    reset: Duration::from_nanos(t).saturating_mul(used),
+                });
+            }
+            Err(actual) => prev = actual,
+        }
+    }
+}
+
+/// One GCRA bucket on one atomic word and tokio's clock.
+///
+/// A check is one clock read (shared by the layers of a call) and one
+/// compare-and-swap.
 #[derive(Debug)]
 pub(crate) struct Bucket {
-    quota: Quota,
-    /// Nanoseconds per cell (at least 1).
-    t: u64,
-    /// The burst tolerance: `t × (burst − 1)`.
-    tau: u64,
+    quota: QuotaCell,
     start: Instant,
     tat: AtomicU64,
 }
 
 impl Bucket {
     pub(crate) fn new(quota: Quota, what: &str) -> Result<Bucket, ConfigError> {
-        let q = quota.validate(what)?;
-        let t = u64::try_from(q.replenish_interval().as_nanos())
-            .unwrap_or(u64::MAX)
-            .max(1);
-        let tau = t.saturating_mul(u64::from(q.burst_size().get() - 1));
         Ok(Bucket {
-            quota,
-            t,
-            tau,
+            quota: QuotaCell::new(quota, what)?,
             start: crate::clock::now(),
             tat: AtomicU64::new(0),
         })
@@ -98,158 +185,17 @@ impl Bucket {
     /// both read 0. A cost above the burst is refused with [`NEVER`].
     #[inline]
     pub(crate) fn check(&self, cost: u32, want_status: bool) -> Result<Admit, Duration> {
-        let (t, tau) = (self.t, self.tau);
-        let extra = t.saturating_mul(u64::from(cost.max(1) - 1));
-        if extra > tau {
-            return Err(NEVER);
-        }
-        let now = u64::try_from(
-            crate::clock::now()
-                .saturating_duration_since(self.start)
-                .as_nanos(),
+        gcra(
+            &self.tat,
+            &self.quota,
+            nanos_since(self.start),
+            cost,
+            want_status,
         )
-        .unwrap_or(u64::MAX);
-        let mut prev = self.tat.load(Ordering::Acquire);
-        loop {
-            let tat = if prev == 0 { now } else { prev };
-            let earliest = tat.saturating_add(extra).saturating_sub(tau);
-            if now < earliest {
-                return Err(Duration::from_nanos(earliest - now));
-            }
-            let next = tat.max(now).saturating_add(t).saturating_add(extra);
-            match self
-                .tat
-                .compare_exchange_weak(prev, next, Ordering::Release, Ordering::Relaxed)
-            {
-                Ok(_) => {
-                    if !want_status {
-                        return Ok(Admit::UNKNOWN);
-                    }
-                    let remaining = (now
-                        .saturating_add(tau)
-                        .saturating_add(t)
-                        .saturating_sub(next))
-                    .min(tau.saturating_add(t))
-                        / t;
-                    return Ok(admit(&self.quota, remaining as u32));
-                }
-                Err(actual) => prev = actual,
-            }
-        }
     }
 
-    pub(crate) fn quota(&self) -> &Quota {
+    pub(crate) fn quota(&self) -> &QuotaCell {
         &self.quota
-    }
-}
-
-/// Counters shared by the store and the engine.
-#[derive(Debug, Default)]
-struct Counters {
-    /// Keys in the map (exact: only the store inserts, only sweeps remove).
-    count: AtomicUsize,
-    /// Keys inserted so far.
-    inserts: AtomicU64,
-    /// Set every `sweep_every` insertions; the engine then sweeps.
-    sweep_due: AtomicBool,
-}
-
-/// The theoretical arrival time the store reports for a new key when the map
-/// is full: so far in the future (2^62 ns, 146 years) that governor refuses
-/// the cell, which the engine recognises by the absurd wait. Real waits are
-/// at most one period (validated to at most a year).
-const FULL_TAT: u64 = 1 << 62;
-
-/// The "wait" of a cost above the burst: it never fits.
-pub(crate) const NEVER: Duration = Duration::MAX;
-const FULL_WAIT: Duration = Duration::from_secs(50 * 365 * 24 * 3600);
-
-/// governor's keyed state store over a map of at most `cap` keys.
-///
-/// A known key costs one map lookup. A new key takes a slot under the cap
-/// (an atomic compare-and-swap, under the map shard's lock) and is inserted;
-/// when no slot is free, the key is not inserted and the cell is refused with
-/// the [`FULL_TAT`] marker.
-#[derive(Debug)]
-pub(crate) struct Store {
-    map: Arc<DashMap<Key, InMemoryState>>,
-    counters: Arc<Counters>,
-    cap: usize,
-    sweep_every: u64,
-}
-
-impl Store {
-    fn reserve(&self) -> bool {
-        self.counters
-            .count
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| {
-                (c < self.cap).then_some(c + 1)
-            })
-            .is_ok()
-    }
-}
-
-fn tat_of(state: &InMemoryState) -> u64 {
-    // Reads the state without replacing it: the closure declines.
-    match state.measure_and_replace(&NotKeyed::NonKey, |tat| {
-        Err::<((), Nanos), u64>(tat.map_or(0, |n| n.as_u64()))
-    }) {
-        Ok(()) => 0,
-        Err(t) => t,
-    }
-}
-
-impl StateStore for Store {
-    type Key = Key;
-
-    #[inline]
-    fn measure_and_replace<T, F, E>(&self, key: &Key, f: F) -> Result<T, E>
-    where
-        F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
-    {
-        if let Some(v) = self.map.get(key) {
-            return v.measure_and_replace(&NotKeyed::NonKey, f);
-        }
-        match self.map.entry(*key) {
-            Entry::Occupied(e) => e.get().measure_and_replace(&NotKeyed::NonKey, f),
-            Entry::Vacant(v) => {
-                if !self.reserve() {
-                    drop(v);
-                    return f(Some(Nanos::from(FULL_TAT))).map(|(t, _)| t);
-                }
-                let n = self.counters.inserts.fetch_add(1, Ordering::Relaxed) + 1;
-                if n % self.sweep_every == 0 {
-                    self.counters.sweep_due.store(true, Ordering::Relaxed);
-                }
-                v.insert(InMemoryState::default())
-                    .measure_and_replace(&NotKeyed::NonKey, f)
-            }
-        }
-    }
-}
-
-impl ShrinkableKeyedStateStore<Key> for Store {
-    fn retain_recent(&self, drop_below: Nanos) {
-        let drop_below = drop_below.as_u64();
-        self.map.retain(|_, v| {
-            let keep = tat_of(v) > drop_below;
-            if !keep {
-                self.counters.count.fetch_sub(1, Ordering::AcqRel);
-            }
-            keep
-        });
-    }
-
-    fn shrink_to_fit(&self) {
-        self.map.shrink_to_fit();
-    }
-
-    fn len(&self) -> usize {
-        self.map.len()
-    }
-
-    fn is_empty(&self) -> bool {
-        self.map.is_empty()
     }
 }
 
@@ -271,16 +217,23 @@ pub(crate) enum KeyedCheck {
 
 /// Per-key GCRA buckets, at most `max_keys` of them.
 ///
-/// Idle keys (whose bucket is full again) are evicted by governor's
-/// `retain_recent` + `shrink_to_fit`, run by the calls themselves: every
-/// `sweep_every` calls, and when a new key arrives at the cap — at most once
-/// per `min_sweep_interval`, by one caller at a time (the others do not wait).
+/// A known key costs one map lookup (a shard read lock) and one
+/// compare-and-swap. A new key takes a slot under the cap (an atomic
+/// compare-and-swap, under the map shard's lock) before it is inserted;
+/// when no slot is free, the key is not inserted and the check is
+/// [`KeyedCheck::Full`]. Idle keys (whose bucket is full again) are evicted
+/// by the calls themselves: every `sweep_every` insertions, and when a new
+/// key arrives at the cap — at most once per `min_sweep_interval`, by one
+/// caller at a time (the others do not wait).
 #[derive(Debug)]
 pub(crate) struct KeyedBuckets {
-    quota: Quota,
-    limiter: KeyedGov,
-    map: Arc<DashMap<Key, InMemoryState>>,
-    counters: Arc<Counters>,
+    quota: QuotaCell,
+    start: Instant,
+    map: DashMap<Key, AtomicU64>,
+    /// Keys in the map (exact: only checks insert, only sweeps remove).
+    count: AtomicUsize,
+    /// Keys inserted so far.
+    inserts: AtomicU64,
     settings: KeyedSettings,
     last_sweep: Mutex<Option<Instant>>,
     evicted: AtomicU64,
@@ -288,7 +241,7 @@ pub(crate) struct KeyedBuckets {
 
 impl KeyedBuckets {
     pub(crate) fn new(quota: Quota, settings: KeyedSettings) -> Result<Self, ConfigError> {
-        let q = quota.validate("quota")?;
+        let quota = QuotaCell::new(quota, "quota")?;
         if settings.max_keys == 0 {
             return Err(ConfigError::new(
                 "rate_limit",
@@ -301,63 +254,66 @@ impl KeyedBuckets {
                 "sweep_every must be at least 1 call, got 0",
             ));
         }
-        let map = Arc::new(DashMap::new());
-        let counters = Arc::new(Counters::default());
-        let store = Store {
-            map: map.clone(),
-            counters: counters.clone(),
-            cap: settings.max_keys,
-            sweep_every: settings.sweep_every,
-        };
         Ok(KeyedBuckets {
             quota,
-            limiter: KeyedGov::new(q, store, TokioClock::new()),
-            map,
-            counters,
+            start: crate::clock::now(),
+            map: DashMap::new(),
+            count: AtomicUsize::new(0),
+            inserts: AtomicU64::new(0),
             settings,
             last_sweep: Mutex::new(None),
             evicted: AtomicU64::new(0),
         })
     }
 
+    fn reserve(&self) -> bool {
+        self.count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| {
+                (c < self.settings.max_keys).then_some(c + 1)
+            })
+            .is_ok()
+    }
+
+    /// One check; `Err(())` for a new key at the cap. The second value says
+    /// whether a sweep is due (this call inserted the `sweep_every`-th key).
     #[inline]
-    fn check_once(&self, key: &Key, cost: u32, want_status: bool) -> KeyedCheck {
-        let checked = if cost <= 1 {
-            self.limiter.check_key(key)
-        } else {
-            match self
-                .limiter
-                .check_key_n(key, NonZeroU32::new(cost).unwrap_or(NonZeroU32::MIN))
-            {
-                Ok(r) => r,
-                Err(_) => return KeyedCheck::Decided(Err(NEVER)),
-            }
-        };
-        KeyedCheck::Decided(match checked {
-            Ok(snap) if want_status => Ok(admit(&self.quota, snap.remaining_burst_capacity())),
-            Ok(_) => Ok(Admit::UNKNOWN),
-            Err(nu) => {
-                let wait = nu.wait_time_from(TokioInstant::new(Instant::now()));
-                if wait >= FULL_WAIT {
-                    return KeyedCheck::Full;
+    fn check_once(&self, key: &Key, now: u64, cost: u32, want_status: bool) -> (KeyedCheck, bool) {
+        if let Some(v) = self.map.get(key) {
+            return (
+                KeyedCheck::Decided(gcra(&v, &self.quota, now, cost, want_status)),
+                false,
+            );
+        }
+        match self.map.entry(*key) {
+            Entry::Occupied(e) => (
+                KeyedCheck::Decided(gcra(e.get(), &self.quota, now, cost, want_status)),
+                false,
+            ),
+            Entry::Vacant(v) => {
+                if !self.reserve() {
+                    return (KeyedCheck::Full, false);
                 }
-                Err(wait)
+                let n = self.inserts.fetch_add(1, Ordering::Relaxed) + 1;
+                let cell = v.insert(AtomicU64::new(0));
+                (
+                    KeyedCheck::Decided(gcra(&cell, &self.quota, now, cost, want_status)),
+                    n % self.settings.sweep_every == 0,
+                )
             }
-        })
+        }
     }
 
     /// One cell for `key`: one map lookup for a known key.
     #[inline]
     pub(crate) fn check(&self, key: &Key, cost: u32, want_status: bool) -> KeyedCheck {
-        let r = match self.check_once(key, cost, want_status) {
+        let now = nanos_since(self.start);
+        let (r, sweep_due) = match self.check_once(key, now, cost, want_status) {
             // New key at the cap: evict idle keys (if a sweep is allowed
             // now), then try once more.
-            KeyedCheck::Full if self.sweep() => self.check_once(key, cost, want_status),
+            (KeyedCheck::Full, _) if self.sweep() => self.check_once(key, now, cost, want_status),
             r => r,
         };
-        if self.counters.sweep_due.load(Ordering::Relaxed)
-            && self.counters.sweep_due.swap(false, Ordering::Relaxed)
-        {
+        if sweep_due {
             self.sweep();
         }
         r
@@ -368,28 +324,37 @@ impl KeyedBuckets {
         let Ok(mut last) = self.last_sweep.try_lock() else {
             return false;
         };
-        let now = Instant::now();
+        let now = crate::clock::now();
         if let Some(l) = *last {
             if now.saturating_duration_since(l) < self.settings.min_sweep_interval {
                 return false;
             }
         }
         *last = Some(now);
-        let before = self.map.len();
-        self.limiter.retain_recent();
-        let after = self.map.len();
-        if after < before {
-            self.evicted
-                .fetch_add((before - after) as u64, Ordering::Relaxed);
-            if after.saturating_mul(4) < self.map.capacity() {
-                self.limiter.shrink_to_fit();
+        let now =
+            u64::try_from(now.saturating_duration_since(self.start).as_nanos()).unwrap_or(u64::MAX);
+        let mut gone = 0u64;
+        self.map.retain(|_, tat| {
+            // Idle: the bucket is full again (its theoretical arrival time
+            // has passed), indistinguishable from a new key's.
+            let keep = tat.load(Ordering::Acquire) > now;
+            if !keep {
+                gone += 1;
+                self.count.fetch_sub(1, Ordering::AcqRel);
+            }
+            keep
+        });
+        if gone > 0 {
+            self.evicted.fetch_add(gone, Ordering::Relaxed);
+            if self.map.len().saturating_mul(4) < self.map.capacity() {
+                self.map.shrink_to_fit();
             }
         }
         true
     }
 
     pub(crate) fn tracked(&self) -> usize {
-        self.counters.count.load(Ordering::Acquire)
+        self.count.load(Ordering::Acquire)
     }
 
     pub(crate) fn capacity(&self) -> usize {
@@ -400,19 +365,39 @@ impl KeyedBuckets {
         self.evicted.load(Ordering::Relaxed)
     }
 
-    pub(crate) fn quota(&self) -> &Quota {
+    pub(crate) fn quota(&self) -> &QuotaCell {
         &self.quota
     }
 }
 
 #[cfg(test)]
 mod tests {
-    /// The bucket decides as governor's direct limiter does, cell for cell:
-    /// the same admissions, `remaining` and waits, over 3000 steps of random
-    /// gaps and costs in paused time.
+    use std::num::NonZeroU32;
+
+    use governor::RateLimiter;
+    use governor::middleware::StateInformationMiddleware;
+
+    use super::super::clock::{TokioClock, TokioInstant};
+
+    fn admit(quota: &Quota, remaining: u32) -> Admit {
+        let used = quota.burst_size().saturating_sub(remaining);
+        Admit {
+            remaining,
+            reset: quota.period().saturating_mul(used),
+        }
+    }
+
+    fn governor_quota(quota: Quota) -> governor::Quota {
+        governor::Quota::with_period(quota.period())
+            .unwrap()
+            .allow_burst(NonZeroU32::new(quota.burst_size()).unwrap())
+    }
+
+    /// The buckets decide as governor's limiters do, cell for cell: the same
+    /// admissions, `remaining` and waits, over 3000 steps of random gaps,
+    /// costs and (for keyed buckets) keys in paused time.
     #[test]
-    fn the_bucket_decides_as_governor_does() {
-        use governor::middleware::StateInformationMiddleware;
+    fn the_buckets_decide_as_governor_does() {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .start_paused(true)
@@ -425,23 +410,43 @@ mod tests {
                 Quota::new(5, Duration::from_millis(300)),
             ] {
                 let ours = Bucket::new(quota, "q").unwrap();
+                let keyed = KeyedBuckets::new(quota, settings(100)).unwrap();
                 let theirs =
-                    RateLimiter::direct_with_clock(quota.validate("q").unwrap(), TokioClock::new())
+                    RateLimiter::direct_with_clock(governor_quota(quota), TokioClock::new())
+                        .with_middleware::<StateInformationMiddleware>();
+                let theirs_keyed =
+                    RateLimiter::dashmap_with_clock(governor_quota(quota), TokioClock::new())
                         .with_middleware::<StateInformationMiddleware>();
                 let mut z = 7u64;
                 for _ in 0..3000 {
                     z = crate::clock::splitmix64(z);
                     tokio::time::advance(Duration::from_millis(z % 97)).await;
                     let cost = 1 + (z >> 20) as u32 % 3;
-                    let a = ours.check(cost, true);
-                    let b = match theirs.check_n(NonZeroU32::new(cost).unwrap()) {
+                    let key = (z >> 40) % 4;
+                    let decide = |r: Result<
+                        Result<
+                            governor::middleware::StateSnapshot,
+                            governor::NotUntil<TokioInstant>,
+                        >,
+                        governor::InsufficientCapacity,
+                    >| match r {
                         Err(_) => Err(NEVER),
                         Ok(Ok(snap)) => Ok(admit(&quota, snap.remaining_burst_capacity())),
                         Ok(Err(nu)) => {
                             Err(nu.wait_time_from(TokioInstant::new(crate::clock::now())))
                         }
                     };
-                    assert_eq!(a, b, "{quota:?}, cost {cost}");
+                    let n = NonZeroU32::new(cost).unwrap();
+                    assert_eq!(
+                        ours.check(cost, true),
+                        decide(theirs.check_n(n)),
+                        "{quota:?}, cost {cost}"
+                    );
+                    assert_eq!(
+                        keyed.check(&Key::from_u64(key), cost, true),
+                        KeyedCheck::Decided(decide(theirs_keyed.check_key_n(&key, n))),
+                        "{quota:?}, key {key}, cost {cost}"
+                    );
                 }
             }
         });
@@ -455,6 +460,54 @@ mod tests {
             sweep_every: 1_000_000,
             min_sweep_interval: Duration::from_millis(100),
         }
+    }
+
+    /// A changed quota keeps what each bucket owes, in time, within the new
+    /// burst: a key that spent 100 cells of `100/s` owes one second, the
+    /// whole new burst of `10/s`; a key that spent nothing starts full.
+    #[tokio::test(start_paused = true)]
+    async fn a_changed_quota_keeps_what_buckets_owe() {
+        let k = KeyedBuckets::new(Quota::per_second(100), settings(10)).unwrap();
+        let (spent, fresh) = (Key::from_u64(0), Key::from_u64(1));
+        assert!(matches!(
+            k.check(&spent, 100, false),
+            KeyedCheck::Decided(Ok(_))
+        ));
+        assert!(matches!(
+            k.check(&fresh, 1, false),
+            KeyedCheck::Decided(Ok(_))
+        ));
+        tokio::time::advance(Duration::from_millis(10)).await;
+        k.quota().set(Quota::per_second(10), "quota").unwrap();
+        assert_eq!(k.quota().get(), Quota::per_second(10));
+        // 990 ms owed, 900 ms of tolerance: the next cell in 90 ms.
+        assert_eq!(
+            k.check(&spent, 1, false),
+            KeyedCheck::Decided(Err(Duration::from_millis(90)))
+        );
+        for left in (0..10).rev() {
+            assert_eq!(
+                k.check(&fresh, 1, true),
+                KeyedCheck::Decided(Ok(Admit {
+                    remaining: left,
+                    reset: Duration::from_millis(100) * (10 - left),
+                }))
+            );
+        }
+        assert_eq!(
+            k.check(&fresh, 1, false),
+            KeyedCheck::Decided(Err(Duration::from_millis(100)))
+        );
+        // Larger again: what is owed stays, the burst grows.
+        let b = Bucket::new(Quota::per_second(10), "quota").unwrap();
+        assert!(b.check(10, false).is_ok());
+        b.quota()
+            .set(Quota::per_second(10).burst(20), "quota")
+            .unwrap();
+        assert!(b.check(10, false).is_ok());
+        assert_eq!(b.check(1, false), Err(Duration::from_millis(100)));
+        assert!(b.quota().set(Quota::per_second(0), "quota").is_err());
+        assert_eq!(b.quota().get(), Quota::per_second(10).burst(20));
     }
 
     #[tokio::test(start_paused = true)]
@@ -517,11 +570,5 @@ mod tests {
             k.check(&Key::from_u64(0), 11, false),
             KeyedCheck::Decided(Err(NEVER))
         );
-    }
-
-    #[test]
-    fn tat_is_read_without_change() {
-        let s = InMemoryState::default();
-        assert_eq!(tat_of(&s), 0);
     }
 }

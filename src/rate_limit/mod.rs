@@ -1,17 +1,18 @@
-//! Rate limiting on governor's GCRA: global or per key, safe client keys,
+//! Rate limiting on GCRA (governor's algorithm): global or per key, safe client keys,
 //! bounded memory, standard headers, and a Redis backend for fleets.
 //!
 //! [`RateLimitLayer`] admits requests at a [`Quota`] (a burst refilled at a
 //! steady rate). A refused request fails with
 //! [`RateLimited`](crate::error::RateLimited) whose `retry_after` is the
-//! exact wait until it would conform (governor's `NotUntil::wait_time_from`),
+//! exact wait until it would conform (the same admissions, waits and
+//! remaining counts as governor's limiters, checked cell for cell in tests),
 //! or — in [`Mode::Wait`] — waits for its cell, up to a maximum and never past
 //! the request's [deadline](crate::deadline::current).
 //!
 //! - **Shared state.** The limiter lives in an `Arc` owned by the layer: every
 //!   service built from one layer, and every clone, shares one quota.
-//! - **Global or keyed.** The default is one global bucket (governor's direct
-//!   limiter: one atomic compare-and-swap, no allocation). With
+//! - **Global or keyed.** The default is one global bucket (one atomic
+//!   compare-and-swap, no allocation). With
 //!   [`RateLimitLayerBuilder::keyed`] each key found by a [`KeyExtractor`] gets
 //!   its own bucket: [`HeaderKey`] (API key, tenant id), [`PeerAddr`] (the
 //!   connection's address), [`ClientIp`] (the client behind trusted proxies:
@@ -22,13 +23,17 @@
 //!   rule: a shared bucket (default) or rejection.
 //! - **Bounded memory.** At most [`max_keys`](RateLimitLayerBuilder::max_keys)
 //!   keys are tracked. Idle keys (whose bucket is full again) are evicted by
-//!   the layer itself with governor's `retain_recent` + `shrink_to_fit` —
+//!   the layer itself (the map is retained and shrunk) —
 //!   every N calls, and when a new key arrives at the cap — so no background
 //!   task is needed. When the cap is reached and no key is idle, new keys go
 //!   to the [`Fallback`] rule: a flood of a million distinct keys cannot grow
 //!   the map past the cap.
-//! - **Paused time.** governor reads tokio's clock through [`TokioClock`], so
-//!   every limit follows `tokio::time::pause()` / `advance()`.
+//! - **Paused time.** Every bucket reads tokio's clock, so every limit
+//!   follows `tokio::time::pause()` / `advance()` ([`TokioClock`] gives
+//!   governor's own limiters the same clock).
+//! - **Run-time changes.** [`RateLimitLayer::set_quota`] changes the quota
+//!   of a running layer (an operator's reload): no bucket is dropped or
+//!   refilled, each keeps what it owes within the new burst.
 //! - **Headers** (feature `http`): [`IetfHeaders`] writes the IETF
 //!   `RateLimit-Policy: "default";q=100;w=60` and `RateLimit: "default";r=50;t=30`
 //!   fields on admitted responses. [`retry_after_secs`] rounds a wait *up* to

@@ -435,7 +435,7 @@ impl RedisState {
                 let us = |n: i64| Duration::from_micros(u64::try_from(n).unwrap_or(0));
                 return if v[0] == 1 {
                     shared.finish(
-                        &self.quota,
+                        Some(self.quota),
                         Admit {
                             remaining: u32::try_from(v[1]).unwrap_or(0),
                             reset: us(v[2]),
@@ -513,7 +513,7 @@ impl RedisState {
     ) -> (Verdict, Option<RateLimitStatus>) {
         match self.policy {
             FailurePolicy::FailOpen => shared.finish(
-                &self.quota,
+                Some(self.quota),
                 Admit {
                     remaining: self.quota.burst_size(),
                     reset: Duration::ZERO,

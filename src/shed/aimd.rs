@@ -64,6 +64,12 @@ impl LimitAlgorithm for Aimd {
         self.limit = limit.clamp(self.min_limit, self.max_limit);
         self.limit
     }
+
+    fn set_bounds(&mut self, min: Option<usize>, max: Option<usize>) -> Result<usize, ConfigError> {
+        (self.min_limit, self.max_limit) = new_bounds((self.min_limit, self.max_limit), min, max)?;
+        self.limit = self.limit.clamp(self.min_limit, self.max_limit);
+        Ok(self.limit)
+    }
 }
 
 /// Builder for [`Aimd`]; see there for the defaults.
@@ -160,6 +166,18 @@ macro_rules! limit_setters {
 }
 pub(crate) use limit_setters;
 
+/// New bounds from the current ones and a change (`None` keeps one),
+/// checked as the builders check them.
+pub(crate) fn new_bounds(
+    now: (usize, usize),
+    min: Option<usize>,
+    max: Option<usize>,
+) -> Result<(usize, usize), ConfigError> {
+    let (min, max) = (min.unwrap_or(now.0), max.unwrap_or(now.1));
+    validate_limits(min, min, max)?;
+    Ok((min, max))
+}
+
 pub(crate) fn validate_limits(initial: usize, min: usize, max: usize) -> Result<(), ConfigError> {
     if min == 0 {
         return Err(ConfigError::new(
@@ -190,6 +208,30 @@ mod tests {
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
+    }
+
+    /// Every built-in algorithm takes new bounds, clamps its limit into
+    /// them and refuses bounds out of order, changing nothing.
+    #[test]
+    fn bounds_change_and_clamp_the_limit() {
+        use super::super::{Gradient2, QueueDelay};
+        let mut algorithms: Vec<Box<dyn LimitAlgorithm>> = vec![
+            Box::new(Aimd::default()),
+            Box::new(Gradient2::default()),
+            Box::new(QueueDelay::default()),
+        ];
+        for a in &mut algorithms {
+            let before = a.limit();
+            assert!(a.set_bounds(Some(0), None).is_err());
+            assert!(a.set_bounds(Some(10), Some(5)).is_err());
+            assert_eq!(a.limit(), before, "{a:?}");
+            assert_eq!(a.set_bounds(Some(1), Some(5)).unwrap(), 5, "{a:?}");
+            assert_eq!(a.limit(), 5);
+            // One bound kept: the maximum stays 5.
+            assert_eq!(a.set_bounds(Some(2), None).unwrap(), 5, "{a:?}");
+            assert!(a.set_bounds(Some(6), None).is_err());
+            assert_eq!(a.set_bounds(Some(300), Some(400)).unwrap(), 300, "{a:?}");
+        }
     }
 
     #[test]

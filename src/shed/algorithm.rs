@@ -107,4 +107,27 @@ pub trait LimitAlgorithm: fmt::Debug + Send + 'static {
     fn next_window(&self, configured: Duration) -> Duration {
         configured
     }
+
+    /// Changes the bounds of the limit (an operator's reload, or
+    /// [`AdaptiveLimitLayerBuilder::limits`](super::AdaptiveLimitLayerBuilder::limits)),
+    /// keeping what the algorithm has learned; the limit is clamped into
+    /// them. `None` keeps a bound. Returns the new limit. The built-in
+    /// algorithms take any `1 ≤ min ≤ max`; the default refuses (an
+    /// algorithm without bounds has none to change).
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`](crate::error::ConfigError) for bounds the algorithm
+    /// refuses; nothing is changed.
+    fn set_bounds(
+        &mut self,
+        min_limit: Option<usize>,
+        max_limit: Option<usize>,
+    ) -> Result<usize, crate::error::ConfigError> {
+        let _ = (min_limit, max_limit);
+        Err(crate::error::ConfigError::new(
+            "adaptive_limit",
+            "this limit algorithm has no bounds to change",
+        ))
+    }
 }

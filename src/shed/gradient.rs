@@ -104,6 +104,15 @@ impl LimitAlgorithm for Gradient2 {
         self.estimated = new.clamp(self.min_limit as f64, self.max_limit as f64);
         self.limit()
     }
+
+    fn set_bounds(&mut self, min: Option<usize>, max: Option<usize>) -> Result<usize, ConfigError> {
+        (self.min_limit, self.max_limit) =
+            super::aimd::new_bounds((self.min_limit, self.max_limit), min, max)?;
+        self.estimated = self
+            .estimated
+            .clamp(self.min_limit as f64, self.max_limit as f64);
+        Ok(self.limit())
+    }
 }
 
 /// Exponential moving average with a warm-up: plain average of the first

@@ -80,6 +80,11 @@ impl<P, M> AdaptiveLimitLayer<P, M> {
         }
     }
 
+    /// The layer instance's name.
+    pub fn name(&self) -> &str {
+        self.limiter.name.as_str()
+    }
+
     /// The current limit.
     pub fn limit(&self) -> usize {
         self.limiter.limit()
@@ -93,6 +98,26 @@ impl<P, M> AdaptiveLimitLayer<P, M> {
     /// Calls of `class` in flight now.
     pub fn inflight_of(&self, class: Criticality) -> usize {
         self.limiter.inflight_of(class)
+    }
+
+    /// Changes the bounds of the limit at run time (an operator's reload):
+    /// `None` keeps a bound. The algorithm keeps what it has learned; the
+    /// limit is clamped into the new bounds at once (calls in flight are
+    /// not disturbed: a lower limit admits no new call until enough have
+    /// returned). Reported as a
+    /// [`Reconfigured`](crate::observe::EventKind::Reconfigured) event (and
+    /// a `LimitChanged` one when the limit moved).
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] for bounds the algorithm refuses (`1 ≤ min ≤ max`
+    /// for the built-in ones); nothing is changed.
+    pub fn set_limits(
+        &self,
+        min_limit: Option<usize>,
+        max_limit: Option<usize>,
+    ) -> Result<(), ConfigError> {
+        self.limiter.set_bounds(min_limit, max_limit)
     }
 
     /// The service time the doomed-work check expects: the average RTT of
@@ -118,6 +143,7 @@ impl<S, P, M> Layer<S> for AdaptiveLimitLayer<P, M> {
 /// for the defaults.
 pub struct AdaptiveLimitLayerBuilder<P = FromTaskLocal> {
     algorithm: Option<Box<dyn LimitAlgorithm>>,
+    bounds: (Option<usize>, Option<usize>),
     window: Duration,
     min_window_samples: u64,
     min_rtt: Duration,
@@ -132,6 +158,7 @@ impl Default for AdaptiveLimitLayerBuilder {
     fn default() -> Self {
         AdaptiveLimitLayerBuilder {
             algorithm: None,
+            bounds: (None, None),
             window: Duration::from_secs(1),
             min_window_samples: 10,
             min_rtt: Duration::from_micros(100),
@@ -163,6 +190,20 @@ impl<P> AdaptiveLimitLayerBuilder<P> {
     /// [`Aimd`](super::Aimd) or your own [`LimitAlgorithm`].
     pub fn algorithm(mut self, algorithm: impl LimitAlgorithm) -> Self {
         self.algorithm = Some(Box::new(algorithm));
+        self
+    }
+
+    /// Bounds for the algorithm's limit (`None` keeps the algorithm's own;
+    /// [`QueueDelay`]'s are 1..=1000), set through
+    /// [`LimitAlgorithm::set_bounds`] when the layer is built — what a
+    /// settings file's `limit = { min_limit, max_limit }` sets.
+    pub fn limits(mut self, min_limit: Option<usize>, max_limit: Option<usize>) -> Self {
+        if min_limit.is_some() {
+            self.bounds.0 = min_limit;
+        }
+        if max_limit.is_some() {
+            self.bounds.1 = max_limit;
+        }
         self
     }
 
@@ -233,6 +274,7 @@ impl<P> AdaptiveLimitLayerBuilder<P> {
     pub fn criticality<P2>(self, extractor: P2) -> AdaptiveLimitLayerBuilder<P2> {
         AdaptiveLimitLayerBuilder {
             algorithm: self.algorithm,
+            bounds: self.bounds,
             window: self.window,
             min_window_samples: self.min_window_samples,
             min_rtt: self.min_rtt,
@@ -286,9 +328,12 @@ impl<P> AdaptiveLimitLayerBuilder<P> {
                 format!("shares must add up to at most 1, got {total}"),
             ));
         }
-        let algorithm = self
+        let mut algorithm = self
             .algorithm
             .unwrap_or_else(|| Box::new(QueueDelay::default()));
+        if self.bounds != (None, None) {
+            algorithm.set_bounds(self.bounds.0, self.bounds.1)?;
+        }
         let limiter = Limiter::new(
             algorithm,
             Config {

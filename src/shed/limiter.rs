@@ -319,6 +319,36 @@ impl Limiter {
         }
     }
 
+    /// Changes the algorithm's bounds (a reload: takes the algorithm's
+    /// lock, which the request path never waits for), clamps the limit into
+    /// them at once, and reports it.
+    pub(crate) fn set_bounds(
+        &self,
+        min: Option<usize>,
+        max: Option<usize>,
+    ) -> Result<(), crate::error::ConfigError> {
+        let mut algorithm = self
+            .algorithm
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let new = algorithm.set_bounds(min, max)?.max(1);
+        let old = self.limit.swap(new, Ordering::Relaxed);
+        drop(algorithm);
+        self.observer.emit(
+            LayerKind::AdaptiveLimit,
+            self.name.as_str(),
+            EventKind::Reconfigured,
+        );
+        if old != new {
+            self.observer.emit(
+                LayerKind::AdaptiveLimit,
+                self.name.as_str(),
+                EventKind::LimitChanged { from: old, to: new },
+            );
+        }
+        Ok(())
+    }
+
     pub(crate) fn emit_rejected(&self, refusal: Refusal, retry_after: Duration) {
         self.observer.emit(
             LayerKind::AdaptiveLimit,

@@ -285,6 +285,13 @@ impl LimitAlgorithm for QueueDelay {
         }
         self.limit()
     }
+
+    fn set_bounds(&mut self, min: Option<usize>, max: Option<usize>) -> Result<usize, ConfigError> {
+        (self.min_limit, self.max_limit) =
+            super::aimd::new_bounds((self.min_limit, self.max_limit), min, max)?;
+        self.limit = self.clamp(self.limit);
+        Ok(self.limit())
+    }
 }
 
 /// Builds a [`QueueDelay`]; see its docs for the defaults.

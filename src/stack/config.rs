@@ -6,6 +6,84 @@ use crate::config::{BulkheadSettings, ClientSettings, ServerSettings, at};
 use crate::error::ConfigError;
 use crate::retry::Backoff;
 
+/// The rate-limit part of a [`ServerStackBuilder`], as a settings file
+/// reaches it: none ([`Skip`](super::Skip)) or a rate limit's builder,
+/// whose quota the file's `rate_limit` replaces.
+pub trait RateLimitSetting: Sized {
+    /// Takes the file's `rate_limit`. A stack without a rate limit refuses
+    /// it: a rate limit changes the stack's type, so it is added in code
+    /// (`.rate_limit(quota, |r| r)`, which the file's rate then replaces).
+    fn with_rate(self, rate: &crate::config::Rate) -> Result<Self, ConfigError>;
+}
+
+/// The rate-limit part of a built [`ServerStackLayer`], as a reload
+/// reaches it: none (tower's `Identity`) or a
+/// [`RateLimitLayer`](crate::rate_limit::RateLimitLayer), whose quota a
+/// reload changes through
+/// [`set_quota`](crate::rate_limit::RateLimitLayer::set_quota).
+pub trait RateLimitReload {
+    /// Whether `rate` would be taken (nothing changes).
+    fn check_rate(&self, rate: &crate::config::Rate) -> Result<(), ConfigError>;
+    /// Takes `rate`.
+    fn reload_rate(&self, rate: &crate::config::Rate) -> Result<(), ConfigError>;
+}
+
+fn no_rate_limit() -> ConfigError {
+    ConfigError::new(
+        "rate_limit",
+        "this stack has no rate limit; add `.rate_limit(quota, |r| r)` to its builder \
+         (the file's rate then replaces the quota) or remove the setting",
+    )
+}
+
+impl RateLimitSetting for super::Skip {
+    fn with_rate(self, _: &crate::config::Rate) -> Result<Self, ConfigError> {
+        Err(no_rate_limit())
+    }
+}
+
+impl RateLimitReload for tower::layer::util::Identity {
+    fn check_rate(&self, _: &crate::config::Rate) -> Result<(), ConfigError> {
+        let e = no_rate_limit();
+        Err(ConfigError::new(
+            e.layer(),
+            format!("rate_limit: {}", e.message()),
+        ))
+    }
+
+    fn reload_rate(&self, rate: &crate::config::Rate) -> Result<(), ConfigError> {
+        self.check_rate(rate)
+    }
+}
+
+/// `"{name}: {message}"`: a reload's error, named by the layer instance.
+#[cfg(feature = "rate-limit")]
+fn named(name: &str, e: ConfigError) -> ConfigError {
+    ConfigError::new(e.layer(), format!("{name}: {}", e.message()))
+}
+
+#[cfg(feature = "rate-limit")]
+impl<X, D> RateLimitSetting for crate::rate_limit::RateLimitLayerBuilder<X, D> {
+    fn with_rate(self, rate: &crate::config::Rate) -> Result<Self, ConfigError> {
+        rate.quota().validate("quota")?;
+        Ok(self.quota(rate.quota()))
+    }
+}
+
+#[cfg(feature = "rate-limit")]
+impl<X, D> RateLimitReload for crate::rate_limit::RateLimitLayer<X, D> {
+    fn check_rate(&self, rate: &crate::config::Rate) -> Result<(), ConfigError> {
+        rate.quota()
+            .validate("quota")
+            .map_err(|e| named(self.name(), e))
+    }
+
+    fn reload_rate(&self, rate: &crate::config::Rate) -> Result<(), ConfigError> {
+        self.set_quota(rate.quota())
+            .map_err(|e| named(self.name(), e))
+    }
+}
+
 fn bulkhead(
     b: crate::bulkhead::BulkheadBuilder,
     s: &BulkheadSettings,
@@ -104,10 +182,24 @@ impl ClientStack {
     }
 }
 
+/// The section's rate, if any, given to the builder's rate-limit part.
+fn with_rate<O, R: RateLimitSetting, P>(
+    b: ServerStackBuilder<O, R, P>,
+    s: &ServerSettings,
+) -> Result<ServerStackBuilder<O, R, P>, ConfigError> {
+    match &s.rate_limit {
+        Some(rate) => b.try_map_rate_limit(|r| r.with_rate(rate)),
+        None => Ok(b),
+    }
+}
+
 impl<O, R, P> ServerStackBuilder<O, R, P> {
     /// Applies a [`ServerSettings`] section (read from a file): each setting
-    /// present replaces the builder's. Its `rate_limit`, if any, is applied
-    /// in code: `.rate_limit(rate.quota(), ..)`.
+    /// present replaces the builder's. Its `rate_limit` is not applied here
+    /// (a rate limit changes the stack's type): add `.rate_limit(quota, ..)`
+    /// in code, and [`ServerStack::from_config`] and
+    /// [`ServiceConfig::build_server`](crate::config::ServiceConfig::build_server)
+    /// give it the file's rate, or refuse a rate the stack has no place for.
     pub fn configure(self, s: &ServerSettings) -> Self {
         let mut b = self;
         if let Some(d) = s.total_budget {
@@ -117,7 +209,9 @@ impl<O, R, P> ServerStackBuilder<O, R, P> {
             b = b.handler_timeout(d);
         }
         let h = s.bulkhead.clone();
+        let (min, max) = (s.limit.min_limit, s.limit.max_limit);
         b.bulkhead(move |bh| bulkhead(bh, &h))
+            .adaptive_limit(move |l| l.limits(min, max))
     }
 }
 
@@ -129,10 +223,12 @@ impl ServerStack {
     ///
     /// A [`ConfigError`] naming the path of the refused setting
     /// (`server.bulkhead: …`).
+    /// A `rate_limit` in the section is refused: a rate limit changes the
+    /// stack's type; build it with
+    /// `ServiceConfig::build_server(ServerStack::builder(name).rate_limit(q, |r| r))`.
     pub fn from_config(name: &str, s: &ServerSettings) -> Result<ServerStackLayer, ConfigError> {
-        ServerStack::builder(name.to_owned())
-            .configure(s)
-            .build()
+        with_rate(ServerStack::builder(name.to_owned()).configure(s), s)
+            .and_then(ServerStackBuilder::build)
             .map_err(|e| at("server", e))
     }
 }
@@ -222,11 +318,11 @@ impl crate::config::ServiceConfig {
     ) -> Result<ServerStackLayer<O::Layer, R::Layer, P, O::Innermost>, ConfigError>
     where
         O: super::part::IngressPart,
-        R: super::part::StackPart,
+        R: super::part::StackPart + RateLimitSetting,
     {
-        builder
-            .configure(self.server_settings()?)
-            .build()
+        let s = self.server_settings()?;
+        with_rate(builder.configure(s), s)
+            .and_then(ServerStackBuilder::build)
             .map_err(|e| at("server", e))
     }
 }
@@ -326,18 +422,39 @@ impl<P, C: Send + Sync + 'static, L, O, H> ClientStackLayer<P, C, L, O, H> {
     }
 }
 
-impl<O, R, P, I> ServerStackLayer<O, R, P, I> {
+impl<O, R: RateLimitReload, P, I> ServerStackLayer<O, R, P, I> {
     /// Reloads what can change in a running server stack from a section
-    /// (feature `serde`): the bulkhead's limit. Other settings take effect
-    /// when the stack is built again.
+    /// (feature `serde`): the adaptive limit's bounds (what it learned is
+    /// kept, the limit clamped into them), the bulkhead's limit (calls in
+    /// flight keep their permits) and the rate limit's quota (every bucket keeps what it
+    /// owes, within the new burst: see
+    /// [`RateLimitLayer::set_quota`](crate::rate_limit::RateLimitLayer::set_quota)).
+    /// Other settings take effect when the stack is built again. All or
+    /// nothing: a refused value changes nothing, and the error says which.
     ///
     /// # Errors
     ///
     /// A [`ConfigError`] naming the refused setting; nothing is changed.
     pub fn reload(&self, s: &ServerSettings) -> Result<(), ConfigError> {
         check_limit(self.bulkhead_handle().name(), s.bulkhead.max_concurrent)?;
+        if let Some(rate) = &s.rate_limit {
+            self.rate_limit().check_rate(rate)?;
+        }
+        // The limit's bounds are checked by the algorithm as it takes them:
+        // first, so that a refusal leaves everything as it was.
+        let limit = self.adaptive_limit();
+        if s.limit.min_limit.is_some() || s.limit.max_limit.is_some() {
+            limit
+                .set_limits(s.limit.min_limit, s.limit.max_limit)
+                .map_err(|e| {
+                    ConfigError::new(e.layer(), format!("{}: {}", limit.name(), e.message()))
+                })?;
+        }
         if let Some(n) = s.bulkhead.max_concurrent {
             self.bulkhead_handle().set_max_concurrent(n)?;
+        }
+        if let Some(rate) = &s.rate_limit {
+            self.rate_limit().reload_rate(rate)?;
         }
         Ok(())
     }

@@ -217,6 +217,8 @@ mod server;
 
 pub use self::classify::DependencyFailures;
 pub use self::client::{ClientStack, ClientStackBuilder, ClientStackLayer, ClientStackService};
+#[cfg(feature = "serde")]
+pub use self::config::{RateLimitReload, RateLimitSetting};
 pub use self::part::{HedgePart, HoldPoint, IngressPart, Skip, StackPart};
 #[cfg(feature = "tonic")]
 pub use self::preset::{GrpcClient, GrpcIngress, GrpcOutermost, GrpcTransportPart};

@@ -296,6 +296,16 @@ impl<O, R, P> ServerStackBuilder<O, R, P> {
         }
     }
 
+    /// Changes the rate-limit part (a settings file's rate).
+    #[cfg(feature = "serde")]
+    pub(crate) fn try_map_rate_limit(
+        mut self,
+        f: impl FnOnce(R) -> Result<R, ConfigError>,
+    ) -> Result<Self, ConfigError> {
+        self.rate_limit = f(self.rate_limit)?;
+        Ok(self)
+    }
+
     /// Builds every layer and checks them against each other.
     ///
     /// # Errors

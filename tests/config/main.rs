@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use seawall::config::ServiceConfig;
+use seawall::rate_limit::Quota;
 use seawall::stack::{ClientStack, ServerStack};
 use tower::{Layer, ServiceExt};
 
@@ -63,18 +64,38 @@ async fn the_stacks_it_builds_behave_as_configured() {
     assert_eq!(http.retry().max_attempts(), 2);
     assert_eq!(http.bulkhead_handle().max_concurrent(), 64);
 
-    // The server: its budget and bulkhead.
-    let server = c.server("api").unwrap();
+    // The server: its budget, bulkhead and rate limit (the file's rate
+    // replaces the builder's quota).
+    let server = c
+        .build_server(ServerStack::builder("api").rate_limit(Quota::per_second(1), |r| r))
+        .unwrap();
     assert_eq!(server.bulkhead_handle().max_concurrent(), 800);
-    let preset = ServerStack::http("api")
-        .configure(c.server_settings().unwrap())
-        .rate_limit(
-            c.server_settings().unwrap().rate_limit.unwrap().quota(),
-            |r| r,
-        )
-        .build()
+    assert_eq!(
+        server.rate_limit().quota(),
+        Quota::per_second(500).burst(100)
+    );
+    let preset = c
+        .build_server(ServerStack::http("api").rate_limit(Quota::per_second(1), |r| r))
         .unwrap();
     assert_eq!(preset.bulkhead_handle().max_concurrent(), 800);
+    assert_eq!(preset.rate_limit().quota().burst_size(), 100);
+    // A stack with no place for the file's rate limit refuses it, saying
+    // what to add.
+    let e = c.server("api").unwrap_err().to_string();
+    assert!(
+        e.contains(
+            "server.rate_limit: this stack has no rate limit; add `.rate_limit(quota, |r| r)`"
+        ),
+        "{e}"
+    );
+    let e = c
+        .build_server(ServerStack::http("api"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("server.rate_limit: this stack has no rate limit"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -317,7 +338,9 @@ async fn a_running_stack_reloads_what_can_change() {
         0.3
     );
 
-    let server = c.server("api").unwrap();
+    let server = c
+        .build_server(ServerStack::builder("api").rate_limit(Quota::per_second(1), |r| r))
+        .unwrap();
     let mut s = c.server_settings().unwrap().clone();
     s.bulkhead.max_concurrent = Some(100);
     server.reload(&s).unwrap();
@@ -325,4 +348,214 @@ async fn a_running_stack_reloads_what_can_change() {
     s.bulkhead.max_concurrent = Some(0);
     assert!(server.reload(&s).is_err());
     assert_eq!(server.bulkhead_handle().max_concurrent(), 100);
+    // A refused rate changes nothing, the bulkhead included.
+    s.bulkhead.max_concurrent = Some(50);
+    s.rate_limit = Some(
+        toml::from_str::<Wrap>("r = { rate = \"1/s\", burst = 0 }")
+            .unwrap()
+            .r,
+    );
+    let e = server.reload(&s).unwrap_err().to_string();
+    assert!(
+        e.contains("api.rate_limit: quota: the burst (requests per window) must be at least 1"),
+        "{e}"
+    );
+    assert_eq!(server.bulkhead_handle().max_concurrent(), 100);
+    assert_eq!(server.rate_limit().quota().burst_size(), 100);
+    // A stack without a rate limit refuses one.
+    let bare = ServerStack::builder("bare")
+        .total_budget(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let e = bare.reload(&s).unwrap_err().to_string();
+    assert!(
+        e.contains("rate_limit: this stack has no rate limit"),
+        "{e}"
+    );
+}
+
+#[derive(serde::Deserialize)]
+struct Wrap {
+    r: seawall::config::Rate,
+}
+
+/// A reload in the middle of a load: 1000 requests a second against the
+/// file's 500/s (burst 100), then `{ rate = "100/s", burst = 20 }`: the
+/// admitted rate follows at once, the bucket is not refilled by the change
+/// (it owed 200 ms, the whole new burst), and a `Reconfigured` event says
+/// so.
+#[tokio::test(start_paused = true)]
+async fn a_reload_during_load_changes_the_admitted_rate() {
+    let c = example();
+    let events = seawall::observe::Recorder::new();
+    let server = c
+        .build_server(
+            ServerStack::builder("api")
+                .observer(events.clone())
+                .rate_limit(Quota::per_second(1), |r| r),
+        )
+        .unwrap();
+    let svc = server.layer(tower::service_fn(|x: u32| async move {
+        Ok::<u32, seawall::BoxError>(x)
+    }));
+    // One second of load at 1 request per millisecond.
+    async fn second(
+        svc: &(impl tower::Service<u32, Response = u32, Error = seawall::BoxError> + Clone),
+    ) -> (u32, u32, Option<Duration>) {
+        let (mut ok, mut refused, mut wait) = (0, 0, None);
+        for i in 0..1000 {
+            tokio::time::advance(Duration::from_millis(1)).await;
+            match svc.clone().oneshot(i).await {
+                Ok(_) => ok += 1,
+                Err(e) => {
+                    let r = seawall::error::rejection(&*e).expect("a rejection");
+                    assert_eq!(r.kind(), seawall::error::RejectionKind::RateLimited);
+                    refused += 1;
+                    wait = wait.max(r.retry_after());
+                }
+            }
+        }
+        (ok, refused, wait)
+    }
+    let before = second(&svc).await;
+    // The burst (100) then 500/s: 100 + 500 × 0.9 s ≈ 599 in the first second.
+    assert!((590..=610).contains(&before.0), "{before:?}");
+    let steady = second(&svc).await;
+    assert!((495..=505).contains(&steady.0), "{steady:?}");
+
+    let mut s = c.server_settings().unwrap().clone();
+    s.rate_limit = Some(
+        toml::from_str::<Wrap>("r = { rate = \"100/s\", burst = 20 }")
+            .unwrap()
+            .r,
+    );
+    server.reload(&s).unwrap();
+    assert_eq!(
+        server.rate_limit().quota(),
+        Quota::per_second(100).burst(20)
+    );
+    let after = second(&svc).await;
+    // The bucket owed its whole new burst when the quota changed: no burst
+    // is given back, only the new rate.
+    assert!((95..=105).contains(&after.0), "{after:?}");
+    let wait = after.2.expect("a retry_after");
+    assert!(
+        wait <= Duration::from_millis(10) + Duration::from_millis(5),
+        "{wait:?}"
+    );
+    assert_eq!(
+        events
+            .events()
+            .iter()
+            .filter(|e| e.kind == seawall::observe::EventKind::Reconfigured
+                && e.name == "api.rate_limit")
+            .count(),
+        1
+    );
+}
+
+/// The adaptive limit's bounds from a file, then a reload under load: 40
+/// calls in flight against a slow handler; `limit = { max_limit = 5 }`
+/// clamps the limit at once, the calls in flight finish, and new calls are
+/// refused as overloaded until fewer than 5 are in flight. A refused
+/// bound changes nothing.
+#[tokio::test(start_paused = true)]
+async fn the_adaptive_limit_bounds_reload_under_load() {
+    let c: ServiceConfig = toml::from_str(
+        r#"
+        [server]
+        total_budget = "5s"
+        limit = { min_limit = 30, max_limit = 60 }
+        "#,
+    )
+    .unwrap();
+    let events = seawall::observe::Recorder::new();
+    let server = c
+        .build_server(ServerStack::builder("api").observer(events.clone()))
+        .unwrap();
+    // QueueDelay starts at 20: clamped into 30..=60.
+    assert_eq!(server.adaptive_limit().limit(), 30);
+    let svc = server.layer(tower::service_fn(|x: u32| async move {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        Ok::<u32, seawall::BoxError>(x)
+    }));
+    let mut calls = Vec::new();
+    for i in 0..40 {
+        calls.push(tokio::spawn(svc.clone().oneshot(i)));
+        tokio::task::yield_now().await;
+    }
+    tokio::time::advance(Duration::from_millis(10)).await;
+    assert_eq!(
+        server.adaptive_limit().inflight(),
+        30,
+        "10 refused at the limit"
+    );
+
+    let refused: ServiceConfig =
+        toml::from_str("[server]\nlimit = { min_limit = 0 }\nbulkhead = { max_concurrent = 7 }\n")
+            .unwrap();
+    let e = server
+        .reload(refused.server_settings().unwrap())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("api.limit: min_limit must be at least 1, got 0"),
+        "{e}"
+    );
+    assert_eq!(server.adaptive_limit().limit(), 30);
+    assert_ne!(
+        server.bulkhead_handle().max_concurrent(),
+        7,
+        "a refused reload changed the bulkhead"
+    );
+
+    let smaller: ServiceConfig =
+        toml::from_str("[server]\nlimit = { min_limit = 1, max_limit = 5 }\n").unwrap();
+    server.reload(smaller.server_settings().unwrap()).unwrap();
+    assert_eq!(server.adaptive_limit().limit(), 5);
+    // The 30 in flight are not disturbed; a new call is refused.
+    let late = svc.clone().oneshot(99).await.unwrap_err();
+    assert_eq!(
+        seawall::error::rejection(&*late).unwrap().kind(),
+        seawall::error::RejectionKind::Overloaded
+    );
+    tokio::time::advance(Duration::from_millis(100)).await;
+    let mut ok = 0;
+    for c in calls {
+        ok += c.await.unwrap().is_ok() as u32;
+    }
+    assert_eq!(ok, 30);
+    assert_eq!(server.adaptive_limit().inflight(), 0);
+    // Below the new limit, calls are admitted again: 5 at once, not 6.
+    let mut calls = Vec::new();
+    for i in 0..6 {
+        calls.push(tokio::spawn(svc.clone().oneshot(i)));
+        tokio::task::yield_now().await;
+    }
+    tokio::time::advance(Duration::from_millis(150)).await;
+    let mut ok = 0;
+    for c in calls {
+        ok += c.await.unwrap().is_ok() as u32;
+    }
+    assert_eq!(ok, 5);
+    let kinds: Vec<_> = events
+        .events()
+        .into_iter()
+        .filter(|e| e.name == "api.limit")
+        .map(|e| e.kind)
+        .filter(|k| {
+            matches!(
+                k,
+                seawall::observe::EventKind::Reconfigured
+                    | seawall::observe::EventKind::LimitChanged { .. }
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds[..2],
+        [
+            seawall::observe::EventKind::Reconfigured,
+            seawall::observe::EventKind::LimitChanged { from: 30, to: 5 }
+        ]
+    );
 }
