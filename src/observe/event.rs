@@ -332,6 +332,18 @@ pub enum EventKind {
         /// The new limit.
         to: usize,
     },
+    /// An adaptive limit closed a sampling window (about once a second): its
+    /// limit after the window, the most calls in flight during it, and
+    /// their average latency. What a dashboard draws as "limit vs in
+    /// flight", at no cost per call.
+    LimitSampled {
+        /// The limit after the window.
+        limit: usize,
+        /// The most calls in flight during the window.
+        peak_inflight: usize,
+        /// The average latency of the window's calls (zero without samples).
+        rtt: Duration,
+    },
     /// Malformed, oversized or otherwise unusable input (a header, a key) was
     /// ignored or rejected.
     InputIgnored {
@@ -383,6 +395,7 @@ impl EventKind {
             EventKind::RetryGaveUp { .. } => "retry_gave_up",
             EventKind::BudgetExhausted => "budget_exhausted",
             EventKind::LimitChanged { .. } => "limit_changed",
+            EventKind::LimitSampled { .. } => "limit_sampled",
             EventKind::InputIgnored { .. } => "input_ignored",
             EventKind::HedgeSent { .. } => "hedge_sent",
             EventKind::FallbackUsed { .. } => "fallback_used",

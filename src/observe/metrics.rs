@@ -99,6 +99,12 @@ const METRICS: &[(&str, Kind, Option<metrics::Unit>, &str)] = &[
         "The current limit of a seawall adaptive concurrency limit.",
     ),
     (
+        "seawall.limit.inflight",
+        Kind::Gauge,
+        None,
+        "The most calls in flight under a seawall adaptive limit during its last window.",
+    ),
+    (
         "seawall.input.ignored",
         Kind::Counter,
         None,
@@ -192,6 +198,16 @@ impl Hook for MetricsHook {
             }
             EventKind::LimitChanged { to, .. } => {
                 metrics::gauge!("seawall.limit", "layer" => layer, "name" => name).set(to as f64);
+            }
+            EventKind::LimitSampled {
+                limit,
+                peak_inflight,
+                ..
+            } => {
+                metrics::gauge!("seawall.limit", "layer" => layer, "name" => name.clone())
+                    .set(limit as f64);
+                metrics::gauge!("seawall.limit.inflight", "layer" => layer, "name" => name)
+                    .set(peak_inflight as f64);
             }
             EventKind::InputIgnored { input, reason } => {
                 metrics::counter!("seawall.input.ignored", "layer" => layer, "name" => name, "input" => input, "reason" => reason)

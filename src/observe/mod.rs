@@ -13,6 +13,8 @@
 //! - any closure `Fn(&Event<'_>)`;
 //! - [`TracingHook`]: `tracing` events with structured fields;
 //! - [`MetricsHook`] (feature `metrics`): the `metrics` facade, names below;
+//! - [`OtelHook`] (feature `opentelemetry`): OpenTelemetry instruments on
+//!   your `Meter`, names below;
 //! - [`Recorder`]: keeps events in memory for tests and dashboards;
 //! - a pair `(A, B)` of hooks reports to both.
 //!
@@ -30,30 +32,42 @@
 //! assert_eq!(recorder.events()[0].name, "payments");
 //! ```
 //!
-//! # Metric names (feature `metrics`)
+//! # Metric names
 //!
-//! [`MetricsHook`] reports through the [`metrics`](https://docs.rs/metrics) facade,
-//! and describes every metric (unit and help text) when it is created.
-//! Names are dot-separated (Prometheus exporters turn dots into underscores
-//! and, with recommended naming, add `_total` to counters); durations are
-//! in seconds and say so in their names, as Prometheus wants
-//! (`seawall_call_duration_seconds`). Labels are low-cardinality: `layer` (the [`LayerKind`] label),
-//! `name` (the instance name), and `outcome` (`success`, `failure` or
-//! `ignored`, see [`Outcome`]) / `reason` / `state` where stated.
+//! [`MetricsHook`] (feature `metrics`) reports through the
+//! [`metrics`](https://docs.rs/metrics) facade and describes every metric
+//! (unit and help text) when it is created. Names are dot-separated;
+//! Prometheus exporters turn dots into underscores and, with recommended
+//! naming, add `_total` to counters; durations are in seconds and say so in
+//! their names, as Prometheus wants. Labels: `layer` (the [`LayerKind`]
+//! label), `name` (the instance name), and `outcome` ([`Outcome`]) /
+//! `reason` / `state` / … where stated.
 //!
-//! | metric | type | labels |
-//! |---|---|---|
-//! | `seawall.calls` | counter | layer, name, outcome |
-//! | `seawall.call.duration.seconds` | histogram, seconds | layer, name, outcome |
-//! | `seawall.rejections` | counter | layer, name, reason, detail (a short static word: `limit`, `doomed`, `queue_full`, `max_wait`, `open`, …) |
-//! | `seawall.state` | gauge, exactly one state at 1 | layer, name, state |
-//! | `seawall.retries` | counter | layer, name |
-//! | `seawall.retry.delay.seconds` | histogram, seconds | layer, name |
-//! | `seawall.retry.gave_up` | counter | layer, name, reason |
-//! | `seawall.retry.budget_exhausted` | counter | layer, name |
-//! | `seawall.limit` | gauge | layer, name |
-//! | `seawall.input.ignored` | counter | layer, name, input, reason |
-//! | `seawall.backend.errors` | counter | layer, name, backend, reason |
+//! [`OtelHook`] (feature `opentelemetry`) records the same events on
+//! OpenTelemetry instruments, named by OpenTelemetry's rules: the unit is
+//! the instrument's metadata (`s`, `{call}`), not part of the name;
+//! attributes are namespaced (`seawall.layer`, `seawall.name`, …), and
+//! the semantic conventions' `error.type` says why a call failed or a
+//! request was refused.
+//!
+//! | Prometheus (`MetricsHook`) | OpenTelemetry (`OtelHook`), unit | what | labels / attributes |
+//! |---|---|---|---|
+//! | `seawall_calls_total` | `seawall.calls` counter, `{call}` | calls let through and finished | layer, name, outcome; OTel: `error.type` = the outcome unless success |
+//! | `seawall_call_duration_seconds` | `seawall.call.duration` histogram, `s` | their durations | as above |
+//! | `seawall_rejections_total` | `seawall.rejections` counter, `{request}` | requests refused | layer, name, reason (OTel `error.type`), detail (a short static word: `limit`, `doomed`, `queue_full`, `open`, …; OTel `seawall.rejection.detail`) |
+//! | `seawall_state` | `seawall.state` gauge, `{state}` | a stateful layer's state, exactly one at 1 | layer, name, state |
+//! | `seawall_retries_total` | `seawall.retries` counter, `{retry}` | retries scheduled | layer, name |
+//! | `seawall_retry_delay_seconds` | `seawall.retry.delay` histogram, `s` | their backoffs | layer, name |
+//! | `seawall_retry_gave_up_total` | `seawall.retry.gave_up` counter | requests no longer retried | layer, name, reason |
+//! | `seawall_retry_budget_exhausted_total` | `seawall.retry.budget_exhausted` counter | retries the budget refused | layer, name |
+//! | `seawall_limit` | `seawall.limit` gauge, `{call}` | a concurrency limit (adaptive or bulkhead) | layer, name |
+//! | `seawall_limit_inflight` | `seawall.limit.inflight` gauge, `{call}` | the most calls in flight under an adaptive limit in its last window | layer, name |
+//! | `seawall_hedges_total` | `seawall.hedges` counter | hedges sent | layer, name |
+//! | `seawall_fallbacks_total` | `seawall.fallbacks` counter | calls a fallback answered | layer, name, reason |
+//! | `seawall_reconfigurations_total` | `seawall.reconfigurations` counter | settings taken at run time | layer, name |
+//! | `seawall_ejections_total` | `seawall.ejections` counter | endpoints ejected | layer, name, reason |
+//! | `seawall_input_ignored_total` | `seawall.input.ignored` counter | bad input ignored | layer, name, input, reason |
+//! | `seawall_backend_errors_total` | `seawall.backend.errors` counter | backend (Redis) errors | layer, name, backend, reason (OTel `error.type`) |
 
 use std::fmt;
 use std::sync::Arc;
@@ -61,12 +75,16 @@ use std::sync::Arc;
 mod event;
 #[cfg(feature = "metrics")]
 mod metrics;
+#[cfg(feature = "opentelemetry")]
+mod otel;
 mod recorder;
 mod tracing;
 
 pub use self::event::{Event, EventKind, FallbackReason, GiveUpReason, LayerKind, Outcome, State};
 #[cfg(feature = "metrics")]
 pub use self::metrics::MetricsHook;
+#[cfg(feature = "opentelemetry")]
+pub use self::otel::OtelHook;
 pub use self::recorder::{RecordedEvent, Recorder};
 pub use self::tracing::TracingHook;
 

@@ -107,6 +107,19 @@ impl Hook for TracingHook {
             EventKind::LimitChanged { from, to } => {
                 tracing::debug!(target: "seawall", layer, name, from, to, "limit changed")
             }
+            EventKind::LimitSampled {
+                limit,
+                peak_inflight,
+                rtt,
+            } => tracing::trace!(
+                target: "seawall",
+                layer,
+                name,
+                limit,
+                peak_inflight,
+                rtt_ms = rtt.as_secs_f64() * 1e3,
+                "limit window closed"
+            ),
             EventKind::InputIgnored { input, reason } => {
                 tracing::debug!(target: "seawall", layer, name, input, reason, "input ignored")
             }

@@ -317,6 +317,15 @@ impl Limiter {
                 EventKind::LimitChanged { from: old, to: new },
             );
         }
+        self.observer.emit(
+            LayerKind::AdaptiveLimit,
+            self.name.as_str(),
+            EventKind::LimitSampled {
+                limit: new,
+                peak_inflight: max_inflight,
+                rtt,
+            },
+        );
     }
 
     /// Changes the algorithm's bounds (a reload: takes the algorithm's

@@ -132,6 +132,17 @@ async fn prometheus_sees_conventional_names_help_and_one_state() {
             .any(|s| s.starts_with("seawall_call_duration_seconds_bucket{")),
         "the duration histogram's buckets"
     );
+    // The adaptive limit against its calls in flight.
+    for name in ["seawall_limit", "seawall_limit_inflight"] {
+        assert_eq!(types.get(name).map(String::as_str), Some("gauge"), "{name}");
+        assert!(helps.get(name).is_some_and(|h| h.len() > 10), "{name}");
+        assert!(
+            series
+                .iter()
+                .any(|s| s.starts_with(&format!("{name}{{")) && s.contains("name=\"server\"")),
+            "{name} of the adaptive limit"
+        );
+    }
     // This session's layers: a hedge, a fallback, an ejection, a retune.
     for (name, label) in [
         ("seawall_hedges_total", "layer=\"hedge\""),
@@ -213,6 +224,7 @@ fn the_grafana_dashboard_queries_shipped_metrics() {
         "seawall_retry_gave_up_total",
         "seawall_retry_budget_exhausted_total",
         "seawall_limit",
+        "seawall_limit_inflight",
         "seawall_input_ignored_total",
         "seawall_backend_errors_total",
         "seawall_hedges_total",
@@ -295,6 +307,23 @@ async fn more_events(observer: &Observer) {
         .unwrap();
     let handle = breaker.handle();
     handle.retune(handle.tuning()).unwrap();
+
+    // An adaptive limit's windows: 30 calls of 2 ms in 20 ms windows (in
+    // real time: the recorder is process-wide and shared with the scrape).
+    let adaptive = seawall::shed::AdaptiveLimitLayer::builder()
+        .name("server")
+        .window(Duration::from_millis(20))
+        .min_window_samples(1)
+        .observer(observer.clone())
+        .build()
+        .unwrap();
+    let server = adaptive.layer(tower::service_fn(|_: ()| async {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        Ok::<(), BoxError>(())
+    }));
+    for _ in 0..30 {
+        server.clone().oneshot(()).await.unwrap();
+    }
 }
 
 #[cfg(not(all(feature = "hedge", feature = "fallback", feature = "eject")))]

@@ -1,0 +1,283 @@
+use opentelemetry::KeyValue;
+use opentelemetry::metrics::{Counter, Gauge, Histogram, Meter};
+
+use super::{Event, EventKind, Hook, LayerKind, Outcome, State};
+
+/// A [`Hook`] that reports through the OpenTelemetry metrics API (feature
+/// `opentelemetry`), on a [`Meter`] of your `MeterProvider`.
+///
+/// The instruments follow OpenTelemetry's naming rules (dotted names, the
+/// unit as instrument metadata rather than in the name, no `_total`) and
+/// its semantic conventions where one exists: a failed call or a refusal
+/// carries `error.type` (the outcome, or the reason of the refusal). The
+/// [module docs](super#metric-names) list every instrument beside the
+/// Prometheus name the `metrics` hook gives it.
+///
+/// ```
+/// # #[cfg(feature = "opentelemetry")] {
+/// use opentelemetry::metrics::MeterProvider as _;
+/// use seawall::observe::{Observer, OtelHook};
+///
+/// let provider = opentelemetry::global::meter_provider(); // or your SDK's provider
+/// let observer = Observer::new(OtelHook::new(&provider.meter("seawall")));
+/// # let _ = observer;
+/// # }
+/// ```
+///
+/// Attribute values are built only when an event is reported; with no hook
+/// set, layers do none of this work.
+#[derive(Debug, Clone)]
+pub struct OtelHook {
+    calls: Counter<u64>,
+    duration: Histogram<f64>,
+    rejections: Counter<u64>,
+    state: Gauge<i64>,
+    retries: Counter<u64>,
+    retry_delay: Histogram<f64>,
+    gave_up: Counter<u64>,
+    budget_exhausted: Counter<u64>,
+    limit: Gauge<u64>,
+    inflight: Gauge<u64>,
+    input_ignored: Counter<u64>,
+    hedges: Counter<u64>,
+    fallbacks: Counter<u64>,
+    reconfigurations: Counter<u64>,
+    ejections: Counter<u64>,
+    backend_errors: Counter<u64>,
+}
+
+/// Every instrument: the OpenTelemetry name, its unit, and the description.
+pub(crate) const INSTRUMENTS: &[(&str, &str, &str)] = &[
+    (
+        "seawall.calls",
+        "{call}",
+        "Calls a seawall layer let through and saw finish, by outcome.",
+    ),
+    (
+        "seawall.call.duration",
+        "s",
+        "How long the calls a seawall layer let through took, by outcome.",
+    ),
+    (
+        "seawall.rejections",
+        "{request}",
+        "Requests a seawall layer refused, by reason and detail.",
+    ),
+    (
+        "seawall.state",
+        "{state}",
+        "The state of a stateful seawall layer: exactly one state at 1.",
+    ),
+    (
+        "seawall.retries",
+        "{retry}",
+        "Retries a seawall retry layer scheduled.",
+    ),
+    (
+        "seawall.retry.delay",
+        "s",
+        "The delays before the retries a seawall retry layer scheduled.",
+    ),
+    (
+        "seawall.retry.gave_up",
+        "{request}",
+        "Requests a seawall retry layer stopped retrying, by reason.",
+    ),
+    (
+        "seawall.retry.budget_exhausted",
+        "{retry}",
+        "Retries refused by an empty retry budget.",
+    ),
+    (
+        "seawall.limit",
+        "{call}",
+        "The current limit of a seawall concurrency limit.",
+    ),
+    (
+        "seawall.limit.inflight",
+        "{call}",
+        "The most calls in flight under a seawall adaptive limit during its last window.",
+    ),
+    (
+        "seawall.input.ignored",
+        "{input}",
+        "Bad input (a header, a key) a seawall layer ignored, by input and reason.",
+    ),
+    (
+        "seawall.hedges",
+        "{request}",
+        "Hedges a seawall hedge layer sent.",
+    ),
+    (
+        "seawall.fallbacks",
+        "{call}",
+        "Calls a seawall fallback layer answered for, by reason.",
+    ),
+    (
+        "seawall.reconfigurations",
+        "{reload}",
+        "Settings a seawall layer took at run time (reloads).",
+    ),
+    (
+        "seawall.ejections",
+        "{ejection}",
+        "Endpoints a seawall ejection layer took out of their balanced set, by reason.",
+    ),
+    (
+        "seawall.backend.errors",
+        "{error}",
+        "Errors of a seawall layer's backend (Redis), by reason.",
+    ),
+];
+
+fn spec(name: &str) -> (&'static str, &'static str, &'static str) {
+    INSTRUMENTS
+        .iter()
+        .copied()
+        .find(|(n, _, _)| *n == name)
+        .unwrap_or(("seawall.unknown", "", ""))
+}
+
+macro_rules! instrument {
+    ($meter:expr, $make:ident, $name:literal) => {{
+        let (name, unit, description) = spec($name);
+        $meter
+            .$make(name)
+            .with_unit(unit)
+            .with_description(description)
+            .build()
+    }};
+}
+
+impl OtelHook {
+    /// Creates every instrument on `meter` (once: recording is then a
+    /// lookup of the attribute set, by the SDK).
+    pub fn new(meter: &Meter) -> Self {
+        OtelHook {
+            calls: instrument!(meter, u64_counter, "seawall.calls"),
+            duration: instrument!(meter, f64_histogram, "seawall.call.duration"),
+            rejections: instrument!(meter, u64_counter, "seawall.rejections"),
+            state: instrument!(meter, i64_gauge, "seawall.state"),
+            retries: instrument!(meter, u64_counter, "seawall.retries"),
+            retry_delay: instrument!(meter, f64_histogram, "seawall.retry.delay"),
+            gave_up: instrument!(meter, u64_counter, "seawall.retry.gave_up"),
+            budget_exhausted: instrument!(meter, u64_counter, "seawall.retry.budget_exhausted"),
+            limit: instrument!(meter, u64_gauge, "seawall.limit"),
+            inflight: instrument!(meter, u64_gauge, "seawall.limit.inflight"),
+            input_ignored: instrument!(meter, u64_counter, "seawall.input.ignored"),
+            hedges: instrument!(meter, u64_counter, "seawall.hedges"),
+            fallbacks: instrument!(meter, u64_counter, "seawall.fallbacks"),
+            reconfigurations: instrument!(meter, u64_counter, "seawall.reconfigurations"),
+            ejections: instrument!(meter, u64_counter, "seawall.ejections"),
+            backend_errors: instrument!(meter, u64_counter, "seawall.backend.errors"),
+        }
+    }
+
+    /// Publishes the state of a stateful layer: `state` at 1 and every other
+    /// state of that layer kind at 0 (layers do it through
+    /// [`EventKind::StateChanged`] events).
+    pub fn set_state(&self, layer: LayerKind, name: &str, state: State) {
+        for s in State::all_for(layer) {
+            self.state.record(
+                i64::from(*s == state),
+                &[
+                    KeyValue::new("seawall.layer", layer.as_str()),
+                    KeyValue::new("seawall.name", name.to_owned()),
+                    KeyValue::new("seawall.state", s.as_str()),
+                ],
+            );
+        }
+    }
+}
+
+impl Hook for OtelHook {
+    fn on_event(&self, e: &Event<'_>) {
+        let layer = KeyValue::new("seawall.layer", e.layer.as_str());
+        let name = KeyValue::new("seawall.name", e.name.to_owned());
+        match e.kind {
+            EventKind::CallStarted => {}
+            EventKind::CallFinished { outcome, latency } => {
+                let out = KeyValue::new("seawall.outcome", outcome.as_str());
+                let all = [
+                    layer,
+                    name,
+                    out,
+                    KeyValue::new("error.type", outcome.as_str()),
+                ];
+                // `error.type` only on calls that did not succeed.
+                let attrs = if outcome == Outcome::Success {
+                    &all[..3]
+                } else {
+                    &all[..]
+                };
+                self.calls.add(1, attrs);
+                self.duration.record(latency.as_secs_f64(), attrs);
+            }
+            EventKind::Rejected { reason, detail, .. } => self.rejections.add(
+                1,
+                &[
+                    layer,
+                    name,
+                    KeyValue::new("error.type", reason.as_str()),
+                    KeyValue::new("seawall.rejection.detail", detail),
+                ],
+            ),
+            EventKind::StateChanged { to, .. } => self.set_state(e.layer, e.name, to),
+            EventKind::RetryScheduled { delay, .. } => {
+                let attrs = [layer, name];
+                self.retries.add(1, &attrs);
+                self.retry_delay.record(delay.as_secs_f64(), &attrs);
+            }
+            EventKind::RetryGaveUp { reason, .. } => self.gave_up.add(
+                1,
+                &[
+                    layer,
+                    name,
+                    KeyValue::new("seawall.reason", reason.as_str()),
+                ],
+            ),
+            EventKind::BudgetExhausted => self.budget_exhausted.add(1, &[layer, name]),
+            EventKind::LimitChanged { to, .. } => self.limit.record(to as u64, &[layer, name]),
+            EventKind::LimitSampled {
+                limit,
+                peak_inflight,
+                ..
+            } => {
+                let attrs = [layer, name];
+                self.limit.record(limit as u64, &attrs);
+                self.inflight.record(peak_inflight as u64, &attrs);
+            }
+            EventKind::InputIgnored { input, reason } => self.input_ignored.add(
+                1,
+                &[
+                    layer,
+                    name,
+                    KeyValue::new("seawall.input", input),
+                    KeyValue::new("seawall.reason", reason),
+                ],
+            ),
+            EventKind::HedgeSent { .. } => self.hedges.add(1, &[layer, name]),
+            EventKind::FallbackUsed { reason } => self.fallbacks.add(
+                1,
+                &[
+                    layer,
+                    name,
+                    KeyValue::new("seawall.reason", reason.as_str()),
+                ],
+            ),
+            EventKind::Reconfigured => self.reconfigurations.add(1, &[layer, name]),
+            EventKind::EndpointEjected { reason, .. } => self
+                .ejections
+                .add(1, &[layer, name, KeyValue::new("seawall.reason", reason)]),
+            EventKind::BackendError { backend, cause } => self.backend_errors.add(
+                1,
+                &[
+                    layer,
+                    name,
+                    KeyValue::new("seawall.backend", backend),
+                    KeyValue::new("error.type", cause),
+                ],
+            ),
+        }
+    }
+}
