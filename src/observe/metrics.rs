@@ -96,7 +96,7 @@ const METRICS: &[(&str, Kind, Option<metrics::Unit>, &str)] = &[
         "seawall.limit",
         Kind::Gauge,
         None,
-        "The current limit of a seawall adaptive concurrency limit.",
+        "The current limit of a seawall concurrency limit (an adaptive limit, or a bulkhead's limit set at run time).",
     ),
     (
         "seawall.limit.inflight",

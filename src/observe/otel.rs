@@ -91,7 +91,7 @@ pub(crate) const INSTRUMENTS: &[(&str, &str, &str)] = &[
     (
         "seawall.limit",
         "{call}",
-        "The current limit of a seawall concurrency limit.",
+        "The current limit of a seawall concurrency limit (an adaptive limit, or a bulkhead's limit set at run time).",
     ),
     (
         "seawall.limit.inflight",

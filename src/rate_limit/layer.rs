@@ -693,6 +693,10 @@ impl<X, D> RateLimitLayerBuilder<X, D> {
         self
     }
 
+    pub(crate) fn set_quota(&mut self, quota: Quota) {
+        self.quota = quota;
+    }
+
     /// Validates the configuration and builds the layer.
     pub fn build(self) -> Result<RateLimitLayer<X, D>, ConfigError> {
         self.quota.validate("quota")?;

@@ -9,11 +9,11 @@ use crate::retry::Backoff;
 /// The rate-limit part of a [`ServerStackBuilder`], as a settings file
 /// reaches it: none ([`Skip`](super::Skip)) or a rate limit's builder,
 /// whose quota the file's `rate_limit` replaces.
-pub trait RateLimitSetting: Sized {
+pub trait RateLimitSetting {
     /// Takes the file's `rate_limit`. A stack without a rate limit refuses
     /// it: a rate limit changes the stack's type, so it is added in code
     /// (`.rate_limit(quota, |r| r)`, which the file's rate then replaces).
-    fn with_rate(self, rate: &crate::config::Rate) -> Result<Self, ConfigError>;
+    fn set_rate(&mut self, rate: &crate::config::Rate) -> Result<(), ConfigError>;
 }
 
 /// The rate-limit part of a built [`ServerStackLayer`], as a reload
@@ -37,7 +37,7 @@ fn no_rate_limit() -> ConfigError {
 }
 
 impl RateLimitSetting for super::Skip {
-    fn with_rate(self, _: &crate::config::Rate) -> Result<Self, ConfigError> {
+    fn set_rate(&mut self, _: &crate::config::Rate) -> Result<(), ConfigError> {
         Err(no_rate_limit())
     }
 }
@@ -64,9 +64,10 @@ fn named(name: &str, e: ConfigError) -> ConfigError {
 
 #[cfg(feature = "rate-limit")]
 impl<X, D> RateLimitSetting for crate::rate_limit::RateLimitLayerBuilder<X, D> {
-    fn with_rate(self, rate: &crate::config::Rate) -> Result<Self, ConfigError> {
+    fn set_rate(&mut self, rate: &crate::config::Rate) -> Result<(), ConfigError> {
         rate.quota().validate("quota")?;
-        Ok(self.quota(rate.quota()))
+        self.set_quota(rate.quota());
+        Ok(())
     }
 }
 
@@ -182,24 +183,13 @@ impl ClientStack {
     }
 }
 
-/// The section's rate, if any, given to the builder's rate-limit part.
-fn with_rate<O, R: RateLimitSetting, P>(
-    b: ServerStackBuilder<O, R, P>,
-    s: &ServerSettings,
-) -> Result<ServerStackBuilder<O, R, P>, ConfigError> {
-    match &s.rate_limit {
-        Some(rate) => b.try_map_rate_limit(|r| r.with_rate(rate)),
-        None => Ok(b),
-    }
-}
-
-impl<O, R, P> ServerStackBuilder<O, R, P> {
+impl<O, R: RateLimitSetting, P> ServerStackBuilder<O, R, P> {
     /// Applies a [`ServerSettings`] section (read from a file): each setting
-    /// present replaces the builder's. Its `rate_limit` is not applied here
-    /// (a rate limit changes the stack's type): add `.rate_limit(quota, ..)`
-    /// in code, and [`ServerStack::from_config`] and
-    /// [`ServiceConfig::build_server`](crate::config::ServiceConfig::build_server)
-    /// give it the file's rate, or refuse a rate the stack has no place for.
+    /// present replaces the builder's. Its `rate_limit` replaces the quota of
+    /// the builder's rate limit; a rate limit changes the stack's type, so
+    /// it is added in code (`.rate_limit(quota, |r| r)` before `configure`),
+    /// and a stack without one refuses the file's rate when it is built
+    /// (rather than leave it unapplied).
     pub fn configure(self, s: &ServerSettings) -> Self {
         let mut b = self;
         if let Some(d) = s.total_budget {
@@ -207,6 +197,9 @@ impl<O, R, P> ServerStackBuilder<O, R, P> {
         }
         if let Some(d) = s.handler_timeout {
             b = b.handler_timeout(d);
+        }
+        if let Some(rate) = &s.rate_limit {
+            b = b.set_rate(rate);
         }
         let h = s.bulkhead.clone();
         let (min, max) = (s.limit.min_limit, s.limit.max_limit);
@@ -227,8 +220,22 @@ impl ServerStack {
     /// stack's type; build it with
     /// `ServiceConfig::build_server(ServerStack::builder(name).rate_limit(q, |r| r))`.
     pub fn from_config(name: &str, s: &ServerSettings) -> Result<ServerStackLayer, ConfigError> {
-        with_rate(ServerStack::builder(name.to_owned()).configure(s), s)
-            .and_then(ServerStackBuilder::build)
+        if s.rate_limit.is_some() {
+            return Err(at(
+                "server",
+                ConfigError::new(
+                    "rate_limit",
+                    format!(
+                        "this stack has no rate limit; build it with \
+                         `ServiceConfig::build_server(ServerStack::builder({name:?}).rate_limit(quota, |r| r))` \
+                         (the file's rate then replaces the quota) or remove the setting"
+                    ),
+                ),
+            ));
+        }
+        ServerStack::builder(name.to_owned())
+            .configure(s)
+            .build()
             .map_err(|e| at("server", e))
     }
 }
@@ -320,9 +327,9 @@ impl crate::config::ServiceConfig {
         O: super::part::IngressPart,
         R: super::part::StackPart + RateLimitSetting,
     {
-        let s = self.server_settings()?;
-        with_rate(builder.configure(s), s)
-            .and_then(ServerStackBuilder::build)
+        builder
+            .configure(self.server_settings()?)
+            .build()
             .map_err(|e| at("server", e))
     }
 }
@@ -366,7 +373,8 @@ impl<P, C: Send + Sync + 'static, L, O, H> ClientStackLayer<P, C, L, O, H> {
     /// window and counts kept). Other settings of the section (time
     /// budgets, attempts, backoff) take effect when the stack is built
     /// again. All or nothing: a refused value changes nothing, and the error
-    /// names its path.
+    /// names the layer instance and the setting (`payments.breaker:
+    /// failure_rate_threshold …`).
     ///
     /// A file watcher is yours; on SIGHUP, for instance:
     ///

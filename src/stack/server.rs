@@ -173,6 +173,7 @@ impl ServerStack {
                 .max_concurrent(BULKHEAD_MAX_CONCURRENT),
             ingress: Skip,
             rate_limit: Skip,
+            deferred: None,
             name,
             observer: None,
             total_budget: None,
@@ -191,6 +192,9 @@ pub struct ServerStackBuilder<O = Skip, R = Skip, P = FromTaskLocal> {
     rate_limit: R,
     limit: AdaptiveLimitLayerBuilder<P>,
     bulkhead: BulkheadBuilder,
+    /// A setting refused before the build (a settings file's), returned by
+    /// [`build`](Self::build).
+    deferred: Option<ConfigError>,
 }
 
 impl<O: fmt::Debug, R: fmt::Debug, P> fmt::Debug for ServerStackBuilder<O, R, P> {
@@ -251,6 +255,7 @@ impl<O, R, P> ServerStackBuilder<O, R, P> {
             ingress: self.ingress,
             rate_limit: self.rate_limit,
             bulkhead: self.bulkhead,
+            deferred: self.deferred,
         }
     }
 
@@ -293,17 +298,21 @@ impl<O, R, P> ServerStackBuilder<O, R, P> {
             ingress: self.ingress,
             limit: self.limit,
             bulkhead: self.bulkhead,
+            deferred: self.deferred,
         }
     }
 
-    /// Changes the rate-limit part (a settings file's rate).
+    /// Gives the rate-limit part a settings file's rate; a refusal is
+    /// returned by [`build`](Self::build).
     #[cfg(feature = "serde")]
-    pub(crate) fn try_map_rate_limit(
-        mut self,
-        f: impl FnOnce(R) -> Result<R, ConfigError>,
-    ) -> Result<Self, ConfigError> {
-        self.rate_limit = f(self.rate_limit)?;
-        Ok(self)
+    pub(crate) fn set_rate(mut self, rate: &crate::config::Rate) -> Self
+    where
+        R: super::config::RateLimitSetting,
+    {
+        if let Err(e) = self.rate_limit.set_rate(rate) {
+            self.deferred.get_or_insert(e);
+        }
+        self
     }
 
     /// Builds every layer and checks them against each other.
@@ -319,6 +328,9 @@ impl<O, R, P> ServerStackBuilder<O, R, P> {
         O: IngressPart,
         R: StackPart,
     {
+        if let Some(e) = self.deferred {
+            return Err(e);
+        }
         let total = self
             .total_budget
             .ok_or_else(|| ConfigError::new(KIND, "total_budget must be set"))?;
@@ -371,6 +383,7 @@ impl<O, R, P> ServerStackBuilder<O, R, P> {
             rate_limit: self.rate_limit,
             limit: self.limit,
             bulkhead: self.bulkhead,
+            deferred: self.deferred,
         }
     }
 

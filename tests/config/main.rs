@@ -84,8 +84,29 @@ async fn the_stacks_it_builds_behave_as_configured() {
     let e = c.server("api").unwrap_err().to_string();
     assert!(
         e.contains(
-            "server.rate_limit: this stack has no rate limit; add `.rate_limit(quota, |r| r)`"
+            "server.rate_limit: this stack has no rate limit; build it with \
+             `ServiceConfig::build_server(ServerStack::builder(\"api\").rate_limit(quota, |r| r))`"
         ),
+        "{e}"
+    );
+    // `configure` by hand: the file's rate replaces the builder's quota, and
+    // a builder without a rate limit refuses it when built.
+    let by_hand = ServerStack::http("api")
+        .rate_limit(Quota::per_second(1), |r| r)
+        .configure(c.server_settings().unwrap())
+        .build()
+        .unwrap();
+    assert_eq!(
+        by_hand.rate_limit().quota(),
+        Quota::per_second(500).burst(100)
+    );
+    let e = ServerStack::http("api")
+        .configure(c.server_settings().unwrap())
+        .build()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("this stack has no rate limit; add `.rate_limit(quota, |r| r)`"),
         "{e}"
     );
     let e = c
