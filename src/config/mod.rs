@@ -34,16 +34,24 @@
 //!
 //! With the protocol presets, hand the preset's builder over:
 //! `config.build_client("payments", ClientStack::http("payments"))?` and
-//! `config.build_server(ServerStack::http("api"))?` (refused settings named
+//! `config.build_server(ServerStack::http("api").rate_limit(q, |r| r))?` (refused settings named
 //! by path), or apply a section yourself and add what a file cannot say
 //! (`ClientStack::http("payments").configure(config.client_settings("payments")?).hedge(|h| h).build()`).
 //! `examples/seawall.toml` is a whole file; `tests/config` loads it.
+//!
+//! A layer used on its own reads its section the same way: each builder has
+//! a `configure` taking its settings ([`RetrySettings`],
+//! [`BreakerSettings`], [`BulkheadSettings`], [`LimitSettings`], a
+//! [`Rate`], [`HedgeSettings`], [`EjectionSettings`]), so your own file
+//! format can embed them:
+//! `EjectionLayer::builder().configure(&my_file.eject).build()?`.
 //!
 //! A gRPC service config (`GrpcServiceConfig`, feature `tonic`) gives the
 //! gRPC preset its timeout, retry policy and hedged methods:
 //! `ClientStack::grpc(name).service_config(&config)?` (and
 //! `.hedge(|h| h.delay(d).max_attempts(n))` when it has a hedging policy).
 
+mod apply;
 #[cfg(feature = "tonic")]
 mod grpc;
 
@@ -216,6 +224,45 @@ pub struct BulkheadSettings {
     /// The longest wait for a permit.
     #[serde(default, deserialize_with = "duration::opt")]
     pub max_wait: Option<Duration>,
+}
+
+/// A hedge layer's settings (`HedgeLayerBuilder::configure`; the client
+/// stacks add hedging in code, `.hedge(|h| h.configure(&s))`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HedgeSettings {
+    /// A fixed delay before a hedge (default: the p95 of recent calls).
+    #[serde(default, deserialize_with = "duration::opt")]
+    pub delay: Option<Duration>,
+    /// Attempts in flight at most, the first included.
+    pub max_attempts: Option<u32>,
+    /// The share of requests that may be hedged.
+    pub budget_ratio: Option<f64>,
+}
+
+/// An ejection layer's settings (`EjectionLayerBuilder::configure`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EjectionSettings {
+    /// Remote failures in a row that eject an endpoint.
+    pub consecutive_failures: Option<u32>,
+    /// A first ejection's length.
+    #[serde(default, deserialize_with = "duration::opt")]
+    pub ejection_time: Option<Duration>,
+    /// The longest ejection.
+    #[serde(default, deserialize_with = "duration::opt")]
+    pub max_ejection_time: Option<Duration>,
+    /// The largest share of the set ejected at once, in percent.
+    pub max_ejected_percent: Option<u32>,
+    /// How often outliers are looked for.
+    #[serde(default, deserialize_with = "duration::opt")]
+    pub interval: Option<Duration>,
+    /// Standard deviations below the mean success rate that eject.
+    pub success_rate_stdev_factor: Option<f64>,
+    /// Times the median latency that ejects (0 turns it off).
+    pub latency_factor: Option<f64>,
+    /// Whether a remote overload counts as a failure.
+    pub count_overload: Option<bool>,
 }
 
 /// The adaptive limit's bounds (the algorithm keeps what it learns within

@@ -240,6 +240,18 @@ impl<C> EjectionLayerBuilder<C> {
         self
     }
 
+    pub(crate) fn ejection_times(&self) -> (Duration, Duration) {
+        (self.settings.base_ejection, self.settings.max_ejection)
+    }
+
+    pub(crate) fn intervals(&self) -> (Duration, u32, u32) {
+        (
+            self.settings.interval,
+            self.settings.success_rate_volume,
+            self.settings.success_rate_min_hosts,
+        )
+    }
+
     /// The most endpoints watched (default 256).
     pub fn max_endpoints(mut self, n: usize) -> Self {
         self.max_endpoints = n;

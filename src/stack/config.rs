@@ -2,9 +2,8 @@
 
 use super::client::{ClientStack, ClientStackBuilder, ClientStackLayer};
 use super::server::{ServerStack, ServerStackBuilder, ServerStackLayer};
-use crate::config::{BulkheadSettings, ClientSettings, ServerSettings, at};
+use crate::config::{ClientSettings, ServerSettings, at};
 use crate::error::ConfigError;
-use crate::retry::Backoff;
 
 /// The rate-limit part of a [`ServerStackBuilder`], as a settings file
 /// reaches it: none ([`Skip`](super::Skip)) or a rate limit's builder,
@@ -85,23 +84,6 @@ impl<X, D> RateLimitReload for crate::rate_limit::RateLimitLayer<X, D> {
     }
 }
 
-fn bulkhead(
-    b: crate::bulkhead::BulkheadBuilder,
-    s: &BulkheadSettings,
-) -> crate::bulkhead::BulkheadBuilder {
-    let mut b = b;
-    if let Some(n) = s.max_concurrent {
-        b = b.max_concurrent(n);
-    }
-    if let Some(n) = s.max_queue {
-        b = b.max_queue(n);
-    }
-    if let Some(d) = s.max_wait {
-        b = b.max_wait(d);
-    }
-    b
-}
-
 impl<P, C, L, O, H> ClientStackBuilder<P, C, L, O, H> {
     /// Applies a [`ClientSettings`] section (read from a file): each setting
     /// present replaces the builder's; absent ones are left as they are.
@@ -116,52 +98,10 @@ impl<P, C, L, O, H> ClientStackBuilder<P, C, L, O, H> {
         if let Some(d) = s.slow_call_duration {
             b = b.slow_call_duration(d);
         }
-        let r = s.retry.clone();
-        let b = b.retry(move |mut rb| {
-            if let Some(n) = r.max_attempts {
-                rb = rb.max_attempts(n);
-            }
-            if r.backoff_base.is_some() || r.backoff_cap.is_some() {
-                rb = rb.backoff(
-                    r.backoff_base.unwrap_or(Backoff::DEFAULT_BASE),
-                    r.backoff_cap.unwrap_or(Backoff::DEFAULT_CAP),
-                );
-            }
-            if let Some(x) = r.budget_ratio {
-                rb = rb.budget_ratio(x);
-            }
-            if let Some(x) = r.budget_success_ratio {
-                rb = rb.budget_success_ratio(x);
-            }
-            if let Some(n) = r.min_retries_per_sec {
-                rb = rb.min_retries_per_sec(n);
-            }
-            rb
-        });
-        let k = s.breaker.clone();
-        let b = b.breaker(move |mut bb| {
-            if let Some(x) = k.failure_rate_threshold {
-                bb = bb.failure_rate_threshold(x);
-            }
-            if let Some(n) = k.minimum_calls {
-                bb = bb.minimum_calls(n);
-            }
-            if let Some(n) = k.consecutive_failures {
-                bb = bb.consecutive_failures(n);
-            }
-            if let Some(d) = k.open_duration {
-                bb = bb.open_duration(d);
-            }
-            if let Some(n) = k.half_open_calls {
-                bb = bb.permitted_calls_in_half_open(n);
-            }
-            if let Some(x) = k.count_overload {
-                bb = bb.count_overload(x);
-            }
-            bb
-        });
-        let h = s.bulkhead.clone();
-        b.bulkhead(move |bh| bulkhead(bh, &h))
+        let (r, k, h) = (s.retry.clone(), s.breaker.clone(), s.bulkhead.clone());
+        b.retry(move |rb| rb.configure(&r))
+            .breaker(move |bb| bb.configure(&k))
+            .bulkhead(move |bh| bh.configure(&h))
     }
 }
 
@@ -201,10 +141,9 @@ impl<O, R: RateLimitSetting, P> ServerStackBuilder<O, R, P> {
         if let Some(rate) = &s.rate_limit {
             b = b.set_rate(rate);
         }
-        let h = s.bulkhead.clone();
-        let (min, max) = (s.limit.min_limit, s.limit.max_limit);
-        b.bulkhead(move |bh| bulkhead(bh, &h))
-            .adaptive_limit(move |l| l.limits(min, max))
+        let (h, l) = (s.bulkhead.clone(), s.limit.clone());
+        b.bulkhead(move |bh| bh.configure(&h))
+            .adaptive_limit(move |lb| lb.configure(&l))
     }
 }
 

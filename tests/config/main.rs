@@ -7,7 +7,7 @@ use std::time::Duration;
 use seawall::config::ServiceConfig;
 use seawall::rate_limit::Quota;
 use seawall::stack::{ClientStack, ServerStack};
-use tower::{Layer, ServiceExt};
+use tower::{Layer, Service, ServiceExt};
 
 fn example() -> ServiceConfig {
     let text = std::fs::read_to_string(concat!(
@@ -579,4 +579,85 @@ async fn the_adaptive_limit_bounds_reload_under_load() {
             seawall::observe::EventKind::LimitChanged { from: 30, to: 5 }
         ]
     );
+}
+
+/// Every layer used on its own reads its section of a user's own file
+/// format through its builder's `configure`.
+#[tokio::test(start_paused = true)]
+async fn each_layer_reads_its_own_section() {
+    use seawall::config::{
+        BreakerSettings, BulkheadSettings, EjectionSettings, HedgeSettings, LimitSettings, Rate,
+        RetrySettings,
+    };
+    #[derive(serde::Deserialize)]
+    struct MyFile {
+        retry: RetrySettings,
+        breaker: BreakerSettings,
+        bulkhead: BulkheadSettings,
+        limit: LimitSettings,
+        rate: Rate,
+        hedge: HedgeSettings,
+        eject: EjectionSettings,
+    }
+    let f: MyFile = toml::from_str(
+        r#"
+        retry = { max_attempts = 4, backoff_base = "20ms", budget_ratio = 0.05 }
+        breaker = { consecutive_failures = 3, open_duration = "7s" }
+        bulkhead = { max_concurrent = 12, max_queue = 0 }
+        limit = { min_limit = 40, max_limit = 80 }
+        rate = "30/s"
+        hedge = { delay = "15ms", max_attempts = 3, budget_ratio = 0.2 }
+        eject = { consecutive_failures = 2, ejection_time = "1s" }
+        "#,
+    )
+    .unwrap();
+    let retry = seawall::retry::RetryLayer::builder()
+        .configure(&f.retry)
+        .build()
+        .unwrap();
+    assert_eq!(retry.max_attempts(), 4);
+    assert_eq!(retry.backoff().base(), Duration::from_millis(20));
+    assert_eq!(retry.budget().ratio_ppm(), 50_000);
+    let breaker = seawall::circuit_breaker::CircuitBreakerLayer::builder()
+        .configure(&f.breaker)
+        .build()
+        .unwrap();
+    let t = breaker.handle().tuning();
+    assert_eq!(
+        (t.consecutive_failures, t.open_duration),
+        (Some(3), Duration::from_secs(7))
+    );
+    let bulkhead = seawall::bulkhead::BulkheadLayer::builder()
+        .configure(&f.bulkhead)
+        .build()
+        .unwrap();
+    assert_eq!(bulkhead.handle().max_concurrent(), 12);
+    let limit = seawall::shed::AdaptiveLimitLayer::builder()
+        .configure(&f.limit)
+        .build()
+        .unwrap();
+    assert_eq!(limit.limit(), 40, "the initial 20, clamped into 40..=80");
+    let rate = seawall::rate_limit::RateLimitLayer::builder(Quota::per_second(1))
+        .configure(&f.rate)
+        .build()
+        .unwrap();
+    assert_eq!(rate.quota(), Quota::per_second(30));
+    let hedge = seawall::hedge::HedgeLayer::builder()
+        .configure(&f.hedge)
+        .build()
+        .unwrap();
+    assert_eq!(hedge.current_delay(), Some(Duration::from_millis(15)));
+    assert_eq!(hedge.budget().ratio_ppm(), 200_000);
+    // Two remote failures in a row eject an endpoint (the default is 5).
+    let eject = seawall::eject::EjectionLayer::builder()
+        .configure(&f.eject)
+        .build()
+        .unwrap();
+    let failing =
+        tower::service_fn(|_: u32| async { Err::<u32, seawall::BoxError>("down".into()) });
+    let mut endpoints: Vec<_> = (0..2).map(|_| eject.layer(failing)).collect();
+    for _ in 0..2 {
+        let _ = endpoints[0].ready().await.unwrap().call(1).await;
+    }
+    assert_eq!(eject.ejected(), 1);
 }
