@@ -100,6 +100,7 @@ mod service;
 
 pub use self::future::ResponseFuture;
 pub use self::handle::BulkheadHandle;
+#[cfg(feature = "serde")]
 pub(crate) use self::layer::check_max_concurrent;
 pub use self::layer::{BulkheadBuilder, BulkheadLayer, MAX_LIMIT};
 pub use self::queue::QueueOrder;

@@ -94,6 +94,25 @@ impl<P> crate::shed::AdaptiveLimitLayerBuilder<P> {
     }
 }
 
+#[cfg(feature = "shed")]
+impl<C> crate::shed::ThrottleLayerBuilder<C> {
+    /// Applies a [`ThrottleSettings`](super::ThrottleSettings) section
+    /// (feature `serde`): each setting present replaces the builder's.
+    pub fn configure(self, s: &super::ThrottleSettings) -> Self {
+        let mut b = self;
+        if let Some(d) = s.window {
+            b = b.window(d);
+        }
+        if let Some(x) = s.k {
+            b = b.k(x);
+        }
+        if let Some(x) = s.max_rejection_probability {
+            b = b.max_rejection_probability(x);
+        }
+        b
+    }
+}
+
 #[cfg(feature = "rate-limit")]
 impl<X, D> crate::rate_limit::RateLimitLayerBuilder<X, D> {
     /// Applies a [`Rate`](super::Rate) (feature `serde`): it replaces the

@@ -41,8 +41,9 @@
 //!
 //! A layer used on its own reads its section the same way: each builder has
 //! a `configure` taking its settings ([`RetrySettings`],
-//! [`BreakerSettings`], [`BulkheadSettings`], [`LimitSettings`], a
-//! [`Rate`], [`HedgeSettings`], [`EjectionSettings`]), so your own file
+//! [`BreakerSettings`], [`BulkheadSettings`], [`LimitSettings`],
+//! [`ThrottleSettings`], a [`Rate`], [`HedgeSettings`],
+//! [`EjectionSettings`]), so your own file
 //! format can embed them:
 //! `EjectionLayer::builder().configure(&my_file.eject).build()?`.
 //!
@@ -238,6 +239,20 @@ pub struct HedgeSettings {
     pub max_attempts: Option<u32>,
     /// The share of requests that may be hedged.
     pub budget_ratio: Option<f64>,
+}
+
+/// A client-side throttle's settings (`ThrottleLayerBuilder::configure`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ThrottleSettings {
+    /// The window requests and accepts are counted over.
+    #[serde(default, deserialize_with = "duration::opt")]
+    pub window: Option<Duration>,
+    /// The multiplier K: the client keeps sending while
+    /// `requests < K × accepts`.
+    pub k: Option<f64>,
+    /// The cap on the rejection probability.
+    pub max_rejection_probability: Option<f64>,
 }
 
 /// An ejection layer's settings (`EjectionLayerBuilder::configure`).

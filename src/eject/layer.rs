@@ -240,10 +240,12 @@ impl<C> EjectionLayerBuilder<C> {
         self
     }
 
+    #[cfg(feature = "serde")]
     pub(crate) fn ejection_times(&self) -> (Duration, Duration) {
         (self.settings.base_ejection, self.settings.max_ejection)
     }
 
+    #[cfg(feature = "serde")]
     pub(crate) fn intervals(&self) -> (Duration, u32, u32) {
         (
             self.settings.interval,

@@ -693,6 +693,7 @@ impl<X, D> RateLimitLayerBuilder<X, D> {
         self
     }
 
+    #[cfg(feature = "serde")]
     pub(crate) fn set_quota(&mut self, quota: Quota) {
         self.quota = quota;
     }

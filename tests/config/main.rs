@@ -587,7 +587,7 @@ async fn the_adaptive_limit_bounds_reload_under_load() {
 async fn each_layer_reads_its_own_section() {
     use seawall::config::{
         BreakerSettings, BulkheadSettings, EjectionSettings, HedgeSettings, LimitSettings, Rate,
-        RetrySettings,
+        RetrySettings, ThrottleSettings,
     };
     #[derive(serde::Deserialize)]
     struct MyFile {
@@ -598,6 +598,7 @@ async fn each_layer_reads_its_own_section() {
         rate: Rate,
         hedge: HedgeSettings,
         eject: EjectionSettings,
+        throttle: ThrottleSettings,
     }
     let f: MyFile = toml::from_str(
         r#"
@@ -608,6 +609,7 @@ async fn each_layer_reads_its_own_section() {
         rate = "30/s"
         hedge = { delay = "15ms", max_attempts = 3, budget_ratio = 0.2 }
         eject = { consecutive_failures = 2, ejection_time = "1s" }
+        throttle = { k = 5.0, max_rejection_probability = 2.0 }
         "#,
     )
     .unwrap();
@@ -648,6 +650,13 @@ async fn each_layer_reads_its_own_section() {
         .unwrap();
     assert_eq!(hedge.current_delay(), Some(Duration::from_millis(15)));
     assert_eq!(hedge.budget().ratio_ppm(), 200_000);
+    // The throttle's settings reach its builder's checks.
+    let e = seawall::shed::ThrottleLayer::builder()
+        .configure(&f.throttle)
+        .build()
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("max_rejection_probability"), "{e}");
     // Two remote failures in a row eject an endpoint (the default is 5).
     let eject = seawall::eject::EjectionLayer::builder()
         .configure(&f.eject)
