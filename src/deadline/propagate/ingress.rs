@@ -1,0 +1,438 @@
+//! Ingress: the deadline read from a request's headers (server side).
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::header::HeaderName;
+use pin_project_lite::pin_project;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use super::{
+    CLAMPED, DEFAULT_MAX, DEFAULT_MS_HEADER, GRPC_TIMEOUT, InvalidTimeout, OnInvalid, header_name,
+    poll_rejected,
+};
+use crate::clock;
+use crate::deadline::layer::Shared;
+use crate::deadline::service::{EXPIRED_ON_ARRIVAL, reject_deadline};
+use crate::deadline::wire::{ParseTimeoutError, parse_grpc_timeout, parse_timeout_ms};
+use crate::deadline::{Deadline, HasDeadline, Scoped};
+use crate::error::{BoxError, ConfigError, Name};
+use crate::observe::{EventKind, LayerKind, Observer};
+
+struct IngressConfig {
+    grpc: bool,
+    ms_header: Option<(HeaderName, &'static str)>,
+    max: Duration,
+    margin: Duration,
+    default_budget: Option<Duration>,
+    on_invalid: OnInvalid,
+    shared: Arc<Shared>,
+}
+
+/// Reads the request's deadline from `grpc-timeout` and an integer-milliseconds
+/// header (server side). See the [module documentation](super).
+///
+/// Defaults: reads `grpc-timeout` and `x-request-timeout-ms`, clamps to
+/// 30 s, margin 0, no default budget, ignores invalid values, name
+/// `"deadline_from_headers"`, no observer. The configuration is shared (an
+/// `Arc`) by every service built from one layer.
+#[derive(Clone)]
+pub struct DeadlineFromHeadersLayer {
+    cfg: Arc<IngressConfig>,
+}
+
+impl DeadlineFromHeadersLayer {
+    /// The layer with every default (`builder().build()`).
+    pub fn new() -> Self {
+        // The defaults are valid by construction.
+        match Self::builder().build() {
+            Ok(layer) => layer,
+            Err(e) => unreachable!("default deadline ingress configuration is valid: {e}"),
+        }
+    }
+
+    /// A builder starting from the defaults.
+    pub fn builder() -> DeadlineFromHeadersLayerBuilder {
+        DeadlineFromHeadersLayerBuilder {
+            grpc: true,
+            ms_header: Some(DEFAULT_MS_HEADER),
+            max: DEFAULT_MAX,
+            margin: Duration::ZERO,
+            default_budget: None,
+            on_invalid: OnInvalid::Ignore,
+            name: Name::from("deadline_from_headers"),
+            observer: Observer::none(),
+        }
+    }
+}
+
+impl Default for DeadlineFromHeadersLayer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for DeadlineFromHeadersLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let c = &self.cfg;
+        f.debug_struct("DeadlineFromHeadersLayer")
+            .field("grpc_timeout", &c.grpc)
+            .field("ms_header", &c.ms_header.as_ref().map(|h| h.1))
+            .field("max", &c.max)
+            .field("margin", &c.margin)
+            .field("default_budget", &c.default_budget)
+            .field("on_invalid", &c.on_invalid)
+            .field("name", &c.shared.name)
+            .finish()
+    }
+}
+
+impl<S> Layer<S> for DeadlineFromHeadersLayer {
+    type Service = DeadlineFromHeaders<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        DeadlineFromHeaders {
+            inner,
+            cfg: self.cfg.clone(),
+        }
+    }
+}
+
+/// Builds a [`DeadlineFromHeadersLayer`].
+#[derive(Debug, Clone)]
+pub struct DeadlineFromHeadersLayerBuilder {
+    grpc: bool,
+    ms_header: Option<&'static str>,
+    max: Duration,
+    margin: Duration,
+    default_budget: Option<Duration>,
+    on_invalid: OnInvalid,
+    name: Name,
+    observer: Observer,
+}
+
+impl DeadlineFromHeadersLayerBuilder {
+    /// The layer that holds the answers to the deadline this ingress reads
+    /// (innermost in the server presets), reporting under the same name.
+    #[cfg(all(feature = "retry", feature = "circuit-breaker", feature = "shed"))]
+    pub(crate) fn answer_layer(
+        &self,
+        observer: Option<&Observer>,
+    ) -> Result<crate::body::CallBodyLayer, ConfigError> {
+        let observer = observer.cloned().unwrap_or_else(|| self.observer.clone());
+        crate::body::CallBodyLayer::builder()
+            .name(self.name.clone())
+            .observer(observer)
+            .build()
+    }
+
+    /// Caps every deadline at `budget` (the server's own budget, in the
+    /// server presets), a request without a readable header included, so
+    /// that the answer's body is held to it too.
+    #[cfg(all(feature = "retry", feature = "circuit-breaker", feature = "shed"))]
+    pub(crate) fn cap_at(mut self, budget: Duration) -> Self {
+        self.max = self.max.min(budget);
+        self.default_budget = Some(self.default_budget.map_or(budget, |d| d.min(budget)));
+        self
+    }
+
+    /// Whether to read `grpc-timeout` (default `true`).
+    pub fn grpc_timeout(mut self, read: bool) -> Self {
+        self.grpc = read;
+        self
+    }
+
+    /// The integer-milliseconds header to read (default
+    /// `x-request-timeout-ms`). Checked by [`build`](Self::build).
+    pub fn ms_header(mut self, name: &'static str) -> Self {
+        self.ms_header = Some(name);
+        self
+    }
+
+    /// Read no milliseconds header.
+    pub fn no_ms_header(mut self) -> Self {
+        self.ms_header = None;
+        self
+    }
+
+    /// The longest timeout a caller may ask for (default 30 s). Longer
+    /// values are clamped to it and reported as
+    /// `InputIgnored { reason: "clamped" }`.
+    pub fn max(mut self, max: Duration) -> Self {
+        self.max = max;
+        self
+    }
+
+    /// Time subtracted from the caller's timeout for this hop (default 0), so
+    /// the answer can travel back before the caller gives up.
+    pub fn margin(mut self, margin: Duration) -> Self {
+        self.margin = margin;
+        self
+    }
+
+    /// The budget given to requests that carry no (readable) timeout header
+    /// (default: none, such requests get no deadline from this layer). Not
+    /// reduced by the margin.
+    pub fn default_budget(mut self, budget: Duration) -> Self {
+        self.default_budget = Some(budget);
+        self
+    }
+
+    /// What to do with unreadable values (default [`OnInvalid::Ignore`]).
+    pub fn on_invalid(mut self, on_invalid: OnInvalid) -> Self {
+        self.on_invalid = on_invalid;
+        self
+    }
+
+    /// The instance name (default `"deadline_from_headers"`).
+    pub fn name(mut self, name: impl Into<Name>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// The observer that receives this layer's events (default: none).
+    pub fn observer(mut self, observer: impl Into<Observer>) -> Self {
+        self.observer = observer.into();
+        self
+    }
+
+    /// Builds the layer. Fails on a zero `max`, a `margin` not below `max`, a
+    /// `default_budget` of zero or above `max`, an invalid header name, or
+    /// when no header is read and no default budget is set.
+    pub fn build(self) -> Result<DeadlineFromHeadersLayer, ConfigError> {
+        const KIND: &str = "deadline_from_headers";
+        if self.max.is_zero() {
+            return Err(ConfigError::new(
+                KIND,
+                "max must be greater than zero, got 0ns",
+            ));
+        }
+        if self.margin >= self.max {
+            return Err(ConfigError::new(
+                KIND,
+                format!(
+                    "margin must be below max ({:?}), got {:?}",
+                    self.max, self.margin
+                ),
+            ));
+        }
+        if let Some(d) = self.default_budget {
+            if d.is_zero() || d > self.max {
+                return Err(ConfigError::new(
+                    KIND,
+                    format!(
+                        "default_budget must be in (0, max = {:?}], got {d:?}",
+                        self.max
+                    ),
+                ));
+            }
+        }
+        if !self.grpc && self.ms_header.is_none() && self.default_budget.is_none() {
+            return Err(ConfigError::new(
+                KIND,
+                "reads no header (grpc_timeout false, no ms_header) and has no default_budget",
+            ));
+        }
+        let ms_header = match self.ms_header {
+            Some(n) => Some((header_name(KIND, n)?, n)),
+            None => None,
+        };
+        Ok(DeadlineFromHeadersLayer {
+            cfg: Arc::new(IngressConfig {
+                grpc: self.grpc,
+                ms_header,
+                max: self.max,
+                margin: self.margin,
+                default_budget: self.default_budget,
+                on_invalid: self.on_invalid,
+                shared: Arc::new(Shared {
+                    limit: self.max,
+                    name: self.name,
+                    observer: self.observer,
+                }),
+            }),
+        })
+    }
+}
+
+/// The service built by [`DeadlineFromHeadersLayer`]. `poll_ready` passes the
+/// inner readiness through.
+#[derive(Clone)]
+pub struct DeadlineFromHeaders<S> {
+    inner: S,
+    cfg: Arc<IngressConfig>,
+}
+
+impl<S: fmt::Debug> fmt::Debug for DeadlineFromHeaders<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DeadlineFromHeaders")
+            .field("inner", &self.inner)
+            .field("name", &self.cfg.shared.name)
+            .finish()
+    }
+}
+
+impl IngressConfig {
+    fn ignored(&self, input: &'static str, reason: &'static str) {
+        self.shared.observer.emit(
+            LayerKind::Deadline,
+            self.shared.name.as_str(),
+            EventKind::InputIgnored { input, reason },
+        );
+    }
+
+    /// The timeout the headers ask for (already clamped), or the first
+    /// invalid header when configured to reject.
+    fn read<B>(&self, req: &http::Request<B>) -> Result<Option<Duration>, InvalidTimeout> {
+        let mut asked: Option<(Duration, &'static str)> = None;
+        let mut invalid = None;
+        let mut take =
+            |input: &'static str, parsed: Result<Duration, ParseTimeoutError>| match parsed {
+                Ok(d) => {
+                    if asked.is_none_or(|(a, _)| d < a) {
+                        asked = Some((d, input));
+                    }
+                }
+                Err(reason) => {
+                    self.ignored(input, reason.as_str());
+                    if invalid.is_none() {
+                        invalid = Some(InvalidTimeout { input, reason });
+                    }
+                }
+            };
+        if self.grpc {
+            if let Some(v) = req.headers().get(GRPC_TIMEOUT) {
+                take(GRPC_TIMEOUT, parse_grpc_timeout(v.as_bytes()));
+            }
+        }
+        if let Some((name, label)) = &self.ms_header {
+            if let Some(v) = req.headers().get(name) {
+                take(label, parse_timeout_ms(v.as_bytes()));
+            }
+        }
+        if let (Some(err), OnInvalid::Reject) = (invalid, self.on_invalid) {
+            return Err(err);
+        }
+        Ok(asked.map(|(d, input)| {
+            if d > self.max {
+                self.ignored(input, CLAMPED);
+                self.max
+            } else {
+                d
+            }
+        }))
+    }
+}
+
+impl<S, B> Service<http::Request<B>> for DeadlineFromHeaders<S>
+where
+    S: Service<http::Request<B>>,
+    S::Error: Into<BoxError>,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = IngressFuture<S::Future>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        let _edge = crate::clock::Edge::enter();
+        let cfg = &*self.cfg;
+        let now = clock::now();
+        let budget = match cfg.read(&req) {
+            Ok(asked) => asked
+                .map(|d| d.saturating_sub(cfg.margin))
+                .or(cfg.default_budget),
+            Err(invalid) => {
+                return IngressFuture {
+                    state: IngressState::Rejected {
+                        error: Some(invalid.into()),
+                    },
+                };
+            }
+        };
+        let upstream = crate::deadline::of(&req);
+        let deadline = match (budget.map(|b| Deadline::after_from(now, b)), upstream) {
+            (Some(d), u) => d.min_opt(u),
+            (None, Some(u)) => u,
+            (None, None) => {
+                return IngressFuture {
+                    state: IngressState::Plain {
+                        inner: self.inner.call(req),
+                    },
+                };
+            }
+        };
+        if deadline.instant() <= now {
+            return IngressFuture {
+                state: IngressState::Rejected {
+                    error: Some(reject_deadline(
+                        LayerKind::Deadline,
+                        &cfg.shared,
+                        EXPIRED_ON_ARRIVAL,
+                    )),
+                },
+            };
+        }
+        req.set_deadline(deadline);
+        let inner = &mut self.inner;
+        let fut = crate::deadline::sync_scope(deadline, || inner.call(req));
+        IngressFuture {
+            state: IngressState::Scoped {
+                inner: crate::deadline::scope(deadline, fut),
+            },
+        }
+    }
+}
+
+pin_project! {
+    #[project = IngressProj]
+    enum IngressState<F> {
+        Scoped {
+            #[pin]
+            inner: Scoped<F>,
+        },
+        Plain { #[pin] inner: F },
+        Rejected { error: Option<BoxError> },
+    }
+}
+
+pin_project! {
+    /// The response future of [`DeadlineFromHeaders`]: the inner future run
+    /// with the request's deadline as the task-local deadline.
+    pub struct IngressFuture<F> {
+        #[pin]
+        state: IngressState<F>,
+    }
+}
+
+impl<F> fmt::Debug for IngressFuture<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IngressFuture").finish_non_exhaustive()
+    }
+}
+
+impl<F, T, E> Future for IngressFuture<F>
+where
+    F: Future<Output = Result<T, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<T, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let _edge = crate::clock::Edge::enter();
+        match self.project().state.project() {
+            IngressProj::Scoped { inner } => inner.poll(cx).map_err(Into::into),
+            IngressProj::Plain { inner } => inner.poll(cx).map_err(Into::into),
+            IngressProj::Rejected { error } => poll_rejected(error),
+        }
+    }
+}

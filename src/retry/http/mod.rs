@@ -1,0 +1,287 @@
+//! HTTP retries: which responses and requests are retried, replaying request
+//! bodies, and the server side of the "retry at one layer" guard.
+//!
+//! - [`HttpRetry`] retries 5xx responses (not 501), 408, 429 and errors
+//!   (connection errors and seawall rejections, but never `DeadlineExceeded`),
+//!   only for idempotent methods (GET, HEAD, OPTIONS, TRACE, PUT, DELETE) or
+//!   requests carrying an `Idempotency-Key` header. A `Retry-After` in
+//!   delay-seconds is honoured as the wait; a `Retry-After` given as an
+//!   HTTP-date (or unparseable) means no retry, since seawall reads only
+//!   tokio's clock and cannot tell how far away a calendar date is. Every
+//!   outbound attempt carries [`ATTEMPT_HEADER`].
+//! - Bodies: `http::Request<B>` is not `Clone`. Put [`ReplayBodyLayer`] above
+//!   the retry layer: it reads the body once, up to a limit (default 64 KiB),
+//!   and hands the retry layer an `http::Request<ReplayBody<B>>` that can be
+//!   replayed. A larger body is streamed through once (what was read first is
+//!   sent first) and the request is not retried
+//!   ([`GiveUpReason::NotReplayable`](crate::observe::GiveUpReason::NotReplayable)).
+//!   Requests whose body type is `Clone` work without it.
+//! - [`MarkInboundAttemptLayer`] (server side) reads the attempt header of an
+//!   inbound request and records it (request extension [`InboundAttempt`] and
+//!   the task-local [`inbound_attempt`](super::inbound_attempt)), so the client
+//!   stacks called while handling a retried request do not retry again.
+//!
+//! # Example
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() {
+//! use bytes::Bytes;
+//! use http::{Request, Response, StatusCode};
+//! use http_body_util::{BodyExt, Full};
+//! use seawall::retry::http::{HttpRetry, ReplayBody, ReplayBodyLayer};
+//! use seawall::retry::RetryLayer;
+//! use seawall::BoxError;
+//! use tower::{Service, ServiceBuilder, ServiceExt};
+//!
+//! let upstream = tower::service_fn(|req: Request<ReplayBody<Full<Bytes>>>| async move {
+//!     let attempt = req.headers()["x-seawall-attempt"].to_str()?.to_owned();
+//!     let body = req.into_body().collect().await?.to_bytes();
+//!     let status = if attempt == "1" { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
+//!     let mut res = Response::new(body);
+//!     *res.status_mut() = status;
+//!     Ok::<_, BoxError>(res)
+//! });
+//!
+//! let mut client = ServiceBuilder::new()
+//!     .layer(ReplayBodyLayer::default())
+//!     .layer(RetryLayer::builder().policy(HttpRetry::new()).build().unwrap())
+//!     .service(upstream);
+//!
+//! let req = Request::put("/items/7").body(Full::new(Bytes::from("hello"))).unwrap();
+//! let res = client.ready().await.unwrap().call(req).await.unwrap();
+//! assert_eq!(res.status(), StatusCode::OK);
+//! assert_eq!(res.into_body(), "hello"); // the body was replayed on the retry
+//! # }
+//! ```
+
+mod inbound;
+mod replay;
+
+pub use self::inbound::{InboundAttempt, MarkInboundAttempt, MarkInboundAttemptLayer, attempt_of};
+pub use self::replay::{ReplayBody, ReplayBodyFuture, ReplayBodyLayer, ReplayBodyService};
+
+use std::time::Duration;
+
+use http::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
+use http::{Method, Request, Response, StatusCode};
+
+use super::ATTEMPT_HEADER;
+use super::policy::{RetryPolicy, Verdict, classify_error};
+use crate::error::BoxError;
+
+/// The `Idempotency-Key` request header: a request carrying it may be retried
+/// whatever its method.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// The default limit of [`ReplayBodyLayer`]: 64 KiB.
+pub const DEFAULT_REPLAY_LIMIT: usize = 64 * 1024;
+
+/// The retry policy for HTTP clients; see the [module docs](self).
+///
+/// ```
+/// use http::{Method, Request, Response, StatusCode};
+/// use seawall::retry::http::HttpRetry;
+/// use seawall::retry::{RetryPolicy, Verdict};
+/// use seawall::BoxError;
+///
+/// let p = HttpRetry::new();
+/// let res = |code: u16| Response::builder().status(code).body(()).unwrap();
+/// let verdict = |r: &Response<()>| RetryPolicy::<Request<()>, _>::classify(&p, Ok::<_, &BoxError>(r));
+/// assert_eq!(verdict(&res(503)), Verdict::RETRY);
+/// assert_eq!(verdict(&res(501)), Verdict::Fail);
+/// assert_eq!(verdict(&res(404)), Verdict::Success);
+///
+/// let post = Request::post("/pay").body(()).unwrap();
+/// assert!(!RetryPolicy::<_, Response<()>>::may_retry(&p, &post));
+/// let keyed = Request::post("/pay").header("idempotency-key", "k1").body(()).unwrap();
+/// assert!(RetryPolicy::<_, Response<()>>::may_retry(&p, &keyed));
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HttpRetry {
+    _private: (),
+}
+
+impl HttpRetry {
+    /// The policy: 5xx (not 501), 408, 429 and errors, idempotent requests only.
+    pub const fn new() -> Self {
+        HttpRetry { _private: () }
+    }
+
+    /// Whether a response status is retried: 408, 429 and 5xx except 501.
+    pub fn is_retryable_status(status: StatusCode) -> bool {
+        matches!(status.as_u16(), 408 | 429)
+            || (status.is_server_error() && status != StatusCode::NOT_IMPLEMENTED)
+    }
+
+    /// Whether a request may be retried: an idempotent method (GET, HEAD,
+    /// OPTIONS, TRACE, PUT, DELETE) or an `Idempotency-Key` header.
+    pub fn is_idempotent<B>(req: &Request<B>) -> bool {
+        matches!(
+            *req.method(),
+            Method::GET
+                | Method::HEAD
+                | Method::OPTIONS
+                | Method::TRACE
+                | Method::PUT
+                | Method::DELETE
+        ) || req.headers().contains_key(IDEMPOTENCY_KEY)
+    }
+
+    fn classify_response<RB>(res: &Response<RB>) -> Verdict {
+        if !Self::is_retryable_status(res.status()) {
+            return if res.status().is_server_error() {
+                Verdict::Fail
+            } else {
+                Verdict::Success
+            };
+        }
+        match res.headers().get(RETRY_AFTER) {
+            None => Verdict::RETRY,
+            Some(v) => match parse_delay_seconds(v) {
+                Some(after) => Verdict::Retry { after: Some(after) },
+                None => Verdict::DoNotRetry,
+            },
+        }
+    }
+}
+
+/// Parses a `Retry-After` in delay-seconds (`"120"`). `None` for an
+/// HTTP-date or anything else.
+pub fn parse_delay_seconds(value: &HeaderValue) -> Option<Duration> {
+    let s = value.to_str().ok()?.trim();
+    if s.is_empty() || s.len() > 10 || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse::<u64>().ok().map(Duration::from_secs)
+}
+
+fn stamp_attempt(headers: &mut HeaderMap, attempt: u32) {
+    let value = match attempt {
+        1 => HeaderValue::from_static("1"),
+        n => HeaderValue::from(n),
+    };
+    headers.insert(HeaderName::from_static(ATTEMPT_HEADER), value);
+}
+
+fn arrived_as_retry<B>(req: &Request<B>) -> bool {
+    req.extensions()
+        .get::<InboundAttempt>()
+        .is_some_and(|a| a.0 > 1)
+}
+
+pub(crate) fn copy_request<B>(req: &Request<B>, body: B) -> Request<B> {
+    let mut r = Request::new(body);
+    *r.method_mut() = req.method().clone();
+    *r.uri_mut() = req.uri().clone();
+    *r.version_mut() = req.version();
+    *r.headers_mut() = req.headers().clone();
+    *r.extensions_mut() = req.extensions().clone();
+    r
+}
+
+impl<B, RB> RetryPolicy<Request<ReplayBody<B>>, Response<RB>> for HttpRetry
+where
+    B: Send + 'static,
+{
+    fn classify(&self, result: Result<&Response<RB>, &BoxError>) -> Verdict {
+        match result {
+            Ok(res) => Self::classify_response(res),
+            Err(e) => classify_error(e),
+        }
+    }
+
+    fn clone_request(&self, req: &Request<ReplayBody<B>>) -> Option<Request<ReplayBody<B>>> {
+        let body = req.body().try_clone()?;
+        Some(copy_request(req, body))
+    }
+
+    fn may_retry(&self, req: &Request<ReplayBody<B>>) -> bool {
+        Self::is_idempotent(req)
+    }
+
+    fn arrived_as_retry(&self, req: &Request<ReplayBody<B>>) -> bool {
+        arrived_as_retry(req)
+    }
+
+    fn on_attempt(&self, req: &mut Request<ReplayBody<B>>, attempt: u32) {
+        stamp_attempt(req.headers_mut(), attempt);
+    }
+}
+
+/// For requests whose body is `Clone` (`Full<Bytes>`, `String`, `()`, …).
+impl<B, RB> RetryPolicy<Request<B>, Response<RB>> for HttpRetry
+where
+    B: Clone + Send + 'static,
+{
+    fn classify(&self, result: Result<&Response<RB>, &BoxError>) -> Verdict {
+        match result {
+            Ok(res) => Self::classify_response(res),
+            Err(e) => classify_error(e),
+        }
+    }
+
+    fn clone_request(&self, req: &Request<B>) -> Option<Request<B>> {
+        Some(copy_request(req, req.body().clone()))
+    }
+
+    fn may_retry(&self, req: &Request<B>) -> bool {
+        Self::is_idempotent(req)
+    }
+
+    fn arrived_as_retry(&self, req: &Request<B>) -> bool {
+        arrived_as_retry(req)
+    }
+
+    fn on_attempt(&self, req: &mut Request<B>, attempt: u32) {
+        stamp_attempt(req.headers_mut(), attempt);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delay_seconds_parsing() {
+        let p = |s: &'static str| parse_delay_seconds(&HeaderValue::from_static(s));
+        assert_eq!(p("120"), Some(Duration::from_secs(120)));
+        assert_eq!(p(" 3 "), Some(Duration::from_secs(3)));
+        assert_eq!(p("0"), Some(Duration::ZERO));
+        assert_eq!(p("-1"), None);
+        assert_eq!(p("1.5"), None);
+        assert_eq!(p("Wed, 21 Oct 2015 07:28:00 GMT"), None);
+        assert_eq!(p("99999999999"), None);
+    }
+
+    #[test]
+    fn attempt_header_parsing() {
+        let r = |k: &'static str, v: &'static str| Request::get("/").header(k, v).body(()).unwrap();
+        assert_eq!(attempt_of(&Request::get("/").body(()).unwrap()), 1);
+        assert_eq!(attempt_of(&r(ATTEMPT_HEADER, "3")), 3);
+        assert_eq!(attempt_of(&r(ATTEMPT_HEADER, "x")), 1);
+        assert_eq!(attempt_of(&r(ATTEMPT_HEADER, "0")), 1);
+        assert_eq!(attempt_of(&r("grpc-previous-rpc-attempts", "1")), 2);
+    }
+
+    #[test]
+    fn statuses() {
+        for (code, retry) in [
+            (500, true),
+            (501, false),
+            (502, true),
+            (503, true),
+            (504, true),
+            (408, true),
+            (429, true),
+            (404, false),
+            (200, false),
+        ] {
+            assert_eq!(
+                HttpRetry::is_retryable_status(StatusCode::from_u16(code).unwrap()),
+                retry,
+                "{code}"
+            );
+        }
+    }
+}
