@@ -237,17 +237,19 @@ impl ClientStack {
                 .permitted_calls_in_half_open(BREAKER_PROBES)
                 .open_duration(BREAKER_OPEN)
                 .open_multiplier(1.0),
-            bulkhead: BulkheadLayer::builder()
-                .name(part_name(&name, "bulkhead"))
-                .max_concurrent(BULKHEAD_MAX_CONCURRENT),
             inner: Skip,
             outer: Identity::new(),
             hedge: Skip,
-            name,
-            observer: None,
-            total_budget: None,
-            attempt_timeout: None,
-            slow_call_duration: None,
+            common: Common {
+                bulkhead: BulkheadLayer::builder()
+                    .name(part_name(&name, "bulkhead"))
+                    .max_concurrent(BULKHEAD_MAX_CONCURRENT),
+                name,
+                observer: None,
+                total_budget: None,
+                attempt_timeout: None,
+                slow_call_duration: None,
+            },
         }
     }
 }
@@ -302,28 +304,34 @@ pub struct ClientStackBuilder<
     O = Identity,
     H = Skip,
 > {
-    name: Name,
-    observer: Option<Observer>,
-    total_budget: Option<Duration>,
-    attempt_timeout: Option<Duration>,
-    slow_call_duration: Option<Duration>,
+    common: Common,
     retry: RetryLayerBuilder<P>,
     breaker: CircuitBreakerBuilder<C>,
-    bulkhead: BulkheadBuilder,
     inner: L,
     outer: O,
     hedge: H,
 }
 
+/// The settings of a [`ClientStackBuilder`] that no builder method changes
+/// the type of: a method that does moves them as one field.
+struct Common {
+    name: Name,
+    observer: Option<Observer>,
+    total_budget: Option<Duration>,
+    attempt_timeout: Option<Duration>,
+    slow_call_duration: Option<Duration>,
+    bulkhead: BulkheadBuilder,
+}
+
 impl<P, C, L: fmt::Debug, O, H> fmt::Debug for ClientStackBuilder<P, C, L, O, H> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ClientStackBuilder")
-            .field("name", &self.name)
-            .field("total_budget", &self.total_budget)
-            .field("attempt_timeout", &self.attempt_timeout)
-            .field("slow_call_duration", &self.slow_call_duration)
+            .field("name", &self.common.name)
+            .field("total_budget", &self.common.total_budget)
+            .field("attempt_timeout", &self.common.attempt_timeout)
+            .field("slow_call_duration", &self.common.slow_call_duration)
             .field("breaker", &self.breaker)
-            .field("bulkhead", &self.bulkhead)
+            .field("bulkhead", &self.common.bulkhead)
             .field("innermost", &self.inner)
             .finish_non_exhaustive()
     }
@@ -333,7 +341,7 @@ impl<P, C, L, O, H> ClientStackBuilder<P, C, L, O, H> {
     /// The observer every layer of the stack reports to (default: none). It
     /// replaces any observer set inside the per-layer closures.
     pub fn observer(mut self, observer: impl Into<Observer>) -> Self {
-        self.observer = Some(observer.into());
+        self.common.observer = Some(observer.into());
         self
     }
 
@@ -341,13 +349,13 @@ impl<P, C, L, O, H> ClientStackBuilder<P, C, L, O, H> {
     /// included (required). A shorter deadline the request already carries
     /// wins.
     pub fn total_budget(mut self, budget: Duration) -> Self {
-        self.total_budget = Some(budget);
+        self.common.total_budget = Some(budget);
         self
     }
 
     /// The time limit of each attempt (required; at most the total budget).
     pub fn attempt_timeout(mut self, per_try: Duration) -> Self {
-        self.attempt_timeout = Some(per_try);
+        self.common.attempt_timeout = Some(per_try);
         self
     }
 
@@ -355,7 +363,7 @@ impl<P, C, L, O, H> ClientStackBuilder<P, C, L, O, H> {
     /// timeout). Must be below the attempt timeout. Set it here rather than
     /// inside [`breaker`](Self::breaker): the stack sets it last.
     pub fn slow_call_duration(mut self, duration: Duration) -> Self {
-        self.slow_call_duration = Some(duration);
+        self.common.slow_call_duration = Some(duration);
         self
     }
 
@@ -370,13 +378,8 @@ impl<P, C, L, O, H> ClientStackBuilder<P, C, L, O, H> {
             retry: f(self.retry),
             outer: self.outer,
             hedge: self.hedge,
-            name: self.name,
-            observer: self.observer,
-            total_budget: self.total_budget,
-            attempt_timeout: self.attempt_timeout,
-            slow_call_duration: self.slow_call_duration,
+            common: self.common,
             breaker: self.breaker,
-            bulkhead: self.bulkhead,
             inner: self.inner,
         }
     }
@@ -393,13 +396,8 @@ impl<P, C, L, O, H> ClientStackBuilder<P, C, L, O, H> {
             breaker: f(self.breaker),
             outer: self.outer,
             hedge: self.hedge,
-            name: self.name,
-            observer: self.observer,
-            total_budget: self.total_budget,
-            attempt_timeout: self.attempt_timeout,
-            slow_call_duration: self.slow_call_duration,
+            common: self.common,
             retry: self.retry,
-            bulkhead: self.bulkhead,
             inner: self.inner,
         }
     }
@@ -446,18 +444,14 @@ impl<P, C, L, O, H> ClientStackBuilder<P, C, L, O, H> {
         self,
         f: impl FnOnce(crate::hedge::HedgeLayerBuilder) -> crate::hedge::HedgeLayerBuilder,
     ) -> ClientStackBuilder<P, C, L, O, crate::hedge::HedgeLayerBuilder> {
-        let hedge = f(crate::hedge::HedgeLayer::builder().name(part_name(&self.name, "hedge")));
+        let hedge =
+            f(crate::hedge::HedgeLayer::builder().name(part_name(&self.common.name, "hedge")));
         ClientStackBuilder {
             hedge,
             retry: self.retry,
             outer: self.outer,
-            name: self.name,
-            observer: self.observer,
-            total_budget: self.total_budget,
-            attempt_timeout: self.attempt_timeout,
-            slow_call_duration: self.slow_call_duration,
+            common: self.common,
             breaker: self.breaker,
-            bulkhead: self.bulkhead,
             inner: self.inner,
         }
     }
@@ -466,7 +460,7 @@ impl<P, C, L, O, H> ClientStackBuilder<P, C, L, O, H> {
     /// attempts in flight, no queue; see [`ClientStackBuilder`]) and the
     /// stack's name.
     pub fn bulkhead(mut self, f: impl FnOnce(BulkheadBuilder) -> BulkheadBuilder) -> Self {
-        self.bulkhead = f(self.bulkhead);
+        self.common.bulkhead = f(self.common.bulkhead);
         self
     }
 
@@ -501,22 +495,24 @@ impl<P, C, L, O, H> ClientStackBuilder<P, C, L, O, H> {
         C: Send + Sync + 'static,
     {
         let total = self
+            .common
             .total_budget
             .ok_or_else(|| ConfigError::new(KIND, "total_budget must be set"))?;
         let per_try = self
+            .common
             .attempt_timeout
             .ok_or_else(|| ConfigError::new(KIND, "attempt_timeout must be set"))?;
-        let obs = self.observer.as_ref();
+        let obs = self.common.observer.as_ref();
 
         // The deadline travels by task-local inside the stack (and as a
         // header to the dependency): no extension insert per request.
         let mut deadline = DeadlineLayer::builder(total)
-            .name(part_name(&self.name, "deadline"))
+            .name(part_name(&self.common.name, "deadline"))
             .in_request(false);
         let mut attempt =
-            AttemptTimeoutLayer::builder(per_try).name(part_name(&self.name, "attempt"));
+            AttemptTimeoutLayer::builder(per_try).name(part_name(&self.common.name, "attempt"));
         let mut retry = self.retry;
-        let mut bulkhead = self.bulkhead;
+        let mut bulkhead = self.common.bulkhead;
         if let Some(o) = obs {
             deadline = deadline.observer(o.clone());
             attempt = attempt.observer(o.clone());
@@ -551,6 +547,7 @@ impl<P, C, L, O, H> ClientStackBuilder<P, C, L, O, H> {
             }
         }
         let slow = self
+            .common
             .slow_call_duration
             .unwrap_or_else(|| per_try - per_try / 5);
         if slow >= per_try {
@@ -613,20 +610,15 @@ impl<P, C, L, O, H> ClientStackBuilder<P, C, L, O, H> {
             inner,
             outer,
             hedge: self.hedge,
-            name: self.name,
-            observer: self.observer,
-            total_budget: self.total_budget,
-            attempt_timeout: self.attempt_timeout,
-            slow_call_duration: self.slow_call_duration,
+            common: self.common,
             retry: self.retry,
             breaker: self.breaker,
-            bulkhead: self.bulkhead,
         }
     }
 
     /// The name of the stack.
     pub(crate) fn stack_name(&self) -> &Name {
-        &self.name
+        &self.common.name
     }
 }
 

@@ -168,45 +168,53 @@ impl ServerStack {
         let name = name.into();
         ServerStackBuilder {
             limit: AdaptiveLimitLayer::builder().name(part_name(&name, "limit")),
-            bulkhead: BulkheadLayer::builder()
-                .name(part_name(&name, "bulkhead"))
-                .max_concurrent(BULKHEAD_MAX_CONCURRENT),
             ingress: Skip,
             rate_limit: Skip,
-            deferred: None,
-            name,
-            observer: None,
-            total_budget: None,
-            handler_timeout: None,
+            common: Common {
+                bulkhead: BulkheadLayer::builder()
+                    .name(part_name(&name, "bulkhead"))
+                    .max_concurrent(BULKHEAD_MAX_CONCURRENT),
+                deferred: None,
+                name,
+                observer: None,
+                total_budget: None,
+                handler_timeout: None,
+            },
         }
     }
 }
 
 /// Builds a [`ServerStackLayer`]; see [`ServerStack::builder`].
 pub struct ServerStackBuilder<O = Skip, R = Skip, P = FromTaskLocal> {
+    common: Common,
+    ingress: O,
+    rate_limit: R,
+    limit: AdaptiveLimitLayerBuilder<P>,
+}
+
+/// The settings of a [`ServerStackBuilder`] that no builder method changes
+/// the type of: a method that does moves them as one field.
+struct Common {
     name: Name,
     observer: Option<Observer>,
     total_budget: Option<Duration>,
     handler_timeout: Option<Duration>,
-    ingress: O,
-    rate_limit: R,
-    limit: AdaptiveLimitLayerBuilder<P>,
     bulkhead: BulkheadBuilder,
     /// A setting refused before the build (a settings file's), returned by
-    /// [`build`](Self::build).
+    /// [`build`](ServerStackBuilder::build).
     deferred: Option<ConfigError>,
 }
 
 impl<O: fmt::Debug, R: fmt::Debug, P> fmt::Debug for ServerStackBuilder<O, R, P> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ServerStackBuilder")
-            .field("name", &self.name)
-            .field("total_budget", &self.total_budget)
-            .field("handler_timeout", &self.handler_timeout)
+            .field("name", &self.common.name)
+            .field("total_budget", &self.common.total_budget)
+            .field("handler_timeout", &self.common.handler_timeout)
             .field("ingress", &self.ingress)
             .field("rate_limit", &self.rate_limit)
             .field("adaptive_limit", &self.limit)
-            .field("bulkhead", &self.bulkhead)
+            .field("bulkhead", &self.common.bulkhead)
             .finish_non_exhaustive()
     }
 }
@@ -215,7 +223,7 @@ impl<O, R, P> ServerStackBuilder<O, R, P> {
     /// The observer every layer of the stack reports to (default: none). It
     /// replaces any observer set inside the per-layer closures.
     pub fn observer(mut self, observer: impl Into<Observer>) -> Self {
-        self.observer = Some(observer.into());
+        self.common.observer = Some(observer.into());
         self
     }
 
@@ -223,14 +231,14 @@ impl<O, R, P> ServerStackBuilder<O, R, P> {
     /// included (required). A client's shorter deadline (from headers, with
     /// [`deadline_from_headers`](Self::deadline_from_headers)) wins.
     pub fn total_budget(mut self, budget: Duration) -> Self {
-        self.total_budget = Some(budget);
+        self.common.total_budget = Some(budget);
         self
     }
 
     /// The most time the handler itself may run, once admitted (default:
     /// the total budget; at most the total budget).
     pub fn handler_timeout(mut self, timeout: Duration) -> Self {
-        self.handler_timeout = Some(timeout);
+        self.common.handler_timeout = Some(timeout);
         self
     }
 
@@ -248,14 +256,9 @@ impl<O, R, P> ServerStackBuilder<O, R, P> {
     ) -> ServerStackBuilder<O, R, P2> {
         ServerStackBuilder {
             limit: f(self.limit),
-            name: self.name,
-            observer: self.observer,
-            total_budget: self.total_budget,
-            handler_timeout: self.handler_timeout,
+            common: self.common,
             ingress: self.ingress,
             rate_limit: self.rate_limit,
-            bulkhead: self.bulkhead,
-            deferred: self.deferred,
         }
     }
 
@@ -266,7 +269,7 @@ impl<O, R, P> ServerStackBuilder<O, R, P> {
     /// priority surge, where a bulkhead of 25 below the adaptive limit
     /// refused critical and sheddable requests alike) and the stack's name.
     pub fn bulkhead(mut self, f: impl FnOnce(BulkheadBuilder) -> BulkheadBuilder) -> Self {
-        self.bulkhead = f(self.bulkhead);
+        self.common.bulkhead = f(self.common.bulkhead);
         self
     }
 
@@ -288,17 +291,12 @@ impl<O, R, P> ServerStackBuilder<O, R, P> {
         ) -> crate::rate_limit::RateLimitLayerBuilder<X, D>,
     ) -> ServerStackBuilder<O, crate::rate_limit::RateLimitLayerBuilder<X, D>, P> {
         let part = f(crate::rate_limit::RateLimitLayer::builder(quota)
-            .name(part_name(&self.name, "rate_limit")));
+            .name(part_name(&self.common.name, "rate_limit")));
         ServerStackBuilder {
             rate_limit: part,
-            name: self.name,
-            observer: self.observer,
-            total_budget: self.total_budget,
-            handler_timeout: self.handler_timeout,
+            common: self.common,
             ingress: self.ingress,
             limit: self.limit,
-            bulkhead: self.bulkhead,
-            deferred: self.deferred,
         }
     }
 
@@ -310,7 +308,7 @@ impl<O, R, P> ServerStackBuilder<O, R, P> {
         R: super::config::RateLimitSetting,
     {
         if let Err(e) = self.rate_limit.set_rate(rate) {
-            self.deferred.get_or_insert(e);
+            self.common.deferred.get_or_insert(e);
         }
         self
     }
@@ -328,19 +326,21 @@ impl<O, R, P> ServerStackBuilder<O, R, P> {
         O: IngressPart,
         R: StackPart,
     {
-        if let Some(e) = self.deferred {
+        if let Some(e) = self.common.deferred {
             return Err(e);
         }
         let total = self
+            .common
             .total_budget
             .ok_or_else(|| ConfigError::new(KIND, "total_budget must be set"))?;
-        let handler_timeout = self.handler_timeout.unwrap_or(total);
-        let obs = self.observer.as_ref();
-        let mut deadline = DeadlineLayer::builder(total).name(part_name(&self.name, "deadline"));
-        let mut handler =
-            AttemptTimeoutLayer::builder(handler_timeout).name(part_name(&self.name, "handler"));
+        let handler_timeout = self.common.handler_timeout.unwrap_or(total);
+        let obs = self.common.observer.as_ref();
+        let mut deadline =
+            DeadlineLayer::builder(total).name(part_name(&self.common.name, "deadline"));
+        let mut handler = AttemptTimeoutLayer::builder(handler_timeout)
+            .name(part_name(&self.common.name, "handler"));
         let mut limit = self.limit;
-        let mut bulkhead = self.bulkhead;
+        let mut bulkhead = self.common.bulkhead;
         if let Some(o) = obs {
             deadline = deadline.observer(o.clone());
             handler = handler.observer(o.clone());
@@ -376,14 +376,9 @@ impl<O, R, P> ServerStackBuilder<O, R, P> {
     pub(crate) fn with_ingress<O2>(self, ingress: O2) -> ServerStackBuilder<O2, R, P> {
         ServerStackBuilder {
             ingress,
-            name: self.name,
-            observer: self.observer,
-            total_budget: self.total_budget,
-            handler_timeout: self.handler_timeout,
+            common: self.common,
             rate_limit: self.rate_limit,
             limit: self.limit,
-            bulkhead: self.bulkhead,
-            deferred: self.deferred,
         }
     }
 
@@ -395,7 +390,7 @@ impl<O, R, P> ServerStackBuilder<O, R, P> {
 
     /// The name of the stack.
     pub(crate) fn stack_name(&self) -> &Name {
-        &self.name
+        &self.common.name
     }
 }
 
@@ -445,7 +440,7 @@ impl<R, P> ServerStackBuilder<Skip, R, P> {
         ) -> crate::deadline::DeadlineFromHeadersLayerBuilder,
     ) -> ServerStackBuilder<crate::deadline::DeadlineFromHeadersLayerBuilder, R, P> {
         let part = f(crate::deadline::DeadlineFromHeadersLayer::builder()
-            .name(part_name(&self.name, "ingress")));
+            .name(part_name(&self.common.name, "ingress")));
         self.with_ingress(part)
     }
 }
