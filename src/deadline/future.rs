@@ -17,7 +17,7 @@ use crate::observe::{EventKind, LayerKind};
 
 pin_project! {
     #[project = StateProj]
-    enum State<F> {
+    pub(crate) enum State<F> {
         Running {
             #[pin]
             inner: F,
@@ -36,7 +36,12 @@ pin_project! {
 }
 
 impl<F: Future> State<F> {
-    fn running(inner: F, deadline: Deadline, shared: Arc<Shared>, overall_binds: bool) -> Self {
+    pub(crate) fn running(
+        inner: F,
+        deadline: Deadline,
+        shared: Arc<Shared>,
+        overall_binds: bool,
+    ) -> Self {
         State::Running {
             inner,
             sleep: None,
@@ -46,7 +51,7 @@ impl<F: Future> State<F> {
         }
     }
 
-    fn poll_state<T, E>(
+    pub(crate) fn poll_state<T, E>(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         layer: LayerKind,
@@ -152,60 +157,4 @@ impl<F> fmt::Debug for ResponseFuture<F> {
     }
 }
 
-pin_project! {
-    /// The response future of [`AttemptTimeoutService`](super::AttemptTimeoutService).
-    ///
-    /// Runs the inner future with the attempt's deadline as the task-local
-    /// [`current()`](super::current) deadline, so layers below (such as
-    /// [`PropagateDeadline`](super::PropagateDeadlineLayer) with feature
-    /// `http`) see the attempt's limit. Fails with
-    /// [`AttemptTimeout`](crate::error::AttemptTimeout) when the per-attempt
-    /// timer fires while budget remains, or with
-    /// [`DeadlineExceeded`](crate::error::DeadlineExceeded) when the request's
-    /// deadline was the binding limit.
-    pub struct AttemptFuture<F> {
-        #[pin]
-        state: State<F>,
-    }
-}
-
-impl<F: Future> AttemptFuture<F> {
-    pub(crate) fn running(
-        inner: F,
-        deadline: Deadline,
-        overall_binds: bool,
-        shared: Arc<Shared>,
-    ) -> Self {
-        AttemptFuture {
-            state: State::running(inner, deadline, shared, overall_binds),
-        }
-    }
-
-    pub(crate) fn rejected(error: BoxError) -> Self {
-        AttemptFuture {
-            state: State::Rejected { error: Some(error) },
-        }
-    }
-}
-
-impl<F, T, E> Future for AttemptFuture<F>
-where
-    F: Future<Output = Result<T, E>>,
-    E: Into<BoxError>,
-{
-    type Output = Result<T, BoxError>;
-
-    #[inline]
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let _edge = crate::clock::Edge::enter();
-        self.project()
-            .state
-            .poll_state(cx, LayerKind::AttemptTimeout)
-    }
-}
-
-impl<F> fmt::Debug for AttemptFuture<F> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AttemptFuture").finish_non_exhaustive()
-    }
-}
+pub use super::attempt::AttemptFuture;

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use tower_layer::Layer;
 
-use super::service::{AttemptTimeoutService, DeadlineService};
+use super::service::DeadlineService;
 use crate::error::{ConfigError, Name};
 use crate::observe::Observer;
 
@@ -158,120 +158,6 @@ impl DeadlineLayerBuilder {
                 observer: self.observer,
             }),
             in_request: self.in_request,
-        })
-    }
-}
-
-/// Limits each attempt to `min(per_try, time left in the request's budget)`.
-///
-/// Place it innermost, below a retry layer, so each retry gets a fresh
-/// per-attempt timer while the [`DeadlineLayer`] above bounds them all. See
-/// the [module documentation](crate::deadline).
-///
-/// ```
-/// use std::time::Duration;
-/// use seawall::deadline::AttemptTimeoutLayer;
-///
-/// let layer = AttemptTimeoutLayer::new(Duration::from_millis(300));
-/// assert_eq!(layer.per_try(), Duration::from_millis(300));
-/// let named = AttemptTimeoutLayer::builder(Duration::from_millis(300)).name("inventory-try").build()?;
-/// assert_eq!(named.name(), "inventory-try");
-/// # Ok::<(), seawall::ConfigError>(())
-/// ```
-#[derive(Clone)]
-pub struct AttemptTimeoutLayer {
-    shared: Arc<Shared>,
-}
-
-impl AttemptTimeoutLayer {
-    /// A layer limiting each attempt to `per_try`, named `"attempt_timeout"`,
-    /// with no observer.
-    ///
-    /// This constructor does not validate: a zero `per_try` fails every
-    /// attempt. Use [`AttemptTimeoutLayer::builder`] to have nonsense refused.
-    pub fn new(per_try: Duration) -> Self {
-        AttemptTimeoutLayer {
-            shared: Arc::new(Shared {
-                limit: per_try,
-                name: Name::from("attempt_timeout"),
-                observer: Observer::none(),
-            }),
-        }
-    }
-
-    /// A builder for a layer limiting each attempt to `per_try`.
-    pub fn builder(per_try: Duration) -> AttemptTimeoutLayerBuilder {
-        AttemptTimeoutLayerBuilder {
-            per_try,
-            name: Name::from("attempt_timeout"),
-            observer: Observer::none(),
-        }
-    }
-
-    /// The per-attempt timeout.
-    pub fn per_try(&self) -> Duration {
-        self.shared.limit
-    }
-
-    /// The instance name.
-    pub fn name(&self) -> &str {
-        self.shared.name.as_str()
-    }
-}
-
-impl fmt::Debug for AttemptTimeoutLayer {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AttemptTimeoutLayer")
-            .field("per_try", &self.shared.limit)
-            .field("name", &self.shared.name)
-            .field("observer", &self.shared.observer)
-            .finish()
-    }
-}
-
-impl<S> Layer<S> for AttemptTimeoutLayer {
-    type Service = AttemptTimeoutService<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        AttemptTimeoutService::new(inner, self.shared.clone())
-    }
-}
-
-/// Builds an [`AttemptTimeoutLayer`]; see [`AttemptTimeoutLayer::builder`].
-#[derive(Debug, Clone)]
-pub struct AttemptTimeoutLayerBuilder {
-    per_try: Duration,
-    name: Name,
-    observer: Observer,
-}
-
-impl AttemptTimeoutLayerBuilder {
-    /// The instance name used in events and rejections (default `"attempt_timeout"`).
-    pub fn name(mut self, name: impl Into<Name>) -> Self {
-        self.name = name.into();
-        self
-    }
-
-    /// The observer that receives this layer's events (default: none).
-    pub fn observer(mut self, observer: impl Into<Observer>) -> Self {
-        self.observer = observer.into();
-        self
-    }
-
-    /// Builds the layer. Fails if `per_try` is zero.
-    pub fn build(self) -> Result<AttemptTimeoutLayer, ConfigError> {
-        if self.per_try.is_zero() {
-            return Err(ConfigError::new(
-                "attempt_timeout",
-                "per_try must be greater than zero, got 0ns",
-            ));
-        }
-        Ok(AttemptTimeoutLayer {
-            shared: Arc::new(Shared {
-                limit: self.per_try,
-                name: self.name,
-                observer: self.observer,
-            }),
         })
     }
 }

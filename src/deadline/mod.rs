@@ -367,6 +367,7 @@ pub fn of<R: HasDeadline + ?Sized>(req: &R) -> Option<Deadline> {
 }
 
 #[cfg(feature = "deadline")]
+mod attempt;
 pub mod future;
 #[cfg(feature = "deadline")]
 pub(crate) mod layer;
@@ -377,16 +378,15 @@ pub(crate) mod service;
 mod wire;
 
 #[cfg(feature = "deadline")]
-pub use self::layer::{
-    AttemptTimeoutLayer, AttemptTimeoutLayerBuilder, DeadlineLayer, DeadlineLayerBuilder,
-};
+pub use self::attempt::{AttemptTimeoutLayer, AttemptTimeoutLayerBuilder, AttemptTimeoutService};
+pub use self::layer::{DeadlineLayer, DeadlineLayerBuilder};
 #[cfg(all(feature = "deadline", feature = "http"))]
 pub use self::propagate::{
     DeadlineFromHeaders, DeadlineFromHeadersLayer, DeadlineFromHeadersLayerBuilder, InvalidTimeout,
     OnInvalid, PropagateDeadline, PropagateDeadlineLayer, PropagateDeadlineLayerBuilder,
 };
 #[cfg(feature = "deadline")]
-pub use self::service::{AttemptTimeoutService, DeadlineService};
+pub use self::service::DeadlineService;
 pub use self::wire::{
     GrpcTimeout, ParseTimeoutError, format_grpc_timeout, parse_grpc_timeout, parse_timeout_ms,
 };

@@ -5,7 +5,7 @@ use std::task::{Context, Poll};
 use tokio::time::Instant;
 use tower_service::Service;
 
-use super::future::{AttemptFuture, ResponseFuture};
+use super::future::ResponseFuture;
 use super::layer::Shared;
 use super::{Deadline, HasDeadline};
 use crate::clock;
@@ -161,99 +161,5 @@ where
         let inner = &mut self.inner;
         let fut = super::sync_scope(deadline, || inner.call(req));
         ResponseFuture::running(fut, deadline, self.shared.clone())
-    }
-}
-
-/// The service built by [`AttemptTimeoutLayer`](super::AttemptTimeoutLayer).
-///
-/// Each call (each attempt) gets `min(per_try, time left)` where the time
-/// left comes from the task-local [`current()`](super::current) deadline,
-/// read when `call` runs. `poll_ready` passes the inner readiness through; the
-/// per-attempt timer starts at `call`.
-pub struct AttemptTimeoutService<S> {
-    inner: S,
-    shared: Arc<Shared>,
-}
-
-impl<S> AttemptTimeoutService<S> {
-    pub(crate) fn new(inner: S, shared: Arc<Shared>) -> Self {
-        AttemptTimeoutService { inner, shared }
-    }
-
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Consumes this service, returning the inner one.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
-}
-
-impl<S: Clone> Clone for AttemptTimeoutService<S> {
-    fn clone(&self) -> Self {
-        AttemptTimeoutService {
-            inner: self.inner.clone(),
-            shared: self.shared.clone(),
-        }
-    }
-}
-
-impl<S: fmt::Debug> fmt::Debug for AttemptTimeoutService<S> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AttemptTimeoutService")
-            .field("inner", &self.inner)
-            .field("per_try", &self.shared.limit)
-            .field("name", &self.shared.name)
-            .finish()
-    }
-}
-
-impl<S, Req> Service<Req> for AttemptTimeoutService<S>
-where
-    S: Service<Req>,
-    S::Error: Into<BoxError>,
-{
-    type Response = S::Response;
-    type Error = BoxError;
-    type Future = AttemptFuture<S::Future>;
-
-    #[inline]
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx).map_err(Into::into)
-    }
-
-    #[inline]
-    fn call(&mut self, req: Req) -> Self::Future {
-        let _edge = crate::clock::Edge::enter();
-        let now = clock::now();
-        let per_try = Deadline::after_from(now, self.shared.limit);
-        let overall = super::current();
-        let (deadline, overall_binds) = match overall {
-            Some(o) if o <= per_try => (o, true),
-            _ => (per_try, false),
-        };
-        if overall_binds && deadline.instant() <= now {
-            return AttemptFuture::rejected(reject_deadline(
-                LayerKind::AttemptTimeout,
-                &self.shared,
-                EXPIRED_ON_ARRIVAL,
-            ));
-        }
-        // When the request's deadline binds, it is the task-local one
-        // already: no scope of its own to set.
-        let fut = if overall_binds {
-            self.inner.call(req)
-        } else {
-            let inner = &mut self.inner;
-            super::sync_scope(deadline, || inner.call(req))
-        };
-        AttemptFuture::running(fut, deadline, overall_binds, self.shared.clone())
     }
 }

@@ -149,15 +149,19 @@ pub(crate) mod limiter;
 mod queue_delay;
 mod service;
 mod throttle;
+mod throttle_future;
+mod throttle_layer;
+mod throttle_service;
 
 pub use self::aimd::{Aimd, AimdBuilder};
 pub use self::algorithm::{LimitAlgorithm, WindowSample};
 pub use self::criticality::Criticality;
-pub(crate) use self::future::ThrottlePending;
-pub use self::future::{ResponseFuture, ThrottleFuture};
+pub use self::future::ResponseFuture;
 pub use self::gradient::{Gradient2, Gradient2Builder};
-pub use self::layer::{
-    AdaptiveLimitLayer, AdaptiveLimitLayerBuilder, ThrottleLayer, ThrottleLayerBuilder,
-};
+pub use self::layer::{AdaptiveLimitLayer, AdaptiveLimitLayerBuilder};
 pub use self::queue_delay::{QueueDelay, QueueDelayBuilder};
-pub use self::service::{AdaptiveLimit, Throttle};
+pub use self::service::AdaptiveLimit;
+pub use self::throttle_future::ThrottleFuture;
+pub(crate) use self::throttle_future::ThrottlePending;
+pub use self::throttle_layer::{ThrottleLayer, ThrottleLayerBuilder};
+pub use self::throttle_service::Throttle;

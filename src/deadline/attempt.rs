@@ -1,0 +1,286 @@
+//! The per-attempt timeout: its layer, service and response future.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use pin_project_lite::pin_project;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use super::Deadline;
+use super::future::State;
+use super::layer::Shared;
+use super::service::{EXPIRED_ON_ARRIVAL, reject_deadline};
+use crate::clock;
+use crate::error::{BoxError, ConfigError, Name};
+use crate::observe::{LayerKind, Observer};
+
+/// Limits each attempt to `min(per_try, time left in the request's budget)`.
+///
+/// Place it innermost, below a retry layer, so each retry gets a fresh
+/// per-attempt timer while the [`DeadlineLayer`](super::DeadlineLayer) above bounds them all. See
+/// the [module documentation](crate::deadline).
+///
+/// ```
+/// use std::time::Duration;
+/// use seawall::deadline::AttemptTimeoutLayer;
+///
+/// let layer = AttemptTimeoutLayer::new(Duration::from_millis(300));
+/// assert_eq!(layer.per_try(), Duration::from_millis(300));
+/// let named = AttemptTimeoutLayer::builder(Duration::from_millis(300)).name("inventory-try").build()?;
+/// assert_eq!(named.name(), "inventory-try");
+/// # Ok::<(), seawall::ConfigError>(())
+/// ```
+#[derive(Clone)]
+pub struct AttemptTimeoutLayer {
+    shared: Arc<Shared>,
+}
+
+impl AttemptTimeoutLayer {
+    /// A layer limiting each attempt to `per_try`, named `"attempt_timeout"`,
+    /// with no observer.
+    ///
+    /// This constructor does not validate: a zero `per_try` fails every
+    /// attempt. Use [`AttemptTimeoutLayer::builder`] to have nonsense refused.
+    pub fn new(per_try: Duration) -> Self {
+        AttemptTimeoutLayer {
+            shared: Arc::new(Shared {
+                limit: per_try,
+                name: Name::from("attempt_timeout"),
+                observer: Observer::none(),
+            }),
+        }
+    }
+
+    /// A builder for a layer limiting each attempt to `per_try`.
+    pub fn builder(per_try: Duration) -> AttemptTimeoutLayerBuilder {
+        AttemptTimeoutLayerBuilder {
+            per_try,
+            name: Name::from("attempt_timeout"),
+            observer: Observer::none(),
+        }
+    }
+
+    /// The per-attempt timeout.
+    pub fn per_try(&self) -> Duration {
+        self.shared.limit
+    }
+
+    /// The instance name.
+    pub fn name(&self) -> &str {
+        self.shared.name.as_str()
+    }
+}
+
+impl fmt::Debug for AttemptTimeoutLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AttemptTimeoutLayer")
+            .field("per_try", &self.shared.limit)
+            .field("name", &self.shared.name)
+            .field("observer", &self.shared.observer)
+            .finish()
+    }
+}
+
+impl<S> Layer<S> for AttemptTimeoutLayer {
+    type Service = AttemptTimeoutService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        AttemptTimeoutService::new(inner, self.shared.clone())
+    }
+}
+
+/// Builds an [`AttemptTimeoutLayer`]; see [`AttemptTimeoutLayer::builder`].
+#[derive(Debug, Clone)]
+pub struct AttemptTimeoutLayerBuilder {
+    per_try: Duration,
+    name: Name,
+    observer: Observer,
+}
+
+impl AttemptTimeoutLayerBuilder {
+    /// The instance name used in events and rejections (default `"attempt_timeout"`).
+    pub fn name(mut self, name: impl Into<Name>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// The observer that receives this layer's events (default: none).
+    pub fn observer(mut self, observer: impl Into<Observer>) -> Self {
+        self.observer = observer.into();
+        self
+    }
+
+    /// Builds the layer. Fails if `per_try` is zero.
+    pub fn build(self) -> Result<AttemptTimeoutLayer, ConfigError> {
+        if self.per_try.is_zero() {
+            return Err(ConfigError::new(
+                "attempt_timeout",
+                "per_try must be greater than zero, got 0ns",
+            ));
+        }
+        Ok(AttemptTimeoutLayer {
+            shared: Arc::new(Shared {
+                limit: self.per_try,
+                name: self.name,
+                observer: self.observer,
+            }),
+        })
+    }
+}
+
+/// The service built by [`AttemptTimeoutLayer`](super::AttemptTimeoutLayer).
+///
+/// Each call (each attempt) gets `min(per_try, time left)` where the time
+/// left comes from the task-local [`current()`](super::current) deadline,
+/// read when `call` runs. `poll_ready` passes the inner readiness through; the
+/// per-attempt timer starts at `call`.
+pub struct AttemptTimeoutService<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S> AttemptTimeoutService<S> {
+    pub(crate) fn new(inner: S, shared: Arc<Shared>) -> Self {
+        AttemptTimeoutService { inner, shared }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Consumes this service, returning the inner one.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: Clone> Clone for AttemptTimeoutService<S> {
+    fn clone(&self) -> Self {
+        AttemptTimeoutService {
+            inner: self.inner.clone(),
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<S: fmt::Debug> fmt::Debug for AttemptTimeoutService<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AttemptTimeoutService")
+            .field("inner", &self.inner)
+            .field("per_try", &self.shared.limit)
+            .field("name", &self.shared.name)
+            .finish()
+    }
+}
+
+impl<S, Req> Service<Req> for AttemptTimeoutService<S>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = AttemptFuture<S::Future>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    #[inline]
+    fn call(&mut self, req: Req) -> Self::Future {
+        let _edge = crate::clock::Edge::enter();
+        let now = clock::now();
+        let per_try = Deadline::after_from(now, self.shared.limit);
+        let overall = super::current();
+        let (deadline, overall_binds) = match overall {
+            Some(o) if o <= per_try => (o, true),
+            _ => (per_try, false),
+        };
+        if overall_binds && deadline.instant() <= now {
+            return AttemptFuture::rejected(reject_deadline(
+                LayerKind::AttemptTimeout,
+                &self.shared,
+                EXPIRED_ON_ARRIVAL,
+            ));
+        }
+        // When the request's deadline binds, it is the task-local one
+        // already: no scope of its own to set.
+        let fut = if overall_binds {
+            self.inner.call(req)
+        } else {
+            let inner = &mut self.inner;
+            super::sync_scope(deadline, || inner.call(req))
+        };
+        AttemptFuture::running(fut, deadline, overall_binds, self.shared.clone())
+    }
+}
+
+pin_project! {
+    /// The response future of [`AttemptTimeoutService`](super::AttemptTimeoutService).
+    ///
+    /// Runs the inner future with the attempt's deadline as the task-local
+    /// [`current()`](super::current) deadline, so layers below (such as
+    /// [`PropagateDeadline`](super::PropagateDeadlineLayer) with feature
+    /// `http`) see the attempt's limit. Fails with
+    /// [`AttemptTimeout`](crate::error::AttemptTimeout) when the per-attempt
+    /// timer fires while budget remains, or with
+    /// [`DeadlineExceeded`](crate::error::DeadlineExceeded) when the request's
+    /// deadline was the binding limit.
+    pub struct AttemptFuture<F> {
+        #[pin]
+        state: State<F>,
+    }
+}
+
+impl<F: Future> AttemptFuture<F> {
+    pub(crate) fn running(
+        inner: F,
+        deadline: Deadline,
+        overall_binds: bool,
+        shared: Arc<Shared>,
+    ) -> Self {
+        AttemptFuture {
+            state: State::running(inner, deadline, shared, overall_binds),
+        }
+    }
+
+    pub(crate) fn rejected(error: BoxError) -> Self {
+        AttemptFuture {
+            state: State::Rejected { error: Some(error) },
+        }
+    }
+}
+
+impl<F, T, E> Future for AttemptFuture<F>
+where
+    F: Future<Output = Result<T, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<T, BoxError>;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let _edge = crate::clock::Edge::enter();
+        self.project()
+            .state
+            .poll_state(cx, LayerKind::AttemptTimeout)
+    }
+}
+
+impl<F> fmt::Debug for AttemptFuture<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AttemptFuture").finish_non_exhaustive()
+    }
+}
