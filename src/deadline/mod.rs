@@ -368,6 +368,7 @@ pub fn of<R: HasDeadline + ?Sized>(req: &R) -> Option<Deadline> {
 
 #[cfg(feature = "deadline")]
 mod attempt;
+#[cfg(feature = "deadline")]
 pub mod future;
 #[cfg(feature = "deadline")]
 pub(crate) mod layer;
@@ -379,6 +380,7 @@ mod wire;
 
 #[cfg(feature = "deadline")]
 pub use self::attempt::{AttemptTimeoutLayer, AttemptTimeoutLayerBuilder, AttemptTimeoutService};
+#[cfg(feature = "deadline")]
 pub use self::layer::{DeadlineLayer, DeadlineLayerBuilder};
 #[cfg(all(feature = "deadline", feature = "http"))]
 pub use self::propagate::{

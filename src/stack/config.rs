@@ -8,7 +8,7 @@ use crate::error::ConfigError;
 /// The rate-limit part of a [`ServerStackBuilder`], as a settings file
 /// reaches it: none ([`Skip`](super::Skip)) or a rate limit's builder,
 /// whose quota the file's `rate_limit` replaces.
-pub trait RateLimitSetting {
+pub trait RateLimitSetting: super::part::sealed::Sealed {
     /// Takes the file's `rate_limit`. A stack without a rate limit refuses
     /// it: a rate limit changes the stack's type, so it is added in code
     /// (`.rate_limit(quota, |r| r)`, which the file's rate then replaces).
@@ -20,7 +20,7 @@ pub trait RateLimitSetting {
 /// [`RateLimitLayer`](crate::rate_limit::RateLimitLayer), whose quota a
 /// reload changes through
 /// [`set_quota`](crate::rate_limit::RateLimitLayer::set_quota).
-pub trait RateLimitReload {
+pub trait RateLimitReload: super::part::sealed::Sealed {
     /// Whether `rate` would be taken (nothing changes).
     fn check_rate(&self, rate: &crate::config::Rate) -> Result<(), ConfigError>;
     /// Takes `rate`.

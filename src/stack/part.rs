@@ -5,6 +5,30 @@ use tower::layer::util::Identity;
 use crate::error::{ConfigError, Name};
 use crate::observe::Observer;
 
+pub(crate) mod sealed {
+    /// The stacks' part traits are sealed: their implementations are the
+    /// parts the builders hand out.
+    pub trait Sealed {}
+
+    impl Sealed for super::Skip {}
+    impl Sealed for tower::layer::util::Identity {}
+    impl<I, O> Sealed for tower::layer::util::Stack<I, O> {}
+    #[cfg(feature = "hedge")]
+    impl<Q> Sealed for crate::hedge::HedgeLayerBuilder<Q> {}
+    #[cfg(feature = "http")]
+    impl Sealed for crate::deadline::PropagateDeadlineLayerBuilder {}
+    #[cfg(feature = "http")]
+    impl Sealed for crate::deadline::DeadlineFromHeadersLayerBuilder {}
+    #[cfg(all(feature = "http", feature = "deadline"))]
+    impl Sealed for crate::deadline::PropagateDeadlineLayer {}
+    #[cfg(all(feature = "http", feature = "deadline"))]
+    impl Sealed for crate::body::CallBodyLayer {}
+    #[cfg(feature = "rate-limit")]
+    impl<X, D> Sealed for crate::rate_limit::RateLimitLayerBuilder<X, D> {}
+    #[cfg(feature = "rate-limit")]
+    impl<X, D> Sealed for crate::rate_limit::RateLimitLayer<X, D> {}
+}
+
 /// An optional layer of a stack builder, kept unbuilt until the stack is
 /// built (so that the stack's observer reaches it whatever the order of the
 /// builder calls).
@@ -12,7 +36,8 @@ use crate::observe::Observer;
 /// Implemented for [`Skip`] (the part is left out: it builds tower's
 /// [`Identity`], which adds nothing to the service type and costs nothing)
 /// and for the builders of the optional seawall layers the stacks accept.
-pub trait StackPart {
+/// Sealed: the builders hand out every part there is.
+pub trait StackPart: sealed::Sealed {
     /// The layer this part builds.
     type Layer;
 
@@ -45,7 +70,7 @@ impl StackPart for Skip {
 /// The hedging part of a client stack: [`Skip`] (no hedging) or, with
 /// feature `hedge`, a `HedgeLayerBuilder`, built with the stack's retry
 /// policy `P` and observer.
-pub trait HedgePart<P> {
+pub trait HedgePart<P>: sealed::Sealed {
     /// The layer this part builds.
     type Layer;
 
@@ -129,7 +154,7 @@ pub(crate) fn part_name(stack: &Name, part: &str) -> Name {
 /// hands out [`CallBody`](crate::body::CallBody) responses, at the end of
 /// the body ([`BodyEnd`](crate::hold::BodyEnd)) when something does (the
 /// protocol presets). See [`hold`](crate::hold).
-pub trait HoldPoint {
+pub trait HoldPoint: sealed::Sealed {
     /// [`Head`](crate::hold::Head) or [`BodyEnd`](crate::hold::BodyEnd).
     type Hold;
 }

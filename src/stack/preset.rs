@@ -156,6 +156,8 @@ mod grpc {
         attempt_name: Name,
     }
 
+    impl crate::stack::part::sealed::Sealed for GrpcTransportPart {}
+
     impl StackPart for GrpcTransportPart {
         type Layer = Stack<TonicTransportLayer, PropagateDeadlineLayer>;
 
@@ -294,6 +296,8 @@ mod server {
         deadline: DeadlineFromHeadersLayerBuilder,
     }
 
+    impl crate::stack::part::sealed::Sealed for HttpIngress {}
+
     impl IngressPart for HttpIngress {
         type Innermost = crate::body::CallBodyLayer;
 
@@ -427,6 +431,8 @@ mod server {
         pub struct GrpcIngress {
             pub(super) deadline: DeadlineFromHeadersLayerBuilder,
         }
+
+        impl crate::stack::part::sealed::Sealed for GrpcIngress {}
 
         impl IngressPart for GrpcIngress {
             type Innermost = crate::body::CallBodyLayer;
