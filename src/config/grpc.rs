@@ -106,8 +106,7 @@ pub struct GrpcPolicy {
 fn duration(field: &str, s: &str) -> Result<Duration, ConfigError> {
     s.strip_suffix('s')
         .and_then(|n| n.trim().parse::<f64>().ok())
-        .filter(|n| n.is_finite() && *n >= 0.0)
-        .map(Duration::from_secs_f64)
+        .and_then(|n| Duration::try_from_secs_f64(n).ok())
         .ok_or_else(|| {
             ConfigError::new(
                 "grpc_service_config",
@@ -135,10 +134,17 @@ fn code(field: &str, name: &str) -> Result<Code, ConfigError> {
         ("DATA_LOSS", Code::DataLoss),
         ("UNAUTHENTICATED", Code::Unauthenticated),
     ];
+    // By name, or by number (protobuf JSON writes an enum either way).
+    let by_number = name
+        .parse::<i32>()
+        .ok()
+        .filter(|n| (1..=16).contains(n))
+        .map(Code::from_i32);
     codes
         .iter()
         .find(|(n, _)| n.eq_ignore_ascii_case(name))
         .map(|(_, c)| *c)
+        .or(by_number)
         .ok_or_else(|| {
             ConfigError::new(
                 "grpc_service_config",
@@ -264,5 +270,41 @@ impl GrpcServiceConfig {
             h.2 = hedged;
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_are_protobuf_json_seconds() {
+        assert_eq!(duration("t", "0.1s").unwrap(), Duration::from_millis(100));
+        assert_eq!(duration("t", "2s").unwrap(), Duration::from_secs(2));
+        assert_eq!(duration("t", "0s").unwrap(), Duration::ZERO);
+        // Refused, never a panic: no unit, another unit, negative, not a
+        // number, too large for a Duration.
+        for bad in ["2", "100ms", "1m", "-1s", "NaNs", "infs", "1e300s", "s", ""] {
+            let e = duration("methodConfig[0].timeout", bad).unwrap_err();
+            assert!(
+                e.message().starts_with("methodConfig[0].timeout: "),
+                "{bad}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn status_codes_are_read_by_name_or_number() {
+        assert_eq!(code("c", "UNAVAILABLE").unwrap(), Code::Unavailable);
+        assert_eq!(code("c", "unavailable").unwrap(), Code::Unavailable);
+        assert_eq!(code("c", "14").unwrap(), Code::Unavailable);
+        assert_eq!(
+            code("c", "RESOURCE_EXHAUSTED").unwrap(),
+            Code::ResourceExhausted
+        );
+        // OK is no failure to retry; 17 is no code.
+        for bad in ["OK_ISH", "0", "17", "-1", ""] {
+            assert!(code("retryableStatusCodes[0]", bad).is_err(), "{bad}");
+        }
     }
 }

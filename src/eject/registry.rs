@@ -411,3 +411,141 @@ impl Registry {
 
 /// The most endpoints one sweep compares (the first ones with volume).
 const SWEEP_MAX: usize = 256;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> Settings {
+        Settings {
+            consecutive_failures: 3,
+            base_ejection: Duration::from_secs(5),
+            max_ejection: Duration::from_secs(12),
+            max_ejected_percent: 50,
+            interval: Duration::from_secs(10),
+            success_rate_min_hosts: 3,
+            success_rate_volume: 10,
+            success_rate_stdev_factor: 1.9,
+            latency_factor: Some(5.0),
+        }
+    }
+
+    fn registry(n: usize) -> (Registry, Vec<usize>) {
+        let r = Registry::new(Name::from("set"), Observer::default(), settings(), n);
+        let ids = (0..n).map(|_| r.register().unwrap()).collect();
+        (r, ids)
+    }
+
+    const MS: Duration = Duration::from_millis(1);
+
+    /// Failures in a row eject; the ejection lasts the base time, then one
+    /// probe decides: a failed probe sends it back out as long, a good one
+    /// brings it back.
+    #[tokio::test(start_paused = true)]
+    async fn failures_in_a_row_eject_and_one_probe_decides() {
+        let (r, ids) = registry(4);
+        let t0 = crate::clock::now();
+        for _ in 0..2 {
+            r.record(ids[0], Some(true), MS, false, t0);
+        }
+        assert_eq!(r.admit(ids[0], t0), Ok(false), "two failures are not three");
+        r.record(ids[0], Some(false), MS, false, t0);
+        for _ in 0..2 {
+            r.record(ids[0], Some(true), MS, false, t0);
+        }
+        assert_eq!(r.admit(ids[0], t0), Ok(false), "a success resets the count");
+        r.record(ids[0], Some(true), MS, false, t0);
+        let back = t0 + Duration::from_secs(5);
+        assert_eq!(r.admit(ids[0], t0), Err(Some(back)));
+        // Back: one probe only.
+        assert_eq!(r.admit(ids[0], back), Ok(true));
+        assert!(r.take_probe(ids[0]));
+        assert!(!r.take_probe(ids[0]));
+        assert_eq!(r.admit(ids[0], back), Err(None), "its probe is in flight");
+        r.record(ids[0], Some(true), MS, true, back);
+        assert_eq!(
+            r.admit(ids[0], back),
+            Err(Some(back + Duration::from_secs(5))),
+            "a failed probe: out again as long"
+        );
+        let again = back + Duration::from_secs(5);
+        assert_eq!(r.admit(ids[0], again), Ok(true));
+        assert!(r.take_probe(ids[0]));
+        r.record(ids[0], Some(false), MS, true, again);
+        assert_eq!(r.admit(ids[0], again), Ok(false));
+        assert_eq!(r.ejected.load(Ordering::Acquire), 0);
+    }
+
+    /// At most half the set is ejected, and never the last endpoint.
+    #[tokio::test(start_paused = true)]
+    async fn the_cap_holds_half_the_set_and_never_the_last() {
+        let (r, ids) = registry(4);
+        let t0 = crate::clock::now();
+        let ejected: Vec<bool> = ids
+            .iter()
+            .map(|&i| r.eject(i, Why::Consecutive, t0))
+            .collect();
+        assert_eq!(ejected, [true, true, false, false]);
+        let (r, ids) = registry(1);
+        assert!(!r.eject(ids[0], Why::Consecutive, t0), "the last one stays");
+        let (r, ids) = registry(2);
+        assert!(r.eject(ids[0], Why::Consecutive, t0));
+        assert!(!r.eject(ids[1], Why::Consecutive, t0));
+    }
+
+    /// An endpoint that offends again after coming back is out `n` times
+    /// the base time, capped.
+    #[tokio::test(start_paused = true)]
+    async fn repeat_offenders_stay_out_longer_up_to_the_cap() {
+        let (r, ids) = registry(4);
+        let mut t = crate::clock::now();
+        let mut lengths = Vec::new();
+        for _ in 0..3 {
+            assert!(r.eject(ids[0], Why::Consecutive, t));
+            let Err(Some(until)) = r.admit(ids[0], t) else {
+                panic!("ejected")
+            };
+            lengths.push(until - t);
+            t = until;
+            assert_eq!(r.admit(ids[0], t), Ok(true));
+            assert!(r.take_probe(ids[0]));
+            r.record(ids[0], Some(false), MS, true, t);
+        }
+        assert_eq!(
+            lengths,
+            [5, 10, 12].map(Duration::from_secs),
+            "5 s, 10 s, then the 12 s cap"
+        );
+    }
+
+    /// Every interval, an endpoint whose success rate is far below the
+    /// set's, or whose latency is far above the median, is ejected.
+    #[tokio::test(start_paused = true)]
+    async fn the_sweep_finds_success_rate_and_latency_outliers() {
+        let (r, ids) = registry(6);
+        let t0 = crate::clock::now();
+        for (k, &i) in ids.iter().enumerate() {
+            for call in 0..20 {
+                // Endpoint 1 fails half its calls (never 3 in a row);
+                // endpoint 2 is 10× slower than the rest.
+                let failure = k == 1 && call % 2 == 0;
+                let latency = if k == 2 { 10 * MS } else { MS };
+                r.record(i, Some(failure), latency, false, t0);
+            }
+        }
+        assert_eq!(r.ejected.load(Ordering::Acquire), 0, "no sweep yet");
+        let later = t0 + Duration::from_secs(10);
+        r.record(ids[5], Some(false), MS, false, later);
+        assert!(
+            matches!(r.admit(ids[1], later), Err(Some(_))),
+            "success-rate outlier"
+        );
+        assert!(
+            matches!(r.admit(ids[2], later), Err(Some(_))),
+            "latency outlier"
+        );
+        for &i in &[ids[0], ids[3], ids[4], ids[5]] {
+            assert_eq!(r.admit(i, later), Ok(false));
+        }
+    }
+}
