@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use crate::error::ConfigError;
 
 /// Number of buckets in the sliding window.
-pub const BUCKETS: usize = 10;
+pub(crate) const BUCKETS: usize = 10;
 
 const COUNT_BITS: u32 = 24;
 const COUNT_MAX: u64 = (1 << COUNT_BITS) - 1;
@@ -25,7 +25,7 @@ const PPM: u64 = 1_000_000;
 ///
 /// # Rule, algorithm and cost
 ///
-/// The window is a ring of [`BUCKETS`] buckets (each `window / 10` wide, 1 s by
+/// The window is a ring of 10 buckets (each `window / 10` wide, 1 s by
 /// default). Each bucket counts the requests (deposits) and the retries
 /// (withdrawals) made during its slice of time. A retry is allowed when
 ///

@@ -118,7 +118,7 @@ pub mod grpc;
 pub mod http;
 
 pub use self::backoff::{Backoff, BackoffState, Delays, Jitter};
-pub use self::budget::{BUCKETS, BudgetSnapshot, RequestTicket, RetryBudget, Withdrawal};
+pub use self::budget::{BudgetSnapshot, RequestTicket, RetryBudget, Withdrawal};
 pub use self::future::ResponseFuture;
 pub use self::inbound::{
     InboundScoped, inbound_attempt, scope_inbound_attempt, sync_scope_inbound_attempt,

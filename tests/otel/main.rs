@@ -51,43 +51,28 @@ fn read(exporter: &InMemoryMetricExporter) -> BTreeMap<String, Instrument> {
     let last = finished.last().expect("an export");
     for scope in last.scope_metrics() {
         for m in scope.metrics() {
+            // One data point: its attributes and value (a histogram's count).
+            macro_rules! points {
+                ($kind:literal, $data:expr, $value:ident) => {
+                    (
+                        $kind,
+                        $data
+                            .data_points()
+                            .map(|p| Point {
+                                attrs: attrs(p.attributes()),
+                                value: p.$value() as f64,
+                            })
+                            .collect(),
+                    )
+                };
+            }
             let (kind, points) = match m.data() {
-                AggregatedMetrics::U64(MetricData::Sum(s)) => (
-                    "counter",
-                    s.data_points()
-                        .map(|p| Point {
-                            attrs: attrs(p.attributes()),
-                            value: p.value() as f64,
-                        })
-                        .collect(),
-                ),
-                AggregatedMetrics::U64(MetricData::Gauge(g)) => (
-                    "gauge",
-                    g.data_points()
-                        .map(|p| Point {
-                            attrs: attrs(p.attributes()),
-                            value: p.value() as f64,
-                        })
-                        .collect(),
-                ),
-                AggregatedMetrics::I64(MetricData::Gauge(g)) => (
-                    "gauge",
-                    g.data_points()
-                        .map(|p| Point {
-                            attrs: attrs(p.attributes()),
-                            value: p.value() as f64,
-                        })
-                        .collect(),
-                ),
-                AggregatedMetrics::F64(MetricData::Histogram(h)) => (
-                    "histogram",
-                    h.data_points()
-                        .map(|p| Point {
-                            attrs: attrs(p.attributes()),
-                            value: p.count() as f64,
-                        })
-                        .collect(),
-                ),
+                AggregatedMetrics::U64(MetricData::Sum(s)) => points!("counter", s, value),
+                AggregatedMetrics::U64(MetricData::Gauge(g)) => points!("gauge", g, value),
+                AggregatedMetrics::I64(MetricData::Gauge(g)) => points!("gauge", g, value),
+                AggregatedMetrics::F64(MetricData::Histogram(h)) => {
+                    points!("histogram", h, count)
+                }
                 other => panic!("unexpected data for {}: {other:?}", m.name()),
             };
             out.insert(
