@@ -1,10 +1,12 @@
 //! The recommended client stack.
 
 use std::fmt;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tower::layer::util::Identity;
 use tower_layer::Layer;
+use tower_service::Service;
 
 use super::classify::DependencyFailures;
 use super::part::{HedgePart, HoldPoint, Skip, StackPart, part_name};
@@ -77,13 +79,65 @@ pub struct ClientStackLayer<
 ///
 /// `H` is the hedge part: [`Identity`] (no hedging, the default) or a
 /// `HedgeLayer` (feature `hedge`).
-pub type ClientStackService<S, P = RetryErrors, C = DependencyFailures, M = Head, H = Identity> =
-    DeadlineService<
-        Retry<
-            <H as Layer<CircuitBreaker<Bulkhead<AttemptTimeoutService<S>, M>, C, M>>>::Service,
-            P,
-        >,
-    >;
+///
+/// A named type (not an alias of the layers inside), so that compiler
+/// messages and signatures say `ClientStackService<…>`; it forwards
+/// `poll_ready` and `call` to them unchanged.
+pub struct ClientStackService<S, P = RetryErrors, C = DependencyFailures, M = Head, H = Identity>
+where
+    H: Layer<CircuitBreaker<Bulkhead<AttemptTimeoutService<S>, M>, C, M>>,
+{
+    inner: StackInner<S, P, C, M, H>,
+}
+
+/// The layers inside a [`ClientStackService`].
+type StackInner<S, P, C, M, H> = DeadlineService<
+    Retry<<H as Layer<CircuitBreaker<Bulkhead<AttemptTimeoutService<S>, M>, C, M>>>::Service, P>,
+>;
+
+impl<S, P, C, M, H, Req> Service<Req> for ClientStackService<S, P, C, M, H>
+where
+    H: Layer<CircuitBreaker<Bulkhead<AttemptTimeoutService<S>, M>, C, M>>,
+    StackInner<S, P, C, M, H>: Service<Req>,
+{
+    type Response = <StackInner<S, P, C, M, H> as Service<Req>>::Response;
+    type Error = <StackInner<S, P, C, M, H> as Service<Req>>::Error;
+    type Future = <StackInner<S, P, C, M, H> as Service<Req>>::Future;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    #[inline]
+    fn call(&mut self, req: Req) -> Self::Future {
+        self.inner.call(req)
+    }
+}
+
+impl<S, P, C, M, H> Clone for ClientStackService<S, P, C, M, H>
+where
+    H: Layer<CircuitBreaker<Bulkhead<AttemptTimeoutService<S>, M>, C, M>>,
+    StackInner<S, P, C, M, H>: Clone,
+{
+    fn clone(&self) -> Self {
+        ClientStackService {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<S, P, C, M, H> fmt::Debug for ClientStackService<S, P, C, M, H>
+where
+    H: Layer<CircuitBreaker<Bulkhead<AttemptTimeoutService<S>, M>, C, M>>,
+    StackInner<S, P, C, M, H>: fmt::Debug,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("ClientStackService")
+            .field(&self.inner)
+            .finish()
+    }
+}
 
 impl<S, P, C, L, O, H> Layer<S> for ClientStackLayer<P, C, L, O, H>
 where
@@ -100,7 +154,9 @@ where
         let s = self.breaker.clone().hold_until::<L::Hold>().layer(s);
         let s = self.hedge.layer(s);
         let s = self.retry.layer(s);
-        self.outer.layer(self.deadline.layer(s))
+        self.outer.layer(ClientStackService {
+            inner: self.deadline.layer(s),
+        })
     }
 }
 

@@ -1,10 +1,12 @@
 //! The recommended server stack.
 
 use std::fmt;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tower::layer::util::Identity;
 use tower_layer::Layer;
+use tower_service::Service;
 
 use super::part::{HoldPoint, IngressPart, Skip, StackPart, part_name};
 use crate::bulkhead::{Bulkhead, BulkheadBuilder, BulkheadHandle, BulkheadLayer};
@@ -57,8 +59,49 @@ pub struct ServerStackLayer<O = Identity, R = Identity, P = FromTaskLocal, I = I
 /// ingress wrap it (see [`ServerStackLayer`]'s `Layer` impl). `M` is where
 /// the limit and the bulkhead let go of a call ([`Head`], or with an HTTP
 /// ingress [`BodyEnd`](crate::hold::BodyEnd): see [`hold`](crate::hold)).
-pub type ServerCore<S, P = FromTaskLocal, M = Head> =
-    AdaptiveLimit<Bulkhead<AttemptTimeoutService<S>, M>, P, M>;
+///
+/// A named type (not an alias of the layers inside), so that compiler
+/// messages and signatures say `ServerCore<…>`; it forwards `poll_ready`
+/// and `call` to them unchanged.
+pub struct ServerCore<S, P = FromTaskLocal, M = Head> {
+    inner: AdaptiveLimit<Bulkhead<AttemptTimeoutService<S>, M>, P, M>,
+}
+
+impl<S, P, M, Req> Service<Req> for ServerCore<S, P, M>
+where
+    AdaptiveLimit<Bulkhead<AttemptTimeoutService<S>, M>, P, M>: Service<Req>,
+{
+    type Response =
+        <AdaptiveLimit<Bulkhead<AttemptTimeoutService<S>, M>, P, M> as Service<Req>>::Response;
+    type Error =
+        <AdaptiveLimit<Bulkhead<AttemptTimeoutService<S>, M>, P, M> as Service<Req>>::Error;
+    type Future =
+        <AdaptiveLimit<Bulkhead<AttemptTimeoutService<S>, M>, P, M> as Service<Req>>::Future;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    #[inline]
+    fn call(&mut self, req: Req) -> Self::Future {
+        self.inner.call(req)
+    }
+}
+
+impl<S: Clone, P, M> Clone for ServerCore<S, P, M> {
+    fn clone(&self) -> Self {
+        ServerCore {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<S: fmt::Debug, P, M> fmt::Debug for ServerCore<S, P, M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("ServerCore").field(&self.inner).finish()
+    }
+}
 
 /// The service a [`ServerStackLayer`] without ingress nor rate limit makes
 /// around `S`.
@@ -76,7 +119,9 @@ where
         let s = self.innermost.layer(service);
         let s = self.handler.layer(s);
         let s = self.bulkhead.clone().hold_until::<I::Hold>().layer(s);
-        let s = self.limit.clone().hold_until::<I::Hold>().layer(s);
+        let s = ServerCore {
+            inner: self.limit.clone().hold_until::<I::Hold>().layer(s),
+        };
         let s = self.rate_limit.layer(s);
         let s = self.deadline.layer(s);
         self.ingress.layer(s)
