@@ -574,18 +574,10 @@ pub struct CallBodyLayerBuilder {
 }
 
 impl CallBodyLayerBuilder {
-    /// The instance name, reported with a `"timed_out"` rejection when a
-    /// deadline cuts a body (default `"body"`).
-    pub fn name(mut self, name: impl Into<Name>) -> Self {
-        self.name = name.into();
-        self
-    }
-
-    /// The observer the cut is reported to.
-    pub fn observer(mut self, observer: impl Into<Observer>) -> Self {
-        self.observer = observer.into();
-        self
-    }
+    crate::observe::name_and_observer!(
+        "The instance name, reported with a `\"timed_out\"` rejection when a\ndeadline cuts a body (default `\"body\"`).",
+        "The observer the cut is reported to."
+    );
 
     /// Whether the deadline covers the body (default `true`); with `false`
     /// the bodies only carry what the layers above hold.

@@ -204,17 +204,10 @@ impl BulkheadBuilder {
         self
     }
 
-    /// The instance name, in events and rejections (default `"bulkhead"`).
-    pub fn name(mut self, name: impl Into<Name>) -> Self {
-        self.name = name.into();
-        self
-    }
-
-    /// The observer that receives this bulkhead's events (default: none).
-    pub fn observer(mut self, observer: impl Into<Observer>) -> Self {
-        self.observer = observer.into();
-        self
-    }
+    crate::observe::name_and_observer!(
+        "The instance name, in events and rejections (default `\"bulkhead\"`).",
+        "The observer that receives this bulkhead's events (default: none)."
+    );
 
     /// Validates the settings and builds the layer.
     pub fn build(self) -> Result<BulkheadLayer, ConfigError> {

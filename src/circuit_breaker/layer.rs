@@ -203,18 +203,10 @@ impl<C> fmt::Debug for CircuitBreakerBuilder<C> {
 }
 
 impl<C> CircuitBreakerBuilder<C> {
-    /// The instance name, used in events and in [`CircuitOpen`](crate::error::CircuitOpen)
-    /// rejections. Default: `"circuit_breaker"`.
-    pub fn name(mut self, name: impl Into<Name>) -> Self {
-        self.name = name.into();
-        self
-    }
-
-    /// The observer every event goes to. Default: none.
-    pub fn observer(mut self, observer: impl Into<Observer>) -> Self {
-        self.observer = observer.into();
-        self
-    }
+    crate::observe::name_and_observer!(
+        "The instance name, used in events and in [`CircuitOpen`](crate::error::CircuitOpen)\nrejections. Default: `\"circuit_breaker\"`.",
+        "The observer every event goes to. Default: none."
+    );
 
     /// The sliding window. Default: the last 100 calls.
     pub fn window(mut self, window: SlidingWindow) -> Self {

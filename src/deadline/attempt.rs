@@ -103,17 +103,10 @@ pub struct AttemptTimeoutLayerBuilder {
 }
 
 impl AttemptTimeoutLayerBuilder {
-    /// The instance name used in events and rejections (default `"attempt_timeout"`).
-    pub fn name(mut self, name: impl Into<Name>) -> Self {
-        self.name = name.into();
-        self
-    }
-
-    /// The observer that receives this layer's events (default: none).
-    pub fn observer(mut self, observer: impl Into<Observer>) -> Self {
-        self.observer = observer.into();
-        self
-    }
+    crate::observe::name_and_observer!(
+        "The instance name used in events and rejections (default `\"attempt_timeout\"`).",
+        "The observer that receives this layer's events (default: none)."
+    );
 
     /// Builds the layer. Fails if `per_try` is zero.
     pub fn build(self) -> Result<AttemptTimeoutLayer, ConfigError> {

@@ -131,17 +131,10 @@ impl DeadlineLayerBuilder {
         self
     }
 
-    /// The instance name used in events and rejections (default `"deadline"`).
-    pub fn name(mut self, name: impl Into<Name>) -> Self {
-        self.name = name.into();
-        self
-    }
-
-    /// The observer that receives this layer's events (default: none).
-    pub fn observer(mut self, observer: impl Into<Observer>) -> Self {
-        self.observer = observer.into();
-        self
-    }
+    crate::observe::name_and_observer!(
+        "The instance name used in events and rejections (default `\"deadline\"`).",
+        "The observer that receives this layer's events (default: none)."
+    );
 
     /// Builds the layer. Fails if the budget is zero.
     pub fn build(self) -> Result<DeadlineLayer, ConfigError> {

@@ -159,18 +159,10 @@ impl<C> fmt::Debug for EjectionLayerBuilder<C> {
 }
 
 impl<C> EjectionLayerBuilder<C> {
-    /// The instance name (default `"ejection"`); endpoint `i` reports as
-    /// `"{name}.{i}"`.
-    pub fn name(mut self, name: impl Into<Name>) -> Self {
-        self.name = name.into();
-        self
-    }
-
-    /// The observer this layer reports to (default: none).
-    pub fn observer(mut self, observer: impl Into<Observer>) -> Self {
-        self.observer = observer.into();
-        self
-    }
+    crate::observe::name_and_observer!(
+        "The instance name (default `\"ejection\"`); endpoint `i` reports as\n`\"{name}.{i}\"`.",
+        "The observer this layer reports to (default: none)."
+    );
 
     /// How outcomes are judged (default [`ErrorsAsFailures`]; the HTTP and
     /// gRPC classifiers make a 5xx or an `UNAVAILABLE` status a failure).

@@ -102,17 +102,10 @@ impl<F, C> fmt::Debug for FallbackLayerBuilder<F, C> {
 }
 
 impl<F, C> FallbackLayerBuilder<F, C> {
-    /// The instance name in events and metrics (default `"fallback"`).
-    pub fn name(mut self, name: impl Into<Name>) -> Self {
-        self.name = name.into();
-        self
-    }
-
-    /// The observer this layer reports to (default: none).
-    pub fn observer(mut self, observer: impl Into<Observer>) -> Self {
-        self.observer = observer.into();
-        self
-    }
+    crate::observe::name_and_observer!(
+        "The instance name in events and metrics (default `\"fallback\"`).",
+        "The observer this layer reports to (default: none)."
+    );
 
     /// The reasons the fallback answers for (default
     /// [`FallbackOn::ALL`]): `FallbackOn::REFUSED | FallbackOn::OVERLOADED`

@@ -189,17 +189,10 @@ impl<P> fmt::Debug for HedgeLayerBuilder<P> {
 }
 
 impl<P> HedgeLayerBuilder<P> {
-    /// The instance name in events and metrics (default `"hedge"`).
-    pub fn name(mut self, name: impl Into<Name>) -> Self {
-        self.name = name.into();
-        self
-    }
-
-    /// The observer this layer reports to (default: none).
-    pub fn observer(mut self, observer: impl Into<Observer>) -> Self {
-        self.observer = observer.into();
-        self
-    }
+    crate::observe::name_and_observer!(
+        "The instance name in events and metrics (default `\"hedge\"`).",
+        "The observer this layer reports to (default: none)."
+    );
 
     /// What may be hedged and what counts as an answer: a
     /// [`RetryPolicy`](crate::retry::RetryPolicy) (its `may_retry`,

@@ -312,18 +312,10 @@ impl<X, F> fmt::Debug for KeyedLayerBuilder<X, F> {
 }
 
 impl<X, F> KeyedLayerBuilder<X, F> {
-    /// The table's name in its own events (default `"keyed"`).
-    pub fn name(mut self, name: impl Into<Name>) -> Self {
-        self.name = name.into();
-        self
-    }
-
-    /// The observer of the table's own events (a full table); each key's
-    /// layer reports to the observer its factory gives it.
-    pub fn observer(mut self, observer: impl Into<Observer>) -> Self {
-        self.observer = observer.into();
-        self
-    }
+    crate::observe::name_and_observer!(
+        "The table's name in its own events (default `\"keyed\"`).",
+        "The observer of the table's own events (a full table); each key's\nlayer reports to the observer its factory gives it."
+    );
 
     /// The most keys held (default 10 000).
     pub fn max_keys(mut self, n: usize) -> Self {

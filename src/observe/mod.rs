@@ -88,6 +88,25 @@ pub use self::otel::OtelHook;
 pub use self::recorder::{RecordedEvent, Recorder};
 pub use self::tracing::TracingHook;
 
+/// The `name` and `observer` setters of a layer builder (fields `name:
+/// Name` and `observer: Observer`), with their docs.
+macro_rules! name_and_observer {
+    ($name_doc:literal, $observer_doc:literal) => {
+        #[doc = $name_doc]
+        pub fn name(mut self, name: impl Into<$crate::error::Name>) -> Self {
+            self.name = name.into();
+            self
+        }
+
+        #[doc = $observer_doc]
+        pub fn observer(mut self, observer: impl Into<$crate::observe::Observer>) -> Self {
+            self.observer = observer.into();
+            self
+        }
+    };
+}
+pub(crate) use name_and_observer;
+
 /// Receives every event of the layers built with it.
 ///
 /// Implementations must be cheap and must not block: they run inline on the

@@ -210,17 +210,10 @@ pub const DEFAULT_MAX_RETRY_AFTER: Duration = Duration::from_secs(10);
 pub const MAX_ATTEMPTS_LIMIT: u32 = 100;
 
 impl<P> RetryLayerBuilder<P> {
-    /// The instance name used in events (default `"retry"`).
-    pub fn name(mut self, name: impl Into<Name>) -> Self {
-        self.name = name.into();
-        self
-    }
-
-    /// Where events go (default: nowhere).
-    pub fn observer(mut self, observer: impl Into<Observer>) -> Self {
-        self.observer = observer.into();
-        self
-    }
+    crate::observe::name_and_observer!(
+        "The instance name used in events (default `\"retry\"`).",
+        "Where events go (default: nowhere)."
+    );
 
     /// The policy deciding what is retried (default [`RetryErrors`]; see also
     /// the HTTP and gRPC policies).

@@ -284,17 +284,10 @@ impl<P> AdaptiveLimitLayerBuilder<P> {
         }
     }
 
-    /// The instance name (default `"adaptive_limit"`).
-    pub fn name(mut self, name: impl Into<Name>) -> Self {
-        self.name = name.into();
-        self
-    }
-
-    /// Where events go (default: nowhere).
-    pub fn observer(mut self, observer: impl Into<Observer>) -> Self {
-        self.observer = observer.into();
-        self
-    }
+    crate::observe::name_and_observer!(
+        "The instance name (default `\"adaptive_limit\"`).",
+        "Where events go (default: nowhere)."
+    );
 
     /// Validates and builds the layer.
     pub fn build(self) -> Result<AdaptiveLimitLayer<P>, ConfigError> {

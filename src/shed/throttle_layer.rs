@@ -219,17 +219,10 @@ impl<C> ThrottleLayerBuilder<C> {
         }
     }
 
-    /// The instance name (default `"throttle"`).
-    pub fn name(mut self, name: impl Into<Name>) -> Self {
-        self.name = name.into();
-        self
-    }
-
-    /// Where events go (default: nowhere).
-    pub fn observer(mut self, observer: impl Into<Observer>) -> Self {
-        self.observer = observer.into();
-        self
-    }
+    crate::observe::name_and_observer!(
+        "The instance name (default `\"throttle\"`).",
+        "Where events go (default: nowhere)."
+    );
 
     /// Validates and builds the layer.
     pub fn build(self) -> Result<ThrottleLayer<C>, ConfigError> {

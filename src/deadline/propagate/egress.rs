@@ -157,17 +157,10 @@ impl PropagateDeadlineLayerBuilder {
         self
     }
 
-    /// The instance name (default `"propagate_deadline"`).
-    pub fn name(mut self, name: impl Into<Name>) -> Self {
-        self.name = name.into();
-        self
-    }
-
-    /// The observer that receives this layer's events (default: none).
-    pub fn observer(mut self, observer: impl Into<Observer>) -> Self {
-        self.observer = observer.into();
-        self
-    }
+    crate::observe::name_and_observer!(
+        "The instance name (default `\"propagate_deadline\"`).",
+        "The observer that receives this layer's events (default: none)."
+    );
 
     /// Builds the layer. Fails when it would write no header, or on an
     /// invalid header name.

@@ -189,17 +189,10 @@ impl DeadlineFromHeadersLayerBuilder {
         self
     }
 
-    /// The instance name (default `"deadline_from_headers"`).
-    pub fn name(mut self, name: impl Into<Name>) -> Self {
-        self.name = name.into();
-        self
-    }
-
-    /// The observer that receives this layer's events (default: none).
-    pub fn observer(mut self, observer: impl Into<Observer>) -> Self {
-        self.observer = observer.into();
-        self
-    }
+    crate::observe::name_and_observer!(
+        "The instance name (default `\"deadline_from_headers\"`).",
+        "The observer that receives this layer's events (default: none)."
+    );
 
     /// Builds the layer. Fails on a zero `max`, a `margin` not below `max`, a
     /// `default_budget` of zero or above `max`, an invalid header name, or
