@@ -51,16 +51,25 @@ fn each_layer_adds_little_to_the_inner_future() {
         .unwrap()
         .layer(noop());
     let attempt = seawall::deadline::AttemptTimeoutLayer::new(Duration::from_secs(1)).layer(noop());
+    let rate =
+        seawall::rate_limit::RateLimitLayer::builder(seawall::rate_limit::Quota::per_second(10))
+            .build()
+            .unwrap()
+            .layer(noop());
     let sleep = std::mem::size_of::<tokio::time::Sleep>();
     let over = |s: usize| s - NOOP;
     println!(
-        "over the inner future: breaker {} B, bulkhead {} B, attempt timeout {} B (a Sleep is {sleep} B)",
+        "over the inner future: breaker {} B, bulkhead {} B, attempt timeout {} B, rate limit {} B (a Sleep is {sleep} B)",
         over(future_size(&breaker)),
         over(future_size(&bulkhead)),
         over(future_size(&attempt)),
+        over(future_size(&rate)),
     );
     assert!(over(future_size(&breaker)) <= 48);
     // The queue's timer is inline (a queued call allocates nothing).
     assert!(over(future_size(&bulkhead)) <= sleep + 64);
     assert!(over(future_size(&attempt)) <= sleep + 40);
+    // The rate limit's waiting states (a cell to wait for, a Redis round
+    // trip) are boxed: an admitted call carries no timer.
+    assert!(over(future_size(&rate)) <= 64);
 }

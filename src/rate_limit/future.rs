@@ -40,25 +40,44 @@ pin_project! {
         Rejected {
             err: Option<BoxError>,
         },
+        // The waiting states are boxed: they are the slow paths (a request
+        // waiting for its cell, a Redis round trip), and inline they would
+        // make every admitted call's future several hundred bytes larger.
         Waiting {
-            #[pin]
-            sleep: Sleep,
-            limit: Instant,
-            key: Result<Key, MissingKey>,
-            svc: Option<S>,
-            req: Option<Req>,
-            shared: Arc<Shared<X, D>>,
+            inner: Pin<Box<Wait<S, Req, X, D>>>,
         },
         Redis {
-            call: RedisCall,
-            #[pin]
-            timer: Sleep,
-            limit: Option<Instant>,
-            key: Result<Key, MissingKey>,
-            svc: Option<S>,
-            req: Option<Req>,
-            shared: Arc<Shared<X, D>>,
+            inner: Pin<Box<RedisWait<S, Req, X, D>>>,
         },
+    }
+}
+
+pin_project! {
+    /// A request waiting for its cell.
+    #[project = WaitProj]
+    struct Wait<S, Req, X, D> {
+        #[pin]
+        sleep: Sleep,
+        limit: Instant,
+        key: Result<Key, MissingKey>,
+        svc: Option<S>,
+        req: Option<Req>,
+        shared: Arc<Shared<X, D>>,
+    }
+}
+
+pin_project! {
+    /// A request waiting for Redis's decision.
+    #[project = RedisWaitProj]
+    struct RedisWait<S, Req, X, D> {
+        call: RedisCall,
+        #[pin]
+        timer: Sleep,
+        limit: Option<Instant>,
+        key: Result<Key, MissingKey>,
+        svc: Option<S>,
+        req: Option<Req>,
+        shared: Arc<Shared<X, D>>,
     }
 }
 
@@ -170,12 +189,14 @@ impl<F, S, Req, X, D> ResponseFuture<F, S, Req, X, D> {
     ) -> Self {
         ResponseFuture {
             state: State::Waiting {
-                sleep: tokio::time::sleep_until(until),
-                limit,
-                key,
-                svc: Some(svc),
-                req: Some(req),
-                shared: shared.clone(),
+                inner: Box::pin(Wait {
+                    sleep: tokio::time::sleep_until(until),
+                    limit,
+                    key,
+                    svc: Some(svc),
+                    req: Some(req),
+                    shared: shared.clone(),
+                }),
             },
         }
     }
@@ -195,13 +216,15 @@ impl<F, S, Req, X, D> ResponseFuture<F, S, Req, X, D> {
             .map_or(Duration::ZERO, |r| r.timeout());
         ResponseFuture {
             state: State::Redis {
-                call,
-                timer: tokio::time::sleep(timeout),
-                limit,
-                key,
-                svc: Some(svc),
-                req: Some(req),
-                shared: shared.clone(),
+                inner: Box::pin(RedisWait {
+                    call,
+                    timer: tokio::time::sleep(timeout),
+                    limit,
+                    key,
+                    svc: Some(svc),
+                    req: Some(req),
+                    shared: shared.clone(),
+                }),
             },
         }
     }
@@ -280,14 +303,15 @@ where
                         .take()
                         .unwrap_or_else(|| "rate limit future polled after completion".into())));
                 }
-                StateProj::Waiting {
-                    sleep,
-                    limit,
-                    key,
-                    svc,
-                    req,
-                    shared,
-                } => {
+                StateProj::Waiting { inner } => {
+                    let WaitProj {
+                        sleep,
+                        limit,
+                        key,
+                        svc,
+                        req,
+                        shared,
+                    } = inner.as_mut().project();
                     ready!(sleep.poll(cx));
                     let shared = shared.clone();
                     let cost = req.as_ref().map_or(1, |r| shared.extractor.cost(r));
@@ -307,15 +331,16 @@ where
                     }
                 }
                 #[cfg(feature = "redis")]
-                StateProj::Redis {
-                    call,
-                    timer,
-                    limit,
-                    key,
-                    svc,
-                    req,
-                    shared,
-                } => {
+                StateProj::Redis { inner } => {
+                    let RedisWaitProj {
+                        call,
+                        timer,
+                        limit,
+                        key,
+                        svc,
+                        req,
+                        shared,
+                    } = inner.as_mut().project();
                     let outcome = match call.fut.as_mut().poll(cx) {
                         Poll::Ready(r) => Some(r),
                         Poll::Pending => {
@@ -332,7 +357,7 @@ where
                     next(v, status, *limit, *key, svc, req, &shared)
                 }
                 #[cfg(not(feature = "redis"))]
-                StateProj::Redis { call, .. } => match *call {},
+                StateProj::Redis { inner } => match inner.call {},
             };
             state.set(new);
         }

@@ -24,7 +24,9 @@ pub enum Mode {
     Reject,
     /// Wait for a cell, up to `max` — and never past the request's deadline
     /// ([`deadline::current()`](crate::deadline::current)). A request whose
-    /// wait would exceed either fails at once with `RateLimited`.
+    /// wait would exceed either fails at once with `RateLimited`. A request
+    /// that waits keeps its wait (timer, key, request) in one allocation;
+    /// one admitted at once allocates nothing.
     Wait {
         /// The longest wait.
         max: Duration,
