@@ -63,7 +63,8 @@ pub struct RetryPolicy {
     pub max_backoff: String,
     /// The backoff's growth per attempt.
     pub backoff_multiplier: f64,
-    /// The status codes retried (`"UNAVAILABLE"`).
+    /// The status codes retried (`"UNAVAILABLE"`, or its number `14`).
+    #[serde(deserialize_with = "codes")]
     pub retryable_status_codes: Vec<String>,
 }
 
@@ -77,7 +78,7 @@ pub struct HedgingPolicy {
     #[serde(default)]
     pub hedging_delay: Option<String>,
     /// Status codes after which the other copies keep running.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "codes")]
     pub non_fatal_status_codes: Vec<String>,
 }
 
@@ -100,6 +101,24 @@ pub struct GrpcPolicy {
     pub retry: Option<(u32, Duration, Duration, crate::retry::grpc::GrpcRetry)>,
     /// The hedge's delay and attempts, and the methods hedged (their paths).
     pub hedging: Option<(Duration, u32, Vec<String>)>,
+}
+
+/// Status codes as protobuf JSON writes an enum: names or numbers (kept as
+/// text, read by [`code`]).
+fn codes<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum NameOrNumber {
+        Name(String),
+        Number(i64),
+    }
+    Ok(Vec::<NameOrNumber>::deserialize(d)?
+        .into_iter()
+        .map(|c| match c {
+            NameOrNumber::Name(n) => n,
+            NameOrNumber::Number(n) => n.to_string(),
+        })
+        .collect())
 }
 
 /// A protobuf JSON duration: seconds with an `s` suffix (`"0.1s"`, `"2s"`).
@@ -291,6 +310,20 @@ mod tests {
                 "{bad}: {e}"
             );
         }
+    }
+
+    #[test]
+    fn a_policy_reads_codes_as_json_names_or_numbers() {
+        let p: RetryPolicy = serde_json::from_str(
+            r#"{"maxAttempts": 3, "initialBackoff": "0.1s", "maxBackoff": "1s",
+                "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE", 8]}"#,
+        )
+        .unwrap();
+        assert_eq!(p.retryable_status_codes, ["UNAVAILABLE", "8"]);
+        assert_eq!(
+            code("c", &p.retryable_status_codes[1]).unwrap(),
+            Code::ResourceExhausted
+        );
     }
 
     #[test]

@@ -95,6 +95,8 @@ pub(crate) struct Shared<X, D> {
     /// Whether the fallback bucket and the overflow table follow the
     /// layer's quota (no `fallback_quota` of their own).
     fallback_follows: bool,
+    /// Held by a quota change.
+    reload: std::sync::Mutex<()>,
     primary: Primary,
     global: Option<Bucket>,
     fallback: Fallback,
@@ -365,14 +367,13 @@ impl<X, D> RateLimitLayer<X, D> {
     /// nothing is changed.
     pub fn set_quota(&self, quota: Quota) -> Result<(), ConfigError> {
         let s = &*self.shared;
-        quota.validate("quota")?;
-        #[cfg(feature = "redis")]
-        if s.redis.is_some() {
-            return Err(ConfigError::new(
-                "rate_limit",
-                "the quota of a limit kept in Redis cannot change at run time; build a new layer",
-            ));
-        }
+        self.check_quota(quota)?;
+        // One change at a time: two reloads at once leave one quota in
+        // every bucket, not a mix.
+        let _reload = s
+            .reload
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         s.quota.set(quota, "quota")?;
         match &s.primary {
             Primary::Global(b) => b.quota().set(quota, "quota")?,
@@ -391,6 +392,24 @@ impl<X, D> RateLimitLayer<X, D> {
             s.name.as_str(),
             EventKind::Reconfigured,
         );
+        Ok(())
+    }
+
+    /// Whether [`set_quota`](Self::set_quota) would take `quota` (nothing
+    /// changes).
+    ///
+    /// # Errors
+    ///
+    /// The [`ConfigError`] `set_quota` would return.
+    pub fn check_quota(&self, quota: Quota) -> Result<(), ConfigError> {
+        quota.validate("quota")?;
+        #[cfg(feature = "redis")]
+        if self.shared.redis.is_some() {
+            return Err(ConfigError::new(
+                "rate_limit",
+                "the quota of a limit kept in Redis cannot change at run time; build a new layer",
+            ));
+        }
         Ok(())
     }
 
@@ -760,6 +779,7 @@ impl<X, D> RateLimitLayerBuilder<X, D> {
                 mode: self.mode,
                 quota: QuotaCell::new(self.quota, "quota")?,
                 fallback_follows: self.fallback_quota.is_none(),
+                reload: std::sync::Mutex::new(()),
                 primary,
                 global,
                 fallback: self.fallback,

@@ -47,13 +47,18 @@ pub(crate) enum Verdict {
 pub(crate) const NEVER: Duration = Duration::MAX;
 
 /// A quota that can change at run time: the period (nanoseconds per cell)
-/// and the burst, in two atomics. A check racing with a change may see the
-/// new period with the old burst for that one decision.
+/// and the burst, in two atomics. A check racing with a change may see one
+/// quota's period with the other's burst for that one decision; what it
+/// leaves the bucket owing is cut to one burst of the quota at the next
+/// check.
 #[derive(Debug)]
 pub(crate) struct QuotaCell {
     /// Nanoseconds per cell (at least 1).
     t: AtomicU64,
     burst: AtomicU32,
+    /// Serialises changes (never taken by a check): two reloads at once
+    /// leave one of their quotas, not a mix.
+    writer: Mutex<()>,
 }
 
 impl QuotaCell {
@@ -62,6 +67,7 @@ impl QuotaCell {
         Ok(QuotaCell {
             t: AtomicU64::new(t),
             burst: AtomicU32::new(burst),
+            writer: Mutex::new(()),
         })
     }
 
@@ -76,6 +82,10 @@ impl QuotaCell {
     /// Replaces the quota (validated first; nothing changes on an error).
     pub(crate) fn set(&self, quota: Quota, what: &str) -> Result<(), ConfigError> {
         let (t, burst) = Self::parts(quota, what)?;
+        let _writer = self
+            .writer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         self.t.store(t, Ordering::Relaxed);
         self.burst.store(burst, Ordering::Relaxed);
         Ok(())
@@ -136,7 +146,17 @@ fn gcra(
     let full = now.saturating_add(tau).saturating_add(t);
     let mut prev = cell.load(Ordering::Acquire);
     loop {
-        let tat = if prev == 0 { now } else { prev.min(full) };
+        if prev > full {
+            // Left by a larger quota: the bucket owes one whole burst of
+            // this one, and from now on no more (stored, so that what it
+            // owes runs down as time passes).
+            match cell.compare_exchange_weak(prev, full, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => prev = full,
+                Err(actual) => prev = actual,
+            }
+            continue;
+        }
+        let tat = if prev == 0 { now } else { prev };
         let earliest = tat.saturating_add(extra).saturating_sub(tau);
         if now < earliest {
             return Err(Duration::from_nanos(earliest - now));
@@ -508,6 +528,39 @@ mod tests {
         assert_eq!(b.check(1, false), Err(Duration::from_millis(100)));
         assert!(b.quota().set(Quota::per_second(0), "quota").is_err());
         assert_eq!(b.quota().get(), Quota::per_second(10).burst(20));
+    }
+
+    /// A bucket that owed far more than a new quota's burst (its old window
+    /// was a minute) owes one new burst and no more: the next cell comes a
+    /// new period later, and what it owes runs down from there.
+    #[tokio::test(start_paused = true)]
+    async fn a_smaller_window_cuts_what_a_bucket_owes_to_one_burst() {
+        for keyed in [false, true] {
+            let b = Bucket::new(Quota::per_minute(600), "quota").unwrap();
+            let k = KeyedBuckets::new(Quota::per_minute(600), settings(10)).unwrap();
+            let key = Key::from_u64(7);
+            let check = |cost| {
+                if keyed {
+                    match k.check(&key, cost, false) {
+                        KeyedCheck::Decided(r) => r,
+                        KeyedCheck::Full => panic!("full"),
+                    }
+                } else {
+                    b.check(cost, false)
+                }
+            };
+            // The whole minute's burst at once: owed until t0 + 60 s.
+            assert!(check(600).is_ok());
+            b.quota().set(Quota::per_second(10), "quota").unwrap();
+            k.quota().set(Quota::per_second(10), "quota").unwrap();
+            assert_eq!(check(1), Err(Duration::from_millis(100)), "keyed {keyed}");
+            tokio::time::advance(Duration::from_millis(100)).await;
+            assert!(check(1).is_ok(), "keyed {keyed}: a new period later");
+            assert_eq!(check(1), Err(Duration::from_millis(100)));
+            // A second later the bucket is full again.
+            tokio::time::advance(Duration::from_secs(1)).await;
+            assert!(check(10).is_ok(), "keyed {keyed}");
+        }
     }
 
     #[tokio::test(start_paused = true)]

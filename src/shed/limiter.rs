@@ -299,6 +299,9 @@ impl Limiter {
             self.window_ns.saturating_mul(4),
         );
         self.cur_window_ns.store(next, Ordering::Relaxed);
+        // Published under the algorithm's lock, as a reload's bounds are:
+        // a reload between the two cannot be undone by this window.
+        let old = self.limit.swap(new, Ordering::Relaxed);
         drop(algorithm);
         if let Some(avg_ns) = avg_ns {
             self.expected_rtt_ns.store(avg_ns.max(1), Ordering::Relaxed);
@@ -309,7 +312,6 @@ impl Limiter {
             self.expected_at_ns.store(at, Ordering::Relaxed);
             self.expected_idle.store(idle, Ordering::Relaxed);
         }
-        let old = self.limit.swap(new, Ordering::Relaxed);
         if old != new {
             self.observer.emit(
                 LayerKind::AdaptiveLimit,

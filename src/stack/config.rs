@@ -73,8 +73,7 @@ impl<X, D> RateLimitSetting for crate::rate_limit::RateLimitLayerBuilder<X, D> {
 #[cfg(feature = "rate-limit")]
 impl<X, D> RateLimitReload for crate::rate_limit::RateLimitLayer<X, D> {
     fn check_rate(&self, rate: &crate::config::Rate) -> Result<(), ConfigError> {
-        rate.quota()
-            .validate("quota")
+        self.check_quota(rate.quota())
             .map_err(|e| named(self.name(), e))
     }
 
