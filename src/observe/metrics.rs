@@ -1,3 +1,4 @@
+use super::catalog::Kind;
 use super::{Event, EventKind, Hook, State};
 
 /// A [`Hook`] that reports through the [`metrics`] facade (feature `metrics`).
@@ -17,114 +18,6 @@ impl Default for MetricsHook {
     }
 }
 
-/// Every metric the hook reports: name, kind, unit and help text (the
-/// `# HELP` line a Prometheus exporter shows).
-const METRICS: &[(&str, Kind, Option<metrics::Unit>, &str)] = &[
-    (
-        "seawall.calls",
-        Kind::Counter,
-        None,
-        "Calls a seawall layer let through and saw finish, by outcome (success, failure, overloaded, refused, ignored).",
-    ),
-    (
-        "seawall.call.duration.seconds",
-        Kind::Histogram,
-        Some(metrics::Unit::Seconds),
-        "How long the calls a seawall layer let through took, by outcome.",
-    ),
-    (
-        "seawall.rejections",
-        Kind::Counter,
-        None,
-        "Requests a seawall layer refused, by reason and detail.",
-    ),
-    (
-        "seawall.state",
-        Kind::Gauge,
-        None,
-        "The state of a stateful seawall layer: exactly one state at 1.",
-    ),
-    (
-        "seawall.hedges",
-        Kind::Counter,
-        None,
-        "Hedges a seawall hedge layer sent (copies of requests that had not answered).",
-    ),
-    (
-        "seawall.fallbacks",
-        Kind::Counter,
-        None,
-        "Calls a seawall fallback layer answered for, by reason (refused, overloaded, failure, deadline).",
-    ),
-    (
-        "seawall.reconfigurations",
-        Kind::Counter,
-        None,
-        "Settings a seawall layer took at run time (reloads).",
-    ),
-    (
-        "seawall.ejections",
-        Kind::Counter,
-        None,
-        "Endpoints a seawall ejection layer took out of their balanced set, by reason.",
-    ),
-    (
-        "seawall.retries",
-        Kind::Counter,
-        None,
-        "Retries a seawall retry layer scheduled.",
-    ),
-    (
-        "seawall.retry.delay.seconds",
-        Kind::Histogram,
-        Some(metrics::Unit::Seconds),
-        "The delays before the retries a seawall retry layer scheduled.",
-    ),
-    (
-        "seawall.retry.gave_up",
-        Kind::Counter,
-        None,
-        "Requests a seawall retry layer stopped retrying, by reason.",
-    ),
-    (
-        "seawall.retry.budget_exhausted",
-        Kind::Counter,
-        None,
-        "Retries refused by an empty retry budget.",
-    ),
-    (
-        "seawall.limit",
-        Kind::Gauge,
-        None,
-        "The current limit of a seawall concurrency limit (an adaptive limit, or a bulkhead's limit set at run time).",
-    ),
-    (
-        "seawall.limit.inflight",
-        Kind::Gauge,
-        None,
-        "The most calls in flight under a seawall adaptive limit during its last window.",
-    ),
-    (
-        "seawall.input.ignored",
-        Kind::Counter,
-        None,
-        "Bad input (a header, a key) a seawall layer ignored, by input and reason.",
-    ),
-    (
-        "seawall.backend.errors",
-        Kind::Counter,
-        None,
-        "Errors of a seawall layer's backend (Redis), by reason.",
-    ),
-];
-
-#[derive(Clone, Copy)]
-enum Kind {
-    Counter,
-    Gauge,
-    Histogram,
-}
-
 impl MetricsHook {
     /// Creates the hook and describes every seawall metric to the installed
     /// `metrics` recorder (units and help texts: the `# HELP` lines of a
@@ -137,8 +30,10 @@ impl MetricsHook {
     /// Describes every seawall metric to the installed recorder (done by
     /// [`new`](Self::new); call it again after installing another one).
     pub fn describe() {
-        for &(name, kind, unit, help) in METRICS {
-            match (kind, unit) {
+        for m in super::catalog::CATALOG {
+            let (name, help) = (m.prometheus, m.help);
+            let unit = (m.unit == "s").then_some(metrics::Unit::Seconds);
+            match (m.kind, unit) {
                 (Kind::Counter, Some(u)) => metrics::describe_counter!(name, u, help),
                 (Kind::Counter, None) => metrics::describe_counter!(name, help),
                 (Kind::Gauge, Some(u)) => metrics::describe_gauge!(name, u, help),

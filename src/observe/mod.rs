@@ -72,6 +72,8 @@
 use std::fmt;
 use std::sync::Arc;
 
+#[cfg(any(feature = "metrics", feature = "opentelemetry"))]
+mod catalog;
 mod event;
 #[cfg(feature = "metrics")]
 mod metrics;
@@ -89,7 +91,9 @@ pub use self::recorder::{RecordedEvent, Recorder};
 pub use self::tracing::TracingHook;
 
 /// The `name` and `observer` setters of a layer builder (fields `name:
-/// Name` and `observer: Observer`), with their docs.
+/// Name` and `observer: Observer`), with their docs (unused in builds
+/// without any layer).
+#[allow(unused_macros)]
 macro_rules! name_and_observer {
     ($name_doc:literal, $observer_doc:literal) => {
         #[doc = $name_doc]
@@ -105,6 +109,7 @@ macro_rules! name_and_observer {
         }
     };
 }
+#[allow(unused_imports)]
 pub(crate) use name_and_observer;
 
 /// Receives every event of the layers built with it.

@@ -1,6 +1,7 @@
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Counter, Gauge, Histogram, Meter};
 
+use super::catalog::{CATALOG, Spec};
 use super::{Event, EventKind, Hook, LayerKind, Outcome, State};
 
 /// A [`Hook`] that reports through the OpenTelemetry metrics API (feature
@@ -46,105 +47,21 @@ pub struct OtelHook {
     backend_errors: Counter<u64>,
 }
 
-/// Every instrument: the OpenTelemetry name, its unit, and the description.
-pub(crate) const INSTRUMENTS: &[(&str, &str, &str)] = &[
-    (
-        "seawall.calls",
-        "{call}",
-        "Calls a seawall layer let through and saw finish, by outcome.",
-    ),
-    (
-        "seawall.call.duration",
-        "s",
-        "How long the calls a seawall layer let through took, by outcome.",
-    ),
-    (
-        "seawall.rejections",
-        "{request}",
-        "Requests a seawall layer refused, by reason and detail.",
-    ),
-    (
-        "seawall.state",
-        "{state}",
-        "The state of a stateful seawall layer: exactly one state at 1.",
-    ),
-    (
-        "seawall.retries",
-        "{retry}",
-        "Retries a seawall retry layer scheduled.",
-    ),
-    (
-        "seawall.retry.delay",
-        "s",
-        "The delays before the retries a seawall retry layer scheduled.",
-    ),
-    (
-        "seawall.retry.gave_up",
-        "{request}",
-        "Requests a seawall retry layer stopped retrying, by reason.",
-    ),
-    (
-        "seawall.retry.budget_exhausted",
-        "{retry}",
-        "Retries refused by an empty retry budget.",
-    ),
-    (
-        "seawall.limit",
-        "{call}",
-        "The current limit of a seawall concurrency limit (an adaptive limit, or a bulkhead's limit set at run time).",
-    ),
-    (
-        "seawall.limit.inflight",
-        "{call}",
-        "The most calls in flight under a seawall adaptive limit during its last window.",
-    ),
-    (
-        "seawall.input.ignored",
-        "{input}",
-        "Bad input (a header, a key) a seawall layer ignored, by input and reason.",
-    ),
-    (
-        "seawall.hedges",
-        "{request}",
-        "Hedges a seawall hedge layer sent.",
-    ),
-    (
-        "seawall.fallbacks",
-        "{call}",
-        "Calls a seawall fallback layer answered for, by reason.",
-    ),
-    (
-        "seawall.reconfigurations",
-        "{reload}",
-        "Settings a seawall layer took at run time (reloads).",
-    ),
-    (
-        "seawall.ejections",
-        "{ejection}",
-        "Endpoints a seawall ejection layer took out of their balanced set, by reason.",
-    ),
-    (
-        "seawall.backend.errors",
-        "{error}",
-        "Errors of a seawall layer's backend (Redis), by reason.",
-    ),
-];
-
-fn spec(name: &str) -> (&'static str, &'static str, &'static str) {
-    INSTRUMENTS
+/// The catalog's entry for the OpenTelemetry instrument `name`.
+fn spec(name: &str) -> &'static Spec {
+    CATALOG
         .iter()
-        .copied()
-        .find(|(n, _, _)| *n == name)
-        .unwrap_or(("seawall.unknown", "", ""))
+        .find(|m| m.otel == name)
+        .expect("every instrument is in the catalog")
 }
 
 macro_rules! instrument {
     ($meter:expr, $make:ident, $name:literal) => {{
-        let (name, unit, description) = spec($name);
+        let m = spec($name);
         $meter
-            .$make(name)
-            .with_unit(unit)
-            .with_description(description)
+            .$make(m.otel)
+            .with_unit(m.unit)
+            .with_description(m.help)
             .build()
     }};
 }
