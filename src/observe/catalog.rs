@@ -11,8 +11,12 @@ pub(crate) enum Kind {
     Histogram,
 }
 
-/// One metric.
+/// One metric (a build with one hook reads half of it).
 #[derive(Debug, Clone, Copy)]
+#[cfg_attr(
+    not(all(feature = "metrics", feature = "opentelemetry")),
+    allow(dead_code)
+)]
 pub(crate) struct Spec {
     /// The OpenTelemetry instrument name (the unit is metadata).
     pub(crate) otel: &'static str,

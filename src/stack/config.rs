@@ -56,7 +56,6 @@ impl RateLimitReload for tower::layer::util::Identity {
 }
 
 /// `"{name}: {message}"`: a reload's error, named by the layer instance.
-#[cfg(feature = "rate-limit")]
 fn named(name: &str, e: ConfigError) -> ConfigError {
     ConfigError::new(e.layer(), format!("{name}: {}", e.message()))
 }
@@ -297,8 +296,7 @@ fn tuned(
 /// The bulkhead's rule, with the instance's name as the path.
 fn check_limit(path: &str, n: Option<usize>) -> Result<(), ConfigError> {
     match n {
-        Some(n) => crate::bulkhead::check_max_concurrent(n)
-            .map_err(|e| ConfigError::new(e.layer(), format!("{path}: {}", e.message()))),
+        Some(n) => crate::bulkhead::check_max_concurrent(n).map_err(|e| named(path, e)),
         None => Ok(()),
     }
 }
@@ -349,17 +347,11 @@ impl<P, C: Send + Sync + 'static, L, O, H> ClientStackLayer<P, C, L, O, H> {
                 .min_retries_per_sec
                 .unwrap_or((budget.floor() as f64 / window).round() as u32),
         );
-        crate::retry::RetryBudget::check_ratios(ratios.0, ratios.1).map_err(|e| {
-            ConfigError::new(
-                e.layer(),
-                format!("{}: {}", self.retry().name(), e.message()),
-            )
-        })?;
+        crate::retry::RetryBudget::check_ratios(ratios.0, ratios.1)
+            .map_err(|e| named(self.retry().name(), e))?;
         // Every value was checked above or is checked by retune before it
         // changes anything: nothing below can fail half way.
-        breaker.retune(t).map_err(|e| {
-            ConfigError::new(e.layer(), format!("{}: {}", breaker.name(), e.message()))
-        })?;
+        breaker.retune(t).map_err(|e| named(breaker.name(), e))?;
         if let Some(n) = s.bulkhead.max_concurrent {
             self.bulkhead_handle().set_max_concurrent(n)?;
         }
@@ -392,9 +384,7 @@ impl<O, R: RateLimitReload, P, I> ServerStackLayer<O, R, P, I> {
         if s.limit.min_limit.is_some() || s.limit.max_limit.is_some() {
             limit
                 .set_limits(s.limit.min_limit, s.limit.max_limit)
-                .map_err(|e| {
-                    ConfigError::new(e.layer(), format!("{}: {}", limit.name(), e.message()))
-                })?;
+                .map_err(|e| named(limit.name(), e))?;
         }
         if let Some(n) = s.bulkhead.max_concurrent {
             self.bulkhead_handle().set_max_concurrent(n)?;
