@@ -235,15 +235,7 @@ impl TimeWindow {
         let n = self.buckets.len() as i64;
         let steps = epoch.saturating_sub(head).min(n);
         for ep in (epoch - steps + 1)..=epoch {
-            let b = &self.buckets[ep.rem_euclid(n) as usize];
-            // Same discipline as the count window: take exactly what the bucket
-            // held, then subtract exactly that.
-            let c = b.calls.swap(0, Ordering::AcqRel);
-            let f = b.failures.swap(0, Ordering::AcqRel);
-            let s = b.slow.swap(0, Ordering::AcqRel);
-            self.totals.calls.fetch_sub(c, Ordering::AcqRel);
-            self.totals.failures.fetch_sub(f, Ordering::AcqRel);
-            self.totals.slow.fetch_sub(s, Ordering::AcqRel);
+            self.drain(&self.buckets[ep.rem_euclid(n) as usize]);
         }
         self.head.store(epoch, Ordering::Release);
     }
@@ -297,13 +289,20 @@ impl TimeWindow {
     pub(crate) fn reset(&self) {
         let _guard = self.rotate.lock().unwrap_or_else(|p| p.into_inner());
         for b in self.buckets.iter() {
-            let c = b.calls.swap(0, Ordering::AcqRel);
-            let f = b.failures.swap(0, Ordering::AcqRel);
-            let s = b.slow.swap(0, Ordering::AcqRel);
-            self.totals.calls.fetch_sub(c, Ordering::AcqRel);
-            self.totals.failures.fetch_sub(f, Ordering::AcqRel);
-            self.totals.slow.fetch_sub(s, Ordering::AcqRel);
+            self.drain(b);
         }
+    }
+
+    /// Empties one bucket out of the totals. Same discipline as the count
+    /// window: take exactly what the bucket held, then subtract exactly that.
+    /// Under the rotation lock.
+    fn drain(&self, b: &Counts) {
+        let c = b.calls.swap(0, Ordering::AcqRel);
+        let f = b.failures.swap(0, Ordering::AcqRel);
+        let s = b.slow.swap(0, Ordering::AcqRel);
+        self.totals.calls.fetch_sub(c, Ordering::AcqRel);
+        self.totals.failures.fetch_sub(f, Ordering::AcqRel);
+        self.totals.slow.fetch_sub(s, Ordering::AcqRel);
     }
 }
 

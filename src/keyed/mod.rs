@@ -454,3 +454,128 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicU32;
+
+    use super::*;
+    use crate::observe::{Observer, Recorder};
+
+    type Made = Arc<AtomicU32>;
+    type ByU64 = fn(&u64) -> Option<Key>;
+
+    /// A table whose "layer" is the number of instances made before it.
+    fn table(
+        max_keys: usize,
+        made: &Made,
+        observer: Observer,
+    ) -> KeyedLayer<ByU64, impl Fn(&Key) -> u32 + use<>, u32> {
+        let made = made.clone();
+        let extractor: ByU64 = |r| Some(Key::from_u64(*r));
+        KeyedLayer::builder(extractor, move |_: &Key| {
+            made.fetch_add(1, Ordering::Relaxed)
+        })
+        .max_keys(max_keys)
+        .idle_after(Duration::from_secs(60))
+        .observer(observer)
+        .build()
+        .expect("valid settings")
+    }
+
+    fn key(n: u64) -> Option<Key> {
+        Some(Key::from_u64(n))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_known_key_reuses_its_instance() {
+        let made = Made::default();
+        let layer = table(10, &made, Observer::default());
+        // The overflow instance is made at build: instance 0.
+        assert_eq!(made.load(Ordering::Relaxed), 1);
+        assert_eq!(layer.table.entry(key(1)).layer, 1);
+        assert_eq!(layer.table.entry(key(2)).layer, 2);
+        assert_eq!(layer.table.entry(key(1)).layer, 1);
+        assert_eq!(made.load(Ordering::Relaxed), 3);
+        assert_eq!(layer.len(), 2);
+        assert_eq!(layer.get(&Key::from_u64(2)), Some(2));
+        assert_eq!(layer.get(&Key::from_u64(3)), None);
+        // No key: the overflow instance, nothing made.
+        assert_eq!(layer.table.entry(None).layer, 0);
+        assert_eq!(made.load(Ordering::Relaxed), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn new_keys_at_the_cap_share_the_overflow_reported_once() {
+        let made = Made::default();
+        let rec = Recorder::new();
+        let layer = table(2, &made, Observer::new(rec.clone()));
+        layer.table.entry(key(1));
+        layer.table.entry(key(2));
+        for k in 3..10 {
+            assert_eq!(layer.table.entry(key(k)).layer, 0, "key {k}");
+        }
+        assert_eq!(layer.len(), 2);
+        assert_eq!(made.load(Ordering::Relaxed), 3);
+        let events = rec.events();
+        assert_eq!(events.len(), 1, "{events:?}");
+        assert_eq!(
+            events[0].kind,
+            EventKind::InputIgnored {
+                input: "key",
+                reason: "too_many_keys"
+            }
+        );
+        // Known keys are still served by their own instances.
+        assert_eq!(layer.table.entry(key(2)).layer, 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_keys_are_evicted_when_room_is_needed_busy_ones_are_not() {
+        let made = Made::default();
+        let rec = Recorder::new();
+        let layer = table(2, &made, Observer::new(rec.clone()));
+        let _in_flight = layer.table.entry(key(1)); // held: a call in flight
+        layer.table.entry(key(2));
+        tokio::time::advance(Duration::from_secs(59)).await;
+        // Not idle long enough: overflow (and a sweep that evicts nothing).
+        assert_eq!(layer.table.entry(key(3)).layer, 0);
+        assert_eq!(layer.evicted(), 0);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        // Key 2 has been idle 60 s; key 1 is in flight and stays.
+        assert_eq!(layer.table.entry(key(3)).layer, 3);
+        assert_eq!(layer.evicted(), 1);
+        assert_eq!(layer.get(&Key::from_u64(1)), Some(1));
+        assert_eq!(layer.get(&Key::from_u64(2)), None);
+        // Key 2 comes back fresh once there is room (here: at the cap again,
+        // and the sweep ran less than a second ago: overflow).
+        assert_eq!(layer.table.entry(key(2)).layer, 0);
+        // The table was full again after a sweep made room: reported again.
+        assert_eq!(rec.len(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_keeps_its_key_alive() {
+        let made = Made::default();
+        let layer = table(1, &made, Observer::default());
+        layer.table.entry(key(1));
+        for _ in 0..3 {
+            tokio::time::advance(Duration::from_secs(30)).await;
+            layer.table.entry(key(1)); // used every 30 s
+        }
+        tokio::time::advance(Duration::from_secs(30)).await;
+        // Last used 30 s ago: not idle, so key 2 overflows.
+        assert_eq!(layer.table.entry(key(2)).layer, 0);
+        assert_eq!(layer.evicted(), 0);
+    }
+
+    #[test]
+    fn zero_keys_is_refused() {
+        let extractor: fn(&u64) -> Option<Key> = |r| Some(Key::from_u64(*r));
+        let err = KeyedLayer::builder(extractor, |_: &Key| 0u32)
+            .max_keys(0)
+            .build::<u32>()
+            .unwrap_err();
+        assert!(err.to_string().contains("max_keys"), "{err}");
+    }
+}

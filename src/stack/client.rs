@@ -95,49 +95,11 @@ type StackInner<S, P, C, M, H> = DeadlineService<
     Retry<<H as Layer<CircuitBreaker<Bulkhead<AttemptTimeoutService<S>, M>, C, M>>>::Service, P>,
 >;
 
-impl<S, P, C, M, H, Req> Service<Req> for ClientStackService<S, P, C, M, H>
-where
-    H: Layer<CircuitBreaker<Bulkhead<AttemptTimeoutService<S>, M>, C, M>>,
-    StackInner<S, P, C, M, H>: Service<Req>,
-{
-    type Response = <StackInner<S, P, C, M, H> as Service<Req>>::Response;
-    type Error = <StackInner<S, P, C, M, H> as Service<Req>>::Error;
-    type Future = <StackInner<S, P, C, M, H> as Service<Req>>::Future;
-
-    #[inline]
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    #[inline]
-    fn call(&mut self, req: Req) -> Self::Future {
-        self.inner.call(req)
-    }
-}
-
-impl<S, P, C, M, H> Clone for ClientStackService<S, P, C, M, H>
-where
-    H: Layer<CircuitBreaker<Bulkhead<AttemptTimeoutService<S>, M>, C, M>>,
-    StackInner<S, P, C, M, H>: Clone,
-{
-    fn clone(&self) -> Self {
-        ClientStackService {
-            inner: self.inner.clone(),
-        }
-    }
-}
-
-impl<S, P, C, M, H> fmt::Debug for ClientStackService<S, P, C, M, H>
-where
-    H: Layer<CircuitBreaker<Bulkhead<AttemptTimeoutService<S>, M>, C, M>>,
-    StackInner<S, P, C, M, H>: fmt::Debug,
-{
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("ClientStackService")
-            .field(&self.inner)
-            .finish()
-    }
-}
+wrapper_service!(
+    ClientStackService<S, P, C, M, H>,
+    StackInner<S, P, C, M, H>,
+    where H: Layer<CircuitBreaker<Bulkhead<AttemptTimeoutService<S>, M>, C, M>>,
+);
 
 impl<S, P, C, L, O, H> Layer<S> for ClientStackLayer<P, C, L, O, H>
 where

@@ -296,37 +296,58 @@ mod server {
         deadline: DeadlineFromHeadersLayerBuilder,
     }
 
-    impl crate::stack::part::sealed::Sealed for HttpIngress {}
+    /// The server presets' outermost parts differ only in how a rejection
+    /// is answered: `$ingress` is the deadline read from headers, the
+    /// inbound attempt marked, and `$answer` outermost.
+    macro_rules! ingress_part {
+        ($ingress:ident, $answer:ident) => {
+            impl crate::stack::part::sealed::Sealed for $ingress {}
 
-    impl IngressPart for HttpIngress {
-        type Innermost = crate::body::CallBodyLayer;
+            impl IngressPart for $ingress {
+                type Innermost = crate::body::CallBodyLayer;
 
-        fn build_innermost(
-            &self,
-            observer: Option<&Observer>,
-        ) -> Result<Self::Innermost, ConfigError> {
-            self.deadline.answer_layer(observer)
-        }
-    }
-
-    impl StackPart for HttpIngress {
-        type Layer =
-            Stack<Stack<MarkInboundAttemptLayer, DeadlineFromHeadersLayer>, RejectionResponseLayer>;
-
-        fn build_part(self, observer: Option<&Observer>) -> Result<Self::Layer, ConfigError> {
-            let deadline = self.deadline.build_part(observer)?;
-            Ok(Stack::new(
-                Stack::new(MarkInboundAttemptLayer::new(), deadline),
-                RejectionResponseLayer::new(),
-            ))
-        }
-
-        fn with_budget(self, budget: std::time::Duration) -> Self {
-            HttpIngress {
-                deadline: self.deadline.cap_at(budget),
+                fn build_innermost(
+                    &self,
+                    observer: Option<&Observer>,
+                ) -> Result<Self::Innermost, ConfigError> {
+                    self.deadline.answer_layer(observer)
+                }
             }
-        }
+
+            impl StackPart for $ingress {
+                type Layer = Stack<Stack<MarkInboundAttemptLayer, DeadlineFromHeadersLayer>, $answer>;
+
+                fn build_part(self, observer: Option<&Observer>) -> Result<Self::Layer, ConfigError> {
+                    let deadline = self.deadline.build_part(observer)?;
+                    Ok(Stack::new(
+                        Stack::new(MarkInboundAttemptLayer::new(), deadline),
+                        $answer::new(),
+                    ))
+                }
+
+                fn with_budget(self, budget: std::time::Duration) -> Self {
+                    $ingress {
+                        deadline: self.deadline.cap_at(budget),
+                    }
+                }
+            }
+
+            impl<R, P> ServerStackBuilder<$ingress, R, P> {
+                /// Configures how the client's deadline is read (header
+                /// names, cap, margin, what to do with bad input).
+                pub fn deadline_from_headers(
+                    self,
+                    f: impl FnOnce(DeadlineFromHeadersLayerBuilder) -> DeadlineFromHeadersLayerBuilder,
+                ) -> Self {
+                    self.map_ingress(|i| $ingress {
+                        deadline: f(i.deadline),
+                    })
+                }
+            }
+        };
     }
+
+    ingress_part!(HttpIngress, RejectionResponseLayer);
 
     impl ServerStack {
         /// The server stack for an HTTP service (feature `http`), for
@@ -399,19 +420,6 @@ mod server {
         }
     }
 
-    impl<R, P> ServerStackBuilder<HttpIngress, R, P> {
-        /// Configures how the client's deadline is read (header names, cap,
-        /// margin, what to do with bad input).
-        pub fn deadline_from_headers(
-            self,
-            f: impl FnOnce(DeadlineFromHeadersLayerBuilder) -> DeadlineFromHeadersLayerBuilder,
-        ) -> Self {
-            self.map_ingress(|i| HttpIngress {
-                deadline: f(i.deadline),
-            })
-        }
-    }
-
     #[cfg(feature = "tonic")]
     pub use self::grpc::GrpcIngress;
 
@@ -432,37 +440,7 @@ mod server {
             pub(super) deadline: DeadlineFromHeadersLayerBuilder,
         }
 
-        impl crate::stack::part::sealed::Sealed for GrpcIngress {}
-
-        impl IngressPart for GrpcIngress {
-            type Innermost = crate::body::CallBodyLayer;
-
-            fn build_innermost(
-                &self,
-                observer: Option<&Observer>,
-            ) -> Result<Self::Innermost, ConfigError> {
-                self.deadline.answer_layer(observer)
-            }
-        }
-
-        impl StackPart for GrpcIngress {
-            type Layer =
-                Stack<Stack<MarkInboundAttemptLayer, DeadlineFromHeadersLayer>, GrpcRejectionLayer>;
-
-            fn build_part(self, observer: Option<&Observer>) -> Result<Self::Layer, ConfigError> {
-                let deadline = self.deadline.build_part(observer)?;
-                Ok(Stack::new(
-                    Stack::new(MarkInboundAttemptLayer::new(), deadline),
-                    GrpcRejectionLayer::new(),
-                ))
-            }
-
-            fn with_budget(self, budget: std::time::Duration) -> Self {
-                GrpcIngress {
-                    deadline: self.deadline.cap_at(budget),
-                }
-            }
-        }
+        ingress_part!(GrpcIngress, GrpcRejectionLayer);
 
         impl ServerStack {
             /// The server stack for a tonic server (feature `tonic`): the
@@ -508,19 +486,6 @@ mod server {
                     .no_ms_header()
                     .margin(HOP_MARGIN);
                 builder.with_ingress(GrpcIngress { deadline })
-            }
-        }
-
-        impl<R, P> ServerStackBuilder<GrpcIngress, R, P> {
-            /// Configures how the client's `grpc-timeout` is read (cap,
-            /// margin, what to do with bad input).
-            pub fn deadline_from_headers(
-                self,
-                f: impl FnOnce(DeadlineFromHeadersLayerBuilder) -> DeadlineFromHeadersLayerBuilder,
-            ) -> Self {
-                self.map_ingress(|i| GrpcIngress {
-                    deadline: f(i.deadline),
-                })
             }
         }
     }

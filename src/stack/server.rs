@@ -67,51 +67,42 @@ pub struct ServerCore<S, P = FromTaskLocal, M = Head> {
     inner: AdaptiveLimit<Bulkhead<AttemptTimeoutService<S>, M>, P, M>,
 }
 
-impl<S, P, M, Req> Service<Req> for ServerCore<S, P, M>
+wrapper_service!(
+    ServerCore<S, P, M>,
+    AdaptiveLimit<Bulkhead<AttemptTimeoutService<S>, M>, P, M>,
+    where
+);
+
+/// The service a [`ServerStackLayer`] makes around `S` (`S` being the
+/// service inside the handler timeout: yours, or in the protocol presets,
+/// the body layer around yours), below the ingress part if there is one.
+///
+/// `M` is where the adaptive limit and the bulkhead let go of a call
+/// ([`Head`], or [`BodyEnd`](crate::hold::BodyEnd) in the presets); `R` is
+/// the rate-limit part ([`Identity`](tower::layer::util::Identity) when the
+/// stack has none).
+///
+/// A named type (not an alias of the layers inside), so that compiler
+/// messages and signatures say `ServerStackService<…>`; it forwards
+/// `poll_ready` and `call` to them unchanged.
+pub struct ServerStackService<S, P = FromTaskLocal, M = Head, R = tower::layer::util::Identity>
 where
-    AdaptiveLimit<Bulkhead<AttemptTimeoutService<S>, M>, P, M>: Service<Req>,
+    R: Layer<ServerCore<S, P, M>>,
 {
-    type Response =
-        <AdaptiveLimit<Bulkhead<AttemptTimeoutService<S>, M>, P, M> as Service<Req>>::Response;
-    type Error =
-        <AdaptiveLimit<Bulkhead<AttemptTimeoutService<S>, M>, P, M> as Service<Req>>::Error;
-    type Future =
-        <AdaptiveLimit<Bulkhead<AttemptTimeoutService<S>, M>, P, M> as Service<Req>>::Future;
-
-    #[inline]
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    #[inline]
-    fn call(&mut self, req: Req) -> Self::Future {
-        self.inner.call(req)
-    }
+    inner: DeadlineService<R::Service>,
 }
 
-impl<S: Clone, P, M> Clone for ServerCore<S, P, M> {
-    fn clone(&self) -> Self {
-        ServerCore {
-            inner: self.inner.clone(),
-        }
-    }
-}
-
-impl<S: fmt::Debug, P, M> fmt::Debug for ServerCore<S, P, M> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("ServerCore").field(&self.inner).finish()
-    }
-}
-
-/// The service a [`ServerStackLayer`] without ingress nor rate limit makes
-/// around `S`.
-pub type ServerStackService<S, P = FromTaskLocal> = DeadlineService<ServerCore<S, P>>;
+wrapper_service!(
+    ServerStackService<S, P, M, R>,
+    DeadlineService<R::Service>,
+    where R: Layer<ServerCore<S, P, M>>,
+);
 
 impl<S, O, R, P, I> Layer<S> for ServerStackLayer<O, R, P, I>
 where
     I: Layer<S> + HoldPoint,
     R: Layer<ServerCore<I::Service, P, I::Hold>>,
-    O: Layer<DeadlineService<R::Service>>,
+    O: Layer<ServerStackService<I::Service, P, I::Hold, R>>,
 {
     type Service = O::Service;
 
@@ -123,8 +114,9 @@ where
             inner: self.limit.clone().hold_until::<I::Hold>().layer(s),
         };
         let s = self.rate_limit.layer(s);
-        let s = self.deadline.layer(s);
-        self.ingress.layer(s)
+        self.ingress.layer(ServerStackService {
+            inner: self.deadline.layer(s),
+        })
     }
 }
 

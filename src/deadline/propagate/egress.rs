@@ -49,33 +49,27 @@ pub struct PropagateDeadlineLayer {
 }
 
 impl PropagateDeadlineLayer {
-    /// Writes both `grpc-timeout` and `x-request-timeout-ms`.
+    /// Writes both `grpc-timeout` and `x-request-timeout-ms`
+    /// (`builder().build()`).
     pub fn new() -> Self {
-        Self::make(true, Some(HeaderName::from_static(DEFAULT_MS_HEADER)))
+        Self::preset(Self::builder())
     }
 
     /// Writes `grpc-timeout` only (gRPC clients).
     pub fn grpc() -> Self {
-        Self::make(true, None)
+        Self::preset(Self::builder().no_ms_header())
     }
 
     /// Writes `x-request-timeout-ms` only (plain HTTP clients).
     pub fn http() -> Self {
-        Self::make(false, Some(HeaderName::from_static(DEFAULT_MS_HEADER)))
+        Self::preset(Self::builder().grpc_timeout(false))
     }
 
-    fn make(grpc: bool, ms_header: Option<HeaderName>) -> Self {
-        PropagateDeadlineLayer {
-            cfg: Arc::new(EgressConfig {
-                grpc,
-                ms_header,
-                body: true,
-                shared: Arc::new(Shared {
-                    limit: Duration::ZERO,
-                    name: Name::from("propagate_deadline"),
-                    observer: Observer::none(),
-                }),
-            }),
+    fn preset(builder: PropagateDeadlineLayerBuilder) -> Self {
+        // The presets are valid by construction.
+        match builder.build() {
+            Ok(layer) => layer,
+            Err(e) => unreachable!("preset propagation settings are valid: {e}"),
         }
     }
 
@@ -129,24 +123,7 @@ pub struct PropagateDeadlineLayerBuilder {
 }
 
 impl PropagateDeadlineLayerBuilder {
-    /// Whether to write `grpc-timeout` (default `true`).
-    pub fn grpc_timeout(mut self, write: bool) -> Self {
-        self.grpc = write;
-        self
-    }
-
-    /// The integer-milliseconds header to write (default
-    /// `x-request-timeout-ms`). Checked by [`build`](Self::build).
-    pub fn ms_header(mut self, name: &'static str) -> Self {
-        self.ms_header = Some(name);
-        self
-    }
-
-    /// Write no milliseconds header.
-    pub fn no_ms_header(mut self) -> Self {
-        self.ms_header = None;
-        self
-    }
+    super::header_setters!("write", "Write");
 
     /// Whether the deadline covers the response body too (default `true`:
     /// a body still streaming when the deadline passes ends with an error).

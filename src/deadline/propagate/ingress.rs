@@ -141,24 +141,7 @@ impl DeadlineFromHeadersLayerBuilder {
         self
     }
 
-    /// Whether to read `grpc-timeout` (default `true`).
-    pub fn grpc_timeout(mut self, read: bool) -> Self {
-        self.grpc = read;
-        self
-    }
-
-    /// The integer-milliseconds header to read (default
-    /// `x-request-timeout-ms`). Checked by [`build`](Self::build).
-    pub fn ms_header(mut self, name: &'static str) -> Self {
-        self.ms_header = Some(name);
-        self
-    }
-
-    /// Read no milliseconds header.
-    pub fn no_ms_header(mut self) -> Self {
-        self.ms_header = None;
-        self
-    }
+    super::header_setters!("read", "Read");
 
     /// The longest timeout a caller may ask for (default 30 s). Longer
     /// values are clamped to it and reported as

@@ -99,6 +99,32 @@ pub const DEFAULT_MAX: Duration = Duration::from_secs(30);
 /// header asked for more than the configured maximum and was clamped.
 pub const CLAMPED: &str = "clamped";
 
+/// The header setters both builders share (`grpc-timeout`, the milliseconds
+/// header), read by the ingress, written by the egress.
+macro_rules! header_setters {
+    ($verb:literal, $Verb:literal) => {
+        #[doc = concat!("Whether to ", $verb, " `grpc-timeout` (default `true`).")]
+        pub fn grpc_timeout(mut self, on: bool) -> Self {
+            self.grpc = on;
+            self
+        }
+
+        #[doc = concat!("The integer-milliseconds header to ", $verb, " (default")]
+        /// `x-request-timeout-ms`). Checked by [`build`](Self::build).
+        pub fn ms_header(mut self, name: &'static str) -> Self {
+            self.ms_header = Some(name);
+            self
+        }
+
+        #[doc = concat!($Verb, " no milliseconds header.")]
+        pub fn no_ms_header(mut self) -> Self {
+            self.ms_header = None;
+            self
+        }
+    };
+}
+use header_setters;
+
 fn header_name(layer: &'static str, name: &'static str) -> Result<HeaderName, ConfigError> {
     HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
         ConfigError::new(
