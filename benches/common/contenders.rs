@@ -66,6 +66,23 @@ pub fn sw_client() -> seawall::stack::ClientStackLayer {
         .expect("client stack")
 }
 
+/// The client stack with an observer listening to every event (a counter):
+/// what a stack reporting to metrics costs.
+pub fn sw_client_observed() -> seawall::stack::ClientStackLayer {
+    static EVENTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    seawall::stack::ClientStack::builder("client")
+        .total_budget(Duration::from_secs(1))
+        .attempt_timeout(Duration::from_millis(300))
+        .bulkhead(|b| b.max_concurrent(LIMIT))
+        .observer(seawall::observe::Observer::new(
+            |_: &seawall::observe::Event<'_>| {
+                EVENTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            },
+        ))
+        .build()
+        .expect("client stack")
+}
+
 pub fn sw_server() -> seawall::stack::ServerStackLayer<
     tower::layer::util::Identity,
     seawall::rate_limit::RateLimitLayer,
@@ -331,6 +348,8 @@ macro_rules! full_stacks {
         // client: total timeout → retry → [breaker] → bulkhead → attempt timeout
         let sc = sw_client();
         $f!("client/seawall", |_: ()| sc.layer(noop()));
+        let sco = sw_client_observed();
+        $f!("client/seawall_observed", |_: ()| sco.layer(noop()));
         let tcl = tower::limit::GlobalConcurrencyLimitLayer::new(LIMIT);
         $f!("client/tower", |_: ()| {
             ServiceBuilder::new()

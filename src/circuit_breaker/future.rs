@@ -123,10 +123,12 @@ where
                         // (or carry an error status in its trailers): judged
                         // when it ends.
                         (Ok(response), Outcome::Success) => M::pending(response).and_then(|j| {
+                            let head = clock::now();
                             let pending = Pending {
                                 shared: guard.shared.clone(),
                                 permit: guard.permit,
-                                latency: clock::now().saturating_duration_since(guard.start),
+                                head,
+                                latency: head.saturating_duration_since(guard.start),
                                 judge: j.0,
                                 done: false,
                             };
@@ -145,7 +147,7 @@ where
                     if held.is_none() {
                         let now = clock::now();
                         let latency = now.saturating_duration_since(guard.start);
-                        finish(&shared.core, guard.permit, latency, outcome, now);
+                        finish(&shared.core, guard.permit, latency, outcome, At::Now(now));
                     }
                 }
                 Poll::Ready(result.map_err(Into::into))
@@ -158,9 +160,19 @@ where
     }
 }
 
+/// When a call's outcome is recorded.
+#[derive(Clone, Copy)]
+enum At {
+    /// As the call ends, at this instant.
+    Now(Instant),
+    /// At the end of its body, in the window at the head's instant (the
+    /// clock is read only if the outcome opens the breaker).
+    BodyEnd { head: Instant },
+}
+
 /// Records a finished call's outcome (or gives its slot back when it is
 /// not counted) and reports it.
-fn finish(core: &Core, permit: Permit, latency: Duration, outcome: Outcome, now: Instant) {
+fn finish(core: &Core, permit: Permit, latency: Duration, outcome: Outcome, at: At) {
     let failure = match outcome {
         Outcome::Success => Some(false),
         Outcome::Failure => Some(true),
@@ -172,7 +184,10 @@ fn finish(core: &Core, permit: Permit, latency: Duration, outcome: Outcome, now:
     match failure {
         Some(failure) => {
             let slow = latency > core.config.slow_call_duration;
-            core.on_complete(permit, now, failure, slow);
+            match at {
+                At::Now(now) => core.on_complete(permit, now, failure, slow),
+                At::BodyEnd { head } => core.on_late_complete(permit, head, failure, slow),
+            }
         }
         None => core.on_cancel(permit),
     }
@@ -186,11 +201,15 @@ fn finish(core: &Core, permit: Permit, latency: Duration, outcome: Outcome, now:
 /// A call whose head looked like a success, waiting in its body for the
 /// verdict; a body dropped before its end gives the slot back uncounted.
 /// Its latency (for slow calls and the `CallFinished` event) is the head's:
-/// a healthy stream that lasts is not a slow call.
+/// a healthy stream that lasts is not a slow call. It counts in the window
+/// at the head's instant too, so the body's end reads the clock only when
+/// its outcome opens the breaker (the open time runs from then).
 #[cfg_attr(not(all(feature = "http", feature = "deadline")), allow(dead_code))]
 pub(crate) struct Pending {
     shared: Arc<dyn CoreRef>,
     permit: Permit,
+    /// The instant the head came back.
+    head: Instant,
     latency: Duration,
     judge: JudgeFn,
     done: bool,
@@ -208,7 +227,13 @@ impl Pending {
             End::Complete => Outcome::Success,
             End::Failed(error) => (self.judge)(self.shared.classifier(), error),
         };
-        finish(core, self.permit, self.latency, outcome, clock::now());
+        finish(
+            core,
+            self.permit,
+            self.latency,
+            outcome,
+            At::BodyEnd { head: self.head },
+        );
     }
 }
 

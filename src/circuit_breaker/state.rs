@@ -343,10 +343,37 @@ impl Core {
     /// A call admitted with `permit` finished with this outcome at `now`.
     #[inline]
     pub(crate) fn on_complete(&self, permit: Permit, now: Instant, failure: bool, slow: bool) {
+        self.complete(permit, now, failure, slow, || now);
+    }
+
+    /// A call's outcome known after its head, at the end of its body: counted
+    /// in the window at `head` (the time of the head, already read), so the
+    /// body's end reads the clock only if the outcome opens the breaker.
+    pub(crate) fn on_late_complete(
+        &self,
+        permit: Permit,
+        head: Instant,
+        failure: bool,
+        slow: bool,
+    ) {
+        self.complete(permit, head, failure, slow, crate::clock::now);
+    }
+
+    /// Records an outcome in the window at `at`; `now` gives the time an
+    /// opening starts from.
+    #[inline]
+    fn complete(
+        &self,
+        permit: Permit,
+        at: Instant,
+        failure: bool,
+        slow: bool,
+        now: impl FnOnce() -> Instant,
+    ) {
         match permit.kind {
             PermitKind::Ignore => {}
-            PermitKind::Record => self.record_closed(permit, now, failure, slow),
-            PermitKind::Probe => self.record_probe(permit, now, failure, slow),
+            PermitKind::Record => self.record_closed(permit, at, failure, slow, now),
+            PermitKind::Probe => self.record_probe(permit, failure, slow, now),
         }
     }
 
@@ -371,7 +398,14 @@ impl Core {
     }
 
     #[inline]
-    fn record_closed(&self, permit: Permit, now: Instant, failure: bool, slow: bool) {
+    fn record_closed(
+        &self,
+        permit: Permit,
+        at: Instant,
+        failure: bool,
+        slow: bool,
+        now: impl FnOnce() -> Instant,
+    ) {
         let word = self.word.load(Ordering::Acquire);
         if gen_of(word) != permit.generation {
             // Admitted before a transition: not part of this state's window.
@@ -379,7 +413,7 @@ impl Core {
         }
         let snap = self
             .window
-            .record_and_snapshot(now, Code::new(failure, slow));
+            .record_and_snapshot(at, Code::new(failure, slow));
         if state_of(word) != CLOSED {
             // Metrics-only: counts, never trips.
             return;
@@ -395,10 +429,10 @@ impl Core {
         }
         if self.config.rate_trips && !trip {
             if self.rates_trip(&snap) {
-                self.trip_closed(permit.generation, now, snap);
+                self.trip_closed(permit.generation, now(), snap);
             }
         } else if trip {
-            self.trip_closed(permit.generation, now, snap);
+            self.trip_closed(permit.generation, now(), snap);
         }
     }
 
@@ -503,7 +537,13 @@ impl Core {
     }
 
     #[cold]
-    fn record_probe(&self, permit: Permit, now: Instant, failure: bool, slow: bool) {
+    fn record_probe(
+        &self,
+        permit: Permit,
+        failure: bool,
+        slow: bool,
+        now: impl FnOnce() -> Instant,
+    ) {
         let mut control = self.lock();
         let word = self.word.load(Ordering::Acquire);
         if gen_of(word) != permit.generation || state_of(word) != HALF_OPEN {
@@ -533,7 +573,7 @@ impl Core {
                 &mut control,
                 HALF_OPEN,
                 permit.generation,
-                now,
+                now(),
                 Some(fr),
                 Some(sr),
             );

@@ -253,7 +253,7 @@ where
         },
         Verdict::Deny { wait, detail } => match (limit, wait) {
             (Some(limit), Some(w)) => {
-                let now = Instant::now();
+                let now = crate::clock::now();
                 if now + w <= limit {
                     match (svc.take(), req.take()) {
                         (Some(s), Some(r)) => {

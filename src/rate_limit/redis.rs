@@ -328,7 +328,12 @@ impl RedisState {
     }
 
     fn now_ns(&self) -> u64 {
-        u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX)
+        u64::try_from(
+            crate::clock::now()
+                .saturating_duration_since(self.start)
+                .as_nanos(),
+        )
+        .unwrap_or(u64::MAX)
     }
 
     /// The Redis key of a limit key: `{prefix}:{name}:{kind}:{key}`.

@@ -96,7 +96,7 @@ where
             }
             Step::Now(Verdict::Deny { wait, detail }, _) => {
                 if let (Mode::Wait { max }, Some(w)) = (shared.mode, wait) {
-                    let now = Instant::now();
+                    let now = crate::clock::now();
                     let deadline = crate::deadline::of(&req);
                     let limit = limit_of(now, max, deadline);
                     if now + w <= limit {
@@ -122,9 +122,11 @@ where
             #[cfg(feature = "redis")]
             Step::Redis(call) => {
                 let limit = match shared.mode {
-                    Mode::Wait { max } => {
-                        Some(limit_of(Instant::now(), max, crate::deadline::of(&req)))
-                    }
+                    Mode::Wait { max } => Some(limit_of(
+                        crate::clock::now(),
+                        max,
+                        crate::deadline::of(&req),
+                    )),
                     Mode::Reject => None,
                 };
                 let svc = take_ready(&mut self.inner);

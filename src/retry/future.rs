@@ -178,7 +178,7 @@ where
                             shared.name.as_str(),
                             EventKind::CallFinished {
                                 outcome,
-                                latency: started.elapsed(),
+                                latency: crate::clock::now().saturating_duration_since(started),
                             },
                         );
                     }

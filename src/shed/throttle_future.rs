@@ -143,7 +143,7 @@ where
                         shared.name.as_str(),
                         EventKind::CallFinished {
                             outcome,
-                            latency: start.elapsed(),
+                            latency: crate::clock::now().saturating_duration_since(*start),
                         },
                     );
                 }

@@ -793,11 +793,60 @@ mod in_process {
             assert_eq!(body.len(), 20);
             assert_eq!(start.elapsed(), Duration::from_millis(450));
         }
-        // The window holds the last 10 s of calls: 21 of them, enough (20)
-        // for the breaker to judge, none slow.
+        // The window holds the last 10 s of calls, each counted at its
+        // head: 20 of them, enough (20) for the breaker to judge, none slow.
         let m = breaker.metrics();
-        assert_eq!((m.calls, m.failures, m.slow_calls), (21, 0, 0));
+        assert_eq!((m.calls, m.failures, m.slow_calls), (20, 0, 0));
         assert_eq!(breaker.state(), State::Closed);
+    }
+
+    /// A body that fails after a good head opens the breaker from the
+    /// instant the body failed (its open time is not shortened by the time
+    /// the body took), though the call counts in the window at its head.
+    #[tokio::test(start_paused = true)]
+    async fn a_failure_at_the_body_end_opens_from_then() {
+        let stack = ClientStack::http("dep")
+            .total_budget(Duration::from_secs(2))
+            .attempt_timeout(Duration::from_millis(500))
+            .breaker(|b| {
+                b.consecutive_failures(1)
+                    .open_duration(Duration::from_secs(5))
+            })
+            .build()
+            .unwrap();
+        let breaker = stack.breaker_handle();
+        let client = stack.layer(tower::service_fn(|_: http::Request<Full<Bytes>>| async {
+            let (mut tx, rx) = futures::channel::mpsc::channel(4);
+            tokio::spawn(async move {
+                let _ = tx
+                    .send(Ok(http_body::Frame::data(Bytes::from_static(b"part"))))
+                    .await;
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                let _ = tx
+                    .send(Err::<http_body::Frame<Bytes>, BoxError>("reset".into()))
+                    .await;
+            });
+            Ok::<_, BoxError>(http::Response::new(StreamBody::new(rx)))
+        }));
+        let start = tokio::time::Instant::now();
+        let res = client.clone().oneshot(get()).await.unwrap();
+        assert_eq!(breaker.state(), State::Closed, "the head looked fine");
+        assert!(res.into_body().collect().await.is_err());
+        assert_eq!(start.elapsed(), Duration::from_millis(300));
+        assert_eq!(breaker.state(), State::Open);
+        assert_eq!(breaker.retry_after(), Some(Duration::from_secs(5)));
+        // 5 s after the head, the breaker is still open (0.3 s to go).
+        tokio::time::advance(Duration::from_millis(4_700)).await;
+        assert_eq!(breaker.retry_after(), Some(Duration::from_millis(300)));
+        let refused = client.clone().oneshot(get()).await.unwrap_err();
+        let view = seawall::error::rejection(refused.as_ref()).expect("a rejection");
+        assert_eq!(view.kind(), seawall::error::RejectionKind::CircuitOpen);
+        tokio::time::advance(Duration::from_millis(300)).await;
+        assert!(
+            client.clone().oneshot(get()).await.is_ok(),
+            "a probe goes through"
+        );
+        assert_eq!(breaker.state(), State::HalfOpen);
     }
 
     /// A reader that comes back after the deadline gets what arrived in
