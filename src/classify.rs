@@ -194,3 +194,166 @@ pub(crate) mod packed {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::error::{
+        AttemptTimeout, BulkheadFull, CircuitOpen, DeadlineExceeded, Overloaded, RateLimited,
+        RetryBudgetExhausted,
+    };
+
+    fn boxed(e: impl Into<BoxError>) -> BoxError {
+        e.into()
+    }
+
+    /// An error of the caller's own that keeps a rejection as its source.
+    #[derive(Debug)]
+    struct Wrapped(BoxError);
+
+    impl std::fmt::Display for Wrapped {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("wrapped")
+        }
+    }
+
+    impl std::error::Error for Wrapped {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&*self.0)
+        }
+    }
+
+    #[test]
+    fn the_model_gives_each_rejection_its_origin() {
+        let hint = Some(Duration::from_millis(100));
+        let cases: [(BoxError, Option<Outcome>); 10] = [
+            (boxed(CircuitOpen::new("b", hint)), Some(Outcome::Refused)),
+            (boxed(BulkheadFull::new("k", hint)), Some(Outcome::Refused)),
+            (boxed(RateLimited::new("r", hint)), Some(Outcome::Refused)),
+            (
+                boxed(RetryBudgetExhausted::new("t")),
+                Some(Outcome::Refused),
+            ),
+            (
+                boxed(DeadlineExceeded::before_sending("d")),
+                Some(Outcome::Refused),
+            ),
+            (
+                boxed(Overloaded::local("throttle", None)),
+                Some(Outcome::Refused),
+            ),
+            // A shedder's answer is the dependency saying "busy".
+            (
+                boxed(Overloaded::new("shed", hint)),
+                Some(Outcome::Overloaded),
+            ),
+            // Timeouts and everything else: the classifier decides.
+            (boxed(DeadlineExceeded::new("d")), None),
+            (boxed(AttemptTimeout::new("a")), None),
+            (boxed(std::io::Error::other("reset")), None),
+        ];
+        for (err, origin) in cases {
+            assert_eq!(error_origin(&err), origin, "{err}");
+            assert_eq!(
+                is_local_refusal(&err),
+                origin == Some(Outcome::Refused),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_rejection_is_found_through_the_source_chain_and_as_a_bare_marker() {
+        let inside: BoxError = Wrapped(boxed(BulkheadFull::new("k", None))).into();
+        assert_eq!(error_origin(&inside), Some(Outcome::Refused));
+        assert_eq!(
+            error_origin(&BulkheadFull::new("k", None)),
+            Some(Outcome::Refused)
+        );
+        assert_eq!(
+            error_origin(&Overloaded::new("shed", None)),
+            Some(Outcome::Overloaded)
+        );
+        // An error type of the caller's own is not looked into (documented).
+        assert_eq!(
+            error_origin(&Wrapped(boxed(BulkheadFull::new("k", None)))),
+            None
+        );
+    }
+
+    #[test]
+    fn judge_puts_local_refusals_before_any_classifier() {
+        let always_failure = |_: Result<&u32, &BoxError>| Outcome::Failure;
+        let always_success = |_: Result<&u32, &BoxError>| Outcome::Success;
+        let full = boxed(BulkheadFull::new("k", None));
+        let shed = boxed(Overloaded::new("shed", None));
+        let broken = boxed(std::io::Error::other("reset"));
+        assert_eq!(
+            judge(&always_failure, Err::<&u32, _>(&full)),
+            Outcome::Refused
+        );
+        assert_eq!(
+            judge(&always_success, Err::<&u32, _>(&full)),
+            Outcome::Refused
+        );
+        // Anything else is the classifier's call, even a remote overload.
+        assert_eq!(
+            judge(&always_failure, Err::<&u32, _>(&shed)),
+            Outcome::Failure
+        );
+        assert_eq!(
+            judge(&always_success, Err::<&u32, _>(&broken)),
+            Outcome::Success
+        );
+        assert_eq!(
+            judge(&always_failure, Ok::<_, &BoxError>(&7)),
+            Outcome::Failure
+        );
+    }
+
+    #[test]
+    fn errors_as_failures() {
+        let c = ErrorsAsFailures;
+        let judge_err = |e: BoxError| judge(&c, Err::<&u32, _>(&e));
+        assert_eq!(judge(&c, Ok::<_, &BoxError>(&1u32)), Outcome::Success);
+        assert_eq!(
+            judge_err(boxed(std::io::Error::other("x"))),
+            Outcome::Failure
+        );
+        assert_eq!(judge_err(boxed(AttemptTimeout::new("a"))), Outcome::Failure);
+        assert_eq!(
+            judge_err(boxed(DeadlineExceeded::new("d"))),
+            Outcome::Failure
+        );
+        assert_eq!(
+            judge_err(boxed(Overloaded::new("shed", None))),
+            Outcome::Overloaded
+        );
+        assert_eq!(
+            judge_err(boxed(CircuitOpen::new("b", None))),
+            Outcome::Refused
+        );
+    }
+
+    #[cfg(all(feature = "http", feature = "deadline"))]
+    #[test]
+    fn a_judge_fn_classifies_with_its_own_classifier_or_falls_back_to_the_model() {
+        let ignore_all = |_: Result<&u32, &BoxError>| Outcome::Ignored;
+        fn judge_fn_of<C: Classify<u32, BoxError>>(_: &C) -> JudgeFn {
+            judge_error::<C, u32>
+        }
+        let f = judge_fn_of(&ignore_all);
+        let broken = boxed(std::io::Error::other("reset"));
+        let full = boxed(BulkheadFull::new("k", None));
+        assert_eq!(f(&ignore_all, &broken), Outcome::Ignored);
+        assert_eq!(f(&ignore_all, &full), Outcome::Refused);
+        // Handed another classifier than its own: the model, then Failure.
+        assert_eq!(f(&ErrorsAsFailures, &broken), Outcome::Failure);
+        assert_eq!(
+            f(&ErrorsAsFailures, &boxed(Overloaded::new("s", None))),
+            Outcome::Overloaded
+        );
+    }
+}

@@ -6,8 +6,10 @@
 //! - in the request itself, for request types that implement [`HasDeadline`]
 //!   (`http::Request` keeps it in its extensions, so an axum handler can take
 //!   `Extension<Deadline>`), and
-//! - in a task-local for the duration of the call, so every layer below and the
-//!   handler itself can read it with [`current()`] whatever the request type.
+//! - as a value of the call in progress (task-local in effect: seawall sets it
+//!   in thread-local cells around each `call` and `poll`), so every layer
+//!   below and the handler itself can read it with [`current()`] whatever the
+//!   request type.
 //!
 //! On the wire it travels as a *relative* timeout (no clock skew between hosts).
 //!

@@ -201,3 +201,48 @@ where
         Some(req.clone())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::error::{
+        AttemptTimeout, BulkheadFull, CircuitOpen, DeadlineExceeded, Overloaded, RateLimited,
+        RetryBudgetExhausted,
+    };
+
+    #[test]
+    fn errors_are_retried_except_where_no_retry_can_help() {
+        let hint = Some(Duration::from_millis(250));
+        let cases: [(BoxError, Verdict); 9] = [
+            // No time left, no budget left, an open breaker: not retried.
+            (DeadlineExceeded::new("d").into(), Verdict::Fail),
+            (DeadlineExceeded::before_sending("d").into(), Verdict::Fail),
+            (RetryBudgetExhausted::new("t").into(), Verdict::Fail),
+            (CircuitOpen::new("b", hint).into(), Verdict::Fail),
+            // Retried, after the hint when the layer gave one.
+            (
+                AttemptTimeout::new("a").into(),
+                Verdict::Retry { after: None },
+            ),
+            (
+                BulkheadFull::new("k", hint).into(),
+                Verdict::Retry { after: hint },
+            ),
+            (
+                Overloaded::new("s", hint).into(),
+                Verdict::Retry { after: hint },
+            ),
+            (
+                RateLimited::new("r", hint).into(),
+                Verdict::Retry { after: hint },
+            ),
+            // Not seawall's: a connection error, retried at once.
+            (std::io::Error::other("reset").into(), Verdict::RETRY),
+        ];
+        for (err, verdict) in cases {
+            assert_eq!(classify_error(&err), verdict, "{err}");
+        }
+    }
+}

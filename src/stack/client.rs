@@ -80,9 +80,11 @@ pub struct ClientStackLayer<
 /// `H` is the hedge part: [`Identity`] (no hedging, the default) or a
 /// `HedgeLayer` (feature `hedge`).
 ///
-/// A named type (not an alias of the layers inside), so that compiler
-/// messages and signatures say `ClientStackService<…>`; it forwards
-/// `poll_ready` and `call` to them unchanged.
+/// A named type (not an alias of the layers inside), so that signatures
+/// and type mismatches say `ClientStackService<…>`; it forwards `poll_ready` and
+/// `call` to them unchanged. (A bound the layers inside do not meet, such
+/// as a request body that is not `Clone` for a retry, is still reported on
+/// the layer that needs it.)
 pub struct ClientStackService<S, P = RetryErrors, C = DependencyFailures, M = Head, H = Identity>
 where
     H: Layer<CircuitBreaker<Bulkhead<AttemptTimeoutService<S>, M>, C, M>>,

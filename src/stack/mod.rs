@@ -133,14 +133,20 @@
 //! # The server stack
 //!
 //! ```text
-//! [DeadlineFromHeadersLayer]   (http) the client's deadline from grpc-timeout / x-request-timeout-ms
-//!  └─ DeadlineLayer            the server's own cap; the earlier deadline wins
-//!      └─ [RateLimitLayer]     (rate-limit) abusive or runaway callers
-//!          └─ AdaptiveLimitLayer   load shedding: adaptive limit, priorities, doomed work
-//!              └─ BulkheadLayer    hard cap on handlers in flight (a pool size)
-//!                  └─ AttemptTimeoutLayer   handler timeout
-//!                      └─ your handler
+//! [answer layer]               (presets) rejections as 429/503/504 or gRPC statuses
+//!  └─ [DeadlineFromHeadersLayer]   (presets) the client's deadline from grpc-timeout / x-request-timeout-ms
+//!      └─ [MarkInboundAttemptLayer]  (presets) a retried request is not retried again below
+//!          └─ DeadlineLayer            the server's own cap; the earlier deadline wins
+//!              └─ [RateLimitLayer]     (rate-limit) abusive or runaway callers
+//!                  └─ AdaptiveLimitLayer   load shedding: adaptive limit, priorities, doomed work
+//!                      └─ BulkheadLayer    hard cap on handlers in flight (a pool size)
+//!                          └─ AttemptTimeoutLayer   handler timeout
+//!                              └─ [CallBodyLayer]   (presets) answers held to the deadline and their end
+//!                                  └─ your handler
 //! ```
+//!
+//! The bracketed parts marked "presets" are what `ServerStack::http` and
+//! `ServerStack::grpc` add to the generic [`ServerStack::builder`].
 //!
 //! - **Ingress and deadline first**, so every layer below knows the
 //!   request's deadline: the load shedder rejects work that cannot finish in
@@ -195,9 +201,11 @@
 //!
 //! The stacks add no state of their own: a call through them costs what the
 //! layers cost, and the layers allocate nothing on the success path. The
-//! request type may: an `http::Request` gets its deadline stored in its
-//! extensions (whose map `http` allocates on first insert), the retry keeps a
-//! copy of it for a possible retry, and propagation writes header values.
+//! request type may: the retry keeps a copy of an `http::Request` for a
+//! possible retry (none when the request may not be retried), propagation
+//! writes header values, and the server presets store the caller's deadline
+//! in the request's extensions for handlers (the client stack does not:
+//! its deadline travels with the call, not in the request).
 //!
 //! # Another order
 //!

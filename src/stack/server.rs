@@ -60,9 +60,11 @@ pub struct ServerStackLayer<O = Identity, R = Identity, P = FromTaskLocal, I = I
 /// the limit and the bulkhead let go of a call ([`Head`], or with an HTTP
 /// ingress [`BodyEnd`](crate::hold::BodyEnd): see [`hold`](crate::hold)).
 ///
-/// A named type (not an alias of the layers inside), so that compiler
-/// messages and signatures say `ServerCore<…>`; it forwards `poll_ready`
-/// and `call` to them unchanged.
+/// A named type (not an alias of the layers inside), so that signatures
+/// and type mismatches say `ServerCore<…>`; it forwards `poll_ready` and
+/// `call` to them unchanged. (A bound the layers inside do not meet, such
+/// as a request body that is not `Clone` for a retry, is still reported on
+/// the layer that needs it.)
 pub struct ServerCore<S, P = FromTaskLocal, M = Head> {
     inner: AdaptiveLimit<Bulkhead<AttemptTimeoutService<S>, M>, P, M>,
 }
@@ -82,9 +84,11 @@ wrapper_service!(
 /// the rate-limit part ([`Identity`](tower::layer::util::Identity) when the
 /// stack has none).
 ///
-/// A named type (not an alias of the layers inside), so that compiler
-/// messages and signatures say `ServerStackService<…>`; it forwards
-/// `poll_ready` and `call` to them unchanged.
+/// A named type (not an alias of the layers inside), so that signatures
+/// and type mismatches say `ServerStackService<…>`; it forwards `poll_ready` and
+/// `call` to them unchanged. (A bound the layers inside do not meet, such
+/// as a request body that is not `Clone` for a retry, is still reported on
+/// the layer that needs it.)
 pub struct ServerStackService<S, P = FromTaskLocal, M = Head, R = tower::layer::util::Identity>
 where
     R: Layer<ServerCore<S, P, M>>,

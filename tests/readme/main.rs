@@ -16,7 +16,7 @@ async fn quick_start_server_stack() -> Result<(), seawall::BoxError> {
 
     let app: Router = Router::new()
         .route("/", get(|| async { "hello" }))
-        // rejections become 429 / 503 / 504 with Retry-After; the error type stays Infallible
+        // rejections become 429 / 503 with Retry-After, or 504; the error type stays Infallible
         .layer(stack);
     // --- README quick start ends ---
 
@@ -32,5 +32,52 @@ async fn quick_start_server_stack() -> Result<(), seawall::BoxError> {
         .header("grpc-timeout", "1H")
         .body(Body::empty())?;
     assert_eq!(app.oneshot(greedy).await?.status(), 200);
+    Ok(())
+}
+
+/// The README's fix for a lone layer on a route: the answer layer outside it.
+#[tokio::test(start_paused = true)]
+async fn a_lone_layer_on_a_route_answers_through_rejection_response()
+-> Result<(), seawall::BoxError> {
+    use seawall::bulkhead::BulkheadLayer;
+    // --- README route_layer fix begins ---
+    use seawall::http::RejectionResponseLayer;
+    use tower::ServiceBuilder;
+
+    let export = get(export).route_layer(
+        ServiceBuilder::new()
+            .layer(RejectionResponseLayer::new())
+            .layer(BulkheadLayer::builder().max_concurrent(4).build()?),
+    );
+    // --- README route_layer fix ends ---
+    async fn export() -> &'static str {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        "done"
+    }
+    let app: Router = Router::new().route("/export", export);
+    let get = || http::Request::get("/export").body(Body::empty()).unwrap();
+    let calls: Vec<_> = (0..5)
+        .map(|_| tokio::spawn(app.clone().oneshot(get())))
+        .collect();
+    let mut statuses = Vec::new();
+    for c in calls {
+        let res = c.await??;
+        statuses.push((
+            res.status().as_u16(),
+            res.headers().contains_key("retry-after"),
+        ));
+    }
+    statuses.sort();
+    // Four run, the fifth is refused at once with a Retry-After.
+    assert_eq!(
+        statuses,
+        [
+            (200, false),
+            (200, false),
+            (200, false),
+            (200, false),
+            (503, true)
+        ]
+    );
     Ok(())
 }
