@@ -61,7 +61,7 @@
 
 use std::any::Any;
 
-use crate::error::{BoxError, RejectionKind, rejection};
+use crate::error::{BoxError, RejectionKind};
 
 pub use crate::observe::Outcome;
 
@@ -109,12 +109,7 @@ impl<Res, E: 'static> Classify<Res, E> for ErrorsAsFailures {
 /// "dependency" with its own breaker or bulkhead) sees that one's
 /// refusals as local too.
 pub fn error_origin<E: 'static>(err: &E) -> Option<Outcome> {
-    let any = err as &dyn Any;
-    let view = if let Some(boxed) = any.downcast_ref::<BoxError>() {
-        rejection(&**boxed)
-    } else {
-        crate::error::marker_view(any)
-    }?;
+    let view = crate::error::rejection_in(err)?;
     if view.is_local() {
         Some(Outcome::Refused)
     } else if view.kind() == RejectionKind::Overloaded {

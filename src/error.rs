@@ -91,6 +91,30 @@ impl AsRef<str> for Name {
     }
 }
 
+/// Calls `$m!` with every marker type (after `$arg;` when given): the one
+/// list of them. Each marker's [`RejectionKind`] variant has its name.
+macro_rules! for_each_marker {
+    ($m:ident $(, $arg:expr)?) => {
+        $m!(
+            $($arg;)?
+            DeadlineExceeded,
+            AttemptTimeout,
+            CircuitOpen,
+            BulkheadFull,
+            Overloaded,
+            RateLimited,
+            RetryBudgetExhausted
+        )
+    };
+}
+
+/// `[RejectionKind::A, …]` from the list of markers.
+macro_rules! kinds {
+    ($($ty:ident),*) => {
+        [$(RejectionKind::$ty),*]
+    };
+}
+
 /// What kind of rejection a seawall layer returned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[non_exhaustive]
@@ -140,15 +164,7 @@ impl RejectionKind {
     }
 
     /// Every kind, in declaration order.
-    pub const ALL: [RejectionKind; 7] = [
-        RejectionKind::DeadlineExceeded,
-        RejectionKind::AttemptTimeout,
-        RejectionKind::CircuitOpen,
-        RejectionKind::BulkheadFull,
-        RejectionKind::Overloaded,
-        RejectionKind::RateLimited,
-        RejectionKind::RetryBudgetExhausted,
-    ];
+    pub const ALL: [RejectionKind; 7] = for_each_marker!(kinds);
 }
 
 impl fmt::Display for RejectionKind {
@@ -201,6 +217,18 @@ impl<'a> Rejection<'a> {
     pub fn is_local(&self) -> bool {
         self.local
     }
+}
+
+/// What the future of a refused call answers: its rejection, once; polled
+/// again after that, an error saying so (never a panic).
+#[inline]
+#[cfg_attr(not(feature = "deadline"), allow(dead_code))]
+pub(crate) fn poll_rejected<T>(
+    error: &mut Option<BoxError>,
+) -> std::task::Poll<Result<T, BoxError>> {
+    std::task::Poll::Ready(Err(error
+        .take()
+        .unwrap_or_else(|| "future polled after completion".into())))
 }
 
 /// Implemented by every seawall rejection marker.
@@ -457,44 +485,35 @@ pub fn rejection<'a>(err: &'a (dyn Error + 'static)) -> Option<Rejection<'a>> {
     None
 }
 
-/// Calls `$m!` with every marker type: the one list of them.
-macro_rules! for_each_marker {
-    ($m:ident) => {
-        $m!(
-            DeadlineExceeded,
-            AttemptTimeout,
-            CircuitOpen,
-            BulkheadFull,
-            Overloaded,
-            RateLimited,
-            RetryBudgetExhausted
-        )
-    };
+/// Returns the rejection view of `$e` (anything with `downcast_ref`) when
+/// it is one of the markers.
+macro_rules! return_marker_view {
+    ($e:expr; $($ty:ident),*) => {$(
+        if let Some(r) = $e.downcast_ref::<$ty>() {
+            return Some(r.rejection());
+        }
+    )*};
 }
 
 fn view<'a>(e: &'a (dyn Error + 'static)) -> Option<Rejection<'a>> {
-    macro_rules! try_all {
-        ($($ty:ident),*) => {$(
-            if let Some(r) = e.downcast_ref::<$ty>() {
-                return Some(r.rejection());
-            }
-        )*};
-    }
-    for_each_marker!(try_all);
+    for_each_marker!(return_marker_view, e);
     None
 }
 
 /// The rejection view of `any` when it is a marker itself (not boxed).
 pub(crate) fn marker_view(any: &dyn std::any::Any) -> Option<Rejection<'_>> {
-    macro_rules! try_all {
-        ($($ty:ident),*) => {$(
-            if let Some(r) = any.downcast_ref::<$ty>() {
-                return Some(r.rejection());
-            }
-        )*};
-    }
-    for_each_marker!(try_all);
+    for_each_marker!(return_marker_view, any);
     None
+}
+
+/// The rejection in an error of any type: a [`BoxError`] holding one
+/// anywhere in its source chain, or a marker itself.
+pub(crate) fn rejection_in<E: 'static>(err: &E) -> Option<Rejection<'_>> {
+    let any = err as &dyn std::any::Any;
+    match any.downcast_ref::<BoxError>() {
+        Some(boxed) => rejection(&**boxed),
+        None => marker_view(any),
+    }
 }
 
 /// Finds the seawall rejection in a [`BoxError`]; shorthand for

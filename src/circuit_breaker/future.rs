@@ -152,10 +152,9 @@ where
                 }
                 Poll::Ready(result.map_err(Into::into))
             }
-            KindProj::Rejected { error } => match error.take() {
-                Some(e) => Poll::Ready(Err(e.into())),
-                None => Poll::Pending,
-            },
+            KindProj::Rejected { error } => {
+                crate::error::poll_rejected(&mut error.take().map(Into::into))
+            }
         }
     }
 }

@@ -160,7 +160,7 @@ impl Default for CircuitBreakerBuilder<ErrorsAsFailures> {
         CircuitBreakerBuilder {
             name: Name::from(KIND),
             observer: Observer::none(),
-            window: SlidingWindow::Count(100),
+            window: SlidingWindow::default(),
             failure_rate_threshold: 0.5,
             slow_call_rate_threshold: 1.0,
             slow_call_duration: Duration::from_secs(60),
@@ -277,6 +277,13 @@ impl<C> CircuitBreakerBuilder<C> {
     pub fn open_multiplier(mut self, multiplier: f64) -> Self {
         self.open_multiplier = multiplier;
         self
+    }
+
+    /// The cap on the open time set so far (files raise it to a longer
+    /// open time they ask for).
+    #[cfg(feature = "serde")]
+    pub(crate) fn max_open(&self) -> Duration {
+        self.max_open_duration
     }
 
     /// The open time never exceeds this (at least the base open duration).

@@ -13,16 +13,13 @@ impl<P> crate::retry::RetryLayerBuilder<P> {
     /// Applies a [`RetrySettings`] section (feature `serde`): each setting
     /// present replaces the builder's.
     pub fn configure(self, s: &RetrySettings) -> Self {
-        use crate::retry::Backoff;
         let mut b = self;
         if let Some(n) = s.max_attempts {
             b = b.max_attempts(n);
         }
         if s.backoff_base.is_some() || s.backoff_cap.is_some() {
-            b = b.backoff(
-                s.backoff_base.unwrap_or(Backoff::DEFAULT_BASE),
-                s.backoff_cap.unwrap_or(Backoff::DEFAULT_CAP),
-            );
+            let (base, cap) = b.backoff_bounds();
+            b = b.backoff(s.backoff_base.unwrap_or(base), s.backoff_cap.unwrap_or(cap));
         }
         if let Some(x) = s.budget_ratio {
             b = b.budget_ratio(x);
@@ -52,8 +49,8 @@ impl<C> crate::circuit_breaker::CircuitBreakerBuilder<C> {
         if let Some(n) = s.consecutive_failures {
             b = b.consecutive_failures(n);
         }
-        if let Some(d) = s.open_duration {
-            b = b.open_duration(d);
+        if let Some((open, max)) = s.open_times(b.max_open()) {
+            b = b.open_duration(open).max_open_duration(max);
         }
         if let Some(n) = s.half_open_calls {
             b = b.permitted_calls_in_half_open(n);

@@ -214,6 +214,15 @@ pub struct BreakerSettings {
     pub count_overload: Option<bool>,
 }
 
+impl BreakerSettings {
+    /// The open time and its cap this section asks for, given the cap now:
+    /// an open time above the cap raises the cap to it. The same rule when a
+    /// stack is built from the section and when it reloads it.
+    pub(crate) fn open_times(&self, max_now: Duration) -> Option<(Duration, Duration)> {
+        self.open_duration.map(|d| (d, max_now.max(d)))
+    }
+}
+
 /// The bulkhead's settings.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -47,13 +47,7 @@ impl AttemptTimeoutLayer {
     /// This constructor does not validate: a zero `per_try` fails every
     /// attempt. Use [`AttemptTimeoutLayer::builder`] to have nonsense refused.
     pub fn new(per_try: Duration) -> Self {
-        AttemptTimeoutLayer {
-            shared: Arc::new(Shared {
-                limit: per_try,
-                name: Name::from("attempt_timeout"),
-                observer: Observer::none(),
-            }),
-        }
+        Self::builder(per_try).into_layer()
     }
 
     /// A builder for a layer limiting each attempt to `per_try`.
@@ -116,13 +110,18 @@ impl AttemptTimeoutLayerBuilder {
                 "per_try must be greater than zero, got 0ns",
             ));
         }
-        Ok(AttemptTimeoutLayer {
+        Ok(self.into_layer())
+    }
+
+    /// The layer, unchecked (what [`AttemptTimeoutLayer::new`] gives).
+    fn into_layer(self) -> AttemptTimeoutLayer {
+        AttemptTimeoutLayer {
             shared: Arc::new(Shared {
                 limit: self.per_try,
                 name: self.name,
                 observer: self.observer,
             }),
-        })
+        }
     }
 }
 

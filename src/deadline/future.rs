@@ -103,9 +103,7 @@ impl<F: Future> State<F> {
                 );
                 Poll::Ready(Err(AttemptTimeout::new(shared.name.clone()).into()))
             }
-            StateProj::Rejected { error } => Poll::Ready(Err(error
-                .take()
-                .unwrap_or_else(|| "deadline future polled after completion".into()))),
+            StateProj::Rejected { error } => crate::error::poll_rejected(error),
         }
     }
 }

@@ -59,14 +59,7 @@ impl DeadlineLayer {
     /// rejects every request with `DeadlineExceeded`. Use
     /// [`DeadlineLayer::builder`] to have nonsense refused.
     pub fn new(budget: Duration) -> Self {
-        DeadlineLayer {
-            shared: Arc::new(Shared {
-                limit: budget,
-                name: Name::from("deadline"),
-                observer: Observer::none(),
-            }),
-            in_request: true,
-        }
+        Self::builder(budget).into_layer()
     }
 
     /// A builder for a layer with a total budget of `budget`.
@@ -144,13 +137,18 @@ impl DeadlineLayerBuilder {
                 "budget must be greater than zero, got 0ns",
             ));
         }
-        Ok(DeadlineLayer {
+        Ok(self.into_layer())
+    }
+
+    /// The layer, unchecked (what [`DeadlineLayer::new`] gives).
+    fn into_layer(self) -> DeadlineLayer {
+        DeadlineLayer {
             shared: Arc::new(Shared {
                 limit: self.budget,
                 name: self.name,
                 observer: self.observer,
             }),
             in_request: self.in_request,
-        })
+        }
     }
 }

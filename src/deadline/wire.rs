@@ -213,21 +213,11 @@ pub fn format_grpc_timeout(timeout: Duration) -> GrpcTimeout {
         value /= ratio;
         idx += 1;
     }
+    let mut digits = [0u8; 20];
+    let digits = decimal(value as u64, &mut digits); // <= 99_999_999: 8 digits
+    let n = digits.len();
     let mut buf = [0u8; 9];
-    let mut digits = [0u8; 8];
-    let mut n = 0;
-    let mut v = value as u64; // <= 99_999_999
-    loop {
-        digits[n] = b'0' + (v % 10) as u8;
-        n += 1;
-        v /= 10;
-        if v == 0 || n == digits.len() {
-            break;
-        }
-    }
-    for i in 0..n {
-        buf[i] = digits[n - 1 - i];
-    }
+    buf[..n].copy_from_slice(digits);
     buf[n] = UNITS[idx].0;
     GrpcTimeout {
         buf,
@@ -244,6 +234,20 @@ fn unit_nanos(value: &[u8]) -> u128 {
         .find(|(u, _)| *u == unit)
         .map(|(_, n)| *n)
         .unwrap_or(1)
+}
+
+/// `n` in decimal digits, written at the end of `buf` (no allocation).
+pub(crate) fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    &buf[at..]
 }
 
 #[cfg(test)]

@@ -1,4 +1,3 @@
-use std::any::Any;
 use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
@@ -14,7 +13,7 @@ use super::layer::Shared;
 use super::policy::FallbackPolicy;
 use crate::classify::{Classify, judge};
 use crate::deadline::HasDeadline;
-use crate::error::{BoxError, RejectionKind, rejection};
+use crate::error::RejectionKind;
 use crate::observe::{EventKind, FallbackReason, LayerKind, Outcome};
 
 /// A service whose failed or refused calls are answered by a fallback
@@ -151,11 +150,7 @@ where
     E: 'static,
 {
     if let Err(e) = outcome {
-        let any = e as &dyn Any;
-        let kind = match any.downcast_ref::<BoxError>() {
-            Some(b) => rejection(&**b).map(|r| r.kind()),
-            None => crate::error::marker_view(any).map(|r| r.kind()),
-        };
+        let kind = crate::error::rejection_in(e).map(|r| r.kind());
         if kind == Some(RejectionKind::DeadlineExceeded) {
             return Some(FallbackReason::Deadline);
         }

@@ -31,8 +31,8 @@
 //!   tonic resets the stream and clients see `INTERNAL`). It works on the
 //!   client side too, around seawall layers wrapping a `Channel`: the tonic
 //!   client then returns the mapped `Status` instead of `UNKNOWN`.
-//! - [`GrpcStatusClassifier`] classifies calls for the circuit breaker, the
-//!   adaptive limit and the client throttle.
+//! - [`GrpcStatusClassifier`] classifies calls for the circuit breaker and
+//!   the client throttle.
 //!
 //! # Example
 //!

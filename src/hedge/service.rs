@@ -7,7 +7,7 @@ use tower_service::Service;
 use super::future::ResponseFuture;
 use super::layer::Shared;
 use crate::error::BoxError;
-use crate::retry::{RetryPolicy, inbound_attempt};
+use crate::retry::RetryPolicy;
 
 /// A service whose slow requests get hedged (built by
 /// [`HedgeLayer`](super::HedgeLayer)).
@@ -83,8 +83,7 @@ where
         }
         // Only one layer of a call chain hedges: a request that arrived as a
         // retry or a hedge from upstream is sent once.
-        let upstream_retry =
-            inbound_attempt().is_some_and(|a| a > 1) || shared.policy.arrived_as_retry(&req);
+        let upstream_retry = crate::retry::inbound::arrived_as_retry(&shared.policy, &req);
         let copy = if upstream_retry || !shared.policy.may_hedge(&req) {
             None
         } else {

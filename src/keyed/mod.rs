@@ -79,7 +79,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -118,6 +118,10 @@ struct Table<X, F, L> {
     extractor: X,
     factory: F,
     map: DashMap<Key, Arc<Entry<L>>>,
+    /// Keys in the map or about to be: a new key reserves its place here
+    /// first, so threads adding keys at once never take the map past
+    /// `max_keys`.
+    held: AtomicUsize,
     overflow: Arc<Entry<L>>,
     max_keys: usize,
     idle_after: Duration,
@@ -154,7 +158,7 @@ where
             }
             return e.clone();
         }
-        if self.map.len() >= self.max_keys {
+        if !self.reserve() {
             let due = self.next_sweep.load(Ordering::Relaxed);
             if now >= due
                 && self
@@ -164,7 +168,7 @@ where
             {
                 self.sweep(now);
             }
-            if self.map.len() >= self.max_keys {
+            if !self.reserve() {
                 if self.overflowed.swap(1, Ordering::Relaxed) == 0 {
                     self.observer.emit(
                         LayerKind::Keyed,
@@ -178,27 +182,46 @@ where
                 return self.overflow.clone();
             }
         }
-        self.map
+        let mut made = false;
+        let entry = self
+            .map
             .entry(key)
             .or_insert_with(|| {
+                made = true;
                 Arc::new(Entry {
                     layer: (self.factory)(&key),
                     last_used: AtomicU64::new(now),
                 })
             })
-            .clone()
+            .clone();
+        if !made {
+            // Another thread added the key first: its place is given back.
+            self.held.fetch_sub(1, Ordering::AcqRel);
+        }
+        entry
+    }
+
+    /// Takes a place for a new key, if one is left.
+    fn reserve(&self) -> bool {
+        self.held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max_keys).then_some(n + 1)
+            })
+            .is_ok()
     }
 
     /// Evicts the keys with no call in flight and none for `idle_after`.
     fn sweep(&self, now: u64) {
         let idle = self.idle_after.as_nanos() as u64;
-        let before = self.map.len();
+        let mut gone = 0;
         self.map.retain(|_, e| {
-            Arc::strong_count(e) > 1
-                || now.saturating_sub(e.last_used.load(Ordering::Relaxed)) < idle
+            let keep = Arc::strong_count(e) > 1
+                || now.saturating_sub(e.last_used.load(Ordering::Relaxed)) < idle;
+            gone += usize::from(!keep);
+            keep
         });
-        let gone = before.saturating_sub(self.map.len());
         if gone > 0 {
+            self.held.fetch_sub(gone, Ordering::AcqRel);
             self.evicted.fetch_add(gone as u64, Ordering::Relaxed);
             self.overflowed.store(0, Ordering::Relaxed);
         }
@@ -352,6 +375,7 @@ impl<X, F> KeyedLayerBuilder<X, F> {
                 extractor: self.extractor,
                 factory: self.factory,
                 map: DashMap::new(),
+                held: AtomicUsize::new(0),
                 overflow,
                 max_keys: self.max_keys,
                 idle_after: self.idle_after,
@@ -567,6 +591,25 @@ mod tests {
         // Last used 30 s ago: not idle, so key 2 overflows.
         assert_eq!(layer.table.entry(key(2)).layer, 0);
         assert_eq!(layer.evicted(), 0);
+    }
+
+    #[test]
+    fn threads_adding_keys_at_once_never_pass_the_cap() {
+        let made = Made::default();
+        let layer = table(10, &made, Observer::default());
+        std::thread::scope(|scope| {
+            for t in 0..4u64 {
+                let layer = &layer;
+                scope.spawn(move || {
+                    for k in 0..2_000 {
+                        layer.table.entry(key(t * 1_000_000 + k));
+                    }
+                });
+            }
+        });
+        assert_eq!(layer.len(), 10);
+        // The overflow instance and one per key held: none made and lost.
+        assert_eq!(made.load(Ordering::Relaxed), 11);
     }
 
     #[test]

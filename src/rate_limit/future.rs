@@ -298,11 +298,7 @@ where
                     }
                     return Poll::Ready(Ok(res));
                 }
-                StateProj::Rejected { err } => {
-                    return Poll::Ready(Err(err
-                        .take()
-                        .unwrap_or_else(|| "rate limit future polled after completion".into())));
-                }
+                StateProj::Rejected { err } => return crate::error::poll_rejected(err),
                 StateProj::Waiting { inner } => {
                     let WaitProj {
                         sleep,

@@ -454,7 +454,7 @@ pub const DEFAULT_MAX_KEYS: usize = 100_000;
 /// Networks the overflow table of a keyed limit tracks at most (see
 /// [`RateLimitLayerBuilder::max_keys`]).
 pub const OVERFLOW_NETWORKS: usize = 4096;
-/// Default [`RateLimitLayerBuilder::sweep_every`]: every 10 000 calls.
+/// Default [`RateLimitLayerBuilder::sweep_every`]: every 10 000 new keys.
 pub const DEFAULT_SWEEP_EVERY: u64 = 10_000;
 /// Default [`RateLimitLayerBuilder::min_sweep_interval`]: 1 s.
 pub const DEFAULT_MIN_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
@@ -464,7 +464,7 @@ pub const DEFAULT_MIN_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 /// Defaults: global (one bucket for all requests), [`Mode::Reject`],
 /// [`Fallback::SharedBucket`] with the layer's quota, no response headers, at
 /// most [`DEFAULT_MAX_KEYS`] keys, idle-key sweep every
-/// [`DEFAULT_SWEEP_EVERY`] calls and at most once per
+/// [`DEFAULT_SWEEP_EVERY`] new keys and at most once per
 /// [`DEFAULT_MIN_SWEEP_INTERVAL`], name `"rate_limit"`, no observer.
 pub struct RateLimitLayerBuilder<X = Global, D = NoHeaders> {
     quota: Quota,
@@ -685,9 +685,10 @@ impl<X, D> RateLimitLayerBuilder<X, D> {
         self
     }
 
-    /// Sweep idle keys every `calls` calls (default [`DEFAULT_SWEEP_EVERY`]).
-    pub fn sweep_every(mut self, calls: u64) -> Self {
-        self.settings.sweep_every = calls;
+    /// Sweep idle keys every `keys` new keys (default
+    /// [`DEFAULT_SWEEP_EVERY`]), and whenever a new key finds the table full.
+    pub fn sweep_every(mut self, keys: u64) -> Self {
+        self.settings.sweep_every = keys;
         self
     }
 

@@ -271,7 +271,7 @@ impl KeyedBuckets {
         if settings.sweep_every == 0 {
             return Err(ConfigError::new(
                 "rate_limit",
-                "sweep_every must be at least 1 call, got 0",
+                "sweep_every must be at least 1 key, got 0",
             ));
         }
         Ok(KeyedBuckets {

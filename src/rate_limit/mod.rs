@@ -24,7 +24,7 @@
 //! - **Bounded memory.** At most [`max_keys`](RateLimitLayerBuilder::max_keys)
 //!   keys are tracked. Idle keys (whose bucket is full again) are evicted by
 //!   the layer itself (the map is retained and shrunk) —
-//!   every N calls, and when a new key arrives at the cap — so no background
+//!   every N new keys, and when a new key arrives at the cap — so no background
 //!   task is needed. When the cap is reached and no key is idle, new keys go
 //!   to the [`Fallback`] rule: a flood of a million distinct keys cannot grow
 //!   the map past the cap.

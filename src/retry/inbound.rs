@@ -51,6 +51,17 @@ pub fn sync_scope_inbound_attempt<R>(attempt: u32, f: impl FnOnce() -> R) -> R {
 pub type InboundScoped<F> = crate::local::Scoped<u32, F>;
 
 #[inline]
-pub(crate) fn inbound_is_retry() -> bool {
+fn inbound_is_retry() -> bool {
     inbound_attempt().is_some_and(|a| a > 1)
+}
+
+/// Whether `req` is already a retry (or a hedge) of an upstream caller: the
+/// inbound request being handled was one, or `req` says so itself. Only one
+/// layer of a call chain repeats a request.
+#[inline]
+pub(crate) fn arrived_as_retry<Req, Res>(
+    policy: &impl super::RetryPolicy<Req, Res>,
+    req: &Req,
+) -> bool {
+    inbound_is_retry() || policy.arrived_as_retry(req)
 }

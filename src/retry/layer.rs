@@ -182,14 +182,15 @@ pub struct RetryLayerBuilder<P = RetryErrors> {
 
 impl RetryLayerBuilder<RetryErrors> {
     fn new() -> Self {
+        let backoff = Backoff::default();
         RetryLayerBuilder {
             name: Name::from("retry"),
             observer: Observer::default(),
             policy: RetryErrors,
             max_attempts: 3,
-            base: Backoff::DEFAULT_BASE,
-            cap: Backoff::DEFAULT_CAP,
-            jitter: Jitter::Full,
+            base: backoff.base(),
+            cap: backoff.cap(),
+            jitter: backoff.jitter(),
             seed: None,
             ratio: RetryBudget::DEFAULT_RATIO,
             success_ratio: RetryBudget::DEFAULT_SUCCESS_RATIO,
@@ -248,6 +249,12 @@ impl<P> RetryLayerBuilder<P> {
     pub fn max_attempts(mut self, n: u32) -> Self {
         self.max_attempts = n;
         self
+    }
+
+    /// The backoff's base and cap set so far.
+    #[cfg(feature = "serde")]
+    pub(crate) fn backoff_bounds(&self) -> (Duration, Duration) {
+        (self.base, self.cap)
     }
 
     /// Exponential backoff from `base`, doubling up to `cap` (default 50 ms

@@ -5,7 +5,7 @@ use std::task::{Context, Poll};
 use tower_service::Service;
 
 use super::future::ResponseFuture;
-use super::inbound::inbound_is_retry;
+use super::inbound::arrived_as_retry;
 use super::layer::Shared;
 use super::policy::{RetryErrors, RetryPolicy};
 use crate::error::BoxError;
@@ -90,8 +90,7 @@ where
         let ticket = shared.budget.deposit_request();
         shared.policy.on_attempt(&mut req, 1);
 
-        let inbound_retry =
-            shared.honor_inbound && (inbound_is_retry() || shared.policy.arrived_as_retry(&req));
+        let inbound_retry = shared.honor_inbound && arrived_as_retry(&shared.policy, &req);
         let (copy, no_retry) = if shared.max_attempts <= 1 {
             (None, GiveUpReason::MaxAttempts)
         } else if inbound_retry || !shared.policy.may_retry(&req) {

@@ -113,9 +113,7 @@ where
                 }
                 Poll::Ready(result)
             }
-            StateProj::Rejected { error } => Poll::Ready(Err(error
-                .take()
-                .unwrap_or_else(|| "future polled after completion".into()))),
+            StateProj::Rejected { error } => crate::error::poll_rejected(error),
         }
     }
 }

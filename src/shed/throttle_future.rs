@@ -125,33 +125,10 @@ where
                         }
                     }
                 }
-                match outcome {
-                    // Counted in the bucket of its request, so both leave the
-                    // window together (and no clock read is needed).
-                    Outcome::Success => shared.window().accept(*start),
-                    // A request the backend did not accept: it failed or
-                    // said "busy".
-                    Outcome::Failure | Outcome::Overloaded => {}
-                    // Not counted (a local refusal, or ignored): its
-                    // request, counted at admission, is taken back from the
-                    // same bucket.
-                    _ => shared.window().forget(*start),
-                }
-                if shared.observer.is_enabled() {
-                    shared.observer.emit(
-                        LayerKind::Throttle,
-                        shared.name.as_str(),
-                        EventKind::CallFinished {
-                            outcome,
-                            latency: crate::clock::now().saturating_duration_since(*start),
-                        },
-                    );
-                }
+                record(shared, *start, outcome);
                 Poll::Ready(result.map_err(Into::into))
             }
-            ThrottleStateProj::Rejected { error } => Poll::Ready(Err(error
-                .take()
-                .unwrap_or_else(|| "future polled after completion".into()))),
+            ThrottleStateProj::Rejected { error } => crate::error::poll_rejected(error),
         }
     }
 }
@@ -176,21 +153,31 @@ impl ThrottlePending {
             End::Complete => Outcome::Success,
             End::Failed(error) => (self.judge)(&*self.classifier, error),
         };
-        match outcome {
-            Outcome::Success => self.shared.window().accept(self.start),
-            Outcome::Failure | Outcome::Overloaded => {}
-            _ => self.shared.window().forget(self.start),
-        }
-        if self.shared.observer.is_enabled() {
-            self.shared.observer.emit(
-                LayerKind::Throttle,
-                self.shared.name.as_str(),
-                EventKind::CallFinished {
-                    outcome,
-                    latency: crate::clock::now().saturating_duration_since(self.start),
-                },
-            );
-        }
+        record(&self.shared, self.start, outcome);
+    }
+}
+
+/// Counts a finished call admitted at `start` and reports it.
+fn record(shared: &ThrottleShared, start: Instant, outcome: Outcome) {
+    match outcome {
+        // Counted in the bucket of its request, so both leave the window
+        // together (and no clock read is needed).
+        Outcome::Success => shared.window().accept(start),
+        // A request the backend did not accept: it failed or said "busy".
+        Outcome::Failure | Outcome::Overloaded => {}
+        // Not counted (a local refusal, or ignored): its request, counted at
+        // admission, is taken back from the same bucket.
+        _ => shared.window().forget(start),
+    }
+    if shared.observer.is_enabled() {
+        shared.observer.emit(
+            LayerKind::Throttle,
+            shared.name.as_str(),
+            EventKind::CallFinished {
+                outcome,
+                latency: crate::clock::now().saturating_duration_since(start),
+            },
+        );
     }
 }
 

@@ -9,7 +9,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::classify::DependencyFailures;
-use super::part::{HedgePart, HoldPoint, Skip, StackPart, part_name};
+use super::part::{HedgePart, HoldPoint, InnerTimeout, Skip, StackPart, part_name, stack_timers};
 use crate::bulkhead::{Bulkhead, BulkheadBuilder, BulkheadHandle, BulkheadLayer};
 use crate::circuit_breaker::{
     CircuitBreaker, CircuitBreakerBuilder, CircuitBreakerHandle, CircuitBreakerLayer, SlidingWindow,
@@ -524,30 +524,25 @@ impl<P, C, L, O, H> ClientStackBuilder<P, C, L, O, H> {
             .ok_or_else(|| ConfigError::new(KIND, "attempt_timeout must be set"))?;
         let obs = self.common.observer.as_ref();
 
-        // The deadline travels by task-local inside the stack (and as a
+        // The deadline travels with the call inside the stack (and as a
         // header to the dependency): no extension insert per request.
-        let mut deadline = DeadlineLayer::builder(total)
-            .name(part_name(&self.common.name, "deadline"))
-            .in_request(false);
-        let mut attempt =
-            AttemptTimeoutLayer::builder(per_try).name(part_name(&self.common.name, "attempt"));
+        let (deadline, attempt) = stack_timers(
+            &self.common.name,
+            KIND,
+            total,
+            InnerTimeout {
+                part: "attempt",
+                setting: "attempt_timeout",
+                timeout: per_try,
+            },
+            false,
+            obs,
+        )?;
         let mut retry = self.retry;
         let mut bulkhead = self.common.bulkhead;
         if let Some(o) = obs {
-            deadline = deadline.observer(o.clone());
-            attempt = attempt.observer(o.clone());
             retry = retry.observer(o.clone());
             bulkhead = bulkhead.observer(o.clone());
-        }
-        let deadline = deadline.build()?;
-        let attempt = attempt.build()?;
-        if per_try > total {
-            return Err(ConfigError::new(
-                KIND,
-                format!(
-                    "attempt_timeout must be at most total_budget ({total:?}), got {per_try:?}"
-                ),
-            ));
         }
         let retry = retry.build()?;
         if retry.max_attempts() >= 2 {

@@ -286,9 +286,9 @@ fn tuned(
     if let Some(n) = s.consecutive_failures {
         t.consecutive_failures = Some(n);
     }
-    if let Some(d) = s.open_duration {
-        t.open_duration = d;
-        t.max_open_duration = t.max_open_duration.max(d);
+    if let Some((open, max)) = s.open_times(t.max_open_duration) {
+        t.open_duration = open;
+        t.max_open_duration = max;
     }
     t
 }

@@ -149,6 +149,56 @@ pub(crate) fn part_name(stack: &Name, part: &str) -> Name {
     Name::from(format!("{stack}.{part}"))
 }
 
+/// The inner timeout of a stack: the client's per attempt, the server's per
+/// handler.
+pub(crate) struct InnerTimeout {
+    /// Its part's name (`"attempt"`, `"handler"`).
+    pub(crate) part: &'static str,
+    /// Its setting's name, for errors (`"attempt_timeout"`).
+    pub(crate) setting: &'static str,
+    pub(crate) timeout: std::time::Duration,
+}
+
+/// A stack's two timers: its total budget (`{stack}.deadline`) and its inner
+/// timeout, named after the stack and reporting to its observer. The inner
+/// timeout may not exceed the budget.
+pub(crate) fn stack_timers(
+    stack: &Name,
+    kind: &'static str,
+    total: std::time::Duration,
+    inner: InnerTimeout,
+    deadline_in_request: bool,
+    observer: Option<&Observer>,
+) -> Result<
+    (
+        crate::deadline::DeadlineLayer,
+        crate::deadline::AttemptTimeoutLayer,
+    ),
+    ConfigError,
+> {
+    let mut deadline = crate::deadline::DeadlineLayer::builder(total)
+        .name(part_name(stack, "deadline"))
+        .in_request(deadline_in_request);
+    let mut timeout = crate::deadline::AttemptTimeoutLayer::builder(inner.timeout)
+        .name(part_name(stack, inner.part));
+    if let Some(o) = observer {
+        deadline = deadline.observer(o.clone());
+        timeout = timeout.observer(o.clone());
+    }
+    let deadline = deadline.build()?;
+    let timeout = timeout.build()?;
+    if inner.timeout > total {
+        return Err(ConfigError::new(
+            kind,
+            format!(
+                "{} must be at most total_budget ({total:?}), got {:?}",
+                inner.setting, inner.timeout
+            ),
+        ));
+    }
+    Ok((deadline, timeout))
+}
+
 /// Where the layers of a stack let go of a call, as its innermost part
 /// decides: at the head ([`Head`](crate::hold::Head)) when nothing below
 /// hands out [`CallBody`](crate::body::CallBody) responses, at the end of

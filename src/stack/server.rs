@@ -8,7 +8,7 @@ use tower::layer::util::Identity;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::part::{HoldPoint, IngressPart, Skip, StackPart, part_name};
+use super::part::{HoldPoint, IngressPart, InnerTimeout, Skip, StackPart, part_name, stack_timers};
 use crate::bulkhead::{Bulkhead, BulkheadBuilder, BulkheadHandle, BulkheadLayer};
 use crate::deadline::{AttemptTimeoutLayer, AttemptTimeoutService, DeadlineLayer, DeadlineService};
 use crate::error::{ConfigError, Name};
@@ -376,27 +376,23 @@ impl<O, R, P> ServerStackBuilder<O, R, P> {
             .ok_or_else(|| ConfigError::new(KIND, "total_budget must be set"))?;
         let handler_timeout = self.common.handler_timeout.unwrap_or(total);
         let obs = self.common.observer.as_ref();
-        let mut deadline =
-            DeadlineLayer::builder(total).name(part_name(&self.common.name, "deadline"));
-        let mut handler = AttemptTimeoutLayer::builder(handler_timeout)
-            .name(part_name(&self.common.name, "handler"));
+        let (deadline, handler) = stack_timers(
+            &self.common.name,
+            KIND,
+            total,
+            InnerTimeout {
+                part: "handler",
+                setting: "handler_timeout",
+                timeout: handler_timeout,
+            },
+            true,
+            obs,
+        )?;
         let mut limit = self.limit;
         let mut bulkhead = self.common.bulkhead;
         if let Some(o) = obs {
-            deadline = deadline.observer(o.clone());
-            handler = handler.observer(o.clone());
             limit = limit.observer(o.clone());
             bulkhead = bulkhead.observer(o.clone());
-        }
-        let deadline = deadline.build()?;
-        let handler = handler.build()?;
-        if handler_timeout > total {
-            return Err(ConfigError::new(
-                KIND,
-                format!(
-                    "handler_timeout must be at most total_budget ({total:?}), got {handler_timeout:?}"
-                ),
-            ));
         }
         let innermost = self.ingress.build_innermost(obs)?;
         Ok(ServerStackLayer {

@@ -620,6 +620,16 @@ async fn each_layer_reads_its_own_section() {
     assert_eq!(retry.max_attempts(), 4);
     assert_eq!(retry.backoff().base(), Duration::from_millis(20));
     assert_eq!(retry.budget().ratio_ppm(), 50_000);
+    // A base alone keeps the builder's cap, not the default one.
+    let capped = seawall::retry::RetryLayer::builder()
+        .backoff(Duration::from_millis(5), Duration::from_millis(300))
+        .configure(&f.retry)
+        .build()
+        .unwrap();
+    assert_eq!(
+        (capped.backoff().base(), capped.backoff().cap()),
+        (Duration::from_millis(20), Duration::from_millis(300))
+    );
     let breaker = seawall::circuit_breaker::CircuitBreakerLayer::builder()
         .configure(&f.breaker)
         .build()
@@ -669,4 +679,34 @@ async fn each_layer_reads_its_own_section() {
         let _ = endpoints[0].ready().await.unwrap().call(1).await;
     }
     assert_eq!(eject.ejected(), 1);
+}
+
+/// An open time above the default cap (600 s) in a file: the stack built
+/// from it and a stack reloading it take it alike, the cap raised to it.
+#[tokio::test(start_paused = true)]
+async fn a_long_open_time_is_taken_alike_at_build_and_at_reload() {
+    let long: ServiceConfig = toml::from_str(
+        r#"
+        [clients.payments]
+        total_budget = "2s"
+        attempt_timeout = "500ms"
+        breaker = { open_duration = "20m" }
+        "#,
+    )
+    .unwrap();
+    let built = long.client("payments").unwrap();
+    let t = built.breaker_handle().tuning();
+    assert_eq!(
+        (t.open_duration, t.max_open_duration),
+        (Duration::from_secs(1200), Duration::from_secs(1200))
+    );
+    let running = example().client("payments").unwrap();
+    running
+        .reload(long.client_settings("payments").unwrap())
+        .unwrap();
+    let r = running.breaker_handle().tuning();
+    assert_eq!(
+        (r.open_duration, r.max_open_duration),
+        (t.open_duration, t.max_open_duration)
+    );
 }

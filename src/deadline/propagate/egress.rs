@@ -251,17 +251,8 @@ where
                 let ms = u64::try_from(left.as_millis()).unwrap_or(u64::MAX);
                 // Digits on the stack, copied once into the value.
                 let mut buf = [0u8; 20];
-                let mut at = buf.len();
-                let mut n = ms;
-                loop {
-                    at -= 1;
-                    buf[at] = b'0' + (n % 10) as u8;
-                    n /= 10;
-                    if n == 0 {
-                        break;
-                    }
-                }
-                if let Ok(v) = HeaderValue::from_bytes(&buf[at..]) {
+                if let Ok(v) = HeaderValue::from_bytes(crate::deadline::wire::decimal(ms, &mut buf))
+                {
                     headers.insert(name.clone(), v);
                 }
             }

@@ -78,13 +78,12 @@ pub use self::ingress::{
 };
 
 use std::fmt;
-use std::task::Poll;
 use std::time::Duration;
 
 use http::header::HeaderName;
 
 use super::wire::ParseTimeoutError;
-use crate::error::{BoxError, ConfigError};
+use crate::error::ConfigError;
 
 /// The `grpc-timeout` header name.
 pub const GRPC_TIMEOUT: &str = "grpc-timeout";
@@ -176,9 +175,4 @@ impl fmt::Display for InvalidTimeout {
 
 impl std::error::Error for InvalidTimeout {}
 
-/// The answer of a future that refused its request.
-pub(super) fn poll_rejected<T>(error: &mut Option<BoxError>) -> Poll<Result<T, BoxError>> {
-    Poll::Ready(Err(error.take().unwrap_or_else(|| {
-        "deadline future polled after completion".into()
-    })))
-}
+pub(super) use crate::error::poll_rejected;
