@@ -6,6 +6,9 @@
 
 #[path = "common/mod.rs"]
 mod common;
+/// governor's limiters on tokio's clock (the crate's own test clock).
+#[path = "../src/rate_limit/clock.rs"]
+mod tokio_clock;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -17,7 +20,8 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use governor::{Quota as GovQuota, RateLimiter as GovLimiter};
-use seawall::rate_limit::{Key, Quota, RateLimitLayer, TokioClock};
+use seawall::rate_limit::{Key, Quota, RateLimitLayer};
+use tokio_clock::TokioClock;
 use tower::{Layer, Service};
 
 const BIG: u32 = 1_000_000_000;

@@ -18,9 +18,6 @@ use std::cell::Cell;
 
 pub use tokio::time::Instant;
 
-#[cfg(feature = "rate-limit")]
-pub use crate::rate_limit::{TokioClock, TokioInstant};
-
 /// The current time on tokio's clock.
 ///
 /// Read once per edge of a call: while a request goes in through the

@@ -231,8 +231,13 @@ pub(crate) fn poll_rejected<T>(
         .unwrap_or_else(|| "future polled after completion".into())))
 }
 
-/// Implemented by every seawall rejection marker.
-pub trait Reject: Error + Send + Sync + 'static {
+mod sealed {
+    pub trait Sealed {}
+}
+
+/// Implemented by every seawall rejection marker (sealed: [`rejection`]
+/// recognises these markers and no others).
+pub trait Reject: Error + Send + Sync + sealed::Sealed + 'static {
     /// The shared view of this rejection.
     fn rejection(&self) -> Rejection<'_>;
 }
@@ -306,6 +311,8 @@ macro_rules! marker {
         }
 
         impl Error for $ty {}
+
+        impl sealed::Sealed for $ty {}
 
         impl Reject for $ty {
             fn rejection(&self) -> Rejection<'_> {

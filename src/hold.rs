@@ -108,7 +108,9 @@ impl<T> Hold<T> for Head {
 }
 
 /// What a layer still holds for a call (a permit, a place in flight, a
-/// verdict to give), handed to the response body to carry. Opaque.
+/// verdict to give), handed to the response body to carry. Opaque (the
+/// layers' plumbing, in the signature of a hidden method).
+#[doc(hidden)]
 pub struct Duty(pub(crate) DutyKind);
 
 pub(crate) enum DutyKind {
@@ -168,7 +170,9 @@ impl<T, C> HoldVerdict<T, C> for Head {
 }
 
 /// How a classifier judges a body that failed, made for one classifier and
-/// response type. Opaque.
+/// response type. Opaque (the layers' plumbing, in the signature of a
+/// hidden method).
+#[doc(hidden)]
 #[derive(Clone, Copy)]
 #[allow(dead_code)]
 pub struct Judge(pub(crate) crate::classify::JudgeFn);

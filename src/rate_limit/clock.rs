@@ -1,28 +1,7 @@
-//! The governor clock adapter: governor reads tokio's clock.
-//!
-//! governor's default clock is `quanta`, which ignores tokio's paused time.
-//! [`TokioClock`] implements [`governor::clock::Clock`] over
-//! [`tokio::time::Instant`], so a limiter built with it follows
-//! `tokio::time::pause()` / `advance()` like every other seawall layer.
-//!
-//! # Example
-//!
-//! ```
-//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
-//! # async fn main() {
-//! use std::num::NonZeroU32;
-//! use std::time::Duration;
-//! use governor::{Quota, RateLimiter};
-//! use seawall::rate_limit::TokioClock;
-//!
-//! let quota = Quota::per_second(NonZeroU32::new(1).unwrap());
-//! let limiter = RateLimiter::direct_with_clock(quota, TokioClock::new());
-//! assert!(limiter.check().is_ok());
-//! assert!(limiter.check().is_err());
-//! tokio::time::advance(Duration::from_secs(1)).await;
-//! assert!(limiter.check().is_ok());
-//! # }
-//! ```
+//! A governor clock on tokio's time, for the tests that check seawall's
+//! buckets against governor's limiters cell for cell (and the benches that
+//! run governor beside them): governor's default clock, `quanta`, ignores
+//! tokio's paused time. Not part of the crate's API.
 
 use std::ops::Add;
 use std::time::Duration;
@@ -35,11 +14,11 @@ use tokio::time::Instant;
 ///
 /// Zero-sized and free to copy.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct TokioClock;
+pub(super) struct TokioClock;
 
 impl TokioClock {
     /// The clock.
-    pub const fn new() -> Self {
+    pub(super) const fn new() -> Self {
         TokioClock
     }
 }
@@ -49,32 +28,14 @@ impl Clock for TokioClock {
 
     #[inline]
     fn now(&self) -> TokioInstant {
-        TokioInstant(crate::clock::now())
+        TokioInstant(Instant::now())
     }
 }
 
 /// A reading of [`TokioClock`]: a [`tokio::time::Instant`] that implements
 /// governor's [`Reference`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct TokioInstant(Instant);
-
-impl TokioInstant {
-    /// Wraps a tokio instant.
-    pub const fn new(instant: Instant) -> Self {
-        TokioInstant(instant)
-    }
-
-    /// The tokio instant.
-    pub const fn into_inner(self) -> Instant {
-        self.0
-    }
-}
-
-impl From<Instant> for TokioInstant {
-    fn from(i: Instant) -> Self {
-        TokioInstant(i)
-    }
-}
+pub(super) struct TokioInstant(Instant);
 
 impl Add<Nanos> for TokioInstant {
     type Output = TokioInstant;
@@ -100,28 +61,5 @@ impl Reference for TokioInstant {
                 .checked_sub(Duration::from_nanos(duration.as_u64()))
                 .unwrap_or(self.0),
         )
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test(start_paused = true)]
-    async fn follows_paused_time() {
-        let c = TokioClock::new();
-        let a = c.now();
-        tokio::time::advance(Duration::from_millis(1500)).await;
-        let b = c.now();
-        assert_eq!(
-            b.duration_since(a),
-            Nanos::from(Duration::from_millis(1500))
-        );
-        assert_eq!(a.duration_since(b), Nanos::from(0u64));
-        assert_eq!(a + Nanos::from(Duration::from_millis(1500)), b);
-        assert_eq!(
-            b.saturating_sub(Nanos::from(Duration::from_millis(1500))),
-            a
-        );
     }
 }

@@ -39,19 +39,3 @@ impl<Res> Decorate<Res> for NoHeaders {
     #[inline(always)]
     fn decorate(&self, _res: &mut Res, _status: &RateLimitStatus) {}
 }
-
-/// Whole seconds for a `Retry-After` (or `RateLimit` `t=`) value, rounded
-/// **up**: a 400 ms wait reads `1`, never `0`; zero stays zero.
-///
-/// ```
-/// use std::time::Duration;
-/// use seawall::rate_limit::retry_after_secs;
-///
-/// assert_eq!(retry_after_secs(Duration::from_millis(400)), 1);
-/// assert_eq!(retry_after_secs(Duration::from_secs(2)), 2);
-/// assert_eq!(retry_after_secs(Duration::from_millis(2001)), 3);
-/// assert_eq!(retry_after_secs(Duration::ZERO), 0);
-/// ```
-pub fn retry_after_secs(wait: Duration) -> u64 {
-    crate::clock::ceil_secs(wait)
-}

@@ -6,7 +6,7 @@ use std::sync::OnceLock;
 use http::HeaderValue;
 use http::header::HeaderName;
 
-use super::decorate::{Decorate, RateLimitStatus, retry_after_secs};
+use super::decorate::{Decorate, RateLimitStatus};
 use super::quota::Quota;
 use crate::error::ConfigError;
 
@@ -75,7 +75,10 @@ pub fn policy(quota: &Quota) -> (u64, u64) {
 /// assert_eq!(rate_limit_value("default", 50, Duration::from_millis(29_400)), "\"default\";r=50;t=30");
 /// ```
 pub fn rate_limit_value(name: &str, remaining: u32, reset: std::time::Duration) -> String {
-    format!("\"{name}\";r={remaining};t={}", retry_after_secs(reset))
+    format!(
+        "\"{name}\";r={remaining};t={}",
+        crate::clock::ceil_secs(reset)
+    )
 }
 
 /// Adds `RateLimit-Policy` and `RateLimit` to every admitted response (the

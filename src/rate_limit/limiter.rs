@@ -395,9 +395,30 @@ mod tests {
     use std::num::NonZeroU32;
 
     use governor::RateLimiter;
+    use governor::clock::Clock as _;
     use governor::middleware::StateInformationMiddleware;
 
     use super::super::clock::{TokioClock, TokioInstant};
+
+    #[tokio::test(start_paused = true)]
+    async fn the_test_clock_follows_paused_time() {
+        use governor::clock::Reference;
+        use governor::nanos::Nanos;
+        let c = TokioClock::new();
+        let a = c.now();
+        tokio::time::advance(Duration::from_millis(1500)).await;
+        let b = c.now();
+        assert_eq!(
+            b.duration_since(a),
+            Nanos::from(Duration::from_millis(1500))
+        );
+        assert_eq!(a.duration_since(b), Nanos::from(0u64));
+        assert_eq!(a + Nanos::from(Duration::from_millis(1500)), b);
+        assert_eq!(
+            b.saturating_sub(Nanos::from(Duration::from_millis(1500))),
+            a
+        );
+    }
 
     fn admit(quota: &Quota, remaining: u32) -> Admit {
         let used = quota.burst_size().saturating_sub(remaining);
@@ -452,9 +473,7 @@ mod tests {
                     >| match r {
                         Err(_) => Err(NEVER),
                         Ok(Ok(snap)) => Ok(admit(&quota, snap.remaining_burst_capacity())),
-                        Ok(Err(nu)) => {
-                            Err(nu.wait_time_from(TokioInstant::new(crate::clock::now())))
-                        }
+                        Ok(Err(nu)) => Err(nu.wait_time_from(TokioClock::new().now())),
                     };
                     let n = NonZeroU32::new(cost).unwrap();
                     assert_eq!(

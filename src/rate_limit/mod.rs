@@ -29,14 +29,13 @@
 //!   to the [`Fallback`] rule: a flood of a million distinct keys cannot grow
 //!   the map past the cap.
 //! - **Paused time.** Every bucket reads tokio's clock, so every limit
-//!   follows `tokio::time::pause()` / `advance()` ([`TokioClock`] gives
-//!   governor's own limiters the same clock).
+//!   follows `tokio::time::pause()` / `advance()`.
 //! - **Run-time changes.** [`RateLimitLayer::set_quota`] changes the quota
 //!   of a running layer (an operator's reload): no bucket is dropped or
 //!   refilled, each keeps what it owes within the new burst.
 //! - **Headers** (feature `http`): [`IetfHeaders`] writes the IETF
 //!   `RateLimit-Policy: "default";q=100;w=60` and `RateLimit: "default";r=50;t=30`
-//!   fields on admitted responses. [`retry_after_secs`] rounds a wait *up* to
+//!   fields on admitted responses. [`clock::ceil_secs`](crate::clock::ceil_secs) rounds a wait *up* to
 //!   whole seconds for `Retry-After`.
 //! - **Redis** (feature `redis`): the same layer backed by one GCRA Lua script
 //!   per request on Redis server time, with a failure policy and a per-call
@@ -69,6 +68,7 @@
 //! # }
 //! ```
 
+#[cfg(test)]
 mod clock;
 mod decorate;
 mod future;
@@ -85,8 +85,7 @@ pub mod headers;
 #[cfg(feature = "redis")]
 mod redis;
 
-pub use self::clock::{TokioClock, TokioInstant};
-pub use self::decorate::{Decorate, NoHeaders, RateLimitStatus, retry_after_secs};
+pub use self::decorate::{Decorate, NoHeaders, RateLimitStatus};
 pub use self::future::ResponseFuture;
 #[cfg(feature = "http")]
 pub use self::key::cost_from_extension;

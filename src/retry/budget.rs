@@ -1,6 +1,6 @@
 //! The retry budget engine (see [`RetryBudget`] for the rule, the algorithm
 //! and its cost). Free of tower types; every operation has an `_at(now)` form
-//! for tests.
+//! for the unit tests beside it.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -322,7 +322,7 @@ impl RetryBudget {
     }
 
     /// [`deposit`](Self::deposit) at `now`.
-    pub fn deposit_at(&self, now: Instant) {
+    pub(crate) fn deposit_at(&self, now: Instant) {
         let epoch = self.inner.epoch(now);
         bump(&self.inner.deposits, epoch);
     }
@@ -369,7 +369,7 @@ impl RetryBudget {
     }
 
     /// [`try_withdraw`](Self::try_withdraw) at `now`.
-    pub fn try_withdraw_at(&self, now: Instant) -> Option<Withdrawal> {
+    pub(crate) fn try_withdraw_at(&self, now: Instant) -> Option<Withdrawal> {
         let epoch = self.inner.epoch(now);
         let requests = self.inner.requests(epoch);
         let successes = self.inner.successes(epoch);
@@ -403,7 +403,7 @@ impl RetryBudget {
     }
 
     /// [`snapshot`](Self::snapshot) at `now`.
-    pub fn snapshot_at(&self, now: Instant) -> BudgetSnapshot {
+    pub(crate) fn snapshot_at(&self, now: Instant) -> BudgetSnapshot {
         let epoch = self.inner.epoch(now);
         let requests = self.inner.requests(epoch);
         let successes = self.inner.successes(epoch);

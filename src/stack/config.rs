@@ -12,6 +12,7 @@ pub trait RateLimitSetting: super::part::sealed::Sealed {
     /// Takes the file's `rate_limit`. A stack without a rate limit refuses
     /// it: a rate limit changes the stack's type, so it is added in code
     /// (`.rate_limit(quota, |r| r)`, which the file's rate then replaces).
+    #[doc(hidden)]
     fn set_rate(&mut self, rate: &crate::config::Rate) -> Result<(), ConfigError>;
 }
 
@@ -22,8 +23,10 @@ pub trait RateLimitSetting: super::part::sealed::Sealed {
 /// [`set_quota`](crate::rate_limit::RateLimitLayer::set_quota).
 pub trait RateLimitReload: super::part::sealed::Sealed {
     /// Whether `rate` would be taken (nothing changes).
+    #[doc(hidden)]
     fn check_rate(&self, rate: &crate::config::Rate) -> Result<(), ConfigError>;
     /// Takes `rate`.
+    #[doc(hidden)]
     fn reload_rate(&self, rate: &crate::config::Rate) -> Result<(), ConfigError>;
 }
 

@@ -42,10 +42,13 @@ pub trait StackPart: sealed::Sealed {
     type Layer;
 
     /// Builds the layer, handing it the stack's observer when one was set.
+    /// (The stacks' plumbing: not for use outside them.)
+    #[doc(hidden)]
     fn build_part(self, observer: Option<&Observer>) -> Result<Self::Layer, ConfigError>;
 
     /// Tells the part the stack's total budget before it is built (the
     /// server presets' ingress holds answers to it); most parts ignore it.
+    #[doc(hidden)]
     fn with_budget(self, _budget: std::time::Duration) -> Self
     where
         Self: Sized,
@@ -75,6 +78,7 @@ pub trait HedgePart<P>: sealed::Sealed {
     type Layer;
 
     /// Builds the layer with the stack's retry policy and observer.
+    #[doc(hidden)]
     fn build_hedge(
         self,
         policy: &P,
@@ -238,6 +242,7 @@ pub trait IngressPart: StackPart {
     type Innermost: HoldPoint;
 
     /// Builds it (before the ingress itself), with the stack's observer.
+    #[doc(hidden)]
     fn build_innermost(&self, observer: Option<&Observer>) -> Result<Self::Innermost, ConfigError>;
 }
 
