@@ -135,6 +135,15 @@ impl<S, C, M> Layer<S> for CircuitBreakerLayer<C, M> {
 /// [module docs](crate::circuit_breaker)); [`build`](Self::build) refuses
 /// nonsense with a [`ConfigError`].
 pub struct CircuitBreakerBuilder<C = ErrorsAsFailures> {
+    settings: Settings,
+    classifier: C,
+}
+
+/// Every setting but the classifier (whose type the builder carries): one
+/// struct, so that changing the classifier moves one field, and the
+/// defaults are written once.
+#[derive(Debug, Clone)]
+struct Settings {
     name: Name,
     observer: Observer,
     window: SlidingWindow,
@@ -152,12 +161,11 @@ pub struct CircuitBreakerBuilder<C = ErrorsAsFailures> {
     seed: Option<u64>,
     backpressure: bool,
     count_overload: bool,
-    classifier: C,
 }
 
-impl Default for CircuitBreakerBuilder<ErrorsAsFailures> {
+impl Default for Settings {
     fn default() -> Self {
-        CircuitBreakerBuilder {
+        Settings {
             name: Name::from(KIND),
             observer: Observer::none(),
             window: SlidingWindow::default(),
@@ -175,6 +183,14 @@ impl Default for CircuitBreakerBuilder<ErrorsAsFailures> {
             seed: None,
             backpressure: false,
             count_overload: false,
+        }
+    }
+}
+
+impl Default for CircuitBreakerBuilder<ErrorsAsFailures> {
+    fn default() -> Self {
+        CircuitBreakerBuilder {
+            settings: Settings::default(),
             classifier: ErrorsAsFailures,
         }
     }
@@ -183,55 +199,42 @@ impl Default for CircuitBreakerBuilder<ErrorsAsFailures> {
 impl<C> fmt::Debug for CircuitBreakerBuilder<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CircuitBreakerBuilder")
-            .field("name", &self.name)
-            .field("window", &self.window)
-            .field("failure_rate_threshold", &self.failure_rate_threshold)
-            .field("slow_call_rate_threshold", &self.slow_call_rate_threshold)
-            .field("slow_call_duration", &self.slow_call_duration)
-            .field("minimum_calls", &self.minimum_calls)
-            .field("rate_trips", &self.rate_trips)
-            .field("consecutive_failures", &self.consecutive_failures)
-            .field("permitted_in_half_open", &self.permitted_in_half_open)
-            .field("open_duration", &self.open_duration)
-            .field("open_multiplier", &self.open_multiplier)
-            .field("max_open_duration", &self.max_open_duration)
-            .field("open_jitter", &self.open_jitter)
-            .field("backpressure", &self.backpressure)
-            .field("count_overload", &self.count_overload)
-            .finish()
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
     }
 }
 
 impl<C> CircuitBreakerBuilder<C> {
     crate::observe::name_and_observer!(
+        in settings,
         "The instance name, used in events and in [`CircuitOpen`](crate::error::CircuitOpen)\nrejections. Default: `\"circuit_breaker\"`.",
         "The observer every event goes to. Default: none."
     );
 
     /// The sliding window. Default: the last 100 calls.
     pub fn window(mut self, window: SlidingWindow) -> Self {
-        self.window = window;
+        self.settings.window = window;
         self
     }
 
     /// Opens when the failure rate is at or above this (`0 < t <= 1`).
     /// Default: 0.5.
     pub fn failure_rate_threshold(mut self, threshold: f64) -> Self {
-        self.failure_rate_threshold = threshold;
+        self.settings.failure_rate_threshold = threshold;
         self
     }
 
     /// Opens when the share of slow calls is at or above this (`0 < t <= 1`).
     /// Default: 1.0 (every call in the window slow).
     pub fn slow_call_rate_threshold(mut self, threshold: f64) -> Self {
-        self.slow_call_rate_threshold = threshold;
+        self.settings.slow_call_rate_threshold = threshold;
         self
     }
 
     /// A call taking longer than this is slow (whatever its outcome).
     /// Default: 60 s.
     pub fn slow_call_duration(mut self, duration: Duration) -> Self {
-        self.slow_call_duration = duration;
+        self.settings.slow_call_duration = duration;
         self
     }
 
@@ -239,22 +242,22 @@ impl<C> CircuitBreakerBuilder<C> {
     /// 1; for a count window of `n` calls, `min(minimum_calls, n)` applies).
     /// Default: 100.
     pub fn minimum_calls(mut self, calls: u32) -> Self {
-        self.minimum_calls = calls;
+        self.settings.minimum_calls = calls;
         self
     }
 
     /// Also open after `n` failures in a row (at least 1), whatever the
     /// window says. Default: off.
     pub fn consecutive_failures(mut self, n: u32) -> Self {
-        self.consecutive_failures = Some(n);
+        self.settings.consecutive_failures = Some(n);
         self
     }
 
     /// Open **only** after `n` failures in a row: the window still counts (its
     /// rates stay readable through the handle) but never opens the breaker.
     pub fn consecutive_failures_only(mut self, n: u32) -> Self {
-        self.consecutive_failures = Some(n);
-        self.rate_trips = false;
+        self.settings.consecutive_failures = Some(n);
+        self.settings.rate_trips = false;
         self
     }
 
@@ -262,20 +265,20 @@ impl<C> CircuitBreakerBuilder<C> {
     /// if their failure and slow-call rates are below the thresholds, and
     /// opens again otherwise. Default: 10.
     pub fn permitted_calls_in_half_open(mut self, calls: u32) -> Self {
-        self.permitted_in_half_open = calls;
+        self.settings.permitted_in_half_open = calls;
         self
     }
 
     /// The open time after a first trip. Default: 60 s.
     pub fn open_duration(mut self, duration: Duration) -> Self {
-        self.open_duration = duration;
+        self.settings.open_duration = duration;
         self
     }
 
     /// Each further trip before a healthy close multiplies the open time by
     /// this (at least 1; 1 keeps it constant). Default: 2.
     pub fn open_multiplier(mut self, multiplier: f64) -> Self {
-        self.open_multiplier = multiplier;
+        self.settings.open_multiplier = multiplier;
         self
     }
 
@@ -283,13 +286,13 @@ impl<C> CircuitBreakerBuilder<C> {
     /// open time they ask for).
     #[cfg(feature = "serde")]
     pub(crate) fn max_open(&self) -> Duration {
-        self.max_open_duration
+        self.settings.max_open_duration
     }
 
     /// The open time never exceeds this (at least the base open duration).
     /// Default: 600 s.
     pub fn max_open_duration(mut self, duration: Duration) -> Self {
-        self.max_open_duration = duration;
+        self.settings.max_open_duration = duration;
         self
     }
 
@@ -297,14 +300,14 @@ impl<C> CircuitBreakerBuilder<C> {
     /// (`0..=1`), then caps it at the maximum, so a fleet of clients does not
     /// probe in step. Default: 0 (exact open times).
     pub fn open_jitter(mut self, jitter: f64) -> Self {
-        self.open_jitter = jitter;
+        self.settings.open_jitter = jitter;
         self
     }
 
     /// Seeds the jitter's random generator (reproducible runs). Default: seeded
     /// from the operating system.
     pub fn seed(mut self, seed: u64) -> Self {
-        self.seed = Some(seed);
+        self.settings.seed = Some(seed);
         self
     }
 
@@ -312,7 +315,7 @@ impl<C> CircuitBreakerBuilder<C> {
     /// breaker lets probes through (and wakes the task then), instead of
     /// staying ready and failing calls fast. For balancers. Default: off.
     pub fn backpressure(mut self, enabled: bool) -> Self {
-        self.backpressure = enabled;
+        self.settings.backpressure = enabled;
         self
     }
 
@@ -330,7 +333,7 @@ impl<C> CircuitBreakerBuilder<C> {
     /// limit. Turn this on for a dependency whose "busy" answers really mean
     /// it is down (a proxy answering 503 for a dead backend).
     pub fn count_overload(mut self, enabled: bool) -> Self {
-        self.count_overload = enabled;
+        self.settings.count_overload = enabled;
         self
     }
 
@@ -341,30 +344,14 @@ impl<C> CircuitBreakerBuilder<C> {
     /// layer below such as an attempt timeout, is a failure).
     pub fn classifier<C2>(self, classifier: C2) -> CircuitBreakerBuilder<C2> {
         CircuitBreakerBuilder {
-            name: self.name,
-            observer: self.observer,
-            window: self.window,
-            failure_rate_threshold: self.failure_rate_threshold,
-            slow_call_rate_threshold: self.slow_call_rate_threshold,
-            slow_call_duration: self.slow_call_duration,
-            minimum_calls: self.minimum_calls,
-            rate_trips: self.rate_trips,
-            consecutive_failures: self.consecutive_failures,
-            permitted_in_half_open: self.permitted_in_half_open,
-            open_duration: self.open_duration,
-            open_multiplier: self.open_multiplier,
-            max_open_duration: self.max_open_duration,
-            open_jitter: self.open_jitter,
-            seed: self.seed,
-            backpressure: self.backpressure,
-            count_overload: self.count_overload,
+            settings: self.settings,
             classifier,
         }
     }
 
     fn validate(&self) -> Result<Config, ConfigError> {
         let err = |msg: String| Err(ConfigError::new(KIND, msg));
-        let window = match self.window {
+        let window = match self.settings.window {
             SlidingWindow::Count(n) => {
                 if n == 0 || n > MAX_COUNT_WINDOW {
                     return err(format!(
@@ -388,46 +375,48 @@ impl<C> CircuitBreakerBuilder<C> {
             }
         };
         super::BreakerTuning {
-            failure_rate_threshold: self.failure_rate_threshold,
-            slow_call_rate_threshold: self.slow_call_rate_threshold,
-            minimum_calls: self.minimum_calls,
-            consecutive_failures: self.consecutive_failures,
-            open_duration: self.open_duration,
-            open_multiplier: self.open_multiplier,
-            max_open_duration: self.max_open_duration,
+            failure_rate_threshold: self.settings.failure_rate_threshold,
+            slow_call_rate_threshold: self.settings.slow_call_rate_threshold,
+            minimum_calls: self.settings.minimum_calls,
+            consecutive_failures: self.settings.consecutive_failures,
+            open_duration: self.settings.open_duration,
+            open_multiplier: self.settings.open_multiplier,
+            max_open_duration: self.settings.max_open_duration,
         }
-        .check(self.rate_trips)?;
-        if self.slow_call_duration.is_zero() {
+        .check(self.settings.rate_trips)?;
+        if self.settings.slow_call_duration.is_zero() {
             return err("slow_call_duration must be above zero, got 0ns".into());
         }
-        if self.permitted_in_half_open == 0 || self.permitted_in_half_open > 65_535 {
+        if self.settings.permitted_in_half_open == 0
+            || self.settings.permitted_in_half_open > 65_535
+        {
             return err(format!(
                 "permitted_calls_in_half_open must be in 1..=65535, got {}",
-                self.permitted_in_half_open
+                self.settings.permitted_in_half_open
             ));
         }
-        if !(0.0..=1.0).contains(&self.open_jitter) {
+        if !(0.0..=1.0).contains(&self.settings.open_jitter) {
             return err(format!(
                 "open_jitter must be in 0..=1, got {}",
-                self.open_jitter
+                self.settings.open_jitter
             ));
         }
         Ok(Config {
             window,
-            failure_rate_threshold: self.failure_rate_threshold,
-            slow_call_rate_threshold: self.slow_call_rate_threshold,
-            slow_call_duration: self.slow_call_duration,
-            minimum_calls: self.minimum_calls,
-            rate_trips: self.rate_trips,
-            consecutive_failures: self.consecutive_failures,
-            permitted_in_half_open: self.permitted_in_half_open,
-            open_duration: self.open_duration,
-            open_multiplier: self.open_multiplier,
-            max_open_duration: self.max_open_duration,
-            open_jitter: self.open_jitter,
-            seed: self.seed,
-            backpressure: self.backpressure,
-            count_overload: self.count_overload,
+            failure_rate_threshold: self.settings.failure_rate_threshold,
+            slow_call_rate_threshold: self.settings.slow_call_rate_threshold,
+            slow_call_duration: self.settings.slow_call_duration,
+            minimum_calls: self.settings.minimum_calls,
+            rate_trips: self.settings.rate_trips,
+            consecutive_failures: self.settings.consecutive_failures,
+            permitted_in_half_open: self.settings.permitted_in_half_open,
+            open_duration: self.settings.open_duration,
+            open_multiplier: self.settings.open_multiplier,
+            max_open_duration: self.settings.max_open_duration,
+            open_jitter: self.settings.open_jitter,
+            seed: self.settings.seed,
+            backpressure: self.settings.backpressure,
+            count_overload: self.settings.count_overload,
         })
     }
 
@@ -439,7 +428,7 @@ impl<C> CircuitBreakerBuilder<C> {
         C: Send + Sync + 'static,
     {
         let config = self.validate()?;
-        let core = Core::new(self.name, self.observer, config);
+        let core = Core::new(self.settings.name, self.settings.observer, config);
         Ok(CircuitBreakerLayer {
             shared: Arc::new(Shared {
                 core,

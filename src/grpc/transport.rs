@@ -313,18 +313,7 @@ where
     }
 
     fn size_hint(&self) -> SizeHint {
-        let mut hint = self.rest.size_hint();
-        if let Some(n) = self
-            .first
-            .as_ref()
-            .and_then(|f| f.data_ref())
-            .map(|d| d.len() as u64)
-        {
-            hint.set_lower(hint.lower().saturating_add(n));
-            if let Some(upper) = hint.upper() {
-                hint.set_upper(upper.saturating_add(n));
-            }
-        }
-        hint
+        let first = self.first.as_ref().and_then(|f| f.data_ref());
+        crate::http::hint_plus(self.rest.size_hint(), first.map_or(0, |d| d.len()))
     }
 }

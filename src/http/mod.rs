@@ -172,3 +172,16 @@ where
 pub async fn handle_error(err: BoxError) -> axum_core::response::Response {
     rejection_response(&err)
 }
+
+/// `hint` with `n` more bytes in front (a body whose first bytes were read
+/// ahead).
+#[cfg_attr(not(any(feature = "retry", feature = "tonic")), allow(dead_code))]
+pub(crate) fn hint_plus(hint: http_body::SizeHint, n: usize) -> http_body::SizeHint {
+    let n = n as u64;
+    let mut out = http_body::SizeHint::new();
+    out.set_lower(hint.lower().saturating_add(n));
+    if let Some(upper) = hint.upper() {
+        out.set_upper(upper.saturating_add(n));
+    }
+    out
+}

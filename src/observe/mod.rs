@@ -91,8 +91,8 @@ pub use self::recorder::{RecordedEvent, Recorder};
 pub use self::tracing::TracingHook;
 
 /// The `name` and `observer` setters of a layer builder (fields `name:
-/// Name` and `observer: Observer`), with their docs (unused in builds
-/// without any layer).
+/// Name` and `observer: Observer`, or those of its field `$in`), with their
+/// docs (unused in builds without any layer).
 #[allow(unused_macros)]
 macro_rules! name_and_observer {
     ($name_doc:literal, $observer_doc:literal) => {
@@ -105,6 +105,19 @@ macro_rules! name_and_observer {
         #[doc = $observer_doc]
         pub fn observer(mut self, observer: impl Into<$crate::observe::Observer>) -> Self {
             self.observer = observer.into();
+            self
+        }
+    };
+    (in $in:ident, $name_doc:literal, $observer_doc:literal) => {
+        #[doc = $name_doc]
+        pub fn name(mut self, name: impl Into<$crate::error::Name>) -> Self {
+            self.$in.name = name.into();
+            self
+        }
+
+        #[doc = $observer_doc]
+        pub fn observer(mut self, observer: impl Into<$crate::observe::Observer>) -> Self {
+            self.$in.observer = observer.into();
             self
         }
     };

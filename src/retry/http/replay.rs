@@ -138,13 +138,7 @@ where
         match &self.inner {
             Inner::Full { data, .. } => SizeHint::with_exact(data.len() as u64),
             Inner::Streaming { prefix, rest } => {
-                let inner = rest.size_hint();
-                let mut hint = SizeHint::new();
-                hint.set_lower(inner.lower().saturating_add(prefix.len() as u64));
-                if let Some(upper) = inner.upper() {
-                    hint.set_upper(upper.saturating_add(prefix.len() as u64));
-                }
-                hint
+                crate::http::hint_plus(rest.size_hint(), prefix.len())
             }
         }
     }
