@@ -79,11 +79,11 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use dashmap::DashMap;
+use crate::rate_limit::bounded::BoundedMap;
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
 use tower_layer::Layer;
@@ -104,7 +104,7 @@ pub const DEFAULT_IDLE_AFTER: Duration = Duration::from_secs(60);
 const LAST_USED_GRAIN: u64 = 1_000_000_000;
 
 /// The least time between two eviction sweeps: 1 s.
-const SWEEP_EVERY: u64 = 1_000_000_000;
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 struct Entry<L> {
     layer: L,
@@ -117,21 +117,13 @@ struct Table<X, F, L> {
     observer: Observer,
     extractor: X,
     factory: F,
-    map: DashMap<Key, Arc<Entry<L>>>,
-    /// Keys in the map or about to be: a new key reserves its place here
-    /// first, so threads adding keys at once never take the map past
-    /// `max_keys`.
-    held: AtomicUsize,
+    /// At most `max_keys`, swept at most once a second (so a spray of new
+    /// keys at the cap costs a map read each, not a walk of the table).
+    map: BoundedMap<Arc<Entry<L>>>,
     overflow: Arc<Entry<L>>,
-    max_keys: usize,
     idle_after: Duration,
     origin: Instant,
-    evicted: AtomicU64,
     overflowed: AtomicU64,
-    /// When the next eviction sweep may run (ns since origin): at most one
-    /// a second, so a spray of new keys at the cap costs a map read each,
-    /// not a walk of the table.
-    next_sweep: AtomicU64,
 }
 
 impl<X, F, L> Table<X, F, L>
@@ -150,81 +142,56 @@ where
         let Some(key) = key else {
             return self.overflow.clone();
         };
-        if let Some(e) = self.map.get(&key) {
-            // Written at most once a second per key: a busy key's calls on
-            // several threads do not all write one shared word.
-            if now.saturating_sub(e.last_used.load(Ordering::Relaxed)) >= LAST_USED_GRAIN {
-                e.last_used.store(now, Ordering::Relaxed);
-            }
-            return e.clone();
+        if let Some(e) = self.try_entry(&key, now) {
+            return e;
         }
-        if !self.reserve() {
-            let due = self.next_sweep.load(Ordering::Relaxed);
-            if now >= due
-                && self
-                    .next_sweep
-                    .compare_exchange(due, now + SWEEP_EVERY, Ordering::AcqRel, Ordering::Relaxed)
-                    .is_ok()
-            {
-                self.sweep(now);
-            }
-            if !self.reserve() {
-                if self.overflowed.swap(1, Ordering::Relaxed) == 0 {
-                    self.observer.emit(
-                        LayerKind::Keyed,
-                        self.name.as_str(),
-                        EventKind::InputIgnored {
-                            input: "key",
-                            reason: "too_many_keys",
-                        },
-                    );
-                }
-                return self.overflow.clone();
-            }
-        }
-        let mut made = false;
-        let entry = self
-            .map
-            .entry(key)
-            .or_insert_with(|| {
-                made = true;
-                Arc::new(Entry {
-                    layer: (self.factory)(&key),
-                    last_used: AtomicU64::new(now),
-                })
-            })
-            .clone();
-        if !made {
-            // Another thread added the key first: its place is given back.
-            self.held.fetch_sub(1, Ordering::AcqRel);
-        }
-        entry
-    }
-
-    /// Takes a place for a new key, if one is left.
-    fn reserve(&self) -> bool {
-        self.held
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < self.max_keys).then_some(n + 1)
-            })
-            .is_ok()
-    }
-
-    /// Evicts the keys with no call in flight and none for `idle_after`.
-    fn sweep(&self, now: u64) {
-        let idle = self.idle_after.as_nanos() as u64;
-        let mut gone = 0;
-        self.map.retain(|_, e| {
-            let keep = Arc::strong_count(e) > 1
-                || now.saturating_sub(e.last_used.load(Ordering::Relaxed)) < idle;
-            gone += usize::from(!keep);
-            keep
+        // Full: evict the keys with no call in flight and none for
+        // `idle_after` (at most once a second), then try again.
+        let idle = u64::try_from(self.idle_after.as_nanos()).unwrap_or(u64::MAX);
+        let swept = self.map.sweep(|e| {
+            Arc::strong_count(e) > 1
+                || now.saturating_sub(e.last_used.load(Ordering::Relaxed)) < idle
         });
-        if gone > 0 {
-            self.held.fetch_sub(gone, Ordering::AcqRel);
-            self.evicted.fetch_add(gone as u64, Ordering::Relaxed);
+        if swept.is_some_and(|gone| gone > 0) {
             self.overflowed.store(0, Ordering::Relaxed);
         }
+        if let Some(e) = self.try_entry(&key, now) {
+            return e;
+        }
+        if self.overflowed.swap(1, Ordering::Relaxed) == 0 {
+            self.observer.emit(
+                LayerKind::Keyed,
+                self.name.as_str(),
+                EventKind::InputIgnored {
+                    input: "key",
+                    reason: "too_many_keys",
+                },
+            );
+        }
+        self.overflow.clone()
+    }
+
+    /// The entry of `key` if it is held or a place is left for it.
+    fn try_entry(&self, key: &Key, now: u64) -> Option<Arc<Entry<L>>> {
+        self.map.with(
+            key,
+            || {
+                Arc::new(Entry {
+                    layer: (self.factory)(key),
+                    last_used: AtomicU64::new(now),
+                })
+            },
+            |e, new| {
+                // Written at most once a second per key: a busy key's calls
+                // on several threads do not all write one shared word.
+                if !new
+                    && now.saturating_sub(e.last_used.load(Ordering::Relaxed)) >= LAST_USED_GRAIN
+                {
+                    e.last_used.store(now, Ordering::Relaxed);
+                }
+                e.clone()
+            },
+        )
     }
 }
 
@@ -246,7 +213,7 @@ impl<X, F, L> fmt::Debug for KeyedLayer<X, F, L> {
         f.debug_struct("KeyedLayer")
             .field("name", &self.table.name)
             .field("keys", &self.table.map.len())
-            .field("max_keys", &self.table.max_keys)
+            .field("max_keys", &self.table.map.max())
             .finish_non_exhaustive()
     }
 }
@@ -276,7 +243,7 @@ impl<X, F, L: Clone> KeyedLayer<X, F, L> {
     /// The layer of `key`, if the key is in the table: its handle reads or
     /// forces that key's state (`.handle().force_open()` for a breaker).
     pub fn get(&self, key: &Key) -> Option<L> {
-        self.table.map.get(key).map(|e| e.layer.clone())
+        self.table.map.get_cloned(key).map(|e| e.layer.clone())
     }
 
     /// The layer requests go through when the table is full or their key
@@ -294,12 +261,12 @@ impl<X, F, L> KeyedLayer<X, F, L> {
 
     /// Whether the table is empty.
     pub fn is_empty(&self) -> bool {
-        self.table.map.is_empty()
+        self.table.map.len() == 0
     }
 
     /// Keys evicted so far.
     pub fn evicted(&self) -> u64 {
-        self.table.evicted.load(Ordering::Relaxed)
+        self.table.map.evicted()
     }
 }
 
@@ -374,15 +341,11 @@ impl<X, F> KeyedLayerBuilder<X, F> {
                 observer: self.observer,
                 extractor: self.extractor,
                 factory: self.factory,
-                map: DashMap::new(),
-                held: AtomicUsize::new(0),
+                map: BoundedMap::new(self.max_keys, SWEEP_EVERY),
                 overflow,
-                max_keys: self.max_keys,
                 idle_after: self.idle_after,
                 origin: crate::clock::now(),
-                evicted: AtomicU64::new(0),
                 overflowed: AtomicU64::new(0),
-                next_sweep: AtomicU64::new(0),
             }),
         })
     }
@@ -591,25 +554,6 @@ mod tests {
         // Last used 30 s ago: not idle, so key 2 overflows.
         assert_eq!(layer.table.entry(key(2)).layer, 0);
         assert_eq!(layer.evicted(), 0);
-    }
-
-    #[test]
-    fn threads_adding_keys_at_once_never_pass_the_cap() {
-        let made = Made::default();
-        let layer = table(10, &made, Observer::default());
-        std::thread::scope(|scope| {
-            for t in 0..4u64 {
-                let layer = &layer;
-                scope.spawn(move || {
-                    for k in 0..2_000 {
-                        layer.table.entry(key(t * 1_000_000 + k));
-                    }
-                });
-            }
-        });
-        assert_eq!(layer.len(), 10);
-        // The overflow instance and one per key held: none made and lost.
-        assert_eq!(made.load(Ordering::Relaxed), 11);
     }
 
     #[test]

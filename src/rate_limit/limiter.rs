@@ -4,13 +4,12 @@
 //! so that it can change while the buckets keep what they owe.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
-use dashmap::DashMap;
-use dashmap::mapref::entry::Entry;
 use tokio::time::Instant;
 
+use super::bounded::BoundedMap;
 use super::key::Key;
 use super::quota::Quota;
 use crate::error::ConfigError;
@@ -249,14 +248,11 @@ pub(crate) enum KeyedCheck {
 pub(crate) struct KeyedBuckets {
     quota: QuotaCell,
     start: Instant,
-    map: DashMap<Key, AtomicU64>,
-    /// Keys in the map (exact: only checks insert, only sweeps remove).
-    count: AtomicUsize,
+    /// Each key's theoretical arrival time.
+    map: BoundedMap<AtomicU64>,
     /// Keys inserted so far.
     inserts: AtomicU64,
     settings: KeyedSettings,
-    last_sweep: Mutex<Option<Instant>>,
-    evicted: AtomicU64,
 }
 
 impl KeyedBuckets {
@@ -277,49 +273,31 @@ impl KeyedBuckets {
         Ok(KeyedBuckets {
             quota,
             start: crate::clock::now(),
-            map: DashMap::new(),
-            count: AtomicUsize::new(0),
+            map: BoundedMap::new(settings.max_keys, settings.min_sweep_interval),
             inserts: AtomicU64::new(0),
             settings,
-            last_sweep: Mutex::new(None),
-            evicted: AtomicU64::new(0),
         })
-    }
-
-    fn reserve(&self) -> bool {
-        self.count
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| {
-                (c < self.settings.max_keys).then_some(c + 1)
-            })
-            .is_ok()
     }
 
     /// One check; `Err(())` for a new key at the cap. The second value says
     /// whether a sweep is due (this call inserted the `sweep_every`-th key).
     #[inline]
     fn check_once(&self, key: &Key, now: u64, cost: u32, want_status: bool) -> (KeyedCheck, bool) {
-        if let Some(v) = self.map.get(key) {
-            return (
-                KeyedCheck::Decided(gcra(&v, &self.quota, now, cost, want_status)),
-                false,
-            );
-        }
-        match self.map.entry(*key) {
-            Entry::Occupied(e) => (
-                KeyedCheck::Decided(gcra(e.get(), &self.quota, now, cost, want_status)),
-                false,
-            ),
-            Entry::Vacant(v) => {
-                if !self.reserve() {
-                    return (KeyedCheck::Full, false);
-                }
-                let n = self.inserts.fetch_add(1, Ordering::Relaxed) + 1;
-                let cell = v.insert(AtomicU64::new(0));
-                (
-                    KeyedCheck::Decided(gcra(&cell, &self.quota, now, cost, want_status)),
-                    n % self.settings.sweep_every == 0,
-                )
-            }
+        let checked = self.map.with(
+            key,
+            || AtomicU64::new(0),
+            |tat, new| {
+                let r = gcra(tat, &self.quota, now, cost, want_status);
+                let due = new
+                    && (self.inserts.fetch_add(1, Ordering::Relaxed) + 1)
+                        % self.settings.sweep_every
+                        == 0;
+                (r, due)
+            },
+        );
+        match checked {
+            Some((r, due)) => (KeyedCheck::Decided(r), due),
+            None => (KeyedCheck::Full, false),
         }
     }
 
@@ -341,40 +319,16 @@ impl KeyedBuckets {
 
     /// Evicts idle keys; returns whether a sweep ran.
     pub(crate) fn sweep(&self) -> bool {
-        let Ok(mut last) = self.last_sweep.try_lock() else {
-            return false;
-        };
-        let now = crate::clock::now();
-        if let Some(l) = *last {
-            if now.saturating_duration_since(l) < self.settings.min_sweep_interval {
-                return false;
-            }
-        }
-        *last = Some(now);
-        let now =
-            u64::try_from(now.saturating_duration_since(self.start).as_nanos()).unwrap_or(u64::MAX);
-        let mut gone = 0u64;
-        self.map.retain(|_, tat| {
-            // Idle: the bucket is full again (its theoretical arrival time
-            // has passed), indistinguishable from a new key's.
-            let keep = tat.load(Ordering::Acquire) > now;
-            if !keep {
-                gone += 1;
-                self.count.fetch_sub(1, Ordering::AcqRel);
-            }
-            keep
-        });
-        if gone > 0 {
-            self.evicted.fetch_add(gone, Ordering::Relaxed);
-            if self.map.len().saturating_mul(4) < self.map.capacity() {
-                self.map.shrink_to_fit();
-            }
-        }
-        true
+        let now = nanos_since(self.start);
+        // Idle: the bucket is full again (its theoretical arrival time has
+        // passed), indistinguishable from a new key's.
+        self.map
+            .sweep(|tat| tat.load(Ordering::Acquire) > now)
+            .is_some()
     }
 
     pub(crate) fn tracked(&self) -> usize {
-        self.count.load(Ordering::Acquire)
+        self.map.len()
     }
 
     pub(crate) fn capacity(&self) -> usize {
@@ -382,7 +336,7 @@ impl KeyedBuckets {
     }
 
     pub(crate) fn evicted(&self) -> u64 {
-        self.evicted.load(Ordering::Relaxed)
+        self.map.evicted()
     }
 
     pub(crate) fn quota(&self) -> &QuotaCell {

@@ -68,6 +68,7 @@
 //! # }
 //! ```
 
+pub(crate) mod bounded;
 #[cfg(test)]
 mod clock;
 mod decorate;
