@@ -465,7 +465,7 @@ fn settle<D>(
 
 /// The error a gRPC status in trailers stands for, if it is not `OK`.
 fn trailer_status(trailers: &http::HeaderMap) -> Option<BoxError> {
-    let code = trailers.get("grpc-status")?;
+    let code = trailers.get(crate::http::GRPC_STATUS)?;
     if code.as_bytes() == b"0" {
         return None;
     }
@@ -495,10 +495,16 @@ fn grpc_status(error: BoxError) -> BoxError {
 /// seawall sends).
 fn deadline_trailers(_error: &BoxError) -> http::HeaderMap {
     let mut trailers = http::HeaderMap::new();
-    trailers.insert("grpc-status", http::HeaderValue::from_static("4"));
+    // 4: DEADLINE_EXCEEDED.
+    trailers.insert(
+        crate::http::GRPC_STATUS,
+        http::HeaderValue::from_static("4"),
+    );
     trailers.insert(
         "grpc-message",
-        http::HeaderValue::from_static("deadline exceeded"),
+        http::HeaderValue::from_static(crate::http::body_for(
+            crate::error::RejectionKind::DeadlineExceeded,
+        )),
     );
     trailers
 }
@@ -508,7 +514,10 @@ pub(crate) fn is_grpc<B>(response: &http::Response<B>) -> bool {
     response
         .headers()
         .get(http::header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+        .is_some_and(|v| {
+            v.as_bytes()
+                .starts_with(crate::http::GRPC_CONTENT_TYPE.as_bytes())
+        })
 }
 
 /// Puts a service's requests and answers in [`CallBody`] bodies held to

@@ -151,6 +151,21 @@ impl RejectionKind {
         }
     }
 
+    /// The short message of a rejection of this kind (`"deadline
+    /// exceeded"`, `"circuit open"`, …): its `Display` without the instance
+    /// name, and the body of its HTTP answer.
+    pub const fn message(self) -> &'static str {
+        match self {
+            RejectionKind::DeadlineExceeded => "deadline exceeded",
+            RejectionKind::AttemptTimeout => "attempt timed out",
+            RejectionKind::CircuitOpen => "circuit open",
+            RejectionKind::BulkheadFull => "bulkhead full",
+            RejectionKind::Overloaded => "overloaded",
+            RejectionKind::RateLimited => "rate limited",
+            RejectionKind::RetryBudgetExhausted => "retry budget exhausted",
+        }
+    }
+
     /// Whether a rejection of this kind is a local refusal unless its
     /// constructor says otherwise (see [`Rejection::is_local`]).
     const fn local_by_default(self) -> bool {
@@ -245,7 +260,7 @@ pub trait Reject: Error + Send + Sync + sealed::Sealed + 'static {
 macro_rules! marker {
     (
         $(#[$meta:meta])*
-        $ty:ident, $kind:ident, $msg:literal, retry_after
+        $ty:ident, $kind:ident, retry_after
     ) => {
         $(#[$meta])*
         #[derive(Debug, Clone, PartialEq, Eq)]
@@ -272,11 +287,11 @@ macro_rules! marker {
             }
         }
 
-        marker!(@common $ty, $kind, $msg);
+        marker!(@common $ty, $kind);
     };
     (
         $(#[$meta:meta])*
-        $ty:ident, $kind:ident, $msg:literal
+        $ty:ident, $kind:ident
     ) => {
         $(#[$meta])*
         #[derive(Debug, Clone, PartialEq, Eq)]
@@ -297,15 +312,16 @@ macro_rules! marker {
             }
         }
 
-        marker!(@common $ty, $kind, $msg);
+        marker!(@common $ty, $kind);
     };
-    (@common $ty:ident, $kind:ident, $msg:literal) => {
+    (@common $ty:ident, $kind:ident) => {
         impl fmt::Display for $ty {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                let message = RejectionKind::$kind.message();
                 if self.name.as_str().is_empty() {
-                    f.pad($msg)
+                    f.pad(message)
                 } else {
-                    write!(f, concat!($msg, " ({})"), self.name)
+                    write!(f, "{message} ({})", self.name)
                 }
             }
         }
@@ -331,40 +347,40 @@ marker!(
     /// The request's total time budget ran out, or had already run out when it
     /// arrived. Maps to HTTP 504 and gRPC `DEADLINE_EXCEEDED`. Never retried by
     /// seawall's retry layer: no budget is left to retry with.
-    DeadlineExceeded, DeadlineExceeded, "deadline exceeded"
+    DeadlineExceeded, DeadlineExceeded
 );
 marker!(
     /// One attempt exceeded its per-attempt timeout while the request still had
     /// budget left. Retryable; counted as a failure by a circuit breaker above.
     /// Maps to HTTP 504 and gRPC `DEADLINE_EXCEEDED`.
-    AttemptTimeout, AttemptTimeout, "attempt timed out"
+    AttemptTimeout, AttemptTimeout
 );
 marker!(
     /// A circuit breaker is open and refused the request without calling the
     /// service. `retry_after` is the time until the breaker lets probes
     /// through again (none while forced open). Maps to HTTP 503 and gRPC
     /// `UNAVAILABLE`.
-    CircuitOpen, CircuitOpen, "circuit open", retry_after
+    CircuitOpen, CircuitOpen, retry_after
 );
 marker!(
     /// A bulkhead had every slot busy and no room, or no time, to wait.
     /// Maps to HTTP 503 and gRPC `UNAVAILABLE`.
-    BulkheadFull, BulkheadFull, "bulkhead full", retry_after
+    BulkheadFull, BulkheadFull, retry_after
 );
 marker!(
     /// A load shedder refused the request to protect the service (adaptive
     /// limit reached, request shed by priority, or its deadline could not be
     /// met). Maps to HTTP 503 and gRPC `UNAVAILABLE`.
-    Overloaded, Overloaded, "overloaded", retry_after
+    Overloaded, Overloaded, retry_after
 );
 marker!(
     /// A rate limiter refused the request. `retry_after` is the exact wait until
     /// the request would conform. Maps to HTTP 429 and gRPC `RESOURCE_EXHAUSTED`.
-    RateLimited, RateLimited, "rate limited", retry_after
+    RateLimited, RateLimited, retry_after
 );
 marker!(
     /// The retry budget was empty, so a failed request was not retried.
-    RetryBudgetExhausted, RetryBudgetExhausted, "retry budget exhausted"
+    RetryBudgetExhausted, RetryBudgetExhausted
 );
 
 impl DeadlineExceeded {

@@ -1,13 +1,10 @@
 //! gRPC response classification by status code.
 
-use std::any::Any;
-use std::error::Error;
 use std::fmt;
 
 use tonic::{Code, Status};
 
 use crate::classify::{Classify, Outcome, error_origin};
-use crate::error::BoxError;
 
 /// Every gRPC code, in numeric order.
 const ALL_CODES: [Code; 17] = [
@@ -56,7 +53,7 @@ const ALL_CODES: [Code; 17] = [
 ///   504 → `UNAVAILABLE`; 400 → `INTERNAL`; 401 → `UNAUTHENTICATED`;
 ///   403 → `PERMISSION_DENIED`; 404 → `UNIMPLEMENTED`; others → `UNKNOWN`),
 ///   except that a proxy's 429 and 503 are an overload, as they are for HTTP;
-/// - an `Err` that is a [`tonic::Status`], or a [`BoxError`] holding one in
+/// - an `Err` that is a [`tonic::Status`], or a [`BoxError`](crate::BoxError) holding one in
 ///   its `source()` chain: that status's code (and its pushback metadata);
 /// - any other `Err`: a failure, except seawall's own rejections (a local
 ///   refusal is [`Refused`](Outcome::Refused), a shedder's `Overloaded` is
@@ -207,42 +204,6 @@ const fn slot(code: Code) -> u32 {
     ((code as i32 as u32) & 31) * 2
 }
 
-/// The code of a response head, if it carries one.
-fn response_code<B>(res: &http::Response<B>) -> Option<Code> {
-    if let Some(value) = res.headers().get(Status::GRPC_STATUS) {
-        return Some(Code::from_bytes(value.as_bytes()));
-    }
-    let code = match res.status().as_u16() {
-        200 => return None,
-        400 => Code::Internal,
-        401 => Code::Unauthenticated,
-        403 => Code::PermissionDenied,
-        404 => Code::Unimplemented,
-        429 | 502 | 503 | 504 => Code::Unavailable,
-        _ => Code::Unknown,
-    };
-    Some(code)
-}
-
-/// The status of an error, if it is or holds a `tonic::Status`.
-fn error_status<E: 'static>(err: &E) -> Option<&Status> {
-    let any = err as &dyn Any;
-    if let Some(status) = any.downcast_ref::<Status>() {
-        return Some(status);
-    }
-    let mut cur: Option<&(dyn Error + 'static)> = match any.downcast_ref::<BoxError>() {
-        Some(boxed) => Some(&**boxed),
-        None => None,
-    };
-    while let Some(e) = cur {
-        if let Some(status) = e.downcast_ref::<Status>() {
-            return Some(status);
-        }
-        cur = e.source();
-    }
-    None
-}
-
 impl Default for GrpcStatusClassifier {
     fn default() -> Self {
         GrpcStatusClassifier::new()
@@ -271,7 +232,7 @@ impl<B, E: 'static> Classify<http::Response<B>, E> for GrpcStatusClassifier {
     #[inline]
     fn classify(&self, result: Result<&http::Response<B>, &E>) -> Outcome {
         match result {
-            Ok(res) => match response_code(res) {
+            Ok(res) => match super::status::head_code(res) {
                 // A proxy's "busy" (429; 503 with a Retry-After) without
                 // grpc-status: an overload, as for HTTP, unless the rule
                 // for UNAVAILABLE was changed from a failure.
@@ -286,7 +247,7 @@ impl<B, E: 'static> Classify<http::Response<B>, E> for GrpcStatusClassifier {
                 Some(code) => self.outcome_with(code, res.headers()),
                 None => Outcome::Success,
             },
-            Err(err) => match error_status(err) {
+            Err(err) => match super::status::status_of(err) {
                 Some(status) => self.outcome_with(status.code(), status.metadata().as_ref()),
                 None => error_origin(err).unwrap_or(Outcome::Failure),
             },

@@ -51,7 +51,7 @@
 //! ```
 
 mod classify;
-mod status;
+pub(crate) mod status;
 pub(crate) mod transport;
 
 pub use self::classify::GrpcStatusClassifier;

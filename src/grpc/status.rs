@@ -19,7 +19,7 @@ pub const PUSHBACK_HEADER: &str = "grpc-retry-pushback-ms";
 /// The message of the status for errors that are not seawall rejections.
 const INTERNAL_ERROR_MESSAGE: &str = "internal error";
 
-const GRPC_CONTENT_TYPE: HeaderValue = HeaderValue::from_static("application/grpc");
+const GRPC_CONTENT_TYPE: HeaderValue = HeaderValue::from_static(crate::http::GRPC_CONTENT_TYPE);
 
 /// The gRPC code a rejection of `kind` answers with.
 ///
@@ -60,6 +60,48 @@ pub(crate) fn pushback_ms(wait: Duration) -> u64 {
     u64::try_from(ms).unwrap_or(u64::MAX).max(1)
 }
 
+/// The gRPC code of a response head: its `grpc-status`, or (a head without
+/// one, from a proxy) the HTTP status mapped as gRPC does (429, 502, 503 and
+/// 504 are `UNAVAILABLE`); `None` for a `200` without `grpc-status` (the
+/// status comes in the trailers).
+pub(crate) fn head_code<B>(res: &http::Response<B>) -> Option<Code> {
+    if let Some(value) = res.headers().get(Status::GRPC_STATUS) {
+        return Some(Code::from_bytes(value.as_bytes()));
+    }
+    let code = match res.status().as_u16() {
+        200 => return None,
+        400 => Code::Internal,
+        401 => Code::Unauthenticated,
+        403 => Code::PermissionDenied,
+        404 => Code::Unimplemented,
+        429 | 502 | 503 | 504 => Code::Unavailable,
+        _ => Code::Unknown,
+    };
+    Some(code)
+}
+
+/// The `tonic::Status` in `err`'s source chain, if any.
+pub(crate) fn status_in<'a>(err: &'a (dyn Error + 'static)) -> Option<&'a Status> {
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        if let Some(status) = e.downcast_ref::<Status>() {
+            return Some(status);
+        }
+        cur = e.source();
+    }
+    None
+}
+
+/// The `tonic::Status` an error of any type is or holds, if any.
+pub(crate) fn status_of<E: 'static>(err: &E) -> Option<&Status> {
+    let any = err as &dyn std::any::Any;
+    if let Some(status) = any.downcast_ref::<Status>() {
+        return Some(status);
+    }
+    any.downcast_ref::<crate::error::BoxError>()
+        .and_then(|boxed| status_in(&**boxed))
+}
+
 /// The status for any error (see [`status_for`](super::status_for)).
 pub(crate) fn status_for_error(err: &(dyn Error + 'static)) -> Status {
     if let Some(r) = rejection(err) {
@@ -71,14 +113,10 @@ pub(crate) fn status_for_error(err: &(dyn Error + 'static)) -> Status {
         }
         return status;
     }
-    let mut cur = Some(err);
-    while let Some(e) = cur {
-        if let Some(status) = e.downcast_ref::<Status>() {
-            return status.clone();
-        }
-        cur = e.source();
+    match status_in(err) {
+        Some(status) => status.clone(),
+        None => Status::new(Code::Unknown, INTERNAL_ERROR_MESSAGE),
     }
-    Status::new(Code::Unknown, INTERNAL_ERROR_MESSAGE)
 }
 
 /// A trailers-only gRPC response carrying `status`: HTTP 200,

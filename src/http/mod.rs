@@ -185,3 +185,13 @@ pub(crate) fn hint_plus(hint: http_body::SizeHint, n: usize) -> http_body::SizeH
     }
     out
 }
+
+/// gRPC's status trailer (and trailers-only header), for the parts of the
+/// crate that read gRPC answers without tonic.
+#[cfg_attr(not(feature = "deadline"), allow(dead_code))]
+pub(crate) const GRPC_STATUS: &str = "grpc-status";
+
+/// The content type of gRPC answers (`application/grpc`, and its `+proto`
+/// kinds).
+#[cfg_attr(not(any(feature = "deadline", feature = "tonic")), allow(dead_code))]
+pub(crate) const GRPC_CONTENT_TYPE: &str = "application/grpc";

@@ -57,15 +57,7 @@ pub const fn status_for(kind: RejectionKind) -> StatusCode {
 /// assert_eq!(body_for(RejectionKind::DeadlineExceeded), "deadline exceeded");
 /// ```
 pub const fn body_for(kind: RejectionKind) -> &'static str {
-    match kind {
-        RejectionKind::DeadlineExceeded => "deadline exceeded",
-        RejectionKind::AttemptTimeout => "attempt timed out",
-        RejectionKind::CircuitOpen => "circuit open",
-        RejectionKind::BulkheadFull => "bulkhead full",
-        RejectionKind::Overloaded => "overloaded",
-        RejectionKind::RateLimited => "rate limited",
-        RejectionKind::RetryBudgetExhausted => "retry budget exhausted",
-    }
+    kind.message()
 }
 
 /// Whole seconds to advertise for a wait: rounded **up**, and never 0 (a client

@@ -24,7 +24,7 @@
 //! gRPC does not know whether a method is idempotent: like a gRPC service
 //! config's retry policy, every method is retried on the configured codes, so
 //! configure only codes that mean the server did not process the call.
-//! Requests carry the [`ATTEMPT_HEADER`] and, on retries,
+//! Requests carry the [`ATTEMPT_HEADER`](super::ATTEMPT_HEADER) and, on retries,
 //! gRPC's `grpc-previous-rpc-attempts`. A tonic `Channel` takes
 //! `http::Request<tonic::body::Body>`: the gRPC client preset
 //! ([`ClientStack::grpc`](crate::stack::ClientStack::grpc)) puts
@@ -64,17 +64,14 @@
 use std::time::Duration;
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Response, StatusCode};
+use http::{Request, Response};
 use tonic::Code;
 
-use super::ATTEMPT_HEADER;
-use super::http::{InboundAttempt, ReplayBody, copy_request};
+use super::PREVIOUS_ATTEMPTS_HEADER;
+use super::http::{ReplayBody, arrived_as_retry, copy_request};
 use super::policy::{RetryPolicy, Verdict, classify_error};
 use crate::error::BoxError;
 use crate::grpc::PUSHBACK_HEADER;
-
-/// gRPC's header counting the attempts made before this one.
-pub const PREVIOUS_ATTEMPTS_HEADER: &str = "grpc-previous-rpc-attempts";
 
 /// The retry policy for gRPC calls; see the [module docs](self).
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -192,33 +189,16 @@ impl GrpcRetry {
     }
 
     fn classify_response<RB>(&self, res: &Response<RB>) -> Verdict {
-        match res.headers().get("grpc-status") {
-            Some(v) => {
-                let code = v
-                    .to_str()
-                    .ok()
-                    .and_then(|s| s.trim().parse::<i32>().ok())
-                    .map(Code::from)
-                    .unwrap_or(Code::Unknown);
-                self.verdict(code, res.headers())
-            }
-            None => match res.status() {
-                StatusCode::OK => Verdict::Success,
-                StatusCode::BAD_GATEWAY
-                | StatusCode::SERVICE_UNAVAILABLE
-                | StatusCode::GATEWAY_TIMEOUT => self.verdict(Code::Unavailable, res.headers()),
-                _ => Verdict::Fail,
-            },
+        // The same reading of a head as the breaker's classifier.
+        match crate::grpc::status::head_code(res) {
+            Some(code) => self.verdict(code, res.headers()),
+            None => Verdict::Success,
         }
     }
 
     fn classify_error(&self, err: &BoxError) -> Verdict {
-        let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(&**err);
-        while let Some(e) = cur {
-            if let Some(status) = e.downcast_ref::<tonic::Status>() {
-                return self.verdict(status.code(), status.metadata().as_ref());
-            }
-            cur = e.source();
+        if let Some(status) = crate::grpc::status::status_in(&**err) {
+            return self.verdict(status.code(), status.metadata().as_ref());
         }
         // An attempt that timed out here is a DEADLINE_EXCEEDED: it may have
         // run on the server, so it is retried only when that code is opted
@@ -242,23 +222,13 @@ pub fn parse_pushback(value: &HeaderValue) -> Option<Duration> {
 
 fn stamp<B>(req: &mut Request<B>, attempt: u32) {
     let headers = req.headers_mut();
-    let value = match attempt {
-        1 => HeaderValue::from_static("1"),
-        n => HeaderValue::from(n),
-    };
-    headers.insert(HeaderName::from_static(ATTEMPT_HEADER), value);
+    super::http::stamp_attempt(headers, attempt);
     if attempt > 1 {
         headers.insert(
             HeaderName::from_static(PREVIOUS_ATTEMPTS_HEADER),
             HeaderValue::from(attempt - 1),
         );
     }
-}
-
-fn arrived_as_retry<B>(req: &Request<B>) -> bool {
-    req.extensions()
-        .get::<InboundAttempt>()
-        .is_some_and(|a| a.0 > 1)
 }
 
 impl<B, RB> RetryPolicy<Request<ReplayBody<B>>, Response<RB>> for GrpcRetry
@@ -373,6 +343,34 @@ mod tests {
         );
         let e: BoxError = crate::error::DeadlineExceeded::new("d").into();
         assert_eq!(policy.classify_error(&e), Verdict::Fail);
+    }
+
+    #[test]
+    fn heads_without_grpc_status_read_as_the_classifier_reads_them() {
+        use crate::classify::{Classify, Outcome};
+        let policy = GrpcRetry::new();
+        let classifier = crate::grpc::GrpcStatusClassifier::new();
+        let head = |code: u16| http::Response::builder().status(code).body(()).unwrap();
+        for (code, verdict, outcome) in [
+            (200, Verdict::Success, Outcome::Success),
+            // A proxy's answers, mapped as gRPC does.
+            // "Busy": an overload to the breaker, retried (overloads are).
+            (429, Verdict::RETRY, Outcome::Overloaded),
+            (503, Verdict::RETRY, Outcome::Failure),
+            (404, Verdict::Fail, Outcome::Ignored),
+        ] {
+            let res = head(code);
+            assert_eq!(
+                RetryPolicy::<Request<()>, _>::classify(&policy, Ok(&res)),
+                verdict,
+                "{code}"
+            );
+            assert_eq!(
+                Classify::<_, BoxError>::classify(&classifier, Ok(&res)),
+                outcome,
+                "{code}"
+            );
+        }
     }
 
     #[test]

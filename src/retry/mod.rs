@@ -133,3 +133,8 @@ pub use self::service::Retry;
 /// The header carrying the 1-based attempt number on outbound HTTP and gRPC
 /// requests: `x-seawall-attempt` (1 for the first call, 2 for the first retry…).
 pub const ATTEMPT_HEADER: &str = "x-seawall-attempt";
+
+/// gRPC's header counting the attempts made before this one
+/// (`grpc-previous-rpc-attempts`): written by the gRPC retry policy, read
+/// on the server side as the attempt number less one.
+pub const PREVIOUS_ATTEMPTS_HEADER: &str = "grpc-previous-rpc-attempts";

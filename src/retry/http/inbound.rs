@@ -27,7 +27,7 @@ pub fn attempt_of<B>(req: &Request<B>) -> u32 {
         v.parse().ok()
     };
     let own = header(ATTEMPT_HEADER).filter(|n| *n >= 1);
-    let grpc = header("grpc-previous-rpc-attempts").map(|n| n.saturating_add(1));
+    let grpc = header(crate::retry::PREVIOUS_ATTEMPTS_HEADER).map(|n| n.saturating_add(1));
     own.into_iter().chain(grpc).max().unwrap_or(1)
 }
 

@@ -156,7 +156,8 @@ pub fn parse_delay_seconds(value: &HeaderValue) -> Option<Duration> {
     s.parse::<u64>().ok().map(Duration::from_secs)
 }
 
-fn stamp_attempt(headers: &mut HeaderMap, attempt: u32) {
+/// Writes the attempt number into [`ATTEMPT_HEADER`].
+pub(crate) fn stamp_attempt(headers: &mut HeaderMap, attempt: u32) {
     let value = match attempt {
         1 => HeaderValue::from_static("1"),
         n => HeaderValue::from(n),
@@ -164,7 +165,9 @@ fn stamp_attempt(headers: &mut HeaderMap, attempt: u32) {
     headers.insert(HeaderName::from_static(ATTEMPT_HEADER), value);
 }
 
-fn arrived_as_retry<B>(req: &Request<B>) -> bool {
+/// Whether `req` was marked as a retried inbound request
+/// ([`MarkInboundAttemptLayer`] puts the mark).
+pub(crate) fn arrived_as_retry<B>(req: &Request<B>) -> bool {
     req.extensions()
         .get::<InboundAttempt>()
         .is_some_and(|a| a.0 > 1)
