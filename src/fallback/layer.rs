@@ -63,12 +63,14 @@ impl<F> FallbackLayer<F, ErrorsAsFailures> {
     /// or an `UNAVAILABLE` status too).
     pub fn builder(policy: F) -> FallbackLayerBuilder<F, ErrorsAsFailures> {
         FallbackLayerBuilder {
-            name: Name::from("fallback"),
-            observer: Observer::none(),
+            settings: FallbackLayerBuilderSettings {
+                name: Name::from("fallback"),
+                observer: Observer::none(),
+                on: FallbackOn::ALL,
+                timeout: DEFAULT_TIMEOUT,
+            },
             policy,
             classifier: ErrorsAsFailures,
-            on: FallbackOn::ALL,
-            timeout: DEFAULT_TIMEOUT,
         }
     }
 }
@@ -83,10 +85,17 @@ impl<S, F, C> Layer<S> for FallbackLayer<F, C> {
 
 /// Builds a [`FallbackLayer`]; see [`FallbackLayer::builder`].
 pub struct FallbackLayerBuilder<F, C = ErrorsAsFailures> {
-    name: Name,
-    observer: Observer,
+    settings: FallbackLayerBuilderSettings,
     policy: F,
     classifier: C,
+}
+
+/// The settings of a [`FallbackLayerBuilder`] that its type parameters do not
+/// touch: one field to move when a method changes a parameter.
+#[derive(Debug, Clone)]
+struct FallbackLayerBuilderSettings {
+    name: Name,
+    observer: Observer,
     on: FallbackOn,
     timeout: Duration,
 }
@@ -94,15 +103,16 @@ pub struct FallbackLayerBuilder<F, C = ErrorsAsFailures> {
 impl<F, C> fmt::Debug for FallbackLayerBuilder<F, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("FallbackLayerBuilder")
-            .field("name", &self.name)
-            .field("on", &self.on)
-            .field("timeout", &self.timeout)
+            .field("name", &self.settings.name)
+            .field("on", &self.settings.on)
+            .field("timeout", &self.settings.timeout)
             .finish_non_exhaustive()
     }
 }
 
 impl<F, C> FallbackLayerBuilder<F, C> {
     crate::observe::name_and_observer!(
+        in settings,
         "The instance name in events and metrics (default `\"fallback\"`).",
         "The observer this layer reports to (default: none)."
     );
@@ -112,7 +122,7 @@ impl<F, C> FallbackLayerBuilder<F, C> {
     /// serves a degraded answer when this process or the dependency sheds
     /// load, and lets real failures through.
     pub fn on(mut self, on: FallbackOn) -> Self {
-        self.on = on;
+        self.settings.on = on;
         self
     }
 
@@ -126,12 +136,9 @@ impl<F, C> FallbackLayerBuilder<F, C> {
     /// refusal is always [`Refused`](crate::observe::FallbackReason::Refused).
     pub fn classifier<C2>(self, classifier: C2) -> FallbackLayerBuilder<F, C2> {
         FallbackLayerBuilder {
+            settings: self.settings,
             classifier,
-            name: self.name,
-            observer: self.observer,
             policy: self.policy,
-            on: self.on,
-            timeout: self.timeout,
         }
     }
 
@@ -140,7 +147,7 @@ impl<F, C> FallbackLayerBuilder<F, C> {
     /// bounds it too. A fallback cut there lets the original outcome
     /// through.
     pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
+        self.settings.timeout = timeout;
         self
     }
 
@@ -151,10 +158,10 @@ impl<F, C> FallbackLayerBuilder<F, C> {
     /// A [`ConfigError`] (layer `"fallback"`) when the timeout is zero or
     /// no reason is routed.
     pub fn build(self) -> Result<FallbackLayer<F, C>, ConfigError> {
-        if self.timeout.is_zero() {
+        if self.settings.timeout.is_zero() {
             return Err(ConfigError::new("fallback", "timeout must be above zero"));
         }
-        if self.on == FallbackOn(0) {
+        if self.settings.on == FallbackOn(0) {
             return Err(ConfigError::new(
                 "fallback",
                 "no reason to answer for: give at least one FallbackOn",
@@ -162,12 +169,12 @@ impl<F, C> FallbackLayerBuilder<F, C> {
         }
         Ok(FallbackLayer {
             shared: Arc::new(Shared {
-                name: self.name,
-                observer: self.observer,
+                name: self.settings.name,
+                observer: self.settings.observer,
                 policy: self.policy,
                 classifier: self.classifier,
-                on: self.on,
-                timeout: self.timeout,
+                on: self.settings.on,
+                timeout: self.settings.timeout,
             }),
         })
     }

@@ -124,17 +124,19 @@ impl HedgeLayer<RetryErrors> {
     /// of 10 % of requests + 1/s over a sliding second.
     pub fn builder() -> HedgeLayerBuilder<RetryErrors> {
         HedgeLayerBuilder {
-            name: Name::from("hedge"),
-            observer: Observer::none(),
-            policy: RetryErrors,
-            max_attempts: DEFAULT_MAX_ATTEMPTS,
-            delay: Delay::Quantile {
-                quantile: DEFAULT_QUANTILE,
-                min_samples: DEFAULT_MIN_SAMPLES,
-                window: DEFAULT_WINDOW,
+            settings: HedgeLayerBuilderSettings {
+                name: Name::from("hedge"),
+                observer: Observer::none(),
+                max_attempts: DEFAULT_MAX_ATTEMPTS,
+                delay: Delay::Quantile {
+                    quantile: DEFAULT_QUANTILE,
+                    min_samples: DEFAULT_MIN_SAMPLES,
+                    window: DEFAULT_WINDOW,
+                },
+                budget: None,
+                budget_ratio: DEFAULT_BUDGET_RATIO,
             },
-            budget: None,
-            budget_ratio: DEFAULT_BUDGET_RATIO,
+            policy: RetryErrors,
         }
     }
 }
@@ -168,9 +170,16 @@ impl<S, P> Layer<S> for HedgeLayer<P> {
 
 /// Builds a [`HedgeLayer`]; see [`HedgeLayer::builder`].
 pub struct HedgeLayerBuilder<P = RetryErrors> {
+    settings: HedgeLayerBuilderSettings,
+    policy: P,
+}
+
+/// The settings of a [`HedgeLayerBuilder`] that its type parameters do not
+/// touch: one field to move when a method changes a parameter.
+#[derive(Debug, Clone)]
+struct HedgeLayerBuilderSettings {
     name: Name,
     observer: Observer,
-    policy: P,
     max_attempts: u32,
     delay: Delay,
     budget: Option<RetryBudget>,
@@ -180,16 +189,17 @@ pub struct HedgeLayerBuilder<P = RetryErrors> {
 impl<P> fmt::Debug for HedgeLayerBuilder<P> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("HedgeLayerBuilder")
-            .field("name", &self.name)
-            .field("max_attempts", &self.max_attempts)
-            .field("delay", &self.delay)
-            .field("budget_ratio", &self.budget_ratio)
+            .field("name", &self.settings.name)
+            .field("max_attempts", &self.settings.max_attempts)
+            .field("delay", &self.settings.delay)
+            .field("budget_ratio", &self.settings.budget_ratio)
             .finish_non_exhaustive()
     }
 }
 
 impl<P> HedgeLayerBuilder<P> {
     crate::observe::name_and_observer!(
+        in settings,
         "The instance name in events and metrics (default `\"hedge\"`).",
         "The observer this layer reports to (default: none)."
     );
@@ -201,27 +211,22 @@ impl<P> HedgeLayerBuilder<P> {
     /// methods or an `Idempotency-Key`; gRPC methods opted in.
     pub fn policy<Q>(self, policy: Q) -> HedgeLayerBuilder<Q> {
         HedgeLayerBuilder {
+            settings: self.settings,
             policy,
-            name: self.name,
-            observer: self.observer,
-            max_attempts: self.max_attempts,
-            delay: self.delay,
-            budget: self.budget,
-            budget_ratio: self.budget_ratio,
         }
     }
 
     /// Attempts in flight per request at most, the request included
     /// (default 2; 2 to 5).
     pub fn max_attempts(mut self, n: u32) -> Self {
-        self.max_attempts = n;
+        self.settings.max_attempts = n;
         self
     }
 
     /// Hedge after a fixed delay (as gRPC's `hedgingDelay` and Polly do),
     /// instead of a latency quantile.
     pub fn delay(mut self, delay: Duration) -> Self {
-        self.delay = Delay::Fixed(delay);
+        self.settings.delay = Delay::Fixed(delay);
         self
     }
 
@@ -229,7 +234,7 @@ impl<P> HedgeLayerBuilder<P> {
     /// latencies, read from windows of at least `min_samples` samples
     /// (default 20) and at least `window` long (default 1 s).
     pub fn quantile(mut self, quantile: f64, min_samples: u32, window: Duration) -> Self {
-        self.delay = Delay::Quantile {
+        self.settings.delay = Delay::Quantile {
             quantile,
             min_samples,
             window,
@@ -241,7 +246,7 @@ impl<P> HedgeLayerBuilder<P> {
     /// 0.1), plus 1 per second, over a sliding 1 s. Ignored when a shared
     /// [`budget`](Self::budget) is given.
     pub fn budget_ratio(mut self, ratio: f64) -> Self {
-        self.budget_ratio = ratio;
+        self.settings.budget_ratio = ratio;
         self
     }
 
@@ -250,7 +255,7 @@ impl<P> HedgeLayerBuilder<P> {
     /// allowance, and this layer does not count requests into it (the retry
     /// layer does).
     pub fn budget(mut self, budget: RetryBudget) -> Self {
-        self.budget = Some(budget);
+        self.settings.budget = Some(budget);
         self
     }
 
@@ -263,13 +268,13 @@ impl<P> HedgeLayerBuilder<P> {
     /// window is zero, or the budget ratio is not in `0..=1`.
     pub fn build(self) -> Result<HedgeLayer<P>, ConfigError> {
         let err = |m: String| ConfigError::new("hedge", m);
-        if !(2..=MAX_ATTEMPTS_LIMIT).contains(&self.max_attempts) {
+        if !(2..=MAX_ATTEMPTS_LIMIT).contains(&self.settings.max_attempts) {
             return Err(err(format!(
                 "max_attempts must be in 2..={MAX_ATTEMPTS_LIMIT}, got {}",
-                self.max_attempts
+                self.settings.max_attempts
             )));
         }
-        let (fixed, estimator) = match self.delay {
+        let (fixed, estimator) = match self.settings.delay {
             Delay::Fixed(d) if d.is_zero() => {
                 return Err(err("the hedge delay must be above zero".into()));
             }
@@ -292,20 +297,20 @@ impl<P> HedgeLayerBuilder<P> {
                 )
             }
         };
-        let (budget, deposits) = match self.budget {
+        let (budget, deposits) = match self.settings.budget {
             Some(b) => (b, false),
             None => (
-                RetryBudget::new(self.budget_ratio, 1, DEFAULT_BUDGET_WINDOW)
+                RetryBudget::new(self.settings.budget_ratio, 1, DEFAULT_BUDGET_WINDOW)
                     .map_err(|e| err(e.to_string()))?,
                 true,
             ),
         };
         Ok(HedgeLayer {
             shared: Arc::new(Shared {
-                name: self.name,
-                observer: self.observer,
+                name: self.settings.name,
+                observer: self.settings.observer,
                 policy: self.policy,
-                max_attempts: self.max_attempts,
+                max_attempts: self.settings.max_attempts,
                 fixed,
                 estimator,
                 budget,

@@ -163,9 +163,16 @@ impl<P> fmt::Debug for Shared<P> {
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct RetryLayerBuilder<P = RetryErrors> {
+    settings: RetryLayerBuilderSettings,
+    policy: P,
+}
+
+/// The settings of a [`RetryLayerBuilder`] that its type parameters do not
+/// touch: one field to move when a method changes a parameter.
+#[derive(Debug, Clone)]
+struct RetryLayerBuilderSettings {
     name: Name,
     observer: Observer,
-    policy: P,
     max_attempts: u32,
     base: Duration,
     cap: Duration,
@@ -184,21 +191,23 @@ impl RetryLayerBuilder<RetryErrors> {
     fn new() -> Self {
         let backoff = Backoff::default();
         RetryLayerBuilder {
-            name: Name::from("retry"),
-            observer: Observer::default(),
+            settings: RetryLayerBuilderSettings {
+                name: Name::from("retry"),
+                observer: Observer::default(),
+                max_attempts: 3,
+                base: backoff.base(),
+                cap: backoff.cap(),
+                jitter: backoff.jitter(),
+                seed: None,
+                ratio: RetryBudget::DEFAULT_RATIO,
+                success_ratio: RetryBudget::DEFAULT_SUCCESS_RATIO,
+                min_per_sec: RetryBudget::DEFAULT_MIN_PER_SEC,
+                window: RetryBudget::DEFAULT_WINDOW,
+                min_remaining: DEFAULT_MIN_REMAINING,
+                max_retry_after: DEFAULT_MAX_RETRY_AFTER,
+                honor_inbound: true,
+            },
             policy: RetryErrors,
-            max_attempts: 3,
-            base: backoff.base(),
-            cap: backoff.cap(),
-            jitter: backoff.jitter(),
-            seed: None,
-            ratio: RetryBudget::DEFAULT_RATIO,
-            success_ratio: RetryBudget::DEFAULT_SUCCESS_RATIO,
-            min_per_sec: RetryBudget::DEFAULT_MIN_PER_SEC,
-            window: RetryBudget::DEFAULT_WINDOW,
-            min_remaining: DEFAULT_MIN_REMAINING,
-            max_retry_after: DEFAULT_MAX_RETRY_AFTER,
-            honor_inbound: true,
         }
     }
 }
@@ -212,6 +221,7 @@ pub const MAX_ATTEMPTS_LIMIT: u32 = 100;
 
 impl<P> RetryLayerBuilder<P> {
     crate::observe::name_and_observer!(
+        in settings,
         "The instance name used in events (default `\"retry\"`).",
         "Where events go (default: nowhere)."
     );
@@ -220,21 +230,8 @@ impl<P> RetryLayerBuilder<P> {
     /// the HTTP and gRPC policies).
     pub fn policy<Q>(self, policy: Q) -> RetryLayerBuilder<Q> {
         RetryLayerBuilder {
-            name: self.name,
-            observer: self.observer,
+            settings: self.settings,
             policy,
-            max_attempts: self.max_attempts,
-            base: self.base,
-            cap: self.cap,
-            jitter: self.jitter,
-            seed: self.seed,
-            ratio: self.ratio,
-            success_ratio: self.success_ratio,
-            min_per_sec: self.min_per_sec,
-            window: self.window,
-            min_remaining: self.min_remaining,
-            max_retry_after: self.max_retry_after,
-            honor_inbound: self.honor_inbound,
         }
     }
 
@@ -247,41 +244,41 @@ impl<P> RetryLayerBuilder<P> {
     /// 1 % there, and is one more call a dead dependency receives for every
     /// request the budget lets through.
     pub fn max_attempts(mut self, n: u32) -> Self {
-        self.max_attempts = n;
+        self.settings.max_attempts = n;
         self
     }
 
     /// The backoff's base and cap set so far.
     #[cfg(feature = "serde")]
     pub(crate) fn backoff_bounds(&self) -> (Duration, Duration) {
-        (self.base, self.cap)
+        (self.settings.base, self.settings.cap)
     }
 
     /// Exponential backoff from `base`, doubling up to `cap` (default 50 ms
     /// to 2 s).
     pub fn backoff(mut self, base: Duration, cap: Duration) -> Self {
-        self.base = base;
-        self.cap = cap;
+        self.settings.base = base;
+        self.settings.cap = cap;
         self
     }
 
     /// The jitter (default [`Jitter::Full`]).
     pub fn jitter(mut self, jitter: Jitter) -> Self {
-        self.jitter = jitter;
+        self.settings.jitter = jitter;
         self
     }
 
     /// Seeds the backoff's random source so the delays are reproducible
     /// (default: seeded once from the operating system).
     pub fn seed(mut self, seed: u64) -> Self {
-        self.seed = Some(seed);
+        self.settings.seed = Some(seed);
         self
     }
 
     /// The fraction of requests that may be retried, in `0.0..=1.0`
     /// (default 0.05: 5 %; see [`RetryBudget::DEFAULT_RATIO`]).
     pub fn budget_ratio(mut self, ratio: f64) -> Self {
-        self.ratio = ratio;
+        self.settings.ratio = ratio;
         self
     }
 
@@ -290,27 +287,27 @@ impl<P> RetryLayerBuilder<P> {
     /// [`RetryBudget::adaptive`] and [`RetryBudget::DEFAULT_SUCCESS_RATIO`]
     /// for the scenarios that chose the default.
     pub fn budget_success_ratio(mut self, ratio: f64) -> Self {
-        self.success_ratio = ratio;
+        self.settings.success_ratio = ratio;
         self
     }
 
     /// Retries per second always allowed whatever the traffic (default 10);
     /// the floor is this times the budget window.
     pub fn min_retries_per_sec(mut self, n: u32) -> Self {
-        self.min_per_sec = n;
+        self.settings.min_per_sec = n;
         self
     }
 
     /// The budget's sliding window (default 10 s; 10 ms..=1 h).
     pub fn budget_window(mut self, window: Duration) -> Self {
-        self.window = window;
+        self.settings.window = window;
         self
     }
 
     /// A retry is not started when less than this is left of the request's
     /// deadline, nor scheduled when its backoff would leave less (default 10 ms).
     pub fn min_remaining(mut self, min: Duration) -> Self {
-        self.min_remaining = min;
+        self.settings.min_remaining = min;
         self
     }
 
@@ -318,7 +315,7 @@ impl<P> RetryLayerBuilder<P> {
     /// pushback) honoured; a longer request means no retry (default 10 s;
     /// at most one day).
     pub fn max_retry_after(mut self, max: Duration) -> Self {
-        self.max_retry_after = max;
+        self.settings.max_retry_after = max;
         self
     }
 
@@ -326,7 +323,7 @@ impl<P> RetryLayerBuilder<P> {
     /// [`inbound_attempt`](super::inbound_attempt)) is sent only once, so
     /// retries happen at one layer only (default `true`).
     pub fn honor_inbound_retries(mut self, honor: bool) -> Self {
-        self.honor_inbound = honor;
+        self.settings.honor_inbound = honor;
         self
     }
 
@@ -338,43 +335,47 @@ impl<P> RetryLayerBuilder<P> {
     /// `1..=100`, the backoff is invalid (see [`Backoff::new`]), the budget is
     /// invalid (see [`RetryBudget::new`]), or `max_retry_after` is above one day.
     pub fn build(self) -> Result<RetryLayer<P>, ConfigError> {
-        if self.max_attempts == 0 || self.max_attempts > MAX_ATTEMPTS_LIMIT {
+        if self.settings.max_attempts == 0 || self.settings.max_attempts > MAX_ATTEMPTS_LIMIT {
             return Err(ConfigError::new(
                 "retry",
-                format!("max_attempts must be in 1..=100, got {}", self.max_attempts),
+                format!(
+                    "max_attempts must be in 1..=100, got {}",
+                    self.settings.max_attempts
+                ),
             ));
         }
-        if self.max_retry_after > Backoff::MAX_CAP {
+        if self.settings.max_retry_after > Backoff::MAX_CAP {
             return Err(ConfigError::new(
                 "retry",
                 format!(
                     "max_retry_after must be at most one day, got {:?}",
-                    self.max_retry_after
+                    self.settings.max_retry_after
                 ),
             ));
         }
-        let backoff = Backoff::new(self.base, self.cap)?.with_jitter(self.jitter);
+        let backoff =
+            Backoff::new(self.settings.base, self.settings.cap)?.with_jitter(self.settings.jitter);
         let budget = RetryBudget::adaptive(
-            self.ratio,
-            self.success_ratio,
-            self.min_per_sec,
-            self.window,
+            self.settings.ratio,
+            self.settings.success_ratio,
+            self.settings.min_per_sec,
+            self.settings.window,
         )?;
-        let seed = match self.seed {
+        let seed = match self.settings.seed {
             Some(s) => s,
             None => SmallRng::from_os_rng().next_u64(),
         };
         Ok(RetryLayer {
             shared: Arc::new(Shared {
-                name: self.name,
-                observer: self.observer,
+                name: self.settings.name,
+                observer: self.settings.observer,
                 policy: self.policy,
                 backoff,
-                max_attempts: self.max_attempts,
+                max_attempts: self.settings.max_attempts,
                 budget,
-                min_remaining: self.min_remaining,
-                max_retry_after: self.max_retry_after,
-                honor_inbound: self.honor_inbound,
+                min_remaining: self.settings.min_remaining,
+                max_retry_after: self.settings.max_retry_after,
+                honor_inbound: self.settings.honor_inbound,
                 seed,
                 seq: AtomicU64::new(0),
             }),

@@ -140,6 +140,14 @@ impl<S, P, M> Layer<S> for AdaptiveLimitLayer<P, M> {
 /// Builder for [`AdaptiveLimitLayer`]; see [`AdaptiveLimitLayer::builder`]
 /// for the defaults.
 pub struct AdaptiveLimitLayerBuilder<P = FromTaskLocal> {
+    settings: AdaptiveLimitLayerBuilderSettings,
+    extractor: P,
+}
+
+/// The settings of a [`AdaptiveLimitLayerBuilder`] that its type parameters do not
+/// touch: one field to move when a method changes a parameter.
+#[derive(Debug)]
+struct AdaptiveLimitLayerBuilderSettings {
     algorithm: Option<Box<dyn LimitAlgorithm>>,
     bounds: (Option<usize>, Option<usize>),
     window: Duration,
@@ -149,21 +157,22 @@ pub struct AdaptiveLimitLayerBuilder<P = FromTaskLocal> {
     reject_doomed: bool,
     name: Name,
     observer: Observer,
-    extractor: P,
 }
 
 impl Default for AdaptiveLimitLayerBuilder {
     fn default() -> Self {
         AdaptiveLimitLayerBuilder {
-            algorithm: None,
-            bounds: (None, None),
-            window: Duration::from_secs(1),
-            min_window_samples: 10,
-            min_rtt: Duration::from_micros(100),
-            shares: [0.2, 0.5, 0.1, 0.0],
-            reject_doomed: true,
-            name: Name::from("adaptive_limit"),
-            observer: Observer::default(),
+            settings: AdaptiveLimitLayerBuilderSettings {
+                algorithm: None,
+                bounds: (None, None),
+                window: Duration::from_secs(1),
+                min_window_samples: 10,
+                min_rtt: Duration::from_micros(100),
+                shares: [0.2, 0.5, 0.1, 0.0],
+                reject_doomed: true,
+                name: Name::from("adaptive_limit"),
+                observer: Observer::default(),
+            },
             extractor: FromTaskLocal,
         }
     }
@@ -172,13 +181,13 @@ impl Default for AdaptiveLimitLayerBuilder {
 impl<P> fmt::Debug for AdaptiveLimitLayerBuilder<P> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AdaptiveLimitLayerBuilder")
-            .field("algorithm", &self.algorithm)
-            .field("window", &self.window)
-            .field("min_window_samples", &self.min_window_samples)
-            .field("min_rtt", &self.min_rtt)
-            .field("shares", &self.shares)
-            .field("reject_doomed", &self.reject_doomed)
-            .field("name", &self.name)
+            .field("algorithm", &self.settings.algorithm)
+            .field("window", &self.settings.window)
+            .field("min_window_samples", &self.settings.min_window_samples)
+            .field("min_rtt", &self.settings.min_rtt)
+            .field("shares", &self.settings.shares)
+            .field("reject_doomed", &self.settings.reject_doomed)
+            .field("name", &self.settings.name)
             .finish_non_exhaustive()
     }
 }
@@ -187,7 +196,7 @@ impl<P> AdaptiveLimitLayerBuilder<P> {
     /// The limit algorithm (default [`QueueDelay::default()`]); pass an
     /// [`Aimd`](super::Aimd) or your own [`LimitAlgorithm`].
     pub fn algorithm(mut self, algorithm: impl LimitAlgorithm) -> Self {
-        self.algorithm = Some(Box::new(algorithm));
+        self.settings.algorithm = Some(Box::new(algorithm));
         self
     }
 
@@ -197,10 +206,10 @@ impl<P> AdaptiveLimitLayerBuilder<P> {
     /// settings file's `limit = { min_limit, max_limit }` sets.
     pub fn limits(mut self, min_limit: Option<usize>, max_limit: Option<usize>) -> Self {
         if min_limit.is_some() {
-            self.bounds.0 = min_limit;
+            self.settings.bounds.0 = min_limit;
         }
         if max_limit.is_some() {
-            self.bounds.1 = max_limit;
+            self.settings.bounds.1 = max_limit;
         }
         self
     }
@@ -210,20 +219,20 @@ impl<P> AdaptiveLimitLayerBuilder<P> {
     /// [`min_window_samples`](Self::min_window_samples) samples; the
     /// algorithm then runs once.
     pub fn window(mut self, window: Duration) -> Self {
-        self.window = window;
+        self.settings.window = window;
         self
     }
 
     /// Samples (RTTs and drops) a window needs before it closes (default 10).
     pub fn min_window_samples(mut self, samples: u64) -> Self {
-        self.min_window_samples = samples;
+        self.settings.min_window_samples = samples;
         self
     }
 
     /// RTTs below this are not sampled (default 100 µs): such answers (cache
     /// hits, fast errors) say nothing about the backend's capacity.
     pub fn min_rtt(mut self, min_rtt: Duration) -> Self {
-        self.min_rtt = min_rtt;
+        self.settings.min_rtt = min_rtt;
         self
     }
 
@@ -240,7 +249,7 @@ impl<P> AdaptiveLimitLayerBuilder<P> {
     /// (`ceil(share × limit)` per class): the adaptive algorithm sees the
     /// extra latency and lowers the limit.
     pub fn share(mut self, class: Criticality, share: f64) -> Self {
-        self.shares[class.index()] = share;
+        self.settings.shares[class.index()] = share;
         self
     }
 
@@ -261,7 +270,7 @@ impl<P> AdaptiveLimitLayerBuilder<P> {
     /// an estimate from a burst of slow requests would otherwise go on
     /// refusing short-budget requests long after the burst.
     pub fn reject_doomed(mut self, enabled: bool) -> Self {
-        self.reject_doomed = enabled;
+        self.settings.reject_doomed = enabled;
         self
     }
 
@@ -271,40 +280,33 @@ impl<P> AdaptiveLimitLayerBuilder<P> {
     /// `http`), or any [`CriticalityOf`](super::criticality::CriticalityOf).
     pub fn criticality<P2>(self, extractor: P2) -> AdaptiveLimitLayerBuilder<P2> {
         AdaptiveLimitLayerBuilder {
-            algorithm: self.algorithm,
-            bounds: self.bounds,
-            window: self.window,
-            min_window_samples: self.min_window_samples,
-            min_rtt: self.min_rtt,
-            shares: self.shares,
-            reject_doomed: self.reject_doomed,
-            name: self.name,
-            observer: self.observer,
+            settings: self.settings,
             extractor,
         }
     }
 
     crate::observe::name_and_observer!(
+        in settings,
         "The instance name (default `\"adaptive_limit\"`).",
         "Where events go (default: nowhere)."
     );
 
     /// Validates and builds the layer.
     pub fn build(self) -> Result<AdaptiveLimitLayer<P>, ConfigError> {
-        if self.window.is_zero() {
+        if self.settings.window.is_zero() {
             return Err(ConfigError::new(
                 "adaptive_limit",
                 "window must be above zero, got 0s",
             ));
         }
-        if self.min_window_samples == 0 {
+        if self.settings.min_window_samples == 0 {
             return Err(ConfigError::new(
                 "adaptive_limit",
                 "min_window_samples must be at least 1, got 0",
             ));
         }
         for class in Criticality::ALL {
-            let share = self.shares[class.index()];
+            let share = self.settings.shares[class.index()];
             if !(0.0..=1.0).contains(&share) {
                 return Err(ConfigError::new(
                     "adaptive_limit",
@@ -312,7 +314,7 @@ impl<P> AdaptiveLimitLayerBuilder<P> {
                 ));
             }
         }
-        let total: f64 = self.shares.iter().sum();
+        let total: f64 = self.settings.shares.iter().sum();
         if total > 1.0 + 1e-9 {
             return Err(ConfigError::new(
                 "adaptive_limit",
@@ -320,22 +322,23 @@ impl<P> AdaptiveLimitLayerBuilder<P> {
             ));
         }
         let mut algorithm = self
+            .settings
             .algorithm
             .unwrap_or_else(|| Box::new(QueueDelay::default()));
-        if self.bounds != (None, None) {
-            algorithm.set_bounds(self.bounds.0, self.bounds.1)?;
+        if self.settings.bounds != (None, None) {
+            algorithm.set_bounds(self.settings.bounds.0, self.settings.bounds.1)?;
         }
         let limiter = Limiter::new(
             algorithm,
             Config {
-                window: self.window,
-                min_window_samples: self.min_window_samples,
-                min_rtt: self.min_rtt,
-                shares: self.shares,
-                reject_doomed: self.reject_doomed,
+                window: self.settings.window,
+                min_window_samples: self.settings.min_window_samples,
+                min_rtt: self.settings.min_rtt,
+                shares: self.settings.shares,
+                reject_doomed: self.settings.reject_doomed,
             },
-            self.name,
-            self.observer,
+            self.settings.name,
+            self.settings.observer,
         );
         Ok(AdaptiveLimitLayer {
             limiter: Arc::new(limiter),

@@ -120,6 +120,14 @@ impl<S, C, M> Layer<S> for ThrottleLayer<C, M> {
 /// Builder for [`ThrottleLayer`]; see [`ThrottleLayer::builder`] for the
 /// defaults.
 pub struct ThrottleLayerBuilder<C = ErrorsAsFailures> {
+    settings: ThrottleLayerBuilderSettings,
+    classifier: C,
+}
+
+/// The settings of a [`ThrottleLayerBuilder`] that its type parameters do not
+/// touch: one field to move when a method changes a parameter.
+#[derive(Debug, Clone)]
+struct ThrottleLayerBuilderSettings {
     window: Duration,
     buckets: usize,
     k: f64,
@@ -127,19 +135,20 @@ pub struct ThrottleLayerBuilder<C = ErrorsAsFailures> {
     seed: Option<u64>,
     name: Name,
     observer: Observer,
-    classifier: C,
 }
 
 impl Default for ThrottleLayerBuilder {
     fn default() -> Self {
         ThrottleLayerBuilder {
-            window: Duration::from_secs(120),
-            buckets: 120,
-            k: 2.0,
-            max_probability: 0.9,
-            seed: None,
-            name: Name::from("throttle"),
-            observer: Observer::default(),
+            settings: ThrottleLayerBuilderSettings {
+                window: Duration::from_secs(120),
+                buckets: 120,
+                k: 2.0,
+                max_probability: 0.9,
+                seed: None,
+                name: Name::from("throttle"),
+                observer: Observer::default(),
+            },
             classifier: ErrorsAsFailures,
         }
     }
@@ -148,12 +157,12 @@ impl Default for ThrottleLayerBuilder {
 impl<C> fmt::Debug for ThrottleLayerBuilder<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ThrottleLayerBuilder")
-            .field("window", &self.window)
-            .field("buckets", &self.buckets)
-            .field("k", &self.k)
-            .field("max_rejection_probability", &self.max_probability)
-            .field("seed", &self.seed)
-            .field("name", &self.name)
+            .field("window", &self.settings.window)
+            .field("buckets", &self.settings.buckets)
+            .field("k", &self.settings.k)
+            .field("max_rejection_probability", &self.settings.max_probability)
+            .field("seed", &self.settings.seed)
+            .field("name", &self.settings.name)
             .finish_non_exhaustive()
     }
 }
@@ -162,21 +171,21 @@ impl<C> ThrottleLayerBuilder<C> {
     /// The sliding window requests and accepts are counted over (default
     /// 2 minutes).
     pub fn window(mut self, window: Duration) -> Self {
-        self.window = window;
+        self.settings.window = window;
         self
     }
 
     /// Time buckets in the window (default 120; 1..=3600). The window slides
     /// one bucket at a time.
     pub fn buckets(mut self, buckets: usize) -> Self {
-        self.buckets = buckets;
+        self.settings.buckets = buckets;
         self
     }
 
     /// The multiplier K (default 2; at least 1): the client keeps sending
     /// while `requests < K × accepts`. Lower is more aggressive.
     pub fn k(mut self, k: f64) -> Self {
-        self.k = k;
+        self.settings.k = k;
         self
     }
 
@@ -184,14 +193,14 @@ impl<C> ThrottleLayerBuilder<C> {
     /// admission control uses 0.8). Below 1 so that some requests always
     /// reach the backend and the throttle sees it recover.
     pub fn max_rejection_probability(mut self, p: f64) -> Self {
-        self.max_probability = p;
+        self.settings.max_probability = p;
         self
     }
 
     /// Seeds the random draws, for deterministic tests (default: seeded from
     /// the OS).
     pub fn seed(mut self, seed: u64) -> Self {
-        self.seed = Some(seed);
+        self.settings.seed = Some(seed);
         self
     }
 
@@ -208,63 +217,58 @@ impl<C> ThrottleLayerBuilder<C> {
     /// them.
     pub fn classifier<C2>(self, classifier: C2) -> ThrottleLayerBuilder<C2> {
         ThrottleLayerBuilder {
-            window: self.window,
-            buckets: self.buckets,
-            k: self.k,
-            max_probability: self.max_probability,
-            seed: self.seed,
-            name: self.name,
-            observer: self.observer,
+            settings: self.settings,
             classifier,
         }
     }
 
     crate::observe::name_and_observer!(
+        in settings,
         "The instance name (default `\"throttle\"`).",
         "Where events go (default: nowhere)."
     );
 
     /// Validates and builds the layer.
     pub fn build(self) -> Result<ThrottleLayer<C>, ConfigError> {
-        if self.window.is_zero() {
+        if self.settings.window.is_zero() {
             return Err(ConfigError::new(
                 "throttle",
                 "window must be above zero, got 0s",
             ));
         }
-        if !(1..=3600).contains(&self.buckets) {
+        if !(1..=3600).contains(&self.settings.buckets) {
             return Err(ConfigError::new(
                 "throttle",
-                format!("buckets must be in 1..=3600, got {}", self.buckets),
+                format!("buckets must be in 1..=3600, got {}", self.settings.buckets),
             ));
         }
-        if !(self.k >= 1.0 && self.k.is_finite()) {
+        if !(self.settings.k >= 1.0 && self.settings.k.is_finite()) {
             return Err(ConfigError::new(
                 "throttle",
-                format!("k must be a finite number >= 1, got {}", self.k),
+                format!("k must be a finite number >= 1, got {}", self.settings.k),
             ));
         }
-        if !(0.0..1.0).contains(&self.max_probability) {
+        if !(0.0..1.0).contains(&self.settings.max_probability) {
             return Err(ConfigError::new(
                 "throttle",
                 format!(
                     "max_rejection_probability must be in 0..1, got {}",
-                    self.max_probability
+                    self.settings.max_probability
                 ),
             ));
         }
         let window = ThrottleWindow::new(
-            self.window,
-            self.buckets,
-            self.k,
-            self.max_probability,
-            self.seed,
+            self.settings.window,
+            self.settings.buckets,
+            self.settings.k,
+            self.settings.max_probability,
+            self.settings.seed,
         );
         Ok(ThrottleLayer {
             shared: Arc::new(ThrottleShared {
                 window,
-                name: self.name,
-                observer: self.observer,
+                name: self.settings.name,
+                observer: self.settings.observer,
             }),
             classifier: Arc::new(self.classifier),
             hold: PhantomData,
