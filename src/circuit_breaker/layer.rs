@@ -23,6 +23,7 @@ pub(crate) const MAX_OPEN: Duration = crate::deadline::MAX_BUDGET;
 
 /// The window a closed breaker judges the failure and slow-call rates by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum SlidingWindow {
     /// Exactly the last `n` calls (`1..=1_000_000`). Default: 100.
     Count(u32),

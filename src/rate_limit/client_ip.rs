@@ -47,6 +47,7 @@ impl<B> KeyExtractor<http::Request<B>> for HeaderKey {
 
 /// Which header a [`ClientIp`] reads the proxy chain from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum ForwardedHeader {
     /// `X-Forwarded-For: client, proxy1, proxy2` (the default).
     #[default]

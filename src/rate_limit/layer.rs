@@ -16,6 +16,7 @@ use crate::observe::{EventKind, LayerKind, Observer};
 
 /// What a request does when its limit has no cell for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum Mode {
     /// Fail at once with [`RateLimited`](crate::error::RateLimited), whose
     /// `retry_after` is the exact wait until the request would conform
@@ -37,6 +38,7 @@ pub enum Mode {
 /// none), or whose key is new while the limiter already tracks
 /// [`max_keys`](RateLimitLayerBuilder::max_keys) keys and none is idle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum Fallback {
     /// All such requests share one bucket with the layer's quota (or the one
     /// set with [`RateLimitLayerBuilder::fallback_quota`]) — the default.
@@ -790,5 +792,103 @@ impl<X, D> RateLimitLayerBuilder<X, D> {
                 redis,
             }),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::observe::Recorder;
+
+    fn by_key(req: &u64) -> Option<Key> {
+        (*req != 0).then(|| Key::from_u64(*req))
+    }
+
+    type ByKey = fn(&u64) -> Option<Key>;
+
+    fn keyed(
+        quota: Quota,
+        fallback: Fallback,
+        max_keys: usize,
+        rec: &Recorder,
+    ) -> RateLimitLayer<ByKey> {
+        RateLimitLayer::builder(quota)
+            .keyed(by_key as ByKey)
+            .fallback(fallback)
+            .max_keys(max_keys)
+            .observer(rec.clone())
+            .build()
+            .unwrap()
+    }
+
+    fn decide(layer: &RateLimitLayer<ByKey>, req: u64, cost: u32) -> Verdict {
+        let key = crate::rate_limit::KeyExtractor::extract(&layer.shared.extractor, &req);
+        layer.shared.decide_local(&key, cost, false).0
+    }
+
+    fn detail(v: Verdict) -> Option<&'static str> {
+        match v {
+            Verdict::Admit(_) => None,
+            Verdict::Deny { detail, .. } => Some(detail),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cost_is_checked_before_any_bucket() {
+        let rec = Recorder::new();
+        let layer = keyed(Quota::per_second(2), Fallback::Reject, 10, &rec);
+        // Free: admitted, nothing taken.
+        assert_eq!(detail(decide(&layer, 1, 0)), None);
+        // Above the burst: refused for good (no wait can help).
+        assert!(matches!(
+            decide(&layer, 1, 3),
+            Verdict::Deny {
+                wait: None,
+                detail: DETAIL_COST
+            }
+        ));
+        // The bucket was untouched by both: two cells left.
+        assert_eq!(detail(decide(&layer, 1, 2)), None);
+        assert_eq!(detail(decide(&layer, 1, 1)), Some(DETAIL_LIMIT));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_missing_key_follows_the_fallback_and_is_reported() {
+        let rec = Recorder::new();
+        let refuse = keyed(Quota::per_second(5), Fallback::Reject, 10, &rec);
+        assert!(matches!(
+            decide(&refuse, 0, 1),
+            Verdict::Deny {
+                wait: None,
+                detail: DETAIL_NO_KEY
+            }
+        ));
+        assert_eq!(
+            rec.count(|e| matches!(
+                e.kind,
+                EventKind::InputIgnored {
+                    input: "key",
+                    reason: "absent"
+                }
+            )),
+            1
+        );
+        // With a shared bucket, keyless requests share one bucket of the quota.
+        let shared = keyed(Quota::per_second(2), Fallback::SharedBucket, 10, &rec);
+        assert_eq!(detail(decide(&shared, 0, 1)), None);
+        assert_eq!(detail(decide(&shared, 0, 1)), None);
+        assert_eq!(detail(decide(&shared, 0, 1)), Some(DETAIL_NO_KEY));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_key_at_the_cap_goes_to_the_fallback() {
+        let rec = Recorder::new();
+        let layer = keyed(Quota::per_second(5), Fallback::Reject, 2, &rec);
+        assert_eq!(detail(decide(&layer, 1, 1)), None);
+        assert_eq!(detail(decide(&layer, 2, 1)), None);
+        // Keys 1 and 2 are not idle (their buckets owe time): key 3 has no
+        // room, and a non-IP key has no overflow table to go to.
+        assert_eq!(detail(decide(&layer, 3, 1)), Some(DETAIL_KEYS_FULL));
+        assert_eq!(detail(decide(&layer, 1, 1)), None, "known keys go on");
     }
 }

@@ -50,6 +50,7 @@ return {1, remaining, new_tat - now}
 /// What a Redis-backed limiter does while Redis is unreachable, fails or
 /// answers later than the [timeout](RedisBackend::timeout).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum FailurePolicy {
     /// Admit every request (the default: the limiter protects, it must not
     /// become the outage).
