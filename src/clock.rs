@@ -158,3 +158,39 @@ pub(crate) fn splitmix64(mut z: u64) -> u64 {
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)
 }
+
+#[cfg(test)]
+mod edge_tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn an_edge_reads_the_clock_once_and_forgets_when_the_outermost_ends() {
+        let before = now();
+        tokio::time::advance(Duration::from_secs(1)).await;
+        // Outside an edge: a fresh read each time.
+        assert_eq!(now() - before, Duration::from_secs(1));
+
+        let outer = Edge::enter();
+        let first = now();
+        let inner = Edge::enter();
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(now(), first, "layers on one edge share its first read");
+        drop(inner);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(now(), first, "an inner layer's end does not forget it");
+        drop(outer);
+        assert_eq!(
+            now() - first,
+            Duration::from_secs(2),
+            "the next edge reads anew"
+        );
+
+        // A new edge after that reads the clock again, once.
+        let again = Edge::enter();
+        let second = now();
+        assert_eq!(second - first, Duration::from_secs(2));
+        drop(again);
+    }
+}

@@ -10,7 +10,7 @@ use std::task::{Context, Poll, ready};
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
 
-use super::throttle_layer::ThrottleShared;
+use super::layer::ThrottleShared;
 use crate::classify::{Classify, JudgeFn, judge};
 use crate::error::BoxError;
 use crate::hold::{Duty, DutyKind, End, Head, HoldVerdict};

@@ -6,8 +6,8 @@ use std::task::{Context, Poll};
 
 use tower_service::Service;
 
-use super::throttle_future::ThrottleFuture;
-use super::throttle_layer::ThrottleShared;
+use super::future::ThrottleFuture;
+use super::layer::ThrottleShared;
 use crate::classify::{Classify, ErrorsAsFailures};
 use crate::error::{BoxError, Overloaded};
 use crate::hold::{Head, HoldVerdict};

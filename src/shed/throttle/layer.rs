@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use tower_layer::Layer;
 
-use super::throttle::ThrottleWindow;
-use super::throttle_service::Throttle;
+use super::service::Throttle;
+use super::window::ThrottleWindow;
 use crate::classify::ErrorsAsFailures;
 use crate::error::{ConfigError, Name};
 #[cfg(feature = "http")]
@@ -38,7 +38,7 @@ impl fmt::Debug for ThrottleShared {
     }
 }
 
-/// Client-side adaptive throttling; see the [module docs](super#client-side-adaptive-throttling).
+/// Client-side adaptive throttling; see the [module docs](crate::shed#client-side-adaptive-throttling).
 ///
 /// Every service built from one layer (and every clone of them) shares one
 /// window: build one layer per backend you call.
