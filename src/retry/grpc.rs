@@ -68,7 +68,7 @@ use http::{Request, Response};
 use tonic::Code;
 
 use super::PREVIOUS_ATTEMPTS_HEADER;
-use super::http::{ReplayBody, arrived_as_retry, copy_request};
+use super::http::{Replayable, arrived_as_retry, copy_request};
 use super::policy::{RetryPolicy, Verdict, classify_error};
 use crate::error::BoxError;
 use crate::grpc::PUSHBACK_HEADER;
@@ -231,39 +231,9 @@ fn stamp<B>(req: &mut Request<B>, attempt: u32) {
     }
 }
 
-impl<B, RB> RetryPolicy<Request<ReplayBody<B>>, Response<RB>> for GrpcRetry
-where
-    B: Send + 'static,
-{
-    fn classify(&self, result: Result<&Response<RB>, &BoxError>) -> Verdict {
-        match result {
-            Ok(res) => self.classify_response(res),
-            Err(e) => self.classify_error(e),
-        }
-    }
-
-    fn clone_request(&self, req: &Request<ReplayBody<B>>) -> Option<Request<ReplayBody<B>>> {
-        let body = req.body().try_clone()?;
-        Some(copy_request(req, body))
-    }
-
-    fn may_hedge(&self, req: &Request<ReplayBody<B>>) -> bool {
-        self.hedges(req.uri().path())
-    }
-
-    fn arrived_as_retry(&self, req: &Request<ReplayBody<B>>) -> bool {
-        arrived_as_retry(req)
-    }
-
-    fn on_attempt(&self, req: &mut Request<ReplayBody<B>>, attempt: u32) {
-        stamp(req, attempt);
-    }
-}
-
-/// For requests whose body is `Clone`.
 impl<B, RB> RetryPolicy<Request<B>, Response<RB>> for GrpcRetry
 where
-    B: Clone + Send + 'static,
+    B: Replayable + Send + 'static,
 {
     fn classify(&self, result: Result<&Response<RB>, &BoxError>) -> Verdict {
         match result {
@@ -273,7 +243,7 @@ where
     }
 
     fn clone_request(&self, req: &Request<B>) -> Option<Request<B>> {
-        Some(copy_request(req, req.body().clone()))
+        Some(copy_request(req, req.body().replay()?))
     }
 
     fn may_hedge(&self, req: &Request<B>) -> bool {

@@ -183,39 +183,38 @@ pub(crate) fn copy_request<B>(req: &Request<B>, body: B) -> Request<B> {
     r
 }
 
-impl<B, RB> RetryPolicy<Request<ReplayBody<B>>, Response<RB>> for HttpRetry
-where
-    B: Send + 'static,
-{
-    fn classify(&self, result: Result<&Response<RB>, &BoxError>) -> Verdict {
-        match result {
-            Ok(res) => Self::classify_response(res),
-            Err(e) => classify_error(e),
-        }
-    }
+/// A request body a retry can send again: any `Clone` body (`Full<Bytes>`,
+/// `String`, `()`, …), or a [`ReplayBody`] read within its limit (a larger
+/// one is sent once). Sealed.
+pub trait Replayable: Sized + sealed::Sealed {
+    /// A copy for the next attempt, if the body can be sent again.
+    #[doc(hidden)]
+    fn replay(&self) -> Option<Self>;
+}
 
-    fn clone_request(&self, req: &Request<ReplayBody<B>>) -> Option<Request<ReplayBody<B>>> {
-        let body = req.body().try_clone()?;
-        Some(copy_request(req, body))
-    }
+mod sealed {
+    pub trait Sealed {}
+    impl<B: Clone> Sealed for B {}
+    impl<B> Sealed for super::ReplayBody<B> {}
+}
 
-    fn may_retry(&self, req: &Request<ReplayBody<B>>) -> bool {
-        Self::is_idempotent(req)
-    }
-
-    fn arrived_as_retry(&self, req: &Request<ReplayBody<B>>) -> bool {
-        arrived_as_retry(req)
-    }
-
-    fn on_attempt(&self, req: &mut Request<ReplayBody<B>>, attempt: u32) {
-        stamp_attempt(req.headers_mut(), attempt);
+impl<B: Clone> Replayable for B {
+    #[inline]
+    fn replay(&self) -> Option<Self> {
+        Some(self.clone())
     }
 }
 
-/// For requests whose body is `Clone` (`Full<Bytes>`, `String`, `()`, …).
+impl<B> Replayable for ReplayBody<B> {
+    #[inline]
+    fn replay(&self) -> Option<Self> {
+        self.try_clone()
+    }
+}
+
 impl<B, RB> RetryPolicy<Request<B>, Response<RB>> for HttpRetry
 where
-    B: Clone + Send + 'static,
+    B: Replayable + Send + 'static,
 {
     fn classify(&self, result: Result<&Response<RB>, &BoxError>) -> Verdict {
         match result {
@@ -225,7 +224,7 @@ where
     }
 
     fn clone_request(&self, req: &Request<B>) -> Option<Request<B>> {
-        Some(copy_request(req, req.body().clone()))
+        Some(copy_request(req, req.body().replay()?))
     }
 
     fn may_retry(&self, req: &Request<B>) -> bool {
