@@ -703,3 +703,58 @@ where
         })))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn trailers(pairs: &[(&'static str, &'static str)]) -> http::HeaderMap {
+        let mut map = http::HeaderMap::new();
+        for (k, v) in pairs {
+            map.insert(*k, http::HeaderValue::from_static(v));
+        }
+        map
+    }
+
+    #[test]
+    fn a_trailer_status_other_than_ok_is_an_error() {
+        assert!(trailer_status(&trailers(&[])).is_none(), "no status");
+        assert!(trailer_status(&trailers(&[("grpc-status", "0")])).is_none());
+        let err = trailer_status(&trailers(&[
+            ("grpc-status", "14"),
+            ("grpc-message", "down"),
+        ]))
+        .expect("UNAVAILABLE is an error");
+        #[cfg(feature = "tonic")]
+        {
+            let status = err.downcast_ref::<tonic::Status>().expect("a tonic status");
+            assert_eq!(status.code(), tonic::Code::Unavailable);
+            assert_eq!(status.message(), "down");
+        }
+        #[cfg(not(feature = "tonic"))]
+        assert!(err.to_string().contains("14"), "{err}");
+    }
+
+    #[test]
+    fn a_cut_answer_ends_with_deadline_exceeded_and_no_instance_name() {
+        let cut = deadline_trailers(&BoxError::from("payments.propagate: deadline exceeded"));
+        assert_eq!(cut[crate::http::GRPC_STATUS], "4");
+        assert_eq!(cut["grpc-message"], "deadline exceeded");
+        // What a client reading the trailers sees: an error.
+        assert!(trailer_status(&cut).is_some());
+    }
+
+    #[test]
+    fn grpc_answers_are_told_by_their_content_type() {
+        let with = |ct: &'static str| {
+            http::Response::builder()
+                .header(http::header::CONTENT_TYPE, ct)
+                .body(())
+                .unwrap()
+        };
+        assert!(is_grpc(&with("application/grpc")));
+        assert!(is_grpc(&with("application/grpc+proto")));
+        assert!(!is_grpc(&with("application/json")));
+        assert!(!is_grpc(&http::Response::new(())));
+    }
+}

@@ -317,3 +317,23 @@ where
         crate::http::hint_plus(self.rest.size_hint(), first.map_or(0, |d| d.len()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_status_other_than_ok_in_trailers_is_a_failure() {
+        let with = |code: Option<&'static str>| {
+            let mut t = http::HeaderMap::new();
+            if let Some(c) = code {
+                t.insert(Status::GRPC_STATUS, http::HeaderValue::from_static(c));
+            }
+            is_failure(&t)
+        };
+        assert!(!with(None), "no status: the stream's end decides");
+        assert!(!with(Some("0")));
+        assert!(with(Some("14")));
+        assert!(with(Some("4")));
+    }
+}
