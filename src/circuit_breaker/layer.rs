@@ -145,19 +145,13 @@ pub struct CircuitBreakerBuilder<C = ErrorsAsFailures> {
 /// defaults are written once.
 #[derive(Debug, Clone)]
 struct Settings {
+    tuning: super::BreakerTuning,
     name: Name,
     observer: Observer,
     window: SlidingWindow,
-    failure_rate_threshold: f64,
-    slow_call_rate_threshold: f64,
     slow_call_duration: Duration,
-    minimum_calls: u32,
     rate_trips: bool,
-    consecutive_failures: Option<u32>,
     permitted_in_half_open: u32,
-    open_duration: Duration,
-    open_multiplier: f64,
-    max_open_duration: Duration,
     open_jitter: f64,
     seed: Option<u64>,
     backpressure: bool,
@@ -167,19 +161,21 @@ struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Settings {
+            tuning: super::BreakerTuning {
+                failure_rate_threshold: 0.5,
+                slow_call_rate_threshold: 1.0,
+                minimum_calls: 100,
+                consecutive_failures: None,
+                open_duration: Duration::from_secs(60),
+                open_multiplier: 2.0,
+                max_open_duration: Duration::from_secs(600),
+            },
             name: Name::from(KIND),
             observer: Observer::none(),
             window: SlidingWindow::default(),
-            failure_rate_threshold: 0.5,
-            slow_call_rate_threshold: 1.0,
             slow_call_duration: Duration::from_secs(60),
-            minimum_calls: 100,
             rate_trips: true,
-            consecutive_failures: None,
             permitted_in_half_open: 10,
-            open_duration: Duration::from_secs(60),
-            open_multiplier: 2.0,
-            max_open_duration: Duration::from_secs(600),
             open_jitter: 0.0,
             seed: None,
             backpressure: false,
@@ -221,14 +217,14 @@ impl<C> CircuitBreakerBuilder<C> {
     /// Opens when the failure rate is at or above this (`0 < t <= 1`).
     /// Default: 0.5.
     pub fn failure_rate_threshold(mut self, threshold: f64) -> Self {
-        self.settings.failure_rate_threshold = threshold;
+        self.settings.tuning.failure_rate_threshold = threshold;
         self
     }
 
     /// Opens when the share of slow calls is at or above this (`0 < t <= 1`).
     /// Default: 1.0 (every call in the window slow).
     pub fn slow_call_rate_threshold(mut self, threshold: f64) -> Self {
-        self.settings.slow_call_rate_threshold = threshold;
+        self.settings.tuning.slow_call_rate_threshold = threshold;
         self
     }
 
@@ -243,21 +239,21 @@ impl<C> CircuitBreakerBuilder<C> {
     /// 1; for a count window of `n` calls, `min(minimum_calls, n)` applies).
     /// Default: 100.
     pub fn minimum_calls(mut self, calls: u32) -> Self {
-        self.settings.minimum_calls = calls;
+        self.settings.tuning.minimum_calls = calls;
         self
     }
 
     /// Also open after `n` failures in a row (at least 1), whatever the
     /// window says. Default: off.
     pub fn consecutive_failures(mut self, n: u32) -> Self {
-        self.settings.consecutive_failures = Some(n);
+        self.settings.tuning.consecutive_failures = Some(n);
         self
     }
 
     /// Open **only** after `n` failures in a row: the window still counts (its
     /// rates stay readable through the handle) but never opens the breaker.
     pub fn consecutive_failures_only(mut self, n: u32) -> Self {
-        self.settings.consecutive_failures = Some(n);
+        self.settings.tuning.consecutive_failures = Some(n);
         self.settings.rate_trips = false;
         self
     }
@@ -272,14 +268,14 @@ impl<C> CircuitBreakerBuilder<C> {
 
     /// The open time after a first trip. Default: 60 s.
     pub fn open_duration(mut self, duration: Duration) -> Self {
-        self.settings.open_duration = duration;
+        self.settings.tuning.open_duration = duration;
         self
     }
 
     /// Each further trip before a healthy close multiplies the open time by
     /// this (at least 1; 1 keeps it constant). Default: 2.
     pub fn open_multiplier(mut self, multiplier: f64) -> Self {
-        self.settings.open_multiplier = multiplier;
+        self.settings.tuning.open_multiplier = multiplier;
         self
     }
 
@@ -287,13 +283,13 @@ impl<C> CircuitBreakerBuilder<C> {
     /// open time they ask for).
     #[cfg(feature = "serde")]
     pub(crate) fn max_open(&self) -> Duration {
-        self.settings.max_open_duration
+        self.settings.tuning.max_open_duration
     }
 
     /// The open time never exceeds this (at least the base open duration).
     /// Default: 600 s.
     pub fn max_open_duration(mut self, duration: Duration) -> Self {
-        self.settings.max_open_duration = duration;
+        self.settings.tuning.max_open_duration = duration;
         self
     }
 
@@ -375,16 +371,7 @@ impl<C> CircuitBreakerBuilder<C> {
                 WindowConfig::Time { span, buckets }
             }
         };
-        super::BreakerTuning {
-            failure_rate_threshold: self.settings.failure_rate_threshold,
-            slow_call_rate_threshold: self.settings.slow_call_rate_threshold,
-            minimum_calls: self.settings.minimum_calls,
-            consecutive_failures: self.settings.consecutive_failures,
-            open_duration: self.settings.open_duration,
-            open_multiplier: self.settings.open_multiplier,
-            max_open_duration: self.settings.max_open_duration,
-        }
-        .check(self.settings.rate_trips)?;
+        self.settings.tuning.check(self.settings.rate_trips)?;
         if self.settings.slow_call_duration.is_zero() {
             return err("slow_call_duration must be above zero, got 0ns".into());
         }
@@ -403,17 +390,11 @@ impl<C> CircuitBreakerBuilder<C> {
             ));
         }
         Ok(Config {
+            tuning: self.settings.tuning,
             window,
-            failure_rate_threshold: self.settings.failure_rate_threshold,
-            slow_call_rate_threshold: self.settings.slow_call_rate_threshold,
             slow_call_duration: self.settings.slow_call_duration,
-            minimum_calls: self.settings.minimum_calls,
             rate_trips: self.settings.rate_trips,
-            consecutive_failures: self.settings.consecutive_failures,
             permitted_in_half_open: self.settings.permitted_in_half_open,
-            open_duration: self.settings.open_duration,
-            open_multiplier: self.settings.open_multiplier,
-            max_open_duration: self.settings.max_open_duration,
             open_jitter: self.settings.open_jitter,
             seed: self.settings.seed,
             backpressure: self.settings.backpressure,
