@@ -502,9 +502,7 @@ fn deadline_trailers(_error: &BoxError) -> http::HeaderMap {
     );
     trailers.insert(
         "grpc-message",
-        http::HeaderValue::from_static(crate::http::body_for(
-            crate::error::RejectionKind::DeadlineExceeded,
-        )),
+        http::HeaderValue::from_static(crate::error::RejectionKind::DeadlineExceeded.message()),
     );
     trailers
 }

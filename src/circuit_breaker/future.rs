@@ -67,7 +67,7 @@ pin_project! {
             guard: Guard<C>,
         },
         Rejected {
-            error: Option<CircuitOpen>,
+            error: Option<BoxError>,
         },
     }
 }
@@ -82,7 +82,9 @@ impl<F, C, M> ResponseFuture<F, C, M> {
 
     pub(crate) fn rejected(error: CircuitOpen) -> Self {
         ResponseFuture {
-            kind: Kind::Rejected { error: Some(error) },
+            kind: Kind::Rejected {
+                error: Some(error.into()),
+            },
             hold: PhantomData,
         }
     }
@@ -152,9 +154,7 @@ where
                 }
                 Poll::Ready(result.map_err(Into::into))
             }
-            KindProj::Rejected { error } => {
-                crate::error::poll_rejected(&mut error.take().map(Into::into))
-            }
+            KindProj::Rejected { error } => crate::error::poll_rejected(error),
         }
     }
 }

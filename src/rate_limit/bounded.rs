@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
-use tokio::time::Instant;
 
 use super::Key;
 
@@ -23,8 +22,8 @@ pub(crate) struct BoundedMap<V> {
     max: usize,
     /// The least time between two sweeps.
     min_sweep: Duration,
-    origin: Instant,
-    /// When the next sweep may run, in nanoseconds since `origin`.
+    /// When the next sweep may run, on the caller's clock (nanoseconds
+    /// since an origin of its own).
     next_sweep: AtomicU64,
     /// A sweep is running (the others do not wait for it).
     sweeping: AtomicBool,
@@ -40,7 +39,6 @@ impl<V> BoundedMap<V> {
             held: AtomicUsize::new(0),
             max: max.max(1),
             min_sweep,
-            origin: crate::clock::now(),
             next_sweep: AtomicU64::new(0),
             sweeping: AtomicBool::new(false),
             evicted: AtomicU64::new(0),
@@ -82,9 +80,9 @@ impl<V> BoundedMap<V> {
 
     /// Evicts the entries `keep` refuses, if no sweep ran in the last
     /// `min_sweep` (and none is running): the number evicted, or `None` when
-    /// no sweep ran.
-    pub(crate) fn sweep(&self, mut keep: impl FnMut(&V) -> bool) -> Option<usize> {
-        let now = nanos(self.origin, crate::clock::now());
+    /// no sweep ran. `now`: the caller's time (nanoseconds since its own
+    /// origin, the same one on every call), already read for the request.
+    pub(crate) fn sweep(&self, now: u64, mut keep: impl FnMut(&V) -> bool) -> Option<usize> {
         if now < self.next_sweep.load(Ordering::Acquire)
             || self.sweeping.swap(true, Ordering::AcqRel)
         {
@@ -144,10 +142,6 @@ impl<V> BoundedMap<V> {
     }
 }
 
-fn nanos(origin: Instant, at: Instant) -> u64 {
-    u64::try_from(at.saturating_duration_since(origin).as_nanos()).unwrap_or(u64::MAX)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -156,8 +150,10 @@ mod tests {
         Key::from_u64(n)
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn the_cap_holds_and_sweeps_wait_their_interval() {
+    const SECOND: u64 = 1_000_000_000;
+
+    #[test]
+    fn the_cap_holds_and_sweeps_wait_their_interval() {
         let m: BoundedMap<u64> = BoundedMap::new(2, Duration::from_secs(1));
         assert_eq!(m.with(&key(1), || 10, |v, new| (*v, new)), Some((10, true)));
         assert_eq!(
@@ -168,12 +164,11 @@ mod tests {
         assert_eq!(m.with(&key(3), || 30, |v, _| *v), None, "full");
         assert_eq!(m.len(), 2);
         // A sweep keeping only 20; the next one must wait a second.
-        assert_eq!(m.sweep(|v| *v == 20), Some(1));
-        assert_eq!(m.sweep(|_| false), None);
+        assert_eq!(m.sweep(0, |v| *v == 20), Some(1));
+        assert_eq!(m.sweep(SECOND - 1, |_| false), None);
         assert_eq!(m.with(&key(3), || 30, |v, _| *v), Some(30));
         assert_eq!((m.len(), m.evicted()), (2, 1));
-        tokio::time::advance(Duration::from_secs(1)).await;
-        assert_eq!(m.sweep(|_| false), Some(2));
+        assert_eq!(m.sweep(SECOND, |_| false), Some(2));
         assert_eq!((m.len(), m.evicted(), m.get_cloned(&key(2))), (0, 3, None));
     }
 

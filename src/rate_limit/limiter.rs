@@ -3,7 +3,6 @@
 //! global limit or per key over a bounded map. The quota lives in atomics
 //! so that it can change while the buckets keep what they owe.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -55,9 +54,6 @@ pub(crate) struct QuotaCell {
     /// Nanoseconds per cell (at least 1).
     t: AtomicU64,
     burst: AtomicU32,
-    /// Serialises changes (never taken by a check): two reloads at once
-    /// leave one of their quotas, not a mix.
-    writer: Mutex<()>,
 }
 
 impl QuotaCell {
@@ -66,7 +62,6 @@ impl QuotaCell {
         Ok(QuotaCell {
             t: AtomicU64::new(t),
             burst: AtomicU32::new(burst),
-            writer: Mutex::new(()),
         })
     }
 
@@ -79,12 +74,10 @@ impl QuotaCell {
     }
 
     /// Replaces the quota (validated first; nothing changes on an error).
+    /// Callers serialise changes (the layer's reload lock), so that two
+    /// reloads at once leave one of their quotas, not a mix.
     pub(crate) fn set(&self, quota: Quota, what: &str) -> Result<(), ConfigError> {
         let (t, burst) = Self::parts(quota, what)?;
-        let _writer = self
-            .writer
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
         self.t.store(t, Ordering::Relaxed);
         self.burst.store(burst, Ordering::Relaxed);
         Ok(())
@@ -308,22 +301,28 @@ impl KeyedBuckets {
         let (r, sweep_due) = match self.check_once(key, now, cost, want_status) {
             // New key at the cap: evict idle keys (if a sweep is allowed
             // now), then try once more.
-            (KeyedCheck::Full, _) if self.sweep() => self.check_once(key, now, cost, want_status),
+            (KeyedCheck::Full, _) if self.sweep_at(now) => {
+                self.check_once(key, now, cost, want_status)
+            }
             r => r,
         };
         if sweep_due {
-            self.sweep();
+            self.sweep_at(now);
         }
         r
     }
 
     /// Evicts idle keys; returns whether a sweep ran.
     pub(crate) fn sweep(&self) -> bool {
-        let now = nanos_since(self.start);
+        self.sweep_at(nanos_since(self.start))
+    }
+
+    /// [`sweep`](Self::sweep) at `now` (nanoseconds since `start`).
+    fn sweep_at(&self, now: u64) -> bool {
         // Idle: the bucket is full again (its theoretical arrival time has
         // passed), indistinguishable from a new key's.
         self.map
-            .sweep(|tat| tat.load(Ordering::Acquire) > now)
+            .sweep(now, |tat| tat.load(Ordering::Acquire) > now)
             .is_some()
     }
 

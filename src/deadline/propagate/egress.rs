@@ -12,7 +12,7 @@ use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::{DEFAULT_MS_HEADER, GRPC_TIMEOUT, header_name, poll_rejected};
+use super::{DEFAULT_MS_HEADER, GRPC_TIMEOUT, header_name};
 use crate::body::CallBody;
 use crate::clock;
 use crate::deadline::Deadline;
@@ -316,7 +316,7 @@ where
                     response.map(|body| CallBody::new(body, deadline, shared, grpc))
                 ))
             }
-            EgressProj::Rejected { error } => poll_rejected(error),
+            EgressProj::Rejected { error } => crate::error::poll_rejected(error),
         }
     }
 }

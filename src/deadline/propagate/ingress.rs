@@ -14,7 +14,6 @@ use tower_service::Service;
 
 use super::{
     CLAMPED, DEFAULT_MAX, DEFAULT_MS_HEADER, GRPC_TIMEOUT, InvalidTimeout, OnInvalid, header_name,
-    poll_rejected,
 };
 use crate::clock;
 use crate::deadline::layer::Shared;
@@ -408,7 +407,7 @@ where
         match self.project().state.project() {
             IngressProj::Scoped { inner } => inner.poll(cx).map_err(Into::into),
             IngressProj::Plain { inner } => inner.poll(cx).map_err(Into::into),
-            IngressProj::Rejected { error } => poll_rejected(error),
+            IngressProj::Rejected { error } => crate::error::poll_rejected(error),
         }
     }
 }

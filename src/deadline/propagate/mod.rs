@@ -174,5 +174,3 @@ impl fmt::Display for InvalidTimeout {
 }
 
 impl std::error::Error for InvalidTimeout {}
-
-pub(super) use crate::error::poll_rejected;
