@@ -279,11 +279,14 @@ impl<C> CircuitBreakerBuilder<C> {
         self
     }
 
-    /// The cap on the open time set so far (files raise it to a longer
-    /// open time they ask for).
+    /// The run-time settings set so far, changed by `f` (a file's section).
     #[cfg(feature = "serde")]
-    pub(crate) fn max_open(&self) -> Duration {
-        self.settings.tuning.max_open_duration
+    pub(crate) fn retuned(
+        mut self,
+        f: impl FnOnce(super::BreakerTuning) -> super::BreakerTuning,
+    ) -> Self {
+        self.settings.tuning = f(self.settings.tuning);
+        self
     }
 
     /// The open time never exceeds this (at least the base open duration).

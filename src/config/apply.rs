@@ -39,19 +39,7 @@ impl<C> crate::circuit_breaker::CircuitBreakerBuilder<C> {
     /// Applies a [`BreakerSettings`] section (feature `serde`): each setting
     /// present replaces the builder's.
     pub fn configure(self, s: &BreakerSettings) -> Self {
-        let mut b = self;
-        if let Some(x) = s.failure_rate_threshold {
-            b = b.failure_rate_threshold(x);
-        }
-        if let Some(n) = s.minimum_calls {
-            b = b.minimum_calls(n);
-        }
-        if let Some(n) = s.consecutive_failures {
-            b = b.consecutive_failures(n);
-        }
-        if let Some((open, max)) = s.open_times(b.max_open()) {
-            b = b.open_duration(open).max_open_duration(max);
-        }
+        let mut b = self.retuned(|t| s.tune(t));
         if let Some(n) = s.half_open_calls {
             b = b.permitted_calls_in_half_open(n);
         }

@@ -215,11 +215,28 @@ pub struct BreakerSettings {
 }
 
 impl BreakerSettings {
-    /// The open time and its cap this section asks for, given the cap now:
-    /// an open time above the cap raises the cap to it. The same rule when a
+    /// `t` with what this section sets of a breaker's run-time settings
+    /// (an open time above the cap raises the cap to it): one rule when a
     /// stack is built from the section and when it reloads it.
-    pub(crate) fn open_times(&self, max_now: Duration) -> Option<(Duration, Duration)> {
-        self.open_duration.map(|d| (d, max_now.max(d)))
+    #[cfg(feature = "circuit-breaker")]
+    pub(crate) fn tune(
+        &self,
+        mut t: crate::circuit_breaker::BreakerTuning,
+    ) -> crate::circuit_breaker::BreakerTuning {
+        if let Some(x) = self.failure_rate_threshold {
+            t.failure_rate_threshold = x;
+        }
+        if let Some(n) = self.minimum_calls {
+            t.minimum_calls = n;
+        }
+        if let Some(n) = self.consecutive_failures {
+            t.consecutive_failures = Some(n);
+        }
+        if let Some(d) = self.open_duration {
+            t.open_duration = d;
+            t.max_open_duration = t.max_open_duration.max(d);
+        }
+        t
     }
 }
 

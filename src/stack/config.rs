@@ -274,28 +274,6 @@ impl crate::config::ServiceConfig {
     }
 }
 
-/// The breaker tuning a section asks for, from the breaker's current one.
-fn tuned(
-    now: crate::circuit_breaker::BreakerTuning,
-    s: &crate::config::BreakerSettings,
-) -> crate::circuit_breaker::BreakerTuning {
-    let mut t = now;
-    if let Some(x) = s.failure_rate_threshold {
-        t.failure_rate_threshold = x;
-    }
-    if let Some(n) = s.minimum_calls {
-        t.minimum_calls = n;
-    }
-    if let Some(n) = s.consecutive_failures {
-        t.consecutive_failures = Some(n);
-    }
-    if let Some((open, max)) = s.open_times(t.max_open_duration) {
-        t.open_duration = open;
-        t.max_open_duration = max;
-    }
-    t
-}
-
 /// The bulkhead's rule, with the instance's name as the path.
 fn check_limit(path: &str, n: Option<usize>) -> Result<(), ConfigError> {
     match n {
@@ -336,7 +314,7 @@ impl<P, C: Send + Sync + 'static, L, O, H> ClientStackLayer<P, C, L, O, H> {
     /// A [`ConfigError`] naming the refused setting; nothing is changed.
     pub fn reload(&self, s: &ClientSettings) -> Result<(), ConfigError> {
         let breaker = self.breaker_handle();
-        let t = tuned(breaker.tuning(), &s.breaker);
+        let t = s.breaker.tune(breaker.tuning());
         check_limit(self.bulkhead_handle().name(), s.bulkhead.max_concurrent)?;
         let budget = self.retry_budget();
         let ppm = |p: u64| p as f64 / 1e6;
