@@ -4,7 +4,7 @@
 //! to its last byte (feature `http`).
 //!
 //! Every body the protocol presets hand out is a `CallBody`: on a client,
-//! [`PropagateDeadline`](crate::deadline::PropagateDeadline) wraps the
+//! [`PropagateDeadline`](crate::deadline::propagate::PropagateDeadline) wraps the
 //! dependency's answer; on a server, [`CallBodyLayer`] wraps the
 //! handler's. Composing by hand, put either below the layers that should
 //! hold until the body ends (see [`hold`](crate::hold)).
@@ -72,7 +72,7 @@ pin_project! {
     /// std::pin::pin!(res.into_body());`). `into_inner()` drops the
     /// deadline and lets go of what it holds.
     ///
-    /// [`PropagateDeadline`](crate::deadline::PropagateDeadline) (in the HTTP
+    /// [`PropagateDeadline`](crate::deadline::propagate::PropagateDeadline) (in the HTTP
     /// and gRPC client presets) puts every response body in one, with the
     /// deadline it sent the server: the attempt's time left (the attempt
     /// timeout or the total budget, whichever ends first). A body that is

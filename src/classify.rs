@@ -63,7 +63,7 @@ use std::any::Any;
 
 use crate::error::{BoxError, RejectionKind};
 
-pub use crate::observe::Outcome;
+use crate::observe::Outcome;
 
 /// Decides whether a call's result is a success, a failure, or not to be
 /// counted ([`Outcome::Ignored`]).

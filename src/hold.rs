@@ -25,7 +25,7 @@
 //! [server](crate::stack::ServerStack::http) presets hold until the body
 //! ends; composing by hand, ask a layer for it with `until_body_end()`
 //! (feature `http`) and put a layer below it that hands out `CallBody`
-//! responses ([`PropagateDeadline`](crate::deadline::PropagateDeadline) on a
+//! responses ([`PropagateDeadline`](crate::deadline::propagate::PropagateDeadline) on a
 //! client, [`CallBodyLayer`](crate::body::CallBodyLayer) around a handler).
 //!
 //! ```

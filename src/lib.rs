@@ -63,6 +63,15 @@
 //! # }
 //! ```
 //!
+//! # Paths
+//!
+//! The crate root re-exports the types you start from (the layers, the
+//! presets, [`Deadline`], [`Rejection`], [`Observer`]). Every other item has
+//! exactly one path, in the module of the layer it belongs to:
+//! `seawall::deadline::propagate::OnInvalid`,
+//! `seawall::shed::criticality::scope`, `seawall::observe::Outcome`.
+//! `public-api.txt` in the repository lists them all, re-exports included.
+//!
 //! # Observability
 //!
 //! Every layer takes an [`Observer`] and reports borrowed [`Event`]s through it:
@@ -164,10 +173,10 @@ pub use crate::bulkhead::{BulkheadLayer, QueueOrder};
 pub use crate::chaos::ChaosLayer;
 #[cfg(feature = "circuit-breaker")]
 pub use crate::circuit_breaker::{CircuitBreakerHandle, CircuitBreakerLayer, SlidingWindow};
+#[cfg(all(feature = "deadline", feature = "http"))]
+pub use crate::deadline::propagate::{DeadlineFromHeadersLayer, PropagateDeadlineLayer};
 #[cfg(feature = "deadline")]
 pub use crate::deadline::{AttemptTimeoutLayer, DeadlineLayer};
-#[cfg(all(feature = "deadline", feature = "http"))]
-pub use crate::deadline::{DeadlineFromHeadersLayer, PropagateDeadlineLayer};
 #[cfg(feature = "tonic")]
 pub use crate::grpc::{GrpcRejectionLayer, GrpcStatusClassifier};
 #[cfg(feature = "http")]
@@ -177,4 +186,6 @@ pub use crate::rate_limit::{Quota, RateLimitLayer};
 #[cfg(feature = "retry")]
 pub use crate::retry::{Jitter, RetryBudget, RetryLayer};
 #[cfg(feature = "shed")]
-pub use crate::shed::{AdaptiveLimitLayer, Criticality, ThrottleLayer};
+pub use crate::shed::criticality::Criticality;
+#[cfg(feature = "shed")]
+pub use crate::shed::{AdaptiveLimitLayer, ThrottleLayer};

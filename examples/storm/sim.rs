@@ -901,9 +901,9 @@ async fn run_async(scenario: &Scenario, mode: Mode) -> Result<Run, BoxError> {
         let at = start + *offset;
         let criticality = scenario.critical_share.map(|share| {
             if unit(scenario.seed ^ 0xC417, i as u64) < share {
-                seawall::shed::Criticality::Critical
+                seawall::shed::criticality::Criticality::Critical
             } else {
-                seawall::shed::Criticality::Sheddable
+                seawall::shed::criticality::Criticality::Sheddable
             }
         });
         tokio::time::sleep_until(at).await;
@@ -943,7 +943,7 @@ async fn run_async(scenario: &Scenario, mode: Mode) -> Result<Run, BoxError> {
             }
             book.records.push(Record {
                 arrival,
-                critical: criticality == Some(seawall::shed::Criticality::Critical),
+                critical: criticality == Some(seawall::shed::criticality::Criticality::Critical),
                 latency: now - began,
                 end,
             });

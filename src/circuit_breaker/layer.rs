@@ -319,7 +319,7 @@ impl<C> CircuitBreakerBuilder<C> {
         self
     }
 
-    /// Whether a remote overload ([`Outcome::Overloaded`](crate::classify::Outcome::Overloaded):
+    /// Whether a remote overload ([`Outcome::Overloaded`](crate::observe::Outcome::Overloaded):
     /// a 429 or a 503 with `Retry-After`, `RESOURCE_EXHAUSTED`, `UNAVAILABLE` with pushback, a
     /// shedder's `Overloaded`) counts as a failure. Default: **no**, it is
     /// not counted at all.
@@ -338,7 +338,7 @@ impl<C> CircuitBreakerBuilder<C> {
     }
 
     /// How results are classified as successes, failures, or not counted
-    /// ([`Outcome::Ignored`](crate::classify::Outcome::Ignored): left out of
+    /// ([`Outcome::Ignored`](crate::observe::Outcome::Ignored): left out of
     /// the window; a half-open probe frees its slot). Default:
     /// [`ErrorsAsFailures`] (every `Err`, including a seawall rejection from a
     /// layer below such as an attempt timeout, is a failure).

@@ -60,7 +60,7 @@
 //!   finished, the breaker closes (with an empty window) if their failure and
 //!   slow-call rates are below the thresholds, and opens again otherwise. A
 //!   probe whose future is dropped before it finishes, or that the classifier
-//!   calls [`Ignored`](crate::classify::Outcome::Ignored), frees its slot for
+//!   calls [`Ignored`](crate::observe::Outcome::Ignored), frees its slot for
 //!   another probe and does not count toward the verdict.
 //! - **Manual states**, through a [`CircuitBreakerHandle`] from
 //!   [`CircuitBreakerLayer::handle`]: forced-open, disabled (always closed,
@@ -72,7 +72,7 @@
 //! `Err` is a failure, including rejections from seawall layers *below* the
 //! breaker, such as an attempt timeout). A call whose future is dropped before
 //! it finishes is not counted, nor is a call classified
-//! [`Outcome::Ignored`](crate::classify::Outcome::Ignored): it stays out of the
+//! [`Outcome::Ignored`](crate::observe::Outcome::Ignored): it stays out of the
 //! window (calls, failures and slow calls alike) and neither extends nor
 //! breaks a run of consecutive failures; its `CallFinished` event reports
 //! outcome `Ignored`.

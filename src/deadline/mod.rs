@@ -133,9 +133,9 @@
 //! # Propagation (feature `http`)
 //!
 //! The [`propagate`] module carries deadlines across hops as relative
-//! timeouts: [`DeadlineFromHeadersLayer`] reads `grpc-timeout` and
+//! timeouts: [`DeadlineFromHeadersLayer`](propagate::DeadlineFromHeadersLayer) reads `grpc-timeout` and
 //! `x-request-timeout-ms` on servers (clamped to 30 s by default, minus a
-//! per-hop margin), [`PropagateDeadlineLayer`] writes the time left on
+//! per-hop margin), [`PropagateDeadlineLayer`](propagate::PropagateDeadlineLayer) writes the time left on
 //! clients, rounded down. The wire formats are available without any feature
 //! through [`parse_grpc_timeout`], [`format_grpc_timeout`] and
 //! [`parse_timeout_ms`].
@@ -384,11 +384,6 @@ mod wire;
 pub use self::attempt::{AttemptTimeoutLayer, AttemptTimeoutLayerBuilder, AttemptTimeoutService};
 #[cfg(feature = "deadline")]
 pub use self::layer::{DeadlineLayer, DeadlineLayerBuilder};
-#[cfg(all(feature = "deadline", feature = "http"))]
-pub use self::propagate::{
-    DeadlineFromHeaders, DeadlineFromHeadersLayer, DeadlineFromHeadersLayerBuilder, InvalidTimeout,
-    OnInvalid, PropagateDeadline, PropagateDeadlineLayer, PropagateDeadlineLayerBuilder,
-};
 #[cfg(feature = "deadline")]
 pub use self::service::DeadlineService;
 pub use self::wire::{

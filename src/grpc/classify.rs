@@ -4,7 +4,8 @@ use std::fmt;
 
 use tonic::{Code, Status};
 
-use crate::classify::{Classify, Outcome, error_origin};
+use crate::classify::{Classify, error_origin};
+use crate::observe::Outcome;
 
 /// Every gRPC code, in numeric order.
 const ALL_CODES: [Code; 17] = [
@@ -68,7 +69,8 @@ const ALL_CODES: [Code; 17] = [
 /// [`classify_trailers`](Self::classify_trailers).
 ///
 /// ```
-/// use seawall::classify::{Classify, Outcome};
+/// use seawall::classify::Classify;
+/// use seawall::observe::Outcome;
 /// use seawall::grpc::GrpcStatusClassifier;
 /// use tonic::{Code, Status};
 ///
@@ -178,7 +180,7 @@ impl GrpcStatusClassifier {
     /// `UNKNOWN`.
     ///
     /// ```
-    /// use seawall::classify::Outcome;
+    /// use seawall::observe::Outcome;
     /// use seawall::grpc::GrpcStatusClassifier;
     ///
     /// let mut trailers = http::HeaderMap::new();

@@ -55,11 +55,11 @@ pub(crate) mod status;
 pub(crate) mod transport;
 
 pub use self::classify::GrpcStatusClassifier;
-pub use self::status::{GrpcAnswer, PUSHBACK_HEADER, code_for};
+use self::status::GrpcAnswer;
+pub use self::status::{PUSHBACK_HEADER, code_for};
 pub use self::transport::{TonicTransport, TonicTransportFuture, TonicTransportLayer};
 
 use crate::error::BoxError;
-use crate::http::AnswerErrorsFuture;
 
 crate::http::named_answer! {
     /// Wraps a gRPC server stack so that its errors become proper trailers-only
@@ -99,14 +99,14 @@ crate::http::named_answer! {
     layer GrpcRejectionLayer;
 
     /// The service built by [`GrpcRejectionLayer`]: turns the inner service's
-    /// `Err` into a trailers-only gRPC response (see
-    /// [`AnswerErrors`](crate::http::AnswerErrors) for readiness).
+    /// `Err` into a trailers-only gRPC response. Works for any body type with
+    /// a `Default` (the empty body of a trailers-only response).
     service GrpcRejection;
-    answer GrpcAnswer;
+    /// The response future of [`GrpcRejection`]: the inner service's
+    /// response, or the trailers-only answer for its error.
+    future ResponseFuture;
+    answer GrpcAnswer, body Default;
 }
-
-/// The response future of [`GrpcRejection`].
-pub type ResponseFuture<F, B> = AnswerErrorsFuture<F, B, GrpcAnswer>;
 
 /// The `tonic::Status` for an error: the mapped code, message and pushback
 /// for a seawall rejection (found through `source()` chains), a copy of the

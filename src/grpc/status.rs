@@ -10,7 +10,7 @@ use tonic::metadata::MetadataValue;
 use tonic::{Code, Status};
 
 use crate::error::{RejectionKind, rejection};
-use crate::http::{AnswerError, sealed};
+use crate::http::{AnswerError, Named};
 
 /// The metadata key of gRPC retry pushback (gRPC proposal A6): the number of
 /// milliseconds the client should wait before retrying.
@@ -143,10 +143,9 @@ fn trailers_only<B: Default>(status: &Status) -> http::Response<B> {
 /// A type-level marker (it has no values): the answer of
 /// [`GrpcRejectionLayer`](super::GrpcRejectionLayer).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GrpcAnswer {}
+pub(crate) enum GrpcAnswer {}
 
-impl sealed::Sealed for GrpcAnswer {
-    const LAYER: &'static str = "GrpcRejectionLayer";
+impl Named for GrpcAnswer {
     const SERVICE: &'static str = "GrpcRejection";
 }
 

@@ -5,16 +5,12 @@ use std::error::Error;
 
 use super::response::{INTERNAL_ERROR_BODY, response_for_error};
 
-/// Builds the `Ok` response that [`AnswerErrors`](super::AnswerErrors) returns
-/// in place of an error.
-///
-/// Implemented by [`TextAnswer`] (plain-text HTTP responses, for
-/// [`RejectionResponseLayer`](super::RejectionResponseLayer)) and, with
-/// feature `tonic`, by `seawall::grpc::GrpcAnswer` (trailers-only gRPC
-/// responses, for `seawall::grpc::GrpcRejectionLayer`). The trait is sealed:
-/// it names the response format of a layer and is not implemented outside
-/// seawall.
-pub trait AnswerError<B>: sealed::Sealed {
+/// Builds the `Ok` response that [`AnswerErrors`](super::AnswerErrors)
+/// returns in place of an error: [`TextAnswer`] (plain-text HTTP responses,
+/// for [`RejectionResponseLayer`](super::RejectionResponseLayer)) and, with
+/// feature `tonic`, `GrpcAnswer` (trailers-only gRPC responses, for
+/// `GrpcRejectionLayer`).
+pub(crate) trait AnswerError<B>: Named {
     /// The response for `err`: the mapped answer for a seawall rejection
     /// (found through `source()` chains), a generic error otherwise.
     fn answer(err: &(dyn Error + 'static)) -> http::Response<B>;
@@ -24,17 +20,10 @@ pub trait AnswerError<B>: sealed::Sealed {
     fn internal_error() -> http::Response<B>;
 }
 
-pub(crate) mod sealed {
-    /// Seals [`AnswerError`](super::AnswerError) and names the layer and
-    /// service types in their `Debug` output.
-    // Reachable only as a supertrait; not nameable outside the crate.
-    #[allow(unreachable_pub)]
-    pub trait Sealed {
-        /// The name the layer's `Debug` output uses.
-        const LAYER: &'static str;
-        /// The name the service's `Debug` output uses.
-        const SERVICE: &'static str;
-    }
+/// The name of an answer's service, for `Debug` output.
+pub(crate) trait Named {
+    /// The name the service's `Debug` output uses.
+    const SERVICE: &'static str;
 }
 
 /// Answers errors with plain-text HTTP responses: the mapped status,
@@ -45,10 +34,9 @@ pub(crate) mod sealed {
 /// A type-level marker (it has no values): the answer of
 /// [`RejectionResponseLayer`](super::RejectionResponseLayer).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TextAnswer {}
+pub(crate) enum TextAnswer {}
 
-impl sealed::Sealed for TextAnswer {
-    const LAYER: &'static str = "RejectionResponseLayer";
+impl Named for TextAnswer {
     const SERVICE: &'static str = "RejectionResponse";
 }
 

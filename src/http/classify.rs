@@ -4,7 +4,8 @@ use std::fmt;
 
 use http::StatusCode;
 
-use crate::classify::{Classify, Outcome, error_origin};
+use crate::classify::{Classify, error_origin};
+use crate::observe::Outcome;
 
 /// Classifies HTTP responses by status code into the [`Outcome`] model, for
 /// the circuit breaker and the client throttle.
@@ -36,7 +37,8 @@ use crate::classify::{Classify, Outcome, error_origin};
 ///
 /// ```
 /// use http::{Response, StatusCode};
-/// use seawall::classify::{Classify, Outcome};
+/// use seawall::classify::Classify;
+/// use seawall::observe::Outcome;
 /// use seawall::http::HttpStatusClassifier;
 ///
 /// // A gateway in front of us answers 502 when it is itself overloaded.

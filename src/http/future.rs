@@ -13,7 +13,7 @@ use super::answer::AnswerError;
 pin_project! {
     /// The response future of [`AnswerErrors`](super::AnswerErrors): the inner
     /// service's response, or the answer `A` builds for its error.
-    pub struct AnswerErrorsFuture<F, B, A> {
+    pub(crate) struct AnswerErrorsFuture<F, B, A> {
         #[pin]
         kind: Kind<F, B>,
         _answer: PhantomData<fn() -> A>,

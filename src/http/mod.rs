@@ -71,20 +71,20 @@
 mod answer;
 mod classify;
 mod future;
-mod layer;
 mod response;
 mod service;
 
 #[cfg(feature = "tonic")]
-pub(crate) use self::answer::sealed;
-pub use self::answer::{AnswerError, TextAnswer};
+pub(crate) use self::answer::AnswerError;
+#[cfg(feature = "tonic")]
+pub(crate) use self::answer::Named;
+use self::answer::TextAnswer;
 pub use self::classify::HttpStatusClassifier;
 #[cfg(feature = "tonic")]
 pub(crate) use self::classify::says_busy;
-pub use self::future::AnswerErrorsFuture;
-pub use self::layer::AnswerErrorsLayer;
+pub(crate) use self::future::AnswerErrorsFuture;
 pub use self::response::{body_for, retry_after_header, status_for};
-pub use self::service::AnswerErrors;
+pub(crate) use self::service::AnswerErrors;
 #[cfg(feature = "tonic")]
 pub(crate) use self::service::named_answer;
 
@@ -112,13 +112,14 @@ service::named_answer! {
     /// ```
     layer RejectionResponseLayer;
     /// The service built by [`RejectionResponseLayer`]: turns the inner service's
-    /// `Err` into an `Ok` HTTP response (see [`AnswerErrors`] for readiness: an error of `poll_ready` is answered by the next call).
+    /// `Err` into an `Ok` HTTP response. Works for any body type that can be
+    /// built from a `&'static str`.
     service RejectionResponse;
-    answer TextAnswer;
+    /// The response future of [`RejectionResponse`]: the inner service's
+    /// response, or the answer for its error.
+    future ResponseFuture;
+    answer TextAnswer, body From<&'static str>;
 }
-
-/// The response future of [`RejectionResponse`].
-pub type ResponseFuture<F, B> = AnswerErrorsFuture<F, B, TextAnswer>;
 
 use crate::error::BoxError;
 

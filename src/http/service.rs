@@ -6,22 +6,20 @@ use std::task::{Context, Poll};
 use tower::BoxError;
 use tower_service::Service;
 
-use super::answer::{AnswerError, sealed::Sealed};
+use super::answer::{AnswerError, Named};
 use super::future::AnswerErrorsFuture;
 
-/// The service built by [`AnswerErrorsLayer`](super::AnswerErrorsLayer):
-/// turns the inner service's `Err` into an `Ok` HTTP response built by `A`
-/// ([`TextAnswer`](super::TextAnswer) for
-/// [`RejectionResponse`](super::RejectionResponse), `GrpcAnswer` for
-/// `seawall::grpc::GrpcRejection`). Its error type is
-/// [`Infallible`](std::convert::Infallible).
+/// The service inside [`RejectionResponse`](super::RejectionResponse) and
+/// `seawall::grpc::GrpcRejection`: turns the inner service's `Err` into an
+/// `Ok` HTTP response built by `A` (`TextAnswer`, `GrpcAnswer`). Its error type
+/// is [`Infallible`](std::convert::Infallible).
 ///
 /// **Readiness.** `poll_ready` passes the inner service's readiness through.
 /// If the inner service *fails* readiness, the error is kept and `poll_ready`
 /// reports ready; the next `call` answers that error as a response without
 /// calling the inner service, and the following `poll_ready` asks the inner
 /// service again.
-pub struct AnswerErrors<S, A> {
+pub(crate) struct AnswerErrors<S, A> {
     inner: S,
     ready_error: Option<BoxError>,
     _answer: PhantomData<fn() -> A>,
@@ -29,7 +27,7 @@ pub struct AnswerErrors<S, A> {
 
 impl<S, A> AnswerErrors<S, A> {
     /// Wraps `inner`.
-    pub const fn new(inner: S) -> Self {
+    pub(crate) const fn new(inner: S) -> Self {
         AnswerErrors {
             inner,
             ready_error: None,
@@ -38,17 +36,17 @@ impl<S, A> AnswerErrors<S, A> {
     }
 
     /// The inner service.
-    pub fn get_ref(&self) -> &S {
+    pub(crate) fn get_ref(&self) -> &S {
         &self.inner
     }
 
     /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
+    pub(crate) fn get_mut(&mut self) -> &mut S {
         &mut self.inner
     }
 
     /// Unwraps the inner service.
-    pub fn into_inner(self) -> S {
+    pub(crate) fn into_inner(self) -> S {
         self.inner
     }
 }
@@ -60,7 +58,7 @@ impl<S: Clone, A> Clone for AnswerErrors<S, A> {
     }
 }
 
-impl<S: fmt::Debug, A: Sealed> fmt::Debug for AnswerErrors<S, A> {
+impl<S: fmt::Debug, A: Named> fmt::Debug for AnswerErrors<S, A> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct(A::SERVICE)
             .field("inner", &self.inner)
@@ -101,16 +99,19 @@ where
     }
 }
 
-/// Defines a named layer and service over [`AnswerErrors`] for one answer
-/// type, so that compiler messages and type names show what the user wrote
-/// (`RejectionResponse<…>`, `GrpcRejection<…>`), not the shared machinery.
+/// Defines a named layer, service and response future over [`AnswerErrors`]
+/// for one answer type, so that compiler messages, type names and docs show
+/// what the user wrote (`RejectionResponse<…>`, `GrpcRejection<…>`), never the
+/// shared machinery. `body` is what the answer needs of the response body.
 macro_rules! named_answer {
     (
         $(#[$layer_meta:meta])*
         layer $layer:ident;
         $(#[$service_meta:meta])*
         service $service:ident;
-        answer $answer:ty;
+        $(#[$future_meta:meta])*
+        future $future:ident;
+        answer $answer:ty, body $bound:path;
     ) => {
         $(#[$layer_meta])*
         #[derive(Clone, Copy, Default)]
@@ -135,13 +136,17 @@ macro_rules! named_answer {
             type Service = $service<S>;
 
             fn layer(&self, inner: S) -> Self::Service {
-                $service {
-                    inner: $crate::http::AnswerErrors::new(inner),
-                }
+                $service::new(inner)
             }
         }
 
         $(#[$service_meta])*
+        ///
+        /// **Readiness.** `poll_ready` passes the inner service's readiness
+        /// through. If the inner service *fails* readiness, the error is kept
+        /// and `poll_ready` reports ready; the next `call` answers that error
+        /// without calling the inner service, and the following `poll_ready`
+        /// asks the inner service again.
         #[derive(Clone)]
         pub struct $service<S> {
             inner: $crate::http::AnswerErrors<S, $answer>,
@@ -181,11 +186,11 @@ macro_rules! named_answer {
         where
             S: ::tower_service::Service<Req, Response = ::http::Response<B>>,
             S::Error: Into<$crate::BoxError>,
-            $answer: $crate::http::AnswerError<B>,
+            B: $bound,
         {
             type Response = ::http::Response<B>;
             type Error = ::std::convert::Infallible;
-            type Future = $crate::http::AnswerErrorsFuture<S::Future, B, $answer>;
+            type Future = $future<S::Future, B>;
 
             #[inline]
             fn poll_ready(
@@ -197,7 +202,40 @@ macro_rules! named_answer {
 
             #[inline]
             fn call(&mut self, req: Req) -> Self::Future {
-                self.inner.call(req)
+                $future {
+                    inner: self.inner.call(req),
+                }
+            }
+        }
+
+        ::pin_project_lite::pin_project! {
+            $(#[$future_meta])*
+            pub struct $future<F, B> {
+                #[pin]
+                inner: $crate::http::AnswerErrorsFuture<F, B, $answer>,
+            }
+        }
+
+        impl<F, B> ::std::fmt::Debug for $future<F, B> {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
+                ::std::fmt::Debug::fmt(&self.inner, f)
+            }
+        }
+
+        impl<F, B, E> ::std::future::Future for $future<F, B>
+        where
+            F: ::std::future::Future<Output = Result<::http::Response<B>, E>>,
+            E: Into<$crate::BoxError>,
+            B: $bound,
+        {
+            type Output = Result<::http::Response<B>, ::std::convert::Infallible>;
+
+            #[inline]
+            fn poll(
+                self: ::std::pin::Pin<&mut Self>,
+                cx: &mut ::std::task::Context<'_>,
+            ) -> ::std::task::Poll<Self::Output> {
+                self.project().inner.poll(cx)
             }
         }
     };

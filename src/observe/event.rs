@@ -409,6 +409,7 @@ impl EventKind {
 /// One event reported by a layer instance: which kind of layer, its instance
 /// name, and what happened. Borrowed: hooks that keep events copy what they need.
 #[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
 pub struct Event<'a> {
     /// The kind of layer that reported it.
     pub layer: LayerKind,

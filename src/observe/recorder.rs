@@ -7,6 +7,7 @@ use super::{Event, EventKind, Hook, LayerKind};
 /// An event kept by a [`Recorder`]: an owned copy of an [`Event`] and the
 /// (tokio) time it was recorded.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct RecordedEvent {
     /// The kind of layer that reported it.
     pub layer: LayerKind,

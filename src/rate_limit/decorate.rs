@@ -6,6 +6,7 @@ use super::quota::Quota;
 /// many more requests it admits right now, and when it is full again.
 /// Handed to the layer's [`Decorate`] (the response-header option).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct RateLimitStatus {
     /// The quota of the limit that admitted the request (the per-key quota of
     /// a keyed layer).
@@ -18,7 +19,7 @@ pub struct RateLimitStatus {
 
 /// Writes rate-limit information into responses (the layer's response-header
 /// option). [`NoHeaders`] (the default) writes nothing;
-/// [`IetfHeaders`](crate::rate_limit::IetfHeaders) (feature `http`) writes the
+/// [`IetfHeaders`](crate::rate_limit::headers::IetfHeaders) (feature `http`) writes the
 /// IETF `RateLimit-Policy` and `RateLimit` fields.
 pub trait Decorate<Res>: Send + Sync + 'static {
     /// `false` when [`Decorate::decorate`] does nothing: the layer then skips

@@ -200,6 +200,7 @@ impl fmt::Display for Key {
 /// [`EventKind::InputIgnored`](crate::observe::EventKind::InputIgnored) and the
 /// request then follows the layer's [`Fallback`](crate::rate_limit::Fallback) rule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct MissingKey {
     /// Which input was looked at (`"x-api-key"`, `"peer_addr"`, `"x-forwarded-for"`, …).
     pub input: &'static str,

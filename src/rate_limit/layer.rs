@@ -599,7 +599,7 @@ impl<X, D> RateLimitLayerBuilder<X, D> {
 
     /// Writes rate-limit information into every admitted response with
     /// `decorator` — with feature `http`,
-    /// [`IetfHeaders`](crate::rate_limit::IetfHeaders) for the IETF
+    /// [`IetfHeaders`](crate::rate_limit::headers::IetfHeaders) for the IETF
     /// `RateLimit-Policy` / `RateLimit` fields.
     pub fn response_headers<E>(self, decorator: E) -> RateLimitLayerBuilder<X, E> {
         RateLimitLayerBuilder {

@@ -33,7 +33,7 @@
 //! - **Run-time changes.** [`RateLimitLayer::set_quota`] changes the quota
 //!   of a running layer (an operator's reload): no bucket is dropped or
 //!   refilled, each keeps what it owes within the new burst.
-//! - **Headers** (feature `http`): [`IetfHeaders`] writes the IETF
+//! - **Headers** (feature `http`): [`IetfHeaders`](headers::IetfHeaders) writes the IETF
 //!   `RateLimit-Policy: "default";q=100;w=60` and `RateLimit: "default";r=50;t=30`
 //!   fields on admitted responses. [`clock::ceil_secs`](crate::clock::ceil_secs) rounds a wait *up* to
 //!   whole seconds for `Retry-After`.
@@ -102,7 +102,5 @@ pub use self::service::RateLimit;
 
 #[cfg(feature = "http")]
 pub use self::client_ip::{ClientIp, ForwardedHeader, HeaderKey};
-#[cfg(feature = "http")]
-pub use self::headers::IetfHeaders;
 #[cfg(feature = "redis")]
 pub use self::redis::{FailurePolicy, RedisBackend};

@@ -104,6 +104,7 @@ pub struct Withdrawal {
 
 /// The budget's view of the current window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct BudgetSnapshot {
     /// Requests counted in the window.
     pub requests: u64,

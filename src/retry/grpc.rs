@@ -317,7 +317,8 @@ mod tests {
 
     #[test]
     fn heads_without_grpc_status_read_as_the_classifier_reads_them() {
-        use crate::classify::{Classify, Outcome};
+        use crate::classify::Classify;
+        use crate::observe::Outcome;
         let policy = GrpcRetry::new();
         let classifier = crate::grpc::GrpcStatusClassifier::new();
         let head = |code: u16| http::Response::builder().status(code).body(()).unwrap();

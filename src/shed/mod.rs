@@ -68,7 +68,7 @@
 //!
 //! ## Priorities
 //!
-//! Each request has a [`Criticality`] (`CriticalPlus`, `Critical`,
+//! Each request has a [`Criticality`](criticality::Criticality) (`CriticalPlus`, `Critical`,
 //! `SheddablePlus`, `Sheddable`), found by the layer's extractor: the
 //! task-local set with [`criticality::scope`] (default), a closure over the
 //! request, or with feature `http` [`criticality::FromHttpRequest`] (an
@@ -103,7 +103,7 @@
 //! the application made, throttled ones included) and `accepts` (calls the
 //! backend accepted, as the [`Classify`](crate::classify::Classify) you give
 //! it says; by default every `Ok`; a call it classifies
-//! [`Ignored`](crate::classify::Outcome::Ignored) is counted as neither), and
+//! [`Ignored`](crate::observe::Outcome::Ignored) is counted as neither), and
 //! rejects a new call locally, with
 //! `Overloaded` (event detail `"throttled"`), with probability
 //!
@@ -152,7 +152,6 @@ mod throttle;
 
 pub use self::aimd::{Aimd, AimdBuilder};
 pub use self::algorithm::{LimitAlgorithm, WindowSample};
-pub use self::criticality::Criticality;
 pub use self::future::ResponseFuture;
 pub use self::gradient::{Gradient2, Gradient2Builder};
 pub use self::layer::{AdaptiveLimitLayer, AdaptiveLimitLayerBuilder};

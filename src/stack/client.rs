@@ -70,7 +70,7 @@ pub struct ClientStackLayer<
 
 /// The service a [`ClientStackLayer`] makes around `S` (`S` being the service
 /// below the attempt timeout: yours, or with propagation, a
-/// [`PropagateDeadline`](crate::deadline::PropagateDeadline) around yours).
+/// [`PropagateDeadline`](crate::deadline::propagate::PropagateDeadline) around yours).
 ///
 /// `M` is where the bulkhead and the breaker let go of a call: at the
 /// response head ([`Head`]), or, in the HTTP and gRPC presets, at the end of
@@ -671,11 +671,14 @@ impl<P, C, O, H> ClientStackBuilder<P, C, Skip, O, H> {
     pub fn propagate_deadline(
         self,
         f: impl FnOnce(
-            crate::deadline::PropagateDeadlineLayerBuilder,
-        ) -> crate::deadline::PropagateDeadlineLayerBuilder,
-    ) -> ClientStackBuilder<P, C, crate::deadline::PropagateDeadlineLayerBuilder, O, H> {
-        let part = f(crate::deadline::PropagateDeadlineLayer::builder()
-            .name(part_name(self.stack_name(), "propagate")));
+            crate::deadline::propagate::PropagateDeadlineLayerBuilder,
+        ) -> crate::deadline::propagate::PropagateDeadlineLayerBuilder,
+    ) -> ClientStackBuilder<P, C, crate::deadline::propagate::PropagateDeadlineLayerBuilder, O, H>
+    {
+        let part = f(
+            crate::deadline::propagate::PropagateDeadlineLayer::builder()
+                .name(part_name(self.stack_name(), "propagate")),
+        );
         self.with_innermost(part)
     }
 }

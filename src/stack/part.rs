@@ -16,11 +16,11 @@ pub(crate) mod sealed {
     #[cfg(feature = "hedge")]
     impl<Q> Sealed for crate::hedge::HedgeLayerBuilder<Q> {}
     #[cfg(feature = "http")]
-    impl Sealed for crate::deadline::PropagateDeadlineLayerBuilder {}
+    impl Sealed for crate::deadline::propagate::PropagateDeadlineLayerBuilder {}
     #[cfg(feature = "http")]
-    impl Sealed for crate::deadline::DeadlineFromHeadersLayerBuilder {}
+    impl Sealed for crate::deadline::propagate::DeadlineFromHeadersLayerBuilder {}
     #[cfg(all(feature = "http", feature = "deadline"))]
-    impl Sealed for crate::deadline::PropagateDeadlineLayer {}
+    impl Sealed for crate::deadline::propagate::PropagateDeadlineLayer {}
     #[cfg(all(feature = "http", feature = "deadline"))]
     impl Sealed for crate::body::CallBodyLayer {}
     #[cfg(feature = "rate-limit")]
@@ -113,8 +113,8 @@ impl<P: Clone, Q> HedgePart<P> for crate::hedge::HedgeLayerBuilder<Q> {
 }
 
 #[cfg(feature = "http")]
-impl StackPart for crate::deadline::PropagateDeadlineLayerBuilder {
-    type Layer = crate::deadline::PropagateDeadlineLayer;
+impl StackPart for crate::deadline::propagate::PropagateDeadlineLayerBuilder {
+    type Layer = crate::deadline::propagate::PropagateDeadlineLayer;
 
     fn build_part(self, observer: Option<&Observer>) -> Result<Self::Layer, ConfigError> {
         match observer {
@@ -125,8 +125,8 @@ impl StackPart for crate::deadline::PropagateDeadlineLayerBuilder {
 }
 
 #[cfg(feature = "http")]
-impl StackPart for crate::deadline::DeadlineFromHeadersLayerBuilder {
-    type Layer = crate::deadline::DeadlineFromHeadersLayer;
+impl StackPart for crate::deadline::propagate::DeadlineFromHeadersLayerBuilder {
+    type Layer = crate::deadline::propagate::DeadlineFromHeadersLayer;
 
     fn build_part(self, observer: Option<&Observer>) -> Result<Self::Layer, ConfigError> {
         match observer {
@@ -223,7 +223,7 @@ impl<I, O: HoldPoint> HoldPoint for tower::layer::util::Stack<I, O> {
 }
 
 #[cfg(all(feature = "http", feature = "deadline"))]
-impl HoldPoint for crate::deadline::PropagateDeadlineLayer {
+impl HoldPoint for crate::deadline::propagate::PropagateDeadlineLayer {
     type Hold = crate::hold::BodyEnd;
 }
 
@@ -255,7 +255,7 @@ impl IngressPart for Skip {
 }
 
 #[cfg(all(feature = "http", feature = "deadline"))]
-impl IngressPart for crate::deadline::DeadlineFromHeadersLayerBuilder {
+impl IngressPart for crate::deadline::propagate::DeadlineFromHeadersLayerBuilder {
     type Innermost = crate::body::CallBodyLayer;
 
     fn build_innermost(

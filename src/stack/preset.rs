@@ -2,7 +2,9 @@
 
 use super::client::{ClientStack, ClientStackBuilder, ClientStackService};
 use super::part::part_name;
-use crate::deadline::{PropagateDeadline, PropagateDeadlineLayer, PropagateDeadlineLayerBuilder};
+use crate::deadline::propagate::{
+    PropagateDeadline, PropagateDeadlineLayer, PropagateDeadlineLayerBuilder,
+};
 use crate::error::Name;
 use crate::hold::BodyEnd;
 use crate::http::HttpStatusClassifier;
@@ -107,7 +109,7 @@ mod grpc {
 
     use super::super::client::{ClientStack, ClientStackBuilder, ClientStackService};
     use super::super::part::{StackPart, part_name};
-    use crate::deadline::{
+    use crate::deadline::propagate::{
         PropagateDeadline, PropagateDeadlineLayer, PropagateDeadlineLayerBuilder,
     };
     use crate::error::{ConfigError, Name};
@@ -272,7 +274,7 @@ mod server {
 
     use super::super::part::{IngressPart, StackPart, part_name};
     use super::super::server::{ServerStack, ServerStackBuilder};
-    use crate::deadline::{DeadlineFromHeadersLayer, DeadlineFromHeadersLayerBuilder};
+    use crate::deadline::propagate::{DeadlineFromHeadersLayer, DeadlineFromHeadersLayerBuilder};
     use crate::error::{ConfigError, Name};
     use crate::http::RejectionResponseLayer;
     use crate::observe::Observer;

@@ -30,7 +30,7 @@ const BULKHEAD_MAX_CONCURRENT: usize = 1000;
 ///
 /// Outermost first: the optional ingress part `O` (in the presets: the
 /// answer of every rejection as a response or a gRPC status, then
-/// [`DeadlineFromHeadersLayer`](crate::deadline::DeadlineFromHeadersLayer)
+/// [`DeadlineFromHeadersLayer`](crate::deadline::propagate::DeadlineFromHeadersLayer)
 /// and the inbound attempt mark) → [`DeadlineLayer`] (the server's own cap)
 /// → the optional rate limit `R` (feature `rate-limit`) →
 /// [`AdaptiveLimitLayer`] → [`BulkheadLayer`] → [`AttemptTimeoutLayer`]
@@ -473,11 +473,13 @@ impl<R, P> ServerStackBuilder<Skip, R, P> {
     pub fn deadline_from_headers(
         self,
         f: impl FnOnce(
-            crate::deadline::DeadlineFromHeadersLayerBuilder,
-        ) -> crate::deadline::DeadlineFromHeadersLayerBuilder,
-    ) -> ServerStackBuilder<crate::deadline::DeadlineFromHeadersLayerBuilder, R, P> {
-        let part = f(crate::deadline::DeadlineFromHeadersLayer::builder()
-            .name(part_name(&self.common.name, "ingress")));
+            crate::deadline::propagate::DeadlineFromHeadersLayerBuilder,
+        ) -> crate::deadline::propagate::DeadlineFromHeadersLayerBuilder,
+    ) -> ServerStackBuilder<crate::deadline::propagate::DeadlineFromHeadersLayerBuilder, R, P> {
+        let part = f(
+            crate::deadline::propagate::DeadlineFromHeadersLayer::builder()
+                .name(part_name(&self.common.name, "ingress")),
+        );
         self.with_ingress(part)
     }
 }

@@ -9,8 +9,8 @@ use std::time::Duration;
 use seawall::circuit_breaker::{
     CircuitBreaker, CircuitBreakerHandle, CircuitBreakerLayer, SlidingWindow, WindowSnapshot,
 };
-use seawall::classify::Outcome;
 use seawall::error::{AttemptTimeout, BoxError, RejectionKind, rejection_of};
+use seawall::observe::Outcome;
 use seawall::observe::{EventKind, Observer, Recorder, State};
 use tokio::time::{Instant, advance, sleep};
 use tower::{Layer, Service, ServiceExt, service_fn};
@@ -30,6 +30,11 @@ const FAIL: Req = Req {
     fail: true,
     delay: Duration::ZERO,
 };
+
+/// A window's counts: calls, failures, slow calls.
+fn counts(s: WindowSnapshot) -> (u64, u64, u64) {
+    (s.calls, s.failures, s.slow_calls)
+}
 
 fn slow(ms: u64) -> Req {
     Req {
@@ -102,14 +107,7 @@ async fn count_window_slides_after_1000_successes() {
     for _ in 0..1000 {
         call(&mut svc, OK).await.unwrap();
     }
-    assert_eq!(
-        handle.metrics(),
-        WindowSnapshot {
-            calls: 10,
-            failures: 0,
-            slow_calls: 0
-        }
-    );
+    assert_eq!(counts(handle.metrics()), (10, 0, 0));
     for i in 1..=4 {
         assert!(call(&mut svc, FAIL).await.is_err());
         assert_eq!(handle.state(), State::Closed, "after {i} failures");
@@ -161,14 +159,7 @@ async fn time_window_forgets_failures_older_than_its_span() {
         call(&mut svc, OK).await.unwrap();
     }
     assert_eq!(handle.state(), State::Closed);
-    assert_eq!(
-        handle.metrics(),
-        WindowSnapshot {
-            calls: 5,
-            failures: 1,
-            slow_calls: 0
-        }
-    );
+    assert_eq!(counts(handle.metrics()), (5, 1, 0));
     // Recent failures still count: 3 of 7 is below 50 %, 4 of 8 opens it.
     for _ in 0..2 {
         let _ = call(&mut svc, FAIL).await;
@@ -200,14 +191,7 @@ async fn slow_calls_trip_with_zero_errors() {
     assert_eq!(handle.metrics().slow_calls, 1);
     call(&mut svc, slow(1_001)).await.unwrap();
     assert_eq!(handle.state(), State::Open);
-    assert_eq!(
-        handle.metrics(),
-        WindowSnapshot {
-            calls: 4,
-            failures: 0,
-            slow_calls: 2
-        }
-    );
+    assert_eq!(counts(handle.metrics()), (4, 0, 2));
     let opened: Vec<_> = rec.filter(|e| {
         matches!(
             e.kind,
@@ -249,14 +233,7 @@ async fn consecutive_failures_trip() {
     let _ = call(&mut svc, FAIL).await;
     assert_eq!(handle.state(), State::Open);
     // The window still counts (5 failures of 6 calls) but only runs trip.
-    assert_eq!(
-        handle.metrics(),
-        WindowSnapshot {
-            calls: 6,
-            failures: 5,
-            slow_calls: 0
-        }
-    );
+    assert_eq!(counts(handle.metrics()), (6, 5, 0));
     assert_eq!(
         retry_after(call(&mut svc, OK).await),
         Some(Duration::from_secs(7))
@@ -653,18 +630,14 @@ async fn ignored_calls_are_not_counted() {
     let handle = layer.handle();
     let calls = Arc::new(AtomicUsize::new(0));
     let mut svc = layer.layer(status_backend(calls.clone()));
-    let empty = WindowSnapshot {
-        calls: 0,
-        failures: 0,
-        slow_calls: 0,
-    };
+    let empty = (0, 0, 0);
     // 100 ignored calls, half of them slow: nothing recorded.
     for i in 0..100u64 {
         let delay = Duration::from_secs(2 * (i % 2));
         let code = svc.ready().await.unwrap().call((429, delay)).await.unwrap();
         assert_eq!(code, 429);
     }
-    assert_eq!(handle.metrics(), empty);
+    assert_eq!(counts(handle.metrics()), empty);
     assert_eq!(handle.state(), State::Closed);
     // 5 failures then 5 successes, each followed by 10 ignored calls: the
     // window sees only the 10 counted calls.
@@ -693,14 +666,7 @@ async fn ignored_calls_are_not_counted() {
     }
     // The 10th counted call: 5 of 10 failed, 50 %: open.
     assert_eq!(handle.state(), State::Open);
-    assert_eq!(
-        handle.metrics(),
-        WindowSnapshot {
-            calls: 10,
-            failures: 5,
-            slow_calls: 0
-        }
-    );
+    assert_eq!(counts(handle.metrics()), (10, 5, 0));
     assert_eq!(handle.failure_rate(), Some(0.5));
     assert_eq!(handle.slow_call_rate(), Some(0.0));
     assert_eq!(calls.load(Ordering::SeqCst), 100 + 10 + 9 * 10);
@@ -739,14 +705,7 @@ async fn ignored_calls_neither_extend_nor_break_a_failure_run() {
     // The third failure is the third in a row.
     send(503).await;
     assert_eq!(handle.state(), State::Open);
-    assert_eq!(
-        handle.metrics(),
-        WindowSnapshot {
-            calls: 3,
-            failures: 3,
-            slow_calls: 0
-        }
-    );
+    assert_eq!(counts(handle.metrics()), (3, 3, 0));
 }
 
 #[tokio::test(start_paused = true)]
@@ -953,12 +912,8 @@ fn counts_stay_exact_under_contention() {
             .filter(|f| *f)
             .count() as u64;
         assert_eq!(
-            handle.metrics(),
-            WindowSnapshot {
-                calls: (TASKS * CALLS) as u64,
-                failures: expected_failures,
-                slow_calls: 0
-            },
+            counts(handle.metrics()),
+            ((TASKS * CALLS) as u64, expected_failures, 0),
             "{window:?}"
         );
     }
@@ -1006,14 +961,7 @@ fn a_small_window_stays_exact_under_contention() {
             let _ = svc.ready().await.unwrap().call(true).await;
         }
     });
-    assert_eq!(
-        handle.metrics(),
-        WindowSnapshot {
-            calls: 16,
-            failures: 16,
-            slow_calls: 0
-        }
-    );
+    assert_eq!(counts(handle.metrics()), (16, 16, 0));
 }
 
 #[test]
@@ -1296,12 +1244,12 @@ mod model {
                 if model.state == MState::Closed {
                     let w = model.in_window(now());
                     prop_assert_eq!(
-                        handle.metrics(),
-                        WindowSnapshot {
-                            calls: w.len() as u64,
-                            failures: w.iter().filter(|x| x.1).count() as u64,
-                            slow_calls: w.iter().filter(|x| x.2).count() as u64,
-                        },
+                        counts(handle.metrics()),
+                        (
+                            w.len() as u64,
+                            w.iter().filter(|x| x.1).count() as u64,
+                            w.iter().filter(|x| x.2).count() as u64
+                        ),
                         "step {}",
                         step
                     );

@@ -440,9 +440,9 @@ async fn attempt_timeout_or_deadline_exceeded_depending_on_the_binding_limit() {
 mod propagation {
     use super::*;
     use http::{HeaderValue, Request};
-    use seawall::deadline::{
-        DeadlineFromHeadersLayer, InvalidTimeout, OnInvalid, ParseTimeoutError,
-        PropagateDeadlineLayer,
+    use seawall::deadline::ParseTimeoutError;
+    use seawall::deadline::propagate::{
+        DeadlineFromHeadersLayer, InvalidTimeout, OnInvalid, PropagateDeadlineLayer,
     };
 
     type Seen = Arc<Mutex<Vec<(Option<Duration>, Option<Duration>)>>>;

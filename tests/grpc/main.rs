@@ -12,12 +12,13 @@ use std::time::Duration;
 
 use http::uri::PathAndQuery;
 use seawall::BoxError;
-use seawall::classify::{Classify, Outcome};
+use seawall::classify::Classify;
 use seawall::error::{
     AttemptTimeout, BulkheadFull, CircuitOpen, DeadlineExceeded, Overloaded, RateLimited,
     RetryBudgetExhausted,
 };
 use seawall::grpc::{GrpcRejectionLayer, GrpcStatusClassifier, status_for};
+use seawall::observe::Outcome;
 use tonic::body::Body;
 use tonic::server::NamedService;
 use tonic::transport::{Channel, Server};

@@ -20,12 +20,13 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use seawall::BoxError;
-use seawall::classify::{Classify, Outcome};
+use seawall::classify::Classify;
 use seawall::error::{
     AttemptTimeout, BulkheadFull, CircuitOpen, DeadlineExceeded, Overloaded, RateLimited,
     RetryBudgetExhausted,
 };
 use seawall::http::{HttpStatusClassifier, RejectionResponseLayer, handle_error};
+use seawall::observe::Outcome;
 use tower::{Service, ServiceBuilder, ServiceExt};
 
 /// A non-seawall error that wraps another one, to check `source()` chains.

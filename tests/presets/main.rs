@@ -27,7 +27,7 @@ use http_body_util::{BodyExt, Full, StreamBody};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use seawall::deadline::PropagateDeadlineLayerBuilder;
+use seawall::deadline::propagate::PropagateDeadlineLayerBuilder;
 use seawall::error::{RejectionKind, rejection_of};
 use seawall::grpc::GrpcStatusClassifier;
 use seawall::http::HttpStatusClassifier;

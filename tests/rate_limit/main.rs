@@ -420,7 +420,8 @@ fn nonsense_configuration_is_refused() {
 mod http_keys {
     use super::*;
     use http::{HeaderName, Request, Response};
-    use seawall::rate_limit::{ClientIp, HeaderKey, IetfHeaders, PeerAddr};
+    use seawall::rate_limit::headers::IetfHeaders;
+    use seawall::rate_limit::{ClientIp, HeaderKey, PeerAddr};
     use std::net::{IpAddr, SocketAddr};
 
     fn ok_http() -> impl Service<

@@ -21,6 +21,11 @@ use tower::{Layer, Service, ServiceExt};
 
 const MS: Duration = Duration::from_millis(1);
 
+/// A budget's counts: requests, retries, retries still available.
+fn counts(s: BudgetSnapshot) -> (u64, u64, u64) {
+    (s.requests, s.retries, s.available)
+}
+
 fn scheduled(rec: &Recorder) -> Vec<(u32, Duration)> {
     rec.events()
         .iter()
@@ -325,14 +330,7 @@ async fn total_outage_amplification_is_bounded_by_the_budget() {
     // budget is used exactly to its bound.
     assert_eq!(seawall_attempts, 10_600);
     assert_eq!(naive_attempts, 30_000);
-    assert_eq!(
-        layer.budget().snapshot(),
-        BudgetSnapshot {
-            requests: 10_000,
-            retries: 600,
-            available: 0
-        }
-    );
+    assert_eq!(counts(layer.budget().snapshot()), (10_000, 600, 0));
     // 9 400 refused at their first retry, the 600 retried ones at their second.
     assert_eq!(rec.count(|e| e.kind == EventKind::BudgetExhausted), 10_000);
     assert_eq!(
@@ -402,26 +400,12 @@ async fn a_brownout_is_retried_within_budget_and_the_budget_refills() {
     // then every tenth (120, 130, …, 300): 130 retries, all successful.
     assert_eq!(ok, 130);
     assert_eq!(count(&calls), 430);
-    assert_eq!(
-        layer.budget().snapshot(),
-        BudgetSnapshot {
-            requests: 300,
-            retries: 130,
-            available: 0
-        }
-    );
+    assert_eq!(counts(layer.budget().snapshot()), (300, 130, 0));
 
     // The dependency recovers; the window slides past the brownout.
     healthy.store(true, Ordering::SeqCst);
     tokio::time::advance(Duration::from_secs(10)).await;
-    assert_eq!(
-        layer.budget().snapshot(),
-        BudgetSnapshot {
-            requests: 0,
-            retries: 0,
-            available: 100
-        }
-    );
+    assert_eq!(counts(layer.budget().snapshot()), (0, 0, 100));
     for i in 1000..1100 {
         svc.ready().await.unwrap().call(i).await.unwrap();
     }
@@ -432,14 +416,7 @@ async fn a_brownout_is_retried_within_budget_and_the_budget_refills() {
     for i in 2000..2005 {
         assert_eq!(svc.ready().await.unwrap().call(i).await.unwrap(), i);
     }
-    assert_eq!(
-        layer.budget().snapshot(),
-        BudgetSnapshot {
-            requests: 105,
-            retries: 5,
-            available: 105
-        }
-    );
+    assert_eq!(counts(layer.budget().snapshot()), (105, 5, 105));
 }
 
 #[tokio::test(start_paused = true)]
@@ -678,26 +655,12 @@ async fn dropping_the_future_mid_backoff_cancels_cleanly() {
     // The first attempt failed; the retry is granted and sleeping.
     assert_eq!(count(&calls), 1);
     assert_eq!(scheduled(&rec), [(2, Duration::from_secs(1))]);
-    assert_eq!(
-        layer.budget().snapshot(),
-        BudgetSnapshot {
-            requests: 1,
-            retries: 1,
-            available: 99
-        }
-    );
+    assert_eq!(counts(layer.budget().snapshot()), (1, 1, 99));
     assert_eq!(metrics.num_alive_tasks(), 0);
 
     drop(fut);
     // The granted retry was handed back; nothing runs on.
-    assert_eq!(
-        layer.budget().snapshot(),
-        BudgetSnapshot {
-            requests: 1,
-            retries: 0,
-            available: 100
-        }
-    );
+    assert_eq!(counts(layer.budget().snapshot()), (1, 0, 100));
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert_eq!(count(&calls), 1);
     assert_eq!(metrics.num_alive_tasks(), 0);

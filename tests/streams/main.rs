@@ -761,7 +761,7 @@ mod in_process {
     fn preset() -> seawall::stack::ClientStackLayer<
         seawall::retry::http::HttpRetry,
         seawall::http::HttpStatusClassifier,
-        seawall::deadline::PropagateDeadlineLayer,
+        seawall::deadline::propagate::PropagateDeadlineLayer,
     > {
         ClientStack::http("dep")
             .total_budget(Duration::from_secs(2))
@@ -896,7 +896,7 @@ mod in_process {
             .until_body_end();
         let svc = tower::ServiceBuilder::new()
             .layer(throttle.clone())
-            .layer(seawall::deadline::PropagateDeadlineLayer::new())
+            .layer(seawall::deadline::propagate::PropagateDeadlineLayer::new())
             .service(tower::service_fn(
                 |req: http::Request<Full<Bytes>>| async move {
                     let frames: Vec<Result<http_body::Frame<Bytes>, BoxError>> =

@@ -35,7 +35,8 @@
 //! # #[tokio::main(flavor = "current_thread", start_paused = true)]
 //! # async fn main() -> Result<(), seawall::BoxError> {
 //! use std::time::Duration;
-//! use seawall::deadline::{self, Deadline, DeadlineFromHeadersLayer, PropagateDeadlineLayer};
+//! use seawall::deadline::{self, Deadline};
+//! use seawall::{DeadlineFromHeadersLayer, PropagateDeadlineLayer};
 //! use tower::{service_fn, Layer, ServiceExt};
 //!
 //! // A client the handler uses: it records the header it would send.
