@@ -91,6 +91,15 @@ impl<C, M> CircuitBreakerLayer<C, M> {
         self.hold_until()
     }
 
+    #[cfg_attr(
+        not(all(
+            feature = "deadline",
+            feature = "retry",
+            feature = "circuit-breaker",
+            feature = "shed"
+        )),
+        allow(dead_code)
+    )]
     pub(crate) fn hold_until<M2>(self) -> CircuitBreakerLayer<C, M2> {
         CircuitBreakerLayer {
             shared: self.shared,

@@ -114,6 +114,7 @@ impl<V> BoundedMap<V> {
     }
 
     /// The cap.
+    #[cfg_attr(not(feature = "keyed"), allow(dead_code))]
     pub(crate) fn max(&self) -> usize {
         self.max
     }
@@ -134,6 +135,7 @@ impl<V> BoundedMap<V> {
     }
 
     /// A clone of the value of `key`, if it is held.
+    #[cfg_attr(not(feature = "keyed"), allow(dead_code))]
     pub(crate) fn get_cloned(&self, key: &Key) -> Option<V>
     where
         V: Clone,

@@ -310,23 +310,25 @@ impl RateLimitLayer {
     /// for keys, modes and the other settings and their defaults).
     pub fn builder(quota: Quota) -> RateLimitLayerBuilder {
         RateLimitLayerBuilder {
-            quota,
             extractor: Global,
-            keyed: false,
             decorator: NoHeaders,
-            name: None,
-            observer: Observer::default(),
-            mode: Mode::Reject,
-            global: None,
-            fallback: Fallback::SharedBucket,
-            fallback_quota: None,
-            settings: KeyedSettings {
-                max_keys: DEFAULT_MAX_KEYS,
-                sweep_every: DEFAULT_SWEEP_EVERY,
-                min_sweep_interval: DEFAULT_MIN_SWEEP_INTERVAL,
+            settings: Settings {
+                quota,
+                keyed: false,
+                name: None,
+                observer: Observer::default(),
+                mode: Mode::Reject,
+                global: None,
+                fallback: Fallback::SharedBucket,
+                fallback_quota: None,
+                keys: KeyedSettings {
+                    max_keys: DEFAULT_MAX_KEYS,
+                    sweep_every: DEFAULT_SWEEP_EVERY,
+                    min_sweep_interval: DEFAULT_MIN_SWEEP_INTERVAL,
+                },
+                #[cfg(feature = "redis")]
+                redis: None,
             },
-            #[cfg(feature = "redis")]
-            redis: None,
         }
     }
 }
@@ -469,17 +471,23 @@ pub const DEFAULT_MIN_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 /// [`DEFAULT_SWEEP_EVERY`] new keys and at most once per
 /// [`DEFAULT_MIN_SWEEP_INTERVAL`], name `"rate_limit"`, no observer.
 pub struct RateLimitLayerBuilder<X = Global, D = NoHeaders> {
-    quota: Quota,
     extractor: X,
-    keyed: bool,
     decorator: D,
+    settings: Settings,
+}
+
+/// The builder's settings that do not depend on its type parameters, so that
+/// a method that changes one moves them as one field.
+struct Settings {
+    quota: Quota,
+    keyed: bool,
     name: Option<Name>,
     observer: Observer,
     mode: Mode,
     global: Option<Quota>,
     fallback: Fallback,
     fallback_quota: Option<Quota>,
-    settings: KeyedSettings,
+    keys: KeyedSettings,
     #[cfg(feature = "redis")]
     redis: Option<super::redis::RedisBackend>,
 }
@@ -487,10 +495,10 @@ pub struct RateLimitLayerBuilder<X = Global, D = NoHeaders> {
 impl<X, D> fmt::Debug for RateLimitLayerBuilder<X, D> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RateLimitLayerBuilder")
-            .field("quota", &self.quota)
-            .field("keyed", &self.keyed)
-            .field("mode", &self.mode)
-            .field("fallback", &self.fallback)
+            .field("quota", &self.settings.quota)
+            .field("keyed", &self.settings.keyed)
+            .field("mode", &self.settings.mode)
+            .field("fallback", &self.settings.fallback)
             .finish_non_exhaustive()
     }
 }
@@ -504,19 +512,12 @@ impl<D> RateLimitLayerBuilder<Global, D> {
     /// is no `keyed` to call.
     pub fn keyed<Y>(self, extractor: Y) -> RateLimitLayerBuilder<Y, D> {
         RateLimitLayerBuilder {
-            quota: self.quota,
             extractor,
-            keyed: true,
             decorator: self.decorator,
-            name: self.name,
-            observer: self.observer,
-            mode: self.mode,
-            global: self.global,
-            fallback: self.fallback,
-            fallback_quota: self.fallback_quota,
-            settings: self.settings,
-            #[cfg(feature = "redis")]
-            redis: self.redis,
+            settings: Settings {
+                keyed: true,
+                ..self.settings
+            },
         }
     }
 }
@@ -578,22 +579,12 @@ impl<X, D> RateLimitLayerBuilder<X, D> {
     /// ```
     pub fn cost<F>(self, cost: F) -> RateLimitLayerBuilder<Weighted<X, F>, D> {
         RateLimitLayerBuilder {
-            quota: self.quota,
             extractor: Weighted {
                 key: self.extractor,
                 cost,
             },
-            keyed: self.keyed,
             decorator: self.decorator,
-            name: self.name,
-            observer: self.observer,
-            mode: self.mode,
-            global: self.global,
-            fallback: self.fallback,
-            fallback_quota: self.fallback_quota,
             settings: self.settings,
-            #[cfg(feature = "redis")]
-            redis: self.redis,
         }
     }
 
@@ -603,37 +594,27 @@ impl<X, D> RateLimitLayerBuilder<X, D> {
     /// `RateLimit-Policy` / `RateLimit` fields.
     pub fn response_headers<E>(self, decorator: E) -> RateLimitLayerBuilder<X, E> {
         RateLimitLayerBuilder {
-            quota: self.quota,
             extractor: self.extractor,
-            keyed: self.keyed,
             decorator,
-            name: self.name,
-            observer: self.observer,
-            mode: self.mode,
-            global: self.global,
-            fallback: self.fallback,
-            fallback_quota: self.fallback_quota,
             settings: self.settings,
-            #[cfg(feature = "redis")]
-            redis: self.redis,
         }
     }
 
     /// The instance name in events and rejections (default `"rate_limit"`).
     pub fn name(mut self, name: impl Into<Name>) -> Self {
-        self.name = Some(name.into());
+        self.settings.name = Some(name.into());
         self
     }
 
     /// Where events go (default: nowhere).
     pub fn observer(mut self, observer: impl Into<Observer>) -> Self {
-        self.observer = observer.into();
+        self.settings.observer = observer.into();
         self
     }
 
     /// Reject or wait (default [`Mode::Reject`]).
     pub fn mode(mut self, mode: Mode) -> Self {
-        self.mode = mode;
+        self.settings.mode = mode;
         self
     }
 
@@ -647,20 +628,20 @@ impl<X, D> RateLimitLayerBuilder<X, D> {
     /// limit refuses has still spent its key's cell. For more limits, stack
     /// layers.
     pub fn global_quota(mut self, quota: Quota) -> Self {
-        self.global = Some(quota);
+        self.settings.global = Some(quota);
         self
     }
 
     /// The rule for requests without a usable key, and for new keys when the
     /// key cap is reached (default [`Fallback::SharedBucket`]).
     pub fn fallback(mut self, fallback: Fallback) -> Self {
-        self.fallback = fallback;
+        self.settings.fallback = fallback;
         self
     }
 
     /// The quota of the shared fallback bucket (default: the layer's quota).
     pub fn fallback_quota(mut self, quota: Quota) -> Self {
-        self.fallback_quota = Some(quota);
+        self.settings.fallback_quota = Some(quota);
         self
     }
 
@@ -683,14 +664,14 @@ impl<X, D> RateLimitLayerBuilder<X, D> {
     /// factor of the cap (10 000 keys → 14 336 slots, about 1.2 MB), whatever
     /// the clients send.
     pub fn max_keys(mut self, max_keys: usize) -> Self {
-        self.settings.max_keys = max_keys;
+        self.settings.keys.max_keys = max_keys;
         self
     }
 
     /// Sweep idle keys every `keys` new keys (default
     /// [`DEFAULT_SWEEP_EVERY`]), and whenever a new key finds the table full.
     pub fn sweep_every(mut self, keys: u64) -> Self {
-        self.settings.sweep_every = keys;
+        self.settings.keys.sweep_every = keys;
         self
     }
 
@@ -698,7 +679,7 @@ impl<X, D> RateLimitLayerBuilder<X, D> {
     /// [`DEFAULT_MIN_SWEEP_INTERVAL`]), so that a flood of new keys at the cap
     /// cannot make every request scan the map.
     pub fn min_sweep_interval(mut self, interval: Duration) -> Self {
-        self.settings.min_sweep_interval = interval;
+        self.settings.keys.min_sweep_interval = interval;
         self
     }
 
@@ -707,25 +688,25 @@ impl<X, D> RateLimitLayerBuilder<X, D> {
     /// [`RedisBackend`](crate::rate_limit::RedisBackend)).
     #[cfg(feature = "redis")]
     pub fn redis(mut self, backend: super::redis::RedisBackend) -> Self {
-        self.redis = Some(backend);
+        self.settings.redis = Some(backend);
         self
     }
 
     /// Replaces the quota given to [`RateLimitLayer::builder`].
     pub fn quota(mut self, quota: Quota) -> Self {
-        self.quota = quota;
+        self.settings.quota = quota;
         self
     }
 
     #[cfg(feature = "serde")]
     pub(crate) fn set_quota(&mut self, quota: Quota) {
-        self.quota = quota;
+        self.settings.quota = quota;
     }
 
     /// Validates the configuration and builds the layer.
     pub fn build(self) -> Result<RateLimitLayer<X, D>, ConfigError> {
-        self.quota.validate("quota")?;
-        if let Mode::Wait { max } = self.mode {
+        self.settings.quota.validate("quota")?;
+        if let Mode::Wait { max } = self.settings.mode {
             if max.is_zero() {
                 return Err(ConfigError::new(
                     "rate_limit",
@@ -734,58 +715,61 @@ impl<X, D> RateLimitLayerBuilder<X, D> {
             }
         }
         #[allow(unused_mut)]
-        let mut local_quota = self.quota;
+        let mut local_quota = self.settings.quota;
 
         #[cfg(feature = "redis")]
-        let redis = match self.redis {
+        let redis = match self.settings.redis {
             Some(b) => {
-                let state = super::redis::RedisState::new(b, self.quota)?;
+                let state = super::redis::RedisState::new(b, self.settings.quota)?;
                 if let Some(n) = state.local_instances() {
-                    local_quota = self.quota.divided_by(n);
+                    local_quota = self.settings.quota.divided_by(n);
                 }
                 Some(state)
             }
             None => None,
         };
-        let primary = if self.keyed {
-            Primary::Keyed(KeyedBuckets::new(local_quota, self.settings)?)
+        let primary = if self.settings.keyed {
+            Primary::Keyed(KeyedBuckets::new(local_quota, self.settings.keys)?)
         } else {
             Primary::Global(Bucket::new(local_quota, "quota")?)
         };
-        let global = match self.global {
+        let global = match self.settings.global {
             Some(q) => Some(Bucket::new(q, "global_quota")?),
             None => None,
         };
-        let fallback_bucket = match self.fallback {
+        let fallback_bucket = match self.settings.fallback {
             Fallback::SharedBucket => Some(Bucket::new(
-                self.fallback_quota.unwrap_or(local_quota),
+                self.settings.fallback_quota.unwrap_or(local_quota),
                 "fallback_quota",
             )?),
             Fallback::Reject => None,
         };
-        let overflow = match (self.keyed, self.fallback) {
+        let overflow = match (self.settings.keyed, self.settings.fallback) {
             (true, Fallback::SharedBucket) => Some(KeyedBuckets::new(
-                self.fallback_quota.unwrap_or(local_quota),
+                self.settings.fallback_quota.unwrap_or(local_quota),
                 KeyedSettings {
                     max_keys: OVERFLOW_NETWORKS,
-                    ..self.settings
+                    ..self.settings.keys
                 },
             )?),
             _ => None,
         };
         Ok(RateLimitLayer {
             shared: Arc::new(Shared {
-                name: self.name.unwrap_or_else(|| Name::from("rate_limit")),
-                observer: self.observer,
+                name: self
+                    .settings
+                    .name
+                    .unwrap_or_else(|| Name::from("rate_limit")),
+                observer: self.settings.observer,
                 extractor: self.extractor,
                 decorator: self.decorator,
-                mode: self.mode,
-                quota: QuotaCell::new(self.quota, "quota")?,
-                fallback_follows: self.fallback_quota.is_none(),
+                mode: self.settings.mode,
+                quota: QuotaCell::new(self.settings.quota, "quota")?,
+                fallback_follows: self.settings.fallback_quota.is_none(),
                 reload: std::sync::Mutex::new(()),
                 primary,
                 global,
-                fallback: self.fallback,
+                fallback: self.settings.fallback,
                 fallback_bucket,
                 overflow,
                 #[cfg(feature = "redis")]

@@ -99,7 +99,15 @@ impl Default for RetryLayer<RetryErrors> {
 
 impl<P> RetryLayer<P> {
     /// The policy deciding what is retried.
-    #[cfg_attr(not(feature = "hedge"), allow(dead_code))]
+    #[cfg_attr(
+        not(all(
+            feature = "hedge",
+            feature = "deadline",
+            feature = "circuit-breaker",
+            feature = "shed"
+        )),
+        allow(dead_code)
+    )]
     pub(crate) fn policy(&self) -> &P {
         &self.shared.policy
     }
