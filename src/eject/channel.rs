@@ -1,6 +1,7 @@
 //! A tonic channel over endpoints that come and go, each watched: the shape
 //! of tonic's `Channel::balance_channel`, with ejection.
 
+use std::fmt;
 use std::hash::Hash;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -11,6 +12,7 @@ use tower::balance::p2c::Balance;
 use tower::buffer::Buffer;
 use tower::discover::Change;
 use tower::load::{CompleteOnResponse, PendingRequestsDiscover};
+use tower_service::Service;
 
 use super::layer::{EjectDiscover, EjectionLayer};
 
@@ -39,13 +41,77 @@ impl<K> futures_util::Stream for EndpointChanges<K> {
 /// The service a [`balance_channel`] makes: a p2c balancer over the watched
 /// endpoints, behind a `Buffer` so that it can be cloned (hand it to a
 /// generated client, or to `ClientStack::grpc(..).layer(..)`).
-pub type EjectChannel<K, C> = Buffer<
-    http::Request<tonic::body::Body>,
-    <Balance<
-        PendingRequestsDiscover<EjectDiscover<EndpointChanges<K>, C>, CompleteOnResponse>,
-        http::Request<tonic::body::Body>,
-    > as tower_service::Service<http::Request<tonic::body::Body>>>::Future,
->;
+///
+/// A named type (not an alias of the balancer and buffer inside), so that
+/// signatures and type mismatches say `EjectChannel<…>`.
+pub struct EjectChannel<K, C>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    C: crate::classify::Classify<http::Response<tonic::body::Body>, tonic::transport::Error>
+        + Send
+        + Sync
+        + 'static,
+{
+    inner: Buffer<Req, <Balanced<K, C> as Service<Req>>::Future>,
+}
+
+type Req = http::Request<tonic::body::Body>;
+
+/// The balancer inside an [`EjectChannel`].
+type Balanced<K, C> =
+    Balance<PendingRequestsDiscover<EjectDiscover<EndpointChanges<K>, C>, CompleteOnResponse>, Req>;
+
+impl<K, C> Clone for EjectChannel<K, C>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    C: crate::classify::Classify<http::Response<tonic::body::Body>, tonic::transport::Error>
+        + Send
+        + Sync
+        + 'static,
+{
+    fn clone(&self) -> Self {
+        EjectChannel {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<K, C> fmt::Debug for EjectChannel<K, C>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    C: crate::classify::Classify<http::Response<tonic::body::Body>, tonic::transport::Error>
+        + Send
+        + Sync
+        + 'static,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EjectChannel").finish_non_exhaustive()
+    }
+}
+
+impl<K, C> Service<Req> for EjectChannel<K, C>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    C: crate::classify::Classify<http::Response<tonic::body::Body>, tonic::transport::Error>
+        + Send
+        + Sync
+        + 'static,
+{
+    type Response =
+        <Buffer<Req, <Balanced<K, C> as Service<Req>>::Future> as Service<Req>>::Response;
+    type Error = <Buffer<Req, <Balanced<K, C> as Service<Req>>::Future> as Service<Req>>::Error;
+    type Future = <Buffer<Req, <Balanced<K, C> as Service<Req>>::Future> as Service<Req>>::Future;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    #[inline]
+    fn call(&mut self, req: Req) -> Self::Future {
+        self.inner.call(req)
+    }
+}
 
 /// A balanced tonic channel whose endpoints are added and removed at run
 /// time, as with tonic's `Channel::balance_channel`, each watched by
@@ -94,5 +160,6 @@ where
         discover,
         CompleteOnResponse::default(),
     ));
-    (Buffer::new(balance, capacity.max(1)), tx)
+    let inner = Buffer::new(balance, capacity.max(1));
+    (EjectChannel { inner }, tx)
 }

@@ -610,7 +610,6 @@ impl<P, C, L, O, H> ClientStackBuilder<P, C, L, O, H> {
     }
 
     /// Replaces the outermost part.
-    #[cfg_attr(not(feature = "tonic"), allow(dead_code))]
     pub(crate) fn with_outermost<O2>(self, outer: O2) -> ClientStackBuilder<P, C, L, O2, H> {
         self.replace_parts(|inner, _| (inner, outer))
     }

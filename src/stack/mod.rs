@@ -5,8 +5,11 @@
 //!
 //! | | HTTP (feature `http`) | gRPC (feature `tonic`) |
 //! |---|---|---|
-//! | server | [`ServerStack::http`] | [`ServerStack::grpc`] |
+//! | server | [`ServerStack::http`] → [`HttpServer<S>`] | [`ServerStack::grpc`] → [`GrpcServer<Routes>`](GrpcServer) |
 //! | client | [`ClientStack::http`] → [`HttpClient<S>`] | [`ClientStack::grpc`] → [`GrpcClient<Channel>`](GrpcClient) |
+//!
+//! Each preset's service is a named type: compiler messages say
+//! `HttpClient<…>` or `HttpServer<…>`, not the layers inside.
 //!
 //! A preset knows its protocol: which statuses mean broken, busy or the
 //! caller's own mistake (so the breaker opens on HTTP 500 and gRPC
@@ -277,9 +280,11 @@ pub use self::client::{ClientStack, ClientStackBuilder, ClientStackLayer, Client
 pub use self::config::{RateLimitReload, RateLimitSetting};
 pub use self::part::{HedgePart, HoldPoint, IngressPart, Skip, StackPart};
 #[cfg(feature = "tonic")]
-pub use self::preset::{GrpcClient, GrpcIngress, GrpcOutermost, GrpcTransportPart};
+pub use self::preset::{
+    GrpcClient, GrpcIngress, GrpcIngressLayer, GrpcOutermost, GrpcServer, GrpcTransportPart,
+};
 #[cfg(feature = "http")]
-pub use self::preset::{HttpClient, HttpIngress};
+pub use self::preset::{HttpClient, HttpIngress, HttpIngressLayer, HttpOutermost, HttpServer};
 pub use self::server::{
     ServerCore, ServerStack, ServerStackBuilder, ServerStackLayer, ServerStackService,
 };

@@ -1,7 +1,17 @@
 //! The protocol presets of the client stack: HTTP and gRPC.
 
+use std::fmt;
+use std::task::{Context, Poll};
+
+use tower::layer::util::Identity;
+use tower_layer::Layer;
+use tower_service::Service;
+
 use super::client::{ClientStack, ClientStackBuilder, ClientStackService};
 use super::part::part_name;
+use crate::bulkhead::Bulkhead;
+use crate::circuit_breaker::CircuitBreaker;
+use crate::deadline::AttemptTimeoutService;
 use crate::deadline::propagate::{
     PropagateDeadline, PropagateDeadlineLayer, PropagateDeadlineLayerBuilder,
 };
@@ -28,8 +38,50 @@ use crate::retry::http::HttpRetry;
 /// `H` is the hedge part: [`Identity`](tower::layer::util::Identity) unless
 /// the stack was built with [`hedge`](ClientStackBuilder::hedge)
 /// (`HttpClient<S, HedgeLayer<HttpRetry>>`).
-pub type HttpClient<S, H = tower::layer::util::Identity> =
-    ClientStackService<PropagateDeadline<S>, HttpRetry, HttpStatusClassifier, BodyEnd, H>;
+///
+/// `P` and `C` are the retry policy and the breaker's classifier:
+/// [`HttpRetry`] and [`HttpStatusClassifier`] unless the builder changed them.
+///
+/// A named type (not an alias of the layers inside), so that signatures
+/// and type mismatches say `HttpClient<…>`; it forwards `poll_ready` and
+/// `call` to the [`ClientStackService`] inside unchanged.
+pub struct HttpClient<S, H = Identity, P = HttpRetry, C = HttpStatusClassifier>
+where
+    H: Layer<AtAttempt<PropagateDeadline<S>, C>>,
+{
+    inner: ClientStackService<PropagateDeadline<S>, P, C, BodyEnd, H>,
+}
+
+/// What a client stack's hedge part wraps: the breaker, and below it the
+/// bulkhead and the attempt timeout around `S`, letting go at the body's end.
+type AtAttempt<S, C> = CircuitBreaker<Bulkhead<AttemptTimeoutService<S>, BodyEnd>, C, BodyEnd>;
+
+wrapper_service!(
+    HttpClient<S, H, P, C>,
+    ClientStackService<PropagateDeadline<S>, P, C, BodyEnd, H>,
+    where H: Layer<AtAttempt<PropagateDeadline<S>, C>>,
+);
+
+/// The outermost part of the [HTTP client preset](ClientStack::http): it adds
+/// no layer and names the stack's service [`HttpClient`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HttpOutermost {
+    _private: (),
+}
+
+impl<S, P, C, H> Layer<ClientStackService<PropagateDeadline<S>, P, C, BodyEnd, H>> for HttpOutermost
+where
+    H: Layer<AtAttempt<PropagateDeadline<S>, C>>,
+{
+    type Service = HttpClient<S, H, P, C>;
+
+    fn layer(
+        &self,
+        inner: ClientStackService<PropagateDeadline<S>, P, C, BodyEnd, H>,
+    ) -> Self::Service {
+        HttpClient { inner }
+    }
+}
 
 impl ClientStack {
     /// The client stack for an HTTP dependency (feature `http`): the
@@ -79,13 +131,19 @@ impl ClientStack {
     /// ```
     pub fn http(
         name: impl Into<Name>,
-    ) -> ClientStackBuilder<HttpRetry, HttpStatusClassifier, PropagateDeadlineLayerBuilder> {
+    ) -> ClientStackBuilder<
+        HttpRetry,
+        HttpStatusClassifier,
+        PropagateDeadlineLayerBuilder,
+        HttpOutermost,
+    > {
         let name = name.into();
         let propagate = PropagateDeadlineLayer::builder().name(part_name(&name, "propagate"));
         ClientStack::builder(name)
             .retry(|r| r.policy(HttpRetry::new()))
             .breaker(|b| b.classifier(HttpStatusClassifier::new()))
             .with_innermost(propagate)
+            .with_outermost(HttpOutermost::default())
     }
 }
 
@@ -109,12 +167,13 @@ mod grpc {
 
     use super::super::client::{ClientStack, ClientStackBuilder, ClientStackService};
     use super::super::part::{StackPart, part_name};
+    use super::{AtAttempt, Context, Identity, Layer, Poll, Service, fmt};
     use crate::deadline::propagate::{
         PropagateDeadline, PropagateDeadlineLayer, PropagateDeadlineLayerBuilder,
     };
     use crate::error::{ConfigError, Name};
     use crate::grpc::transport::{TonicTransport, TonicTransportLayer};
-    use crate::grpc::{GrpcRejection, GrpcRejectionLayer, GrpcStatusClassifier};
+    use crate::grpc::{GrpcRejection, GrpcStatusClassifier};
     use crate::hold::BodyEnd;
     use crate::observe::Observer;
     use crate::retry::grpc::GrpcRetry;
@@ -134,21 +193,61 @@ mod grpc {
     /// unless the stack was built with
     /// [`hedge`](ClientStackBuilder::hedge) (`GrpcClient<Channel,
     /// HedgeLayer<GrpcRetry>>`).
-    pub type GrpcClient<S, H = tower::layer::util::Identity> = GrpcRejection<
+    ///
+    /// `P` and `C` are the retry policy and the breaker's classifier:
+    /// [`GrpcRetry`] and [`GrpcStatusClassifier`] unless the builder changed
+    /// them.
+    ///
+    /// A named type (not an alias of the layers inside), so that signatures
+    /// and type mismatches say `GrpcClient<…>`; it forwards `poll_ready` and
+    /// `call` unchanged to the layers inside: the answer of errors as gRPC
+    /// statuses, body replay, then the [`ClientStackService`].
+    pub struct GrpcClient<S, H = Identity, P = GrpcRetry, C = GrpcStatusClassifier>
+    where
+        H: Layer<AtAttempt<PropagateDeadline<TonicTransport<S>>, C>>,
+    {
+        inner: GrpcInner<S, H, P, C>,
+    }
+
+    /// The layers inside a [`GrpcClient`].
+    type GrpcInner<S, H, P, C> = GrpcRejection<
         ReplayBodyService<
-            ClientStackService<
-                PropagateDeadline<TonicTransport<S>>,
-                GrpcRetry,
-                GrpcStatusClassifier,
-                BodyEnd,
-                H,
-            >,
+            ClientStackService<PropagateDeadline<TonicTransport<S>>, P, C, BodyEnd, H>,
         >,
     >;
 
-    /// The outermost part of the gRPC preset: body replay (so a retry can
-    /// resend the request), then the answer of every error as a gRPC status.
-    pub type GrpcOutermost = Stack<ReplayBodyLayer, GrpcRejectionLayer>;
+    wrapper_service!(
+        GrpcClient<S, H, P, C>,
+        GrpcInner<S, H, P, C>,
+        where H: Layer<AtAttempt<PropagateDeadline<TonicTransport<S>>, C>>,
+    );
+
+    /// The outermost part of the [gRPC client preset](ClientStack::grpc):
+    /// body replay (so a retry can resend the request), then the answer of
+    /// every error as a gRPC status; it names the stack's service
+    /// [`GrpcClient`].
+    #[derive(Debug, Clone, Default)]
+    pub struct GrpcOutermost {
+        replay: ReplayBodyLayer,
+    }
+
+    impl<S, P, C, H>
+        Layer<ClientStackService<PropagateDeadline<TonicTransport<S>>, P, C, BodyEnd, H>>
+        for GrpcOutermost
+    where
+        H: Layer<AtAttempt<PropagateDeadline<TonicTransport<S>>, C>>,
+    {
+        type Service = GrpcClient<S, H, P, C>;
+
+        fn layer(
+            &self,
+            inner: ClientStackService<PropagateDeadline<TonicTransport<S>>, P, C, BodyEnd, H>,
+        ) -> Self::Service {
+            GrpcClient {
+                inner: GrpcRejection::new(self.replay.layer(inner)),
+            }
+        }
+    }
 
     /// The innermost part of the gRPC preset, unbuilt: `grpc-timeout`
     /// propagation over the [`TonicTransport`] adapter.
@@ -230,10 +329,7 @@ mod grpc {
                 .retry(|r| r.policy(GrpcRetry::new()))
                 .breaker(|b| b.classifier(GrpcStatusClassifier::new()))
                 .with_innermost(part)
-                .with_outermost(Stack::new(
-                    ReplayBodyLayer::default(),
-                    GrpcRejectionLayer::new(),
-                ))
+                .with_outermost(GrpcOutermost::default())
         }
     }
 
@@ -255,30 +351,33 @@ mod grpc {
             self,
             limit: usize,
         ) -> ClientStackBuilder<P, C, GrpcTransportPart, GrpcOutermost, H> {
-            self.with_outermost(Stack::new(
-                ReplayBodyLayer::new(limit),
-                GrpcRejectionLayer::new(),
-            ))
+            self.with_outermost(GrpcOutermost {
+                replay: ReplayBodyLayer::new(limit),
+            })
         }
     }
 }
 
 #[cfg(feature = "tonic")]
-pub use self::server::GrpcIngress;
-pub use self::server::HttpIngress;
+pub use self::server::{GrpcIngress, GrpcIngressLayer, GrpcServer};
+pub use self::server::{HttpIngress, HttpIngressLayer, HttpServer};
 
 mod server {
     use std::time::Duration;
 
-    use tower::layer::util::Stack;
-
     use super::super::part::{IngressPart, StackPart, part_name};
-    use super::super::server::{ServerStack, ServerStackBuilder};
-    use crate::deadline::propagate::{DeadlineFromHeadersLayer, DeadlineFromHeadersLayerBuilder};
+    use super::super::server::{ServerCore, ServerStack, ServerStackBuilder, ServerStackService};
+    use super::{Context, Identity, Layer, Poll, Service, fmt};
+    use crate::body::{CallBodyLayer, CallBodyService};
+    use crate::deadline::propagate::{
+        DeadlineFromHeaders, DeadlineFromHeadersLayer, DeadlineFromHeadersLayerBuilder,
+    };
     use crate::error::{ConfigError, Name};
-    use crate::http::RejectionResponseLayer;
+    use crate::hold::BodyEnd;
+    use crate::http::{RejectionResponse, RejectionResponseLayer};
     use crate::observe::Observer;
-    use crate::retry::http::MarkInboundAttemptLayer;
+    use crate::retry::http::{MarkInboundAttempt, MarkInboundAttemptLayer};
+    use crate::shed::criticality::FromTaskLocal;
 
     /// The server presets' margin per hop: taken off the time a client says
     /// it has, so that the server's own answer (504, `DEADLINE_EXCEEDED`)
@@ -299,14 +398,19 @@ mod server {
     }
 
     /// The server presets' outermost parts differ only in how a rejection
-    /// is answered: `$ingress` is the deadline read from headers, the
-    /// inbound attempt marked, and `$answer` outermost.
+    /// is answered: `$ingress` (unbuilt) builds `$layer`, which makes
+    /// `$server`: the deadline read from headers, the inbound attempt
+    /// marked, and `$answer` (a layer making `$answered`) outermost.
     macro_rules! ingress_part {
-        ($ingress:ident, $answer:ident) => {
+        (
+            $ingress:ident, $answer:ident, $answered:ident,
+            $(#[$layer_meta:meta])* layer $layer:ident,
+            $(#[$server_meta:meta])* server $server:ident $(,)?
+        ) => {
             impl crate::stack::part::sealed::Sealed for $ingress {}
 
             impl IngressPart for $ingress {
-                type Innermost = crate::body::CallBodyLayer;
+                type Innermost = CallBodyLayer;
 
                 fn build_innermost(
                     &self,
@@ -317,14 +421,12 @@ mod server {
             }
 
             impl StackPart for $ingress {
-                type Layer = Stack<Stack<MarkInboundAttemptLayer, DeadlineFromHeadersLayer>, $answer>;
+                type Layer = $layer;
 
                 fn build_part(self, observer: Option<&Observer>) -> Result<Self::Layer, ConfigError> {
-                    let deadline = self.deadline.build_part(observer)?;
-                    Ok(Stack::new(
-                        Stack::new(MarkInboundAttemptLayer::new(), deadline),
-                        $answer::new(),
-                    ))
+                    Ok($layer {
+                        deadline: self.deadline.build_part(observer)?,
+                    })
                 }
 
                 fn with_budget(self, budget: std::time::Duration) -> Self {
@@ -346,10 +448,67 @@ mod server {
                     })
                 }
             }
+
+            $(#[$layer_meta])*
+            #[derive(Debug, Clone)]
+            pub struct $layer {
+                deadline: DeadlineFromHeadersLayer,
+            }
+
+            impl<S, P, R> Layer<Core<S, P, R>> for $layer
+            where
+                R: Layer<ServerCore<CallBodyService<S>, P, BodyEnd>>,
+            {
+                type Service = $server<S, P, R>;
+
+                fn layer(&self, inner: Core<S, P, R>) -> Self::Service {
+                    let marked = MarkInboundAttemptLayer::new().layer(inner);
+                    $server {
+                        inner: $answer::new().layer(self.deadline.layer(marked)),
+                    }
+                }
+            }
+
+            $(#[$server_meta])*
+            ///
+            /// `S` is your service, `P` the adaptive limit's criticality
+            /// source and `R` the rate-limit part
+            /// ([`Identity`](tower::layer::util::Identity) when the stack has
+            /// none). A named type (not an alias of the layers inside), so
+            /// that signatures and type mismatches say its name; it forwards
+            /// `poll_ready` and `call` to them unchanged.
+            pub struct $server<S, P = FromTaskLocal, R = Identity>
+            where
+                R: Layer<ServerCore<CallBodyService<S>, P, BodyEnd>>,
+            {
+                inner: $answered<DeadlineFromHeaders<MarkInboundAttempt<Core<S, P, R>>>>,
+            }
+
+            wrapper_service!(
+                $server<S, P, R>,
+                $answered<DeadlineFromHeaders<MarkInboundAttempt<Core<S, P, R>>>>,
+                where R: Layer<ServerCore<CallBodyService<S>, P, BodyEnd>>,
+            );
         };
     }
 
-    ingress_part!(HttpIngress, RejectionResponseLayer);
+    /// The generic server stack's service around a preset's body layer and
+    /// `S`: what a preset's ingress wraps.
+    type Core<S, P, R> = ServerStackService<CallBodyService<S>, P, BodyEnd, R>;
+
+    ingress_part!(
+        HttpIngress, RejectionResponseLayer, RejectionResponse,
+        /// The outermost part of the [HTTP server preset](ServerStack::http),
+        /// built: it makes the preset's service, an [`HttpServer`].
+        layer HttpIngressLayer,
+        /// The service the [HTTP server preset](ServerStack::http) makes
+        /// around your service (an axum `Router`, …): rejections answered as
+        /// 429 / 503 / 504 responses with `Retry-After`, the client's
+        /// deadline read from its headers, the inbound attempt marked, then
+        /// the generic [`ServerStackService`] with the body held to the
+        /// deadline.
+        server HttpServer,
+    );
 
     impl ServerStack {
         /// The server stack for an HTTP service (feature `http`), for
@@ -423,14 +582,13 @@ mod server {
     }
 
     #[cfg(feature = "tonic")]
-    pub use self::grpc::GrpcIngress;
+    pub use self::grpc::{GrpcIngress, GrpcIngressLayer, GrpcServer};
 
     #[cfg(feature = "tonic")]
     mod grpc {
-        use tower::layer::util::Stack;
 
         use super::*;
-        use crate::grpc::GrpcRejectionLayer;
+        use crate::grpc::{GrpcRejection, GrpcRejectionLayer};
 
         /// The outermost part of the [gRPC server preset](ServerStack::grpc),
         /// unbuilt: rejections answered as gRPC statuses
@@ -442,7 +600,18 @@ mod server {
             pub(super) deadline: DeadlineFromHeadersLayerBuilder,
         }
 
-        ingress_part!(GrpcIngress, GrpcRejectionLayer);
+        ingress_part!(
+            GrpcIngress, GrpcRejectionLayer, GrpcRejection,
+            /// The outermost part of the [gRPC server preset](ServerStack::grpc),
+            /// built: it makes the preset's service, a [`GrpcServer`].
+            layer GrpcIngressLayer,
+            /// The service the [gRPC server preset](ServerStack::grpc) makes
+            /// around your tonic routes: rejections answered as gRPC statuses
+            /// with pushback, the client's `grpc-timeout` read, the inbound
+            /// attempt marked, then the generic [`ServerStackService`] with
+            /// the stream held to the deadline.
+            server GrpcServer,
+        );
 
         impl ServerStack {
             /// The server stack for a tonic server (feature `tonic`): the

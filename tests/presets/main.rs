@@ -36,6 +36,7 @@ use seawall::retry::grpc::GrpcRetry;
 use seawall::retry::http::HttpRetry;
 use seawall::stack::{
     ClientStack, ClientStackBuilder, GrpcClient, GrpcOutermost, GrpcTransportPart, HttpClient,
+    HttpOutermost,
 };
 use tonic::body::Body;
 use tonic::server::NamedService;
@@ -50,7 +51,8 @@ type Hyper = Client<HttpConnector, Full<Bytes>>;
 /// The HTTP client preset with its defaults: 2 s per request, 500 ms per
 /// attempt.
 fn http_preset()
--> ClientStackBuilder<HttpRetry, HttpStatusClassifier, PropagateDeadlineLayerBuilder> {
+-> ClientStackBuilder<HttpRetry, HttpStatusClassifier, PropagateDeadlineLayerBuilder, HttpOutermost>
+{
     ClientStack::http("dep")
         .total_budget(Duration::from_secs(2))
         .attempt_timeout(Duration::from_millis(500))

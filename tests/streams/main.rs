@@ -762,6 +762,7 @@ mod in_process {
         seawall::retry::http::HttpRetry,
         seawall::http::HttpStatusClassifier,
         seawall::deadline::propagate::PropagateDeadlineLayer,
+        seawall::stack::HttpOutermost,
     > {
         ClientStack::http("dep")
             .total_budget(Duration::from_secs(2))
