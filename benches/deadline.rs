@@ -75,8 +75,8 @@ struct Layers {
 
 fn layers() -> Layers {
     Layers {
-        deadline: DeadlineLayer::new(Duration::from_secs(1)),
-        attempt: AttemptTimeoutLayer::new(Duration::from_millis(300)),
+        deadline: DeadlineLayer::new(Duration::from_secs(1)).unwrap(),
+        attempt: AttemptTimeoutLayer::new(Duration::from_millis(300)).unwrap(),
         tower: tower::timeout::TimeoutLayer::new(Duration::from_secs(1)),
         limiter: tower_resilience::timelimiter::TimeLimiterLayer::builder()
             .timeout_duration(Duration::from_secs(1))

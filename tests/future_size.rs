@@ -50,7 +50,9 @@ fn each_layer_adds_little_to_the_inner_future() {
         .build()
         .unwrap()
         .layer(noop());
-    let attempt = seawall::deadline::AttemptTimeoutLayer::new(Duration::from_secs(1)).layer(noop());
+    let attempt = seawall::deadline::AttemptTimeoutLayer::new(Duration::from_secs(1))
+        .unwrap()
+        .layer(noop());
     let rate =
         seawall::rate_limit::RateLimitLayer::builder(seawall::rate_limit::Quota::per_second(10))
             .build()

@@ -289,9 +289,9 @@ macro_rules! per_layer {
     ($f:ident) => {{
         $f!("bare", |_: ()| noop());
         // timeout
-        let at = seawall::deadline::AttemptTimeoutLayer::new(Duration::from_secs(1));
+        let at = seawall::deadline::AttemptTimeoutLayer::new(Duration::from_secs(1)).unwrap();
         $f!("timeout/seawall_attempt_timeout", |_: ()| at.layer(noop()));
-        let dl = seawall::deadline::DeadlineLayer::new(Duration::from_secs(1));
+        let dl = seawall::deadline::DeadlineLayer::new(Duration::from_secs(1)).unwrap();
         $f!("timeout/seawall_deadline", |_: ()| dl.layer(noop()));
         $f!(@single "timeout/seawall_deadline+attempt", |_: ()| dl.layer(at.layer(noop())));
         let tt = tower::timeout::TimeoutLayer::new(Duration::from_secs(1));

@@ -29,7 +29,7 @@ use crate::observe::{LayerKind, Observer};
 /// use std::time::Duration;
 /// use seawall::deadline::AttemptTimeoutLayer;
 ///
-/// let layer = AttemptTimeoutLayer::new(Duration::from_millis(300));
+/// let layer = AttemptTimeoutLayer::new(Duration::from_millis(300))?;
 /// assert_eq!(layer.per_try(), Duration::from_millis(300));
 /// let named = AttemptTimeoutLayer::builder(Duration::from_millis(300)).name("inventory-try").build()?;
 /// assert_eq!(named.name(), "inventory-try");
@@ -42,12 +42,10 @@ pub struct AttemptTimeoutLayer {
 
 impl AttemptTimeoutLayer {
     /// A layer limiting each attempt to `per_try`, named `"attempt_timeout"`,
-    /// with no observer.
-    ///
-    /// This constructor does not validate: a zero `per_try` fails every
-    /// attempt. Use [`AttemptTimeoutLayer::builder`] to have nonsense refused.
-    pub fn new(per_try: Duration) -> Self {
-        Self::builder(per_try).into_layer()
+    /// with no observer: `builder(per_try).build()`, so a zero `per_try` is
+    /// refused.
+    pub fn new(per_try: Duration) -> Result<Self, ConfigError> {
+        Self::builder(per_try).build()
     }
 
     /// A builder for a layer limiting each attempt to `per_try`.
@@ -110,18 +108,13 @@ impl AttemptTimeoutLayerBuilder {
                 "per_try must be greater than zero, got 0ns",
             ));
         }
-        Ok(self.into_layer())
-    }
-
-    /// The layer, unchecked (what [`AttemptTimeoutLayer::new`] gives).
-    fn into_layer(self) -> AttemptTimeoutLayer {
-        AttemptTimeoutLayer {
+        Ok(AttemptTimeoutLayer {
             shared: Arc::new(Shared {
                 limit: self.per_try,
                 name: self.name,
                 observer: self.observer,
             }),
-        }
+        })
     }
 }
 

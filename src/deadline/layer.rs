@@ -37,12 +37,12 @@ impl fmt::Debug for Shared {
 /// use seawall::deadline::DeadlineLayer;
 ///
 /// // Quick form: name "deadline", no observer.
-/// let layer = DeadlineLayer::new(Duration::from_secs(2));
+/// let layer = DeadlineLayer::new(Duration::from_secs(2))?;
 /// assert_eq!(layer.budget(), Duration::from_secs(2));
 ///
 /// // Validated form.
 /// let layer = DeadlineLayer::builder(Duration::from_millis(800)).name("checkout").build()?;
-/// assert!(DeadlineLayer::builder(Duration::ZERO).build().is_err());
+/// assert!(DeadlineLayer::new(Duration::ZERO).is_err());
 /// # Ok::<(), seawall::ConfigError>(())
 /// ```
 #[derive(Clone)]
@@ -53,13 +53,9 @@ pub struct DeadlineLayer {
 
 impl DeadlineLayer {
     /// A layer with a total budget of `budget`, named `"deadline"`, with no
-    /// observer.
-    ///
-    /// This constructor does not validate: a zero budget gives a layer that
-    /// rejects every request with `DeadlineExceeded`. Use
-    /// [`DeadlineLayer::builder`] to have nonsense refused.
-    pub fn new(budget: Duration) -> Self {
-        Self::builder(budget).into_layer()
+    /// observer: `builder(budget).build()`, so a zero budget is refused.
+    pub fn new(budget: Duration) -> Result<Self, ConfigError> {
+        Self::builder(budget).build()
     }
 
     /// A builder for a layer with a total budget of `budget`.
@@ -137,18 +133,13 @@ impl DeadlineLayerBuilder {
                 "budget must be greater than zero, got 0ns",
             ));
         }
-        Ok(self.into_layer())
-    }
-
-    /// The layer, unchecked (what [`DeadlineLayer::new`] gives).
-    fn into_layer(self) -> DeadlineLayer {
-        DeadlineLayer {
+        Ok(DeadlineLayer {
             shared: Arc::new(Shared {
                 limit: self.budget,
                 name: self.name,
                 observer: self.observer,
             }),
             in_request: self.in_request,
-        }
+        })
     }
 }

@@ -81,7 +81,7 @@
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread", start_paused = true)]
-//! # async fn main() {
+//! # async fn main() -> Result<(), seawall::BoxError> {
 //! use std::time::Duration;
 //! use seawall::deadline::{AttemptTimeoutLayer, DeadlineLayer};
 //! use seawall::error::{rejection_of, RejectionKind};
@@ -92,8 +92,8 @@
 //!     Ok::<_, seawall::BoxError>("done")
 //! });
 //! let svc = ServiceBuilder::new()
-//!     .layer(DeadlineLayer::new(Duration::from_secs(1)))
-//!     .layer(AttemptTimeoutLayer::new(Duration::from_millis(300)))
+//!     .layer(DeadlineLayer::new(Duration::from_secs(1))?)
+//!     .layer(AttemptTimeoutLayer::new(Duration::from_millis(300))?)
 //!     .service(slow);
 //!
 //! let start = tokio::time::Instant::now();
@@ -101,6 +101,7 @@
 //! // No retry layer here: the first attempt times out after 300 ms, retryably.
 //! assert_eq!(start.elapsed(), Duration::from_millis(300));
 //! assert_eq!(rejection_of(&err).unwrap().kind(), RejectionKind::AttemptTimeout);
+//! # Ok(())
 //! # }
 //! ```
 //!
@@ -114,7 +115,7 @@
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread", start_paused = true)]
-//! # async fn main() {
+//! # async fn main() -> Result<(), seawall::BoxError> {
 //! use std::time::Duration;
 //! use seawall::deadline::{self, DeadlineLayer};
 //! use tower::{service_fn, Layer, ServiceExt};
@@ -125,8 +126,9 @@
 //!     let answer = if left < Duration::from_millis(100) { "cached" } else { "fresh" };
 //!     Ok::<_, seawall::BoxError>(format!("{query}: {answer}"))
 //! });
-//! let svc = DeadlineLayer::new(Duration::from_millis(250)).layer(handler);
-//! assert_eq!(svc.oneshot("price".to_string()).await.unwrap(), "price: fresh");
+//! let svc = DeadlineLayer::new(Duration::from_millis(250))?.layer(handler);
+//! assert_eq!(svc.oneshot("price".to_string()).await?, "price: fresh");
+//! # Ok(())
 //! # }
 //! ```
 //!
@@ -378,7 +380,7 @@ pub(crate) mod layer;
 pub mod propagate;
 #[cfg(feature = "deadline")]
 pub(crate) mod service;
-mod wire;
+pub(crate) mod wire;
 
 #[cfg(feature = "deadline")]
 pub use self::attempt::{AttemptTimeoutLayer, AttemptTimeoutLayerBuilder, AttemptTimeoutService};

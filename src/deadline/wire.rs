@@ -54,7 +54,25 @@ impl fmt::Display for ParseTimeoutError {
 
 impl std::error::Error for ParseTimeoutError {}
 
-/// Reads 1..=`max_digits` ASCII digits.
+/// The one rule for a number in a header (`grpc-timeout`'s digits, the
+/// milliseconds header, `Retry-After` in seconds, `grpc-retry-pushback-ms`,
+/// the attempt headers): HTTP's optional whitespace around the value (spaces
+/// and tabs) is not part of it (RFC 9110, section 5.5), then 1..=`max_digits`
+/// ASCII digits and nothing else: no sign, no decimal point, no spaces
+/// inside. Never panics.
+pub(crate) fn header_number(value: &[u8], max_digits: usize) -> Result<u64, ParseTimeoutError> {
+    parse_digits(trim_ows(value), max_digits)
+}
+
+/// `value` without HTTP's optional whitespace (spaces, tabs) around it.
+fn trim_ows(value: &[u8]) -> &[u8] {
+    let ows = |b: &u8| *b == b' ' || *b == b'\t';
+    let start = value.iter().position(|b| !ows(b)).unwrap_or(value.len());
+    let end = value.iter().rposition(|b| !ows(b)).map_or(start, |i| i + 1);
+    &value[start..end]
+}
+
+/// Reads 1..=`max_digits` ASCII digits (at most 18: no overflow).
 fn parse_digits(digits: &[u8], max_digits: usize) -> Result<u64, ParseTimeoutError> {
     if digits.is_empty() {
         return Err(ParseTimeoutError::Empty);
@@ -74,7 +92,8 @@ fn parse_digits(digits: &[u8], max_digits: usize) -> Result<u64, ParseTimeoutErr
 /// Parses a `grpc-timeout` value: 1 to 8 ASCII digits followed by one unit,
 /// `H` (hours), `M` (minutes), `S` (seconds), `m` (milliseconds),
 /// `u` (microseconds) or `n` (nanoseconds). Nothing else is accepted: no sign,
-/// no spaces, no decimal point. Never panics.
+/// no spaces inside, no decimal point (HTTP's optional whitespace around the
+/// value is dropped first). Never panics.
 ///
 /// ```
 /// use std::time::Duration;
@@ -87,7 +106,7 @@ fn parse_digits(digits: &[u8], max_digits: usize) -> Result<u64, ParseTimeoutErr
 /// assert_eq!(parse_grpc_timeout(b"10s"), Err(ParseTimeoutError::BadUnit));
 /// ```
 pub fn parse_grpc_timeout(value: &[u8]) -> Result<Duration, ParseTimeoutError> {
-    let Some((&unit, digits)) = value.split_last() else {
+    let Some((&unit, digits)) = trim_ows(value).split_last() else {
         return Err(ParseTimeoutError::Empty);
     };
     if unit.is_ascii_digit() && !digits.iter().all(u8::is_ascii_digit) {
@@ -110,7 +129,8 @@ pub fn parse_grpc_timeout(value: &[u8]) -> Result<Duration, ParseTimeoutError> {
 }
 
 /// Parses a timeout in integer milliseconds: 1 to 18 ASCII digits, nothing
-/// else (no sign, no spaces, no unit). Never panics.
+/// else (no sign, no spaces inside, no unit; HTTP's optional whitespace
+/// around the value is dropped first). Never panics.
 ///
 /// ```
 /// use std::time::Duration;
@@ -121,7 +141,7 @@ pub fn parse_grpc_timeout(value: &[u8]) -> Result<Duration, ParseTimeoutError> {
 /// assert_eq!(parse_timeout_ms(b""), Err(ParseTimeoutError::Empty));
 /// ```
 pub fn parse_timeout_ms(value: &[u8]) -> Result<Duration, ParseTimeoutError> {
-    parse_digits(value, MAX_MS_DIGITS).map(Duration::from_millis)
+    header_number(value, MAX_MS_DIGITS).map(Duration::from_millis)
 }
 
 /// A formatted `grpc-timeout` value, kept on the stack (at most 9 bytes:
@@ -256,6 +276,30 @@ mod tests {
     use proptest::prelude::*;
 
     #[test]
+    fn a_header_number_drops_the_whitespace_around_it_and_nothing_else() {
+        use ParseTimeoutError::*;
+        for (value, want) in [
+            (&b"120"[..], Ok(120)),
+            (b" 120\t", Ok(120)),
+            (b"0", Ok(0)),
+            (b"", Err(Empty)),
+            (b" \t ", Err(Empty)),
+            (b"1 2", Err(Malformed)),
+            (b"+1", Err(Malformed)),
+            (b"-1", Err(Malformed)),
+            (b"1.5", Err(Malformed)),
+            (b"\xd9\xa1", Err(Malformed)),
+            (b"12345678901", Err(TooLong)),
+        ] {
+            assert_eq!(header_number(value, 10), want, "{value:?}");
+        }
+        assert_eq!(
+            parse_grpc_timeout(b" 100m "),
+            Ok(Duration::from_millis(100))
+        );
+    }
+
+    #[test]
     fn parses_every_unit() {
         assert_eq!(parse_grpc_timeout(b"1H"), Ok(Duration::from_secs(3600)));
         assert_eq!(parse_grpc_timeout(b"3M"), Ok(Duration::from_secs(180)));
@@ -282,7 +326,7 @@ mod tests {
             (b"100", BadUnit),
             (b"100x", BadUnit),
             (b"100 m", Malformed),
-            (b" 100m", Malformed),
+            (b"1 00m", Malformed),
             (b"+100m", Malformed),
             (b"-100m", Malformed),
             (b"1.5S", Malformed),

@@ -212,12 +212,14 @@ impl GrpcRetry {
     }
 }
 
-/// Parses `grpc-retry-pushback-ms`: `Some(wait)` for a non-negative integer,
-/// `None` (do not retry) for a negative or unparseable value.
+/// Parses `grpc-retry-pushback-ms`: `Some(wait)` for a non-negative integer
+/// (at most 18 digits, read as every number in a header is: see
+/// [`parse_timeout_ms`](crate::deadline::parse_timeout_ms)), `None` (do not
+/// retry) for a negative or unparseable value.
 pub fn parse_pushback(value: &HeaderValue) -> Option<Duration> {
-    let s = value.to_str().ok()?.trim();
-    let ms: i64 = s.parse().ok()?;
-    u64::try_from(ms).ok().map(Duration::from_millis)
+    crate::deadline::wire::header_number(value.as_bytes(), 18)
+        .ok()
+        .map(Duration::from_millis)
 }
 
 fn stamp<B>(req: &mut Request<B>, attempt: u32) {

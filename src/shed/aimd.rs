@@ -84,10 +84,11 @@ pub struct AimdBuilder {
 
 impl Default for AimdBuilder {
     fn default() -> Self {
+        let (initial_limit, min_limit, max_limit) = Self::DEFAULT_LIMITS;
         AimdBuilder {
-            initial_limit: 20,
-            min_limit: 20,
-            max_limit: 200,
+            initial_limit,
+            min_limit,
+            max_limit,
             backoff_ratio: 0.9,
             timeout: Duration::from_secs(5),
         }
@@ -95,7 +96,7 @@ impl Default for AimdBuilder {
 }
 
 impl AimdBuilder {
-    limit_setters!("20", "20", "200");
+    limit_setters!(20, 20, 200);
 
     /// The factor applied on a drop (default 0.9; in `0.5..1`).
     pub fn backoff_ratio(mut self, ratio: f64) -> Self {
@@ -145,19 +146,23 @@ impl AimdBuilder {
 /// algorithm's builder, documented with its defaults.
 macro_rules! limit_setters {
     ($initial:literal, $min:literal, $max:literal) => {
-        #[doc = concat!("The limit before the first window (default ", $initial, ").")]
+        /// The defaults of the initial, lowest and highest limits, stated
+        /// once: the builder starts from them and the setters' docs quote them.
+        const DEFAULT_LIMITS: (usize, usize, usize) = ($initial, $min, $max);
+
+        #[doc = concat!("The limit before the first window (default ", stringify!($initial), ").")]
         pub fn initial_limit(mut self, limit: usize) -> Self {
             self.initial_limit = limit;
             self
         }
 
-        #[doc = concat!("The lowest limit (default ", $min, "; at least 1).")]
+        #[doc = concat!("The lowest limit (default ", stringify!($min), "; at least 1).")]
         pub fn min_limit(mut self, limit: usize) -> Self {
             self.min_limit = limit;
             self
         }
 
-        #[doc = concat!("The highest limit (default ", $max, ").")]
+        #[doc = concat!("The highest limit (default ", stringify!($max), ").")]
         pub fn max_limit(mut self, limit: usize) -> Self {
             self.max_limit = limit;
             self

@@ -163,10 +163,11 @@ pub struct Gradient2Builder {
 
 impl Default for Gradient2Builder {
     fn default() -> Self {
+        let (initial_limit, min_limit, max_limit) = Self::DEFAULT_LIMITS;
         Gradient2Builder {
-            initial_limit: 20,
-            min_limit: 20,
-            max_limit: 200,
+            initial_limit,
+            min_limit,
+            max_limit,
             smoothing: 0.2,
             rtt_tolerance: 1.5,
             long_window: 600,
@@ -176,7 +177,7 @@ impl Default for Gradient2Builder {
 }
 
 impl Gradient2Builder {
-    super::aimd::limit_setters!("20", "20", "200");
+    super::aimd::limit_setters!(20, 20, 200);
 
     /// Weight of each new estimate (default 0.2; in `(0, 1]`).
     pub fn smoothing(mut self, smoothing: f64) -> Self {

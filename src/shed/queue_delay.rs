@@ -307,10 +307,11 @@ pub struct QueueDelayBuilder {
 
 impl Default for QueueDelayBuilder {
     fn default() -> Self {
+        let (initial_limit, min_limit, max_limit) = Self::DEFAULT_LIMITS;
         QueueDelayBuilder {
-            initial_limit: 20,
-            min_limit: 1,
-            max_limit: 1000,
+            initial_limit,
+            min_limit,
+            max_limit,
             tolerance: 0.1,
             increase: 0.05,
             drain_every: 20,
@@ -319,7 +320,7 @@ impl Default for QueueDelayBuilder {
 }
 
 impl QueueDelayBuilder {
-    super::aimd::limit_setters!("20", "1", "1000");
+    super::aimd::limit_setters!(20, 1, 1000);
 
     /// The queueing delay tolerated, as a share of the service's own
     /// latency (default 0.1; `0 < tolerance ≤ 10`).

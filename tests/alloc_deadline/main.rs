@@ -32,8 +32,11 @@ fn runtime() -> tokio::runtime::Runtime {
 
 fn stack() -> impl Service<u64, Response = u64, Error = BoxError> {
     let ready = service_fn(|x: u64| std::future::ready(Ok::<_, BoxError>(x + 1)));
-    DeadlineLayer::new(Duration::from_secs(1))
-        .layer(AttemptTimeoutLayer::new(Duration::from_millis(100)).layer(ready))
+    DeadlineLayer::new(Duration::from_secs(1)).unwrap().layer(
+        AttemptTimeoutLayer::new(Duration::from_millis(100))
+            .unwrap()
+            .layer(ready),
+    )
 }
 
 /// poll_ready + call + poll to completion, by hand, on this thread.
@@ -86,8 +89,11 @@ fn zero_allocations_per_call_when_the_timers_are_registered() {
             tokio::task::yield_now().await;
             Ok::<_, BoxError>(x + 1)
         });
-        let mut svc = DeadlineLayer::new(Duration::from_secs(1))
-            .layer(AttemptTimeoutLayer::new(Duration::from_millis(100)).layer(yielding));
+        let mut svc = DeadlineLayer::new(Duration::from_secs(1)).unwrap().layer(
+            AttemptTimeoutLayer::new(Duration::from_millis(100))
+                .unwrap()
+                .layer(yielding),
+        );
         for i in 0..WARM_UP as u64 {
             run(&mut svc, i).await;
         }

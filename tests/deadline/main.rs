@@ -63,7 +63,9 @@ async fn upstream_deadline_shrinks_as_time_passes() {
         }
     });
     // Budget 5 s, but the caller's deadline (task-local) is 1 s away: 1 s binds.
-    let svc = DeadlineLayer::new(Duration::from_secs(5)).layer(inner);
+    let svc = DeadlineLayer::new(Duration::from_secs(5))
+        .unwrap()
+        .layer(inner);
     let upstream = Deadline::after(Duration::from_secs(1));
     sleep(250 * MS).await;
     deadline::scope(upstream, svc.clone().oneshot(Req::default()))
@@ -80,7 +82,9 @@ async fn upstream_deadline_shrinks_as_time_passes() {
     // A deadline carried by the request itself binds the same way, and the
     // layer's own budget binds when it is the shorter one.
     seen.lock().unwrap().clear();
-    let svc = DeadlineLayer::new(300 * MS).layer(svc.into_inner());
+    let svc = DeadlineLayer::new(300 * MS)
+        .unwrap()
+        .layer(svc.into_inner());
     let req = Req {
         deadline: Some(Deadline::after(Duration::from_secs(1))),
     };
@@ -174,6 +178,17 @@ async fn expired_request_never_reaches_the_inner_service() {
         .build()
         .unwrap_err();
     assert_eq!(err.layer(), "attempt_timeout");
+    // `new` is `builder().build()`: it refuses the same.
+    assert_eq!(
+        DeadlineLayer::new(Duration::ZERO).unwrap_err().to_string(),
+        "invalid deadline configuration: budget must be greater than zero, got 0ns"
+    );
+    assert_eq!(
+        AttemptTimeoutLayer::new(Duration::ZERO)
+            .unwrap_err()
+            .layer(),
+        "attempt_timeout"
+    );
 }
 
 /// A service that becomes ready only at a given instant.
@@ -411,10 +426,12 @@ async fn attempt_timeout_or_deadline_exceeded_depending_on_the_binding_limit() {
     assert_eq!(calls.load(Ordering::SeqCst), 3);
 
     // A fast call is untouched.
-    let ok = AttemptTimeoutLayer::new(100 * MS).layer(service_fn(|x: u32| async move {
-        sleep(99 * MS).await;
-        Ok::<_, BoxError>(x + 1)
-    }));
+    let ok = AttemptTimeoutLayer::new(100 * MS)
+        .unwrap()
+        .layer(service_fn(|x: u32| async move {
+            sleep(99 * MS).await;
+            Ok::<_, BoxError>(x + 1)
+        }));
     assert_eq!(ok.oneshot(41).await.unwrap(), 42);
 
     let details: Vec<_> = rejected(&rec)
@@ -779,7 +796,7 @@ mod propagation {
     async fn ingress_then_deadline_layer_enforces_the_callers_deadline() {
         let svc = tower::ServiceBuilder::new()
             .layer(DeadlineFromHeadersLayer::new())
-            .layer(DeadlineLayer::new(Duration::from_secs(10)))
+            .layer(DeadlineLayer::new(Duration::from_secs(10)).unwrap())
             .service(service_fn(|_: Request<()>| async {
                 sleep(Duration::from_secs(5)).await;
                 Ok::<_, BoxError>(http::Response::new(()))

@@ -145,7 +145,7 @@ async fn a_deadline_layer_below_ends_in_the_deadline_fallback_in_time() {
     .observer(Observer::from(rec.clone()))
     .build()
     .unwrap();
-    let svc = layer.layer(DeadlineLayer::new(200 * MS).layer(hang));
+    let svc = layer.layer(DeadlineLayer::new(200 * MS).unwrap().layer(hang));
     let start = Instant::now();
     let answer = deadline::scope(Deadline::after(250 * MS), svc.oneshot(1))
         .await

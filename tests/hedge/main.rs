@@ -206,7 +206,9 @@ async fn no_hedge_without_time_to_finish_and_none_past_the_deadline() {
     let backend = Backend::new(|_| 500 * MS);
     let hedge = HedgeLayer::builder().delay(60 * MS).build().unwrap();
     // 100 ms: at 60 ms only 40 ms are left, less than the 60 ms waited.
-    let mut svc = DeadlineLayer::new(100 * MS).layer(hedge.layer(backend.clone()));
+    let mut svc = DeadlineLayer::new(100 * MS)
+        .unwrap()
+        .layer(hedge.layer(backend.clone()));
     let start = Instant::now();
     let err = svc.ready().await.unwrap().call(1).await.unwrap_err();
     assert!(err.to_string().contains("deadline"), "{err}");
@@ -215,7 +217,9 @@ async fn no_hedge_without_time_to_finish_and_none_past_the_deadline() {
 
     // 200 ms: the hedge goes at 60 ms (140 ms left), and the request still
     // ends at its deadline.
-    let mut svc = DeadlineLayer::new(200 * MS).layer(hedge.layer(backend.clone()));
+    let mut svc = DeadlineLayer::new(200 * MS)
+        .unwrap()
+        .layer(hedge.layer(backend.clone()));
     let start = Instant::now();
     let err = svc.ready().await.unwrap().call(2).await.unwrap_err();
     assert!(err.to_string().contains("deadline"), "{err}");

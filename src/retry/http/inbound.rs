@@ -19,12 +19,11 @@ pub struct InboundAttempt(pub u32);
 /// `grpc-previous-rpc-attempts` plus one; 1 when neither is present or
 /// readable.
 pub fn attempt_of<B>(req: &Request<B>) -> u32 {
+    // At most 9 digits: fits in a u32.
     let header = |name: &str| -> Option<u32> {
-        let v = req.headers().get(name)?.to_str().ok()?.trim();
-        if v.is_empty() || v.len() > 9 || !v.bytes().all(|b| b.is_ascii_digit()) {
-            return None;
-        }
-        v.parse().ok()
+        let v = req.headers().get(name)?;
+        let n = crate::deadline::wire::header_number(v.as_bytes(), 9).ok()?;
+        u32::try_from(n).ok()
     };
     let own = header(ATTEMPT_HEADER).filter(|n| *n >= 1);
     let grpc = header(crate::retry::PREVIOUS_ATTEMPTS_HEADER).map(|n| n.saturating_add(1));

@@ -146,14 +146,14 @@ impl HttpRetry {
     }
 }
 
-/// Parses a `Retry-After` in delay-seconds (`"120"`). `None` for an
+/// Parses a `Retry-After` in delay-seconds (`"120"`, at most 10 digits, read
+/// as every number in a header is: see
+/// [`parse_timeout_ms`](crate::deadline::parse_timeout_ms)). `None` for an
 /// HTTP-date or anything else.
 pub fn parse_delay_seconds(value: &HeaderValue) -> Option<Duration> {
-    let s = value.to_str().ok()?.trim();
-    if s.is_empty() || s.len() > 10 || !s.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    s.parse::<u64>().ok().map(Duration::from_secs)
+    crate::deadline::wire::header_number(value.as_bytes(), 10)
+        .ok()
+        .map(Duration::from_secs)
 }
 
 /// Writes the attempt number into [`ATTEMPT_HEADER`].
@@ -254,6 +254,35 @@ mod tests {
         assert_eq!(p("1.5"), None);
         assert_eq!(p("Wed, 21 Oct 2015 07:28:00 GMT"), None);
         assert_eq!(p("99999999999"), None);
+    }
+
+    /// Every number read from a header follows one rule: the same inputs
+    /// are read, or refused, by the `Retry-After`, pushback, attempt and
+    /// milliseconds readers alike.
+    #[test]
+    fn every_header_number_is_read_by_one_rule() {
+        let read = ["7", " 7", "7\t", " \t7 "];
+        let refused = ["", " ", "+7", "-7", "7.0", "7 7", "0x7", "7ms", "\u{664}"];
+        for v in read.iter().chain(&refused) {
+            let value = HeaderValue::from_str(v).unwrap();
+            let delay = parse_delay_seconds(&value).map(|d| d.as_secs());
+            let ms = crate::deadline::parse_timeout_ms(value.as_bytes())
+                .ok()
+                .map(|d| d.as_millis() as u64);
+            let attempt = {
+                let req = Request::get("/").header(ATTEMPT_HEADER, value.clone());
+                let n = attempt_of(&req.body(()).unwrap());
+                (n != 1).then_some(u64::from(n))
+            };
+            let want = read.contains(v).then_some(7);
+            assert_eq!((delay, ms, attempt), (want, want, want), "{v:?}");
+            #[cfg(feature = "tonic")]
+            assert_eq!(
+                crate::retry::grpc::parse_pushback(&value).map(|d| d.as_millis() as u64),
+                want,
+                "{v:?}"
+            );
+        }
     }
 
     #[test]
