@@ -755,4 +755,130 @@ mod tests {
         assert!(!is_grpc(&with("application/json")));
         assert!(!is_grpc(&http::Response::new(())));
     }
+
+    /// The slots a body holds for the layers above: one of each kind, let
+    /// go at the body's last frame, at its deadline, or when it is dropped.
+    #[cfg(feature = "bulkhead")]
+    mod held {
+        use std::convert::Infallible;
+        use std::time::Duration;
+
+        use bytes::Bytes;
+        use http_body_util::{BodyExt, Full};
+
+        use super::*;
+        use crate::bulkhead::QueueOrder;
+        use crate::bulkhead::queue::{Engine, Settings};
+
+        fn engine(max_concurrent: usize) -> Arc<Engine> {
+            Arc::new(Engine::new(
+                Settings {
+                    max_concurrent,
+                    max_queue: 0,
+                    max_wait: Duration::from_secs(1),
+                    order: QueueOrder::Fifo,
+                    codel_target: Duration::from_millis(5),
+                    codel_interval: Duration::from_millis(100),
+                },
+                Name::from("t"),
+                Observer::none(),
+            ))
+        }
+
+        fn permit(engine: &Arc<Engine>) -> Duty {
+            Duty(DutyKind::Bulkhead(
+                engine.try_acquire().expect("a free permit"),
+            ))
+        }
+
+        /// A body whose next frame never comes.
+        struct Stalled;
+
+        impl Body for Stalled {
+            type Data = Bytes;
+            type Error = Infallible;
+
+            fn poll_frame(
+                self: Pin<&mut Self>,
+                _: &mut Context<'_>,
+            ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+                Poll::Pending
+            }
+        }
+
+        #[test]
+        fn one_slot_per_kind_and_a_second_duty_is_given_back() {
+            let e = engine(3);
+            let mut held = Held::default();
+            assert!(held.take(permit(&e)).is_none(), "the first is held");
+            let back = held.take(permit(&e)).expect("the slot is taken");
+            assert_eq!(e.available_permits(), 1);
+            drop(back);
+            assert_eq!(e.available_permits(), 2, "given back, then dropped");
+            held.release(None);
+            assert_eq!(e.available_permits(), 3);
+            assert!(!held.any);
+            held.release(None);
+            assert_eq!(
+                e.available_permits(),
+                3,
+                "a second release lets go of nothing"
+            );
+        }
+
+        #[test]
+        fn a_held_slot_is_let_go_when_dropped() {
+            let e = engine(1);
+            let mut held = Held::default();
+            assert!(held.take(permit(&e)).is_none());
+            assert_eq!(e.available_permits(), 0);
+            drop(held);
+            assert_eq!(e.available_permits(), 1);
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn a_body_holds_until_its_last_frame_not_until_it_is_dropped() {
+            let e = engine(1);
+            let body = CallBody::unlimited(Full::new(Bytes::from_static(b"ab")));
+            let mut res = http::Response::new(body);
+            assert!(BodyEnd::hold(&mut res, permit(&e)).is_none());
+            assert!(res.body().holds());
+            assert_eq!(e.available_permits(), 0);
+            let mut body = std::pin::pin!(res.into_body());
+            let frame = body.frame().await.unwrap().unwrap();
+            assert_eq!(frame.into_data().unwrap(), "ab");
+            assert!(!body.holds());
+            assert_eq!(e.available_permits(), 1, "let go at the last frame");
+            assert!(body.frame().await.is_none());
+            assert_eq!(e.available_permits(), 1);
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn a_finished_body_holds_nothing() {
+            let e = engine(1);
+            let mut res = http::Response::new(CallBody::unlimited(Full::new(Bytes::new())));
+            assert!(BodyEnd::hold(&mut res, permit(&e)).is_some(), "given back");
+            assert!(!res.body().holds());
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn a_stalled_body_lets_go_at_its_deadline() {
+            let e = engine(1);
+            let layer = CallBodyLayer::new();
+            let deadline = Deadline::after(Duration::from_millis(300));
+            let body = CallBody::new(Stalled, Some(deadline), &layer.shared, false);
+            let mut res = http::Response::new(body);
+            assert!(BodyEnd::hold(&mut res, permit(&e)).is_none());
+            let start = tokio::time::Instant::now();
+            let mut body = std::pin::pin!(res.into_body());
+            let err = body.frame().await.unwrap().unwrap_err();
+            assert_eq!(start.elapsed(), Duration::from_millis(300));
+            assert_eq!(
+                crate::error::rejection_of(&err).map(|r| r.kind()),
+                Some(crate::error::RejectionKind::DeadlineExceeded)
+            );
+            assert_eq!(e.available_permits(), 1, "let go when the deadline cut it");
+            assert!(body.frame().await.is_none(), "a cut body has ended");
+        }
+    }
 }
