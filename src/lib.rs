@@ -103,6 +103,9 @@
 )]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+#[macro_use]
+mod macros;
+
 #[cfg(all(feature = "http", feature = "deadline"))]
 pub mod body;
 pub mod classify;

@@ -1,7 +1,6 @@
 //! A tonic channel over endpoints that come and go, each watched: the shape
 //! of tonic's `Channel::balance_channel`, with ejection.
 
-use std::fmt;
 use std::hash::Hash;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -52,66 +51,27 @@ where
         + Sync
         + 'static,
 {
-    inner: Buffer<Req, <Balanced<K, C> as Service<Req>>::Future>,
+    inner: Buffer<ChannelRequest, <Balanced<K, C> as Service<ChannelRequest>>::Future>,
 }
 
-type Req = http::Request<tonic::body::Body>;
+type ChannelRequest = http::Request<tonic::body::Body>;
 
 /// The balancer inside an [`EjectChannel`].
-type Balanced<K, C> =
-    Balance<PendingRequestsDiscover<EjectDiscover<EndpointChanges<K>, C>, CompleteOnResponse>, Req>;
+type Balanced<K, C> = Balance<
+    PendingRequestsDiscover<EjectDiscover<EndpointChanges<K>, C>, CompleteOnResponse>,
+    ChannelRequest,
+>;
 
-impl<K, C> Clone for EjectChannel<K, C>
-where
-    K: Hash + Eq + Clone + Send + Sync + 'static,
-    C: crate::classify::Classify<http::Response<tonic::body::Body>, tonic::transport::Error>
-        + Send
-        + Sync
-        + 'static,
-{
-    fn clone(&self) -> Self {
-        EjectChannel {
-            inner: self.inner.clone(),
-        }
-    }
-}
-
-impl<K, C> fmt::Debug for EjectChannel<K, C>
-where
-    K: Hash + Eq + Clone + Send + Sync + 'static,
-    C: crate::classify::Classify<http::Response<tonic::body::Body>, tonic::transport::Error>
-        + Send
-        + Sync
-        + 'static,
-{
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("EjectChannel").finish_non_exhaustive()
-    }
-}
-
-impl<K, C> Service<Req> for EjectChannel<K, C>
-where
-    K: Hash + Eq + Clone + Send + Sync + 'static,
-    C: crate::classify::Classify<http::Response<tonic::body::Body>, tonic::transport::Error>
-        + Send
-        + Sync
-        + 'static,
-{
-    type Response =
-        <Buffer<Req, <Balanced<K, C> as Service<Req>>::Future> as Service<Req>>::Response;
-    type Error = <Buffer<Req, <Balanced<K, C> as Service<Req>>::Future> as Service<Req>>::Error;
-    type Future = <Buffer<Req, <Balanced<K, C> as Service<Req>>::Future> as Service<Req>>::Future;
-
-    #[inline]
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    #[inline]
-    fn call(&mut self, req: Req) -> Self::Future {
-        self.inner.call(req)
-    }
-}
+wrapper_service!(
+    EjectChannel<K, C>,
+    Buffer<ChannelRequest, <Balanced<K, C> as Service<ChannelRequest>>::Future>,
+    where
+        K: Hash + Eq + Clone + Send + Sync + 'static,
+        C: crate::classify::Classify<http::Response<tonic::body::Body>, tonic::transport::Error>
+            + Send
+            + Sync
+            + 'static,
+);
 
 /// A balanced tonic channel whose endpoints are added and removed at run
 /// time, as with tonic's `Channel::balance_channel`, each watched by

@@ -1,12 +1,11 @@
 //! The recommended client stack.
 
 use std::fmt;
-use std::task::{Context, Poll};
+
 use std::time::Duration;
 
 use tower::layer::util::Identity;
 use tower_layer::Layer;
-use tower_service::Service;
 
 use super::classify::DependencyFailures;
 use super::part::{HedgePart, HoldPoint, InnerTimeout, Skip, StackPart, part_name, stack_timers};

@@ -217,54 +217,6 @@
 //! `tower::ServiceBuilder` away; the order above is the one we recommend and
 //! test.
 
-/// `poll_ready`, `call`, `Clone` and `Debug` of a stack's named wrapper
-/// type (`$wrapper { inner: $inner }`), forwarded to the layers inside.
-macro_rules! wrapper_service {
-    ($wrapper:ident<$($p:ident),+>, $inner:ty, where $($bounds:tt)*) => {
-        impl<$($p),+, Req> Service<Req> for $wrapper<$($p),+>
-        where
-            $($bounds)*
-            $inner: Service<Req>,
-        {
-            type Response = <$inner as Service<Req>>::Response;
-            type Error = <$inner as Service<Req>>::Error;
-            type Future = <$inner as Service<Req>>::Future;
-
-            #[inline]
-            fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-                self.inner.poll_ready(cx)
-            }
-
-            #[inline]
-            fn call(&mut self, req: Req) -> Self::Future {
-                self.inner.call(req)
-            }
-        }
-
-        impl<$($p),+> Clone for $wrapper<$($p),+>
-        where
-            $($bounds)*
-            $inner: Clone,
-        {
-            fn clone(&self) -> Self {
-                $wrapper {
-                    inner: self.inner.clone(),
-                }
-            }
-        }
-
-        impl<$($p),+> fmt::Debug for $wrapper<$($p),+>
-        where
-            $($bounds)*
-            $inner: fmt::Debug,
-        {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.debug_tuple(stringify!($wrapper)).field(&self.inner).finish()
-            }
-        }
-    };
-}
-
 mod classify;
 mod client;
 #[cfg(feature = "serde")]

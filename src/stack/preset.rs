@@ -1,11 +1,7 @@
 //! The protocol presets of the client stack: HTTP and gRPC.
 
-use std::fmt;
-use std::task::{Context, Poll};
-
 use tower::layer::util::Identity;
 use tower_layer::Layer;
-use tower_service::Service;
 
 use super::client::{ClientStack, ClientStackBuilder, ClientStackService};
 use super::part::part_name;
@@ -167,7 +163,7 @@ mod grpc {
 
     use super::super::client::{ClientStack, ClientStackBuilder, ClientStackService};
     use super::super::part::{StackPart, part_name};
-    use super::{AtAttempt, Context, Identity, Layer, Poll, Service, fmt};
+    use super::{AtAttempt, Identity, Layer};
     use crate::deadline::propagate::{
         PropagateDeadline, PropagateDeadlineLayer, PropagateDeadlineLayerBuilder,
     };
@@ -367,7 +363,7 @@ mod server {
 
     use super::super::part::{IngressPart, StackPart, part_name};
     use super::super::server::{ServerCore, ServerStack, ServerStackBuilder, ServerStackService};
-    use super::{Context, Identity, Layer, Poll, Service, fmt};
+    use super::{Identity, Layer};
     use crate::body::{CallBodyLayer, CallBodyService};
     use crate::deadline::propagate::{
         DeadlineFromHeaders, DeadlineFromHeadersLayer, DeadlineFromHeadersLayerBuilder,

@@ -1,12 +1,11 @@
 //! The recommended server stack.
 
 use std::fmt;
-use std::task::{Context, Poll};
+
 use std::time::Duration;
 
 use tower::layer::util::Identity;
 use tower_layer::Layer;
-use tower_service::Service;
 
 use super::part::{HoldPoint, IngressPart, InnerTimeout, Skip, StackPart, part_name, stack_timers};
 use crate::bulkhead::{Bulkhead, BulkheadBuilder, BulkheadHandle, BulkheadLayer};
