@@ -15,6 +15,10 @@
 //!
 //! # Example
 //!
+//! The examples run on paused time (tokio's `test-util` feature,
+//! `#[tokio::test(start_paused = true)]`), so the durations they assert are
+//! exact; on a running clock they are lower bounds.
+//!
 //! ```
 //! # #[tokio::main(flavor = "current_thread", start_paused = true)]
 //! # async fn main() {

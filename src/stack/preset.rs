@@ -99,7 +99,9 @@ impl ClientStack {
     ///
     /// The service is an [`HttpClient<S>`]; errors stay errors (a
     /// [`BoxError`](crate::BoxError) holding the rejection, with its
-    /// `retry_after`), responses stay responses whatever their status.
+    /// `retry_after`), responses stay responses whatever their status. The
+    /// built layer, to keep in a struct field, is a
+    /// `ClientStackLayer<HttpRetry, HttpStatusClassifier, PropagateDeadlineLayer, HttpOutermost>`.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
@@ -285,7 +287,9 @@ mod grpc {
         /// | errors | answered as gRPC statuses: the tonic client sees `DEADLINE_EXCEEDED`, `UNAVAILABLE` with pushback, `RESOURCE_EXHAUSTED` … |
         ///
         /// The service is a [`GrpcClient<Channel>`](GrpcClient): hand it to a
-        /// generated client (`GreeterClient::new(svc)`).
+        /// generated client (`GreeterClient::new(svc)`). The built layer, to
+        /// keep in a struct field, is a
+        /// `ClientStackLayer<GrpcRetry, GrpcStatusClassifier, Stack<TonicTransportLayer, PropagateDeadlineLayer>, GrpcOutermost>`.
         ///
         /// Made for unary and server-streaming calls. The request body is read
         /// (up to the replay limit) before the call is sent, so a
@@ -539,6 +543,15 @@ mod server {
         ///   inside receives `http::Request<CallBody<B>>` — an axum `Router`
         ///   takes any body.
         ///
+        /// The built layer, to keep in a struct field, is a
+        /// `ServerStackLayer<HttpIngressLayer, Identity, FromTaskLocal, CallBodyLayer>`
+        /// (`Identity` becomes the `RateLimitLayer` once the stack has a rate
+        /// limit). Put it on the router with `Router::layer`: axum turns the
+        /// answers' [`CallBody`](crate::body::CallBody) bodies into its own.
+        /// The service it makes around a router is an [`HttpServer`]; to
+        /// serve one kept on its own with `axum::serve`, put it back in a
+        /// router: `Router::new().fallback_service(svc)`.
+        ///
         /// The adaptive limit sheds by criticality (sheddable requests first)
         /// once it knows each request's class. It does not read the
         /// `x-seawall-criticality` header by default, since any client could
@@ -612,7 +625,10 @@ mod server {
         impl ServerStack {
             /// The server stack for a tonic server (feature `tonic`): the
             /// [generic stack](ServerStack::builder) with what gRPC needs.
-            /// Give it to `tonic::transport::Server::builder().layer(..)`.
+            /// Give it to `tonic::transport::Server::builder().layer(..)`; the
+            /// service it makes around your routes is a [`GrpcServer`], and
+            /// the built layer a
+            /// `ServerStackLayer<GrpcIngressLayer, Identity, FromTaskLocal, CallBodyLayer>`.
             ///
             /// On top of the generic stack, outermost: every rejection is
             /// answered as a gRPC status (`RESOURCE_EXHAUSTED` for a rate
