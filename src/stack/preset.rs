@@ -1,4 +1,6 @@
-//! The protocol presets of the client stack: HTTP and gRPC.
+//! The protocol presets of both stacks: the HTTP and gRPC client presets,
+//! then the HTTP and gRPC server presets, with the outer parts that name
+//! their services.
 
 use tower::layer::util::Identity;
 use tower_layer::Layer;
