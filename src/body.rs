@@ -465,8 +465,7 @@ fn settle<D>(
 
 /// The error a gRPC status in trailers stands for, if it is not `OK`.
 fn trailer_status(trailers: &http::HeaderMap) -> Option<BoxError> {
-    let code = trailers.get(crate::http::GRPC_STATUS)?;
-    if code.as_bytes() == b"0" {
+    if !crate::http::failed_grpc_status(trailers) {
         return None;
     }
     #[cfg(feature = "tonic")]
@@ -475,7 +474,7 @@ fn trailer_status(trailers: &http::HeaderMap) -> Option<BoxError> {
     Some(
         format!(
             "grpc-status {} in trailers",
-            String::from_utf8_lossy(code.as_bytes())
+            String::from_utf8_lossy(trailers[crate::http::GRPC_STATUS].as_bytes())
         )
         .into(),
     )

@@ -13,6 +13,7 @@ use crate::error::ConfigError;
 /// Only the fields below are read; others are ignored, as gRPC does.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[non_exhaustive]
 pub struct GrpcServiceConfig {
     /// The per-method configurations.
     #[serde(default)]
@@ -25,6 +26,7 @@ pub struct GrpcServiceConfig {
 /// One `methodConfig` entry.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[non_exhaustive]
 pub struct MethodConfig {
     /// The methods it applies to (a service alone: all its methods).
     #[serde(default)]
@@ -34,7 +36,7 @@ pub struct MethodConfig {
     pub timeout: Option<String>,
     /// The retry policy.
     #[serde(default)]
-    pub retry_policy: Option<RetryPolicy>,
+    pub retry_policy: Option<GrpcRetryPolicy>,
     /// The hedging policy.
     #[serde(default)]
     pub hedging_policy: Option<HedgingPolicy>,
@@ -42,6 +44,7 @@ pub struct MethodConfig {
 
 /// A `name` of a `methodConfig`.
 #[derive(Debug, Clone, Default, Deserialize)]
+#[non_exhaustive]
 pub struct MethodName {
     /// `package.Service` (empty: every service).
     #[serde(default)]
@@ -54,7 +57,8 @@ pub struct MethodName {
 /// A `retryPolicy`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct RetryPolicy {
+#[non_exhaustive]
+pub struct GrpcRetryPolicy {
     /// Attempts, the first included (gRPC caps it at 5).
     pub max_attempts: u32,
     /// The first backoff (`"0.1s"`).
@@ -71,6 +75,7 @@ pub struct RetryPolicy {
 /// A `hedgingPolicy`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[non_exhaustive]
 pub struct HedgingPolicy {
     /// Attempts in flight, the first included.
     pub max_attempts: u32,
@@ -85,6 +90,7 @@ pub struct HedgingPolicy {
 /// `retryThrottling`: a token bucket of failures.
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[non_exhaustive]
 pub struct RetryThrottling {
     /// The bucket's size.
     pub max_tokens: u32,
@@ -94,6 +100,7 @@ pub struct RetryThrottling {
 
 /// What a service config says for the gRPC preset.
 #[derive(Debug, Clone, Default, PartialEq)]
+#[non_exhaustive]
 pub struct GrpcPolicy {
     /// The call deadline: the stack's total budget.
     pub timeout: Option<Duration>,
@@ -314,7 +321,7 @@ mod tests {
 
     #[test]
     fn a_policy_reads_codes_as_json_names_or_numbers() {
-        let p: RetryPolicy = serde_json::from_str(
+        let p: GrpcRetryPolicy = serde_json::from_str(
             r#"{"maxAttempts": 3, "initialBackoff": "0.1s", "maxBackoff": "1s",
                 "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE", 8]}"#,
         )

@@ -58,7 +58,7 @@ mod grpc;
 
 #[cfg(feature = "tonic")]
 pub use self::grpc::{
-    GrpcPolicy, GrpcServiceConfig, HedgingPolicy, MethodConfig, MethodName, RetryPolicy,
+    GrpcPolicy, GrpcRetryPolicy, GrpcServiceConfig, HedgingPolicy, MethodConfig, MethodName,
     RetryThrottling,
 };
 
@@ -90,6 +90,7 @@ mod duration {
 /// A whole service: a server stack and a client stack per dependency.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct ServiceConfig {
     /// The server stack's settings.
     #[serde(default)]
@@ -154,6 +155,7 @@ impl ServiceConfig {
 /// A client stack's settings; each absent field keeps the stack's default.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct ClientSettings {
     /// The total budget of a request (required to build).
     #[serde(default, deserialize_with = "duration::opt")]
@@ -178,6 +180,7 @@ pub struct ClientSettings {
 /// The retry layer's settings.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct RetrySettings {
     /// Attempts per request, the first included.
     pub max_attempts: Option<u32>,
@@ -198,6 +201,7 @@ pub struct RetrySettings {
 /// The circuit breaker's settings.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct BreakerSettings {
     /// The failure rate that opens it, in `(0, 1]`.
     pub failure_rate_threshold: Option<f64>,
@@ -243,6 +247,7 @@ impl BreakerSettings {
 /// The bulkhead's settings.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct BulkheadSettings {
     /// Calls in flight at most.
     pub max_concurrent: Option<usize>,
@@ -257,6 +262,7 @@ pub struct BulkheadSettings {
 /// stacks add hedging in code, `.hedge(|h| h.configure(&s))`).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct HedgeSettings {
     /// A fixed delay before a hedge (default: the p95 of recent calls).
     #[serde(default, deserialize_with = "duration::opt")]
@@ -270,6 +276,7 @@ pub struct HedgeSettings {
 /// A client-side throttle's settings (`ThrottleLayerBuilder::configure`).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct ThrottleSettings {
     /// The window requests and accepts are counted over.
     #[serde(default, deserialize_with = "duration::opt")]
@@ -284,6 +291,7 @@ pub struct ThrottleSettings {
 /// An ejection layer's settings (`EjectionLayerBuilder::configure`).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct EjectionSettings {
     /// Remote failures in a row that eject an endpoint.
     pub consecutive_failures: Option<u32>,
@@ -310,6 +318,7 @@ pub struct EjectionSettings {
 /// them).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct LimitSettings {
     /// The lowest concurrency limit (at least 1).
     pub min_limit: Option<usize>,
@@ -320,6 +329,7 @@ pub struct LimitSettings {
 /// A server stack's settings; each absent field keeps the stack's default.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct ServerSettings {
     /// The server's budget per request (required to build).
     #[serde(default, deserialize_with = "duration::opt")]
@@ -344,6 +354,7 @@ pub struct ServerSettings {
 /// A rate: `"100/s"`, `"6000/min"`, `"10/100ms"` alone, or with a burst as
 /// `{ rate = "100/s", burst = 20 }`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Rate {
     /// Requests per period.
     pub rate: (u32, Duration),

@@ -154,5 +154,3 @@ impl<F> fmt::Debug for ResponseFuture<F> {
         f.debug_struct("ResponseFuture").finish_non_exhaustive()
     }
 }
-
-pub use super::attempt::AttemptFuture;

@@ -368,7 +368,13 @@ impl<T> HasDeadline for tonic::Request<T> {
 /// the task-local [`current()`] one.
 #[inline]
 pub fn of<R: HasDeadline + ?Sized>(req: &R) -> Option<Deadline> {
-    match (req.deadline(), current()) {
+    earliest(req.deadline())
+}
+
+/// The earlier of `deadline` and the task-local [`current()`] one.
+#[inline]
+pub(crate) fn earliest(deadline: Option<Deadline>) -> Option<Deadline> {
+    match (deadline, current()) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     }
@@ -377,7 +383,7 @@ pub fn of<R: HasDeadline + ?Sized>(req: &R) -> Option<Deadline> {
 #[cfg(feature = "deadline")]
 mod attempt;
 #[cfg(feature = "deadline")]
-pub mod future;
+mod future;
 #[cfg(feature = "deadline")]
 pub(crate) mod layer;
 #[cfg(all(feature = "deadline", feature = "http"))]
@@ -387,7 +393,11 @@ pub(crate) mod service;
 pub(crate) mod wire;
 
 #[cfg(feature = "deadline")]
-pub use self::attempt::{AttemptTimeoutLayer, AttemptTimeoutLayerBuilder, AttemptTimeoutService};
+pub use self::attempt::{
+    AttemptFuture, AttemptTimeoutLayer, AttemptTimeoutLayerBuilder, AttemptTimeoutService,
+};
+#[cfg(feature = "deadline")]
+pub use self::future::ResponseFuture;
 #[cfg(feature = "deadline")]
 pub use self::layer::{DeadlineLayer, DeadlineLayerBuilder};
 #[cfg(feature = "deadline")]

@@ -97,21 +97,23 @@ impl EjectionLayer<ErrorsAsFailures> {
     /// offends again, up to 300 s), at most half of the set at once.
     pub fn builder() -> EjectionLayerBuilder<ErrorsAsFailures> {
         EjectionLayerBuilder {
-            name: Name::from("ejection"),
-            observer: Observer::none(),
             classifier: ErrorsAsFailures,
-            count_overload: false,
-            max_endpoints: DEFAULT_MAX_ENDPOINTS,
-            settings: Settings {
-                consecutive_failures: DEFAULT_CONSECUTIVE_FAILURES,
-                base_ejection: DEFAULT_BASE_EJECTION,
-                max_ejection: DEFAULT_MAX_EJECTION,
-                max_ejected_percent: DEFAULT_MAX_EJECTED_PERCENT,
-                interval: DEFAULT_INTERVAL,
-                success_rate_min_hosts: 5,
-                success_rate_volume: 100,
-                success_rate_stdev_factor: 1.9,
-                latency_factor: Some(5.0),
+            common: Common {
+                name: Name::from("ejection"),
+                observer: Observer::none(),
+                count_overload: false,
+                max_endpoints: DEFAULT_MAX_ENDPOINTS,
+                settings: Settings {
+                    consecutive_failures: DEFAULT_CONSECUTIVE_FAILURES,
+                    base_ejection: DEFAULT_BASE_EJECTION,
+                    max_ejection: DEFAULT_MAX_EJECTION,
+                    max_ejected_percent: DEFAULT_MAX_EJECTED_PERCENT,
+                    interval: DEFAULT_INTERVAL,
+                    success_rate_min_hosts: 5,
+                    success_rate_volume: 100,
+                    success_rate_stdev_factor: 1.9,
+                    latency_factor: Some(5.0),
+                },
             },
         }
     }
@@ -141,9 +143,15 @@ impl<S, C> Layer<S> for EjectionLayer<C> {
 
 /// Builds an [`EjectionLayer`]; see [`EjectionLayer::builder`].
 pub struct EjectionLayerBuilder<C = ErrorsAsFailures> {
+    classifier: C,
+    common: Common,
+}
+
+/// The builder's settings that do not depend on its classifier, so that
+/// [`classifier`](EjectionLayerBuilder::classifier) moves them as one field.
+struct Common {
     name: Name,
     observer: Observer,
-    classifier: C,
     count_overload: bool,
     max_endpoints: usize,
     settings: Settings,
@@ -152,14 +160,15 @@ pub struct EjectionLayerBuilder<C = ErrorsAsFailures> {
 impl<C> fmt::Debug for EjectionLayerBuilder<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("EjectionLayerBuilder")
-            .field("name", &self.name)
-            .field("settings", &self.settings)
+            .field("name", &self.common.name)
+            .field("settings", &self.common.settings)
             .finish_non_exhaustive()
     }
 }
 
 impl<C> EjectionLayerBuilder<C> {
     crate::observe::name_and_observer!(
+        in common,
         "The instance name (default `\"ejection\"`); endpoint `i` reports as\n`\"{name}.{i}\"`.",
         "The observer this layer reports to (default: none)."
     );
@@ -170,11 +179,7 @@ impl<C> EjectionLayerBuilder<C> {
     pub fn classifier<C2>(self, classifier: C2) -> EjectionLayerBuilder<C2> {
         EjectionLayerBuilder {
             classifier,
-            name: self.name,
-            observer: self.observer,
-            count_overload: self.count_overload,
-            max_endpoints: self.max_endpoints,
-            settings: self.settings,
+            common: self.common,
         }
     }
 
@@ -182,13 +187,13 @@ impl<C> EjectionLayerBuilder<C> {
     /// off: an overloaded endpoint sheds its own load; taking it out would
     /// move that load onto the others).
     pub fn count_overload(mut self, yes: bool) -> Self {
-        self.count_overload = yes;
+        self.common.count_overload = yes;
         self
     }
 
     /// Failures in a row that eject an endpoint (default 5; at least 1).
     pub fn consecutive_failures(mut self, n: u32) -> Self {
-        self.settings.consecutive_failures = n;
+        self.common.settings.consecutive_failures = n;
         self
     }
 
@@ -196,15 +201,15 @@ impl<C> EjectionLayerBuilder<C> {
     /// the `n`-th ejection of an endpoint that came back in between lasts
     /// `n` times the first.
     pub fn ejection_time(mut self, base: Duration, max: Duration) -> Self {
-        self.settings.base_ejection = base;
-        self.settings.max_ejection = max;
+        self.common.settings.base_ejection = base;
+        self.common.settings.max_ejection = max;
         self
     }
 
     /// The largest share of the set ejected at once, in percent (default
     /// 50; at least one endpoint may be, and never the last).
     pub fn max_ejected_percent(mut self, percent: u32) -> Self {
-        self.settings.max_ejected_percent = percent;
+        self.common.settings.max_ejected_percent = percent;
         self
     }
 
@@ -212,43 +217,46 @@ impl<C> EjectionLayerBuilder<C> {
     /// with at least `min_calls` calls in the interval (default 100), when
     /// at least `min_endpoints` have them (default 5).
     pub fn interval(mut self, interval: Duration, min_calls: u32, min_endpoints: u32) -> Self {
-        self.settings.interval = interval;
-        self.settings.success_rate_volume = min_calls;
-        self.settings.success_rate_min_hosts = min_endpoints;
+        self.common.settings.interval = interval;
+        self.common.settings.success_rate_volume = min_calls;
+        self.common.settings.success_rate_min_hosts = min_endpoints;
         self
     }
 
     /// An endpoint whose success rate is more than `factor` standard
     /// deviations below the set's mean is ejected (default 1.9, Envoy's).
     pub fn success_rate_stdev_factor(mut self, factor: f64) -> Self {
-        self.settings.success_rate_stdev_factor = factor;
+        self.common.settings.success_rate_stdev_factor = factor;
         self
     }
 
     /// An endpoint whose mean latency is above `factor` times the median of
     /// the set's is ejected (default 5; `None` turns it off).
     pub fn latency_factor(mut self, factor: Option<f64>) -> Self {
-        self.settings.latency_factor = factor;
+        self.common.settings.latency_factor = factor;
         self
     }
 
     #[cfg(feature = "serde")]
     pub(crate) fn ejection_times(&self) -> (Duration, Duration) {
-        (self.settings.base_ejection, self.settings.max_ejection)
+        (
+            self.common.settings.base_ejection,
+            self.common.settings.max_ejection,
+        )
     }
 
     #[cfg(feature = "serde")]
     pub(crate) fn intervals(&self) -> (Duration, u32, u32) {
         (
-            self.settings.interval,
-            self.settings.success_rate_volume,
-            self.settings.success_rate_min_hosts,
+            self.common.settings.interval,
+            self.common.settings.success_rate_volume,
+            self.common.settings.success_rate_min_hosts,
         )
     }
 
     /// The most endpoints watched (default 256).
     pub fn max_endpoints(mut self, n: usize) -> Self {
-        self.max_endpoints = n;
+        self.common.max_endpoints = n;
         self
     }
 
@@ -260,7 +268,7 @@ impl<C> EjectionLayerBuilder<C> {
     /// zero, the percentage is above 100, the latency factor is not above
     /// 1, or the stdev factor is negative.
     pub fn build(self) -> Result<EjectionLayer<C>, ConfigError> {
-        let s = self.settings;
+        let s = self.common.settings;
         let err = |m: String| Err(ConfigError::new("ejection", m));
         if s.consecutive_failures == 0 {
             return err("consecutive_failures must be at least 1".into());
@@ -292,14 +300,19 @@ impl<C> EjectionLayerBuilder<C> {
                 s.success_rate_stdev_factor
             ));
         }
-        if self.max_endpoints == 0 {
+        if self.common.max_endpoints == 0 {
             return err("max_endpoints must be at least 1".into());
         }
         Ok(EjectionLayer {
             shared: Arc::new(Shared {
-                registry: Registry::new(self.name, self.observer, s, self.max_endpoints),
+                registry: Registry::new(
+                    self.common.name,
+                    self.common.observer,
+                    s,
+                    self.common.max_endpoints,
+                ),
                 classifier: self.classifier,
-                count_overload: self.count_overload,
+                count_overload: self.common.count_overload,
             }),
         })
     }

@@ -83,9 +83,7 @@ where
 
     fn call(&mut self, req: Req) -> Self::Future {
         let memo = self.shared.policy.memo(&req);
-        let deadline = crate::deadline::current()
-            .map(|d| d.min_opt(req.deadline()))
-            .or(req.deadline());
+        let deadline = crate::deadline::of(&req);
         ResponseFuture {
             state: State::Calling {
                 future: self.inner.call(req),

@@ -273,12 +273,7 @@ where
     }
 }
 
-/// Whether trailers carry a `grpc-status` other than `0` (`OK`).
-fn is_failure(trailers: &http::HeaderMap) -> bool {
-    trailers
-        .get(Status::GRPC_STATUS)
-        .is_some_and(|v| v.as_bytes() != b"0")
-}
+use crate::http::failed_grpc_status as is_failure;
 
 pin_project! {
     /// A body whose first frame was read ahead: that frame, then the rest.

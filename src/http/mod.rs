@@ -192,6 +192,14 @@ pub(crate) fn hint_plus(hint: http_body::SizeHint, n: usize) -> http_body::SizeH
 #[cfg_attr(not(feature = "deadline"), allow(dead_code))]
 pub(crate) const GRPC_STATUS: &str = "grpc-status";
 
+/// Whether trailers carry a `grpc-status` other than `0` (`OK`).
+#[cfg(any(feature = "tonic", feature = "deadline"))]
+pub(crate) fn failed_grpc_status(trailers: &http::HeaderMap) -> bool {
+    trailers
+        .get(GRPC_STATUS)
+        .is_some_and(|v| v.as_bytes() != b"0")
+}
+
 /// The content type of gRPC answers (`application/grpc`, and its `+proto`
 /// kinds).
 #[cfg_attr(not(any(feature = "deadline", feature = "tonic")), allow(dead_code))]

@@ -252,7 +252,7 @@ where
                         ));
                     }
                     // Time may have passed while waiting for readiness.
-                    if let Some(deadline) = effective(*this.deadline) {
+                    if let Some(deadline) = crate::deadline::earliest(*this.deadline) {
                         let remaining = deadline.remaining();
                         if remaining < shared.min_remaining {
                             if let Some(w) = withdrawal.take() {
@@ -334,7 +334,7 @@ fn plan<P>(
             shared.backoff.next_delay(backoff, rng)
         }
     };
-    if let Some(deadline) = effective(deadline) {
+    if let Some(deadline) = crate::deadline::earliest(deadline) {
         let remaining = deadline.remaining();
         if remaining.is_zero() {
             return Err(GiveUp {
@@ -363,13 +363,6 @@ fn plan<P>(
 /// task-local one) when it was called, or a task-local one set around this
 /// future since, whichever is earlier.
 #[inline]
-fn effective(at_call: Option<Deadline>) -> Option<Deadline> {
-    match (at_call, crate::deadline::current()) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
-}
-
 fn take_last<P, R>(
     last: &mut Option<Result<R, BoxError>>,
     shared: &Shared<P>,

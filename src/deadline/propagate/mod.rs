@@ -97,7 +97,7 @@ pub const DEFAULT_MAX: Duration = Duration::from_secs(30);
 
 /// The `reason` of the [`EventKind::InputIgnored`](crate::observe::EventKind::InputIgnored) event reported when a
 /// header asked for more than the configured maximum and was clamped.
-pub const CLAMPED: &str = "clamped";
+pub(crate) const CLAMPED: &str = "clamped";
 
 /// The header setters both builders share (`grpc-timeout`, the milliseconds
 /// header), read by the ingress, written by the egress.
