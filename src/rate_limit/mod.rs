@@ -69,6 +69,7 @@
 //! ```
 
 pub(crate) mod bounded;
+mod builder;
 #[cfg(test)]
 mod clock;
 mod decorate;
@@ -86,6 +87,10 @@ pub mod headers;
 #[cfg(feature = "redis")]
 mod redis;
 
+pub use self::builder::{
+    DEFAULT_MAX_KEYS, DEFAULT_MIN_SWEEP_INTERVAL, DEFAULT_SWEEP_EVERY, OVERFLOW_NETWORKS,
+    RateLimitLayerBuilder,
+};
 pub use self::decorate::{Decorate, NoHeaders, RateLimitStatus};
 pub use self::future::ResponseFuture;
 #[cfg(feature = "http")]
@@ -93,10 +98,7 @@ pub use self::key::cost_from_extension;
 pub use self::key::{
     Cidr, Cost, Global, Key, KeyExtractor, MAX_KEY_LEN, MissingKey, PeerAddr, Weighted,
 };
-pub use self::layer::{
-    DEFAULT_MAX_KEYS, DEFAULT_MIN_SWEEP_INTERVAL, DEFAULT_SWEEP_EVERY, Fallback, Mode,
-    OVERFLOW_NETWORKS, RateLimitLayer, RateLimitLayerBuilder,
-};
+pub use self::layer::{Fallback, Mode, RateLimitLayer};
 pub use self::quota::Quota;
 pub use self::service::RateLimit;
 

@@ -1,0 +1,171 @@
+//! The protocol presets of both stacks: the HTTP and gRPC client presets,
+//! then the HTTP and gRPC server presets, with the outer parts that name
+//! their services.
+
+use tower::layer::util::Identity;
+use tower_layer::Layer;
+
+use super::client::{ClientStack, ClientStackBuilder, ClientStackService};
+use super::part::part_name;
+use crate::bulkhead::Bulkhead;
+use crate::circuit_breaker::CircuitBreaker;
+use crate::deadline::AttemptTimeoutService;
+use crate::deadline::propagate::{
+    PropagateDeadline, PropagateDeadlineLayer, PropagateDeadlineLayerBuilder,
+};
+use crate::error::Name;
+use crate::hold::BodyEnd;
+use crate::http::HttpStatusClassifier;
+use crate::retry::http::HttpRetry;
+
+/// The service the [HTTP client preset](ClientStack::http) makes around a
+/// client `S` (a hyper client, a `reqwest`-like tower service, …): name it in
+/// a struct field.
+///
+/// ```
+/// use http_body_util::Full;
+/// use bytes::Bytes;
+/// # type HyperClient = tower::util::BoxCloneService<http::Request<Full<Bytes>>, http::Response<String>, std::io::Error>;
+/// struct Inventory {
+///     // `HyperClient` is your client's type, for example
+///     // `hyper_util::client::legacy::Client<HttpConnector, Full<Bytes>>`.
+///     client: seawall::stack::HttpClient<HyperClient>,
+/// }
+/// ```
+///
+/// `H` is the hedge part: [`Identity`](tower::layer::util::Identity) unless
+/// the stack was built with [`hedge`](ClientStackBuilder::hedge)
+/// (`HttpClient<S, HedgeLayer<HttpRetry>>`).
+///
+/// `P` and `C` are the retry policy and the breaker's classifier:
+/// [`HttpRetry`] and [`HttpStatusClassifier`] unless the builder changed them.
+///
+/// A named type (not an alias of the layers inside), so that signatures
+/// and type mismatches say `HttpClient<…>`; it forwards `poll_ready` and
+/// `call` to the [`ClientStackService`] inside unchanged.
+pub struct HttpClient<S, H = Identity, P = HttpRetry, C = HttpStatusClassifier>
+where
+    H: Layer<AtAttempt<PropagateDeadline<S>, C>>,
+{
+    inner: ClientStackService<PropagateDeadline<S>, P, C, BodyEnd, H>,
+}
+
+/// What a client stack's hedge part wraps: the breaker, and below it the
+/// bulkhead and the attempt timeout around `S`, letting go at the body's end.
+type AtAttempt<S, C> = CircuitBreaker<Bulkhead<AttemptTimeoutService<S>, BodyEnd>, C, BodyEnd>;
+
+wrapper_service!(
+    HttpClient<S, H, P, C>,
+    ClientStackService<PropagateDeadline<S>, P, C, BodyEnd, H>,
+    where H: Layer<AtAttempt<PropagateDeadline<S>, C>>,
+);
+
+/// The outermost part of the [HTTP client preset](ClientStack::http): it adds
+/// no layer and names the stack's service [`HttpClient`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HttpOutermost {
+    _private: (),
+}
+
+impl<S, P, C, H> Layer<ClientStackService<PropagateDeadline<S>, P, C, BodyEnd, H>> for HttpOutermost
+where
+    H: Layer<AtAttempt<PropagateDeadline<S>, C>>,
+{
+    type Service = HttpClient<S, H, P, C>;
+
+    fn layer(
+        &self,
+        inner: ClientStackService<PropagateDeadline<S>, P, C, BodyEnd, H>,
+    ) -> Self::Service {
+        HttpClient { inner }
+    }
+}
+
+impl ClientStack {
+    /// The client stack for an HTTP dependency (feature `http`): the
+    /// [generic stack](ClientStack::builder) with what HTTP needs, so that
+    /// a newcomer gets it right with the two budgets alone.
+    ///
+    /// | part | HTTP preset |
+    /// |---|---|
+    /// | breaker classifier | [`HttpStatusClassifier`]: 5xx and 408 fail (a bare 503 too: a proxy with no healthy upstream); 429 and a 503 with `Retry-After` are "busy" (not counted by the breaker); other 4xx ignored; connection errors and attempt timeouts fail; this process's own refusals never count |
+    /// | retry policy | [`HttpRetry`]: only idempotent methods (GET, HEAD, OPTIONS, TRACE, PUT, DELETE) or requests with an `Idempotency-Key`; 5xx (not 501), 408, 429, connection errors, attempt timeouts; `Retry-After` honoured; `x-seawall-attempt` stamped |
+    /// | propagation | each attempt carries its time left as `x-request-timeout-ms` and `grpc-timeout` ([`propagate_deadline`](ClientStackBuilder::propagate_deadline) to change) |
+    /// | the response body | held to the attempt's deadline; the bulkhead permit and the breaker's verdict are held until it ends, fails or is dropped (a body that fails counts as a failure, one dropped half way not at all: see [`hold`](crate::hold)) — read or drop the bodies you get |
+    ///
+    /// Request bodies must be `Clone` to be retried (`Full<Bytes>`,
+    /// `String`, `Empty<Bytes>`, …). For a streaming body, put
+    /// [`ReplayBodyLayer`](crate::retry::http::ReplayBodyLayer) above the
+    /// stack and give the client `ReplayBody<B>` bodies; larger than its limit
+    /// (64 KiB), a request is sent once.
+    ///
+    /// The service is an [`HttpClient<S>`]; errors stay errors (a
+    /// [`BoxError`](crate::BoxError) holding the rejection, with its
+    /// `retry_after`), responses stay responses whatever their status. The
+    /// built layer, to keep in a struct field, is a
+    /// `ClientStackLayer<HttpRetry, HttpStatusClassifier, PropagateDeadlineLayer, HttpOutermost>`.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), seawall::BoxError> {
+    /// use std::time::Duration;
+    /// use seawall::stack::ClientStack;
+    /// use tower::{service_fn, Layer, ServiceExt};
+    ///
+    /// let inventory = ClientStack::http("inventory")
+    ///     .total_budget(Duration::from_secs(2))
+    ///     .attempt_timeout(Duration::from_millis(500))
+    ///     .build()?;
+    /// // Stands in for a hyper client.
+    /// let client = service_fn(|req: http::Request<String>| async move {
+    ///     let status = if req.method() == http::Method::POST { 500 } else { 200 };
+    ///     Ok::<_, seawall::BoxError>(http::Response::builder().status(status).body(String::new())?)
+    /// });
+    /// let svc = inventory.layer(client);
+    /// let post = http::Request::post("/orders").body(String::from("{}"))?;
+    /// // A 500 comes back as a response, and a POST is never retried.
+    /// assert_eq!(svc.clone().oneshot(post).await?.status(), 500);
+    /// assert_eq!(inventory.breaker_handle().metrics().failures, 1);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn http(
+        name: impl Into<Name>,
+    ) -> ClientStackBuilder<
+        HttpRetry,
+        HttpStatusClassifier,
+        PropagateDeadlineLayerBuilder,
+        HttpOutermost,
+    > {
+        let name = name.into();
+        let propagate = PropagateDeadlineLayer::builder().name(part_name(&name, "propagate"));
+        ClientStack::builder(name)
+            .retry(|r| r.policy(HttpRetry::new()))
+            .breaker(|b| b.classifier(HttpStatusClassifier::new()))
+            .with_innermost(propagate)
+            .with_outermost(HttpOutermost::default())
+    }
+}
+
+impl<P, C, O, H> ClientStackBuilder<P, C, PropagateDeadlineLayerBuilder, O, H> {
+    /// Configures the deadline propagation of this stack (`|p| p.no_ms_header()`
+    /// for a gRPC backend, `|p| p.grpc_timeout(false)` for a plain HTTP one).
+    pub fn propagate_deadline(
+        self,
+        f: impl FnOnce(PropagateDeadlineLayerBuilder) -> PropagateDeadlineLayerBuilder,
+    ) -> Self {
+        self.map_innermost(f)
+    }
+}
+
+#[cfg(feature = "tonic")]
+pub use self::grpc::{GrpcClient, GrpcOutermost, GrpcTransportPart};
+
+#[cfg(feature = "tonic")]
+mod grpc;
+
+#[cfg(feature = "tonic")]
+pub use self::server::{GrpcIngress, GrpcIngressLayer, GrpcServer};
+pub use self::server::{HttpIngress, HttpIngressLayer, HttpServer};
+
+mod server;
