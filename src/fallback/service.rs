@@ -242,3 +242,35 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::classify::ErrorsAsFailures;
+    use crate::error::{BoxError, BulkheadFull, DeadlineExceeded, Overloaded};
+
+    fn reason(outcome: Result<&u32, &BoxError>) -> Option<FallbackReason> {
+        reason_of(&ErrorsAsFailures, outcome)
+    }
+
+    #[test]
+    fn each_ending_gets_its_reason_and_a_success_none() {
+        assert_eq!(reason(Ok(&1)), None);
+        let refused: BoxError = BulkheadFull::new("b", None).into();
+        assert_eq!(reason(Err(&refused)), Some(FallbackReason::Refused));
+        let busy: BoxError = Overloaded::new("remote", None).into();
+        assert_eq!(reason(Err(&busy)), Some(FallbackReason::Overloaded));
+        let failed: BoxError = "connection reset".into();
+        assert_eq!(reason(Err(&failed)), Some(FallbackReason::Failure));
+    }
+
+    #[test]
+    fn a_deadline_is_its_own_reason_wherever_it_was_refused() {
+        // Refused before sending (a local refusal) or cut in flight: both
+        // are the deadline, not a refusal or a failure.
+        let before: BoxError = DeadlineExceeded::before_sending("d").into();
+        let cut: BoxError = DeadlineExceeded::new("d").into();
+        assert_eq!(reason(Err(&before)), Some(FallbackReason::Deadline));
+        assert_eq!(reason(Err(&cut)), Some(FallbackReason::Deadline));
+    }
+}

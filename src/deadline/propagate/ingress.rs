@@ -411,3 +411,90 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::observe::Recorder;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    /// What `layer` reads from a request carrying `headers`.
+    fn read(
+        layer: &DeadlineFromHeadersLayer,
+        headers: &[(&'static str, &'static str)],
+    ) -> Result<Option<Duration>, InvalidTimeout> {
+        let mut req = http::Request::new(());
+        for (name, value) in headers {
+            req.headers_mut()
+                .insert(*name, http::HeaderValue::from_static(value));
+        }
+        layer.cfg.read(&req)
+    }
+
+    fn ignored(rec: &Recorder, input: &'static str, reason: &'static str) -> usize {
+        rec.count(|e| e.kind == EventKind::InputIgnored { input, reason })
+    }
+
+    #[test]
+    fn the_smaller_header_wins_and_a_larger_than_max_one_is_clamped() {
+        let rec = Recorder::new();
+        let layer = DeadlineFromHeadersLayer::builder()
+            .max(Duration::from_secs(10))
+            .observer(rec.clone())
+            .build()
+            .unwrap();
+        let both = |grpc, ms| read(&layer, &[(GRPC_TIMEOUT, grpc), (DEFAULT_MS_HEADER, ms)]);
+        assert_eq!(both("2S", "1500"), Ok(Some(1500 * MS)));
+        assert_eq!(both("1S", "1500"), Ok(Some(1000 * MS)));
+        assert_eq!(read(&layer, &[]), Ok(None));
+        assert_eq!(read(&layer, &[(GRPC_TIMEOUT, "1M")]), Ok(Some(10_000 * MS)));
+        assert_eq!(ignored(&rec, GRPC_TIMEOUT, CLAMPED), 1);
+    }
+
+    #[test]
+    fn an_unreadable_header_is_ignored_with_an_event_or_refused() {
+        let rec = Recorder::new();
+        let lenient = DeadlineFromHeadersLayer::builder()
+            .observer(rec.clone())
+            .build()
+            .unwrap();
+        let headers = [(GRPC_TIMEOUT, "5s"), (DEFAULT_MS_HEADER, "700")];
+        assert_eq!(read(&lenient, &headers), Ok(Some(700 * MS)));
+        assert_eq!(ignored(&rec, GRPC_TIMEOUT, "bad_unit"), 1);
+
+        let strict = DeadlineFromHeadersLayer::builder()
+            .on_invalid(OnInvalid::Reject)
+            .build()
+            .unwrap();
+        let err = read(&strict, &headers).unwrap_err();
+        assert_eq!(
+            (err.input(), err.reason()),
+            (GRPC_TIMEOUT, ParseTimeoutError::BadUnit)
+        );
+        assert_eq!(
+            read(&strict, &[(DEFAULT_MS_HEADER, "700")]),
+            Ok(Some(700 * MS))
+        );
+    }
+
+    #[test]
+    fn a_header_switched_off_is_not_read() {
+        let no_grpc = DeadlineFromHeadersLayer::builder()
+            .grpc_timeout(false)
+            .build()
+            .unwrap();
+        assert_eq!(read(&no_grpc, &[(GRPC_TIMEOUT, "1S")]), Ok(None));
+        let no_ms = DeadlineFromHeadersLayer::builder()
+            .no_ms_header()
+            .build()
+            .unwrap();
+        assert_eq!(read(&no_ms, &[(DEFAULT_MS_HEADER, "700")]), Ok(None));
+        let own = DeadlineFromHeadersLayer::builder()
+            .ms_header("x-budget-ms")
+            .build()
+            .unwrap();
+        assert_eq!(read(&own, &[("x-budget-ms", "250")]), Ok(Some(250 * MS)));
+        assert_eq!(read(&own, &[(DEFAULT_MS_HEADER, "700")]), Ok(None));
+    }
+}
