@@ -148,7 +148,7 @@ impl Jitter {
 
 /// 2⁶⁴ divided by the golden ratio: splitmix64's increment.
 #[cfg(any(feature = "bulkhead", feature = "retry"))]
-const GOLDEN: u64 = 0x9e37_79b9_7f4a_7c15;
+pub(crate) const GOLDEN: u64 = 0x9e37_79b9_7f4a_7c15;
 
 /// The splitmix64 finaliser: a well-mixed 64-bit hash of `z + golden ratio`.
 #[cfg(any(feature = "bulkhead", feature = "retry"))]

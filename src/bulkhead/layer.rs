@@ -67,15 +67,8 @@ impl<M> BulkheadLayer<M> {
         self.hold_until()
     }
 
-    #[cfg_attr(
-        not(all(
-            feature = "deadline",
-            feature = "retry",
-            feature = "circuit-breaker",
-            feature = "shed"
-        )),
-        allow(dead_code)
-    )]
+    // For the stacks (a build without them does not call it).
+    #[allow(dead_code)]
     pub(crate) fn hold_until<M2>(self) -> BulkheadLayer<M2> {
         BulkheadLayer {
             engine: self.engine,

@@ -16,7 +16,7 @@ use crate::hold::BodyEnd;
 use crate::hold::Head;
 use crate::observe::Observer;
 
-const KIND: &str = "circuit_breaker";
+pub(crate) const KIND: &str = "circuit_breaker";
 
 /// The longest open time accepted (about 30 years).
 pub(crate) const MAX_OPEN: Duration = crate::deadline::MAX_BUDGET;
@@ -91,15 +91,8 @@ impl<C, M> CircuitBreakerLayer<C, M> {
         self.hold_until()
     }
 
-    #[cfg_attr(
-        not(all(
-            feature = "deadline",
-            feature = "retry",
-            feature = "circuit-breaker",
-            feature = "shed"
-        )),
-        allow(dead_code)
-    )]
+    // For the stacks (a build without them does not call it).
+    #[allow(dead_code)]
     pub(crate) fn hold_until<M2>(self) -> CircuitBreakerLayer<C, M2> {
         CircuitBreakerLayer {
             shared: self.shared,

@@ -186,7 +186,7 @@ impl BreakerTuning {
     /// The one rule for these settings: the builder's and a retune's.
     pub(crate) fn check(&self, rate_trips: bool) -> Result<(), crate::error::ConfigError> {
         use self::layer::MAX_OPEN;
-        let err = |m: String| Err(crate::error::ConfigError::new("circuit_breaker", m));
+        let err = |m: String| Err(crate::error::ConfigError::new(self::layer::KIND, m));
         for (setting, t) in [
             ("failure_rate_threshold", self.failure_rate_threshold),
             ("slow_call_rate_threshold", self.slow_call_rate_threshold),

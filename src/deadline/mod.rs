@@ -281,7 +281,10 @@ pub fn remaining() -> Option<Duration> {
 }
 
 /// Runs `fut` with `deadline` as the [`current()`] deadline.
-pub fn scope<F: std::future::Future>(deadline: Deadline, fut: F) -> Scoped<F> {
+pub fn scope<F: std::future::Future>(
+    deadline: Deadline,
+    fut: F,
+) -> crate::local::Scoped<Deadline, F> {
     crate::local::Scoped::new(&CURRENT, deadline, fut)
 }
 
@@ -290,9 +293,6 @@ pub fn scope<F: std::future::Future>(deadline: Deadline, fut: F) -> Scoped<F> {
 pub fn sync_scope<R>(deadline: Deadline, f: impl FnOnce() -> R) -> R {
     crate::local::sync_scope(&CURRENT, deadline, f)
 }
-
-/// A future running with a [`current()`] deadline; returned by [`scope`].
-pub type Scoped<F> = crate::local::Scoped<Deadline, F>;
 
 /// A request that can carry its own [`Deadline`].
 ///

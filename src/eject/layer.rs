@@ -46,6 +46,17 @@ pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
 /// The most endpoints one layer watches: 256 (more are served, never
 /// ejected, and reported once).
 pub const DEFAULT_MAX_ENDPOINTS: usize = 256;
+/// Endpoints with enough calls an interval needs before success-rate
+/// outliers are looked for: 5 (Envoy's).
+pub const DEFAULT_SUCCESS_RATE_MIN_HOSTS: u32 = 5;
+/// Calls an endpoint needs in an interval to count for the success rate:
+/// 100 (Envoy's).
+pub const DEFAULT_SUCCESS_RATE_VOLUME: u32 = 100;
+/// How far below the set's mean success rate an outlier is, in standard
+/// deviations: 1.9 (Envoy's).
+pub const DEFAULT_SUCCESS_RATE_STDEV_FACTOR: f64 = 1.9;
+/// How many times the set's median latency makes a latency outlier: 5.
+pub const DEFAULT_LATENCY_FACTOR: f64 = 5.0;
 
 pub(crate) struct Shared<C> {
     pub(crate) registry: Registry,
@@ -109,10 +120,10 @@ impl EjectionLayer<ErrorsAsFailures> {
                     max_ejection: DEFAULT_MAX_EJECTION,
                     max_ejected_percent: DEFAULT_MAX_EJECTED_PERCENT,
                     interval: DEFAULT_INTERVAL,
-                    success_rate_min_hosts: 5,
-                    success_rate_volume: 100,
-                    success_rate_stdev_factor: 1.9,
-                    latency_factor: Some(5.0),
+                    success_rate_min_hosts: DEFAULT_SUCCESS_RATE_MIN_HOSTS,
+                    success_rate_volume: DEFAULT_SUCCESS_RATE_VOLUME,
+                    success_rate_stdev_factor: DEFAULT_SUCCESS_RATE_STDEV_FACTOR,
+                    latency_factor: Some(DEFAULT_LATENCY_FACTOR),
                 },
             },
         }

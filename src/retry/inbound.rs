@@ -37,7 +37,7 @@ pub fn inbound_attempt() -> Option<u32> {
 
 /// Runs `fut` as the handling of an inbound request that arrived as attempt
 /// `attempt` (1-based).
-pub fn scope_inbound_attempt<F: Future>(attempt: u32, fut: F) -> InboundScoped<F> {
+pub fn scope_inbound_attempt<F: Future>(attempt: u32, fut: F) -> crate::local::Scoped<u32, F> {
     crate::local::Scoped::new(&INBOUND_ATTEMPT, attempt, fut)
 }
 
@@ -46,9 +46,6 @@ pub fn scope_inbound_attempt<F: Future>(attempt: u32, fut: F) -> InboundScoped<F
 pub fn sync_scope_inbound_attempt<R>(attempt: u32, f: impl FnOnce() -> R) -> R {
     crate::local::sync_scope(&INBOUND_ATTEMPT, attempt, f)
 }
-
-/// A future running with an [`inbound_attempt`]; returned by [`scope_inbound_attempt`].
-pub type InboundScoped<F> = crate::local::Scoped<u32, F>;
 
 #[inline]
 fn inbound_is_retry() -> bool {

@@ -63,7 +63,7 @@ impl rand::RngCore for SessionRng {
 
     #[inline]
     fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        self.0 = self.0.wrapping_add(crate::clock::GOLDEN);
         crate::clock::splitmix64(self.0)
     }
 
@@ -202,7 +202,7 @@ impl RetryLayerBuilder<RetryErrors> {
             settings: RetryLayerBuilderSettings {
                 name: Name::from("retry"),
                 observer: Observer::default(),
-                max_attempts: 3,
+                max_attempts: DEFAULT_MAX_ATTEMPTS,
                 base: backoff.base(),
                 cap: backoff.cap(),
                 jitter: backoff.jitter(),
@@ -226,6 +226,9 @@ pub const DEFAULT_MIN_REMAINING: Duration = Duration::from_millis(10);
 pub const DEFAULT_MAX_RETRY_AFTER: Duration = Duration::from_secs(10);
 /// The largest `max_attempts` accepted.
 pub const MAX_ATTEMPTS_LIMIT: u32 = 100;
+/// Default [`RetryLayerBuilder::max_attempts`]: 3 (the first and two
+/// retries; gRPC's and Polly's).
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 
 impl<P> RetryLayerBuilder<P> {
     crate::observe::name_and_observer!(

@@ -120,12 +120,10 @@ pub mod http;
 pub use self::backoff::{Backoff, BackoffState, Delays, Jitter};
 pub use self::budget::{BudgetSnapshot, RequestTicket, RetryBudget, Withdrawal};
 pub use self::future::ResponseFuture;
-pub use self::inbound::{
-    InboundScoped, inbound_attempt, scope_inbound_attempt, sync_scope_inbound_attempt,
-};
+pub use self::inbound::{inbound_attempt, scope_inbound_attempt, sync_scope_inbound_attempt};
 pub use self::layer::{
-    DEFAULT_MAX_RETRY_AFTER, DEFAULT_MIN_REMAINING, MAX_ATTEMPTS_LIMIT, RetryLayer,
-    RetryLayerBuilder,
+    DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_RETRY_AFTER, DEFAULT_MIN_REMAINING, MAX_ATTEMPTS_LIMIT,
+    RetryLayer, RetryLayerBuilder,
 };
 pub use self::policy::{PolicyFn, RetryErrors, RetryPolicy, Verdict, classify_error, policy_fn};
 pub use self::service::Retry;

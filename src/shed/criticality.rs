@@ -134,7 +134,10 @@ pub fn current() -> Option<Criticality> {
 }
 
 /// Runs `fut` with `criticality` as the [`current()`] one.
-pub fn scope<F: std::future::Future>(criticality: Criticality, fut: F) -> Scoped<F> {
+pub fn scope<F: std::future::Future>(
+    criticality: Criticality,
+    fut: F,
+) -> crate::local::Scoped<Criticality, F> {
     crate::local::Scoped::new(&CURRENT, criticality, fut)
 }
 
@@ -142,9 +145,6 @@ pub fn scope<F: std::future::Future>(criticality: Criticality, fut: F) -> Scoped
 pub fn sync_scope<R>(criticality: Criticality, f: impl FnOnce() -> R) -> R {
     crate::local::sync_scope(&CURRENT, criticality, f)
 }
-
-/// A future running with a [`current()`] criticality; returned by [`scope`].
-pub type Scoped<F> = crate::local::Scoped<Criticality, F>;
 
 /// Finds the criticality of a request.
 pub trait CriticalityOf<Req>: Send + Sync + 'static {

@@ -70,15 +70,8 @@ impl<P, M> AdaptiveLimitLayer<P, M> {
         self.hold_until()
     }
 
-    #[cfg_attr(
-        not(all(
-            feature = "deadline",
-            feature = "retry",
-            feature = "circuit-breaker",
-            feature = "shed"
-        )),
-        allow(dead_code)
-    )]
+    // For the stacks (a build without them does not call it).
+    #[allow(dead_code)]
     pub(crate) fn hold_until<M2>(self) -> AdaptiveLimitLayer<P, M2> {
         AdaptiveLimitLayer {
             limiter: self.limiter,

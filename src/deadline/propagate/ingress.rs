@@ -19,8 +19,9 @@ use crate::clock;
 use crate::deadline::layer::Shared;
 use crate::deadline::service::{EXPIRED_ON_ARRIVAL, reject_deadline};
 use crate::deadline::wire::{ParseTimeoutError, parse_grpc_timeout, parse_timeout_ms};
-use crate::deadline::{Deadline, HasDeadline, Scoped};
+use crate::deadline::{Deadline, HasDeadline};
 use crate::error::{BoxError, ConfigError, Name};
+use crate::local::Scoped;
 use crate::observe::{EventKind, LayerKind, Observer};
 
 struct IngressConfig {
@@ -373,7 +374,7 @@ pin_project! {
     enum IngressState<F> {
         Scoped {
             #[pin]
-            inner: Scoped<F>,
+            inner: Scoped<Deadline, F>,
         },
         Plain { #[pin] inner: F },
         Rejected { error: Option<BoxError> },

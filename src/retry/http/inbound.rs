@@ -5,8 +5,9 @@ use http::Request;
 use tower_layer::Layer;
 use tower_service::Service;
 
+use crate::local::Scoped;
 use crate::retry::ATTEMPT_HEADER;
-use crate::retry::inbound::{InboundScoped, scope_inbound_attempt, sync_scope_inbound_attempt};
+use crate::retry::inbound::{scope_inbound_attempt, sync_scope_inbound_attempt};
 
 /// The attempt number an inbound request arrived as, recorded in its
 /// extensions by [`MarkInboundAttemptLayer`] when it is a retry (above 1);
@@ -71,7 +72,7 @@ where
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = InboundScoped<S::Future>;
+    type Future = Scoped<u32, S::Future>;
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
