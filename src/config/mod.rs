@@ -39,6 +39,14 @@
 //! (`ClientStack::http("payments").configure(config.client_settings("payments")?).hedge(|h| h).build()`).
 //! `examples/seawall.toml` is a whole file; `tests/config` loads it.
 //!
+//! The settings structs are `#[non_exhaustive]` (a new setting will not
+//! break your code): read them from a file, or in code start from
+//! `Default::default()` and set the fields you want
+//! (`let mut s = ClientSettings::default(); s.total_budget = Some(..);`); a
+//! [`Rate`] is parsed from its text (`"100/s".parse::<Rate>()?`). In code,
+//! the builders say the same more directly; the settings are for files and
+//! reloads.
+//!
 //! A layer used on its own reads its section the same way: each builder has
 //! a `configure` taking its settings ([`RetrySettings`],
 //! [`BreakerSettings`], [`BulkheadSettings`], [`LimitSettings`],
@@ -399,6 +407,28 @@ impl<'de> Deserialize<'de> for Rate {
             }
         }
         d.deserialize_any(V)
+    }
+}
+
+impl std::str::FromStr for Rate {
+    type Err = ConfigError;
+
+    /// A rate as a file writes it: `"100/s"`, `"6000/min"`, `"10/100ms"`
+    /// (the burst is the count).
+    ///
+    /// ```
+    /// let rate: seawall::config::Rate = "100/s".parse()?;
+    /// # let _ = rate;
+    /// # Ok::<(), seawall::ConfigError>(())
+    /// ```
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match parse_rate(s) {
+            Some(rate) => Ok(Rate { rate, burst: None }),
+            None => Err(ConfigError::new(
+                "rate_limit",
+                format!("{s:?} is not a rate such as \"100/s\", \"6000/min\" or \"10/100ms\""),
+            )),
+        }
     }
 }
 

@@ -17,7 +17,9 @@ use crate::deadline::{AttemptTimeoutLayer, AttemptTimeoutService, DeadlineLayer,
 use crate::error::{ConfigError, Name};
 use crate::hold::Head;
 use crate::observe::Observer;
-use crate::retry::{BackoffState, Retry, RetryBudget, RetryErrors, RetryLayer, RetryLayerBuilder};
+use crate::retry::{
+    Backoff, BackoffState, Retry, RetryBudget, RetryErrors, RetryLayer, RetryLayerBuilder,
+};
 
 const KIND: &str = "client_stack";
 
@@ -544,36 +546,17 @@ impl<P, C, L, O, H> ClientStackBuilder<P, C, L, O, H> {
             bulkhead = bulkhead.observer(o.clone());
         }
         let retry = retry.build()?;
-        if retry.max_attempts() >= 2 {
-            let (_, first) = retry.backoff().bounds(&BackoffState::new());
-            let min_remaining = retry.min_remaining();
-            if per_try.saturating_add(first).saturating_add(min_remaining) > total {
-                return Err(ConfigError::new(
-                    KIND,
-                    format!(
-                        "retry schedule does not fit total_budget ({total:?}): attempt_timeout \
-                         ({per_try:?}) + the longest first backoff ({first:?}) + the retry's \
-                         min_remaining ({min_remaining:?}) must be at most total_budget, or a \
-                         request whose first attempt times out may get no second attempt; lower \
-                         them or set max_attempts(1)"
-                    ),
-                ));
-            }
-        }
-        let slow = self
-            .common
-            .slow_call_duration
-            .unwrap_or_else(|| per_try - per_try / 5);
-        if slow >= per_try {
-            return Err(ConfigError::new(
-                KIND,
-                format!(
-                    "slow_call_duration must be below attempt_timeout ({per_try:?}), got \
-                     {slow:?}: a call cannot take longer than its attempt timeout, so the \
-                     slow-call rate could never trip"
-                ),
-            ));
-        }
+        let slow = self.common.slow_call_duration;
+        let slow = check_schedule(
+            Schedule {
+                total,
+                per_try,
+                max_attempts: retry.max_attempts(),
+                backoff: retry.backoff(),
+                min_remaining: retry.min_remaining(),
+            },
+            slow,
+        )?;
         let mut breaker = self.breaker.slow_call_duration(slow);
         if let Some(o) = obs {
             breaker = breaker.observer(o.clone());
@@ -679,4 +662,60 @@ impl<P, C, O, H> ClientStackBuilder<P, C, Skip, O, H> {
         );
         self.with_innermost(part)
     }
+}
+
+/// The durations a client stack's timing rules judge.
+pub(crate) struct Schedule {
+    pub(crate) total: Duration,
+    pub(crate) per_try: Duration,
+    pub(crate) max_attempts: u32,
+    pub(crate) backoff: Backoff,
+    pub(crate) min_remaining: Duration,
+}
+
+/// The timing rules of a client stack (see the [module docs](super)), at
+/// build and at reload: the attempt timeout within the total budget, room
+/// for a second attempt, and a slow-call duration below the attempt timeout.
+/// Returns the slow-call duration (`slow`, or 80 % of the attempt timeout).
+pub(crate) fn check_schedule(s: Schedule, slow: Option<Duration>) -> Result<Duration, ConfigError> {
+    let Schedule {
+        total,
+        per_try,
+        max_attempts,
+        backoff,
+        min_remaining,
+    } = s;
+    if per_try > total {
+        return Err(ConfigError::new(
+            KIND,
+            format!("attempt_timeout must be at most total_budget ({total:?}), got {per_try:?}"),
+        ));
+    }
+    if max_attempts >= 2 {
+        let (_, first) = backoff.bounds(&BackoffState::new());
+        if per_try.saturating_add(first).saturating_add(min_remaining) > total {
+            return Err(ConfigError::new(
+                KIND,
+                format!(
+                    "retry schedule does not fit total_budget ({total:?}): attempt_timeout \
+                     ({per_try:?}) + the longest first backoff ({first:?}) + the retry's \
+                     min_remaining ({min_remaining:?}) must be at most total_budget, or a \
+                     request whose first attempt times out may get no second attempt; lower \
+                     them or set max_attempts(1)"
+                ),
+            ));
+        }
+    }
+    let slow = slow.unwrap_or_else(|| per_try - per_try / 5);
+    if slow >= per_try {
+        return Err(ConfigError::new(
+            KIND,
+            format!(
+                "slow_call_duration must be below attempt_timeout ({per_try:?}), got \
+                 {slow:?}: a call cannot take longer than its attempt timeout, so the \
+                 slow-call rate could never trip"
+            ),
+        ));
+    }
+    Ok(slow)
 }

@@ -289,7 +289,12 @@ impl<P, C: Send + Sync + 'static, L, O, H> ClientStackLayer<P, C, L, O, H> {
     /// keep their permits) and the retry budget's shares and floor (its
     /// window and counts kept). Other settings of the section (time
     /// budgets, attempts, backoff) take effect when the stack is built
-    /// again. All or nothing: a refused value changes nothing, and the error
+    /// again, and are checked now as that build will check them (the
+    /// attempt timeout within the total budget, room for a retry): a
+    /// section that reloads is a section that builds. A setting absent from
+    /// the section keeps its current value (not the default: reloading a
+    /// file from which a line was removed leaves that setting as it is).
+    /// All or nothing: a refused value changes nothing, and the error
     /// names the layer instance and the setting (`payments.breaker:
     /// failure_rate_threshold …`).
     ///
@@ -313,6 +318,30 @@ impl<P, C: Send + Sync + 'static, L, O, H> ClientStackLayer<P, C, L, O, H> {
     ///
     /// A [`ConfigError`] naming the refused setting; nothing is changed.
     pub fn reload(&self, s: &ClientSettings) -> Result<(), ConfigError> {
+        // The settings that take effect at the next build are checked now, as
+        // that build will check them: a file that reloads is a file that builds.
+        let retry = self.retry();
+        let running = retry.backoff();
+        let backoff = match (s.retry.backoff_base, s.retry.backoff_cap) {
+            (None, None) => running,
+            (base, cap) => crate::retry::Backoff::new(
+                base.unwrap_or(running.base()),
+                cap.unwrap_or(running.cap()),
+            )?
+            .with_jitter(running.jitter()),
+        };
+        super::client::check_schedule(
+            super::client::Schedule {
+                total: s.total_budget.unwrap_or(self.deadline().budget()),
+                per_try: s
+                    .attempt_timeout
+                    .unwrap_or(self.attempt_timeout().per_try()),
+                max_attempts: s.retry.max_attempts.unwrap_or(retry.max_attempts()),
+                backoff,
+                min_remaining: retry.min_remaining(),
+            },
+            s.slow_call_duration,
+        )?;
         let breaker = self.breaker_handle();
         let t = s.breaker.tune(breaker.tuning());
         check_limit(self.bulkhead_handle().name(), s.bulkhead.max_concurrent)?;
@@ -348,8 +377,10 @@ impl<O, R: RateLimitReload, P, I> ServerStackLayer<O, R, P, I> {
     /// flight keep their permits) and the rate limit's quota (every bucket keeps what it
     /// owes, within the new burst: see
     /// [`RateLimitLayer::set_quota`](crate::rate_limit::RateLimitLayer::set_quota)).
-    /// Other settings take effect when the stack is built again. All or
-    /// nothing: a refused value changes nothing, and the error says which.
+    /// Other settings take effect when the stack is built again. A setting
+    /// absent from the section keeps its current value (not the default).
+    /// All or nothing: a refused value changes nothing, and the error says
+    /// which.
     ///
     /// # Errors
     ///

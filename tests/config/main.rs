@@ -681,6 +681,75 @@ async fn each_layer_reads_its_own_section() {
     assert_eq!(eject.ejected(), 1);
 }
 
+/// A reload checks the settings that take effect at the next build as that
+/// build will: a section it takes is a section that builds.
+#[tokio::test(start_paused = true)]
+async fn a_reload_refuses_a_section_its_next_build_would_refuse() {
+    let c = example();
+    let payments = c.client("payments").unwrap();
+    let before = payments.bulkhead_handle().max_concurrent();
+    let reload = |toml_text: &str| {
+        let cfg: ServiceConfig = toml::from_str(toml_text).unwrap();
+        let section = cfg.client_settings("payments").unwrap().clone();
+        let at_reload = payments.reload(&section).map_err(|e| e.to_string());
+        let at_build = cfg
+            .build_client("payments", ClientStack::builder("payments"))
+            .map(|_| ())
+            .map_err(|e| e.to_string());
+        (at_reload, at_build)
+    };
+    // The attempt timeout above the total budget: refused by both, and the
+    // reload changes nothing else in the section.
+    let (at_reload, at_build) = reload(
+        r#"
+        [clients.payments]
+        total_budget = "1s"
+        attempt_timeout = "2s"
+        bulkhead = { max_concurrent = 7 }
+        "#,
+    );
+    let e = at_reload.unwrap_err();
+    assert!(
+        e.contains("attempt_timeout must be at most total_budget (1s), got 2s"),
+        "{e}"
+    );
+    assert!(
+        at_build
+            .unwrap_err()
+            .contains("attempt_timeout must be at most total_budget")
+    );
+    assert_eq!(payments.bulkhead_handle().max_concurrent(), before);
+    // No room for a second attempt: refused by both.
+    let (at_reload, at_build) = reload(
+        r#"
+        [clients.payments]
+        total_budget = "1s"
+        attempt_timeout = "990ms"
+        "#,
+    );
+    assert!(
+        at_reload
+            .unwrap_err()
+            .contains("retry schedule does not fit")
+    );
+    assert!(
+        at_build
+            .unwrap_err()
+            .contains("retry schedule does not fit")
+    );
+    // A section that builds reloads.
+    let (at_reload, at_build) = reload(
+        r#"
+        [clients.payments]
+        total_budget = "2s"
+        attempt_timeout = "500ms"
+        bulkhead = { max_concurrent = 7 }
+        "#,
+    );
+    assert_eq!((at_reload, at_build), (Ok(()), Ok(())));
+    assert_eq!(payments.bulkhead_handle().max_concurrent(), 7);
+}
+
 /// An open time above the default cap (600 s) in a file: the stack built
 /// from it and a stack reloading it take it alike, the cap raised to it.
 #[tokio::test(start_paused = true)]

@@ -145,6 +145,11 @@ ingress_part!(
     /// deadline read from its headers, the inbound attempt marked, then
     /// the generic [`ServerStackService`] with the body held to the
     /// deadline.
+    ///
+    /// Its answers have [`CallBody`](crate::body::CallBody) bodies, which
+    /// `axum::serve` does not take on their own: put the stack on the
+    /// router (`router.layer(stack)`), or an `HttpServer` kept in a field
+    /// back in one (`Router::new().fallback_service(svc)`).
     server HttpServer,
 );
 
