@@ -78,6 +78,122 @@ impl Drop for Edge {
     }
 }
 
+/// Nanoseconds from `earlier` to `later`, negative when `later` comes first
+/// (saturating at ±`i64::MAX`, some 292 years).
+///
+/// The same as `later - earlier` in `std`, without its cost: std's
+/// subtraction is an out-of-line call that normalises through
+/// `Duration` (about 55 instructions, paid on the success path of every
+/// layer that keeps time). An `Instant` hashes as its seconds and
+/// nanoseconds (a `Timespec` on Unix, a `Duration` elsewhere), and its
+/// `Hash` is generic, so reading those two fields through a
+/// [`Hasher`](std::hash::Hasher) is inlined to two loads. Should an
+/// `Instant` ever hash as anything else, std's subtraction is used.
+// Every layer keeps time; a build with no layer feature does not.
+#[allow(dead_code)]
+#[inline]
+pub(crate) fn signed_nanos(earlier: Instant, later: Instant) -> i64 {
+    match (Parts::of(earlier), Parts::of(later)) {
+        (Some(e), Some(l)) => {
+            let nanos = i64::from(l.nanos) - i64::from(e.nanos);
+            match l
+                .secs
+                .checked_sub(e.secs)
+                .and_then(|s| s.checked_mul(1_000_000_000))
+                .and_then(|n| n.checked_add(nanos))
+            {
+                Some(n) => n.max(-i64::MAX),
+                None if l.secs > e.secs => i64::MAX,
+                None => -i64::MAX,
+            }
+        }
+        _ => match later.checked_duration_since(earlier) {
+            Some(d) => i64::try_from(d.as_nanos()).unwrap_or(i64::MAX),
+            None => -i64::try_from((earlier - later).as_nanos()).unwrap_or(i64::MAX),
+        },
+    }
+}
+
+/// Nanoseconds from `earlier` to `later`; 0 when `later` is not after it.
+// Every layer keeps time; a build with no layer feature does not.
+#[allow(dead_code)]
+#[inline]
+pub(crate) fn nanos_between(earlier: Instant, later: Instant) -> u64 {
+    signed_nanos(earlier, later).max(0) as u64
+}
+
+/// Time from `earlier` to `later`; zero when `later` is not after it
+/// (`later.saturating_duration_since(earlier)`, inlined: see
+/// [`signed_nanos`]).
+// Every layer keeps time; a build with no layer feature does not.
+#[allow(dead_code)]
+#[inline]
+pub(crate) fn elapsed(earlier: Instant, later: Instant) -> std::time::Duration {
+    std::time::Duration::from_nanos(nanos_between(earlier, later))
+}
+
+/// An instant's seconds and nanoseconds, as its `Hash` writes them.
+#[allow(dead_code)]
+#[derive(Default)]
+struct Parts {
+    secs: i64,
+    nanos: u32,
+    writes: u8,
+    other: bool,
+}
+
+impl Parts {
+    #[inline]
+    fn of(at: Instant) -> Option<Parts> {
+        use std::hash::Hash;
+        let mut parts = Parts::default();
+        at.hash(&mut parts);
+        (parts.writes == 2 && !parts.other && parts.nanos < 1_000_000_000).then_some(parts)
+    }
+}
+
+impl std::hash::Hasher for Parts {
+    fn finish(&self) -> u64 {
+        0
+    }
+
+    #[inline]
+    fn write(&mut self, _: &[u8]) {
+        self.other = true;
+    }
+
+    #[inline]
+    fn write_i64(&mut self, secs: i64) {
+        self.seconds(Some(secs));
+    }
+
+    #[inline]
+    fn write_u64(&mut self, secs: u64) {
+        self.seconds(i64::try_from(secs).ok());
+    }
+
+    #[inline]
+    fn write_u32(&mut self, nanos: u32) {
+        if self.writes == 1 {
+            self.nanos = nanos;
+        } else {
+            self.other = true;
+        }
+        self.writes = self.writes.saturating_add(1);
+    }
+}
+
+impl Parts {
+    #[inline]
+    fn seconds(&mut self, secs: Option<i64>) {
+        match (self.writes, secs) {
+            (0, Some(secs)) => self.secs = secs,
+            _ => self.other = true,
+        }
+        self.writes = self.writes.saturating_add(1);
+    }
+}
+
 /// `d` in whole seconds, rounded **up** (400 ms → 1, 2 s → 2, 2.001 s → 3,
 /// 0 → 0): what `Retry-After` and the `RateLimit` fields advertise, so a client
 /// never comes back early.
@@ -157,6 +273,41 @@ pub(crate) fn splitmix64(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)
+}
+
+#[cfg(test)]
+mod subtraction_tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn an_instant_reads_as_its_seconds_and_nanoseconds() {
+        assert!(Parts::of(Instant::now()).is_some());
+    }
+
+    #[test]
+    fn differences_match_std_on_both_sides_and_across_second_borrows() {
+        let base = Instant::now();
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut offsets = vec![0u64, 1, 999_999_999, 1_000_000_000, 1_000_000_001];
+        for _ in 0..2_000 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            // Up to ~3 days, with every nanosecond remainder.
+            offsets.push(seed % 300_000_000_000_000);
+        }
+        for (i, &a) in offsets.iter().enumerate() {
+            let b = offsets[(i * 7 + 3) % offsets.len()];
+            let x = base + Duration::from_nanos(a);
+            let y = base + Duration::from_nanos(b);
+            let expected = i64::try_from(a).unwrap() - i64::try_from(b).unwrap();
+            assert_eq!(signed_nanos(y, x), expected, "{a} - {b}");
+            assert_eq!(elapsed(y, x), x.saturating_duration_since(y));
+            assert_eq!(nanos_between(y, x), expected.max(0) as u64);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -315,7 +315,7 @@ where
                                 } else {
                                     Outcome::Failure
                                 },
-                                latency: clock::now().saturating_duration_since(start),
+                                latency: crate::clock::elapsed(start, clock::now()),
                             },
                         );
                     }

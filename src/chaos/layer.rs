@@ -34,7 +34,7 @@ impl Shared {
         let elapsed = if self.faults.outages.is_empty() {
             Duration::ZERO
         } else {
-            crate::clock::now().saturating_duration_since(self.created)
+            crate::clock::elapsed(self.created, crate::clock::now())
         };
         self.faults.plan(call, elapsed)
     }

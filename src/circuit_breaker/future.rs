@@ -130,7 +130,7 @@ where
                                 shared: guard.shared.clone(),
                                 permit: guard.permit,
                                 head,
-                                latency: head.saturating_duration_since(guard.start),
+                                latency: crate::clock::elapsed(guard.start, head),
                                 judge: j.0,
                                 done: false,
                             };
@@ -148,7 +148,7 @@ where
                     };
                     if held.is_none() {
                         let now = clock::now();
-                        let latency = now.saturating_duration_since(guard.start);
+                        let latency = crate::clock::elapsed(guard.start, now);
                         finish(&shared.core, guard.permit, latency, outcome, At::Now(now));
                     }
                 }

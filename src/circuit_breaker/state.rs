@@ -433,6 +433,11 @@ impl Core {
     /// Whether these counts open a closed breaker.
     #[inline]
     fn rates_trip(&self, snap: &WindowSnapshot) -> bool {
+        // Both thresholds are above 0: a window with no failure and no slow
+        // call (a healthy service's, on every call) cannot open it.
+        if snap.failures == 0 && snap.slow_calls == 0 {
+            return false;
+        }
         let minimum_calls = self.minimum_calls.load(Ordering::Relaxed);
         let minimum = match self.config.window {
             WindowConfig::Count(n) => minimum_calls.min(n),

@@ -70,10 +70,7 @@ fn rate(part: u64, whole: u64) -> Option<f64> {
 /// layer built before a paused test runtime started, say) stay ordered.
 #[inline]
 pub(crate) fn signed_nanos(origin: Instant, at: Instant) -> i64 {
-    match at.checked_duration_since(origin) {
-        Some(d) => i64::try_from(d.as_nanos()).unwrap_or(i64::MAX),
-        None => -i64::try_from((origin - at).as_nanos()).unwrap_or(i64::MAX),
-    }
+    crate::clock::signed_nanos(origin, at)
 }
 
 /// One outcome, as stored in a slot: bit 0 = a call is recorded, bit 1 =

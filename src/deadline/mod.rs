@@ -214,7 +214,7 @@ impl Deadline {
     /// Time left from `now` until the deadline, zero once it has passed.
     #[inline]
     pub fn remaining_from(self, now: Instant) -> Duration {
-        self.0.saturating_duration_since(now)
+        crate::clock::elapsed(now, self.0)
     }
 
     /// Whether the deadline has passed.

@@ -129,7 +129,7 @@ impl Registry {
 
     #[inline]
     pub(crate) fn nanos(&self, at: Instant) -> u64 {
-        u64::try_from(at.saturating_duration_since(self.origin).as_nanos()).unwrap_or(u64::MAX)
+        crate::clock::nanos_between(self.origin, at)
     }
 
     fn instant(&self, nanos: u64) -> Instant {

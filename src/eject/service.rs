@@ -210,7 +210,7 @@ where
                 shared.registry.record(
                     i,
                     failure,
-                    now.saturating_duration_since(*this.start),
+                    crate::clock::elapsed(*this.start, now),
                     *this.probe,
                     now,
                 );

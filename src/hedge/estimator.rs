@@ -138,7 +138,7 @@ impl LatencyEstimator {
     }
 
     fn nanos(&self, now: Instant) -> u64 {
-        u64::try_from(now.saturating_duration_since(self.origin).as_nanos()).unwrap_or(u64::MAX)
+        crate::clock::nanos_between(self.origin, now)
     }
 }
 

@@ -132,7 +132,7 @@ where
         Verdict::Success => {
             if let Some(estimator) = &shared.estimator {
                 let now = clock::now();
-                estimator.record(now.saturating_duration_since(started), now);
+                estimator.record(crate::clock::elapsed(started, now), now);
             }
             Some(result)
         }
@@ -285,7 +285,7 @@ where
                 shared.name.as_str(),
                 EventKind::HedgeSent {
                     attempt,
-                    delay: now.saturating_duration_since(*this.first_started),
+                    delay: crate::clock::elapsed(*this.first_started, now),
                 },
             );
             let future = service.call(request);

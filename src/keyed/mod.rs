@@ -131,7 +131,7 @@ where
     F: Fn(&Key) -> L,
 {
     fn nanos(&self, now: Instant) -> u64 {
-        u64::try_from(now.saturating_duration_since(self.origin).as_nanos()).unwrap_or(u64::MAX)
+        crate::clock::nanos_between(self.origin, now)
     }
 
     /// The entry of `key`: a map read for a known key; a new instance for a

@@ -106,12 +106,7 @@ impl QuotaCell {
 /// Nanoseconds from `start` to now (one clock read).
 #[inline]
 fn nanos_since(start: Instant) -> u64 {
-    u64::try_from(
-        crate::clock::now()
-            .saturating_duration_since(start)
-            .as_nanos(),
-    )
-    .unwrap_or(u64::MAX)
+    crate::clock::nanos_between(start, crate::clock::now())
 }
 
 /// One GCRA decision on the theoretical arrival time in `cell`

@@ -329,12 +329,7 @@ impl RedisState {
     }
 
     fn now_ns(&self) -> u64 {
-        u64::try_from(
-            crate::clock::now()
-                .saturating_duration_since(self.start)
-                .as_nanos(),
-        )
-        .unwrap_or(u64::MAX)
+        crate::clock::nanos_between(self.start, crate::clock::now())
     }
 
     /// The Redis key of a limit key: `{prefix}:{name}:{kind}:{key}`.

@@ -434,8 +434,7 @@ impl Inner {
     fn epoch(&self, now: Instant) -> u64 {
         // u64 nanoseconds cover 584 years; a u64 division is much cheaper
         // than a u128 one on the per-request path.
-        let since =
-            u64::try_from(now.saturating_duration_since(self.start).as_nanos()).unwrap_or(u64::MAX);
+        let since = crate::clock::nanos_between(self.start, now);
         (since / self.bucket_nanos) & EPOCH_MASK
     }
 

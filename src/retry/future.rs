@@ -178,7 +178,7 @@ where
                             shared.name.as_str(),
                             EventKind::CallFinished {
                                 outcome,
-                                latency: crate::clock::now().saturating_duration_since(started),
+                                latency: crate::clock::elapsed(started, crate::clock::now()),
                             },
                         );
                     }

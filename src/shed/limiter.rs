@@ -217,8 +217,7 @@ impl Limiter {
         if self.idle.load(Ordering::Relaxed) != self.expected_idle.load(Ordering::Relaxed) {
             return false;
         }
-        let now_ns =
-            u64::try_from(now.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX);
+        let now_ns = crate::clock::nanos_between(self.epoch, now);
         let at = self.expected_at_ns.load(Ordering::Relaxed);
         now_ns.saturating_sub(at) < self.window_ns.saturating_mul(2)
     }
@@ -261,8 +260,7 @@ impl Limiter {
 
     /// `idle`: the idle count while the closing call was in flight.
     fn maybe_close_window(&self, now: Instant, idle: u64) {
-        let now_ns =
-            u64::try_from(now.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX);
+        let now_ns = crate::clock::nanos_between(self.epoch, now);
         let start = self.win_start_ns.load(Ordering::Relaxed);
         if now_ns.saturating_sub(start) < self.cur_window_ns.load(Ordering::Relaxed) {
             return;
@@ -423,7 +421,7 @@ impl Permit {
         let idle = limiter.release(self.class);
         self.report(
             completion,
-            now.saturating_duration_since(self.start),
+            crate::clock::elapsed(self.start, now),
             now,
             idle,
         );
@@ -441,7 +439,7 @@ impl Permit {
         let idle = self.limiter.idle.load(Ordering::Relaxed);
         self.report(
             Completion::Sample(Outcome::Success),
-            now.saturating_duration_since(self.start),
+            crate::clock::elapsed(self.start, now),
             now,
             idle,
         );

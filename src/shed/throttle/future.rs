@@ -175,7 +175,7 @@ fn record(shared: &ThrottleShared, start: Instant, outcome: Outcome) {
             shared.name.as_str(),
             EventKind::CallFinished {
                 outcome,
-                latency: crate::clock::now().saturating_duration_since(start),
+                latency: crate::clock::elapsed(start, crate::clock::now()),
             },
         );
     }

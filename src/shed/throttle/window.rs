@@ -75,8 +75,7 @@ impl ThrottleWindow {
     }
 
     fn index_of(&self, at: Instant) -> u64 {
-        u64::try_from(at.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
-            / self.bucket_ns
+        crate::clock::nanos_between(self.epoch, at) / self.bucket_ns
     }
 
     /// Moves the window to `now`, forgetting buckets that left it.
