@@ -13,6 +13,7 @@ use super::backoff::BackoffState;
 use super::budget::{RequestTicket, Withdrawal};
 use super::layer::{SessionRng, Shared};
 use super::policy::{RetryPolicy, Verdict};
+use super::service::Local;
 use crate::deadline::Deadline;
 use crate::error::{BoxError, DeadlineExceeded, RejectionKind};
 use crate::observe::{EventKind, GiveUpReason, LayerKind, Outcome};
@@ -52,7 +53,7 @@ pin_project! {
     {
         #[pin]
         state: State<S::Future, S::Response>,
-        shared: Arc<Shared<P>>,
+        local: Arc<Local<S, P>>,
         service: Option<S>,
         request: Option<Req>,
         attempts: u32,
@@ -74,7 +75,7 @@ pin_project! {
                 this.state.project()
             {
                 if let Some(w) = withdrawal.take() {
-                    this.shared.budget.refund(w);
+                    this.local.shared.budget.refund(w);
                 }
             }
         }
@@ -88,8 +89,7 @@ where
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         future: S::Future,
-        shared: Arc<Shared<P>>,
-        service: Option<S>,
+        local: Arc<Local<S, P>>,
         request: Option<Req>,
         no_retry: GiveUpReason,
         started: Option<Instant>,
@@ -100,8 +100,8 @@ where
             deadline,
             ticket: Some(ticket),
             state: State::Calling { future },
-            shared,
-            service,
+            local,
+            service: None,
             request,
             attempts: 1,
             no_retry,
@@ -151,7 +151,7 @@ impl GiveUp {
 
 impl<S, Req, P> Future for ResponseFuture<S, Req, P>
 where
-    S: Service<Req>,
+    S: Service<Req> + Clone,
     S::Error: Into<BoxError>,
     P: RetryPolicy<Req, S::Response>,
 {
@@ -165,7 +165,7 @@ where
             match this.state.as_mut().project() {
                 StateProj::Calling { future } => {
                     let result = ready!(future.poll(cx)).map_err(Into::into);
-                    let shared = &**this.shared;
+                    let shared = &*this.local.shared;
                     let verdict = shared.policy.classify(result.as_ref());
                     if let Some(started) = this.started.take() {
                         let outcome = if verdict.is_failure() {
@@ -234,9 +234,13 @@ where
                     this.state.set(State::Ready { last, withdrawal });
                 }
                 StateProj::Ready { last, withdrawal } => {
-                    let shared = &**this.shared;
+                    let shared = &*this.local.shared;
+                    if this.service.is_none() {
+                        *this.service = this.local.spare();
+                    }
                     let Some(service) = this.service.as_mut() else {
-                        // Not reachable: a retry is only scheduled with a service clone.
+                        // Not reachable: a retry is only scheduled once the
+                        // spare copy is kept.
                         return Poll::Ready(take_last(last, shared));
                     };
                     if let Err(e) = ready!(service.poll_ready(cx)) {

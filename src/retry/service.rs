@@ -1,5 +1,5 @@
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::task::{Context, Poll};
 
 use tower_service::Service;
@@ -16,16 +16,41 @@ use crate::observe::{EventKind, GiveUpReason, LayerKind};
 ///
 /// `poll_ready` is the inner service's `poll_ready` (errors converted into
 /// [`BoxError`]). Retries run inside the response future on a clone of the
-/// inner service, which is polled ready before each retry. The clone is made
-/// only when the request may be retried.
+/// inner service, which is polled ready before each retry. That clone is
+/// made only when a retry is about to be made, from a spare copy of the
+/// inner service that this service and its clones keep (taken at the
+/// first call that could be retried): a call that succeeds clones nothing.
 pub struct Retry<S, P = RetryErrors> {
     inner: S,
-    shared: Arc<Shared<P>>,
+    local: Arc<Local<S, P>>,
+}
+
+/// What a retry service shares with its clones and its futures: the
+/// layer's settings and the spare copy of the inner service that retries
+/// clone.
+pub(crate) struct Local<S, P> {
+    pub(crate) shared: Arc<Shared<P>>,
+    spare: OnceLock<Mutex<S>>,
+}
+
+impl<S: Clone, P> Local<S, P> {
+    /// A clone of the spare copy for a retry (a lock, on retries only).
+    pub(crate) fn spare(&self) -> Option<S> {
+        let spare = self.spare.get()?;
+        let copy = spare.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        Some(copy)
+    }
 }
 
 impl<S, P> Retry<S, P> {
     pub(crate) fn from_shared(inner: S, shared: Arc<Shared<P>>) -> Self {
-        Retry { inner, shared }
+        Retry {
+            inner,
+            local: Arc::new(Local {
+                shared,
+                spare: OnceLock::new(),
+            }),
+        }
     }
 
     /// The wrapped service.
@@ -45,7 +70,7 @@ impl<S, P> Retry<S, P> {
 
     /// The budget shared with every service built from the same layer.
     pub fn budget(&self) -> &super::RetryBudget {
-        &self.shared.budget
+        &self.local.shared.budget
     }
 }
 
@@ -53,7 +78,7 @@ impl<S: Clone, P> Clone for Retry<S, P> {
     fn clone(&self) -> Self {
         Retry {
             inner: self.inner.clone(),
-            shared: self.shared.clone(),
+            local: self.local.clone(),
         }
     }
 }
@@ -62,7 +87,7 @@ impl<S: fmt::Debug, P> fmt::Debug for Retry<S, P> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Retry")
             .field("inner", &self.inner)
-            .field("layer", &self.shared)
+            .field("layer", &self.local.shared)
             .finish()
     }
 }
@@ -86,7 +111,7 @@ where
     #[inline]
     fn call(&mut self, mut req: Req) -> Self::Future {
         let _edge = crate::clock::Edge::enter();
-        let shared = &*self.shared;
+        let shared = &*self.local.shared;
         let ticket = shared.budget.deposit_request();
         shared.policy.on_attempt(&mut req, 1);
 
@@ -102,9 +127,14 @@ where
                 None => (None, GiveUpReason::NotReplayable),
             }
         };
-        // Follow tower: the ready service makes this call, a clone (made only
-        // when a retry is possible) is polled ready before each retry.
-        let service = copy.as_ref().map(|_| self.inner.clone());
+        // As tower: the ready service makes this call, a clone is polled
+        // ready before each retry (made from the spare copy, kept from the
+        // first call that could be retried).
+        if copy.is_some() {
+            self.local
+                .spare
+                .get_or_init(|| Mutex::new(self.inner.clone()));
+        }
 
         let started = if shared.observer.is_enabled() {
             shared.observer.emit(
@@ -127,8 +157,7 @@ where
         let future = self.inner.call(req);
         ResponseFuture::new(
             future,
-            self.shared.clone(),
-            service,
+            self.local.clone(),
             copy,
             no_retry,
             started,

@@ -1169,3 +1169,62 @@ async fn the_default_budget_grows_with_success() {
     let snap = layer.budget().snapshot();
     assert_eq!((snap.requests, snap.retries, snap.available), (300, 229, 0));
 }
+
+/// A service that counts its clones and fails the calls it is told to.
+struct Cloned {
+    clones: Arc<AtomicU32>,
+    fail: Arc<AtomicBool>,
+}
+
+impl Clone for Cloned {
+    fn clone(&self) -> Self {
+        self.clones.fetch_add(1, Ordering::SeqCst);
+        Cloned {
+            clones: self.clones.clone(),
+            fail: self.fail.clone(),
+        }
+    }
+}
+
+impl Service<u32> for Cloned {
+    type Response = u32;
+    type Error = BoxError;
+    type Future = std::future::Ready<Result<u32, BoxError>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, x: u32) -> Self::Future {
+        if self.fail.load(Ordering::SeqCst) {
+            std::future::ready(Err("boom".into()))
+        } else {
+            std::future::ready(Ok(x))
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_call_that_succeeds_clones_nothing_and_a_retry_clones_the_spare_once() {
+    let clones = Arc::new(AtomicU32::new(0));
+    let fail = Arc::new(AtomicBool::new(false));
+    let mut svc = RetryLayer::builder().build().unwrap().layer(Cloned {
+        clones: clones.clone(),
+        fail: fail.clone(),
+    });
+    for i in 0..100 {
+        assert_eq!(svc.ready().await.unwrap().call(i).await.unwrap(), i);
+    }
+    // The spare copy, taken at the first call that could be retried.
+    assert_eq!(count(&clones), 1);
+
+    // A failing call is retried up to the limit (3 attempts): its retries
+    // run on one clone of the spare.
+    fail.store(true, Ordering::SeqCst);
+    let err = svc.ready().await.unwrap().call(7).await.unwrap_err();
+    assert_eq!(err.to_string(), "boom");
+    assert_eq!(count(&clones), 2);
+}
