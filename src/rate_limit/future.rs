@@ -286,76 +286,109 @@ where
 {
     type Output = Result<Res, BoxError>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let _edge = crate::clock::Edge::enter();
+        // The admitted call's path, small enough to inline into the
+        // caller's poll; the others are out of line.
         let mut state = self.project().state;
-        loop {
-            let new = match state.as_mut().project() {
-                StateProj::Called { fut, deco } => {
-                    let mut res = ready!(fut.poll(cx)).map_err(Into::into)?;
+        if let StateProj::Called { fut, deco } = state.as_mut().project() {
+            let mut res = ready!(fut.poll(cx)).map_err(Into::into)?;
+            if D::ENABLED {
+                if let Some((shared, status)) = deco.take() {
+                    shared.decorator.decorate(&mut res, &status);
+                }
+            }
+            return Poll::Ready(Ok(res));
+        }
+        poll_slow(state, cx)
+    }
+}
+
+/// The rejected, waiting and Redis states of [`ResponseFuture`] (and the
+/// call they lead to).
+#[inline(never)]
+fn poll_slow<F, S, Req, X, D, Res, E>(
+    mut state: Pin<&mut State<F, S, Req, X, D>>,
+    cx: &mut Context<'_>,
+) -> Poll<Result<Res, BoxError>>
+where
+    F: Future<Output = Result<Res, E>>,
+    E: Into<BoxError>,
+    S: Service<Req, Response = Res, Error = E, Future = F>,
+    X: KeyExtractor<Req>,
+    D: Decorate<Res>,
+{
+    // An admitted call's answer reads no clock here: only the waiting
+    // states open an edge of the call (see `clock::now`).
+    let mut edge = None;
+    loop {
+        let new = match state.as_mut().project() {
+            StateProj::Called { fut, deco } => {
+                let mut res = ready!(fut.poll(cx)).map_err(Into::into)?;
+                if D::ENABLED {
                     if let Some((shared, status)) = deco.take() {
                         shared.decorator.decorate(&mut res, &status);
                     }
-                    return Poll::Ready(Ok(res));
                 }
-                StateProj::Rejected { err } => return crate::error::poll_rejected(err),
-                StateProj::Waiting { inner } => {
-                    let WaitProj {
-                        sleep,
-                        limit,
-                        key,
-                        svc,
-                        req,
-                        shared,
-                    } = inner.as_mut().project();
-                    ready!(sleep.poll(cx));
-                    let shared = shared.clone();
-                    let cost = req.as_ref().map_or(1, |r| shared.extractor.cost(r));
-                    match shared.decide(key, cost, D::ENABLED) {
-                        Step::Now(v, status) => {
-                            next(v, status, Some(*limit), *key, svc, req, &shared)
+                return Poll::Ready(Ok(res));
+            }
+            StateProj::Rejected { err } => return crate::error::poll_rejected(err),
+            StateProj::Waiting { inner } => {
+                edge.get_or_insert_with(crate::clock::Edge::enter);
+                let WaitProj {
+                    sleep,
+                    limit,
+                    key,
+                    svc,
+                    req,
+                    shared,
+                } = inner.as_mut().project();
+                ready!(sleep.poll(cx));
+                let shared = shared.clone();
+                let cost = req.as_ref().map_or(1, |r| shared.extractor.cost(r));
+                match shared.decide(key, cost, D::ENABLED) {
+                    Step::Now(v, status) => next(v, status, Some(*limit), *key, svc, req, &shared),
+                    #[cfg(feature = "redis")]
+                    Step::Redis(call) => match (svc.take(), req.take()) {
+                        (Some(s), Some(r)) => {
+                            ResponseFuture::redis(call, Some(*limit), *key, s, r, &shared).state
                         }
-                        #[cfg(feature = "redis")]
-                        Step::Redis(call) => match (svc.take(), req.take()) {
-                            (Some(s), Some(r)) => {
-                                ResponseFuture::redis(call, Some(*limit), *key, s, r, &shared).state
-                            }
-                            _ => State::Rejected {
-                                err: Some("rate limit future polled after completion".into()),
-                            },
+                        _ => State::Rejected {
+                            err: Some("rate limit future polled after completion".into()),
                         },
+                    },
+                }
+            }
+            #[cfg(feature = "redis")]
+            StateProj::Redis { inner } => {
+                edge.get_or_insert_with(crate::clock::Edge::enter);
+                let RedisWaitProj {
+                    call,
+                    timer,
+                    limit,
+                    key,
+                    svc,
+                    req,
+                    shared,
+                } = inner.as_mut().project();
+                let outcome = match call.fut.as_mut().poll(cx) {
+                    Poll::Ready(r) => Some(r),
+                    Poll::Pending => {
+                        ready!(timer.poll(cx));
+                        None
                     }
-                }
-                #[cfg(feature = "redis")]
-                StateProj::Redis { inner } => {
-                    let RedisWaitProj {
-                        call,
-                        timer,
-                        limit,
-                        key,
-                        svc,
-                        req,
-                        shared,
-                    } = inner.as_mut().project();
-                    let outcome = match call.fut.as_mut().poll(cx) {
-                        Poll::Ready(r) => Some(r),
-                        Poll::Pending => {
-                            ready!(timer.poll(cx));
-                            None
-                        }
-                    };
-                    let shared = shared.clone();
-                    let cost = req.as_ref().map_or(1, |r| shared.extractor.cost(r));
-                    let (v, status) = match &shared.redis {
-                        Some(r) => r.complete(&shared, key, cost, call.slot, outcome),
-                        None => shared.decide_local(key, cost, D::ENABLED),
-                    };
-                    next(v, status, *limit, *key, svc, req, &shared)
-                }
-                #[cfg(not(feature = "redis"))]
-                StateProj::Redis { inner } => match inner.call {},
-            };
-            state.set(new);
-        }
+                };
+                let shared = shared.clone();
+                let cost = req.as_ref().map_or(1, |r| shared.extractor.cost(r));
+                let (v, status) = match &shared.redis {
+                    Some(r) => r.complete(&shared, key, cost, call.slot, outcome),
+                    None => shared.decide_local(key, cost, D::ENABLED),
+                };
+                next(v, status, *limit, *key, svc, req, &shared)
+            }
+            #[cfg(not(feature = "redis"))]
+            StateProj::Redis { inner } => match inner.call {},
+        };
+        state.set(new);
     }
 }
