@@ -42,7 +42,7 @@ fn runtime() -> tokio::runtime::Runtime {
 
 fn seawall_svc(
     window: SlidingWindow,
-) -> impl Service<u64, Response = u64> + Clone + Send + 'static {
+) -> impl Service<u64, Response = u64, Error: std::fmt::Debug> + Clone + Send + 'static {
     let layer = CircuitBreakerLayer::builder()
         .window(window)
         .build()
@@ -50,7 +50,8 @@ fn seawall_svc(
     layer.layer(service_fn(ok))
 }
 
-fn tower_resilience_svc() -> impl Service<u64, Response = u64> + Clone + Send + 'static {
+fn tower_resilience_svc()
+-> impl Service<u64, Response = u64, Error: std::fmt::Debug> + Clone + Send + 'static {
     let layer = tower_resilience::circuitbreaker::CircuitBreakerLayer::builder()
         .failure_rate_threshold(0.5)
         .sliding_window_size(100)
@@ -64,6 +65,7 @@ fn tower_resilience_svc() -> impl Service<u64, Response = u64> + Clone + Send + 
 async fn drive<S>(svc: &mut S, iters: u64)
 where
     S: Service<u64, Response = u64>,
+    S::Error: std::fmt::Debug,
 {
     for i in 0..iters {
         let ready = match svc.ready().await {
@@ -96,6 +98,7 @@ type Group<'a> = criterion::BenchmarkGroup<'a, criterion::measurement::WallTime>
 fn one_thread<S>(g: &mut Group<'_>, rt: &tokio::runtime::Runtime, name: &str, mut svc: S)
 where
     S: Service<u64, Response = u64>,
+    S::Error: std::fmt::Debug,
 {
     g.bench_function(name, |b| {
         b.iter_custom(|iters| {
@@ -141,6 +144,7 @@ where
 fn two_threads<S>(g: &mut Group<'_>, name: &str, svc: S)
 where
     S: Service<u64, Response = u64> + Clone + Send + 'static,
+    S::Error: std::fmt::Debug,
 {
     g.bench_function(name, |b| {
         b.iter_custom(|iters| {

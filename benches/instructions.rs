@@ -34,6 +34,7 @@ const WARM_UP: u64 = 1_000;
 fn seawall_counted_calls<S>(rt: &tokio::runtime::Runtime, svc: &mut S, iters: u64)
 where
     S: Service<u64, Response = u64>,
+    S::Error: std::fmt::Debug,
 {
     rt.block_on(drive(svc, iters));
 }

@@ -69,6 +69,7 @@ fn current_thread(c: &mut Criterion) {
 fn on_two_threads<S>(make: &dyn Fn() -> S, iters: u64) -> Duration
 where
     S: Service<u64, Response = u64> + Send + 'static,
+    S::Error: std::fmt::Debug,
 {
     let barrier = Arc::new(Barrier::new(2));
     let threads: Vec<_> = (0..2)

@@ -338,31 +338,24 @@ carries_nothing!(
     &'static str
 );
 
-#[cfg(feature = "http")]
-impl<B> HasDeadline for http::Request<B> {
-    #[inline]
-    fn deadline(&self) -> Option<Deadline> {
-        self.extensions().get::<Deadline>().copied()
-    }
+/// Requests with `extensions`: the deadline is kept there.
+macro_rules! in_extensions {
+    ($($cfg:literal: $ty:ty),*) => {$(
+        #[cfg(feature = $cfg)]
+        impl<B> HasDeadline for $ty {
+            #[inline]
+            fn deadline(&self) -> Option<Deadline> {
+                self.extensions().get::<Deadline>().copied()
+            }
 
-    #[inline]
-    fn set_deadline(&mut self, deadline: Deadline) {
-        self.extensions_mut().insert(deadline);
-    }
+            #[inline]
+            fn set_deadline(&mut self, deadline: Deadline) {
+                self.extensions_mut().insert(deadline);
+            }
+        }
+    )*};
 }
-
-#[cfg(feature = "tonic")]
-impl<T> HasDeadline for tonic::Request<T> {
-    #[inline]
-    fn deadline(&self) -> Option<Deadline> {
-        self.extensions().get::<Deadline>().copied()
-    }
-
-    #[inline]
-    fn set_deadline(&mut self, deadline: Deadline) {
-        self.extensions_mut().insert(deadline);
-    }
-}
+in_extensions!("http": http::Request<B>, "tonic": tonic::Request<B>);
 
 /// The deadline that applies to `req`: the earlier of the one it carries and
 /// the task-local [`current()`] one.
