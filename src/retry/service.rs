@@ -58,7 +58,9 @@ impl<S, P> Retry<S, P> {
         &self.inner
     }
 
-    /// The wrapped service, mutably.
+    /// The wrapped service, mutably. A change made through it reaches the
+    /// calls this service makes, not the spare copy that retries clone
+    /// (kept from the first call that could be retried).
     pub fn get_mut(&mut self) -> &mut S {
         &mut self.inner
     }

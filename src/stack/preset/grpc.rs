@@ -126,7 +126,13 @@ impl ClientStack {
     /// The service is a [`GrpcClient<Channel>`](GrpcClient): hand it to a
     /// generated client (`GreeterClient::new(svc)`). The built layer, to
     /// keep in a struct field, is a
-    /// `ClientStackLayer<GrpcRetry, GrpcStatusClassifier, Stack<TonicTransportLayer, PropagateDeadlineLayer>, GrpcOutermost>`.
+    /// `ClientStackLayer<GrpcRetry, GrpcStatusClassifier, Stack<TonicTransportLayer, PropagateDeadlineLayer>, GrpcOutermost>`
+    /// ([`GrpcRetry`](crate::retry::grpc::GrpcRetry),
+    /// [`GrpcStatusClassifier`](crate::GrpcStatusClassifier),
+    /// `tower::layer::util::Stack`,
+    /// [`TonicTransportLayer`](crate::grpc::TonicTransportLayer),
+    /// [`PropagateDeadlineLayer`](crate::PropagateDeadlineLayer),
+    /// [`GrpcOutermost`](crate::stack::GrpcOutermost)).
     ///
     /// Made for unary and server-streaming calls. The request body is read
     /// (up to the replay limit) before the call is sent, so a

@@ -103,7 +103,22 @@ impl ClientStack {
     /// [`BoxError`](crate::BoxError) holding the rejection, with its
     /// `retry_after`), responses stay responses whatever their status. The
     /// built layer, to keep in a struct field, is a
-    /// `ClientStackLayer<HttpRetry, HttpStatusClassifier, PropagateDeadlineLayer, HttpOutermost>`.
+    /// `ClientStackLayer<HttpRetry, HttpStatusClassifier, PropagateDeadlineLayer, HttpOutermost>`:
+    ///
+    /// ```
+    /// use seawall::retry::http::HttpRetry;
+    /// use seawall::stack::{ClientStackLayer, HttpOutermost};
+    /// use seawall::{HttpStatusClassifier, PropagateDeadlineLayer};
+    ///
+    /// struct Inventory {
+    ///     stack: ClientStackLayer<HttpRetry, HttpStatusClassifier, PropagateDeadlineLayer, HttpOutermost>,
+    /// }
+    /// ```
+    ///
+    /// Against a seawall server, a call that runs out of time usually comes
+    /// back as `Ok` with a `504` (the server answers 10 ms before the
+    /// client's own timer, from the deadline the request carries), not as an
+    /// [`AttemptTimeout`](crate::error::AttemptTimeout) error.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
