@@ -89,8 +89,6 @@ impl Drop for Edge {
 /// `Hash` is generic, so reading those two fields through a
 /// [`Hasher`](std::hash::Hasher) is inlined to two loads. Should an
 /// `Instant` ever hash as anything else, std's subtraction is used.
-// Every layer keeps time; a build with no layer feature does not.
-#[allow(dead_code)]
 #[inline]
 pub(crate) fn signed_nanos(earlier: Instant, later: Instant) -> i64 {
     match (Parts::of(earlier), Parts::of(later)) {
@@ -115,8 +113,6 @@ pub(crate) fn signed_nanos(earlier: Instant, later: Instant) -> i64 {
 }
 
 /// Nanoseconds from `earlier` to `later`; 0 when `later` is not after it.
-// Every layer keeps time; a build with no layer feature does not.
-#[allow(dead_code)]
 #[inline]
 pub(crate) fn nanos_between(earlier: Instant, later: Instant) -> u64 {
     signed_nanos(earlier, later).max(0) as u64
@@ -125,15 +121,12 @@ pub(crate) fn nanos_between(earlier: Instant, later: Instant) -> u64 {
 /// Time from `earlier` to `later`; zero when `later` is not after it
 /// (`later.saturating_duration_since(earlier)`, inlined: see
 /// [`signed_nanos`]).
-// Every layer keeps time; a build with no layer feature does not.
-#[allow(dead_code)]
 #[inline]
 pub(crate) fn elapsed(earlier: Instant, later: Instant) -> std::time::Duration {
     std::time::Duration::from_nanos(nanos_between(earlier, later))
 }
 
 /// An instant's seconds and nanoseconds, as its `Hash` writes them.
-#[allow(dead_code)]
 #[derive(Default)]
 struct Parts {
     secs: i64,
@@ -150,6 +143,18 @@ impl Parts {
         at.hash(&mut parts);
         (parts.writes == 2 && !parts.other && parts.nanos < 1_000_000_000).then_some(parts)
     }
+
+    /// Takes the `n`-th write (0: seconds, 1: nanoseconds); any other
+    /// write, or one out of place, marks the instant as unreadable.
+    #[inline]
+    fn take(&mut self, n: u8, value: Option<i64>) {
+        match (self.writes == n, value) {
+            (true, Some(v)) if n == 0 => self.secs = v,
+            (true, Some(v)) => self.nanos = v as u32,
+            _ => self.other = true,
+        }
+        self.writes = self.writes.saturating_add(1);
+    }
 }
 
 impl std::hash::Hasher for Parts {
@@ -164,33 +169,17 @@ impl std::hash::Hasher for Parts {
 
     #[inline]
     fn write_i64(&mut self, secs: i64) {
-        self.seconds(Some(secs));
+        self.take(0, Some(secs));
     }
 
     #[inline]
     fn write_u64(&mut self, secs: u64) {
-        self.seconds(i64::try_from(secs).ok());
+        self.take(0, i64::try_from(secs).ok());
     }
 
     #[inline]
     fn write_u32(&mut self, nanos: u32) {
-        if self.writes == 1 {
-            self.nanos = nanos;
-        } else {
-            self.other = true;
-        }
-        self.writes = self.writes.saturating_add(1);
-    }
-}
-
-impl Parts {
-    #[inline]
-    fn seconds(&mut self, secs: Option<i64>) {
-        match (self.writes, secs) {
-            (0, Some(secs)) => self.secs = secs,
-            _ => self.other = true,
-        }
-        self.writes = self.writes.saturating_add(1);
+        self.take(1, Some(i64::from(nanos)));
     }
 }
 

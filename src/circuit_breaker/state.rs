@@ -187,7 +187,7 @@ impl Core {
 
     #[inline]
     fn nanos(&self, at: Instant) -> i64 {
-        super::window::signed_nanos(self.origin, at)
+        crate::clock::signed_nanos(self.origin, at)
     }
 
     fn emit_state(&self, from: State, to: State, fr: Option<f64>, sr: Option<f64>) {

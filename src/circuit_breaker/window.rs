@@ -66,13 +66,6 @@ fn rate(part: u64, whole: u64) -> Option<f64> {
     }
 }
 
-/// Signed nanoseconds from `origin` to `at`: instants before the origin (a
-/// layer built before a paused test runtime started, say) stay ordered.
-#[inline]
-pub(crate) fn signed_nanos(origin: Instant, at: Instant) -> i64 {
-    crate::clock::signed_nanos(origin, at)
-}
-
 /// One outcome, as stored in a slot: bit 0 = a call is recorded, bit 1 =
 /// failure, bit 2 = slow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -219,7 +212,9 @@ impl TimeWindow {
 
     #[inline]
     fn epoch(&self, now: Instant) -> i64 {
-        signed_nanos(self.origin, now).div_euclid(self.bucket_nanos)
+        // Signed: instants before the origin (a layer built before a paused
+        // test runtime started, say) stay ordered.
+        crate::clock::signed_nanos(self.origin, now).div_euclid(self.bucket_nanos)
     }
 
     /// Moves the head to `epoch`, resetting the buckets passed over.

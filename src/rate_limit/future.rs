@@ -292,16 +292,32 @@ where
         // caller's poll; the others are out of line.
         let mut state = self.project().state;
         if let StateProj::Called { fut, deco } = state.as_mut().project() {
-            let mut res = ready!(fut.poll(cx)).map_err(Into::into)?;
-            if D::ENABLED {
-                if let Some((shared, status)) = deco.take() {
-                    shared.decorator.decorate(&mut res, &status);
-                }
-            }
-            return Poll::Ready(Ok(res));
+            return poll_called(fut, deco, cx);
         }
         poll_slow(state, cx)
     }
+}
+
+/// An admitted call: its answer, with the rate-limit headers when the
+/// layer adds them.
+#[inline]
+fn poll_called<F, X, D, Res, E>(
+    fut: Pin<&mut F>,
+    deco: &mut Option<(Arc<Shared<X, D>>, RateLimitStatus)>,
+    cx: &mut Context<'_>,
+) -> Poll<Result<Res, BoxError>>
+where
+    F: Future<Output = Result<Res, E>>,
+    E: Into<BoxError>,
+    D: Decorate<Res>,
+{
+    let mut res = ready!(fut.poll(cx)).map_err(Into::into)?;
+    if D::ENABLED {
+        if let Some((shared, status)) = deco.take() {
+            shared.decorator.decorate(&mut res, &status);
+        }
+    }
+    Poll::Ready(Ok(res))
 }
 
 /// The rejected, waiting and Redis states of [`ResponseFuture`] (and the
@@ -323,15 +339,7 @@ where
     let mut edge = None;
     loop {
         let new = match state.as_mut().project() {
-            StateProj::Called { fut, deco } => {
-                let mut res = ready!(fut.poll(cx)).map_err(Into::into)?;
-                if D::ENABLED {
-                    if let Some((shared, status)) = deco.take() {
-                        shared.decorator.decorate(&mut res, &status);
-                    }
-                }
-                return Poll::Ready(Ok(res));
-            }
+            StateProj::Called { fut, deco } => return poll_called(fut, deco, cx),
             StateProj::Rejected { err } => return crate::error::poll_rejected(err),
             StateProj::Waiting { inner } => {
                 edge.get_or_insert_with(crate::clock::Edge::enter);
