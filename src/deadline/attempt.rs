@@ -230,6 +230,7 @@ pin_project! {
 }
 
 impl<F: Future> AttemptFuture<F> {
+    #[inline]
     pub(crate) fn running(
         inner: F,
         deadline: Deadline,

@@ -2,32 +2,110 @@
 
 use std::fmt;
 use std::future::Future;
+use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-
-use pin_project_lite::pin_project;
-use tokio::time::{Sleep, sleep_until};
 
 use super::Deadline;
 use super::layer::Shared;
 use super::service::{TIMED_OUT, reject_deadline};
 use crate::error::{AttemptTimeout, BoxError, RejectionKind};
 use crate::observe::{EventKind, LayerKind};
+use pin_project_lite::pin_project;
+
+/// How a [`DeadlineService`](super::DeadlineService) learns that the
+/// deadline has passed: [`OwnTimer`] (the default) or [`InnerTimers`].
+///
+/// Sealed: these two are the only kinds.
+pub trait Expiry: sealed::Timer {}
+
+/// The deadline layer runs a timer of its own and fails the call with
+/// [`DeadlineExceeded`](crate::error::DeadlineExceeded) when it fires: what
+/// [`DeadlineLayer`](super::DeadlineLayer) builds. The timer (a
+/// `tokio::time::Sleep`, 112 bytes inline) is made at the first poll that
+/// finds the inner future pending, so a call that answers at once never
+/// touches the timer wheel.
+#[derive(Debug, Clone, Copy)]
+pub struct OwnTimer;
+
+/// The deadline layer sets the deadline (in the request, and as the
+/// task-local [`current()`](super::current) one on every poll) but runs no
+/// timer: every wait below it ends by the deadline already, and reports it.
+///
+/// The [client stack](crate::stack::ClientStack) is built this way. Below
+/// its deadline, the attempt timeout is clamped to the deadline, the
+/// bulkhead's queue wait ends by it, a retry's backoff never outlasts it and
+/// a retry waits for readiness only until it, so a second timer for the
+/// same instant would only add 112 bytes to every response future.
+#[derive(Debug, Clone, Copy)]
+pub struct InnerTimers;
+
+impl Expiry for OwnTimer {}
+impl Expiry for InnerTimers {}
+
+pub(crate) mod sealed {
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::task::Context;
+
+    use tokio::time::{Instant, Sleep, sleep_until};
+
+    /// The timer slot of a deadline future, and whether it fired.
+    pub trait Timer {
+        /// What the response future keeps for the timer.
+        type Slot;
+        /// An unarmed slot.
+        fn unarmed() -> Self::Slot;
+        /// Whether the deadline `at` has passed, arming the timer at the
+        /// first call (the inner future is pending).
+        fn fired(slot: Pin<&mut Self::Slot>, at: Instant, cx: &mut Context<'_>) -> bool;
+    }
+
+    impl Timer for super::OwnTimer {
+        type Slot = Option<Sleep>;
+
+        #[inline(always)]
+        fn unarmed() -> Self::Slot {
+            None
+        }
+
+        // Reached only when the inner future is pending: kept out of the
+        // answer-at-once path.
+        #[inline(never)]
+        fn fired(mut slot: Pin<&mut Self::Slot>, at: Instant, cx: &mut Context<'_>) -> bool {
+            if slot.is_none() {
+                slot.set(Some(sleep_until(at)));
+            }
+            slot.as_pin_mut().is_some_and(|s| s.poll(cx).is_ready())
+        }
+    }
+
+    impl Timer for super::InnerTimers {
+        type Slot = ();
+
+        #[inline(always)]
+        fn unarmed() -> Self::Slot {}
+
+        #[inline]
+        fn fired(_: Pin<&mut Self::Slot>, _: Instant, _: &mut Context<'_>) -> bool {
+            false
+        }
+    }
+}
 
 pin_project! {
     #[project = StateProj]
-    pub(crate) enum State<F> {
+    pub(crate) enum State<F, X: Expiry = OwnTimer> {
         Running {
             #[pin]
             inner: F,
-            // Created at the first poll that finds the inner future pending,
-            // so a call that answers at once never touches the timer wheel.
             #[pin]
-            sleep: Option<Sleep>,
+            sleep: <X as sealed::Timer>::Slot,
             deadline: Deadline,
             shared: Arc<Shared>,
             overall_binds: bool,
+            expiry: PhantomData<fn() -> X>,
         },
         Rejected {
             error: Option<BoxError>,
@@ -35,7 +113,8 @@ pin_project! {
     }
 }
 
-impl<F: Future> State<F> {
+impl<F: Future, X: Expiry> State<F, X> {
+    #[inline]
     pub(crate) fn running(
         inner: F,
         deadline: Deadline,
@@ -44,10 +123,11 @@ impl<F: Future> State<F> {
     ) -> Self {
         State::Running {
             inner,
-            sleep: None,
+            sleep: X::unarmed(),
             deadline,
             shared,
             overall_binds,
+            expiry: PhantomData,
         }
     }
 
@@ -63,10 +143,11 @@ impl<F: Future> State<F> {
         match self.project() {
             StateProj::Running {
                 inner,
-                mut sleep,
+                sleep,
                 deadline,
                 shared,
                 overall_binds,
+                ..
             } => {
                 // Every poll of the inner future sees the deadline as the
                 // task-local `current()` one (an attempt bound by the
@@ -79,14 +160,7 @@ impl<F: Future> State<F> {
                 if let Poll::Ready(res) = polled {
                     return Poll::Ready(res.map_err(Into::into));
                 }
-                if sleep.is_none() {
-                    sleep.set(Some(sleep_until(deadline.instant())));
-                }
-                let fired = match sleep.as_pin_mut() {
-                    Some(sleep) => sleep.poll(cx).is_ready(),
-                    None => false,
-                };
-                if !fired {
+                if !X::fired(sleep, deadline.instant(), cx) {
                     return Poll::Pending;
                 }
                 if *overall_binds || layer == LayerKind::Deadline {
@@ -114,17 +188,26 @@ pin_project! {
     /// Runs the inner future with the request's deadline as the task-local
     /// [`current()`](super::current) deadline on every poll, and fails with
     /// [`DeadlineExceeded`](crate::error::DeadlineExceeded) when the deadline
-    /// passes first. The timer is pinned inside; nothing is boxed.
-    pub struct ResponseFuture<F> {
+    /// passes first (with [`OwnTimer`]; with [`InnerTimers`], the layers
+    /// inside report it). The timer is pinned inside; nothing is boxed.
+    pub struct ResponseFuture<F, X: Expiry = OwnTimer> {
         #[pin]
-        state: State<F>,
+        state: State<F, X>,
     }
 }
 
-impl<F: Future> ResponseFuture<F> {
+impl<F: Future, X: Expiry> ResponseFuture<F, X> {
+    #[inline]
     pub(crate) fn running(inner: F, deadline: Deadline, shared: Arc<Shared>) -> Self {
         ResponseFuture {
-            state: State::running(inner, deadline, shared, true),
+            state: State::Running {
+                inner,
+                sleep: X::unarmed(),
+                deadline,
+                shared,
+                overall_binds: true,
+                expiry: PhantomData,
+            },
         }
     }
 
@@ -135,7 +218,7 @@ impl<F: Future> ResponseFuture<F> {
     }
 }
 
-impl<F, T, E> Future for ResponseFuture<F>
+impl<F, T, E, X: Expiry> Future for ResponseFuture<F, X>
 where
     F: Future<Output = Result<T, E>>,
     E: Into<BoxError>,
@@ -149,7 +232,7 @@ where
     }
 }
 
-impl<F> fmt::Debug for ResponseFuture<F> {
+impl<F, X: Expiry> fmt::Debug for ResponseFuture<F, X> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ResponseFuture").finish_non_exhaustive()
     }

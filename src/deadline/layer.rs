@@ -89,11 +89,18 @@ impl fmt::Debug for DeadlineLayer {
     }
 }
 
+impl DeadlineLayer {
+    /// The service with the timer kind `X` (the stacks choose it).
+    pub(crate) fn layer_with<S, X>(&self, inner: S) -> DeadlineService<S, X> {
+        DeadlineService::new(inner, self.shared.clone(), self.in_request)
+    }
+}
+
 impl<S> Layer<S> for DeadlineLayer {
     type Service = DeadlineService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        DeadlineService::new(inner, self.shared.clone(), self.in_request)
+        self.layer_with(inner)
     }
 }
 

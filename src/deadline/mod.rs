@@ -390,7 +390,7 @@ pub use self::attempt::{
     AttemptFuture, AttemptTimeoutLayer, AttemptTimeoutLayerBuilder, AttemptTimeoutService,
 };
 #[cfg(feature = "deadline")]
-pub use self::future::ResponseFuture;
+pub use self::future::{Expiry, InnerTimers, OwnTimer, ResponseFuture};
 #[cfg(feature = "deadline")]
 pub use self::layer::{DeadlineLayer, DeadlineLayerBuilder};
 #[cfg(feature = "deadline")]

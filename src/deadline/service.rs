@@ -1,11 +1,12 @@
 use std::fmt;
+use std::marker::PhantomData;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use tokio::time::Instant;
 use tower_service::Service;
 
-use super::future::ResponseFuture;
+use super::future::{Expiry, OwnTimer, ResponseFuture};
 use super::layer::Shared;
 use super::{Deadline, HasDeadline};
 use crate::clock;
@@ -47,20 +48,27 @@ pub(crate) fn reject_deadline(layer: LayerKind, shared: &Shared, detail: &'stati
 /// ready, so time spent waiting to become ready counts against the budget;
 /// when the inner service is ready at once, the clock starts at `call`.
 /// `poll_ready` itself never times out.
-pub struct DeadlineService<S> {
+///
+/// `X` says how the call learns that its deadline passed: by a timer of
+/// this layer's own ([`OwnTimer`], what [`DeadlineLayer`](super::DeadlineLayer)
+/// builds), or from the layers inside, which all end by the deadline
+/// ([`InnerTimers`](super::InnerTimers), inside the client stack).
+pub struct DeadlineService<S, X = OwnTimer> {
     inner: S,
     shared: Arc<Shared>,
     ready_since: Option<Instant>,
     in_request: bool,
+    expiry: PhantomData<fn() -> X>,
 }
 
-impl<S> DeadlineService<S> {
+impl<S, X> DeadlineService<S, X> {
     pub(crate) fn new(inner: S, shared: Arc<Shared>, in_request: bool) -> Self {
         DeadlineService {
             inner,
             shared,
             ready_since: None,
             in_request,
+            expiry: PhantomData,
         }
     }
 
@@ -80,7 +88,7 @@ impl<S> DeadlineService<S> {
     }
 }
 
-impl<S: Clone> Clone for DeadlineService<S> {
+impl<S: Clone, X> Clone for DeadlineService<S, X> {
     /// A clone starts with its own readiness: the budget clock of the clone
     /// starts at its own first `poll_ready`.
     fn clone(&self) -> Self {
@@ -89,11 +97,12 @@ impl<S: Clone> Clone for DeadlineService<S> {
             shared: self.shared.clone(),
             ready_since: None,
             in_request: self.in_request,
+            expiry: PhantomData,
         }
     }
 }
 
-impl<S: fmt::Debug> fmt::Debug for DeadlineService<S> {
+impl<S: fmt::Debug, X> fmt::Debug for DeadlineService<S, X> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DeadlineService")
             .field("inner", &self.inner)
@@ -103,15 +112,16 @@ impl<S: fmt::Debug> fmt::Debug for DeadlineService<S> {
     }
 }
 
-impl<S, Req> Service<Req> for DeadlineService<S>
+impl<S, Req, X> Service<Req> for DeadlineService<S, X>
 where
     S: Service<Req>,
     S::Error: Into<BoxError>,
     Req: HasDeadline,
+    X: Expiry,
 {
     type Response = S::Response;
     type Error = BoxError;
-    type Future = ResponseFuture<S::Future>;
+    type Future = ResponseFuture<S::Future, X>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         match self.inner.poll_ready(cx) {

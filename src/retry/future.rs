@@ -6,7 +6,7 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use pin_project_lite::pin_project;
-use tokio::time::{Instant, Sleep};
+use tokio::time::{Instant, Sleep, sleep_until};
 use tower_service::Service;
 
 use super::backoff::BackoffState;
@@ -20,7 +20,7 @@ use crate::observe::{EventKind, GiveUpReason, LayerKind, Outcome};
 
 pin_project! {
     #[project = StateProj]
-    enum State<F, T> {
+    enum State<F, S, T> {
         // An attempt is in flight.
         Calling { #[pin] future: F },
         // Sleeping the backoff before the next attempt, with the outcome it
@@ -31,8 +31,14 @@ pin_project! {
             last: Option<Result<T, BoxError>>,
             withdrawal: Option<Withdrawal>,
         },
-        // Waiting for the service clone to be ready for the next attempt.
+        // Waiting for a copy of the service to be ready for the next
+        // attempt, no longer than the deadline: the timer is made at the
+        // first poll that finds the copy not ready. The copy lives only in
+        // this state, so it takes no room beside an attempt in flight.
         Ready {
+            service: Option<S>,
+            #[pin]
+            sleep: Option<Sleep>,
             last: Option<Result<T, BoxError>>,
             withdrawal: Option<Withdrawal>,
         },
@@ -52,9 +58,8 @@ pin_project! {
         S: Service<Req>,
     {
         #[pin]
-        state: State<S::Future, S::Response>,
+        state: State<S::Future, S, S::Response>,
         local: Arc<Local<S, P>>,
-        service: Option<S>,
         request: Option<Req>,
         attempts: u32,
         no_retry: GiveUpReason,
@@ -101,7 +106,6 @@ where
             ticket: Some(ticket),
             state: State::Calling { future },
             local,
-            service: None,
             request,
             attempts: 1,
             no_retry,
@@ -231,34 +235,65 @@ where
                 } => {
                     ready!(sleep.poll(cx));
                     let (last, withdrawal) = (last.take(), withdrawal.take());
-                    this.state.set(State::Ready { last, withdrawal });
+                    this.state.set(State::Ready {
+                        service: None,
+                        sleep: None,
+                        last,
+                        withdrawal,
+                    });
                 }
-                StateProj::Ready { last, withdrawal } => {
+                StateProj::Ready {
+                    service,
+                    mut sleep,
+                    last,
+                    withdrawal,
+                } => {
                     let shared = &*this.local.shared;
-                    if this.service.is_none() {
-                        *this.service = this.local.spare();
+                    if service.is_none() {
+                        *service = this.local.spare();
                     }
-                    let Some(service) = this.service.as_mut() else {
+                    let Some(service) = service.as_mut() else {
                         // Not reachable: a retry is only scheduled once the
                         // spare copy is kept.
                         return Poll::Ready(take_last(last, shared));
                     };
-                    if let Err(e) = ready!(service.poll_ready(cx)) {
-                        if let Some(w) = withdrawal.take() {
-                            shared.budget.refund(w);
+                    let deadline = crate::deadline::earliest(*this.deadline);
+                    let expired = match service.poll_ready(cx) {
+                        Poll::Ready(Ok(())) => false,
+                        Poll::Ready(Err(e)) => {
+                            if let Some(w) = withdrawal.take() {
+                                shared.budget.refund(w);
+                            }
+                            let give_up = GiveUp::new(GiveUpReason::NotRetryable);
+                            return Poll::Ready(give_up_with(
+                                shared,
+                                *this.attempts,
+                                give_up,
+                                Err(e.into()),
+                            ));
                         }
-                        let give_up = GiveUp::new(GiveUpReason::NotRetryable);
-                        return Poll::Ready(give_up_with(
-                            shared,
-                            *this.attempts,
-                            give_up,
-                            Err(e.into()),
-                        ));
-                    }
+                        Poll::Pending => {
+                            // Not ready: wait, but only until the moment a
+                            // retry would no longer have the time it needs.
+                            let Some(deadline) = deadline else {
+                                return Poll::Pending;
+                            };
+                            if sleep.is_none() {
+                                let at = deadline.instant();
+                                let at = at.checked_sub(shared.min_remaining).unwrap_or(at);
+                                sleep.set(Some(sleep_until(at)));
+                            }
+                            let fired = sleep.as_pin_mut().is_some_and(|s| s.poll(cx).is_ready());
+                            if !fired {
+                                return Poll::Pending;
+                            }
+                            true
+                        }
+                    };
                     // Time may have passed while waiting for readiness.
-                    if let Some(deadline) = crate::deadline::earliest(*this.deadline) {
+                    if let Some(deadline) = deadline {
                         let remaining = deadline.remaining();
-                        if remaining < shared.min_remaining {
+                        if expired || remaining < shared.min_remaining {
                             if let Some(w) = withdrawal.take() {
                                 shared.budget.refund(w);
                             }

@@ -15,11 +15,14 @@ use crate::observe::{EventKind, GiveUpReason, LayerKind};
 /// the request's deadline. Built by [`RetryLayer`](super::RetryLayer).
 ///
 /// `poll_ready` is the inner service's `poll_ready` (errors converted into
-/// [`BoxError`]). Retries run inside the response future on a clone of the
-/// inner service, which is polled ready before each retry. That clone is
+/// [`BoxError`]). Each retry runs inside the response future on its own
+/// clone of the inner service, polled ready before the retry is made (no
+/// longer than the request's deadline leaves time for it). That clone is
 /// made only when a retry is about to be made, from a spare copy of the
 /// inner service that this service and its clones keep (taken at the
-/// first call that could be retried): a call that succeeds clones nothing.
+/// first call that could be retried): a call that succeeds clones nothing,
+/// and the copy takes no room in the response future while an attempt is
+/// in flight.
 pub struct Retry<S, P = RetryErrors> {
     inner: S,
     local: Arc<Local<S, P>>,
@@ -131,7 +134,7 @@ where
         };
         // As tower: the ready service makes this call, a clone is polled
         // ready before each retry (made from the spare copy, kept from the
-        // first call that could be retried).
+        // first call that could be retried, one clone per retry).
         if copy.is_some() {
             self.local
                 .spare

@@ -13,7 +13,9 @@ use crate::bulkhead::{Bulkhead, BulkheadBuilder, BulkheadHandle, BulkheadLayer};
 use crate::circuit_breaker::{
     CircuitBreaker, CircuitBreakerBuilder, CircuitBreakerHandle, CircuitBreakerLayer, SlidingWindow,
 };
-use crate::deadline::{AttemptTimeoutLayer, AttemptTimeoutService, DeadlineLayer, DeadlineService};
+use crate::deadline::{
+    AttemptTimeoutLayer, AttemptTimeoutService, DeadlineLayer, DeadlineService, InnerTimers,
+};
 use crate::error::{ConfigError, Name};
 use crate::hold::Head;
 use crate::observe::Observer;
@@ -96,6 +98,7 @@ where
 /// The layers inside a [`ClientStackService`].
 type StackInner<S, P, C, M, H> = DeadlineService<
     Retry<<H as Layer<CircuitBreaker<Bulkhead<AttemptTimeoutService<S>, M>, C, M>>>::Service, P>,
+    InnerTimers,
 >;
 
 wrapper_service!(
@@ -120,7 +123,7 @@ where
         let s = self.hedge.layer(s);
         let s = self.retry.layer(s);
         self.outer.layer(ClientStackService {
-            inner: self.deadline.layer(s),
+            inner: self.deadline.layer_with(s),
         })
     }
 }

@@ -1208,7 +1208,7 @@ impl Service<u32> for Cloned {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_call_that_succeeds_clones_nothing_and_a_retry_clones_the_spare_once() {
+async fn a_call_that_succeeds_clones_nothing_and_each_retry_clones_the_spare_once() {
     let clones = Arc::new(AtomicU32::new(0));
     let fail = Arc::new(AtomicBool::new(false));
     let mut svc = RetryLayer::builder().build().unwrap().layer(Cloned {
@@ -1221,10 +1221,97 @@ async fn a_call_that_succeeds_clones_nothing_and_a_retry_clones_the_spare_once()
     // The spare copy, taken at the first call that could be retried.
     assert_eq!(count(&clones), 1);
 
-    // A failing call is retried up to the limit (3 attempts): its retries
-    // run on one clone of the spare.
+    // A failing call is retried up to the limit (3 attempts): each of its
+    // 2 retries runs on its own clone of the spare.
     fail.store(true, Ordering::SeqCst);
     let err = svc.ready().await.unwrap().call(7).await.unwrap_err();
     assert_eq!(err.to_string(), "boom");
-    assert_eq!(count(&clones), 2);
+    assert_eq!(count(&clones), 3);
+}
+
+/// Fails every call with "boom"; after its first call, no copy of it is
+/// ever ready again (a connection pool that lost every connection).
+#[derive(Clone)]
+struct StallsAfterFirstCall {
+    calls: Arc<AtomicU32>,
+}
+
+impl Service<u32> for StallsAfterFirstCall {
+    type Response = u32;
+    type Error = BoxError;
+    type Future = std::future::Ready<Result<u32, BoxError>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        if count(&self.calls) == 0 {
+            std::task::Poll::Ready(Ok(()))
+        } else {
+            std::task::Poll::Pending
+        }
+    }
+
+    fn call(&mut self, _: u32) -> Self::Future {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        std::future::ready(Err("boom".into()))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_waits_for_readiness_only_while_the_deadline_leaves_time_for_it() {
+    let calls = Arc::new(AtomicU32::new(0));
+    let rec = Recorder::new();
+    let layer = RetryLayer::builder()
+        .backoff(20 * MS, 20 * MS)
+        .jitter(Jitter::None)
+        .observer(rec.clone())
+        .name("stalled")
+        .build()
+        .unwrap();
+    let before = counts(layer.budget().snapshot());
+    let mut svc = layer.layer(StallsAfterFirstCall {
+        calls: calls.clone(),
+    });
+
+    // Fails at 0, backs off until 20 ms, then waits for a ready copy until
+    // 90 ms, when less than the minimum 10 ms would be left: the last
+    // outcome, and the retry it had taken from the budget handed back.
+    let start = Instant::now();
+    let fut = svc.ready().await.unwrap().call(1);
+    let err = deadline::scope(Deadline::after(100 * MS), fut)
+        .await
+        .unwrap_err();
+    assert_eq!(err.to_string(), "boom");
+    assert_eq!(start.elapsed(), 90 * MS);
+    assert_eq!(count(&calls), 1);
+    assert_eq!(scheduled(&rec), [(2, 20 * MS)]);
+    assert_eq!(gave_up(&rec), [(1, GiveUpReason::Deadline)]);
+    let (requests, retries, _) = counts(layer.budget().snapshot());
+    assert_eq!((requests, retries), (before.0 + 1, before.1));
+
+    // With no minimum it waits to the deadline itself: DeadlineExceeded,
+    // named after the retry layer.
+    let calls = Arc::new(AtomicU32::new(0));
+    let mut svc = RetryLayer::builder()
+        .backoff(20 * MS, 20 * MS)
+        .jitter(Jitter::None)
+        .min_remaining(Duration::ZERO)
+        .name("stalled")
+        .build()
+        .unwrap()
+        .layer(StallsAfterFirstCall {
+            calls: calls.clone(),
+        });
+    let start = Instant::now();
+    let fut = svc.ready().await.unwrap().call(1);
+    let err = deadline::scope(Deadline::after(100 * MS), fut)
+        .await
+        .unwrap_err();
+    assert_eq!(start.elapsed(), 100 * MS);
+    let de = err
+        .downcast_ref::<DeadlineExceeded>()
+        .expect("DeadlineExceeded");
+    assert_eq!(de.name(), "stalled");
+    assert_eq!(count(&calls), 1);
 }

@@ -379,6 +379,66 @@ async fn total_deadline_bounds_elapsed_time_exactly() {
     assert_eq!(stack.breaker_handle().metrics().failures, 3);
 }
 
+/// Fails every call; after its first call no copy of it is ever ready
+/// again (a client whose connections all broke).
+#[derive(Clone)]
+struct StallsAfterFirstCall(Arc<AtomicU32>);
+
+impl Service<u32> for StallsAfterFirstCall {
+    type Response = u32;
+    type Error = BoxError;
+    type Future = std::future::Ready<Result<u32, BoxError>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        if self.0.load(Ordering::SeqCst) == 0 {
+            Poll::Ready(Ok(()))
+        } else {
+            Poll::Pending
+        }
+    }
+
+    fn call(&mut self, _: u32) -> Self::Future {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        std::future::ready(Err("connection reset".into()))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_waiting_for_readiness_ends_by_the_total_budget() {
+    let calls = Arc::new(AtomicU32::new(0));
+    let recorder = Recorder::new();
+    let stack = ClientStack::builder("inventory")
+        .observer(Observer::new(recorder.clone()))
+        .total_budget(ms(1000))
+        .attempt_timeout(ms(300))
+        .retry(|r| r.backoff(ms(50), ms(50)).jitter(Jitter::None))
+        .build()
+        .unwrap();
+    let mut svc = stack.layer(StallsAfterFirstCall(calls.clone()));
+    let start = Instant::now();
+    let fut = svc.ready().await.unwrap().call(1);
+    let err = tokio::time::timeout(Duration::from_secs(60), fut)
+        .await
+        .expect("the stack answers within its budget")
+        .unwrap_err();
+    // Failed at 0, backed off to 50 ms, then waited for a ready copy
+    // until 990 ms, when less than the retry's minimum 10 ms was left: the
+    // caller gets the dependency's own error, within the budget.
+    assert_eq!(start.elapsed(), ms(990));
+    assert_eq!(err.to_string(), "connection reset");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        recorder.count(|e| matches!(
+            e.kind,
+            EventKind::RetryGaveUp {
+                attempts: 1,
+                reason: seawall::observe::GiveUpReason::Deadline
+            }
+        )),
+        1
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn full_bulkhead_is_not_a_dependency_failure() {
     let recorder = Recorder::new();
