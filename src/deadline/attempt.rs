@@ -237,8 +237,17 @@ impl<F: Future> AttemptFuture<F> {
         overall_binds: bool,
         shared: Arc<Shared>,
     ) -> Self {
+        // Built in place (a helper returning the state costs a copy of
+        // the inner future).
         AttemptFuture {
-            state: State::running(inner, deadline, shared, overall_binds),
+            state: State::Running {
+                inner,
+                sleep: None,
+                deadline,
+                shared,
+                overall_binds,
+                expiry: std::marker::PhantomData,
+            },
         }
     }
 

@@ -114,23 +114,6 @@ pin_project! {
 }
 
 impl<F: Future, X: Expiry> State<F, X> {
-    #[inline]
-    pub(crate) fn running(
-        inner: F,
-        deadline: Deadline,
-        shared: Arc<Shared>,
-        overall_binds: bool,
-    ) -> Self {
-        State::Running {
-            inner,
-            sleep: X::unarmed(),
-            deadline,
-            shared,
-            overall_binds,
-            expiry: PhantomData,
-        }
-    }
-
     pub(crate) fn poll_state<T, E>(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -199,6 +182,8 @@ pin_project! {
 impl<F: Future, X: Expiry> ResponseFuture<F, X> {
     #[inline]
     pub(crate) fn running(inner: F, deadline: Deadline, shared: Arc<Shared>) -> Self {
+        // Built in place (a helper returning the state costs a copy of
+        // the inner future).
         ResponseFuture {
             state: State::Running {
                 inner,
