@@ -280,14 +280,13 @@ where
                     request,
                     permit,
                 } => {
+                    // The instance kept is the one polled ready before the
+                    // call was queued: it is called now, without waiting for
+                    // its readiness again (a wait no timer would bound).
                     let Some(svc) = service.as_mut() else {
                         this.state.set(State::Done);
                         return Poll::Ready(Err(POLLED_AFTER_COMPLETION.into()));
                     };
-                    if let Err(e) = ready!(svc.poll_ready(cx)) {
-                        this.state.set(State::Done);
-                        return Poll::Ready(Err(e.into()));
-                    }
                     let (Some(req), Some(permit)) = (request.take(), permit.take()) else {
                         this.state.set(State::Done);
                         return Poll::Ready(Err(POLLED_AFTER_COMPLETION.into()));

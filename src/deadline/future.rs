@@ -31,13 +31,19 @@ pub struct OwnTimer;
 
 /// The deadline layer sets the deadline (in the request, and as the
 /// task-local [`current()`](super::current) one on every poll) but runs no
-/// timer: every wait below it ends by the deadline already, and reports it.
+/// timer: every wait below it ends by the deadline already.
 ///
 /// The [client stack](crate::stack::ClientStack) is built this way. Below
 /// its deadline, the attempt timeout is clamped to the deadline, the
-/// bulkhead's queue wait ends by it, a retry's backoff never outlasts it and
-/// a retry waits for readiness only until it, so a second timer for the
-/// same instant would only add 112 bytes to every response future.
+/// bulkhead's queue wait ends by it (a queued call is then made on the
+/// instance polled ready, with no second wait), a retry's backoff never
+/// outlasts it and a retry waits for readiness only until too little of it
+/// is left, so a second timer for the same instant would only add 112
+/// bytes to every response future. The layer that was waiting reports the
+/// expiry ([`DeadlineExceeded`](crate::error::DeadlineExceeded) named after
+/// it; a retry that gives up returns the last attempt's outcome unless the
+/// deadline itself is spent); the deadline layer emits no rejection of its
+/// own.
 #[derive(Debug, Clone, Copy)]
 pub struct InnerTimers;
 
@@ -172,7 +178,8 @@ pin_project! {
     /// [`current()`](super::current) deadline on every poll, and fails with
     /// [`DeadlineExceeded`](crate::error::DeadlineExceeded) when the deadline
     /// passes first (with [`OwnTimer`]; with [`InnerTimers`], the layers
-    /// inside report it). The timer is pinned inside; nothing is boxed.
+    /// inside report it). With [`OwnTimer`], the timer is pinned inside;
+    /// nothing is boxed.
     pub struct ResponseFuture<F, X: Expiry = OwnTimer> {
         #[pin]
         state: State<F, X>,

@@ -85,8 +85,8 @@
 //!   first attempt, every backoff and every retry. The layers below read it
 //!   (retry never sleeps past it, nor waits past it for a service to be
 //!   ready; the bulkhead never queues past it; the attempt timeout never
-//!   runs past it). Since every wait inside ends by the deadline and says
-//!   so, the deadline layer runs no timer of its own
+//!   runs past it). Since every wait inside ends by the deadline, the
+//!   deadline layer runs no timer of its own
 //!   ([`InnerTimers`](crate::deadline::InnerTimers)): one timer less to
 //!   keep in each response future (400 bytes in all over a no-op service).
 //!   A call that runs out of time fails with

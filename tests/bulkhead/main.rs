@@ -927,3 +927,58 @@ async fn the_limit_changes_at_run_time_without_breaking_calls_in_flight() {
         .collect();
     assert_eq!(changes, vec![(50, 20), (20, 80)]);
 }
+
+/// Ready until its first call starts; every call takes 100 ms.
+#[derive(Clone)]
+struct UnreadyAfterFirstCall(Arc<Mutex<u32>>);
+
+impl Service<u32> for UnreadyAfterFirstCall {
+    type Response = u32;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<u32, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        if *self.0.lock().unwrap() == 0 {
+            Poll::Ready(Ok(()))
+        } else {
+            Poll::Pending
+        }
+    }
+
+    fn call(&mut self, x: u32) -> Self::Future {
+        *self.0.lock().unwrap() += 1;
+        Box::pin(async move {
+            sleep(Duration::from_millis(100)).await;
+            Ok(x)
+        })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_queued_call_uses_the_instance_polled_ready_and_waits_for_nothing_else() {
+    let calls = Arc::new(Mutex::new(0));
+    let svc = BulkheadLayer::builder()
+        .max_concurrent(1)
+        .max_queue(1)
+        .build()
+        .unwrap()
+        .layer(UnreadyAfterFirstCall(calls.clone()));
+    let (mut a, mut b) = (svc.clone(), svc);
+    // Both polled ready before either call; then the service stops being
+    // ready, and the second call waits in the queue with the instance that
+    // was polled ready.
+    a.ready().await.unwrap();
+    b.ready().await.unwrap();
+    let start = Instant::now();
+    let first = a.call(1);
+    let second = b.call(2);
+    let (x, y) = tokio::time::timeout(Duration::from_secs(10), async {
+        tokio::join!(first, second)
+    })
+    .await
+    .expect("the queued call is made when the first one ends");
+    assert_eq!((x.unwrap(), y.unwrap()), (1, 2));
+    // Admitted at 100 ms, answered at 200 ms.
+    assert_eq!(start.elapsed(), Duration::from_millis(200));
+    assert_eq!(*calls.lock().unwrap(), 2);
+}
