@@ -1258,60 +1258,56 @@ impl Service<u32> for StallsAfterFirstCall {
     }
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_retry_waits_for_readiness_only_while_the_deadline_leaves_time_for_it() {
+/// A retry layer named "stalled" (20 ms backoff, no jitter) with
+/// `min_remaining`, and one call through it to a service that stalls after
+/// its first call, under a 100 ms deadline: the error, the time it took and
+/// the calls made.
+async fn stalled_call(
+    min_remaining: Duration,
+    rec: &Recorder,
+) -> (RetryLayer, BoxError, Duration, u32) {
     let calls = Arc::new(AtomicU32::new(0));
-    let rec = Recorder::new();
     let layer = RetryLayer::builder()
         .backoff(20 * MS, 20 * MS)
         .jitter(Jitter::None)
+        .min_remaining(min_remaining)
         .observer(rec.clone())
         .name("stalled")
         .build()
         .unwrap();
-    let before = counts(layer.budget().snapshot());
     let mut svc = layer.layer(StallsAfterFirstCall {
         calls: calls.clone(),
     });
+    let start = Instant::now();
+    let fut = svc.ready().await.unwrap().call(1);
+    let err = deadline::scope(Deadline::after(100 * MS), fut)
+        .await
+        .unwrap_err();
+    (layer, err, start.elapsed(), count(&calls))
+}
 
+#[tokio::test(start_paused = true)]
+async fn a_retry_waits_for_readiness_only_while_the_deadline_leaves_time_for_it() {
     // Fails at 0, backs off until 20 ms, then waits for a ready copy until
     // 90 ms, when less than the minimum 10 ms would be left: the last
     // outcome, and the retry it had taken from the budget handed back.
-    let start = Instant::now();
-    let fut = svc.ready().await.unwrap().call(1);
-    let err = deadline::scope(Deadline::after(100 * MS), fut)
-        .await
-        .unwrap_err();
+    let rec = Recorder::new();
+    let (layer, err, elapsed, calls) =
+        stalled_call(seawall::retry::DEFAULT_MIN_REMAINING, &rec).await;
     assert_eq!(err.to_string(), "boom");
-    assert_eq!(start.elapsed(), 90 * MS);
-    assert_eq!(count(&calls), 1);
+    assert_eq!((elapsed, calls), (90 * MS, 1));
     assert_eq!(scheduled(&rec), [(2, 20 * MS)]);
     assert_eq!(gave_up(&rec), [(1, GiveUpReason::Deadline)]);
+    // One request counted, no retry left spent.
     let (requests, retries, _) = counts(layer.budget().snapshot());
-    assert_eq!((requests, retries), (before.0 + 1, before.1));
+    assert_eq!((requests, retries), (1, 0));
 
     // With no minimum it waits to the deadline itself: DeadlineExceeded,
     // named after the retry layer.
-    let calls = Arc::new(AtomicU32::new(0));
-    let mut svc = RetryLayer::builder()
-        .backoff(20 * MS, 20 * MS)
-        .jitter(Jitter::None)
-        .min_remaining(Duration::ZERO)
-        .name("stalled")
-        .build()
-        .unwrap()
-        .layer(StallsAfterFirstCall {
-            calls: calls.clone(),
-        });
-    let start = Instant::now();
-    let fut = svc.ready().await.unwrap().call(1);
-    let err = deadline::scope(Deadline::after(100 * MS), fut)
-        .await
-        .unwrap_err();
-    assert_eq!(start.elapsed(), 100 * MS);
+    let (_, err, elapsed, calls) = stalled_call(Duration::ZERO, &Recorder::new()).await;
+    assert_eq!((elapsed, calls), (100 * MS, 1));
     let de = err
         .downcast_ref::<DeadlineExceeded>()
         .expect("DeadlineExceeded");
     assert_eq!(de.name(), "stalled");
-    assert_eq!(count(&calls), 1);
 }
