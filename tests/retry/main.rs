@@ -1280,9 +1280,14 @@ async fn stalled_call(
     });
     let start = Instant::now();
     let fut = svc.ready().await.unwrap().call(1);
-    let err = deadline::scope(Deadline::after(100 * MS), fut)
-        .await
-        .unwrap_err();
+    // (A wait no timer bounds would never end: the guard makes it fail.)
+    let err = tokio::time::timeout(
+        Duration::from_secs(60),
+        deadline::scope(Deadline::after(100 * MS), fut),
+    )
+    .await
+    .expect("the retry gives up within the deadline")
+    .unwrap_err();
     (layer, err, start.elapsed(), count(&calls))
 }
 
