@@ -78,6 +78,24 @@ impl Drop for Edge {
     }
 }
 
+/// Whether `at` has passed, by the timer in `slot`: a response future's
+/// lazy timer, made at the first call (when the future has something to
+/// wait for), so a call that never waits never touches the timer wheel.
+/// Out of line: only a waiting future reaches it.
+#[cfg_attr(not(any(feature = "deadline", feature = "retry")), allow(dead_code))]
+#[inline(never)]
+pub(crate) fn timer_fired(
+    mut slot: std::pin::Pin<&mut Option<tokio::time::Sleep>>,
+    at: Instant,
+    cx: &mut std::task::Context<'_>,
+) -> bool {
+    use std::future::Future;
+    if slot.is_none() {
+        slot.set(Some(tokio::time::sleep_until(at)));
+    }
+    slot.as_pin_mut().is_some_and(|s| s.poll(cx).is_ready())
+}
+
 /// Nanoseconds from `earlier` to `later`, negative when `later` comes first
 /// (saturating at ±`i64::MAX`, some 292 years).
 ///

@@ -51,11 +51,10 @@ impl Expiry for OwnTimer {}
 impl Expiry for InnerTimers {}
 
 pub(crate) mod sealed {
-    use std::future::Future;
     use std::pin::Pin;
     use std::task::Context;
 
-    use tokio::time::{Instant, Sleep, sleep_until};
+    use tokio::time::{Instant, Sleep};
 
     /// The timer slot of a deadline future, and whether it fired.
     pub trait Timer {
@@ -76,14 +75,9 @@ pub(crate) mod sealed {
             None
         }
 
-        // Reached only when the inner future is pending: kept out of the
-        // answer-at-once path.
-        #[inline(never)]
-        fn fired(mut slot: Pin<&mut Self::Slot>, at: Instant, cx: &mut Context<'_>) -> bool {
-            if slot.is_none() {
-                slot.set(Some(sleep_until(at)));
-            }
-            slot.as_pin_mut().is_some_and(|s| s.poll(cx).is_ready())
+        #[inline]
+        fn fired(slot: Pin<&mut Self::Slot>, at: Instant, cx: &mut Context<'_>) -> bool {
+            crate::clock::timer_fired(slot, at, cx)
         }
     }
 

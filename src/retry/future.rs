@@ -6,7 +6,7 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use pin_project_lite::pin_project;
-use tokio::time::{Instant, Sleep, sleep_until};
+use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 
 use super::backoff::BackoffState;
@@ -278,13 +278,9 @@ where
                             let Some(deadline) = deadline else {
                                 return Poll::Pending;
                             };
-                            if sleep.is_none() {
-                                let at = deadline.instant();
-                                let at = at.checked_sub(shared.min_remaining).unwrap_or(at);
-                                sleep.set(Some(sleep_until(at)));
-                            }
-                            let fired = sleep.as_pin_mut().is_some_and(|s| s.poll(cx).is_ready());
-                            if !fired {
+                            let at = deadline.instant();
+                            let at = at.checked_sub(shared.min_remaining).unwrap_or(at);
+                            if !crate::clock::timer_fired(sleep.as_mut(), at, cx) {
                                 return Poll::Pending;
                             }
                             true
