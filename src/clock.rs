@@ -28,52 +28,65 @@ pub use tokio::time::Instant;
 /// `tokio::time::Instant::now()`.
 #[inline]
 pub fn now() -> Instant {
-    if DEPTH.with(Cell::get) == 0 {
-        return Instant::now();
-    }
-    NOW.with(|cell| match cell.get() {
-        Some(now) => now,
-        None => {
-            let now = Instant::now();
-            cell.set(Some(now));
-            now
+    EDGE.with(|edge| {
+        if !edge.open.get() {
+            return Instant::now();
+        }
+        match edge.now.get() {
+            Some(now) => now,
+            None => {
+                let now = Instant::now();
+                edge.now.set(Some(now));
+                now
+            }
         }
     })
 }
 
+/// The edge open on this thread, if any, and its instant once read.
+struct EdgeState {
+    open: Cell<bool>,
+    now: Cell<Option<Instant>>,
+}
+
 thread_local! {
-    // How many layers' edges are open on this thread.
-    static DEPTH: Cell<u32> = const { Cell::new(0) };
-    // The instant of the open edge, once read.
-    static NOW: Cell<Option<Instant>> = const { Cell::new(None) };
+    static EDGE: EdgeState = const {
+        EdgeState {
+            open: Cell::new(false),
+            now: Cell::new(None),
+        }
+    };
 }
 
 /// One layer's part of an edge of a call (its `call`, or its future's
 /// `poll`): while any is alive on this thread, [`now`] reads the clock once.
-/// The outermost one forgets the instant when it ends.
+/// The outermost one opens the edge and closes it (forgetting the instant)
+/// when it ends; the ones inside it do nothing, on the way in or out.
 // Every layer opens edges; a build with no layer feature has none.
 #[allow(dead_code)]
-pub(crate) struct Edge(());
+pub(crate) struct Edge {
+    outermost: bool,
+}
 
 #[allow(dead_code)]
 impl Edge {
     #[inline]
     pub(crate) fn enter() -> Edge {
-        DEPTH.with(|d| d.set(d.get().wrapping_add(1)));
-        Edge(())
+        EDGE.with(|edge| {
+            let outermost = !edge.open.replace(true);
+            Edge { outermost }
+        })
     }
 }
 
 impl Drop for Edge {
     #[inline]
     fn drop(&mut self) {
-        let depth = DEPTH.with(|d| {
-            let depth = d.get().saturating_sub(1);
-            d.set(depth);
-            depth
-        });
-        if depth == 0 {
-            NOW.with(|n| n.set(None));
+        if self.outermost {
+            EDGE.with(|edge| {
+                edge.open.set(false);
+                edge.now.set(None);
+            });
         }
     }
 }

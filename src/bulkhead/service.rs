@@ -125,38 +125,11 @@ where
     type Error = BoxError;
     type Future = ResponseFuture<S, Req, M>;
 
+    #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         if self.backpressure {
-            loop {
-                match &mut self.ready {
-                    Ready::Reserved(_) => break,
-                    Ready::Waiting(waiter) => match waiter.poll(cx) {
-                        Poll::Ready(permit) => self.ready = Ready::Reserved(permit),
-                        Poll::Pending => return Poll::Pending,
-                    },
-                    Ready::Idle => {
-                        if let Some(permit) = self.engine.try_acquire() {
-                            self.ready = Ready::Reserved(permit);
-                            continue;
-                        }
-                        let now = self
-                            .engine
-                            .settings
-                            .order
-                            .uses_codel()
-                            .then(crate::clock::now);
-                        match self.engine.acquire(Some(cx.waker()), now) {
-                            Acquire::Permit(permit) => self.ready = Ready::Reserved(permit),
-                            Acquire::Queued { waiter, .. } => {
-                                self.ready = Ready::Waiting(waiter);
-                                return Poll::Pending;
-                            }
-                            Acquire::Full => {
-                                return Poll::Ready(Err(reject(&self.engine, GiveUp::QueueFull)));
-                            }
-                        }
-                    }
-                }
+            if let Some(waiting) = reserve(&self.engine, &mut self.ready, cx) {
+                return waiting;
             }
         }
         match self.inner.poll_ready(cx) {
@@ -172,12 +145,12 @@ where
     #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
         let _edge = crate::clock::Edge::enter();
-        let permit = match std::mem::replace(&mut self.ready, Ready::Idle) {
-            Ready::Reserved(permit) => Some(permit),
-            other => {
-                self.ready = other;
-                self.engine.try_acquire()
-            }
+        let permit = match self.ready {
+            Ready::Reserved(_) => match std::mem::replace(&mut self.ready, Ready::Idle) {
+                Ready::Reserved(permit) => Some(permit),
+                _ => None,
+            },
+            _ => self.engine.try_acquire(),
         };
         if let Some(permit) = permit {
             return ResponseFuture::running(self.inner.call(req), permit);
@@ -210,6 +183,44 @@ where
                     &self.engine,
                     deadline,
                 )
+            }
+        }
+    }
+}
+
+/// Backpressure mode: reserves a permit for the next call, or queues for
+/// one. `None` once a permit is reserved; otherwise what `poll_ready`
+/// returns (pending while queued, an error when the queue is full). Out of
+/// line, so that the default mode's readiness is only the inner service's.
+#[inline(never)]
+fn reserve(
+    engine: &Arc<Engine>,
+    ready: &mut Ready,
+    cx: &mut Context<'_>,
+) -> Option<Poll<Result<(), BoxError>>> {
+    loop {
+        match ready {
+            Ready::Reserved(_) => return None,
+            Ready::Waiting(waiter) => match waiter.poll(cx) {
+                Poll::Ready(permit) => *ready = Ready::Reserved(permit),
+                Poll::Pending => return Some(Poll::Pending),
+            },
+            Ready::Idle => {
+                if let Some(permit) = engine.try_acquire() {
+                    *ready = Ready::Reserved(permit);
+                    continue;
+                }
+                let now = engine.settings.order.uses_codel().then(crate::clock::now);
+                match engine.acquire(Some(cx.waker()), now) {
+                    Acquire::Permit(permit) => *ready = Ready::Reserved(permit),
+                    Acquire::Queued { waiter, .. } => {
+                        *ready = Ready::Waiting(waiter);
+                        return Some(Poll::Pending);
+                    }
+                    Acquire::Full => {
+                        return Some(Poll::Ready(Err(reject(engine, GiveUp::QueueFull))));
+                    }
+                }
             }
         }
     }

@@ -73,6 +73,7 @@ pin_project! {
 }
 
 impl<F, C, M> ResponseFuture<F, C, M> {
+    #[inline]
     pub(crate) fn called(future: F, guard: Guard<C>) -> Self {
         ResponseFuture {
             kind: Kind::Called { future, guard },

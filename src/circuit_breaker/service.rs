@@ -91,23 +91,12 @@ where
     type Error = BoxError;
     type Future = ResponseFuture<S::Future, C, M>;
 
+    #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        let core = &self.shared.core;
-        if core.config.backpressure {
-            while let Some(until) = core.open_deadline(clock::now()) {
-                let sleep = match &mut self.sleep {
-                    Some(sleep) => {
-                        if sleep.deadline() != until {
-                            sleep.as_mut().reset(until);
-                        }
-                        sleep
-                    }
-                    slot @ None => slot.insert(Box::pin(tokio::time::sleep_until(until))),
-                };
-                if sleep.as_mut().poll(cx).is_pending() {
-                    return Poll::Pending;
-                }
-            }
+        if self.shared.core.config.backpressure
+            && wait_while_open(&self.shared, &mut self.sleep, cx)
+        {
+            return Poll::Pending;
         }
         self.inner.poll_ready(cx).map_err(Into::into)
     }
@@ -141,4 +130,30 @@ where
             }
         }
     }
+}
+
+/// Backpressure mode: whether the breaker is open and the task must wait
+/// (woken at the end of the open time). Out of line, so that the default
+/// mode's readiness is only the inner service's.
+#[inline(never)]
+fn wait_while_open<C>(
+    shared: &Shared<C>,
+    slot: &mut Option<Pin<Box<Sleep>>>,
+    cx: &mut Context<'_>,
+) -> bool {
+    while let Some(until) = shared.core.open_deadline(clock::now()) {
+        let sleep = match slot {
+            Some(sleep) => {
+                if sleep.deadline() != until {
+                    sleep.as_mut().reset(until);
+                }
+                sleep
+            }
+            None => slot.insert(Box::pin(tokio::time::sleep_until(until))),
+        };
+        if sleep.as_mut().poll(cx).is_pending() {
+            return true;
+        }
+    }
+    false
 }

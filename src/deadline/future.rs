@@ -114,6 +114,7 @@ pin_project! {
 }
 
 impl<F: Future, X: Expiry> State<F, X> {
+    #[inline]
     pub(crate) fn poll_state<T, E>(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -146,23 +147,31 @@ impl<F: Future, X: Expiry> State<F, X> {
                 if !X::fired(sleep, deadline.instant(), cx) {
                     return Poll::Pending;
                 }
-                if *overall_binds || layer == LayerKind::Deadline {
-                    return Poll::Ready(Err(reject_deadline(layer, shared, TIMED_OUT)));
-                }
-                shared.observer.emit(
-                    layer,
-                    shared.name.as_str(),
-                    EventKind::Rejected {
-                        reason: RejectionKind::AttemptTimeout,
-                        detail: TIMED_OUT,
-                        retry_after: None,
-                    },
-                );
-                Poll::Ready(Err(AttemptTimeout::new(shared.name.clone()).into()))
+                Poll::Ready(Err(expired(layer, shared, *overall_binds)))
             }
             StateProj::Rejected { error } => crate::error::poll_rejected(error),
         }
     }
+}
+
+/// The error of a call whose timer fired (reported to the observer): the
+/// request's deadline, or the attempt's own limit. Out of line: the
+/// success path never reaches it.
+#[inline(never)]
+fn expired(layer: LayerKind, shared: &Shared, overall_binds: bool) -> BoxError {
+    if overall_binds || layer == LayerKind::Deadline {
+        return reject_deadline(layer, shared, TIMED_OUT);
+    }
+    shared.observer.emit(
+        layer,
+        shared.name.as_str(),
+        EventKind::Rejected {
+            reason: RejectionKind::AttemptTimeout,
+            detail: TIMED_OUT,
+            retry_after: None,
+        },
+    );
+    AttemptTimeout::new(shared.name.clone()).into()
 }
 
 pin_project! {

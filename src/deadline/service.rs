@@ -123,6 +123,7 @@ where
     type Error = BoxError;
     type Future = ResponseFuture<S::Future, X>;
 
+    #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         match self.inner.poll_ready(cx) {
             Poll::Pending => {

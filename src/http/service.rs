@@ -77,6 +77,7 @@ where
     type Error = Infallible;
     type Future = AnswerErrorsFuture<S::Future, B, A>;
 
+    #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         if self.ready_error.is_some() {
             return Poll::Ready(Ok(()));

@@ -91,6 +91,7 @@ impl<S, Req, P> ResponseFuture<S, Req, P>
 where
     S: Service<Req>,
 {
+    #[inline]
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         future: S::Future,
@@ -161,30 +162,66 @@ where
 {
     type Output = Result<S::Response, BoxError>;
 
+    /// The common case inline: the attempt in flight ends in a success.
+    /// Everything else (a failure,
+    /// a retry to plan, a backoff, a readiness wait) is out of line.
     #[inline]
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let _edge = crate::clock::Edge::enter();
+        let this = self.as_mut().project();
+        if let StateProj::Calling { future } = this.state.project() {
+            let result = ready!(future.poll(cx)).map_err(Into::into);
+            let shared = &*this.local.shared;
+            let verdict = shared.policy.classify(result.as_ref());
+            if matches!(verdict, Verdict::Success) {
+                if let Some(started) = this.started.take() {
+                    call_finished(shared, Outcome::Success, started);
+                }
+                if let Some(ticket) = this.ticket.take() {
+                    shared.budget.credit_success(ticket);
+                }
+                return Poll::Ready(result);
+            }
+            return self.poll_slow(cx, Some((result, verdict)));
+        }
+        self.poll_slow(cx, None)
+    }
+}
+
+impl<S, Req, P> ResponseFuture<S, Req, P>
+where
+    S: Service<Req> + Clone,
+    S::Error: Into<BoxError>,
+    P: RetryPolicy<Req, S::Response>,
+{
+    /// The state machine, from an attempt that has just ended (`ended`,
+    /// with its verdict) or from the state as it stands.
+    #[inline(never)]
+    fn poll_slow(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        mut ended: Option<(Result<S::Response, BoxError>, Verdict)>,
+    ) -> Poll<Result<S::Response, BoxError>> {
         let mut this = self.project();
         loop {
             match this.state.as_mut().project() {
                 StateProj::Calling { future } => {
-                    let result = ready!(future.poll(cx)).map_err(Into::into);
+                    let (result, verdict) = match ended.take() {
+                        Some(ended) => ended,
+                        None => {
+                            let result = ready!(future.poll(cx)).map_err(Into::into);
+                            let verdict = this.local.shared.policy.classify(result.as_ref());
+                            (result, verdict)
+                        }
+                    };
                     let shared = &*this.local.shared;
-                    let verdict = shared.policy.classify(result.as_ref());
                     if let Some(started) = this.started.take() {
                         let outcome = if verdict.is_failure() {
                             Outcome::Failure
                         } else {
                             Outcome::Success
                         };
-                        shared.observer.emit(
-                            LayerKind::Retry,
-                            shared.name.as_str(),
-                            EventKind::CallFinished {
-                                outcome,
-                                latency: crate::clock::elapsed(started, crate::clock::now()),
-                            },
-                        );
+                        call_finished(shared, outcome, started);
                     }
                     let give_up = match verdict {
                         Verdict::Success => {
@@ -334,6 +371,20 @@ where
             }
         }
     }
+}
+
+/// Reports an attempt's end to the observer (only an observed attempt has a
+/// start time).
+#[inline(never)]
+fn call_finished<P>(shared: &Shared<P>, outcome: Outcome, started: Instant) {
+    shared.observer.emit(
+        LayerKind::Retry,
+        shared.name.as_str(),
+        EventKind::CallFinished {
+            outcome,
+            latency: crate::clock::elapsed(started, crate::clock::now()),
+        },
+    );
 }
 
 /// Decides the delay of the next retry, or why there is none. Takes a retry

@@ -36,6 +36,7 @@ pin_project! {
 }
 
 impl<F, M> ResponseFuture<F, M> {
+    #[inline]
     pub(crate) fn admitted(future: F, permit: Permit) -> Self {
         ResponseFuture {
             state: State::Admitted {

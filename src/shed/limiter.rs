@@ -230,6 +230,7 @@ impl Limiter {
     }
 
     /// Releases a slot; returns the idle count before this release.
+    #[inline]
     fn release(&self, class: Criticality) -> u64 {
         let idle = self.idle.load(Ordering::Relaxed);
         self.by_class[class.index()].fetch_sub(1, Ordering::AcqRel);
@@ -240,6 +241,7 @@ impl Limiter {
         idle
     }
 
+    #[inline]
     fn record(&self, completion: Completion, rtt: Duration, now: Instant, idle: u64) {
         match completion {
             Completion::Ignore => return,
@@ -259,12 +261,21 @@ impl Limiter {
     }
 
     /// `idle`: the idle count while the closing call was in flight.
+    #[inline]
     fn maybe_close_window(&self, now: Instant, idle: u64) {
         let now_ns = crate::clock::nanos_between(self.epoch, now);
         let start = self.win_start_ns.load(Ordering::Relaxed);
         if now_ns.saturating_sub(start) < self.cur_window_ns.load(Ordering::Relaxed) {
             return;
         }
+        self.close_window(start, now_ns, idle);
+    }
+
+    /// Closes the window that began at `start` (ns since `epoch`), if it
+    /// holds enough samples and no other completion is closing it: once
+    /// per window, out of line.
+    #[inline(never)]
+    fn close_window(&self, start: u64, now_ns: u64, idle: u64) {
         let count = self.win_count.load(Ordering::Relaxed);
         let drops = self.win_drops.load(Ordering::Relaxed);
         if count.saturating_add(drops) < self.min_window_samples {
@@ -407,11 +418,13 @@ impl fmt::Debug for Permit {
 
 impl Permit {
     /// Releases the permit and records how the call ended.
+    #[inline]
     pub(crate) fn complete(&mut self, completion: Completion) {
         self.complete_at(completion, crate::clock::now());
     }
 
     /// [`complete`](Self::complete), with the time the call ended.
+    #[inline]
     fn complete_at(&mut self, completion: Completion, now: Instant) {
         if self.done {
             return;
@@ -445,6 +458,7 @@ impl Permit {
         );
     }
 
+    #[inline]
     fn report(&self, completion: Completion, rtt: Duration, now: Instant, idle: u64) {
         let limiter = &*self.limiter;
         limiter.record(completion, rtt, now, idle);
