@@ -155,6 +155,21 @@ where
         if let Some(permit) = permit {
             return ResponseFuture::running(self.inner.call(req), permit);
         }
+        self.call_without_permit(req)
+    }
+}
+
+impl<S, M> Bulkhead<S, M> {
+    /// No permit free: refused at once, or queued. Out of line, so that an
+    /// admitted call's `call` stays small.
+    #[inline(never)]
+    fn call_without_permit<Req>(&mut self, req: Req) -> ResponseFuture<S, Req, M>
+    where
+        S: Service<Req> + Clone,
+        S::Error: Into<BoxError>,
+        Req: crate::deadline::HasDeadline,
+        M: Hold<S::Response>,
+    {
         if self.backpressure || self.engine.settings.max_queue == 0 {
             // No queue, or (backpressure mode) `call` without a reserved
             // permit while none is free: refuse at once.

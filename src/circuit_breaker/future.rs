@@ -172,7 +172,7 @@ enum At {
 
 /// Records a finished call's outcome (or gives its slot back when it is
 /// not counted) and reports it.
-#[inline]
+#[inline(always)]
 fn finish(core: &Core, permit: Permit, latency: Duration, outcome: Outcome, at: At) {
     let failure = match outcome {
         Outcome::Success => Some(false),

@@ -10,6 +10,7 @@ use tower_service::Service;
 
 use super::future::{Guard, ResponseFuture};
 use super::handle::Shared;
+use super::state::{Core, Refusal};
 use crate::classify::Classify;
 use crate::clock;
 use crate::error::{BoxError, CircuitOpen, RejectionKind};
@@ -116,20 +117,25 @@ where
                 let future = self.inner.call(req);
                 ResponseFuture::called(future, Guard::new(self.shared.clone(), permit, now))
             }
-            Err(refusal) => {
-                core.observer.emit(
-                    LayerKind::CircuitBreaker,
-                    core.name.as_str(),
-                    EventKind::Rejected {
-                        reason: RejectionKind::CircuitOpen,
-                        detail: refusal.detail,
-                        retry_after: refusal.retry_after,
-                    },
-                );
-                ResponseFuture::rejected(CircuitOpen::new(&core.name, refusal.retry_after))
-            }
+            Err(refusal) => ResponseFuture::rejected(refused(core, refusal)),
         }
     }
+}
+
+/// Reports a refused call and builds its error. Out of line: an admitted
+/// call never reaches it.
+#[inline(never)]
+fn refused(core: &Core, refusal: Refusal) -> CircuitOpen {
+    core.observer.emit(
+        LayerKind::CircuitBreaker,
+        core.name.as_str(),
+        EventKind::Rejected {
+            reason: RejectionKind::CircuitOpen,
+            detail: refusal.detail,
+            retry_after: refusal.retry_after,
+        },
+    );
+    CircuitOpen::new(&core.name, refusal.retry_after)
 }
 
 /// Backpressure mode: whether the breaker is open and the task must wait

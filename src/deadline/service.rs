@@ -22,6 +22,8 @@ pub(crate) const EXPIRED_WAITING_READY: &str = "expired_waiting_ready";
 /// The `detail` of a rejection for a call cut off when its time ran out.
 pub(crate) const TIMED_OUT: &str = "timed_out";
 
+#[cold]
+#[inline(never)]
 pub(crate) fn reject_deadline(layer: LayerKind, shared: &Shared, detail: &'static str) -> BoxError {
     shared.observer.emit(
         layer,
