@@ -320,10 +320,11 @@ where
                     }
                     // Releases the permit before handing the result back,
                     // unless the response's body carries it to its end.
-                    if let Ok(response) = &mut result {
-                        drop(M::hold(response, Duty(DutyKind::Bulkhead(permit))));
-                    } else {
-                        drop(permit);
+                    match &mut result {
+                        Ok(response) if M::PAST_HEAD => {
+                            drop(M::hold(response, Duty(DutyKind::Bulkhead(permit))));
+                        }
+                        _ => drop(permit),
                     }
                     this.state.set(State::Done);
                     return Poll::Ready(result.map_err(Into::into));

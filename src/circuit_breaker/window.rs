@@ -214,7 +214,25 @@ impl TimeWindow {
     fn epoch(&self, now: Instant) -> i64 {
         // Signed: instants before the origin (a layer built before a paused
         // test runtime started, say) stay ordered.
-        crate::clock::signed_nanos(self.origin, now).div_euclid(self.bucket_nanos)
+        let nanos = crate::clock::signed_nanos(self.origin, now);
+        if nanos >= 0 {
+            // The usual case, in unsigned arithmetic (no sign fix-ups).
+            (nanos as u64 / self.bucket_nanos as u64) as i64
+        } else {
+            nanos.div_euclid(self.bucket_nanos)
+        }
+    }
+
+    /// The bucket of `epoch` in the ring.
+    #[inline]
+    fn bucket(&self, epoch: i64) -> &Counts {
+        let n = self.buckets.len();
+        let i = if epoch >= 0 {
+            (epoch as u64 % n as u64) as usize
+        } else {
+            epoch.rem_euclid(n as i64) as usize
+        };
+        &self.buckets[i]
     }
 
     /// Moves the head to `epoch`, resetting the buckets passed over.
@@ -251,7 +269,7 @@ impl TimeWindow {
     #[inline(always)]
     pub(crate) fn record(&self, now: Instant, code: Code) {
         let epoch = self.current(now);
-        let b = &self.buckets[epoch.rem_euclid(self.buckets.len() as i64) as usize];
+        let b = self.bucket(epoch);
         // Totals first, bucket second: a reset that takes the bucket's count
         // subtracts only what was already added.
         self.totals.add(code);

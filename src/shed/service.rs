@@ -7,7 +7,7 @@ use tower_service::Service;
 
 use super::criticality::{CriticalityOf, FromTaskLocal};
 use super::future::ResponseFuture;
-use super::limiter::Limiter;
+use super::limiter::{Limiter, Refusal};
 use crate::error::{BoxError, Overloaded};
 use crate::hold::{Head, Hold};
 use crate::observe::{EventKind, LayerKind};
@@ -97,22 +97,24 @@ where
     fn call(&mut self, req: Req) -> Self::Future {
         let _edge = crate::clock::Edge::enter();
         let class = self.extractor.criticality_of(&req);
-        match self.limiter.try_acquire(class, crate::clock::now()) {
-            Ok(permit) => {
-                self.limiter.observer.emit(
-                    LayerKind::AdaptiveLimit,
-                    self.limiter.name.as_str(),
-                    EventKind::CallStarted,
-                );
-                ResponseFuture::admitted(self.inner.call(req), permit)
-            }
-            Err(refusal) => {
-                let hint = self.limiter.retry_hint();
-                self.limiter.emit_rejected(refusal, hint);
-                ResponseFuture::rejected(
-                    Overloaded::new(self.limiter.name.clone(), Some(hint)).into(),
-                )
-            }
-        }
+        let permit = match self.limiter.try_acquire(class, crate::clock::now()) {
+            Ok(permit) => permit,
+            Err(refusal) => return ResponseFuture::rejected(refused(&self.limiter, refusal)),
+        };
+        self.limiter.observer.emit(
+            LayerKind::AdaptiveLimit,
+            self.limiter.name.as_str(),
+            EventKind::CallStarted,
+        );
+        ResponseFuture::admitted(self.inner.call(req), permit)
     }
+}
+
+/// Reports a refused call and builds its error, with a jittered hint. Out
+/// of line: an admitted call never reaches it.
+#[inline(never)]
+fn refused(limiter: &Limiter, refusal: Refusal) -> BoxError {
+    let hint = limiter.retry_hint();
+    limiter.emit_rejected(refusal, hint);
+    Overloaded::new(limiter.name.clone(), Some(hint)).into()
 }
