@@ -27,7 +27,7 @@ fn future_size<S: Service<u64>>(_: &S) -> usize {
 const NOOP: usize = std::mem::size_of::<std::future::Ready<Result<u64, BoxError>>>();
 
 #[test]
-fn the_client_stack_future_fits_in_400_bytes() {
+fn the_client_stack_future_fits_in_392_bytes() {
     let stack = seawall::stack::ClientStack::builder("client")
         .total_budget(Duration::from_secs(1))
         .attempt_timeout(Duration::from_millis(300))
@@ -37,7 +37,9 @@ fn the_client_stack_future_fits_in_400_bytes() {
         .layer(noop());
     let size = future_size(&stack);
     println!("client stack future: {size} B");
-    assert!(size <= 400, "client stack future is {size} B");
+    // The goal is 400 B; the deadline keeps nothing of its layer
+    // without a timer of its own, which makes it 392.
+    assert!(size <= 392, "client stack future is {size} B");
 }
 
 #[test]

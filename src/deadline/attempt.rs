@@ -208,7 +208,7 @@ where
             let inner = &mut self.inner;
             super::sync_scope(deadline, || inner.call(req))
         };
-        AttemptFuture::running(fut, deadline, overall_binds, self.shared.clone())
+        AttemptFuture::running(fut, deadline, overall_binds, &self.shared)
     }
 }
 
@@ -235,7 +235,7 @@ impl<F: Future> AttemptFuture<F> {
         inner: F,
         deadline: Deadline,
         overall_binds: bool,
-        shared: Arc<Shared>,
+        shared: &Arc<Shared>,
     ) -> Self {
         // Built in place (a helper returning the state costs a copy of
         // the inner future).
@@ -244,7 +244,7 @@ impl<F: Future> AttemptFuture<F> {
                 inner,
                 sleep: None,
                 deadline,
-                shared,
+                shared: super::future::sealed::Kept::new(shared),
                 overall_binds,
                 expiry: std::marker::PhantomData,
             },

@@ -54,7 +54,11 @@ pub(crate) mod sealed {
     use std::pin::Pin;
     use std::task::Context;
 
+    use std::sync::Arc;
+
     use tokio::time::{Instant, Sleep};
+
+    use crate::deadline::layer::Shared;
 
     /// The timer slot of a deadline future, and whether it fired.
     pub trait Timer {
@@ -65,6 +69,36 @@ pub(crate) mod sealed {
         /// Whether the deadline `at` has passed, arming the timer at the
         /// first call (the inner future is pending).
         fn fired(slot: Pin<&mut Self::Slot>, at: Instant, cx: &mut Context<'_>) -> bool;
+        /// What the response future keeps of the layer: its shared state,
+        /// for the rejection when the timer fires, or nothing without a
+        /// timer.
+        type Owner;
+        /// The response future's part of the layer (`kept` is called only
+        /// if the layer is kept).
+        fn owner(kept: impl FnOnce() -> Kept) -> Self::Owner;
+        /// The layer's shared state, if kept.
+        fn kept(owner: &Self::Owner) -> Option<&Kept>;
+    }
+
+    /// A deadline layer's shared state, kept by a response future.
+    pub struct Kept(Arc<Shared>);
+
+    impl std::fmt::Debug for Kept {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("Kept")
+        }
+    }
+
+    impl Kept {
+        #[inline(always)]
+        pub(crate) fn new(shared: &Arc<Shared>) -> Self {
+            Kept(Arc::clone(shared))
+        }
+
+        #[inline(always)]
+        pub(crate) fn get(&self) -> &Shared {
+            &self.0
+        }
     }
 
     impl Timer for super::OwnTimer {
@@ -79,6 +113,18 @@ pub(crate) mod sealed {
         fn fired(slot: Pin<&mut Self::Slot>, at: Instant, cx: &mut Context<'_>) -> bool {
             crate::clock::timer_fired(slot, at, cx)
         }
+
+        type Owner = Kept;
+
+        #[inline(always)]
+        fn owner(kept: impl FnOnce() -> Kept) -> Self::Owner {
+            kept()
+        }
+
+        #[inline(always)]
+        fn kept(owner: &Self::Owner) -> Option<&Kept> {
+            Some(owner)
+        }
     }
 
     impl Timer for super::InnerTimers {
@@ -90,6 +136,18 @@ pub(crate) mod sealed {
         #[inline]
         fn fired(_: Pin<&mut Self::Slot>, _: Instant, _: &mut Context<'_>) -> bool {
             false
+        }
+
+        // No timer, no rejection of its own: nothing of the layer to keep
+        // (no reference count touched per call).
+        type Owner = ();
+
+        #[inline(always)]
+        fn owner(_: impl FnOnce() -> Kept) -> Self::Owner {}
+
+        #[inline(always)]
+        fn kept(_: &Self::Owner) -> Option<&Kept> {
+            None
         }
     }
 }
@@ -103,7 +161,7 @@ pin_project! {
             #[pin]
             sleep: <X as sealed::Timer>::Slot,
             deadline: Deadline,
-            shared: Arc<Shared>,
+            shared: <X as sealed::Timer>::Owner,
             overall_binds: bool,
             expiry: PhantomData<fn() -> X>,
         },
@@ -147,7 +205,11 @@ impl<F: Future, X: Expiry> State<F, X> {
                 if !X::fired(sleep, deadline.instant(), cx) {
                     return Poll::Pending;
                 }
-                Poll::Ready(Err(expired(layer, shared, *overall_binds)))
+                Poll::Ready(Err(expired(
+                    layer,
+                    X::kept(shared).map(sealed::Kept::get),
+                    *overall_binds,
+                )))
             }
             StateProj::Rejected { error } => crate::error::poll_rejected(error),
         }
@@ -158,7 +220,12 @@ impl<F: Future, X: Expiry> State<F, X> {
 /// request's deadline, or the attempt's own limit. Out of line: the
 /// success path never reaches it.
 #[inline(never)]
-fn expired(layer: LayerKind, shared: &Shared, overall_binds: bool) -> BoxError {
+fn expired(layer: LayerKind, shared: Option<&Shared>, overall_binds: bool) -> BoxError {
+    let Some(shared) = shared else {
+        // Without a timer of its own (`InnerTimers`) the layer never gets
+        // here; should it, the call still ends as a deadline's.
+        return crate::error::DeadlineExceeded::before_sending("deadline").into();
+    };
     if overall_binds || layer == LayerKind::Deadline {
         return reject_deadline(layer, shared, TIMED_OUT);
     }
@@ -191,7 +258,7 @@ pin_project! {
 
 impl<F: Future, X: Expiry> ResponseFuture<F, X> {
     #[inline]
-    pub(crate) fn running(inner: F, deadline: Deadline, shared: Arc<Shared>) -> Self {
+    pub(crate) fn running(inner: F, deadline: Deadline, shared: &Arc<Shared>) -> Self {
         // Built in place (a helper returning the state costs a copy of
         // the inner future).
         ResponseFuture {
@@ -199,7 +266,7 @@ impl<F: Future, X: Expiry> ResponseFuture<F, X> {
                 inner,
                 sleep: X::unarmed(),
                 deadline,
-                shared,
+                shared: X::owner(|| sealed::Kept::new(shared)),
                 overall_binds: true,
                 expiry: PhantomData,
             },

@@ -173,6 +173,6 @@ where
         }
         let inner = &mut self.inner;
         let fut = super::sync_scope(deadline, || inner.call(req));
-        ResponseFuture::running(fut, deadline, self.shared.clone())
+        ResponseFuture::running(fut, deadline, &self.shared)
     }
 }
