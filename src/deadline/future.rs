@@ -39,7 +39,9 @@ pub struct OwnTimer;
 /// instance polled ready, with no second wait), a retry's backoff never
 /// outlasts it and a retry waits for readiness only until too little of it
 /// is left, so a second timer for the same instant would only add 112
-/// bytes to every response future. The layer that was waiting reports the
+/// bytes to every response future; with no rejection of its own to make,
+/// the response future keeps nothing of the layer either (no reference
+/// count is touched per call). The layer that was waiting reports the
 /// expiry ([`DeadlineExceeded`](crate::error::DeadlineExceeded) named after
 /// it; a retry that gives up returns the last attempt's outcome unless the
 /// deadline itself is spent); the deadline layer emits no rejection of its
