@@ -184,7 +184,7 @@ impl AsRef<str> for GrpcTimeout {
 }
 
 /// Units from finest to coarsest: (suffix, nanoseconds per unit).
-const UNITS: [(u8, u128); 6] = [
+const UNITS: [(u8, u64); 6] = [
     (b'n', 1),
     (b'u', 1_000),
     (b'm', 1_000_000),
@@ -213,28 +213,14 @@ const UNITS: [(u8, u128); 6] = [
 /// ```
 pub fn format_grpc_timeout(timeout: Duration) -> GrpcTimeout {
     let nanos = timeout.as_nanos();
-    // Finest unit whose count fits in 8 digits, rounded down.
-    let mut idx = UNITS.len() - 1;
-    let mut value = MAX_GRPC_VALUE as u128;
-    for (i, &(_, per)) in UNITS.iter().enumerate() {
-        let v = nanos / per;
-        if v <= MAX_GRPC_VALUE as u128 {
-            idx = i;
-            value = v;
-            break;
-        }
-    }
-    // Coarsest unit expressing the same value exactly.
-    while idx + 1 < UNITS.len() && value != 0 {
-        let ratio = UNITS[idx + 1].1 / UNITS[idx].1;
-        if value % ratio != 0 {
-            break;
-        }
-        value /= ratio;
-        idx += 1;
-    }
+    // In 64 bits below 584 years (every timeout a caller sends): a 128-bit
+    // division is a call of its own, several per value.
+    let (value, idx) = match u64::try_from(nanos) {
+        Ok(n) => grpc_units(n),
+        Err(_) => grpc_units(nanos),
+    };
     let mut digits = [0u8; 20];
-    let digits = decimal(value as u64, &mut digits); // <= 99_999_999: 8 digits
+    let digits = decimal(value, &mut digits); // <= 99_999_999: 8 digits
     let n = digits.len();
     let mut buf = [0u8; 9];
     buf[..n].copy_from_slice(digits);
@@ -245,6 +231,40 @@ pub fn format_grpc_timeout(timeout: Duration) -> GrpcTimeout {
     }
 }
 
+/// The count and the unit (an index into `UNITS`) of a `grpc-timeout` of
+/// `nanos`: the finest unit whose count fits in 8 digits, rounded down, then
+/// the coarsest unit expressing the same count exactly.
+#[inline]
+fn grpc_units<T>(nanos: T) -> (u64, usize)
+where
+    T: Copy
+        + From<u64>
+        + TryInto<u64>
+        + PartialOrd
+        + std::ops::Div<Output = T>
+        + std::ops::Rem<Output = T>,
+{
+    let mut idx = UNITS.len() - 1;
+    let mut value = MAX_GRPC_VALUE;
+    for (i, &(_, per)) in UNITS.iter().enumerate() {
+        let v = nanos / T::from(per);
+        if v <= T::from(MAX_GRPC_VALUE) {
+            idx = i;
+            value = v.try_into().unwrap_or(MAX_GRPC_VALUE);
+            break;
+        }
+    }
+    while idx + 1 < UNITS.len() && value != 0 {
+        let ratio = UNITS[idx + 1].1 / UNITS[idx].1;
+        if value % ratio != 0 {
+            break;
+        }
+        value /= ratio;
+        idx += 1;
+    }
+    (value, idx)
+}
+
 /// The length in nanoseconds of the unit a `grpc-timeout` value ends with.
 #[cfg(test)]
 fn unit_nanos(value: &[u8]) -> u128 {
@@ -252,7 +272,7 @@ fn unit_nanos(value: &[u8]) -> u128 {
     UNITS
         .iter()
         .find(|(u, _)| *u == unit)
-        .map(|(_, n)| *n)
+        .map(|(_, n)| u128::from(*n))
         .unwrap_or(1)
 }
 

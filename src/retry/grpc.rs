@@ -222,14 +222,14 @@ pub fn parse_pushback(value: &HeaderValue) -> Option<Duration> {
         .map(Duration::from_millis)
 }
 
+/// [`PREVIOUS_ATTEMPTS_HEADER`] as a header name, made at compile time.
+const PREVIOUS_ATTEMPTS_NAME: HeaderName = HeaderName::from_static(PREVIOUS_ATTEMPTS_HEADER);
+
 fn stamp<B>(req: &mut Request<B>, attempt: u32) {
     let headers = req.headers_mut();
     super::http::stamp_attempt(headers, attempt);
     if attempt > 1 {
-        headers.insert(
-            HeaderName::from_static(PREVIOUS_ATTEMPTS_HEADER),
-            HeaderValue::from(attempt - 1),
-        );
+        headers.insert(PREVIOUS_ATTEMPTS_NAME, HeaderValue::from(attempt - 1));
     }
 }
 

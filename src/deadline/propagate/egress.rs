@@ -22,6 +22,10 @@ use crate::deadline::wire::{format_grpc_timeout, parse_grpc_timeout, parse_timeo
 use crate::error::{BoxError, ConfigError, Name};
 use crate::observe::{LayerKind, Observer};
 
+/// [`GRPC_TIMEOUT`] as a header name, made at compile time (a name made
+/// from a string at run time is validated byte by byte on every call).
+const GRPC_TIMEOUT_NAME: HeaderName = HeaderName::from_static(GRPC_TIMEOUT);
+
 struct EgressConfig {
     grpc: bool,
     ms_header: Option<HeaderName>,
@@ -233,12 +237,12 @@ where
         headers.reserve(usize::from(cfg.grpc) + usize::from(cfg.ms_header.is_some()));
         if cfg.grpc {
             let keep = headers
-                .get(GRPC_TIMEOUT)
+                .get(&GRPC_TIMEOUT_NAME)
                 .and_then(|v| parse_grpc_timeout(v.as_bytes()).ok())
                 .is_some_and(|existing| existing <= left);
             if !keep {
                 if let Ok(v) = HeaderValue::from_str(format_grpc_timeout(left).as_str()) {
-                    headers.insert(HeaderName::from_static(GRPC_TIMEOUT), v);
+                    headers.insert(GRPC_TIMEOUT_NAME, v);
                 }
             }
         }

@@ -156,13 +156,17 @@ pub fn parse_delay_seconds(value: &HeaderValue) -> Option<Duration> {
         .map(Duration::from_secs)
 }
 
+/// [`ATTEMPT_HEADER`] as a header name, made at compile time (a name made
+/// from a string at run time is validated byte by byte on every call).
+const ATTEMPT_NAME: HeaderName = HeaderName::from_static(ATTEMPT_HEADER);
+
 /// Writes the attempt number into [`ATTEMPT_HEADER`].
 pub(crate) fn stamp_attempt(headers: &mut HeaderMap, attempt: u32) {
     let value = match attempt {
         1 => HeaderValue::from_static("1"),
         n => HeaderValue::from(n),
     };
-    headers.insert(HeaderName::from_static(ATTEMPT_HEADER), value);
+    headers.insert(ATTEMPT_NAME, value);
 }
 
 /// Whether `req` was marked as a retried inbound request
