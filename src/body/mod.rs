@@ -99,6 +99,9 @@ pin_project! {
         ending: Ending,
         // An answer this process sends (server side).
         answer: bool,
+        // An answer not polled yet: its head was checked against the
+        // deadline as it was answered.
+        fresh: bool,
         expired: bool,
         held: Held,
     }
@@ -215,6 +218,7 @@ impl<B> CallBody<B> {
                 Ending::Error
             },
             answer: false,
+            fresh: false,
             expired: false,
             held: Held::default(),
         }
@@ -228,6 +232,7 @@ impl<B> CallBody<B> {
             self.ending = Ending::GrpcTrailers;
         }
         self.answer = true;
+        self.fresh = true;
         self
     }
 
@@ -239,6 +244,7 @@ impl<B> CallBody<B> {
             limit: None,
             ending: Ending::Error,
             answer: false,
+            fresh: false,
             expired: false,
             held: Held::default(),
         }
@@ -345,6 +351,17 @@ where
                 return Poll::Ready(settle(this.held, polled, || this.inner.is_end_stream()));
             }
         }
+        // An answer's first poll: its head was checked against the
+        // deadline as it was answered, a moment ago, so the body is polled
+        // at once; only a body that goes on past this poll arms the timer
+        // (a complete answer, the usual one, registers none).
+        let fresh = std::mem::take(this.fresh);
+        if fresh {
+            if let Poll::Ready(polled) = poll_scoped(deadline, this.inner.as_mut(), cx) {
+                let polled = polled.map(|r| r.map_err(Into::into));
+                return Poll::Ready(settle(this.held, polled, || this.inner.is_end_stream()));
+            }
+        }
         if this.sleep.is_none() && !this.inner.is_end_stream() {
             this.sleep
                 .set(Some(tokio::time::sleep_until(deadline.instant())));
@@ -361,7 +378,8 @@ where
                 }));
             }
         }
-        if !*this.answer {
+        if !*this.answer || fresh {
+            // A reply, or an answer whose body was polled just above.
             return Poll::Pending;
         }
         let polled = ready!(poll_scoped(deadline, this.inner.as_mut(), cx));

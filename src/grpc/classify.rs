@@ -167,7 +167,7 @@ impl GrpcStatusClassifier {
     pub fn outcome_with(&self, code: Code, headers: &http::HeaderMap) -> Outcome {
         if self.pushback_is_overload
             && code == Code::Unavailable
-            && headers.contains_key(crate::grpc::PUSHBACK_HEADER)
+            && headers.contains_key(&crate::grpc::status::PUSHBACK_NAME)
         {
             return Outcome::Overloaded;
         }

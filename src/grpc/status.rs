@@ -16,6 +16,10 @@ use crate::http::{AnswerError, Named};
 /// milliseconds the client should wait before retrying.
 pub const PUSHBACK_HEADER: &str = "grpc-retry-pushback-ms";
 
+/// [`PUSHBACK_HEADER`] as a header name, made at compile time (a name made
+/// from a string at run time is validated byte by byte on every call).
+pub(crate) const PUSHBACK_NAME: http::HeaderName = http::HeaderName::from_static(PUSHBACK_HEADER);
+
 /// The message of the status for errors that are not seawall rejections.
 const INTERNAL_ERROR_MESSAGE: &str = "internal error";
 

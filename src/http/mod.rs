@@ -195,9 +195,8 @@ pub(crate) const GRPC_STATUS: &str = "grpc-status";
 /// Whether trailers carry a `grpc-status` other than `0` (`OK`).
 #[cfg(any(feature = "tonic", feature = "deadline"))]
 pub(crate) fn failed_grpc_status(trailers: &http::HeaderMap) -> bool {
-    trailers
-        .get(GRPC_STATUS)
-        .is_some_and(|v| v.as_bytes() != b"0")
+    const NAME: http::HeaderName = http::HeaderName::from_static(GRPC_STATUS);
+    trailers.get(&NAME).is_some_and(|v| v.as_bytes() != b"0")
 }
 
 /// The content type of gRPC answers (`application/grpc`, and its `+proto`

@@ -63,15 +63,13 @@
 
 use std::time::Duration;
 
-use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::header::{HeaderMap, HeaderValue};
 use http::{Request, Response};
 use tonic::Code;
 
-use super::PREVIOUS_ATTEMPTS_HEADER;
 use super::http::{Replayable, arrived_as_retry, copy_request};
 use super::policy::{RetryPolicy, Verdict, classify_error};
 use crate::error::BoxError;
-use crate::grpc::PUSHBACK_HEADER;
 
 /// The retry policy for gRPC calls; see the [module docs](self).
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -179,7 +177,7 @@ impl GrpcRetry {
         if !self.retries(code) {
             return Verdict::Fail;
         }
-        match headers.get(PUSHBACK_HEADER) {
+        match headers.get(&crate::grpc::status::PUSHBACK_NAME) {
             None => Verdict::RETRY,
             Some(v) => match parse_pushback(v) {
                 Some(after) => Verdict::Retry { after: Some(after) },
@@ -222,14 +220,14 @@ pub fn parse_pushback(value: &HeaderValue) -> Option<Duration> {
         .map(Duration::from_millis)
 }
 
-/// [`PREVIOUS_ATTEMPTS_HEADER`] as a header name, made at compile time.
-const PREVIOUS_ATTEMPTS_NAME: HeaderName = HeaderName::from_static(PREVIOUS_ATTEMPTS_HEADER);
-
 fn stamp<B>(req: &mut Request<B>, attempt: u32) {
     let headers = req.headers_mut();
     super::http::stamp_attempt(headers, attempt);
     if attempt > 1 {
-        headers.insert(PREVIOUS_ATTEMPTS_NAME, HeaderValue::from(attempt - 1));
+        headers.insert(
+            super::http::PREVIOUS_ATTEMPTS_NAME,
+            HeaderValue::from(attempt - 1),
+        );
     }
 }
 
@@ -305,7 +303,7 @@ mod tests {
         assert_eq!(policy.classify_error(&e), Verdict::Fail);
         let mut s = tonic::Status::unavailable("busy");
         s.metadata_mut()
-            .insert(PUSHBACK_HEADER, "40".parse().unwrap());
+            .insert(crate::grpc::PUSHBACK_HEADER, "40".parse().unwrap());
         let e: BoxError = Box::new(s);
         assert_eq!(
             policy.classify_error(&e),

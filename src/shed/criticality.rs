@@ -196,9 +196,12 @@ impl<B> CriticalityOf<http::Request<B>> for FromHttpRequest {
         if let Some(c) = req.extensions().get::<Criticality>() {
             return *c;
         }
+        // Made at compile time: a name made from a string at run time is
+        // validated byte by byte on every call.
+        const NAME: http::HeaderName = http::HeaderName::from_static(HEADER);
         if let Some(c) = req
             .headers()
-            .get(HEADER)
+            .get(&NAME)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse().ok())
         {

@@ -12,7 +12,7 @@ use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::{DEFAULT_MS_HEADER, GRPC_TIMEOUT, header_name};
+use super::{DEFAULT_MS_HEADER, GRPC_TIMEOUT_NAME, header_name};
 use crate::body::CallBody;
 use crate::clock;
 use crate::deadline::Deadline;
@@ -21,10 +21,6 @@ use crate::deadline::service::{EXPIRED_ON_ARRIVAL, reject_deadline};
 use crate::deadline::wire::{format_grpc_timeout, parse_grpc_timeout, parse_timeout_ms};
 use crate::error::{BoxError, ConfigError, Name};
 use crate::observe::{LayerKind, Observer};
-
-/// [`GRPC_TIMEOUT`] as a header name, made at compile time (a name made
-/// from a string at run time is validated byte by byte on every call).
-const GRPC_TIMEOUT_NAME: HeaderName = HeaderName::from_static(GRPC_TIMEOUT);
 
 struct EgressConfig {
     grpc: bool,

@@ -13,7 +13,8 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::{
-    CLAMPED, DEFAULT_MAX, DEFAULT_MS_HEADER, GRPC_TIMEOUT, InvalidTimeout, OnInvalid, header_name,
+    CLAMPED, DEFAULT_MAX, DEFAULT_MS_HEADER, GRPC_TIMEOUT, GRPC_TIMEOUT_NAME, InvalidTimeout,
+    OnInvalid, header_name,
 };
 use crate::clock;
 use crate::deadline::layer::Shared;
@@ -282,7 +283,7 @@ impl IngressConfig {
                 }
             };
         if self.grpc {
-            if let Some(v) = req.headers().get(GRPC_TIMEOUT) {
+            if let Some(v) = req.headers().get(&GRPC_TIMEOUT_NAME) {
                 take(GRPC_TIMEOUT, parse_grpc_timeout(v.as_bytes()));
             }
         }

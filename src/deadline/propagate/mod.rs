@@ -89,6 +89,10 @@ use crate::error::ConfigError;
 /// The `grpc-timeout` header name.
 pub const GRPC_TIMEOUT: &str = "grpc-timeout";
 
+/// [`GRPC_TIMEOUT`] as a header name, made at compile time (a name made
+/// from a string at run time is validated byte by byte on every call).
+pub(crate) const GRPC_TIMEOUT_NAME: http::HeaderName = http::HeaderName::from_static(GRPC_TIMEOUT);
+
 /// The default integer-milliseconds header: `x-request-timeout-ms`.
 pub const DEFAULT_MS_HEADER: &str = "x-request-timeout-ms";
 

@@ -1,11 +1,12 @@
 //! The server side of "retry at one layer": the attempt an inbound request arrived as.
 use std::task::{Context, Poll};
 
-use http::Request;
+use http::{HeaderName, Request};
 use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::local::Scoped;
+#[cfg(doc)]
 use crate::retry::ATTEMPT_HEADER;
 use crate::retry::inbound::{scope_inbound_attempt, sync_scope_inbound_attempt};
 
@@ -21,13 +22,13 @@ pub struct InboundAttempt(pub u32);
 /// readable.
 pub fn attempt_of<B>(req: &Request<B>) -> u32 {
     // At most 9 digits: fits in a u32.
-    let header = |name: &str| -> Option<u32> {
+    let header = |name: &HeaderName| -> Option<u32> {
         let v = req.headers().get(name)?;
         let n = crate::deadline::wire::header_number(v.as_bytes(), 9).ok()?;
         u32::try_from(n).ok()
     };
-    let own = header(ATTEMPT_HEADER).filter(|n| *n >= 1);
-    let grpc = header(crate::retry::PREVIOUS_ATTEMPTS_HEADER).map(|n| n.saturating_add(1));
+    let own = header(&super::ATTEMPT_NAME).filter(|n| *n >= 1);
+    let grpc = header(&super::PREVIOUS_ATTEMPTS_NAME).map(|n| n.saturating_add(1));
     own.into_iter().chain(grpc).max().unwrap_or(1)
 }
 

@@ -125,7 +125,7 @@ impl HttpRetry {
                 | Method::TRACE
                 | Method::PUT
                 | Method::DELETE
-        ) || req.headers().contains_key(IDEMPOTENCY_KEY)
+        ) || req.headers().contains_key(&IDEMPOTENCY_KEY_NAME)
     }
 
     fn classify_response<RB>(res: &Response<RB>) -> Verdict {
@@ -158,7 +158,15 @@ pub fn parse_delay_seconds(value: &HeaderValue) -> Option<Duration> {
 
 /// [`ATTEMPT_HEADER`] as a header name, made at compile time (a name made
 /// from a string at run time is validated byte by byte on every call).
-const ATTEMPT_NAME: HeaderName = HeaderName::from_static(ATTEMPT_HEADER);
+pub(crate) const ATTEMPT_NAME: HeaderName = HeaderName::from_static(ATTEMPT_HEADER);
+
+/// [`PREVIOUS_ATTEMPTS_HEADER`](super::PREVIOUS_ATTEMPTS_HEADER) as a
+/// header name, made at compile time.
+pub(crate) const PREVIOUS_ATTEMPTS_NAME: HeaderName =
+    HeaderName::from_static(super::PREVIOUS_ATTEMPTS_HEADER);
+
+/// [`IDEMPOTENCY_KEY`] as a header name, made at compile time.
+const IDEMPOTENCY_KEY_NAME: HeaderName = HeaderName::from_static(IDEMPOTENCY_KEY);
 
 /// Writes the attempt number into [`ATTEMPT_HEADER`].
 pub(crate) fn stamp_attempt(headers: &mut HeaderMap, attempt: u32) {
