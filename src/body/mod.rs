@@ -86,7 +86,11 @@ pin_project! {
     /// [`CallBodyLayer`] (in the server presets) holds the handler's answers
     /// to the request's deadline the same way: an HTTP answer still
     /// streaming is cut off (the connection reports an incomplete body), a
-    /// gRPC one ends with `grpc-status: 4` in its trailers. Retry looks at
+    /// gRPC one ends with `grpc-status: 4` in its trailers. An answer's
+    /// first read goes to the body at once (its head was checked against
+    /// the deadline as it was answered): a complete answer arms no timer,
+    /// and one that goes on is judged by its timer first from its second
+    /// read on, so a producer that is always ready is cut too. Retry looks at
     /// heads only: a body cut off after its head arrived is not retried,
     /// and the error reaches whoever reads the body.
     pub struct CallBody<B> {
@@ -696,6 +700,80 @@ mod tests {
             let mut res = http::Response::new(CallBody::unlimited(Full::new(Bytes::new())));
             assert!(BodyEnd::hold(&mut res, permit(&e)).is_some(), "given back");
             assert!(!res.body().holds());
+        }
+
+        /// A body with a next frame always ready, forever.
+        struct Endless;
+
+        impl Body for Endless {
+            type Data = Bytes;
+            type Error = Infallible;
+
+            fn poll_frame(
+                self: Pin<&mut Self>,
+                _: &mut Context<'_>,
+            ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+                Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"x")))))
+            }
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn a_complete_answer_is_read_without_arming_a_timer() {
+            let layer = CallBodyLayer::new();
+            let deadline = Deadline::after(Duration::from_millis(300));
+            let body = CallBody::new(
+                Full::new(Bytes::from_static(b"ok")),
+                Some(deadline),
+                &layer.shared,
+                false,
+            )
+            .answering();
+            let mut body = std::pin::pin!(body);
+            let frame = body.frame().await.unwrap().unwrap();
+            assert_eq!(frame.into_data().unwrap(), "ok");
+            assert!(body.frame().await.is_none());
+            assert!(
+                body.sleep.is_none(),
+                "no timer registered for an answer complete at its first read"
+            );
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn an_answer_always_ready_is_cut_at_its_deadline() {
+            let layer = CallBodyLayer::new();
+            let deadline = Deadline::after(Duration::from_millis(300));
+            let body = CallBody::new(Endless, Some(deadline), &layer.shared, false).answering();
+            let mut body = std::pin::pin!(body);
+            // The first read goes straight to the body; one that goes on
+            // arms the timer and is judged by it first from then on.
+            assert!(body.frame().await.unwrap().is_ok());
+            assert!(body.sleep.is_none());
+            assert!(body.frame().await.unwrap().is_ok());
+            assert!(body.sleep.is_some(), "armed once the answer goes on");
+            tokio::time::advance(Duration::from_millis(299)).await;
+            assert!(body.frame().await.unwrap().is_ok(), "still in time");
+            tokio::time::advance(Duration::from_millis(1)).await;
+            let err = body.frame().await.unwrap().unwrap_err();
+            assert_eq!(
+                crate::error::rejection_of(&err).map(|r| r.kind()),
+                Some(crate::error::RejectionKind::DeadlineExceeded)
+            );
+            assert!(body.frame().await.is_none(), "a cut answer has ended");
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn an_answer_pending_at_its_first_read_arms_the_timer_then() {
+            let layer = CallBodyLayer::new();
+            let deadline = Deadline::after(Duration::from_millis(300));
+            let body = CallBody::new(Stalled, Some(deadline), &layer.shared, false).answering();
+            let start = tokio::time::Instant::now();
+            let mut body = std::pin::pin!(body);
+            let err = body.frame().await.unwrap().unwrap_err();
+            assert_eq!(start.elapsed(), Duration::from_millis(300));
+            assert_eq!(
+                crate::error::rejection_of(&err).map(|r| r.kind()),
+                Some(crate::error::RejectionKind::DeadlineExceeded)
+            );
         }
 
         #[tokio::test(start_paused = true)]
