@@ -147,7 +147,8 @@ fn wait_while_open<C>(
     slot: &mut Option<Pin<Box<Sleep>>>,
     cx: &mut Context<'_>,
 ) -> bool {
-    while let Some(until) = shared.core.open_deadline(clock::now()) {
+    let mut now = clock::now();
+    while let Some(until) = shared.core.open_deadline(now) {
         let sleep = match slot {
             Some(sleep) => {
                 if sleep.deadline() != until {
@@ -160,6 +161,57 @@ fn wait_while_open<C>(
         if sleep.as_mut().poll(cx).is_pending() {
             return true;
         }
+        // The timer fired: the open time is over, whatever instant this
+        // edge of the call read before (layers above share one read per
+        // edge, which a timer on another worker may have overtaken). Read
+        // as `now`, it ends the wait unless the breaker opened again since.
+        now = now.max(until);
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tower::{Layer, Service, ServiceExt};
+
+    use crate::circuit_breaker::{CircuitBreakerLayer, SlidingWindow};
+    use crate::error::BoxError;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_fired_open_timer_ends_the_wait_even_on_an_edge_read_before_it() {
+        let layer = CircuitBreakerLayer::builder()
+            .window(SlidingWindow::count(1))
+            .minimum_calls(1)
+            .open_duration(Duration::from_secs(10))
+            .backpressure(true)
+            .build()
+            .unwrap();
+        let mut svc = layer.layer(tower::service_fn(|fail: bool| async move {
+            if fail {
+                Err::<(), BoxError>("down".into())
+            } else {
+                Ok(())
+            }
+        }));
+        let _ = svc.ready().await.unwrap().call(true).await;
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        assert!(
+            svc.poll_ready(&mut cx).is_pending(),
+            "open: the timer is armed"
+        );
+        // A layer above has read this edge's instant; then the open time
+        // passes and the timer fires before this poll.
+        let edge = crate::clock::Edge::enter();
+        let read = crate::clock::now();
+        tokio::time::advance(Duration::from_secs(11)).await;
+        assert_eq!(crate::clock::now(), read, "the edge keeps its instant");
+        assert!(
+            svc.poll_ready(&mut cx).is_ready(),
+            "ready once the timer fired (on the edge's older instant it armed the timer again)"
+        );
+        drop(edge);
+    }
 }
