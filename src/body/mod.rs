@@ -632,10 +632,15 @@ mod tests {
             ))
         }
 
-        /// A body whose next frame never comes.
-        struct Stalled;
+        /// A body that answers every read the same way: its next frame
+        /// never comes, or is always ready, forever.
+        #[derive(Clone, Copy)]
+        enum Steady {
+            Stalled,
+            Endless,
+        }
 
-        impl Body for Stalled {
+        impl Body for Steady {
             type Data = Bytes;
             type Error = Infallible;
 
@@ -643,7 +648,10 @@ mod tests {
                 self: Pin<&mut Self>,
                 _: &mut Context<'_>,
             ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-                Poll::Pending
+                match *self {
+                    Steady::Stalled => Poll::Pending,
+                    Steady::Endless => Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"x"))))),
+                }
             }
         }
 
@@ -702,21 +710,6 @@ mod tests {
             assert!(!res.body().holds());
         }
 
-        /// A body with a next frame always ready, forever.
-        struct Endless;
-
-        impl Body for Endless {
-            type Data = Bytes;
-            type Error = Infallible;
-
-            fn poll_frame(
-                self: Pin<&mut Self>,
-                _: &mut Context<'_>,
-            ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-                Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"x")))))
-            }
-        }
-
         #[tokio::test(start_paused = true)]
         async fn a_complete_answer_is_read_without_arming_a_timer() {
             let layer = CallBodyLayer::new();
@@ -742,7 +735,8 @@ mod tests {
         async fn an_answer_always_ready_is_cut_at_its_deadline() {
             let layer = CallBodyLayer::new();
             let deadline = Deadline::after(Duration::from_millis(300));
-            let body = CallBody::new(Endless, Some(deadline), &layer.shared, false).answering();
+            let body =
+                CallBody::new(Steady::Endless, Some(deadline), &layer.shared, false).answering();
             let mut body = std::pin::pin!(body);
             // The first read goes straight to the body; one that goes on
             // arms the timer and is judged by it first from then on.
@@ -765,7 +759,8 @@ mod tests {
         async fn an_answer_pending_at_its_first_read_arms_the_timer_then() {
             let layer = CallBodyLayer::new();
             let deadline = Deadline::after(Duration::from_millis(300));
-            let body = CallBody::new(Stalled, Some(deadline), &layer.shared, false).answering();
+            let body =
+                CallBody::new(Steady::Stalled, Some(deadline), &layer.shared, false).answering();
             let start = tokio::time::Instant::now();
             let mut body = std::pin::pin!(body);
             let err = body.frame().await.unwrap().unwrap_err();
@@ -781,7 +776,7 @@ mod tests {
             let e = engine(1);
             let layer = CallBodyLayer::new();
             let deadline = Deadline::after(Duration::from_millis(300));
-            let body = CallBody::new(Stalled, Some(deadline), &layer.shared, false);
+            let body = CallBody::new(Steady::Stalled, Some(deadline), &layer.shared, false);
             let mut res = http::Response::new(body);
             assert!(BodyEnd::hold(&mut res, permit(&e)).is_none());
             let start = tokio::time::Instant::now();
