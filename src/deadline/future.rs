@@ -54,9 +54,8 @@ impl Expiry for InnerTimers {}
 
 pub(crate) mod sealed {
     use std::pin::Pin;
-    use std::task::Context;
-
     use std::sync::Arc;
+    use std::task::Context;
 
     use tokio::time::{Instant, Sleep};
 
