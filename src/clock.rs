@@ -109,6 +109,34 @@ pub(crate) fn timer_fired(
     slot.as_pin_mut().is_some_and(|s| s.poll(cx).is_ready())
 }
 
+/// Waits in a service's `poll_ready` until `until`, on the boxed timer in
+/// `slot` (made at the first wait, moved when `until` moves; boxed so that
+/// the service stays small). Ready once `until` has passed: from then on the
+/// caller judges by `until` itself, not by [`now`], whose instant an edge
+/// may have read before a timer on another worker fired.
+#[cfg_attr(
+    not(any(feature = "circuit-breaker", feature = "eject")),
+    allow(dead_code)
+)]
+#[inline(never)]
+pub(crate) fn poll_boxed_timer(
+    slot: &mut Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    until: Instant,
+    cx: &mut std::task::Context<'_>,
+) -> std::task::Poll<()> {
+    use std::future::Future;
+    let sleep = match slot {
+        Some(sleep) => {
+            if sleep.deadline() != until {
+                sleep.as_mut().reset(until);
+            }
+            sleep
+        }
+        None => slot.insert(Box::pin(tokio::time::sleep_until(until))),
+    };
+    sleep.as_mut().poll(cx)
+}
+
 /// Nanoseconds from `earlier` to `later`, negative when `later` comes first
 /// (saturating at ±`i64::MAX`, some 292 years).
 ///

@@ -1,5 +1,4 @@
 use std::fmt;
-use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -149,22 +148,11 @@ fn wait_while_open<C>(
 ) -> bool {
     let mut now = clock::now();
     while let Some(until) = shared.core.open_deadline(now) {
-        let sleep = match slot {
-            Some(sleep) => {
-                if sleep.deadline() != until {
-                    sleep.as_mut().reset(until);
-                }
-                sleep
-            }
-            None => slot.insert(Box::pin(tokio::time::sleep_until(until))),
-        };
-        if sleep.as_mut().poll(cx).is_pending() {
+        if clock::poll_boxed_timer(slot, until, cx).is_pending() {
             return true;
         }
-        // The timer fired: the open time is over, whatever instant this
-        // edge of the call read before (layers above share one read per
-        // edge, which a timer on another worker may have overtaken). Read
-        // as `now`, it ends the wait unless the breaker opened again since.
+        // The open time is over: judged by `until`, it ends the wait unless
+        // the breaker opened again since.
         now = now.max(until);
     }
     false

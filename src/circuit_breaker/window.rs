@@ -245,7 +245,7 @@ impl TimeWindow {
         let n = self.buckets.len() as i64;
         let steps = epoch.saturating_sub(head).min(n);
         for ep in (epoch - steps + 1)..=epoch {
-            self.drain(&self.buckets[ep.rem_euclid(n) as usize]);
+            self.drain(self.bucket(ep));
         }
         self.head.store(epoch, Ordering::Release);
     }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use pin_project_lite::pin_project;
-use tokio::time::{Instant, Sleep, sleep_until};
+use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 
 use super::layer::Shared;
@@ -107,23 +107,18 @@ where
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         if let Some(i) = self.slot.index {
             let registry = &self.slot.shared.registry;
+            let mut now = clock::now();
             loop {
-                match registry.admit(i, clock::now()) {
+                match registry.admit(i, now) {
                     Ok(probing) => {
                         self.probing = probing;
                         break;
                     }
                     Err(Some(until)) => {
-                        let sleep = match &mut self.sleep {
-                            Some(s) => {
-                                if s.deadline() != until {
-                                    s.as_mut().reset(until);
-                                }
-                                s
-                            }
-                            slot @ None => slot.insert(Box::pin(sleep_until(until))),
-                        };
-                        ready!(sleep.as_mut().poll(cx));
+                        ready!(clock::poll_boxed_timer(&mut self.sleep, until, cx));
+                        // The ejection is over: judged by `until`, not by an
+                        // instant read before the timer fired.
+                        now = now.max(until);
                     }
                     Err(None) => {
                         // Its probe is in flight: woken when it ends.

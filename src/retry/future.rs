@@ -163,8 +163,8 @@ where
     type Output = Result<S::Response, BoxError>;
 
     /// The common case inline: the attempt in flight ends in a success.
-    /// Everything else (a failure,
-    /// a retry to plan, a backoff, a readiness wait) is out of line.
+    /// Everything else (a failure, a retry to plan, a backoff, a readiness
+    /// wait) is out of line.
     #[inline]
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let _edge = crate::clock::Edge::enter();
@@ -174,12 +174,7 @@ where
             let shared = &*this.local.shared;
             let verdict = shared.policy.classify(result.as_ref());
             if matches!(verdict, Verdict::Success) {
-                if let Some(started) = this.started.take() {
-                    call_finished(shared, Outcome::Success, started);
-                }
-                if let Some(ticket) = this.ticket.take() {
-                    shared.budget.credit_success(ticket);
-                }
+                succeeded(shared, this.started, this.ticket);
                 return Poll::Ready(result);
             }
             return self.poll_slow(cx, Some((result, verdict)));
@@ -225,9 +220,7 @@ where
                     }
                     let give_up = match verdict {
                         Verdict::Success => {
-                            if let Some(ticket) = this.ticket.take() {
-                                shared.budget.credit_success(ticket);
-                            }
+                            succeeded(shared, this.started, this.ticket);
                             return Poll::Ready(result);
                         }
                         Verdict::Fail => GiveUp::new(GiveUpReason::NotRetryable),
@@ -370,6 +363,22 @@ where
                 }
             }
         }
+    }
+}
+
+/// An attempt succeeded: reported (if observed and not reported yet) and
+/// its request credited to the budget, once.
+#[inline]
+fn succeeded<P>(
+    shared: &Shared<P>,
+    started: &mut Option<Instant>,
+    ticket: &mut Option<RequestTicket>,
+) {
+    if let Some(started) = started.take() {
+        call_finished(shared, Outcome::Success, started);
+    }
+    if let Some(ticket) = ticket.take() {
+        shared.budget.credit_success(ticket);
     }
 }
 
