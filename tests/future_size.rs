@@ -6,7 +6,7 @@
 //! attempt's timeout, overlapped by the bulkhead's queue timer (a request
 //! that waits for a permit allocates nothing, `tests/alloc_bulkhead`) and
 //! by the retry's backoff and readiness timer, which share the room of the
-//! attempt in flight. The stack's deadline runs no timer of its own
+//! attempt in flight. Neither stack's deadline runs a timer of its own
 //! (`deadline::InnerTimers`): every wait inside ends by it.
 
 use std::time::Duration;
@@ -78,4 +78,21 @@ fn each_layer_adds_little_to_the_inner_future() {
     // The rate limit's waiting states (a cell to wait for, a Redis round
     // trip) are boxed: an admitted call carries no timer.
     assert!(over(future_size(&rate)) <= 64);
+}
+
+#[test]
+fn the_server_stack_future_carries_one_timer() {
+    let stack = seawall::stack::ServerStack::builder("server")
+        .total_budget(Duration::from_secs(2))
+        .handler_timeout(Duration::from_millis(500))
+        .build()
+        .unwrap()
+        .layer(noop());
+    let size = future_size(&stack);
+    let sleep = std::mem::size_of::<tokio::time::Sleep>();
+    println!("server stack future: {size} B (a Sleep is {sleep} B)");
+    // The handler timeout's timer, overlapped by the bulkhead's queue
+    // timer; the deadline runs none of its own (`deadline::InnerTimers`):
+    // with one, the future was 384 B.
+    assert!(size <= 264, "server stack future is {size} B");
 }

@@ -33,8 +33,12 @@ pub struct OwnTimer;
 /// task-local [`current()`](super::current) one on every poll) but runs no
 /// timer: every wait below it ends by the deadline already.
 ///
-/// The [client stack](crate::stack::ClientStack) is built this way. Below
-/// its deadline, the attempt timeout is clamped to the deadline, the
+/// The [client stack](crate::stack::ClientStack) and the [server
+/// stack](crate::stack::ServerStack) are built this way. Below the server's
+/// deadline, the handler timeout is clamped to it, the bulkhead's queue
+/// wait and a rate-limit wait end by it, and so does a Redis round trip of
+/// the rate limit. Below the client's deadline, the attempt timeout is
+/// clamped to the deadline, the
 /// bulkhead's queue wait ends by it (a queued call is then made on the
 /// instance polled ready, with no second wait), a retry's backoff never
 /// outlasts it and a retry waits for readiness only until too little of it

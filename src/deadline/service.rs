@@ -54,7 +54,7 @@ pub(crate) fn reject_deadline(layer: LayerKind, shared: &Shared, detail: &'stati
 /// `X` says how the call learns that its deadline passed: by a timer of
 /// this layer's own ([`OwnTimer`], what [`DeadlineLayer`](super::DeadlineLayer)
 /// builds), or from the layers inside, which all end by the deadline
-/// ([`InnerTimers`](super::InnerTimers), inside the client stack).
+/// ([`InnerTimers`](super::InnerTimers), inside the client and server stacks).
 pub struct DeadlineService<S, X = OwnTimer> {
     inner: S,
     shared: Arc<Shared>,

@@ -11,6 +11,8 @@ use tower_service::Service;
 
 use super::decorate::{Decorate, RateLimitStatus};
 use super::key::{Key, KeyExtractor, MissingKey};
+#[cfg(feature = "redis")]
+use super::layer::DETAIL_DEADLINE_IN_BACKEND;
 use super::layer::{DETAIL_WAIT_TOO_LONG, Shared, Step};
 use super::limiter::Verdict;
 use crate::error::{BoxError, RateLimited, RejectionKind};
@@ -59,6 +61,7 @@ pin_project! {
         #[pin]
         sleep: Sleep,
         limit: Instant,
+        deadline: Option<Instant>,
         key: Result<Key, MissingKey>,
         svc: Option<S>,
         req: Option<Req>,
@@ -73,7 +76,11 @@ pin_project! {
         call: RedisCall,
         #[pin]
         timer: Sleep,
+        // The request's deadline ends the round trip before the backend's
+        // timeout does: the wait is cut, not counted as a Redis failure.
+        cut_by_deadline: bool,
         limit: Option<Instant>,
+        deadline: Option<Instant>,
         key: Result<Key, MissingKey>,
         svc: Option<S>,
         req: Option<Req>,
@@ -159,14 +166,16 @@ impl<F, S, Req, X, D> ResponseFuture<F, S, Req, X, D> {
         }
     }
 
-    /// A request whose cell would come only after its deadline.
-    pub(crate) fn deadline_exceeded(shared: &Shared<X, D>) -> Self {
+    /// A request out of time: its cell would come only after its deadline
+    /// (`DETAIL_DEADLINE_BEFORE_CELL`), or its deadline passed while Redis
+    /// had not answered (`DETAIL_DEADLINE_IN_BACKEND`).
+    pub(crate) fn deadline_exceeded(shared: &Shared<X, D>, detail: &'static str) -> Self {
         shared.observer.emit(
             crate::observe::LayerKind::RateLimit,
             shared.name.as_str(),
             crate::observe::EventKind::Rejected {
                 reason: crate::error::RejectionKind::DeadlineExceeded,
-                detail: "deadline_before_cell",
+                detail,
                 retry_after: None,
             },
         );
@@ -182,6 +191,7 @@ impl<F, S, Req, X, D> ResponseFuture<F, S, Req, X, D> {
     pub(crate) fn waiting(
         until: Instant,
         limit: Instant,
+        deadline: Option<Instant>,
         key: Result<Key, MissingKey>,
         svc: S,
         req: Req,
@@ -192,6 +202,7 @@ impl<F, S, Req, X, D> ResponseFuture<F, S, Req, X, D> {
                 inner: Box::pin(Wait {
                     sleep: tokio::time::sleep_until(until),
                     limit,
+                    deadline,
                     key,
                     svc: Some(svc),
                     req: Some(req),
@@ -205,6 +216,7 @@ impl<F, S, Req, X, D> ResponseFuture<F, S, Req, X, D> {
     pub(crate) fn redis(
         call: RedisCall,
         limit: Option<Instant>,
+        deadline: Option<Instant>,
         key: Result<Key, MissingKey>,
         svc: S,
         req: Req,
@@ -214,12 +226,19 @@ impl<F, S, Req, X, D> ResponseFuture<F, S, Req, X, D> {
             .redis
             .as_ref()
             .map_or(Duration::ZERO, |r| r.timeout());
+        let by_timeout = crate::clock::now() + timeout;
+        let (until, cut_by_deadline) = match deadline {
+            Some(d) if d < by_timeout => (d, true),
+            _ => (by_timeout, false),
+        };
         ResponseFuture {
             state: State::Redis {
                 inner: Box::pin(RedisWait {
                     call,
-                    timer: tokio::time::sleep(timeout),
+                    timer: tokio::time::sleep_until(until),
+                    cut_by_deadline,
                     limit,
+                    deadline,
                     key,
                     svc: Some(svc),
                     req: Some(req),
@@ -232,9 +251,9 @@ impl<F, S, Req, X, D> ResponseFuture<F, S, Req, X, D> {
 
 /// What to do after a decision made inside the future.
 fn next<F, S, Req, X, D>(
-    verdict: Verdict,
-    status: Option<RateLimitStatus>,
+    (verdict, status): (Verdict, Option<RateLimitStatus>),
     limit: Option<Instant>,
+    deadline: Option<Instant>,
     key: Result<Key, MissingKey>,
     svc: &mut Option<S>,
     req: &mut Option<Req>,
@@ -257,7 +276,8 @@ where
                 if now + w <= limit {
                     match (svc.take(), req.take()) {
                         (Some(s), Some(r)) => {
-                            ResponseFuture::waiting(now + w, limit, key, s, r, shared).state
+                            ResponseFuture::waiting(now + w, limit, deadline, key, s, r, shared)
+                                .state
                         }
                         _ => State::Rejected {
                             err: Some("rate limit future polled after completion".into()),
@@ -346,6 +366,7 @@ where
                 let WaitProj {
                     sleep,
                     limit,
+                    deadline,
                     key,
                     svc,
                     req,
@@ -355,11 +376,28 @@ where
                 let shared = shared.clone();
                 let cost = req.as_ref().map_or(1, |r| shared.extractor.cost(r));
                 match shared.decide(key, cost, D::ENABLED) {
-                    Step::Now(v, status) => next(v, status, Some(*limit), *key, svc, req, &shared),
+                    Step::Now(v, status) => next(
+                        (v, status),
+                        Some(*limit),
+                        *deadline,
+                        *key,
+                        svc,
+                        req,
+                        &shared,
+                    ),
                     #[cfg(feature = "redis")]
                     Step::Redis(call) => match (svc.take(), req.take()) {
                         (Some(s), Some(r)) => {
-                            ResponseFuture::redis(call, Some(*limit), *key, s, r, &shared).state
+                            ResponseFuture::redis(
+                                call,
+                                Some(*limit),
+                                *deadline,
+                                *key,
+                                s,
+                                r,
+                                &shared,
+                            )
+                            .state
                         }
                         _ => State::Rejected {
                             err: Some("rate limit future polled after completion".into()),
@@ -373,7 +411,9 @@ where
                 let RedisWaitProj {
                     call,
                     timer,
+                    cut_by_deadline,
                     limit,
+                    deadline,
                     key,
                     svc,
                     req,
@@ -386,13 +426,20 @@ where
                         None
                     }
                 };
+                if outcome.is_none() && *cut_by_deadline {
+                    // Out of time before Redis answered: the request
+                    // fails, and Redis is not judged by it.
+                    let new = ResponseFuture::deadline_exceeded(shared, DETAIL_DEADLINE_IN_BACKEND);
+                    state.set(new.state);
+                    continue;
+                }
                 let shared = shared.clone();
                 let cost = req.as_ref().map_or(1, |r| shared.extractor.cost(r));
                 let (v, status) = match &shared.redis {
                     Some(r) => r.complete(&shared, key, cost, call.slot, outcome),
                     None => shared.decide_local(key, cost, D::ENABLED),
                 };
-                next(v, status, *limit, *key, svc, req, &shared)
+                next((v, status), *limit, *deadline, *key, svc, req, &shared)
             }
             #[cfg(not(feature = "redis"))]
             StateProj::Redis { inner } => match inner.call {},

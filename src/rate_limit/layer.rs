@@ -57,6 +57,11 @@ pub(crate) const DETAIL_WAIT_TOO_LONG: &str = "wait_exceeds_limit";
 pub(crate) const DETAIL_COST: &str = "cost_above_burst";
 #[cfg(feature = "redis")]
 pub(crate) const DETAIL_BACKEND: &str = "backend_unavailable";
+/// Waiting, the request's cell would come only after its deadline.
+pub(crate) const DETAIL_DEADLINE_BEFORE_CELL: &str = "deadline_before_cell";
+/// The request's deadline passed before Redis answered.
+#[cfg(feature = "redis")]
+pub(crate) const DETAIL_DEADLINE_IN_BACKEND: &str = "deadline_in_backend";
 
 pub(crate) enum Primary {
     Global(Bucket),

@@ -81,7 +81,10 @@ pub enum FailurePolicy {
 /// follows its [`FailurePolicy`]. While degraded it tries Redis again once
 /// per [`probe_interval`](RedisBackend::probe_interval), and other requests
 /// follow the policy without waiting on Redis. The first success switches back
-/// to `Healthy`.
+/// to `Healthy`. A round trip is also bounded by the request's deadline
+/// ([`deadline::of`](crate::deadline::of)): when that comes first, the
+/// request fails with [`DeadlineExceeded`](crate::error::DeadlineExceeded)
+/// (event detail `"deadline_in_backend"`) and Redis is not judged by it.
 ///
 /// The Redis call is a boxed future inside the layer's future: the `redis`
 /// crate's connection API returns boxed futures that borrow the connection,

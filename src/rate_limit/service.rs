@@ -101,7 +101,15 @@ where
                     let limit = limit_of(now, max, deadline);
                     if now + w <= limit {
                         let svc = take_ready(&mut self.inner);
-                        return ResponseFuture::waiting(now + w, limit, key, svc, req, shared);
+                        return ResponseFuture::waiting(
+                            now + w,
+                            limit,
+                            deadline.map(|d| d.instant()),
+                            key,
+                            svc,
+                            req,
+                            shared,
+                        );
                     }
                     if deadline.is_some_and(|d| d.instant() == limit)
                         && now.checked_add(max).is_some_and(|by_max| now + w <= by_max)
@@ -109,7 +117,10 @@ where
                         // The wait itself would be allowed, but the cell
                         // comes after the request's deadline: the request
                         // cannot be served in time at all.
-                        return ResponseFuture::deadline_exceeded(shared);
+                        return ResponseFuture::deadline_exceeded(
+                            shared,
+                            super::layer::DETAIL_DEADLINE_BEFORE_CELL,
+                        );
                     }
                     return ResponseFuture::rejected(
                         shared,
@@ -121,16 +132,14 @@ where
             }
             #[cfg(feature = "redis")]
             Step::Redis(call) => {
+                let deadline = crate::deadline::of(&req);
                 let limit = match shared.mode {
-                    Mode::Wait { max } => Some(limit_of(
-                        crate::clock::now(),
-                        max,
-                        crate::deadline::of(&req),
-                    )),
+                    Mode::Wait { max } => Some(limit_of(crate::clock::now(), max, deadline)),
                     Mode::Reject => None,
                 };
                 let svc = take_ready(&mut self.inner);
-                ResponseFuture::redis(call, limit, key, svc, req, shared)
+                let deadline = deadline.map(|d| d.instant());
+                ResponseFuture::redis(call, limit, deadline, key, svc, req, shared)
             }
         }
     }

@@ -174,7 +174,14 @@
 //!   example a connection pool's size) that the adaptive limit may not
 //!   exceed. Time spent in the bulkhead's queue, if it has one, shows in the
 //!   limit's latency samples, so the limit comes down when requests queue.
-//! - **Handler timeout innermost**, so it times the handler only.
+//! - **Handler timeout innermost**, so it times the handler only. It is
+//!   clamped to the deadline, and every wait above it ends by the deadline
+//!   too (the bulkhead's queue, a rate-limit wait, a Redis round trip), so
+//!   here too the deadline layer runs no timer of its own
+//!   ([`InnerTimers`](crate::deadline::InnerTimers)): the layer that was
+//!   waiting when the deadline passed fails the request with
+//!   `DeadlineExceeded` (the handler timeout, named `<stack>.handler`, once
+//!   the handler runs).
 //!
 //! Rejections therefore come in a fixed order under pressure: `RateLimited`
 //! (429) before `Overloaded` (503) before `BulkheadFull` (503). With feature

@@ -9,7 +9,9 @@ use tower_layer::Layer;
 
 use super::part::{HoldPoint, IngressPart, InnerTimeout, Skip, StackPart, part_name, stack_timers};
 use crate::bulkhead::{Bulkhead, BulkheadBuilder, BulkheadHandle, BulkheadLayer};
-use crate::deadline::{AttemptTimeoutLayer, AttemptTimeoutService, DeadlineLayer, DeadlineService};
+use crate::deadline::{
+    AttemptTimeoutLayer, AttemptTimeoutService, DeadlineLayer, DeadlineService, InnerTimers,
+};
 use crate::error::{ConfigError, Name};
 use crate::hold::Head;
 use crate::observe::Observer;
@@ -92,12 +94,12 @@ pub struct ServerStackService<S, P = FromTaskLocal, M = Head, R = tower::layer::
 where
     R: Layer<ServerCore<S, P, M>>,
 {
-    inner: DeadlineService<R::Service>,
+    inner: DeadlineService<R::Service, InnerTimers>,
 }
 
 wrapper_service!(
     ServerStackService<S, P, M, R>,
-    DeadlineService<R::Service>,
+    DeadlineService<R::Service, InnerTimers>,
     where R: Layer<ServerCore<S, P, M>>,
 );
 
@@ -118,7 +120,7 @@ where
         };
         let s = self.rate_limit.layer(s);
         self.ingress.layer(ServerStackService {
-            inner: self.deadline.layer(s),
+            inner: self.deadline.layer_with(s),
         })
     }
 }

@@ -536,6 +536,69 @@ async fn slow_redis_times_out_and_follows_the_policy() {
     sleeper.await.unwrap();
 }
 
+/// In the server stack, every wait below the deadline ends by it (the
+/// deadline runs no timer of its own): a Redis round trip that outlasts
+/// the request's budget ends at the budget with `DeadlineExceeded` from the
+/// rate limit, and Redis is not marked unhealthy for it.
+#[cfg(all(feature = "deadline", feature = "shed", feature = "bulkhead"))]
+#[tokio::test]
+async fn the_server_stack_deadline_ends_a_slow_redis_round_trip() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let recorder = Recorder::new();
+    let backend = RedisBackend::new(server.connection().await)
+        .timeout(Duration::from_secs(2))
+        .on_failure(FailurePolicy::FailOpen);
+    let stack = seawall::stack::ServerStack::builder("api")
+        .total_budget(Duration::from_millis(100))
+        .observer(Observer::new(recorder.clone()))
+        .rate_limit(Quota::per_minute(1000), |r| r.redis(backend))
+        .build()
+        .unwrap();
+    let mut svc = stack.layer(echo());
+    assert_eq!(
+        call(&mut svc, 7).await.unwrap(),
+        7,
+        "Redis answers: admitted"
+    );
+    // Block the server for 300 ms from another connection (its answer
+    // comes within the connection's own 500 ms response timeout, so the
+    // server is free again once it has come).
+    let mut blocker = server.connection().await;
+    let sleeper = tokio::spawn(async move {
+        redis::cmd("DEBUG")
+            .arg("SLEEP")
+            .arg("0.3")
+            .query_async::<()>(&mut blocker)
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let err = call(&mut svc, 1).await.unwrap_err();
+    let r = rejection_of(&err).expect("a rejection");
+    assert_eq!(r.kind(), RejectionKind::DeadlineExceeded, "{err}");
+    assert_eq!(r.name(), "api.rate_limit", "{err}");
+    assert_eq!(
+        recorder.count(|e| matches!(
+            e.kind,
+            EventKind::Rejected {
+                reason: RejectionKind::DeadlineExceeded,
+                detail: "deadline_in_backend",
+                ..
+            }
+        )),
+        1
+    );
+    // Cut by the request's budget (100 ms), not by the backend's timeout
+    // (2 s): no backend error, no degraded state.
+    assert_eq!(
+        recorder.count(|e| matches!(e.kind, EventKind::BackendError { .. })),
+        0
+    );
+    sleeper.await.unwrap().expect("DEBUG SLEEP answered");
+    assert_eq!(call(&mut svc, 8).await.unwrap(), 8, "Redis answers again");
+}
+
 #[tokio::test]
 async fn wait_mode_through_redis_waits_for_the_shared_cells() {
     let Some(server) = RedisServer::start() else {
