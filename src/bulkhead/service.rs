@@ -142,7 +142,7 @@ where
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn call(&mut self, req: Req) -> Self::Future {
         let _edge = crate::clock::Edge::enter();
         let permit = match self.ready {

@@ -391,7 +391,7 @@ impl Core {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn record_closed(
         &self,
         permit: Permit,

@@ -199,7 +199,7 @@ impl<X, D> Shared<X, D> {
 
     /// The local decision for `key` (the primary limit, then the global one).
     /// `want_status`: compute the bucket state for response headers.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn decide_local(
         &self,
         key: &Result<Key, MissingKey>,

@@ -89,6 +89,7 @@ where
 {
     type Output = Result<T, BoxError>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let _edge = crate::clock::Edge::enter();
         match self.project().state.project() {

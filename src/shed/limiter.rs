@@ -155,7 +155,7 @@ impl Limiter {
     }
 
     /// Admission: O(1), a few atomics, no lock, no allocation.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn try_acquire(
         self: &Arc<Self>,
         class: Criticality,
@@ -424,7 +424,7 @@ impl Permit {
     }
 
     /// [`complete`](Self::complete), with the time the call ended.
-    #[inline]
+    #[inline(always)]
     fn complete_at(&mut self, completion: Completion, now: Instant) {
         if self.done {
             return;
