@@ -422,10 +422,13 @@ impl Core {
             }
         }
         if self.config.rate_trips && !trip {
-            if self.rates_trip(&snap) {
+            // No failure and no slow call in the window (`None`): no rate
+            // can open it.
+            if let Some(snap) = snap.filter(|s| self.rates_trip(s)) {
                 self.trip_closed(permit.generation, now(), snap);
             }
         } else if trip {
+            let snap = snap.unwrap_or_else(|| self.window.current_totals());
             self.trip_closed(permit.generation, now(), snap);
         }
     }

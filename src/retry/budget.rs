@@ -14,9 +14,16 @@ use crate::error::ConfigError;
 /// Number of buckets in the sliding window.
 pub(crate) const BUCKETS: usize = 10;
 
-const COUNT_BITS: u32 = 24;
+// A slice's word: its requests (22 bits), its succeeded requests (22 bits)
+// and its slice number (the low 20 bits: a slice number repeats after 2^20
+// slices, 12 days of the default 1 s slices).
+const COUNT_BITS: u32 = 22;
 const COUNT_MAX: u64 = (1 << COUNT_BITS) - 1;
-const EPOCH_MASK: u64 = (1 << (64 - COUNT_BITS)) - 1;
+const TAG_SHIFT: u32 = 2 * COUNT_BITS;
+const EPOCH_MASK: u64 = (1 << (64 - TAG_SHIFT)) - 1;
+/// One request, one succeeded request, in a slice's word.
+const ONE_REQUEST: u64 = 1;
+const ONE_SUCCESS: u64 = 1 << COUNT_BITS;
 const PPM: u64 = 1_000_000;
 
 /// A retry budget: retries may be at most a fraction of requests, plus a
@@ -39,15 +46,20 @@ const PPM: u64 = 1_000_000;
 ///
 /// - A **deposit** (every request, the success path) is one clock read and one
 ///   compare-and-swap on one atomic word holding the bucket's slice number and
-///   its count; no lock.
+///   its counts (requests, and succeeded requests for an
+///   [`adaptive`](Self::adaptive) budget); no lock. A
+///   [`RetryLayer`](super::RetryLayer) counts a request when its first
+///   attempt ends, with its success in the same compare-and-swap when it
+///   succeeded.
 /// - A **withdrawal** (only when a retry is wanted) takes a short
 ///   `std::sync::Mutex` section that sums the ten buckets and records the retry,
 ///   so concurrent retries can never overdraw the budget. It is never held
 ///   across an `.await`.
 ///
 /// Both are O(1): the ring has a fixed ten buckets whatever the window length.
-/// A bucket counts up to 16 777 215 requests per slice; beyond that, deposits
-/// saturate, which only makes the budget stricter.
+/// A bucket counts up to 4 194 303 requests (and as many successes) per
+/// slice; beyond that, deposits saturate, which only makes the budget
+/// stricter.
 ///
 /// Cloning is cheap and clones share one budget. A
 /// [`RetryLayer`](super::RetryLayer) owns one, shared by every service built
@@ -84,8 +96,8 @@ struct Inner {
     success_ratio_ppm: AtomicU64,
     floor: AtomicU64,
     window: Duration,
-    deposits: [AtomicU64; BUCKETS],
-    successes: [AtomicU64; BUCKETS],
+    /// Per slice: its number, its requests and its succeeded requests.
+    counts: [AtomicU64; BUCKETS],
     withdrawals: Mutex<Ring>,
 }
 
@@ -210,8 +222,7 @@ impl RetryBudget {
                 success_ratio_ppm: AtomicU64::new((success_ratio * PPM as f64).round() as u64),
                 floor: AtomicU64::new(floor),
                 window,
-                deposits: std::array::from_fn(|_| AtomicU64::new(0)),
-                successes: std::array::from_fn(|_| AtomicU64::new(0)),
+                counts: std::array::from_fn(|_| AtomicU64::new(0)),
                 withdrawals: Mutex::new(Ring {
                     epochs: [0; BUCKETS],
                     counts: [0; BUCKETS],
@@ -307,7 +318,7 @@ impl RetryBudget {
     #[inline]
     pub fn deposit_request(&self) -> RequestTicket {
         let epoch = self.inner.epoch(crate::clock::now());
-        bump(&self.inner.deposits, epoch);
+        bump(&self.inner.counts, epoch, ONE_REQUEST);
         RequestTicket { epoch }
     }
 
@@ -318,36 +329,56 @@ impl RetryBudget {
     pub fn credit_success(&self, ticket: RequestTicket) {
         // (Consumed: a ticket credits one success.)
         if self.inner.success_ratio_ppm.load(Ordering::Relaxed) > 0 {
-            bump(&self.inner.successes, ticket.epoch);
+            bump(&self.inner.counts, ticket.epoch, ONE_SUCCESS);
         }
+    }
+
+    /// Counts one request that succeeded, in one compare-and-swap:
+    /// [`deposit_request`](Self::deposit_request) then
+    /// [`credit_success`](Self::credit_success).
+    #[inline]
+    pub(crate) fn deposit_succeeded(&self) {
+        let epoch = self.inner.epoch(crate::clock::now());
+        let add = if self.inner.success_ratio_ppm.load(Ordering::Relaxed) > 0 {
+            ONE_REQUEST | ONE_SUCCESS
+        } else {
+            ONE_REQUEST
+        };
+        bump(&self.inner.counts, epoch, add);
     }
 
     /// [`deposit`](Self::deposit) at `now`.
     pub(crate) fn deposit_at(&self, now: Instant) {
         let epoch = self.inner.epoch(now);
-        bump(&self.inner.deposits, epoch);
+        bump(&self.inner.counts, epoch, ONE_REQUEST);
     }
 }
 
-/// Adds one to the count of slice `epoch` in `ring` (lock-free).
+/// Adds `add` (`ONE_REQUEST`, `ONE_SUCCESS` or both) to the counts of slice
+/// `epoch` in `ring` (lock-free; a full count stays full).
 #[inline]
-fn bump(ring: &[AtomicU64; BUCKETS], epoch: u64) {
+fn bump(ring: &[AtomicU64; BUCKETS], epoch: u64, add: u64) {
     let slot = &ring[(epoch % BUCKETS as u64) as usize];
     let mut cur = slot.load(Ordering::Relaxed);
     loop {
-        let tag = cur >> COUNT_BITS;
+        let tag = cur >> TAG_SHIFT;
         let new = if tag == epoch {
-            if cur & COUNT_MAX == COUNT_MAX {
-                return; // saturated: stricter, never wrong
+            let requests = (cur & COUNT_MAX) + (add & COUNT_MAX);
+            let successes = (cur >> COUNT_BITS & COUNT_MAX) + (add >> COUNT_BITS);
+            // Saturated: stricter, never wrong.
+            let counts = requests.min(COUNT_MAX) | successes.min(COUNT_MAX) << COUNT_BITS;
+            let new = (tag << TAG_SHIFT) | counts;
+            if new == cur {
+                return;
             }
-            cur + 1
+            new
         } else if tag_is_ahead(epoch, tag) {
             // Another thread already moved this slot on to a later slice
             // (it read the clock a moment later): drop this deposit, which
             // only makes the budget stricter.
             return;
         } else {
-            (epoch << COUNT_BITS) | 1
+            (epoch << TAG_SHIFT) | add
         };
         match slot.compare_exchange_weak(cur, new, Ordering::Relaxed, Ordering::Relaxed) {
             Ok(_) => return,
@@ -372,8 +403,7 @@ impl RetryBudget {
     /// [`try_withdraw`](Self::try_withdraw) at `now`.
     pub(crate) fn try_withdraw_at(&self, now: Instant) -> Option<Withdrawal> {
         let epoch = self.inner.epoch(now);
-        let requests = self.inner.requests(epoch);
-        let successes = self.inner.successes(epoch);
+        let (requests, successes) = self.inner.counted(epoch);
         let mut ring = self.inner.lock();
         let retries = ring.sum(epoch);
         if !self.inner.allows(requests, successes, retries + 1) {
@@ -406,8 +436,7 @@ impl RetryBudget {
     /// [`snapshot`](Self::snapshot) at `now`.
     pub(crate) fn snapshot_at(&self, now: Instant) -> BudgetSnapshot {
         let epoch = self.inner.epoch(now);
-        let requests = self.inner.requests(epoch);
-        let successes = self.inner.successes(epoch);
+        let (requests, successes) = self.inner.counted(epoch);
         let retries = self.inner.lock().sum(epoch);
         let allowance = self.inner.allowance_ppm(requests, successes) / PPM;
         BudgetSnapshot {
@@ -438,15 +467,14 @@ impl Inner {
         (since / self.bucket_nanos) & EPOCH_MASK
     }
 
-    fn requests(&self, epoch: u64) -> u64 {
-        count_in_window(&self.deposits, epoch)
-    }
-
-    fn successes(&self, epoch: u64) -> u64 {
+    /// The requests and the succeeded requests in the window at `epoch`
+    /// (no successes for a plain budget).
+    fn counted(&self, epoch: u64) -> (u64, u64) {
+        let (requests, successes) = count_in_window(&self.counts, epoch);
         if self.success_ratio_ppm.load(Ordering::Relaxed) == 0 {
-            return 0;
+            return (requests, 0);
         }
-        count_in_window(&self.successes, epoch)
+        (requests, successes)
     }
 
     #[inline]
@@ -476,19 +504,20 @@ impl Inner {
     }
 }
 
-/// The sum of the counts of `ring` whose slices are in the window at `epoch`.
-fn count_in_window(ring: &[AtomicU64; BUCKETS], epoch: u64) -> u64 {
+/// The requests and succeeded requests of the slices of `ring` in the
+/// window at `epoch`.
+fn count_in_window(ring: &[AtomicU64; BUCKETS], epoch: u64) -> (u64, u64) {
     ring.iter()
         .map(|d| {
             let v = d.load(Ordering::Relaxed);
-            let tag = v >> COUNT_BITS;
+            let tag = v >> TAG_SHIFT;
             if !tag_is_ahead(epoch, tag) && age(epoch, tag) < BUCKETS as u64 {
-                v & COUNT_MAX
+                (v & COUNT_MAX, v >> COUNT_BITS & COUNT_MAX)
             } else {
-                0
+                (0, 0)
             }
         })
-        .sum()
+        .fold((0, 0), |(r, s), (dr, ds)| (r + dr, s + ds))
 }
 
 impl Ring {
@@ -583,6 +612,55 @@ mod tests {
         b.refund(w[0]);
         assert_eq!(b.snapshot_at(t0).available, 1);
         assert!(b.try_withdraw_at(t0).is_some());
+    }
+
+    #[test]
+    fn a_succeeded_request_counts_as_a_request_and_a_success_in_one_word() {
+        let b = RetryBudget::adaptive(0.1, 0.5, 0, Duration::from_secs(10)).unwrap();
+        let t0 = b.inner.start;
+        for _ in 0..100 {
+            b.deposit_at(t0);
+        }
+        // As `deposit_succeeded`, at `t0`.
+        for _ in 0..100 {
+            bump(
+                &b.inner.counts,
+                b.inner.epoch(t0),
+                ONE_REQUEST | ONE_SUCCESS,
+            );
+        }
+        let epoch = b.inner.epoch(t0);
+        assert_eq!(b.inner.counted(epoch), (200, 100));
+        // 0.1 × 200 + 0.5 × 100.
+        assert_eq!(b.snapshot_at(t0).available, 70);
+        // A ticket credits the slice it was counted in.
+        let ticket = RequestTicket { epoch };
+        b.credit_success(ticket);
+        assert_eq!(b.inner.counted(epoch), (200, 101));
+        // A plain budget counts no successes.
+        let plain = RetryBudget::new(0.1, 0, Duration::from_secs(10)).unwrap();
+        plain.credit_success(RequestTicket {
+            epoch: plain.inner.epoch(plain.inner.start),
+        });
+        assert_eq!(
+            plain.inner.counted(plain.inner.epoch(plain.inner.start)),
+            (0, 0)
+        );
+    }
+
+    #[test]
+    fn each_count_of_a_slice_saturates_on_its_own() {
+        let (b, t0) = budget(0.1, 0);
+        let epoch = b.inner.epoch(t0);
+        let slot = &b.inner.counts[(epoch % BUCKETS as u64) as usize];
+        slot.store(epoch << TAG_SHIFT | (COUNT_MAX - 1), Ordering::Relaxed);
+        for _ in 0..3 {
+            bump(&b.inner.counts, epoch, ONE_REQUEST | ONE_SUCCESS);
+        }
+        // The requests stop at the maximum and never carry into the
+        // successes; the successes go on counting.
+        assert_eq!(count_in_window(&b.inner.counts, epoch), (COUNT_MAX, 3));
+        assert_eq!(slot.load(Ordering::Relaxed) >> TAG_SHIFT, epoch);
     }
 
     #[test]

@@ -67,7 +67,7 @@ pin_project! {
         rng: Option<SessionRng>,
         started: Option<Instant>,
         deadline: Option<Deadline>,
-        ticket: Option<RequestTicket>,
+        counted: Counted,
     }
 
     impl<S, Req, P> PinnedDrop for ResponseFuture<S, Req, P>
@@ -92,7 +92,6 @@ where
     S: Service<Req>,
 {
     #[inline]
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         future: S::Future,
         local: Arc<Local<S, P>>,
@@ -100,11 +99,10 @@ where
         no_retry: GiveUpReason,
         started: Option<Instant>,
         deadline: Option<Deadline>,
-        ticket: RequestTicket,
     ) -> Self {
         ResponseFuture {
             deadline,
-            ticket: Some(ticket),
+            counted: Counted::Not,
             state: State::Calling { future },
             local,
             request,
@@ -174,7 +172,7 @@ where
             let shared = &*this.local.shared;
             let verdict = shared.policy.classify(result.as_ref());
             if matches!(verdict, Verdict::Success) {
-                succeeded(shared, this.started, this.ticket);
+                succeeded(shared, this.started, this.counted);
                 return Poll::Ready(result);
             }
             return self.poll_slow(cx, Some((result, verdict)));
@@ -210,6 +208,14 @@ where
                         }
                     };
                     let shared = &*this.local.shared;
+                    if matches!(this.counted, Counted::Not) && !matches!(verdict, Verdict::Success)
+                    {
+                        // The first attempt failed: the request is counted
+                        // now, before any retry is taken from the budget
+                        // (its success, if a retry saves it, is credited
+                        // to the same slice).
+                        *this.counted = Counted::Pending(shared.budget.deposit_request());
+                    }
                     if let Some(started) = this.started.take() {
                         let outcome = if verdict.is_failure() {
                             Outcome::Failure
@@ -220,7 +226,7 @@ where
                     }
                     let give_up = match verdict {
                         Verdict::Success => {
-                            succeeded(shared, this.started, this.ticket);
+                            succeeded(shared, this.started, this.counted);
                             return Poll::Ready(result);
                         }
                         Verdict::Fail => GiveUp::new(GiveUpReason::NotRetryable),
@@ -366,19 +372,29 @@ where
     }
 }
 
+/// Where a request stands in the retry budget: counted as its first attempt
+/// ends (a success counts as a request and a success in one write).
+enum Counted {
+    /// The first attempt is in flight.
+    Not,
+    /// Counted when its first attempt failed; a success is credited to the
+    /// same slice of the window.
+    Pending(RequestTicket),
+    /// Counted, with its success if it had one.
+    Done,
+}
+
 /// An attempt succeeded: reported (if observed and not reported yet) and
-/// its request credited to the budget, once.
+/// its request counted as succeeded in the budget, once.
 #[inline]
-fn succeeded<P>(
-    shared: &Shared<P>,
-    started: &mut Option<Instant>,
-    ticket: &mut Option<RequestTicket>,
-) {
+fn succeeded<P>(shared: &Shared<P>, started: &mut Option<Instant>, counted: &mut Counted) {
     if let Some(started) = started.take() {
         call_finished(shared, Outcome::Success, started);
     }
-    if let Some(ticket) = ticket.take() {
-        shared.budget.credit_success(ticket);
+    match std::mem::replace(counted, Counted::Done) {
+        Counted::Not => shared.budget.deposit_succeeded(),
+        Counted::Pending(ticket) => shared.budget.credit_success(ticket),
+        Counted::Done => {}
     }
 }
 

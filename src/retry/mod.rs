@@ -56,8 +56,10 @@
 //!   clone built from it: over a sliding window (default 10 s) retries may be
 //!   at most a fraction of requests (default 5 %, plus half of those that
 //!   succeeded) plus a floor
-//!   (default 10 retries/s, so 100 per window). When the budget is empty the
-//!   request fails with its last outcome. During a total outage, 10 000
+//!   (default 10 retries/s, so 100 per window). A request is counted when
+//!   its first attempt ends (a success as a request and a success in one
+//!   atomic write); one still in flight is not counted yet. When the budget
+//!   is empty the request fails with its last outcome. During a total outage, 10 000
 //!   requests therefore make at most 10 600 attempts, where a plain
 //!   3-attempt retry makes 30 000.
 //! - **Deadline.** The layer reads the task-local [`deadline::current()`](crate::deadline::current).

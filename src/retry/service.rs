@@ -117,7 +117,6 @@ where
     fn call(&mut self, mut req: Req) -> Self::Future {
         let _edge = crate::clock::Edge::enter();
         let shared = &*self.local.shared;
-        let ticket = shared.budget.deposit_request();
         shared.policy.on_attempt(&mut req, 1);
 
         let inbound_retry = shared.honor_inbound && arrived_as_retry(&shared.policy, &req);
@@ -167,7 +166,6 @@ where
             no_retry,
             started,
             deadline,
-            ticket,
         )
     }
 }

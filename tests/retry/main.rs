@@ -433,6 +433,60 @@ async fn every_service_and_clone_from_one_layer_shares_one_budget() {
     assert_eq!(c.budget().snapshot().requests, 3);
 }
 
+/// A request is counted in the budget when its first attempt ends: a
+/// success as a request and a success at once, a failure before its retry
+/// is taken, with the success of the retry that saves it credited later.
+#[tokio::test(start_paused = true)]
+async fn a_request_is_counted_when_its_first_attempt_ends() {
+    let layer = RetryLayer::builder()
+        .backoff(MS, MS)
+        .jitter(Jitter::None)
+        .budget_ratio(0.1)
+        .budget_success_ratio(0.5)
+        .min_retries_per_sec(0)
+        .build()
+        .unwrap();
+    let (release, wait) = tokio::sync::oneshot::channel::<()>();
+    let wait = Arc::new(Mutex::new(Some(wait)));
+    let failed_once = Arc::new(AtomicBool::new(false));
+    let mut svc = layer.layer(tower::service_fn(move |r: u32| {
+        let wait = wait.lock().unwrap().take();
+        let failed_once = failed_once.clone();
+        async move {
+            if let Some(wait) = wait {
+                let _ = wait.await;
+            }
+            // Request 2 fails once, then succeeds.
+            if r == 2 && !failed_once.swap(true, Ordering::SeqCst) {
+                return Err::<u32, BoxError>("unavailable".into());
+            }
+            Ok(r)
+        }
+    }));
+    let in_flight = tokio::spawn(svc.ready().await.unwrap().call(0));
+    tokio::task::yield_now().await;
+    assert_eq!(
+        counts(layer.budget().snapshot()),
+        (0, 0, 0),
+        "a first attempt in flight is not counted"
+    );
+    release.send(()).unwrap();
+    assert_eq!(in_flight.await.unwrap().unwrap(), 0);
+    // 0.1 × 1 + 0.5 × 1 of a retry: none yet.
+    assert_eq!(counts(layer.budget().snapshot()), (1, 0, 0));
+    for r in [1, 3, 4] {
+        svc.ready().await.unwrap().call(r).await.unwrap();
+    }
+    // Four requests, four successes: 0.4 + 2 = 2 retries available.
+    assert_eq!(counts(layer.budget().snapshot()), (4, 0, 2));
+    // Request 2 fails: counted, then retried from the budget, then credited.
+    assert_eq!(svc.ready().await.unwrap().call(2).await.unwrap(), 2);
+    let s = layer.budget().snapshot();
+    assert_eq!((s.requests, s.retries), (5, 1));
+    // 0.5 + 0.5 × 5 = 3 retries in all, one taken.
+    assert_eq!(s.available, 2);
+}
+
 // ---------------------------------------------------------------- deadline
 
 #[tokio::test(start_paused = true)]
