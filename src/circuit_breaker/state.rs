@@ -422,13 +422,10 @@ impl Core {
             }
         }
         if self.config.rate_trips && !trip {
-            // No failure and no slow call in the window (`None`): no rate
-            // can open it.
-            if let Some(snap) = snap.filter(|s| self.rates_trip(s)) {
+            if self.rates_trip(&snap) {
                 self.trip_closed(permit.generation, now(), snap);
             }
         } else if trip {
-            let snap = snap.unwrap_or_else(|| self.window.current_totals());
             self.trip_closed(permit.generation, now(), snap);
         }
     }

@@ -8,14 +8,10 @@
 //!   difference between the outcome written and the one it evicts, so a
 //!   success replacing a success writes nothing but the cursor.
 //! - [`TimeWindow`]: the calls of the last `T`, kept in a ring of buckets of
-//!   `T / buckets` each, with running totals of failures and slow calls. When
-//!   time moves to a new bucket, a short mutex section resets the stale
-//!   buckets it passes over (at most the number of buckets, whatever `T` and
-//!   the call rate) and subtracts what they held from the totals. A success
-//!   adds one to its bucket and nothing else (one atomic write per call on
-//!   the healthy path); the number of calls is summed over the buckets only
-//!   when a failure or a slow call is in the window, where a rate could open
-//!   the breaker.
+//!   `T / buckets` each, with running totals. When time moves to a new bucket,
+//!   a short mutex section resets the stale buckets it passes over (at most the
+//!   number of buckets, whatever `T` and the call rate) and subtracts what they
+//!   held from the totals.
 //!
 //! Totals stay exact under concurrency: every change to a slot or bucket is
 //! made with an atomic read-modify-write and its exact difference is applied
@@ -174,22 +170,14 @@ struct Counts {
 impl Counts {
     #[inline]
     fn add(&self, code: Code) {
-        self.calls.fetch_add(1, Ordering::SeqCst);
+        self.calls.fetch_add(1, Ordering::AcqRel);
         if code.0 & 2 != 0 {
-            self.failures.fetch_add(1, Ordering::SeqCst);
+            self.failures.fetch_add(1, Ordering::AcqRel);
         }
         if code.0 & 4 != 0 {
-            self.slow.fetch_add(1, Ordering::SeqCst);
+            self.slow.fetch_add(1, Ordering::AcqRel);
         }
     }
-}
-
-/// The failures and slow calls of a time window (its calls are summed over
-/// its buckets when needed).
-#[derive(Debug, Default)]
-struct RateTotals {
-    failures: AtomicU64,
-    slow: AtomicU64,
 }
 
 /// The calls of the last `T`, in a ring of buckets.
@@ -201,7 +189,7 @@ pub(crate) struct TimeWindow {
     /// The newest bucket's epoch (bucket-width ticks since `origin`); starts
     /// far in the past, so the first call resets every bucket once.
     head: Padded<AtomicI64>,
-    totals: Padded<RateTotals>,
+    totals: Padded<Counts>,
     rotate: Mutex<()>,
 }
 
@@ -217,7 +205,7 @@ impl TimeWindow {
             bucket_nanos,
             buckets: (0..buckets).map(|_| Counts::default()).collect(),
             head: Padded(AtomicI64::new(i64::MIN / 4)),
-            totals: Padded(RateTotals::default()),
+            totals: Padded(Counts::default()),
             rotate: Mutex::new(()),
         }
     }
@@ -283,14 +271,8 @@ impl TimeWindow {
         let epoch = self.current(now);
         let b = self.bucket(epoch);
         // Totals first, bucket second: a reset that takes the bucket's count
-        // subtracts only what was already added. A success touches only its
-        // bucket.
-        if code.0 & 2 != 0 {
-            self.totals.failures.fetch_add(1, Ordering::SeqCst);
-        }
-        if code.0 & 4 != 0 {
-            self.totals.slow.fetch_add(1, Ordering::SeqCst);
-        }
+        // subtracts only what was already added.
+        self.totals.add(code);
         b.add(code);
     }
 
@@ -302,36 +284,15 @@ impl TimeWindow {
     }
 
     /// The counts as they stand, without moving the window: right after a
-    /// [`record`](Self::record), which moved it already. The calls are
-    /// summed before the totals are read, and a reset takes a bucket's
-    /// failures and slow calls out of the totals before its calls (all
-    /// sequentially consistent): a snapshot may count a call whose failure
-    /// it no longer counts, never the other way round, so a rate read
-    /// during a reset is never above the one before it.
+    /// [`record`](Self::record), which moved it already.
+    #[inline]
     fn totals(&self) -> WindowSnapshot {
-        let calls = self
-            .buckets
-            .iter()
-            .map(|b| b.calls.load(Ordering::SeqCst))
-            .sum::<u64>();
+        let calls = self.totals.calls.load(Ordering::Acquire);
         WindowSnapshot {
             calls,
-            failures: self.totals.failures.load(Ordering::SeqCst).min(calls),
-            slow_calls: self.totals.slow.load(Ordering::SeqCst).min(calls),
+            failures: self.totals.failures.load(Ordering::Acquire).min(calls),
+            slow_calls: self.totals.slow.load(Ordering::Acquire).min(calls),
         }
-    }
-
-    /// The counts as they stand, or `None` when the window holds no failure
-    /// and no slow call (no rate can open the breaker; the calls are not
-    /// summed).
-    #[inline(always)]
-    fn totals_if_any(&self) -> Option<WindowSnapshot> {
-        if self.totals.failures.load(Ordering::SeqCst) == 0
-            && self.totals.slow.load(Ordering::SeqCst) == 0
-        {
-            return None;
-        }
-        Some(self.totals())
     }
 
     /// Empties the window. O(buckets); called on state transitions only.
@@ -343,15 +304,15 @@ impl TimeWindow {
     }
 
     /// Empties one bucket out of the totals. Same discipline as the count
-    /// window: take exactly what the bucket held, then subtract exactly that;
-    /// its failures and slow calls leave the totals before its calls leave
-    /// the bucket (see [`totals`](Self::totals)). Under the rotation lock.
+    /// window: take exactly what the bucket held, then subtract exactly that.
+    /// Under the rotation lock.
     fn drain(&self, b: &Counts) {
-        let f = b.failures.swap(0, Ordering::SeqCst);
-        let s = b.slow.swap(0, Ordering::SeqCst);
-        self.totals.failures.fetch_sub(f, Ordering::SeqCst);
-        self.totals.slow.fetch_sub(s, Ordering::SeqCst);
-        b.calls.swap(0, Ordering::SeqCst);
+        let c = b.calls.swap(0, Ordering::AcqRel);
+        let f = b.failures.swap(0, Ordering::AcqRel);
+        let s = b.slow.swap(0, Ordering::AcqRel);
+        self.totals.calls.fetch_sub(c, Ordering::AcqRel);
+        self.totals.failures.fetch_sub(f, Ordering::AcqRel);
+        self.totals.slow.fetch_sub(s, Ordering::AcqRel);
     }
 }
 
@@ -385,32 +346,20 @@ impl Window {
         }
     }
 
-    /// Records one call made at `now` and returns the counts with it, or
-    /// `None` when the window holds no failure and no slow call: no rate
-    /// can open the breaker, and a time window does not sum its calls.
+    /// Records one call made at `now` and returns the counts with it.
     // Always: on the success path of every call (the compiler's own choice
     // moves with unrelated code and cost up to 36 instructions per call).
     #[inline(always)]
-    pub(crate) fn record_and_snapshot(&self, now: Instant, code: Code) -> Option<WindowSnapshot> {
+    pub(crate) fn record_and_snapshot(&self, now: Instant, code: Code) -> WindowSnapshot {
         match self {
             Window::Count(w) => {
                 w.record(code);
-                let snap = w.snapshot();
-                (snap.failures != 0 || snap.slow_calls != 0).then_some(snap)
+                w.snapshot()
             }
             Window::Time(w) => {
                 w.record(now, code);
-                w.totals_if_any()
+                w.totals()
             }
-        }
-    }
-
-    /// The counts as they stand, without moving the window (right after a
-    /// record, which moved it).
-    pub(crate) fn current_totals(&self) -> WindowSnapshot {
-        match self {
-            Window::Count(w) => w.snapshot(),
-            Window::Time(w) => w.totals(),
         }
     }
 
@@ -497,19 +446,17 @@ mod tests {
         let sum = |f: fn(&Counts) -> &AtomicU64| -> u64 {
             w.buckets.iter().map(|b| f(b).load(Ordering::Relaxed)).sum()
         };
+        assert_eq!(w.totals.calls.load(Ordering::Relaxed), sum(|c| &c.calls));
         assert_eq!(
             w.totals.failures.load(Ordering::Relaxed),
             sum(|c| &c.failures)
         );
         assert_eq!(w.totals.slow.load(Ordering::Relaxed), sum(|c| &c.slow));
-        assert!(sum(|c| &c.calls) > 0);
-        assert_eq!(w.totals().calls, sum(|c| &c.calls));
         // Once everything has aged out, the totals are exactly zero (no
         // underflow, nothing left behind).
         let later = t0 + Duration::from_secs(10);
         assert_eq!(w.snapshot(later), WindowSnapshot::default());
-        assert_eq!(w.totals.failures.load(Ordering::Relaxed), 0);
-        assert_eq!(w.totals.slow.load(Ordering::Relaxed), 0);
+        assert_eq!(w.totals.calls.load(Ordering::Relaxed), 0);
     }
 
     #[test]
@@ -542,34 +489,6 @@ mod tests {
                 | expected.failures << FIELD_BITS
                 | expected.slow_calls << (2 * FIELD_BITS)
         });
-    }
-
-    #[test]
-    fn a_healthy_window_reports_nothing_to_judge() {
-        let t0 = Instant::now();
-        let time = Window::Time(TimeWindow::new(t0, Duration::from_secs(10), 10));
-        let count = Window::Count(CountWindow::new(10));
-        for w in [&time, &count] {
-            for _ in 0..5 {
-                assert_eq!(w.record_and_snapshot(t0, OK), None, "successes only");
-            }
-            let snap = w.record_and_snapshot(t0, FAIL).expect("a failure to judge");
-            assert_eq!((snap.calls, snap.failures, snap.slow_calls), (6, 1, 0));
-            let snap = w
-                .record_and_snapshot(t0, OK)
-                .expect("the failure is still in");
-            assert_eq!((snap.calls, snap.failures), (7, 1));
-            assert_eq!(w.current_totals(), snap);
-            let snap = w.record_and_snapshot(t0, SLOW).expect("a slow call");
-            assert_eq!((snap.calls, snap.failures, snap.slow_calls), (8, 1, 1));
-        }
-        // The time window forgets the failure and the slow call with their
-        // bucket: nothing to judge again.
-        assert_eq!(
-            time.record_and_snapshot(t0 + Duration::from_secs(10), OK),
-            None
-        );
-        assert_eq!(time.snapshot(t0 + Duration::from_secs(10)).calls, 1);
     }
 
     #[tokio::test(start_paused = true)]

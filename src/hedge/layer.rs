@@ -253,7 +253,9 @@ impl<P> HedgeLayerBuilder<P> {
     /// Draw hedges from this budget, shared with a retry layer
     /// (`retry_layer.budget().clone()`): retries and hedges then spend one
     /// allowance, and this layer does not count requests into it (the retry
-    /// layer does).
+    /// layer does, as each request's first attempt ends: a hedge sent while
+    /// the first attempts of the requests in flight run is measured against
+    /// the requests that have ended in the window).
     pub fn budget(mut self, budget: RetryBudget) -> Self {
         self.settings.budget = Some(budget);
         self

@@ -15,12 +15,17 @@ use crate::error::ConfigError;
 pub(crate) const BUCKETS: usize = 10;
 
 // A slice's word: its requests (22 bits), its succeeded requests (22 bits)
-// and its slice number (the low 20 bits: a slice number repeats after 2^20
-// slices, 12 days of the default 1 s slices).
+// and the low 20 bits of its slice number (its tag). Slice numbers are
+// counted in full everywhere else; a word's tag and slot tell a slice in
+// the window from one that left it, except for a word left untouched for a
+// multiple of 5 × 2^20 slices (87 minutes of the shortest window's 1 ms
+// slices, 60 days of the default 1 s ones), whose old counts are then read
+// as current; and in the 2^10 slices before each 2^20 of such a word's
+// idleness, a deposit into its slot is dropped (stricter, never looser).
 const COUNT_BITS: u32 = 22;
 const COUNT_MAX: u64 = (1 << COUNT_BITS) - 1;
 const TAG_SHIFT: u32 = 2 * COUNT_BITS;
-const EPOCH_MASK: u64 = (1 << (64 - TAG_SHIFT)) - 1;
+const TAG_MASK: u64 = (1 << (64 - TAG_SHIFT)) - 1;
 /// One request, one succeeded request, in a slice's word.
 const ONE_REQUEST: u64 = 1;
 const ONE_SUCCESS: u64 = 1 << COUNT_BITS;
@@ -58,8 +63,9 @@ const PPM: u64 = 1_000_000;
 ///
 /// Both are O(1): the ring has a fixed ten buckets whatever the window length.
 /// A bucket counts up to 4 194 303 requests (and as many successes) per
-/// slice; beyond that, deposits saturate, which only makes the budget
-/// stricter.
+/// slice (4.2 M requests a second with the default 1 s slices, 11 650 with
+/// the longest window's 360 s ones); beyond that, deposits saturate, which
+/// only makes the budget stricter.
 ///
 /// Cloning is cheap and clones share one budget. A
 /// [`RetryLayer`](super::RetryLayer) owns one, shared by every service built
@@ -329,7 +335,7 @@ impl RetryBudget {
     pub fn credit_success(&self, ticket: RequestTicket) {
         // (Consumed: a ticket credits one success.)
         if self.inner.success_ratio_ppm.load(Ordering::Relaxed) > 0 {
-            bump(&self.inner.counts, ticket.epoch, ONE_SUCCESS);
+            credit(&self.inner.counts, ticket.epoch);
         }
     }
 
@@ -354,37 +360,66 @@ impl RetryBudget {
     }
 }
 
+/// How far ahead of a fresh clock read a word's slice may be and still be
+/// taken for a later slice another thread has already started (it read the
+/// clock a moment later); further, the word is taken for an old one.
+const AHEAD_SLACK: u64 = 1 << 10;
+
 /// Adds `add` (`ONE_REQUEST`, `ONE_SUCCESS` or both) to the counts of slice
-/// `epoch` in `ring` (lock-free; a full count stays full).
+/// `epoch` (the current one) in `ring`: lock-free; a full count stays full.
 #[inline]
 fn bump(ring: &[AtomicU64; BUCKETS], epoch: u64, add: u64) {
     let slot = &ring[(epoch % BUCKETS as u64) as usize];
+    let want = epoch & TAG_MASK;
     let mut cur = slot.load(Ordering::Relaxed);
     loop {
         let tag = cur >> TAG_SHIFT;
-        let new = if tag == epoch {
-            let requests = (cur & COUNT_MAX) + (add & COUNT_MAX);
-            let successes = (cur >> COUNT_BITS & COUNT_MAX) + (add >> COUNT_BITS);
-            // Saturated: stricter, never wrong.
-            let counts = requests.min(COUNT_MAX) | successes.min(COUNT_MAX) << COUNT_BITS;
-            let new = (tag << TAG_SHIFT) | counts;
-            if new == cur {
-                return;
+        let new = if tag == want {
+            match plus(cur, add) {
+                Some(new) => new,
+                None => return,
             }
-            new
-        } else if tag_is_ahead(epoch, tag) {
-            // Another thread already moved this slot on to a later slice
-            // (it read the clock a moment later): drop this deposit, which
-            // only makes the budget stricter.
+        } else if tag.wrapping_sub(want) & TAG_MASK <= AHEAD_SLACK {
+            // Another thread already moved this slot on to a later slice:
+            // drop this deposit, which only makes the budget stricter.
             return;
         } else {
-            (epoch << TAG_SHIFT) | add
+            // A slice that has left the window: the slot starts anew.
+            (want << TAG_SHIFT) | add
         };
         match slot.compare_exchange_weak(cur, new, Ordering::Relaxed, Ordering::Relaxed) {
             Ok(_) => return,
             Err(actual) => cur = actual,
         }
     }
+}
+
+/// Adds a success to slice `epoch` (a request's, counted earlier) if its
+/// slot still holds that slice; a no-op once the slice has been replaced.
+#[inline]
+fn credit(ring: &[AtomicU64; BUCKETS], epoch: u64) {
+    let slot = &ring[(epoch % BUCKETS as u64) as usize];
+    let want = epoch & TAG_MASK;
+    let mut cur = slot.load(Ordering::Relaxed);
+    while cur >> TAG_SHIFT == want {
+        let Some(new) = plus(cur, ONE_SUCCESS) else {
+            return;
+        };
+        match slot.compare_exchange_weak(cur, new, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return,
+            Err(actual) => cur = actual,
+        }
+    }
+}
+
+/// A slice's word with `add` counted, each count saturating on its own
+/// (stricter, never wrong); `None` when nothing changes.
+#[inline]
+fn plus(cur: u64, add: u64) -> Option<u64> {
+    let requests = ((cur & COUNT_MAX) + (add & COUNT_MAX)).min(COUNT_MAX);
+    let successes = ((cur >> COUNT_BITS & COUNT_MAX) + (add >> COUNT_BITS)).min(COUNT_MAX);
+    let new = (cur >> TAG_SHIFT) << TAG_SHIFT | successes << COUNT_BITS | requests;
+    (new != cur).then_some(new)
 }
 
 /// A request counted by [`RetryBudget::deposit_request`]: where to credit
@@ -447,24 +482,13 @@ impl RetryBudget {
     }
 }
 
-#[inline]
-fn age(epoch: u64, tag: u64) -> u64 {
-    epoch.wrapping_sub(tag) & EPOCH_MASK
-}
-
-#[inline]
-fn tag_is_ahead(epoch: u64, tag: u64) -> bool {
-    // `tag` is a later slice than `epoch` when `epoch - tag` wraps to a huge value.
-    tag != epoch && age(epoch, tag) > EPOCH_MASK / 2
-}
-
 impl Inner {
     #[inline]
     fn epoch(&self, now: Instant) -> u64 {
         // u64 nanoseconds cover 584 years; a u64 division is much cheaper
         // than a u128 one on the per-request path.
         let since = crate::clock::nanos_between(self.start, now);
-        (since / self.bucket_nanos) & EPOCH_MASK
+        since / self.bucket_nanos
     }
 
     /// The requests and the succeeded requests in the window at `epoch`
@@ -507,11 +531,20 @@ impl Inner {
 /// The requests and succeeded requests of the slices of `ring` in the
 /// window at `epoch`.
 fn count_in_window(ring: &[AtomicU64; BUCKETS], epoch: u64) -> (u64, u64) {
+    let want = epoch & TAG_MASK;
     ring.iter()
-        .map(|d| {
+        .enumerate()
+        .map(|(i, d)| {
             let v = d.load(Ordering::Relaxed);
-            let tag = v >> TAG_SHIFT;
-            if !tag_is_ahead(epoch, tag) && age(epoch, tag) < BUCKETS as u64 {
+            // Slices before this one, the word's: in the window below
+            // `BUCKETS` (a later slice's word is far off modulo the tag),
+            // and only if that slice belongs in this slot (an old word
+            // whose tag happens to match is told apart by its slot).
+            let age = want.wrapping_sub(v >> TAG_SHIFT) & TAG_MASK;
+            if age < BUCKETS as u64
+                && epoch >= age
+                && ((epoch - age) % BUCKETS as u64) as usize == i
+            {
                 (v & COUNT_MAX, v >> COUNT_BITS & COUNT_MAX)
             } else {
                 (0, 0)
@@ -525,7 +558,7 @@ impl Ring {
         self.epochs
             .iter()
             .zip(self.counts.iter())
-            .filter(|(tag, _)| !tag_is_ahead(epoch, **tag) && age(epoch, **tag) < BUCKETS as u64)
+            .filter(|(e, _)| **e <= epoch && epoch - **e < BUCKETS as u64)
             .map(|(_, c)| *c)
             .sum()
     }
@@ -661,6 +694,32 @@ mod tests {
         // successes; the successes go on counting.
         assert_eq!(count_in_window(&b.inner.counts, epoch), (COUNT_MAX, 3));
         assert_eq!(slot.load(Ordering::Relaxed) >> TAG_SHIFT, epoch);
+    }
+
+    #[test]
+    fn slices_are_told_apart_after_long_idle_times_and_old_tickets_change_nothing() {
+        // 1 ms slices: the word's 20-bit tag wraps after 17.5 minutes.
+        let b = RetryBudget::adaptive(0.5, 0.5, 0, RetryBudget::MIN_WINDOW).unwrap();
+        let t0 = b.inner.start;
+        for _ in 0..100 {
+            b.deposit_at(t0);
+        }
+        let old = b.inner.epoch(t0);
+        for idle_ms in [15, 600_000, 1 << 20, 2_000_000] {
+            let t = t0 + Duration::from_millis(idle_ms);
+            assert_eq!(b.snapshot_at(t).requests, 0, "after {idle_ms} ms");
+            for _ in 0..10 {
+                b.deposit_at(t);
+            }
+            assert_eq!(b.snapshot_at(t).requests, 10, "after {idle_ms} ms");
+            // A ticket of a slice whose slot moved on credits nothing.
+            b.credit_success(RequestTicket { epoch: old });
+            assert_eq!(
+                b.inner.counted(b.inner.epoch(t)),
+                (10, 0),
+                "after {idle_ms} ms"
+            );
+        }
     }
 
     #[test]
