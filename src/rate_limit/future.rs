@@ -13,7 +13,7 @@ use super::decorate::{Decorate, RateLimitStatus};
 use super::key::{Key, KeyExtractor, MissingKey};
 #[cfg(feature = "redis")]
 use super::layer::DETAIL_DEADLINE_IN_BACKEND;
-use super::layer::{DETAIL_WAIT_TOO_LONG, Shared, Step};
+use super::layer::{DETAIL_DEADLINE_BEFORE_CELL, DETAIL_WAIT_TOO_LONG, Shared, Step};
 use super::limiter::Verdict;
 use crate::error::{BoxError, RateLimited, RejectionKind};
 use crate::observe::{EventKind, LayerKind};
@@ -60,7 +60,9 @@ pin_project! {
     struct Wait<S, Req, X, D> {
         #[pin]
         sleep: Sleep,
-        limit: Instant,
+        // The latest admission by the layer's maximum wait (`max` after
+        // the request came), and the request's deadline.
+        by_max: Instant,
         deadline: Option<Instant>,
         key: Result<Key, MissingKey>,
         svc: Option<S>,
@@ -79,7 +81,8 @@ pin_project! {
         // The request's deadline ends the round trip before the backend's
         // timeout does: the wait is cut, not counted as a Redis failure.
         cut_by_deadline: bool,
-        limit: Option<Instant>,
+        // As `Wait`'s, in the waiting mode only.
+        by_max: Option<Instant>,
         deadline: Option<Instant>,
         key: Result<Key, MissingKey>,
         svc: Option<S>,
@@ -190,7 +193,7 @@ impl<F, S, Req, X, D> ResponseFuture<F, S, Req, X, D> {
 
     pub(crate) fn waiting(
         until: Instant,
-        limit: Instant,
+        by_max: Instant,
         deadline: Option<Instant>,
         key: Result<Key, MissingKey>,
         svc: S,
@@ -201,7 +204,7 @@ impl<F, S, Req, X, D> ResponseFuture<F, S, Req, X, D> {
             state: State::Waiting {
                 inner: Box::pin(Wait {
                     sleep: tokio::time::sleep_until(until),
-                    limit,
+                    by_max,
                     deadline,
                     key,
                     svc: Some(svc),
@@ -215,7 +218,7 @@ impl<F, S, Req, X, D> ResponseFuture<F, S, Req, X, D> {
     #[cfg(feature = "redis")]
     pub(crate) fn redis(
         call: RedisCall,
-        limit: Option<Instant>,
+        by_max: Option<Instant>,
         deadline: Option<Instant>,
         key: Result<Key, MissingKey>,
         svc: S,
@@ -237,7 +240,7 @@ impl<F, S, Req, X, D> ResponseFuture<F, S, Req, X, D> {
                     call,
                     timer: tokio::time::sleep_until(until),
                     cut_by_deadline,
-                    limit,
+                    by_max,
                     deadline,
                     key,
                     svc: Some(svc),
@@ -252,7 +255,7 @@ impl<F, S, Req, X, D> ResponseFuture<F, S, Req, X, D> {
 /// What to do after a decision made inside the future.
 fn next<F, S, Req, X, D>(
     (verdict, status): (Verdict, Option<RateLimitStatus>),
-    limit: Option<Instant>,
+    by_max: Option<Instant>,
     deadline: Option<Instant>,
     key: Result<Key, MissingKey>,
     svc: &mut Option<S>,
@@ -270,19 +273,29 @@ where
                 err: Some("rate limit future polled after completion".into()),
             },
         },
-        Verdict::Deny { wait, detail } => match (limit, wait) {
-            (Some(limit), Some(w)) => {
+        Verdict::Deny { wait, detail } => match (by_max, wait) {
+            (Some(by_max), Some(w)) => {
+                // The rule of the layer's `call`, for a request woken to
+                // find its cell gone (or told by Redis to wait).
                 let now = crate::clock::now();
+                let limit = match deadline {
+                    Some(d) if d < by_max => d,
+                    _ => by_max,
+                };
                 if now + w <= limit {
                     match (svc.take(), req.take()) {
                         (Some(s), Some(r)) => {
-                            ResponseFuture::waiting(now + w, limit, deadline, key, s, r, shared)
+                            ResponseFuture::waiting(now + w, by_max, deadline, key, s, r, shared)
                                 .state
                         }
                         _ => State::Rejected {
                             err: Some("rate limit future polled after completion".into()),
                         },
                     }
+                } else if deadline == Some(limit) && now + w <= by_max {
+                    // The wait itself would be allowed, but the cell comes
+                    // after the request's deadline.
+                    ResponseFuture::deadline_exceeded(shared, DETAIL_DEADLINE_BEFORE_CELL).state
                 } else {
                     State::Rejected {
                         err: Some(reject(shared, Some(w), DETAIL_WAIT_TOO_LONG)),
@@ -365,7 +378,7 @@ where
                 edge.get_or_insert_with(crate::clock::Edge::enter);
                 let WaitProj {
                     sleep,
-                    limit,
+                    by_max,
                     deadline,
                     key,
                     svc,
@@ -378,7 +391,7 @@ where
                 match shared.decide(key, cost, D::ENABLED) {
                     Step::Now(v, status) => next(
                         (v, status),
-                        Some(*limit),
+                        Some(*by_max),
                         *deadline,
                         *key,
                         svc,
@@ -390,7 +403,7 @@ where
                         (Some(s), Some(r)) => {
                             ResponseFuture::redis(
                                 call,
-                                Some(*limit),
+                                Some(*by_max),
                                 *deadline,
                                 *key,
                                 s,
@@ -412,7 +425,7 @@ where
                     call,
                     timer,
                     cut_by_deadline,
-                    limit,
+                    by_max,
                     deadline,
                     key,
                     svc,
@@ -439,7 +452,7 @@ where
                     Some(r) => r.complete(&shared, key, cost, call.slot, outcome),
                     None => shared.decide_local(key, cost, D::ENABLED),
                 };
-                next((v, status), *limit, *deadline, *key, svc, req, &shared)
+                next((v, status), *by_max, *deadline, *key, svc, req, &shared)
             }
             #[cfg(not(feature = "redis"))]
             StateProj::Redis { inner } => match inner.call {},

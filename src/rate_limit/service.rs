@@ -103,7 +103,7 @@ where
                         let svc = take_ready(&mut self.inner);
                         return ResponseFuture::waiting(
                             now + w,
-                            limit,
+                            by_max_of(now, max),
                             deadline.map(|d| d.instant()),
                             key,
                             svc,
@@ -132,14 +132,13 @@ where
             }
             #[cfg(feature = "redis")]
             Step::Redis(call) => {
-                let deadline = crate::deadline::of(&req);
-                let limit = match shared.mode {
-                    Mode::Wait { max } => Some(limit_of(crate::clock::now(), max, deadline)),
+                let by_max = match shared.mode {
+                    Mode::Wait { max } => Some(by_max_of(crate::clock::now(), max)),
                     Mode::Reject => None,
                 };
                 let svc = take_ready(&mut self.inner);
-                let deadline = deadline.map(|d| d.instant());
-                ResponseFuture::redis(call, limit, deadline, key, svc, req, shared)
+                let deadline = crate::deadline::of(&req).map(|d| d.instant());
+                ResponseFuture::redis(call, by_max, deadline, key, svc, req, shared)
             }
         }
     }
@@ -153,11 +152,16 @@ pub(crate) fn limit_of(
     max: std::time::Duration,
     deadline: Option<crate::deadline::Deadline>,
 ) -> Instant {
-    let by_max = now.checked_add(max).unwrap_or(now);
+    let by_max = by_max_of(now, max);
     match deadline {
         Some(d) if d.instant() < by_max => d.instant(),
         _ => by_max,
     }
+}
+
+/// The latest admission by the layer's maximum wait alone.
+pub(crate) fn by_max_of(now: Instant, max: std::time::Duration) -> Instant {
+    now.checked_add(max).unwrap_or(now)
 }
 
 /// Takes the ready inner service, leaving a clone in its place (tower's

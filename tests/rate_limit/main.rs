@@ -389,6 +389,51 @@ async fn wait_mode_never_waits_past_the_deadline() {
     assert_eq!(t0.elapsed(), Duration::from_secs(1));
 }
 
+/// A waiter that wakes to find its cell taken waits again by the rule of
+/// the layer's `call`: when the next cell would come after its deadline
+/// (but within the layer's maximum wait), it fails with `DeadlineExceeded`,
+/// not with `RateLimited`.
+#[tokio::test(start_paused = true)]
+async fn a_waiter_whose_cell_was_taken_and_whose_next_comes_too_late_is_out_of_time() {
+    let recorder = Recorder::new();
+    let layer = RateLimitLayer::builder(Quota::per_second(1))
+        .wait(Duration::from_secs(10))
+        .observer(Observer::new(recorder.clone()))
+        .build()
+        .unwrap();
+    let mut svc = layer.layer(echo());
+    assert!(call(&mut svc, 1).await.is_ok());
+    let mut waiter_svc = svc.clone();
+    // 1.5 s of budget: the next cell, in 1 s, is in time.
+    let waiter = deadline::scope(
+        Deadline::after(Duration::from_millis(1500)),
+        call(&mut waiter_svc, 2),
+    );
+    tokio::pin!(waiter);
+    let first = std::future::poll_fn(|cx| {
+        std::task::Poll::Ready(std::future::Future::poll(waiter.as_mut(), cx))
+    })
+    .await;
+    assert!(first.is_pending(), "waits for its cell");
+    advance(Duration::from_secs(1)).await;
+    // Another request takes that cell before the waiter wakes.
+    assert_eq!(call(&mut svc, 3).await.unwrap(), 3);
+    let err = waiter.await.unwrap_err();
+    let view = rejection_of(&err).unwrap();
+    assert_eq!(view.kind(), RejectionKind::DeadlineExceeded, "{err}");
+    assert_eq!(
+        recorder.count(|e| matches!(
+            e.kind,
+            EventKind::Rejected {
+                reason: RejectionKind::DeadlineExceeded,
+                detail: "deadline_before_cell",
+                ..
+            }
+        )),
+        1
+    );
+}
+
 #[test]
 fn nonsense_configuration_is_refused() {
     let e = RateLimitLayer::builder(Quota::per_second(0))
