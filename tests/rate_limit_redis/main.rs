@@ -562,18 +562,17 @@ async fn the_server_stack_deadline_ends_a_slow_redis_round_trip() {
         7,
         "Redis answers: admitted"
     );
-    // Block the server for 300 ms from another connection (its answer
-    // comes within the connection's own 500 ms response timeout, so the
-    // server is free again once it has come).
-    let mut blocker = server.connection().await;
-    let sleeper = tokio::spawn(async move {
-        redis::cmd("DEBUG")
-            .arg("SLEEP")
-            .arg("0.3")
-            .query_async::<()>(&mut blocker)
-            .await
-    });
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Hold every client's writes and scripts (for up to 10 s; a read such
+    // as `CLIENT UNPAUSE` still goes through): once `CLIENT PAUSE` has
+    // answered, the pause is in force.
+    let mut admin = server.connection().await;
+    redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(10_000)
+        .arg("WRITE")
+        .query_async::<()>(&mut admin)
+        .await
+        .expect("CLIENT PAUSE");
     let err = call(&mut svc, 1).await.unwrap_err();
     let r = rejection_of(&err).expect("a rejection");
     assert_eq!(r.kind(), RejectionKind::DeadlineExceeded, "{err}");
@@ -595,7 +594,11 @@ async fn the_server_stack_deadline_ends_a_slow_redis_round_trip() {
         recorder.count(|e| matches!(e.kind, EventKind::BackendError { .. })),
         0
     );
-    sleeper.await.unwrap().expect("DEBUG SLEEP answered");
+    redis::cmd("CLIENT")
+        .arg("UNPAUSE")
+        .query_async::<()>(&mut admin)
+        .await
+        .expect("CLIENT UNPAUSE");
     assert_eq!(call(&mut svc, 8).await.unwrap(), 8, "Redis answers again");
 }
 
