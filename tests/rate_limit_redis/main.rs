@@ -506,16 +506,16 @@ async fn slow_redis_times_out_and_follows_the_policy() {
         .unwrap();
     let mut svc = layer.layer(echo());
     assert!(call(&mut svc, 0).await.is_ok());
-    // Block the server for 1 s from another connection.
-    let mut blocker = server.connection().await;
-    let sleeper = tokio::spawn(async move {
-        let _: redis::RedisResult<()> = redis::cmd("DEBUG")
-            .arg("SLEEP")
-            .arg("1")
-            .query_async(&mut blocker)
-            .await;
-    });
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Hold every client's writes and scripts from another connection
+    // (in force once `CLIENT PAUSE` has answered).
+    let mut admin = server.connection().await;
+    redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(10_000)
+        .arg("WRITE")
+        .query_async::<()>(&mut admin)
+        .await
+        .expect("CLIENT PAUSE");
     let started = tokio::time::Instant::now();
     assert!(
         call(&mut svc, 1).await.is_ok(),
@@ -533,7 +533,11 @@ async fn slow_redis_times_out_and_follows_the_policy() {
         1
     );
     println!("slow redis: answered by the failure policy after {waited:?} (timeout 100 ms)");
-    sleeper.await.unwrap();
+    redis::cmd("CLIENT")
+        .arg("UNPAUSE")
+        .query_async::<()>(&mut admin)
+        .await
+        .expect("CLIENT UNPAUSE");
 }
 
 /// In the server stack, every wait below the deadline ends by it (the
