@@ -154,6 +154,30 @@ where
     ok
 }
 
+/// Holds every client's writes and scripts (a rate-limit check is a
+/// script) for up to 10 s, from a connection of its own: in force once
+/// this returns. Reads, such as `CLIENT UNPAUSE`, still go through.
+async fn hold_scripts(server: &RedisServer) -> ConnectionManager {
+    let mut admin = server.connection().await;
+    redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(10_000)
+        .arg("WRITE")
+        .query_async::<()>(&mut admin)
+        .await
+        .expect("CLIENT PAUSE");
+    admin
+}
+
+/// Ends [`hold_scripts`].
+async fn release_scripts(admin: &mut ConnectionManager) {
+    redis::cmd("CLIENT")
+        .arg("UNPAUSE")
+        .query_async::<()>(admin)
+        .await
+        .expect("CLIENT UNPAUSE");
+}
+
 async fn info_field(conn: &mut ConnectionManager, section: &str, field: &str) -> u64 {
     let info: String = redis::cmd("INFO")
         .arg(section)
@@ -506,16 +530,8 @@ async fn slow_redis_times_out_and_follows_the_policy() {
         .unwrap();
     let mut svc = layer.layer(echo());
     assert!(call(&mut svc, 0).await.is_ok());
-    // Hold every client's writes and scripts from another connection
-    // (in force once `CLIENT PAUSE` has answered).
-    let mut admin = server.connection().await;
-    redis::cmd("CLIENT")
-        .arg("PAUSE")
-        .arg(10_000)
-        .arg("WRITE")
-        .query_async::<()>(&mut admin)
-        .await
-        .expect("CLIENT PAUSE");
+    // Redis holds every check from now on.
+    let mut admin = hold_scripts(&server).await;
     let started = tokio::time::Instant::now();
     assert!(
         call(&mut svc, 1).await.is_ok(),
@@ -533,11 +549,7 @@ async fn slow_redis_times_out_and_follows_the_policy() {
         1
     );
     println!("slow redis: answered by the failure policy after {waited:?} (timeout 100 ms)");
-    redis::cmd("CLIENT")
-        .arg("UNPAUSE")
-        .query_async::<()>(&mut admin)
-        .await
-        .expect("CLIENT UNPAUSE");
+    release_scripts(&mut admin).await;
 }
 
 /// In the server stack, every wait below the deadline ends by it (the
@@ -566,17 +578,8 @@ async fn the_server_stack_deadline_ends_a_slow_redis_round_trip() {
         7,
         "Redis answers: admitted"
     );
-    // Hold every client's writes and scripts (for up to 10 s; a read such
-    // as `CLIENT UNPAUSE` still goes through): once `CLIENT PAUSE` has
-    // answered, the pause is in force.
-    let mut admin = server.connection().await;
-    redis::cmd("CLIENT")
-        .arg("PAUSE")
-        .arg(10_000)
-        .arg("WRITE")
-        .query_async::<()>(&mut admin)
-        .await
-        .expect("CLIENT PAUSE");
+    // Redis holds every check from now on.
+    let mut admin = hold_scripts(&server).await;
     let err = call(&mut svc, 1).await.unwrap_err();
     let r = rejection_of(&err).expect("a rejection");
     assert_eq!(r.kind(), RejectionKind::DeadlineExceeded, "{err}");
@@ -598,11 +601,7 @@ async fn the_server_stack_deadline_ends_a_slow_redis_round_trip() {
         recorder.count(|e| matches!(e.kind, EventKind::BackendError { .. })),
         0
     );
-    redis::cmd("CLIENT")
-        .arg("UNPAUSE")
-        .query_async::<()>(&mut admin)
-        .await
-        .expect("CLIENT UNPAUSE");
+    release_scripts(&mut admin).await;
     assert_eq!(call(&mut svc, 8).await.unwrap(), 8, "Redis answers again");
 }
 
