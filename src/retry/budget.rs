@@ -20,8 +20,7 @@ pub(crate) const BUCKETS: usize = 10;
 // the window from one that left it, except for a word left untouched for a
 // multiple of 5 × 2^20 slices (87 minutes of the shortest window's 1 ms
 // slices, 60 days of the default 1 s ones), whose old counts are then read
-// as current; and in the 2^10 slices before each 2^20 of such a word's
-// idleness, a deposit into its slot is dropped (stricter, never looser).
+// as current (a ticket that old credits a success to the current slice).
 const COUNT_BITS: u32 = 22;
 const COUNT_MAX: u64 = (1 << COUNT_BITS) - 1;
 const TAG_SHIFT: u32 = 2 * COUNT_BITS;
@@ -110,6 +109,8 @@ struct Inner {
 struct Ring {
     epochs: [u64; BUCKETS],
     counts: [u64; BUCKETS],
+    /// The latest slice a withdrawal was counted in.
+    latest: u64,
 }
 
 /// A granted retry, to hand back with [`RetryBudget::refund`] if the retry
@@ -232,6 +233,7 @@ impl RetryBudget {
                 withdrawals: Mutex::new(Ring {
                     epochs: [0; BUCKETS],
                     counts: [0; BUCKETS],
+                    latest: 0,
                 }),
             }),
         })
@@ -360,10 +362,14 @@ impl RetryBudget {
     }
 }
 
-/// How far ahead of a fresh clock read a word's slice may be and still be
-/// taken for a later slice another thread has already started (it read the
-/// clock a moment later); further, the word is taken for an old one.
-const AHEAD_SLACK: u64 = 1 << 10;
+/// Whether a slot's word, `lead` slices (modulo the tag) ahead of the slice
+/// wanted, holds a later slice another thread has already started (it read
+/// the clock a moment later): one or two laps of the ring ahead. Anything
+/// else is an old slice, started anew.
+#[inline]
+fn is_later_slice(lead: u64) -> bool {
+    lead != 0 && lead % BUCKETS as u64 == 0 && lead <= 2 * BUCKETS as u64
+}
 
 /// Adds `add` (`ONE_REQUEST`, `ONE_SUCCESS` or both) to the counts of slice
 /// `epoch` (the current one) in `ring`: lock-free; a full count stays full.
@@ -379,7 +385,7 @@ fn bump(ring: &[AtomicU64; BUCKETS], epoch: u64, add: u64) {
                 Some(new) => new,
                 None => return,
             }
-        } else if tag.wrapping_sub(want) & TAG_MASK <= AHEAD_SLACK {
+        } else if is_later_slice(tag.wrapping_sub(want) & TAG_MASK) {
             // Another thread already moved this slot on to a later slice:
             // drop this deposit, which only makes the budget stricter.
             return;
@@ -437,9 +443,12 @@ impl RetryBudget {
 
     /// [`try_withdraw`](Self::try_withdraw) at `now`.
     pub(crate) fn try_withdraw_at(&self, now: Instant) -> Option<Withdrawal> {
-        let epoch = self.inner.epoch(now);
-        let (requests, successes) = self.inner.counted(epoch);
         let mut ring = self.inner.lock();
+        // A thread that read the clock before another's withdrawal counts
+        // at the later slice: it never resets a newer slot.
+        let epoch = self.inner.epoch(now).max(ring.latest);
+        ring.latest = epoch;
+        let (requests, successes) = self.inner.counted(epoch);
         let retries = ring.sum(epoch);
         if !self.inner.allows(requests, successes, retries + 1) {
             return None;
@@ -719,6 +728,27 @@ mod tests {
                 (10, 0),
                 "after {idle_ms} ms"
             );
+        }
+    }
+
+    #[test]
+    fn a_withdrawal_on_a_stale_clock_read_never_resets_a_newer_slot() {
+        let (b, t0) = budget(0.0, 10);
+        let t10 = t0 + Duration::from_secs(10);
+        // Slices 10 and 0 share a slot.
+        assert!(b.try_withdraw_at(t10).is_some());
+        assert!(b.try_withdraw_at(t10).is_some());
+        // A thread that read the clock at `t0` withdraws after them.
+        assert!(b.try_withdraw_at(t0).is_some());
+        assert_eq!(b.snapshot_at(t10).retries, 3);
+    }
+
+    #[test]
+    fn only_a_word_one_or_two_laps_ahead_is_a_later_slice() {
+        assert!(is_later_slice(BUCKETS as u64));
+        assert!(is_later_slice(2 * BUCKETS as u64));
+        for lead in [0, 1, 9, 11, 3 * BUCKETS as u64, 1024, TAG_MASK] {
+            assert!(!is_later_slice(lead), "{lead}");
         }
     }
 
