@@ -375,6 +375,23 @@ fn is_later_slice(lead: u64) -> bool {
 /// `epoch` (the current one) in `ring`: lock-free; a full count stays full.
 #[inline]
 fn bump(ring: &[AtomicU64; BUCKETS], epoch: u64, add: u64) {
+    add_to_slice(ring, epoch, add, true);
+}
+
+/// Adds a success to slice `epoch` (a request's, counted earlier) if its
+/// slot still holds that slice; a no-op once the slice has been replaced.
+#[inline]
+fn credit(ring: &[AtomicU64; BUCKETS], epoch: u64) {
+    add_to_slice(ring, epoch, ONE_SUCCESS, false);
+}
+
+/// Adds `add` to slice `epoch`'s word. A slot that holds a later slice is
+/// left alone (another thread already moved on: dropping the count only
+/// makes the budget stricter); one that holds a slice that has left the
+/// window starts anew with `epoch` when `start` is set (a deposit at the
+/// current slice), else is left alone (a credit to a slice long gone).
+#[inline]
+fn add_to_slice(ring: &[AtomicU64; BUCKETS], epoch: u64, add: u64, start: bool) {
     let slot = &ring[(epoch % BUCKETS as u64) as usize];
     let want = epoch & TAG_MASK;
     let mut cur = slot.load(Ordering::Relaxed);
@@ -385,30 +402,9 @@ fn bump(ring: &[AtomicU64; BUCKETS], epoch: u64, add: u64) {
                 Some(new) => new,
                 None => return,
             }
-        } else if is_later_slice(tag.wrapping_sub(want) & TAG_MASK) {
-            // Another thread already moved this slot on to a later slice:
-            // drop this deposit, which only makes the budget stricter.
-            return;
-        } else {
-            // A slice that has left the window: the slot starts anew.
+        } else if start && !is_later_slice(tag.wrapping_sub(want) & TAG_MASK) {
             (want << TAG_SHIFT) | add
-        };
-        match slot.compare_exchange_weak(cur, new, Ordering::Relaxed, Ordering::Relaxed) {
-            Ok(_) => return,
-            Err(actual) => cur = actual,
-        }
-    }
-}
-
-/// Adds a success to slice `epoch` (a request's, counted earlier) if its
-/// slot still holds that slice; a no-op once the slice has been replaced.
-#[inline]
-fn credit(ring: &[AtomicU64; BUCKETS], epoch: u64) {
-    let slot = &ring[(epoch % BUCKETS as u64) as usize];
-    let want = epoch & TAG_MASK;
-    let mut cur = slot.load(Ordering::Relaxed);
-    while cur >> TAG_SHIFT == want {
-        let Some(new) = plus(cur, ONE_SUCCESS) else {
+        } else {
             return;
         };
         match slot.compare_exchange_weak(cur, new, Ordering::Relaxed, Ordering::Relaxed) {
