@@ -153,11 +153,11 @@ where
     S: Service<Req>,
 {
     #[inline]
-    pub(crate) fn running(future: S::Future, permit: Permit) -> Self {
+    pub(crate) fn running(permit: Permit, call: impl FnOnce() -> S::Future) -> Self {
         let started = started(permit.engine());
         ResponseFuture {
             state: State::Running {
-                future,
+                future: call(),
                 permit: Some(permit),
             },
             started,

@@ -153,7 +153,7 @@ where
             _ => self.engine.try_acquire(),
         };
         if let Some(permit) = permit {
-            return ResponseFuture::running(self.inner.call(req), permit);
+            return ResponseFuture::running(permit, || self.inner.call(req));
         }
         self.call_without_permit(req)
     }
@@ -177,7 +177,7 @@ impl<S, M> Bulkhead<S, M> {
         }
         let now = crate::clock::now();
         match self.engine.acquire(None, Some(now)) {
-            Acquire::Permit(permit) => ResponseFuture::running(self.inner.call(req), permit),
+            Acquire::Permit(permit) => ResponseFuture::running(permit, || self.inner.call(req)),
             Acquire::Full => ResponseFuture::rejected(reject(&self.engine, GiveUp::QueueFull)),
             Acquire::Queued {
                 waiter,

@@ -172,7 +172,9 @@ where
             req.set_deadline(deadline);
         }
         let inner = &mut self.inner;
-        let fut = super::sync_scope(deadline, || inner.call(req));
-        ResponseFuture::running(fut, deadline, &self.shared)
+        let shared = &self.shared;
+        super::sync_scope(deadline, || {
+            ResponseFuture::running(inner.call(req), deadline, shared)
+        })
     }
 }

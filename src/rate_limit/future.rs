@@ -135,9 +135,9 @@ pub(crate) fn reject<X, D>(
 impl<F, S, Req, X, D> ResponseFuture<F, S, Req, X, D> {
     #[inline]
     pub(crate) fn called<Res>(
-        fut: F,
         shared: &Arc<Shared<X, D>>,
         status: Option<RateLimitStatus>,
+        call: impl FnOnce() -> F,
     ) -> Self
     where
         D: Decorate<Res>,
@@ -153,7 +153,7 @@ impl<F, S, Req, X, D> ResponseFuture<F, S, Req, X, D> {
             None
         };
         ResponseFuture {
-            state: State::Called { fut, deco },
+            state: State::Called { fut: call(), deco },
         }
     }
 
@@ -268,7 +268,7 @@ where
 {
     match verdict {
         Verdict::Admit(_) => match (svc.take(), req.take()) {
-            (Some(mut s), Some(r)) => ResponseFuture::called(s.call(r), shared, status).state,
+            (Some(mut s), Some(r)) => ResponseFuture::called(shared, status, || s.call(r)).state,
             _ => State::Rejected {
                 err: Some("rate limit future polled after completion".into()),
             },

@@ -92,7 +92,7 @@ where
         let cost = shared.extractor.cost(&req);
         match shared.decide(&key, cost, D::ENABLED) {
             Step::Now(Verdict::Admit(_), status) => {
-                ResponseFuture::called(self.inner.call(req), shared, status)
+                ResponseFuture::called(shared, status, || self.inner.call(req))
             }
             Step::Now(Verdict::Deny { wait, detail }, _) => {
                 if let (Mode::Wait { max }, Some(w)) = (shared.mode, wait) {

@@ -93,17 +93,17 @@ where
 {
     #[inline]
     pub(crate) fn new(
-        future: S::Future,
         local: Arc<Local<S, P>>,
         request: Option<Req>,
         no_retry: GiveUpReason,
         started: Option<Instant>,
         deadline: Option<Deadline>,
+        call: impl FnOnce() -> S::Future,
     ) -> Self {
         ResponseFuture {
             deadline,
             counted: Counted::Not,
-            state: State::Calling { future },
+            state: State::Calling { future: call() },
             local,
             request,
             attempts: 1,

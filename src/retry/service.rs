@@ -158,14 +158,14 @@ where
         } else {
             None
         };
-        let future = self.inner.call(req);
+        let inner = &mut self.inner;
         ResponseFuture::new(
-            future,
             self.local.clone(),
             copy,
             no_retry,
             started,
             deadline,
+            || inner.call(req),
         )
     }
 }
