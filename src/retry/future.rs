@@ -91,21 +91,41 @@ impl<S, Req, P> ResponseFuture<S, Req, P>
 where
     S: Service<Req>,
 {
+    /// The first attempt of `req`, made by `call`. A `replayable` request
+    /// keeps a copy for a retry and the deadline it carries (a request with
+    /// no retry left needs none; the task-local deadline is read where a
+    /// retry is planned).
+    ///
+    /// The copy is made straight into the future and the inner call last:
+    /// a request or an inner future kept in a local first costs a copy of
+    /// it (an `http::Request` is about 250 bytes).
     #[inline]
     pub(crate) fn new(
         local: Arc<Local<S, P>>,
-        request: Option<Req>,
+        req: Req,
+        replayable: bool,
         no_retry: GiveUpReason,
         started: Option<Instant>,
-        deadline: Option<Deadline>,
-        call: impl FnOnce() -> S::Future,
-    ) -> Self {
+        call: impl FnOnce(Req) -> S::Future,
+    ) -> Self
+    where
+        P: RetryPolicy<Req, S::Response>,
+        Req: crate::deadline::HasDeadline,
+    {
         ResponseFuture {
-            deadline,
+            request: if replayable {
+                local.shared.policy.clone_request(&req)
+            } else {
+                None
+            },
+            deadline: if replayable {
+                crate::deadline::HasDeadline::deadline(&req)
+            } else {
+                None
+            },
             counted: Counted::Not,
-            state: State::Calling { future: call() },
+            state: State::Calling { future: call(req) },
             local,
-            request,
             attempts: 1,
             no_retry,
             backoff: BackoffState::new(),

@@ -120,21 +120,21 @@ where
         shared.policy.on_attempt(&mut req, 1);
 
         let inbound_retry = shared.honor_inbound && arrived_as_retry(&shared.policy, &req);
-        let (copy, no_retry) = if shared.max_attempts <= 1 {
-            (None, GiveUpReason::MaxAttempts)
+        let no_retry = if shared.max_attempts <= 1 {
+            GiveUpReason::MaxAttempts
         } else if inbound_retry || !shared.policy.may_retry(&req) {
             // Retried upstream already (retry at one layer), or not safe to retry.
-            (None, GiveUpReason::NotRetryable)
+            GiveUpReason::NotRetryable
         } else {
-            match shared.policy.clone_request(&req) {
-                Some(c) => (Some(c), GiveUpReason::NotReplayable),
-                None => (None, GiveUpReason::NotReplayable),
-            }
+            // If the policy gives no copy of the request (a body past its
+            // replay limit), it is sent once and this is why.
+            GiveUpReason::NotReplayable
         };
+        let replayable = no_retry == GiveUpReason::NotReplayable;
         // As tower: the ready service makes this call, a clone is polled
         // ready before each retry (made from the spare copy, kept from the
         // first call that could be retried, one clone per retry).
-        if copy.is_some() {
+        if replayable {
             self.local
                 .spare
                 .get_or_init(|| Mutex::new(self.inner.clone()));
@@ -150,22 +150,14 @@ where
         } else {
             None
         };
-        // The deadline the request carries, read before the call (a
-        // request with no retry left needs none); the task-local one is
-        // read where a retry is planned.
-        let deadline = if copy.is_some() {
-            crate::deadline::HasDeadline::deadline(&req)
-        } else {
-            None
-        };
         let inner = &mut self.inner;
         ResponseFuture::new(
             self.local.clone(),
-            copy,
+            req,
+            replayable,
             no_retry,
             started,
-            deadline,
-            || inner.call(req),
+            |req| inner.call(req),
         )
     }
 }
