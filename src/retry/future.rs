@@ -91,41 +91,23 @@ impl<S, Req, P> ResponseFuture<S, Req, P>
 where
     S: Service<Req>,
 {
-    /// The first attempt of `req`, made by `call`. A `replayable` request
-    /// keeps a copy for a retry and the deadline it carries (a request with
-    /// no retry left needs none; the task-local deadline is read where a
-    /// retry is planned).
-    ///
-    /// The copy is made straight into the future and the inner call last:
-    /// a request or an inner future kept in a local first costs a copy of
-    /// it (an `http::Request` is about 250 bytes).
+    /// The first attempt, made by `call` (last: work done while the inner
+    /// future sits in a temporary costs a copy of it).
     #[inline]
     pub(crate) fn new(
         local: Arc<Local<S, P>>,
-        req: Req,
-        replayable: bool,
+        request: Option<Req>,
         no_retry: GiveUpReason,
         started: Option<Instant>,
-        call: impl FnOnce(Req) -> S::Future,
-    ) -> Self
-    where
-        P: RetryPolicy<Req, S::Response>,
-        Req: crate::deadline::HasDeadline,
-    {
+        deadline: Option<Deadline>,
+        call: impl FnOnce() -> S::Future,
+    ) -> Self {
         ResponseFuture {
-            request: if replayable {
-                local.shared.policy.clone_request(&req)
-            } else {
-                None
-            },
-            deadline: if replayable {
-                crate::deadline::HasDeadline::deadline(&req)
-            } else {
-                None
-            },
+            deadline,
             counted: Counted::Not,
-            state: State::Calling { future: call(req) },
+            state: State::Calling { future: call() },
             local,
+            request,
             attempts: 1,
             no_retry,
             backoff: BackoffState::new(),

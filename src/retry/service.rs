@@ -130,11 +130,17 @@ where
             // replay limit), it is sent once and this is why.
             GiveUpReason::NotReplayable
         };
-        let replayable = no_retry == GiveUpReason::NotReplayable;
+        // No tuple or other move on the way: each move of a request is a
+        // copy of it (an `http::Request` is about 250 bytes).
+        let copy = if no_retry == GiveUpReason::NotReplayable {
+            shared.policy.clone_request(&req)
+        } else {
+            None
+        };
         // As tower: the ready service makes this call, a clone is polled
         // ready before each retry (made from the spare copy, kept from the
         // first call that could be retried, one clone per retry).
-        if replayable {
+        if copy.is_some() {
             self.local
                 .spare
                 .get_or_init(|| Mutex::new(self.inner.clone()));
@@ -150,14 +156,22 @@ where
         } else {
             None
         };
+        // The deadline the request carries, read before the call (a
+        // request with no retry left needs none); the task-local one is
+        // read where a retry is planned.
+        let deadline = if copy.is_some() {
+            crate::deadline::HasDeadline::deadline(&req)
+        } else {
+            None
+        };
         let inner = &mut self.inner;
         ResponseFuture::new(
             self.local.clone(),
-            req,
-            replayable,
+            copy,
             no_retry,
             started,
-            |req| inner.call(req),
+            deadline,
+            || inner.call(req),
         )
     }
 }

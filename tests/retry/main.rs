@@ -1283,6 +1283,44 @@ async fn a_call_that_succeeds_clones_nothing_and_each_retry_clones_the_spare_onc
     assert_eq!(count(&clones), 3);
 }
 
+/// A policy that retries errors but never has a copy of the request to send
+/// again (a body past its replay limit, say).
+struct NoCopy;
+
+impl seawall::retry::RetryPolicy<u32, u32> for NoCopy {
+    fn classify(&self, result: Result<&u32, &BoxError>) -> seawall::retry::Verdict {
+        match result {
+            Ok(_) => seawall::retry::Verdict::Success,
+            Err(_) => seawall::retry::Verdict::RETRY,
+        }
+    }
+
+    fn clone_request(&self, _: &u32) -> Option<u32> {
+        None
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_with_no_copy_is_sent_once_and_takes_no_spare_service() {
+    let clones = Arc::new(AtomicU32::new(0));
+    let fail = Arc::new(AtomicBool::new(true));
+    let rec = Recorder::new();
+    let mut svc = RetryLayer::builder()
+        .policy(NoCopy)
+        .observer(rec.clone())
+        .build()
+        .unwrap()
+        .layer(Cloned {
+            clones: clones.clone(),
+            fail: fail.clone(),
+        });
+    let err = svc.ready().await.unwrap().call(7).await.unwrap_err();
+    assert_eq!(err.to_string(), "boom");
+    // No retry can be sent, so no spare copy of the service is taken.
+    assert_eq!(count(&clones), 0);
+    assert_eq!(gave_up(&rec), [(1, GiveUpReason::NotReplayable)]);
+}
+
 /// Fails every call with "boom"; after its first call, no copy of it is
 /// ever ready again (a connection pool that lost every connection).
 #[derive(Clone)]
