@@ -360,13 +360,14 @@ where
             };
         }
         req.set_deadline(deadline);
+        // Built whole inside the scope: a future kept in a local on the
+        // way costs a copy of it.
         let inner = &mut self.inner;
-        let fut = crate::deadline::sync_scope(deadline, || inner.call(req));
-        IngressFuture {
+        crate::deadline::sync_scope(deadline, || IngressFuture {
             state: IngressState::Scoped {
-                inner: crate::deadline::scope(deadline, fut),
+                inner: crate::deadline::scope(deadline, inner.call(req)),
             },
-        }
+        })
     }
 }
 

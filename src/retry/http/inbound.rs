@@ -87,8 +87,9 @@ where
         if attempt > 1 {
             req.extensions_mut().insert(InboundAttempt(attempt));
         }
+        // Built whole inside the scope: a future kept in a local on the
+        // way costs a copy of it.
         let inner = &mut self.inner;
-        let future = sync_scope_inbound_attempt(attempt, || inner.call(req));
-        scope_inbound_attempt(attempt, future)
+        sync_scope_inbound_attempt(attempt, || scope_inbound_attempt(attempt, inner.call(req)))
     }
 }
