@@ -202,13 +202,17 @@ where
         }
         // When the request's deadline binds, it is the task-local one
         // already: no scope of its own to set.
-        let fut = if overall_binds {
-            self.inner.call(req)
+        if overall_binds {
+            AttemptFuture::running(self.inner.call(req), deadline, true, &self.shared)
         } else {
+            // Built whole inside the scope: a future kept in a local on the
+            // way costs a copy of it.
             let inner = &mut self.inner;
-            super::sync_scope(deadline, || inner.call(req))
-        };
-        AttemptFuture::running(fut, deadline, overall_binds, &self.shared)
+            let shared = &self.shared;
+            super::sync_scope(deadline, || {
+                AttemptFuture::running(inner.call(req), deadline, false, shared)
+            })
+        }
     }
 }
 
