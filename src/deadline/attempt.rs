@@ -205,8 +205,8 @@ where
         if overall_binds {
             AttemptFuture::running(self.inner.call(req), deadline, true, &self.shared)
         } else {
-            // Built whole inside the scope: a future kept in a local on the
-            // way costs a copy of it.
+            // Built whole inside the scope (ARCHITECTURE.md, the shape of every
+            // layer).
             let inner = &mut self.inner;
             let shared = &self.shared;
             super::sync_scope(deadline, || {

@@ -91,8 +91,8 @@ impl<S, Req, P> ResponseFuture<S, Req, P>
 where
     S: Service<Req>,
 {
-    /// The first attempt, made by `call` (last: work done while the inner
-    /// future sits in a temporary costs a copy of it).
+    /// The first attempt, made by `call`, last (ARCHITECTURE.md, the shape
+    /// of every layer).
     #[inline]
     pub(crate) fn new(
         local: Arc<Local<S, P>>,

@@ -120,22 +120,21 @@ where
         shared.policy.on_attempt(&mut req, 1);
 
         let inbound_retry = shared.honor_inbound && arrived_as_retry(&shared.policy, &req);
-        let no_retry = if shared.max_attempts <= 1 {
-            GiveUpReason::MaxAttempts
+        // The copy is made where it is kept, not moved through a tuple on
+        // the way: each move of a request is a copy of it (an
+        // `http::Request` is about 250 bytes).
+        let mut no_retry = GiveUpReason::NotReplayable;
+        let copy = if shared.max_attempts <= 1 {
+            no_retry = GiveUpReason::MaxAttempts;
+            None
         } else if inbound_retry || !shared.policy.may_retry(&req) {
             // Retried upstream already (retry at one layer), or not safe to retry.
-            GiveUpReason::NotRetryable
-        } else {
-            // If the policy gives no copy of the request (a body past its
-            // replay limit), it is sent once and this is why.
-            GiveUpReason::NotReplayable
-        };
-        // No tuple or other move on the way: each move of a request is a
-        // copy of it (an `http::Request` is about 250 bytes).
-        let copy = if no_retry == GiveUpReason::NotReplayable {
-            shared.policy.clone_request(&req)
-        } else {
+            no_retry = GiveUpReason::NotRetryable;
             None
+        } else {
+            // No copy (a body past its replay limit): sent once, and
+            // `NotReplayable` says why.
+            shared.policy.clone_request(&req)
         };
         // As tower: the ready service makes this call, a clone is polled
         // ready before each retry (made from the spare copy, kept from the

@@ -360,8 +360,8 @@ where
             };
         }
         req.set_deadline(deadline);
-        // Built whole inside the scope: a future kept in a local on the
-        // way costs a copy of it.
+        // Built whole inside the scope (ARCHITECTURE.md, the shape of every
+        // layer).
         let inner = &mut self.inner;
         crate::deadline::sync_scope(deadline, || IngressFuture {
             state: IngressState::Scoped {

@@ -87,8 +87,8 @@ where
         if attempt > 1 {
             req.extensions_mut().insert(InboundAttempt(attempt));
         }
-        // Built whole inside the scope: a future kept in a local on the
-        // way costs a copy of it.
+        // Built whole inside the scope (ARCHITECTURE.md, the shape of every
+        // layer).
         let inner = &mut self.inner;
         sync_scope_inbound_attempt(attempt, || scope_inbound_attempt(attempt, inner.call(req)))
     }
