@@ -28,31 +28,30 @@ pub use tokio::time::Instant;
 /// `tokio::time::Instant::now()`.
 #[inline]
 pub fn now() -> Instant {
-    EDGE.with(|edge| {
-        if !edge.open.get() {
-            return Instant::now();
-        }
-        match edge.now.get() {
-            Some(now) => now,
-            None => {
-                let now = Instant::now();
+    EDGE.with(|edge| match edge.now.get() {
+        Some(now) => now,
+        None => {
+            let now = Instant::now();
+            if edge.depth.get() != 0 {
                 edge.now.set(Some(now));
-                now
             }
+            now
         }
     })
 }
 
-/// The edge open on this thread, if any, and its instant once read.
+/// The edges open on this thread (nested: one per layer on the way), and
+/// the instant of the outermost once read. The instant is `None` whenever
+/// no edge is open.
 struct EdgeState {
-    open: Cell<bool>,
+    depth: Cell<u32>,
     now: Cell<Option<Instant>>,
 }
 
 thread_local! {
     static EDGE: EdgeState = const {
         EdgeState {
-            open: Cell::new(false),
+            depth: Cell::new(0),
             now: Cell::new(None),
         }
     };
@@ -60,34 +59,37 @@ thread_local! {
 
 /// One layer's part of an edge of a call (its `call`, or its future's
 /// `poll`): while any is alive on this thread, [`now`] reads the clock once.
-/// The outermost one opens the edge and closes it (forgetting the instant)
-/// when it ends; the ones inside it do nothing, on the way in or out.
+/// Entering counts one more edge open and ending counts it off; the
+/// outermost one's end (the count back at zero) forgets the instant. A
+/// guard of no size: entering is one increment, ending one decrement and a
+/// test, with no flag to keep on the stack of every layer.
 // Every layer opens edges; a build with no layer feature has none.
 #[allow(dead_code)]
 pub(crate) struct Edge {
-    outermost: bool,
+    _not_send: std::marker::PhantomData<*const ()>,
 }
 
 #[allow(dead_code)]
 impl Edge {
     #[inline]
     pub(crate) fn enter() -> Edge {
-        EDGE.with(|edge| {
-            let outermost = !edge.open.replace(true);
-            Edge { outermost }
-        })
+        EDGE.with(|edge| edge.depth.set(edge.depth.get().wrapping_add(1)));
+        Edge {
+            _not_send: std::marker::PhantomData,
+        }
     }
 }
 
 impl Drop for Edge {
     #[inline]
     fn drop(&mut self) {
-        if self.outermost {
-            EDGE.with(|edge| {
-                edge.open.set(false);
+        EDGE.with(|edge| {
+            let depth = edge.depth.get().wrapping_sub(1);
+            edge.depth.set(depth);
+            if depth == 0 {
                 edge.now.set(None);
-            });
-        }
+            }
+        });
     }
 }
 

@@ -2,7 +2,7 @@ use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
@@ -213,7 +213,9 @@ where
 {
     type Output = Result<S::Response, BoxError>;
 
-    #[inline]
+    // Out of line: inlined into the layers around it, its answer goes
+    // through one more temporary (see ARCHITECTURE.md).
+    #[inline(never)]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let _edge = crate::clock::Edge::enter();
         let mut this = self.project();
@@ -298,7 +300,12 @@ where
                     });
                 }
                 StateProj::Running { future, permit } => {
-                    let mut result = ready!(future.poll(cx));
+                    // The answer is seen where it lies and handed back from
+                    // there (see ARCHITECTURE.md).
+                    let mut poll = future.poll(cx);
+                    let Poll::Ready(result) = &mut poll else {
+                        return Poll::Pending;
+                    };
                     let Some(permit) = permit.take() else {
                         this.state.set(State::Done);
                         return Poll::Ready(Err(POLLED_AFTER_COMPLETION.into()));
@@ -320,14 +327,14 @@ where
                     }
                     // Releases the permit before handing the result back,
                     // unless the response's body carries it to its end.
-                    match &mut result {
+                    match result {
                         Ok(response) if M::PAST_HEAD => {
                             drop(M::hold(response, Duty(DutyKind::Bulkhead(permit))));
                         }
                         _ => drop(permit),
                     }
                     this.state.set(State::Done);
-                    return Poll::Ready(result.map_err(Into::into));
+                    return poll.map_err(Into::into);
                 }
                 StateProj::Rejected { error } => {
                     let error = error.take();

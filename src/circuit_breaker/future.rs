@@ -3,7 +3,7 @@ use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use pin_project_lite::pin_project;
@@ -114,14 +114,19 @@ where
         let _edge = crate::clock::Edge::enter();
         match self.project().kind.project() {
             KindProj::Called { future, guard } => {
-                let mut result = ready!(future.poll(cx));
+                // The answer is judged where it lies and handed back from
+                // there (see ARCHITECTURE.md).
+                let mut poll = future.poll(cx);
+                let Poll::Ready(result) = &mut poll else {
+                    return Poll::Pending;
+                };
                 if !guard.done {
                     guard.done = true;
                     let shared = &*guard.shared;
                     // The model first: a local refusal is never counted,
                     // whatever the classifier says.
                     let outcome = judge(&shared.classifier, result.as_ref());
-                    let held = match (&mut result, outcome) {
+                    let held = match (result, outcome) {
                         // Looks like a success, but the body may still fail
                         // (or carry an error status in its trailers): judged
                         // when it ends.
@@ -153,7 +158,7 @@ where
                         finish(&shared.core, guard.permit, latency, outcome, At::Now(now));
                     }
                 }
-                Poll::Ready(result.map_err(Into::into))
+                poll.map_err(Into::into)
             }
             KindProj::Rejected { error } => crate::error::poll_rejected(error),
         }

@@ -204,8 +204,9 @@ impl<F: Future, X: Expiry> State<F, X> {
                 } else {
                     super::sync_scope(*deadline, || inner.poll(cx))
                 };
-                if let Poll::Ready(res) = polled {
-                    return Poll::Ready(res.map_err(Into::into));
+                if polled.is_ready() {
+                    // Handed back as it lies (see ARCHITECTURE.md).
+                    return polled.map_err(Into::into);
                 }
                 if !X::fired(sleep, deadline.instant(), cx) {
                     return Poll::Pending;

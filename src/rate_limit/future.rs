@@ -344,13 +344,17 @@ where
     E: Into<BoxError>,
     D: Decorate<Res>,
 {
-    let mut res = ready!(fut.poll(cx)).map_err(Into::into)?;
+    // The answer is decorated where it lies and handed back from there
+    // (see ARCHITECTURE.md).
+    let mut poll = fut.poll(cx);
     if D::ENABLED {
-        if let Some((shared, status)) = deco.take() {
-            shared.decorator.decorate(&mut res, &status);
+        if let Poll::Ready(Ok(res)) = &mut poll {
+            if let Some((shared, status)) = deco.take() {
+                shared.decorator.decorate(res, &status);
+            }
         }
     }
-    Poll::Ready(Ok(res))
+    poll.map_err(Into::into)
 }
 
 /// The rejected, waiting and Redis states of [`ResponseFuture`] (and the

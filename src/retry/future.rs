@@ -170,9 +170,24 @@ where
         let _edge = crate::clock::Edge::enter();
         let this = self.as_mut().project();
         if let StateProj::Calling { future } = this.state.project() {
-            let result = ready!(future.poll(cx)).map_err(Into::into);
+            // A success is judged on the answer where it lies and handed
+            // back from there: taken out first, a large answer (an HTTP
+            // response) would be copied once more (see ARCHITECTURE.md).
+            let poll = future.poll(cx);
             let shared = &*this.local.shared;
-            let verdict = shared.policy.classify(result.as_ref());
+            let judged = match &poll {
+                Poll::Ready(Ok(response)) => Some(shared.policy.classify(Ok(response))),
+                _ => None,
+            };
+            if matches!(judged, Some(Verdict::Success)) {
+                succeeded(shared, this.started, this.counted);
+                return poll.map_err(Into::into);
+            }
+            let result = ready!(poll).map_err(Into::into);
+            let verdict = match judged {
+                Some(verdict) => verdict,
+                None => shared.policy.classify(result.as_ref()),
+            };
             if matches!(verdict, Verdict::Success) {
                 succeeded(shared, this.started, this.counted);
                 return Poll::Ready(result);

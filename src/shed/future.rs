@@ -94,11 +94,16 @@ where
         let _edge = crate::clock::Edge::enter();
         match self.project().state.project() {
             StateProj::Admitted { future, permit } => {
-                let mut result = ready!(future.poll(cx)).map_err(Into::into);
+                // An answer is seen where it lies and handed back from
+                // there (see ARCHITECTURE.md).
+                let mut poll = future.poll(cx);
+                let Poll::Ready(result) = &mut poll else {
+                    return Poll::Pending;
+                };
                 let Some(mut permit) = permit.take() else {
                     return Poll::Ready(Err("future polled after completion".into()));
                 };
-                match &mut result {
+                match result {
                     Ok(response) if M::PAST_HEAD => {
                         // The latency is the head's, recorded now (the limit
                         // adapts while long streams hold their places); the
@@ -107,13 +112,18 @@ where
                         drop(M::hold(response, Duty(DutyKind::Limit(permit))));
                     }
                     Ok(_) => permit.complete(Completion::Sample(Outcome::Success)),
-                    Err(e) => permit.complete(if overload_below(e) {
-                        Completion::Drop
-                    } else {
-                        Completion::Ignore
-                    }),
+                    Err(_) => {
+                        // A failure is judged as a `BoxError`.
+                        let result = ready!(poll).map_err(Into::into);
+                        permit.complete(if result.as_ref().is_err_and(overload_below) {
+                            Completion::Drop
+                        } else {
+                            Completion::Ignore
+                        });
+                        return Poll::Ready(result);
+                    }
                 }
-                Poll::Ready(result)
+                poll.map_err(Into::into)
             }
             StateProj::Rejected { error } => crate::error::poll_rejected(error),
         }
