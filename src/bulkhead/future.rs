@@ -217,7 +217,7 @@ where
     // through one more temporary (see ARCHITECTURE.md).
     #[inline(never)]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let _edge = crate::clock::Edge::enter();
+        // No edge of the clock of its own (see `Bulkhead::call`).
         let mut this = self.project();
         loop {
             match this.state.as_mut().project() {

@@ -144,7 +144,9 @@ where
 
     #[inline(always)]
     fn call(&mut self, req: Req) -> Self::Future {
-        let _edge = crate::clock::Edge::enter();
+        // No edge of the clock of its own: the bulkhead reads the clock
+        // only for an observer's times and a queue's wait, and shares the
+        // edge of the layers around it (see `clock::now`).
         let permit = match self.ready {
             Ready::Reserved(_) => match std::mem::replace(&mut self.ready, Ready::Idle) {
                 Ready::Reserved(permit) => Some(permit),

@@ -271,7 +271,8 @@ where
 
     #[inline(always)]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let _edge = crate::clock::Edge::enter();
+        // No edge of the clock: an answer passes through without a clock
+        // read (see `clock::now`); a fired timer is judged by the timer.
         self.project()
             .state
             .poll_state(cx, LayerKind::AttemptTimeout)
