@@ -31,6 +31,8 @@ pub fn now() -> Instant {
     EDGE.with(|edge| match edge.now.get() {
         Some(now) => now,
         None => {
+            #[cfg(test)]
+            READS.with(|reads| reads.set(reads.get() + 1));
             let now = Instant::now();
             if edge.depth.get() != 0 {
                 edge.now.set(Some(now));
@@ -38,6 +40,12 @@ pub fn now() -> Instant {
             now
         }
     })
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Reads of tokio's clock made by [`now`] on this thread (tests only).
+    pub(crate) static READS: Cell<u64> = const { Cell::new(0) };
 }
 
 /// The edges open on this thread (nested: one per layer on the way), and
@@ -393,5 +401,113 @@ mod edge_tests {
         let second = now();
         assert_eq!(second - first, Duration::from_secs(2));
         drop(again);
+    }
+}
+
+/// How often whole stacks read the clock: twice per call (once on the way
+/// in, once on the way out), with or without an observer, counted on this
+/// thread by the test-only counter in [`now`].
+#[cfg(all(
+    test,
+    feature = "deadline",
+    feature = "retry",
+    feature = "circuit-breaker",
+    feature = "shed",
+    feature = "bulkhead",
+    feature = "rate-limit"
+))]
+mod read_count_tests {
+    use std::time::Duration;
+
+    use tower::{Layer, Service, ServiceExt};
+
+    use crate::error::BoxError;
+    use crate::observe::Observer;
+    use crate::stack::{ClientStack, ServerStack};
+
+    fn noop() -> impl Service<u64, Response = u64, Error = BoxError, Future: Send> + Clone {
+        tower::service_fn(|i: u64| std::future::ready(Ok::<u64, BoxError>(i)))
+    }
+
+    /// Clock reads per call over `calls` calls of `svc`.
+    async fn reads_per_call<S>(mut svc: S, calls: u64) -> f64
+    where
+        S: Service<u64, Response = u64>,
+        S::Error: std::fmt::Debug,
+    {
+        // A first call builds what the layers build once.
+        svc.ready().await.unwrap().call(0).await.unwrap();
+        let before = super::READS.with(|r| r.get());
+        for i in 0..calls {
+            assert_eq!(svc.ready().await.unwrap().call(i).await.unwrap(), i);
+        }
+        (super::READS.with(|r| r.get()) - before) as f64 / calls as f64
+    }
+
+    fn counting_observer() -> Observer {
+        Observer::new(|_: &crate::observe::Event<'_>| {})
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn the_client_stack_reads_the_clock_twice_per_call() {
+        let plain = ClientStack::builder("client")
+            .total_budget(Duration::from_secs(1))
+            .attempt_timeout(Duration::from_millis(300))
+            .build()
+            .unwrap();
+        assert_eq!(reads_per_call(plain.layer(noop()), 100).await, 2.0);
+        let observed = ClientStack::builder("client")
+            .total_budget(Duration::from_secs(1))
+            .attempt_timeout(Duration::from_millis(300))
+            .observer(counting_observer())
+            .build()
+            .unwrap();
+        assert_eq!(reads_per_call(observed.layer(noop()), 100).await, 2.0);
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn the_server_stack_reads_the_clock_twice_per_call() {
+        let plain = ServerStack::builder("server")
+            .total_budget(Duration::from_secs(2))
+            .handler_timeout(Duration::from_millis(500))
+            .rate_limit(crate::rate_limit::Quota::per_second(1_000_000), |r| r)
+            .build()
+            .unwrap();
+        assert_eq!(reads_per_call(plain.layer(noop()), 100).await, 2.0);
+        let observed = ServerStack::builder("server")
+            .total_budget(Duration::from_secs(2))
+            .handler_timeout(Duration::from_millis(500))
+            .rate_limit(crate::rate_limit::Quota::per_second(1_000_000), |r| r)
+            .observer(counting_observer())
+            .build()
+            .unwrap();
+        assert_eq!(reads_per_call(observed.layer(noop()), 100).await, 2.0);
+    }
+
+    /// The bulkhead opens no edge of its own: placed outermost and observed,
+    /// over a layer that reads the clock, it reads once more per call (as
+    /// ARCHITECTURE.md says); unobserved, it reads nothing.
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn an_outermost_observed_bulkhead_reads_once_more() {
+        let attempt = crate::deadline::AttemptTimeoutLayer::new(Duration::from_secs(1)).unwrap();
+        let plain = crate::bulkhead::BulkheadLayer::builder()
+            .max_concurrent(8)
+            .build()
+            .unwrap();
+        assert_eq!(
+            reads_per_call(plain.layer(attempt.layer(noop())), 100).await,
+            1.0,
+            "the attempt timeout's one read on the way in"
+        );
+        let observed = crate::bulkhead::BulkheadLayer::builder()
+            .max_concurrent(8)
+            .observer(counting_observer())
+            .build()
+            .unwrap();
+        assert_eq!(
+            reads_per_call(observed.layer(attempt.layer(noop())), 100).await,
+            3.0,
+            "its start and end, and the attempt timeout's"
+        );
     }
 }
