@@ -136,7 +136,7 @@ where
                                 shared: guard.shared.clone(),
                                 permit: guard.permit,
                                 head,
-                                latency: crate::clock::elapsed(guard.start, head),
+                                latency: crate::clock::nanos_between(guard.start, head),
                                 judge: j.0,
                                 done: false,
                             };
@@ -154,7 +154,7 @@ where
                     };
                     if held.is_none() {
                         let now = clock::now();
-                        let latency = crate::clock::elapsed(guard.start, now);
+                        let latency = crate::clock::nanos_between(guard.start, now);
                         finish(&shared.core, guard.permit, latency, outcome, At::Now(now));
                     }
                 }
@@ -178,7 +178,7 @@ enum At {
 /// Records a finished call's outcome (or gives its slot back when it is
 /// not counted) and reports it.
 #[inline(always)]
-fn finish(core: &Core, permit: Permit, latency: Duration, outcome: Outcome, at: At) {
+fn finish(core: &Core, permit: Permit, latency: u64, outcome: Outcome, at: At) {
     let failure = match outcome {
         Outcome::Success => Some(false),
         Outcome::Failure => Some(true),
@@ -189,7 +189,7 @@ fn finish(core: &Core, permit: Permit, latency: Duration, outcome: Outcome, at: 
     };
     match failure {
         Some(failure) => {
-            let slow = latency > core.config.slow_call_duration;
+            let slow = latency > core.config.slow_call_nanos;
             match at {
                 At::Now(now) => core.on_complete(permit, now, failure, slow),
                 At::BodyEnd { head } => core.on_late_complete(permit, head, failure, slow),
@@ -200,7 +200,10 @@ fn finish(core: &Core, permit: Permit, latency: Duration, outcome: Outcome, at: 
     core.observer.emit(
         LayerKind::CircuitBreaker,
         core.name.as_str(),
-        EventKind::CallFinished { outcome, latency },
+        EventKind::CallFinished {
+            outcome,
+            latency: Duration::from_nanos(latency),
+        },
     );
 }
 
@@ -216,7 +219,8 @@ pub(crate) struct Pending {
     permit: Permit,
     /// The instant the head came back.
     head: Instant,
-    latency: Duration,
+    /// Nanoseconds from the call to its head.
+    latency: u64,
     judge: JudgeFn,
     done: bool,
 }

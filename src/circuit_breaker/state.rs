@@ -69,7 +69,9 @@ pub(crate) enum WindowConfig {
 pub(crate) struct Config {
     pub(crate) tuning: super::BreakerTuning,
     pub(crate) window: WindowConfig,
-    pub(crate) slow_call_duration: Duration,
+    /// The slow-call duration in nanoseconds (saturating), compared with
+    /// each call's latency.
+    pub(crate) slow_call_nanos: u64,
     pub(crate) rate_trips: bool,
     pub(crate) permitted_in_half_open: u32,
     pub(crate) open_jitter: f64,
@@ -645,7 +647,7 @@ mod tests {
                 open_multiplier: 2.0,
                 max_open_duration: Duration::from_secs(30),
             },
-            slow_call_duration: Duration::from_secs(1),
+            slow_call_nanos: 1_000_000_000,
             rate_trips: true,
             permitted_in_half_open: 2,
             open_jitter: 0.0,
