@@ -444,7 +444,8 @@ mod read_count_tests {
         (super::READS.with(|r| r.get()) - before) as f64 / calls as f64
     }
 
-    fn counting_observer() -> Observer {
+    /// An observer listening to every event (and doing nothing with them).
+    fn listening_observer() -> Observer {
         Observer::new(|_: &crate::observe::Event<'_>| {})
     }
 
@@ -459,7 +460,7 @@ mod read_count_tests {
         let observed = ClientStack::builder("client")
             .total_budget(Duration::from_secs(1))
             .attempt_timeout(Duration::from_millis(300))
-            .observer(counting_observer())
+            .observer(listening_observer())
             .build()
             .unwrap();
         assert_eq!(reads_per_call(observed.layer(noop()), 100).await, 2.0);
@@ -478,7 +479,7 @@ mod read_count_tests {
             .total_budget(Duration::from_secs(2))
             .handler_timeout(Duration::from_millis(500))
             .rate_limit(crate::rate_limit::Quota::per_second(1_000_000), |r| r)
-            .observer(counting_observer())
+            .observer(listening_observer())
             .build()
             .unwrap();
         assert_eq!(reads_per_call(observed.layer(noop()), 100).await, 2.0);
@@ -501,7 +502,7 @@ mod read_count_tests {
         );
         let observed = crate::bulkhead::BulkheadLayer::builder()
             .max_concurrent(8)
-            .observer(counting_observer())
+            .observer(listening_observer())
             .build()
             .unwrap();
         assert_eq!(
