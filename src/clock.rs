@@ -449,40 +449,39 @@ mod read_count_tests {
         Observer::new(|_: &crate::observe::Event<'_>| {})
     }
 
-    #[tokio::test(flavor = "current_thread", start_paused = true)]
-    async fn the_client_stack_reads_the_clock_twice_per_call() {
-        let plain = ClientStack::builder("client")
+    fn client(observer: Observer) -> crate::stack::ClientStackLayer {
+        ClientStack::builder("client")
             .total_budget(Duration::from_secs(1))
             .attempt_timeout(Duration::from_millis(300))
+            .observer(observer)
             .build()
-            .unwrap();
-        assert_eq!(reads_per_call(plain.layer(noop()), 100).await, 2.0);
-        let observed = ClientStack::builder("client")
-            .total_budget(Duration::from_secs(1))
-            .attempt_timeout(Duration::from_millis(300))
-            .observer(listening_observer())
+            .unwrap()
+    }
+
+    fn server(
+        observer: Observer,
+    ) -> crate::stack::ServerStackLayer<
+        tower::layer::util::Identity,
+        crate::rate_limit::RateLimitLayer,
+    > {
+        ServerStack::builder("server")
+            .total_budget(Duration::from_secs(2))
+            .handler_timeout(Duration::from_millis(500))
+            .rate_limit(crate::rate_limit::Quota::per_second(1_000_000), |r| r)
+            .observer(observer)
             .build()
-            .unwrap();
-        assert_eq!(reads_per_call(observed.layer(noop()), 100).await, 2.0);
+            .unwrap()
     }
 
     #[tokio::test(flavor = "current_thread", start_paused = true)]
-    async fn the_server_stack_reads_the_clock_twice_per_call() {
-        let plain = ServerStack::builder("server")
-            .total_budget(Duration::from_secs(2))
-            .handler_timeout(Duration::from_millis(500))
-            .rate_limit(crate::rate_limit::Quota::per_second(1_000_000), |r| r)
-            .build()
-            .unwrap();
-        assert_eq!(reads_per_call(plain.layer(noop()), 100).await, 2.0);
-        let observed = ServerStack::builder("server")
-            .total_budget(Duration::from_secs(2))
-            .handler_timeout(Duration::from_millis(500))
-            .rate_limit(crate::rate_limit::Quota::per_second(1_000_000), |r| r)
-            .observer(listening_observer())
-            .build()
-            .unwrap();
-        assert_eq!(reads_per_call(observed.layer(noop()), 100).await, 2.0);
+    async fn whole_stacks_read_the_clock_twice_per_call() {
+        for observer in [Observer::none(), listening_observer()] {
+            let observed = observer.is_enabled();
+            let reads = reads_per_call(client(observer.clone()).layer(noop()), 100).await;
+            assert_eq!(reads, 2.0, "client stack, observed: {observed}");
+            let reads = reads_per_call(server(observer).layer(noop()), 100).await;
+            assert_eq!(reads, 2.0, "server stack, observed: {observed}");
+        }
     }
 
     /// The bulkhead opens no edge of its own: placed outermost and observed,
