@@ -71,7 +71,8 @@ thread_local! {
 /// outermost one's end (the count back at zero) forgets the instant. A
 /// guard of no size: entering is one increment, ending one decrement and a
 /// test, with no flag to keep on the stack of every layer.
-// Every layer opens edges; a build with no layer feature has none.
+// Layers that read the clock open edges; a build with no layer feature
+// has none.
 #[allow(dead_code)]
 pub(crate) struct Edge {
     _not_send: std::marker::PhantomData<*const ()>,

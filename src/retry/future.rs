@@ -184,10 +184,7 @@ where
                 return poll.map_err(Into::into);
             }
             let result = ready!(poll).map_err(Into::into);
-            let verdict = match judged {
-                Some(verdict) => verdict,
-                None => shared.policy.classify(result.as_ref()),
-            };
+            let verdict = judged.unwrap_or_else(|| shared.policy.classify(result.as_ref()));
             if matches!(verdict, Verdict::Success) {
                 succeeded(shared, this.started, this.counted);
                 return Poll::Ready(result);

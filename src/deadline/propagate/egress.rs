@@ -303,7 +303,6 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         // No edge of the clock: the answer is wrapped without a read.
-
         match self.project().state.project() {
             EgressProj::Running {
                 inner,
