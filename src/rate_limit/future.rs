@@ -445,7 +445,11 @@ where
                 };
                 if outcome.is_none() && *cut_by_deadline {
                     // Out of time before Redis answered: the request
-                    // fails, and Redis is not judged by it.
+                    // fails, and Redis is judged by its silence, not by
+                    // this request's budget.
+                    if let Some(r) = &shared.redis {
+                        r.cut(shared, call.slot, call.started_ns);
+                    }
                     let new = ResponseFuture::deadline_exceeded(shared, DETAIL_DEADLINE_IN_BACKEND);
                     state.set(new.state);
                     continue;

@@ -84,7 +84,13 @@ pub enum FailurePolicy {
 /// to `Healthy`. A round trip is also bounded by the request's deadline
 /// ([`deadline::of`](crate::deadline::of)): when that comes first, the
 /// request fails with [`DeadlineExceeded`](crate::error::DeadlineExceeded)
-/// (event detail `"deadline_in_backend"`) and Redis is not judged by it.
+/// (event detail `"deadline_in_backend"`), and Redis is not judged by that
+/// one request's budget but by its silence: once Redis has answered none
+/// of the calls of a key's slot for the whole `timeout`, counted from the
+/// first call a deadline cut, it is judged as timed out (cause
+/// `"timeout"`) and the limiter is degraded. So a hung Redis holds requests
+/// whose budgets are shorter than the timeout for about one timeout, not
+/// each of them for its whole budget.
 ///
 /// The Redis call is a boxed future inside the layer's future: the `redis`
 /// crate's connection API returns boxed futures that borrow the connection,
@@ -253,6 +259,8 @@ impl RedisBackend {
 pub(crate) struct RedisCall {
     pub(crate) fut: Pin<Box<dyn Future<Output = RedisResult<Vec<i64>>> + Send>>,
     pub(crate) slot: usize,
+    /// When the call was made (ns since the state's start).
+    pub(crate) started_ns: u64,
 }
 
 /// Health is kept per cluster slot (one slot for a single node): while one
@@ -273,8 +281,17 @@ pub(crate) struct RedisState {
     slots: Box<[AtomicU64]>,
     /// Slots not healthy: the limiter is `Degraded` while any is.
     degraded_slots: AtomicUsize,
+    /// Per health slot, in ns since `start`: `ANSWERED | t` when Redis last
+    /// answered at `t` (or was judged at `t`) and no call has been cut
+    /// since; else since when it has been silent (the later of that answer
+    /// and the start of the first call a deadline cut after it).
+    silence: Box<[AtomicU64]>,
     start: Instant,
 }
+
+/// The flag of [`RedisState::silence`] for a slot that has not been
+/// silent since its last answer.
+const ANSWERED: u64 = 1 << 63;
 
 impl RedisState {
     pub(crate) fn new(b: RedisBackend, quota: Quota) -> Result<RedisState, ConfigError> {
@@ -300,6 +317,10 @@ impl RedisState {
                 ),
             ));
         }
+        let slots = match b.conn {
+            Conn::Single(_) => 1,
+            Conn::Cluster(_) => CLUSTER_SLOTS,
+        };
         Ok(RedisState {
             script: Arc::new(Script::new(GCRA_LUA)),
             prefix: b.prefix.into_bytes(),
@@ -308,13 +329,9 @@ impl RedisState {
             policy: b.policy,
             quota,
             period_us,
-            slots: (0..match b.conn {
-                Conn::Single(_) => 1,
-                Conn::Cluster(_) => CLUSTER_SLOTS,
-            })
-                .map(|_| AtomicU64::new(0))
-                .collect(),
+            slots: (0..slots).map(|_| AtomicU64::new(0)).collect(),
             degraded_slots: AtomicUsize::new(0),
+            silence: (0..slots).map(|_| AtomicU64::new(ANSWERED)).collect(),
             start: Instant::now(),
             conn: b.conn,
         })
@@ -421,7 +438,11 @@ impl RedisState {
                 }
             }
         });
-        RedisCall { fut, slot }
+        RedisCall {
+            fut,
+            slot,
+            started_ns: self.now_ns(),
+        }
     }
 
     /// The decision from a finished (or timed-out: `None`) Redis call.
@@ -464,7 +485,36 @@ impl RedisState {
         self.degraded(shared, key, cost, true)
     }
 
+    /// A round trip of `slot` that the request's deadline cut before Redis
+    /// answered. One request's budget does not judge Redis; its silence
+    /// does: when it has answered no call of the slot for the whole
+    /// timeout, counted from the first call cut after its last answer,
+    /// Redis is judged as timed out (the slot is degraded and follows the
+    /// policy).
+    pub(crate) fn cut<X, D>(&self, shared: &Shared<X, D>, slot: usize, started_ns: u64) {
+        let cell = &self.silence[slot];
+        let mut seen = cell.load(Ordering::Acquire);
+        let since = loop {
+            if seen & ANSWERED == 0 {
+                // Silent already, since then (a call made before that and
+                // cut only now moves it no earlier: the answer that came
+                // between is not known any more).
+                break seen;
+            }
+            let since = started_ns.max(seen & !ANSWERED);
+            match cell.compare_exchange(seen, since, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => break since,
+                Err(now) => seen = now,
+            }
+        };
+        let timeout = u64::try_from(self.timeout.as_nanos()).unwrap_or(u64::MAX);
+        if self.now_ns().saturating_sub(since) >= timeout {
+            self.failed(shared, slot, "timeout");
+        }
+    }
+
     fn healthy<X, D>(&self, shared: &Shared<X, D>, slot: usize) {
+        self.silence[slot].store(ANSWERED | self.now_ns(), Ordering::Release);
         if self.slots[slot].swap(0, Ordering::AcqRel) != 0
             && self.degraded_slots.fetch_sub(1, Ordering::AcqRel) == 1
         {
@@ -490,7 +540,10 @@ impl RedisState {
                 cause,
             },
         );
-        let next = self.now_ns().saturating_add(self.probe_ns()).max(1);
+        let now = self.now_ns();
+        // Judged: its silence counts anew from now.
+        self.silence[slot].store(ANSWERED | now, Ordering::Release);
+        let next = now.saturating_add(self.probe_ns()).max(1);
         if self.slots[slot].swap(next, Ordering::AcqRel) == 0
             && self.degraded_slots.fetch_add(1, Ordering::AcqRel) == 0
         {

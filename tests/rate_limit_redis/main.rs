@@ -605,6 +605,84 @@ async fn the_server_stack_deadline_ends_a_slow_redis_round_trip() {
     assert_eq!(call(&mut svc, 8).await.unwrap(), 8, "Redis answers again");
 }
 
+/// A hung Redis under budgets shorter than its timeout: each request is
+/// cut by its own deadline, and Redis is judged by its silence. Once it
+/// has answered nothing for the whole timeout (100 ms here; budgets of
+/// 60 ms), the limiter is degraded: the next requests follow the policy
+/// (fail open) at once instead of each spending its budget on Redis, and a
+/// probe once Redis answers again makes it healthy.
+#[cfg(all(feature = "deadline", feature = "shed", feature = "bulkhead"))]
+#[tokio::test]
+async fn a_hung_redis_is_judged_by_its_silence_under_budgets_shorter_than_its_timeout() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let recorder = Recorder::new();
+    let backend = RedisBackend::new(server.connection().await)
+        .timeout(Duration::from_millis(100))
+        .probe_interval(Duration::from_millis(200));
+    let stack = seawall::stack::ServerStack::builder("api")
+        .total_budget(Duration::from_millis(60))
+        .observer(Observer::new(recorder.clone()))
+        .rate_limit(Quota::per_minute(1000), |r| r.redis(backend))
+        .build()
+        .unwrap();
+    let mut svc = stack.layer(echo());
+    assert_eq!(call(&mut svc, 7).await.unwrap(), 7, "Redis answers");
+    let timeouts = |r: &Recorder| {
+        r.count(|e| {
+            matches!(
+                e.kind,
+                EventKind::BackendError {
+                    backend: "redis",
+                    cause: "timeout"
+                }
+            )
+        })
+    };
+    let mut admin = hold_scripts(&server).await;
+    // Two requests cut by their budgets: 120 ms and more of silence since
+    // the first was sent, more than the timeout.
+    for x in [1, 2] {
+        let err = call(&mut svc, x).await.unwrap_err();
+        let r = rejection_of(&err).expect("a rejection");
+        assert_eq!(r.kind(), RejectionKind::DeadlineExceeded, "{err}");
+        assert_eq!(r.name(), "api.rate_limit", "{err}");
+    }
+    assert_eq!(timeouts(&recorder), 1, "judged once, by its silence");
+    assert_eq!(
+        recorder.count(|e| matches!(
+            e.kind,
+            EventKind::StateChanged {
+                to: State::Degraded,
+                ..
+            }
+        )),
+        1
+    );
+    // Redis still holds every script: admitted by the policy without
+    // asking it (a request that asked would be cut by its budget).
+    for x in 3..8 {
+        assert_eq!(call(&mut svc, x).await.unwrap(), x, "fail open at once");
+    }
+    release_scripts(&mut admin).await;
+    // The next probe (due 200 ms after the judgement) finds Redis again.
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert_eq!(call(&mut svc, 9).await.unwrap(), 9);
+    assert_eq!(
+        recorder.count(|e| matches!(
+            e.kind,
+            EventKind::StateChanged {
+                from: State::Degraded,
+                to: State::Healthy,
+                ..
+            }
+        )),
+        1,
+        "healthy again after one probe"
+    );
+}
+
 #[tokio::test]
 async fn wait_mode_through_redis_waits_for_the_shared_cells() {
     let Some(server) = RedisServer::start() else {
