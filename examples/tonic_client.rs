@@ -2,7 +2,7 @@
 //! (`seawall::stack::ClientStack::grpc`), calling the `tonic_server` example.
 //!
 //! ```text
-//! GrpcRejectionLayer        client-side rejections -> tonic::Status with the real code
+//! StatusErrorsLayer         client-side errors -> tonic::Status with the real code, the error as its source
 //! ReplayBodyLayer           keeps the request body so a retry can resend it
 //! DeadlineLayer             2 s per call, retries included
 //! RetryLayer                3 attempts at most, UNAVAILABLE / DEADLINE_EXCEEDED, jittered
@@ -122,11 +122,15 @@ async fn main() -> Result<(), seawall::BoxError> {
                     .deadline_ms
                     .map_or_else(|| "(none)".to_owned(), |b| b.to_string()),
             ),
+            // This client's own refusal carries its layer's name; a
+            // status the server answered carries none.
             Err(status) => println!(
-                "{i:>3} {:?} in {:>4} ms: {:?}{}",
+                "{i:>3} {:?} in {:>4} ms: {:?} from {}{}",
                 status.code(),
                 started.elapsed().as_millis(),
                 status.message(),
+                seawall::error::rejection(&status)
+                    .map_or_else(|| "the server".to_owned(), |r| r.name().to_owned()),
                 status
                     .metadata()
                     .get("grpc-retry-pushback-ms")

@@ -182,6 +182,14 @@ pub(crate) fn signed_nanos(earlier: Instant, later: Instant) -> i64 {
     }
 }
 
+/// `d` in nanoseconds, saturating at `u64::MAX` (some 584 years).
+// Used by the layers; a build with no layer feature has no caller.
+#[allow(dead_code)]
+#[inline]
+pub(crate) fn nanos(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
 /// Nanoseconds from `earlier` to `later`; 0 when `later` is not after it.
 #[inline]
 pub(crate) fn nanos_between(earlier: Instant, later: Instant) -> u64 {

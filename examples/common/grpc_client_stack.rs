@@ -5,7 +5,7 @@
 //! The preset brings what gRPC needs (outermost first):
 //!
 //! ```text
-//! GrpcRejectionLayer      client-side rejections -> tonic::Status with the real code and pushback
+//! StatusErrorsLayer       client-side errors -> tonic::Status with the real code, pushback, the error as its source
 //! ReplayBodyLayer         keeps the request body so a retry can resend it
 //! DeadlineLayer           the total budget of the call, retries included -> DEADLINE_EXCEEDED
 //! RetryLayer              UNAVAILABLE (+ what you opt in), pushback honoured, retry budget

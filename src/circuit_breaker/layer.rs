@@ -397,8 +397,7 @@ impl<C> CircuitBreakerBuilder<C> {
         Ok(Config {
             tuning: self.settings.tuning,
             window,
-            slow_call_nanos: u64::try_from(self.settings.slow_call_duration.as_nanos())
-                .unwrap_or(u64::MAX),
+            slow_call_nanos: crate::clock::nanos(self.settings.slow_call_duration),
             rate_trips: self.settings.rate_trips,
             permitted_in_half_open: self.settings.permitted_in_half_open,
             open_jitter: self.settings.open_jitter,

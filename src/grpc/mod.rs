@@ -28,9 +28,14 @@
 //! - [`GrpcRejectionLayer`] wraps a tonic server stack
 //!   (`Server::builder().layer(...)`) and answers rejections as trailers-only
 //!   gRPC responses, so clients see the code and the pushback (without it,
-//!   tonic resets the stream and clients see `INTERNAL`). It works on the
-//!   client side too, around seawall layers wrapping a `Channel`: the tonic
-//!   client then returns the mapped `Status` instead of `UNKNOWN`.
+//!   tonic resets the stream and clients see `INTERNAL`).
+//! - [`StatusErrorsLayer`] is the client side's: around seawall layers
+//!   wrapping a `Channel`, their errors reach the caller as the mapped
+//!   `Status` (not `UNKNOWN`), with the error as its source, so that
+//!   [`error::rejection(&status)`](crate::error::rejection) tells this
+//!   process's own refusal (kind, layer, `retry_after`) from a server's
+//!   status. The [gRPC client preset](crate::ClientStack::grpc) ends with
+//!   it.
 //! - [`GrpcStatusClassifier`] classifies calls for the circuit breaker and
 //!   the client throttle.
 //!
@@ -51,10 +56,12 @@
 //! ```
 
 mod classify;
+mod errors;
 pub(crate) mod status;
 pub(crate) mod transport;
 
 pub use self::classify::GrpcStatusClassifier;
+pub use self::errors::{StatusErrors, StatusErrorsFuture, StatusErrorsLayer};
 use self::status::GrpcAnswer;
 pub use self::status::{PUSHBACK_HEADER, code_for};
 pub use self::transport::{TonicTransport, TonicTransportFuture, TonicTransportLayer};
@@ -73,10 +80,8 @@ crate::http::named_answer! {
     ///
     /// Put it **outside** the seawall layers it answers for. It holds no state.
     ///
-    /// On the client side, put it outside the seawall layers that wrap a tonic
-    /// `Channel` (and hand the stack to the generated client or
-    /// `tonic::client::Grpc`): a rejection then reaches the caller as the mapped
-    /// `Status`, pushback in its metadata, instead of `UNKNOWN`.
+    /// On the client side, use [`StatusErrorsLayer`]: the same statuses, with
+    /// the error they came from as their source.
     ///
     /// ```no_run
     /// use seawall::grpc::GrpcRejectionLayer;

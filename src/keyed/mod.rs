@@ -147,7 +147,7 @@ where
         }
         // Full: evict the keys with no call in flight and none for
         // `idle_after` (at most once a second), then try again.
-        let idle = u64::try_from(self.idle_after.as_nanos()).unwrap_or(u64::MAX);
+        let idle = crate::clock::nanos(self.idle_after);
         let swept = self.map.sweep(now, |e| {
             Arc::strong_count(e) > 1
                 || now.saturating_sub(e.last_used.load(Ordering::Relaxed)) < idle

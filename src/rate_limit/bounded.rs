@@ -93,7 +93,7 @@ impl<V> BoundedMap<V> {
             self.sweeping.store(false, Ordering::Release);
             return None;
         }
-        let min = u64::try_from(self.min_sweep.as_nanos()).unwrap_or(u64::MAX);
+        let min = crate::clock::nanos(self.min_sweep);
         self.next_sweep
             .store(now.saturating_add(min), Ordering::Release);
         let mut gone = 0;

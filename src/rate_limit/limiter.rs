@@ -67,9 +67,7 @@ impl QuotaCell {
 
     fn parts(quota: Quota, what: &str) -> Result<(u64, u32), ConfigError> {
         quota.validate(what)?;
-        let t = u64::try_from(quota.period().as_nanos())
-            .unwrap_or(u64::MAX)
-            .max(1);
+        let t = crate::clock::nanos(quota.period()).max(1);
         Ok((t, quota.burst_size()))
     }
 

@@ -393,7 +393,7 @@ impl RedisState {
     }
 
     fn probe_ns(&self) -> u64 {
-        u64::try_from(self.probe_interval.as_nanos()).unwrap_or(u64::MAX)
+        crate::clock::nanos(self.probe_interval)
     }
 
     pub(crate) fn call(&self, k: Vec<u8>, slot: usize, cost: u32, probe: bool) -> RedisCall {
@@ -507,7 +507,7 @@ impl RedisState {
                 Err(now) => seen = now,
             }
         };
-        let timeout = u64::try_from(self.timeout.as_nanos()).unwrap_or(u64::MAX);
+        let timeout = crate::clock::nanos(self.timeout);
         if self.now_ns().saturating_sub(since) >= timeout {
             self.failed(shared, slot, "timeout");
         }

@@ -228,8 +228,8 @@ fn nanos(n: u128) -> Duration {
 }
 
 fn draw<R: Rng + ?Sized>(rng: &mut R, lo: Duration, hi: Duration) -> Duration {
-    let lo_n = u64::try_from(lo.as_nanos()).unwrap_or(u64::MAX);
-    let hi_n = u64::try_from(hi.as_nanos()).unwrap_or(u64::MAX);
+    let lo_n = crate::clock::nanos(lo);
+    let hi_n = crate::clock::nanos(hi);
     if hi_n <= lo_n {
         return lo;
     }

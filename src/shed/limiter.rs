@@ -116,10 +116,8 @@ impl Limiter {
             idle: AtomicU64::new(0),
             expected_idle: AtomicU64::new(0),
             epoch: Instant::now(),
-            window_ns: u64::try_from(config.window.as_nanos()).unwrap_or(u64::MAX),
-            cur_window_ns: AtomicU64::new(
-                u64::try_from(config.window.as_nanos()).unwrap_or(u64::MAX),
-            ),
+            window_ns: crate::clock::nanos(config.window),
+            cur_window_ns: AtomicU64::new(crate::clock::nanos(config.window)),
             min_window_samples: config.min_window_samples,
             min_rtt: config.min_rtt,
             shares: config.shares,
@@ -252,7 +250,7 @@ impl Limiter {
                 if rtt < self.min_rtt {
                     return;
                 }
-                let ns = u64::try_from(rtt.as_nanos()).unwrap_or(u64::MAX);
+                let ns = crate::clock::nanos(rtt);
                 self.win_sum_ns.fetch_add(ns, Ordering::Relaxed);
                 self.win_count.fetch_add(1, Ordering::Relaxed);
             }
@@ -303,7 +301,7 @@ impl Limiter {
         let sample = WindowSample::new(rtt, max_inflight, drops).with_samples(count);
         let new = algorithm.update(&sample).max(1);
         let next = algorithm.next_window(Duration::from_nanos(self.window_ns));
-        let next = u64::try_from(next.as_nanos()).unwrap_or(u64::MAX).clamp(
+        let next = crate::clock::nanos(next).clamp(
             1_000_000.min(self.window_ns),
             self.window_ns.saturating_mul(4),
         );

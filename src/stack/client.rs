@@ -167,7 +167,7 @@ impl<P, C, L, O, H> ClientStackLayer<P, C, L, O, H> {
 
     /// The optional outermost layer ([`Identity`](tower::layer::util::Identity)
     /// for the generic stack; for the gRPC preset, body replay and the
-    /// answer of errors as gRPC statuses).
+    /// errors as `tonic::Status`).
     pub fn outermost(&self) -> &O {
         &self.outer
     }

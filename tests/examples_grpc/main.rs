@@ -44,7 +44,7 @@ use grpc_server_stack::ServerConfig;
 type BoxedClient = tower::util::BoxCloneSyncService<
     http::Request<tonic::body::Body>,
     http::Response<seawall::body::CallBody<tonic::body::Body>>,
-    std::convert::Infallible,
+    Status,
 >;
 
 /// What the handler saw of one call.

@@ -474,6 +474,9 @@ async fn grpc_preset_breaker_opens_on_unavailable_then_refuses_fast() {
     let client: GrpcClient<Channel> = stack.layer(channel);
 
     let mut calls_until_open = 0;
+    // Which calls failed with the dependency's own status, and which with
+    // this client's refusal (`rejection` finds it in the status's source).
+    let mut own = Vec::new();
     for _ in 0..150 {
         if breaker.state() == State::Open {
             break;
@@ -481,7 +484,14 @@ async fn grpc_preset_breaker_opens_on_unavailable_then_refuses_fast() {
         calls_until_open += 1;
         let status = call_say_hello(client.clone(), hello()).await.unwrap_err();
         assert_eq!(status.code(), Code::Unavailable);
+        own.push(seawall::error::rejection(&status).map(|r| (r.kind(), r.name().to_owned())));
     }
+    // Six calls of three attempts each end with the dependency's
+    // UNAVAILABLE; the seventh's third attempt meets the open breaker.
+    let breaker_refusal = Some((RejectionKind::CircuitOpen, "dep.breaker".to_owned()));
+    assert_eq!(own.len(), 7);
+    assert_eq!(own[..6], vec![None; 6][..], "the dependency's own statuses");
+    assert_eq!(own[6], breaker_refusal, "this client's breaker, named");
     assert_eq!(
         breaker.state(),
         State::Open,
@@ -495,7 +505,25 @@ async fn grpc_preset_breaker_opens_on_unavailable_then_refuses_fast() {
         let status = call_say_hello(client.clone(), hello()).await.unwrap_err();
         assert_eq!(status.code(), Code::Unavailable);
         assert_eq!(status.message(), "circuit open");
-        assert!(status.metadata().get("grpc-retry-pushback-ms").is_some());
+        let pushback: u64 = status
+            .metadata()
+            .get("grpc-retry-pushback-ms")
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let refusal = seawall::error::rejection(&status).expect("this client's own refusal");
+        assert_eq!(
+            (refusal.kind(), refusal.name()),
+            (RejectionKind::CircuitOpen, "dep.breaker")
+        );
+        let retry_after = refusal.retry_after().expect("the open time left");
+        assert_eq!(
+            pushback,
+            u64::try_from(retry_after.as_millis()).unwrap()
+                + u64::from(retry_after.subsec_nanos() % 1_000_000 != 0)
+        );
         refused_fast += 1;
     }
     assert_eq!(hits.load(Ordering::SeqCst), 20, "none reached it");

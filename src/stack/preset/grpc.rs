@@ -11,7 +11,7 @@ use crate::deadline::propagate::{
 };
 use crate::error::{ConfigError, Name};
 use crate::grpc::transport::{TonicTransport, TonicTransportLayer};
-use crate::grpc::{GrpcRejection, GrpcStatusClassifier};
+use crate::grpc::{GrpcStatusClassifier, StatusErrors};
 use crate::hold::BodyEnd;
 use crate::observe::Observer;
 use crate::retry::grpc::GrpcRetry;
@@ -38,8 +38,9 @@ use crate::retry::http::{ReplayBodyLayer, ReplayBodyService};
 ///
 /// A named type (not an alias of the layers inside), so that signatures
 /// and type mismatches say `GrpcClient<…>`; it forwards `poll_ready` and
-/// `call` unchanged to the layers inside: the answer of errors as gRPC
-/// statuses, body replay, then the [`ClientStackService`].
+/// `call` unchanged to the layers inside: errors as `tonic::Status`
+/// ([`StatusErrors`]), body replay, then the [`ClientStackService`]. Its
+/// error type is `tonic::Status`.
 pub struct GrpcClient<S, H = Identity, P = GrpcRetry, C = GrpcStatusClassifier>
 where
     H: Layer<AtAttempt<PropagateDeadline<TonicTransport<S>>, C>>,
@@ -48,7 +49,7 @@ where
 }
 
 /// The layers inside a [`GrpcClient`].
-type GrpcInner<S, H, P, C> = GrpcRejection<
+type GrpcInner<S, H, P, C> = StatusErrors<
     ReplayBodyService<ClientStackService<PropagateDeadline<TonicTransport<S>>, P, C, BodyEnd, H>>,
 >;
 
@@ -59,8 +60,9 @@ wrapper_service!(
 );
 
 /// The outermost part of the [gRPC client preset](ClientStack::grpc):
-/// body replay (so a retry can resend the request), then the answer of
-/// every error as a gRPC status; it names the stack's service
+/// body replay (so a retry can resend the request), then every error as a
+/// `tonic::Status` with the error as its source ([`StatusErrors`]); it
+/// names the stack's service
 /// [`GrpcClient`].
 #[derive(Debug, Clone, Default)]
 pub struct GrpcOutermost {
@@ -79,7 +81,7 @@ where
         inner: ClientStackService<PropagateDeadline<TonicTransport<S>>, P, C, BodyEnd, H>,
     ) -> Self::Service {
         GrpcClient {
-            inner: GrpcRejection::new(self.replay.layer(inner)),
+            inner: StatusErrors::new(self.replay.layer(inner)),
         }
     }
 }
@@ -121,7 +123,7 @@ impl ClientStack {
     /// | propagation | each attempt carries its time left as `grpc-timeout` |
     /// | streams | the deadline covers the whole stream (`DEADLINE_EXCEEDED` after the messages sent in time); the bulkhead permit and the breaker's verdict are held until the stream ends: an error status in the trailers after messages counts as a failure, a stream dropped half way not at all; a started stream is never retried. A stream that outlasts the attempt timeout is cut and counted: give long-lived streaming methods their own stack whose budgets fit them |
     /// | the `Channel`'s own timeout | an attempt timeout, never `UNKNOWN` |
-    /// | errors | answered as gRPC statuses: the tonic client sees `DEADLINE_EXCEEDED`, `UNAVAILABLE` with pushback, `RESOURCE_EXHAUSTED` … |
+    /// | errors | a `tonic::Status` ([`StatusErrors`](crate::grpc::StatusErrors)): the tonic client sees `DEADLINE_EXCEEDED`, `UNAVAILABLE` with pushback, `RESOURCE_EXHAUSTED` …; [`error::rejection(&status)`](crate::error::rejection) finds this process's own refusal in it (kind, layer, `retry_after`) and nothing in a server's status |
     ///
     /// The service is a [`GrpcClient<Channel>`](GrpcClient): hand it to a
     /// generated client (`GreeterClient::new(svc)`). The built layer, to
