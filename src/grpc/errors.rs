@@ -143,17 +143,7 @@ where
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Status>> {
-        if self.ready_error.is_some() {
-            return Poll::Ready(Ok(()));
-        }
-        match self.inner.poll_ready(cx) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(Ok(())) => Poll::Ready(Ok(())),
-            Poll::Ready(Err(err)) => {
-                self.ready_error = Some(err.into());
-                Poll::Ready(Ok(()))
-            }
-        }
+        crate::http::poll_ready_keeping(&mut self.inner, &mut self.ready_error, cx).map(Ok)
     }
 
     #[inline]

@@ -87,6 +87,8 @@ pub use self::response::{body_for, retry_after_header, status_for};
 pub(crate) use self::service::AnswerErrors;
 #[cfg(feature = "tonic")]
 pub(crate) use self::service::named_answer;
+#[cfg(feature = "tonic")]
+pub(crate) use self::service::poll_ready_keeping;
 
 service::named_answer! {
     /// Wraps a service so that its errors become HTTP responses: seawall

@@ -79,23 +79,40 @@ where
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        if self.ready_error.is_some() {
-            return Poll::Ready(Ok(()));
-        }
-        match self.inner.poll_ready(cx) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(Ok(())) => Poll::Ready(Ok(())),
-            Poll::Ready(Err(err)) => {
-                self.ready_error = Some(err.into());
-                Poll::Ready(Ok(()))
-            }
-        }
+        poll_ready_keeping(&mut self.inner, &mut self.ready_error, cx).map(Ok)
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
         match self.ready_error.take() {
             Some(err) => AnswerErrorsFuture::ready(A::answer(&*err)),
             None => AnswerErrorsFuture::new(self.inner.call(req)),
+        }
+    }
+}
+
+/// `inner`'s readiness, a failure kept in `kept` (and then ready): the next
+/// `call` answers the kept error without calling `inner`, and the following
+/// `poll_ready` asks `inner` again. For services whose callers would turn a
+/// failed `poll_ready` into something vaguer than the error's own answer.
+#[inline]
+pub(crate) fn poll_ready_keeping<S, Req>(
+    inner: &mut S,
+    kept: &mut Option<BoxError>,
+    cx: &mut Context<'_>,
+) -> Poll<()>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+{
+    if kept.is_some() {
+        return Poll::Ready(());
+    }
+    match inner.poll_ready(cx) {
+        Poll::Pending => Poll::Pending,
+        Poll::Ready(Ok(())) => Poll::Ready(()),
+        Poll::Ready(Err(err)) => {
+            *kept = Some(err.into());
+            Poll::Ready(())
         }
     }
 }

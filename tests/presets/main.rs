@@ -459,6 +459,15 @@ where
         .unwrap()
 }
 
+/// The status's `grpc-retry-pushback-ms`.
+fn pushback_ms(status: &Status) -> u64 {
+    let value = status
+        .metadata()
+        .get("grpc-retry-pushback-ms")
+        .expect("pushback");
+    value.to_str().unwrap().parse().unwrap()
+}
+
 fn hello() -> tonic::Request<HelloRequest> {
     tonic::Request::new(HelloRequest {
         name: "preset".into(),
@@ -505,14 +514,7 @@ async fn grpc_preset_breaker_opens_on_unavailable_then_refuses_fast() {
         let status = call_say_hello(client.clone(), hello()).await.unwrap_err();
         assert_eq!(status.code(), Code::Unavailable);
         assert_eq!(status.message(), "circuit open");
-        let pushback: u64 = status
-            .metadata()
-            .get("grpc-retry-pushback-ms")
-            .unwrap()
-            .to_str()
-            .unwrap()
-            .parse()
-            .unwrap();
+        let pushback = pushback_ms(&status);
         let refusal = seawall::error::rejection(&status).expect("this client's own refusal");
         assert_eq!(
             (refusal.kind(), refusal.name()),
@@ -626,15 +628,10 @@ async fn grpc_preset_local_bulkhead_refusals_never_open_the_breaker() {
     for status in full {
         assert_eq!(status.code(), Code::Unavailable);
         assert_eq!(status.message(), "bulkhead full");
-        let ms: u64 = status
-            .metadata()
-            .get("grpc-retry-pushback-ms")
-            .unwrap()
-            .to_str()
-            .unwrap()
-            .parse()
-            .unwrap();
+        let ms = pushback_ms(status);
         assert!((100..=150).contains(&ms), "{ms} (rounded up to whole ms)");
+        let own = seawall::error::rejection(status).expect("this client's own refusal");
+        assert_eq!(own.kind(), RejectionKind::BulkheadFull);
     }
     assert_eq!(breaker.state(), State::Closed);
     assert_eq!(
