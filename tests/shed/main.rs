@@ -1182,3 +1182,101 @@ async fn queue_delay_learns_the_backends_capacity() {
         }
     }
 }
+
+/// Requests sent at `per_sec` for `secs` seconds to a service that sleeps
+/// the milliseconds `latency_ms(second)` gives for the second it was sent
+/// in; returns, per second of sending, the requests admitted and refused,
+/// and the highest limit seen in each second.
+async fn paced<S>(
+    svc: &S,
+    layer: &AdaptiveLimitLayer,
+    per_sec: u64,
+    secs: u64,
+    latency_ms: impl Fn(u64) -> u64,
+) -> Vec<(u64, u64, usize)>
+where
+    S: Service<u64, Response = u64, Error = BoxError, Future: Send> + Clone + Send + 'static,
+{
+    let admitted: Arc<Vec<AtomicU64>> = Arc::new((0..secs).map(|_| AtomicU64::new(0)).collect());
+    let refused: Arc<Vec<AtomicU64>> = Arc::new((0..secs).map(|_| AtomicU64::new(0)).collect());
+    let mut highest = vec![0; secs as usize];
+    let mut tick = tokio::time::interval(Duration::from_secs(1) / per_sec as u32);
+    let mut tasks = Vec::new();
+    for i in 0..per_sec * secs {
+        tick.tick().await;
+        let second = i / per_sec;
+        highest[second as usize] = highest[second as usize].max(layer.limit());
+        let (svc, admitted, refused) = (svc.clone(), admitted.clone(), refused.clone());
+        let latency = latency_ms(second);
+        tasks.push(tokio::spawn(async move {
+            match svc.oneshot(latency).await {
+                Ok(_) => admitted[second as usize].fetch_add(1, Ordering::Relaxed),
+                Err(e) => {
+                    assert_eq!(rejection_of(&e).unwrap().kind(), RejectionKind::Overloaded);
+                    refused[second as usize].fetch_add(1, Ordering::Relaxed)
+                }
+            };
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    (0..secs as usize)
+        .map(|s| {
+            (
+                admitted[s].load(Ordering::Relaxed),
+                refused[s].load(Ordering::Relaxed),
+                highest[s],
+            )
+        })
+        .collect()
+}
+
+/// A server whose handlers only wait on a dependency (nothing of its own
+/// queues) and whose dependency gets 60 times slower: at 200 requests a
+/// second, 60 must be in flight instead of 1. The server stack with its
+/// defaults follows within a few windows: the latency is more than a queue
+/// in front of this server could make (at most `in flight × base`), so it
+/// is the dependency's, and the limit doubles per window until it covers
+/// what is asked. (It used to read the latency as a queue, cut the limit
+/// and creep back by one a window: 76 % of the slow phase refused, where an
+/// unprotected server answered everything.)
+#[cfg(all(feature = "deadline", feature = "retry", feature = "circuit-breaker"))]
+#[tokio::test(start_paused = true)]
+async fn a_dependency_that_got_slower_is_not_taken_for_a_queue() {
+    let stack = seawall::ServerStack::builder("api")
+        .total_budget(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let svc = stack.layer(service_fn(|n: u64| async move {
+        sleep(ms(n)).await;
+        Ok::<_, Infallible>(n)
+    }));
+    // 10 s at 5 ms, then 20 s at 300 ms.
+    let seconds = paced(&svc, stack.adaptive_limit(), 200, 30, |s| {
+        if s < 10 { 5 } else { 300 }
+    })
+    .await;
+    for (s, (admitted, refused, limit)) in seconds.iter().enumerate() {
+        println!("second {s:>2}: {admitted:>3} admitted, {refused:>3} refused, limit {limit}");
+    }
+    let slow = &seconds[10..];
+    let refused: u64 = slow.iter().map(|s| s.1).sum();
+    let offered = 200 * slow.len() as u64;
+    println!("slow phase: {refused} of {offered} refused");
+    assert_eq!(
+        seconds[..10].iter().map(|s| s.1).sum::<u64>(),
+        0,
+        "healthy: none refused"
+    );
+    // Learning takes three windows; after that, nothing is refused.
+    assert!(
+        refused * 10 <= offered,
+        "at most 10 % refused: {refused} of {offered}"
+    );
+    assert!(slow[4..].iter().all(|s| s.1 == 0), "none refused after 4 s");
+    assert!(
+        slow[4..].iter().all(|s| s.2 >= 60),
+        "the limit covers the 60 in flight"
+    );
+}
