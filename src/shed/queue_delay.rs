@@ -43,12 +43,17 @@ use crate::error::ConfigError;
 ///    run of cuts that took a tenth or more of the calls in flight brought
 ///    the latency down by less than half of that, the cuts are undone and
 ///    the latency now is the service's own; and when the latency is more
-///    than any queue of ours can make (above `2 × busy × base`: a call
-///    waits for `busy - 1` others at most, whatever the service can run at
-///    once), the service, or what it waits on, got slower: `base` takes
-///    the latency and the limit grows ×2 per window while it is reached (a
-///    handler that waits on a dependency 60 times slower needs 60 times
-///    the calls in flight).
+///    than any queue of ours can make (above `busy ×` the lowest window
+///    latency of the last `drain_every` windows or so: a call waits for
+///    `busy - 1` others at most, whatever the service can run at once),
+///    the service, or what it waits on, got slower. Then `base` takes the
+///    latency and the limit grows ×2 per window while it is reached, until
+///    the first sign of queueing: a handler that waits on a dependency 60
+///    times slower needs 60 times the calls in flight. After the first two
+///    kinds of evidence, which a service of limited workers that got
+///    slower gives as well, it grows so only if no queue of ours showed
+///    in the last `drain_every` windows (a drain or a cut that brought the
+///    latency down, or such growth that met one).
 /// 5. Windows last at least three latencies (at most four configured
 ///    windows), so that a slow service's window is not all leftovers of the
 ///    one before.
@@ -70,9 +75,9 @@ use crate::error::ConfigError;
 /// and never refuses a call while the service is within its capacity.
 /// Over handlers that only wait on a dependency that gets 60 times slower
 /// (5 ms to 300 ms at 200 requests a second, `tests/shed`), the server
-/// stack refuses for the three windows it takes to learn it (9.5 % of the
-/// slow phase's first 20 s), then nothing, its limit from 20 to 124;
-/// before rule 4's last part it refused 76 %.
+/// stack refuses for the two windows it takes to learn it (5.5 % of the
+/// slow phase's first 20 s), then nothing; before rule 4's last part it
+/// refused 76 %.
 ///
 /// What it cannot see: a queue that this limit never reaches (fewer callers
 /// than the limit, all waiting on a smaller service) is not measured until
@@ -97,6 +102,18 @@ pub struct QueueDelay {
     drain_every: usize,
     base: f64,
     slow_start: bool,
+    /// Whether the limit grows ×2 because the service got slower (not from
+    /// the start).
+    probing: bool,
+    /// The last window that showed a queue of ours for certain: a drain or
+    /// a cut that brought the latency down, or growth after a slowdown
+    /// that met queueing. Within `drain_every` windows of it, a slower
+    /// service is one of limited workers, and the limit does not grow ×2.
+    queue_seen: Option<usize>,
+    /// The lowest window latency (ns) of the last `drain_every` windows
+    /// before this run of them, and of this run so far (∞ when none):
+    /// the service's latency without a queue, whatever rules moved `base`.
+    floor: (f64, f64),
     windows: usize,
     next_drain: usize,
     /// The latency that made the last window cut the limit (ns), and the
@@ -144,18 +161,27 @@ impl QueueDelay {
     }
 
     /// The service (or what it waits on) got slower, not busier: its
-    /// latency `rtt` (ns) is its own now, and the same calls need more in
-    /// flight. How many is not known (a service of few workers got slower
-    /// as much as one that only waits), so the limit grows ×2 per window
-    /// while it is reached, until the first sign of queueing.
-    fn follow_slower(&mut self, rtt: f64) {
+    /// latency `rtt` (ns) is its own now, and the same calls may need more
+    /// in flight. How many is not known (a service of a few workers that
+    /// got slower looks the same as one that only waits on another): the
+    /// limit grows ×2 per window while it is reached, until the first sign
+    /// of queueing — when `beyond_queueing` (no queue of ours could make
+    /// this latency), or when no queue of ours showed in the last
+    /// `drain_every` windows (one that did says the service has workers,
+    /// and a slower one needs no more of them).
+    fn follow_slower(&mut self, rtt: f64, beyond_queueing: bool) {
         self.base = rtt;
         self.cut = None;
         self.above = false;
-        self.slow_start = true;
-        // The latency was just measured without a queue of ours: no drain
-        // while the limit finds its new level.
-        self.next_drain = self.next_drain.max(self.windows + 3);
+        if beyond_queueing
+            || self
+                .queue_seen
+                .is_none_or(|at| self.windows >= at + self.drain_every)
+        {
+            // (No drain while it grows: the first queueing ends the growth.)
+            self.slow_start = true;
+            self.probing = true;
+        }
     }
 }
 
@@ -192,6 +218,10 @@ impl LimitAlgorithm for QueueDelay {
             return self.limit();
         }
         self.windows += 1;
+        self.floor.1 = self.floor.1.min(rtt);
+        if self.windows % self.drain_every.max(1) == 0 {
+            self.floor = (self.floor.1, f64::INFINITY);
+        }
         let busy = sample.max_inflight() as f64;
         let saturated = busy >= self.limit.floor();
         let was_saturated = std::mem::replace(&mut self.saturated, saturated);
@@ -200,6 +230,9 @@ impl LimitAlgorithm for QueueDelay {
             // Fewer calls in flight for a while: if a queue of ours was
             // there, the latency fell with them, and the lowest latency seen
             // is closer to the service's own.
+            if rtt < before_rtt * 0.9 {
+                self.queue_seen = Some(self.windows);
+            }
             if self.base <= 0.0 || rtt < self.base || rtt >= before_rtt * 0.9 {
                 // (No fall: no queue of ours at the drained limit, so this is
                 // the service's own latency, slower or faster than `base`.)
@@ -234,11 +267,17 @@ impl LimitAlgorithm for QueueDelay {
         }
         // More latency than a queue of ours can make: with at most `busy`
         // calls in flight, a call waits for `busy - 1` others at most, so
-        // it takes at most `busy × base` whatever the service can run at
-        // once (twice that, to leave room for a `base` measured low). The
-        // service, or what it waits on, got slower.
-        if self.base > 0.0 && rtt > 2.0 * busy.max(1.0) * self.base {
-            self.follow_slower(rtt);
+        // on average it takes well under `busy ×` the service's latency
+        // without a queue (the lowest of the last windows), whatever the
+        // service can run at once. The service, or what it waits on, got
+        // slower (unless `base` already says so).
+        let floor = self.floor.0.min(self.floor.1);
+        if self.windows > 2 && rtt > busy.max(1.0) * floor && rtt > self.base * 1.25 {
+            self.follow_slower(rtt, true);
+            if saturated {
+                // Reached, with no queue of ours: the first step at once.
+                self.limit = self.clamp(self.limit * 2.0);
+            }
             return self.limit();
         }
         // The service changed speed while this limiter's own load did not:
@@ -265,9 +304,12 @@ impl LimitAlgorithm for QueueDelay {
             let taken = 1.0 - self.limit / before_limit;
             // A queue's latency falls with the calls in flight, by about
             // what was taken; this one fell by less than half of that.
+            if taken >= 0.1 && rtt <= before_rtt * (1.0 - taken / 2.0) {
+                self.queue_seen = Some(self.windows);
+            }
             if taken >= 0.1 && rtt > before_rtt * (1.0 - taken / 2.0) && rtt > self.target() {
-                self.base = rtt;
                 self.limit = self.clamp(before_limit);
+                self.follow_slower(rtt, false);
                 return self.limit();
             }
         }
@@ -281,7 +323,7 @@ impl LimitAlgorithm for QueueDelay {
         let above = rtt > target;
         let was_above = std::mem::replace(&mut self.above, above);
         let suspect = (saturated && was_saturated) || (above && was_above);
-        if suspect && self.windows >= self.next_drain {
+        if suspect && !self.probing && self.windows >= self.next_drain {
             // Two thirds of the calls in flight (half of a few: a limit is
             // a whole number).
             let depth = if busy.min(self.limit) >= 8.0 {
@@ -307,6 +349,9 @@ impl LimitAlgorithm for QueueDelay {
                 factor = factor.min(0.9);
             }
             self.slow_start = false;
+            if std::mem::take(&mut self.probing) {
+                self.queue_seen = Some(self.windows);
+            }
             self.limit = self.clamp((self.limit * factor).max(self.limit / 2.0));
             if self.limit < before.min(busy) {
                 // The first cut of a run sets the mark to judge them by.
@@ -417,6 +462,9 @@ impl QueueDelayBuilder {
             drain_every: self.drain_every,
             base: 0.0,
             slow_start: true,
+            probing: false,
+            queue_seen: None,
+            floor: (f64::INFINITY, f64::INFINITY),
             windows: 0,
             next_drain: 1,
             cut: None,
