@@ -49,11 +49,14 @@ use crate::error::ConfigError;
 ///    the service, or what it waits on, got slower. Then `base` takes the
 ///    latency and the limit grows ×2 per window while it is reached, until
 ///    the first sign of queueing: a handler that waits on a dependency 60
-///    times slower needs 60 times the calls in flight. After the first two
-///    kinds of evidence, which a service of limited workers that got
-///    slower gives as well, it grows so only if no queue of ours showed
-///    in the last `drain_every` windows (a drain or a cut that brought the
-///    latency down, or such growth that met one).
+///    times slower needs 60 times the calls in flight. After the second
+///    kind of evidence (cuts undone), which a service of limited workers
+///    that got slower gives as well, it grows so only if no queue of ours
+///    showed in the last `drain_every` windows (a drain or a cut that
+///    brought the latency down, or such growth that met one). While it
+///    grows so, no window drains and the third kind is not looked for: the
+///    first queueing (a queue of workers its growth made) ends it, as does
+///    a window that does not reach the limit.
 /// 5. Windows last at least three latencies (at most four configured
 ///    windows), so that a slow service's window is not all leftovers of the
 ///    one before.
@@ -224,6 +227,10 @@ impl LimitAlgorithm for QueueDelay {
         }
         let busy = sample.max_inflight() as f64;
         let saturated = busy >= self.limit.floor();
+        if !saturated || self.limit >= self.max_limit as f64 {
+            // Growth after a slowdown is over: the limit covers the calls.
+            self.probing = false;
+        }
         let was_saturated = std::mem::replace(&mut self.saturated, saturated);
         let previous = self.previous.replace((rtt, busy, self.limit));
         if let Some((before_limit, before_busy, before_rtt)) = self.draining.take() {
@@ -272,7 +279,13 @@ impl LimitAlgorithm for QueueDelay {
         // service can run at once. The service, or what it waits on, got
         // slower (unless `base` already says so).
         let floor = self.floor.0.min(self.floor.1);
-        if self.windows > 2 && rtt > busy.max(1.0) * floor && rtt > self.base * 1.25 {
+        // (Not while the limit grows after a slowdown: a queue of ours that
+        // its growth makes is judged as a queue, and ends it.)
+        if self.windows > 2
+            && !self.probing
+            && rtt > busy.max(1.0) * floor
+            && rtt > self.base * 1.25
+        {
             self.follow_slower(rtt, true);
             if saturated {
                 // Reached, with no queue of ours: the first step at once.
@@ -292,11 +305,11 @@ impl LimitAlgorithm for QueueDelay {
                 self.base *= ratio;
             }
         }
-        // Cuts that took a tenth or more of the calls in flight and did not
-        // bring the latency down at all mean the service got slower, not
-        // busier: undo them, and the latency now (with the limit cut, no
-        // queue) is the service's own. Counted over a run of cuts, so that
-        // several small ones are judged as one.
+        // Cuts that took a tenth or more of the calls in flight and brought
+        // the latency down by less than half of that mean the service got
+        // slower, not busier: undo them, and the latency now (with the limit
+        // cut, no queue) is the service's own. Counted over a run of cuts,
+        // so that several small ones are judged as one.
         let cutting = self.cut.take();
         if let Some((before_rtt, before_limit)) = cutting {
             // What the cuts took from what was in flight (`before_limit` is
@@ -494,6 +507,45 @@ mod tests {
             q.update(&window(ms, b));
         }
         q.limit()
+    }
+
+    /// A service of `workers` workers under unlimited demand (the limit
+    /// always reached): a call takes `ms`, or longer in a queue of ours.
+    fn run_workers(q: &mut QueueDelay, n: usize, ms: f64, workers: usize) -> Vec<usize> {
+        (0..n)
+            .map(|_| {
+                let busy = q.limit();
+                let rtt = ms * (busy as f64 / workers as f64).max(1.0);
+                q.update(&window(rtt, busy));
+                q.limit()
+            })
+            .collect()
+    }
+
+    /// A service of a few workers that gets far slower (more than its
+    /// workers can explain) is probed once: the queue that the probe's
+    /// growth makes ends it, and the limit settles at the workers again. It
+    /// used to read its own growing queue as the service getting slower
+    /// still, and doubled the limit to its maximum.
+    #[test]
+    fn a_slower_service_of_few_workers_is_not_given_more_than_them() {
+        for (workers, times) in [(2, 10.0), (4, 10.0), (4, 60.0)] {
+            let mut q = QueueDelay::default();
+            run_workers(&mut q, 40, 5.0, workers);
+            let after = run_workers(&mut q, 60, 5.0 * times, workers);
+            let settled = &after[30..];
+            assert!(
+                after.iter().all(|&l| l <= 8 * workers),
+                "{workers} workers, ×{times}: {after:?}"
+            );
+            assert!(
+                // (A draining window dips below the workers for a while.)
+                settled
+                    .iter()
+                    .all(|&l| l >= workers / 2 && l <= 2 * workers),
+                "{workers} workers, ×{times}: {settled:?}"
+            );
+        }
     }
 
     /// A service that got ten times slower while the limit and the calls in
