@@ -85,12 +85,13 @@ pub enum FailurePolicy {
 /// ([`deadline::of`](crate::deadline::of)): when that comes first, the
 /// request fails with [`DeadlineExceeded`](crate::error::DeadlineExceeded)
 /// (event detail `"deadline_in_backend"`), and Redis is not judged by that
-/// one request's budget but by its silence: once Redis has answered none
-/// of the calls of a key's slot for the whole `timeout`, counted from the
-/// first call a deadline cut, it is judged as timed out (cause
+/// one request's budget but by its silence: once calls of a key's slot cut
+/// that way, one after another with no gap between them, have gone
+/// unanswered for the whole `timeout`, it is judged as timed out (cause
 /// `"timeout"`) and the limiter is degraded. So a hung Redis holds requests
 /// whose budgets are shorter than the timeout for about one timeout, not
-/// each of them for its whole budget.
+/// each of them for its whole budget; a Redis that answers after every
+/// request's budget is judged the same way (its answers help no request).
 ///
 /// The Redis call is a boxed future inside the layer's future: the `redis`
 /// crate's connection API returns boxed futures that borrow the connection,
@@ -281,12 +282,22 @@ pub(crate) struct RedisState {
     slots: Box<[AtomicU64]>,
     /// Slots not healthy: the limiter is `Degraded` while any is.
     degraded_slots: AtomicUsize,
-    /// Per health slot, in ns since `start`: `ANSWERED | t` when Redis last
-    /// answered at `t` (or was judged at `t`) and no call has been cut
-    /// since; else since when it has been silent (the later of that answer
-    /// and the start of the first call a deadline cut after it).
-    silence: Box<[AtomicU64]>,
+    /// Per health slot: how long Redis has been silent to calls a deadline
+    /// cut.
+    silence: Box<[Silence]>,
     start: Instant,
+}
+
+/// One health slot's silence, in ns since the state's start.
+#[derive(Debug)]
+struct Silence {
+    /// `ANSWERED | t` when Redis last answered at `t` (or was judged at
+    /// `t`) and no call has been cut since; else since when it has been
+    /// silent: the start of the first of a run of cut calls, each made
+    /// before the one before it was cut, after that answer.
+    since: AtomicU64,
+    /// When the latest cut call was cut.
+    last_cut: AtomicU64,
 }
 
 /// The flag of [`RedisState::silence`] for a slot that has not been
@@ -331,7 +342,12 @@ impl RedisState {
             period_us,
             slots: (0..slots).map(|_| AtomicU64::new(0)).collect(),
             degraded_slots: AtomicUsize::new(0),
-            silence: (0..slots).map(|_| AtomicU64::new(ANSWERED)).collect(),
+            silence: (0..slots)
+                .map(|_| Silence {
+                    since: AtomicU64::new(ANSWERED),
+                    last_cut: AtomicU64::new(0),
+                })
+                .collect(),
             start: Instant::now(),
             conn: b.conn,
         })
@@ -487,34 +503,57 @@ impl RedisState {
 
     /// A round trip of `slot` that the request's deadline cut before Redis
     /// answered. One request's budget does not judge Redis; its silence
-    /// does: when it has answered no call of the slot for the whole
-    /// timeout, counted from the first call cut after its last answer,
-    /// Redis is judged as timed out (the slot is degraded and follows the
-    /// policy).
+    /// does: when a run of cut calls (each made before the one before it
+    /// was cut) has lasted the whole timeout with no answer, from the
+    /// first call cut after Redis last answered, Redis is judged as timed
+    /// out (the slot is degraded and follows the policy). Calls with gaps
+    /// between them do not add up: a quiet slot is not judged by two short
+    /// budgets minutes apart.
     pub(crate) fn cut<X, D>(&self, shared: &Shared<X, D>, slot: usize, started_ns: u64) {
         let cell = &self.silence[slot];
-        let mut seen = cell.load(Ordering::Acquire);
+        let now = self.now_ns();
+        let last_cut = cell.last_cut.fetch_max(now, Ordering::AcqRel);
+        let mut seen = cell.since.load(Ordering::Acquire);
         let since = loop {
-            if seen & ANSWERED == 0 {
+            let answered = seen & ANSWERED != 0;
+            if !answered && started_ns < last_cut {
                 // Silent already, since then (a call made before that and
-                // cut only now moves it no earlier: the answer that came
+                // cut only now moves it no earlier: an answer that came
                 // between is not known any more).
                 break seen;
             }
-            let since = started_ns.max(seen & !ANSWERED);
-            match cell.compare_exchange(seen, since, Ordering::AcqRel, Ordering::Acquire) {
+            // The first cut after an answer, or after a gap with no cut
+            // call in flight: the silence starts with this call.
+            let since = if answered {
+                started_ns.max(seen & !ANSWERED)
+            } else {
+                started_ns
+            };
+            match cell
+                .since
+                .compare_exchange(seen, since, Ordering::AcqRel, Ordering::Acquire)
+            {
                 Ok(_) => break since,
                 Err(now) => seen = now,
             }
         };
         let timeout = crate::clock::nanos(self.timeout);
-        if self.now_ns().saturating_sub(since) >= timeout {
+        // Judged once: by the cutter that ends this silence (an answer that
+        // came meanwhile ended it already).
+        if now.saturating_sub(since) >= timeout
+            && cell
+                .since
+                .compare_exchange(since, ANSWERED | now, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
             self.failed(shared, slot, "timeout");
         }
     }
 
     fn healthy<X, D>(&self, shared: &Shared<X, D>, slot: usize) {
-        self.silence[slot].store(ANSWERED | self.now_ns(), Ordering::Release);
+        self.silence[slot]
+            .since
+            .store(ANSWERED | self.now_ns(), Ordering::Release);
         if self.slots[slot].swap(0, Ordering::AcqRel) != 0
             && self.degraded_slots.fetch_sub(1, Ordering::AcqRel) == 1
         {
@@ -542,7 +581,9 @@ impl RedisState {
         );
         let now = self.now_ns();
         // Judged: its silence counts anew from now.
-        self.silence[slot].store(ANSWERED | now, Ordering::Release);
+        self.silence[slot]
+            .since
+            .store(ANSWERED | now, Ordering::Release);
         let next = now.saturating_add(self.probe_ns()).max(1);
         if self.slots[slot].swap(next, Ordering::AcqRel) == 0
             && self.degraded_slots.fetch_add(1, Ordering::AcqRel) == 0

@@ -606,11 +606,12 @@ async fn the_server_stack_deadline_ends_a_slow_redis_round_trip() {
 }
 
 /// A hung Redis under budgets shorter than its timeout: each request is
-/// cut by its own deadline, and Redis is judged by its silence. Once it
-/// has answered nothing for the whole timeout (100 ms here; budgets of
-/// 60 ms), the limiter is degraded: the next requests follow the policy
-/// (fail open) at once instead of each spending its budget on Redis, and a
-/// probe once Redis answers again makes it healthy.
+/// cut by its own deadline, and Redis is judged by its silence. Once cut
+/// calls following one another have gone unanswered for the whole timeout
+/// (100 ms here; budgets of 60 ms), the limiter is degraded: the next
+/// requests follow the policy (fail open) at once instead of each
+/// spending its budget on Redis, and a probe once Redis answers again
+/// makes it healthy. Calls with gaps between them do not add up.
 #[cfg(all(feature = "deadline", feature = "shed", feature = "bulkhead"))]
 #[tokio::test]
 async fn a_hung_redis_is_judged_by_its_silence_under_budgets_shorter_than_its_timeout() {
@@ -641,14 +642,33 @@ async fn a_hung_redis_is_judged_by_its_silence_under_budgets_shorter_than_its_ti
         })
     };
     let mut admin = hold_scripts(&server).await;
-    // Two requests cut by their budgets: 120 ms and more of silence since
-    // the first was sent, more than the timeout.
+    // Two requests, one after the other: each is cut by its budget, with a
+    // gap between them: two short budgets do not judge Redis.
     for x in [1, 2] {
         let err = call(&mut svc, x).await.unwrap_err();
         let r = rejection_of(&err).expect("a rejection");
         assert_eq!(r.kind(), RejectionKind::DeadlineExceeded, "{err}");
         assert_eq!(r.name(), "api.rate_limit", "{err}");
     }
+    assert_eq!(timeouts(&recorder), 0, "not judged across a gap");
+    // Traffic: a request every 20 ms, each cut 60 ms after it was sent, so
+    // that cut calls follow one another with no gap. The third is cut 100
+    // ms after the first was sent: Redis has been silent for its timeout.
+    let mut traffic = Vec::new();
+    for x in 10..16 {
+        let mut svc = svc.clone();
+        traffic.push(tokio::spawn(async move { call(&mut svc, x).await }));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut cut = 0;
+    for t in traffic {
+        if let Err(err) = t.await.unwrap() {
+            let r = rejection_of(&err).expect("a rejection");
+            assert_eq!(r.kind(), RejectionKind::DeadlineExceeded, "{err}");
+            cut += 1;
+        }
+    }
+    assert!(cut >= 3, "{cut} cut before the judgement");
     assert_eq!(timeouts(&recorder), 1, "judged once, by its silence");
     assert_eq!(
         recorder.count(|e| matches!(
