@@ -1281,3 +1281,28 @@ async fn a_dependency_that_got_slower_is_not_taken_for_a_queue() {
         "the limit covers the 60 in flight"
     );
 }
+
+/// A fixed limit instead of an adaptive one (a proxy whose concurrency the
+/// bulkhead bounds already): both bounds set to one number, in the server
+/// stack's builder. The limit starts there and stays whatever the latency.
+#[cfg(all(feature = "deadline", feature = "retry", feature = "circuit-breaker"))]
+#[tokio::test(start_paused = true)]
+async fn both_bounds_set_to_one_number_fix_the_limit() {
+    let stack = seawall::ServerStack::builder("api")
+        .total_budget(Duration::from_secs(2))
+        .adaptive_limit(|l| l.limits(Some(300), Some(300)))
+        .build()
+        .unwrap();
+    assert_eq!(stack.adaptive_limit().limit(), 300);
+    let svc = stack.layer(service_fn(|n: u64| async move {
+        sleep(ms(n)).await;
+        Ok::<_, Infallible>(n)
+    }));
+    // 5 ms, then 300 ms: 60 in flight, never refused, the limit unmoved.
+    let seconds = paced(&svc, stack.adaptive_limit(), 200, 12, |s| {
+        if s < 4 { 5 } else { 300 }
+    })
+    .await;
+    assert!(seconds.iter().all(|s| s.1 == 0), "{seconds:?}");
+    assert!(seconds.iter().all(|s| s.2 == 300), "{seconds:?}");
+}
