@@ -46,6 +46,8 @@ pin_project! {
         first: Option<S::Future>,
         #[pin]
         sleep: Option<Sleep>,
+        // Boxed: a hedge is the slow path (sent after the latency
+        // percentile), and inline its room would be in every call's future.
         extras: [Option<Pin<Box<Extra<S::Future>>>>; MAX_EXTRA],
         shared: Arc<Shared<P>>,
         service: Option<S>,

@@ -457,7 +457,9 @@ where
                 let shared = shared.clone();
                 let cost = req.as_ref().map_or(1, |r| shared.extractor.cost(r));
                 let (v, status) = match &shared.redis {
-                    Some(r) => r.complete(&shared, key, cost, call.slot, outcome),
+                    Some(r) => {
+                        r.complete(&shared, key, cost, (call.slot, call.started_ns), outcome)
+                    }
                     None => shared.decide_local(key, cost, D::ENABLED),
                 };
                 next((v, status), *by_max, *deadline, *key, svc, req, &shared)

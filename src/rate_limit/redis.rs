@@ -291,10 +291,10 @@ pub(crate) struct RedisState {
 /// One health slot's silence, in ns since the state's start.
 #[derive(Debug)]
 struct Silence {
-    /// `ANSWERED | t` when Redis last answered at `t` (or was judged at
-    /// `t`) and no call has been cut since; else since when it has been
-    /// silent: the start of the first of a run of cut calls, each made
-    /// before the one before it was cut, after that answer.
+    /// `ANSWERED | t` when Redis last answered a call made at `t` (or was
+    /// judged at `t`) and no call has been cut since; else since when it
+    /// has been silent: the start of the first of a run of cut calls, each
+    /// made before the one before it was cut, after that answer.
     since: AtomicU64,
     /// When the latest cut call was cut.
     last_cut: AtomicU64,
@@ -467,12 +467,12 @@ impl RedisState {
         shared: &Shared<X, D>,
         key: &Result<Key, MissingKey>,
         cost: u32,
-        slot: usize,
+        (slot, started_ns): (usize, u64),
         outcome: Option<RedisResult<Vec<i64>>>,
     ) -> (Verdict, Option<RateLimitStatus>) {
         let cause = match outcome {
             Some(Ok(v)) if v.len() == 3 => {
-                self.healthy(shared, slot);
+                self.healthy(shared, slot, started_ns);
                 let us = |n: i64| Duration::from_micros(u64::try_from(n).unwrap_or(0));
                 return if v[0] == 1 {
                     shared.finish(
@@ -550,10 +550,12 @@ impl RedisState {
         }
     }
 
-    fn healthy<X, D>(&self, shared: &Shared<X, D>, slot: usize) {
+    /// Redis answered a call of `slot` made at `started_ns` (its start
+    /// stands for the answer's time: no clock read for it).
+    fn healthy<X, D>(&self, shared: &Shared<X, D>, slot: usize, started_ns: u64) {
         self.silence[slot]
             .since
-            .store(ANSWERED | self.now_ns(), Ordering::Release);
+            .fetch_max(ANSWERED | started_ns, Ordering::AcqRel);
         if self.slots[slot].swap(0, Ordering::AcqRel) != 0
             && self.degraded_slots.fetch_sub(1, Ordering::AcqRel) == 1
         {

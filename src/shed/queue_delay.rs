@@ -104,10 +104,7 @@ pub struct QueueDelay {
     increase: f64,
     drain_every: usize,
     base: f64,
-    slow_start: bool,
-    /// Whether the limit grows ×2 because the service got slower (not from
-    /// the start).
-    probing: bool,
+    growth: Growth,
     /// The last window that showed a queue of ours for certain: a drain or
     /// a cut that brought the latency down, or growth after a slowdown
     /// that met queueing. Within `drain_every` windows of it, a slower
@@ -133,6 +130,19 @@ pub struct QueueDelay {
     /// In a draining window: the limit, the calls in flight and the latency
     /// (ns) of the window before it.
     draining: Option<(f64, f64, f64)>,
+}
+
+/// How the limit grows while it is reached with no queue of ours.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Growth {
+    /// By `increase` (5 %, at least 1) per window.
+    Additive,
+    /// ×2 per window, from the start until the first sign of queueing.
+    Doubling,
+    /// ×2 per window because the service got slower: no drain and no new
+    /// slowdown looked for meanwhile; it ends at the first queueing (which
+    /// shows a queue of ours) or in a window that does not reach the limit.
+    DoublingAfterSlowdown,
 }
 
 impl Default for QueueDelay {
@@ -182,8 +192,7 @@ impl QueueDelay {
                 .is_none_or(|at| self.windows >= at + self.drain_every)
         {
             // (No drain while it grows: the first queueing ends the growth.)
-            self.slow_start = true;
-            self.probing = true;
+            self.growth = Growth::DoublingAfterSlowdown;
         }
     }
 }
@@ -227,9 +236,11 @@ impl LimitAlgorithm for QueueDelay {
         }
         let busy = sample.max_inflight() as f64;
         let saturated = busy >= self.limit.floor();
-        if !saturated || self.limit >= self.max_limit as f64 {
+        if self.growth == Growth::DoublingAfterSlowdown
+            && (!saturated || self.limit >= self.max_limit as f64)
+        {
             // Growth after a slowdown is over: the limit covers the calls.
-            self.probing = false;
+            self.growth = Growth::Doubling;
         }
         let was_saturated = std::mem::replace(&mut self.saturated, saturated);
         let previous = self.previous.replace((rtt, busy, self.limit));
@@ -282,7 +293,7 @@ impl LimitAlgorithm for QueueDelay {
         // (Not while the limit grows after a slowdown: a queue of ours that
         // its growth makes is judged as a queue, and ends it.)
         if self.windows > 2
-            && !self.probing
+            && self.growth != Growth::DoublingAfterSlowdown
             && rtt > busy.max(1.0) * floor
             && rtt > self.base * 1.25
         {
@@ -336,7 +347,10 @@ impl LimitAlgorithm for QueueDelay {
         let above = rtt > target;
         let was_above = std::mem::replace(&mut self.above, above);
         let suspect = (saturated && was_saturated) || (above && was_above);
-        if suspect && !self.probing && self.windows >= self.next_drain {
+        if suspect
+            && self.growth != Growth::DoublingAfterSlowdown
+            && self.windows >= self.next_drain
+        {
             // Two thirds of the calls in flight (half of a few: a limit is
             // a whole number).
             let depth = if busy.min(self.limit) >= 8.0 {
@@ -361,10 +375,10 @@ impl LimitAlgorithm for QueueDelay {
             if dropped {
                 factor = factor.min(0.9);
             }
-            self.slow_start = false;
-            if std::mem::take(&mut self.probing) {
+            if self.growth == Growth::DoublingAfterSlowdown {
                 self.queue_seen = Some(self.windows);
             }
+            self.growth = Growth::Additive;
             self.limit = self.clamp((self.limit * factor).max(self.limit / 2.0));
             if self.limit < before.min(busy) {
                 // The first cut of a run sets the mark to judge them by.
@@ -372,7 +386,7 @@ impl LimitAlgorithm for QueueDelay {
             }
         } else if rtt <= target && busy >= self.limit / 2.0 {
             // No queue, and the limit was used: grow.
-            self.limit = if self.slow_start && saturated {
+            self.limit = if self.growth != Growth::Additive && saturated {
                 self.clamp(self.limit * 2.0)
             } else {
                 self.clamp(self.limit + (self.limit * self.increase).max(1.0))
@@ -474,8 +488,7 @@ impl QueueDelayBuilder {
             increase: self.increase,
             drain_every: self.drain_every,
             base: 0.0,
-            slow_start: true,
-            probing: false,
+            growth: Growth::Doubling,
             queue_seen: None,
             floor: (f64::INFINITY, f64::INFINITY),
             windows: 0,
