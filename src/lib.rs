@@ -125,6 +125,8 @@ pub mod local;
 pub mod observe;
 #[cfg(any(feature = "keyed", feature = "fallback"))]
 mod oneshot;
+#[cfg(feature = "circuit-breaker")]
+mod stripe;
 
 #[cfg(feature = "bulkhead")]
 pub mod bulkhead;

@@ -17,19 +17,20 @@ use crate::clock;
 use crate::error::{BoxError, CircuitOpen};
 use crate::hold::{Duty, DutyKind, End, Head, HoldVerdict};
 use crate::observe::{EventKind, LayerKind, Outcome};
+use crate::stripe::Ticket;
 
 /// An admitted call's ticket, kept in its future: reports the outcome when the
 /// call finishes, or gives a half-open probe slot back if the future is
 /// dropped first.
 pub(crate) struct Guard<C> {
-    shared: Arc<Shared<C>>,
+    shared: Ticket<Shared<C>>,
     permit: Permit,
     start: Instant,
     done: bool,
 }
 
 impl<C> Guard<C> {
-    pub(crate) fn new(shared: Arc<Shared<C>>, permit: Permit, start: Instant) -> Self {
+    pub(crate) fn new(shared: Ticket<Shared<C>>, permit: Permit, start: Instant) -> Self {
         Guard {
             shared,
             permit,
@@ -133,7 +134,7 @@ where
                         (Ok(response), Outcome::Success) => M::pending(response).and_then(|j| {
                             let head = clock::now();
                             let pending = Pending {
-                                shared: guard.shared.clone(),
+                                shared: guard.shared.clone().into_stripe(),
                                 permit: guard.permit,
                                 head,
                                 latency: crate::clock::nanos_between(guard.start, head),

@@ -19,6 +19,16 @@ pub(crate) trait CoreRef: Send + Sync + 'static {
     fn classifier(&self) -> &(dyn std::any::Any + Send + Sync);
 }
 
+impl<T: CoreRef> CoreRef for crate::stripe::Stripe<T> {
+    fn core(&self) -> &Core {
+        (**self).core()
+    }
+
+    fn classifier(&self) -> &(dyn std::any::Any + Send + Sync) {
+        (**self).classifier()
+    }
+}
+
 impl<C: Send + Sync + 'static> CoreRef for Shared<C> {
     fn core(&self) -> &Core {
         &self.core

@@ -1,6 +1,5 @@
 use std::fmt;
 use std::marker::PhantomData;
-use std::sync::Arc;
 use std::time::Duration;
 
 use tower_layer::Layer;
@@ -15,6 +14,7 @@ use crate::error::{ConfigError, Name};
 use crate::hold::BodyEnd;
 use crate::hold::Head;
 use crate::observe::Observer;
+use crate::stripe::Striped;
 
 pub(crate) const KIND: &str = "circuit_breaker";
 
@@ -25,7 +25,14 @@ pub(crate) const MAX_OPEN: Duration = crate::deadline::MAX_BUDGET;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum SlidingWindow {
-    /// Exactly the last `n` calls (`1..=1_000_000`). Default: 100.
+    /// The last `n` calls (`1..=1_000_000`). Default: 100. Calls made on
+    /// one thread fill it in order. Threads calling one breaker take
+    /// positions in short runs (at most `n / 8` shared among the machine's
+    /// threads, and 16), so that they do not write one counter on every
+    /// call: until the ring comes round, a run's positions that its thread
+    /// has not used yet keep the call from `n` calls before. A window too
+    /// small for runs (fewer than 16 calls a thread) is exactly the last
+    /// `n`.
     Count(u32),
     /// The calls of the last `span`, kept in `buckets` buckets of
     /// `span / buckets` (`1..=1_000` buckets, each at least 1 ms wide). A call
@@ -69,7 +76,7 @@ impl Default for SlidingWindow {
 /// presets), a head that looks like a success is judged again when its body
 /// ends (see [`hold`](crate::hold)).
 pub struct CircuitBreakerLayer<C = ErrorsAsFailures, M = Head> {
-    shared: Arc<Shared<C>>,
+    shared: Striped<Shared<C>>,
     hold: PhantomData<fn() -> M>,
 }
 
@@ -122,7 +129,7 @@ impl<C: Send + Sync + 'static, M> CircuitBreakerLayer<C, M> {
     /// A handle on this layer's breaker: read its state and rates, or switch
     /// it to forced-open, disabled, metrics-only, or back to closed.
     pub fn handle(&self) -> CircuitBreakerHandle {
-        CircuitBreakerHandle::new(self.shared.clone())
+        CircuitBreakerHandle::new(self.shared.arc().clone())
     }
 }
 
@@ -417,7 +424,7 @@ impl<C> CircuitBreakerBuilder<C> {
         let config = self.validate()?;
         let core = Core::new(self.settings.name, self.settings.observer, config);
         Ok(CircuitBreakerLayer {
-            shared: Arc::new(Shared {
+            shared: Striped::new(Shared {
                 core,
                 classifier: self.classifier,
             }),

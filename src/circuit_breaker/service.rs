@@ -1,7 +1,6 @@
 use std::fmt;
 use std::marker::PhantomData;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use tokio::time::Sleep;
@@ -15,6 +14,7 @@ use crate::clock;
 use crate::error::{BoxError, CircuitOpen, RejectionKind};
 use crate::hold::{Head, HoldVerdict};
 use crate::observe::{EventKind, LayerKind};
+use crate::stripe::Striped;
 
 /// A service guarded by a circuit breaker (built by
 /// [`CircuitBreakerLayer`](super::CircuitBreakerLayer)). Clones share the
@@ -27,14 +27,14 @@ use crate::observe::{EventKind, LayerKind};
 pub struct CircuitBreaker<S, C, M = Head> {
     inner: S,
     hold: PhantomData<fn() -> M>,
-    shared: Arc<Shared<C>>,
+    shared: Striped<Shared<C>>,
     /// Backpressure mode only: the wake-up at the end of the open time. Made
     /// once per service the first time it waits, then reset.
     sleep: Option<Pin<Box<Sleep>>>,
 }
 
 impl<S, C, M> CircuitBreaker<S, C, M> {
-    pub(crate) fn new(inner: S, shared: Arc<Shared<C>>) -> Self {
+    pub(crate) fn new(inner: S, shared: Striped<Shared<C>>) -> Self {
         CircuitBreaker {
             inner,
             hold: PhantomData,
@@ -114,7 +114,7 @@ where
                     EventKind::CallStarted,
                 );
                 let future = self.inner.call(req);
-                ResponseFuture::called(future, Guard::new(self.shared.clone(), permit, now))
+                ResponseFuture::called(future, Guard::new(self.shared.ticket(), permit, now))
             }
             Err(refusal) => ResponseFuture::rejected(refused(core, refusal)),
         }

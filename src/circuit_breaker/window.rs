@@ -2,11 +2,20 @@
 //!
 //! Two kinds, both lock-free when recording and O(1) per call and per read:
 //!
-//! - [`CountWindow`]: exactly the last `n` calls. A ring of one-byte outcome
-//!   slots written at a `fetch_add` cursor; the running totals (calls,
-//!   failures, slow calls, packed in one `AtomicU64`) change only by the
-//!   difference between the outcome written and the one it evicts, so a
-//!   success replacing a success writes nothing but the cursor.
+//! - [`CountWindow`]: the last `n` calls. A ring of one-byte outcome slots;
+//!   the running totals (calls, failures, slow calls, packed in one
+//!   `AtomicU64`) change only by the difference between the outcome written
+//!   and the one it evicts, so a success replacing a success writes no
+//!   slot and no total. Positions in the ring are handed out in short runs
+//!   to each thread slot (see [`crate::stripe`]), which takes one run from
+//!   the shared cursor and then counts its calls in its own lane: threads
+//!   calling one breaker do not write one cursor on every call. One thread
+//!   gets consecutive positions, so its calls fill the ring in order; with
+//!   several, at most (lanes × (run − 1)) slots, positions a thread took but
+//!   has not written yet, hold a call from one lap (`n` calls) before. A run
+//!   is at most an eighth of the window shared among the lanes (a window of
+//!   100 calls on two lanes: runs of 6), and 1 — the shared cursor on every
+//!   call, exactly the last `n` — when the window is too small to share.
 //! - [`TimeWindow`]: the calls of the last `T`, kept in a ring of buckets of
 //!   `T / buckets` each, with running totals. When time moves to a new bucket,
 //!   a short mutex section resets the stale buckets it passes over (at most the
@@ -81,6 +90,12 @@ impl Code {
 const FIELD_BITS: u32 = 21;
 const FIELD_MASK: u64 = (1 << FIELD_BITS) - 1;
 
+/// A lane's next position, in its low half.
+const LANE_MASK: u64 = u32::MAX as u64;
+
+/// The most positions one run hands a lane.
+const MAX_RUN: u32 = 16;
+
 /// The largest count-based window (it leaves each packed total room for the
 /// calls in flight between its two updates).
 pub(crate) const MAX_COUNT_WINDOW: u32 = 1_000_000;
@@ -92,11 +107,18 @@ fn contrib(code: u8) -> u64 {
     (c & 1) | ((c >> 1) & 1) << FIELD_BITS | ((c >> 2) & 1) << (2 * FIELD_BITS)
 }
 
-/// Exactly the last `n` calls.
+/// The last `n` calls (see the [module docs](self) for how positions are
+/// handed out).
 #[derive(Debug)]
 pub(crate) struct CountWindow {
     slots: Box<[AtomicU8]>,
     cursor: Padded<AtomicUsize>,
+    /// Per thread slot: the end of its run (high 32 bits) and its next
+    /// position (low 32 bits; both may pass the ring's end, and wrap when
+    /// taken). Empty when runs are of 1.
+    lanes: Box<[Padded<AtomicU64>]>,
+    /// Positions per run taken from the cursor.
+    run: u32,
     /// calls | failures << 21 | slow << 42
     totals: Padded<AtomicU64>,
 }
@@ -104,10 +126,20 @@ pub(crate) struct CountWindow {
 impl CountWindow {
     /// A window of the last `size` calls (`1..=MAX_COUNT_WINDOW`, clamped).
     pub(crate) fn new(size: u32) -> Self {
+        Self::with_lanes(size, crate::stripe::stripe_count())
+    }
+
+    /// A window of `size` calls shared by `lanes` thread slots.
+    fn with_lanes(size: u32, lanes: usize) -> Self {
         let size = size.clamp(1, MAX_COUNT_WINDOW) as usize;
+        let lanes = lanes.max(1);
+        let run = (size / (8 * lanes)).clamp(1, MAX_RUN as usize) as u32;
+        let lanes = if run > 1 { lanes } else { 0 };
         CountWindow {
             slots: (0..size).map(|_| AtomicU8::new(0)).collect(),
             cursor: Padded(AtomicUsize::new(0)),
+            lanes: (0..lanes).map(|_| Padded(AtomicU64::new(0))).collect(),
+            run,
             totals: Padded(AtomicU64::new(0)),
         }
     }
@@ -117,11 +149,51 @@ impl CountWindow {
         self.slots.len() as u64
     }
 
+    /// The next position for a call on the thread numbered `thread`: from
+    /// its lane's run, or a new run from the shared cursor.
+    #[inline]
+    fn position(&self, thread: usize) -> usize {
+        let n = self.slots.len();
+        if self.lanes.is_empty() {
+            return self.cursor.fetch_add(1, Ordering::Relaxed) % n;
+        }
+        let lane = &self.lanes[thread & (self.lanes.len() - 1)];
+        // One add takes the lane's next position (the lane's own thread is
+        // usually alone on it: no contention).
+        let word = lane.fetch_add(1, Ordering::Relaxed);
+        let (at, end) = ((word & LANE_MASK) as usize, (word >> 32) as usize);
+        if at >= end {
+            return self.new_run(lane);
+        }
+        // A run starts below `n` and is no longer than the ring.
+        if at >= n { at - n } else { at }
+    }
+
+    /// Takes a run from the shared cursor: its first position now, the rest
+    /// kept in the lane. Another thread of the lane that took a run at the
+    /// same moment may overwrite it: the rest of that run is then left
+    /// unwritten (those slots keep their calls until the ring comes round).
+    #[inline(never)]
+    fn new_run(&self, lane: &AtomicU64) -> usize {
+        let run = self.run as usize;
+        let first = self.cursor.fetch_add(run, Ordering::Relaxed) % self.slots.len();
+        lane.store(
+            ((first + run) as u64) << 32 | (first + 1) as u64,
+            Ordering::Relaxed,
+        );
+        first
+    }
+
     /// Records one call, evicting the oldest once the window is full.
     #[inline]
     pub(crate) fn record(&self, code: Code) {
-        let i = self.cursor.fetch_add(1, Ordering::Relaxed) % self.slots.len();
-        let slot = &self.slots[i];
+        self.record_on(crate::stripe::thread_index(), code);
+    }
+
+    /// Records one call made on the thread numbered `thread`.
+    #[inline]
+    fn record_on(&self, thread: usize, code: Code) {
+        let slot = &self.slots[self.position(thread)];
         if slot.load(Ordering::Relaxed) == code.0 {
             // The evicted outcome equals the new one: nothing changes.
             return;
@@ -461,34 +533,109 @@ mod tests {
 
     #[test]
     fn count_window_totals_match_its_slots_under_contention() {
-        let w = std::sync::Arc::new(CountWindow::new(7));
-        let threads: Vec<_> = (0..4u64)
-            .map(|t| {
-                let w = w.clone();
-                std::thread::spawn(move || {
-                    for i in 0..100_000u64 {
-                        w.record(Code::new((i + t) % 3 == 0, (i * t) % 4 == 0));
-                    }
+        // 7 slots: runs of 1, the shared cursor; 400 slots on 4 lanes: runs
+        // of 12 taken by threads in turn.
+        for (size, lanes, run) in [(7, 4, 1), (400, 4, 12)] {
+            let w = std::sync::Arc::new(CountWindow::with_lanes(size, lanes));
+            assert_eq!(w.run, run);
+            let threads: Vec<_> = (0..4u64)
+                .map(|t| {
+                    let w = w.clone();
+                    std::thread::spawn(move || {
+                        for i in 0..100_000u64 {
+                            w.record(Code::new((i + t) % 3 == 0, (i * t) % 4 == 0));
+                        }
+                    })
                 })
-            })
-            .collect();
-        for t in threads {
-            t.join().unwrap();
+                .collect();
+            for t in threads {
+                t.join().unwrap();
+            }
+            let mut expected = WindowSnapshot::default();
+            for slot in w.slots.iter() {
+                let v = slot.load(Ordering::Relaxed);
+                expected.calls += (v & 1) as u64;
+                expected.failures += ((v >> 1) & 1) as u64;
+                expected.slow_calls += ((v >> 2) & 1) as u64;
+            }
+            assert_eq!(expected.calls, u64::from(size));
+            assert_eq!(w.snapshot(), expected);
+            assert_eq!(w.totals.load(Ordering::Relaxed), {
+                expected.calls
+                    | expected.failures << FIELD_BITS
+                    | expected.slow_calls << (2 * FIELD_BITS)
+            });
         }
-        let mut expected = WindowSnapshot::default();
-        for slot in w.slots.iter() {
-            let v = slot.load(Ordering::Relaxed);
-            expected.calls += (v & 1) as u64;
-            expected.failures += ((v >> 1) & 1) as u64;
-            expected.slow_calls += ((v >> 2) & 1) as u64;
+    }
+
+    #[test]
+    fn one_thread_fills_the_ring_in_order_whatever_the_lanes() {
+        // Runs of 6 on 2 lanes: one thread's calls are exactly the last 100.
+        let w = CountWindow::with_lanes(100, 2);
+        assert_eq!(w.run, 6);
+        let mut model = std::collections::VecDeque::new();
+        for i in 0..1_000u64 {
+            let code = Code::new(i % 7 < 3, i % 11 == 0);
+            w.record(code);
+            model.push_back(code);
+            if model.len() > 100 {
+                model.pop_front();
+            }
+            let count = |bit: u8| model.iter().filter(|c| c.0 & bit != 0).count() as u64;
+            assert_eq!(
+                w.snapshot(),
+                WindowSnapshot {
+                    calls: count(1),
+                    failures: count(2),
+                    slow_calls: count(4),
+                },
+                "call {i}"
+            );
         }
-        assert_eq!(expected.calls, 7);
-        assert_eq!(w.snapshot(), expected);
-        assert_eq!(w.totals.load(Ordering::Relaxed), {
-            expected.calls
-                | expected.failures << FIELD_BITS
-                | expected.slow_calls << (2 * FIELD_BITS)
-        });
+    }
+
+    #[test]
+    fn a_thread_that_stops_leaves_at_most_its_run_behind_for_one_lap() {
+        let w = CountWindow::with_lanes(100, 2);
+        // 100 failures on thread 0 fill the ring (runs of 6: positions 100
+        // and 101 are left in its lane); then thread 1 takes a run
+        // (102..108), writes one position and stops.
+        for _ in 0..100 {
+            w.record_on(0, FAIL);
+        }
+        w.record_on(1, OK);
+        // Thread 0's successes: the 5 positions thread 1 holds keep their
+        // failures while the rest of the ring turns over...
+        for _ in 0..94 {
+            w.record_on(0, OK);
+        }
+        assert_eq!(w.snapshot().failures, 5);
+        assert_eq!(w.snapshot().calls, 100);
+        // ...and the ring coming round writes them.
+        for _ in 0..12 {
+            w.record_on(0, OK);
+        }
+        assert_eq!(w.snapshot().failures, 0);
+        // Thread 1 coming back writes where its run left off: a success
+        // replacing a success.
+        w.record_on(1, OK);
+        assert_eq!(
+            w.snapshot(),
+            WindowSnapshot {
+                calls: 100,
+                failures: 0,
+                slow_calls: 0
+            }
+        );
+    }
+
+    #[test]
+    fn small_windows_keep_one_cursor() {
+        // Too small to share among 16 lanes: runs of 1, no lanes.
+        let w = CountWindow::with_lanes(100, 16);
+        assert_eq!((w.run, w.lanes.len()), (1, 0));
+        let w = CountWindow::with_lanes(1_000, 16);
+        assert_eq!((w.run, w.lanes.len()), (7, 16));
     }
 
     #[tokio::test(start_paused = true)]
