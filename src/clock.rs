@@ -281,8 +281,9 @@ pub fn ceil_secs(d: std::time::Duration) -> u64 {
     }
 }
 
-/// The smallest hint a shedder or a bulkhead gives with its refusal.
-#[cfg(feature = "bulkhead")]
+/// The smallest hint a shedder or a bulkhead gives with its refusal (and a
+/// half-open breaker whose probes are all out).
+#[cfg(any(feature = "bulkhead", feature = "circuit-breaker"))]
 pub(crate) const MIN_HINT: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Spreads the `retry_after` hints of one layer instance: each hint is its
@@ -292,14 +293,14 @@ pub(crate) const MIN_HINT: std::time::Duration = std::time::Duration::from_milli
 /// The sequence is a hash of the instance name and a counter: lock-free, no
 /// clock read, and the same from one run to the next (simulations in paused
 /// time stay reproducible).
-#[cfg(feature = "bulkhead")]
+#[cfg(any(feature = "bulkhead", feature = "circuit-breaker"))]
 #[derive(Debug)]
 pub(crate) struct Jitter {
     seed: u64,
     counter: std::sync::atomic::AtomicU64,
 }
 
-#[cfg(feature = "bulkhead")]
+#[cfg(any(feature = "bulkhead", feature = "circuit-breaker"))]
 impl Jitter {
     pub(crate) fn new(name: &str) -> Self {
         // FNV-1a over the name.
@@ -330,11 +331,11 @@ impl Jitter {
 }
 
 /// 2⁶⁴ divided by the golden ratio: splitmix64's increment.
-#[cfg(any(feature = "bulkhead", feature = "retry"))]
+#[cfg(any(feature = "bulkhead", feature = "retry", feature = "circuit-breaker"))]
 pub(crate) const GOLDEN: u64 = 0x9e37_79b9_7f4a_7c15;
 
 /// The splitmix64 finaliser: a well-mixed 64-bit hash of `z + golden ratio`.
-#[cfg(any(feature = "bulkhead", feature = "retry"))]
+#[cfg(any(feature = "bulkhead", feature = "retry", feature = "circuit-breaker"))]
 pub(crate) fn splitmix64(mut z: u64) -> u64 {
     z = z.wrapping_add(GOLDEN);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);

@@ -358,8 +358,9 @@ marker!(
 marker!(
     /// A circuit breaker is open and refused the request without calling the
     /// service. `retry_after` is the time until the breaker lets probes
-    /// through again (none while forced open). Maps to HTTP 503 and gRPC
-    /// `UNAVAILABLE`.
+    /// through again (while half-open with every probe out, 100 ms; none
+    /// while forced open), stretched by a factor in `[1, 1.5)`. Maps to
+    /// HTTP 503 and gRPC `UNAVAILABLE`.
     CircuitOpen, CircuitOpen, retry_after
 );
 marker!(

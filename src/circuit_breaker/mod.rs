@@ -34,7 +34,10 @@
 //! let err = svc.ready().await.unwrap().call(false).await.unwrap_err();
 //! let view = rejection_of(&err).unwrap();
 //! assert_eq!(view.kind(), RejectionKind::CircuitOpen);
-//! assert_eq!(view.retry_after(), Some(Duration::from_secs(5)));
+//! // The 5 s left until it probes, stretched so that callers refused
+//! // together do not all come back at once.
+//! let wait = view.retry_after().unwrap();
+//! assert!(wait >= Duration::from_secs(5) && wait < Duration::from_millis(7_500));
 //! # }
 //! ```
 //!
@@ -50,13 +53,19 @@
 //!   successes, a 10-call window at 50 % opens after 5 failures. Optionally,
 //!   `consecutive_failures(n)` opens after `n` failures in a row.
 //! - **Open**: calls are rejected at once with [`CircuitOpen`], whose
-//!   `retry_after` is the exact time left until half-open. The open time starts
+//!   `retry_after` is the time left until half-open stretched by a factor in
+//!   `[1, 1.5)`, different for each refusal (a sequence seeded by the
+//!   breaker's name): callers refused together come back spread out rather
+//!   than all at the moment the first probes go (the exact time left is
+//!   [`CircuitBreakerHandle::retry_after`]). The open time starts
 //!   at `open_duration`, is multiplied by `open_multiplier` on each trip that
 //!   follows without a healthy close in between, capped at
 //!   `max_open_duration`, optionally jittered (`open_jitter`, seedable), and
 //!   returns to its base after a healthy close.
 //! - **Half-open**: exactly `permitted_calls_in_half_open` probe calls are let
-//!   through; others are rejected (`retry_after` none). When every probe has
+//!   through; others are rejected with a `retry_after` of 100 ms stretched
+//!   the same way (the probes decide within about a round trip: by then the
+//!   breaker is closed, or open with a time to wait). When every probe has
 //!   finished, the breaker closes (with an empty window) if their failure and
 //!   slow-call rates are below the thresholds, and opens again otherwise. A
 //!   probe whose future is dropped before it finishes, or that the classifier

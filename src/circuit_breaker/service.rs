@@ -121,10 +121,13 @@ where
     }
 }
 
-/// Reports a refused call and builds its error. Out of line: an admitted
-/// call never reaches it.
+/// Reports a refused call and builds its error, its `retry_after`
+/// stretched by the breaker's jitter (callers refused together come back
+/// spread over half the time again, not all as the breaker turns
+/// half-open). Out of line: an admitted call never reaches it.
 #[inline(never)]
-fn refused(core: &Core, refusal: Refusal) -> CircuitOpen {
+fn refused(core: &Core, mut refusal: Refusal) -> CircuitOpen {
+    refusal.retry_after = refusal.retry_after.map(|d| core.jitter.stretch(d));
     core.observer.emit(
         LayerKind::CircuitBreaker,
         core.name.as_str(),

@@ -123,6 +123,8 @@ pub(crate) struct Core {
     pub(crate) name: Name,
     pub(crate) observer: Observer,
     pub(crate) config: Config,
+    /// Spreads the `retry_after` of refusals (`[1, 1.5)` × the time left).
+    pub(crate) jitter: crate::clock::Jitter,
     origin: Instant,
     /// Read by every call, written on transitions: a line of its own.
     word: Padded<AtomicU64>,
@@ -153,6 +155,7 @@ impl Core {
             None => SmallRng::from_os_rng(),
         };
         let core = Core {
+            jitter: crate::clock::Jitter::new(name.as_str()),
             name,
             observer,
             origin,
@@ -315,8 +318,11 @@ impl Core {
                     // so a slot always belongs to the generation it came from.
                     let free = free_of(word);
                     if free == 0 {
+                        // The probes decide within about a round trip:
+                        // come back soon (stretched when the refusal is
+                        // made, as every hint of the breaker's).
                         return Err(Refusal {
-                            retry_after: None,
+                            retry_after: Some(crate::clock::MIN_HINT),
                             detail: "half_open_full",
                         });
                     }

@@ -84,6 +84,32 @@ fn retry_after(res: Result<&'static str, BoxError>) -> Option<Duration> {
     view.retry_after()
 }
 
+/// Whether a refusal's `retry_after` is `base` stretched by the breaker's
+/// jitter: in `[base, 1.5 × base)` (both none for a hint the breaker does
+/// not know).
+fn spread(got: Option<Duration>, base: Option<Duration>) -> bool {
+    match (got, base) {
+        (Some(got), Some(base)) => got >= base && got < base.mul_f64(1.5),
+        (None, None) => true,
+        _ => false,
+    }
+}
+
+/// Asserts that `got` is `base` stretched by the breaker's jitter.
+macro_rules! assert_hint {
+    ($got:expr, $base:expr) => {
+        assert_hint!($got, $base, "")
+    };
+    ($got:expr, $base:expr, $what:expr) => {{
+        let (got, base): (Option<Duration>, Option<Duration>) = ($got, $base);
+        assert!(
+            spread(got, base),
+            "{}: retry_after {got:?}, expected {base:?} stretched by [1, 1.5)",
+            $what
+        );
+    }};
+}
+
 fn transitions(rec: &Recorder) -> Vec<(State, State)> {
     rec.events()
         .into_iter()
@@ -122,7 +148,7 @@ async fn count_window_slides_after_1000_successes() {
     assert_eq!(handle.state(), State::Open);
     assert_eq!(handle.failure_rate(), Some(0.5));
     // Default open time: 60 s.
-    assert_eq!(
+    assert_hint!(
         retry_after(call(&mut svc, OK).await),
         Some(Duration::from_secs(60))
     );
@@ -234,7 +260,7 @@ async fn consecutive_failures_trip() {
     assert_eq!(handle.state(), State::Open);
     // The window still counts (5 failures of 6 calls) but only runs trip.
     assert_eq!(counts(handle.metrics()), (6, 5, 0));
-    assert_eq!(
+    assert_hint!(
         retry_after(call(&mut svc, OK).await),
         Some(Duration::from_secs(7))
     );
@@ -262,10 +288,11 @@ async fn open_time_grows_caps_and_resets_after_a_healthy_close() {
 
     let mut seen = Vec::new();
     for _ in 0..4 {
-        let open = retry_after(call(&mut svc, OK).await).unwrap();
+        let open = handle.retry_after().unwrap();
+        assert_hint!(retry_after(call(&mut svc, OK).await), Some(open));
         seen.push(open.as_secs());
         advance(open - Duration::from_millis(1)).await;
-        assert_eq!(
+        assert_hint!(
             retry_after(call(&mut svc, OK).await),
             Some(Duration::from_millis(1)),
             "1 ms before half-open"
@@ -285,7 +312,7 @@ async fn open_time_grows_caps_and_resets_after_a_healthy_close() {
     assert_eq!(handle.metrics(), WindowSnapshot::default(), "fresh window");
     let _ = call(&mut svc, FAIL).await;
     let _ = call(&mut svc, FAIL).await;
-    assert_eq!(
+    assert_hint!(
         retry_after(call(&mut svc, OK).await),
         Some(Duration::from_secs(10))
     );
@@ -350,6 +377,52 @@ async fn jittered_open_time_is_seedable_and_bounded() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn callers_refused_together_are_told_to_come_back_spread_out() {
+    let layer = CircuitBreakerLayer::builder()
+        .window(SlidingWindow::count(2))
+        .minimum_calls(2)
+        .permitted_calls_in_half_open(1)
+        .open_duration(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let mut svc = wrap(&layer);
+    let _ = call(&mut svc, FAIL).await;
+    let _ = call(&mut svc, FAIL).await;
+    // 100 callers refused at one instant, 10 s before the breaker probes.
+    let mut hints = Vec::new();
+    for _ in 0..100 {
+        hints.push(retry_after(call(&mut svc, OK).await).unwrap());
+    }
+    assert_eq!(handle.retry_after(), Some(Duration::from_secs(10)));
+    assert!(
+        hints
+            .iter()
+            .all(|h| spread(Some(*h), Some(Duration::from_secs(10))))
+    );
+    // Come back spread over the five seconds after the open time: each
+    // second of it gets between a tenth and a third of them.
+    for s in 10..15 {
+        let n = hints.iter().filter(|h| h.as_secs() == s).count();
+        assert!((10..=34).contains(&n), "{n} come back in second {s}");
+    }
+    // Half-open, its one probe out: come back in 100 to 150 ms, spread too.
+    advance(Duration::from_secs(10)).await;
+    let _probe = svc.ready().await.unwrap().call(slow(1_000));
+    let mut soon = Vec::new();
+    for _ in 0..20 {
+        soon.push(retry_after(call(&mut svc, OK).await).unwrap());
+    }
+    assert!(
+        soon.iter()
+            .all(|h| spread(Some(*h), Some(Duration::from_millis(100))))
+    );
+    soon.sort();
+    soon.dedup();
+    assert!(soon.len() >= 15, "{soon:?}");
+}
+
+#[tokio::test(start_paused = true)]
 async fn half_open_lets_exactly_the_permitted_probes_through() {
     let layer = CircuitBreakerLayer::builder()
         .window(SlidingWindow::count(2))
@@ -379,9 +452,10 @@ async fn half_open_lets_exactly_the_permitted_probes_through() {
         delay: Duration::from_secs(1),
     });
     assert_eq!(handle.state(), State::HalfOpen);
-    assert_eq!(
+    // Refused, come back soon: the probes decide within a round trip.
+    assert_hint!(
         retry_after(call(&mut svc, OK).await),
-        None,
+        Some(Duration::from_millis(100)),
         "4th probe refused"
     );
     assert_eq!(calls.load(Ordering::SeqCst), 5);
@@ -416,9 +490,9 @@ async fn a_dropped_probe_frees_its_slot() {
 
     let stuck = svc.ready().await.unwrap().call(slow(3_600_000));
     assert_eq!(handle.state(), State::HalfOpen);
-    assert_eq!(
+    assert_hint!(
         retry_after(call(&mut svc, OK).await),
-        None,
+        Some(Duration::from_millis(100)),
         "the one slot is taken"
     );
     drop(stuck);
@@ -740,7 +814,11 @@ async fn an_ignored_probe_frees_its_slot_without_counting() {
         .call((200, Duration::from_secs(5)));
     assert_eq!(handle.state(), State::HalfOpen);
     let full = svc.ready().await.unwrap().call((200, Duration::ZERO)).await;
-    assert_eq!(retry_after(full.map(|_| "")), None, "both slots taken");
+    assert_hint!(
+        retry_after(full.map(|_| "")),
+        Some(Duration::from_millis(100)),
+        "both slots taken"
+    );
     assert_eq!(calls.load(Ordering::SeqCst), 3);
 
     // The shed probe ends Ignored: its slot is free, and it is no verdict
@@ -823,7 +901,7 @@ async fn fast_fail_by_default_backpressure_when_asked() {
             assert_eq!(handle.state(), State::Closed);
         } else {
             assert_eq!(waited, Duration::ZERO);
-            assert_eq!(
+            assert_hint!(
                 retry_after(svc.call(OK).await),
                 Some(Duration::from_secs(10))
             );
@@ -1224,11 +1302,13 @@ mod model {
                         match expected {
                             Err(wait) => {
                                 let got = retry_after(res);
-                                prop_assert_eq!(
+                                let base = wait.map(Duration::from_millis);
+                                prop_assert!(
+                                    spread(got, base),
+                                    "step {}: {:?} is not {:?} stretched",
+                                    step,
                                     got,
-                                    wait.map(Duration::from_millis),
-                                    "step {}",
-                                    step
+                                    base
                                 );
                             }
                             Ok(()) => {

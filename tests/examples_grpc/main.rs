@@ -420,7 +420,9 @@ async fn client_retries_unavailable_then_its_breaker_opens() {
         assert_eq!(status.code(), Code::Unavailable);
         assert_eq!(status.message(), "circuit open");
         let wait = pushback(&status).expect("pushback");
-        assert!(wait <= 30_000 && wait > 0, "{wait}");
+        // The 30 s left (less what this test took), stretched by the
+        // breaker's jitter: callers refused together come back spread out.
+        assert!((20_000..45_000).contains(&wait), "{wait}");
         assert!(start.elapsed() < Duration::from_secs(10));
     }
     assert_eq!(server.probe.seen().len(), 3);
