@@ -125,7 +125,7 @@ pub mod local;
 pub mod observe;
 #[cfg(any(feature = "keyed", feature = "fallback"))]
 mod oneshot;
-#[cfg(feature = "circuit-breaker")]
+#[cfg(any(feature = "circuit-breaker", feature = "bulkhead"))]
 mod stripe;
 
 #[cfg(feature = "bulkhead")]

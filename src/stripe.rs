@@ -8,9 +8,10 @@
 //! `Arc` per thread slot (up to [`MAX_STRIPES`], made the first time a
 //! thread of that slot calls), each on cache lines of its own; a call
 //! clones its thread's, so threads calling one layer write no count in
-//! common. Reading the state costs one pointer more.
+//! common. Reading the state costs a pointer or two more.
 
 use std::cell::Cell;
+use std::fmt;
 use std::ops::Deref;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -18,11 +19,15 @@ use std::sync::{Arc, OnceLock};
 /// The most thread slots one state is split into (a power of two).
 pub(crate) const MAX_STRIPES: usize = 16;
 
-/// A layer's state, with its per-thread handles. Cloning it clones two
-/// `Arc`s (the state and the slots).
-pub(crate) struct Striped<T> {
+/// A layer's state, with its per-thread handles: one pointer, as a plain
+/// `Arc` (services that hold it, and futures that hold services, keep
+/// their size), cloned as one.
+pub(crate) struct Striped<T>(Arc<Stripes<T>>);
+
+/// The state and its thread slots' handles.
+struct Stripes<T> {
     value: Arc<T>,
-    stripes: Arc<[OnceLock<Arc<Stripe<T>>>]>,
+    slots: Box<[OnceLock<Arc<Stripe<T>>>]>,
 }
 
 /// One thread slot's handle on the state: its reference count on cache
@@ -63,12 +68,21 @@ impl<T> Deref for Ticket<T> {
     }
 }
 
+impl<T: fmt::Debug> fmt::Debug for Striped<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.value.fmt(f)
+    }
+}
+
+impl<T: fmt::Debug> fmt::Debug for Ticket<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        (**self).fmt(f)
+    }
+}
+
 impl<T> Clone for Striped<T> {
     fn clone(&self) -> Self {
-        Striped {
-            value: self.value.clone(),
-            stripes: self.stripes.clone(),
-        }
+        Striped(self.0.clone())
     }
 }
 
@@ -76,7 +90,7 @@ impl<T> Deref for Striped<T> {
     type Target = T;
     #[inline]
     fn deref(&self) -> &T {
-        &self.value
+        &self.0.value
     }
 }
 
@@ -85,22 +99,22 @@ impl<T> Striped<T> {
     /// once (a power of two, at most [`MAX_STRIPES`]); no slot's handle is
     /// made yet.
     pub(crate) fn new(value: T) -> Self {
-        let stripes = (0..stripe_count()).map(|_| OnceLock::new()).collect();
-        Striped {
+        Striped(Arc::new(Stripes {
             value: Arc::new(value),
-            stripes,
-        }
+            slots: (0..stripe_count()).map(|_| OnceLock::new()).collect(),
+        }))
     }
 
     /// The state's own `Arc` (for handles that outlive every layer).
     pub(crate) fn arc(&self) -> &Arc<T> {
-        &self.value
+        &self.0.value
     }
 
     /// A handle for a call on this thread: a clone of its slot's.
     #[inline]
     pub(crate) fn ticket(&self) -> Ticket<T> {
-        let slot = &self.stripes[thread_index() & (self.stripes.len() - 1)];
+        let slots = &self.0.slots;
+        let slot = &slots[thread_index() & (slots.len() - 1)];
         match slot.get() {
             Some(stripe) => Ticket(stripe.clone()),
             None => self.first_ticket(slot),
@@ -113,7 +127,7 @@ impl<T> Striped<T> {
     #[cold]
     fn first_ticket(&self, slot: &OnceLock<Arc<Stripe<T>>>) -> Ticket<T> {
         Ticket(
-            slot.get_or_init(|| Arc::new(Stripe(self.value.clone())))
+            slot.get_or_init(|| Arc::new(Stripe(self.0.value.clone())))
                 .clone(),
         )
     }

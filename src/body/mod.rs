@@ -611,8 +611,8 @@ mod tests {
         use crate::error::Name;
         use crate::observe::Observer;
 
-        fn engine(max_concurrent: usize) -> Arc<Engine> {
-            Arc::new(Engine::new(
+        fn engine(max_concurrent: usize) -> crate::stripe::Striped<Engine> {
+            crate::stripe::Striped::new(Engine::new(
                 Settings {
                     max_concurrent,
                     max_queue: 0,
@@ -626,7 +626,7 @@ mod tests {
             ))
         }
 
-        fn permit(engine: &Arc<Engine>) -> Duty {
+        fn permit(engine: &crate::stripe::Striped<Engine>) -> Duty {
             Duty(DutyKind::Bulkhead(
                 engine.try_acquire().expect("a free permit"),
             ))

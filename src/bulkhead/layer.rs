@@ -1,3 +1,4 @@
+use crate::stripe::Striped;
 use std::fmt;
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -33,7 +34,7 @@ pub const MAX_LIMIT: usize = 1_000_000;
 /// [`until_body_end`](Self::until_body_end) (the protocol presets), when
 /// its body ends or is dropped (see [`hold`](crate::hold)).
 pub struct BulkheadLayer<M = Head> {
-    engine: Arc<Engine>,
+    engine: Striped<Engine>,
     backpressure: bool,
     hold: PhantomData<fn() -> M>,
 }
@@ -41,7 +42,7 @@ pub struct BulkheadLayer<M = Head> {
 impl<M> Clone for BulkheadLayer<M> {
     fn clone(&self) -> Self {
         BulkheadLayer {
-            engine: Arc::clone(&self.engine),
+            engine: self.engine.clone(),
             backpressure: self.backpressure,
             hold: PhantomData,
         }
@@ -80,7 +81,7 @@ impl<M> BulkheadLayer<M> {
     /// A handle reading this bulkhead's permits and queue.
     pub fn handle(&self) -> BulkheadHandle {
         BulkheadHandle {
-            engine: Arc::clone(&self.engine),
+            engine: Arc::clone(self.engine.arc()),
         }
     }
 
@@ -94,7 +95,7 @@ impl<S, M> Layer<S> for BulkheadLayer<M> {
     type Service = Bulkhead<S, M>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Bulkhead::from_parts(inner, Arc::clone(&self.engine), self.backpressure)
+        Bulkhead::from_parts(inner, self.engine.clone(), self.backpressure)
     }
 }
 
@@ -260,7 +261,7 @@ impl BulkheadBuilder {
             codel_interval: self.codel_interval,
         };
         Ok(BulkheadLayer {
-            engine: Arc::new(Engine::new(settings, self.name, self.observer)),
+            engine: Striped::new(Engine::new(settings, self.name, self.observer)),
             backpressure: self.backpressure,
             hold: PhantomData,
         })

@@ -15,7 +15,7 @@
 //!   permit on.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -23,6 +23,7 @@ use tokio::time::Instant;
 
 use crate::error::Name;
 use crate::observe::Observer;
+use crate::stripe::{Striped, Ticket};
 
 /// The order in which waiting callers are admitted when a permit frees up.
 ///
@@ -379,76 +380,6 @@ impl Engine {
         }
     }
 
-    /// The admitted fast path: a permit if one is free and nobody waits
-    /// (waiters go first: with anyone queued, newcomers queue behind them).
-    #[inline]
-    pub(crate) fn try_acquire(self: &Arc<Self>) -> Option<Permit> {
-        if self.queued.load(Ordering::SeqCst) == 0 && self.take() {
-            Some(Permit {
-                engine: Arc::clone(self),
-            })
-        } else {
-            None
-        }
-    }
-
-    /// A permit if one is free and nobody waits, else a place in the queue if
-    /// there is room.
-    ///
-    /// `now` is needed only for CoDel (the busy period); pass it when the
-    /// order uses CoDel. A `Queued` waiter may already have been handed a
-    /// permit: its first poll finds it.
-    pub(crate) fn acquire(
-        self: &Arc<Self>,
-        waker: Option<&Waker>,
-        now: Option<Instant>,
-    ) -> Acquire {
-        if let Some(p) = self.try_acquire() {
-            return Acquire::Permit(p);
-        }
-        if self.settings.max_queue == 0 {
-            return Acquire::Full;
-        }
-        let mut list = self.lock();
-        if list.len == 0 && self.take() {
-            // The waiters left meanwhile and a permit is free.
-            return Acquire::Permit(Permit {
-                engine: Arc::clone(self),
-            });
-        }
-        if list.len >= self.settings.max_queue {
-            // Any permit freed now goes to the waiters already queued.
-            return Acquire::Full;
-        }
-        let Some(idx) = list.alloc() else {
-            return Acquire::Full;
-        };
-        // Announce the waiter, then look at the permits (below): a releaser
-        // adds its permit, then looks at `queued`. Both are SeqCst, so one of
-        // the two sees the other and runs the hand-off: no permit is left free
-        // while someone waits, no wakeup is lost.
-        self.queued.fetch_add(1, Ordering::SeqCst);
-        list.push_back(idx, waker.cloned(), now);
-        let codel_until = match (self.settings.order.uses_codel(), now, list.busy_since) {
-            (true, Some(now), Some(busy)) => {
-                Some((busy + self.settings.codel_interval).max(now + self.settings.codel_target))
-            }
-            _ => None,
-        };
-        drop(list);
-        if self.available.load(Ordering::SeqCst) != 0 {
-            self.hand_off();
-        }
-        Acquire::Queued {
-            waiter: Waiter {
-                engine: Arc::clone(self),
-                slot: idx,
-                done: false,
-            },
-            codel_until,
-        }
-    }
-
     /// Returns a permit: hands it to the next waiter if any, else makes it free.
     fn release(&self) {
         if self.debt.load(Ordering::Relaxed) != 0 && self.retire() {
@@ -491,62 +422,74 @@ impl Engine {
             }
         }
     }
+}
 
-    /// Checks a waiter: the permit if it was handed one, else registers
-    /// `cx`'s waker and returns `Pending`.
-    pub(crate) fn poll_waiter(
-        self: &Arc<Self>,
-        waiter: &mut Waiter,
-        cx: &mut Context<'_>,
-    ) -> Poll<Permit> {
-        if waiter.done {
-            // Defensive: a finished waiter is never polled again.
-            return Poll::Pending;
-        }
-        let mut list = self.lock();
-        let slot = &mut list.slots[waiter.slot as usize];
-        match slot.state {
-            SlotState::Granted => {
-                list.release_slot(waiter.slot);
-                waiter.done = true;
-                Poll::Ready(Permit {
-                    engine: Arc::clone(self),
-                })
-            }
-            SlotState::Waiting => {
-                match &slot.waker {
-                    Some(w) if w.will_wake(cx.waker()) => {}
-                    _ => slot.waker = Some(cx.waker().clone()),
-                }
-                Poll::Pending
-            }
-            SlotState::Free => Poll::Pending,
+/// What makes permits and places: the engine with its per-thread handles
+/// (a permit keeps its thread's, see [`crate::stripe`]).
+impl Striped<Engine> {
+    /// The admitted fast path: a permit if one is free and nobody waits
+    /// (waiters go first: with anyone queued, newcomers queue behind them).
+    #[inline]
+    pub(crate) fn try_acquire(&self) -> Option<Permit> {
+        if self.queued.load(Ordering::SeqCst) == 0 && self.take() {
+            Some(Permit {
+                engine: self.ticket(),
+            })
+        } else {
+            None
         }
     }
 
-    /// Takes a waiter out of the queue. If it had already been handed a
-    /// permit, returns that permit (the caller keeps it or drops it, which
-    /// passes it on).
-    pub(crate) fn leave(self: &Arc<Self>, waiter: &mut Waiter) -> Option<Permit> {
-        if waiter.done {
-            return None;
+    /// A permit if one is free and nobody waits, else a place in the queue if
+    /// there is room.
+    ///
+    /// `now` is needed only for CoDel (the busy period); pass it when the
+    /// order uses CoDel. A `Queued` waiter may already have been handed a
+    /// permit: its first poll finds it.
+    pub(crate) fn acquire(&self, waker: Option<&Waker>, now: Option<Instant>) -> Acquire {
+        if let Some(p) = self.try_acquire() {
+            return Acquire::Permit(p);
         }
-        waiter.done = true;
+        if self.settings.max_queue == 0 {
+            return Acquire::Full;
+        }
         let mut list = self.lock();
-        match list.slots[waiter.slot as usize].state {
-            SlotState::Waiting => {
-                list.unlink(waiter.slot);
-                self.queued.fetch_sub(1, Ordering::SeqCst);
-                list.release_slot(waiter.slot);
-                None
+        if list.len == 0 && self.take() {
+            // The waiters left meanwhile and a permit is free.
+            return Acquire::Permit(Permit {
+                engine: self.ticket(),
+            });
+        }
+        if list.len >= self.settings.max_queue {
+            // Any permit freed now goes to the waiters already queued.
+            return Acquire::Full;
+        }
+        let Some(idx) = list.alloc() else {
+            return Acquire::Full;
+        };
+        // Announce the waiter, then look at the permits (below): a releaser
+        // adds its permit, then looks at `queued`. Both are SeqCst, so one of
+        // the two sees the other and runs the hand-off: no permit is left free
+        // while someone waits, no wakeup is lost.
+        self.queued.fetch_add(1, Ordering::SeqCst);
+        list.push_back(idx, waker.cloned(), now);
+        let codel_until = match (self.settings.order.uses_codel(), now, list.busy_since) {
+            (true, Some(now), Some(busy)) => {
+                Some((busy + self.settings.codel_interval).max(now + self.settings.codel_target))
             }
-            SlotState::Granted => {
-                list.release_slot(waiter.slot);
-                Some(Permit {
-                    engine: Arc::clone(self),
-                })
-            }
-            SlotState::Free => None,
+            _ => None,
+        };
+        drop(list);
+        if self.available.load(Ordering::SeqCst) != 0 {
+            self.hand_off();
+        }
+        Acquire::Queued {
+            waiter: Waiter {
+                engine: self.ticket(),
+                slot: idx,
+                done: false,
+            },
+            codel_until,
         }
     }
 }
@@ -554,7 +497,7 @@ impl Engine {
 /// One permit of a bulkhead; returned (or handed to the next waiter) on drop.
 #[derive(Debug)]
 pub(crate) struct Permit {
-    engine: Arc<Engine>,
+    engine: Ticket<Engine>,
 }
 
 impl Permit {
@@ -576,7 +519,7 @@ impl Drop for Permit {
 /// permit it was handed but never took).
 #[derive(Debug)]
 pub(crate) struct Waiter {
-    engine: Arc<Engine>,
+    engine: Ticket<Engine>,
     slot: u32,
     done: bool,
 }
@@ -587,16 +530,58 @@ impl Waiter {
         &self.engine
     }
 
-    /// See [`Engine::poll_waiter`].
+    /// Checks the place: the permit if it was handed one, else registers
+    /// `cx`'s waker and returns `Pending`.
     pub(crate) fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Permit> {
-        let engine = Arc::clone(&self.engine);
-        engine.poll_waiter(self, cx)
+        if self.done {
+            // Defensive: a finished waiter is never polled again.
+            return Poll::Pending;
+        }
+        let mut list = self.engine.lock();
+        let slot = &mut list.slots[self.slot as usize];
+        match slot.state {
+            SlotState::Granted => {
+                list.release_slot(self.slot);
+                self.done = true;
+                Poll::Ready(Permit {
+                    engine: self.engine.clone(),
+                })
+            }
+            SlotState::Waiting => {
+                match &slot.waker {
+                    Some(w) if w.will_wake(cx.waker()) => {}
+                    _ => slot.waker = Some(cx.waker().clone()),
+                }
+                Poll::Pending
+            }
+            SlotState::Free => Poll::Pending,
+        }
     }
 
-    /// See [`Engine::leave`].
+    /// Takes the place out of the queue. If it had already been handed a
+    /// permit, returns that permit (the caller keeps it or drops it, which
+    /// passes it on).
     pub(crate) fn leave(&mut self) -> Option<Permit> {
-        let engine = Arc::clone(&self.engine);
-        engine.leave(self)
+        if self.done {
+            return None;
+        }
+        self.done = true;
+        let mut list = self.engine.lock();
+        match list.slots[self.slot as usize].state {
+            SlotState::Waiting => {
+                list.unlink(self.slot);
+                self.engine.queued.fetch_sub(1, Ordering::SeqCst);
+                list.release_slot(self.slot);
+                None
+            }
+            SlotState::Granted => {
+                list.release_slot(self.slot);
+                Some(Permit {
+                    engine: self.engine.clone(),
+                })
+            }
+            SlotState::Free => None,
+        }
     }
 }
 
@@ -614,8 +599,8 @@ mod tests {
     use super::*;
     use std::task::Waker;
 
-    fn engine(max_concurrent: usize, max_queue: usize, order: QueueOrder) -> Arc<Engine> {
-        Arc::new(Engine::new(
+    fn engine(max_concurrent: usize, max_queue: usize, order: QueueOrder) -> Striped<Engine> {
+        Striped::new(Engine::new(
             Settings {
                 max_concurrent,
                 max_queue,

@@ -10,6 +10,7 @@ use super::handle::BulkheadHandle;
 use super::queue::{Acquire, Engine, GiveUp, Permit, Waiter};
 use crate::error::BoxError;
 use crate::hold::{Head, Hold};
+use crate::stripe::Striped;
 
 /// A service with a bulkhead in front: at most `max_concurrent` calls in
 /// flight, at most `max_queue` callers waiting. Built by
@@ -39,7 +40,7 @@ use crate::hold::{Head, Hold};
 pub struct Bulkhead<S, M = Head> {
     inner: S,
     hold: PhantomData<fn() -> M>,
-    engine: Arc<Engine>,
+    engine: Striped<Engine>,
     backpressure: bool,
     ready: Ready,
 }
@@ -51,7 +52,7 @@ enum Ready {
 }
 
 impl<S, M> Bulkhead<S, M> {
-    pub(crate) fn from_parts(inner: S, engine: Arc<Engine>, backpressure: bool) -> Self {
+    pub(crate) fn from_parts(inner: S, engine: Striped<Engine>, backpressure: bool) -> Self {
         Bulkhead {
             inner,
             hold: PhantomData,
@@ -65,7 +66,7 @@ impl<S, M> Bulkhead<S, M> {
     /// layer and every service built from it).
     pub fn handle(&self) -> BulkheadHandle {
         BulkheadHandle {
-            engine: Arc::clone(&self.engine),
+            engine: Arc::clone(self.engine.arc()),
         }
     }
 
@@ -91,7 +92,7 @@ impl<S: Clone, M> Clone for Bulkhead<S, M> {
         Bulkhead {
             inner: self.inner.clone(),
             hold: PhantomData,
-            engine: Arc::clone(&self.engine),
+            engine: self.engine.clone(),
             backpressure: self.backpressure,
             ready: Ready::Idle,
         }
@@ -211,7 +212,7 @@ impl<S, M> Bulkhead<S, M> {
 /// line, so that the default mode's readiness is only the inner service's.
 #[inline(never)]
 fn reserve(
-    engine: &Arc<Engine>,
+    engine: &Striped<Engine>,
     ready: &mut Ready,
     cx: &mut Context<'_>,
 ) -> Option<Poll<Result<(), BoxError>>> {

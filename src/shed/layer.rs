@@ -15,6 +15,7 @@ use crate::error::{ConfigError, Name};
 use crate::hold::BodyEnd;
 use crate::hold::Head;
 use crate::observe::Observer;
+use crate::stripe::Striped;
 
 /// Applies an adaptive concurrency limit to a service; see the
 /// [module docs](super).
@@ -27,7 +28,7 @@ use crate::observe::Observer;
 /// [`until_body_end`](Self::until_body_end) (the server presets), until
 /// the response body ends or is dropped (see [`hold`](crate::hold)).
 pub struct AdaptiveLimitLayer<P = FromTaskLocal, M = Head> {
-    pub(crate) limiter: Arc<Limiter>,
+    pub(crate) limiter: Striped<Limiter>,
     pub(crate) extractor: Arc<P>,
     hold: PhantomData<fn() -> M>,
 }
@@ -35,7 +36,7 @@ pub struct AdaptiveLimitLayer<P = FromTaskLocal, M = Head> {
 impl<P, M> Clone for AdaptiveLimitLayer<P, M> {
     fn clone(&self) -> Self {
         AdaptiveLimitLayer {
-            limiter: Arc::clone(&self.limiter),
+            limiter: self.limiter.clone(),
             extractor: Arc::clone(&self.extractor),
             hold: PhantomData,
         }
@@ -131,11 +132,7 @@ impl<S, P, M> Layer<S> for AdaptiveLimitLayer<P, M> {
     type Service = AdaptiveLimit<S, P, M>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        AdaptiveLimit::new(
-            inner,
-            Arc::clone(&self.limiter),
-            Arc::clone(&self.extractor),
-        )
+        AdaptiveLimit::new(inner, self.limiter.clone(), Arc::clone(&self.extractor))
     }
 }
 
@@ -343,7 +340,7 @@ impl<P> AdaptiveLimitLayerBuilder<P> {
             self.settings.observer,
         );
         Ok(AdaptiveLimitLayer {
-            limiter: Arc::new(limiter),
+            limiter: Striped::new(limiter),
             extractor: Arc::new(self.extractor),
             hold: PhantomData,
         })

@@ -4,7 +4,7 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, TryLockError};
+use std::sync::{Mutex, TryLockError};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -13,6 +13,7 @@ use super::algorithm::{LimitAlgorithm, WindowSample};
 use super::criticality::Criticality;
 use crate::error::{Name, RejectionKind};
 use crate::observe::{EventKind, LayerKind, Observer, Outcome};
+use crate::stripe::{Striped, Ticket};
 
 /// Why a request was refused at admission.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -150,45 +151,6 @@ impl Limiter {
             0 => None,
             ns => Some(Duration::from_nanos(ns)),
         }
-    }
-
-    /// Admission: O(1), a few atomics, no lock, no allocation.
-    #[inline(always)]
-    pub(crate) fn try_acquire(
-        self: &Arc<Self>,
-        class: Criticality,
-        now: Instant,
-    ) -> Result<Permit, Refusal> {
-        if self.reject_doomed {
-            if let Some(deadline) = crate::deadline::current() {
-                let remaining = deadline.remaining_from(now);
-                if remaining.is_zero() || self.doomed_by_evidence(remaining, now) {
-                    return Err(Refusal::Doomed);
-                }
-            }
-        }
-        let limit = self.limit.load(Ordering::Relaxed);
-        let before = self.inflight.fetch_add(1, Ordering::AcqRel);
-        let idx = class.index();
-        let class_before = self.by_class[idx].fetch_add(1, Ordering::AcqRel);
-        if before >= limit && !self.under_share(idx, limit, class_before) {
-            self.by_class[idx].fetch_sub(1, Ordering::AcqRel);
-            self.inflight.fetch_sub(1, Ordering::AcqRel);
-            return Err(Refusal::Limit);
-        }
-        let inflight = before + 1;
-        // Usually a plain read: the window's maximum only moves up.
-        if self.win_max_inflight.load(Ordering::Relaxed) < inflight {
-            self.win_max_inflight.fetch_max(inflight, Ordering::Relaxed);
-        }
-        Ok(Permit {
-            limiter: Arc::clone(self),
-            class,
-            start: now,
-            inflight,
-            done: false,
-            sampled: false,
-        })
     }
 
     /// Whether current evidence says a request with `remaining` time cannot
@@ -392,10 +354,49 @@ impl Limiter {
     }
 }
 
+/// Admission makes permits: the limiter with its per-thread handles (a
+/// permit keeps its thread's, see [`crate::stripe`]).
+impl Striped<Limiter> {
+    /// Admission: O(1), a few atomics, no lock, no allocation.
+    #[inline(always)]
+    pub(crate) fn try_acquire(&self, class: Criticality, now: Instant) -> Result<Permit, Refusal> {
+        if self.reject_doomed {
+            if let Some(deadline) = crate::deadline::current() {
+                let remaining = deadline.remaining_from(now);
+                if remaining.is_zero() || self.doomed_by_evidence(remaining, now) {
+                    return Err(Refusal::Doomed);
+                }
+            }
+        }
+        let limit = self.limit.load(Ordering::Relaxed);
+        let before = self.inflight.fetch_add(1, Ordering::AcqRel);
+        let idx = class.index();
+        let class_before = self.by_class[idx].fetch_add(1, Ordering::AcqRel);
+        if before >= limit && !self.under_share(idx, limit, class_before) {
+            self.by_class[idx].fetch_sub(1, Ordering::AcqRel);
+            self.inflight.fetch_sub(1, Ordering::AcqRel);
+            return Err(Refusal::Limit);
+        }
+        let inflight = before + 1;
+        // Usually a plain read: the window's maximum only moves up.
+        if self.win_max_inflight.load(Ordering::Relaxed) < inflight {
+            self.win_max_inflight.fetch_max(inflight, Ordering::Relaxed);
+        }
+        Ok(Permit {
+            limiter: self.ticket(),
+            class,
+            start: now,
+            inflight,
+            done: false,
+            sampled: false,
+        })
+    }
+}
+
 /// One admitted call's place under the limit. Released when the call
 /// finishes or when it is dropped (a drop counts as a dropped sample).
 pub(crate) struct Permit {
-    limiter: Arc<Limiter>,
+    limiter: Ticket<Limiter>,
     class: Criticality,
     start: Instant,
     inflight: usize,
@@ -495,13 +496,13 @@ mod tests {
     use super::*;
     use crate::shed::Aimd;
 
-    fn limiter(limit: usize, shares: [f64; 4]) -> Arc<Limiter> {
+    fn limiter(limit: usize, shares: [f64; 4]) -> Striped<Limiter> {
         let algo = Aimd::builder()
             .initial_limit(limit)
             .min_limit(1)
             .build()
             .unwrap();
-        Arc::new(Limiter::new(
+        Striped::new(Limiter::new(
             Box::new(algo),
             Config {
                 window: Duration::from_millis(100),

@@ -11,6 +11,7 @@ use super::limiter::{Limiter, Refusal};
 use crate::error::{BoxError, Overloaded};
 use crate::hold::{Head, Hold};
 use crate::observe::{EventKind, LayerKind};
+use crate::stripe::Striped;
 
 /// A service under an adaptive concurrency limit; built by
 /// [`AdaptiveLimitLayer`](super::AdaptiveLimitLayer).
@@ -21,13 +22,13 @@ use crate::observe::{EventKind, LayerKind};
 /// [`Overloaded`], it never waits.
 pub struct AdaptiveLimit<S, P = FromTaskLocal, M = Head> {
     inner: S,
-    limiter: Arc<Limiter>,
+    limiter: Striped<Limiter>,
     extractor: Arc<P>,
     hold: PhantomData<fn() -> M>,
 }
 
 impl<S, P, M> AdaptiveLimit<S, P, M> {
-    pub(crate) fn new(inner: S, limiter: Arc<Limiter>, extractor: Arc<P>) -> Self {
+    pub(crate) fn new(inner: S, limiter: Striped<Limiter>, extractor: Arc<P>) -> Self {
         AdaptiveLimit {
             inner,
             limiter,
@@ -61,7 +62,7 @@ impl<S: Clone, P, M> Clone for AdaptiveLimit<S, P, M> {
     fn clone(&self) -> Self {
         AdaptiveLimit {
             inner: self.inner.clone(),
-            limiter: Arc::clone(&self.limiter),
+            limiter: self.limiter.clone(),
             extractor: Arc::clone(&self.extractor),
             hold: PhantomData,
         }
