@@ -66,6 +66,19 @@
 //! the key (`format!("db.breaker.{key}")`, `Key` is `Display`) for per-key
 //! metrics and messages, bounded by `max_keys`, or give them all one name.
 //!
+//! # On a server: a share per tenant
+//!
+//! A bulkhead per tenant keeps one tenant from taking every handler: put
+//! the keyed layer outside the server preset (`ServerStack::http`), with a
+//! [`RejectionResponseLayer`](crate::http::RejectionResponseLayer) around
+//! it so that a tenant's full bulkhead is answered `503` with a
+//! `Retry-After`; the tenant's excess is then refused before it takes a
+//! place under the server's adaptive limit. The README's "One tenant must
+//! not starve the rest" shows the code, run by `tests/tenants`. Key by a
+//! header your own edge sets or checks
+//! ([`HeaderKey`](crate::rate_limit::HeaderKey)), or by address
+//! ([`ClientIp`](crate::rate_limit::ClientIp)).
+//!
 //! # Under a client stack
 //!
 //! Put the keyed layer inside the stack's parts or around your client, below

@@ -7,10 +7,17 @@ use super::key::{Cidr, Key, KeyExtractor, MissingKey, PeerAddr, Prefixes};
 
 /// The value of a request header as the key: an API key, a tenant id.
 ///
-/// Absent, non-visible-ASCII-free (any bytes are accepted) or longer than
-/// [`MAX_KEY_LEN`](crate::rate_limit::MAX_KEY_LEN) values give no key (the
+/// The value's bytes are the key, whatever they are. An absent or empty
+/// header, or a value longer than
+/// [`MAX_KEY_LEN`](crate::rate_limit::MAX_KEY_LEN), gives no key (the
 /// request follows the layer's [`Fallback`](crate::rate_limit::Fallback)).
 /// When the header appears several times the first value counts.
+///
+/// The key is only as trustworthy as the header: a client that chooses its
+/// own `x-tenant` gets a fresh bucket (or bulkhead) with every new value.
+/// Key by a header your own edge sets or authenticates (an API gateway's
+/// tenant id, a verified API key); for anonymous clients key by
+/// [`ClientIp`].
 ///
 /// ```
 /// use http::HeaderName;
