@@ -319,14 +319,15 @@ impl Jitter {
         let n = self
             .counter
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        // The splitmix64 sequence from `seed`: its n-th value mixes
-        // `seed + (n + 1) × golden`.
+        // The splitmix64 sequence from `seed`: the value for counter `n`
+        // mixes `seed + n × golden`.
         let z = splitmix64(
             self.seed
                 .wrapping_add(n.wrapping_sub(1).wrapping_mul(GOLDEN)),
         );
         let unit = (z >> 11) as f64 / (1u64 << 53) as f64;
-        base.mul_f64(1.0 + unit / 2.0)
+        // Through f64: never below `base`, whatever its rounding.
+        base.mul_f64(1.0 + unit / 2.0).max(base)
     }
 }
 

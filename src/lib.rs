@@ -125,7 +125,11 @@ pub mod local;
 pub mod observe;
 #[cfg(any(feature = "keyed", feature = "fallback"))]
 mod oneshot;
-#[cfg(any(feature = "circuit-breaker", feature = "bulkhead"))]
+#[cfg(any(
+    feature = "circuit-breaker",
+    feature = "bulkhead",
+    feature = "deadline"
+))]
 mod stripe;
 
 #[cfg(feature = "bulkhead")]

@@ -27,7 +27,10 @@ pub(crate) struct Striped<T>(Arc<Stripes<T>>);
 /// The state and its thread slots' handles.
 struct Stripes<T> {
     value: Arc<T>,
-    slots: Box<[OnceLock<Arc<Stripe<T>>>]>,
+    /// Room for [`MAX_STRIPES`] (a fixed length: a thread's slot needs no
+    /// bounds check); the machine's threads use the first
+    /// [`stripe_count`].
+    slots: [OnceLock<Arc<Stripe<T>>>; MAX_STRIPES],
 }
 
 /// One thread slot's handle on the state: its reference count on cache
@@ -48,6 +51,7 @@ pub(crate) struct Ticket<T>(Arc<Stripe<T>>);
 
 impl<T> Ticket<T> {
     /// The slot's handle, for a holder that erases the state's type.
+    #[cfg_attr(not(feature = "circuit-breaker"), allow(dead_code))]
     pub(crate) fn into_stripe(self) -> Arc<Stripe<T>> {
         self.0
     }
@@ -101,11 +105,15 @@ impl<T> Striped<T> {
     pub(crate) fn new(value: T) -> Self {
         Striped(Arc::new(Stripes {
             value: Arc::new(value),
-            slots: (0..stripe_count()).map(|_| OnceLock::new()).collect(),
+            slots: std::array::from_fn(|_| OnceLock::new()),
         }))
     }
 
     /// The state's own `Arc` (for handles that outlive every layer).
+    #[cfg_attr(
+        not(any(feature = "circuit-breaker", feature = "bulkhead")),
+        allow(dead_code)
+    )]
     pub(crate) fn arc(&self) -> &Arc<T> {
         &self.0.value
     }
@@ -113,8 +121,7 @@ impl<T> Striped<T> {
     /// A handle for a call on this thread: a clone of its slot's.
     #[inline]
     pub(crate) fn ticket(&self) -> Ticket<T> {
-        let slots = &self.0.slots;
-        let slot = &slots[thread_index() & (slots.len() - 1)];
+        let slot = &self.0.slots[thread_slot() & (MAX_STRIPES - 1)];
         match slot.get() {
             Some(stripe) => Ticket(stripe.clone()),
             None => self.first_ticket(slot),
@@ -146,28 +153,30 @@ pub(crate) fn stripe_count() -> usize {
 }
 
 thread_local! {
-    /// This thread's number, given at its first call (`usize::MAX`: none yet).
-    static INDEX: Cell<usize> = const { Cell::new(usize::MAX) };
+    /// This thread's slot, given at its first call (`usize::MAX`: none yet).
+    static SLOT: Cell<usize> = const { Cell::new(usize::MAX) };
 }
 
-/// This thread's number: threads are numbered in the order of their first
-/// call, so the first threads of a runtime take different slots. 0 while
-/// the thread's locals are being destroyed.
+/// This thread's slot, below [`stripe_count`]: threads take slots in turn
+/// in the order of their first call, so the first threads of a runtime
+/// take different ones.
 #[inline]
-pub(crate) fn thread_index() -> usize {
-    INDEX
-        .try_with(|index| {
-            let i = index.get();
-            if i != usize::MAX {
-                i
-            } else {
-                static NEXT: AtomicUsize = AtomicUsize::new(0);
-                let i = NEXT.fetch_add(1, Ordering::Relaxed) & (usize::MAX >> 1);
-                index.set(i);
-                i
-            }
-        })
-        .unwrap_or(0)
+pub(crate) fn thread_slot() -> usize {
+    SLOT.try_with(|slot| {
+        let i = slot.get();
+        if i != usize::MAX { i } else { first_slot(slot) }
+    })
+    .unwrap_or(0)
+}
+
+/// Gives this thread its slot. Out of line: once per thread.
+#[cold]
+#[inline(never)]
+fn first_slot(slot: &Cell<usize>) -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let i = NEXT.fetch_add(1, Ordering::Relaxed) & (stripe_count() - 1);
+    slot.set(i);
+    i
 }
 
 #[cfg(test)]
@@ -182,15 +191,15 @@ mod tests {
         // The same thread: the same slot, one handle made.
         let again = s.ticket();
         assert!(Arc::ptr_eq(&here.0, &again.0));
-        let (other, other_index) = {
+        let (other, other_slot) = {
             let s = s.clone();
-            std::thread::spawn(move || (s.ticket(), thread_index()))
+            std::thread::spawn(move || (s.ticket(), thread_slot()))
                 .join()
                 .unwrap()
         };
         assert_eq!(*other, 7);
-        assert_eq!(thread_index(), thread_index(), "a thread keeps its number");
-        assert_ne!(thread_index(), other_index, "threads are numbered apart");
+        assert_eq!(thread_slot(), thread_slot(), "a thread keeps its slot");
+        assert!(thread_slot() < stripe_count() && other_slot < stripe_count());
         // The state lives as long as any ticket does: the last one holds it
         // through its slot's handle alone.
         drop(s);

@@ -30,9 +30,10 @@ pub enum SlidingWindow {
     /// positions in short runs (at most `n / 8` shared among the machine's
     /// threads, and 16), so that they do not write one counter on every
     /// call: until the ring comes round, a run's positions that its thread
-    /// has not used yet keep the call from `n` calls before. A window too
-    /// small for runs (fewer than 16 calls a thread) is exactly the last
-    /// `n`.
+    /// has not used yet keep the call from `n` calls before (and an emptied
+    /// window, after a close, may take as many calls more than `n` to be
+    /// full). A window too small for runs (fewer than 16 calls a thread) is
+    /// exactly the last `n`.
     Count(u32),
     /// The calls of the last `span`, kept in `buckets` buckets of
     /// `span / buckets` (`1..=1_000` buckets, each at least 1 ms wide). A call

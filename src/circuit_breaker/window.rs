@@ -10,9 +10,13 @@
 //!   to each thread slot (see [`crate::stripe`]), which takes one run from
 //!   the shared cursor and then counts its calls in its own lane: threads
 //!   calling one breaker do not write one cursor on every call. One thread
-//!   gets consecutive positions, so its calls fill the ring in order; with
-//!   several, at most (lanes × (run − 1)) slots, positions a thread took but
-//!   has not written yet, hold a call from one lap (`n` calls) before. A run
+//!   alone on its lane gets consecutive positions, so its calls fill the
+//!   ring in order; with several, at most (lanes × (run − 1)) slots,
+//!   positions a lane took but has not used yet, hold a call from one lap
+//!   (`n` calls) before, and an emptied window may take as many calls more
+//!   than `n` to be full. A run is used up before the next is taken: of two
+//!   threads sharing a lane, the one that reaches the run's end takes the
+//!   next, the other one position from the cursor, so no run is lost. A run
 //!   is at most an eighth of the window shared among the lanes (a window of
 //!   100 calls on two lanes: runs of 6), and 1 — the shared cursor on every
 //!   call, exactly the last `n` — when the window is too small to share.
@@ -163,17 +167,27 @@ impl CountWindow {
         let word = lane.fetch_add(1, Ordering::Relaxed);
         let (at, end) = ((word & LANE_MASK) as usize, (word >> 32) as usize);
         if at >= end {
-            return self.new_run(lane);
+            return self.past_run(lane, at == end);
         }
         // A run starts below `n` and is no longer than the ring.
         if at >= n { at - n } else { at }
     }
 
-    /// Takes a run from the shared cursor: its first position now, the rest
-    /// kept in the lane. Another thread of the lane that took a run at the
-    /// same moment may overwrite it: the rest of that run is then left
-    /// unwritten (those slots keep their calls until the ring comes round).
+    /// A position when the lane's run is used up: the one thread whose add
+    /// reached the run's end takes the next run; another thread of the
+    /// lane that comes before that run is stored takes one position of its
+    /// own from the cursor (so no run is ever stored over and lost).
     #[inline(never)]
+    fn past_run(&self, lane: &AtomicU64, first_past: bool) -> usize {
+        if first_past {
+            self.new_run(lane)
+        } else {
+            self.cursor.fetch_add(1, Ordering::Relaxed) % self.slots.len()
+        }
+    }
+
+    /// Takes a run from the shared cursor: its first position now, the rest
+    /// kept in the lane.
     fn new_run(&self, lane: &AtomicU64) -> usize {
         let run = self.run as usize;
         let first = self.cursor.fetch_add(run, Ordering::Relaxed) % self.slots.len();
@@ -187,7 +201,7 @@ impl CountWindow {
     /// Records one call, evicting the oldest once the window is full.
     #[inline]
     pub(crate) fn record(&self, code: Code) {
-        self.record_on(crate::stripe::thread_index(), code);
+        self.record_on(crate::stripe::thread_slot(), code);
     }
 
     /// Records one call made on the thread numbered `thread`.
@@ -220,6 +234,11 @@ impl CountWindow {
 
     /// Empties the window. O(n); called on state transitions only.
     pub(crate) fn reset(&self) {
+        // The lanes' runs go too: the emptied window fills from the cursor
+        // on, with no position left behind in a lane.
+        for lane in self.lanes.iter() {
+            lane.store(0, Ordering::Relaxed);
+        }
         for slot in self.slots.iter() {
             if slot.load(Ordering::Relaxed) == 0 {
                 continue;
@@ -627,6 +646,52 @@ mod tests {
                 slow_calls: 0
             }
         );
+    }
+
+    #[test]
+    fn threads_sharing_a_lane_lose_no_run() {
+        // Two threads on one lane: when a run is used up, one of them takes
+        // the next and the other a position of its own, so no run is stored
+        // over. After a ring of failures and 200 000 successes, only the
+        // lane's unused rest of a run (at most 15 positions) can still hold
+        // a failure.
+        let w = std::sync::Arc::new(CountWindow::with_lanes(1_000, 2));
+        assert_eq!(w.run, 16);
+        for _ in 0..1_000 {
+            w.record_on(0, FAIL);
+        }
+        let threads: Vec<_> = (0..2)
+            .map(|_| {
+                let w = w.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..100_000 {
+                        w.record_on(0, OK);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let snap = w.snapshot();
+        assert_eq!(snap.calls, 1_000);
+        assert!(snap.failures <= 15, "{snap:?}");
+    }
+
+    #[test]
+    fn a_reset_leaves_no_position_behind_in_a_lane() {
+        // A window of 100 on 2 lanes, as a breaker that closes: after the
+        // reset, 100 calls on one thread fill it, whatever its lane held.
+        let w = CountWindow::with_lanes(100, 2);
+        for _ in 0..103 {
+            w.record_on(1, FAIL);
+        }
+        w.reset();
+        assert_eq!(w.snapshot(), WindowSnapshot::default());
+        for _ in 0..100 {
+            w.record_on(1, OK);
+        }
+        assert_eq!(w.snapshot().calls, 100);
     }
 
     #[test]

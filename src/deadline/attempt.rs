@@ -1,9 +1,9 @@
 //! The per-attempt timeout: its layer, service and response future.
 
+use crate::stripe::Striped;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -37,7 +37,7 @@ use crate::observe::{LayerKind, Observer};
 /// ```
 #[derive(Clone)]
 pub struct AttemptTimeoutLayer {
-    shared: Arc<Shared>,
+    shared: Striped<Shared>,
 }
 
 impl AttemptTimeoutLayer {
@@ -109,7 +109,7 @@ impl AttemptTimeoutLayerBuilder {
             ));
         }
         Ok(AttemptTimeoutLayer {
-            shared: Arc::new(Shared {
+            shared: Striped::new(Shared {
                 limit: self.per_try,
                 name: self.name,
                 observer: self.observer,
@@ -126,11 +126,11 @@ impl AttemptTimeoutLayerBuilder {
 /// per-attempt timer starts at `call`.
 pub struct AttemptTimeoutService<S> {
     inner: S,
-    shared: Arc<Shared>,
+    shared: Striped<Shared>,
 }
 
 impl<S> AttemptTimeoutService<S> {
-    pub(crate) fn new(inner: S, shared: Arc<Shared>) -> Self {
+    pub(crate) fn new(inner: S, shared: Striped<Shared>) -> Self {
         AttemptTimeoutService { inner, shared }
     }
 
@@ -202,15 +202,16 @@ where
         }
         // When the request's deadline binds, it is the task-local one
         // already: no scope of its own to set.
+        // Taken before the inner call, which comes last (ARCHITECTURE.md,
+        // the shape of every layer).
+        let kept = super::future::sealed::Kept::new(&self.shared);
         if overall_binds {
-            AttemptFuture::running(self.inner.call(req), deadline, true, &self.shared)
+            AttemptFuture::running(self.inner.call(req), deadline, true, kept)
         } else {
-            // Built whole inside the scope (ARCHITECTURE.md, the shape of every
-            // layer).
+            // Built whole inside the scope.
             let inner = &mut self.inner;
-            let shared = &self.shared;
             super::sync_scope(deadline, || {
-                AttemptFuture::running(inner.call(req), deadline, false, shared)
+                AttemptFuture::running(inner.call(req), deadline, false, kept)
             })
         }
     }
@@ -239,7 +240,7 @@ impl<F: Future> AttemptFuture<F> {
         inner: F,
         deadline: Deadline,
         overall_binds: bool,
-        shared: &Arc<Shared>,
+        kept: super::future::sealed::Kept,
     ) -> Self {
         // Built in place (a helper returning the state costs a copy of
         // the inner future).
@@ -248,7 +249,7 @@ impl<F: Future> AttemptFuture<F> {
                 inner,
                 sleep: None,
                 deadline,
-                shared: super::future::sealed::Kept::new(shared),
+                shared: kept,
                 overall_binds,
                 expiry: std::marker::PhantomData,
             },

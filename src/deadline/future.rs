@@ -4,7 +4,6 @@ use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use super::Deadline;
@@ -12,6 +11,7 @@ use super::layer::Shared;
 use super::service::{TIMED_OUT, reject_deadline};
 use crate::error::{AttemptTimeout, BoxError, RejectionKind};
 use crate::observe::{EventKind, LayerKind};
+use crate::stripe::Striped;
 use pin_project_lite::pin_project;
 
 /// How a [`DeadlineService`](super::DeadlineService) learns that the
@@ -58,12 +58,12 @@ impl Expiry for InnerTimers {}
 
 pub(crate) mod sealed {
     use std::pin::Pin;
-    use std::sync::Arc;
     use std::task::Context;
 
     use tokio::time::{Instant, Sleep};
 
     use crate::deadline::layer::Shared;
+    use crate::stripe::{Striped, Ticket};
 
     /// The timer slot of a deadline future, and whether it fired.
     pub trait Timer {
@@ -86,7 +86,7 @@ pub(crate) mod sealed {
     }
 
     /// A deadline layer's shared state, kept by a response future.
-    pub struct Kept(Arc<Shared>);
+    pub struct Kept(Ticket<Shared>);
 
     impl std::fmt::Debug for Kept {
         fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -96,8 +96,8 @@ pub(crate) mod sealed {
 
     impl Kept {
         #[inline(always)]
-        pub(crate) fn new(shared: &Arc<Shared>) -> Self {
-            Kept(Arc::clone(shared))
+        pub(crate) fn new(shared: &Striped<Shared>) -> Self {
+            Kept(shared.ticket())
         }
 
         #[inline(always)]
@@ -262,9 +262,17 @@ pin_project! {
     }
 }
 
+/// What a running future keeps of its layer, taken before the inner call
+/// (work done while the inner future sits in a temporary costs a copy of
+/// it).
+#[inline(always)]
+pub(crate) fn owner<X: Expiry>(shared: &Striped<Shared>) -> X::Owner {
+    X::owner(|| sealed::Kept::new(shared))
+}
+
 impl<F: Future, X: Expiry> ResponseFuture<F, X> {
     #[inline]
-    pub(crate) fn running(inner: F, deadline: Deadline, shared: &Arc<Shared>) -> Self {
+    pub(crate) fn running(inner: F, deadline: Deadline, owner: X::Owner) -> Self {
         // Built in place (a helper returning the state costs a copy of
         // the inner future).
         ResponseFuture {
@@ -272,7 +280,7 @@ impl<F: Future, X: Expiry> ResponseFuture<F, X> {
                 inner,
                 sleep: X::unarmed(),
                 deadline,
-                shared: X::owner(|| sealed::Kept::new(shared)),
+                shared: owner,
                 overall_binds: true,
                 expiry: PhantomData,
             },

@@ -1,5 +1,5 @@
+use crate::stripe::Striped;
 use std::fmt;
-use std::sync::Arc;
 use std::time::Duration;
 
 use tower_layer::Layer;
@@ -47,7 +47,7 @@ impl fmt::Debug for Shared {
 /// ```
 #[derive(Clone)]
 pub struct DeadlineLayer {
-    shared: Arc<Shared>,
+    shared: Striped<Shared>,
     in_request: bool,
 }
 
@@ -141,7 +141,7 @@ impl DeadlineLayerBuilder {
             ));
         }
         Ok(DeadlineLayer {
-            shared: Arc::new(Shared {
+            shared: Striped::new(Shared {
                 limit: self.budget,
                 name: self.name,
                 observer: self.observer,

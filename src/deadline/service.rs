@@ -1,6 +1,6 @@
+use crate::stripe::Striped;
 use std::fmt;
 use std::marker::PhantomData;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use tokio::time::Instant;
@@ -57,14 +57,14 @@ pub(crate) fn reject_deadline(layer: LayerKind, shared: &Shared, detail: &'stati
 /// ([`InnerTimers`](super::InnerTimers), inside the client and server stacks).
 pub struct DeadlineService<S, X = OwnTimer> {
     inner: S,
-    shared: Arc<Shared>,
+    shared: Striped<Shared>,
     ready_since: Option<Instant>,
     in_request: bool,
     expiry: PhantomData<fn() -> X>,
 }
 
 impl<S, X> DeadlineService<S, X> {
-    pub(crate) fn new(inner: S, shared: Arc<Shared>, in_request: bool) -> Self {
+    pub(crate) fn new(inner: S, shared: Striped<Shared>, in_request: bool) -> Self {
         DeadlineService {
             inner,
             shared,
@@ -172,9 +172,9 @@ where
             req.set_deadline(deadline);
         }
         let inner = &mut self.inner;
-        let shared = &self.shared;
+        let owner = super::future::owner::<X>(&self.shared);
         super::sync_scope(deadline, || {
-            ResponseFuture::running(inner.call(req), deadline, shared)
+            ResponseFuture::running(inner.call(req), deadline, owner)
         })
     }
 }

@@ -60,7 +60,9 @@
 //! [`InputIgnored`](crate::observe::EventKind::InputIgnored) `"key"` /
 //! `"too_many_keys"`): memory stays bounded whatever keys a client sprays.
 //! A request whose key cannot be read goes through the overflow instance
-//! too. A known key costs a map read and no allocation.
+//! too. A known key costs a map read and no allocation. A breaker, bulkhead
+//! or adaptive limit instance also keeps a handle per thread that has
+//! called it (about 300 bytes each; see `ARCHITECTURE.md`).
 //!
 //! Events carry the names your factory gives each instance: name them after
 //! the key (`format!("db.breaker.{key}")`, `Key` is `Display`) for per-key
