@@ -28,9 +28,9 @@
 //!
 //! | metric | type | extra labels | from |
 //! |---|---|---|---|
-//! | `seawall_calls_total` | counter | `outcome` (success, failure) | every layer that admits calls |
+//! | `seawall_calls_total` | counter | `outcome` (success, failure, overloaded, refused, ignored) | every layer that admits calls |
 //! | `seawall_call_duration_seconds` (`_bucket`, `_sum`, `_count`) | histogram, seconds | `outcome` | same |
-//! | `seawall_rejections_total` | counter | `reason` (rate_limited, circuit_open, …) | every layer that refuses |
+//! | `seawall_rejections_total` | counter | `reason` (rate_limited, circuit_open, …), `detail` (open, limit, …) | every layer that refuses |
 //! | `seawall_state` | gauge, one state at 1 | `state` (closed, open, half_open, …) | circuit breaker |
 //! | `seawall_retries_total` | counter | | retry |
 //! | `seawall_retry_delay_seconds` (`_bucket`, `_sum`, `_count`) | histogram, seconds | | retry |
@@ -44,15 +44,15 @@
 //!
 //! ```text
 //! seawall_calls_total{layer="circuit_breaker",name="backend",outcome="failure"} 12
-//! seawall_calls_total{layer="circuit_breaker",name="backend",outcome="success"} 225
-//! seawall_rejections_total{layer="circuit_breaker",name="backend",reason="circuit_open"} 150
-//! seawall_rejections_total{layer="rate_limit",name="api",reason="rate_limited"} 213
+//! seawall_calls_total{layer="circuit_breaker",name="backend",outcome="success"} 222
+//! seawall_rejections_total{layer="circuit_breaker",name="backend",reason="circuit_open",detail="open"} 150
+//! seawall_rejections_total{layer="rate_limit",name="api",reason="rate_limited",detail="limit"} 216
 //! seawall_state{layer="circuit_breaker",name="backend",state="open"} 0
 //! seawall_state{layer="circuit_breaker",name="backend",state="closed"} 1
 //! seawall_state{layer="circuit_breaker",name="backend",state="half_open"} 0
-//! seawall_call_duration_seconds_bucket{layer="circuit_breaker",name="backend",outcome="success",le="0.005"} 225
+//! seawall_call_duration_seconds_bucket{layer="circuit_breaker",name="backend",outcome="success",le="0.005"} 222
 //! seawall_call_duration_seconds_sum{layer="circuit_breaker",name="backend",outcome="success"} 0.724153052
-//! seawall_call_duration_seconds_count{layer="circuit_breaker",name="backend",outcome="success"} 225
+//! seawall_call_duration_seconds_count{layer="circuit_breaker",name="backend",outcome="success"} 222
 //! ```
 //!
 //! Alert on `rate(seawall_rejections_total[5m])` by `reason`, and on

@@ -226,6 +226,18 @@ pub const DEFAULT_MIN_REMAINING: Duration = Duration::from_millis(10);
 pub const DEFAULT_MAX_RETRY_AFTER: Duration = Duration::from_secs(10);
 /// The largest `max_attempts` accepted.
 pub const MAX_ATTEMPTS_LIMIT: u32 = 100;
+
+/// The rule on `max_attempts` (`1..=`[`MAX_ATTEMPTS_LIMIT`]), as a build
+/// checks it (and a stack's reload, for the build that will take it).
+pub(crate) fn check_max_attempts(n: u32) -> Result<(), ConfigError> {
+    if n == 0 || n > MAX_ATTEMPTS_LIMIT {
+        return Err(ConfigError::new(
+            "retry",
+            format!("max_attempts must be in 1..=100, got {n}"),
+        ));
+    }
+    Ok(())
+}
 /// Default [`RetryLayerBuilder::max_attempts`]: 3 (the first and two
 /// retries; gRPC's and Polly's).
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
@@ -346,15 +358,7 @@ impl<P> RetryLayerBuilder<P> {
     /// `1..=100`, the backoff is invalid (see [`Backoff::new`]), the budget is
     /// invalid (see [`RetryBudget::new`]), or `max_retry_after` is above one day.
     pub fn build(self) -> Result<RetryLayer<P>, ConfigError> {
-        if self.settings.max_attempts == 0 || self.settings.max_attempts > MAX_ATTEMPTS_LIMIT {
-            return Err(ConfigError::new(
-                "retry",
-                format!(
-                    "max_attempts must be in 1..=100, got {}",
-                    self.settings.max_attempts
-                ),
-            ));
-        }
+        check_max_attempts(self.settings.max_attempts)?;
         if self.settings.max_retry_after > Backoff::MAX_CAP {
             return Err(ConfigError::new(
                 "retry",

@@ -123,6 +123,8 @@ pub use self::backoff::{Backoff, BackoffState, Delays, Jitter};
 pub use self::budget::{BudgetSnapshot, RequestTicket, RetryBudget, Withdrawal};
 pub use self::future::ResponseFuture;
 pub use self::inbound::{inbound_attempt, scope_inbound_attempt, sync_scope_inbound_attempt};
+#[cfg(feature = "serde")]
+pub(crate) use self::layer::check_max_attempts;
 pub use self::layer::{
     DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_RETRY_AFTER, DEFAULT_MIN_REMAINING, MAX_ATTEMPTS_LIMIT,
     RetryLayer, RetryLayerBuilder,

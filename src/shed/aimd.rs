@@ -65,6 +65,10 @@ impl LimitAlgorithm for Aimd {
         self.limit
     }
 
+    fn bounds(&self) -> Option<(usize, usize)> {
+        Some((self.min_limit, self.max_limit))
+    }
+
     fn set_bounds(&mut self, min: Option<usize>, max: Option<usize>) -> Result<usize, ConfigError> {
         (self.min_limit, self.max_limit) = new_bounds((self.min_limit, self.max_limit), min, max)?;
         self.limit = self.limit.clamp(self.min_limit, self.max_limit);

@@ -108,6 +108,13 @@ pub trait LimitAlgorithm: fmt::Debug + Send + 'static {
         configured
     }
 
+    /// The bounds of the limit, `(min, max)`, for an algorithm that has
+    /// them (the built-in ones); `None` by default. A change of bounds to
+    /// the ones in place is no change (no event).
+    fn bounds(&self) -> Option<(usize, usize)> {
+        None
+    }
+
     /// Changes the bounds of the limit (an operator's reload, or
     /// [`AdaptiveLimitLayerBuilder::limits`](super::AdaptiveLimitLayerBuilder::limits)),
     /// keeping what the algorithm has learned; the limit is clamped into

@@ -105,6 +105,10 @@ impl LimitAlgorithm for Gradient2 {
         self.limit()
     }
 
+    fn bounds(&self) -> Option<(usize, usize)> {
+        Some((self.min_limit, self.max_limit))
+    }
+
     fn set_bounds(&mut self, min: Option<usize>, max: Option<usize>) -> Result<usize, ConfigError> {
         (self.min_limit, self.max_limit) =
             super::aimd::new_bounds((self.min_limit, self.max_limit), min, max)?;

@@ -311,14 +311,18 @@ impl Limiter {
             .algorithm
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let before = algorithm.bounds();
         let new = algorithm.set_bounds(min, max)?.max(1);
+        let changed = before.is_none() || algorithm.bounds() != before;
         let old = self.limit.swap(new, Ordering::Relaxed);
         drop(algorithm);
-        self.observer.emit(
-            LayerKind::AdaptiveLimit,
-            self.name.as_str(),
-            EventKind::Reconfigured,
-        );
+        if changed {
+            self.observer.emit(
+                LayerKind::AdaptiveLimit,
+                self.name.as_str(),
+                EventKind::Reconfigured,
+            );
+        }
         if old != new {
             self.observer.emit(
                 LayerKind::AdaptiveLimit,

@@ -80,6 +80,9 @@ impl<X, D> RateLimitReload for crate::rate_limit::RateLimitLayer<X, D> {
     }
 
     fn reload_rate(&self, rate: &crate::config::Rate) -> Result<(), ConfigError> {
+        if rate.quota() == self.quota() {
+            return Ok(()); // no change, no event
+        }
         self.set_quota(rate.quota())
             .map_err(|e| named(self.name(), e))
     }
@@ -274,6 +277,11 @@ impl crate::config::ServiceConfig {
     }
 }
 
+/// A stack's name, from its deadline part's (`"{stack}.deadline"`).
+fn stack_name(deadline: &str) -> &str {
+    deadline.strip_suffix(".deadline").unwrap_or(deadline)
+}
+
 /// The bulkhead's rule, with the instance's name as the path.
 fn check_limit(path: &str, n: Option<usize>) -> Result<(), ConfigError> {
     match n {
@@ -289,9 +297,12 @@ impl<P, C: Send + Sync + 'static, L, O, H> ClientStackLayer<P, C, L, O, H> {
     /// keep their permits) and the retry budget's shares and floor (its
     /// window and counts kept). Other settings of the section (time
     /// budgets, attempts, backoff) take effect when the stack is built
-    /// again, and are checked now as that build will check them (the
-    /// attempt timeout within the total budget, room for a retry): a
-    /// section that reloads is a section that builds. A setting absent from
+    /// again, and are checked now as that build will check them (attempts
+    /// in `1..=100`, the attempt timeout within the total budget, room for
+    /// a retry): a section that reloads is a section that builds. A value
+    /// equal to the one in place is no change, and reports none; each
+    /// change is reported (`Reconfigured`, `LimitChanged` for the
+    /// bulkhead). A setting absent from
     /// the section keeps its current value (not the default: reloading a
     /// file from which a line was removed leaves that setting as it is).
     /// All or nothing: a refused value changes nothing, and the error
@@ -320,14 +331,19 @@ impl<P, C: Send + Sync + 'static, L, O, H> ClientStackLayer<P, C, L, O, H> {
     pub fn reload(&self, s: &ClientSettings) -> Result<(), ConfigError> {
         // The settings that take effect at the next build are checked now, as
         // that build will check them: a file that reloads is a file that builds.
+        let stack = stack_name(self.deadline().name());
         let retry = self.retry();
+        if let Some(n) = s.retry.max_attempts {
+            crate::retry::check_max_attempts(n).map_err(|e| named(retry.name(), e))?;
+        }
         let running = retry.backoff();
         let backoff = match (s.retry.backoff_base, s.retry.backoff_cap) {
             (None, None) => running,
             (base, cap) => crate::retry::Backoff::new(
                 base.unwrap_or(running.base()),
                 cap.unwrap_or(running.cap()),
-            )?
+            )
+            .map_err(|e| named(retry.name(), e))?
             .with_jitter(running.jitter()),
         };
         super::client::check_schedule(
@@ -341,7 +357,8 @@ impl<P, C: Send + Sync + 'static, L, O, H> ClientStackLayer<P, C, L, O, H> {
                 min_remaining: retry.min_remaining(),
             },
             s.slow_call_duration,
-        )?;
+        )
+        .map_err(|e| named(stack, e))?;
         let breaker = self.breaker_handle();
         let t = s.breaker.tune(breaker.tuning());
         check_limit(self.bulkhead_handle().name(), s.bulkhead.max_concurrent)?;
@@ -361,9 +378,17 @@ impl<P, C: Send + Sync + 'static, L, O, H> ClientStackLayer<P, C, L, O, H> {
             .map_err(|e| named(self.retry().name(), e))?;
         // Every value was checked above or is checked by retune before it
         // changes anything: nothing below can fail half way.
-        breaker.retune(t).map_err(|e| named(breaker.name(), e))?;
-        if let Some(n) = s.bulkhead.max_concurrent {
-            self.bulkhead_handle().set_max_concurrent(n)?;
+        // A value equal to the one in place is no change: no event.
+        if t != breaker.tuning() {
+            breaker.retune(t).map_err(|e| named(breaker.name(), e))?;
+        }
+        let bulkhead = self.bulkhead_handle();
+        if let Some(n) = s
+            .bulkhead
+            .max_concurrent
+            .filter(|&n| n != bulkhead.max_concurrent())
+        {
+            bulkhead.set_max_concurrent(n)?;
         }
         budget.set_ratios(ratios.0, ratios.1, ratios.2)?;
         Ok(())
@@ -377,15 +402,41 @@ impl<O, R: RateLimitReload, P, I> ServerStackLayer<O, R, P, I> {
     /// flight keep their permits) and the rate limit's quota (every bucket keeps what it
     /// owes, within the new burst: see
     /// [`RateLimitLayer::set_quota`](crate::rate_limit::RateLimitLayer::set_quota)).
-    /// Other settings take effect when the stack is built again. A setting
-    /// absent from the section keeps its current value (not the default).
-    /// All or nothing: a refused value changes nothing, and the error says
-    /// which.
+    /// The time budgets (`total_budget`, `handler_timeout`) take effect
+    /// when the stack is built again, and are checked now as that build
+    /// will check them (the handler timeout within the total budget). A
+    /// value equal to the one in place is no change, and reports none. A
+    /// setting absent from the section keeps its current value (not the
+    /// default). All or nothing: a refused value changes nothing, and the
+    /// error names the instance and the setting.
     ///
     /// # Errors
     ///
     /// A [`ConfigError`] naming the refused setting; nothing is changed.
     pub fn reload(&self, s: &ServerSettings) -> Result<(), ConfigError> {
+        // The time budgets take effect at the next build: checked now, as
+        // that build will check them (a handler timeout the file does not
+        // set follows a smaller budget down, as it does when left unset).
+        if s.total_budget.is_some() || s.handler_timeout.is_some() {
+            let stack = stack_name(self.deadline().name());
+            let total = s.total_budget.unwrap_or(self.deadline().budget());
+            let handler = s
+                .handler_timeout
+                .unwrap_or_else(|| self.handler_timeout().per_try().min(total));
+            super::part::stack_timers(
+                &crate::error::Name::from(stack.to_owned()),
+                "server_stack",
+                total,
+                super::part::InnerTimeout {
+                    part: "handler",
+                    setting: "handler_timeout",
+                    timeout: handler,
+                },
+                true,
+                None,
+            )
+            .map_err(|e| named(stack, e))?;
+        }
         check_limit(self.bulkhead_handle().name(), s.bulkhead.max_concurrent)?;
         if let Some(rate) = &s.rate_limit {
             self.rate_limit().check_rate(rate)?;
@@ -398,8 +449,14 @@ impl<O, R: RateLimitReload, P, I> ServerStackLayer<O, R, P, I> {
                 .set_limits(s.limit.min_limit, s.limit.max_limit)
                 .map_err(|e| named(limit.name(), e))?;
         }
-        if let Some(n) = s.bulkhead.max_concurrent {
-            self.bulkhead_handle().set_max_concurrent(n)?;
+        // A value equal to the one in place is no change: no event.
+        let bulkhead = self.bulkhead_handle();
+        if let Some(n) = s
+            .bulkhead
+            .max_concurrent
+            .filter(|&n| n != bulkhead.max_concurrent())
+        {
+            bulkhead.set_max_concurrent(n)?;
         }
         if let Some(rate) = &s.rate_limit {
             self.rate_limit().reload_rate(rate)?;

@@ -710,7 +710,7 @@ async fn a_reload_refuses_a_section_its_next_build_would_refuse() {
     );
     let e = at_reload.unwrap_err();
     assert!(
-        e.contains("attempt_timeout must be at most total_budget (1s), got 2s"),
+        e.contains("payments: attempt_timeout must be at most total_budget (1s), got 2s"),
         "{e}"
     );
     assert!(
@@ -737,6 +737,27 @@ async fn a_reload_refuses_a_section_its_next_build_would_refuse() {
             .unwrap_err()
             .contains("retry schedule does not fit")
     );
+    // No attempt at all: refused by both, named by the retry layer.
+    let (at_reload, at_build) = reload(
+        r#"
+        [clients.payments]
+        total_budget = "2s"
+        attempt_timeout = "500ms"
+        retry = { max_attempts = 0 }
+        bulkhead = { max_concurrent = 7 }
+        "#,
+    );
+    let e = at_reload.unwrap_err();
+    assert!(
+        e.contains("payments.retry: max_attempts must be in 1..=100, got 0"),
+        "{e}"
+    );
+    assert!(
+        at_build
+            .unwrap_err()
+            .contains("max_attempts must be in 1..=100, got 0")
+    );
+    assert_eq!(payments.bulkhead_handle().max_concurrent(), before);
     // A section that builds reloads.
     let (at_reload, at_build) = reload(
         r#"
@@ -748,6 +769,68 @@ async fn a_reload_refuses_a_section_its_next_build_would_refuse() {
     );
     assert_eq!((at_reload, at_build), (Ok(()), Ok(())));
     assert_eq!(payments.bulkhead_handle().max_concurrent(), 7);
+}
+
+/// The server's time budgets take effect at its next build; a reload
+/// checks them as that build will, and a reload of values already in
+/// place reports no change.
+#[tokio::test(start_paused = true)]
+async fn a_server_reload_checks_its_budgets_and_reports_only_changes() {
+    use seawall::observe::{EventKind, Observer, Recorder};
+    let rec = Recorder::new();
+    let c = example();
+    let server = c
+        .build_server(
+            ServerStack::builder("api")
+                .observer(Observer::new(rec.clone()))
+                .rate_limit(Quota::per_second(1), |r| r),
+        )
+        .unwrap();
+    let section = |text: &str| {
+        toml::from_str::<ServiceConfig>(text)
+            .unwrap()
+            .server_settings()
+            .unwrap()
+            .clone()
+    };
+    // A handler timeout above the budget: refused, named, nothing changed.
+    let before = server.bulkhead_handle().max_concurrent();
+    let e = server
+        .reload(&section(
+            r#"
+            [server]
+            total_budget = "5s"
+            handler_timeout = "6s"
+            bulkhead = { max_concurrent = 9 }
+            "#,
+        ))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("api: handler_timeout must be at most total_budget (5s), got 6s"),
+        "{e}"
+    );
+    assert_eq!(server.bulkhead_handle().max_concurrent(), before);
+    let built = c.build_server(ServerStack::builder("api").rate_limit(Quota::per_second(1), |r| r));
+    assert!(built.is_ok(), "the example itself builds");
+    // The file reloaded as it is: every value is in place, no event.
+    let reconfigured = || {
+        rec.count(|e| {
+            matches!(
+                e.kind,
+                EventKind::Reconfigured | EventKind::LimitChanged { .. }
+            )
+        })
+    };
+    let quiet = reconfigured();
+    server.reload(c.server_settings().unwrap()).unwrap();
+    server.reload(c.server_settings().unwrap()).unwrap();
+    assert_eq!(reconfigured(), quiet, "no change, no event");
+    // One real change: one event, from the layer that changed.
+    let mut s = c.server_settings().unwrap().clone();
+    s.bulkhead.max_concurrent = Some(before + 1);
+    server.reload(&s).unwrap();
+    assert_eq!(reconfigured(), quiet + 1);
 }
 
 /// An open time above the default cap (600 s) in a file: the stack built
