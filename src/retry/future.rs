@@ -231,10 +231,13 @@ where
                         *this.counted = Counted::Pending(shared.budget.deposit_request());
                     }
                     if let Some(started) = this.started.take() {
-                        let outcome = if verdict.is_failure() {
-                            Outcome::Failure
-                        } else {
-                            Outcome::Success
+                        // The outcome model, as every layer reports it: a
+                        // refusal of a layer below (an open breaker, a full
+                        // bulkhead) is refused, not failed.
+                        let outcome = match &result {
+                            Err(e) if crate::classify::is_local_refusal(e) => Outcome::Refused,
+                            _ if verdict.is_failure() => Outcome::Failure,
+                            _ => Outcome::Success,
                         };
                         call_finished(shared, outcome, started);
                     }

@@ -479,6 +479,22 @@ async fn full_bulkhead_is_not_a_dependency_failure() {
     assert_eq!(breaker_finished(Outcome::Success), 1);
     assert_eq!(breaker_finished(Outcome::Refused), 1);
     assert_eq!(breaker_finished(Outcome::Failure), 0);
+    // The retry layer above reports the attempts alike: the bulkhead's
+    // refusal is refused there too, not failed.
+    let retry_finished = |outcome: Outcome| {
+        recorder.count(|e| {
+            e.layer == LayerKind::Retry
+                && matches!(e.kind, EventKind::CallFinished { outcome: o, .. } if o == outcome)
+        })
+    };
+    assert_eq!(
+        (
+            retry_finished(Outcome::Success),
+            retry_finished(Outcome::Refused),
+            retry_finished(Outcome::Failure)
+        ),
+        (1, 1, 0)
+    );
 }
 
 // ---------------------------------------------------------------- server behaviour
