@@ -36,7 +36,7 @@
 //! | `seawall_retry_delay_seconds` (`_bucket`, `_sum`, `_count`) | histogram, seconds | | retry |
 //! | `seawall_retry_gave_up_total` | counter | `reason` | retry |
 //! | `seawall_retry_budget_exhausted_total` | counter | | retry |
-//! | `seawall_limit` | gauge | | adaptive limit |
+//! | `seawall_limit` | gauge | | adaptive limit, bulkhead (from the start) |
 //! | `seawall_input_ignored_total` | counter | `input`, `reason` | header-reading layers |
 //! | `seawall_backend_errors_total` | counter | `backend`, `reason` | rate limit with Redis |
 //!

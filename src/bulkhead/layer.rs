@@ -260,8 +260,20 @@ impl BulkheadBuilder {
             codel_target: self.codel_target,
             codel_interval: self.codel_interval,
         };
+        let engine = Striped::new(Engine::new(settings, self.name, self.observer));
+        // Reported once as built (from the limit to itself), so that a
+        // limit gauge has the bulkhead's value from the start, as a state
+        // gauge has the breaker's.
+        engine.observer.emit(
+            crate::observe::LayerKind::Bulkhead,
+            engine.name.as_str(),
+            crate::observe::EventKind::LimitChanged {
+                from: self.max_concurrent,
+                to: self.max_concurrent,
+            },
+        );
         Ok(BulkheadLayer {
-            engine: Striped::new(Engine::new(settings, self.name, self.observer)),
+            engine,
             backpressure: self.backpressure,
             hold: PhantomData,
         })

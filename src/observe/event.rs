@@ -325,7 +325,9 @@ pub enum EventKind {
     },
     /// A retry budget had no token for a retry.
     BudgetExhausted,
-    /// An adaptive limit changed, or a bulkhead's limit was set at run time.
+    /// An adaptive limit changed, or a bulkhead's limit was set at run time
+    /// (and once as the bulkhead is built, from its limit to itself, so that
+    /// a limit gauge has its value from the start).
     LimitChanged {
         /// The previous limit.
         from: usize,

@@ -89,8 +89,8 @@ fn zero_allocations_per_admitted_call() {
     });
     let with_hook = builder().observer(observer).build().unwrap();
     assert_eq!(admitted_path_allocations(with_hook), 0);
-    // CallStarted + CallFinished per call.
-    assert_eq!(events.load(Ordering::Relaxed), 2 * (WARM_UP + CALLS));
+    // The limit as built, then CallStarted + CallFinished per call.
+    assert_eq!(events.load(Ordering::Relaxed), 1 + 2 * (WARM_UP + CALLS));
 
     let backpressure = builder().backpressure(true).build().unwrap();
     assert_eq!(admitted_path_allocations(backpressure), 0);

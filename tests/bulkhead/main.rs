@@ -925,7 +925,8 @@ async fn the_limit_changes_at_run_time_without_breaking_calls_in_flight() {
             _ => None,
         })
         .collect();
-    assert_eq!(changes, vec![(50, 20), (20, 80)]);
+    // The limit as built (a gauge has it from the start), then each change.
+    assert_eq!(changes, vec![(50, 50), (50, 20), (20, 80)]);
 }
 
 /// Ready until its first call starts; every call takes 100 ms.
