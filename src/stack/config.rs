@@ -282,6 +282,18 @@ fn stack_name(deadline: &str) -> &str {
     deadline.strip_suffix(".deadline").unwrap_or(deadline)
 }
 
+/// A reloaded bulkhead limit, if the file sets one other than the one in
+/// place (the same is no change, and reports none).
+fn set_limit(
+    bulkhead: &crate::bulkhead::BulkheadHandle,
+    n: Option<usize>,
+) -> Result<(), ConfigError> {
+    match n {
+        Some(n) if n != bulkhead.max_concurrent() => bulkhead.set_max_concurrent(n),
+        _ => Ok(()),
+    }
+}
+
 /// The bulkhead's rule, with the instance's name as the path.
 fn check_limit(path: &str, n: Option<usize>) -> Result<(), ConfigError> {
     match n {
@@ -382,14 +394,7 @@ impl<P, C: Send + Sync + 'static, L, O, H> ClientStackLayer<P, C, L, O, H> {
         if t != breaker.tuning() {
             breaker.retune(t).map_err(|e| named(breaker.name(), e))?;
         }
-        let bulkhead = self.bulkhead_handle();
-        if let Some(n) = s
-            .bulkhead
-            .max_concurrent
-            .filter(|&n| n != bulkhead.max_concurrent())
-        {
-            bulkhead.set_max_concurrent(n)?;
-        }
+        set_limit(&self.bulkhead_handle(), s.bulkhead.max_concurrent)?;
         budget.set_ratios(ratios.0, ratios.1, ratios.2)?;
         Ok(())
     }
@@ -450,14 +455,7 @@ impl<O, R: RateLimitReload, P, I> ServerStackLayer<O, R, P, I> {
                 .map_err(|e| named(limit.name(), e))?;
         }
         // A value equal to the one in place is no change: no event.
-        let bulkhead = self.bulkhead_handle();
-        if let Some(n) = s
-            .bulkhead
-            .max_concurrent
-            .filter(|&n| n != bulkhead.max_concurrent())
-        {
-            bulkhead.set_max_concurrent(n)?;
-        }
+        set_limit(&self.bulkhead_handle(), s.bulkhead.max_concurrent)?;
         if let Some(rate) = &s.rate_limit {
             self.rate_limit().reload_rate(rate)?;
         }

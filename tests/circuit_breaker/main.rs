@@ -376,18 +376,23 @@ async fn jittered_open_time_is_seedable_and_bounded() {
     }
 }
 
-#[tokio::test(start_paused = true)]
-async fn callers_refused_together_are_told_to_come_back_spread_out() {
-    let layer = CircuitBreakerLayer::builder()
-        .window(SlidingWindow::count(2))
-        .minimum_calls(2)
+/// A breaker that opens on one failure for 10 s and then lets one probe
+/// through.
+fn one_probe_after_one_failure() -> CircuitBreakerLayer {
+    CircuitBreakerLayer::builder()
+        .window(SlidingWindow::count(1))
+        .minimum_calls(1)
         .permitted_calls_in_half_open(1)
         .open_duration(Duration::from_secs(10))
         .build()
-        .unwrap();
+        .unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn callers_refused_together_are_told_to_come_back_spread_out() {
+    let layer = one_probe_after_one_failure();
     let handle = layer.handle();
     let mut svc = wrap(&layer);
-    let _ = call(&mut svc, FAIL).await;
     let _ = call(&mut svc, FAIL).await;
     // 100 callers refused at one instant, 10 s before the breaker probes.
     let mut hints = Vec::new();
@@ -476,13 +481,7 @@ async fn half_open_lets_exactly_the_permitted_probes_through() {
 
 #[tokio::test(start_paused = true)]
 async fn a_dropped_probe_frees_its_slot() {
-    let layer = CircuitBreakerLayer::builder()
-        .window(SlidingWindow::count(1))
-        .minimum_calls(1)
-        .permitted_calls_in_half_open(1)
-        .open_duration(Duration::from_secs(10))
-        .build()
-        .unwrap();
+    let layer = one_probe_after_one_failure();
     let handle = layer.handle();
     let mut svc = wrap(&layer);
     let _ = call(&mut svc, FAIL).await;
