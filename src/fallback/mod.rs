@@ -101,6 +101,12 @@
 //! # }
 //! ```
 //!
+//! (The example needs `hyper = "1"` among your dependencies, for
+//! `Incoming`.) A [`fallback_fn`] answers every request it wraps, a `POST`
+//! as well as a `GET`: for a client that sends both, decide by the request
+//! with [`fallback_with`] (keep its method, and decline with `None`), or
+//! wrap only the client you read with.
+//!
 //! The stack retries before the fallback sees anything: a 503 with
 //! `Retry-After` is retried after its wait (within the budget), so its
 //! fallback answers after that wait; lower the retry layer's

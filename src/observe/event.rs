@@ -304,9 +304,12 @@ pub enum EventKind {
         from: State,
         /// The state entered.
         to: State,
-        /// The failure rate (0..=1) that caused the change, if it applies.
+        /// The window's failure rate (0..=1) at the change, if it applies.
+        /// A breaker opened by failures in a row
+        /// (`consecutive_failures`) reports its window's rate too, which
+        /// may be low: the run, not the rate, opened it.
         failure_rate: Option<f64>,
-        /// The slow-call rate (0..=1) that caused the change, if it applies.
+        /// The window's slow-call rate (0..=1) at the change, if it applies.
         slow_call_rate: Option<f64>,
     },
     /// A retry was scheduled.
