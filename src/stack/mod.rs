@@ -188,6 +188,11 @@
 //! `http`, put [`RejectionResponseLayer`](crate::http::RejectionResponseLayer)
 //! outside the stack to answer them as responses.
 //!
+//! The stack protects the server, not one caller from another: under one
+//! tenant's flood it keeps serving at capacity, and refuses the others as
+//! often as the flooder. A bulkhead per tenant outside it gives each its
+//! share ([`keyed`](crate::keyed), "On a server: a share per tenant").
+//!
 //! ```
 //! # #[tokio::main(flavor = "current_thread", start_paused = true)]
 //! # async fn main() -> Result<(), seawall::BoxError> {
