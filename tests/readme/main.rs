@@ -81,3 +81,60 @@ async fn a_lone_layer_on_a_route_answers_through_rejection_response()
     );
     Ok(())
 }
+
+/// The README's priorities by route: checkout critical, the rest sheddable.
+#[tokio::test(start_paused = true)]
+async fn priorities_by_route() -> Result<(), seawall::BoxError> {
+    // --- README priorities begin ---
+    use seawall::shed::criticality::Criticality;
+
+    let stack = ServerStack::http("api")
+        .total_budget(Duration::from_secs(5))
+        .adaptive_limit(|l| {
+            l.criticality(|req: &http::Request<Body>| {
+                if req.uri().path().starts_with("/checkout") {
+                    Criticality::Critical
+                } else {
+                    Criticality::Sheddable
+                }
+            })
+        })
+        .build()?;
+    // --- README priorities end ---
+    // The limit (20 at start) full of recommendations that wait: another
+    // one is shed, a checkout still goes through (its guaranteed share).
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    let held = gate.clone();
+    let app: Router = Router::new()
+        .route("/checkout", get(|| async { "paid" }))
+        .route(
+            "/recommendations",
+            get(move || {
+                let held = held.clone();
+                async move {
+                    let _ = held.acquire().await;
+                    "later"
+                }
+            }),
+        )
+        .layer(stack.clone());
+    let get_req = |path: &str| http::Request::get(path).body(Body::empty()).unwrap();
+    let waiting: Vec<_> = (0..20)
+        .map(|_| tokio::spawn(app.clone().oneshot(get_req("/recommendations"))))
+        .collect();
+    while stack.adaptive_limit().inflight() < 20 {
+        tokio::task::yield_now().await;
+    }
+    let shed = app.clone().oneshot(get_req("/recommendations")).await?;
+    assert_eq!(shed.status(), 503);
+    assert!(shed.headers().contains_key(http::header::RETRY_AFTER));
+    assert_eq!(
+        app.clone().oneshot(get_req("/checkout")).await?.status(),
+        200
+    );
+    gate.add_permits(20);
+    for w in waiting {
+        assert_eq!(w.await??.status(), 200);
+    }
+    Ok(())
+}
