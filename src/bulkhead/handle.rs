@@ -59,7 +59,8 @@ impl BulkheadHandle {
     /// Growing admits waiting callers at once; shrinking refuses new calls
     /// until enough calls in flight have finished (their permits stay
     /// valid). Reported as a
-    /// [`LimitChanged`](crate::observe::EventKind::LimitChanged) event.
+    /// [`LimitChanged`](crate::observe::EventKind::LimitChanged) event; the
+    /// limit in place again changes nothing and reports nothing.
     ///
     /// ```
     /// use seawall::bulkhead::BulkheadLayer;
@@ -80,11 +81,14 @@ impl BulkheadHandle {
     pub fn set_max_concurrent(&self, n: usize) -> Result<(), crate::error::ConfigError> {
         super::layer::check_max_concurrent(n)?;
         let from = self.engine.resize(n);
-        self.engine.observer.emit(
-            crate::observe::LayerKind::Bulkhead,
-            self.engine.name.as_str(),
-            crate::observe::EventKind::LimitChanged { from, to: n },
-        );
+        // The limit in place again is no change, and reports none.
+        if from != n {
+            self.engine.observer.emit(
+                crate::observe::LayerKind::Bulkhead,
+                self.engine.name.as_str(),
+                crate::observe::EventKind::LimitChanged { from, to: n },
+            );
+        }
         Ok(())
     }
 

@@ -131,7 +131,7 @@ impl CircuitBreakerHandle {
     /// operator's reload), keeping its state, its window and an open time
     /// already running; no lock or allocation is added on the request path.
     /// Reported as a [`Reconfigured`](crate::observe::EventKind::Reconfigured)
-    /// event.
+    /// event; the tuning in place again changes nothing and reports nothing.
     ///
     /// ```
     /// use std::time::Duration;
@@ -156,7 +156,10 @@ impl CircuitBreakerHandle {
     /// builder's; the breaker is left as it was.
     pub fn retune(&self, t: super::BreakerTuning) -> Result<(), crate::error::ConfigError> {
         t.check(self.core().config.rate_trips)?;
-        self.core().retune(&t);
+        // The tuning in place: no change, no event.
+        if t != self.tuning() {
+            self.core().retune(&t);
+        }
         Ok(())
     }
 }

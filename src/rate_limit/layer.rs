@@ -337,7 +337,7 @@ impl<X, D> RateLimitLayer<X, D> {
     /// with the old burst, for that one decision. Lock-free and
     /// allocation-free on the request path (the quota lives in atomics).
     /// Reported as a [`Reconfigured`](crate::observe::EventKind::Reconfigured)
-    /// event.
+    /// event; the quota in place again changes nothing and reports nothing.
     ///
     /// # Errors
     ///
@@ -353,6 +353,9 @@ impl<X, D> RateLimitLayer<X, D> {
             .reload
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if quota == self.quota() {
+            return Ok(()); // the quota in place: no change, no event
+        }
         s.quota.set(quota, "quota")?;
         match &s.primary {
             Primary::Global(b) => b.quota().set(quota, "quota")?,

@@ -80,9 +80,6 @@ impl<X, D> RateLimitReload for crate::rate_limit::RateLimitLayer<X, D> {
     }
 
     fn reload_rate(&self, rate: &crate::config::Rate) -> Result<(), ConfigError> {
-        if rate.quota() == self.quota() {
-            return Ok(()); // no change, no event
-        }
         self.set_quota(rate.quota())
             .map_err(|e| named(self.name(), e))
     }
@@ -282,18 +279,6 @@ fn stack_name(deadline: &str) -> &str {
     deadline.strip_suffix(".deadline").unwrap_or(deadline)
 }
 
-/// A reloaded bulkhead limit, if the file sets one other than the one in
-/// place (the same is no change, and reports none).
-fn set_limit(
-    bulkhead: &crate::bulkhead::BulkheadHandle,
-    n: Option<usize>,
-) -> Result<(), ConfigError> {
-    match n {
-        Some(n) if n != bulkhead.max_concurrent() => bulkhead.set_max_concurrent(n),
-        _ => Ok(()),
-    }
-}
-
 /// The bulkhead's rule, with the instance's name as the path.
 fn check_limit(path: &str, n: Option<usize>) -> Result<(), ConfigError> {
     match n {
@@ -390,11 +375,10 @@ impl<P, C: Send + Sync + 'static, L, O, H> ClientStackLayer<P, C, L, O, H> {
             .map_err(|e| named(self.retry().name(), e))?;
         // Every value was checked above or is checked by retune before it
         // changes anything: nothing below can fail half way.
-        // A value equal to the one in place is no change: no event.
-        if t != breaker.tuning() {
-            breaker.retune(t).map_err(|e| named(breaker.name(), e))?;
+        breaker.retune(t).map_err(|e| named(breaker.name(), e))?;
+        if let Some(n) = s.bulkhead.max_concurrent {
+            self.bulkhead_handle().set_max_concurrent(n)?;
         }
-        set_limit(&self.bulkhead_handle(), s.bulkhead.max_concurrent)?;
         budget.set_ratios(ratios.0, ratios.1, ratios.2)?;
         Ok(())
     }
@@ -454,8 +438,9 @@ impl<O, R: RateLimitReload, P, I> ServerStackLayer<O, R, P, I> {
                 .set_limits(s.limit.min_limit, s.limit.max_limit)
                 .map_err(|e| named(limit.name(), e))?;
         }
-        // A value equal to the one in place is no change: no event.
-        set_limit(&self.bulkhead_handle(), s.bulkhead.max_concurrent)?;
+        if let Some(n) = s.bulkhead.max_concurrent {
+            self.bulkhead_handle().set_max_concurrent(n)?;
+        }
         if let Some(rate) = &s.rate_limit {
             self.rate_limit().reload_rate(rate)?;
         }

@@ -143,7 +143,7 @@ async fn prometheus_sees_conventional_names_help_and_one_state() {
             "{name} of the adaptive limit"
         );
     }
-    // This session's layers: a hedge, a fallback, an ejection, a retune.
+    // The later layers: a hedge, a fallback, an ejection, a retune.
     for (name, label) in [
         ("seawall_hedges_total", "layer=\"hedge\""),
         ("seawall_fallbacks_total", "reason=\"failure\""),
@@ -261,7 +261,7 @@ fn the_grafana_dashboard_queries_shipped_metrics() {
     }
 }
 
-/// One event of each kind this session's layers report: a hedge sent, a
+/// One event of each kind the later layers report: a hedge sent, a
 /// fallback answer, an endpoint ejected, a breaker retuned.
 #[cfg(all(feature = "hedge", feature = "fallback", feature = "eject"))]
 async fn more_events(observer: &Observer) {
@@ -306,7 +306,9 @@ async fn more_events(observer: &Observer) {
         .build()
         .unwrap();
     let handle = breaker.handle();
-    handle.retune(handle.tuning()).unwrap();
+    let mut t = handle.tuning();
+    t.open_duration = Duration::from_secs(5);
+    handle.retune(t).unwrap();
 
     // An adaptive limit's windows: 30 calls of 2 ms in 20 ms windows (in
     // real time: the recorder is process-wide and shared with the scrape).
