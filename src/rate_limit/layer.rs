@@ -210,7 +210,7 @@ impl<X, D> Shared<X, D> {
             // Free: nothing to take.
             return (Verdict::Admit(Admit::UNKNOWN), None);
         }
-        if cost > self.quota.burst() {
+        if cost > 1 && cost > self.quota.burst() {
             return (deny(NEVER, DETAIL_COST), None);
         }
         let key = match key {
@@ -242,6 +242,45 @@ impl<X, D> Shared<X, D> {
                 KeyedCheck::Full => self.overflow(key, cost, want_status),
             },
         }
+    }
+
+    /// The bucket of a global limit decided here (no Redis): every request
+    /// has the one key [`Key::GLOBAL`], so none need be extracted.
+    #[inline(always)]
+    pub(crate) fn global_bucket(&self) -> Option<&Bucket> {
+        #[cfg(feature = "redis")]
+        if self.redis.is_some() {
+            return None;
+        }
+        match &self.primary {
+            Primary::Global(b) => Some(b),
+            Primary::Keyed(_) => None,
+        }
+    }
+
+    /// [`decide_local`](Self::decide_local) for the key [`Key::GLOBAL`] on
+    /// the bucket of [`global_bucket`](Self::global_bucket).
+    #[inline(always)]
+    pub(crate) fn decide_global(
+        &self,
+        b: &Bucket,
+        cost: u32,
+        want_status: bool,
+    ) -> (Verdict, Option<RateLimitStatus>) {
+        if cost == 0 {
+            return (Verdict::Admit(Admit::UNKNOWN), None);
+        }
+        // One cell always fits (the burst is at least 1).
+        if cost > 1 && cost > self.quota.burst() {
+            return (deny(NEVER, DETAIL_COST), None);
+        }
+        self.settle(
+            b.quota(),
+            b.check(cost, want_status),
+            DETAIL_LIMIT,
+            cost,
+            want_status,
+        )
     }
 
     /// The decision for `key` and a request of `cost` cells: local, or a

@@ -44,39 +44,46 @@ pub(crate) enum Verdict {
 /// The "wait" of a cost above the burst: it never fits.
 pub(crate) const NEVER: Duration = Duration::MAX;
 
-/// A quota that can change at run time: the period (nanoseconds per cell)
-/// and the burst, in two atomics. A check racing with a change may see one
-/// quota's period with the other's burst for that one decision; what it
-/// leaves the bucket owing is cut to one burst of the quota at the next
-/// check.
+/// A quota that can change at run time: the period (nanoseconds per cell),
+/// the burst tolerance and the burst, in atomics (the tolerance computed
+/// when the quota is set, not on every check). A check racing with a change
+/// may see one quota's period with the other's burst for that one decision;
+/// what it leaves the bucket owing is cut to one burst of the quota at the
+/// next check.
 #[derive(Debug)]
 pub(crate) struct QuotaCell {
     /// Nanoseconds per cell (at least 1).
     t: AtomicU64,
+    /// `t × (burst − 1)`.
+    tau: AtomicU64,
     burst: AtomicU32,
 }
 
 impl QuotaCell {
     pub(crate) fn new(quota: Quota, what: &str) -> Result<QuotaCell, ConfigError> {
-        let (t, burst) = Self::parts(quota, what)?;
+        let (t, tau, burst) = Self::parts(quota, what)?;
         Ok(QuotaCell {
             t: AtomicU64::new(t),
+            tau: AtomicU64::new(tau),
             burst: AtomicU32::new(burst),
         })
     }
 
-    fn parts(quota: Quota, what: &str) -> Result<(u64, u32), ConfigError> {
+    /// `(t, tau, burst)` of a valid quota.
+    fn parts(quota: Quota, what: &str) -> Result<(u64, u64, u32), ConfigError> {
         quota.validate(what)?;
         let t = crate::clock::nanos(quota.period()).max(1);
-        Ok((t, quota.burst_size()))
+        let burst = quota.burst_size();
+        Ok((t, t.saturating_mul(u64::from(burst.max(1) - 1)), burst))
     }
 
     /// Replaces the quota (validated first; nothing changes on an error).
     /// Callers serialise changes (the layer's reload lock), so that two
     /// reloads at once leave one of their quotas, not a mix.
     pub(crate) fn set(&self, quota: Quota, what: &str) -> Result<(), ConfigError> {
-        let (t, burst) = Self::parts(quota, what)?;
+        let (t, tau, burst) = Self::parts(quota, what)?;
         self.t.store(t, Ordering::Relaxed);
+        self.tau.store(tau, Ordering::Relaxed);
         self.burst.store(burst, Ordering::Relaxed);
         Ok(())
     }
@@ -95,9 +102,11 @@ impl QuotaCell {
     /// `t × (burst − 1)`, and the burst.
     #[inline]
     fn gcra(&self) -> (u64, u64, u32) {
-        let t = self.t.load(Ordering::Relaxed);
-        let burst = self.burst.load(Ordering::Relaxed);
-        (t, t.saturating_mul(u64::from(burst.max(1) - 1)), burst)
+        (
+            self.t.load(Ordering::Relaxed),
+            self.tau.load(Ordering::Relaxed),
+            self.burst.load(Ordering::Relaxed),
+        )
     }
 }
 
@@ -124,7 +133,12 @@ fn gcra(
     want_status: bool,
 ) -> Result<Admit, Duration> {
     let (t, tau, burst) = q.gcra();
-    let extra = t.saturating_mul(u64::from(cost.max(1) - 1));
+    // A request of one cell (the usual) has no extra to compute.
+    let extra = if cost > 1 {
+        t.saturating_mul(u64::from(cost - 1))
+    } else {
+        0
+    };
     if extra > tau {
         return Err(NEVER);
     }

@@ -7,7 +7,7 @@ use tower_service::Service;
 
 use super::decorate::Decorate;
 use super::future::ResponseFuture;
-use super::key::KeyExtractor;
+use super::key::{Key, KeyExtractor};
 use super::layer::{Mode, Shared, Step};
 use super::limiter::Verdict;
 use crate::error::BoxError;
@@ -88,9 +88,21 @@ where
     fn call(&mut self, req: Req) -> Self::Future {
         let _edge = crate::clock::Edge::enter();
         let shared = &self.shared;
-        let key = shared.extractor.extract(&req);
         let cost = shared.extractor.cost(&req);
-        match shared.decide(&key, cost, D::ENABLED) {
+        // A global limit has one key: it is made only for a request that
+        // waits for its cell.
+        let (step, key) = match shared.global_bucket() {
+            Some(b) => {
+                let (v, s) = shared.decide_global(b, cost, D::ENABLED);
+                (Step::Now(v, s), None)
+            }
+            None => {
+                let key = shared.extractor.extract(&req);
+                (shared.decide(&key, cost, D::ENABLED), Some(key))
+            }
+        };
+        let key = || key.unwrap_or(Ok(Key::GLOBAL));
+        match step {
             Step::Now(Verdict::Admit(_), status) => {
                 ResponseFuture::called(shared, status, || self.inner.call(req))
             }
@@ -105,7 +117,7 @@ where
                             now + w,
                             by_max_of(now, max),
                             deadline.map(|d| d.instant()),
-                            key,
+                            key(),
                             svc,
                             req,
                             shared,
@@ -138,7 +150,7 @@ where
                 };
                 let svc = take_ready(&mut self.inner);
                 let deadline = crate::deadline::of(&req).map(|d| d.instant());
-                ResponseFuture::redis(call, by_max, deadline, key, svc, req, shared)
+                ResponseFuture::redis(call, by_max, deadline, key(), svc, req, shared)
             }
         }
     }
