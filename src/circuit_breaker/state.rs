@@ -280,6 +280,22 @@ impl Core {
     /// transition.
     #[inline]
     pub(crate) fn try_acquire(&self, now: Instant) -> Result<Permit, Refusal> {
+        // Closed: one load, inlined into the layer's call; every other
+        // state out of line.
+        let word = self.word.load(Ordering::Acquire);
+        if state_of(word) == CLOSED {
+            return Ok(Permit {
+                generation: gen_of(word),
+                kind: PermitKind::Record,
+            });
+        }
+        self.try_acquire_slow(now)
+    }
+
+    /// [`try_acquire`](Self::try_acquire) in a state other than closed (or
+    /// one that was closed a moment ago).
+    #[inline(never)]
+    fn try_acquire_slow(&self, now: Instant) -> Result<Permit, Refusal> {
         loop {
             let word = self.word.load(Ordering::Acquire);
             let generation = gen_of(word);
