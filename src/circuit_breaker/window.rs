@@ -315,7 +315,7 @@ impl TimeWindow {
     }
 
     /// The bucket of `epoch` in the ring.
-    #[inline]
+    #[inline(always)]
     fn bucket(&self, epoch: i64) -> &Counts {
         let n = self.buckets.len();
         let i = if epoch >= 0 {
@@ -326,7 +326,10 @@ impl TimeWindow {
         &self.buckets[i]
     }
 
-    /// Moves the head to `epoch`, resetting the buckets passed over.
+    /// Moves the head to `epoch`, resetting the buckets passed over. Out of
+    /// line: once per bucket width, not per call.
+    #[cold]
+    #[inline(never)]
     fn advance(&self, epoch: i64) {
         let _guard = self.rotate.lock().unwrap_or_else(|p| p.into_inner());
         let head = self.head.load(Ordering::Acquire);
@@ -341,7 +344,7 @@ impl TimeWindow {
         self.head.store(epoch, Ordering::Release);
     }
 
-    #[inline]
+    #[inline(always)]
     fn current(&self, now: Instant) -> i64 {
         let epoch = self.epoch(now);
         let head = self.head.load(Ordering::Acquire);
