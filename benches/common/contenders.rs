@@ -365,6 +365,16 @@ macro_rules! full_stacks {
         $f!("client/seawall", |_: ()| sc.layer(noop()));
         let sco = sw_client_observed();
         $f!("client/seawall_observed", |_: ()| sco.layer(noop()));
+        // The same stack's layers without its breaker: what the breaker
+        // adds to the stack.
+        $f!("client/seawall_without_breaker", |_: ()| {
+            ServiceBuilder::new()
+                .layer(sc.deadline().clone())
+                .layer(sc.retry().clone())
+                .layer(sc.bulkhead().clone())
+                .layer(sc.attempt_timeout().clone())
+                .service(noop())
+        });
         let tcl = tower::limit::GlobalConcurrencyLimitLayer::new(LIMIT);
         $f!("client/tower", |_: ()| {
             ServiceBuilder::new()

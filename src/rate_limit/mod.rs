@@ -35,8 +35,22 @@
 //!   refilled, each keeps what it owes within the new burst.
 //! - **Headers** (feature `http`): [`IetfHeaders`](headers::IetfHeaders) writes the IETF
 //!   `RateLimit-Policy: "default";q=100;w=60` and `RateLimit: "default";r=50;t=30`
-//!   fields on admitted responses. [`clock::ceil_secs`](crate::clock::ceil_secs) rounds a wait *up* to
-//!   whole seconds for `Retry-After`.
+//!   fields on admitted responses. A refusal's `Retry-After` (its wait
+//!   rounded *up* to whole seconds) is written by the HTTP mapping of the
+//!   rejection, below.
+//! - **On an HTTP server** (feature `axum` or `http`): add the limit to the
+//!   server preset, `ServerStack::http(..).rate_limit(quota, |r| r.keyed(ClientIp::new()))`
+//!   (see [`ServerStackBuilder::rate_limit`](crate::stack::ServerStackBuilder::rate_limit)),
+//!   which answers a refusal with `429` and `Retry-After`; a lone
+//!   `RateLimitLayer` on a router needs
+//!   [`RejectionResponseLayer`](crate::http::RejectionResponseLayer) outside
+//!   it for that (and for the router's `Infallible` error type). [`PeerAddr`]
+//!   and [`ClientIp`] read the connection's address, which axum hands over
+//!   only when served with
+//!   `app.into_make_service_with_connect_info::<SocketAddr>()`: served
+//!   plainly, every request lacks a key and all share the fallback bucket
+//!   (an `InputIgnored` event says so). The README's "A rate limit per
+//!   client" runs this over real HTTP.
 //! - **Redis** (feature `redis`): the same layer backed by one GCRA Lua script
 //!   per request on Redis server time, with a failure policy and a per-call
 //!   timeout (see [`RedisBackend`]).

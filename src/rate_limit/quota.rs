@@ -102,8 +102,9 @@ impl Quota {
             return Err(ConfigError::new(
                 "rate_limit",
                 format!(
-                    "{what}: the period must be greater than zero, got {:?}",
-                    self.period
+                    "{what}: the period (the window divided by the burst: one request every period) \
+                     must be greater than zero, got {:?} for a burst of {}",
+                    self.period, self.burst
                 ),
             ));
         }

@@ -138,3 +138,92 @@ async fn priorities_by_route() -> Result<(), seawall::BoxError> {
     }
     Ok(())
 }
+
+/// The README's rate limit per client, over real HTTP on loopback from two
+/// source addresses: served with the connection's address, each client
+/// has its own bucket; served without it, all share one.
+#[tokio::test]
+async fn rate_limit_per_client_over_http() -> Result<(), seawall::BoxError> {
+    use std::net::{IpAddr, SocketAddr};
+    // --- README rate limit per client begins ---
+    use seawall::rate_limit::{ClientIp, Quota, headers::IetfHeaders};
+
+    let headers = IetfHeaders::new("default")?; // RateLimit-Policy and RateLimit on admitted responses
+    let stack = ServerStack::http("api")
+        .total_budget(Duration::from_secs(5))
+        .rate_limit(Quota::per_minute(10), |r| {
+            r.keyed(ClientIp::new()).response_headers(headers)
+        })
+        .build()?;
+    // --- README rate limit per client ends ---
+    let router = || Router::new().route("/", get(|| async { "hello" }));
+
+    async fn serve(app: Router, connect_info: bool) -> std::io::Result<SocketAddr> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        tokio::spawn(async move {
+            if connect_info {
+                axum::serve(
+                    listener,
+                    app.into_make_service_with_connect_info::<SocketAddr>(),
+                )
+                .await
+            } else {
+                axum::serve(listener, app).await
+            }
+        });
+        Ok(addr)
+    }
+    /// Status, `Retry-After` and `RateLimit` of a GET from `from`.
+    async fn get_from(
+        from: &str,
+        to: SocketAddr,
+    ) -> Result<(u16, Option<String>, Option<String>), seawall::BoxError> {
+        let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        connector.set_local_address(Some(from.parse::<IpAddr>()?));
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build::<_, http_body_util::Empty<bytes::Bytes>>(connector);
+        let res = client.get(format!("http://{to}/").parse()?).await?;
+        let header = |name: &str| {
+            res.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        Ok((
+            res.status().as_u16(),
+            header("retry-after"),
+            header("ratelimit"),
+        ))
+    }
+
+    let addr = serve(router().layer(stack), true).await?;
+    for i in 0..10u32 {
+        let (status, retry_after, remaining) = get_from("127.0.0.1", addr).await?;
+        assert_eq!((status, retry_after), (200, None), "request {i}");
+        let want = format!("\"default\";r={};t={}", 9 - i, 6 * (i + 1));
+        assert_eq!(remaining.as_deref(), Some(want.as_str()), "request {i}");
+    }
+    let (status, retry_after, _) = get_from("127.0.0.1", addr).await?;
+    assert_eq!((status, retry_after.as_deref()), (429, Some("6")));
+    // Another client has a bucket of its own.
+    let (status, _, remaining) = get_from("127.0.0.2", addr).await?;
+    assert_eq!(
+        (status, remaining.as_deref()),
+        (200, Some("\"default\";r=9;t=6"))
+    );
+
+    // Served without the connection's address: one bucket for everyone.
+    let plain = ServerStack::http("plain")
+        .total_budget(Duration::from_secs(5))
+        .rate_limit(Quota::per_minute(10), |r| r.keyed(ClientIp::new()))
+        .build()?;
+    let addr = serve(router().layer(plain), false).await?;
+    for i in 0..10 {
+        assert_eq!(get_from("127.0.0.1", addr).await?.0, 200, "request {i}");
+    }
+    let (status, retry_after, _) = get_from("127.0.0.2", addr).await?;
+    assert_eq!((status, retry_after.as_deref()), (429, Some("6")));
+    Ok(())
+}
