@@ -400,6 +400,16 @@ macro_rules! full_stacks {
         // server: deadline → rate limit → shed → bulkhead → handler timeout
         let ss = sw_server();
         $f!("server/seawall", |_: ()| ss.layer(noop()));
+        // The same stack's layers without its adaptive limit (tower's
+        // limit is a fixed one): what the adaptive limit adds.
+        $f!("server/seawall_without_adaptive_limit", |_: ()| {
+            ServiceBuilder::new()
+                .layer(ss.deadline().clone())
+                .layer(ss.rate_limit().clone())
+                .layer(ss.bulkhead().clone())
+                .layer(ss.handler_timeout().clone())
+                .service(noop())
+        });
         let tsl = tower::limit::GlobalConcurrencyLimitLayer::new(LIMIT);
         $f!(@single "server/tower", |_: ()| {
             ServiceBuilder::new()

@@ -142,6 +142,14 @@
 //! trip. The stack's default slow-call duration is 80 % of the attempt
 //! timeout.
 //!
+//! [`ServerStackBuilder::build`] (and so the presets `ServerStack::http`
+//! and `ServerStack::grpc`) refuses, with layer `"server_stack"`:
+//!
+//! | rule | message |
+//! |---|---|
+//! | `total_budget` set | `total_budget must be set` |
+//! | `handler_timeout ≤ total_budget` | `handler_timeout must be at most total_budget (…), got …` |
+//!
 //! # The server stack
 //!
 //! ```text

@@ -1306,3 +1306,80 @@ async fn both_bounds_set_to_one_number_fix_the_limit() {
     assert!(seconds.iter().all(|s| s.1 == 0), "{seconds:?}");
     assert!(seconds.iter().all(|s| s.2 == 300), "{seconds:?}");
 }
+
+/// What `n` requests, one every `gap`, got from `svc`: answered, out of
+/// time (the deadline's refusal or cut), refused (overload or a full
+/// bulkhead).
+async fn pool_load<S>(svc: &S, n: u64, gap: Duration) -> [u64; 3]
+where
+    S: Service<u64, Response = u64, Error = BoxError, Future: Send> + Clone + Send + 'static,
+{
+    let counts: Arc<[AtomicU64; 3]> = Arc::new(Default::default());
+    let mut tick = tokio::time::interval(gap);
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        tick.tick().await;
+        let (svc, counts) = (svc.clone(), counts.clone());
+        tasks.push(tokio::spawn(async move {
+            let slot = match svc.oneshot(i).await {
+                Ok(_) => 0,
+                Err(e) => match rejection_of(&e).map(|r| r.kind()) {
+                    Some(RejectionKind::DeadlineExceeded) => 1,
+                    Some(RejectionKind::Overloaded | RejectionKind::BulkheadFull) => 2,
+                    other => panic!("unexpected {other:?}: {e}"),
+                },
+            };
+            counts[slot].fetch_add(1, Ordering::Relaxed);
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    [0, 1, 2].map(|i| counts[i].load(Ordering::Relaxed))
+}
+
+/// A handler that waits inside for a pool of its own (4 connections, 100 ms
+/// a query: 40 requests a second) under 60 requests a second, each with
+/// 590 ms of budget. The adaptive limit reads the wait for the pool as a
+/// dependency's latency and does not fall to the pool's size, so requests
+/// queue for the pool until their deadline; a bulkhead of the pool's size
+/// (the README's advice) refuses the excess at once, and every request it
+/// admits is answered in time.
+#[cfg(all(feature = "deadline", feature = "retry", feature = "circuit-breaker"))]
+#[tokio::test(start_paused = true)]
+async fn a_pool_inside_the_handler_takes_a_bulkhead_of_its_size() {
+    async fn run(bulkhead: Option<usize>) -> [u64; 3] {
+        let mut builder = seawall::ServerStack::builder("api").total_budget(ms(590));
+        if let Some(n) = bulkhead {
+            builder = builder.bulkhead(|b| b.max_concurrent(n));
+        }
+        let stack = builder.build().unwrap();
+        let pool = Arc::new(tokio::sync::Semaphore::new(4));
+        let svc = stack.layer(service_fn(move |n: u64| {
+            let pool = pool.clone();
+            async move {
+                let _conn = pool.acquire().await.unwrap();
+                sleep(ms(100)).await;
+                Ok::<_, Infallible>(n)
+            }
+        }));
+        // 10 s at 60 a second.
+        pool_load(&svc, 600, Duration::from_secs(1) / 60).await
+    }
+    let alone = run(None).await;
+    let sized = run(Some(4)).await;
+    for (name, [ok, late, shed]) in [("preset alone", alone), ("bulkhead of 4", sized)] {
+        println!("{name}: {ok} answered, {late} out of time, {shed} refused");
+    }
+    // The pool's capacity is 400 answers in the 10 s: the bulkhead of its
+    // size reaches it, with none out of time.
+    assert_eq!(
+        sized[1], 0,
+        "a bulkhead of the pool's size: none out of time"
+    );
+    assert!(sized[0] >= 390, "the pool's capacity answered: {sized:?}");
+    // The preset alone lets requests wait for the pool past their
+    // deadline: fewer than two thirds of the capacity answered.
+    assert!(alone[1] >= 100, "many out of time: {alone:?}");
+    assert!(alone[0] < 270, "goodput lost to the queue: {alone:?}");
+}

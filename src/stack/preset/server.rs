@@ -188,9 +188,12 @@ impl ServerStack {
     ///
     /// The built layer, to keep in a struct field, is a
     /// `ServerStackLayer<HttpIngressLayer, Identity, FromTaskLocal, CallBodyLayer>`
-    /// (`Identity` becomes the `RateLimitLayer` once the stack has a rate
-    /// limit). Put it on the router with `Router::layer`: axum turns the
-    /// answers' [`CallBody`](crate::body::CallBody) bodies into its own.
+    /// (`seawall::stack::ServerStackLayer`, `seawall::stack::HttpIngressLayer`,
+    /// `tower::layer::util::Identity`, `seawall::shed::criticality::FromTaskLocal`,
+    /// `seawall::body::CallBodyLayer`; `Identity` becomes the
+    /// `RateLimitLayer` once the stack has a rate limit). Put it on the
+    /// router with `Router::layer`: axum turns the answers'
+    /// [`CallBody`](crate::body::CallBody) bodies into its own.
     /// The service it makes around a router is an [`HttpServer`]; to
     /// serve one kept on its own with `axum::serve`, put it back in a
     /// router: `Router::new().fallback_service(svc)`.
@@ -271,7 +274,10 @@ mod grpc {
         /// Give it to `tonic::transport::Server::builder().layer(..)`; the
         /// service it makes around your routes is a [`GrpcServer`], and
         /// the built layer a
-        /// `ServerStackLayer<GrpcIngressLayer, Identity, FromTaskLocal, CallBodyLayer>`.
+        /// `ServerStackLayer<GrpcIngressLayer, Identity, FromTaskLocal, CallBodyLayer>`
+        /// (`seawall::stack::ServerStackLayer`, `seawall::stack::GrpcIngressLayer`,
+        /// `tower::layer::util::Identity`, `seawall::shed::criticality::FromTaskLocal`,
+        /// `seawall::body::CallBodyLayer`).
         ///
         /// On top of the generic stack, outermost: every rejection is
         /// answered as a gRPC status (`RESOURCE_EXHAUSTED` for a rate
