@@ -104,8 +104,25 @@ fn main() -> Result<(), seawall::BoxError> {
 
     use sim::{Mode, Scenario};
 
-    let quick = std::env::args().any(|a| a == "--quick")
-        || std::env::var("STORM_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(other) = args.iter().find(|a| *a != "--quick") {
+        if other != "--help" && other != "-h" {
+            eprintln!("storm: unknown argument {other:?}\n");
+        }
+        eprintln!(
+            "usage: cargo run --release --example storm [-- --quick]\n\n\
+             Runs every failure scenario against four configurations, in paused time,\n\
+             and prints the tables (the same figures on every run).\n\
+             --quick   shorter timelines (also STORM_QUICK=1), as the tests run them"
+        );
+        std::process::exit(if other == "--help" || other == "-h" {
+            0
+        } else {
+            2
+        });
+    }
+    let quick =
+        !args.is_empty() || std::env::var("STORM_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
     let scenario = if quick {
         Scenario::quick()
     } else {
@@ -132,6 +149,8 @@ fn main() -> Result<(), seawall::BoxError> {
         runs.push(run);
     }
     println!();
+    print!("{}", report::legend(&scenario));
+    println!();
     print!("{}", report::tables(&scenario, &runs));
     println!();
     for run in &runs {
@@ -154,8 +173,10 @@ fn main() -> Result<(), seawall::BoxError> {
         println!();
     }
 
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("target")
+    // Under the target directory in use (`CARGO_TARGET_DIR` when set).
+    let path = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"))
         .join("storm.svg");
     chart::draw(&path, &scenario, &runs)?;
     println!("chart: {}", path.display());

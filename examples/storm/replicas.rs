@@ -301,15 +301,23 @@ async fn run_async(scenario: Replicas, protection: Protection) -> Result<Replica
             })
         })
         .collect::<Result<_, _>>()?;
-    let balanced = Balance::new(PendingRequestsDiscover::new(
-        ServiceList::new(endpoints),
-        CompleteOnResponse::default(),
-    ));
+    // The balancer's two random picks from a fixed seed (tower's default
+    // seeds from the OS): the same picks, so the same figures, every run.
+    let picks = tower::util::rng::HasherRng::with_hasher(std::hash::BuildHasherDefault::<
+        std::collections::hash_map::DefaultHasher,
+    >::default());
+    let balanced = Balance::from_rng(
+        PendingRequestsDiscover::new(ServiceList::new(endpoints), CompleteOnResponse::default()),
+        picks,
+    );
     let shared = tower::buffer::Buffer::new(balanced, 4096);
     let client = tower::util::BoxCloneService::<u64, u64, BoxError>::new(
         ClientStack::builder("replicas")
             .total_budget(scenario.deadline)
             .attempt_timeout(scenario.deadline / 2)
+            // The seed only makes the backoff draws reproducible from run
+            // to run (by default they are seeded from the OS).
+            .retry(|r| r.seed(0x5EA_3A11))
             .build()?
             .layer(shared),
     );

@@ -47,16 +47,38 @@ fn recover_text(t: Option<f64>) -> String {
     }
 }
 
+/// What the tables' columns and reasons mean: printed once, above the
+/// first table.
+pub fn legend(scenario: &Scenario) -> String {
+    format!(
+        "How to read the tables (one row per configuration, every figure over the requests \
+         offered in the phase):
+  offered     requests sent by the simulated callers (open loop: they do not slow down)
+  good        answered successfully within the {deadline:?} deadline
+  goodput     good / offered
+  of poss.    goodput over the best the backend's capacity allows in the phase (its workers' \
+time; a phase that inherits a queue from the one before can pass 100 % by a little)
+  p50, p99    what the caller waited, whatever the outcome (an instant refusal waits 0 ms)
+  attempts    calls the caller's client stack sent per request (retries included; below 1 \
+when a breaker refuses calls without sending them)
+  doomed      share of the backend's worker time spent on answers that came after the \
+caller's deadline
+  backend/req calls that reached the backend per request (a server's refusals do not)
+  not good    why the rest failed: late = answered after the deadline (only a caller that \
+waits for everything sees it); timeout = tower's Timeout fired; deadline_exceeded / \
+attempt_timeout = seawall's request deadline or attempt timeout ended it; overloaded = \
+the server refused it (seawall's adaptive limit or bulkhead, tower-resilience's bulkhead); \
+circuit_open = the client's breaker refused it; backend_error = the backend answered with \
+its error (it was down or failing; a request queued long enough meets an outage after its \
+own phase)
+",
+        deadline = scenario.deadline
+    )
+}
+
 /// The per-phase tables (one block per phase, one row per mode), plus totals.
 pub fn tables(scenario: &Scenario, runs: &[Run]) -> String {
     let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "good = answered successfully within the {:?} deadline; of poss. = goodput over the best \
-         the backend's capacity allows;\np50/p99 = what the caller waited, any outcome; attempts = calls sent to the server per request; doomed = share of backend \
-         worker time spent on answers that came after the caller's deadline.\n",
-        scenario.deadline
-    );
     let header = header_line("doomed", 7);
     let row = |out: &mut String, run: &Run, s: &Summary, possible: f64| {
         let doomed = format!("{:>6.0}%", s.doomed_share * 100.0);
@@ -79,6 +101,11 @@ pub fn tables(scenario: &Scenario, runs: &[Run]) -> String {
             row(&mut out, run, &run.summary(from, to), scenario.possible(i));
         }
         out.push('\n');
+    }
+    if scenario.phases.len() == 1 {
+        // One phase: its table is the whole run's.
+        out.pop();
+        return out;
     }
     let total = scenario.total().as_secs_f64();
     let _ = writeln!(out, "whole run (0-{total:.0} s)");
