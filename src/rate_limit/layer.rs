@@ -206,12 +206,8 @@ impl<X, D> Shared<X, D> {
         cost: u32,
         want_status: bool,
     ) -> (Verdict, Option<RateLimitStatus>) {
-        if cost == 0 {
-            // Free: nothing to take.
-            return (Verdict::Admit(Admit::UNKNOWN), None);
-        }
-        if cost > 1 && cost > self.quota.burst() {
-            return (deny(NEVER, DETAIL_COST), None);
+        if let Some(decided) = self.by_cost(cost) {
+            return decided;
         }
         let key = match key {
             Ok(k) => k,
@@ -228,13 +224,7 @@ impl<X, D> Shared<X, D> {
             }
         };
         match &self.primary {
-            Primary::Global(b) => self.settle(
-                b.quota(),
-                b.check(cost, want_status),
-                DETAIL_LIMIT,
-                cost,
-                want_status,
-            ),
+            Primary::Global(b) => self.settle_global(b, cost, want_status),
             Primary::Keyed(k) => match k.check(key, cost, want_status) {
                 KeyedCheck::Decided(r) => {
                     self.settle(k.quota(), r, DETAIL_LIMIT, cost, want_status)
@@ -267,13 +257,34 @@ impl<X, D> Shared<X, D> {
         cost: u32,
         want_status: bool,
     ) -> (Verdict, Option<RateLimitStatus>) {
+        match self.by_cost(cost) {
+            Some(decided) => decided,
+            None => self.settle_global(b, cost, want_status),
+        }
+    }
+
+    /// The decision a request's cost alone makes: a free one is admitted,
+    /// one above the burst never fits; `None` for the others. One cell
+    /// always fits (the burst is at least 1), with no load.
+    #[inline(always)]
+    fn by_cost(&self, cost: u32) -> Option<(Verdict, Option<RateLimitStatus>)> {
         if cost == 0 {
-            return (Verdict::Admit(Admit::UNKNOWN), None);
+            return Some((Verdict::Admit(Admit::UNKNOWN), None));
         }
-        // One cell always fits (the burst is at least 1).
         if cost > 1 && cost > self.quota.burst() {
-            return (deny(NEVER, DETAIL_COST), None);
+            return Some((deny(NEVER, DETAIL_COST), None));
         }
+        None
+    }
+
+    /// `cost` cells from the global bucket `b` (then the extra global limit).
+    #[inline(always)]
+    fn settle_global(
+        &self,
+        b: &Bucket,
+        cost: u32,
+        want_status: bool,
+    ) -> (Verdict, Option<RateLimitStatus>) {
         self.settle(
             b.quota(),
             b.check(cost, want_status),
