@@ -431,16 +431,16 @@ no_retry_after!(DeadlineExceeded, AttemptTimeout, RetryBudgetExhausted);
 with_retry_after!(CircuitOpen, BulkheadFull, Overloaded, RateLimited);
 
 /// A layer configuration that makes no sense (a zero window, a threshold
-/// outside `0..=1`, an attempt timeout above the total budget, …), returned by
+/// outside `(0, 1]`, an attempt timeout above the total budget, …), returned by
 /// the builders when they are built.
 ///
 /// ```
 /// use seawall::error::ConfigError;
 ///
-/// let err = ConfigError::new("circuit_breaker", "failure_rate_threshold must be in 0..=1, got 1.5");
+/// let err = ConfigError::new("circuit_breaker", "failure_rate_threshold must be in (0, 1], got 1.5");
 /// assert_eq!(
 ///     err.to_string(),
-///     "invalid circuit_breaker configuration: failure_rate_threshold must be in 0..=1, got 1.5"
+///     "invalid circuit_breaker configuration: failure_rate_threshold must be in (0, 1], got 1.5"
 /// );
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]

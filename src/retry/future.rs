@@ -179,14 +179,18 @@ where
                 Poll::Ready(Ok(response)) => Some(shared.policy.classify(Ok(response))),
                 _ => None,
             };
-            if matches!(judged, Some(Verdict::Success)) {
-                succeeded(shared, this.started, this.counted);
+            if let (Some(Verdict::Success), Poll::Ready(Ok(response))) = (judged, &poll) {
+                succeeded(shared, this.started, this.counted, || {
+                    shared.policy.outcome(Ok(response), Verdict::Success)
+                });
                 return poll.map_err(Into::into);
             }
             let result = ready!(poll).map_err(Into::into);
             let verdict = judged.unwrap_or_else(|| shared.policy.classify(result.as_ref()));
             if matches!(verdict, Verdict::Success) {
-                succeeded(shared, this.started, this.counted);
+                succeeded(shared, this.started, this.counted, || {
+                    shared.policy.outcome(result.as_ref(), verdict)
+                });
                 return Poll::Ready(result);
             }
             return self.poll_slow(cx, Some((result, verdict)));
@@ -236,14 +240,14 @@ where
                         // bulkhead) is refused, not failed.
                         let outcome = match &result {
                             Err(e) if crate::classify::is_local_refusal(e) => Outcome::Refused,
-                            _ if verdict.is_failure() => Outcome::Failure,
-                            _ => Outcome::Success,
+                            r => shared.policy.outcome(r.as_ref(), verdict),
                         };
                         call_finished(shared, outcome, started);
                     }
                     let give_up = match verdict {
                         Verdict::Success => {
-                            succeeded(shared, this.started, this.counted);
+                            // (Reported above already.)
+                            succeeded(shared, this.started, this.counted, || Outcome::Success);
                             return Poll::Ready(result);
                         }
                         Verdict::Fail => GiveUp::new(GiveUpReason::NotRetryable),
@@ -404,9 +408,16 @@ enum Counted {
 /// An attempt succeeded: reported (if observed and not reported yet) and
 /// its request counted as succeeded in the budget, once.
 #[inline]
-fn succeeded<P>(shared: &Shared<P>, started: &mut Option<Instant>, counted: &mut Counted) {
+fn succeeded<P>(
+    shared: &Shared<P>,
+    started: &mut Option<Instant>,
+    counted: &mut Counted,
+    outcome: impl FnOnce() -> Outcome,
+) {
     if let Some(started) = started.take() {
-        call_finished(shared, Outcome::Success, started);
+        // (The outcome is asked only when an observer listens: a success
+        // is not always `Success` to it, a 404 being `Ignored`.)
+        call_finished(shared, outcome(), started);
     }
     match std::mem::replace(counted, Counted::Done) {
         Counted::Not => shared.budget.deposit_succeeded(),

@@ -235,6 +235,16 @@ impl<B, RB> RetryPolicy<Request<B>, Response<RB>> for GrpcRetry
 where
     B: Replayable + Send + 'static,
 {
+    fn outcome(
+        &self,
+        result: Result<&Response<RB>, &BoxError>,
+        _verdict: Verdict,
+    ) -> crate::observe::Outcome {
+        const STATUSES: crate::grpc::GrpcStatusClassifier =
+            crate::grpc::GrpcStatusClassifier::new();
+        crate::classify::Classify::classify(&STATUSES, result)
+    }
+
     fn classify(&self, result: Result<&Response<RB>, &BoxError>) -> Verdict {
         match result {
             Ok(res) => self.classify_response(res),

@@ -49,6 +49,33 @@ pub trait RetryPolicy<Req, Res>: Send + Sync + 'static {
     /// [`GiveUpReason::NotReplayable`](crate::observe::GiveUpReason::NotReplayable)).
     fn clone_request(&self, req: &Req) -> Option<Req>;
 
+    /// The outcome an attempt reports (its `CallFinished` event, and so the
+    /// retry layer's `seawall_calls_total`), in the model every layer
+    /// reports by: `verdict` is what [`classify`](Self::classify) said of
+    /// `result`. Default: a seawall overload in an error is
+    /// [`Overloaded`](crate::observe::Outcome::Overloaded), otherwise a
+    /// success or a failure as the verdict says. The protocol policies judge
+    /// a response as their protocol's classifier does, as the circuit
+    /// breaker beside them does (HTTP 429, or 503 with `Retry-After`:
+    /// overloaded; 4xx: ignored). A local refusal below (an open breaker, a
+    /// full bulkhead) is reported refused whatever this says.
+    fn outcome(
+        &self,
+        result: Result<&Res, &BoxError>,
+        verdict: Verdict,
+    ) -> crate::observe::Outcome {
+        use crate::observe::Outcome;
+        match result {
+            Err(e) => crate::classify::error_origin(e),
+            Ok(_) => None,
+        }
+        .unwrap_or(if verdict.is_failure() {
+            Outcome::Failure
+        } else {
+            Outcome::Success
+        })
+    }
+
     /// Whether `req` may be retried at all (for example, only idempotent HTTP
     /// methods). Asked once, before the first attempt. Default: yes.
     fn may_retry(&self, req: &Req) -> bool {

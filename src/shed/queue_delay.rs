@@ -25,14 +25,15 @@ use crate::error::ConfigError;
 ///    fall, no queue was there and the drain's latency *is* the service's,
 ///    slower or faster than before. A drain runs only when a queue may be
 ///    hiding: the limit was reached two windows in a row, or the latency
-///    stayed above the tolerance two windows in a row; then at most every
+///    stayed above the tolerance two windows in a row with at least half
+///    the limit in flight; then at most every
 ///    `drain_every` windows (sooner after the first two, or after one that
 ///    found a queue). A service well within its capacity never drains.
 /// 2. While `rtt ≤ base × (1 + tolerance)` nothing queues: when at least
 ///    half the limit was in flight, the limit grows, ×2 per window (while
 ///    the limit is reached) until the first sign of queueing, then by
 ///    `increase` (5 %, at least 1) per window.
-/// 3. Above that, with at least a quarter of the limit in flight, requests
+/// 3. Above that, with at least half the limit in flight, requests
 ///    queue: `limit = limit × base × (1 + tolerance) / rtt` (at most halved
 ///    per window), the limit at which the queueing delay would be
 ///    `tolerance` of the service time. Calls that timed out or were shed
@@ -83,8 +84,12 @@ use crate::error::ConfigError;
 /// refused 76 %.
 ///
 /// What it cannot see: a queue that this limit never reaches (fewer callers
-/// than the limit, all waiting on a smaller service) is not measured until
-/// the callers reach the limit.
+/// than half the limit, all waiting on a smaller service) is not measured
+/// until the callers reach half of it. Below half the limit, the latency
+/// moves no limit: a handler whose dependency fails and is retried, then
+/// answers at once behind an open breaker, with 1 to 5 calls in flight,
+/// kept the limit at its 20 (`tests/shed`; judged from a quarter, it fell to
+/// 10, and to 3 while draining, and a burst then was refused past 3).
 ///
 /// ```
 /// use seawall::shed::{AdaptiveLimitLayer, QueueDelay};
@@ -346,7 +351,12 @@ impl LimitAlgorithm for QueueDelay {
         let target = self.target();
         let above = rtt > target;
         let was_above = std::mem::replace(&mut self.above, above);
-        let suspect = (saturated && was_saturated) || (above && was_above);
+        // (Latency alone suspects a queue only while at least half the
+        // limit is in flight: below that the limit is not what the calls
+        // wait on, and a dependency's latency moving with light load is
+        // not read as a queue of ours.)
+        let used = busy >= self.limit / 2.0;
+        let suspect = (saturated && was_saturated) || (above && was_above && used);
         if suspect
             && self.growth != Growth::DoublingAfterSlowdown
             && self.windows >= self.next_drain
@@ -362,7 +372,7 @@ impl LimitAlgorithm for QueueDelay {
             self.limit = self.clamp((self.limit.min(busy) / depth).ceil());
             return self.limit();
         }
-        let queueing = above && busy >= self.limit / 4.0;
+        let queueing = above && used;
         // Calls that timed out or were shed below count only with some
         // queueing: a service that got slower times calls out at any limit.
         let dropped = sample.did_drop() && rtt > self.base * (1.0 + self.tolerance / 2.0);

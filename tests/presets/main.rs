@@ -1179,3 +1179,50 @@ async fn grpc_preset_hedges_only_the_methods_opted_in() {
     assert_eq!(reply.message, "hello preset from call 1");
     assert_eq!(hits.load(Ordering::SeqCst), 1);
 }
+
+/// The retry layer reports each attempt's outcome as the breaker beside it
+/// does, over real HTTP: a 503 with `Retry-After` is an overload (the retry
+/// layer used to report it as a failure, so its `seawall_calls_total` said
+/// `failure` where the breaker's said `overloaded`), a 500 a failure, a 404
+/// ignored, a 200 a success.
+#[tokio::test]
+async fn retry_and_breaker_report_the_same_outcomes() {
+    use seawall::Observer;
+    use seawall::observe::{EventKind, LayerKind, Outcome, Recorder};
+
+    let server = http_server().await;
+    let recorder = Recorder::new();
+    let client = http_preset()
+        .observer(Observer::new(recorder.clone()))
+        .build()
+        .unwrap()
+        .layer(hyper());
+    for path in ["/busy", "/fail", "/nothing", "/fail"] {
+        let get = http::Request::get(format!("http://{}{path}", server.addr))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let _ = client.clone().oneshot(get).await;
+    }
+    let finished = |layer: LayerKind| {
+        let mut outcomes: Vec<Outcome> = recorder
+            .events()
+            .into_iter()
+            .filter(|e| e.layer == layer)
+            .filter_map(|e| match e.kind {
+                EventKind::CallFinished { outcome, .. } => Some(outcome),
+                _ => None,
+            })
+            .collect();
+        outcomes.sort_by_key(|o| format!("{o:?}"));
+        outcomes
+    };
+    let retry = finished(LayerKind::Retry);
+    println!(
+        "retry {retry:?}\nbreaker {:?}",
+        finished(LayerKind::CircuitBreaker)
+    );
+    assert!(retry.contains(&Outcome::Overloaded), "{retry:?}");
+    assert!(retry.contains(&Outcome::Ignored), "{retry:?}");
+    assert!(retry.contains(&Outcome::Failure), "{retry:?}");
+    assert_eq!(retry, finished(LayerKind::CircuitBreaker));
+}

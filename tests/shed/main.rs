@@ -1383,3 +1383,85 @@ async fn a_pool_inside_the_handler_takes_a_bulkhead_of_its_size() {
     assert!(alone[1] >= 100, "many out of time: {alone:?}");
     assert!(alone[0] < 270, "goodput lost to the queue: {alone:?}");
 }
+
+/// `n` calls of `latency(i)` each through `svc`, `conc` at a time.
+async fn batch<S>(svc: &S, n: u64, conc: u64, latency: impl Fn(u64) -> u64)
+where
+    S: Service<u64, Response = u64, Error = BoxError, Future: Send> + Clone + Send + 'static,
+{
+    let next = Arc::new(AtomicU64::new(0));
+    let lat: Arc<Vec<u64>> = Arc::new((0..n).map(latency).collect());
+    let workers: Vec<_> = (0..conc)
+        .map(|_| {
+            let (svc, next, lat) = (svc.clone(), next.clone(), lat.clone());
+            tokio::spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= n {
+                        break;
+                    }
+                    let _ = svc.clone().oneshot(lat[i as usize]).await;
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.await.unwrap();
+    }
+}
+
+/// A server under light load (1 to 5 calls in flight, far below the limit
+/// of 20 it starts at) whose handler waits on a dependency that fails: calls
+/// retried for up to 135 ms, then answered at once by the client's open
+/// breaker (20 µs), with a slow probe now and then, then healthy again (a
+/// new user's trial over real HTTP). No queue of the server's own anywhere:
+/// the limit does not fall below where it started, so a burst after it is
+/// admitted as at a cold start.
+#[tokio::test(start_paused = true)]
+async fn a_dependency_that_fails_under_light_load_keeps_the_limit() {
+    let rec = Recorder::new();
+    let layer = AdaptiveLimitLayer::builder()
+        .observer(Observer::new(rec.clone()))
+        .build()
+        .unwrap();
+    let svc = layer.layer(service_fn(|us: u64| async move {
+        sleep(Duration::from_micros(us)).await;
+        Ok::<_, Infallible>(us)
+    }));
+    let mut lowest = usize::MAX;
+    batch(&svc, 100, 4, |_| 1_000).await;
+    lowest = lowest.min(layer.limit());
+    batch(&svc, 20, 1, |i| 25_000 + 5_000 * (i % 23)).await;
+    lowest = lowest.min(layer.limit());
+    for round in 0..12 {
+        batch(
+            &svc,
+            10,
+            5,
+            |i| if (i + round) % 7 == 0 { 100_000 } else { 20 },
+        )
+        .await;
+        lowest = lowest.min(layer.limit());
+        sleep(ms(250)).await;
+    }
+    batch(&svc, 20, 2, |_| 1_000).await;
+    lowest = lowest.min(layer.limit());
+    for e in rec.events() {
+        if let EventKind::LimitSampled {
+            limit,
+            peak_inflight,
+            rtt,
+        } = e.kind
+        {
+            println!(
+                "{:>8.3?} limit {limit:>3} peak {peak_inflight} rtt {rtt:?}",
+                e.at
+            );
+        }
+    }
+    println!("lowest limit {lowest}, at the end {}", layer.limit());
+    assert!(
+        lowest >= 20,
+        "the limit fell to {lowest} with at most 5 calls in flight"
+    );
+}

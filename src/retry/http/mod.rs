@@ -228,6 +228,16 @@ impl<B, RB> RetryPolicy<Request<B>, Response<RB>> for HttpRetry
 where
     B: Replayable + Send + 'static,
 {
+    fn outcome(
+        &self,
+        result: Result<&Response<RB>, &BoxError>,
+        _verdict: Verdict,
+    ) -> crate::observe::Outcome {
+        const STATUSES: crate::http::HttpStatusClassifier =
+            crate::http::HttpStatusClassifier::new();
+        crate::classify::Classify::classify(&STATUSES, result)
+    }
+
     fn classify(&self, result: Result<&Response<RB>, &BoxError>) -> Verdict {
         match result {
             Ok(res) => Self::classify_response(res),
