@@ -96,6 +96,16 @@ pub trait Hold<T>: sealed::Sealed + Send + Sync + 'static {
     /// back if the response cannot (then the layer lets go now).
     #[doc(hidden)]
     fn hold(response: &mut T, duty: Duty) -> Option<Duty>;
+
+    /// The outcome a layer reports for a response it lets go of at its head
+    /// (the `CallFinished` event): a success for any `T` but a protocol's
+    /// response, which its classifier judges.
+    #[doc(hidden)]
+    #[inline]
+    fn outcome(response: &T) -> crate::observe::Outcome {
+        let _ = response;
+        crate::observe::Outcome::Success
+    }
 }
 
 impl<T> Hold<T> for Head {

@@ -415,6 +415,24 @@ impl<B: Body> Hold<http::Response<CallBody<B>>> for BodyEnd {
         }
         body.held.take(duty)
     }
+
+    /// By the head, as the presets' breakers judge it: a gRPC status in the
+    /// headers (a trailers-only answer) by gRPC's classifier (feature
+    /// `tonic`), any other response by its HTTP status (a 5xx a failure, a
+    /// 429 or a 503 with `Retry-After` an overload, a 4xx ignored). A
+    /// status in the trailers comes after the head and is not seen here.
+    #[inline]
+    fn outcome(response: &http::Response<CallBody<B>>) -> crate::observe::Outcome {
+        use crate::classify::Classify;
+        #[cfg(feature = "tonic")]
+        if response.headers().contains_key("grpc-status") {
+            const GRPC: crate::grpc::GrpcStatusClassifier =
+                crate::grpc::GrpcStatusClassifier::new();
+            return Classify::<_, BoxError>::classify(&GRPC, Ok(response));
+        }
+        const HTTP: crate::http::HttpStatusClassifier = crate::http::HttpStatusClassifier::new();
+        Classify::<_, BoxError>::classify(&HTTP, Ok(response))
+    }
 }
 
 impl<B, C> crate::hold::HoldVerdict<http::Response<CallBody<B>>, C> for BodyEnd

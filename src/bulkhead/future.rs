@@ -316,10 +316,9 @@ where
                             LayerKind::Bulkhead,
                             engine.name.as_str(),
                             EventKind::CallFinished {
-                                outcome: if result.is_ok() {
-                                    Outcome::Success
-                                } else {
-                                    Outcome::Failure
+                                outcome: match &*result {
+                                    Ok(response) => M::outcome(response),
+                                    Err(_) => Outcome::Failure,
                                 },
                                 latency: crate::clock::elapsed(start, clock::now()),
                             },

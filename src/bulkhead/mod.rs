@@ -26,7 +26,9 @@
 //! - **Rejections** emit [`EventKind::Rejected`](crate::observe::EventKind)
 //!   with reason `bulkhead_full` and detail `"queue_full"`, `"max_wait"`,
 //!   `"deadline"` or `"codel"`. Admitted calls emit `CallStarted` and
-//!   `CallFinished` (outcome: `Ok` is a success, `Err` a failure).
+//!   `CallFinished` (outcome: `Err` a failure; `Ok` a success, or, for an HTTP
+//!   response held to its body's end (`BodyEnd`), as its status says: a 5xx a
+//!   failure, a 429 or a 503 with `Retry-After` an overload, a 4xx ignored).
 //! - **Shared state.** The permits and the queue belong to the
 //!   [`BulkheadLayer`], in an `Arc`: every service built from one layer, and
 //!   every clone of those services, shares them. Build one layer (one named

@@ -108,7 +108,7 @@ where
                         // The latency is the head's, recorded now (the limit
                         // adapts while long streams hold their places); the
                         // place is held until the body ends.
-                        permit.sample_head(crate::clock::now());
+                        permit.sample_head(crate::clock::now(), || M::outcome(response));
                         drop(M::hold(response, Duty(DutyKind::Limit(permit))));
                     }
                     Ok(_) => permit.complete(Completion::Sample(Outcome::Success)),

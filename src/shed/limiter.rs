@@ -447,14 +447,20 @@ impl Permit {
     /// response body carries the permit to its end, and the drop then only
     /// gives the place back): the limit's windows close and it adapts while
     /// long streams hold their places.
-    pub(crate) fn sample_head(&mut self, now: Instant) {
+    /// `outcome`: the response's, asked only when an observer listens.
+    pub(crate) fn sample_head(&mut self, now: Instant, outcome: impl FnOnce() -> Outcome) {
         if self.done || self.sampled {
             return;
         }
         self.sampled = true;
         let idle = self.limiter.idle.load(Ordering::Relaxed);
+        let outcome = if self.limiter.observer.is_enabled() {
+            outcome()
+        } else {
+            Outcome::Success
+        };
         self.report(
-            Completion::Sample(Outcome::Success),
+            Completion::Sample(outcome),
             crate::clock::elapsed(self.start, now),
             now,
             idle,

@@ -1226,3 +1226,66 @@ async fn retry_and_breaker_report_the_same_outcomes() {
     assert!(retry.contains(&Outcome::Failure), "{retry:?}");
     assert_eq!(retry, finished(LayerKind::CircuitBreaker));
 }
+
+/// The server preset's layers report the handler's answers by their
+/// status, as a client's breaker would judge them (they reported every
+/// response a success, so `seawall_calls_total` could not show a server's
+/// own errors), over real HTTP: a 500 a failure, a 503 with `Retry-After`
+/// an overload, a 404 ignored, a 200 a success.
+#[tokio::test]
+async fn server_preset_reports_answers_by_status() {
+    use seawall::Observer;
+    use seawall::observe::{EventKind, LayerKind, Outcome, Recorder};
+
+    let recorder = Recorder::new();
+    let stack = seawall::stack::ServerStack::http("api")
+        .total_budget(Duration::from_secs(2))
+        .observer(Observer::new(recorder.clone()))
+        .build()
+        .unwrap();
+    let app = Router::new()
+        .route("/ok", get(|| async { "ok" }))
+        .route(
+            "/fail",
+            get(|| async { (http::StatusCode::INTERNAL_SERVER_ERROR, "broken") }),
+        )
+        .route(
+            "/busy",
+            get(|| async {
+                (
+                    http::StatusCode::SERVICE_UNAVAILABLE,
+                    [(http::header::RETRY_AFTER, "1")],
+                    "busy",
+                )
+            }),
+        )
+        .layer(stack);
+    let addr = serve_axum(app).await;
+    let client = hyper();
+    for path in ["/ok", "/fail", "/busy", "/missing"] {
+        let res = client.request(get_req(addr, path)).await.unwrap();
+        let _ = res.into_body().collect().await;
+    }
+    for layer in [LayerKind::AdaptiveLimit, LayerKind::Bulkhead] {
+        let mut outcomes: Vec<Outcome> = recorder
+            .events()
+            .into_iter()
+            .filter(|e| e.layer == layer)
+            .filter_map(|e| match e.kind {
+                EventKind::CallFinished { outcome, .. } => Some(outcome),
+                _ => None,
+            })
+            .collect();
+        outcomes.sort_by_key(|o| format!("{o:?}"));
+        assert_eq!(
+            outcomes,
+            [
+                Outcome::Failure,
+                Outcome::Ignored,
+                Outcome::Overloaded,
+                Outcome::Success
+            ],
+            "{layer:?}"
+        );
+    }
+}
