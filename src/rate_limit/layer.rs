@@ -383,8 +383,10 @@ impl<X, D> RateLimitLayer<X, D> {
     /// time, within the new burst — a key that spent its burst under
     /// `100/s` waits at most one new burst's worth under `10/s`, and one
     /// that spent nothing starts the new quota full. Requests in flight are
-    /// unaffected; a check racing with the change may see the new period
-    /// with the old burst, for that one decision. Lock-free and
+    /// unaffected; a check racing with the change may see parts of both
+    /// quotas (the new period with the old burst tolerance, say) for that
+    /// one decision, and never refuses for good a cost both quotas' bursts
+    /// allow. Lock-free and
     /// allocation-free on the request path (the quota lives in atomics).
     /// Reported as a [`Reconfigured`](crate::observe::EventKind::Reconfigured)
     /// event; the quota in place again changes nothing and reports nothing.

@@ -139,7 +139,10 @@ fn gcra(
     } else {
         0
     };
-    if extra > tau {
+    // Never fits: judged by the burst read with the period (not by `tau`,
+    // stored apart, which a check racing with a change may read from the
+    // other quota). One cell always fits: a burst is at least 1.
+    if cost > 1 && cost > burst {
         return Err(NEVER);
     }
     let full = now.saturating_add(tau).saturating_add(t);
@@ -353,6 +356,25 @@ impl KeyedBuckets {
 #[cfg(test)]
 mod tests {
     use std::num::NonZeroU32;
+
+    /// A check that reads one quota's period and the other's burst
+    /// tolerance (a reload between the stores: 1 ms × 10 to 10 ms × 10)
+    /// may wait, but never refuses for good a cost both bursts allow.
+    #[test]
+    fn a_check_racing_a_reload_never_refuses_a_cost_that_fits_for_good() {
+        use std::sync::atomic::{AtomicU32, AtomicU64};
+        let mixed = QuotaCell {
+            t: AtomicU64::new(10_000_000),
+            tau: AtomicU64::new(9_000_000),
+            burst: AtomicU32::new(10),
+        };
+        let cell = AtomicU64::new(0);
+        for cost in 1..=10 {
+            let r = gcra(&cell, &mixed, 1_000_000_000, cost, false);
+            assert_ne!(r, Err(NEVER), "cost {cost}");
+        }
+        assert_eq!(gcra(&cell, &mixed, 1_000_000_000, 11, false), Err(NEVER));
+    }
 
     use governor::RateLimiter;
     use governor::clock::Clock as _;

@@ -83,13 +83,19 @@ use crate::error::ConfigError;
 /// slow phase's first 20 s), then nothing; before rule 4's last part it
 /// refused 76 %.
 ///
-/// What it cannot see: a queue that this limit never reaches (fewer callers
-/// than half the limit, all waiting on a smaller service) is not measured
-/// until the callers reach half of it. Below half the limit, the latency
-/// moves no limit: a handler whose dependency fails and is retried, then
-/// answers at once behind an open breaker, with 1 to 5 calls in flight,
-/// kept the limit at its 20 (`tests/shed`; judged from a quarter, it fell to
-/// 10, and to 3 while draining, and a burst then was refused past 3).
+/// What it cannot see: a queue fed by fewer calls than half the limit.
+/// Below half the limit in flight the latency moves no limit, so a handler
+/// whose dependency fails and is retried, then answers at once behind an
+/// open breaker, with 1 to 5 calls in flight, keeps the limit at its 20
+/// (`tests/shed`; judged from a quarter of the limit, as before, it fell
+/// to 10, and to 3 while draining, and a burst then was refused past 3).
+/// The price: 7 callers that each wait for their answer, in front of a
+/// service of 2 workers at 10 ms, keep a queue under a limit of 20 (35 ms
+/// a call instead of 10) until they are 10 or more (12 callers: the limit
+/// falls to 3, 18 ms a call). A limit grows only while half of it is in
+/// flight, so this shows only after the load falls from where the
+/// limit was learned, or at the start: set a lower `initial_limit` for a
+/// small service known in advance.
 ///
 /// ```
 /// use seawall::shed::{AdaptiveLimitLayer, QueueDelay};
