@@ -55,9 +55,10 @@ pub trait RetryPolicy<Req, Res>: Send + Sync + 'static {
     /// `result`. Default: a seawall overload in an error is
     /// [`Overloaded`](crate::observe::Outcome::Overloaded), otherwise a
     /// success or a failure as the verdict says. The protocol policies judge
-    /// a response as their protocol's classifier does, as the circuit
-    /// breaker beside them does (HTTP 429, or 503 with `Retry-After`:
-    /// overloaded; 4xx: ignored). A local refusal below (an open breaker, a
+    /// a response as their protocol's default classifier does, as the
+    /// circuit breaker beside them does with its default (HTTP 429, or 503
+    /// with `Retry-After`: overloaded; 4xx: ignored; a breaker given a
+    /// classifier of its own may judge otherwise). A local refusal below (an open breaker, a
     /// full bulkhead) is reported refused whatever this says.
     fn outcome(
         &self,
