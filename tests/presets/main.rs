@@ -1188,7 +1188,7 @@ async fn grpc_preset_hedges_only_the_methods_opted_in() {
 #[tokio::test]
 async fn retry_and_breaker_report_the_same_outcomes() {
     use seawall::Observer;
-    use seawall::observe::{EventKind, LayerKind, Outcome, Recorder};
+    use seawall::observe::{LayerKind, Outcome, Recorder};
 
     let server = http_server().await;
     let recorder = Recorder::new();
@@ -1203,19 +1203,7 @@ async fn retry_and_breaker_report_the_same_outcomes() {
             .unwrap();
         let _ = client.clone().oneshot(get).await;
     }
-    let finished = |layer: LayerKind| {
-        let mut outcomes: Vec<Outcome> = recorder
-            .events()
-            .into_iter()
-            .filter(|e| e.layer == layer)
-            .filter_map(|e| match e.kind {
-                EventKind::CallFinished { outcome, .. } => Some(outcome),
-                _ => None,
-            })
-            .collect();
-        outcomes.sort_by_key(|o| format!("{o:?}"));
-        outcomes
-    };
+    let finished = |layer| finished_outcomes(&recorder, layer);
     let retry = finished(LayerKind::Retry);
     println!(
         "retry {retry:?}\nbreaker {:?}",
@@ -1235,7 +1223,7 @@ async fn retry_and_breaker_report_the_same_outcomes() {
 #[tokio::test]
 async fn server_preset_reports_answers_by_status() {
     use seawall::Observer;
-    use seawall::observe::{EventKind, LayerKind, Outcome, Recorder};
+    use seawall::observe::{LayerKind, Outcome, Recorder};
 
     let recorder = Recorder::new();
     let stack = seawall::stack::ServerStack::http("api")
@@ -1267,16 +1255,7 @@ async fn server_preset_reports_answers_by_status() {
         let _ = res.into_body().collect().await;
     }
     for layer in [LayerKind::AdaptiveLimit, LayerKind::Bulkhead] {
-        let mut outcomes: Vec<Outcome> = recorder
-            .events()
-            .into_iter()
-            .filter(|e| e.layer == layer)
-            .filter_map(|e| match e.kind {
-                EventKind::CallFinished { outcome, .. } => Some(outcome),
-                _ => None,
-            })
-            .collect();
-        outcomes.sort_by_key(|o| format!("{o:?}"));
+        let outcomes = finished_outcomes(&recorder, layer);
         assert_eq!(
             outcomes,
             [
@@ -1288,4 +1267,22 @@ async fn server_preset_reports_answers_by_status() {
             "{layer:?}"
         );
     }
+}
+
+/// The outcomes of `layer`'s `CallFinished` events, sorted.
+fn finished_outcomes(
+    recorder: &seawall::observe::Recorder,
+    layer: seawall::observe::LayerKind,
+) -> Vec<seawall::observe::Outcome> {
+    let mut outcomes: Vec<_> = recorder
+        .events()
+        .into_iter()
+        .filter(|e| e.layer == layer)
+        .filter_map(|e| match e.kind {
+            seawall::observe::EventKind::CallFinished { outcome, .. } => Some(outcome),
+            _ => None,
+        })
+        .collect();
+    outcomes.sort_by_key(|o| format!("{o:?}"));
+    outcomes
 }
