@@ -39,37 +39,18 @@ pin_project! {
             fut: F,
             deco: Option<(Arc<Shared<X, D>>, RateLimitStatus)>,
         },
-        // The other states in one variant: dropping an admitted call's
-        // future then checks one tag and the call, and the code that drops
-        // the others stays out of line.
-        Other {
-            other: Other<S, Req, X, D>,
+        Rejected {
+            err: Option<BoxError>,
         },
-    }
-}
-
-/// The states of a request not (yet) admitted.
-enum Other<S, Req, X, D> {
-    Rejected {
-        err: Option<BoxError>,
-    },
-    // The waiting states are boxed: they are the slow paths (a request
-    // waiting for its cell, a Redis round trip), and inline they would
-    // make every admitted call's future several hundred bytes larger.
-    Waiting {
-        inner: Pin<Box<Wait<S, Req, X, D>>>,
-    },
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
-    Redis {
-        inner: RedisSlot<S, Req, X, D>,
-    },
-}
-
-impl<F, S, Req, X, D> State<F, S, Req, X, D> {
-    fn rejected(err: BoxError) -> Self {
-        State::Other {
-            other: Other::Rejected { err: Some(err) },
-        }
+        // The waiting states are boxed: they are the slow paths (a request
+        // waiting for its cell, a Redis round trip), and inline they would
+        // make every admitted call's future several hundred bytes larger.
+        Waiting {
+            inner: Pin<Box<Wait<S, Req, X, D>>>,
+        },
+        Redis {
+            inner: Pin<Box<RedisWait<S, Req, X, D>>>,
+        },
     }
 }
 
@@ -115,13 +96,6 @@ type RedisCall = super::redis::RedisCall;
 #[cfg(not(feature = "redis"))]
 type RedisCall = Never;
 
-/// The Redis state's content: none without feature `redis` (the state
-/// cannot be made, and dropping a future has no Redis wait to look for).
-#[cfg(feature = "redis")]
-type RedisSlot<S, Req, X, D> = Pin<Box<RedisWait<S, Req, X, D>>>;
-#[cfg(not(feature = "redis"))]
-type RedisSlot<S, Req, X, D> = (Never, std::marker::PhantomData<fn() -> (S, Req, X, D)>);
-
 /// Uninhabited: no Redis call without feature `redis`.
 #[cfg(not(feature = "redis"))]
 #[derive(Debug)]
@@ -131,15 +105,9 @@ impl<F, S, Req, X, D> fmt::Debug for ResponseFuture<F, S, Req, X, D> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = match &self.state {
             State::Called { .. } => "called",
-            State::Other {
-                other: Other::Rejected { .. },
-            } => "rejected",
-            State::Other {
-                other: Other::Waiting { .. },
-            } => "waiting",
-            State::Other {
-                other: Other::Redis { .. },
-            } => "redis",
+            State::Rejected { .. } => "rejected",
+            State::Waiting { .. } => "waiting",
+            State::Redis { .. } => "redis",
         };
         f.debug_struct("ResponseFuture")
             .field("state", &state)
@@ -195,7 +163,9 @@ impl<F, S, Req, X, D> ResponseFuture<F, S, Req, X, D> {
         detail: &'static str,
     ) -> Self {
         ResponseFuture {
-            state: State::rejected(reject(shared, wait, detail)),
+            state: State::Rejected {
+                err: Some(reject(shared, wait, detail)),
+            },
         }
     }
 
@@ -213,9 +183,11 @@ impl<F, S, Req, X, D> ResponseFuture<F, S, Req, X, D> {
             },
         );
         ResponseFuture {
-            state: State::rejected(
-                crate::error::DeadlineExceeded::before_sending(shared.name.clone()).into(),
-            ),
+            state: State::Rejected {
+                err: Some(
+                    crate::error::DeadlineExceeded::before_sending(shared.name.clone()).into(),
+                ),
+            },
         }
     }
 
@@ -229,18 +201,16 @@ impl<F, S, Req, X, D> ResponseFuture<F, S, Req, X, D> {
         shared: &Arc<Shared<X, D>>,
     ) -> Self {
         ResponseFuture {
-            state: State::Other {
-                other: Other::Waiting {
-                    inner: Box::pin(Wait {
-                        sleep: tokio::time::sleep_until(until),
-                        by_max,
-                        deadline,
-                        key,
-                        svc: Some(svc),
-                        req: Some(req),
-                        shared: shared.clone(),
-                    }),
-                },
+            state: State::Waiting {
+                inner: Box::pin(Wait {
+                    sleep: tokio::time::sleep_until(until),
+                    by_max,
+                    deadline,
+                    key,
+                    svc: Some(svc),
+                    req: Some(req),
+                    shared: shared.clone(),
+                }),
             },
         }
     }
@@ -265,20 +235,18 @@ impl<F, S, Req, X, D> ResponseFuture<F, S, Req, X, D> {
             _ => (by_timeout, false),
         };
         ResponseFuture {
-            state: State::Other {
-                other: Other::Redis {
-                    inner: Box::pin(RedisWait {
-                        call,
-                        timer: tokio::time::sleep_until(until),
-                        cut_by_deadline,
-                        by_max,
-                        deadline,
-                        key,
-                        svc: Some(svc),
-                        req: Some(req),
-                        shared: shared.clone(),
-                    }),
-                },
+            state: State::Redis {
+                inner: Box::pin(RedisWait {
+                    call,
+                    timer: tokio::time::sleep_until(until),
+                    cut_by_deadline,
+                    by_max,
+                    deadline,
+                    key,
+                    svc: Some(svc),
+                    req: Some(req),
+                    shared: shared.clone(),
+                }),
             },
         }
     }
@@ -301,7 +269,9 @@ where
     match verdict {
         Verdict::Admit(_) => match (svc.take(), req.take()) {
             (Some(mut s), Some(r)) => ResponseFuture::called(shared, status, || s.call(r)).state,
-            _ => State::rejected("rate limit future polled after completion".into()),
+            _ => State::Rejected {
+                err: Some("rate limit future polled after completion".into()),
+            },
         },
         Verdict::Deny { wait, detail } => match (by_max, wait) {
             (Some(by_max), Some(w)) => {
@@ -318,17 +288,23 @@ where
                             ResponseFuture::waiting(now + w, by_max, deadline, key, s, r, shared)
                                 .state
                         }
-                        _ => State::rejected("rate limit future polled after completion".into()),
+                        _ => State::Rejected {
+                            err: Some("rate limit future polled after completion".into()),
+                        },
                     }
                 } else if deadline == Some(limit) && now + w <= by_max {
                     // The wait itself would be allowed, but the cell comes
                     // after the request's deadline.
                     ResponseFuture::deadline_exceeded(shared, DETAIL_DEADLINE_BEFORE_CELL).state
                 } else {
-                    State::rejected(reject(shared, Some(w), DETAIL_WAIT_TOO_LONG))
+                    State::Rejected {
+                        err: Some(reject(shared, Some(w), DETAIL_WAIT_TOO_LONG)),
+                    }
                 }
             }
-            _ => State::rejected(reject(shared, wait, detail)),
+            _ => State::Rejected {
+                err: Some(reject(shared, wait, detail)),
+            },
         },
     }
 }
@@ -401,12 +377,8 @@ where
     loop {
         let new = match state.as_mut().project() {
             StateProj::Called { fut, deco } => return poll_called(fut, deco, cx),
-            StateProj::Other {
-                other: Other::Rejected { err },
-            } => return crate::error::poll_rejected(err),
-            StateProj::Other {
-                other: Other::Waiting { inner },
-            } => {
+            StateProj::Rejected { err } => return crate::error::poll_rejected(err),
+            StateProj::Waiting { inner } => {
                 edge.get_or_insert_with(crate::clock::Edge::enter);
                 let WaitProj {
                     sleep,
@@ -444,14 +416,14 @@ where
                             )
                             .state
                         }
-                        _ => State::rejected("rate limit future polled after completion".into()),
+                        _ => State::Rejected {
+                            err: Some("rate limit future polled after completion".into()),
+                        },
                     },
                 }
             }
             #[cfg(feature = "redis")]
-            StateProj::Other {
-                other: Other::Redis { inner },
-            } => {
+            StateProj::Redis { inner } => {
                 edge.get_or_insert_with(crate::clock::Edge::enter);
                 let RedisWaitProj {
                     call,
@@ -493,9 +465,7 @@ where
                 next((v, status), *by_max, *deadline, *key, svc, req, &shared)
             }
             #[cfg(not(feature = "redis"))]
-            StateProj::Other {
-                other: Other::Redis { inner },
-            } => match inner.0 {},
+            StateProj::Redis { inner } => match inner.call {},
         };
         state.set(new);
     }
