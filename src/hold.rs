@@ -5,17 +5,26 @@
 //! A streamed response is still work when its head arrives: the server is
 //! still producing it, the connection still carries it, a gRPC status is
 //! still to come in its trailers. Under [`BodyEnd`], the
-//! [bulkhead](crate::bulkhead) keeps its permit, the [adaptive
-//! limit](crate::shed) its place in flight and the [circuit
+//! [bulkhead](crate::bulkhead) keeps its permit and the [circuit
 //! breaker](crate::circuit_breaker) its verdict (and a half-open probe
 //! slot) until the body of an `http::Response<CallBody<B>>` ends, fails, or
 //! is dropped: the [`CallBody`](crate::body::CallBody) carries them. A body
 //! already complete when the head arrives is let go at once.
 //!
+//! The [adaptive limit](crate::shed) gives its place back at the head in
+//! either mode. It learns what the service can answer at once from the
+//! time to an answer, and a stream's lifetime says nothing of that: places
+//! held by streams would only blind it. Twenty streams whose heads came
+//! back at once held every place of the server preset's limit, and every
+//! other request was refused for as long as they flowed (`tests/streams`).
+//! A bulkhead bounds streams: the server presets' (1000 in flight) guards
+//! memory; give long-lived streams a stack of their own with the bulkhead
+//! they need.
+//!
 //! Speed is judged by the head (the time to the first byte, where a queue
 //! shows): the adaptive limit's latency sample and the breaker's slow-call
 //! time are the head's, so a long healthy stream is not a slow call; the
-//! places are held until the end. The breaker judges a head that looks like
+//! permits are held until the end. The breaker judges a head that looks like
 //! a success again at the end: a body that fails, is cut by its deadline,
 //! or ends with a gRPC error status in its trailers is a failure; a body
 //! the reader drops half way is not counted. A head that says failure is counted at once. Retry looks at
@@ -126,8 +135,6 @@ pub struct Duty(pub(crate) DutyKind);
 pub(crate) enum DutyKind {
     #[cfg(feature = "bulkhead")]
     Bulkhead(crate::bulkhead::queue::Permit),
-    #[cfg(feature = "shed")]
-    Limit(crate::shed::limiter::Permit),
     #[cfg(feature = "circuit-breaker")]
     Breaker(crate::circuit_breaker::Pending),
     #[cfg(feature = "shed")]
@@ -140,8 +147,6 @@ impl fmt::Debug for Duty {
         let what = match &self.0 {
             #[cfg(feature = "bulkhead")]
             DutyKind::Bulkhead(_) => "bulkhead permit",
-            #[cfg(feature = "shed")]
-            DutyKind::Limit(_) => "adaptive limit place",
             #[cfg(feature = "circuit-breaker")]
             DutyKind::Breaker(_) => "breaker verdict",
             #[cfg(feature = "shed")]

@@ -1,7 +1,7 @@
 //! [`CallBody`]: a response body that carries what its call still holds —
 //! the call's deadline, and under [`BodyEnd`] the
-//! bulkhead permit, the adaptive limit's place and the breaker's verdict —
-//! to its last byte (feature `http`).
+//! bulkhead permit and the breaker's verdict — to its last byte (feature
+//! `http`).
 //!
 //! Every body the protocol presets hand out is a `CallBody`: on a client,
 //! [`PropagateDeadline`](crate::deadline::propagate::PropagateDeadline) wraps the
@@ -64,9 +64,9 @@ pin_project! {
     /// detail `"timed_out"`) if the call's deadline passes while it is
     /// still streaming — the deadline covers the whole call, not only the
     /// wait for the head — and it carries what the layers above hold until
-    /// its end (see [`hold`](crate::hold)): a bulkhead permit and an
-    /// adaptive-limit place are given back, and the breaker's verdict given,
-    /// when the body ends, fails, or is dropped.
+    /// its end (see [`hold`](crate::hold)): a bulkhead permit is given
+    /// back, and the breaker's verdict given, when the body ends, fails, or
+    /// is dropped.
     ///
     /// It holds its timer inline (no allocation), so, like tower-http's
     /// `TimeoutBody`, it is `!Unpin`: `BodyExt::collect` takes it as it is;
@@ -129,8 +129,6 @@ enum Ending {
 struct Held {
     #[cfg(feature = "bulkhead")]
     bulkhead: Option<crate::bulkhead::queue::Permit>,
-    #[cfg(feature = "shed")]
-    limit: Option<crate::shed::limiter::Permit>,
     #[cfg(feature = "circuit-breaker")]
     breaker: Option<crate::circuit_breaker::Pending>,
     #[cfg(feature = "shed")]
@@ -147,11 +145,6 @@ impl Held {
             #[cfg(feature = "bulkhead")]
             DutyKind::Bulkhead(permit) if self.bulkhead.is_none() => {
                 self.bulkhead = Some(permit);
-                None
-            }
-            #[cfg(feature = "shed")]
-            DutyKind::Limit(permit) if self.limit.is_none() => {
-                self.limit = Some(permit);
                 None
             }
             #[cfg(feature = "circuit-breaker")]
@@ -196,8 +189,6 @@ impl Held {
         if let Some(pending) = self.throttle.take() {
             pending.settle(end());
         }
-        #[cfg(feature = "shed")]
-        drop(self.limit.take());
         #[cfg(feature = "bulkhead")]
         drop(self.bulkhead.take());
     }
@@ -260,7 +251,7 @@ impl<B> CallBody<B> {
     }
 
     /// Whether the body still holds something for the layers above (a
-    /// permit, a place under a limit, a verdict to give).
+    /// permit, a verdict to give).
     pub fn holds(&self) -> bool {
         self.held.any
     }

@@ -8,14 +8,14 @@ use pin_project_lite::pin_project;
 
 use super::limiter::{Completion, Permit};
 use crate::error::{BoxError, RejectionKind, rejection};
-use crate::hold::{Duty, DutyKind, Head, Hold};
+use crate::hold::{Head, Hold};
 use crate::observe::Outcome;
 
 pin_project! {
     /// The response future of [`AdaptiveLimit`](super::AdaptiveLimit).
     ///
-    /// An admitted call holds its place under the limit until it finishes or
-    /// this future is dropped. Completion feeds the limit: an `Ok` is an RTT
+    /// An admitted call holds its place under the limit until its answer's
+    /// head comes back or this future is dropped. Completion feeds the limit: an `Ok` is an RTT
     /// sample; an error that signals overload below (`DeadlineExceeded`,
     /// `AttemptTimeout`, `Overloaded`) is a drop; other errors are ignored.
     /// A future dropped before it finished (the caller gave up) counts as a
@@ -104,13 +104,10 @@ where
                     return Poll::Ready(Err("future polled after completion".into()));
                 };
                 match result {
-                    Ok(response) if M::PAST_HEAD => {
-                        // The latency is the head's, recorded now (the limit
-                        // adapts while long streams hold their places); the
-                        // place is held until the body ends.
-                        permit.sample_head(crate::clock::now(), || M::outcome(response));
-                        drop(M::hold(response, Duty(DutyKind::Limit(permit))));
-                    }
+                    // The head: the call's latency, and its place given back
+                    // (a streamed body that follows holds the bulkhead's
+                    // permit, not a place: see `hold`).
+                    Ok(response) if M::PAST_HEAD => permit.complete_answer(|| M::outcome(response)),
                     Ok(_) => permit.complete(Completion::Sample(Outcome::Success)),
                     Err(_) => {
                         // A failure is judged as a `BoxError`.

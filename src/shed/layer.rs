@@ -24,9 +24,8 @@ use crate::stripe::Striped;
 /// limit: build the layer once per protected resource and reuse it; building
 /// a new layer per connection or per route gives each its own limit.
 ///
-/// A call keeps its place until its response arrives; with
-/// [`until_body_end`](Self::until_body_end) (the server presets), until
-/// the response body ends or is dropped (see [`hold`](crate::hold)).
+/// A call keeps its place until its response arrives (its head, for a
+/// streamed response: see [`hold`](crate::hold)).
 pub struct AdaptiveLimitLayer<P = FromTaskLocal, M = Head> {
     pub(crate) limiter: Striped<Limiter>,
     pub(crate) extractor: Arc<P>,
@@ -62,10 +61,13 @@ impl AdaptiveLimitLayer {
 }
 
 impl<P, M> AdaptiveLimitLayer<P, M> {
-    /// This limit, holding each call's place until its response body ends,
-    /// fails or is dropped (responses of type `http::Response<CallBody<B>>`;
-    /// see [`hold`](crate::hold)). The latency sample is still the
-    /// head's.
+    /// This limit in a protocol stack (the server presets): its
+    /// `CallFinished` events judge a response by its protocol status
+    /// (`http::Response<CallBody<B>>`), where the default mode reports
+    /// every response a success. The place is given back at the head in
+    /// either mode: a stream's lifetime says nothing of what the service
+    /// can answer at once (see [`hold`](crate::hold)); a bulkhead bounds
+    /// streams.
     #[cfg(feature = "http")]
     pub fn until_body_end(self) -> AdaptiveLimitLayer<P, BodyEnd> {
         self.hold_until()

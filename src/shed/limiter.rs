@@ -392,7 +392,6 @@ impl Striped<Limiter> {
             start: now,
             inflight,
             done: false,
-            sampled: false,
         })
     }
 }
@@ -406,8 +405,6 @@ pub(crate) struct Permit {
     inflight: usize,
     // Given back.
     done: bool,
-    // Its sample recorded at the head already (the drop only releases).
-    sampled: bool,
 }
 
 impl fmt::Debug for Permit {
@@ -443,28 +440,16 @@ impl Permit {
         );
     }
 
-    /// Records the head's latency sample now, keeping the place (a
-    /// response body carries the permit to its end, and the drop then only
-    /// gives the place back): the limit's windows close and it adapts while
-    /// long streams hold their places.
-    /// `outcome`: the response's, asked only when an observer listens.
-    pub(crate) fn sample_head(&mut self, now: Instant, outcome: impl FnOnce() -> Outcome) {
-        if self.done || self.sampled {
-            return;
-        }
-        self.sampled = true;
-        let idle = self.limiter.idle.load(Ordering::Relaxed);
+    /// Releases the permit for an answer, its outcome judged by `outcome`
+    /// only when an observer listens (it is the `CallFinished` event's).
+    #[inline]
+    pub(crate) fn complete_answer(&mut self, outcome: impl FnOnce() -> Outcome) {
         let outcome = if self.limiter.observer.is_enabled() {
             outcome()
         } else {
             Outcome::Success
         };
-        self.report(
-            Completion::Sample(outcome),
-            crate::clock::elapsed(self.start, now),
-            now,
-            idle,
-        );
+        self.complete(Completion::Sample(outcome));
     }
 
     #[inline]
@@ -492,11 +477,8 @@ impl Drop for Permit {
             self.done = true;
             let limiter = &*self.limiter;
             let idle = limiter.release(self.class);
-            // Sampled at its head (a response body held it): only the
-            // place goes back. Otherwise the caller gave up: a drop.
-            if !self.sampled {
-                limiter.record(Completion::Drop, Duration::ZERO, crate::clock::now(), idle);
-            }
+            // The caller gave up: a drop.
+            limiter.record(Completion::Drop, Duration::ZERO, crate::clock::now(), idle);
         }
     }
 }

@@ -182,7 +182,8 @@
 //!   example a connection pool's size) that the adaptive limit may not
 //!   exceed. Time spent in the bulkhead's queue, if it has one, shows in the
 //!   limit's latency samples, so the limit comes down when requests queue.
-//! - **Handler timeout innermost**, so it times the handler only. It is
+//! - **Handler timeout innermost**, so it times the handler only (its
+//!   answer included: a streamed body is cut at the handler timeout). It is
 //!   clamped to the deadline, and every wait above it ends by the deadline
 //!   too (the bulkhead's queue, a rate-limit wait, a Redis round trip), so
 //!   here too the deadline layer runs no timer of its own

@@ -37,8 +37,8 @@ const BULKHEAD_MAX_CONCURRENT: usize = 1000;
 /// [`AdaptiveLimitLayer`] → [`BulkheadLayer`] → [`AttemptTimeoutLayer`]
 /// (the handler timeout) → the innermost part `I` that comes with the
 /// ingress (in the presets, [`CallBodyLayer`](crate::body::CallBodyLayer):
-/// request and answer bodies held to the deadline, and the limit's place
-/// and the bulkhead permit held to the answer's last byte). The [module
+/// request and answer bodies held to the deadline, and the bulkhead permit
+/// held to the answer's last byte). The [module
 /// docs](super) explain the order. Parts left out are tower's
 /// [`Identity`], which adds nothing.
 ///
@@ -277,8 +277,9 @@ impl<O, R, P> ServerStackBuilder<O, R, P> {
         self
     }
 
-    /// The most time the handler itself may run, once admitted (default:
-    /// the total budget; at most the total budget).
+    /// The most time the handler itself may run, once admitted, its answer's
+    /// body included (in the presets a streamed answer is cut at it)
+    /// (default: the total budget; at most the total budget).
     pub fn handler_timeout(mut self, timeout: Duration) -> Self {
         self.common.handler_timeout = Some(timeout);
         self
@@ -436,8 +437,9 @@ impl<R, P> ServerStackBuilder<Skip, R, P> {
     /// Reads the client's deadline from `grpc-timeout` and
     /// `x-request-timeout-ms` outermost (feature `http`; requests must be
     /// `http::Request`s), configured by `f` from the ingress layer's defaults
-    /// (30 s cap, no margin). The total budget below it caps what a client
-    /// may ask for.
+    /// (no margin; the cap is the stack's total budget, or a lower
+    /// [`max`](crate::deadline::propagate::DeadlineFromHeadersLayerBuilder::max)
+    /// if you set one).
     ///
     /// With axum, put [`RejectionResponseLayer`](crate::http::RejectionResponseLayer)
     /// outside the stack so rejections become responses:

@@ -1286,3 +1286,52 @@ fn finished_outcomes(
     outcomes.sort_by_key(|o| format!("{o:?}"));
     outcomes
 }
+
+/// A server preset's budget may exceed the header ingress's 30 s default
+/// cap (a long SSE stack): it builds, the cap a caller may ask for is the
+/// budget, and a request without a header gets the whole budget. A lower
+/// `max` set by hand bounds both. (A budget of 31 s failed to build with an
+/// error about `default_budget`, a setting the user never made.)
+#[tokio::test(start_paused = true)]
+async fn a_server_budget_above_30_s_caps_what_callers_ask_for() {
+    let handler = tower::service_fn(|_: http::Request<_>| async {
+        let left = seawall::deadline::remaining().unwrap_or_default();
+        Ok::<_, seawall::BoxError>(http::Response::new(axum::body::Body::from(
+            left.as_millis().to_string(),
+        )))
+    });
+    macro_rules! ask {
+        ($svc:expr, $asked:expr) => {{
+            let mut req = http::Request::get("/");
+            if let Some(ms) = $asked {
+                req = req.header("x-request-timeout-ms", ms);
+            }
+            let req = req.body(Full::new(Bytes::new())).unwrap();
+            let res = $svc.clone().oneshot(req).await.unwrap();
+            let body = res.into_body().collect().await.unwrap().to_bytes();
+            String::from_utf8(body.to_vec()).unwrap()
+        }};
+    }
+    let long = seawall::stack::ServerStack::http("events")
+        .total_budget(Duration::from_secs(60))
+        .build()
+        .expect("a 60 s budget builds")
+        .layer(handler);
+    // Less the preset's 10 ms margin per hop.
+    assert_eq!(ask!(long, Some("45000")), "44990");
+    assert_eq!(ask!(long, Some("90000")), "59990", "capped at the budget");
+    assert_eq!(
+        ask!(long, None::<&str>),
+        "60000",
+        "no header: the whole budget"
+    );
+
+    let capped = seawall::stack::ServerStack::http("events")
+        .total_budget(Duration::from_secs(60))
+        .deadline_from_headers(|d| d.max(Duration::from_secs(10)))
+        .build()
+        .unwrap()
+        .layer(handler);
+    assert_eq!(ask!(capped, Some("45000")), "9990");
+    assert_eq!(ask!(capped, None::<&str>), "10000");
+}

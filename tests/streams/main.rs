@@ -176,7 +176,7 @@ async fn http_client_preset_holds_the_permit_to_the_last_chunk() {
 // ---------------------------------------------------------------- HTTP server
 
 #[tokio::test]
-async fn http_server_preset_holds_the_limit_to_the_last_chunk() {
+async fn http_server_preset_holds_the_bulkhead_to_the_last_chunk() {
     let stack = ServerStack::http("api")
         .total_budget(Duration::from_secs(5))
         .build()
@@ -195,7 +195,8 @@ async fn http_server_preset_holds_the_limit_to_the_last_chunk() {
     let client = h2();
 
     let res = client.request(get_req(addr, "/stream")).await.unwrap();
-    assert_eq!((limit.inflight(), bulkhead.in_flight()), (1, 1));
+    // The limit's place is given back at the head; the permit is held.
+    assert_eq!((limit.inflight(), bulkhead.in_flight()), (0, 1));
     let body = res.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(body, "0 1 2 ");
     // The server lets go once it has sent the last chunk.
@@ -206,7 +207,7 @@ async fn http_server_preset_holds_the_limit_to_the_last_chunk() {
     let res = client.request(get_req(addr, "/stream")).await.unwrap();
     let mut body = Box::pin(res.into_body());
     assert_eq!(one_frame(&mut body).await, "0 ");
-    assert_eq!((limit.inflight(), bulkhead.in_flight()), (1, 1));
+    assert_eq!((limit.inflight(), bulkhead.in_flight()), (0, 1));
     drop(body);
     settle(|| (limit.inflight(), bulkhead.in_flight()) == (0, 0)).await;
 }
@@ -934,11 +935,11 @@ mod in_process {
         assert_eq!(throttle.totals(), (2, 1), "a dropped body is taken back");
     }
 
-    /// A server preset holding long streams (25 s) keeps learning: the adaptive
-    /// limit's latency sample is taken at each head, so its windows close
-    /// while every place is held by a stream still flowing.
+    /// A server preset serving long streams (25 s) learns from their heads:
+    /// the adaptive limit's latency sample is taken at each head, so its
+    /// windows close while the streams flow.
     #[tokio::test(start_paused = true)]
-    async fn the_server_limit_learns_while_streams_hold_their_places() {
+    async fn the_server_limit_learns_from_stream_heads() {
         let stack = ServerStack::http("api")
             .total_budget(Duration::from_secs(30))
             .build()
@@ -959,13 +960,91 @@ mod in_process {
             bodies.push(Box::pin(res.into_body()));
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        assert_eq!(limit.inflight(), 25, "every stream holds its place");
+        assert_eq!(
+            limit.inflight(),
+            0,
+            "a stream's place is given back at its head"
+        );
         assert!(
             limit.expected_rtt().is_some(),
             "a window closed on the heads' samples while the streams flow"
         );
         drop(bodies);
-        assert_eq!(limit.inflight(), 0);
+    }
+
+    /// Streams whose heads come back at once (as an axum SSE route's do)
+    /// give their adaptive-limit places back at the head and hold bulkhead
+    /// permits: forty of them through the server preset leave its limit of
+    /// 20 free for the next request. Held places locked the server: the
+    /// first 20 streams took every place, no window closed (their heads
+    /// were under `min_rtt`), and the 20 streams and every request after
+    /// them were refused. A stack of their own with a bulkhead bounds
+    /// streams.
+    #[tokio::test(start_paused = true)]
+    async fn stream_heads_give_the_server_limit_its_places_back() {
+        let handler = tower::service_fn(|req: http::Request<_>| async move {
+            if req.uri().path() == "/stream" {
+                Ok::<_, BoxError>(fed(25, Duration::from_secs(1), true).map(axum::body::Body::new))
+            } else {
+                Ok(http::Response::new(axum::body::Body::from("hello")))
+            }
+        });
+        let request = |path: &str| {
+            http::Request::get(path)
+                .body(Full::new(Bytes::new()))
+                .unwrap()
+        };
+        for streams_bulkhead in [None, Some(30)] {
+            let mut builder = ServerStack::http("api").total_budget(Duration::from_secs(30));
+            if let Some(n) = streams_bulkhead {
+                builder = builder.bulkhead(move |b| b.max_concurrent(n));
+            }
+            let stack = builder.build().unwrap();
+            let (limit, bulkhead) = (stack.adaptive_limit().clone(), stack.bulkhead_handle());
+            let svc = stack.layer(handler);
+            let (mut bodies, mut refused) = (Vec::new(), Vec::new());
+            for i in 0..40 {
+                let res = svc.clone().oneshot(request("/stream")).await.unwrap();
+                if res.status() == http::StatusCode::OK {
+                    bodies.push(Box::pin(res.into_body()));
+                } else {
+                    let retry_after = res.headers().get(http::header::RETRY_AFTER).cloned();
+                    refused.push((i, res.status().as_u16(), retry_after));
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            assert_eq!(limit.inflight(), 0, "no place is held past a head");
+            assert_eq!(limit.limit(), 20);
+            match streams_bulkhead {
+                None => {
+                    assert!(refused.is_empty(), "no stream refused: {refused:?}");
+                    assert_eq!(bulkhead.in_flight(), 40, "every stream holds a permit");
+                    let res = svc.clone().oneshot(request("/")).await.unwrap();
+                    assert_eq!(
+                        res.status(),
+                        http::StatusCode::OK,
+                        "a plain request is admitted"
+                    );
+                }
+                Some(n) => {
+                    let at: Vec<usize> = refused.iter().map(|r| r.0).collect();
+                    assert_eq!(
+                        at,
+                        (n..40).collect::<Vec<_>>(),
+                        "the bulkhead bounds streams"
+                    );
+                    assert!(
+                        refused
+                            .iter()
+                            .all(|(_, status, retry)| *status == 503 && retry.is_some()),
+                        "{refused:?}"
+                    );
+                    assert_eq!(bulkhead.in_flight(), n);
+                }
+            }
+            drop(bodies);
+            assert_eq!((limit.inflight(), bulkhead.in_flight()), (0, 0));
+        }
     }
 
     /// A stream's producer, running after its handler returned, still reads

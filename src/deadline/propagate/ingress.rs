@@ -62,7 +62,7 @@ impl DeadlineFromHeadersLayer {
         DeadlineFromHeadersLayerBuilder {
             grpc: true,
             ms_header: Some(DEFAULT_MS_HEADER),
-            max: DEFAULT_MAX,
+            max: None,
             margin: Duration::ZERO,
             default_budget: None,
             on_invalid: OnInvalid::Ignore,
@@ -109,7 +109,8 @@ impl<S> Layer<S> for DeadlineFromHeadersLayer {
 pub struct DeadlineFromHeadersLayerBuilder {
     grpc: bool,
     ms_header: Option<&'static str>,
-    max: Duration,
+    /// `None`: the default (30 s), or the server's budget in a stack.
+    max: Option<Duration>,
     margin: Duration,
     default_budget: Option<Duration>,
     on_invalid: OnInvalid,
@@ -134,21 +135,29 @@ impl DeadlineFromHeadersLayerBuilder {
 
     /// Caps every deadline at `budget` (the server's own budget, in the
     /// server presets), a request without a readable header included, so
-    /// that the answer's body is held to it too.
+    /// that the answer's body is held to it too. The cap a caller may ask
+    /// for is the budget itself, or a lower [`max`](Self::max) if one was
+    /// set (which then bounds the requests without a header too).
     #[cfg(all(feature = "retry", feature = "circuit-breaker", feature = "shed"))]
     pub(crate) fn cap_at(mut self, budget: Duration) -> Self {
-        self.max = self.max.min(budget);
-        self.default_budget = Some(self.default_budget.map_or(budget, |d| d.min(budget)));
+        let max = self.max.map_or(budget, |m| m.min(budget));
+        self.max = Some(max);
+        self.default_budget = Some(
+            self.default_budget
+                .map_or(budget, |d| d.min(budget))
+                .min(max),
+        );
         self
     }
 
     super::header_setters!("read", "Read");
 
-    /// The longest timeout a caller may ask for (default 30 s). Longer
-    /// values are clamped to it and reported as
+    /// The longest timeout a caller may ask for (default 30 s; in a
+    /// [`ServerStack`](crate::stack::ServerStack), the stack's total
+    /// budget). Longer values are clamped to it and reported as
     /// `InputIgnored { reason: "clamped" }`.
     pub fn max(mut self, max: Duration) -> Self {
-        self.max = max;
+        self.max = Some(max);
         self
     }
 
@@ -183,29 +192,27 @@ impl DeadlineFromHeadersLayerBuilder {
     /// when no header is read and no default budget is set.
     pub fn build(self) -> Result<DeadlineFromHeadersLayer, ConfigError> {
         const KIND: &str = "deadline_from_headers";
-        if self.max.is_zero() {
+        let max = self.max.unwrap_or(DEFAULT_MAX);
+        if max.is_zero() {
             return Err(ConfigError::new(
                 KIND,
                 "max must be greater than zero, got 0ns",
             ));
         }
-        if self.margin >= self.max {
+        if self.margin >= max {
             return Err(ConfigError::new(
                 KIND,
                 format!(
                     "margin must be below max ({:?}), got {:?}",
-                    self.max, self.margin
+                    max, self.margin
                 ),
             ));
         }
         if let Some(d) = self.default_budget {
-            if d.is_zero() || d > self.max {
+            if d.is_zero() || d > max {
                 return Err(ConfigError::new(
                     KIND,
-                    format!(
-                        "default_budget must be in (0, max = {:?}], got {d:?}",
-                        self.max
-                    ),
+                    format!("default_budget must be in (0, max = {:?}], got {d:?}", max),
                 ));
             }
         }
@@ -223,12 +230,12 @@ impl DeadlineFromHeadersLayerBuilder {
             cfg: Arc::new(IngressConfig {
                 grpc: self.grpc,
                 ms_header,
-                max: self.max,
+                max,
                 margin: self.margin,
                 default_budget: self.default_budget,
                 on_invalid: self.on_invalid,
                 shared: Arc::new(Shared {
-                    limit: self.max,
+                    limit: max,
                     name: self.name,
                     observer: self.observer,
                 }),

@@ -175,9 +175,10 @@ impl ServerStack {
     /// - the `x-seawall-attempt` a client stack sends is recorded, so the
     ///   handler's own client stacks do not retry a retried request;
     /// - innermost, a [`CallBodyLayer`](crate::body::CallBodyLayer): the
-    ///   answer is held to the deadline to its last byte, and so are the
-    ///   adaptive limit's place and the bulkhead permit (a streaming
-    ///   answer counts while it streams; see [`hold`](crate::hold)); the
+    ///   answer is held to the deadline to its last byte, and so is the
+    ///   bulkhead permit (a streaming answer counts against the bulkhead
+    ///   while it streams; the adaptive limit's place is given back at its
+    ///   head: see [`hold`](crate::hold)); the
     ///   request body too: a handler still waiting for it at the
     ///   deadline reads an error holding `DeadlineExceeded` (axum wraps
     ///   it in an `axum::Error`: find it with
@@ -292,8 +293,8 @@ mod grpc {
         /// left to the handler); the `x-seawall-attempt` a client stack
         /// sends is recorded. A streaming answer is held to the deadline
         /// (it ends with `grpc-status: 4` in its trailers) and holds the
-        /// adaptive limit's place and the bulkhead permit until it ends
-        /// (see [`hold`](crate::hold)).
+        /// bulkhead permit until it ends; the adaptive limit's place is
+        /// given back at its head (see [`hold`](crate::hold)).
         ///
         /// ```no_run
         /// # async fn run(routes: tonic::service::Routes) -> Result<(), seawall::BoxError> {
