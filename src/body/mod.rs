@@ -165,7 +165,7 @@ impl Held {
         back
     }
 
-    /// Lets go of everything: the breaker's verdict first, then the places.
+    /// Lets go of everything: the breaker's verdict first, then the permit.
     #[cfg_attr(
         not(any(feature = "circuit-breaker", feature = "shed")),
         allow(unused_variables)

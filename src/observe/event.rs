@@ -298,7 +298,9 @@ pub enum EventKind {
         /// The wait the rejection advertises, if any.
         retry_after: Option<Duration>,
     },
-    /// A stateful layer changed state.
+    /// A stateful layer changed state (and once as a breaker is built, from
+    /// its state to itself, so that a state gauge has its value from the
+    /// start).
     StateChanged {
         /// The state left.
         from: State,
