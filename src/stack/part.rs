@@ -235,8 +235,8 @@ impl HoldPoint for crate::body::CallBodyLayer {
 /// An ingress part of the server stack: with it comes the stack's
 /// innermost layer ([`Identity`] for none; with an HTTP ingress, the
 /// [`CallBodyLayer`](crate::body::CallBodyLayer) that holds the handler's
-/// answers to the caller's deadline, so that the stack's limits hold until
-/// an answer's last byte).
+/// answers to the caller's deadline, so that the stack's bulkhead holds
+/// until an answer's last byte).
 pub trait IngressPart: StackPart {
     /// The innermost layer that comes with this ingress.
     type Innermost: HoldPoint;

@@ -58,8 +58,9 @@ pub struct ServerStackLayer<O = Identity, R = Identity, P = FromTaskLocal, I = I
 /// The service the inner part of a [`ServerStackLayer`] makes around `S`:
 /// adaptive limit → bulkhead → handler timeout. The rate limit and the
 /// ingress wrap it (see [`ServerStackLayer`]'s `Layer` impl). `M` is where
-/// the limit and the bulkhead let go of a call ([`Head`], or with an HTTP
-/// ingress [`BodyEnd`](crate::hold::BodyEnd): see [`hold`](crate::hold)).
+/// the bulkhead lets go of a call ([`Head`], or with an HTTP ingress
+/// [`BodyEnd`](crate::hold::BodyEnd): see [`hold`](crate::hold)); the
+/// limit gives its place back at the head either way.
 ///
 /// A named type (not an alias of the layers inside), so that signatures
 /// and type mismatches say `ServerCore<…>`; it forwards `poll_ready` and
@@ -80,8 +81,9 @@ wrapper_service!(
 /// service inside the handler timeout: yours, or in the protocol presets,
 /// the body layer around yours), below the ingress part if there is one.
 ///
-/// `M` is where the adaptive limit and the bulkhead let go of a call
-/// ([`Head`], or [`BodyEnd`](crate::hold::BodyEnd) in the presets); `R` is
+/// `M` is where the bulkhead lets go of a call ([`Head`], or
+/// [`BodyEnd`](crate::hold::BodyEnd) in the presets; the adaptive limit
+/// gives its place back at the head either way); `R` is
 /// the rate-limit part ([`Identity`](tower::layer::util::Identity) when the
 /// stack has none).
 ///
@@ -437,9 +439,10 @@ impl<R, P> ServerStackBuilder<Skip, R, P> {
     /// Reads the client's deadline from `grpc-timeout` and
     /// `x-request-timeout-ms` outermost (feature `http`; requests must be
     /// `http::Request`s), configured by `f` from the ingress layer's defaults
-    /// (no margin; the cap is the stack's total budget, or a lower
-    /// [`max`](crate::deadline::propagate::DeadlineFromHeadersLayerBuilder::max)
-    /// if you set one).
+    /// (30 s cap, no margin). The total budget below it caps what a client
+    /// may ask for. (In the [`http`](crate::stack::ServerStack::http) and
+    /// [`grpc`](crate::stack::ServerStack::grpc) presets the cap is the
+    /// stack's total budget, or a lower `max` if you set one.)
     ///
     /// With axum, put [`RejectionResponseLayer`](crate::http::RejectionResponseLayer)
     /// outside the stack so rejections become responses:

@@ -1,8 +1,9 @@
 //! Streamed responses through the protocol presets, with their defaults,
 //! over loopback: a real hyper client against axum, a real tonic `Channel`
 //! and tonic streaming client against a tonic server. The call ends when
-//! its body ends: permits and places are held to the last chunk and given
-//! back when the reader drops the stream half way; the breaker counts a
+//! its body ends: bulkhead permits are held to the last chunk and given
+//! back when the reader drops the stream half way (the server's adaptive
+//! limit gives its place back at the head); the breaker counts a
 //! body that fails or ends with an error status in its trailers, and does
 //! not count a body the reader dropped.
 //!

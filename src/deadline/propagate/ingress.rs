@@ -142,18 +142,17 @@ impl DeadlineFromHeadersLayerBuilder {
     pub(crate) fn cap_at(mut self, budget: Duration) -> Self {
         let max = self.max.map_or(budget, |m| m.min(budget));
         self.max = Some(max);
-        self.default_budget = Some(
-            self.default_budget
-                .map_or(budget, |d| d.min(budget))
-                .min(max),
-        );
+        // A default budget set by hand above `max` is still refused by
+        // `build`; one not set is the cap.
+        self.default_budget = Some(self.default_budget.map_or(max, |d| d.min(budget)));
         self
     }
 
     super::header_setters!("read", "Read");
 
-    /// The longest timeout a caller may ask for (default 30 s; in a
-    /// [`ServerStack`](crate::stack::ServerStack), the stack's total
+    /// The longest timeout a caller may ask for (default 30 s; in the
+    /// server presets, [`ServerStack::http`](crate::stack::ServerStack::http)
+    /// and [`grpc`](crate::stack::ServerStack::grpc), the stack's total
     /// budget). Longer values are clamped to it and reported as
     /// `InputIgnored { reason: "clamped" }`.
     pub fn max(mut self, max: Duration) -> Self {
