@@ -30,7 +30,8 @@
 //!
 //! Then more scenarios on the same backend: a partial failure (30 % of
 //! calls fail fast, at 60 % of capacity), a flapping dependency, a latency
-//! creep, a chain of three hops, a surge with mixed criticality; and on a
+//! creep, a chain of three hops, one route of the dependency down, a
+//! dependency behind a load shedder, a surge with mixed criticality; and on a
 //! backend of its own, a heavy tail then a brownout, served without
 //! hedging, with seawall's hedge and with tower's `Hedge` (`tail.rs`).
 //!
@@ -208,6 +209,16 @@ fn main() -> Result<(), seawall::BoxError> {
             "chain: client -> A -> B -> backend, each hop with its stacks; backend healthy 10 s, \
              down 10 s, healthy 10 s; attempts count every hop",
             Scenario::chain([10, 10, 10]),
+        ),
+        (
+            "one route down: half of the requests (one route of two) fail fast, every attempt, \
+             for 20 s between 5 s healthy before and after, at 60% of capacity",
+            Scenario::route_down(20),
+        ),
+        (
+            "shedding dependency: a proxy in front of the backend answers a bare error beyond 40 \
+             calls in flight or queued; 200% of capacity for 20 s between 5 s at 60%",
+            Scenario::shedding(20),
         ),
     ];
     for (title, scenario) in more {

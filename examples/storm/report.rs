@@ -4,6 +4,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use seawall::EventKind;
+use seawall::observe::State;
 
 use crate::sim::{Run, Scenario, Summary};
 
@@ -219,6 +220,38 @@ pub fn what_happened(scenario: &Scenario, runs: &[Run]) -> String {
     sentences.join(". ") + "."
 }
 
+/// A breaker's transitions in words, each run of failed probes (half-open,
+/// then open again) told as one: "open at 50.3 s, 198 probes failed until
+/// 70.0 s, half_open at 70.1 s, closed at 70.1 s".
+fn breaker_story(transitions: &[(State, f64)]) -> String {
+    let mut parts = Vec::new();
+    let mut i = 0;
+    while i < transitions.len() {
+        let (state, t) = transitions[i];
+        parts.push(format!("{} at {t:.1} s", state.as_str()));
+        i += 1;
+        if state != State::Open {
+            continue;
+        }
+        let (mut failed, mut last) = (0, t);
+        while i + 1 < transitions.len()
+            && transitions[i].0 == State::HalfOpen
+            && transitions[i + 1].0 == State::Open
+        {
+            failed += 1;
+            last = transitions[i + 1].1;
+            i += 2;
+        }
+        if failed > 0 {
+            parts.push(format!(
+                "{failed} probe{} failed until {last:.1} s",
+                if failed == 1 { "" } else { "s" }
+            ));
+        }
+    }
+    parts.join(", ")
+}
+
 /// What the seawall layers reported: breaker transitions and the range of the
 /// adaptive limit.
 pub fn seawall_events(run: &Run) -> Option<String> {
@@ -230,7 +263,7 @@ pub fn seawall_events(run: &Run) -> Option<String> {
     for (t, _, kind) in &run.events {
         match *kind {
             EventKind::StateChanged { from, to, .. } if from != to => {
-                transitions.push(format!("{} at {t:.1} s", to.as_str()));
+                transitions.push((to, *t));
             }
             EventKind::LimitChanged { from, to } => {
                 let (lo, hi) = limits.unwrap_or((from, from));
@@ -241,7 +274,7 @@ pub fn seawall_events(run: &Run) -> Option<String> {
     }
     let mut out = String::new();
     if !transitions.is_empty() {
-        let _ = write!(out, "circuit breaker: {}", transitions.join(", "));
+        let _ = write!(out, "circuit breaker: {}", breaker_story(&transitions));
     }
     if let Some((lo, hi)) = limits {
         if !out.is_empty() {

@@ -50,6 +50,15 @@ pub enum Condition {
     /// This share of calls (0..=1) fails after a short delay; the others are
     /// served normally (a partial failure).
     Failing(f64),
+    /// This share of *requests* (0..=1) fails after a short delay, every
+    /// attempt of it: one route of the dependency is broken, the others
+    /// are served normally.
+    RouteDown(f64),
+    /// The dependency sheds load as a proxy in front of it would (nginx's
+    /// `limit_conn`): a call that finds this many calls in flight or queued
+    /// fails at once, with no hint of when to come back; the others are
+    /// served normally.
+    Shedding(usize),
 }
 
 impl fmt::Display for Condition {
@@ -59,6 +68,10 @@ impl fmt::Display for Condition {
             Condition::Slow(x) => write!(f, "backend latency x{x}"),
             Condition::Down => f.write_str("backend down, every call fails"),
             Condition::Failing(p) => write!(f, "{:.0}% of calls fail fast", p * 100.0),
+            Condition::RouteDown(p) => {
+                write!(f, "one route ({:.0}% of requests) fails fast", p * 100.0)
+            }
+            Condition::Shedding(n) => write!(f, "backend sheds beyond {n} calls"),
         }
     }
 }
@@ -116,6 +129,66 @@ impl Scenario {
             load: 0.6,
             condition: Condition::Failing(0.3),
         }];
+        s
+    }
+
+    /// One route broken: the same backend at 60 % of capacity, where half of
+    /// the requests (one route of two) fail fast, every attempt, for `secs`
+    /// seconds, between 5 s healthy before and after. The other route is
+    /// healthy: a breaker that opens for the whole dependency turns a half
+    /// outage into a full one.
+    pub fn route_down(secs: u64) -> Self {
+        let mut s = Scenario::quick();
+        s.phases = vec![
+            Phase {
+                name: "healthy",
+                duration: Duration::from_secs(5),
+                load: 0.6,
+                condition: Condition::Healthy,
+            },
+            Phase {
+                name: "route down",
+                duration: Duration::from_secs(secs),
+                load: 0.6,
+                condition: Condition::RouteDown(0.5),
+            },
+            Phase {
+                name: "after",
+                duration: Duration::from_secs(5),
+                load: 0.6,
+                condition: Condition::Healthy,
+            },
+        ];
+        s
+    }
+
+    /// A dependency behind a load shedder that answers a bare error (no
+    /// `Retry-After`, as nginx's `limit_conn` answers 503) to a call that
+    /// finds twice its workers busy or queued, under a surge at twice its
+    /// capacity for `secs` seconds, between 5 s at 60 % before and after.
+    pub fn shedding(secs: u64) -> Self {
+        let mut s = Scenario::quick();
+        let limit = s.workers * 2;
+        s.phases = vec![
+            Phase {
+                name: "healthy",
+                duration: Duration::from_secs(5),
+                load: 0.6,
+                condition: Condition::Shedding(limit),
+            },
+            Phase {
+                name: "surge",
+                duration: Duration::from_secs(secs),
+                load: 2.0,
+                condition: Condition::Shedding(limit),
+            },
+            Phase {
+                name: "after",
+                duration: Duration::from_secs(5),
+                load: 0.6,
+                condition: Condition::Shedding(limit),
+            },
+        ];
         s
     }
 
@@ -291,6 +364,9 @@ impl Scenario {
             Condition::Down => 0.0,
             // Every request can be served: a failed call can be tried again.
             Condition::Failing(_) => self.capacity(),
+            // The broken route's requests cannot be served.
+            Condition::RouteDown(p) => (1.0 - p) * phase.load * self.capacity(),
+            Condition::Shedding(_) => self.capacity(),
         };
         (capacity / (phase.load * self.capacity())).min(1.0)
     }
@@ -362,6 +438,9 @@ impl Scenario {
 pub struct Req {
     deadline: Option<Deadline>,
     caller_gives_up: Instant,
+    /// Which route the request takes: a uniform draw in `[0, 1)`, the same
+    /// for every attempt of it.
+    route: f64,
 }
 
 impl HasDeadline for Req {
@@ -557,7 +636,7 @@ impl Service<Req> for Backend {
         let shared = self.shared.clone();
         let n = shared.calls.fetch_add(1, Ordering::Relaxed);
         let meter = &shared.meter;
-        meter.backend_in_flight.fetch_add(1, Ordering::Relaxed);
+        let busy_before = meter.backend_in_flight.fetch_add(1, Ordering::Relaxed);
         {
             let at = meter.since_start(Instant::now());
             let mut book = meter.book();
@@ -568,9 +647,15 @@ impl Service<Req> for Backend {
         let guard = InFlight(shared.clone());
         Box::pin(async move {
             let _guard = guard;
+            let sc = &shared.scenario;
+            let phase = sc.phase_at(shared.meter.since_start(Instant::now()));
+            if let Condition::Shedding(limit) = sc.phases[phase].condition {
+                if busy_before >= limit {
+                    return Err(BackendError.into());
+                }
+            }
             let _worker = shared.workers.acquire().await?;
             let begin = Instant::now();
-            let sc = &shared.scenario;
             let phase = sc.phase_at(shared.meter.since_start(begin));
             let jitter = 0.5 + unit(sc.seed, n);
             let (busy, result) = match sc.phases[phase].condition {
@@ -581,6 +666,12 @@ impl Service<Req> for Backend {
                     (sc.fail_time, Err(BackendError.into()))
                 }
                 Condition::Failing(_) => (sc.service_time.mul_f64(jitter), Ok(Resp)),
+                Condition::RouteDown(p) if req.route < p => {
+                    (sc.fail_time, Err(BackendError.into()))
+                }
+                Condition::RouteDown(_) | Condition::Shedding(_) => {
+                    (sc.service_time.mul_f64(jitter), Ok(Resp))
+                }
             };
             tokio::time::sleep(busy).await;
             let done = Instant::now();
@@ -912,6 +1003,7 @@ async fn run_async(scenario: &Scenario, mode: Mode) -> Result<Run, BoxError> {
         let req = Req {
             deadline: None,
             caller_gives_up: gives_up,
+            route: unit(scenario.seed ^ 0x7017E, i as u64),
         };
         let client = stacks.client.clone();
         let meter = meter.clone();

@@ -118,7 +118,14 @@ async fn http_server() -> HttpServer {
     let app = Router::new()
         .route(
             "/fail",
-            get(move || async move {
+            get({
+                let c = c1.clone();
+                move || async move {
+                    c();
+                    (http::StatusCode::INTERNAL_SERVER_ERROR, "broken")
+                }
+            })
+            .post(move || async move {
                 c1();
                 (http::StatusCode::INTERNAL_SERVER_ERROR, "broken")
             }),
@@ -154,6 +161,7 @@ async fn http_server() -> HttpServer {
                 "done"
             }),
         )
+        .route("/fast", get(|| async { "fast" }))
         .route(
             "/ok",
             get(move || async move {
@@ -166,6 +174,24 @@ async fn http_server() -> HttpServer {
     HttpServer { addr, hits }
 }
 
+/// An observer that notes when a breaker last opened.
+fn opened_at_observer() -> (
+    seawall::Observer,
+    Arc<std::sync::Mutex<Option<tokio::time::Instant>>>,
+) {
+    let at = Arc::new(std::sync::Mutex::new(None));
+    let seen = at.clone();
+    let observer = seawall::Observer::new(move |e: &seawall::observe::Event<'_>| {
+        if let seawall::observe::EventKind::StateChanged {
+            to: State::Open, ..
+        } = e.kind
+        {
+            *seen.lock().unwrap() = Some(tokio::time::Instant::now());
+        }
+    });
+    (observer, at)
+}
+
 fn get_req(addr: SocketAddr, path: &str) -> http::Request<Full<Bytes>> {
     http::Request::get(format!("http://{addr}{path}"))
         .body(Full::new(Bytes::new()))
@@ -175,8 +201,10 @@ fn get_req(addr: SocketAddr, path: &str) -> http::Request<Full<Bytes>> {
 #[tokio::test]
 async fn http_preset_breaker_opens_on_500_then_refuses_fast() {
     let server = http_server().await;
-    // Only the budgets are set: every other setting is the preset's default.
-    let stack = http_preset().build().unwrap();
+    // Only the budgets are set: every other setting is the preset's default
+    // (an observer notes when the breaker opens).
+    let opened_at = opened_at_observer();
+    let stack = http_preset().observer(opened_at.0).build().unwrap();
     let breaker = stack.breaker_handle();
     let client: HttpClient<Hyper> = stack.layer(hyper());
 
@@ -197,8 +225,8 @@ async fn http_preset_breaker_opens_on_500_then_refuses_fast() {
         State::Open,
         "the breaker opens on HTTP 500"
     );
-    // The stack's breaker opens after 20 failures in a row (its window also
-    // judges from 20 calls).
+    // The stack's breaker judges its window from 20 calls: 20 failures
+    // of 20 open it.
     let reached = server.hits.load(Ordering::SeqCst);
     assert_eq!(reached, 20, "attempts that reached the dependency");
     assert!(
@@ -206,8 +234,20 @@ async fn http_preset_breaker_opens_on_500_then_refuses_fast() {
         "retries are attempts too: {calls_until_open} calls"
     );
 
+    // After its open time (100 ms), one probe reaches it (a POST, which
+    // the preset does not retry), fails, and the breaker opens again.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let post = http::Request::post(format!("http://{}/fail", server.addr))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let res = client.clone().oneshot(post).await.unwrap();
+    assert_eq!(res.status(), 500);
+    assert_eq!(server.hits.load(Ordering::SeqCst), 21, "one probe");
+    assert_eq!(breaker.state(), State::Open);
+    // Calls made within its open time are refused without reaching it.
+    let opened = opened_at.1.lock().unwrap().expect("opened");
     let mut refused_fast = 0;
-    for _ in 0..100 {
+    while opened.elapsed() < Duration::from_millis(60) {
         let err = client
             .clone()
             .oneshot(get_req(server.addr, "/fail"))
@@ -215,17 +255,17 @@ async fn http_preset_breaker_opens_on_500_then_refuses_fast() {
             .unwrap_err();
         let view = rejection_of(&err).unwrap();
         assert_eq!(view.kind(), RejectionKind::CircuitOpen);
-        // The open second's remainder, stretched by up to half.
+        // The open time's remainder, stretched by up to half.
         let wait = view.retry_after().expect("when to come back");
-        assert!(wait < Duration::from_millis(1_500), "{wait:?}");
+        assert!(wait <= Duration::from_millis(150), "{wait:?}");
         refused_fast += 1;
     }
-    assert_eq!(server.hits.load(Ordering::SeqCst), 20, "none reached it");
-    assert_eq!(refused_fast, 100);
+    assert!(refused_fast > 0);
+    assert_eq!(server.hits.load(Ordering::SeqCst), 21, "none reached it");
     println!(
         "http preset vs a dependency answering 500: {calls_until_open} calls, {reached} attempts \
-         reached it before the breaker opened; {refused_fast} of {refused_fast} later calls refused \
-         without reaching it"
+         reached it before the breaker opened; one probe after its open time; {refused_fast} of \
+         {refused_fast} calls in the first 60 ms of its next open time refused without reaching it"
     );
 }
 
@@ -283,6 +323,47 @@ async fn http_preset_busy_answers_never_open_the_breaker() {
     assert_eq!(breaker.state(), State::Closed);
     assert_eq!(breaker.metrics().calls, 0, "a 503 is not counted");
     assert!(server.hits.load(Ordering::SeqCst) >= 50);
+}
+
+/// One route of the dependency broken, the other healthy: the preset's
+/// breaker does not take the healthy route down with the broken one. Each
+/// request to the broken route fails three attempts, so three attempts in
+/// four fail; a breaker opening at half its calls failing opened here (as
+/// the stack's did before its threshold was 80 %), and refused the
+/// healthy route's requests too.
+#[tokio::test]
+async fn one_failing_route_does_not_open_the_preset_breaker() {
+    let server = http_server().await;
+    let stack = http_preset().build().unwrap();
+    let breaker = stack.breaker_handle();
+    let client = stack.layer(hyper());
+    let mut fast_ok = 0;
+    for _ in 0..25 {
+        let res = client
+            .clone()
+            .oneshot(get_req(server.addr, "/fast"))
+            .await
+            .unwrap();
+        if res.status() == 200 {
+            fast_ok += 1;
+        }
+        res.into_body().collect().await.unwrap();
+        let res = client
+            .clone()
+            .oneshot(get_req(server.addr, "/fail"))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 500, "the dependency's own answer");
+        res.into_body().collect().await.unwrap();
+        assert_eq!(breaker.state(), State::Closed);
+    }
+    assert_eq!(fast_ok, 25, "the healthy route is served");
+    let m = breaker.metrics();
+    assert_eq!(
+        (m.calls, m.failures),
+        (100, 75),
+        "three attempts in four failed"
+    );
 }
 
 /// A load balancer with nothing behind it answers a bare 503 (no
@@ -480,7 +561,11 @@ fn hello() -> tonic::Request<HelloRequest> {
 #[tokio::test]
 async fn grpc_preset_breaker_opens_on_unavailable_then_refuses_fast() {
     let (channel, hits) = serve_raw(Answer::TrailersOnly).await;
-    let stack = grpc_preset(Duration::from_millis(500)).build().unwrap();
+    let opened_at = opened_at_observer();
+    let stack = grpc_preset(Duration::from_millis(500))
+        .observer(opened_at.0)
+        .build()
+        .unwrap();
     let breaker = stack.breaker_handle();
     let client: GrpcClient<Channel> = stack.layer(channel);
 
@@ -511,8 +596,17 @@ async fn grpc_preset_breaker_opens_on_unavailable_then_refuses_fast() {
     let reached = hits.load(Ordering::SeqCst);
     assert_eq!(reached, 20, "attempts that reached the dependency");
 
+    // After its open time (100 ms), one probe reaches it and fails: the
+    // breaker opens again, and the probe's retry (at most 50 ms later)
+    // meets it.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let status = call_say_hello(client.clone(), hello()).await.unwrap_err();
+    assert_eq!(status.message(), "circuit open");
+    assert_eq!(hits.load(Ordering::SeqCst), 21, "one probe");
+    // Calls made within its open time are refused without reaching it.
+    let opened = opened_at.1.lock().unwrap().expect("opened");
     let mut refused_fast = 0;
-    for _ in 0..100 {
+    while opened.elapsed() < Duration::from_millis(90) {
         let status = call_say_hello(client.clone(), hello()).await.unwrap_err();
         assert_eq!(status.code(), Code::Unavailable);
         assert_eq!(status.message(), "circuit open");
@@ -530,11 +624,12 @@ async fn grpc_preset_breaker_opens_on_unavailable_then_refuses_fast() {
         );
         refused_fast += 1;
     }
-    assert_eq!(hits.load(Ordering::SeqCst), 20, "none reached it");
+    assert_eq!(hits.load(Ordering::SeqCst), 21, "none reached it");
+    assert!(refused_fast > 0);
     println!(
         "grpc preset vs a dependency answering UNAVAILABLE: {calls_until_open} calls, {reached} \
-         attempts reached it before the breaker opened; {refused_fast} of {refused_fast} later \
-         calls refused without reaching it"
+         attempts reached it before the breaker opened; one probe after its open time; \
+         {refused_fast} of {refused_fast} calls in its next open time refused without reaching it"
     );
 }
 
