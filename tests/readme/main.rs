@@ -227,3 +227,110 @@ async fn rate_limit_per_client_over_http() -> Result<(), seawall::BoxError> {
     assert_eq!((status, retry_after.as_deref()), (429, Some("6")));
     Ok(())
 }
+
+// --- README handler calling a dependency begins ---
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::{Client, connect::HttpConnector};
+use seawall::stack::HttpClient;
+
+type Inventory = HttpClient<Client<HttpConnector, Full<Bytes>>>;
+
+async fn item(State((inventory, base)): State<(Inventory, String)>) -> Response {
+    let req = http::Request::get(format!("{base}/item/7"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    match inventory.oneshot(req).await {
+        // The dependency's answer, whatever its status, body included.
+        Ok(res) => {
+            let (parts, body) = res.into_parts();
+            match body.collect().await {
+                Ok(body) => (parts.status, body.to_bytes()).into_response(),
+                // Cut by the request's deadline while it streamed: 504.
+                Err(err) => seawall::http::rejection_response(&err),
+            }
+        }
+        // This process refused or gave up (breaker open, budget spent, out of
+        // time): 503 or 429 with Retry-After, or 504; other errors 500.
+        Err(err) => seawall::http::rejection_response(&err),
+    }
+}
+// --- README handler calling a dependency ends ---
+
+/// The README's handler that calls a dependency through the client preset,
+/// behind the server preset, over real HTTP on loopback: the dependency's
+/// 500s are passed on until the client's breaker opens, then the caller
+/// gets the breaker's refusal as a 503 with `Retry-After`, and the
+/// dependency is not called.
+#[tokio::test]
+async fn a_handler_calls_a_dependency_through_the_client_preset() -> Result<(), seawall::BoxError> {
+    use hyper_util::rt::TokioExecutor;
+    use seawall::ClientStack;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tower::Layer;
+
+    let hits = Arc::new(AtomicUsize::new(0));
+    let h = hits.clone();
+    let dependency = Router::new().route(
+        "/item/7",
+        get(move || {
+            h.fetch_add(1, Ordering::SeqCst);
+            async { (http::StatusCode::INTERNAL_SERVER_ERROR, "broken") }
+        }),
+    );
+    let serve = |app: Router| async move {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        addr
+    };
+    let dep_addr = serve(dependency).await;
+
+    let hyper_client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let inventory: Inventory = ClientStack::http("inventory")
+        .total_budget(Duration::from_secs(2))
+        .attempt_timeout(Duration::from_millis(500))
+        .build()?
+        .layer(hyper_client);
+    let front = Router::new()
+        .route("/", get(item))
+        .with_state((inventory, format!("http://{dep_addr}")))
+        .layer(
+            ServerStack::http("front")
+                .total_budget(Duration::from_secs(5))
+                .build()?,
+        );
+    let front_addr = serve(front).await;
+
+    let caller = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let get_front = || {
+        http::Request::get(format!("http://{front_addr}/"))
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    let mut statuses = Vec::new();
+    while statuses.len() < 10 && statuses.last().is_none_or(|s: &(u16, bool)| s.0 != 503) {
+        let res = caller.request(get_front()).await?;
+        statuses.push((
+            res.status().as_u16(),
+            res.headers().contains_key(http::header::RETRY_AFTER),
+        ));
+    }
+    // Six requests get the dependency's 500 after three attempts each; the
+    // breaker opens on the 20th failed attempt, during the 7th, whose last
+    // retry meets it (or, if that retry comes after its 100 ms open time, is
+    // its probe, fails, and the 8th is refused).
+    assert!(matches!(statuses.len(), 7 | 8), "{statuses:?}");
+    let (refused, passed_on) = statuses.split_last().unwrap();
+    assert!(passed_on.iter().all(|s| *s == (500, false)), "{statuses:?}");
+    assert_eq!(
+        *refused,
+        (503, true),
+        "the breaker's refusal, with Retry-After"
+    );
+    assert_eq!(hits.load(Ordering::SeqCst), 20 + statuses.len() - 7);
+    Ok(())
+}
