@@ -289,9 +289,10 @@ async fn run_async(scenario: Replicas, protection: Protection) -> Result<Replica
                         .name(format!("replica{id}.breaker"))
                         .window(SlidingWindow::time(Duration::from_secs(10)))
                         .minimum_calls(20)
-                        .consecutive_failures(20)
-                        .permitted_calls_in_half_open(5)
-                        .open_duration(Duration::from_secs(1))
+                        .failure_rate_threshold(0.8)
+                        .consecutive_failures(50)
+                        .permitted_calls_in_half_open(1)
+                        .open_duration(Duration::from_millis(100))
                         .open_multiplier(1.0)
                         .backpressure(true)
                         .build()?

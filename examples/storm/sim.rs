@@ -365,7 +365,7 @@ impl Scenario {
             // Every request can be served: a failed call can be tried again.
             Condition::Failing(_) => self.capacity(),
             // The broken route's requests cannot be served.
-            Condition::RouteDown(p) => (1.0 - p) * phase.load * self.capacity(),
+            Condition::RouteDown(p) => ((1.0 - p) * phase.load).min(1.0) * self.capacity(),
             Condition::Shedding(_) => self.capacity(),
         };
         (capacity / (phase.load * self.capacity())).min(1.0)
@@ -636,9 +636,18 @@ impl Service<Req> for Backend {
         let shared = self.shared.clone();
         let n = shared.calls.fetch_add(1, Ordering::Relaxed);
         let meter = &shared.meter;
-        let busy_before = meter.backend_in_flight.fetch_add(1, Ordering::Relaxed);
+        let at = meter.since_start(Instant::now());
+        // A shedding proxy in front of the backend refuses at once: the call
+        // never reaches the backend.
+        if let Condition::Shedding(limit) =
+            shared.scenario.phases[shared.scenario.phase_at(at)].condition
         {
-            let at = meter.since_start(Instant::now());
+            if meter.backend_in_flight.load(Ordering::Relaxed) >= limit {
+                return Box::pin(std::future::ready(Err(BackendError.into())));
+            }
+        }
+        meter.backend_in_flight.fetch_add(1, Ordering::Relaxed);
+        {
             let mut book = meter.book();
             if let Some(s) = Meter::second(&mut book, at) {
                 s.backend_calls += 1;
@@ -648,12 +657,6 @@ impl Service<Req> for Backend {
         Box::pin(async move {
             let _guard = guard;
             let sc = &shared.scenario;
-            let phase = sc.phase_at(shared.meter.since_start(Instant::now()));
-            if let Condition::Shedding(limit) = sc.phases[phase].condition {
-                if busy_before >= limit {
-                    return Err(BackendError.into());
-                }
-            }
             let _worker = shared.workers.acquire().await?;
             let begin = Instant::now();
             let phase = sc.phase_at(shared.meter.since_start(begin));

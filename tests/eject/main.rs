@@ -501,7 +501,13 @@ async fn the_http_preset_per_endpoint_behind_a_balancer() {
                 .total_budget(Duration::from_secs(2))
                 .attempt_timeout(Duration::from_millis(500))
                 .retry(|r| r.max_attempts(1)) // the retry goes above the balancer
-                .breaker(|b| b.backpressure(true).consecutive_failures(5))
+                // Open long enough that no probe falls inside the run,
+                // however slow the machine.
+                .breaker(|b| {
+                    b.backpressure(true)
+                        .consecutive_failures(5)
+                        .open_duration(Duration::from_secs(5))
+                })
                 .build()
                 .unwrap();
             breakers.push(stack.breaker_handle());

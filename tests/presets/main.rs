@@ -4,7 +4,8 @@
 //! tonic client against a tonic server.
 //!
 //! These tests run in real time (real sockets); every loop is bounded in
-//! count, and no assertion depends on how long anything took.
+//! count, and no assertion fails because something took longer than it
+//! does on an idle machine (the breaker's probes are counted, not timed).
 #![cfg(all(feature = "tonic", feature = "full"))]
 
 #[path = "../../examples/common/greeter.rs"]
@@ -174,22 +175,22 @@ async fn http_server() -> HttpServer {
     HttpServer { addr, hits }
 }
 
-/// An observer that notes when a breaker last opened.
-fn opened_at_observer() -> (
-    seawall::Observer,
-    Arc<std::sync::Mutex<Option<tokio::time::Instant>>>,
-) {
-    let at = Arc::new(std::sync::Mutex::new(None));
-    let seen = at.clone();
+/// An observer that counts a breaker's probes: with one probe per half-open
+/// state (the presets'), each move to half-open lets exactly one call
+/// through.
+fn probe_counter() -> (seawall::Observer, Arc<AtomicUsize>) {
+    let probes = Arc::new(AtomicUsize::new(0));
+    let seen = probes.clone();
     let observer = seawall::Observer::new(move |e: &seawall::observe::Event<'_>| {
         if let seawall::observe::EventKind::StateChanged {
-            to: State::Open, ..
+            to: State::HalfOpen,
+            ..
         } = e.kind
         {
-            *seen.lock().unwrap() = Some(tokio::time::Instant::now());
+            seen.fetch_add(1, Ordering::SeqCst);
         }
     });
-    (observer, at)
+    (observer, probes)
 }
 
 fn get_req(addr: SocketAddr, path: &str) -> http::Request<Full<Bytes>> {
@@ -202,9 +203,9 @@ fn get_req(addr: SocketAddr, path: &str) -> http::Request<Full<Bytes>> {
 async fn http_preset_breaker_opens_on_500_then_refuses_fast() {
     let server = http_server().await;
     // Only the budgets are set: every other setting is the preset's default
-    // (an observer notes when the breaker opens).
-    let opened_at = opened_at_observer();
-    let stack = http_preset().observer(opened_at.0).build().unwrap();
+    // (an observer counts the breaker's probes).
+    let (observer, probes) = probe_counter();
+    let stack = http_preset().observer(observer).build().unwrap();
     let breaker = stack.breaker_handle();
     let client: HttpClient<Hyper> = stack.layer(hyper());
 
@@ -226,55 +227,65 @@ async fn http_preset_breaker_opens_on_500_then_refuses_fast() {
         "the breaker opens on HTTP 500"
     );
     // The stack's breaker judges its window from 20 calls: 20 failures
-    // of 20 open it, during the 7th call. Its last retry meets the open
-    // breaker, or, if it comes after the 100 ms open time, is the probe:
-    // 21 attempts.
+    // of 20 open it, during the 7th call (whose last retry may come after
+    // the 100 ms open time: then it is a probe).
     let reached = server.hits.load(Ordering::SeqCst);
-    assert!(
-        reached == 20 || (reached == 21 && calls_until_open == 7),
-        "attempts that reached the dependency: {reached}"
+    assert_eq!(
+        reached,
+        20 + probes.load(Ordering::SeqCst),
+        "attempts that reached the dependency: 20, and probes"
     );
     assert!(
         calls_until_open < 20,
         "retries are attempts too: {calls_until_open} calls"
     );
 
-    // After its open time (100 ms), one probe reaches it (a POST, which
-    // the preset does not retry), fails, and the breaker opens again.
-    tokio::time::sleep(Duration::from_millis(150)).await;
-    let post = http::Request::post(format!("http://{}/fail", server.addr))
-        .body(Full::new(Bytes::new()))
-        .unwrap();
-    let res = client.clone().oneshot(post).await.unwrap();
-    assert_eq!(res.status(), 500);
-    assert_eq!(server.hits.load(Ordering::SeqCst), reached + 1, "one probe");
-    assert_eq!(breaker.state(), State::Open);
-    // Calls made within its open time are refused without reaching it.
-    let opened = opened_at.1.lock().unwrap().expect("opened");
-    let mut refused_fast = 0;
-    while opened.elapsed() < Duration::from_millis(60) {
-        let err = client
-            .clone()
-            .oneshot(get_req(server.addr, "/fail"))
-            .await
-            .unwrap_err();
-        let view = rejection_of(&err).unwrap();
-        assert_eq!(view.kind(), RejectionKind::CircuitOpen);
-        // The open time's remainder, stretched by up to half.
-        let wait = view.retry_after().expect("when to come back");
-        assert!(wait <= Duration::from_millis(150), "{wait:?}");
-        refused_fast += 1;
+    // While the dependency stays down, only probes reach it, one per open
+    // time (100 ms); every other call is refused at once with the open
+    // time's remainder, stretched by up to half.
+    let start = tokio::time::Instant::now();
+    let (mut refused, mut passed_on) = (0, 0);
+    for i in 0..300 {
+        if i == 150 {
+            // Past the open time: the next call is a probe.
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+        match client.clone().oneshot(get_req(server.addr, "/fail")).await {
+            Err(err) => {
+                let view = rejection_of(&err).unwrap();
+                assert_eq!(view.kind(), RejectionKind::CircuitOpen);
+                let wait = view.retry_after().expect("when to come back");
+                assert!(wait <= Duration::from_millis(150), "{wait:?}");
+                refused += 1;
+            }
+            // A probe's own answer, after its retries were probes too.
+            Ok(res) => {
+                assert_eq!(res.status(), 500);
+                passed_on += 1;
+            }
+        }
     }
-    assert!(refused_fast > 0);
+    let probed = probes.load(Ordering::SeqCst);
     assert_eq!(
         server.hits.load(Ordering::SeqCst),
-        reached + 1,
-        "none reached it"
+        20 + probed,
+        "only probes reached it"
+    );
+    let open_times = start.elapsed().as_millis() as usize / 100 + 2;
+    assert!(
+        (1..=open_times).contains(&probed),
+        "{probed} probes in {:?}",
+        start.elapsed()
+    );
+    assert!(
+        refused >= 300 - probed,
+        "{refused} refused, {passed_on} passed on"
     );
     println!(
         "http preset vs a dependency answering 500: {calls_until_open} calls, {reached} attempts \
-         reached it before the breaker opened; one probe after its open time; {refused_fast} of \
-         {refused_fast} calls in the first 60 ms of its next open time refused without reaching it"
+         reached it before the breaker opened; then {refused} of 300 calls refused without \
+         reaching it, {probed} probes in {:?}",
+        start.elapsed()
     );
 }
 
@@ -570,9 +581,9 @@ fn hello() -> tonic::Request<HelloRequest> {
 #[tokio::test]
 async fn grpc_preset_breaker_opens_on_unavailable_then_refuses_fast() {
     let (channel, hits) = serve_raw(Answer::TrailersOnly).await;
-    let opened_at = opened_at_observer();
+    let (observer, probes) = probe_counter();
     let stack = grpc_preset(Duration::from_millis(500))
-        .observer(opened_at.0)
+        .observer(observer)
         .build()
         .unwrap();
     let breaker = stack.breaker_handle();
@@ -593,57 +604,72 @@ async fn grpc_preset_breaker_opens_on_unavailable_then_refuses_fast() {
     }
     // Six calls of three attempts each end with the dependency's
     // UNAVAILABLE; the seventh's third attempt meets the open breaker (or,
-    // if it comes after the 100 ms open time, is its probe and fails: 21
-    // attempts, and the seventh ends with the dependency's status too).
+    // if it comes after the 100 ms open time, is its probe and fails, and
+    // the seventh ends with the dependency's status too).
     let breaker_refusal = Some((RejectionKind::CircuitOpen, "dep.breaker".to_owned()));
     let reached = hits.load(Ordering::SeqCst);
     assert_eq!(own.len(), 7);
     assert_eq!(own[..6], vec![None; 6][..], "the dependency's own statuses");
-    match reached {
-        20 => assert_eq!(own[6], breaker_refusal, "this client's breaker, named"),
-        21 => assert_eq!(own[6], None, "the probe's own status"),
-        _ => panic!("attempts that reached the dependency: {reached}"),
+    match probes.load(Ordering::SeqCst) {
+        0 => assert_eq!(own[6], breaker_refusal, "this client's breaker, named"),
+        1 => assert_eq!(own[6], None, "the probe's own status"),
+        n => panic!("{n} probes"),
     }
+    assert_eq!(reached, 20 + probes.load(Ordering::SeqCst));
     assert_eq!(
         breaker.state(),
         State::Open,
         "the breaker opens on UNAVAILABLE"
     );
 
-    // After its open time (100 ms), one probe reaches it and fails: the
-    // breaker opens again, and the probe's retry (at most 50 ms later)
-    // meets it.
-    tokio::time::sleep(Duration::from_millis(150)).await;
-    let status = call_say_hello(client.clone(), hello()).await.unwrap_err();
-    assert_eq!(status.message(), "circuit open");
-    assert_eq!(hits.load(Ordering::SeqCst), reached + 1, "one probe");
-    // Calls made within its open time are refused without reaching it.
-    let opened = opened_at.1.lock().unwrap().expect("opened");
-    let mut refused_fast = 0;
-    while opened.elapsed() < Duration::from_millis(90) {
+    // While the dependency stays down, only probes reach it; every other
+    // call is refused at once, named, with the open time's remainder as
+    // its pushback.
+    let start = tokio::time::Instant::now();
+    let mut refused = 0;
+    for i in 0..300 {
+        if i == 150 {
+            // Past the open time: the next call is a probe.
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
         let status = call_say_hello(client.clone(), hello()).await.unwrap_err();
         assert_eq!(status.code(), Code::Unavailable);
+        let Some(refusal) = seawall::error::rejection(&status) else {
+            // A probe's own answer, after its retries were probes too.
+            continue;
+        };
         assert_eq!(status.message(), "circuit open");
-        let pushback = pushback_ms(&status);
-        let refusal = seawall::error::rejection(&status).expect("this client's own refusal");
         assert_eq!(
             (refusal.kind(), refusal.name()),
             (RejectionKind::CircuitOpen, "dep.breaker")
         );
         let retry_after = refusal.retry_after().expect("the open time left");
+        assert!(retry_after <= Duration::from_millis(150), "{retry_after:?}");
         assert_eq!(
-            pushback,
+            pushback_ms(&status),
             u64::try_from(retry_after.as_millis()).unwrap()
                 + u64::from(retry_after.subsec_nanos() % 1_000_000 != 0)
         );
-        refused_fast += 1;
+        refused += 1;
     }
-    assert_eq!(hits.load(Ordering::SeqCst), reached + 1, "none reached it");
-    assert!(refused_fast > 0);
+    let probed = probes.load(Ordering::SeqCst);
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        20 + probed,
+        "only probes reached it"
+    );
+    let open_times = start.elapsed().as_millis() as usize / 100 + 2;
+    assert!(
+        (1..=open_times).contains(&probed),
+        "{probed} probes in {:?}",
+        start.elapsed()
+    );
+    assert!(refused >= 300 - probed, "{refused} refused");
     println!(
         "grpc preset vs a dependency answering UNAVAILABLE: {calls_until_open} calls, {reached} \
-         attempts reached it before the breaker opened; one probe after its open time; \
-         {refused_fast} of {refused_fast} calls in its next open time refused without reaching it"
+         attempts reached it before the breaker opened; then {refused} of 300 calls refused \
+         without reaching it, {probed} probes in {:?}",
+        start.elapsed()
     );
 }
 

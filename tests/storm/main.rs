@@ -297,6 +297,16 @@ fn one_route_down_does_not_open_the_breaker() {
         "{:?}",
         sw.failures
     );
+    let opened = runs[SW].events.iter().any(|(_, _, kind)| {
+        matches!(
+            kind,
+            seawall::EventKind::StateChanged {
+                to: seawall::observe::State::Open,
+                ..
+            }
+        )
+    });
+    assert!(!opened, "the breaker never opened");
 }
 
 /// A dependency behind a load shedder that answers a bare error (no
