@@ -113,6 +113,18 @@ pub struct Scenario {
     pub critical_share: Option<f64>,
 }
 
+/// Three phases: `middle`, with 5 s before and after it at 60 % of
+/// capacity in the `edge` condition ("healthy", then "after").
+fn framed(edge: Condition, middle: Phase) -> Vec<Phase> {
+    let at_rest = |name| Phase {
+        name,
+        duration: Duration::from_secs(5),
+        load: 0.6,
+        condition: edge,
+    };
+    vec![at_rest("healthy"), middle, at_rest("after")]
+}
+
 impl Scenario {
     /// The full scenario the example runs: 100 s, ~84 000 requests per mode.
     pub fn full() -> Self {
@@ -139,26 +151,15 @@ impl Scenario {
     /// outage into a full one.
     pub fn route_down(secs: u64) -> Self {
         let mut s = Scenario::quick();
-        s.phases = vec![
-            Phase {
-                name: "healthy",
-                duration: Duration::from_secs(5),
-                load: 0.6,
-                condition: Condition::Healthy,
-            },
+        s.phases = framed(
+            Condition::Healthy,
             Phase {
                 name: "route down",
                 duration: Duration::from_secs(secs),
                 load: 0.6,
                 condition: Condition::RouteDown(0.5),
             },
-            Phase {
-                name: "after",
-                duration: Duration::from_secs(5),
-                load: 0.6,
-                condition: Condition::Healthy,
-            },
-        ];
+        );
         s
     }
 
@@ -168,27 +169,16 @@ impl Scenario {
     /// capacity for `secs` seconds, between 5 s at 60 % before and after.
     pub fn shedding(secs: u64) -> Self {
         let mut s = Scenario::quick();
-        let limit = s.workers * 2;
-        s.phases = vec![
-            Phase {
-                name: "healthy",
-                duration: Duration::from_secs(5),
-                load: 0.6,
-                condition: Condition::Shedding(limit),
-            },
+        let shedding = Condition::Shedding(s.workers * 2);
+        s.phases = framed(
+            shedding,
             Phase {
                 name: "surge",
                 duration: Duration::from_secs(secs),
                 load: 2.0,
-                condition: Condition::Shedding(limit),
+                condition: shedding,
             },
-            Phase {
-                name: "after",
-                duration: Duration::from_secs(5),
-                load: 0.6,
-                condition: Condition::Shedding(limit),
-            },
-        ];
+        );
         s
     }
 
@@ -276,26 +266,15 @@ impl Scenario {
     pub fn priority_surge() -> Self {
         let mut s = Scenario::quick();
         s.critical_share = Some(0.3);
-        s.phases = vec![
-            Phase {
-                name: "healthy",
-                duration: Duration::from_secs(5),
-                load: 0.6,
-                condition: Condition::Healthy,
-            },
+        s.phases = framed(
+            Condition::Healthy,
             Phase {
                 name: "surge",
                 duration: Duration::from_secs(15),
                 load: 1.8,
                 condition: Condition::Healthy,
             },
-            Phase {
-                name: "after",
-                duration: Duration::from_secs(5),
-                load: 0.6,
-                condition: Condition::Healthy,
-            },
-        ];
+        );
         s
     }
 

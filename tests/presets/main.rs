@@ -193,6 +193,29 @@ fn probe_counter() -> (seawall::Observer, Arc<AtomicUsize>) {
     (observer, probes)
 }
 
+/// After the 20 attempts that opened the breaker, only its probes reached
+/// the dependency, at least one and at most one per open time (100 ms)
+/// since `start`. Returns the probes.
+fn only_probes_reached_it(
+    hits: &AtomicUsize,
+    probes: &AtomicUsize,
+    start: tokio::time::Instant,
+) -> usize {
+    let probed = probes.load(Ordering::SeqCst);
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        20 + probed,
+        "only probes reached it"
+    );
+    let open_times = start.elapsed().as_millis() as usize / 100 + 2;
+    assert!(
+        (1..=open_times).contains(&probed),
+        "{probed} probes in {:?}",
+        start.elapsed()
+    );
+    probed
+}
+
 fn get_req(addr: SocketAddr, path: &str) -> http::Request<Full<Bytes>> {
     http::Request::get(format!("http://{addr}{path}"))
         .body(Full::new(Bytes::new()))
@@ -265,18 +288,7 @@ async fn http_preset_breaker_opens_on_500_then_refuses_fast() {
             }
         }
     }
-    let probed = probes.load(Ordering::SeqCst);
-    assert_eq!(
-        server.hits.load(Ordering::SeqCst),
-        20 + probed,
-        "only probes reached it"
-    );
-    let open_times = start.elapsed().as_millis() as usize / 100 + 2;
-    assert!(
-        (1..=open_times).contains(&probed),
-        "{probed} probes in {:?}",
-        start.elapsed()
-    );
+    let probed = only_probes_reached_it(&server.hits, &probes, start);
     assert!(
         refused >= 300 - probed,
         "{refused} refused, {passed_on} passed on"
@@ -652,18 +664,7 @@ async fn grpc_preset_breaker_opens_on_unavailable_then_refuses_fast() {
         );
         refused += 1;
     }
-    let probed = probes.load(Ordering::SeqCst);
-    assert_eq!(
-        hits.load(Ordering::SeqCst),
-        20 + probed,
-        "only probes reached it"
-    );
-    let open_times = start.elapsed().as_millis() as usize / 100 + 2;
-    assert!(
-        (1..=open_times).contains(&probed),
-        "{probed} probes in {:?}",
-        start.elapsed()
-    );
+    let probed = only_probes_reached_it(&hits, &probes, start);
     assert!(refused >= 300 - probed, "{refused} refused");
     println!(
         "grpc preset vs a dependency answering UNAVAILABLE: {calls_until_open} calls, {reached} \
