@@ -37,8 +37,15 @@ const ALL_CODES: [Code; 17] = [
 /// |---|---|
 /// | `OK` | [`Success`](Outcome::Success) |
 /// | `RESOURCE_EXHAUSTED`; `UNAVAILABLE` *with* `grpc-retry-pushback-ms` | [`Overloaded`](Outcome::Overloaded): the server said "busy" |
-/// | `UNAVAILABLE` without pushback, `DEADLINE_EXCEEDED`, `INTERNAL`, `UNKNOWN`, `DATA_LOSS` | [`Failure`](Outcome::Failure) |
-/// | every other code (`NOT_FOUND`, `INVALID_ARGUMENT`, `CANCELLED`, …) | [`Ignored`](Outcome::Ignored): the caller's own affair |
+/// | `UNAVAILABLE` without pushback, `DEADLINE_EXCEEDED`, `CANCELLED`, `INTERNAL`, `UNKNOWN`, `DATA_LOSS` | [`Failure`](Outcome::Failure) |
+/// | every other code (`NOT_FOUND`, `INVALID_ARGUMENT`, …) | [`Ignored`](Outcome::Ignored): the caller's own affair |
+///
+/// `CANCELLED` is a failure because a server sends it: a tonic server
+/// answers a call whose `grpc-timeout` passed with `CANCELLED` ("Timeout
+/// expired"), where others send `DEADLINE_EXCEEDED`; this client's own
+/// cancellations (a dropped call, its own timers) never come back as a
+/// status. Against a plain tonic dependency that got slow, a breaker blind
+/// to it saw only the timeouts its own timer won.
 ///
 /// Each rule can be changed alone: [`failure_code`](Self::failure_code),
 /// [`overload_code`](Self::overload_code), [`ignored_code`](Self::ignored_code),
@@ -115,6 +122,7 @@ impl GrpcStatusClassifier {
         }
         c.with(Code::Unavailable, FAILURE)
             .with(Code::DeadlineExceeded, FAILURE)
+            .with(Code::Cancelled, FAILURE)
             .with(Code::Internal, FAILURE)
             .with(Code::Unknown, FAILURE)
             .with(Code::DataLoss, FAILURE)
@@ -272,6 +280,7 @@ mod tests {
         assert_eq!(
             failing,
             vec![
+                Code::Cancelled,
                 Code::Unknown,
                 Code::DeadlineExceeded,
                 Code::Internal,

@@ -312,7 +312,7 @@ fn classifier_reads_grpc_status_from_response_heads() {
     let c = GrpcStatusClassifier::default();
     let table: [(u8, Outcome); 17] = [
         (0, Outcome::Success),    // OK
-        (1, Outcome::Ignored),    // CANCELLED
+        (1, Outcome::Failure),    // CANCELLED (a tonic server's timeout)
         (2, Outcome::Failure),    // UNKNOWN
         (3, Outcome::Ignored),    // INVALID_ARGUMENT
         (4, Outcome::Failure),    // DEADLINE_EXCEEDED
@@ -431,7 +431,7 @@ fn classifier_failure_codes_are_configurable() {
     assert_eq!(classify_head(&c, Some("5"), 200), Outcome::Ignored);
     assert_eq!(
         format!("{c:?}"),
-        "GrpcStatusClassifier { failure_codes: [Unknown, DeadlineExceeded, Aborted, Internal, Unavailable], overload_codes: [DataLoss], pushback_is_overload: true }"
+        "GrpcStatusClassifier { failure_codes: [Cancelled, Unknown, DeadlineExceeded, Aborted, Internal, Unavailable], overload_codes: [DataLoss], pushback_is_overload: true }"
     );
 }
 
