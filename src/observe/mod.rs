@@ -10,7 +10,9 @@
 //! no event is built, nothing is formatted or allocated.
 //!
 //! Hooks shipped here:
-//! - any closure `Fn(&Event<'_>)`;
+//! - any closure `Fn(&Event<'_>)`, its argument's type written out
+//!   (`Observer::new(|e: &Event<'_>| …)`: without it, rustc cannot infer
+//!   the closure's type, error E0282);
 //! - [`TracingHook`]: `tracing` events with structured fields;
 //! - [`MetricsHook`] (feature `metrics`): the `metrics` facade, names below;
 //! - [`OtelHook`] (feature `opentelemetry`): OpenTelemetry instruments on

@@ -134,6 +134,14 @@ impl StackPart for crate::deadline::propagate::DeadlineFromHeadersLayerBuilder {
             None => self.build(),
         }
     }
+
+    /// The cap a caller may ask for is the stack's budget (or a lower
+    /// `max`), as in the presets: with the header cap's 30 s default under
+    /// a 60 s budget, a caller that asked for 45 s got 30, and one that
+    /// asked nothing got 60.
+    fn with_budget(self, budget: std::time::Duration) -> Self {
+        self.cap_at(budget)
+    }
 }
 
 #[cfg(feature = "rate-limit")]

@@ -439,10 +439,9 @@ impl<R, P> ServerStackBuilder<Skip, R, P> {
     /// Reads the client's deadline from `grpc-timeout` and
     /// `x-request-timeout-ms` outermost (feature `http`; requests must be
     /// `http::Request`s), configured by `f` from the ingress layer's defaults
-    /// (30 s cap, no margin). The total budget below it caps what a client
-    /// may ask for. (In the [`http`](crate::stack::ServerStack::http) and
-    /// [`grpc`](crate::stack::ServerStack::grpc) presets the cap is the
-    /// stack's total budget, or a lower `max` if you set one.)
+    /// (no margin; the cap is the stack's total budget, or a lower
+    /// [`max`](crate::deadline::propagate::DeadlineFromHeadersLayerBuilder::max)
+    /// if you set one, which then bounds requests without a header too).
     ///
     /// With axum, put [`RejectionResponseLayer`](crate::http::RejectionResponseLayer)
     /// outside the stack so rejections become responses:

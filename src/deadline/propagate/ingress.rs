@@ -150,9 +150,8 @@ impl DeadlineFromHeadersLayerBuilder {
 
     super::header_setters!("read", "Read");
 
-    /// The longest timeout a caller may ask for (default 30 s; in the
-    /// server presets, [`ServerStack::http`](crate::stack::ServerStack::http)
-    /// and [`grpc`](crate::stack::ServerStack::grpc), the stack's total
+    /// The longest timeout a caller may ask for (default 30 s; in a
+    /// [`ServerStack`](crate::stack::ServerStack), the stack's total
     /// budget). Longer values are clamped to it and reported as
     /// `InputIgnored { reason: "clamped" }`.
     pub fn max(mut self, max: Duration) -> Self {
