@@ -126,8 +126,9 @@ impl<T> Hold<T> for Head {
     }
 }
 
-/// What a layer still holds for a call (a permit, a verdict to give), handed to the response body to carry. Opaque (the
-/// layers' plumbing, in the signature of a hidden method).
+/// What a layer still holds for a call (a permit, a verdict to give),
+/// handed to the response body to carry. Opaque (the layers' plumbing, in
+/// the signature of a hidden method).
 #[doc(hidden)]
 pub struct Duty(pub(crate) DutyKind);
 
