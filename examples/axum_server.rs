@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! RejectionResponseLayer   rejections -> 429 / 503 / 504 with Retry-After
-//! DeadlineFromHeadersLayer client budget from x-request-timeout-ms / grpc-timeout (minus 5 ms)
+//! DeadlineFromHeadersLayer client budget from x-request-timeout-ms / grpc-timeout (minus a 5 ms margin set here; the presets take 10 ms)
 //! DeadlineLayer            at most 10 s per request, enforced             -> 504
 //! RateLimitLayer           100 req/s per client IP, burst 100             -> 429 + Retry-After
 //! AdaptiveLimitLayer       adaptive concurrency limit (QueueDelay, 1..1000) -> 503

@@ -346,7 +346,8 @@ pub enum EventKind {
     LimitSampled {
         /// The limit after the window.
         limit: usize,
-        /// The most calls in flight during the window.
+        /// The most calls in flight during the window, within the limit (a
+        /// burst's calls over it are not counted).
         peak_inflight: usize,
         /// The average latency of the window's calls (zero without samples).
         rtt: Duration,

@@ -46,7 +46,7 @@ impl WindowSample {
     }
 
     /// The largest number of calls in flight during the window (counted when
-    /// calls are admitted).
+    /// calls are admitted; a burst's calls over the limit are not).
     pub const fn max_inflight(&self) -> usize {
         self.max_inflight
     }

@@ -50,6 +50,24 @@ pub(crate) struct Config {
     pub(crate) min_rtt: Duration,
     pub(crate) shares: [f64; 4],
     pub(crate) reject_doomed: bool,
+    pub(crate) burst: Duration,
+}
+
+/// How long a burst above the limit is admitted (see `bursting`):
+/// CoDel's interval, the time a queue may stand before it is a standing
+/// queue.
+pub(crate) const BURST: Duration = Duration::from_millis(100);
+
+/// A burst is admitted up to this many times the limit in flight.
+pub(crate) const BURST_FACTOR: usize = 4;
+
+/// The most calls in flight a burst admits under `limit`, within `bounds`.
+fn burst_cap(limit: usize, bounds: Option<(usize, usize)>) -> usize {
+    let cap = limit.saturating_mul(BURST_FACTOR);
+    match bounds {
+        Some((_, max)) => cap.min(max).max(limit),
+        None => cap,
+    }
 }
 
 pub(crate) struct Limiter {
@@ -72,6 +90,15 @@ pub(crate) struct Limiter {
     idle: AtomicU64,
     /// `idle` while the window of `expected_rtt_ns` was measured.
     expected_idle: AtomicU64,
+    /// When the last burst began, or was renewed (ns since `epoch`, plus
+    /// one; 0: never).
+    burst_start_ns: AtomicU64,
+    /// When the limit last refused a request that a burst may admit (ns
+    /// since `epoch`, plus one; 0: never).
+    refused_ns: AtomicU64,
+    /// The most calls in flight a burst admits: [`BURST_FACTOR`] times the
+    /// limit, no more than the algorithm's upper bound.
+    burst_cap: AtomicUsize,
     epoch: Instant,
     window_ns: u64,
     /// The current window's length (the algorithm may shorten one).
@@ -80,6 +107,8 @@ pub(crate) struct Limiter {
     min_rtt: Duration,
     shares: [f64; 4],
     reject_doomed: bool,
+    /// [`BURST`], or as configured (ns; 0: no bursts).
+    burst_ns: u64,
     algorithm: Mutex<Box<dyn LimitAlgorithm>>,
     pub(crate) name: Name,
     pub(crate) observer: Observer,
@@ -116,6 +145,9 @@ impl Limiter {
             expected_at_ns: AtomicU64::new(0),
             idle: AtomicU64::new(0),
             expected_idle: AtomicU64::new(0),
+            burst_start_ns: AtomicU64::new(0),
+            refused_ns: AtomicU64::new(0),
+            burst_cap: AtomicUsize::new(burst_cap(limit, algorithm.bounds())),
             epoch: Instant::now(),
             window_ns: crate::clock::nanos(config.window),
             cur_window_ns: AtomicU64::new(crate::clock::nanos(config.window)),
@@ -123,6 +155,7 @@ impl Limiter {
             min_rtt: config.min_rtt,
             shares: config.shares,
             reject_doomed: config.reject_doomed,
+            burst_ns: crate::clock::nanos(config.burst),
             algorithm: Mutex::new(algorithm),
             jitter: crate::clock::Jitter::new(name.as_str()),
             name,
@@ -187,6 +220,76 @@ impl Limiter {
     #[cold]
     fn under_share(&self, idx: usize, limit: usize, busy: usize) -> bool {
         busy < (self.shares[idx] * limit as f64).ceil() as usize
+    }
+
+    /// At the limit, past the class's share: whether this request is part
+    /// of a burst the limit admits (`Critical` and `CriticalPlus` only, up
+    /// to the burst's cap).
+    ///
+    /// A burst begins when the limit is reached after a quiet spell (it
+    /// refused nothing in the last `burst`, and the calls in flight fell
+    /// back below the limit since the last burst, or it began two `burst`
+    /// ago or more), and lasts `burst`; the calls in flight falling back
+    /// below the limit and reaching it again renew it. Arrivals at
+    /// random come in bursts that a queue absorbs within a few service
+    /// times, and fall back between them. A queue that stands at the limit
+    /// for all of `burst` is held at it: from then on the limit refuses,
+    /// and a new burst waits until it has refused nothing for `burst`.
+    #[cold]
+    #[inline(never)]
+    fn bursting(&self, class: Criticality, before: usize, now: Instant) -> bool {
+        if self.burst_ns == 0 || class.index() > Criticality::Critical.index() {
+            return false;
+        }
+        let now_ns = crate::clock::nanos_between(self.epoch, now).saturating_add(1);
+        if before < self.burst_cap.load(Ordering::Relaxed) {
+            let start = self.burst_start_ns.load(Ordering::Relaxed);
+            let age = now_ns.saturating_sub(start);
+            if start != 0 && age < self.burst_ns {
+                return true;
+            }
+            let refused = self.refused_ns.load(Ordering::Relaxed);
+            let quiet = refused == 0 || now_ns.saturating_sub(refused) >= self.burst_ns;
+            let rested = start == 0 || age >= self.burst_ns.saturating_mul(2);
+            if quiet && rested {
+                // (Whoever starts it, a burst has begun.)
+                let _ = self.burst_start_ns.compare_exchange(
+                    start,
+                    now_ns,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
+                return true;
+            }
+        }
+        self.refused_ns.store(now_ns, Ordering::Relaxed);
+        false
+    }
+
+    /// The calls in flight reached the limit from below at `now`: what was
+    /// above it has drained. A burst going on is renewed; after one that
+    /// ended without a refusal since, the next may begin at once.
+    #[cold]
+    #[inline(never)]
+    fn reached(&self, now: Instant) {
+        let start = self.burst_start_ns.load(Ordering::Relaxed);
+        if start == 0 {
+            return;
+        }
+        let now_ns = crate::clock::nanos_between(self.epoch, now).saturating_add(1);
+        let next = if now_ns.saturating_sub(start) < self.burst_ns {
+            now_ns
+        } else {
+            let refused = self.refused_ns.load(Ordering::Relaxed);
+            if refused != 0 && now_ns.saturating_sub(refused) < self.burst_ns {
+                // Held at the limit: no burst.
+                return;
+            }
+            0
+        };
+        let _ =
+            self.burst_start_ns
+                .compare_exchange(start, next, Ordering::Relaxed, Ordering::Relaxed);
     }
 
     /// Releases a slot; returns the idle count before this release.
@@ -262,6 +365,8 @@ impl Limiter {
         let rtt = Duration::from_nanos(avg_ns.unwrap_or(0));
         let sample = WindowSample::new(rtt, max_inflight, drops).with_samples(count);
         let new = algorithm.update(&sample).max(1);
+        self.burst_cap
+            .store(burst_cap(new, algorithm.bounds()), Ordering::Relaxed);
         let next = algorithm.next_window(Duration::from_nanos(self.window_ns));
         let next = crate::clock::nanos(next).clamp(
             1_000_000.min(self.window_ns),
@@ -313,6 +418,8 @@ impl Limiter {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let before = algorithm.bounds();
         let new = algorithm.set_bounds(min, max)?.max(1);
+        self.burst_cap
+            .store(burst_cap(new, algorithm.bounds()), Ordering::Relaxed);
         let changed = before.is_none() || algorithm.bounds() != before;
         let old = self.limit.swap(new, Ordering::Relaxed);
         drop(algorithm);
@@ -376,14 +483,23 @@ impl Striped<Limiter> {
         let before = self.inflight.fetch_add(1, Ordering::AcqRel);
         let idx = class.index();
         let class_before = self.by_class[idx].fetch_add(1, Ordering::AcqRel);
+        let mut burst = false;
         if before >= limit && !self.under_share(idx, limit, class_before) {
-            self.by_class[idx].fetch_sub(1, Ordering::AcqRel);
-            self.inflight.fetch_sub(1, Ordering::AcqRel);
-            return Err(Refusal::Limit);
+            if !self.bursting(class, before, now) {
+                self.by_class[idx].fetch_sub(1, Ordering::AcqRel);
+                self.inflight.fetch_sub(1, Ordering::AcqRel);
+                return Err(Refusal::Limit);
+            }
+            burst = true;
+        }
+        if before + 1 == limit {
+            self.reached(now);
         }
         let inflight = before + 1;
-        // Usually a plain read: the window's maximum only moves up.
-        if self.win_max_inflight.load(Ordering::Relaxed) < inflight {
+        // Usually a plain read: the window's maximum only moves up. (A
+        // burst's calls are not the limit's load: the algorithm learns
+        // from the calls within it.)
+        if !burst && self.win_max_inflight.load(Ordering::Relaxed) < inflight {
             self.win_max_inflight.fetch_max(inflight, Ordering::Relaxed);
         }
         Ok(Permit {
@@ -391,6 +507,7 @@ impl Striped<Limiter> {
             class,
             start: now,
             inflight,
+            burst,
             done: false,
         })
     }
@@ -403,6 +520,9 @@ pub(crate) struct Permit {
     class: Criticality,
     start: Instant,
     inflight: usize,
+    /// Admitted over the limit in a burst: its latency is no sample (it
+    /// waited in the burst's queue by choice), a drop still counts.
+    burst: bool,
     // Given back.
     done: bool,
 }
@@ -455,7 +575,11 @@ impl Permit {
     #[inline]
     fn report(&self, completion: Completion, rtt: Duration, now: Instant, idle: u64) {
         let limiter = &*self.limiter;
-        limiter.record(completion, rtt, now, idle);
+        let recorded = match completion {
+            Completion::Sample(_) if self.burst => Completion::Ignore,
+            other => other,
+        };
+        limiter.record(recorded, rtt, now, idle);
         let outcome = match completion {
             Completion::Sample(outcome) => outcome,
             Completion::Drop | Completion::Ignore => Outcome::Failure,
@@ -502,6 +626,7 @@ mod tests {
                 min_rtt: Duration::from_micros(100),
                 shares,
                 reject_doomed: true,
+                burst: Duration::ZERO,
             },
             Name::from("t"),
             Observer::default(),

@@ -28,14 +28,18 @@
 //!     Ok::<_, std::convert::Infallible>(ms)
 //! }));
 //!
-//! // Two calls in flight fill the limit of 2 …
-//! let a = svc.ready().await.unwrap().call(10);
-//! let b = svc.ready().await.unwrap().call(10);
-//! assert_eq!(limit.inflight(), 2);
-//! // … so a third is turned away at once instead of queueing.
+//! // Two calls in flight fill the limit of 2; a third at the same moment is
+//! // a burst, which a queue absorbs: admitted.
+//! let a = svc.ready().await.unwrap().call(500);
+//! let b = svc.ready().await.unwrap().call(500);
+//! let c = svc.ready().await.unwrap().call(500);
+//! assert_eq!(limit.inflight(), 3);
+//! // A queue that stands for 100 ms is no burst: the next call is turned
+//! // away at once instead of queueing.
+//! tokio::time::sleep(Duration::from_millis(100)).await;
 //! let err = svc.ready().await.unwrap().call(10).await.unwrap_err();
 //! assert_eq!(rejection_of(&err).unwrap().kind(), RejectionKind::Overloaded);
-//! assert_eq!((a.await.unwrap(), b.await.unwrap()), (10, 10));
+//! assert_eq!((a.await.unwrap(), b.await.unwrap(), c.await.unwrap()), (500, 500, 500));
 //! assert_eq!(limit.inflight(), 0);
 //! # }
 //! ```
@@ -62,6 +66,15 @@
 //!   caller gave up, usually on its timeout) releases its slot and counts as a
 //!   drop. Gradient2 learns from RTTs only; AIMD backs off on drops;
 //!   QueueDelay cuts on drops only when some queueing shows.
+//! - Bursts: arrivals at random come in bursts well above their average,
+//!   which a queue absorbs in a few service times. For 100 ms after the
+//!   limit is reached from a quiet spell (CoDel's interval), `Critical` and
+//!   `CriticalPlus` requests over it are admitted, up to four times the
+//!   limit in flight (no more than its upper bound); a queue that stands
+//!   at the limit longer is held there, and a new burst waits until the
+//!   limit has refused nothing for 100 ms.
+//!   [`burst`](AdaptiveLimitLayerBuilder::burst) sets the time (zero: no
+//!   bursts).
 //! - Every service and clone built from one layer shares one limit.
 //! - `poll_ready` forwards the inner service's readiness; the decision is made
 //!   in `call`, and a rejection is immediate.
@@ -90,10 +103,11 @@
 //!
 //! ## A small queue in front
 //!
-//! The limit never queues. To absorb short bursts, stack a bounded bulkhead
-//! queue (`BulkheadLayer` with a small queue and a short maximum wait) *in
-//! front of* the adaptive limit: requests wait there briefly, and the limit
-//! still decides what reaches the service.
+//! The limit never queues: what it admits goes on at once, bursts
+//! included. To hold back what it would refuse for a moment instead, stack
+//! a bounded bulkhead queue (`BulkheadLayer` with a small queue and a short
+//! maximum wait) *in front of* the adaptive limit: requests wait there
+//! briefly, and the limit still decides what reaches the service.
 //!
 //! # Client-side adaptive throttling
 //!

@@ -76,7 +76,12 @@ use crate::error::ConfigError;
 /// In the storm's scenarios (`cargo run --release --example storm`) it
 /// keeps within 2 points of the best configuration everywhere, a latency
 /// creep (service time doubling every 5 s) and a brownout (×10) included,
-/// and never refuses a call while the service is within its capacity.
+/// and never refuses a call while the service is within its capacity at a
+/// steady rate. Arrivals at random, which queue for a while at any rate
+/// near capacity, it keeps to a tenth of the service time as well: the
+/// layer's bursts over the limit serve their peaks (`tests/shed`, 8
+/// workers at 95 % of capacity: 1.9 % refused, 4.3 % without bursts; none
+/// at 80 %).
 /// Over handlers that only wait on a dependency that gets 60 times slower
 /// (5 ms to 300 ms at 200 requests a second, `tests/shed`), the server
 /// stack refuses for the two windows it takes to learn it (5.5 % of the
@@ -234,8 +239,10 @@ impl LimitAlgorithm for QueueDelay {
     fn update(&mut self, sample: &WindowSample) -> usize {
         let rtt = sample.rtt().as_nanos() as f64;
         if rtt <= 0.0 {
-            // A window of drops only: no latency to learn from.
-            if sample.did_drop() {
+            // A window of drops only: no latency to learn from. Drops with
+            // less than half the limit in flight are no queue of ours (calls
+            // that could not make their deadline at any load): no cut.
+            if sample.did_drop() && sample.max_inflight() as f64 >= self.limit / 2.0 {
                 self.limit = self.clamp(self.limit / 2.0);
             }
             return self.limit();
@@ -380,8 +387,10 @@ impl LimitAlgorithm for QueueDelay {
         }
         let queueing = above && used;
         // Calls that timed out or were shed below count only with some
-        // queueing: a service that got slower times calls out at any limit.
-        let dropped = sample.did_drop() && rtt > self.base * (1.0 + self.tolerance / 2.0);
+        // queueing and half the limit in flight: a service that got slower
+        // times calls out at any limit, and calls that could not make
+        // their deadline at any load are not a queue of ours.
+        let dropped = sample.did_drop() && used && rtt > self.base * (1.0 + self.tolerance / 2.0);
         let before = self.limit;
         if queueing || dropped {
             // A queue: shrink to where it would be `tolerance` of the

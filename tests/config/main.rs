@@ -475,10 +475,11 @@ async fn a_reload_during_load_changes_the_admitted_rate() {
     );
 }
 
-/// The adaptive limit's bounds from a file, then a reload under load: 40
-/// calls in flight against a slow handler; `limit = { max_limit = 5 }`
-/// clamps the limit at once, the calls in flight finish, and new calls are
-/// refused as overloaded until fewer than 5 are in flight. A refused
+/// The adaptive limit's bounds from a file, then a reload under load: 70
+/// calls at once against a slow handler, a burst over the limit of 30 up to
+/// the upper bound (60 in flight); `limit = { max_limit = 5 }` clamps the
+/// limit at once, the calls in flight finish, and new calls are refused as
+/// overloaded until fewer than 5 are in flight (the bound caps bursts too). A refused
 /// bound changes nothing.
 #[tokio::test(start_paused = true)]
 async fn the_adaptive_limit_bounds_reload_under_load() {
@@ -501,15 +502,15 @@ async fn the_adaptive_limit_bounds_reload_under_load() {
         Ok::<u32, seawall::BoxError>(x)
     }));
     let mut calls = Vec::new();
-    for i in 0..40 {
+    for i in 0..70 {
         calls.push(tokio::spawn(svc.clone().oneshot(i)));
         tokio::task::yield_now().await;
     }
     tokio::time::advance(Duration::from_millis(10)).await;
     assert_eq!(
         server.adaptive_limit().inflight(),
-        30,
-        "10 refused at the limit"
+        60,
+        "a burst over the limit of 30 admitted up to the upper bound, 10 refused"
     );
 
     let refused: ServiceConfig =
@@ -534,7 +535,7 @@ async fn the_adaptive_limit_bounds_reload_under_load() {
         toml::from_str("[server]\nlimit = { min_limit = 1, max_limit = 5 }\n").unwrap();
     server.reload(smaller.server_settings().unwrap()).unwrap();
     assert_eq!(server.adaptive_limit().limit(), 5);
-    // The 30 in flight are not disturbed; a new call is refused.
+    // The 60 in flight are not disturbed; a new call is refused.
     let late = svc.clone().oneshot(99).await.unwrap_err();
     assert_eq!(
         seawall::error::rejection(&*late).unwrap().kind(),
@@ -545,7 +546,7 @@ async fn the_adaptive_limit_bounds_reload_under_load() {
     for c in calls {
         ok += c.await.unwrap().is_ok() as u32;
     }
-    assert_eq!(ok, 30);
+    assert_eq!(ok, 60);
     assert_eq!(server.adaptive_limit().inflight(), 0);
     // Below the new limit, calls are admitted again: 5 at once, not 6.
     let mut calls = Vec::new();
