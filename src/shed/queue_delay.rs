@@ -84,8 +84,8 @@ use crate::error::ConfigError;
 /// at 80 %).
 /// Over handlers that only wait on a dependency that gets 60 times slower
 /// (5 ms to 300 ms at 200 requests a second, `tests/shed`), the server
-/// stack refuses for the two windows it takes to learn it (5.5 % of the
-/// slow phase's first 20 s), then nothing; before rule 4's last part it
+/// stack refuses for the two windows it takes to learn it (3.5 % of the
+/// slow phase's first 20 s; 5.5 % before the layer's bursts), then nothing; before rule 4's last part it
 /// refused 76 %.
 ///
 /// What it cannot see: a queue fed by fewer calls than half the limit.
