@@ -80,6 +80,10 @@ pub(crate) struct Limiter {
     win_sum_ns: AtomicU64,
     win_count: AtomicU64,
     win_drops: AtomicU64,
+    /// A burst's latencies in the current window: not the algorithm's
+    /// samples, but part of the service time a request should expect.
+    win_burst_sum_ns: AtomicU64,
+    win_burst_count: AtomicU64,
     win_max_inflight: AtomicUsize,
     /// Average RTT of the last closed window, in nanoseconds (0: unknown).
     expected_rtt_ns: AtomicU64,
@@ -140,6 +144,8 @@ impl Limiter {
             win_sum_ns: AtomicU64::new(0),
             win_count: AtomicU64::new(0),
             win_drops: AtomicU64::new(0),
+            win_burst_sum_ns: AtomicU64::new(0),
+            win_burst_count: AtomicU64::new(0),
             win_max_inflight: AtomicUsize::new(0),
             expected_rtt_ns: AtomicU64::new(0),
             expected_at_ns: AtomicU64::new(0),
@@ -224,7 +230,7 @@ impl Limiter {
 
     /// At the limit, past the class's share: whether this request is part
     /// of a burst the limit admits (`Critical` and `CriticalPlus` only, up
-    /// to the burst's cap).
+    /// to the burst's cap); a refusal is noted, whatever the class.
     ///
     /// A burst begins when the limit is reached after a quiet spell (it
     /// refused nothing in the last `burst`, and the calls in flight fell
@@ -238,11 +244,13 @@ impl Limiter {
     #[cold]
     #[inline(never)]
     fn bursting(&self, class: Criticality, before: usize, now: Instant) -> bool {
-        if self.burst_ns == 0 || class.index() > Criticality::Critical.index() {
+        if self.burst_ns == 0 {
             return false;
         }
         let now_ns = crate::clock::nanos_between(self.epoch, now).saturating_add(1);
-        if before < self.burst_cap.load(Ordering::Relaxed) {
+        if class.index() <= Criticality::Critical.index()
+            && before < self.burst_cap.load(Ordering::Relaxed)
+        {
             let start = self.burst_start_ns.load(Ordering::Relaxed);
             let age = now_ns.saturating_sub(start);
             if start != 0 && age < self.burst_ns {
@@ -304,6 +312,15 @@ impl Limiter {
         idle
     }
 
+    /// A call admitted in a burst finished with an answer.
+    #[cold]
+    fn record_burst(&self, rtt: Duration, now: Instant, idle: u64) {
+        let ns = crate::clock::nanos(rtt);
+        self.win_burst_sum_ns.fetch_add(ns, Ordering::Relaxed);
+        self.win_burst_count.fetch_add(1, Ordering::Relaxed);
+        self.maybe_close_window(now, idle);
+    }
+
     #[inline]
     fn record(&self, completion: Completion, rtt: Duration, now: Instant, idle: u64) {
         match completion {
@@ -341,7 +358,8 @@ impl Limiter {
     fn close_window(&self, start: u64, now_ns: u64, idle: u64) {
         let count = self.win_count.load(Ordering::Relaxed);
         let drops = self.win_drops.load(Ordering::Relaxed);
-        if count.saturating_add(drops) < self.min_window_samples {
+        let bursts = self.win_burst_count.load(Ordering::Relaxed);
+        if count.saturating_add(drops).saturating_add(bursts) < self.min_window_samples {
             return;
         }
         let mut algorithm = match self.algorithm.try_lock() {
@@ -357,11 +375,21 @@ impl Limiter {
         let sum = self.win_sum_ns.swap(0, Ordering::Relaxed);
         let count = self.win_count.swap(0, Ordering::Relaxed);
         let drops = self.win_drops.swap(0, Ordering::Relaxed);
-        // The calls still in flight belong to the next window too.
-        let max_inflight = self
-            .win_max_inflight
-            .swap(self.inflight.load(Ordering::Relaxed), Ordering::Relaxed);
+        let burst_sum = self.win_burst_sum_ns.swap(0, Ordering::Relaxed);
+        let bursts = self.win_burst_count.swap(0, Ordering::Relaxed);
+        // The calls still in flight belong to the next window too (within
+        // the limit: a burst's are not the limit's load).
+        let limit_now = self.limit.load(Ordering::Relaxed);
+        let max_inflight = self.win_max_inflight.swap(
+            self.inflight.load(Ordering::Relaxed).min(limit_now),
+            Ordering::Relaxed,
+        );
         let avg_ns = sum.checked_div(count);
+        // What a request should expect: every answer's latency, a burst's
+        // included (the queue it made is there for the requests after it).
+        let expected_ns = sum
+            .saturating_add(burst_sum)
+            .checked_div(count.saturating_add(bursts));
         let rtt = Duration::from_nanos(avg_ns.unwrap_or(0));
         let sample = WindowSample::new(rtt, max_inflight, drops).with_samples(count);
         let new = algorithm.update(&sample).max(1);
@@ -377,8 +405,9 @@ impl Limiter {
         // a reload between the two cannot be undone by this window.
         let old = self.limit.swap(new, Ordering::Relaxed);
         drop(algorithm);
-        if let Some(avg_ns) = avg_ns {
-            self.expected_rtt_ns.store(avg_ns.max(1), Ordering::Relaxed);
+        if let Some(expected_ns) = expected_ns {
+            self.expected_rtt_ns
+                .store(expected_ns.max(1), Ordering::Relaxed);
             // Stamped no later than one window before its close: a window
             // that an idle spell kept open until a late completion holds
             // old samples, and must not pass for fresh for long.
@@ -498,9 +527,11 @@ impl Striped<Limiter> {
         let inflight = before + 1;
         // Usually a plain read: the window's maximum only moves up. (A
         // burst's calls are not the limit's load: the algorithm learns
-        // from the calls within it.)
+        // from the calls within it, and a call admitted over the limit by
+        // its share counts the limit reached.)
         if !burst && self.win_max_inflight.load(Ordering::Relaxed) < inflight {
-            self.win_max_inflight.fetch_max(inflight, Ordering::Relaxed);
+            self.win_max_inflight
+                .fetch_max(inflight.min(limit), Ordering::Relaxed);
         }
         Ok(Permit {
             limiter: self.ticket(),
@@ -575,11 +606,10 @@ impl Permit {
     #[inline]
     fn report(&self, completion: Completion, rtt: Duration, now: Instant, idle: u64) {
         let limiter = &*self.limiter;
-        let recorded = match completion {
-            Completion::Sample(_) if self.burst => Completion::Ignore,
-            other => other,
-        };
-        limiter.record(recorded, rtt, now, idle);
+        match completion {
+            Completion::Sample(_) if self.burst => limiter.record_burst(rtt, now, idle),
+            _ => limiter.record(completion, rtt, now, idle),
+        }
         let outcome = match completion {
             Completion::Sample(outcome) => outcome,
             Completion::Drop | Completion::Ignore => Outcome::Failure,
