@@ -129,7 +129,7 @@
 //! | both durations set | `total_budget must be set`, `attempt_timeout must be set` |
 //! | `attempt_timeout ≤ total_budget` | `attempt_timeout must be at most total_budget (…), got …` |
 //! | with `max_attempts ≥ 2`: `attempt_timeout + longest first backoff + min_remaining ≤ total_budget` | `retry schedule does not fit total_budget (…): …` |
-//! | `slow_call_duration < attempt_timeout` | `slow_call_duration must be below attempt_timeout (…), got …` |
+//! | `slow_call_duration < attempt_timeout` (when set) | `slow_call_duration must be below attempt_timeout (…), got …` |
 //!
 //! The retry rule is the worst case of a second attempt: the first attempt
 //! times out at `attempt_timeout`, the first backoff draws its upper bound

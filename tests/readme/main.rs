@@ -243,18 +243,31 @@ async fn item(State((inventory, base)): State<(Inventory, String)>) -> Response 
         .body(Full::new(Bytes::new()))
         .unwrap();
     match inventory.oneshot(req).await {
-        // The dependency's answer, whatever its status, body included.
+        // The dependency's answer, whatever its status: its body, and the
+        // headers a caller acts on (a busy dependency's Retry-After).
         Ok(res) => {
             let (parts, body) = res.into_parts();
             match body.collect().await {
-                Ok(body) => (parts.status, body.to_bytes()).into_response(),
+                Ok(body) => {
+                    let mut answer = (parts.status, body.to_bytes()).into_response();
+                    for name in [http::header::CONTENT_TYPE, http::header::RETRY_AFTER] {
+                        if let Some(value) = parts.headers.get(&name) {
+                            answer.headers_mut().insert(name, value.clone());
+                        }
+                    }
+                    answer
+                }
                 // Cut by the request's deadline while it streamed: 504.
                 Err(err) => seawall::http::rejection_response(&err),
             }
         }
         // This process refused or gave up (breaker open, budget spent, out of
-        // time): 503 or 429 with Retry-After, or 504; other errors 500.
-        Err(err) => seawall::http::rejection_response(&err),
+        // time): 503 or 429 with Retry-After, or 504.
+        Err(err) if seawall::error::rejection_of(&err).is_some() => {
+            seawall::http::rejection_response(&err)
+        }
+        // The dependency could not be reached (connection refused, reset): 502.
+        Err(_) => http::StatusCode::BAD_GATEWAY.into_response(),
     }
 }
 // --- README handler calling a dependency ends ---
@@ -348,6 +361,76 @@ async fn a_handler_calls_a_dependency_through_the_client_preset() -> Result<(), 
     assert_eq!(
         hits.load(Ordering::SeqCst),
         20 + probes.load(Ordering::SeqCst)
+    );
+    Ok(())
+}
+
+/// The same handler passes a busy dependency's `Retry-After` on with its
+/// `503` (it was lost: the handler kept the status and the body only), and
+/// answers `502` when the dependency cannot be reached (it answered `500`).
+#[tokio::test]
+async fn the_handler_passes_on_a_busy_dependencys_retry_after_and_a_502_when_unreachable()
+-> Result<(), seawall::BoxError> {
+    use hyper_util::rt::TokioExecutor;
+    use seawall::ClientStack;
+    use tower::Layer;
+
+    let serve = |app: Router| async move {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        addr
+    };
+    let busy = Router::new().route(
+        "/item/7",
+        get(|| async {
+            (
+                http::StatusCode::SERVICE_UNAVAILABLE,
+                [(http::header::RETRY_AFTER, "7")],
+                "busy",
+            )
+        }),
+    );
+    let busy_addr = serve(busy).await;
+    // A port with nothing listening on it.
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let closed_addr = closed.local_addr()?;
+    drop(closed);
+
+    let caller = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let mut answers = Vec::new();
+    for dep in [busy_addr, closed_addr] {
+        let inventory: Inventory = ClientStack::http("inventory")
+            .total_budget(Duration::from_secs(2))
+            .attempt_timeout(Duration::from_millis(500))
+            .build()?
+            .layer(Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>());
+        let front = Router::new()
+            .route("/", get(item))
+            .with_state((inventory, format!("http://{dep}")))
+            .layer(
+                ServerStack::http("front")
+                    .total_budget(Duration::from_secs(5))
+                    .build()?,
+            );
+        let front_addr = serve(front).await;
+        let res = caller
+            .request(
+                http::Request::get(format!("http://{front_addr}/"))
+                    .body(Full::new(Bytes::new()))
+                    .unwrap(),
+            )
+            .await?;
+        let retry_after = res
+            .headers()
+            .get(http::header::RETRY_AFTER)
+            .map(|v| v.to_str().unwrap().to_owned());
+        answers.push((res.status().as_u16(), retry_after));
+    }
+    assert_eq!(
+        answers,
+        vec![(503, Some("7".to_owned())), (502, None)],
+        "the busy dependency's answer, then the unreachable one's"
     );
     Ok(())
 }

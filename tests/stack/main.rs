@@ -166,8 +166,55 @@ fn client_refuses_a_slow_call_threshold_that_never_trips() {
     assert_eq!(client_err(b().slow_call_duration(ms(300))), msg("300ms"));
     assert_eq!(client_err(b().slow_call_duration(ms(5000))), msg("5s"));
     assert!(b().slow_call_duration(ms(299)).build().is_ok());
-    // The default (80 % of the attempt timeout) is valid.
+    // No slow-call duration by default.
     assert!(b().build().is_ok());
+}
+
+/// A dependency answering just within the attempt timeout (450 ms of 500)
+/// is answered, not shut off: by default no call is slow to the client
+/// stack's breaker, which stays closed through 100 such calls. With a
+/// slow-call duration set (400 ms), every call in the window is slow and
+/// the breaker opens after its minimum of 20 calls.
+#[tokio::test(start_paused = true)]
+async fn a_dependency_answering_within_the_attempt_timeout_is_not_shut_off() {
+    for slow in [None, Some(ms(400))] {
+        let rec = Recorder::new();
+        let mut b = ClientStack::builder("dep")
+            .total_budget(ms(2000))
+            .attempt_timeout(ms(500))
+            .observer(Observer::new(rec.clone()));
+        if let Some(d) = slow {
+            b = b.slow_call_duration(d);
+        }
+        let stack = b.build().unwrap();
+        let svc = stack.layer(service_fn(|n: u32| async move {
+            tokio::time::sleep(ms(450)).await;
+            Ok::<u32, BoxError>(n)
+        }));
+        let mut answered = 0;
+        for i in 0..100 {
+            if svc.clone().oneshot(i).await.is_ok() {
+                answered += 1;
+            }
+        }
+        let opened = rec
+            .events()
+            .iter()
+            .filter(|e| {
+                matches!(
+                    e.kind,
+                    EventKind::StateChanged {
+                        to: State::Open,
+                        ..
+                    }
+                )
+            })
+            .count();
+        match slow {
+            None => assert_eq!((answered, opened), (100, 0)),
+            Some(_) => assert!(opened >= 1 && answered < 100, "{answered} {opened}"),
+        }
+    }
 }
 
 #[test]
