@@ -272,6 +272,27 @@ async fn item(State((inventory, base)): State<(Inventory, String)>) -> Response 
 }
 // --- README handler calling a dependency ends ---
 
+/// Serves `app` on a free loopback port.
+async fn serve_app(app: Router) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
+/// The README's front: `item` behind the server preset, calling the
+/// dependency at `dep` through `inventory`.
+fn front(inventory: Inventory, dep: std::net::SocketAddr) -> Result<Router, seawall::BoxError> {
+    Ok(Router::new()
+        .route("/", get(item))
+        .with_state((inventory, format!("http://{dep}")))
+        .layer(
+            ServerStack::http("front")
+                .total_budget(Duration::from_secs(5))
+                .build()?,
+        ))
+}
+
 /// The README's handler that calls a dependency through the client preset,
 /// behind the server preset, over real HTTP on loopback: the dependency's
 /// 500s are passed on until the client's breaker opens, then the caller
@@ -294,13 +315,7 @@ async fn a_handler_calls_a_dependency_through_the_client_preset() -> Result<(), 
             async { (http::StatusCode::INTERNAL_SERVER_ERROR, "broken") }
         }),
     );
-    let serve = |app: Router| async move {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        addr
-    };
-    let dep_addr = serve(dependency).await;
+    let dep_addr = serve_app(dependency).await;
 
     let hyper_client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     // An observer counts the breaker's probes (one per half-open state).
@@ -321,15 +336,7 @@ async fn a_handler_calls_a_dependency_through_the_client_preset() -> Result<(), 
         .observer(observer)
         .build()?
         .layer(hyper_client);
-    let front = Router::new()
-        .route("/", get(item))
-        .with_state((inventory, format!("http://{dep_addr}")))
-        .layer(
-            ServerStack::http("front")
-                .total_budget(Duration::from_secs(5))
-                .build()?,
-        );
-    let front_addr = serve(front).await;
+    let front_addr = serve_app(front(inventory, dep_addr)?).await;
 
     let caller = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     let get_front = || {
@@ -375,12 +382,6 @@ async fn the_handler_passes_on_a_busy_dependencys_retry_after_and_a_502_when_unr
     use seawall::ClientStack;
     use tower::Layer;
 
-    let serve = |app: Router| async move {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        addr
-    };
     let busy = Router::new().route(
         "/item/7",
         get(|| async {
@@ -391,7 +392,7 @@ async fn the_handler_passes_on_a_busy_dependencys_retry_after_and_a_502_when_unr
             )
         }),
     );
-    let busy_addr = serve(busy).await;
+    let busy_addr = serve_app(busy).await;
     // A port with nothing listening on it.
     let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let closed_addr = closed.local_addr()?;
@@ -405,15 +406,7 @@ async fn the_handler_passes_on_a_busy_dependencys_retry_after_and_a_502_when_unr
             .attempt_timeout(Duration::from_millis(500))
             .build()?
             .layer(Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>());
-        let front = Router::new()
-            .route("/", get(item))
-            .with_state((inventory, format!("http://{dep}")))
-            .layer(
-                ServerStack::http("front")
-                    .total_budget(Duration::from_secs(5))
-                    .build()?,
-            );
-        let front_addr = serve(front).await;
+        let front_addr = serve_app(front(inventory, dep)?).await;
         let res = caller
             .request(
                 http::Request::get(format!("http://{front_addr}/"))
