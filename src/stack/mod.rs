@@ -139,8 +139,9 @@
 //! defaults (50 ms base, full jitter) and a 1 s budget, the longest attempt
 //! timeout accepted is 940 ms. The slow-call rule: the attempt timeout cuts every call
 //! at `attempt_timeout`, so a slow-call threshold at or above it can never
-//! trip. The stack's default slow-call duration is 80 % of the attempt
-//! timeout.
+//! trip. By default the stack counts no call as slow (a call answered
+//! within its attempt timeout was answered); a slow-call duration set with
+//! `slow_call_duration` must be below the attempt timeout.
 //!
 //! [`ServerStackBuilder::build`] (and so the presets `ServerStack::http`
 //! and `ServerStack::grpc`) refuses, with layer `"server_stack"`:
