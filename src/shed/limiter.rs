@@ -59,7 +59,7 @@ pub(crate) struct Config {
 pub(crate) const BURST: Duration = Duration::from_millis(100);
 
 /// A burst is admitted up to this many times the limit in flight.
-pub(crate) const BURST_FACTOR: usize = 4;
+const BURST_FACTOR: usize = 4;
 
 /// The most calls in flight a burst admits under `limit`, within `bounds`.
 fn burst_cap(limit: usize, bounds: Option<(usize, usize)>) -> usize {
@@ -247,7 +247,7 @@ impl Limiter {
         if self.burst_ns == 0 {
             return false;
         }
-        let now_ns = crate::clock::nanos_between(self.epoch, now).saturating_add(1);
+        let now_ns = self.stamp(now);
         if class.index() <= Criticality::Critical.index()
             && before < self.burst_cap.load(Ordering::Relaxed)
         {
@@ -274,6 +274,12 @@ impl Limiter {
         false
     }
 
+    /// `now` as a burst's stamps keep it: ns since `epoch`, plus one (0
+    /// stands for never).
+    fn stamp(&self, now: Instant) -> u64 {
+        crate::clock::nanos_between(self.epoch, now).saturating_add(1)
+    }
+
     /// The calls in flight reached the limit from below at `now`: what was
     /// above it has drained. A burst going on is renewed; after one that
     /// ended without a refusal since, the next may begin at once.
@@ -284,7 +290,7 @@ impl Limiter {
         if start == 0 {
             return;
         }
-        let now_ns = crate::clock::nanos_between(self.epoch, now).saturating_add(1);
+        let now_ns = self.stamp(now);
         let next = if now_ns.saturating_sub(start) < self.burst_ns {
             now_ns
         } else {

@@ -570,7 +570,7 @@ impl<P, C, L, O, H> ClientStackBuilder<P, C, L, O, H> {
         }
         let retry = retry.build()?;
         let slow = self.common.slow_call_duration;
-        let slow = check_schedule(
+        check_schedule(
             Schedule {
                 total,
                 per_try,
@@ -702,11 +702,8 @@ pub(crate) struct Schedule {
 /// The timing rules of a client stack (see the [module docs](super)), at
 /// build and at reload: the attempt timeout within the total budget, room
 /// for a second attempt, and a slow-call duration, when set, below the
-/// attempt timeout. Returns the slow-call duration set.
-pub(crate) fn check_schedule(
-    s: Schedule,
-    slow: Option<Duration>,
-) -> Result<Option<Duration>, ConfigError> {
+/// attempt timeout.
+pub(crate) fn check_schedule(s: Schedule, slow: Option<Duration>) -> Result<(), ConfigError> {
     let Schedule {
         total,
         per_try,
@@ -736,7 +733,7 @@ pub(crate) fn check_schedule(
         }
     }
     let Some(slow) = slow else {
-        return Ok(None);
+        return Ok(());
     };
     if slow >= per_try {
         return Err(ConfigError::new(
@@ -748,5 +745,5 @@ pub(crate) fn check_schedule(
             ),
         ));
     }
-    Ok(Some(slow))
+    Ok(())
 }
