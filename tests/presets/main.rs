@@ -398,6 +398,43 @@ async fn one_failing_route_does_not_open_the_preset_breaker() {
     );
 }
 
+/// A dependency that answers slowly but within the attempt timeout (850 ms
+/// of 1 s) is answered, and the preset's breaker stays closed: it counts no
+/// call as slow by default. It took calls over 80 % of the attempt timeout
+/// for slow, and opened once its window held 20 of them.
+#[tokio::test]
+async fn a_slow_answer_within_the_attempt_timeout_does_not_open_the_preset_breaker() {
+    let app = Router::new().route(
+        "/slow_ok",
+        get(|| async {
+            tokio::time::sleep(Duration::from_millis(850)).await;
+            "ok"
+        }),
+    );
+    let addr = serve_axum(app).await;
+    let stack = ClientStack::http("dep")
+        .total_budget(Duration::from_secs(3))
+        .attempt_timeout(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let breaker = stack.breaker_handle();
+    let client = stack.layer(hyper());
+    let calls = (0..30).map(|_| {
+        let client = client.clone();
+        async move {
+            let res = client.oneshot(get_req(addr, "/slow_ok")).await.unwrap();
+            let status = res.status().as_u16();
+            res.into_body().collect().await.unwrap();
+            status
+        }
+    });
+    let statuses = futures::future::join_all(calls).await;
+    assert_eq!(statuses, vec![200; 30]);
+    assert_eq!(breaker.state(), State::Closed);
+    let m = breaker.metrics();
+    assert_eq!((m.calls, m.failures, m.slow_calls), (30, 0, 0));
+}
+
 /// A load balancer with nothing behind it answers a bare 503 (no
 /// `Retry-After`): that is an outage, and the breaker opens on it.
 #[tokio::test]
