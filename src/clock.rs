@@ -521,4 +521,43 @@ mod read_count_tests {
             "its start and end, and the attempt timeout's"
         );
     }
+
+    /// A closed breaker with the defaults (a count window, no slow calls, no
+    /// hook) reads no clock; a slow-call duration, a time window or a hook
+    /// make it read the clock as a call goes in and as it ends.
+    #[cfg(feature = "circuit-breaker")]
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn a_closed_breaker_reads_the_clock_only_when_it_keeps_time() {
+        use crate::circuit_breaker::{CircuitBreakerLayer, SlidingWindow};
+        let b = CircuitBreakerLayer::builder;
+        let cases = [
+            ("defaults", b().build().unwrap(), 0.0),
+            (
+                "slow calls",
+                b().slow_call_duration(Duration::from_secs(5))
+                    .build()
+                    .unwrap(),
+                2.0,
+            ),
+            (
+                "time window",
+                b().window(SlidingWindow::time(Duration::from_secs(10)))
+                    .build()
+                    .unwrap(),
+                2.0,
+            ),
+            (
+                "observed",
+                b().observer(listening_observer()).build().unwrap(),
+                2.0,
+            ),
+        ];
+        for (what, layer, want) in cases {
+            assert_eq!(
+                reads_per_call(layer.layer(noop()), 100).await,
+                want,
+                "{what}"
+            );
+        }
+    }
 }

@@ -25,16 +25,25 @@ use crate::stripe::Ticket;
 pub(crate) struct Guard<C> {
     shared: Ticket<Shared<C>>,
     permit: Permit,
+    /// When the call went in (an untimed call: the breaker's origin).
     start: Instant,
+    /// Whether the call keeps time (see `Core::timed`).
+    timed: bool,
     done: bool,
 }
 
 impl<C> Guard<C> {
-    pub(crate) fn new(shared: Ticket<Shared<C>>, permit: Permit, start: Instant) -> Self {
+    pub(crate) fn new(
+        shared: Ticket<Shared<C>>,
+        permit: Permit,
+        start: Instant,
+        timed: bool,
+    ) -> Self {
         Guard {
             shared,
             permit,
             start,
+            timed,
             done: false,
         }
     }
@@ -112,65 +121,99 @@ where
 
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let _edge = crate::clock::Edge::enter();
         match self.project().kind.project() {
-            KindProj::Called { future, guard } => {
-                // The answer is judged where it lies and handed back from
-                // there (see ARCHITECTURE.md).
-                let mut poll = future.poll(cx);
-                let Poll::Ready(result) = &mut poll else {
-                    return Poll::Pending;
-                };
-                if !guard.done {
-                    guard.done = true;
-                    let shared = &*guard.shared;
-                    // The model first: a local refusal is never counted,
-                    // whatever the classifier says.
-                    let outcome = judge(&shared.classifier, result.as_ref());
-                    let held = match (result, outcome) {
-                        // Looks like a success, but the body may still fail
-                        // (or carry an error status in its trailers): judged
-                        // when it ends.
-                        (Ok(response), Outcome::Success) => M::pending(response).and_then(|j| {
-                            let head = clock::now();
-                            let pending = Pending {
-                                shared: guard.shared.clone().into_stripe(),
-                                permit: guard.permit,
-                                head,
-                                latency: crate::clock::nanos_between(guard.start, head),
-                                judge: j.0,
-                                done: false,
-                            };
-                            match M::hold(response, Duty(DutyKind::Breaker(pending))) {
-                                None => Some(()),
-                                Some(Duty(DutyKind::Breaker(mut back))) => {
-                                    back.done = true;
-                                    None
-                                }
-                                #[allow(unreachable_patterns)]
-                                Some(_) => None,
-                            }
-                        }),
-                        _ => None,
-                    };
-                    if held.is_none() {
-                        let now = clock::now();
-                        let latency = crate::clock::nanos_between(guard.start, now);
-                        finish(&shared.core, guard.permit, latency, outcome, At::Now(now));
-                    }
-                }
-                poll.map_err(Into::into)
-            }
+            // Two paths, each straight, as in the service's `call`.
+            KindProj::Called { future, guard } => match guard.timed {
+                true => poll_called::<F, C, M, T, E, true>(future, guard, cx),
+                false => poll_called::<F, C, M, T, E, false>(future, guard, cx),
+            },
             KindProj::Rejected { error } => crate::error::poll_rejected(error),
         }
+    }
+}
+
+/// Polls an admitted call and reports its outcome once it is ready;
+/// `TIMED`: whether the call keeps time.
+#[inline]
+fn poll_called<F, C, M, T, E, const TIMED: bool>(
+    future: Pin<&mut F>,
+    guard: &mut Guard<C>,
+    cx: &mut Context<'_>,
+) -> Poll<Result<T, BoxError>>
+where
+    F: Future<Output = Result<T, E>>,
+    E: Into<BoxError> + 'static,
+    C: Classify<T, E>,
+    M: HoldVerdict<T, C>,
+{
+    // A timed call shares the instant the layers inside read.
+    let _edge = TIMED.then(crate::clock::Edge::enter);
+    // The answer is judged where it lies and handed back from
+    // there (see ARCHITECTURE.md).
+    let mut poll = future.poll(cx);
+    let Poll::Ready(result) = &mut poll else {
+        return Poll::Pending;
+    };
+    if !guard.done {
+        guard.done = true;
+        let shared = &*guard.shared;
+        // The model first: a local refusal is never counted,
+        // whatever the classifier says.
+        let outcome = judge(&shared.classifier, result.as_ref());
+        let held = match (result, outcome) {
+            // Looks like a success, but the body may still fail
+            // (or carry an error status in its trailers): judged
+            // when it ends.
+            (Ok(response), Outcome::Success) => M::pending(response).and_then(|j| {
+                let (head, latency) = elapsed::<C, TIMED>(guard);
+                let pending = Pending {
+                    shared: guard.shared.clone().into_stripe(),
+                    permit: guard.permit,
+                    head,
+                    latency,
+                    judge: j.0,
+                    done: false,
+                };
+                match M::hold(response, Duty(DutyKind::Breaker(pending))) {
+                    None => Some(()),
+                    Some(Duty(DutyKind::Breaker(mut back))) => {
+                        back.done = true;
+                        None
+                    }
+                    #[allow(unreachable_patterns)]
+                    Some(_) => None,
+                }
+            }),
+            _ => None,
+        };
+        if held.is_none() {
+            let (now, latency) = elapsed::<C, TIMED>(guard);
+            let at = At::Now { now, timed: TIMED };
+            finish(&shared.core, guard.permit, latency, outcome, at);
+        }
+    }
+    poll.map_err(Into::into)
+}
+
+/// The instant now and the nanoseconds since the call went in, for a
+/// timed call; for an untimed one, its start again and 0, with no clock
+/// read.
+#[inline(always)]
+fn elapsed<C, const TIMED: bool>(guard: &Guard<C>) -> (Instant, u64) {
+    if TIMED {
+        let now = clock::now();
+        (now, crate::clock::nanos_between(guard.start, now))
+    } else {
+        (guard.start, 0)
     }
 }
 
 /// When a call's outcome is recorded.
 #[derive(Clone, Copy)]
 enum At {
-    /// As the call ends, at this instant.
-    Now(Instant),
+    /// As the call ends, at this instant (if `timed`; an untimed call
+    /// reads the clock only if its outcome opens the breaker).
+    Now { now: Instant, timed: bool },
     /// At the end of its body, in the window at the head's instant (the
     /// clock is read only if the outcome opens the breaker).
     BodyEnd { head: Instant },
@@ -192,7 +235,7 @@ fn finish(core: &Core, permit: Permit, latency: u64, outcome: Outcome, at: At) {
         Some(failure) => {
             let slow = latency > core.config.slow_call_nanos;
             match at {
-                At::Now(now) => core.on_complete(permit, now, failure, slow),
+                At::Now { now, timed } => core.on_complete(permit, now, timed, failure, slow),
                 At::BodyEnd { head } => core.on_late_complete(permit, head, failure, slow),
             }
         }

@@ -130,7 +130,8 @@ impl CircuitBreakerHandle {
     /// Changes the breaker's thresholds and open times at run time (an
     /// operator's reload), keeping its state, its window and an open time
     /// already running; no lock or allocation is added on the request path.
-    /// Reported as a [`Reconfigured`](crate::observe::EventKind::Reconfigured)
+    /// A closed breaker whose window is already at or over a new threshold
+    /// opens at once. Reported as a [`Reconfigured`](crate::observe::EventKind::Reconfigured)
     /// event; the tuning in place again changes nothing and reports nothing.
     ///
     /// ```

@@ -183,7 +183,7 @@ impl Default for Settings {
             name: Name::from(KIND),
             observer: Observer::none(),
             window: SlidingWindow::default(),
-            slow_call_duration: Duration::from_secs(60),
+            slow_call_duration: Duration::MAX,
             rate_trips: true,
             permitted_in_half_open: 10,
             open_jitter: 0.0,
@@ -239,7 +239,10 @@ impl<C> CircuitBreakerBuilder<C> {
     }
 
     /// A call taking longer than this is slow (whatever its outcome).
-    /// Default: 60 s.
+    /// Default: none (`Duration::MAX`): no call is slow. A slow answer is
+    /// still an answer; ending calls that take too long is a timeout's job,
+    /// and a timed-out call is a failure. Setting it makes every call read
+    /// the clock as it goes in and as it ends.
     pub fn slow_call_duration(mut self, duration: Duration) -> Self {
         self.settings.slow_call_duration = duration;
         self

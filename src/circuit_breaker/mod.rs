@@ -98,7 +98,15 @@
 //!
 //! # Defaults
 //!
-//! The defaults and their meaning are Resilience4j's:
+//! The defaults and their meaning are Resilience4j's, but for slow calls,
+//! which are off unless `slow_call_duration` is set (Resilience4j counts a
+//! call over 60 s as slow and opens when all of the window's calls are).
+//! The scenario: a dependency answering every call within its timeout, only
+//! slowly, is answering, and shutting it off would fail every call instead
+//! of none. A call that takes too long is ended by a timeout
+//! ([`AttemptTimeoutLayer`](crate::deadline::AttemptTimeoutLayer)) and
+//! counted as a failure. With slow calls off, a count window and no
+//! observer, a closed breaker reads no clock at all.
 //!
 //! | setting | default |
 //! |---|---|
@@ -106,7 +114,7 @@
 //! | `minimum_calls` | 100 |
 //! | `failure_rate_threshold` | 0.5 (50 %) |
 //! | `slow_call_rate_threshold` | 1.0 (100 %) |
-//! | `slow_call_duration` | 60 s |
+//! | `slow_call_duration` | none (`Duration::MAX`: no call is slow) |
 //! | `permitted_calls_in_half_open` | 10 |
 //! | `open_duration` | 60 s |
 //! | `open_multiplier` | 2 (60 s, 120 s, 240 s, … on repeated trips) |

@@ -103,10 +103,29 @@ where
 
     #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
-        let _edge = crate::clock::Edge::enter();
+        // Two paths, each straight: a timed call's, and an untimed one's
+        // (no slow calls, a count window, no hook), which reads no clock
+        // while closed and opens no edge of it.
+        if self.shared.core.timed {
+            self.admit::<Req, true>(req)
+        } else {
+            self.admit::<Req, false>(req)
+        }
+    }
+}
+
+impl<S, C, M> CircuitBreaker<S, C, M> {
+    /// Admits or refuses a call; `TIMED`: whether it keeps time (an
+    /// untimed call carries the breaker's origin instead).
+    #[inline]
+    fn admit<Req, const TIMED: bool>(&mut self, req: Req) -> ResponseFuture<S::Future, C, M>
+    where
+        S: Service<Req>,
+    {
         let core = &self.shared.core;
-        let now = clock::now();
-        match core.try_acquire(now) {
+        let _edge = TIMED.then(crate::clock::Edge::enter);
+        let now = if TIMED { clock::now() } else { core.origin };
+        match core.try_acquire(now, TIMED) {
             Ok(permit) => {
                 core.observer.emit(
                     LayerKind::CircuitBreaker,
@@ -114,7 +133,7 @@ where
                     EventKind::CallStarted,
                 );
                 let future = self.inner.call(req);
-                ResponseFuture::called(future, Guard::new(self.shared.ticket(), permit, now))
+                ResponseFuture::called(future, Guard::new(self.shared.ticket(), permit, now, TIMED))
             }
             Err(refusal) => ResponseFuture::rejected(refused(core, refusal)),
         }

@@ -123,9 +123,14 @@ pub(crate) struct Core {
     pub(crate) name: Name,
     pub(crate) observer: Observer,
     pub(crate) config: Config,
+    /// Whether its calls keep time: a slow-call duration is set, the
+    /// window is one of time, or a hook listens for latencies. An untimed
+    /// breaker reads the clock only when a call opens it or finds it open.
+    pub(crate) timed: bool,
     /// Spreads the `retry_after` of refusals (`[1, 1.5)` × the time left).
     pub(crate) jitter: crate::clock::Jitter,
-    origin: Instant,
+    /// The instant the breaker was made: the times it keeps count from.
+    pub(crate) origin: Instant,
     /// Read by every call, written on transitions: a line of its own.
     word: Padded<AtomicU64>,
     window: Window,
@@ -154,7 +159,11 @@ impl Core {
             Some(seed) => SmallRng::seed_from_u64(seed),
             None => SmallRng::from_os_rng(),
         };
+        let timed = config.slow_call_nanos != u64::MAX
+            || matches!(config.window, WindowConfig::Time { .. })
+            || observer.is_enabled();
         let core = Core {
+            timed,
             jitter: crate::clock::Jitter::new(name.as_str()),
             name,
             observer,
@@ -243,6 +252,16 @@ impl Core {
             self.name.as_str(),
             EventKind::Reconfigured,
         );
+        // The window is judged by the new rates now, not at the next call
+        // that changes its counts.
+        let word = self.word.load(Ordering::Acquire);
+        if state_of(word) == CLOSED && self.config.rate_trips {
+            let now = crate::clock::now();
+            let snap = self.window.snapshot(now);
+            if self.rates_trip(&snap) {
+                self.trip_closed(gen_of(word), now, snap);
+            }
+        }
     }
 
     /// The current state (an open breaker whose open time has passed reads
@@ -277,9 +296,10 @@ impl Core {
     }
 
     /// Admits a call or refuses it. Lock-free except for the open → half-open
-    /// transition.
+    /// transition. `now` is the time if the call is `timed`; an open
+    /// breaker reads the clock itself when it is not.
     #[inline]
-    pub(crate) fn try_acquire(&self, now: Instant) -> Result<Permit, Refusal> {
+    pub(crate) fn try_acquire(&self, now: Instant, timed: bool) -> Result<Permit, Refusal> {
         // Closed: one load, inlined into the layer's call; every other
         // state out of line.
         let word = self.word.load(Ordering::Acquire);
@@ -289,13 +309,13 @@ impl Core {
                 kind: PermitKind::Record,
             });
         }
-        self.try_acquire_slow(now)
+        self.try_acquire_slow(now, timed)
     }
 
     /// [`try_acquire`](Self::try_acquire) in a state other than closed (or
     /// one that was closed a moment ago).
     #[inline(never)]
-    fn try_acquire_slow(&self, now: Instant) -> Result<Permit, Refusal> {
+    fn try_acquire_slow(&self, now: Instant, timed: bool) -> Result<Permit, Refusal> {
         loop {
             let word = self.word.load(Ordering::Acquire);
             let generation = gen_of(word);
@@ -319,6 +339,7 @@ impl Core {
                     });
                 }
                 OPEN => {
+                    let now = if timed { now } else { crate::clock::now() };
                     let until = self.open_until.load(Ordering::Acquire);
                     let at = self.nanos(now);
                     if at < until {
@@ -358,10 +379,21 @@ impl Core {
         }
     }
 
-    /// A call admitted with `permit` finished with this outcome at `now`.
+    /// A call admitted with `permit` finished with this outcome at `now`
+    /// (if `timed`: an untimed call reads the clock only if its outcome
+    /// opens the breaker, and only a count window records it).
     #[inline]
-    pub(crate) fn on_complete(&self, permit: Permit, now: Instant, failure: bool, slow: bool) {
-        self.complete(permit, now, failure, slow, || now);
+    pub(crate) fn on_complete(
+        &self,
+        permit: Permit,
+        now: Instant,
+        timed: bool,
+        failure: bool,
+        slow: bool,
+    ) {
+        self.complete(permit, now, failure, slow, || {
+            if timed { now } else { crate::clock::now() }
+        });
     }
 
     /// A call's outcome known after its head, at the end of its body: counted
@@ -377,8 +409,8 @@ impl Core {
         self.complete(permit, head, failure, slow, crate::clock::now);
     }
 
-    /// Records an outcome in the window at `at`; `now` gives the time an
-    /// opening starts from.
+    /// Records an outcome in the window at `at` (a time window's calls are
+    /// always timed); `now` gives the time an opening starts from.
     #[inline]
     fn complete(
         &self,
@@ -446,11 +478,17 @@ impl Core {
             }
         }
         if self.config.rate_trips && !trip {
-            if self.rates_trip(&snap) {
+            // Counts that did not change were judged by the call that made
+            // them (and by a retune since).
+            if let Some(snap) = snap
+                && self.rates_trip(&snap)
+            {
                 self.trip_closed(permit.generation, now(), snap);
             }
         } else if trip {
-            self.trip_closed(permit.generation, now(), snap);
+            let now = now();
+            let snap = snap.unwrap_or_else(|| self.window.snapshot(now));
+            self.trip_closed(permit.generation, now, snap);
         }
     }
 
@@ -684,29 +722,29 @@ mod tests {
         let core = Core::new(Name::from("t"), Observer::none(), config());
         let now = Instant::now();
         for failure in [false, false, true, true] {
-            let p = core.try_acquire(now).unwrap();
-            core.on_complete(p, now, failure, false);
+            let p = core.try_acquire(now, true).unwrap();
+            core.on_complete(p, now, true, failure, false);
         }
         assert_eq!(core.state(), State::Open);
-        let r = core.try_acquire(now).unwrap_err();
+        let r = core.try_acquire(now, true).unwrap_err();
         assert_eq!(r.retry_after, Some(Duration::from_secs(10)));
         let later = now + Duration::from_secs(10);
-        let p1 = core.try_acquire(later).unwrap();
-        let p2 = core.try_acquire(later).unwrap();
+        let p1 = core.try_acquire(later, true).unwrap();
+        let p2 = core.try_acquire(later, true).unwrap();
         assert_eq!(core.state(), State::HalfOpen);
         assert_eq!(
-            core.try_acquire(later).unwrap_err().detail,
+            core.try_acquire(later, true).unwrap_err().detail,
             "half_open_full"
         );
         core.on_cancel(p2);
-        let p3 = core.try_acquire(later).unwrap();
-        core.on_complete(p1, later, true, false);
-        core.on_complete(p3, later, false, false);
+        let p3 = core.try_acquire(later, true).unwrap();
+        core.on_complete(p1, later, true, true, false);
+        core.on_complete(p3, later, true, false, false);
         // 1 of 2 probes failed: 50 % is not below 50 %: open again, 20 s.
         assert_eq!(core.state(), State::Open);
         assert_eq!(core.open_remaining(later), Some(Duration::from_secs(20)));
         // Stale completion of the cancelled probe is ignored.
-        core.on_complete(p2, later, false, false);
+        core.on_complete(p2, later, true, false, false);
         assert_eq!(core.state(), State::Open);
     }
 }

@@ -198,25 +198,28 @@ impl CountWindow {
         first
     }
 
-    /// Records one call, evicting the oldest once the window is full.
+    /// Records one call, evicting the oldest once the window is full;
+    /// whether the totals changed.
     #[inline]
-    pub(crate) fn record(&self, code: Code) {
-        self.record_on(crate::stripe::thread_slot(), code);
+    pub(crate) fn record(&self, code: Code) -> bool {
+        self.record_on(crate::stripe::thread_slot(), code)
     }
 
-    /// Records one call made on the thread numbered `thread`.
+    /// Records one call made on the thread numbered `thread`; whether the
+    /// totals changed.
     #[inline]
-    fn record_on(&self, thread: usize, code: Code) {
+    fn record_on(&self, thread: usize, code: Code) -> bool {
         let slot = &self.slots[self.position(thread)];
         if slot.load(Ordering::Relaxed) == code.0 {
             // The evicted outcome equals the new one: nothing changes.
-            return;
+            return false;
         }
         self.totals.fetch_add(contrib(code.0), Ordering::AcqRel);
         let old = slot.swap(code.0, Ordering::AcqRel);
         if old != 0 {
             self.totals.fetch_sub(contrib(old), Ordering::AcqRel);
         }
+        true
     }
 
     /// The counts now.
@@ -440,19 +443,19 @@ impl Window {
         }
     }
 
-    /// Records one call made at `now` and returns the counts with it.
+    /// Records one call made at `now` (which only a time window reads) and
+    /// returns the counts with it, or `None` when they did not change (a
+    /// count window's call evicting one with the same outcome: the counts
+    /// are those the call that made them was judged by).
     // Always: on the success path of every call (the compiler's own choice
     // moves with unrelated code and cost up to 36 instructions per call).
     #[inline(always)]
-    pub(crate) fn record_and_snapshot(&self, now: Instant, code: Code) -> WindowSnapshot {
+    pub(crate) fn record_and_snapshot(&self, now: Instant, code: Code) -> Option<WindowSnapshot> {
         match self {
-            Window::Count(w) => {
-                w.record(code);
-                w.snapshot()
-            }
+            Window::Count(w) => w.record(code).then(|| w.snapshot()),
             Window::Time(w) => {
                 w.record(now, code);
-                w.totals()
+                Some(w.totals())
             }
         }
     }

@@ -239,6 +239,43 @@ async fn slow_calls_trip_with_zero_errors() {
     );
 }
 
+/// With the defaults no call is slow, however long it takes, and the
+/// breaker, keeping no time while closed, still opens for its full open
+/// time from the call that opened it, and turns half-open exactly then.
+#[tokio::test(start_paused = true)]
+async fn by_default_no_call_is_slow_and_the_open_time_runs_from_the_trip() {
+    let layer = CircuitBreakerLayer::builder()
+        .window(SlidingWindow::count(4))
+        .minimum_calls(4)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let mut svc = wrap(&layer);
+    // Two hours each, and every one of them a success.
+    for _ in 0..4 {
+        call(&mut svc, slow(7_200_000)).await.unwrap();
+    }
+    assert_eq!(counts(handle.metrics()), (4, 0, 0));
+    assert_eq!(handle.state(), State::Closed);
+    // Failures after ten minutes of quiet: the second makes 50 %.
+    advance(Duration::from_secs(600)).await;
+    call(&mut svc, FAIL).await.unwrap_err();
+    call(&mut svc, slow(30_000)).await.unwrap();
+    assert_eq!(handle.state(), State::Closed);
+    call(&mut svc, FAIL).await.unwrap_err();
+    assert_eq!(handle.state(), State::Open);
+    // 60 s (the default open time) from that failure, not from anything before.
+    assert_eq!(handle.retry_after(), Some(Duration::from_secs(60)));
+    advance(Duration::from_secs(59)).await;
+    assert_hint!(
+        retry_after(call(&mut svc, OK).await),
+        Some(Duration::from_secs(1))
+    );
+    advance(Duration::from_secs(1)).await;
+    call(&mut svc, OK).await.unwrap();
+    assert_eq!(handle.state(), State::HalfOpen);
+}
+
 #[tokio::test(start_paused = true)]
 async fn consecutive_failures_trip() {
     let layer = CircuitBreakerLayer::builder()
@@ -1405,10 +1442,12 @@ async fn a_retune_changes_thresholds_and_open_time_and_keeps_the_state() {
     run10(&svc).await;
     run10(&svc).await;
     assert_eq!(handle.state(), State::Closed);
-    // Back to 50 %: the same 60 % trip it, now for the new 1 s.
+    // Back to 50 %: the window's 60 % opens it at once, for the new 1 s.
     let mut t = handle.tuning();
     t.failure_rate_threshold = 0.5;
     handle.retune(t).unwrap();
+    assert_eq!(handle.state(), State::Open);
+    assert_eq!(handle.retry_after(), Some(Duration::from_secs(1)));
     run10(&svc).await;
     assert_eq!(handle.state(), State::Open);
     let left = handle.retry_after().unwrap();
