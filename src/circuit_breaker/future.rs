@@ -159,7 +159,13 @@ where
         let shared = &*guard.shared;
         // The model first: a local refusal is never counted,
         // whatever the classifier says.
-        let outcome = judge(&shared.classifier, result.as_ref());
+        let mut outcome = judge(&shared.classifier, result.as_ref());
+        if outcome == Outcome::Failure
+            && let Err(e) = result.as_ref()
+            && cut_by_the_requests_deadline(e)
+        {
+            outcome = Outcome::Ignored;
+        }
         let held = match (result, outcome) {
             // Looks like a success, but the body may still fail
             // (or carry an error status in its trailers): judged
@@ -193,6 +199,31 @@ where
         }
     }
     poll.map_err(Into::into)
+}
+
+/// Whether `err` is the request's own deadline ending the call under way:
+/// a [`DeadlineExceeded`](crate::error::DeadlineExceeded) raised inside the
+/// breaker while a deadline is set outside it (the stack's total budget, or
+/// a shorter one its caller sent). The dependency was not given its
+/// attempt timeout, so the call says nothing of its health and is not
+/// counted: callers with short budgets do not open a breaker on a healthy
+/// dependency for callers with longer ones. An attempt timeout is counted;
+/// so is a deadline set only inside the breaker (a `DeadlineLayer` below
+/// it), which is then the only limit of a call. Out of line: only a failed
+/// call reaches it.
+#[inline(never)]
+fn cut_by_the_requests_deadline<E: 'static>(err: &E) -> bool {
+    #[cfg(feature = "deadline")]
+    {
+        crate::error::rejection_in(err).is_some_and(|r| {
+            r.kind() == crate::error::RejectionKind::DeadlineExceeded && !r.is_local()
+        }) && crate::deadline::current().is_some()
+    }
+    #[cfg(not(feature = "deadline"))]
+    {
+        let _ = err;
+        false
+    }
 }
 
 /// The instant now and the nanoseconds since the call went in, for a

@@ -84,7 +84,13 @@
 //! [`Outcome::Ignored`](crate::observe::Outcome::Ignored): it stays out of the
 //! window (calls, failures and slow calls alike) and neither extends nor
 //! breaks a run of consecutive failures; its `CallFinished` event reports
-//! outcome `Ignored`.
+//! outcome `Ignored`. Whatever the classifier says, a local refusal (a
+//! bulkhead, a rate limit below the breaker) is never counted, and neither
+//! is a [`DeadlineExceeded`](crate::error::DeadlineExceeded) raised below
+//! the breaker while a deadline is set above it (the request's own budget,
+//! or its caller's, ended the call before its attempt timeout: callers
+//! with short budgets do not shut a healthy dependency off for the rest);
+//! an attempt timeout, or a deadline set only below the breaker, counts.
 //!
 //! Every state change is reported as [`EventKind::StateChanged`] with the
 //! failure and slow-call rates that caused it; the initial closed state is

@@ -217,6 +217,77 @@ async fn a_dependency_answering_within_the_attempt_timeout_is_not_shut_off() {
     }
 }
 
+/// Nine callers in ten send a 300 ms budget to a healthy dependency that
+/// answers in 400 ms, under a 500 ms attempt timeout; the tenth waits 1 s.
+/// The short budgets end their attempts as their callers' deadlines, not
+/// as the dependency's failures: the breaker stays closed and every
+/// long-budget caller is served. Counted as failures (nine in ten of the
+/// window), they opened the breaker, which then served 2 of the 20.
+#[tokio::test(start_paused = true)]
+async fn callers_with_short_budgets_do_not_open_the_breaker_for_the_rest() {
+    use seawall::deadline::{Deadline, scope};
+    let rec = Recorder::new();
+    let stack = ClientStack::builder("dep")
+        .total_budget(ms(1000))
+        .attempt_timeout(ms(500))
+        .observer(Observer::new(rec.clone()))
+        .build()
+        .unwrap();
+    let calls = Arc::new(AtomicU32::new(0));
+    let c = calls.clone();
+    let svc = stack.layer(service_fn(move |n: u32| {
+        c.fetch_add(1, Ordering::SeqCst);
+        async move {
+            tokio::time::sleep(ms(400)).await;
+            Ok::<u32, BoxError>(n)
+        }
+    }));
+    let (mut long_served, mut short_late) = (0, 0);
+    for i in 0..200u32 {
+        if i % 10 == 9 {
+            if svc.clone().oneshot(i).await.is_ok() {
+                long_served += 1;
+            }
+        } else {
+            let err = scope(Deadline::after(ms(300)), svc.clone().oneshot(i))
+                .await
+                .unwrap_err();
+            if kind(&err) == RejectionKind::DeadlineExceeded {
+                short_late += 1;
+            }
+        }
+    }
+    assert_eq!((long_served, short_late), (20, 180));
+    // Every request reached the dependency once: none refused, none retried.
+    assert_eq!(calls.load(Ordering::SeqCst), 200);
+    let breaker = |e: &&seawall::observe::RecordedEvent| e.layer == LayerKind::CircuitBreaker;
+    let events = rec.events();
+    assert!(
+        !events.iter().filter(breaker).any(|e| matches!(
+            e.kind,
+            EventKind::StateChanged {
+                to: State::Open,
+                ..
+            }
+        )),
+        "the breaker opened"
+    );
+    let ignored = events
+        .iter()
+        .filter(breaker)
+        .filter(|e| {
+            matches!(
+                e.kind,
+                EventKind::CallFinished {
+                    outcome: Outcome::Ignored,
+                    ..
+                }
+            )
+        })
+        .count();
+    assert_eq!(ignored, 180);
+}
+
 #[test]
 fn client_passes_layer_refusals_through() {
     let b = || {
@@ -424,9 +495,10 @@ async fn total_deadline_bounds_elapsed_time_exactly() {
     assert_eq!(start.elapsed(), ms(1000));
     assert_eq!(calls.load(Ordering::SeqCst), 3);
     assert_eq!(kind(&err), RejectionKind::DeadlineExceeded);
-    // The breaker saw three failed attempts: two attempt timeouts and the
-    // third attempt cut by the budget.
-    assert_eq!(stack.breaker_handle().metrics().failures, 3);
+    // The breaker counted the two attempt timeouts; the third attempt, cut
+    // by the request's budget before its own timeout, is not counted.
+    assert_eq!(stack.breaker_handle().metrics().failures, 2);
+    assert_eq!(stack.breaker_handle().metrics().calls, 2);
 }
 
 /// Fails every call; after its first call no copy of it is ever ready
