@@ -70,7 +70,12 @@
 //!   slow-call rates are below the thresholds, and opens again otherwise. A
 //!   probe whose future is dropped before it finishes, or that the classifier
 //!   calls [`Ignored`](crate::observe::Outcome::Ignored), frees its slot for
-//!   another probe and does not count toward the verdict.
+//!   another probe and does not count toward the verdict. A probe that hangs
+//!   does not hold the breaker half-open for longer than its own timeout:
+//!   once every slot has been out for the last open time, the next call
+//!   goes as one more probe (one per open time), whose answer counts toward
+//!   the verdict as any probe's; answers of probes from a state that has
+//!   passed are not counted.
 //! - **Manual states**, through a [`CircuitBreakerHandle`] from
 //!   [`CircuitBreakerLayer::handle`]: forced-open, disabled (always closed,
 //!   nothing recorded), metrics-only (counts, never opens), and `reset` back to

@@ -87,6 +87,10 @@ pub(crate) enum PermitKind {
     Record,
     /// A half-open probe: report the outcome, or free the slot if dropped.
     Probe,
+    /// A probe let in while every slot was out for longer than the open
+    /// time (a probe stuck on a hung dependency): reports its outcome as a
+    /// probe, and frees no slot if dropped, as it took none.
+    LateProbe,
     /// Disabled: nothing to record.
     Ignore,
 }
@@ -141,8 +145,13 @@ pub(crate) struct Core {
     slow_rate: AtomicU64,
     minimum_calls: AtomicU32,
     in_a_row: AtomicU32,
-    /// Nanoseconds after `origin` at which an open breaker lets probes in.
+    /// Nanoseconds after `origin` at which an open breaker lets probes in;
+    /// while half-open, at which a call finding every probe slot taken is
+    /// let in as one more probe.
     open_until: AtomicI64,
+    /// The open time of the last trip, in nanoseconds: also how long the
+    /// half-open probes may all be out before one more is let in.
+    open_nanos: AtomicI64,
     control: Mutex<Control>,
 }
 
@@ -176,6 +185,7 @@ impl Core {
             minimum_calls: AtomicU32::new(config.tuning.minimum_calls),
             in_a_row: AtomicU32::new(config.tuning.consecutive_failures.unwrap_or(0)),
             open_until: AtomicI64::new(0),
+            open_nanos: AtomicI64::new(0),
             control: Mutex::new(Control {
                 trips: 0,
                 open: (
@@ -354,15 +364,18 @@ impl Core {
                     // Half-open: take a probe slot from the state word itself,
                     // so a slot always belongs to the generation it came from.
                     let free = free_of(word);
+                    let now = if timed { now } else { crate::clock::now() };
                     if free == 0 {
-                        // The probes decide within about a round trip:
-                        // come back soon (stretched when the refusal is
-                        // made, as every hint of the breaker's).
-                        return Err(Refusal {
-                            retry_after: Some(crate::clock::MIN_HINT),
-                            detail: "half_open_full",
-                        });
+                        return self.late_probe(generation, now);
                     }
+                    // The next probe may go once every slot has been out for
+                    // an open time (set before the slot is taken, so a call
+                    // that finds none free never reads an older instant).
+                    self.open_until.store(
+                        self.nanos(now)
+                            .saturating_add(self.open_nanos.load(Ordering::Relaxed)),
+                        Ordering::Release,
+                    );
                     let next = pack(HALF_OPEN, free - 1, generation);
                     if self
                         .word
@@ -377,6 +390,43 @@ impl Core {
                 }
             }
         }
+    }
+
+    /// Half-open with every probe slot taken: the call is one more probe if
+    /// the slots have all been out for an open time (a probe stuck on a
+    /// dependency that hangs must not keep the breaker refusing after the
+    /// dependency is back), one per open time; otherwise refused.
+    #[cold]
+    #[inline(never)]
+    fn late_probe(&self, generation: u64, now: Instant) -> Result<Permit, Refusal> {
+        let at = self.nanos(now);
+        let until = self.open_until.load(Ordering::Acquire);
+        if at >= until
+            && self
+                .open_until
+                .compare_exchange(
+                    until,
+                    at.saturating_add(self.open_nanos.load(Ordering::Relaxed)),
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                )
+                .is_ok()
+        {
+            let word = self.word.load(Ordering::Acquire);
+            if state_of(word) == HALF_OPEN && gen_of(word) == generation {
+                return Ok(Permit {
+                    generation,
+                    kind: PermitKind::LateProbe,
+                });
+            }
+        }
+        // The probes decide within about a round trip: come back soon
+        // (stretched when the refusal is made, as every hint of the
+        // breaker's).
+        Err(Refusal {
+            retry_after: Some(crate::clock::MIN_HINT),
+            detail: "half_open_full",
+        })
     }
 
     /// A call admitted with `permit` finished with this outcome at `now`
@@ -423,7 +473,9 @@ impl Core {
         match permit.kind {
             PermitKind::Ignore => {}
             PermitKind::Record => self.record_closed(permit, at, failure, slow, now),
-            PermitKind::Probe => self.record_probe(permit, failure, slow, now),
+            PermitKind::Probe | PermitKind::LateProbe => {
+                self.record_probe(permit, failure, slow, now)
+            }
         }
     }
 
@@ -545,6 +597,10 @@ impl Core {
     ) {
         let d = self.open_duration(control);
         control.trips = control.trips.saturating_add(1);
+        self.open_nanos.store(
+            i64::try_from(d.as_nanos()).unwrap_or(i64::MAX),
+            Ordering::Relaxed,
+        );
         self.open_until.store(
             self.nanos(now)
                 .saturating_add(i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)),

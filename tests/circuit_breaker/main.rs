@@ -276,6 +276,112 @@ async fn by_default_no_call_is_slow_and_the_open_time_runs_from_the_trip() {
     assert_eq!(handle.state(), State::HalfOpen);
 }
 
+/// A probe stuck on a dependency that hangs does not keep a half-open
+/// breaker refusing once the dependency is back: when every probe slot has
+/// been out for an open time, the next call goes as one more probe (one per
+/// open time), and its answer decides. The stuck probe's late answer, from
+/// a state that has passed, is not counted.
+#[tokio::test(start_paused = true)]
+async fn a_stuck_probe_lets_one_more_through_after_an_open_time() {
+    let ms = Duration::from_millis;
+    let layer = CircuitBreakerLayer::builder()
+        .consecutive_failures_only(2)
+        .permitted_calls_in_half_open(1)
+        .open_duration(ms(100))
+        .open_multiplier(1.0)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let mut svc = wrap(&layer);
+    call(&mut svc, FAIL).await.unwrap_err();
+    call(&mut svc, FAIL).await.unwrap_err();
+    assert_eq!(handle.state(), State::Open);
+    advance(ms(100)).await;
+    // The one probe hangs for 10 s.
+    let stuck = tokio::spawn(svc.clone().oneshot(slow(10_000)));
+    tokio::task::yield_now().await;
+    assert_eq!(handle.state(), State::HalfOpen);
+    // 99 ms later every slot is still out: refused, come back soon.
+    advance(ms(99)).await;
+    assert_hint!(
+        retry_after(call(&mut svc, OK).await),
+        Some(Duration::from_millis(100))
+    );
+    // An open time after the probe went: one more probe, whose failure
+    // opens the breaker again for 100 ms.
+    advance(ms(1)).await;
+    call(&mut svc, FAIL).await.unwrap_err();
+    assert_eq!(handle.state(), State::Open);
+    assert_eq!(handle.retry_after(), Some(ms(100)));
+    advance(ms(100)).await;
+    // The dependency is back: the next probe closes the breaker at once,
+    // with the stuck probe of the first half-open still out.
+    call(&mut svc, OK).await.unwrap();
+    assert_eq!(handle.state(), State::Closed);
+    // Its late answer is not counted.
+    advance(ms(10_000)).await;
+    stuck.await.unwrap().unwrap();
+    assert_eq!(counts(handle.metrics()), (0, 0, 0));
+    assert_eq!(handle.state(), State::Closed);
+}
+
+/// With the stuck probe of one half-open state and a second half-open
+/// state's probe stuck too, a third call an open time later is let in: at
+/// most one more probe per open time, never a flood.
+#[tokio::test(start_paused = true)]
+async fn late_probes_go_one_per_open_time() {
+    let ms = Duration::from_millis;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let layer = CircuitBreakerLayer::builder()
+        .consecutive_failures_only(1)
+        .permitted_calls_in_half_open(1)
+        .open_duration(ms(100))
+        .open_multiplier(1.0)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let mut svc = layer.layer(backend(calls.clone()));
+    call(&mut svc, FAIL).await.unwrap_err();
+    advance(ms(100)).await;
+    // 1 000 calls, 1 ms apart, each hanging for 10 s, over one second.
+    let mut hung = Vec::new();
+    let mut refused = 0;
+    for _ in 0..1_000 {
+        let mut s = svc.clone();
+        match s.ready().await {
+            Ok(s) => {
+                let f = s.call(slow(10_000));
+                let mut f = Box::pin(f);
+                match futures_poll_once(&mut f) {
+                    Some(Err(_)) => refused += 1,
+                    Some(Ok(_)) => unreachable!("a 10 s call answered at once"),
+                    None => hung.push(tokio::spawn(f)),
+                }
+            }
+            Err(_) => refused += 1,
+        }
+        advance(ms(1)).await;
+    }
+    // The probe at 0 and one more every 100 ms: 10 calls reached the
+    // dependency in that second, the other 990 were refused.
+    assert_eq!((hung.len(), refused), (10, 990));
+    assert_eq!(calls.load(Ordering::SeqCst), 1 + 10);
+    assert_eq!(handle.state(), State::HalfOpen);
+    for h in hung {
+        h.abort();
+    }
+}
+
+/// Polls a future once with a no-op waker.
+fn futures_poll_once<F: std::future::Future + Unpin>(f: &mut F) -> Option<F::Output> {
+    let waker = std::task::Waker::noop();
+    let mut cx = std::task::Context::from_waker(waker);
+    match std::pin::Pin::new(f).poll(&mut cx) {
+        std::task::Poll::Ready(v) => Some(v),
+        std::task::Poll::Pending => None,
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn consecutive_failures_trip() {
     let layer = CircuitBreakerLayer::builder()
