@@ -11,6 +11,7 @@ use std::time::Duration;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WindowSample {
     rtt: Duration,
+    fastest: Option<Duration>,
     samples: u64,
     max_inflight: usize,
     drops: u64,
@@ -22,6 +23,7 @@ impl WindowSample {
     pub const fn new(rtt: Duration, max_inflight: usize, drops: u64) -> Self {
         WindowSample {
             rtt,
+            fastest: None,
             samples: 1,
             max_inflight,
             drops,
@@ -38,6 +40,20 @@ impl WindowSample {
     /// (zero when the window held only drops).
     pub const fn rtt(&self) -> Duration {
         self.rtt
+    }
+
+    /// Sets the shortest round-trip time of the window's calls.
+    pub const fn with_fastest(mut self, fastest: Duration) -> Self {
+        self.fastest = Some(fastest);
+        self
+    }
+
+    /// The shortest round-trip time of the window's calls, when known (the
+    /// adaptive limit layer gives it). A queue that stands through a window
+    /// delays every call, the fastest too; an average raised by a few slow
+    /// calls (a handler that retried its dependency) leaves it where it was.
+    pub const fn fastest(&self) -> Option<Duration> {
+        self.fastest
     }
 
     /// How many round-trip times were averaged into [`rtt`](Self::rtt).
