@@ -91,11 +91,15 @@
 //! breaks a run of consecutive failures; its `CallFinished` event reports
 //! outcome `Ignored`. Whatever the classifier says, a local refusal (a
 //! bulkhead, a rate limit below the breaker) is never counted, and neither
-//! is a [`DeadlineExceeded`](crate::error::DeadlineExceeded) raised below
-//! the breaker while a deadline is set above it (the request's own budget,
-//! or its caller's, ended the call before its attempt timeout: callers
-//! with short budgets do not shut a healthy dependency off for the rest);
-//! an attempt timeout, or a deadline set only below the breaker, counts.
+//! is a call that the request's own deadline ended, while a deadline is set
+//! above the breaker (the request's budget, or its caller's, ended the call
+//! before its attempt timeout: callers with short budgets do not shut a
+//! healthy dependency off for the rest): a
+//! [`DeadlineExceeded`](crate::error::DeadlineExceeded) raised below the
+//! breaker, or any failure that comes back in the deadline's last 20 ms
+//! (the dependency's answer to the deadline it was sent: a seawall server
+//! answers 504 or `DEADLINE_EXCEEDED` 10 ms before it). An attempt timeout,
+//! or a deadline set only below the breaker, counts.
 //!
 //! Every state change is reported as [`EventKind::StateChanged`] with the
 //! failure and slow-call rates that caused it; the initial closed state is

@@ -435,6 +435,65 @@ async fn a_slow_answer_within_the_attempt_timeout_does_not_open_the_preset_break
     assert_eq!((m.calls, m.failures, m.slow_calls), (30, 0, 0));
 }
 
+/// Seawall on both hops, over real HTTP: a leaf in the server preset that
+/// answers in 400 ms, called through the client preset (1 s budget, 500 ms
+/// attempts) by 30 requests whose caller gave them 300 ms, then by 5 with
+/// the whole second. The leaf answers each short one 504 10 ms before the
+/// deadline it was sent, the request's own: not the dependency's failure.
+/// The breaker stays closed, and the five are served (counted as failures,
+/// the 504s opened it, and the five got its refusal).
+#[tokio::test]
+async fn answers_to_callers_short_deadlines_do_not_open_the_preset_breaker() {
+    use seawall::deadline::{Deadline, scope};
+    let leaf = seawall::stack::ServerStack::http("leaf")
+        .total_budget(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let app = Router::new()
+        .route(
+            "/work",
+            get(|| async {
+                tokio::time::sleep(Duration::from_millis(400)).await;
+                "done"
+            }),
+        )
+        .layer(leaf);
+    let addr = serve_axum(app).await;
+    let stack = ClientStack::http("front.leaf")
+        .total_budget(Duration::from_secs(1))
+        .attempt_timeout(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    let breaker = stack.breaker_handle();
+    let client = stack.layer(hyper());
+    let short = (0..30).map(|_| {
+        let client = client.clone();
+        scope(Deadline::after(Duration::from_millis(300)), async move {
+            match client.oneshot(get_req(addr, "/work")).await {
+                Ok(res) => res.status().as_u16(),
+                Err(e) => match rejection_of(&e).map(|r| r.kind()) {
+                    Some(RejectionKind::DeadlineExceeded) => 1,
+                    _ => 0,
+                },
+            }
+        })
+    });
+    let short = futures::future::join_all(short).await;
+    // Each ended by its deadline: the leaf's 504, or (on a busy machine)
+    // the client's own deadline first.
+    assert!(short.iter().all(|&s| s == 504 || s == 1), "{short:?}");
+    assert_eq!(breaker.state(), State::Closed, "{:?}", breaker.metrics());
+    assert_eq!(breaker.metrics().failures, 0);
+    let long = (0..5).map(|_| {
+        let client = client.clone();
+        async move {
+            let res = client.oneshot(get_req(addr, "/work")).await.unwrap();
+            res.status().as_u16()
+        }
+    });
+    assert_eq!(futures::future::join_all(long).await, vec![200; 5]);
+}
+
 /// A load balancer with nothing behind it answers a bare 503 (no
 /// `Retry-After`): that is an outage, and the breaker opens on it.
 #[tokio::test]
