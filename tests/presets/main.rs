@@ -436,9 +436,9 @@ async fn a_slow_answer_within_the_attempt_timeout_does_not_open_the_preset_break
 }
 
 /// Seawall on both hops, over real HTTP: a leaf in the server preset that
-/// answers in 400 ms, called through the client preset (1 s budget, 500 ms
-/// attempts) by 30 requests whose caller gave them 300 ms, then by 5 with
-/// the whole second. The leaf answers each short one 504 10 ms before the
+/// answers in 400 ms, called through the client preset (1.5 s budget,
+/// 800 ms attempts) by 30 requests whose caller gave them 300 ms, then by 5
+/// with the whole budget. The leaf answers each short one 504 10 ms before the
 /// deadline it was sent, the request's own: not the dependency's failure.
 /// The breaker stays closed, and the five are served (counted as failures,
 /// the 504s opened it, and the five got its refusal).
@@ -460,8 +460,8 @@ async fn answers_to_callers_short_deadlines_do_not_open_the_preset_breaker() {
         .layer(leaf);
     let addr = serve_axum(app).await;
     let stack = ClientStack::http("front.leaf")
-        .total_budget(Duration::from_secs(1))
-        .attempt_timeout(Duration::from_millis(500))
+        .total_budget(Duration::from_millis(1500))
+        .attempt_timeout(Duration::from_millis(800))
         .build()
         .unwrap();
     let breaker = stack.breaker_handle();
@@ -839,6 +839,56 @@ async fn grpc_preset_tonic_client_sees_deadline_exceeded() {
         1,
         "a timed-out attempt is a failure"
     );
+}
+
+/// The same on gRPC: a greeter in the server preset that answers in 400
+/// ms, called through the gRPC client preset by 30 calls whose caller gave
+/// them 300 ms, then by 5 with the whole budget. The server answers each
+/// short one `DEADLINE_EXCEEDED` 10 ms before the `grpc-timeout` it was
+/// sent, the caller's own deadline: the breaker stays closed, and the five
+/// are served.
+#[tokio::test]
+async fn grpc_answers_to_callers_short_deadlines_do_not_open_the_preset_breaker() {
+    use seawall::deadline::{Deadline, scope};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let leaf = seawall::stack::ServerStack::grpc("leaf")
+        .total_budget(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let greeter = GreeterServer::new(|_req| async {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        Ok(greeter::HelloReply::default())
+    });
+    let router = tonic::transport::Server::builder()
+        .layer(leaf)
+        .add_service(greeter);
+    tokio::spawn(router.serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)));
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let stack = ClientStack::grpc("front.leaf")
+        .total_budget(Duration::from_millis(1500))
+        .attempt_timeout(Duration::from_millis(800))
+        .build()
+        .unwrap();
+    let breaker = stack.breaker_handle();
+    let client = stack.layer(channel);
+    let short = (0..30).map(|_| {
+        let client = client.clone();
+        scope(Deadline::after(Duration::from_millis(300)), async move {
+            call_say_hello(client, hello()).await.unwrap_err().code()
+        })
+    });
+    let short = futures::future::join_all(short).await;
+    assert_eq!(short, vec![Code::DeadlineExceeded; 30]);
+    assert_eq!(breaker.state(), State::Closed, "{:?}", breaker.metrics());
+    assert_eq!(breaker.metrics().failures, 0);
+    let long = (0..5).map(|_| call_say_hello(client.clone(), hello()));
+    let long = futures::future::join_all(long).await;
+    assert!(long.iter().all(|r| r.is_ok()), "{long:?}");
 }
 
 #[tokio::test]
