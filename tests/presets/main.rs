@@ -670,6 +670,26 @@ where
         .unwrap()
 }
 
+/// A tonic server on loopback with the layer `$stack` around `$svc`, and a
+/// channel to it (a macro: tonic's bounds on a layered server are long).
+macro_rules! serve_grpc_in {
+    ($stack:expr, $svc:expr) => {{
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let router = tonic::transport::Server::builder()
+            .layer($stack)
+            .add_service($svc);
+        tokio::spawn(
+            router.serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+        );
+        Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }};
+}
+
 /// The status's `grpc-retry-pushback-ms`.
 fn pushback_ms(status: &Status) -> u64 {
     let value = status
@@ -850,8 +870,6 @@ async fn grpc_preset_tonic_client_sees_deadline_exceeded() {
 #[tokio::test]
 async fn grpc_answers_to_callers_short_deadlines_do_not_open_the_preset_breaker() {
     use seawall::deadline::{Deadline, scope};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let leaf = seawall::stack::ServerStack::grpc("leaf")
         .total_budget(Duration::from_secs(1))
         .build()
@@ -860,15 +878,7 @@ async fn grpc_answers_to_callers_short_deadlines_do_not_open_the_preset_breaker(
         tokio::time::sleep(Duration::from_millis(400)).await;
         Ok(greeter::HelloReply::default())
     });
-    let router = tonic::transport::Server::builder()
-        .layer(leaf)
-        .add_service(greeter);
-    tokio::spawn(router.serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)));
-    let channel = Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = serve_grpc_in!(leaf, greeter);
     let stack = ClientStack::grpc("front.leaf")
         .total_budget(Duration::from_millis(1500))
         .attempt_timeout(Duration::from_millis(800))
@@ -1001,8 +1011,6 @@ async fn server_shedding_never_opens_the_client_breaker() {
     // A seawall gRPC server that runs one call at a time and sheds the rest,
     // called by the gRPC client preset with a breaker that opens on a single
     // counted failure.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let stack = seawall::stack::ServerStack::grpc("greeter")
         .total_budget(Duration::from_secs(5))
         .adaptive_limit(|l| l.algorithm(limit_of_one()))
@@ -1012,15 +1020,7 @@ async fn server_shedding_never_opens_the_client_breaker() {
         tokio::time::sleep(Duration::from_millis(100)).await;
         Ok(greeter::HelloReply::default())
     });
-    let router = tonic::transport::Server::builder()
-        .layer(stack)
-        .add_service(greeter);
-    tokio::spawn(router.serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)));
-    let channel = Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = serve_grpc_in!(stack, greeter);
 
     // What the server answers to a plain tonic client while it is busy.
     let plain =
