@@ -263,10 +263,10 @@ impl ClientStack {
                 .consecutive_failures(BREAKER_IN_A_ROW)
                 .permitted_calls_in_half_open(BREAKER_PROBES)
                 .open_duration(BREAKER_OPEN)
-                .open_multiplier(1.0)
-                // No call is slow unless `slow_call_duration` is set: a
-                // call that ends within its attempt timeout was answered.
-                .slow_call_duration(Duration::MAX),
+                // No call is slow (the breaker's default) unless
+                // `slow_call_duration` is set: a call that ends within its
+                // attempt timeout was answered.
+                .open_multiplier(1.0),
             inner: Skip,
             outer: Identity::new(),
             hedge: Skip,
