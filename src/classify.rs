@@ -70,6 +70,23 @@ use crate::observe::Outcome;
 pub trait Classify<Res, E>: Send + Sync + 'static {
     /// Classifies one result.
     fn classify(&self, result: Result<&Res, &E>) -> Outcome;
+
+    /// Whether `result` is the dependency's answer to the deadline it was
+    /// sent: an HTTP `504` ([`HttpStatusClassifier`](crate::http::HttpStatusClassifier)),
+    /// a gRPC `DEADLINE_EXCEEDED` or `CANCELLED` (a tonic server's answer
+    /// past its `grpc-timeout`; [`GrpcStatusClassifier`](crate::grpc::GrpcStatusClassifier)).
+    /// A circuit breaker does not count such a failure when it comes back
+    /// in the last 20 ms of a deadline set above it: the request's own
+    /// deadline ended the call, not the dependency's health (see the
+    /// [`circuit_breaker`](crate::circuit_breaker) module). The default,
+    /// for closures and the generic classifiers, is `false`: only a
+    /// seawall [`DeadlineExceeded`](crate::error::DeadlineExceeded) is
+    /// recognised then, which the breaker checks by itself.
+    #[inline]
+    fn is_deadline_answer(&self, result: Result<&Res, &E>) -> bool {
+        let _ = result;
+        false
+    }
 }
 
 /// The generic classifier: `Ok` is a success; an `Err` is a failure, except

@@ -100,6 +100,7 @@ impl CallBodyLayerBuilder {
                 limit: std::time::Duration::ZERO,
                 name: self.name,
                 observer: self.observer,
+                own_end: std::time::Duration::ZERO,
             }),
             deadline: self.deadline,
         })

@@ -160,7 +160,9 @@ where
         // The model first: a local refusal is never counted,
         // whatever the classifier says.
         let mut outcome = judge(&shared.classifier, result.as_ref());
-        if outcome == Outcome::Failure && ended_by_the_requests_deadline(result.as_ref().err()) {
+        if outcome == Outcome::Failure
+            && ended_by_the_requests_deadline(&shared.classifier, result.as_ref())
+        {
             outcome = Outcome::Ignored;
         }
         let held = match (result, outcome) {
@@ -198,41 +200,44 @@ where
     poll.map_err(Into::into)
 }
 
-/// How close to the request's deadline a failure must come back to be
-/// taken for the dependency's answer to it: a seawall server answers 504 or
-/// `DEADLINE_EXCEEDED` 10 ms before the deadline it was sent, and its
-/// answer takes a little longer to come back.
-#[cfg(feature = "deadline")]
-const DEADLINE_ANSWER: std::time::Duration = std::time::Duration::from_millis(20);
-
 /// Whether a failed call was ended by the request's own deadline, while a
 /// deadline is set outside the breaker (the stack's total budget, or a
-/// shorter one its caller sent): a
+/// shorter one its caller sent): the failure came back in that deadline's
+/// last 20 ms and says "deadline" — a
 /// [`DeadlineExceeded`](crate::error::DeadlineExceeded) raised inside the
-/// breaker, or any failure that came back in the deadline's last 20 ms
-/// (the dependency's answer to the deadline it was sent). The dependency
-/// was not given its attempt timeout, so the call says nothing of its
-/// health and is not counted: callers with short budgets do not open a
-/// breaker on a healthy dependency for callers with longer ones. An
-/// attempt timeout is counted; so is a deadline set only inside the
-/// breaker (a `DeadlineLayer` below it), which is then the only limit of a
-/// call. Out of line: only a failed call reaches it.
+/// breaker as the deadline passed, or the dependency's answer to the
+/// deadline it was sent ([`Classify::is_deadline_answer`]: HTTP 504, gRPC
+/// `DEADLINE_EXCEEDED` or `CANCELLED`). The dependency was not given its
+/// attempt timeout, so the call says nothing of its health and is not
+/// counted: callers with short budgets do not open a breaker on a healthy
+/// dependency for callers with longer ones. Counted: an attempt timeout,
+/// any other failure (a 500, a refused connection) however little time
+/// was left, and a deadline that passed while the request's had more than
+/// 20 ms to go (one set only inside the breaker, a `DeadlineLayer` below
+/// it). Out of line: only a failed call reaches it.
 #[inline(never)]
-fn ended_by_the_requests_deadline<E: 'static>(err: Option<&E>) -> bool {
+fn ended_by_the_requests_deadline<C, T, E>(classifier: &C, result: Result<&T, &E>) -> bool
+where
+    C: Classify<T, E>,
+    E: 'static,
+{
     #[cfg(feature = "deadline")]
     {
         let Some(deadline) = crate::deadline::current() else {
             return false;
         };
-        err.and_then(|e| crate::error::rejection_in(e))
-            .is_some_and(|r| {
-                r.kind() == crate::error::RejectionKind::DeadlineExceeded && !r.is_local()
-            })
-            || deadline.remaining() <= DEADLINE_ANSWER
+        deadline.remaining() <= crate::deadline::ANSWER_MARGIN
+            && (result
+                .err()
+                .and_then(|e| crate::error::rejection_in(e))
+                .is_some_and(|r| {
+                    r.kind() == crate::error::RejectionKind::DeadlineExceeded && !r.is_local()
+                })
+                || classifier.is_deadline_answer(result))
     }
     #[cfg(not(feature = "deadline"))]
     {
-        let _ = err;
+        let _ = (classifier, result);
         false
     }
 }

@@ -130,8 +130,9 @@ impl CircuitBreakerHandle {
     /// Changes the breaker's thresholds and open times at run time (an
     /// operator's reload), keeping its state, its window and an open time
     /// already running; no lock or allocation is added on the request path.
-    /// A closed breaker whose window is already at or over a new threshold
-    /// opens at once. Reported as a [`Reconfigured`](crate::observe::EventKind::Reconfigured)
+    /// A closed breaker whose window is already at or over a new rate
+    /// threshold opens at once (a run of failures already longer than a new
+    /// `consecutive_failures` opens it at the next failure). Reported as a [`Reconfigured`](crate::observe::EventKind::Reconfigured)
     /// event; the tuning in place again changes nothing and reports nothing.
     ///
     /// ```

@@ -71,11 +71,13 @@
 //!   probe whose future is dropped before it finishes, or that the classifier
 //!   calls [`Ignored`](crate::observe::Outcome::Ignored), frees its slot for
 //!   another probe and does not count toward the verdict. A probe that hangs
-//!   does not hold the breaker half-open for longer than its own timeout:
-//!   once every slot has been out for the last open time, the next call
-//!   goes as one more probe (one per open time), whose answer counts toward
-//!   the verdict as any probe's; answers of probes from a state that has
-//!   passed are not counted.
+//!   holds its slot until it ends (an attempt timeout below the breaker ends
+//!   it, as a failure); meanwhile, once every slot has been out for the last
+//!   open time, the next call goes as one more probe (one per open time),
+//!   whose answer counts toward the verdict as any probe's. With one slot
+//!   (the client stacks') that answer is the verdict; with `n`, the verdict
+//!   waits for `n` answers, hung probes' or late ones'. Answers of probes
+//!   from a state that has passed are not counted.
 //! - **Manual states**, through a [`CircuitBreakerHandle`] from
 //!   [`CircuitBreakerLayer::handle`]: forced-open, disabled (always closed,
 //!   nothing recorded), metrics-only (counts, never opens), and `reset` back to
@@ -94,12 +96,18 @@
 //! is a call that the request's own deadline ended, while a deadline is set
 //! above the breaker (the request's budget, or its caller's, ended the call
 //! before its attempt timeout: callers with short budgets do not shut a
-//! healthy dependency off for the rest): a
+//! healthy dependency off for the rest): a failure that comes back in the
+//! deadline's last 20 ms and says "deadline", either a
 //! [`DeadlineExceeded`](crate::error::DeadlineExceeded) raised below the
-//! breaker, or any failure that comes back in the deadline's last 20 ms
-//! (the dependency's answer to the deadline it was sent: a seawall server
-//! answers 504 or `DEADLINE_EXCEEDED` 10 ms before it). An attempt timeout,
-//! or a deadline set only below the breaker, counts.
+//! breaker or the dependency's answer to the deadline it was sent
+//! ([`Classify::is_deadline_answer`](crate::classify::Classify::is_deadline_answer):
+//! a 504, gRPC `DEADLINE_EXCEEDED` or `CANCELLED`; a seawall server
+//! answers 10 ms before the deadline). Counted: an attempt timeout, any
+//! other failure however little time was left (a refused connection
+//! under a 15 ms budget), and a deadline set below the breaker that ends a
+//! call while the request's has more than 20 ms to go. The rule is read as
+//! a response's head arrives: a body that the deadline cuts later is
+//! counted as the failure it ends with.
 //!
 //! Every state change is reported as [`EventKind::StateChanged`] with the
 //! failure and slow-call rates that caused it; the initial closed state is

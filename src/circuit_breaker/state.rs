@@ -371,11 +371,21 @@ impl Core {
                     // The next probe may go once every slot has been out for
                     // an open time (set before the slot is taken, so a call
                     // that finds none free never reads an older instant).
-                    self.open_until.store(
-                        self.nanos(now)
-                            .saturating_add(self.open_nanos.load(Ordering::Relaxed)),
-                        Ordering::Release,
-                    );
+                    // Replaced only as read, and put back if the slot is not
+                    // taken: a verdict that reopened the breaker meanwhile
+                    // keeps its own open time (`open_locked` writes it on
+                    // both sides of the state).
+                    let prev = self.open_until.load(Ordering::Acquire);
+                    let mine = self
+                        .nanos(now)
+                        .saturating_add(self.open_nanos.load(Ordering::Relaxed));
+                    if self
+                        .open_until
+                        .compare_exchange(prev, mine, Ordering::AcqRel, Ordering::Acquire)
+                        .is_err()
+                    {
+                        continue;
+                    }
                     let next = pack(HALF_OPEN, free - 1, generation);
                     if self
                         .word
@@ -387,6 +397,12 @@ impl Core {
                             kind: PermitKind::Probe,
                         });
                     }
+                    let _ = self.open_until.compare_exchange(
+                        mine,
+                        prev,
+                        Ordering::AcqRel,
+                        Ordering::Acquire,
+                    );
                 }
             }
         }
@@ -601,14 +617,16 @@ impl Core {
             i64::try_from(d.as_nanos()).unwrap_or(i64::MAX),
             Ordering::Relaxed,
         );
-        self.open_until.store(
-            self.nanos(now)
-                .saturating_add(i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)),
-            Ordering::Release,
-        );
+        let until = self
+            .nanos(now)
+            .saturating_add(i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
+        self.open_until.store(until, Ordering::Release);
         self.consecutive.store(0, Ordering::Release);
         self.word
             .store(pack(OPEN, 0, next_gen(generation)), Ordering::Release);
+        // Again: a half-open admission that read the state before it
+        // changed may have replaced the first write (see `try_acquire_slow`).
+        self.open_until.store(until, Ordering::Release);
         self.emit_state(public_state(from), State::Open, fr, sr);
     }
 

@@ -54,6 +54,7 @@ impl AttemptTimeoutLayer {
             per_try,
             name: Name::from("attempt_timeout"),
             observer: Observer::none(),
+            own_end: super::ANSWER_MARGIN,
         }
     }
 
@@ -92,6 +93,7 @@ pub struct AttemptTimeoutLayerBuilder {
     per_try: Duration,
     name: Name,
     observer: Observer,
+    own_end: Duration,
 }
 
 impl AttemptTimeoutLayerBuilder {
@@ -99,6 +101,15 @@ impl AttemptTimeoutLayerBuilder {
         "The instance name used in events and rejections (default `\"attempt_timeout\"`).",
         "The observer that receives this layer's events (default: none)."
     );
+
+    /// An attempt that the request's deadline ends within `margin` of its
+    /// own end ends as the attempt's own timeout (default 20 ms); a
+    /// server's handler timeout takes zero: a deadline that ends its
+    /// handler with the handler's own timeout is the request's.
+    pub(crate) fn own_end(mut self, margin: Duration) -> Self {
+        self.own_end = margin;
+        self
+    }
 
     /// Builds the layer. Fails if `per_try` is zero.
     pub fn build(self) -> Result<AttemptTimeoutLayer, ConfigError> {
@@ -113,6 +124,7 @@ impl AttemptTimeoutLayerBuilder {
                 limit: self.per_try,
                 name: self.name,
                 observer: self.observer,
+                own_end: self.own_end,
             }),
         })
     }
@@ -190,10 +202,22 @@ where
         let per_try = Deadline::after_from(now, self.shared.limit);
         let overall = super::current();
         let (deadline, overall_binds) = match overall {
-            Some(o) if o <= per_try => (o, true),
+            // The request's deadline ends the attempt before its own
+            // timeout: an end that says nothing of the dependency (the
+            // circuit breaker does not count it). Within 20 ms of the
+            // attempt's own end, the dependency had its attempt timeout:
+            // the attempt ends as its own (with the request's deadline as
+            // its limit), so that a stack whose attempt timeout equals its
+            // budget still counts a dependency that hangs.
+            Some(o) if o <= per_try => (
+                o,
+                o.instant()
+                    .checked_add(self.shared.own_end)
+                    .is_some_and(|t| t <= per_try.instant()),
+            ),
             _ => (per_try, false),
         };
-        if overall_binds && deadline.instant() <= now {
+        if deadline.instant() <= now && overall.is_some_and(|o| o == deadline) {
             return AttemptFuture::rejected(reject_deadline(
                 LayerKind::AttemptTimeout,
                 &self.shared,
@@ -201,7 +225,8 @@ where
             ));
         }
         // When the request's deadline binds, it is the task-local one
-        // already: no scope of its own to set.
+        // already: no scope of its own to set (near the attempt's own end,
+        // the same deadline is set again, as the attempt's).
         // Taken before the inner call, which comes last (ARCHITECTURE.md,
         // the shape of every layer).
         let kept = super::future::sealed::Kept::new(&self.shared);
@@ -227,7 +252,8 @@ pin_project! {
     /// [`AttemptTimeout`](crate::error::AttemptTimeout) when the per-attempt
     /// timer fires while budget remains, or with
     /// [`DeadlineExceeded`](crate::error::DeadlineExceeded) when the request's
-    /// deadline was the binding limit.
+    /// deadline cut the attempt short (by more than 20 ms; see the
+    /// [module documentation](super)).
     pub struct AttemptFuture<F> {
         #[pin]
         state: State<F>,

@@ -205,6 +205,13 @@ impl<F: Future, X: Expiry> State<F, X> {
                     super::sync_scope(*deadline, || inner.poll(cx))
                 };
                 if polled.is_ready() {
+                    if layer == LayerKind::AttemptTimeout
+                        && *overall_binds
+                        && matches!(polled, Poll::Ready(Err(_)))
+                    {
+                        let deadline = *deadline;
+                        return polled.map_err(|e| the_requests_deadline(e.into(), deadline));
+                    }
                     // Handed back as it lies (see ARCHITECTURE.md).
                     return polled.map_err(Into::into);
                 }
@@ -219,6 +226,28 @@ impl<F: Future, X: Expiry> State<F, X> {
             }
             StateProj::Rejected { error } => crate::error::poll_rejected(error),
         }
+    }
+}
+
+/// An attempt's error, when the request's deadline ended the attempt
+/// before its own timeout: a timer below that ran to the same deadline (a
+/// tonic channel's, to the `grpc-timeout` the attempt sent) ends as the
+/// request's deadline, [`DeadlineExceeded`](crate::error::DeadlineExceeded),
+/// as this layer's own timer would have (it is not the dependency's
+/// failure). Any other error, or a timeout that came while the deadline
+/// had more than 20 ms to go (a shorter one below), is handed back as it
+/// is. Out of line: only a
+/// failed attempt reaches it.
+#[inline(never)]
+fn the_requests_deadline(error: BoxError, deadline: Deadline) -> BoxError {
+    match crate::error::rejection_of(&error) {
+        Some(r)
+            if r.kind() == RejectionKind::AttemptTimeout
+                && deadline.remaining() <= super::ANSWER_MARGIN =>
+        {
+            crate::error::DeadlineExceeded::new(r.name().to_owned()).into()
+        }
+        _ => error,
     }
 }
 

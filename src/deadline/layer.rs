@@ -13,6 +13,10 @@ pub(crate) struct Shared {
     pub(crate) limit: Duration,
     pub(crate) name: Name,
     pub(crate) observer: Observer,
+    /// An attempt timeout's: how close to its own end the request's
+    /// deadline may fall and the attempt still end as its own (see
+    /// `AttemptTimeoutService::call`); zero for a deadline.
+    pub(crate) own_end: Duration,
 }
 
 impl fmt::Debug for Shared {
@@ -145,6 +149,7 @@ impl DeadlineLayerBuilder {
                 limit: self.budget,
                 name: self.name,
                 observer: self.observer,
+                own_end: Duration::ZERO,
             }),
             in_request: self.in_request,
         })

@@ -54,8 +54,14 @@
 //!   deadline when `call` runs, so it works for any request type. When the
 //!   per-attempt timer fires while budget remains the attempt fails with
 //!   [`AttemptTimeout`](crate::error::AttemptTimeout) (retryable); when the
-//!   total deadline was the binding limit it fails with `DeadlineExceeded`
-//!   (not retryable: nothing is left). With no time left at all it refuses
+//!   total deadline cut the attempt short it fails with `DeadlineExceeded`
+//!   (not retryable: nothing is left; not the dependency's failure to a
+//!   circuit breaker above), also when a timer below ran to that deadline
+//!   and said `AttemptTimeout` (a tonic channel's, to the `grpc-timeout`
+//!   it was sent). A total deadline within 20 ms of the attempt's own end
+//!   (an attempt timeout as long as the budget) ends it as an
+//!   `AttemptTimeout`: the dependency had its attempt, and a breaker
+//!   counts a dependency that hangs. With no time left at all it refuses
 //!   the attempt without calling the inner service. The attempt's deadline is
 //!   the task-local deadline below it, so outbound calls advertise it.
 //!
@@ -287,6 +293,16 @@ pub fn scope<F: std::future::Future>(
 ) -> crate::local::Scoped<Deadline, F> {
     crate::local::Scoped::new(&CURRENT, deadline, fut)
 }
+
+/// How close to the request's deadline an attempt's end is taken for
+/// that deadline's: an attempt timeout within this much of it ends as the
+/// attempt's own (the dependency had its attempt), and a circuit breaker
+/// takes a deadline answer (504, `DEADLINE_EXCEEDED`) that comes back in
+/// the deadline's last 20 ms for the dependency's answer to the deadline
+/// it was sent (a seawall server answers 10 ms before it), not for a
+/// failure.
+#[cfg_attr(not(feature = "deadline"), allow(dead_code))]
+pub(crate) const ANSWER_MARGIN: Duration = Duration::from_millis(20);
 
 /// Runs `f` with `deadline` as the [`current()`] deadline.
 #[inline]

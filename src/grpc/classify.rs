@@ -263,6 +263,18 @@ impl<B, E: 'static> Classify<http::Response<B>, E> for GrpcStatusClassifier {
             },
         }
     }
+
+    /// `DEADLINE_EXCEEDED` (a seawall server's answer to the deadline it
+    /// was sent) or `CANCELLED` (a tonic server's, past its
+    /// `grpc-timeout`), in the head or as the error's status.
+    #[inline]
+    fn is_deadline_answer(&self, result: Result<&http::Response<B>, &E>) -> bool {
+        let code = match result {
+            Ok(res) => super::status::head_code(res),
+            Err(err) => super::status::status_of(err).map(|s| s.code()),
+        };
+        matches!(code, Some(Code::DeadlineExceeded | Code::Cancelled))
+    }
 }
 
 #[cfg(test)]

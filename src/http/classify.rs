@@ -210,6 +210,13 @@ impl<B, E: 'static> Classify<http::Response<B>, E> for HttpStatusClassifier {
             Err(e) => error_origin(e).unwrap_or(Outcome::Failure),
         }
     }
+
+    /// A `504 Gateway Timeout`: a seawall server's answer to a deadline
+    /// it was sent.
+    #[inline]
+    fn is_deadline_answer(&self, result: Result<&http::Response<B>, &E>) -> bool {
+        result.is_ok_and(|res| res.status() == StatusCode::GATEWAY_TIMEOUT)
+    }
 }
 
 #[cfg(test)]

@@ -558,6 +558,7 @@ impl<P, C, L, O, H> ClientStackBuilder<P, C, L, O, H> {
                 part: "attempt",
                 setting: "attempt_timeout",
                 timeout: per_try,
+                own_end: crate::deadline::ANSWER_MARGIN,
             },
             false,
             obs,

@@ -420,6 +420,7 @@ impl<O, R: RateLimitReload, P, I> ServerStackLayer<O, R, P, I> {
                     part: "handler",
                     setting: "handler_timeout",
                     timeout: handler,
+                    own_end: std::time::Duration::ZERO,
                 },
                 true,
                 None,

@@ -169,6 +169,9 @@ pub(crate) struct InnerTimeout {
     /// Its setting's name, for errors (`"attempt_timeout"`).
     pub(crate) setting: &'static str,
     pub(crate) timeout: std::time::Duration,
+    /// See `AttemptTimeoutLayerBuilder::own_end`: 20 ms for a client's
+    /// attempts, zero for a server's handler.
+    pub(crate) own_end: std::time::Duration,
 }
 
 /// A stack's two timers: its total budget (`{stack}.deadline`) and its inner
@@ -192,7 +195,8 @@ pub(crate) fn stack_timers(
         .name(part_name(stack, "deadline"))
         .in_request(deadline_in_request);
     let mut timeout = crate::deadline::AttemptTimeoutLayer::builder(inner.timeout)
-        .name(part_name(stack, inner.part));
+        .name(part_name(stack, inner.part))
+        .own_end(inner.own_end);
     if let Some(o) = observer {
         deadline = deadline.observer(o.clone());
         timeout = timeout.observer(o.clone());

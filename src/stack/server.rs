@@ -388,6 +388,7 @@ impl<O, R, P> ServerStackBuilder<O, R, P> {
                 part: "handler",
                 setting: "handler_timeout",
                 timeout: handler_timeout,
+                own_end: std::time::Duration::ZERO,
             },
             true,
             obs,

@@ -1569,3 +1569,91 @@ async fn a_retune_changes_thresholds_and_open_time_and_keeps_the_state() {
         2
     );
 }
+
+/// The deadline rule ignores only the request's own deadline: a failure
+/// that comes back in its last 20 ms counts when it says nothing of a
+/// deadline (a refused connection under a 15 ms budget), and a deadline set
+/// below the breaker counts while the request's has time left.
+#[cfg(feature = "deadline")]
+#[tokio::test(start_paused = true)]
+async fn the_deadline_rule_ignores_only_the_requests_own_deadline() {
+    use seawall::deadline::{Deadline, DeadlineLayer, scope};
+    let breaker = || {
+        CircuitBreakerLayer::builder()
+            .window(SlidingWindow::count(10))
+            .minimum_calls(10)
+            .build()
+            .unwrap()
+    };
+
+    // A dependency that refuses at once, called with 15 ms budgets: every
+    // failure comes back with 15 ms left, and every one is counted.
+    let layer = breaker();
+    let handle = layer.handle();
+    let svc = layer.layer(service_fn(|_: ()| async {
+        Err::<(), BoxError>("connection refused".into())
+    }));
+    let mut opened_after = None;
+    for i in 1..=20u32 {
+        let res = scope(
+            Deadline::after(Duration::from_millis(15)),
+            svc.clone().oneshot(()),
+        )
+        .await;
+        if rejection_of(&res.unwrap_err()).is_some_and(|r| r.kind() == RejectionKind::CircuitOpen) {
+            opened_after = Some(i - 1);
+            break;
+        }
+    }
+    assert_eq!(
+        opened_after,
+        Some(10),
+        "opened after the window's 10 failures"
+    );
+    assert_eq!(handle.metrics().failures, 10);
+
+    // A 200 ms deadline below the breaker ends hanging calls while the
+    // request's 2 s have 1.8 s to go: each is the dependency's failure.
+    let layer = breaker();
+    let handle = layer.handle();
+    let below = DeadlineLayer::new(Duration::from_millis(200)).unwrap();
+    let svc = layer.layer(below.layer(service_fn(|_: ()| async {
+        std::future::pending::<Result<(), BoxError>>().await
+    })));
+    for _ in 0..10 {
+        let err = scope(
+            Deadline::after(Duration::from_secs(2)),
+            svc.clone().oneshot(()),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(
+            rejection_of(&err).unwrap().kind(),
+            RejectionKind::DeadlineExceeded
+        );
+    }
+    assert_eq!(handle.metrics().failures, 10);
+    assert_eq!(handle.state(), State::Open);
+
+    // The same deadline ended by the request's own deadline (100 ms, under
+    // the 200 ms below): not the dependency's failure, not counted.
+    let layer = breaker();
+    let handle = layer.handle();
+    let svc = layer.layer(below.layer(service_fn(|_: ()| async {
+        std::future::pending::<Result<(), BoxError>>().await
+    })));
+    for _ in 0..10 {
+        let err = scope(
+            Deadline::after(Duration::from_millis(100)),
+            svc.clone().oneshot(()),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(
+            rejection_of(&err).unwrap().kind(),
+            RejectionKind::DeadlineExceeded
+        );
+    }
+    assert_eq!(handle.metrics().failures, 0);
+    assert_eq!(handle.state(), State::Closed);
+}

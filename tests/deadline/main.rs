@@ -852,3 +852,71 @@ mod propagation {
         );
     }
 }
+
+/// Which deadline ended an attempt: the request's, more than 20 ms before
+/// the attempt's own timeout, ends it as `DeadlineExceeded` (not the
+/// dependency's failure), also when a timer below ran to the same
+/// deadline (a tonic channel's, to the `grpc-timeout` it was sent) and
+/// said `AttemptTimeout`; within 20 ms of its own end the attempt had its
+/// time, and ends as an `AttemptTimeout`.
+#[tokio::test(start_paused = true)]
+async fn an_attempt_ends_as_the_deadline_that_cut_it_short() {
+    use seawall::error::AttemptTimeout;
+    let attempt = AttemptTimeoutLayer::new(800 * MS).unwrap();
+    // A timer below that fires at the deadline the attempt runs to.
+    let svc = attempt.layer(service_fn(|_: ()| async {
+        let d = deadline::current().expect("the attempt's deadline");
+        tokio::time::sleep_until(d.instant()).await;
+        Err::<(), BoxError>(AttemptTimeout::new("transport").into())
+    }));
+    let run = |budget: Duration| {
+        let svc = svc.clone();
+        async move {
+            let start = Instant::now();
+            let err = deadline::scope(Deadline::after(budget), svc.oneshot(()))
+                .await
+                .unwrap_err();
+            (view(&err), start.elapsed())
+        }
+    };
+    // The request's 300 ms cut the 800 ms attempt short.
+    assert_eq!(
+        run(300 * MS).await,
+        (
+            (RejectionKind::DeadlineExceeded, "transport".to_owned()),
+            300 * MS
+        )
+    );
+    // 790 ms: within 20 ms of the attempt's own end, the attempt's.
+    assert_eq!(
+        run(790 * MS).await,
+        (
+            (RejectionKind::AttemptTimeout, "transport".to_owned()),
+            790 * MS
+        )
+    );
+    // 2 s: the attempt's own timeout binds.
+    assert_eq!(
+        run(2000 * MS).await,
+        (
+            (RejectionKind::AttemptTimeout, "transport".to_owned()),
+            800 * MS
+        )
+    );
+
+    // The same with the attempt layer's own timer (a dependency that hangs).
+    let svc = attempt.layer(service_fn(|_: ()| async {
+        std::future::pending::<Result<(), BoxError>>().await
+    }));
+    for (budget, kind) in [
+        (300, RejectionKind::DeadlineExceeded),
+        (780, RejectionKind::DeadlineExceeded),
+        (781, RejectionKind::AttemptTimeout),
+        (800, RejectionKind::AttemptTimeout),
+    ] {
+        let err = deadline::scope(Deadline::after(budget * MS), svc.clone().oneshot(()))
+            .await
+            .unwrap_err();
+        assert_eq!(view(&err).0, kind, "{budget} ms");
+    }
+}

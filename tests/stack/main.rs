@@ -765,3 +765,34 @@ async fn server_takes_the_clients_shorter_deadline() {
     assert_eq!(start.elapsed(), Duration::from_secs(2));
     assert_eq!(kind(&err), RejectionKind::DeadlineExceeded);
 }
+
+/// A stack whose attempt timeout is its whole budget (one attempt, as its
+/// validation asks) still opens its breaker on a dependency that hangs: each
+/// attempt had its full timeout, so each is the dependency's failure, not
+/// the request's deadline.
+#[tokio::test(start_paused = true)]
+async fn a_hung_dependency_opens_the_breaker_when_the_attempt_timeout_is_the_budget() {
+    let stack = ClientStack::builder("dep")
+        .total_budget(ms(1000))
+        .attempt_timeout(ms(1000))
+        .retry(|r| r.max_attempts(1))
+        .build()
+        .unwrap();
+    let breaker = stack.breaker_handle();
+    let calls = Arc::new(AtomicU32::new(0));
+    let c = calls.clone();
+    let svc = stack.layer(service_fn(move |_: u32| {
+        c.fetch_add(1, Ordering::SeqCst);
+        std::future::pending::<Result<u32, BoxError>>()
+    }));
+    let hung = futures::future::join_all((0..30).map(|i| svc.clone().oneshot(i))).await;
+    assert!(
+        hung.iter()
+            .all(|r| kind(r.as_ref().unwrap_err()) == RejectionKind::AttemptTimeout)
+    );
+    assert_eq!(breaker.state(), State::Open, "{:?}", breaker.metrics());
+    assert_eq!(breaker.metrics().failures, 20, "opened at its 20 calls");
+    let err = svc.clone().oneshot(30).await.unwrap_err();
+    assert_eq!(kind(&err), RejectionKind::CircuitOpen);
+    assert_eq!(calls.load(Ordering::SeqCst), 30);
+}

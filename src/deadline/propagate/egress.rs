@@ -162,6 +162,7 @@ impl PropagateDeadlineLayerBuilder {
                     limit: Duration::ZERO,
                     name: self.name,
                     observer: self.observer,
+                    own_end: std::time::Duration::ZERO,
                 }),
             }),
         })

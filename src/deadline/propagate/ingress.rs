@@ -236,6 +236,7 @@ impl DeadlineFromHeadersLayerBuilder {
                     limit: max,
                     name: self.name,
                     observer: self.observer,
+                    own_end: std::time::Duration::ZERO,
                 }),
             }),
         })
