@@ -15,6 +15,8 @@ pub struct WindowSample {
     samples: u64,
     max_inflight: usize,
     drops: u64,
+    refused: u64,
+    span: Duration,
 }
 
 impl WindowSample {
@@ -27,6 +29,8 @@ impl WindowSample {
             samples: 1,
             max_inflight,
             drops,
+            refused: 0,
+            span: Duration::ZERO,
         }
     }
 
@@ -72,6 +76,38 @@ impl WindowSample {
     /// or were cancelled before they finished.
     pub const fn drops(&self) -> u64 {
         self.drops
+    }
+
+    /// Sets how many requests the limit refused in the window, and how
+    /// long the window lasted.
+    pub const fn with_refused(mut self, refused: u64, span: Duration) -> Self {
+        self.refused = refused;
+        self.span = span;
+        self
+    }
+
+    /// How many requests the limit refused in the window (the adaptive
+    /// limit layer counts them).
+    pub const fn refused(&self) -> u64 {
+        self.refused
+    }
+
+    /// How long the window lasted (zero when not known).
+    pub const fn span(&self) -> Duration {
+        self.span
+    }
+
+    /// The requests that came in the window per second, answered, dropped
+    /// or refused: what the window asked for. `None` when its span is not
+    /// known.
+    pub fn asked_per_sec(&self) -> Option<f64> {
+        let secs = self.span.as_secs_f64();
+        (secs > 0.0).then(|| {
+            self.samples
+                .saturating_add(self.drops)
+                .saturating_add(self.refused) as f64
+                / secs
+        })
     }
 
     /// Whether any call of the window was dropped.

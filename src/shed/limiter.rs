@@ -82,6 +82,8 @@ pub(crate) struct Limiter {
     win_min_ns: AtomicU64,
     win_count: AtomicU64,
     win_drops: AtomicU64,
+    /// Requests the limit refused in the window (refusal path only).
+    win_refused: AtomicU64,
     /// A burst's latencies in the current window: not the algorithm's
     /// samples, but part of the service time a request should expect.
     win_burst_sum_ns: AtomicU64,
@@ -147,6 +149,7 @@ impl Limiter {
             win_min_ns: AtomicU64::new(u64::MAX),
             win_count: AtomicU64::new(0),
             win_drops: AtomicU64::new(0),
+            win_refused: AtomicU64::new(0),
             win_burst_sum_ns: AtomicU64::new(0),
             win_burst_count: AtomicU64::new(0),
             win_max_inflight: AtomicUsize::new(0),
@@ -390,6 +393,7 @@ impl Limiter {
         let fastest = self.win_min_ns.swap(u64::MAX, Ordering::Relaxed);
         let count = self.win_count.swap(0, Ordering::Relaxed);
         let drops = self.win_drops.swap(0, Ordering::Relaxed);
+        let refused = self.win_refused.swap(0, Ordering::Relaxed);
         let burst_sum = self.win_burst_sum_ns.swap(0, Ordering::Relaxed);
         let bursts = self.win_burst_count.swap(0, Ordering::Relaxed);
         // The calls still in flight belong to the next window too (within
@@ -406,7 +410,9 @@ impl Limiter {
             .saturating_add(burst_sum)
             .checked_div(count.saturating_add(bursts));
         let rtt = Duration::from_nanos(avg_ns.unwrap_or(0));
-        let mut sample = WindowSample::new(rtt, max_inflight, drops).with_samples(count);
+        let mut sample = WindowSample::new(rtt, max_inflight, drops)
+            .with_samples(count)
+            .with_refused(refused, Duration::from_nanos(now_ns.saturating_sub(start)));
         if fastest != u64::MAX {
             sample = sample.with_fastest(Duration::from_nanos(fastest));
         }
@@ -535,6 +541,7 @@ impl Striped<Limiter> {
             if !self.bursting(class, before, now) {
                 self.by_class[idx].fetch_sub(1, Ordering::AcqRel);
                 self.inflight.fetch_sub(1, Ordering::AcqRel);
+                self.win_refused.fetch_add(1, Ordering::Relaxed);
                 return Err(Refusal::Limit);
             }
             burst = true;

@@ -54,7 +54,11 @@ use crate::error::ConfigError;
 ///    latency of the last `drain_every` windows or so: a call waits for
 ///    `busy - 1` others at most, whatever the service can run at once),
 ///    the service, or what it waits on, got slower. Then `base` takes the
-///    latency and the limit grows ×2 per window while it is reached, until
+///    latency; a window that reached the limit takes it at once to what
+///    the window asked for (the requests that came per second, refused ones
+///    included, × the latency, and a quarter more: Little's law), or to
+///    twice itself if that is more, and it grows ×2 per window while it is
+///    reached, until
 ///    the first sign of queueing: a handler that waits on a dependency 60
 ///    times slower needs 60 times the calls in flight. After the second
 ///    kind of evidence (cuts undone), which a service of limited workers
@@ -90,9 +94,12 @@ use crate::error::ConfigError;
 /// at 80 %).
 /// Over handlers that only wait on a dependency that gets 60 times slower
 /// (5 ms to 300 ms at 200 requests a second, `tests/shed`), the server
-/// stack refuses for the two windows it takes to learn it (3.5 % of the
-/// slow phase's first 20 s; 5.5 % before the layer's bursts), then nothing; before rule 4's last part it
-/// refused 76 %.
+/// stack refuses during the window it takes to learn it (3.1 % of the slow
+/// phase's first 20 s; 3.5 % when the limit doubled from 20, 5.5 % before
+/// the layer's bursts), then nothing; before rule 4's last part it refused
+/// 76 %. A slowdown of 5 s to 400 ms, with one caller in five waiting
+/// 300 ms, is refused 176 requests of its 1000, all in its first 1.3 s
+/// (268 over 2.5 s by doublings).
 ///
 /// What it cannot see: a queue fed by fewer calls than half the limit.
 /// Below half the limit in flight the latency moves no limit, so a handler
@@ -323,8 +330,18 @@ impl LimitAlgorithm for QueueDelay {
         {
             self.follow_slower(rtt, true);
             if saturated {
-                // Reached, with no queue of ours: the first step at once.
-                self.limit = self.clamp(self.limit * 2.0);
+                // Reached, with no queue of ours: the first step at once,
+                // to what the window asked for if that is more (the
+                // requests that came per second × the latency now, Little's
+                // law, and a quarter more, as the window's average latency
+                // still holds calls from before the slowdown: a dependency
+                // 80 times slower at 200 requests a second needs 80 in
+                // flight, reached in one window instead of three doublings
+                // from 20).
+                let asked = sample
+                    .asked_per_sec()
+                    .map_or(0.0, |r| (1.25 * r * rtt / 1e9).ceil());
+                self.limit = self.clamp((self.limit * 2.0).max(asked));
             }
             return self.limit();
         }

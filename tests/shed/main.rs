@@ -1874,3 +1874,79 @@ async fn a_refusal_holds_the_limit_and_a_drained_queue_renews_a_burst() {
     assert!(call(Criticality::Critical, 10_000).await);
     assert_eq!(layer.inflight(), 5);
 }
+
+/// A dependency 80 times slower for 5 s (5 ms to 400 ms at 200 requests a
+/// second: 80 in flight instead of 1), with one caller in five waiting
+/// only 300 ms (it gives up on every slow call). The server stack with its
+/// defaults reads the slowdown as the dependency's at its first window and
+/// goes at once to what the window asked for (Little's law: the requests
+/// per second × the latency, and a quarter more), not by doublings from
+/// 20: 176 requests refused, all within the first window and a bit, where
+/// three doublings refused 268 over three windows.
+#[cfg(all(feature = "deadline", feature = "retry", feature = "circuit-breaker"))]
+#[tokio::test(start_paused = true)]
+async fn a_short_slowdown_is_followed_in_one_window() {
+    let rec = Recorder::new();
+    let stack = seawall::ServerStack::builder("api")
+        .total_budget(Duration::from_millis(950))
+        .observer(Observer::new(rec.clone()))
+        .build()
+        .unwrap();
+    let svc = stack.layer(service_fn(|n: u64| async move {
+        sleep(ms(n)).await;
+        Ok::<_, Infallible>(n)
+    }));
+    let per_sec = 200u64;
+    let secs = 12u64;
+    // Per second: answered, refused, given up.
+    let stats: Arc<Vec<[AtomicU64; 3]>> = Arc::new((0..secs).map(|_| Default::default()).collect());
+    let mut tick = tokio::time::interval(Duration::from_secs(1) / per_sec as u32);
+    let mut tasks = Vec::new();
+    for i in 0..per_sec * secs {
+        tick.tick().await;
+        let second = i / per_sec;
+        let latency = if (5..10).contains(&second) { 400 } else { 5 };
+        let (svc, stats) = (svc.clone(), stats.clone());
+        let wait = if i % 5 == 0 { ms(300) } else { ms(1000) };
+        tasks.push(tokio::spawn(async move {
+            let slot = match tokio::time::timeout(wait, svc.oneshot(latency)).await {
+                Ok(Ok(_)) => 0,
+                Ok(Err(e)) => {
+                    assert_eq!(rejection_of(&e).unwrap().kind(), RejectionKind::Overloaded);
+                    1
+                }
+                Err(_) => 2,
+            };
+            stats[second as usize][slot].fetch_add(1, Ordering::Relaxed);
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let per = |slot: usize| -> Vec<u64> {
+        stats
+            .iter()
+            .map(|s| s[slot].load(Ordering::Relaxed))
+            .collect()
+    };
+    let (ok, refused, gave_up) = (per(0), per(1), per(2));
+    println!("answered {ok:?}\nrefused  {refused:?}\ngave up  {gave_up:?}");
+    assert_eq!(refused[..5].iter().sum::<u64>(), 0, "healthy: none refused");
+    assert_eq!(refused.iter().sum::<u64>(), 176);
+    assert!(refused[7..].iter().all(|&r| r == 0), "none after 2 s of it");
+    // The 1 s callers of the slowdown's last three seconds all answered.
+    assert_eq!(ok[7..10], [160, 160, 160]);
+    let limits: Vec<usize> = rec
+        .events()
+        .iter()
+        .filter(|e| e.layer == LayerKind::AdaptiveLimit)
+        .filter_map(|e| match e.kind {
+            EventKind::LimitChanged { to, .. } => Some(to),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        limits[0], 87,
+        "one step from 20 to what was asked: {limits:?}"
+    );
+}
