@@ -415,8 +415,10 @@ impl<B: Body> Hold<http::Response<CallBody<B>>> for BodyEnd {
     #[inline]
     fn outcome(response: &http::Response<CallBody<B>>) -> crate::observe::Outcome {
         use crate::classify::Classify;
+        // (A gRPC body's head only: an HTTP answer looks up no header.)
         #[cfg(feature = "tonic")]
-        if response.headers().contains_key("grpc-status") {
+        if response.body().ending != Ending::Error && response.headers().contains_key("grpc-status")
+        {
             const GRPC: crate::grpc::GrpcStatusClassifier =
                 crate::grpc::GrpcStatusClassifier::new();
             return Classify::<_, BoxError>::classify(&GRPC, Ok(response));

@@ -202,41 +202,39 @@ where
         let per_try = Deadline::after_from(now, self.shared.limit);
         let overall = super::current();
         let (deadline, overall_binds) = match overall {
-            // The request's deadline ends the attempt before its own
-            // timeout: an end that says nothing of the dependency (the
-            // circuit breaker does not count it). Within 20 ms of the
-            // attempt's own end, the dependency had its attempt timeout:
-            // the attempt ends as its own (with the request's deadline as
-            // its limit), so that a stack whose attempt timeout equals its
-            // budget still counts a dependency that hangs.
-            Some(o) if o <= per_try => (
-                o,
-                o.instant()
-                    .checked_add(self.shared.own_end)
-                    .is_some_and(|t| t <= per_try.instant()),
-            ),
+            Some(o) if o <= per_try => (o, true),
             _ => (per_try, false),
         };
-        if deadline.instant() <= now && overall.is_some_and(|o| o == deadline) {
+        if overall_binds && deadline.instant() <= now {
             return AttemptFuture::rejected(reject_deadline(
                 LayerKind::AttemptTimeout,
                 &self.shared,
                 EXPIRED_ON_ARRIVAL,
             ));
         }
+        // The request's deadline cuts the attempt short: it ends as that
+        // deadline, which says nothing of the dependency (a circuit breaker
+        // does not count it). Within 20 ms of the attempt's own end the
+        // dependency had its attempt timeout, and the attempt ends as its
+        // own: a stack whose attempt timeout is its budget still counts a
+        // dependency that hangs.
+        let cut_short = overall_binds
+            && deadline
+                .instant()
+                .checked_add(self.shared.own_end)
+                .is_some_and(|t| t <= per_try.instant());
         // When the request's deadline binds, it is the task-local one
-        // already: no scope of its own to set (near the attempt's own end,
-        // the same deadline is set again, as the attempt's).
+        // already: no scope of its own to set.
         // Taken before the inner call, which comes last (ARCHITECTURE.md,
         // the shape of every layer).
         let kept = super::future::sealed::Kept::new(&self.shared);
         if overall_binds {
-            AttemptFuture::running(self.inner.call(req), deadline, true, kept)
+            AttemptFuture::running(self.inner.call(req), deadline, true, cut_short, kept)
         } else {
             // Built whole inside the scope.
             let inner = &mut self.inner;
             super::sync_scope(deadline, || {
-                AttemptFuture::running(inner.call(req), deadline, false, kept)
+                AttemptFuture::running(inner.call(req), deadline, false, false, kept)
             })
         }
     }
@@ -266,6 +264,7 @@ impl<F: Future> AttemptFuture<F> {
         inner: F,
         deadline: Deadline,
         overall_binds: bool,
+        cut_short: bool,
         kept: super::future::sealed::Kept,
     ) -> Self {
         // Built in place (a helper returning the state costs a copy of
@@ -277,6 +276,7 @@ impl<F: Future> AttemptFuture<F> {
                 deadline,
                 shared: kept,
                 overall_binds,
+                cut_short,
                 expiry: std::marker::PhantomData,
             },
         }

@@ -168,6 +168,9 @@ pin_project! {
             deadline: Deadline,
             shared: <X as sealed::Timer>::Owner,
             overall_binds: bool,
+            // The request's deadline ends the call as its own (see
+            // `AttemptTimeoutService::call`); always, for a deadline.
+            cut_short: bool,
             expiry: PhantomData<fn() -> X>,
         },
         Rejected {
@@ -194,6 +197,7 @@ impl<F: Future, X: Expiry> State<F, X> {
                 deadline,
                 shared,
                 overall_binds,
+                cut_short,
                 ..
             } => {
                 // Every poll of the inner future sees the deadline as the
@@ -206,7 +210,7 @@ impl<F: Future, X: Expiry> State<F, X> {
                 };
                 if polled.is_ready() {
                     if layer == LayerKind::AttemptTimeout
-                        && *overall_binds
+                        && *cut_short
                         && matches!(polled, Poll::Ready(Err(_)))
                     {
                         let deadline = *deadline;
@@ -221,7 +225,7 @@ impl<F: Future, X: Expiry> State<F, X> {
                 Poll::Ready(Err(expired(
                     layer,
                     X::kept(shared).map(sealed::Kept::get),
-                    *overall_binds,
+                    *cut_short,
                 )))
             }
             StateProj::Rejected { error } => crate::error::poll_rejected(error),
@@ -236,8 +240,7 @@ impl<F: Future, X: Expiry> State<F, X> {
 /// as this layer's own timer would have (it is not the dependency's
 /// failure). Any other error, or a timeout that came while the deadline
 /// had more than 20 ms to go (a shorter one below), is handed back as it
-/// is. Out of line: only a
-/// failed attempt reaches it.
+/// is. Out of line: only a failed attempt reaches it.
 #[inline(never)]
 fn the_requests_deadline(error: BoxError, deadline: Deadline) -> BoxError {
     match crate::error::rejection_of(&error) {
@@ -255,13 +258,13 @@ fn the_requests_deadline(error: BoxError, deadline: Deadline) -> BoxError {
 /// request's deadline, or the attempt's own limit. Out of line: the
 /// success path never reaches it.
 #[inline(never)]
-fn expired(layer: LayerKind, shared: Option<&Shared>, overall_binds: bool) -> BoxError {
+fn expired(layer: LayerKind, shared: Option<&Shared>, cut_short: bool) -> BoxError {
     let Some(shared) = shared else {
         // Without a timer of its own (`InnerTimers`) the layer never gets
         // here; should it, the call still ends as a deadline's.
         return crate::error::DeadlineExceeded::before_sending("deadline").into();
     };
-    if overall_binds || layer == LayerKind::Deadline {
+    if cut_short || layer == LayerKind::Deadline {
         return reject_deadline(layer, shared, TIMED_OUT);
     }
     shared.observer.emit(
@@ -311,6 +314,7 @@ impl<F: Future, X: Expiry> ResponseFuture<F, X> {
                 deadline,
                 shared: owner,
                 overall_binds: true,
+                cut_short: true,
                 expiry: PhantomData,
             },
         }

@@ -336,8 +336,12 @@ impl Limiter {
     #[inline]
     fn record(&self, completion: Completion, rtt: Duration, now: Instant, idle: u64) {
         match completion {
-            Completion::Ignore => return,
-            Completion::Drop => {
+            // An answer that failed (a protocol's 5xx, or an error status)
+            // is no latency sample: a dependency that fails at once would
+            // make a queue of slow answers look like one of fast ones.
+            Completion::Ignore | Completion::Sample(Outcome::Failure | Outcome::Refused) => return,
+            // An answer that says "busy" (passed on from below) is a drop.
+            Completion::Drop | Completion::Sample(Outcome::Overloaded) => {
                 self.win_drops.fetch_add(1, Ordering::Relaxed);
             }
             Completion::Sample(_) => {
@@ -616,16 +620,13 @@ impl Permit {
         );
     }
 
-    /// Releases the permit for an answer, its outcome judged by `outcome`
-    /// only when an observer listens (it is the `CallFinished` event's).
+    /// Releases the permit for a protocol's answer, its outcome judged by
+    /// `outcome` (the protocol's classifier): a failure's latency is no
+    /// sample (a dependency failing fast says nothing of a queue here), a
+    /// "busy" passed on from below is a drop (see [`Limiter::record`]).
     #[inline]
     pub(crate) fn complete_answer(&mut self, outcome: impl FnOnce() -> Outcome) {
-        let outcome = if self.limiter.observer.is_enabled() {
-            outcome()
-        } else {
-            Outcome::Success
-        };
-        self.complete(Completion::Sample(outcome));
+        self.complete(Completion::Sample(outcome()));
     }
 
     // Always: on the path of every call (left to the compiler, it went out

@@ -1950,3 +1950,78 @@ async fn a_short_slowdown_is_followed_in_one_window() {
         "one step from 20 to what was asked: {limits:?}"
     );
 }
+
+/// A front in the HTTP server preset, at 400 requests a second, whose
+/// dependency slows from 5 ms to 400 ms for 5 s and meanwhile refuses four
+/// calls in five at once (its own limit full): the front answers those
+/// 503 in 1 ms, and needs 32 calls in flight for the rest. Failed answers
+/// are no latency samples, so the front reads the slowdown as the
+/// dependency's and follows it in its first window (75, and 125 refused);
+/// taken as samples, the fast failures made the window's latency look like
+/// a queue of ours, and the limit was cut instead (to 10, 490 refused).
+#[cfg(feature = "http")]
+#[tokio::test(start_paused = true)]
+async fn failed_answers_are_no_latency_samples() {
+    use http_body_util::BodyExt;
+    let rec = Recorder::new();
+    let stack = seawall::ServerStack::http("front")
+        .total_budget(Duration::from_millis(950))
+        .observer(Observer::new(rec.clone()))
+        .build()
+        .unwrap();
+    type Body = http_body_util::Full<bytes::Bytes>;
+    let svc = stack.layer(service_fn(|req: http::Request<_>| async move {
+        let n: u64 = req.headers()["x-n"].to_str().unwrap().parse().unwrap();
+        let second = n / 400;
+        let (status, latency) = if !(5..10).contains(&second) {
+            (200, 5)
+        } else if n % 5 == 0 {
+            (200, 400)
+        } else {
+            (503, 1)
+        };
+        sleep(ms(latency)).await;
+        Ok::<_, BoxError>(
+            http::Response::builder()
+                .status(status)
+                .body(http_body_util::Full::new(bytes::Bytes::new()))
+                .unwrap(),
+        )
+    }));
+    let start = Instant::now();
+    let calls = (0..400 * 12u64).map(|n| {
+        let svc = svc.clone();
+        async move {
+            tokio::time::sleep_until(start + Duration::from_micros(2500 * n)).await;
+            let req = http::Request::builder()
+                .header("x-n", n)
+                .body(Body::default())
+                .unwrap();
+            let res = svc.oneshot(req).await.unwrap();
+            // The front's own refusals carry a Retry-After; the handler's
+            // 503s do not.
+            let own = res.headers().contains_key("retry-after");
+            let _ = res.into_body().collect().await;
+            own
+        }
+    });
+    let refused = futures::future::join_all(calls)
+        .await
+        .into_iter()
+        .filter(|&own| own)
+        .count();
+    let limits: Vec<usize> = rec
+        .events()
+        .iter()
+        .filter(|e| e.layer == LayerKind::AdaptiveLimit)
+        .filter_map(|e| match e.kind {
+            EventKind::LimitChanged { to, .. } => Some(to),
+            _ => None,
+        })
+        .collect();
+    println!("limits {limits:?}, refused by the front {refused}");
+    // Taken as samples, the window's latency (81 ms on average) read as a
+    // queue: the limit was cut to 10 and crept back, 490 refused.
+    assert!(limits[0] >= 32, "one step to what is needed: {limits:?}");
+    assert!(refused <= 130, "{refused} refused, all in the first window");
+}
