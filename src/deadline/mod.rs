@@ -121,7 +121,9 @@
 //! reads the time left with [`remaining()`], whatever the request type. With
 //! `http::Request` the deadline is also in the request's extensions, so an
 //! axum handler can take `Extension<Deadline>` (and keep it when it spawns
-//! work on another task, where the task-local does not follow).
+//! work on another task, where the task-local does not follow: run the
+//! spawned work in [`scope`]`(deadline, work)`, and the client stacks it
+//! calls take that deadline as they would in the handler).
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread", start_paused = true)]

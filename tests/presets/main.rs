@@ -779,6 +779,14 @@ async fn grpc_preset_breaker_opens_on_unavailable_then_refuses_fast() {
                 + u64::from(retry_after.subsec_nanos() % 1_000_000 != 0)
         );
         refused += 1;
+        if refused == 1 {
+            // What an axum handler answers its own caller (the README's
+            // gRPC handler): 503 with Retry-After.
+            let res: http::Response<String> =
+                seawall::http::rejection_response(&seawall::BoxError::from(status));
+            assert_eq!(res.status(), 503);
+            assert_eq!(res.headers()["retry-after"], "1");
+        }
     }
     let probed = only_probes_reached_it(&hits, &probes, start);
     assert!(refused >= 300 - probed, "{refused} refused");
