@@ -207,7 +207,9 @@ where
 /// [`DeadlineExceeded`](crate::error::DeadlineExceeded) raised inside the
 /// breaker as the deadline passed, or the dependency's answer to the
 /// deadline it was sent ([`Classify::is_deadline_answer`]: HTTP 504, gRPC
-/// `DEADLINE_EXCEEDED` or `CANCELLED`). The dependency was not given its
+/// `DEADLINE_EXCEEDED` or `CANCELLED`) when an attempt timeout below saw
+/// that deadline cut the attempt short (not one whose timeout is the
+/// whole budget: that dependency had its attempt). The dependency was not given its
 /// attempt timeout, so the call says nothing of its health and is not
 /// counted: callers with short budgets do not open a breaker on a healthy
 /// dependency for callers with longer ones. Counted: an attempt timeout,
@@ -233,7 +235,7 @@ where
                 .is_some_and(|r| {
                     r.kind() == crate::error::RejectionKind::DeadlineExceeded && !r.is_local()
                 })
-                || classifier.is_deadline_answer(result))
+                || (classifier.is_deadline_answer(result) && crate::deadline::cut_short(deadline)))
     }
     #[cfg(not(feature = "deadline"))]
     {

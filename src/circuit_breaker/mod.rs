@@ -102,7 +102,10 @@
 //! breaker or the dependency's answer to the deadline it was sent
 //! ([`Classify::is_deadline_answer`](crate::classify::Classify::is_deadline_answer):
 //! a 504, gRPC `DEADLINE_EXCEEDED` or `CANCELLED`; a seawall server
-//! answers 10 ms before the deadline). Counted: an attempt timeout, any
+//! answers 10 ms before the deadline) when an attempt timeout below saw
+//! the deadline cut the attempt short. Counted: an attempt timeout (also
+//! one as long as the budget, and a deadline answer under it: the
+//! dependency had its attempt), any
 //! other failure however little time was left (a refused connection
 //! under a 15 ms budget), and a deadline set below the breaker that ends a
 //! call while the request's has more than 20 ms to go. The rule is read as

@@ -103,9 +103,10 @@ impl AttemptTimeoutLayerBuilder {
     );
 
     /// An attempt that the request's deadline ends within `margin` of its
-    /// own end ends as the attempt's own timeout (default 20 ms); a
-    /// server's handler timeout takes zero: a deadline that ends its
-    /// handler with the handler's own timeout is the request's.
+    /// own end ends as the attempt's own timeout (default 20 ms, and at
+    /// most a tenth of the attempt timeout); a server's handler timeout
+    /// takes zero: a deadline that ends its handler with the handler's own
+    /// timeout is the request's.
     pub(crate) fn own_end(mut self, margin: Duration) -> Self {
         self.own_end = margin;
         self
@@ -124,7 +125,7 @@ impl AttemptTimeoutLayerBuilder {
                 limit: self.per_try,
                 name: self.name,
                 observer: self.observer,
-                own_end: self.own_end,
+                own_end: self.own_end.min(self.per_try / 10),
             }),
         })
     }
@@ -214,7 +215,8 @@ where
         }
         // The request's deadline cuts the attempt short: it ends as that
         // deadline, which says nothing of the dependency (a circuit breaker
-        // does not count it). Within 20 ms of the attempt's own end the
+        // does not count it). Within 20 ms of the attempt's own end (a
+        // tenth of the attempt timeout, when that is less) the
         // dependency had its attempt timeout, and the attempt ends as its
         // own: a stack whose attempt timeout is its budget still counts a
         // dependency that hangs.
@@ -250,7 +252,7 @@ pin_project! {
     /// [`AttemptTimeout`](crate::error::AttemptTimeout) when the per-attempt
     /// timer fires while budget remains, or with
     /// [`DeadlineExceeded`](crate::error::DeadlineExceeded) when the request's
-    /// deadline cut the attempt short (by more than 20 ms; see the
+    /// deadline cut the attempt short (by 20 ms or more; see the
     /// [module documentation](super)).
     pub struct AttemptFuture<F> {
         #[pin]

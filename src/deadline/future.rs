@@ -209,12 +209,12 @@ impl<F: Future, X: Expiry> State<F, X> {
                     super::sync_scope(*deadline, || inner.poll(cx))
                 };
                 if polled.is_ready() {
-                    if layer == LayerKind::AttemptTimeout
-                        && *cut_short
-                        && matches!(polled, Poll::Ready(Err(_)))
-                    {
-                        let deadline = *deadline;
-                        return polled.map_err(|e| the_requests_deadline(e.into(), deadline));
+                    if layer == LayerKind::AttemptTimeout && *cut_short {
+                        super::note_cut_short(*deadline);
+                        if matches!(polled, Poll::Ready(Err(_))) {
+                            let deadline = *deadline;
+                            return polled.map_err(|e| the_requests_deadline(e.into(), deadline));
+                        }
                     }
                     // Handed back as it lies (see ARCHITECTURE.md).
                     return polled.map_err(Into::into);

@@ -58,8 +58,9 @@
 //!   (not retryable: nothing is left; not the dependency's failure to a
 //!   circuit breaker above), also when a timer below ran to that deadline
 //!   and said `AttemptTimeout` (a tonic channel's, to the `grpc-timeout`
-//!   it was sent). A total deadline within 20 ms of the attempt's own end
-//!   (an attempt timeout as long as the budget) ends it as an
+//!   it was sent). A total deadline less than 20 ms before the attempt's
+//!   own end (a tenth of the attempt timeout, when that is less), as with
+//!   an attempt timeout as long as the budget, ends it as an
 //!   `AttemptTimeout`: the dependency had its attempt, and a breaker
 //!   counts a dependency that hangs. With no time left at all it refuses
 //!   the attempt without calling the inner service. The attempt's deadline is
@@ -296,15 +297,39 @@ pub fn scope<F: std::future::Future>(
     crate::local::Scoped::new(&CURRENT, deadline, fut)
 }
 
-/// How close to the request's deadline an attempt's end is taken for
-/// that deadline's: an attempt timeout within this much of it ends as the
-/// attempt's own (the dependency had its attempt), and a circuit breaker
-/// takes a deadline answer (504, `DEADLINE_EXCEEDED`) that comes back in
-/// the deadline's last 20 ms for the dependency's answer to the deadline
-/// it was sent (a seawall server answers 10 ms before it), not for a
-/// failure.
+/// How close to the request's deadline an answer is taken for the
+/// dependency's answer to that deadline (a seawall server answers 10 ms
+/// before the deadline it was sent, and the answer takes a little longer
+/// to come back); and, at most, how close to its own end an attempt may
+/// be cut by the request's deadline and still end as its own (a tenth of
+/// the attempt timeout when that is less).
 #[cfg_attr(not(feature = "deadline"), allow(dead_code))]
 pub(crate) const ANSWER_MARGIN: Duration = Duration::from_millis(20);
+
+thread_local! {
+    /// The request deadline that last cut an attempt short on this thread
+    /// (see [`cut_short`]).
+    static CUT_SHORT: std::cell::Cell<Option<Instant>> = const { std::cell::Cell::new(None) };
+}
+
+/// Notes that the request's `deadline` cut an attempt short (it was
+/// shorter than the attempt timeout by a margin), as the attempt's answer
+/// goes up to the layers above on this thread: a circuit breaker above
+/// reads a deadline answer to it (504, `DEADLINE_EXCEEDED`) as the
+/// request's deadline, not the dependency's failure.
+#[cfg_attr(not(feature = "deadline"), allow(dead_code))]
+#[cold]
+pub(crate) fn note_cut_short(deadline: Deadline) {
+    CUT_SHORT.with(|c| c.set(Some(deadline.instant())));
+}
+
+/// Whether an attempt under the request's `deadline` was cut short by it
+/// (see [`note_cut_short`]); a note of another request's deadline says
+/// nothing of this one.
+#[cfg_attr(not(feature = "deadline"), allow(dead_code))]
+pub(crate) fn cut_short(deadline: Deadline) -> bool {
+    CUT_SHORT.with(|c| c.get() == Some(deadline.instant()))
+}
 
 /// Runs `f` with `deadline` as the [`current()`] deadline.
 #[inline]

@@ -336,12 +336,17 @@ impl Limiter {
     #[inline]
     fn record(&self, completion: Completion, rtt: Duration, now: Instant, idle: u64) {
         match completion {
-            // An answer that failed (a protocol's 5xx, or an error status)
-            // is no latency sample: a dependency that fails at once would
-            // make a queue of slow answers look like one of fast ones.
-            Completion::Ignore | Completion::Sample(Outcome::Failure | Outcome::Refused) => return,
-            // An answer that says "busy" (passed on from below) is a drop.
-            Completion::Drop | Completion::Sample(Outcome::Overloaded) => {
+            // An answer that failed or said "busy" (a protocol's 5xx, 429,
+            // or error status) is no latency sample: a dependency that
+            // fails or refuses at once, its answers passed on, would make
+            // a queue of slow answers look like one of fast ones. Nor is
+            // it a drop: a dependency's refusal is no queue of this
+            // server's.
+            Completion::Ignore
+            | Completion::Sample(Outcome::Failure | Outcome::Refused | Outcome::Overloaded) => {
+                return;
+            }
+            Completion::Drop => {
                 self.win_drops.fetch_add(1, Ordering::Relaxed);
             }
             Completion::Sample(_) => {
@@ -621,9 +626,9 @@ impl Permit {
     }
 
     /// Releases the permit for a protocol's answer, its outcome judged by
-    /// `outcome` (the protocol's classifier): a failure's latency is no
-    /// sample (a dependency failing fast says nothing of a queue here), a
-    /// "busy" passed on from below is a drop (see [`Limiter::record`]).
+    /// `outcome` (the protocol's classifier): the latency of a failed or
+    /// "busy" answer is no sample (a dependency failing or refusing at
+    /// once says nothing of a queue here; see [`Limiter::record`]).
     #[inline]
     pub(crate) fn complete_answer(&mut self, outcome: impl FnOnce() -> Outcome) {
         self.complete(Completion::Sample(outcome()));
@@ -636,7 +641,9 @@ impl Permit {
     fn report(&self, completion: Completion, rtt: Duration, now: Instant, idle: u64) {
         let limiter = &*self.limiter;
         match completion {
-            Completion::Sample(_) if self.burst => limiter.record_burst(rtt, now, idle),
+            Completion::Sample(Outcome::Success | Outcome::Ignored) if self.burst => {
+                limiter.record_burst(rtt, now, idle)
+            }
             _ => limiter.record(completion, rtt, now, idle),
         }
         let outcome = match completion {

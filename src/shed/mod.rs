@@ -61,10 +61,10 @@
 //!   with [`LimitAlgorithm`].
 //! - How a call feeds the limit: an `Ok` response is an RTT sample (RTTs
 //!   under 100 µs are ignored), but in the HTTP and gRPC presets, whose
-//!   responses are judged by their status, a failed one (a 5xx, an error
-//!   `grpc-status`) is ignored and a "busy" one (429, 503 with
-//!   `Retry-After`, `RESOURCE_EXHAUSTED`) is a drop: a dependency that
-//!   fails at once must not make slow answers look like a queue's; an error that signals overload below it
+//!   responses are judged by their status, a failed or "busy" one (a 5xx,
+//!   a 429, an error `grpc-status`) is ignored: a dependency that fails or
+//!   refuses at once, its answers passed on, must not make slow answers
+//!   look like a queue's, nor is its refusal a queue of this server's; an error that signals overload below it
 //!   (`DeadlineExceeded`, `AttemptTimeout`, `Overloaded`) is a *drop*; other
 //!   errors are ignored. A response future dropped before it finished (the
 //!   caller gave up, usually on its timeout) releases its slot and counts as a

@@ -56,8 +56,10 @@ use crate::error::ConfigError;
 ///    the service, or what it waits on, got slower. Then `base` takes the
 ///    latency; a window that reached the limit takes it at once to what
 ///    the window asked for (the requests that came per second, refused ones
-///    included, × the latency, and a quarter more: Little's law), or to
-///    twice itself if that is more, and it grows ×2 per window while it is
+///    included, × the latency, and a quarter more: Little's law; at most
+///    four times itself, as a refused request that came back is counted
+///    again), or to twice itself if that is more, and it grows ×2 per
+///    window while it is
 ///    reached, until
 ///    the first sign of queueing: a handler that waits on a dependency 60
 ///    times slower needs 60 times the calls in flight. After the second
@@ -338,10 +340,12 @@ impl LimitAlgorithm for QueueDelay {
                 // 80 times slower at 200 requests a second needs 80 in
                 // flight, reached in one window instead of three doublings
                 // from 20).
+                // (At most four times the limit: refused requests that
+                // came back are counted each time.)
                 let asked = sample
                     .asked_per_sec()
                     .map_or(0.0, |r| (1.25 * r * rtt / 1e9).ceil());
-                self.limit = self.clamp((self.limit * 2.0).max(asked));
+                self.limit = self.clamp((self.limit * 2.0).max(asked.min(self.limit * 4.0)));
             }
             return self.limit();
         }
@@ -583,6 +587,32 @@ mod tests {
             q.update(&window(ms, b));
         }
         q.limit()
+    }
+
+    /// A dependency 80 times slower, its window's refusals counted (each
+    /// retry of a refused request again): the limit goes in one step to
+    /// what the window asked for, at most four times itself.
+    #[test]
+    fn a_slower_service_is_followed_in_one_step_at_most_four_times_the_limit() {
+        let slower = |refused: u64| {
+            let mut q = QueueDelay::builder().build().unwrap();
+            feed(&mut q, 5, 5.0, |_| 2);
+            assert_eq!(q.limit(), 20);
+            let w = WindowSample::new(Duration::from_millis(400), 20, 0)
+                .with_samples(50)
+                .with_refused(refused, Duration::from_secs(1));
+            q.update(&w);
+            q.limit()
+        };
+        // 200 requests a second (50 answered, 150 refused) × 400 ms × 1.25
+        // is 100: four times 20 at most.
+        assert_eq!(slower(150), 80);
+        // 150 a second: 75.
+        assert_eq!(slower(100), 75);
+        // 60 a second: twice the limit, more than what was asked.
+        assert_eq!(slower(10), 40);
+        // Refused requests that came back again and again: 5050 a second.
+        assert_eq!(slower(5000), 80);
     }
 
     /// A service of `workers` workers under unlimited demand (the limit

@@ -1657,3 +1657,42 @@ async fn the_deadline_rule_ignores_only_the_requests_own_deadline() {
     assert_eq!(handle.metrics().failures, 0);
     assert_eq!(handle.state(), State::Closed);
 }
+
+/// A dependency's answer to its deadline (a seawall server's 504, 10 ms
+/// before the deadline it was sent) is left out only when the request's
+/// deadline cut the attempt short: with an attempt timeout as long as the
+/// budget, the dependency had its attempt, and its 504s open the breaker.
+#[cfg(all(feature = "deadline", feature = "http"))]
+#[tokio::test(start_paused = true)]
+async fn a_deadline_answer_counts_when_the_attempt_had_its_time() {
+    use seawall::deadline::{AttemptTimeoutLayer, DeadlineLayer};
+    use seawall::http::HttpStatusClassifier;
+    let run = |attempt: Duration| async move {
+        let breaker = CircuitBreakerLayer::builder()
+            .window(SlidingWindow::count(10))
+            .minimum_calls(10)
+            .classifier(HttpStatusClassifier::new())
+            .build()
+            .unwrap();
+        let handle = breaker.handle();
+        let svc = DeadlineLayer::new(Duration::from_secs(1)).unwrap().layer(
+            breaker.layer(AttemptTimeoutLayer::new(attempt).unwrap().layer(service_fn(
+                |_: ()| async {
+                    // A hung handler in a seawall server: 504, 10 ms early.
+                    let d = seawall::deadline::current().unwrap();
+                    tokio::time::sleep_until(d.instant() - Duration::from_millis(10)).await;
+                    Ok::<_, BoxError>(http::Response::builder().status(504).body(()).unwrap())
+                },
+            ))),
+        );
+        for _ in 0..10 {
+            let res = svc.clone().oneshot(()).await.unwrap();
+            assert_eq!(res.status(), 504);
+        }
+        (handle.state(), handle.metrics().failures)
+    };
+    // The attempt timeout is the budget: the dependency's own failures.
+    assert_eq!(run(Duration::from_secs(1)).await, (State::Open, 10));
+    // A 2 s attempt cut short by the 1 s budget: the request's deadline.
+    assert_eq!(run(Duration::from_secs(2)).await, (State::Closed, 0));
+}

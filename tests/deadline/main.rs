@@ -920,3 +920,26 @@ async fn an_attempt_ends_as_the_deadline_that_cut_it_short() {
         assert_eq!(view(&err).0, kind, "{budget} ms");
     }
 }
+
+/// The margin within which an attempt cut by the request's deadline still
+/// ends as its own is a tenth of a short attempt timeout: a 15 ms attempt
+/// with 5 ms of the request left is cut short (`DeadlineExceeded`), not
+/// the dependency's timeout.
+#[tokio::test(start_paused = true)]
+async fn a_short_attempt_cut_by_the_request_ends_as_its_deadline() {
+    let attempt = AttemptTimeoutLayer::new(15 * MS).unwrap();
+    let svc = attempt.layer(service_fn(|_: ()| async {
+        std::future::pending::<Result<(), BoxError>>().await
+    }));
+    for (left, kind) in [
+        (5, RejectionKind::DeadlineExceeded),
+        (13, RejectionKind::DeadlineExceeded),
+        (14, RejectionKind::AttemptTimeout),
+        (100, RejectionKind::AttemptTimeout),
+    ] {
+        let err = deadline::scope(Deadline::after(left * MS), svc.clone().oneshot(()))
+            .await
+            .unwrap_err();
+        assert_eq!(view(&err).0, kind, "{left} ms left");
+    }
+}

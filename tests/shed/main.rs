@@ -1880,8 +1880,8 @@ async fn a_refusal_holds_the_limit_and_a_drained_queue_renews_a_burst() {
 /// only 300 ms (it gives up on every slow call). The server stack with its
 /// defaults reads the slowdown as the dependency's at its first window and
 /// goes at once to what the window asked for (Little's law: the requests
-/// per second × the latency, and a quarter more), not by doublings from
-/// 20: 176 requests refused, all within the first window and a bit, where
+/// per second × the latency, and a quarter more, at most four times the
+/// limit), not by doublings from 20: 176 requests refused, all within the first window and a bit, where
 /// three doublings refused 268 over three windows.
 #[cfg(all(feature = "deadline", feature = "retry", feature = "circuit-breaker"))]
 #[tokio::test(start_paused = true)]
@@ -1945,8 +1945,9 @@ async fn a_short_slowdown_is_followed_in_one_window() {
             _ => None,
         })
         .collect();
+    // 87 asked; four times the limit at most.
     assert_eq!(
-        limits[0], 87,
+        limits[0], 80,
         "one step from 20 to what was asked: {limits:?}"
     );
 }
