@@ -40,6 +40,10 @@ pub enum Mode {
 pub enum Fallback {
     /// All such requests share one bucket with the layer's quota (or the one
     /// set with [`RateLimitLayerBuilder::fallback_quota`](super::RateLimitLayerBuilder::fallback_quota)) — the default.
+    /// The bucket is this instance's, with a Redis backend too: a fleet of
+    /// `n` instances admits keyless requests at `n` times the quota (in an
+    /// outside trial, two instances admitted 43.8 a second against a
+    /// tenant's 21.9); `fallback_quota` can divide it.
     #[default]
     SharedBucket,
     /// Reject them with [`RateLimited`](crate::error::RateLimited) (no

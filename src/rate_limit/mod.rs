@@ -53,7 +53,11 @@
 //!   client" runs this over real HTTP.
 //! - **Redis** (feature `redis`): the same layer backed by one GCRA Lua script
 //!   per request on Redis server time, with a failure policy and a per-call
-//!   timeout (see [`RedisBackend`]).
+//!   timeout (see [`RedisBackend`]; connect to one server with
+//!   [`RedisBackend::connect`]`(url).await?`, which starts without Redis
+//!   and reconnects within a probe; to a cluster with
+//!   [`RedisBackend::cluster`]). Keys live in Redis; keyless requests keep
+//!   a bucket per instance ([`Fallback::SharedBucket`]).
 //!
 //! # Example
 //!

@@ -1173,3 +1173,146 @@ async fn a_cluster_down_at_start_does_not_stop_the_service() {
         "the fleet quota through Redis: {later}"
     );
 }
+
+/// The state changes a recorder saw, in order.
+fn state_changes(recorder: &Recorder) -> Vec<(State, State)> {
+    recorder
+        .events()
+        .into_iter()
+        .filter_map(|e| match e.kind {
+            EventKind::StateChanged { from, to, .. } => Some((from, to)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Calls (fail-closed, so that Redis decides every admission) every 60 ms
+/// until one is admitted through Redis; how many rounds that took.
+async fn rounds_until_admitted<S>(svc: &mut S, most: u64) -> Option<u64>
+where
+    S: Service<u64, Response = u64, Error = BoxError>,
+{
+    for i in 0..most {
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        if call(svc, i).await.is_ok() {
+            return Some(i + 1);
+        }
+    }
+    None
+}
+
+/// `RedisBackend::connect`: the service starts while Redis is down (the
+/// limiter degraded, its policy applied), and uses Redis as soon as it is
+/// up; after Redis was down for 3 s and restarts, within a few reconnect
+/// waits of 100 ms at most. (The `redis` crate's default connection backs off up to 3.2 s: an
+/// outside trial saw a restarted Redis used again only 4.5 s after it came
+/// back, every tenant unlimited meanwhile.)
+#[tokio::test]
+async fn connect_starts_with_redis_down_and_follows_a_restart() {
+    if !redis_available() {
+        return;
+    }
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap();
+    let recorder = Recorder::new();
+    let backend = RedisBackend::connect(&format!("redis://127.0.0.1:{port}/"))
+        .await
+        .expect("no connection is made yet")
+        .probe_interval(Duration::from_millis(50))
+        .on_failure(FailurePolicy::FailClosed);
+    let layer = RateLimitLayer::builder(Quota::per_minute(1000))
+        .observer(Observer::new(recorder.clone()))
+        .redis(backend)
+        .build()
+        .unwrap();
+    let mut svc = layer.layer(echo());
+    assert!(call(&mut svc, 0).await.is_err(), "Redis down: fail closed");
+    assert_eq!(
+        state_changes(&recorder),
+        vec![(State::Healthy, State::Degraded)]
+    );
+    let mut server = RedisServer::start_on(port).unwrap();
+    let up = rounds_until_admitted(&mut svc, 30).await;
+    assert!(up.is_some(), "Redis used once it is up");
+    server.kill();
+    drop(server);
+    // Down for 3 s, called all along.
+    for i in 0..50 {
+        assert!(call(&mut svc, i).await.is_err(), "Redis down again");
+        tokio::time::sleep(Duration::from_millis(60)).await;
+    }
+    let _server = RedisServer::start_on(port).unwrap();
+    let back = rounds_until_admitted(&mut svc, 30).await;
+    println!("Redis used {up:?} and {back:?} rounds of 60 ms after it came up");
+    assert!(back.is_some_and(|n| n <= 10), "{back:?} rounds");
+    assert_eq!(
+        state_changes(&recorder),
+        vec![
+            (State::Healthy, State::Degraded),
+            (State::Degraded, State::Healthy),
+            (State::Healthy, State::Degraded),
+            (State::Degraded, State::Healthy)
+        ]
+    );
+}
+
+#[test]
+fn connect_refuses_a_url_that_is_not_redis() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let err = rt
+        .block_on(RedisBackend::connect("http://example"))
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("invalid rate_limit configuration: invalid Redis URL \"http://example\""),
+        "{err}"
+    );
+}
+
+/// While failing open, no limit is kept, and the answers say none: no
+/// `RateLimit` fields (they said the whole quota was left, on every
+/// answer). Through Redis, they count down.
+#[tokio::test]
+async fn failing_open_sends_no_ratelimit_fields() {
+    use seawall::rate_limit::headers::IetfHeaders;
+    let Some(mut server) = RedisServer::start() else {
+        return;
+    };
+    let layer = RateLimitLayer::builder(Quota::per_minute(10))
+        .redis(RedisBackend::new(server.connection().await).timeout(Duration::from_millis(100)))
+        .response_headers(IetfHeaders::default())
+        .build()
+        .unwrap();
+    let svc = layer.layer(tower::service_fn(|_: http::Request<()>| {
+        std::future::ready(Ok::<_, Infallible>(http::Response::new(())))
+    }));
+    async fn fields<S>(svc: &S) -> (Option<String>, bool)
+    where
+        S: Service<http::Request<()>, Response = http::Response<()>, Error = BoxError> + Clone,
+    {
+        let res = svc.clone().oneshot(http::Request::new(())).await.unwrap();
+        (
+            res.headers()
+                .get("ratelimit")
+                .map(|v| v.to_str().unwrap().to_owned()),
+            res.headers().contains_key("ratelimit-policy"),
+        )
+    }
+    assert_eq!(
+        fields(&svc).await,
+        (Some("\"default\";r=9;t=6".to_owned()), true)
+    );
+    assert_eq!(
+        fields(&svc).await,
+        (Some("\"default\";r=8;t=12".to_owned()), true)
+    );
+    server.kill();
+    for _ in 0..3 {
+        assert_eq!(fields(&svc).await, (None, false));
+    }
+}
