@@ -1612,50 +1612,36 @@ async fn the_deadline_rule_ignores_only_the_requests_own_deadline() {
     );
     assert_eq!(handle.metrics().failures, 10);
 
-    // A 200 ms deadline below the breaker ends hanging calls while the
-    // request's 2 s have 1.8 s to go: each is the dependency's failure.
-    let layer = breaker();
-    let handle = layer.handle();
+    // A 200 ms deadline below the breaker ends ten hanging calls under a
+    // request deadline of `budget`: the breaker's state and failures.
     let below = DeadlineLayer::new(Duration::from_millis(200)).unwrap();
-    let svc = layer.layer(below.layer(service_fn(|_: ()| async {
-        std::future::pending::<Result<(), BoxError>>().await
-    })));
-    for _ in 0..10 {
-        let err = scope(
-            Deadline::after(Duration::from_secs(2)),
-            svc.clone().oneshot(()),
-        )
-        .await
-        .unwrap_err();
-        assert_eq!(
-            rejection_of(&err).unwrap().kind(),
-            RejectionKind::DeadlineExceeded
-        );
-    }
-    assert_eq!(handle.metrics().failures, 10);
-    assert_eq!(handle.state(), State::Open);
-
-    // The same deadline ended by the request's own deadline (100 ms, under
-    // the 200 ms below): not the dependency's failure, not counted.
-    let layer = breaker();
-    let handle = layer.handle();
-    let svc = layer.layer(below.layer(service_fn(|_: ()| async {
-        std::future::pending::<Result<(), BoxError>>().await
-    })));
-    for _ in 0..10 {
-        let err = scope(
-            Deadline::after(Duration::from_millis(100)),
-            svc.clone().oneshot(()),
-        )
-        .await
-        .unwrap_err();
-        assert_eq!(
-            rejection_of(&err).unwrap().kind(),
-            RejectionKind::DeadlineExceeded
-        );
-    }
-    assert_eq!(handle.metrics().failures, 0);
-    assert_eq!(handle.state(), State::Closed);
+    let hung_below = |budget: Duration| {
+        let layer = breaker();
+        let handle = layer.handle();
+        let svc = layer.layer(below.layer(service_fn(|_: ()| async {
+            std::future::pending::<Result<(), BoxError>>().await
+        })));
+        async move {
+            for _ in 0..10 {
+                let err = scope(Deadline::after(budget), svc.clone().oneshot(()))
+                    .await
+                    .unwrap_err();
+                assert_eq!(
+                    rejection_of(&err).unwrap().kind(),
+                    RejectionKind::DeadlineExceeded
+                );
+            }
+            (handle.state(), handle.metrics().failures)
+        }
+    };
+    // The request's 2 s have 1.8 s to go: each is the dependency's failure.
+    assert_eq!(hung_below(Duration::from_secs(2)).await, (State::Open, 10));
+    // Ended by the request's own 100 ms, under the 200 ms below: not the
+    // dependency's failure, not counted.
+    assert_eq!(
+        hung_below(Duration::from_millis(100)).await,
+        (State::Closed, 0)
+    );
 }
 
 /// A dependency's answer to its deadline (a seawall server's 504, 10 ms

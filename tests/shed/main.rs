@@ -325,6 +325,19 @@ fn sleeper() -> impl Service<u64, Response = u64, Error = Infallible, Future: Se
     })
 }
 
+/// The limits the adaptive limit changed to, in order (a stack's bulkhead
+/// reports its own limit too).
+fn adaptive_limits(rec: &Recorder) -> Vec<usize> {
+    rec.events()
+        .iter()
+        .filter(|e| e.layer == LayerKind::AdaptiveLimit)
+        .filter_map(|e| match e.kind {
+            EventKind::LimitChanged { to, .. } => Some(to),
+            _ => None,
+        })
+        .collect()
+}
+
 fn limit_changes(rec: &Recorder) -> Vec<(usize, usize)> {
     rec.events()
         .iter()
@@ -1936,15 +1949,7 @@ async fn a_short_slowdown_is_followed_in_one_window() {
     assert!(refused[7..].iter().all(|&r| r == 0), "none after 2 s of it");
     // The 1 s callers of the slowdown's last three seconds all answered.
     assert_eq!(ok[7..10], [160, 160, 160]);
-    let limits: Vec<usize> = rec
-        .events()
-        .iter()
-        .filter(|e| e.layer == LayerKind::AdaptiveLimit)
-        .filter_map(|e| match e.kind {
-            EventKind::LimitChanged { to, .. } => Some(to),
-            _ => None,
-        })
-        .collect();
+    let limits = adaptive_limits(&rec);
     // 87 asked; four times the limit at most.
     assert_eq!(
         limits[0], 80,
@@ -2011,15 +2016,7 @@ async fn failed_answers_are_no_latency_samples() {
         .into_iter()
         .filter(|&own| own)
         .count();
-    let limits: Vec<usize> = rec
-        .events()
-        .iter()
-        .filter(|e| e.layer == LayerKind::AdaptiveLimit)
-        .filter_map(|e| match e.kind {
-            EventKind::LimitChanged { to, .. } => Some(to),
-            _ => None,
-        })
-        .collect();
+    let limits = adaptive_limits(&rec);
     println!("limits {limits:?}, refused by the front {refused}");
     // Taken as samples, the window's latency (81 ms on average) read as a
     // queue: the limit was cut to 10 and crept back, 490 refused.
