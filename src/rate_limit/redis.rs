@@ -165,9 +165,11 @@ impl RedisBackend {
     /// (`"redis://10.0.0.7:6379/"`), on a connection made for a rate
     /// limiter: the way to connect to one Redis server.
     ///
-    /// - No connection is made now: a Redis that is down when the service
-    ///   starts leaves the limiter degraded (its [`FailurePolicy`] applies)
-    ///   until Redis answers a probe.
+    /// - No connection is made now: the service starts while Redis is
+    ///   down. The first request that finds it down waits out the
+    ///   limiter's [`timeout`](Self::timeout) (about 50 to 100 ms) and the
+    ///   limiter is degraded (its [`FailurePolicy`] applies) until Redis
+    ///   answers a probe.
     /// - `TCP_NODELAY`: without it a request and its answer can wait on
     ///   each other's acknowledgement; in an outside trial, a Redis 30 ms
     ///   away (well under the 50 ms timeout) timed out so often that a
