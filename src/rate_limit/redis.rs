@@ -73,7 +73,9 @@ pub enum FailurePolicy {
 /// Every instance whose layer uses the same Redis, the same key
 /// [`prefix`](RedisBackend::prefix) and the same quota enforces one shared
 /// limit. Each request costs exactly one round trip (`EVALSHA` of a GCRA Lua
-/// script; the very first call per connection may add one `EVAL` to load it),
+/// script; the first call, a probe, and the first call after a failure
+/// send the script itself with `EVAL`, which caches it, so that a Redis
+/// that forgot its scripts costs no second round trip),
 /// bounded by [`timeout`](RedisBackend::timeout). On an error or a timeout the
 /// layer reports [`EventKind::BackendError`] (`backend: "redis"`, cause
 /// `"timeout"`, `"connection"`, `"protocol"` or `"error"`), switches
@@ -322,6 +324,12 @@ const CLUSTER_SLOTS: usize = 16_384;
 pub(crate) struct RedisState {
     conn: Conn,
     script: Arc<Script>,
+    /// Whether Redis answered the script since the last failed call: until
+    /// it has, calls send the script itself (`EVAL`, one round trip that
+    /// caches it) rather than its hash (`EVALSHA`, then `EVAL` on
+    /// `NOSCRIPT`: two round trips, which a Redis a few tens of ms away
+    /// could not make within the timeout).
+    script_known: Arc<AtomicBool>,
     prefix: Vec<u8>,
     timeout: Duration,
     probe_interval: Duration,
@@ -385,6 +393,7 @@ impl RedisState {
         };
         Ok(RedisState {
             script: Arc::new(Script::new(GCRA_LUA)),
+            script_known: Arc::new(AtomicBool::new(false)),
             prefix: b.prefix.into_bytes(),
             timeout: b.timeout,
             probe_interval: b.probe_interval,
@@ -465,6 +474,7 @@ impl RedisState {
 
     pub(crate) fn call(&self, k: Vec<u8>, slot: usize, cost: u32, probe: bool) -> RedisCall {
         let script = self.script.clone();
+        let known = self.script_known.clone();
         let conn = self.conn.clone();
         let period = self.period_us;
         let burst = self.quota.burst_size();
@@ -483,10 +493,17 @@ impl RedisState {
                     .arg(cost);
                 cmd
             };
-            let evalsha = call("EVALSHA", script.get_hash());
             let eval = call("EVAL", GCRA_LUA);
-            match conn {
-                Conn::Single(mut c) => run(&mut c, &evalsha, &eval).await,
+            // A probe, or the first call since a failure (a restarted
+            // Redis has forgotten its scripts): the script itself.
+            let first = if probe || !known.load(Ordering::Acquire) {
+                None
+            } else {
+                Some(call("EVALSHA", script.get_hash()))
+            };
+            let evalsha = first.as_ref();
+            let result = match conn {
+                Conn::Single(mut c) => run(&mut c, evalsha, &eval).await,
                 Conn::Cluster(cluster) => {
                     let current = cluster.conn.load_full();
                     // A probe of a degraded slot connects anew first (in
@@ -501,9 +518,11 @@ impl RedisState {
                         )));
                     };
                     let mut c = ClusterConnection::clone(&current);
-                    run(&mut c, &evalsha, &eval).await
+                    run(&mut c, evalsha, &eval).await
                 }
-            }
+            };
+            known.store(result.is_ok(), Ordering::Release);
+            result
         });
         RedisCall {
             fut,
@@ -708,12 +727,16 @@ fn cluster_slot(key: &[u8]) -> u16 {
     crc % CLUSTER_SLOTS as u16
 }
 
-/// `evalsha`, or `eval` if the node does not know the script.
+/// `evalsha`, or `eval` if there is none or the node does not know the
+/// script.
 async fn run(
     conn: &mut impl redis::aio::ConnectionLike,
-    evalsha: &redis::Cmd,
+    evalsha: Option<&redis::Cmd>,
     eval: &redis::Cmd,
 ) -> RedisResult<Vec<i64>> {
+    let Some(evalsha) = evalsha else {
+        return eval.query_async(conn).await;
+    };
     match evalsha.query_async(conn).await {
         Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
             eval.query_async(conn).await

@@ -315,10 +315,19 @@ async fn one_redis_round_trip_per_request() {
         .build()
         .unwrap();
     let mut svc = layer.layer(echo());
-    // Warm up: the first call loads the script (EVALSHA → NOSCRIPT → EVAL).
-    assert!(call(&mut svc, 0).await.is_ok());
-
     let mut probe = server.connection().await;
+    // The first call sends the script itself (one EVAL, which caches it),
+    // not its hash first (EVALSHA → NOSCRIPT → EVAL: two round trips).
+    assert!(call(&mut svc, 0).await.is_ok());
+    assert_eq!(
+        (
+            info_field(&mut probe, "commandstats", "cmdstat_eval").await,
+            info_field(&mut probe, "commandstats", "cmdstat_evalsha").await
+        ),
+        (1, 0),
+        "one EVAL, no EVALSHA"
+    );
+
     let script_cmds = ["cmdstat_time", "cmdstat_get", "cmdstat_set"];
     let mut inner_before = 0;
     for c in script_cmds {
