@@ -613,13 +613,9 @@ impl Core {
     ) {
         let d = self.open_duration(control);
         control.trips = control.trips.saturating_add(1);
-        self.open_nanos.store(
-            i64::try_from(d.as_nanos()).unwrap_or(i64::MAX),
-            Ordering::Relaxed,
-        );
-        let until = self
-            .nanos(now)
-            .saturating_add(i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
+        let d = i64::try_from(d.as_nanos()).unwrap_or(i64::MAX);
+        self.open_nanos.store(d, Ordering::Relaxed);
+        let until = self.nanos(now).saturating_add(d);
         self.open_until.store(until, Ordering::Release);
         self.consecutive.store(0, Ordering::Release);
         self.word

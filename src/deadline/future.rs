@@ -264,7 +264,8 @@ fn expired(layer: LayerKind, shared: Option<&Shared>, cut_short: bool) -> BoxErr
         // here; should it, the call still ends as a deadline's.
         return crate::error::DeadlineExceeded::before_sending("deadline").into();
     };
-    if cut_short || layer == LayerKind::Deadline {
+    // (A deadline's own future is always `cut_short`.)
+    if cut_short {
         return reject_deadline(layer, shared, TIMED_OUT);
     }
     shared.observer.emit(

@@ -59,10 +59,9 @@ use crate::error::ConfigError;
 ///    included, × the latency, and a quarter more: Little's law; at most
 ///    four times itself, as a refused request that came back is counted
 ///    again), or to twice itself if that is more, and it grows ×2 per
-///    window while it is
-///    reached, until
-///    the first sign of queueing: a handler that waits on a dependency 60
-///    times slower needs 60 times the calls in flight. After the second
+///    window while it is reached, until the first sign of queueing: a
+///    handler that waits on a dependency 60 times slower needs 60 times
+///    the calls in flight. After the second
 ///    kind of evidence (cuts undone), which a service of limited workers
 ///    that got slower gives as well, it grows so only if no queue of ours
 ///    showed in the last `drain_every` windows (a drain or a cut that
@@ -339,9 +338,8 @@ impl LimitAlgorithm for QueueDelay {
                 // still holds calls from before the slowdown: a dependency
                 // 80 times slower at 200 requests a second needs 80 in
                 // flight, reached in one window instead of three doublings
-                // from 20).
-                // (At most four times the limit: refused requests that
-                // came back are counted each time.)
+                // from 20), at most four times the limit (refused requests
+                // that came back are counted each time).
                 let asked = sample
                     .asked_per_sec()
                     .map_or(0.0, |r| (1.25 * r * rtt / 1e9).ceil());
