@@ -110,6 +110,28 @@ macro_rules! assert_hint {
     }};
 }
 
+/// A breaker with the defaults but a window of the last `n` calls, judged
+/// once it holds all `n`.
+fn judged_over(n: u32) -> CircuitBreakerLayer {
+    CircuitBreakerLayer::builder()
+        .window(SlidingWindow::count(n))
+        .minimum_calls(n)
+        .build()
+        .unwrap()
+}
+
+/// A breaker opened by `in_a_row` failures in a row, for a steady 100 ms,
+/// with one probe.
+fn one_probe_every_100ms(in_a_row: u32) -> CircuitBreakerLayer {
+    CircuitBreakerLayer::builder()
+        .consecutive_failures_only(in_a_row)
+        .permitted_calls_in_half_open(1)
+        .open_duration(Duration::from_millis(100))
+        .open_multiplier(1.0)
+        .build()
+        .unwrap()
+}
+
 fn transitions(rec: &Recorder) -> Vec<(State, State)> {
     rec.events()
         .into_iter()
@@ -244,11 +266,7 @@ async fn slow_calls_trip_with_zero_errors() {
 /// time from the call that opened it, and turns half-open exactly then.
 #[tokio::test(start_paused = true)]
 async fn by_default_no_call_is_slow_and_the_open_time_runs_from_the_trip() {
-    let layer = CircuitBreakerLayer::builder()
-        .window(SlidingWindow::count(4))
-        .minimum_calls(4)
-        .build()
-        .unwrap();
+    let layer = judged_over(4);
     let handle = layer.handle();
     let mut svc = wrap(&layer);
     // Two hours each, and every one of them a success.
@@ -284,13 +302,7 @@ async fn by_default_no_call_is_slow_and_the_open_time_runs_from_the_trip() {
 #[tokio::test(start_paused = true)]
 async fn a_stuck_probe_lets_one_more_through_after_an_open_time() {
     let ms = Duration::from_millis;
-    let layer = CircuitBreakerLayer::builder()
-        .consecutive_failures_only(2)
-        .permitted_calls_in_half_open(1)
-        .open_duration(ms(100))
-        .open_multiplier(1.0)
-        .build()
-        .unwrap();
+    let layer = one_probe_every_100ms(2);
     let handle = layer.handle();
     let mut svc = wrap(&layer);
     call(&mut svc, FAIL).await.unwrap_err();
@@ -332,13 +344,7 @@ async fn a_stuck_probe_lets_one_more_through_after_an_open_time() {
 async fn late_probes_go_one_per_open_time() {
     let ms = Duration::from_millis;
     let calls = Arc::new(AtomicUsize::new(0));
-    let layer = CircuitBreakerLayer::builder()
-        .consecutive_failures_only(1)
-        .permitted_calls_in_half_open(1)
-        .open_duration(ms(100))
-        .open_multiplier(1.0)
-        .build()
-        .unwrap();
+    let layer = one_probe_every_100ms(1);
     let handle = layer.handle();
     let mut svc = layer.layer(backend(calls.clone()));
     call(&mut svc, FAIL).await.unwrap_err();
@@ -752,11 +758,7 @@ async fn initial_state_is_reported_once_per_layer() {
 
 #[tokio::test(start_paused = true)]
 async fn rejections_from_layers_below_count_as_failures() {
-    let layer = CircuitBreakerLayer::builder()
-        .window(SlidingWindow::count(4))
-        .minimum_calls(4)
-        .build()
-        .unwrap();
+    let layer = judged_over(4);
     let handle = layer.handle();
     let mut svc = layer.layer(service_fn(|timeout: bool| async move {
         if timeout {
@@ -1000,11 +1002,7 @@ async fn an_ignored_probe_frees_its_slot_without_counting() {
 
 #[tokio::test(start_paused = true)]
 async fn clones_and_services_of_one_layer_share_one_breaker() {
-    let layer = CircuitBreakerLayer::builder()
-        .window(SlidingWindow::count(2))
-        .minimum_calls(2)
-        .build()
-        .unwrap();
+    let layer = judged_over(2);
     let mut a = wrap(&layer);
     let mut b = a.clone();
     let mut c = wrap(&layer);
@@ -1578,13 +1576,7 @@ async fn a_retune_changes_thresholds_and_open_time_and_keeps_the_state() {
 #[tokio::test(start_paused = true)]
 async fn the_deadline_rule_ignores_only_the_requests_own_deadline() {
     use seawall::deadline::{Deadline, DeadlineLayer, scope};
-    let breaker = || {
-        CircuitBreakerLayer::builder()
-            .window(SlidingWindow::count(10))
-            .minimum_calls(10)
-            .build()
-            .unwrap()
-    };
+    let breaker = || judged_over(10);
 
     // A dependency that refuses at once, called with 15 ms budgets: every
     // failure comes back with 15 ms left, and every one is counted.
