@@ -220,7 +220,11 @@ where
                 // No estimate yet: no hedge.
                 return Poll::Pending;
             };
-            let at = *this.last_sent + delay;
+            let Some(at) = this.last_sent.checked_add(delay) else {
+                // A delay past the clock's range: no hedge.
+                stop(this.stopped, this.service);
+                return Poll::Pending;
+            };
             match this.sleep.as_mut().as_pin_mut() {
                 Some(sleep) => {
                     if sleep.deadline() != at {
@@ -235,9 +239,11 @@ where
                 }
             }
             // A hedge that cannot get as long as the request waited before
-            // it is not worth its load.
-            if crate::deadline::current().is_some_and(|d| d.remaining() < delay) {
-                *this.stopped = true;
+            // it (since its first copy went, at the instant the timer fired)
+            // is not worth its load.
+            let waited = at.saturating_duration_since(*this.first_started);
+            if crate::deadline::current().is_some_and(|d| d.remaining() < waited) {
+                stop(this.stopped, this.service);
                 return Poll::Pending;
             }
             let Some(service) = this.service.as_mut() else {
@@ -247,7 +253,7 @@ where
             match service.poll_ready(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Err(_)) => {
-                    *this.stopped = true;
+                    stop(this.stopped, this.service);
                     return Poll::Pending;
                 }
                 Poll::Ready(Ok(())) => {}
@@ -258,7 +264,9 @@ where
                     shared.name.as_str(),
                     EventKind::BudgetExhausted,
                 );
-                *this.stopped = true;
+                // The copy made ready gives its place back (a `Buffer`'s
+                // slot, a bulkhead's permit) now, not when the request ends.
+                stop(this.stopped, this.service);
                 return Poll::Pending;
             };
             let attempt = *this.sent + 1;
@@ -275,7 +283,7 @@ where
                     Some(r) => r,
                     None => {
                         shared.budget.refund(withdrawal);
-                        *this.stopped = true;
+                        stop(this.stopped, this.service);
                         return Poll::Pending;
                     }
                 },
@@ -302,4 +310,11 @@ where
             *this.last_sent = now;
         }
     }
+}
+
+/// No more hedges for this request: the service copy it kept for them is
+/// dropped, and with it any place its readiness reserved.
+fn stop<S>(stopped: &mut bool, service: &mut Option<S>) {
+    *stopped = true;
+    *service = None;
 }

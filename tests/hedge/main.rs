@@ -310,6 +310,121 @@ async fn cancelled_hedges_are_neither_failures_nor_successes_to_the_breaker_belo
     );
 }
 
+/// A service whose `poll_ready` reserves a place until `call` uses it or
+/// the copy is dropped, as tower's `Buffer` and a bulkhead in backpressure
+/// mode do; counts the places reserved and not used.
+struct Reserving {
+    backend: Backend,
+    reserved: Arc<AtomicU32>,
+    holds: bool,
+}
+
+impl Clone for Reserving {
+    fn clone(&self) -> Self {
+        Reserving {
+            backend: self.backend.clone(),
+            reserved: self.reserved.clone(),
+            holds: false,
+        }
+    }
+}
+
+impl Drop for Reserving {
+    fn drop(&mut self) {
+        if self.holds {
+            self.reserved.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+impl Service<u64> for Reserving {
+    type Response = u64;
+    type Error = BoxError;
+    type Future = <Backend as Service<u64>>::Future;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        if !self.holds {
+            self.holds = true;
+            self.reserved.fetch_add(1, Ordering::SeqCst);
+        }
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: u64) -> Self::Future {
+        assert!(self.holds, "called without poll_ready");
+        self.holds = false;
+        self.reserved.fetch_sub(1, Ordering::SeqCst);
+        self.backend.call(req)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hedge_the_budget_refuses_gives_the_place_it_reserved_back_at_once() {
+    let backend = Backend::new(|_| 300 * MS);
+    let reserved = Arc::new(AtomicU32::new(0));
+    let rec = Recorder::new();
+    let hedge = HedgeLayer::builder()
+        .delay(20 * MS)
+        .budget(seawall::retry::RetryBudget::new(0.0, 0, Duration::from_secs(10)).unwrap())
+        .observer(Observer::from(rec.clone()))
+        .build()
+        .unwrap();
+    let mut svc = hedge.layer(Reserving {
+        backend: backend.clone(),
+        reserved: reserved.clone(),
+        holds: false,
+    });
+    let call = svc.ready().await.unwrap().call(3);
+    assert_eq!(reserved.load(Ordering::SeqCst), 0);
+    let watch = async {
+        // The hedge's timer fired at 20 ms and the budget said no.
+        tokio::time::sleep(30 * MS).await;
+        reserved.load(Ordering::SeqCst)
+    };
+    let (answer, held) = tokio::join!(call, watch);
+    assert_eq!(answer.unwrap(), 3);
+    assert_eq!(
+        held, 0,
+        "the refused hedge's copy kept its place for the whole request"
+    );
+    assert_eq!(backend.calls(), 1);
+    assert!(
+        rec.events()
+            .iter()
+            .any(|e| matches!(e.kind, EventKind::BudgetExhausted))
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_later_hedge_needs_as_long_as_the_request_has_waited_and_a_huge_delay_sends_none() {
+    // Every call takes 500 ms; hedges every 20 ms, three copies at most.
+    // With 70 ms: the second copy goes at 20 ms (50 ms left, 20 waited); at
+    // 40 ms the request has waited 40 ms and 30 ms are left: no third.
+    let backend = Backend::new(|_| 500 * MS);
+    let hedge = HedgeLayer::builder()
+        .delay(20 * MS)
+        .max_attempts(3)
+        .budget_ratio(1.0)
+        .build()
+        .unwrap();
+    let mut svc = DeadlineLayer::new(70 * MS)
+        .unwrap()
+        .layer(hedge.layer(backend.clone()));
+    let err = svc.ready().await.unwrap().call(1).await.unwrap_err();
+    assert!(err.to_string().contains("deadline"), "{err}");
+    assert_eq!(backend.calls(), 2, "a third copy was sent with 30 ms left");
+
+    // A delay past the clock's range: no hedge, no panic.
+    let backend = Backend::new(|_| 10 * MS);
+    let hedge = HedgeLayer::builder().delay(Duration::MAX).build().unwrap();
+    let mut svc = hedge.layer(backend.clone());
+    assert_eq!(svc.ready().await.unwrap().call(4).await.unwrap(), 4);
+    assert_eq!(backend.calls(), 1);
+}
+
 #[test]
 fn the_settings_are_checked_when_built() {
     assert!(HedgeLayer::builder().max_attempts(1).build().is_err());
