@@ -182,7 +182,7 @@ pin_project! {
 impl<F: Future, X: Expiry> State<F, X> {
     #[inline]
     pub(crate) fn poll_state<T, E>(
-        self: Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         layer: LayerKind,
     ) -> Poll<Result<T, BoxError>>
@@ -190,7 +190,7 @@ impl<F: Future, X: Expiry> State<F, X> {
         F: Future<Output = Result<T, E>>,
         E: Into<BoxError>,
     {
-        match self.project() {
+        let (error, own_timeout) = match self.as_mut().project() {
             StateProj::Running {
                 inner,
                 sleep,
@@ -222,14 +222,18 @@ impl<F: Future, X: Expiry> State<F, X> {
                 if !X::fired(sleep, deadline.instant(), cx) {
                     return Poll::Pending;
                 }
-                Poll::Ready(Err(expired(
-                    layer,
-                    X::kept(shared).map(sealed::Kept::get),
-                    *cut_short,
-                )))
+                let error = expired(layer, X::kept(shared).map(sealed::Kept::get), *cut_short);
+                (error, layer == LayerKind::AttemptTimeout && !*cut_short)
             }
-            StateProj::Rejected { error } => crate::error::poll_rejected(error),
+            StateProj::Rejected { error } => return crate::error::poll_rejected(error),
+        };
+        if own_timeout {
+            // The attempt's own timer ended the call: it is dropped now,
+            // with the note that says so to an endpoint below (its
+            // ejection counts a failure to answer in time).
+            super::drop_timed_out(|| self.set(State::Rejected { error: None }));
         }
+        Poll::Ready(Err(error))
     }
 }
 

@@ -331,6 +331,37 @@ pub(crate) fn cut_short(deadline: Deadline) -> bool {
     CUT_SHORT.with(|c| c.get() == Some(deadline.instant()))
 }
 
+thread_local! {
+    /// Set while an attempt timeout drops the call its own timer ended (see
+    /// [`drop_timed_out`]).
+    static TIMED_OUT_DROP: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `drop`, which drops the inner call of an attempt that its own
+/// timeout ended, with a note on this thread that the call is dropped for
+/// that reason: a layer below whose future goes with it (an endpoint's
+/// ejection) reads the note as the endpoint's failure to answer in time, not
+/// as a caller that went away.
+#[cfg_attr(not(feature = "deadline"), allow(dead_code))]
+#[cold]
+pub(crate) fn drop_timed_out(drop: impl FnOnce()) {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            TIMED_OUT_DROP.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(TIMED_OUT_DROP.with(|c| c.replace(true)));
+    drop();
+}
+
+/// Whether the future being dropped now goes because an attempt timeout
+/// above ended its call (see [`drop_timed_out`]).
+#[cfg_attr(not(feature = "eject"), allow(dead_code))]
+pub(crate) fn dropping_timed_out() -> bool {
+    TIMED_OUT_DROP.with(|c| c.get())
+}
+
 /// Runs `f` with `deadline` as the [`current()`] deadline.
 #[inline]
 pub fn sync_scope<R>(deadline: Deadline, f: impl FnOnce() -> R) -> R {

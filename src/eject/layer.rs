@@ -235,7 +235,10 @@ impl<C> EjectionLayerBuilder<C> {
     }
 
     /// An endpoint whose success rate is more than `factor` standard
-    /// deviations below the set's mean is ejected (default 1.9, Envoy's).
+    /// deviations below the set's mean, and at least 5 points below it, is
+    /// ejected (default 1.9, Envoy's). The 5 points keep a healthy set
+    /// whole: among endpoints that failed nothing, one with a single
+    /// failure is always √(n − 1) deviations below (2 for five endpoints).
     pub fn success_rate_stdev_factor(mut self, factor: f64) -> Self {
         self.common.settings.success_rate_stdev_factor = factor;
         self
@@ -296,8 +299,11 @@ impl<C> EjectionLayerBuilder<C> {
                 s.max_ejected_percent
             ));
         }
-        if s.interval.is_zero() {
-            return err("interval must be above zero".into());
+        if s.interval.is_zero() || s.success_rate_volume == 0 || s.success_rate_min_hosts == 0 {
+            return err(format!(
+                "interval, min_calls and min_endpoints must be above zero, got {:?}, {} and {}",
+                s.interval, s.success_rate_volume, s.success_rate_min_hosts
+            ));
         }
         if s.latency_factor.is_some_and(|f| f.is_nan() || f <= 1.0) {
             return err(format!(

@@ -51,15 +51,25 @@
 //! - **Failures in a row**: 5 remote failures in a row eject an endpoint
 //!   ([`DEFAULT_CONSECUTIVE_FAILURES`]). A local refusal never counts; a
 //!   remote overload counts only with
-//!   [`count_overload`](EjectionLayerBuilder::count_overload).
+//!   [`count_overload`](EjectionLayerBuilder::count_overload). A call that
+//!   an attempt timeout above the balancer ends (seawall's
+//!   [`AttemptTimeoutLayer`](crate::deadline::AttemptTimeoutLayer), the
+//!   client stacks') is a failure too: an endpoint that hangs is ejected
+//!   after 5 of them. A call dropped for any other reason (the request's
+//!   deadline, a hedge that won, a caller that went) counts for nothing.
 //! - **Outliers** (every 10 s, among endpoints with 100 calls, when at least
 //!   5 have them): a success rate more than 1.9 standard deviations below the
-//!   set's mean; a mean latency above 5 times the set's median.
+//!   set's mean, and at least 5 points below it (one stray failure among
+//!   peers that failed nothing is not an outlier); a mean latency above 5
+//!   times the set's median.
 //! - **How long**: 5 s ([`DEFAULT_BASE_EJECTION`]); an endpoint that
 //!   offends again after coming back stays out `n` times as long the `n`-th
 //!   time, at most 300 s (each healthy interval forgives one).
 //! - **How many**: at most half of the set at once
 //!   ([`DEFAULT_MAX_EJECTED_PERCENT`]), at least one, never the last one.
+//!   An endpoint leaves the set when its service (every clone) is dropped,
+//!   even while its calls in flight run; if the endpoints left are all
+//!   ejected, their ejections end (the set always has one taking calls).
 //! - **Coming back**: when its time is over, an endpoint takes one probe
 //!   call; a success makes it healthy, a failure ejects it again for as
 //!   long (one call per ejection is all a dead endpoint costs, and it comes

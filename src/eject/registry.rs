@@ -34,6 +34,9 @@ pub(crate) struct Settings {
 #[derive(Debug, Default)]
 pub(crate) struct Slot {
     pub(crate) in_use: AtomicBool,
+    /// The endpoint's service is in the set (its calls in flight may keep
+    /// the slot in use after it left).
+    pub(crate) present: AtomicBool,
     pub(crate) state: AtomicU32,
     /// Nanoseconds since the registry's origin when the ejection ends.
     pub(crate) until: AtomicU64,
@@ -50,8 +53,8 @@ pub(crate) struct Slot {
 }
 
 impl Slot {
+    /// Empties the slot's history; its state is set by the caller.
     fn clear(&self) {
-        self.state.store(HEALTHY, Ordering::Relaxed);
         self.until.store(0, Ordering::Relaxed);
         self.consecutive.store(0, Ordering::Relaxed);
         self.times_ejected.store(0, Ordering::Relaxed);
@@ -88,7 +91,8 @@ pub(crate) struct Registry {
     pub(crate) settings: Settings,
     pub(crate) slots: Box<[Slot]>,
     pub(crate) origin: Instant,
-    /// Endpoints registered now.
+    /// Endpoints in the set now (registered, and their service not yet
+    /// dropped).
     pub(crate) active: AtomicU32,
     /// Endpoints ejected now (probing ones included: they serve one call).
     pub(crate) ejected: AtomicU32,
@@ -144,7 +148,11 @@ impl Registry {
                 .compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed)
                 .is_ok()
             {
+                // A sweep's ejection that came after the last endpoint here
+                // left is not this one's.
+                self.heal(slot);
                 slot.clear();
+                slot.present.store(true, Ordering::Release);
                 self.active.fetch_add(1, Ordering::AcqRel);
                 self.emit(i, State::Healthy, State::Healthy);
                 return Some(i);
@@ -153,15 +161,45 @@ impl Registry {
         None
     }
 
-    /// An endpoint left the set (its service was dropped).
+    /// An endpoint left the set (every clone of its service was dropped;
+    /// its calls in flight still hold the slot). It is no longer counted
+    /// among the set's endpoints, nor among its ejected ones; if every
+    /// endpoint left in the set is ejected, their ejections end: the set
+    /// is never without an endpoint taking calls (Envoy's panic mode).
+    pub(crate) fn leave(&self, i: usize) {
+        let slot = &self.slots[i];
+        slot.present.store(false, Ordering::Release);
+        self.heal(slot);
+        let active = self.active.fetch_sub(1, Ordering::AcqRel) - 1;
+        if active > 0 && self.ejected.load(Ordering::Acquire) >= active {
+            for (k, other) in self.slots.iter().enumerate() {
+                if other.present.load(Ordering::Acquire) && self.heal(other) {
+                    other.consecutive.store(0, Ordering::Relaxed);
+                    self.emit(k, State::Open, State::Healthy);
+                    other.waker.wake();
+                }
+            }
+        }
+    }
+
+    /// The slot's last holder went (the service and its calls in flight):
+    /// it is free for a new endpoint.
     pub(crate) fn release(&self, i: usize) {
         let slot = &self.slots[i];
-        if slot.state.load(Ordering::Acquire) != HEALTHY {
+        self.heal(slot);
+        slot.clear();
+        slot.in_use.store(false, Ordering::Release);
+    }
+
+    /// Sets a slot healthy, and takes it out of the ejected count if it
+    /// was in it (one swap: an ejection racing with it is counted once);
+    /// whether it was.
+    fn heal(&self, slot: &Slot) -> bool {
+        let was = slot.state.swap(HEALTHY, Ordering::AcqRel) != HEALTHY;
+        if was {
             self.ejected.fetch_sub(1, Ordering::AcqRel);
         }
-        slot.clear();
-        self.active.fetch_sub(1, Ordering::AcqRel);
-        slot.in_use.store(false, Ordering::Release);
+        was
     }
 
     fn emit(&self, i: usize, from: State, to: State) {
@@ -223,12 +261,19 @@ impl Registry {
     ) {
         let slot = &self.slots[i];
         if probe {
+            // Each from the probe's own state: an ejection ended meanwhile
+            // (the endpoint left, or the set had no other) stays ended.
             match failure {
                 Some(false) => {
                     slot.consecutive.store(0, Ordering::Relaxed);
-                    slot.state.store(HEALTHY, Ordering::Release);
-                    self.ejected.fetch_sub(1, Ordering::AcqRel);
-                    self.emit(i, State::HalfOpen, State::Healthy);
+                    if slot
+                        .state
+                        .compare_exchange(PROBE_SENT, HEALTHY, Ordering::AcqRel, Ordering::Acquire)
+                        .is_ok()
+                    {
+                        self.ejected.fetch_sub(1, Ordering::AcqRel);
+                        self.emit(i, State::HalfOpen, State::Healthy);
+                    }
                     slot.waker.wake();
                 }
                 Some(true) => {
@@ -240,7 +285,13 @@ impl Registry {
                     slot.offended.store(true, Ordering::Release);
                     slot.until
                         .store(self.nanos(now) + self.ejection_time(n), Ordering::Release);
-                    slot.state.store(EJECTED, Ordering::Release);
+                    if slot
+                        .state
+                        .compare_exchange(PROBE_SENT, EJECTED, Ordering::AcqRel, Ordering::Acquire)
+                        .is_err()
+                    {
+                        return;
+                    }
                     self.emit(i, State::HalfOpen, State::Open);
                     self.observer.emit(
                         LayerKind::Ejection,
@@ -323,6 +374,19 @@ impl Registry {
             self.ejected.fetch_sub(1, Ordering::AcqRel);
             return false;
         }
+        if !slot.present.load(Ordering::Acquire) {
+            // The endpoint left (while a sweep judged it, or with calls in
+            // flight): no ejection (if its slot is taken again meanwhile,
+            // the new endpoint's registration heals it).
+            if slot
+                .state
+                .compare_exchange(EJECTED, HEALTHY, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                self.ejected.fetch_sub(1, Ordering::AcqRel);
+            }
+            return false;
+        }
         let n = slot.times_ejected.fetch_add(1, Ordering::AcqRel) + 1;
         slot.offended.store(true, Ordering::Release);
         let time = self.ejection_time(n);
@@ -370,7 +434,7 @@ impl Registry {
             let calls = slot.calls.swap(0, Ordering::Relaxed);
             let ok = slot.successes.swap(0, Ordering::Relaxed);
             let lat = slot.latency_us.swap(0, Ordering::Relaxed);
-            if !slot.in_use.load(Ordering::Acquire)
+            if !slot.present.load(Ordering::Acquire)
                 || slot.state.load(Ordering::Acquire) != HEALTHY
                 || calls < u64::from(s.success_rate_volume)
                 || n == SWEEP_MAX
@@ -380,13 +444,16 @@ impl Registry {
             stats[n] = (i, ok as f64 / calls as f64, lat as f64 / calls as f64);
             n += 1;
         }
-        if (n as u32) < s.success_rate_min_hosts {
+        if n == 0 || (n as u32) < s.success_rate_min_hosts {
             return;
         }
         let stats = &mut stats[..n];
         let mean = stats.iter().map(|x| x.1).sum::<f64>() / n as f64;
         let var = stats.iter().map(|x| (x.1 - mean).powi(2)).sum::<f64>() / n as f64;
-        let floor = mean - s.success_rate_stdev_factor * var.sqrt();
+        // Envoy's floor, and at least `SUCCESS_RATE_MIN_GAP` below the mean:
+        // among peers that failed nothing, one stray failure is always
+        // √(n − 1) deviations out (2 of them for five endpoints).
+        let floor = mean - (s.success_rate_stdev_factor * var.sqrt()).max(SUCCESS_RATE_MIN_GAP);
         for &(i, rate, _) in stats.iter() {
             if rate < floor {
                 self.eject(i, Why::SuccessRate, now);
@@ -399,7 +466,9 @@ impl Registry {
             }
             let means = &mut means[..n];
             means.sort_by(|a, b| a.total_cmp(b));
-            let median = means[n / 2];
+            // The lower middle: of two endpoints, the slower one is judged
+            // against the faster.
+            let median = means[(n - 1) / 2];
             for &(i, _, lat) in stats.iter() {
                 if median > 0.0 && lat > factor * median {
                     self.eject(i, Why::Latency, now);
@@ -411,6 +480,13 @@ impl Registry {
 
 /// The most endpoints one sweep compares (the first ones with volume).
 const SWEEP_MAX: usize = 256;
+
+/// The least an endpoint's success rate is below the set's mean to be an
+/// outlier: 5 points. Without it, an endpoint with one failure among peers
+/// with none is an outlier whatever its rate (five endpoints, one failure in
+/// 1000); one that fails 5 % more of its calls than the set costs its callers
+/// a retry each, less than its share moved onto the others.
+pub(crate) const SUCCESS_RATE_MIN_GAP: f64 = 0.05;
 
 #[cfg(test)]
 mod tests {
@@ -547,5 +623,105 @@ mod tests {
         for &i in &[ids[0], ids[3], ids[4], ids[5]] {
             assert_eq!(r.admit(i, later), Ok(false));
         }
+    }
+
+    /// Drives endpoint `i` through one interval's calls: `failures` of
+    /// `calls` failed, each taking `latency`.
+    fn interval_of(
+        r: &Registry,
+        i: usize,
+        calls: u32,
+        failures: u32,
+        latency: Duration,
+        t: Instant,
+    ) {
+        for call in 0..calls {
+            // Spread out: never `consecutive_failures` in a row.
+            let failure = failures > 0
+                && call % (calls / failures) == 0
+                && call / (calls / failures) < failures;
+            r.record(i, Some(failure), latency, false, t);
+        }
+    }
+
+    /// One failure in 1000 among peers that failed nothing is no outlier
+    /// (it is √4 = 2 deviations below their mean); 10 % is.
+    #[tokio::test(start_paused = true)]
+    async fn a_stray_failure_is_no_success_rate_outlier() {
+        for (failures, ejected) in [(1, false), (20, false), (100, true)] {
+            let (r, ids) = registry(5);
+            let t0 = crate::clock::now();
+            for (k, &i) in ids.iter().enumerate() {
+                interval_of(&r, i, 1000, if k == 0 { failures } else { 0 }, MS, t0);
+            }
+            let later = t0 + Duration::from_secs(10);
+            r.record(ids[4], Some(false), MS, false, later);
+            assert_eq!(
+                r.admit(ids[0], later).is_err(),
+                ejected,
+                "{failures} failures in 1000"
+            );
+        }
+    }
+
+    /// Of two endpoints (`min_endpoints` 2), the slower one is judged
+    /// against the faster one.
+    #[tokio::test(start_paused = true)]
+    async fn of_two_endpoints_the_slower_is_a_latency_outlier() {
+        let mut s = settings();
+        s.success_rate_min_hosts = 2;
+        let r = Registry::new(Name::from("pair"), Observer::default(), s, 2);
+        let ids: Vec<usize> = (0..2).map(|_| r.register().unwrap()).collect();
+        let t0 = crate::clock::now();
+        interval_of(&r, ids[0], 20, 0, MS, t0);
+        interval_of(&r, ids[1], 20, 0, 10 * MS, t0);
+        let later = t0 + Duration::from_secs(10);
+        r.record(ids[0], Some(false), MS, false, later);
+        assert!(matches!(r.admit(ids[1], later), Err(Some(_))), "slower one");
+        assert_eq!(r.admit(ids[0], later), Ok(false));
+    }
+
+    /// An endpoint that left the set (its calls in flight keep the slot) is
+    /// neither counted nor ejected; when every endpoint left is ejected,
+    /// their ejections end.
+    #[tokio::test(start_paused = true)]
+    async fn endpoints_that_left_do_not_count_and_the_set_keeps_one_taking_calls() {
+        let (r, ids) = registry(2);
+        let t0 = crate::clock::now();
+        r.leave(ids[1]);
+        assert_eq!(r.active.load(Ordering::Acquire), 1);
+        assert!(!r.eject(ids[0], Why::Consecutive, t0), "the last one stays");
+        assert!(!r.eject(ids[1], Why::Consecutive, t0), "it left");
+        assert_eq!(r.ejected.load(Ordering::Acquire), 0);
+        r.release(ids[1]);
+        assert_eq!(r.active.load(Ordering::Acquire), 1);
+
+        // Four, two ejected; the two healthy ones leave: the other two are
+        // back at once.
+        let (r, ids) = registry(4);
+        assert!(r.eject(ids[0], Why::Consecutive, t0));
+        assert!(r.eject(ids[1], Why::Consecutive, t0));
+        r.leave(ids[2]);
+        assert_eq!(
+            r.ejected.load(Ordering::Acquire),
+            2,
+            "one of three left taking calls"
+        );
+        r.leave(ids[3]);
+        assert_eq!(r.ejected.load(Ordering::Acquire), 0);
+        assert_eq!(r.admit(ids[0], t0), Ok(false));
+        assert_eq!(r.admit(ids[1], t0), Ok(false));
+        // A probe's answer after its ejection ended changes no count.
+        let (r, ids) = registry(3);
+        assert!(r.eject(ids[0], Why::Consecutive, t0));
+        let back = t0 + Duration::from_secs(5);
+        assert_eq!(r.admit(ids[0], back), Ok(true));
+        assert!(r.take_probe(ids[0]));
+        r.leave(ids[1]);
+        r.leave(ids[2]);
+        assert_eq!(r.ejected.load(Ordering::Acquire), 0);
+        r.record(ids[0], Some(true), MS, true, back);
+        assert_eq!(r.ejected.load(Ordering::Acquire), 0);
+        assert_eq!(r.admit(ids[0], back), Ok(false));
     }
 }

@@ -27,16 +27,37 @@ impl<C> Drop for SlotGuard<C> {
     }
 }
 
+/// The endpoint's place in the set, held by its service and every clone of
+/// it: when the last goes, the endpoint leaves the set (its calls in flight
+/// keep only the slot).
+struct Presence<C> {
+    slot: Arc<SlotGuard<C>>,
+}
+
+impl<C> Drop for Presence<C> {
+    fn drop(&mut self) {
+        if let Some(i) = self.slot.index {
+            self.slot.shared.registry.leave(i);
+        }
+    }
+}
+
+/// How often a clone of an endpoint that waits for the endpoint's probe
+/// looks again: the endpoint wakes one waiting clone when the probe ends,
+/// the last one that waited.
+const PROBE_RECHECK: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// One endpoint of a balanced set, watched for outliers (built by
 /// [`EjectionLayer`](super::EjectionLayer)).
 ///
 /// `poll_ready` reports `Pending` while the endpoint is ejected (a balancer
 /// such as `tower::balance::p2c` then picks among the others) and wakes the
 /// task when the ejection ends; back, it takes one probe call, and is
-/// healthy again if the probe succeeds. Clones share the endpoint.
+/// healthy again if the probe succeeds. Clones share the endpoint: it
+/// leaves the set when the last of them is dropped.
 pub struct Ejectable<S, C> {
     inner: S,
-    slot: Arc<SlotGuard<C>>,
+    presence: Arc<Presence<C>>,
     sleep: Option<Pin<Box<Sleep>>>,
     probing: bool,
 }
@@ -49,7 +70,9 @@ impl<S, C> Ejectable<S, C> {
         }
         Ejectable {
             inner,
-            slot: Arc::new(SlotGuard { shared, index }),
+            presence: Arc::new(Presence {
+                slot: Arc::new(SlotGuard { shared, index }),
+            }),
             sleep: None,
             probing: false,
         }
@@ -67,8 +90,9 @@ impl<S, C> Ejectable<S, C> {
 
     /// Whether the endpoint is ejected now (its probe in flight counts).
     pub fn is_ejected(&self) -> bool {
-        match self.slot.index {
-            Some(i) => self.slot.shared.registry.admit(i, clock::now()).is_err(),
+        let slot = &self.presence.slot;
+        match slot.index {
+            Some(i) => slot.shared.registry.admit(i, clock::now()).is_err(),
             None => false,
         }
     }
@@ -78,7 +102,7 @@ impl<S: Clone, C> Clone for Ejectable<S, C> {
     fn clone(&self) -> Self {
         Ejectable {
             inner: self.inner.clone(),
-            slot: self.slot.clone(),
+            presence: self.presence.clone(),
             sleep: None,
             probing: false,
         }
@@ -89,7 +113,7 @@ impl<S: fmt::Debug, C> fmt::Debug for Ejectable<S, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Ejectable")
             .field("inner", &self.inner)
-            .field("slot", &self.slot.index)
+            .field("slot", &self.presence.slot.index)
             .finish()
     }
 }
@@ -105,8 +129,8 @@ where
     type Future = ResponseFuture<S::Future, C>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        if let Some(i) = self.slot.index {
-            let registry = &self.slot.shared.registry;
+        if let Some(i) = self.presence.slot.index {
+            let registry = &self.presence.slot.shared.registry;
             let mut now = clock::now();
             loop {
                 match registry.admit(i, now) {
@@ -115,17 +139,31 @@ where
                         break;
                     }
                     Err(Some(until)) => {
+                        // Woken when its time is over, or when its ejection
+                        // ends early (no endpoint of the set left taking
+                        // calls).
+                        registry.slots[i].waker.register(cx.waker());
                         ready!(clock::poll_boxed_timer(&mut self.sleep, until, cx));
                         // The ejection is over: judged by `until`, not by an
                         // instant read before the timer fired.
                         now = now.max(until);
                     }
                     Err(None) => {
-                        // Its probe is in flight: woken when it ends.
+                        // Its probe is in flight: woken when it ends (this
+                        // clone, if it waited last; any other looks again
+                        // every `PROBE_RECHECK`).
                         registry.slots[i].waker.register(cx.waker());
-                        if registry.admit(i, clock::now()).is_err() {
-                            return Poll::Pending;
+                        now = clock::now();
+                        if registry.admit(i, now) != Err(None) {
+                            // It ended meanwhile.
+                            continue;
                         }
+                        let at = match &self.sleep {
+                            Some(sleep) if sleep.deadline() > now => sleep.deadline(),
+                            _ => now + PROBE_RECHECK,
+                        };
+                        ready!(clock::poll_boxed_timer(&mut self.sleep, at, cx));
+                        now = now.max(at);
                     }
                 }
             }
@@ -134,14 +172,15 @@ where
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
-        let probe = match (self.probing, self.slot.index) {
-            (true, Some(i)) => self.slot.shared.registry.take_probe(i),
+        let slot = &self.presence.slot;
+        let probe = match (self.probing, slot.index) {
+            (true, Some(i)) => slot.shared.registry.take_probe(i),
             _ => false,
         };
         self.probing = false;
         ResponseFuture {
             inner: self.inner.call(req),
-            slot: self.slot.index.map(|_| self.slot.clone()),
+            slot: slot.index.map(|_| slot.clone()),
             probe,
             start: clock::now(),
         }
@@ -162,11 +201,18 @@ pin_project! {
     impl<F, C> PinnedDrop for ResponseFuture<F, C> {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
-            // A probe dropped before its answer decides nothing.
-            if let (true, Some(slot)) = (*this.probe, this.slot.take()) {
-                if let Some(i) = slot.index {
-                    slot.shared.registry.record(i, None, std::time::Duration::ZERO, true, clock::now());
-                }
+            let Some(slot) = this.slot.take() else { return };
+            let Some(i) = slot.index else { return };
+            if crate::deadline::dropping_timed_out() {
+                // An attempt timeout above ended the call: the endpoint did
+                // not answer in time, a failure (a probe's too).
+                let now = clock::now();
+                let latency = crate::clock::elapsed(*this.start, now);
+                slot.shared.registry.record(i, Some(true), latency, *this.probe, now);
+            } else if *this.probe {
+                // A probe dropped for any other reason (its caller went, a
+                // hedge won) decides nothing.
+                slot.shared.registry.record(i, None, std::time::Duration::ZERO, true, clock::now());
             }
         }
     }

@@ -259,6 +259,57 @@ async fn a_replica_failing_a_fifth_of_its_calls_is_a_success_rate_outlier() {
     assert_eq!(reasons, vec!["success_rate"]);
 }
 
+/// A replica that hangs: the attempt timeout above the balancer ends its
+/// calls (dropping them), and those count as its failures: five in a row
+/// eject it, and its probe, ended the same way, sends it out again.
+#[tokio::test(start_paused = true)]
+async fn a_hung_replica_whose_calls_an_attempt_timeout_ends_is_ejected() {
+    let rec = Recorder::new();
+    let layer = EjectionLayer::builder()
+        .observer(Observer::from(rec.clone()))
+        .build()
+        .unwrap();
+    let replicas: Vec<Replica> = (0..4).map(|_| Replica::new()).collect();
+    replicas[2].latency_ms.store(3_600_000, Ordering::SeqCst); // an hour
+    let eps: Vec<_> = replicas.iter().map(|r| layer.layer(r.clone())).collect();
+    let balanced = Balance::new(PendingRequestsDiscover::new(
+        ServiceList::new(eps),
+        CompleteOnResponse::default(),
+    ));
+    let mut client = seawall::deadline::AttemptTimeoutLayer::new(200 * MS)
+        .unwrap()
+        .layer(balanced);
+    // 12 s at 100 calls a second.
+    let failed = drive(&mut client, 1_200, 10 * MS).await;
+    let hung_calls = replicas[2].calls.load(Ordering::SeqCst);
+    let ejections: Vec<(&str, Duration)> = rec
+        .events()
+        .iter()
+        .filter_map(|e| match e.kind {
+            EventKind::EndpointEjected { reason, duration } => Some((reason, duration)),
+            _ => None,
+        })
+        .collect();
+    println!("hung replica: {hung_calls} calls, {failed} timed out, ejections {ejections:?}");
+    // Out after five timed-out calls in a row; 5 s later its probe times
+    // out too and sends it out again for as long, twice in 12 s.
+    assert_eq!(
+        ejections,
+        vec![
+            ("consecutive_failures", Duration::from_secs(5)),
+            ("probe_failed", Duration::from_secs(5)),
+            ("probe_failed", Duration::from_secs(5)),
+        ]
+    );
+    // Five in a row, the few p2c sent it while they ran (200 ms), two
+    // probes: every other call went to the three that answer.
+    assert!(
+        (7..=10).contains(&hung_calls),
+        "{hung_calls} calls to the hung replica"
+    );
+    assert_eq!(failed, hung_calls);
+}
+
 #[test]
 fn the_settings_are_checked_when_built() {
     assert!(
@@ -286,6 +337,84 @@ fn the_settings_are_checked_when_built() {
             .is_err()
     );
     assert!(EjectionLayer::builder().max_endpoints(0).build().is_err());
+    let e = EjectionLayer::builder()
+        .interval(Duration::from_secs(10), 0, 5)
+        .build()
+        .unwrap_err();
+    assert!(e.to_string().contains("min_calls"), "{e}");
+    assert!(
+        EjectionLayer::builder()
+            .interval(Duration::from_secs(10), 100, 0)
+            .build()
+            .is_err()
+    );
+}
+
+/// Two clones of one endpoint wait for its probe: both are ready once the
+/// probe has succeeded (the one woken by the probe's end at once, the other
+/// within 50 ms).
+#[tokio::test(start_paused = true)]
+async fn every_clone_waiting_for_a_probe_is_ready_after_it() {
+    let layer = EjectionLayer::builder().build().unwrap();
+    let replicas: Vec<Replica> = (0..4).map(|_| Replica::new()).collect();
+    let mut eps: Vec<_> = replicas.iter().map(|r| layer.layer(r.clone())).collect();
+    replicas[0].broken.store(true, Ordering::SeqCst);
+    for i in 0..5 {
+        assert!(ready_call(&mut eps[0], i).await.is_err());
+    }
+    assert_eq!(layer.ejected(), 1);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    replicas[0].broken.store(false, Ordering::SeqCst);
+    replicas[0].latency_ms.store(100, Ordering::SeqCst);
+    // The probe: 100 ms.
+    let probe = eps[0].ready().await.unwrap().call(9);
+    let probe = tokio::spawn(probe);
+    let t0 = tokio::time::Instant::now();
+    let waiters: Vec<_> = (0..2)
+        .map(|_| {
+            let mut clone = eps[0].clone();
+            tokio::spawn(async move {
+                clone.ready().await.unwrap();
+                t0.elapsed()
+            })
+        })
+        .collect();
+    assert_eq!(probe.await.unwrap().unwrap(), 9);
+    let mut waited = Vec::new();
+    for w in waiters {
+        let d = tokio::time::timeout(Duration::from_secs(1), w)
+            .await
+            .expect("a clone still waits for a probe that ended")
+            .unwrap();
+        waited.push(d);
+    }
+    waited.sort();
+    println!("clones ready after {waited:?}");
+    assert_eq!(waited[0], 100 * MS, "the clone the probe's end wakes");
+    assert!(waited[1] <= 150 * MS, "{:?}", waited[1]);
+    assert_eq!(layer.ejected(), 0);
+}
+
+/// An endpoint removed from the set with a call in flight no longer counts
+/// in it: the one left is never ejected.
+#[tokio::test(start_paused = true)]
+async fn an_endpoint_that_left_with_a_call_in_flight_no_longer_counts() {
+    let layer = EjectionLayer::builder().build().unwrap();
+    let a = Replica::new();
+    let b = Replica::new();
+    b.latency_ms.store(60_000, Ordering::SeqCst);
+    let mut ep_a = layer.layer(a.clone());
+    let mut ep_b = layer.layer(b.clone());
+    let in_flight = tokio::spawn(ep_b.ready().await.unwrap().call(1));
+    drop(ep_b);
+    assert_eq!(layer.endpoints(), 1, "B left the set");
+    a.broken.store(true, Ordering::SeqCst);
+    for i in 0..10 {
+        assert!(ready_call(&mut ep_a, i).await.is_err());
+    }
+    assert_eq!(layer.ejected(), 0, "the only endpoint left was ejected");
+    assert!(!ep_a.is_ejected());
+    in_flight.abort();
 }
 
 #[path = "../../examples/common/greeter.rs"]
