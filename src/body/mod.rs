@@ -631,6 +631,7 @@ mod tests {
                     order: QueueOrder::Fifo,
                     codel_target: Duration::from_millis(5),
                     codel_interval: Duration::from_millis(100),
+                    unbounded_readiness: false,
                 },
                 Name::from("t"),
                 Observer::none(),

@@ -201,7 +201,9 @@ impl BulkheadBuilder {
     /// Backpressure mode (default off): `poll_ready` reserves a permit and
     /// returns `Pending` while none is free, instead of queueing inside the
     /// response future. For callers that act on readiness, such as balancers.
-    /// See the [module docs](crate::bulkhead#readiness).
+    /// Every clone polled waits, unless `max_queue` bounds how many may (one
+    /// more then fails `poll_ready`). See the [module
+    /// docs](crate::bulkhead#readiness).
     pub fn backpressure(mut self, on: bool) -> Self {
         self.backpressure = on;
         self
@@ -259,6 +261,7 @@ impl BulkheadBuilder {
             order: self.order,
             codel_target: self.codel_target,
             codel_interval: self.codel_interval,
+            unbounded_readiness: self.backpressure && self.max_queue == 0,
         };
         let engine = Striped::new(Engine::new(settings, self.name, self.observer));
         // Reported once as built (from the limit to itself), so that a

@@ -110,13 +110,18 @@ pub(crate) struct Settings {
     pub(crate) order: QueueOrder,
     pub(crate) codel_target: Duration,
     pub(crate) codel_interval: Duration,
+    /// Backpressure mode without a `max_queue`: the clones waiting in
+    /// `poll_ready` are not counted against one (each holds one place at
+    /// most, and a full queue would fail `poll_ready`, which a `Buffer` or
+    /// a balancer takes for a dead service).
+    pub(crate) unbounded_readiness: bool,
 }
 
 const NIL: u32 = u32::MAX;
 
 /// Slots preallocated at build time (more, up to the bound, are added on
 /// demand and then reused).
-const PREALLOCATED_SLOTS: usize = 4096;
+const PREALLOCATED_SLOTS: usize = 64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum SlotState {
@@ -148,13 +153,17 @@ struct WaitList {
 }
 
 impl WaitList {
-    fn new(max_queue: usize, max_concurrent: usize) -> Self {
-        // A slot is held by a waiting caller (at most `max_queue`) or by a
-        // caller that was handed a permit and has not yet been polled (at most
-        // `max_concurrent`).
-        let max_slots = max_queue
-            .saturating_add(max_concurrent)
-            .min(NIL as usize - 1);
+    fn new(max_queue: usize, max_concurrent: usize, unbounded: bool) -> Self {
+        // A slot is held by a waiting caller (at most `max_queue`, or one
+        // per waiting clone) or by a caller that was handed a permit and has
+        // not yet been polled (at most `max_concurrent`).
+        let max_slots = if unbounded {
+            NIL as usize - 1
+        } else {
+            max_queue
+                .saturating_add(max_concurrent)
+                .min(NIL as usize - 1)
+        };
         WaitList {
             slots: Vec::with_capacity(max_queue.min(PREALLOCATED_SLOTS)),
             max_slots,
@@ -281,7 +290,11 @@ impl Engine {
             max: AtomicUsize::new(settings.max_concurrent),
             debt: AtomicUsize::new(0),
             queued: AtomicUsize::new(0),
-            list: Mutex::new(WaitList::new(settings.max_queue, settings.max_concurrent)),
+            list: Mutex::new(WaitList::new(
+                settings.max_queue,
+                settings.max_concurrent,
+                settings.unbounded_readiness,
+            )),
             settings,
             jitter: crate::clock::Jitter::new(name.as_str()),
             name,
@@ -447,10 +460,31 @@ impl Striped<Engine> {
     /// order uses CoDel. A `Queued` waiter may already have been handed a
     /// permit: its first poll finds it.
     pub(crate) fn acquire(&self, waker: Option<&Waker>, now: Option<Instant>) -> Acquire {
+        self.acquire_within(waker, now, self.settings.max_queue)
+    }
+
+    /// [`acquire`](Self::acquire) for a clone's `poll_ready` in backpressure
+    /// mode: a place in the queue however many wait when the bulkhead has
+    /// no `max_queue`.
+    pub(crate) fn acquire_ready(&self, waker: Option<&Waker>, now: Option<Instant>) -> Acquire {
+        let max = if self.settings.unbounded_readiness {
+            usize::MAX
+        } else {
+            self.settings.max_queue
+        };
+        self.acquire_within(waker, now, max)
+    }
+
+    fn acquire_within(
+        &self,
+        waker: Option<&Waker>,
+        now: Option<Instant>,
+        max_queue: usize,
+    ) -> Acquire {
         if let Some(p) = self.try_acquire() {
             return Acquire::Permit(p);
         }
-        if self.settings.max_queue == 0 {
+        if max_queue == 0 {
             return Acquire::Full;
         }
         let mut list = self.lock();
@@ -460,7 +494,7 @@ impl Striped<Engine> {
                 engine: self.ticket(),
             });
         }
-        if list.len >= self.settings.max_queue {
+        if list.len >= max_queue {
             // Any permit freed now goes to the waiters already queued.
             return Acquire::Full;
         }
@@ -608,6 +642,7 @@ mod tests {
                 order,
                 codel_target: Duration::from_millis(5),
                 codel_interval: Duration::from_millis(100),
+                unbounded_readiness: false,
             },
             Name::from("t"),
             Observer::none(),

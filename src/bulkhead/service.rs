@@ -32,9 +32,11 @@ use crate::stripe::Striped;
 ///   the requests that wait.
 /// - Backpressure mode: `poll_ready` reserves a permit first, returning
 ///   `Pending` (with a place in the queue, in queue order) while none is free,
-///   then polls the inner service. No timer applies to that wait. If the queue
-///   is full, `poll_ready` fails with `BulkheadFull` (detail `"queue_full"`):
-///   size `max_queue` to the number of clones polled at once. `call` uses the
+///   then polls the inner service. No timer applies to that wait. Without a
+///   `max_queue` (the default) every clone polled waits, with one place
+///   each; with one, at most that many wait at once and `poll_ready` of one
+///   more fails with `BulkheadFull` (detail `"queue_full"`), which a tower
+///   `Buffer` or a balancer takes for a dead service. `call` uses the
 ///   reserved permit; a `call` without a reserved permit is admitted only if a
 ///   permit is free, and rejected otherwise.
 pub struct Bulkhead<S, M = Head> {
@@ -229,7 +231,7 @@ fn reserve(
                     continue;
                 }
                 let now = engine.settings.order.uses_codel().then(crate::clock::now);
-                match engine.acquire(Some(cx.waker()), now) {
+                match engine.acquire_ready(Some(cx.waker()), now) {
                     Acquire::Permit(permit) => *ready = Ready::Reserved(permit),
                     Acquire::Queued { waiter, .. } => {
                         *ready = Ready::Waiting(waiter);

@@ -199,6 +199,12 @@ pub struct FallbackTo<S> {
 /// another region, a degraded read path). Its answer replaces the failed
 /// one; its error lets the original outcome through. Requests must be
 /// `Clone` (they are cloned before every call).
+///
+/// Every request that fails is sent again, whatever it does: a write that
+/// the first service carried out before it failed or timed out runs twice.
+/// For writes, fall back only on refusals made before sending
+/// (`FallbackLayer::builder(..).on(FallbackOn::REFUSED)`), or keep this
+/// fallback to a stack for reads.
 pub fn fallback_to<S>(service: S) -> FallbackTo<S> {
     FallbackTo { service }
 }

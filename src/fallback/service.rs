@@ -4,6 +4,7 @@ use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep, sleep_until};
@@ -188,7 +189,11 @@ where
                         return Poll::Ready(outcome);
                     };
                     let now = crate::clock::now();
-                    let mut until = now + shared.timeout;
+                    // A timeout past the clock's range: the deadline, or
+                    // a day (no panic for a `Duration::MAX` meaning "none").
+                    let mut until = now
+                        .checked_add(shared.timeout)
+                        .unwrap_or_else(|| now + Duration::from_secs(86_400));
                     if let Some(d) = *deadline {
                         until = until.min(d);
                     }
@@ -237,6 +242,8 @@ where
                     this.state.set(State::Done);
                     return Poll::Ready(out);
                 }
+                // Polled after completion (the error type is the inner
+                // service's: no error of its own to give).
                 StateProj::Done => return Poll::Pending,
             }
         }

@@ -66,7 +66,12 @@
 //!
 //! Events carry the names your factory gives each instance: name them after
 //! the key (`format!("db.breaker.{key}")`, `Key` is `Display`) for per-key
-//! metrics and messages, bounded by `max_keys`, or give them all one name.
+//! metrics and messages, or give them all one name. Per-key names are
+//! bounded by `max_keys` at any one time, not over time: a metrics exporter
+//! keeps a series for every name it has seen, so name instances after keys
+//! only when the keys are a set you know (your tenants), never after keys a
+//! client picks (addresses, headers). A bulkhead built with a `max_queue`
+//! keeps its first 64 queue places allocated (32 bytes each), per key.
 //!
 //! # On a server: a share per tenant
 //!

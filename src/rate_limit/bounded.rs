@@ -64,7 +64,10 @@ impl<V> BoundedMap<V> {
                 if !self.reserve() {
                     return None;
                 }
+                // A `make` that panics gives its place back.
+                let unreserve = Unreserve(&self.held);
                 let value = v.insert(make());
+                std::mem::forget(unreserve);
                 Some(with(&value, true))
             }
         }
@@ -144,6 +147,16 @@ impl<V> BoundedMap<V> {
     }
 }
 
+/// Gives back a place reserved for a new key unless forgotten once the key
+/// is in.
+struct Unreserve<'a>(&'a AtomicUsize);
+
+impl Drop for Unreserve<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -172,6 +185,23 @@ mod tests {
         assert_eq!((m.len(), m.evicted()), (2, 1));
         assert_eq!(m.sweep(SECOND, |_| false), Some(2));
         assert_eq!((m.len(), m.evicted(), m.get_cloned(&key(2))), (0, 3, None));
+    }
+
+    /// A factory that panics for a key leaves no place taken: after as many
+    /// panics as the cap, new keys still get in.
+    #[test]
+    fn a_panicking_factory_gives_its_place_back() {
+        let m: BoundedMap<u64> = BoundedMap::new(2, Duration::from_secs(1));
+        for n in 0..4 {
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                m.with(&key(100 + n), || panic!("no such tenant"), |v, _| *v)
+            }));
+            assert!(r.is_err());
+        }
+        assert_eq!(m.len(), 0);
+        assert_eq!(m.with(&key(1), || 10, |v, _| *v), Some(10));
+        assert_eq!(m.with(&key(2), || 20, |v, _| *v), Some(20));
+        assert_eq!(m.with(&key(3), || 30, |v, _| *v), None, "full");
     }
 
     #[test]

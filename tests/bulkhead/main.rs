@@ -681,6 +681,47 @@ async fn backpressure_mode_is_pending_instead_of_queueing() {
     assert_eq!((handle.available_permits(), handle.queue_len()), (1, 0));
 }
 
+/// Backpressure mode with the defaults (no `max_queue`): every clone
+/// polled while the permits are taken waits, none fails `poll_ready` (a
+/// `Buffer` or a balancer would take that for a dead service); each gets
+/// the permit in turn.
+#[tokio::test(start_paused = true)]
+async fn backpressure_mode_without_a_queue_bound_never_fails_readiness() {
+    let layer = BulkheadLayer::builder()
+        .max_concurrent(1)
+        .backpressure(true)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let t0 = Instant::now();
+    let log = Log::default();
+    let mut a = layer.layer(Dep {
+        log: log.clone(),
+        t0,
+    });
+    let mut cx = Context::from_waker(Waker::noop());
+    assert!(matches!(a.poll_ready(&mut cx), Poll::Ready(Ok(()))));
+    let waiting: Vec<_> = (1..=3u32)
+        .map(|i| {
+            let mut clone = a.clone();
+            assert!(clone.poll_ready(&mut cx).is_pending(), "clone {i}");
+            tokio::spawn(async move {
+                clone.ready().await.unwrap();
+                let r = clone.call(Req(i, 10)).await.unwrap();
+                (r, t0.elapsed())
+            })
+        })
+        .collect();
+    assert_eq!(handle.queue_len(), 3);
+    assert_eq!(a.call(Req(0, 10)).await.unwrap(), 0);
+    let mut done = Vec::new();
+    for w in waiting {
+        done.push(w.await.unwrap());
+    }
+    assert_eq!(done, vec![(1, 20 * MS), (2, 30 * MS), (3, 40 * MS)]);
+    assert_eq!((handle.available_permits(), handle.queue_len()), (1, 0));
+}
+
 #[tokio::test(start_paused = true)]
 async fn services_and_clones_from_one_layer_share_one_bulkhead() {
     let layer = BulkheadLayer::builder().max_concurrent(2).build().unwrap();

@@ -128,6 +128,23 @@ async fn a_slow_fallback_is_cut_at_the_deadline_and_the_original_error_returned(
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_timeout_past_the_clocks_range_answers_instead_of_panicking() {
+    let layer = FallbackLayer::builder(fallback_fn(
+        |_: FallbackReason, _: Result<&String, &BoxError>| async {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            Some("degraded".to_owned())
+        },
+    ))
+    .timeout(Duration::MAX)
+    .build()
+    .unwrap();
+    let svc = layer.layer(failing(|| "broken".into()));
+    let start = Instant::now();
+    assert_eq!(svc.oneshot(1).await.unwrap(), "degraded");
+    assert_eq!(start.elapsed(), Duration::from_secs(5));
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_deadline_layer_below_ends_in_the_deadline_fallback_in_time() {
     // The dependency hangs; the deadline layer below cuts it at 200 ms and
     // the fallback answers within what is left of a 250 ms outer deadline.
