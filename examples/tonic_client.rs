@@ -6,7 +6,8 @@
 //! ReplayBodyLayer           keeps the request body so a retry can resend it
 //! DeadlineLayer             2 s per call, retries included
 //! RetryLayer                3 attempts at most, UNAVAILABLE / DEADLINE_EXCEEDED, jittered
-//!                           backoff, retry budget (10 % of calls + 10/s)
+//!                           backoff, retry budget (5 % of calls + 50 % of the
+//!                           calls that succeeded + 10/s, over 10 s)
 //! CircuitBreakerLayer       opens at 50 % failures over the last 20 calls (10 at least), 5 s
 //! BulkheadLayer             64 attempts in flight at most
 //! AttemptTimeoutLayer       600 ms per attempt, or what is left of the 2 s

@@ -57,6 +57,9 @@
 //!   client stacks') is a failure too: an endpoint that hangs is ejected
 //!   after 5 of them. A call dropped for any other reason (the request's
 //!   deadline, a hedge that won, a caller that went) counts for nothing.
+//!   A call is judged by its response head: a status in the trailers of a
+//!   streamed answer (a gRPC stream that fails midway) or a body cut off
+//!   counts as the head said (a unary gRPC error is in the head).
 //! - **Outliers** (every 10 s, among endpoints with 100 calls, when at least
 //!   5 have them): a success rate more than 1.9 standard deviations below the
 //!   set's mean, and at least 5 points below it (one stray failure among

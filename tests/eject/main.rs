@@ -455,7 +455,7 @@ async fn greeter_on(
 async fn a_balanced_tonic_client_rides_out_a_killed_server_and_takes_it_back() {
     use seawall::grpc::GrpcStatusClassifier;
     use seawall::stack::ClientStack;
-    use tonic::transport::Channel;
+    use tonic::transport::Endpoint;
 
     let hits: Vec<Arc<AtomicU64>> = (0..3).map(|_| Arc::new(AtomicU64::new(0))).collect();
     let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
@@ -467,15 +467,13 @@ async fn a_balanced_tonic_client_rides_out_a_killed_server_and_takes_it_back() {
         .classifier(GrpcStatusClassifier::new())
         .build()
         .unwrap();
-    let endpoints: Vec<_> = servers
+    let addrs: Vec<std::net::SocketAddr> = servers.iter().map(|(a, _)| *a).collect();
+    // The README's recipe, as written there.
+    let endpoints = addrs
         .iter()
-        .map(|(addr, _)| {
-            let channel = Channel::from_shared(format!("http://{addr}"))
-                .unwrap()
-                .connect_lazy();
-            ejection.layer(channel)
-        })
-        .collect();
+        .map(|a| Ok(ejection.layer(Endpoint::from_shared(format!("http://{a}"))?.connect_lazy())))
+        .collect::<Result<Vec<_>, tonic::transport::Error>>()
+        .unwrap();
     let balanced = tower::buffer::Buffer::new(
         Balance::new(PendingRequestsDiscover::new(
             ServiceList::new(endpoints),
