@@ -9,7 +9,10 @@
 //! breaker](crate::circuit_breaker) its verdict (and a half-open probe
 //! slot) until the body of an `http::Response<CallBody<B>>` ends, fails, or
 //! is dropped: the [`CallBody`](crate::body::CallBody) carries them. A body
-//! already complete when the head arrives is let go at once.
+//! already complete when the head arrives is let go at once, and so is an
+//! answer whose head says it failed or is busy (a 5xx, a 429, a gRPC error
+//! status in the head): its body is a message, and a retry keeping it
+//! through a backoff would hold the permit while it sleeps.
 //!
 //! The [adaptive limit](crate::shed) gives its place back at the head in
 //! either mode. It learns what the service can answer at once from the

@@ -325,9 +325,15 @@ where
                         );
                     }
                     // Releases the permit before handing the result back,
-                    // unless the response's body carries it to its end.
+                    // unless the response's body carries it to its end: an
+                    // answer whose head says it failed or is busy is done
+                    // with (its body, a message, is no work of the
+                    // dependency's, and a retry that keeps it through its
+                    // backoff would hold the permit while it sleeps).
                     match result {
-                        Ok(response) if M::PAST_HEAD => {
+                        Ok(response)
+                            if M::PAST_HEAD && M::outcome(response) == Outcome::Success =>
+                        {
                             drop(M::hold(response, Duty(DutyKind::Bulkhead(permit))));
                         }
                         _ => drop(permit),

@@ -385,6 +385,10 @@ where
                         );
                         *this.started = Some(crate::clock::now());
                     }
+                    // The last attempt's answer goes before the next one
+                    // is made: what its body holds (a permit of the
+                    // bulkhead below, a connection) is free for it.
+                    *last = None;
                     let future = service.call(req);
                     this.state.set(State::Calling { future });
                 }

@@ -43,8 +43,9 @@
 //! - **Attempts.** At most `max_attempts` calls per request, the first one
 //!   included (default 3). The [`RetryPolicy`] decides, per outcome, whether to
 //!   retry ([`Verdict`]). The default [`RetryErrors`] retries every error but
-//!   seawall's `DeadlineExceeded`, an open breaker's `CircuitOpen` and a lower
-//!   layer's `RetryBudgetExhausted`, and does retry `AttemptTimeout`. With feature `http`, [`http::HttpRetry`]
+//!   seawall's `DeadlineExceeded`, an open breaker's `CircuitOpen`, a
+//!   `RetryBudgetExhausted` and a `RateLimited` that says waiting will not
+//!   help (no `retry_after`), and does retry `AttemptTimeout`. With feature `http`, [`http::HttpRetry`]
 //!   retries 5xx (not 501), 408, 429 and connection errors for idempotent
 //!   requests; with feature `tonic`, [`grpc::GrpcRetry`] retries `UNAVAILABLE`
 //!   and the codes you configure.

@@ -113,8 +113,11 @@ pub trait RetryPolicy<Req, Res>: Send + Sync + 'static {
 
 /// The default policy: every error is retried, except seawall's
 /// [`DeadlineExceeded`](crate::error::DeadlineExceeded) (no budget left),
-/// [`RetryBudgetExhausted`](crate::error::RetryBudgetExhausted) (a retry layer
-/// below already gave up: retry at one layer only) and
+/// [`RetryBudgetExhausted`](crate::error::RetryBudgetExhausted) (raised by
+/// code of yours whose own budget is spent; a retry layer that gives up
+/// answers with its last outcome, so do not stack two of them), a
+/// [`RateLimited`](crate::error::RateLimited) without a `retry_after`
+/// (waiting would not help: a cost above the burst) and
 /// [`CircuitOpen`](crate::error::CircuitOpen) (see [`classify_error`]). An
 /// [`AttemptTimeout`](crate::error::AttemptTimeout) is retried. A seawall
 /// rejection's `retry_after` (rate limited, overloaded, …) becomes the server
@@ -144,8 +147,9 @@ where
 
 /// The default classification of an error, shared by every shipped policy:
 /// never retry [`DeadlineExceeded`](crate::error::DeadlineExceeded),
-/// [`RetryBudgetExhausted`](crate::error::RetryBudgetExhausted) or
-/// [`CircuitOpen`](crate::error::CircuitOpen); retry anything else, taking a
+/// [`RetryBudgetExhausted`](crate::error::RetryBudgetExhausted),
+/// [`CircuitOpen`](crate::error::CircuitOpen) or a
+/// [`RateLimited`](crate::error::RateLimited) without a `retry_after`; retry anything else, taking a
 /// seawall rejection's `retry_after` as the hint.
 ///
 /// A circuit breaker's rejection is not retried: the breaker already speaks for
@@ -174,6 +178,7 @@ pub fn classify_error(err: &BoxError) -> Verdict {
             RejectionKind::DeadlineExceeded
             | RejectionKind::RetryBudgetExhausted
             | RejectionKind::CircuitOpen => Verdict::Fail,
+            RejectionKind::RateLimited if r.retry_after().is_none() => Verdict::Fail,
             _ => Verdict::Retry {
                 after: r.retry_after(),
             },
@@ -243,12 +248,14 @@ mod tests {
     #[test]
     fn errors_are_retried_except_where_no_retry_can_help() {
         let hint = Some(Duration::from_millis(250));
-        let cases: [(BoxError, Verdict); 9] = [
+        let cases: [(BoxError, Verdict); 10] = [
             // No time left, no budget left, an open breaker: not retried.
             (DeadlineExceeded::new("d").into(), Verdict::Fail),
             (DeadlineExceeded::before_sending("d").into(), Verdict::Fail),
             (RetryBudgetExhausted::new("t").into(), Verdict::Fail),
             (CircuitOpen::new("b", hint).into(), Verdict::Fail),
+            // A rate limit that no wait would pass (a cost above the burst).
+            (RateLimited::new("r", None).into(), Verdict::Fail),
             // Retried, after the hint when the layer gave one.
             (
                 AttemptTimeout::new("a").into(),

@@ -117,9 +117,18 @@ where
     fn call(&mut self, mut req: Req) -> Self::Future {
         let _edge = crate::clock::Edge::enter();
         let shared = &*self.local.shared;
-        shared.policy.on_attempt(&mut req, 1);
-
         let inbound_retry = shared.honor_inbound && arrived_as_retry(&shared.policy, &req);
+        // A request made for an inbound retry goes out marked as a retry
+        // (its upstream attempt, or 2): the hops after this one do not
+        // retry it either.
+        let attempt = match inbound_retry {
+            false => 1,
+            true => crate::retry::inbound_attempt()
+                .filter(|&a| a > 1)
+                .unwrap_or(2),
+        };
+        shared.policy.on_attempt(&mut req, attempt);
+
         // The copy is made where it is kept, not moved through a tuple on
         // the way: each move of a request is a copy of it (an
         // `http::Request` is about 250 bytes).

@@ -335,6 +335,59 @@ async fn http_preset_never_retries_a_timed_out_post() {
     assert_eq!(server.hits.load(Ordering::SeqCst), 1 + 3 + 3);
 }
 
+/// A failed answer gives the preset's bulkhead its permit back at its head
+/// (a successful one holds it to its body's end), and the retry lets the
+/// answer go before it makes the next attempt: a bulkhead of one has the
+/// permit for the retry.
+#[tokio::test]
+async fn http_preset_retry_lets_the_failed_answer_go_before_the_next_attempt() {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let h = hits.clone();
+    let app = Router::new().route(
+        "/flaky",
+        get(move || {
+            let n = h.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if n == 0 {
+                    (http::StatusCode::INTERNAL_SERVER_ERROR, "try again")
+                } else {
+                    (http::StatusCode::OK, "ok")
+                }
+            }
+        }),
+    );
+    let addr = serve_axum(app).await;
+    // A failed answer's unread body holds no permit: its head said it is
+    // done.
+    {
+        let one = http_preset().retry(|r| r.max_attempts(1)).build().unwrap();
+        let permits = one.bulkhead_handle();
+        let res = one
+            .layer(hyper())
+            .oneshot(get_req(addr, "/flaky"))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 500);
+        assert_eq!(permits.available_permits(), permits.max_concurrent());
+        hits.store(0, Ordering::SeqCst);
+    }
+    // One permit, no queue, two attempts: the retry gets the permit or the
+    // caller gets this process's refusal instead of the dependency's answer.
+    let stack = http_preset()
+        .bulkhead(|b| b.max_concurrent(1).max_queue(0))
+        .retry(|r| r.max_attempts(2))
+        .build()
+        .unwrap();
+    let bulkhead = stack.bulkhead_handle();
+    let client = stack.layer(hyper());
+    let res = client.oneshot(get_req(addr, "/flaky")).await.unwrap();
+    assert_eq!(res.status(), 200, "the retry was refused by the bulkhead");
+    assert_eq!(hits.load(Ordering::SeqCst), 2);
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, "ok");
+    assert_eq!(bulkhead.available_permits(), 1);
+}
+
 #[tokio::test]
 async fn http_preset_busy_answers_never_open_the_breaker() {
     let server = http_server().await;

@@ -1097,8 +1097,64 @@ mod http_tests {
             .unwrap();
         let status = server.ready().await.unwrap().call(req).await.unwrap();
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(*log.lock().unwrap(), [("1".to_owned(), 0)]);
+        // Sent marked as the retry it is part of: the hop after this one
+        // does not retry it either (it was sent as attempt 1, and retried
+        // there).
+        assert_eq!(*log.lock().unwrap(), [("2".to_owned(), 0)]);
         assert_eq!(gave_up(&rec), [(1, GiveUpReason::NotRetryable)]);
+    }
+
+    /// A request body whose next frame is not ready (a stream fed as the
+    /// call goes) is sent at once with what was read, and not retried: the
+    /// call is not held until the stream ends.
+    #[tokio::test(start_paused = true)]
+    async fn a_body_still_being_fed_is_sent_at_once_and_not_retried() {
+        type Feed = http_body_util::StreamBody<
+            futures::stream::BoxStream<'static, Result<http_body::Frame<Bytes>, BoxError>>,
+        >;
+        let rec = Recorder::new();
+        let first_frames = Log::default();
+        let mut c = ServiceBuilder::new()
+            .layer(ReplayBodyLayer::default())
+            .layer(
+                RetryLayer::builder()
+                    .policy(HttpRetry::new())
+                    .observer(rec.clone())
+                    .build()
+                    .unwrap(),
+            )
+            .service({
+                let first_frames = first_frames.clone();
+                tower::service_fn(move |req: Request<ReplayBody<Feed>>| {
+                    let first_frames = first_frames.clone();
+                    async move {
+                        // Reads one message, answers 503 (would be retried).
+                        let mut body = req.into_body();
+                        let frame = body.frame().await.unwrap()?;
+                        let data = frame.into_data().unwrap();
+                        first_frames
+                            .lock()
+                            .unwrap()
+                            .push((String::from_utf8_lossy(&data).into_owned(), 0));
+                        Ok::<_, BoxError>(Response::builder().status(503).body(())?)
+                    }
+                })
+            });
+        use futures::StreamExt;
+        let feed: Feed = http_body_util::StreamBody::new(
+            futures::stream::iter([Ok(http_body::Frame::data(Bytes::from_static(b"ping")))])
+                .chain(futures::stream::pending())
+                .boxed(),
+        );
+        let req = Request::put("/chat").body(feed).unwrap();
+        let call = c.ready().await.unwrap().call(req);
+        let res = tokio::time::timeout(Duration::from_secs(5), call)
+            .await
+            .expect("the call waited for the stream to end")
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(*first_frames.lock().unwrap(), [("ping".to_owned(), 0)]);
+        assert_eq!(gave_up(&rec), [(1, GiveUpReason::NotReplayable)]);
     }
 }
 

@@ -149,7 +149,10 @@ where
 ///
 /// Bodies up to the limit (default 64 KiB, [`DEFAULT_REPLAY_LIMIT`]) are held
 /// in memory for the life of the request; larger ones are streamed once and
-/// their request is not retried. A body that fails while being read fails the
+/// their request is not retried. Read-ahead never waits: a body whose next
+/// frame is not ready (a stream fed as the call goes, a gRPC bidirectional
+/// call, an upload still arriving) is sent at once with what was read, once.
+/// A body that fails while being read fails the
 /// request with that error, before any attempt. The body type must be `Unpin`
 /// (hyper's `Incoming`, axum's and tonic's `Body`, `Full` are).
 ///
@@ -343,7 +346,20 @@ where
             body.take();
             return Poll::Ready(Ok(ReplayBody::buffered(std::mem::take(buf).freeze(), None)));
         }
-        match ready!(Pin::new(b).poll_frame(cx)) {
+        let frame = match Pin::new(b).poll_frame(cx) {
+            Poll::Ready(frame) => frame,
+            // The rest is not there yet: a stream the caller feeds as it
+            // goes (a gRPC client or bidirectional stream waiting for an
+            // answer, an upload still arriving). Read ahead no further: it
+            // goes now, what was read first, sent once.
+            Poll::Pending => {
+                return Poll::Ready(match body.take() {
+                    Some(rest) => Ok(ReplayBody::streaming(std::mem::take(buf).freeze(), rest)),
+                    None => Err("replay body future polled after completion".into()),
+                });
+            }
+        };
+        match frame {
             None => {
                 body.take();
                 return Poll::Ready(Ok(ReplayBody::buffered(std::mem::take(buf).freeze(), None)));

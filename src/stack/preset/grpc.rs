@@ -136,11 +136,12 @@ impl ClientStack {
     /// [`PropagateDeadlineLayer`](crate::PropagateDeadlineLayer),
     /// [`GrpcOutermost`](crate::stack::GrpcOutermost)).
     ///
-    /// Made for unary and server-streaming calls. The request body is read
-    /// (up to the replay limit) before the call is sent, so a
-    /// client-streaming or bidirectional call must have its first messages
-    /// ready when it is made: a call whose first request message is sent
-    /// only after the answer begins would wait until its deadline.
+    /// Unary and server-streaming calls are retried with their request
+    /// (read ahead, up to the replay limit). A client-streaming or
+    /// bidirectional call is sent as soon as its next message is not ready
+    /// (with what was read ahead first) and is then not retried: a call
+    /// that sends its next message only after an answer (ping-pong) goes
+    /// out at once.
     ///
     /// ```no_run
     /// # async fn run() -> Result<(), seawall::BoxError> {
