@@ -518,6 +518,114 @@ async fn grpc_client_preset_cuts_a_stream_at_the_deadline_and_frees_a_dropped_on
     assert_eq!(breaker.metrics().calls, 1);
 }
 
+/// A bidirectional echo server: one reply for each request message, as it
+/// comes (gRPC frames: a flag byte, a 4-byte length, the message).
+#[derive(Clone)]
+struct Echo;
+
+impl NamedService for Echo {
+    const NAME: &'static str = "demo.Greeter";
+}
+
+impl tower::Service<http::Request<Body>> for Echo {
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
+        Box::pin(async move {
+            let incoming = req.into_body().into_data_stream();
+            let replies = futures::stream::unfold(
+                (incoming, bytes::BytesMut::new()),
+                |(mut incoming, mut buf)| async move {
+                    use prost::Message as _;
+                    loop {
+                        if buf.len() >= 5 {
+                            let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+                            if buf.len() >= 5 + len {
+                                let frame = buf.split_to(5 + len);
+                                let req = HelloRequest::decode(&frame[5..]).ok()?;
+                                let reply = framed(&format!("pong {}", req.name));
+                                return Some((
+                                    Ok::<_, Status>(http_body::Frame::data(reply)),
+                                    (incoming, buf),
+                                ));
+                            }
+                        }
+                        match incoming.next().await {
+                            Some(Ok(chunk)) => buf.extend_from_slice(&chunk),
+                            _ => return None,
+                        }
+                    }
+                },
+            );
+            let mut trailers = http::HeaderMap::new();
+            trailers.insert("grpc-status", "0".parse().unwrap());
+            let tail = futures::stream::iter([Ok(http_body::Frame::trailers(trailers))]);
+            Ok(http::Response::builder()
+                .header("content-type", "application/grpc")
+                .body(Body::new(StreamBody::new(replies.chain(tail))))
+                .unwrap())
+        })
+    }
+}
+
+/// A ping-pong bidirectional call through the gRPC client preset: the
+/// client sends its next message only after the reply to the last. The
+/// call goes out at its first message (the preset does not wait for the
+/// request stream to end before sending it) and is not retried.
+#[tokio::test]
+async fn grpc_client_preset_sends_a_ping_pong_bidirectional_call_at_once() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let router = tonic::transport::Server::builder().add_service(Echo);
+    tokio::spawn(router.serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)));
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let stack = grpc_preset().build().unwrap();
+    let bulkhead = stack.bulkhead_handle();
+    let mut grpc = tonic::client::Grpc::new(stack.layer(channel));
+    let (tx, rx) = tokio::sync::mpsc::channel::<HelloRequest>(1);
+    let ping = |name: &str| HelloRequest {
+        name: name.into(),
+        work_ms: 0,
+    };
+    tx.send(ping("1")).await.unwrap();
+    let call = async {
+        grpc.ready().await.unwrap();
+        let codec = tonic_prost::ProstCodec::<HelloRequest, HelloReply>::default();
+        let path = http::uri::PathAndQuery::from_static("/demo.Greeter/Chat");
+        let requests =
+            futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
+        let mut replies = grpc
+            .streaming(tonic::Request::new(requests), path, codec)
+            .await
+            .unwrap()
+            .into_inner();
+        let mut got = Vec::new();
+        for next in ["2", "3"] {
+            got.push(replies.message().await.unwrap().unwrap().message);
+            tx.send(ping(next)).await.unwrap();
+        }
+        got.push(replies.message().await.unwrap().unwrap().message);
+        drop(tx);
+        assert!(replies.message().await.unwrap().is_none());
+        got
+    };
+    let got = tokio::time::timeout(Duration::from_secs(5), call)
+        .await
+        .expect("the call waited for its request stream to end");
+    assert_eq!(got, ["pong 1", "pong 2", "pong 3"]);
+    assert_eq!(bulkhead.in_flight(), 0);
+}
+
 // ---------------------------------------------------------------- drops
 
 mod drops {
