@@ -87,10 +87,16 @@ pin_project! {
     /// to the request's deadline the same way: an HTTP answer still
     /// streaming is cut off (the connection reports an incomplete body), a
     /// gRPC one ends with `grpc-status: 4` in its trailers. An answer's
-    /// first read goes to the body at once (its head was checked against
-    /// the deadline as it was answered): a complete answer arms no timer,
-    /// and one that goes on is judged by its timer first from its second
-    /// read on, so a producer that is always ready is cut too. Retry looks at
+    /// reads go to the body while its deadline is ahead (from the second
+    /// read, one clock read each; the first needs none: its head was just
+    /// checked); a timer is armed only by a read that finds the body not
+    /// ready, so an answer whose frames are ready (a unary gRPC answer's
+    /// message, then its trailers) registers none, and a producer that is
+    /// always ready is cut at the deadline. A reply read by this process
+    /// hands over what has arrived first; from a stream's third frame each
+    /// is checked against the deadline, and past it frames keep coming for
+    /// 20 ms (what a late reader finds there), then the body is cut: a
+    /// stream that is always ready for a slow reader ends too. Retry looks at
     /// heads only: a body cut off after its head arrived is not retried,
     /// and the error reaches whoever reads the body.
     pub struct CallBody<B> {
@@ -107,6 +113,10 @@ pin_project! {
         // deadline as it was answered.
         fresh: bool,
         expired: bool,
+        // A reply: the frames handed over, up to 2 (from the third, each
+        // is checked against the deadline; past it, `sleep` is set to the
+        // end of the late reader's grace).
+        frames: u8,
         held: Held,
     }
 }
@@ -215,6 +225,7 @@ impl<B> CallBody<B> {
             answer: false,
             fresh: false,
             expired: false,
+            frames: 0,
             held: Held::default(),
         }
     }
@@ -241,6 +252,7 @@ impl<B> CallBody<B> {
             answer: false,
             fresh: false,
             expired: false,
+            frames: 0,
             held: Held::default(),
         }
     }
@@ -331,6 +343,18 @@ where
         let deadline = *deadline;
         if !*this.answer {
             if let Poll::Ready(polled) = poll_scoped(deadline, this.inner.as_mut(), cx) {
+                // A stream (a third frame on) that is always ready is held
+                // to its deadline too: past it, frames are handed over for
+                // `LATE_GRACE` more (what came in time, to a late reader),
+                // then it is cut.
+                if matches!(polled, Some(Ok(_))) {
+                    if *this.frames < 2 {
+                        *this.frames += 1;
+                    } else if past_grace(deadline, this.sleep.as_mut()) {
+                        *this.expired = true;
+                        return Poll::Ready(Some(cut_late(this.held, shared, *this.ending)));
+                    }
+                }
                 let polled = polled.map(|r| {
                     r.map_err(|error| {
                         // The server held the reply to the deadline this
@@ -348,10 +372,20 @@ where
         }
         // An answer's first poll: its head was checked against the
         // deadline as it was answered, a moment ago, so the body is polled
-        // at once; only a body that goes on past this poll arms the timer
-        // (a complete answer, the usual one, registers none).
+        // at once. Later polls before any timer read the clock and poll the
+        // body while the deadline is ahead (a unary gRPC answer's trailers,
+        // ready at its second read: no timer). Only a poll that finds the
+        // body not ready arms the timer.
         let fresh = std::mem::take(this.fresh);
-        if fresh {
+        // Whether the body was polled on this call already (and was not
+        // ready).
+        let mut polled_now = fresh;
+        if fresh
+            || (*this.answer
+                && this.sleep.is_none()
+                && (this.inner.is_end_stream() || crate::clock::now() < deadline.instant()))
+        {
+            polled_now = true;
             if let Poll::Ready(polled) = poll_scoped(deadline, this.inner.as_mut(), cx) {
                 let polled = polled.map(|r| r.map_err(Into::into));
                 return Poll::Ready(settle(this.held, polled, || this.inner.is_end_stream()));
@@ -373,7 +407,7 @@ where
                 }));
             }
         }
-        if !*this.answer || fresh {
+        if !*this.answer || polled_now {
             // A reply, or an answer whose body was polled just above.
             return Poll::Pending;
         }
@@ -460,6 +494,45 @@ fn poll_scoped<B: Body>(
 /// its per-hop margin, 10 ms in the server presets) cuts it that much
 /// early.
 const CUT_MARGIN: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// How long a reply's frames are still handed over once its deadline has
+/// passed: long enough for a late reader to take what is already there,
+/// short against a stream that is always ready.
+const LATE_GRACE: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// The end of a reply cut past its deadline's grace: what it held let go,
+/// the deadline as its error. Out of line: a stream's slow path.
+#[cold]
+#[inline(never)]
+fn cut_late<D>(held: &mut Held, shared: &Shared, ending: Ending) -> Result<Frame<D>, BoxError> {
+    let error = reject_deadline(LayerKind::Deadline, shared, TIMED_OUT);
+    held.release(Some(&error));
+    Err(match ending {
+        Ending::GrpcStatus => grpc_status(error),
+        _ => error,
+    })
+}
+
+/// Whether a reply's frame, handed over now, comes more than
+/// [`LATE_GRACE`] after the first one handed over past the deadline. One
+/// clock read, from a stream's third frame on. The grace's end is kept in
+/// the body's timer slot, set (not registered) at the first frame past the
+/// deadline: a timer there that ends at the deadline is the one a wait
+/// armed, and the grace starts now.
+#[inline(never)]
+fn past_grace(deadline: Deadline, mut sleep: Pin<&mut Option<Sleep>>) -> bool {
+    let now = crate::clock::now();
+    if now < deadline.instant() {
+        return false;
+    }
+    if let Some(grace) = sleep.as_ref().as_pin_ref() {
+        if grace.deadline() > deadline.instant() {
+            return now > grace.deadline();
+        }
+    }
+    sleep.set(Some(tokio::time::sleep_until(now + LATE_GRACE)));
+    false
+}
 
 /// The error of a reply cut at its deadline (reported as the layer
 /// `shared` names).
@@ -743,6 +816,32 @@ mod tests {
             );
         }
 
+        /// A unary gRPC answer: its message at the first read, its trailers
+        /// at the second, both ready: no timer is registered.
+        #[tokio::test(start_paused = true)]
+        async fn a_message_then_trailers_arm_no_timer() {
+            let layer = CallBodyLayer::new();
+            let deadline = Deadline::after(Duration::from_millis(300));
+            let mut trailers = http::HeaderMap::new();
+            trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+            let frames = futures::stream::iter([
+                Ok::<_, Infallible>(Frame::data(Bytes::from_static(b"message"))),
+                Ok(Frame::trailers(trailers)),
+            ]);
+            let body = CallBody::new(
+                http_body_util::StreamBody::new(frames),
+                Some(deadline),
+                &layer.shared,
+                true,
+            )
+            .answering();
+            let mut body = std::pin::pin!(body);
+            assert!(body.frame().await.unwrap().unwrap().is_data());
+            assert!(body.frame().await.unwrap().unwrap().is_trailers());
+            assert!(body.frame().await.is_none());
+            assert!(body.sleep.is_none(), "a timer was registered");
+        }
+
         #[tokio::test(start_paused = true)]
         async fn an_answer_always_ready_is_cut_at_its_deadline() {
             let layer = CallBodyLayer::new();
@@ -750,12 +849,13 @@ mod tests {
             let body =
                 CallBody::new(Steady::Endless, Some(deadline), &layer.shared, false).answering();
             let mut body = std::pin::pin!(body);
-            // The first read goes straight to the body; one that goes on
-            // arms the timer and is judged by it first from then on.
+            // The first read goes straight to the body; later ones that find
+            // it ready are judged by the clock (a timer is armed only for a
+            // read that finds it not ready).
             assert!(body.frame().await.unwrap().is_ok());
             assert!(body.sleep.is_none());
             assert!(body.frame().await.unwrap().is_ok());
-            assert!(body.sleep.is_some(), "armed once the answer goes on");
+            assert!(body.sleep.is_none(), "no timer for a body that is ready");
             tokio::time::advance(Duration::from_millis(299)).await;
             assert!(body.frame().await.unwrap().is_ok(), "still in time");
             tokio::time::advance(Duration::from_millis(1)).await;

@@ -17,6 +17,7 @@
 //! | [`DeadlineExceeded`](crate::error::DeadlineExceeded) | `DEADLINE_EXCEEDED` | — | `deadline exceeded` |
 //! | [`AttemptTimeout`](crate::error::AttemptTimeout) | `DEADLINE_EXCEEDED` | — | `attempt timed out` |
 //! | a `tonic::Status` (in the chain) | its own | its own | its own |
+//! | [`InvalidTimeout`](crate::deadline::propagate::InvalidTimeout) (the caller's `grpc-timeout`, under `OnInvalid::Reject`) | `INVALID_ARGUMENT` | — | `invalid grpc-timeout` |
 //! | any other error | `UNKNOWN` | — | `internal error` |
 //!
 //! The pushback (gRPC proposal A6) is the rejection's `retry_after` in whole

@@ -119,6 +119,10 @@ pub(crate) fn status_for_error(err: &(dyn Error + 'static)) -> Status {
     }
     match status_in(err) {
         Some(status) => status.clone(),
+        #[cfg(feature = "deadline")]
+        None if crate::deadline::propagate::is_invalid_timeout(err) => {
+            Status::new(Code::InvalidArgument, "invalid grpc-timeout")
+        }
         None => Status::new(Code::Unknown, INTERNAL_ERROR_MESSAGE),
     }
 }

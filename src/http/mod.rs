@@ -15,6 +15,7 @@
 //! | [`RateLimited`](crate::error::RateLimited) | 429 | when known | `rate limited` |
 //! | [`DeadlineExceeded`](crate::error::DeadlineExceeded) | 504 | — | `deadline exceeded` |
 //! | [`AttemptTimeout`](crate::error::AttemptTimeout) | 504 | — | `attempt timed out` |
+//! | [`InvalidTimeout`](crate::deadline::propagate::InvalidTimeout) (the caller's header, under `OnInvalid::Reject`) | 400 | — | `invalid timeout header` |
 //! | any other error | 500 | — | `internal server error` |
 //!
 //! Bodies are plain text (`content-type: text/plain; charset=utf-8`) and name

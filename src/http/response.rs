@@ -14,6 +14,12 @@ const TEXT_PLAIN: HeaderValue = HeaderValue::from_static("text/plain; charset=ut
 /// The body written for errors that are not seawall rejections.
 pub(crate) const INTERNAL_ERROR_BODY: &str = "internal server error";
 
+/// The body written for a caller's unreadable timeout header
+/// ([`InvalidTimeout`](crate::deadline::propagate::InvalidTimeout), under
+/// `OnInvalid::Reject`).
+#[cfg_attr(not(feature = "deadline"), allow(dead_code))]
+pub(crate) const INVALID_TIMEOUT_BODY: &str = "invalid timeout header";
+
 /// The HTTP status a rejection of `kind` answers with.
 ///
 /// | kind | status |
@@ -90,6 +96,10 @@ where
 {
     let (status, body, retry_after) = match rejection(err) {
         Some(r) => (status_for(r.kind()), body_for(r.kind()), r.retry_after()),
+        #[cfg(feature = "deadline")]
+        None if crate::deadline::propagate::is_invalid_timeout(err) => {
+            (StatusCode::BAD_REQUEST, INVALID_TIMEOUT_BODY, None)
+        }
         None => (StatusCode::INTERNAL_SERVER_ERROR, INTERNAL_ERROR_BODY, None),
     };
     let mut res = Response::new(B::from(body));

@@ -762,6 +762,16 @@ mod propagation {
             err.to_string(),
             "invalid grpc-timeout header: timeout value is not made of ASCII digits"
         );
+        // Answered as the caller's mistake: 400 / INVALID_ARGUMENT (not 500 /
+        // UNKNOWN, which a client's breaker would count against the server).
+        let res: http::Response<String> = seawall::http::rejection_response(&err);
+        assert_eq!(res.status(), 400);
+        assert_eq!(res.body(), "invalid timeout header");
+        #[cfg(feature = "tonic")]
+        assert_eq!(
+            seawall::grpc::status_for(&err).code(),
+            tonic::Code::InvalidArgument
+        );
 
         // Zero, or no more than the margin: expired on arrival.
         for value in [&b"0n"[..], b"20m"] {

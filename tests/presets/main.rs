@@ -835,8 +835,7 @@ async fn grpc_preset_breaker_opens_on_unavailable_then_refuses_fast() {
         if refused == 1 {
             // What an axum handler answers its own caller (the README's
             // gRPC handler): 503 with Retry-After.
-            let res: http::Response<String> =
-                seawall::http::rejection_response(&seawall::BoxError::from(status));
+            let res = readme_grpc_handler_answer(Err(status));
             assert_eq!(res.status(), 503);
             assert_eq!(res.headers()["retry-after"], "1");
         }
@@ -928,6 +927,37 @@ async fn grpc_preset_tonic_client_sees_deadline_exceeded() {
 /// short one `DEADLINE_EXCEEDED` 10 ms before the `grpc-timeout` it was
 /// sent, the caller's own deadline: the breaker stays closed, and the five
 /// are served.
+/// The README's axum handler over the gRPC client preset: the HTTP answer
+/// for the call's outcome.
+fn readme_grpc_handler_answer(
+    result: Result<tonic::Response<greeter::HelloReply>, Status>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    // --- README gRPC handler begins ---
+    match result {
+        Ok(reply) => reply.into_inner().message.into_response(),
+        // This process refused or gave up (breaker open, budget spent, out of
+        // time): 503 or 429 with Retry-After, or 504.
+        Err(status) if seawall::error::rejection(&status).is_some() => {
+            seawall::http::rejection_response(&seawall::BoxError::from(status))
+        }
+        // The dependency ran out of the time it was sent (the caller's own
+        // deadline, passed on; a plain tonic server says CANCELLED): 504, which
+        // the caller's breaker does not count against this service.
+        Err(status)
+            if matches!(
+                status.code(),
+                tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
+            ) =>
+        {
+            http::StatusCode::GATEWAY_TIMEOUT.into_response()
+        }
+        // The dependency answered an error, or could not be reached: 502.
+        Err(_) => http::StatusCode::BAD_GATEWAY.into_response(),
+    }
+    // --- README gRPC handler ends ---
+}
+
 #[tokio::test]
 async fn grpc_answers_to_callers_short_deadlines_do_not_open_the_preset_breaker() {
     use seawall::deadline::{Deadline, scope};
@@ -955,6 +985,12 @@ async fn grpc_answers_to_callers_short_deadlines_do_not_open_the_preset_breaker(
     });
     let short = futures::future::join_all(short).await;
     assert_eq!(short, vec![Code::DeadlineExceeded; 30]);
+    // What the README's axum handler answers its own caller for each: 504
+    // (its caller's breaker does not count that), not 502.
+    for code in &short {
+        let answer = readme_grpc_handler_answer(Err(Status::new(*code, "deadline exceeded")));
+        assert_eq!(answer.status(), 504);
+    }
     assert_eq!(breaker.state(), State::Closed, "{:?}", breaker.metrics());
     assert_eq!(breaker.metrics().failures, 0);
     let long = (0..5).map(|_| call_say_hello(client.clone(), hello()));

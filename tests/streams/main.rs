@@ -996,6 +996,46 @@ mod in_process {
         assert_eq!(body, "0 1 2 ");
     }
 
+    /// A stream whose producer is always ahead of a slow reader is still
+    /// held to the attempt's deadline (500 ms): frames are handed over up to
+    /// it, then the body ends with the deadline, and the permit is back.
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_always_ready_for_a_slow_reader_is_cut_at_its_deadline() {
+        let stack = ClientStack::http("dep")
+            .total_budget(Duration::from_secs(2))
+            .attempt_timeout(Duration::from_millis(500))
+            .build()
+            .unwrap();
+        let bulkhead = stack.bulkhead_handle();
+        let client = stack.layer(tower::service_fn(|_: http::Request<Full<Bytes>>| async {
+            Ok::<_, BoxError>(fed(100, Duration::from_millis(1), true))
+        }));
+        let start = tokio::time::Instant::now();
+        let res = client.oneshot(get()).await.unwrap();
+        let mut body = pin!(res.into_body());
+        let mut read = 0;
+        let err = loop {
+            match body.frame().await {
+                Some(Ok(_)) => read += 1,
+                Some(Err(e)) => break e,
+                None => panic!("all {read} frames read: the deadline never cut the stream"),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(
+            rejection_of(&err).map(|r| r.kind()),
+            Some(RejectionKind::DeadlineExceeded)
+        );
+        // A frame every 50 ms up to 500 ms, and one more within the grace.
+        assert!((10..=12).contains(&read), "{read} frames");
+        assert!(
+            start.elapsed() <= Duration::from_millis(600),
+            "{:?}",
+            start.elapsed()
+        );
+        assert_eq!(bulkhead.in_flight(), 0);
+    }
+
     /// The client throttle, held to the body's end, counts an accept only
     /// for a body that ends well; a body that fails is a request without an
     /// accept; one dropped half way is taken back.
