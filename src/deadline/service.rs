@@ -58,7 +58,13 @@ pub(crate) fn reject_deadline(layer: LayerKind, shared: &Shared, detail: &'stati
 pub struct DeadlineService<S, X = OwnTimer> {
     inner: S,
     shared: Striped<Shared>,
+    // When `poll_ready` first had to wait, and the task that waited: a
+    // wait another task left behind (its caller gave up) is not the next
+    // call's.
     ready_since: Option<Instant>,
+    // The task that waited (its waker's data pointer): the one allowed to
+    // call on that wait.
+    ready_task: usize,
     in_request: bool,
     expiry: PhantomData<fn() -> X>,
 }
@@ -69,6 +75,7 @@ impl<S, X> DeadlineService<S, X> {
             inner,
             shared,
             ready_since: None,
+            ready_task: 0,
             in_request,
             expiry: PhantomData,
         }
@@ -98,6 +105,7 @@ impl<S: Clone, X> Clone for DeadlineService<S, X> {
             inner: self.inner.clone(),
             shared: self.shared.clone(),
             ready_since: None,
+            ready_task: 0,
             in_request: self.in_request,
             expiry: PhantomData,
         }
@@ -131,12 +139,21 @@ where
             Poll::Pending => {
                 // The budget clock starts at the first `poll_ready` that has
                 // to wait; a service ready at once costs no clock read here.
-                if self.ready_since.is_none() {
+                let task = cx.waker().data() as usize;
+                if self.ready_since.is_none() || self.ready_task != task {
                     self.ready_since = Some(clock::now());
+                    self.ready_task = task;
                 }
                 Poll::Pending
             }
-            Poll::Ready(Ok(())) => Poll::Ready(Ok(())),
+            Poll::Ready(Ok(())) => {
+                if self.ready_since.is_some() && self.ready_task != cx.waker().data() as usize {
+                    // Another task waited and gave up: this call did not
+                    // wait.
+                    self.ready_since = None;
+                }
+                Poll::Ready(Ok(()))
+            }
             Poll::Ready(Err(e)) => {
                 self.ready_since = None;
                 Poll::Ready(Err(e.into()))

@@ -249,8 +249,13 @@ where
                             // Headers, then trailers with a failure and no
                             // message: the same as a trailers-only answer.
                             Ok(trailers) if is_failure(&trailers) => {
+                                // Each trailer replaces the header of its
+                                // name, every value of it kept.
+                                for name in trailers.keys() {
+                                    parts.headers.remove(name);
+                                }
                                 for (name, value) in &trailers {
-                                    parts.headers.insert(name, value.clone());
+                                    parts.headers.append(name, value.clone());
                                 }
                                 tonic::body::Body::empty()
                             }

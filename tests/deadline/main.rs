@@ -260,6 +260,40 @@ async fn waiting_in_poll_ready_counts_against_the_budget() {
     );
 }
 
+/// A wait in `poll_ready` that its task gave up on is not charged to the
+/// next call, made by another task once the service is ready.
+#[tokio::test(start_paused = true)]
+async fn a_wait_another_task_gave_up_is_not_the_next_calls() {
+    struct Flag;
+    impl std::task::Wake for Flag {
+        fn wake(self: Arc<Self>) {}
+    }
+    let calls = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::new(Mutex::new(None));
+    let layer = DeadlineLayer::builder(Duration::from_secs(1))
+        .name("api")
+        .build()
+        .unwrap();
+    let mut svc = layer.layer(ReadyAt {
+        sleep: Box::pin(sleep(300 * MS)),
+        calls: calls.clone(),
+        seen: seen.clone(),
+    });
+    // Task A polls, has to wait, and goes away.
+    let a = std::task::Waker::from(Arc::new(Flag));
+    assert!(svc.poll_ready(&mut Context::from_waker(&a)).is_pending());
+    // 2 s later task B finds it ready and calls: its own full budget.
+    tokio::time::advance(Duration::from_secs(2)).await;
+    let b = std::task::Waker::from(Arc::new(Flag));
+    assert!(matches!(
+        svc.poll_ready(&mut Context::from_waker(&b)),
+        Poll::Ready(Ok(()))
+    ));
+    svc.call(Req::default()).await.unwrap();
+    assert_eq!(*seen.lock().unwrap(), Some(Duration::from_secs(1)));
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
 /// A naive retry loop: calls again after every `AttemptTimeout`, without limit.
 #[derive(Clone)]
 struct RetryLoop<S> {

@@ -650,6 +650,9 @@ impl tower::Service<http::Request<Body>> for Raw {
                     let mut trailers = http::HeaderMap::new();
                     trailers.insert("grpc-status", "14".parse().unwrap());
                     trailers.insert("grpc-message", "down".parse().unwrap());
+                    // Metadata with two values: both reach the client.
+                    trailers.append("x-failed-shard", "3".parse().unwrap());
+                    trailers.append("x-failed-shard", "7".parse().unwrap());
                     let mut frames = Vec::new();
                     if answer == Answer::HeadersEmptyDataThenTrailers {
                         frames.push(Ok::<_, Status>(http_body::Frame::data(Bytes::new())));
@@ -865,6 +868,15 @@ async fn grpc_preset_reads_a_failure_sent_as_headers_then_trailers() {
             .unwrap_err();
         assert_eq!(status.code(), Code::Unavailable, "{answer:?}");
         assert_eq!(status.message(), "down", "{answer:?}");
+        if answer != Answer::TrailersOnly {
+            let shards: Vec<_> = status
+                .metadata()
+                .get_all("x-failed-shard")
+                .iter()
+                .map(|v| v.to_str().unwrap().to_owned())
+                .collect();
+            assert_eq!(shards, ["3", "7"], "{answer:?}");
+        }
         // Retried (UNAVAILABLE: 3 attempts) and counted by the breaker.
         assert_eq!(hits.load(Ordering::SeqCst), 3, "{answer:?}");
         let m = breaker.metrics();
