@@ -71,13 +71,19 @@ async fn ready_call<S: Service<u64, Error = BoxError>>(
     svc.ready().await?.call(i).await
 }
 
-#[tokio::test(start_paused = true)]
-async fn five_failures_in_a_row_eject_then_one_probe_decides() {
+/// An ejection layer with the defaults, reporting to a recorder.
+fn recorded() -> (Recorder, EjectionLayer) {
     let rec = Recorder::new();
     let layer = EjectionLayer::builder()
         .observer(Observer::from(rec.clone()))
         .build()
         .unwrap();
+    (rec, layer)
+}
+
+#[tokio::test(start_paused = true)]
+async fn five_failures_in_a_row_eject_then_one_probe_decides() {
+    let (rec, layer) = recorded();
     let replicas: Vec<Replica> = (0..4).map(|_| Replica::new()).collect();
     let mut eps: Vec<Ejectable<Replica, _>> =
         replicas.iter().map(|r| layer.layer(r.clone())).collect();
@@ -191,11 +197,7 @@ where
 
 #[tokio::test(start_paused = true)]
 async fn a_slow_replica_is_a_latency_outlier() {
-    let rec = Recorder::new();
-    let layer = EjectionLayer::builder()
-        .observer(Observer::from(rec.clone()))
-        .build()
-        .unwrap();
+    let (rec, layer) = recorded();
     let replicas: Vec<Replica> = (0..10).map(|_| Replica::new()).collect();
     replicas[3].latency_ms.store(100, Ordering::SeqCst);
     let eps: Vec<_> = replicas.iter().map(|r| layer.layer(r.clone())).collect();
@@ -220,11 +222,7 @@ async fn a_slow_replica_is_a_latency_outlier() {
 
 #[tokio::test(start_paused = true)]
 async fn a_replica_failing_a_fifth_of_its_calls_is_a_success_rate_outlier() {
-    let rec = Recorder::new();
-    let layer = EjectionLayer::builder()
-        .observer(Observer::from(rec.clone()))
-        .build()
-        .unwrap();
+    let (rec, layer) = recorded();
     // Replica 0 fails one of its calls in five: never five in a row.
     let n = Arc::new(AtomicU64::new(0));
     let flaky = tower::service_fn(move |i: u64| {
@@ -264,11 +262,7 @@ async fn a_replica_failing_a_fifth_of_its_calls_is_a_success_rate_outlier() {
 /// eject it, and its probe, ended the same way, sends it out again.
 #[tokio::test(start_paused = true)]
 async fn a_hung_replica_whose_calls_an_attempt_timeout_ends_is_ejected() {
-    let rec = Recorder::new();
-    let layer = EjectionLayer::builder()
-        .observer(Observer::from(rec.clone()))
-        .build()
-        .unwrap();
+    let (rec, layer) = recorded();
     let replicas: Vec<Replica> = (0..4).map(|_| Replica::new()).collect();
     replicas[2].latency_ms.store(3_600_000, Ordering::SeqCst); // an hour
     let eps: Vec<_> = replicas.iter().map(|r| layer.layer(r.clone())).collect();
