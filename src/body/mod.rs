@@ -96,7 +96,9 @@ pin_project! {
     /// hands over what has arrived first; from a stream's third frame each
     /// is checked against the deadline, and past it frames keep coming for
     /// 20 ms (what a late reader finds there), then the body is cut: a
-    /// stream that is always ready for a slow reader ends too. Retry looks at
+    /// stream that is always ready for a slow reader ends too, and the
+    /// breaker does not count it (the reader was late, not the dependency).
+    /// Retry looks at
     /// heads only: a body cut off after its head arrived is not retried,
     /// and the error reaches whoever reads the body.
     pub struct CallBody<B> {
@@ -500,13 +502,15 @@ const CUT_MARGIN: std::time::Duration = std::time::Duration::from_millis(20);
 /// short against a stream that is always ready.
 const LATE_GRACE: std::time::Duration = std::time::Duration::from_millis(20);
 
-/// The end of a reply cut past its deadline's grace: what it held let go,
-/// the deadline as its error. Out of line: a stream's slow path.
+/// The end of a reply cut past its deadline's grace: what it held let go
+/// as if the reader had dropped it (the reader was late, not the
+/// dependency: the breaker does not count it), the deadline as its error.
+/// Out of line: a stream's slow path.
 #[cold]
 #[inline(never)]
 fn cut_late<D>(held: &mut Held, shared: &Shared, ending: Ending) -> Result<Frame<D>, BoxError> {
     let error = reject_deadline(LayerKind::Deadline, shared, TIMED_OUT);
-    held.release(Some(&error));
+    drop(std::mem::take(held));
     Err(match ending {
         Ending::GrpcStatus => grpc_status(error),
         _ => error,

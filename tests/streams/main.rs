@@ -1006,7 +1006,7 @@ mod in_process {
             .attempt_timeout(Duration::from_millis(500))
             .build()
             .unwrap();
-        let bulkhead = stack.bulkhead_handle();
+        let (bulkhead, breaker) = (stack.bulkhead_handle(), stack.breaker_handle());
         let client = stack.layer(tower::service_fn(|_: http::Request<Full<Bytes>>| async {
             Ok::<_, BoxError>(fed(100, Duration::from_millis(1), true))
         }));
@@ -1034,6 +1034,9 @@ mod in_process {
             start.elapsed()
         );
         assert_eq!(bulkhead.in_flight(), 0);
+        // The reader was late, not the dependency: not counted.
+        let m = breaker.metrics();
+        assert_eq!((m.calls, m.failures), (0, 0));
     }
 
     /// The client throttle, held to the body's end, counts an accept only
