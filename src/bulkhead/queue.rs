@@ -335,9 +335,17 @@ impl Engine {
             let old = self.max.swap(n, Ordering::AcqRel);
             if n >= old {
                 let mut add = n - old;
-                let pay = self.debt.load(Ordering::Acquire).min(add);
-                self.debt.fetch_sub(pay, Ordering::AcqRel);
-                add -= pay;
+                // One read-modify-write: a permit returned meanwhile retires
+                // against the same debt (a load then a subtraction could
+                // take more than is left and wrap it, retiring every permit
+                // from then on).
+                let debt = self
+                    .debt
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| {
+                        Some(d - d.min(add))
+                    })
+                    .unwrap_or_else(|d| d);
+                add -= debt.min(add);
                 list.max_slots = self
                     .settings
                     .max_queue

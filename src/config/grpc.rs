@@ -191,7 +191,9 @@ impl GrpcServiceConfig {
     /// map: `retryThrottling` (a token bucket of failures; seawall's retry
     /// budget is a share of requests over a window: set `budget_ratio`
     /// instead), a `backoffMultiplier` other than 2 (seawall doubles), entries
-    /// whose timeouts or retry policies differ, a method with both a retry
+    /// whose timeouts or retry policies differ (an entry with neither a retry
+    /// nor a hedging policy beside one with a retry policy: it would retry
+    /// that entry's methods too), a method with both a retry
     /// and a hedging policy, `maxAttempts` outside `2..=5`, and malformed
     /// durations or codes. Each error names the field.
     pub fn policy(&self) -> Result<GrpcPolicy, ConfigError> {
@@ -202,6 +204,23 @@ impl GrpcServiceConfig {
                         requests over a sliding window (retry.budget_ratio)"
                     .into(),
             );
+        }
+        // One retry policy per dependency: it applies to every method, so
+        // an entry without one (methods gRPC would not retry: writes) is
+        // refused beside an entry with one. A hedged entry may go without:
+        // a method hedged is one that may run twice.
+        if self.method_config.iter().any(|m| m.retry_policy.is_some()) {
+            if let Some(i) = self
+                .method_config
+                .iter()
+                .position(|m| m.retry_policy.is_none() && m.hedging_policy.is_none())
+            {
+                return err(format!(
+                    "methodConfig[{i}]: no retryPolicy while another entry has one; a seawall \
+                     stack has one retry policy for every method of a dependency: give these \
+                     methods a stack of their own (or the same retryPolicy)"
+                ));
+            }
         }
         let mut out = GrpcPolicy::default();
         let mut hedged = Vec::new();

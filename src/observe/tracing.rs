@@ -5,8 +5,8 @@ use super::{Event, EventKind, Hook, State};
 ///
 /// Levels: calls at `trace`; rejections, retries and ignored input at `debug`;
 /// state transitions at `info` (`warn` when a breaker opens or a backend
-/// degrades); limit changes at `debug`; an exhausted retry budget and backend
-/// errors at `warn`.
+/// degrades); limit changes and an exhausted retry budget (one event per
+/// retry refused) at `debug`; backend errors at `warn`.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct TracingHook;
 
@@ -102,7 +102,9 @@ impl Hook for TracingHook {
                 "retry gave up"
             ),
             EventKind::BudgetExhausted => {
-                tracing::warn!(target: "seawall", layer, name, "retry budget exhausted")
+                // One per retry refused: at `warn`, an outage would log one
+                // line per request.
+                tracing::debug!(target: "seawall", layer, name, "retry budget exhausted")
             }
             EventKind::LimitChanged { from, to } => {
                 tracing::debug!(target: "seawall", layer, name, from, to, "limit changed")

@@ -122,6 +122,17 @@ impl<P> RetryLayer<P> {
         self.shared.name.as_str()
     }
 
+    /// Reports a change of this layer's settings made at run time (its
+    /// budget's shares, by a stack's reload).
+    #[cfg_attr(not(feature = "serde"), allow(dead_code))]
+    pub(crate) fn reconfigured(&self) {
+        self.shared.observer.emit(
+            crate::observe::LayerKind::Retry,
+            self.shared.name.as_str(),
+            crate::observe::EventKind::Reconfigured,
+        );
+    }
+
     /// The most attempts made per request, the first one included.
     pub fn max_attempts(&self) -> u32 {
         self.shared.max_attempts

@@ -112,10 +112,15 @@ where
                     Err(_) => {
                         // A failure is judged as a `BoxError`.
                         let result = ready!(poll).map_err(Into::into);
-                        permit.complete(if result.as_ref().is_err_and(overload_below) {
-                            Completion::Drop
-                        } else {
-                            Completion::Ignore
+                        permit.complete(match &result {
+                            Err(e) if overload_below(e) => Completion::Drop,
+                            // A refusal of a layer below in this process (a
+                            // bulkhead for a pool): refused, not failed; no
+                            // sample.
+                            Err(e) if crate::classify::is_local_refusal(e) => {
+                                Completion::Sample(Outcome::Refused)
+                            }
+                            _ => Completion::Ignore,
                         });
                         return Poll::Ready(result);
                     }

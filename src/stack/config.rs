@@ -379,7 +379,20 @@ impl<P, C: Send + Sync + 'static, L, O, H> ClientStackLayer<P, C, L, O, H> {
         if let Some(n) = s.bulkhead.max_concurrent {
             self.bulkhead_handle().set_max_concurrent(n)?;
         }
+        let before = (
+            budget.ratio_ppm(),
+            budget.success_ratio_ppm(),
+            budget.floor(),
+        );
         budget.set_ratios(ratios.0, ratios.1, ratios.2)?;
+        if (
+            budget.ratio_ppm(),
+            budget.success_ratio_ppm(),
+            budget.floor(),
+        ) != before
+        {
+            self.retry().reconfigured();
+        }
         Ok(())
     }
 }

@@ -282,10 +282,51 @@ fn a_grpc_service_config_sets_the_grpc_preset() {
     );
     let e = refused(r#"{"methodConfig": [{"timeout": "1s"}, {"timeout": "2s"}]}"#);
     assert!(e.contains("methodConfig[1].timeout"), "{e}");
+    // A retry policy for reads beside a write with none: the one policy
+    // would retry the write too.
+    let e = refused(
+        r#"{"methodConfig": [
+            {"name": [{"service": "shop.Orders", "method": "Get"}],
+             "retryPolicy": {"maxAttempts": 3, "initialBackoff": "0.1s", "maxBackoff": "1s",
+                "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE", "INTERNAL"]}},
+            {"name": [{"service": "shop.Orders", "method": "Create"}]}]}"#,
+    );
+    assert!(
+        e.contains("methodConfig[1]: no retryPolicy while another entry has one"),
+        "{e}"
+    );
     let e = refused(
         r#"{"methodConfig": [{"name": [{"service": "a.B"}], "hedgingPolicy": {"maxAttempts": 2, "hedgingDelay": "0.1s"}}]}"#,
     );
     assert!(e.contains("hedges every method"), "{e}");
+}
+
+/// A reload that changes only the retry budget's shares reports it, once,
+/// from the retry layer; the same file again reports nothing.
+#[tokio::test(start_paused = true)]
+async fn a_budget_reload_is_reported_by_the_retry_layer() {
+    let c = example();
+    let rec = seawall::observe::Recorder::new();
+    let payments = c
+        .build_client(
+            "payments",
+            ClientStack::builder("payments").observer(seawall::Observer::new(rec.clone())),
+        )
+        .unwrap();
+    let mut s = c.client_settings("payments").unwrap().clone();
+    s.retry.budget_ratio = Some(0.3);
+    let reconfigured = || {
+        rec.events()
+            .iter()
+            .filter(|e| e.kind == seawall::observe::EventKind::Reconfigured)
+            .map(|e| e.name.clone())
+            .collect::<Vec<_>>()
+    };
+    payments.reload(&s).unwrap();
+    assert_eq!(payments.retry_budget().ratio_ppm(), 300_000);
+    assert_eq!(reconfigured(), ["payments.retry"]);
+    payments.reload(&s).unwrap();
+    assert_eq!(reconfigured(), ["payments.retry"], "no change, no event");
 }
 
 /// A reload of a running stack from a changed file: the breaker's open time

@@ -38,6 +38,8 @@ struct Instrument {
     unit: String,
     description: String,
     points: Vec<Point>,
+    /// A histogram's bucket boundaries.
+    bounds: Vec<f64>,
 }
 
 fn attrs<'a>(kv: impl Iterator<Item = &'a opentelemetry::KeyValue>) -> BTreeMap<String, String> {
@@ -66,6 +68,14 @@ fn read(exporter: &InMemoryMetricExporter) -> BTreeMap<String, Instrument> {
                     )
                 };
             }
+            let bounds = match m.data() {
+                AggregatedMetrics::F64(MetricData::Histogram(h)) => h
+                    .data_points()
+                    .next()
+                    .map(|p| p.bounds().collect())
+                    .unwrap_or_default(),
+                _ => Vec::new(),
+            };
             let (kind, points) = match m.data() {
                 AggregatedMetrics::U64(MetricData::Sum(s)) => points!("counter", s, value),
                 AggregatedMetrics::U64(MetricData::Gauge(g)) => points!("gauge", g, value),
@@ -82,6 +92,7 @@ fn read(exporter: &InMemoryMetricExporter) -> BTreeMap<String, Instrument> {
                     unit: m.unit().to_owned(),
                     description: m.description().to_owned(),
                     points,
+                    bounds,
                 },
             );
         }
@@ -183,6 +194,10 @@ async fn opentelemetry_sees_the_same_events_with_its_names() {
         total(&got["seawall.call.duration"], |_| true),
         total(calls, |_| true)
     );
+    // Durations in seconds, in buckets made for seconds (1 ms to 30 s; the
+    // SDK's own, 0 to 10 000, are for milliseconds).
+    let bounds = &got["seawall.call.duration"].bounds;
+    assert_eq!((bounds.first(), bounds.last()), (Some(&0.001), Some(&30.0)));
     // error.type on what failed, not on what succeeded.
     assert!(
         total(calls, |a| a.get("seawall.outcome").map(String::as_str)

@@ -460,6 +460,41 @@ async fn gradient2_limit_grows_while_latency_is_flat() {
     assert_eq!(limit_changes(&rec).last(), Some(&(24, 22)));
 }
 
+/// A bulkhead below the adaptive limit (a pool's, as the README's server
+/// recipe has it) refuses a call: the limit reports it refused, as the
+/// bulkhead does, not failed.
+#[tokio::test(start_paused = true)]
+async fn a_bulkhead_refusal_below_is_reported_refused_by_the_limit() {
+    let rec = Recorder::new();
+    let limit = AdaptiveLimitLayer::builder()
+        .name("api")
+        .observer(Observer::new(rec.clone()))
+        .build()
+        .unwrap();
+    let bulkhead = seawall::bulkhead::BulkheadLayer::builder()
+        .max_concurrent(1)
+        .build()
+        .unwrap();
+    let svc = limit.layer(bulkhead.layer(sleeper()));
+    let (a, b) = tokio::join!(svc.clone().oneshot(50), svc.clone().oneshot(50));
+    assert_eq!(a.unwrap(), 50);
+    assert_eq!(
+        rejection_of(&b.unwrap_err()).map(|r| r.kind()),
+        Some(RejectionKind::BulkheadFull)
+    );
+    let outcomes: Vec<seawall::observe::Outcome> = rec
+        .events()
+        .iter()
+        .filter(|e| e.layer == LayerKind::AdaptiveLimit)
+        .filter_map(|e| match e.kind {
+            EventKind::CallFinished { outcome, .. } => Some(outcome),
+            _ => None,
+        })
+        .collect();
+    use seawall::observe::Outcome::{Refused, Success};
+    assert_eq!(outcomes, [Refused, Success]);
+}
+
 #[tokio::test(start_paused = true)]
 async fn over_the_limit_is_rejected_at_once_and_slots_are_released_on_drop() {
     let rec = Recorder::new();
