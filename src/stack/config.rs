@@ -279,6 +279,39 @@ fn stack_name(deadline: &str) -> &str {
     deadline.strip_suffix(".deadline").unwrap_or(deadline)
 }
 
+/// The settings of a client section that only a build applies (the
+/// breaker's half-open calls and slow-call time, the bulkhead's queue),
+/// checked by the layers' own builders as that build will check them.
+fn check_next_build(s: &ClientSettings, breaker: &str, bulkhead: &str) -> Result<(), ConfigError> {
+    if s.breaker.half_open_calls.is_some() || s.slow_call_duration.is_some() {
+        let mut b = crate::circuit_breaker::CircuitBreakerLayer::builder();
+        if let Some(n) = s.breaker.half_open_calls {
+            b = b.permitted_calls_in_half_open(n);
+        }
+        if let Some(d) = s.slow_call_duration {
+            b = b.slow_call_duration(d);
+        }
+        b.build().map_err(|e| named(breaker, e))?;
+    }
+    check_queue(&s.bulkhead, bulkhead)
+}
+
+/// A bulkhead section's queue (applied at the next build), checked by the
+/// bulkhead's builder.
+fn check_queue(s: &crate::config::BulkheadSettings, bulkhead: &str) -> Result<(), ConfigError> {
+    if s.max_queue.is_some() || s.max_wait.is_some() {
+        let mut b = crate::bulkhead::BulkheadLayer::builder();
+        if let Some(n) = s.max_queue {
+            b = b.max_queue(n);
+        }
+        if let Some(d) = s.max_wait {
+            b = b.max_wait(d);
+        }
+        b.build().map_err(|e| named(bulkhead, e))?;
+    }
+    Ok(())
+}
+
 /// The bulkhead's rule, with the instance's name as the path.
 fn check_limit(path: &str, n: Option<usize>) -> Result<(), ConfigError> {
     match n {
@@ -293,10 +326,12 @@ impl<P, C: Send + Sync + 'static, L, O, H> ClientStackLayer<P, C, L, O, H> {
     /// (its state and window kept), the bulkhead's limit (calls in flight
     /// keep their permits) and the retry budget's shares and floor (its
     /// window and counts kept). Other settings of the section (time
-    /// budgets, attempts, backoff) take effect when the stack is built
-    /// again, and are checked now as that build will check them (attempts
-    /// in `1..=100`, the attempt timeout within the total budget, room for
-    /// a retry): a section that reloads is a section that builds. A value
+    /// budgets, attempts, backoff, the slow-call time, the breaker's
+    /// half-open calls and `count_overload`, the bulkhead's queue) take
+    /// effect when the stack is built again, and are checked now as that
+    /// build will check them (attempts in `1..=100`, the attempt timeout
+    /// above zero and within the total budget, room for a retry, the
+    /// layers' own rules): a section that reloads is a section that builds. A value
     /// equal to the one in place is no change, and reports none; each
     /// change is reported (`Reconfigured`, `LimitChanged` for the
     /// bulkhead). A setting absent from
@@ -356,7 +391,11 @@ impl<P, C: Send + Sync + 'static, L, O, H> ClientStackLayer<P, C, L, O, H> {
             s.slow_call_duration,
         )
         .map_err(|e| named(stack, e))?;
+        if let Some(per_try) = s.attempt_timeout {
+            crate::deadline::AttemptTimeoutLayer::new(per_try).map_err(|e| named(stack, e))?;
+        }
         let breaker = self.breaker_handle();
+        check_next_build(s, breaker.name(), self.bulkhead_handle().name())?;
         let t = s.breaker.tune(breaker.tuning());
         check_limit(self.bulkhead_handle().name(), s.bulkhead.max_concurrent)?;
         let budget = self.retry_budget();
@@ -404,9 +443,10 @@ impl<O, R: RateLimitReload, P, I> ServerStackLayer<O, R, P, I> {
     /// flight keep their permits) and the rate limit's quota (every bucket keeps what it
     /// owes, within the new burst: see
     /// [`RateLimitLayer::set_quota`](crate::rate_limit::RateLimitLayer::set_quota)).
-    /// The time budgets (`total_budget`, `handler_timeout`) take effect
-    /// when the stack is built again, and are checked now as that build
-    /// will check them (the handler timeout within the total budget). A
+    /// The time budgets (`total_budget`, `handler_timeout`) and the
+    /// bulkhead's queue take effect when the stack is built again, and are
+    /// checked now as that build will check them (the handler timeout
+    /// within the total budget, the bulkhead's own rules). A
     /// value equal to the one in place is no change, and reports none. A
     /// setting absent from the section keeps its current value (not the
     /// default). All or nothing: a refused value changes nothing, and the
@@ -441,6 +481,7 @@ impl<O, R: RateLimitReload, P, I> ServerStackLayer<O, R, P, I> {
             .map_err(|e| named(stack, e))?;
         }
         check_limit(self.bulkhead_handle().name(), s.bulkhead.max_concurrent)?;
+        check_queue(&s.bulkhead, self.bulkhead_handle().name())?;
         if let Some(rate) = &s.rate_limit {
             self.rate_limit().check_rate(rate)?;
         }

@@ -329,6 +329,42 @@ async fn a_budget_reload_is_reported_by_the_retry_layer() {
     assert_eq!(reconfigured(), ["payments.retry"], "no change, no event");
 }
 
+/// Settings a reload leaves to the next build are checked by the rules that
+/// build applies: a value it would refuse is refused now, and nothing
+/// changes.
+#[tokio::test(start_paused = true)]
+async fn a_reload_refuses_what_the_next_build_would() {
+    let c = example();
+    let payments = c.client("payments").unwrap();
+    let limit = payments.bulkhead_handle().max_concurrent();
+    for (line, refused) in [
+        (
+            "breaker = { half_open_calls = 0 }",
+            "permitted_calls_in_half_open",
+        ),
+        (
+            "slow_call_duration = \"0s\"",
+            "slow_call_duration must be above zero",
+        ),
+        (
+            "bulkhead = { max_concurrent = 3, max_wait = \"0s\" }",
+            "max_wait must be above zero",
+        ),
+        ("attempt_timeout = \"0s\"", "payments"),
+    ] {
+        let changed: ServiceConfig = toml::from_str(&format!(
+            "[clients.payments]\ntotal_budget = \"2s\"\n{line}"
+        ))
+        .unwrap();
+        let e = payments
+            .reload(changed.client_settings("payments").unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(refused), "{line}: {e}");
+        assert_eq!(payments.bulkhead_handle().max_concurrent(), limit, "{line}");
+    }
+}
+
 /// A reload of a running stack from a changed file: the breaker's open time
 /// and threshold, the bulkhead's limit and the retry budget's share change,
 /// the rest waits for a rebuild; a refused file changes nothing.
