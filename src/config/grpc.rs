@@ -194,7 +194,8 @@ impl GrpcServiceConfig {
     /// whose timeouts or retry policies differ (an entry with neither a retry
     /// nor a hedging policy beside one with a retry policy: it would retry
     /// that entry's methods too), a method with both a retry
-    /// and a hedging policy, `maxAttempts` outside `2..=5`, and malformed
+    /// and a hedging policy, `maxAttempts` below 2 (above 5 it is taken as 5,
+    /// as gRPC does), and malformed
     /// durations or codes. Each error names the field.
     pub fn policy(&self) -> Result<GrpcPolicy, ConfigError> {
         let err = |m: String| Err(ConfigError::new("grpc_service_config", m));
@@ -245,9 +246,9 @@ impl GrpcServiceConfig {
             }
             if let Some(r) = &m.retry_policy {
                 let f = format!("{at}.retryPolicy");
-                if !(2..=5).contains(&r.max_attempts) {
+                if r.max_attempts < 2 {
                     return err(format!(
-                        "{f}.maxAttempts: must be in 2..=5, got {}",
+                        "{f}.maxAttempts: must be at least 2, got {}",
                         r.max_attempts
                     ));
                 }
@@ -265,7 +266,8 @@ impl GrpcServiceConfig {
                     .map(|c| code(&format!("{f}.retryableStatusCodes"), c))
                     .collect::<Result<Vec<_>, _>>()?;
                 let policy = crate::retry::grpc::GrpcRetry::with_codes(codes);
-                let this = (r.max_attempts, base, cap, policy);
+                // gRPC treats more than 5 as 5 (A6), and so does this.
+                let this = (r.max_attempts.min(5), base, cap, policy);
                 match &out.retry {
                     Some(prev) if *prev != this => {
                         return err(format!(
@@ -278,9 +280,9 @@ impl GrpcServiceConfig {
             }
             if let Some(h) = &m.hedging_policy {
                 let f = format!("{at}.hedgingPolicy");
-                if !(2..=5).contains(&h.max_attempts) {
+                if h.max_attempts < 2 {
                     return err(format!(
-                        "{f}.maxAttempts: must be in 2..=5, got {}",
+                        "{f}.maxAttempts: must be at least 2, got {}",
                         h.max_attempts
                     ));
                 }
@@ -303,13 +305,23 @@ impl GrpcServiceConfig {
                     }
                     hedged.push(format!("/{}/{}", n.service, n.method));
                 }
+                let attempts = h.max_attempts.min(5);
                 match &out.hedging {
-                    Some((d, a, _)) if (*d, *a) != (delay, h.max_attempts) => {
+                    Some((d, a, _)) if (*d, *a) != (delay, attempts) => {
                         return err(format!("{f}: differs from an earlier entry's"));
                     }
-                    _ => out.hedging = Some((delay, h.max_attempts, Vec::new())),
+                    _ => out.hedging = Some((delay, attempts, Vec::new())),
                 }
             }
+        }
+        hedged.sort();
+        hedged.dedup();
+        let most = crate::retry::grpc::MAX_HEDGED_METHODS;
+        if hedged.len() > most {
+            return err(format!(
+                "hedgingPolicy: {} methods hedged; a stack hedges {most} at most",
+                hedged.len()
+            ));
         }
         if let Some(h) = &mut out.hedging {
             h.2 = hedged;

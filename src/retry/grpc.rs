@@ -137,6 +137,20 @@ impl GrpcRetry {
         self
     }
 
+    /// These codes, with the methods `earlier` opted in to hedging kept
+    /// beside this policy's (at most [`MAX_HEDGED_METHODS`] in all).
+    #[cfg_attr(not(feature = "serde"), allow(dead_code))]
+    pub(crate) fn keeping_hedged_of(mut self, earlier: &GrpcRetry) -> Self {
+        for &h in &earlier.hedged[..usize::from(earlier.hedged_len)] {
+            let n = usize::from(self.hedged_len);
+            if n < MAX_HEDGED_METHODS && !self.hedged[..n].contains(&h) {
+                self.hedged[n] = h;
+                self.hedged_len += 1;
+            }
+        }
+        self
+    }
+
     /// Whether calls to the method `path` may be hedged.
     pub fn hedges(&self, path: &str) -> bool {
         let h = path_hash(path);

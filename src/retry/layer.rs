@@ -99,16 +99,7 @@ impl Default for RetryLayer<RetryErrors> {
 
 impl<P> RetryLayer<P> {
     /// The policy deciding what is retried.
-    #[cfg_attr(
-        not(all(
-            feature = "hedge",
-            feature = "deadline",
-            feature = "circuit-breaker",
-            feature = "shed"
-        )),
-        allow(dead_code)
-    )]
-    pub(crate) fn policy(&self) -> &P {
+    pub fn policy(&self) -> &P {
         &self.shared.policy
     }
 
@@ -254,6 +245,12 @@ pub(crate) fn check_max_attempts(n: u32) -> Result<(), ConfigError> {
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 
 impl<P> RetryLayerBuilder<P> {
+    /// The policy set so far.
+    #[cfg_attr(not(feature = "serde"), allow(dead_code))]
+    pub(crate) fn current_policy(&self) -> &P {
+        &self.policy
+    }
+
     crate::observe::name_and_observer!(
         in settings,
         "The instance name used in events (default `\"retry\"`).",

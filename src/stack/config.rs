@@ -212,9 +212,15 @@ impl<O, H>
         let hedged = p.hedging.map(|h| h.2).unwrap_or_default();
         let retry = p.retry;
         Ok(b.retry(move |r| {
+            // The policy set on the builder before is kept (its codes when
+            // the config has no retry policy, its hedged methods always).
+            let earlier = *r.current_policy();
             let (r, mut policy) = match retry {
-                Some((n, base, cap, policy)) => (r.max_attempts(n).backoff(base, cap), policy),
-                None => (r, crate::retry::grpc::GrpcRetry::new()),
+                Some((n, base, cap, policy)) => (
+                    r.max_attempts(n).backoff(base, cap),
+                    policy.keeping_hedged_of(&earlier),
+                ),
+                None => (r, earlier),
             };
             for m in &hedged {
                 policy = policy.hedge_method(m);

@@ -252,6 +252,40 @@ fn a_grpc_service_config_sets_the_grpc_preset() {
         Some(Duration::from_millis(50))
     );
 
+    // A config without a retry policy keeps the one set on the builder, and
+    // its hedged methods are added to those set before.
+    let timeout_only: GrpcServiceConfig = serde_json::from_str(
+        r#"{"methodConfig": [{"name": [{"service": "a.B", "method": "Get"}], "timeout": "1s",
+            "hedgingPolicy": {"maxAttempts": 2, "hedgingDelay": "0.05s"}}]}"#,
+    )
+    .unwrap();
+    let stack = ClientStack::grpc("ab")
+        .attempt_timeout(Duration::from_millis(500))
+        .retry(|r| {
+            r.policy(
+                seawall::retry::grpc::GrpcRetry::new()
+                    .with_code(tonic::Code::DeadlineExceeded)
+                    .hedge_method("/a.B/List"),
+            )
+        })
+        .service_config(&timeout_only)
+        .unwrap()
+        .build()
+        .unwrap();
+    let policy = stack.retry().policy();
+    assert!(
+        policy.retries(tonic::Code::DeadlineExceeded),
+        "the builder's codes"
+    );
+    assert!(policy.hedges("/a.B/List") && policy.hedges("/a.B/Get"));
+    // More than 5 attempts is taken as 5, as gRPC does; fewer than 2 is
+    // refused.
+    let nine: GrpcServiceConfig = serde_json::from_str(
+        r#"{"methodConfig": [{"retryPolicy": {"maxAttempts": 9, "initialBackoff": "0.1s",
+            "maxBackoff": "1s", "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]}}]}"#,
+    )
+    .unwrap();
+    assert_eq!(nine.policy().unwrap().retry.unwrap().0, 5);
     // What does not map.
     let refused = |json: &str| {
         serde_json::from_str::<GrpcServiceConfig>(json)
