@@ -464,13 +464,17 @@ impl<O, R: RateLimitReload, P, I> ServerStackLayer<O, R, P, I> {
     pub fn reload(&self, s: &ServerSettings) -> Result<(), ConfigError> {
         // The time budgets take effect at the next build: checked now, as
         // that build will check them (a handler timeout the file does not
-        // set follows a smaller budget down, as it does when left unset).
+        // set is the builder's, if it set one, or follows the budget).
         if s.total_budget.is_some() || s.handler_timeout.is_some() {
             let stack = stack_name(self.deadline().name());
             let total = s.total_budget.unwrap_or(self.deadline().budget());
-            let handler = s
-                .handler_timeout
-                .unwrap_or_else(|| self.handler_timeout().per_try().min(total));
+            let handler = s.handler_timeout.unwrap_or_else(|| {
+                if self.handler_set() {
+                    self.handler_timeout().per_try()
+                } else {
+                    total
+                }
+            });
             super::part::stack_timers(
                 &crate::error::Name::from(stack.to_owned()),
                 "server_stack",

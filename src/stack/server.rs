@@ -52,6 +52,9 @@ pub struct ServerStackLayer<O = Identity, R = Identity, P = FromTaskLocal, I = I
     limit: AdaptiveLimitLayer<P>,
     bulkhead: BulkheadLayer,
     handler: AttemptTimeoutLayer,
+    // The handler timeout was set on the builder (not the budget's): a
+    // reload checks it as the next build will take it.
+    handler_set: bool,
     innermost: I,
 }
 
@@ -163,6 +166,12 @@ impl<O, R, P, I> ServerStackLayer<O, R, P, I> {
     pub fn handler_timeout(&self) -> &AttemptTimeoutLayer {
         &self.handler
     }
+
+    /// Whether the handler timeout was set on the builder.
+    #[cfg_attr(not(feature = "serde"), allow(dead_code))]
+    pub(crate) fn handler_set(&self) -> bool {
+        self.handler_set
+    }
 }
 
 impl<O: Clone, R: Clone, P, I: Clone> Clone for ServerStackLayer<O, R, P, I> {
@@ -175,6 +184,7 @@ impl<O: Clone, R: Clone, P, I: Clone> Clone for ServerStackLayer<O, R, P, I> {
             limit: self.limit.clone(),
             bulkhead: self.bulkhead.clone(),
             handler: self.handler.clone(),
+            handler_set: self.handler_set,
         }
     }
 }
@@ -378,6 +388,7 @@ impl<O, R, P> ServerStackBuilder<O, R, P> {
             .common
             .total_budget
             .ok_or_else(|| ConfigError::new(KIND, "total_budget must be set"))?;
+        let handler_set = self.common.handler_timeout.is_some();
         let handler_timeout = self.common.handler_timeout.unwrap_or(total);
         let obs = self.common.observer.as_ref();
         let (deadline, handler) = stack_timers(
@@ -408,6 +419,7 @@ impl<O, R, P> ServerStackBuilder<O, R, P> {
             limit: limit.build()?,
             bulkhead: bulkhead.build()?,
             handler,
+            handler_set,
         })
     }
 }

@@ -883,6 +883,33 @@ async fn a_reload_refuses_a_section_its_next_build_would_refuse() {
     assert_eq!(payments.bulkhead_handle().max_concurrent(), 7);
 }
 
+/// A handler timeout set in code stays at the next build when the file sets
+/// none: a reload to a budget below it is refused, as that build would be;
+/// one left unset follows the budget down.
+#[tokio::test(start_paused = true)]
+async fn a_server_reload_checks_a_handler_timeout_set_in_code() {
+    let section = toml::from_str::<ServiceConfig>("[server]\ntotal_budget = \"1s\"")
+        .unwrap()
+        .server_settings()
+        .unwrap()
+        .clone();
+    let set = ServerStack::builder("api")
+        .total_budget(Duration::from_secs(5))
+        .handler_timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let e = set.reload(&section).unwrap_err().to_string();
+    assert!(
+        e.contains("handler_timeout must be at most total_budget"),
+        "{e}"
+    );
+    let unset = ServerStack::builder("api")
+        .total_budget(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    unset.reload(&section).unwrap();
+}
+
 /// The server's time budgets take effect at its next build; a reload
 /// checks them as that build will, and a reload of values already in
 /// place reports no change.
