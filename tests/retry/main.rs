@@ -831,6 +831,19 @@ mod http_tests {
         log: Log,
         rec: &Recorder,
     ) -> impl Service<Request<Full<Bytes>>, Response = Response<()>, Error = BoxError> + Clone {
+        replaying(rec).service(upstream(first, log))
+    }
+
+    /// Bodies read for replay, then the HTTP policy's retries, reporting to
+    /// `rec`.
+    fn replaying(
+        rec: &Recorder,
+    ) -> ServiceBuilder<
+        tower::layer::util::Stack<
+            RetryLayer<HttpRetry>,
+            tower::layer::util::Stack<ReplayBodyLayer, tower::layer::util::Identity>,
+        >,
+    > {
         ServiceBuilder::new()
             .layer(ReplayBodyLayer::default())
             .layer(
@@ -840,7 +853,6 @@ mod http_tests {
                     .build()
                     .unwrap(),
             )
-            .service(upstream(first, log))
     }
 
     fn body(s: &'static str) -> Full<Bytes> {
@@ -1049,26 +1061,17 @@ mod http_tests {
         let log = Log::default();
         let rec = Recorder::new();
         // The dependency is down: every call 503.
-        let down = ServiceBuilder::new()
-            .layer(ReplayBodyLayer::default())
-            .layer(
-                RetryLayer::builder()
-                    .policy(HttpRetry::new())
-                    .observer(rec.clone())
-                    .build()
-                    .unwrap(),
-            )
-            .service({
+        let down = replaying(&rec).service({
+            let log = log.clone();
+            tower::service_fn(move |req: Request<ReplayBody<Full<Bytes>>>| {
                 let log = log.clone();
-                tower::service_fn(move |req: Request<ReplayBody<Full<Bytes>>>| {
-                    let log = log.clone();
-                    async move {
-                        let a = req.headers()["x-seawall-attempt"].to_str()?.to_owned();
-                        log.lock().unwrap().push((a, 0));
-                        Ok::<_, BoxError>(Response::builder().status(503).body(())?)
-                    }
-                })
-            });
+                async move {
+                    let a = req.headers()["x-seawall-attempt"].to_str()?.to_owned();
+                    log.lock().unwrap().push((a, 0));
+                    Ok::<_, BoxError>(Response::builder().status(503).body(())?)
+                }
+            })
+        });
         let mut server = ServiceBuilder::new()
             .layer(MarkInboundAttemptLayer::new())
             .service(tower::service_fn(move |_req: Request<()>| {
@@ -1114,32 +1117,23 @@ mod http_tests {
         >;
         let rec = Recorder::new();
         let first_frames = Log::default();
-        let mut c = ServiceBuilder::new()
-            .layer(ReplayBodyLayer::default())
-            .layer(
-                RetryLayer::builder()
-                    .policy(HttpRetry::new())
-                    .observer(rec.clone())
-                    .build()
-                    .unwrap(),
-            )
-            .service({
+        let mut c = replaying(&rec).service({
+            let first_frames = first_frames.clone();
+            tower::service_fn(move |req: Request<ReplayBody<Feed>>| {
                 let first_frames = first_frames.clone();
-                tower::service_fn(move |req: Request<ReplayBody<Feed>>| {
-                    let first_frames = first_frames.clone();
-                    async move {
-                        // Reads one message, answers 503 (would be retried).
-                        let mut body = req.into_body();
-                        let frame = body.frame().await.unwrap()?;
-                        let data = frame.into_data().unwrap();
-                        first_frames
-                            .lock()
-                            .unwrap()
-                            .push((String::from_utf8_lossy(&data).into_owned(), 0));
-                        Ok::<_, BoxError>(Response::builder().status(503).body(())?)
-                    }
-                })
-            });
+                async move {
+                    // Reads one message, answers 503 (would be retried).
+                    let mut body = req.into_body();
+                    let frame = body.frame().await.unwrap()?;
+                    let data = frame.into_data().unwrap();
+                    first_frames
+                        .lock()
+                        .unwrap()
+                        .push((String::from_utf8_lossy(&data).into_owned(), 0));
+                    Ok::<_, BoxError>(Response::builder().status(503).body(())?)
+                }
+            })
+        });
         use futures::StreamExt;
         let feed: Feed = http_body_util::StreamBody::new(
             futures::stream::iter([Ok(http_body::Frame::data(Bytes::from_static(b"ping")))])
