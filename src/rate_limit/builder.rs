@@ -213,8 +213,9 @@ impl<X, D> RateLimitLayerBuilder<X, D> {
 
     /// Also applies one global `quota` to every request, after its per-key
     /// limit admitted it (per tenant *and* in total). A request the global
-    /// limit refuses has still spent its key's cell. For more limits, stack
-    /// layers.
+    /// limit refuses has still spent its key's cell. Response fields
+    /// ([`response_headers`](Self::response_headers)) describe whichever of
+    /// the two has fewer requests left. For more limits, stack layers.
     pub fn global_quota(mut self, quota: Quota) -> Self {
         self.settings.global = Some(quota);
         self

@@ -135,12 +135,21 @@ impl<X, D> Shared<X, D> {
         a: Admit,
         cost: u32,
     ) -> (Verdict, Option<RateLimitStatus>) {
+        let mut status = quota.map(|q| self.status(q, a));
         if let Some(g) = &self.global {
-            if let Err(w) = g.check(cost, false) {
-                return (deny(w, DETAIL_GLOBAL), None);
+            match g.check(cost, status.is_some()) {
+                Err(w) => return (deny(w, DETAIL_GLOBAL), None),
+                // The fields describe the limit closer to refusing: the
+                // global one when it has fewer requests left.
+                Ok(ga) => {
+                    if let Some(s) = &mut status {
+                        if ga.remaining < s.remaining {
+                            *s = self.status(g.quota().get(), ga);
+                        }
+                    }
+                }
             }
         }
-        let status = quota.map(|q| self.status(q, a));
         (Verdict::Admit(a), status)
     }
 

@@ -776,6 +776,37 @@ mod http_keys {
         assert_eq!(res.headers()["ratelimit-policy"], "\"api\";q=5;w=1");
         assert_eq!(res.headers()["ratelimit"], "\"api\";r=4;t=1");
         assert!(IetfHeaders::new("bad\"name").is_err());
+
+        // With a global quota closer to refusing than the request's own: the
+        // fields describe the global one, which refuses next.
+        let both = RateLimitLayer::builder(Quota::per_second(10).burst(5))
+            .global_quota(Quota::per_second(2).burst(2))
+            .response_headers(IetfHeaders::new("api").unwrap())
+            .build()
+            .unwrap();
+        let mut svc = both.layer(ok_http());
+        let res = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(Request::new(()))
+            .await
+            .unwrap();
+        assert_eq!(res.headers()["ratelimit-policy"], "\"api\";q=2;w=1");
+        assert_eq!(res.headers()["ratelimit"], "\"api\";r=1;t=1");
+        let second = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(Request::new(()))
+            .await
+            .unwrap();
+        assert_eq!(second.headers()["ratelimit"], "\"api\";r=0;t=1");
+        let third = svc.ready().await.unwrap().call(Request::new(())).await;
+        assert!(
+            third.is_err(),
+            "refused by the global quota, as the fields said"
+        );
     }
 }
 
