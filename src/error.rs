@@ -509,6 +509,18 @@ pub fn rejection<'a>(err: &'a (dyn Error + 'static)) -> Option<Rejection<'a>> {
     None
 }
 
+/// The first error of type `T` in `err`'s `source()` chain, `err`
+/// included.
+#[cfg_attr(
+    not(any(all(feature = "http", feature = "deadline"), feature = "tonic")),
+    allow(dead_code)
+)]
+pub(crate) fn find_in_chain<'a, T: Error + 'static>(
+    err: &'a (dyn Error + 'static),
+) -> Option<&'a T> {
+    std::iter::successors(Some(err), |&e| e.source()).find_map(|e| e.downcast_ref::<T>())
+}
+
 /// Returns the rejection view of `$e` (anything with `downcast_ref`) when
 /// it is one of the markers.
 macro_rules! return_marker_view {

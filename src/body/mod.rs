@@ -402,11 +402,7 @@ where
                 *this.expired = true;
                 let error = reject_deadline(LayerKind::Deadline, shared, TIMED_OUT);
                 this.held.release(Some(&error));
-                return Poll::Ready(Some(match *this.ending {
-                    Ending::Error => Err(error),
-                    Ending::GrpcStatus => Err(grpc_status(error)),
-                    Ending::GrpcTrailers => Ok(Frame::trailers(deadline_trailers(&error))),
-                }));
+                return Poll::Ready(Some(cut_frame(error, *this.ending)));
             }
         }
         if !*this.answer || polled_now {
@@ -511,10 +507,16 @@ const LATE_GRACE: std::time::Duration = std::time::Duration::from_millis(20);
 fn cut_late<D>(held: &mut Held, shared: &Shared, ending: Ending) -> Result<Frame<D>, BoxError> {
     let error = reject_deadline(LayerKind::Deadline, shared, TIMED_OUT);
     drop(std::mem::take(held));
-    Err(match ending {
-        Ending::GrpcStatus => grpc_status(error),
-        _ => error,
-    })
+    cut_frame(error, ending)
+}
+
+/// The last frame of a body its deadline cut, as its `ending` says.
+fn cut_frame<D>(error: BoxError, ending: Ending) -> Result<Frame<D>, BoxError> {
+    match ending {
+        Ending::Error => Err(error),
+        Ending::GrpcStatus => Err(grpc_status(error)),
+        Ending::GrpcTrailers => Ok(Frame::trailers(deadline_trailers(&error))),
+    }
 }
 
 /// Whether a reply's frame, handed over now, comes more than

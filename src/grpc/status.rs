@@ -86,14 +86,7 @@ pub(crate) fn head_code<B>(res: &http::Response<B>) -> Option<Code> {
 
 /// The `tonic::Status` in `err`'s source chain, if any.
 pub(crate) fn status_in<'a>(err: &'a (dyn Error + 'static)) -> Option<&'a Status> {
-    let mut cur = Some(err);
-    while let Some(e) = cur {
-        if let Some(status) = e.downcast_ref::<Status>() {
-            return Some(status);
-        }
-        cur = e.source();
-    }
-    None
+    crate::error::find_in_chain(err)
 }
 
 /// The `tonic::Status` an error of any type is or holds, if any.
@@ -120,7 +113,9 @@ pub(crate) fn status_for_error(err: &(dyn Error + 'static)) -> Status {
     match status_in(err) {
         Some(status) => status.clone(),
         #[cfg(feature = "deadline")]
-        None if crate::deadline::propagate::is_invalid_timeout(err) => {
+        None if crate::error::find_in_chain::<crate::deadline::propagate::InvalidTimeout>(err)
+            .is_some() =>
+        {
             Status::new(Code::InvalidArgument, "invalid grpc-timeout")
         }
         None => Status::new(Code::Unknown, INTERNAL_ERROR_MESSAGE),

@@ -97,7 +97,9 @@ where
     let (status, body, retry_after) = match rejection(err) {
         Some(r) => (status_for(r.kind()), body_for(r.kind()), r.retry_after()),
         #[cfg(feature = "deadline")]
-        None if crate::deadline::propagate::is_invalid_timeout(err) => {
+        None if crate::error::find_in_chain::<crate::deadline::propagate::InvalidTimeout>(err)
+            .is_some() =>
+        {
             (StatusCode::BAD_REQUEST, INVALID_TIMEOUT_BODY, None)
         }
         None => (StatusCode::INTERNAL_SERVER_ERROR, INTERNAL_ERROR_BODY, None),

@@ -56,12 +56,13 @@ fn spec(name: &str) -> &'static Spec {
 }
 
 macro_rules! instrument {
-    ($meter:expr, $make:ident, $name:literal) => {{
+    ($meter:expr, $make:ident, $name:literal $(, $with:ident($arg:expr))?) => {{
         let m = spec($name);
         $meter
             .$make(m.otel)
             .with_unit(m.unit)
             .with_description(m.help)
+            $(.$with($arg))?
             .build()
     }};
 }
@@ -73,28 +74,27 @@ const SECONDS_BOUNDARIES: [f64; 14] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
-/// A duration histogram in seconds, with [`SECONDS_BOUNDARIES`].
-fn seconds(meter: &Meter, name: &'static str) -> Histogram<f64> {
-    let m = spec(name);
-    meter
-        .f64_histogram(m.otel)
-        .with_unit(m.unit)
-        .with_description(m.help)
-        .with_boundaries(SECONDS_BOUNDARIES.to_vec())
-        .build()
-}
-
 impl OtelHook {
     /// Creates every instrument on `meter` (once: recording is then a
     /// lookup of the attribute set, by the SDK).
     pub fn new(meter: &Meter) -> Self {
         OtelHook {
             calls: instrument!(meter, u64_counter, "seawall.calls"),
-            duration: seconds(meter, "seawall.call.duration"),
+            duration: instrument!(
+                meter,
+                f64_histogram,
+                "seawall.call.duration",
+                with_boundaries(SECONDS_BOUNDARIES.to_vec())
+            ),
             rejections: instrument!(meter, u64_counter, "seawall.rejections"),
             state: instrument!(meter, i64_gauge, "seawall.state"),
             retries: instrument!(meter, u64_counter, "seawall.retries"),
-            retry_delay: seconds(meter, "seawall.retry.delay"),
+            retry_delay: instrument!(
+                meter,
+                f64_histogram,
+                "seawall.retry.delay",
+                with_boundaries(SECONDS_BOUNDARIES.to_vec())
+            ),
             gave_up: instrument!(meter, u64_counter, "seawall.retry.gave_up"),
             budget_exhausted: instrument!(meter, u64_counter, "seawall.retry.budget_exhausted"),
             limit: instrument!(meter, u64_gauge, "seawall.limit"),

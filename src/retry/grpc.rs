@@ -128,13 +128,18 @@ impl GrpcRetry {
     /// opted in; at most [`MAX_HEDGED_METHODS`] (more are ignored).
     #[must_use]
     pub fn hedge_method(mut self, path: &str) -> Self {
-        let h = path_hash(path);
+        self.add_hedged(path_hash(path));
+        self
+    }
+
+    /// Opts in the method whose path hashes to `h`, if there is room and it
+    /// is not in yet.
+    fn add_hedged(&mut self, h: u64) {
         let n = usize::from(self.hedged_len);
         if n < MAX_HEDGED_METHODS && !self.hedged[..n].contains(&h) {
             self.hedged[n] = h;
             self.hedged_len += 1;
         }
-        self
     }
 
     /// These codes, with the methods `earlier` opted in to hedging kept
@@ -142,11 +147,7 @@ impl GrpcRetry {
     #[cfg_attr(not(feature = "serde"), allow(dead_code))]
     pub(crate) fn keeping_hedged_of(mut self, earlier: &GrpcRetry) -> Self {
         for &h in &earlier.hedged[..usize::from(earlier.hedged_len)] {
-            let n = usize::from(self.hedged_len);
-            if n < MAX_HEDGED_METHODS && !self.hedged[..n].contains(&h) {
-                self.hedged[n] = h;
-                self.hedged_len += 1;
-            }
+            self.add_hedged(h);
         }
         self
     }

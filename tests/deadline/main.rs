@@ -949,19 +949,32 @@ async fn an_attempt_ends_as_the_deadline_that_cut_it_short() {
     );
 
     // The same with the attempt layer's own timer (a dependency that hangs).
+    assert_hung_attempt_ends(
+        &attempt,
+        [
+            (300, RejectionKind::DeadlineExceeded),
+            (780, RejectionKind::DeadlineExceeded),
+            (781, RejectionKind::AttemptTimeout),
+            (800, RejectionKind::AttemptTimeout),
+        ],
+    )
+    .await;
+}
+
+/// How an attempt on a dependency that never answers ends, under each
+/// request budget (ms): the request's deadline, or the attempt's timeout.
+async fn assert_hung_attempt_ends<const N: usize>(
+    attempt: &AttemptTimeoutLayer,
+    cases: [(u32, RejectionKind); N],
+) {
     let svc = attempt.layer(service_fn(|_: ()| async {
         std::future::pending::<Result<(), BoxError>>().await
     }));
-    for (budget, kind) in [
-        (300, RejectionKind::DeadlineExceeded),
-        (780, RejectionKind::DeadlineExceeded),
-        (781, RejectionKind::AttemptTimeout),
-        (800, RejectionKind::AttemptTimeout),
-    ] {
+    for (budget, kind) in cases {
         let err = deadline::scope(Deadline::after(budget * MS), svc.clone().oneshot(()))
             .await
             .unwrap_err();
-        assert_eq!(view(&err).0, kind, "{budget} ms");
+        assert_eq!(view(&err).0, kind, "{budget} ms left");
     }
 }
 
@@ -972,18 +985,14 @@ async fn an_attempt_ends_as_the_deadline_that_cut_it_short() {
 #[tokio::test(start_paused = true)]
 async fn a_short_attempt_cut_by_the_request_ends_as_its_deadline() {
     let attempt = AttemptTimeoutLayer::new(15 * MS).unwrap();
-    let svc = attempt.layer(service_fn(|_: ()| async {
-        std::future::pending::<Result<(), BoxError>>().await
-    }));
-    for (left, kind) in [
-        (5, RejectionKind::DeadlineExceeded),
-        (13, RejectionKind::DeadlineExceeded),
-        (14, RejectionKind::AttemptTimeout),
-        (100, RejectionKind::AttemptTimeout),
-    ] {
-        let err = deadline::scope(Deadline::after(left * MS), svc.clone().oneshot(()))
-            .await
-            .unwrap_err();
-        assert_eq!(view(&err).0, kind, "{left} ms left");
-    }
+    assert_hung_attempt_ends(
+        &attempt,
+        [
+            (5, RejectionKind::DeadlineExceeded),
+            (13, RejectionKind::DeadlineExceeded),
+            (14, RejectionKind::AttemptTimeout),
+            (100, RejectionKind::AttemptTimeout),
+        ],
+    )
+    .await;
 }

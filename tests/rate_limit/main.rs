@@ -478,6 +478,19 @@ mod http_keys {
         tower::service_fn(|_req: Request<()>| std::future::ready(Ok(Response::new(()))))
     }
 
+    /// The answer to one plain request, which must be admitted.
+    async fn answered<S>(svc: &mut S) -> Response<()>
+    where
+        S: Service<Request<()>, Response = Response<()>, Error = BoxError>,
+    {
+        svc.ready()
+            .await
+            .unwrap()
+            .call(Request::new(()))
+            .await
+            .unwrap()
+    }
+
     /// Whether one request from `peer` is admitted.
     async fn admits<S>(svc: &mut S, peer: &str) -> bool
     where
@@ -719,13 +732,7 @@ mod http_keys {
             .build()
             .unwrap();
         let mut svc = layer.layer(ok_http());
-        let res = svc
-            .ready()
-            .await
-            .unwrap()
-            .call(Request::new(()))
-            .await
-            .unwrap();
+        let res = answered(&mut svc).await;
         assert_eq!(res.headers()["ratelimit-policy"], "\"default\";q=100;w=60");
         assert_eq!(
             res.headers()["ratelimit"],
@@ -740,25 +747,13 @@ mod http_keys {
                 .await
                 .unwrap();
         }
-        let res = svc
-            .ready()
-            .await
-            .unwrap()
-            .call(Request::new(()))
-            .await
-            .unwrap();
+        let res = answered(&mut svc).await;
         assert_eq!(res.headers()["ratelimit-policy"], "\"default\";q=100;w=60");
         assert_eq!(res.headers()["ratelimit"], "\"default\";r=50;t=30");
 
         // 10 s later, 16 cells have come back (one per 600 ms).
         advance(Duration::from_secs(10)).await;
-        let res = svc
-            .ready()
-            .await
-            .unwrap()
-            .call(Request::new(()))
-            .await
-            .unwrap();
+        let res = answered(&mut svc).await;
         assert_eq!(res.headers()["ratelimit"], "\"default\";r=65;t=21");
 
         let named = RateLimitLayer::builder(Quota::per_second(10).burst(5))
@@ -766,13 +761,7 @@ mod http_keys {
             .build()
             .unwrap();
         let mut svc = named.layer(ok_http());
-        let res = svc
-            .ready()
-            .await
-            .unwrap()
-            .call(Request::new(()))
-            .await
-            .unwrap();
+        let res = answered(&mut svc).await;
         assert_eq!(res.headers()["ratelimit-policy"], "\"api\";q=5;w=1");
         assert_eq!(res.headers()["ratelimit"], "\"api\";r=4;t=1");
         assert!(IetfHeaders::new("bad\"name").is_err());
@@ -785,22 +774,10 @@ mod http_keys {
             .build()
             .unwrap();
         let mut svc = both.layer(ok_http());
-        let res = svc
-            .ready()
-            .await
-            .unwrap()
-            .call(Request::new(()))
-            .await
-            .unwrap();
+        let res = answered(&mut svc).await;
         assert_eq!(res.headers()["ratelimit-policy"], "\"api\";q=2;w=1");
         assert_eq!(res.headers()["ratelimit"], "\"api\";r=1;t=1");
-        let second = svc
-            .ready()
-            .await
-            .unwrap()
-            .call(Request::new(()))
-            .await
-            .unwrap();
+        let second = answered(&mut svc).await;
         assert_eq!(second.headers()["ratelimit"], "\"api\";r=0;t=1");
         let third = svc.ready().await.unwrap().call(Request::new(())).await;
         assert!(

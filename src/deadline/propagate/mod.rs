@@ -179,16 +179,3 @@ impl fmt::Display for InvalidTimeout {
 }
 
 impl std::error::Error for InvalidTimeout {}
-
-/// Whether `err` is, or holds in its `source()` chain, an [`InvalidTimeout`]:
-/// the caller's bad header, answered 400 / `INVALID_ARGUMENT`.
-pub(crate) fn is_invalid_timeout(err: &(dyn std::error::Error + 'static)) -> bool {
-    let mut e = Some(err);
-    while let Some(cur) = e {
-        if cur.is::<InvalidTimeout>() {
-            return true;
-        }
-        e = cur.source();
-    }
-    false
-}
