@@ -143,9 +143,13 @@ pub fn is_local_refusal<E: 'static>(err: &E) -> bool {
 }
 
 /// Classifies a result under the model's rule: a local refusal is
-/// [`Outcome::Refused`] whatever `classifier` says; everything else is the
-/// classifier's verdict. Every seawall layer that counts outcomes (the
-/// circuit breaker, the client throttle) classifies through this.
+/// [`Outcome::Refused`] and a seawall [`Overloaded`](crate::error::Overloaded)
+/// error (a shedder below said "busy") is [`Outcome::Overloaded`], whatever
+/// `classifier` says; everything else is the classifier's verdict. Every
+/// seawall layer that counts outcomes (the circuit breaker, the client
+/// throttle) classifies through this, so a classifier that calls every
+/// `Err` a failure cannot open a breaker on busy or on this process.
+/// (Responses are the classifier's: a 503 inside an `Ok` is judged by it.)
 #[inline]
 pub fn judge<C, Res, E>(classifier: &C, result: Result<&Res, &E>) -> Outcome
 where
@@ -153,7 +157,10 @@ where
     E: 'static,
 {
     match result {
-        Err(e) if is_local_refusal(e) => Outcome::Refused,
+        Err(e) => match error_origin(e) {
+            Some(origin) => origin,
+            None => classifier.classify(result),
+        },
         r => classifier.classify(r),
     }
 }
@@ -310,11 +317,16 @@ mod tests {
             judge(&always_success, Err::<&u32, _>(&full)),
             Outcome::Refused
         );
-        // Anything else is the classifier's call, even a remote overload.
+        // A shedder's "busy" too.
         assert_eq!(
             judge(&always_failure, Err::<&u32, _>(&shed)),
-            Outcome::Failure
+            Outcome::Overloaded
         );
+        assert_eq!(
+            judge(&always_success, Err::<&u32, _>(&shed)),
+            Outcome::Overloaded
+        );
+        // Anything else is the classifier's call.
         assert_eq!(
             judge(&always_success, Err::<&u32, _>(&broken)),
             Outcome::Success

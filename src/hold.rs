@@ -30,7 +30,12 @@
 //! permits are held until the end. The breaker judges a head that looks like
 //! a success again at the end: a body that fails, is cut by its deadline,
 //! or ends with a gRPC error status in its trailers is a failure; a body
-//! the reader drops half way is not counted. A head that says failure is counted at once. Retry looks at
+//! the reader drops before its end counts as its head said, a success (a
+//! caller that reads the status and drops the body has its answer; leaving
+//! those out left only failures in the window, and a healthy dependency's
+//! 2 % of 500s opened the breaker). A head that says failure is counted at
+//! once. A half-open probe is judged by its head: a long stream would keep
+//! the breaker half-open for as long as it flows. Retry looks at
 //! heads only: a response whose head has arrived is never retried.
 //!
 //! The [client](crate::stack::ClientStack::http) and

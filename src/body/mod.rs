@@ -97,7 +97,8 @@ pin_project! {
     /// is checked against the deadline, and past it frames keep coming for
     /// 20 ms (what a late reader finds there), then the body is cut: a
     /// stream that is always ready for a slow reader ends too, and the
-    /// breaker does not count it (the reader was late, not the dependency).
+    /// breaker counts it as its head said, a success (the reader was late,
+    /// not the dependency).
     /// Retry looks at
     /// heads only: a body cut off after its head arrived is not retried,
     /// and the error reaches whoever reads the body.
@@ -500,7 +501,8 @@ const LATE_GRACE: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// The end of a reply cut past its deadline's grace: what it held let go
 /// as if the reader had dropped it (the reader was late, not the
-/// dependency: the breaker does not count it), the deadline as its error.
+/// dependency: the breaker counts the head's success), the deadline as its
+/// error.
 /// Out of line: a stream's slow path.
 #[cold]
 #[inline(never)]

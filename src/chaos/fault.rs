@@ -21,8 +21,10 @@ pub enum Latency {
         /// The longest delay (at least `min`).
         max: Duration,
     },
-    /// Exponentially distributed with this mean, cut at `max`: mostly short,
-    /// with a long tail, like a busy dependency.
+    /// Exponentially distributed with this mean before the cut at `max`:
+    /// mostly short, with a long tail, like a busy dependency. The cut
+    /// lowers the mean of the delays drawn to `mean × (1 − e^(−max/mean))`:
+    /// 63 % of `mean` when `max == mean`, 95 % when `max` is 3 × `mean`.
     Exponential {
         /// The mean delay (above zero).
         mean: Duration,
@@ -149,7 +151,7 @@ impl Faults {
         let mut rng = SmallRng::seed_from_u64(
             self.seed ^ call.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15),
         );
-        // Always the same three draws per call, whatever the configuration.
+        // Always the same two draws per call, whatever the configuration.
         let error_draw: f64 = rng.random();
         let latency_draw: f64 = rng.random();
         let delay = match self.latency {

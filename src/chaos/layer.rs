@@ -188,7 +188,8 @@ impl ChaosLayerBuilder {
     }
 
     /// The fraction of calls (in `0..=1`) that get the injected latency.
-    /// Default 1 (every call) once a latency is set.
+    /// Default 1 (every call) once a latency is set; without a
+    /// [`latency`](Self::latency) the build fails.
     pub fn latency_rate(mut self, rate: f64) -> Self {
         self.latency_rate = Some(rate);
         self
@@ -223,7 +224,8 @@ impl ChaosLayerBuilder {
     /// Validates the configuration and builds the layer. Its clock (for
     /// outage windows) starts now.
     ///
-    /// Fails when a rate is outside `0..=1` (or not a number), a latency
+    /// Fails when a rate is outside `0..=1` (or not a number), a
+    /// `latency_rate` is set without a latency, a latency
     /// distribution is malformed (`Uniform` min above max, `Exponential` mean
     /// of zero or max below the mean), a window does not end after it starts,
     /// a periodic outage is not shorter than its period, or there are more
@@ -232,6 +234,14 @@ impl ChaosLayerBuilder {
         check_rate("error_rate", self.error_rate)?;
         if let Some(rate) = self.latency_rate {
             check_rate("latency_rate", rate)?;
+            if self.latency.is_none() {
+                return Err(ConfigError::new(
+                    "chaos",
+                    format!(
+                        "latency_rate {rate} needs a latency to inject: set one with latency()"
+                    ),
+                ));
+            }
         }
         if let Some(latency) = &self.latency {
             latency.validate()?;

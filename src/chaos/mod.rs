@@ -16,7 +16,9 @@
 //! The plan of call number *n* depends only on the seed and *n* (each call
 //! seeds its own `SmallRng` from both), so a test that makes calls in the
 //! same order sees the same faults every run, and the success path takes no
-//! lock. All time is tokio time: under `#[tokio::test(start_paused = true)]`
+//! lock. (Same faults on one platform with one `rand` version: `SmallRng`
+//! is not portable across them.) A call's plan is drawn when its service
+//! is made ready, so a call planned to fail reserves nothing below. All time is tokio time: under `#[tokio::test(start_paused = true)]`
 //! injected delays and outage windows are exact and cost no real time.
 //!
 //! Every service and clone built from one layer shares one call counter and

@@ -5,25 +5,45 @@ use std::task::{Context, Poll};
 use tower::BoxError;
 use tower_service::Service;
 
+use super::fault::Plan;
 use super::future::ResponseFuture;
 use super::layer::Shared;
 
 /// The service built by [`ChaosLayer`](super::ChaosLayer).
 ///
-/// **Readiness.** `poll_ready` is the inner service's. A call that gets an
-/// injected fault then returns its error without calling the inner service.
-/// A call that gets injected latency calls the inner service at once (using
+/// **Readiness.** The next call's plan is drawn in `poll_ready`. A call
+/// planned to fail is ready at once and returns its error without touching
+/// the inner service: it reserves nothing there (no `ConcurrencyLimit` or
+/// `Buffer` slot, no bulkhead permit), so an outage fails fast even behind
+/// a busy inner service. Any other call is ready when the inner service is;
+/// one that gets injected latency calls the inner service at once (using
 /// the readiness it reserved), and its future first polls the inner future
 /// once the delay has passed.
-#[derive(Clone)]
 pub struct Chaos<S> {
     inner: S,
     shared: Arc<Shared>,
+    /// The plan drawn by `poll_ready` for the next call.
+    planned: Option<Plan>,
+}
+
+impl<S: Clone> Clone for Chaos<S> {
+    fn clone(&self) -> Self {
+        // A clone draws its own plan (and reserves its own readiness).
+        Chaos {
+            inner: self.inner.clone(),
+            shared: self.shared.clone(),
+            planned: None,
+        }
+    }
 }
 
 impl<S> Chaos<S> {
     pub(crate) fn new(inner: S, shared: Arc<Shared>) -> Self {
-        Chaos { inner, shared }
+        Chaos {
+            inner,
+            shared,
+            planned: None,
+        }
     }
 
     /// The inner service.
@@ -61,11 +81,21 @@ where
     type Future = ResponseFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        let plan = *self.planned.get_or_insert_with(|| self.shared.next_plan());
+        if plan.fault.is_some() {
+            // Fails without the inner service: nothing to reserve there.
+            return Poll::Ready(Ok(()));
+        }
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
-        let plan = self.shared.next_plan();
+        // A call without `poll_ready` first (a contract breach) still gets a
+        // plan of its own.
+        let plan = self
+            .planned
+            .take()
+            .unwrap_or_else(|| self.shared.next_plan());
         let delay = plan.delay.map(tokio::time::sleep);
         match plan.fault {
             Some(fault) => ResponseFuture::fail(delay, self.shared.error(fault)),

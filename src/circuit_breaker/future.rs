@@ -11,7 +11,7 @@ use tokio::time::Instant;
 
 use super::handle::{CoreRef, Shared};
 use super::state::Core;
-use super::state::Permit;
+use super::state::{Permit, PermitKind};
 use crate::classify::{Classify, JudgeFn, judge};
 use crate::clock;
 use crate::error::{BoxError, CircuitOpen};
@@ -155,7 +155,6 @@ where
         return Poll::Pending;
     };
     if !guard.done {
-        guard.done = true;
         let shared = &*guard.shared;
         // The model first: a local refusal is never counted,
         // whatever the classifier says.
@@ -165,30 +164,36 @@ where
         {
             outcome = Outcome::Ignored;
         }
+        // Judged (a classifier that panicked has left the guard to give a
+        // probe's slot back).
+        guard.done = true;
         let held = match (result, outcome) {
             // Looks like a success, but the body may still fail
             // (or carry an error status in its trailers): judged
-            // when it ends.
-            (Ok(response), Outcome::Success) => M::pending(response).and_then(|j| {
-                let (head, latency) = elapsed::<C, TIMED>(guard);
-                let pending = Pending {
-                    shared: guard.shared.clone().into_stripe(),
-                    permit: guard.permit,
-                    head,
-                    latency,
-                    judge: j.0,
-                    done: false,
-                };
-                match M::hold(response, Duty(DutyKind::Breaker(pending))) {
-                    None => Some(()),
-                    Some(Duty(DutyKind::Breaker(mut back))) => {
-                        back.done = true;
-                        None
+            // when it ends. A half-open probe is judged by its head: a
+            // stream that lasts must not keep the breaker half-open.
+            (Ok(response), Outcome::Success) if guard.permit.kind == PermitKind::Record => {
+                M::pending(response).and_then(|j| {
+                    let (head, latency) = elapsed::<C, TIMED>(guard);
+                    let pending = Pending {
+                        shared: guard.shared.clone().into_stripe(),
+                        permit: guard.permit,
+                        head,
+                        latency,
+                        judge: j.0,
+                        done: false,
+                    };
+                    match M::hold(response, Duty(DutyKind::Breaker(pending))) {
+                        None => Some(()),
+                        Some(Duty(DutyKind::Breaker(mut back))) => {
+                            back.done = true;
+                            None
+                        }
+                        #[allow(unreachable_patterns)]
+                        Some(_) => None,
                     }
-                    #[allow(unreachable_patterns)]
-                    Some(_) => None,
-                }
-            }),
+                })
+            }
             _ => None,
         };
         if held.is_none() {
@@ -301,7 +306,9 @@ fn finish(core: &Core, permit: Permit, latency: u64, outcome: Outcome, at: At) {
 }
 
 /// A call whose head looked like a success, waiting in its body for the
-/// verdict; a body dropped before its end gives the slot back uncounted.
+/// verdict; a body dropped before its end counts as its head said, a
+/// success (a caller that reads the status and drops the body has had its
+/// answer: leaving those out would leave only failures in the window).
 /// Its latency (for slow calls and the `CallFinished` event) is the head's:
 /// a healthy stream that lasts is not a slow call. It counts in the window
 /// at the head's instant too, so the body's end reads the clock only when
@@ -324,12 +331,17 @@ impl Pending {
     /// head's success; a failed one is classified as the error it ended
     /// with; a dropped one is not counted.
     pub(crate) fn settle(mut self, end: End<'_>) {
-        self.done = true;
-        let core = self.shared.core();
         let outcome = match end {
             End::Complete => Outcome::Success,
             End::Failed(error) => (self.judge)(self.shared.classifier(), error),
         };
+        self.settle_as(outcome);
+    }
+
+    /// Gives `outcome` as the verdict.
+    fn settle_as(&mut self, outcome: Outcome) {
+        self.done = true;
+        let core = self.shared.core();
         finish(
             core,
             self.permit,
@@ -343,7 +355,8 @@ impl Pending {
 impl Drop for Pending {
     fn drop(&mut self) {
         if !self.done {
-            self.shared.core().on_cancel(self.permit);
+            // Dropped before its end: the head's verdict stands.
+            self.settle_as(Outcome::Success);
         }
     }
 }

@@ -232,7 +232,8 @@ impl<C> CircuitBreakerBuilder<C> {
     }
 
     /// Opens when the share of slow calls is at or above this (`0 < t <= 1`).
-    /// Default: 1.0 (every call in the window slow).
+    /// Default: 1.0 (every call in the window slow). Below 1, it needs a
+    /// [`slow_call_duration`](Self::slow_call_duration), or the build fails.
     pub fn slow_call_rate_threshold(mut self, threshold: f64) -> Self {
         self.settings.tuning.slow_call_rate_threshold = threshold;
         self
@@ -246,6 +247,12 @@ impl<C> CircuitBreakerBuilder<C> {
     pub fn slow_call_duration(mut self, duration: Duration) -> Self {
         self.settings.slow_call_duration = duration;
         self
+    }
+
+    /// The slow-call time set, if any (a stack checks it against its
+    /// attempt timeout).
+    pub(crate) fn slow_call_setting(&self) -> Option<Duration> {
+        Some(self.settings.slow_call_duration).filter(|d| *d != Duration::MAX)
     }
 
     /// Rates are judged only once the window holds this many calls (at least
@@ -309,9 +316,10 @@ impl<C> CircuitBreakerBuilder<C> {
         self
     }
 
-    /// Multiplies each open time by a random factor in `1 ± jitter`
-    /// (`0..=1`), then caps it at the maximum, so a fleet of clients does not
-    /// probe in step. Default: 0 (exact open times).
+    /// Spreads each open time uniformly over `1 ± jitter` of it (`jitter` in
+    /// `0..1`), the part above the maximum cut off (an open time at the cap
+    /// is drawn from `(1 − jitter) × max ..= max`), so a fleet of clients
+    /// does not probe in step. Default: 0 (exact open times).
     pub fn open_jitter(mut self, jitter: f64) -> Self {
         self.settings.open_jitter = jitter;
         self
@@ -391,6 +399,14 @@ impl<C> CircuitBreakerBuilder<C> {
         if self.settings.slow_call_duration.is_zero() {
             return err("slow_call_duration must be above zero, got 0ns".into());
         }
+        if self.settings.tuning.slow_call_rate_threshold < 1.0
+            && self.settings.slow_call_duration == Duration::MAX
+        {
+            return err(format!(
+                "slow_call_rate_threshold {} needs a slow_call_duration: without one no call is slow",
+                self.settings.tuning.slow_call_rate_threshold
+            ));
+        }
         if self.settings.permitted_in_half_open == 0
             || self.settings.permitted_in_half_open > 65_535
         {
@@ -399,9 +415,9 @@ impl<C> CircuitBreakerBuilder<C> {
                 self.settings.permitted_in_half_open
             ));
         }
-        if !(0.0..=1.0).contains(&self.settings.open_jitter) {
+        if !(0.0..1.0).contains(&self.settings.open_jitter) {
             return err(format!(
-                "open_jitter must be in 0..=1, got {}",
+                "open_jitter must be in 0..1, got {}",
                 self.settings.open_jitter
             ));
         }

@@ -68,6 +68,9 @@
 //!   breaker is closed, or open with a time to wait). When every probe has
 //!   finished, the breaker closes (with an empty window) if their failure and
 //!   slow-call rates are below the thresholds, and opens again otherwise. A
+//!   probe is judged by its response head, also under
+//!   [`BodyEnd`](crate::hold::BodyEnd) (a stream that lasts minutes would
+//!   keep the breaker half-open as long). A
 //!   probe whose future is dropped before it finishes, or that the classifier
 //!   calls [`Ignored`](crate::observe::Outcome::Ignored), frees its slot for
 //!   another probe and does not count toward the verdict. A probe that hangs
@@ -183,7 +186,9 @@
 //! open, the service stays ready and each call fails fast. With
 //! `backpressure(true)` it reports `Pending` while the breaker is open and
 //! wakes the task when the open time is over (a `tokio::time::Sleep` made
-//! once per service, in that mode only), which suits balancers. A forced-open
+//! once per service, in that mode only), or at once when an operator moves
+//! the breaker through its handle (`reset`, `disable`, …), which suits
+//! balancers. A forced-open
 //! breaker, or a half-open one with every probe slot taken, still rejects in
 //! `call`.
 //!

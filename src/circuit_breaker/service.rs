@@ -3,6 +3,9 @@ use std::marker::PhantomData;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use std::future::Future;
+
+use tokio::sync::futures::OwnedNotified;
 use tokio::time::Sleep;
 use tower_service::Service;
 
@@ -31,6 +34,9 @@ pub struct CircuitBreaker<S, C, M = Head> {
     /// Backpressure mode only: the wake-up at the end of the open time. Made
     /// once per service the first time it waits, then reset.
     sleep: Option<Pin<Box<Sleep>>>,
+    /// Backpressure mode only, while waiting: the wake-up when an operator
+    /// moves the breaker.
+    moved: Option<Pin<Box<OwnedNotified>>>,
 }
 
 impl<S, C, M> CircuitBreaker<S, C, M> {
@@ -40,6 +46,7 @@ impl<S, C, M> CircuitBreaker<S, C, M> {
             hold: PhantomData,
             shared,
             sleep: None,
+            moved: None,
         }
     }
 
@@ -66,6 +73,7 @@ impl<S: Clone, C, M> Clone for CircuitBreaker<S, C, M> {
             hold: PhantomData,
             shared: self.shared.clone(),
             sleep: None,
+            moved: None,
         }
     }
 }
@@ -94,7 +102,7 @@ where
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         if self.shared.core.config.backpressure
-            && wait_while_open(&self.shared, &mut self.sleep, cx)
+            && wait_while_open(&self.shared, &mut self.sleep, &mut self.moved, cx)
         {
             return Poll::Pending;
         }
@@ -127,13 +135,15 @@ impl<S, C, M> CircuitBreaker<S, C, M> {
         let now = if TIMED { clock::now() } else { core.origin };
         match core.try_acquire(now, TIMED) {
             Ok(permit) => {
+                // The guard first: a hook or an inner service that panics
+                // gives a probe's slot back as it unwinds.
+                let guard = Guard::new(self.shared.ticket(), permit, now, TIMED);
                 core.observer.emit(
                     LayerKind::CircuitBreaker,
                     core.name.as_str(),
                     EventKind::CallStarted,
                 );
-                let future = self.inner.call(req);
-                ResponseFuture::called(future, Guard::new(self.shared.ticket(), permit, now, TIMED))
+                ResponseFuture::called(self.inner.call(req), guard)
             }
             Err(refusal) => ResponseFuture::rejected(refused(core, refusal)),
         }
@@ -160,24 +170,46 @@ fn refused(core: &Core, mut refusal: Refusal) -> CircuitOpen {
 }
 
 /// Backpressure mode: whether the breaker is open and the task must wait
-/// (woken at the end of the open time). Out of line, so that the default
-/// mode's readiness is only the inner service's.
+/// (woken at the end of the open time, or when an operator moves the
+/// breaker). Out of line, so that the default mode's readiness is only the
+/// inner service's.
 #[inline(never)]
 fn wait_while_open<C>(
     shared: &Shared<C>,
     slot: &mut Option<Pin<Box<Sleep>>>,
+    moved: &mut Option<Pin<Box<OwnedNotified>>>,
     cx: &mut Context<'_>,
 ) -> bool {
-    let mut now = clock::now();
-    while let Some(until) = shared.core.open_deadline(now) {
-        if clock::poll_boxed_timer(slot, until, cx).is_pending() {
-            return true;
+    let core = &shared.core;
+    loop {
+        // Listening before looking: a move between the look and the wait
+        // still wakes this task.
+        if moved.is_none()
+            && let Some(notify) = &core.moved
+        {
+            *moved = Some(Box::pin(notify.clone().notified_owned()));
         }
-        // The open time is over: judged by `until`, it ends the wait unless
-        // the breaker opened again since.
-        now = now.max(until);
+        let mut now = clock::now();
+        let mut open = false;
+        while let Some(until) = core.open_deadline(now) {
+            if clock::poll_boxed_timer(slot, until, cx).is_pending() {
+                open = true;
+                break;
+            }
+            // The open time is over: judged by `until`, it ends the wait
+            // unless the breaker opened again since.
+            now = now.max(until);
+        }
+        if !open {
+            *moved = None;
+            return false;
+        }
+        match moved.as_mut().map(|m| m.as_mut().poll(cx)) {
+            // Moved since this wait began: look again.
+            Some(Poll::Ready(())) => *moved = None,
+            _ => return true,
+        }
     }
-    false
 }
 
 #[cfg(test)]

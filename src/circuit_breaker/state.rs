@@ -153,6 +153,9 @@ pub(crate) struct Core {
     /// half-open probes may all be out before one more is let in.
     open_nanos: AtomicI64,
     control: Mutex<Control>,
+    /// Backpressure mode only: wakes the tasks waiting for the open time to
+    /// end when an operator moves the breaker (a reset, disable, …).
+    pub(crate) moved: Option<std::sync::Arc<tokio::sync::Notify>>,
 }
 
 impl Core {
@@ -198,6 +201,9 @@ impl Core {
                 probe_failures: 0,
                 probe_slow: 0,
             }),
+            moved: config
+                .backpressure
+                .then(|| std::sync::Arc::new(tokio::sync::Notify::new())),
             config,
         };
         // The state gauge starts with exactly one state at 1.
@@ -253,8 +259,12 @@ impl Core {
         self.slow_rate
             .store(t.slow_call_rate_threshold.to_bits(), Ordering::Release);
         self.minimum_calls.store(t.minimum_calls, Ordering::Release);
-        self.in_a_row
-            .store(t.consecutive_failures.unwrap_or(0), Ordering::Release);
+        let in_a_row = t.consecutive_failures.unwrap_or(0);
+        if self.in_a_row.swap(in_a_row, Ordering::AcqRel) == 0 && in_a_row != 0 {
+            // Successes while the rule was off did not end the run it
+            // counted: it starts anew.
+            self.consecutive.store(0, Ordering::Release);
+        }
         control.open = (t.open_duration, t.open_multiplier, t.max_open_duration);
         drop(control);
         self.observer.emit(
@@ -592,10 +602,14 @@ impl Core {
         let max = max.as_secs_f64();
         let mut secs = grown.min(max);
         if c.open_jitter > 0.0 {
-            let factor = control
-                .rng
-                .random_range((1.0 - c.open_jitter)..=(1.0 + c.open_jitter));
-            secs = (secs * factor).min(max);
+            // Uniform in ±jitter around the capped time, and below the cap
+            // only: at the cap the draw still spreads (a clamp after the
+            // draw made half of them exactly `max`, in step across a fleet).
+            let low = secs * (1.0 - c.open_jitter);
+            let high = (secs * (1.0 + c.open_jitter)).min(max);
+            if high > low {
+                secs = control.rng.random_range(low..=high);
+            }
         }
         // Whole nanoseconds, so retry_after values are exact.
         Duration::from_nanos((secs * 1e9).round() as u64).max(Duration::from_nanos(1))
@@ -731,6 +745,14 @@ impl Core {
     /// window, open time back to its base), `FORCED_OPEN`, `DISABLED` or
     /// `METRICS_ONLY`.
     pub(crate) fn set_manual(&self, to: u8) {
+        self.set_manual_locked(to);
+        // Tasks waiting for an open time to end look again.
+        if let Some(moved) = &self.moved {
+            moved.notify_waiters();
+        }
+    }
+
+    fn set_manual_locked(&self, to: u8) {
         let mut control = self.lock();
         let word = self.word.load(Ordering::Acquire);
         let from = state_of(word);

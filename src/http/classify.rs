@@ -21,7 +21,11 @@ use crate::observe::Outcome;
 ///
 /// The 503 rule mirrors gRPC's (`UNAVAILABLE` with pushback is busy,
 /// without it broken): a load shedder says when to come back (seawall's
-/// servers always do), a load balancer with nothing behind it does not. Turn
+/// shedding layers always do: its adaptive limit, bulkhead, rate limit and
+/// open breakers with a known reopen time), a load balancer with nothing
+/// behind it does not. A seawall server's 503 without `Retry-After` (a
+/// breaker forced open, an exhausted retry budget) says it cannot serve,
+/// and counts as broken. Turn
 /// it off with [`retry_after_is_overload(false)`](Self::retry_after_is_overload).
 ///
 /// An `Err` is a [`Failure`](Outcome::Failure) (a connection error, an

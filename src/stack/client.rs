@@ -570,7 +570,11 @@ impl<P, C, L, O, H> ClientStackBuilder<P, C, L, O, H> {
             bulkhead = bulkhead.observer(o.clone());
         }
         let retry = retry.build()?;
-        let slow = self.common.slow_call_duration;
+        // Set on the stack, or on its breaker (`.breaker(|b| …)`).
+        let slow = self
+            .common
+            .slow_call_duration
+            .or(self.breaker.slow_call_setting());
         check_schedule(
             Schedule {
                 total,

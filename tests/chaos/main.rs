@@ -104,6 +104,47 @@ async fn injected_faults_do_not_call_the_inner_service() {
     assert_eq!(calls.load(Ordering::SeqCst), 674);
 }
 
+/// A call planned to fail reserves nothing below: over a limit of one
+/// shared by two clones, a clone whose call was faulted and which then sits
+/// idle does not keep the other waiting; an outage fails fast while the
+/// inner service is busy.
+#[tokio::test(start_paused = true)]
+async fn a_faulted_call_reserves_nothing_below() {
+    let limited = tower::limit::ConcurrencyLimitLayer::new(1).layer(echo());
+    let mut a = errors(1, 1.0).layer(limited.clone());
+    let mut b = limited;
+    let err = a.ready().await.unwrap().call(1).await.unwrap_err();
+    assert!(err.downcast_ref::<InjectedFault>().is_some());
+    // `a` is idle now; `b`, beside it on the same limit, gets its call.
+    let answer = tokio::time::timeout(Duration::from_secs(1), async {
+        b.ready().await?.call(2).await
+    })
+    .await
+    .expect("b waited for a permit a faulted call kept");
+    assert_eq!(answer.unwrap(), 2);
+
+    // An outage while the single permit is held elsewhere: fails at once.
+    let plain = tower::limit::ConcurrencyLimitLayer::new(1).layer(echo());
+    let mut holder = plain.clone();
+    let mut down = ChaosLayer::builder()
+        .outage(Duration::ZERO, Duration::from_secs(60))
+        .build()
+        .unwrap()
+        .layer(plain);
+    holder.ready().await.unwrap(); // holds the one permit
+    let answer = tokio::time::timeout(Duration::from_secs(1), async {
+        down.ready().await?.call(7).await
+    })
+    .await
+    .expect("an outage waited for the inner service");
+    let err = answer.unwrap_err();
+    assert_eq!(
+        err.downcast_ref::<InjectedFault>()
+            .map(InjectedFault::fault),
+        Some(Fault::Outage)
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn default_error_is_an_injected_fault_not_a_rejection() {
     let mut svc = ChaosLayer::builder()
@@ -370,9 +411,17 @@ fn builder_refuses_nonsense() {
         many = many.outage(Duration::from_secs(i), Duration::from_secs(i + 1));
     }
     assert!(msg(many.build()).contains("at most 1024"));
+    assert_eq!(
+        msg(ChaosLayer::builder()
+            .error_rate(1.0)
+            .latency_rate(0.5)
+            .build()),
+        "invalid chaos configuration: latency_rate 0.5 needs a latency to inject: set one with latency()"
+    );
     assert!(
         ChaosLayer::builder()
             .error_rate(1.0)
+            .latency(Latency::Fixed(Duration::from_millis(1)))
             .latency_rate(0.0)
             .build()
             .is_ok()

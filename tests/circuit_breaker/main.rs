@@ -1077,6 +1077,20 @@ fn builder_refuses_nonsense() {
         msg(b().max_open_duration(Duration::from_secs(1)).build()).contains("max_open_duration")
     );
     assert!(msg(b().open_jitter(-0.1).build()).contains("open_jitter"));
+    assert_eq!(
+        msg(b().open_jitter(1.0).build()),
+        "invalid circuit_breaker configuration: open_jitter must be in 0..1, got 1"
+    );
+    assert_eq!(
+        msg(b().slow_call_rate_threshold(0.5).build()),
+        "invalid circuit_breaker configuration: slow_call_rate_threshold 0.5 needs a slow_call_duration: without one no call is slow"
+    );
+    assert!(
+        b().slow_call_rate_threshold(0.5)
+            .slow_call_duration(Duration::from_millis(100))
+            .build()
+            .is_ok()
+    );
     assert!(msg(b().consecutive_failures(0).build()).contains("consecutive_failures"));
     assert!(msg(b().slow_call_duration(Duration::ZERO).build()).contains("slow_call_duration"));
     assert!(b().build().is_ok());
@@ -1673,4 +1687,170 @@ async fn a_deadline_answer_counts_when_the_attempt_had_its_time() {
     assert_eq!(run(Duration::from_secs(1)).await, (State::Open, 10));
     // A 2 s attempt cut short by the 1 s budget: the request's deadline.
     assert_eq!(run(Duration::from_secs(2)).await, (State::Closed, 0));
+}
+
+/// At the cap, jittered open times still spread: drawn below the cap, not
+/// clamped to it (half of them were exactly `max`, in step across a fleet).
+#[tokio::test(start_paused = true)]
+async fn jittered_open_times_spread_at_the_cap_too() {
+    let layer = CircuitBreakerLayer::builder()
+        .window(SlidingWindow::count(1))
+        .minimum_calls(1)
+        .permitted_calls_in_half_open(1)
+        .open_duration(Duration::from_secs(100))
+        .max_open_duration(Duration::from_secs(100))
+        .open_jitter(0.2)
+        .seed(3)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let mut svc = wrap(&layer);
+    let _ = call(&mut svc, FAIL).await;
+    let mut times = Vec::new();
+    for _ in 0..40 {
+        let d = handle.retry_after().unwrap();
+        times.push(d);
+        advance(d).await;
+        let _ = call(&mut svc, FAIL).await;
+    }
+    let at_cap = times
+        .iter()
+        .filter(|d| **d == Duration::from_secs(100))
+        .count();
+    assert!(at_cap <= 1, "{at_cap} of 40 exactly at the cap");
+    assert!(
+        times
+            .iter()
+            .all(|d| (80.0..=100.0).contains(&d.as_secs_f64())),
+        "{times:?}"
+    );
+    let below_90 = times.iter().filter(|d| d.as_secs_f64() < 90.0).count();
+    assert!((12..=28).contains(&below_90), "{below_90} of 40 below 90 s");
+}
+
+/// Backpressure mode: a task waiting for a long open time is woken when an
+/// operator resets the breaker, not at the end of the open time.
+#[tokio::test(start_paused = true)]
+async fn a_reset_wakes_the_tasks_waiting_for_the_open_time() {
+    let layer = CircuitBreakerLayer::builder()
+        .window(SlidingWindow::count(1))
+        .minimum_calls(1)
+        .open_duration(Duration::from_secs(600))
+        .backpressure(true)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let mut svc = wrap(&layer);
+    let _ = call(&mut svc, FAIL).await;
+    assert_eq!(handle.state(), State::Open);
+    let start = Instant::now();
+    let waiters: Vec<_> = (0..3)
+        .map(|_| {
+            let mut s = svc.clone();
+            tokio::spawn(async move {
+                s.ready().await.map(|_| ()).unwrap();
+                Instant::now()
+            })
+        })
+        .collect();
+    advance(Duration::from_secs(1)).await;
+    handle.reset();
+    for w in waiters {
+        let ready_at = tokio::time::timeout(Duration::from_secs(2), w)
+            .await
+            .expect("still waiting for the 600 s open time")
+            .unwrap();
+        assert_eq!(ready_at - start, Duration::from_secs(1));
+    }
+    // A disable wakes them the same way.
+    let _ = call(&mut svc, FAIL).await;
+    assert_eq!(handle.state(), State::Open);
+    let mut s = svc.clone();
+    let waiter = tokio::spawn(async move { s.ready().await.map(|_| ()) });
+    tokio::task::yield_now().await;
+    handle.disable();
+    tokio::time::timeout(Duration::from_secs(2), waiter)
+        .await
+        .expect("still waiting after disable")
+        .unwrap()
+        .unwrap();
+}
+
+/// A run of failures counted before `consecutive_failures` was turned off
+/// does not survive its being turned on again (successes in between ended
+/// it).
+#[tokio::test(start_paused = true)]
+async fn a_failure_run_starts_anew_when_the_rule_is_turned_back_on() {
+    let layer = CircuitBreakerLayer::builder()
+        .window(SlidingWindow::count(1000))
+        .minimum_calls(1000)
+        .consecutive_failures(5)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let mut svc = wrap(&layer);
+    for _ in 0..4 {
+        let _ = call(&mut svc, FAIL).await;
+    }
+    let mut t = handle.tuning();
+    t.consecutive_failures = None;
+    handle.retune(t).unwrap();
+    for _ in 0..100 {
+        call(&mut svc, OK).await.unwrap();
+    }
+    t.consecutive_failures = Some(5);
+    handle.retune(t).unwrap();
+    let _ = call(&mut svc, FAIL).await;
+    assert_eq!(
+        handle.state(),
+        State::Closed,
+        "one failure after 100 successes"
+    );
+    for _ in 0..4 {
+        let _ = call(&mut svc, FAIL).await;
+    }
+    assert_eq!(handle.state(), State::Open, "five in a row");
+}
+
+/// A classifier that panics on a half-open probe gives the probe's slot
+/// back as the call unwinds: the next call is the next probe, not refused
+/// for an open time.
+#[tokio::test(start_paused = true)]
+async fn a_probe_whose_classifier_panics_gives_its_slot_back() {
+    use futures::FutureExt;
+    let panic_once = Arc::new(AtomicUsize::new(0));
+    let p = panic_once.clone();
+    let classifier = move |r: Result<&&'static str, &BoxError>| {
+        if p.swap(0, Ordering::SeqCst) == 1 {
+            panic!("classifier bug");
+        }
+        if r.is_ok() {
+            Outcome::Success
+        } else {
+            Outcome::Failure
+        }
+    };
+    let layer = CircuitBreakerLayer::builder()
+        .window(SlidingWindow::count(1))
+        .minimum_calls(1)
+        .permitted_calls_in_half_open(1)
+        .open_duration(Duration::from_secs(10))
+        .classifier(classifier)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let mut svc = layer.layer(backend(Arc::new(AtomicUsize::new(0))));
+    let _ = call(&mut svc, FAIL).await;
+    advance(Duration::from_secs(10)).await;
+    panic_once.store(1, Ordering::SeqCst);
+    let probe = svc.ready().await.unwrap().call(OK);
+    assert!(
+        std::panic::AssertUnwindSafe(probe)
+            .catch_unwind()
+            .await
+            .is_err()
+    );
+    assert_eq!(handle.state(), State::HalfOpen);
+    call(&mut svc, OK).await.expect("the slot was given back");
+    assert_eq!(handle.state(), State::Closed);
 }

@@ -133,7 +133,8 @@ where
             *next.lock().unwrap() = answer;
             let _ = svc.ready().await.unwrap().call(()).await;
             let after = handle.metrics();
-            if answer.is_local() {
+            // Nor a shedder's "busy" (count_overload is off by default).
+            if answer.is_local() || matches!(answer, Answer::ShedderOverloaded) {
                 prop_assert_eq!(before, after, "{:?} changed the window", answer);
             }
             prop_assert_eq!(handle.state(), State::Closed);
@@ -146,8 +147,9 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 
     /// For random sequences of outcomes of every origin, no local refusal
-    /// ever changes the breaker's window, under every shipped classifier and
-    /// under one that calls everything a failure.
+    /// and no shedder's `Overloaded` ever changes the breaker's window,
+    /// under every shipped classifier and under one that calls everything a
+    /// failure.
     #[test]
     fn no_local_refusal_ever_changes_the_window(answers in prop::collection::vec(any_answer(), 1..200)) {
         let hostile: Hostile = |_| Outcome::Failure;
@@ -282,4 +284,100 @@ async fn bulkhead_queue_reads_the_deadline_in_the_request() {
     assert_eq!(view.name(), "pool");
     assert_eq!(t0.elapsed(), Duration::from_millis(300));
     running.await.unwrap().unwrap();
+}
+
+/// A breaker held to the body's end over answers whose bodies are dropped
+/// unread (a caller that reads the status only): each success counts as
+/// its head said. Taking those back left only the one failure in 20 in the
+/// window, and a healthy dependency opened the breaker.
+#[tokio::test(start_paused = true)]
+async fn successes_whose_bodies_are_dropped_unread_count() {
+    use http_body_util::Full;
+    let breaker = CircuitBreakerLayer::builder()
+        .classifier(HttpStatusClassifier::new())
+        .window(SlidingWindow::count(20))
+        .minimum_calls(20)
+        .build()
+        .unwrap()
+        .until_body_end();
+    let handle = breaker.handle();
+    let n = Arc::new(AtomicU32::new(0));
+    let svc = tower::ServiceBuilder::new()
+        .layer(breaker)
+        .layer(seawall::body::CallBodyLayer::new())
+        .service(service_fn(
+            move |_: http::Request<seawall::body::CallBody<()>>| {
+                let k = n.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    let status = if k % 20 == 19 { 500 } else { 200 };
+                    Ok::<_, BoxError>(
+                        http::Response::builder()
+                            .status(status)
+                            .body(Full::new(bytes::Bytes::from_static(b"ok")))
+                            .unwrap(),
+                    )
+                }
+            },
+        ));
+    for _ in 0..400 {
+        let res = svc.clone().oneshot(http::Request::new(())).await.unwrap();
+        drop(res);
+    }
+    assert_eq!(handle.state(), State::Closed);
+    let m = handle.metrics();
+    assert_eq!((m.calls, m.failures), (20, 1));
+}
+
+/// A half-open probe held to the body's end is judged by its head: a
+/// stream that lasts (an SSE feed, a long poll) does not keep the breaker
+/// half-open, refusing everything else, for as long as it flows.
+#[tokio::test(start_paused = true)]
+async fn a_probe_is_judged_by_its_head_not_by_its_streams_end() {
+    use http_body_util::StreamBody;
+    let breaker = CircuitBreakerLayer::builder()
+        .classifier(HttpStatusClassifier::new())
+        .window(SlidingWindow::count(1))
+        .minimum_calls(1)
+        .permitted_calls_in_half_open(1)
+        .open_duration(Duration::from_secs(1))
+        .build()
+        .unwrap()
+        .until_body_end();
+    let handle = breaker.handle();
+    let fail = Arc::new(AtomicU32::new(1));
+    let f = fail.clone();
+    let svc = tower::ServiceBuilder::new()
+        .layer(breaker)
+        .layer(seawall::body::CallBodyLayer::new())
+        .service(service_fn(
+            move |_: http::Request<seawall::body::CallBody<()>>| {
+                let status = if f.load(Ordering::SeqCst) == 1 {
+                    500
+                } else {
+                    200
+                };
+                async move {
+                    let never = futures::stream::pending::<
+                        Result<http_body::Frame<bytes::Bytes>, BoxError>,
+                    >();
+                    Ok::<_, BoxError>(
+                        http::Response::builder()
+                            .status(status)
+                            .body(StreamBody::new(never))
+                            .unwrap(),
+                    )
+                }
+            },
+        ));
+    let _ = svc.clone().oneshot(http::Request::new(())).await.unwrap();
+    assert_eq!(handle.state(), State::Open);
+    fail.store(0, Ordering::SeqCst);
+    tokio::time::advance(Duration::from_secs(1)).await;
+    // The probe's stream never ends; its body is kept.
+    let stream = svc.clone().oneshot(http::Request::new(())).await.unwrap();
+    assert_eq!(stream.status(), 200);
+    assert_eq!(handle.state(), State::Closed, "judged by the probe's head");
+    let next = svc.clone().oneshot(http::Request::new(())).await;
+    assert!(next.is_ok(), "admitted while the probe's stream flows");
+    drop(stream);
 }

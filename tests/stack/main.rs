@@ -166,6 +166,11 @@ fn client_refuses_a_slow_call_threshold_that_never_trips() {
     assert_eq!(client_err(b().slow_call_duration(ms(300))), msg("300ms"));
     assert_eq!(client_err(b().slow_call_duration(ms(5000))), msg("5s"));
     assert!(b().slow_call_duration(ms(299)).build().is_ok());
+    // Set on the stack's breaker, it is checked the same way.
+    assert_eq!(
+        client_err(b().breaker(|c| c.slow_call_duration(ms(5000)))),
+        msg("5s")
+    );
     // No slow-call duration by default.
     assert!(b().build().is_ok());
 }

@@ -135,7 +135,10 @@ where
 
 /// A throttled call whose head looked like a success, waiting in its body:
 /// its accept is counted when the body ends well; a body that fails is
-/// judged by the classifier; one dropped half way is not counted.
+/// judged by the classifier; one dropped before its end counts as its head
+/// said, an accept (a caller that reads the status and drops the body has
+/// its answer: taking those back left only the failures in the window,
+/// and the throttle refused a healthy dependency's traffic).
 #[cfg_attr(not(all(feature = "http", feature = "deadline")), allow(dead_code))]
 pub(crate) struct ThrottlePending {
     shared: Arc<ThrottleShared>,
@@ -184,7 +187,8 @@ fn record(shared: &ThrottleShared, start: Instant, outcome: Outcome) {
 impl Drop for ThrottlePending {
     fn drop(&mut self) {
         if !self.done {
-            self.shared.window().forget(self.start);
+            self.done = true;
+            record(&self.shared, self.start, Outcome::Success);
         }
     }
 }

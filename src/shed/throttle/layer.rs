@@ -208,8 +208,9 @@ impl<C> ThrottleLayerBuilder<C> {
     /// Any [`Classify`](crate::classify::Classify); a call classified
     /// `Success` is an accept, one classified `Failure` a request without an
     /// accept, and one classified `Ignored` is not counted at all (its request
-    /// is taken back out of the window). A call dropped before it finished is
-    /// a request without an accept.
+    /// is taken back out of the window). A call dropped before its head came
+    /// back is a request without an accept; under `until_body_end`, a body
+    /// dropped after a successful head is an accept.
     ///
     /// The backend's own overload rejections (`Overloaded`, HTTP 429, gRPC
     /// `RESOURCE_EXHAUSTED`) are what the throttle exists to react to: classify
