@@ -20,7 +20,7 @@
 //! held by streams would only blind it. Twenty streams whose heads came
 //! back at once held every place of the server preset's limit, and every
 //! other request was refused for as long as they flowed (`tests/streams`).
-//! A bulkhead bounds streams: the server presets' (1000 in flight) guards
+//! A bulkhead bounds streams: the server presets' (2000 in flight) guards
 //! memory; give long-lived streams a stack of their own with the bulkhead
 //! they need.
 //!

@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use seawall::EventKind;
-use seawall::observe::State;
+use seawall::observe::{LayerKind, State};
 
 use crate::sim::{Run, Scenario, Summary};
 
@@ -260,12 +260,13 @@ pub fn seawall_events(run: &Run) -> Option<String> {
     }
     let mut transitions = Vec::new();
     let mut limits: Option<(usize, usize)> = None;
-    for (t, _, kind) in &run.events {
+    for (t, layer, kind) in &run.events {
         match *kind {
             EventKind::StateChanged { from, to, .. } if from != to => {
                 transitions.push((to, *t));
             }
-            EventKind::LimitChanged { from, to } => {
+            // (The bulkhead reports its limit too.)
+            EventKind::LimitChanged { from, to } if *layer == LayerKind::AdaptiveLimit => {
                 let (lo, hi) = limits.unwrap_or((from, from));
                 limits = Some((lo.min(to), hi.max(to)));
             }

@@ -70,15 +70,18 @@ impl<F, M> fmt::Debug for ResponseFuture<F, M> {
     }
 }
 
+/// Whether a failure is a call that did not make it through in time, or
+/// was shed below: a deadline (the request's, passed here: also one that
+/// passed before the handler could send its own call), an attempt timeout,
+/// a shedder's `Overloaded`. A client throttle's `Overloaded::local` (the
+/// handler's dependency is failing) is this process refusing, not a queue
+/// here.
 fn overload_below(err: &BoxError) -> bool {
-    matches!(
-        rejection(&**err).map(|r| r.kind()),
-        Some(
-            RejectionKind::DeadlineExceeded
-                | RejectionKind::AttemptTimeout
-                | RejectionKind::Overloaded
-        )
-    )
+    rejection(&**err).is_some_and(|r| match r.kind() {
+        RejectionKind::DeadlineExceeded | RejectionKind::AttemptTimeout => true,
+        RejectionKind::Overloaded => !r.is_local(),
+        _ => false,
+    })
 }
 
 impl<F, M, T, E> Future for ResponseFuture<F, M>

@@ -38,7 +38,7 @@ impl Refusal {
 pub(crate) enum Completion {
     /// Finished: its RTT is a sample.
     Sample(Outcome),
-    /// Finished with a sign of overload below, or was cancelled.
+    /// Finished with a sign of overload below.
     Drop,
     /// Finished with an error that says nothing about capacity.
     Ignore,
@@ -98,6 +98,11 @@ pub(crate) struct Limiter {
     idle: AtomicU64,
     /// `idle` while the window of `expected_rtt_ns` was measured.
     expected_idle: AtomicU64,
+    /// The shortest a request of that window could expect: its fastest
+    /// answer, if shorter than `expected_rtt_ns` (what the doomed check
+    /// refuses by: one limit over cheap and costly routes must not refuse
+    /// a cheap one by the costly ones' latency).
+    doomed_ns: AtomicU64,
     /// When the last burst began, or was renewed (ns since `epoch`, plus
     /// one; 0: never).
     burst_start_ns: AtomicU64,
@@ -157,6 +162,7 @@ impl Limiter {
             expected_at_ns: AtomicU64::new(0),
             idle: AtomicU64::new(0),
             expected_idle: AtomicU64::new(0),
+            doomed_ns: AtomicU64::new(0),
             burst_start_ns: AtomicU64::new(0),
             refused_ns: AtomicU64::new(0),
             burst_cap: AtomicUsize::new(burst_cap(limit, algorithm.bounds())),
@@ -201,7 +207,10 @@ impl Limiter {
     /// Whether current evidence says a request with `remaining` time cannot
     /// finish: the server is busy (at least half its limit in flight, so a
     /// request waits behind others), the expected service time is fresh (its
-    /// window closed less than two windows ago) and longer than `remaining`.
+    /// window closed less than two windows ago) and longer than `remaining`
+    /// — the window's average, or its fastest answer if shorter: a cheap
+    /// route's request under one limit with a costly route is judged by
+    /// what the cheap one took.
     ///
     /// Without load, or on an estimate that nothing has refreshed (refused
     /// requests add no samples: an idle server would otherwise go on
@@ -209,7 +218,7 @@ impl Limiter {
     /// admitted.
     #[inline]
     fn doomed_by_evidence(&self, remaining: Duration, now: Instant) -> bool {
-        let expected = self.expected_rtt_ns.load(Ordering::Relaxed);
+        let expected = self.doomed_ns.load(Ordering::Relaxed);
         if expected == 0 || remaining.as_nanos() >= u128::from(expected) {
             return false;
         }
@@ -441,6 +450,8 @@ impl Limiter {
         if let Some(expected_ns) = expected_ns {
             self.expected_rtt_ns
                 .store(expected_ns.max(1), Ordering::Relaxed);
+            self.doomed_ns
+                .store(expected_ns.min(fastest).max(1), Ordering::Relaxed);
             // Stamped no later than one window before its close: a window
             // that an idle spell kept open until a late completion holds
             // old samples, and must not pass for fresh for long.
@@ -666,9 +677,10 @@ impl Drop for Permit {
         if !self.done {
             self.done = true;
             let limiter = &*self.limiter;
-            let idle = limiter.release(self.class);
-            // The caller gave up: a drop.
-            limiter.record(Completion::Drop, Duration::ZERO, crate::clock::now(), idle);
+            // The caller went (a cancel, a hedge that lost): says nothing
+            // of this service's capacity (a timeout below the limit ends as
+            // an error, a drop); the slot is given back, nothing counted.
+            limiter.release(self.class);
         }
     }
 }
@@ -737,7 +749,7 @@ mod tests {
     }
 
     #[test]
-    fn dropped_permits_count_as_drops_and_shrink_aimd() {
+    fn dropped_permits_are_given_back_and_not_counted() {
         let l = limiter(10, [0.0; 4]);
         let t0 = Instant::now();
         let a = l.try_acquire(Criticality::Critical, t0).unwrap();
@@ -745,11 +757,11 @@ mod tests {
         assert_eq!(l.win_max_inflight.load(Ordering::Relaxed), 2);
         drop(a);
         drop(b);
-        assert_eq!(l.win_drops.load(Ordering::Relaxed), 2);
+        assert_eq!(l.win_drops.load(Ordering::Relaxed), 0);
         assert_eq!(l.inflight(), 0);
         // The window (100 ms) has not elapsed in real time here; close it by hand.
         l.maybe_close_window(t0 + Duration::from_secs(1), 0);
-        assert_eq!(l.limit(), 9);
+        assert_eq!(l.limit(), 10);
         assert_eq!(l.expected_rtt(), None);
     }
 

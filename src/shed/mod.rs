@@ -65,11 +65,20 @@
 //!   a 429, an error `grpc-status`) is ignored: a dependency that fails or
 //!   refuses at once, its answers passed on, must not make slow answers
 //!   look like a queue's, nor is its refusal a queue of this server's; an error that signals overload below it
-//!   (`DeadlineExceeded`, `AttemptTimeout`, `Overloaded`) is a *drop*; other
-//!   errors are ignored. A response future dropped before it finished (the
-//!   caller gave up, usually on its timeout) releases its slot and counts as a
-//!   drop. Gradient2 learns from RTTs only; AIMD backs off on drops;
-//!   QueueDelay cuts on drops only when some queueing shows.
+//!   (`DeadlineExceeded`, `AttemptTimeout`, a shedder's `Overloaded`) is a
+//!   *drop*; other errors are ignored (a client throttle's
+//!   `Overloaded::local` in the handler too: its dependency is failing, no
+//!   queue here). A response future dropped before it finished (a caller
+//!   that went, a hedge that lost, an HTTP/2 stream reset) releases its slot
+//!   and is not counted, as Netflix's gRPC limiter ignores a cancel: put
+//!   the timeout that should count *below* the limit (the server presets'
+//!   handler timeout, an [`AttemptTimeoutLayer`](crate::deadline::AttemptTimeoutLayer)),
+//!   where it ends as a `DeadlineExceeded` or `AttemptTimeout` drop. (Counted
+//!   as drops, 5 % of calls hedged away shrank an AIMD limit to its floor at
+//!   a tenth of its load.) Gradient2 learns from RTTs only; AIMD backs off on drops;
+//!   QueueDelay cuts on drops only when some queueing shows, or when every
+//!   call of a window was dropped with half the limit in flight (a hung
+//!   dependency: halved, then doubled back once calls are answered).
 //! - Bursts: arrivals at random come in bursts well above their average,
 //!   which a queue absorbs in a few service times. For 100 ms after the
 //!   limit is reached from a quiet spell (CoDel's interval), `Critical` and
@@ -94,24 +103,32 @@
 //! guaranteed share of the limit gets in (defaults: `CriticalPlus` 20 %,
 //! `Critical` 50 %, `SheddablePlus` 10 %, `Sheddable` 0 %), so the lowest
 //! classes are shed first while the top ones keep their share (as in
-//! Netflix's partitioned limits).
+//! Netflix's partitioned limits). A share is a guarantee, not an order: a
+//! class past its own share is refused at the limit even while a lower
+//! class under its share still gets in (at most 1.8 times the limit in
+//! flight with the defaults). Give the classes you protect the shares they
+//! need.
 //!
 //! ## Doomed work
 //!
 //! A request whose remaining deadline
 //! ([`deadline::current()`](crate::deadline::current)) is shorter than the
-//! expected service time — the average RTT of the last window — cannot
+//! expected service time — the average RTT of the last window, or its
+//! fastest answer if shorter (one limit over a cheap route and a costly
+//! one must not refuse the cheap one by the costly one's latency) — cannot
 //! finish in time; it is rejected at admission (event detail `"doomed"`)
 //! instead of taking a slot to die. Turn it off with
 //! [`reject_doomed(false)`](AdaptiveLimitLayerBuilder::reject_doomed).
 //!
-//! ## A small queue in front
+//! ## No queue
 //!
 //! The limit never queues: what it admits goes on at once, bursts
-//! included. To hold back what it would refuse for a moment instead, stack
-//! a bounded bulkhead queue (`BulkheadLayer` with a small queue and a short
-//! maximum wait) *in front of* the adaptive limit: requests wait there
-//! briefly, and the limit still decides what reaches the service.
+//! included, and what it refuses is refused at once, with a `retry_after`
+//! (its `poll_ready` is the inner service's). A bulkhead queue in front of
+//! it does not hold those back: the bulkhead's queue fills only when its
+//! own `max_concurrent` is reached, which knows nothing of the limit. A
+//! caller that should wait and come back does so on the `retry_after`
+//! (seawall's client stacks do).
 //!
 //! # Client-side adaptive throttling
 //!

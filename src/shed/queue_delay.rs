@@ -258,6 +258,13 @@ impl LimitAlgorithm for QueueDelay {
             // that could not make their deadline at any load): no cut.
             if sample.did_drop() && sample.max_inflight() as f64 >= self.limit / 2.0 {
                 self.limit = self.clamp(self.limit / 2.0);
+                // Every call timed out: a dependency hung, not a queue of
+                // ours. Once calls are answered again, the limit doubles
+                // back (it climbed 5 % a window: a minute of refusals after
+                // a 30 s hang that had halved it to 1).
+                self.growth = Growth::Doubling;
+                self.draining = None;
+                self.cut = None;
             }
             return self.limit();
         }
@@ -650,6 +657,28 @@ mod tests {
                 "{workers} workers, ×{times}: {settled:?}"
             );
         }
+    }
+
+    /// A dependency that hangs for 30 windows (every call times out: windows
+    /// of drops only) halves the limit to its floor; once it answers again
+    /// the limit doubles back within a few windows. It grew 5 % a window
+    /// from there: about 66 windows of refusals for a learned 200.
+    #[test]
+    fn the_limit_doubles_back_after_a_hang() {
+        let mut q = QueueDelay::default();
+        run_workers(&mut q, 60, 5.0, 200);
+        let learned = q.limit();
+        assert!(learned >= 100, "learned {learned}");
+        for _ in 0..30 {
+            let busy = q.limit();
+            q.update(&WindowSample::new(Duration::ZERO, busy, busy as u64));
+        }
+        assert_eq!(q.limit(), 1);
+        let back = run_workers(&mut q, 12, 5.0, 200);
+        assert!(
+            back[11] >= learned / 2,
+            "learned {learned}, after the hang: {back:?}"
+        );
     }
 
     /// A service that got ten times slower while the limit and the calls in

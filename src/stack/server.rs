@@ -21,10 +21,15 @@ use crate::shed::{AdaptiveLimit, AdaptiveLimitLayer, AdaptiveLimitLayerBuilder};
 const KIND: &str = "server_stack";
 
 /// Handlers in flight at most, whatever the adaptive limit says: a guard on
-/// memory, at the adaptive limit's default maximum (`QueueDelay`, 1000), so
-/// that the adaptive limit (which sheds by priority) is what turns requests
-/// away. Raise it with the limit's maximum.
-const BULKHEAD_MAX_CONCURRENT: usize = 1000;
+/// memory, at twice the adaptive limit's default maximum (`QueueDelay`,
+/// 1000), so that the adaptive limit (which sheds by priority) is what
+/// turns requests away: at the limit, the classes' guaranteed shares
+/// (70 % of it by default for `Critical` and `CriticalPlus`, 80 % in all)
+/// admit up to 1.8 times the limit in flight. At 1000, a limit of 900 held
+/// by sheddable work let 100 of the 450 critical requests its share
+/// guarantees in, and refused the rest `BulkheadFull`, blind to priority.
+/// Raise it with the limit's maximum.
+const BULKHEAD_MAX_CONCURRENT: usize = 2000;
 
 /// The recommended server stack, as one layer; start with
 /// [`ServerStack::builder`].
@@ -216,7 +221,7 @@ impl ServerStack {
     ///
     /// [`total_budget`](ServerStackBuilder::total_budget) must be set; every
     /// other setting has the default of its layer, except the bulkhead
-    /// (1000 handlers: see [`bulkhead`](ServerStackBuilder::bulkhead)). The
+    /// (2000 handlers: see [`bulkhead`](ServerStackBuilder::bulkhead)). The
     /// handler timeout defaults to the total budget.
     pub fn builder(name: impl Into<Name>) -> ServerStackBuilder {
         let name = name.into();
@@ -317,12 +322,16 @@ impl<O, R, P> ServerStackBuilder<O, R, P> {
         }
     }
 
-    /// Configures the bulkhead, starting from the stack's default (1000
-    /// handlers in flight, no queue: a guard on memory at the adaptive
-    /// limit's maximum, so that the adaptive limit, which sheds by
+    /// Configures the bulkhead, starting from the stack's default (2000
+    /// handlers in flight, no queue: a guard on memory at twice the
+    /// adaptive limit's maximum, the most its classes' guaranteed shares
+    /// admit at the limit, so that the adaptive limit, which sheds by
     /// priority, is what turns requests away; chosen by the storm's
     /// priority surge, where a bulkhead of 25 below the adaptive limit
-    /// refused critical and sheddable requests alike) and the stack's name.
+    /// refused critical and sheddable requests alike, and by a limit of 900
+    /// held by sheddable work, where a bulkhead of 1000 refused 350 of the
+    /// 450 critical requests the limit's share admits) and the stack's
+    /// name. Raising the limit's maximum, raise this with it.
     pub fn bulkhead(mut self, f: impl FnOnce(BulkheadBuilder) -> BulkheadBuilder) -> Self {
         self.common.bulkhead = f(self.common.bulkhead);
         self

@@ -425,9 +425,62 @@ async fn aimd_limit_changes_are_reported() {
         assert_eq!(rejection_of(&err).unwrap().name(), "below");
     }
     assert_eq!(layer.limit(), 10);
-    assert_eq!(limit_changes(&rec), vec![(10, 11), (11, 12), (12, 10)]);
-    assert_eq!(rec.count(|e| e.kind == EventKind::CallStarted), 21);
+    // The drops that came after that window closed cut the next one.
+    wave(&svc, 5, 100).await;
+    assert_eq!(layer.limit(), 9);
+    // A client throttle's refusal in the handler (its dependency fails) is
+    // this process refusing, not a queue here: no drop, no cut.
+    let throttled = layer.layer(service_fn(|_: u64| async {
+        sleep(ms(100)).await;
+        Err::<u64, BoxError>(Overloaded::local("handler.throttle", None).into())
+    }));
+    let calls: Vec<_> = (0..5)
+        .map(|_| tokio::spawn(throttled.clone().oneshot(0)))
+        .collect();
+    for c in calls {
+        assert!(c.await.unwrap().is_err());
+    }
+    wave(&svc, 5, 100).await;
+    // 5 in flight, 5 × 2 >= 9: grows.
+    assert_eq!(layer.limit(), 10);
+    assert_eq!(
+        limit_changes(&rec),
+        vec![(10, 11), (11, 12), (12, 10), (10, 9), (9, 10)]
+    );
+    assert_eq!(rec.count(|e| e.kind == EventKind::CallStarted), 36);
     assert_eq!(rec.count(|e| e.name != "aimd"), 0);
+}
+
+/// Callers that go (a hedge that lost, a reset stream) are not drops: one
+/// call in 20 cancelled in every window leaves an AIMD limit where it was.
+/// Counted as drops, they cut it by a tenth a window, to its floor.
+#[tokio::test(start_paused = true)]
+async fn cancelled_calls_do_not_cut_the_limit() {
+    let layer = AdaptiveLimitLayer::builder()
+        .algorithm(
+            Aimd::builder()
+                .initial_limit(50)
+                .min_limit(1)
+                .build()
+                .unwrap(),
+        )
+        .window(ms(100))
+        .min_window_samples(5)
+        .build()
+        .unwrap();
+    let svc = layer.layer(sleeper());
+    for _ in 0..20 {
+        let calls: Vec<_> = (0..19)
+            .map(|_| tokio::spawn(svc.clone().oneshot(10)))
+            .collect();
+        let cancelled = svc.clone().oneshot(10);
+        let _ = timeout(ms(1), cancelled).await;
+        for c in calls {
+            c.await.unwrap().unwrap();
+        }
+        sleep(ms(100)).await;
+    }
+    assert_eq!(layer.limit(), 50);
 }
 
 #[tokio::test(start_paused = true)]
@@ -539,13 +592,15 @@ async fn over_the_limit_is_rejected_at_once_and_slots_are_released_on_drop() {
     );
     assert_eq!(err.to_string(), "overloaded (api)");
     assert_eq!(rejection_details(&rec), vec!["limit"]);
-    // Dropping in-flight calls frees their slots at once (and counts drops).
+    // Dropping in-flight calls frees their slots at once (and counts
+    // nothing: the callers went).
     drop((a, b));
     assert_eq!(layer.inflight(), 1);
     sleep(ms(200)).await;
     assert_eq!(svc.ready().await.unwrap().call(5).await.unwrap(), 5);
-    // The window held 2 drops and one sample: floor(3 × 0.9) = 2.
-    assert_eq!(layer.limit(), 2);
+    // The window held one sample and no drop, with 3 in flight: grown by
+    // one (cut to 2 when the cancels counted as drops).
+    assert_eq!(layer.limit(), 4);
     assert_eq!(layer.inflight(), 1);
     drop(c);
     assert_eq!(layer.inflight(), 0);
@@ -606,11 +661,14 @@ async fn doomed_requests_are_rejected_at_admission() {
     // The server went idle after the last estimate: it describes work that
     // has left, so it refuses nobody yet.
     assert_eq!(call_with(Some(ms(50))).await.unwrap(), 1);
-    // A window closes while they are in flight: a current estimate.
+    // A window closes while they are in flight (the doomed check expects
+    // its fastest answer of it, 1 ms), then one of a 200 ms call only: a
+    // current estimate.
+    svc.clone().oneshot(200).await.unwrap();
     svc.clone().oneshot(200).await.unwrap();
     let expected = layer.expected_rtt().unwrap();
-    assert!(expected > ms(50), "{expected:?}");
-    assert_eq!(hits.load(Ordering::Relaxed), 16);
+    assert_eq!(expected, ms(200));
+    assert_eq!(hits.load(Ordering::Relaxed), 17);
     // Less time left than expected, on a current estimate: doomed, never
     // reaches the service.
     let err = call_with(Some(expected - ms(1))).await.unwrap_err();
@@ -620,12 +678,12 @@ async fn doomed_requests_are_rejected_at_admission() {
     );
     // Already expired: doomed.
     assert!(call_with(Some(Duration::ZERO)).await.is_err());
-    assert_eq!(hits.load(Ordering::Relaxed), 16);
+    assert_eq!(hits.load(Ordering::Relaxed), 17);
     // Exactly the expected time, more time, or no deadline: admitted.
     assert_eq!(call_with(Some(expected)).await.unwrap(), 1);
     assert_eq!(call_with(Some(expected + ms(50))).await.unwrap(), 1);
     assert_eq!(call_with(None).await.unwrap(), 1);
-    assert_eq!(hits.load(Ordering::Relaxed), 19);
+    assert_eq!(hits.load(Ordering::Relaxed), 20);
     assert_eq!(rejection_details(&rec), vec!["doomed", "doomed"]);
     // Still busy, but the estimate is two windows old and nothing has
     // refreshed it: not evidence any more, admitted.
@@ -648,6 +706,69 @@ async fn doomed_requests_are_rejected_at_admission() {
     )
     .await;
     assert_eq!(r.unwrap(), 1);
+}
+
+/// One limit over a costly route (1 s) and a cheap one (1 ms): a cheap
+/// request with 100 ms left, while the server is busy, is judged by what the
+/// cheap calls took (the window's fastest answer), not by the average the
+/// costly ones raise to about 170 ms: admitted. It was refused as doomed.
+#[tokio::test(start_paused = true)]
+async fn a_cheap_route_is_not_doomed_by_a_costly_one() {
+    let rec = Recorder::new();
+    let layer = AdaptiveLimitLayer::builder()
+        .algorithm(
+            Aimd::builder()
+                .initial_limit(4)
+                .min_limit(4)
+                .max_limit(4)
+                .build()
+                .unwrap(),
+        )
+        .burst(Duration::ZERO)
+        .window(ms(2000))
+        .min_window_samples(5)
+        .observer(Observer::new(rec.clone()))
+        .build()
+        .unwrap();
+    let svc = layer.layer(sleeper());
+    // One window: 2 costly calls beside 10 cheap ones.
+    let costly: Vec<_> = (0..2)
+        .map(|_| tokio::spawn(svc.clone().oneshot(1000)))
+        .collect();
+    for _ in 0..10 {
+        svc.clone().oneshot(1).await.unwrap();
+    }
+    for c in costly {
+        c.await.unwrap().unwrap();
+    }
+    // Two long calls in flight (half the limit: busy), then a cheap call
+    // closes the window.
+    let long: Vec<_> = (0..2)
+        .map(|_| tokio::spawn(svc.clone().oneshot(10_000)))
+        .collect();
+    tokio::task::yield_now().await;
+    sleep(ms(1001)).await;
+    svc.clone().oneshot(1).await.unwrap();
+    let expected = layer.expected_rtt().unwrap();
+    assert!(expected > ms(150), "{expected:?}");
+    assert_eq!(layer.inflight(), 2);
+    let cheap = deadline::scope(Deadline::after(ms(100)), svc.clone().oneshot(1)).await;
+    assert_eq!(cheap.unwrap(), 1, "a cheap request with 100 ms left");
+    assert!(rejection_details(&rec).is_empty());
+    // Less time left than the fastest answer: doomed.
+    let hopeless = deadline::scope(
+        Deadline::after(Duration::from_micros(500)),
+        svc.clone().oneshot(1),
+    )
+    .await;
+    assert_eq!(
+        rejection_of(&hopeless.unwrap_err()).map(|r| r.kind()),
+        Some(RejectionKind::Overloaded)
+    );
+    assert_eq!(rejection_details(&rec), vec!["doomed"]);
+    for l in long {
+        l.abort();
+    }
 }
 
 #[tokio::test(start_paused = true)]

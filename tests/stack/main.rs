@@ -801,3 +801,54 @@ async fn a_hung_dependency_opens_the_breaker_when_the_attempt_timeout_is_the_bud
     assert_eq!(kind(&err), RejectionKind::CircuitOpen);
     assert_eq!(calls.load(Ordering::SeqCst), 30);
 }
+
+/// The server stack's bulkhead (a memory guard) leaves room for what the
+/// adaptive limit's shares admit: a limit of 900 held by sheddable work
+/// lets in the 450 critical requests its share guarantees (half of it), and
+/// the limit refuses the 451st, by priority. With a bulkhead of 1000, 350
+/// of them were refused `BulkheadFull`.
+#[tokio::test(start_paused = true)]
+async fn the_server_bulkhead_leaves_room_for_the_limits_shares() {
+    use seawall::shed::Aimd;
+    use seawall::shed::criticality::{self, Criticality};
+    let stack = ServerStack::builder("api")
+        .total_budget(Duration::from_secs(600))
+        .adaptive_limit(|l| {
+            l.algorithm(
+                Aimd::builder()
+                    .initial_limit(900)
+                    .min_limit(900)
+                    .max_limit(900)
+                    .build()
+                    .unwrap(),
+            )
+            .burst(Duration::ZERO)
+        })
+        .build()
+        .unwrap();
+    let svc = stack.layer(service_fn(|_: u32| async {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        Ok::<_, BoxError>(())
+    }));
+    let start = |class: Criticality| {
+        let call = svc.clone().oneshot(0);
+        tokio::spawn(criticality::scope(class, call))
+    };
+    let sheddable: Vec<_> = (0..900).map(|_| start(Criticality::Sheddable)).collect();
+    let critical: Vec<_> = (0..451).map(|_| start(Criticality::Critical)).collect();
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert_eq!(stack.bulkhead_handle().in_flight(), 1350);
+    let mut refused = Vec::new();
+    for c in critical {
+        if let Err(e) = c.await.unwrap() {
+            refused.push(rejection_of(&e).map(|r| (r.kind(), r.name().to_string())));
+        }
+    }
+    assert_eq!(
+        refused,
+        vec![Some((RejectionKind::Overloaded, "api.limit".to_string()))]
+    );
+    for s in sheddable {
+        s.await.unwrap().unwrap();
+    }
+}
