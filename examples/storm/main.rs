@@ -1,7 +1,7 @@
 //! storm: the same traffic through a backend outage, served four ways.
 //!
 //! ```text
-//! cargo run --release --example storm            # every scenario, about 20 s of wall time
+//! cargo run --release --example storm            # every scenario, about 10 s of wall time
 //! cargo run --release --example storm -- --quick # 40 s simulated (or STORM_QUICK=1)
 //! STORM_TRACE=1 cargo run --release --example storm # also print every breaker and limit change
 //! ```

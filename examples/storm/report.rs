@@ -63,7 +63,7 @@ time; a phase that inherits a queue from the one before can pass 100 % by a litt
   attempts    calls the caller's client stack sent per request (retries included; below 1 \
 when a breaker refuses calls without sending them)
   doomed      share of the backend's worker time spent on answers that came after the \
-caller's deadline
+caller's deadline, or on work cut off before its end
   backend/req calls that reached the backend per request (a server's refusals do not)
   not good    why the rest failed: late = answered after the deadline (only a caller that \
 waits for everything sees it); timeout = tower's Timeout fired; deadline_exceeded / \

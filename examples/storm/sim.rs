@@ -126,7 +126,8 @@ fn framed(edge: Condition, middle: Phase) -> Vec<Phase> {
 }
 
 impl Scenario {
-    /// The full scenario the example runs: 100 s, ~84 000 requests per mode.
+    /// The full scenario the example runs: 100 s, about 72 300 requests per
+    /// mode.
     pub fn full() -> Self {
         Scenario::with_phase_lengths([20, 10, 20, 20, 30])
     }
@@ -417,6 +418,9 @@ impl Scenario {
 pub struct Req {
     deadline: Option<Deadline>,
     caller_gives_up: Instant,
+    /// When the caller sent it (seconds since the start): what it costs is
+    /// counted in the phase it arrived in.
+    arrived: f64,
     /// Which route the request takes: a uniform draw in `[0, 1)`, the same
     /// for every attempt of it.
     route: f64,
@@ -459,14 +463,23 @@ pub struct Second {
     pub offered: u64,
     /// Of those, answered successfully within their deadline.
     pub good: u64,
-    /// Calls sent to the server in this second (every attempt, retries included).
+    /// Calls sent to the server in this second (every attempt, retries
+    /// included), whichever request they were for: the chart's.
     pub attempts: u64,
-    /// Calls that reached the backend itself (past the server's own layers).
-    pub backend_calls: u64,
-    /// Worker time (ms) finished in this second for callers still waiting.
-    pub useful_ms: f64,
-    /// Worker time (ms) finished in this second after the caller's deadline.
-    pub doomed_ms: f64,
+    /// Calls sent to the server for the requests that arrived in this
+    /// second, whenever sent: the tables' (a phase's figures are over the
+    /// requests offered in it).
+    pub attempts_for: u64,
+    /// Calls that reached the backend itself (past the server's own
+    /// layers) for the requests that arrived in this second.
+    pub backend_calls_for: u64,
+    /// Worker time (ms) for the requests that arrived in this second, on
+    /// answers that came while their caller still waited.
+    pub useful_ms_for: f64,
+    /// Worker time (ms) for the requests that arrived in this second, on
+    /// answers that came after their caller's deadline, and on work cut off
+    /// before its end (a server that dropped the call at its deadline).
+    pub doomed_ms_for: f64,
 }
 
 /// How one client request ended.
@@ -579,6 +592,28 @@ impl Drop for InFlight {
     }
 }
 
+/// A backend call's work under way: dropped before its end, the worker
+/// time spent on it is counted as doomed.
+struct Cut<'a> {
+    shared: &'a BackendShared,
+    begin: Instant,
+    arrived: f64,
+    done: bool,
+}
+
+impl Drop for Cut<'_> {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let ms = self.begin.elapsed().as_secs_f64() * 1e3;
+        let mut book = self.shared.meter.book();
+        if let Some(s) = Meter::second(&mut book, self.arrived) {
+            s.doomed_ms_for += ms;
+        }
+    }
+}
+
 /// A uniform draw in `[0, 1)` for call number `n` (splitmix64), so service
 /// times do not depend on the order in which calls are scheduled.
 fn unit(seed: u64, n: u64) -> f64 {
@@ -628,8 +663,8 @@ impl Service<Req> for Backend {
         meter.backend_in_flight.fetch_add(1, Ordering::Relaxed);
         {
             let mut book = meter.book();
-            if let Some(s) = Meter::second(&mut book, at) {
-                s.backend_calls += 1;
+            if let Some(s) = Meter::second(&mut book, req.arrived) {
+                s.backend_calls_for += 1;
             }
         }
         let guard = InFlight(shared.clone());
@@ -638,6 +673,14 @@ impl Service<Req> for Backend {
             let sc = &shared.scenario;
             let _worker = shared.workers.acquire().await?;
             let begin = Instant::now();
+            // Work cut off before its end (dropped with this future) was
+            // spent for nothing: counted as doomed.
+            let mut cut = Cut {
+                shared: &shared,
+                begin,
+                arrived: req.arrived,
+                done: false,
+            };
             let phase = sc.phase_at(shared.meter.since_start(begin));
             let jitter = 0.5 + unit(sc.seed, n);
             let (busy, result) = match sc.phases[phase].condition {
@@ -656,15 +699,15 @@ impl Service<Req> for Backend {
                 }
             };
             tokio::time::sleep(busy).await;
+            cut.done = true;
             let done = Instant::now();
-            let at = shared.meter.since_start(done);
             let mut book = shared.meter.book();
-            if let Some(s) = Meter::second(&mut book, at) {
+            if let Some(s) = Meter::second(&mut book, req.arrived) {
                 let ms = busy.as_secs_f64() * 1e3;
                 if done > req.caller_gives_up {
-                    s.doomed_ms += ms;
+                    s.doomed_ms_for += ms;
                 } else {
-                    s.useful_ms += ms;
+                    s.useful_ms_for += ms;
                 }
             }
             result
@@ -722,6 +765,9 @@ where
             if let Some(s) = Meter::second(&mut book, at) {
                 s.attempts += 1;
             }
+            if let Some(s) = Meter::second(&mut book, req.arrived) {
+                s.attempts_for += 1;
+            }
         }
         let (tx, rx) = oneshot::channel();
         let server = self.server.clone();
@@ -736,7 +782,35 @@ where
             };
             let _ = tx.send(result);
         });
-        Box::pin(async move { rx.await.map_err(BoxError::from)? })
+        Box::pin(async move { rx.await.map_err(BoxError::from)?.map_err(over_the_wire) })
+    }
+}
+
+/// What a seawall server's refusal becomes on the caller's side of a wire,
+/// as the protocol presets carry it: one that says when to come back (an
+/// overload, a full bulkhead, an open breaker, a rate limit: 503 or 429
+/// with `Retry-After`, gRPC pushback) arrives as the dependency's "busy";
+/// a deadline or attempt timeout (504, `DEADLINE_EXCEEDED`) as the
+/// dependency's deadline answer; one without a time (a bare 503 from an
+/// empty retry budget) as a plain failure. The server's own rejection
+/// does not cross: the caller's layers would take its refusals for their
+/// own process's, never counted and never retried. Other errors (the
+/// backend's, a baseline's) stand for the status a user maps them to, and
+/// cross as they are.
+fn over_the_wire(error: BoxError) -> BoxError {
+    use seawall::error::{DeadlineExceeded, Overloaded, RejectionKind, rejection};
+    let Some(r) = rejection(&*error) else {
+        return error;
+    };
+    if r.retry_after().is_some() {
+        Overloaded::new("dependency", r.retry_after()).into()
+    } else if matches!(
+        r.kind(),
+        RejectionKind::DeadlineExceeded | RejectionKind::AttemptTimeout
+    ) {
+        DeadlineExceeded::new("dependency").into()
+    } else {
+        BoxError::from(format!("the dependency failed: {error}"))
     }
 }
 
@@ -985,6 +1059,7 @@ async fn run_async(scenario: &Scenario, mode: Mode) -> Result<Run, BoxError> {
         let req = Req {
             deadline: None,
             caller_gives_up: gives_up,
+            arrived: arrival,
             route: unit(scenario.seed ^ 0x7017E, i as u64),
         };
         let client = stacks.client.clone();
@@ -1139,10 +1214,10 @@ impl Run {
         };
         let secs = &self.seconds
             [(from as usize).min(self.seconds.len())..(to.ceil() as usize).min(self.seconds.len())];
-        let attempts: u64 = secs.iter().map(|s| s.attempts).sum();
-        let backend_calls: u64 = secs.iter().map(|s| s.backend_calls).sum();
-        let useful: f64 = secs.iter().map(|s| s.useful_ms).sum();
-        let doomed: f64 = secs.iter().map(|s| s.doomed_ms).sum();
+        let attempts: u64 = secs.iter().map(|s| s.attempts_for).sum();
+        let backend_calls: u64 = secs.iter().map(|s| s.backend_calls_for).sum();
+        let useful: f64 = secs.iter().map(|s| s.useful_ms_for).sum();
+        let doomed: f64 = secs.iter().map(|s| s.doomed_ms_for).sum();
         let offered = latencies.len() as u64;
         Summary {
             offered,

@@ -198,8 +198,13 @@ impl TailRun {
             .map(|r| r.latency)
             .collect();
         lat.sort();
-        let n = lat.len().max(1);
-        let q = |p: f64| lat[((p * n as f64).ceil() as usize).clamp(1, n) - 1];
+        let n = lat.len();
+        let q = |p: f64| {
+            if n == 0 {
+                return Duration::ZERO;
+            }
+            lat[((p * n as f64).ceil() as usize).clamp(1, n) - 1]
+        };
         let good = self
             .requests
             .iter()

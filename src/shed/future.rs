@@ -70,18 +70,20 @@ impl<F, M> fmt::Debug for ResponseFuture<F, M> {
     }
 }
 
-/// Whether a failure is a call that did not make it through in time, or
-/// was shed below: a deadline (the request's, passed here: also one that
-/// passed before the handler could send its own call), an attempt timeout,
-/// a shedder's `Overloaded`. A client throttle's `Overloaded::local` (the
-/// handler's dependency is failing) is this process refusing, not a queue
-/// here.
+/// Whether a failure is a call that did not make it through in time: a
+/// deadline (the request's, passed here: also one that passed before the
+/// handler could send its own call) or an attempt timeout (the handler
+/// timeout). An `Overloaded` is not: below a server's limit it is a
+/// dependency's "busy" that the handler passed on (or a client throttle's
+/// own refusal), no queue of this server's — as the presets judge a 503
+/// or 429 answer. Counted as drops, a dependency shedding for a few
+/// seconds halved the limit of every server in front of it, which then
+/// refused healthy traffic for as long as the limit took to grow back.
 fn overload_below(err: &BoxError) -> bool {
-    rejection(&**err).is_some_and(|r| match r.kind() {
-        RejectionKind::DeadlineExceeded | RejectionKind::AttemptTimeout => true,
-        RejectionKind::Overloaded => !r.is_local(),
-        _ => false,
-    })
+    matches!(
+        rejection(&**err).map(|r| r.kind()),
+        Some(RejectionKind::DeadlineExceeded | RejectionKind::AttemptTimeout)
+    )
 }
 
 impl<F, M, T, E> Future for ResponseFuture<F, M>
@@ -118,11 +120,12 @@ where
                         permit.complete(match &result {
                             Err(e) if overload_below(e) => Completion::Drop,
                             // A refusal of a layer below in this process (a
-                            // bulkhead for a pool): refused, not failed; no
-                            // sample.
-                            Err(e) if crate::classify::is_local_refusal(e) => {
-                                Completion::Sample(Outcome::Refused)
-                            }
+                            // bulkhead for a pool): refused, not failed; a
+                            // dependency's "busy": no queue here. No sample.
+                            Err(e) => match crate::classify::error_origin(e) {
+                                Some(origin) => Completion::Sample(origin),
+                                None => Completion::Ignore,
+                            },
                             _ => Completion::Ignore,
                         });
                         return Poll::Ready(result);

@@ -64,11 +64,14 @@
 //!   responses are judged by their status, a failed or "busy" one (a 5xx,
 //!   a 429, an error `grpc-status`) is ignored: a dependency that fails or
 //!   refuses at once, its answers passed on, must not make slow answers
-//!   look like a queue's, nor is its refusal a queue of this server's; an error that signals overload below it
-//!   (`DeadlineExceeded`, `AttemptTimeout`, a shedder's `Overloaded`) is a
-//!   *drop*; other errors are ignored (a client throttle's
-//!   `Overloaded::local` in the handler too: its dependency is failing, no
-//!   queue here). A response future dropped before it finished (a caller
+//!   look like a queue's, nor is its refusal a queue of this server's; an
+//!   error that says a call did not make it in time (`DeadlineExceeded`,
+//!   `AttemptTimeout`: the handler timeout) is a *drop*; other errors are
+//!   ignored, an `Overloaded` too (a dependency's "busy" that the handler
+//!   passed on, or a client throttle's refusal in it: no queue here; as
+//!   drops, a dependency that shed for a few seconds halved the limit of
+//!   the server in front of it, which then refused healthy traffic while
+//!   the limit grew back). A response future dropped before it finished (a caller
 //!   that went, a hedge that lost, an HTTP/2 stream reset) releases its slot
 //!   and is not counted, as Netflix's gRPC limiter ignores a cancel: put
 //!   the timeout that should count *below* the limit (the server presets'

@@ -412,10 +412,10 @@ async fn aimd_limit_changes_are_reported() {
     // 6 in flight: → 12.
     wave(&svc, 6, 100).await;
     assert_eq!(layer.limit(), 12);
-    // Calls failing with an overload error from below are drops: floor(12 × 0.9) = 10.
+    // Calls ended by the handler timeout below are drops: floor(12 × 0.9) = 10.
     let failing = layer.layer(service_fn(|_: u64| async {
         sleep(ms(100)).await;
-        Err::<u64, BoxError>(Overloaded::new("below", None).into())
+        Err::<u64, BoxError>(seawall::error::AttemptTimeout::new("below").into())
     }));
     let calls: Vec<_> = (0..5)
         .map(|_| tokio::spawn(failing.clone().oneshot(0)))
@@ -428,14 +428,18 @@ async fn aimd_limit_changes_are_reported() {
     // The drops that came after that window closed cut the next one.
     wave(&svc, 5, 100).await;
     assert_eq!(layer.limit(), 9);
-    // A client throttle's refusal in the handler (its dependency fails) is
-    // this process refusing, not a queue here: no drop, no cut.
-    let throttled = layer.layer(service_fn(|_: u64| async {
+    // A dependency's "busy" that the handler passes on, or a client
+    // throttle's refusal in the handler: no queue here, no drop, no cut.
+    let busy = layer.layer(service_fn(|n: u64| async move {
         sleep(ms(100)).await;
-        Err::<u64, BoxError>(Overloaded::local("handler.throttle", None).into())
+        Err::<u64, BoxError>(if n % 2 == 0 {
+            Overloaded::new("dependency", Some(ms(100))).into()
+        } else {
+            Overloaded::local("handler.throttle", None).into()
+        })
     }));
     let calls: Vec<_> = (0..5)
-        .map(|_| tokio::spawn(throttled.clone().oneshot(0)))
+        .map(|n| tokio::spawn(busy.clone().oneshot(n)))
         .collect();
     for c in calls {
         assert!(c.await.unwrap().is_err());

@@ -97,10 +97,11 @@ fn seawall_run_is_deterministic() {
     assert_eq!(a.records.len(), b.records.len());
     for (x, y) in a.seconds.iter().zip(&b.seconds) {
         assert_eq!(
-            (x.offered, x.good, x.attempts, x.backend_calls),
-            (y.offered, y.good, y.attempts, y.backend_calls)
+            (x.offered, x.good, x.attempts, x.attempts_for),
+            (y.offered, y.good, y.attempts, y.attempts_for)
         );
-        assert_eq!(x.doomed_ms.to_bits(), y.doomed_ms.to_bits());
+        assert_eq!(x.backend_calls_for, y.backend_calls_for);
+        assert_eq!(x.doomed_ms_for.to_bits(), y.doomed_ms_for.to_bits());
     }
     for (x, y) in a.records.iter().zip(&b.records) {
         assert_eq!((x.arrival, x.latency, x.end), (y.arrival, y.latency, y.end));
@@ -210,6 +211,15 @@ fn main_storm_every_phase_against_every_configuration() {
     for t in (a as usize + 1)..(b as usize) {
         let x = seawall.summary(t as f64, t as f64 + 1.0);
         assert!(x.goodput() >= 0.9, "second {t}: {}", x.goodput());
+    }
+
+    // A phase's attempts are those of the requests offered in it, whenever
+    // made: the naive client never makes more than its 4 per request (the
+    // surge's retries, counted when made, put 4.6 in the brownout).
+    for (i, p) in s.phases.iter().enumerate() {
+        let (a, b) = s.bounds(i);
+        let n = naive.summary(a, b).amplification;
+        assert!(n <= 4.0 + 1e-9, "{}: naive {n}", p.name);
     }
 
     // Healthy: nobody loses anything.
@@ -365,7 +375,8 @@ fn flapping_dependency() {
         "flapping: seawall {:.2} attempts per request while down",
         calls / offered
     );
-    assert!(calls / offered < 0.35, "{}", calls / offered);
+    // Less than a tenth, as the docs say (0.07 when this was written).
+    assert!(calls / offered < 0.1, "{}", calls / offered);
 }
 
 /// A slow latency creep (service time x1 → x16 over 25 s, at 30 % of the
@@ -398,7 +409,7 @@ fn outage_without_breaker_is_held_by_the_budget() {
 /// client stack and every service with its server stack; the backend goes
 /// down for a while. Retries at every hop multiply for the naive client
 /// (3 hops × 4 attempts); seawall's budgets and breakers keep the calls that
-/// reach the dead backend under 0.2 per request, and the chain recovers.
+/// reach the dead backend under 0.06 per request, and the chain recovers.
 #[test]
 fn chain_of_three_hops() {
     let s = Scenario::chain([4, 6, 6]);
@@ -415,7 +426,8 @@ fn chain_of_three_hops() {
         "naive retries multiply across hops: {}",
         deep[1]
     );
-    assert!(deep[SW] <= 0.2, "seawall {}", deep[SW]);
+    // 0.04 when this was written (the README quotes it).
+    assert!(deep[SW] <= 0.06, "seawall {}", deep[SW]);
     // Recovery: from the second second after the backend is back, every
     // second serves at least 90 % through all three hops.
     let (a, b) = phase(&s, "recovery");
@@ -481,7 +493,8 @@ fn hedging_cuts_the_tail_and_its_budget_holds_the_brownout() {
     let [plain, hedged, tower] = [0, 1, 2].map(|i| runs[i].summary(2.0, at));
     assert_eq!(plain.p99, Duration::from_millis(200));
     assert_eq!(hedged.p50, plain.p50, "hedging delayed the median");
-    assert!(hedged.p99 * 5 <= plain.p99, "tail p99 {:?}", hedged.p99);
+    // Eightfold, as the README says of the full run.
+    assert!(hedged.p99 * 8 <= plain.p99, "tail p99 {:?}", hedged.p99);
     assert!(
         hedged.load > 1.02 && hedged.load <= 1.10,
         "tail load {}",
