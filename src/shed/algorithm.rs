@@ -71,9 +71,10 @@ impl WindowSample {
         self.max_inflight
     }
 
-    /// How many calls were dropped: they failed with a sign of overload
-    /// (a deadline, an attempt timeout, an `Overloaded` rejection from below)
-    /// or were cancelled before they finished.
+    /// How many calls were dropped: they did not make it in time (a
+    /// deadline or an attempt timeout below the limit ended them). A call
+    /// cancelled by its caller, or failed with a dependency's `Overloaded`,
+    /// is not a drop.
     pub const fn drops(&self) -> u64 {
         self.drops
     }
