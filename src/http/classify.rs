@@ -170,7 +170,10 @@ impl HttpStatusClassifier {
 pub(crate) fn says_busy<B>(res: &http::Response<B>) -> bool {
     match res.status().as_u16() {
         429 => true,
-        503 => res.headers().contains_key(http::header::RETRY_AFTER),
+        503 => {
+            res.headers().contains_key(http::header::RETRY_AFTER)
+                || res.headers().contains_key(super::RETRY_AFTER_MS)
+        }
         _ => false,
     }
 }

@@ -23,6 +23,11 @@
 //! non-seawall error (it may hold internal details; log it where the error is
 //! produced). `Retry-After` is in `delay-seconds`, rounded **up** to whole
 //! seconds and never `0`: a 1.4 s wait reads `2`, a 400 ms wait reads `1`.
+//! Beside it, [`retry-after-ms`](RETRY_AFTER_MS) gives the wait in
+//! milliseconds (`1400`, `400`), which seawall's HTTP client preset reads
+//! first: refused clients come back spread over the jittered hint, not
+//! together a second later, and a caller with less than a second left can
+//! still wait for it.
 //!
 //! Two ways in:
 //!
@@ -84,7 +89,7 @@ pub use self::classify::HttpStatusClassifier;
 #[cfg(feature = "tonic")]
 pub(crate) use self::classify::says_busy;
 pub(crate) use self::future::AnswerErrorsFuture;
-pub use self::response::{body_for, retry_after_header, status_for};
+pub use self::response::{RETRY_AFTER_MS, body_for, retry_after_header, status_for};
 pub(crate) use self::service::AnswerErrors;
 #[cfg(feature = "tonic")]
 pub(crate) use self::service::named_answer;

@@ -72,6 +72,22 @@ pub(crate) fn retry_after_secs(wait: Duration) -> u64 {
     crate::clock::ceil_secs(wait).max(1)
 }
 
+/// The header that carries a refusal's wait in milliseconds beside
+/// `Retry-After`: `retry-after-ms`. `Retry-After` counts whole seconds, so
+/// a jittered 100 to 150 ms hint reads `1` for every refused client, all
+/// of them come back together a second later, and a caller with less than
+/// a second left cannot wait for it; seawall's HTTP client preset reads
+/// this one first, as gRPC clients read a pushback in milliseconds. Other
+/// clients keep `Retry-After`.
+pub const RETRY_AFTER_MS: http::HeaderName = http::HeaderName::from_static("retry-after-ms");
+
+/// A `retry-after-ms` value for a wait: whole milliseconds, rounded up,
+/// never `0`.
+pub(crate) fn retry_after_ms_header(wait: Duration) -> HeaderValue {
+    let ms = wait.as_nanos().div_ceil(1_000_000).max(1);
+    HeaderValue::from(u64::try_from(ms).unwrap_or(u64::MAX))
+}
+
 /// A `Retry-After` header value (RFC 9110 `delay-seconds`) for a wait: whole
 /// seconds, rounded **up**, never `0`.
 ///
@@ -110,6 +126,7 @@ where
     headers.insert(CONTENT_TYPE, TEXT_PLAIN);
     if let Some(wait) = retry_after {
         headers.insert(RETRY_AFTER, retry_after_header(wait));
+        headers.insert(RETRY_AFTER_MS, retry_after_ms_header(wait));
     }
     res
 }
@@ -117,6 +134,15 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn milliseconds_round_up_and_never_zero() {
+        let ms = |d| retry_after_ms_header(d).to_str().unwrap().to_owned();
+        assert_eq!(ms(Duration::ZERO), "1");
+        assert_eq!(ms(Duration::from_micros(120_001)), "121");
+        assert_eq!(ms(Duration::from_millis(1400)), "1400");
+        assert_eq!(ms(Duration::MAX), "18446744073709551615");
+    }
 
     #[test]
     fn seconds_round_up_and_never_zero() {

@@ -326,6 +326,10 @@ async fn adaptive_limit_sheds_at_its_limit() {
         assert_eq!(shed.status, 503, "{shed:?}");
         assert_eq!(shed.body, "overloaded");
         assert_eq!(shed.header("retry-after"), Some("1"));
+        // The limit's hint, 100 ms stretched by [1, 1.5), in milliseconds
+        // beside it.
+        let ms: u64 = shed.header("retry-after-ms").unwrap().parse().unwrap();
+        assert!((100..=150).contains(&ms), "{ms}");
     }
 
     server.hold.release.add_permits(1);

@@ -1115,6 +1115,67 @@ async fn http_server_preset_sheds_with_a_retry_after() {
     assert_eq!(held.await.unwrap().unwrap().status(), 200);
 }
 
+/// A seawall HTTP server that sheds answers `retry-after-ms` beside
+/// `Retry-After`; the HTTP client preset waits that (about 100 to 150 ms),
+/// not the header's whole second, so a caller with 800 ms gets its answer
+/// from the retry. It gave up at once on `Retry-After: 1`.
+#[tokio::test]
+async fn http_client_preset_retries_a_shed_request_after_its_milliseconds() {
+    let stack = seawall::stack::ServerStack::http("api")
+        .total_budget(Duration::from_secs(5))
+        .adaptive_limit(|l| l.algorithm(limit_of_one()).burst(Duration::ZERO))
+        .build()
+        .unwrap();
+    let served = Arc::new(AtomicUsize::new(0));
+    let s = served.clone();
+    let app = Router::new()
+        .route(
+            "/work",
+            get(move || {
+                let s = s.clone();
+                async move {
+                    tokio::time::sleep(Duration::from_millis(60)).await;
+                    s.fetch_add(1, Ordering::SeqCst);
+                    "done"
+                }
+            }),
+        )
+        .layer(stack);
+    let addr = serve_axum(app).await;
+    let rec = seawall::observe::Recorder::new();
+    let client = ClientStack::http("api")
+        .total_budget(Duration::from_millis(800))
+        .attempt_timeout(Duration::from_millis(500))
+        .observer(rec.clone())
+        .build()
+        .unwrap()
+        .layer(hyper());
+    let start = std::time::Instant::now();
+    let (a, b) = tokio::join!(
+        client.clone().oneshot(get_req(addr, "/work")),
+        client.clone().oneshot(get_req(addr, "/work"))
+    );
+    assert_eq!(
+        (a.unwrap().status(), b.unwrap().status()),
+        (http::StatusCode::OK, http::StatusCode::OK)
+    );
+    assert_eq!(served.load(Ordering::SeqCst), 2);
+    let waits: Vec<Duration> = rec
+        .events()
+        .iter()
+        .filter_map(|e| match e.kind {
+            seawall::EventKind::RetryScheduled { delay, .. } => Some(delay),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(waits.len(), 1, "{waits:?}");
+    assert!(
+        waits[0] >= Duration::from_millis(100) && waits[0] <= Duration::from_millis(151),
+        "{waits:?}"
+    );
+    assert!(start.elapsed() < Duration::from_millis(800));
+}
+
 #[tokio::test]
 async fn server_shedding_never_opens_the_client_breaker() {
     // A seawall gRPC server that runs one call at a time and sheds the rest,

@@ -792,8 +792,9 @@ mod http_tests {
 
     type Log = Arc<Mutex<Vec<(String, usize)>>>;
 
-    /// Answers the first call with `first` (status, Retry-After), then 200;
-    /// logs each call's attempt header and body length.
+    /// Answers the first call with `first` (status, Retry-After, and
+    /// `retry-after-ms` after a `|`: `"1|120"`), then 200; logs each call's
+    /// attempt header and body length.
     fn upstream(
         first: (u16, Option<&'static str>),
         log: Log,
@@ -818,7 +819,11 @@ mod http_tests {
                 let mut b = Response::builder().status(if k == 0 { first.0 } else { 200 });
                 if k == 0 {
                     if let Some(ra) = first.1 {
-                        b = b.header("retry-after", ra);
+                        let (secs, ms) = ra.split_once('|').unwrap_or((ra, ""));
+                        b = b.header("retry-after", secs);
+                        if !ms.is_empty() {
+                            b = b.header("retry-after-ms", ms);
+                        }
                     }
                 }
                 Ok::<_, BoxError>(b.body(())?)
@@ -920,6 +925,36 @@ mod http_tests {
         assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(log.lock().unwrap().len(), 1);
         assert_eq!(gave_up(&rec), [(1, GiveUpReason::Deadline)]);
+
+        // A seawall server's wait in milliseconds beside it: that one, so
+        // a caller with 800 ms left still retries (it gave up on the `1`).
+        for (within, waited) in [(None, Some(120)), (Some(800), Some(120)), (Some(100), None)] {
+            let log = Log::default();
+            let rec = Recorder::new();
+            let mut c = client((503, Some("1|120")), log.clone(), &rec);
+            let start = Instant::now();
+            let fut = c
+                .ready()
+                .await
+                .unwrap()
+                .call(Request::get("/").body(body("")).unwrap());
+            let res = match within {
+                Some(ms) => deadline::scope(Deadline::after(Duration::from_millis(ms)), fut).await,
+                None => fut.await,
+            }
+            .unwrap();
+            match waited {
+                Some(ms) => {
+                    assert_eq!(res.status(), StatusCode::OK, "within {within:?}");
+                    assert_eq!(start.elapsed(), Duration::from_millis(ms));
+                    assert_eq!(scheduled(&rec), [(2, Duration::from_millis(ms))]);
+                }
+                None => {
+                    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+                    assert_eq!(gave_up(&rec), [(1, GiveUpReason::Deadline)]);
+                }
+            }
+        }
 
         // An HTTP-date cannot be measured on tokio's clock: not retried.
         let log = Log::default();

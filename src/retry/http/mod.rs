@@ -4,8 +4,10 @@
 //! - [`HttpRetry`] retries 5xx responses (not 501), 408, 429 and errors
 //!   (connection errors and seawall rejections, but never `DeadlineExceeded`),
 //!   only for idempotent methods (GET, HEAD, OPTIONS, TRACE, PUT, DELETE) or
-//!   requests carrying an `Idempotency-Key` header. A `Retry-After` in
-//!   delay-seconds is honoured as the wait; a `Retry-After` given as an
+//!   requests carrying an `Idempotency-Key` header. A
+//!   [`retry-after-ms`](crate::http::RETRY_AFTER_MS) (a seawall server's
+//!   wait in milliseconds) is honoured as the wait, else a `Retry-After` in
+//!   delay-seconds; a `Retry-After` given as an
 //!   HTTP-date (or unparseable) means no retry, since seawall reads only
 //!   tokio's clock and cannot tell how far away a calendar date is. Every
 //!   outbound attempt carries [`ATTEMPT_HEADER`].
@@ -136,6 +138,15 @@ impl HttpRetry {
                 Verdict::Success
             };
         }
+        // The wait in milliseconds first (a seawall server's), then
+        // `Retry-After`'s whole seconds.
+        if let Some(after) = res
+            .headers()
+            .get(crate::http::RETRY_AFTER_MS)
+            .and_then(parse_delay_ms)
+        {
+            return Verdict::Retry { after: Some(after) };
+        }
         match res.headers().get(RETRY_AFTER) {
             None => Verdict::RETRY,
             Some(v) => match parse_delay_seconds(v) {
@@ -154,6 +165,14 @@ pub fn parse_delay_seconds(value: &HeaderValue) -> Option<Duration> {
     crate::deadline::wire::header_number(value.as_bytes(), 10)
         .ok()
         .map(Duration::from_secs)
+}
+
+/// Parses a `retry-after-ms` value: a whole number of milliseconds (at
+/// most 10 digits). `None` for anything else (then `Retry-After` decides).
+pub fn parse_delay_ms(value: &HeaderValue) -> Option<Duration> {
+    crate::deadline::wire::header_number(value.as_bytes(), 10)
+        .ok()
+        .map(Duration::from_millis)
 }
 
 /// [`ATTEMPT_HEADER`] as a header name, made at compile time (a name made
