@@ -18,16 +18,39 @@ use std::cell::Cell;
 
 pub use tokio::time::Instant;
 
-/// The current time on tokio's clock.
+/// The current time on tokio's clock: `tokio::time::Instant::now()`, the
+/// clock every seawall layer keeps time by (paused and advanced by
+/// `#[tokio::test(start_paused = true)]`).
 ///
-/// Read once per edge of a call: while a request goes in through the
-/// layers' `call` (one synchronous chain), and while its answer comes out
-/// through their futures' `poll`, every seawall layer on the way reads the
-/// same instant — the first read of the edge. A whole stack reads the clock
-/// twice per call, not once per layer. Outside a layer, it is
-/// `tokio::time::Instant::now()`.
+/// The layers themselves read it once per edge of a call: while a request
+/// goes in through their `call`s (one synchronous chain), and while its
+/// answer comes out through their futures' `poll`, every seawall layer on
+/// the way shares the first read of the edge, so a whole stack reads the
+/// clock twice per call, not once per layer. This function is not part of
+/// that sharing: called from a handler, it reads the clock then.
 #[inline]
 pub fn now() -> Instant {
+    Instant::now()
+}
+
+/// The code below a server's innermost layer (the handler) has run in this
+/// poll: an instant an edge read before it (a client stack called in the
+/// handler reads the clock as its answer comes back) is stale after the
+/// handler's own work, so the next read is fresh, and shared by the layers
+/// on the way out. Where nothing read the clock during the handler's poll
+/// (every plain handler), there is nothing to forget: no extra read.
+#[cfg_attr(not(feature = "deadline"), allow(dead_code))]
+#[inline]
+pub(crate) fn handler_ran() {
+    EDGE.with(|edge| edge.now.set(None));
+}
+
+/// The current time on tokio's clock, read once per edge of a call (see
+/// [`now`]): the layers' read. Outside an edge, `Instant::now()`.
+// (A build with no layer feature reads none.)
+#[allow(dead_code)]
+#[inline]
+pub(crate) fn edge_now() -> Instant {
     EDGE.with(|edge| match edge.now.get() {
         Some(now) => now,
         None => {
@@ -387,29 +410,34 @@ mod edge_tests {
 
     #[tokio::test(start_paused = true)]
     async fn an_edge_reads_the_clock_once_and_forgets_when_the_outermost_ends() {
-        let before = now();
+        let before = edge_now();
         tokio::time::advance(Duration::from_secs(1)).await;
         // Outside an edge: a fresh read each time.
-        assert_eq!(now() - before, Duration::from_secs(1));
+        assert_eq!(edge_now() - before, Duration::from_secs(1));
 
         let outer = Edge::enter();
-        let first = now();
+        let first = edge_now();
         let inner = Edge::enter();
         tokio::time::advance(Duration::from_secs(1)).await;
-        assert_eq!(now(), first, "layers on one edge share its first read");
-        drop(inner);
-        tokio::time::advance(Duration::from_secs(1)).await;
-        assert_eq!(now(), first, "an inner layer's end does not forget it");
-        drop(outer);
+        assert_eq!(edge_now(), first, "layers on one edge share its first read");
         assert_eq!(
             now() - first,
+            Duration::from_secs(1),
+            "the public read is not part of the sharing"
+        );
+        drop(inner);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(edge_now(), first, "an inner layer's end does not forget it");
+        drop(outer);
+        assert_eq!(
+            edge_now() - first,
             Duration::from_secs(2),
             "the next edge reads anew"
         );
 
         // A new edge after that reads the clock again, once.
         let again = Edge::enter();
-        let second = now();
+        let second = edge_now();
         assert_eq!(second - first, Duration::from_secs(2));
         drop(again);
     }
@@ -417,7 +445,7 @@ mod edge_tests {
 
 /// How often whole stacks read the clock: twice per call (once on the way
 /// in, once on the way out), with or without an observer, counted on this
-/// thread by the test-only counter in [`now`].
+/// thread by the test-only counter in [`edge_now`].
 #[cfg(all(
     test,
     feature = "deadline",

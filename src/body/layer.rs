@@ -185,7 +185,10 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let response = ready!(this.inner.poll(cx)).map_err(Into::into)?;
+        let polled = ready!(this.inner.poll(cx));
+        // The handler ran: an instant read before its work is stale.
+        crate::clock::handler_ran();
+        let response = polled.map_err(Into::into)?;
         let grpc = is_grpc(&response);
         let deadline = *this.deadline;
         let shared = &*this.shared;
@@ -194,7 +197,7 @@ where
         // before its first byte, and the caller would see the connection
         // close without a status: the deadline's own answer goes instead
         // (504, `DEADLINE_EXCEEDED`).
-        if deadline.is_some_and(|d| d.instant() <= crate::clock::now()) {
+        if deadline.is_some_and(|d| d.instant() <= crate::clock::edge_now()) {
             return Poll::Ready(Err(reject_deadline(LayerKind::Deadline, shared, TIMED_OUT)));
         }
         Poll::Ready(Ok(response.map(|body| {

@@ -386,7 +386,7 @@ where
         if fresh
             || (*this.answer
                 && this.sleep.is_none()
-                && (this.inner.is_end_stream() || crate::clock::now() < deadline.instant()))
+                && (this.inner.is_end_stream() || crate::clock::edge_now() < deadline.instant()))
         {
             polled_now = true;
             if let Poll::Ready(polled) = poll_scoped(deadline, this.inner.as_mut(), cx) {
@@ -529,7 +529,7 @@ fn cut_frame<D>(error: BoxError, ending: Ending) -> Result<Frame<D>, BoxError> {
 /// armed, and the grace starts now.
 #[inline(never)]
 fn past_grace(deadline: Deadline, mut sleep: Pin<&mut Option<Sleep>>) -> bool {
-    let now = crate::clock::now();
+    let now = crate::clock::edge_now();
     if now < deadline.instant() {
         return false;
     }

@@ -68,7 +68,7 @@ fn started(engine: &Engine) -> Option<Instant> {
             engine.name.as_str(),
             EventKind::CallStarted,
         );
-        Some(clock::now())
+        Some(clock::edge_now())
     } else {
         None
     }
@@ -320,7 +320,7 @@ where
                                     Ok(response) => M::outcome(response),
                                     Err(_) => Outcome::Failure,
                                 },
-                                latency: crate::clock::elapsed(start, clock::now()),
+                                latency: crate::clock::elapsed(start, clock::edge_now()),
                             },
                         );
                     }

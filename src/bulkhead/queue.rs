@@ -423,7 +423,7 @@ impl Engine {
                 let lifo = match self.settings.order {
                     QueueOrder::Lifo => true,
                     QueueOrder::AdaptiveLifo => list.busy_since.is_some_and(|busy| {
-                        crate::clock::elapsed(busy, crate::clock::now())
+                        crate::clock::elapsed(busy, crate::clock::edge_now())
                             >= self.settings.codel_interval
                     }),
                     QueueOrder::Fifo | QueueOrder::Codel => false,

@@ -149,7 +149,7 @@ where
     fn call(&mut self, req: Req) -> Self::Future {
         // No edge of the clock of its own: the bulkhead reads the clock
         // only for an observer's times and a queue's wait, and shares the
-        // edge of the layers around it (see `clock::now`).
+        // edge of the layers around it (see `clock::edge_now`).
         let permit = match self.ready {
             Ready::Reserved(_) => match std::mem::replace(&mut self.ready, Ready::Idle) {
                 Ready::Reserved(permit) => Some(permit),
@@ -180,7 +180,7 @@ impl<S, M> Bulkhead<S, M> {
             // permit while none is free: refuse at once.
             return ResponseFuture::rejected(reject(&self.engine, GiveUp::QueueFull));
         }
-        let now = crate::clock::now();
+        let now = crate::clock::edge_now();
         match self.engine.acquire(None, Some(now)) {
             Acquire::Permit(permit) => ResponseFuture::running(permit, || self.inner.call(req)),
             Acquire::Full => ResponseFuture::rejected(reject(&self.engine, GiveUp::QueueFull)),
@@ -230,7 +230,11 @@ fn reserve(
                     *ready = Ready::Reserved(permit);
                     continue;
                 }
-                let now = engine.settings.order.uses_codel().then(crate::clock::now);
+                let now = engine
+                    .settings
+                    .order
+                    .uses_codel()
+                    .then(crate::clock::edge_now);
                 match engine.acquire_ready(Some(cx.waker()), now) {
                     Acquire::Permit(permit) => *ready = Ready::Reserved(permit),
                     Acquire::Queued { waiter, .. } => {

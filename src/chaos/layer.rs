@@ -34,7 +34,7 @@ impl Shared {
         let elapsed = if self.faults.outages.is_empty() {
             Duration::ZERO
         } else {
-            crate::clock::elapsed(self.created, crate::clock::now())
+            crate::clock::elapsed(self.created, crate::clock::edge_now())
         };
         self.faults.plan(call, elapsed)
     }
@@ -292,7 +292,7 @@ impl ChaosLayerBuilder {
                     outages: self.outages,
                 },
                 calls: AtomicU64::new(0),
-                created: crate::clock::now(),
+                created: crate::clock::edge_now(),
                 error: self.error,
             }),
         })

@@ -255,7 +255,7 @@ where
 #[inline(always)]
 fn elapsed<C, const TIMED: bool>(guard: &Guard<C>) -> (Instant, u64) {
     if TIMED {
-        let now = clock::now();
+        let now = clock::edge_now();
         (now, crate::clock::nanos_between(guard.start, now))
     } else {
         (guard.start, 0)

@@ -81,7 +81,7 @@ impl CircuitBreakerHandle {
     /// The window's counts now (calls, failures, slow calls). While open or
     /// half-open, the window that opened the breaker.
     pub fn metrics(&self) -> WindowSnapshot {
-        self.core().snapshot(clock::now())
+        self.core().snapshot(clock::edge_now())
     }
 
     /// The window's failure rate (0..=1), `None` while it is empty.
@@ -96,7 +96,7 @@ impl CircuitBreakerHandle {
 
     /// While open: the time left until the breaker lets probes through.
     pub fn retry_after(&self) -> Option<Duration> {
-        self.core().open_remaining(clock::now())
+        self.core().open_remaining(clock::edge_now())
     }
 
     /// Holds the breaker open: every call is rejected, until [`reset`](Self::reset).

@@ -132,7 +132,11 @@ impl<S, C, M> CircuitBreaker<S, C, M> {
     {
         let core = &self.shared.core;
         let _edge = TIMED.then(crate::clock::Edge::enter);
-        let now = if TIMED { clock::now() } else { core.origin };
+        let now = if TIMED {
+            clock::edge_now()
+        } else {
+            core.origin
+        };
         match core.try_acquire(now, TIMED) {
             Ok(permit) => {
                 // The guard first: a hook or an inner service that panics
@@ -189,7 +193,7 @@ fn wait_while_open<C>(
         {
             *moved = Some(Box::pin(notify.clone().notified_owned()));
         }
-        let mut now = clock::now();
+        let mut now = clock::edge_now();
         let mut open = false;
         while let Some(until) = core.open_deadline(now) {
             if clock::poll_boxed_timer(slot, until, cx).is_pending() {
@@ -247,9 +251,9 @@ mod tests {
         // A layer above has read this edge's instant; then the open time
         // passes and the timer fires before this poll.
         let edge = crate::clock::Edge::enter();
-        let read = crate::clock::now();
+        let read = crate::clock::edge_now();
         tokio::time::advance(Duration::from_secs(11)).await;
-        assert_eq!(crate::clock::now(), read, "the edge keeps its instant");
+        assert_eq!(crate::clock::edge_now(), read, "the edge keeps its instant");
         assert!(
             svc.poll_ready(&mut cx).is_ready(),
             "ready once the timer fired (on the edge's older instant it armed the timer again)"

@@ -276,7 +276,7 @@ impl Core {
         // that changes its counts.
         let word = self.word.load(Ordering::Acquire);
         if state_of(word) == CLOSED && self.config.rate_trips {
-            let now = crate::clock::now();
+            let now = crate::clock::edge_now();
             let snap = self.window.snapshot(now);
             if self.rates_trip(&snap) {
                 self.trip_closed(gen_of(word), now, snap);
@@ -359,7 +359,7 @@ impl Core {
                     });
                 }
                 OPEN => {
-                    let now = if timed { now } else { crate::clock::now() };
+                    let now = if timed { now } else { crate::clock::edge_now() };
                     let until = self.open_until.load(Ordering::Acquire);
                     let at = self.nanos(now);
                     if at < until {
@@ -374,7 +374,7 @@ impl Core {
                     // Half-open: take a probe slot from the state word itself,
                     // so a slot always belongs to the generation it came from.
                     let free = free_of(word);
-                    let now = if timed { now } else { crate::clock::now() };
+                    let now = if timed { now } else { crate::clock::edge_now() };
                     if free == 0 {
                         return self.late_probe(generation, now);
                     }
@@ -468,7 +468,7 @@ impl Core {
         slow: bool,
     ) {
         self.complete(permit, now, failure, slow, || {
-            if timed { now } else { crate::clock::now() }
+            if timed { now } else { crate::clock::edge_now() }
         });
     }
 
@@ -482,7 +482,7 @@ impl Core {
         failure: bool,
         slow: bool,
     ) {
-        self.complete(permit, head, failure, slow, crate::clock::now);
+        self.complete(permit, head, failure, slow, crate::clock::edge_now);
     }
 
     /// Records an outcome in the window at `at` (a time window's calls are

@@ -199,7 +199,7 @@ where
     #[inline(always)]
     fn call(&mut self, req: Req) -> Self::Future {
         let _edge = crate::clock::Edge::enter();
-        let now = clock::now();
+        let now = clock::edge_now();
         let per_try = Deadline::after_from(now, self.shared.limit);
         let overall = super::current();
         let (deadline, overall_binds) = match overall {
@@ -301,7 +301,7 @@ where
     #[inline(always)]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         // No edge of the clock: an answer passes through without a clock
-        // read (see `clock::now`); a fired timer is judged by the timer.
+        // read (see `clock::edge_now`); a fired timer is judged by the timer.
         self.project()
             .state
             .poll_state(cx, LayerKind::AttemptTimeout)

@@ -209,6 +209,10 @@ impl<F: Future, X: Expiry> State<F, X> {
                     super::sync_scope(*deadline, || inner.poll(cx))
                 };
                 if polled.is_ready() {
+                    if layer == LayerKind::AttemptTimeout {
+                        // (A server's handler timeout: its handler ran.)
+                        crate::clock::handler_ran();
+                    }
                     if layer == LayerKind::AttemptTimeout && *cut_short {
                         super::note_cut_short(*deadline);
                         if matches!(polled, Poll::Ready(Err(_))) {
@@ -342,7 +346,7 @@ where
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         // No edge of the clock: an answer passes through without a clock
-        // read (see `clock::now`); a fired timer is judged by the timer.
+        // read (see `clock::edge_now`); a fired timer is judged by the timer.
         self.project().state.poll_state(cx, LayerKind::Deadline)
     }
 }

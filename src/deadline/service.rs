@@ -141,7 +141,7 @@ where
                 // to wait; a service ready at once costs no clock read here.
                 let task = cx.waker().data() as usize;
                 if self.ready_since.is_none() || self.ready_task != task {
-                    self.ready_since = Some(clock::now());
+                    self.ready_since = Some(clock::edge_now());
                     self.ready_task = task;
                 }
                 Poll::Pending
@@ -164,7 +164,7 @@ where
     #[inline]
     fn call(&mut self, mut req: Req) -> Self::Future {
         let _edge = crate::clock::Edge::enter();
-        let now = clock::now();
+        let now = clock::edge_now();
         let waited = self.ready_since.take();
         let start = waited.unwrap_or(now);
         let own = Deadline::after_from(start, self.shared.limit);

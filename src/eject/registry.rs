@@ -114,7 +114,7 @@ impl std::fmt::Debug for Registry {
 
 impl Registry {
     pub(crate) fn new(name: Name, observer: Observer, settings: Settings, capacity: usize) -> Self {
-        let now = crate::clock::now();
+        let now = crate::clock::edge_now();
         Registry {
             names: (0..capacity)
                 .map(|i| Name::from(format!("{name}.{i}")))
@@ -520,7 +520,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn failures_in_a_row_eject_and_one_probe_decides() {
         let (r, ids) = registry(4);
-        let t0 = crate::clock::now();
+        let t0 = crate::clock::edge_now();
         for _ in 0..2 {
             r.record(ids[0], Some(true), MS, false, t0);
         }
@@ -556,7 +556,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_cap_holds_half_the_set_and_never_the_last() {
         let (r, ids) = registry(4);
-        let t0 = crate::clock::now();
+        let t0 = crate::clock::edge_now();
         let ejected: Vec<bool> = ids
             .iter()
             .map(|&i| r.eject(i, Why::Consecutive, t0))
@@ -574,7 +574,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn repeat_offenders_stay_out_longer_up_to_the_cap() {
         let (r, ids) = registry(4);
-        let mut t = crate::clock::now();
+        let mut t = crate::clock::edge_now();
         let mut lengths = Vec::new();
         for _ in 0..3 {
             assert!(r.eject(ids[0], Why::Consecutive, t));
@@ -599,7 +599,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_sweep_finds_success_rate_and_latency_outliers() {
         let (r, ids) = registry(6);
-        let t0 = crate::clock::now();
+        let t0 = crate::clock::edge_now();
         for (k, &i) in ids.iter().enumerate() {
             for call in 0..20 {
                 // Endpoint 1 fails half its calls (never 3 in a row);
@@ -650,7 +650,7 @@ mod tests {
     async fn a_stray_failure_is_no_success_rate_outlier() {
         for (failures, ejected) in [(1, false), (20, false), (100, true)] {
             let (r, ids) = registry(5);
-            let t0 = crate::clock::now();
+            let t0 = crate::clock::edge_now();
             for (k, &i) in ids.iter().enumerate() {
                 interval_of(&r, i, 1000, if k == 0 { failures } else { 0 }, MS, t0);
             }
@@ -672,7 +672,7 @@ mod tests {
         s.success_rate_min_hosts = 2;
         let r = Registry::new(Name::from("pair"), Observer::default(), s, 2);
         let ids: Vec<usize> = (0..2).map(|_| r.register().unwrap()).collect();
-        let t0 = crate::clock::now();
+        let t0 = crate::clock::edge_now();
         interval_of(&r, ids[0], 20, 0, MS, t0);
         interval_of(&r, ids[1], 20, 0, 10 * MS, t0);
         let later = t0 + Duration::from_secs(10);
@@ -687,7 +687,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn endpoints_that_left_do_not_count_and_the_set_keeps_one_taking_calls() {
         let (r, ids) = registry(2);
-        let t0 = crate::clock::now();
+        let t0 = crate::clock::edge_now();
         r.leave(ids[1]);
         assert_eq!(r.active.load(Ordering::Acquire), 1);
         assert!(!r.eject(ids[0], Why::Consecutive, t0), "the last one stays");

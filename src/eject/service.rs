@@ -92,7 +92,7 @@ impl<S, C> Ejectable<S, C> {
     pub fn is_ejected(&self) -> bool {
         let slot = &self.presence.slot;
         match slot.index {
-            Some(i) => slot.shared.registry.admit(i, clock::now()).is_err(),
+            Some(i) => slot.shared.registry.admit(i, clock::edge_now()).is_err(),
             None => false,
         }
     }
@@ -131,7 +131,7 @@ where
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         if let Some(i) = self.presence.slot.index {
             let registry = &self.presence.slot.shared.registry;
-            let mut now = clock::now();
+            let mut now = clock::edge_now();
             loop {
                 match registry.admit(i, now) {
                     Ok(probing) => {
@@ -153,7 +153,7 @@ where
                         // clone, if it waited last; any other looks again
                         // every `PROBE_RECHECK`).
                         registry.slots[i].waker.register(cx.waker());
-                        now = clock::now();
+                        now = clock::edge_now();
                         if registry.admit(i, now) != Err(None) {
                             // It ended meanwhile.
                             continue;
@@ -182,7 +182,7 @@ where
             inner: self.inner.call(req),
             slot: slot.index.map(|_| slot.clone()),
             probe,
-            start: clock::now(),
+            start: clock::edge_now(),
         }
     }
 }
@@ -206,13 +206,13 @@ pin_project! {
             if crate::deadline::dropping_timed_out() {
                 // An attempt timeout above ended the call: the endpoint did
                 // not answer in time, a failure (a probe's too).
-                let now = clock::now();
+                let now = clock::edge_now();
                 let latency = crate::clock::elapsed(*this.start, now);
                 slot.shared.registry.record(i, Some(true), latency, *this.probe, now);
             } else if *this.probe {
                 // A probe dropped for any other reason (its caller went, a
                 // hedge won) decides nothing.
-                slot.shared.registry.record(i, None, std::time::Duration::ZERO, true, clock::now());
+                slot.shared.registry.record(i, None, std::time::Duration::ZERO, true, clock::edge_now());
             }
         }
     }
@@ -247,7 +247,7 @@ where
                     Outcome::Overloaded if shared.count_overload => Some(true),
                     _ => None,
                 };
-                let now = clock::now();
+                let now = clock::edge_now();
                 shared.registry.record(
                     i,
                     failure,

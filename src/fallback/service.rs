@@ -188,7 +188,7 @@ where
                         this.state.set(State::Done);
                         return Poll::Ready(outcome);
                     };
-                    let now = crate::clock::now();
+                    let now = crate::clock::edge_now();
                     // A timeout past the clock's range: the deadline, or
                     // a day (no panic for a `Duration::MAX` meaning "none").
                     let mut until = now

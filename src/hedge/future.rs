@@ -133,7 +133,7 @@ where
     match shared.policy.classify(result.as_ref()) {
         Verdict::Success => {
             if let Some(estimator) = &shared.estimator {
-                let now = clock::now();
+                let now = clock::edge_now();
                 estimator.record(crate::clock::elapsed(started, now), now);
             }
             Some(result)
@@ -289,7 +289,7 @@ where
                 },
             };
             shared.policy.on_attempt(&mut request, attempt);
-            let now = clock::now();
+            let now = clock::edge_now();
             shared.observer.emit(
                 LayerKind::Hedge,
                 shared.name.as_str(),

@@ -292,7 +292,7 @@ impl<P> HedgeLayerBuilder<P> {
                 if window.is_zero() {
                     return Err(err("the estimator window must be above zero".into()));
                 }
-                let now = crate::clock::now();
+                let now = crate::clock::edge_now();
                 (
                     None,
                     Some(LatencyEstimator::new(quantile, min_samples, window, now)),

@@ -90,7 +90,7 @@ where
             shared.policy.clone_request(&req)
         };
         let service = copy.as_ref().map(|_| self.inner.clone());
-        let started = crate::clock::now();
+        let started = crate::clock::edge_now();
         let future = self.inner.call(req);
         ResponseFuture::new(future, self.shared.clone(), service, copy, started)
     }

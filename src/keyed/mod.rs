@@ -158,7 +158,7 @@ where
     /// new one (after evicting idle keys when the table is full), or the
     /// overflow instance when no room is left.
     fn entry(&self, key: Option<Key>) -> Arc<Entry<L>> {
-        let now = self.nanos(crate::clock::now());
+        let now = self.nanos(crate::clock::edge_now());
         let Some(key) = key else {
             return self.overflow.clone();
         };
@@ -364,7 +364,7 @@ impl<X, F> KeyedLayerBuilder<X, F> {
                 map: BoundedMap::new(self.max_keys, SWEEP_EVERY),
                 overflow,
                 idle_after: self.idle_after,
-                origin: crate::clock::now(),
+                origin: crate::clock::edge_now(),
                 overflowed: AtomicU64::new(0),
             }),
         })

@@ -229,7 +229,7 @@ impl<F, S, Req, X, D> ResponseFuture<F, S, Req, X, D> {
             .redis
             .as_ref()
             .map_or(Duration::ZERO, |r| r.timeout());
-        let by_timeout = crate::clock::now() + timeout;
+        let by_timeout = crate::clock::edge_now() + timeout;
         let (until, cut_by_deadline) = match deadline {
             Some(d) if d < by_timeout => (d, true),
             _ => (by_timeout, false),
@@ -277,7 +277,7 @@ where
             (Some(by_max), Some(w)) => {
                 // The rule of the layer's `call`, for a request woken to
                 // find its cell gone (or told by Redis to wait).
-                let now = crate::clock::now();
+                let now = crate::clock::edge_now();
                 let limit = match deadline {
                     Some(d) if d < by_max => d,
                     _ => by_max,
@@ -372,7 +372,7 @@ where
     D: Decorate<Res>,
 {
     // An admitted call's answer reads no clock here: only the waiting
-    // states open an edge of the call (see `clock::now`).
+    // states open an edge of the call (see `clock::edge_now`).
     let mut edge = None;
     loop {
         let new = match state.as_mut().project() {

@@ -113,7 +113,7 @@ impl QuotaCell {
 /// Nanoseconds from `start` to now (one clock read).
 #[inline]
 fn nanos_since(start: Instant) -> u64 {
-    crate::clock::nanos_between(start, crate::clock::now())
+    crate::clock::nanos_between(start, crate::clock::edge_now())
 }
 
 /// One GCRA decision on the theoretical arrival time in `cell`
@@ -197,7 +197,7 @@ impl Bucket {
     pub(crate) fn new(quota: Quota, what: &str) -> Result<Bucket, ConfigError> {
         Ok(Bucket {
             quota: QuotaCell::new(quota, what)?,
-            start: crate::clock::now(),
+            start: crate::clock::edge_now(),
             tat: AtomicU64::new(0),
         })
     }
@@ -275,7 +275,7 @@ impl KeyedBuckets {
         }
         Ok(KeyedBuckets {
             quota,
-            start: crate::clock::now(),
+            start: crate::clock::edge_now(),
             map: BoundedMap::new(settings.max_keys, settings.min_sweep_interval),
             inserts: AtomicU64::new(0),
             settings,

@@ -425,7 +425,7 @@ impl RedisState {
     }
 
     fn now_ns(&self) -> u64 {
-        crate::clock::nanos_between(self.start, crate::clock::now())
+        crate::clock::nanos_between(self.start, crate::clock::edge_now())
     }
 
     /// The Redis key of a limit key: `{prefix}:{name}:{kind}:{key}`.

@@ -108,7 +108,7 @@ where
             }
             Step::Now(Verdict::Deny { wait, detail }, _) => {
                 if let (Mode::Wait { max }, Some(w)) = (shared.mode, wait) {
-                    let now = crate::clock::now();
+                    let now = crate::clock::edge_now();
                     let deadline = crate::deadline::of(&req);
                     let limit = limit_of(now, max, deadline);
                     if now + w <= limit {
@@ -145,7 +145,7 @@ where
             #[cfg(feature = "redis")]
             Step::Redis(call) => {
                 let by_max = match shared.mode {
-                    Mode::Wait { max } => Some(by_max_of(crate::clock::now(), max)),
+                    Mode::Wait { max } => Some(by_max_of(crate::clock::edge_now(), max)),
                     Mode::Reject => None,
                 };
                 let svc = take_ready(&mut self.inner);

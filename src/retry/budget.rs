@@ -223,7 +223,7 @@ impl RetryBudget {
         let floor = (f64::from(min_per_sec) * window.as_secs_f64()).round() as u64;
         Ok(RetryBudget {
             inner: std::sync::Arc::new(Inner {
-                start: crate::clock::now(),
+                start: crate::clock::edge_now(),
                 bucket_nanos: bucket_nanos.max(1),
                 ratio_ppm: AtomicU64::new((ratio * PPM as f64).round() as u64),
                 success_ratio_ppm: AtomicU64::new((success_ratio * PPM as f64).round() as u64),
@@ -318,14 +318,14 @@ impl RetryBudget {
     /// Counts one request (call it once per request, not per attempt).
     #[inline]
     pub fn deposit(&self) {
-        self.deposit_at(crate::clock::now())
+        self.deposit_at(crate::clock::edge_now())
     }
 
     /// Counts one request, like [`deposit`](Self::deposit), and returns its
     /// ticket for [`credit_success`](Self::credit_success).
     #[inline]
     pub fn deposit_request(&self) -> RequestTicket {
-        let epoch = self.inner.epoch(crate::clock::now());
+        let epoch = self.inner.epoch(crate::clock::edge_now());
         bump(&self.inner.counts, epoch, ONE_REQUEST);
         RequestTicket { epoch }
     }
@@ -346,7 +346,7 @@ impl RetryBudget {
     /// [`credit_success`](Self::credit_success).
     #[inline]
     pub(crate) fn deposit_succeeded(&self) {
-        let epoch = self.inner.epoch(crate::clock::now());
+        let epoch = self.inner.epoch(crate::clock::edge_now());
         let add = if self.inner.success_ratio_ppm.load(Ordering::Relaxed) > 0 {
             ONE_REQUEST | ONE_SUCCESS
         } else {
@@ -434,7 +434,7 @@ pub struct RequestTicket {
 impl RetryBudget {
     /// Takes one retry from the budget, if the rule allows it.
     pub fn try_withdraw(&self) -> Option<Withdrawal> {
-        self.try_withdraw_at(crate::clock::now())
+        self.try_withdraw_at(crate::clock::edge_now())
     }
 
     /// [`try_withdraw`](Self::try_withdraw) at `now`.
@@ -470,7 +470,7 @@ impl RetryBudget {
 
     /// The current window's figures.
     pub fn snapshot(&self) -> BudgetSnapshot {
-        self.snapshot_at(crate::clock::now())
+        self.snapshot_at(crate::clock::edge_now())
     }
 
     /// [`snapshot`](Self::snapshot) at `now`.

@@ -383,7 +383,7 @@ where
                             shared.name.as_str(),
                             EventKind::CallStarted,
                         );
-                        *this.started = Some(crate::clock::now());
+                        *this.started = Some(crate::clock::edge_now());
                     }
                     // The last attempt's answer goes before the next one
                     // is made: what its body holds (a permit of the
@@ -439,7 +439,7 @@ fn call_finished<P>(shared: &Shared<P>, outcome: Outcome, started: Instant) {
         shared.name.as_str(),
         EventKind::CallFinished {
             outcome,
-            latency: crate::clock::elapsed(started, crate::clock::now()),
+            latency: crate::clock::elapsed(started, crate::clock::edge_now()),
         },
     );
 }

@@ -160,7 +160,7 @@ where
                 shared.name.as_str(),
                 EventKind::CallStarted,
             );
-            Some(crate::clock::now())
+            Some(crate::clock::edge_now())
         } else {
             None
         };

@@ -616,7 +616,7 @@ impl Permit {
     /// Releases the permit and records how the call ended.
     #[inline]
     pub(crate) fn complete(&mut self, completion: Completion) {
-        self.complete_at(completion, crate::clock::now());
+        self.complete_at(completion, crate::clock::edge_now());
     }
 
     /// [`complete`](Self::complete), with the time the call ended.

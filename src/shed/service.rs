@@ -98,7 +98,7 @@ where
     fn call(&mut self, req: Req) -> Self::Future {
         let _edge = crate::clock::Edge::enter();
         let class = self.extractor.criticality_of(&req);
-        let permit = match self.limiter.try_acquire(class, crate::clock::now()) {
+        let permit = match self.limiter.try_acquire(class, crate::clock::edge_now()) {
             Ok(permit) => permit,
             Err(refusal) => return ResponseFuture::rejected(refused(&self.limiter, refusal)),
         };

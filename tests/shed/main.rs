@@ -2183,3 +2183,38 @@ async fn failed_answers_are_no_latency_samples() {
     assert!(limits[0] >= 32, "one step to what is needed: {limits:?}");
     assert!(refused <= 130, "{refused} refused, all in the first window");
 }
+
+/// The limit's latency sample includes a handler's synchronous work after
+/// a client stack it called came back, and after the handler read the
+/// clock itself: the instant those read is not reused once the handler has
+/// run. (Real time: a handler's own work cannot move a paused clock; the
+/// bound is one-sided, each call blocks its thread for 20 ms at least.)
+#[tokio::test]
+async fn a_handlers_own_work_after_a_nested_call_is_in_the_latency() {
+    let stack = seawall::stack::ServerStack::builder("api")
+        .total_budget(Duration::from_secs(5))
+        .adaptive_limit(|l| l.window(ms(50)).min_window_samples(3))
+        .build()
+        .unwrap();
+    let limit = stack.adaptive_limit().clone();
+    let nested = seawall::stack::ClientStack::builder("dep")
+        .total_budget(Duration::from_secs(1))
+        .attempt_timeout(ms(500))
+        .build()
+        .unwrap()
+        .layer(service_fn(|x: u64| async move { Ok::<_, BoxError>(x) }));
+    let svc = stack.layer(service_fn(move |x: u64| {
+        let nested = nested.clone();
+        async move {
+            let y = nested.oneshot(x).await?;
+            let _ = seawall::clock::now();
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            Ok::<_, BoxError>(y)
+        }
+    }));
+    for i in 0..10 {
+        svc.clone().oneshot(i).await.unwrap();
+    }
+    let rtt = limit.expected_rtt();
+    assert!(rtt.is_some_and(|d| d >= ms(20)), "{rtt:?}");
+}

@@ -212,7 +212,7 @@ where
                 },
             };
         };
-        let left = deadline.remaining_from(clock::now());
+        let left = deadline.remaining_from(clock::edge_now());
         let least = if cfg.grpc {
             Duration::from_nanos(1)
         } else {

@@ -329,7 +329,7 @@ where
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
         let _edge = crate::clock::Edge::enter();
         let cfg = &*self.cfg;
-        let now = clock::now();
+        let now = clock::edge_now();
         let budget = match cfg.read(&req) {
             Ok(asked) => asked
                 .map(|d| d.saturating_sub(cfg.margin))

@@ -178,7 +178,7 @@ fn record(shared: &ThrottleShared, start: Instant, outcome: Outcome) {
             shared.name.as_str(),
             EventKind::CallFinished {
                 outcome,
-                latency: crate::clock::elapsed(start, crate::clock::now()),
+                latency: crate::clock::elapsed(start, crate::clock::edge_now()),
             },
         );
     }

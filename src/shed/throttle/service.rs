@@ -92,7 +92,7 @@ where
     #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
         let _edge = crate::clock::Edge::enter();
-        let now = crate::clock::now();
+        let now = crate::clock::edge_now();
         let admitted = self.shared.window().admit(now);
         let observer = &self.shared.observer;
         if !admitted {

@@ -64,7 +64,7 @@ impl ThrottleWindow {
             head: AtomicU64::new(0),
             requests: AtomicI64::new(0),
             accepts: AtomicI64::new(0),
-            epoch: crate::clock::now(),
+            epoch: crate::clock::edge_now(),
             k,
             cap,
             rng: AtomicU64::new(seed.unwrap_or_else(|| {
