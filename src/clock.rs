@@ -33,16 +33,28 @@ pub fn now() -> Instant {
     Instant::now()
 }
 
-/// The code below a server's innermost layer (the handler) has run in this
-/// poll: an instant an edge read before it (a client stack called in the
-/// handler reads the clock as its answer comes back) is stale after the
-/// handler's own work, so the next read is fresh, and shared by the layers
-/// on the way out. Where nothing read the clock during the handler's poll
-/// (every plain handler), there is nothing to forget: no extra read.
-#[cfg_attr(not(feature = "deadline"), allow(dead_code))]
+/// The handler below has run in this poll (said by the adaptive limit's
+/// future, which takes its latency sample next, and by the server presets'
+/// `CallBody` around the handler): an instant read inside it, deeper than
+/// the caller's edges (a client stack called in the handler reads the clock
+/// as its answer comes back), is stale after the handler's own work, so the
+/// next read is fresh, and shared by the layers on the way out. An instant
+/// read at the caller's depth or above (a layer's read after the handler
+/// returned: layers between do not open edges on the way out) stands;
+/// where nothing read the clock during the handler's poll (every plain
+/// handler), there is nothing to forget: no extra read.
+#[cfg_attr(
+    not(any(feature = "shed", all(feature = "http", feature = "deadline"))),
+    allow(dead_code)
+)]
 #[inline]
 pub(crate) fn handler_ran() {
-    EDGE.with(|edge| edge.now.set(None));
+    EDGE.with(|edge| {
+        if edge.read_depth.get() > edge.depth.get() {
+            edge.now.set(None);
+            edge.read_depth.set(0);
+        }
+    });
 }
 
 /// The current time on tokio's clock, read once per edge of a call (see
@@ -57,8 +69,10 @@ pub(crate) fn edge_now() -> Instant {
             #[cfg(test)]
             READS.with(|reads| reads.set(reads.get() + 1));
             let now = Instant::now();
-            if edge.depth.get() != 0 {
+            let depth = edge.depth.get();
+            if depth != 0 {
                 edge.now.set(Some(now));
+                edge.read_depth.set(depth);
             }
             now
         }
@@ -77,6 +91,8 @@ thread_local! {
 struct EdgeState {
     depth: Cell<u32>,
     now: Cell<Option<Instant>>,
+    /// The depth at which `now` was read (0: none read).
+    read_depth: Cell<u32>,
 }
 
 thread_local! {
@@ -84,6 +100,7 @@ thread_local! {
         EdgeState {
             depth: Cell::new(0),
             now: Cell::new(None),
+            read_depth: Cell::new(0),
         }
     };
 }

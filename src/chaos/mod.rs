@@ -21,6 +21,13 @@
 //! is made ready, so a call planned to fail reserves nothing below. All time is tokio time: under `#[tokio::test(start_paused = true)]`
 //! injected delays and outage windows are exact and cost no real time.
 //!
+//! Under axum, a `ChaosLayer` on a router fails with its injected errors,
+//! and `Router::layer` wants none: put
+//! [`RejectionResponseLayer`](crate::http::RejectionResponseLayer)
+//! (feature `http`) outside it, which answers them (an [`InjectedFault`] as
+//! a `500`, a seawall rejection made with `error` as its own status), or
+//! put it below a server preset, which answers them already.
+//!
 //! Every service and clone built from one layer shares one call counter and
 //! one start time. The layer reports no events of its own; the layers around
 //! it report what the faults did to them.

@@ -11,7 +11,7 @@ use tower_service::Service;
 
 use super::future::{Guard, ResponseFuture};
 use super::handle::Shared;
-use super::state::{Core, Refusal};
+use super::state::{Core, Permit, PermitKind, Refusal};
 use crate::classify::Classify;
 use crate::clock;
 use crate::error::{BoxError, CircuitOpen, RejectionKind};
@@ -139,19 +139,53 @@ impl<S, C, M> CircuitBreaker<S, C, M> {
         };
         match core.try_acquire(now, TIMED) {
             Ok(permit) => {
-                // The guard first: a hook or an inner service that panics
-                // gives a probe's slot back as it unwinds.
-                let guard = Guard::new(self.shared.ticket(), permit, now, TIMED);
-                core.observer.emit(
-                    LayerKind::CircuitBreaker,
-                    core.name.as_str(),
-                    EventKind::CallStarted,
-                );
-                ResponseFuture::called(self.inner.call(req), guard)
+                let future = if permit.kind == PermitKind::Record {
+                    started(core);
+                    self.inner.call(req)
+                } else {
+                    call_probe(&mut self.inner, req, core, permit)
+                };
+                ResponseFuture::called(future, Guard::new(self.shared.ticket(), permit, now, TIMED))
             }
             Err(refusal) => ResponseFuture::rejected(refused(core, refusal)),
         }
     }
+}
+
+/// Reports a call let through.
+#[inline(always)]
+fn started(core: &Core) {
+    core.observer.emit(
+        LayerKind::CircuitBreaker,
+        core.name.as_str(),
+        EventKind::CallStarted,
+    );
+}
+
+/// Makes a half-open probe's call: a hook or an inner service that panics
+/// gives the probe's slot back as it unwinds (it was lost until a late
+/// probe, one open time later). A closed breaker's call has no slot to
+/// give back. Out of line: probes are rare.
+#[cold]
+#[inline(never)]
+fn call_probe<S: Service<Req>, Req>(
+    inner: &mut S,
+    req: Req,
+    core: &Core,
+    permit: Permit,
+) -> S::Future {
+    struct Back<'a>(&'a Core, Permit);
+    impl Drop for Back<'_> {
+        fn drop(&mut self) {
+            self.0.on_cancel(self.1);
+        }
+    }
+    let back = Back(core, permit);
+    started(core);
+    let future = inner.call(req);
+    // Made: the slot is the guard's now.
+    std::mem::forget(back);
+    future
 }
 
 /// Reports a refused call and builds its error, its `retry_after`

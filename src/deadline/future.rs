@@ -209,10 +209,6 @@ impl<F: Future, X: Expiry> State<F, X> {
                     super::sync_scope(*deadline, || inner.poll(cx))
                 };
                 if polled.is_ready() {
-                    if layer == LayerKind::AttemptTimeout {
-                        // (A server's handler timeout: its handler ran.)
-                        crate::clock::handler_ran();
-                    }
                     if layer == LayerKind::AttemptTimeout && *cut_short {
                         super::note_cut_short(*deadline);
                         if matches!(polled, Poll::Ready(Err(_))) {

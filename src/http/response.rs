@@ -74,9 +74,10 @@ pub(crate) fn retry_after_secs(wait: Duration) -> u64 {
 
 /// The header that carries a refusal's wait in milliseconds beside
 /// `Retry-After`: `retry-after-ms`. `Retry-After` counts whole seconds, so
-/// a jittered 100 to 150 ms hint reads `1` for every refused client, all
-/// of them come back together a second later, and a caller with less than
-/// a second left cannot wait for it; seawall's HTTP client preset reads
+/// a jittered hint under a second (the adaptive limit's: its expected
+/// service time, at least 100 ms, stretched by up to half) reads `1` for
+/// every refused client, all of them come back together a second later,
+/// and a caller with less than a second left cannot wait for it; seawall's HTTP client preset reads
 /// this one first, as gRPC clients read a pushback in milliseconds. Other
 /// clients keep `Retry-After`.
 pub const RETRY_AFTER_MS: http::HeaderName = http::HeaderName::from_static("retry-after-ms");

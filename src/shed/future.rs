@@ -105,6 +105,9 @@ where
                 let Poll::Ready(result) = &mut poll else {
                     return Poll::Pending;
                 };
+                // The handler below ran: an instant read inside it (a
+                // client stack it called) is not its end.
+                crate::clock::handler_ran();
                 let Some(mut permit) = permit.take() else {
                     return Poll::Ready(Err("future polled after completion".into()));
                 };

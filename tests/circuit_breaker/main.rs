@@ -1854,3 +1854,36 @@ async fn a_probe_whose_classifier_panics_gives_its_slot_back() {
     call(&mut svc, OK).await.expect("the slot was given back");
     assert_eq!(handle.state(), State::Closed);
 }
+
+/// An inner service whose `call` panics on a half-open probe: the probe's
+/// slot is given back as it unwinds, and the next call is the next probe.
+#[tokio::test(start_paused = true)]
+async fn a_probe_whose_inner_call_panics_gives_its_slot_back() {
+    let panic_once = Arc::new(AtomicUsize::new(0));
+    let p = panic_once.clone();
+    let layer = one_probe_after_one_failure();
+    let handle = layer.handle();
+    let mut svc = layer.layer(service_fn(move |r: Req| {
+        if p.swap(0, Ordering::SeqCst) == 1 {
+            panic!("a bug in call");
+        }
+        async move {
+            if r.fail {
+                Err::<&'static str, BoxError>("down".into())
+            } else {
+                Ok("ok")
+            }
+        }
+    }));
+    let _ = call(&mut svc, FAIL).await;
+    advance(Duration::from_secs(10)).await;
+    panic_once.store(1, Ordering::SeqCst);
+    svc.ready().await.unwrap();
+    let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        drop(svc.call(OK));
+    }));
+    assert!(unwound.is_err());
+    assert_eq!(handle.state(), State::HalfOpen);
+    call(&mut svc, OK).await.expect("the slot was given back");
+    assert_eq!(handle.state(), State::Closed);
+}

@@ -244,13 +244,18 @@ async fn item(State((inventory, base)): State<(Inventory, String)>) -> Response 
         .unwrap();
     match inventory.oneshot(req).await {
         // The dependency's answer, whatever its status: its body, and the
-        // headers a caller acts on (a busy dependency's Retry-After).
+        // headers a caller acts on (a busy dependency's Retry-After, and the
+        // milliseconds a seawall client reads first).
         Ok(res) => {
             let (parts, body) = res.into_parts();
             match body.collect().await {
                 Ok(body) => {
                     let mut answer = (parts.status, body.to_bytes()).into_response();
-                    for name in [http::header::CONTENT_TYPE, http::header::RETRY_AFTER] {
+                    for name in [
+                        http::header::CONTENT_TYPE,
+                        http::header::RETRY_AFTER,
+                        seawall::http::RETRY_AFTER_MS,
+                    ] {
                         if let Some(value) = parts.headers.get(&name) {
                             answer.headers_mut().insert(name, value.clone());
                         }
@@ -372,8 +377,9 @@ async fn a_handler_calls_a_dependency_through_the_client_preset() -> Result<(), 
     Ok(())
 }
 
-/// The same handler passes a busy dependency's `Retry-After` on with its
-/// `503` (it was lost: the handler kept the status and the body only), and
+/// The same handler passes a busy dependency's `Retry-After` and
+/// `retry-after-ms` on with its `503` (they were lost: the handler kept the
+/// status and the body only), and
 /// answers `502` when the dependency cannot be reached (it answered `500`).
 #[tokio::test]
 async fn the_handler_passes_on_a_busy_dependencys_retry_after_and_a_502_when_unreachable()
@@ -387,7 +393,10 @@ async fn the_handler_passes_on_a_busy_dependencys_retry_after_and_a_502_when_unr
         get(|| async {
             (
                 http::StatusCode::SERVICE_UNAVAILABLE,
-                [(http::header::RETRY_AFTER, "7")],
+                [
+                    (http::header::RETRY_AFTER, "7"),
+                    (seawall::http::RETRY_AFTER_MS, "6500"),
+                ],
                 "busy",
             )
         }),
@@ -418,11 +427,18 @@ async fn the_handler_passes_on_a_busy_dependencys_retry_after_and_a_502_when_unr
             .headers()
             .get(http::header::RETRY_AFTER)
             .map(|v| v.to_str().unwrap().to_owned());
-        answers.push((res.status().as_u16(), retry_after));
+        let ms = res
+            .headers()
+            .get(seawall::http::RETRY_AFTER_MS)
+            .map(|v| v.to_str().unwrap().to_owned());
+        answers.push((res.status().as_u16(), retry_after, ms));
     }
     assert_eq!(
         answers,
-        vec![(503, Some("7".to_owned())), (502, None)],
+        vec![
+            (503, Some("7".to_owned()), Some("6500".to_owned())),
+            (502, None, None)
+        ],
         "the busy dependency's answer, then the unreachable one's"
     );
     Ok(())
