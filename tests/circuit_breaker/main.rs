@@ -500,17 +500,7 @@ async fn jittered_open_time_is_seedable_and_bounded() {
             .seed(seed)
             .build()
             .unwrap();
-        let handle = layer.handle();
-        let mut svc = wrap(&layer);
-        let _ = call(&mut svc, FAIL).await;
-        let mut out = Vec::new();
-        for _ in 0..4 {
-            let d = handle.retry_after().unwrap();
-            out.push(d);
-            advance(d).await;
-            let _ = call(&mut svc, FAIL).await;
-        }
-        out
+        open_times(&layer, 4).await
     }
     let a = sequence(7).await;
     assert_eq!(a, sequence(7).await, "same seed, same open times");
@@ -523,6 +513,22 @@ async fn jittered_open_time_is_seedable_and_bounded() {
             "{n}: {secs}"
         );
     }
+}
+
+/// The open times of `n` trips in a row of `layer` (one that opens on one
+/// failure and lets one probe through): each after a probe that failed.
+async fn open_times(layer: &CircuitBreakerLayer, n: usize) -> Vec<Duration> {
+    let handle = layer.handle();
+    let mut svc = wrap(layer);
+    let _ = call(&mut svc, FAIL).await;
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let d = handle.retry_after().unwrap();
+        out.push(d);
+        advance(d).await;
+        let _ = call(&mut svc, FAIL).await;
+    }
+    out
 }
 
 /// A breaker that opens on one failure for 10 s and then lets one probe
@@ -1703,16 +1709,7 @@ async fn jittered_open_times_spread_at_the_cap_too() {
         .seed(3)
         .build()
         .unwrap();
-    let handle = layer.handle();
-    let mut svc = wrap(&layer);
-    let _ = call(&mut svc, FAIL).await;
-    let mut times = Vec::new();
-    for _ in 0..40 {
-        let d = handle.retry_after().unwrap();
-        times.push(d);
-        advance(d).await;
-        let _ = call(&mut svc, FAIL).await;
-    }
+    let times = open_times(&layer, 40).await;
     let at_cap = times
         .iter()
         .filter(|d| **d == Duration::from_secs(100))
