@@ -33,9 +33,11 @@
 //! the reader drops before its end counts as its head said, a success (a
 //! caller that reads the status and drops the body has its answer; leaving
 //! those out left only failures in the window, and a healthy dependency's
-//! 2 % of 500s opened the breaker). A head that says failure is counted at
-//! once. A half-open probe is judged by its head: a long stream would keep
-//! the breaker half-open for as long as it flows. Retry looks at
+//! 2 % of 500s opened the breaker), unless a read was left waiting for more
+//! (a reader that gave up on a stalled body: not counted). A head that says
+//! failure is counted at once. A half-open probe is judged at its body's
+//! first message (or its end, or its failure before one): a long stream
+//! would keep the breaker half-open for as long as it flows. Retry looks at
 //! heads only: a response whose head has arrived is never retried.
 //!
 //! The [client](crate::stack::ClientStack::http) and

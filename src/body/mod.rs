@@ -148,6 +148,9 @@ struct Held {
     throttle: Option<crate::shed::ThrottlePending>,
     // Whether anything above is held (the fast path checks this alone).
     any: bool,
+    // A verdict is held (the breaker's, the throttle's): whether a read is
+    // left waiting matters to it (see `set_waiting`).
+    verdicts: bool,
 }
 
 impl Held {
@@ -163,11 +166,13 @@ impl Held {
             #[cfg(feature = "circuit-breaker")]
             DutyKind::Breaker(pending) if self.breaker.is_none() => {
                 self.breaker = Some(pending);
+                self.verdicts = true;
                 None
             }
             #[cfg(feature = "shed")]
             DutyKind::Throttle(pending) if self.throttle.is_none() => {
                 self.throttle = Some(pending);
+                self.verdicts = true;
                 None
             }
             other => Some(Duty(other)),
@@ -176,6 +181,38 @@ impl Held {
             self.any = true;
         }
         back
+    }
+
+    /// Whether a read is left waiting for more: a verdict dropped then
+    /// counts nothing (a reader that gave up on a stalled body, by a timer
+    /// of its own or a reset); dropped with no read waiting, it counts as
+    /// the head said (a caller that read the status and let the body go).
+    #[inline]
+    fn set_waiting(&mut self, waiting: bool) {
+        #[cfg(feature = "circuit-breaker")]
+        if let Some(pending) = &mut self.breaker {
+            pending.waiting = waiting;
+        }
+        #[cfg(feature = "shed")]
+        if let Some(pending) = &mut self.throttle {
+            pending.waiting = waiting;
+        }
+        let _ = waiting;
+    }
+
+    /// A data frame came (not the last): a half-open probe's verdict is
+    /// given now, a success (a stream that lasts must not keep the breaker
+    /// half-open; one that fails before its first message is judged by
+    /// that failure).
+    #[inline]
+    fn data_arrived(&mut self) {
+        #[cfg(feature = "circuit-breaker")]
+        if self.breaker.as_ref().is_some_and(|p| p.is_probe()) {
+            let _edge = crate::clock::Edge::enter();
+            if let Some(probe) = self.breaker.take() {
+                probe.settle(crate::hold::End::Complete);
+            }
+        }
     }
 
     /// Lets go of everything: the breaker's verdict first, then the permit.
@@ -326,6 +363,11 @@ where
         let mut this = self.project();
         if *this.expired {
             return Poll::Ready(None);
+        }
+        if this.held.verdicts {
+            // Until a frame comes (`settle`): dropped meanwhile, the body was
+            // given up on while more was awaited.
+            this.held.set_waiting(true);
         }
         let Some((deadline, shared)) = this.limit.as_ref() else {
             let polled = ready!(this.inner.as_mut().poll_frame(cx));
@@ -508,6 +550,8 @@ const LATE_GRACE: std::time::Duration = std::time::Duration::from_millis(20);
 #[inline(never)]
 fn cut_late<D>(held: &mut Held, shared: &Shared, ending: Ending) -> Result<Frame<D>, BoxError> {
     let error = reject_deadline(LayerKind::Deadline, shared, TIMED_OUT);
+    // (Frames kept coming: no read was left waiting.)
+    held.set_waiting(false);
     drop(std::mem::take(held));
     cut_frame(error, ending)
 }
@@ -529,7 +573,10 @@ fn cut_frame<D>(error: BoxError, ending: Ending) -> Result<Frame<D>, BoxError> {
 /// armed, and the grace starts now.
 #[inline(never)]
 fn past_grace(deadline: Deadline, mut sleep: Pin<&mut Option<Sleep>>) -> bool {
-    let now = crate::clock::edge_now();
+    // A read of its own, not an edge's: a handler that reads a long reply
+    // inside a server's poll must not leave the server an instant from
+    // before its own work (see `clock::handler_ran`).
+    let now = crate::clock::now();
     if now < deadline.instant() {
         return false;
     }
@@ -562,6 +609,9 @@ fn settle<D>(
     if !held.any {
         return polled;
     }
+    if held.verdicts {
+        held.set_waiting(false);
+    }
     match &polled {
         None => held.release(None),
         Some(Err(error)) => held.release(Some(error)),
@@ -573,6 +623,8 @@ fn settle<D>(
                 }
             } else if at_end() {
                 held.release(None);
+            } else {
+                held.data_arrived();
             }
         }
     }

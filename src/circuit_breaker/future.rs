@@ -170,30 +170,28 @@ where
         let held = match (result, outcome) {
             // Looks like a success, but the body may still fail
             // (or carry an error status in its trailers): judged
-            // when it ends. A half-open probe is judged by its head: a
-            // stream that lasts must not keep the breaker half-open.
-            (Ok(response), Outcome::Success) if guard.permit.kind == PermitKind::Record => {
-                M::pending(response).and_then(|j| {
-                    let (head, latency) = elapsed::<C, TIMED>(guard);
-                    let pending = Pending {
-                        shared: guard.shared.clone().into_stripe(),
-                        permit: guard.permit,
-                        head,
-                        latency,
-                        judge: j.0,
-                        done: false,
-                    };
-                    match M::hold(response, Duty(DutyKind::Breaker(pending))) {
-                        None => Some(()),
-                        Some(Duty(DutyKind::Breaker(mut back))) => {
-                            back.done = true;
-                            None
-                        }
-                        #[allow(unreachable_patterns)]
-                        Some(_) => None,
+            // when it ends (a half-open probe: at its first message).
+            (Ok(response), Outcome::Success) => M::pending(response).and_then(|j| {
+                let (head, latency) = elapsed::<C, TIMED>(guard);
+                let pending = Pending {
+                    shared: guard.shared.clone().into_stripe(),
+                    permit: guard.permit,
+                    head,
+                    latency,
+                    judge: j.0,
+                    done: false,
+                    waiting: false,
+                };
+                match M::hold(response, Duty(DutyKind::Breaker(pending))) {
+                    None => Some(()),
+                    Some(Duty(DutyKind::Breaker(mut back))) => {
+                        back.done = true;
+                        None
                     }
-                })
-            }
+                    #[allow(unreachable_patterns)]
+                    Some(_) => None,
+                }
+            }),
             _ => None,
         };
         if held.is_none() {
@@ -323,13 +321,22 @@ pub(crate) struct Pending {
     latency: u64,
     judge: JudgeFn,
     done: bool,
+    /// A read of the body is waiting for more (set by the body).
+    pub(crate) waiting: bool,
 }
 
 #[cfg_attr(not(all(feature = "http", feature = "deadline")), allow(dead_code))]
 impl Pending {
+    /// Whether this is a half-open probe's verdict (given at the body's
+    /// first message, not held to its end).
+    #[inline]
+    pub(crate) fn is_probe(&self) -> bool {
+        matches!(self.permit.kind, PermitKind::Probe | PermitKind::LateProbe)
+    }
+
     /// Gives the verdict of the body's end: a complete body confirms the
     /// head's success; a failed one is classified as the error it ended
-    /// with; a dropped one is not counted.
+    /// with (see `Drop` for one dropped before its end).
     pub(crate) fn settle(mut self, end: End<'_>) {
         let outcome = match end {
             End::Complete => Outcome::Success,
@@ -355,8 +362,14 @@ impl Pending {
 impl Drop for Pending {
     fn drop(&mut self) {
         if !self.done {
-            // Dropped before its end: the head's verdict stands.
-            self.settle_as(Outcome::Success);
+            if self.waiting {
+                // Given up on while a read waited for more: nothing known.
+                self.done = true;
+                self.shared.core().on_cancel(self.permit);
+            } else {
+                // Dropped before its end: the head's verdict stands.
+                self.settle_as(Outcome::Success);
+            }
         }
     }
 }

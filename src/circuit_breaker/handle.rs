@@ -81,7 +81,7 @@ impl CircuitBreakerHandle {
     /// The window's counts now (calls, failures, slow calls). While open or
     /// half-open, the window that opened the breaker.
     pub fn metrics(&self) -> WindowSnapshot {
-        self.core().snapshot(clock::edge_now())
+        self.core().snapshot(clock::now())
     }
 
     /// The window's failure rate (0..=1), `None` while it is empty.
@@ -96,7 +96,7 @@ impl CircuitBreakerHandle {
 
     /// While open: the time left until the breaker lets probes through.
     pub fn retry_after(&self) -> Option<Duration> {
-        self.core().open_remaining(clock::edge_now())
+        self.core().open_remaining(clock::now())
     }
 
     /// Holds the breaker open: every call is rejected, until [`reset`](Self::reset).
@@ -158,6 +158,16 @@ impl CircuitBreakerHandle {
     /// builder's; the breaker is left as it was.
     pub fn retune(&self, t: super::BreakerTuning) -> Result<(), crate::error::ConfigError> {
         t.check(self.core().config.rate_trips)?;
+        if t.slow_call_rate_threshold < 1.0 && self.core().config.slow_call_nanos == u64::MAX {
+            // As the builder refuses it: it could never trip.
+            return Err(crate::error::ConfigError::new(
+                "circuit_breaker",
+                format!(
+                    "slow_call_rate_threshold {} needs a slow_call_duration: without one no call is slow",
+                    t.slow_call_rate_threshold
+                ),
+            ));
+        }
         // The tuning in place: no change, no event.
         if t != self.tuning() {
             self.core().retune(&t);

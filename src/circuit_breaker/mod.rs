@@ -68,9 +68,10 @@
 //!   breaker is closed, or open with a time to wait). When every probe has
 //!   finished, the breaker closes (with an empty window) if their failure and
 //!   slow-call rates are below the thresholds, and opens again otherwise. A
-//!   probe is judged by its response head, also under
-//!   [`BodyEnd`](crate::hold::BodyEnd) (a stream that lasts minutes would
-//!   keep the breaker half-open as long). A
+//!   probe held to its body's end ([`BodyEnd`](crate::hold::BodyEnd)) is
+//!   judged at its body's first message, or its end or failure if that
+//!   comes first (a stream that lasts minutes would keep the breaker
+//!   half-open as long). A
 //!   probe whose future is dropped before it finishes, or that the classifier
 //!   calls [`Ignored`](crate::observe::Outcome::Ignored), frees its slot for
 //!   another probe and does not count toward the verdict. A probe that hangs

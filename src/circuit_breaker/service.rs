@@ -139,7 +139,8 @@ impl<S, C, M> CircuitBreaker<S, C, M> {
         };
         match core.try_acquire(now, TIMED) {
             Ok(permit) => {
-                let future = if permit.kind == PermitKind::Record {
+                // (A late probe took no slot; a disabled breaker none.)
+                let future = if permit.kind != PermitKind::Probe {
                     started(core);
                     self.inner.call(req)
                 } else {
@@ -219,6 +220,10 @@ fn wait_while_open<C>(
     cx: &mut Context<'_>,
 ) -> bool {
     let core = &shared.core;
+    if moved.is_none() && core.open_deadline(clock::edge_now()).is_none() {
+        // Not open: nothing to wait for, nothing made.
+        return false;
+    }
     loop {
         // Listening before looking: a move between the look and the wait
         // still wakes this task.

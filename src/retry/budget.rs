@@ -470,7 +470,7 @@ impl RetryBudget {
 
     /// The current window's figures.
     pub fn snapshot(&self) -> BudgetSnapshot {
-        self.snapshot_at(crate::clock::edge_now())
+        self.snapshot_at(crate::clock::now())
     }
 
     /// [`snapshot`](Self::snapshot) at `now`.

@@ -16,10 +16,11 @@ pin_project! {
     ///
     /// An admitted call holds its place under the limit until its answer's
     /// head comes back or this future is dropped. Completion feeds the limit: an `Ok` is an RTT
-    /// sample; an error that signals overload below (`DeadlineExceeded`,
-    /// `AttemptTimeout`, `Overloaded`) is a drop; other errors are ignored.
-    /// A future dropped before it finished (the caller gave up) counts as a
-    /// drop.
+    /// sample; an error that says a call did not make it in time
+    /// (`DeadlineExceeded`, `AttemptTimeout`) is a drop; other errors are
+    /// ignored, an `Overloaded` too (a dependency's "busy" passed on). A
+    /// future dropped before it finished (a caller that went) is not
+    /// counted.
     pub struct ResponseFuture<F, M = Head> {
         #[pin]
         state: State<F>,

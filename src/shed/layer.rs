@@ -125,8 +125,7 @@ impl<P, M> AdaptiveLimitLayer<P, M> {
 
     /// The service time a request should expect: the average RTT of the
     /// last closed window (`None` before the first window closed). The
-    /// doomed-work check takes the window's fastest answer instead when it
-    /// is shorter.
+    /// doomed-work check takes the window's fastest answer instead.
     pub fn expected_rtt(&self) -> Option<Duration> {
         self.limiter.expected_rtt()
     }
@@ -268,8 +267,8 @@ impl<P> AdaptiveLimitLayerBuilder<P> {
     ///
     /// Current evidence means: the server is busy (at least half its limit
     /// in flight, so the request would wait behind others), the expected
-    /// service time (the average RTT of the last closed window, or its
-    /// fastest answer if shorter) was measured
+    /// service time (the fastest answer of the last closed window) was
+    /// measured
     /// less than two windows ago, and the server has not been idle (nothing
     /// in flight) since that window's calls: after an idle moment, what is
     /// in flight may be other work. An idle server admits every request whose

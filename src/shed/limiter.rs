@@ -99,9 +99,9 @@ pub(crate) struct Limiter {
     /// `idle` while the window of `expected_rtt_ns` was measured.
     expected_idle: AtomicU64,
     /// The shortest a request of that window could expect: its fastest
-    /// answer, if shorter than `expected_rtt_ns` (what the doomed check
-    /// refuses by: one limit over cheap and costly routes must not refuse
-    /// a cheap one by the costly ones' latency).
+    /// answer (what the doomed check refuses by: one limit over cheap and
+    /// costly routes must not refuse a cheap one by the costly ones'
+    /// latency).
     doomed_ns: AtomicU64,
     /// When the last burst began, or was renewed (ns since `epoch`, plus
     /// one; 0: never).
@@ -208,9 +208,9 @@ impl Limiter {
     /// finish: the server is busy (at least half its limit in flight, so a
     /// request waits behind others), the expected service time is fresh (its
     /// window closed less than two windows ago) and longer than `remaining`
-    /// — the window's average, or its fastest answer if shorter: a cheap
-    /// route's request under one limit with a costly route is judged by
-    /// what the cheap one took.
+    /// — the window's fastest answer (below its average: a cheap route's
+    /// request under one limit with a costly route is judged by what the
+    /// cheap one took).
     ///
     /// Without load, or on an estimate that nothing has refreshed (refused
     /// requests add no samples: an idle server would otherwise go on
@@ -590,7 +590,7 @@ impl Striped<Limiter> {
 }
 
 /// One admitted call's place under the limit. Released when the call
-/// finishes or when it is dropped (a drop counts as a dropped sample).
+/// finishes or when it is dropped (a dropped permit counts nothing).
 pub(crate) struct Permit {
     limiter: Ticket<Limiter>,
     class: Criticality,

@@ -109,16 +109,16 @@
 //! Netflix's partitioned limits). A share is a guarantee, not an order: a
 //! class past its own share is refused at the limit even while a lower
 //! class under its share still gets in (at most 1.8 times the limit in
-//! flight with the defaults). Give the classes you protect the shares they
+//! flight with the defaults, besides a burst's admissions). Give the classes you protect the shares they
 //! need.
 //!
 //! ## Doomed work
 //!
 //! A request whose remaining deadline
 //! ([`deadline::current()`](crate::deadline::current)) is shorter than the
-//! expected service time — the average RTT of the last window, or its
-//! fastest answer if shorter (one limit over a cheap route and a costly
-//! one must not refuse the cheap one by the costly one's latency) — cannot
+//! fastest answer of the last window (no request could finish in less;
+//! one limit over a cheap route and a costly one must not refuse the cheap
+//! one by the costly one's latency, as the window's average did) cannot
 //! finish in time; it is rejected at admission (event detail `"doomed"`)
 //! instead of taking a slot to die. Turn it off with
 //! [`reject_doomed(false)`](AdaptiveLimitLayerBuilder::reject_doomed).

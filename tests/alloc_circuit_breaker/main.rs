@@ -72,14 +72,18 @@ fn success_path_allocates_nothing() {
         .build()
         .unwrap();
     rt.block_on(async {
-        for window in [
-            SlidingWindow::count(100),
-            SlidingWindow::count(100_000),
-            SlidingWindow::time(Duration::from_secs(1)),
-            SlidingWindow::time(Duration::from_secs(600)),
+        // (Backpressure mode too: its `poll_ready` makes nothing while the
+        // breaker is closed.)
+        for (window, backpressure) in [
+            (SlidingWindow::count(100), false),
+            (SlidingWindow::count(100_000), false),
+            (SlidingWindow::time(Duration::from_secs(1)), false),
+            (SlidingWindow::time(Duration::from_secs(600)), false),
+            (SlidingWindow::count(100), true),
         ] {
             let layer = CircuitBreakerLayer::builder()
                 .window(window)
+                .backpressure(backpressure)
                 .build()
                 .unwrap();
             let mut svc = layer.layer(service_fn(ok));

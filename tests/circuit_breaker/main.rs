@@ -1097,6 +1097,17 @@ fn builder_refuses_nonsense() {
             .build()
             .is_ok()
     );
+    // A retune is held to the same rule.
+    let handle = b().build().unwrap().handle();
+    let mut t = handle.tuning();
+    t.slow_call_rate_threshold = 0.5;
+    assert!(
+        handle
+            .retune(t)
+            .unwrap_err()
+            .to_string()
+            .contains("needs a slow_call_duration")
+    );
     assert!(msg(b().consecutive_failures(0).build()).contains("consecutive_failures"));
     assert!(msg(b().slow_call_duration(Duration::ZERO).build()).contains("slow_call_duration"));
     assert!(b().build().is_ok());
@@ -1763,7 +1774,19 @@ async fn a_reset_wakes_the_tasks_waiting_for_the_open_time() {
     let _ = call(&mut svc, FAIL).await;
     assert_eq!(handle.state(), State::Open);
     let mut s = svc.clone();
-    let waiter = tokio::spawn(async move { s.ready().await.map(|_| ()) });
+    let waiting = Arc::new(AtomicUsize::new(0));
+    let w = waiting.clone();
+    let waiter = tokio::spawn(async move {
+        {
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            assert!(s.poll_ready(&mut cx).is_pending(), "open: waits");
+        }
+        w.store(1, Ordering::SeqCst);
+        s.ready().await.map(|_| ())
+    });
+    while waiting.load(Ordering::SeqCst) == 0 {
+        tokio::task::yield_now().await;
+    }
     tokio::task::yield_now().await;
     handle.disable();
     tokio::time::timeout(Duration::from_secs(2), waiter)

@@ -328,56 +328,125 @@ async fn successes_whose_bodies_are_dropped_unread_count() {
     assert_eq!((m.calls, m.failures), (20, 1));
 }
 
-/// A half-open probe held to the body's end is judged by its head: a
-/// stream that lasts (an SSE feed, a long poll) does not keep the breaker
-/// half-open, refusing everything else, for as long as it flows.
+/// A half-open probe held to the body's end is judged at its first
+/// message: a stream that lasts (an SSE feed, a watch) does not keep the
+/// breaker half-open, refusing everything else, for as long as it flows;
+/// a body that fails before its first message is the probe's failure (at
+/// its head alone, a dependency whose bodies all failed was closed on at
+/// each probe).
 #[tokio::test(start_paused = true)]
-async fn a_probe_is_judged_by_its_head_not_by_its_streams_end() {
-    use http_body_util::StreamBody;
+async fn a_probe_is_judged_at_its_first_message() {
+    use http_body_util::{BodyExt, StreamBody};
+    // 0: a 500; 1: a 200 whose body fails at once; 2: a 200 with one
+    // message, then a stream that never ends.
+    let mode = Arc::new(AtomicU32::new(0));
     let breaker = CircuitBreakerLayer::builder()
         .classifier(HttpStatusClassifier::new())
         .window(SlidingWindow::count(1))
         .minimum_calls(1)
         .permitted_calls_in_half_open(1)
         .open_duration(Duration::from_secs(1))
+        .open_multiplier(1.0)
         .build()
         .unwrap()
         .until_body_end();
     let handle = breaker.handle();
-    let fail = Arc::new(AtomicU32::new(1));
-    let f = fail.clone();
+    let m = mode.clone();
     let svc = tower::ServiceBuilder::new()
         .layer(breaker)
         .layer(seawall::body::CallBodyLayer::new())
         .service(service_fn(
             move |_: http::Request<seawall::body::CallBody<()>>| {
-                let status = if f.load(Ordering::SeqCst) == 1 {
-                    500
-                } else {
-                    200
-                };
+                let mode = m.load(Ordering::SeqCst);
                 async move {
-                    let never = futures::stream::pending::<
+                    type Frames = futures::stream::BoxStream<
+                        'static,
                         Result<http_body::Frame<bytes::Bytes>, BoxError>,
-                    >();
+                    >;
+                    use futures::StreamExt;
+                    let (status, frames): (u16, Frames) = match mode {
+                        0 => (500, futures::stream::empty().boxed()),
+                        1 => (
+                            200,
+                            futures::stream::once(async { Err::<_, BoxError>("reset".into()) })
+                                .boxed(),
+                        ),
+                        _ => (
+                            200,
+                            futures::stream::once(async {
+                                Ok(http_body::Frame::data(bytes::Bytes::from_static(b"event")))
+                            })
+                            .chain(futures::stream::pending())
+                            .boxed(),
+                        ),
+                    };
                     Ok::<_, BoxError>(
                         http::Response::builder()
                             .status(status)
-                            .body(StreamBody::new(never))
+                            .body(StreamBody::new(frames))
                             .unwrap(),
                     )
                 }
             },
         ));
-    let _ = svc.clone().oneshot(http::Request::new(())).await.unwrap();
+    let call = || svc.clone().oneshot(http::Request::new(()));
+    let _ = call().await.unwrap();
     assert_eq!(handle.state(), State::Open);
-    fail.store(0, Ordering::SeqCst);
+    // A probe whose body fails before its first message: open again.
+    mode.store(1, Ordering::SeqCst);
     tokio::time::advance(Duration::from_secs(1)).await;
-    // The probe's stream never ends; its body is kept.
-    let stream = svc.clone().oneshot(http::Request::new(())).await.unwrap();
-    assert_eq!(stream.status(), 200);
-    assert_eq!(handle.state(), State::Closed, "judged by the probe's head");
-    let next = svc.clone().oneshot(http::Request::new(())).await;
-    assert!(next.is_ok(), "admitted while the probe's stream flows");
-    drop(stream);
+    let probe = call().await.unwrap();
+    assert_eq!(handle.state(), State::HalfOpen, "waiting for its body");
+    assert!(probe.into_body().collect().await.is_err());
+    assert_eq!(handle.state(), State::Open);
+    // A probe whose stream sends a message and goes on: closed at the
+    // message, while the stream still flows.
+    mode.store(2, Ordering::SeqCst);
+    tokio::time::advance(Duration::from_secs(1)).await;
+    let stream = call().await.unwrap();
+    let mut body = std::pin::pin!(stream.into_body());
+    let first = body.frame().await.unwrap().unwrap();
+    assert_eq!(first.into_data().unwrap(), "event");
+    assert_eq!(handle.state(), State::Closed, "judged at its first message");
+    assert!(
+        call().await.is_ok(),
+        "admitted while the probe's stream flows"
+    );
+}
+
+/// A body dropped while a read waits for more (its reader gave up on a
+/// stalled body by a timer of its own) is not counted: nothing is known of
+/// how it would have ended. One dropped with no read waiting counts as its
+/// head said.
+#[tokio::test(start_paused = true)]
+async fn a_body_given_up_on_while_a_read_waits_is_not_counted() {
+    use http_body_util::{BodyExt, StreamBody};
+    let breaker = CircuitBreakerLayer::builder()
+        .classifier(HttpStatusClassifier::new())
+        .build()
+        .unwrap()
+        .until_body_end();
+    let handle = breaker.handle();
+    let svc = tower::ServiceBuilder::new()
+        .layer(breaker)
+        .layer(seawall::body::CallBodyLayer::new())
+        .service(service_fn(
+            |_: http::Request<seawall::body::CallBody<()>>| async {
+                let stalled =
+                    futures::stream::pending::<Result<http_body::Frame<bytes::Bytes>, BoxError>>();
+                Ok::<_, BoxError>(http::Response::new(StreamBody::new(stalled)))
+            },
+        ));
+    for _ in 0..10 {
+        let res = svc.clone().oneshot(http::Request::new(())).await.unwrap();
+        let mut body = std::pin::pin!(res.into_body());
+        let read = tokio::time::timeout(Duration::from_millis(10), body.frame()).await;
+        assert!(read.is_err(), "stalled");
+    }
+    let m = handle.metrics();
+    assert_eq!((m.calls, m.failures), (0, 0));
+    let res = svc.clone().oneshot(http::Request::new(())).await.unwrap();
+    drop(res);
+    let m = handle.metrics();
+    assert_eq!((m.calls, m.failures), (1, 0));
 }

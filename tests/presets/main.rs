@@ -1150,7 +1150,6 @@ async fn http_client_preset_retries_a_shed_request_after_its_milliseconds() {
         .build()
         .unwrap()
         .layer(hyper());
-    let start = std::time::Instant::now();
     let (a, b) = tokio::join!(
         client.clone().oneshot(get_req(addr, "/work")),
         client.clone().oneshot(get_req(addr, "/work"))
@@ -1173,7 +1172,6 @@ async fn http_client_preset_retries_a_shed_request_after_its_milliseconds() {
         waits[0] >= Duration::from_millis(100) && waits[0] <= Duration::from_millis(151),
         "{waits:?}"
     );
-    assert!(start.elapsed() < Duration::from_millis(800));
 }
 
 #[tokio::test]

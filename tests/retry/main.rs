@@ -956,6 +956,21 @@ mod http_tests {
             }
         }
 
+        // A wait of 0 ms is no hint (every refused client back at once):
+        // `Retry-After` decides.
+        let log = Log::default();
+        let rec = Recorder::new();
+        let mut c = client((503, Some("1|0")), log.clone(), &rec);
+        let res = c
+            .ready()
+            .await
+            .unwrap()
+            .call(Request::get("/").body(body("")).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(scheduled(&rec), [(2, Duration::from_secs(1))]);
+
         // An HTTP-date cannot be measured on tokio's clock: not retried.
         let log = Log::default();
         let rec = Recorder::new();

@@ -2217,4 +2217,48 @@ async fn a_handlers_own_work_after_a_nested_call_is_in_the_latency() {
     }
     let rtt = limit.expected_rtt();
     assert!(rtt.is_some_and(|d| d >= ms(20)), "{rtt:?}");
+
+    // The same with an HTTP client preset whose reply comes in five
+    // chunks, read to its end before the handler's own work (a reply's
+    // reads from its third chunk on read the clock too).
+    #[cfg(feature = "http")]
+    {
+        use bytes::Bytes;
+        use http_body_util::{BodyExt, Full, StreamBody};
+        let stack = seawall::stack::ServerStack::builder("api")
+            .total_budget(Duration::from_secs(5))
+            .adaptive_limit(|l| l.window(ms(50)).min_window_samples(3))
+            .build()
+            .unwrap();
+        let limit = stack.adaptive_limit().clone();
+        let nested = seawall::stack::ClientStack::http("dep")
+            .total_budget(Duration::from_secs(1))
+            .attempt_timeout(ms(500))
+            .build()
+            .unwrap()
+            .layer(service_fn(|_: http::Request<Full<Bytes>>| async {
+                let chunks = futures::StreamExt::then(futures::stream::iter(0..5), |_| async {
+                    sleep(ms(1)).await;
+                    Ok::<_, BoxError>(http_body::Frame::data(Bytes::from_static(b"x")))
+                });
+                Ok::<_, BoxError>(http::Response::new(StreamBody::new(chunks)))
+            }));
+        let svc = stack.layer(service_fn(move |x: u64| {
+            let nested = nested.clone();
+            async move {
+                let res = nested
+                    .oneshot(http::Request::new(Full::new(Bytes::new())))
+                    .await?;
+                let body = res.into_body().collect().await?.to_bytes();
+                assert_eq!(&body[..], b"xxxxx");
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                Ok::<_, BoxError>(x)
+            }
+        }));
+        for i in 0..10 {
+            svc.clone().oneshot(i).await.unwrap();
+        }
+        let rtt = limit.expected_rtt();
+        assert!(rtt.is_some_and(|d| d >= ms(20)), "five chunks: {rtt:?}");
+    }
 }

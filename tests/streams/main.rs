@@ -958,8 +958,8 @@ mod in_process {
             client.clone().oneshot(get()).await.is_ok(),
             "a probe goes through"
         );
-        // A probe is judged by its head (a stream must not keep the breaker
-        // half-open while it flows).
+        // A probe is judged at its first message (a stream must not keep
+        // the breaker half-open while it flows): this one's "part".
         assert_eq!(breaker.state(), State::Closed);
     }
 

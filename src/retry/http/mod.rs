@@ -167,11 +167,14 @@ pub fn parse_delay_seconds(value: &HeaderValue) -> Option<Duration> {
         .map(Duration::from_secs)
 }
 
-/// Parses a `retry-after-ms` value: a whole number of milliseconds (at
-/// most 10 digits). `None` for anything else (then `Retry-After` decides).
+/// Parses a `retry-after-ms` value: a whole number of milliseconds above
+/// zero (at most 10 digits). `None` for anything else, `0` included (then
+/// `Retry-After` decides): a wait of nothing would send every refused
+/// client back at once, without the backoff's jitter.
 pub fn parse_delay_ms(value: &HeaderValue) -> Option<Duration> {
     crate::deadline::wire::header_number(value.as_bytes(), 10)
         .ok()
+        .filter(|ms| *ms > 0)
         .map(Duration::from_millis)
 }
 

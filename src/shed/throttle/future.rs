@@ -116,6 +116,7 @@ where
                             start: *start,
                             judge: j.0,
                             done: false,
+                            waiting: false,
                         };
                         match M::hold(response, Duty(DutyKind::Throttle(pending))) {
                             None => return Poll::Ready(result.map_err(Into::into)),
@@ -146,6 +147,8 @@ pub(crate) struct ThrottlePending {
     start: Instant,
     judge: JudgeFn,
     done: bool,
+    /// A read of the body is waiting for more (set by the body).
+    pub(crate) waiting: bool,
 }
 
 #[cfg_attr(not(all(feature = "http", feature = "deadline")), allow(dead_code))]
@@ -188,7 +191,12 @@ impl Drop for ThrottlePending {
     fn drop(&mut self) {
         if !self.done {
             self.done = true;
-            record(&self.shared, self.start, Outcome::Success);
+            if self.waiting {
+                // Given up on while a read waited for more: taken back.
+                self.shared.window().forget(self.start);
+            } else {
+                record(&self.shared, self.start, Outcome::Success);
+            }
         }
     }
 }

@@ -94,15 +94,13 @@ impl<C, M> ThrottleLayer<C, M> {
 
     /// The probability with which the next request would be throttled.
     pub fn rejection_probability(&self) -> f64 {
-        self.shared
-            .window()
-            .probability_at(crate::clock::edge_now())
+        self.shared.window().probability_at(crate::clock::now())
     }
 
     /// `(requests, accepts)` counted in the current window.
     pub fn totals(&self) -> (u64, u64) {
         let w = self.shared.window();
-        w.probability_at(crate::clock::edge_now());
+        w.probability_at(crate::clock::now());
         w.totals()
     }
 }
