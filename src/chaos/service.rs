@@ -18,7 +18,11 @@ use super::layer::Shared;
 /// a busy inner service. Any other call is ready when the inner service is;
 /// one that gets injected latency calls the inner service at once (using
 /// the readiness it reserved), and its future first polls the inner future
-/// once the delay has passed.
+/// once the delay has passed. A service kept ready (a balancer's ready
+/// cache) keeps its plan: an outage window is judged when the service was
+/// made ready, and under a balancer an endpoint whose next call is planned
+/// to fail is ready at once, so it may be picked a little more often than
+/// its busy peers.
 pub struct Chaos<S> {
     inner: S,
     shared: Arc<Shared>,
