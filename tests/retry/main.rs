@@ -892,101 +892,72 @@ mod http_tests {
         assert!(gave_up(&rec).is_empty());
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn retry_after_header_is_honoured_or_refused() {
-        // delay-seconds: waited exactly.
+    /// One GET through a client whose dependency answers `first` once,
+    /// within `within` if given: its status, the layer's events, the calls
+    /// made and the time taken.
+    async fn get_once(
+        first: (u16, Option<&'static str>),
+        within: Option<Duration>,
+    ) -> (StatusCode, Recorder, usize, Duration) {
         let log = Log::default();
         let rec = Recorder::new();
-        let mut c = client((503, Some("2")), log.clone(), &rec);
         let start = Instant::now();
-        let res = c
-            .ready()
-            .await
-            .unwrap()
-            .call(Request::get("/").body(body("")).unwrap())
-            .await
-            .unwrap();
-        assert_eq!(res.status(), StatusCode::OK);
-        assert_eq!(start.elapsed(), Duration::from_secs(2));
-        assert_eq!(scheduled(&rec), [(2, Duration::from_secs(2))]);
-
-        // Longer than the deadline: the 429 is returned at once.
-        let log = Log::default();
-        let rec = Recorder::new();
-        let mut c = client((429, Some("8")), log.clone(), &rec);
-        let fut = c
-            .ready()
-            .await
-            .unwrap()
-            .call(Request::get("/").body(body("")).unwrap());
-        let res = deadline::scope(Deadline::after(Duration::from_secs(5)), fut)
-            .await
-            .unwrap();
-        assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
-        assert_eq!(log.lock().unwrap().len(), 1);
-        assert_eq!(gave_up(&rec), [(1, GiveUpReason::Deadline)]);
-
-        // A seawall server's wait in milliseconds beside it: that one, so
-        // a caller with 800 ms left still retries (it gave up on the `1`).
-        for (within, waited) in [(None, Some(120)), (Some(800), Some(120)), (Some(100), None)] {
-            let log = Log::default();
-            let rec = Recorder::new();
-            let mut c = client((503, Some("1|120")), log.clone(), &rec);
-            let start = Instant::now();
+        let status = {
+            let mut c = client(first, log.clone(), &rec);
             let fut = c
                 .ready()
                 .await
                 .unwrap()
                 .call(Request::get("/").body(body("")).unwrap());
-            let res = match within {
-                Some(ms) => deadline::scope(Deadline::after(Duration::from_millis(ms)), fut).await,
+            match within {
+                Some(d) => deadline::scope(Deadline::after(d), fut).await,
                 None => fut.await,
             }
-            .unwrap();
-            match waited {
-                Some(ms) => {
-                    assert_eq!(res.status(), StatusCode::OK, "within {within:?}");
-                    assert_eq!(start.elapsed(), Duration::from_millis(ms));
-                    assert_eq!(scheduled(&rec), [(2, Duration::from_millis(ms))]);
-                }
-                None => {
-                    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
-                    assert_eq!(gave_up(&rec), [(1, GiveUpReason::Deadline)]);
-                }
-            }
+            .unwrap()
+            .status()
+        };
+        let calls = log.lock().unwrap().len();
+        (status, rec, calls, start.elapsed())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retry_after_header_is_honoured_or_refused() {
+        let ms = Duration::from_millis;
+        // delay-seconds: waited exactly.
+        let (status, rec, _, took) = get_once((503, Some("2")), None).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(took, Duration::from_secs(2));
+        assert_eq!(scheduled(&rec), [(2, Duration::from_secs(2))]);
+
+        // Longer than the deadline: the 429 is returned at once.
+        let (status, rec, calls, _) =
+            get_once((429, Some("8")), Some(Duration::from_secs(5))).await;
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(calls, 1);
+        assert_eq!(gave_up(&rec), [(1, GiveUpReason::Deadline)]);
+
+        // A seawall server's wait in milliseconds beside it: that one, so
+        // a caller with 800 ms left still retries (it gave up on the `1`).
+        for within in [None, Some(ms(800))] {
+            let (status, rec, _, took) = get_once((503, Some("1|120")), within).await;
+            assert_eq!(status, StatusCode::OK, "within {within:?}");
+            assert_eq!(took, ms(120));
+            assert_eq!(scheduled(&rec), [(2, ms(120))]);
         }
+        let (status, rec, _, _) = get_once((503, Some("1|120")), Some(ms(100))).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(gave_up(&rec), [(1, GiveUpReason::Deadline)]);
 
         // A wait of 0 ms is no hint (every refused client back at once):
         // `Retry-After` decides.
-        let log = Log::default();
-        let rec = Recorder::new();
-        let mut c = client((503, Some("1|0")), log.clone(), &rec);
-        let res = c
-            .ready()
-            .await
-            .unwrap()
-            .call(Request::get("/").body(body("")).unwrap())
-            .await
-            .unwrap();
-        assert_eq!(res.status(), StatusCode::OK);
+        let (status, rec, _, _) = get_once((503, Some("1|0")), None).await;
+        assert_eq!(status, StatusCode::OK);
         assert_eq!(scheduled(&rec), [(2, Duration::from_secs(1))]);
 
         // An HTTP-date cannot be measured on tokio's clock: not retried.
-        let log = Log::default();
-        let rec = Recorder::new();
-        let mut c = client(
-            (503, Some("Wed, 21 Oct 2015 07:28:00 GMT")),
-            log.clone(),
-            &rec,
-        );
-        let res = c
-            .ready()
-            .await
-            .unwrap()
-            .call(Request::get("/").body(body("")).unwrap())
-            .await
-            .unwrap();
-        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let (status, rec, _, _) =
+            get_once((503, Some("Wed, 21 Oct 2015 07:28:00 GMT")), None).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(gave_up(&rec), [(1, GiveUpReason::Pushback)]);
     }
 

@@ -2184,6 +2184,18 @@ async fn failed_answers_are_no_latency_samples() {
     assert!(refused <= 130, "{refused} refused, all in the first window");
 }
 
+/// A generic server stack whose limit closes a window every 50 ms (3
+/// samples at least), and its limit.
+fn short_windowed_server() -> (seawall::stack::ServerStackLayer, AdaptiveLimitLayer) {
+    let stack = seawall::stack::ServerStack::builder("api")
+        .total_budget(Duration::from_secs(5))
+        .adaptive_limit(|l| l.window(ms(50)).min_window_samples(3))
+        .build()
+        .unwrap();
+    let limit = stack.adaptive_limit().clone();
+    (stack, limit)
+}
+
 /// The limit's latency sample includes a handler's synchronous work after
 /// a client stack it called came back, and after the handler read the
 /// clock itself: the instant those read is not reused once the handler has
@@ -2191,12 +2203,7 @@ async fn failed_answers_are_no_latency_samples() {
 /// bound is one-sided, each call blocks its thread for 20 ms at least.)
 #[tokio::test]
 async fn a_handlers_own_work_after_a_nested_call_is_in_the_latency() {
-    let stack = seawall::stack::ServerStack::builder("api")
-        .total_budget(Duration::from_secs(5))
-        .adaptive_limit(|l| l.window(ms(50)).min_window_samples(3))
-        .build()
-        .unwrap();
-    let limit = stack.adaptive_limit().clone();
+    let (stack, limit) = short_windowed_server();
     let nested = seawall::stack::ClientStack::builder("dep")
         .total_budget(Duration::from_secs(1))
         .attempt_timeout(ms(500))
@@ -2225,12 +2232,7 @@ async fn a_handlers_own_work_after_a_nested_call_is_in_the_latency() {
     {
         use bytes::Bytes;
         use http_body_util::{BodyExt, Full, StreamBody};
-        let stack = seawall::stack::ServerStack::builder("api")
-            .total_budget(Duration::from_secs(5))
-            .adaptive_limit(|l| l.window(ms(50)).min_window_samples(3))
-            .build()
-            .unwrap();
-        let limit = stack.adaptive_limit().clone();
+        let (stack, limit) = short_windowed_server();
         let nested = seawall::stack::ClientStack::http("dep")
             .total_budget(Duration::from_secs(1))
             .attempt_timeout(ms(500))
