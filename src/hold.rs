@@ -35,9 +35,10 @@
 //! those out left only failures in the window, and a healthy dependency's
 //! 2 % of 500s opened the breaker), unless a read was left waiting for more
 //! (a reader that gave up on a stalled body: not counted). A head that says
-//! failure is counted at once. A half-open probe is judged at its body's
-//! first message (or its end, or its failure before one): a long stream
-//! would keep the breaker half-open for as long as it flows. Retry looks at
+//! failure is counted at once. A half-open probe's body is judged at its
+//! end too: in the protocol presets a body lasts no longer than its
+//! attempt timeout, and meanwhile one more probe goes per open time (see
+//! the [breaker](crate::circuit_breaker)). Retry looks at
 //! heads only: a response whose head has arrived is never retried.
 //!
 //! The [client](crate::stack::ClientStack::http) and

@@ -200,21 +200,6 @@ impl Held {
         let _ = waiting;
     }
 
-    /// A data frame came (not the last): a half-open probe's verdict is
-    /// given now, a success (a stream that lasts must not keep the breaker
-    /// half-open; one that fails before its first message is judged by
-    /// that failure).
-    #[inline]
-    fn data_arrived(&mut self) {
-        #[cfg(feature = "circuit-breaker")]
-        if self.breaker.as_ref().is_some_and(|p| p.is_probe()) {
-            let _edge = crate::clock::Edge::enter();
-            if let Some(probe) = self.breaker.take() {
-                probe.settle(crate::hold::End::Complete);
-            }
-        }
-    }
-
     /// Lets go of everything: the breaker's verdict first, then the permit.
     #[cfg_attr(
         not(any(feature = "circuit-breaker", feature = "shed")),
@@ -623,8 +608,6 @@ fn settle<D>(
                 }
             } else if at_end() {
                 held.release(None);
-            } else {
-                held.data_arrived();
             }
         }
     }

@@ -11,7 +11,7 @@ use tokio::time::Instant;
 
 use super::handle::{CoreRef, Shared};
 use super::state::Core;
-use super::state::{Permit, PermitKind};
+use super::state::Permit;
 use crate::classify::{Classify, JudgeFn, judge};
 use crate::clock;
 use crate::error::{BoxError, CircuitOpen};
@@ -170,7 +170,7 @@ where
         let held = match (result, outcome) {
             // Looks like a success, but the body may still fail
             // (or carry an error status in its trailers): judged
-            // when it ends (a half-open probe: at its first message).
+            // when it ends.
             (Ok(response), Outcome::Success) => M::pending(response).and_then(|j| {
                 let (head, latency) = elapsed::<C, TIMED>(guard);
                 let pending = Pending {
@@ -327,13 +327,6 @@ pub(crate) struct Pending {
 
 #[cfg_attr(not(all(feature = "http", feature = "deadline")), allow(dead_code))]
 impl Pending {
-    /// Whether this is a half-open probe's verdict (given at the body's
-    /// first message, not held to its end).
-    #[inline]
-    pub(crate) fn is_probe(&self) -> bool {
-        matches!(self.permit.kind, PermitKind::Probe | PermitKind::LateProbe)
-    }
-
     /// Gives the verdict of the body's end: a complete body confirms the
     /// head's success; a failed one is classified as the error it ended
     /// with (see `Drop` for one dropped before its end).

@@ -69,9 +69,11 @@
 //!   finished, the breaker closes (with an empty window) if their failure and
 //!   slow-call rates are below the thresholds, and opens again otherwise. A
 //!   probe held to its body's end ([`BodyEnd`](crate::hold::BodyEnd)) is
-//!   judged at its body's first message, or its end or failure if that
-//!   comes first (a stream that lasts minutes would keep the breaker
-//!   half-open as long). A
+//!   judged at that end, as any call (judged at its head or its first
+//!   message, a dependency whose streams failed after their first message
+//!   was closed on at every probe: 22 times in 10 s in an outside trial);
+//!   the protocol presets end a body at its attempt timeout, and the late
+//!   probes below go meanwhile. A
 //!   probe whose future is dropped before it finishes, or that the classifier
 //!   calls [`Ignored`](crate::observe::Outcome::Ignored), frees its slot for
 //!   another probe and does not count toward the verdict. A probe that hangs

@@ -328,17 +328,16 @@ async fn successes_whose_bodies_are_dropped_unread_count() {
     assert_eq!((m.calls, m.failures), (20, 1));
 }
 
-/// A half-open probe held to the body's end is judged at its first
-/// message: a stream that lasts (an SSE feed, a watch) does not keep the
-/// breaker half-open, refusing everything else, for as long as it flows;
-/// a body that fails before its first message is the probe's failure (at
-/// its head alone, a dependency whose bodies all failed was closed on at
-/// each probe).
+/// A half-open probe held to the body's end is judged at that end: a
+/// stream that fails after its first message keeps the breaker open (judged
+/// at its head or its first message, a dependency whose streams all failed
+/// that way was closed on at every probe: 22 times in 10 s in an outside
+/// trial over tonic); one that ends well closes it.
 #[tokio::test(start_paused = true)]
-async fn a_probe_is_judged_at_its_first_message() {
+async fn a_probes_body_is_judged_at_its_end() {
     use http_body_util::{BodyExt, StreamBody};
-    // 0: a 500; 1: a 200 whose body fails at once; 2: a 200 with one
-    // message, then a stream that never ends.
+    // 0: a 500; 1: a 200 with one message, then the stream fails; 2: a
+    // 200 with one message, then its end.
     let mode = Arc::new(AtomicU32::new(0));
     let breaker = CircuitBreakerLayer::builder()
         .classifier(HttpStatusClassifier::new())
@@ -364,21 +363,23 @@ async fn a_probe_is_judged_at_its_first_message() {
                         Result<http_body::Frame<bytes::Bytes>, BoxError>,
                     >;
                     use futures::StreamExt;
+                    let message = || {
+                        futures::stream::once(async {
+                            Ok(http_body::Frame::data(bytes::Bytes::from_static(b"event")))
+                        })
+                    };
                     let (status, frames): (u16, Frames) = match mode {
                         0 => (500, futures::stream::empty().boxed()),
                         1 => (
                             200,
-                            futures::stream::once(async { Err::<_, BoxError>("reset".into()) })
+                            message()
+                                .chain(futures::stream::once(async {
+                                    tokio::time::sleep(Duration::from_millis(150)).await;
+                                    Err::<_, BoxError>("reset".into())
+                                }))
                                 .boxed(),
                         ),
-                        _ => (
-                            200,
-                            futures::stream::once(async {
-                                Ok(http_body::Frame::data(bytes::Bytes::from_static(b"event")))
-                            })
-                            .chain(futures::stream::pending())
-                            .boxed(),
-                        ),
+                        _ => (200, message().boxed()),
                     };
                     Ok::<_, BoxError>(
                         http::Response::builder()
@@ -392,26 +393,25 @@ async fn a_probe_is_judged_at_its_first_message() {
     let call = || svc.clone().oneshot(http::Request::new(()));
     let _ = call().await.unwrap();
     assert_eq!(handle.state(), State::Open);
-    // A probe whose body fails before its first message: open again.
+    // A probe whose stream fails after its first message: open again.
     mode.store(1, Ordering::SeqCst);
     tokio::time::advance(Duration::from_secs(1)).await;
     let probe = call().await.unwrap();
-    assert_eq!(handle.state(), State::HalfOpen, "waiting for its body");
-    assert!(probe.into_body().collect().await.is_err());
-    assert_eq!(handle.state(), State::Open);
-    // A probe whose stream sends a message and goes on: closed at the
-    // message, while the stream still flows.
-    mode.store(2, Ordering::SeqCst);
-    tokio::time::advance(Duration::from_secs(1)).await;
-    let stream = call().await.unwrap();
-    let mut body = std::pin::pin!(stream.into_body());
+    let mut body = std::pin::pin!(probe.into_body());
     let first = body.frame().await.unwrap().unwrap();
     assert_eq!(first.into_data().unwrap(), "event");
-    assert_eq!(handle.state(), State::Closed, "judged at its first message");
-    assert!(
-        call().await.is_ok(),
-        "admitted while the probe's stream flows"
+    assert_eq!(handle.state(), State::HalfOpen, "judged at the end");
+    assert!(body.frame().await.unwrap().is_err());
+    assert_eq!(handle.state(), State::Open);
+    // A probe whose stream ends well: closed.
+    mode.store(2, Ordering::SeqCst);
+    tokio::time::advance(Duration::from_secs(1)).await;
+    let probe = call().await.unwrap();
+    assert_eq!(
+        probe.into_body().collect().await.unwrap().to_bytes(),
+        "event"
     );
+    assert_eq!(handle.state(), State::Closed);
 }
 
 /// A body dropped while a read waits for more (its reader gave up on a

@@ -958,8 +958,8 @@ mod in_process {
             client.clone().oneshot(get()).await.is_ok(),
             "a probe goes through"
         );
-        // A probe is judged at its first message (a stream must not keep
-        // the breaker half-open while it flows): this one's "part".
+        // Its answer, dropped unread with no read waiting, counts as its
+        // head said.
         assert_eq!(breaker.state(), State::Closed);
     }
 
