@@ -148,9 +148,6 @@ struct Held {
     throttle: Option<crate::shed::ThrottlePending>,
     // Whether anything above is held (the fast path checks this alone).
     any: bool,
-    // A verdict is held (the breaker's, the throttle's): whether a read is
-    // left waiting matters to it (see `set_waiting`).
-    verdicts: bool,
 }
 
 impl Held {
@@ -166,13 +163,11 @@ impl Held {
             #[cfg(feature = "circuit-breaker")]
             DutyKind::Breaker(pending) if self.breaker.is_none() => {
                 self.breaker = Some(pending);
-                self.verdicts = true;
                 None
             }
             #[cfg(feature = "shed")]
             DutyKind::Throttle(pending) if self.throttle.is_none() => {
                 self.throttle = Some(pending);
-                self.verdicts = true;
                 None
             }
             other => Some(Duty(other)),
@@ -349,7 +344,7 @@ where
         if *this.expired {
             return Poll::Ready(None);
         }
-        if this.held.verdicts {
+        if this.held.any {
             // Until a frame comes (`settle`): dropped meanwhile, the body was
             // given up on while more was awaited.
             this.held.set_waiting(true);
@@ -594,9 +589,7 @@ fn settle<D>(
     if !held.any {
         return polled;
     }
-    if held.verdicts {
-        held.set_waiting(false);
-    }
+    held.set_waiting(false);
     match &polled {
         None => held.release(None),
         Some(Err(error)) => held.release(Some(error)),

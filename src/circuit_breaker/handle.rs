@@ -157,17 +157,8 @@ impl CircuitBreakerHandle {
     /// A [`ConfigError`](crate::error::ConfigError) naming the setting, as the
     /// builder's; the breaker is left as it was.
     pub fn retune(&self, t: super::BreakerTuning) -> Result<(), crate::error::ConfigError> {
-        t.check(self.core().config.rate_trips)?;
-        if t.slow_call_rate_threshold < 1.0 && self.core().config.slow_call_nanos == u64::MAX {
-            // As the builder refuses it: it could never trip.
-            return Err(crate::error::ConfigError::new(
-                "circuit_breaker",
-                format!(
-                    "slow_call_rate_threshold {} needs a slow_call_duration: without one no call is slow",
-                    t.slow_call_rate_threshold
-                ),
-            ));
-        }
+        let config = &self.core().config;
+        t.check(config.rate_trips, config.slow_call_nanos != u64::MAX)?;
         // The tuning in place: no change, no event.
         if t != self.tuning() {
             self.core().retune(&t);

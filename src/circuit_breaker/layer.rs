@@ -395,17 +395,12 @@ impl<C> CircuitBreakerBuilder<C> {
                 WindowConfig::Time { span, buckets }
             }
         };
-        self.settings.tuning.check(self.settings.rate_trips)?;
+        self.settings.tuning.check(
+            self.settings.rate_trips,
+            self.settings.slow_call_duration != Duration::MAX,
+        )?;
         if self.settings.slow_call_duration.is_zero() {
             return err("slow_call_duration must be above zero, got 0ns".into());
-        }
-        if self.settings.tuning.slow_call_rate_threshold < 1.0
-            && self.settings.slow_call_duration == Duration::MAX
-        {
-            return err(format!(
-                "slow_call_rate_threshold {} needs a slow_call_duration: without one no call is slow",
-                self.settings.tuning.slow_call_rate_threshold
-            ));
         }
         if self.settings.permitted_in_half_open == 0
             || self.settings.permitted_in_half_open > 65_535

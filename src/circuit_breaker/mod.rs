@@ -234,8 +234,13 @@ pub struct BreakerTuning {
 }
 
 impl BreakerTuning {
-    /// The one rule for these settings: the builder's and a retune's.
-    pub(crate) fn check(&self, rate_trips: bool) -> Result<(), crate::error::ConfigError> {
+    /// The one rule for these settings: the builder's and a retune's
+    /// (`slow_calls`: whether the breaker has a slow-call time).
+    pub(crate) fn check(
+        &self,
+        rate_trips: bool,
+        slow_calls: bool,
+    ) -> Result<(), crate::error::ConfigError> {
         use self::layer::MAX_OPEN;
         let err = |m: String| Err(crate::error::ConfigError::new(self::layer::KIND, m));
         for (setting, t) in [
@@ -245,6 +250,12 @@ impl BreakerTuning {
             if !(t > 0.0 && t <= 1.0) {
                 return err(format!("{setting} must be in (0, 1], got {t}"));
             }
+        }
+        if self.slow_call_rate_threshold < 1.0 && !slow_calls {
+            return err(format!(
+                "slow_call_rate_threshold {} needs a slow_call_duration: without one no call is slow",
+                self.slow_call_rate_threshold
+            ));
         }
         if self.minimum_calls == 0 {
             return err("minimum_calls must be at least 1, got 0".into());

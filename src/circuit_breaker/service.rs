@@ -220,18 +220,7 @@ fn wait_while_open<C>(
     cx: &mut Context<'_>,
 ) -> bool {
     let core = &shared.core;
-    if moved.is_none() && core.open_deadline(clock::edge_now()).is_none() {
-        // Not open: nothing to wait for, nothing made.
-        return false;
-    }
     loop {
-        // Listening before looking: a move between the look and the wait
-        // still wakes this task.
-        if moved.is_none()
-            && let Some(notify) = &core.moved
-        {
-            *moved = Some(Box::pin(notify.clone().notified_owned()));
-        }
         let mut now = clock::edge_now();
         let mut open = false;
         while let Some(until) = core.open_deadline(now) {
@@ -244,13 +233,22 @@ fn wait_while_open<C>(
             now = now.max(until);
         }
         if !open {
+            // (Made only while open: nothing to wait for, nothing made.)
             *moved = None;
             return false;
         }
-        match moved.as_mut().map(|m| m.as_mut().poll(cx)) {
-            // Moved since this wait began: look again.
-            Some(Poll::Ready(())) => *moved = None,
-            _ => return true,
+        let Some(notify) = &core.moved else {
+            return true;
+        };
+        match moved {
+            // Listening, then looking again: a move between the first look
+            // and the wait still wakes this task.
+            None => *moved = Some(Box::pin(notify.clone().notified_owned())),
+            Some(m) => match m.as_mut().poll(cx) {
+                // Moved since this wait began: look again.
+                Poll::Ready(()) => *moved = None,
+                Poll::Pending => return true,
+            },
         }
     }
 }

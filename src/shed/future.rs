@@ -71,20 +71,31 @@ impl<F, M> fmt::Debug for ResponseFuture<F, M> {
     }
 }
 
-/// Whether a failure is a call that did not make it through in time: a
-/// deadline (the request's, passed here: also one that passed before the
-/// handler could send its own call) or an attempt timeout (the handler
-/// timeout). An `Overloaded` is not: below a server's limit it is a
-/// dependency's "busy" that the handler passed on (or a client throttle's
-/// own refusal), no queue of this server's — as the presets judge a 503
-/// or 429 answer. Counted as drops, a dependency shedding for a few
-/// seconds halved the limit of every server in front of it, which then
-/// refused healthy traffic for as long as the limit took to grow back.
-fn overload_below(err: &BoxError) -> bool {
-    matches!(
-        rejection(&**err).map(|r| r.kind()),
-        Some(RejectionKind::DeadlineExceeded | RejectionKind::AttemptTimeout)
-    )
+/// How a failed call feeds the limit, from the rejection in its error (one
+/// walk of its source chain). A call that did not make it through in time
+/// is a drop: a deadline (the request's, passed here: also one that passed
+/// before the handler could send its own call) or an attempt timeout (the
+/// handler timeout). A refusal of a layer below in this process (a
+/// bulkhead for a pool) is refused, not failed; an `Overloaded` is a
+/// dependency's "busy" the handler passed on, no queue of this server's,
+/// as the presets judge a 503 or 429 answer (counted as drops, a
+/// dependency shedding for a few seconds halved the limit of every server
+/// in front of it, which then refused healthy traffic while it grew back).
+/// Neither is a sample; nor is any other failure.
+fn failed(err: &BoxError) -> Completion {
+    match rejection(&**err) {
+        Some(r)
+            if matches!(
+                r.kind(),
+                RejectionKind::DeadlineExceeded | RejectionKind::AttemptTimeout
+            ) =>
+        {
+            Completion::Drop
+        }
+        Some(r) if r.is_local() => Completion::Sample(Outcome::Refused),
+        Some(r) if r.kind() == RejectionKind::Overloaded => Completion::Sample(Outcome::Overloaded),
+        _ => Completion::Ignore,
+    }
 }
 
 impl<F, M, T, E> Future for ResponseFuture<F, M>
@@ -122,15 +133,8 @@ where
                         // A failure is judged as a `BoxError`.
                         let result = ready!(poll).map_err(Into::into);
                         permit.complete(match &result {
-                            Err(e) if overload_below(e) => Completion::Drop,
-                            // A refusal of a layer below in this process (a
-                            // bulkhead for a pool): refused, not failed; a
-                            // dependency's "busy": no queue here. No sample.
-                            Err(e) => match crate::classify::error_origin(e) {
-                                Some(origin) => Completion::Sample(origin),
-                                None => Completion::Ignore,
-                            },
-                            _ => Completion::Ignore,
+                            Err(e) => failed(e),
+                            Ok(_) => Completion::Ignore,
                         });
                         return Poll::Ready(result);
                     }
