@@ -567,16 +567,21 @@ mod read_count_tests {
         );
     }
 
-    /// A closed breaker with the defaults (a count window, no slow calls, no
-    /// hook) reads no clock; a slow-call duration, a time window or a hook
+    /// A closed breaker with a count window, no slow calls and no hook reads
+    /// no clock; a slow-call duration, a time window (the default) or a hook
     /// make it read the clock as a call goes in and as it ends.
     #[cfg(feature = "circuit-breaker")]
     #[tokio::test(flavor = "current_thread", start_paused = true)]
     async fn a_closed_breaker_reads_the_clock_only_when_it_keeps_time() {
         use crate::circuit_breaker::{CircuitBreakerLayer, SlidingWindow};
-        let b = CircuitBreakerLayer::builder;
+        let b = || CircuitBreakerLayer::builder().window(SlidingWindow::count(100));
         let cases = [
-            ("defaults", b().build().unwrap(), 0.0),
+            ("a count window", b().build().unwrap(), 0.0),
+            (
+                "the defaults",
+                CircuitBreakerLayer::builder().build().unwrap(),
+                2.0,
+            ),
             (
                 "slow calls",
                 b().slow_call_duration(Duration::from_secs(5))

@@ -317,7 +317,11 @@ macro_rules! per_layer {
             .build();
         $f!("retry/tower_resilience", |_: ()| tr.layer(noop()));
         // circuit breaker (tower has none)
+        // Both judged over the last 100 calls at 50 %, as tower-resilience's.
         let sb = seawall::circuit_breaker::CircuitBreakerLayer::builder()
+            .window(seawall::circuit_breaker::SlidingWindow::count(100))
+            .minimum_calls(100)
+            .failure_rate_threshold(0.5)
             .build()
             .expect("breaker");
         $f!("breaker/seawall", |_: ()| sb.layer(noop()));

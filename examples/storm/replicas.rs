@@ -2,7 +2,7 @@
 //! client stack above it; one replica fails, then three, then all recover,
 //! then one turns slow (10 times the latency). Three ways to protect the
 //! set: the client stack's shared breaker alone, a breaker per replica
-//! (the stack's breaker settings, in backpressure mode so that an open one
+//! (the breaker's defaults, in backpressure mode so that an open one
 //! reads as not ready), and outlier ejection (`EjectionLayer`, defaults).
 
 use std::sync::Arc;
@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use seawall::BoxError;
-use seawall::circuit_breaker::{CircuitBreakerLayer, SlidingWindow};
+use seawall::circuit_breaker::CircuitBreakerLayer;
 use seawall::eject::EjectionLayer;
 use seawall::stack::ClientStack;
 use tokio::time::Instant;
@@ -287,13 +287,6 @@ async fn run_async(scenario: Replicas, protection: Protection) -> Result<Replica
                 Protection::PerReplicaBreakers => Endpoint::new(
                     CircuitBreakerLayer::builder()
                         .name(format!("replica{id}.breaker"))
-                        .window(SlidingWindow::time(Duration::from_secs(10)))
-                        .minimum_calls(20)
-                        .failure_rate_threshold(0.8)
-                        .consecutive_failures(50)
-                        .permitted_calls_in_half_open(1)
-                        .open_duration(Duration::from_millis(100))
-                        .open_multiplier(1.0)
                         .backpressure(true)
                         .build()?
                         .layer(r),

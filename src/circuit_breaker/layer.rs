@@ -18,6 +18,21 @@ use crate::stripe::Striped;
 
 pub(crate) const KIND: &str = "circuit_breaker";
 
+/// The default window: the last 10 s of calls.
+pub(crate) const DEFAULT_WINDOW: Duration = Duration::from_secs(10);
+/// Calls in the window before a rate is judged, by default.
+pub(crate) const DEFAULT_MINIMUM_CALLS: u32 = 20;
+/// The share of failed calls in the window that opens the breaker, by
+/// default.
+pub(crate) const DEFAULT_FAILURE_RATE: f64 = 0.8;
+/// Failures in a row that open the breaker whatever its window holds, by
+/// default.
+pub(crate) const DEFAULT_IN_A_ROW: u32 = 50;
+/// Probes a half-open breaker lets through to decide, by default.
+pub(crate) const DEFAULT_PROBES: u32 = 1;
+/// How long the breaker stays open before probing, every time, by default.
+pub(crate) const DEFAULT_OPEN: Duration = Duration::from_millis(100);
+
 /// The longest open time accepted (about 30 years).
 pub(crate) const MAX_OPEN: Duration = crate::deadline::MAX_BUDGET;
 
@@ -172,20 +187,20 @@ impl Default for Settings {
     fn default() -> Self {
         Settings {
             tuning: super::BreakerTuning {
-                failure_rate_threshold: 0.5,
+                failure_rate_threshold: DEFAULT_FAILURE_RATE,
                 slow_call_rate_threshold: 1.0,
-                minimum_calls: 100,
-                consecutive_failures: None,
-                open_duration: Duration::from_secs(60),
-                open_multiplier: 2.0,
+                minimum_calls: DEFAULT_MINIMUM_CALLS,
+                consecutive_failures: Some(DEFAULT_IN_A_ROW),
+                open_duration: DEFAULT_OPEN,
+                open_multiplier: 1.0,
                 max_open_duration: Duration::from_secs(600),
             },
             name: Name::from(KIND),
             observer: Observer::none(),
-            window: SlidingWindow::default(),
+            window: SlidingWindow::time(DEFAULT_WINDOW),
             slow_call_duration: Duration::MAX,
             rate_trips: true,
-            permitted_in_half_open: 10,
+            permitted_in_half_open: DEFAULT_PROBES,
             open_jitter: 0.0,
             seed: None,
             backpressure: false,
@@ -218,14 +233,15 @@ impl<C> CircuitBreakerBuilder<C> {
         "The observer every event goes to. Default: none."
     );
 
-    /// The sliding window. Default: the last 100 calls.
+    /// The sliding window. Default: the last 10 s of calls
+    /// (`SlidingWindow::time(Duration::from_secs(10))`, 10 buckets).
     pub fn window(mut self, window: SlidingWindow) -> Self {
         self.settings.window = window;
         self
     }
 
     /// Opens when the failure rate is at or above this (`0 < t <= 1`).
-    /// Default: 0.5.
+    /// Default: 0.8.
     pub fn failure_rate_threshold(mut self, threshold: f64) -> Self {
         self.settings.tuning.failure_rate_threshold = threshold;
         self
@@ -257,16 +273,23 @@ impl<C> CircuitBreakerBuilder<C> {
 
     /// Rates are judged only once the window holds this many calls (at least
     /// 1; for a count window of `n` calls, `min(minimum_calls, n)` applies).
-    /// Default: 100.
+    /// Default: 20.
     pub fn minimum_calls(mut self, calls: u32) -> Self {
         self.settings.tuning.minimum_calls = calls;
         self
     }
 
     /// Also open after `n` failures in a row (at least 1), whatever the
-    /// window says. Default: off.
+    /// window says. Default: 50.
     pub fn consecutive_failures(mut self, n: u32) -> Self {
         self.settings.tuning.consecutive_failures = Some(n);
+        self
+    }
+
+    /// Opens on the window's rates only, never on a run of failures in a
+    /// row (the default opens after 50).
+    pub fn without_consecutive_failures(mut self) -> Self {
+        self.settings.tuning.consecutive_failures = None;
         self
     }
 
@@ -280,20 +303,20 @@ impl<C> CircuitBreakerBuilder<C> {
 
     /// Probe calls let through in half-open (`1..=65_535`); the breaker closes
     /// if their failure and slow-call rates are below the thresholds, and
-    /// opens again otherwise. Default: 10.
+    /// opens again otherwise. Default: 1.
     pub fn permitted_calls_in_half_open(mut self, calls: u32) -> Self {
         self.settings.permitted_in_half_open = calls;
         self
     }
 
-    /// The open time after a first trip. Default: 60 s.
+    /// The open time after a first trip. Default: 100 ms.
     pub fn open_duration(mut self, duration: Duration) -> Self {
         self.settings.tuning.open_duration = duration;
         self
     }
 
     /// Each further trip before a healthy close multiplies the open time by
-    /// this (at least 1; 1 keeps it constant). Default: 2.
+    /// this (at least 1; 1 keeps it constant). Default: 1.
     pub fn open_multiplier(mut self, multiplier: f64) -> Self {
         self.settings.tuning.open_multiplier = multiplier;
         self
@@ -348,8 +371,9 @@ impl<C> CircuitBreakerBuilder<C> {
     /// Chosen by the surge scenario: a healthy server that sheds load for
     /// 30 s answers "busy" to part of the traffic; counted as failures, those
     /// answers open the breaker, which then refuses *every* call for its open
-    /// time (60 s, then longer on each trip) — a minute of zero goodput for a
-    /// server that was serving most requests. Overload is for the layers
+    /// time, again and again while the surge lasts (with an open time of
+    /// 60 s doubling on each trip, as Resilience4j's, a minute or more of
+    /// zero goodput for a server that was serving most requests). Overload is for the layers
     /// built for it: the retry budget, the client throttle, the adaptive
     /// limit. Turn this on for a dependency whose "busy" answers really mean
     /// it is down (a proxy answering 503 for a dead backend).

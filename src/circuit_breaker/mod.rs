@@ -50,8 +50,9 @@
 //!   rate is at or above `failure_rate_threshold`, or when the share of calls
 //!   slower than `slow_call_duration` (successes and failures alike) is at or
 //!   above `slow_call_rate_threshold`. The window really slides: after 1 000
-//!   successes, a 10-call window at 50 % opens after 5 failures. Optionally,
-//!   `consecutive_failures(n)` opens after `n` failures in a row.
+//!   successes, a 10-call window at 50 % opens after 5 failures. A run of
+//!   `consecutive_failures` in a row (50 by default) opens it whatever the
+//!   window holds.
 //! - **Open**: calls are rejected at once with [`CircuitOpen`], whose
 //!   `retry_after` is the time left until half-open stretched by a factor in
 //!   `[1, 1.5)`, different for each refusal (a sequence seeded by the
@@ -130,29 +131,56 @@
 //!
 //! # Defaults
 //!
-//! The defaults and their meaning are Resilience4j's, but for slow calls,
-//! which are off unless `slow_call_duration` is set (Resilience4j counts a
-//! call over 60 s as slow and opens when all of the window's calls are).
-//! The scenario: a dependency answering every call within its timeout, only
-//! slowly, is answering, and shutting it off would fail every call instead
-//! of none. A call that takes too long is ended by a timeout
-//! ([`AttemptTimeoutLayer`](crate::deadline::AttemptTimeoutLayer)) and
-//! counted as a failure. With slow calls off, a count window and no
-//! observer, a closed breaker reads no clock at all.
+//! A breaker that comes back fast and does not turn a partial failure into
+//! a full one, chosen by the storm simulation (`cargo run --release
+//! --example storm`, asserted in `tests/storm`), the same alone, in a
+//! [`ClientStack`](crate::ClientStack) or per key:
+//!
+//! - a **time window of 10 s**, judged from **20 calls** at **80 %**
+//!   failures, and **50 failures in a row** open it whatever the window
+//!   holds. The run of failures is what opens it at once when a dependency
+//!   dies right after a period of successes (an outage following a
+//!   brownout: 0.48 attempts per request reached the dead backend on the
+//!   window alone). 80 % and 50, not Resilience4j's 50 % and a run of 20:
+//!   with one route of two broken (`tests/storm`, one route down), the
+//!   retries of the broken route's requests make two attempts in three
+//!   fail, runs of 20 happen by chance, and the breaker took the healthy
+//!   route down with it (32 % served, where a client without protection
+//!   served 66 %; 66 % now). A dependency behind a load shedder that
+//!   answers a bare 503 is not shut off either;
+//! - **open 100 ms, every time** (no growth), then **1 probe**: a
+//!   dependency that comes back is served again within about 0.1 s (a
+//!   flapping dependency, down 2 s in every 5: 58.2 % served against 60 %
+//!   possible; open 1 s with 5 probes, each recovery refused up to a second
+//!   of calls, and 0.25 s still refused up to a quarter of one;
+//!   Resilience4j's 60 s doubling to 600 s left it refused for the rest of
+//!   the run). A dead dependency gets a probe every 100 ms or so: 0.07
+//!   attempts per request in the flapping dependency's down phases;
+//! - **no slow calls** unless `slow_call_duration` is set (Resilience4j
+//!   counts a call over 60 s as slow and opens when all of the window's
+//!   calls are). A dependency answering every call within its timeout,
+//!   only slowly, is answering, and shutting it off would fail every call
+//!   instead of none. A call that takes too long is ended by a timeout
+//!   ([`AttemptTimeoutLayer`](crate::deadline::AttemptTimeoutLayer)) and
+//!   counted as a failure.
+//!
+//! A time window reads the clock as each call ends; with a count window
+//! (`.window(SlidingWindow::count(100))`), slow calls off and no observer,
+//! a closed breaker reads no clock at all.
 //!
 //! | setting | default |
 //! |---|---|
-//! | `window` | [`SlidingWindow::Count`]`(100)` (a time window defaults to 10 buckets) |
-//! | `minimum_calls` | 100 |
-//! | `failure_rate_threshold` | 0.5 (50 %) |
+//! | `window` | the last 10 s, in 10 buckets ([`SlidingWindow::time`]) |
+//! | `minimum_calls` | 20 |
+//! | `failure_rate_threshold` | 0.8 (80 %) |
+//! | `consecutive_failures` | 50 (`without_consecutive_failures()` turns it off) |
 //! | `slow_call_rate_threshold` | 1.0 (100 %) |
 //! | `slow_call_duration` | none (`Duration::MAX`: no call is slow) |
-//! | `permitted_calls_in_half_open` | 10 |
-//! | `open_duration` | 60 s |
-//! | `open_multiplier` | 2 (60 s, 120 s, 240 s, … on repeated trips) |
+//! | `permitted_calls_in_half_open` | 1 |
+//! | `open_duration` | 100 ms |
+//! | `open_multiplier` | 1 (the same open time on every trip) |
 //! | `max_open_duration` | 600 s |
 //! | `open_jitter` | 0 |
-//! | `consecutive_failures` | off |
 //! | `backpressure` | off |
 //! | `name` | `"circuit_breaker"` |
 //!

@@ -11,7 +11,7 @@ use super::classify::DependencyFailures;
 use super::part::{HedgePart, HoldPoint, InnerTimeout, Skip, StackPart, part_name, stack_timers};
 use crate::bulkhead::{Bulkhead, BulkheadBuilder, BulkheadHandle, BulkheadLayer};
 use crate::circuit_breaker::{
-    CircuitBreaker, CircuitBreakerBuilder, CircuitBreakerHandle, CircuitBreakerLayer, SlidingWindow,
+    CircuitBreaker, CircuitBreakerBuilder, CircuitBreakerHandle, CircuitBreakerLayer,
 };
 use crate::deadline::{
     AttemptTimeoutLayer, AttemptTimeoutService, DeadlineLayer, DeadlineService, InnerTimers,
@@ -27,19 +27,6 @@ const KIND: &str = "client_stack";
 
 /// Attempts in flight to one dependency at most.
 const BULKHEAD_MAX_CONCURRENT: usize = 256;
-/// The stack's breaker window: the last 10 s of calls.
-const BREAKER_WINDOW: Duration = Duration::from_secs(10);
-/// Calls in the window before the stack's breaker judges a rate.
-const BREAKER_MINIMUM_CALLS: u32 = 20;
-/// The share of failed calls in the window that opens the stack's breaker.
-const BREAKER_FAILURE_RATE: f64 = 0.8;
-/// Failures in a row that open the stack's breaker whatever its window
-/// holds.
-const BREAKER_IN_A_ROW: u32 = 50;
-/// Probes a half-open breaker lets through to decide.
-const BREAKER_PROBES: u32 = 1;
-/// How long the stack's breaker stays open before probing, every time.
-const BREAKER_OPEN: Duration = Duration::from_millis(100);
 
 /// The recommended client stack, as one layer; start with
 /// [`ClientStack::builder`].
@@ -256,17 +243,10 @@ impl ClientStack {
             retry: RetryLayer::builder().name(part_name(&name, "retry")),
             breaker: CircuitBreakerLayer::builder()
                 .name(part_name(&name, "breaker"))
-                .classifier(DependencyFailures)
-                .window(SlidingWindow::time(BREAKER_WINDOW))
-                .minimum_calls(BREAKER_MINIMUM_CALLS)
-                .failure_rate_threshold(BREAKER_FAILURE_RATE)
-                .consecutive_failures(BREAKER_IN_A_ROW)
-                .permitted_calls_in_half_open(BREAKER_PROBES)
-                .open_duration(BREAKER_OPEN)
-                // No call is slow (the breaker's default) unless
-                // `slow_call_duration` is set: a call that ends within its
-                // attempt timeout was answered.
-                .open_multiplier(1.0),
+                // The breaker's own defaults, chosen by the storm; no
+                // call is slow unless `slow_call_duration` is set: a call
+                // that ends within its attempt timeout was answered.
+                .classifier(DependencyFailures),
             inner: Skip,
             outer: Identity::new(),
             hedge: Skip,
@@ -291,29 +271,10 @@ impl ClientStack {
 /// - instance names derived from the stack name (`"{name}.retry"`, …);
 /// - the breaker classifier [`DependencyFailures`] (a full bulkhead below the
 ///   breaker says nothing about the dependency: not counted);
-/// - a breaker that comes back fast and does not turn a partial failure
-///   into a full one, chosen by the storm simulation (`cargo run --release
-///   --example storm`, asserted in `tests/storm`):
-///   - a **time window of 10 s**, judged from **20 calls** at **80 %**
-///     failures, and **50 failures in a row** open it whatever the window
-///     holds. The run of failures is what opens it at once when a dependency
-///     dies right after a period of successes (an outage following a
-///     brownout: 0.48 attempts per request reached the dead backend on the
-///     window alone). 80 % and 50, not Resilience4j's 50 % and a run of 20:
-///     with one route of two broken (`tests/storm`, one route down), the
-///     retries of the broken route's requests make two attempts in three
-///     fail, runs of 20 happen by chance, and the breaker took the healthy
-///     route down with it (32 % served, where a client without protection
-///     served 66 %; 66 % now). A dependency behind a load shedder that
-///     answers a bare 503 is not shut off either;
-///   - **open 100 ms, every time** (no growth), then **1 probe**: a
-///     dependency that comes back is served again within about 0.1 s (a
-///     flapping dependency, down 2 s in every 5: 58.2 % served against 60 %
-///     possible; open 1 s with 5 probes, each recovery refused up to a
-///     second of calls, and 0.25 s still refused up to a quarter of one;
-///     Resilience4j's 60 s doubling to 600 s left it refused for the rest of
-///     the run). A dead dependency gets a probe every 100 ms or so: 0.07
-///     attempts per request in the flapping dependency's down phases;
+/// - the breaker's own defaults, which the storm chose for this stack (see
+///   [the breaker's defaults](crate::circuit_breaker#defaults)): a time
+///   window of 10 s judged from 20 calls at 80 % failures, or 50 failures
+///   in a row; open 100 ms every time, then 1 probe;
 /// - a bulkhead of **256** attempts in flight (the layer's own default is
 ///   25): a guard on this process's memory, not a limiter. At 25 it was the
 ///   client's bulkhead, blind to priorities, that turned the storm's surges

@@ -110,14 +110,26 @@ macro_rules! assert_hint {
     }};
 }
 
-/// A breaker with the defaults but a window of the last `n` calls, judged
-/// once it holds all `n`.
+/// A breaker with Resilience4j's settings and a window of the last `n`
+/// calls, judged once it holds all `n`.
 fn judged_over(n: u32) -> CircuitBreakerLayer {
-    CircuitBreakerLayer::builder()
+    resilience4j()
         .window(SlidingWindow::count(n))
         .minimum_calls(n)
         .build()
         .unwrap()
+}
+
+/// Resilience4j's settings: 50 % failures, no run of failures in a row,
+/// open 60 s doubling on each trip up to 600 s, 10 probes.
+fn resilience4j()
+-> seawall::circuit_breaker::CircuitBreakerBuilder<seawall::classify::ErrorsAsFailures> {
+    CircuitBreakerLayer::builder()
+        .failure_rate_threshold(0.5)
+        .without_consecutive_failures()
+        .open_duration(Duration::from_secs(60))
+        .open_multiplier(2.0)
+        .permitted_calls_in_half_open(10)
 }
 
 /// A breaker opened by `in_a_row` failures in a row, for a steady 100 ms,
@@ -144,10 +156,9 @@ fn transitions(rec: &Recorder) -> Vec<(State, State)> {
 
 #[tokio::test(start_paused = true)]
 async fn count_window_slides_after_1000_successes() {
-    let layer = CircuitBreakerLayer::builder()
+    let layer = resilience4j()
         .window(SlidingWindow::count(10))
         .minimum_calls(10)
-        .failure_rate_threshold(0.5)
         .build()
         .unwrap();
     let handle = layer.handle();
@@ -169,7 +180,7 @@ async fn count_window_slides_after_1000_successes() {
     );
     assert_eq!(handle.state(), State::Open);
     assert_eq!(handle.failure_rate(), Some(0.5));
-    // Default open time: 60 s.
+    // Open 60 s.
     assert_hint!(
         retry_after(call(&mut svc, OK).await),
         Some(Duration::from_secs(60))
@@ -262,7 +273,7 @@ async fn slow_calls_trip_with_zero_errors() {
 }
 
 /// With the defaults no call is slow, however long it takes, and the
-/// breaker, keeping no time while closed, still opens for its full open
+/// breaker, keeping no time while closed (a count window), still opens for its full open
 /// time from the call that opened it, and turns half-open exactly then.
 #[tokio::test(start_paused = true)]
 async fn by_default_no_call_is_slow_and_the_open_time_runs_from_the_trip() {
@@ -282,7 +293,7 @@ async fn by_default_no_call_is_slow_and_the_open_time_runs_from_the_trip() {
     assert_eq!(handle.state(), State::Closed);
     call(&mut svc, FAIL).await.unwrap_err();
     assert_eq!(handle.state(), State::Open);
-    // 60 s (the default open time) from that failure, not from anything before.
+    // 60 s (the open time) from that failure, not from anything before.
     assert_eq!(handle.retry_after(), Some(Duration::from_secs(60)));
     advance(Duration::from_secs(59)).await;
     assert_hint!(
@@ -490,7 +501,7 @@ async fn open_time_grows_caps_and_resets_after_a_healthy_close() {
 #[tokio::test(start_paused = true)]
 async fn jittered_open_time_is_seedable_and_bounded() {
     async fn sequence(seed: u64) -> Vec<Duration> {
-        let layer = CircuitBreakerLayer::builder()
+        let layer = resilience4j()
             .window(SlidingWindow::count(1))
             .minimum_calls(1)
             .permitted_calls_in_half_open(1)
@@ -584,7 +595,7 @@ async fn callers_refused_together_are_told_to_come_back_spread_out() {
 
 #[tokio::test(start_paused = true)]
 async fn half_open_lets_exactly_the_permitted_probes_through() {
-    let layer = CircuitBreakerLayer::builder()
+    let layer = resilience4j()
         .window(SlidingWindow::count(2))
         .minimum_calls(2)
         .permitted_calls_in_half_open(3)
@@ -783,7 +794,7 @@ async fn rejections_from_layers_below_count_as_failures() {
 #[tokio::test(start_paused = true)]
 async fn a_custom_classifier_decides_what_fails() {
     // Responses of 500 and above fail; errors do not count as failures here.
-    let layer = CircuitBreakerLayer::builder()
+    let layer = resilience4j()
         .window(SlidingWindow::count(3))
         .minimum_calls(3)
         .classifier(|r: Result<&u16, &BoxError>| match r {
@@ -935,7 +946,7 @@ async fn ignored_calls_neither_extend_nor_break_a_failure_run() {
 #[tokio::test(start_paused = true)]
 async fn an_ignored_probe_frees_its_slot_without_counting() {
     let rec = Recorder::new();
-    let layer = CircuitBreakerLayer::builder()
+    let layer = resilience4j()
         .window(SlidingWindow::count(1))
         .minimum_calls(1)
         .permitted_calls_in_half_open(2)
@@ -1080,7 +1091,11 @@ fn builder_refuses_nonsense() {
     assert!(msg(b().open_multiplier(0.5).build()).contains("open_multiplier"));
     assert!(msg(b().open_multiplier(f64::NAN).build()).contains("open_multiplier"));
     assert!(
-        msg(b().max_open_duration(Duration::from_secs(1)).build()).contains("max_open_duration")
+        msg(b()
+            .open_duration(Duration::from_secs(2))
+            .max_open_duration(Duration::from_secs(1))
+            .build())
+        .contains("max_open_duration")
     );
     assert!(msg(b().open_jitter(-0.1).build()).contains("open_jitter"));
     assert_eq!(

@@ -118,6 +118,7 @@ where
         let layer = CircuitBreakerLayer::builder()
             .window(SlidingWindow::count(1000))
             .minimum_calls(1000)
+            .without_consecutive_failures()
             .classifier(classifier)
             .build()
             .unwrap();
