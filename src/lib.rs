@@ -91,8 +91,8 @@
 //! Layers: `deadline`, `retry`, `circuit-breaker`, `bulkhead`, `shed`,
 //! `rate-limit`, `hedge`, `fallback`, `eject`, `keyed` (all on by default) and
 //! `chaos`. Integrations (opt-in): `http`, `axum`, `tonic`, `metrics`,
-//! `redis`, `serde` (settings from files), `tonic-channel` (a balanced tonic
-//! channel with ejection); `full` turns everything on. The protocol presets
+//! `opentelemetry`, `redis`, `serde` (settings from files), `tonic-channel`
+//! (a balanced tonic channel with ejection); `full` turns everything on. The protocol presets
 //! need `http` (HTTP) or `tonic` (gRPC).
 #![forbid(unsafe_code)]
 #![warn(

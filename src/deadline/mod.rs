@@ -86,8 +86,8 @@
 //!           └─ [PropagateDeadlineLayer] └─ client
 //! ```
 //!
-//! With a 1 s budget and 300 ms per try, attempts start at 0, 300, 600 and
-//! 900 ms; the fourth gets only the 100 ms left and ends the request at
+//! With a 1 s budget, 300 ms per try, `max_attempts(4)` and no backoff,
+//! attempts start at 0, 300, 600 and 900 ms; the fourth gets only the 100 ms left and ends the request at
 //! exactly 1 s with `DeadlineExceeded`.
 //!
 //! ```

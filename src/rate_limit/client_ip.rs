@@ -205,12 +205,14 @@ impl ClientIp {
         let mut last = peer;
         let mut hops = 0usize;
         // Later header lines were appended by later proxies: walk them last first.
+        // A line is read by its parts, last first, and a part only as it is
+        // reached: proxies append the address they saw to the line the client
+        // wrote, and a byte the client put before it must not hide it.
         for value in headers.get_all(name).iter().rev() {
-            let s = value
-                .to_str()
-                .map_err(|_| MissingKey::new(input, "malformed"))?;
-            for part in s.rsplit(',') {
-                let part = part.trim();
+            for part in value.as_bytes().rsplit(|&b| b == b',') {
+                let part = std::str::from_utf8(part)
+                    .map_err(|_| MissingKey::new(input, "malformed"))?
+                    .trim();
                 if part.is_empty() {
                     continue;
                 }
@@ -300,6 +302,30 @@ mod tests {
         assert_eq!(c.client(ip("10.0.0.1"), &h), Ok(ip("10.1.1.1")));
         // malformed client slot
         let h = headers("x-forwarded-for", &["1.1.1.1, unknown, 10.0.0.9"]);
+        assert_eq!(
+            c.client(ip("10.0.0.1"), &h),
+            Err(MissingKey::new("x-forwarded-for", "malformed"))
+        );
+    }
+
+    /// A client that writes a byte that is not text into its own
+    /// `X-Forwarded-For` line keeps its key: its proxy appended the address
+    /// it saw to that line, and that part is read first.
+    #[test]
+    fn a_byte_the_client_wrote_does_not_hide_the_address_its_proxy_added() {
+        let c = ClientIp::new().trust("10.0.0.0/8").unwrap();
+        let mut h = http::HeaderMap::new();
+        h.append(
+            X_FORWARDED_FOR,
+            http::HeaderValue::from_bytes(b"\xff, 203.0.113.7").unwrap(),
+        );
+        assert_eq!(c.client(ip("10.0.0.1"), &h), Ok(ip("203.0.113.7")));
+        // Reached through trusted proxies only, the byte is the client's slot.
+        let mut h = http::HeaderMap::new();
+        h.append(
+            X_FORWARDED_FOR,
+            http::HeaderValue::from_bytes(b"\xff, 10.0.0.7").unwrap(),
+        );
         assert_eq!(
             c.client(ip("10.0.0.1"), &h),
             Err(MissingKey::new("x-forwarded-for", "malformed"))

@@ -65,8 +65,14 @@ pin_project! {
         by_max: Instant,
         deadline: Option<Instant>,
         key: Result<Key, MissingKey>,
+        // A service of its own, made ready once the request is admitted:
+        // the layer's own service, polled ready by its caller, stays with
+        // the layer, and a reservation it holds (a concurrency permit, a
+        // channel's slot) is not kept through the wait.
         svc: Option<S>,
         req: Option<Req>,
+        // Admitted, its service not ready yet (with its status).
+        admitted: Option<Option<RateLimitStatus>>,
         shared: Arc<Shared<X, D>>,
     }
 }
@@ -85,8 +91,10 @@ pin_project! {
         by_max: Option<Instant>,
         deadline: Option<Instant>,
         key: Result<Key, MissingKey>,
+        // As `Wait`'s.
         svc: Option<S>,
         req: Option<Req>,
+        admitted: Option<Option<RateLimitStatus>>,
         shared: Arc<Shared<X, D>>,
     }
 }
@@ -209,6 +217,7 @@ impl<F, S, Req, X, D> ResponseFuture<F, S, Req, X, D> {
                     key,
                     svc: Some(svc),
                     req: Some(req),
+                    admitted: None,
                     shared: shared.clone(),
                 }),
             },
@@ -245,6 +254,7 @@ impl<F, S, Req, X, D> ResponseFuture<F, S, Req, X, D> {
                     key,
                     svc: Some(svc),
                     req: Some(req),
+                    admitted: None,
                     shared: shared.clone(),
                 }),
             },
@@ -252,7 +262,10 @@ impl<F, S, Req, X, D> ResponseFuture<F, S, Req, X, D> {
     }
 }
 
-/// What to do after a decision made inside the future.
+/// What to do after a decision made inside the future: `None` when the
+/// request is admitted (`admitted` is set, and its service is made ready
+/// before it is called).
+#[allow(clippy::too_many_arguments)]
 fn next<F, S, Req, X, D>(
     (verdict, status): (Verdict, Option<RateLimitStatus>),
     by_max: Option<Instant>,
@@ -260,19 +273,18 @@ fn next<F, S, Req, X, D>(
     key: Result<Key, MissingKey>,
     svc: &mut Option<S>,
     req: &mut Option<Req>,
+    admitted: &mut Option<Option<RateLimitStatus>>,
     shared: &Arc<Shared<X, D>>,
-) -> State<F, S, Req, X, D>
+) -> Option<State<F, S, Req, X, D>>
 where
     S: Service<Req, Future = F>,
     D: Decorate<S::Response>,
 {
-    match verdict {
-        Verdict::Admit(_) => match (svc.take(), req.take()) {
-            (Some(mut s), Some(r)) => ResponseFuture::called(shared, status, || s.call(r)).state,
-            _ => State::Rejected {
-                err: Some("rate limit future polled after completion".into()),
-            },
-        },
+    Some(match verdict {
+        Verdict::Admit(_) => {
+            *admitted = Some(status);
+            return None;
+        }
         Verdict::Deny { wait, detail } => match (by_max, wait) {
             (Some(by_max), Some(w)) => {
                 // The rule of the layer's `call`, for a request woken to
@@ -306,7 +318,38 @@ where
                 err: Some(reject(shared, wait, detail)),
             },
         },
+    })
+}
+
+/// An admitted request's own service made ready, then called.
+fn ready_then_call<F, S, Req, X, D>(
+    svc: &mut Option<S>,
+    req: &mut Option<Req>,
+    status: Option<RateLimitStatus>,
+    shared: &Arc<Shared<X, D>>,
+    cx: &mut Context<'_>,
+) -> Poll<State<F, S, Req, X, D>>
+where
+    S: Service<Req, Future = F>,
+    S::Error: Into<BoxError>,
+    D: Decorate<S::Response>,
+{
+    let Some(s) = svc.as_mut() else {
+        return Poll::Ready(State::Rejected {
+            err: Some("rate limit future polled after completion".into()),
+        });
+    };
+    if let Err(e) = ready!(s.poll_ready(cx)) {
+        return Poll::Ready(State::Rejected {
+            err: Some(e.into()),
+        });
     }
+    Poll::Ready(match (svc.take(), req.take()) {
+        (Some(mut s), Some(r)) => ResponseFuture::called(shared, status, || s.call(r)).state,
+        _ => State::Rejected {
+            err: Some("rate limit future polled after completion".into()),
+        },
+    })
 }
 
 impl<F, S, Req, X, D, Res, E> Future for ResponseFuture<F, S, Req, X, D>
@@ -387,39 +430,48 @@ where
                     key,
                     svc,
                     req,
+                    admitted,
                     shared,
                 } = inner.as_mut().project();
-                ready!(sleep.poll(cx));
-                let shared = shared.clone();
-                let cost = req.as_ref().map_or(1, |r| shared.extractor.cost(r));
-                match shared.decide(key, cost, D::ENABLED) {
-                    Step::Now(v, status) => next(
-                        (v, status),
-                        Some(*by_max),
-                        *deadline,
-                        *key,
-                        svc,
-                        req,
-                        &shared,
-                    ),
-                    #[cfg(feature = "redis")]
-                    Step::Redis(call) => match (svc.take(), req.take()) {
-                        (Some(s), Some(r)) => {
-                            ResponseFuture::redis(
-                                call,
-                                Some(*by_max),
-                                *deadline,
-                                *key,
-                                s,
-                                r,
-                                &shared,
-                            )
-                            .state
-                        }
-                        _ => State::Rejected {
-                            err: Some("rate limit future polled after completion".into()),
+                if let Some(status) = *admitted {
+                    ready!(ready_then_call(svc, req, status, shared, cx))
+                } else {
+                    ready!(sleep.poll(cx));
+                    let shared = shared.clone();
+                    let cost = req.as_ref().map_or(1, |r| shared.extractor.cost(r));
+                    match shared.decide(key, cost, D::ENABLED) {
+                        Step::Now(v, status) => match next(
+                            (v, status),
+                            Some(*by_max),
+                            *deadline,
+                            *key,
+                            svc,
+                            req,
+                            admitted,
+                            &shared,
+                        ) {
+                            Some(new) => new,
+                            None => continue,
                         },
-                    },
+                        #[cfg(feature = "redis")]
+                        Step::Redis(call) => match (svc.take(), req.take()) {
+                            (Some(s), Some(r)) => {
+                                ResponseFuture::redis(
+                                    call,
+                                    Some(*by_max),
+                                    *deadline,
+                                    *key,
+                                    s,
+                                    r,
+                                    &shared,
+                                )
+                                .state
+                            }
+                            _ => State::Rejected {
+                                err: Some("rate limit future polled after completion".into()),
+                            },
+                        },
+                    }
                 }
             }
             #[cfg(feature = "redis")]
@@ -434,8 +486,14 @@ where
                     key,
                     svc,
                     req,
+                    admitted,
                     shared,
                 } = inner.as_mut().project();
+                if let Some(status) = *admitted {
+                    let new = ready!(ready_then_call(svc, req, status, shared, cx));
+                    state.set(new);
+                    continue;
+                }
                 let outcome = match call.fut.as_mut().poll(cx) {
                     Poll::Ready(r) => Some(r),
                     Poll::Pending => {
@@ -462,7 +520,19 @@ where
                     }
                     None => shared.decide_local(key, cost, D::ENABLED),
                 };
-                next((v, status), *by_max, *deadline, *key, svc, req, &shared)
+                match next(
+                    (v, status),
+                    *by_max,
+                    *deadline,
+                    *key,
+                    svc,
+                    req,
+                    admitted,
+                    &shared,
+                ) {
+                    Some(new) => new,
+                    None => continue,
+                }
             }
             #[cfg(not(feature = "redis"))]
             StateProj::Redis { inner } => match inner.call {},

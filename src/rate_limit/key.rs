@@ -318,7 +318,8 @@ pub struct Cidr {
 
 impl Cidr {
     /// The network `addr/prefix`; an error if the prefix is longer than the
-    /// address.
+    /// address. An IPv4-mapped IPv6 network (`::ffff:10.0.0.0/104`) is the
+    /// IPv4 network it maps (`10.0.0.0/8`), as addresses are compared.
     pub fn new(addr: IpAddr, prefix: u8) -> Result<Cidr, ConfigError> {
         let max = if addr.is_ipv4() { 32 } else { 128 };
         if prefix > max {
@@ -326,6 +327,14 @@ impl Cidr {
                 "rate_limit",
                 format!("trusted proxy network {addr}/{prefix}: the prefix must be at most {max}"),
             ));
+        }
+        if let IpAddr::V6(v6) = addr {
+            if let (Some(v4), true) = (v6.to_ipv4_mapped(), prefix >= 96) {
+                return Ok(Cidr {
+                    addr: IpAddr::V4(v4),
+                    prefix: prefix - 96,
+                });
+            }
         }
         Ok(Cidr { addr, prefix })
     }
@@ -590,5 +599,11 @@ mod tests {
         assert!(all.contains("8.8.8.8".parse().unwrap()));
         assert!("::ffff:10.0.0.0/8".parse::<Cidr>().is_ok());
         assert!("x/8".parse::<Cidr>().is_err());
+        // An IPv4-mapped network trusts the IPv4 addresses it maps, written
+        // either way.
+        let mapped = Cidr::new("::ffff:10.0.0.0".parse().unwrap(), 104).unwrap();
+        assert!(mapped.contains("10.1.2.3".parse().unwrap()));
+        assert!(mapped.contains("::ffff:10.1.2.3".parse().unwrap()));
+        assert!(!mapped.contains("11.0.0.1".parse().unwrap()));
     }
 }

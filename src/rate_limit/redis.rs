@@ -22,11 +22,19 @@ use super::quota::Quota;
 use crate::error::ConfigError;
 use crate::observe::{EventKind, LayerKind, State};
 
+/// The longest [`RedisBackend::timeout`] accepted.
+const MAX_TIMEOUT: Duration = Duration::from_secs(60);
+/// The shortest [`RedisBackend::probe_interval`] accepted.
+const MIN_PROBE_INTERVAL: Duration = Duration::from_millis(1);
+
 /// GCRA in one atomic step. KEYS[1]: the bucket; ARGV[1]: the period
 /// (emission interval) in µs; ARGV[2]: the burst; ARGV[3]: the request's
 /// cost in cells (at most the burst). Time is Redis server time, so
 /// instances with skewed clocks agree. The key expires when its bucket is
-/// full again (at most one burst window), so Redis memory stays bounded.
+/// full again (at most one burst window), so Redis memory stays bounded. A
+/// bucket owes at most one burst window: a stored time further ahead (Redis's
+/// clock stepped back, a failover to a server whose clock is behind) is
+/// taken as a bucket just emptied, as the local engine does.
 /// Returns {1, remaining, reset_us} or {0, retry_after_us, 0}.
 const GCRA_LUA: &str = r"
 local t = redis.call('TIME')
@@ -36,6 +44,7 @@ local burst = tonumber(ARGV[2])
 local cost = tonumber(ARGV[3])
 local tat = tonumber(redis.call('GET', KEYS[1]))
 if tat == nil or tat < now then tat = now end
+if tat > now + period * burst then tat = now + period * burst end
 local new_tat = tat + period * cost
 local allow_at = new_tat - period * burst
 if now < allow_at then
@@ -288,13 +297,15 @@ impl RedisBackend {
         self
     }
 
-    /// The longest wait for Redis per request (default 50 ms).
+    /// The longest wait for Redis per request (default 50 ms; at most 60 s,
+    /// checked when the limiter is built).
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
     }
 
-    /// How often a degraded limiter tries Redis again (default 1 s).
+    /// How often a degraded limiter tries Redis again (default 1 s; at least
+    /// 1 ms, checked when the limiter is built).
     pub fn probe_interval(mut self, interval: Duration) -> Self {
         self.probe_interval = interval;
         self
@@ -365,10 +376,22 @@ const ANSWERED: u64 = 1 << 63;
 
 impl RedisState {
     pub(crate) fn new(b: RedisBackend, quota: Quota) -> Result<RedisState, ConfigError> {
-        if b.timeout.is_zero() {
+        if b.timeout.is_zero() || b.timeout > MAX_TIMEOUT {
             return Err(ConfigError::new(
                 "rate_limit",
-                "redis timeout must be greater than zero, got 0s",
+                format!(
+                    "redis timeout must be in (0s, {MAX_TIMEOUT:?}], got {:?}",
+                    b.timeout
+                ),
+            ));
+        }
+        if b.probe_interval < MIN_PROBE_INTERVAL {
+            return Err(ConfigError::new(
+                "rate_limit",
+                format!(
+                    "redis probe_interval must be at least {MIN_PROBE_INTERVAL:?} (each probe waits for Redis), got {:?}",
+                    b.probe_interval
+                ),
             ));
         }
         if let FailurePolicy::Local { instances: 0 } = b.policy {

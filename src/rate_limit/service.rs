@@ -21,8 +21,12 @@ use crate::error::BoxError;
 /// the decision is made in `call`: in [`Mode::Reject`] the returned future
 /// fails at once with [`RateLimited`](crate::error::RateLimited); in
 /// [`Mode::Wait`] it waits for a cell before calling the inner service.
-/// Waiting (and the Redis backend's round trip) keeps a clone of the inner
-/// service, which is why the inner service must be `Clone`.
+/// Waiting (and the Redis backend's round trip) takes a clone of the inner
+/// service, made ready once the request is admitted, which is why the inner
+/// service must be `Clone`: the service polled ready stays with the layer
+/// for the next request, and what it reserved when it said "ready" (a
+/// `ConcurrencyLimit` permit, a `Buffer` slot, a backpressure bulkhead's
+/// permit) is not held by a request waiting for its cell.
 pub struct RateLimit<S, X, D> {
     inner: S,
     shared: Arc<Shared<X, D>>,
@@ -112,7 +116,7 @@ where
                     let deadline = crate::deadline::of(&req);
                     let limit = limit_of(now, max, deadline);
                     if now + w <= limit {
-                        let svc = take_ready(&mut self.inner);
+                        let svc = self.inner.clone();
                         return ResponseFuture::waiting(
                             now + w,
                             by_max_of(now, max),
@@ -148,7 +152,7 @@ where
                     Mode::Wait { max } => Some(by_max_of(crate::clock::edge_now(), max)),
                     Mode::Reject => None,
                 };
-                let svc = take_ready(&mut self.inner);
+                let svc = self.inner.clone();
                 let deadline = crate::deadline::of(&req).map(|d| d.instant());
                 ResponseFuture::redis(call, by_max, deadline, key(), svc, req, shared)
             }
@@ -174,11 +178,4 @@ pub(crate) fn limit_of(
 /// The latest admission by the layer's maximum wait alone.
 pub(crate) fn by_max_of(now: Instant, max: std::time::Duration) -> Instant {
     now.checked_add(max).unwrap_or(now)
-}
-
-/// Takes the ready inner service, leaving a clone in its place (tower's
-/// pattern: the service that was polled ready is the one that is called).
-fn take_ready<S: Clone>(inner: &mut S) -> S {
-    let clone = inner.clone();
-    std::mem::replace(inner, clone)
 }

@@ -61,8 +61,8 @@
 //!   its first attempt ends (a success as a request and a success in one
 //!   atomic write); one still in flight is not counted yet. When the budget
 //!   is empty the request fails with its last outcome. During a total outage, 10 000
-//!   requests therefore make at most 10 600 attempts, where a plain
-//!   3-attempt retry makes 30 000.
+//!   requests within one 10 s window therefore make at most 10 600 attempts
+//!   (10 500 and the floor's 100), where a plain 3-attempt retry makes 30 000.
 //! - **Deadline.** The layer reads the task-local [`deadline::current()`](crate::deadline::current).
 //!   It never sleeps a backoff that ends past the deadline and never starts a
 //!   retry with less than `min_remaining` (default 10 ms) left; it then

@@ -119,8 +119,13 @@
 //! fastest answer of the last window (no request could finish in less;
 //! one limit over a cheap route and a costly one must not refuse the cheap
 //! one by the costly one's latency, as the window's average did) cannot
-//! finish in time; it is rejected at admission (event detail `"doomed"`)
-//! instead of taking a slot to die. Turn it off with
+//! finish in time; it is rejected at admission (event detail `"doomed"`,
+//! an [`Overloaded`](crate::error::Overloaded) with a `retry_after`: the
+//! caller's next request may bring a longer budget) instead of taking a
+//! slot to die. Only on current evidence: while the server is busy (half
+//! its limit in flight), on an estimate under two windows old, measured
+//! since the server was last idle; an idle server admits everything.
+//! Turn it off with
 //! [`reject_doomed(false)`](AdaptiveLimitLayerBuilder::reject_doomed).
 //!
 //! ## No queue

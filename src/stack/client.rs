@@ -279,7 +279,7 @@ impl ClientStack {
 ///   25): a guard on this process's memory, not a limiter. At 25 it was the
 ///   client's bulkhead, blind to priorities, that turned the storm's surges
 ///   away, so the server never shed by criticality (critical requests:
-///   56 % served in the priority surge, 78 % with 256 and 1000 below). The
+///   56 % served in the priority surge, 78 % with 256). The
 ///   cost: requests the server sheds are retried within the budget, so
 ///   in the storm's surge 1.32 attempts per request reached the server
 ///   (0.54 when the client's bulkhead turned them away), for the same

@@ -303,6 +303,45 @@ async fn a_million_distinct_keys_never_exceed_the_cap() {
     assert_eq!(layer.tracked_keys(), 0);
 }
 
+/// A request waiting for its cell holds nothing of the service below: over
+/// a concurrency limit of 4, one tenant's requests waiting their turn do
+/// not take the permits another tenant's request needs (the service polled
+/// ready stays with the layer; a waiting request makes a clone of it ready
+/// once admitted).
+#[tokio::test(start_paused = true)]
+async fn a_request_waiting_for_its_cell_holds_no_permit_below() {
+    let layer = RateLimitLayer::builder(Quota::per_second(1))
+        .keyed(|x: &u64| Some(Key::from_u64(*x / 1000)))
+        .wait(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let svc = layer.layer(tower::limit::ConcurrencyLimitLayer::new(4).layer(echo()));
+    let t0 = Instant::now();
+    // Tenant 0: four requests at once on one service, as a connection
+    // sends them; the first is admitted, three wait 1, 2 and 3 s.
+    let mut tenant0 = svc.clone();
+    let mut waiting = Vec::new();
+    for i in 0..4 {
+        waiting.push(tenant0.ready().await.unwrap().call(i));
+    }
+    // Tenant 1 is served at once: the waiting requests hold no permit.
+    let mut tenant1 = svc.clone();
+    let ready = tokio::time::timeout(Duration::from_millis(1), tenant1.ready()).await;
+    assert!(ready.is_ok(), "tenant 1 not ready: permits held by waiters");
+    assert_eq!(ready.unwrap().unwrap().call(1000).await.unwrap(), 1000);
+    assert_eq!(t0.elapsed(), Duration::ZERO);
+    // The waiters are served in their turn.
+    let handles: Vec<_> = waiting
+        .into_iter()
+        .map(|f| tokio::spawn(async move { (f.await, Instant::now()) }))
+        .collect();
+    for (i, h) in handles.into_iter().enumerate() {
+        let (r, at) = h.await.unwrap();
+        assert_eq!(r.unwrap(), i as u64);
+        assert_eq!(at - t0, Duration::from_secs(i as u64));
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn wait_mode_waits_exactly_and_respects_max_wait() {
     let layer = RateLimitLayer::builder(Quota::per_second(1))

@@ -305,6 +305,64 @@ async fn keyed_limits_share_across_instances_and_keys_expire() {
     );
 }
 
+/// A Redis backend's timeout and probe interval are checked when the
+/// limiter is built: a timeout too long to add to the clock, none at all,
+/// or a probe on every request are refused, saying which.
+#[tokio::test]
+async fn redis_settings_are_checked_when_built() {
+    let backend = || RedisBackend::connect("redis://127.0.0.1:1/");
+    let build = |b: RedisBackend| {
+        RateLimitLayer::builder(Quota::per_second(5))
+            .redis(b)
+            .build()
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    };
+    let err = build(backend().await.unwrap().timeout(Duration::MAX)).unwrap_err();
+    assert!(err.contains("redis timeout must be in"), "{err}");
+    let err = build(backend().await.unwrap().timeout(Duration::ZERO)).unwrap_err();
+    assert!(err.contains("redis timeout must be in"), "{err}");
+    let err = build(backend().await.unwrap().probe_interval(Duration::ZERO)).unwrap_err();
+    assert!(err.contains("probe_interval must be at least 1ms"), "{err}");
+    assert!(build(backend().await.unwrap().timeout(Duration::from_secs(60))).is_ok());
+}
+
+/// A bucket stored an hour ahead of Redis's clock (a clock stepped back, a
+/// failover to a server whose clock is behind) owes one burst window, not
+/// an hour: its next request is told to come back within the window.
+#[tokio::test]
+async fn a_bucket_ahead_of_the_clock_owes_at_most_one_window() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let layer = RateLimitLayer::builder(Quota::per_second(5))
+        .keyed(|x: &u64| Some(Key::from_u64(*x)))
+        .name("stepped")
+        .redis(RedisBackend::new(server.connection().await).timeout(Duration::from_secs(1)))
+        .build()
+        .unwrap();
+    let mut conn = server.connection().await;
+    let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(&mut conn).await.unwrap();
+    let an_hour_ahead = secs * 1_000_000 + micros + 3_600_000_000;
+    let _: () = redis::cmd("SET")
+        .arg(b"seawall:stepped:n:\0\0\0\0\0\0\0\x07".as_slice())
+        .arg(an_hour_ahead.to_string())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let mut svc = layer.layer(echo());
+    let err = call(&mut svc, 7).await.unwrap_err();
+    let wait = seawall::error::rejection_of(&err)
+        .and_then(|r| r.retry_after())
+        .expect("a wait");
+    assert!(
+        wait <= Duration::from_secs(1),
+        "told to come back in {wait:?}, more than the 1 s window"
+    );
+    // Another key is untouched.
+    assert!(call(&mut svc, 8).await.is_ok());
+}
+
 #[tokio::test]
 async fn one_redis_round_trip_per_request() {
     let Some(server) = RedisServer::start() else {
