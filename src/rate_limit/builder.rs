@@ -229,6 +229,9 @@ impl<X, D> RateLimitLayerBuilder<X, D> {
     }
 
     /// The quota of the shared fallback bucket (default: the layer's quota).
+    /// A request that the layer's quota lets through but that costs more
+    /// than this quota's burst takes the whole burst (it passes when the
+    /// bucket is full).
     pub fn fallback_quota(mut self, quota: Quota) -> Self {
         self.settings.fallback_quota = Some(quota);
         self
@@ -318,29 +321,35 @@ impl<X, D> RateLimitLayerBuilder<X, D> {
             None => None,
         };
         let primary = if self.settings.keyed {
-            Primary::Keyed(KeyedBuckets::new(local_quota, self.settings.keys)?)
+            Primary::Keyed(KeyedBuckets::new(local_quota, self.settings.keys)?.stand_in())
         } else {
-            Primary::Global(Bucket::new(local_quota, "quota")?)
+            Primary::Global(Bucket::new(local_quota, "quota")?.stand_in())
         };
         let global = match self.settings.global {
             Some(q) => Some(Bucket::new(q, "global_quota")?),
             None => None,
         };
         let fallback_bucket = match self.settings.fallback {
-            Fallback::SharedBucket => Some(Bucket::new(
-                self.settings.fallback_quota.unwrap_or(local_quota),
-                "fallback_quota",
-            )?),
+            Fallback::SharedBucket => Some(
+                Bucket::new(
+                    self.settings.fallback_quota.unwrap_or(local_quota),
+                    "fallback_quota",
+                )?
+                .stand_in(),
+            ),
             Fallback::Reject => None,
         };
         let overflow = match (self.settings.keyed, self.settings.fallback) {
-            (true, Fallback::SharedBucket) => Some(KeyedBuckets::new(
-                self.settings.fallback_quota.unwrap_or(local_quota),
-                KeyedSettings {
-                    max_keys: OVERFLOW_NETWORKS,
-                    ..self.settings.keys
-                },
-            )?),
+            (true, Fallback::SharedBucket) => Some(
+                KeyedBuckets::new(
+                    self.settings.fallback_quota.unwrap_or(local_quota),
+                    KeyedSettings {
+                        max_keys: OVERFLOW_NETWORKS,
+                        ..self.settings.keys
+                    },
+                )?
+                .stand_in(),
+            ),
             _ => None,
         };
         Ok(RateLimitLayer {

@@ -191,6 +191,21 @@ pub(crate) struct Bucket {
     quota: QuotaCell,
     start: Instant,
     tat: AtomicU64,
+    drains: bool,
+}
+
+/// The cost a bucket charges: a stand-in for the layer's quota (a share of
+/// it while Redis is down, the keyless fallback's) charges a request that
+/// the layer's quota lets through, but that costs more than its own burst,
+/// the whole burst: it passes when the bucket is full, where it would never
+/// pass.
+#[inline(always)]
+fn charged(drains: bool, quota: &QuotaCell, cost: u32) -> u32 {
+    if drains && cost > 1 {
+        cost.min(quota.burst())
+    } else {
+        cost
+    }
 }
 
 impl Bucket {
@@ -199,19 +214,29 @@ impl Bucket {
             quota: QuotaCell::new(quota, what)?,
             start: crate::clock::edge_now(),
             tat: AtomicU64::new(0),
+            drains: false,
         })
+    }
+
+    /// A stand-in for the layer's quota: a request costing more than this
+    /// bucket's burst (but within the layer's, which the layer checks)
+    /// takes the whole burst.
+    pub(crate) fn stand_in(mut self) -> Self {
+        self.drains = true;
+        self
     }
 
     /// `cost` cells (at least 1). `want_status`: compute `remaining` /
     /// `reset` (a division), only needed for response headers; otherwise
-    /// both read 0. A cost above the burst is refused with [`NEVER`].
+    /// both read 0. A cost above the burst is refused with [`NEVER`] (a
+    /// stand-in charges the burst).
     #[inline]
     pub(crate) fn check(&self, cost: u32, want_status: bool) -> Result<Admit, Duration> {
         gcra(
             &self.tat,
             &self.quota,
             nanos_since(self.start),
-            cost,
+            charged(self.drains, &self.quota, cost),
             want_status,
         )
     }
@@ -256,6 +281,7 @@ pub(crate) struct KeyedBuckets {
     /// Keys inserted so far.
     inserts: AtomicU64,
     settings: KeyedSettings,
+    drains: bool,
 }
 
 impl KeyedBuckets {
@@ -279,7 +305,14 @@ impl KeyedBuckets {
             map: BoundedMap::new(settings.max_keys, settings.min_sweep_interval),
             inserts: AtomicU64::new(0),
             settings,
+            drains: false,
         })
+    }
+
+    /// As [`Bucket::stand_in`].
+    pub(crate) fn stand_in(mut self) -> Self {
+        self.drains = true;
+        self
     }
 
     /// One check; `Err(())` for a new key at the cap. The second value says
@@ -308,6 +341,7 @@ impl KeyedBuckets {
     #[inline]
     pub(crate) fn check(&self, key: &Key, cost: u32, want_status: bool) -> KeyedCheck {
         let now = nanos_since(self.start);
+        let cost = charged(self.drains, &self.quota, cost);
         let (r, sweep_due) = match self.check_once(key, now, cost, want_status) {
             // New key at the cap: evict idle keys (if a sweep is allowed
             // now), then try once more.

@@ -70,7 +70,9 @@ pub enum FailurePolicy {
     FailClosed,
     /// Limit locally with the quota divided by `instances` (the number of
     /// instances sharing the Redis quota), so the fleet as a whole keeps about
-    /// the same limit.
+    /// the same limit. A request costing more than the divided burst (but
+    /// within the quota's) takes the whole divided burst: it passes when the
+    /// local bucket is full.
     Local {
         /// How many instances share the quota (at least 1).
         instances: u32,

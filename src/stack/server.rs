@@ -20,6 +20,15 @@ use crate::shed::{AdaptiveLimit, AdaptiveLimitLayer, AdaptiveLimitLayerBuilder};
 
 const KIND: &str = "server_stack";
 
+/// The server stacks' margin per hop: taken off the time a client says
+/// it has, so that the server's own answer (504, `DEADLINE_EXCEEDED`)
+/// reaches the client before the client's timer fires. Without it both
+/// fire at the same instant and the same call ends sometimes as the
+/// server's answer, sometimes as the client's timeout (seen on loopback
+/// with the client preset's attempt timeout).
+#[cfg(feature = "http")]
+pub(crate) const HOP_MARGIN: Duration = Duration::from_millis(10);
+
 /// Handlers in flight at most, whatever the adaptive limit says: a guard on
 /// memory, at twice the adaptive limit's default maximum (`QueueDelay`,
 /// 1000), so that the adaptive limit (which sheds by priority) is what
@@ -461,7 +470,10 @@ impl<R, P> ServerStackBuilder<Skip, R, P> {
     /// Reads the client's deadline from `grpc-timeout` and
     /// `x-request-timeout-ms` outermost (feature `http`; requests must be
     /// `http::Request`s), configured by `f` from the ingress layer's defaults
-    /// (no margin; the cap is the stack's total budget, or a lower
+    /// with the protocol presets' 10 ms margin per hop (so that this
+    /// server's 504 reaches the client before the client's own timer fires;
+    /// `.margin(Duration::ZERO)` for none; the cap is the stack's total
+    /// budget, or a lower
     /// [`max`](crate::deadline::propagate::DeadlineFromHeadersLayerBuilder::max)
     /// if you set one, which then bounds requests without a header too).
     ///
@@ -505,7 +517,8 @@ impl<R, P> ServerStackBuilder<Skip, R, P> {
     ) -> ServerStackBuilder<crate::deadline::propagate::DeadlineFromHeadersLayerBuilder, R, P> {
         let part = f(
             crate::deadline::propagate::DeadlineFromHeadersLayer::builder()
-                .name(part_name(&self.common.name, "ingress")),
+                .name(part_name(&self.common.name, "ingress"))
+                .margin(HOP_MARGIN),
         );
         self.with_ingress(part)
     }

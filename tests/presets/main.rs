@@ -1785,16 +1785,16 @@ async fn a_server_budget_above_30_s_caps_what_callers_ask_for() {
     assert_eq!(ask!(capped, Some("45000")), "9990");
     assert_eq!(ask!(capped, None::<&str>), "10000");
 
-    // The generic builder's header ingress caps alike (no margin there): a
-    // caller that asks for 45 s gets 45 s, not the ingress's 30 s default
-    // while one that asks nothing gets 60.
+    // The generic builder's header ingress caps alike (with the same 10 ms
+    // margin): a caller that asks for 45 s gets 45 s less the margin, not
+    // the ingress's 30 s default, while one that asks nothing gets 60.
     let generic = seawall::stack::ServerStack::builder("events")
         .total_budget(Duration::from_secs(60))
         .deadline_from_headers(|d| d)
         .build()
         .unwrap()
         .layer(handler);
-    assert_eq!(ask!(generic, Some("45000")), "45000");
-    assert_eq!(ask!(generic, Some("90000")), "60000");
+    assert_eq!(ask!(generic, Some("45000")), "44990");
+    assert_eq!(ask!(generic, Some("90000")), "59990");
     assert_eq!(ask!(generic, None::<&str>), "60000");
 }

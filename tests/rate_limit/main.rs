@@ -927,6 +927,31 @@ mod honest_policy {
 
 // ---------------------------------------------------------------- weighted cost
 
+/// A keyless request that the quota lets through but that costs more than
+/// the keyless fallback's own burst takes that whole burst: it passes when
+/// the fallback bucket is full, and the next one is told its real wait (it
+/// was refused for good, with no `retry_after`).
+#[tokio::test(start_paused = true)]
+async fn a_request_above_a_stand_in_bucket_s_burst_takes_its_whole_burst() {
+    let layer = RateLimitLayer::builder(Quota::per_second(10))
+        .keyed(|n: &u64| (*n >= 1000).then(|| Key::from_u64(*n)))
+        .cost(|n: &u64| if *n < 1000 { *n as u32 } else { 1 })
+        .fallback_quota(Quota::per_second(2))
+        .build()
+        .unwrap();
+    let mut svc = layer.layer(echo());
+    // Keyless, 5 cells against the fallback's burst of 2: admitted.
+    assert!(call(&mut svc, 5).await.is_ok());
+    // The bucket is empty: the next waits for its 2 cells, 1 s.
+    let err = call(&mut svc, 5).await.unwrap_err();
+    assert_eq!(retry_after(&err), Some(Duration::from_secs(1)));
+    advance(Duration::from_secs(1)).await;
+    assert!(call(&mut svc, 5).await.is_ok());
+    // Above the quota's own burst, refused for good as before.
+    let err = call(&mut svc, 11).await.unwrap_err();
+    assert_eq!(retry_after(&err), None);
+}
+
 /// A request costs what its cost function says: an 8-cell request takes
 /// 8 of a burst of 10; a 4-cell one then waits for the 2 cells it lacks
 /// (200 ms at 10 a second) and says so; a request above the burst is refused

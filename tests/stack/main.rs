@@ -744,6 +744,8 @@ async fn client_propagates_each_attempts_time_left() {
     assert_eq!(kind(&err), RejectionKind::DeadlineExceeded);
 }
 
+/// The client's deadline less the 10 ms margin per hop, as in the protocol
+/// presets: the server's 504 goes out before the client's own timer fires.
 #[cfg(feature = "http")]
 #[tokio::test(start_paused = true)]
 async fn server_takes_the_clients_shorter_deadline() {
@@ -762,7 +764,7 @@ async fn server_takes_the_clients_shorter_deadline() {
         .unwrap();
     let start = Instant::now();
     let err = svc.clone().oneshot(req).await.unwrap_err();
-    assert_eq!(start.elapsed(), ms(120));
+    assert_eq!(start.elapsed(), ms(110));
     assert_eq!(kind(&err), RejectionKind::DeadlineExceeded);
     // Without a header, the server's own budget applies.
     let start = Instant::now();

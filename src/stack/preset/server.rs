@@ -1,10 +1,10 @@
 //! The HTTP and gRPC server presets and the ingress parts that name their
 //! services.
 
-use std::time::Duration;
-
 use super::super::part::{IngressPart, StackPart, part_name};
-use super::super::server::{ServerCore, ServerStack, ServerStackBuilder, ServerStackService};
+use super::super::server::{
+    HOP_MARGIN, ServerCore, ServerStack, ServerStackBuilder, ServerStackService,
+};
 use super::{Identity, Layer};
 use crate::body::{CallBodyLayer, CallBodyService};
 use crate::deadline::propagate::{
@@ -16,14 +16,6 @@ use crate::http::{RejectionResponse, RejectionResponseLayer};
 use crate::observe::Observer;
 use crate::retry::http::{MarkInboundAttempt, MarkInboundAttemptLayer};
 use crate::shed::criticality::FromTaskLocal;
-
-/// The server presets' margin per hop: taken off the time a client says
-/// it has, so that the server's own answer (504, `DEADLINE_EXCEEDED`)
-/// reaches the client before the client's timer fires. Without it both
-/// fire at the same instant and the same call ends sometimes as the
-/// server's answer, sometimes as the client's timeout (seen on loopback
-/// with the client preset's attempt timeout).
-pub(super) const HOP_MARGIN: Duration = Duration::from_millis(10);
 
 /// The outermost part of the [HTTP server preset](ServerStack::http),
 /// unbuilt: rejections answered as responses (429 / 503 / 504 with
