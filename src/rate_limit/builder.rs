@@ -316,7 +316,7 @@ impl<X, D> RateLimitLayerBuilder<X, D> {
                 if let Some(n) = state.local_instances() {
                     local_quota = self.settings.quota.divided_by(n);
                 }
-                Some(state)
+                Some(Arc::new(state))
             }
             None => None,
         };

@@ -503,10 +503,10 @@ where
                 };
                 if outcome.is_none() && *cut_by_deadline {
                     // Out of time before Redis answered: the request
-                    // fails, and Redis is judged by its silence, not by
-                    // this request's budget.
+                    // fails, and Redis is judged by its own timeout, not
+                    // by this request's budget.
                     if let Some(r) = &shared.redis {
-                        r.cut(shared, call.slot, call.started_ns);
+                        r.cut(&shared.observer, &shared.name, call);
                     }
                     let new = ResponseFuture::deadline_exceeded(shared, DETAIL_DEADLINE_IN_BACKEND);
                     state.set(new.state);
@@ -515,9 +515,7 @@ where
                 let shared = shared.clone();
                 let cost = req.as_ref().map_or(1, |r| shared.extractor.cost(r));
                 let (v, status) = match &shared.redis {
-                    Some(r) => {
-                        r.complete(&shared, key, cost, (call.slot, call.started_ns), outcome)
-                    }
+                    Some(r) => r.complete(&shared, key, cost, call.slot, outcome),
                     None => shared.decide_local(key, cost, D::ENABLED),
                 };
                 match next(

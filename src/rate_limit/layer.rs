@@ -113,7 +113,7 @@ pub(crate) struct Shared<X, D> {
     /// New IP keys at the cap: one bucket per coarser network.
     pub(super) overflow: Option<KeyedBuckets>,
     #[cfg(feature = "redis")]
-    pub(crate) redis: Option<super::redis::RedisState>,
+    pub(crate) redis: Option<Arc<super::redis::RedisState>>,
 }
 
 impl<X, D> Shared<X, D> {

@@ -19,8 +19,8 @@ use super::key::{Key, MissingKey};
 use super::layer::{DETAIL_BACKEND, DETAIL_LIMIT, Shared};
 use super::limiter::{Admit, Verdict};
 use super::quota::Quota;
-use crate::error::ConfigError;
-use crate::observe::{EventKind, LayerKind, State};
+use crate::error::{ConfigError, Name};
+use crate::observe::{EventKind, LayerKind, Observer, State};
 
 /// The longest [`RedisBackend::timeout`] accepted.
 const MAX_TIMEOUT: Duration = Duration::from_secs(60);
@@ -98,13 +98,14 @@ pub enum FailurePolicy {
 /// ([`deadline::of`](crate::deadline::of)): when that comes first, the
 /// request fails with [`DeadlineExceeded`](crate::error::DeadlineExceeded)
 /// (event detail `"deadline_in_backend"`), and Redis is not judged by that
-/// one request's budget but by its silence: once calls of a key's slot cut
-/// that way, one after another with no gap between them, have gone
-/// unanswered for the whole `timeout`, it is judged as timed out (cause
-/// `"timeout"`) and the limiter is degraded. So a hung Redis holds requests
-/// whose budgets are shorter than the timeout for about one timeout, not
-/// each of them for its whole budget; a Redis that answers after every
-/// request's budget is judged the same way (its answers help no request).
+/// one request's budget but by its own timeout: the cut call goes on apart
+/// (a task of its own) until Redis answers or the `timeout` since it was
+/// made runs out, and is judged then, as any call. So a hung Redis is
+/// judged within one timeout of the first request it holds, whatever the
+/// budgets of the requests (before, cut calls counted only while they
+/// overlapped: serial requests with budgets under the timeout, or the
+/// slots of a cluster each seeing a request now and then, left a hung
+/// Redis unjudged, every request failing after its whole budget).
 ///
 /// The Redis call is a boxed future inside the layer's future: the `redis`
 /// crate's connection API returns boxed futures that borrow the connection,
@@ -354,27 +355,8 @@ pub(crate) struct RedisState {
     slots: Box<[AtomicU64]>,
     /// Slots not healthy: the limiter is `Degraded` while any is.
     degraded_slots: AtomicUsize,
-    /// Per health slot: how long Redis has been silent to calls a deadline
-    /// cut.
-    silence: Box<[Silence]>,
     start: Instant,
 }
-
-/// One health slot's silence, in ns since the state's start.
-#[derive(Debug)]
-struct Silence {
-    /// `ANSWERED | t` when Redis last answered a call made at `t` (or was
-    /// judged at `t`) and no call has been cut since; else since when it
-    /// has been silent: the start of the first of a run of cut calls, each
-    /// made before the one before it was cut, after that answer.
-    since: AtomicU64,
-    /// When the latest cut call was cut.
-    last_cut: AtomicU64,
-}
-
-/// The flag of [`RedisState::silence`] for a slot that has not been
-/// silent since its last answer.
-const ANSWERED: u64 = 1 << 63;
 
 impl RedisState {
     pub(crate) fn new(b: RedisBackend, quota: Quota) -> Result<RedisState, ConfigError> {
@@ -427,12 +409,6 @@ impl RedisState {
             period_us,
             slots: (0..slots).map(|_| AtomicU64::new(0)).collect(),
             degraded_slots: AtomicUsize::new(0),
-            silence: (0..slots)
-                .map(|_| Silence {
-                    since: AtomicU64::new(ANSWERED),
-                    last_cut: AtomicU64::new(0),
-                })
-                .collect(),
             start: Instant::now(),
             conn: b.conn,
         })
@@ -562,12 +538,12 @@ impl RedisState {
         shared: &Shared<X, D>,
         key: &Result<Key, MissingKey>,
         cost: u32,
-        (slot, started_ns): (usize, u64),
+        slot: usize,
         outcome: Option<RedisResult<Vec<i64>>>,
     ) -> (Verdict, Option<RateLimitStatus>) {
         let cause = match outcome {
             Some(Ok(v)) if v.len() == 3 => {
-                self.healthy(shared, slot, started_ns);
+                self.healthy(&shared.observer, &shared.name, slot);
                 let us = |n: i64| Duration::from_micros(u64::try_from(n).unwrap_or(0));
                 return if v[0] == 1 {
                     shared.finish(
@@ -592,71 +568,42 @@ impl RedisState {
             Some(Err(e)) => cause_of(&e),
             None => "timeout",
         };
-        self.failed(shared, slot, cause);
+        self.failed(&shared.observer, &shared.name, slot, cause);
         self.degraded(shared, key, cost, true)
     }
 
-    /// A round trip of `slot` that the request's deadline cut before Redis
-    /// answered. One request's budget does not judge Redis; its silence
-    /// does: when a run of cut calls (each made before the one before it
-    /// was cut) has lasted the whole timeout with no answer, from the
-    /// first call cut after Redis last answered, Redis is judged as timed
-    /// out (the slot is degraded and follows the policy). Calls with gaps
-    /// between them do not add up: a quiet slot is not judged by two short
-    /// budgets minutes apart.
-    pub(crate) fn cut<X, D>(&self, shared: &Shared<X, D>, slot: usize, started_ns: u64) {
-        let cell = &self.silence[slot];
-        let now = self.now_ns();
-        let last_cut = cell.last_cut.fetch_max(now, Ordering::AcqRel);
-        let mut seen = cell.since.load(Ordering::Acquire);
-        let since = loop {
-            let answered = seen & ANSWERED != 0;
-            if !answered && started_ns < last_cut {
-                // Silent already, since then (a call made before that and
-                // cut only now moves it no earlier: an answer that came
-                // between is not known any more).
-                break seen;
-            }
-            // The first cut after an answer, or after a gap with no cut
-            // call in flight: the silence starts with this call.
-            let since = if answered {
-                started_ns.max(seen & !ANSWERED)
-            } else {
-                started_ns
-            };
-            match cell
-                .since
-                .compare_exchange(seen, since, Ordering::AcqRel, Ordering::Acquire)
-            {
-                Ok(_) => break since,
-                Err(now) => seen = now,
-            }
+    /// A round trip that the request's deadline cut before Redis answered.
+    /// One request's budget does not judge Redis: the call goes on in a
+    /// task of its own until Redis answers or the timeout since it was made
+    /// runs out, and is judged then (outside a runtime, it is dropped
+    /// unjudged).
+    pub(crate) fn cut(self: &Arc<Self>, observer: &Observer, name: &Name, call: &mut RedisCall) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
         };
-        let timeout = crate::clock::nanos(self.timeout);
-        // Judged once: by the cutter that ends this silence (an answer that
-        // came meanwhile ended it already).
-        if now.saturating_sub(since) >= timeout
-            && cell
-                .since
-                .compare_exchange(since, ANSWERED | now, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-        {
-            self.failed(shared, slot, "timeout");
-        }
+        let fut = std::mem::replace(&mut call.fut, Box::pin(std::future::pending()));
+        let by = self.start + Duration::from_nanos(call.started_ns) + self.timeout;
+        let (state, observer, name, slot) =
+            (self.clone(), observer.clone(), name.clone(), call.slot);
+        runtime.spawn(async move {
+            let cause = match tokio::time::timeout_at(by, fut).await {
+                Ok(Ok(v)) if v.len() == 3 => return state.healthy(&observer, &name, slot),
+                Ok(Ok(_)) => "protocol",
+                Ok(Err(e)) => cause_of(&e),
+                Err(_) => "timeout",
+            };
+            state.failed(&observer, &name, slot, cause);
+        });
     }
 
-    /// Redis answered a call of `slot` made at `started_ns` (its start
-    /// stands for the answer's time: no clock read for it).
-    fn healthy<X, D>(&self, shared: &Shared<X, D>, slot: usize, started_ns: u64) {
-        self.silence[slot]
-            .since
-            .fetch_max(ANSWERED | started_ns, Ordering::AcqRel);
+    /// Redis answered a call of `slot`.
+    fn healthy(&self, observer: &Observer, name: &Name, slot: usize) {
         if self.slots[slot].swap(0, Ordering::AcqRel) != 0
             && self.degraded_slots.fetch_sub(1, Ordering::AcqRel) == 1
         {
-            shared.observer.emit(
+            observer.emit(
                 LayerKind::RateLimit,
-                shared.name.as_str(),
+                name.as_str(),
                 EventKind::StateChanged {
                     from: State::Degraded,
                     to: State::Healthy,
@@ -667,27 +614,23 @@ impl RedisState {
         }
     }
 
-    fn failed<X, D>(&self, shared: &Shared<X, D>, slot: usize, cause: &'static str) {
-        shared.observer.emit(
+    fn failed(&self, observer: &Observer, name: &Name, slot: usize, cause: &'static str) {
+        observer.emit(
             LayerKind::RateLimit,
-            shared.name.as_str(),
+            name.as_str(),
             EventKind::BackendError {
                 backend: "redis",
                 cause,
             },
         );
         let now = self.now_ns();
-        // Judged: its silence counts anew from now.
-        self.silence[slot]
-            .since
-            .store(ANSWERED | now, Ordering::Release);
         let next = now.saturating_add(self.probe_ns()).max(1);
         if self.slots[slot].swap(next, Ordering::AcqRel) == 0
             && self.degraded_slots.fetch_add(1, Ordering::AcqRel) == 0
         {
-            shared.observer.emit(
+            observer.emit(
                 LayerKind::RateLimit,
-                shared.name.as_str(),
+                name.as_str(),
                 EventKind::StateChanged {
                     from: State::Healthy,
                     to: State::Degraded,
