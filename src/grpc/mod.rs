@@ -56,11 +56,13 @@
 //! assert_eq!(status.metadata().get("grpc-retry-pushback-ms").unwrap(), "250");
 //! ```
 
+mod across;
 mod classify;
 mod errors;
 pub(crate) mod status;
 pub(crate) mod transport;
 
+pub use self::across::{response_for_status, status_for_response};
 pub use self::classify::GrpcStatusClassifier;
 pub use self::errors::{StatusErrors, StatusErrorsFuture, StatusErrorsLayer};
 use self::status::GrpcAnswer;

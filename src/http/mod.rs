@@ -77,7 +77,7 @@
 mod answer;
 mod classify;
 mod future;
-mod response;
+pub(crate) mod response;
 mod service;
 
 #[cfg(feature = "tonic")]

@@ -949,23 +949,12 @@ fn readme_grpc_handler_answer(
     match result {
         Ok(reply) => reply.into_inner().message.into_response(),
         // This process refused or gave up (breaker open, budget spent, out of
-        // time): 503 or 429 with Retry-After, or 504.
-        Err(status) if seawall::error::rejection(&status).is_some() => {
-            seawall::http::rejection_response(&seawall::BoxError::from(status))
-        }
-        // The dependency ran out of the time it was sent (the caller's own
-        // deadline, passed on; a plain tonic server says CANCELLED): 504, which
-        // the caller's breaker does not count against this service.
-        Err(status)
-            if matches!(
-                status.code(),
-                tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
-            ) =>
-        {
-            http::StatusCode::GATEWAY_TIMEOUT.into_response()
-        }
-        // The dependency answered an error, or could not be reached: 502.
-        Err(_) => http::StatusCode::BAD_GATEWAY.into_response(),
+        // time): 503 or 429 with Retry-After, or 504. The dependency was busy
+        // (UNAVAILABLE with pushback, a seawall server's refusal): 503 with its
+        // wait, which the caller's breaker does not count. It ran out of the
+        // time it was sent (DEADLINE_EXCEEDED, or CANCELLED from a plain tonic
+        // server): 504. It failed or could not be reached: 502.
+        Err(status) => seawall::grpc::response_for_status(&status),
     }
     // --- README gRPC handler ends ---
 }
@@ -1172,6 +1161,103 @@ async fn http_client_preset_retries_a_shed_request_after_its_milliseconds() {
         waits[0] >= Duration::from_millis(100) && waits[0] <= Duration::from_millis(151),
         "{waits:?}"
     );
+}
+
+/// "Busy" passes through a chain of both protocols, each hop in its preset:
+/// an HTTP leaf that runs one request at a time sheds the next with a wait;
+/// a tonic handler calling it passes that on with `status_for_response`
+/// (`UNAVAILABLE` with pushback), and an axum front calling the tonic
+/// service answers its caller with `response_for_status` (the README's
+/// handler): `503` with `Retry-After` and the leaf's milliseconds. No
+/// breaker on the way counts it. With the handlers before them, the front
+/// answered `502` (an outside trial).
+#[tokio::test]
+async fn a_busy_leaf_stays_busy_through_a_grpc_middle_tier_to_the_http_front() {
+    let release = Arc::new(tokio::sync::Semaphore::new(0));
+    let r = release.clone();
+    let leaf = Router::new()
+        .route(
+            "/hold",
+            get(move || {
+                let r = r.clone();
+                async move {
+                    let _permit = r.acquire().await.unwrap();
+                    "released"
+                }
+            }),
+        )
+        .layer(
+            seawall::stack::ServerStack::http("leaf")
+                .total_budget(Duration::from_secs(5))
+                .adaptive_limit(|l| l.algorithm(limit_of_one()).burst(Duration::ZERO))
+                .build()
+                .unwrap(),
+        );
+    let leaf = serve_axum(leaf).await;
+    let to_leaf = ClientStack::http("leaf")
+        .total_budget(Duration::from_secs(2))
+        .attempt_timeout(Duration::from_secs(1))
+        .retry(|r| r.max_attempts(1))
+        .build()
+        .unwrap();
+    let leaf_breaker = to_leaf.breaker_handle();
+    let to_leaf = to_leaf.layer(hyper());
+    let middle = GreeterServer::new(move |_req| {
+        let to_leaf = to_leaf.clone();
+        async move {
+            // --- README tonic handler begins ---
+            let res = to_leaf
+                .oneshot(get_req(leaf, "/hold"))
+                .await
+                .map_err(|err| seawall::grpc::status_for(&err))?;
+            if let Some(status) = seawall::grpc::status_for_response(&res) {
+                return Err(status);
+            }
+            // --- README tonic handler ends ---
+            Ok(greeter::HelloReply::default())
+        }
+    });
+    let middle_stack = seawall::stack::ServerStack::grpc("middle")
+        .total_budget(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let channel = serve_grpc_in!(middle_stack, middle);
+    let to_middle = ClientStack::grpc("middle")
+        .total_budget(Duration::from_secs(2))
+        .attempt_timeout(Duration::from_secs(1))
+        .retry(|r| r.max_attempts(1))
+        .build()
+        .unwrap();
+    let middle_breaker = to_middle.breaker_handle();
+    let to_middle = to_middle.layer(channel);
+    // The leaf's one slot, held.
+    let held = tokio::spawn(hyper().oneshot(get_req(leaf, "/hold")));
+    let mut answer = None;
+    for _ in 0..200 {
+        let result = call_say_hello(to_middle.clone(), hello()).await;
+        let res = readme_grpc_handler_answer(result.map(tonic::Response::new));
+        if res.status() != 200 {
+            answer = Some(res);
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    let answer = answer.expect("the leaf sheds while its slot is held");
+    assert_eq!(answer.status(), 503, "{answer:?}");
+    assert_eq!(answer.headers()["retry-after"], "1");
+    let ms: u64 = answer.headers()["retry-after-ms"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        (100..=150).contains(&ms),
+        "the leaf's jittered hint: {ms} ms"
+    );
+    assert_eq!(leaf_breaker.metrics().calls, 0, "busy is not counted");
+    assert_eq!(middle_breaker.metrics().calls, 0, "busy is not counted");
+    release.add_permits(1);
+    assert_eq!(held.await.unwrap().unwrap().status(), 200);
 }
 
 #[tokio::test]

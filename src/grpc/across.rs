@@ -1,0 +1,280 @@
+//! A dependency's answer passed on across protocols: a gRPC dependency's
+//! `Status` as an HTTP handler's response, an HTTP dependency's response as
+//! a tonic handler's `Status`, "busy" kept as "busy" both ways.
+
+use std::time::Duration;
+
+use http::header::{CONTENT_TYPE, RETRY_AFTER};
+use http::{HeaderMap, HeaderValue, Response, StatusCode};
+use tonic::metadata::MetadataValue;
+use tonic::{Code, Status};
+
+use super::status::{PUSHBACK_HEADER, PUSHBACK_NAME, pushback_ms};
+use crate::http::RETRY_AFTER_MS;
+
+const TEXT_PLAIN: HeaderValue = HeaderValue::from_static("text/plain; charset=utf-8");
+
+/// The HTTP response an HTTP handler answers with when its gRPC
+/// dependency's call failed with `status` (the gRPC client preset's error),
+/// so that its own caller can act on it:
+///
+/// | `status` | response |
+/// |---|---|
+/// | this process's own refusal ([`error::rejection`](crate::error::rejection) finds one: breaker open, budget spent, out of time) | what [`rejection_response`](crate::http::rejection_response) answers: `503`/`429` with `Retry-After`, or `504` |
+/// | `UNAVAILABLE` with `grpc-retry-pushback-ms` (the dependency is busy: a seawall server's refusal) | `503` with `Retry-After` and `retry-after-ms` |
+/// | `RESOURCE_EXHAUSTED` | `429`, with `Retry-After` and `retry-after-ms` when it has a pushback |
+/// | `DEADLINE_EXCEEDED`, `CANCELLED` (the dependency ran out of the time it was sent) | `504` |
+/// | any other (`UNAVAILABLE` without pushback: unreachable; `INTERNAL`, …) | `502` |
+///
+/// A busy dependency stays busy for the caller: its `503` with a wait is
+/// what the HTTP presets' breakers do not count and their retries wait
+/// for, where a `502` is counted as a failure. A pushback that says not to
+/// retry (negative, or not a number) makes a `502`.
+///
+/// ```
+/// use std::time::Duration;
+/// use seawall::grpc::response_for_status;
+/// use tonic::{Code, Status};
+///
+/// let mut busy = Status::unavailable("overloaded");
+/// busy.metadata_mut().insert("grpc-retry-pushback-ms", "120".parse().unwrap());
+/// let res: http::Response<String> = response_for_status(&busy);
+/// assert_eq!(res.status(), 503);
+/// assert_eq!(res.headers()["retry-after"], "1");
+/// assert_eq!(res.headers()["retry-after-ms"], "120");
+///
+/// let late: http::Response<String> = response_for_status(&Status::deadline_exceeded("late"));
+/// assert_eq!(late.status(), 504);
+/// let broken: http::Response<String> = response_for_status(&Status::internal("boom"));
+/// assert_eq!(broken.status(), 502);
+/// ```
+pub fn response_for_status<B>(status: &Status) -> Response<B>
+where
+    B: From<&'static str>,
+{
+    if crate::error::rejection(status).is_some() {
+        return crate::http::response::response_for_error(status);
+    }
+    let wait = pushback(status.metadata().as_ref());
+    let (code, body, wait) = match (status.code(), wait) {
+        (Code::Unavailable, Some(Some(wait))) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "dependency busy",
+            Some(wait),
+        ),
+        (Code::ResourceExhausted, wait) => (
+            StatusCode::TOO_MANY_REQUESTS,
+            "dependency rate limited",
+            wait.flatten(),
+        ),
+        (Code::DeadlineExceeded | Code::Cancelled, _) => {
+            (StatusCode::GATEWAY_TIMEOUT, "dependency out of time", None)
+        }
+        _ => (StatusCode::BAD_GATEWAY, "dependency failed", None),
+    };
+    let mut res = Response::new(B::from(body));
+    *res.status_mut() = code;
+    let headers = res.headers_mut();
+    headers.insert(CONTENT_TYPE, TEXT_PLAIN);
+    if let Some(wait) = wait {
+        headers.insert(RETRY_AFTER, crate::http::retry_after_header(wait));
+        headers.insert(
+            RETRY_AFTER_MS,
+            crate::http::response::retry_after_ms_header(wait),
+        );
+    }
+    res
+}
+
+/// The `tonic::Status` a tonic handler answers with when its HTTP
+/// dependency answered `res` (the HTTP client preset's answer), or `None`
+/// for an answer that is no failure (below `400`):
+///
+/// | `res` | status |
+/// |---|---|
+/// | `503` with `retry-after-ms` or `Retry-After` in seconds (the dependency is busy: a seawall server's refusal, refused before its handler ran) | `UNAVAILABLE` with `grpc-retry-pushback-ms` |
+/// | `429` | `RESOURCE_EXHAUSTED`, with the pushback when it has a wait |
+/// | `504`, `408` | `DEADLINE_EXCEEDED` |
+/// | `501` | `UNIMPLEMENTED` |
+/// | `400`, `401`, `403`, `404`, `409` | `INVALID_ARGUMENT`, `UNAUTHENTICATED`, `PERMISSION_DENIED`, `NOT_FOUND`, `ABORTED` |
+/// | any other `4xx` | `FAILED_PRECONDITION` |
+/// | any other `5xx` (a bare `503` included) | `INTERNAL` |
+///
+/// A busy dependency stays busy for the caller (the gRPC presets' breakers
+/// do not count it, their retries wait for its pushback). A dependency's
+/// failure becomes `INTERNAL`, not `UNAVAILABLE`: the gRPC client preset
+/// retries `UNAVAILABLE` on every method, and this handler may have done
+/// its work before its dependency failed (a retry would do it twice). The
+/// message names the dependency's status (`"dependency answered 500"`),
+/// never its body.
+///
+/// ```
+/// use seawall::grpc::status_for_response;
+/// use tonic::Code;
+///
+/// let busy = http::Response::builder()
+///     .status(503)
+///     .header("retry-after", "1")
+///     .header("retry-after-ms", "120")
+///     .body(())
+///     .unwrap();
+/// let status = status_for_response(&busy).unwrap();
+/// assert_eq!(status.code(), Code::Unavailable);
+/// assert_eq!(status.metadata().get("grpc-retry-pushback-ms").unwrap(), "120");
+///
+/// let broken = http::Response::builder().status(500).body(()).unwrap();
+/// assert_eq!(status_for_response(&broken).unwrap().code(), Code::Internal);
+/// let ok = http::Response::builder().status(200).body(()).unwrap();
+/// assert!(status_for_response(&ok).is_none());
+/// ```
+pub fn status_for_response<B>(res: &Response<B>) -> Option<Status> {
+    let code = res.status().as_u16();
+    if code < 400 {
+        return None;
+    }
+    let wait = http_wait(res.headers());
+    let (grpc, wait) = match code {
+        503 if wait.is_some() => (Code::Unavailable, wait),
+        429 => (Code::ResourceExhausted, wait),
+        504 | 408 => (Code::DeadlineExceeded, None),
+        501 => (Code::Unimplemented, None),
+        400 => (Code::InvalidArgument, None),
+        401 => (Code::Unauthenticated, None),
+        403 => (Code::PermissionDenied, None),
+        404 => (Code::NotFound, None),
+        409 => (Code::Aborted, None),
+        402..=499 => (Code::FailedPrecondition, None),
+        _ => (Code::Internal, None),
+    };
+    let mut status = Status::new(grpc, format!("dependency answered {code}"));
+    if let Some(wait) = wait {
+        status
+            .metadata_mut()
+            .insert(PUSHBACK_HEADER, MetadataValue::from(pushback_ms(wait)));
+    }
+    Some(status)
+}
+
+/// The wait an HTTP answer asks for: `retry-after-ms` first (above 0), then
+/// `Retry-After` in whole seconds (a date is no wait it can pass on).
+fn http_wait(headers: &HeaderMap) -> Option<Duration> {
+    let ms = headers
+        .get(RETRY_AFTER_MS)
+        .and_then(|v| number(v.as_bytes()))
+        .filter(|ms| *ms > 0)
+        .map(Duration::from_millis);
+    ms.or_else(|| {
+        headers
+            .get(RETRY_AFTER)
+            .and_then(|v| number(v.as_bytes()))
+            .map(Duration::from_secs)
+    })
+}
+
+/// A status's pushback: `None` without one, `Some(None)` for one that says
+/// not to retry (negative, or not a number), `Some(Some(wait))` otherwise.
+fn pushback(metadata: &HeaderMap) -> Option<Option<Duration>> {
+    let value = metadata.get(PUSHBACK_NAME)?;
+    Some(number(value.as_bytes()).map(Duration::from_millis))
+}
+
+/// A whole number of at most 18 digits, surrounding spaces allowed.
+fn number(bytes: &[u8]) -> Option<u64> {
+    let s = std::str::from_utf8(bytes).ok()?.trim();
+    if s.is_empty() || s.len() > 18 || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn res(code: u16, headers: &[(&str, &str)]) -> Response<()> {
+        let mut b = Response::builder().status(code);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).unwrap()
+    }
+
+    #[test]
+    fn an_http_answer_becomes_the_status_a_grpc_caller_acts_on() {
+        let code = |r: Response<()>| status_for_response(&r).map(|s| s.code());
+        let push = |r: Response<()>| {
+            status_for_response(&r)
+                .and_then(|s| s.metadata().get(PUSHBACK_HEADER).cloned())
+                .map(|v| v.to_str().unwrap().to_owned())
+        };
+        assert_eq!(code(res(200, &[])), None);
+        assert_eq!(code(res(304, &[])), None);
+        assert_eq!(
+            push(res(503, &[("retry-after-ms", "120")])),
+            Some("120".into())
+        );
+        assert_eq!(push(res(503, &[("retry-after", "2")])), Some("2000".into()));
+        // `0` ms is no hint: the seconds decide.
+        assert_eq!(
+            push(res(503, &[("retry-after-ms", "0"), ("retry-after", "1")])),
+            Some("1000".into())
+        );
+        assert_eq!(
+            code(res(503, &[])),
+            Some(Code::Internal),
+            "a bare 503 is broken"
+        );
+        assert_eq!(
+            code(res(
+                503,
+                &[("retry-after", "Wed, 21 Oct 2015 07:28:00 GMT")]
+            )),
+            Some(Code::Internal)
+        );
+        assert_eq!(code(res(429, &[])), Some(Code::ResourceExhausted));
+        assert_eq!(push(res(429, &[])), None);
+        assert_eq!(push(res(429, &[("retry-after", "3")])), Some("3000".into()));
+        assert_eq!(code(res(504, &[])), Some(Code::DeadlineExceeded));
+        assert_eq!(code(res(404, &[])), Some(Code::NotFound));
+        assert_eq!(code(res(418, &[])), Some(Code::FailedPrecondition));
+        assert_eq!(code(res(500, &[])), Some(Code::Internal));
+        assert_eq!(code(res(502, &[])), Some(Code::Internal));
+        assert_eq!(code(res(501, &[])), Some(Code::Unimplemented));
+        assert_eq!(
+            status_for_response(&res(500, &[])).unwrap().message(),
+            "dependency answered 500"
+        );
+    }
+
+    #[test]
+    fn a_status_becomes_the_response_an_http_caller_acts_on() {
+        let with_push = |mut s: Status, v: &str| {
+            s.metadata_mut().insert(PUSHBACK_HEADER, v.parse().unwrap());
+            s
+        };
+        let r = |s: &Status| {
+            let res: Response<String> = response_for_status(s);
+            (
+                res.status().as_u16(),
+                res.headers()
+                    .get(RETRY_AFTER_MS)
+                    .map(|v| v.to_str().unwrap().to_owned()),
+            )
+        };
+        assert_eq!(
+            r(&with_push(Status::unavailable("busy"), "1500")),
+            (503, Some("1500".into()))
+        );
+        assert_eq!(r(&Status::unavailable("down")), (502, None));
+        assert_eq!(r(&with_push(Status::unavailable("x"), "-1")), (502, None));
+        assert_eq!(r(&Status::resource_exhausted("quota")), (429, None));
+        assert_eq!(
+            r(&with_push(Status::resource_exhausted("quota"), "300")),
+            (429, Some("300".into()))
+        );
+        assert_eq!(r(&Status::deadline_exceeded("late")), (504, None));
+        assert_eq!(r(&Status::cancelled("late")), (504, None));
+        assert_eq!(r(&Status::internal("boom")), (502, None));
+        assert_eq!(r(&Status::not_found("x")), (502, None));
+    }
+}
