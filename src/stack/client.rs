@@ -481,7 +481,8 @@ impl<P, C, L, O, H> ClientStackBuilder<P, C, L, O, H> {
     ///   budget: `attempt_timeout` plus the longest first backoff (the first
     ///   delay's upper bound for the jitter in use: the base for full, equal
     ///   and no jitter, up to 3 × base for decorrelated) plus the retry's
-    ///   `min_remaining` (default 10 ms) must be at most `total_budget`, or
+    ///   `min_remaining` (default 10 ms; 20 ms in the protocol presets) must be
+    ///   at most `total_budget`, or
     ///   a request whose first attempt times out may get no second one (the
     ///   retry layer schedules a retry only when its delay plus
     ///   `min_remaining` fits the time left);

@@ -854,3 +854,46 @@ async fn the_server_bulkhead_leaves_room_for_the_limits_shares() {
         s.await.unwrap().unwrap();
     }
 }
+
+/// The HTTP client preset starts no retry with less than 20 ms left, twice a
+/// seawall server's 10 ms margin per hop: a busy answer asking for 185 ms
+/// under a 200 ms budget is not retried (15 ms would be left, and the
+/// dependency, told 15 ms, keeps 5 of them), one asking for 170 ms is. Its
+/// budgets are checked against the same 20 ms.
+#[cfg(feature = "http")]
+#[tokio::test(start_paused = true)]
+async fn the_http_preset_starts_no_retry_with_less_than_20_ms_left() {
+    for (wait_ms, attempts) in [(185u64, 1u32), (170, 2)] {
+        let calls = Arc::new(AtomicU32::new(0));
+        let c = calls.clone();
+        let svc = ClientStack::http("dep")
+            .total_budget(Duration::from_millis(200))
+            .attempt_timeout(Duration::from_millis(100))
+            .build()
+            .unwrap()
+            .layer(service_fn(move |_: http::Request<String>| {
+                c.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    Ok::<_, BoxError>(
+                        http::Response::builder()
+                            .status(503)
+                            .header("retry-after-ms", wait_ms.to_string())
+                            .body(String::new())
+                            .unwrap(),
+                    )
+                }
+            }));
+        let res = svc
+            .oneshot(http::Request::get("/").body(String::new()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 503);
+        assert_eq!(calls.load(Ordering::SeqCst), attempts, "asked {wait_ms} ms");
+    }
+    let err = ClientStack::http("dep")
+        .total_budget(Duration::from_millis(565))
+        .attempt_timeout(Duration::from_millis(500))
+        .build()
+        .unwrap_err();
+    assert!(err.to_string().contains("min_remaining (20ms)"), "{err}");
+}

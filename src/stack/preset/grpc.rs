@@ -171,7 +171,10 @@ impl ClientStack {
             attempt_name: part_name(&name, "attempt"),
         };
         ClientStack::builder(name)
-            .retry(|r| r.policy(GrpcRetry::new()))
+            .retry(|r| {
+                r.policy(GrpcRetry::new())
+                    .min_remaining(super::PRESET_MIN_REMAINING)
+            })
             .breaker(|b| b.classifier(GrpcStatusClassifier::new()))
             .with_innermost(part)
             .with_outermost(GrpcOutermost::default())

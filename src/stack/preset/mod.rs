@@ -18,6 +18,15 @@ use crate::hold::BodyEnd;
 use crate::http::HttpStatusClassifier;
 use crate::retry::http::HttpRetry;
 
+/// The protocol presets' smallest time left worth a retry: 20 ms, twice a
+/// seawall server's margin per hop (10 ms), so that a retry leaves the
+/// dependency 10 ms or more to answer in. With the retry layer's own 10 ms,
+/// a retry sent with 10 ms left reached a seawall server out of time: in an
+/// outside trial of a three-tier chain, 171 retries of a shed leaf's `503`s
+/// reached it told 0 to 10 ms and were refused `504`, and the middle tier
+/// passed that on instead of the leaf's "busy".
+pub(crate) const PRESET_MIN_REMAINING: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// The service the [HTTP client preset](ClientStack::http) makes around a
 /// client `S` (a hyper client, a `reqwest`-like tower service, …): name it in
 /// a struct field.
@@ -155,7 +164,10 @@ impl ClientStack {
         let name = name.into();
         let propagate = PropagateDeadlineLayer::builder().name(part_name(&name, "propagate"));
         ClientStack::builder(name)
-            .retry(|r| r.policy(HttpRetry::new()))
+            .retry(|r| {
+                r.policy(HttpRetry::new())
+                    .min_remaining(PRESET_MIN_REMAINING)
+            })
             .breaker(|b| b.classifier(HttpStatusClassifier::new()))
             .with_innermost(propagate)
             .with_outermost(HttpOutermost::default())
