@@ -152,15 +152,18 @@ impl Cluster {
     /// How long a background reconnection may take.
     const RECONNECT_WITHIN: Duration = Duration::from_secs(10);
 
-    /// Connects anew in the background (one attempt at a time), so that the
-    /// next probe uses a connection that read the cluster's topology after
-    /// a failover; the probe that asked does not wait for it.
-    fn reconnect(cluster: &Arc<Cluster>) {
+    /// Connects anew in the background (one attempt at a time, and at most
+    /// one started per `every`: the probes of many degraded slots ask
+    /// together), so that the next probe uses a connection that read the
+    /// cluster's topology after a failover; the probe that asked does not
+    /// wait for it.
+    fn reconnect(cluster: &Arc<Cluster>, every: Duration) {
         if cluster.reconnecting.swap(true, Ordering::AcqRel) {
             return;
         }
         let cluster = Arc::clone(cluster);
         tokio::spawn(async move {
+            let next = Instant::now() + every;
             let fresh = tokio::time::timeout(
                 Self::RECONNECT_WITHIN,
                 cluster.client.get_async_connection(),
@@ -169,6 +172,7 @@ impl Cluster {
             if let Ok(Ok(conn)) = fresh {
                 cluster.conn.store(Some(Arc::new(conn)));
             }
+            tokio::time::sleep_until(next).await;
             cluster.reconnecting.store(false, Ordering::Release);
         });
     }
@@ -242,13 +246,16 @@ impl RedisBackend {
     ///
     /// Each limit key is one Redis key, so each check is one script on the
     /// primary of that key's slot; `MOVED` / `ASK` redirections are followed
-    /// by the client library. Health is kept per slot: while a slot has no
-    /// primary (a failover takes the cluster's node timeout and an
-    /// election, a few seconds), the keys of that slot follow the policy
-    /// and one of their requests per probe interval probes (a live request
-    /// that waits up to the [`timeout`](Self::timeout)); keys on the other
-    /// primaries stay on Redis. The limiter reports `Degraded` while any
-    /// slot is. With [`FailurePolicy::FailOpen`] the failed slots admit
+    /// by the client library. Health is kept per range of 64 slots: while a
+    /// range has no primary (a failover takes the cluster's node timeout and
+    /// an election, a few seconds), the keys of that range follow the
+    /// policy and one of their requests per probe interval probes (a live
+    /// request that waits up to the [`timeout`](Self::timeout)); keys on the
+    /// other primaries stay on Redis (but those of a range shared with the
+    /// missing primary: a cluster gives each primary ranges of thousands of
+    /// slots, so a few of 256 at most). A probe connects anew in the
+    /// background, one connection at most per probe interval. The limiter
+    /// reports `Degraded` while any range is. With [`FailurePolicy::FailOpen`] the failed slots admit
     /// everything for that long, and their buckets start full again after;
     /// [`FailurePolicy::Local`] keeps about the quota: prefer it for a
     /// cluster.
@@ -331,9 +338,16 @@ pub(crate) struct RedisCall {
     pub(crate) started_ns: u64,
 }
 
-/// Health is kept per cluster slot (one slot for a single node): while one
-/// primary is missing, only the keys of its slots follow the policy.
+/// The slots of a Redis Cluster.
 const CLUSTER_SLOTS: usize = 16_384;
+
+/// Health is kept per range of 64 cluster slots (one for a single node):
+/// while one primary is missing, the keys of its ranges follow the policy
+/// (and of a range it shares with another primary: a cluster gives each
+/// primary ranges of thousands of slots). Per slot, a primary's 5 461
+/// slots each probed once per probe interval: under keys spread over the
+/// slots nearly every request to them was a probe, waiting out the timeout.
+const HEALTH_RANGES: usize = 256;
 
 pub(crate) struct RedisState {
     conn: Conn,
@@ -396,7 +410,7 @@ impl RedisState {
         }
         let slots = match b.conn {
             Conn::Single(_) => 1,
-            Conn::Cluster(_) => CLUSTER_SLOTS,
+            Conn::Cluster(_) => HEALTH_RANGES,
         };
         Ok(RedisState {
             script: Arc::new(Script::new(GCRA_LUA)),
@@ -442,13 +456,13 @@ impl RedisState {
         k
     }
 
-    /// The health slot of a Redis key: its cluster slot, or 0 on a single
-    /// node.
+    /// The health slot of a Redis key: its range of cluster slots, or 0 on
+    /// a single node.
     pub(crate) fn slot_of(&self, redis_key: &[u8]) -> usize {
         if self.slots.len() == 1 {
             0
         } else {
-            usize::from(cluster_slot(redis_key))
+            usize::from(cluster_slot(redis_key)) / (CLUSTER_SLOTS / HEALTH_RANGES)
         }
     }
 
@@ -479,6 +493,7 @@ impl RedisState {
         let conn = self.conn.clone();
         let period = self.period_us;
         let burst = self.quota.burst_size();
+        let every = self.probe_interval;
         let fut = Box::pin(async move {
             // EVALSHA, and on NOSCRIPT the script itself with EVAL (which
             // caches it on that node): routed by the key, so it reaches the
@@ -510,7 +525,7 @@ impl RedisState {
                     // A probe of a degraded slot connects anew first (in
                     // the background: the next probe uses it).
                     if probe || current.is_none() {
-                        Cluster::reconnect(&cluster);
+                        Cluster::reconnect(&cluster, every);
                     }
                     let Some(current) = current else {
                         return Err(RedisError::from((

@@ -1017,9 +1017,11 @@ fn key_slots_match_redis() {
 
 /// Two limiter instances on a real 3-primary cluster hold one fleet-wide
 /// quota per key (keys spread over the primaries); then the primary of one
-/// key is killed mid-run: while its slot has no primary, the local-share
-/// policy decides and no request waits longer than the backend timeout;
-/// once its replica is promoted, the shared quota holds again.
+/// key is killed mid-run: a third limiter's keys, spread over every slot,
+/// probe once per degraded range of 64 slots, not once per slot; while key
+/// 50's slot has no primary, the local-share policy decides and no request
+/// waits longer than the backend timeout; once its replica is promoted,
+/// the shared quota holds again.
 #[tokio::test]
 async fn a_redis_cluster_holds_one_quota_and_survives_a_failover() {
     let Some(mut cluster) = Cluster::start() else {
@@ -1063,11 +1065,59 @@ async fn a_redis_cluster_holds_one_quota_and_survives_a_failover() {
         "one quota per key: {before}"
     );
 
+    // A third limiter, its keys spread over every slot.
+    let spread_rec = Recorder::new();
+    let spread = RateLimitLayer::builder(quota)
+        .name("spread")
+        .observer(Observer::new(spread_rec.clone()))
+        .keyed(|x: &u64| Some(Key::from_u64(*x)))
+        .redis(
+            backend()
+                .await
+                .timeout(timeout)
+                .probe_interval(Duration::from_millis(200)),
+        )
+        .build()
+        .unwrap();
+    let burst = || {
+        futures::future::join_all((0..600u64).map(|k| {
+            let mut s = spread.layer(echo());
+            async move { call(&mut s, k).await }
+        }))
+    };
+    let probes = || {
+        spread_rec.count(|e| {
+            matches!(
+                e.kind,
+                EventKind::BackendError {
+                    backend: "redis",
+                    ..
+                }
+            )
+        })
+    };
+
     // Kill the primary of key 50's slot, mid-run.
     let mut key50 = b"seawall:fleet:n:".to_vec();
     key50.extend_from_slice(&50u64.to_be_bytes());
     let victim = cluster.primary_of(&key50);
     cluster.kill(victim);
+
+    // 600 keys at once, in about 590 slots: those that fail (the dead
+    // primary's, and any the cluster client could not serve meanwhile)
+    // degrade their ranges of 64 slots. Once their probes are due, 600
+    // again: one probe per degraded range, 256 at most, not one per slot.
+    burst().await;
+    let first = probes();
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    burst().await;
+    let second = probes() - first;
+    println!("during the failover: {first} keys failed, then {second} probes");
+    assert!(first >= 100, "the dead primary's keys fail: {first}");
+    assert!(
+        (1..=256).contains(&second),
+        "one probe per degraded range: {second}"
+    );
     let mut slowest = Duration::ZERO;
     let mut during = 0;
     for i in 0..40 {
