@@ -136,8 +136,48 @@ impl fmt::Debug for RedisBackend {
 /// A single node or a cluster.
 #[derive(Clone)]
 enum Conn {
-    Single(ConnectionManager),
+    Single(Arc<Single>),
     Cluster(Arc<Cluster>),
+}
+
+/// One Redis server's connection (swapped after a reconnection, read
+/// without a lock), and how to make a new one when the limiter made it.
+struct Single {
+    conn: arc_swap::ArcSwap<ConnectionManager>,
+    remake: Option<(redis::Client, redis::aio::ConnectionManagerConfig)>,
+    reconnecting: AtomicBool,
+}
+
+impl Single {
+    /// Connects anew in the background (one attempt at a time, at most one
+    /// started per `every`), so that the next probe uses a fresh connection:
+    /// a connection that went silent (a failover that moved the address, a
+    /// host gone without a reset) answers no error, and the `redis` crate's
+    /// manager replaces a connection only on errors. A connection made
+    /// elsewhere (`RedisBackend::new`) is kept.
+    fn reconnect(single: &Arc<Single>, every: Duration) {
+        let Some((client, config)) = &single.remake else {
+            return;
+        };
+        if single.reconnecting.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (client, config) = (client.clone(), config.clone());
+        let single = Arc::clone(single);
+        tokio::spawn(async move {
+            let next = Instant::now() + every;
+            let fresh = tokio::time::timeout(
+                Cluster::RECONNECT_WITHIN,
+                ConnectionManager::new_with_config(client, config),
+            )
+            .await;
+            if let Ok(Ok(conn)) = fresh {
+                single.conn.store(Arc::new(conn));
+            }
+            tokio::time::sleep_until(next).await;
+            single.reconnecting.store(false, Ordering::Release);
+        });
+    }
 }
 
 /// A cluster client and its current connection (swapped after a
@@ -196,6 +236,14 @@ impl RedisBackend {
     ///   defaults back off up to 3.2 s: a restarted Redis was used again
     ///   4.5 s after it came back, every tenant unlimited meanwhile), and a
     ///   connection attempt gives up after 100 ms.
+    /// - While the limiter is degraded, a probe also connects anew in the
+    ///   background (at most once per probe interval), and the next probe
+    ///   uses that connection: a connection that went silent without an
+    ///   error (a host gone without a reset, an address moved in a
+    ///   failover), which the `redis` crate's manager never replaces, is
+    ///   replaced within a few probe intervals (`tests/rate_limit_redis`:
+    ///   healthy again 0.34 s after a proxy silenced the connection, with
+    ///   probes every 100 ms; degraded for good before).
     ///
     /// Fails on a URL that is not a Redis URL. Call it on a Tokio runtime.
     ///
@@ -224,16 +272,27 @@ impl RedisBackend {
             .set_min_delay(Duration::from_millis(10))
             .set_max_delay(Duration::from_millis(100))
             .set_connection_timeout(Some(Duration::from_millis(100)));
-        let conn = ConnectionManager::new_lazy_with_config(client, config).map_err(invalid)?;
-        Ok(Self::new(conn))
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config.clone())
+            .map_err(invalid)?;
+        Ok(Self::with(Conn::Single(Arc::new(Single {
+            conn: arc_swap::ArcSwap::from_pointee(conn),
+            remake: Some((client, config)),
+            reconnecting: AtomicBool::new(false),
+        }))))
     }
 
     /// Limits through `conn` (a `redis::aio::ConnectionManager`, which
-    /// reconnects by itself). [`connect`](Self::connect) makes one suited
-    /// to a limiter; a connection of your own should set `TCP_NODELAY` and
-    /// reconnect waits well under a second (see there).
+    /// reconnects by itself on errors). [`connect`](Self::connect) makes one
+    /// suited to a limiter; a connection of your own should set
+    /// `TCP_NODELAY` and reconnect waits well under a second (see there),
+    /// and is kept as it is: one that goes silent without an error is not
+    /// replaced (`connect`'s is).
     pub fn new(conn: ConnectionManager) -> Self {
-        Self::with(Conn::Single(conn))
+        Self::with(Conn::Single(Arc::new(Single {
+            conn: arc_swap::ArcSwap::from_pointee(conn),
+            remake: None,
+            reconnecting: AtomicBool::new(false),
+        })))
     }
 
     /// Limits through a Redis Cluster (or a Valkey cluster): connects with
@@ -519,7 +578,15 @@ impl RedisState {
             };
             let evalsha = first.as_ref();
             let result = match conn {
-                Conn::Single(mut c) => run(&mut c, evalsha, &eval).await,
+                Conn::Single(single) => {
+                    // A probe connects anew first (in the background: the
+                    // next probe uses it).
+                    if probe {
+                        Single::reconnect(&single, every);
+                    }
+                    let mut c = ConnectionManager::clone(&single.conn.load());
+                    run(&mut c, evalsha, &eval).await
+                }
                 Conn::Cluster(cluster) => {
                     let current = cluster.conn.load_full();
                     // A probe of a degraded slot connects anew first (in

@@ -11,6 +11,8 @@ use std::convert::Infallible;
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
@@ -1354,6 +1356,125 @@ async fn connect_starts_with_redis_down_and_follows_a_restart() {
             (State::Healthy, State::Degraded),
             (State::Degraded, State::Healthy)
         ]
+    );
+}
+
+/// A TCP proxy on loopback to `target` whose connections can be made to go
+/// silent (nothing forwarded either way, nothing closed), as a host that
+/// vanished or an address that moved leaves them; connections made after
+/// that are forwarded.
+struct SilencingProxy {
+    port: u16,
+    /// Connections numbered below this are silent.
+    silent_below: Arc<std::sync::atomic::AtomicU64>,
+    accepted: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl SilencingProxy {
+    async fn start(target: u16) -> SilencingProxy {
+        use std::sync::atomic::AtomicU64;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let silent_below = Arc::new(AtomicU64::new(0));
+        let accepted = Arc::new(AtomicU64::new(0));
+        let (s, a) = (silent_below.clone(), accepted.clone());
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let n = a.fetch_add(1, Ordering::SeqCst);
+                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await else {
+                    continue;
+                };
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                let (s1, s2) = (s.clone(), s.clone());
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    while let Ok(k) = cr.read(&mut buf).await {
+                        if k == 0 {
+                            break;
+                        }
+                        if n >= s1.load(Ordering::SeqCst) && sw.write_all(&buf[..k]).await.is_err()
+                        {
+                            break;
+                        }
+                    }
+                });
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    while let Ok(k) = sr.read(&mut buf).await {
+                        if k == 0 {
+                            break;
+                        }
+                        if n >= s2.load(Ordering::SeqCst) && cw.write_all(&buf[..k]).await.is_err()
+                        {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        SilencingProxy {
+            port,
+            silent_below,
+            accepted,
+        }
+    }
+
+    /// Every connection made so far goes silent.
+    fn silence(&self) {
+        self.silent_below
+            .store(self.accepted.load(Ordering::SeqCst), Ordering::SeqCst);
+    }
+}
+
+/// A connection that goes silent without an error (a host gone without a
+/// reset, an address moved in a failover) is replaced: `RedisBackend::connect`
+/// connects anew in the background as the degraded limiter probes, and the
+/// limit is kept through Redis again within a few probe intervals. The
+/// `redis` crate's connection manager replaces a connection only on
+/// errors: the limiter stayed degraded (failing open) for good.
+#[tokio::test]
+async fn a_connection_gone_silent_is_replaced() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let proxy = SilencingProxy::start(server.port).await;
+    let recorder = Recorder::new();
+    let backend = RedisBackend::connect(&format!("redis://127.0.0.1:{}/", proxy.port))
+        .await
+        .unwrap()
+        .timeout(Duration::from_millis(100))
+        .probe_interval(Duration::from_millis(100));
+    let layer = RateLimitLayer::builder(Quota::per_minute(2))
+        .observer(Observer::new(recorder.clone()))
+        .redis(backend)
+        .build()
+        .unwrap();
+    let mut svc = layer.layer(echo());
+    assert_eq!(admitted(&mut svc, 3).await, 2, "the quota, through Redis");
+    proxy.silence();
+    // Silent: degraded, failing open.
+    assert!(call(&mut svc, 0).await.is_ok());
+    assert_eq!(
+        state_changes(&recorder),
+        vec![(State::Healthy, State::Degraded)]
+    );
+    let start = std::time::Instant::now();
+    while state_changes(&recorder).len() < 2 {
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "still degraded after 3 s: {:?}",
+            state_changes(&recorder)
+        );
+        let _ = call(&mut svc, 0).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!("healthy again {:?} after the first probe", start.elapsed());
+    // Through Redis again: the bucket it kept is still empty.
+    assert!(
+        call(&mut svc, 0).await.is_err(),
+        "limited through Redis again"
     );
 }
 
