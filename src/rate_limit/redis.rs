@@ -300,8 +300,11 @@ impl RedisBackend {
     /// degraded and probes (a new connection reads the cluster's current
     /// topology, so a replica promoted after its primary failed is found by
     /// the next probe). A cluster that cannot be reached now does not stop
-    /// the service from starting: the limiter starts degraded (its
-    /// [`FailurePolicy`] applies) and connects in the background.
+    /// the service from starting: it connects in the background, and until
+    /// then the first request of each range of slots (see below) fails at
+    /// once, without waiting, and degrades its range (its
+    /// [`FailurePolicy`] applies; one `BackendError` event per range, 256 at
+    /// most).
     ///
     /// Each limit key is one Redis key, so each check is one script on the
     /// primary of that key's slot; `MOVED` / `ASK` redirections are followed
