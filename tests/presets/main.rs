@@ -1058,16 +1058,17 @@ fn limit_of_one() -> seawall::shed::Gradient2 {
         .unwrap()
 }
 
-#[tokio::test]
-async fn http_server_preset_sheds_with_a_retry_after() {
-    let release = Arc::new(tokio::sync::Semaphore::new(0));
+/// A route `/hold` answering once `release` gives it a permit, in the HTTP
+/// server preset with a limit of one call (its adaptive limit set up by
+/// `limit`): the second request while one is held is shed.
+fn held_until_released(
+    release: &Arc<tokio::sync::Semaphore>,
+    limit: impl FnOnce(
+        seawall::shed::AdaptiveLimitLayerBuilder,
+    ) -> seawall::shed::AdaptiveLimitLayerBuilder,
+) -> Router {
     let r = release.clone();
-    let stack = seawall::stack::ServerStack::http("api")
-        .total_budget(Duration::from_secs(5))
-        .adaptive_limit(|l| l.algorithm(limit_of_one()))
-        .build()
-        .unwrap();
-    let app = Router::new()
+    Router::new()
         .route(
             "/hold",
             get(move || {
@@ -1078,8 +1079,19 @@ async fn http_server_preset_sheds_with_a_retry_after() {
                 }
             }),
         )
-        .layer(stack);
-    let addr = serve_axum(app).await;
+        .layer(
+            seawall::stack::ServerStack::http("api")
+                .total_budget(Duration::from_secs(5))
+                .adaptive_limit(|l| limit(l.algorithm(limit_of_one())))
+                .build()
+                .unwrap(),
+        )
+}
+
+#[tokio::test]
+async fn http_server_preset_sheds_with_a_retry_after() {
+    let release = Arc::new(tokio::sync::Semaphore::new(0));
+    let addr = serve_axum(held_until_released(&release, |l| l)).await;
     let client = hyper();
     let held = tokio::spawn(client.clone().oneshot(get_req(addr, "/hold")));
     // Wait until the first request holds the one slot.
@@ -1174,26 +1186,7 @@ async fn http_client_preset_retries_a_shed_request_after_its_milliseconds() {
 #[tokio::test]
 async fn a_busy_leaf_stays_busy_through_a_grpc_middle_tier_to_the_http_front() {
     let release = Arc::new(tokio::sync::Semaphore::new(0));
-    let r = release.clone();
-    let leaf = Router::new()
-        .route(
-            "/hold",
-            get(move || {
-                let r = r.clone();
-                async move {
-                    let _permit = r.acquire().await.unwrap();
-                    "released"
-                }
-            }),
-        )
-        .layer(
-            seawall::stack::ServerStack::http("leaf")
-                .total_budget(Duration::from_secs(5))
-                .adaptive_limit(|l| l.algorithm(limit_of_one()).burst(Duration::ZERO))
-                .build()
-                .unwrap(),
-        );
-    let leaf = serve_axum(leaf).await;
+    let leaf = serve_axum(held_until_released(&release, |l| l.burst(Duration::ZERO))).await;
     let to_leaf = ClientStack::http("leaf")
         .total_budget(Duration::from_secs(2))
         .attempt_timeout(Duration::from_secs(1))
