@@ -791,8 +791,8 @@ where
 /// overload, a full bulkhead, an open breaker, a rate limit: 503 or 429
 /// with `Retry-After`, gRPC pushback) arrives as the dependency's "busy";
 /// a deadline or attempt timeout (504, `DEADLINE_EXCEEDED`) as the
-/// dependency's deadline answer; one without a time (a bare 503 from an
-/// empty retry budget) as a plain failure. The server's own rejection
+/// dependency's deadline answer; one without a time (an empty retry
+/// budget: gRPC's `UNAVAILABLE` without pushback) as a plain failure. The server's own rejection
 /// does not cross: the caller's layers would take its refusals for their
 /// own process's, never counted and never retried. Other errors (the
 /// backend's, a baseline's) stand for the status a user maps them to, and

@@ -146,8 +146,9 @@
 //!   retries of the broken route's requests make two attempts in three
 //!   fail, runs of 20 happen by chance, and the breaker took the healthy
 //!   route down with it (32 % served, where a client without protection
-//!   served 66 %; 66 % now). A dependency behind a load shedder that
-//!   answers a bare 503 is not shut off either;
+//!   served 66 %; 66 % now). A dependency behind a load shedder whose
+//!   refusals count as failures (a bare error, at twice its capacity) is
+//!   not shut off either;
 //! - **open 100 ms, every time** (no growth), then **1 probe**: a
 //!   dependency that comes back is served again within about 0.1 s (a
 //!   flapping dependency, down 2 s in every 5: 58.2 % served against 60 %

@@ -128,8 +128,8 @@ impl<F, C> FallbackLayerBuilder<F, C> {
 
     /// How responses are judged (default: errors only, every response is a
     /// success). With [`HttpStatusClassifier`](crate::http::HttpStatusClassifier)
-    /// a 5xx (a bare 503 included) is a failure and a 429 or a 503 with
-    /// `Retry-After` an overload; with the gRPC classifier, an
+    /// a 5xx (but 501 and 503) is a failure and a 429 or a 503 an
+    /// overload; with the gRPC classifier, an
     /// `UNAVAILABLE` status is a failure, or an overload with pushback. Use
     /// the classifier of the stack the fallback goes around. Errors are
     /// judged by the outcome model whatever the classifier: a local

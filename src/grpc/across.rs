@@ -93,12 +93,12 @@ where
 /// | `res` | status |
 /// |---|---|
 /// | `503` with `retry-after-ms` or `Retry-After` in seconds (the dependency is busy: a seawall server's refusal, refused before its handler ran) | `UNAVAILABLE` with `grpc-retry-pushback-ms` |
-/// | `429` | `RESOURCE_EXHAUSTED`, with the pushback when it has a wait |
+/// | `429`; `503` without a wait (busy, as nginx's `limit_conn` says it) | `RESOURCE_EXHAUSTED`, with the pushback when it has a wait |
 /// | `504`, `408` | `DEADLINE_EXCEEDED` |
 /// | `501` | `UNIMPLEMENTED` |
 /// | `400`, `401`, `403`, `404`, `409` | `INVALID_ARGUMENT`, `UNAUTHENTICATED`, `PERMISSION_DENIED`, `NOT_FOUND`, `ABORTED` |
 /// | any other `4xx` | `FAILED_PRECONDITION` |
-/// | any other `5xx` (a bare `503` included) | `INTERNAL` |
+/// | any other `5xx` | `INTERNAL` |
 ///
 /// A busy dependency stays busy for the caller (the gRPC presets' breakers
 /// do not count it, their retries wait for its pushback). A dependency's
@@ -135,7 +135,7 @@ pub fn status_for_response<B>(res: &Response<B>) -> Option<Status> {
     let wait = http_wait(res.headers());
     let (grpc, wait) = match code {
         503 if wait.is_some() => (Code::Unavailable, wait),
-        429 => (Code::ResourceExhausted, wait),
+        429 | 503 => (Code::ResourceExhausted, wait),
         504 | 408 => (Code::DeadlineExceeded, None),
         501 => (Code::Unimplemented, None),
         400 => (Code::InvalidArgument, None),
@@ -219,17 +219,15 @@ mod tests {
             push(res(503, &[("retry-after-ms", "0"), ("retry-after", "1")])),
             Some("1000".into())
         );
-        assert_eq!(
-            code(res(503, &[])),
-            Some(Code::Internal),
-            "a bare 503 is broken"
-        );
+        // Busy without a wait: busy, and not retried.
+        assert_eq!(code(res(503, &[])), Some(Code::ResourceExhausted));
+        assert_eq!(push(res(503, &[])), None);
         assert_eq!(
             code(res(
                 503,
                 &[("retry-after", "Wed, 21 Oct 2015 07:28:00 GMT")]
             )),
-            Some(Code::Internal)
+            Some(Code::ResourceExhausted)
         );
         assert_eq!(code(res(429, &[])), Some(Code::ResourceExhausted));
         assert_eq!(push(res(429, &[])), None);

@@ -319,7 +319,7 @@ fn classifier_default_outcomes() {
         (500, Outcome::Failure),
         (501, Outcome::Ignored),
         (502, Outcome::Failure),
-        (503, Outcome::Failure),
+        (503, Outcome::Overloaded),
         (504, Outcome::Failure),
         (599, Outcome::Failure),
         (600, Outcome::Success),
@@ -333,10 +333,11 @@ fn classifier_default_outcomes() {
             .filter(|&code| classify(&c, code) == o)
             .count()
     };
-    assert_eq!(count(Outcome::Failure), 100); // 5xx but 501, and 408
-    assert_eq!(count(Outcome::Overloaded), 1); // 429
-    // A 503 that says when to come back is "busy"; a bare one (a proxy with
-    // no healthy upstream) is broken.
+    assert_eq!(count(Outcome::Failure), 99); // 5xx but 501 and 503, and 408
+    assert_eq!(count(Outcome::Overloaded), 2); // 429, 503
+    // A 503 is "busy" with or without a Retry-After. Counted as a failure
+    // (a 503 that means "down" behind a proxy), one that says when to come
+    // back stays busy, unless that is turned off too.
     let shed = http::Response::builder()
         .status(503)
         .header("retry-after", "2")
@@ -346,7 +347,13 @@ fn classifier_default_outcomes() {
         Classify::<http::Response<Body>, BoxError>::classify(&c, Ok(&shed)),
         Outcome::Overloaded
     );
-    let strict = HttpStatusClassifier::new().retry_after_is_overload(false);
+    let down = HttpStatusClassifier::new().failure_code(http::StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(classify(&down, 503), Outcome::Failure);
+    assert_eq!(
+        Classify::<http::Response<Body>, BoxError>::classify(&down, Ok(&shed)),
+        Outcome::Overloaded
+    );
+    let strict = down.retry_after_is_overload(false);
     assert_eq!(
         Classify::<http::Response<Body>, BoxError>::classify(&strict, Ok(&shed)),
         Outcome::Failure
@@ -401,7 +408,7 @@ fn classifier_rules_change_one_at_a_time() {
     assert_eq!(classify(&c, 404), Outcome::Success);
     // The rest as before.
     assert_eq!(classify(&c, 500), Outcome::Failure);
-    assert_eq!(classify(&c, 503), Outcome::Failure);
+    assert_eq!(classify(&c, 503), Outcome::Overloaded);
     assert_eq!(classify(&c, 400), Outcome::Ignored);
     assert_eq!(
         format!(
