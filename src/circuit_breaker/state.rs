@@ -119,6 +119,8 @@ struct Control {
     probes_done: u32,
     probe_failures: u32,
     probe_slow: u32,
+    /// When the breaker last turned half-open (ns after `origin`).
+    half_open_at: i64,
 }
 
 /// The shared breaker.
@@ -152,6 +154,12 @@ pub(crate) struct Core {
     /// The open time of the last trip, in nanoseconds: also how long the
     /// half-open probes may all be out before one more is let in.
     open_nanos: AtomicI64,
+    /// After a close from half-open: until when (ns after `origin`) the
+    /// fresh window is not judged (0: judged). It fills with the fastest
+    /// answers first: the failures of a dependency that fails half its
+    /// calls at once and answers the other half later made a window of
+    /// failures only, which reopened it at once, again and again.
+    judge_after: AtomicI64,
     control: Mutex<Control>,
     /// Backpressure mode only: wakes the tasks waiting for the open time to
     /// end when an operator moves the breaker (a reset, disable, …).
@@ -189,6 +197,7 @@ impl Core {
             in_a_row: AtomicU32::new(config.tuning.consecutive_failures.unwrap_or(0)),
             open_until: AtomicI64::new(0),
             open_nanos: AtomicI64::new(0),
+            judge_after: AtomicI64::new(0),
             control: Mutex::new(Control {
                 trips: 0,
                 open: (
@@ -200,6 +209,7 @@ impl Core {
                 probes_done: 0,
                 probe_failures: 0,
                 probe_slow: 0,
+                half_open_at: 0,
             }),
             moved: config
                 .backpressure
@@ -555,6 +565,9 @@ impl Core {
                 self.consecutive.store(0, Ordering::Release);
             }
         }
+        if self.judge_after.load(Ordering::Relaxed) != 0 {
+            return self.record_after_close(permit.generation, snap, trip, now());
+        }
         if self.config.rate_trips && !trip {
             // Counts that did not change were judged by the call that made
             // them (and by a retune since).
@@ -567,6 +580,35 @@ impl Core {
             let now = now();
             let snap = snap.unwrap_or_else(|| self.window.snapshot(now));
             self.trip_closed(permit.generation, now, snap);
+        }
+    }
+
+    /// A call recorded in the fresh window of a close from half-open: the
+    /// window opens the breaker only three times the last probe's time
+    /// after the close, once the answers of the calls let in at the close
+    /// have had time to come back (the slow ones last), and is judged on
+    /// every call until then, changed counts or not.
+    #[cold]
+    fn record_after_close(
+        &self,
+        generation: u64,
+        snap: Option<WindowSnapshot>,
+        in_a_row: bool,
+        now: Instant,
+    ) {
+        let after = self.judge_after.load(Ordering::Acquire);
+        if after != 0 {
+            if self.nanos(now) < after {
+                return;
+            }
+            // Judged from now on, as any closed breaker.
+            let _ =
+                self.judge_after
+                    .compare_exchange(after, 0, Ordering::AcqRel, Ordering::Relaxed);
+        }
+        let snap = snap.unwrap_or_else(|| self.window.snapshot(now));
+        if in_a_row || (self.config.rate_trips && self.rates_trip(&snap)) {
+            self.trip_closed(generation, now, snap);
         }
     }
 
@@ -670,6 +712,7 @@ impl Core {
         control.probes_done = 0;
         control.probe_failures = 0;
         control.probe_slow = 0;
+        control.half_open_at = self.nanos(now);
         self.word.store(
             pack(
                 HALF_OPEN,
@@ -706,10 +749,19 @@ impl Core {
         if fr < f64::from_bits(self.failure_rate.load(Ordering::Relaxed))
             && sr < f64::from_bits(self.slow_rate.load(Ordering::Relaxed))
         {
+            // The probes took up to this long: the calls let in at the
+            // close answer within about as much.
+            let now = self.nanos(now());
+            let probe = now.saturating_sub(control.half_open_at).max(0);
+            let after = if probe == 0 {
+                0
+            } else {
+                now.saturating_add(probe.saturating_mul(3))
+            };
             self.close_locked(
                 &mut control,
-                HALF_OPEN,
-                permit.generation,
+                (HALF_OPEN, permit.generation),
+                after,
                 Some(fr),
                 Some(sr),
             );
@@ -725,17 +777,20 @@ impl Core {
         }
     }
 
+    /// Closes the breaker (under the lock), from state `from` of
+    /// `generation`; its fresh window is judged from `judge_after` on.
     fn close_locked(
         &self,
         control: &mut Control,
-        from: u8,
-        generation: u64,
+        (from, generation): (u8, u64),
+        judge_after: i64,
         fr: Option<f64>,
         sr: Option<f64>,
     ) {
         control.trips = 0;
         self.window.reset();
         self.consecutive.store(0, Ordering::Release);
+        self.judge_after.store(judge_after, Ordering::Release);
         self.word
             .store(pack(CLOSED, 0, next_gen(generation)), Ordering::Release);
         self.emit_state(public_state(from), State::Closed, fr, sr);
@@ -758,7 +813,7 @@ impl Core {
         let from = state_of(word);
         let generation = gen_of(word);
         if to == CLOSED {
-            self.close_locked(&mut control, from, generation, None, None);
+            self.close_locked(&mut control, (from, generation), 0, None, None);
             return;
         }
         if to == METRICS_ONLY || to == DISABLED {

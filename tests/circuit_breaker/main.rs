@@ -1337,6 +1337,11 @@ mod model {
         /// (finished at, failed, slow), oldest first.
         window: Vec<(u64, bool, bool)>,
         trips: u32,
+        /// When the breaker last turned half-open.
+        half_open_at: u64,
+        /// After a close from half-open: the window opens it from then on
+        /// (three times the probes' time after the close).
+        judge_after: u64,
     }
 
     impl Model {
@@ -1372,6 +1377,7 @@ mod model {
                     failures: 0,
                     slow: 0,
                 };
+                self.half_open_at = now;
             }
             Ok(())
         }
@@ -1390,6 +1396,7 @@ mod model {
                         MINIMUM.min(COUNT)
                     };
                     if calls >= minimum
+                        && end >= self.judge_after
                         && (failures as f64 / calls as f64 >= THRESHOLD
                             || slows as f64 / calls as f64 >= SLOW_THRESHOLD)
                     {
@@ -1417,6 +1424,7 @@ mod model {
                         self.state = MState::Closed;
                         self.window.clear();
                         self.trips = 0;
+                        self.judge_after = end + 3 * (end - self.half_open_at);
                     } else {
                         self.open(end);
                     }
@@ -1470,6 +1478,8 @@ mod model {
                 state: MState::Closed,
                 window: Vec::new(),
                 trips: 0,
+                half_open_at: 0,
+                judge_after: 0,
             };
             for (step, op) in ops.into_iter().enumerate() {
                 match op {
@@ -1921,4 +1931,90 @@ async fn a_probe_whose_inner_call_panics_gives_its_slot_back() {
     assert_eq!(handle.state(), State::HalfOpen);
     call(&mut svc, OK).await.expect("the slot was given back");
     assert_eq!(handle.state(), State::Closed);
+}
+
+/// A dependency that comes back from an outage failing half its calls at
+/// once (1 ms) and answering the other half in 10 ms: 40 callers keep
+/// calling it (a refused caller waits 5 ms). Closed, its window holds half
+/// failures, below the 80 % that opens it; but a window just emptied by a
+/// close fills with the fast failures first, and the breaker reopened at
+/// once after every close: 22 times in the 2.5 s after the outage, 395
+/// calls served. Its fresh window is judged once the calls let in at the
+/// close have had three probes' time to answer: after a probe that fails
+/// (one in two), it closes and stays closed, serving the half it can.
+#[tokio::test(start_paused = true)]
+async fn a_partial_recovery_with_fast_failures_keeps_the_breaker_closed() {
+    use std::sync::atomic::AtomicBool;
+    let recorder = Recorder::new();
+    let layer = CircuitBreakerLayer::builder()
+        .observer(Observer::new(recorder.clone()))
+        .build()
+        .unwrap();
+    let outage = Arc::new(AtomicBool::new(true));
+    let n = Arc::new(AtomicUsize::new(0));
+    let (o, c) = (outage.clone(), n.clone());
+    let svc = layer.layer(service_fn(move |_: ()| {
+        let down = o.load(Ordering::SeqCst);
+        let odd = c.fetch_add(1, Ordering::SeqCst) % 2 == 1;
+        async move {
+            if down {
+                return Err::<&'static str, BoxError>("down".into());
+            }
+            if odd {
+                sleep(Duration::from_millis(1)).await;
+                Err("failed".into())
+            } else {
+                sleep(Duration::from_millis(10)).await;
+                Ok("served")
+            }
+        }
+    }));
+    let start = Instant::now();
+    let served = Arc::new(AtomicUsize::new(0));
+    let callers = (0..40).map(|_| {
+        let mut svc = svc.clone();
+        let served = served.clone();
+        async move {
+            while start.elapsed() < Duration::from_secs(3) {
+                match svc.ready().await.unwrap().call(()).await {
+                    Ok(_) => {
+                        served.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Err(e) if rejection_of(&e).is_some() => sleep(Duration::from_millis(5)).await,
+                    Err(_) => {}
+                }
+            }
+        }
+    });
+    let flip = async {
+        sleep(Duration::from_millis(500)).await;
+        outage.store(false, Ordering::SeqCst);
+    };
+    tokio::join!(futures::future::join_all(callers), flip);
+    let opens: Vec<_> = recorder
+        .events()
+        .iter()
+        .filter(|e| {
+            matches!(
+                e.kind,
+                EventKind::StateChanged {
+                    to: State::Open,
+                    ..
+                }
+            )
+        })
+        .map(|e| e.at.duration_since(start))
+        .collect();
+    let after: Vec<_> = opens
+        .iter()
+        .filter(|t| **t > Duration::from_millis(700))
+        .collect();
+    println!(
+        "opened {} times, {} after the outage; served {}",
+        opens.len(),
+        after.len(),
+        served.load(Ordering::SeqCst)
+    );
+    assert!(after.is_empty(), "reopened after the outage at {after:?}");
+    assert!(served.load(Ordering::SeqCst) > 8000);
 }
