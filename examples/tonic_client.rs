@@ -36,7 +36,8 @@
 //!   ...
 //! ```
 //!
-//! The server saw the attempt's 600 ms (minus its 5 ms margin), not the 2 s
+//! The server saw the attempt's 600 ms (minus the 5 ms margin the example
+//! server sets; the server presets take 10 ms per hop), not the 2 s
 //! of the call.
 //!
 //! ```text

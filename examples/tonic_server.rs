@@ -30,7 +30,8 @@
 //! With the `.proto` from `examples/common/greeter.rs` saved as `demo.proto`:
 //!
 //! ```text
-//! # OK, with the budget the handler saw (800 ms asked, minus the 5 ms margin):
+//! # OK, with the budget the handler saw (800 ms asked, minus this example's 5 ms
+//! # margin; the server presets take 10 ms):
 //! grpcurl -plaintext -proto demo.proto -H 'grpc-timeout: 800m' \
 //!   -d '{"name":"you","work_ms":300}' 127.0.0.1:50051 demo.Greeter/SayHello
 //! #   { "message": "hello, you", "deadlineMs": "795", "budgetMs": "795", "leftMs": "495" }

@@ -88,8 +88,8 @@
 //!
 //! # Under a client stack
 //!
-//! Put the keyed layer inside the stack's parts or around your client, below
-//! the stack: the stack's retry then sees a key's open breaker as a local
+//! Put the keyed layer around your client, below the stack
+//! (`stack.layer(per_host.layer(client))`): the stack's retry then sees a key's open breaker as a local
 //! refusal (not retried, not counted by the stack's own breaker), while a
 //! key's failures before its breaker opens count in the stack's breaker too
 //! (one tenant failing alone rarely reaches the shared breaker's rate; many

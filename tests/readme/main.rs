@@ -443,3 +443,77 @@ async fn the_handler_passes_on_a_busy_dependencys_retry_after_and_a_502_when_unr
     );
     Ok(())
 }
+
+/// The README's breaker per host: two servers on loopback, one answering
+/// `500` to every call. Its breaker opens after its 20 calls and refuses the
+/// rest without sending them; every call to the other host is served.
+#[cfg(all(feature = "keyed", feature = "circuit-breaker"))]
+#[tokio::test]
+async fn a_breaker_per_host() -> Result<(), seawall::BoxError> {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let hits = Arc::new(AtomicUsize::new(0));
+    let h = hits.clone();
+    let broken = serve_app(Router::new().route(
+        "/",
+        get(move || {
+            h.fetch_add(1, Ordering::SeqCst);
+            async { http::StatusCode::INTERNAL_SERVER_ERROR }
+        }),
+    ))
+    .await;
+    let healthy = serve_app(Router::new().route("/", get(|| async { "fine" }))).await;
+    let hyper_client: Client<HttpConnector, Full<Bytes>> =
+        Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+    // --- README begins ---
+    use seawall::circuit_breaker::CircuitBreakerLayer;
+    use seawall::http::HttpStatusClassifier;
+    use seawall::keyed::KeyedLayer;
+    use seawall::rate_limit::Key;
+
+    // One breaker per host the client calls: a host that fails is shut off
+    // alone, the others are not.
+    let per_host = KeyedLayer::builder(
+        |req: &http::Request<Full<Bytes>>| {
+            req.uri()
+                .authority()
+                .and_then(|a| Key::from_bytes(a.as_str().as_bytes()))
+        },
+        |host: &Key| {
+            CircuitBreakerLayer::builder()
+                .name(format!("hosts.breaker.{host}")) // events and metrics per host
+                .classifier(HttpStatusClassifier::new())
+                .build()
+                .expect("valid settings")
+        },
+    )
+    .build()?;
+    let client = tower::Layer::layer(&per_host, hyper_client); // or below a ClientStack::http
+    // --- README ends ---
+    let get = |addr: std::net::SocketAddr| {
+        http::Request::get(format!("http://{addr}/"))
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    let mut refused = Vec::new();
+    for i in 0..30 {
+        match client.clone().oneshot(get(broken)).await {
+            Ok(res) => assert_eq!(res.status(), 500, "call {i}"),
+            Err(err) => {
+                let r = seawall::error::rejection_of(&err).expect("a refusal");
+                assert_eq!(r.kind(), seawall::RejectionKind::CircuitOpen);
+                assert!(
+                    r.name().starts_with("hosts.breaker.127.0.0.1:"),
+                    "{}",
+                    r.name()
+                );
+                refused.push(i);
+            }
+        }
+        let res = client.clone().oneshot(get(healthy)).await?;
+        assert_eq!(res.status(), 200, "the other host, call {i}");
+    }
+    assert_eq!(refused, (20..30).collect::<Vec<_>>());
+    assert_eq!(hits.load(Ordering::SeqCst), 20);
+    Ok(())
+}
