@@ -300,9 +300,7 @@ where
                             ResponseFuture::waiting(now + w, by_max, deadline, key, s, r, shared)
                                 .state
                         }
-                        _ => State::Rejected {
-                            err: Some("rate limit future polled after completion".into()),
-                        },
+                        _ => spent(),
                     }
                 } else if deadline == Some(limit) && now + w <= by_max {
                     // The wait itself would be allowed, but the cell comes
@@ -321,6 +319,13 @@ where
     })
 }
 
+/// The state of a future polled again after it handed its request on.
+fn spent<F, S, Req, X, D>() -> State<F, S, Req, X, D> {
+    State::Rejected {
+        err: Some("rate limit future polled after completion".into()),
+    }
+}
+
 /// An admitted request's own service made ready, then called.
 fn ready_then_call<F, S, Req, X, D>(
     svc: &mut Option<S>,
@@ -335,9 +340,7 @@ where
     D: Decorate<S::Response>,
 {
     let Some(s) = svc.as_mut() else {
-        return Poll::Ready(State::Rejected {
-            err: Some("rate limit future polled after completion".into()),
-        });
+        return Poll::Ready(spent());
     };
     if let Err(e) = ready!(s.poll_ready(cx)) {
         return Poll::Ready(State::Rejected {
@@ -346,9 +349,7 @@ where
     }
     Poll::Ready(match (svc.take(), req.take()) {
         (Some(mut s), Some(r)) => ResponseFuture::called(shared, status, || s.call(r)).state,
-        _ => State::Rejected {
-            err: Some("rate limit future polled after completion".into()),
-        },
+        _ => spent(),
     })
 }
 
@@ -467,9 +468,7 @@ where
                                 )
                                 .state
                             }
-                            _ => State::Rejected {
-                                err: Some("rate limit future polled after completion".into()),
-                            },
+                            _ => spent(),
                         },
                     }
                 }
