@@ -130,7 +130,8 @@ impl<F, C> FallbackLayerBuilder<F, C> {
     /// success). With [`HttpStatusClassifier`](crate::http::HttpStatusClassifier)
     /// a 5xx (but 501 and 503) is a failure and a 429 or a 503 an
     /// overload; with the gRPC classifier, an
-    /// `UNAVAILABLE` status is a failure, or an overload with pushback. Use
+    /// `UNAVAILABLE` status is an overload when a server answered it and a
+    /// failure when none did (a connection refused). Use
     /// the classifier of the stack the fallback goes around. Errors are
     /// judged by the outcome model whatever the classifier: a local
     /// refusal is always [`Refused`](crate::observe::FallbackReason::Refused).

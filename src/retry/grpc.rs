@@ -352,7 +352,8 @@ mod tests {
             // A proxy's answers, mapped as gRPC does.
             // "Busy": an overload to the breaker, retried (overloads are).
             (429, Verdict::RETRY, Outcome::Overloaded),
-            (503, Verdict::RETRY, Outcome::Failure),
+            (503, Verdict::RETRY, Outcome::Overloaded),
+            (502, Verdict::RETRY, Outcome::Failure),
             (404, Verdict::Fail, Outcome::Ignored),
         ] {
             let res = head(code);

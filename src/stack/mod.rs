@@ -13,8 +13,9 @@
 //!
 //! A preset knows its protocol: which statuses mean broken, busy or the
 //! caller's own mistake (so the breaker opens on HTTP 500 and gRPC
-//! `UNAVAILABLE`, never on a shedding server's 429 or 503, with or without
-//! `Retry-After`, nor on this process's own full bulkhead), which requests are safe to repeat (a timed-out `POST` runs
+//! `INTERNAL`, and on a connection refused, never on a shedding server's
+//! 429 or 503 or `UNAVAILABLE`, with or without a wait, nor on this
+//! process's own full bulkhead), which requests are safe to repeat (a timed-out `POST` runs
 //! once), where the deadline travels on the wire, and how a refusal is
 //! answered (503/429/504 with `Retry-After`, gRPC statuses with pushback).
 //! Set the budgets; every other default is chosen for you.

@@ -103,7 +103,8 @@ impl Probe {
             }
             "hang-once" => {}
             n if n.starts_with("hang") => std::future::pending::<()>().await,
-            "down" => return Err(Status::unavailable("down for maintenance")),
+            "busy" => return Err(Status::unavailable("try again later")),
+            "down" => return Err(Status::internal("database down")),
             _ => {}
         }
         greeter::say_hello(req).await
@@ -377,7 +378,7 @@ async fn server_cap_is_deadline_exceeded() {
 }
 
 #[tokio::test]
-async fn client_retries_unavailable_then_its_breaker_opens() {
+async fn client_retries_unavailable_and_its_breaker_opens_on_failures() {
     let server = start(ServerConfig::default()).await;
     let recorder = Recorder::new();
     let (client, breaker) = server.client(ClientConfig {
@@ -391,12 +392,13 @@ async fn client_retries_unavailable_then_its_breaker_opens() {
         observer: Observer::new(recorder.clone()),
     });
 
-    // Three attempts, all UNAVAILABLE: the call fails with the server's status.
-    let status = greeter::call_say_hello(client.clone(), hello("down"))
+    // Three attempts, all UNAVAILABLE: the call fails with the server's
+    // status. The server answered "not now": busy, not counted.
+    let status = greeter::call_say_hello(client.clone(), hello("busy"))
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::Unavailable);
-    assert_eq!(status.message(), "down for maintenance");
+    assert_eq!(status.message(), "try again later");
     let attempts: Vec<_> = server
         .probe
         .seen()
@@ -408,9 +410,17 @@ async fn client_retries_unavailable_then_its_breaker_opens() {
         recorder.count(|e| matches!(e.kind, EventKind::RetryScheduled { .. })),
         2
     );
+    assert_eq!(breaker.state(), State::Closed);
+    assert_eq!(breaker.metrics().calls, 0, "busy is not counted");
 
-    // Three failures out of three: the breaker is open, calls fail at once
-    // and never reach the server.
+    // INTERNAL: a failure, not retried. Three out of three: the breaker is
+    // open, calls fail at once and never reach the server.
+    for _ in 0..3 {
+        let status = greeter::call_say_hello(client.clone(), hello("down"))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::Internal);
+    }
     assert_eq!(breaker.state(), State::Open);
     for name in ["down", "healthy"] {
         let start = tokio::time::Instant::now();
@@ -425,7 +435,7 @@ async fn client_retries_unavailable_then_its_breaker_opens() {
         assert!((20_000..45_000).contains(&wait), "{wait}");
         assert!(start.elapsed() < Duration::from_secs(10));
     }
-    assert_eq!(server.probe.seen().len(), 3);
+    assert_eq!(server.probe.seen().len(), 6);
 }
 
 #[tokio::test]

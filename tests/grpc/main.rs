@@ -311,23 +311,23 @@ fn classify_head(c: &GrpcStatusClassifier, grpc_status: Option<&str>, http_statu
 fn classifier_reads_grpc_status_from_response_heads() {
     let c = GrpcStatusClassifier::default();
     let table: [(u8, Outcome); 17] = [
-        (0, Outcome::Success),    // OK
-        (1, Outcome::Failure),    // CANCELLED (a tonic server's timeout)
-        (2, Outcome::Failure),    // UNKNOWN
-        (3, Outcome::Ignored),    // INVALID_ARGUMENT
-        (4, Outcome::Failure),    // DEADLINE_EXCEEDED
-        (5, Outcome::Ignored),    // NOT_FOUND
-        (6, Outcome::Ignored),    // ALREADY_EXISTS
-        (7, Outcome::Ignored),    // PERMISSION_DENIED
-        (8, Outcome::Overloaded), // RESOURCE_EXHAUSTED
-        (9, Outcome::Ignored),    // FAILED_PRECONDITION
-        (10, Outcome::Ignored),   // ABORTED
-        (11, Outcome::Ignored),   // OUT_OF_RANGE
-        (12, Outcome::Ignored),   // UNIMPLEMENTED
-        (13, Outcome::Failure),   // INTERNAL
-        (14, Outcome::Failure),   // UNAVAILABLE
-        (15, Outcome::Failure),   // DATA_LOSS
-        (16, Outcome::Ignored),   // UNAUTHENTICATED
+        (0, Outcome::Success),     // OK
+        (1, Outcome::Failure),     // CANCELLED (a tonic server's timeout)
+        (2, Outcome::Failure),     // UNKNOWN
+        (3, Outcome::Ignored),     // INVALID_ARGUMENT
+        (4, Outcome::Failure),     // DEADLINE_EXCEEDED
+        (5, Outcome::Ignored),     // NOT_FOUND
+        (6, Outcome::Ignored),     // ALREADY_EXISTS
+        (7, Outcome::Ignored),     // PERMISSION_DENIED
+        (8, Outcome::Overloaded),  // RESOURCE_EXHAUSTED
+        (9, Outcome::Ignored),     // FAILED_PRECONDITION
+        (10, Outcome::Ignored),    // ABORTED
+        (11, Outcome::Ignored),    // OUT_OF_RANGE
+        (12, Outcome::Ignored),    // UNIMPLEMENTED
+        (13, Outcome::Failure),    // INTERNAL
+        (14, Outcome::Overloaded), // UNAVAILABLE, answered by the server
+        (15, Outcome::Failure),    // DATA_LOSS
+        (16, Outcome::Ignored),    // UNAUTHENTICATED
     ];
     for (code, expected) in table {
         assert_eq!(
@@ -346,9 +346,26 @@ fn classifier_reads_grpc_status_from_response_heads() {
         Classify::<_, Status>::classify(&c, Ok(&busy)),
         Outcome::Overloaded
     );
-    let no_pushback_rule = GrpcStatusClassifier::new().pushback_is_overload(false);
+    // A server's UNAVAILABLE counts as a failure with both rules off; a
+    // client-side UNAVAILABLE (no connection) always does.
+    let strict = GrpcStatusClassifier::new()
+        .answered_unavailable_is_overload(false)
+        .pushback_is_overload(false);
     assert_eq!(
-        Classify::<_, Status>::classify(&no_pushback_rule, Ok(&busy)),
+        Classify::<_, Status>::classify(&strict, Ok(&busy)),
+        Outcome::Failure
+    );
+    let answered_only = GrpcStatusClassifier::new().answered_unavailable_is_overload(false);
+    assert_eq!(
+        classify_head(&answered_only, Some("14"), 200),
+        Outcome::Failure
+    );
+    assert_eq!(
+        Classify::<_, Status>::classify(&answered_only, Ok(&busy)),
+        Outcome::Overloaded
+    );
+    assert_eq!(
+        Classify::<http::Response<()>, _>::classify(&c, Err(&Status::unavailable("no connection"))),
         Outcome::Failure
     );
     // Unparseable codes read as UNKNOWN: a failure.
@@ -357,7 +374,7 @@ fn classifier_reads_grpc_status_from_response_heads() {
     // No grpc-status on a 200 head: the code comes later in trailers; success.
     assert_eq!(classify_head(&c, None, 200), Outcome::Success);
     // A proxy's HTTP error without grpc-status, mapped as the gRPC spec says.
-    assert_eq!(classify_head(&c, None, 503), Outcome::Failure); // UNAVAILABLE: no healthy upstream
+    assert_eq!(classify_head(&c, None, 503), Outcome::Overloaded); // a proxy's "busy", as for HTTP
     assert_eq!(classify_head(&c, None, 429), Outcome::Overloaded); // a proxy's "busy"
     let shed = http::Response::builder()
         .status(503)
@@ -425,13 +442,13 @@ fn classifier_failure_codes_are_configurable() {
         .overload_code(Code::DataLoss);
     assert_eq!(classify_head(&c, Some("10"), 200), Outcome::Failure);
     assert_eq!(classify_head(&c, Some("8"), 200), Outcome::Success);
-    assert_eq!(classify_head(&c, Some("14"), 200), Outcome::Failure);
+    assert_eq!(classify_head(&c, Some("14"), 200), Outcome::Overloaded);
     assert_eq!(classify_head(&c, Some("15"), 200), Outcome::Overloaded);
     // Every other rule is untouched.
     assert_eq!(classify_head(&c, Some("5"), 200), Outcome::Ignored);
     assert_eq!(
         format!("{c:?}"),
-        "GrpcStatusClassifier { failure_codes: [Cancelled, Unknown, DeadlineExceeded, Aborted, Internal, Unavailable], overload_codes: [DataLoss], pushback_is_overload: true }"
+        "GrpcStatusClassifier { failure_codes: [Cancelled, Unknown, DeadlineExceeded, Aborted, Internal, Unavailable], overload_codes: [DataLoss], pushback_is_overload: true, answered_unavailable_is_overload: true }"
     );
 }
 

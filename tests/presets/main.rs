@@ -648,13 +648,16 @@ async fn http_preset_local_bulkhead_refusals_never_open_the_breaker() {
 /// How the raw gRPC server answers `SayHello`.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Answer {
-    /// `UNAVAILABLE`, trailers-only.
+    /// `INTERNAL`, trailers-only.
     TrailersOnly,
-    /// `UNAVAILABLE` sent as headers, then trailers with no message.
+    /// `INTERNAL` sent as headers, then trailers with no message.
     HeadersThenTrailers,
     /// `UNAVAILABLE` with `grpc-retry-pushback-ms: 0`: busy.
     Busy,
-    /// `UNAVAILABLE` sent as headers, an empty data frame, then trailers.
+    /// `UNAVAILABLE` without pushback, trailers-only: how a gRPC server
+    /// that is not seawall sheds (Envoy's overflow, a hand-written cap).
+    Unavailable,
+    /// `INTERNAL` sent as headers, an empty data frame, then trailers.
     HeadersEmptyDataThenTrailers,
     /// A reply that starts at once (headers) and whose message comes 800 ms
     /// later, then `OK` trailers: a slow first message.
@@ -686,7 +689,8 @@ impl tower::Service<http::Request<Body>> for Raw {
         let answer = self.answer;
         Box::pin(async move {
             Ok(match answer {
-                Answer::TrailersOnly => Status::unavailable("down").into_http(),
+                Answer::TrailersOnly => Status::internal("down").into_http(),
+                Answer::Unavailable => Status::unavailable("overloaded").into_http(),
                 Answer::Busy => {
                     let mut s = Status::unavailable("busy");
                     s.metadata_mut()
@@ -695,7 +699,7 @@ impl tower::Service<http::Request<Body>> for Raw {
                 }
                 Answer::HeadersThenTrailers | Answer::HeadersEmptyDataThenTrailers => {
                     let mut trailers = http::HeaderMap::new();
-                    trailers.insert("grpc-status", "14".parse().unwrap());
+                    trailers.insert("grpc-status", "13".parse().unwrap());
                     trailers.insert("grpc-message", "down".parse().unwrap());
                     // Metadata with two values: both reach the client.
                     trailers.append("x-failed-shard", "3".parse().unwrap());
@@ -810,7 +814,7 @@ fn hello() -> tonic::Request<HelloRequest> {
 }
 
 #[tokio::test]
-async fn grpc_preset_breaker_opens_on_unavailable_then_refuses_fast() {
+async fn grpc_preset_breaker_opens_on_internal_then_refuses_fast() {
     let (channel, hits) = serve_raw(Answer::TrailersOnly).await;
     let (observer, probes) = probe_counter();
     let stack = grpc_preset(Duration::from_millis(500))
@@ -830,27 +834,18 @@ async fn grpc_preset_breaker_opens_on_unavailable_then_refuses_fast() {
         }
         calls_until_open += 1;
         let status = call_say_hello(client.clone(), hello()).await.unwrap_err();
-        assert_eq!(status.code(), Code::Unavailable);
+        assert_eq!(status.code(), Code::Internal);
         own.push(seawall::error::rejection(&status).map(|r| (r.kind(), r.name().to_owned())));
     }
-    // Six calls of three attempts each end with the dependency's
-    // UNAVAILABLE; the seventh's third attempt meets the open breaker (or,
-    // if it comes after the 100 ms open time, is its probe and fails, and
-    // the seventh ends with the dependency's status too).
-    let breaker_refusal = Some((RejectionKind::CircuitOpen, "dep.breaker".to_owned()));
+    // Twenty calls, one attempt each (INTERNAL is not retried), end with
+    // the dependency's status; the twentieth opens the breaker.
     let reached = hits.load(Ordering::SeqCst);
-    assert_eq!(own.len(), 7);
-    assert_eq!(own[..6], vec![None; 6][..], "the dependency's own statuses");
-    match probes.load(Ordering::SeqCst) {
-        0 => assert_eq!(own[6], breaker_refusal, "this client's breaker, named"),
-        1 => assert_eq!(own[6], None, "the probe's own status"),
-        n => panic!("{n} probes"),
-    }
-    assert_eq!(reached, 20 + probes.load(Ordering::SeqCst));
+    assert_eq!(own, vec![None; 20], "the dependency's own statuses");
+    assert_eq!(reached, 20);
     assert_eq!(
         breaker.state(),
         State::Open,
-        "the breaker opens on UNAVAILABLE"
+        "the breaker opens on INTERNAL"
     );
 
     // While the dependency stays down, only probes reach it; every other
@@ -864,11 +859,12 @@ async fn grpc_preset_breaker_opens_on_unavailable_then_refuses_fast() {
             tokio::time::sleep(Duration::from_millis(150)).await;
         }
         let status = call_say_hello(client.clone(), hello()).await.unwrap_err();
-        assert_eq!(status.code(), Code::Unavailable);
         let Some(refusal) = seawall::error::rejection(&status) else {
-            // A probe's own answer, after its retries were probes too.
+            // A probe's own answer.
+            assert_eq!(status.code(), Code::Internal);
             continue;
         };
+        assert_eq!(status.code(), Code::Unavailable);
         assert_eq!(status.message(), "circuit open");
         assert_eq!(
             (refusal.kind(), refusal.name()),
@@ -893,7 +889,7 @@ async fn grpc_preset_breaker_opens_on_unavailable_then_refuses_fast() {
     let probed = only_probes_reached_it(&hits, &probes, start);
     assert!(refused >= 300 - probed, "{refused} refused");
     println!(
-        "grpc preset vs a dependency answering UNAVAILABLE: {calls_until_open} calls, {reached} \
+        "grpc preset vs a dependency answering INTERNAL: {calls_until_open} calls, {reached} \
          attempts reached it before the breaker opened; then {refused} of 300 calls refused \
          without reaching it, {probed} probes in {:?}",
         start.elapsed()
@@ -908,12 +904,15 @@ async fn grpc_preset_reads_a_failure_sent_as_headers_then_trailers() {
         Answer::HeadersEmptyDataThenTrailers,
     ] {
         let (channel, hits) = serve_raw(answer).await;
-        let stack = grpc_preset(Duration::from_millis(500)).build().unwrap();
+        let stack = grpc_preset(Duration::from_millis(500))
+            .retry(|r| r.policy(GrpcRetry::new().with_code(Code::Internal)))
+            .build()
+            .unwrap();
         let breaker = stack.breaker_handle();
         let status = call_say_hello(stack.layer(channel), hello())
             .await
             .unwrap_err();
-        assert_eq!(status.code(), Code::Unavailable, "{answer:?}");
+        assert_eq!(status.code(), Code::Internal, "{answer:?}");
         assert_eq!(status.message(), "down", "{answer:?}");
         if answer != Answer::TrailersOnly {
             let shards: Vec<_> = status
@@ -924,7 +923,8 @@ async fn grpc_preset_reads_a_failure_sent_as_headers_then_trailers() {
                 .collect();
             assert_eq!(shards, ["3", "7"], "{answer:?}");
         }
-        // Retried (UNAVAILABLE: 3 attempts) and counted by the breaker.
+        // Retried (INTERNAL, opted in: 3 attempts) and counted by the
+        // breaker.
         assert_eq!(hits.load(Ordering::SeqCst), 3, "{answer:?}");
         let m = breaker.metrics();
         assert_eq!((m.calls, m.failures), (3, 3), "{answer:?}");
@@ -947,6 +947,31 @@ async fn grpc_preset_busy_answers_never_open_the_breaker() {
     assert_eq!(breaker.state(), State::Closed);
     assert_eq!(breaker.metrics().calls, 0, "pushback is not counted");
     assert!(hits.load(Ordering::SeqCst) >= 30);
+}
+
+/// A server's `UNAVAILABLE` without pushback is how a gRPC server that is
+/// not seawall sheds (Envoy's overflow, a hand-written cap): retried, and
+/// not counted. In an outside trial of such a dependency at 4 to 10 times
+/// its capacity, the preset's breaker, which counted it, opened about 7
+/// times a second and 28 % of the dependency's capacity was served, where a
+/// plain tonic client got all of it.
+#[tokio::test]
+async fn grpc_preset_a_servers_unavailable_never_opens_the_breaker() {
+    let (channel, hits) = serve_raw(Answer::Unavailable).await;
+    let stack = grpc_preset(Duration::from_millis(500))
+        .breaker(|b| b.consecutive_failures(1))
+        .build()
+        .unwrap();
+    let breaker = stack.breaker_handle();
+    let client = stack.layer(channel);
+    for _ in 0..30 {
+        let status = call_say_hello(client.clone(), hello()).await.unwrap_err();
+        assert_eq!(status.code(), Code::Unavailable);
+        assert!(seawall::error::rejection(&status).is_none(), "{status:?}");
+    }
+    assert_eq!(breaker.state(), State::Closed);
+    assert_eq!(breaker.metrics().calls, 0, "busy is not counted");
+    assert!(hits.load(Ordering::SeqCst) > 30, "retried");
 }
 
 #[tokio::test]
