@@ -5,10 +5,10 @@
 //!
 //! - [`Outcome::Success`]: the dependency answered well.
 //! - [`Outcome::Failure`], a **remote failure**: the dependency is broken (a
-//!   5xx, a connection error, an attempt timeout, gRPC `INTERNAL`).
+//!   5xx but 503, a connection error, an attempt timeout, gRPC `INTERNAL`).
 //! - [`Outcome::Overloaded`], a **remote overload**: the dependency answered
-//!   "busy" (HTTP 429 or 503 with `Retry-After`, gRPC `RESOURCE_EXHAUSTED`, `UNAVAILABLE` with
-//!   pushback, a seawall server's `Overloaded`).
+//!   "busy" (HTTP 429 or 503, gRPC `RESOURCE_EXHAUSTED` or a server's
+//!   `UNAVAILABLE`, with or without a wait; a seawall server's `Overloaded`).
 //! - [`Outcome::Refused`], a **local refusal**: this process said no before
 //!   the dependency saw the call (its own bulkhead, rate limit, open breaker,
 //!   spent retry budget, client throttle, a deadline gone before sending).
@@ -33,8 +33,8 @@
 //! [`Classify`] is implemented by closures, by [`ErrorsAsFailures`] (the
 //! generic default: `Ok` is a success, an error a failure, a shedder's
 //! `Overloaded` an overload), and with the protocol features by
-//! [`HttpStatusClassifier`](crate::http::HttpStatusClassifier) (5xx fail,
-//! 429 and 503 with `Retry-After` busy, 4xx ignored) and
+//! [`HttpStatusClassifier`](crate::http::HttpStatusClassifier) (5xx but 503 fail,
+//! 429 and 503 busy, 4xx ignored) and
 //! [`GrpcStatusClassifier`](crate::grpc::GrpcStatusClassifier). The protocol
 //! classifiers compose: take one and change a single rule
 //! (`.overload_code(502)`, `.ignored_code(Code::NotFound)`).

@@ -464,8 +464,8 @@ impl<B: Body> Hold<http::Response<CallBody<B>>> for BodyEnd {
 
     /// By the head, as the presets' breakers judge it: a gRPC status in the
     /// headers (a trailers-only answer) by gRPC's classifier (feature
-    /// `tonic`), any other response by its HTTP status (a 5xx a failure, a
-    /// 429 or a 503 with `Retry-After` an overload, a 4xx ignored). A
+    /// `tonic`), any other response by its HTTP status (a 5xx but 503 a
+    /// failure, a 429 or a 503 an overload, a 4xx ignored). A
     /// status in the trailers comes after the head and is not seen here.
     #[inline]
     fn outcome(response: &http::Response<CallBody<B>>) -> crate::observe::Outcome {

@@ -28,7 +28,7 @@
 //!   `"deadline"` or `"codel"`. Admitted calls emit `CallStarted` and
 //!   `CallFinished` (outcome: `Err` a failure; `Ok` a success, or, for an HTTP
 //!   response held to its body's end (`BodyEnd`), as its status says: a 5xx a
-//!   failure, a 429 or a 503 with `Retry-After` an overload, a 4xx ignored).
+//!   failure (but a 503), a 429 or a 503 an overload, a 4xx ignored).
 //! - **Shared state.** The permits and the queue belong to the
 //!   [`BulkheadLayer`], in an `Arc`: every service built from one layer, and
 //!   every clone of those services, shares them. Build one layer (one named

@@ -364,7 +364,7 @@ impl<C> CircuitBreakerBuilder<C> {
     }
 
     /// Whether a remote overload ([`Outcome::Overloaded`](crate::observe::Outcome::Overloaded):
-    /// a 429 or a 503 with `Retry-After`, `RESOURCE_EXHAUSTED`, `UNAVAILABLE` with pushback, a
+    /// a 429 or a 503, `RESOURCE_EXHAUSTED`, a server's `UNAVAILABLE`, a
     /// shedder's `Overloaded`) counts as a failure. Default: **no**, it is
     /// not counted at all.
     ///

@@ -43,8 +43,8 @@
 //! [`retry_after_header`] and [`rejection_response`].
 //!
 //! [`HttpStatusClassifier`] classifies responses for the circuit breaker and
-//! the client throttle: 5xx (but 501) and 408 fail; 429 and
-//! a 503 with `Retry-After` are overloaded ("busy"); 501 and other 4xx are the
+//! the client throttle: 5xx (but 501 and 503) and 408 fail; 429 and
+//! 503, with or without `Retry-After`, are overloaded ("busy"); 501 and other 4xx are the
 //! caller's mistake (ignored); the rest succeed.
 //!
 //! # Example
