@@ -52,7 +52,11 @@
 //!   above `slow_call_rate_threshold`. The window really slides: after 1 000
 //!   successes, a 10-call window at 50 % opens after 5 failures. A run of
 //!   `consecutive_failures` in a row (50 by default) opens it whatever the
-//!   window holds.
+//!   window holds. After a close from half-open, the fresh window is judged
+//!   from three times the probe's time after the close on (at most 1 s):
+//!   it fills with the fastest answers first, and a dependency failing half
+//!   its calls at once and answering the rest later would reopen it on a
+//!   window of failures only.
 //! - **Open**: calls are rejected at once with [`CircuitOpen`], whose
 //!   `retry_after` is the time left until half-open stretched by a factor in
 //!   `[1, 1.5)`, different for each refusal (a sequence seeded by the

@@ -750,13 +750,16 @@ impl Core {
             && sr < f64::from_bits(self.slow_rate.load(Ordering::Relaxed))
         {
             // The probes took up to this long: the calls let in at the
-            // close answer within about as much.
+            // close answer within about as much. At most a second (the
+            // time from half-open includes waiting for probes to come, and
+            // a dependency dying again meanwhile is not judged), and none
+            // for a breaker that opens on runs of failures only.
             let now = self.nanos(now());
             let probe = now.saturating_sub(control.half_open_at).max(0);
-            let after = if probe == 0 {
+            let after = if probe == 0 || !self.config.rate_trips {
                 0
             } else {
-                now.saturating_add(probe.saturating_mul(3))
+                now.saturating_add(probe.saturating_mul(3).min(MAX_JUDGE_DELAY))
             };
             self.close_locked(
                 &mut control,
@@ -827,6 +830,9 @@ impl Core {
         self.emit_state(public_state(from), public_state(to), None, None);
     }
 }
+
+/// The longest a fresh window waits after a close before it is judged (ns).
+const MAX_JUDGE_DELAY: i64 = 1_000_000_000;
 
 #[inline]
 fn nanos_to_duration(nanos: i64) -> Duration {

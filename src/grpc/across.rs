@@ -22,14 +22,15 @@ const TEXT_PLAIN: HeaderValue = HeaderValue::from_static("text/plain; charset=ut
 /// |---|---|
 /// | this process's own refusal ([`error::rejection`](crate::error::rejection) finds one: breaker open, budget spent, out of time) | what [`rejection_response`](crate::http::rejection_response) answers: `503`/`429` with `Retry-After`, or `504` |
 /// | `UNAVAILABLE` with `grpc-retry-pushback-ms` (the dependency is busy: a seawall server's refusal) | `503` with `Retry-After` and `retry-after-ms` |
+/// | `UNAVAILABLE` without pushback that the server answered (busy, as a gRPC server that is not seawall sheds) | `503` without `Retry-After` (busy for the HTTP presets too) |
 /// | `RESOURCE_EXHAUSTED` | `429`, with `Retry-After` and `retry-after-ms` when it has a pushback |
 /// | `DEADLINE_EXCEEDED`, `CANCELLED` (the dependency ran out of the time it was sent) | `504` |
-/// | any other (`UNAVAILABLE` without pushback: unreachable; `INTERNAL`, …) | `502` |
+/// | any other (`UNAVAILABLE` that no server answered: a connection refused or lost, the error in its source; `INTERNAL`, …) | `502` |
 ///
 /// A busy dependency stays busy for the caller: its `503` with a wait is
 /// what the HTTP presets' breakers do not count and their retries wait
-/// for, where a `502` is counted as a failure. A pushback that says not to
-/// retry (negative, or not a number) makes a `502`.
+/// for, where a `502` is counted as a failure. An `UNAVAILABLE` whose
+/// pushback says not to retry (negative, or not a number) makes a `502`.
 ///
 /// ```
 /// use std::time::Duration;
@@ -62,6 +63,10 @@ where
             "dependency busy",
             Some(wait),
         ),
+        // Answered by the server (the client's own errors carry their cause).
+        (Code::Unavailable, None) if std::error::Error::source(status).is_none() => {
+            (StatusCode::SERVICE_UNAVAILABLE, "dependency busy", None)
+        }
         (Code::ResourceExhausted, wait) => (
             StatusCode::TOO_MANY_REQUESTS,
             "dependency rate limited",
@@ -263,7 +268,13 @@ mod tests {
             r(&with_push(Status::unavailable("busy"), "1500")),
             (503, Some("1500".into()))
         );
-        assert_eq!(r(&Status::unavailable("down")), (502, None));
+        // A server's bare UNAVAILABLE is busy; one no server answered (its
+        // cause in its source, as the client's transport errors carry) is
+        // a failure.
+        assert_eq!(r(&Status::unavailable("overloaded")), (503, None));
+        let mut unreachable = Status::unavailable("connection refused");
+        unreachable.set_source(std::sync::Arc::new(std::io::Error::other("refused")));
+        assert_eq!(r(&unreachable), (502, None));
         assert_eq!(r(&with_push(Status::unavailable("x"), "-1")), (502, None));
         assert_eq!(r(&Status::resource_exhausted("quota")), (429, None));
         assert_eq!(

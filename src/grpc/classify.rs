@@ -295,14 +295,19 @@ impl<B, E: 'static> Classify<http::Response<B>, E> for GrpcStatusClassifier {
     fn classify(&self, result: Result<&http::Response<B>, &E>) -> Outcome {
         match result {
             Ok(res) => match super::status::head_code(res) {
-                // A proxy's "busy" (429, 503) without grpc-status: an
-                // overload, as for HTTP, unless the rule for UNAVAILABLE
-                // was changed from a failure.
+                // A proxy's "busy" (a 429; a 503 with a wait, or bare)
+                // without grpc-status: an overload, as for HTTP, unless the
+                // rule for UNAVAILABLE was changed from a failure, or the
+                // rule that applies is turned off.
                 Some(Code::Unavailable)
                     if !res.headers().contains_key(Status::GRPC_STATUS)
-                        && matches!(res.status().as_u16(), 429 | 503)
-                        && self.answered_unavailable_is_overload
-                        && self.outcome(Code::Unavailable) == Outcome::Failure =>
+                        && self.outcome(Code::Unavailable) == Outcome::Failure
+                        && match res.status().as_u16() {
+                            429 => true,
+                            503 if crate::http::says_busy(res) => self.pushback_is_overload,
+                            503 => self.answered_unavailable_is_overload,
+                            _ => false,
+                        } =>
                 {
                     Outcome::Overloaded
                 }

@@ -386,18 +386,21 @@ impl FromStr for Cidr {
             Some((a, p)) => (a, Some(p)),
             None => (s, None),
         };
-        let addr: IpAddr = addr.trim().parse().map_err(|_| bad())?;
-        let addr = canonical(addr);
+        let written: IpAddr = addr.trim().parse().map_err(|_| bad())?;
         let prefix = match prefix {
-            Some(p) => p.trim().parse::<u8>().map_err(|_| bad())?,
-            None => {
-                if addr.is_ipv4() {
-                    32
-                } else {
-                    128
-                }
-            }
+            Some(p) => Some(p.trim().parse::<u8>().map_err(|_| bad())?),
+            None => None,
         };
+        // An IPv4-mapped network with an IPv6 prefix (`::ffff:10.0.0.0/104`)
+        // is mapped by `Cidr::new`; with a short one (`::ffff:10.0.0.0/8`)
+        // the prefix is the IPv4 address's.
+        if let (IpAddr::V6(v6), Some(p)) = (written, prefix) {
+            if v6.to_ipv4_mapped().is_some() && p > 32 {
+                return Cidr::new(written, p);
+            }
+        }
+        let addr = canonical(written);
+        let prefix = prefix.unwrap_or(if addr.is_ipv4() { 32 } else { 128 });
         Cidr::new(addr, prefix)
     }
 }
@@ -601,9 +604,14 @@ mod tests {
         assert!("x/8".parse::<Cidr>().is_err());
         // An IPv4-mapped network trusts the IPv4 addresses it maps, written
         // either way.
-        let mapped = Cidr::new("::ffff:10.0.0.0".parse().unwrap(), 104).unwrap();
-        assert!(mapped.contains("10.1.2.3".parse().unwrap()));
-        assert!(mapped.contains("::ffff:10.1.2.3".parse().unwrap()));
-        assert!(!mapped.contains("11.0.0.1".parse().unwrap()));
+        for mapped in [
+            Cidr::new("::ffff:10.0.0.0".parse().unwrap(), 104).unwrap(),
+            "::ffff:10.0.0.0/104".parse().unwrap(),
+            "::ffff:10.0.0.0/8".parse().unwrap(),
+        ] {
+            assert!(mapped.contains("10.1.2.3".parse().unwrap()));
+            assert!(mapped.contains("::ffff:10.1.2.3".parse().unwrap()));
+            assert!(!mapped.contains("11.0.0.1".parse().unwrap()));
+        }
     }
 }

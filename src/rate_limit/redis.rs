@@ -26,6 +26,8 @@ use crate::observe::{EventKind, LayerKind, Observer, State};
 const MAX_TIMEOUT: Duration = Duration::from_secs(60);
 /// The shortest [`RedisBackend::probe_interval`] accepted.
 const MIN_PROBE_INTERVAL: Duration = Duration::from_millis(1);
+/// The longest [`RedisBackend::probe_interval`] accepted.
+const MAX_PROBE_INTERVAL: Duration = Duration::from_secs(3600);
 
 /// GCRA in one atomic step. KEYS[1]: the bucket; ARGV[1]: the period
 /// (emission interval) in µs; ARGV[2]: the burst; ARGV[3]: the request's
@@ -44,7 +46,10 @@ local burst = tonumber(ARGV[2])
 local cost = tonumber(ARGV[3])
 local tat = tonumber(redis.call('GET', KEYS[1]))
 if tat == nil or tat < now then tat = now end
-if tat > now + period * burst then tat = now + period * burst end
+if tat > now + period * burst then
+  tat = now + period * burst
+  redis.call('SET', KEYS[1], string.format('%d', tat), 'PX', math.ceil((tat - now) / 1000))
+end
 local new_tat = tat + period * cost
 local allow_at = new_tat - period * burst
 if now < allow_at then
@@ -376,8 +381,8 @@ impl RedisBackend {
         self
     }
 
-    /// How often a degraded limiter tries Redis again (default 1 s; at least
-    /// 1 ms, checked when the limiter is built).
+    /// How often a degraded limiter tries Redis again (default 1 s; 1 ms to
+    /// 1 h, checked when the limiter is built).
     pub fn probe_interval(mut self, interval: Duration) -> Self {
         self.probe_interval = interval;
         self
@@ -431,8 +436,14 @@ pub(crate) struct RedisState {
     slots: Box<[AtomicU64]>,
     /// Slots not healthy: the limiter is `Degraded` while any is.
     degraded_slots: AtomicUsize,
+    /// Calls a deadline cut that are still waited for apart (see `cut`).
+    watched: AtomicUsize,
     start: Instant,
 }
+
+/// The most calls a deadline cut that are waited for apart at once: one of
+/// them judges a hung Redis as well as all of them would.
+const MAX_WATCHED: usize = 64;
 
 impl RedisState {
     pub(crate) fn new(b: RedisBackend, quota: Quota) -> Result<RedisState, ConfigError> {
@@ -445,11 +456,11 @@ impl RedisState {
                 ),
             ));
         }
-        if b.probe_interval < MIN_PROBE_INTERVAL {
+        if b.probe_interval < MIN_PROBE_INTERVAL || b.probe_interval > MAX_PROBE_INTERVAL {
             return Err(ConfigError::new(
                 "rate_limit",
                 format!(
-                    "redis probe_interval must be at least {MIN_PROBE_INTERVAL:?} (each probe waits for Redis), got {:?}",
+                    "redis probe_interval must be in {MIN_PROBE_INTERVAL:?}..={MAX_PROBE_INTERVAL:?} (each probe waits for Redis), got {:?}",
                     b.probe_interval
                 ),
             ));
@@ -485,6 +496,7 @@ impl RedisState {
             period_us,
             slots: (0..slots).map(|_| AtomicU64::new(0)).collect(),
             degraded_slots: AtomicUsize::new(0),
+            watched: AtomicUsize::new(0),
             start: Instant::now(),
             conn: b.conn,
         })
@@ -660,24 +672,32 @@ impl RedisState {
     /// A round trip that the request's deadline cut before Redis answered.
     /// One request's budget does not judge Redis: the call goes on in a
     /// task of its own until Redis answers or the timeout since it was made
-    /// runs out, and is judged then (outside a runtime, it is dropped
-    /// unjudged).
+    /// runs out, and is judged then (outside a runtime, or with
+    /// [`MAX_WATCHED`] such calls already out, it is dropped unjudged).
     pub(crate) fn cut(self: &Arc<Self>, observer: &Observer, name: &Name, call: &mut RedisCall) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
+        if self.watched.fetch_add(1, Ordering::AcqRel) >= MAX_WATCHED {
+            self.watched.fetch_sub(1, Ordering::AcqRel);
+            return;
+        }
         let fut = std::mem::replace(&mut call.fut, Box::pin(std::future::pending()));
         let by = self.start + Duration::from_nanos(call.started_ns) + self.timeout;
         let (state, observer, name, slot) =
             (self.clone(), observer.clone(), name.clone(), call.slot);
         runtime.spawn(async move {
             let cause = match tokio::time::timeout_at(by, fut).await {
-                Ok(Ok(v)) if v.len() == 3 => return state.healthy(&observer, &name, slot),
-                Ok(Ok(_)) => "protocol",
-                Ok(Err(e)) => cause_of(&e),
-                Err(_) => "timeout",
+                Ok(Ok(v)) if v.len() == 3 => None,
+                Ok(Ok(_)) => Some("protocol"),
+                Ok(Err(e)) => Some(cause_of(&e)),
+                Err(_) => Some("timeout"),
             };
-            state.failed(&observer, &name, slot, cause);
+            state.watched.fetch_sub(1, Ordering::AcqRel);
+            match cause {
+                None => state.healthy(&observer, &name, slot),
+                Some(cause) => state.failed(&observer, &name, slot, cause),
+            }
         });
     }
 

@@ -23,10 +23,10 @@ use crate::error::BoxError;
 /// [`Mode::Wait`] it waits for a cell before calling the inner service.
 /// Waiting (and the Redis backend's round trip) takes a clone of the inner
 /// service, made ready once the request is admitted, which is why the inner
-/// service must be `Clone`: the service polled ready stays with the layer
-/// for the next request, and what it reserved when it said "ready" (a
-/// `ConcurrencyLimit` permit, a `Buffer` slot, a backpressure bulkhead's
-/// permit) is not held by a request waiting for its cell.
+/// service must be `Clone`: what the service polled ready reserved when it
+/// said "ready" (a `ConcurrencyLimit` permit, a `Buffer` slot, a
+/// backpressure bulkhead's permit) is given back at once, neither held by
+/// a request waiting for its cell nor kept by the layer.
 pub struct RateLimit<S, X, D> {
     inner: S,
     shared: Arc<Shared<X, D>>,
@@ -116,7 +116,7 @@ where
                     let deadline = crate::deadline::of(&req);
                     let limit = limit_of(now, max, deadline);
                     if now + w <= limit {
-                        let svc = self.inner.clone();
+                        let svc = release_ready(&mut self.inner);
                         return ResponseFuture::waiting(
                             now + w,
                             by_max_of(now, max),
@@ -152,12 +152,25 @@ where
                     Mode::Wait { max } => Some(by_max_of(crate::clock::edge_now(), max)),
                     Mode::Reject => None,
                 };
-                let svc = self.inner.clone();
+                let svc = release_ready(&mut self.inner);
                 let deadline = crate::deadline::of(&req).map(|d| d.instant());
                 ResponseFuture::redis(call, by_max, deadline, key(), svc, req, shared)
             }
         }
     }
+}
+
+/// A clone of the inner service for a request that waits (for its cell, or
+/// for Redis), made ready once admitted; the service its caller polled
+/// ready is replaced by another clone and dropped, so that what it reserved
+/// (a `ConcurrencyLimit` permit, a `Buffer` slot) is given back: kept by
+/// the layer, a reservation of the only permit left the admitted request
+/// waiting for it for good; kept by the request, it was held through the
+/// wait.
+fn release_ready<S: Clone>(inner: &mut S) -> S {
+    let fresh = inner.clone();
+    drop(std::mem::replace(inner, fresh));
+    inner.clone()
 }
 
 /// The latest instant a waiting request may be admitted: `max` from now, and

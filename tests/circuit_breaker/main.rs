@@ -1424,7 +1424,7 @@ mod model {
                         self.state = MState::Closed;
                         self.window.clear();
                         self.trips = 0;
-                        self.judge_after = end + 3 * (end - self.half_open_at);
+                        self.judge_after = end + (3 * (end - self.half_open_at)).min(1_000);
                     } else {
                         self.open(end);
                     }

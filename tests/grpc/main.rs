@@ -360,6 +360,22 @@ fn classifier_reads_grpc_status_from_response_heads() {
         classify_head(&answered_only, Some("14"), 200),
         Outcome::Failure
     );
+    // A proxy's bare 503 follows that rule; its 429 and its 503 with a wait
+    // stay busy.
+    assert_eq!(classify_head(&answered_only, None, 503), Outcome::Failure);
+    assert_eq!(
+        classify_head(&answered_only, None, 429),
+        Outcome::Overloaded
+    );
+    let proxy_busy = http::Response::builder()
+        .status(503)
+        .header("retry-after", "1")
+        .body(())
+        .unwrap();
+    assert_eq!(
+        Classify::<_, Status>::classify(&answered_only, Ok(&proxy_busy)),
+        Outcome::Overloaded
+    );
     assert_eq!(
         Classify::<_, Status>::classify(&answered_only, Ok(&busy)),
         Outcome::Overloaded

@@ -1011,8 +1011,8 @@ fn readme_grpc_handler_answer(
         Ok(reply) => reply.into_inner().message.into_response(),
         // This process refused or gave up (breaker open, budget spent, out of
         // time): 503 or 429 with Retry-After, or 504. The dependency was busy
-        // (UNAVAILABLE with pushback, a seawall server's refusal): 503 with its
-        // wait, which the caller's breaker does not count. It ran out of the
+        // (a server's UNAVAILABLE, with pushback or not): 503 with its wait, if
+        // any, which the caller's breaker does not count. It ran out of the
         // time it was sent (DEADLINE_EXCEEDED, or CANCELLED from a plain tonic
         // server): 504. It failed or could not be reached: 502.
         Err(status) => seawall::grpc::response_for_status(&status),

@@ -342,6 +342,30 @@ async fn a_request_waiting_for_its_cell_holds_no_permit_below() {
     }
 }
 
+/// Over a concurrency limit of one, with one service handle called the
+/// usual way (`ready`, then `call`, then the next): the second request
+/// waits for its cell, then for the only permit, which the handle's
+/// readiness had reserved and the layer gives back (kept, the request
+/// waited for it for good).
+#[tokio::test(start_paused = true)]
+async fn a_waiting_request_over_a_limit_of_one_is_served() {
+    let layer = RateLimitLayer::builder(Quota::per_second(1))
+        .wait(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let mut svc = layer.layer(tower::limit::ConcurrencyLimitLayer::new(1).layer(echo()));
+    let t0 = Instant::now();
+    for i in 0..3u64 {
+        let answer = tokio::time::timeout(Duration::from_secs(10), async {
+            svc.ready().await.unwrap().call(i).await
+        })
+        .await
+        .expect("served, not stuck waiting for a permit");
+        assert_eq!(answer.unwrap(), i);
+        assert_eq!(t0.elapsed(), Duration::from_secs(i));
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn wait_mode_waits_exactly_and_respects_max_wait() {
     let layer = RateLimitLayer::builder(Quota::per_second(1))

@@ -325,7 +325,12 @@ async fn redis_settings_are_checked_when_built() {
     let err = build(backend().await.unwrap().timeout(Duration::ZERO)).unwrap_err();
     assert!(err.contains("redis timeout must be in"), "{err}");
     let err = build(backend().await.unwrap().probe_interval(Duration::ZERO)).unwrap_err();
-    assert!(err.contains("probe_interval must be at least 1ms"), "{err}");
+    assert!(
+        err.contains("probe_interval must be in 1ms..=3600s"),
+        "{err}"
+    );
+    let err = build(backend().await.unwrap().probe_interval(Duration::MAX)).unwrap_err();
+    assert!(err.contains("probe_interval must be in"), "{err}");
     assert!(build(backend().await.unwrap().timeout(Duration::from_secs(60))).is_ok());
 }
 
@@ -360,6 +365,12 @@ async fn a_bucket_ahead_of_the_clock_owes_at_most_one_window() {
     assert!(
         wait <= Duration::from_secs(1),
         "told to come back in {wait:?}, more than the 1 s window"
+    );
+    // Coming back then, it is served: what it owes is stored capped.
+    tokio::time::sleep(wait + Duration::from_millis(20)).await;
+    assert!(
+        call(&mut svc, 7).await.is_ok(),
+        "served after the wait it was told"
     );
     // Another key is untouched.
     assert!(call(&mut svc, 8).await.is_ok());
