@@ -283,10 +283,16 @@ impl Core {
             EventKind::Reconfigured,
         );
         // The window is judged by the new rates now, not at the next call
-        // that changes its counts.
+        // that changes its counts (unless it is a fresh one still waiting
+        // for the answers of the calls let in at a close: the next call past
+        // that judges it).
         let word = self.word.load(Ordering::Acquire);
         if state_of(word) == CLOSED && self.config.rate_trips {
             let now = crate::clock::edge_now();
+            let after = self.judge_after.load(Ordering::Acquire);
+            if after != 0 && self.nanos(now) < after {
+                return;
+            }
             let snap = self.window.snapshot(now);
             if self.rates_trip(&snap) {
                 self.trip_closed(gen_of(word), now, snap);

@@ -2018,3 +2018,41 @@ async fn a_partial_recovery_with_fast_failures_keeps_the_breaker_closed() {
     assert!(after.is_empty(), "reopened after the outage at {after:?}");
     assert!(served.load(Ordering::SeqCst) > 8000);
 }
+
+/// A retune judges a closed breaker's window at once, but not a fresh one
+/// still waiting, after a close, for the answers of the calls let in at
+/// the close: the first call past the wait judges it.
+#[tokio::test(start_paused = true)]
+async fn a_retune_leaves_a_fresh_window_to_its_wait() {
+    let layer = CircuitBreakerLayer::builder()
+        .window(SlidingWindow::count(10))
+        .minimum_calls(4)
+        .without_consecutive_failures()
+        .failure_rate_threshold(1.0)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let mut svc = wrap(&layer);
+    for _ in 0..4 {
+        let _ = call(&mut svc, FAIL).await;
+    }
+    assert_eq!(handle.state(), State::Open);
+    advance(Duration::from_millis(100)).await;
+    // The probe takes 100 ms: the fresh window waits 300 ms after the close.
+    call(&mut svc, slow(100)).await.unwrap();
+    assert_eq!(handle.state(), State::Closed);
+    for req in [FAIL, OK, FAIL, OK] {
+        let _ = call(&mut svc, req).await;
+    }
+    let mut t = handle.tuning();
+    t.failure_rate_threshold = 0.5;
+    handle.retune(t).unwrap();
+    assert_eq!(handle.state(), State::Closed, "judged during the wait");
+    advance(Duration::from_millis(300)).await;
+    let _ = call(&mut svc, FAIL).await;
+    assert_eq!(
+        handle.state(),
+        State::Open,
+        "3 failures of 5, past the wait"
+    );
+}
