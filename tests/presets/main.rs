@@ -963,6 +963,34 @@ async fn grpc_preset_busy_answers_never_open_the_breaker() {
     }
 }
 
+/// A server that is not there (connection refused) is no server's answer:
+/// its `UNAVAILABLE` counts as a failure, and the breaker opens, where a
+/// server's own `UNAVAILABLE` is busy.
+#[tokio::test]
+async fn grpc_preset_breaker_opens_when_no_server_answers() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let channel = Channel::from_shared(format!("http://127.0.0.1:{port}"))
+        .unwrap()
+        .connect_lazy();
+    let stack = grpc_preset(Duration::from_millis(500)).build().unwrap();
+    let breaker = stack.breaker_handle();
+    let client = stack.layer(channel);
+    let mut refused_by_breaker = 0;
+    for _ in 0..30 {
+        let status = call_say_hello(client.clone(), hello()).await.unwrap_err();
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+        if seawall::error::rejection(&status).is_some() {
+            refused_by_breaker += 1;
+        }
+    }
+    assert!(breaker.metrics().failures >= 20, "{:?}", breaker.metrics());
+    assert!(refused_by_breaker > 0, "the breaker opened");
+}
+
 #[tokio::test]
 async fn grpc_preset_tonic_client_sees_deadline_exceeded() {
     let entered = Arc::new(AtomicUsize::new(0));
