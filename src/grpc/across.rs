@@ -4,15 +4,14 @@
 
 use std::time::Duration;
 
-use http::header::{CONTENT_TYPE, RETRY_AFTER};
-use http::{HeaderMap, HeaderValue, Response, StatusCode};
+use http::header::RETRY_AFTER;
+use http::{HeaderMap, Response, StatusCode};
 use tonic::metadata::MetadataValue;
 use tonic::{Code, Status};
 
 use super::status::{PUSHBACK_HEADER, PUSHBACK_NAME, pushback_ms};
+use crate::deadline::wire::header_number;
 use crate::http::RETRY_AFTER_MS;
-
-const TEXT_PLAIN: HeaderValue = HeaderValue::from_static("text/plain; charset=utf-8");
 
 /// The HTTP response an HTTP handler answers with when its gRPC
 /// dependency's call failed with `status` (the gRPC client preset's error),
@@ -77,18 +76,7 @@ where
         }
         _ => (StatusCode::BAD_GATEWAY, "dependency failed", None),
     };
-    let mut res = Response::new(B::from(body));
-    *res.status_mut() = code;
-    let headers = res.headers_mut();
-    headers.insert(CONTENT_TYPE, TEXT_PLAIN);
-    if let Some(wait) = wait {
-        headers.insert(RETRY_AFTER, crate::http::retry_after_header(wait));
-        headers.insert(
-            RETRY_AFTER_MS,
-            crate::http::response::retry_after_ms_header(wait),
-        );
-    }
-    res
+    crate::http::response::text_response(code, body, wait)
 }
 
 /// The `tonic::Status` a tonic handler answers with when its HTTP
@@ -165,13 +153,13 @@ pub fn status_for_response<B>(res: &Response<B>) -> Option<Status> {
 fn http_wait(headers: &HeaderMap) -> Option<Duration> {
     let ms = headers
         .get(RETRY_AFTER_MS)
-        .and_then(|v| number(v.as_bytes()))
+        .and_then(|v| header_number(v.as_bytes(), 10).ok())
         .filter(|ms| *ms > 0)
         .map(Duration::from_millis);
     ms.or_else(|| {
         headers
             .get(RETRY_AFTER)
-            .and_then(|v| number(v.as_bytes()))
+            .and_then(|v| header_number(v.as_bytes(), 10).ok())
             .map(Duration::from_secs)
     })
 }
@@ -180,16 +168,11 @@ fn http_wait(headers: &HeaderMap) -> Option<Duration> {
 /// not to retry (negative, or not a number), `Some(Some(wait))` otherwise.
 fn pushback(metadata: &HeaderMap) -> Option<Option<Duration>> {
     let value = metadata.get(PUSHBACK_NAME)?;
-    Some(number(value.as_bytes()).map(Duration::from_millis))
-}
-
-/// A whole number of at most 18 digits, surrounding spaces allowed.
-fn number(bytes: &[u8]) -> Option<u64> {
-    let s = std::str::from_utf8(bytes).ok()?.trim();
-    if s.is_empty() || s.len() > 18 || !s.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    s.parse().ok()
+    Some(
+        header_number(value.as_bytes(), 18)
+            .ok()
+            .map(Duration::from_millis),
+    )
 }
 
 #[cfg(test)]

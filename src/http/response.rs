@@ -121,11 +121,24 @@ where
         }
         None => (StatusCode::INTERNAL_SERVER_ERROR, INTERNAL_ERROR_BODY, None),
     };
+    text_response(status, body, retry_after)
+}
+
+/// A plain-text answer with `status` and `body`, and the wait (`Retry-After`
+/// in seconds, `retry-after-ms`) when there is one.
+pub(crate) fn text_response<B>(
+    status: StatusCode,
+    body: &'static str,
+    wait: Option<Duration>,
+) -> Response<B>
+where
+    B: From<&'static str>,
+{
     let mut res = Response::new(B::from(body));
     *res.status_mut() = status;
     let headers = res.headers_mut();
     headers.insert(CONTENT_TYPE, TEXT_PLAIN);
-    if let Some(wait) = retry_after {
+    if let Some(wait) = wait {
         headers.insert(RETRY_AFTER, retry_after_header(wait));
         headers.insert(RETRY_AFTER_MS, retry_after_ms_header(wait));
     }

@@ -262,9 +262,9 @@ impl<F, S, Req, X, D> ResponseFuture<F, S, Req, X, D> {
     }
 }
 
-/// What to do after a decision made inside the future: `None` when the
-/// request is admitted (`admitted` is set, and its service is made ready
-/// before it is called).
+/// What to do after a decision made inside the future. An admitted
+/// request is marked `admitted` and its service made ready, then called
+/// (pending while it is not ready: the next poll goes on from `admitted`).
 #[allow(clippy::too_many_arguments)]
 fn next<F, S, Req, X, D>(
     (verdict, status): (Verdict, Option<RateLimitStatus>),
@@ -275,15 +275,17 @@ fn next<F, S, Req, X, D>(
     req: &mut Option<Req>,
     admitted: &mut Option<Option<RateLimitStatus>>,
     shared: &Arc<Shared<X, D>>,
-) -> Option<State<F, S, Req, X, D>>
+    cx: &mut Context<'_>,
+) -> Poll<State<F, S, Req, X, D>>
 where
     S: Service<Req, Future = F>,
+    S::Error: Into<BoxError>,
     D: Decorate<S::Response>,
 {
-    Some(match verdict {
+    Poll::Ready(match verdict {
         Verdict::Admit(_) => {
             *admitted = Some(status);
-            return None;
+            return ready_then_call(svc, req, status, shared, cx);
         }
         Verdict::Deny { wait, detail } => match (by_max, wait) {
             (Some(by_max), Some(w)) => {
@@ -441,7 +443,7 @@ where
                     let shared = shared.clone();
                     let cost = req.as_ref().map_or(1, |r| shared.extractor.cost(r));
                     match shared.decide(key, cost, D::ENABLED) {
-                        Step::Now(v, status) => match next(
+                        Step::Now(v, status) => ready!(next(
                             (v, status),
                             Some(*by_max),
                             *deadline,
@@ -450,10 +452,8 @@ where
                             req,
                             admitted,
                             &shared,
-                        ) {
-                            Some(new) => new,
-                            None => continue,
-                        },
+                            cx,
+                        )),
                         #[cfg(feature = "redis")]
                         Step::Redis(call) => match (svc.take(), req.take()) {
                             (Some(s), Some(r)) => {
@@ -517,7 +517,7 @@ where
                     Some(r) => r.complete(&shared, key, cost, call.slot, outcome),
                     None => shared.decide_local(key, cost, D::ENABLED),
                 };
-                match next(
+                ready!(next(
                     (v, status),
                     *by_max,
                     *deadline,
@@ -526,10 +526,8 @@ where
                     req,
                     admitted,
                     &shared,
-                ) {
-                    Some(new) => new,
-                    None => continue,
-                }
+                    cx,
+                ))
             }
             #[cfg(not(feature = "redis"))]
             StateProj::Redis { inner } => match inner.call {},

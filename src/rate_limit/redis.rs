@@ -154,35 +154,58 @@ struct Single {
 }
 
 impl Single {
-    /// Connects anew in the background (one attempt at a time, at most one
-    /// started per `every`), so that the next probe uses a fresh connection:
-    /// a connection that went silent (a failover that moved the address, a
-    /// host gone without a reset) answers no error, and the `redis` crate's
-    /// manager replaces a connection only on errors. A connection made
-    /// elsewhere (`RedisBackend::new`) is kept.
+    /// Connects anew in the background (see [`reconnect_apart`]), so that
+    /// the next probe uses a fresh connection: a connection that went
+    /// silent (a failover that moved the address, a host gone without a
+    /// reset) answers no error, and the `redis` crate's manager replaces a
+    /// connection only on errors. A connection made elsewhere
+    /// (`RedisBackend::new`) is kept.
     fn reconnect(single: &Arc<Single>, every: Duration) {
         let Some((client, config)) = &single.remake else {
             return;
         };
-        if single.reconnecting.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        let (client, config) = (client.clone(), config.clone());
-        let single = Arc::clone(single);
-        tokio::spawn(async move {
-            let next = Instant::now() + every;
-            let fresh = tokio::time::timeout(
-                Cluster::RECONNECT_WITHIN,
-                ConnectionManager::new_with_config(client, config),
-            )
-            .await;
-            if let Ok(Ok(conn)) = fresh {
-                single.conn.store(Arc::new(conn));
-            }
-            tokio::time::sleep_until(next).await;
-            single.reconnecting.store(false, Ordering::Release);
-        });
+        reconnect_apart(
+            single,
+            |s| &s.reconnecting,
+            every,
+            || ConnectionManager::new_with_config(client.clone(), config.clone()),
+            |s, conn| s.conn.store(Arc::new(conn)),
+        );
     }
+}
+
+/// How long a background reconnection may take.
+const RECONNECT_WITHIN: Duration = Duration::from_secs(10);
+
+/// Connects anew in the background with `connect`, one attempt at a time
+/// and at most one started per `every` (the probes of many degraded slots
+/// ask together; `busy` says one is out), and hands the connection made to
+/// `store`; the probe that asked does not wait for it.
+fn reconnect_apart<O, F, T, E>(
+    owner: &Arc<O>,
+    busy: fn(&O) -> &AtomicBool,
+    every: Duration,
+    connect: impl FnOnce() -> F,
+    store: fn(&O, T),
+) where
+    O: Send + Sync + 'static,
+    F: Future<Output = Result<T, E>> + Send + 'static,
+    T: 'static,
+    E: 'static,
+{
+    if busy(owner).swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let fresh = connect();
+    let owner = Arc::clone(owner);
+    tokio::spawn(async move {
+        let next = Instant::now() + every;
+        if let Ok(Ok(conn)) = tokio::time::timeout(RECONNECT_WITHIN, fresh).await {
+            store(&owner, conn);
+        }
+        tokio::time::sleep_until(next).await;
+        busy(&owner).store(false, Ordering::Release);
+    });
 }
 
 /// A cluster client and its current connection (swapped after a
@@ -194,32 +217,20 @@ struct Cluster {
 }
 
 impl Cluster {
-    /// How long a background reconnection may take.
-    const RECONNECT_WITHIN: Duration = Duration::from_secs(10);
-
-    /// Connects anew in the background (one attempt at a time, and at most
-    /// one started per `every`: the probes of many degraded slots ask
-    /// together), so that the next probe uses a connection that read the
-    /// cluster's topology after a failover; the probe that asked does not
-    /// wait for it.
+    /// Connects anew in the background (see [`reconnect_apart`]), so that
+    /// the next probe uses a connection that read the cluster's topology
+    /// after a failover.
     fn reconnect(cluster: &Arc<Cluster>, every: Duration) {
-        if cluster.reconnecting.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        let cluster = Arc::clone(cluster);
-        tokio::spawn(async move {
-            let next = Instant::now() + every;
-            let fresh = tokio::time::timeout(
-                Self::RECONNECT_WITHIN,
-                cluster.client.get_async_connection(),
-            )
-            .await;
-            if let Ok(Ok(conn)) = fresh {
-                cluster.conn.store(Some(Arc::new(conn)));
-            }
-            tokio::time::sleep_until(next).await;
-            cluster.reconnecting.store(false, Ordering::Release);
-        });
+        reconnect_apart(
+            cluster,
+            |c| &c.reconnecting,
+            every,
+            || {
+                let client = cluster.client.clone();
+                async move { client.get_async_connection().await }
+            },
+            |c, conn| c.conn.store(Some(Arc::new(conn))),
+        );
     }
 }
 
