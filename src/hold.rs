@@ -36,8 +36,10 @@
 //! 2 % of 500s opened the breaker), unless a read was left waiting for more
 //! (a reader that gave up on a stalled body: not counted). A head that says
 //! failure is counted at once. A half-open probe's body is judged at its
-//! end too: in the protocol presets a body lasts no longer than its
-//! attempt timeout, and meanwhile one more probe goes per open time (see
+//! end too: in the protocol presets a body that is read lasts no longer
+//! than its attempt timeout (a body kept unread holds its permits until it
+//! is read or dropped: drop responses you do not read), and meanwhile one
+//! more probe goes per open time (see
 //! the [breaker](crate::circuit_breaker)). Retry looks at
 //! heads only: a response whose head has arrived is never retried.
 //!

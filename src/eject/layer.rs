@@ -130,6 +130,9 @@ impl EjectionLayer<ErrorsAsFailures> {
     }
 }
 
+/// The most endpoints one layer can watch (its slots are made when built).
+const MAX_ENDPOINTS: usize = 65_536;
+
 impl<C> EjectionLayer<C> {
     /// Endpoints registered now: those whose services exist. Endpoints a
     /// discovery adds or removes count once the balancer has taken the
@@ -268,7 +271,10 @@ impl<C> EjectionLayerBuilder<C> {
         )
     }
 
-    /// The most endpoints watched (default 256).
+    /// The most endpoints watched (default 256, at most 65 536): their
+    /// slots are made when the layer is built. An endpoint past them is
+    /// passed through unwatched (reported as an `InputIgnored` event).
+    /// An outlier sweep compares the first 256 endpoints with enough calls.
     pub fn max_endpoints(mut self, n: usize) -> Self {
         self.common.max_endpoints = n;
         self
@@ -317,8 +323,11 @@ impl<C> EjectionLayerBuilder<C> {
                 s.success_rate_stdev_factor
             ));
         }
-        if self.common.max_endpoints == 0 {
-            return err("max_endpoints must be at least 1".into());
+        if !(1..=MAX_ENDPOINTS).contains(&self.common.max_endpoints) {
+            return err(format!(
+                "max_endpoints must be in 1..={MAX_ENDPOINTS}, got {}",
+                self.common.max_endpoints
+            ));
         }
         Ok(EjectionLayer {
             shared: Arc::new(Shared {

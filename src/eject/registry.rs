@@ -126,7 +126,7 @@ impl Registry {
             origin: now,
             active: AtomicU32::new(0),
             ejected: AtomicU32::new(0),
-            next_sweep: AtomicU64::new(settings.interval.as_nanos() as u64),
+            next_sweep: AtomicU64::new(crate::clock::nanos(settings.interval)),
             sweeping: Mutex::new(()),
         }
     }
@@ -283,8 +283,10 @@ impl Registry {
                     // counted as ejected.
                     let n = slot.times_ejected.load(Ordering::Acquire);
                     slot.offended.store(true, Ordering::Release);
-                    slot.until
-                        .store(self.nanos(now) + self.ejection_time(n), Ordering::Release);
+                    slot.until.store(
+                        self.nanos(now).saturating_add(self.ejection_time(n)),
+                        Ordering::Release,
+                    );
                     if slot
                         .state
                         .compare_exchange(PROBE_SENT, EJECTED, Ordering::AcqRel, Ordering::Acquire)
@@ -342,7 +344,7 @@ impl Registry {
     /// times, capped.
     fn ejection_time(&self, n: u32) -> u64 {
         let t = self.settings.base_ejection.saturating_mul(n.max(1));
-        t.min(self.settings.max_ejection).as_nanos() as u64
+        crate::clock::nanos(t.min(self.settings.max_ejection))
     }
 
     /// Ejects endpoint `i` if the cap allows: at most the configured share
@@ -366,6 +368,17 @@ impl Registry {
             }
         }
         let slot = &self.slots[i];
+        // The ejection's end is in place before the state says ejected: a
+        // `poll_ready` on another thread that sees the state reads this end,
+        // not the last ejection's (which would send a probe at once). Stored
+        // only while the endpoint is healthy, when nothing reads it (a racing
+        // ejection of the same endpoint stores about the same).
+        let n = slot.times_ejected.load(Ordering::Acquire).saturating_add(1);
+        let time = self.ejection_time(n);
+        if slot.state.load(Ordering::Acquire) == HEALTHY {
+            slot.until
+                .store(self.nanos(now).saturating_add(time), Ordering::Release);
+        }
         if slot
             .state
             .compare_exchange(HEALTHY, EJECTED, Ordering::AcqRel, Ordering::Acquire)
@@ -387,10 +400,8 @@ impl Registry {
             }
             return false;
         }
-        let n = slot.times_ejected.fetch_add(1, Ordering::AcqRel) + 1;
+        slot.times_ejected.fetch_add(1, Ordering::AcqRel);
         slot.offended.store(true, Ordering::Release);
-        let time = self.ejection_time(n);
-        slot.until.store(self.nanos(now) + time, Ordering::Release);
         slot.consecutive.store(0, Ordering::Relaxed);
         self.emit(i, State::Healthy, State::Open);
         self.observer.emit(
@@ -415,7 +426,7 @@ impl Registry {
             return;
         }
         self.next_sweep.store(
-            at + self.settings.interval.as_nanos() as u64,
+            at.saturating_add(crate::clock::nanos(self.settings.interval)),
             Ordering::Relaxed,
         );
         let s = &self.settings;

@@ -59,7 +59,21 @@ pub struct Ejectable<S, C> {
     inner: S,
     presence: Arc<Presence<C>>,
     sleep: Option<Pin<Box<Sleep>>>,
+    /// This clone was made ready holding the endpoint's one probe.
     probing: bool,
+}
+
+impl<S, C> Drop for Ejectable<S, C> {
+    fn drop(&mut self) {
+        if self.probing {
+            // Made ready for the probe and dropped without calling: the
+            // probe is free for another clone.
+            if let Some(i) = self.presence.slot.index {
+                let registry = &self.presence.slot.shared.registry;
+                registry.record(i, None, std::time::Duration::ZERO, true, clock::edge_now());
+            }
+        }
+    }
 }
 
 impl<S, C> Ejectable<S, C> {
@@ -129,55 +143,64 @@ where
     type Future = ResponseFuture<S::Future, C>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        if let Some(i) = self.presence.slot.index {
-            let registry = &self.presence.slot.shared.registry;
-            let mut now = clock::edge_now();
-            loop {
-                match registry.admit(i, now) {
-                    Ok(probing) => {
-                        self.probing = probing;
-                        break;
-                    }
-                    Err(Some(until)) => {
-                        // Woken when its time is over, or when its ejection
-                        // ends early (no endpoint of the set left taking
-                        // calls).
-                        registry.slots[i].waker.register(cx.waker());
-                        ready!(clock::poll_boxed_timer(&mut self.sleep, until, cx));
-                        // The ejection is over: judged by `until`, not by an
-                        // instant read before the timer fired.
-                        now = now.max(until);
-                    }
-                    Err(None) => {
-                        // Its probe is in flight: woken when it ends (this
-                        // clone, if it waited last; any other looks again
-                        // every `PROBE_RECHECK`).
-                        registry.slots[i].waker.register(cx.waker());
-                        now = clock::edge_now();
-                        if registry.admit(i, now) != Err(None) {
-                            // It ended meanwhile.
-                            continue;
+        match self.presence.slot.index {
+            // This clone holds the probe (taken by an earlier `poll_ready`).
+            Some(_) if self.probing => {}
+            Some(i) => {
+                let registry = &self.presence.slot.shared.registry;
+                let mut now = clock::edge_now();
+                loop {
+                    match registry.admit(i, now) {
+                        Ok(false) => break,
+                        // Back from an ejection: the one probe is taken as
+                        // the clone is made ready (the other clones wait for
+                        // it), and given back if this clone is dropped
+                        // without calling.
+                        Ok(true) => {
+                            if registry.take_probe(i) {
+                                self.probing = true;
+                                break;
+                            }
                         }
-                        let at = match &self.sleep {
-                            Some(sleep) if sleep.deadline() > now => sleep.deadline(),
-                            _ => now + PROBE_RECHECK,
-                        };
-                        ready!(clock::poll_boxed_timer(&mut self.sleep, at, cx));
-                        now = now.max(at);
+                        Err(Some(until)) => {
+                            // Woken when its time is over, or when its
+                            // ejection ends early (no endpoint of the set
+                            // left taking calls).
+                            registry.slots[i].waker.register(cx.waker());
+                            ready!(clock::poll_boxed_timer(&mut self.sleep, until, cx));
+                            // The ejection is over: judged by `until`, not by
+                            // an instant read before the timer fired.
+                            now = now.max(until);
+                        }
+                        Err(None) => {
+                            // Its probe is in flight (or held by a clone made
+                            // ready): woken when it ends (this clone, if it
+                            // waited last; any other looks again every
+                            // `PROBE_RECHECK`).
+                            registry.slots[i].waker.register(cx.waker());
+                            now = now.max(clock::edge_now());
+                            if registry.admit(i, now) != Err(None) {
+                                // It ended meanwhile.
+                                continue;
+                            }
+                            let at = match &self.sleep {
+                                Some(sleep) if sleep.deadline() > now => sleep.deadline(),
+                                _ => now + PROBE_RECHECK,
+                            };
+                            ready!(clock::poll_boxed_timer(&mut self.sleep, at, cx));
+                            now = now.max(at);
+                        }
                     }
                 }
             }
+            None => {}
         }
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
         let slot = &self.presence.slot;
-        let probe = match (self.probing, slot.index) {
-            (true, Some(i)) => slot.shared.registry.take_probe(i),
-            _ => false,
-        };
-        self.probing = false;
+        let probe = std::mem::take(&mut self.probing);
         ResponseFuture {
             inner: self.inner.call(req),
             slot: slot.index.map(|_| slot.clone()),

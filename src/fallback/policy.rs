@@ -18,7 +18,11 @@ impl FallbackOn {
     pub const OVERLOADED: FallbackOn = FallbackOn(2);
     /// The dependency failed (a remote failure).
     pub const FAILURE: FallbackOn = FallbackOn(4);
-    /// The request's deadline ran out.
+    /// The request's deadline ran out. The fallback answers only within the
+    /// request's own deadline: for a timeout the fallback can see (the
+    /// request's, propagated or set above it) there is no time left, and the
+    /// original error goes through; it answers for a shorter deadline set
+    /// below it (an attempt timeout, a `DeadlineLayer` around the service).
     pub const DEADLINE: FallbackOn = FallbackOn(8);
     /// Every reason (the default).
     pub const ALL: FallbackOn = FallbackOn(15);
@@ -198,7 +202,10 @@ pub struct FallbackTo<S> {
 /// A fallback that sends a clone of the request to `service` (a replica in
 /// another region, a degraded read path). Its answer replaces the failed
 /// one; its error lets the original outcome through. Requests must be
-/// `Clone` (they are cloned before every call).
+/// `Clone` (they are cloned before every call): an `http::Request` or a
+/// `tonic::Request` is not, so for those use
+/// [`fallback_with`] and keep the copy
+/// the second service needs (its URI, method and headers) yourself.
 ///
 /// Every request that fails is sent again, whatever it does: a write that
 /// the first service carried out before it failed or timed out runs twice.

@@ -101,6 +101,16 @@ impl LatencyEstimator {
         if self.closing.swap(true, Ordering::Acquire) {
             return; // another thread closes it
         }
+        // Another thread may have closed it between the reads above and
+        // taking `closing`: the window is judged again, not closed on the
+        // few samples recorded since.
+        if self.samples.load(Ordering::Relaxed) < self.min_samples
+            || at.saturating_sub(self.opened.load(Ordering::Relaxed))
+                < self.window.as_nanos() as u64
+        {
+            self.closing.store(false, Ordering::Release);
+            return;
+        }
         self.close(at);
         self.closing.store(false, Ordering::Release);
     }

@@ -239,9 +239,12 @@ where
                 }
             }
             // A hedge that cannot get as long as the request waited before
-            // it (since its first copy went, at the instant the timer fired)
-            // is not worth its load.
-            let waited = at.saturating_duration_since(*this.first_started);
+            // it (since its first copy went: at least until the timer fired,
+            // longer if the copy's service was not ready then) is not worth
+            // its load.
+            let waited = clock::edge_now()
+                .max(at)
+                .saturating_duration_since(*this.first_started);
             if crate::deadline::current().is_some_and(|d| d.remaining() < waited) {
                 stop(this.stopped, this.service);
                 return Poll::Pending;

@@ -331,8 +331,8 @@ pub enum EventKind {
     /// A retry budget had no token for a retry.
     BudgetExhausted,
     /// An adaptive limit changed, or a bulkhead's limit was set at run time
-    /// (and once as the bulkhead is built, from its limit to itself, so that
-    /// a limit gauge has its value from the start).
+    /// (and once as either is built, from its limit to itself, so that a
+    /// limit gauge has its value from the start).
     LimitChanged {
         /// The previous limit.
         from: usize,
@@ -346,8 +346,9 @@ pub enum EventKind {
     LimitSampled {
         /// The limit after the window.
         limit: usize,
-        /// The most calls in flight during the window, within the limit (a
-        /// burst's calls over it are not counted).
+        /// The most calls in flight during the window, those admitted over
+        /// the limit (a burst's, a class's guaranteed share) included: above
+        /// `limit` when the server took more than its limit.
         peak_inflight: usize,
         /// The average latency of the window's calls (zero without samples).
         rtt: Duration,
@@ -360,7 +361,11 @@ pub enum EventKind {
         /// Why (`"malformed"`, `"too_large"`, …).
         reason: &'static str,
     },
-    /// A hedge was sent: a copy of a request that had not answered.
+    /// A hedge was sent: a copy of a request that had not answered, handed
+    /// to the service below. A copy a layer below refused in this process
+    /// (an open breaker, a full bulkhead) is reported here too, and by that
+    /// layer's `Rejected`; it left no request on the wire and costs no
+    /// hedge budget.
     HedgeSent {
         /// The number of the copy (2 for the first hedge).
         attempt: u32,

@@ -63,7 +63,7 @@
 //! | `seawall_retry_gave_up_total` | `seawall.retry.gave_up` counter | requests no longer retried | layer, name, reason |
 //! | `seawall_retry_budget_exhausted_total` | `seawall.retry.budget_exhausted` counter | retries the budget refused | layer, name |
 //! | `seawall_limit` | `seawall.limit` gauge, `{call}` | a concurrency limit (adaptive or bulkhead) | layer, name |
-//! | `seawall_limit_inflight` | `seawall.limit.inflight` gauge, `{call}` | the most calls in flight under an adaptive limit in its last window | layer, name |
+//! | `seawall_limit_inflight` | `seawall.limit.inflight` gauge, `{call}` | the most calls in flight under an adaptive limit in its last window (a burst's over the limit included) | layer, name |
 //! | `seawall_hedges_total` | `seawall.hedges` counter | hedges sent | layer, name |
 //! | `seawall_fallbacks_total` | `seawall.fallbacks` counter | calls a fallback answered | layer, name, reason |
 //! | `seawall_reconfigurations_total` | `seawall.reconfigurations` counter | settings taken at run time | layer, name |

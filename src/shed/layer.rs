@@ -379,6 +379,18 @@ impl<P> AdaptiveLimitLayerBuilder<P> {
             self.settings.name,
             self.settings.observer,
         );
+        // Reported once as built (from the limit to itself), as a
+        // bulkhead's is: a limit gauge has its value from the start, not
+        // from the first window that closes (one needs calls).
+        let limit = limiter.limit();
+        limiter.observer.emit(
+            crate::observe::LayerKind::AdaptiveLimit,
+            limiter.name.as_str(),
+            crate::observe::EventKind::LimitChanged {
+                from: limit,
+                to: limit,
+            },
+        );
         Ok(AdaptiveLimitLayer {
             limiter: Striped::new(limiter),
             extractor: Arc::new(self.extractor),

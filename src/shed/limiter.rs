@@ -89,6 +89,10 @@ pub(crate) struct Limiter {
     win_burst_sum_ns: AtomicU64,
     win_burst_count: AtomicU64,
     win_max_inflight: AtomicUsize,
+    /// The most calls in flight in the current window when above the limit
+    /// (a burst's, a class's share): what `LimitSampled` reports with the
+    /// limit's own peak, not the algorithm's load. 0 when never above.
+    win_over_peak: AtomicUsize,
     /// Average RTT of the last closed window, in nanoseconds (0: unknown).
     expected_rtt_ns: AtomicU64,
     /// When `expected_rtt_ns` was measured (ns since `epoch`).
@@ -158,6 +162,7 @@ impl Limiter {
             win_burst_sum_ns: AtomicU64::new(0),
             win_burst_count: AtomicU64::new(0),
             win_max_inflight: AtomicUsize::new(0),
+            win_over_peak: AtomicUsize::new(0),
             expected_rtt_ns: AtomicU64::new(0),
             expected_at_ns: AtomicU64::new(0),
             idle: AtomicU64::new(0),
@@ -417,10 +422,21 @@ impl Limiter {
         // The calls still in flight belong to the next window too (within
         // the limit: a burst's are not the limit's load).
         let limit_now = self.limit.load(Ordering::Relaxed);
-        let max_inflight = self.win_max_inflight.swap(
-            self.inflight.load(Ordering::Relaxed).min(limit_now),
+        let inflight_now = self.inflight.load(Ordering::Relaxed);
+        let max_inflight = self
+            .win_max_inflight
+            .swap(inflight_now.min(limit_now), Ordering::Relaxed);
+        let over_peak = self.win_over_peak.swap(
+            if inflight_now > limit_now {
+                inflight_now
+            } else {
+                0
+            },
             Ordering::Relaxed,
         );
+        // What a dashboard draws against the limit: every call in flight,
+        // a burst's included.
+        let peak_inflight = max_inflight.max(over_peak);
         let avg_ns = sum.checked_div(count);
         // What a request should expect: every answer's latency, a burst's
         // included (the queue it made is there for the requests after it).
@@ -471,7 +487,7 @@ impl Limiter {
             self.name.as_str(),
             EventKind::LimitSampled {
                 limit: new,
-                peak_inflight: max_inflight,
+                peak_inflight,
                 rtt,
             },
         );
@@ -528,10 +544,15 @@ impl Limiter {
     /// The `retry_after` of a refusal: the expected service time (by then
     /// the requests in flight have had time to finish), at least
     /// [`MIN_HINT`](crate::clock::MIN_HINT), stretched by a random factor in
-    /// `[1, 1.5)` so that refused clients do not come back together.
+    /// `[1, 1.5)` so that refused clients do not come back together. An
+    /// estimate from before the server last went idle describes work that
+    /// has left (a brownout's, an hour ago): `MIN_HINT` then, until a window
+    /// of the calls now in flight closes.
     pub(crate) fn retry_hint(&self) -> Duration {
+        let fresh = self.idle.load(Ordering::Relaxed) == self.expected_idle.load(Ordering::Relaxed);
         let base = self
             .expected_rtt()
+            .filter(|_| fresh)
             .unwrap_or(crate::clock::MIN_HINT)
             .max(crate::clock::MIN_HINT);
         self.jitter.stretch(base)
@@ -557,14 +578,17 @@ impl Striped<Limiter> {
         let idx = class.index();
         let class_before = self.by_class[idx].fetch_add(1, Ordering::AcqRel);
         let mut burst = false;
-        if before >= limit && !self.under_share(idx, limit, class_before) {
-            if !self.bursting(class, before, now) {
-                self.by_class[idx].fetch_sub(1, Ordering::AcqRel);
-                self.inflight.fetch_sub(1, Ordering::AcqRel);
-                self.win_refused.fetch_add(1, Ordering::Relaxed);
-                return Err(Refusal::Limit);
+        if before >= limit {
+            if !self.under_share(idx, limit, class_before) {
+                if !self.bursting(class, before, now) {
+                    self.by_class[idx].fetch_sub(1, Ordering::AcqRel);
+                    self.inflight.fetch_sub(1, Ordering::AcqRel);
+                    self.win_refused.fetch_add(1, Ordering::Relaxed);
+                    return Err(Refusal::Limit);
+                }
+                burst = true;
             }
-            burst = true;
+            self.win_over_peak.fetch_max(before + 1, Ordering::Relaxed);
         }
         if before + 1 == limit {
             self.reached(now);

@@ -685,8 +685,10 @@ async fn the_adaptive_limit_bounds_reload_under_load() {
         })
         .collect();
     assert_eq!(
-        kinds[..2],
+        kinds[..3],
         [
+            // Its limit once as built, so that a gauge starts at it.
+            seawall::observe::EventKind::LimitChanged { from: 30, to: 30 },
             seawall::observe::EventKind::Reconfigured,
             seawall::observe::EventKind::LimitChanged { from: 30, to: 5 }
         ]

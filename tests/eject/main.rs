@@ -389,6 +389,91 @@ async fn every_clone_waiting_for_a_probe_is_ready_after_it() {
     assert_eq!(layer.ejected(), 0);
 }
 
+/// Back from an ejection, the one probe goes to the clone made ready first:
+/// a second clone polled meanwhile waits (it would send an ordinary call to
+/// an endpoint still out); the first dropped without calling gives the
+/// probe back, and the dead endpoint takes one call per ejection.
+#[tokio::test(start_paused = true)]
+async fn only_the_clone_made_ready_first_holds_the_probe() {
+    let layer = EjectionLayer::builder().build().unwrap();
+    let replicas: Vec<Replica> = (0..4).map(|_| Replica::new()).collect();
+    let mut eps: Vec<_> = replicas.iter().map(|r| layer.layer(r.clone())).collect();
+    replicas[0].broken.store(true, Ordering::SeqCst);
+    for i in 0..5 {
+        assert!(ready_call(&mut eps[0], i).await.is_err());
+    }
+    assert_eq!(layer.ejected(), 1);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let mut a = eps[0].clone();
+    let mut b = eps[0].clone();
+    a.ready().await.unwrap();
+    let waited = tokio::time::timeout(Duration::from_secs(1), b.ready()).await;
+    assert!(
+        waited.is_err(),
+        "a second clone was ready while the first held the probe"
+    );
+    drop(a);
+    tokio::time::timeout(Duration::from_millis(100), b.ready())
+        .await
+        .expect("the probe a dropped clone held was not given back")
+        .unwrap();
+    let calls = replicas[0].calls.load(Ordering::SeqCst);
+    assert!(b.call(7).await.is_err(), "the probe of a broken endpoint");
+    assert_eq!(replicas[0].calls.load(Ordering::SeqCst), calls + 1);
+    // Out again: no clone is ready until the next ejection ends.
+    let mut c = eps[0].clone();
+    assert!(
+        tokio::time::timeout(Duration::from_secs(4), c.ready())
+            .await
+            .is_err(),
+        "ready again before the second ejection ended"
+    );
+    assert_eq!(replicas[0].calls.load(Ordering::SeqCst), calls + 1);
+}
+
+/// An ejection time past the clock's range keeps the endpoint out (it
+/// overflowed: a panic in a debug build, an ejection ended at once in a
+/// release build).
+#[tokio::test(start_paused = true)]
+async fn an_ejection_past_the_clocks_range_keeps_the_endpoint_out() {
+    let layer = EjectionLayer::builder()
+        .ejection_time(Duration::MAX, Duration::MAX)
+        .build()
+        .unwrap();
+    let replicas: Vec<Replica> = (0..4).map(|_| Replica::new()).collect();
+    let mut eps: Vec<_> = replicas.iter().map(|r| layer.layer(r.clone())).collect();
+    replicas[0].broken.store(true, Ordering::SeqCst);
+    for i in 0..5 {
+        assert!(ready_call(&mut eps[0], i).await.is_err());
+    }
+    assert_eq!(layer.ejected(), 1);
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    assert!(eps[0].is_ejected());
+    assert!(
+        tokio::time::timeout(Duration::from_secs(1), eps[0].ready())
+            .await
+            .is_err(),
+        "the endpoint came back"
+    );
+}
+
+/// `max_endpoints` makes its slots when built: a value meant as "no cap"
+/// is refused, not an allocation that aborts.
+#[test]
+fn a_max_endpoints_beyond_the_cap_is_refused() {
+    let err = EjectionLayer::builder()
+        .max_endpoints(usize::MAX)
+        .build()
+        .unwrap_err();
+    assert!(err.to_string().contains("max_endpoints"), "{err}");
+    assert!(
+        EjectionLayer::builder()
+            .max_endpoints(65_536)
+            .build()
+            .is_ok()
+    );
+}
+
 /// An endpoint removed from the set with a call in flight no longer counts
 /// in it: the one left is never ejected.
 #[tokio::test(start_paused = true)]

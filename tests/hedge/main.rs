@@ -227,6 +227,56 @@ async fn no_hedge_without_time_to_finish_and_none_past_the_deadline() {
     assert_eq!(backend.calls(), 3);
 }
 
+/// The time a request waited is counted until its copy could go: a copy
+/// whose service was not ready until 600 ms of a 1 s deadline would get
+/// 400 ms, less than the 600 ms the request already waited, and is not sent
+/// (it was judged at the timer's 100 ms and sent).
+#[tokio::test(start_paused = true)]
+async fn a_copy_that_waited_for_readiness_is_judged_when_it_could_go() {
+    // Call 0 holds one of two places for 600 ms; call 1, the request, is
+    // stuck; a copy would answer in 5 ms.
+    let backend = Backend::new(|n| match n {
+        0 => 600 * MS,
+        1 => 10_000 * MS,
+        _ => 5 * MS,
+    });
+    let limited = tower::limit::ConcurrencyLimitLayer::new(2).layer(backend.clone());
+    let blocker = tokio::spawn(limited.clone().oneshot(0));
+    tokio::task::yield_now().await;
+    let hedge = HedgeLayer::builder().delay(100 * MS).build().unwrap();
+    let mut svc = DeadlineLayer::new(1000 * MS)
+        .unwrap()
+        .layer(hedge.layer(limited));
+    let start = Instant::now();
+    let err = svc.ready().await.unwrap().call(1).await.unwrap_err();
+    assert!(err.to_string().contains("deadline"), "{err}");
+    assert_eq!(start.elapsed(), 1000 * MS);
+    assert_eq!(
+        backend.calls(),
+        2,
+        "a copy was sent at 600 ms with 400 ms left"
+    );
+    blocker.await.unwrap().unwrap();
+
+    // With 2 s, the copy goes once ready (1.4 s left) and answers.
+    let backend = Backend::new(|n| match n {
+        0 => 600 * MS,
+        1 => 10_000 * MS,
+        _ => 5 * MS,
+    });
+    let limited = tower::limit::ConcurrencyLimitLayer::new(2).layer(backend.clone());
+    let blocker = tokio::spawn(limited.clone().oneshot(0));
+    tokio::task::yield_now().await;
+    let mut svc = DeadlineLayer::new(2000 * MS)
+        .unwrap()
+        .layer(hedge.layer(limited));
+    let start = Instant::now();
+    assert_eq!(svc.ready().await.unwrap().call(1).await.unwrap(), 1);
+    assert_eq!(start.elapsed(), 605 * MS);
+    assert_eq!(backend.calls(), 3);
+    blocker.await.unwrap().unwrap();
+}
+
 #[tokio::test(start_paused = true)]
 async fn up_to_max_attempts_each_a_delay_after_the_last_and_the_first_answer_wins() {
     // Calls 0 and 1 are stuck; call 2 answers in 5 ms.

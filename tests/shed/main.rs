@@ -326,29 +326,29 @@ fn sleeper() -> impl Service<u64, Response = u64, Error = Infallible, Future: Se
 }
 
 /// The limits the adaptive limit changed to, in order (a stack's bulkhead
-/// reports its own limit too).
+/// reports its own limit too; the limit reported as built is left out).
 fn adaptive_limits(rec: &Recorder) -> Vec<usize> {
-    rec.events()
+    limit_changes(rec).into_iter().map(|(_, to)| to).collect()
+}
+
+/// The adaptive limit's changes, in order, after the one event reporting
+/// its limit as built (from itself to itself), which comes first.
+fn limit_changes(rec: &Recorder) -> Vec<(usize, usize)> {
+    let all: Vec<(usize, usize)> = rec
+        .events()
         .iter()
         .filter(|e| e.layer == LayerKind::AdaptiveLimit)
         .filter_map(|e| match e.kind {
-            EventKind::LimitChanged { to, .. } => Some(to),
+            EventKind::LimitChanged { from, to } => Some((from, to)),
             _ => None,
         })
-        .collect()
-}
-
-fn limit_changes(rec: &Recorder) -> Vec<(usize, usize)> {
-    rec.events()
-        .iter()
-        .filter_map(|e| match e.kind {
-            EventKind::LimitChanged { from, to } => {
-                assert_eq!(e.layer, LayerKind::AdaptiveLimit);
-                Some((from, to))
-            }
-            _ => None,
-        })
-        .collect()
+        .collect();
+    let (built, changes) = all.split_first().expect("the limit is reported as built");
+    assert_eq!(
+        built.0, built.1,
+        "the first report is the limit as built: {all:?}"
+    );
+    changes.to_vec()
 }
 
 fn rejection_details(rec: &Recorder) -> Vec<&'static str> {
@@ -2013,6 +2013,84 @@ async fn a_burst_is_admitted_for_100_ms_then_held_at_the_limit() {
     assert_eq!(layer.inflight(), 16);
     assert!(!call(Criticality::Critical, 10_000).await);
     assert_eq!(rejection_details(&rec), vec!["limit"; 12]);
+}
+
+/// A limit gauge has the limit from the start (reported as built, before
+/// any window closes), and the in-flight gauge shows a burst over the
+/// limit: 11 calls in flight under a limit of 4 are a peak of 11 (it
+/// showed 4, the limit's own load, when the server was over it).
+#[tokio::test(start_paused = true)]
+async fn the_limit_is_reported_as_built_and_the_peak_counts_a_burst() {
+    let (rec, layer, _call) = limit_of_four();
+    let first = rec
+        .events()
+        .into_iter()
+        .find(|e| e.layer == LayerKind::AdaptiveLimit)
+        .map(|e| e.kind);
+    assert_eq!(first, Some(EventKind::LimitChanged { from: 4, to: 4 }));
+    let svc = layer.layer(sleeper());
+    // 4 within the limit and 7 in the burst, 200 ms each.
+    let burst: Vec<_> = (0..11)
+        .map(|_| {
+            tokio::spawn(criticality::scope(
+                Criticality::Critical,
+                svc.clone().oneshot(200),
+            ))
+        })
+        .collect();
+    tokio::task::yield_now().await;
+    assert_eq!(layer.inflight(), 11);
+    for h in burst {
+        h.await.unwrap().unwrap();
+    }
+    // Then one call at a time until a window of 10 samples closes.
+    for _ in 0..12 {
+        criticality::scope(Criticality::Critical, svc.clone().oneshot(100))
+            .await
+            .unwrap();
+    }
+    let peaks: Vec<usize> = rec
+        .events()
+        .iter()
+        .filter_map(|e| match e.kind {
+            EventKind::LimitSampled { peak_inflight, .. } => Some(peak_inflight),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(peaks.first(), Some(&11), "{peaks:?}");
+}
+
+/// A refusal's `retry_after` after an idle spell does not come from the
+/// work before it: a server whose last windows took 2 s, idle for an hour,
+/// then full, asks its callers back after 100 to 150 ms (it asked 2 to 3 s,
+/// the expected time of work long gone).
+#[tokio::test(start_paused = true)]
+async fn a_refusal_after_an_idle_spell_does_not_hint_the_old_latency() {
+    let (_rec, layer, svc) = limit_over_sleeper();
+    slow_burst(&svc).await;
+    for _ in 0..12 {
+        svc.clone().oneshot(2000).await.unwrap();
+    }
+    assert!(layer.expected_rtt().unwrap() >= ms(1000));
+    sleep(Duration::from_secs(3600)).await;
+    let held: Vec<_> = (0..layer.limit())
+        .map(|_| {
+            tokio::spawn(criticality::scope(
+                Criticality::Sheddable,
+                svc.clone().oneshot(10_000),
+            ))
+        })
+        .collect();
+    tokio::task::yield_now().await;
+    assert_eq!(layer.inflight(), layer.limit());
+    let err = criticality::scope(Criticality::Sheddable, svc.clone().oneshot(5))
+        .await
+        .unwrap_err();
+    let hint = rejection_of(&err).unwrap().retry_after().unwrap();
+    assert!(hint >= ms(100) && hint < ms(150), "{hint:?}");
+    for h in held {
+        h.abort();
+    }
 }
 
 /// Any refusal at the limit holds it, a `Sheddable` request's too; calls
