@@ -153,7 +153,10 @@ impl<C> crate::eject::EjectionLayerBuilder<C> {
             b = b.success_rate_stdev_factor(x);
         }
         if let Some(x) = s.latency_factor {
-            b = b.latency_factor((x > 0.0).then_some(x));
+            // 0 turns it off; anything else goes to the builder, which
+            // refuses a factor not above 1 (a negative or NaN one is a
+            // mistake, not "off").
+            b = b.latency_factor((x != 0.0).then_some(x));
         }
         if let Some(x) = s.count_overload {
             b = b.count_overload(x);

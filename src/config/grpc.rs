@@ -28,7 +28,8 @@ pub struct GrpcServiceConfig {
 #[serde(rename_all = "camelCase")]
 #[non_exhaustive]
 pub struct MethodConfig {
-    /// The methods it applies to (a service alone: all its methods).
+    /// The methods it applies to (a service alone: all its methods; none,
+    /// or `{}`: every method).
     #[serde(default)]
     pub name: Vec<MethodName>,
     /// The deadline of a call (`"1.5s"`).
@@ -82,7 +83,9 @@ pub struct HedgingPolicy {
     /// The delay before each copy (`"0.05s"`; absent: at once).
     #[serde(default)]
     pub hedging_delay: Option<String>,
-    /// Status codes after which the other copies keep running.
+    /// Status codes after which the other copies keep running: each must
+    /// be one the stack's retry policy retries (a copy failing with another
+    /// code ends the request).
     #[serde(default, deserialize_with = "codes")]
     pub non_fatal_status_codes: Vec<String>,
 }
@@ -179,11 +182,56 @@ fn code(field: &str, name: &str) -> Result<Code, ConfigError> {
         })
 }
 
+/// The methods a config's retry policy applies to: `None` when some retry
+/// entry covers every method (no name, or `{}`).
+struct RetryScope<'a> {
+    names: Vec<&'a MethodName>,
+}
+
+impl<'a> RetryScope<'a> {
+    /// `None`: no retry policy. `Some` with no names: every method.
+    fn of(entries: &'a [MethodConfig]) -> Option<Self> {
+        let mut names = Vec::new();
+        let mut any = false;
+        for m in entries.iter().filter(|m| m.retry_policy.is_some()) {
+            any = true;
+            if m.name.is_empty() || m.name.iter().any(|n| n.service.is_empty()) {
+                return Some(RetryScope { names: Vec::new() });
+            }
+            for n in &m.name {
+                if !names
+                    .iter()
+                    .any(|o: &&MethodName| o.service == n.service && o.method == n.method)
+                {
+                    names.push(n);
+                }
+            }
+        }
+        any.then_some(RetryScope { names })
+    }
+
+    /// Whether the methods `n` names are retried (every method when the
+    /// scope names none).
+    fn covers(&self, n: &MethodName) -> bool {
+        self.names.is_empty()
+            || self
+                .names
+                .iter()
+                .any(|r| r.service == n.service && (r.method.is_empty() || r.method == n.method))
+    }
+}
+
 impl GrpcServiceConfig {
     /// What this config says for one client stack (one dependency): the
     /// `methodConfig` entries' timeout and retry policy, which must agree
     /// (a seawall stack has one policy per dependency), and the hedged
     /// methods.
+    ///
+    /// The retry policy retries the methods its entries name (a service:
+    /// all its methods; an entry without a name, or `{}`: every method),
+    /// and a call to any other method is sent once, as gRPC does
+    /// ([`GrpcRetry::retry_method`](crate::retry::grpc::GrpcRetry::retry_method)).
+    /// The timeout is the stack's total budget for every method.
     ///
     /// # Errors
     ///
@@ -191,11 +239,14 @@ impl GrpcServiceConfig {
     /// map: `retryThrottling` (a token bucket of failures; seawall's retry
     /// budget is a share of requests over a window: set `budget_ratio`
     /// instead), a `backoffMultiplier` other than 2 (seawall doubles), entries
-    /// whose timeouts or retry policies differ (an entry with neither a retry
-    /// nor a hedging policy beside one with a retry policy: it would retry
-    /// that entry's methods too), a method with both a retry
-    /// and a hedging policy, `maxAttempts` below 2 (above 5 it is taken as 5,
-    /// as gRPC does), and malformed
+    /// whose timeouts or retry policies differ, an entry with neither a retry
+    /// nor a hedging policy for methods a retry entry covers (a write in a
+    /// retried service: the one retry policy would retry it), a method with
+    /// both a retry and a hedging policy, `maxAttempts` below 2 (above 5 it
+    /// is taken as 5, as gRPC does), an empty `retryableStatusCodes`, a
+    /// `nonFatalStatusCodes` code the retry policy does not retry (the
+    /// hedge ends a request on any other), more than 16 names retried or
+    /// methods hedged, a method named without its service, and malformed
     /// durations or codes. Each error names the field.
     pub fn policy(&self) -> Result<GrpcPolicy, ConfigError> {
         let err = |m: String| Err(ConfigError::new("grpc_service_config", m));
@@ -206,25 +257,52 @@ impl GrpcServiceConfig {
                     .into(),
             );
         }
-        // One retry policy per dependency: it applies to every method, so
-        // an entry without one (methods gRPC would not retry: writes) is
-        // refused beside an entry with one. A hedged entry may go without:
-        // a method hedged is one that may run twice.
-        if self.method_config.iter().any(|m| m.retry_policy.is_some()) {
-            if let Some(i) = self
-                .method_config
+        // A name is a service's methods or one method; a method without
+        // its service names nothing gRPC would match.
+        for (i, m) in self.method_config.iter().enumerate() {
+            if let Some(n) = m
+                .name
                 .iter()
-                .position(|m| m.retry_policy.is_none() && m.hedging_policy.is_none())
+                .find(|n| n.service.is_empty() && !n.method.is_empty())
             {
                 return err(format!(
-                    "methodConfig[{i}]: no retryPolicy while another entry has one; a seawall \
-                     stack has one retry policy for every method of a dependency: give these \
-                     methods a stack of their own (or the same retryPolicy)"
+                    "methodConfig[{i}].name: method {:?} without its service; name \
+                     {{\"service\": \"pkg.Service\", \"method\": {:?}}}",
+                    n.method, n.method
+                ));
+            }
+        }
+        // The retry policy applies to the names its entries give (every
+        // method for an entry without a name, or with `{}`); other methods
+        // are sent once, as gRPC does. An entry with neither policy for
+        // methods a retry entry covers (a write in a retried service) is
+        // refused: the stack's one policy would retry them. A hedged entry
+        // may go without: a method hedged is one that may run twice.
+        let retried = RetryScope::of(&self.method_config);
+        if let Some(scope) = &retried {
+            if let Some(i) = self.method_config.iter().position(|m| {
+                m.retry_policy.is_none()
+                    && m.hedging_policy.is_none()
+                    && (m.name.is_empty() || m.name.iter().any(|n| scope.covers(n)))
+            }) {
+                return err(format!(
+                    "methodConfig[{i}]: no retryPolicy for methods another entry's retryPolicy \
+                     covers; a seawall stack has one retry policy: give these methods a stack \
+                     of their own, or name the retried methods one by one"
+                ));
+            }
+            if scope.names.len() > crate::retry::grpc::MAX_RETRIED_NAMES {
+                return err(format!(
+                    "retryPolicy: {} names retried; a stack retries {} at most (name their \
+                     services instead)",
+                    scope.names.len(),
+                    crate::retry::grpc::MAX_RETRIED_NAMES
                 ));
             }
         }
         let mut out = GrpcPolicy::default();
         let mut hedged = Vec::new();
+        let mut non_fatal = Vec::new();
         for (i, m) in self.method_config.iter().enumerate() {
             let at = format!("methodConfig[{i}]");
             if let Some(t) = &m.timeout {
@@ -265,6 +343,12 @@ impl GrpcServiceConfig {
                     .iter()
                     .map(|c| code(&format!("{f}.retryableStatusCodes"), c))
                     .collect::<Result<Vec<_>, _>>()?;
+                if codes.is_empty() {
+                    return err(format!(
+                        "{f}.retryableStatusCodes: empty; a retry policy retries at least one \
+                         code (\"UNAVAILABLE\")"
+                    ));
+                }
                 let policy = crate::retry::grpc::GrpcRetry::with_codes(codes);
                 // gRPC treats more than 5 as 5 (A6), and so does this.
                 let this = (r.max_attempts.min(5), base, cap, policy);
@@ -305,6 +389,7 @@ impl GrpcServiceConfig {
                     }
                     hedged.push(format!("/{}/{}", n.service, n.method));
                 }
+                non_fatal.push((f.clone(), &h.non_fatal_status_codes));
                 let attempts = h.max_attempts.min(5);
                 match &out.hedging {
                     Some((d, a, _)) if (*d, *a) != (delay, attempts) => {
@@ -312,6 +397,34 @@ impl GrpcServiceConfig {
                     }
                     _ => out.hedging = Some((delay, attempts, Vec::new())),
                 }
+            }
+        }
+        // A copy's failure ends the request unless the stack's retry policy
+        // retries its code (the hedge reads the retry policy): the codes
+        // gRPC lets the other copies run after must be among those.
+        let retried_codes = out
+            .retry
+            .as_ref()
+            .map_or_else(crate::retry::grpc::GrpcRetry::new, |r| r.3);
+        for (f, codes) in non_fatal {
+            for c in codes {
+                let c = code(&format!("{f}.nonFatalStatusCodes"), c)?;
+                if !retried_codes.retries(c) {
+                    return err(format!(
+                        "{f}.nonFatalStatusCodes: {c:?} is not retried by the stack's retry \
+                         policy, so a copy that fails with it ends the request; add it to the \
+                         retryPolicy's codes (or the builder's)"
+                    ));
+                }
+            }
+        }
+        if let (Some(scope), Some(r)) = (&retried, &mut out.retry) {
+            for n in &scope.names {
+                r.3 = if n.method.is_empty() {
+                    r.3.retry_service(&n.service)
+                } else {
+                    r.3.retry_method(&format!("/{}/{}", n.service, n.method))
+                };
             }
         }
         hedged.sort();

@@ -281,7 +281,10 @@ impl fmt::Display for FallbackReason {
 pub enum EventKind {
     /// A call was admitted and handed to the inner service.
     CallStarted,
-    /// A call finished.
+    /// A call finished. A call dropped before it finished (its caller gave
+    /// up, a hedge's other copy won) reports none: `CallStarted` minus
+    /// `CallFinished` is not the calls in flight (a bulkhead handle's
+    /// `in_flight()` and an adaptive limit's `inflight()` count those).
     CallFinished {
         /// Success or failure, as classified by the layer.
         outcome: Outcome,

@@ -21,9 +21,12 @@
 //! retry (the backoff starts over afterwards); a negative or unparseable value
 //! means "do not retry".
 //!
-//! gRPC does not know whether a method is idempotent: like a gRPC service
-//! config's retry policy, every method is retried on the configured codes, so
-//! configure only codes that mean the server did not process the call.
+//! gRPC does not know whether a method is idempotent: every method is
+//! retried on the configured codes, so configure only codes that mean the
+//! server did not process the call, or restrict the retries to the methods
+//! that may run twice ([`GrpcRetry::retry_method`],
+//! [`GrpcRetry::retry_service`]; what a gRPC service config's `retryPolicy`
+//! for named methods becomes).
 //! Requests carry the [`ATTEMPT_HEADER`](super::ATTEMPT_HEADER) and, on retries,
 //! gRPC's `grpc-previous-rpc-attempts`. A tonic `Channel` takes
 //! `http::Request<tonic::body::Body>`: the gRPC client preset
@@ -78,6 +81,10 @@ pub struct GrpcRetry {
     /// The methods that may be hedged, as FNV-1a hashes of their paths.
     hedged: [u64; MAX_HEDGED_METHODS],
     hedged_len: u8,
+    /// The methods (`/pkg.Svc/Method`) and services (`/pkg.Svc/`) retried,
+    /// as hashes of their paths; none: every method.
+    scope: [u64; MAX_RETRIED_NAMES],
+    scope_len: u8,
 }
 
 impl std::fmt::Debug for GrpcRetry {
@@ -89,12 +96,30 @@ impl std::fmt::Debug for GrpcRetry {
         f.debug_struct("GrpcRetry")
             .field("codes", &codes)
             .field("hedged_methods", &self.hedged_len)
+            .field("retried_names", &self.scope_len)
             .finish()
     }
 }
 
 /// The most methods one [`GrpcRetry`] opts in to hedging.
 pub const MAX_HEDGED_METHODS: usize = 16;
+
+/// The most methods and services one [`GrpcRetry`] restricts its retries to
+/// ([`retry_method`](GrpcRetry::retry_method),
+/// [`retry_service`](GrpcRetry::retry_service)).
+pub const MAX_RETRIED_NAMES: usize = 16;
+
+/// The hash of a service's paths' common prefix, `/pkg.Svc/`.
+fn service_hash(service: &str) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    for b in std::iter::once(b'/')
+        .chain(service.bytes())
+        .chain(std::iter::once(b'/'))
+    {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
 
 fn path_hash(path: &str) -> u64 {
     let mut h = 0xcbf2_9ce4_8422_2325u64;
@@ -117,7 +142,55 @@ impl GrpcRetry {
             codes: 1 << (Code::Unavailable as i32),
             hedged: [0; MAX_HEDGED_METHODS],
             hedged_len: 0,
+            scope: [0; MAX_RETRIED_NAMES],
+            scope_len: 0,
         }
+    }
+
+    /// Retries only the method `path` (`"/bank.Ledger/GetBalance"`) and the
+    /// others opted in with this and [`retry_service`](Self::retry_service);
+    /// a call to any other method is sent once, as gRPC does for a method
+    /// no `retryPolicy` names. Without either, every method is retried on
+    /// the policy's codes (the default). At most [`MAX_RETRIED_NAMES`] in
+    /// all; more are ignored (those methods are not retried).
+    #[must_use]
+    pub fn retry_method(mut self, path: &str) -> Self {
+        self.add_retried(path_hash(path));
+        self
+    }
+
+    /// Retries only the methods of `service` (`"bank.Ledger"`) and the
+    /// others opted in; see [`retry_method`](Self::retry_method).
+    #[must_use]
+    pub fn retry_service(mut self, service: &str) -> Self {
+        self.add_retried(service_hash(service));
+        self
+    }
+
+    fn add_retried(&mut self, h: u64) {
+        let n = usize::from(self.scope_len);
+        if n < MAX_RETRIED_NAMES && !self.scope[..n].contains(&h) {
+            self.scope[n] = h;
+            self.scope_len += 1;
+        }
+    }
+
+    /// Whether calls to the method `path` may be retried: every method when
+    /// no [`retry_method`](Self::retry_method) or
+    /// [`retry_service`](Self::retry_service) restricts them.
+    pub fn retries_method(&self, path: &str) -> bool {
+        let n = usize::from(self.scope_len);
+        if n == 0 {
+            return true;
+        }
+        let scope = &self.scope[..n];
+        if scope.contains(&path_hash(path)) {
+            return true;
+        }
+        // `/pkg.Svc/Method`: its service is the part up to the second `/`.
+        path.strip_prefix('/')
+            .and_then(|rest| rest.find('/'))
+            .is_some_and(|i| scope.contains(&path_hash(&path[..i + 2])))
     }
 
     /// Opts the method `path` (`"/helloworld.Greeter/SayHello"`) in to
@@ -269,6 +342,10 @@ where
 
     fn clone_request(&self, req: &Request<B>) -> Option<Request<B>> {
         Some(copy_request(req, req.body().replay()?))
+    }
+
+    fn may_retry(&self, req: &Request<B>) -> bool {
+        self.scope_len == 0 || self.retries_method(req.uri().path())
     }
 
     fn may_hedge(&self, req: &Request<B>) -> bool {

@@ -235,6 +235,9 @@ fn a_grpc_service_config_sets_the_grpc_preset() {
     );
     assert!(retry.retries(tonic::Code::ResourceExhausted));
     assert!(!retry.retries(tonic::Code::Internal));
+    // The service named: every method of it, no other service's.
+    assert!(retry.retries_method("/catalogue.Catalogue/ListItems"));
+    assert!(!retry.retries_method("/billing.Billing/Charge"));
     let (delay, hedges, methods) = policy.hedging.clone().unwrap();
     assert_eq!((delay, hedges), (Duration::from_millis(50), 3));
     assert_eq!(methods, vec!["/catalogue.Catalogue/GetItem".to_owned()]);
@@ -286,6 +289,15 @@ fn a_grpc_service_config_sets_the_grpc_preset() {
     )
     .unwrap();
     assert_eq!(nine.policy().unwrap().retry.unwrap().0, 5);
+    // No name: every method.
+    assert!(
+        nine.policy()
+            .unwrap()
+            .retry
+            .unwrap()
+            .3
+            .retries_method("/any.Svc/Any")
+    );
     // What does not map.
     let refused = |json: &str| {
         serde_json::from_str::<GrpcServiceConfig>(json)
@@ -316,19 +328,61 @@ fn a_grpc_service_config_sets_the_grpc_preset() {
     );
     let e = refused(r#"{"methodConfig": [{"timeout": "1s"}, {"timeout": "2s"}]}"#);
     assert!(e.contains("methodConfig[1].timeout"), "{e}");
-    // A retry policy for reads beside a write with none: the one policy
-    // would retry the write too.
+    // A retry policy for a service beside a write of it with none: the one
+    // policy would retry the write too.
     let e = refused(
         r#"{"methodConfig": [
-            {"name": [{"service": "shop.Orders", "method": "Get"}],
+            {"name": [{"service": "shop.Orders"}],
              "retryPolicy": {"maxAttempts": 3, "initialBackoff": "0.1s", "maxBackoff": "1s",
                 "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE", "INTERNAL"]}},
             {"name": [{"service": "shop.Orders", "method": "Create"}]}]}"#,
     );
     assert!(
-        e.contains("methodConfig[1]: no retryPolicy while another entry has one"),
+        e.contains(
+            "methodConfig[1]: no retryPolicy for methods another entry's retryPolicy covers"
+        ),
         "{e}"
     );
+    // The same for a read named alone: the write is not covered, and is
+    // sent once (below).
+    let reads_only: GrpcServiceConfig = serde_json::from_str(
+        r#"{"methodConfig": [
+            {"name": [{"service": "shop.Orders", "method": "Get"}],
+             "retryPolicy": {"maxAttempts": 3, "initialBackoff": "0.1s", "maxBackoff": "1s",
+                "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE", "INTERNAL"]}},
+            {"name": [{"service": "shop.Orders", "method": "Create"}], "timeout": "2s"}]}"#,
+    )
+    .unwrap();
+    let retry = reads_only.policy().unwrap().retry.unwrap().3;
+    assert!(retry.retries_method("/shop.Orders/Get"));
+    assert!(!retry.retries_method("/shop.Orders/Create"));
+    assert!(!retry.retries_method("/shop.Admin/Get"));
+    let e = refused(
+        r#"{"methodConfig": [{"retryPolicy": {"maxAttempts": 3, "initialBackoff": "0.1s",
+            "maxBackoff": "1s", "backoffMultiplier": 2, "retryableStatusCodes": []}}]}"#,
+    );
+    assert!(e.contains("retryableStatusCodes: empty"), "{e}");
+    let e = refused(r#"{"methodConfig": [{"name": [{"method": "Get"}], "timeout": "1s"}]}"#);
+    assert!(
+        e.contains("methodConfig[0].name: method \"Get\" without its service"),
+        "{e}"
+    );
+    let e = refused(
+        r#"{"methodConfig": [{"name": [{"service": "a.B", "method": "Get"}],
+            "hedgingPolicy": {"maxAttempts": 2, "hedgingDelay": "0.1s",
+                "nonFatalStatusCodes": ["INTERNAL"]}}]}"#,
+    );
+    assert!(
+        e.contains("hedgingPolicy.nonFatalStatusCodes: Internal is not retried"),
+        "{e}"
+    );
+    let unavailable_only: GrpcServiceConfig = serde_json::from_str(
+        r#"{"methodConfig": [{"name": [{"service": "a.B", "method": "Get"}],
+            "hedgingPolicy": {"maxAttempts": 2, "hedgingDelay": "0.1s",
+                "nonFatalStatusCodes": ["UNAVAILABLE"]}}]}"#,
+    )
+    .unwrap();
+    assert!(unavailable_only.policy().is_ok());
     let e = refused(
         r#"{"methodConfig": [{"name": [{"service": "a.B"}], "hedgingPolicy": {"maxAttempts": 2, "hedgingDelay": "0.1s"}}]}"#,
     );
@@ -793,6 +847,17 @@ async fn each_layer_reads_its_own_section() {
         let _ = endpoints[0].ready().await.unwrap().call(1).await;
     }
     assert_eq!(eject.ejected(), 1);
+    // A latency factor of 0 turns the check off; a negative one is refused,
+    // not taken for "off".
+    let eject_with = |text: &str| {
+        let s: EjectionSettings = toml::from_str(text).unwrap();
+        seawall::eject::EjectionLayer::builder()
+            .configure(&s)
+            .build()
+    };
+    assert!(eject_with("latency_factor = 0.0").is_ok());
+    let e = eject_with("latency_factor = -1.0").unwrap_err().to_string();
+    assert!(e.contains("latency_factor must be above 1"), "{e}");
 }
 
 /// A reload checks the settings that take effect at the next build as that

@@ -1798,6 +1798,51 @@ async fn grpc_preset_hedges_only_the_methods_opted_in() {
     assert_eq!(hits.load(Ordering::SeqCst), 1);
 }
 
+/// A gRPC service config's retry policy for one method, over real tonic:
+/// that method is retried on the config's codes, and another method of the
+/// same channel (a write the config never names) is sent once. The policy
+/// was applied to every method: the write below ran three times.
+#[tokio::test]
+async fn grpc_service_config_retries_only_the_methods_it_names() {
+    let (channel, hits) = serve_raw(Answer::TrailersOnly).await;
+    let config: seawall::config::GrpcServiceConfig = serde_json::from_str(
+        r#"{"methodConfig": [{"name": [{"service": "demo.Greeter", "method": "SayHello"}],
+            "retryPolicy": {"maxAttempts": 3, "initialBackoff": "0.01s", "maxBackoff": "0.05s",
+                "backoffMultiplier": 2, "retryableStatusCodes": ["INTERNAL"]}}]}"#,
+    )
+    .unwrap();
+    let client = grpc_preset(Duration::from_millis(500))
+        .service_config(&config)
+        .unwrap()
+        .build()
+        .unwrap()
+        .layer(channel);
+    let status = call_say_hello(client.clone(), hello()).await.unwrap_err();
+    assert_eq!(status.code(), Code::Internal);
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        3,
+        "the named method: three attempts"
+    );
+    hits.store(0, Ordering::SeqCst);
+    let mut grpc = tonic::client::Grpc::new(client);
+    grpc.ready().await.unwrap();
+    let status = grpc
+        .unary(
+            hello(),
+            http::uri::PathAndQuery::from_static("/demo.Greeter/Transfer"),
+            tonic_prost::ProstCodec::<HelloRequest, greeter::HelloReply>::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Internal);
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        1,
+        "a method the config never names was retried"
+    );
+}
+
 /// The retry layer reports each attempt's outcome as the breaker beside it
 /// does, over real HTTP: a 503 with `Retry-After` is an overload (the retry
 /// layer used to report it as a failure, so its `seawall_calls_total` said
