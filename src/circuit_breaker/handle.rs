@@ -165,6 +165,15 @@ impl CircuitBreakerHandle {
         }
         Ok(())
     }
+
+    /// The slow-call duration it was built with (`None`: no call is slow).
+    #[cfg_attr(not(feature = "serde"), allow(dead_code))]
+    pub(crate) fn slow_call_duration(&self) -> Option<std::time::Duration> {
+        match self.core().config.slow_call_nanos {
+            u64::MAX => None,
+            ns => Some(std::time::Duration::from_nanos(ns)),
+        }
+    }
 }
 
 impl fmt::Debug for CircuitBreakerHandle {

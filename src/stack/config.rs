@@ -394,7 +394,10 @@ impl<P, C: Send + Sync + 'static, L, O, H> ClientStackLayer<P, C, L, O, H> {
                 backoff,
                 min_remaining: retry.min_remaining(),
             },
-            s.slow_call_duration,
+            // The slow-call time in place when the file has none (set in
+            // code): the next build keeps it, and checks it.
+            s.slow_call_duration
+                .or_else(|| self.breaker_handle().slow_call_duration()),
         )
         .map_err(|e| named(stack, e))?;
         if let Some(per_try) = s.attempt_timeout {

@@ -950,6 +950,43 @@ async fn a_reload_refuses_a_section_its_next_build_would_refuse() {
     assert_eq!(payments.bulkhead_handle().max_concurrent(), 7);
 }
 
+/// A slow-call time set in code stays at the next build when the file sets
+/// none: a reload to an attempt timeout at or below it is refused, as that
+/// build would be (it was taken).
+#[tokio::test(start_paused = true)]
+async fn a_client_reload_checks_a_slow_call_time_set_in_code() {
+    let builder = || {
+        ClientStack::builder("payments")
+            .total_budget(Duration::from_secs(2))
+            .attempt_timeout(Duration::from_millis(500))
+            .slow_call_duration(Duration::from_millis(400))
+    };
+    let stack = builder().build().unwrap();
+    let cfg: ServiceConfig =
+        toml::from_str("[clients.payments]\nattempt_timeout = \"300ms\"").unwrap();
+    let section = cfg.client_settings("payments").unwrap();
+    let at_build = builder()
+        .configure(section)
+        .build()
+        .map(|_| ())
+        .unwrap_err();
+    assert!(
+        at_build
+            .to_string()
+            .contains("slow_call_duration must be below attempt_timeout")
+    );
+    let e = stack.reload(section).unwrap_err().to_string();
+    assert!(
+        e.contains("slow_call_duration must be below attempt_timeout"),
+        "{e}"
+    );
+    let fine: ServiceConfig =
+        toml::from_str("[clients.payments]\nattempt_timeout = \"450ms\"").unwrap();
+    stack
+        .reload(fine.client_settings("payments").unwrap())
+        .unwrap();
+}
+
 /// A handler timeout set in code stays at the next build when the file sets
 /// none: a reload to a budget below it is refused, as that build would be;
 /// one left unset follows the budget down.
