@@ -35,9 +35,12 @@ pin_project! {
     ///
     /// The first answer that is not a retryable failure wins and the other
     /// attempts are dropped (cancelled: their permits come back, a breaker
-    /// does not count them). A retryable failure waits for the attempts
-    /// still running; when none is left, the last one is returned (for a
-    /// retry layer above to handle).
+    /// does not count them), except a copy's answer that is not a success
+    /// (a `409 Conflict` for a key in use, a `404`, a failure): it waits for
+    /// the attempts still running, and is returned only if they fail too.
+    /// A retryable failure waits for the attempts still running; when none
+    /// is left, the last one is returned (for a retry layer above to
+    /// handle).
     pub struct ResponseFuture<S, Req, P>
     where
         S: Service<Req>,
@@ -130,7 +133,24 @@ where
         }
         return None;
     }
-    match shared.policy.classify(result.as_ref()) {
+    let verdict = shared.policy.classify(result.as_ref());
+    if attempt > 1
+        && !matches!(verdict, Verdict::Retry { .. })
+        && shared.policy.outcome(result.as_ref(), verdict) != crate::observe::Outcome::Success
+    {
+        // A copy's answer that is not a success does not end a request
+        // whose other attempts still run: a server that answers a second
+        // request with the same `Idempotency-Key` `409 Conflict` while the
+        // first is in flight (the IETF draft's rule) answers the copy that
+        // way, and the original, mid-work, would be cancelled for it. The
+        // answer is kept in case they fail too; no more copies are sent.
+        *stopped = true;
+        if last.is_none() {
+            *last = Some(result);
+        }
+        return None;
+    }
+    match verdict {
         Verdict::Success => {
             if let Some(estimator) = &shared.estimator {
                 let now = clock::edge_now();

@@ -73,7 +73,34 @@
 //!
 //! A hedge that answers with a retryable failure does not end the request
 //! while another attempt is running; when none is left, the last failure is
-//! returned, for a retry layer above.
+//! returned, for a retry layer above. Nor does a hedge's answer that is not
+//! a success (a `4xx`, a failure): a server that follows the IETF
+//! idempotency-key draft answers a second request with a key in flight
+//! `409 Conflict`, and the original, mid-work, would be cancelled for it.
+//!
+//! # Where it helps, and where it does not
+//!
+//! - **A tail of up to about 5 % of calls** (the p95 falls among the fast
+//!   ones): in the storm's heavy-tail scenario, 5 % of calls at 200 ms, the
+//!   p99 drops from 200 to 25 ms for 4.4 % more calls. When a larger share is
+//!   slow (one slow replica in ten is 10 %), the p95 *is* the slow latency
+//!   and no copy goes before it: set a [`quantile`](HedgeLayerBuilder::quantile)
+//!   below the slow share, a [`budget_ratio`](HedgeLayerBuilder::budget_ratio)
+//!   above it, and a third attempt (a copy is slow as often): for 10 % of
+//!   calls at 200 ms, `quantile(0.85, 20, 1 s)`, `budget_ratio(0.15)`,
+//!   `max_attempts(3)` take the p99 from 200 to 32 ms for 10.2 % more calls
+//!   (`tests/hedge`); or a fixed [`delay`](HedgeLayerBuilder::delay).
+//! - **One estimate per layer**, for every route it carries: on a host whose
+//!   routes differ in latency, the slow route's calls are all past the p95
+//!   and get the copies (a 100 ms route with 3 % of the traffic beside a
+//!   10 ms one was sent 1.9 calls per request in an outside trial); give
+//!   such routes a stack of their own.
+//! - **A queueing dependency** (every call slow because it waits behind
+//!   others): a copy waits in the same queue; the budget keeps the extra
+//!   load to its 10 %.
+//! - **HTTP/1.1** cancels a losing copy by closing its connection: a new
+//!   connection for each (a TLS handshake each over TLS); HTTP/2 and gRPC
+//!   reset the stream only.
 //!
 //! Events: [`HedgeSent`](crate::observe::EventKind::HedgeSent) for each copy,
 //! [`BudgetExhausted`](crate::observe::EventKind::BudgetExhausted) when the

@@ -1843,6 +1843,66 @@ async fn grpc_service_config_retries_only_the_methods_it_names() {
     );
 }
 
+/// A hedged `POST` with an `Idempotency-Key`, over real HTTP, against a
+/// server that follows the IETF draft (a second request with a key in
+/// flight is answered `409 Conflict`): the copy's 409 does not end the
+/// request, the original is not cancelled, and its answer comes back. The
+/// copy's 409 won, and the original, mid-work, was cancelled.
+#[tokio::test]
+async fn a_hedged_keyed_post_is_answered_by_the_original_not_a_copys_conflict() {
+    let in_flight = Arc::new(std::sync::Mutex::new(
+        std::collections::HashSet::<String>::new(),
+    ));
+    let finished = Arc::new(AtomicUsize::new(0));
+    let (seen, done) = (in_flight.clone(), finished.clone());
+    let app = Router::new().route(
+        "/orders",
+        post(move |headers: http::HeaderMap| {
+            let (seen, done) = (seen.clone(), done.clone());
+            async move {
+                let key = headers
+                    .get("idempotency-key")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned();
+                if !seen.lock().unwrap().insert(key.clone()) {
+                    return (
+                        http::StatusCode::CONFLICT,
+                        "request with this key in flight",
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                seen.lock().unwrap().remove(&key);
+                done.fetch_add(1, Ordering::SeqCst);
+                (http::StatusCode::CREATED, "created")
+            }
+        }),
+    );
+    let addr = serve_axum(app).await;
+    let client = http_preset()
+        .hedge(|h| h.delay(Duration::from_millis(50)))
+        .build()
+        .unwrap()
+        .layer(hyper());
+    let req = http::Request::post(format!("http://{addr}/orders"))
+        .header("idempotency-key", "order-1")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let start = std::time::Instant::now();
+    let res = client.oneshot(req).await.unwrap();
+    assert_eq!(
+        res.status(),
+        http::StatusCode::CREATED,
+        "a copy's 409 ended the request"
+    );
+    assert!(start.elapsed() >= Duration::from_millis(300));
+    assert_eq!(
+        finished.load(Ordering::SeqCst),
+        1,
+        "the original was cancelled"
+    );
+}
+
 /// The retry layer reports each attempt's outcome as the breaker beside it
 /// does, over real HTTP: a 503 with `Retry-After` is an overload (the retry
 /// layer used to report it as a failure, so its `seawall_calls_total` said
