@@ -60,7 +60,17 @@
 //! [`InputIgnored`](crate::observe::EventKind::InputIgnored) `"key"` /
 //! `"too_many_keys"`): memory stays bounded whatever keys a client sprays.
 //! A request whose key cannot be read goes through the overflow instance
-//! too. A known key costs a map read and no allocation. A breaker, bulkhead
+//! too.
+//!
+//! "In flight" is until the response's head: a layer that holds its permit
+//! until the body ends (`until_body_end`) keeps it in the body, and a key
+//! whose only calls are long bodies may be evicted while they stream (its
+//! new instance does not count them). Eviction also starts a key's state
+//! afresh, what a rate limit or breaker had learned included: a client that
+//! can make new keys (new addresses of its own) can fill the table and wait
+//! out `idle_after` to have its own key evicted. Keep `idle_after` above
+//! the longest period that matters (a quota's, a body's) and key by what a
+//! client cannot choose. A known key costs a map read and no allocation. A breaker, bulkhead
 //! or adaptive limit instance also keeps a handle per thread that has
 //! called it (about 300 bytes each; see `ARCHITECTURE.md`).
 //!

@@ -307,7 +307,7 @@ pub struct ClientStackBuilder<
     H = Skip,
 > {
     common: Common,
-    retry: RetryLayerBuilder<P>,
+    pub(super) retry: RetryLayerBuilder<P>,
     breaker: CircuitBreakerBuilder<C>,
     inner: L,
     outer: O,

@@ -210,21 +210,32 @@ impl<O, H>
             b = b.total_budget(t);
         }
         let hedged = p.hedging.map(|h| h.2).unwrap_or_default();
-        let retry = p.retry;
-        Ok(b.retry(move |r| {
-            // The policy set on the builder before is kept (its codes when
-            // the config has no retry policy, its hedged methods always).
-            let earlier = *r.current_policy();
-            let (r, mut policy) = match retry {
-                Some((n, base, cap, policy)) => (
-                    r.max_attempts(n).backoff(base, cap),
-                    policy.keeping_hedged_of(&earlier),
-                ),
-                None => (r, earlier),
-            };
-            for m in &hedged {
-                policy = policy.hedge_method(m);
+        // The policy set on the builder before is kept (its codes when the
+        // config has no retry policy, its hedged methods always).
+        let earlier = *b.retry.current_policy();
+        let mut policy = match &p.retry {
+            Some((_, _, _, policy)) => policy.keeping_hedged_of(&earlier),
+            None => earlier,
+        };
+        for m in &hedged {
+            policy = policy.hedge_method(m);
+            if !policy.hedges(m) {
+                return Err(ConfigError::new(
+                    "grpc_service_config",
+                    format!(
+                        "hedgingPolicy: {m} is one method too many beside those the builder \
+                         hedges already; a stack hedges {} at most",
+                        crate::retry::grpc::MAX_HEDGED_METHODS
+                    ),
+                ));
             }
+        }
+        let schedule = p.retry.map(|(n, base, cap, _)| (n, base, cap));
+        Ok(b.retry(move |r| {
+            let r = match schedule {
+                Some((n, base, cap)) => r.max_attempts(n).backoff(base, cap),
+                None => r,
+            };
             r.policy(policy)
         }))
     }

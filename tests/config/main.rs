@@ -281,6 +281,29 @@ fn a_grpc_service_config_sets_the_grpc_preset() {
         "the builder's codes"
     );
     assert!(policy.hedges("/a.B/List") && policy.hedges("/a.B/Get"));
+    // Hedged methods beyond the 16 a stack holds, counting the builder's,
+    // are refused (4 of them were dropped without a word).
+    let ten = |prefix: &str| {
+        (0..10)
+            .map(|i| format!(r#"{{"service": "a.B", "method": "{prefix}{i}"}}"#))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let config: GrpcServiceConfig = serde_json::from_str(&format!(
+        r#"{{"methodConfig": [{{"name": [{}],
+            "hedgingPolicy": {{"maxAttempts": 2, "hedgingDelay": "0.05s"}}}}]}}"#,
+        ten("Get")
+    ))
+    .unwrap();
+    let builder_hedges = (0..10).fold(seawall::retry::grpc::GrpcRetry::new(), |p, i| {
+        p.hedge_method(&format!("/a.B/List{i}"))
+    });
+    let e = ClientStack::grpc("ab")
+        .retry(|r| r.policy(builder_hedges))
+        .service_config(&config)
+        .expect_err("20 hedged methods were taken")
+        .to_string();
+    assert!(e.contains("one method too many"), "{e}");
     // More than 5 attempts is taken as 5, as gRPC does; fewer than 2 is
     // refused.
     let nine: GrpcServiceConfig = serde_json::from_str(
