@@ -425,6 +425,45 @@ mod edge_tests {
 
     use super::*;
 
+    /// Two client calls in one poll of a handler (inside a server layer's
+    /// edge): the second one's budget starts when it is made, not at the
+    /// first call's read, which the handler's work since has made stale.
+    #[cfg(feature = "deadline")]
+    #[tokio::test(start_paused = true)]
+    async fn a_second_call_in_one_poll_starts_its_budget_when_made() {
+        use tower::{Layer, Service};
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let s = seen.clone();
+        let inner = tower::service_fn(move |_: ()| {
+            s.lock()
+                .unwrap()
+                .push(crate::deadline::current().map(|d| d.instant()));
+            std::future::ready(Ok::<_, crate::BoxError>(()))
+        });
+        let mut client = crate::deadline::DeadlineLayer::new(Duration::from_secs(1))
+            .unwrap()
+            .layer(inner);
+        let start = now();
+        // The server layer's edge around the handler's poll.
+        let server = Edge::enter();
+        let waker = futures_util::task::noop_waker();
+        let mut cx = std::task::Context::from_waker(&waker);
+        let mut first = std::pin::pin!(client.call(()));
+        assert!(first.as_mut().poll(&mut cx).is_ready());
+        // The handler's own work, then a second call in the same poll.
+        tokio::time::advance(Duration::from_millis(200)).await;
+        let mut second = std::pin::pin!(client.call(()));
+        assert!(second.as_mut().poll(&mut cx).is_ready());
+        drop(server);
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen[0], Some(start + Duration::from_secs(1)));
+        assert_eq!(
+            seen[1],
+            Some(start + Duration::from_millis(1200)),
+            "the second call's budget started at the first call's read"
+        );
+    }
+
     #[tokio::test(start_paused = true)]
     async fn an_edge_reads_the_clock_once_and_forgets_when_the_outermost_ends() {
         let before = edge_now();

@@ -159,7 +159,10 @@ impl BulkheadBuilder {
     /// stops waiting at its request deadline
     /// ([`deadline::current()`](crate::deadline::current)) if that comes
     /// first. Must be above zero and at most
-    /// [`MAX_BUDGET`](crate::deadline::MAX_BUDGET).
+    /// [`MAX_BUDGET`](crate::deadline::MAX_BUDGET). In `backpressure` mode a
+    /// caller waits in `poll_ready` instead, where neither bounds it (a
+    /// service has no request, and no timer of its own, there): bound it
+    /// above, with the caller's own timeout.
     pub fn max_wait(mut self, d: Duration) -> Self {
         self.max_wait = d;
         self

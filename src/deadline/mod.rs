@@ -68,7 +68,11 @@
 //!
 //! `poll_ready` of both layers passes the inner readiness through and never
 //! times out by itself (a service cannot own a timer without allocating); put
-//! a bulkhead or load shedder below to bound waiting. Both layers keep their
+//! a bulkhead (in its default mode: one in `backpressure` mode waits in
+//! `poll_ready`, unbounded) or a load shedder below to bound waiting. A
+//! `tower::buffer::Buffer` goes below the deadline layer, not above it: its
+//! worker polls readiness for every request in turn, and a wait begun for a
+//! request whose caller gave up is charged to the next one. Both layers keep their
 //! configuration in an `Arc`: every service and clone built from one layer
 //! shares it. The timers are tokio `Sleep`s pinned inside the named response
 //! futures, created only when the inner future is first found pending: no

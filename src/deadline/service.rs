@@ -163,6 +163,10 @@ where
 
     #[inline]
     fn call(&mut self, mut req: Req) -> Self::Future {
+        // A call made from a handler after another call of the same poll
+        // ended: that call's read (deeper than here) is stale by whatever
+        // the handler did since; the budget starts now.
+        crate::clock::handler_ran();
         let _edge = crate::clock::Edge::enter();
         let now = clock::edge_now();
         let waited = self.ready_since.take();

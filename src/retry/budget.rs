@@ -170,8 +170,10 @@ impl RetryBudget {
     ///
     /// # Errors
     ///
-    /// A [`ConfigError`] if `ratio` is not a number in `0.0..=1.0`, or
-    /// `window` is outside [`MIN_WINDOW`](Self::MIN_WINDOW)`..=`[`MAX_WINDOW`](Self::MAX_WINDOW).
+    /// A [`ConfigError`] if `ratio` is not a number in `0.0..=1.0`,
+    /// `window` is outside [`MIN_WINDOW`](Self::MIN_WINDOW)`..=`[`MAX_WINDOW`](Self::MAX_WINDOW),
+    /// or `min_per_sec × window` rounds to no retry while `min_per_sec` is
+    /// not 0.
     pub fn new(ratio: f64, min_per_sec: u32, window: Duration) -> Result<Self, ConfigError> {
         RetryBudget::adaptive(ratio, 0.0, min_per_sec, window)
     }
@@ -221,6 +223,7 @@ impl RetryBudget {
         }
         let bucket_nanos = u64::try_from(window.as_nanos() / BUCKETS as u128).unwrap_or(u64::MAX);
         let floor = (f64::from(min_per_sec) * window.as_secs_f64()).round() as u64;
+        Self::check_floor(min_per_sec, floor, window)?;
         Ok(RetryBudget {
             inner: std::sync::Arc::new(Inner {
                 start: crate::clock::edge_now(),
@@ -282,6 +285,7 @@ impl RetryBudget {
     ) -> Result<(), ConfigError> {
         Self::check_ratios(ratio, success_ratio)?;
         let floor = (f64::from(min_per_sec) * self.inner.window.as_secs_f64()).round() as u64;
+        Self::check_floor(min_per_sec, floor, self.inner.window)?;
         self.inner
             .ratio_ppm
             .store((ratio * PPM as f64).round() as u64, Ordering::Relaxed);
@@ -290,6 +294,22 @@ impl RetryBudget {
             Ordering::Relaxed,
         );
         self.inner.floor.store(floor, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// A floor of retries per second that the window rounds to none
+    /// (10 a second over a 10 ms window) is refused: it would allow no retry
+    /// at low traffic, where it promises some.
+    fn check_floor(min_per_sec: u32, floor: u64, window: Duration) -> Result<(), ConfigError> {
+        if min_per_sec > 0 && floor == 0 {
+            return Err(ConfigError::new(
+                "retry",
+                format!(
+                    "min_retries_per_sec {min_per_sec} over a budget window of {window:?} is \
+                     less than one retry; lengthen the window or set 0"
+                ),
+            ));
+        }
         Ok(())
     }
 
@@ -756,6 +776,13 @@ mod tests {
         assert!(RetryBudget::new(0.1, 10, Duration::from_millis(5)).is_err());
         assert!(RetryBudget::new(0.1, 10, Duration::from_secs(3601)).is_err());
         assert!(RetryBudget::new(0.0, 0, Duration::from_millis(10)).is_ok());
+        // 10 a second over 10 ms rounds to no retry: refused, not a floor
+        // of none; 50 a second is one.
+        let e = RetryBudget::new(0.05, 10, Duration::from_millis(10)).unwrap_err();
+        assert!(e.to_string().contains("less than one retry"), "{e}");
+        assert!(RetryBudget::new(0.05, 50, Duration::from_millis(20)).is_ok());
+        let b = RetryBudget::new(0.05, 50, Duration::from_millis(20)).unwrap();
+        assert!(b.set_ratios(0.05, 0.0, 10).is_err());
     }
 
     #[test]

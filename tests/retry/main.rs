@@ -954,6 +954,16 @@ mod http_tests {
         assert_eq!(status, StatusCode::OK);
         assert_eq!(scheduled(&rec), [(2, Duration::from_secs(1))]);
 
+        // `Retry-After: 0` asks no wait, and gets the backoff's jittered one
+        // (at once, every refused client came back together).
+        let (status, rec, calls, took) = get_once((503, Some("0")), None).await;
+        assert_eq!((status, calls), (StatusCode::OK, 2));
+        let waits = scheduled(&rec);
+        assert_eq!(waits.len(), 1);
+        assert!(waits[0].1 > Duration::ZERO, "{waits:?}");
+        // (The timer wheel's millisecond rounds the wait up.)
+        assert!(took >= waits[0].1 && took < waits[0].1 + ms(1), "{took:?}");
+
         // An HTTP-date cannot be measured on tokio's clock: not retried.
         let (status, rec, _, _) =
             get_once((503, Some("Wed, 21 Oct 2015 07:28:00 GMT")), None).await;

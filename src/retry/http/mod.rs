@@ -150,6 +150,10 @@ impl HttpRetry {
         match res.headers().get(RETRY_AFTER) {
             None => Verdict::RETRY,
             Some(v) => match parse_delay_seconds(v) {
+                // `0`: no wait asked, and none given at once either (every
+                // refused client would come back together): the backoff's,
+                // with its jitter, as `retry-after-ms: 0` is read.
+                Some(after) if after.is_zero() => Verdict::RETRY,
                 Some(after) => Verdict::Retry { after: Some(after) },
                 None => Verdict::DoNotRetry,
             },
