@@ -543,13 +543,18 @@ pub(crate) fn marker_view(any: &dyn std::any::Any) -> Option<Rejection<'_>> {
 }
 
 /// The rejection in an error of any type: a [`BoxError`] holding one
-/// anywhere in its source chain, or a marker itself.
+/// anywhere in its source chain, a `tonic::Status` holding one in its
+/// source (the gRPC client preset's error), or a marker itself.
 pub(crate) fn rejection_in<E: 'static>(err: &E) -> Option<Rejection<'_>> {
     let any = err as &dyn std::any::Any;
-    match any.downcast_ref::<BoxError>() {
-        Some(boxed) => rejection(&**boxed),
-        None => marker_view(any),
+    if let Some(boxed) = any.downcast_ref::<BoxError>() {
+        return rejection(&**boxed);
     }
+    #[cfg(feature = "tonic")]
+    if let Some(status) = any.downcast_ref::<tonic::Status>() {
+        return rejection(status);
+    }
+    marker_view(any)
 }
 
 /// Finds the seawall rejection in a [`BoxError`]; shorthand for

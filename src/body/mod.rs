@@ -613,7 +613,8 @@ fn trailer_status(trailers: &http::HeaderMap) -> Option<BoxError> {
         return None;
     }
     #[cfg(feature = "tonic")]
-    return tonic::Status::from_header_map(trailers).map(|s| Box::new(s) as BoxError);
+    return tonic::Status::from_header_map(trailers)
+        .map(|s| Box::new(crate::grpc::status::InTrailers(s)) as BoxError);
     #[cfg(not(feature = "tonic"))]
     Some(
         format!(
@@ -684,7 +685,7 @@ mod tests {
         .expect("UNAVAILABLE is an error");
         #[cfg(feature = "tonic")]
         {
-            let status = err.downcast_ref::<tonic::Status>().expect("a tonic status");
+            let status = crate::grpc::status::status_in(&*err).expect("a tonic status");
             assert_eq!(status.code(), tonic::Code::Unavailable);
             assert_eq!(status.message(), "down");
         }

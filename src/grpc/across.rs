@@ -22,7 +22,8 @@ use crate::http::RETRY_AFTER_MS;
 /// | this process's own refusal ([`error::rejection`](crate::error::rejection) finds one: breaker open, budget spent, out of time) | what [`rejection_response`](crate::http::rejection_response) answers: `503`/`429` with `Retry-After`, or `504` |
 /// | `UNAVAILABLE` with `grpc-retry-pushback-ms` (the dependency is busy: a seawall server's refusal) | `503` with `Retry-After` and `retry-after-ms` |
 /// | `UNAVAILABLE` without pushback that the server answered (busy, as a gRPC server that is not seawall sheds) | `503` without `Retry-After` (busy for the HTTP presets too) |
-/// | `RESOURCE_EXHAUSTED` | `429`, with `Retry-After` and `retry-after-ms` when it has a pushback |
+/// | `RESOURCE_EXHAUSTED` with `grpc-retry-pushback-ms` (busy for that long: a rate limit's refusal, or a busy HTTP dependency passed on by [`status_for_response`]) | `503` with `Retry-After` and `retry-after-ms` |
+/// | `RESOURCE_EXHAUSTED` without one | `429` |
 /// | `DEADLINE_EXCEEDED`, `CANCELLED` (the dependency ran out of the time it was sent) | `504` |
 /// | any other (`UNAVAILABLE` that no server answered: a connection refused or lost, the error in its source; `INTERNAL`, …) | `502` |
 ///
@@ -66,10 +67,18 @@ where
         (Code::Unavailable, None) if std::error::Error::source(status).is_none() => {
             (StatusCode::SERVICE_UNAVAILABLE, "dependency busy", None)
         }
-        (Code::ResourceExhausted, wait) => (
+        // Busy for that long: what the caller of this process is told too
+        // (the caller did not send too many; this process's dependency is
+        // busy for it).
+        (Code::ResourceExhausted, Some(Some(wait))) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "dependency busy",
+            Some(wait),
+        ),
+        (Code::ResourceExhausted, _) => (
             StatusCode::TOO_MANY_REQUESTS,
             "dependency rate limited",
-            wait.flatten(),
+            None,
         ),
         (Code::DeadlineExceeded | Code::Cancelled, _) => {
             (StatusCode::GATEWAY_TIMEOUT, "dependency out of time", None)
@@ -85,8 +94,7 @@ where
 ///
 /// | `res` | status |
 /// |---|---|
-/// | `503` with `retry-after-ms` or `Retry-After` in seconds (the dependency is busy: a seawall server's refusal, refused before its handler ran) | `UNAVAILABLE` with `grpc-retry-pushback-ms` |
-/// | `429`; `503` without a wait (busy, as nginx's `limit_conn` says it) | `RESOURCE_EXHAUSTED`, with the pushback when it has a wait |
+/// | `429`, `503` (the dependency is busy: a seawall server's refusal, nginx's `limit_conn`) | `RESOURCE_EXHAUSTED`, with `grpc-retry-pushback-ms` when it has a wait (`retry-after-ms`, or `Retry-After` in seconds above 0) |
 /// | `504`, `408` | `DEADLINE_EXCEEDED` |
 /// | `501` | `UNIMPLEMENTED` |
 /// | `400`, `401`, `403`, `404`, `409` | `INVALID_ARGUMENT`, `UNAUTHENTICATED`, `PERMISSION_DENIED`, `NOT_FOUND`, `ABORTED` |
@@ -94,12 +102,15 @@ where
 /// | any other `5xx` | `INTERNAL` |
 ///
 /// A busy dependency stays busy for the caller (the gRPC presets' breakers
-/// do not count it, their retries wait for its pushback). A dependency's
-/// failure becomes `INTERNAL`, not `UNAVAILABLE`: the gRPC client preset
-/// retries `UNAVAILABLE` on every method, and this handler may have done
-/// its work before its dependency failed (a retry would do it twice). The
-/// message names the dependency's status (`"dependency answered 500"`),
-/// never its body.
+/// do not count it; [`response_for_status`] one hop up answers its own
+/// caller `503` with the wait). Neither a busy dependency nor a failed one
+/// becomes `UNAVAILABLE`: the gRPC client preset retries `UNAVAILABLE` on
+/// every method, and this handler may have done its work before its
+/// dependency answered (a retry would do it twice); a failure becomes
+/// `INTERNAL`. A handler that did nothing before the call may answer
+/// `Status::unavailable` with the same pushback instead, to have its caller
+/// retry. The message names the dependency's status
+/// (`"dependency answered 500"`), never its body.
 ///
 /// ```
 /// use seawall::grpc::status_for_response;
@@ -112,7 +123,7 @@ where
 ///     .body(())
 ///     .unwrap();
 /// let status = status_for_response(&busy).unwrap();
-/// assert_eq!(status.code(), Code::Unavailable);
+/// assert_eq!(status.code(), Code::ResourceExhausted);
 /// assert_eq!(status.metadata().get("grpc-retry-pushback-ms").unwrap(), "120");
 ///
 /// let broken = http::Response::builder().status(500).body(()).unwrap();
@@ -127,7 +138,6 @@ pub fn status_for_response<B>(res: &Response<B>) -> Option<Status> {
     }
     let wait = http_wait(res.headers());
     let (grpc, wait) = match code {
-        503 if wait.is_some() => (Code::Unavailable, wait),
         429 | 503 => (Code::ResourceExhausted, wait),
         504 | 408 => (Code::DeadlineExceeded, None),
         501 => (Code::Unimplemented, None),
@@ -148,8 +158,9 @@ pub fn status_for_response<B>(res: &Response<B>) -> Option<Status> {
     Some(status)
 }
 
-/// The wait an HTTP answer asks for: `retry-after-ms` first (above 0), then
-/// `Retry-After` in whole seconds (a date is no wait it can pass on).
+/// The wait an HTTP answer asks for: `retry-after-ms` first, then
+/// `Retry-After` in whole seconds (a date is no wait it can pass on); `0` is
+/// none (a pushback of nothing would send every caller back at once).
 fn http_wait(headers: &HeaderMap) -> Option<Duration> {
     let ms = headers
         .get(RETRY_AFTER_MS)
@@ -160,6 +171,7 @@ fn http_wait(headers: &HeaderMap) -> Option<Duration> {
         headers
             .get(RETRY_AFTER)
             .and_then(|v| header_number(v.as_bytes(), 10).ok())
+            .filter(|s| *s > 0)
             .map(Duration::from_secs)
     })
 }
@@ -207,7 +219,14 @@ mod tests {
             push(res(503, &[("retry-after-ms", "0"), ("retry-after", "1")])),
             Some("1000".into())
         );
-        // Busy without a wait: busy, and not retried.
+        // Busy, with a wait or without: RESOURCE_EXHAUSTED (not retried on
+        // every method as UNAVAILABLE is: this handler may have done its
+        // work); `Retry-After: 0` is no wait.
+        assert_eq!(
+            code(res(503, &[("retry-after-ms", "120")])),
+            Some(Code::ResourceExhausted)
+        );
+        assert_eq!(push(res(503, &[("retry-after", "0")])), None);
         assert_eq!(code(res(503, &[])), Some(Code::ResourceExhausted));
         assert_eq!(push(res(503, &[])), None);
         assert_eq!(
@@ -260,9 +279,11 @@ mod tests {
         assert_eq!(r(&unreachable), (502, None));
         assert_eq!(r(&with_push(Status::unavailable("x"), "-1")), (502, None));
         assert_eq!(r(&Status::resource_exhausted("quota")), (429, None));
+        // Busy for a while (a busy HTTP leaf passed on, a rate limit's
+        // wait): 503 with it.
         assert_eq!(
             r(&with_push(Status::resource_exhausted("quota"), "300")),
-            (429, Some("300".into()))
+            (503, Some("300".into()))
         );
         assert_eq!(r(&Status::deadline_exceeded("late")), (504, None));
         assert_eq!(r(&Status::cancelled("late")), (504, None));

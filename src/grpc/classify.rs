@@ -317,10 +317,17 @@ impl<B, E: 'static> Classify<http::Response<B>, E> for GrpcStatusClassifier {
                 Some(code) => self.outcome_with(code, res.headers()),
                 None => Outcome::Success,
             },
-            Err(err) => match super::status::status_of(err) {
-                Some(status) => self.outcome_with(status.code(), status.metadata().as_ref()),
-                None => error_origin(err).unwrap_or(Outcome::Failure),
-            },
+            Err(err) => {
+                // A status sent in trailers (a stream that ended with it):
+                // the server answered, as in a head.
+                if let Some(status) = super::status::in_trailers(err) {
+                    return self.answered(status.code(), status.metadata().as_ref());
+                }
+                match super::status::status_of(err) {
+                    Some(status) => self.outcome_with(status.code(), status.metadata().as_ref()),
+                    None => error_origin(err).unwrap_or(Outcome::Failure),
+                }
+            }
         }
     }
 

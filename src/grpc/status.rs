@@ -89,6 +89,32 @@ pub(crate) fn status_in<'a>(err: &'a (dyn Error + 'static)) -> Option<&'a Status
     crate::error::find_in_chain(err)
 }
 
+/// A status the server sent in a response's trailers (a stream that ended
+/// with it after its head): an answer, as a status in the head is, not a
+/// call no server answered (what a `Status` error without this mark may be).
+#[derive(Debug)]
+pub(crate) struct InTrailers(pub(crate) Status);
+
+impl std::fmt::Display for InTrailers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl Error for InTrailers {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        Some(&self.0)
+    }
+}
+
+/// The status a server sent in trailers, if `err` is one.
+pub(crate) fn in_trailers<E: 'static>(err: &E) -> Option<&Status> {
+    (err as &dyn std::any::Any)
+        .downcast_ref::<crate::error::BoxError>()
+        .and_then(|boxed| boxed.downcast_ref::<InTrailers>())
+        .map(|t| &t.0)
+}
+
 /// The `tonic::Status` an error of any type is or holds, if any.
 pub(crate) fn status_of<E: 'static>(err: &E) -> Option<&Status> {
     let any = err as &dyn std::any::Any;

@@ -1267,11 +1267,14 @@ async fn http_client_preset_retries_a_shed_request_after_its_milliseconds() {
 /// "Busy" passes through a chain of both protocols, each hop in its preset:
 /// an HTTP leaf that runs one request at a time sheds the next with a wait;
 /// a tonic handler calling it passes that on with `status_for_response`
-/// (`UNAVAILABLE` with pushback), and an axum front calling the tonic
+/// (`RESOURCE_EXHAUSTED` with pushback), and an axum front calling the tonic
 /// service answers its caller with `response_for_status` (the README's
 /// handler): `503` with `Retry-After` and the leaf's milliseconds. No
-/// breaker on the way counts it. With the handlers before them, the front
-/// answered `502` (an outside trial).
+/// breaker on the way counts it, and the front's gRPC preset, with its
+/// default retries, runs the middle tier's handler once (it was
+/// `UNAVAILABLE`, which that preset retries on every method: a handler
+/// that had done its work would do it again). With the handlers before
+/// them, the front answered `502` (an outside trial).
 #[tokio::test]
 async fn a_busy_leaf_stays_busy_through_a_grpc_middle_tier_to_the_http_front() {
     let release = Arc::new(tokio::sync::Semaphore::new(0));
@@ -1284,8 +1287,11 @@ async fn a_busy_leaf_stays_busy_through_a_grpc_middle_tier_to_the_http_front() {
         .unwrap();
     let leaf_breaker = to_leaf.breaker_handle();
     let to_leaf = to_leaf.layer(hyper());
+    let middle_runs = Arc::new(AtomicUsize::new(0));
+    let runs = middle_runs.clone();
     let middle = GreeterServer::new(move |_req| {
         let to_leaf = to_leaf.clone();
+        runs.fetch_add(1, Ordering::SeqCst);
         async move {
             // --- README tonic handler begins ---
             let res = to_leaf
@@ -1307,7 +1313,6 @@ async fn a_busy_leaf_stays_busy_through_a_grpc_middle_tier_to_the_http_front() {
     let to_middle = ClientStack::grpc("middle")
         .total_budget(Duration::from_secs(2))
         .attempt_timeout(Duration::from_secs(1))
-        .retry(|r| r.max_attempts(1))
         .build()
         .unwrap();
     let middle_breaker = to_middle.breaker_handle();
@@ -1316,6 +1321,7 @@ async fn a_busy_leaf_stays_busy_through_a_grpc_middle_tier_to_the_http_front() {
     let held = tokio::spawn(hyper().oneshot(get_req(leaf, "/hold")));
     let mut answer = None;
     for _ in 0..200 {
+        middle_runs.store(0, Ordering::SeqCst);
         let result = call_say_hello(to_middle.clone(), hello()).await;
         let res = readme_grpc_handler_answer(result.map(tonic::Response::new));
         if res.status() != 200 {
@@ -1325,6 +1331,11 @@ async fn a_busy_leaf_stays_busy_through_a_grpc_middle_tier_to_the_http_front() {
         tokio::task::yield_now().await;
     }
     let answer = answer.expect("the leaf sheds while its slot is held");
+    assert_eq!(
+        middle_runs.load(Ordering::SeqCst),
+        1,
+        "the middle tier's handler ran again"
+    );
     assert_eq!(answer.status(), 503, "{answer:?}");
     assert_eq!(answer.headers()["retry-after"], "1");
     let ms: u64 = answer.headers()["retry-after-ms"]
@@ -1796,6 +1807,55 @@ async fn grpc_preset_hedges_only_the_methods_opted_in() {
     let reply = call_say_hello(plain.layer(channel), hello()).await.unwrap();
     assert_eq!(reply.message, "hello preset from call 1");
     assert_eq!(hits.load(Ordering::SeqCst), 1);
+}
+
+/// The gRPC preset's own refusals, read from its error type (`Status`, the
+/// rejection in its source): a local refusal for `error_origin` and
+/// `is_local_refusal`, and so for a fallback or breaker around the preset
+/// (they looked only in a `BoxError`, and called it a failure).
+#[tokio::test]
+async fn the_grpc_presets_own_refusal_is_local_to_the_layers_around_it() {
+    let (channel, hits) = serve_raw(Answer::TrailersOnly).await;
+    let stack = grpc_preset(Duration::from_millis(500)).build().unwrap();
+    stack.breaker_handle().force_open();
+    let client: GrpcClient<Channel> = stack.layer(channel);
+    let req = http::Request::post(format!("http://localhost{}", greeter::SAY_HELLO))
+        .body(tonic::body::Body::empty())
+        .unwrap();
+    let status = client.oneshot(req).await.unwrap_err();
+    assert_eq!(hits.load(Ordering::SeqCst), 0);
+    assert!(seawall::error::rejection(&status).is_some());
+    assert_eq!(
+        seawall::classify::error_origin(&status),
+        Some(seawall::observe::Outcome::Refused)
+    );
+    assert!(seawall::classify::is_local_refusal(&status));
+    // A fallback for refusals around the preset answers it.
+    let fell_back = Arc::new(AtomicUsize::new(0));
+    let f = fell_back.clone();
+    let stack = grpc_preset(Duration::from_millis(500)).build().unwrap();
+    stack.breaker_handle().force_open();
+    let (channel, _) = serve_raw(Answer::TrailersOnly).await;
+    let client: GrpcClient<Channel> = stack.layer(channel);
+    let with_fallback = seawall::fallback::FallbackLayer::builder(seawall::fallback::fallback_fn(
+        move |_, _: Result<&_, &Status>| {
+            f.fetch_add(1, Ordering::SeqCst);
+            async { None }
+        },
+    ))
+    .on(seawall::fallback::FallbackOn::REFUSED)
+    .build()
+    .unwrap()
+    .layer(client);
+    let req = http::Request::post(format!("http://localhost{}", greeter::SAY_HELLO))
+        .body(tonic::body::Body::empty())
+        .unwrap();
+    let _ = with_fallback.oneshot(req).await;
+    assert_eq!(
+        fell_back.load(Ordering::SeqCst),
+        1,
+        "the refusal did not reach the fallback"
+    );
 }
 
 /// A gRPC service config's retry policy for one method, over real tonic:
