@@ -19,10 +19,9 @@ impl FallbackOn {
     /// The dependency failed (a remote failure).
     pub const FAILURE: FallbackOn = FallbackOn(4);
     /// The request's deadline ran out. The fallback answers only within the
-    /// request's own deadline: for a timeout the fallback can see (the
-    /// request's, propagated or set above it) there is no time left, and the
-    /// original error goes through; it answers for a shorter deadline set
-    /// below it (an attempt timeout, a `DeadlineLayer` around the service).
+    /// request's own deadline: the call below runs under that deadline less
+    /// a tenth of the time left (at most the fallback's timeout), and the
+    /// fallback answers in that tenth (see the [module docs](super)).
     pub const DEADLINE: FallbackOn = FallbackOn(8);
     /// Every reason (the default).
     pub const ALL: FallbackOn = FallbackOn(15);

@@ -82,14 +82,38 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Req) -> Self::Future {
+    fn call(&mut self, mut req: Req) -> Self::Future {
         let memo = self.shared.policy.memo(&req);
         let deadline = crate::deadline::of(&req);
+        // A fallback for the deadline needs time left when the call below
+        // gives up: the call gets the request's deadline less a tenth of
+        // the time left (at most the fallback's timeout), and the fallback
+        // answers in that tenth. Without it, the call ran to the request's
+        // own deadline, and the fallback had no time to answer.
+        let reserved = match deadline {
+            Some(d) if self.shared.on.contains(FallbackReason::Deadline) => {
+                let left = d.remaining_from(crate::clock::edge_now());
+                let reserve = (left / 10).min(self.shared.timeout);
+                d.instant()
+                    .checked_sub(reserve)
+                    .filter(|_| !reserve.is_zero())
+                    .map(crate::deadline::Deadline::at)
+            }
+            _ => None,
+        };
+        let future = match reserved {
+            Some(inner) => {
+                req.set_deadline(inner);
+                crate::deadline::sync_scope(inner, || self.inner.call(req))
+            }
+            None => self.inner.call(req),
+        };
         ResponseFuture {
             state: State::Calling {
-                future: self.inner.call(req),
+                future,
                 memo: Some(memo),
                 deadline: deadline.map(crate::deadline::Deadline::instant),
+                reserved,
             },
             shared: self.shared.clone(),
             request: PhantomData,
@@ -105,6 +129,9 @@ pin_project! {
             future: Fut,
             memo: Option<M>,
             deadline: Option<Instant>,
+            // The deadline the call runs under (the request's less the
+            // fallback's reserve), when one is kept.
+            reserved: Option<crate::deadline::Deadline>,
         },
         Answering {
             #[pin]
@@ -179,8 +206,12 @@ where
                     future,
                     memo,
                     deadline,
+                    reserved,
                 } => {
-                    let outcome = ready!(future.poll(cx));
+                    let outcome = ready!(match *reserved {
+                        Some(d) => crate::deadline::sync_scope(d, || future.poll(cx)),
+                        None => future.poll(cx),
+                    });
                     let shared = &**this.shared;
                     let reason = reason_of(&shared.classifier, outcome.as_ref())
                         .filter(|r| shared.on.contains(*r));

@@ -180,6 +180,62 @@ async fn a_deadline_layer_below_ends_in_the_deadline_fallback_in_time() {
     assert_eq!(used, vec![FallbackReason::Deadline]);
 }
 
+/// A client budget longer than the request's own deadline (the README's:
+/// a server preset of 950 ms over a client of 2 s): the call below gets
+/// the request's deadline less a tenth of the time left, and the fallback
+/// answers in that tenth. The call ran to the request's own deadline, and
+/// the fallback had no time left: every request of a hang got the error
+/// until a breaker opened (an outside trial: 504s for 1.5 s).
+#[tokio::test(start_paused = true)]
+async fn the_fallback_keeps_a_tenth_of_the_time_left_to_answer_in() {
+    let hang = service_fn(|_: u32| async {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        Ok::<String, BoxError>("late".into())
+    });
+    let layer = FallbackLayer::builder(fallback_fn(
+        |reason: FallbackReason, _: Result<&String, &BoxError>| async move {
+            Some(format!("cached, after {reason}"))
+        },
+    ))
+    .build()
+    .unwrap();
+    let svc = layer.layer(
+        DeadlineLayer::new(Duration::from_secs(2))
+            .unwrap()
+            .layer(hang),
+    );
+    let start = Instant::now();
+    let answer = deadline::scope(Deadline::after(950 * MS), svc.clone().oneshot(1))
+        .await
+        .unwrap();
+    assert_eq!(answer, "cached, after deadline");
+    assert_eq!(start.elapsed(), 855 * MS);
+    // A fallback that does not answer for the deadline keeps nothing: the
+    // call has all the time.
+    let refusals_only = FallbackLayer::builder(fallback_fn(
+        |_: FallbackReason, _: Result<&String, &BoxError>| async { Some("x".to_owned()) },
+    ))
+    .on(FallbackOn::REFUSED)
+    .build()
+    .unwrap();
+    let hang = service_fn(|_: u32| async {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        Ok::<String, BoxError>("late".into())
+    });
+    let svc = refusals_only.layer(
+        DeadlineLayer::new(Duration::from_secs(2))
+            .unwrap()
+            .layer(hang),
+    );
+    let start = Instant::now();
+    assert!(
+        deadline::scope(Deadline::after(950 * MS), svc.oneshot(1))
+            .await
+            .is_err()
+    );
+    assert_eq!(start.elapsed(), 950 * MS);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_full_bulkhead_falls_back_to_a_second_service() {
     let slow = service_fn(|x: u32| async move {
