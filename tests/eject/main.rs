@@ -71,6 +71,24 @@ async fn ready_call<S: Service<u64, Error = BoxError>>(
     svc.ready().await?.call(i).await
 }
 
+/// Four replicas behind `layer`, the first broken and ejected after its
+/// five failures in a row.
+async fn first_of_four_ejected(
+    layer: &EjectionLayer,
+) -> (
+    Vec<Replica>,
+    Vec<Ejectable<Replica, seawall::classify::ErrorsAsFailures>>,
+) {
+    let replicas: Vec<Replica> = (0..4).map(|_| Replica::new()).collect();
+    let mut eps: Vec<_> = replicas.iter().map(|r| layer.layer(r.clone())).collect();
+    replicas[0].broken.store(true, Ordering::SeqCst);
+    for i in 0..5 {
+        assert!(ready_call(&mut eps[0], i).await.is_err());
+    }
+    assert_eq!(layer.ejected(), 1);
+    (replicas, eps)
+}
+
 /// An ejection layer with the defaults, reporting to a recorder.
 fn recorded() -> (Recorder, EjectionLayer) {
     let rec = Recorder::new();
@@ -350,13 +368,7 @@ fn the_settings_are_checked_when_built() {
 #[tokio::test(start_paused = true)]
 async fn every_clone_waiting_for_a_probe_is_ready_after_it() {
     let layer = EjectionLayer::builder().build().unwrap();
-    let replicas: Vec<Replica> = (0..4).map(|_| Replica::new()).collect();
-    let mut eps: Vec<_> = replicas.iter().map(|r| layer.layer(r.clone())).collect();
-    replicas[0].broken.store(true, Ordering::SeqCst);
-    for i in 0..5 {
-        assert!(ready_call(&mut eps[0], i).await.is_err());
-    }
-    assert_eq!(layer.ejected(), 1);
+    let (replicas, mut eps) = first_of_four_ejected(&layer).await;
     tokio::time::sleep(Duration::from_secs(5)).await;
     replicas[0].broken.store(false, Ordering::SeqCst);
     replicas[0].latency_ms.store(100, Ordering::SeqCst);
@@ -396,13 +408,7 @@ async fn every_clone_waiting_for_a_probe_is_ready_after_it() {
 #[tokio::test(start_paused = true)]
 async fn only_the_clone_made_ready_first_holds_the_probe() {
     let layer = EjectionLayer::builder().build().unwrap();
-    let replicas: Vec<Replica> = (0..4).map(|_| Replica::new()).collect();
-    let mut eps: Vec<_> = replicas.iter().map(|r| layer.layer(r.clone())).collect();
-    replicas[0].broken.store(true, Ordering::SeqCst);
-    for i in 0..5 {
-        assert!(ready_call(&mut eps[0], i).await.is_err());
-    }
-    assert_eq!(layer.ejected(), 1);
+    let (replicas, eps) = first_of_four_ejected(&layer).await;
     tokio::time::sleep(Duration::from_secs(5)).await;
     let mut a = eps[0].clone();
     let mut b = eps[0].clone();
@@ -440,13 +446,7 @@ async fn an_ejection_past_the_clocks_range_keeps_the_endpoint_out() {
         .ejection_time(Duration::MAX, Duration::MAX)
         .build()
         .unwrap();
-    let replicas: Vec<Replica> = (0..4).map(|_| Replica::new()).collect();
-    let mut eps: Vec<_> = replicas.iter().map(|r| layer.layer(r.clone())).collect();
-    replicas[0].broken.store(true, Ordering::SeqCst);
-    for i in 0..5 {
-        assert!(ready_call(&mut eps[0], i).await.is_err());
-    }
-    assert_eq!(layer.ejected(), 1);
+    let (_replicas, mut eps) = first_of_four_ejected(&layer).await;
     tokio::time::sleep(Duration::from_secs(3600)).await;
     assert!(eps[0].is_ejected());
     assert!(

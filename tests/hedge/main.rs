@@ -268,47 +268,38 @@ async fn no_hedge_without_time_to_finish_and_none_past_the_deadline() {
 #[tokio::test(start_paused = true)]
 async fn a_copy_that_waited_for_readiness_is_judged_when_it_could_go() {
     // Call 0 holds one of two places for 600 ms; call 1, the request, is
-    // stuck; a copy would answer in 5 ms.
-    let backend = Backend::new(|n| match n {
-        0 => 600 * MS,
-        1 => 10_000 * MS,
-        _ => 5 * MS,
-    });
-    let limited = tower::limit::ConcurrencyLimitLayer::new(2).layer(backend.clone());
-    let blocker = tokio::spawn(limited.clone().oneshot(0));
-    tokio::task::yield_now().await;
-    let hedge = HedgeLayer::builder().delay(100 * MS).build().unwrap();
-    let mut svc = DeadlineLayer::new(1000 * MS)
-        .unwrap()
-        .layer(hedge.layer(limited));
-    let start = Instant::now();
-    let err = svc.ready().await.unwrap().call(1).await.unwrap_err();
+    // stuck; a copy would answer in 5 ms. The request under `deadline`,
+    // hedged after 100 ms: its answer or error, when, and the calls made.
+    async fn hedged_under(deadline: Duration) -> (Result<u64, BoxError>, Duration, u64) {
+        let backend = Backend::new(|n| match n {
+            0 => 600 * MS,
+            1 => 10_000 * MS,
+            _ => 5 * MS,
+        });
+        let limited = tower::limit::ConcurrencyLimitLayer::new(2).layer(backend.clone());
+        let blocker = tokio::spawn(limited.clone().oneshot(0));
+        tokio::task::yield_now().await;
+        let hedge = HedgeLayer::builder().delay(100 * MS).build().unwrap();
+        let mut svc = DeadlineLayer::new(deadline)
+            .unwrap()
+            .layer(hedge.layer(limited));
+        let start = Instant::now();
+        let result = svc.ready().await.unwrap().call(1).await;
+        let took = start.elapsed();
+        blocker.await.unwrap().unwrap();
+        (result, took, backend.calls())
+    }
+    // 1 s: ready at 600 ms, 400 ms left, less than the 600 ms waited.
+    let (result, took, calls) = hedged_under(1000 * MS).await;
+    let err = result.unwrap_err();
     assert!(err.to_string().contains("deadline"), "{err}");
-    assert_eq!(start.elapsed(), 1000 * MS);
-    assert_eq!(
-        backend.calls(),
-        2,
-        "a copy was sent at 600 ms with 400 ms left"
-    );
-    blocker.await.unwrap().unwrap();
-
-    // With 2 s, the copy goes once ready (1.4 s left) and answers.
-    let backend = Backend::new(|n| match n {
-        0 => 600 * MS,
-        1 => 10_000 * MS,
-        _ => 5 * MS,
-    });
-    let limited = tower::limit::ConcurrencyLimitLayer::new(2).layer(backend.clone());
-    let blocker = tokio::spawn(limited.clone().oneshot(0));
-    tokio::task::yield_now().await;
-    let mut svc = DeadlineLayer::new(2000 * MS)
-        .unwrap()
-        .layer(hedge.layer(limited));
-    let start = Instant::now();
-    assert_eq!(svc.ready().await.unwrap().call(1).await.unwrap(), 1);
-    assert_eq!(start.elapsed(), 605 * MS);
-    assert_eq!(backend.calls(), 3);
-    blocker.await.unwrap().unwrap();
+    assert_eq!(took, 1000 * MS);
+    assert_eq!(calls, 2, "a copy was sent at 600 ms with 400 ms left");
+    // 2 s: the copy goes once ready (1.4 s left) and answers.
+    let (result, took, calls) = hedged_under(2000 * MS).await;
+    assert_eq!(result.unwrap(), 1);
+    assert_eq!(took, 605 * MS);
+    assert_eq!(calls, 3);
 }
 
 #[tokio::test(start_paused = true)]
