@@ -109,6 +109,16 @@ pub const MAX_HEDGED_METHODS: usize = 16;
 /// [`retry_service`](GrpcRetry::retry_service)).
 pub const MAX_RETRIED_NAMES: usize = 16;
 
+/// Adds `h` to the first `len` of `set`, if there is room and it is not in
+/// yet (more are ignored).
+fn add_hash(set: &mut [u64], len: &mut u8, h: u64) {
+    let n = usize::from(*len);
+    if n < set.len() && !set[..n].contains(&h) {
+        set[n] = h;
+        *len += 1;
+    }
+}
+
 /// The hash of a service's paths' common prefix, `/pkg.Svc/`.
 fn service_hash(service: &str) -> u64 {
     let mut h = 0xcbf2_9ce4_8422_2325u64;
@@ -168,11 +178,7 @@ impl GrpcRetry {
     }
 
     fn add_retried(&mut self, h: u64) {
-        let n = usize::from(self.scope_len);
-        if n < MAX_RETRIED_NAMES && !self.scope[..n].contains(&h) {
-            self.scope[n] = h;
-            self.scope_len += 1;
-        }
+        add_hash(&mut self.scope, &mut self.scope_len, h);
     }
 
     /// Whether calls to the method `path` may be retried: every method when
@@ -208,11 +214,7 @@ impl GrpcRetry {
     /// Opts in the method whose path hashes to `h`, if there is room and it
     /// is not in yet.
     fn add_hedged(&mut self, h: u64) {
-        let n = usize::from(self.hedged_len);
-        if n < MAX_HEDGED_METHODS && !self.hedged[..n].contains(&h) {
-            self.hedged[n] = h;
-            self.hedged_len += 1;
-        }
+        add_hash(&mut self.hedged, &mut self.hedged_len, h);
     }
 
     /// These codes, with the methods `earlier` opted in to hedging kept
