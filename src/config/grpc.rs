@@ -182,8 +182,8 @@ fn code(field: &str, name: &str) -> Result<Code, ConfigError> {
         })
 }
 
-/// The methods a config's retry policy applies to: `None` when some retry
-/// entry covers every method (no name, or `{}`).
+/// The methods a config's retry policy applies to: no names when some
+/// retry entry covers every method (no name, or `{}`).
 struct RetryScope<'a> {
     names: Vec<&'a MethodName>,
 }
