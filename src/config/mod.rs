@@ -55,7 +55,8 @@
 //! format can embed them:
 //! `EjectionLayer::builder().configure(&my_file.eject).build()?`.
 //!
-//! A gRPC service config (`GrpcServiceConfig`, feature `tonic`) gives the
+//! A gRPC service config (`GrpcServiceConfig`, features `serde` and
+//! `tonic`; read it with your own `serde_json`) gives the
 //! gRPC preset its timeout, retry policy and hedged methods:
 //! `ClientStack::grpc(name).service_config(&config)?` (and
 //! `.hedge(|h| h.delay(d).max_attempts(n))` when it has a hedging policy).
