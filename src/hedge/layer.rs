@@ -205,10 +205,12 @@ impl<P> HedgeLayerBuilder<P> {
     );
 
     /// What may be hedged and what counts as an answer: a
-    /// [`RetryPolicy`](crate::retry::RetryPolicy) (its `may_retry`,
-    /// `clone_request`, `on_attempt` and `classify`). The HTTP and gRPC
-    /// retry policies hedge only what they would retry: idempotent HTTP
-    /// methods or an `Idempotency-Key`; gRPC methods opted in.
+    /// [`RetryPolicy`](crate::retry::RetryPolicy) (its `may_hedge`,
+    /// `clone_request`, `on_attempt` and `classify`). The HTTP retry policy
+    /// hedges idempotent methods only (a request an `Idempotency-Key` makes
+    /// safe is retried after a failure, not hedged: a server keeping the key
+    /// refuses a copy while the original runs); the gRPC one, the methods
+    /// opted in.
     pub fn policy<Q>(self, policy: Q) -> HedgeLayerBuilder<Q> {
         HedgeLayerBuilder {
             settings: self.settings,

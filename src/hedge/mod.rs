@@ -61,8 +61,9 @@
 //!   waited before it ([`deadline::current`](crate::deadline::current)); an
 //!   attempt timeout below bounds each copy by the time left.
 //! - **Only what is safe to repeat**: the [`RetryPolicy`](crate::retry::RetryPolicy)
-//!   decides (`may_retry`, `clone_request`), so the HTTP and gRPC retry
-//!   policies hedge idempotent methods and opted-in gRPC methods only. A
+//!   decides (`may_hedge`, `clone_request`), so the HTTP and gRPC retry
+//!   policies hedge idempotent methods and opted-in gRPC methods only (a
+//!   `POST` an `Idempotency-Key` makes safe to retry is not hedged). A
 //!   hedge carries the attempt header (`on_attempt`, attempt 2 and up), so
 //!   the server side sees a repeat and does not hedge or retry it again;
 //!   a request that arrived as a retry or a hedge is sent once.

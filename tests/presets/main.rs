@@ -1903,53 +1903,65 @@ async fn grpc_service_config_retries_only_the_methods_it_names() {
     );
 }
 
-/// A hedged `POST` with an `Idempotency-Key`, over real HTTP, against a
+/// A hedged `PUT` with an `Idempotency-Key`, over real HTTP, against a
 /// server that follows the IETF draft (a second request with a key in
 /// flight is answered `409 Conflict`): the copy's 409 does not end the
-/// request, the original is not cancelled, and its answer comes back. The
-/// copy's 409 won, and the original, mid-work, was cancelled.
+/// request, the original is not cancelled, and its answer comes back (the
+/// copy's 409 won, and the original, mid-work, was cancelled). A keyed
+/// `POST`, retried after a failure, is not hedged: a copy of it can only
+/// be refused while the original runs.
 #[tokio::test]
-async fn a_hedged_keyed_post_is_answered_by_the_original_not_a_copys_conflict() {
+async fn a_hedged_keyed_put_is_answered_by_the_original_and_a_keyed_post_is_not_hedged() {
     let in_flight = Arc::new(std::sync::Mutex::new(
         std::collections::HashSet::<String>::new(),
     ));
     let finished = Arc::new(AtomicUsize::new(0));
-    let (seen, done) = (in_flight.clone(), finished.clone());
-    let app = Router::new().route(
-        "/orders",
-        post(move |headers: http::HeaderMap| {
-            let (seen, done) = (seen.clone(), done.clone());
-            async move {
-                let key = headers
-                    .get("idempotency-key")
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or_default()
-                    .to_owned();
-                if !seen.lock().unwrap().insert(key.clone()) {
-                    return (
-                        http::StatusCode::CONFLICT,
-                        "request with this key in flight",
-                    );
-                }
-                tokio::time::sleep(Duration::from_millis(300)).await;
-                seen.lock().unwrap().remove(&key);
-                done.fetch_add(1, Ordering::SeqCst);
-                (http::StatusCode::CREATED, "created")
+    let conflicts = Arc::new(AtomicUsize::new(0));
+    let (seen, done, refused) = (in_flight.clone(), finished.clone(), conflicts.clone());
+    let keyed = move |headers: http::HeaderMap| {
+        let (seen, done, refused) = (seen.clone(), done.clone(), refused.clone());
+        async move {
+            let key = headers
+                .get("idempotency-key")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned();
+            if !seen.lock().unwrap().insert(key.clone()) {
+                refused.fetch_add(1, Ordering::SeqCst);
+                return (
+                    http::StatusCode::CONFLICT,
+                    "request with this key in flight",
+                );
             }
-        }),
-    );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            seen.lock().unwrap().remove(&key);
+            done.fetch_add(1, Ordering::SeqCst);
+            (http::StatusCode::CREATED, "created")
+        }
+    };
+    let app = Router::new().route("/orders/1", axum::routing::put(keyed.clone()).post(keyed));
     let addr = serve_axum(app).await;
     let client = http_preset()
-        .hedge(|h| h.delay(Duration::from_millis(50)))
+        // Every request may have its copy (the default budget allows one
+        // a second on top of a tenth of the requests).
+        .hedge(|h| h.delay(Duration::from_millis(50)).budget_ratio(1.0))
         .build()
         .unwrap()
         .layer(hyper());
-    let req = http::Request::post(format!("http://{addr}/orders"))
-        .header("idempotency-key", "order-1")
-        .body(Full::new(Bytes::new()))
-        .unwrap();
+    let req = |method: http::Method, key: &str| {
+        http::Request::builder()
+            .method(method)
+            .uri(format!("http://{addr}/orders/1"))
+            .header("idempotency-key", key)
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
     let start = std::time::Instant::now();
-    let res = client.oneshot(req).await.unwrap();
+    let res = client
+        .clone()
+        .oneshot(req(http::Method::PUT, "put-1"))
+        .await
+        .unwrap();
     assert_eq!(
         res.status(),
         http::StatusCode::CREATED,
@@ -1960,6 +1972,22 @@ async fn a_hedged_keyed_post_is_answered_by_the_original_not_a_copys_conflict() 
         finished.load(Ordering::SeqCst),
         1,
         "the original was cancelled"
+    );
+    assert_eq!(
+        conflicts.load(Ordering::SeqCst),
+        1,
+        "the PUT was hedged once"
+    );
+    let res = client
+        .oneshot(req(http::Method::POST, "post-1"))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), http::StatusCode::CREATED);
+    assert_eq!(finished.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        conflicts.load(Ordering::SeqCst),
+        1,
+        "the keyed POST was hedged"
     );
 }
 

@@ -119,15 +119,7 @@ impl HttpRetry {
     /// Whether a request may be retried: an idempotent method (GET, HEAD,
     /// OPTIONS, TRACE, PUT, DELETE) or an `Idempotency-Key` header.
     pub fn is_idempotent<B>(req: &Request<B>) -> bool {
-        matches!(
-            *req.method(),
-            Method::GET
-                | Method::HEAD
-                | Method::OPTIONS
-                | Method::TRACE
-                | Method::PUT
-                | Method::DELETE
-        ) || req.headers().contains_key(&IDEMPOTENCY_KEY_NAME)
+        idempotent_method(req.method()) || req.headers().contains_key(&IDEMPOTENCY_KEY_NAME)
     }
 
     fn classify_response<RB>(res: &Response<RB>) -> Verdict {
@@ -159,6 +151,14 @@ impl HttpRetry {
             },
         }
     }
+}
+
+/// GET, HEAD, OPTIONS, TRACE, PUT and DELETE: idempotent by HTTP's rules.
+fn idempotent_method(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
 }
 
 /// Parses a `Retry-After` in delay-seconds (`"120"`, at most 10 digits, read
@@ -277,6 +277,14 @@ where
 
     fn may_retry(&self, req: &Request<B>) -> bool {
         Self::is_idempotent(req)
+    }
+
+    /// An idempotent method only: a request that an `Idempotency-Key` makes
+    /// safe to retry after it failed gains nothing from a copy while it
+    /// runs (a server that keeps the key refuses the copy, `409 Conflict`,
+    /// or holds it until the original's answer) and costs a call.
+    fn may_hedge(&self, req: &Request<B>) -> bool {
+        idempotent_method(req.method())
     }
 
     fn arrived_as_retry(&self, req: &Request<B>) -> bool {
