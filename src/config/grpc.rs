@@ -83,9 +83,12 @@ pub struct HedgingPolicy {
     /// The delay before each copy (`"0.05s"`; absent: at once).
     #[serde(default)]
     pub hedging_delay: Option<String>,
-    /// Status codes after which the other copies keep running: each must
-    /// be one the stack's retry policy retries (a copy failing with another
-    /// code ends the request).
+    /// Status codes after which the other copies keep running. A copy's
+    /// failure never ends a request whose first attempt still runs; the
+    /// first attempt's ends it unless the stack's retry policy retries its
+    /// code, so each code here must be one it retries
+    /// ([`ClientStackBuilder::service_config`](crate::stack::ClientStackBuilder::service_config)
+    /// checks).
     #[serde(default, deserialize_with = "codes")]
     pub non_fatal_status_codes: Vec<String>,
 }
@@ -144,7 +147,7 @@ fn duration(field: &str, s: &str) -> Result<Duration, ConfigError> {
         })
 }
 
-fn code(field: &str, name: &str) -> Result<Code, ConfigError> {
+pub(crate) fn code(field: &str, name: &str) -> Result<Code, ConfigError> {
     let codes = [
         ("CANCELLED", Code::Cancelled),
         ("UNKNOWN", Code::Unknown),
@@ -243,9 +246,8 @@ impl GrpcServiceConfig {
     /// nor a hedging policy for methods a retry entry covers (a write in a
     /// retried service: the one retry policy would retry it), a method with
     /// both a retry and a hedging policy, `maxAttempts` below 2 (above 5 it
-    /// is taken as 5, as gRPC does), an empty `retryableStatusCodes`, a
-    /// `nonFatalStatusCodes` code the retry policy does not retry (the
-    /// hedge ends a request on any other), more than 16 names retried or
+    /// is taken as 5, as gRPC does), an empty `retryableStatusCodes`, more
+    /// than 16 names retried or
     /// methods hedged, a method named without its service, and malformed
     /// durations or codes. Each error names the field.
     pub fn policy(&self) -> Result<GrpcPolicy, ConfigError> {
@@ -399,23 +401,12 @@ impl GrpcServiceConfig {
                 }
             }
         }
-        // A copy's failure ends the request unless the stack's retry policy
-        // retries its code (the hedge reads the retry policy): the codes
-        // gRPC lets the other copies run after must be among those.
-        let retried_codes = out
-            .retry
-            .as_ref()
-            .map_or_else(crate::retry::grpc::GrpcRetry::new, |r| r.3);
+        // Read here (a bad name is refused by its field); checked against
+        // the stack's retry policy where that is known, in
+        // `ClientStackBuilder::service_config`.
         for (f, codes) in non_fatal {
             for c in codes {
-                let c = code(&format!("{f}.nonFatalStatusCodes"), c)?;
-                if !retried_codes.retries(c) {
-                    return err(format!(
-                        "{f}.nonFatalStatusCodes: {c:?} is not retried by the stack's retry \
-                         policy, so a copy that fails with it ends the request; add it to the \
-                         retryPolicy's codes (or the builder's)"
-                    ));
-                }
+                code(&format!("{f}.nonFatalStatusCodes"), c)?;
             }
         }
         if let (Some(scope), Some(r)) = (&retried, &mut out.retry) {

@@ -63,7 +63,7 @@
 
 mod apply;
 #[cfg(feature = "tonic")]
-mod grpc;
+pub(crate) mod grpc;
 
 #[cfg(feature = "tonic")]
 pub use self::grpc::{

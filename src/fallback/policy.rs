@@ -21,7 +21,10 @@ impl FallbackOn {
     /// The request's deadline ran out. The fallback answers only within the
     /// request's own deadline: the call below runs under that deadline less
     /// a tenth of the time left (at most the fallback's timeout), and the
-    /// fallback answers in that tenth (see the [module docs](super)).
+    /// fallback answers in that tenth (see the [module docs](super)). A
+    /// fallback that declines to answer for the deadline (answers `None`)
+    /// still costs the call that tenth: leave `DEADLINE` out of
+    /// [`on`](super::FallbackLayerBuilder::on) then.
     pub const DEADLINE: FallbackOn = FallbackOn(8);
     /// Every reason (the default).
     pub const ALL: FallbackOn = FallbackOn(15);

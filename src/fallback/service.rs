@@ -83,6 +83,9 @@ where
     }
 
     fn call(&mut self, mut req: Req) -> Self::Future {
+        // An edge of the call, as every layer's that reads the clock: the
+        // read is shared with the layers below and forgotten after them.
+        let _edge = crate::clock::Edge::enter();
         let memo = self.shared.policy.memo(&req);
         let deadline = crate::deadline::of(&req);
         // A fallback for the deadline needs time left when the call below

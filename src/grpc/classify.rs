@@ -83,7 +83,10 @@ const ALL_CODES: [Code; 17] = [
 /// reads the first frame of every response below its breaker, so a failure
 /// sent as headers and then trailers with no message reaches this
 /// classifier as a trailers-only one. A status in trailers *after* a message
-/// (a stream) is not seen; code that reads trailers can use
+/// (a stream) is not in the head: the presets' layers that hold a call until
+/// its body ends (the breaker, the bulkhead, the throttle) judge it there,
+/// as a server's answer (a bare `UNAVAILABLE` is busy there too); other
+/// code that reads trailers can use
 /// [`classify_trailers`](Self::classify_trailers).
 ///
 /// ```

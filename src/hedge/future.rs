@@ -37,7 +37,8 @@ pin_project! {
     /// attempts are dropped (cancelled: their permits come back, a breaker
     /// does not count them), except a copy's answer that is not a success
     /// (a `409 Conflict` for a key in use, a `404`, a failure): it waits for
-    /// the attempts still running, and is returned only if they fail too.
+    /// the attempts still running, and the request ends as they do (the
+    /// copy's answer is returned only when no other attempt answered).
     /// A retryable failure waits for the attempts still running; when none
     /// is left, the last one is returned (for a retry layer above to
     /// handle).

@@ -297,6 +297,20 @@ impl RetryBudget {
         Ok(())
     }
 
+    /// The checks [`set_ratios`](Self::set_ratios) makes, without changing
+    /// anything (a reload checks every value before it changes one).
+    #[cfg_attr(not(feature = "serde"), allow(dead_code))]
+    pub(crate) fn check_settings(
+        &self,
+        ratio: f64,
+        success_ratio: f64,
+        min_per_sec: u32,
+    ) -> Result<(), ConfigError> {
+        Self::check_ratios(ratio, success_ratio)?;
+        let floor = (f64::from(min_per_sec) * self.inner.window.as_secs_f64()).round() as u64;
+        Self::check_floor(min_per_sec, floor, self.inner.window)
+    }
+
     /// A floor of retries per second that the window rounds to none
     /// (10 a second over a 10 ms window) is refused: it would allow no retry
     /// at low traffic, where it promises some.

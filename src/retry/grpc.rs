@@ -17,9 +17,10 @@
 //!   `DeadlineExceeded` and `CircuitOpen`.
 //!
 //! Server pushback `grpc-retry-pushback-ms` (in the response headers or the
-//! status metadata) is honoured: a non-negative value is the wait before the
-//! retry (the backoff starts over afterwards); a negative or unparseable value
-//! means "do not retry".
+//! status metadata) is honoured: a positive value is the wait before the
+//! retry (the backoff starts over afterwards); `0` is the backoff's jittered
+//! wait (at once, every refused client would come back together); a
+//! negative or unparseable value means "do not retry".
 //!
 //! gRPC does not know whether a method is idempotent: every method is
 //! retried on the configured codes, so configure only codes that mean the
@@ -60,6 +61,8 @@
 //!     Verdict::Retry { after: Some(std::time::Duration::from_millis(250)) }
 //! );
 //! assert_eq!(verdict(&trailers_only("14", Some("-1"))), Verdict::DoNotRetry);
+//! // A pushback of 0 asks no wait: the backoff's, jittered, not at once.
+//! assert_eq!(verdict(&trailers_only("14", Some("0"))), Verdict::RETRY);
 //! assert_eq!(verdict(&trailers_only("3", None)), Verdict::Fail); // INVALID_ARGUMENT
 //! assert_eq!(verdict(&trailers_only("0", None)), Verdict::Success);
 //! ```
@@ -270,6 +273,10 @@ impl GrpcRetry {
         match headers.get(&crate::grpc::status::PUSHBACK_NAME) {
             None => Verdict::RETRY,
             Some(v) => match parse_pushback(v) {
+                // `0`: no wait asked, and none given at once either (every
+                // refused client would come back together): the backoff's,
+                // with its jitter, as HTTP's `Retry-After: 0` is read.
+                Some(after) if after.is_zero() => Verdict::RETRY,
                 Some(after) => Verdict::Retry { after: Some(after) },
                 None => Verdict::DoNotRetry,
             },

@@ -87,9 +87,10 @@ pub trait RetryPolicy<Req, Res>: Send + Sync + 'static {
     /// Whether a copy of `req` may be sent while it is still in flight (a
     /// hedge; see [`hedge`](crate::hedge)). A hedge runs beside an attempt
     /// that may be executing, so it is safe only for idempotent requests.
-    /// Default: [`may_retry`](Self::may_retry) (the HTTP policy: idempotent
-    /// methods or an `Idempotency-Key`); the gRPC policy hedges only the
-    /// methods opted in with
+    /// Default: [`may_retry`](Self::may_retry). The HTTP policy hedges
+    /// idempotent methods only (not a request an `Idempotency-Key` makes
+    /// safe to retry: a server keeping the key refuses a copy while the
+    /// original runs); the gRPC policy, only the methods opted in with
     /// [`hedge_method`](super::grpc::GrpcRetry::hedge_method).
     fn may_hedge(&self, req: &Req) -> bool {
         self.may_retry(req)

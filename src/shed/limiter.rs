@@ -545,11 +545,20 @@ impl Limiter {
     /// the requests in flight have had time to finish), at least
     /// [`MIN_HINT`](crate::clock::MIN_HINT), stretched by a random factor in
     /// `[1, 1.5)` so that refused clients do not come back together. An
-    /// estimate from before the server last went idle describes work that
-    /// has left (a brownout's, an hour ago): `MIN_HINT` then, until a window
-    /// of the calls now in flight closes.
-    pub(crate) fn retry_hint(&self) -> Duration {
-        let fresh = self.idle.load(Ordering::Relaxed) == self.expected_idle.load(Ordering::Relaxed);
+    /// estimate older than a window of such calls takes (its minimum of
+    /// samples at that latency, and two windows) describes work that has
+    /// left (a brownout's, an hour ago): `MIN_HINT` then, until a window of
+    /// the calls now in flight closes. (Not the doomed check's idle rule: a
+    /// server held at a limit of one, each call emptying it, would hint the
+    /// floor to every refusal.)
+    pub(crate) fn retry_hint(&self, now: Instant) -> Duration {
+        let age = crate::clock::nanos_between(self.epoch, now)
+            .saturating_sub(self.expected_at_ns.load(Ordering::Relaxed));
+        let expected = self.expected_rtt_ns.load(Ordering::Relaxed);
+        let lasts = expected
+            .saturating_mul(self.min_window_samples)
+            .saturating_add(self.window_ns.saturating_mul(2));
+        let fresh = age < lasts;
         let base = self
             .expected_rtt()
             .filter(|_| fresh)

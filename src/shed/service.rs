@@ -115,7 +115,7 @@ where
 /// of line: an admitted call never reaches it.
 #[inline(never)]
 fn refused(limiter: &Limiter, refusal: Refusal) -> BoxError {
-    let hint = limiter.retry_hint();
+    let hint = limiter.retry_hint(crate::clock::edge_now());
     limiter.emit_rejected(refusal, hint);
     Overloaded::new(limiter.name.clone(), Some(hint)).into()
 }

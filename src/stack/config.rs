@@ -230,6 +230,26 @@ impl<O, H>
                 ));
             }
         }
+        // The codes gRPC lets the other copies run after: a first attempt
+        // that fails with a code the stack's retry policy does not retry
+        // ends the request (the hedge reads the retry policy).
+        for (i, m) in config.method_config.iter().enumerate() {
+            let Some(h) = &m.hedging_policy else { continue };
+            let field = format!("methodConfig[{i}].hedgingPolicy.nonFatalStatusCodes");
+            for c in &h.non_fatal_status_codes {
+                let c = crate::config::grpc::code(&field, c)?;
+                if !policy.retries(c) {
+                    return Err(ConfigError::new(
+                        "grpc_service_config",
+                        format!(
+                            "{field}: {c:?} is not retried by the stack's retry policy, so a \
+                             first attempt that fails with it ends the request; add it to the \
+                             retryPolicy's codes or the builder's"
+                        ),
+                    ));
+                }
+            }
+        }
         let schedule = p.retry.map(|(n, base, cap, _)| (n, base, cap));
         Ok(b.retry(move |r| {
             let r = match schedule {
@@ -430,7 +450,8 @@ impl<P, C: Send + Sync + 'static, L, O, H> ClientStackLayer<P, C, L, O, H> {
                 .min_retries_per_sec
                 .unwrap_or((budget.floor() as f64 / window).round() as u32),
         );
-        crate::retry::RetryBudget::check_ratios(ratios.0, ratios.1)
+        budget
+            .check_settings(ratios.0, ratios.1, ratios.2)
             .map_err(|e| named(self.retry().name(), e))?;
         // Every value was checked above or is checked by retune before it
         // changes anything: nothing below can fail half way.

@@ -390,22 +390,37 @@ fn a_grpc_service_config_sets_the_grpc_preset() {
         e.contains("methodConfig[0].name: method \"Get\" without its service"),
         "{e}"
     );
-    let e = refused(
+    // Non-fatal codes are checked against the stack's retry policy, the
+    // builder's when the config has none.
+    let internal: GrpcServiceConfig = serde_json::from_str(
         r#"{"methodConfig": [{"name": [{"service": "a.B", "method": "Get"}],
             "hedgingPolicy": {"maxAttempts": 2, "hedgingDelay": "0.1s",
                 "nonFatalStatusCodes": ["INTERNAL"]}}]}"#,
-    );
+    )
+    .unwrap();
+    let e = ClientStack::grpc("ab")
+        .service_config(&internal)
+        .expect_err("INTERNAL is not retried by the preset")
+        .to_string();
     assert!(
         e.contains("hedgingPolicy.nonFatalStatusCodes: Internal is not retried"),
         "{e}"
     );
-    let unavailable_only: GrpcServiceConfig = serde_json::from_str(
+    assert!(
+        ClientStack::grpc("ab")
+            .retry(|r| {
+                r.policy(seawall::retry::grpc::GrpcRetry::new().with_code(tonic::Code::Internal))
+            })
+            .service_config(&internal)
+            .is_ok(),
+        "the builder's codes retry it"
+    );
+    let e = refused(
         r#"{"methodConfig": [{"name": [{"service": "a.B", "method": "Get"}],
             "hedgingPolicy": {"maxAttempts": 2, "hedgingDelay": "0.1s",
-                "nonFatalStatusCodes": ["UNAVAILABLE"]}}]}"#,
-    )
-    .unwrap();
-    assert!(unavailable_only.policy().is_ok());
+                "nonFatalStatusCodes": ["SOMETIMES"]}}]}"#,
+    );
+    assert!(e.contains("nonFatalStatusCodes: \"SOMETIMES\""), "{e}");
     let e = refused(
         r#"{"methodConfig": [{"name": [{"service": "a.B"}], "hedgingPolicy": {"maxAttempts": 2, "hedgingDelay": "0.1s"}}]}"#,
     );
@@ -1008,6 +1023,29 @@ async fn a_client_reload_checks_a_slow_call_time_set_in_code() {
     stack
         .reload(fine.client_settings("payments").unwrap())
         .unwrap();
+}
+
+/// A retry floor the budget's window rounds to no retry is refused by a
+/// reload before anything changes (it was refused after the breaker and
+/// the bulkhead had taken the file's values).
+#[tokio::test(start_paused = true)]
+async fn a_reload_refused_for_its_retry_floor_changes_nothing() {
+    let stack = ClientStack::builder("payments")
+        .total_budget(Duration::from_secs(2))
+        .attempt_timeout(Duration::from_millis(500))
+        .retry(|r| r.budget_window(Duration::from_millis(200)))
+        .build()
+        .unwrap();
+    let before = stack.bulkhead_handle().max_concurrent();
+    let cfg: ServiceConfig = toml::from_str(
+        "[clients.payments]\nretry = { min_retries_per_sec = 2 }\nbulkhead = { max_concurrent = 7 }",
+    )
+    .unwrap();
+    let e = stack
+        .reload(cfg.client_settings("payments").unwrap())
+        .unwrap_err();
+    assert!(e.to_string().contains("less than one retry"), "{e}");
+    assert_eq!(stack.bulkhead_handle().max_concurrent(), before);
 }
 
 /// A handler timeout set in code stays at the next build when the file sets

@@ -2072,6 +2072,28 @@ async fn a_refusal_after_an_idle_spell_does_not_hint_the_old_latency() {
         svc.clone().oneshot(2000).await.unwrap();
     }
     assert!(layer.expected_rtt().unwrap() >= ms(1000));
+    // At once (the server went idle between, the estimate is fresh): the
+    // work's own latency, stretched.
+    let fill = |n: usize| -> Vec<tokio::task::JoinHandle<_>> {
+        (0..n)
+            .map(|_| {
+                tokio::spawn(criticality::scope(
+                    Criticality::Sheddable,
+                    svc.clone().oneshot(10_000),
+                ))
+            })
+            .collect()
+    };
+    let held = fill(layer.limit());
+    tokio::task::yield_now().await;
+    let err = criticality::scope(Criticality::Sheddable, svc.clone().oneshot(5))
+        .await
+        .unwrap_err();
+    let hint = rejection_of(&err).unwrap().retry_after().unwrap();
+    assert!(hint >= ms(1000), "a fresh estimate hinted {hint:?}");
+    for h in held {
+        h.abort();
+    }
     sleep(Duration::from_secs(3600)).await;
     let held: Vec<_> = (0..layer.limit())
         .map(|_| {
