@@ -241,6 +241,12 @@ impl Registry {
         }
     }
 
+    /// Whether endpoint `i`'s probe is taken (held by a clone made ready,
+    /// or in flight).
+    pub(crate) fn probe_taken(&self, i: usize) -> bool {
+        self.slots[i].state.load(Ordering::Acquire) == PROBE_SENT
+    }
+
     /// Endpoint `i` is about to send its probe: only one goes.
     pub(crate) fn take_probe(&self, i: usize) -> bool {
         self.slots[i]

@@ -144,9 +144,12 @@ where
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         match self.presence.slot.index {
-            // This clone holds the probe (taken by an earlier `poll_ready`).
-            Some(_) if self.probing => {}
+            // This clone holds the probe (taken by an earlier `poll_ready`),
+            // unless the ejection ended meanwhile (the set had no other
+            // endpoint taking calls): then it is admitted as any call is.
+            Some(i) if self.probing && self.presence.slot.shared.registry.probe_taken(i) => {}
             Some(i) => {
+                self.probing = false;
                 let registry = &self.presence.slot.shared.registry;
                 let mut now = clock::edge_now();
                 loop {
