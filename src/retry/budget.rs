@@ -276,16 +276,15 @@ impl RetryBudget {
     ///
     /// # Errors
     ///
-    /// A [`ConfigError`] when a share is not in `0.0..=1.0`.
+    /// A [`ConfigError`] when a share is not in `0.0..=1.0`, or
+    /// `min_per_sec` over the window rounds to no retry.
     pub fn set_ratios(
         &self,
         ratio: f64,
         success_ratio: f64,
         min_per_sec: u32,
     ) -> Result<(), ConfigError> {
-        Self::check_ratios(ratio, success_ratio)?;
-        let floor = (f64::from(min_per_sec) * self.inner.window.as_secs_f64()).round() as u64;
-        Self::check_floor(min_per_sec, floor, self.inner.window)?;
+        let floor = self.checked_floor(ratio, success_ratio, min_per_sec)?;
         self.inner
             .ratio_ppm
             .store((ratio * PPM as f64).round() as u64, Ordering::Relaxed);
@@ -306,9 +305,22 @@ impl RetryBudget {
         success_ratio: f64,
         min_per_sec: u32,
     ) -> Result<(), ConfigError> {
+        self.checked_floor(ratio, success_ratio, min_per_sec)
+            .map(|_| ())
+    }
+
+    /// The floor of retries `min_per_sec` makes over the window, once the
+    /// shares and it are checked.
+    fn checked_floor(
+        &self,
+        ratio: f64,
+        success_ratio: f64,
+        min_per_sec: u32,
+    ) -> Result<u64, ConfigError> {
         Self::check_ratios(ratio, success_ratio)?;
         let floor = (f64::from(min_per_sec) * self.inner.window.as_secs_f64()).round() as u64;
-        Self::check_floor(min_per_sec, floor, self.inner.window)
+        Self::check_floor(min_per_sec, floor, self.inner.window)?;
+        Ok(floor)
     }
 
     /// A floor of retries per second that the window rounds to none
