@@ -2,16 +2,11 @@
 //! `Status` as an HTTP handler's response, an HTTP dependency's response as
 //! a tonic handler's `Status`, "busy" kept as "busy" both ways.
 
-use std::time::Duration;
-
-use http::header::RETRY_AFTER;
-use http::{HeaderMap, Response, StatusCode};
+use http::{Response, StatusCode};
 use tonic::metadata::MetadataValue;
 use tonic::{Code, Status};
 
-use super::status::{PUSHBACK_HEADER, PUSHBACK_NAME, pushback_ms};
-use crate::deadline::wire::header_number;
-use crate::http::RETRY_AFTER_MS;
+use super::status::{PUSHBACK_HEADER, pushback_ms, pushback_of};
 
 /// The HTTP response an HTTP handler answers with when its gRPC
 /// dependency's call failed with `status` (the gRPC client preset's error),
@@ -56,9 +51,12 @@ where
     if crate::error::rejection(status).is_some() {
         return crate::http::response::response_for_error(status);
     }
-    let wait = pushback(status.metadata().as_ref());
+    let wait = pushback_of(status.metadata().as_ref());
     let (code, body, wait) = match (status.code(), wait) {
-        (Code::Unavailable, Some(Some(wait))) => (
+        // Busy for that long (`RESOURCE_EXHAUSTED` with a wait too: what the
+        // caller of this process is told, which did not send too many; this
+        // process's dependency is busy for it).
+        (Code::Unavailable | Code::ResourceExhausted, Some(Some(wait))) => (
             StatusCode::SERVICE_UNAVAILABLE,
             "dependency busy",
             Some(wait),
@@ -67,14 +65,6 @@ where
         (Code::Unavailable, None) if std::error::Error::source(status).is_none() => {
             (StatusCode::SERVICE_UNAVAILABLE, "dependency busy", None)
         }
-        // Busy for that long: what the caller of this process is told too
-        // (the caller did not send too many; this process's dependency is
-        // busy for it).
-        (Code::ResourceExhausted, Some(Some(wait))) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "dependency busy",
-            Some(wait),
-        ),
         (Code::ResourceExhausted, _) => (
             StatusCode::TOO_MANY_REQUESTS,
             "dependency rate limited",
@@ -136,7 +126,11 @@ pub fn status_for_response<B>(res: &Response<B>) -> Option<Status> {
     if code < 400 {
         return None;
     }
-    let wait = http_wait(res.headers());
+    // `0` is no wait to pass on (a pushback of nothing would send every
+    // caller back at once); a date is none it can pass on.
+    let wait = crate::http::response::asked_wait(res.headers())
+        .flatten()
+        .filter(|w| !w.is_zero());
     let (grpc, wait) = match code {
         429 | 503 => (Code::ResourceExhausted, wait),
         504 | 408 => (Code::DeadlineExceeded, None),
@@ -158,38 +152,10 @@ pub fn status_for_response<B>(res: &Response<B>) -> Option<Status> {
     Some(status)
 }
 
-/// The wait an HTTP answer asks for: `retry-after-ms` first, then
-/// `Retry-After` in whole seconds (a date is no wait it can pass on); `0` is
-/// none (a pushback of nothing would send every caller back at once).
-fn http_wait(headers: &HeaderMap) -> Option<Duration> {
-    let ms = headers
-        .get(RETRY_AFTER_MS)
-        .and_then(|v| header_number(v.as_bytes(), 10).ok())
-        .filter(|ms| *ms > 0)
-        .map(Duration::from_millis);
-    ms.or_else(|| {
-        headers
-            .get(RETRY_AFTER)
-            .and_then(|v| header_number(v.as_bytes(), 10).ok())
-            .filter(|s| *s > 0)
-            .map(Duration::from_secs)
-    })
-}
-
-/// A status's pushback: `None` without one, `Some(None)` for one that says
-/// not to retry (negative, or not a number), `Some(Some(wait))` otherwise.
-fn pushback(metadata: &HeaderMap) -> Option<Option<Duration>> {
-    let value = metadata.get(PUSHBACK_NAME)?;
-    Some(
-        header_number(value.as_bytes(), 18)
-            .ok()
-            .map(Duration::from_millis),
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http::RETRY_AFTER_MS;
 
     fn res(code: u16, headers: &[(&str, &str)]) -> Response<()> {
         let mut b = Response::builder().status(code);

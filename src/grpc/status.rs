@@ -20,6 +20,22 @@ pub const PUSHBACK_HEADER: &str = "grpc-retry-pushback-ms";
 /// from a string at run time is validated byte by byte on every call).
 pub(crate) const PUSHBACK_NAME: http::HeaderName = http::HeaderName::from_static(PUSHBACK_HEADER);
 
+/// A status's or head's pushback: `None` without one, `Some(None)` for one
+/// that says not to retry (negative, or not a number), `Some(Some(wait))`
+/// otherwise. The one reading of it: the gRPC retry policy's, and
+/// [`response_for_status`](super::response_for_status)'s.
+pub(crate) fn pushback_of(metadata: &http::HeaderMap) -> Option<Option<Duration>> {
+    metadata.get(PUSHBACK_NAME).map(pushback_value)
+}
+
+/// A `grpc-retry-pushback-ms` value: a non-negative integer (at most 18
+/// digits) is the wait; `None` (do not retry) for anything else.
+pub(crate) fn pushback_value(value: &HeaderValue) -> Option<Duration> {
+    crate::deadline::wire::header_number(value.as_bytes(), 18)
+        .ok()
+        .map(Duration::from_millis)
+}
+
 /// The message of the status for errors that are not seawall rejections.
 const INTERNAL_ERROR_MESSAGE: &str = "internal error";
 

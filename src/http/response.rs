@@ -82,6 +82,40 @@ pub(crate) fn retry_after_secs(wait: Duration) -> u64 {
 /// clients keep `Retry-After`.
 pub const RETRY_AFTER_MS: http::HeaderName = http::HeaderName::from_static("retry-after-ms");
 
+/// The wait an HTTP answer's head asks for: `retry-after-ms` above `0`
+/// first (a seawall server's), then `Retry-After` in whole seconds. `None`
+/// without either; `Some(None)` for a `Retry-After` that is no number of
+/// seconds (an HTTP-date cannot be measured on tokio's clock);
+/// `Some(Some(wait))` otherwise, zero for `Retry-After: 0` (no wait asked).
+/// The one reading of both headers: the HTTP retry policy's, and
+/// [`status_for_response`](crate::grpc::status_for_response)'s.
+#[cfg_attr(not(any(feature = "retry", feature = "tonic")), allow(dead_code))]
+pub(crate) fn asked_wait(headers: &http::HeaderMap) -> Option<Option<Duration>> {
+    if let Some(ms) = headers.get(RETRY_AFTER_MS).and_then(delay_ms) {
+        return Some(Some(ms));
+    }
+    headers.get(http::header::RETRY_AFTER).map(delay_seconds)
+}
+
+/// A `retry-after-ms` value: whole milliseconds above zero (at most 10
+/// digits); `None` for anything else, `0` included.
+#[cfg_attr(not(any(feature = "retry", feature = "tonic")), allow(dead_code))]
+pub(crate) fn delay_ms(value: &HeaderValue) -> Option<Duration> {
+    crate::deadline::wire::header_number(value.as_bytes(), 10)
+        .ok()
+        .filter(|ms| *ms > 0)
+        .map(Duration::from_millis)
+}
+
+/// A `Retry-After` in delay-seconds (at most 10 digits); `None` for an
+/// HTTP-date or anything else.
+#[cfg_attr(not(any(feature = "retry", feature = "tonic")), allow(dead_code))]
+pub(crate) fn delay_seconds(value: &HeaderValue) -> Option<Duration> {
+    crate::deadline::wire::header_number(value.as_bytes(), 10)
+        .ok()
+        .map(Duration::from_secs)
+}
+
 /// A `retry-after-ms` value for a wait: whole milliseconds, rounded up,
 /// never `0`.
 pub(crate) fn retry_after_ms_header(wait: Duration) -> HeaderValue {

@@ -270,16 +270,14 @@ impl GrpcRetry {
         if !self.retries(code) {
             return Verdict::Fail;
         }
-        match headers.get(&crate::grpc::status::PUSHBACK_NAME) {
+        match crate::grpc::status::pushback_of(headers) {
             None => Verdict::RETRY,
-            Some(v) => match parse_pushback(v) {
-                // `0`: no wait asked, and none given at once either (every
-                // refused client would come back together): the backoff's,
-                // with its jitter, as HTTP's `Retry-After: 0` is read.
-                Some(after) if after.is_zero() => Verdict::RETRY,
-                Some(after) => Verdict::Retry { after: Some(after) },
-                None => Verdict::DoNotRetry,
-            },
+            // `0`: no wait asked, and none given at once either (every
+            // refused client would come back together): the backoff's, with
+            // its jitter, as HTTP's `Retry-After: 0` is read.
+            Some(Some(after)) if after.is_zero() => Verdict::RETRY,
+            Some(Some(after)) => Verdict::Retry { after: Some(after) },
+            Some(None) => Verdict::DoNotRetry,
         }
     }
 
@@ -312,9 +310,7 @@ impl GrpcRetry {
 /// [`parse_timeout_ms`](crate::deadline::parse_timeout_ms)), `None` (do not
 /// retry) for a negative or unparseable value.
 pub fn parse_pushback(value: &HeaderValue) -> Option<Duration> {
-    crate::deadline::wire::header_number(value.as_bytes(), 18)
-        .ok()
-        .map(Duration::from_millis)
+    crate::grpc::status::pushback_value(value)
 }
 
 fn stamp<B>(req: &mut Request<B>, attempt: u32) {

@@ -65,7 +65,7 @@ pub use self::replay::{ReplayBody, ReplayBodyFuture, ReplayBodyLayer, ReplayBody
 
 use std::time::Duration;
 
-use http::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
+use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 
 use super::ATTEMPT_HEADER;
@@ -132,23 +132,14 @@ impl HttpRetry {
         }
         // The wait in milliseconds first (a seawall server's), then
         // `Retry-After`'s whole seconds.
-        if let Some(after) = res
-            .headers()
-            .get(crate::http::RETRY_AFTER_MS)
-            .and_then(parse_delay_ms)
-        {
-            return Verdict::Retry { after: Some(after) };
-        }
-        match res.headers().get(RETRY_AFTER) {
+        match crate::http::response::asked_wait(res.headers()) {
             None => Verdict::RETRY,
-            Some(v) => match parse_delay_seconds(v) {
-                // `0`: no wait asked, and none given at once either (every
-                // refused client would come back together): the backoff's,
-                // with its jitter, as `retry-after-ms: 0` is read.
-                Some(after) if after.is_zero() => Verdict::RETRY,
-                Some(after) => Verdict::Retry { after: Some(after) },
-                None => Verdict::DoNotRetry,
-            },
+            // `0`: no wait asked, and none given at once either (every
+            // refused client would come back together): the backoff's, with
+            // its jitter, as `retry-after-ms: 0` is read.
+            Some(Some(after)) if after.is_zero() => Verdict::RETRY,
+            Some(Some(after)) => Verdict::Retry { after: Some(after) },
+            Some(None) => Verdict::DoNotRetry,
         }
     }
 }
@@ -166,9 +157,7 @@ fn idempotent_method(method: &Method) -> bool {
 /// [`parse_timeout_ms`](crate::deadline::parse_timeout_ms)). `None` for an
 /// HTTP-date or anything else.
 pub fn parse_delay_seconds(value: &HeaderValue) -> Option<Duration> {
-    crate::deadline::wire::header_number(value.as_bytes(), 10)
-        .ok()
-        .map(Duration::from_secs)
+    crate::http::response::delay_seconds(value)
 }
 
 /// Parses a `retry-after-ms` value: a whole number of milliseconds above
@@ -176,10 +165,7 @@ pub fn parse_delay_seconds(value: &HeaderValue) -> Option<Duration> {
 /// `Retry-After` decides): a wait of nothing would send every refused
 /// client back at once, without the backoff's jitter.
 pub fn parse_delay_ms(value: &HeaderValue) -> Option<Duration> {
-    crate::deadline::wire::header_number(value.as_bytes(), 10)
-        .ok()
-        .filter(|ms| *ms > 0)
-        .map(Duration::from_millis)
+    crate::http::response::delay_ms(value)
 }
 
 /// [`ATTEMPT_HEADER`] as a header name, made at compile time (a name made
