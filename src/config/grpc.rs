@@ -304,7 +304,6 @@ impl GrpcServiceConfig {
         }
         let mut out = GrpcPolicy::default();
         let mut hedged = Vec::new();
-        let mut non_fatal = Vec::new();
         for (i, m) in self.method_config.iter().enumerate() {
             let at = format!("methodConfig[{i}]");
             if let Some(t) = &m.timeout {
@@ -391,7 +390,12 @@ impl GrpcServiceConfig {
                     }
                     hedged.push(format!("/{}/{}", n.service, n.method));
                 }
-                non_fatal.push((f.clone(), &h.non_fatal_status_codes));
+                // Read here (a bad name is refused by its field); checked
+                // against the stack's retry policy where that is known, in
+                // `ClientStackBuilder::service_config`.
+                for c in &h.non_fatal_status_codes {
+                    code(&format!("{f}.nonFatalStatusCodes"), c)?;
+                }
                 let attempts = h.max_attempts.min(5);
                 match &out.hedging {
                     Some((d, a, _)) if (*d, *a) != (delay, attempts) => {
@@ -399,14 +403,6 @@ impl GrpcServiceConfig {
                     }
                     _ => out.hedging = Some((delay, attempts, Vec::new())),
                 }
-            }
-        }
-        // Read here (a bad name is refused by its field); checked against
-        // the stack's retry policy where that is known, in
-        // `ClientStackBuilder::service_config`.
-        for (f, codes) in non_fatal {
-            for c in codes {
-                code(&format!("{f}.nonFatalStatusCodes"), c)?;
             }
         }
         if let (Some(scope), Some(r)) = (&retried, &mut out.retry) {

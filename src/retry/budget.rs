@@ -222,8 +222,7 @@ impl RetryBudget {
             ));
         }
         let bucket_nanos = u64::try_from(window.as_nanos() / BUCKETS as u128).unwrap_or(u64::MAX);
-        let floor = (f64::from(min_per_sec) * window.as_secs_f64()).round() as u64;
-        Self::check_floor(min_per_sec, floor, window)?;
+        let floor = Self::floor_of(min_per_sec, window)?;
         Ok(RetryBudget {
             inner: std::sync::Arc::new(Inner {
                 start: crate::clock::edge_now(),
@@ -318,15 +317,15 @@ impl RetryBudget {
         min_per_sec: u32,
     ) -> Result<u64, ConfigError> {
         Self::check_ratios(ratio, success_ratio)?;
-        let floor = (f64::from(min_per_sec) * self.inner.window.as_secs_f64()).round() as u64;
-        Self::check_floor(min_per_sec, floor, self.inner.window)?;
-        Ok(floor)
+        Self::floor_of(min_per_sec, self.inner.window)
     }
 
-    /// A floor of retries per second that the window rounds to none
-    /// (10 a second over a 10 ms window) is refused: it would allow no retry
-    /// at low traffic, where it promises some.
-    fn check_floor(min_per_sec: u32, floor: u64, window: Duration) -> Result<(), ConfigError> {
+    /// The retries `min_per_sec` allows over `window` whatever the traffic.
+    /// A floor the window rounds to none (10 a second over a 10 ms window)
+    /// is refused: it would allow no retry at low traffic, where it
+    /// promises some.
+    fn floor_of(min_per_sec: u32, window: Duration) -> Result<u64, ConfigError> {
+        let floor = (f64::from(min_per_sec) * window.as_secs_f64()).round() as u64;
         if min_per_sec > 0 && floor == 0 {
             return Err(ConfigError::new(
                 "retry",
@@ -336,7 +335,7 @@ impl RetryBudget {
                 ),
             ));
         }
-        Ok(())
+        Ok(floor)
     }
 
     /// The one rule for the budget's shares: the constructors', a run-time
