@@ -220,6 +220,16 @@ fn main() -> Result<(), seawall::BoxError> {
              calls in flight or queued; 200% of capacity for 20 s between 5 s at 60%",
             Scenario::shedding(20),
         ),
+        (
+            "queueing dependency, client stacks only (a service you do not own, 4 workers, its \
+             queue unbounded): 110% of capacity for 6 s between 5 s at 60%",
+            Scenario::queueing(6, 1.1),
+        ),
+        (
+            "queueing dependency past the deadline, client stacks only: 130% of capacity for \
+             10 s between 5 s at 60%",
+            Scenario::queueing(10, 1.3),
+        ),
     ];
     for (title, scenario) in more {
         let runs = Mode::ALL

@@ -112,7 +112,11 @@ pub(super) fn stacks(
     wire: &Wire,
     backend: Backend,
 ) -> Result<Stacks, BoxError> {
-    let mut deep = server(scenario, Stack::new(backend))?;
+    let mut deep = if scenario.client_only {
+        Stack::new(backend)
+    } else {
+        server(scenario, Stack::new(backend))?
+    };
     for _ in 0..scenario.middle_tiers {
         let handler = client(scenario, wire, deep)?;
         deep = server(scenario, handler)?;
@@ -124,10 +128,14 @@ pub(super) fn stacks(
              CircuitBreaker (count 20, 50 %, open 1 s) -> TimeLimiter 500ms",
             scenario.deadline
         ),
-        server_desc: format!(
-            "tower-resilience: Bulkhead {} (the backend's workers), wait 100 ms -> TimeLimiter {:?}",
-            scenario.workers, scenario.deadline
-        ),
+        server_desc: if scenario.client_only {
+            "backend (unbounded queue)".into()
+        } else {
+            format!(
+                "tower-resilience: Bulkhead {} (the backend's workers), wait 100 ms -> TimeLimiter {:?}",
+                scenario.workers, scenario.deadline
+            )
+        },
     })
 }
 

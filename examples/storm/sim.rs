@@ -111,6 +111,9 @@ pub struct Scenario {
     /// The share of requests the client marks critical (the rest are
     /// sheddable); `None`: requests carry no criticality.
     pub critical_share: Option<f64>,
+    /// The dependency runs no server stack in any mode (a service the
+    /// caller does not own): only the client stacks differ.
+    pub client_only: bool,
 }
 
 /// Three phases: `middle`, with 5 s before and after it at 60 % of
@@ -178,6 +181,34 @@ impl Scenario {
                 duration: Duration::from_secs(secs),
                 load: 2.0,
                 condition: shedding,
+            },
+        );
+        s
+    }
+
+    /// A queueing dependency the caller does not own (no server stack in any
+    /// mode: an unbounded queue in front of its workers, which finish work
+    /// its callers gave up on) offered `load` times its capacity for `secs`
+    /// seconds, between 5 s at 60 % before and after. At 110 % for 6 s its
+    /// queue grows by a tenth of a second every second and stays within
+    /// the deadline: a caller that waits is served, and every attempt cut
+    /// and retried only lengthens the queue. At 130 % for 10 s the queue
+    /// passes the deadline: only refusing some of the calls keeps the rest
+    /// in time.
+    pub fn queueing(secs: u64, load: f64) -> Self {
+        let mut s = Scenario::quick();
+        s.client_only = true;
+        // A small service: 4 workers x 36 ms, about 111 requests a second
+        // (the client's bulkhead of 256 holds more than 2 s of its queue).
+        s.workers = 4;
+        s.service_time = Duration::from_millis(36);
+        s.phases = framed(
+            Condition::Healthy,
+            Phase {
+                name: "overload",
+                duration: Duration::from_secs(secs),
+                load,
+                condition: Condition::Healthy,
             },
         );
         s
@@ -294,6 +325,7 @@ impl Scenario {
             deadline: Duration::from_secs(1),
             middle_tiers: 0,
             critical_share: None,
+            client_only: false,
             phases: vec![
                 Phase {
                     name: "healthy",

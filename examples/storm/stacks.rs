@@ -47,7 +47,11 @@ pub(super) fn seawall(
     observer: Observer,
     breaker: bool,
 ) -> Result<Stacks, ConfigError> {
-    let mut deep = server(Stack::new(backend), "backend", &observer)?;
+    let mut deep = if scenario.client_only {
+        Stack::new(backend)
+    } else {
+        server(Stack::new(backend), "backend", &observer)?
+    };
     for tier in (0..scenario.middle_tiers).rev() {
         let name = format!("tier{}", tier + 1);
         let handler = client(scenario, wire, deep, &name, &observer, breaker)?;
@@ -60,7 +64,11 @@ pub(super) fn seawall(
             "seawall ClientStack defaults: Deadline {:?} -> Retry -> CircuitBreaker -> Bulkhead -> AttemptTimeout 500ms",
             scenario.deadline
         ),
-        server_desc: "seawall ServerStack defaults: Deadline (caller's) -> AdaptiveLimit -> Bulkhead -> backend".into(),
+        server_desc: if scenario.client_only {
+            "backend (unbounded queue)".into()
+        } else {
+            "seawall ServerStack defaults: Deadline (caller's) -> AdaptiveLimit -> Bulkhead -> backend".into()
+        },
     })
 }
 

@@ -101,6 +101,7 @@ impl CallBodyLayerBuilder {
                 name: self.name,
                 observer: self.observer,
                 own_end: std::time::Duration::ZERO,
+                retry_signal: None,
             }),
             deadline: self.deadline,
         })

@@ -67,6 +67,23 @@ impl AttemptTimeoutLayer {
     pub fn name(&self) -> &str {
         self.shared.name.as_str()
     }
+
+    /// The same layer, linked to the retry layer above it in a stack: while
+    /// `signal` is set (timeouts are common, so a timed-out attempt would
+    /// not be retried), an attempt that reaches its limit is not cut but
+    /// runs on to the request's deadline.
+    #[cfg_attr(not(feature = "retry"), allow(dead_code))]
+    pub(crate) fn with_retry_signal(self, signal: super::RetrySignal) -> Self {
+        AttemptTimeoutLayer {
+            shared: Striped::new(Shared {
+                limit: self.shared.limit,
+                name: self.shared.name.clone(),
+                observer: self.shared.observer.clone(),
+                own_end: self.shared.own_end,
+                retry_signal: Some(signal),
+            }),
+        }
+    }
 }
 
 impl fmt::Debug for AttemptTimeoutLayer {
@@ -126,6 +143,7 @@ impl AttemptTimeoutLayerBuilder {
                 name: self.name,
                 observer: self.observer,
                 own_end: self.own_end.min(self.per_try / 10),
+                retry_signal: None,
             }),
         })
     }
@@ -202,9 +220,16 @@ where
         let now = clock::edge_now();
         let per_try = Deadline::after_from(now, self.shared.limit);
         let overall = super::current();
-        let (deadline, overall_binds) = match overall {
-            Some(o) if o <= per_try => (o, true),
-            _ => (per_try, false),
+        let (deadline, overall_binds, uncut) = match overall {
+            Some(o) if o <= per_try => (o, true, false),
+            // An attempt no retry can follow (the retry layer above has no
+            // attempt, copy or budget left for one) is not cut at its own
+            // limit: under the request's deadline (the one the calls below
+            // see and send), its timer tells the retry layer when it passes
+            // its limit, then runs on to that deadline, where the attempt
+            // ends as its own timeout (a dependency that hangs is counted).
+            Some(_) if super::retry_may_follow() == Some(false) => (per_try, true, true),
+            _ => (per_try, false, false),
         };
         if overall_binds && deadline.instant() <= now {
             return AttemptFuture::rejected(reject_deadline(
@@ -231,12 +256,12 @@ where
         // the shape of every layer).
         let kept = super::future::sealed::Kept::new(&self.shared);
         if overall_binds {
-            AttemptFuture::running(self.inner.call(req), deadline, true, cut_short, kept)
+            AttemptFuture::running(self.inner.call(req), deadline, true, cut_short, uncut, kept)
         } else {
             // Built whole inside the scope.
             let inner = &mut self.inner;
             super::sync_scope(deadline, || {
-                AttemptFuture::running(inner.call(req), deadline, false, false, kept)
+                AttemptFuture::running(inner.call(req), deadline, false, false, false, kept)
             })
         }
     }
@@ -267,6 +292,7 @@ impl<F: Future> AttemptFuture<F> {
         deadline: Deadline,
         overall_binds: bool,
         cut_short: bool,
+        uncut: bool,
         kept: super::future::sealed::Kept,
     ) -> Self {
         // Built in place (a helper returning the state costs a copy of
@@ -279,6 +305,7 @@ impl<F: Future> AttemptFuture<F> {
                 shared: kept,
                 overall_binds,
                 cut_short,
+                uncut,
                 expiry: std::marker::PhantomData,
             },
         }

@@ -74,6 +74,8 @@ pub(crate) mod sealed {
         /// Whether the deadline `at` has passed, arming the timer at the
         /// first call (the inner future is pending).
         fn fired(slot: Pin<&mut Self::Slot>, at: Instant, cx: &mut Context<'_>) -> bool;
+        /// Moves an armed timer to `at`.
+        fn rearm(slot: Pin<&mut Self::Slot>, at: Instant);
         /// What the response future keeps of the layer: its shared state,
         /// for the rejection when the timer fires, or nothing without a
         /// timer.
@@ -119,6 +121,12 @@ pub(crate) mod sealed {
             crate::clock::timer_fired(slot, at, cx)
         }
 
+        fn rearm(slot: Pin<&mut Self::Slot>, at: Instant) {
+            if let Some(sleep) = slot.as_pin_mut() {
+                sleep.reset(at);
+            }
+        }
+
         type Owner = Kept;
 
         #[inline(always)]
@@ -142,6 +150,8 @@ pub(crate) mod sealed {
         fn fired(_: Pin<&mut Self::Slot>, _: Instant, _: &mut Context<'_>) -> bool {
             false
         }
+
+        fn rearm(_: Pin<&mut Self::Slot>, _: Instant) {}
 
         // No timer, no rejection of its own: nothing of the layer to keep
         // (no reference count touched per call).
@@ -171,6 +181,10 @@ pin_project! {
             // The request's deadline ends the call as its own (see
             // `AttemptTimeoutService::call`); always, for a deadline.
             cut_short: bool,
+            // An attempt no retry can follow: at its own limit it is not
+            // cut but runs on to the request's deadline (see
+            // `AttemptTimeoutService::call`); never, for a deadline.
+            uncut: bool,
             expiry: PhantomData<fn() -> X>,
         },
         Rejected {
@@ -193,11 +207,12 @@ impl<F: Future, X: Expiry> State<F, X> {
         let (error, own_timeout) = match self.as_mut().project() {
             StateProj::Running {
                 inner,
-                sleep,
+                mut sleep,
                 deadline,
                 shared,
                 overall_binds,
                 cut_short,
+                uncut,
                 ..
             } => {
                 // Every poll of the inner future sees the deadline as the
@@ -219,8 +234,16 @@ impl<F: Future, X: Expiry> State<F, X> {
                     // Handed back as it lies (see ARCHITECTURE.md).
                     return polled.map_err(Into::into);
                 }
-                if !X::fired(sleep, deadline.instant(), cx) {
+                if !X::fired(sleep.as_mut(), deadline.instant(), cx) {
                     return Poll::Pending;
+                }
+                if (*uncut || (!*overall_binds && X::kept(shared).is_some_and(timeouts_common)))
+                    && run_on(deadline, uncut)
+                {
+                    X::rearm(sleep.as_mut(), deadline.instant());
+                    if !X::fired(sleep, deadline.instant(), cx) {
+                        return Poll::Pending;
+                    }
                 }
                 let error = expired(layer, X::kept(shared).map(sealed::Kept::get), *cut_short);
                 (error, layer == LayerKind::AttemptTimeout && !*cut_short)
@@ -234,6 +257,35 @@ impl<F: Future, X: Expiry> State<F, X> {
             super::drop_timed_out(|| self.set(State::Rejected { error: None }));
         }
         Poll::Ready(Err(error))
+    }
+}
+
+/// Whether the retry layer above an attempt timeout (linked in a stack)
+/// would not retry a timeout now. Out of line: only a fired timer asks.
+#[cold]
+#[inline(never)]
+fn timeouts_common(kept: &sealed::Kept) -> bool {
+    kept.get()
+        .retry_signal
+        .as_ref()
+        .is_some_and(|common| common())
+}
+
+/// An attempt left uncut at its own limit (no retry can follow it): the
+/// retry layer above is told it overran, and the attempt runs on to the
+/// request's deadline, the current one (`true`; `deadline` is moved
+/// there). Out of line: only an attempt past its limit reaches it.
+#[cold]
+#[inline(never)]
+fn run_on(deadline: &mut Deadline, uncut: &mut bool) -> bool {
+    *uncut = false;
+    super::note_overran();
+    match super::current() {
+        Some(overall) if overall > *deadline => {
+            *deadline = overall;
+            true
+        }
+        _ => false,
     }
 }
 
@@ -320,6 +372,7 @@ impl<F: Future, X: Expiry> ResponseFuture<F, X> {
                 shared: owner,
                 overall_binds: true,
                 cut_short: true,
+                uncut: false,
                 expiry: PhantomData,
             },
         }

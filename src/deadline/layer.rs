@@ -17,6 +17,11 @@ pub(crate) struct Shared {
     /// deadline may fall and the attempt still end as its own (see
     /// `AttemptTimeoutService::call`); zero for a deadline.
     pub(crate) own_end: Duration,
+    /// An attempt timeout's link to the retry layer above it in a stack:
+    /// set while timeouts are common, when a timed-out attempt is not
+    /// retried (its budget's judgement), so that an attempt reaching its
+    /// limit then is not cut but runs on to the request's deadline.
+    pub(crate) retry_signal: Option<super::RetrySignal>,
 }
 
 impl fmt::Debug for Shared {
@@ -150,6 +155,7 @@ impl DeadlineLayerBuilder {
                 name: self.name,
                 observer: self.observer,
                 own_end: Duration::ZERO,
+                retry_signal: None,
             }),
             in_request: self.in_request,
         })

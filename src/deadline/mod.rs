@@ -65,6 +65,23 @@
 //!   counts a dependency that hangs. With no time left at all it refuses
 //!   the attempt without calling the inner service. The attempt's deadline is
 //!   the task-local deadline below it, so outbound calls advertise it.
+//! - Under a [`RetryLayer`](crate::retry::RetryLayer), an attempt is cut at
+//!   its own limit only if a retry can follow it. The last attempt, one the
+//!   request cannot be copied for (a `POST` under the HTTP preset), or any
+//!   attempt made while the retry budget finds timeouts common (see
+//!   [`RetryBudget`](crate::retry::RetryBudget)) runs on under the
+//!   request's deadline, which is then the one below it and on the wire:
+//!   cutting it would throw away its time and its work for nothing, and an
+//!   answer that comes after the attempt timeout but before the deadline
+//!   is the caller's. Past its own limit it counts as a timeout to the
+//!   retry layer; at the deadline it ends as an `AttemptTimeout` (a breaker
+//!   counts a dependency that hangs). The scenario: a dependency you do not
+//!   own, queueing at 110 % of its capacity for 6 s (`cargo run --example
+//!   storm`, "queueing dependency"), whose queue stays within a 1 s
+//!   deadline: a client that waits serves everyone; the client stack with a
+//!   500 ms attempt timeout cut and retried attempts as the queue passed
+//!   500 ms and served 83.6 % (60.5 % with its breaker off), and serves
+//!   98.5 % now, with 1.02 calls per request.
 //!
 //! `poll_ready` of both layers passes the inner readiness through and never
 //! times out by itself (a service cannot own a timer without allocating); put
@@ -262,6 +279,63 @@ impl fmt::Debug for Deadline {
 
 thread_local! {
     static CURRENT: std::cell::Cell<Option<Deadline>> = const { std::cell::Cell::new(None) };
+}
+
+thread_local! {
+    /// Set by a retry layer around the inner `call` of each attempt: whether
+    /// a retry may follow if that attempt times out (`None`: no retry layer
+    /// said, as when a layer between makes the call later).
+    static RETRY_MAY_FOLLOW: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
+}
+
+/// Makes `call` (an attempt's inner call) with `may_follow` telling an
+/// [`AttemptTimeoutLayer`] below whether a retry may follow a timeout of it:
+/// when none can, the attempt is not cut at its own limit (cutting it would
+/// only throw away the time and the work done) and runs on to the request's
+/// deadline.
+#[inline]
+#[cfg_attr(not(feature = "retry"), allow(dead_code))]
+pub(crate) fn call_with_retry_gate<R>(may_follow: bool, call: impl FnOnce() -> R) -> R {
+    // The common case, a retry may follow and no retry layer above said
+    // otherwise: nothing to set (one read).
+    if may_follow && retry_may_follow() != Some(false) {
+        return call();
+    }
+    crate::local::sync_scope(&RETRY_MAY_FOLLOW, may_follow, call)
+}
+
+/// What the retry layer above said of the attempt being called (see
+/// [`call_with_retry_gate`]).
+#[inline]
+pub(crate) fn retry_may_follow() -> Option<bool> {
+    crate::local::get(&RETRY_MAY_FOLLOW)
+}
+
+/// Asked by an attempt timeout linked to the retry layer above it in a
+/// stack, as its timer fires: whether timeouts are common now (a timed-out
+/// attempt would not be retried).
+pub(crate) type RetrySignal = std::sync::Arc<dyn Fn() -> bool + Send + Sync>;
+
+thread_local! {
+    /// Set when an attempt left uncut passes its own limit, for the retry
+    /// layer above to count as a timeout (see [`take_overran`]).
+    static OVERRAN: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Notes that an attempt no retry could follow ran past its own limit (it
+/// goes on to the request's deadline): to the retry layer above, whose poll
+/// is under way on this thread, it counts as a timed-out attempt.
+#[cold]
+pub(crate) fn note_overran() {
+    let _ = OVERRAN.try_with(|c| c.set(true));
+}
+
+/// Whether an attempt polled under this poll ran past its own limit (see
+/// [`note_overran`]); clears the note.
+#[inline]
+#[cfg_attr(not(feature = "retry"), allow(dead_code))]
+pub(crate) fn take_overran() -> bool {
+    OVERRAN.try_with(|c| c.replace(false)).unwrap_or(false)
 }
 
 /// The deadline of the request being handled on this task, if a seawall layer

@@ -25,6 +25,10 @@ const COUNT_BITS: u32 = 22;
 const COUNT_MAX: u64 = (1 << COUNT_BITS) - 1;
 const TAG_SHIFT: u32 = 2 * COUNT_BITS;
 const TAG_MASK: u64 = (1 << (64 - TAG_SHIFT)) - 1;
+/// The slices over which timeouts are judged rare or common: this one and
+/// the one before (2 s of the default 10 s window), so that a dependency
+/// slow for everyone stops the retries of timeouts within a slice or two.
+const RECENT_SLICES: u64 = 2;
 /// One request, one succeeded request, in a slice's word.
 const ONE_REQUEST: u64 = 1;
 const ONE_SUCCESS: u64 = 1 << COUNT_BITS;
@@ -47,6 +51,18 @@ const PPM: u64 = 1_000_000;
 /// so over any window, retries are at most `ratio` of the requests plus a
 /// floor; requests and retries leave the window together, so credit earned
 /// long ago cannot fund a storm now (the flaw of an unbounded token bucket).
+///
+/// A [`RetryLayer`](super::RetryLayer) also counts the attempts that timed
+/// out, and retries one only while timeouts are rare:
+///
+/// ```text
+/// timeouts_in_last_2_slices ≤ min_retries_per_sec × slice + ratio × requests_in_last_2_slices
+/// ```
+///
+/// (10 + 5 % of the last 2 s's requests with the defaults). More than that,
+/// the dependency is slow for everyone, as a saturated queue is, not in its
+/// tail: retrying adds load where there is none to spare (see the
+/// [module documentation](super), "Timeouts").
 ///
 /// - A **deposit** (every request, the success path) is one clock read and one
 ///   compare-and-swap on one atomic word holding the bucket's slice number and
@@ -104,6 +120,13 @@ struct Inner {
     /// Per slice: its number, its requests and its succeeded requests.
     counts: [AtomicU64; BUCKETS],
     withdrawals: Mutex<Ring>,
+    /// While timeouts are common (then a timeout is not retried), the
+    /// slice in which that was judged, plus one; 0 while they are rare.
+    /// Judged at each timeout, and again once that slice has passed.
+    timeouts_common: AtomicU64,
+    /// Per slice: its number and the attempts that timed out in it (in
+    /// the requests' place of the word).
+    timeouts: [AtomicU64; BUCKETS],
 }
 
 struct Ring {
@@ -237,6 +260,8 @@ impl RetryBudget {
                     counts: [0; BUCKETS],
                     latest: 0,
                 }),
+                timeouts_common: AtomicU64::new(0),
+                timeouts: std::array::from_fn(|_| AtomicU64::new(0)),
             }),
         })
     }
@@ -402,8 +427,7 @@ impl RetryBudget {
 
     /// [`deposit`](Self::deposit) at `now`.
     pub(crate) fn deposit_at(&self, now: Instant) {
-        let epoch = self.inner.epoch(now);
-        bump(&self.inner.counts, epoch, ONE_REQUEST);
+        bump(&self.inner.counts, self.inner.epoch(now), ONE_REQUEST);
     }
 }
 
@@ -484,12 +508,64 @@ impl RetryBudget {
 
     /// [`try_withdraw`](Self::try_withdraw) at `now`.
     pub(crate) fn try_withdraw_at(&self, now: Instant) -> Option<Withdrawal> {
+        self.withdraw_at(now, true)
+    }
+
+    /// Takes one retry for an attempt that timed out, only while timeouts
+    /// are rare: at most `ratio` of the window's requests timed out (5 % by
+    /// default). Beyond that the dependency is slow for everyone, not in
+    /// its tail: a retry cannot be faster, and it adds load to a dependency
+    /// that has none to spare (a timed-out call may still be running
+    /// there).
+    pub(crate) fn try_withdraw_after_timeout(&self) -> Option<Withdrawal> {
+        let now = crate::clock::edge_now();
+        match self.inner.judge_timeouts(self.inner.epoch(now)) {
+            true => None,
+            false => self.withdraw_at(now, true),
+        }
+    }
+
+    /// Counts an attempt that timed out, and judges whether timeouts are
+    /// common now.
+    pub(crate) fn deposit_timeout(&self) {
+        let epoch = self.inner.epoch(crate::clock::edge_now());
+        bump(&self.inner.timeouts, epoch, ONE_REQUEST);
+        self.inner.judge_timeouts(epoch);
+    }
+
+    /// Whether timeouts are common now (the opposite of
+    /// [`may_retry_timeout`](Self::may_retry_timeout)), for an attempt
+    /// timeout below to ask as its timer fires.
+    pub(crate) fn timeouts_signal(&self) -> crate::deadline::RetrySignal {
+        let budget = self.clone();
+        std::sync::Arc::new(move || {
+            // With the attempt asking counted: the timeout that makes them
+            // common is not cut either.
+            !budget.may_retry_timeout() || {
+                let inner = &budget.inner;
+                inner.common_with(inner.epoch(crate::clock::edge_now()), 1)
+            }
+        })
+    }
+
+    /// Whether a timeout may be retried now (timeouts were rare when last
+    /// judged, or were common in a slice that has passed and are rare
+    /// again): one load, no lock, no clock read while timeouts are rare;
+    /// asked as each attempt is made.
+    #[inline]
+    pub(crate) fn may_retry_timeout(&self) -> bool {
+        let judged = self.inner.timeouts_common.load(Ordering::Relaxed);
+        judged == 0 || self.inner.judge_again(judged)
+    }
+
+    fn withdraw_at(&self, now: Instant, with_successes: bool) -> Option<Withdrawal> {
         let mut ring = self.inner.lock();
         // A thread that read the clock before another's withdrawal counts
         // at the later slice: it never resets a newer slot.
         let epoch = self.inner.epoch(now).max(ring.latest);
         ring.latest = epoch;
         let (requests, successes) = self.inner.counted(epoch);
+        let successes = if with_successes { successes } else { 0 };
         let retries = ring.sum(epoch);
         if !self.inner.allows(requests, successes, retries + 1) {
             return None;
@@ -541,6 +617,47 @@ impl Inner {
         since / self.bucket_nanos
     }
 
+    /// Whether more than `ratio` of the window's requests at `epoch` timed
+    /// out; stored for [`RetryBudget::may_retry_timeout`].
+    #[inline(never)]
+    fn judge_timeouts(&self, epoch: u64) -> bool {
+        let common = self.common_with(epoch, 0);
+        let mark = if common { epoch + 1 } else { 0 };
+        if self.timeouts_common.load(Ordering::Relaxed) != mark {
+            self.timeouts_common.store(mark, Ordering::Relaxed);
+        }
+        common
+    }
+
+    /// Whether timeouts are common at `epoch`, with `extra` more counted.
+    fn common_with(&self, epoch: u64, extra: u64) -> bool {
+        let (timeouts, _) = count_recent(&self.timeouts, epoch, RECENT_SLICES);
+        let timeouts = timeouts + extra;
+        // The floor's share of one slice: a few timeouts a second are a
+        // tail at any traffic (a service of 2 requests a second with one
+        // hung call is not slow for everyone).
+        let floor = self.floor.load(Ordering::Relaxed) / BUCKETS as u64;
+        timeouts > floor && {
+            let (requests, _) = count_recent(&self.counts, epoch, RECENT_SLICES);
+            (timeouts - floor).saturating_mul(PPM)
+                > self
+                    .ratio_ppm
+                    .load(Ordering::Relaxed)
+                    .saturating_mul(requests)
+        }
+    }
+
+    /// Timeouts were judged common in slice `judged - 1`: judged again once
+    /// a later slice has begun (old timeouts leave with their slice);
+    /// whether a timeout may be retried. Out of line: only while timeouts
+    /// are common.
+    #[cold]
+    #[inline(never)]
+    fn judge_again(&self, judged: u64) -> bool {
+        let epoch = self.epoch(crate::clock::edge_now());
+        epoch >= judged && !self.judge_timeouts(epoch)
+    }
+
     /// The requests and the succeeded requests in the window at `epoch`
     /// (no successes for a plain budget).
     fn counted(&self, epoch: u64) -> (u64, u64) {
@@ -581,6 +698,12 @@ impl Inner {
 /// The requests and succeeded requests of the slices of `ring` in the
 /// window at `epoch`.
 fn count_in_window(ring: &[AtomicU64; BUCKETS], epoch: u64) -> (u64, u64) {
+    count_recent(ring, epoch, BUCKETS as u64)
+}
+
+/// The counts of the last `slices` slices of `ring` at `epoch` (this one
+/// included).
+fn count_recent(ring: &[AtomicU64; BUCKETS], epoch: u64, slices: u64) -> (u64, u64) {
     let want = epoch & TAG_MASK;
     ring.iter()
         .enumerate()
@@ -591,10 +714,7 @@ fn count_in_window(ring: &[AtomicU64; BUCKETS], epoch: u64) -> (u64, u64) {
             // and only if that slice belongs in this slot (an old word
             // whose tag happens to match is told apart by its slot).
             let age = want.wrapping_sub(v >> TAG_SHIFT) & TAG_MASK;
-            if age < BUCKETS as u64
-                && epoch >= age
-                && ((epoch - age) % BUCKETS as u64) as usize == i
-            {
+            if age < slices && epoch >= age && ((epoch - age) % BUCKETS as u64) as usize == i {
                 (v & COUNT_MAX, v >> COUNT_BITS & COUNT_MAX)
             } else {
                 (0, 0)
@@ -627,6 +747,40 @@ impl fmt::Debug for RetryBudget {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Timeouts are common past the floor's share of a slice plus `ratio`
+    /// of the last two slices' requests; a timeout retry is refused then,
+    /// and may be retried again once a later slice finds them rare.
+    #[tokio::test(start_paused = true)]
+    async fn timeouts_are_retried_while_rare() {
+        // 5 %, 10 a second over 10 s: a floor of 100, 10 per 1 s slice.
+        let b = RetryBudget::adaptive(0.05, 0.5, 10, Duration::from_secs(10)).unwrap();
+        for _ in 0..200 {
+            b.deposit_succeeded();
+        }
+        // 10 + 5 % of 200 = 20 timeouts are rare; the 21st is not.
+        for n in 1..=20 {
+            b.deposit_timeout();
+            assert!(b.may_retry_timeout(), "{n}");
+            assert!(b.try_withdraw_after_timeout().is_some(), "{n}");
+        }
+        b.deposit_timeout();
+        assert!(!b.may_retry_timeout());
+        assert!(b.try_withdraw_after_timeout().is_none());
+        // Other retries are not refused for it.
+        assert!(b.try_withdraw().is_some());
+        // Two slices later the timeouts have left the span judged (the
+        // requests too: none are needed for none to be common).
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(!b.may_retry_timeout(), "still in the span");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(b.may_retry_timeout());
+        // A plain budget floor of 0: one timeout in one request is common.
+        let strict = RetryBudget::adaptive(0.05, 0.0, 0, Duration::from_secs(10)).unwrap();
+        strict.deposit_succeeded();
+        strict.deposit_timeout();
+        assert!(!strict.may_retry_timeout());
+    }
 
     fn budget(ratio: f64, min: u32) -> (RetryBudget, Instant) {
         let b = RetryBudget::new(ratio, min, Duration::from_secs(10)).unwrap();

@@ -68,6 +68,9 @@ pin_project! {
         started: Option<Instant>,
         deadline: Option<Deadline>,
         counted: Counted,
+        // The attempt in flight, left uncut, ran past its own limit (and is
+        // counted as a timeout already).
+        overran: bool,
     }
 
     impl<S, Req, P> PinnedDrop for ResponseFuture<S, Req, P>
@@ -105,6 +108,7 @@ where
         ResponseFuture {
             deadline,
             counted: Counted::Not,
+            overran: false,
             state: State::Calling { future: call() },
             local,
             request,
@@ -175,6 +179,12 @@ where
             // response) would be copied once more (see ARCHITECTURE.md).
             let poll = future.poll(cx);
             let shared = &*this.local.shared;
+            if poll.is_pending() {
+                if crate::deadline::take_overran() {
+                    overran(shared, this.overran);
+                }
+                return Poll::Pending;
+            }
             let judged = match &poll {
                 Poll::Ready(Ok(response)) => Some(shared.policy.classify(Ok(response))),
                 _ => None,
@@ -220,7 +230,11 @@ where
                     let (result, verdict) = match ended.take() {
                         Some(ended) => ended,
                         None => {
-                            let result = ready!(future.poll(cx)).map_err(Into::into);
+                            let polled = future.poll(cx);
+                            if polled.is_pending() && crate::deadline::take_overran() {
+                                overran(&this.local.shared, this.overran);
+                            }
+                            let result = ready!(polled).map_err(Into::into);
                             let verdict = this.local.shared.policy.classify(result.as_ref());
                             (result, verdict)
                         }
@@ -234,6 +248,11 @@ where
                         // to the same slice).
                         *this.counted = Counted::Pending(shared.budget.deposit_request());
                     }
+                    let timed_out = matches!(&result, Err(e) if is_attempt_timeout(e));
+                    if timed_out && !std::mem::take(this.overran) {
+                        shared.budget.deposit_timeout();
+                    }
+                    *this.overran = false;
                     if let Some(started) = this.started.take() {
                         // The outcome model, as every layer reports it: a
                         // refusal of a layer below (an open breaker, a full
@@ -255,6 +274,7 @@ where
                         Verdict::Retry { after } => {
                             match plan(
                                 shared,
+                                timed_out,
                                 *this.attempts,
                                 this.request.is_some(),
                                 *this.no_retry,
@@ -389,7 +409,11 @@ where
                     // is made: what its body holds (a permit of the
                     // bulkhead below, a connection) is free for it.
                     *last = None;
-                    let future = service.call(req);
+                    let may_follow = attempt < shared.max_attempts
+                        && this.request.is_some()
+                        && shared.budget.may_retry_timeout();
+                    let future =
+                        crate::deadline::call_with_retry_gate(may_follow, || service.call(req));
                     this.state.set(State::Calling { future });
                 }
             }
@@ -449,6 +473,7 @@ fn call_finished<P>(shared: &Shared<P>, outcome: Outcome, started: Instant) {
 #[allow(clippy::too_many_arguments)]
 fn plan<P>(
     shared: &Shared<P>,
+    timed_out: bool,
     attempts: u32,
     replayable: bool,
     no_retry: GiveUpReason,
@@ -489,7 +514,11 @@ fn plan<P>(
             return Err(GiveUp::new(GiveUpReason::Deadline));
         }
     }
-    match shared.budget.try_withdraw() {
+    let granted = match timed_out {
+        true => shared.budget.try_withdraw_after_timeout(),
+        false => shared.budget.try_withdraw(),
+    };
+    match granted {
         Some(w) => Ok((delay, w)),
         None => {
             shared.observer.emit(
@@ -500,6 +529,22 @@ fn plan<P>(
             Err(GiveUp::new(GiveUpReason::BudgetExhausted))
         }
     }
+}
+
+/// The attempt in flight, left uncut because no retry could follow it, ran
+/// past its own limit: a timeout, to the budget's judgement of whether
+/// timeouts are rare (once per attempt).
+#[cold]
+#[inline(never)]
+fn overran<P>(shared: &Shared<P>, counted: &mut bool) {
+    if !std::mem::replace(counted, true) {
+        shared.budget.deposit_timeout();
+    }
+}
+
+/// Whether an attempt ended on its own timeout (an attempt timeout below).
+fn is_attempt_timeout(error: &BoxError) -> bool {
+    crate::error::rejection_of(error).is_some_and(|r| r.kind() == RejectionKind::AttemptTimeout)
 }
 
 /// The deadline that bounds the retries: the one the request carried (or the

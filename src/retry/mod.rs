@@ -63,6 +63,18 @@
 //!   is empty the request fails with its last outcome. During a total outage, 10 000
 //!   requests within one 10 s window therefore make at most 10 600 attempts
 //!   (10 500 and the floor's 100), where a plain 3-attempt retry makes 30 000.
+//! - **Timeouts.** An attempt that timed out (an
+//!   [`AttemptTimeout`](crate::error::AttemptTimeout) below) is retried only
+//!   while timeouts are rare: no more than the floor's share of one slice
+//!   of the window (10 with the defaults) plus `ratio` (5 %) of the
+//!   requests of the last two slices (2 s). Past that, the dependency is
+//!   slow for everyone, not in its tail (a saturated queue): a retry cannot
+//!   be faster, it adds load where none can be spared (the timed-out call
+//!   may still be running there), and it goes to the back of the queue.
+//!   The layer then tells an [`AttemptTimeoutLayer`](crate::deadline::AttemptTimeoutLayer)
+//!   below not to cut the attempts it makes (see the
+//!   [deadline module](crate::deadline)), and timeouts are judged again as
+//!   each slice passes. Other failures are retried as before.
 //! - **Deadline.** The layer reads the task-local [`deadline::current()`](crate::deadline::current).
 //!   It never sleeps a backoff that ends past the deadline and never starts a
 //!   retry with less than `min_remaining` (default 10 ms) left; it then

@@ -172,6 +172,9 @@ where
         } else {
             None
         };
+        // Whether a retry may follow a timeout of this attempt: an
+        // attempt timeout below does not cut one that none can follow.
+        let may_follow = copy.is_some() && shared.budget.may_retry_timeout();
         let inner = &mut self.inner;
         ResponseFuture::new(
             self.local.clone(),
@@ -179,7 +182,7 @@ where
             no_retry,
             started,
             deadline,
-            || inner.call(req),
+            || crate::deadline::call_with_retry_gate(may_follow, || inner.call(req)),
         )
     }
 }

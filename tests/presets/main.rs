@@ -304,31 +304,42 @@ async fn http_preset_breaker_opens_on_500_then_refuses_fast() {
 #[tokio::test]
 async fn http_preset_never_retries_a_timed_out_post() {
     let server = http_server().await;
-    let stack = ClientStack::http("dep")
-        .total_budget(Duration::from_secs(2))
-        .attempt_timeout(Duration::from_millis(200))
-        .build()
-        .unwrap();
-    let client = stack.layer(hyper());
+    // A client of its own for each request: a timeout makes the next ones
+    // of the same client less likely to be retried (timeouts common).
+    let client = || {
+        ClientStack::http("dep")
+            .total_budget(Duration::from_secs(2))
+            .attempt_timeout(Duration::from_millis(200))
+            .build()
+            .unwrap()
+            .layer(hyper())
+    };
     let post = http::Request::post(format!("http://{}/slow", server.addr))
         .body(Full::new(Bytes::from_static(b"{\"amount\":5}")))
         .unwrap();
-    let err = client.clone().oneshot(post).await.unwrap_err();
+    let started = tokio::time::Instant::now();
+    let err = client().oneshot(post).await.unwrap_err();
     assert_eq!(
         rejection_of(&err).unwrap().kind(),
         RejectionKind::AttemptTimeout
     );
     assert_eq!(server.hits.load(Ordering::SeqCst), 1, "the POST ran once");
+    // Not cut at its 200 ms (no retry could follow): it had the request's
+    // 2 s to answer.
+    assert!(
+        started.elapsed() >= Duration::from_millis(1900),
+        "{:?}",
+        started.elapsed()
+    );
 
     // The same with an Idempotency-Key is retried, as is a GET.
     let keyed = http::Request::post(format!("http://{}/slow", server.addr))
         .header("idempotency-key", "order-7")
         .body(Full::new(Bytes::new()))
         .unwrap();
-    let _ = client.clone().oneshot(keyed).await.unwrap_err();
+    let _ = client().oneshot(keyed).await.unwrap_err();
     assert_eq!(server.hits.load(Ordering::SeqCst), 1 + 3);
-    let _ = client
-        .clone()
+    let _ = client()
         .oneshot(get_req(server.addr, "/slow"))
         .await
         .unwrap_err();

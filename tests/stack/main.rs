@@ -897,3 +897,109 @@ async fn the_http_preset_starts_no_retry_with_less_than_20_ms_left() {
         .unwrap_err();
     assert!(err.to_string().contains("min_remaining (20ms)"), "{err}");
 }
+
+/// A backend that counts its calls and answers each after `delay`.
+fn answering_after(
+    calls: Arc<AtomicU32>,
+    delay: Duration,
+) -> impl Service<u32, Response = u32, Error = BoxError, Future = impl Future + Send> + Clone {
+    service_fn(move |n: u32| {
+        calls.fetch_add(1, Ordering::SeqCst);
+        async move {
+            tokio::time::sleep(delay).await;
+            Ok::<u32, BoxError>(n)
+        }
+    })
+}
+
+/// An attempt no retry can follow is not cut at its attempt timeout: the
+/// last of three attempts, to a dependency answering in 500 ms under a
+/// 200 ms attempt timeout, gets the rest of the 2 s budget and its answer
+/// comes back (it was cut at 200 ms, and the request failed, every
+/// attempt's work thrown away). The same with one attempt allowed.
+#[tokio::test(start_paused = true)]
+async fn the_last_attempt_runs_on_to_the_deadline() {
+    let calls = Arc::new(AtomicU32::new(0));
+    let stack = ClientStack::builder("dep")
+        .total_budget(ms(2000))
+        .attempt_timeout(ms(200))
+        .retry(|r| r.backoff(ms(50), ms(1000)).jitter(Jitter::None))
+        .build()
+        .unwrap();
+    let svc = stack.layer(answering_after(calls.clone(), ms(500)));
+    let start = Instant::now();
+    assert_eq!(svc.clone().oneshot(7).await.unwrap(), 7);
+    // 200 ms, 50 ms backoff, 200 ms, 100 ms backoff, then 500 ms.
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    assert_eq!(start.elapsed(), ms(1050));
+
+    let calls = Arc::new(AtomicU32::new(0));
+    let once = ClientStack::builder("dep")
+        .total_budget(ms(2000))
+        .attempt_timeout(ms(200))
+        .retry(|r| r.max_attempts(1))
+        .build()
+        .unwrap();
+    let start = Instant::now();
+    let svc = once.layer(answering_after(calls.clone(), ms(500)));
+    assert_eq!(svc.oneshot(8).await.unwrap(), 8);
+    assert_eq!(
+        (calls.load(Ordering::SeqCst), start.elapsed()),
+        (1, ms(500))
+    );
+
+    // A dependency that hangs: the last attempt ends at the deadline as an
+    // attempt timeout (the breaker counts it), not as the deadline's.
+    let calls = Arc::new(AtomicU32::new(0));
+    let svc = once.layer(answering_after(calls.clone(), ms(60_000)));
+    let start = Instant::now();
+    let err = svc.oneshot(9).await.unwrap_err();
+    assert_eq!(start.elapsed(), ms(2000));
+    assert_eq!(kind(&err), RejectionKind::AttemptTimeout);
+    let failures = once.breaker_handle().metrics().failures;
+    assert_eq!(failures, 1, "the hang is counted by the breaker");
+}
+
+/// Timeouts are retried while they are rare, not once they are common: a
+/// dependency that answers every call in 500 ms under a 200 ms attempt
+/// timeout (slow for everyone, as a saturated queue is) gets its first
+/// timeouts retried, up to the floor's share of a slice (10) and 5 % of
+/// the requests; after that a request is sent once and not cut, and is
+/// answered in 500 ms. Counted as the budget counts: 40 requests at once,
+/// then 40 more.
+#[tokio::test(start_paused = true)]
+async fn timeouts_common_to_every_call_are_not_retried() {
+    let calls = Arc::new(AtomicU32::new(0));
+    let stack = ClientStack::builder("dep")
+        .total_budget(ms(2000))
+        .attempt_timeout(ms(200))
+        .retry(|r| r.backoff(ms(50), ms(1000)).jitter(Jitter::None))
+        .build()
+        .unwrap();
+    let svc = stack.layer(answering_after(calls.clone(), ms(500)));
+    let wave = |n: u32| {
+        let svc = svc.clone();
+        async move {
+            let all = (0..n).map(|i| svc.clone().oneshot(i));
+            futures::future::join_all(all).await
+        }
+    };
+    let first = wave(40).await;
+    let ok = first.iter().filter(|r| r.is_ok()).count();
+    let first_calls = calls.load(Ordering::SeqCst);
+    println!("first wave: {ok} of 40 answered, {first_calls} calls");
+    let second = wave(40).await;
+    let ok2 = second.iter().filter(|r| r.is_ok()).count();
+    let second_calls = calls.load(Ordering::SeqCst) - first_calls;
+    println!("second wave: {ok2} of 40 answered, {second_calls} calls");
+    // Every request answered: none cut with no retry to follow it.
+    assert_eq!((ok, ok2), (40, 40));
+    // The first wave: all 40 reach their attempt timeout at once; the
+    // first 10 (the floor's share of a slice) are cut and retried, the
+    // 11th finds that timeouts would be common and, as the other 29, runs
+    // on and is answered; the 10 retries, sent once timeouts are common,
+    // are not cut either.
+    assert_eq!(first_calls, 40 + 10);
+    // The second wave, timeouts still common: each request sent once.
+    assert_eq!(second_calls, 40);
+}

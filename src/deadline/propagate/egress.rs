@@ -163,6 +163,7 @@ impl PropagateDeadlineLayerBuilder {
                     name: self.name,
                     observer: self.observer,
                     own_end: std::time::Duration::ZERO,
+                    retry_signal: None,
                 }),
             }),
         })

@@ -237,6 +237,7 @@ impl DeadlineFromHeadersLayerBuilder {
                     name: self.name,
                     observer: self.observer,
                     own_end: std::time::Duration::ZERO,
+                    retry_signal: None,
                 }),
             }),
         })
