@@ -398,8 +398,11 @@ impl<X, D> RateLimitLayer<X, D> {
     /// that spent nothing starts the new quota full. Requests in flight are
     /// unaffected; a check racing with the change may see parts of both
     /// quotas (the new period with the old burst tolerance, say) for that
-    /// one decision, and never refuses for good a cost both quotas' bursts
-    /// allow. Lock-free and
+    /// one decision, never refuses for good a cost both quotas' bursts
+    /// allow, and may leave its bucket owing up to one burst window of the
+    /// old quota. What each bucket owes is cut here, in one pass over the
+    /// keys (each shard of the key map read-locked in turn), not on the
+    /// request path. Lock-free and
     /// allocation-free on the request path (the quota lives in atomics).
     /// Reported as a [`Reconfigured`](crate::observe::EventKind::Reconfigured)
     /// event; the quota in place again changes nothing and reports nothing.
@@ -423,15 +426,15 @@ impl<X, D> RateLimitLayer<X, D> {
         }
         s.quota.set(quota, "quota")?;
         match &s.primary {
-            Primary::Global(b) => b.quota().set(quota, "quota")?,
-            Primary::Keyed(k) => k.quota().set(quota, "quota")?,
+            Primary::Global(b) => b.set_quota(quota, "quota")?,
+            Primary::Keyed(k) => k.set_quota(quota, "quota")?,
         }
         if s.fallback_follows {
             if let Some(b) = &s.fallback_bucket {
-                b.quota().set(quota, "fallback_quota")?;
+                b.set_quota(quota, "fallback_quota")?;
             }
             if let Some(t) = &s.overflow {
-                t.quota().set(quota, "fallback_quota")?;
+                t.set_quota(quota, "fallback_quota")?;
             }
         }
         s.observer.emit(

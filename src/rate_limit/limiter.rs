@@ -47,9 +47,9 @@ pub(crate) const NEVER: Duration = Duration::MAX;
 /// A quota that can change at run time: the period (nanoseconds per cell),
 /// the burst tolerance and the burst, in atomics (the tolerance computed
 /// when the quota is set, not on every check). A check racing with a change
-/// may see one quota's period with the other's burst for that one decision;
-/// what it leaves the bucket owing is cut to one burst of the quota at the
-/// next check.
+/// may see one quota's period with the other's burst for that one decision,
+/// and may leave its bucket owing up to one burst window of the old quota
+/// (which runs down as time passes).
 #[derive(Debug)]
 pub(crate) struct QuotaCell {
     /// Nanoseconds per cell (at least 1).
@@ -120,10 +120,11 @@ fn nanos_since(start: Instant) -> u64 {
 /// (nanoseconds since the table's start; 0 = none yet), governor's
 /// algorithm: the same admissions, `remaining` and waits as its limiters.
 ///
-/// A bucket owes at most one full burst of the quota now: a theoretical
-/// arrival time beyond `now + tau + t` (left by a larger quota before a
-/// change) is read as that bound, so a changed quota keeps what each bucket
-/// owes, in time, within the new burst.
+/// What a bucket owes is cut to one burst of a new quota when the quota
+/// changes ([`owe_at_most_one_burst`]), not here: a check that read the
+/// clock a little before another thread's (threads read it apart) sees
+/// that thread's admission beyond its own `now + tau + t`, and cutting it
+/// there undid the admission.
 #[inline(always)]
 fn gcra(
     cell: &AtomicU64,
@@ -148,16 +149,6 @@ fn gcra(
     let full = now.saturating_add(tau).saturating_add(t);
     let mut prev = cell.load(Ordering::Acquire);
     loop {
-        if prev > full {
-            // Left by a larger quota: the bucket owes one whole burst of
-            // this one, and from now on no more (stored, so that what it
-            // owes runs down as time passes).
-            match cell.compare_exchange_weak(prev, full, Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => prev = full,
-                Err(actual) => prev = actual,
-            }
-            continue;
-        }
         let tat = if prev == 0 { now } else { prev };
         let earliest = tat.saturating_add(extra).saturating_sub(tau);
         if now < earliest {
@@ -180,6 +171,20 @@ fn gcra(
             Err(actual) => prev = actual,
         }
     }
+}
+
+/// Cuts what the bucket in `cell` owes to one whole burst of the quota in
+/// `q` at `now` (its theoretical arrival time to at most `now + tau + t`):
+/// run when the quota changes, so that a bucket left owing a larger quota's
+/// burst owes one burst of the new one, and from then on runs down as time
+/// passes. A request waiting for cells it reserved keeps its time; the
+/// bucket forgets the cells beyond the bound.
+fn owe_at_most_one_burst(cell: &AtomicU64, q: &QuotaCell, now: u64) {
+    let (t, tau, _) = q.gcra();
+    let full = now.saturating_add(tau).saturating_add(t);
+    let _ = cell.fetch_update(Ordering::AcqRel, Ordering::Acquire, |prev| {
+        (prev > full).then_some(full)
+    });
 }
 
 /// One GCRA bucket on one atomic word and tokio's clock.
@@ -243,6 +248,14 @@ impl Bucket {
 
     pub(crate) fn quota(&self) -> &QuotaCell {
         &self.quota
+    }
+
+    /// Changes the quota (see [`QuotaCell::set`]); the bucket then owes at
+    /// most one burst of the new one.
+    pub(crate) fn set_quota(&self, quota: Quota, what: &str) -> Result<(), ConfigError> {
+        self.quota.set(quota, what)?;
+        owe_at_most_one_burst(&self.tat, &self.quota, nanos_since(self.start));
+        Ok(())
     }
 }
 
@@ -385,6 +398,16 @@ impl KeyedBuckets {
     pub(crate) fn quota(&self) -> &QuotaCell {
         &self.quota
     }
+
+    /// Changes the quota (see [`QuotaCell::set`]); every key's bucket then
+    /// owes at most one burst of the new one (one pass over the keys).
+    pub(crate) fn set_quota(&self, quota: Quota, what: &str) -> Result<(), ConfigError> {
+        self.quota.set(quota, what)?;
+        let now = nanos_since(self.start);
+        self.map
+            .for_each(|tat| owe_at_most_one_burst(tat, &self.quota, now));
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -408,6 +431,32 @@ mod tests {
             assert_ne!(r, Err(NEVER), "cost {cost}");
         }
         assert_eq!(gcra(&cell, &mixed, 1_000_000_000, 11, false), Err(NEVER));
+    }
+
+    /// Two threads read the clock a little apart: one that read it later
+    /// admits first, then one that read it earlier checks. The later
+    /// admission stands: at 1 a second (burst 1), the one cell of 5 s is
+    /// taken once, and the next comes at 6 s. (The cut meant for a quota
+    /// change read the admission as owed beyond the earlier `now`, took it
+    /// back, and admitted a second request at 5 s.)
+    #[test]
+    fn a_check_that_read_the_clock_earlier_never_undoes_an_admission() {
+        const S: u64 = 1_000_000_000;
+        let q = QuotaCell::new(Quota::per_second(1), "quota").unwrap();
+        let cell = AtomicU64::new(0);
+        assert!(gcra(&cell, &q, 5 * S, 1, false).is_ok());
+        assert_eq!(cell.load(Ordering::Relaxed), 6 * S);
+        // Read the clock at 4 s, checks after the admission: 2 s to wait.
+        assert_eq!(
+            gcra(&cell, &q, 4 * S, 1, false),
+            Err(Duration::from_secs(2))
+        );
+        assert_eq!(cell.load(Ordering::Relaxed), 6 * S);
+        assert_eq!(
+            gcra(&cell, &q, 5 * S, 1, false),
+            Err(Duration::from_secs(1))
+        );
+        assert!(gcra(&cell, &q, 6 * S, 1, false).is_ok());
     }
 
     use governor::RateLimiter;
@@ -533,7 +582,7 @@ mod tests {
             KeyedCheck::Decided(Ok(_))
         ));
         tokio::time::advance(Duration::from_millis(10)).await;
-        k.quota().set(Quota::per_second(10), "quota").unwrap();
+        k.set_quota(Quota::per_second(10), "quota").unwrap();
         assert_eq!(k.quota().get(), Quota::per_second(10));
         // 990 ms owed, 900 ms of tolerance: the next cell in 90 ms.
         assert_eq!(
@@ -556,12 +605,11 @@ mod tests {
         // Larger again: what is owed stays, the burst grows.
         let b = Bucket::new(Quota::per_second(10), "quota").unwrap();
         assert!(b.check(10, false).is_ok());
-        b.quota()
-            .set(Quota::per_second(10).burst(20), "quota")
+        b.set_quota(Quota::per_second(10).burst(20), "quota")
             .unwrap();
         assert!(b.check(10, false).is_ok());
         assert_eq!(b.check(1, false), Err(Duration::from_millis(100)));
-        assert!(b.quota().set(Quota::per_second(0), "quota").is_err());
+        assert!(b.set_quota(Quota::per_second(0), "quota").is_err());
         assert_eq!(b.quota().get(), Quota::per_second(10).burst(20));
     }
 
@@ -586,8 +634,8 @@ mod tests {
             };
             // The whole minute's burst at once: owed until t0 + 60 s.
             assert!(check(600).is_ok());
-            b.quota().set(Quota::per_second(10), "quota").unwrap();
-            k.quota().set(Quota::per_second(10), "quota").unwrap();
+            b.set_quota(Quota::per_second(10), "quota").unwrap();
+            k.set_quota(Quota::per_second(10), "quota").unwrap();
             assert_eq!(check(1), Err(Duration::from_millis(100)), "keyed {keyed}");
             tokio::time::advance(Duration::from_millis(100)).await;
             assert!(check(1).is_ok(), "keyed {keyed}: a new period later");
