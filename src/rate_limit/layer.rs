@@ -27,7 +27,8 @@ pub enum Mode {
     /// that waits keeps its wait (timer, key, request) in one allocation;
     /// one admitted at once allocates nothing.
     Wait {
-        /// The longest wait.
+        /// The longest wait (`Duration::MAX`: no maximum of the layer's
+        /// own; the request's deadline still bounds it).
         max: Duration,
     },
 }

@@ -128,7 +128,7 @@ where
                         );
                     }
                     if deadline.is_some_and(|d| d.instant() == limit)
-                        && now.checked_add(max).is_some_and(|by_max| now + w <= by_max)
+                        && now + w <= by_max_of(now, max)
                     {
                         // The wait itself would be allowed, but the cell
                         // comes after the request's deadline: the request
@@ -188,7 +188,12 @@ pub(crate) fn limit_of(
     }
 }
 
-/// The latest admission by the layer's maximum wait alone.
+/// The latest admission by the layer's maximum wait alone. A maximum past
+/// the clock's range (`Duration::MAX` for "no maximum") is read as thirty
+/// years (it was read as no wait at all).
 pub(crate) fn by_max_of(now: Instant, max: std::time::Duration) -> Instant {
-    now.checked_add(max).unwrap_or(now)
+    const FAR: std::time::Duration = std::time::Duration::from_secs(30 * 365 * 24 * 3600);
+    now.checked_add(max)
+        .or_else(|| now.checked_add(FAR))
+        .unwrap_or_else(|| now + std::time::Duration::from_secs(86_400))
 }

@@ -418,6 +418,35 @@ async fn wait_mode_waits_exactly_and_respects_max_wait() {
     );
 }
 
+/// `wait(Duration::MAX)`, no maximum of the layer's own: a request waits
+/// for its cell (it was read as no wait at all: refused at once).
+#[tokio::test(start_paused = true)]
+async fn wait_mode_with_no_maximum_waits_for_the_cell() {
+    let layer = RateLimitLayer::builder(Quota::per_second(1))
+        .wait(Duration::MAX)
+        .build()
+        .unwrap();
+    let mut svc = layer.layer(echo());
+    let t0 = Instant::now();
+    assert_eq!(call(&mut svc, 1).await.unwrap(), 1);
+    assert_eq!(t0.elapsed(), Duration::ZERO);
+    assert_eq!(call(&mut svc, 2).await.unwrap(), 2);
+    assert_eq!(t0.elapsed(), Duration::from_secs(1), "waited one period");
+    // Under a deadline, the cell after it is out of time, not too long a
+    // wait.
+    let err = deadline::scope(
+        Deadline::after(Duration::from_millis(300)),
+        call(&mut svc, 3),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(
+        rejection_of(&err).unwrap().kind(),
+        RejectionKind::DeadlineExceeded
+    );
+    assert_eq!(t0.elapsed(), Duration::from_secs(1));
+}
+
 #[tokio::test(start_paused = true)]
 async fn wait_mode_never_waits_past_the_deadline() {
     let layer = RateLimitLayer::builder(Quota::per_second(1))
