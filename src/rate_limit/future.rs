@@ -79,9 +79,18 @@ pin_project! {
 
 pin_project! {
     /// A request waiting for Redis's decision.
+    ///
+    /// Dropped while its call is pending (its caller gave up first: a
+    /// timeout of its own, a client gone), the call is judged as a deadline
+    /// cut's is: it goes on apart until Redis answers or the backend's
+    /// timeout runs out (else a hung Redis whose callers all give up
+    /// before that timeout was never judged, and never degraded).
     #[project = RedisWaitProj]
     struct RedisWait<S, Req, X, D> {
         call: RedisCall,
+        // The call's outcome was taken (or the call handed on to be judged
+        // apart): nothing to judge when dropped.
+        settled: bool,
         #[pin]
         timer: Sleep,
         // The request's deadline ends the round trip before the backend's
@@ -97,6 +106,28 @@ pin_project! {
         admitted: Option<Option<RateLimitStatus>>,
         shared: Arc<Shared<X, D>>,
     }
+    impl<S, Req, X, D> PinnedDrop for RedisWait<S, Req, X, D> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if !*this.settled {
+                judge_apart(this.shared, this.call);
+            }
+        }
+    }
+}
+
+/// A pending Redis call whose request no longer waits for it, judged apart
+/// (see [`RedisState::cut`](super::redis::RedisState::cut)).
+#[cfg(feature = "redis")]
+fn judge_apart<X, D>(shared: &Shared<X, D>, call: &mut RedisCall) {
+    if let Some(r) = &shared.redis {
+        r.cut(&shared.observer, &shared.name, call);
+    }
+}
+
+#[cfg(not(feature = "redis"))]
+fn judge_apart<X, D>(_: &Shared<X, D>, call: &mut RedisCall) {
+    match *call {}
 }
 
 #[cfg(feature = "redis")]
@@ -247,6 +278,7 @@ impl<F, S, Req, X, D> ResponseFuture<F, S, Req, X, D> {
             state: State::Redis {
                 inner: Box::pin(RedisWait {
                     call,
+                    settled: false,
                     timer: tokio::time::sleep_until(until),
                     cut_by_deadline,
                     by_max,
@@ -478,6 +510,7 @@ where
                 edge.get_or_insert_with(crate::clock::Edge::enter);
                 let RedisWaitProj {
                     call,
+                    settled,
                     timer,
                     cut_by_deadline,
                     by_max,
@@ -500,13 +533,14 @@ where
                         None
                     }
                 };
+                // Judged here, by its outcome or its timeout, or cut below:
+                // not again when dropped.
+                *settled = true;
                 if outcome.is_none() && *cut_by_deadline {
                     // Out of time before Redis answered: the request
                     // fails, and Redis is judged by its own timeout, not
                     // by this request's budget.
-                    if let Some(r) = &shared.redis {
-                        r.cut(&shared.observer, &shared.name, call);
-                    }
+                    judge_apart(shared, call);
                     let new = ResponseFuture::deadline_exceeded(shared, DETAIL_DEADLINE_IN_BACKEND);
                     state.set(new.state);
                     continue;

@@ -105,7 +105,9 @@ pub enum FailurePolicy {
 /// (event detail `"deadline_in_backend"`), and Redis is not judged by that
 /// one request's budget but by its own timeout: the cut call goes on apart
 /// (a task of its own) until Redis answers or the `timeout` since it was
-/// made runs out, and is judged then, as any call. So a hung Redis is
+/// made runs out, and is judged then, as any call; so is the call of a
+/// request its caller drops while Redis has not answered (a timeout of the
+/// caller's own, a client gone). So a hung Redis is
 /// judged within one timeout of the first request it holds, whatever the
 /// budgets of the requests (before, cut calls counted only while they
 /// overlapped: serial requests with budgets under the timeout, or the
@@ -685,8 +687,9 @@ impl RedisState {
         self.degraded(shared, key, cost, true)
     }
 
-    /// A round trip that the request's deadline cut before Redis answered.
-    /// One request's budget does not judge Redis: the call goes on in a
+    /// A round trip that the request's deadline cut before Redis answered,
+    /// or whose request was dropped while it was pending (its caller gave
+    /// up). One request's budget does not judge Redis: the call goes on in a
     /// task of its own until Redis answers or the timeout since it was made
     /// runs out, and is judged then (outside a runtime, or with
     /// [`MAX_WATCHED`] such calls already out, it is dropped unjudged).
