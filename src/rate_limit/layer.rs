@@ -2,11 +2,14 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::time::Instant;
 use tower_layer::Layer;
 
 use super::decorate::{NoHeaders, RateLimitStatus};
 use super::key::{Global, Key, MissingKey, Prefixes};
-use super::limiter::{Admit, Bucket, KeyedBuckets, KeyedCheck, NEVER, QuotaCell, Verdict};
+use super::limiter::{
+    Admit, Bucket, KeyedBuckets, KeyedCheck, NEVER, QuotaCell, Taken, Took, Verdict,
+};
 use super::quota::Quota;
 use super::service::RateLimit;
 use crate::error::{ConfigError, Name};
@@ -73,6 +76,33 @@ pub(crate) enum Primary {
     Keyed(KeyedBuckets),
 }
 
+/// Which bucket gave a request its own cells (the request's key says
+/// which of a table's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Own {
+    /// Its key's (or the one global bucket's).
+    Primary,
+    /// Its network's, in the overflow table.
+    Overflow,
+    /// The keyless fallback's.
+    Fallback,
+}
+
+/// A request's own bucket, found again.
+enum OwnBucket<'a> {
+    One(&'a Bucket),
+    Keyed(&'a KeyedBuckets, Key),
+}
+
+impl OwnBucket<'_> {
+    fn give_back(&self, taken: &Taken) -> bool {
+        match self {
+            OwnBucket::One(b) => b.give_back(taken),
+            OwnBucket::Keyed(t, k) => t.give_back(k, taken),
+        }
+    }
+}
+
 pub(crate) enum Step {
     Now(Verdict, Option<RateLimitStatus>),
     #[cfg(feature = "redis")]
@@ -92,6 +122,11 @@ fn deny(wait: Duration, detail: &'static str) -> Verdict {
         wait: Some(wait),
         detail,
     }
+}
+
+/// The wait from `now` until `at` (`None`: never, [`NEVER`]).
+fn wait_until(now: Instant, at: Option<Instant>) -> Duration {
+    at.map_or(NEVER, |at| crate::clock::elapsed(now, at))
 }
 
 /// State shared by every service built from one layer.
@@ -126,9 +161,12 @@ impl<X, D> Shared<X, D> {
         }
     }
 
-    /// Applies the extra global quota to a request its primary limit
-    /// admitted. The status (for response headers) when a quota is given
-    /// (the bucket state was computed).
+    /// Applies the extra global quota to a request Redis admitted (a local
+    /// decision applies it in [`both`](Self::both)). The status (for
+    /// response headers) when a quota is given (the bucket state was
+    /// computed). A refusal here does not give the key's cells back to
+    /// Redis: they are spent.
+    #[cfg(feature = "redis")]
     #[inline(always)]
     pub(crate) fn finish(
         &self,
@@ -161,30 +199,28 @@ impl<X, D> Shared<X, D> {
         want_status: bool,
     ) -> (Verdict, Option<RateLimitStatus>) {
         match (&self.fallback, &self.fallback_bucket) {
-            (Fallback::SharedBucket, Some(b)) => self.settle(
-                b.quota(),
-                b.check(cost, want_status),
-                detail,
-                cost,
-                want_status,
-            ),
+            (Fallback::SharedBucket, Some(b)) => {
+                self.settle(b.quota(), b.check(cost, want_status), detail, want_status)
+            }
             _ => (Verdict::Deny { wait: None, detail }, None),
         }
     }
 
-    /// A bucket's answer: admitted (then the global limit), or refused with
-    /// the wait and `detail`.
+    /// A bucket's answer: admitted, or refused with the wait and `detail`
+    /// (with no global quota: [`both`](Self::both) decides with one).
     #[inline(always)]
     fn settle(
         &self,
         quota: &QuotaCell,
         checked: Result<Admit, Duration>,
         detail: &'static str,
-        cost: u32,
         want_status: bool,
     ) -> (Verdict, Option<RateLimitStatus>) {
         match checked {
-            Ok(a) => self.finish(want_status.then(|| quota.get()), a, cost),
+            Ok(a) => (
+                Verdict::Admit(a),
+                want_status.then(|| self.status(quota.get(), a)),
+            ),
             Err(w) => (deny(w, detail), None),
         }
     }
@@ -204,9 +240,7 @@ impl<X, D> Shared<X, D> {
         };
         let network = Prefixes::OVERFLOW.key_of(ip);
         match table.check(&network, cost, want_status) {
-            KeyedCheck::Decided(r) => {
-                self.settle(table.quota(), r, DETAIL_KEYS_FULL, cost, want_status)
-            }
+            KeyedCheck::Decided(r) => self.settle(table.quota(), r, DETAIL_KEYS_FULL, want_status),
             KeyedCheck::Full => self.fallback(DETAIL_KEYS_FULL, cost, want_status),
         }
     }
@@ -223,26 +257,26 @@ impl<X, D> Shared<X, D> {
         if let Some(decided) = self.by_cost(cost) {
             return decided;
         }
-        let key = match key {
-            Ok(k) => k,
-            Err(m) => {
-                self.observer.emit(
-                    LayerKind::RateLimit,
-                    self.name.as_str(),
-                    EventKind::InputIgnored {
-                        input: m.input,
-                        reason: m.reason,
-                    },
-                );
-                return self.fallback(DETAIL_NO_KEY, cost, want_status);
-            }
+        if let Err(m) = key {
+            self.observer.emit(
+                LayerKind::RateLimit,
+                self.name.as_str(),
+                EventKind::InputIgnored {
+                    input: m.input,
+                    reason: m.reason,
+                },
+            );
+        }
+        if let Some(g) = &self.global {
+            return self.both(g, key, cost, want_status);
+        }
+        let Ok(key) = key else {
+            return self.fallback(DETAIL_NO_KEY, cost, want_status);
         };
         match &self.primary {
             Primary::Global(b) => self.settle_global(b, cost, want_status),
             Primary::Keyed(k) => match k.check(key, cost, want_status) {
-                KeyedCheck::Decided(r) => {
-                    self.settle(k.quota(), r, DETAIL_LIMIT, cost, want_status)
-                }
+                KeyedCheck::Decided(r) => self.settle(k.quota(), r, DETAIL_LIMIT, want_status),
                 KeyedCheck::Full => self.overflow(key, cost, want_status),
             },
         }
@@ -271,24 +305,149 @@ impl<X, D> Shared<X, D> {
         cost: u32,
         want_status: bool,
     ) -> (Verdict, Option<RateLimitStatus>) {
-        match self.by_cost(cost) {
-            Some(decided) => decided,
+        if let Some(decided) = self.by_cost(cost) {
+            return decided;
+        }
+        match &self.global {
+            Some(g) => self.both(g, &Ok(Key::GLOBAL), cost, want_status),
             None => self.settle_global(b, cost, want_status),
         }
     }
 
     /// The decision a request's cost alone makes: a free one is admitted,
-    /// one above the burst never fits; `None` for the others. One cell
-    /// always fits (the burst is at least 1), with no load.
+    /// one above the burst (of the quota or of the global quota) never
+    /// fits; `None` for the others. One cell always fits (a burst is at
+    /// least 1), with no load.
     #[inline(always)]
     fn by_cost(&self, cost: u32) -> Option<(Verdict, Option<RateLimitStatus>)> {
         if cost == 0 {
             return Some((Verdict::Admit(Admit::UNKNOWN), None));
         }
-        if cost > 1 && cost > self.quota.burst() {
+        if cost > 1 && self.above_burst(cost) {
             return Some((deny(NEVER, DETAIL_COST), None));
         }
         None
+    }
+
+    /// Whether `cost` is above the quota's burst or the global quota's:
+    /// it never fits, and is refused before any bucket is asked.
+    #[inline]
+    pub(crate) fn above_burst(&self, cost: u32) -> bool {
+        cost > self.quota.burst()
+            || self
+                .global
+                .as_ref()
+                .is_some_and(|g| cost > g.quota().burst())
+    }
+
+    /// The bucket that gave a request with `key` its own cells.
+    fn own_bucket(&self, own: Own, key: &Result<Key, MissingKey>) -> Option<OwnBucket<'_>> {
+        match (own, key) {
+            (Own::Primary, _) => match (&self.primary, key) {
+                (Primary::Global(b), _) => Some(OwnBucket::One(b)),
+                (Primary::Keyed(t), Ok(k)) => Some(OwnBucket::Keyed(t, *k)),
+                (Primary::Keyed(_), Err(_)) => None,
+            },
+            (Own::Overflow, Ok(k)) => {
+                let ip = k.ip()?;
+                let table = self.overflow.as_ref()?;
+                Some(OwnBucket::Keyed(table, Prefixes::OVERFLOW.key_of(ip)))
+            }
+            (Own::Overflow, Err(_)) => None,
+            (Own::Fallback, _) => self.fallback_bucket.as_ref().map(OwnBucket::One),
+        }
+    }
+
+    /// `cost` cells for `key` from its own bucket (the routing of
+    /// [`decide_local`](Self::decide_local)), taken for an admission
+    /// within `(from, latest)` (see [`Bucket::take`]): which bucket, its
+    /// quota, and its answer with the refusal's detail; or a refusal no
+    /// wait helps.
+    #[allow(clippy::type_complexity)]
+    fn take_own(
+        &self,
+        key: &Result<Key, MissingKey>,
+        cost: u32,
+        now: Instant,
+        within: (Instant, Instant),
+        want_status: bool,
+    ) -> Result<(Own, &QuotaCell, Took, &'static str), Verdict> {
+        let fallback = |detail| match (&self.fallback, &self.fallback_bucket) {
+            (Fallback::SharedBucket, Some(b)) => Ok((
+                Own::Fallback,
+                b.quota(),
+                b.take(cost, now, within, want_status),
+                detail,
+            )),
+            _ => Err(Verdict::Deny { wait: None, detail }),
+        };
+        let Ok(k) = key else {
+            return fallback(DETAIL_NO_KEY);
+        };
+        match &self.primary {
+            Primary::Global(b) => Ok((
+                Own::Primary,
+                b.quota(),
+                b.take(cost, now, within, want_status),
+                DETAIL_LIMIT,
+            )),
+            Primary::Keyed(t) => match t.take(k, cost, now, within, want_status) {
+                Some(r) => Ok((Own::Primary, t.quota(), r, DETAIL_LIMIT)),
+                None => {
+                    let network = k.ip().map(|ip| Prefixes::OVERFLOW.key_of(ip));
+                    match (&self.overflow, network) {
+                        (Some(table), Some(n)) => {
+                            match table.take(&n, cost, now, within, want_status) {
+                                Some(r) => Ok((Own::Overflow, table.quota(), r, DETAIL_KEYS_FULL)),
+                                None => fallback(DETAIL_KEYS_FULL),
+                            }
+                        }
+                        _ => fallback(DETAIL_KEYS_FULL),
+                    }
+                }
+            },
+        }
+    }
+
+    /// The local decision with a global quota: the request's cells from
+    /// its own bucket, then from the global one; refused by the global
+    /// quota, it gives its own cells back (when no later request took
+    /// cells after them), so that a key is not charged for requests that
+    /// were never admitted.
+    #[inline(never)]
+    fn both(
+        &self,
+        global: &Bucket,
+        key: &Result<Key, MissingKey>,
+        cost: u32,
+        want_status: bool,
+    ) -> (Verdict, Option<RateLimitStatus>) {
+        let now = crate::clock::edge_now();
+        let within = (now, now);
+        let (own, quota, a, taken) = match self.take_own(key, cost, now, within, want_status) {
+            Ok((own, quota, Ok((a, taken)), _)) => (own, quota, a, taken),
+            Ok((_, _, Err(at), detail)) => return (deny(wait_until(now, at), detail), None),
+            Err(refused) => return (refused, None),
+        };
+        match global.take(cost, now, within, want_status) {
+            Ok((ga, _)) => {
+                let mut status = want_status.then(|| self.status(quota.get(), a));
+                // The fields describe the limit closer to refusing: the
+                // global one when it has fewer requests left.
+                if let Some(s) = &mut status {
+                    if ga.remaining < s.remaining {
+                        *s = self.status(global.quota().get(), ga);
+                    }
+                }
+                (Verdict::Admit(a), status)
+            }
+            Err(at) => {
+                if let Some(b) = self.own_bucket(own, key) {
+                    b.give_back(&taken);
+                }
+                (deny(wait_until(now, at), DETAIL_GLOBAL), None)
+            }
+        }
     }
 
     /// `cost` cells from the global bucket `b` (then the extra global limit).
@@ -303,7 +462,6 @@ impl<X, D> Shared<X, D> {
             b.quota(),
             b.check(cost, want_status),
             DETAIL_LIMIT,
-            cost,
             want_status,
         )
     }
@@ -319,7 +477,7 @@ impl<X, D> Shared<X, D> {
     ) -> Step {
         #[cfg(feature = "redis")]
         if let (Some(r), Ok(k)) = (&self.redis, key) {
-            if cost == 0 || cost > self.quota.burst() {
+            if cost == 0 || self.above_burst(cost) {
                 let (v, s) = self.decide_local(key, cost, want_status);
                 return Step::Now(v, s);
             }

@@ -160,18 +160,113 @@ fn gcra(
                 if !want_status {
                     return Ok(Admit::UNKNOWN);
                 }
-                let remaining = (full.saturating_sub(next)).min(tau.saturating_add(t)) / t;
-                let remaining = remaining as u32;
-                let used = burst.saturating_sub(remaining);
-                return Ok(Admit {
-                    remaining,
-                    reset: Duration::from_nanos(t).saturating_mul(used),
-                });
+                return Ok(status(full, next, t, tau, burst));
             }
             Err(actual) => prev = actual,
         }
     }
 }
+
+/// The bucket's state after an admission that left its theoretical
+/// arrival time at `next`, seen when it is `full` (`tau + t` after the
+/// admission's instant).
+#[inline(always)]
+fn status(full: u64, next: u64, t: u64, tau: u64, burst: u32) -> Admit {
+    let remaining = (full.saturating_sub(next)).min(tau.saturating_add(t)) / t;
+    let remaining = remaining as u32;
+    let used = burst.saturating_sub(remaining);
+    Admit {
+        remaining,
+        reset: Duration::from_nanos(t).saturating_mul(used),
+    }
+}
+
+/// Cells a request took from one bucket (see [`take`]): the request
+/// conforms at `at`. Given back, they put the bucket's theoretical arrival
+/// time back from `after` to `before` — only while no later request has
+/// taken cells after them (the time is still `after`); otherwise they stay
+/// spent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Taken {
+    /// When the request conforms: nanoseconds since the bucket's start (its
+    /// `now` for one that conformed at once).
+    at: u64,
+    before: u64,
+    after: u64,
+}
+
+/// GCRA for a request admitted at the first instant, from `max(now,
+/// from)`, at which it conforms, if that is no later than `latest`: its
+/// cells are taken now, the theoretical arrival time moved on as if it were
+/// admitted then, so that requests that wait for cells are given them in
+/// the order they came, each at its own time. For `from` and `latest` at
+/// `now` this is [`gcra`]'s decision (the same admissions, times and
+/// status). `Err(Some(at))`: the request conforms only at `at`, after
+/// `latest` (nothing taken); `Err(None)`: its cost is above the burst.
+/// The status is the bucket's at `at`.
+fn take(
+    cell: &AtomicU64,
+    q: &QuotaCell,
+    now: u64,
+    cost: u32,
+    (from, latest): (u64, u64),
+    want_status: bool,
+) -> Result<(Admit, Taken), Option<u64>> {
+    let (t, tau, burst) = q.gcra();
+    let extra = t.saturating_mul(u64::from(cost.saturating_sub(1)));
+    if cost > 1 && cost > burst {
+        return Err(None);
+    }
+    let from = from.max(now);
+    let mut prev = cell.load(Ordering::Acquire);
+    loop {
+        let tat = if prev == 0 { now } else { prev };
+        let at = tat.saturating_add(extra).saturating_sub(tau).max(from);
+        if at > latest {
+            return Err(Some(at));
+        }
+        let next = tat.max(at).saturating_add(t).saturating_add(extra);
+        match cell.compare_exchange_weak(prev, next, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => {
+                let admit = if want_status {
+                    status(
+                        at.saturating_add(tau).saturating_add(t),
+                        next,
+                        t,
+                        tau,
+                        burst,
+                    )
+                } else {
+                    Admit::UNKNOWN
+                };
+                let taken = Taken {
+                    at,
+                    before: prev,
+                    after: next,
+                };
+                return Ok((admit, taken));
+            }
+            Err(actual) => prev = actual,
+        }
+    }
+}
+
+/// Gives the cells of `taken` back to `cell` if no later request has taken
+/// cells after them; whether it did.
+fn give_back(cell: &AtomicU64, taken: &Taken) -> bool {
+    cell.compare_exchange(
+        taken.after,
+        taken.before,
+        Ordering::AcqRel,
+        Ordering::Acquire,
+    )
+    .is_ok()
+}
+
+/// What [`Bucket::take`] and [`KeyedBuckets::take`] answer: the cells
+/// taken (with the bucket's status at the admission), or the instant the
+/// request would conform (`None`: never, its cost is above the burst).
+pub(crate) type Took = Result<(Admit, Taken), Option<Instant>>;
 
 /// Cuts what the bucket in `cell` owes to one whole burst of the quota in
 /// `q` at `now` (its theoretical arrival time to at most `now + tau + t`):
@@ -244,6 +339,39 @@ impl Bucket {
             charged(self.drains, &self.quota, cost),
             want_status,
         )
+    }
+
+    /// [`take`]: `cost` cells (charged as [`check`](Self::check) charges
+    /// them) for a request admitted at the first instant from `from` (and
+    /// `now`) at which it conforms, if that is no later than `latest`.
+    pub(crate) fn take(
+        &self,
+        cost: u32,
+        now: Instant,
+        (from, latest): (Instant, Instant),
+        want_status: bool,
+    ) -> Took {
+        let ns = |at| crate::clock::nanos_between(self.start, at);
+        take(
+            &self.tat,
+            &self.quota,
+            ns(now),
+            charged(self.drains, &self.quota, cost),
+            (ns(from), ns(latest)),
+            want_status,
+        )
+        .map_err(|at| at.map(|at| self.at(at)))
+    }
+
+    /// Gives cells taken by [`take`](Self::take) back, if no later request
+    /// took cells after them; whether it did.
+    pub(crate) fn give_back(&self, taken: &Taken) -> bool {
+        give_back(&self.tat, taken)
+    }
+
+    /// The instant `ns` nanoseconds after the bucket's start.
+    fn at(&self, ns: u64) -> Instant {
+        self.start + Duration::from_nanos(ns)
     }
 
     pub(crate) fn quota(&self) -> &QuotaCell {
@@ -328,15 +456,16 @@ impl KeyedBuckets {
         self
     }
 
-    /// One check; `Err(())` for a new key at the cap. The second value says
-    /// whether a sweep is due (this call inserted the `sweep_every`-th key).
+    /// `op` on the bucket of `key` (inserted if new); `None` for a new key
+    /// at the cap. The second value says whether a sweep is due (this call
+    /// inserted the `sweep_every`-th key).
     #[inline]
-    fn check_once(&self, key: &Key, now: u64, cost: u32, want_status: bool) -> (KeyedCheck, bool) {
-        let checked = self.map.with(
+    fn once<R>(&self, key: &Key, op: impl FnOnce(&AtomicU64) -> R) -> (Option<R>, bool) {
+        let done = self.map.with(
             key,
             || AtomicU64::new(0),
             |tat, new| {
-                let r = gcra(tat, &self.quota, now, cost, want_status);
+                let r = op(tat);
                 let due = new
                     && (self.inserts.fetch_add(1, Ordering::Relaxed) + 1)
                         % self.settings.sweep_every
@@ -344,10 +473,25 @@ impl KeyedBuckets {
                 (r, due)
             },
         );
-        match checked {
-            Some((r, due)) => (KeyedCheck::Decided(r), due),
-            None => (KeyedCheck::Full, false),
+        match done {
+            Some((r, due)) => (Some(r), due),
+            None => (None, false),
         }
+    }
+
+    /// `op` on the bucket of `key`, at `now`: a new key at the cap evicts
+    /// idle keys (if a sweep is allowed now) and tries once more; `None`
+    /// when it still finds no room.
+    #[inline]
+    fn on_bucket<R>(&self, key: &Key, now: u64, op: impl Fn(&AtomicU64) -> R) -> Option<R> {
+        let (r, sweep_due) = match self.once(key, &op) {
+            (None, _) if self.sweep_at(now) => self.once(key, &op),
+            r => r,
+        };
+        if sweep_due {
+            self.sweep_at(now);
+        }
+        r
     }
 
     /// One cell for `key`: one map lookup for a known key.
@@ -355,18 +499,45 @@ impl KeyedBuckets {
     pub(crate) fn check(&self, key: &Key, cost: u32, want_status: bool) -> KeyedCheck {
         let now = nanos_since(self.start);
         let cost = charged(self.drains, &self.quota, cost);
-        let (r, sweep_due) = match self.check_once(key, now, cost, want_status) {
-            // New key at the cap: evict idle keys (if a sweep is allowed
-            // now), then try once more.
-            (KeyedCheck::Full, _) if self.sweep_at(now) => {
-                self.check_once(key, now, cost, want_status)
-            }
-            r => r,
-        };
-        if sweep_due {
-            self.sweep_at(now);
+        match self.on_bucket(key, now, |tat| {
+            gcra(tat, &self.quota, now, cost, want_status)
+        }) {
+            Some(r) => KeyedCheck::Decided(r),
+            None => KeyedCheck::Full,
         }
-        r
+    }
+
+    /// [`Bucket::take`] on the bucket of `key`; `None` for a new key at the
+    /// cap (as [`check`](Self::check)'s `Full`).
+    pub(crate) fn take(
+        &self,
+        key: &Key,
+        cost: u32,
+        now: Instant,
+        (from, latest): (Instant, Instant),
+        want_status: bool,
+    ) -> Option<Took> {
+        let ns = |at| crate::clock::nanos_between(self.start, at);
+        let now = ns(now);
+        let cost = charged(self.drains, &self.quota, cost);
+        let within = (ns(from), ns(latest));
+        let r = self.on_bucket(key, now, |tat| {
+            take(tat, &self.quota, now, cost, within, want_status)
+        })?;
+        Some(r.map_err(|at| at.map(|at| self.at(at))))
+    }
+
+    /// [`Bucket::give_back`] to the bucket of `key` (none if the key is no
+    /// longer tracked).
+    pub(crate) fn give_back(&self, key: &Key, taken: &Taken) -> bool {
+        self.map
+            .read(key, |tat| give_back(tat, taken))
+            .unwrap_or(false)
+    }
+
+    /// The instant `ns` nanoseconds after the table's start.
+    fn at(&self, ns: u64) -> Instant {
+        self.start + Duration::from_nanos(ns)
     }
 
     /// Evicts idle keys; returns whether a sweep ran.
@@ -516,6 +687,7 @@ mod tests {
                 Quota::new(5, Duration::from_millis(300)),
             ] {
                 let ours = Bucket::new(quota, "q").unwrap();
+                let taking = Bucket::new(quota, "q").unwrap();
                 let keyed = KeyedBuckets::new(quota, settings(100)).unwrap();
                 let theirs =
                     RateLimiter::direct_with_clock(governor_quota(quota), TokioClock::new())
@@ -541,11 +713,15 @@ mod tests {
                         Ok(Err(nu)) => Err(nu.wait_time_from(TokioClock::new().now())),
                     };
                     let n = NonZeroU32::new(cost).unwrap();
-                    assert_eq!(
-                        ours.check(cost, true),
-                        decide(theirs.check_n(n)),
-                        "{quota:?}, cost {cost}"
-                    );
+                    let checked = ours.check(cost, true);
+                    assert_eq!(checked, decide(theirs.check_n(n)), "{quota:?}, cost {cost}");
+                    // Taking cells for now alone decides as a check does.
+                    let now = Instant::now();
+                    let took = taking
+                        .take(cost, now, (now, now), true)
+                        .map(|(a, _)| a)
+                        .map_err(|at| at.map_or(NEVER, |at| at - now));
+                    assert_eq!(took, checked, "{quota:?}, cost {cost}");
                     assert_eq!(
                         keyed.check(&Key::from_u64(key), cost, true),
                         KeyedCheck::Decided(decide(theirs_keyed.check_key_n(&key, n))),

@@ -167,6 +167,92 @@ async fn global_quota_applies_on_top_of_per_key_quota() {
     );
 }
 
+/// A request the global quota refuses gives its key's cells back: a
+/// tenant refused three times while another filled the global quota is
+/// admitted when the global quota has room again (its key's three cells
+/// were spent by the refusals: it was told to wait 19 s more).
+#[tokio::test(start_paused = true)]
+async fn a_request_the_global_quota_refuses_gives_its_key_s_cells_back() {
+    let recorder = Recorder::new();
+    // Per key: a burst of 3, one cell every 20 s; in total: one a second.
+    let layer = RateLimitLayer::builder(Quota::per_minute(3))
+        .keyed(|x: &u64| Some(Key::from_u64(*x / 1000)))
+        .global_quota(Quota::per_second(1))
+        .observer(Observer::new(recorder.clone()))
+        .build()
+        .unwrap();
+    let mut svc = layer.layer(echo());
+    assert_eq!(call(&mut svc, 1000).await.unwrap(), 1000, "tenant B");
+    for a in 1..=3 {
+        let err = call(&mut svc, a).await.unwrap_err();
+        assert_eq!(retry_after(&err), Some(Duration::from_secs(1)), "A{a}");
+    }
+    assert_eq!(
+        recorder.count(|e| matches!(
+            e.kind,
+            EventKind::Rejected {
+                detail: "global_limit",
+                ..
+            }
+        )),
+        3
+    );
+    advance(Duration::from_secs(1)).await;
+    assert_eq!(
+        call(&mut svc, 4).await.unwrap(),
+        4,
+        "tenant A's cells are there"
+    );
+    // And the key's burst is whole but that one cell: two more (each a
+    // second apart, for the global quota), then 20 s.
+    for a in 5..=6 {
+        advance(Duration::from_secs(1)).await;
+        assert_eq!(call(&mut svc, a).await.unwrap(), a);
+    }
+    advance(Duration::from_secs(1)).await;
+    let err = call(&mut svc, 7).await.unwrap_err();
+    assert_eq!(retry_after(&err), Some(Duration::from_secs(17)));
+}
+
+/// A request costing more than the global quota's burst (within its key's)
+/// never fits: refused at once, with no `retry_after`, before its key's
+/// bucket is asked. The key keeps its whole burst: five 2-cell requests
+/// a second apart (the global burst of 2 refills each second).
+#[tokio::test(start_paused = true)]
+async fn a_request_above_the_global_burst_takes_nothing_from_its_key() {
+    let recorder = Recorder::new();
+    let layer = RateLimitLayer::builder(Quota::per_minute(10))
+        .keyed(|x: &u64| Some(Key::from_u64(*x / 1000)))
+        .cost(|x: &u64| (*x % 1000) as u32)
+        .global_quota(Quota::per_second(2))
+        .observer(Observer::new(recorder.clone()))
+        .build()
+        .unwrap();
+    let mut svc = layer.layer(echo());
+    let err = call(&mut svc, 5).await.unwrap_err();
+    assert_eq!(retry_after(&err), None);
+    assert_eq!(
+        recorder.count(|e| matches!(
+            e.kind,
+            EventKind::Rejected {
+                detail: "cost_above_burst",
+                ..
+            }
+        )),
+        1
+    );
+    for i in 0..5 {
+        assert_eq!(call(&mut svc, 2).await.unwrap(), 2, "2-cell request {i}");
+        advance(Duration::from_secs(1)).await;
+    }
+    let err = call(&mut svc, 2).await.unwrap_err();
+    assert_eq!(
+        rejection_of(&err).unwrap().kind(),
+        RejectionKind::RateLimited,
+        "the key's 10 cells are spent"
+    );
+}
+
 async fn futures_ok<S>(svc: &mut S, base: u64, n: u64) -> usize
 where
     S: Service<u64, Response = u64, Error = BoxError>,
