@@ -25,10 +25,23 @@ pub enum Mode {
     #[default]
     Reject,
     /// Wait for a cell, up to `max` — and never past the request's deadline
-    /// ([`deadline::current()`](crate::deadline::current)). A request whose
-    /// wait would exceed either fails at once with `RateLimited`. A request
-    /// that waits keeps its wait (timer, key, request) in one allocation;
-    /// one admitted at once allocates nothing.
+    /// ([`deadline::current()`](crate::deadline::current)). A request that
+    /// finds no cell takes its cells at once for the first instant they are
+    /// free (from its own bucket and a
+    /// [`global_quota`](super::RateLimitLayerBuilder::global_quota)'s, for
+    /// the later of their two times), as if it were admitted then, and is
+    /// called at that instant without another check: waiting requests are
+    /// served in the order they came, each at its own time. One whose time
+    /// would come after `max` fails at once with `RateLimited` (its
+    /// `retry_after` the wait until that time); after its deadline, at once
+    /// with `DeadlineExceeded`. Dropped before its time, a request gives
+    /// its cells back, unless a later request took cells after them (those
+    /// stay spent, and the later requests keep their times). Through Redis
+    /// (requests with a key) a waiting request takes no cells: it waits for
+    /// the time Redis told it, then asks again, so requests waiting on one
+    /// key may be told the same time, and all but one wait again. A request
+    /// that waits keeps its wait (timer, key, request, cells) in one
+    /// allocation; one admitted at once allocates nothing.
     Wait {
         /// The longest wait (`Duration::MAX`: no maximum of the layer's
         /// own; the request's deadline still bounds it).
@@ -101,6 +114,37 @@ impl OwnBucket<'_> {
             OwnBucket::Keyed(t, k) => t.give_back(k, taken),
         }
     }
+
+    fn retime(&self, taken: &mut Taken, to: Instant) -> bool {
+        match self {
+            OwnBucket::One(b) => b.retime(taken, to),
+            OwnBucket::Keyed(t, k) => t.retime(k, taken, to),
+        }
+    }
+}
+
+/// The cells a waiting request took: its own bucket's and the global
+/// quota's (see [`Shared::reserve`]), given back if it is dropped before
+/// its time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Held {
+    own: Own,
+    taken: Taken,
+    global: Option<Taken>,
+}
+
+/// A waiting request's decision ([`Shared::reserve`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reserve {
+    /// Admitted at once, or refused (with the wait until its time when that
+    /// comes too late).
+    Now(Verdict, Option<RateLimitStatus>),
+    /// Its cells are taken for `at`: called then, without another check.
+    Later {
+        at: Instant,
+        status: Option<RateLimitStatus>,
+        held: Held,
+    },
 }
 
 pub(crate) enum Step {
@@ -267,8 +311,8 @@ impl<X, D> Shared<X, D> {
                 },
             );
         }
-        if let Some(g) = &self.global {
-            return self.both(g, key, cost, want_status);
+        if self.global.is_some() {
+            return self.both(key, cost, want_status);
         }
         let Ok(key) = key else {
             return self.fallback(DETAIL_NO_KEY, cost, want_status);
@@ -309,7 +353,7 @@ impl<X, D> Shared<X, D> {
             return decided;
         }
         match &self.global {
-            Some(g) => self.both(g, &Ok(Key::GLOBAL), cost, want_status),
+            Some(_) => self.both(&Ok(Key::GLOBAL), cost, want_status),
             None => self.settle_global(b, cost, want_status),
         }
     }
@@ -417,21 +461,89 @@ impl<X, D> Shared<X, D> {
     #[inline(never)]
     fn both(
         &self,
-        global: &Bucket,
         key: &Result<Key, MissingKey>,
         cost: u32,
         want_status: bool,
     ) -> (Verdict, Option<RateLimitStatus>) {
         let now = crate::clock::edge_now();
-        let within = (now, now);
-        let (own, quota, a, taken) = match self.take_own(key, cost, now, within, want_status) {
-            Ok((own, quota, Ok((a, taken)), _)) => (own, quota, a, taken),
-            Ok((_, _, Err(at), detail)) => return (deny(wait_until(now, at), detail), None),
-            Err(refused) => return (refused, None),
+        match self.take_cells(key, cost, want_status, now, now) {
+            Ok((a, status, _, _)) => (Verdict::Admit(a), status),
+            Err(refused) => (refused, None),
+        }
+    }
+
+    /// Whether a waiting request with `key` takes its cells when it starts
+    /// to wait ([`reserve`](Self::reserve)): a local decision. Through
+    /// Redis it asks again when its wait is over.
+    pub(crate) fn reserves(&self, key: &Result<Key, MissingKey>) -> bool {
+        #[cfg(feature = "redis")]
+        if self.redis.is_some() && key.is_ok() {
+            return false;
+        }
+        let _ = key;
+        true
+    }
+
+    /// A waiting request's decision (a local one: see
+    /// [`reserves`](Self::reserves)): its cells, from its own bucket and the
+    /// global quota's, taken now for the first instant at which it conforms,
+    /// if that is no later than `latest`, as if it were admitted then —
+    /// requests that wait are given cells in the order they came, each at
+    /// its own time, and one whose time would come after `latest` is
+    /// refused at once with the wait until that time (nothing taken).
+    pub(crate) fn reserve(
+        &self,
+        key: &Result<Key, MissingKey>,
+        cost: u32,
+        want_status: bool,
+        now: Instant,
+        latest: Instant,
+    ) -> Reserve {
+        match self.take_cells(key, cost, want_status, now, latest) {
+            Ok((a, status, at, _)) if at <= now => Reserve::Now(Verdict::Admit(a), status),
+            Ok((_, status, at, held)) => Reserve::Later { at, status, held },
+            Err(refused) => Reserve::Now(refused, None),
+        }
+    }
+
+    /// `cost` cells for `key` from its own bucket, then from the global
+    /// quota's (if any), for the first instant at which both have them,
+    /// if that is no later than `latest`: the admission (its status), its
+    /// instant and the cells taken; or the refusal. The own bucket counts
+    /// the request at the global quota's later time when no later request
+    /// took cells after it (otherwise at its own, earlier, time: the
+    /// request is still called at the later one).
+    #[allow(clippy::type_complexity)]
+    fn take_cells(
+        &self,
+        key: &Result<Key, MissingKey>,
+        cost: u32,
+        want_status: bool,
+        now: Instant,
+        latest: Instant,
+    ) -> Result<(Admit, Option<RateLimitStatus>, Instant, Held), Verdict> {
+        let (own, quota, (a, mut taken, mut at)) =
+            match self.take_own(key, cost, now, (now, latest), want_status)? {
+                (own, quota, Ok(took), _) => (own, quota, took),
+                (_, _, Err(at), detail) => return Err(deny(wait_until(now, at), detail)),
+            };
+        let mut status = want_status.then(|| self.status(quota.get(), a));
+        let Some(global) = &self.global else {
+            let held = Held {
+                own,
+                taken,
+                global: None,
+            };
+            return Ok((a, status, at, held));
         };
-        match global.take(cost, now, within, want_status) {
-            Ok((ga, _)) => {
-                let mut status = want_status.then(|| self.status(quota.get(), a));
+        match global.take(cost, now, (at, latest), want_status) {
+            Ok((ga, global_taken, global_at)) => {
+                if global_at > at {
+                    if let Some(b) = self.own_bucket(own, key) {
+                        b.retime(&mut taken, global_at);
+                    }
+                    at = global_at;
+                }
                 // The fields describe the limit closer to refusing: the
                 // global one when it has fewer requests left.
                 if let Some(s) = &mut status {
@@ -439,14 +551,31 @@ impl<X, D> Shared<X, D> {
                         *s = self.status(global.quota().get(), ga);
                     }
                 }
-                (Verdict::Admit(a), status)
+                let held = Held {
+                    own,
+                    taken,
+                    global: Some(global_taken),
+                };
+                Ok((a, status, at, held))
             }
-            Err(at) => {
+            Err(global_at) => {
                 if let Some(b) = self.own_bucket(own, key) {
                     b.give_back(&taken);
                 }
-                (deny(wait_until(now, at), DETAIL_GLOBAL), None)
+                Err(deny(wait_until(now, global_at), DETAIL_GLOBAL))
             }
+        }
+    }
+
+    /// Gives back the cells a waiting request took (it was dropped before
+    /// its time): each bucket's, if no later request took cells after
+    /// them there; otherwise they stay spent.
+    pub(crate) fn give_back(&self, held: &Held, key: &Result<Key, MissingKey>) {
+        if let (Some(g), Some(taken)) = (&self.global, &held.global) {
+            g.give_back(taken);
+        }
+        if let Some(b) = self.own_bucket(held.own, key) {
+            b.give_back(&held.taken);
         }
     }
 

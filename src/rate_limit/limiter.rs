@@ -193,6 +193,8 @@ pub(crate) struct Taken {
     at: u64,
     before: u64,
     after: u64,
+    /// The time its cells stand for, `t × cost`.
+    span: u64,
 }
 
 /// GCRA for a request admitted at the first instant, from `max(now,
@@ -225,7 +227,8 @@ fn take(
         if at > latest {
             return Err(Some(at));
         }
-        let next = tat.max(at).saturating_add(t).saturating_add(extra);
+        let base = tat.max(at);
+        let next = base.saturating_add(t).saturating_add(extra);
         match cell.compare_exchange_weak(prev, next, Ordering::AcqRel, Ordering::Acquire) {
             Ok(_) => {
                 let admit = if want_status {
@@ -243,6 +246,7 @@ fn take(
                     at,
                     before: prev,
                     after: next,
+                    span: next - base,
                 };
                 return Ok((admit, taken));
             }
@@ -263,10 +267,28 @@ fn give_back(cell: &AtomicU64, taken: &Taken) -> bool {
     .is_ok()
 }
 
+/// Moves the admission of cells `taken` from `cell` on to `to` (later than
+/// its time): the bucket counts the request then, as if it had come then
+/// (a request that waits for another bucket too, called at the later of
+/// their times). Only while no later request has taken cells after it;
+/// whether it moved.
+fn retime(cell: &AtomicU64, taken: &mut Taken, to: u64) -> bool {
+    let after = taken.after.max(to.saturating_add(taken.span));
+    let moved = cell
+        .compare_exchange(taken.after, after, Ordering::AcqRel, Ordering::Acquire)
+        .is_ok();
+    if moved {
+        taken.after = after;
+        taken.at = to;
+    }
+    moved
+}
+
 /// What [`Bucket::take`] and [`KeyedBuckets::take`] answer: the cells
-/// taken (with the bucket's status at the admission), or the instant the
-/// request would conform (`None`: never, its cost is above the burst).
-pub(crate) type Took = Result<(Admit, Taken), Option<Instant>>;
+/// taken (with the bucket's status at the admission, and its instant), or
+/// the instant the request would conform (`None`: never, its cost is above
+/// the burst).
+pub(crate) type Took = Result<(Admit, Taken, Instant), Option<Instant>>;
 
 /// Cuts what the bucket in `cell` owes to one whole burst of the quota in
 /// `q` at `now` (its theoretical arrival time to at most `now + tau + t`):
@@ -360,6 +382,7 @@ impl Bucket {
             (ns(from), ns(latest)),
             want_status,
         )
+        .map(|(a, taken)| (a, taken, self.at(taken.at)))
         .map_err(|at| at.map(|at| self.at(at)))
     }
 
@@ -367,6 +390,16 @@ impl Bucket {
     /// took cells after them; whether it did.
     pub(crate) fn give_back(&self, taken: &Taken) -> bool {
         give_back(&self.tat, taken)
+    }
+
+    /// Moves the admission of cells taken by [`take`](Self::take) on to
+    /// `to`, if no later request took cells after them; whether it did.
+    pub(crate) fn retime(&self, taken: &mut Taken, to: Instant) -> bool {
+        retime(
+            &self.tat,
+            taken,
+            crate::clock::nanos_between(self.start, to),
+        )
     }
 
     /// The instant `ns` nanoseconds after the bucket's start.
@@ -524,7 +557,10 @@ impl KeyedBuckets {
         let r = self.on_bucket(key, now, |tat| {
             take(tat, &self.quota, now, cost, within, want_status)
         })?;
-        Some(r.map_err(|at| at.map(|at| self.at(at))))
+        Some(
+            r.map(|(a, taken)| (a, taken, self.at(taken.at)))
+                .map_err(|at| at.map(|at| self.at(at))),
+        )
     }
 
     /// [`Bucket::give_back`] to the bucket of `key` (none if the key is no
@@ -532,6 +568,14 @@ impl KeyedBuckets {
     pub(crate) fn give_back(&self, key: &Key, taken: &Taken) -> bool {
         self.map
             .read(key, |tat| give_back(tat, taken))
+            .unwrap_or(false)
+    }
+
+    /// [`Bucket::retime`] on the bucket of `key`.
+    pub(crate) fn retime(&self, key: &Key, taken: &mut Taken, to: Instant) -> bool {
+        let to = crate::clock::nanos_between(self.start, to);
+        self.map
+            .read(key, |tat| retime(tat, taken, to))
             .unwrap_or(false)
     }
 
@@ -719,7 +763,7 @@ mod tests {
                     let now = Instant::now();
                     let took = taking
                         .take(cost, now, (now, now), true)
-                        .map(|(a, _)| a)
+                        .map(|(a, _, _)| a)
                         .map_err(|at| at.map_or(NEVER, |at| at - now));
                     assert_eq!(took, checked, "{quota:?}, cost {cost}");
                     assert_eq!(

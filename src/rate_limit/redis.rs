@@ -118,6 +118,11 @@ pub enum FailurePolicy {
 /// crate's connection API returns boxed futures that borrow the connection,
 /// so this one path allocates; the local limiter never does.
 ///
+/// In [`Mode::Wait`](crate::rate_limit::Mode::Wait), a request Redis refuses
+/// waits for the time Redis told it and asks again: the script takes no
+/// cells for a later instant (the local limiter does), so requests waiting
+/// on one key may be told one time, and all but one wait again.
+///
 /// The script keeps time in microseconds (Redis's clock): the quota's
 /// period is sent rounded up to a whole microsecond, never looser than the
 /// quota (`Quota::per_second(400_000)`, 2.5 µs, runs at 3 µs: 333 333 a
