@@ -137,6 +137,18 @@ impl<V> BoundedMap<V> {
         self.evicted.load(Ordering::Relaxed)
     }
 
+    /// `f` applied to the value of `key`, if it is held (no insertion).
+    pub(crate) fn read<R>(&self, key: &Key, f: impl FnOnce(&V) -> R) -> Option<R> {
+        self.map.get(key).map(|v| f(&v))
+    }
+
+    /// `f` applied to every value held (each shard read-locked in turn).
+    pub(crate) fn for_each(&self, mut f: impl FnMut(&V)) {
+        for entry in self.map.iter() {
+            f(entry.value());
+        }
+    }
+
     /// A clone of the value of `key`, if it is held.
     #[cfg_attr(not(feature = "keyed"), allow(dead_code))]
     pub(crate) fn get_cloned(&self, key: &Key) -> Option<V>

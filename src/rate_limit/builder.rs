@@ -115,7 +115,8 @@ impl<X, D> RateLimitLayerBuilder<X, D> {
     /// 20, a search 5, …; 0 is free), with the local limiter and with Redis
     /// alike: the request waits, or its `retry_after` says, until that many
     /// cells are free, and the `RateLimit` header's `r` counts cells. A
-    /// request that costs more than the quota's burst can never pass: it is
+    /// request that costs more than the quota's burst (or than the
+    /// [`global_quota`](Self::global_quota)'s) can never pass: it is
     /// refused at once with [`RateLimited`](crate::error::RateLimited), no
     /// `retry_after` (event detail `"cost_above_burst"`; size the burst for
     /// your most expensive request). Call it after
@@ -213,7 +214,10 @@ impl<X, D> RateLimitLayerBuilder<X, D> {
 
     /// Also applies one global `quota` to every request, after its per-key
     /// limit admitted it (per tenant *and* in total). A request the global
-    /// limit refuses has still spent its key's cell. Response fields
+    /// limit refuses gives its key's cells back (unless a later request of
+    /// the key took cells after them; through [`redis`](Self::redis), a
+    /// key's cells kept in Redis stay spent). A request costing more than
+    /// either burst is refused at once, before either is asked. Response fields
     /// ([`response_headers`](Self::response_headers)) describe whichever of
     /// the two has fewer requests left. For more limits, stack layers.
     pub fn global_quota(mut self, quota: Quota) -> Self {

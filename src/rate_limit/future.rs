@@ -13,7 +13,7 @@ use super::decorate::{Decorate, RateLimitStatus};
 use super::key::{Key, KeyExtractor, MissingKey};
 #[cfg(feature = "redis")]
 use super::layer::DETAIL_DEADLINE_IN_BACKEND;
-use super::layer::{DETAIL_DEADLINE_BEFORE_CELL, DETAIL_WAIT_TOO_LONG, Shared, Step};
+use super::layer::{DETAIL_DEADLINE_BEFORE_CELL, DETAIL_WAIT_TOO_LONG, Held, Shared, Step};
 use super::limiter::Verdict;
 use crate::error::{BoxError, RateLimited, RejectionKind};
 use crate::observe::{EventKind, LayerKind};
@@ -23,7 +23,9 @@ pin_project! {
     /// call, an immediate rejection, a wait for a cell ([`Mode::Wait`](super::Mode)),
     /// or (feature `redis`) the round trip to Redis.
     ///
-    /// Dropping it mid-wait releases nothing: a rate limiter holds no permit.
+    /// Dropped while it waits for cells it took ([`Mode::Wait`](super::Mode)),
+    /// it gives them back, unless a later request took cells after them
+    /// (they stay spent).
     #[project = Proj]
     pub struct ResponseFuture<F, S, Req, X, D> {
         #[pin]
@@ -55,11 +57,15 @@ pin_project! {
 }
 
 pin_project! {
-    /// A request waiting for its cell.
+    /// A request waiting for its cell: the cells it took, given back if it
+    /// is dropped before its time; or (through Redis) none, asking again
+    /// when the wait is over.
     #[project = WaitProj]
     struct Wait<S, Req, X, D> {
         #[pin]
         sleep: Sleep,
+        // The cells taken for the end of the sleep (and the status then).
+        held: Option<(Held, Option<RateLimitStatus>)>,
         // The latest admission by the layer's maximum wait (`max` after
         // the request came), and the request's deadline.
         by_max: Instant,
@@ -75,13 +81,30 @@ pin_project! {
         admitted: Option<Option<RateLimitStatus>>,
         shared: Arc<Shared<X, D>>,
     }
+    impl<S, Req, X, D> PinnedDrop for Wait<S, Req, X, D> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if let Some((held, _)) = this.held.take() {
+                this.shared.give_back(&held, this.key);
+            }
+        }
+    }
 }
 
 pin_project! {
     /// A request waiting for Redis's decision.
+    ///
+    /// Dropped while its call is pending (its caller gave up first: a
+    /// timeout of its own, a client gone), the call is judged as a deadline
+    /// cut's is: it goes on apart until Redis answers or the backend's
+    /// timeout runs out (else a hung Redis whose callers all give up
+    /// before that timeout was never judged, and never degraded).
     #[project = RedisWaitProj]
     struct RedisWait<S, Req, X, D> {
         call: RedisCall,
+        // The call's outcome was taken (or the call handed on to be judged
+        // apart): nothing to judge when dropped.
+        settled: bool,
         #[pin]
         timer: Sleep,
         // The request's deadline ends the round trip before the backend's
@@ -97,6 +120,28 @@ pin_project! {
         admitted: Option<Option<RateLimitStatus>>,
         shared: Arc<Shared<X, D>>,
     }
+    impl<S, Req, X, D> PinnedDrop for RedisWait<S, Req, X, D> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if !*this.settled {
+                judge_apart(this.shared, this.call);
+            }
+        }
+    }
+}
+
+/// A pending Redis call whose request no longer waits for it, judged apart
+/// (see [`RedisState::cut`](super::redis::RedisState::cut)).
+#[cfg(feature = "redis")]
+fn judge_apart<X, D>(shared: &Shared<X, D>, call: &mut RedisCall) {
+    if let Some(r) = &shared.redis {
+        r.cut(&shared.observer, &shared.name, call);
+    }
+}
+
+#[cfg(not(feature = "redis"))]
+fn judge_apart<X, D>(_: &Shared<X, D>, call: &mut RedisCall) {
+    match *call {}
 }
 
 #[cfg(feature = "redis")]
@@ -199,11 +244,15 @@ impl<F, S, Req, X, D> ResponseFuture<F, S, Req, X, D> {
         }
     }
 
+    /// A request that waits until `until`: for the cells it took
+    /// (`held`, with its status), called then; or, with none, to ask again.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn waiting(
         until: Instant,
         by_max: Instant,
         deadline: Option<Instant>,
         key: Result<Key, MissingKey>,
+        held: Option<(Held, Option<RateLimitStatus>)>,
         svc: S,
         req: Req,
         shared: &Arc<Shared<X, D>>,
@@ -212,6 +261,7 @@ impl<F, S, Req, X, D> ResponseFuture<F, S, Req, X, D> {
             state: State::Waiting {
                 inner: Box::pin(Wait {
                     sleep: tokio::time::sleep_until(until),
+                    held,
                     by_max,
                     deadline,
                     key,
@@ -247,6 +297,7 @@ impl<F, S, Req, X, D> ResponseFuture<F, S, Req, X, D> {
             state: State::Redis {
                 inner: Box::pin(RedisWait {
                     call,
+                    settled: false,
                     timer: tokio::time::sleep_until(until),
                     cut_by_deadline,
                     by_max,
@@ -299,8 +350,17 @@ where
                 if now + w <= limit {
                     match (svc.take(), req.take()) {
                         (Some(s), Some(r)) => {
-                            ResponseFuture::waiting(now + w, by_max, deadline, key, s, r, shared)
-                                .state
+                            ResponseFuture::waiting(
+                                now + w,
+                                by_max,
+                                deadline,
+                                key,
+                                None,
+                                s,
+                                r,
+                                shared,
+                            )
+                            .state
                         }
                         _ => spent(),
                     }
@@ -428,6 +488,7 @@ where
                 edge.get_or_insert_with(crate::clock::Edge::enter);
                 let WaitProj {
                     sleep,
+                    held,
                     by_max,
                     deadline,
                     key,
@@ -437,6 +498,12 @@ where
                     shared,
                 } = inner.as_mut().project();
                 if let Some(status) = *admitted {
+                    ready!(ready_then_call(svc, req, status, shared, cx))
+                } else if held.is_some() {
+                    ready!(sleep.poll(cx));
+                    // Its time: the cells it took admit it, no check again.
+                    let status = held.take().and_then(|(_, status)| status);
+                    *admitted = Some(status);
                     ready!(ready_then_call(svc, req, status, shared, cx))
                 } else {
                     ready!(sleep.poll(cx));
@@ -478,6 +545,7 @@ where
                 edge.get_or_insert_with(crate::clock::Edge::enter);
                 let RedisWaitProj {
                     call,
+                    settled,
                     timer,
                     cut_by_deadline,
                     by_max,
@@ -500,13 +568,14 @@ where
                         None
                     }
                 };
+                // Judged here, by its outcome or its timeout, or cut below:
+                // not again when dropped.
+                *settled = true;
                 if outcome.is_none() && *cut_by_deadline {
                     // Out of time before Redis answered: the request
                     // fails, and Redis is judged by its own timeout, not
                     // by this request's budget.
-                    if let Some(r) = &shared.redis {
-                        r.cut(&shared.observer, &shared.name, call);
-                    }
+                    judge_apart(shared, call);
                     let new = ResponseFuture::deadline_exceeded(shared, DETAIL_DEADLINE_IN_BACKEND);
                     state.set(new.state);
                     continue;

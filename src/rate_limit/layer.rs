@@ -2,11 +2,14 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::time::Instant;
 use tower_layer::Layer;
 
 use super::decorate::{NoHeaders, RateLimitStatus};
 use super::key::{Global, Key, MissingKey, Prefixes};
-use super::limiter::{Admit, Bucket, KeyedBuckets, KeyedCheck, NEVER, QuotaCell, Verdict};
+use super::limiter::{
+    Admit, Bucket, KeyedBuckets, KeyedCheck, NEVER, QuotaCell, Taken, Took, Verdict,
+};
 use super::quota::Quota;
 use super::service::RateLimit;
 use crate::error::{ConfigError, Name};
@@ -22,12 +25,26 @@ pub enum Mode {
     #[default]
     Reject,
     /// Wait for a cell, up to `max` — and never past the request's deadline
-    /// ([`deadline::current()`](crate::deadline::current)). A request whose
-    /// wait would exceed either fails at once with `RateLimited`. A request
-    /// that waits keeps its wait (timer, key, request) in one allocation;
-    /// one admitted at once allocates nothing.
+    /// ([`deadline::current()`](crate::deadline::current)). A request that
+    /// finds no cell takes its cells at once for the first instant they are
+    /// free (from its own bucket and a
+    /// [`global_quota`](super::RateLimitLayerBuilder::global_quota)'s, for
+    /// the later of their two times), as if it were admitted then, and is
+    /// called at that instant without another check: waiting requests are
+    /// served in the order they came, each at its own time. One whose time
+    /// would come after `max` fails at once with `RateLimited` (its
+    /// `retry_after` the wait until that time); after its deadline, at once
+    /// with `DeadlineExceeded`. Dropped before its time, a request gives
+    /// its cells back, unless a later request took cells after them (those
+    /// stay spent, and the later requests keep their times). Through Redis
+    /// (requests with a key) a waiting request takes no cells: it waits for
+    /// the time Redis told it, then asks again, so requests waiting on one
+    /// key may be told the same time, and all but one wait again. A request
+    /// that waits keeps its wait (timer, key, request, cells) in one
+    /// allocation; one admitted at once allocates nothing.
     Wait {
-        /// The longest wait.
+        /// The longest wait (`Duration::MAX`: no maximum of the layer's
+        /// own; the request's deadline still bounds it).
         max: Duration,
     },
 }
@@ -72,6 +89,64 @@ pub(crate) enum Primary {
     Keyed(KeyedBuckets),
 }
 
+/// Which bucket gave a request its own cells (the request's key says
+/// which of a table's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Own {
+    /// Its key's (or the one global bucket's).
+    Primary,
+    /// Its network's, in the overflow table.
+    Overflow,
+    /// The keyless fallback's.
+    Fallback,
+}
+
+/// A request's own bucket, found again.
+enum OwnBucket<'a> {
+    One(&'a Bucket),
+    Keyed(&'a KeyedBuckets, Key),
+}
+
+impl OwnBucket<'_> {
+    fn give_back(&self, taken: &Taken) -> bool {
+        match self {
+            OwnBucket::One(b) => b.give_back(taken),
+            OwnBucket::Keyed(t, k) => t.give_back(k, taken),
+        }
+    }
+
+    fn retime(&self, taken: &mut Taken, to: Instant) -> bool {
+        match self {
+            OwnBucket::One(b) => b.retime(taken, to),
+            OwnBucket::Keyed(t, k) => t.retime(k, taken, to),
+        }
+    }
+}
+
+/// The cells a waiting request took: its own bucket's and the global
+/// quota's (see [`Shared::reserve`]), given back if it is dropped before
+/// its time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Held {
+    own: Own,
+    taken: Taken,
+    global: Option<Taken>,
+}
+
+/// A waiting request's decision ([`Shared::reserve`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reserve {
+    /// Admitted at once, or refused (with the wait until its time when that
+    /// comes too late).
+    Now(Verdict, Option<RateLimitStatus>),
+    /// Its cells are taken for `at`: called then, without another check.
+    Later {
+        at: Instant,
+        status: Option<RateLimitStatus>,
+        held: Held,
+    },
+}
+
 pub(crate) enum Step {
     Now(Verdict, Option<RateLimitStatus>),
     #[cfg(feature = "redis")]
@@ -91,6 +166,11 @@ fn deny(wait: Duration, detail: &'static str) -> Verdict {
         wait: Some(wait),
         detail,
     }
+}
+
+/// The wait from `now` until `at` (`None`: never, [`NEVER`]).
+fn wait_until(now: Instant, at: Option<Instant>) -> Duration {
+    at.map_or(NEVER, |at| crate::clock::elapsed(now, at))
 }
 
 /// State shared by every service built from one layer.
@@ -125,9 +205,12 @@ impl<X, D> Shared<X, D> {
         }
     }
 
-    /// Applies the extra global quota to a request its primary limit
-    /// admitted. The status (for response headers) when a quota is given
-    /// (the bucket state was computed).
+    /// Applies the extra global quota to a request Redis admitted (a local
+    /// decision applies it in [`both`](Self::both)). The status (for
+    /// response headers) when a quota is given (the bucket state was
+    /// computed). A refusal here does not give the key's cells back to
+    /// Redis: they are spent.
+    #[cfg(feature = "redis")]
     #[inline(always)]
     pub(crate) fn finish(
         &self,
@@ -160,30 +243,28 @@ impl<X, D> Shared<X, D> {
         want_status: bool,
     ) -> (Verdict, Option<RateLimitStatus>) {
         match (&self.fallback, &self.fallback_bucket) {
-            (Fallback::SharedBucket, Some(b)) => self.settle(
-                b.quota(),
-                b.check(cost, want_status),
-                detail,
-                cost,
-                want_status,
-            ),
+            (Fallback::SharedBucket, Some(b)) => {
+                self.settle(b.quota(), b.check(cost, want_status), detail, want_status)
+            }
             _ => (Verdict::Deny { wait: None, detail }, None),
         }
     }
 
-    /// A bucket's answer: admitted (then the global limit), or refused with
-    /// the wait and `detail`.
+    /// A bucket's answer: admitted, or refused with the wait and `detail`
+    /// (with no global quota: [`both`](Self::both) decides with one).
     #[inline(always)]
     fn settle(
         &self,
         quota: &QuotaCell,
         checked: Result<Admit, Duration>,
         detail: &'static str,
-        cost: u32,
         want_status: bool,
     ) -> (Verdict, Option<RateLimitStatus>) {
         match checked {
-            Ok(a) => self.finish(want_status.then(|| quota.get()), a, cost),
+            Ok(a) => (
+                Verdict::Admit(a),
+                want_status.then(|| self.status(quota.get(), a)),
+            ),
             Err(w) => (deny(w, detail), None),
         }
     }
@@ -203,9 +284,7 @@ impl<X, D> Shared<X, D> {
         };
         let network = Prefixes::OVERFLOW.key_of(ip);
         match table.check(&network, cost, want_status) {
-            KeyedCheck::Decided(r) => {
-                self.settle(table.quota(), r, DETAIL_KEYS_FULL, cost, want_status)
-            }
+            KeyedCheck::Decided(r) => self.settle(table.quota(), r, DETAIL_KEYS_FULL, want_status),
             KeyedCheck::Full => self.fallback(DETAIL_KEYS_FULL, cost, want_status),
         }
     }
@@ -222,26 +301,26 @@ impl<X, D> Shared<X, D> {
         if let Some(decided) = self.by_cost(cost) {
             return decided;
         }
-        let key = match key {
-            Ok(k) => k,
-            Err(m) => {
-                self.observer.emit(
-                    LayerKind::RateLimit,
-                    self.name.as_str(),
-                    EventKind::InputIgnored {
-                        input: m.input,
-                        reason: m.reason,
-                    },
-                );
-                return self.fallback(DETAIL_NO_KEY, cost, want_status);
-            }
+        if let Err(m) = key {
+            self.observer.emit(
+                LayerKind::RateLimit,
+                self.name.as_str(),
+                EventKind::InputIgnored {
+                    input: m.input,
+                    reason: m.reason,
+                },
+            );
+        }
+        if self.global.is_some() {
+            return self.both(key, cost, want_status);
+        }
+        let Ok(key) = key else {
+            return self.fallback(DETAIL_NO_KEY, cost, want_status);
         };
         match &self.primary {
             Primary::Global(b) => self.settle_global(b, cost, want_status),
             Primary::Keyed(k) => match k.check(key, cost, want_status) {
-                KeyedCheck::Decided(r) => {
-                    self.settle(k.quota(), r, DETAIL_LIMIT, cost, want_status)
-                }
+                KeyedCheck::Decided(r) => self.settle(k.quota(), r, DETAIL_LIMIT, want_status),
                 KeyedCheck::Full => self.overflow(key, cost, want_status),
             },
         }
@@ -270,24 +349,234 @@ impl<X, D> Shared<X, D> {
         cost: u32,
         want_status: bool,
     ) -> (Verdict, Option<RateLimitStatus>) {
-        match self.by_cost(cost) {
-            Some(decided) => decided,
+        if let Some(decided) = self.by_cost(cost) {
+            return decided;
+        }
+        match &self.global {
+            Some(_) => self.both(&Ok(Key::GLOBAL), cost, want_status),
             None => self.settle_global(b, cost, want_status),
         }
     }
 
     /// The decision a request's cost alone makes: a free one is admitted,
-    /// one above the burst never fits; `None` for the others. One cell
-    /// always fits (the burst is at least 1), with no load.
+    /// one above the burst (of the quota or of the global quota) never
+    /// fits; `None` for the others. One cell always fits (a burst is at
+    /// least 1), with no load.
     #[inline(always)]
     fn by_cost(&self, cost: u32) -> Option<(Verdict, Option<RateLimitStatus>)> {
         if cost == 0 {
             return Some((Verdict::Admit(Admit::UNKNOWN), None));
         }
-        if cost > 1 && cost > self.quota.burst() {
+        if cost > 1 && self.above_burst(cost) {
             return Some((deny(NEVER, DETAIL_COST), None));
         }
         None
+    }
+
+    /// Whether `cost` is above the quota's burst or the global quota's:
+    /// it never fits, and is refused before any bucket is asked.
+    #[inline]
+    pub(crate) fn above_burst(&self, cost: u32) -> bool {
+        cost > self.quota.burst()
+            || self
+                .global
+                .as_ref()
+                .is_some_and(|g| cost > g.quota().burst())
+    }
+
+    /// The bucket that gave a request with `key` its own cells.
+    fn own_bucket(&self, own: Own, key: &Result<Key, MissingKey>) -> Option<OwnBucket<'_>> {
+        match (own, key) {
+            (Own::Primary, _) => match (&self.primary, key) {
+                (Primary::Global(b), _) => Some(OwnBucket::One(b)),
+                (Primary::Keyed(t), Ok(k)) => Some(OwnBucket::Keyed(t, *k)),
+                (Primary::Keyed(_), Err(_)) => None,
+            },
+            (Own::Overflow, Ok(k)) => {
+                let ip = k.ip()?;
+                let table = self.overflow.as_ref()?;
+                Some(OwnBucket::Keyed(table, Prefixes::OVERFLOW.key_of(ip)))
+            }
+            (Own::Overflow, Err(_)) => None,
+            (Own::Fallback, _) => self.fallback_bucket.as_ref().map(OwnBucket::One),
+        }
+    }
+
+    /// `cost` cells for `key` from its own bucket (the routing of
+    /// [`decide_local`](Self::decide_local)), taken for an admission
+    /// within `(from, latest)` (see [`Bucket::take`]): which bucket, its
+    /// quota, and its answer with the refusal's detail; or a refusal no
+    /// wait helps.
+    #[allow(clippy::type_complexity)]
+    fn take_own(
+        &self,
+        key: &Result<Key, MissingKey>,
+        cost: u32,
+        now: Instant,
+        within: (Instant, Instant),
+        want_status: bool,
+    ) -> Result<(Own, &QuotaCell, Took, &'static str), Verdict> {
+        let fallback = |detail| match (&self.fallback, &self.fallback_bucket) {
+            (Fallback::SharedBucket, Some(b)) => Ok((
+                Own::Fallback,
+                b.quota(),
+                b.take(cost, now, within, want_status),
+                detail,
+            )),
+            _ => Err(Verdict::Deny { wait: None, detail }),
+        };
+        let Ok(k) = key else {
+            return fallback(DETAIL_NO_KEY);
+        };
+        match &self.primary {
+            Primary::Global(b) => Ok((
+                Own::Primary,
+                b.quota(),
+                b.take(cost, now, within, want_status),
+                DETAIL_LIMIT,
+            )),
+            Primary::Keyed(t) => match t.take(k, cost, now, within, want_status) {
+                Some(r) => Ok((Own::Primary, t.quota(), r, DETAIL_LIMIT)),
+                None => {
+                    let network = k.ip().map(|ip| Prefixes::OVERFLOW.key_of(ip));
+                    match (&self.overflow, network) {
+                        (Some(table), Some(n)) => {
+                            match table.take(&n, cost, now, within, want_status) {
+                                Some(r) => Ok((Own::Overflow, table.quota(), r, DETAIL_KEYS_FULL)),
+                                None => fallback(DETAIL_KEYS_FULL),
+                            }
+                        }
+                        _ => fallback(DETAIL_KEYS_FULL),
+                    }
+                }
+            },
+        }
+    }
+
+    /// The local decision with a global quota: the request's cells from
+    /// its own bucket, then from the global one; refused by the global
+    /// quota, it gives its own cells back (when no later request took
+    /// cells after them), so that a key is not charged for requests that
+    /// were never admitted.
+    #[inline(never)]
+    fn both(
+        &self,
+        key: &Result<Key, MissingKey>,
+        cost: u32,
+        want_status: bool,
+    ) -> (Verdict, Option<RateLimitStatus>) {
+        let now = crate::clock::edge_now();
+        match self.take_cells(key, cost, want_status, now, now) {
+            Ok((a, status, _, _)) => (Verdict::Admit(a), status),
+            Err(refused) => (refused, None),
+        }
+    }
+
+    /// Whether a waiting request with `key` takes its cells when it starts
+    /// to wait ([`reserve`](Self::reserve)): a local decision. Through
+    /// Redis it asks again when its wait is over.
+    pub(crate) fn reserves(&self, key: &Result<Key, MissingKey>) -> bool {
+        #[cfg(feature = "redis")]
+        if self.redis.is_some() && key.is_ok() {
+            return false;
+        }
+        let _ = key;
+        true
+    }
+
+    /// A waiting request's decision (a local one: see
+    /// [`reserves`](Self::reserves)): its cells, from its own bucket and the
+    /// global quota's, taken now for the first instant at which it conforms,
+    /// if that is no later than `latest`, as if it were admitted then —
+    /// requests that wait are given cells in the order they came, each at
+    /// its own time, and one whose time would come after `latest` is
+    /// refused at once with the wait until that time (nothing taken).
+    pub(crate) fn reserve(
+        &self,
+        key: &Result<Key, MissingKey>,
+        cost: u32,
+        want_status: bool,
+        now: Instant,
+        latest: Instant,
+    ) -> Reserve {
+        match self.take_cells(key, cost, want_status, now, latest) {
+            Ok((a, status, at, _)) if at <= now => Reserve::Now(Verdict::Admit(a), status),
+            Ok((_, status, at, held)) => Reserve::Later { at, status, held },
+            Err(refused) => Reserve::Now(refused, None),
+        }
+    }
+
+    /// `cost` cells for `key` from its own bucket, then from the global
+    /// quota's (if any), for the first instant at which both have them,
+    /// if that is no later than `latest`: the admission (its status), its
+    /// instant and the cells taken; or the refusal. The own bucket counts
+    /// the request at the global quota's later time when no later request
+    /// took cells after it (otherwise at its own, earlier, time: the
+    /// request is still called at the later one).
+    #[allow(clippy::type_complexity)]
+    fn take_cells(
+        &self,
+        key: &Result<Key, MissingKey>,
+        cost: u32,
+        want_status: bool,
+        now: Instant,
+        latest: Instant,
+    ) -> Result<(Admit, Option<RateLimitStatus>, Instant, Held), Verdict> {
+        let (own, quota, (a, mut taken, mut at)) =
+            match self.take_own(key, cost, now, (now, latest), want_status)? {
+                (own, quota, Ok(took), _) => (own, quota, took),
+                (_, _, Err(at), detail) => return Err(deny(wait_until(now, at), detail)),
+            };
+        let mut status = want_status.then(|| self.status(quota.get(), a));
+        let Some(global) = &self.global else {
+            let held = Held {
+                own,
+                taken,
+                global: None,
+            };
+            return Ok((a, status, at, held));
+        };
+        match global.take(cost, now, (at, latest), want_status) {
+            Ok((ga, global_taken, global_at)) => {
+                if global_at > at {
+                    if let Some(b) = self.own_bucket(own, key) {
+                        b.retime(&mut taken, global_at);
+                    }
+                    at = global_at;
+                }
+                // The fields describe the limit closer to refusing: the
+                // global one when it has fewer requests left.
+                if let Some(s) = &mut status {
+                    if ga.remaining < s.remaining {
+                        *s = self.status(global.quota().get(), ga);
+                    }
+                }
+                let held = Held {
+                    own,
+                    taken,
+                    global: Some(global_taken),
+                };
+                Ok((a, status, at, held))
+            }
+            Err(global_at) => {
+                if let Some(b) = self.own_bucket(own, key) {
+                    b.give_back(&taken);
+                }
+                Err(deny(wait_until(now, global_at), DETAIL_GLOBAL))
+            }
+        }
+    }
+
+    /// Gives back the cells a waiting request took (it was dropped before
+    /// its time): each bucket's, if no later request took cells after
+    /// them there; otherwise they stay spent.
+    pub(crate) fn give_back(&self, held: &Held, key: &Result<Key, MissingKey>) {
+        if let (Some(g), Some(taken)) = (&self.global, &held.global) {
+            g.give_back(taken);
+        }
+        if let Some(b) = self.own_bucket(held.own, key) {
+            b.give_back(&held.taken);
+        }
     }
 
     /// `cost` cells from the global bucket `b` (then the extra global limit).
@@ -302,7 +591,6 @@ impl<X, D> Shared<X, D> {
             b.quota(),
             b.check(cost, want_status),
             DETAIL_LIMIT,
-            cost,
             want_status,
         )
     }
@@ -318,7 +606,7 @@ impl<X, D> Shared<X, D> {
     ) -> Step {
         #[cfg(feature = "redis")]
         if let (Some(r), Ok(k)) = (&self.redis, key) {
-            if cost == 0 || cost > self.quota.burst() {
+            if cost == 0 || self.above_burst(cost) {
                 let (v, s) = self.decide_local(key, cost, want_status);
                 return Step::Now(v, s);
             }
@@ -398,8 +686,11 @@ impl<X, D> RateLimitLayer<X, D> {
     /// that spent nothing starts the new quota full. Requests in flight are
     /// unaffected; a check racing with the change may see parts of both
     /// quotas (the new period with the old burst tolerance, say) for that
-    /// one decision, and never refuses for good a cost both quotas' bursts
-    /// allow. Lock-free and
+    /// one decision, never refuses for good a cost both quotas' bursts
+    /// allow, and may leave its bucket owing up to one burst window of the
+    /// old quota. What each bucket owes is cut here, in one pass over the
+    /// keys (each shard of the key map read-locked in turn), not on the
+    /// request path. Lock-free and
     /// allocation-free on the request path (the quota lives in atomics).
     /// Reported as a [`Reconfigured`](crate::observe::EventKind::Reconfigured)
     /// event; the quota in place again changes nothing and reports nothing.
@@ -423,15 +714,15 @@ impl<X, D> RateLimitLayer<X, D> {
         }
         s.quota.set(quota, "quota")?;
         match &s.primary {
-            Primary::Global(b) => b.quota().set(quota, "quota")?,
-            Primary::Keyed(k) => k.quota().set(quota, "quota")?,
+            Primary::Global(b) => b.set_quota(quota, "quota")?,
+            Primary::Keyed(k) => k.set_quota(quota, "quota")?,
         }
         if s.fallback_follows {
             if let Some(b) = &s.fallback_bucket {
-                b.quota().set(quota, "fallback_quota")?;
+                b.set_quota(quota, "fallback_quota")?;
             }
             if let Some(t) = &s.overflow {
-                t.quota().set(quota, "fallback_quota")?;
+                t.set_quota(quota, "fallback_quota")?;
             }
         }
         s.observer.emit(

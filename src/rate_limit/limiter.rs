@@ -47,9 +47,9 @@ pub(crate) const NEVER: Duration = Duration::MAX;
 /// A quota that can change at run time: the period (nanoseconds per cell),
 /// the burst tolerance and the burst, in atomics (the tolerance computed
 /// when the quota is set, not on every check). A check racing with a change
-/// may see one quota's period with the other's burst for that one decision;
-/// what it leaves the bucket owing is cut to one burst of the quota at the
-/// next check.
+/// may see one quota's period with the other's burst for that one decision,
+/// and may leave its bucket owing up to one burst window of the old quota
+/// (which runs down as time passes).
 #[derive(Debug)]
 pub(crate) struct QuotaCell {
     /// Nanoseconds per cell (at least 1).
@@ -120,10 +120,11 @@ fn nanos_since(start: Instant) -> u64 {
 /// (nanoseconds since the table's start; 0 = none yet), governor's
 /// algorithm: the same admissions, `remaining` and waits as its limiters.
 ///
-/// A bucket owes at most one full burst of the quota now: a theoretical
-/// arrival time beyond `now + tau + t` (left by a larger quota before a
-/// change) is read as that bound, so a changed quota keeps what each bucket
-/// owes, in time, within the new burst.
+/// What a bucket owes is cut to one burst of a new quota when the quota
+/// changes ([`owe_at_most_one_burst`]), not here: a check that read the
+/// clock a little before another thread's (threads read it apart) sees
+/// that thread's admission beyond its own `now + tau + t`, and cutting it
+/// there undid the admission.
 #[inline(always)]
 fn gcra(
     cell: &AtomicU64,
@@ -148,16 +149,6 @@ fn gcra(
     let full = now.saturating_add(tau).saturating_add(t);
     let mut prev = cell.load(Ordering::Acquire);
     loop {
-        if prev > full {
-            // Left by a larger quota: the bucket owes one whole burst of
-            // this one, and from now on no more (stored, so that what it
-            // owes runs down as time passes).
-            match cell.compare_exchange_weak(prev, full, Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => prev = full,
-                Err(actual) => prev = actual,
-            }
-            continue;
-        }
         let tat = if prev == 0 { now } else { prev };
         let earliest = tat.saturating_add(extra).saturating_sub(tau);
         if now < earliest {
@@ -169,17 +160,148 @@ fn gcra(
                 if !want_status {
                     return Ok(Admit::UNKNOWN);
                 }
-                let remaining = (full.saturating_sub(next)).min(tau.saturating_add(t)) / t;
-                let remaining = remaining as u32;
-                let used = burst.saturating_sub(remaining);
-                return Ok(Admit {
-                    remaining,
-                    reset: Duration::from_nanos(t).saturating_mul(used),
-                });
+                return Ok(status(full, next, t, tau, burst));
             }
             Err(actual) => prev = actual,
         }
     }
+}
+
+/// The bucket's state after an admission that left its theoretical
+/// arrival time at `next`, seen when it is `full` (`tau + t` after the
+/// admission's instant).
+#[inline(always)]
+fn status(full: u64, next: u64, t: u64, tau: u64, burst: u32) -> Admit {
+    let remaining = (full.saturating_sub(next)).min(tau.saturating_add(t)) / t;
+    let remaining = remaining as u32;
+    let used = burst.saturating_sub(remaining);
+    Admit {
+        remaining,
+        reset: Duration::from_nanos(t).saturating_mul(used),
+    }
+}
+
+/// Cells a request took from one bucket (see [`take`]): the request
+/// conforms at `at`. Given back, they put the bucket's theoretical arrival
+/// time back from `after` to `before` — only while no later request has
+/// taken cells after them (the time is still `after`); otherwise they stay
+/// spent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Taken {
+    /// When the request conforms: nanoseconds since the bucket's start (its
+    /// `now` for one that conformed at once).
+    at: u64,
+    before: u64,
+    after: u64,
+    /// The time its cells stand for, `t × cost`.
+    span: u64,
+}
+
+/// GCRA for a request admitted at the first instant, from `max(now,
+/// from)`, at which it conforms, if that is no later than `latest`: its
+/// cells are taken now, the theoretical arrival time moved on as if it were
+/// admitted then, so that requests that wait for cells are given them in
+/// the order they came, each at its own time. For `from` and `latest` at
+/// `now` this is [`gcra`]'s decision (the same admissions, times and
+/// status). `Err(Some(at))`: the request conforms only at `at`, after
+/// `latest` (nothing taken); `Err(None)`: its cost is above the burst.
+/// The status is the bucket's at `at`.
+fn take(
+    cell: &AtomicU64,
+    q: &QuotaCell,
+    now: u64,
+    cost: u32,
+    (from, latest): (u64, u64),
+    want_status: bool,
+) -> Result<(Admit, Taken), Option<u64>> {
+    let (t, tau, burst) = q.gcra();
+    let extra = t.saturating_mul(u64::from(cost.saturating_sub(1)));
+    if cost > 1 && cost > burst {
+        return Err(None);
+    }
+    let from = from.max(now);
+    let mut prev = cell.load(Ordering::Acquire);
+    loop {
+        let tat = if prev == 0 { now } else { prev };
+        let at = tat.saturating_add(extra).saturating_sub(tau).max(from);
+        if at > latest {
+            return Err(Some(at));
+        }
+        let base = tat.max(at);
+        let next = base.saturating_add(t).saturating_add(extra);
+        match cell.compare_exchange_weak(prev, next, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => {
+                let admit = if want_status {
+                    status(
+                        at.saturating_add(tau).saturating_add(t),
+                        next,
+                        t,
+                        tau,
+                        burst,
+                    )
+                } else {
+                    Admit::UNKNOWN
+                };
+                let taken = Taken {
+                    at,
+                    before: prev,
+                    after: next,
+                    span: next - base,
+                };
+                return Ok((admit, taken));
+            }
+            Err(actual) => prev = actual,
+        }
+    }
+}
+
+/// Gives the cells of `taken` back to `cell` if no later request has taken
+/// cells after them; whether it did.
+fn give_back(cell: &AtomicU64, taken: &Taken) -> bool {
+    cell.compare_exchange(
+        taken.after,
+        taken.before,
+        Ordering::AcqRel,
+        Ordering::Acquire,
+    )
+    .is_ok()
+}
+
+/// Moves the admission of cells `taken` from `cell` on to `to` (later than
+/// its time): the bucket counts the request then, as if it had come then
+/// (a request that waits for another bucket too, called at the later of
+/// their times). Only while no later request has taken cells after it;
+/// whether it moved.
+fn retime(cell: &AtomicU64, taken: &mut Taken, to: u64) -> bool {
+    let after = taken.after.max(to.saturating_add(taken.span));
+    let moved = cell
+        .compare_exchange(taken.after, after, Ordering::AcqRel, Ordering::Acquire)
+        .is_ok();
+    if moved {
+        taken.after = after;
+        taken.at = to;
+    }
+    moved
+}
+
+/// What [`Bucket::take`] and [`KeyedBuckets::take`] answer: the cells
+/// taken (with the bucket's status at the admission, and its instant), or
+/// the instant the request would conform (`None`: never, its cost is above
+/// the burst).
+pub(crate) type Took = Result<(Admit, Taken, Instant), Option<Instant>>;
+
+/// Cuts what the bucket in `cell` owes to one whole burst of the quota in
+/// `q` at `now` (its theoretical arrival time to at most `now + tau + t`):
+/// run when the quota changes, so that a bucket left owing a larger quota's
+/// burst owes one burst of the new one, and from then on runs down as time
+/// passes. A request waiting for cells it reserved keeps its time; the
+/// bucket forgets the cells beyond the bound.
+fn owe_at_most_one_burst(cell: &AtomicU64, q: &QuotaCell, now: u64) {
+    let (t, tau, _) = q.gcra();
+    let full = now.saturating_add(tau).saturating_add(t);
+    let _ = cell.fetch_update(Ordering::AcqRel, Ordering::Acquire, |prev| {
+        (prev > full).then_some(full)
+    });
 }
 
 /// One GCRA bucket on one atomic word and tokio's clock.
@@ -241,8 +363,60 @@ impl Bucket {
         )
     }
 
+    /// [`take`]: `cost` cells (charged as [`check`](Self::check) charges
+    /// them) for a request admitted at the first instant from `from` (and
+    /// `now`) at which it conforms, if that is no later than `latest`.
+    pub(crate) fn take(
+        &self,
+        cost: u32,
+        now: Instant,
+        (from, latest): (Instant, Instant),
+        want_status: bool,
+    ) -> Took {
+        let ns = |at| crate::clock::nanos_between(self.start, at);
+        take(
+            &self.tat,
+            &self.quota,
+            ns(now),
+            charged(self.drains, &self.quota, cost),
+            (ns(from), ns(latest)),
+            want_status,
+        )
+        .map(|(a, taken)| (a, taken, self.at(taken.at)))
+        .map_err(|at| at.map(|at| self.at(at)))
+    }
+
+    /// Gives cells taken by [`take`](Self::take) back, if no later request
+    /// took cells after them; whether it did.
+    pub(crate) fn give_back(&self, taken: &Taken) -> bool {
+        give_back(&self.tat, taken)
+    }
+
+    /// Moves the admission of cells taken by [`take`](Self::take) on to
+    /// `to`, if no later request took cells after them; whether it did.
+    pub(crate) fn retime(&self, taken: &mut Taken, to: Instant) -> bool {
+        retime(
+            &self.tat,
+            taken,
+            crate::clock::nanos_between(self.start, to),
+        )
+    }
+
+    /// The instant `ns` nanoseconds after the bucket's start.
+    fn at(&self, ns: u64) -> Instant {
+        self.start + Duration::from_nanos(ns)
+    }
+
     pub(crate) fn quota(&self) -> &QuotaCell {
         &self.quota
+    }
+
+    /// Changes the quota (see [`QuotaCell::set`]); the bucket then owes at
+    /// most one burst of the new one.
+    pub(crate) fn set_quota(&self, quota: Quota, what: &str) -> Result<(), ConfigError> {
+        self.quota.set(quota, what)?;
+        owe_at_most_one_burst(&self.tat, &self.quota, nanos_since(self.start));
+        Ok(())
     }
 }
 
@@ -315,15 +489,16 @@ impl KeyedBuckets {
         self
     }
 
-    /// One check; `Err(())` for a new key at the cap. The second value says
-    /// whether a sweep is due (this call inserted the `sweep_every`-th key).
+    /// `op` on the bucket of `key` (inserted if new); `None` for a new key
+    /// at the cap. The second value says whether a sweep is due (this call
+    /// inserted the `sweep_every`-th key).
     #[inline]
-    fn check_once(&self, key: &Key, now: u64, cost: u32, want_status: bool) -> (KeyedCheck, bool) {
-        let checked = self.map.with(
+    fn once<R>(&self, key: &Key, op: impl FnOnce(&AtomicU64) -> R) -> (Option<R>, bool) {
+        let done = self.map.with(
             key,
             || AtomicU64::new(0),
             |tat, new| {
-                let r = gcra(tat, &self.quota, now, cost, want_status);
+                let r = op(tat);
                 let due = new
                     && (self.inserts.fetch_add(1, Ordering::Relaxed) + 1)
                         % self.settings.sweep_every
@@ -331,10 +506,25 @@ impl KeyedBuckets {
                 (r, due)
             },
         );
-        match checked {
-            Some((r, due)) => (KeyedCheck::Decided(r), due),
-            None => (KeyedCheck::Full, false),
+        match done {
+            Some((r, due)) => (Some(r), due),
+            None => (None, false),
         }
+    }
+
+    /// `op` on the bucket of `key`, at `now`: a new key at the cap evicts
+    /// idle keys (if a sweep is allowed now) and tries once more; `None`
+    /// when it still finds no room.
+    #[inline]
+    fn on_bucket<R>(&self, key: &Key, now: u64, op: impl Fn(&AtomicU64) -> R) -> Option<R> {
+        let (r, sweep_due) = match self.once(key, &op) {
+            (None, _) if self.sweep_at(now) => self.once(key, &op),
+            r => r,
+        };
+        if sweep_due {
+            self.sweep_at(now);
+        }
+        r
     }
 
     /// One cell for `key`: one map lookup for a known key.
@@ -342,18 +532,56 @@ impl KeyedBuckets {
     pub(crate) fn check(&self, key: &Key, cost: u32, want_status: bool) -> KeyedCheck {
         let now = nanos_since(self.start);
         let cost = charged(self.drains, &self.quota, cost);
-        let (r, sweep_due) = match self.check_once(key, now, cost, want_status) {
-            // New key at the cap: evict idle keys (if a sweep is allowed
-            // now), then try once more.
-            (KeyedCheck::Full, _) if self.sweep_at(now) => {
-                self.check_once(key, now, cost, want_status)
-            }
-            r => r,
-        };
-        if sweep_due {
-            self.sweep_at(now);
+        match self.on_bucket(key, now, |tat| {
+            gcra(tat, &self.quota, now, cost, want_status)
+        }) {
+            Some(r) => KeyedCheck::Decided(r),
+            None => KeyedCheck::Full,
         }
-        r
+    }
+
+    /// [`Bucket::take`] on the bucket of `key`; `None` for a new key at the
+    /// cap (as [`check`](Self::check)'s `Full`).
+    pub(crate) fn take(
+        &self,
+        key: &Key,
+        cost: u32,
+        now: Instant,
+        (from, latest): (Instant, Instant),
+        want_status: bool,
+    ) -> Option<Took> {
+        let ns = |at| crate::clock::nanos_between(self.start, at);
+        let now = ns(now);
+        let cost = charged(self.drains, &self.quota, cost);
+        let within = (ns(from), ns(latest));
+        let r = self.on_bucket(key, now, |tat| {
+            take(tat, &self.quota, now, cost, within, want_status)
+        })?;
+        Some(
+            r.map(|(a, taken)| (a, taken, self.at(taken.at)))
+                .map_err(|at| at.map(|at| self.at(at))),
+        )
+    }
+
+    /// [`Bucket::give_back`] to the bucket of `key` (none if the key is no
+    /// longer tracked).
+    pub(crate) fn give_back(&self, key: &Key, taken: &Taken) -> bool {
+        self.map
+            .read(key, |tat| give_back(tat, taken))
+            .unwrap_or(false)
+    }
+
+    /// [`Bucket::retime`] on the bucket of `key`.
+    pub(crate) fn retime(&self, key: &Key, taken: &mut Taken, to: Instant) -> bool {
+        let to = crate::clock::nanos_between(self.start, to);
+        self.map
+            .read(key, |tat| retime(tat, taken, to))
+            .unwrap_or(false)
+    }
+
+    /// The instant `ns` nanoseconds after the table's start.
+    fn at(&self, ns: u64) -> Instant {
+        self.start + Duration::from_nanos(ns)
     }
 
     /// Evicts idle keys; returns whether a sweep ran.
@@ -385,6 +613,16 @@ impl KeyedBuckets {
     pub(crate) fn quota(&self) -> &QuotaCell {
         &self.quota
     }
+
+    /// Changes the quota (see [`QuotaCell::set`]); every key's bucket then
+    /// owes at most one burst of the new one (one pass over the keys).
+    pub(crate) fn set_quota(&self, quota: Quota, what: &str) -> Result<(), ConfigError> {
+        self.quota.set(quota, what)?;
+        let now = nanos_since(self.start);
+        self.map
+            .for_each(|tat| owe_at_most_one_burst(tat, &self.quota, now));
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -408,6 +646,32 @@ mod tests {
             assert_ne!(r, Err(NEVER), "cost {cost}");
         }
         assert_eq!(gcra(&cell, &mixed, 1_000_000_000, 11, false), Err(NEVER));
+    }
+
+    /// Two threads read the clock a little apart: one that read it later
+    /// admits first, then one that read it earlier checks. The later
+    /// admission stands: at 1 a second (burst 1), the one cell of 5 s is
+    /// taken once, and the next comes at 6 s. (The cut meant for a quota
+    /// change read the admission as owed beyond the earlier `now`, took it
+    /// back, and admitted a second request at 5 s.)
+    #[test]
+    fn a_check_that_read_the_clock_earlier_never_undoes_an_admission() {
+        const S: u64 = 1_000_000_000;
+        let q = QuotaCell::new(Quota::per_second(1), "quota").unwrap();
+        let cell = AtomicU64::new(0);
+        assert!(gcra(&cell, &q, 5 * S, 1, false).is_ok());
+        assert_eq!(cell.load(Ordering::Relaxed), 6 * S);
+        // Read the clock at 4 s, checks after the admission: 2 s to wait.
+        assert_eq!(
+            gcra(&cell, &q, 4 * S, 1, false),
+            Err(Duration::from_secs(2))
+        );
+        assert_eq!(cell.load(Ordering::Relaxed), 6 * S);
+        assert_eq!(
+            gcra(&cell, &q, 5 * S, 1, false),
+            Err(Duration::from_secs(1))
+        );
+        assert!(gcra(&cell, &q, 6 * S, 1, false).is_ok());
     }
 
     use governor::RateLimiter;
@@ -467,6 +731,7 @@ mod tests {
                 Quota::new(5, Duration::from_millis(300)),
             ] {
                 let ours = Bucket::new(quota, "q").unwrap();
+                let taking = Bucket::new(quota, "q").unwrap();
                 let keyed = KeyedBuckets::new(quota, settings(100)).unwrap();
                 let theirs =
                     RateLimiter::direct_with_clock(governor_quota(quota), TokioClock::new())
@@ -492,11 +757,15 @@ mod tests {
                         Ok(Err(nu)) => Err(nu.wait_time_from(TokioClock::new().now())),
                     };
                     let n = NonZeroU32::new(cost).unwrap();
-                    assert_eq!(
-                        ours.check(cost, true),
-                        decide(theirs.check_n(n)),
-                        "{quota:?}, cost {cost}"
-                    );
+                    let checked = ours.check(cost, true);
+                    assert_eq!(checked, decide(theirs.check_n(n)), "{quota:?}, cost {cost}");
+                    // Taking cells for now alone decides as a check does.
+                    let now = Instant::now();
+                    let took = taking
+                        .take(cost, now, (now, now), true)
+                        .map(|(a, _, _)| a)
+                        .map_err(|at| at.map_or(NEVER, |at| at - now));
+                    assert_eq!(took, checked, "{quota:?}, cost {cost}");
                     assert_eq!(
                         keyed.check(&Key::from_u64(key), cost, true),
                         KeyedCheck::Decided(decide(theirs_keyed.check_key_n(&key, n))),
@@ -533,7 +802,7 @@ mod tests {
             KeyedCheck::Decided(Ok(_))
         ));
         tokio::time::advance(Duration::from_millis(10)).await;
-        k.quota().set(Quota::per_second(10), "quota").unwrap();
+        k.set_quota(Quota::per_second(10), "quota").unwrap();
         assert_eq!(k.quota().get(), Quota::per_second(10));
         // 990 ms owed, 900 ms of tolerance: the next cell in 90 ms.
         assert_eq!(
@@ -556,12 +825,11 @@ mod tests {
         // Larger again: what is owed stays, the burst grows.
         let b = Bucket::new(Quota::per_second(10), "quota").unwrap();
         assert!(b.check(10, false).is_ok());
-        b.quota()
-            .set(Quota::per_second(10).burst(20), "quota")
+        b.set_quota(Quota::per_second(10).burst(20), "quota")
             .unwrap();
         assert!(b.check(10, false).is_ok());
         assert_eq!(b.check(1, false), Err(Duration::from_millis(100)));
-        assert!(b.quota().set(Quota::per_second(0), "quota").is_err());
+        assert!(b.set_quota(Quota::per_second(0), "quota").is_err());
         assert_eq!(b.quota().get(), Quota::per_second(10).burst(20));
     }
 
@@ -586,8 +854,8 @@ mod tests {
             };
             // The whole minute's burst at once: owed until t0 + 60 s.
             assert!(check(600).is_ok());
-            b.quota().set(Quota::per_second(10), "quota").unwrap();
-            k.quota().set(Quota::per_second(10), "quota").unwrap();
+            b.set_quota(Quota::per_second(10), "quota").unwrap();
+            k.set_quota(Quota::per_second(10), "quota").unwrap();
             assert_eq!(check(1), Err(Duration::from_millis(100)), "keyed {keyed}");
             tokio::time::advance(Duration::from_millis(100)).await;
             assert!(check(1).is_ok(), "keyed {keyed}: a new period later");

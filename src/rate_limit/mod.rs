@@ -7,7 +7,10 @@
 //! exact wait until it would conform (the same admissions, waits and
 //! remaining counts as governor's limiters, checked cell for cell in tests),
 //! or — in [`Mode::Wait`] — waits for its cell, up to a maximum and never past
-//! the request's [deadline](crate::deadline::current).
+//! the request's [deadline](crate::deadline::current); a waiting request takes
+//! its cells when it starts to wait, so waiting requests are served in the
+//! order they came, and one that could not be served in time is refused at
+//! once.
 //!
 //! - **Shared state.** The limiter lives in an `Arc` owned by the layer: every
 //!   service built from one layer, and every clone, shares one quota.

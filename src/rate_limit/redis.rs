@@ -30,7 +30,7 @@ const MIN_PROBE_INTERVAL: Duration = Duration::from_millis(1);
 const MAX_PROBE_INTERVAL: Duration = Duration::from_secs(3600);
 
 /// GCRA in one atomic step. KEYS[1]: the bucket; ARGV[1]: the period
-/// (emission interval) in µs; ARGV[2]: the burst; ARGV[3]: the request's
+/// (emission interval) in µs, rounded up; ARGV[2]: the burst; ARGV[3]: the request's
 /// cost in cells (at most the burst). Time is Redis server time, so
 /// instances with skewed clocks agree. The key expires when its bucket is
 /// full again (at most one burst window), so Redis memory stays bounded. A
@@ -105,7 +105,9 @@ pub enum FailurePolicy {
 /// (event detail `"deadline_in_backend"`), and Redis is not judged by that
 /// one request's budget but by its own timeout: the cut call goes on apart
 /// (a task of its own) until Redis answers or the `timeout` since it was
-/// made runs out, and is judged then, as any call. So a hung Redis is
+/// made runs out, and is judged then, as any call; so is the call of a
+/// request its caller drops while Redis has not answered (a timeout of the
+/// caller's own, a client gone). So a hung Redis is
 /// judged within one timeout of the first request it holds, whatever the
 /// budgets of the requests (before, cut calls counted only while they
 /// overlapped: serial requests with budgets under the timeout, or the
@@ -115,6 +117,16 @@ pub enum FailurePolicy {
 /// The Redis call is a boxed future inside the layer's future: the `redis`
 /// crate's connection API returns boxed futures that borrow the connection,
 /// so this one path allocates; the local limiter never does.
+///
+/// In [`Mode::Wait`](crate::rate_limit::Mode::Wait), a request Redis refuses
+/// waits for the time Redis told it and asks again: the script takes no
+/// cells for a later instant (the local limiter does), so requests waiting
+/// on one key may be told one time, and all but one wait again.
+///
+/// The script keeps time in microseconds (Redis's clock): the quota's
+/// period is sent rounded up to a whole microsecond, never looser than the
+/// quota (`Quota::per_second(400_000)`, 2.5 µs, runs at 3 µs: 333 333 a
+/// second). A period under 1 µs is refused when the limiter is built.
 ///
 /// Defaults: prefix `"seawall"`, timeout 50 ms, probe interval 1 s,
 /// [`FailurePolicy::FailOpen`].
@@ -482,8 +494,8 @@ impl RedisState {
                 "FailurePolicy::Local instances must be at least 1, got 0",
             ));
         }
-        let period_us = u64::try_from(quota.period().as_micros()).unwrap_or(u64::MAX);
-        if period_us == 0 {
+        let period_us = period_micros(quota.period());
+        if quota.period() < Duration::from_micros(1) {
             return Err(ConfigError::new(
                 "rate_limit",
                 format!(
@@ -680,8 +692,9 @@ impl RedisState {
         self.degraded(shared, key, cost, true)
     }
 
-    /// A round trip that the request's deadline cut before Redis answered.
-    /// One request's budget does not judge Redis: the call goes on in a
+    /// A round trip that the request's deadline cut before Redis answered,
+    /// or whose request was dropped while it was pending (its caller gave
+    /// up). One request's budget does not judge Redis: the call goes on in a
     /// task of its own until Redis answers or the timeout since it was made
     /// runs out, and is judged then (outside a runtime, or with
     /// [`MAX_WATCHED`] such calls already out, it is dropped unjudged).
@@ -788,6 +801,14 @@ impl RedisState {
     }
 }
 
+/// The period sent to the script, in whole microseconds (its clock's unit),
+/// rounded up: never looser than the quota (rounded down, the period of
+/// `Quota::per_second(400_000)`, 2.5 µs, was sent as 2 µs: 500 000 a
+/// second).
+fn period_micros(period: Duration) -> u64 {
+    u64::try_from(period.as_nanos().div_ceil(1_000)).unwrap_or(u64::MAX)
+}
+
 /// The Redis Cluster slot of `key`: CRC16 (XMODEM) of its hash tag (the
 /// part between the first `{` and the next `}`, if not empty) or of the
 /// whole key, modulo 16384.
@@ -841,7 +862,24 @@ fn cause_of(e: &RedisError) -> &'static str {
 
 #[cfg(test)]
 mod tests {
-    use super::cluster_slot;
+    use std::time::Duration;
+
+    use super::{cluster_slot, period_micros};
+    use crate::rate_limit::Quota;
+
+    /// The period the script gets is never shorter than the quota's: a
+    /// fraction of a microsecond counts as a whole one.
+    #[test]
+    fn the_period_sent_to_redis_is_rounded_up() {
+        // 2.5 µs: 3 µs (333 333 a second), not 2 µs (500 000 a second).
+        assert_eq!(period_micros(Quota::per_second(400_000).period()), 3);
+        assert_eq!(period_micros(Quota::per_second(3).period()), 333_334);
+        assert_eq!(period_micros(Quota::per_second(1_000_000).period()), 1);
+        assert_eq!(period_micros(Quota::per_minute(100).period()), 600_000);
+        assert_eq!(period_micros(Duration::from_nanos(1_000_001)), 1_001);
+        assert_eq!(period_micros(Duration::from_nanos(1)), 1);
+        assert_eq!(period_micros(Duration::MAX), u64::MAX);
+    }
 
     #[test]
     fn cluster_slots_are_redis_slots() {

@@ -8,7 +8,7 @@ use tower_service::Service;
 use super::decorate::Decorate;
 use super::future::ResponseFuture;
 use super::key::{Key, KeyExtractor};
-use super::layer::{Mode, Shared, Step};
+use super::layer::{Mode, Reserve, Shared, Step};
 use super::limiter::Verdict;
 use crate::error::BoxError;
 
@@ -110,42 +110,12 @@ where
             Step::Now(Verdict::Admit(_), status) => {
                 ResponseFuture::called(shared, status, || self.inner.call(req))
             }
-            Step::Now(Verdict::Deny { wait, detail }, _) => {
-                if let (Mode::Wait { max }, Some(w)) = (shared.mode, wait) {
-                    let now = crate::clock::edge_now();
-                    let deadline = crate::deadline::of(&req);
-                    let limit = limit_of(now, max, deadline);
-                    if now + w <= limit {
-                        let svc = release_ready(&mut self.inner);
-                        return ResponseFuture::waiting(
-                            now + w,
-                            by_max_of(now, max),
-                            deadline.map(|d| d.instant()),
-                            key(),
-                            svc,
-                            req,
-                            shared,
-                        );
-                    }
-                    if deadline.is_some_and(|d| d.instant() == limit)
-                        && now.checked_add(max).is_some_and(|by_max| now + w <= by_max)
-                    {
-                        // The wait itself would be allowed, but the cell
-                        // comes after the request's deadline: the request
-                        // cannot be served in time at all.
-                        return ResponseFuture::deadline_exceeded(
-                            shared,
-                            super::layer::DETAIL_DEADLINE_BEFORE_CELL,
-                        );
-                    }
-                    return ResponseFuture::rejected(
-                        shared,
-                        Some(w),
-                        super::layer::DETAIL_WAIT_TOO_LONG,
-                    );
+            Step::Now(Verdict::Deny { wait, detail }, _) => match (shared.mode, wait) {
+                (Mode::Wait { max }, Some(w)) => {
+                    wait_for_cells(&mut self.inner, shared, max, w, cost, key(), req)
                 }
-                ResponseFuture::rejected(shared, wait, detail)
-            }
+                _ => ResponseFuture::rejected(shared, wait, detail),
+            },
             #[cfg(feature = "redis")]
             Step::Redis(call) => {
                 let by_max = match shared.mode {
@@ -158,6 +128,64 @@ where
             }
         }
     }
+}
+
+/// A request in [`Mode::Wait`] that found no cells (it would conform after
+/// `w`): a local decision takes its cells for its time now, and it waits
+/// for that time (see [`Shared::reserve`]); through Redis it waits `w` and
+/// asks again. A request whose time comes after the layer's maximum wait
+/// or its deadline fails at once.
+#[inline(never)]
+fn wait_for_cells<S, X, D, Req>(
+    inner: &mut S,
+    shared: &Arc<Shared<X, D>>,
+    max: std::time::Duration,
+    w: std::time::Duration,
+    cost: u32,
+    key: Result<Key, super::key::MissingKey>,
+    req: Req,
+) -> ResponseFuture<S::Future, S, Req, X, D>
+where
+    S: Service<Req> + Clone,
+    D: Decorate<S::Response>,
+    Req: crate::deadline::HasDeadline,
+{
+    let now = crate::clock::edge_now();
+    let deadline = crate::deadline::of(&req);
+    let by_max = by_max_of(now, max);
+    let limit = limit_of(now, max, deadline);
+    let waiting = |inner: &mut S, until, held, req| {
+        let svc = release_ready(inner);
+        let deadline = deadline.map(|d| d.instant());
+        ResponseFuture::waiting(until, by_max, deadline, key, held, svc, req, shared)
+    };
+    let w = if shared.reserves(&key) {
+        match shared.reserve(&key, cost, D::ENABLED, now, limit) {
+            Reserve::Now(Verdict::Admit(_), status) => {
+                return ResponseFuture::called(shared, status, || inner.call(req));
+            }
+            Reserve::Later { at, status, held } => {
+                return waiting(inner, at, Some((held, status)), req);
+            }
+            Reserve::Now(Verdict::Deny { wait: Some(w), .. }, _) => w,
+            Reserve::Now(Verdict::Deny { wait: None, detail }, _) => {
+                return ResponseFuture::rejected(shared, None, detail);
+            }
+        }
+    } else if now + w <= limit {
+        return waiting(inner, now + w, None, req);
+    } else {
+        w
+    };
+    if deadline.is_some_and(|d| d.instant() == limit) && now + w <= by_max {
+        // The wait itself would be allowed, but the cell comes after the
+        // request's deadline: the request cannot be served in time at all.
+        return ResponseFuture::deadline_exceeded(
+            shared,
+            super::layer::DETAIL_DEADLINE_BEFORE_CELL,
+        );
+    }
+    ResponseFuture::rejected(shared, Some(w), super::layer::DETAIL_WAIT_TOO_LONG)
 }
 
 /// A clone of the inner service for a request that waits (for its cell, or
@@ -188,7 +216,12 @@ pub(crate) fn limit_of(
     }
 }
 
-/// The latest admission by the layer's maximum wait alone.
+/// The latest admission by the layer's maximum wait alone. A maximum past
+/// the clock's range (`Duration::MAX` for "no maximum") is read as thirty
+/// years (it was read as no wait at all).
 pub(crate) fn by_max_of(now: Instant, max: std::time::Duration) -> Instant {
-    now.checked_add(max).unwrap_or(now)
+    const FAR: std::time::Duration = std::time::Duration::from_secs(30 * 365 * 24 * 3600);
+    now.checked_add(max)
+        .or_else(|| now.checked_add(FAR))
+        .unwrap_or_else(|| now + std::time::Duration::from_secs(86_400))
 }

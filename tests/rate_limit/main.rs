@@ -167,6 +167,92 @@ async fn global_quota_applies_on_top_of_per_key_quota() {
     );
 }
 
+/// A request the global quota refuses gives its key's cells back: a
+/// tenant refused three times while another filled the global quota is
+/// admitted when the global quota has room again (its key's three cells
+/// were spent by the refusals: it was told to wait 19 s more).
+#[tokio::test(start_paused = true)]
+async fn a_request_the_global_quota_refuses_gives_its_key_s_cells_back() {
+    let recorder = Recorder::new();
+    // Per key: a burst of 3, one cell every 20 s; in total: one a second.
+    let layer = RateLimitLayer::builder(Quota::per_minute(3))
+        .keyed(|x: &u64| Some(Key::from_u64(*x / 1000)))
+        .global_quota(Quota::per_second(1))
+        .observer(Observer::new(recorder.clone()))
+        .build()
+        .unwrap();
+    let mut svc = layer.layer(echo());
+    assert_eq!(call(&mut svc, 1000).await.unwrap(), 1000, "tenant B");
+    for a in 1..=3 {
+        let err = call(&mut svc, a).await.unwrap_err();
+        assert_eq!(retry_after(&err), Some(Duration::from_secs(1)), "A{a}");
+    }
+    assert_eq!(
+        recorder.count(|e| matches!(
+            e.kind,
+            EventKind::Rejected {
+                detail: "global_limit",
+                ..
+            }
+        )),
+        3
+    );
+    advance(Duration::from_secs(1)).await;
+    assert_eq!(
+        call(&mut svc, 4).await.unwrap(),
+        4,
+        "tenant A's cells are there"
+    );
+    // And the key's burst is whole but that one cell: two more (each a
+    // second apart, for the global quota), then 20 s.
+    for a in 5..=6 {
+        advance(Duration::from_secs(1)).await;
+        assert_eq!(call(&mut svc, a).await.unwrap(), a);
+    }
+    advance(Duration::from_secs(1)).await;
+    let err = call(&mut svc, 7).await.unwrap_err();
+    assert_eq!(retry_after(&err), Some(Duration::from_secs(17)));
+}
+
+/// A request costing more than the global quota's burst (within its key's)
+/// never fits: refused at once, with no `retry_after`, before its key's
+/// bucket is asked. The key keeps its whole burst: five 2-cell requests
+/// a second apart (the global burst of 2 refills each second).
+#[tokio::test(start_paused = true)]
+async fn a_request_above_the_global_burst_takes_nothing_from_its_key() {
+    let recorder = Recorder::new();
+    let layer = RateLimitLayer::builder(Quota::per_minute(10))
+        .keyed(|x: &u64| Some(Key::from_u64(*x / 1000)))
+        .cost(|x: &u64| (*x % 1000) as u32)
+        .global_quota(Quota::per_second(2))
+        .observer(Observer::new(recorder.clone()))
+        .build()
+        .unwrap();
+    let mut svc = layer.layer(echo());
+    let err = call(&mut svc, 5).await.unwrap_err();
+    assert_eq!(retry_after(&err), None);
+    assert_eq!(
+        recorder.count(|e| matches!(
+            e.kind,
+            EventKind::Rejected {
+                detail: "cost_above_burst",
+                ..
+            }
+        )),
+        1
+    );
+    for i in 0..5 {
+        assert_eq!(call(&mut svc, 2).await.unwrap(), 2, "2-cell request {i}");
+        advance(Duration::from_secs(1)).await;
+    }
+    let err = call(&mut svc, 2).await.unwrap_err();
+    assert_eq!(
+        rejection_of(&err).unwrap().kind(),
+        RejectionKind::RateLimited,
+        "the key's 10 cells are spent"
+    );
+}
+
 async fn futures_ok<S>(svc: &mut S, base: u64, n: u64) -> usize
 where
     S: Service<u64, Response = u64, Error = BoxError>,
@@ -418,6 +504,35 @@ async fn wait_mode_waits_exactly_and_respects_max_wait() {
     );
 }
 
+/// `wait(Duration::MAX)`, no maximum of the layer's own: a request waits
+/// for its cell (it was read as no wait at all: refused at once).
+#[tokio::test(start_paused = true)]
+async fn wait_mode_with_no_maximum_waits_for_the_cell() {
+    let layer = RateLimitLayer::builder(Quota::per_second(1))
+        .wait(Duration::MAX)
+        .build()
+        .unwrap();
+    let mut svc = layer.layer(echo());
+    let t0 = Instant::now();
+    assert_eq!(call(&mut svc, 1).await.unwrap(), 1);
+    assert_eq!(t0.elapsed(), Duration::ZERO);
+    assert_eq!(call(&mut svc, 2).await.unwrap(), 2);
+    assert_eq!(t0.elapsed(), Duration::from_secs(1), "waited one period");
+    // Under a deadline, the cell after it is out of time, not too long a
+    // wait.
+    let err = deadline::scope(
+        Deadline::after(Duration::from_millis(300)),
+        call(&mut svc, 3),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(
+        rejection_of(&err).unwrap().kind(),
+        RejectionKind::DeadlineExceeded
+    );
+    assert_eq!(t0.elapsed(), Duration::from_secs(1));
+}
+
 #[tokio::test(start_paused = true)]
 async fn wait_mode_never_waits_past_the_deadline() {
     let layer = RateLimitLayer::builder(Quota::per_second(1))
@@ -452,12 +567,14 @@ async fn wait_mode_never_waits_past_the_deadline() {
     assert_eq!(t0.elapsed(), Duration::from_secs(1));
 }
 
-/// A waiter that wakes to find its cell taken waits again by the rule of
-/// the layer's `call`: when the next cell would come after its deadline
-/// (but within the layer's maximum wait), it fails with `DeadlineExceeded`,
-/// not with `RateLimited`.
+/// A waiting request's cell is its own: a later request with the same
+/// budget (1.5 s) finds the next cell at 2 s, after its deadline (within the
+/// layer's maximum wait of 10 s), and fails at once as out of time
+/// (`DeadlineExceeded`, `deadline_before_cell`), while the first is served
+/// at 1 s. (Both were told 1 s and waited; whichever woke first took the
+/// cell.)
 #[tokio::test(start_paused = true)]
-async fn a_waiter_whose_cell_was_taken_and_whose_next_comes_too_late_is_out_of_time() {
+async fn a_waiting_request_keeps_its_cell_and_a_later_one_out_of_time_fails_at_once() {
     let recorder = Recorder::new();
     let layer = RateLimitLayer::builder(Quota::per_second(1))
         .wait(Duration::from_secs(10))
@@ -466,8 +583,8 @@ async fn a_waiter_whose_cell_was_taken_and_whose_next_comes_too_late_is_out_of_t
         .unwrap();
     let mut svc = layer.layer(echo());
     assert!(call(&mut svc, 1).await.is_ok());
+    let t0 = Instant::now();
     let mut waiter_svc = svc.clone();
-    // 1.5 s of budget: the next cell, in 1 s, is in time.
     let waiter = deadline::scope(
         Deadline::after(Duration::from_millis(1500)),
         call(&mut waiter_svc, 2),
@@ -477,11 +594,14 @@ async fn a_waiter_whose_cell_was_taken_and_whose_next_comes_too_late_is_out_of_t
         std::task::Poll::Ready(std::future::Future::poll(waiter.as_mut(), cx))
     })
     .await;
-    assert!(first.is_pending(), "waits for its cell");
-    advance(Duration::from_secs(1)).await;
-    // Another request takes that cell before the waiter wakes.
-    assert_eq!(call(&mut svc, 3).await.unwrap(), 3);
-    let err = waiter.await.unwrap_err();
+    assert!(first.is_pending(), "waits for its cell, at 1 s");
+    let err = deadline::scope(
+        Deadline::after(Duration::from_millis(1500)),
+        call(&mut svc, 3),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(t0.elapsed(), Duration::ZERO, "refused at once");
     let view = rejection_of(&err).unwrap();
     assert_eq!(view.kind(), RejectionKind::DeadlineExceeded, "{err}");
     assert_eq!(
@@ -495,6 +615,146 @@ async fn a_waiter_whose_cell_was_taken_and_whose_next_comes_too_late_is_out_of_t
         )),
         1
     );
+    assert_eq!(waiter.await.unwrap(), 2);
+    assert_eq!(t0.elapsed(), Duration::from_secs(1));
+}
+
+/// Makes the call of request `x` on a clone of `svc` now (the limit
+/// decides), and returns its future.
+async fn called<S>(svc: &S, x: u64) -> S::Future
+where
+    S: Service<u64, Response = u64, Error = BoxError> + Clone,
+{
+    let mut s = svc.clone();
+    s.ready().await.unwrap().call(x)
+}
+
+/// Each future's answer (or its `retry_after`) and when it came, from `t0`.
+async fn outcomes<F>(t0: Instant, futures: Vec<F>) -> Vec<(Result<u64, Option<Duration>>, Duration)>
+where
+    F: std::future::Future<Output = Result<u64, BoxError>> + Send + 'static,
+{
+    let handles: Vec<_> = futures
+        .into_iter()
+        .map(|f| tokio::spawn(async move { (f.await, Instant::now()) }))
+        .collect();
+    let mut out = Vec::new();
+    for h in handles {
+        let (r, at) = h.await.unwrap();
+        out.push((r.map_err(|e| retry_after(&e)), at - t0));
+    }
+    out
+}
+
+/// Requests that wait are served in the order they came, each at its own
+/// time, and one whose time would come after the maximum wait is refused at
+/// once. At 1 a second, waits of at most 2 s, five requests at once: the
+/// first is admitted, the second called at 1 s, the third at 2 s; the
+/// fourth and fifth would be at 3 s: refused at 0 s, told 3 s. (All four
+/// were told 1 s, woke together, and the last two were refused at 2 s,
+/// told 1 s, after waiting the whole maximum.)
+#[tokio::test(start_paused = true)]
+async fn waiting_requests_take_their_cells_in_order_and_too_late_is_refused_at_once() {
+    let recorder = Recorder::new();
+    let layer = RateLimitLayer::builder(Quota::per_second(1))
+        .wait(Duration::from_secs(2))
+        .observer(Observer::new(recorder.clone()))
+        .build()
+        .unwrap();
+    let svc = layer.layer(echo());
+    let t0 = Instant::now();
+    let mut futures = Vec::new();
+    for x in 1..=5 {
+        futures.push(called(&svc, x).await);
+    }
+    let s = Duration::from_secs;
+    assert_eq!(
+        outcomes(t0, futures).await,
+        [
+            (Ok(1), s(0)),
+            (Ok(2), s(1)),
+            (Ok(3), s(2)),
+            (Err(Some(s(3))), s(0)),
+            (Err(Some(s(3))), s(0)),
+        ]
+    );
+    assert_eq!(
+        recorder.count(|e| matches!(
+            e.kind,
+            EventKind::Rejected {
+                detail: "wait_exceeds_limit",
+                ..
+            }
+        )),
+        2
+    );
+}
+
+/// A waiting request dropped before its time gives its cell back when no
+/// later request took a cell after it: the next request gets its time. One
+/// dropped with a later request behind it leaves its cell spent (the later
+/// one keeps its time).
+#[tokio::test(start_paused = true)]
+async fn a_waiting_request_dropped_before_its_time_gives_its_cell_back() {
+    let layer = RateLimitLayer::builder(Quota::per_second(1))
+        .wait(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let svc = layer.layer(echo());
+    let t0 = Instant::now();
+    let first = called(&svc, 1).await;
+    let second = called(&svc, 2).await; // 1 s
+    drop(called(&svc, 3).await); // 2 s, given back
+    let fourth = called(&svc, 4).await; // 2 s
+    let fifth = called(&svc, 5).await; // 3 s
+    drop(fourth); // the fifth is behind it: 2 s stays spent
+    let sixth = called(&svc, 6).await; // 4 s
+    let s = Duration::from_secs;
+    assert_eq!(
+        outcomes(t0, vec![first, second, fifth, sixth]).await,
+        [(Ok(1), s(0)), (Ok(2), s(1)), (Ok(5), s(3)), (Ok(6), s(4))]
+    );
+}
+
+/// With a global quota, a waiting request takes its cells from its key's
+/// bucket and the global one together, for the later of their times:
+/// requests are served in the order they came across tenants, each at its
+/// own time, and one whose time would come after the maximum wait is
+/// refused at once (its key's cell given back). Per key a burst of 2, one a
+/// second; in total one a second; waits up to 3 s. (Each wake-up found the
+/// global cell taken by another and waited again; the last was refused
+/// after waiting 3 s, told 1 s.)
+#[tokio::test(start_paused = true)]
+async fn waiting_requests_take_cells_from_their_key_and_the_global_quota() {
+    let layer = RateLimitLayer::builder(Quota::per_second(1).burst(2))
+        .keyed(|x: &u64| Some(Key::from_u64(*x / 1000)))
+        .global_quota(Quota::per_second(1))
+        .wait(Duration::from_secs(3))
+        .build()
+        .unwrap();
+    let mut svc = layer.layer(echo());
+    let t0 = Instant::now();
+    let mut futures = Vec::new();
+    for x in [1, 2, 1001, 3, 4] {
+        futures.push(called(&svc, x).await);
+    }
+    let s = Duration::from_secs;
+    assert_eq!(
+        outcomes(t0, futures).await,
+        [
+            (Ok(1), s(0)),
+            (Ok(2), s(1)),
+            (Ok(1001), s(2)),
+            (Ok(3), s(3)),
+            (Err(Some(s(4))), s(0)),
+        ]
+    );
+    // Tenant A's key counts its last request at 3 s: at 4 s its next cell
+    // is there, and the global one.
+    advance(s(1)).await;
+    assert_eq!(t0.elapsed(), s(4));
+    assert_eq!(call(&mut svc, 5).await.unwrap(), 5);
+    assert_eq!(t0.elapsed(), s(4));
 }
 
 #[test]

@@ -765,6 +765,64 @@ async fn a_hung_redis_is_judged_by_its_own_timeout_under_budgets_shorter_than_it
     );
 }
 
+/// A hung Redis whose callers give up before its timeout, by a timer of
+/// their own (no deadline the limiter sees): the dropped request's call
+/// goes on apart and is judged when Redis's own timeout (100 ms) runs out;
+/// the limiter is degraded and the next request follows the policy at
+/// once. (Dropped calls were never judged: the limiter stayed healthy,
+/// every request waiting on Redis until its caller gave up.)
+#[tokio::test]
+async fn a_hung_redis_is_judged_when_its_callers_give_up_first() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let recorder = Recorder::new();
+    let layer = RateLimitLayer::builder(Quota::per_minute(1000))
+        .observer(Observer::new(recorder.clone()))
+        .redis(
+            RedisBackend::new(server.connection().await)
+                .timeout(Duration::from_millis(100))
+                .probe_interval(Duration::from_secs(10)),
+        )
+        .build()
+        .unwrap();
+    let mut svc = layer.layer(echo());
+    assert_eq!(call(&mut svc, 7).await.unwrap(), 7, "Redis answers");
+    let timeouts = |r: &Recorder| {
+        r.count(|e| {
+            matches!(
+                e.kind,
+                EventKind::BackendError {
+                    backend: "redis",
+                    cause: "timeout"
+                }
+            )
+        })
+    };
+    let mut admin = hold_scripts(&server).await;
+    // The caller gives up after 30 ms and drops its request.
+    let t0 = tokio::time::Instant::now();
+    let pending = svc.ready().await.unwrap().call(1);
+    let gave_up = tokio::time::timeout(Duration::from_millis(30), pending).await;
+    assert!(gave_up.is_err(), "Redis holds the call: the caller gave up");
+    assert_eq!(timeouts(&recorder), 0, "not judged by the caller's timer");
+    tokio::time::sleep_until(t0 + Duration::from_millis(150)).await;
+    assert_eq!(timeouts(&recorder), 1, "judged by Redis's own timeout");
+    assert_eq!(
+        state_changes(&recorder),
+        vec![(State::Healthy, State::Degraded)]
+    );
+    // Degraded: failing open at once, without asking Redis.
+    let t1 = tokio::time::Instant::now();
+    assert_eq!(call(&mut svc, 2).await.unwrap(), 2);
+    assert!(
+        t1.elapsed() < Duration::from_millis(50),
+        "followed the policy at once: {:?}",
+        t1.elapsed()
+    );
+    release_scripts(&mut admin).await;
+}
+
 #[tokio::test]
 async fn wait_mode_through_redis_waits_for_the_shared_cells() {
     let Some(server) = RedisServer::start() else {
