@@ -107,7 +107,9 @@ impl<P, M> AdaptiveLimitLayer<P, M> {
     /// `None` keeps a bound. The algorithm keeps what it has learned; the
     /// limit is clamped into the new bounds at once (calls in flight are
     /// not disturbed: a lower limit admits no new call until enough have
-    /// returned). Reported as a
+    /// returned), and a limit a lower maximum cut comes back when the
+    /// maximum is raised again, unless it learned lower meanwhile (it left
+    /// that maximum). Reported as a
     /// [`Reconfigured`](crate::observe::EventKind::Reconfigured) event (and
     /// a `LimitChanged` one when the limit moved).
     ///

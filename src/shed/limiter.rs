@@ -116,6 +116,11 @@ pub(crate) struct Limiter {
     /// The most calls in flight a burst admits: [`BURST_FACTOR`] times the
     /// limit, no more than the algorithm's upper bound.
     burst_cap: AtomicUsize,
+    /// The limit a lower maximum cut at a reload (0: none), given back
+    /// when the maximum is raised again if the limit stayed at that
+    /// maximum meanwhile (it learned nothing lower). Changed only under
+    /// the algorithm's lock.
+    cut_by_bounds: AtomicUsize,
     epoch: Instant,
     window_ns: u64,
     /// The current window's length (the algorithm may shorten one).
@@ -171,6 +176,7 @@ impl Limiter {
             burst_start_ns: AtomicU64::new(0),
             refused_ns: AtomicU64::new(0),
             burst_cap: AtomicUsize::new(burst_cap(limit, algorithm.bounds())),
+            cut_by_bounds: AtomicUsize::new(0),
             epoch: Instant::now(),
             window_ns: crate::clock::nanos(config.window),
             cur_window_ns: AtomicU64::new(crate::clock::nanos(config.window)),
@@ -506,7 +512,24 @@ impl Limiter {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let before = algorithm.bounds();
-        let new = algorithm.set_bounds(min, max)?.max(1);
+        let learned = algorithm.limit();
+        let mut new = algorithm.set_bounds(min, max)?.max(1);
+        // What the algorithm learned before a lower maximum cut it comes
+        // back when the maximum rises again, if the limit stayed at that
+        // maximum meanwhile (nothing lower was learned since): it is
+        // raised to it by a floor set for a moment.
+        let cut = self.cut_by_bounds.swap(0, Ordering::Relaxed);
+        let pinned = before.is_some_and(|(_, old_max)| learned >= old_max);
+        let wanted = if pinned { learned.max(cut) } else { learned };
+        if let Some((new_min, new_max)) = algorithm.bounds() {
+            let target = wanted.min(new_max);
+            if target > new && algorithm.set_bounds(Some(target), Some(new_max)).is_ok() {
+                new = algorithm.set_bounds(Some(new_min), Some(new_max))?.max(1);
+            }
+            if wanted > new && new >= new_max {
+                self.cut_by_bounds.store(wanted, Ordering::Relaxed);
+            }
+        }
         self.burst_cap
             .store(burst_cap(new, algorithm.bounds()), Ordering::Relaxed);
         let changed = before.is_none() || algorithm.bounds() != before;

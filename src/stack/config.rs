@@ -398,6 +398,7 @@ impl<P, C: Send + Sync + 'static, L, O, H> ClientStackLayer<P, C, L, O, H> {
     ///
     /// A [`ConfigError`] naming the refused setting; nothing is changed.
     pub fn reload(&self, s: &ClientSettings) -> Result<(), ConfigError> {
+        let _one_at_a_time = reloading();
         // The settings that take effect at the next build are checked now, as
         // that build will check them: a file that reloads is a file that builds.
         let stack = stack_name(self.deadline().name());
@@ -477,6 +478,16 @@ impl<P, C: Send + Sync + 'static, L, O, H> ClientStackLayer<P, C, L, O, H> {
     }
 }
 
+/// Held through a stack's reload: reloads run one at a time (two files
+/// reloaded at once from two threads left parts of each, a layer set by one
+/// and the next by the other). Rare, short, and never on a request's path.
+fn reloading() -> std::sync::MutexGuard<'static, ()> {
+    static RELOAD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    RELOAD
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 impl<O, R: RateLimitReload, P, I> ServerStackLayer<O, R, P, I> {
     /// Reloads what can change in a running server stack from a section
     /// (feature `serde`): the adaptive limit's bounds (what it learned is
@@ -491,12 +502,15 @@ impl<O, R: RateLimitReload, P, I> ServerStackLayer<O, R, P, I> {
     /// value equal to the one in place is no change, and reports none. A
     /// setting absent from the section keeps its current value (not the
     /// default). All or nothing: a refused value changes nothing, and the
-    /// error names the instance and the setting.
+    /// error names the instance and the setting. Reloads run one at a time
+    /// (in the whole process): two at once from two threads end as one
+    /// after the other, not as a mix of both.
     ///
     /// # Errors
     ///
     /// A [`ConfigError`] naming the refused setting; nothing is changed.
     pub fn reload(&self, s: &ServerSettings) -> Result<(), ConfigError> {
+        let _one_at_a_time = reloading();
         // The time budgets take effect at the next build: checked now, as
         // that build will check them (a handler timeout the file does not
         // set is the builder's, if it set one, or follows the budget).

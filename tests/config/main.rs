@@ -763,6 +763,12 @@ async fn the_adaptive_limit_bounds_reload_under_load() {
         ok += c.await.unwrap().is_ok() as u32;
     }
     assert_eq!(ok, 5);
+    // The maximum raised again: the limit it had before the cut (30) comes
+    // back, as it stayed at 5 meanwhile; it did not start again from 5.
+    let wider: ServiceConfig =
+        toml::from_str("[server]\nlimit = { min_limit = 1, max_limit = 60 }\n").unwrap();
+    server.reload(wider.server_settings().unwrap()).unwrap();
+    assert_eq!(server.adaptive_limit().limit(), 30);
     let kinds: Vec<_> = events
         .events()
         .into_iter()
@@ -1164,5 +1170,81 @@ async fn a_long_open_time_is_taken_alike_at_build_and_at_reload() {
     assert_eq!(
         (r.open_duration, r.max_open_duration),
         (t.open_duration, t.max_open_duration)
+    );
+}
+
+/// Two reloads at once end as one after the other, not as a mix: a reload
+/// started (from another thread) while another is between its layers
+/// waits for it. Here the second starts from the first's own
+/// `Reconfigured` event, after the first set the limit's bounds and before
+/// it set the bulkhead and the rate: it finished there and then, and the
+/// first then set its bulkhead and rate over the second's (the limit from
+/// one file, the rest from the other).
+#[test]
+fn two_reloads_at_once_do_not_mix() {
+    use std::sync::{Arc, Mutex, OnceLock, mpsc};
+    let file = |max: usize, bulkhead: usize, rate: &str| -> seawall::config::ServerSettings {
+        let c: ServiceConfig = toml::from_str(&format!(
+            "[server]\nlimit = {{ max_limit = {max} }}\nbulkhead = {{ max_concurrent = {bulkhead} }}\nrate_limit = \"{rate}\"\n"
+        ))
+        .unwrap();
+        c.server_settings().unwrap().clone()
+    };
+    let (a, b) = (file(100, 100, "100/s"), file(200, 200, "200/s"));
+    type Server = seawall::stack::ServerStackLayer<
+        tower::layer::util::Identity,
+        seawall::rate_limit::RateLimitLayer,
+    >;
+    let server_cell: Arc<OnceLock<Server>> = Arc::new(OnceLock::new());
+    let (tx, rx) = mpsc::channel::<()>();
+    let rx = Mutex::new(rx);
+    let started = Arc::new(Mutex::new(Some((b, tx))));
+    let hook = {
+        let server_cell = server_cell.clone();
+        let started = started.clone();
+        move |e: &seawall::observe::Event<'_>| {
+            if !matches!(e.kind, seawall::observe::EventKind::Reconfigured) || e.name != "api.limit"
+            {
+                return;
+            }
+            let Some((b, tx)) = started.lock().unwrap().take() else {
+                return;
+            };
+            let server = server_cell.get().unwrap().clone();
+            std::thread::spawn(move || {
+                server.reload(&b).unwrap();
+                let _ = tx.send(());
+            });
+            // The second reload cannot finish while this one runs.
+            let _ = rx.lock().unwrap().recv_timeout(Duration::from_millis(200));
+        }
+    };
+    let server = ServerStack::builder("api")
+        .total_budget(Duration::from_secs(1))
+        .rate_limit(Quota::per_second(10), |r| r)
+        .observer(seawall::Observer::new(hook))
+        .build()
+        .unwrap();
+    let _ = server_cell.set(server.clone());
+    server.reload(&a).unwrap();
+    // The second reload, once it has run (within a second).
+    let b_done = || {
+        server.bulkhead_handle().max_concurrent() == 200
+            && server.rate_limit().quota() == Quota::per_second(200)
+    };
+    for _ in 0..200 {
+        if b_done() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let state = (
+        server.bulkhead_handle().max_concurrent(),
+        server.rate_limit().quota(),
+    );
+    assert_eq!(
+        state,
+        (200, Quota::per_second(200)),
+        "the second reload, whole, after the first"
     );
 }
