@@ -52,7 +52,8 @@ impl<C: Send + Sync + 'static> CoreRef for Shared<C> {
 ///
 /// Hooks run while the breaker changes state: a hook must not call the
 /// handle's switching methods (`force_open`, `disable`, `metrics_only`,
-/// `reset`); reading is fine.
+/// `reset`) or [`retune`](Self::retune) (each waits for the state change
+/// under way to end); reading is fine, [`tuning`](Self::tuning) included.
 #[derive(Clone)]
 pub struct CircuitBreakerHandle {
     shared: Arc<dyn CoreRef>,

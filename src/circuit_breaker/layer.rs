@@ -40,7 +40,9 @@ pub(crate) const MAX_OPEN: Duration = crate::deadline::MAX_BUDGET;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum SlidingWindow {
-    /// The last `n` calls (`1..=1_000_000`). Default: 100. Calls made on
+    /// The last `n` calls (`1..=1_000_000`; `SlidingWindow::default()` is
+    /// `Count(100)`, but a breaker built without a window judges a time
+    /// window of 10 s: see [`CircuitBreakerBuilder::window`]). Calls made on
     /// one thread fill it in order. Threads calling one breaker take
     /// positions in short runs (at most `n / 8` shared among the machine's
     /// threads, and 16), so that they do not write one counter on every

@@ -161,6 +161,11 @@ pub(crate) struct Core {
     /// failures only, which reopened it at once, again and again.
     judge_after: AtomicI64,
     control: Mutex<Control>,
+    /// The open time, its growth and its cap as a retune last set them, for
+    /// [`tuning`](Self::tuning) to read without the control lock (held
+    /// while a state change is reported: a hook that reads the tuning on
+    /// one would wait for itself).
+    open_tuning: Mutex<(Duration, f64, Duration)>,
     /// Backpressure mode only: wakes the tasks waiting for the open time to
     /// end when an operator moves the breaker (a reset, disable, …).
     pub(crate) moved: Option<std::sync::Arc<tokio::sync::Notify>>,
@@ -198,6 +203,11 @@ impl Core {
             open_until: AtomicI64::new(0),
             open_nanos: AtomicI64::new(0),
             judge_after: AtomicI64::new(0),
+            open_tuning: Mutex::new((
+                config.tuning.open_duration,
+                config.tuning.open_multiplier,
+                config.tuning.max_open_duration,
+            )),
             control: Mutex::new(Control {
                 trips: 0,
                 open: (
@@ -245,7 +255,10 @@ impl Core {
 
     /// The settings a retune may change, as they are now.
     pub(crate) fn tuning(&self) -> super::BreakerTuning {
-        let control = self.lock();
+        let open = *self
+            .open_tuning
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         super::BreakerTuning {
             failure_rate_threshold: f64::from_bits(self.failure_rate.load(Ordering::Acquire)),
             slow_call_rate_threshold: f64::from_bits(self.slow_rate.load(Ordering::Acquire)),
@@ -254,9 +267,9 @@ impl Core {
                 0 => None,
                 n => Some(n),
             },
-            open_duration: control.open.0,
-            open_multiplier: control.open.1,
-            max_open_duration: control.open.2,
+            open_duration: open.0,
+            open_multiplier: open.1,
+            max_open_duration: open.2,
         }
     }
 
@@ -276,6 +289,10 @@ impl Core {
             self.consecutive.store(0, Ordering::Release);
         }
         control.open = (t.open_duration, t.open_multiplier, t.max_open_duration);
+        *self
+            .open_tuning
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = control.open;
         drop(control);
         self.observer.emit(
             LayerKind::CircuitBreaker,
@@ -590,10 +607,11 @@ impl Core {
     }
 
     /// A call recorded in the fresh window of a close from half-open: the
-    /// window opens the breaker only three times the last probe's time
-    /// after the close, once the answers of the calls let in at the close
-    /// have had time to come back (the slow ones last), and is judged on
-    /// every call until then, changed counts or not.
+    /// window's rates open the breaker only three times the last probe's
+    /// time after the close, once the answers of the calls let in at the
+    /// close have had time to come back (the slow ones last), and are
+    /// judged on every call until then, changed counts or not; a run of
+    /// failures in a row opens it at once.
     #[cold]
     fn record_after_close(
         &self,
@@ -605,6 +623,12 @@ impl Core {
         let after = self.judge_after.load(Ordering::Acquire);
         if after != 0 {
             if self.nanos(now) < after {
+                // The rates wait; a run of failures in a row opens it
+                // whatever the window holds, as at any other time.
+                if in_a_row {
+                    let snap = snap.unwrap_or_else(|| self.window.snapshot(now));
+                    self.trip_closed(generation, now, snap);
+                }
                 return;
             }
             // Judged from now on, as any closed breaker.

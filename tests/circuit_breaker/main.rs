@@ -2056,3 +2056,88 @@ async fn a_retune_leaves_a_fresh_window_to_its_wait() {
         "3 failures of 5, past the wait"
     );
 }
+
+/// A hook that reads the breaker's tuning as it opens (to log its open
+/// time) is answered: the tuning is read without the lock the state change
+/// holds. It waited for that lock, held by its own thread, for ever: the
+/// breaker never finished opening. (On a thread of its own, so that the
+/// test fails instead of hanging.)
+#[test]
+fn a_hook_reads_the_tuning_as_the_breaker_opens() {
+    use std::sync::{Mutex, OnceLock, mpsc};
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let handle: Arc<OnceLock<seawall::circuit_breaker::CircuitBreakerHandle>> =
+            Arc::new(OnceLock::new());
+        let read = Arc::new(Mutex::new(None));
+        let hook = {
+            let (handle, read) = (handle.clone(), read.clone());
+            move |e: &seawall::observe::Event<'_>| {
+                if let EventKind::StateChanged {
+                    to: State::Open, ..
+                } = e.kind
+                {
+                    *read.lock().unwrap() = Some(handle.get().unwrap().tuning().open_duration);
+                }
+            }
+        };
+        let layer = CircuitBreakerLayer::builder()
+            .consecutive_failures_only(3)
+            .open_duration(Duration::from_secs(7))
+            .observer(Observer::new(hook))
+            .build()
+            .unwrap();
+        let _ = handle.set(layer.handle());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let mut svc = wrap(&layer);
+            for _ in 0..3 {
+                let _ = call(&mut svc, FAIL).await;
+            }
+        });
+        let _ = tx.send((layer.handle().state(), *read.lock().unwrap()));
+    });
+    let (state, read) = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the breaker finished opening");
+    assert_eq!(state, State::Open);
+    assert_eq!(read, Some(Duration::from_secs(7)));
+}
+
+/// A run of failures in a row opens the breaker whatever the window holds,
+/// also just after a close from half-open, while the fresh window's rates
+/// wait for the answers of the calls let in at the close (three times the
+/// probe's 200 ms): the dependency that died again right after its probe
+/// is shut off at the third failure. The run was not judged then: every
+/// failure of the 600 ms went through, and a success in them ended the run.
+#[tokio::test(start_paused = true)]
+async fn a_run_of_failures_just_after_a_close_opens_it() {
+    // Rates judged too (from 100 calls: not in this test), as by default.
+    let layer = CircuitBreakerLayer::builder()
+        .window(SlidingWindow::count(100))
+        .minimum_calls(100)
+        .consecutive_failures(3)
+        .open_duration(Duration::from_secs(1))
+        .permitted_calls_in_half_open(1)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let mut svc = wrap(&layer);
+    for _ in 0..3 {
+        let _ = call(&mut svc, FAIL).await;
+    }
+    assert_eq!(handle.state(), State::Open);
+    advance(Duration::from_secs(1)).await;
+    call(&mut svc, slow(200)).await.unwrap();
+    assert_eq!(handle.state(), State::Closed);
+    for _ in 0..2 {
+        let _ = call(&mut svc, FAIL).await;
+    }
+    assert_eq!(handle.state(), State::Closed);
+    let _ = call(&mut svc, FAIL).await;
+    assert_eq!(handle.state(), State::Open, "the third failure in a row");
+}
