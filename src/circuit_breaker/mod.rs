@@ -107,7 +107,10 @@
 //! is a call that the request's own deadline ended, while a deadline is set
 //! above the breaker (the request's budget, or its caller's, ended the call
 //! before its attempt timeout: callers with short budgets do not shut a
-//! healthy dependency off for the rest): a failure that comes back in the
+//! healthy dependency off for the rest; so if every caller's budget is
+//! shorter than the attempt timeout, a dependency that hangs is never
+//! counted: keep the attempt timeout below the budgets callers send): a
+//! failure that comes back in the
 //! deadline's last 20 ms and says "deadline", either a
 //! [`DeadlineExceeded`](crate::error::DeadlineExceeded) raised below the
 //! breaker or the dependency's answer to the deadline it was sent

@@ -1535,6 +1535,28 @@ where
     [0, 1, 2].map(|i| counts[i].load(Ordering::Relaxed))
 }
 
+/// The server stack (590 ms of budget) over a handler that waits inside
+/// for a pool of its own, 4 connections at 100 ms a query; with a
+/// bulkhead of `(max_concurrent, max_queue)`.
+#[cfg(all(feature = "deadline", feature = "retry", feature = "circuit-breaker"))]
+fn pool_server(
+    bulkhead: Option<(usize, usize)>,
+) -> impl Service<u64, Response = u64, Error = BoxError, Future: Send> + Clone + Send + 'static {
+    let mut builder = seawall::ServerStack::builder("api").total_budget(ms(590));
+    if let Some((n, queue)) = bulkhead {
+        builder = builder.bulkhead(|b| b.max_concurrent(n).max_queue(queue));
+    }
+    let pool = Arc::new(tokio::sync::Semaphore::new(4));
+    builder.build().unwrap().layer(service_fn(move |n: u64| {
+        let pool = pool.clone();
+        async move {
+            let _conn = pool.acquire().await.unwrap();
+            sleep(ms(100)).await;
+            Ok::<_, Infallible>(n)
+        }
+    }))
+}
+
 /// A handler that waits inside for a pool of its own (4 connections, 100 ms
 /// a query: 40 requests a second) under 60 requests a second, each with
 /// 590 ms of budget. The adaptive limit reads the wait for the pool as a
@@ -1546,21 +1568,8 @@ where
 #[tokio::test(start_paused = true)]
 async fn a_pool_inside_the_handler_takes_a_bulkhead_of_its_size() {
     async fn run(bulkhead: Option<usize>) -> [u64; 3] {
-        let mut builder = seawall::ServerStack::builder("api").total_budget(ms(590));
-        if let Some(n) = bulkhead {
-            // The README's advice: the pool's size, a queue of twice it.
-            builder = builder.bulkhead(|b| b.max_concurrent(n).max_queue(2 * n));
-        }
-        let stack = builder.build().unwrap();
-        let pool = Arc::new(tokio::sync::Semaphore::new(4));
-        let svc = stack.layer(service_fn(move |n: u64| {
-            let pool = pool.clone();
-            async move {
-                let _conn = pool.acquire().await.unwrap();
-                sleep(ms(100)).await;
-                Ok::<_, Infallible>(n)
-            }
-        }));
+        // The README's advice: the pool's size, a queue of twice it.
+        let svc = pool_server(bulkhead.map(|n| (n, 2 * n)));
         // 10 s at 60 a second.
         pool_load(&svc, 600, Duration::from_secs(1) / 60).await
     }
@@ -1594,20 +1603,7 @@ async fn a_pool_inside_the_handler_takes_a_bulkhead_of_its_size() {
 #[tokio::test(start_paused = true)]
 async fn a_pool_bulkhead_takes_a_queue_for_bursts_below_capacity() {
     async fn run(bulkhead: Option<(usize, usize)>, per_sec: f64) -> [u64; 3] {
-        let mut builder = seawall::ServerStack::builder("api").total_budget(ms(590));
-        if let Some((n, queue)) = bulkhead {
-            builder = builder.bulkhead(|b| b.max_concurrent(n).max_queue(queue));
-        }
-        let stack = builder.build().unwrap();
-        let pool = Arc::new(tokio::sync::Semaphore::new(4));
-        let svc = stack.layer(service_fn(move |n: u64| {
-            let pool = pool.clone();
-            async move {
-                let _conn = pool.acquire().await.unwrap();
-                sleep(ms(100)).await;
-                Ok::<_, Infallible>(n)
-            }
-        }));
+        let svc = pool_server(bulkhead);
         // Exponential gaps from a fixed seed (splitmix64).
         let gap = move |i: u64| {
             let mut z = 0x5EA_3A11u64 ^ i.wrapping_mul(0x9E37_79B9_7F4A_7C15);

@@ -912,6 +912,16 @@ fn answering_after(
     })
 }
 
+/// A client stack of 2 s, 200 ms attempts and backoffs of 50 then 100 ms.
+fn slow_dep_client() -> seawall::stack::ClientStackLayer {
+    ClientStack::builder("dep")
+        .total_budget(ms(2000))
+        .attempt_timeout(ms(200))
+        .retry(|r| r.backoff(ms(50), ms(1000)).jitter(Jitter::None))
+        .build()
+        .unwrap()
+}
+
 /// An attempt no retry can follow is not cut at its attempt timeout: the
 /// last of three attempts, to a dependency answering in 500 ms under a
 /// 200 ms attempt timeout, gets the rest of the 2 s budget and its answer
@@ -920,13 +930,7 @@ fn answering_after(
 #[tokio::test(start_paused = true)]
 async fn the_last_attempt_runs_on_to_the_deadline() {
     let calls = Arc::new(AtomicU32::new(0));
-    let stack = ClientStack::builder("dep")
-        .total_budget(ms(2000))
-        .attempt_timeout(ms(200))
-        .retry(|r| r.backoff(ms(50), ms(1000)).jitter(Jitter::None))
-        .build()
-        .unwrap();
-    let svc = stack.layer(answering_after(calls.clone(), ms(500)));
+    let svc = slow_dep_client().layer(answering_after(calls.clone(), ms(500)));
     let start = Instant::now();
     assert_eq!(svc.clone().oneshot(7).await.unwrap(), 7);
     // 200 ms, 50 ms backoff, 200 ms, 100 ms backoff, then 500 ms.
@@ -970,13 +974,7 @@ async fn the_last_attempt_runs_on_to_the_deadline() {
 #[tokio::test(start_paused = true)]
 async fn timeouts_common_to_every_call_are_not_retried() {
     let calls = Arc::new(AtomicU32::new(0));
-    let stack = ClientStack::builder("dep")
-        .total_budget(ms(2000))
-        .attempt_timeout(ms(200))
-        .retry(|r| r.backoff(ms(50), ms(1000)).jitter(Jitter::None))
-        .build()
-        .unwrap();
-    let svc = stack.layer(answering_after(calls.clone(), ms(500)));
+    let svc = slow_dep_client().layer(answering_after(calls.clone(), ms(500)));
     let wave = |n: u32| {
         let svc = svc.clone();
         async move {
