@@ -130,11 +130,16 @@ pin_project! {
             sleep: Option<Sleep>,
             until: Option<Instant>,
             why: GiveUp,
+            // What a retry layer above said of this attempt as it was
+            // called (whether a retry may follow a timeout of it), said
+            // again around the call made later.
+            gate: Option<bool>,
         },
         Admitted {
             service: Option<S>,
             request: Option<Req>,
             permit: Option<Permit>,
+            gate: Option<bool>,
         },
         Running {
             #[pin]
@@ -198,6 +203,7 @@ where
                 sleep: None,
                 until,
                 why,
+                gate: deadline::retry_may_follow(),
             },
             started: None,
             hold: PhantomData,
@@ -228,14 +234,16 @@ where
                     mut sleep,
                     until,
                     why,
+                    gate,
                 } => {
                     if let Poll::Ready(permit) = waiter.poll(cx) {
                         *this.started = started(permit.engine());
-                        let (service, request) = (service.take(), request.take());
+                        let (service, request, gate) = (service.take(), request.take(), *gate);
                         this.state.set(State::Admitted {
                             service,
                             request,
                             permit: Some(permit),
+                            gate,
                         });
                         continue;
                     }
@@ -263,11 +271,12 @@ where
                         Some(permit) => {
                             // Handed a permit just as the wait ran out: use it.
                             *this.started = started(permit.engine());
-                            let (service, request) = (service.take(), request.take());
+                            let (service, request, gate) = (service.take(), request.take(), *gate);
                             this.state.set(State::Admitted {
                                 service,
                                 request,
                                 permit: Some(permit),
+                                gate,
                             });
                         }
                         None => {
@@ -281,6 +290,7 @@ where
                     service,
                     request,
                     permit,
+                    gate,
                 } => {
                     // The instance kept is the one polled ready before the
                     // call was queued: it is called now, without waiting for
@@ -293,7 +303,12 @@ where
                         this.state.set(State::Done);
                         return Poll::Ready(Err(POLLED_AFTER_COMPLETION.into()));
                     };
-                    let future = svc.call(req);
+                    let future = match *gate {
+                        Some(may_follow) => {
+                            deadline::call_with_retry_gate(may_follow, || svc.call(req))
+                        }
+                        None => svc.call(req),
+                    };
                     this.state.set(State::Running {
                         future,
                         permit: Some(permit),

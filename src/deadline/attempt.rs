@@ -278,7 +278,9 @@ pin_project! {
     /// timer fires while budget remains, or with
     /// [`DeadlineExceeded`](crate::error::DeadlineExceeded) when the request's
     /// deadline cut the attempt short (by 20 ms or more; see the
-    /// [module documentation](super)).
+    /// [module documentation](super)). An attempt no retry can follow (a
+    /// retry layer above says so) is not cut at its limit: it runs on, and
+    /// fails with `AttemptTimeout` at the request's deadline.
     pub struct AttemptFuture<F> {
         #[pin]
         state: State<F>,

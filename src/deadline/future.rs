@@ -279,9 +279,9 @@ fn timeouts_common(kept: &sealed::Kept) -> bool {
 #[inline(never)]
 fn run_on(deadline: &mut Deadline, uncut: &mut bool) -> bool {
     *uncut = false;
-    super::note_overran();
     match super::current() {
         Some(overall) if overall > *deadline => {
+            super::note_overran();
             *deadline = overall;
             true
         }

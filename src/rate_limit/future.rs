@@ -105,6 +105,9 @@ pin_project! {
         // The call's outcome was taken (or the call handed on to be judged
         // apart): nothing to judge when dropped.
         settled: bool,
+        // The call was polled: a call never polled has not reached Redis
+        // (its future is lazy) and is dropped with the request, not judged.
+        polled: bool,
         #[pin]
         timer: Sleep,
         // The request's deadline ends the round trip before the backend's
@@ -123,7 +126,7 @@ pin_project! {
     impl<S, Req, X, D> PinnedDrop for RedisWait<S, Req, X, D> {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
-            if !*this.settled {
+            if !*this.settled && *this.polled {
                 judge_apart(this.shared, this.call);
             }
         }
@@ -298,6 +301,7 @@ impl<F, S, Req, X, D> ResponseFuture<F, S, Req, X, D> {
                 inner: Box::pin(RedisWait {
                     call,
                     settled: false,
+                    polled: false,
                     timer: tokio::time::sleep_until(until),
                     cut_by_deadline,
                     by_max,
@@ -546,6 +550,7 @@ where
                 let RedisWaitProj {
                     call,
                     settled,
+                    polled,
                     timer,
                     cut_by_deadline,
                     by_max,
@@ -561,6 +566,7 @@ where
                     state.set(new);
                     continue;
                 }
+                *polled = true;
                 let outcome = match call.fut.as_mut().poll(cx) {
                     Poll::Ready(r) => Some(r),
                     Poll::Pending => {

@@ -536,7 +536,13 @@ impl<X, D> Shared<X, D> {
             };
             return Ok((a, status, at, held));
         };
-        match global.take(cost, now, (at, latest), want_status) {
+        // The global cells are taken from now, not from the key's own time:
+        // taken for a later instant, they moved the global bucket on to it,
+        // and its capacity between (every other key's) went unused. A
+        // request that waits for its key's cells so holds a global cell
+        // from before it is called (the global quota can let through that
+        // many more at once, at most the requests waiting).
+        match global.take(cost, now, (now, latest), want_status) {
             Ok((ga, global_taken, global_at)) => {
                 if global_at > at {
                     if let Some(b) = self.own_bucket(own, key) {

@@ -248,11 +248,14 @@ where
                         // to the same slice).
                         *this.counted = Counted::Pending(shared.budget.deposit_request());
                     }
+                    // An attempt that ran on and ended in the same poll
+                    // left its note: taken here, so that it is neither
+                    // counted twice nor left for another request's poll.
+                    let noted = crate::deadline::take_overran();
                     let timed_out = matches!(&result, Err(e) if is_attempt_timeout(e));
-                    if timed_out && !std::mem::take(this.overran) {
+                    if (timed_out || noted) && !std::mem::take(this.overran) {
                         shared.budget.deposit_timeout();
                     }
-                    *this.overran = false;
                     if let Some(started) = this.started.take() {
                         // The outcome model, as every layer reports it: a
                         // refusal of a layer below (an open breaker, a full

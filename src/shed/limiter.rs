@@ -459,6 +459,11 @@ impl Limiter {
         let new = algorithm.update(&sample).max(1);
         self.burst_cap
             .store(burst_cap(new, algorithm.bounds()), Ordering::Relaxed);
+        if algorithm.bounds().is_some_and(|(_, max)| new < max) {
+            // Learned lower than the maximum that cut it: what it had
+            // learned before that is not given back.
+            self.cut_by_bounds.store(0, Ordering::Relaxed);
+        }
         let next = algorithm.next_window(Duration::from_nanos(self.window_ns));
         let next = crate::clock::nanos(next).clamp(
             1_000_000.min(self.window_ns),
@@ -518,6 +523,7 @@ impl Limiter {
         // back when the maximum rises again, if the limit stayed at that
         // maximum meanwhile (nothing lower was learned since): it is
         // raised to it by a floor set for a moment.
+        // (A window that learned lower since the cut forgot it.)
         let cut = self.cut_by_bounds.swap(0, Ordering::Relaxed);
         let pinned = before.is_some_and(|(_, old_max)| learned >= old_max);
         let wanted = if pinned { learned.max(cut) } else { learned };

@@ -300,7 +300,10 @@ impl ClientStack {
 ///   limit while timeouts are common (more than the budget's floor share
 ///   and 5 % of the last 2 s's requests, so a timed-out attempt would not
 ///   be retried) is not cut but runs on to the request's deadline, as is
-///   the last attempt (see [the deadline module](crate::deadline)). The
+///   the last attempt (see [the deadline module](crate::deadline)); one
+///   made before timeouts were common was sent its own limit
+///   (`grpc-timeout`, `x-request-timeout-ms`), which a dependency that
+///   reads it keeps to. The
 ///   scenario: a dependency queueing at 110 % of its capacity (the storm's
 ///   "queueing dependency"), served 98.5 % where cutting and retrying
 ///   attempts as its queue passed the attempt timeout served 83.6 %.

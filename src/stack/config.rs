@@ -504,7 +504,10 @@ impl<O, R: RateLimitReload, P, I> ServerStackLayer<O, R, P, I> {
     /// default). All or nothing: a refused value changes nothing, and the
     /// error names the instance and the setting. Reloads run one at a time
     /// (in the whole process): two at once from two threads end as one
-    /// after the other, not as a mix of both.
+    /// after the other, not as a mix of both; so an observer's hook, which
+    /// runs inside a reload when it reports a change, must not reload a
+    /// stack itself (it would wait for its own reload: hand it to another
+    /// task).
     ///
     /// # Errors
     ///

@@ -757,6 +757,35 @@ async fn waiting_requests_take_cells_from_their_key_and_the_global_quota() {
     assert_eq!(t0.elapsed(), s(4));
 }
 
+/// A tenant's requests waiting for its own cells do not hold the global
+/// quota back for the other tenants: per key one a second (burst 1), in
+/// total 100 a second (burst 100), waits up to 5 s. Tenant A's six
+/// requests at once wait 1 to 5 s for its own cells; tenant B's request is
+/// admitted at once. (The global bucket was charged at A's last time, 5 s
+/// on, and B waited 4 s for a quota 99 % idle.)
+#[tokio::test(start_paused = true)]
+async fn a_tenant_waiting_for_its_cells_does_not_hold_the_global_quota() {
+    let layer = RateLimitLayer::builder(Quota::per_second(1))
+        .keyed(|x: &u64| Some(Key::from_u64(*x / 1000)))
+        .global_quota(Quota::per_second(100))
+        .wait(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let mut svc = layer.layer(echo());
+    let t0 = Instant::now();
+    let mut futures = Vec::new();
+    for x in 1..=6 {
+        futures.push(called(&svc, x).await);
+    }
+    assert_eq!(call(&mut svc, 1001).await.unwrap(), 1001);
+    assert_eq!(t0.elapsed(), Duration::ZERO, "tenant B admitted at once");
+    let s = Duration::from_secs;
+    assert_eq!(
+        outcomes(t0, futures).await,
+        (1..=6).map(|x| (Ok(x), s(x - 1))).collect::<Vec<_>>()
+    );
+}
+
 #[test]
 fn nonsense_configuration_is_refused() {
     let e = RateLimitLayer::builder(Quota::per_second(0))

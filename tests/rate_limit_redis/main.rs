@@ -1605,3 +1605,27 @@ async fn failing_open_sends_no_ratelimit_fields() {
         assert_eq!(fields(&svc).await, (None, false));
     }
 }
+
+/// A request whose future is dropped before it is ever polled has not
+/// asked Redis, and Redis is not asked for it: its cell stays (one a
+/// minute, burst 1: the next request is admitted). Judged apart as a cut
+/// call, it ran the script and spent the cell.
+#[tokio::test]
+async fn a_request_dropped_before_it_is_polled_takes_no_cell() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let layer = RateLimitLayer::builder(Quota::per_minute(1))
+        .redis(RedisBackend::new(server.connection().await))
+        .build()
+        .unwrap();
+    let mut svc = layer.layer(echo());
+    let never_polled = svc.ready().await.unwrap().call(1);
+    drop(never_polled);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(
+        call(&mut svc, 2).await.unwrap(),
+        2,
+        "the cell is still there"
+    );
+}

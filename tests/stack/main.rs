@@ -1001,3 +1001,29 @@ async fn timeouts_common_to_every_call_are_not_retried() {
     // The second wave, timeouts still common: each request sent once.
     assert_eq!(second_calls, 40);
 }
+
+/// An attempt no retry can follow is not cut when it waited in the
+/// bulkhead's queue first (its inner call made later, from the queue): one
+/// attempt allowed, a bulkhead of 1 with a queue, a dependency answering in
+/// 500 ms under a 200 ms attempt timeout. The queued request is called at
+/// 500 ms and answered at 1 s. (It was cut at 700 ms: the word that no
+/// retry can follow was said only around a call made at once.)
+#[tokio::test(start_paused = true)]
+async fn a_queued_last_attempt_is_not_cut_either() {
+    let calls = Arc::new(AtomicU32::new(0));
+    let stack = ClientStack::builder("dep")
+        .total_budget(ms(2000))
+        .attempt_timeout(ms(200))
+        .retry(|r| r.max_attempts(1))
+        .bulkhead(|b| b.max_concurrent(1).max_queue(1))
+        .build()
+        .unwrap();
+    let svc = stack.layer(answering_after(calls.clone(), ms(500)));
+    let start = Instant::now();
+    let (first, second) = tokio::join!(svc.clone().oneshot(1), svc.clone().oneshot(2));
+    assert_eq!((first.unwrap(), second.unwrap()), (1, 2));
+    assert_eq!(
+        (calls.load(Ordering::SeqCst), start.elapsed()),
+        (2, ms(1000))
+    );
+}
