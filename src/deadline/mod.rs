@@ -74,14 +74,16 @@
 //!   cutting it would throw away its time and its work for nothing, and an
 //!   answer that comes after the attempt timeout but before the deadline
 //!   is the caller's. Past its own limit it counts as a timeout to the
-//!   retry layer; at the deadline it ends as an `AttemptTimeout` (a breaker
-//!   counts a dependency that hangs). The scenario: a dependency you do not
+//!   retry layer; at the deadline the attempt ends as an `AttemptTimeout`
+//!   (what a breaker between counts: a dependency that hangs is counted),
+//!   and the caller gets the retry layer's answer, `DeadlineExceeded` when
+//!   the request's deadline is spent. The scenario: a dependency you do not
 //!   own, queueing at 110 % of its capacity for 6 s (`cargo run --example
 //!   storm`, "queueing dependency"), whose queue stays within a 1 s
 //!   deadline: a client that waits serves everyone; the client stack with a
 //!   500 ms attempt timeout cut and retried attempts as the queue passed
 //!   500 ms and served 83.6 % (60.5 % with its breaker off), and serves
-//!   98.5 % now, with 1.02 calls per request.
+//!   98.5 % now, with 1.01 calls per request.
 //!
 //! `poll_ready` of both layers passes the inner readiness through and never
 //! times out by itself (a service cannot own a timer without allocating); put

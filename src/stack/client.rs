@@ -297,9 +297,10 @@ impl ClientStack {
 ///   half-open), and its callers were served 3.3 % where no protection
 ///   served 10.7 % (an outside trial over real HTTP);
 /// - the attempt timeout linked to the retry layer: an attempt reaching its
-///   limit while timeouts are common (more than the budget's floor share
-///   and 5 % of the last 2 s's requests, so a timed-out attempt would not
-///   be retried) is not cut but runs on to the request's deadline, as is
+///   limit while timeouts are common (more of them in the last 2 s than the
+///   budget's floor share of one slice, 10, plus 5 % of those 2 s's
+///   requests, so a timed-out attempt would not be retried) is not cut but
+///   runs on to the request's deadline, as is
 ///   the last attempt (see [the deadline module](crate::deadline)); one
 ///   made before timeouts were common was sent its own limit
 ///   (`grpc-timeout`, `x-request-timeout-ms`), which a dependency that
