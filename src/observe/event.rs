@@ -220,6 +220,10 @@ pub enum GiveUpReason {
     NotRetryable,
     /// The request could not be replayed (body too large to buffer, or not cloneable).
     NotReplayable,
+    /// The attempt timed out while timeouts are common (the dependency is
+    /// slow for everyone, as a saturated queue is): a retry would not be
+    /// faster (see the [retry module](crate::retry), "Timeouts").
+    TimeoutsCommon,
 }
 
 impl GiveUpReason {
@@ -232,6 +236,7 @@ impl GiveUpReason {
             GiveUpReason::Pushback => "pushback",
             GiveUpReason::NotRetryable => "not_retryable",
             GiveUpReason::NotReplayable => "not_replayable",
+            GiveUpReason::TimeoutsCommon => "timeouts_common",
         }
     }
 }

@@ -493,6 +493,15 @@ fn plus(cur: u64, add: u64) -> Option<u64> {
     (new != cur).then_some(new)
 }
 
+/// Why a retry after a timeout was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TimeoutRefusal {
+    /// Timeouts are common: none is retried.
+    Common,
+    /// The budget has no retry left.
+    Budget,
+}
+
 /// A request counted by [`RetryBudget::deposit_request`]: where to credit
 /// its success. Crediting consumes it, so a request is credited once.
 #[derive(Debug, PartialEq, Eq)]
@@ -517,11 +526,11 @@ impl RetryBudget {
     /// its tail: a retry cannot be faster, and it adds load to a dependency
     /// that has none to spare (a timed-out call may still be running
     /// there).
-    pub(crate) fn try_withdraw_after_timeout(&self) -> Option<Withdrawal> {
+    pub(crate) fn try_withdraw_after_timeout(&self) -> Result<Withdrawal, TimeoutRefusal> {
         let now = crate::clock::edge_now();
         match self.inner.judge_timeouts(self.inner.epoch(now)) {
-            true => None,
-            false => self.withdraw_at(now, true),
+            true => Err(TimeoutRefusal::Common),
+            false => self.withdraw_at(now, true).ok_or(TimeoutRefusal::Budget),
         }
     }
 
@@ -762,11 +771,11 @@ mod tests {
         for n in 1..=20 {
             b.deposit_timeout();
             assert!(b.may_retry_timeout(), "{n}");
-            assert!(b.try_withdraw_after_timeout().is_some(), "{n}");
+            assert!(b.try_withdraw_after_timeout().is_ok(), "{n}");
         }
         b.deposit_timeout();
         assert!(!b.may_retry_timeout());
-        assert!(b.try_withdraw_after_timeout().is_none());
+        assert_eq!(b.try_withdraw_after_timeout(), Err(TimeoutRefusal::Common));
         // Other retries are not refused for it.
         assert!(b.try_withdraw().is_some());
         // Two slices later the timeouts have left the span judged (the

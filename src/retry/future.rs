@@ -10,7 +10,7 @@ use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 
 use super::backoff::BackoffState;
-use super::budget::{RequestTicket, Withdrawal};
+use super::budget::{RequestTicket, TimeoutRefusal, Withdrawal};
 use super::layer::{SessionRng, Shared};
 use super::policy::{RetryPolicy, Verdict};
 use super::service::Local;
@@ -518,7 +518,13 @@ fn plan<P>(
         }
     }
     let granted = match timed_out {
-        true => shared.budget.try_withdraw_after_timeout(),
+        true => match shared.budget.try_withdraw_after_timeout() {
+            Err(TimeoutRefusal::Common) => {
+                return Err(GiveUp::new(GiveUpReason::TimeoutsCommon));
+            }
+            Err(TimeoutRefusal::Budget) => None,
+            Ok(w) => Some(w),
+        },
         false => shared.budget.try_withdraw(),
     };
     match granted {

@@ -74,7 +74,14 @@
 //!   The layer then tells an [`AttemptTimeoutLayer`](crate::deadline::AttemptTimeoutLayer)
 //!   below not to cut the attempts it makes (see the
 //!   [deadline module](crate::deadline)), and timeouts are judged again as
-//!   each slice passes. Other failures are retried as before.
+//!   each slice passes. A timeout not retried for this is reported as
+//!   `RetryGaveUp` with reason
+//!   [`TimeoutsCommon`](crate::observe::GiveUpReason::TimeoutsCommon).
+//!   Attempts already in flight when timeouts become common are cut at
+//!   their limit and not retried, unless the attempt timeout is linked to
+//!   this layer, as the [`ClientStack`](crate::stack::ClientStack) links
+//!   them (then it asks as its timer fires, and lets them run on). Other
+//!   failures are retried as before.
 //! - **Deadline.** The layer reads the task-local [`deadline::current()`](crate::deadline::current).
 //!   It never sleeps a backoff that ends past the deadline and never starts a
 //!   retry with less than `min_remaining` (default 10 ms) left; it then

@@ -1489,3 +1489,47 @@ async fn a_retry_waits_for_readiness_only_while_the_deadline_leaves_time_for_it(
         .expect("DeadlineExceeded");
     assert_eq!(de.name(), "stalled");
 }
+
+/// Composed by hand (a retry layer over an attempt timeout, under a
+/// request deadline), 40 requests at once to a dependency answering every
+/// call in 500 ms, 200 ms attempts: all 40 time out together; the first 10
+/// (the floor's share of a slice) are retried, and the other 30 find
+/// timeouts common: not retried, reported as `RetryGaveUp` with reason
+/// `timeouts_common` (not as an empty budget, which it is not).
+#[tokio::test(start_paused = true)]
+async fn timeouts_common_are_reported_as_such() {
+    let rec = Recorder::new();
+    let calls = Arc::new(AtomicU32::new(0));
+    let c = calls.clone();
+    let svc = tower::ServiceBuilder::new()
+        .layer(deadline::DeadlineLayer::new(Duration::from_secs(2)).unwrap())
+        .layer(
+            seawall::retry::RetryLayer::builder()
+                .observer(Observer::new(rec.clone()))
+                .build()
+                .unwrap(),
+        )
+        .layer(deadline::AttemptTimeoutLayer::new(Duration::from_millis(200)).unwrap())
+        .service(tower::service_fn(move |n: u32| {
+            c.fetch_add(1, Ordering::SeqCst);
+            async move {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                Ok::<u32, BoxError>(n)
+            }
+        }));
+    let all = (0..40).map(|i| svc.clone().oneshot(i));
+    let results = futures::future::join_all(all).await;
+    let gave_up = |reason| {
+        rec.count(|e| matches!(e.kind, EventKind::RetryGaveUp { reason: r, .. } if r == reason))
+    };
+    assert_eq!(gave_up(GiveUpReason::TimeoutsCommon), 30);
+    assert_eq!(gave_up(GiveUpReason::BudgetExhausted), 0);
+    assert_eq!(
+        rec.count(|e| matches!(e.kind, EventKind::BudgetExhausted)),
+        0
+    );
+    // The 10 retried: their second attempts, made once timeouts were
+    // common, were not cut and were answered.
+    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 10);
+    assert_eq!(calls.load(Ordering::SeqCst), 50);
+}
