@@ -359,7 +359,8 @@ impl<C> CircuitBreakerBuilder<C> {
 
     /// Backpressure mode: while open, `poll_ready` reports `Pending` until the
     /// breaker lets probes through (and wakes the task then), instead of
-    /// staying ready and failing calls fast. For balancers. Default: off.
+    /// staying ready and failing calls fast; forced open, or half-open with
+    /// every probe slot taken, until it moves. For balancers. Default: off.
     pub fn backpressure(mut self, enabled: bool) -> Self {
         self.settings.backpressure = enabled;
         self

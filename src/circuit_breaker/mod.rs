@@ -227,9 +227,11 @@
 //! wakes the task when the open time is over (a `tokio::time::Sleep` made
 //! once per service, in that mode only), or at once when an operator moves
 //! the breaker through its handle (`reset`, `disable`, …), which suits
-//! balancers. A forced-open
-//! breaker, or a half-open one with every probe slot taken, still rejects in
-//! `call`.
+//! balancers; also while it is forced open (until the operator moves it)
+//! and while it is half-open with every probe slot taken (until a probe's
+//! verdict, or a slot given back): a balancer does not pick an endpoint
+//! whose calls would all be refused. Two clones ready at once for the one
+//! slot: the second is refused in `call` (`half_open_full`).
 //!
 //! # Cost
 //!

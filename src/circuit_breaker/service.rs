@@ -11,7 +11,7 @@ use tower_service::Service;
 
 use super::future::{Guard, ResponseFuture};
 use super::handle::Shared;
-use super::state::{Core, Permit, PermitKind, Refusal};
+use super::state::{Core, Permit, PermitKind, Refusal, Wait};
 use crate::classify::Classify;
 use crate::clock;
 use crate::error::{BoxError, CircuitOpen, RejectionKind};
@@ -26,7 +26,9 @@ use crate::stripe::Striped;
 /// `poll_ready`: by default it only forwards the inner service's readiness, and
 /// a call made while the breaker is open fails at once with
 /// [`CircuitOpen`]. In backpressure mode it reports `Pending` while the
-/// breaker is open, and wakes the task when the open time is over.
+/// breaker is open, and wakes the task when the open time is over; also
+/// while it is forced open, or half-open with every probe slot taken, until
+/// it moves.
 pub struct CircuitBreaker<S, C, M = Head> {
     inner: S,
     hold: PhantomData<fn() -> M>,
@@ -222,16 +224,22 @@ fn wait_while_open<C>(
     let core = &shared.core;
     loop {
         let mut now = clock::edge_now();
-        let mut open = false;
-        while let Some(until) = core.open_deadline(now) {
-            if clock::poll_boxed_timer(slot, until, cx).is_pending() {
-                open = true;
-                break;
+        let open = loop {
+            match core.backpressure_wait(now) {
+                Some(Wait::Until(until)) => {
+                    if clock::poll_boxed_timer(slot, until, cx).is_pending() {
+                        break true;
+                    }
+                    // The open time is over: judged by `until`, it ends the
+                    // wait unless the breaker opened again since.
+                    now = now.max(until);
+                }
+                // Half-open with every probe slot taken, or forced open:
+                // until the breaker moves.
+                Some(Wait::Moved) => break true,
+                None => break false,
             }
-            // The open time is over: judged by `until`, it ends the wait
-            // unless the breaker opened again since.
-            now = now.max(until);
-        }
+        };
         if !open {
             // (Made only while open: nothing to wait for, nothing made.)
             *moved = None;

@@ -123,6 +123,16 @@ struct Control {
     half_open_at: i64,
 }
 
+/// What a `poll_ready` in backpressure mode waits for (see
+/// [`Core::backpressure_wait`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Wait {
+    /// The end of an open time.
+    Until(Instant),
+    /// The next move of the breaker's state or probe slots.
+    Moved,
+}
+
 /// The shared breaker.
 #[derive(Debug)]
 pub(crate) struct Core {
@@ -241,6 +251,10 @@ impl Core {
     }
 
     fn emit_state(&self, from: State, to: State, fr: Option<f64>, sr: Option<f64>) {
+        // Tasks waiting in `poll_ready` (backpressure) look again.
+        if let Some(moved) = &self.moved {
+            moved.notify_waiters();
+        }
         self.observer.emit(
             LayerKind::CircuitBreaker,
             self.name.as_str(),
@@ -337,6 +351,21 @@ impl Core {
         }
         let until = self.open_until.load(Ordering::Acquire);
         Some(nanos_to_duration(until.saturating_sub(self.nanos(now))))
+    }
+
+    /// What a `poll_ready` in backpressure mode waits for: an open time to
+    /// end, or a move (a probe's verdict, a probe slot given back, an
+    /// operator's reset) while half-open with no probe slot free or forced
+    /// open; `None`: nothing, a call now would be admitted (or refused for
+    /// another reason).
+    pub(crate) fn backpressure_wait(&self, now: Instant) -> Option<Wait> {
+        let word = self.word.load(Ordering::Acquire);
+        match state_of(word) {
+            OPEN => self.open_deadline(now).map(Wait::Until),
+            HALF_OPEN if free_of(word) == 0 => Some(Wait::Moved),
+            FORCED_OPEN => Some(Wait::Moved),
+            _ => None,
+        }
     }
 
     /// The instant an open breaker lets probes through, when it is open and
@@ -552,7 +581,13 @@ impl Core {
                 .word
                 .compare_exchange(word, next, Ordering::AcqRel, Ordering::Acquire)
             {
-                Ok(_) => return,
+                Ok(_) => {
+                    // A slot is free again: a task waiting for one looks.
+                    if let Some(moved) = &self.moved {
+                        moved.notify_waiters();
+                    }
+                    return;
+                }
                 Err(w) => word = w,
             }
         }

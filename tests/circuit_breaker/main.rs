@@ -2141,3 +2141,59 @@ async fn a_run_of_failures_just_after_a_close_opens_it() {
     let _ = call(&mut svc, FAIL).await;
     assert_eq!(handle.state(), State::Open, "the third failure in a row");
 }
+
+/// Backpressure mode, for a balancer: a half-open breaker whose one probe
+/// slot is taken is not ready (another clone's call would be refused,
+/// `half_open_full`), and is made ready by the probe's verdict; a forced-open
+/// one is not ready until the operator moves it. (Both read ready: a
+/// balancer kept picking an endpoint whose every call was refused.)
+#[tokio::test(start_paused = true)]
+async fn backpressure_holds_a_balancer_off_a_busy_half_open_and_a_forced_open_breaker() {
+    let layer = CircuitBreakerLayer::builder()
+        .window(SlidingWindow::count(1))
+        .minimum_calls(1)
+        .open_duration(Duration::from_secs(1))
+        .permitted_calls_in_half_open(1)
+        .backpressure(true)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let mut svc = wrap(&layer);
+    let _ = call(&mut svc, FAIL).await;
+    advance(Duration::from_secs(1)).await;
+    // The probe: 100 ms, holding the one slot.
+    let mut prober = svc.clone();
+    let mut other = svc.clone();
+    let start = Instant::now();
+    let probe = async {
+        prober.ready().await.unwrap();
+        let answer = prober.call(slow(100));
+        assert_eq!(handle.state(), State::HalfOpen);
+        answer.await
+    };
+    let ready = async {
+        tokio::task::yield_now().await;
+        other.ready().await.map(|_| ()).unwrap();
+        Instant::now()
+    };
+    let (answer, ready_at) =
+        tokio::time::timeout(Duration::from_secs(2), async { tokio::join!(probe, ready) })
+            .await
+            .expect("woken by the probe's verdict");
+    answer.unwrap();
+    assert_eq!(handle.state(), State::Closed);
+    assert_eq!(
+        ready_at - start,
+        Duration::from_millis(100),
+        "ready as the probe closed it"
+    );
+
+    handle.force_open();
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    assert!(
+        svc.poll_ready(&mut cx).is_pending(),
+        "forced open: not ready"
+    );
+    handle.reset();
+    assert!(svc.poll_ready(&mut cx).is_ready(), "reset: ready");
+}
