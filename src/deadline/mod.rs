@@ -298,9 +298,10 @@ thread_local! {
 #[inline]
 #[cfg_attr(not(feature = "retry"), allow(dead_code))]
 pub(crate) fn call_with_retry_gate<R>(may_follow: bool, call: impl FnOnce() -> R) -> R {
-    // The common case, a retry may follow and no retry layer above said
-    // otherwise: nothing to set (one read).
-    if may_follow && retry_may_follow() != Some(false) {
+    // The common case, a retry may follow: nothing to set, nothing read.
+    // (Under an outer retry layer that said none may follow, the inner
+    // one's attempts then run on too: they get the time, not the retry.)
+    if may_follow {
         return call();
     }
     crate::local::sync_scope(&RETRY_MAY_FOLLOW, may_follow, call)
