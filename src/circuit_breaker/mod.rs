@@ -229,7 +229,8 @@
 //! the breaker through its handle (`reset`, `disable`, …), which suits
 //! balancers; also while it is forced open (until the operator moves it)
 //! and while it is half-open with every probe slot taken (until a probe's
-//! verdict, or a slot given back): a balancer does not pick an endpoint
+//! verdict, a slot given back, or the time a late probe is let in past a
+//! stuck one, an open time on): a balancer does not pick an endpoint
 //! whose calls would all be refused. Two clones ready at once for the one
 //! slot: the second is refused in `call` (`half_open_full`).
 //!

@@ -234,8 +234,7 @@ fn wait_while_open<C>(
                     // wait unless the breaker opened again since.
                     now = now.max(until);
                 }
-                // Half-open with every probe slot taken, or forced open:
-                // until the breaker moves.
+                // Forced open: until the breaker moves.
                 Some(Wait::Moved) => break true,
                 None => break false,
             }

@@ -124,12 +124,12 @@ struct Control {
 }
 
 /// What a `poll_ready` in backpressure mode waits for (see
-/// [`Core::backpressure_wait`]).
+/// [`Core::backpressure_wait`]); the breaker's moves wake it too.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Wait {
-    /// The end of an open time.
+    /// An instant: the end of an open time, or when a late probe is let in.
     Until(Instant),
-    /// The next move of the breaker's state or probe slots.
+    /// The next move of the breaker's state.
     Moved,
 }
 
@@ -354,15 +354,20 @@ impl Core {
     }
 
     /// What a `poll_ready` in backpressure mode waits for: an open time to
-    /// end, or a move (a probe's verdict, a probe slot given back, an
-    /// operator's reset) while half-open with no probe slot free or forced
-    /// open; `None`: nothing, a call now would be admitted (or refused for
-    /// another reason).
+    /// end; while half-open with no probe slot free, a move (a probe's
+    /// verdict, a slot given back) or the time a late probe is let in (a
+    /// probe stuck on a dependency that hangs does not hold the endpoint
+    /// off for ever); forced open, an operator's move. `None`: nothing, a
+    /// call now would be admitted (or refused for another reason).
     pub(crate) fn backpressure_wait(&self, now: Instant) -> Option<Wait> {
         let word = self.word.load(Ordering::Acquire);
         match state_of(word) {
             OPEN => self.open_deadline(now).map(Wait::Until),
-            HALF_OPEN if free_of(word) == 0 => Some(Wait::Moved),
+            HALF_OPEN if free_of(word) == 0 => {
+                let until = self.open_until.load(Ordering::Acquire);
+                let left = nanos_to_duration(until.saturating_sub(self.nanos(now)));
+                (!left.is_zero()).then(|| Wait::Until(now + left))
+            }
             FORCED_OPEN => Some(Wait::Moved),
             _ => None,
         }

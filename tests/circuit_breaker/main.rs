@@ -2197,3 +2197,34 @@ async fn backpressure_holds_a_balancer_off_a_busy_half_open_and_a_forced_open_br
     handle.reset();
     assert!(svc.poll_ready(&mut cx).is_ready(), "reset: ready");
 }
+
+/// Backpressure mode: a probe stuck on a dependency that hangs does not
+/// hold the endpoint off for ever: a clone waiting while the one slot is
+/// out is made ready when a late probe is let in, one open time (1 s) after
+/// the probe went out.
+#[tokio::test(start_paused = true)]
+async fn backpressure_lets_a_late_probe_past_a_stuck_one() {
+    let layer = CircuitBreakerLayer::builder()
+        .window(SlidingWindow::count(1))
+        .minimum_calls(1)
+        .open_duration(Duration::from_secs(1))
+        .permitted_calls_in_half_open(1)
+        .backpressure(true)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let mut svc = wrap(&layer);
+    let _ = call(&mut svc, FAIL).await;
+    advance(Duration::from_secs(1)).await;
+    let mut stuck = svc.clone();
+    stuck.ready().await.unwrap();
+    let _hung = stuck.call(slow(600_000));
+    assert_eq!(handle.state(), State::HalfOpen);
+    let start = Instant::now();
+    let mut other = svc.clone();
+    tokio::time::timeout(Duration::from_secs(5), other.ready())
+        .await
+        .expect("ready for a late probe")
+        .unwrap();
+    assert_eq!(start.elapsed(), Duration::from_secs(1));
+}
