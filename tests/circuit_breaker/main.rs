@@ -2142,13 +2142,12 @@ async fn a_run_of_failures_just_after_a_close_opens_it() {
     assert_eq!(handle.state(), State::Open, "the third failure in a row");
 }
 
-/// Backpressure mode, for a balancer: a half-open breaker whose one probe
-/// slot is taken is not ready (another clone's call would be refused,
-/// `half_open_full`), and is made ready by the probe's verdict; a forced-open
-/// one is not ready until the operator moves it. (Both read ready: a
-/// balancer kept picking an endpoint whose every call was refused.)
-#[tokio::test(start_paused = true)]
-async fn backpressure_holds_a_balancer_off_a_busy_half_open_and_a_forced_open_breaker() {
+/// A breaker in backpressure mode (one call in its window, open 1 s, one
+/// probe) opened by a failure, its open time just over.
+async fn opened_with_backpressure() -> (
+    seawall::circuit_breaker::CircuitBreakerHandle,
+    CircuitBreaker<TestSvc, seawall::classify::ErrorsAsFailures>,
+) {
     let layer = CircuitBreakerLayer::builder()
         .window(SlidingWindow::count(1))
         .minimum_calls(1)
@@ -2157,10 +2156,20 @@ async fn backpressure_holds_a_balancer_off_a_busy_half_open_and_a_forced_open_br
         .backpressure(true)
         .build()
         .unwrap();
-    let handle = layer.handle();
     let mut svc = wrap(&layer);
     let _ = call(&mut svc, FAIL).await;
     advance(Duration::from_secs(1)).await;
+    (layer.handle(), svc)
+}
+
+/// Backpressure mode, for a balancer: a half-open breaker whose one probe
+/// slot is taken is not ready (another clone's call would be refused,
+/// `half_open_full`), and is made ready by the probe's verdict; a forced-open
+/// one is not ready until the operator moves it. (Both read ready: a
+/// balancer kept picking an endpoint whose every call was refused.)
+#[tokio::test(start_paused = true)]
+async fn backpressure_holds_a_balancer_off_a_busy_half_open_and_a_forced_open_breaker() {
+    let (handle, mut svc) = opened_with_backpressure().await;
     // The probe: 100 ms, holding the one slot.
     let mut prober = svc.clone();
     let mut other = svc.clone();
@@ -2204,18 +2213,7 @@ async fn backpressure_holds_a_balancer_off_a_busy_half_open_and_a_forced_open_br
 /// the probe went out.
 #[tokio::test(start_paused = true)]
 async fn backpressure_lets_a_late_probe_past_a_stuck_one() {
-    let layer = CircuitBreakerLayer::builder()
-        .window(SlidingWindow::count(1))
-        .minimum_calls(1)
-        .open_duration(Duration::from_secs(1))
-        .permitted_calls_in_half_open(1)
-        .backpressure(true)
-        .build()
-        .unwrap();
-    let handle = layer.handle();
-    let mut svc = wrap(&layer);
-    let _ = call(&mut svc, FAIL).await;
-    advance(Duration::from_secs(1)).await;
+    let (handle, svc) = opened_with_backpressure().await;
     let mut stuck = svc.clone();
     stuck.ready().await.unwrap();
     let _hung = stuck.call(slow(600_000));
