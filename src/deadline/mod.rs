@@ -76,8 +76,9 @@
 //!   is the caller's. Past its own limit it counts as a timeout to the
 //!   retry layer; at the deadline the attempt ends as an `AttemptTimeout`
 //!   (what a breaker between counts: a dependency that hangs is counted),
-//!   and the caller gets the retry layer's answer, `DeadlineExceeded` when
-//!   the request's deadline is spent. The scenario: a dependency you do not
+//!   which the caller gets when it was the last attempt (`DeadlineExceeded`
+//!   from the retry layer when a retry was still allowed but the deadline
+//!   is spent). The scenario: a dependency you do not
 //!   own, queueing at 110 % of its capacity for 6 s (`cargo run --example
 //!   storm`, "queueing dependency"), whose queue stays within a 1 s
 //!   deadline: a client that waits serves everyone; the client stack with a

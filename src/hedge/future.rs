@@ -217,6 +217,10 @@ where
                 );
             }
             if let Some(answer) = answer {
+                // An attempt of the others may have noted that it ran on,
+                // for a retry layer above that sees only this answer: the
+                // note goes with it.
+                let _ = crate::deadline::take_overran();
                 // The others are cancelled now, not when this future is dropped.
                 this.first.set(None);
                 for slot in this.extras.iter_mut() {

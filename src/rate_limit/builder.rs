@@ -219,7 +219,12 @@ impl<X, D> RateLimitLayerBuilder<X, D> {
     /// key's cells kept in Redis stay spent). A request costing more than
     /// either burst is refused at once, before either is asked. Response fields
     /// ([`response_headers`](Self::response_headers)) describe whichever of
-    /// the two has fewer requests left. For more limits, stack layers.
+    /// the two has fewer requests left. For more limits, stack layers. In
+    /// [`Mode::Wait`], a request waiting for its own key's cells takes its
+    /// global cell when it starts to wait (so that a tenant's waiting
+    /// requests do not hold the global quota back for the others): calls
+    /// let through at one instant can then pass the global burst by the
+    /// requests that were waiting for their keys.
     pub fn global_quota(mut self, quota: Quota) -> Self {
         self.settings.global = Some(quota);
         self

@@ -106,7 +106,8 @@ pin_project! {
         // apart): nothing to judge when dropped.
         settled: bool,
         // The call was polled: a call never polled has not reached Redis
-        // (its future is lazy) and is dropped with the request, not judged.
+        // (its future is lazy) and is dropped with the request, not judged
+        // (unless it is a probe).
         polled: bool,
         #[pin]
         timer: Sleep,
@@ -126,7 +127,9 @@ pin_project! {
     impl<S, Req, X, D> PinnedDrop for RedisWait<S, Req, X, D> {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
-            if !*this.settled && *this.polled {
+            // A probe goes on even unpolled: it claimed its range's probe
+            // time, and its reconnect is the range's way back.
+            if !*this.settled && (*this.polled || is_probe(this.call)) {
                 judge_apart(this.shared, this.call);
             }
         }
@@ -144,6 +147,17 @@ fn judge_apart<X, D>(shared: &Shared<X, D>, call: &mut RedisCall) {
 
 #[cfg(not(feature = "redis"))]
 fn judge_apart<X, D>(_: &Shared<X, D>, call: &mut RedisCall) {
+    match *call {}
+}
+
+/// Whether a Redis call is a probe of a degraded range.
+#[cfg(feature = "redis")]
+fn is_probe(call: &RedisCall) -> bool {
+    call.probe
+}
+
+#[cfg(not(feature = "redis"))]
+fn is_probe(call: &RedisCall) -> bool {
     match *call {}
 }
 

@@ -426,6 +426,9 @@ pub(crate) struct RedisCall {
     pub(crate) slot: usize,
     /// When the call was made (ns since the state's start).
     pub(crate) started_ns: u64,
+    /// A probe of a degraded range (it reconnects, and claimed the range's
+    /// probe time).
+    pub(crate) probe: bool,
 }
 
 /// The slots of a Redis Cluster.
@@ -649,6 +652,7 @@ impl RedisState {
             fut,
             slot,
             started_ns: self.now_ns(),
+            probe,
         }
     }
 

@@ -253,7 +253,8 @@ where
                     // counted twice nor left for another request's poll.
                     let noted = crate::deadline::take_overran();
                     let timed_out = matches!(&result, Err(e) if is_attempt_timeout(e));
-                    if (timed_out || noted) && !std::mem::take(this.overran) {
+                    let counted = std::mem::take(this.overran);
+                    if (timed_out || noted) && !counted {
                         shared.budget.deposit_timeout();
                     }
                     if let Some(started) = this.started.take() {

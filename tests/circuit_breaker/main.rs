@@ -2203,8 +2203,18 @@ async fn backpressure_holds_a_balancer_off_a_busy_half_open_and_a_forced_open_br
         svc.poll_ready(&mut cx).is_pending(),
         "forced open: not ready"
     );
-    handle.reset();
-    assert!(svc.poll_ready(&mut cx).is_ready(), "reset: ready");
+    // The reset, 1 s later, wakes the waiting task.
+    let start = Instant::now();
+    let reset = async {
+        sleep(Duration::from_secs(1)).await;
+        handle.reset();
+    };
+    let ((), ready) = tokio::join!(
+        reset,
+        tokio::time::timeout(Duration::from_secs(5), svc.ready())
+    );
+    ready.expect("woken by the reset").unwrap();
+    assert_eq!(start.elapsed(), Duration::from_secs(1));
 }
 
 /// Backpressure mode: a probe stuck on a dependency that hangs does not
