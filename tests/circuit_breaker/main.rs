@@ -2236,3 +2236,26 @@ async fn backpressure_lets_a_late_probe_past_a_stuck_one() {
         .unwrap();
     assert_eq!(start.elapsed(), Duration::from_secs(1));
 }
+
+/// Backpressure mode: a probe given back (its call dropped before an
+/// answer) frees the slot, and a clone waiting for it is woken at once.
+#[tokio::test(start_paused = true)]
+async fn backpressure_wakes_a_waiter_when_a_probe_is_given_back() {
+    let (handle, svc) = opened_with_backpressure().await;
+    let mut prober = svc.clone();
+    prober.ready().await.unwrap();
+    let probe = prober.call(slow(600_000));
+    assert_eq!(handle.state(), State::HalfOpen);
+    let mut other = svc.clone();
+    let start = Instant::now();
+    let give_back = async {
+        sleep(Duration::from_millis(300)).await;
+        drop(probe);
+    };
+    let ((), ready) = tokio::join!(
+        give_back,
+        tokio::time::timeout(Duration::from_secs(5), other.ready())
+    );
+    ready.expect("woken by the slot given back").unwrap();
+    assert_eq!(start.elapsed(), Duration::from_millis(300));
+}
