@@ -29,6 +29,8 @@ const TAG_MASK: u64 = (1 << (64 - TAG_SHIFT)) - 1;
 /// the one before (2 s of the default 10 s window), so that a dependency
 /// slow for everyone stops the retries of timeouts within a slice or two.
 const RECENT_SLICES: u64 = 2;
+/// Timeouts in those slices that are rare whatever the traffic.
+const TIMEOUTS_FLOOR: u64 = 2;
 /// One request, one succeeded request, in a slice's word.
 const ONE_REQUEST: u64 = 1;
 const ONE_SUCCESS: u64 = 1 << COUNT_BITS;
@@ -56,10 +58,10 @@ const PPM: u64 = 1_000_000;
 /// out, and retries one only while timeouts are rare:
 ///
 /// ```text
-/// timeouts_in_last_2_slices ≤ min_retries_per_sec × slice + ratio × requests_in_last_2_slices
+/// timeouts_in_last_2_slices ≤ 2 + ratio × requests_in_last_2_slices
 /// ```
 ///
-/// (10 + 5 % of the last 2 s's requests with the defaults). More than that,
+/// (2 + 5 % of the last 2 s's requests with the defaults). More than that,
 /// the dependency is slow for everyone, as a saturated queue is, not in its
 /// tail: retrying adds load where there is none to spare (see the
 /// [module documentation](super), "Timeouts").
@@ -642,10 +644,9 @@ impl Inner {
     fn common_with(&self, epoch: u64, extra: u64) -> bool {
         let (timeouts, _) = count_recent(&self.timeouts, epoch, RECENT_SLICES);
         let timeouts = timeouts + extra;
-        // The floor's share of one slice: a few timeouts a second are a
-        // tail at any traffic (a service of 2 requests a second with one
-        // hung call is not slow for everyone).
-        let floor = self.floor.load(Ordering::Relaxed) / BUCKETS as u64;
+        // A couple of timeouts are a tail at any traffic (a service of 2
+        // requests a second with one hung call is not slow for everyone).
+        let floor = TIMEOUTS_FLOOR;
         timeouts > floor && {
             let (requests, _) = count_recent(&self.counts, epoch, RECENT_SLICES);
             (timeouts - floor).saturating_mul(PPM)
@@ -757,18 +758,17 @@ impl fmt::Debug for RetryBudget {
 mod tests {
     use super::*;
 
-    /// Timeouts are common past the floor's share of a slice plus `ratio`
-    /// of the last two slices' requests; a timeout retry is refused then,
-    /// and may be retried again once a later slice finds them rare.
+    /// Timeouts are common past 2 plus `ratio` of the last two slices'
+    /// requests; a timeout retry is refused then, and may be retried again
+    /// once a later slice finds them rare.
     #[tokio::test(start_paused = true)]
     async fn timeouts_are_retried_while_rare() {
-        // 5 %, 10 a second over 10 s: a floor of 100, 10 per 1 s slice.
         let b = RetryBudget::adaptive(0.05, 0.5, 10, Duration::from_secs(10)).unwrap();
         for _ in 0..200 {
             b.deposit_succeeded();
         }
-        // 10 + 5 % of 200 = 20 timeouts are rare; the 21st is not.
-        for n in 1..=20 {
+        // 2 + 5 % of 200 = 12 timeouts are rare; the 13th is not.
+        for n in 1..=12 {
             b.deposit_timeout();
             assert!(b.may_retry_timeout(), "{n}");
             assert!(b.try_withdraw_after_timeout().is_ok(), "{n}");
@@ -784,11 +784,17 @@ mod tests {
         assert!(!b.may_retry_timeout(), "still in the span");
         tokio::time::advance(Duration::from_secs(1)).await;
         assert!(b.may_retry_timeout());
-        // A plain budget floor of 0: one timeout in one request is common.
-        let strict = RetryBudget::adaptive(0.05, 0.0, 0, Duration::from_secs(10)).unwrap();
-        strict.deposit_succeeded();
-        strict.deposit_timeout();
-        assert!(!strict.may_retry_timeout());
+        // At 2 requests a second, one hung call is a tail: retried; a third
+        // timeout in the span is not.
+        let quiet = RetryBudget::adaptive(0.05, 0.5, 10, Duration::from_secs(10)).unwrap();
+        for _ in 0..4 {
+            quiet.deposit_succeeded();
+        }
+        quiet.deposit_timeout();
+        quiet.deposit_timeout();
+        assert!(quiet.may_retry_timeout());
+        quiet.deposit_timeout();
+        assert!(!quiet.may_retry_timeout());
     }
 
     fn budget(ratio: f64, min: u32) -> (RetryBudget, Instant) {

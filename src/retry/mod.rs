@@ -65,9 +65,11 @@
 //!   (10 500 and the floor's 100), where a plain 3-attempt retry makes 30 000.
 //! - **Timeouts.** An attempt that timed out (an
 //!   [`AttemptTimeout`](crate::error::AttemptTimeout) below) is retried only
-//!   while timeouts are rare: no more than the floor's share of one slice
-//!   of the window (10 with the defaults) plus `ratio` (5 %) of the
-//!   requests of the last two slices (2 s). Past that, the dependency is
+//!   while timeouts are rare: no more than 2 plus `ratio` (5 %) of the
+//!   requests of the last two slices of the window (2 s with the defaults;
+//!   2, so that at any traffic a hung call or two are a tail: a service of
+//!   2 requests a second has its one hung call retried). Past that, the
+//!   dependency is
 //!   slow for everyone, not in its tail (a saturated queue): a retry cannot
 //!   be faster, it adds load where none can be spared (the timed-out call
 //!   may still be running there), and it goes to the back of the queue.

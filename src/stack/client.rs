@@ -297,16 +297,16 @@ impl ClientStack {
 ///   half-open), and its callers were served 3.3 % where no protection
 ///   served 10.7 % (an outside trial over real HTTP);
 /// - the attempt timeout linked to the retry layer: an attempt reaching its
-///   limit while timeouts are common (more of them in the last 2 s than the
-///   budget's floor share of one slice, 10, plus 5 % of those 2 s's
-///   requests, so a timed-out attempt would not be retried) is not cut but
+///   limit while timeouts are common (more of them in the last 2 s than 2
+///   plus 5 % of those 2 s's requests, so a timed-out attempt would not be
+///   retried) is not cut but
 ///   runs on to the request's deadline, as is
 ///   the last attempt (see [the deadline module](crate::deadline)); one
 ///   made before timeouts were common was sent its own limit
 ///   (`grpc-timeout`, `x-request-timeout-ms`), which a dependency that
 ///   reads it keeps to. The
 ///   scenario: a dependency queueing at 110 % of its capacity (the storm's
-///   "queueing dependency"), served 98.5 % where cutting and retrying
+///   "queueing dependency"), served 99.1 % where cutting and retrying
 ///   attempts as its queue passed the attempt timeout served 83.6 %.
 ///
 /// [`build`](Self::build) checks the settings against each other; see

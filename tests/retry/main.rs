@@ -1492,10 +1492,11 @@ async fn a_retry_waits_for_readiness_only_while_the_deadline_leaves_time_for_it(
 
 /// Composed by hand (a retry layer over an attempt timeout, under a
 /// request deadline), 40 requests at once to a dependency answering every
-/// call in 500 ms, 200 ms attempts: all 40 time out together; the first 10
-/// (the floor's share of a slice) are retried, and the other 30 find
-/// timeouts common: not retried, reported as `RetryGaveUp` with reason
-/// `timeouts_common` (not as an empty budget, which it is not).
+/// call in 500 ms, 200 ms attempts: all 40 time out together; the first 2
+/// (a couple of timeouts are a tail at any traffic) are retried, and the
+/// other 38 find timeouts common: not retried, reported as `RetryGaveUp`
+/// with reason `timeouts_common` (not as an empty budget, which it is
+/// not).
 #[tokio::test(start_paused = true)]
 async fn timeouts_common_are_reported_as_such() {
     let rec = Recorder::new();
@@ -1522,14 +1523,14 @@ async fn timeouts_common_are_reported_as_such() {
     let gave_up = |reason| {
         rec.count(|e| matches!(e.kind, EventKind::RetryGaveUp { reason: r, .. } if r == reason))
     };
-    assert_eq!(gave_up(GiveUpReason::TimeoutsCommon), 30);
+    assert_eq!(gave_up(GiveUpReason::TimeoutsCommon), 38);
     assert_eq!(gave_up(GiveUpReason::BudgetExhausted), 0);
     assert_eq!(
         rec.count(|e| matches!(e.kind, EventKind::BudgetExhausted)),
         0
     );
-    // The 10 retried: their second attempts, made once timeouts were
+    // The 2 retried: their second attempts, made once timeouts were
     // common, were not cut and were answered.
-    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 10);
-    assert_eq!(calls.load(Ordering::SeqCst), 50);
+    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 2);
+    assert_eq!(calls.load(Ordering::SeqCst), 42);
 }

@@ -967,9 +967,8 @@ async fn the_last_attempt_runs_on_to_the_deadline() {
 /// Timeouts are retried while they are rare, not once they are common: a
 /// dependency that answers every call in 500 ms under a 200 ms attempt
 /// timeout (slow for everyone, as a saturated queue is) gets its first
-/// timeouts retried, up to the floor's share of a slice (10) and 5 % of
-/// the requests; after that a request is sent once and not cut, and is
-/// answered in 500 ms. Counted as the budget counts: 40 requests at once,
+/// timeouts retried, up to 2 and 5 % of the requests; after that a request
+/// is sent once and not cut, and is answered in 500 ms. Counted as the budget counts: 40 requests at once,
 /// then 40 more.
 #[tokio::test(start_paused = true)]
 async fn timeouts_common_to_every_call_are_not_retried() {
@@ -993,11 +992,10 @@ async fn timeouts_common_to_every_call_are_not_retried() {
     // Every request answered: none cut with no retry to follow it.
     assert_eq!((ok, ok2), (40, 40));
     // The first wave: all 40 reach their attempt timeout at once; the
-    // first 10 (the floor's share of a slice) are cut and retried, the
-    // 11th finds that timeouts would be common and, as the other 29, runs
-    // on and is answered; the 10 retries, sent once timeouts are common,
-    // are not cut either.
-    assert_eq!(first_calls, 40 + 10);
+    // first 2 are cut and retried, the 3rd finds that timeouts would be
+    // common and, as the other 37, runs on and is answered; the 2 retries,
+    // sent once timeouts are common, are not cut either.
+    assert_eq!(first_calls, 40 + 2);
     // The second wave, timeouts still common: each request sent once.
     assert_eq!(second_calls, 40);
 }

@@ -612,7 +612,7 @@ fn ejection_keeps_a_partly_broken_replica_set_serving() {
 /// capacity for 6 s: its queue stays within the deadline, so a caller that
 /// waits is served. seawall's client stack (its attempt timeout of 500 ms
 /// under a 1 s deadline) serves what no protection serves, within two
-/// points (about 98.5 % against 100 %: the first timeouts, still rare, are
+/// points (about 99 % against 100 %: the first timeouts, still rare, are
 /// retried), and adds no more than 2 % of calls: timeouts, common as the queue
 /// passes 500 ms, are not retried, and an attempt no retry can follow is
 /// not cut. (Before, it cut and retried them: 83.6 % served, 60.5 %
