@@ -67,7 +67,10 @@
 //!   the task-local deadline below it, so outbound calls advertise it.
 //! - Under a [`RetryLayer`](crate::retry::RetryLayer), an attempt is cut at
 //!   its own limit only if a retry can follow it. The last attempt, one the
-//!   request cannot be copied for (a `POST` under the HTTP preset), or any
+//!   request cannot be copied for (a `POST` under the HTTP preset), one the
+//!   retry policy would not retry after a timeout
+//!   ([`RetryPolicy::may_retry_timeout`](crate::retry::RetryPolicy::may_retry_timeout):
+//!   the gRPC preset's, unless `DEADLINE_EXCEEDED` is opted in), or any
 //!   attempt made while the retry budget finds timeouts common (see
 //!   [`RetryBudget`](crate::retry::RetryBudget)) runs on under the
 //!   request's deadline, which is then the one below it and on the wire:

@@ -415,6 +415,7 @@ where
                     *last = None;
                     let may_follow = attempt < shared.max_attempts
                         && this.request.is_some()
+                        && shared.policy.may_retry_timeout(&req)
                         && shared.budget.may_retry_timeout();
                     let future =
                         crate::deadline::call_with_retry_gate(may_follow, || service.call(req));

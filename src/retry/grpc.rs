@@ -357,6 +357,11 @@ where
         self.hedges(req.uri().path())
     }
 
+    fn may_retry_timeout(&self, _: &Request<B>) -> bool {
+        // An attempt timed out is a DEADLINE_EXCEEDED to this policy.
+        self.retries(Code::DeadlineExceeded)
+    }
+
     fn arrived_as_retry(&self, req: &Request<B>) -> bool {
         arrived_as_retry(req)
     }

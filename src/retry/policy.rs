@@ -84,6 +84,19 @@ pub trait RetryPolicy<Req, Res>: Send + Sync + 'static {
         true
     }
 
+    /// Whether an attempt of `req` that timed out (an
+    /// [`AttemptTimeout`](crate::error::AttemptTimeout) below) would be
+    /// retried. Asked as each attempt is made: when it would not, an
+    /// [`AttemptTimeoutLayer`](crate::deadline::AttemptTimeoutLayer) below
+    /// does not cut the attempt, which runs on to the request's deadline
+    /// (see the [deadline module](crate::deadline)). Default: yes (the
+    /// verdict then decides). The gRPC policy says yes only when
+    /// `DEADLINE_EXCEEDED` is among its retried codes.
+    fn may_retry_timeout(&self, req: &Req) -> bool {
+        let _ = req;
+        true
+    }
+
     /// Whether a copy of `req` may be sent while it is still in flight (a
     /// hedge; see [`hedge`](crate::hedge)). A hedge runs beside an attempt
     /// that may be executing, so it is safe only for idempotent requests.

@@ -174,7 +174,9 @@ where
         };
         // Whether a retry may follow a timeout of this attempt: an
         // attempt timeout below does not cut one that none can follow.
-        let may_follow = copy.is_some() && shared.budget.may_retry_timeout();
+        let may_follow = copy.is_some()
+            && shared.policy.may_retry_timeout(&req)
+            && shared.budget.may_retry_timeout();
         let inner = &mut self.inner;
         ResponseFuture::new(
             self.local.clone(),

@@ -1466,10 +1466,15 @@ async fn server_preset_answers_before_the_client_preset_times_out() {
 /// as a gRPC deadline covers the whole stream. It is not retried (the head
 /// had come), and the breaker counts it as a failure when the body is cut
 /// (a head that looks like a success is judged again at the body's end).
+/// (`DEADLINE_EXCEEDED` opted in: a retry may follow a timed-out attempt,
+/// so the attempt timeout cuts it; without, it runs on to the budget.)
 #[tokio::test(start_paused = true)]
 async fn grpc_preset_holds_the_body_to_the_attempts_deadline() {
     let (channel, hits) = serve_raw(Answer::SlowFirstMessage).await;
-    let stack = grpc_preset(Duration::from_millis(500)).build().unwrap();
+    let stack = grpc_preset(Duration::from_millis(500))
+        .retry(|r| r.policy(GrpcRetry::new().with_code(tonic::Code::DeadlineExceeded)))
+        .build()
+        .unwrap();
     let breaker = stack.breaker_handle();
     let start = tokio::time::Instant::now();
     let status = call_say_hello(stack.layer(channel), hello())
@@ -2169,4 +2174,52 @@ async fn a_server_budget_above_30_s_caps_what_callers_ask_for() {
     assert_eq!(ask!(generic, Some("45000")), "44990");
     assert_eq!(ask!(generic, Some("90000")), "59990");
     assert_eq!(ask!(generic, None::<&str>), "60000");
+}
+
+/// The gRPC preset does not retry a timed-out attempt (`DEADLINE_EXCEEDED`
+/// is not among its retried codes unless opted in): its attempt timeout
+/// does not cut an attempt then, and a dependency answering in 500 ms under
+/// a 200 ms attempt timeout and a 2 s budget is answered, once. (The
+/// attempt was cut at 200 ms, sent `grpc-timeout` 200 ms, and the call
+/// failed with nothing to follow it.) Opted in, the attempts are cut and
+/// retried.
+#[tokio::test]
+async fn grpc_preset_does_not_cut_an_attempt_it_would_not_retry() {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let h = hits.clone();
+    let server = GreeterServer::new(move |req: tonic::Request<HelloRequest>| {
+        let n = h.fetch_add(1, Ordering::SeqCst) + 1;
+        async move {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            Ok(greeter::HelloReply {
+                message: format!("hello {} from call {n}", req.into_inner().name),
+                deadline_ms: None,
+                budget_ms: None,
+                left_ms: None,
+            })
+        }
+    });
+    let channel = serve_grpc(server).await;
+    let stack = grpc_preset(Duration::from_millis(200)).build().unwrap();
+    let started = std::time::Instant::now();
+    let reply = call_say_hello(stack.layer(channel.clone()), hello())
+        .await
+        .unwrap();
+    assert_eq!(reply.message, "hello preset from call 1");
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+    assert!(started.elapsed() >= Duration::from_millis(500));
+
+    // DEADLINE_EXCEEDED opted in: the first two attempts are cut at 200 ms
+    // and retried, and the last, which no retry can follow, runs on and is
+    // answered.
+    hits.store(0, Ordering::SeqCst);
+    let retrying = grpc_preset(Duration::from_millis(200))
+        .retry(|r| r.policy(GrpcRetry::new().with_code(tonic::Code::DeadlineExceeded)))
+        .build()
+        .unwrap();
+    let reply = call_say_hello(retrying.layer(channel), hello())
+        .await
+        .unwrap();
+    assert_eq!(reply.message, "hello preset from call 3");
+    assert_eq!(hits.load(Ordering::SeqCst), 3);
 }
