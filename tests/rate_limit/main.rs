@@ -37,6 +37,11 @@ fn retry_after(err: &BoxError) -> Option<Duration> {
     r.retry_after()
 }
 
+/// Refusals the recorder saw with this detail.
+fn refusals(recorder: &Recorder, detail: &str) -> usize {
+    recorder.count(|e| matches!(e.kind, EventKind::Rejected { detail: d, .. } if d == detail))
+}
+
 #[tokio::test(start_paused = true)]
 async fn burst_then_steady_rate_admits_exactly_the_quota() {
     // 10 per second: a burst of 10, then one every 100 ms.
@@ -155,16 +160,7 @@ async fn global_quota_applies_on_top_of_per_key_quota() {
         (5, 3),
         "tenant B gets only what is left of the global 8"
     );
-    assert_eq!(
-        recorder.count(|e| matches!(
-            e.kind,
-            EventKind::Rejected {
-                detail: "global_limit",
-                ..
-            }
-        )),
-        2
-    );
+    assert_eq!(refusals(&recorder, "global_limit"), 2);
 }
 
 /// A request the global quota refuses gives its key's cells back: a
@@ -187,16 +183,7 @@ async fn a_request_the_global_quota_refuses_gives_its_key_s_cells_back() {
         let err = call(&mut svc, a).await.unwrap_err();
         assert_eq!(retry_after(&err), Some(Duration::from_secs(1)), "A{a}");
     }
-    assert_eq!(
-        recorder.count(|e| matches!(
-            e.kind,
-            EventKind::Rejected {
-                detail: "global_limit",
-                ..
-            }
-        )),
-        3
-    );
+    assert_eq!(refusals(&recorder, "global_limit"), 3);
     advance(Duration::from_secs(1)).await;
     assert_eq!(
         call(&mut svc, 4).await.unwrap(),
@@ -231,16 +218,7 @@ async fn a_request_above_the_global_burst_takes_nothing_from_its_key() {
     let mut svc = layer.layer(echo());
     let err = call(&mut svc, 5).await.unwrap_err();
     assert_eq!(retry_after(&err), None);
-    assert_eq!(
-        recorder.count(|e| matches!(
-            e.kind,
-            EventKind::Rejected {
-                detail: "cost_above_burst",
-                ..
-            }
-        )),
-        1
-    );
+    assert_eq!(refusals(&recorder, "cost_above_burst"), 1);
     for i in 0..5 {
         assert_eq!(call(&mut svc, 2).await.unwrap(), 2, "2-cell request {i}");
         advance(Duration::from_secs(1)).await;
@@ -492,16 +470,7 @@ async fn wait_mode_waits_exactly_and_respects_max_wait() {
         "no waiting when the wait is too long"
     );
     assert_eq!(retry_after(&err), Some(Duration::from_secs(1)));
-    assert_eq!(
-        recorder.count(|e| matches!(
-            e.kind,
-            EventKind::Rejected {
-                detail: "wait_exceeds_limit",
-                ..
-            }
-        )),
-        1
-    );
+    assert_eq!(refusals(&recorder, "wait_exceeds_limit"), 1);
 }
 
 /// `wait(Duration::MAX)`, no maximum of the layer's own: a request waits
@@ -678,16 +647,7 @@ async fn waiting_requests_take_their_cells_in_order_and_too_late_is_refused_at_o
             (Err(Some(s(3))), s(0)),
         ]
     );
-    assert_eq!(
-        recorder.count(|e| matches!(
-            e.kind,
-            EventKind::Rejected {
-                detail: "wait_exceeds_limit",
-                ..
-            }
-        )),
-        2
-    );
+    assert_eq!(refusals(&recorder, "wait_exceeds_limit"), 2);
 }
 
 /// A waiting request dropped before its time gives its cell back when no
