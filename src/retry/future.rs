@@ -252,7 +252,7 @@ where
                     // left its note: taken here, so that it is neither
                     // counted twice nor left for another request's poll.
                     let noted = crate::deadline::take_overran();
-                    let timed_out = matches!(&result, Err(e) if is_attempt_timeout(e));
+                    let timed_out = matches!(&result, Err(e) if super::is_attempt_timeout(e));
                     let counted = std::mem::take(this.overran);
                     if (timed_out || noted) && !counted {
                         shared.budget.deposit_timeout();
@@ -551,11 +551,6 @@ fn overran<P>(shared: &Shared<P>, counted: &mut bool) {
     if !std::mem::replace(counted, true) {
         shared.budget.deposit_timeout();
     }
-}
-
-/// Whether an attempt ended on its own timeout (an attempt timeout below).
-fn is_attempt_timeout(error: &BoxError) -> bool {
-    crate::error::rejection_of(error).is_some_and(|r| r.kind() == RejectionKind::AttemptTimeout)
 }
 
 /// The deadline that bounds the retries: the one the request carried (or the

@@ -296,9 +296,7 @@ impl GrpcRetry {
         // An attempt that timed out here is a DEADLINE_EXCEEDED: it may have
         // run on the server, so it is retried only when that code is opted
         // in (idempotent methods), as gRPC's own retry policy does.
-        if crate::error::rejection(&**err)
-            .is_some_and(|r| r.kind() == crate::error::RejectionKind::AttemptTimeout)
-        {
+        if super::is_attempt_timeout(err) {
             return self.verdict(Code::DeadlineExceeded, &HeaderMap::new());
         }
         classify_error(err)

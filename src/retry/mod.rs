@@ -142,6 +142,13 @@ pub mod grpc;
 pub mod http;
 
 pub use self::backoff::{Backoff, BackoffState, Delays, Jitter};
+
+/// Whether an attempt ended on its own timeout (an attempt timeout below):
+/// for the budget, a timeout; for the gRPC policy, a `DEADLINE_EXCEEDED`.
+pub(crate) fn is_attempt_timeout(error: &crate::error::BoxError) -> bool {
+    crate::error::rejection_of(error)
+        .is_some_and(|r| r.kind() == crate::error::RejectionKind::AttemptTimeout)
+}
 pub use self::budget::{BudgetSnapshot, RequestTicket, RetryBudget, Withdrawal};
 pub use self::future::ResponseFuture;
 pub use self::inbound::{inbound_attempt, scope_inbound_attempt, sync_scope_inbound_attempt};
