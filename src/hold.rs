@@ -128,6 +128,16 @@ pub trait Hold<T>: sealed::Sealed + Send + Sync + 'static {
         let _ = response;
         crate::observe::Outcome::Success
     }
+
+    /// Whether a response the layer lets go of at its head says the
+    /// handler ran out of time (an HTTP `504`, a gRPC `DEADLINE_EXCEEDED`
+    /// in the head): never for any `T` but a protocol's response.
+    #[doc(hidden)]
+    #[inline]
+    fn timed_out(response: &T) -> bool {
+        let _ = response;
+        false
+    }
 }
 
 impl<T> Hold<T> for Head {

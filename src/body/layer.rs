@@ -102,6 +102,7 @@ impl CallBodyLayerBuilder {
                 observer: self.observer,
                 own_end: std::time::Duration::ZERO,
                 retry_signal: None,
+                upstream_margin: std::time::Duration::ZERO,
             }),
             deadline: self.deadline,
         })

@@ -481,6 +481,15 @@ impl<B: Body> Hold<http::Response<CallBody<B>>> for BodyEnd {
         const HTTP: crate::http::HttpStatusClassifier = crate::http::HttpStatusClassifier::new();
         Classify::<_, BoxError>::classify(&HTTP, Ok(response))
     }
+
+    #[inline]
+    fn timed_out(response: &http::Response<CallBody<B>>) -> bool {
+        response.status() == http::StatusCode::GATEWAY_TIMEOUT
+            || response
+                .headers()
+                .get("grpc-status")
+                .is_some_and(|v| v == "4")
+    }
 }
 
 impl<B, C> crate::hold::HoldVerdict<http::Response<CallBody<B>>, C> for BodyEnd

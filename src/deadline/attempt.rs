@@ -81,6 +81,7 @@ impl AttemptTimeoutLayer {
                 observer: self.shared.observer.clone(),
                 own_end: self.shared.own_end,
                 retry_signal: Some(signal),
+                upstream_margin: std::time::Duration::ZERO,
             }),
         }
     }
@@ -144,6 +145,7 @@ impl AttemptTimeoutLayerBuilder {
                 observer: self.observer,
                 own_end: self.own_end.min(self.per_try / 10),
                 retry_signal: None,
+                upstream_margin: std::time::Duration::ZERO,
             }),
         })
     }

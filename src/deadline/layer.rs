@@ -2,8 +2,11 @@ use crate::stripe::Striped;
 use std::fmt;
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use tower_layer::Layer;
 
+use super::Deadline;
 use super::service::DeadlineService;
 use crate::error::{ConfigError, Name};
 use crate::observe::Observer;
@@ -22,6 +25,31 @@ pub(crate) struct Shared {
     /// retried (its budget's judgement), so that an attempt reaching its
     /// limit then is not cut but runs on to the request's deadline.
     pub(crate) retry_signal: Option<super::RetrySignal>,
+    /// A deadline's: the time it keeps before a deadline from above (a
+    /// server stack's task-local one, when a handler makes this call, or
+    /// one the request carries), at most a tenth of what is left of it;
+    /// zero for other timers. A client stack's, so that its own timer ends
+    /// a call that hangs (its breaker counts it, its handler answers)
+    /// before the server's drops it.
+    pub(crate) upstream_margin: Duration,
+}
+
+impl Shared {
+    /// `upstream`, a deadline from above, less this layer's margin before
+    /// it (at most a tenth of what is left of it at `now`).
+    #[inline]
+    pub(crate) fn before_upstream(&self, upstream: Deadline, now: Instant) -> Deadline {
+        if self.upstream_margin.is_zero() {
+            return upstream;
+        }
+        let margin = self.upstream_margin.min(upstream.remaining_from(now) / 10);
+        Deadline::at(
+            upstream
+                .instant()
+                .checked_sub(margin)
+                .unwrap_or(upstream.instant()),
+        )
+    }
 }
 
 impl fmt::Debug for Shared {
@@ -74,6 +102,7 @@ impl DeadlineLayer {
             name: Name::from("deadline"),
             observer: Observer::none(),
             in_request: true,
+            upstream_margin: Duration::ZERO,
         }
     }
 
@@ -120,6 +149,7 @@ pub struct DeadlineLayerBuilder {
     name: Name,
     observer: Observer,
     in_request: bool,
+    upstream_margin: Duration,
 }
 
 impl DeadlineLayerBuilder {
@@ -133,6 +163,13 @@ impl DeadlineLayerBuilder {
     /// leaves it out.
     pub fn in_request(mut self, store: bool) -> Self {
         self.in_request = store;
+        self
+    }
+
+    /// Keeps `margin` (at most a tenth of what is left) before a deadline
+    /// from above: the client stacks' (`UPSTREAM_MARGIN`).
+    pub(crate) fn upstream_margin(mut self, margin: Duration) -> Self {
+        self.upstream_margin = margin;
         self
     }
 
@@ -156,6 +193,7 @@ impl DeadlineLayerBuilder {
                 observer: self.observer,
                 own_end: Duration::ZERO,
                 retry_signal: None,
+                upstream_margin: self.upstream_margin,
             }),
             in_request: self.in_request,
         })

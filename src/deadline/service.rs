@@ -172,7 +172,10 @@ where
         let waited = self.ready_since.take();
         let start = waited.unwrap_or(now);
         let own = Deadline::after_from(start, self.shared.limit);
-        let upstream = super::of(&req);
+        // A client stack's timer ends a little before a deadline from
+        // above (a server stack's, in a handler), so that the call ends on
+        // its own terms (see `UPSTREAM_MARGIN`).
+        let upstream = super::of(&req).map(|up| self.shared.before_upstream(up, now));
         let deadline = own.min_opt(upstream);
         if deadline.instant() <= now {
             let upstream_expired = upstream.is_some_and(|u| u.instant() <= now);

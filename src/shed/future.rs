@@ -127,7 +127,15 @@ where
                     // The head: the call's latency, and its place given back
                     // (a streamed body that follows holds the bulkhead's
                     // permit, not a place: see `hold`).
-                    Ok(response) if M::PAST_HEAD => permit.complete_answer(|| M::outcome(response)),
+                    Ok(response) if M::PAST_HEAD => permit.complete_answer(|| {
+                        match M::outcome(response) {
+                            // A handler that ran out of time (waiting on a
+                            // dependency that hung, say): the time it held
+                            // its place is a sample.
+                            Outcome::Failure if M::timed_out(response) => Completion::TimedOut,
+                            outcome => Completion::Sample(outcome),
+                        }
+                    }),
                     Ok(_) => permit.complete(Completion::Sample(Outcome::Success)),
                     Err(_) => {
                         // A failure is judged as a `BoxError`.

@@ -42,6 +42,11 @@ pub(crate) enum Completion {
     Drop,
     /// Finished with an error that says nothing about capacity.
     Ignore,
+    /// Answered that it ran out of time (a `504`, a `DEADLINE_EXCEEDED`:
+    /// a handler that waited its budget out, on a dependency that hung,
+    /// say): a failure whose time held is a sample, as a slower
+    /// dependency's answers are.
+    TimedOut,
 }
 
 pub(crate) struct Config {
@@ -361,7 +366,8 @@ impl Limiter {
             // fails or refuses at once, its answers passed on, would make
             // a queue of slow answers look like one of fast ones. Nor is
             // it a drop: a dependency's refusal is no queue of this
-            // server's.
+            // server's. (An answer that the handler ran out of time is a
+            // sample: `TimedOut`.)
             Completion::Ignore
             | Completion::Sample(Outcome::Failure | Outcome::Refused | Outcome::Overloaded) => {
                 return;
@@ -369,7 +375,7 @@ impl Limiter {
             Completion::Drop => {
                 self.win_drops.fetch_add(1, Ordering::Relaxed);
             }
-            Completion::Sample(_) => {
+            Completion::Sample(_) | Completion::TimedOut => {
                 if rtt < self.min_rtt {
                     return;
                 }
@@ -703,8 +709,8 @@ impl Permit {
     /// "busy" answer is no sample (a dependency failing or refusing at
     /// once says nothing of a queue here; see [`Limiter::record`]).
     #[inline]
-    pub(crate) fn complete_answer(&mut self, outcome: impl FnOnce() -> Outcome) {
-        self.complete(Completion::Sample(outcome()));
+    pub(crate) fn complete_answer(&mut self, completion: impl FnOnce() -> Completion) {
+        self.complete(completion());
     }
 
     // Always: on the path of every call (left to the compiler, it went out
@@ -714,14 +720,16 @@ impl Permit {
     fn report(&self, completion: Completion, rtt: Duration, now: Instant, idle: u64) {
         let limiter = &*self.limiter;
         match completion {
-            Completion::Sample(Outcome::Success | Outcome::Ignored) if self.burst => {
+            Completion::Sample(Outcome::Success | Outcome::Ignored) | Completion::TimedOut
+                if self.burst =>
+            {
                 limiter.record_burst(rtt, now, idle)
             }
             _ => limiter.record(completion, rtt, now, idle),
         }
         let outcome = match completion {
             Completion::Sample(outcome) => outcome,
-            Completion::Drop | Completion::Ignore => Outcome::Failure,
+            Completion::Drop | Completion::Ignore | Completion::TimedOut => Outcome::Failure,
         };
         limiter.observer.emit(
             LayerKind::AdaptiveLimit,

@@ -64,8 +64,13 @@
 //!   responses are judged by their status, a failed or "busy" one (a 5xx,
 //!   a 429, an error `grpc-status`) is ignored: a dependency that fails or
 //!   refuses at once, its answers passed on, must not make slow answers
-//!   look like a queue's, nor is its refusal a queue of this server's; an
-//!   error that says a call did not make it in time (`DeadlineExceeded`,
+//!   look like a queue's, nor is its refusal a queue of this server's;
+//!   but an answer that says the handler ran out of time (a `504`, a
+//!   `DEADLINE_EXCEEDED` in the head: a handler whose dependency hung
+//!   answered it at its budget) is a sample of the time it held its
+//!   place, as a slower dependency's answer is (without them, the limit
+//!   saw only the other routes' fast answers at the limit, and drained
+//!   while their requests were refused); an error that says a call did not make it in time (`DeadlineExceeded`,
 //!   `AttemptTimeout`: the handler timeout) is a *drop*; other errors are
 //!   ignored, an `Overloaded` too (a dependency's "busy" that the handler
 //!   passed on, or a client throttle's refusal in it: no queue here; as

@@ -361,7 +361,11 @@ impl<P, C, L, O, H> ClientStackBuilder<P, C, L, O, H> {
 
     /// The total time budget of a request, every attempt and backoff
     /// included (required). A shorter deadline the request already carries
-    /// wins.
+    /// wins, less 10 ms (at most a tenth of what is left of it): a call
+    /// made in a handler under a server stack, whose deadline is then the
+    /// one that binds, ends by this stack's timer (a hang counted by its
+    /// breaker, an error for the handler to answer with) before the
+    /// server's.
     pub fn total_budget(mut self, budget: Duration) -> Self {
         self.common.total_budget = Some(budget);
         self
@@ -535,6 +539,7 @@ impl<P, C, L, O, H> ClientStackBuilder<P, C, L, O, H> {
                 own_end: crate::deadline::ANSWER_MARGIN,
             },
             false,
+            crate::deadline::UPSTREAM_MARGIN,
             obs,
         )?;
         let mut retry = self.retry;

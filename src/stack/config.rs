@@ -538,6 +538,7 @@ impl<O, R: RateLimitReload, P, I> ServerStackLayer<O, R, P, I> {
                     own_end: std::time::Duration::ZERO,
                 },
                 true,
+                std::time::Duration::ZERO,
                 None,
             )
             .map_err(|e| named(stack, e))?;

@@ -183,6 +183,7 @@ pub(crate) fn stack_timers(
     total: std::time::Duration,
     inner: InnerTimeout,
     deadline_in_request: bool,
+    upstream_margin: std::time::Duration,
     observer: Option<&Observer>,
 ) -> Result<
     (
@@ -193,7 +194,8 @@ pub(crate) fn stack_timers(
 > {
     let mut deadline = crate::deadline::DeadlineLayer::builder(total)
         .name(part_name(stack, "deadline"))
-        .in_request(deadline_in_request);
+        .in_request(deadline_in_request)
+        .upstream_margin(upstream_margin);
     let mut timeout = crate::deadline::AttemptTimeoutLayer::builder(inner.timeout)
         .name(part_name(stack, inner.part))
         .own_end(inner.own_end);

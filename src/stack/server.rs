@@ -420,6 +420,7 @@ impl<O, R, P> ServerStackBuilder<O, R, P> {
                 own_end: std::time::Duration::ZERO,
             },
             true,
+            std::time::Duration::ZERO,
             obs,
         )?;
         let mut limit = self.limit;

@@ -2432,3 +2432,119 @@ async fn a_handlers_own_work_after_a_nested_call_is_in_the_latency() {
         assert!(rtt.is_some_and(|d| d >= ms(20)), "five chunks: {rtt:?}");
     }
 }
+
+/// Requests to two routes at 200 a second each, through the HTTP server
+/// preset (950 ms): `/a` calls a dependency through the HTTP client preset
+/// (1 s, attempts of 500 ms), and that dependency hangs from 2 s to 8 s;
+/// `/b` works 2 ms on its own. With `classes`, `/a` is `Sheddable`. The
+/// limit's changes, the `/b` requests refused, and the seconds in which
+/// they were.
+#[cfg(feature = "http")]
+async fn one_route_s_dependency_hangs(classes: bool) -> (Vec<usize>, Vec<usize>) {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+    let rec = Recorder::new();
+    // (Without classes, every request is `Critical`, as by default.)
+    let stack = seawall::ServerStack::http("front")
+        .total_budget(Duration::from_millis(950))
+        .observer(Observer::new(rec.clone()))
+        .adaptive_limit(|l| {
+            l.criticality(move |req: &http::Request<Full<Bytes>>| {
+                if classes && req.headers()["x-route"] == "a" {
+                    Criticality::Sheddable
+                } else {
+                    Criticality::Critical
+                }
+            })
+        })
+        .build()
+        .unwrap();
+    let start = Instant::now();
+    let hang = (start + Duration::from_secs(2))..(start + Duration::from_secs(8));
+    let client = seawall::ClientStack::http("x")
+        .total_budget(Duration::from_secs(1))
+        .attempt_timeout(ms(500))
+        .build()
+        .unwrap()
+        .layer(service_fn(move |_req: http::Request<Full<Bytes>>| {
+            let hung = hang.contains(&Instant::now());
+            async move {
+                if hung {
+                    sleep(Duration::from_secs(3600)).await;
+                }
+                sleep(ms(10)).await;
+                Ok::<_, BoxError>(http::Response::new(Full::new(Bytes::new())))
+            }
+        }));
+    let svc = stack.layer(service_fn(move |req: http::Request<_>| {
+        let client = client.clone();
+        async move {
+            if req.headers()["x-route"] == "b" {
+                sleep(ms(2)).await;
+                return Ok::<_, BoxError>(http::Response::new(Full::new(Bytes::new())));
+            }
+            let req = http::Request::get("http://x/")
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            // As the README's handler answers.
+            let status = match client.oneshot(req).await {
+                Ok(res) => res.status(),
+                Err(err) if rejection_of(&err).is_some() => {
+                    seawall::http::rejection_response::<Full<Bytes>>(&err).status()
+                }
+                Err(_) => http::StatusCode::BAD_GATEWAY,
+            };
+            Ok(http::Response::builder()
+                .status(status)
+                .body(Full::new(Bytes::new()))
+                .unwrap())
+        }
+    }));
+    let calls = (0..400 * 10u64).map(|n| {
+        let svc = svc.clone();
+        async move {
+            let at = start + Duration::from_micros(2500 * n);
+            tokio::time::sleep_until(at).await;
+            let route = if n % 2 == 0 { "a" } else { "b" };
+            let req = http::Request::builder()
+                .header("x-route", route)
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            let res = svc.oneshot(req).await.unwrap();
+            let refused = route == "b" && res.status() != http::StatusCode::OK;
+            let _ = res.into_body().collect().await;
+            refused.then_some((n / 400) as usize)
+        }
+    });
+    let refused: Vec<usize> = futures::future::join_all(calls)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    (adaptive_limits(&rec), refused)
+}
+
+/// A dependency that hangs behind one route: the handler's `504`s, each
+/// after waiting out its budget, are samples of the time it held its
+/// place, as a slower dependency's answers are, and the limit goes to what
+/// the calls waiting on it need within one window of the first (failed
+/// answers were no samples: the limit saw only the other route's 2 ms
+/// answers at the limit, and drained to 27; 324 of the other route's
+/// requests refused). The other route's requests are refused until the
+/// limit has grown, about a second and a half; by route, the dependency's
+/// route `Sheddable`, none are.
+#[cfg(feature = "http")]
+#[tokio::test(start_paused = true)]
+async fn a_dependency_that_hangs_behind_one_route_is_followed_by_the_limit() {
+    let (limits, refused) = one_route_s_dependency_hangs(false).await;
+    println!(
+        "limits {limits:?}, /b refused {}: {refused:?}",
+        refused.len()
+    );
+    assert_eq!(limits, [80, 160]);
+    assert!(refused.len() <= 280, "{} refused", refused.len());
+    assert!(refused.iter().all(|s| (2..=4).contains(s)), "{refused:?}");
+
+    let (_, refused) = one_route_s_dependency_hangs(true).await;
+    assert_eq!(refused, [], "by route");
+}

@@ -1025,3 +1025,45 @@ async fn a_queued_last_attempt_is_not_cut_either() {
         (2, ms(1000))
     );
 }
+
+/// A call that no retry can follow, made in a handler under a server stack
+/// whose budget ends before the client's, hangs: the client keeps 10 ms
+/// before the server's deadline, so its own timer ends the call, its
+/// breaker counts the hang and the handler has the error to answer with
+/// (at the server's instant, the HTTP server preset's timer could win and
+/// drop the call: no count, and no answer of the handler's).
+#[tokio::test(start_paused = true)]
+async fn a_hung_call_under_a_server_stacks_budget_is_ended_by_the_clients_timer() {
+    let server = ServerStack::builder("front")
+        .total_budget(ms(950))
+        .build()
+        .unwrap();
+    let client = ClientStack::builder("dep")
+        .total_budget(Duration::from_secs(1))
+        .attempt_timeout(ms(500))
+        .retry(|r| r.max_attempts(1))
+        .build()
+        .unwrap();
+    let breaker = client.breaker_handle();
+    let dep = client.layer(service_fn(|_: u32| async {
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        Ok::<u32, BoxError>(0)
+    }));
+    let svc = server.layer(service_fn(move |x: u32| {
+        let dep = dep.clone();
+        async move {
+            match dep.oneshot(x).await {
+                Ok(y) => Ok::<_, BoxError>(y),
+                // The handler's own answer to the dependency's timeout.
+                Err(err) if rejection_of(&err).is_some() => Ok(504),
+                Err(err) => Err(err),
+            }
+        }
+    }));
+    let start = Instant::now();
+    let answer = svc.oneshot(1).await.unwrap();
+    assert_eq!(answer, 504, "the handler answered");
+    assert_eq!(start.elapsed(), ms(940));
+    let m = breaker.metrics();
+    assert_eq!((m.calls, m.failures), (1, 1), "the hang counted: {m:?}");
+}

@@ -164,6 +164,7 @@ impl PropagateDeadlineLayerBuilder {
                     observer: self.observer,
                     own_end: std::time::Duration::ZERO,
                     retry_signal: None,
+                    upstream_margin: std::time::Duration::ZERO,
                 }),
             }),
         })

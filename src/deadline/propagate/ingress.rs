@@ -238,6 +238,7 @@ impl DeadlineFromHeadersLayerBuilder {
                     observer: self.observer,
                     own_end: std::time::Duration::ZERO,
                     retry_signal: None,
+                    upstream_margin: std::time::Duration::ZERO,
                 }),
             }),
         })
