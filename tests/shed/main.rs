@@ -2436,11 +2436,12 @@ async fn a_handlers_own_work_after_a_nested_call_is_in_the_latency() {
 /// Requests to two routes at 200 a second each, through the HTTP server
 /// preset (950 ms): `/a` calls a dependency through the HTTP client preset
 /// (1 s, attempts of 500 ms), and that dependency hangs from 2 s to 8 s;
-/// `/b` works 2 ms on its own. With `classes`, `/a` is `Sheddable`. The
-/// limit's changes, the `/b` requests refused, and the seconds in which
-/// they were.
+/// `/b` works 2 ms on its own. With `classes`, `/a` is `Sheddable`; with
+/// `grpc`, `/a` answers a timeout as a tonic handler does, a trailers-only
+/// `DEADLINE_EXCEEDED`. The limit's changes, the `/b` requests refused,
+/// and the seconds in which they were.
 #[cfg(feature = "http")]
-async fn one_route_s_dependency_hangs(classes: bool) -> (Vec<usize>, Vec<usize>) {
+async fn one_route_s_dependency_hangs(classes: bool, grpc: bool) -> (Vec<usize>, Vec<usize>) {
     use bytes::Bytes;
     use http_body_util::{BodyExt, Full};
     let rec = Recorder::new();
@@ -2494,6 +2495,13 @@ async fn one_route_s_dependency_hangs(classes: bool) -> (Vec<usize>, Vec<usize>)
                 }
                 Err(_) => http::StatusCode::BAD_GATEWAY,
             };
+            if grpc && status == http::StatusCode::GATEWAY_TIMEOUT {
+                return Ok(http::Response::builder()
+                    .header("content-type", "application/grpc")
+                    .header("grpc-status", "4")
+                    .body(Full::new(Bytes::new()))
+                    .unwrap());
+            }
             Ok(http::Response::builder()
                 .status(status)
                 .body(Full::new(Bytes::new()))
@@ -2536,7 +2544,7 @@ async fn one_route_s_dependency_hangs(classes: bool) -> (Vec<usize>, Vec<usize>)
 #[cfg(feature = "http")]
 #[tokio::test(start_paused = true)]
 async fn a_dependency_that_hangs_behind_one_route_is_followed_by_the_limit() {
-    let (limits, refused) = one_route_s_dependency_hangs(false).await;
+    let (limits, refused) = one_route_s_dependency_hangs(false, false).await;
     println!(
         "limits {limits:?}, /b refused {}: {refused:?}",
         refused.len()
@@ -2545,6 +2553,10 @@ async fn a_dependency_that_hangs_behind_one_route_is_followed_by_the_limit() {
     assert!(refused.len() <= 280, "{} refused", refused.len());
     assert!(refused.iter().all(|s| (2..=4).contains(s)), "{refused:?}");
 
-    let (_, refused) = one_route_s_dependency_hangs(true).await;
+    let (_, refused) = one_route_s_dependency_hangs(true, false).await;
     assert_eq!(refused, [], "by route");
+
+    // A tonic handler's DEADLINE_EXCEEDED, the same.
+    let (limits, _) = one_route_s_dependency_hangs(false, true).await;
+    assert_eq!(limits, [80, 160], "gRPC");
 }
