@@ -482,13 +482,22 @@ impl<B: Body> Hold<http::Response<CallBody<B>>> for BodyEnd {
         Classify::<_, BoxError>::classify(&HTTP, Ok(response))
     }
 
+    /// As the presets' retry layers read a deadline's answer: a gRPC
+    /// status in the head by gRPC's classifier (`DEADLINE_EXCEEDED`, or
+    /// `CANCELLED`, a tonic server's past its `grpc-timeout`), any other
+    /// response by its HTTP status (a `504`).
     #[inline]
     fn timed_out(response: &http::Response<CallBody<B>>) -> bool {
-        response.status() == http::StatusCode::GATEWAY_TIMEOUT
-            || response
-                .headers()
-                .get("grpc-status")
-                .is_some_and(|v| v == "4")
+        use crate::classify::Classify;
+        #[cfg(feature = "tonic")]
+        if response.body().ending != Ending::Error && response.headers().contains_key("grpc-status")
+        {
+            const GRPC: crate::grpc::GrpcStatusClassifier =
+                crate::grpc::GrpcStatusClassifier::new();
+            return Classify::<_, BoxError>::is_deadline_answer(&GRPC, Ok(response));
+        }
+        const HTTP: crate::http::HttpStatusClassifier = crate::http::HttpStatusClassifier::new();
+        Classify::<_, BoxError>::is_deadline_answer(&HTTP, Ok(response))
     }
 }
 

@@ -29,8 +29,9 @@ pub(crate) struct Shared {
     /// server stack's task-local one, when a handler makes this call, or
     /// one the request carries), at most a tenth of what is left of it;
     /// zero for other timers. A client stack's, so that its own timer ends
-    /// a call that hangs (its breaker counts it, its handler answers)
-    /// before the server's drops it.
+    /// a call that hangs before the server's drops it: the handler has the
+    /// error to answer with, and an attempt that ran on to the deadline
+    /// counts to the breaker.
     pub(crate) upstream_margin: Duration,
 }
 
@@ -197,5 +198,40 @@ impl DeadlineLayerBuilder {
             }),
             in_request: self.in_request,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shared(margin: Duration) -> Shared {
+        Shared {
+            limit: Duration::from_secs(1),
+            name: Name::from("t"),
+            observer: Observer::none(),
+            own_end: Duration::ZERO,
+            retry_signal: None,
+            upstream_margin: margin,
+        }
+    }
+
+    /// The margin before a deadline from above: 10 ms, at most a tenth of
+    /// what is left, none for a deadline already passed or a layer without.
+    #[test]
+    fn the_margin_before_a_deadline_from_above() {
+        let now = Instant::now();
+        let ms = Duration::from_millis;
+        let up = |left| Deadline::at(now + ms(left));
+        let client = shared(ms(10));
+        assert_eq!(client.before_upstream(up(950), now), up(940));
+        assert_eq!(client.before_upstream(up(50), now), up(45));
+        assert_eq!(client.before_upstream(up(0), now), up(0));
+        let passed = Deadline::at(now);
+        assert_eq!(client.before_upstream(passed, now + ms(5)), passed);
+        assert_eq!(
+            shared(Duration::ZERO).before_upstream(up(950), now),
+            up(950)
+        );
     }
 }

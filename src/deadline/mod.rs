@@ -395,8 +395,8 @@ pub(crate) const ANSWER_MARGIN: Duration = Duration::from_millis(20);
 /// tenth of what is left of it): a call made in a handler under a server
 /// stack whose budget ends first ends by the client's own timer, not by
 /// the server's at the same instant (which the HTTP server preset's could
-/// win): an attempt that hung counts to its breaker, and the handler
-/// answers with the error.
+/// win): the handler answers with the error, and an attempt that ran on
+/// to the deadline counts to the breaker.
 pub(crate) const UPSTREAM_MARGIN: Duration = Duration::from_millis(10);
 
 thread_local! {

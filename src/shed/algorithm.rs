@@ -15,6 +15,8 @@ pub struct WindowSample {
     samples: u64,
     max_inflight: usize,
     drops: u64,
+    timed_out: u64,
+    timed_out_rtt: Duration,
     refused: u64,
     span: Duration,
 }
@@ -29,6 +31,8 @@ impl WindowSample {
             samples: 1,
             max_inflight,
             drops,
+            timed_out: 0,
+            timed_out_rtt: Duration::ZERO,
             refused: 0,
             span: Duration::ZERO,
         }
@@ -79,6 +83,34 @@ impl WindowSample {
         self.drops
     }
 
+    /// Sets how many calls were answered with "the handler ran out of
+    /// time", and their average round-trip time (see
+    /// [`timed_out`](Self::timed_out)).
+    pub const fn with_timed_out(mut self, count: u64, rtt: Duration) -> Self {
+        self.timed_out = count;
+        self.timed_out_rtt = rtt;
+        self
+    }
+
+    /// How many calls were answered with "the handler ran out of time" (in
+    /// the protocol presets: an HTTP `504`, or a gRPC `DEADLINE_EXCEEDED`
+    /// or `CANCELLED` in the head), apart from [`samples`](Self::samples)
+    /// and [`drops`](Self::drops). Such an answer is a handler that waited
+    /// its budget out, on a dependency that hung, or in a queue (this
+    /// server's, or a dependency's) that made it late: a sample of the time
+    /// it held its place when the window's other calls were answered
+    /// without a queue, a drop otherwise. [`did_drop`](Self::did_drop)
+    /// counts them; [`QueueDelay`](super::QueueDelay) judges them.
+    pub const fn timed_out(&self) -> u64 {
+        self.timed_out
+    }
+
+    /// The average round-trip time of the [`timed_out`](Self::timed_out)
+    /// answers (zero when there were none).
+    pub const fn timed_out_rtt(&self) -> Duration {
+        self.timed_out_rtt
+    }
+
     /// Sets how many requests the limit refused in the window, and how
     /// long the window lasted.
     pub const fn with_refused(mut self, refused: u64, span: Duration) -> Self {
@@ -106,14 +138,16 @@ impl WindowSample {
         (secs > 0.0).then(|| {
             self.samples
                 .saturating_add(self.drops)
+                .saturating_add(self.timed_out)
                 .saturating_add(self.refused) as f64
                 / secs
         })
     }
 
-    /// Whether any call of the window was dropped.
+    /// Whether any call of the window was dropped, or answered that it ran
+    /// out of time ([`timed_out`](Self::timed_out)).
     pub const fn did_drop(&self) -> bool {
-        self.drops > 0
+        self.drops > 0 || self.timed_out > 0
     }
 }
 

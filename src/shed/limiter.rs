@@ -44,8 +44,9 @@ pub(crate) enum Completion {
     Ignore,
     /// Answered that it ran out of time (a `504`, a `DEADLINE_EXCEEDED`:
     /// a handler that waited its budget out, on a dependency that hung,
-    /// say): a failure whose time held is a sample, as a slower
-    /// dependency's answers are.
+    /// say): a failure, counted apart for the algorithm
+    /// (`WindowSample::timed_out`), which takes its time held as a sample
+    /// when the window's other calls met no queue, as a drop otherwise.
     TimedOut,
 }
 
@@ -87,6 +88,11 @@ pub(crate) struct Limiter {
     win_min_ns: AtomicU64,
     win_count: AtomicU64,
     win_drops: AtomicU64,
+    /// Answers that said the handler ran out of time (`TimedOut`): their
+    /// count and latencies, apart from the samples (the algorithm judges
+    /// them: see `WindowSample::timed_out`).
+    win_timed_out: AtomicU64,
+    win_timed_out_sum_ns: AtomicU64,
     /// Requests the limit refused in the window (refusal path only).
     win_refused: AtomicU64,
     /// A burst's latencies in the current window: not the algorithm's
@@ -168,6 +174,8 @@ impl Limiter {
             win_min_ns: AtomicU64::new(u64::MAX),
             win_count: AtomicU64::new(0),
             win_drops: AtomicU64::new(0),
+            win_timed_out: AtomicU64::new(0),
+            win_timed_out_sum_ns: AtomicU64::new(0),
             win_refused: AtomicU64::new(0),
             win_burst_sum_ns: AtomicU64::new(0),
             win_burst_count: AtomicU64::new(0),
@@ -366,8 +374,8 @@ impl Limiter {
             // fails or refuses at once, its answers passed on, would make
             // a queue of slow answers look like one of fast ones. Nor is
             // it a drop: a dependency's refusal is no queue of this
-            // server's. (An answer that the handler ran out of time is a
-            // sample: `TimedOut`.)
+            // server's. (An answer that the handler ran out of time is
+            // counted apart: `TimedOut`.)
             Completion::Ignore
             | Completion::Sample(Outcome::Failure | Outcome::Refused | Outcome::Overloaded) => {
                 return;
@@ -375,7 +383,14 @@ impl Limiter {
             Completion::Drop => {
                 self.win_drops.fetch_add(1, Ordering::Relaxed);
             }
-            Completion::Sample(_) | Completion::TimedOut => {
+            Completion::TimedOut => {
+                if rtt >= self.min_rtt {
+                    self.win_timed_out_sum_ns
+                        .fetch_add(crate::clock::nanos(rtt), Ordering::Relaxed);
+                    self.win_timed_out.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Completion::Sample(_) => {
                 if rtt < self.min_rtt {
                     return;
                 }
@@ -411,7 +426,13 @@ impl Limiter {
         let count = self.win_count.load(Ordering::Relaxed);
         let drops = self.win_drops.load(Ordering::Relaxed);
         let bursts = self.win_burst_count.load(Ordering::Relaxed);
-        if count.saturating_add(drops).saturating_add(bursts) < self.min_window_samples {
+        let timed_out = self.win_timed_out.load(Ordering::Relaxed);
+        if count
+            .saturating_add(drops)
+            .saturating_add(bursts)
+            .saturating_add(timed_out)
+            < self.min_window_samples
+        {
             return;
         }
         let mut algorithm = match self.algorithm.try_lock() {
@@ -428,6 +449,8 @@ impl Limiter {
         let fastest = self.win_min_ns.swap(u64::MAX, Ordering::Relaxed);
         let count = self.win_count.swap(0, Ordering::Relaxed);
         let drops = self.win_drops.swap(0, Ordering::Relaxed);
+        let timed_out = self.win_timed_out.swap(0, Ordering::Relaxed);
+        let timed_out_sum = self.win_timed_out_sum_ns.swap(0, Ordering::Relaxed);
         let refused = self.win_refused.swap(0, Ordering::Relaxed);
         let burst_sum = self.win_burst_sum_ns.swap(0, Ordering::Relaxed);
         let bursts = self.win_burst_count.swap(0, Ordering::Relaxed);
@@ -461,6 +484,9 @@ impl Limiter {
             .with_refused(refused, Duration::from_nanos(now_ns.saturating_sub(start)));
         if fastest != u64::MAX {
             sample = sample.with_fastest(Duration::from_nanos(fastest));
+        }
+        if let Some(avg) = timed_out_sum.checked_div(timed_out) {
+            sample = sample.with_timed_out(timed_out, Duration::from_nanos(avg));
         }
         let new = algorithm.update(&sample).max(1);
         self.burst_cap
@@ -704,10 +730,11 @@ impl Permit {
         );
     }
 
-    /// Releases the permit for a protocol's answer, its outcome judged by
-    /// `outcome` (the protocol's classifier): the latency of a failed or
+    /// Releases the permit for a protocol's answer, as `completion` judges
+    /// it (by the protocol's classifier): the latency of a failed or
     /// "busy" answer is no sample (a dependency failing or refusing at
-    /// once says nothing of a queue here; see [`Limiter::record`]).
+    /// once says nothing of a queue here; see [`Limiter::record`]), one
+    /// that says the handler ran out of time is counted apart.
     #[inline]
     pub(crate) fn complete_answer(&mut self, completion: impl FnOnce() -> Completion) {
         self.complete(completion());

@@ -68,7 +68,12 @@ use crate::error::ConfigError;
 ///    brought the latency down, or such growth that met one). While it
 ///    grows so, no window drains and the third kind is not looked for: the
 ///    first queueing (a queue of workers its growth made) ends it, as does
-///    a window that does not reach the limit.
+///    a window that does not reach the limit. Answers that said the
+///    handler ran out of time ([`WindowSample::timed_out`]) count in this
+///    latency, each for the time it held its place, when the window's
+///    answered calls met no queue (at most `base × (1 + tolerance)`: a
+///    dependency that hangs behind one route, while the others are served
+///    as before); otherwise they are drops.
 /// 5. Windows last at least three latencies (at most four configured
 ///    windows), so that a slow service's window is not all leftovers of the
 ///    one before.
@@ -268,6 +273,25 @@ impl LimitAlgorithm for QueueDelay {
             }
             return self.limit();
         }
+        // Answers that said the handler ran out of time, while the other
+        // calls were answered without a queue (no slower than the service
+        // without one): handlers that waited on a dependency, not in a
+        // queue of ours, each holding its place for the time it took; the
+        // window's latency with them tells how far the limit must follow.
+        // Otherwise (every call slow, or no `base` yet) they are drops.
+        let held = sample.timed_out() > 0 && self.base > 0.0 && rtt <= self.target();
+        let did_drop = if held {
+            sample.drops() > 0
+        } else {
+            sample.did_drop()
+        };
+        let slower_rtt = if held {
+            let n = sample.samples() as f64;
+            let t = sample.timed_out() as f64;
+            (rtt * n + sample.timed_out_rtt().as_nanos() as f64 * t) / (n + t)
+        } else {
+            rtt
+        };
         self.windows += 1;
         self.floor.1 = self.floor.1.min(rtt);
         if self.windows % self.drain_every.max(1) == 0 {
@@ -333,9 +357,10 @@ impl LimitAlgorithm for QueueDelay {
         // its growth makes is judged as a queue, and ends it.)
         if self.windows > 2
             && self.growth != Growth::DoublingAfterSlowdown
-            && rtt > busy.max(1.0) * floor
-            && rtt > self.base * 1.25
+            && slower_rtt > busy.max(1.0) * floor
+            && slower_rtt > self.base * 1.25
         {
+            // (The service's own latency is the answered calls'.)
             self.follow_slower(rtt, true);
             if saturated {
                 // Reached, with no queue of ours: the first step at once,
@@ -349,7 +374,7 @@ impl LimitAlgorithm for QueueDelay {
                 // that came back are counted each time).
                 let asked = sample
                     .asked_per_sec()
-                    .map_or(0.0, |r| (1.25 * r * rtt / 1e9).ceil());
+                    .map_or(0.0, |r| (1.25 * r * slower_rtt / 1e9).ceil());
                 self.limit = self.clamp((self.limit * 2.0).max(asked.min(self.limit * 4.0)));
             }
             return self.limit();
@@ -433,7 +458,7 @@ impl LimitAlgorithm for QueueDelay {
         // queueing and half the limit in flight: a service that got slower
         // times calls out at any limit, and calls that could not make
         // their deadline at any load are not a queue of ours.
-        let dropped = sample.did_drop() && used && rtt > self.base * (1.0 + self.tolerance / 2.0);
+        let dropped = did_drop && used && rtt > self.base * (1.0 + self.tolerance / 2.0);
         let before = self.limit;
         if queueing || dropped {
             // A queue: shrink to where it would be `tolerance` of the
@@ -618,6 +643,45 @@ mod tests {
         assert_eq!(slower(10), 40);
         // Refused requests that came back again and again: 5050 a second.
         assert_eq!(slower(5000), 80);
+    }
+
+    /// After a healthy spell at 5 ms, windows in which 100 answers said the
+    /// handler ran out of time at 940 ms, beside 50 answered in what
+    /// `answered(limit)` says, with `busy(limit)` calls in flight: the
+    /// limits after each.
+    fn with_timed_out(
+        answered: impl Fn(usize) -> f64,
+        busy: impl Fn(usize) -> usize,
+    ) -> Vec<usize> {
+        let mut q = QueueDelay::builder().build().unwrap();
+        feed(&mut q, 5, 5.0, |_| 2);
+        (0..6)
+            .map(|_| {
+                let l = q.limit();
+                let w = WindowSample::new(Duration::from_secs_f64(answered(l) / 1e3), busy(l), 0)
+                    .with_samples(50)
+                    .with_timed_out(100, Duration::from_millis(940))
+                    .with_refused(100, Duration::from_secs(1));
+                q.update(&w);
+                q.limit()
+            })
+            .collect()
+    }
+
+    /// Answers that ran out of time beside answers at the service's own
+    /// latency are handlers that waited on a dependency that hung: the
+    /// limit follows the time they held, as a slower dependency's, until it
+    /// holds the calls that come (190 here). Beside answers slowed by a
+    /// queue of ours (8 workers at 5 ms), they are drops: the limit stays
+    /// near the workers, not grown to hold them (taken as samples there,
+    /// it grew to 202 in six windows).
+    #[test]
+    fn timed_out_answers_are_samples_only_beside_answers_that_met_no_queue() {
+        let hung = with_timed_out(|_| 5.0, |l| l.min(190));
+        // (Then 5 % a window while half of it is used, as any limit.)
+        assert_eq!(hung, [80, 160, 320, 336, 352, 370]);
+        let queued = with_timed_out(|l| 5.0 * (l as f64 / 8.0).max(1.0), |l| l);
+        assert!(queued.iter().all(|&l| l <= 40), "{queued:?}");
     }
 
     /// A service of `workers` workers under unlimited demand (the limit

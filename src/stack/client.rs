@@ -363,9 +363,9 @@ impl<P, C, L, O, H> ClientStackBuilder<P, C, L, O, H> {
     /// included (required). A shorter deadline the request already carries
     /// wins, less 10 ms (at most a tenth of what is left of it): a call
     /// made in a handler under a server stack, whose deadline is then the
-    /// one that binds, ends by this stack's timer (a hang counted by its
-    /// breaker, an error for the handler to answer with) before the
-    /// server's.
+    /// one that binds, ends by this stack's timer before the server's: the
+    /// handler has the error to answer with, and an attempt that ran on to
+    /// the deadline counts to the breaker.
     pub fn total_budget(mut self, budget: Duration) -> Self {
         self.common.total_budget = Some(budget);
         self

@@ -94,7 +94,9 @@
 //!   [`DeadlineExceeded`](crate::error::DeadlineExceeded) named after the
 //!   layer that was waiting (the attempt timeout, the bulkhead, the retry),
 //!   or, when too little time is left to start a retry, with the last
-//!   attempt's own outcome.
+//!   attempt's own outcome. Under a deadline from above (a server stack's,
+//!   in a handler) the client stack keeps 10 ms, at most a tenth of what
+//!   is left, so that its own timer ends the call before the server's.
 //! - **Retry above the breaker**, so every attempt passes through the
 //!   breaker: it counts retries as the calls they are, and once it opens, a
 //!   retry meets [`CircuitOpen`](crate::error::CircuitOpen) at once, which

@@ -2556,7 +2556,55 @@ async fn a_dependency_that_hangs_behind_one_route_is_followed_by_the_limit() {
     let (_, refused) = one_route_s_dependency_hangs(true, false).await;
     assert_eq!(refused, [], "by route");
 
-    // A tonic handler's DEADLINE_EXCEEDED, the same.
-    let (limits, _) = one_route_s_dependency_hangs(false, true).await;
-    assert_eq!(limits, [80, 160], "gRPC");
+    // A tonic handler's DEADLINE_EXCEEDED, the same (read as gRPC's with
+    // feature `tonic` only: a 200 otherwise).
+    #[cfg(feature = "tonic")]
+    {
+        let (limits, _) = one_route_s_dependency_hangs(false, true).await;
+        assert_eq!(limits, [80, 160], "gRPC");
+    }
+}
+
+/// A `504` a handler passes on at once (a dependency's own, answered in
+/// 1 ms) is no latency sample: the limit's expected service time stays the
+/// answered calls' (20 ms), and so does the fastest answer the doomed-work
+/// check refuses by.
+#[cfg(feature = "http")]
+#[tokio::test(start_paused = true)]
+async fn a_fast_504_passed_on_is_no_latency_sample() {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+    let stack = seawall::ServerStack::http("front")
+        .total_budget(Duration::from_millis(950))
+        .build()
+        .unwrap();
+    let limit = stack.adaptive_limit().clone();
+    let svc = stack.layer(service_fn(|req: http::Request<_>| async move {
+        let fast_504 = req.headers().contains_key("x-504");
+        sleep(ms(if fast_504 { 1 } else { 20 })).await;
+        let status = if fast_504 { 504 } else { 200 };
+        Ok::<_, BoxError>(
+            http::Response::builder()
+                .status(status)
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+    }));
+    let start = Instant::now();
+    let calls = (0..1000u64).map(|n| {
+        let svc = svc.clone();
+        async move {
+            tokio::time::sleep_until(start + Duration::from_millis(5 * n)).await;
+            let mut req = http::Request::new(Full::new(Bytes::new()));
+            if n % 2 == 0 {
+                req.headers_mut()
+                    .insert("x-504", http::HeaderValue::from_static("1"));
+            }
+            let res = svc.oneshot(req).await.unwrap();
+            let _ = res.into_body().collect().await;
+        }
+    });
+    futures::future::join_all(calls).await;
+    let rtt = limit.expected_rtt().unwrap();
+    assert!(rtt >= ms(20) && rtt < ms(21), "{rtt:?}");
 }
