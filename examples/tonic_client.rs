@@ -5,10 +5,13 @@
 //! StatusErrorsLayer         client-side errors -> tonic::Status with the real code, the error as its source
 //! ReplayBodyLayer           keeps the request body so a retry can resend it
 //! DeadlineLayer             2 s per call, retries included
-//! RetryLayer                3 attempts at most, UNAVAILABLE / DEADLINE_EXCEEDED, jittered
-//!                           backoff, retry budget (5 % of calls + 50 % of the
-//!                           calls that succeeded + 10/s, over 10 s)
-//! CircuitBreakerLayer       opens at 50 % failures over the last 20 calls (10 at least), 5 s
+//! RetryLayer                3 attempts at most, UNAVAILABLE / DEADLINE_EXCEEDED (this
+//!                           example opts DEADLINE_EXCEEDED in; the preset retries
+//!                           UNAVAILABLE only), jittered backoff, retry budget (5 % of
+//!                           calls + 50 % of the calls that succeeded + 10/s, over 10 s)
+//! CircuitBreakerLayer       this example's: opens at 50 % failures over the last 20
+//!                           calls (10 at least), 5 s (the preset's defaults are in the
+//!                           README's "Layers and their defaults")
 //! BulkheadLayer             64 attempts in flight at most
 //! AttemptTimeoutLayer       600 ms per attempt, or what is left of the 2 s
 //! PropagateDeadlineLayer    grpc-timeout = the attempt's time left

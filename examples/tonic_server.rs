@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! GrpcRejectionLayer       (outermost) rejections -> real gRPC codes + grpc-retry-pushback-ms
-//! DeadlineFromHeadersLayer the client's grpc-timeout, minus 5 ms
+//! DeadlineFromHeadersLayer the client's grpc-timeout, minus 5 ms (this example's; the presets take 10 ms)
 //! DeadlineLayer            at most 10 s per call, enforced                 -> DEADLINE_EXCEEDED
 //! RateLimitLayer           100 calls/s per client IP                       -> RESOURCE_EXHAUSTED
 //! AdaptiveLimitLayer       adaptive concurrency limit (QueueDelay, 1..1000) -> UNAVAILABLE

@@ -9,8 +9,10 @@
 //! ReplayBodyLayer         keeps the request body so a retry can resend it
 //! DeadlineLayer           the total budget of the call, retries included -> DEADLINE_EXCEEDED
 //! RetryLayer              UNAVAILABLE (+ what you opt in), pushback honoured, retry budget
-//! CircuitBreakerLayer     opens on UNAVAILABLE/INTERNAL/UNKNOWN/DEADLINE_EXCEEDED; "busy" and
-//!                         this client's own refusals are not counted  -> UNAVAILABLE + pushback
+//! CircuitBreakerLayer     counts INTERNAL/UNKNOWN/DATA_LOSS/DEADLINE_EXCEEDED/CANCELLED,
+//!                         and UNAVAILABLE when no server answered; "busy" (a server's
+//!                         UNAVAILABLE, RESOURCE_EXHAUSTED) and this client's own
+//!                         refusals are not counted                    -> UNAVAILABLE + pushback
 //! BulkheadLayer           caps this client's attempts in flight
 //! AttemptTimeoutLayer     each attempt gets min(per try, time left)
 //! PropagateDeadlineLayer  grpc-timeout = the attempt's time left
