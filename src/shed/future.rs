@@ -130,8 +130,8 @@ where
                     Ok(response) if M::PAST_HEAD => permit.complete_answer(|| {
                         match M::outcome(response) {
                             // A handler that ran out of time (waiting on a
-                            // dependency that hung, say): the time it held
-                            // its place is a sample.
+                            // dependency that hung, say): counted apart, for
+                            // the time it held its place.
                             Outcome::Failure if M::timed_out(response) => Completion::TimedOut,
                             outcome => Completion::Sample(outcome),
                         }
