@@ -2223,3 +2223,119 @@ async fn grpc_preset_does_not_cut_an_attempt_it_would_not_retry() {
     assert_eq!(reply.message, "hello preset from call 3");
     assert_eq!(hits.load(Ordering::SeqCst), 3);
 }
+
+/// The README's "One route's dependency hangs", over real HTTP: an axum
+/// front in the server preset, route `/a` calling a dependency through
+/// the HTTP client preset (the README's budgets), route `/b` working 2 ms
+/// on its own, 100 requests a second to each; the dependency hangs after
+/// 1 s. With `/a` `Sheddable`, as the README says, every `/b` request is
+/// answered while `/a`'s hung calls fill the limit (its own requests are
+/// refused at once instead, `503` with `Retry-After`).
+#[tokio::test]
+async fn a_hanging_dependency_behind_a_sheddable_route_leaves_the_other_routes_whole() {
+    use seawall::shed::criticality::Criticality;
+    use std::sync::atomic::AtomicBool;
+    let hung = Arc::new(AtomicBool::new(false));
+    let h = hung.clone();
+    let dep = serve_axum(Router::new().route(
+        "/",
+        get(move || {
+            let hung = h.load(Ordering::SeqCst);
+            async move {
+                if hung {
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                "x"
+            }
+        }),
+    ))
+    .await;
+    let to_dep = ClientStack::http("x")
+        .total_budget(Duration::from_secs(1))
+        .attempt_timeout(Duration::from_millis(500))
+        .build()
+        .unwrap()
+        .layer(hyper());
+    let stack = seawall::stack::ServerStack::http("front")
+        .total_budget(Duration::from_millis(950))
+        .adaptive_limit(|l| {
+            l.criticality(|req: &http::Request<axum::body::Body>| {
+                if req.uri().path().starts_with("/a") {
+                    Criticality::Sheddable
+                } else {
+                    Criticality::Critical
+                }
+            })
+        })
+        .build()
+        .unwrap();
+    let front = serve_axum(
+        Router::new()
+            .route(
+                "/a",
+                get(move || {
+                    let to_dep = to_dep.clone();
+                    async move {
+                        let req = http::Request::get(format!("http://{dep}/"))
+                            .body(Full::new(Bytes::new()))
+                            .unwrap();
+                        match to_dep.oneshot(req).await {
+                            Ok(res) => res.status(),
+                            Err(err) if rejection_of(&err).is_some() => {
+                                seawall::http::rejection_response::<axum::body::Body>(&err).status()
+                            }
+                            Err(_) => http::StatusCode::BAD_GATEWAY,
+                        }
+                    }
+                }),
+            )
+            .route(
+                "/b",
+                get(|| async {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                    "b"
+                }),
+            )
+            .layer(stack),
+    )
+    .await;
+    let client = hyper();
+    let start = tokio::time::Instant::now();
+    // 4 s, a request to each route every 10 ms; the dependency hangs from 1 s.
+    let calls = (0..800u64).map(|n| {
+        let client = client.clone();
+        let hung = hung.clone();
+        async move {
+            tokio::time::sleep_until(start + Duration::from_millis(5 * n)).await;
+            if n == 200 {
+                hung.store(true, Ordering::SeqCst);
+            }
+            let route = if n % 2 == 0 { "/a" } else { "/b" };
+            let res = tokio::time::timeout(
+                Duration::from_secs(1),
+                client.oneshot(get_req(front, route)),
+            )
+            .await;
+            let status = match res {
+                Ok(Ok(res)) => res.status().as_u16(),
+                Ok(Err(_)) => 0,
+                Err(_) => 1,
+            };
+            (n, route, status)
+        }
+    });
+    let out = futures::future::join_all(calls).await;
+    let b: Vec<u16> = out.iter().filter(|c| c.1 == "/b").map(|c| c.2).collect();
+    assert!(b.iter().all(|&s| s == 200), "/b: {b:?}");
+    let a_hung: Vec<u16> = out
+        .iter()
+        .filter(|c| c.1 == "/a" && c.0 >= 260)
+        .map(|c| c.2)
+        .collect();
+    assert!(!a_hung.contains(&200), "{a_hung:?}");
+    assert!(
+        a_hung.contains(&503),
+        "the hung calls filled the limit: {a_hung:?}"
+    );
+}
