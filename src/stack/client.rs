@@ -714,7 +714,8 @@ pub(crate) fn check_schedule(s: Schedule, slow: Option<Duration>) -> Result<(), 
                      ({per_try:?}) + the longest first backoff ({first:?}) + the retry's \
                      min_remaining ({min_remaining:?}) must be at most total_budget, or a \
                      request whose first attempt times out may get no second attempt; lower \
-                     them or set max_attempts(1)"
+                     them, keeping an attempt at least twice the dependency's latency, or set \
+                     max_attempts(1) with attempt_timeout equal to total_budget"
                 ),
             ));
         }

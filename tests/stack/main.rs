@@ -87,7 +87,9 @@ fn schedule_msg(per_try: &str, first: &str) -> String {
         "invalid client_stack configuration: retry schedule does not fit total_budget (1s): \
          attempt_timeout ({per_try}) + the longest first backoff ({first}) + the retry's \
          min_remaining (10ms) must be at most total_budget, or a request whose first attempt \
-         times out may get no second attempt; lower them or set max_attempts(1)"
+         times out may get no second attempt; lower them, keeping an attempt at least twice \
+         the dependency's latency, or set max_attempts(1) with attempt_timeout equal to \
+         total_budget"
     )
 }
 
