@@ -449,6 +449,26 @@ where
     }
 }
 
+/// Asks the presets' classifier about a response by its head (`method`
+/// of [`Classify`](crate::classify::Classify)): gRPC's for a gRPC status in
+/// the headers (a trailers-only answer; feature `tonic`), HTTP's for any
+/// other (an HTTP answer looks up no header).
+macro_rules! by_head {
+    ($response:expr, $method:ident) => {{
+        use crate::classify::Classify;
+        let response = $response;
+        #[cfg(feature = "tonic")]
+        if response.body().ending != Ending::Error && response.headers().contains_key("grpc-status")
+        {
+            const GRPC: crate::grpc::GrpcStatusClassifier =
+                crate::grpc::GrpcStatusClassifier::new();
+            return Classify::<_, BoxError>::$method(&GRPC, Ok(response));
+        }
+        const HTTP: crate::http::HttpStatusClassifier = crate::http::HttpStatusClassifier::new();
+        Classify::<_, BoxError>::$method(&HTTP, Ok(response))
+    }};
+}
+
 impl<B: Body> Hold<http::Response<CallBody<B>>> for BodyEnd {
     const PAST_HEAD: bool = true;
 
@@ -469,17 +489,7 @@ impl<B: Body> Hold<http::Response<CallBody<B>>> for BodyEnd {
     /// status in the trailers comes after the head and is not seen here.
     #[inline]
     fn outcome(response: &http::Response<CallBody<B>>) -> crate::observe::Outcome {
-        use crate::classify::Classify;
-        // (A gRPC body's head only: an HTTP answer looks up no header.)
-        #[cfg(feature = "tonic")]
-        if response.body().ending != Ending::Error && response.headers().contains_key("grpc-status")
-        {
-            const GRPC: crate::grpc::GrpcStatusClassifier =
-                crate::grpc::GrpcStatusClassifier::new();
-            return Classify::<_, BoxError>::classify(&GRPC, Ok(response));
-        }
-        const HTTP: crate::http::HttpStatusClassifier = crate::http::HttpStatusClassifier::new();
-        Classify::<_, BoxError>::classify(&HTTP, Ok(response))
+        by_head!(response, classify)
     }
 
     /// As the presets' retry layers read a deadline's answer: a gRPC
@@ -488,16 +498,7 @@ impl<B: Body> Hold<http::Response<CallBody<B>>> for BodyEnd {
     /// response by its HTTP status (a `504`).
     #[inline]
     fn timed_out(response: &http::Response<CallBody<B>>) -> bool {
-        use crate::classify::Classify;
-        #[cfg(feature = "tonic")]
-        if response.body().ending != Ending::Error && response.headers().contains_key("grpc-status")
-        {
-            const GRPC: crate::grpc::GrpcStatusClassifier =
-                crate::grpc::GrpcStatusClassifier::new();
-            return Classify::<_, BoxError>::is_deadline_answer(&GRPC, Ok(response));
-        }
-        const HTTP: crate::http::HttpStatusClassifier = crate::http::HttpStatusClassifier::new();
-        Classify::<_, BoxError>::is_deadline_answer(&HTTP, Ok(response))
+        by_head!(response, is_deadline_answer)
     }
 }
 

@@ -73,6 +73,15 @@ impl AttemptTimeoutLayer {
     /// not be retried), an attempt that reaches its limit is not cut but
     /// runs on to the request's deadline.
     #[cfg_attr(not(feature = "retry"), allow(dead_code))]
+    #[cfg_attr(
+        not(all(
+            feature = "deadline",
+            feature = "retry",
+            feature = "circuit-breaker",
+            feature = "shed"
+        )),
+        allow(dead_code)
+    )]
     pub(crate) fn with_retry_signal(self, signal: super::RetrySignal) -> Self {
         AttemptTimeoutLayer {
             shared: Striped::new(Shared {
@@ -125,6 +134,10 @@ impl AttemptTimeoutLayerBuilder {
     /// most a tenth of the attempt timeout); a server's handler timeout
     /// takes zero: a deadline that ends its handler with the handler's own
     /// timeout is the request's.
+    #[cfg_attr(
+        not(all(feature = "retry", feature = "circuit-breaker", feature = "shed")),
+        allow(dead_code)
+    )]
     pub(crate) fn own_end(mut self, margin: Duration) -> Self {
         self.own_end = margin;
         self

@@ -313,6 +313,7 @@ pub(crate) fn call_with_retry_gate<R>(may_follow: bool, call: impl FnOnce() -> R
 
 /// What the retry layer above said of the attempt being called (see
 /// [`call_with_retry_gate`]).
+#[cfg_attr(not(feature = "deadline"), allow(dead_code))]
 #[inline]
 pub(crate) fn retry_may_follow() -> Option<bool> {
     crate::local::get(&RETRY_MAY_FOLLOW)
@@ -321,6 +322,7 @@ pub(crate) fn retry_may_follow() -> Option<bool> {
 /// Asked by an attempt timeout linked to the retry layer above it in a
 /// stack, as its timer fires: whether timeouts are common now (a timed-out
 /// attempt would not be retried).
+#[cfg_attr(not(feature = "deadline"), allow(dead_code))]
 pub(crate) type RetrySignal = std::sync::Arc<dyn Fn() -> bool + Send + Sync>;
 
 thread_local! {
@@ -332,6 +334,7 @@ thread_local! {
 /// Notes that an attempt no retry could follow ran past its own limit (it
 /// goes on to the request's deadline): to the retry layer above, whose poll
 /// is under way on this thread, it counts as a timed-out attempt.
+#[cfg_attr(not(feature = "deadline"), allow(dead_code))]
 #[cold]
 pub(crate) fn note_overran() {
     let _ = OVERRAN.try_with(|c| c.set(true));
@@ -397,6 +400,15 @@ pub(crate) const ANSWER_MARGIN: Duration = Duration::from_millis(20);
 /// the server's at the same instant (which the HTTP server preset's could
 /// win): the handler answers with the error, and an attempt that ran on
 /// to the deadline counts to the breaker.
+#[cfg_attr(
+    not(all(
+        feature = "deadline",
+        feature = "retry",
+        feature = "circuit-breaker",
+        feature = "shed"
+    )),
+    allow(dead_code)
+)]
 pub(crate) const UPSTREAM_MARGIN: Duration = Duration::from_millis(10);
 
 thread_local! {
@@ -419,7 +431,10 @@ pub(crate) fn note_cut_short(deadline: Deadline) {
 /// Whether an attempt under the request's `deadline` was cut short by it
 /// (see [`note_cut_short`]); a note of another request's deadline says
 /// nothing of this one.
-#[cfg_attr(not(feature = "deadline"), allow(dead_code))]
+#[cfg_attr(
+    not(all(feature = "deadline", feature = "circuit-breaker")),
+    allow(dead_code)
+)]
 pub(crate) fn cut_short(deadline: Deadline) -> bool {
     CUT_SHORT.with(|c| c.get() == Some(deadline.instant()))
 }

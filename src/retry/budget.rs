@@ -547,6 +547,10 @@ impl RetryBudget {
     /// Whether timeouts are common now (the opposite of
     /// [`may_retry_timeout`](Self::may_retry_timeout)), for an attempt
     /// timeout below to ask as its timer fires.
+    #[cfg_attr(
+        not(all(feature = "deadline", feature = "circuit-breaker", feature = "shed")),
+        allow(dead_code)
+    )]
     pub(crate) fn timeouts_signal(&self) -> crate::deadline::RetrySignal {
         let budget = self.clone();
         std::sync::Arc::new(move || {
