@@ -72,7 +72,6 @@ impl AttemptTimeoutLayer {
     /// `signal` is set (timeouts are common, so a timed-out attempt would
     /// not be retried), an attempt that reaches its limit is not cut but
     /// runs on to the request's deadline.
-    #[cfg_attr(not(feature = "retry"), allow(dead_code))]
     #[cfg_attr(
         not(all(
             feature = "deadline",
