@@ -2533,14 +2533,14 @@ async fn one_route_s_dependency_hangs(classes: bool, grpc: bool) -> (Vec<usize>,
 }
 
 /// A dependency that hangs behind one route: the handler's `504`s, each
-/// after waiting out its budget, are samples of the time it held its
-/// place, as a slower dependency's answers are, and the limit goes to what
-/// the calls waiting on it need within one window of the first (failed
-/// answers were no samples: the limit saw only the other route's 2 ms
-/// answers at the limit, and drained to 27; 324 of the other route's
-/// requests refused). The other route's requests are refused until the
-/// limit has grown, about a second and a half; by route, the dependency's
-/// route `Sheddable`, none are.
+/// after waiting out its budget, count for the time it held its place
+/// while the other route's answers meet no queue, as a slower dependency's
+/// answers do, and the limit grows to what the calls waiting on it need
+/// within two windows of the first (failed answers were no samples: the
+/// limit saw only the other route's 2 ms answers at the limit, and drained
+/// to 27; 324 of the other route's requests refused). The other route's
+/// requests are refused until the limit has grown, within 3 s of the
+/// hang's start; with the dependency's route `Sheddable`, none are.
 #[cfg(feature = "http")]
 #[tokio::test(start_paused = true)]
 async fn a_dependency_that_hangs_behind_one_route_is_followed_by_the_limit() {
