@@ -91,7 +91,7 @@ async fn priorities_by_route() -> Result<(), seawall::BoxError> {
     let stack = ServerStack::http("api")
         .total_budget(Duration::from_secs(5))
         .adaptive_limit(|l| {
-            l.criticality(|req: &http::Request<Body>| {
+            l.criticality(|req: &axum::http::Request<Body>| {
                 if req.uri().path().starts_with("/checkout") {
                     Criticality::Critical
                 } else {
