@@ -1,6 +1,24 @@
 //! Macros the modules share (declared first in `lib.rs`, so every module
 //! sees them).
 
+/// One crate-internal item that only the stacks use (module `stack`, built
+/// with features `deadline`, `retry`, `circuit-breaker` and `shed`): a
+/// build without them does not report it as dead code.
+macro_rules! stacks_only {
+    ($($item:tt)*) => {
+        #[cfg_attr(
+            not(all(
+                feature = "deadline",
+                feature = "retry",
+                feature = "circuit-breaker",
+                feature = "shed"
+            )),
+            allow(dead_code)
+        )]
+        $($item)*
+    };
+}
+
 /// `poll_ready`, `call`, `Clone` and `Debug` of a named wrapper type
 /// (`$wrapper { inner: $inner }`: a stack's service, a preset's, a balanced
 /// channel), forwarded to what is inside. A named type, not an alias, so that

@@ -267,19 +267,12 @@ impl<C> CircuitBreakerBuilder<C> {
         self
     }
 
-    /// The slow-call time set, if any (a stack checks it against its
-    /// attempt timeout).
-    #[cfg_attr(
-        not(all(
-            feature = "deadline",
-            feature = "retry",
-            feature = "circuit-breaker",
-            feature = "shed"
-        )),
-        allow(dead_code)
-    )]
-    pub(crate) fn slow_call_setting(&self) -> Option<Duration> {
-        Some(self.settings.slow_call_duration).filter(|d| *d != Duration::MAX)
+    stacks_only! {
+        /// The slow-call time set, if any (a stack checks it against its
+        /// attempt timeout).
+        pub(crate) fn slow_call_setting(&self) -> Option<Duration> {
+            Some(self.settings.slow_call_duration).filter(|d| *d != Duration::MAX)
+        }
     }
 
     /// Rates are judged only once the window holds this many calls (at least

@@ -68,29 +68,22 @@ impl AttemptTimeoutLayer {
         self.shared.name.as_str()
     }
 
-    /// The same layer, linked to the retry layer above it in a stack: while
-    /// `signal` is set (timeouts are common, so a timed-out attempt would
-    /// not be retried), an attempt that reaches its limit is not cut but
-    /// runs on to the request's deadline.
-    #[cfg_attr(
-        not(all(
-            feature = "deadline",
-            feature = "retry",
-            feature = "circuit-breaker",
-            feature = "shed"
-        )),
-        allow(dead_code)
-    )]
-    pub(crate) fn with_retry_signal(self, signal: super::RetrySignal) -> Self {
-        AttemptTimeoutLayer {
-            shared: Striped::new(Shared {
-                limit: self.shared.limit,
-                name: self.shared.name.clone(),
-                observer: self.shared.observer.clone(),
-                own_end: self.shared.own_end,
-                retry_signal: Some(signal),
-                upstream_margin: std::time::Duration::ZERO,
-            }),
+    stacks_only! {
+        /// The same layer, linked to the retry layer above it in a stack:
+        /// while `signal` is set (timeouts are common, so a timed-out
+        /// attempt would not be retried), an attempt that reaches its limit
+        /// is not cut but runs on to the request's deadline.
+        pub(crate) fn with_retry_signal(self, signal: super::RetrySignal) -> Self {
+            AttemptTimeoutLayer {
+                shared: Striped::new(Shared {
+                    limit: self.shared.limit,
+                    name: self.shared.name.clone(),
+                    observer: self.shared.observer.clone(),
+                    own_end: self.shared.own_end,
+                    retry_signal: Some(signal),
+                    upstream_margin: std::time::Duration::ZERO,
+                }),
+            }
         }
     }
 }
@@ -128,18 +121,16 @@ impl AttemptTimeoutLayerBuilder {
         "The observer that receives this layer's events (default: none)."
     );
 
-    /// An attempt that the request's deadline ends within `margin` of its
-    /// own end ends as the attempt's own timeout (default 20 ms, and at
-    /// most a tenth of the attempt timeout); a server's handler timeout
-    /// takes zero: a deadline that ends its handler with the handler's own
-    /// timeout is the request's.
-    #[cfg_attr(
-        not(all(feature = "retry", feature = "circuit-breaker", feature = "shed")),
-        allow(dead_code)
-    )]
-    pub(crate) fn own_end(mut self, margin: Duration) -> Self {
-        self.own_end = margin;
-        self
+    stacks_only! {
+        /// An attempt that the request's deadline ends within `margin` of
+        /// its own end ends as the attempt's own timeout (default 20 ms,
+        /// and at most a tenth of the attempt timeout); a server's handler
+        /// timeout takes zero: a deadline that ends its handler with the
+        /// handler's own timeout is the request's.
+        pub(crate) fn own_end(mut self, margin: Duration) -> Self {
+            self.own_end = margin;
+            self
+        }
     }
 
     /// Builds the layer. Fails if `per_try` is zero.

@@ -167,20 +167,13 @@ impl DeadlineLayerBuilder {
         self
     }
 
-    /// Keeps `margin` (at most a tenth of what is left) before a deadline
-    /// from above: the client stacks' (`UPSTREAM_MARGIN`).
-    #[cfg_attr(
-        not(all(
-            feature = "deadline",
-            feature = "retry",
-            feature = "circuit-breaker",
-            feature = "shed"
-        )),
-        allow(dead_code)
-    )]
-    pub(crate) fn upstream_margin(mut self, margin: Duration) -> Self {
-        self.upstream_margin = margin;
-        self
+    stacks_only! {
+        /// Keeps `margin` (at most a tenth of what is left) before a
+        /// deadline from above: the client stacks' (`UPSTREAM_MARGIN`).
+        pub(crate) fn upstream_margin(mut self, margin: Duration) -> Self {
+            self.upstream_margin = margin;
+            self
+        }
     }
 
     crate::observe::name_and_observer!(

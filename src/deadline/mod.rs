@@ -394,22 +394,15 @@ pub fn scope<F: std::future::Future>(
 #[cfg_attr(not(feature = "deadline"), allow(dead_code))]
 pub(crate) const ANSWER_MARGIN: Duration = Duration::from_millis(20);
 
-/// The time a client stack keeps before a deadline from above (at most a
-/// tenth of what is left of it): a call made in a handler under a server
-/// stack whose budget ends first ends by the client's own timer, not by
-/// the server's at the same instant (which the HTTP server preset's could
-/// win): the handler answers with the error, and an attempt that ran on
-/// to the deadline counts to the breaker.
-#[cfg_attr(
-    not(all(
-        feature = "deadline",
-        feature = "retry",
-        feature = "circuit-breaker",
-        feature = "shed"
-    )),
-    allow(dead_code)
-)]
-pub(crate) const UPSTREAM_MARGIN: Duration = Duration::from_millis(10);
+stacks_only! {
+    /// The time a client stack keeps before a deadline from above (at most
+    /// a tenth of what is left of it): a call made in a handler under a
+    /// server stack whose budget ends first ends by the client's own timer,
+    /// not by the server's at the same instant (which the HTTP server
+    /// preset's could win): the handler answers with the error, and an
+    /// attempt that ran on to the deadline counts to the breaker.
+    pub(crate) const UPSTREAM_MARGIN: Duration = Duration::from_millis(10);
+}
 
 thread_local! {
     /// The request deadline that last cut an attempt short on this thread

@@ -544,23 +544,21 @@ impl RetryBudget {
         self.inner.judge_timeouts(epoch);
     }
 
-    /// Whether timeouts are common now (the opposite of
-    /// [`may_retry_timeout`](Self::may_retry_timeout)), for an attempt
-    /// timeout below to ask as its timer fires.
-    #[cfg_attr(
-        not(all(feature = "deadline", feature = "circuit-breaker", feature = "shed")),
-        allow(dead_code)
-    )]
-    pub(crate) fn timeouts_signal(&self) -> crate::deadline::RetrySignal {
-        let budget = self.clone();
-        std::sync::Arc::new(move || {
-            // With the attempt asking counted: the timeout that makes them
-            // common is not cut either.
-            !budget.may_retry_timeout() || {
-                let inner = &budget.inner;
-                inner.common_with(inner.epoch(crate::clock::edge_now()), 1)
-            }
-        })
+    stacks_only! {
+        /// Whether timeouts are common now (the opposite of
+        /// [`may_retry_timeout`](Self::may_retry_timeout)), for an attempt
+        /// timeout below to ask as its timer fires.
+        pub(crate) fn timeouts_signal(&self) -> crate::deadline::RetrySignal {
+            let budget = self.clone();
+            std::sync::Arc::new(move || {
+                // With the attempt asking counted: the timeout that makes
+                // them common is not cut either.
+                !budget.may_retry_timeout() || {
+                    let inner = &budget.inner;
+                    inner.common_with(inner.epoch(crate::clock::edge_now()), 1)
+                }
+            })
+        }
     }
 
     /// Whether a timeout may be retried now (timeouts were rare when last
