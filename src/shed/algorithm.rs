@@ -19,6 +19,7 @@ pub struct WindowSample {
     timed_out_rtt: Duration,
     refused: u64,
     span: Duration,
+    kept: usize,
 }
 
 impl WindowSample {
@@ -35,6 +36,7 @@ impl WindowSample {
             timed_out_rtt: Duration::ZERO,
             refused: 0,
             span: Duration::ZERO,
+            kept: 0,
         }
     }
 
@@ -128,6 +130,28 @@ impl WindowSample {
     /// How long the window lasted (zero when not known).
     pub const fn span(&self) -> Duration {
         self.span
+    }
+
+    /// Sets how many calls at the limit kept their places (see
+    /// [`kept`](Self::kept)).
+    pub const fn with_kept(mut self, kept: usize) -> Self {
+        self.kept = kept;
+        self
+    }
+
+    /// How many of the calls in flight at the limit kept their places
+    /// while it refused (0 when none did, or not known): for at least a
+    /// tenth of a second (and four expected service times) the limit
+    /// refused more requests than it saw complete, and those that completed
+    /// account for under a quarter of the limit in flight (their time in
+    /// flight, summed, over that span: Little's law). The calls at the
+    /// limit then wait on something that is no queue of this service's:
+    /// handlers waiting on a dependency that hangs behind one route, say.
+    /// The adaptive limit layer closes such a window early, when it finds
+    /// them, instead of after its configured length; calls that come and
+    /// go, a queue's included, account for what is in flight.
+    pub const fn kept(&self) -> usize {
+        self.kept
     }
 
     /// The requests that came in the window per second, answered, dropped

@@ -64,6 +64,11 @@ pub(crate) struct Config {
 /// queue.
 pub(crate) const BURST: Duration = Duration::from_millis(100);
 
+/// The shortest span over which a refusal judges whether the calls at the
+/// limit keep their places (see `Limiter::close_if_kept`): a burst's
+/// length.
+const EARLY: Duration = BURST;
+
 /// A burst is admitted up to this many times the limit in flight.
 const BURST_FACTOR: usize = 4;
 
@@ -74,6 +79,21 @@ fn burst_cap(limit: usize, bounds: Option<(usize, usize)>) -> usize {
         Some((_, max)) => cap.min(max).max(limit),
         None => cap,
     }
+}
+
+/// A refusal's view of the current window, to judge later refusals by.
+#[derive(Debug, Default, Clone, Copy)]
+struct Mark {
+    /// The window's start (ns since `epoch`).
+    window: u64,
+    /// When (ns since `epoch`, plus one; 0: no mark).
+    at: u64,
+    /// The window's completed calls then: their time in flight (ns) and
+    /// how many.
+    time: u64,
+    completed: u64,
+    /// The window's refusals then.
+    refused: u64,
 }
 
 pub(crate) struct Limiter {
@@ -93,6 +113,11 @@ pub(crate) struct Limiter {
     /// them: see `WindowSample::timed_out`).
     win_timed_out: AtomicU64,
     win_timed_out_sum_ns: AtomicU64,
+    /// The time the window's drops were held (for the window's call time).
+    win_drop_sum_ns: AtomicU64,
+    /// The calls at the limit that kept their places (set by the refusal
+    /// that closes the window early; 0: none found).
+    win_kept: AtomicUsize,
     /// Requests the limit refused in the window (refusal path only).
     win_refused: AtomicU64,
     /// A burst's latencies in the current window: not the algorithm's
@@ -143,6 +168,9 @@ pub(crate) struct Limiter {
     /// [`BURST`], or as configured (ns; 0: no bursts).
     burst_ns: u64,
     algorithm: Mutex<Box<dyn LimitAlgorithm>>,
+    /// Where the limit began refusing (refusal path only, never waited
+    /// for): see `close_if_kept`.
+    refusing: Mutex<Mark>,
     pub(crate) name: Name,
     pub(crate) observer: Observer,
 }
@@ -176,6 +204,8 @@ impl Limiter {
             win_drops: AtomicU64::new(0),
             win_timed_out: AtomicU64::new(0),
             win_timed_out_sum_ns: AtomicU64::new(0),
+            win_drop_sum_ns: AtomicU64::new(0),
+            win_kept: AtomicUsize::new(0),
             win_refused: AtomicU64::new(0),
             win_burst_sum_ns: AtomicU64::new(0),
             win_burst_count: AtomicU64::new(0),
@@ -199,6 +229,7 @@ impl Limiter {
             reject_doomed: config.reject_doomed,
             burst_ns: crate::clock::nanos(config.burst),
             algorithm: Mutex::new(algorithm),
+            refusing: Mutex::new(Mark::default()),
             jitter: crate::clock::Jitter::new(name.as_str()),
             name,
             observer,
@@ -345,6 +376,92 @@ impl Limiter {
                 .compare_exchange(start, next, Ordering::Relaxed, Ordering::Relaxed);
     }
 
+    /// The current window's completed calls so far: their time in flight
+    /// summed (ns), and how many.
+    fn window_completions(&self) -> (u64, u64) {
+        let time = self
+            .win_sum_ns
+            .load(Ordering::Relaxed)
+            .saturating_add(self.win_burst_sum_ns.load(Ordering::Relaxed))
+            .saturating_add(self.win_timed_out_sum_ns.load(Ordering::Relaxed))
+            .saturating_add(self.win_drop_sum_ns.load(Ordering::Relaxed));
+        let count = self
+            .win_count
+            .load(Ordering::Relaxed)
+            .saturating_add(self.win_burst_count.load(Ordering::Relaxed))
+            .saturating_add(self.win_timed_out.load(Ordering::Relaxed))
+            .saturating_add(self.win_drops.load(Ordering::Relaxed));
+        (time, count)
+    }
+
+    /// A refusal at `limit`: whether the calls at the limit keep their
+    /// places (see [`WindowSample::kept`]), judged over the span since the
+    /// refusal that set the mark, at least [`EARLY`] and four expected
+    /// service times (a mark older than four such spans is set again: the
+    /// refusals did not go on). When they do, the window closes now
+    /// instead of after its configured length (1 s by default), during
+    /// which the limit would refuse the other routes; the algorithm judges
+    /// it ([`QueueDelay`](super::QueueDelay) grows the limit when the
+    /// window's answers met no queue). Never blocks: a refusal that finds
+    /// the mark taken by another leaves it.
+    #[cold]
+    #[inline(never)]
+    fn close_if_kept(&self, limit: usize, now: Instant) {
+        let mut mark = match self.refusing.try_lock() {
+            Ok(guard) => guard,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(TryLockError::WouldBlock) => return,
+        };
+        let now_ns = crate::clock::nanos_between(self.epoch, now);
+        let start = self.win_start_ns.load(Ordering::Relaxed);
+        let (time, completed) = self.window_completions();
+        let refused = self.win_refused.load(Ordering::Relaxed);
+        if self.win_start_ns.load(Ordering::Relaxed) != start {
+            // (A window closed meanwhile.)
+            return;
+        }
+        let early = crate::clock::nanos(EARLY).max(
+            self.expected_rtt_ns
+                .load(Ordering::Relaxed)
+                .saturating_mul(4),
+        );
+        let here = Mark {
+            window: start,
+            at: self.stamp(now),
+            time,
+            completed,
+            refused,
+        };
+        let span = here.at.saturating_sub(mark.at);
+        if mark.at == 0 || mark.window != start || span > early.saturating_mul(4) {
+            *mark = here;
+            return;
+        }
+        if span < early {
+            return;
+        }
+        let time = time.saturating_sub(mark.time);
+        let completed = completed.saturating_sub(mark.completed);
+        let refused = refused.saturating_sub(mark.refused);
+        *mark = here;
+        // The limit refused more than it saw complete, and what completed
+        // accounts for under a quarter of the limit in flight (`time / span
+        // < limit / 4`, in integers).
+        if refused < completed
+            || refused == 0
+            || u128::from(time) * 4 >= u128::from(span) * limit as u128
+        {
+            return;
+        }
+        let load = usize::try_from(time / span.max(1)).unwrap_or(usize::MAX);
+        self.win_kept
+            .store(limit.saturating_sub(load).max(1), Ordering::Relaxed);
+        // (The next window sets its own mark.)
+        mark.at = 0;
+        drop(mark);
+        self.close_window(start, now_ns, self.idle.load(Ordering::Relaxed));
+    }
+
     /// Releases a slot; returns the idle count before this release.
     #[inline]
     fn release(&self, class: Criticality) -> u64 {
@@ -385,6 +502,8 @@ impl Limiter {
             }
             Completion::Drop => {
                 self.win_drops.fetch_add(1, Ordering::Relaxed);
+                self.win_drop_sum_ns
+                    .fetch_add(crate::clock::nanos(rtt), Ordering::Relaxed);
             }
             Completion::TimedOut => {
                 if rtt >= self.min_rtt {
@@ -457,6 +576,8 @@ impl Limiter {
         let refused = self.win_refused.swap(0, Ordering::Relaxed);
         let burst_sum = self.win_burst_sum_ns.swap(0, Ordering::Relaxed);
         let bursts = self.win_burst_count.swap(0, Ordering::Relaxed);
+        self.win_drop_sum_ns.store(0, Ordering::Relaxed);
+        let kept = self.win_kept.swap(0, Ordering::Relaxed);
         // The calls still in flight belong to the next window too (within
         // the limit: a burst's are not the limit's load).
         let limit_now = self.limit.load(Ordering::Relaxed);
@@ -484,7 +605,8 @@ impl Limiter {
         let rtt = Duration::from_nanos(avg_ns.unwrap_or(0));
         let mut sample = WindowSample::new(rtt, max_inflight, drops)
             .with_samples(count)
-            .with_refused(refused, Duration::from_nanos(now_ns.saturating_sub(start)));
+            .with_refused(refused, Duration::from_nanos(now_ns.saturating_sub(start)))
+            .with_kept(kept);
         if fastest != u64::MAX {
             sample = sample.with_fastest(Duration::from_nanos(fastest));
         }
@@ -657,6 +779,7 @@ impl Striped<Limiter> {
                     self.by_class[idx].fetch_sub(1, Ordering::AcqRel);
                     self.inflight.fetch_sub(1, Ordering::AcqRel);
                     self.win_refused.fetch_add(1, Ordering::Relaxed);
+                    self.close_if_kept(limit, now);
                     return Err(Refusal::Limit);
                 }
                 burst = true;

@@ -346,6 +346,19 @@ impl LimitAlgorithm for QueueDelay {
             self.previous = Some((before_rtt, before_busy, before_limit));
             return self.limit();
         }
+        // Calls at the limit that keep their places (the layer found them:
+        // `WindowSample::kept`), while the window's answers met no queue:
+        // they wait on something that is no queue of ours (a dependency
+        // that hangs behind one route, while the others are answered at
+        // once). The limit grows ×2 per window while it is reached, as
+        // after a slowdown, until the first queueing.
+        if sample.kept() > 0 && self.base > 0.0 && rtt <= self.target() {
+            self.cut = None;
+            self.above = false;
+            self.growth = Growth::DoublingAfterSlowdown;
+            self.limit = self.clamp(self.limit * 2.0);
+            return self.limit();
+        }
         // More latency than a queue of ours can make: with at most `busy`
         // calls in flight, a call waits for `busy - 1` others at most, so
         // on average it takes well under `busy ×` the service's latency
@@ -682,6 +695,41 @@ mod tests {
         assert_eq!(hung, [80, 160, 320, 336, 352, 370]);
         let queued = with_timed_out(|l| 5.0 * (l as f64 / 8.0).max(1.0), |l| l);
         assert!(queued.iter().all(|&l| l <= 40), "{queued:?}");
+    }
+
+    /// At the limit, refusing, with answers at the service's own latency
+    /// (5 ms, after a spell of 8 workers under unlimited demand that showed
+    /// a queue): windows of 100 ms in which `kept(limit)` calls at the
+    /// limit kept their places, and the limits after each.
+    fn at_the_limit(kept: impl Fn(usize) -> usize) -> Vec<usize> {
+        let mut q = QueueDelay::default();
+        run_workers(&mut q, 40, 5.0, 8);
+        (0..5)
+            .map(|_| {
+                let l = q.limit();
+                let w = window(5.0, l)
+                    .with_refused(50, Duration::from_millis(100))
+                    .with_kept(kept(l));
+                q.update(&w);
+                q.limit()
+            })
+            .collect()
+    }
+
+    /// Calls that keep their places at the limit (a dependency that hangs
+    /// behind one route, while the answers met no queue) double it every
+    /// window, with no drain; calls that come and go at the limit grow it
+    /// a little, or drain it, as before.
+    #[test]
+    fn calls_that_keep_their_places_at_the_limit_double_it() {
+        let kept = at_the_limit(|l| l - 1);
+        assert!(kept.windows(2).all(|w| w[1] >= 2 * w[0]), "{kept:?}");
+        assert!(kept[0] >= 18 && kept[4] >= 300, "{kept:?}");
+        let moving = at_the_limit(|_| 0);
+        assert!(
+            moving.windows(2).all(|w| w[1] <= w[0] + 1 + w[0] / 20),
+            "{moving:?}"
+        );
     }
 
     /// A service of `workers` workers under unlimited demand (the limit
