@@ -140,16 +140,22 @@ impl WindowSample {
     }
 
     /// How many of the calls in flight at the limit kept their places
-    /// while it refused (0 when none did, or not known): for at least a
-    /// tenth of a second (and four expected service times) the limit
-    /// refused more requests than it saw complete, and those that completed
+    /// (0 when none did, or not known). The adaptive limit layer judges a
+    /// run of requests over the limit (admitted in a burst, or refused;
+    /// none more than 50 ms, or four expected service times, after the one
+    /// before) every such span: they do when the run holds at least the
+    /// window's minimum of samples and as many requests over the limit as
+    /// answers seen meanwhile, and those answers (failed ones included; not
+    /// the calls that ran out of time) are at least one, took no more than
+    /// twice the service time expected before the run on average, and
     /// account for under a quarter of the limit in flight (their time in
-    /// flight, summed, over that span: Little's law). The calls at the
-    /// limit then wait on something that is no queue of this service's:
-    /// handlers waiting on a dependency that hangs behind one route, say.
-    /// The adaptive limit layer closes such a window early, when it finds
-    /// them, instead of after its configured length; calls that come and
-    /// go, a queue's included, account for what is in flight.
+    /// flight, summed, over the run's span: Little's law). The calls at the
+    /// limit then wait on something that is no queue of this service's
+    /// (handlers waiting on a dependency that hangs behind one route,
+    /// while the others are answered as before), and the layer closes the
+    /// window then, instead of after its configured length. Calls that
+    /// come and go, a queue's included, account for what is in flight; a
+    /// slowdown of every answer (a brownout) is not this.
     pub const fn kept(&self) -> usize {
         self.kept
     }

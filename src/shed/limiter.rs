@@ -64,10 +64,12 @@ pub(crate) struct Config {
 /// queue.
 pub(crate) const BURST: Duration = Duration::from_millis(100);
 
-/// The shortest span over which a refusal judges whether the calls at the
-/// limit keep their places (see `Limiter::close_if_kept`): a burst's
-/// length.
-const EARLY: Duration = BURST;
+/// How often a run of requests over the limit is judged for calls that
+/// keep their places at it, and the longest break in such a run (see
+/// `Limiter::over_limit`): half a burst's length. Each span refuses what
+/// comes meanwhile, on every route, once a burst is over; the limit
+/// doubles after each.
+const EARLY: Duration = Duration::from_millis(50);
 
 /// A burst is admitted up to this many times the limit in flight.
 const BURST_FACTOR: usize = 4;
@@ -81,19 +83,31 @@ fn burst_cap(limit: usize, bounds: Option<(usize, usize)>) -> usize {
     }
 }
 
-/// A refusal's view of the current window, to judge later refusals by.
+/// A run of requests over the limit (admitted in a burst or refused, none
+/// more than [`EARLY`] after the one before), and the answers seen
+/// meanwhile: to judge whether the calls at the limit keep their places
+/// (see `Limiter::over_limit`).
 #[derive(Debug, Default, Clone, Copy)]
-struct Mark {
-    /// The window's start (ns since `epoch`).
-    window: u64,
-    /// When (ns since `epoch`, plus one; 0: no mark).
-    at: u64,
-    /// The window's completed calls then: their time in flight (ns) and
-    /// how many.
+struct Run {
+    /// When the run began (ns since `epoch`, plus one; 0: no run).
+    start: u64,
+    /// Its last request over the limit, and when it was last judged (the
+    /// same clock).
+    last: u64,
+    judged: u64,
+    /// Requests over the limit so far.
+    over: u64,
+    /// The answers seen since it began (see `window_answers`): their time
+    /// in flight (ns) and how many.
     time: u64,
-    completed: u64,
-    /// The window's refusals then.
-    refused: u64,
+    answered: u64,
+    /// The window (its start) whose answers were last read, and what they
+    /// were then.
+    window: u64,
+    seen_time: u64,
+    seen_answered: u64,
+    /// The expected service time when it began (ns; 0: unknown).
+    expected: u64,
 }
 
 pub(crate) struct Limiter {
@@ -113,11 +127,13 @@ pub(crate) struct Limiter {
     /// them: see `WindowSample::timed_out`).
     win_timed_out: AtomicU64,
     win_timed_out_sum_ns: AtomicU64,
-    /// The time the window's drops were held (for the window's call time).
-    win_drop_sum_ns: AtomicU64,
     /// The calls at the limit that kept their places (set by the refusal
     /// that closes the window early; 0: none found).
     win_kept: AtomicUsize,
+    /// Calls that ended in a failure or a "busy" answer (no samples):
+    /// their count and time in flight, for `window_answers` only.
+    win_failed: AtomicU64,
+    win_failed_sum_ns: AtomicU64,
     /// Requests the limit refused in the window (refusal path only).
     win_refused: AtomicU64,
     /// A burst's latencies in the current window: not the algorithm's
@@ -168,9 +184,9 @@ pub(crate) struct Limiter {
     /// [`BURST`], or as configured (ns; 0: no bursts).
     burst_ns: u64,
     algorithm: Mutex<Box<dyn LimitAlgorithm>>,
-    /// Where the limit began refusing (refusal path only, never waited
-    /// for): see `close_if_kept`.
-    refusing: Mutex<Mark>,
+    /// The run of requests over the limit (that path only, never waited
+    /// for): see `over_limit`.
+    over_run: Mutex<Run>,
     pub(crate) name: Name,
     pub(crate) observer: Observer,
 }
@@ -204,8 +220,9 @@ impl Limiter {
             win_drops: AtomicU64::new(0),
             win_timed_out: AtomicU64::new(0),
             win_timed_out_sum_ns: AtomicU64::new(0),
-            win_drop_sum_ns: AtomicU64::new(0),
             win_kept: AtomicUsize::new(0),
+            win_failed: AtomicU64::new(0),
+            win_failed_sum_ns: AtomicU64::new(0),
             win_refused: AtomicU64::new(0),
             win_burst_sum_ns: AtomicU64::new(0),
             win_burst_count: AtomicU64::new(0),
@@ -229,7 +246,7 @@ impl Limiter {
             reject_doomed: config.reject_doomed,
             burst_ns: crate::clock::nanos(config.burst),
             algorithm: Mutex::new(algorithm),
-            refusing: Mutex::new(Mark::default()),
+            over_run: Mutex::new(Run::default()),
             jitter: crate::clock::Jitter::new(name.as_str()),
             name,
             observer,
@@ -376,90 +393,115 @@ impl Limiter {
                 .compare_exchange(start, next, Ordering::Relaxed, Ordering::Relaxed);
     }
 
-    /// The current window's completed calls so far: their time in flight
-    /// summed (ns), and how many.
-    fn window_completions(&self) -> (u64, u64) {
+    /// The current window's answers so far, failed ones and a burst's
+    /// included (not the drops, nor the answers that said the handler ran
+    /// out of time): their time in flight summed (ns), and how many.
+    fn window_answers(&self) -> (u64, u64) {
         let time = self
             .win_sum_ns
             .load(Ordering::Relaxed)
             .saturating_add(self.win_burst_sum_ns.load(Ordering::Relaxed))
-            .saturating_add(self.win_timed_out_sum_ns.load(Ordering::Relaxed))
-            .saturating_add(self.win_drop_sum_ns.load(Ordering::Relaxed));
+            .saturating_add(self.win_failed_sum_ns.load(Ordering::Relaxed));
         let count = self
             .win_count
             .load(Ordering::Relaxed)
             .saturating_add(self.win_burst_count.load(Ordering::Relaxed))
-            .saturating_add(self.win_timed_out.load(Ordering::Relaxed))
-            .saturating_add(self.win_drops.load(Ordering::Relaxed));
+            .saturating_add(self.win_failed.load(Ordering::Relaxed));
         (time, count)
     }
 
-    /// A refusal at `limit`: whether the calls at the limit keep their
-    /// places (see [`WindowSample::kept`]), judged over the span since the
-    /// refusal that set the mark, at least [`EARLY`] and four expected
-    /// service times (a mark older than four such spans is set again: the
-    /// refusals did not go on). When they do, the window closes now
+    /// A request over `limit` (admitted in a burst, or refused): whether
+    /// the calls at the limit keep their places (see
+    /// [`WindowSample::kept`]), judged every [`EARLY`] (or four expected
+    /// service times) of a run of such requests, none more than that after
+    /// the one before. They do when the run, over its whole span, holds at
+    /// least the window's minimum of samples in requests over the limit,
+    /// and at least as many as the answers seen meanwhile; those answers
+    /// are at least one, took no longer than twice the service time
+    /// expected before the run on average (a slowdown of everything, a
+    /// brownout, is no dependency hanging behind one route), and account
+    /// for under a quarter of the limit in flight (their time in flight,
+    /// summed, over the span: Little's law). Then the window closes now
     /// instead of after its configured length (1 s by default), during
     /// which the limit would refuse the other routes; the algorithm judges
-    /// it ([`QueueDelay`](super::QueueDelay) grows the limit when the
-    /// window's answers met no queue). Never blocks: a refusal that finds
-    /// the mark taken by another leaves it.
+    /// it ([`QueueDelay`](super::QueueDelay) doubles the limit). Never
+    /// blocks: a request that finds the run taken by another leaves it.
     #[cold]
     #[inline(never)]
-    fn close_if_kept(&self, limit: usize, now: Instant) {
-        let mut mark = match self.refusing.try_lock() {
+    fn over_limit(&self, limit: usize, now: Instant) {
+        let mut run = match self.over_run.try_lock() {
             Ok(guard) => guard,
             Err(TryLockError::Poisoned(p)) => p.into_inner(),
             Err(TryLockError::WouldBlock) => return,
         };
-        let now_ns = crate::clock::nanos_between(self.epoch, now);
-        let start = self.win_start_ns.load(Ordering::Relaxed);
-        let (time, completed) = self.window_completions();
-        let refused = self.win_refused.load(Ordering::Relaxed);
-        if self.win_start_ns.load(Ordering::Relaxed) != start {
+        let window = self.win_start_ns.load(Ordering::Relaxed);
+        let (time, answered) = self.window_answers();
+        if self.win_start_ns.load(Ordering::Relaxed) != window {
             // (A window closed meanwhile.)
             return;
         }
-        let early = crate::clock::nanos(EARLY).max(
-            self.expected_rtt_ns
-                .load(Ordering::Relaxed)
-                .saturating_mul(4),
-        );
-        let here = Mark {
-            window: start,
-            at: self.stamp(now),
-            time,
-            completed,
-            refused,
-        };
-        let span = here.at.saturating_sub(mark.at);
-        if mark.at == 0 || mark.window != start || span > early.saturating_mul(4) {
-            *mark = here;
+        let at = self.stamp(now);
+        let early = |expected: u64| crate::clock::nanos(EARLY).max(expected.saturating_mul(4));
+        if run.start == 0 || at.saturating_sub(run.last) > early(run.expected) {
+            // A run begins.
+            *run = Run {
+                start: at,
+                last: at,
+                judged: at,
+                over: 1,
+                time: 0,
+                answered: 0,
+                window,
+                seen_time: time,
+                seen_answered: answered,
+                expected: self.expected_rtt_ns.load(Ordering::Relaxed),
+            };
             return;
         }
-        if span < early {
+        if run.window != window {
+            // The window's answers are counted from zero again.
+            run.window = window;
+            run.seen_time = 0;
+            run.seen_answered = 0;
+        }
+        run.time = run.time.saturating_add(time.saturating_sub(run.seen_time));
+        run.answered = run
+            .answered
+            .saturating_add(answered.saturating_sub(run.seen_answered));
+        run.seen_time = time;
+        run.seen_answered = answered;
+        run.last = at;
+        run.over = run.over.saturating_add(1);
+        if at.saturating_sub(run.judged) < early(run.expected) {
             return;
         }
-        let time = time.saturating_sub(mark.time);
-        let completed = completed.saturating_sub(mark.completed);
-        let refused = refused.saturating_sub(mark.refused);
-        *mark = here;
-        // The limit refused more than it saw complete, and what completed
-        // accounts for under a quarter of the limit in flight (`time / span
-        // < limit / 4`, in integers).
-        if refused < completed
-            || refused == 0
-            || u128::from(time) * 4 >= u128::from(span) * limit as u128
-        {
+        run.judged = at;
+        let span = at.saturating_sub(run.start);
+        let kept = run.over >= self.min_window_samples
+            && run.answered > 0
+            && run.over >= run.answered
+            && run.expected > 0
+            && u128::from(run.time)
+                <= u128::from(run.answered) * 2 * u128::from(run.expected)
+            // (`time / span < limit / 4`, in integers.)
+            && u128::from(run.time) * 4 < u128::from(span) * limit as u128;
+        if !kept {
             return;
         }
-        let load = usize::try_from(time / span.max(1)).unwrap_or(usize::MAX);
+        let load = usize::try_from(run.time / span.max(1)).unwrap_or(usize::MAX);
+        drop(run);
         self.win_kept
             .store(limit.saturating_sub(load).max(1), Ordering::Relaxed);
-        // (The next window sets its own mark.)
-        mark.at = 0;
-        drop(mark);
-        self.close_window(start, now_ns, self.idle.load(Ordering::Relaxed));
+        self.close_window(
+            window,
+            crate::clock::nanos_between(self.epoch, now),
+            self.idle.load(Ordering::Relaxed),
+        );
+        if self.win_start_ns.load(Ordering::Relaxed) == window {
+            // Not closed (another completion is closing it): not kept for
+            // a later close.
+            self.win_kept.store(0, Ordering::Relaxed);
+        }
     }
 
     /// Releases a slot; returns the idle count before this release.
@@ -498,12 +540,15 @@ impl Limiter {
             // counted apart: `TimedOut`.)
             Completion::Ignore
             | Completion::Sample(Outcome::Failure | Outcome::Refused | Outcome::Overloaded) => {
+                // (Counted only for the time the call was in flight: see
+                // `window_answers`.)
+                self.win_failed_sum_ns
+                    .fetch_add(crate::clock::nanos(rtt), Ordering::Relaxed);
+                self.win_failed.fetch_add(1, Ordering::Relaxed);
                 return;
             }
             Completion::Drop => {
                 self.win_drops.fetch_add(1, Ordering::Relaxed);
-                self.win_drop_sum_ns
-                    .fetch_add(crate::clock::nanos(rtt), Ordering::Relaxed);
             }
             Completion::TimedOut => {
                 if rtt >= self.min_rtt {
@@ -553,6 +598,13 @@ impl Limiter {
             .saturating_add(drops)
             .saturating_add(bursts)
             .saturating_add(timed_out)
+            // (When calls at the limit kept their places, every request may
+            // have been refused: each refusal is evidence too.)
+            .saturating_add(if self.win_kept.load(Ordering::Relaxed) > 0 {
+                self.win_refused.load(Ordering::Relaxed)
+            } else {
+                0
+            })
             < self.min_window_samples
         {
             return;
@@ -576,8 +628,9 @@ impl Limiter {
         let refused = self.win_refused.swap(0, Ordering::Relaxed);
         let burst_sum = self.win_burst_sum_ns.swap(0, Ordering::Relaxed);
         let bursts = self.win_burst_count.swap(0, Ordering::Relaxed);
-        self.win_drop_sum_ns.store(0, Ordering::Relaxed);
         let kept = self.win_kept.swap(0, Ordering::Relaxed);
+        self.win_failed.store(0, Ordering::Relaxed);
+        self.win_failed_sum_ns.store(0, Ordering::Relaxed);
         // The calls still in flight belong to the next window too (within
         // the limit: a burst's are not the limit's load).
         let limit_now = self.limit.load(Ordering::Relaxed);
@@ -775,11 +828,12 @@ impl Striped<Limiter> {
         let mut burst = false;
         if before >= limit {
             if !self.under_share(idx, limit, class_before) {
-                if !self.bursting(class, before, now) {
+                let admitted = self.bursting(class, before, now);
+                self.over_limit(limit, now);
+                if !admitted {
                     self.by_class[idx].fetch_sub(1, Ordering::AcqRel);
                     self.inflight.fetch_sub(1, Ordering::AcqRel);
                     self.win_refused.fetch_add(1, Ordering::Relaxed);
-                    self.close_if_kept(limit, now);
                     return Err(Refusal::Limit);
                 }
                 burst = true;

@@ -74,7 +74,18 @@ use crate::error::ConfigError;
 ///    answered calls met no queue (at most `base × (1 + tolerance)`: a
 ///    dependency that hangs behind one route, while the others are served
 ///    as before); otherwise they are drops.
-/// 5. Windows last at least three latencies (at most four configured
+/// 5. Calls at the limit that keep their places
+///    ([`WindowSample::kept`]: for 50 ms or more, requests over the limit
+///    while the answers, no slower than before, accounted for under a
+///    quarter of the calls in flight), while the window's answers met no
+///    queue (or there were none, and nothing timed out or was dropped):
+///    handlers that wait on a dependency that hangs behind one route,
+///    while the others are answered at once. The limit doubles at once
+///    (the layer closes such a window when it finds them), and grows ×2
+///    per window while it is reached until the first sign of queueing. A
+///    window closed so for which this does not hold changes nothing: it is
+///    too short to judge by.
+/// 6. Windows last at least three latencies (at most four configured
 ///    windows), so that a slow service's window is not all leftovers of the
 ///    one before.
 ///
@@ -105,7 +116,13 @@ use crate::error::ConfigError;
 /// the layer's bursts), then nothing; before rule 4's last part it refused
 /// 76 %. A slowdown of 5 s to 400 ms, with one caller in five waiting
 /// 300 ms, is refused 176 requests of its 1000, all in its first 1.3 s
-/// (268 over 2.5 s by doublings).
+/// (268 over 2.5 s by doublings). (Rule 5 does not see these: every answer
+/// got slower, as in a brownout of a dependency with fewer workers, where
+/// doubling the limit would queue more in front of it.) A dependency that
+/// hangs behind one route of two (200 requests a second each, handlers
+/// waiting 950 ms) costs the other route nothing: the limit doubles four
+/// times within 850 ms of the hang's start, within the first burst over it
+/// (261 refused, over 3 s, before rule 5).
 ///
 /// What it cannot see: a queue fed by fewer calls than half the limit.
 /// Below half the limit in flight the latency moves no limit, so a handler
@@ -257,6 +274,36 @@ impl LimitAlgorithm for QueueDelay {
 
     fn update(&mut self, sample: &WindowSample) -> usize {
         let rtt = sample.rtt().as_nanos() as f64;
+        // Calls at the limit that keep their places (the layer found them:
+        // `WindowSample::kept`), while the window's answers met no queue,
+        // or there were none and nothing timed out (every request refused,
+        // nothing came back in four service times, where a queue of ours
+        // answers at its pace; calls that all run out of time may be in
+        // one):
+        // they wait on something that is no queue of ours (a dependency
+        // that hangs behind one route, while the others are answered at
+        // once). The limit doubles, and grows ×2 per window while it is
+        // reached, until the first queueing. (A slowdown that shows in the
+        // next window is judged as one: its latency is no queue of ours.)
+        if sample.kept() > 0
+            && self.base > 0.0
+            && rtt <= self.target()
+            && (rtt > 0.0 || !sample.did_drop())
+        {
+            self.cut = None;
+            self.above = false;
+            self.draining = None;
+            if self.growth == Growth::Additive {
+                self.growth = Growth::Doubling;
+            }
+            self.limit = self.clamp(self.limit * 2.0);
+            return self.limit();
+        }
+        if sample.kept() > 0 {
+            // Closed early for them, but with answers slowed by a queue, or
+            // drops only: too short a window to judge by.
+            return self.limit();
+        }
         if rtt <= 0.0 {
             // A window of drops only: no latency to learn from. Drops with
             // less than half the limit in flight are no queue of ours (calls
@@ -344,19 +391,6 @@ impl LimitAlgorithm for QueueDelay {
             self.limit = self.clamp(knee.max(self.limit));
             // The next window is compared with the one before the drain.
             self.previous = Some((before_rtt, before_busy, before_limit));
-            return self.limit();
-        }
-        // Calls at the limit that keep their places (the layer found them:
-        // `WindowSample::kept`), while the window's answers met no queue:
-        // they wait on something that is no queue of ours (a dependency
-        // that hangs behind one route, while the others are answered at
-        // once). The limit grows ×2 per window while it is reached, as
-        // after a slowdown, until the first queueing.
-        if sample.kept() > 0 && self.base > 0.0 && rtt <= self.target() {
-            self.cut = None;
-            self.above = false;
-            self.growth = Growth::DoublingAfterSlowdown;
-            self.limit = self.clamp(self.limit * 2.0);
             return self.limit();
         }
         // More latency than a queue of ours can make: with at most `busy`

@@ -2222,11 +2222,8 @@ async fn a_refusal_holds_the_limit_and_a_drained_queue_renews_a_burst() {
 /// defaults reads the slowdown as the dependency's at its first window and
 /// goes at once to what the window asked for (Little's law: the requests
 /// per second × the latency, and a quarter more, at most four times the
-/// limit), not by doublings from 20: 96 requests refused, all within the
-/// slowdown's first two seconds, where three doublings refused 268 over
-/// three windows. (The slow calls keep their places at the limit while it
-/// refuses: its window closes a tenth of a second after the refusals
-/// begin. Waiting out the window's 1 s, 176 were refused.)
+/// limit), not by doublings from 20: 176 requests refused, all within the first window and a bit, where
+/// three doublings refused 268 over three windows.
 #[cfg(all(feature = "deadline", feature = "retry", feature = "circuit-breaker"))]
 #[tokio::test(start_paused = true)]
 async fn a_short_slowdown_is_followed_in_one_window() {
@@ -2276,15 +2273,14 @@ async fn a_short_slowdown_is_followed_in_one_window() {
     let (ok, refused, gave_up) = (per(0), per(1), per(2));
     println!("answered {ok:?}\nrefused  {refused:?}\ngave up  {gave_up:?}");
     assert_eq!(refused[..5].iter().sum::<u64>(), 0, "healthy: none refused");
-    assert_eq!(refused.iter().sum::<u64>(), 96);
+    assert_eq!(refused.iter().sum::<u64>(), 176);
     assert!(refused[7..].iter().all(|&r| r == 0), "none after 2 s of it");
     // The 1 s callers of the slowdown's last three seconds all answered.
     assert_eq!(ok[7..10], [160, 160, 160]);
     let limits = adaptive_limits(&rec);
-    // What was asked in the window closed early; four times the limit at
-    // most.
+    // 87 asked; four times the limit at most.
     assert_eq!(
-        limits[0], 71,
+        limits[0], 80,
         "one step from 20 to what was asked: {limits:?}"
     );
 }
@@ -2553,17 +2549,19 @@ async fn one_route_s_dependency_hangs(
 
 /// A dependency that hangs behind one route: the calls waiting on it keep
 /// their places at the limit while the other route's answers (2 ms) meet
-/// no queue. After a burst over the limit (100 ms), the limit refuses for
-/// a tenth of a second, finds that the calls at it keep their places (it
-/// refused more than completed, and what completed accounts for under a
-/// quarter of it), closes its window then, not after its 1 s, and grows
-/// ×2 a window: 20 → 40 within 300 ms of the hang's start, 320 within
-/// 1.9 s; 46 of the other route's requests were refused, all within the
-/// hang's first 2 s. (Waiting out its windows, the limit grew when the
-/// handlers' `504`s came, each after its budget: 20 → 80 → 160, and 261
-/// were refused, all within 3 s; before those answers counted for the
-/// time they held their places, the limit drained to 27 and refused 324.)
-/// With the dependency's route `Sheddable`, none are refused.
+/// no queue. The requests over the limit (a burst of 100 ms, then
+/// refusals) are judged every 50 ms: more of them than answers, answers
+/// no slower than before, and what was answered accounts for under a
+/// quarter of the limit: the calls at it keep their places, the window
+/// closes then (not after its 1 s) and the limit doubles, 20 → 40 within
+/// 150 ms of the hang's start and 320 within 850 ms, all within the first
+/// burst or just after it: none of the other route's requests is refused.
+/// (Waiting out its windows, the limit grew when the handlers' `504`s
+/// came, each after its budget: 20 → 80 → 160, and 261 of the other
+/// route's requests were refused, all within 3 s; before those answers
+/// counted for the time they held their places, the limit drained to 27
+/// and refused 324.) With the dependency's route `Sheddable`, none are
+/// refused either.
 #[cfg(feature = "http")]
 #[tokio::test(start_paused = true)]
 async fn a_dependency_that_hangs_behind_one_route_is_followed_by_the_limit() {
@@ -2576,11 +2574,10 @@ async fn a_dependency_that_hangs_behind_one_route_is_followed_by_the_limit() {
     assert_eq!(to, [40, 80, 160, 320]);
     // (The hang begins at 2 s.)
     assert!(
-        at[0] >= 2000 && at[0] <= 2300 && at[3] <= 3900,
+        at[0] >= 2000 && at[0] <= 2150 && at[3] <= 2850,
         "{limits:?}"
     );
-    assert_eq!(refused.len(), 46);
-    assert!(refused.iter().all(|s| (2..=3).contains(s)), "{refused:?}");
+    assert_eq!(refused, [], "{} refused", refused.len());
 
     let (_, refused) = one_route_s_dependency_hangs(true, false).await;
     assert_eq!(refused, [], "by route");
