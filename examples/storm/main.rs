@@ -216,6 +216,12 @@ fn main() -> Result<(), seawall::BoxError> {
             Scenario::route_down(20),
         ),
         (
+            "one route hangs: half of the requests (one route of two) wait on a dependency of the \
+             backend's that hung (answers after 30 s), for 20 s between 5 s healthy before and \
+             after, at 60% of capacity",
+            Scenario::route_hangs(20),
+        ),
+        (
             "shedding dependency: a proxy in front of the backend answers a bare error beyond 40 \
              calls in flight or queued; 200% of capacity for 20 s between 5 s at 60%",
             Scenario::shedding(20),

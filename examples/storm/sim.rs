@@ -28,6 +28,10 @@ mod resilience;
 #[path = "stacks.rs"]
 mod stacks;
 
+/// How long a call of a route that hangs ([`Condition::RouteHangs`]) waits
+/// before it is answered: longer than any caller waits.
+pub const HANG: Duration = Duration::from_secs(30);
+
 /// A boxed response future (the example's own services; the crate never boxes).
 pub type BoxFut<T> = Pin<Box<dyn Future<Output = Result<T, BoxError>> + Send>>;
 
@@ -54,6 +58,11 @@ pub enum Condition {
     /// attempt of it: one route of the dependency is broken, the others
     /// are served normally.
     RouteDown(f64),
+    /// This share of *requests* (0..=1) hangs: one route of the backend
+    /// waits on a dependency of its own that hung, and answers only after
+    /// [`HANG`], taking no worker meanwhile; the others are served
+    /// normally.
+    RouteHangs(f64),
     /// The dependency sheds load as a proxy in front of it would (nginx's
     /// `limit_conn`): a call that finds this many calls in flight or queued
     /// fails at once, with no hint of when to come back; the others are
@@ -70,6 +79,9 @@ impl fmt::Display for Condition {
             Condition::Failing(p) => write!(f, "{:.0}% of calls fail fast", p * 100.0),
             Condition::RouteDown(p) => {
                 write!(f, "one route ({:.0}% of requests) fails fast", p * 100.0)
+            }
+            Condition::RouteHangs(p) => {
+                write!(f, "one route ({:.0}% of requests) hangs", p * 100.0)
             }
             Condition::Shedding(n) => write!(f, "backend sheds beyond {n} calls"),
         }
@@ -162,6 +174,26 @@ impl Scenario {
                 duration: Duration::from_secs(secs),
                 load: 0.6,
                 condition: Condition::RouteDown(0.5),
+            },
+        );
+        s
+    }
+
+    /// One route hangs: the same backend at 60 % of capacity, where half of
+    /// the requests (one route of two) wait on a dependency of the
+    /// backend's that hung, for `secs` seconds, between 5 s healthy before
+    /// and after. The other route is healthy: the calls waiting on the hung
+    /// one must not take its place under a limit, nor open a breaker over
+    /// it.
+    pub fn route_hangs(secs: u64) -> Self {
+        let mut s = Scenario::quick();
+        s.phases = framed(
+            Condition::Healthy,
+            Phase {
+                name: "route hangs",
+                duration: Duration::from_secs(secs),
+                load: 0.6,
+                condition: Condition::RouteHangs(0.5),
             },
         );
         s
@@ -377,7 +409,9 @@ impl Scenario {
             // Every request can be served: a failed call can be tried again.
             Condition::Failing(_) => self.capacity(),
             // The broken route's requests cannot be served.
-            Condition::RouteDown(p) => ((1.0 - p) * phase.load).min(1.0) * self.capacity(),
+            Condition::RouteDown(p) | Condition::RouteHangs(p) => {
+                ((1.0 - p) * phase.load).min(1.0) * self.capacity()
+            }
             Condition::Shedding(_) => self.capacity(),
         };
         (capacity / (phase.load * self.capacity())).min(1.0)
@@ -703,6 +737,13 @@ impl Service<Req> for Backend {
         Box::pin(async move {
             let _guard = guard;
             let sc = &shared.scenario;
+            if let Condition::RouteHangs(p) = sc.phases[sc.phase_at(at)].condition {
+                if req.route < p {
+                    // Waiting on what hung, not working: no worker.
+                    tokio::time::sleep(HANG).await;
+                    return Ok(Resp);
+                }
+            }
             let _worker = shared.workers.acquire().await?;
             let begin = Instant::now();
             // Work cut off before its end (dropped with this future) was
@@ -726,7 +767,7 @@ impl Service<Req> for Backend {
                 Condition::RouteDown(p) if req.route < p => {
                     (sc.fail_time, Err(BackendError.into()))
                 }
-                Condition::RouteDown(_) | Condition::Shedding(_) => {
+                Condition::RouteDown(_) | Condition::RouteHangs(_) | Condition::Shedding(_) => {
                     (sc.service_time.mul_f64(jitter), Ok(Resp))
                 }
             };

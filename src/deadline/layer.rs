@@ -154,14 +154,17 @@ pub struct DeadlineLayerBuilder {
 }
 
 impl DeadlineLayerBuilder {
-    /// Whether the deadline is also stored in the request (default `true`;
-    /// for an `http::Request`, in its extensions, where a handler reads it
-    /// with `Extension<Deadline>`). Every layer and service called within
-    /// the request's task reads the task-local deadline anyway; the copy in
-    /// the request carries it across a task boundary (a `tower::buffer`
-    /// worker) and to code that reads extensions. Storing it costs an
-    /// extension insert (heap allocations) per request; the client stack
-    /// leaves it out.
+    /// Whether the deadline is also stored in the request when storing it
+    /// allocates (default `true`; an `http::Request` keeps it in its
+    /// extensions, where a handler reads it with `Extension<Deadline>`:
+    /// [`HasDeadline::STORING_ALLOCATES`](super::HasDeadline::STORING_ALLOCATES)).
+    /// Every layer and service called within the request's task reads the
+    /// task-local deadline anyway; the copy in the request carries it
+    /// across a task boundary (a `tower::buffer` worker, a hop of your own)
+    /// and to code that reads extensions. Storing it in extensions costs
+    /// heap allocations per request; the client stack leaves it out there
+    /// (the protocol presets send it as a header). A request type that
+    /// stores it without allocating always gets it.
     pub fn in_request(mut self, store: bool) -> Self {
         self.in_request = store;
         self

@@ -477,6 +477,14 @@ pub fn sync_scope<R>(deadline: Deadline, f: impl FnOnce() -> R) -> R {
 /// in its extensions, so it also crosses tasks (a `tower::buffer::Buffer`, a
 /// spawned handler) and axum handlers can extract it.
 pub trait HasDeadline {
+    /// Whether [`set_deadline`](Self::set_deadline) allocates (`false` by
+    /// default; `true` for `http::Request` and `tonic::Request`, whose
+    /// extensions do). A client stack stores the deadline only in requests
+    /// where it costs no allocation (a field of your own type, which then
+    /// carries it across a task or a hop of your own); the HTTP and gRPC
+    /// presets send it as a header instead.
+    const STORING_ALLOCATES: bool = false;
+
     /// The deadline the request carries, if any.
     fn deadline(&self) -> Option<Deadline> {
         None
@@ -518,6 +526,8 @@ macro_rules! in_extensions {
     ($($cfg:literal: $ty:ty),*) => {$(
         #[cfg(feature = $cfg)]
         impl<B> HasDeadline for $ty {
+            const STORING_ALLOCATES: bool = true;
+
             #[inline]
             fn deadline(&self) -> Option<Deadline> {
                 self.extensions().get::<Deadline>().copied()

@@ -191,8 +191,10 @@ where
             ));
         }
         // Stored in the request unless it is there already (a server's
-        // ingress stored the caller's, shorter than this budget).
-        if self.in_request && req.deadline() != Some(deadline) {
+        // ingress stored the caller's, shorter than this budget), or it
+        // would allocate where the layer leaves it out (a client stack's
+        // `http::Request`: the presets send it as a header).
+        if (self.in_request || !Req::STORING_ALLOCATES) && req.deadline() != Some(deadline) {
             req.set_deadline(deadline);
         }
         let inner = &mut self.inner;

@@ -1069,3 +1069,68 @@ async fn a_hung_call_under_a_server_stacks_budget_is_ended_by_the_clients_timer(
     let m = breaker.metrics();
     assert_eq!((m.calls, m.failures), (1, 1), "the hang counted: {m:?}");
 }
+
+/// A request type of the user's own that keeps its deadline in a field.
+#[derive(Clone, Default)]
+struct OwnRequest {
+    deadline: Option<seawall::Deadline>,
+}
+
+impl seawall::HasDeadline for OwnRequest {
+    fn deadline(&self) -> Option<seawall::Deadline> {
+        self.deadline
+    }
+
+    fn set_deadline(&mut self, deadline: seawall::Deadline) {
+        self.deadline = Some(deadline);
+    }
+}
+
+/// The client stack stores the request's deadline in a request type that
+/// keeps it without allocating, so that it crosses a hop of the user's own
+/// (a task spawned per call, as a network would): the server behind it
+/// drops the call at the caller's deadline, not at its own budget. (It
+/// stayed task-local: the storm's server held a hung route's calls for its
+/// own 10 s.)
+#[tokio::test(start_paused = true)]
+async fn the_client_stack_stores_the_deadline_in_a_request_that_keeps_it() {
+    let server = tower::util::BoxCloneService::new(
+        ServerStack::builder("own")
+            .total_budget(Duration::from_secs(10))
+            .build()
+            .unwrap()
+            .layer(service_fn(|_req: OwnRequest| async {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                Ok::<_, BoxError>(())
+            })),
+    );
+    // The hop: the server's work runs on its own task and goes on after
+    // the caller stops waiting, as a real server's does.
+    let ended = Arc::new(std::sync::Mutex::new(None));
+    let seen = Arc::new(std::sync::Mutex::new(None));
+    let (e, s) = (ended.clone(), seen.clone());
+    let hop = service_fn(move |req: OwnRequest| {
+        *s.lock().unwrap() = req.deadline.map(|d| d.remaining());
+        let (server, e) = (server.clone(), e.clone());
+        let start = Instant::now();
+        tokio::spawn(async move {
+            let out = server.oneshot(req).await;
+            *e.lock().unwrap() = Some((start.elapsed(), out.is_err()));
+        });
+        std::future::pending::<Result<(), BoxError>>()
+    });
+    let client = ClientStack::builder("own")
+        .total_budget(ms(1000))
+        .attempt_timeout(ms(1000))
+        .retry(|r| r.max_attempts(1))
+        .build()
+        .unwrap()
+        .layer(hop);
+    let started = Instant::now();
+    assert!(client.oneshot(OwnRequest::default()).await.is_err());
+    assert_eq!(started.elapsed(), ms(1000));
+    assert_eq!(*seen.lock().unwrap(), Some(ms(1000)));
+    tokio::time::sleep(ms(100)).await;
+    // The server's deadline layer ended it at the caller's deadline.
+    assert_eq!(*ended.lock().unwrap(), Some((ms(1000), true)));
+}

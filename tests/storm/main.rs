@@ -661,3 +661,58 @@ fn a_queueing_dependency_past_the_deadline() {
     assert!(g[SW] >= 1.5 * g[0], "{g:?}");
     assert!(sw.amplification < 1.0, "{}", sw.amplification);
 }
+
+/// One route of the backend hangs (half the requests wait on a dependency
+/// of the backend's that hung, for 20 s at 60 % of capacity; the other
+/// route healthy): the hung calls must not take the other route's places,
+/// neither under the server's limit nor in the client's bulkhead, nor open
+/// the client's breaker over it. Seawall serves the healthy route as a
+/// client without protection does, and refuses nothing: 66.4 % over the
+/// run, as without protection. (Before the limit looked for calls that
+/// keep their places, it refused 2912 requests of the phase: 58.5 %; with
+/// the client's bulkhead at 256, 1759 were turned away there: 61.3 %;
+/// before the client stack stored the deadline in a request that carries
+/// it, the server held the hung calls for its own 10 s, its limit filled,
+/// and the breaker, its probes refused by it, stayed half-open for
+/// seconds: 38.8 %.)
+#[test]
+fn one_route_hanging_leaves_the_other_served() {
+    let s = Scenario::route_hangs(20);
+    let runs = all(&s);
+    judge_whole("one route hangs", &runs, &s);
+    let (a, b) = phase(&s, "route hangs");
+    let sw = runs[SW].summary(a, b);
+    let unprotected = runs[0].summary(a, b);
+    println!(
+        "one route hangs, fault phase: seawall {:.1}% {:?}, unprotected {:.1}%",
+        sw.goodput() * 100.0,
+        sw.failures,
+        unprotected.goodput() * 100.0
+    );
+    assert!(
+        (unprotected.goodput() - 0.5).abs() < 0.03,
+        "{}",
+        unprotected.goodput()
+    );
+    assert!(
+        sw.goodput() >= unprotected.goodput() - 0.01,
+        "{:?}",
+        sw.failures
+    );
+    // Only the hung route's requests fail, at their deadline.
+    assert!(
+        sw.failures.iter().all(|(r, _)| *r == "deadline_exceeded"),
+        "{:?}",
+        sw.failures
+    );
+    let opened = runs[SW].events.iter().any(|(_, _, kind)| {
+        matches!(
+            kind,
+            seawall::EventKind::StateChanged {
+                to: seawall::observe::State::Open,
+                ..
+            }
+        )
+    });
+    assert!(!opened, "the breaker never opened");
+}
