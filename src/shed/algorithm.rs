@@ -140,22 +140,27 @@ impl WindowSample {
     }
 
     /// How many of the calls in flight at the limit kept their places
-    /// (0 when none did, or not known). The adaptive limit layer judges a
-    /// run of requests over the limit (admitted in a burst, or refused;
-    /// none more than 50 ms, or four expected service times, after the one
-    /// before) every such span: they do when the run holds at least the
-    /// window's minimum of samples and as many requests over the limit as
-    /// answers seen meanwhile, and those answers (failed ones included; not
-    /// the calls that ran out of time) are at least one, took no more than
-    /// twice the service time expected before the run on average, and
-    /// account for under a quarter of the limit in flight (their time in
-    /// flight, summed, over the run's span: Little's law). The calls at the
-    /// limit then wait on something that is no queue of this service's
-    /// (handlers waiting on a dependency that hangs behind one route,
-    /// while the others are answered as before), and the layer closes the
-    /// window then, instead of after its configured length. Calls that
-    /// come and go, a queue's included, account for what is in flight; a
-    /// slowdown of every answer (a brownout) is not this.
+    /// (0 when none did, or not known). For an algorithm that
+    /// [judges such windows](LimitAlgorithm::judges_kept), the adaptive
+    /// limit layer watches runs of requests over the limit (admitted in a
+    /// burst, or refused; none more than 50 ms, or four expected service
+    /// times, after the one before), judged once a run lasts that long, and
+    /// each time they were found so, once it lasts twice as long again.
+    /// They do when, over the run, the requests over the limit are at least
+    /// the window's minimum of samples and as many as the answers; those
+    /// answers (failed ones included) are at least one and took no more
+    /// than twice the service time expected before the run on average; and
+    /// every call that ended, answered or not (cut by a timer, or answered
+    /// that it ran out of time), accounts for under a quarter of the limit
+    /// in flight (their time in flight, summed, over the run's span:
+    /// Little's law). The calls at the limit then wait on something that is
+    /// no queue of this service's (handlers waiting on a dependency that
+    /// hangs behind one route, while the others are answered as before),
+    /// and the layer closes the window then, instead of after its
+    /// configured length (unless another completion is closing it). Calls
+    /// that come and go, a queue's waiters that time out included, account
+    /// for what is in flight; a slowdown of every answer (a brownout) is
+    /// not this.
     pub const fn kept(&self) -> usize {
         self.kept
     }
@@ -223,6 +228,17 @@ pub trait LimitAlgorithm: fmt::Debug + Send + 'static {
     /// layer clamps the answer to `1 ms..=4 × configured`.
     fn next_window(&self, configured: Duration) -> Duration {
         configured
+    }
+
+    /// Whether this algorithm judges windows that the layer closes early
+    /// when the calls at the limit keep their places
+    /// ([`WindowSample::kept`]); `false` by default, and the layer then
+    /// closes every window after its configured length, as before.
+    /// [`QueueDelay`](super::QueueDelay) does: it doubles the limit on such
+    /// a window whose answers met no queue, and changes nothing otherwise.
+    /// An algorithm that says `true` is fed windows as short as 50 ms.
+    fn judges_kept(&self) -> bool {
+        false
     }
 
     /// The bounds of the limit, `(min, max)`, for an algorithm that has

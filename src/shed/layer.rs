@@ -224,13 +224,16 @@ impl<P> AdaptiveLimitLayerBuilder<P> {
     /// The shortest sampling window (default 1 s). A window closes at the
     /// first completion after it has lasted this long *and* holds
     /// [`min_window_samples`](Self::min_window_samples) samples; the
-    /// algorithm then runs once. One exception: a window closes sooner,
-    /// at a request over the limit, when the calls at the limit keep their
-    /// places ([`WindowSample::kept`](super::WindowSample::kept): a
-    /// dependency that hangs behind one route, while the others are
-    /// answered as before), judged every 50 ms of requests over the limit;
-    /// waiting out the window, the limit would refuse the other routes for
-    /// all of it.
+    /// algorithm then runs once. One exception, for an algorithm that
+    /// [judges such windows](super::LimitAlgorithm::judges_kept) (the
+    /// default [`QueueDelay`](super::QueueDelay) does): a window closes
+    /// sooner, at a request over the limit, when the calls at the limit
+    /// keep their places ([`WindowSample::kept`](super::WindowSample::kept):
+    /// a dependency that hangs behind one route, while the others are
+    /// answered as before), judged after 50 ms of requests over the limit
+    /// (four expected service times, if longer), and after twice as long
+    /// each time they were found so; waiting out the window, the limit
+    /// would refuse the other routes for all of it.
     pub fn window(mut self, window: Duration) -> Self {
         self.settings.window = window;
         self

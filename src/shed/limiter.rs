@@ -64,11 +64,10 @@ pub(crate) struct Config {
 /// queue.
 pub(crate) const BURST: Duration = Duration::from_millis(100);
 
-/// How often a run of requests over the limit is judged for calls that
-/// keep their places at it, and the longest break in such a run (see
-/// `Limiter::over_limit`): half a burst's length. Each span refuses what
-/// comes meanwhile, on every route, once a burst is over; the limit
-/// doubles after each.
+/// How long a run of requests over the limit lasts before it is first
+/// judged for calls that keep their places at it, and the longest break
+/// in such a run (see `Limiter::over_limit`): half a burst's length, or
+/// four expected service times if longer.
 const EARLY: Duration = Duration::from_millis(50);
 
 /// A burst is admitted up to this many times the limit in flight.
@@ -84,30 +83,42 @@ fn burst_cap(limit: usize, bounds: Option<(usize, usize)>) -> usize {
 }
 
 /// A run of requests over the limit (admitted in a burst or refused, none
-/// more than [`EARLY`] after the one before), and the answers seen
+/// more than [`EARLY`] after the one before), and the calls that ended
 /// meanwhile: to judge whether the calls at the limit keep their places
 /// (see `Limiter::over_limit`).
 #[derive(Debug, Default, Clone, Copy)]
 struct Run {
     /// When the run began (ns since `epoch`, plus one; 0: no run).
     start: u64,
-    /// Its last request over the limit, and when it was last judged (the
-    /// same clock).
+    /// Its last request over the limit (the same clock).
     last: u64,
-    judged: u64,
+    /// How long the run must last before it is judged next (ns).
+    next: u64,
+    /// The algorithm let a window closed for it change nothing: no more
+    /// in this run.
+    declined: bool,
     /// Requests over the limit so far.
     over: u64,
-    /// The answers seen since it began (see `window_answers`): their time
-    /// in flight (ns) and how many.
-    time: u64,
+    /// The calls that ended since it began: every one's time in flight
+    /// (ns), and the answers' (failed ones included; not the drops, nor
+    /// the answers that said the handler ran out of time) time and count.
+    ended_time: u64,
+    answered_time: u64,
     answered: u64,
-    /// The window (its start) whose answers were last read, and what they
-    /// were then.
-    window: u64,
-    seen_time: u64,
-    seen_answered: u64,
-    /// The expected service time when it began (ns; 0: unknown).
+    /// The window generation (`win_gen`) whose counters were last read,
+    /// and what they were then.
+    generation: u64,
+    seen: Ended,
+    /// The expected service time (ns; 0: unknown).
     expected: u64,
+}
+
+/// A window's counters of ended calls (see `Limiter::window_ended`).
+#[derive(Debug, Default, Clone, Copy)]
+struct Ended {
+    time: u64,
+    answered_time: u64,
+    answered: u64,
 }
 
 pub(crate) struct Limiter {
@@ -127,11 +138,14 @@ pub(crate) struct Limiter {
     /// them: see `WindowSample::timed_out`).
     win_timed_out: AtomicU64,
     win_timed_out_sum_ns: AtomicU64,
-    /// The calls at the limit that kept their places (set by the refusal
-    /// that closes the window early; 0: none found).
-    win_kept: AtomicUsize,
+    /// The time the window's drops were held (ns; for `window_ended`).
+    win_drop_sum_ns: AtomicU64,
+    /// Bumped before a window's counters are reset and again after (odd
+    /// meanwhile): a reader of several counters knows they are of one
+    /// window (see `over_limit`).
+    win_gen: AtomicU64,
     /// Calls that ended in a failure or a "busy" answer (no samples):
-    /// their count and time in flight, for `window_answers` only.
+    /// their count and time in flight, for `window_ended` only.
     win_failed: AtomicU64,
     win_failed_sum_ns: AtomicU64,
     /// Requests the limit refused in the window (refusal path only).
@@ -184,6 +198,9 @@ pub(crate) struct Limiter {
     /// [`BURST`], or as configured (ns; 0: no bursts).
     burst_ns: u64,
     algorithm: Mutex<Box<dyn LimitAlgorithm>>,
+    /// Whether the algorithm judges windows closed early for calls that
+    /// keep their places ([`LimitAlgorithm::judges_kept`]).
+    judges_kept: bool,
     /// The run of requests over the limit (that path only, never waited
     /// for): see `over_limit`.
     over_run: Mutex<Run>,
@@ -220,7 +237,8 @@ impl Limiter {
             win_drops: AtomicU64::new(0),
             win_timed_out: AtomicU64::new(0),
             win_timed_out_sum_ns: AtomicU64::new(0),
-            win_kept: AtomicUsize::new(0),
+            win_drop_sum_ns: AtomicU64::new(0),
+            win_gen: AtomicU64::new(0),
             win_failed: AtomicU64::new(0),
             win_failed_sum_ns: AtomicU64::new(0),
             win_refused: AtomicU64::new(0),
@@ -245,6 +263,7 @@ impl Limiter {
             shares: config.shares,
             reject_doomed: config.reject_doomed,
             burst_ns: crate::clock::nanos(config.burst),
+            judges_kept: algorithm.judges_kept(),
             algorithm: Mutex::new(algorithm),
             over_run: Mutex::new(Run::default()),
             jitter: crate::clock::Jitter::new(name.as_str()),
@@ -393,114 +412,145 @@ impl Limiter {
                 .compare_exchange(start, next, Ordering::Relaxed, Ordering::Relaxed);
     }
 
-    /// The current window's answers so far, failed ones and a burst's
-    /// included (not the drops, nor the answers that said the handler ran
-    /// out of time): their time in flight summed (ns), and how many.
-    fn window_answers(&self) -> (u64, u64) {
-        let time = self
+    /// The current window's ended calls so far: the time in flight of
+    /// every one, and of the answers (a burst's and failed ones included;
+    /// not the drops, nor the answers that said the handler ran out of
+    /// time), summed (ns), and how many answers.
+    fn window_ended(&self) -> Ended {
+        let answered_time = self
             .win_sum_ns
             .load(Ordering::Relaxed)
             .saturating_add(self.win_burst_sum_ns.load(Ordering::Relaxed))
             .saturating_add(self.win_failed_sum_ns.load(Ordering::Relaxed));
-        let count = self
+        let answered = self
             .win_count
             .load(Ordering::Relaxed)
             .saturating_add(self.win_burst_count.load(Ordering::Relaxed))
             .saturating_add(self.win_failed.load(Ordering::Relaxed));
-        (time, count)
+        let time = answered_time
+            .saturating_add(self.win_timed_out_sum_ns.load(Ordering::Relaxed))
+            .saturating_add(self.win_drop_sum_ns.load(Ordering::Relaxed));
+        Ended {
+            time,
+            answered_time,
+            answered,
+        }
     }
 
     /// A request over `limit` (admitted in a burst, or refused): whether
     /// the calls at the limit keep their places (see
-    /// [`WindowSample::kept`]), judged every [`EARLY`] (or four expected
-    /// service times) of a run of such requests, none more than that after
-    /// the one before. They do when the run, over its whole span, holds at
-    /// least the window's minimum of samples in requests over the limit,
-    /// and at least as many as the answers seen meanwhile; those answers
-    /// are at least one, took no longer than twice the service time
-    /// expected before the run on average (a slowdown of everything, a
-    /// brownout, is no dependency hanging behind one route), and account
-    /// for under a quarter of the limit in flight (their time in flight,
-    /// summed, over the span: Little's law). Then the window closes now
-    /// instead of after its configured length (1 s by default), during
-    /// which the limit would refuse the other routes; the algorithm judges
-    /// it ([`QueueDelay`](super::QueueDelay) doubles the limit). Never
-    /// blocks: a request that finds the run taken by another leaves it.
+    /// [`WindowSample::kept`]), judged over a run of such requests, none
+    /// more than [`EARLY`] (or four expected service times) after the one
+    /// before, once it has lasted that long, and after each time it was
+    /// found so, once it has lasted twice as long as then (the calls at
+    /// the limit kept their places twice as long: the limit doubles each
+    /// time). They do when, over the run's whole span, the requests over
+    /// the limit are at least the window's minimum of samples and as many
+    /// as the answers; those answers are at least one and took no longer
+    /// than twice the service time expected before the run on average (a
+    /// slowdown of everything, a brownout, is no dependency hanging behind
+    /// one route); and every call that ended, answered or not (a queue's
+    /// waiters that timed out included), accounts for under a quarter of
+    /// the limit in flight (their time in flight, summed, over the span:
+    /// Little's law). Then the window closes now instead of after its
+    /// configured length (1 s by default), during which the limit would
+    /// refuse the other routes, and the algorithm judges it; one it lets
+    /// change nothing ends the early closes of the run. Only for an
+    /// algorithm that [judges](LimitAlgorithm::judges_kept) such windows.
+    /// Never blocks: a request that finds the run taken by another leaves
+    /// it.
     #[cold]
     #[inline(never)]
     fn over_limit(&self, limit: usize, now: Instant) {
+        if !self.judges_kept {
+            return;
+        }
         let mut run = match self.over_run.try_lock() {
             Ok(guard) => guard,
             Err(TryLockError::Poisoned(p)) => p.into_inner(),
             Err(TryLockError::WouldBlock) => return,
         };
+        // The counters of one window: none reset meanwhile.
+        let generation = self.win_gen.load(Ordering::SeqCst);
         let window = self.win_start_ns.load(Ordering::Relaxed);
-        let (time, answered) = self.window_answers();
-        if self.win_start_ns.load(Ordering::Relaxed) != window {
-            // (A window closed meanwhile.)
+        let ended = self.window_ended();
+        if generation % 2 == 1 || self.win_gen.load(Ordering::SeqCst) != generation {
             return;
         }
         let at = self.stamp(now);
         let early = |expected: u64| crate::clock::nanos(EARLY).max(expected.saturating_mul(4));
         if run.start == 0 || at.saturating_sub(run.last) > early(run.expected) {
             // A run begins.
+            let expected = self.expected_rtt_ns.load(Ordering::Relaxed);
             *run = Run {
                 start: at,
                 last: at,
-                judged: at,
+                next: early(expected),
+                declined: false,
                 over: 1,
-                time: 0,
+                ended_time: 0,
+                answered_time: 0,
                 answered: 0,
-                window,
-                seen_time: time,
-                seen_answered: answered,
-                expected: self.expected_rtt_ns.load(Ordering::Relaxed),
+                generation,
+                seen: ended,
+                expected,
             };
             return;
         }
-        if run.window != window {
-            // The window's answers are counted from zero again.
-            run.window = window;
-            run.seen_time = 0;
-            run.seen_answered = 0;
+        if run.generation != generation {
+            // A new window: its counters began at zero.
+            run.generation = generation;
+            run.seen = Ended::default();
         }
-        run.time = run.time.saturating_add(time.saturating_sub(run.seen_time));
+        run.ended_time = run
+            .ended_time
+            .saturating_add(ended.time.saturating_sub(run.seen.time));
+        run.answered_time = run
+            .answered_time
+            .saturating_add(ended.answered_time.saturating_sub(run.seen.answered_time));
         run.answered = run
             .answered
-            .saturating_add(answered.saturating_sub(run.seen_answered));
-        run.seen_time = time;
-        run.seen_answered = answered;
+            .saturating_add(ended.answered.saturating_sub(run.seen.answered));
+        run.seen = ended;
         run.last = at;
         run.over = run.over.saturating_add(1);
-        if at.saturating_sub(run.judged) < early(run.expected) {
+        if run.expected == 0 {
+            // (A run that began before the first window closed.)
+            run.expected = self.expected_rtt_ns.load(Ordering::Relaxed);
+        }
+        let span = at.saturating_sub(run.start);
+        if run.declined || span < run.next {
             return;
         }
-        run.judged = at;
-        let span = at.saturating_sub(run.start);
         let kept = run.over >= self.min_window_samples
             && run.answered > 0
             && run.over >= run.answered
             && run.expected > 0
-            && u128::from(run.time)
+            && u128::from(run.answered_time)
                 <= u128::from(run.answered) * 2 * u128::from(run.expected)
             // (`time / span < limit / 4`, in integers.)
-            && u128::from(run.time) * 4 < u128::from(span) * limit as u128;
+            && u128::from(run.ended_time) * 4 < u128::from(span) * limit as u128;
         if !kept {
+            run.next = span.saturating_add(early(run.expected));
             return;
         }
-        let load = usize::try_from(run.time / span.max(1)).unwrap_or(usize::MAX);
-        drop(run);
-        self.win_kept
-            .store(limit.saturating_sub(load).max(1), Ordering::Relaxed);
+        let load = usize::try_from(run.ended_time / span.max(1)).unwrap_or(usize::MAX);
+        let before = self.limit.load(Ordering::Relaxed);
+        // (The run's lock is held: the algorithm's is never taken first.)
         self.close_window(
             window,
             crate::clock::nanos_between(self.epoch, now),
             self.idle.load(Ordering::Relaxed),
+            limit.saturating_sub(load).max(1),
         );
         if self.win_start_ns.load(Ordering::Relaxed) == window {
-            // Not closed (another completion is closing it): not kept for
-            // a later close.
-            self.win_kept.store(0, Ordering::Relaxed);
+            // Not closed (another completion is closing it): judged again
+            // a little later.
+            run.next = span.saturating_add(early(run.expected));
+        } else if self.limit.load(Ordering::Relaxed) == before {
+            run.declined = true;
+        } else {
+            run.next = span.saturating_mul(2);
         }
     }
 
@@ -541,7 +591,7 @@ impl Limiter {
             Completion::Ignore
             | Completion::Sample(Outcome::Failure | Outcome::Refused | Outcome::Overloaded) => {
                 // (Counted only for the time the call was in flight: see
-                // `window_answers`.)
+                // `window_ended`.)
                 self.win_failed_sum_ns
                     .fetch_add(crate::clock::nanos(rtt), Ordering::Relaxed);
                 self.win_failed.fetch_add(1, Ordering::Relaxed);
@@ -549,6 +599,8 @@ impl Limiter {
             }
             Completion::Drop => {
                 self.win_drops.fetch_add(1, Ordering::Relaxed);
+                self.win_drop_sum_ns
+                    .fetch_add(crate::clock::nanos(rtt), Ordering::Relaxed);
             }
             Completion::TimedOut => {
                 if rtt >= self.min_rtt {
@@ -582,14 +634,14 @@ impl Limiter {
         if now_ns.saturating_sub(start) < self.cur_window_ns.load(Ordering::Relaxed) {
             return;
         }
-        self.close_window(start, now_ns, idle);
+        self.close_window(start, now_ns, idle, 0);
     }
 
     /// Closes the window that began at `start` (ns since `epoch`), if it
     /// holds enough samples and no other completion is closing it: once
     /// per window, out of line.
     #[inline(never)]
-    fn close_window(&self, start: u64, now_ns: u64, idle: u64) {
+    fn close_window(&self, start: u64, now_ns: u64, idle: u64, kept: usize) {
         let count = self.win_count.load(Ordering::Relaxed);
         let drops = self.win_drops.load(Ordering::Relaxed);
         let bursts = self.win_burst_count.load(Ordering::Relaxed);
@@ -600,7 +652,7 @@ impl Limiter {
             .saturating_add(timed_out)
             // (When calls at the limit kept their places, every request may
             // have been refused: each refusal is evidence too.)
-            .saturating_add(if self.win_kept.load(Ordering::Relaxed) > 0 {
+            .saturating_add(if kept > 0 {
                 self.win_refused.load(Ordering::Relaxed)
             } else {
                 0
@@ -618,7 +670,7 @@ impl Limiter {
         if self.win_start_ns.load(Ordering::Relaxed) != start {
             return;
         }
-        self.win_start_ns.store(now_ns, Ordering::Relaxed);
+        self.win_gen.fetch_add(1, Ordering::SeqCst);
         let sum = self.win_sum_ns.swap(0, Ordering::Relaxed);
         let fastest = self.win_min_ns.swap(u64::MAX, Ordering::Relaxed);
         let count = self.win_count.swap(0, Ordering::Relaxed);
@@ -628,9 +680,12 @@ impl Limiter {
         let refused = self.win_refused.swap(0, Ordering::Relaxed);
         let burst_sum = self.win_burst_sum_ns.swap(0, Ordering::Relaxed);
         let bursts = self.win_burst_count.swap(0, Ordering::Relaxed);
-        let kept = self.win_kept.swap(0, Ordering::Relaxed);
         self.win_failed.store(0, Ordering::Relaxed);
         self.win_failed_sum_ns.store(0, Ordering::Relaxed);
+        self.win_drop_sum_ns.store(0, Ordering::Relaxed);
+        // (The counters are the next window's from here.)
+        self.win_start_ns.store(now_ns, Ordering::Relaxed);
+        self.win_gen.fetch_add(1, Ordering::SeqCst);
         // The calls still in flight belong to the next window too (within
         // the limit: a burst's are not the limit's load).
         let limit_now = self.limit.load(Ordering::Relaxed);
@@ -828,14 +883,14 @@ impl Striped<Limiter> {
         let mut burst = false;
         if before >= limit {
             if !self.under_share(idx, limit, class_before) {
-                let admitted = self.bursting(class, before, now);
-                self.over_limit(limit, now);
-                if !admitted {
+                if !self.bursting(class, before, now) {
                     self.by_class[idx].fetch_sub(1, Ordering::AcqRel);
                     self.inflight.fetch_sub(1, Ordering::AcqRel);
                     self.win_refused.fetch_add(1, Ordering::Relaxed);
+                    self.over_limit(limit, now);
                     return Err(Refusal::Limit);
                 }
+                self.over_limit(limit, now);
                 burst = true;
             }
             self.win_over_peak.fetch_max(before + 1, Ordering::Relaxed);

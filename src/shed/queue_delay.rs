@@ -76,15 +76,17 @@ use crate::error::ConfigError;
 ///    as before); otherwise they are drops.
 /// 5. Calls at the limit that keep their places
 ///    ([`WindowSample::kept`]: for 50 ms or more, requests over the limit
-///    while the answers, no slower than before, accounted for under a
-///    quarter of the calls in flight), while the window's answers met no
-///    queue (or there were none, and nothing timed out or was dropped):
-///    handlers that wait on a dependency that hangs behind one route,
-///    while the others are answered at once. The limit doubles at once
-///    (the layer closes such a window when it finds them), and grows ×2
-///    per window while it is reached until the first sign of queueing. A
-///    window closed so for which this does not hold changes nothing: it is
-///    too short to judge by.
+///    while the calls that ended, their answers no slower than before,
+///    accounted for under a quarter of the limit), while the window's
+///    answers took at most twice `base` (or there were none, and nothing
+///    timed out or was dropped): handlers that wait on a dependency that
+///    hangs behind one route, while the others are answered as before. The
+///    limit doubles at once (the layer closes such a window when it finds
+///    them, and again each time they have kept their places twice as
+///    long), and grows ×2 per window while it is reached until the first
+///    sign of queueing. A window closed so for which this does not hold
+///    changes nothing (it is too short to judge by), and the layer closes
+///    no other early in that run of requests over the limit.
 /// 6. Windows last at least three latencies (at most four configured
 ///    windows), so that a slow service's window is not all leftovers of the
 ///    one before.
@@ -121,8 +123,8 @@ use crate::error::ConfigError;
 /// doubling the limit would queue more in front of it.) A dependency that
 /// hangs behind one route of two (200 requests a second each, handlers
 /// waiting 950 ms) costs the other route nothing: the limit doubles four
-/// times within 850 ms of the hang's start, within the first burst over it
-/// (261 refused, over 3 s, before rule 5).
+/// times within 850 ms of the hang's start, at 50, 100, 200 and 400 ms of
+/// requests over it (261 refused, over 3 s, before rule 5).
 ///
 /// What it cannot see: a queue fed by fewer calls than half the limit.
 /// Below half the limit in flight the latency moves no limit, so a handler
@@ -287,7 +289,7 @@ impl LimitAlgorithm for QueueDelay {
         // next window is judged as one: its latency is no queue of ours.)
         if sample.kept() > 0
             && self.base > 0.0
-            && rtt <= self.target()
+            && rtt <= 2.0 * self.base
             && (rtt > 0.0 || !sample.did_drop())
         {
             self.cut = None;
@@ -533,6 +535,10 @@ impl LimitAlgorithm for QueueDelay {
             };
         }
         self.limit()
+    }
+
+    fn judges_kept(&self) -> bool {
+        true
     }
 
     fn bounds(&self) -> Option<(usize, usize)> {
