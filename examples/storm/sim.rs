@@ -166,14 +166,20 @@ impl Scenario {
     /// healthy: a breaker that opens for the whole dependency turns a half
     /// outage into a full one.
     pub fn route_down(secs: u64) -> Self {
+        Scenario::one_route("route down", Condition::RouteDown(0.5), secs)
+    }
+
+    /// `condition` for `secs` seconds at 60 % of capacity, in a phase named
+    /// `name`, between 5 s healthy before and after.
+    fn one_route(name: &'static str, condition: Condition, secs: u64) -> Self {
         let mut s = Scenario::quick();
         s.phases = framed(
             Condition::Healthy,
             Phase {
-                name: "route down",
+                name,
                 duration: Duration::from_secs(secs),
                 load: 0.6,
-                condition: Condition::RouteDown(0.5),
+                condition,
             },
         );
         s
@@ -186,17 +192,7 @@ impl Scenario {
     /// one must not take its place under a limit, nor open a breaker over
     /// it.
     pub fn route_hangs(secs: u64) -> Self {
-        let mut s = Scenario::quick();
-        s.phases = framed(
-            Condition::Healthy,
-            Phase {
-                name: "route hangs",
-                duration: Duration::from_secs(secs),
-                load: 0.6,
-                condition: Condition::RouteHangs(0.5),
-            },
-        );
-        s
+        Scenario::one_route("route hangs", Condition::RouteHangs(0.5), secs)
     }
 
     /// A dependency behind a load shedder that answers a bare error (no
