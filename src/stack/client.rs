@@ -532,7 +532,9 @@ impl<P, C, L, O, H> ClientStackBuilder<P, C, L, O, H> {
         let obs = self.common.observer.as_ref();
 
         // The deadline travels with the call inside the stack (and as a
-        // header to the dependency): no extension insert per request.
+        // header to the dependency): no extension insert per request. (A
+        // request type that keeps it without allocating gets it stored:
+        // `HasDeadline::STORING_ALLOCATES`.)
         let (deadline, attempt) = stack_timers(
             &self.common.name,
             KIND,

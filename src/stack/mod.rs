@@ -242,7 +242,10 @@
 //! possible retry (none when the request may not be retried), propagation
 //! writes header values, and the server presets store the caller's deadline
 //! in the request's extensions for handlers (the client stack does not:
-//! its deadline travels with the call, not in the request).
+//! its deadline travels with the call, and as a header from the protocol
+//! presets; it stores it only in a request type of your own that keeps it
+//! without allocating, [`HasDeadline::STORING_ALLOCATES`](crate::HasDeadline::STORING_ALLOCATES),
+//! so that it crosses a task or a hop of yours).
 //!
 //! # Another order
 //!
