@@ -473,9 +473,13 @@ pub fn sync_scope<R>(deadline: Deadline, f: impl FnOnce() -> R) -> R {
 ///
 /// Both methods have defaults that carry nothing, so any request type can opt
 /// in with `impl HasDeadline for MyRequest {}`; the deadline then travels in
-/// the task-local only (see [`current()`]). `http::Request` (feature `http`) keeps it
-/// in its extensions, so it also crosses tasks (a `tower::buffer::Buffer`, a
-/// spawned handler) and axum handlers can extract it.
+/// the task-local only (see [`current()`]). Implement both to keep it in a
+/// field: it then crosses tasks and hops of your own, and a client stack
+/// stores it there. `http::Request` (feature `http`) keeps it in its
+/// extensions when a layer stores it (a server stack does, so that axum
+/// handlers can extract it; a client stack does not, as that allocates:
+/// see [`STORING_ALLOCATES`](Self::STORING_ALLOCATES), and the presets send
+/// it as a header instead).
 pub trait HasDeadline {
     /// Whether [`set_deadline`](Self::set_deadline) allocates (`false` by
     /// default; `true` for `http::Request` and `tonic::Request`, whose
