@@ -277,16 +277,16 @@ impl LimitAlgorithm for QueueDelay {
     fn update(&mut self, sample: &WindowSample) -> usize {
         let rtt = sample.rtt().as_nanos() as f64;
         // Calls at the limit that keep their places (the layer found them:
-        // `WindowSample::kept`), while the window's answers met no queue,
-        // or there were none and nothing timed out (every request refused,
-        // nothing came back in four service times, where a queue of ours
-        // answers at its pace; calls that all run out of time may be in
-        // one):
-        // they wait on something that is no queue of ours (a dependency
-        // that hangs behind one route, while the others are answered at
-        // once). The limit doubles, and grows ×2 per window while it is
-        // reached, until the first queueing. (A slowdown that shows in the
-        // next window is judged as one: its latency is no queue of ours.)
+        // `WindowSample::kept`), while the window's answers took at most
+        // twice `base` (the layer's own bar: the route that hung may have
+        // been the fastest), or there were none and nothing timed out
+        // (every request refused; calls that all run out of time may be in
+        // a queue of ours): they wait on something that is no queue of
+        // ours (a dependency that hangs behind one route, while the others
+        // are answered as before). The limit doubles, and grows ×2 per
+        // window while it is reached, until the first queueing. (A
+        // slowdown that shows in the next window is judged as one: its
+        // latency is no queue of ours.)
         if sample.kept() > 0
             && self.base > 0.0
             && rtt <= 2.0 * self.base
@@ -770,6 +770,28 @@ mod tests {
             moving.windows(2).all(|w| w[1] <= w[0] + 1 + w[0] / 20),
             "{moving:?}"
         );
+    }
+
+    /// A window closed early for calls that keep their places, whose
+    /// answers took more than twice `base` (a queue, or every answer
+    /// slower), or that held drops only, changes nothing: too short to
+    /// judge by.
+    #[test]
+    fn a_kept_window_of_slow_answers_or_drops_changes_nothing() {
+        let mut q = QueueDelay::default();
+        run_workers(&mut q, 40, 5.0, 8);
+        let l = q.limit();
+        let slow = window(15.0, l)
+            .with_refused(50, Duration::from_millis(100))
+            .with_kept(l - 1);
+        assert_eq!(q.update(&slow), l);
+        let drops = WindowSample::new(Duration::ZERO, l, 30)
+            .with_samples(0)
+            .with_refused(50, Duration::from_millis(100))
+            .with_kept(l - 1);
+        assert_eq!(q.update(&drops), l);
+        // Without `kept`, the same windows cut it.
+        assert!(q.update(&window(15.0, l)) < l);
     }
 
     /// A service of `workers` workers under unlimited demand (the limit
