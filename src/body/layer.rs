@@ -96,14 +96,11 @@ impl CallBodyLayerBuilder {
     /// Builds the layer.
     pub fn build(self) -> Result<CallBodyLayer, ConfigError> {
         Ok(CallBodyLayer {
-            shared: Arc::new(Shared {
-                limit: std::time::Duration::ZERO,
-                name: self.name,
-                observer: self.observer,
-                own_end: std::time::Duration::ZERO,
-                retry_signal: None,
-                upstream_margin: std::time::Duration::ZERO,
-            }),
+            shared: Arc::new(Shared::new(
+                std::time::Duration::ZERO,
+                self.name,
+                self.observer,
+            )),
             deadline: self.deadline,
         })
     }

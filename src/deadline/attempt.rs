@@ -76,12 +76,13 @@ impl AttemptTimeoutLayer {
         pub(crate) fn with_retry_signal(self, signal: super::RetrySignal) -> Self {
             AttemptTimeoutLayer {
                 shared: Striped::new(Shared {
-                    limit: self.shared.limit,
-                    name: self.shared.name.clone(),
-                    observer: self.shared.observer.clone(),
                     own_end: self.shared.own_end,
                     retry_signal: Some(signal),
-                    upstream_margin: std::time::Duration::ZERO,
+                    ..Shared::new(
+                        self.shared.limit,
+                        self.shared.name.clone(),
+                        self.shared.observer.clone(),
+                    )
                 }),
             }
         }
@@ -143,12 +144,8 @@ impl AttemptTimeoutLayerBuilder {
         }
         Ok(AttemptTimeoutLayer {
             shared: Striped::new(Shared {
-                limit: self.per_try,
-                name: self.name,
-                observer: self.observer,
                 own_end: self.own_end.min(self.per_try / 10),
-                retry_signal: None,
-                upstream_margin: std::time::Duration::ZERO,
+                ..Shared::new(self.per_try, self.name, self.observer)
             }),
         })
     }

@@ -36,6 +36,20 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// A timer's settings with `limit` (zero for a layer that only reads
+    /// deadlines), under `name`, reporting to `observer`: no margins, no
+    /// link to a retry layer (each timer sets its own on what this gives).
+    pub(crate) fn new(limit: Duration, name: Name, observer: Observer) -> Self {
+        Shared {
+            limit,
+            name,
+            observer,
+            own_end: Duration::ZERO,
+            retry_signal: None,
+            upstream_margin: Duration::ZERO,
+        }
+    }
+
     /// `upstream`, a deadline from above, less this layer's margin before
     /// it (at most a tenth of what is left of it at `now`).
     #[inline]
@@ -194,12 +208,8 @@ impl DeadlineLayerBuilder {
         }
         Ok(DeadlineLayer {
             shared: Striped::new(Shared {
-                limit: self.budget,
-                name: self.name,
-                observer: self.observer,
-                own_end: Duration::ZERO,
-                retry_signal: None,
                 upstream_margin: self.upstream_margin,
+                ..Shared::new(self.budget, self.name, self.observer)
             }),
             in_request: self.in_request,
         })
@@ -212,12 +222,8 @@ mod tests {
 
     fn shared(margin: Duration) -> Shared {
         Shared {
-            limit: Duration::from_secs(1),
-            name: Name::from("t"),
-            observer: Observer::none(),
-            own_end: Duration::ZERO,
-            retry_signal: None,
             upstream_margin: margin,
+            ..Shared::new(Duration::from_secs(1), Name::from("t"), Observer::none())
         }
     }
 

@@ -70,8 +70,9 @@
 //!   answered it at its budget) is a sample of the time it held its
 //!   place, as a slower dependency's answer is (without them, the limit
 //!   saw only the other routes' fast answers at the limit, and drained
-//!   while their requests were refused); an error that says a call did not make it in time (`DeadlineExceeded`,
-//!   `AttemptTimeout`: the handler timeout) is a *drop*; other errors are
+//!   while their requests were refused); an error that says a call did
+//!   not make it in time (`DeadlineExceeded`, `AttemptTimeout`: the
+//!   handler timeout) is a *drop*; other errors are
 //!   ignored, an `Overloaded` too (a dependency's "busy" that the handler
 //!   passed on, or a client throttle's refusal in it: no queue here; as
 //!   drops, a dependency that shed for a few seconds halved the limit of

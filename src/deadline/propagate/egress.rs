@@ -158,14 +158,7 @@ impl PropagateDeadlineLayerBuilder {
                 grpc: self.grpc,
                 ms_header,
                 body: self.body,
-                shared: Arc::new(Shared {
-                    limit: Duration::ZERO,
-                    name: self.name,
-                    observer: self.observer,
-                    own_end: std::time::Duration::ZERO,
-                    retry_signal: None,
-                    upstream_margin: std::time::Duration::ZERO,
-                }),
+                shared: Arc::new(Shared::new(Duration::ZERO, self.name, self.observer)),
             }),
         })
     }

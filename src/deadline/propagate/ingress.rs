@@ -232,14 +232,7 @@ impl DeadlineFromHeadersLayerBuilder {
                 margin: self.margin,
                 default_budget: self.default_budget,
                 on_invalid: self.on_invalid,
-                shared: Arc::new(Shared {
-                    limit: max,
-                    name: self.name,
-                    observer: self.observer,
-                    own_end: std::time::Duration::ZERO,
-                    retry_signal: None,
-                    upstream_margin: std::time::Duration::ZERO,
-                }),
+                shared: Arc::new(Shared::new(max, self.name, self.observer)),
             }),
         })
     }
