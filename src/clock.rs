@@ -607,8 +607,9 @@ mod read_count_tests {
     }
 
     /// A closed breaker with a count window, no slow calls and no hook reads
-    /// no clock; a slow-call duration, a time window (the default) or a hook
-    /// make it read the clock as a call goes in and as it ends.
+    /// no clock; a time window (the default) reads it as a call ends (the
+    /// call's bucket); a slow-call duration or a hook make it read the
+    /// clock as a call goes in and as it ends.
     #[cfg(feature = "circuit-breaker")]
     #[tokio::test(flavor = "current_thread", start_paused = true)]
     async fn a_closed_breaker_reads_the_clock_only_when_it_keeps_time() {
@@ -619,7 +620,7 @@ mod read_count_tests {
             (
                 "the defaults",
                 CircuitBreakerLayer::builder().build().unwrap(),
-                2.0,
+                1.0,
             ),
             (
                 "slow calls",
@@ -633,7 +634,7 @@ mod read_count_tests {
                 b().window(SlidingWindow::time(Duration::from_secs(10)))
                     .build()
                     .unwrap(),
-                2.0,
+                1.0,
             ),
             (
                 "observed",

@@ -27,23 +27,31 @@ pub(crate) struct Guard<C> {
     permit: Permit,
     /// When the call went in (an untimed call: the breaker's origin).
     start: Instant,
-    /// Whether the call keeps time (see `Core::timed`).
-    timed: bool,
+    /// How the call keeps time: [`UNTIMED`], [`CLOCKED`] or [`TIMED`].
+    clock: u8,
     done: bool,
 }
+
+/// A call that reads no clock while the breaker is closed (a count window,
+/// no slow calls, no hook).
+pub(crate) const UNTIMED: u8 = 0;
+/// A call that reads the clock as it ends only (a time window's bucket).
+pub(crate) const CLOCKED: u8 = 1;
+/// A call that keeps its latency (see `Core::timed`).
+pub(crate) const TIMED: u8 = 2;
 
 impl<C> Guard<C> {
     pub(crate) fn new(
         shared: Ticket<Shared<C>>,
         permit: Permit,
         start: Instant,
-        timed: bool,
+        clock: u8,
     ) -> Self {
         Guard {
             shared,
             permit,
             start,
-            timed,
+            clock,
             done: false,
         }
     }
@@ -122,10 +130,11 @@ where
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().kind.project() {
-            // Two paths, each straight, as in the service's `call`.
-            KindProj::Called { future, guard } => match guard.timed {
-                true => poll_called::<F, C, M, T, E, true>(future, guard, cx),
-                false => poll_called::<F, C, M, T, E, false>(future, guard, cx),
+            // Three paths, each straight, as in the service's `call`.
+            KindProj::Called { future, guard } => match guard.clock {
+                TIMED => poll_called::<F, C, M, T, E, TIMED>(future, guard, cx),
+                CLOCKED => poll_called::<F, C, M, T, E, CLOCKED>(future, guard, cx),
+                _ => poll_called::<F, C, M, T, E, UNTIMED>(future, guard, cx),
             },
             KindProj::Rejected { error } => crate::error::poll_rejected(error),
         }
@@ -133,9 +142,9 @@ where
 }
 
 /// Polls an admitted call and reports its outcome once it is ready;
-/// `TIMED`: whether the call keeps time.
+/// `CLOCK`: how the call keeps time.
 #[inline]
-fn poll_called<F, C, M, T, E, const TIMED: bool>(
+fn poll_called<F, C, M, T, E, const CLOCK: u8>(
     future: Pin<&mut F>,
     guard: &mut Guard<C>,
     cx: &mut Context<'_>,
@@ -147,7 +156,7 @@ where
     M: HoldVerdict<T, C>,
 {
     // A timed call shares the instant the layers inside read.
-    let _edge = TIMED.then(crate::clock::Edge::enter);
+    let _edge = (CLOCK == TIMED).then(crate::clock::Edge::enter);
     // The answer is judged where it lies and handed back from
     // there (see ARCHITECTURE.md).
     let mut poll = future.poll(cx);
@@ -172,7 +181,7 @@ where
             // (or carry an error status in its trailers): judged
             // when it ends.
             (Ok(response), Outcome::Success) => M::pending(response).and_then(|j| {
-                let (head, latency) = elapsed::<C, TIMED>(guard);
+                let (head, latency) = elapsed::<C, CLOCK>(guard);
                 let pending = Pending {
                     shared: guard.shared.clone().into_stripe(),
                     permit: guard.permit,
@@ -195,8 +204,11 @@ where
             _ => None,
         };
         if held.is_none() {
-            let (now, latency) = elapsed::<C, TIMED>(guard);
-            let at = At::Now { now, timed: TIMED };
+            let (now, latency) = elapsed::<C, CLOCK>(guard);
+            let at = At::Now {
+                now,
+                timed: CLOCK != UNTIMED,
+            };
             finish(&shared.core, guard.permit, latency, outcome, at);
         }
     }
@@ -248,15 +260,17 @@ where
 }
 
 /// The instant now and the nanoseconds since the call went in, for a
-/// timed call; for an untimed one, its start again and 0, with no clock
-/// read.
+/// timed call; for an untimed one, 0 and the instant now in a time window
+/// (the call's bucket), its start again (no clock read) in a count window.
 #[inline(always)]
-fn elapsed<C, const TIMED: bool>(guard: &Guard<C>) -> (Instant, u64) {
-    if TIMED {
-        let now = clock::edge_now();
-        (now, crate::clock::nanos_between(guard.start, now))
-    } else {
-        (guard.start, 0)
+fn elapsed<C, const CLOCK: u8>(guard: &Guard<C>) -> (Instant, u64) {
+    match CLOCK {
+        TIMED => {
+            let now = clock::edge_now();
+            (now, crate::clock::nanos_between(guard.start, now))
+        }
+        CLOCKED => (clock::edge_now(), 0),
+        _ => (guard.start, 0),
     }
 }
 

@@ -139,16 +139,25 @@ impl<S, C, M> CircuitBreaker<S, C, M> {
         } else {
             core.origin
         };
+        let clock = match (TIMED, core.clocked) {
+            (true, _) => super::future::TIMED,
+            (false, true) => super::future::CLOCKED,
+            (false, false) => super::future::UNTIMED,
+        };
         match core.try_acquire(now, TIMED) {
+            // The inner call made where the future is built: no copy of
+            // it on the way. (A late probe took no slot; a disabled breaker
+            // none.)
+            Ok(permit) if permit.kind != PermitKind::Probe => {
+                started(core);
+                ResponseFuture::called(
+                    self.inner.call(req),
+                    Guard::new(self.shared.ticket(), permit, now, clock),
+                )
+            }
             Ok(permit) => {
-                // (A late probe took no slot; a disabled breaker none.)
-                let future = if permit.kind != PermitKind::Probe {
-                    started(core);
-                    self.inner.call(req)
-                } else {
-                    call_probe(&mut self.inner, req, core, permit)
-                };
-                ResponseFuture::called(future, Guard::new(self.shared.ticket(), permit, now, TIMED))
+                let future = call_probe(&mut self.inner, req, core, permit);
+                ResponseFuture::called(future, Guard::new(self.shared.ticket(), permit, now, clock))
             }
             Err(refusal) => ResponseFuture::rejected(refused(core, refusal)),
         }

@@ -139,10 +139,15 @@ pub(crate) struct Core {
     pub(crate) name: Name,
     pub(crate) observer: Observer,
     pub(crate) config: Config,
-    /// Whether its calls keep time: a slow-call duration is set, the
-    /// window is one of time, or a hook listens for latencies. An untimed
-    /// breaker reads the clock only when a call opens it or finds it open.
+    /// Whether its calls keep time: a slow-call duration is set, or a hook
+    /// listens for latencies. An untimed breaker reads the clock only as a
+    /// call ends in a time window (the call's bucket), or opens it or finds
+    /// it open.
     pub(crate) timed: bool,
+    /// Whether the window is one of time: an untimed call reads the clock
+    /// as it ends (once, shared with the layers around it), not as it
+    /// goes in.
+    pub(crate) clocked: bool,
     /// Spreads the `retry_after` of refusals (`[1, 1.5)` × the time left).
     pub(crate) jitter: crate::clock::Jitter,
     /// The instant the breaker was made: the times it keeps count from.
@@ -194,11 +199,10 @@ impl Core {
             Some(seed) => SmallRng::seed_from_u64(seed),
             None => SmallRng::from_os_rng(),
         };
-        let timed = config.slow_call_nanos != u64::MAX
-            || matches!(config.window, WindowConfig::Time { .. })
-            || observer.is_enabled();
+        let timed = config.slow_call_nanos != u64::MAX || observer.is_enabled();
         let core = Core {
             timed,
+            clocked: matches!(config.window, WindowConfig::Time { .. }),
             jitter: crate::clock::Jitter::new(name.as_str()),
             name,
             observer,
@@ -614,7 +618,9 @@ impl Core {
         }
         let snap = self
             .window
-            .record_and_snapshot(at, Code::new(failure, slow));
+            .record_and_snapshot(at, Code::new(failure, slow), || {
+                u64::from(self.minimum_calls.load(Ordering::Relaxed))
+            });
         if state_of(word) != CLOSED {
             // Metrics-only: counts, never trips.
             return;
@@ -632,8 +638,9 @@ impl Core {
             return self.record_after_close(permit.generation, snap, trip, now());
         }
         if self.config.rate_trips && !trip {
-            // Counts that did not change were judged by the call that made
-            // them (and by a retune since).
+            // Counts a call left unable to open it (unchanged, or lowered
+            // by a success: see `Window::record_and_snapshot`) were judged
+            // by the call that made them (and by a retune since).
             if let Some(snap) = snap
                 && self.rates_trip(&snap)
             {

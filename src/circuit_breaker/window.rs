@@ -33,7 +33,7 @@
 //! what its slots hold.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicI64, AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -262,15 +262,17 @@ struct Counts {
 }
 
 impl Counts {
+    /// Adds one call; the calls counted before it.
     #[inline]
-    fn add(&self, code: Code) {
-        self.calls.fetch_add(1, Ordering::AcqRel);
+    fn add(&self, code: Code) -> u64 {
+        let before = self.calls.fetch_add(1, Ordering::AcqRel);
         if code.0 & 2 != 0 {
             self.failures.fetch_add(1, Ordering::AcqRel);
         }
         if code.0 & 4 != 0 {
             self.slow.fetch_add(1, Ordering::AcqRel);
         }
+        before
     }
 }
 
@@ -284,6 +286,10 @@ pub(crate) struct TimeWindow {
     /// far in the past, so the first call resets every bucket once.
     head: Padded<AtomicI64>,
     totals: Padded<Counts>,
+    /// The window moved on a read of its counts, not on a call: the next
+    /// call's counts are judged whatever its outcome (see
+    /// [`record`](Self::record)).
+    moved_on_read: AtomicBool,
     rotate: Mutex<()>,
 }
 
@@ -300,6 +306,7 @@ impl TimeWindow {
             buckets: (0..buckets).map(|_| Counts::default()).collect(),
             head: Padded(AtomicI64::new(i64::MIN / 4)),
             totals: Padded(Counts::default()),
+            moved_on_read: AtomicBool::new(false),
             rotate: Mutex::new(()),
         }
     }
@@ -347,36 +354,51 @@ impl TimeWindow {
         self.head.store(epoch, Ordering::Release);
     }
 
+    /// The epoch `now` counts in, and whether the window moved to it
+    /// (buckets left it).
     #[inline(always)]
-    fn current(&self, now: Instant) -> i64 {
+    fn current(&self, now: Instant) -> (i64, bool) {
         let epoch = self.epoch(now);
         let head = self.head.load(Ordering::Acquire);
         if epoch > head {
             self.advance(epoch);
-            epoch
+            (epoch, true)
         } else if head - epoch >= self.buckets.len() as i64 {
             // A clock read that lagged a whole window behind: count it now.
-            head
+            (head, false)
         } else {
-            epoch
+            (epoch, false)
         }
     }
 
-    /// Records one call made at `now`.
+    /// Records one call made at `now`; whether the counts may open the
+    /// breaker now, for a breaker that judges from `minimum` calls: a
+    /// failure or a slow call raises their rate; a success lowers both, so
+    /// it can open the breaker only when it brings the calls up to the
+    /// `minimum` (exactly one call's count does, each time the window
+    /// climbs back to it), or when the window moved since the last call
+    /// (buckets of successes that left it may leave a higher failure
+    /// rate), on this call or on a read of its counts.
     #[inline(always)]
-    pub(crate) fn record(&self, now: Instant, code: Code) {
-        let epoch = self.current(now);
+    pub(crate) fn record(&self, now: Instant, code: Code, minimum: u64) -> bool {
+        let (epoch, mut moved) = self.current(now);
+        if self.moved_on_read.load(Ordering::Relaxed) {
+            moved |= self.moved_on_read.swap(false, Ordering::AcqRel);
+        }
         let b = self.bucket(epoch);
         // Totals first, bucket second: a reset that takes the bucket's count
         // subtracts only what was already added.
-        self.totals.add(code);
+        let before = self.totals.add(code);
         b.add(code);
+        code.0 != 1 || moved || before + 1 == minimum
     }
 
     /// The counts of the window ending at `now`.
     #[inline]
     pub(crate) fn snapshot(&self, now: Instant) -> WindowSnapshot {
-        let _ = self.current(now);
+        if self.current(now).1 {
+            self.moved_on_read.store(true, Ordering::Release);
+        }
         self.totals()
     }
 
@@ -444,19 +466,24 @@ impl Window {
     }
 
     /// Records one call made at `now` (which only a time window reads) and
-    /// returns the counts with it, or `None` when they did not change (a
-    /// count window's call evicting one with the same outcome: the counts
-    /// are those the call that made them was judged by).
+    /// returns the counts with it, or `None` when they cannot open the
+    /// breaker if the counts without it did not: a count window's call
+    /// evicting one with the same outcome (the counts are those the call
+    /// that made them was judged by), a time window's success that neither
+    /// brought the calls up to `minimum` nor moved the window (see
+    /// [`TimeWindow::record`]).
     // Always: on the success path of every call (the compiler's own choice
     // moves with unrelated code and cost up to 36 instructions per call).
     #[inline(always)]
-    pub(crate) fn record_and_snapshot(&self, now: Instant, code: Code) -> Option<WindowSnapshot> {
+    pub(crate) fn record_and_snapshot(
+        &self,
+        now: Instant,
+        code: Code,
+        minimum: impl FnOnce() -> u64,
+    ) -> Option<WindowSnapshot> {
         match self {
             Window::Count(w) => w.record(code).then(|| w.snapshot()),
-            Window::Time(w) => {
-                w.record(now, code);
-                Some(w.totals())
-            }
+            Window::Time(w) => w.record(now, code, minimum()).then(|| w.totals()),
         }
     }
 
@@ -532,7 +559,7 @@ mod tests {
                         // per thread), so buckets rotate while others record,
                         // and some records arrive late.
                         let now = t0 + Duration::from_micros(i + t * 300);
-                        w.record(now, Code::new(i % 3 == 0, i % 5 == 0));
+                        w.record(now, Code::new(i % 3 == 0, i % 5 == 0), 0);
                     }
                 })
             })
@@ -714,7 +741,7 @@ mod tests {
         let t0 = Instant::now();
         // Built "later" than the clock reads it will see.
         let w = TimeWindow::new(t0 + Duration::from_secs(5), Duration::from_secs(10), 10);
-        w.record(t0, FAIL);
+        w.record(t0, FAIL, 0);
         assert_eq!(w.snapshot(t0).failures, 1);
         assert_eq!(w.snapshot(t0 + Duration::from_millis(9_999)).failures, 1);
         assert_eq!(w.snapshot(t0 + Duration::from_secs(10)).failures, 0);
@@ -724,8 +751,8 @@ mod tests {
     async fn time_window_forgets_old_buckets() {
         let t0 = Instant::now();
         let w = TimeWindow::new(t0, Duration::from_secs(10), 10);
-        w.record(t0, FAIL);
-        w.record(t0 + Duration::from_millis(4500), OK);
+        w.record(t0, FAIL, 0);
+        w.record(t0 + Duration::from_millis(4500), OK, 0);
         let at = |ms| t0 + Duration::from_millis(ms);
         assert_eq!(w.snapshot(at(9_999)).calls, 2);
         assert_eq!(w.snapshot(at(9_999)).failures, 1);
@@ -736,7 +763,7 @@ mod tests {
         assert_eq!(w.snapshot(at(13_999)).calls, 1);
         assert_eq!(w.snapshot(at(14_000)).calls, 0);
         // A jump far ahead resets at most every bucket once.
-        w.record(at(1_000_000), SLOW);
+        w.record(at(1_000_000), SLOW, 0);
         assert_eq!(w.snapshot(at(1_000_000)).slow_calls, 1);
         w.reset();
         assert_eq!(w.snapshot(at(1_000_000)), WindowSnapshot::default());

@@ -361,12 +361,13 @@ pub(crate) fn owner<X: Expiry>(shared: &Striped<Shared>) -> X::Owner {
 
 impl<F: Future, X: Expiry> ResponseFuture<F, X> {
     #[inline]
-    pub(crate) fn running(inner: F, deadline: Deadline, owner: X::Owner) -> Self {
-        // Built in place (a helper returning the state costs a copy of
-        // the inner future).
+    pub(crate) fn running(call: impl FnOnce() -> F, deadline: Deadline, owner: X::Owner) -> Self {
+        // Built in place, the inner call made where its future is kept (a
+        // helper returning the state, or a future passed in, costs a copy
+        // of it).
         ResponseFuture {
             state: State::Running {
-                inner,
+                inner: call(),
                 sleep: X::unarmed(),
                 deadline,
                 shared: owner,

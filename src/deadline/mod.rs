@@ -305,10 +305,10 @@ pub(crate) fn call_with_retry_gate<R>(may_follow: bool, call: impl FnOnce() -> R
     // The common case, a retry may follow: nothing to set, nothing read.
     // (Under an outer retry layer that said none may follow, the inner
     // one's attempts then run on too: they get the time, not the retry.)
-    if may_follow {
-        return call();
-    }
-    crate::local::sync_scope(&RETRY_MAY_FOLLOW, may_follow, call)
+    // A guard, not a scope the result travels out of: the caller's
+    // future is built where it is kept (no copy of it on the way).
+    let _gate = (!may_follow).then(|| crate::local::Guard::set(&RETRY_MAY_FOLLOW, false));
+    call()
 }
 
 /// What the retry layer above said of the attempt being called (see
@@ -461,6 +461,14 @@ pub(crate) fn drop_timed_out(drop: impl FnOnce()) {
 #[cfg_attr(not(feature = "eject"), allow(dead_code))]
 pub(crate) fn dropping_timed_out() -> bool {
     TIMED_OUT_DROP.with(|c| c.get())
+}
+
+/// Sets `deadline` as the [`current()`] deadline until the guard drops: a
+/// layer's `call` builds its future in place under it (a closure's result
+/// would be copied out).
+#[inline]
+pub(crate) fn enter_scope(deadline: Deadline) -> crate::local::Guard<Deadline> {
+    crate::local::Guard::set(&CURRENT, deadline)
 }
 
 /// Runs `f` with `deadline` as the [`current()`] deadline.

@@ -199,8 +199,7 @@ where
         }
         let inner = &mut self.inner;
         let owner = super::future::owner::<X>(&self.shared);
-        super::sync_scope(deadline, || {
-            ResponseFuture::running(inner.call(req), deadline, owner)
-        })
+        let _scope = super::enter_scope(deadline);
+        ResponseFuture::running(|| inner.call(req), deadline, owner)
     }
 }

@@ -229,6 +229,54 @@ async fn time_window_forgets_failures_older_than_its_span() {
     assert_eq!(handle.failure_rate(), Some(0.5));
 }
 
+/// A time window judged from 5 calls at 50 %.
+fn time_window_of_10s() -> CircuitBreakerLayer {
+    CircuitBreakerLayer::builder()
+        .window(SlidingWindow::time(Duration::from_secs(10)))
+        .minimum_calls(5)
+        .failure_rate_threshold(0.5)
+        .build()
+        .unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_success_that_brings_a_time_window_to_its_minimum_opens_it() {
+    let layer = time_window_of_10s();
+    let handle = layer.handle();
+    let mut svc = wrap(&layer);
+    for _ in 0..3 {
+        let _ = call(&mut svc, FAIL).await;
+    }
+    call(&mut svc, OK).await.unwrap();
+    assert_eq!(handle.state(), State::Closed, "4 calls: below the minimum");
+    // The fifth call, a success, makes 3 failures of 5: 60 %.
+    call(&mut svc, OK).await.unwrap();
+    assert_eq!(handle.state(), State::Open);
+    assert_eq!(handle.failure_rate(), Some(0.6));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_success_after_old_successes_left_a_time_window_opens_it() {
+    let layer = time_window_of_10s();
+    let handle = layer.handle();
+    let mut svc = wrap(&layer);
+    for _ in 0..6 {
+        call(&mut svc, OK).await.unwrap();
+    }
+    advance(Duration::from_secs(5)).await;
+    for _ in 0..5 {
+        let _ = call(&mut svc, FAIL).await;
+    }
+    assert_eq!(handle.state(), State::Closed, "5 failures of 11");
+    advance(Duration::from_secs(5)).await;
+    // A read of the counts moves the window (the 6 successes leave it)
+    // but judges nothing; the next call, a success, is judged by them.
+    assert_eq!(counts(handle.metrics()), (5, 5, 0));
+    assert_eq!(handle.state(), State::Closed);
+    call(&mut svc, OK).await.unwrap();
+    assert_eq!(handle.state(), State::Open, "5 failures of 6");
+}
+
 #[tokio::test(start_paused = true)]
 async fn slow_calls_trip_with_zero_errors() {
     let rec = Recorder::new();
