@@ -139,11 +139,7 @@ impl<S, C, M> CircuitBreaker<S, C, M> {
         } else {
             core.origin
         };
-        let clock = match (TIMED, core.clocked) {
-            (true, _) => super::future::TIMED,
-            (false, true) => super::future::CLOCKED,
-            (false, false) => super::future::UNTIMED,
-        };
+        let clock = core.clock;
         match core.try_acquire(now, TIMED) {
             // The inner call made where the future is built: no copy of
             // it on the way. (A late probe took no slot; a disabled breaker

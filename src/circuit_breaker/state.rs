@@ -144,10 +144,10 @@ pub(crate) struct Core {
     /// call ends in a time window (the call's bucket), or opens it or finds
     /// it open.
     pub(crate) timed: bool,
-    /// Whether the window is one of time: an untimed call reads the clock
-    /// as it ends (once, shared with the layers around it), not as it
-    /// goes in.
-    pub(crate) clocked: bool,
+    /// How its calls keep time (`future::TIMED`, `CLOCKED` or `UNTIMED`):
+    /// an untimed call in a time window reads the clock as it ends (once,
+    /// shared with the layers around it), not as it goes in.
+    pub(crate) clock: u8,
     /// Spreads the `retry_after` of refusals (`[1, 1.5)` × the time left).
     pub(crate) jitter: crate::clock::Jitter,
     /// The instant the breaker was made: the times it keeps count from.
@@ -202,7 +202,11 @@ impl Core {
         let timed = config.slow_call_nanos != u64::MAX || observer.is_enabled();
         let core = Core {
             timed,
-            clocked: matches!(config.window, WindowConfig::Time { .. }),
+            clock: match (timed, &config.window) {
+                (true, _) => super::future::TIMED,
+                (false, WindowConfig::Time { .. }) => super::future::CLOCKED,
+                (false, WindowConfig::Count(_)) => super::future::UNTIMED,
+            },
             jitter: crate::clock::Jitter::new(name.as_str()),
             name,
             observer,
