@@ -464,6 +464,48 @@ mod edge_tests {
         );
     }
 
+    /// The same with a default breaker (a time window, which reads the
+    /// clock as its call ends) as the first call: its read is its own
+    /// edge's, deeper than the handler, and does not outlive the
+    /// handler's work.
+    #[cfg(feature = "circuit-breaker")]
+    #[tokio::test(start_paused = true)]
+    async fn a_breakers_read_as_its_call_ends_does_not_outlive_the_handlers_work() {
+        use tower::{Layer, Service};
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let s = seen.clone();
+        let inner = tower::service_fn(move |_: ()| {
+            s.lock()
+                .unwrap()
+                .push(crate::deadline::current().map(|d| d.instant()));
+            std::future::ready(Ok::<_, crate::BoxError>(()))
+        });
+        let mut client = crate::deadline::DeadlineLayer::new(Duration::from_secs(1))
+            .unwrap()
+            .layer(inner);
+        let mut breaker = crate::circuit_breaker::CircuitBreakerLayer::builder()
+            .build()
+            .unwrap()
+            .layer(tower::service_fn(|_: ()| {
+                std::future::ready(Ok::<_, crate::BoxError>(()))
+            }));
+        let start = now();
+        let server = Edge::enter();
+        let waker = futures_util::task::noop_waker();
+        let mut cx = std::task::Context::from_waker(&waker);
+        let mut first = std::pin::pin!(breaker.call(()));
+        assert!(first.as_mut().poll(&mut cx).is_ready());
+        tokio::time::advance(Duration::from_millis(200)).await;
+        let mut second = std::pin::pin!(client.call(()));
+        assert!(second.as_mut().poll(&mut cx).is_ready());
+        drop(server);
+        assert_eq!(
+            seen.lock().unwrap()[0],
+            Some(start + Duration::from_millis(1200)),
+            "the call's budget started when it was made"
+        );
+    }
+
     #[tokio::test(start_paused = true)]
     async fn an_edge_reads_the_clock_once_and_forgets_when_the_outermost_ends() {
         let before = edge_now();

@@ -46,17 +46,24 @@ pub(crate) fn get<T: Copy + 'static>(key: &'static Key<T>) -> Option<T> {
 }
 
 /// Sets `key` while it lives; restores the value before when dropped (also
-/// when the code in between panics).
+/// when the code in between panics). Not `Send`: it restores the value on
+/// the thread that set it, so it cannot be held across an `.await`.
+#[must_use = "the value is set only while the guard lives"]
 pub(crate) struct Guard<T: Copy + 'static> {
     key: &'static Key<T>,
     before: Option<T>,
+    _not_send: std::marker::PhantomData<*const ()>,
 }
 
 impl<T: Copy + 'static> Guard<T> {
     #[inline]
     pub(crate) fn set(key: &'static Key<T>, value: T) -> Self {
         let before = key.try_with(|c| c.replace(Some(value))).ok().flatten();
-        Guard { key, before }
+        Guard {
+            key,
+            before,
+            _not_send: std::marker::PhantomData,
+        }
     }
 }
 

@@ -155,8 +155,12 @@ where
     C: Classify<T, E>,
     M: HoldVerdict<T, C>,
 {
-    // A timed call shares the instant the layers inside read.
-    let _edge = (CLOCK == TIMED).then(crate::clock::Edge::enter);
+    // A call that reads the clock as it ends shares the instant the layers
+    // inside read, inside an edge of its own: an instant read at the
+    // caller's depth would outlive a handler's work in the same poll
+    // (see `clock::handler_ran`), and a response held to its body's end
+    // would read it twice.
+    let _edge = (CLOCK != UNTIMED).then(crate::clock::Edge::enter);
     // The answer is judged where it lies and handed back from
     // there (see ARCHITECTURE.md).
     let mut poll = future.poll(cx);

@@ -303,7 +303,9 @@ impl Core {
             .store(t.failure_rate_threshold.to_bits(), Ordering::Release);
         self.slow_rate
             .store(t.slow_call_rate_threshold.to_bits(), Ordering::Release);
-        self.minimum_calls.store(t.minimum_calls, Ordering::Release);
+        // (Sequentially consistent with a time window's success, which
+        // reads it after counting itself: see `TimeWindow::record`.)
+        self.minimum_calls.store(t.minimum_calls, Ordering::SeqCst);
         let in_a_row = t.consecutive_failures.unwrap_or(0);
         if self.in_a_row.swap(in_a_row, Ordering::AcqRel) == 0 && in_a_row != 0 {
             // Successes while the rule was off did not end the run it
@@ -623,7 +625,7 @@ impl Core {
         let snap = self
             .window
             .record_and_snapshot(at, Code::new(failure, slow), || {
-                u64::from(self.minimum_calls.load(Ordering::Relaxed))
+                u64::from(self.minimum_calls.load(Ordering::SeqCst))
             });
         if state_of(word) != CLOSED {
             // Metrics-only: counts, never trips.

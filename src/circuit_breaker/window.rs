@@ -265,7 +265,8 @@ impl Counts {
     /// Adds one call; the calls counted before it.
     #[inline]
     fn add(&self, code: Code) -> u64 {
-        let before = self.calls.fetch_add(1, Ordering::AcqRel);
+        // (Sequentially consistent: see `TimeWindow::record`.)
+        let before = self.calls.fetch_add(1, Ordering::SeqCst);
         if code.0 & 2 != 0 {
             self.failures.fetch_add(1, Ordering::AcqRel);
         }
@@ -336,11 +337,12 @@ impl TimeWindow {
         &self.buckets[i]
     }
 
-    /// Moves the head to `epoch`, resetting the buckets passed over. Out of
-    /// line: once per bucket width, not per call.
+    /// Moves the head to `epoch`, resetting the buckets passed over; `on_read`:
+    /// for a read of the counts, which leaves the next call to judge them.
+    /// Out of line: once per bucket width, not per call.
     #[cold]
     #[inline(never)]
-    fn advance(&self, epoch: i64) {
+    fn advance(&self, epoch: i64, on_read: bool) {
         let _guard = self.rotate.lock().unwrap_or_else(|p| p.into_inner());
         let head = self.head.load(Ordering::Acquire);
         if epoch <= head {
@@ -351,17 +353,21 @@ impl TimeWindow {
         for ep in (epoch - steps + 1)..=epoch {
             self.drain(self.bucket(ep));
         }
+        if on_read {
+            // Before the head: a call that sees the new head sees the flag.
+            self.moved_on_read.store(true, Ordering::Relaxed);
+        }
         self.head.store(epoch, Ordering::Release);
     }
 
     /// The epoch `now` counts in, and whether the window moved to it
-    /// (buckets left it).
+    /// (buckets left it); `on_read`: see [`advance`](Self::advance).
     #[inline(always)]
-    fn current(&self, now: Instant) -> (i64, bool) {
+    fn current(&self, now: Instant, on_read: bool) -> (i64, bool) {
         let epoch = self.epoch(now);
         let head = self.head.load(Ordering::Acquire);
         if epoch > head {
-            self.advance(epoch);
+            self.advance(epoch, on_read);
             (epoch, true)
         } else if head - epoch >= self.buckets.len() as i64 {
             // A clock read that lagged a whole window behind: count it now.
@@ -378,27 +384,30 @@ impl TimeWindow {
     /// `minimum` (exactly one call's count does, each time the window
     /// climbs back to it), or when the window moved since the last call
     /// (buckets of successes that left it may leave a higher failure
-    /// rate), on this call or on a read of its counts.
+    /// rate), on this call or on a read of its counts. `minimum` is read
+    /// after the call is counted (sequentially consistent with a retune's
+    /// store of it and its read of the counts: one of the two sees the
+    /// other's change).
     #[inline(always)]
-    pub(crate) fn record(&self, now: Instant, code: Code, minimum: u64) -> bool {
-        let (epoch, mut moved) = self.current(now);
-        if self.moved_on_read.load(Ordering::Relaxed) {
-            moved |= self.moved_on_read.swap(false, Ordering::AcqRel);
-        }
+    pub(crate) fn record(&self, now: Instant, code: Code, minimum: impl FnOnce() -> u64) -> bool {
+        let (epoch, moved) = self.current(now, false);
         let b = self.bucket(epoch);
         // Totals first, bucket second: a reset that takes the bucket's count
         // subtracts only what was already added.
         let before = self.totals.add(code);
         b.add(code);
-        code.0 != 1 || moved || before + 1 == minimum
+        code.0 != 1
+            || moved
+            // (After the count: a read that moved the window since is seen.)
+            || (self.moved_on_read.load(Ordering::Relaxed)
+                && self.moved_on_read.swap(false, Ordering::AcqRel))
+            || before + 1 == minimum()
     }
 
     /// The counts of the window ending at `now`.
     #[inline]
     pub(crate) fn snapshot(&self, now: Instant) -> WindowSnapshot {
-        if self.current(now).1 {
-            self.moved_on_read.store(true, Ordering::Release);
-        }
+        let _ = self.current(now, true);
         self.totals()
     }
 
@@ -406,7 +415,8 @@ impl TimeWindow {
     /// [`record`](Self::record), which moved it already.
     #[inline]
     fn totals(&self) -> WindowSnapshot {
-        let calls = self.totals.calls.load(Ordering::Acquire);
+        // (Sequentially consistent: see `record`.)
+        let calls = self.totals.calls.load(Ordering::SeqCst);
         WindowSnapshot {
             calls,
             failures: self.totals.failures.load(Ordering::Acquire).min(calls),
@@ -483,7 +493,7 @@ impl Window {
     ) -> Option<WindowSnapshot> {
         match self {
             Window::Count(w) => w.record(code).then(|| w.snapshot()),
-            Window::Time(w) => w.record(now, code, minimum()).then(|| w.totals()),
+            Window::Time(w) => w.record(now, code, minimum).then(|| w.totals()),
         }
     }
 
@@ -559,7 +569,7 @@ mod tests {
                         // per thread), so buckets rotate while others record,
                         // and some records arrive late.
                         let now = t0 + Duration::from_micros(i + t * 300);
-                        w.record(now, Code::new(i % 3 == 0, i % 5 == 0), 0);
+                        w.record(now, Code::new(i % 3 == 0, i % 5 == 0), || 0);
                     }
                 })
             })
@@ -741,7 +751,7 @@ mod tests {
         let t0 = Instant::now();
         // Built "later" than the clock reads it will see.
         let w = TimeWindow::new(t0 + Duration::from_secs(5), Duration::from_secs(10), 10);
-        w.record(t0, FAIL, 0);
+        w.record(t0, FAIL, || 0);
         assert_eq!(w.snapshot(t0).failures, 1);
         assert_eq!(w.snapshot(t0 + Duration::from_millis(9_999)).failures, 1);
         assert_eq!(w.snapshot(t0 + Duration::from_secs(10)).failures, 0);
@@ -751,8 +761,8 @@ mod tests {
     async fn time_window_forgets_old_buckets() {
         let t0 = Instant::now();
         let w = TimeWindow::new(t0, Duration::from_secs(10), 10);
-        w.record(t0, FAIL, 0);
-        w.record(t0 + Duration::from_millis(4500), OK, 0);
+        w.record(t0, FAIL, || 0);
+        w.record(t0 + Duration::from_millis(4500), OK, || 0);
         let at = |ms| t0 + Duration::from_millis(ms);
         assert_eq!(w.snapshot(at(9_999)).calls, 2);
         assert_eq!(w.snapshot(at(9_999)).failures, 1);
@@ -763,7 +773,7 @@ mod tests {
         assert_eq!(w.snapshot(at(13_999)).calls, 1);
         assert_eq!(w.snapshot(at(14_000)).calls, 0);
         // A jump far ahead resets at most every bucket once.
-        w.record(at(1_000_000), SLOW, 0);
+        w.record(at(1_000_000), SLOW, || 0);
         assert_eq!(w.snapshot(at(1_000_000)).slow_calls, 1);
         w.reset();
         assert_eq!(w.snapshot(at(1_000_000)), WindowSnapshot::default());

@@ -1490,7 +1490,9 @@ mod model {
         }
     }
 
-    fn run(time_based: bool, ops: Vec<Op>) -> Result<(), TestCaseError> {
+    /// `slow_calls`: with a slow-call duration (calls keep their latency);
+    /// without, a time window's calls read the clock only as they end.
+    fn run(time_based: bool, slow_calls: bool, ops: Vec<Op>) -> Result<(), TestCaseError> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .start_paused(true)
@@ -1505,12 +1507,18 @@ mod model {
             } else {
                 SlidingWindow::count(COUNT as u32)
             };
-            let layer = CircuitBreakerLayer::builder()
+            let builder = CircuitBreakerLayer::builder()
                 .window(window)
                 .minimum_calls(MINIMUM as u32)
-                .failure_rate_threshold(THRESHOLD)
-                .slow_call_rate_threshold(SLOW_THRESHOLD)
-                .slow_call_duration(Duration::from_millis(SLOW_MS))
+                .failure_rate_threshold(THRESHOLD);
+            let builder = if slow_calls {
+                builder
+                    .slow_call_rate_threshold(SLOW_THRESHOLD)
+                    .slow_call_duration(Duration::from_millis(SLOW_MS))
+            } else {
+                builder
+            };
+            let layer = builder
                 .permitted_calls_in_half_open(PERMITTED)
                 .open_duration(Duration::from_millis(BASE_MS))
                 .open_multiplier(2.0)
@@ -1559,7 +1567,7 @@ mod model {
                                 if let Err(e) = &res {
                                     prop_assert!(rejection_of(e).is_none(), "step {}: {}", step, e);
                                 }
-                                model.finish(admitted_in, now(), fail, ms > SLOW_MS);
+                                model.finish(admitted_in, now(), fail, slow_calls && ms > SLOW_MS);
                             }
                         }
                     }
@@ -1588,12 +1596,21 @@ mod model {
 
         #[test]
         fn count_window_agrees_with_the_model(ops in prop::collection::vec(op(), 1..200)) {
-            run(false, ops)?;
+            run(false, true, ops)?;
         }
 
         #[test]
         fn time_window_agrees_with_the_model(ops in prop::collection::vec(op(), 1..200)) {
-            run(true, ops)?;
+            run(true, true, ops)?;
+        }
+
+        /// The defaults' kind of breaker: a time window, no slow calls (its
+        /// calls read the clock only as they end).
+        #[test]
+        fn a_time_window_without_slow_calls_agrees_with_the_model(
+            ops in prop::collection::vec(op(), 1..200)
+        ) {
+            run(true, false, ops)?;
         }
     }
 }
