@@ -517,3 +517,67 @@ async fn a_breaker_per_host() -> Result<(), seawall::BoxError> {
     assert_eq!(hits.load(Ordering::SeqCst), 20);
     Ok(())
 }
+
+/// The README's stack per group of routes ("One route's dependency
+/// queues"): the routes' limits are apart, so calls piling up behind
+/// `/inventory` fill its limit only, and `/health` is served; around both
+/// routes, one stack refuses `/health` with them.
+#[tokio::test(start_paused = true)]
+async fn a_stack_per_group_of_routes() -> Result<(), seawall::BoxError> {
+    // A dependency that never answers in time: its calls stay in flight.
+    async fn inventory() -> &'static str {
+        std::future::pending().await
+    }
+    async fn health() -> &'static str {
+        "ok"
+    }
+    // --- README stack per group of routes begins ---
+    let calls_the_dependency = Router::new().route("/inventory", get(inventory)).layer(
+        ServerStack::http("inventory")
+            .total_budget(Duration::from_millis(950))
+            .build()?,
+    );
+    let local = Router::new().route("/health", get(health)).layer(
+        ServerStack::http("api")
+            .total_budget(Duration::from_millis(950))
+            .build()?,
+    );
+    let app = calls_the_dependency.merge(local);
+    // --- README stack per group of routes ends ---
+    let one_stack = Router::new()
+        .route("/inventory", get(inventory))
+        .route("/health", get(health))
+        .layer(
+            ServerStack::http("api")
+                .total_budget(Duration::from_millis(950))
+                .build()?,
+        );
+
+    let req = |path: &str| http::Request::get(path).body(Body::empty()).unwrap();
+    for (name, app, health_status) in [
+        ("a stack per group", app, 200),
+        ("one stack", one_stack, 503),
+    ] {
+        // 100 calls pile up behind /inventory, past the limit (20 at
+        // start) and its burst of 100 ms.
+        let mut piled = Vec::new();
+        for _ in 0..100 {
+            piled.push(tokio::spawn(app.clone().oneshot(req("/inventory"))));
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        assert_eq!(
+            app.clone().oneshot(req("/inventory")).await?.status(),
+            503,
+            "{name}: the limit is full of /inventory's calls"
+        );
+        assert_eq!(
+            app.clone().oneshot(req("/health")).await?.status(),
+            health_status,
+            "{name}"
+        );
+        for p in piled {
+            p.abort();
+        }
+    }
+    Ok(())
+}
