@@ -524,34 +524,45 @@ async fn a_breaker_per_host() -> Result<(), seawall::BoxError> {
 /// routes, one stack refuses `/health` with them.
 #[tokio::test(start_paused = true)]
 async fn a_stack_per_group_of_routes() -> Result<(), seawall::BoxError> {
+    #[derive(Clone)]
+    struct AppState;
     // A dependency that never answers in time: its calls stay in flight.
-    async fn inventory() -> &'static str {
+    async fn inventory(axum::extract::State(_): axum::extract::State<AppState>) -> &'static str {
         std::future::pending().await
     }
     async fn health() -> &'static str {
         "ok"
     }
+    async fn catalog() -> &'static str {
+        "catalog"
+    }
+    let state = AppState;
     // --- README stack per group of routes begins ---
     let calls_the_dependency = Router::new().route("/inventory", get(inventory)).layer(
         ServerStack::http("inventory")
             .total_budget(Duration::from_millis(950))
             .build()?,
     );
-    let local = Router::new().route("/health", get(health)).layer(
-        ServerStack::http("api")
-            .total_budget(Duration::from_millis(950))
-            .build()?,
-    );
-    let app = calls_the_dependency.merge(local);
-    // --- README stack per group of routes ends ---
-    let one_stack = Router::new()
-        .route("/inventory", get(inventory))
+    let local = Router::new()
         .route("/health", get(health))
+        .route("/catalog", get(catalog))
         .layer(
             ServerStack::http("api")
                 .total_budget(Duration::from_millis(950))
                 .build()?,
         );
+    let app = calls_the_dependency.merge(local).with_state(state);
+    // --- README stack per group of routes ends ---
+    let one_stack = Router::new()
+        .route("/inventory", get(inventory))
+        .route("/health", get(health))
+        .route("/catalog", get(catalog))
+        .layer(
+            ServerStack::http("api")
+                .total_budget(Duration::from_millis(950))
+                .build()?,
+        )
+        .with_state(AppState);
 
     let req = |path: &str| http::Request::get(path).body(Body::empty()).unwrap();
     for (name, app, health_status) in [
