@@ -274,6 +274,8 @@ pub use self::preset::{
 };
 #[cfg(feature = "http")]
 pub use self::preset::{HttpClient, HttpIngress, HttpIngressLayer, HttpOutermost, HttpServer};
+#[cfg(feature = "tonic")]
+pub use self::server::Named;
 pub use self::server::{
     ServerCore, ServerStack, ServerStackBuilder, ServerStackLayer, ServerStackService,
 };

@@ -144,6 +144,122 @@ where
     }
 }
 
+#[cfg(feature = "tonic")]
+impl<O, R, P, I> ServerStackLayer<O, R, P, I> {
+    /// This stack around one tonic service, keeping the service's name, so
+    /// that tonic's `Server::builder().add_service(..)` takes it: a stack of
+    /// its own for the services that wait on one dependency, and another
+    /// for the rest (the README, "One route's dependency queues"), where
+    /// `Server::builder().layer(stack)` puts every service under one limit.
+    /// The service takes any request body, as tonic's generated servers do
+    /// (the stack hands it the body wrapped, to hold it to the deadline).
+    ///
+    /// ```no_run
+    /// # use std::convert::Infallible;
+    /// # use std::task::{Context, Poll};
+    /// # #[derive(Clone)]
+    /// # struct Svc;
+    /// # impl tonic::server::NamedService for Svc {
+    /// #     const NAME: &'static str = "shop.Inventory";
+    /// # }
+    /// # // As tonic's generated servers: any request body.
+    /// # impl<B> tower::Service<http::Request<B>> for Svc {
+    /// #     type Response = http::Response<tonic::body::Body>;
+    /// #     type Error = Infallible;
+    /// #     type Future = std::future::Ready<Result<Self::Response, Infallible>>;
+    /// #     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+    /// #         Poll::Ready(Ok(()))
+    /// #     }
+    /// #     fn call(&mut self, _: http::Request<B>) -> Self::Future {
+    /// #         std::future::ready(Ok(tonic::Status::ok("").into_http()))
+    /// #     }
+    /// # }
+    /// # let (inventory, catalog) = (Svc, Svc);
+    /// # async fn run(inventory: Svc, catalog: Svc) -> Result<(), seawall::BoxError> {
+    /// use std::time::Duration;
+    /// use seawall::ServerStack;
+    ///
+    /// // `inventory` waits on a dependency; `catalog` does local work.
+    /// let calls_the_dependency = ServerStack::grpc("inventory")
+    ///     .total_budget(Duration::from_millis(950))
+    ///     .build()?;
+    /// let local = ServerStack::grpc("shop")
+    ///     .total_budget(Duration::from_millis(950))
+    ///     .build()?;
+    /// tonic::transport::Server::builder()
+    ///     .add_service(calls_the_dependency.layer_named(inventory))
+    ///     .add_service(local.layer_named(catalog))
+    ///     .serve("127.0.0.1:50051".parse()?)
+    ///     .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn layer_named<N>(&self, service: N) -> Named<<Self as Layer<N>>::Service, N>
+    where
+        Self: Layer<N>,
+        N: tonic::server::NamedService,
+    {
+        Named {
+            inner: self.layer(service),
+            name: std::marker::PhantomData,
+        }
+    }
+}
+
+/// A stack around one tonic service, under the service's name (see
+/// [`ServerStackLayer::layer_named`]): it forwards `poll_ready` and `call`
+/// to the stack, and its `NAME` is the service's.
+#[cfg(feature = "tonic")]
+pub struct Named<S, N> {
+    inner: S,
+    name: std::marker::PhantomData<fn() -> N>,
+}
+
+#[cfg(feature = "tonic")]
+impl<S, N: tonic::server::NamedService> tonic::server::NamedService for Named<S, N> {
+    const NAME: &'static str = N::NAME;
+}
+
+#[cfg(feature = "tonic")]
+impl<S: tower_service::Service<Req>, N, Req> tower_service::Service<Req> for Named<S, N> {
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    #[inline]
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    #[inline]
+    fn call(&mut self, req: Req) -> Self::Future {
+        self.inner.call(req)
+    }
+}
+
+#[cfg(feature = "tonic")]
+impl<S: Clone, N> Clone for Named<S, N> {
+    fn clone(&self) -> Self {
+        Named {
+            inner: self.inner.clone(),
+            name: std::marker::PhantomData,
+        }
+    }
+}
+
+#[cfg(feature = "tonic")]
+impl<S: fmt::Debug, N: tonic::server::NamedService> fmt::Debug for Named<S, N> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Named")
+            .field("name", &N::NAME)
+            .field("inner", &self.inner)
+            .finish()
+    }
+}
+
 impl<O, R, P, I> ServerStackLayer<O, R, P, I> {
     /// The optional ingress layer ([`Identity`] when none was configured).
     pub fn ingress(&self) -> &O {

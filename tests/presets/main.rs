@@ -2339,3 +2339,83 @@ async fn a_hanging_dependency_behind_a_sheddable_route_leaves_the_other_routes_w
         "the hung calls filled the limit: {a_hung:?}"
     );
 }
+
+/// A tonic service that answers every call `OK` at once, under one of two
+/// names; any request body, as tonic's generated servers take.
+#[derive(Clone)]
+struct Check<const STOCK: bool>;
+
+impl NamedService for Check<true> {
+    const NAME: &'static str = "demo.Stock";
+}
+
+impl NamedService for Check<false> {
+    const NAME: &'static str = "demo.Health";
+}
+
+impl<const STOCK: bool, B> tower::Service<http::Request<B>> for Check<STOCK> {
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _req: http::Request<B>) -> Self::Future {
+        std::future::ready(Ok(Status::new(Code::Ok, "").into_http()))
+    }
+}
+
+/// `ServerStackLayer::layer_named` (the README's stack per group of
+/// services, on tonic): two services on one tonic server, each in a stack
+/// of its own, are found under their own names, and each one's calls go
+/// through its own stack only (its adaptive limit saw them, the other's
+/// did not).
+#[tokio::test]
+async fn a_stack_per_tonic_service_keeps_the_services_name() {
+    use seawall::observe::{EventKind, LayerKind, Observer, Recorder};
+    let (stock_events, health_events) = (Recorder::new(), Recorder::new());
+    let stack = |name: &'static str, rec: &Recorder| {
+        seawall::ServerStack::grpc(name)
+            .total_budget(Duration::from_secs(5))
+            .observer(Observer::new(rec.clone()))
+            .build()
+            .unwrap()
+    };
+    let (calls_the_dependency, local) = (
+        stack("inventory", &stock_events),
+        stack("api", &health_events),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let router = tonic::transport::Server::builder()
+        .add_service(calls_the_dependency.layer_named(Check::<true>))
+        .add_service(local.layer_named(Check::<false>));
+    tokio::spawn(router.serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)));
+    let h2: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http();
+    let call = |path: &str| {
+        h2.request(
+            http::Request::post(format!("http://{addr}{path}"))
+                .header("content-type", "application/grpc")
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+    };
+    for (path, n) in [("/demo.Stock/Get", 3), ("/demo.Health/Check", 2)] {
+        for _ in 0..n {
+            let res = call(path).await.unwrap();
+            assert_eq!(res.headers()["grpc-status"], "0", "{path}: {res:?}");
+        }
+    }
+    // A service no stack was given: tonic's own answer, through neither.
+    let res = call("/demo.Nothing/Get").await.unwrap();
+    assert_eq!(res.headers()["grpc-status"], "12", "UNIMPLEMENTED: {res:?}");
+    let started = |rec: &Recorder| {
+        rec.count(|e| e.layer == LayerKind::AdaptiveLimit && e.kind == EventKind::CallStarted)
+    };
+    assert_eq!(started(&stock_events), 3, "demo.Stock in its own stack");
+    assert_eq!(started(&health_events), 2, "demo.Health in its own stack");
+}
