@@ -425,13 +425,15 @@ mod edge_tests {
 
     use super::*;
 
-    /// Two client calls in one poll of a handler (inside a server layer's
-    /// edge): the second one's budget starts when it is made, not at the
-    /// first call's read, which the handler's work since has made stale.
+    /// The deadline each call of the returned client (a deadline of 1 s
+    /// over a service that notes it) ran under.
     #[cfg(feature = "deadline")]
-    #[tokio::test(start_paused = true)]
-    async fn a_second_call_in_one_poll_starts_its_budget_when_made() {
-        use tower::{Layer, Service};
+    #[allow(clippy::type_complexity)]
+    fn deadline_client() -> (
+        std::sync::Arc<std::sync::Mutex<Vec<Option<Instant>>>>,
+        impl tower::Service<(), Response = (), Error = crate::BoxError>,
+    ) {
+        use tower::Layer;
         let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let s = seen.clone();
         let inner = tower::service_fn(move |_: ()| {
@@ -440,9 +442,20 @@ mod edge_tests {
                 .push(crate::deadline::current().map(|d| d.instant()));
             std::future::ready(Ok::<_, crate::BoxError>(()))
         });
-        let mut client = crate::deadline::DeadlineLayer::new(Duration::from_secs(1))
+        let client = crate::deadline::DeadlineLayer::new(Duration::from_secs(1))
             .unwrap()
             .layer(inner);
+        (seen, client)
+    }
+
+    /// Two client calls in one poll of a handler (inside a server layer's
+    /// edge): the second one's budget starts when it is made, not at the
+    /// first call's read, which the handler's work since has made stale.
+    #[cfg(feature = "deadline")]
+    #[tokio::test(start_paused = true)]
+    async fn a_second_call_in_one_poll_starts_its_budget_when_made() {
+        use tower::Service;
+        let (seen, mut client) = deadline_client();
         let start = now();
         // The server layer's edge around the handler's poll.
         let server = Edge::enter();
@@ -472,17 +485,7 @@ mod edge_tests {
     #[tokio::test(start_paused = true)]
     async fn a_breakers_read_as_its_call_ends_does_not_outlive_the_handlers_work() {
         use tower::{Layer, Service};
-        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let s = seen.clone();
-        let inner = tower::service_fn(move |_: ()| {
-            s.lock()
-                .unwrap()
-                .push(crate::deadline::current().map(|d| d.instant()));
-            std::future::ready(Ok::<_, crate::BoxError>(()))
-        });
-        let mut client = crate::deadline::DeadlineLayer::new(Duration::from_secs(1))
-            .unwrap()
-            .layer(inner);
+        let (seen, mut client) = deadline_client();
         let mut breaker = crate::circuit_breaker::CircuitBreakerLayer::builder()
             .build()
             .unwrap()

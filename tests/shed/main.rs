@@ -1495,6 +1495,19 @@ async fn both_bounds_set_to_one_number_fix_the_limit() {
     assert!(seconds.iter().all(|s| s.2 == 300), "{seconds:?}");
 }
 
+/// Where a request's result counts: answered (0), out of time (1: the
+/// deadline's refusal or cut), refused (2: overload or a full bulkhead).
+fn slot_of(result: Result<u64, BoxError>) -> usize {
+    match result {
+        Ok(_) => 0,
+        Err(e) => match rejection_of(&e).map(|r| r.kind()) {
+            Some(RejectionKind::DeadlineExceeded) => 1,
+            Some(RejectionKind::Overloaded | RejectionKind::BulkheadFull) => 2,
+            other => panic!("unexpected {other:?}: {e}"),
+        },
+    }
+}
+
 /// What `n` requests, one every `gap`, got from `svc`: answered, out of
 /// time (the deadline's refusal or cut), refused (overload or a full
 /// bulkhead).
@@ -1518,14 +1531,7 @@ where
         at += gap(i);
         let (svc, counts) = (svc.clone(), counts.clone());
         tasks.push(tokio::spawn(async move {
-            let slot = match svc.oneshot(i).await {
-                Ok(_) => 0,
-                Err(e) => match rejection_of(&e).map(|r| r.kind()) {
-                    Some(RejectionKind::DeadlineExceeded) => 1,
-                    Some(RejectionKind::Overloaded | RejectionKind::BulkheadFull) => 2,
-                    other => panic!("unexpected {other:?}: {e}"),
-                },
-            };
+            let slot = slot_of(svc.oneshot(i).await);
             counts[slot].fetch_add(1, Ordering::Relaxed);
         }));
     }
@@ -2669,14 +2675,7 @@ where
         let cold = start.elapsed() >= Duration::from_secs(3);
         let (svc, counts) = (svc.clone(), counts.clone());
         tasks.push(tokio::spawn(async move {
-            let slot = match svc.oneshot(i).await {
-                Ok(_) => 0,
-                Err(e) => match rejection_of(&e).map(|r| r.kind()) {
-                    Some(RejectionKind::DeadlineExceeded) => 1,
-                    Some(RejectionKind::Overloaded | RejectionKind::BulkheadFull) => 2,
-                    other => panic!("unexpected {other:?}: {e}"),
-                },
-            };
+            let slot = slot_of(svc.oneshot(i).await);
             if cold {
                 counts[usize::from(i % 4 != 0)][slot].fetch_add(1, Ordering::Relaxed);
             }
@@ -2686,6 +2685,28 @@ where
         t.await.unwrap();
     }
     [0, 1].map(|r| [0, 1, 2].map(|i| counts[r][i].load(Ordering::Relaxed)))
+}
+
+/// Every fourth request to `b`, the others to `a` (as [`two_routes`] sends
+/// them).
+fn by_route<A, B, E>(
+    a: A,
+    b: B,
+) -> impl Service<u64, Response = u64, Error = E, Future: Send> + Clone + Send + 'static
+where
+    A: Service<u64, Response = u64, Error = E, Future: Send> + Clone + Send + 'static,
+    B: Service<u64, Response = u64, Error = E, Future: Send> + Clone + Send + 'static,
+{
+    service_fn(move |n: u64| {
+        let (a, b) = (a.clone(), b.clone());
+        async move {
+            if n % 4 == 0 {
+                b.oneshot(n).await
+            } else {
+                a.oneshot(n).await
+            }
+        }
+    })
 }
 
 /// Route `a` waits on a dependency that queues and restarted cold (it can
@@ -2712,34 +2733,15 @@ async fn a_route_whose_dependency_queues_takes_a_server_stack_of_its_own() {
     // One stack around both routes.
     let start = Instant::now();
     let dependency = queueing_dependency(start);
-    let one = stack().layer(service_fn(move |n: u64| {
-        let (dependency, local) = (dependency.clone(), local());
-        async move {
-            if n % 4 == 0 {
-                local.oneshot(n).await
-            } else {
-                dependency.oneshot(n).await
-            }
-        }
-    }));
+    let one = stack().layer(by_route(dependency, local()));
     let [b_one, a_one] = two_routes(&one, start).await;
 
     // A stack for each route.
     let start = Instant::now();
-    let (a, b) = (
+    let split = by_route(
         stack().layer(queueing_dependency(start)),
         stack().layer(local()),
     );
-    let split = service_fn(move |n: u64| {
-        let (a, b) = (a.clone(), b.clone());
-        async move {
-            if n % 4 == 0 {
-                b.oneshot(n).await
-            } else {
-                a.oneshot(n).await
-            }
-        }
-    });
     let [b_split, a_split] = two_routes(&split, start).await;
     for (name, [ok, late, shed]) in [
         ("one stack, a", a_one),
