@@ -192,7 +192,8 @@ pub(crate) struct Limiter {
     /// The current window's length (the algorithm may shorten one).
     cur_window_ns: AtomicU64,
     min_window_samples: u64,
-    min_rtt: Duration,
+    /// The shortest latency taken as a sample, in nanoseconds.
+    min_rtt_ns: u64,
     shares: [f64; 4],
     reject_doomed: bool,
     /// [`BURST`], or as configured (ns; 0: no bursts).
@@ -259,7 +260,7 @@ impl Limiter {
             window_ns: crate::clock::nanos(config.window),
             cur_window_ns: AtomicU64::new(crate::clock::nanos(config.window)),
             min_window_samples: config.min_window_samples,
-            min_rtt: config.min_rtt,
+            min_rtt_ns: crate::clock::nanos(config.min_rtt),
             shares: config.shares,
             reject_doomed: config.reject_doomed,
             burst_ns: crate::clock::nanos(config.burst),
@@ -568,8 +569,7 @@ impl Limiter {
 
     /// A call admitted in a burst finished with an answer.
     #[cold]
-    fn record_burst(&self, rtt: Duration, now: Instant, idle: u64) {
-        let ns = crate::clock::nanos(rtt);
+    fn record_burst(&self, ns: u64, now: Instant, idle: u64) {
         self.win_burst_sum_ns.fetch_add(ns, Ordering::Relaxed);
         self.win_burst_count.fetch_add(1, Ordering::Relaxed);
         self.maybe_close_window(now, idle);
@@ -579,7 +579,7 @@ impl Limiter {
     // the compiler took it out of line: 7 instructions more a call through
     // the HTTP server preset).
     #[inline(always)]
-    fn record(&self, completion: Completion, rtt: Duration, now: Instant, idle: u64) {
+    fn record(&self, completion: Completion, ns: u64, now: Instant, idle: u64) {
         match completion {
             // An answer that failed or said "busy" (a protocol's 5xx, 429,
             // or error status) is no latency sample: a dependency that
@@ -592,28 +592,24 @@ impl Limiter {
             | Completion::Sample(Outcome::Failure | Outcome::Refused | Outcome::Overloaded) => {
                 // (Counted only for the time the call was in flight: see
                 // `window_ended`.)
-                self.win_failed_sum_ns
-                    .fetch_add(crate::clock::nanos(rtt), Ordering::Relaxed);
+                self.win_failed_sum_ns.fetch_add(ns, Ordering::Relaxed);
                 self.win_failed.fetch_add(1, Ordering::Relaxed);
                 return;
             }
             Completion::Drop => {
                 self.win_drops.fetch_add(1, Ordering::Relaxed);
-                self.win_drop_sum_ns
-                    .fetch_add(crate::clock::nanos(rtt), Ordering::Relaxed);
+                self.win_drop_sum_ns.fetch_add(ns, Ordering::Relaxed);
             }
             Completion::TimedOut => {
-                if rtt >= self.min_rtt {
-                    self.win_timed_out_sum_ns
-                        .fetch_add(crate::clock::nanos(rtt), Ordering::Relaxed);
+                if ns >= self.min_rtt_ns {
+                    self.win_timed_out_sum_ns.fetch_add(ns, Ordering::Relaxed);
                     self.win_timed_out.fetch_add(1, Ordering::Relaxed);
                 }
             }
             Completion::Sample(_) => {
-                if rtt < self.min_rtt {
+                if ns < self.min_rtt_ns {
                     return;
                 }
-                let ns = crate::clock::nanos(rtt);
                 self.win_sum_ns.fetch_add(ns, Ordering::Relaxed);
                 self.win_count.fetch_add(1, Ordering::Relaxed);
                 // Written only by a call faster than any before it in the
@@ -957,9 +953,10 @@ impl Permit {
         self.done = true;
         let limiter = &*self.limiter;
         let idle = limiter.release(self.class);
+        // In nanoseconds to the end: a `Duration` only for the event.
         self.report(
             completion,
-            crate::clock::elapsed(self.start, now),
+            crate::clock::nanos_between(self.start, now),
             now,
             idle,
         );
@@ -979,15 +976,15 @@ impl Permit {
     // of line when the window began keeping its fastest call: 22
     // instructions more a call).
     #[inline(always)]
-    fn report(&self, completion: Completion, rtt: Duration, now: Instant, idle: u64) {
+    fn report(&self, completion: Completion, rtt_ns: u64, now: Instant, idle: u64) {
         let limiter = &*self.limiter;
         match completion {
             // (A timed-out answer is counted apart even in a burst: not in
             // the latency a request should expect.)
             Completion::Sample(Outcome::Success | Outcome::Ignored) if self.burst => {
-                limiter.record_burst(rtt, now, idle)
+                limiter.record_burst(rtt_ns, now, idle)
             }
-            _ => limiter.record(completion, rtt, now, idle),
+            _ => limiter.record(completion, rtt_ns, now, idle),
         }
         let outcome = match completion {
             Completion::Sample(outcome) => outcome,
@@ -998,7 +995,7 @@ impl Permit {
             limiter.name.as_str(),
             EventKind::CallFinished {
                 outcome,
-                latency: rtt,
+                latency: Duration::from_nanos(rtt_ns),
             },
         );
     }
