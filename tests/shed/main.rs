@@ -2768,3 +2768,41 @@ async fn a_route_whose_dependency_queues_takes_a_server_stack_of_its_own() {
         "a's requests are refused, not left waiting: {a_split:?}"
     );
 }
+
+/// A server preset started under a steady load that needs more than its
+/// initial limit of 20 in flight (600 requests a second to a handler of 32
+/// workers at 40 ms: 24 in flight), as after a deploy or a restart: the
+/// limit moves once a window (1 s), and what comes over it past its first
+/// burst is refused until then; started at what the load needs
+/// (`initial_limit(40)`, the README's advice), nothing is. Here 88 of the
+/// first 1200 are refused (an outside trial of a restart over real HTTP,
+/// the clients retrying: 330 in its first second).
+#[cfg(all(feature = "deadline", feature = "retry", feature = "circuit-breaker"))]
+#[tokio::test(start_paused = true)]
+async fn a_server_started_under_load_takes_the_initial_limit_it_needs() {
+    async fn run(initial: Option<usize>) -> [u64; 3] {
+        let mut builder = seawall::ServerStack::builder("api").total_budget(ms(950));
+        if let Some(n) = initial {
+            let algorithm = QueueDelay::builder().initial_limit(n).build().unwrap();
+            builder = builder.adaptive_limit(|l| l.algorithm(algorithm));
+        }
+        let workers = Arc::new(tokio::sync::Semaphore::new(32));
+        let svc = builder.build().unwrap().layer(service_fn(move |n: u64| {
+            let workers = workers.clone();
+            async move {
+                let _worker = workers.acquire().await.unwrap();
+                sleep(ms(40)).await;
+                Ok::<_, Infallible>(n)
+            }
+        }));
+        // The first 2 s at 600 a second.
+        pool_load(&svc, 1200, Duration::from_secs(1) / 600).await
+    }
+    let default = run(None).await;
+    let sized = run(Some(40)).await;
+    for (name, [ok, late, shed]) in [("initial 20", default), ("initial 40", sized)] {
+        println!("{name}: {ok} answered, {late} out of time, {shed} refused");
+    }
+    assert!(default[2] >= 50, "refused in its first second: {default:?}");
+    assert_eq!(sized, [1200, 0, 0], "started at what the load needs");
+}
