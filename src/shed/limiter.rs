@@ -99,12 +99,8 @@ struct Run {
     declined: bool,
     /// Requests over the limit so far.
     over: u64,
-    /// The calls that ended since it began: every one's time in flight
-    /// (ns), and the answers' (failed ones included; not the drops, nor
-    /// the answers that said the handler ran out of time) time and count.
-    ended_time: u64,
-    answered_time: u64,
-    answered: u64,
+    /// The calls that ended since it began (see [`Ended`]).
+    ended: Ended,
     /// The window generation (`win_gen`) whose counters were last read,
     /// and what they were then.
     generation: u64,
@@ -113,12 +109,27 @@ struct Run {
     expected: u64,
 }
 
-/// A window's counters of ended calls (see `Limiter::window_ended`).
+/// Ended calls: every one's time in flight (ns), and the answers' (failed
+/// ones included; not the drops, nor the answers that said the handler ran
+/// out of time) time and count (see `Limiter::window_ended`).
 #[derive(Debug, Default, Clone, Copy)]
 struct Ended {
     time: u64,
     answered_time: u64,
     answered: u64,
+}
+
+impl Ended {
+    /// These counts with those of `now` since `seen` added (all of one
+    /// window, each only growing).
+    fn plus_since(self, now: Ended, seen: Ended) -> Ended {
+        let add = |a: u64, n: u64, s: u64| a.saturating_add(n.saturating_sub(s));
+        Ended {
+            time: add(self.time, now.time, seen.time),
+            answered_time: add(self.answered_time, now.answered_time, seen.answered_time),
+            answered: add(self.answered, now.answered, seen.answered),
+        }
+    }
 }
 
 pub(crate) struct Limiter {
@@ -489,9 +500,7 @@ impl Limiter {
                 next: early(expected),
                 declined: false,
                 over: 1,
-                ended_time: 0,
-                answered_time: 0,
-                answered: 0,
+                ended: Ended::default(),
                 generation,
                 seen: ended,
                 expected,
@@ -503,15 +512,7 @@ impl Limiter {
             run.generation = generation;
             run.seen = Ended::default();
         }
-        run.ended_time = run
-            .ended_time
-            .saturating_add(ended.time.saturating_sub(run.seen.time));
-        run.answered_time = run
-            .answered_time
-            .saturating_add(ended.answered_time.saturating_sub(run.seen.answered_time));
-        run.answered = run
-            .answered
-            .saturating_add(ended.answered.saturating_sub(run.seen.answered));
+        run.ended = run.ended.plus_since(ended, run.seen);
         run.seen = ended;
         run.last = at;
         run.over = run.over.saturating_add(1);
@@ -524,18 +525,18 @@ impl Limiter {
             return;
         }
         let kept = run.over >= self.min_window_samples
-            && run.answered > 0
-            && run.over >= run.answered
+            && run.ended.answered > 0
+            && run.over >= run.ended.answered
             && run.expected > 0
-            && u128::from(run.answered_time)
-                <= u128::from(run.answered) * 2 * u128::from(run.expected)
+            && u128::from(run.ended.answered_time)
+                <= u128::from(run.ended.answered) * 2 * u128::from(run.expected)
             // (`time / span < limit / 4`, in integers.)
-            && u128::from(run.ended_time) * 4 < u128::from(span) * limit as u128;
+            && u128::from(run.ended.time) * 4 < u128::from(span) * limit as u128;
         if !kept {
             run.next = span.saturating_add(early(run.expected));
             return;
         }
-        let load = usize::try_from(run.ended_time / span.max(1)).unwrap_or(usize::MAX);
+        let load = usize::try_from(run.ended.time / span.max(1)).unwrap_or(usize::MAX);
         let before = self.limit.load(Ordering::Relaxed);
         // (The run's lock is held: the algorithm's is never taken first.)
         self.close_window(

@@ -287,23 +287,18 @@ impl LimitAlgorithm for QueueDelay {
         // window while it is reached, until the first queueing. (A
         // slowdown that shows in the next window is judged as one: its
         // latency is no queue of ours.)
-        if sample.kept() > 0
-            && self.base > 0.0
-            && rtt <= 2.0 * self.base
-            && (rtt > 0.0 || !sample.did_drop())
-        {
-            self.cut = None;
-            self.above = false;
-            self.draining = None;
-            if self.growth == Growth::Additive {
-                self.growth = Growth::Doubling;
-            }
-            self.limit = self.clamp(self.limit * 2.0);
-            return self.limit();
-        }
         if sample.kept() > 0 {
-            // Closed early for them, but with answers slowed by a queue, or
-            // drops only: too short a window to judge by.
+            if self.base > 0.0 && rtt <= 2.0 * self.base && (rtt > 0.0 || !sample.did_drop()) {
+                self.cut = None;
+                self.above = false;
+                self.draining = None;
+                if self.growth == Growth::Additive {
+                    self.growth = Growth::Doubling;
+                }
+                self.limit = self.clamp(self.limit * 2.0);
+            }
+            // (Otherwise closed early for them, but with answers slowed by
+            // a queue, or drops only: too short a window to judge by.)
             return self.limit();
         }
         if rtt <= 0.0 {
