@@ -236,7 +236,10 @@ pub trait LimitAlgorithm: fmt::Debug + Send + 'static {
     /// closes every window after its configured length, as before.
     /// [`QueueDelay`](super::QueueDelay) does: it doubles the limit on such
     /// a window whose answers met no queue, and changes nothing otherwise.
-    /// An algorithm that says `true` is fed windows as short as 50 ms.
+    /// An algorithm that says `true` is fed windows as short as 50 ms, and
+    /// at the start (while every window has doubled the limit), windows
+    /// closed early for requests over the limit, kept or not (the sample's
+    /// `kept` is 0 then), four expected service times apart.
     fn judges_kept(&self) -> bool {
         false
     }

@@ -3,7 +3,7 @@
 //! Free of tower types.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, TryLockError};
 use std::time::Duration;
 
@@ -213,6 +213,10 @@ pub(crate) struct Limiter {
     /// Whether the algorithm judges windows closed early for calls that
     /// keep their places ([`LimitAlgorithm::judges_kept`]).
     judges_kept: bool,
+    /// The start: every window closed so far doubled the limit (see
+    /// `over_limit`). Only for an algorithm that judges windows
+    /// closed early.
+    starting: AtomicBool,
     /// The run of requests over the limit (that path only, never waited
     /// for): see `over_limit`.
     over_run: Mutex<Run>,
@@ -276,6 +280,7 @@ impl Limiter {
             reject_doomed: config.reject_doomed,
             burst_ns: crate::clock::nanos(config.burst),
             judges_kept: algorithm.judges_kept(),
+            starting: AtomicBool::new(algorithm.judges_kept()),
             algorithm: Mutex::new(algorithm),
             over_run: Mutex::new(Run::default()),
             jitter: crate::clock::Jitter::new(name.as_str()),
@@ -532,7 +537,14 @@ impl Limiter {
                 <= u128::from(run.ended.answered) * 2 * u128::from(run.expected)
             // (`time / span < limit / 4`, in integers.)
             && u128::from(run.ended.time) * 4 < u128::from(span) * limit as u128;
-        if !kept {
+        // At the start (every window so far doubled the limit),
+        // the window closes as well, kept or not, and the algorithm judges
+        // it as any other: a server started under a load above its initial
+        // limit, its calls answered without a queue, doubles the limit
+        // within a few service times instead of refusing for a window (1 s
+        // by default).
+        let starting = !kept && self.starting.load(Ordering::Relaxed);
+        if !kept && !starting {
             run.next = span.saturating_add(early(run.expected));
             return;
         }
@@ -543,12 +555,20 @@ impl Limiter {
             window,
             crate::clock::nanos_between(self.epoch, now),
             self.idle.load(Ordering::Relaxed),
-            limit.saturating_sub(load).max(1),
+            if kept {
+                limit.saturating_sub(load).max(1)
+            } else {
+                0
+            },
         );
         if self.win_start_ns.load(Ordering::Relaxed) == window {
-            // Not closed (another completion is closing it): judged again
-            // a little later.
+            // Not closed (another completion is closing it, or too few
+            // samples yet): judged again a little later.
             run.next = span.saturating_add(early(run.expected));
+        } else if starting {
+            // Judged again once the calls at the new limit have had time
+            // to show a queue: four service times, as now expected.
+            run.next = span.saturating_add(early(self.expected_rtt_ns.load(Ordering::Relaxed)));
         } else if self.limit.load(Ordering::Relaxed) == before {
             run.declined = true;
         } else {
@@ -735,6 +755,13 @@ impl Limiter {
         // Published under the algorithm's lock, as a reload's bounds are:
         // a reload between the two cannot be undone by this window.
         let old = self.limit.swap(new, Ordering::Relaxed);
+        let doubled = old
+            .saturating_mul(2)
+            .min(algorithm.bounds().map_or(usize::MAX, |(_, max)| max));
+        if new < doubled {
+            // The start is over (see `over_limit`).
+            self.starting.store(false, Ordering::Relaxed);
+        }
         drop(algorithm);
         if let Some(expected_ns) = expected_ns {
             self.expected_rtt_ns
