@@ -227,6 +227,11 @@ fn main() -> Result<(), seawall::BoxError> {
             Scenario::shedding(20),
         ),
         (
+            "started under load: a fresh server (80 workers x 20 ms) offered 60% of its \
+             capacity from its first instant, 48 calls in flight",
+            Scenario::started_under_load(if quick { 3 } else { 5 }),
+        ),
+        (
             "queueing dependency, client stacks only (a service you do not own, 4 workers, its \
              queue unbounded): 110% of capacity for 6 s between 5 s at 60%",
             Scenario::queueing(6, 1.1),

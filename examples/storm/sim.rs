@@ -242,6 +242,22 @@ impl Scenario {
         s
     }
 
+    /// A server started under a steady load (a deploy, a restart): a
+    /// backend of 80 workers x 20 ms (4000 requests a second) offered 60 %
+    /// of it from the first instant, 48 calls in flight where a fresh
+    /// adaptive limit starts at 20, for `secs` seconds.
+    pub fn started_under_load(secs: u64) -> Self {
+        let mut s = Scenario::quick();
+        s.workers = 80;
+        s.phases = vec![Phase {
+            name: "started",
+            duration: Duration::from_secs(secs),
+            load: 0.6,
+            condition: Condition::Healthy,
+        }];
+        s
+    }
+
     /// A flapping dependency: healthy for 3 s, down for 2 s, `cycles` times,
     /// at 60 % of capacity.
     pub fn flapping(cycles: usize) -> Self {

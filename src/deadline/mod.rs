@@ -466,6 +466,7 @@ pub(crate) fn dropping_timed_out() -> bool {
 /// Sets `deadline` as the [`current()`] deadline until the guard drops: a
 /// layer's `call` builds its future in place under it (a closure's result
 /// would be copied out).
+#[cfg(feature = "deadline")]
 #[inline]
 pub(crate) fn enter_scope(deadline: Deadline) -> crate::local::Guard<Deadline> {
     crate::local::Guard::set(&CURRENT, deadline)

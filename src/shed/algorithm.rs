@@ -239,7 +239,8 @@ pub trait LimitAlgorithm: fmt::Debug + Send + 'static {
     /// An algorithm that says `true` is fed windows as short as 50 ms, and
     /// at the start (while every window has doubled the limit), windows
     /// closed early for requests over the limit, kept or not (the sample's
-    /// `kept` is 0 then), four expected service times apart.
+    /// `kept` is 0 then), four expected service times apart, each with the
+    /// minimum of samples.
     fn judges_kept(&self) -> bool {
         false
     }

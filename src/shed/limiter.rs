@@ -543,7 +543,12 @@ impl Limiter {
         // limit, its calls answered without a queue, doubles the limit
         // within a few service times instead of refusing for a window (1 s
         // by default).
-        let starting = !kept && self.starting.load(Ordering::Relaxed);
+        // (Only once the window holds the limit's own samples, enough to
+        // judge by: at the start a burst's calls may be most of those that
+        // ended, and their latencies are no samples.)
+        let starting = !kept
+            && self.starting.load(Ordering::Relaxed)
+            && self.win_count.load(Ordering::Relaxed) >= self.min_window_samples;
         if !kept && !starting {
             run.next = span.saturating_add(early(run.expected));
             return;

@@ -7,6 +7,11 @@ use std::time::Duration;
 use super::algorithm::{LimitAlgorithm, WindowSample};
 use crate::error::ConfigError;
 
+/// At the start, a window's latency is a queue of ours only above this
+/// many times `tolerance` over the window before (see
+/// [`QueueDelay`]'s rule 2).
+const START_RISE: f64 = 5.0;
+
 /// The default limit algorithm: it converges on what the service can run at
 /// once, from 1 to thousands, by keeping the queueing delay small, and tells
 /// a queue of its own from a service that got slower.
@@ -35,13 +40,19 @@ use crate::error::ConfigError;
 ///    `increase` (5 %, at least 1) per window. At the start (every window
 ///    so far doubled the limit), the limit reached two windows in a row
 ///    drains nothing: each doubling is the test, as a queue of ours hidden
-///    in `base` grows with it and shows above the tolerance. The layer
-///    closes a window early meanwhile, once requests over the limit have
-///    come for four service times (50 ms at least): a server started
-///    under a load above its initial limit doubles it within a few service
-///    times, not once a window (`tests/shed`: 24 in flight at 40 ms, none
-///    of the first 1200 requests refused, 88 before; 80 in flight, 121 of
-///    6000 refused, 3431 before).
+///    in `base` grows with it. The layer closes a window early meanwhile,
+///    once requests over the limit have come for four service times (50 ms
+///    at least) and the window holds the minimum of samples: windows that
+///    short are noisy, and the first is biased to the fastest calls (they
+///    end first), so at the start a queue of ours is only a latency more
+///    than five tolerances (50 %) above the window before, and `base`
+///    follows any lower one (a doubling past the knee adds up to half its
+///    calls' latency). A server started under a load above its initial
+///    limit doubles it within a few service times, not once a window
+///    (`tests/shed`: 24 in flight at 40 ms, none of the first 1200
+///    requests refused, 88 before; 80 in flight, 121 of 6000 refused, 3431
+///    before; the storm's "started under load", 48 in flight at 10–30 ms,
+///    every request served, 81 % of 5 s before).
 /// 3. Above that, with at least half the limit in flight, requests
 ///    queue: `limit = limit × base × (1 + tolerance) / rtt` (at most halved
 ///    per window), the limit at which the queueing delay would be
@@ -497,7 +508,15 @@ impl QueueDelay {
                 return self.limit();
             }
         }
-        if self.base <= 0.0 || rtt < self.base {
+        if self.base <= 0.0
+            || rtt < self.base
+            || (self.starting && rtt <= self.base * (1.0 + START_RISE * self.tolerance))
+        {
+            // (At the start, `base` follows each window's latency but a
+            // clear rise: the start's windows are short, their averages
+            // noisy, the first one's biased to the fastest calls, which
+            // end first; a doubling past the knee raises the latency by up
+            // to half the calls it added.)
             self.base = rtt;
         }
         // Drain when a queue of ours may be hiding in `base`: the limit was
@@ -970,5 +989,25 @@ mod tests {
         let l = q.limit();
         assert!(q.update(&window(40.0, l)) < l);
         assert!(q.draining.is_some());
+    }
+
+    /// At the start, the short windows' averages are noisy (the first one
+    /// biased to the fastest calls, which end first): a rise under half
+    /// (five tolerances) is no queue, and `base` follows it; a clear rise
+    /// is one, and cuts the limit, which ends the start.
+    #[test]
+    fn at_the_start_only_a_clear_rise_of_latency_is_a_queue() {
+        let mut q = QueueDelay::default();
+        assert_eq!(q.update(&window(17.3, 20)), 40);
+        // 13 % more: doubled again, `base` now the latest.
+        assert_eq!(q.update(&window(19.6, 40)), 80);
+        assert!((q.base_rtt_secs() - 0.0196).abs() < 1e-9);
+        // 60 % more: a queue of ours.
+        let cut = q.update(&window(31.4, 80));
+        assert!((40..80).contains(&cut), "{cut}");
+        assert!((q.base_rtt_secs() - 0.0196).abs() < 1e-9);
+        // After the start the tolerance is 10 % again.
+        let l = q.limit();
+        assert!(q.update(&window(23.0, l)) < l);
     }
 }

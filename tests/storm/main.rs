@@ -695,3 +695,28 @@ fn one_route_hanging_leaves_the_other_served() {
         sw.failures
     );
 }
+
+/// A fresh server under a steady load from its first instant (a deploy, a
+/// restart): 48 calls in flight where the adaptive limit starts at 20, the
+/// service time varying 10–30 ms. The limit doubles within a few service
+/// times and nothing is refused (81 % was served over the example's 5 s
+/// when it moved once a 1 s window; the limit judged by the start's short
+/// windows, their noise and their bias to the fastest calls taken for a
+/// queue, held it near 40 for seconds). Started over its capacity (32
+/// workers offered 150 %), it still settles near what they serve.
+#[test]
+fn a_server_started_under_load_serves_it_from_the_start() {
+    let s = Scenario::started_under_load(3);
+    let g = judge_whole("started under load", &all(&s), &s);
+    assert_eq!(g[SW], 1.0, "every request served: {g:?}");
+
+    let mut over = Scenario::started_under_load(3);
+    over.workers = 32;
+    over.phases[0].load = 1.5;
+    let g = judge_whole("started over capacity", &all(&over), &over);
+    assert!(
+        g[SW] >= 0.95 * over.possible_overall(),
+        "{g:?} of {}",
+        over.possible_overall()
+    );
+}
