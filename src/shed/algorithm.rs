@@ -236,12 +236,22 @@ pub trait LimitAlgorithm: fmt::Debug + Send + 'static {
     /// closes every window after its configured length, as before.
     /// [`QueueDelay`](super::QueueDelay) does: it doubles the limit on such
     /// a window whose answers met no queue, and changes nothing otherwise.
-    /// An algorithm that says `true` is fed windows as short as 50 ms, and
-    /// at the start (while every window has doubled the limit), windows
-    /// closed early for requests over the limit, kept or not (the sample's
-    /// `kept` is 0 then), four expected service times apart, each with the
-    /// minimum of samples.
+    /// An algorithm that says `true` is fed windows as short as 50 ms.
     fn judges_kept(&self) -> bool {
+        false
+    }
+
+    /// Whether the algorithm judges windows closed early at the start
+    /// (`false` by default; [`QueueDelay`](super::QueueDelay) does). While
+    /// every window so far has doubled the limit, the adaptive limit layer
+    /// closes a window once requests over the limit have come for four
+    /// expected service times (50 ms at least) and the window has lasted
+    /// as long and holds the minimum of samples (the sample's
+    /// [`kept`](WindowSample::kept) is 0): a server started under a load
+    /// above its initial limit needs it raised within a few service times,
+    /// not once a window. The first window after which the limit is less
+    /// than twice what it was ends the start.
+    fn judges_start(&self) -> bool {
         false
     }
 

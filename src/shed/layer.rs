@@ -224,7 +224,15 @@ impl<P> AdaptiveLimitLayerBuilder<P> {
     /// The shortest sampling window (default 1 s). A window closes at the
     /// first completion after it has lasted this long *and* holds
     /// [`min_window_samples`](Self::min_window_samples) samples; the
-    /// algorithm then runs once. One exception, for an algorithm that
+    /// algorithm then runs once. Two exceptions. At the start, for an
+    /// algorithm that [judges it](super::LimitAlgorithm::judges_start) (the
+    /// default [`QueueDelay`](super::QueueDelay) does): while every window
+    /// so far has doubled the limit, a window closes at a request over the
+    /// limit once such requests have come for four expected service times
+    /// (50 ms at least), the window has lasted as long and holds the
+    /// minimum of samples (RTTs only), so that a server started under a
+    /// load above its initial limit raises it within a few service times.
+    /// And for an algorithm that
     /// [judges such windows](super::LimitAlgorithm::judges_kept) (the
     /// default [`QueueDelay`](super::QueueDelay) does): a window closes
     /// sooner, at a request over the limit, when the calls at the limit
@@ -239,7 +247,8 @@ impl<P> AdaptiveLimitLayerBuilder<P> {
         self
     }
 
-    /// Samples (RTTs and drops) a window needs before it closes (default 10).
+    /// Samples (RTTs and drops) a window needs before it closes (default 10;
+    /// a window closed early at the start needs as many RTTs).
     pub fn min_window_samples(mut self, samples: u64) -> Self {
         self.settings.min_window_samples = samples;
         self

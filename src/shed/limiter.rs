@@ -214,8 +214,9 @@ pub(crate) struct Limiter {
     /// keep their places ([`LimitAlgorithm::judges_kept`]).
     judges_kept: bool,
     /// The start: every window closed so far doubled the limit (see
-    /// `over_limit`). Only for an algorithm that judges windows
-    /// closed early.
+    /// `over_limit`). Only for an algorithm that
+    /// [judges](LimitAlgorithm::judges_start) such windows; changed only
+    /// under the algorithm's lock.
     starting: AtomicBool,
     /// The run of requests over the limit (that path only, never waited
     /// for): see `over_limit`.
@@ -280,7 +281,7 @@ impl Limiter {
             reject_doomed: config.reject_doomed,
             burst_ns: crate::clock::nanos(config.burst),
             judges_kept: algorithm.judges_kept(),
-            starting: AtomicBool::new(algorithm.judges_kept()),
+            starting: AtomicBool::new(algorithm.judges_start()),
             algorithm: Mutex::new(algorithm),
             over_run: Mutex::new(Run::default()),
             jitter: crate::clock::Jitter::new(name.as_str()),
@@ -474,6 +475,12 @@ impl Limiter {
     /// refuse the other routes, and the algorithm judges it; one it lets
     /// change nothing ends the early closes of the run. Only for an
     /// algorithm that [judges](LimitAlgorithm::judges_kept) such windows.
+    /// At the start (every window so far doubled the limit, for an
+    /// algorithm that [judges it](LimitAlgorithm::judges_start)), the
+    /// window closes too, kept or not, once the run and the window have
+    /// lasted four expected service times (50 ms at least) and the window
+    /// holds the minimum of RTT samples, and again each time it lasts as
+    /// long.
     /// Never blocks: a request that finds the run taken by another leaves
     /// it.
     #[cold]
@@ -543,11 +550,14 @@ impl Limiter {
         // limit, its calls answered without a queue, doubles the limit
         // within a few service times instead of refusing for a window (1 s
         // by default).
-        // (Only once the window holds the limit's own samples, enough to
-        // judge by: at the start a burst's calls may be most of those that
-        // ended, and their latencies are no samples.)
+        // (Only once the window itself has lasted as long, its calls
+        // admitted at the limit being judged, and holds the limit's own
+        // samples, enough to judge by: at the start a burst's calls may be
+        // most of those that ended, and their latencies are no samples.)
+        let now_ns = crate::clock::nanos_between(self.epoch, now);
         let starting = !kept
             && self.starting.load(Ordering::Relaxed)
+            && now_ns.saturating_sub(window) >= early(self.expected_rtt_ns.load(Ordering::Relaxed))
             && self.win_count.load(Ordering::Relaxed) >= self.min_window_samples;
         if !kept && !starting {
             run.next = span.saturating_add(early(run.expected));
@@ -558,13 +568,14 @@ impl Limiter {
         // (The run's lock is held: the algorithm's is never taken first.)
         self.close_window(
             window,
-            crate::clock::nanos_between(self.epoch, now),
+            now_ns,
             self.idle.load(Ordering::Relaxed),
             if kept {
                 limit.saturating_sub(load).max(1)
             } else {
                 0
             },
+            starting,
         );
         if self.win_start_ns.load(Ordering::Relaxed) == window {
             // Not closed (another completion is closing it, or too few
@@ -656,14 +667,15 @@ impl Limiter {
         if now_ns.saturating_sub(start) < self.cur_window_ns.load(Ordering::Relaxed) {
             return;
         }
-        self.close_window(start, now_ns, idle, 0);
+        self.close_window(start, now_ns, idle, 0, false);
     }
 
     /// Closes the window that began at `start` (ns since `epoch`), if it
     /// holds enough samples and no other completion is closing it: once
-    /// per window, out of line.
+    /// per window, out of line. `at_start`: closed early for the start
+    /// (see `over_limit`), which another close may have ended meanwhile.
     #[inline(never)]
-    fn close_window(&self, start: u64, now_ns: u64, idle: u64, kept: usize) {
+    fn close_window(&self, start: u64, now_ns: u64, idle: u64, kept: usize, at_start: bool) {
         let count = self.win_count.load(Ordering::Relaxed);
         let drops = self.win_drops.load(Ordering::Relaxed);
         let bursts = self.win_burst_count.load(Ordering::Relaxed);
@@ -689,7 +701,9 @@ impl Limiter {
             // Another completion is closing this window.
             Err(TryLockError::WouldBlock) => return,
         };
-        if self.win_start_ns.load(Ordering::Relaxed) != start {
+        if self.win_start_ns.load(Ordering::Relaxed) != start
+            || (at_start && !self.starting.load(Ordering::Relaxed))
+        {
             return;
         }
         self.win_gen.fetch_add(1, Ordering::SeqCst);
@@ -726,12 +740,12 @@ impl Limiter {
         // What a dashboard draws against the limit: every call in flight,
         // a burst's included.
         let peak_inflight = max_inflight.max(over_peak);
-        let avg_ns = sum.checked_div(count);
         // What a request should expect: every answer's latency, a burst's
         // included (the queue it made is there for the requests after it).
         let expected_ns = sum
             .saturating_add(burst_sum)
             .checked_div(count.saturating_add(bursts));
+        let avg_ns = sum.checked_div(count);
         let rtt = Duration::from_nanos(avg_ns.unwrap_or(0));
         let mut sample = WindowSample::new(rtt, max_inflight, drops)
             .with_samples(count)
@@ -760,10 +774,8 @@ impl Limiter {
         // Published under the algorithm's lock, as a reload's bounds are:
         // a reload between the two cannot be undone by this window.
         let old = self.limit.swap(new, Ordering::Relaxed);
-        let doubled = old
-            .saturating_mul(2)
-            .min(algorithm.bounds().map_or(usize::MAX, |(_, max)| max));
-        if new < doubled {
+        // (A limit held at its maximum does not double: the start ends.)
+        if new < old.saturating_mul(2) {
             // The start is over (see `over_limit`).
             self.starting.store(false, Ordering::Relaxed);
         }

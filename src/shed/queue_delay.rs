@@ -7,10 +7,11 @@ use std::time::Duration;
 use super::algorithm::{LimitAlgorithm, WindowSample};
 use crate::error::ConfigError;
 
-/// At the start, a window's latency is a queue of ours only above this
-/// many times `tolerance` over the window before (see
-/// [`QueueDelay`]'s rule 2).
-const START_RISE: f64 = 5.0;
+/// At the start, the second window's latency is a queue of ours only above
+/// the first's by this share, or by `tolerance` if more (see
+/// [`QueueDelay`]'s rule 2): a doubling past the knee adds up to half its
+/// calls' latency.
+const PROVISIONAL_RISE: f64 = 0.5;
 
 /// The default limit algorithm: it converges on what the service can run at
 /// once, from 1 to thousands, by keeping the queueing delay small, and tells
@@ -40,19 +41,21 @@ const START_RISE: f64 = 5.0;
 ///    `increase` (5 %, at least 1) per window. At the start (every window
 ///    so far doubled the limit), the limit reached two windows in a row
 ///    drains nothing: each doubling is the test, as a queue of ours hidden
-///    in `base` grows with it. The layer closes a window early meanwhile,
-///    once requests over the limit have come for four service times (50 ms
-///    at least) and the window holds the minimum of samples: windows that
-///    short are noisy, and the first is biased to the fastest calls (they
-///    end first), so at the start a queue of ours is only a latency more
-///    than five tolerances (50 %) above the window before, and `base`
-///    follows any lower one (a doubling past the knee adds up to half its
-///    calls' latency). A server started under a load above its initial
-///    limit doubles it within a few service times, not once a window
-///    (`tests/shed`: 24 in flight at 40 ms, none of the first 1200
-///    requests refused, 88 before; 80 in flight, 121 of 6000 refused, 3431
-///    before; the storm's "started under load", 48 in flight at 10–30 ms,
-///    every request served, 81 % of 5 s before).
+///    in `base` grows with it. The layer closes a window early meanwhile
+///    ([`LimitAlgorithm::judges_start`]), once requests over the limit
+///    have come for four service times (50 ms at least) and the window
+///    has lasted as long and holds the minimum of samples. The first such
+///    window is biased to the fastest calls (they end first), so the
+///    second window's latency takes its place as `base` unless it rose by
+///    half (or by `tolerance`, if more) or the window had drops (a
+///    doubling past the knee adds up to half its calls' latency). A limit
+///    held at its maximum ends the start, as does any window after which
+///    the limit is less than twice what it was. A server started under a
+///    load above its initial limit doubles it within a few service times,
+///    not once a window (`tests/shed`: 24 in flight at 40 ms, none of the
+///    first 1200 requests refused, 88 before; 80 in flight, 121 of 6000
+///    refused, 3431 before; the storm's "started under load", 48 in flight
+///    at 10–30 ms, every request served, 81 % of 5 s before).
 /// 3. Above that, with at least half the limit in flight, requests
 ///    queue: `limit = limit × base × (1 + tolerance) / rtt` (at most halved
 ///    per window), the limit at which the queueing delay would be
@@ -204,6 +207,10 @@ pub struct QueueDelay {
     /// the test: a queue of ours hidden in `base` grows with it, and shows
     /// as latency above the tolerance).
     starting: bool,
+    /// `base` is the first window's, closed early at the start: biased to
+    /// the fastest calls, which end first. The next window's latency takes
+    /// its place unless it rose by half (see `PROVISIONAL_RISE`).
+    provisional: bool,
     /// Whether the last window's latency was above the tolerance.
     above: bool,
     /// In a draining window: the limit, the calls in flight and the latency
@@ -302,13 +309,18 @@ impl LimitAlgorithm for QueueDelay {
     fn update(&mut self, sample: &WindowSample) -> usize {
         let before = self.limit;
         self.judge(sample);
-        if self.limit < self.clamp(before * 2.0) {
+        // (A limit held at its maximum does not double: the start ends.)
+        if self.limit < before * 2.0 {
             self.starting = false;
         }
         self.limit()
     }
 
     fn judges_kept(&self) -> bool {
+        true
+    }
+
+    fn judges_start(&self) -> bool {
         true
     }
 
@@ -508,15 +520,18 @@ impl QueueDelay {
                 return self.limit();
             }
         }
+        // (The first window's latency, closed early at the start, is
+        // biased to the fastest calls, which end first: the next window's
+        // takes its place unless it rose by half, which a doubling past
+        // the knee does.)
+        let provisional = std::mem::replace(&mut self.provisional, false);
         if self.base <= 0.0
             || rtt < self.base
-            || (self.starting && rtt <= self.base * (1.0 + START_RISE * self.tolerance))
+            || (provisional
+                && !did_drop
+                && rtt <= self.base * (1.0 + PROVISIONAL_RISE.max(self.tolerance)))
         {
-            // (At the start, `base` follows each window's latency but a
-            // clear rise: the start's windows are short, their averages
-            // noisy, the first one's biased to the fastest calls, which
-            // end first; a doubling past the knee raises the latency by up
-            // to half the calls it added.)
+            self.provisional = self.base <= 0.0 && self.starting;
             self.base = rtt;
         }
         // Drain when a queue of ours may be hiding in `base`: the limit was
@@ -689,6 +704,7 @@ impl QueueDelayBuilder {
             drains: 0,
             saturated: false,
             starting: true,
+            provisional: false,
             above: false,
             draining: None,
         }
@@ -1009,5 +1025,38 @@ mod tests {
         // After the start the tolerance is 10 % again.
         let l = q.limit();
         assert!(q.update(&window(23.0, l)) < l);
+    }
+
+    /// A limit held at its maximum ends the start (it no longer doubles):
+    /// two windows at it in a row drain again, as after any start.
+    #[test]
+    fn a_limit_held_at_its_maximum_ends_the_start() {
+        let mut q = QueueDelay::builder().max_limit(40).build().unwrap();
+        assert_eq!(q.update(&window(40.0, 20)), 40);
+        assert!(q.starting);
+        assert_eq!(q.update(&window(50.0, 40)), 40);
+        assert!(!q.starting);
+        assert!(q.update(&window(50.0, 40)) < 40);
+        assert!(q.draining.is_some());
+    }
+
+    /// At the start a queue is a rise of half `base`, whatever the
+    /// tolerance below that (a doubling past the knee at most doubles the
+    /// latency: a bar of `5 × tolerance` let any load through at 0.2); and
+    /// a window with drops is judged as always, `base` kept.
+    #[test]
+    fn at_the_start_a_queue_is_a_rise_of_half_and_drops_still_cut() {
+        let mut q = QueueDelay::builder().tolerance(0.2).build().unwrap();
+        assert_eq!(q.update(&window(40.0, 20)), 40);
+        // 60 % more: a queue, cut to where it would be 20 % of 40 ms.
+        assert_eq!(q.update(&window(64.0, 40)), 30);
+        assert!(!q.starting);
+
+        let mut q = QueueDelay::default();
+        assert_eq!(q.update(&window(40.0, 20)), 40);
+        // 10 % more with calls that timed out: cut by a tenth.
+        let drops = WindowSample::new(Duration::from_millis(44), 40, 5).with_samples(100);
+        assert_eq!(q.update(&drops), 36);
+        assert!((q.base_rtt_secs() - 0.040).abs() < 1e-9);
     }
 }

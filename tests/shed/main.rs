@@ -2784,7 +2784,18 @@ async fn a_route_whose_dependency_queues_takes_a_server_stack_of_its_own() {
 #[tokio::test(start_paused = true)]
 async fn a_server_started_under_load_doubles_its_limit_within_a_few_service_times() {
     async fn run(workers: usize, per_sec: u32, n: u64) -> [u64; 3] {
-        let builder = seawall::ServerStack::builder("api").total_budget(ms(950));
+        run_after(Duration::ZERO, &Recorder::new(), workers, per_sec, n).await
+    }
+    async fn run_after(
+        idle: Duration,
+        rec: &Recorder,
+        workers: usize,
+        per_sec: u32,
+        n: u64,
+    ) -> [u64; 3] {
+        let builder = seawall::ServerStack::builder("api")
+            .total_budget(ms(950))
+            .observer(Observer::new(rec.clone()));
         let workers = Arc::new(tokio::sync::Semaphore::new(workers));
         let svc = builder.build().unwrap().layer(service_fn(move |n: u64| {
             let workers = workers.clone();
@@ -2794,6 +2805,7 @@ async fn a_server_started_under_load_doubles_its_limit_within_a_few_service_time
                 Ok::<_, Infallible>(n)
             }
         }));
+        sleep(idle).await;
         pool_load(&svc, n, Duration::from_secs(1) / per_sec).await
     }
     let small = run(32, 600, 1200).await;
@@ -2810,4 +2822,33 @@ async fn a_server_started_under_load_doubles_its_limit_within_a_few_service_time
     // 8 workers serve 200 a second, 400 in the 2 s: held there, not queued
     // for (a queue of 40 ms calls would time out past the budget).
     assert!(few[0] >= 380 && few[1] == 0, "{few:?}");
+
+    // Built 2 s before its load comes (a readiness delay): the first window,
+    // 2 s old, closes at once; each next one is judged after lasting four
+    // service times (160 ms), not sooner, and the limit goes 20, 40, 80,
+    // 160, each step tested.
+    let rec = Recorder::new();
+    let start = Instant::now();
+    let late = run_after(Duration::from_secs(2), &rec, 128, 2000, 6000).await;
+    let steps: Vec<(usize, u64)> = rec
+        .events()
+        .iter()
+        .filter_map(|e| match e.kind {
+            EventKind::LimitChanged { from, to } if to > from => {
+                Some((to, e.at.duration_since(start).as_millis() as u64))
+            }
+            _ => None,
+        })
+        .collect();
+    println!("after 2 s idle: {late:?}, limit raised {steps:?}");
+    assert_eq!(
+        steps.iter().take(3).map(|s| s.0).collect::<Vec<_>>(),
+        [40, 80, 160],
+        "{steps:?}"
+    );
+    assert!(
+        steps.windows(2).take(2).all(|w| w[1].1 - w[0].1 >= 160),
+        "{steps:?}"
+    );
+    assert!(late[2] <= 200 && late[1] == 0, "{late:?}");
 }
