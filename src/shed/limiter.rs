@@ -73,20 +73,9 @@ const EARLY: Duration = Duration::from_millis(50);
 /// A burst is admitted up to this many times the limit in flight.
 const BURST_FACTOR: usize = 4;
 
-/// At the start, a burst is admitted up to twice the limit in flight:
-/// what the next doubling would admit, and is judged with it (see
-/// `Limiter::over_limit`).
-const START_BURST_FACTOR: usize = 4;
-
-/// The most calls in flight a burst admits under `limit`, within `bounds`
-/// (`starting`: at the start).
-fn burst_cap(limit: usize, bounds: Option<(usize, usize)>, starting: bool) -> usize {
-    let factor = if starting {
-        START_BURST_FACTOR
-    } else {
-        BURST_FACTOR
-    };
-    let cap = limit.saturating_mul(factor);
+/// The most calls in flight a burst admits under `limit`, within `bounds`.
+fn burst_cap(limit: usize, bounds: Option<(usize, usize)>) -> usize {
+    let cap = limit.saturating_mul(BURST_FACTOR);
     match bounds {
         Some((_, max)) => cap.min(max).max(limit),
         None => cap,
@@ -281,9 +270,7 @@ impl Limiter {
             doomed_ns: AtomicU64::new(0),
             burst_start_ns: AtomicU64::new(0),
             refused_ns: AtomicU64::new(0),
-            // (The first burst is any burst's: the start's, twice the
-            // limit, follow its first doubling.)
-            burst_cap: AtomicUsize::new(burst_cap(limit, algorithm.bounds(), false)),
+            burst_cap: AtomicUsize::new(burst_cap(limit, algorithm.bounds())),
             cut_by_bounds: AtomicUsize::new(0),
             epoch: Instant::now(),
             window_ns: crate::clock::nanos(config.window),
@@ -428,10 +415,6 @@ impl Limiter {
             return;
         }
         let now_ns = self.stamp(now);
-        if start > now_ns {
-            // Kept going at the start until its next judgement.
-            return;
-        }
         let next = if now_ns.saturating_sub(start) < self.burst_ns {
             now_ns
         } else {
@@ -575,11 +558,7 @@ impl Limiter {
         let starting = !kept
             && self.starting.load(Ordering::Relaxed)
             && now_ns.saturating_sub(window) >= early(self.expected_rtt_ns.load(Ordering::Relaxed))
-            && self
-                .win_count
-                .load(Ordering::Relaxed)
-                .saturating_add(self.win_burst_count.load(Ordering::Relaxed))
-                >= self.min_window_samples;
+            && self.win_count.load(Ordering::Relaxed) >= self.min_window_samples;
         if !kept && !starting {
             run.next = span.saturating_add(early(run.expected));
             return;
@@ -604,8 +583,7 @@ impl Limiter {
             run.next = span.saturating_add(early(run.expected));
         } else if starting {
             // Judged again once the calls at the new limit have had time
-            // to show a queue: four service times, as now expected (the
-            // burst goes on until then: see `close_window`).
+            // to show a queue: four service times, as now expected.
             run.next = span.saturating_add(early(self.expected_rtt_ns.load(Ordering::Relaxed)));
         } else if self.limit.load(Ordering::Relaxed) == before {
             run.declined = true;
@@ -767,23 +745,9 @@ impl Limiter {
         let expected_ns = sum
             .saturating_add(burst_sum)
             .checked_div(count.saturating_add(bursts));
-        // At the start, a burst's calls are samples too, and its calls in
-        // flight the load: it admits what the next doubling would (twice
-        // the limit), and is judged with it; calls at the limit may be
-        // none of those that ended (a burst's keep the calls in flight
-        // above it).
-        let (sum, count, busy) = if at_start {
-            (
-                sum.saturating_add(burst_sum),
-                count.saturating_add(bursts),
-                max_inflight.max(over_peak.min(limit_now.saturating_mul(START_BURST_FACTOR))),
-            )
-        } else {
-            (sum, count, max_inflight)
-        };
         let avg_ns = sum.checked_div(count);
         let rtt = Duration::from_nanos(avg_ns.unwrap_or(0));
-        let mut sample = WindowSample::new(rtt, busy, drops)
+        let mut sample = WindowSample::new(rtt, max_inflight, drops)
             .with_samples(count)
             .with_refused(refused, Duration::from_nanos(now_ns.saturating_sub(start)))
             .with_kept(kept);
@@ -794,6 +758,8 @@ impl Limiter {
             sample = sample.with_timed_out(timed_out, Duration::from_nanos(avg));
         }
         let new = algorithm.update(&sample).max(1);
+        self.burst_cap
+            .store(burst_cap(new, algorithm.bounds()), Ordering::Relaxed);
         if algorithm.bounds().is_some_and(|(_, max)| new < max) {
             // Learned lower than the maximum that cut it: what it had
             // learned before that is not given back.
@@ -813,14 +779,6 @@ impl Limiter {
             // The start is over (see `over_limit`).
             self.starting.store(false, Ordering::Relaxed);
         }
-        self.burst_cap.store(
-            burst_cap(
-                new,
-                algorithm.bounds(),
-                self.starting.load(Ordering::Relaxed),
-            ),
-            Ordering::Relaxed,
-        );
         drop(algorithm);
         if let Some(expected_ns) = expected_ns {
             self.expected_rtt_ns
@@ -833,20 +791,6 @@ impl Limiter {
             let at = start.max(now_ns.saturating_sub(self.window_ns));
             self.expected_at_ns.store(at, Ordering::Relaxed);
             self.expected_idle.store(idle, Ordering::Relaxed);
-        }
-        if self.burst_ns > 0 && self.starting.load(Ordering::Relaxed) {
-            // At the start, the limit doubled: a burst goes on until a
-            // burst's length after the next window can be judged (four
-            // service times, 50 ms at least: see `over_limit`); it would
-            // end 100 ms after it began, often before the next doubling,
-            // and refuse what that admits.
-            let next = crate::clock::nanos(EARLY).max(
-                self.expected_rtt_ns
-                    .load(Ordering::Relaxed)
-                    .saturating_mul(4),
-            );
-            let stamp = now_ns.saturating_add(1).saturating_add(next);
-            self.burst_start_ns.store(stamp, Ordering::Relaxed);
         }
         if old != new {
             self.observer.emit(
@@ -898,14 +842,8 @@ impl Limiter {
                 self.cut_by_bounds.store(wanted, Ordering::Relaxed);
             }
         }
-        self.burst_cap.store(
-            burst_cap(
-                new,
-                algorithm.bounds(),
-                self.starting.load(Ordering::Relaxed),
-            ),
-            Ordering::Relaxed,
-        );
+        self.burst_cap
+            .store(burst_cap(new, algorithm.bounds()), Ordering::Relaxed);
         let changed = before.is_none() || algorithm.bounds() != before;
         let old = self.limit.swap(new, Ordering::Relaxed);
         drop(algorithm);
