@@ -249,8 +249,13 @@ pub trait LimitAlgorithm: fmt::Debug + Send + 'static {
     /// as long and holds the minimum of samples (the sample's
     /// [`kept`](WindowSample::kept) is 0): a server started under a load
     /// above its initial limit needs it raised within a few service times,
-    /// not once a window. The first window after which the limit is less
-    /// than twice what it was ends the start.
+    /// not once a window. Such a window's sample counts the calls a burst
+    /// admitted over the limit meanwhile (their latencies and their calls
+    /// in flight, at most four times the limit): after each doubling, a
+    /// burst goes on until a burst's length after the next window can be
+    /// judged. The first window
+    /// after which the limit is less than twice what it was ends the
+    /// start.
     fn judges_start(&self) -> bool {
         false
     }

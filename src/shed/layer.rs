@@ -313,7 +313,13 @@ impl<P> AdaptiveLimitLayerBuilder<P> {
     /// passed since the last burst began). `Sheddable` and `SheddablePlus`
     /// requests never burst. A burst's calls are no latency samples of the
     /// algorithm's (they waited in the burst's queue by choice), and do not
-    /// count in a window's calls in flight.
+    /// count in a window's calls in flight. At the start (for an algorithm
+    /// that [judges it](super::LimitAlgorithm::judges_start)), after each
+    /// window that doubled the limit a burst goes on until a burst's
+    /// length after the next window can be judged, and a window closed
+    /// early for the start counts its burst's calls as samples and its
+    /// calls in flight as the load: what comes over the limit then is what
+    /// the next doubling would admit, and is judged with it.
     ///
     /// Requests that arrive at random come in bursts well above their
     /// average, which a handler without a limit absorbs in a few service

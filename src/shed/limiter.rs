@@ -415,6 +415,10 @@ impl Limiter {
             return;
         }
         let now_ns = self.stamp(now);
+        if start > now_ns {
+            // Kept going at the start until its next judgement.
+            return;
+        }
         let next = if now_ns.saturating_sub(start) < self.burst_ns {
             now_ns
         } else {
@@ -551,14 +555,18 @@ impl Limiter {
         // within a few service times instead of refusing for a window (1 s
         // by default).
         // (Only once the window itself has lasted as long, its calls
-        // admitted at the limit being judged, and holds the limit's own
-        // samples, enough to judge by: at the start a burst's calls may be
-        // most of those that ended, and their latencies are no samples.)
+        // admitted at the limit being judged, and holds samples enough to
+        // judge by: at the start a burst's calls count as samples, see
+        // `close_window`.)
         let now_ns = crate::clock::nanos_between(self.epoch, now);
         let starting = !kept
             && self.starting.load(Ordering::Relaxed)
             && now_ns.saturating_sub(window) >= early(self.expected_rtt_ns.load(Ordering::Relaxed))
-            && self.win_count.load(Ordering::Relaxed) >= self.min_window_samples;
+            && self
+                .win_count
+                .load(Ordering::Relaxed)
+                .saturating_add(self.win_burst_count.load(Ordering::Relaxed))
+                >= self.min_window_samples;
         if !kept && !starting {
             run.next = span.saturating_add(early(run.expected));
             return;
@@ -583,7 +591,8 @@ impl Limiter {
             run.next = span.saturating_add(early(run.expected));
         } else if starting {
             // Judged again once the calls at the new limit have had time
-            // to show a queue: four service times, as now expected.
+            // to show a queue: four service times, as now expected (the
+            // burst goes on until then: see `close_window`).
             run.next = span.saturating_add(early(self.expected_rtt_ns.load(Ordering::Relaxed)));
         } else if self.limit.load(Ordering::Relaxed) == before {
             run.declined = true;
@@ -745,9 +754,23 @@ impl Limiter {
         let expected_ns = sum
             .saturating_add(burst_sum)
             .checked_div(count.saturating_add(bursts));
+        // At the start, a burst's calls are samples too, and its calls in
+        // flight the load: it admits what the next doubling would (twice
+        // the limit), and is judged with it; calls at the limit may be
+        // none of those that ended (a burst's keep the calls in flight
+        // above it).
+        let (sum, count, busy) = if at_start {
+            (
+                sum.saturating_add(burst_sum),
+                count.saturating_add(bursts),
+                max_inflight.max(over_peak.min(limit_now.saturating_mul(BURST_FACTOR))),
+            )
+        } else {
+            (sum, count, max_inflight)
+        };
         let avg_ns = sum.checked_div(count);
         let rtt = Duration::from_nanos(avg_ns.unwrap_or(0));
-        let mut sample = WindowSample::new(rtt, max_inflight, drops)
+        let mut sample = WindowSample::new(rtt, busy, drops)
             .with_samples(count)
             .with_refused(refused, Duration::from_nanos(now_ns.saturating_sub(start)))
             .with_kept(kept);
@@ -758,8 +781,6 @@ impl Limiter {
             sample = sample.with_timed_out(timed_out, Duration::from_nanos(avg));
         }
         let new = algorithm.update(&sample).max(1);
-        self.burst_cap
-            .store(burst_cap(new, algorithm.bounds()), Ordering::Relaxed);
         if algorithm.bounds().is_some_and(|(_, max)| new < max) {
             // Learned lower than the maximum that cut it: what it had
             // learned before that is not given back.
@@ -779,6 +800,8 @@ impl Limiter {
             // The start is over (see `over_limit`).
             self.starting.store(false, Ordering::Relaxed);
         }
+        self.burst_cap
+            .store(burst_cap(new, algorithm.bounds()), Ordering::Relaxed);
         drop(algorithm);
         if let Some(expected_ns) = expected_ns {
             self.expected_rtt_ns
@@ -791,6 +814,20 @@ impl Limiter {
             let at = start.max(now_ns.saturating_sub(self.window_ns));
             self.expected_at_ns.store(at, Ordering::Relaxed);
             self.expected_idle.store(idle, Ordering::Relaxed);
+        }
+        if self.burst_ns > 0 && self.starting.load(Ordering::Relaxed) {
+            // At the start, the limit doubled: a burst goes on until a
+            // burst's length after the next window can be judged (four
+            // service times, 50 ms at least: see `over_limit`); it would
+            // end 100 ms after it began, often before the next doubling,
+            // and refuse what that admits.
+            let next = crate::clock::nanos(EARLY).max(
+                self.expected_rtt_ns
+                    .load(Ordering::Relaxed)
+                    .saturating_mul(4),
+            );
+            let stamp = now_ns.saturating_add(1).saturating_add(next);
+            self.burst_start_ns.store(stamp, Ordering::Relaxed);
         }
         if old != new {
             self.observer.emit(

@@ -50,11 +50,15 @@ const PROVISIONAL_RISE: f64 = 0.5;
 ///    half (or by `tolerance`, if more) or the window had drops (a
 ///    doubling past the knee adds up to half its calls' latency). A limit
 ///    held at its maximum ends the start, as does any window after which
-///    the limit is less than twice what it was. A server started under a
+///    the limit is less than twice what it was. Meanwhile a burst over the
+///    limit goes on until a burst's length after the next window can be
+///    judged, and is judged with
+///    it (its calls samples, its calls in flight the load; a queue cuts
+///    from those). A server started under a
 ///    load above its initial limit doubles it within a few service times,
 ///    not once a window (`tests/shed`: 24 in flight at 40 ms, none of the
-///    first 1200 requests refused, 88 before; 80 in flight, 121 of 6000
-///    refused, 3431 before; the storm's "started under load", 48 in flight
+///    first 1200 requests refused, 88 before; 80 in flight, none of 6000,
+///    3431 before; the storm's "started under load", 48 in flight
 ///    at 10–30 ms, every request served, 81 % of 5 s before).
 /// 3. Above that, with at least half the limit in flight, requests
 ///    queue: `limit = limit × base × (1 + tolerance) / rtt` (at most halved
@@ -592,7 +596,20 @@ impl QueueDelay {
                 self.queue_seen = Some(self.windows);
             }
             self.growth = Growth::Additive;
-            self.limit = self.clamp((self.limit * factor).max(self.limit / 2.0));
+            // (At the start, the calls in flight may be a burst's, above
+            // the limit: the knee is where they would queue `tolerance`.)
+            let from = if self.starting {
+                busy.max(self.limit)
+            } else {
+                self.limit
+            };
+            // (A queue ends the start: less than twice the limit.)
+            let most = if self.starting {
+                self.limit * 2.0 - 1.0
+            } else {
+                f64::INFINITY
+            };
+            self.limit = self.clamp((from * factor).max(self.limit / 2.0).min(most));
             if self.limit < before.min(busy) {
                 // The first cut of a run sets the mark to judge them by.
                 self.cut = Some(cutting.unwrap_or((rtt, before.min(busy))));
@@ -1058,5 +1075,17 @@ mod tests {
         let drops = WindowSample::new(Duration::from_millis(44), 40, 5).with_samples(100);
         assert_eq!(q.update(&drops), 36);
         assert!((q.base_rtt_secs() - 0.040).abs() < 1e-9);
+    }
+
+    /// At the start a window's calls in flight may be a burst's, above the
+    /// limit: a queue cuts from them, to where they would queue
+    /// `tolerance` (80 in flight at 64 ms against 40: 55), not from the
+    /// limit (27).
+    #[test]
+    fn at_the_start_a_queue_cuts_from_the_calls_in_flight() {
+        let mut q = QueueDelay::default();
+        assert_eq!(q.update(&window(40.0, 20)), 40);
+        assert_eq!(q.update(&window(64.0, 80)), 55);
+        assert!(!q.starting);
     }
 }

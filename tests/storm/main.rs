@@ -710,7 +710,7 @@ fn a_server_started_under_load_serves_it_from_the_start() {
     let g = judge_whole("started under load", &all(&s), &s);
     assert_eq!(g[SW], 1.0, "every request served: {g:?}");
 
-    let mut over = Scenario::started_under_load(3);
+    let mut over = Scenario::started_under_load(5);
     over.workers = 32;
     over.phases[0].load = 1.5;
     let g = judge_whole("started over capacity", &all(&over), &over);
