@@ -2825,23 +2825,11 @@ async fn a_server_started_under_load_doubles_its_limit_within_a_few_service_time
 
     // Service times of 10 to 30 ms, 64 workers, 2400 requests a second
     // (48 in flight, as in an outside trial over tonic): after the first
-    // doubling, a burst goes on to twice the limit until the next one is
+    // doubling, a burst over the limit goes on until the next one is
     // judged, its calls judged with it. Before, those that came between the
     // end of the first burst (100 ms) and the second doubling were refused
     // (14 here; 18 to 79 per start over tonic).
-    let varied = seawall::ServerStack::builder("api")
-        .total_budget(ms(950))
-        .build()
-        .unwrap();
-    let pool = Arc::new(tokio::sync::Semaphore::new(64));
-    let varied = varied.layer(service_fn(move |n: u64| {
-        let pool = pool.clone();
-        async move {
-            let _worker = pool.acquire().await.unwrap();
-            sleep(ms(10 + (n * 7919) % 21)).await;
-            Ok::<_, Infallible>(n)
-        }
-    }));
+    let (_, varied) = varied_workers(64);
     let varied = pool_load(&varied, 4800, Duration::from_secs(1) / 2400).await;
     assert_eq!(varied, [4800, 0, 0], "48 in flight at 10-30 ms");
 
@@ -2886,20 +2874,7 @@ async fn a_server_started_under_load_doubles_its_limit_within_a_few_service_time
 #[cfg(all(feature = "deadline", feature = "retry", feature = "circuit-breaker"))]
 #[tokio::test(start_paused = true)]
 async fn callers_that_wait_over_capacity_from_the_start_are_served_at_capacity() {
-    let svc = seawall::ServerStack::builder("api")
-        .total_budget(ms(950))
-        .build()
-        .unwrap();
-    let limit = svc.adaptive_limit();
-    let pool = Arc::new(tokio::sync::Semaphore::new(32));
-    let svc = svc.layer(service_fn(move |n: u64| {
-        let pool = pool.clone();
-        async move {
-            let _worker = pool.acquire().await.unwrap();
-            sleep(ms(10 + (n * 7919) % 21)).await;
-            Ok::<_, Infallible>(n)
-        }
-    }));
+    let (limit, svc) = varied_workers(32);
     let start = Instant::now();
     let stats: Arc<std::sync::Mutex<(u64, u64, u64)>> = Arc::default();
     let callers: Vec<_> = (0..48u64)
@@ -2937,4 +2912,31 @@ async fn callers_that_wait_over_capacity_from_the_start_are_served_at_capacity()
     assert_eq!(ok, n, "none refused in the fourth second");
     assert!(ok >= 1550, "the workers' capacity: {ok}");
     assert!(mean_ms < 32.0, "{mean_ms} ms");
+}
+
+/// The server preset (950 ms of budget) over a handler of `workers`
+/// workers, each call 10 to 30 ms (spread evenly by the request's number),
+/// and its adaptive limit.
+#[cfg(all(feature = "deadline", feature = "retry", feature = "circuit-breaker"))]
+fn varied_workers(
+    workers: usize,
+) -> (
+    AdaptiveLimitLayer,
+    impl Service<u64, Response = u64, Error = BoxError, Future: Send> + Clone + Send + 'static,
+) {
+    let stack = seawall::ServerStack::builder("api")
+        .total_budget(ms(950))
+        .build()
+        .unwrap();
+    let limit = stack.adaptive_limit().clone();
+    let pool = Arc::new(tokio::sync::Semaphore::new(workers));
+    let svc = stack.layer(service_fn(move |n: u64| {
+        let pool = pool.clone();
+        async move {
+            let _worker = pool.acquire().await.unwrap();
+            sleep(ms(10 + (n * 7919) % 21)).await;
+            Ok::<_, Infallible>(n)
+        }
+    }));
+    (limit, svc)
 }
