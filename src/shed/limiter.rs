@@ -70,6 +70,13 @@ pub(crate) const BURST: Duration = Duration::from_millis(100);
 /// four expected service times if longer.
 const EARLY: Duration = Duration::from_millis(50);
 
+/// [`EARLY`], or four `expected` service times (ns) if longer: how long a
+/// run of requests over the limit, or a window at the start, lasts before
+/// it is judged (see `Limiter::over_limit`).
+fn early_ns(expected: u64) -> u64 {
+    crate::clock::nanos(EARLY).max(expected.saturating_mul(4))
+}
+
 /// A burst is admitted up to this many times the limit in flight.
 const BURST_FACTOR: usize = 4;
 
@@ -506,7 +513,7 @@ impl Limiter {
             return;
         }
         let at = self.stamp(now);
-        let early = |expected: u64| crate::clock::nanos(EARLY).max(expected.saturating_mul(4));
+        let early = early_ns;
         if run.start == 0 || at.saturating_sub(run.last) > early(run.expected) {
             // A run begins.
             let expected = self.expected_rtt_ns.load(Ordering::Relaxed);
@@ -821,11 +828,7 @@ impl Limiter {
             // service times, 50 ms at least: see `over_limit`); it would
             // end 100 ms after it began, often before the next doubling,
             // and refuse what that admits.
-            let next = crate::clock::nanos(EARLY).max(
-                self.expected_rtt_ns
-                    .load(Ordering::Relaxed)
-                    .saturating_mul(4),
-            );
+            let next = early_ns(self.expected_rtt_ns.load(Ordering::Relaxed));
             let stamp = now_ns.saturating_add(1).saturating_add(next);
             self.burst_start_ns.store(stamp, Ordering::Relaxed);
         }
