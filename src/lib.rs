@@ -129,6 +129,8 @@ pub mod local;
 pub mod observe;
 #[cfg(any(feature = "keyed", feature = "fallback"))]
 mod oneshot;
+#[cfg(any(feature = "shed", feature = "retry"))]
+mod outbound;
 #[cfg(any(
     feature = "circuit-breaker",
     feature = "bulkhead",

@@ -27,7 +27,7 @@ fn future_size<S: Service<u64>>(_: &S) -> usize {
 const NOOP: usize = std::mem::size_of::<std::future::Ready<Result<u64, BoxError>>>();
 
 #[test]
-fn the_client_stack_future_fits_in_392_bytes() {
+fn the_client_stack_future_fits_in_448_bytes() {
     let stack = seawall::stack::ClientStack::builder("client")
         .total_budget(Duration::from_secs(1))
         .attempt_timeout(Duration::from_millis(300))
@@ -38,8 +38,10 @@ fn the_client_stack_future_fits_in_392_bytes() {
     let size = future_size(&stack);
     println!("client stack future: {size} B");
     // The goal is 400 B; the deadline keeps nothing of its layer
-    // without a timer of its own, which makes it 392.
-    assert!(size <= 392, "client stack future is {size} B");
+    // without a timer of its own, which made it 392; the adaptive limit on
+    // the attempts (its place, the call's start and its waits on calls
+    // out) adds 56.
+    assert!(size <= 448, "client stack future is {size} B");
 }
 
 #[test]
@@ -93,6 +95,7 @@ fn the_server_stack_future_carries_one_timer() {
     println!("server stack future: {size} B (a Sleep is {sleep} B)");
     // The handler timeout's timer, overlapped by the bulkhead's queue
     // timer; the deadline runs none of its own (`deadline::InnerTimers`):
-    // with one, the future was 384 B.
-    assert!(size <= 264, "server stack future is {size} B");
+    // with one, the future was 384 B. The adaptive limit keeps its
+    // handler's waits on calls out (16 B more than the call's start alone).
+    assert!(size <= 272, "server stack future is {size} B");
 }

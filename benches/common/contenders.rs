@@ -381,6 +381,15 @@ macro_rules! full_stacks {
                 .layer(sc.attempt_timeout().clone())
                 .service(noop())
         });
+        $f!("client/seawall_without_adaptive_limit", |_: ()| {
+            ServiceBuilder::new()
+                .layer(sc.deadline().clone())
+                .layer(sc.retry().clone())
+                .layer(sc.breaker().clone())
+                .layer(sc.bulkhead().clone())
+                .layer(sc.attempt_timeout().clone())
+                .service(noop())
+        });
         let tcl = tower::limit::GlobalConcurrencyLimitLayer::new(LIMIT);
         $f!("client/tower", |_: ()| {
             ServiceBuilder::new()

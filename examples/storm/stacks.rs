@@ -61,7 +61,7 @@ pub(super) fn seawall(
     Ok(Stacks {
         client,
         client_desc: format!(
-            "seawall ClientStack defaults: Deadline {:?} -> Retry -> CircuitBreaker -> Bulkhead -> AttemptTimeout 500ms",
+            "seawall ClientStack defaults: Deadline {:?} -> Retry -> CircuitBreaker -> AdaptiveLimit -> Bulkhead -> AttemptTimeout 500ms",
             scenario.deadline
         ),
         server_desc: if scenario.client_only {

@@ -53,6 +53,11 @@ pin_project! {
     /// Dropping it cancels cleanly: the attempt or timer is dropped with it,
     /// nothing is spawned, and a retry granted by the budget but not yet
     /// started is handed back.
+    ///
+    /// Made in a handler under a server's adaptive limit, the call's time,
+    /// from `call` to its end, is the handler's wait on a call out: not in
+    /// the server's latency sample nor its count of calls in flight (see
+    /// [`AdaptiveLimit`](crate::shed::AdaptiveLimit)).
     pub struct ResponseFuture<S, Req, P>
     where
         S: Service<Req>,
@@ -71,6 +76,9 @@ pin_project! {
         // The attempt in flight, left uncut, ran past its own limit (and is
         // counted as a timeout already).
         overran: bool,
+        // The wait this call opened in the server call it was made in (see
+        // `outbound`), closed when it ends.
+        outbound: Option<u32>,
     }
 
     impl<S, Req, P> PinnedDrop for ResponseFuture<S, Req, P>
@@ -79,6 +87,9 @@ pin_project! {
     {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
+            if let Some(token) = this.outbound.take() {
+                crate::outbound::end(token, crate::clock::edge_now);
+            }
             if let StateProj::Backoff { withdrawal, .. } | StateProj::Ready { withdrawal, .. } =
                 this.state.project()
             {
@@ -103,12 +114,14 @@ where
         no_retry: GiveUpReason,
         started: Option<Instant>,
         deadline: Option<Deadline>,
+        outbound: Option<u32>,
         call: impl FnOnce() -> S::Future,
     ) -> Self {
         ResponseFuture {
             deadline,
             counted: Counted::Not,
             overran: false,
+            outbound,
             state: State::Calling { future: call() },
             local,
             request,
@@ -172,6 +185,28 @@ where
     #[inline]
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let _edge = crate::clock::Edge::enter();
+        let poll = self.as_mut().poll_calls(cx);
+        if poll.is_ready() {
+            if let Some(token) = self.as_mut().project().outbound.take() {
+                crate::outbound::end(token, crate::clock::edge_now);
+            }
+        }
+        poll
+    }
+}
+
+impl<S, Req, P> ResponseFuture<S, Req, P>
+where
+    S: Service<Req> + Clone,
+    S::Error: Into<BoxError>,
+    P: RetryPolicy<Req, S::Response>,
+{
+    /// [`poll`](Future::poll) within its edge of the clock.
+    #[inline(always)]
+    fn poll_calls(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<S::Response, BoxError>> {
         let this = self.as_mut().project();
         if let StateProj::Calling { future } = this.state.project() {
             // A success is judged on the answer where it lies and handed

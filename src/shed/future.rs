@@ -21,6 +21,15 @@ pin_project! {
     /// ignored, an `Overloaded` too (a dependency's "busy" passed on). A
     /// future dropped before it finished (a caller that went) is not
     /// counted.
+    ///
+    /// While the handler waits on a call out through a seawall client
+    /// stack (a [`Retry`](crate::retry::Retry), the client stack's layer
+    /// that spans the whole call), the call is out of the count of calls
+    /// in flight, back in it (over the limit if need be) when the wait
+    /// ends, and its latency sample leaves that time out: a dependency that
+    /// queues or hangs behind one route is no queue of this server's, and
+    /// fills no place the other routes need. A call out made another way
+    /// (a plain client) counts as the handler's own time.
     pub struct ResponseFuture<F, M = Head> {
         #[pin]
         state: State<F>,
@@ -113,8 +122,18 @@ where
             StateProj::Admitted { future, permit } => {
                 // An answer is seen where it lies and handed back from
                 // there (see ARCHITECTURE.md).
-                let mut poll = future.poll(cx);
+                // The handler's waits on calls out, current while it runs.
+                let mut poll = {
+                    let _waits = permit.as_mut().map(|p| {
+                        let id = std::ptr::addr_of!(p.waits) as usize;
+                        crate::outbound::Scope::enter(&mut p.waits, id)
+                    });
+                    future.poll(cx)
+                };
                 let Poll::Ready(result) = &mut poll else {
+                    if let Some(permit) = permit {
+                        permit.follow_waits();
+                    }
                     return Poll::Pending;
                 };
                 // The handler below ran: an instant read inside it (a

@@ -207,6 +207,12 @@ impl<P> AdaptiveLimitLayerBuilder<P> {
         self
     }
 
+    /// Whether an algorithm was given.
+    #[cfg(all(feature = "deadline", feature = "retry", feature = "circuit-breaker"))]
+    pub(crate) fn has_algorithm(&self) -> bool {
+        self.settings.algorithm.is_some()
+    }
+
     /// Bounds for the algorithm's limit (`None` keeps the algorithm's own;
     /// [`QueueDelay`]'s are 1..=1000), set through
     /// [`LimitAlgorithm::set_bounds`] when the layer is built — what a

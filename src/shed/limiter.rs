@@ -991,10 +991,10 @@ impl Striped<Limiter> {
         Ok(Permit {
             limiter: self.ticket(),
             class,
-            start: now,
-            inflight,
             burst,
             done: false,
+            waits: crate::outbound::Waits::new(now),
+            outside: false,
         })
     }
 }
@@ -1004,25 +1004,51 @@ impl Striped<Limiter> {
 pub(crate) struct Permit {
     limiter: Ticket<Limiter>,
     class: Criticality,
-    start: Instant,
-    inflight: usize,
     /// Admitted over the limit in a burst: its latency is no sample (it
     /// waited in the burst's queue by choice), a drop still counts.
     burst: bool,
     // Given back.
     done: bool,
+    /// Its waits on calls out (made current by the response future around
+    /// each poll of the handler): not in its latency sample.
+    pub(crate) waits: crate::outbound::Waits,
+    /// Out of the count while its handler waits on calls out.
+    outside: bool,
 }
 
 impl fmt::Debug for Permit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Permit")
             .field("class", &self.class)
-            .field("inflight", &self.inflight)
             .finish_non_exhaustive()
     }
 }
 
 impl Permit {
+    /// After a poll of the handler: while it waits on a call out (through
+    /// a client stack), its place is not in the count of calls in flight
+    /// (it is no load of this server's: a dependency that queues or hangs
+    /// behind one route would otherwise fill the limit every route
+    /// shares); it takes it back when the last wait ends, over the limit
+    /// if need be (it was admitted).
+    #[inline]
+    pub(crate) fn follow_waits(&mut self) {
+        let waiting = self.waits.is_open();
+        if waiting == self.outside || self.done {
+            return;
+        }
+        self.outside = waiting;
+        let limiter = &*self.limiter;
+        let by_class = &limiter.by_class[self.class.index()];
+        if waiting {
+            by_class.fetch_sub(1, Ordering::AcqRel);
+            limiter.inflight.fetch_sub(1, Ordering::AcqRel);
+        } else {
+            by_class.fetch_add(1, Ordering::AcqRel);
+            limiter.inflight.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
     /// Releases the permit and records how the call ended.
     #[inline]
     pub(crate) fn complete(&mut self, completion: Completion) {
@@ -1037,11 +1063,15 @@ impl Permit {
         }
         self.done = true;
         let limiter = &*self.limiter;
-        let idle = limiter.release(self.class);
+        let idle = if self.outside {
+            limiter.idle.load(Ordering::Relaxed)
+        } else {
+            limiter.release(self.class)
+        };
         // In nanoseconds to the end: a `Duration` only for the event.
         self.report(
             completion,
-            crate::clock::nanos_between(self.start, now),
+            crate::clock::nanos_between(self.waits.start(), now),
             now,
             idle,
         );
@@ -1064,10 +1094,19 @@ impl Permit {
     fn report(&self, completion: Completion, rtt_ns: u64, now: Instant, idle: u64) {
         let limiter = &*self.limiter;
         match completion {
-            // (A timed-out answer is counted apart even in a burst: not in
-            // the latency a request should expect.)
-            Completion::Sample(Outcome::Success | Outcome::Ignored) if self.burst => {
-                limiter.record_burst(rtt_ns, now, idle)
+            // An answer's latency is the handler's own: its waits on calls
+            // out through a client stack (a dependency's queue) are no
+            // queue of this server's. A failure, a drop or a timed-out
+            // answer counts for the whole time it held its place.
+            Completion::Sample(Outcome::Success | Outcome::Ignored) => {
+                let own_ns = rtt_ns.saturating_sub(self.waits.outside_ns(now));
+                // (A timed-out answer is counted apart even in a burst:
+                // not in the latency a request should expect.)
+                if self.burst {
+                    limiter.record_burst(own_ns, now, idle)
+                } else {
+                    limiter.record(completion, own_ns, now, idle)
+                }
             }
             _ => limiter.record(completion, rtt_ns, now, idle),
         }
@@ -1094,7 +1133,9 @@ impl Drop for Permit {
             // The caller went (a cancel, a hedge that lost): says nothing
             // of this service's capacity (a timeout below the limit ends as
             // an error, a drop); the slot is given back, nothing counted.
-            limiter.release(self.class);
+            if !self.outside {
+                limiter.release(self.class);
+            }
         }
     }
 }

@@ -35,7 +35,9 @@ const PROVISIONAL_RISE: f64 = 0.5;
 ///    the limit in flight and a queue that stood (see 3); then at most every
 ///    `drain_every` windows (sooner after the first two, or after one that
 ///    found a queue). A service well within its capacity never drains.
-/// 2. While `rtt ≤ base × (1 + tolerance)` nothing queues: when at least
+/// 2. While `rtt ≤ base × (1 + tolerance)` (or `base` plus the
+///    [queue allowance](QueueDelayBuilder::queue_allowance), if more:
+///    `target` below) nothing queues: when at least
 ///    half the limit was in flight, the limit grows, ×2 per window (while
 ///    the limit is reached) until the first sign of queueing, then by
 ///    `increase` (5 %, at least 1) per window. At the start (every window
@@ -61,9 +63,9 @@ const PROVISIONAL_RISE: f64 = 0.5;
 ///    3431 before; the storm's "started under load", 48 in flight
 ///    at 10–30 ms, every request served, 81 % of 5 s before).
 /// 3. Above that, with at least half the limit in flight, requests
-///    queue: `limit = limit × base × (1 + tolerance) / rtt` (at most halved
+///    queue: `limit = limit × target / rtt` (at most halved
 ///    per window), the limit at which the queueing delay would be
-///    `tolerance` of the service time. Below the limit, only if the queue
+///    `tolerance` of the service time (or the allowance). Below the limit, only if the queue
 ///    stood: even the window's fastest call took longer than
 ///    `base × (1 + tolerance)` (a queue that stands delays every call; an
 ///    average raised by some slow calls, a handler that retried its
@@ -118,8 +120,9 @@ const PROVISIONAL_RISE: f64 = 0.5;
 ///    windows), so that a slow service's window is not all leftovers of the
 ///    one before.
 ///
-/// Defaults: initial 20, min 1, max 1000, tolerance 0.1, increase 0.05,
-/// a draining window every 20 under load.
+/// Defaults: initial 20, min 1, max 1000, tolerance 0.1, no queue
+/// allowance, increase 0.05, a draining window every 20 under load (the
+/// client stack's limit: a queue allowance of its attempt timeout).
 ///
 /// # Why it is the default
 ///
@@ -182,6 +185,8 @@ pub struct QueueDelay {
     min_limit: usize,
     max_limit: usize,
     tolerance: f64,
+    /// Queueing delay tolerated whatever the service's latency (ns).
+    allowance: f64,
     increase: f64,
     drain_every: usize,
     base: f64,
@@ -256,7 +261,7 @@ impl QueueDelay {
     /// The latency at which the queueing delay is `tolerance` of the
     /// service's own.
     fn target(&self) -> f64 {
-        self.base * (1.0 + self.tolerance)
+        (self.base * (1.0 + self.tolerance)).max(self.base + self.allowance)
     }
 
     fn clamp(&self, limit: f64) -> f64 {
@@ -633,6 +638,7 @@ pub struct QueueDelayBuilder {
     min_limit: usize,
     max_limit: usize,
     tolerance: f64,
+    allowance: Duration,
     increase: f64,
     drain_every: usize,
 }
@@ -645,6 +651,7 @@ impl Default for QueueDelayBuilder {
             min_limit,
             max_limit,
             tolerance: 0.1,
+            allowance: Duration::ZERO,
             increase: 0.05,
             drain_every: 20,
         }
@@ -658,6 +665,16 @@ impl QueueDelayBuilder {
     /// latency (default 0.1; `0 < tolerance ≤ 10`).
     pub fn tolerance(mut self, tolerance: f64) -> Self {
         self.tolerance = tolerance;
+        self
+    }
+
+    /// The queueing delay tolerated whatever the service's own latency,
+    /// when more than `tolerance` of it (default none). A client stack's
+    /// limit on the attempts to a dependency tolerates half the attempt
+    /// timeout: a queue at the dependency that its callers can wait out is
+    /// theirs to wait, one that grows toward their budget is cut.
+    pub fn queue_allowance(mut self, allowance: Duration) -> Self {
+        self.allowance = allowance;
         self
     }
 
@@ -708,6 +725,7 @@ impl QueueDelayBuilder {
             min_limit: self.min_limit,
             max_limit: self.max_limit,
             tolerance: self.tolerance,
+            allowance: self.allowance.as_nanos() as f64,
             increase: self.increase,
             drain_every: self.drain_every,
             base: 0.0,

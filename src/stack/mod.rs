@@ -76,10 +76,11 @@
 //! DeadlineLayer          total budget: every attempt and backoff included
 //!  └─ RetryLayer         jittered backoff, retry budget, never past the deadline
 //!      └─ CircuitBreakerLayer   sees every attempt; open = fail fast
-//!          └─ BulkheadLayer     caps attempts in flight to the dependency
-//!              └─ AttemptTimeoutLayer   min(per try, budget left)
-//!                  └─ [PropagateDeadlineLayer]  (http) the attempt's time left on the wire
-//!                      └─ your client
+//!          └─ AdaptiveLimitLayer   attempts in flight to what the dependency answers in time
+//!              └─ BulkheadLayer     caps attempts in flight to the dependency
+//!                  └─ AttemptTimeoutLayer   min(per try, budget left)
+//!                      └─ [PropagateDeadlineLayer]  (http) the attempt's time left on the wire
+//!                          └─ your client
 //! ```
 //!
 //! - **Deadline outermost**, so one budget bounds the whole request: the
@@ -89,7 +90,7 @@
 //!   runs past it). Since every wait inside ends by the deadline, the
 //!   deadline layer runs no timer of its own
 //!   ([`InnerTimers`](crate::deadline::InnerTimers)): one timer less to
-//!   keep in each response future (392 bytes in all over a no-op service).
+//!   keep in each response future (448 bytes in all over a no-op service).
 //!   A call that runs out of time fails with
 //!   [`DeadlineExceeded`](crate::error::DeadlineExceeded) named after the
 //!   layer that was waiting (the attempt timeout, the bulkhead, the retry),
@@ -109,6 +110,19 @@
 //!   limit, not the dependency failing: the stack's breaker classifier,
 //!   [`DependencyFailures`], does not count it at all (neither a failure nor
 //!   a success diluting the failure rate).
+//! - **An adaptive limit below the breaker**: the attempts in flight to
+//!   the dependency, learnt from their latency
+//!   ([`QueueDelay`](crate::shed::QueueDelay)), where a queue at the
+//!   dependency shorter than the attempt timeout is its callers' to wait
+//!   out, and attempts that time out cut the limit. Its refusal is this
+//!   process's own (the breaker does not count it; the retry layer retries
+//!   it after the time it names, within the retry budget). A dependency
+//!   that queues past what it can answer in time is sent what it can
+//!   answer, and its callers get a refusal at once instead of a timeout.
+//!   Called from a handler under a server stack, the time a call waits in
+//!   the client stack is not the server's: the server's adaptive limit
+//!   leaves it out of its latency and its count of calls in flight, so one
+//!   route's dependency, queueing or hung, costs the other routes nothing.
 //! - **Bulkhead above the attempt timeout**, so a slot is held only while an
 //!   attempt runs (released during backoff), and time waiting for a slot is
 //!   not charged to the attempt's own timer (the total deadline still bounds

@@ -2450,6 +2450,7 @@ async fn a_handlers_own_work_after_a_nested_call_is_in_the_latency() {
 async fn one_route_s_dependency_hangs(
     classes: bool,
     grpc: bool,
+    plain: bool,
 ) -> (Vec<(usize, u64)>, Vec<usize>) {
     use bytes::Bytes;
     use http_body_util::{BodyExt, Full};
@@ -2471,23 +2472,24 @@ async fn one_route_s_dependency_hangs(
         .unwrap();
     let start = Instant::now();
     let hang = (start + Duration::from_secs(2))..(start + Duration::from_secs(8));
+    let dependency = service_fn(move |_req: http::Request<Full<Bytes>>| {
+        let hung = hang.contains(&Instant::now());
+        async move {
+            if hung {
+                sleep(Duration::from_secs(3600)).await;
+            }
+            sleep(ms(10)).await;
+            Ok::<_, BoxError>(http::Response::new(Full::new(Bytes::new())))
+        }
+    });
     let client = seawall::ClientStack::http("x")
         .total_budget(Duration::from_secs(1))
         .attempt_timeout(ms(500))
         .build()
         .unwrap()
-        .layer(service_fn(move |_req: http::Request<Full<Bytes>>| {
-            let hung = hang.contains(&Instant::now());
-            async move {
-                if hung {
-                    sleep(Duration::from_secs(3600)).await;
-                }
-                sleep(ms(10)).await;
-                Ok::<_, BoxError>(http::Response::new(Full::new(Bytes::new())))
-            }
-        }));
+        .layer(dependency.clone());
     let svc = stack.layer(service_fn(move |req: http::Request<_>| {
-        let client = client.clone();
+        let (client, dependency) = (client.clone(), dependency.clone());
         async move {
             if req.headers()["x-route"] == "b" {
                 sleep(ms(2)).await;
@@ -2496,13 +2498,22 @@ async fn one_route_s_dependency_hangs(
             let req = http::Request::get("http://x/")
                 .body(Full::new(Bytes::new()))
                 .unwrap();
-            // As the README's handler answers.
-            let status = match client.oneshot(req).await {
-                Ok(res) => res.status(),
-                Err(err) if rejection_of(&err).is_some() => {
-                    seawall::http::rejection_response::<Full<Bytes>>(&err).status()
+            // As the README's handler answers; a plain call waits 940 ms
+            // at most, then answers `504`.
+            let status = if plain {
+                match timeout(ms(940), dependency.oneshot(req)).await {
+                    Ok(Ok(res)) => res.status(),
+                    Ok(Err(_)) => http::StatusCode::BAD_GATEWAY,
+                    Err(_) => http::StatusCode::GATEWAY_TIMEOUT,
                 }
-                Err(_) => http::StatusCode::BAD_GATEWAY,
+            } else {
+                match client.oneshot(req).await {
+                    Ok(res) => res.status(),
+                    Err(err) if rejection_of(&err).is_some() => {
+                        seawall::http::rejection_response::<Full<Bytes>>(&err).status()
+                    }
+                    Err(_) => http::StatusCode::BAD_GATEWAY,
+                }
             };
             if grpc && status == http::StatusCode::GATEWAY_TIMEOUT {
                 return Ok(http::Response::builder()
@@ -2553,31 +2564,43 @@ async fn one_route_s_dependency_hangs(
     (limits, refused)
 }
 
-/// A dependency that hangs behind one route: the calls waiting on it keep
-/// their places at the limit while the other route's answers (2 ms) meet
-/// no queue. The requests over the limit (a burst of 100 ms, then
-/// refusals) are judged every 50 ms: more of them than answers, answers
-/// no slower than before, and what was answered accounts for under a
-/// quarter of the limit: the calls at it keep their places, the window
-/// closes then (not after its 1 s) and the limit doubles, 20 → 40 within
-/// 150 ms of the hang's start and 320 within 850 ms, all within the first
-/// burst or just after it: none of the other route's requests is refused.
-/// (Waiting out its windows, the limit grew when the handlers' `504`s
-/// came, each after its budget: 20 → 80 → 160, and 261 of the other
-/// route's requests were refused, all within 3 s; before those answers
-/// counted for the time they held their places, the limit drained to 27
-/// and refused 324.) With the dependency's route `Sheddable`, none are
-/// refused either.
+/// A dependency that hangs behind one route. Called through the client
+/// preset, as the README's handler does, the calls waiting on it are out
+/// of the limit's count while they wait: the limit never moves from 20 and
+/// none of the other route's requests is refused.
+///
+/// Called without a seawall client (a plain call, with a timeout of its
+/// own), they keep their places at the limit while the other route's
+/// answers (2 ms) meet no queue. The requests over the limit (a burst of
+/// 100 ms, then refusals) are judged every 50 ms: more of them than
+/// answers, answers no slower than before, and what was answered accounts
+/// for under a quarter of the limit: the calls at it keep their places,
+/// the window closes then (not after its 1 s) and the limit doubles,
+/// 20 → 40 within 150 ms of the hang's start and 320 within 850 ms, all
+/// within the first burst or just after it: none of the other route's
+/// requests is refused. (Waiting out its windows, the limit grew when the
+/// handlers' `504`s came, each after its budget: 20 → 80 → 160, and 261
+/// of the other route's requests were refused, all within 3 s.) With the
+/// dependency's route `Sheddable`, none are refused either.
 #[cfg(feature = "http")]
 #[tokio::test(start_paused = true)]
 async fn a_dependency_that_hangs_behind_one_route_is_followed_by_the_limit() {
-    let (limits, refused) = one_route_s_dependency_hangs(false, false).await;
+    let (limits, refused) = one_route_s_dependency_hangs(false, false, false).await;
     println!(
-        "limits {limits:?}, /b refused {}: {refused:?}",
+        "through the client preset: limits {limits:?}, /b refused {}",
+        refused.len()
+    );
+    assert_eq!(limits, [], "the hung calls wait outside the limit");
+    assert_eq!(refused, [], "{} refused", refused.len());
+
+    let (limits, refused) = one_route_s_dependency_hangs(false, false, true).await;
+    println!(
+        "plain calls: limits {limits:?}, /b refused {}: {refused:?}",
         refused.len()
     );
     let (to, at): (Vec<_>, Vec<_>) = limits.iter().copied().unzip();
-    assert_eq!(to, [40, 80, 160, 320]);
+    // (Then 5 % more once the hang ends, 336 at 8.8 s.)
+    assert_eq!(to[..4], [40, 80, 160, 320]);
     // (The hang begins at 2 s.)
     assert!(
         at[0] >= 2000 && at[0] <= 2150 && at[3] <= 2850,
@@ -2585,16 +2608,16 @@ async fn a_dependency_that_hangs_behind_one_route_is_followed_by_the_limit() {
     );
     assert_eq!(refused, [], "{} refused", refused.len());
 
-    let (_, refused) = one_route_s_dependency_hangs(true, false).await;
+    let (_, refused) = one_route_s_dependency_hangs(true, false, true).await;
     assert_eq!(refused, [], "by route");
 
     // A tonic handler's DEADLINE_EXCEEDED, the same (read as gRPC's with
     // feature `tonic` only: a 200 otherwise).
     #[cfg(feature = "tonic")]
     {
-        let (limits, _) = one_route_s_dependency_hangs(false, true).await;
+        let (limits, _) = one_route_s_dependency_hangs(false, true, true).await;
         let to: Vec<_> = limits.iter().map(|l| l.0).collect();
-        assert_eq!(to, [40, 80, 160, 320], "gRPC");
+        assert_eq!(to[..4], [40, 80, 160, 320], "gRPC");
     }
 }
 
@@ -2939,4 +2962,74 @@ fn varied_workers(
         }
     }));
     (limit, svc)
+}
+
+/// The trial of [`a_route_whose_dependency_queues_takes_a_server_stack_of_its_own`]
+/// as the README builds it: route `a` calls the dependency through a client
+/// stack (1 s, attempts of 500 ms), one server stack around both routes
+/// (950 ms). The server's limit leaves out the calls waiting on the
+/// client stack, and the client stack's own limit holds the attempts to
+/// the dependency near what it answers within an attempt timeout: every
+/// request to `b` answered (33 of 600 with the dependency called
+/// directly, one limit for both), and `a` answered 1013 times, more than
+/// the 888 a server stack of its own kept it to. Without the server stack,
+/// the client stack alone serves `a` the same (the server stack costs it
+/// nothing).
+#[cfg(all(feature = "deadline", feature = "retry", feature = "circuit-breaker"))]
+#[tokio::test(start_paused = true)]
+async fn a_dependency_that_queues_behind_one_route_costs_the_others_nothing() {
+    fn routes(
+        start: Instant,
+    ) -> impl Service<u64, Response = u64, Error = BoxError, Future: Send> + Clone + Send + 'static
+    {
+        let client = seawall::ClientStack::builder("dependency")
+            .total_budget(ms(1000))
+            .attempt_timeout(ms(500))
+            .build()
+            .unwrap()
+            .layer(queueing_dependency(start));
+        // The handler answers the client's errors as its own: a refusal as
+        // a refusal, anything else as out of time.
+        let client = service_fn(move |n: u64| {
+            let client = client.clone();
+            async move {
+                client.oneshot(n).await.map_err(|e| {
+                    let name = seawall::Name::from("handler");
+                    match rejection_of(&e).map(|r| r.kind()) {
+                        Some(RejectionKind::DeadlineExceeded | RejectionKind::AttemptTimeout) => {
+                            BoxError::from(seawall::error::DeadlineExceeded::new(name))
+                        }
+                        _ => BoxError::from(Overloaded::new(name, None)),
+                    }
+                })
+            }
+        });
+        by_route(
+            client,
+            service_fn(|n: u64| async move { Ok::<_, BoxError>(n) }),
+        )
+    }
+    let start = Instant::now();
+    let one = seawall::ServerStack::builder("api")
+        .total_budget(ms(950))
+        .build()
+        .unwrap()
+        .layer(routes(start));
+    let [b, a] = two_routes(&one, start).await;
+    let start = Instant::now();
+    let [b_plain, a_plain] = two_routes(&routes(start), start).await;
+    println!("one server stack: a {a:?}, b {b:?}; none: a {a_plain:?}, b {b_plain:?}");
+    assert_eq!(b, [600, 0, 0], "b is served in full");
+    // 1800 requests to `a`; the dependency cold answers 960 in the 6 s, and
+    // the queue of its warm phase.
+    assert_eq!(a.iter().sum::<u64>(), 1800);
+    assert!(a[0] >= 950, "a near the dependency's capacity: {a:?}");
+    assert!(
+        a[1] <= 60,
+        "a's requests are refused, not left waiting: {a:?}"
+    );
+    assert!(
+        a[0] + 10 >= a_plain[0],
+        "the server stack costs a nothing: {a:?} {a_plain:?}"
+    );
 }

@@ -357,6 +357,8 @@ fn every_layer_is_named_after_the_stack() {
     assert_eq!(c.retry().name(), "payments.retry");
     assert_eq!(c.breaker_handle().name(), "payments.breaker");
     assert_eq!(c.bulkhead().name(), "payments.bulkhead");
+    assert_eq!(c.adaptive_limit().name(), "payments.limit");
+    assert_eq!(c.adaptive_limit().limit(), 20);
     assert_eq!(c.attempt_timeout().name(), "payments.attempt");
     // A name set in a closure wins.
     let c = ClientStack::builder("payments")
@@ -1133,4 +1135,89 @@ async fn the_client_stack_stores_the_deadline_in_a_request_that_keeps_it() {
     tokio::time::sleep(ms(100)).await;
     // The server's deadline layer ended it at the caller's deadline.
     assert_eq!(*ended.lock().unwrap(), Some((ms(1000), true)));
+}
+
+/// What a client stack got from a dependency of 4 workers at 50 ms (80
+/// answers a second, every request beyond them waiting, without bound, for
+/// a worker) sent 160 requests a second for 10 s: in the last 5 s,
+/// answered, out of time, refused by the stack's adaptive limit, refused
+/// by its open breaker.
+async fn queueing_dependency_at_twice_its_capacity(
+    limit: impl FnOnce(
+        seawall::shed::AdaptiveLimitLayerBuilder,
+    ) -> seawall::shed::AdaptiveLimitLayerBuilder,
+) -> [u32; 4] {
+    let stack = ClientStack::builder("dep")
+        .total_budget(ms(1000))
+        .attempt_timeout(ms(500))
+        .adaptive_limit(limit)
+        .build()
+        .unwrap();
+    let workers = Arc::new(tokio::sync::Semaphore::new(4));
+    let svc = stack.layer(service_fn(move |n: u32| {
+        let workers = workers.clone();
+        async move {
+            let _worker = workers.acquire().await.unwrap();
+            tokio::time::sleep(ms(50)).await;
+            Ok::<u32, std::convert::Infallible>(n)
+        }
+    }));
+    let counts: Arc<[AtomicU32; 4]> = Arc::new(Default::default());
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for n in 0..1600u32 {
+        tokio::time::sleep_until(start + Duration::from_micros(6250) * n).await;
+        let (svc, counts) = (svc.clone(), counts.clone());
+        tasks.push(tokio::spawn(async move {
+            let slot = limit_slot(svc.oneshot(n).await);
+            if n >= 800 {
+                counts[slot].fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    [0, 1, 2, 3].map(|i| counts[i].load(Ordering::Relaxed))
+}
+
+/// Answered, out of time, refused by the stack's limit (`dep.limit`,
+/// with a time to come back), or by its open breaker.
+fn limit_slot(result: Result<u32, BoxError>) -> usize {
+    match result {
+        Ok(_) => 0,
+        Err(e) => match kind(&e) {
+            RejectionKind::DeadlineExceeded | RejectionKind::AttemptTimeout => 1,
+            RejectionKind::Overloaded => {
+                let r = rejection_of(&e).unwrap();
+                assert_eq!(r.name(), "dep.limit");
+                assert!(r.retry_after().is_some(), "a time to come back");
+                2
+            }
+            RejectionKind::CircuitOpen => 3,
+            other => panic!("{other:?}: {e}"),
+        },
+    }
+}
+
+/// The client stack's adaptive limit, cut by the attempts that time out,
+/// sends a dependency queueing past what it answers in time what it
+/// answers, and refuses the rest at once: of the last 800 requests, 429
+/// answered (the dependency can answer 400 in 5 s), 26 out of time, the
+/// breaker never open. Held at 1000 (as the stack was before it had the
+/// limit), the queue grows toward the deadline: 197 answered, 295 out of
+/// time, and the breaker, opening on those timeouts, refuses the rest.
+#[tokio::test(start_paused = true)]
+async fn the_client_limit_sends_a_queueing_dependency_what_it_answers_in_time() {
+    let limited = queueing_dependency_at_twice_its_capacity(|l| l).await;
+    let held =
+        queueing_dependency_at_twice_its_capacity(|l| l.limits(Some(1000), Some(1000))).await;
+    println!("limited {limited:?}, held at 1000 {held:?}");
+    assert_eq!(limited.iter().sum::<u32>(), 800);
+    assert!(limited[0] >= 400, "{limited:?}");
+    assert!(limited[1] <= 40, "{limited:?}");
+    assert_eq!(limited[3], 0, "the breaker stays closed: {limited:?}");
+    assert_eq!(held[2], 0, "held at 1000: nothing refused by the limit");
+    assert!(held[0] + 150 <= limited[0], "held at 1000: {held:?}");
+    assert!(held[1] >= 200, "held at 1000: {held:?}");
 }

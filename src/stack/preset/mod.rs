@@ -61,7 +61,15 @@ where
 
 /// What a client stack's hedge part wraps: the breaker, and below it the
 /// bulkhead and the attempt timeout around `S`, letting go at the body's end.
-type AtAttempt<S, C> = CircuitBreaker<Bulkhead<AttemptTimeoutService<S>, BodyEnd>, C, BodyEnd>;
+type AtAttempt<S, C> = CircuitBreaker<
+    crate::shed::AdaptiveLimit<
+        Bulkhead<AttemptTimeoutService<S>, BodyEnd>,
+        crate::shed::criticality::FromTaskLocal,
+        BodyEnd,
+    >,
+    C,
+    BodyEnd,
+>;
 
 wrapper_service!(
     HttpClient<S, H, P, C>,

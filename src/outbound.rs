@@ -1,0 +1,180 @@
+//! The time a server's call spends waiting on calls out of this process.
+//!
+//! A server's adaptive limit judges the queue in front of its own work by
+//! its calls' latency. A handler that waits on a dependency through a
+//! seawall client stack spends that time outside: a dependency that
+//! queues would otherwise read as a queue of this server's, and the limit,
+//! shared by every route, would refuse the routes that never call it. So
+//! the limit's future keeps a [`Waits`] for its call and makes it current
+//! around each poll of the handler; a retry layer (the outermost layer of
+//! a client stack that waits) opens a wait when its call begins and closes
+//! it when it ends, and the limit takes the time its call had at least one
+//! wait open (overlapping calls out counted once) off the latency sample.
+//! The time the call held its place stays whole.
+
+use std::cell::Cell;
+
+use crate::clock::Instant;
+
+/// One server call's start, and its waits on calls out.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Waits {
+    /// When the server call began: the instant the waits are kept from.
+    start: Instant,
+    /// The server call's identity (its future's address while pinned,
+    /// truncated): a call out closes its wait only in the call it opened
+    /// it in.
+    id: u32,
+    /// Calls out open now.
+    open: u32,
+    /// Time with at least one call out open (ns): the closed waits' sum,
+    /// less, while one is open, when the first of them opened (ns from
+    /// `start`), so that adding the time now gives the total.
+    outside: i64,
+}
+
+impl Waits {
+    #[inline]
+    pub(crate) const fn new(start: Instant) -> Self {
+        Waits {
+            start,
+            id: 0,
+            open: 0,
+            outside: 0,
+        }
+    }
+
+    /// When the server call began.
+    #[inline]
+    pub(crate) fn start(&self) -> Instant {
+        self.start
+    }
+
+    /// Whether a call out is open.
+    #[inline]
+    pub(crate) fn is_open(&self) -> bool {
+        self.open > 0
+    }
+
+    /// Time spent outside up to `now` (ns): the closed waits, and an open
+    /// one so far.
+    #[inline]
+    pub(crate) fn outside_ns(&self, now: Instant) -> u64 {
+        let open = if self.open > 0 { self.at(now) } else { 0 };
+        self.outside.saturating_add(open).max(0) as u64
+    }
+
+    /// `now` in ns from `start`.
+    #[inline]
+    fn at(&self, now: Instant) -> i64 {
+        crate::clock::signed_nanos(self.start, now)
+    }
+}
+
+thread_local! {
+    static CURRENT: Cell<Option<Waits>> = const { Cell::new(None) };
+}
+
+/// Makes `waits` (of the call `id`) current until dropped, then takes back
+/// what calls out added and restores what was current before.
+#[must_use = "the waits are current only while the guard lives"]
+pub(crate) struct Scope<'a> {
+    waits: &'a mut Waits,
+    before: Option<Waits>,
+    _not_send: std::marker::PhantomData<*const ()>,
+}
+
+impl<'a> Scope<'a> {
+    #[inline]
+    pub(crate) fn enter(waits: &'a mut Waits, id: usize) -> Self {
+        waits.id = id as u32;
+        let before = CURRENT.try_with(|c| c.replace(Some(*waits))).ok().flatten();
+        Scope {
+            waits,
+            before,
+            _not_send: std::marker::PhantomData,
+        }
+    }
+}
+
+impl Drop for Scope<'_> {
+    #[inline]
+    fn drop(&mut self) {
+        if let Ok(Some(now)) = CURRENT.try_with(|c| c.replace(self.before)) {
+            *self.waits = now;
+        }
+    }
+}
+
+/// A call out begins (read `now` only when a server call is current): the
+/// token to end it with, `None` outside any server call.
+#[inline]
+pub(crate) fn begin(now: impl FnOnce() -> Instant) -> Option<u32> {
+    CURRENT
+        .try_with(|c| {
+            let mut waits = c.get()?;
+            if waits.open == 0 {
+                waits.outside = waits.outside.saturating_sub(waits.at(now()));
+            }
+            waits.open = waits.open.saturating_add(1);
+            c.set(Some(waits));
+            Some(waits.id)
+        })
+        .ok()
+        .flatten()
+}
+
+/// The call out that `begin` gave `token` for has ended (or was dropped):
+/// in the server call it began in, its wait closes.
+#[inline]
+pub(crate) fn end(token: u32, now: impl FnOnce() -> Instant) {
+    let _ = CURRENT.try_with(|c| {
+        let Some(mut waits) = c.get() else { return };
+        if waits.id != token || waits.open == 0 {
+            return;
+        }
+        waits.open -= 1;
+        if waits.open == 0 {
+            waits.outside = waits.outside.saturating_add(waits.at(now()));
+        }
+        c.set(Some(waits));
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn overlapping_calls_out_count_once_and_foreign_ones_not_at_all() {
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let mut waits = Waits::new(t0);
+        assert_eq!(begin(|| at(0)), None, "no server call current");
+        let (a, b);
+        {
+            let _scope = Scope::enter(&mut waits, 7);
+            a = begin(|| at(10)).unwrap();
+            b = begin(|| at(20)).unwrap();
+            end(a, || at(30));
+        }
+        // Between polls: nothing current.
+        assert_eq!(waits.outside_ns(at(35)), 25_000_000, "open since 10");
+        {
+            let _scope = Scope::enter(&mut waits, 7);
+            // Another server call nested inside, with its own waits.
+            let mut inner = Waits::new(t0);
+            {
+                let _inner = Scope::enter(&mut inner, 9);
+                end(b, || at(40)); // not its call: ignored
+                let c = begin(|| at(40)).unwrap();
+                end(c, || at(45));
+            }
+            assert_eq!(inner.outside_ns(at(50)), 5_000_000);
+            end(b, || at(50));
+        }
+        assert_eq!(waits.outside_ns(at(90)), 40_000_000, "10 to 50, once");
+        assert_eq!(begin(|| at(0)), None, "restored");
+    }
+}
