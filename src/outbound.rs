@@ -12,6 +12,10 @@
 //! wait open (overlapping calls out counted once) off the latency sample.
 //! The time the call held its place stays whole.
 
+// A build with the server's limit and no retry layer (or the reverse) has
+// one side of it only.
+#![cfg_attr(not(all(feature = "shed", feature = "retry")), allow(dead_code))]
+
 use std::cell::Cell;
 
 use crate::clock::Instant;
@@ -21,8 +25,8 @@ use crate::clock::Instant;
 pub(crate) struct Waits {
     /// When the server call began: the instant the waits are kept from.
     start: Instant,
-    /// The server call's identity (its future's address while pinned,
-    /// truncated): a call out closes its wait only in the call it opened
+    /// The server call's identity (a count of the server calls made on
+    /// this thread): a call out closes its wait only in the call it opened
     /// it in.
     id: u32,
     /// Calls out open now.
@@ -35,10 +39,17 @@ pub(crate) struct Waits {
 
 impl Waits {
     #[inline]
-    pub(crate) const fn new(start: Instant) -> Self {
+    pub(crate) fn new(start: Instant) -> Self {
+        let id = NEXT_ID
+            .try_with(|n| {
+                let id = n.get().wrapping_add(1);
+                n.set(id);
+                id
+            })
+            .unwrap_or(0);
         Waits {
             start,
-            id: 0,
+            id,
             open: 0,
             outside: 0,
         }
@@ -73,9 +84,10 @@ impl Waits {
 
 thread_local! {
     static CURRENT: Cell<Option<Waits>> = const { Cell::new(None) };
+    static NEXT_ID: Cell<u32> = const { Cell::new(0) };
 }
 
-/// Makes `waits` (of the call `id`) current until dropped, then takes back
+/// Makes `waits` current until dropped, then takes back
 /// what calls out added and restores what was current before.
 #[must_use = "the waits are current only while the guard lives"]
 pub(crate) struct Scope<'a> {
@@ -86,8 +98,7 @@ pub(crate) struct Scope<'a> {
 
 impl<'a> Scope<'a> {
     #[inline]
-    pub(crate) fn enter(waits: &'a mut Waits, id: usize) -> Self {
-        waits.id = id as u32;
+    pub(crate) fn enter(waits: &'a mut Waits) -> Self {
         let before = CURRENT.try_with(|c| c.replace(Some(*waits))).ok().flatten();
         Scope {
             waits,
@@ -154,7 +165,7 @@ mod tests {
         assert_eq!(begin(|| at(0)), None, "no server call current");
         let (a, b);
         {
-            let _scope = Scope::enter(&mut waits, 7);
+            let _scope = Scope::enter(&mut waits);
             a = begin(|| at(10)).unwrap();
             b = begin(|| at(20)).unwrap();
             end(a, || at(30));
@@ -162,11 +173,11 @@ mod tests {
         // Between polls: nothing current.
         assert_eq!(waits.outside_ns(at(35)), 25_000_000, "open since 10");
         {
-            let _scope = Scope::enter(&mut waits, 7);
+            let _scope = Scope::enter(&mut waits);
             // Another server call nested inside, with its own waits.
             let mut inner = Waits::new(t0);
             {
-                let _inner = Scope::enter(&mut inner, 9);
+                let _inner = Scope::enter(&mut inner);
                 end(b, || at(40)); // not its call: ignored
                 let c = begin(|| at(40)).unwrap();
                 end(c, || at(45));

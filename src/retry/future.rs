@@ -76,9 +76,10 @@ pin_project! {
         // The attempt in flight, left uncut, ran past its own limit (and is
         // counted as a timeout already).
         overran: bool,
-        // The wait this call opened in the server call it was made in (see
-        // `outbound`), closed when it ends.
+        // The wait this call opened in the server call its first poll ran
+        // in (see `outbound`), closed when it ends.
         outbound: Option<u32>,
+        polled: bool,
     }
 
     impl<S, Req, P> PinnedDrop for ResponseFuture<S, Req, P>
@@ -114,14 +115,14 @@ where
         no_retry: GiveUpReason,
         started: Option<Instant>,
         deadline: Option<Deadline>,
-        outbound: Option<u32>,
         call: impl FnOnce() -> S::Future,
     ) -> Self {
         ResponseFuture {
             deadline,
             counted: Counted::Not,
             overran: false,
-            outbound,
+            outbound: None,
+            polled: false,
             state: State::Calling { future: call() },
             local,
             request,
@@ -185,6 +186,15 @@ where
     #[inline]
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let _edge = crate::clock::Edge::enter();
+        // Inside a server's call, the time from here to this call's end is
+        // spent outside it: from the first poll, on the task that awaits
+        // the call (a call spawned on a task of its own is not the
+        // handler's wait).
+        let this = self.as_mut().project();
+        if !*this.polled {
+            *this.polled = true;
+            *this.outbound = crate::outbound::begin(crate::clock::edge_now);
+        }
         let poll = self.as_mut().poll_calls(cx);
         if poll.is_ready() {
             if let Some(token) = self.as_mut().project().outbound.take() {

@@ -177,9 +177,6 @@ where
         let may_follow = copy.is_some()
             && shared.policy.may_retry_timeout(&req)
             && shared.budget.may_retry_timeout();
-        // Inside a server's call, the time until this call ends is spent
-        // outside it (see `outbound`).
-        let outbound = crate::outbound::begin(crate::clock::edge_now);
         let inner = &mut self.inner;
         ResponseFuture::new(
             self.local.clone(),
@@ -187,7 +184,6 @@ where
             no_retry,
             started,
             deadline,
-            outbound,
             || crate::deadline::call_with_retry_gate(may_follow, || inner.call(req)),
         )
     }

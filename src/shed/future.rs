@@ -29,7 +29,10 @@ pin_project! {
     /// ends, and its latency sample leaves that time out: a dependency that
     /// queues or hangs behind one route is no queue of this server's, and
     /// fills no place the other routes need. A call out made another way
-    /// (a plain client) counts as the handler's own time.
+    /// (a plain client), or polled on a task of its own (spawned), counts
+    /// as the handler's own time; the handler's own work while a call out
+    /// is open (a `join!` of the two) counts as outside. A client stack's
+    /// own limit keeps nothing apart (its calls are all out).
     pub struct ResponseFuture<F, M = Head> {
         #[pin]
         state: State<F>,
@@ -124,10 +127,10 @@ where
                 // there (see ARCHITECTURE.md).
                 // The handler's waits on calls out, current while it runs.
                 let mut poll = {
-                    let _waits = permit.as_mut().map(|p| {
-                        let id = std::ptr::addr_of!(p.waits) as usize;
-                        crate::outbound::Scope::enter(&mut p.waits, id)
-                    });
+                    let _waits = permit
+                        .as_mut()
+                        .filter(|p| p.waits_apart)
+                        .map(|p| crate::outbound::Scope::enter(&mut p.waits));
                     future.poll(cx)
                 };
                 let Poll::Ready(result) = &mut poll else {

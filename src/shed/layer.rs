@@ -160,6 +160,7 @@ struct AdaptiveLimitLayerBuilderSettings {
     shares: [f64; 4],
     reject_doomed: bool,
     burst: Duration,
+    waits_apart: bool,
     name: Name,
     observer: Observer,
 }
@@ -176,6 +177,7 @@ impl Default for AdaptiveLimitLayerBuilder {
                 shares: [0.2, 0.5, 0.1, 0.0],
                 reject_doomed: true,
                 burst: super::limiter::BURST,
+                waits_apart: true,
                 name: Name::from("adaptive_limit"),
                 observer: Observer::default(),
             },
@@ -204,6 +206,13 @@ impl<P> AdaptiveLimitLayerBuilder<P> {
     /// [`Aimd`](super::Aimd) or your own [`LimitAlgorithm`].
     pub fn algorithm(mut self, algorithm: impl LimitAlgorithm) -> Self {
         self.settings.algorithm = Some(Box::new(algorithm));
+        self
+    }
+
+    /// A client stack's limit: its calls are all out, none kept apart.
+    #[cfg(all(feature = "deadline", feature = "retry", feature = "circuit-breaker"))]
+    pub(crate) fn for_calls_out(mut self) -> Self {
+        self.settings.waits_apart = false;
         self
     }
 
@@ -407,6 +416,7 @@ impl<P> AdaptiveLimitLayerBuilder<P> {
                 shares: self.settings.shares,
                 reject_doomed: self.settings.reject_doomed,
                 burst: self.settings.burst,
+                waits_apart: self.settings.waits_apart,
             },
             self.settings.name,
             self.settings.observer,

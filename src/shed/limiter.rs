@@ -57,6 +57,10 @@ pub(crate) struct Config {
     pub(crate) shares: [f64; 4],
     pub(crate) reject_doomed: bool,
     pub(crate) burst: Duration,
+    /// Leave the handler's waits on calls out through a client stack out
+    /// of the count and the latency (a server's limit; not a client
+    /// stack's, whose calls are all out).
+    pub(crate) waits_apart: bool,
 }
 
 /// How long a burst above the limit is admitted (see `bursting`):
@@ -214,6 +218,7 @@ pub(crate) struct Limiter {
     min_rtt_ns: u64,
     shares: [f64; 4],
     reject_doomed: bool,
+    waits_apart: bool,
     /// [`BURST`], or as configured (ns; 0: no bursts).
     burst_ns: u64,
     algorithm: Mutex<Box<dyn LimitAlgorithm>>,
@@ -286,6 +291,7 @@ impl Limiter {
             min_rtt_ns: crate::clock::nanos(config.min_rtt),
             shares: config.shares,
             reject_doomed: config.reject_doomed,
+            waits_apart: config.waits_apart,
             burst_ns: crate::clock::nanos(config.burst),
             judges_kept: algorithm.judges_kept(),
             starting: AtomicBool::new(algorithm.judges_start()),
@@ -995,6 +1001,7 @@ impl Striped<Limiter> {
             done: false,
             waits: crate::outbound::Waits::new(now),
             outside: false,
+            waits_apart: self.waits_apart,
         })
     }
 }
@@ -1014,6 +1021,8 @@ pub(crate) struct Permit {
     pub(crate) waits: crate::outbound::Waits,
     /// Out of the count while its handler waits on calls out.
     outside: bool,
+    /// Its limiter keeps such waits apart (see `Config::waits_apart`).
+    pub(crate) waits_apart: bool,
 }
 
 impl fmt::Debug for Permit {
@@ -1042,10 +1051,19 @@ impl Permit {
         let by_class = &limiter.by_class[self.class.index()];
         if waiting {
             by_class.fetch_sub(1, Ordering::AcqRel);
-            limiter.inflight.fetch_sub(1, Ordering::AcqRel);
+            if limiter.inflight.fetch_sub(1, Ordering::AcqRel) == 1 {
+                // Nothing of this server's in flight any more.
+                limiter.idle.fetch_add(1, Ordering::Relaxed);
+            }
         } else {
             by_class.fetch_add(1, Ordering::AcqRel);
-            limiter.inflight.fetch_add(1, Ordering::AcqRel);
+            let inflight = limiter.inflight.fetch_add(1, Ordering::AcqRel) + 1;
+            let limit = limiter.limit.load(Ordering::Relaxed);
+            if limiter.win_max_inflight.load(Ordering::Relaxed) < inflight {
+                limiter
+                    .win_max_inflight
+                    .fetch_max(inflight.min(limit), Ordering::Relaxed);
+            }
         }
     }
 
@@ -1108,6 +1126,14 @@ impl Permit {
                     limiter.record(completion, own_ns, now, idle)
                 }
             }
+            // A drop or a timed-out answer that spent most of its time
+            // waiting on calls out (a client stack's deadline, passed on)
+            // is no sign of a queue here.
+            Completion::Drop | Completion::TimedOut
+                if self.waits.outside_ns(now).saturating_mul(2) > rtt_ns =>
+            {
+                limiter.record(Completion::Ignore, rtt_ns, now, idle)
+            }
             _ => limiter.record(completion, rtt_ns, now, idle),
         }
         let outcome = match completion {
@@ -1160,6 +1186,7 @@ mod tests {
                 shares,
                 reject_doomed: true,
                 burst: Duration::ZERO,
+                waits_apart: true,
             },
             Name::from("t"),
             Observer::default(),

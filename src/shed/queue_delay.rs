@@ -100,7 +100,7 @@ const PROVISIONAL_RISE: f64 = 0.5;
 ///    a window that does not reach the limit. Answers that said the
 ///    handler ran out of time ([`WindowSample::timed_out`]) count in this
 ///    latency, each for the time it held its place, when the window's
-///    answered calls met no queue (at most `base × (1 + tolerance)`: a
+///    answered calls met no queue (at most `target`: a
 ///    dependency that hangs behind one route, while the others are served
 ///    as before); otherwise they are drops.
 /// 5. Calls at the limit that keep their places
@@ -670,9 +670,9 @@ impl QueueDelayBuilder {
 
     /// The queueing delay tolerated whatever the service's own latency,
     /// when more than `tolerance` of it (default none). A client stack's
-    /// limit on the attempts to a dependency tolerates half the attempt
+    /// limit on the attempts to a dependency tolerates its attempt
     /// timeout: a queue at the dependency that its callers can wait out is
-    /// theirs to wait, one that grows toward their budget is cut.
+    /// theirs to wait; attempts that time out cut the limit.
     pub fn queue_allowance(mut self, allowance: Duration) -> Self {
         self.allowance = allowance;
         self

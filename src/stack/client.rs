@@ -540,10 +540,11 @@ impl<P, C, L, O, H> ClientStackBuilder<P, C, L, O, H> {
     /// name. Without an [`algorithm`](AdaptiveLimitLayerBuilder::algorithm)
     /// of yours, the stack's is [`QueueDelay`](crate::shed::QueueDelay)
     /// with a [queue allowance](crate::shed::QueueDelayBuilder::queue_allowance)
-    /// of the attempt timeout (see [`ClientStackBuilder`]). To leave the
-    /// attempts unlimited (as before the stack had it), give it a maximum:
-    /// `.adaptive_limit(|l| l.limits(Some(1000), Some(1000)))` holds it at
-    /// 1000.
+    /// of the attempt timeout (see [`ClientStackBuilder`]). To hold it at
+    /// its maximum instead, as the stack was before it had the limit:
+    /// `.adaptive_limit(|l| l.limits(Some(1000), Some(1000)).reject_doomed(false))`
+    /// (the second part: no refusal of a request whose time left is
+    /// shorter than the expected latency).
     pub fn adaptive_limit(
         mut self,
         f: impl FnOnce(AdaptiveLimitLayerBuilder) -> AdaptiveLimitLayerBuilder,
@@ -623,7 +624,7 @@ impl<P, C, L, O, H> ClientStackBuilder<P, C, L, O, H> {
         let mut bulkhead = self.common.bulkhead;
         // A queue at the dependency within an attempt timeout is its
         // callers' to wait out (unless the stack was given an algorithm).
-        let mut limit = self.common.limit;
+        let mut limit = self.common.limit.for_calls_out();
         if !limit.has_algorithm() {
             limit = limit.algorithm(
                 crate::shed::QueueDelay::builder()

@@ -3033,3 +3033,48 @@ async fn a_dependency_that_queues_behind_one_route_costs_the_others_nothing() {
         "the server stack costs a nothing: {a:?} {a_plain:?}"
     );
 }
+
+/// A call through a client stack that the handler spawns on a task of its
+/// own, and does not wait for, is no wait of the handler's: its own work
+/// (20 ms) stays its latency, and the limit learns it.
+#[cfg(all(feature = "deadline", feature = "retry", feature = "circuit-breaker"))]
+#[tokio::test(start_paused = true)]
+async fn a_call_out_spawned_on_its_own_task_is_not_the_handler_s_wait() {
+    let client = seawall::ClientStack::builder("audit")
+        .total_budget(ms(1000))
+        .attempt_timeout(ms(500))
+        .build()
+        .unwrap()
+        .layer(service_fn(|n: u64| async move {
+            sleep(ms(400)).await;
+            Ok::<_, Infallible>(n)
+        }));
+    let stack = seawall::ServerStack::builder("api")
+        .total_budget(ms(950))
+        .build()
+        .unwrap();
+    let limit = stack.adaptive_limit().clone();
+    let svc = stack.layer(service_fn(move |n: u64| {
+        let mut client = client.clone();
+        async move {
+            // Called here, polled on its own task.
+            let call = client.ready().await.unwrap().call(n);
+            drop(tokio::spawn(call));
+            sleep(ms(20)).await;
+            Ok::<_, Infallible>(n)
+        }
+    }));
+    let start = Instant::now();
+    let calls = (0..300u64).map(|n| {
+        let svc = svc.clone();
+        async move {
+            tokio::time::sleep_until(start + ms(10 * n)).await;
+            svc.oneshot(n).await.unwrap();
+        }
+    });
+    futures::future::join_all(calls).await;
+    let rtt = limit
+        .expected_rtt()
+        .expect("windows closed on the handler's own time");
+    assert!(rtt >= ms(20) && rtt < ms(21), "{rtt:?}");
+}
