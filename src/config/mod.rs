@@ -184,6 +184,9 @@ pub struct ClientSettings {
     /// The bulkhead.
     #[serde(default)]
     pub bulkhead: BulkheadSettings,
+    /// The adaptive limit's bounds, on the attempts in flight.
+    #[serde(default)]
+    pub limit: LimitSettings,
 }
 
 /// The retry layer's settings.

@@ -125,6 +125,16 @@ impl<P, M> AdaptiveLimitLayer<P, M> {
         self.limiter.set_bounds(min_limit, max_limit)
     }
 
+    /// Whether [`set_limits`](Self::set_limits) would take these bounds.
+    #[cfg(feature = "serde")]
+    pub(crate) fn check_limits(
+        &self,
+        min_limit: Option<usize>,
+        max_limit: Option<usize>,
+    ) -> Result<(), ConfigError> {
+        self.limiter.check_bounds(min_limit, max_limit)
+    }
+
     /// The service time a request should expect: the average RTT of the
     /// last closed window (`None` before the first window closed). The
     /// doomed-work check takes the window's fastest answer instead.

@@ -859,6 +859,25 @@ impl Limiter {
     /// Changes the algorithm's bounds (a reload: takes the algorithm's
     /// lock, which the request path never waits for), clamps the limit into
     /// them at once, and reports it.
+    /// Whether [`set_bounds`](Self::set_bounds) would take these bounds
+    /// (an algorithm that gives its bounds: checked against them; one that
+    /// does not is checked as it takes them).
+    #[cfg(feature = "serde")]
+    pub(crate) fn check_bounds(
+        &self,
+        min: Option<usize>,
+        max: Option<usize>,
+    ) -> Result<(), crate::error::ConfigError> {
+        let algorithm = self
+            .algorithm
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match algorithm.bounds() {
+            Some(now) => super::aimd::new_bounds(now, min, max).map(|_| ()),
+            None => Ok(()),
+        }
+    }
+
     pub(crate) fn set_bounds(
         &self,
         min: Option<usize>,

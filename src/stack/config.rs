@@ -100,9 +100,11 @@ impl<P, C, L, O, H> ClientStackBuilder<P, C, L, O, H> {
             b = b.slow_call_duration(d);
         }
         let (r, k, h) = (s.retry.clone(), s.breaker.clone(), s.bulkhead.clone());
+        let l = s.limit.clone();
         b.retry(move |rb| rb.configure(&r))
             .breaker(move |bb| bb.configure(&k))
             .bulkhead(move |bh| bh.configure(&h))
+            .adaptive_limit(move |lb| lb.configure(&l))
     }
 }
 
@@ -361,8 +363,9 @@ impl<P, C: Send + Sync + 'static, L, O, H> ClientStackLayer<P, C, L, O, H> {
     /// Reloads what can change in a running stack from a section (feature
     /// `serde`): the breaker's thresholds, failures in a row and open time
     /// (its state and window kept), the bulkhead's limit (calls in flight
-    /// keep their permits) and the retry budget's shares and floor (its
-    /// window and counts kept). Other settings of the section (time
+    /// keep their permits), the adaptive limit's bounds (what it learned is
+    /// kept, the limit clamped into them) and the retry budget's shares
+    /// and floor (its window and counts kept). Other settings of the section (time
     /// budgets, attempts, backoff, the slow-call time, the breaker's
     /// half-open calls and `count_overload`, the bulkhead's queue) take
     /// effect when the stack is built again, and are checked now as that
@@ -454,6 +457,13 @@ impl<P, C: Send + Sync + 'static, L, O, H> ClientStackLayer<P, C, L, O, H> {
         budget
             .check_settings(ratios.0, ratios.1, ratios.2)
             .map_err(|e| named(self.retry().name(), e))?;
+        let limit = self.adaptive_limit();
+        let bounds = (s.limit.min_limit, s.limit.max_limit);
+        if bounds.0.is_some() || bounds.1.is_some() {
+            limit
+                .check_limits(bounds.0, bounds.1)
+                .map_err(|e| named(limit.name(), e))?;
+        }
         // Every value was checked above or is checked by retune before it
         // changes anything: nothing below can fail half way.
         breaker.retune(t).map_err(|e| named(breaker.name(), e))?;
@@ -473,6 +483,11 @@ impl<P, C: Send + Sync + 'static, L, O, H> ClientStackLayer<P, C, L, O, H> {
         ) != before
         {
             self.retry().reconfigured();
+        }
+        if bounds.0.is_some() || bounds.1.is_some() {
+            limit
+                .set_limits(bounds.0, bounds.1)
+                .map_err(|e| named(limit.name(), e))?;
         }
         Ok(())
     }

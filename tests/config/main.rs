@@ -1248,3 +1248,42 @@ fn two_reloads_at_once_do_not_mix() {
         "the second reload, whole, after the first"
     );
 }
+
+/// A client section's `limit` sets the bounds of the client stack's
+/// adaptive limit on its attempts, at build and at reload; a refused
+/// reload (a minimum above the maximum) changes nothing, the breaker
+/// included.
+#[tokio::test(start_paused = true)]
+async fn a_client_section_bounds_the_client_stack_s_adaptive_limit() {
+    let cfg: ServiceConfig = toml::from_str(
+        "[clients.payments]\ntotal_budget = \"2s\"\nattempt_timeout = \"500ms\"\nlimit = { min_limit = 30 }",
+    )
+    .unwrap();
+    let stack =
+        ClientStack::from_config("payments", cfg.client_settings("payments").unwrap()).unwrap();
+    assert_eq!(stack.adaptive_limit().limit(), 30);
+
+    let held: ServiceConfig =
+        toml::from_str("[clients.payments]\nlimit = { min_limit = 1000, max_limit = 1000 }")
+            .unwrap();
+    stack
+        .reload(held.client_settings("payments").unwrap())
+        .unwrap();
+    assert_eq!(stack.adaptive_limit().limit(), 1000);
+
+    let before = stack.breaker_handle().tuning();
+    let bad: ServiceConfig = toml::from_str(
+        "[clients.payments]\nbreaker = { consecutive_failures = 7 }\nlimit = { min_limit = 50, max_limit = 40 }",
+    )
+    .unwrap();
+    let e = stack
+        .reload(bad.client_settings("payments").unwrap())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("payments.limit") && e.contains("max_limit (40)"),
+        "{e}"
+    );
+    assert_eq!(stack.adaptive_limit().limit(), 1000);
+    assert_eq!(stack.breaker_handle().tuning(), before, "nothing changed");
+}
