@@ -252,14 +252,7 @@ where
         }
         self.poll_slow(cx, None)
     }
-}
 
-impl<S, Req, P> ResponseFuture<S, Req, P>
-where
-    S: Service<Req> + Clone,
-    S::Error: Into<BoxError>,
-    P: RetryPolicy<Req, S::Response>,
-{
     /// The state machine, from an attempt that has just ended (`ended`,
     /// with its verdict) or from the state as it stands.
     #[inline(never)]
