@@ -7,10 +7,12 @@
 //! shared by every route, would refuse the routes that never call it. So
 //! the limit's future keeps a [`Waits`] for its call and makes it current
 //! around each poll of the handler; a retry layer (the outermost layer of
-//! a client stack that waits) opens a wait when its call begins and closes
-//! it when it ends, and the limit takes the time its call had at least one
-//! wait open (overlapping calls out counted once) off the latency sample.
-//! The time the call held its place stays whole.
+//! a client stack that waits) opens a wait at its future's first poll and
+//! closes it when it ends. While a wait is open the call is out of the
+//! limit's count of calls in flight, and the limit takes the time its call
+//! had at least one wait open (overlapping calls out counted once) off
+//! its latency sample. A call out polled on a task of its own opens no
+//! wait (the handler's time stays its own).
 
 // A build with the server's limit and no retry layer (or the reverse) has
 // one side of it only.

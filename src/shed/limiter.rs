@@ -856,9 +856,6 @@ impl Limiter {
         );
     }
 
-    /// Changes the algorithm's bounds (a reload: takes the algorithm's
-    /// lock, which the request path never waits for), clamps the limit into
-    /// them at once, and reports it.
     /// Whether [`set_bounds`](Self::set_bounds) would take these bounds
     /// (an algorithm that gives its bounds: checked against them; one that
     /// does not is checked as it takes them).
@@ -878,6 +875,9 @@ impl Limiter {
         }
     }
 
+    /// Changes the algorithm's bounds (a reload: takes the algorithm's
+    /// lock, which the request path never waits for), clamps the limit into
+    /// them at once, and reports it.
     pub(crate) fn set_bounds(
         &self,
         min: Option<usize>,
