@@ -1256,7 +1256,7 @@ fn two_reloads_at_once_do_not_mix() {
 #[tokio::test(start_paused = true)]
 async fn a_client_section_bounds_the_client_stack_s_adaptive_limit() {
     let cfg: ServiceConfig = toml::from_str(
-        "[clients.payments]\ntotal_budget = \"2s\"\nattempt_timeout = \"500ms\"\nlimit = { min_limit = 30 }",
+        "[clients.payments]\ntotal_budget = \"2s\"\nattempt_timeout = \"500ms\"\nlimit = { max_limit = 30 }",
     )
     .unwrap();
     let stack =
