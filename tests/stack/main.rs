@@ -1137,15 +1137,19 @@ async fn the_client_stack_stores_the_deadline_in_a_request_that_keeps_it() {
     assert_eq!(*ended.lock().unwrap(), Some((ms(1000), true)));
 }
 
-/// What a client stack got from a dependency of 4 workers at 50 ms (80
-/// answers a second, every request beyond them waiting, without bound, for
-/// a worker) sent 160 requests a second for 60 s: in the last 5 s,
-/// answered, out of time, refused by the stack's adaptive limit, refused
-/// by its open breaker.
-async fn queueing_dependency_at_twice_its_capacity(
+/// What a client stack (its adaptive limit as `limit` makes it) got from
+/// a dependency of 50 ms (with `workers`, every request beyond them waits,
+/// without bound, for one; without, none waits), sent `n` requests one
+/// every `gap`: of those from the `from`-th on, answered, out of time,
+/// refused by the stack's adaptive limit, refused by its open breaker.
+async fn client_load(
     limit: impl FnOnce(
         seawall::shed::AdaptiveLimitLayerBuilder,
     ) -> seawall::shed::AdaptiveLimitLayerBuilder,
+    workers: Option<usize>,
+    n: u32,
+    gap: Duration,
+    from: u32,
 ) -> [u32; 4] {
     let stack = ClientStack::builder("dep")
         .total_budget(ms(1000))
@@ -1155,7 +1159,9 @@ async fn queueing_dependency_at_twice_its_capacity(
         .retry(|r| r.seed(7))
         .build()
         .unwrap();
-    let workers = Arc::new(tokio::sync::Semaphore::new(4));
+    let workers = Arc::new(tokio::sync::Semaphore::new(
+        workers.unwrap_or(tokio::sync::Semaphore::MAX_PERMITS),
+    ));
     let svc = stack.layer(service_fn(move |n: u32| {
         let workers = workers.clone();
         async move {
@@ -1167,12 +1173,12 @@ async fn queueing_dependency_at_twice_its_capacity(
     let counts: Arc<[AtomicU32; 4]> = Arc::new(Default::default());
     let start = Instant::now();
     let mut tasks = Vec::new();
-    for n in 0..9600u32 {
-        tokio::time::sleep_until(start + Duration::from_micros(6250) * n).await;
+    for i in 0..n {
+        tokio::time::sleep_until(start + gap * i).await;
         let (svc, counts) = (svc.clone(), counts.clone());
         tasks.push(tokio::spawn(async move {
-            let slot = limit_slot(svc.oneshot(n).await);
-            if n >= 8800 {
+            let slot = limit_slot(svc.oneshot(i).await);
+            if i >= from {
                 counts[slot].fetch_add(1, Ordering::Relaxed);
             }
         }));
@@ -1181,6 +1187,16 @@ async fn queueing_dependency_at_twice_its_capacity(
         t.await.unwrap();
     }
     [0, 1, 2, 3].map(|i| counts[i].load(Ordering::Relaxed))
+}
+
+/// A dependency of 4 workers at 50 ms (80 answers a second) sent 160
+/// requests a second for 60 s: the last 5 s (see [`client_load`]).
+async fn queueing_dependency_at_twice_its_capacity(
+    limit: impl FnOnce(
+        seawall::shed::AdaptiveLimitLayerBuilder,
+    ) -> seawall::shed::AdaptiveLimitLayerBuilder,
+) -> [u32; 4] {
+    client_load(limit, Some(4), 9600, Duration::from_micros(6250), 8800).await
 }
 
 /// Answered, out of time, refused by the stack's limit (`dep.limit`,
@@ -1227,47 +1243,14 @@ async fn the_client_limit_sends_a_queueing_dependency_what_it_answers_in_time() 
     assert!(held[1] >= 300, "held at 1000: {held:?}");
 }
 
-/// What a client stack did in the first 2 s of a busy start: 4000 requests
-/// a second to a healthy dependency of 50 ms (200 in flight): answered,
-/// refused by its limit.
+/// The first 2 s of a busy start: 4000 requests a second to a healthy
+/// dependency of 50 ms (200 in flight; see [`client_load`]).
 async fn busy_start(
     limit: impl FnOnce(
         seawall::shed::AdaptiveLimitLayerBuilder,
     ) -> seawall::shed::AdaptiveLimitLayerBuilder,
-) -> [u32; 2] {
-    let stack = ClientStack::builder("dep")
-        .total_budget(ms(1000))
-        .attempt_timeout(ms(500))
-        .adaptive_limit(limit)
-        // (The backoff's jitter, seeded: the same draws every run.)
-        .retry(|r| r.seed(7))
-        .build()
-        .unwrap();
-    let svc = stack.layer(service_fn(|n: u32| async move {
-        tokio::time::sleep(ms(50)).await;
-        Ok::<u32, std::convert::Infallible>(n)
-    }));
-    let counts: Arc<[AtomicU32; 2]> = Arc::new(Default::default());
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for n in 0..8000u32 {
-        tokio::time::sleep_until(start + Duration::from_micros(250) * n).await;
-        let (svc, counts) = (svc.clone(), counts.clone());
-        tasks.push(tokio::spawn(async move {
-            let slot = match svc.oneshot(n).await {
-                Ok(_) => 0,
-                Err(e) => {
-                    assert_eq!(kind(&e), RejectionKind::Overloaded, "{e}");
-                    1
-                }
-            };
-            counts[slot].fetch_add(1, Ordering::Relaxed);
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
-    [0, 1].map(|i| counts[i].load(Ordering::Relaxed))
+) -> [u32; 4] {
+    client_load(limit, None, 8000, Duration::from_micros(250), 0).await
 }
 
 /// The client stack's limit starts at 100 attempts in flight: a busy
@@ -1289,6 +1272,6 @@ async fn a_busy_client_is_refused_nothing_at_its_start() {
     })
     .await;
     println!("initial 100: {default:?}; initial 20: {at_20:?}");
-    assert_eq!(default, [8000, 0]);
-    assert!(at_20[1] > 0, "{at_20:?}");
+    assert_eq!(default, [8000, 0, 0, 0]);
+    assert!(at_20[2] > 0, "{at_20:?}");
 }
