@@ -40,7 +40,11 @@ const PROVISIONAL_RISE: f64 = 0.5;
 ///    `target` below) nothing queues: when at least
 ///    half the limit was in flight, the limit grows, ×2 per window (while
 ///    the limit is reached) until the first sign of queueing, then by
-///    `increase` (5 %, at least 1) per window. At the start (every window
+///    `increase` (5 %, at least 1) per window. With a queue allowance, a
+///    window above `base × (1 + tolerance)` but within `target` is a queue
+///    tolerated: the limit is not cut for it, and grows by `increase` only
+///    (doubled, it filled the allowance in a window and passed it before
+///    the next could judge). At the start (every window
 ///    so far doubled the limit), the limit reached two windows in a row
 ///    drains nothing: each doubling is the test, as a queue of ours hidden
 ///    in `base` grows with it. The layer closes a window early meanwhile
@@ -619,6 +623,21 @@ impl QueueDelay {
                 // The first cut of a run sets the mark to judge them by.
                 self.cut = Some(cutting.unwrap_or((rtt, before.min(busy))));
             }
+        } else if rtt <= target
+            && busy >= self.limit / 2.0
+            && rtt > self.base * (1.0 + self.tolerance)
+        {
+            // A queue within the allowance: tolerated, and grown into by
+            // `increase` a window (doubled, it filled the allowance within
+            // a window or two and passed it before the next could judge).
+            // Growth after a slowdown meets it, and ends.
+            if self.growth == Growth::DoublingAfterSlowdown {
+                self.queue_seen = Some(self.windows);
+            }
+            self.growth = Growth::Additive;
+            if saturated {
+                self.limit = self.clamp(self.limit + (self.limit * self.increase).max(1.0));
+            }
         } else if rtt <= target && busy >= self.limit / 2.0 {
             // No queue, and the limit was used: grow.
             self.limit = if self.growth != Growth::Additive && saturated {
@@ -763,6 +782,30 @@ mod tests {
             q.update(&window(ms, b));
         }
         q.limit()
+    }
+
+    /// With a queue allowance (a client stack's limit), a queue within it
+    /// is not cut for, and grown into by `increase` a window, not ×2: from
+    /// 100 doubling, the limit ran to 200 in one window of a dependency
+    /// that came back cold (an outside trial over tonic: its queue near
+    /// 200, a third of the calls to it out of time; 97 to 122, growing so).
+    #[test]
+    fn a_queue_within_the_allowance_is_grown_into_slowly() {
+        let mut q = QueueDelay::builder()
+            .initial_limit(100)
+            .queue_allowance(Duration::from_millis(500))
+            .build()
+            .unwrap();
+        // Light load: no growth, the start ends, `base` is 20 ms.
+        assert_eq!(feed(&mut q, 3, 20.0, |_| 10), 100);
+        // At the limit, 280 ms a call: a queue within the allowance.
+        assert_eq!(q.update(&window(280.0, 100)), 105);
+        // Past the allowance (20 ms and 500): cut.
+        assert!(q.update(&window(900.0, 80)) < 105);
+        // Without an allowance, 280 ms is a queue: cut at once.
+        let mut plain = QueueDelay::builder().initial_limit(100).build().unwrap();
+        feed(&mut plain, 3, 20.0, |_| 10);
+        assert!(plain.update(&window(280.0, 100)) < 100);
     }
 
     /// A dependency 80 times slower, its window's refusals counted (each

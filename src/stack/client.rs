@@ -337,8 +337,8 @@ impl ClientStack {
 ///   ([`QueueDelayBuilder::queue_allowance`](crate::shed::QueueDelayBuilder::queue_allowance))
 ///   and is cut by attempts that time out. The scenarios: a dependency
 ///   queueing past the deadline (the storm's, 130 % of its capacity for
-///   10 s) served 83.4 % where the breaker alone kept 64.8 %; one within
-///   the deadline (110 % for 6 s) 99.1 %, as before the stack had the
+///   10 s) served 81.6 % where the breaker alone kept 64.8 %; one within
+///   the deadline (110 % for 6 s) 99.0 %, 99.1 % before the stack had the
 ///   limit (a limit that kept the dependency's queue to a tenth of its
 ///   service time refused the callers who could have waited: 97.8 %, and
 ///   94.7 % at half the attempt timeout); a route of a server whose
