@@ -87,52 +87,31 @@ pub struct ClientStackLayer<
 /// the layer that needs it.)
 pub struct ClientStackService<S, P = RetryErrors, C = DependencyFailures, M = Head, H = Identity>
 where
-    H: Layer<
-        CircuitBreaker<
-            AdaptiveLimit<Bulkhead<AttemptTimeoutService<S>, M>, FromTaskLocal, M>,
-            C,
-            M,
-        >,
-    >,
+    H: Layer<PerAttempt<S, C, M>>,
 {
     inner: StackInner<S, P, C, M, H>,
 }
 
+/// The layers an attempt goes through, below the retry and the hedge:
+/// breaker → adaptive limit → bulkhead → attempt timeout, around `S`,
+/// letting go of a call at `M`.
+pub(crate) type PerAttempt<S, C, M> =
+    CircuitBreaker<AdaptiveLimit<Bulkhead<AttemptTimeoutService<S>, M>, FromTaskLocal, M>, C, M>;
+
 /// The layers inside a [`ClientStackService`].
-type StackInner<S, P, C, M, H> = DeadlineService<
-    Retry<
-        <H as Layer<
-            CircuitBreaker<
-                AdaptiveLimit<Bulkhead<AttemptTimeoutService<S>, M>, FromTaskLocal, M>,
-                C,
-                M,
-            >,
-        >>::Service,
-        P,
-    >,
-    InnerTimers,
->;
+type StackInner<S, P, C, M, H> =
+    DeadlineService<Retry<<H as Layer<PerAttempt<S, C, M>>>::Service, P>, InnerTimers>;
 
 wrapper_service!(
     ClientStackService<S, P, C, M, H>,
     StackInner<S, P, C, M, H>,
-    where H: Layer<CircuitBreaker<AdaptiveLimit<Bulkhead<AttemptTimeoutService<S>, M>, FromTaskLocal, M>, C, M>>,
+    where H: Layer<PerAttempt<S, C, M>>,
 );
 
 impl<S, P, C, L, O, H> Layer<S> for ClientStackLayer<P, C, L, O, H>
 where
     L: Layer<S> + HoldPoint,
-    H: Layer<
-        CircuitBreaker<
-            AdaptiveLimit<
-                Bulkhead<AttemptTimeoutService<L::Service>, L::Hold>,
-                FromTaskLocal,
-                L::Hold,
-            >,
-            C,
-            L::Hold,
-        >,
-    >,
+    H: Layer<PerAttempt<L::Service, C, L::Hold>>,
     O: Layer<ClientStackService<L::Service, P, C, L::Hold, H>>,
 {
     type Service = O::Service;

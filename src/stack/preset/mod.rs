@@ -7,9 +7,6 @@ use tower_layer::Layer;
 
 use super::client::{ClientStack, ClientStackBuilder, ClientStackService};
 use super::part::part_name;
-use crate::bulkhead::Bulkhead;
-use crate::circuit_breaker::CircuitBreaker;
-use crate::deadline::AttemptTimeoutService;
 use crate::deadline::propagate::{
     PropagateDeadline, PropagateDeadlineLayer, PropagateDeadlineLayerBuilder,
 };
@@ -60,16 +57,9 @@ where
 }
 
 /// What a client stack's hedge part wraps: the breaker, and below it the
-/// bulkhead and the attempt timeout around `S`, letting go at the body's end.
-type AtAttempt<S, C> = CircuitBreaker<
-    crate::shed::AdaptiveLimit<
-        Bulkhead<AttemptTimeoutService<S>, BodyEnd>,
-        crate::shed::criticality::FromTaskLocal,
-        BodyEnd,
-    >,
-    C,
-    BodyEnd,
->;
+/// adaptive limit, the bulkhead and the attempt timeout around `S`, letting
+/// go at the body's end.
+type AtAttempt<S, C> = super::client::PerAttempt<S, C, BodyEnd>;
 
 wrapper_service!(
     HttpClient<S, H, P, C>,
