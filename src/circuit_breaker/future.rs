@@ -11,7 +11,7 @@ use tokio::time::Instant;
 
 use super::handle::{CoreRef, Shared};
 use super::state::Core;
-use super::state::Permit;
+use super::state::{Permit, PermitKind};
 use crate::classify::{Classify, JudgeFn, judge};
 use crate::clock;
 use crate::error::{BoxError, CircuitOpen};
@@ -24,7 +24,10 @@ use crate::stripe::Ticket;
 /// dropped first.
 pub(crate) struct Guard<C> {
     shared: Ticket<Shared<C>>,
-    permit: Permit,
+    // The permit's two fields, kept apart so that the small ones below
+    // share its padding (8 bytes off the future).
+    generation: u64,
+    kind: PermitKind,
     /// When the call went in (an untimed call: the breaker's origin).
     start: Instant,
     /// How the call keeps time: [`UNTIMED`], [`CLOCKED`] or [`TIMED`].
@@ -49,7 +52,8 @@ impl<C> Guard<C> {
     ) -> Self {
         Guard {
             shared,
-            permit,
+            generation: permit.generation,
+            kind: permit.kind,
             start,
             clock,
             done: false,
@@ -57,10 +61,21 @@ impl<C> Guard<C> {
     }
 }
 
+impl<C> Guard<C> {
+    /// The permit the call was admitted with.
+    #[inline]
+    fn permit(&self) -> Permit {
+        Permit {
+            generation: self.generation,
+            kind: self.kind,
+        }
+    }
+}
+
 impl<C> Drop for Guard<C> {
     fn drop(&mut self) {
         if !self.done {
-            self.shared.core.on_cancel(self.permit);
+            self.shared.core.on_cancel(self.permit());
         }
     }
 }
@@ -188,7 +203,7 @@ where
                 let (head, latency) = elapsed::<C, CLOCK>(guard);
                 let pending = Pending {
                     shared: guard.shared.clone().into_stripe(),
-                    permit: guard.permit,
+                    permit: guard.permit(),
                     head,
                     latency,
                     judge: j.0,
@@ -213,7 +228,7 @@ where
                 now,
                 timed: CLOCK != UNTIMED,
             };
-            finish(&shared.core, guard.permit, latency, outcome, at);
+            finish(&shared.core, guard.permit(), latency, outcome, at);
         }
     }
     poll.map_err(Into::into)

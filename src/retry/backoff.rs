@@ -179,10 +179,10 @@ impl Backoff {
                 (d / 2, d)
             }
             Jitter::Decorrelated => {
-                let prev = if state.prev.is_zero() {
+                let prev = if state.prev_ns == 0 {
                     self.base
                 } else {
-                    state.prev
+                    Duration::from_nanos(state.prev_ns)
                 };
                 let hi = prev.saturating_mul(3).min(self.cap).max(self.base);
                 (self.base, hi)
@@ -203,7 +203,7 @@ impl Backoff {
             }
         };
         state.retries = state.retries.saturating_add(1);
-        state.prev = d;
+        state.prev_ns = crate::clock::nanos(d);
         d
     }
 
@@ -241,7 +241,9 @@ fn draw<R: Rng + ?Sized>(rng: &mut R, lo: Duration, hi: Duration) -> Duration {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct BackoffState {
     retries: u32,
-    prev: Duration,
+    /// The previous delay in nanoseconds (a `Duration` would take 8 bytes
+    /// more of every retry future).
+    prev_ns: u64,
 }
 
 impl BackoffState {
@@ -249,7 +251,7 @@ impl BackoffState {
     pub const fn new() -> Self {
         BackoffState {
             retries: 0,
-            prev: Duration::ZERO,
+            prev_ns: 0,
         }
     }
 

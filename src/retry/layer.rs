@@ -46,14 +46,27 @@ impl<P> Shared<P> {
     pub(crate) fn session_rng(&self) -> SessionRng {
         let k = self.seq.fetch_add(1, Ordering::Relaxed);
         use crate::clock::splitmix64;
-        SessionRng(splitmix64(self.seed ^ splitmix64(k)))
+        SessionRng::new(splitmix64(self.seed ^ splitmix64(k)))
     }
 }
 
 /// The random source of one backoff session: splitmix64, 8 bytes in the
-/// response future (a session draws a handful of numbers).
+/// response future (a session draws a handful of numbers), with `None`
+/// (not drawn yet) in the same 8 bytes: its state is never zero (a state
+/// that would be is [`GOLDEN`](crate::clock::GOLDEN) instead).
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct SessionRng(u64);
+pub(crate) struct SessionRng(std::num::NonZeroU64);
+
+impl SessionRng {
+    fn new(state: u64) -> Self {
+        SessionRng(std::num::NonZeroU64::new(state).unwrap_or(GOLDEN_NZ))
+    }
+}
+
+const GOLDEN_NZ: std::num::NonZeroU64 = match std::num::NonZeroU64::new(crate::clock::GOLDEN) {
+    Some(g) => g,
+    None => unreachable!(),
+};
 
 impl rand::RngCore for SessionRng {
     #[inline]
@@ -63,8 +76,9 @@ impl rand::RngCore for SessionRng {
 
     #[inline]
     fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(crate::clock::GOLDEN);
-        crate::clock::splitmix64(self.0)
+        let state = self.0.get().wrapping_add(crate::clock::GOLDEN);
+        *self = SessionRng::new(state);
+        crate::clock::splitmix64(state)
     }
 
     fn fill_bytes(&mut self, dst: &mut [u8]) {
