@@ -77,6 +77,24 @@ const PROVISIONAL_RISE: f64 = 0.5;
 ///    trial it was taken for one, the limit fell from 20 to 2 with at most
 ///    11 calls in flight, and 3 % of the requests were refused). Calls that timed out or were shed
 ///    below cut the limit by a tenth at least, when some queueing shows.
+///    When a fifth or more of a window's calls timed out (drops) while
+///    the answered ones were slowed past `base × (1 + tolerance)`, the
+///    answers are the calls that came through in time, their latency cut
+///    off by the deadline however long the queue: the limit is cut to the
+///    share of calls answered (at most halved), a draining window's too,
+///    and for two windows a latency above what a queue of ours can make
+///    (rule 4) is that queue, not a slower service. If the answers a
+///    second fall about in proportion with such cuts, the calls run out of
+///    time at any limit (a service too slow for the deadline, not a queue
+///    of ours): the cuts are undone and the answered calls' latency is
+///    `base`. (`tests/stack`: 8 workers whose latency went from 10 to
+///    100 ms, sent five times what they then answer, by callers with
+///    490 ms: 725 of the 800 answerable answered in time, and 9.6 s of the
+///    workers' 80 spent on calls cut before their answer; judged by the
+///    answers' latency alone, the limit stayed at 60 to 100, 457 answered
+///    and 46 s cut. The same dependency made slower with no queue, 30 % of
+///    its calls past a 130 ms deadline at any load: 6663 of 10 000
+///    answered, 6718 before.)
 /// 4. A service that got slower is not a queue: when the latency moves by
 ///    more than a quarter while the limit and the calls in flight stay
 ///    within a tenth of the last window's, `base` moves with it; when a
@@ -200,6 +218,14 @@ pub struct QueueDelay {
     /// that met queueing. Within `drain_every` windows of it, a slower
     /// service is one of limited workers, and the limit does not grow ×2.
     queue_seen: Option<usize>,
+    /// The last window whose answers were cut off by the deadline (see
+    /// `censored` in `judge`): for two windows after it, a latency above
+    /// what a queue of ours can make is the same queue, not a slower
+    /// service.
+    censored_at: Option<usize>,
+    /// A run of cuts for answers cut off by the deadline, under way (see
+    /// [`CensoredCut`]).
+    censored_cut: Option<CensoredCut>,
     /// The lowest window latency (ns) of the last `drain_every` windows
     /// before this run of them, and of this run so far (∞ when none):
     /// the service's latency without a queue, whatever rules moved `base`.
@@ -294,6 +320,32 @@ impl QueueDelay {
             self.growth = Growth::DoublingAfterSlowdown;
         }
     }
+}
+
+/// A run of cuts for answers cut off by the deadline: if the answers a
+/// second fall with the limit, the calls run out of time at any limit (a
+/// slower service, not a queue of ours), and the cuts are undone.
+#[derive(Debug, Clone, Copy)]
+struct CensoredCut {
+    /// The window of the first cut.
+    at: usize,
+    /// The limit before it.
+    limit_before: f64,
+    /// The answers a second of the first window at the lower limit, and
+    /// that limit.
+    reference: Option<(f64, f64)>,
+}
+
+/// The answers a second of a window (none when its length is not known).
+fn answered_per_sec(sample: &WindowSample) -> Option<f64> {
+    let span = sample.span().as_secs_f64();
+    (span > 0.0).then(|| sample.samples() as f64 / span)
+}
+
+/// The share of a window's calls that were answered (not dropped).
+fn answered_share(sample: &WindowSample) -> f64 {
+    let n = sample.samples() as f64;
+    n / (n + sample.drops() as f64).max(1.0)
 }
 
 impl LimitAlgorithm for QueueDelay {
@@ -428,7 +480,66 @@ impl QueueDelay {
         }
         let was_saturated = std::mem::replace(&mut self.saturated, saturated);
         let previous = self.previous.replace((rtt, busy, self.limit));
+        // The answered calls were slowed by a queue, and a fifth or more
+        // of the calls ran out of time: their latency is cut off by the
+        // deadline (the answered are the ones that came through in time)
+        // and says less than the queue is. Judged by the share answered.
+        let share = answered_share(sample);
+        let censored = sample.drops() * 4 >= sample.samples()
+            && self.base > 0.0
+            && rtt > self.base * (1.0 + self.tolerance);
+        let answered_rate = answered_per_sec(sample);
+        if let Some(cut) = self.censored_cut.as_mut() {
+            match cut.reference {
+                _ if !censored || self.windows > cut.at + 4 => self.censored_cut = None,
+                // The first window at the lower limit: the answers a second
+                // to judge the next by.
+                None => cut.reference = answered_rate.map(|rate| (rate, self.limit)),
+                Some((rate_before, limit_before)) => {
+                    // What the cuts since took from the limit.
+                    let taken = 1.0 - self.limit / limit_before;
+                    if taken >= 0.1
+                        && answered_rate.is_some_and(|now| now < rate_before * (1.0 - taken / 2.0))
+                    {
+                        // The cuts took answers with them, about in
+                        // proportion: no queue of ours, but calls that run
+                        // out of time at any limit (a service that got
+                        // slower for the deadline). They are undone, and
+                        // the answered calls' latency is the service's. (A
+                        // queue of ours past the deadline gives as many
+                        // answers, or more, at a lower limit.)
+                        let restore = cut.limit_before;
+                        self.censored_cut = None;
+                        self.censored_at = None;
+                        self.limit = self.clamp(restore.max(self.limit));
+                        self.follow_slower(rtt, false);
+                        return self.limit();
+                    }
+                }
+            }
+        }
+        if censored {
+            self.censored_at = Some(self.windows);
+        }
         if let Some((before_limit, before_busy, before_rtt)) = self.draining.take() {
+            if censored {
+                // The drain kept most calls out of time: still above the
+                // knee, and its latency is no measure of the service's.
+                // Cut on by the share answered (at most halved), and judge
+                // the next window as after a cut.
+                self.queue_seen = Some(self.windows);
+                self.drains += 1;
+                self.next_drain = self.windows + 1;
+                self.growth = Growth::Additive;
+                self.censored_cut.get_or_insert(CensoredCut {
+                    at: self.windows,
+                    limit_before: before_limit,
+                    reference: None,
+                });
+                self.limit = self.clamp((self.limit * share).max(self.limit / 2.0));
+                self.previous = Some((before_rtt, before_busy, before_limit));
+                return self.limit();
+            }
             // Fewer calls in flight for a while: if a queue of ours was
             // there, the latency fell with them, and the lowest latency seen
             // is closer to the service's own.
@@ -478,6 +589,10 @@ impl QueueDelay {
         // its growth makes is judged as a queue, and ends it.)
         if self.windows > 2
             && self.growth != Growth::DoublingAfterSlowdown
+            && self
+                .censored_at
+                .max(self.queue_seen)
+                .is_none_or(|at| self.windows > at + 2)
             && slower_rtt > busy.max(1.0) * floor
             && slower_rtt > self.base * 1.25
         {
@@ -593,13 +708,23 @@ impl QueueDelay {
         // their deadline at any load are not a queue of ours.
         let dropped = did_drop && used && rtt > self.base * (1.0 + self.tolerance / 2.0);
         let before = self.limit;
-        if queueing || dropped {
+        if queueing || dropped || (censored && used) {
             // A queue: shrink to where it would be `tolerance` of the
             // service time; calls that timed out or were shed below: by a
             // tenth at least.
             let mut factor = if queueing { target / rtt } else { 1.0 };
             if dropped {
                 factor = factor.min(0.9);
+            }
+            if censored && used {
+                // Most calls out of time behind a queue: down to the share
+                // answered in time (at most halved; see `censored`).
+                factor = factor.min(share);
+                self.censored_cut.get_or_insert(CensoredCut {
+                    at: self.windows,
+                    limit_before: self.limit,
+                    reference: None,
+                });
             }
             if self.growth == Growth::DoublingAfterSlowdown {
                 self.queue_seen = Some(self.windows);
@@ -750,6 +875,8 @@ impl QueueDelayBuilder {
             base: 0.0,
             growth: Growth::Doubling,
             queue_seen: None,
+            censored_at: None,
+            censored_cut: None,
             floor: (f64::INFINITY, f64::INFINITY),
             windows: 0,
             next_drain: 1,

@@ -1566,10 +1566,12 @@ fn pool_server(
 /// A handler that waits inside for a pool of its own (4 connections, 100 ms
 /// a query: 40 requests a second) under 60 requests a second, each with
 /// 590 ms of budget. The adaptive limit reads the wait for the pool as a
-/// dependency's latency and does not fall to the pool's size, so requests
-/// queue for the pool until their deadline; a bulkhead of the pool's size
-/// (the README's advice) refuses the excess at once, and every request it
-/// admits is answered in time.
+/// dependency's latency and does not fall to the pool's size: cut by the
+/// answers the deadline cuts off, it answers 332 in time, but 126 requests
+/// still queue for the pool until their deadline (210 and 309 before it
+/// read those); a bulkhead of the pool's size (the README's advice)
+/// refuses the excess at once, and every request it admits is answered in
+/// time: 408.
 #[cfg(all(feature = "deadline", feature = "retry", feature = "circuit-breaker"))]
 #[tokio::test(start_paused = true)]
 async fn a_pool_inside_the_handler_takes_a_bulkhead_of_its_size() {
@@ -1592,9 +1594,12 @@ async fn a_pool_inside_the_handler_takes_a_bulkhead_of_its_size() {
     );
     assert!(sized[0] >= 390, "the pool's capacity answered: {sized:?}");
     // The preset alone lets requests wait for the pool past their
-    // deadline: fewer than two thirds of the capacity answered.
+    // deadline: fewer answered than the bulkhead's.
     assert!(alone[1] >= 100, "many out of time: {alone:?}");
-    assert!(alone[0] < 270, "goodput lost to the queue: {alone:?}");
+    assert!(
+        alone[0] + 50 <= sized[0],
+        "goodput lost to the queue: {alone:?}"
+    );
 }
 
 /// The same pool under 90 % of its capacity, requests coming at random (36
