@@ -323,7 +323,8 @@ impl QueueDelay {
 }
 
 /// A run of cuts for answers cut off by the deadline: if the answers a
-/// second fall with the limit, the calls run out of time at any limit (a
+/// second fall with the limit, and the limit refuses the calls that
+/// would have been answered, the calls run out of time at any limit (a
 /// slower service, not a queue of ours), and the cuts are undone.
 #[derive(Debug, Clone, Copy)]
 struct CensoredCut {
@@ -340,6 +341,16 @@ struct CensoredCut {
 fn answered_per_sec(sample: &WindowSample) -> Option<f64> {
     let span = sample.span().as_secs_f64();
     (span > 0.0).then(|| sample.samples() as f64 / span)
+}
+
+/// The requests a second a window's limit refused.
+fn refused_per_sec(sample: &WindowSample) -> f64 {
+    let span = sample.span().as_secs_f64();
+    if span > 0.0 {
+        sample.refused() as f64 / span
+    } else {
+        0.0
+    }
 }
 
 /// The share of a window's calls that were answered (not dropped).
@@ -499,15 +510,20 @@ impl QueueDelay {
                     // What the cuts since took from the limit.
                     let taken = 1.0 - self.limit / limit_before;
                     if taken >= 0.1
-                        && answered_rate.is_some_and(|now| now < rate_before * (1.0 - taken / 2.0))
+                        && answered_rate.is_some_and(|now| {
+                            now < rate_before * (1.0 - taken / 2.0)
+                                && refused_per_sec(sample) >= (rate_before - now) / 2.0
+                        })
                     {
                         // The cuts took answers with them, about in
-                        // proportion: no queue of ours, but calls that run
-                        // out of time at any limit (a service that got
-                        // slower for the deadline). They are undone, and
-                        // the answered calls' latency is the service's. (A
-                        // queue of ours past the deadline gives as many
-                        // answers, or more, at a lower limit.)
+                        // proportion, and turned those calls away: no
+                        // queue of ours, but calls that run out of time at
+                        // any limit (a service that got slower for the
+                        // deadline). They are undone, and the answered
+                        // calls' latency is the service's. (A queue of
+                        // ours past the deadline gives as many answers, or
+                        // more, at a lower limit; fewer answers with no
+                        // more refused are fewer requests.)
                         let restore = cut.limit_before;
                         self.censored_cut = None;
                         self.censored_at = None;
