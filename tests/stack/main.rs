@@ -1258,6 +1258,24 @@ async fn brownout(
     ) -> seawall::shed::AdaptiveLimitLayerBuilder,
     caller: Duration,
 ) -> ([u32; 4], u64) {
+    let (during, _, cut) = slowdown(limit, caller, Some(8), |_| ms(100), 400).await;
+    (during, cut)
+}
+
+/// A dependency of `workers` (without, none waits) at 10 ms whose latency
+/// goes to `slow(n)` for request `n` for 10 s between 10 s at 10 ms, sent
+/// `per_sec` requests a second by callers with `caller` of budget: the
+/// counts of the 10 s slow and of the 10 s after (see [`limit_slot`]), and
+/// the workers' time (ms) spent on calls cut before their answer.
+async fn slowdown(
+    limit: impl FnOnce(
+        seawall::shed::AdaptiveLimitLayerBuilder,
+    ) -> seawall::shed::AdaptiveLimitLayerBuilder,
+    caller: Duration,
+    workers: Option<usize>,
+    slow: fn(u32) -> Duration,
+    per_sec: u32,
+) -> ([u32; 4], [u32; 4], u64) {
     let stack = ClientStack::builder("dep")
         .total_budget(ms(1000))
         .attempt_timeout(ms(500))
@@ -1265,18 +1283,21 @@ async fn brownout(
         .retry(|r| r.seed(7))
         .build()
         .unwrap();
-    let workers = Arc::new(tokio::sync::Semaphore::new(8));
+    let workers = Arc::new(tokio::sync::Semaphore::new(
+        workers.unwrap_or(tokio::sync::Semaphore::MAX_PERMITS),
+    ));
     let cut_ms = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let start = Instant::now();
-    let brownout = |t: Duration| t >= Duration::from_secs(10) && t < Duration::from_secs(20);
+    // 0 before, 1 slow, 2 after.
+    let phase = |t: Duration| (t.as_secs() / 10).min(2) as usize;
     let svc = {
         let cut_ms = cut_ms.clone();
         stack.layer(service_fn(move |n: u32| {
             let (workers, cut_ms) = (workers.clone(), cut_ms.clone());
             async move {
                 let _worker = workers.acquire().await.unwrap();
-                let latency = if brownout(start.elapsed()) {
-                    ms(100)
+                let latency = if phase(start.elapsed()) == 1 {
+                    slow(n)
                 } else {
                     ms(10)
                 };
@@ -1297,26 +1318,27 @@ async fn brownout(
             }
         }))
     };
-    let counts: Arc<[AtomicU32; 4]> = Arc::new(Default::default());
+    let counts: Arc<[[AtomicU32; 4]; 2]> = Arc::new(Default::default());
     let mut tasks = Vec::new();
-    for i in 0..12_000u32 {
-        let at = start + Duration::from_micros(2500) * i;
+    for i in 0..30 * per_sec {
+        let at = start + Duration::from_secs(1) / per_sec * i;
         tokio::time::sleep_until(at).await;
         let (svc, counts) = (svc.clone(), counts.clone());
-        let in_brownout = brownout(at - start);
+        let phase = phase(at - start);
         tasks.push(tokio::spawn(async move {
             let deadline = seawall::deadline::Deadline::after(caller);
             let slot = limit_slot(seawall::deadline::scope(deadline, svc.oneshot(i)).await);
-            if in_brownout {
-                counts[slot].fetch_add(1, Ordering::Relaxed);
+            if phase > 0 {
+                counts[phase - 1][slot].fetch_add(1, Ordering::Relaxed);
             }
         }));
     }
     for t in tasks {
         t.await.unwrap();
     }
-    let counts = [0, 1, 2, 3].map(|i| counts[i].load(Ordering::Relaxed));
-    (counts, cut_ms.load(Ordering::Relaxed))
+    let [during, after] =
+        [0, 1].map(|p| [0, 1, 2, 3].map(|i| counts[p][i].load(Ordering::Relaxed)));
+    (during, after, cut_ms.load(Ordering::Relaxed))
 }
 
 /// A brownout past what the callers' deadline lets through: with 490 ms
@@ -1352,6 +1374,27 @@ async fn a_brownout_past_the_callers_deadline_is_sent_what_it_answers_in_time() 
     assert!(roomy[0] >= 750, "{roomy:?}");
     assert!(held[0] + 150 <= tight[0], "held at 1000: {held:?}");
     assert!(held_cut >= 3 * tight_cut, "held at 1000: {held_cut} ms cut");
+}
+
+/// A dependency that got slower with no queue (no workers to wait for:
+/// 50 to 150 ms a call, spread evenly), 1000 requests a second, callers
+/// with 130 ms: 30 % of the calls run out of time at any limit. The
+/// limit cuts for them as for a queue past the deadline (see
+/// [`a_brownout_past_the_callers_deadline_is_sent_what_it_answers_in_time`]),
+/// finds the answers a second falling with the cuts while their latency
+/// stays, and undoes them: 6037 of the 10 000 answered (about 7000 could
+/// be; 5957 before the limit read answers cut off by the deadline), and
+/// none refused once the dependency is fast again. Cuts never undone kept
+/// 1481, and refused 5668 of the next 10 000.
+#[tokio::test(start_paused = true)]
+async fn a_dependency_too_slow_for_the_deadline_at_any_limit_keeps_its_limit() {
+    let slow = |n: u32| ms(50 + u64::from(n.wrapping_mul(37) % 101));
+    let (during, after, _) = slowdown(|l| l, ms(130), None, slow, 1000).await;
+    println!("slow: {during:?}; after: {after:?}");
+    assert_eq!(during.iter().sum::<u32>(), 10_000);
+    assert!(during[0] >= 5800, "{during:?}");
+    assert!(during[2] <= 1500, "refused by the limit: {during:?}");
+    assert_eq!(after, [10_000, 0, 0, 0], "fast again: nothing refused");
 }
 
 /// The first 2 s of a busy start: 4000 requests a second to a healthy
