@@ -1137,6 +1137,31 @@ async fn the_client_stack_stores_the_deadline_in_a_request_that_keeps_it() {
     assert_eq!(*ended.lock().unwrap(), Some((ms(1000), true)));
 }
 
+/// The client stack of the limit's load tests (1 s in all, 500 ms an
+/// attempt, its adaptive limit as `limit` makes it), and its dependency's
+/// `workers` (without, none waits).
+fn limited_dependency(
+    limit: impl FnOnce(
+        seawall::shed::AdaptiveLimitLayerBuilder,
+    ) -> seawall::shed::AdaptiveLimitLayerBuilder,
+    workers: Option<usize>,
+) -> (
+    seawall::stack::ClientStackLayer,
+    Arc<tokio::sync::Semaphore>,
+) {
+    let stack = ClientStack::builder("dep")
+        .total_budget(ms(1000))
+        .attempt_timeout(ms(500))
+        .adaptive_limit(limit)
+        // (The backoff's jitter, seeded: the same draws every run.)
+        .retry(|r| r.seed(7))
+        .build()
+        .unwrap();
+    let workers =
+        tokio::sync::Semaphore::new(workers.unwrap_or(tokio::sync::Semaphore::MAX_PERMITS));
+    (stack, Arc::new(workers))
+}
+
 /// What a client stack (its adaptive limit as `limit` makes it) got from
 /// a dependency of 50 ms (with `workers`, every request beyond them waits,
 /// without bound, for one; without, none waits), sent `n` requests one
@@ -1151,17 +1176,7 @@ async fn client_load(
     gap: Duration,
     from: u32,
 ) -> [u32; 4] {
-    let stack = ClientStack::builder("dep")
-        .total_budget(ms(1000))
-        .attempt_timeout(ms(500))
-        .adaptive_limit(limit)
-        // (The backoff's jitter, seeded: the same draws every run.)
-        .retry(|r| r.seed(7))
-        .build()
-        .unwrap();
-    let workers = Arc::new(tokio::sync::Semaphore::new(
-        workers.unwrap_or(tokio::sync::Semaphore::MAX_PERMITS),
-    ));
+    let (stack, workers) = limited_dependency(limit, workers);
     let svc = stack.layer(service_fn(move |n: u32| {
         let workers = workers.clone();
         async move {
@@ -1276,16 +1291,7 @@ async fn slowdown(
     slow: fn(u32) -> Duration,
     per_sec: u32,
 ) -> ([u32; 4], [u32; 4], u64) {
-    let stack = ClientStack::builder("dep")
-        .total_budget(ms(1000))
-        .attempt_timeout(ms(500))
-        .adaptive_limit(limit)
-        .retry(|r| r.seed(7))
-        .build()
-        .unwrap();
-    let workers = Arc::new(tokio::sync::Semaphore::new(
-        workers.unwrap_or(tokio::sync::Semaphore::MAX_PERMITS),
-    ));
+    let (stack, workers) = limited_dependency(limit, workers);
     let cut_ms = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let start = Instant::now();
     // 0 before, 1 slow, 2 after.
