@@ -89,7 +89,8 @@ const PROVISIONAL_RISE: f64 = 0.5;
 ///    while the answers' latency does not fall with the queue, the calls
 ///    run out of time at any limit (a service too slow for the deadline,
 ///    not a queue of ours): the cuts are undone and the answered calls'
-///    latency is `base`. (`tests/stack`: 8 workers whose latency went from
+///    latency is `base`. The run of such cuts ends with the first window
+///    that is not cut off so, or four windows after its first cut. (`tests/stack`: 8 workers whose latency went from
 ///    10 to 100 ms, sent five times what they then answer, by callers with
 ///    490 ms: 725 of the 800 answerable answered in time, and 9.6 s of the
 ///    workers' 80 spent on calls cut before their answer; judged by the
@@ -123,7 +124,13 @@ const PROVISIONAL_RISE: f64 = 0.5;
 ///    brought the latency down, or such growth that met one). While it
 ///    grows so, no window drains and the third kind is not looked for: the
 ///    first queueing (a queue of workers its growth made) ends it, as does
-///    a window that does not reach the limit. Answers that said the
+///    a window that does not reach the limit. The third kind is not looked
+///    for either within two windows of a queue of ours (a drain or a cut
+///    that brought the latency down) or of a cut for answers cut off by
+///    the deadline (rule 3): a latency above what the queue can make from
+///    a `busy` measured before the service got slower is that queue (in a
+///    brownout of 8 workers it read 290 ms at 25 in flight as a slower
+///    service, and quadrupled the limit). Answers that said the
 ///    handler ran out of time ([`WindowSample::timed_out`]) count in this
 ///    latency, each for the time it held its place, when the window's
 ///    answered calls met no queue (at most `target`: a
@@ -220,7 +227,9 @@ pub struct QueueDelay {
     /// The last window that showed a queue of ours for certain: a drain or
     /// a cut that brought the latency down, or growth after a slowdown
     /// that met queueing. Within `drain_every` windows of it, a slower
-    /// service is one of limited workers, and the limit does not grow ×2.
+    /// service is one of limited workers, and the limit does not grow ×2;
+    /// within two, a latency above what a queue of ours can make is not
+    /// taken for a slower service (rule 4's third kind).
     queue_seen: Option<usize>,
     /// The last window whose answers were cut off by the deadline (see
     /// `censored` in `judge`): for two windows after it, a latency above
@@ -512,7 +521,7 @@ impl QueueDelay {
         // deadline (the answered are the ones that came through in time)
         // and says less than the queue is. Judged by the share answered.
         let share = answered_share(sample);
-        let censored = sample.drops() * 4 >= sample.samples()
+        let censored = sample.drops().saturating_mul(4) >= sample.samples()
             && self.base > 0.0
             && rtt > self.base * (1.0 + self.tolerance);
         let answered_rate = answered_per_sec(sample);
@@ -557,15 +566,13 @@ impl QueueDelay {
                         let restore = cut.limit_before;
                         self.censored_cut = None;
                         self.censored_at = None;
+                        self.draining = None;
                         self.limit = self.clamp(restore.max(self.limit));
                         self.follow_slower(rtt, false);
                         return self.limit();
                     }
                 }
             }
-        }
-        if censored {
-            self.censored_at = Some(self.windows);
         }
         if let Some((before_limit, before_busy, before_rtt)) = self.draining.take() {
             if censored {
@@ -574,6 +581,7 @@ impl QueueDelay {
                 // Cut on by the share answered (at most halved), and judge
                 // the next window as after a cut.
                 self.queue_seen = Some(self.windows);
+                self.censored_at = Some(self.windows);
                 self.drains += 1;
                 self.next_drain = self.windows + 1;
                 self.growth = Growth::Additive;
@@ -690,6 +698,14 @@ impl QueueDelay {
             if taken >= 0.1 && rtt <= before_rtt * (1.0 - taken / 2.0) {
                 self.queue_seen = Some(self.windows);
             }
+            // (This also undoes cuts for answers cut off by the deadline,
+            // whose latency hardly falls with the queue, when it stays
+            // above `target`: never under a queue allowance of the
+            // attempt timeout, which the deadline keeps the answers
+            // under. Without one, a server's cuts so are undone after a
+            // window: in the storm's "queueing dependency past the
+            // deadline", skipping that for them served 80.2 % where this
+            // serves 81.6 %.)
             if taken >= 0.1 && rtt > before_rtt * (1.0 - taken / 2.0) && rtt > self.target() {
                 self.limit = self.clamp(before_limit);
                 self.follow_slower(rtt, false);
@@ -768,6 +784,7 @@ impl QueueDelay {
                 // Most calls out of time behind a queue: down to the share
                 // answered in time (at most halved; see `censored`).
                 factor = factor.min(share);
+                self.censored_at = Some(self.windows);
                 self.censored_cut.get_or_insert(CensoredCut {
                     at: self.windows,
                     limit_before: self.limit,
@@ -983,6 +1000,79 @@ mod tests {
         let mut plain = QueueDelay::builder().initial_limit(100).build().unwrap();
         feed(&mut plain, 3, 20.0, |_| 10);
         assert!(plain.update(&window(280.0, 100)) < 100);
+    }
+
+    /// A window of `answered` answers at `ms` and `drops` out of time, with
+    /// `busy` in flight and `refused` refused over one second.
+    fn cut_off(ms: f64, busy: usize, answered: u64, drops: u64, refused: u64) -> WindowSample {
+        WindowSample::new(Duration::from_secs_f64(ms / 1e3), busy, drops)
+            .with_samples(answered)
+            .with_refused(refused, Duration::from_secs(1))
+    }
+
+    /// A queue past the deadline: the answers are the calls that came
+    /// through in time, at a latency the deadline caps, so the answers'
+    /// latency alone (here within the allowance) would keep the limit.
+    /// With a fifth or more out of time it is cut to the share answered,
+    /// at most halved; and it stays cut while the answers a second hold
+    /// (a queue of ours: the workers answer as many at a lower limit).
+    #[test]
+    fn answers_cut_off_by_the_deadline_cut_the_limit_to_the_share_answered() {
+        let mut q = QueueDelay::builder()
+            .initial_limit(100)
+            .queue_allowance(Duration::from_millis(500))
+            .build()
+            .unwrap();
+        assert_eq!(feed(&mut q, 3, 10.0, |_| 10), 100);
+        // 70 answered of 100, slowed: cut to 70 %.
+        assert_eq!(q.update(&cut_off(300.0, 100, 70, 30, 0)), 70);
+        // At the limit two windows in a row: a draining window, two
+        // thirds of it.
+        assert_eq!(q.update(&cut_off(290.0, 70, 40, 60, 200)), 47);
+        // It kept 50 of 90 out of time (as many answers a second): still
+        // past the deadline, cut on by the share answered, at most halved
+        // (judged as a draining window, the limit would have gone back to
+        // 70).
+        assert_eq!(q.update(&cut_off(250.0, 47, 40, 50, 300)), 23);
+        // A fifth out of time, answers as fast as without a queue (one
+        // route's dependency hangs): no cut for them.
+        let mut hang = QueueDelay::builder()
+            .initial_limit(100)
+            .queue_allowance(Duration::from_millis(500))
+            .build()
+            .unwrap();
+        feed(&mut hang, 3, 10.0, |_| 10);
+        assert!(hang.update(&cut_off(10.0, 100, 50, 50, 0)) >= 100);
+    }
+
+    /// Calls that run out of time at any limit (a service too slow for the
+    /// deadline, with no queue): the cuts lose answers a second about in
+    /// proportion, the limit refusing them, while the answers' latency
+    /// stays. Two windows so, and the cuts are undone; one is chance.
+    #[test]
+    fn cuts_that_lose_answers_without_a_queue_are_undone() {
+        let mut q = QueueDelay::builder()
+            .initial_limit(100)
+            .queue_allowance(Duration::from_millis(500))
+            .build()
+            .unwrap();
+        feed(&mut q, 3, 10.0, |_| 10);
+        // 700 answered of 1000, at 85 ms: cut to 70 %.
+        assert_eq!(q.update(&cut_off(85.0, 100, 700, 300, 0)), 70);
+        // At 70: 490 answers, the reference; cut on to 49.
+        // At 70 (reached twice: a draining window next, at 47): 490
+        // answers, the reference.
+        assert_eq!(q.update(&cut_off(85.0, 70, 490, 210, 300)), 47);
+        // At 47: 343 answers (30 % fewer, the limit refusing 500), the
+        // latency the same: the first window so; cut on by the share.
+        assert_eq!(q.update(&cut_off(85.0, 47, 343, 147, 500)), 32);
+        // The second in a row: undone, to the limit before the first cut.
+        assert_eq!(q.update(&cut_off(85.0, 32, 240, 100, 650)), 100);
+        // 85 ms is now the service's own: a drain finds no queue, and the
+        // limit grows again.
+        assert_eq!(q.update(&cut_off(85.0, 100, 700, 300, 0)), 67);
+        assert_eq!(q.update(&cut_off(85.0, 67, 470, 200, 300)), 100);
+        assert_eq!(q.update(&cut_off(85.0, 100, 700, 300, 0)), 105);
     }
 
     /// A dependency 80 times slower, its window's refusals counted (each

@@ -1153,8 +1153,10 @@ fn limited_dependency(
         .total_budget(ms(1000))
         .attempt_timeout(ms(500))
         .adaptive_limit(limit)
-        // (The backoff's jitter, seeded: the same draws every run.)
+        // (The backoff's and the breaker's jitter, seeded: the same
+        // draws every run.)
         .retry(|r| r.seed(7))
+        .breaker(|b| b.seed(7))
         .build()
         .unwrap();
     let workers =
