@@ -969,6 +969,15 @@ mod tests {
         WindowSample::new(Duration::from_secs_f64(ms / 1e3), busy, 0).with_samples(100)
     }
 
+    /// A client stack's limit: from 100, a queue allowance of 500 ms.
+    fn with_allowance() -> QueueDelay {
+        QueueDelay::builder()
+            .initial_limit(100)
+            .queue_allowance(Duration::from_millis(500))
+            .build()
+            .unwrap()
+    }
+
     /// Feeds `n` identical windows and returns the limit after them.
     fn feed(q: &mut QueueDelay, n: usize, ms: f64, busy: impl Fn(usize) -> usize) -> usize {
         for _ in 0..n {
@@ -985,11 +994,7 @@ mod tests {
     /// 200, a third of the calls to it out of time; 97 to 122, growing so).
     #[test]
     fn a_queue_within_the_allowance_is_grown_into_slowly() {
-        let mut q = QueueDelay::builder()
-            .initial_limit(100)
-            .queue_allowance(Duration::from_millis(500))
-            .build()
-            .unwrap();
+        let mut q = with_allowance();
         // Light load: no growth, the start ends, `base` is 20 ms.
         assert_eq!(feed(&mut q, 3, 20.0, |_| 10), 100);
         // At the limit, 280 ms a call: a queue within the allowance.
@@ -1018,11 +1023,7 @@ mod tests {
     /// (a queue of ours: the workers answer as many at a lower limit).
     #[test]
     fn answers_cut_off_by_the_deadline_cut_the_limit_to_the_share_answered() {
-        let mut q = QueueDelay::builder()
-            .initial_limit(100)
-            .queue_allowance(Duration::from_millis(500))
-            .build()
-            .unwrap();
+        let mut q = with_allowance();
         assert_eq!(feed(&mut q, 3, 10.0, |_| 10), 100);
         // 70 answered of 100, slowed: cut to 70 %.
         assert_eq!(q.update(&cut_off(300.0, 100, 70, 30, 0)), 70);
@@ -1036,11 +1037,7 @@ mod tests {
         assert_eq!(q.update(&cut_off(250.0, 47, 40, 50, 300)), 23);
         // A fifth out of time, answers as fast as without a queue (one
         // route's dependency hangs): no cut for them.
-        let mut hang = QueueDelay::builder()
-            .initial_limit(100)
-            .queue_allowance(Duration::from_millis(500))
-            .build()
-            .unwrap();
+        let mut hang = with_allowance();
         feed(&mut hang, 3, 10.0, |_| 10);
         assert!(hang.update(&cut_off(10.0, 100, 50, 50, 0)) >= 100);
     }
@@ -1051,11 +1048,7 @@ mod tests {
     /// stays. Two windows so, and the cuts are undone; one is chance.
     #[test]
     fn cuts_that_lose_answers_without_a_queue_are_undone() {
-        let mut q = QueueDelay::builder()
-            .initial_limit(100)
-            .queue_allowance(Duration::from_millis(500))
-            .build()
-            .unwrap();
+        let mut q = with_allowance();
         feed(&mut q, 3, 10.0, |_| 10);
         // 700 answered of 1000, at 85 ms: cut to 70 %.
         assert_eq!(q.update(&cut_off(85.0, 100, 700, 300, 0)), 70);
