@@ -44,7 +44,8 @@ impl Waits {
     pub(crate) fn new(start: Instant) -> Self {
         let id = NEXT_ID
             .try_with(|n| {
-                let id = n.get().wrapping_add(1);
+                // (Never 0: a call out's token is a `NonZeroU32`.)
+                let id = n.get().wrapping_add(1).max(1);
                 n.set(id);
                 id
             })
@@ -122,7 +123,7 @@ impl Drop for Scope<'_> {
 /// A call out begins (read `now` only when a server call is current): the
 /// token to end it with, `None` outside any server call.
 #[inline]
-pub(crate) fn begin(now: impl FnOnce() -> Instant) -> Option<u32> {
+pub(crate) fn begin(now: impl FnOnce() -> Instant) -> Option<std::num::NonZeroU32> {
     CURRENT
         .try_with(|c| {
             let mut waits = c.get()?;
@@ -131,7 +132,7 @@ pub(crate) fn begin(now: impl FnOnce() -> Instant) -> Option<u32> {
             }
             waits.open = waits.open.saturating_add(1);
             c.set(Some(waits));
-            Some(waits.id)
+            std::num::NonZeroU32::new(waits.id)
         })
         .ok()
         .flatten()
@@ -140,10 +141,10 @@ pub(crate) fn begin(now: impl FnOnce() -> Instant) -> Option<u32> {
 /// The call out that `begin` gave `token` for has ended (or was dropped):
 /// in the server call it began in, its wait closes.
 #[inline]
-pub(crate) fn end(token: u32, now: impl FnOnce() -> Instant) {
+pub(crate) fn end(token: std::num::NonZeroU32, now: impl FnOnce() -> Instant) {
     let _ = CURRENT.try_with(|c| {
         let Some(mut waits) = c.get() else { return };
-        if waits.id != token || waits.open == 0 {
+        if waits.id != token.get() || waits.open == 0 {
             return;
         }
         waits.open -= 1;

@@ -27,7 +27,7 @@ fn future_size<S: Service<u64>>(_: &S) -> usize {
 const NOOP: usize = std::mem::size_of::<std::future::Ready<Result<u64, BoxError>>>();
 
 #[test]
-fn the_client_stack_future_fits_in_424_bytes() {
+fn the_client_stack_future_fits_in_408_bytes() {
     let stack = seawall::stack::ClientStack::builder("client")
         .total_budget(Duration::from_secs(1))
         .attempt_timeout(Duration::from_millis(300))
@@ -43,8 +43,10 @@ fn the_client_stack_future_fits_in_424_bytes() {
     // out) added 56 (448). The retry's backoff session in 24 bytes (its
     // previous delay in nanoseconds, its random source's "not drawn yet"
     // in the source's own 8 bytes) and the breaker's permit kept as its
-    // two fields took 24 off.
-    assert!(size <= 424, "client stack future is {size} B");
+    // two fields took 24 off (424); the retry's backoff session packed
+    // among its small fields, its budget ticket and its wait on calls out
+    // each in the bytes of their values, 16 more (408).
+    assert!(size <= 408, "client stack future is {size} B");
 }
 
 #[test]

@@ -239,6 +239,9 @@ fn draw<R: Rng + ?Sized>(rng: &mut R, lo: Duration, hi: Duration) -> Duration {
 /// One request's backoff session: how many retries were scheduled and the
 /// previous delay (used by decorrelated jitter).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+// 12 bytes aligned to 4: in a retry future it packs with the small fields
+// beside it (16 bytes, aligned to 8, it took 8 more).
+#[repr(C, packed(4))]
 pub struct BackoffState {
     retries: u32,
     /// The previous delay in nanoseconds (a `Duration` would take 8 bytes

@@ -511,6 +511,18 @@ pub struct RequestTicket {
     epoch: u64,
 }
 
+impl RequestTicket {
+    /// The window slice the request was counted in.
+    pub(crate) fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// The ticket of a request counted in slice `epoch`.
+    pub(crate) fn in_slice(epoch: u64) -> RequestTicket {
+        RequestTicket { epoch }
+    }
+}
+
 impl RetryBudget {
     /// Takes one retry from the budget, if the rule allows it.
     pub fn try_withdraw(&self) -> Option<Withdrawal> {

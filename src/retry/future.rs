@@ -78,7 +78,7 @@ pin_project! {
         overran: bool,
         // The wait this call opened in the server call its first poll ran
         // in (see `outbound`), closed when it ends.
-        outbound: Option<u32>,
+        outbound: Option<std::num::NonZeroU32>,
         polled: bool,
     }
 
@@ -119,7 +119,7 @@ where
     ) -> Self {
         ResponseFuture {
             deadline,
-            counted: Counted::Not,
+            counted: Counted::NOT,
             overran: false,
             outbound: None,
             polled: false,
@@ -278,13 +278,12 @@ where
                         }
                     };
                     let shared = &*this.local.shared;
-                    if matches!(this.counted, Counted::Not) && !matches!(verdict, Verdict::Success)
-                    {
+                    if *this.counted == Counted::NOT && !matches!(verdict, Verdict::Success) {
                         // The first attempt failed: the request is counted
                         // now, before any retry is taken from the budget
                         // (its success, if a retry saves it, is credited
                         // to the same slice).
-                        *this.counted = Counted::Pending(shared.budget.deposit_request());
+                        *this.counted = Counted::pending(shared.budget.deposit_request());
                     }
                     // An attempt that ran on and ended in the same poll
                     // left its note: taken here, so that it is neither
@@ -466,14 +465,21 @@ where
 
 /// Where a request stands in the retry budget: counted as its first attempt
 /// ends (a success counts as a request and a success in one write).
-enum Counted {
-    /// The first attempt is in flight.
-    Not,
-    /// Counted when its first attempt failed; a success is credited to the
-    /// same slice of the window.
-    Pending(RequestTicket),
-    /// Counted, with its success if it had one.
-    Done,
+///
+/// In 8 bytes: 0, the first attempt is in flight; `u64::MAX`, counted, with
+/// its success if it had one; any other, counted when its first attempt
+/// failed, in the budget's window slice one below it (a success is credited
+/// to that slice).
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Counted(u64);
+
+impl Counted {
+    const NOT: Counted = Counted(0);
+    const DONE: Counted = Counted(u64::MAX);
+
+    fn pending(ticket: RequestTicket) -> Counted {
+        Counted(ticket.epoch().saturating_add(1).min(u64::MAX - 1))
+    }
 }
 
 /// An attempt succeeded: reported (if observed and not reported yet) and
@@ -490,10 +496,12 @@ fn succeeded<P>(
         // is not always `Success` to it, a 404 being `Ignored`.)
         call_finished(shared, outcome(), started);
     }
-    match std::mem::replace(counted, Counted::Done) {
-        Counted::Not => shared.budget.deposit_succeeded(),
-        Counted::Pending(ticket) => shared.budget.credit_success(ticket),
-        Counted::Done => {}
+    match std::mem::replace(counted, Counted::DONE) {
+        Counted::NOT => shared.budget.deposit_succeeded(),
+        Counted::DONE => {}
+        Counted(slice) => shared
+            .budget
+            .credit_success(RequestTicket::in_slice(slice - 1)),
     }
 }
 
