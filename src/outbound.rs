@@ -32,7 +32,11 @@ pub(crate) struct Waits {
     /// it in.
     id: u32,
     /// Calls out open now.
-    open: u32,
+    open: u16,
+    /// Two bytes of the server call's own (its class and flags: see the
+    /// adaptive limit's `Permit`), kept here where they fill what would be
+    /// padding; calls out leave them as they are.
+    pub(crate) owner: [u8; 2],
     /// Time with at least one call out open (ns): the closed waits' sum,
     /// less, while one is open, when the first of them opened (ns from
     /// `start`), so that adding the time now gives the total.
@@ -54,6 +58,7 @@ impl Waits {
             start,
             id,
             open: 0,
+            owner: [0; 2],
             outside: 0,
         }
     }

@@ -129,7 +129,7 @@ where
                 let mut poll = {
                     let _waits = permit
                         .as_mut()
-                        .filter(|p| p.waits_apart)
+                        .filter(|p| p.waits_apart())
                         .map(|p| crate::outbound::Scope::enter(&mut p.waits));
                     future.poll(cx)
                 };

@@ -1013,46 +1013,84 @@ impl Striped<Limiter> {
             self.win_max_inflight
                 .fetch_max(inflight.min(limit), Ordering::Relaxed);
         }
+        let mut waits = crate::outbound::Waits::new(now);
+        waits.owner = [
+            class.index() as u8,
+            if burst { IN_BURST } else { 0 } | if self.waits_apart { WAITS_APART } else { 0 },
+        ];
         Ok(Permit {
             limiter: self.ticket(),
-            class,
-            burst,
-            done: false,
-            waits: crate::outbound::Waits::new(now),
-            outside: false,
-            waits_apart: self.waits_apart,
+            waits,
         })
     }
 }
 
 /// One admitted call's place under the limit. Released when the call
 /// finishes or when it is dropped (a dropped permit counts nothing).
+///
+/// 40 bytes in a response future: its class and flags are kept in two
+/// bytes of its `Waits` (`owner`: the class's index, then the flags).
 pub(crate) struct Permit {
     limiter: Ticket<Limiter>,
-    class: Criticality,
-    /// Admitted over the limit in a burst: its latency is no sample (it
-    /// waited in the burst's queue by choice), a drop still counts.
-    burst: bool,
-    // Given back.
-    done: bool,
     /// Its waits on calls out (made current by the response future around
     /// each poll of the handler): not in its latency sample.
     pub(crate) waits: crate::outbound::Waits,
-    /// Out of the count while its handler waits on calls out.
-    outside: bool,
-    /// Its limiter keeps such waits apart (see `Config::waits_apart`).
-    pub(crate) waits_apart: bool,
 }
+
+/// Admitted over the limit in a burst: its latency is no sample (it waited
+/// in the burst's queue by choice), a drop still counts.
+const IN_BURST: u8 = 1;
+/// Given back.
+const DONE: u8 = 2;
+/// Out of the count while its handler waits on calls out.
+const OUTSIDE: u8 = 4;
+/// Its limiter keeps such waits apart (see `Config::waits_apart`).
+const WAITS_APART: u8 = 8;
 
 impl fmt::Debug for Permit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Permit")
-            .field("class", &self.class)
+            .field("class", &self.class())
             .finish_non_exhaustive()
     }
 }
 
 impl Permit {
+    /// Its class.
+    #[inline]
+    fn class(&self) -> Criticality {
+        Criticality::ALL[self.class_index()]
+    }
+
+    /// Its class's index (see `Criticality::index`).
+    #[inline]
+    fn class_index(&self) -> usize {
+        usize::from(self.waits.owner[0] & 3)
+    }
+
+    /// Whether `flag` is set.
+    #[inline]
+    fn has(&self, flag: u8) -> bool {
+        self.waits.owner[1] & flag != 0
+    }
+
+    /// Sets `flag` to `on`.
+    #[inline]
+    fn set(&mut self, flag: u8, on: bool) {
+        if on {
+            self.waits.owner[1] |= flag;
+        } else {
+            self.waits.owner[1] &= !flag;
+        }
+    }
+
+    /// Its limiter keeps its handler's waits on calls out apart (see
+    /// `Config::waits_apart`).
+    #[inline]
+    pub(crate) fn waits_apart(&self) -> bool {
+        self.has(WAITS_APART)
+    }
+
     /// After a poll of the handler: while it waits on a call out (through
     /// a client stack), its place is not in the count of calls in flight
     /// (it is no load of this server's: a dependency that queues or hangs
@@ -1062,12 +1100,12 @@ impl Permit {
     #[inline]
     pub(crate) fn follow_waits(&mut self) {
         let waiting = self.waits.is_open();
-        if waiting == self.outside || self.done {
+        if waiting == self.has(OUTSIDE) || self.has(DONE) {
             return;
         }
-        self.outside = waiting;
+        self.set(OUTSIDE, waiting);
         let limiter = &*self.limiter;
-        let by_class = &limiter.by_class[self.class.index()];
+        let by_class = &limiter.by_class[self.class_index()];
         if waiting {
             by_class.fetch_sub(1, Ordering::AcqRel);
             if limiter.inflight.fetch_sub(1, Ordering::AcqRel) == 1 {
@@ -1095,15 +1133,15 @@ impl Permit {
     /// [`complete`](Self::complete), with the time the call ended.
     #[inline(always)]
     fn complete_at(&mut self, completion: Completion, now: Instant) {
-        if self.done {
+        if self.has(DONE) {
             return;
         }
-        self.done = true;
+        self.set(DONE, true);
         let limiter = &*self.limiter;
-        let idle = if self.outside {
+        let idle = if self.has(OUTSIDE) {
             limiter.idle.load(Ordering::Relaxed)
         } else {
-            limiter.release(self.class)
+            limiter.release(self.class())
         };
         // In nanoseconds to the end: a `Duration` only for the event.
         self.report(
@@ -1139,7 +1177,7 @@ impl Permit {
                 let own_ns = rtt_ns.saturating_sub(self.waits.outside_ns(now));
                 // (A timed-out answer is counted apart even in a burst:
                 // not in the latency a request should expect.)
-                if self.burst {
+                if self.has(IN_BURST) {
                     limiter.record_burst(own_ns, now, idle)
                 } else {
                     limiter.record(completion, own_ns, now, idle)
@@ -1172,14 +1210,14 @@ impl Permit {
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        if !self.done {
-            self.done = true;
+        if !self.has(DONE) {
+            self.set(DONE, true);
             let limiter = &*self.limiter;
             // The caller went (a cancel, a hedge that lost): says nothing
             // of this service's capacity (a timeout below the limit ends as
             // an error, a drop); the slot is given back, nothing counted.
-            if !self.outside {
-                limiter.release(self.class);
+            if !self.has(OUTSIDE) {
+                limiter.release(self.class());
             }
         }
     }

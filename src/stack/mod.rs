@@ -90,7 +90,7 @@
 //!   runs past it). Since every wait inside ends by the deadline, the
 //!   deadline layer runs no timer of its own
 //!   ([`InnerTimers`](crate::deadline::InnerTimers)): one timer less to
-//!   keep in each response future (408 bytes in all over a no-op service).
+//!   keep in each response future (400 bytes in all over a no-op service).
 //!   A call that runs out of time fails with
 //!   [`DeadlineExceeded`](crate::error::DeadlineExceeded) named after the
 //!   layer that was waiting (the attempt timeout, the bulkhead, the retry),
