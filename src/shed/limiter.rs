@@ -859,6 +859,16 @@ impl Limiter {
     /// Whether [`set_bounds`](Self::set_bounds) would take these bounds
     /// (an algorithm that gives its bounds: checked against them; one that
     /// does not is checked as it takes them).
+    /// `inflight` calls in flight under `limit`: the window's busiest
+    /// (usually a plain read: it only moves up).
+    #[inline]
+    fn note_inflight(&self, inflight: usize, limit: usize) {
+        if self.win_max_inflight.load(Ordering::Relaxed) < inflight {
+            self.win_max_inflight
+                .fetch_max(inflight.min(limit), Ordering::Relaxed);
+        }
+    }
+
     #[cfg(feature = "serde")]
     pub(crate) fn check_bounds(
         &self,
@@ -1005,19 +1015,14 @@ impl Striped<Limiter> {
             self.reached(now);
         }
         let inflight = before + 1;
-        // Usually a plain read: the window's maximum only moves up. (A
-        // burst's calls are not the limit's load: the algorithm learns
+        // (A burst's calls are not the limit's load: the algorithm learns
         // from the calls within it, and a call admitted over the limit by
         // its share counts the limit reached.)
-        if !burst && self.win_max_inflight.load(Ordering::Relaxed) < inflight {
-            self.win_max_inflight
-                .fetch_max(inflight.min(limit), Ordering::Relaxed);
+        if !burst {
+            self.note_inflight(inflight, limit);
         }
         let mut waits = crate::outbound::Waits::new(now);
-        waits.owner = [
-            class.index() as u8,
-            if burst { IN_BURST } else { 0 } | if self.waits_apart { WAITS_APART } else { 0 },
-        ];
+        waits.owner = [class.index() as u8, if burst { IN_BURST } else { 0 }];
         Ok(Permit {
             limiter: self.ticket(),
             waits,
@@ -1044,8 +1049,6 @@ const IN_BURST: u8 = 1;
 const DONE: u8 = 2;
 /// Out of the count while its handler waits on calls out.
 const OUTSIDE: u8 = 4;
-/// Its limiter keeps such waits apart (see `Config::waits_apart`).
-const WAITS_APART: u8 = 8;
 
 impl fmt::Debug for Permit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -1088,7 +1091,7 @@ impl Permit {
     /// `Config::waits_apart`).
     #[inline]
     pub(crate) fn waits_apart(&self) -> bool {
-        self.has(WAITS_APART)
+        self.limiter.waits_apart
     }
 
     /// After a poll of the handler: while it waits on a call out (through
@@ -1115,12 +1118,7 @@ impl Permit {
         } else {
             by_class.fetch_add(1, Ordering::AcqRel);
             let inflight = limiter.inflight.fetch_add(1, Ordering::AcqRel) + 1;
-            let limit = limiter.limit.load(Ordering::Relaxed);
-            if limiter.win_max_inflight.load(Ordering::Relaxed) < inflight {
-                limiter
-                    .win_max_inflight
-                    .fetch_max(inflight.min(limit), Ordering::Relaxed);
-            }
+            limiter.note_inflight(inflight, limiter.limit.load(Ordering::Relaxed));
         }
     }
 
