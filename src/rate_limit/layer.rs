@@ -757,6 +757,27 @@ impl<X, D> RateLimitLayer<X, D> {
         Ok(())
     }
 
+    /// The state of the limit's backend: `Some(Healthy)` while Redis
+    /// answers, `Some(Degraded)` while it does not and the
+    /// [`FailurePolicy`](crate::rate_limit::FailurePolicy) decides (each
+    /// change is also a `StateChanged` event), `None` for a limit kept in
+    /// this process alone (no backend to lose).
+    ///
+    /// ```
+    /// use seawall::rate_limit::{Quota, RateLimitLayer};
+    ///
+    /// let layer = RateLimitLayer::builder(Quota::per_second(100)).build()?;
+    /// assert_eq!(layer.backend_state(), None);
+    /// # Ok::<(), seawall::ConfigError>(())
+    /// ```
+    pub fn backend_state(&self) -> Option<crate::observe::State> {
+        #[cfg(feature = "redis")]
+        if let Some(r) = &self.shared.redis {
+            return Some(r.state());
+        }
+        None
+    }
+
     /// Runs the idle-key eviction now (it also runs by itself; see
     /// [`RateLimitLayerBuilder::max_keys`](super::RateLimitLayerBuilder::max_keys)). Returns whether it ran (at most
     /// once per `min_sweep_interval`).

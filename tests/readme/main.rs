@@ -592,3 +592,121 @@ async fn a_stack_per_group_of_routes() -> Result<(), seawall::BoxError> {
     }
     Ok(())
 }
+
+/// The README's balanced HTTP client: three replicas on loopback, one
+/// answering `500` to half its calls (5 in a row of every 10: with fewer
+/// than 5 endpoints, only failures in a row eject). Each endpoint is the hyper client
+/// with the replica's address written in, judged by `EjectionLayer::http()`:
+/// the sick replica is ejected after 5 failures in a row and gets a few
+/// calls of 300, every request is served (the preset retries the 500s it
+/// got). With `EjectionLayer::builder()`, whose classifier fails only an
+/// `Err`, the 500s are successes: the replica stays in and gets a third of
+/// the calls or more.
+#[cfg(feature = "eject")]
+#[tokio::test]
+async fn a_balanced_http_client_ejects_a_replica_answering_500() -> Result<(), seawall::BoxError> {
+    use seawall::ClientStack;
+    use seawall::eject::EjectionLayer;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use tower::balance::p2c::Balance;
+    use tower::discover::ServiceList;
+    use tower::load::{CompleteOnResponse, PendingRequestsDiscover};
+    use tower::{Layer, ServiceBuilder};
+
+    // Replica `i`, counting its calls; the first answers 500 to half of them.
+    let mut addrs = Vec::new();
+    let mut calls = Vec::new();
+    for i in 0..3 {
+        let n = Arc::new(AtomicU64::new(0));
+        let count = n.clone();
+        let app = Router::new().route(
+            "/items/7",
+            get(move || {
+                let k = count.fetch_add(1, Ordering::Relaxed);
+                async move {
+                    if i == 0 && k % 10 < 5 {
+                        http::StatusCode::INTERNAL_SERVER_ERROR
+                    } else {
+                        http::StatusCode::OK
+                    }
+                }
+            }),
+        );
+        addrs.push(serve_app(app).await);
+        calls.push(n);
+    }
+    let hyper_client: Client<HttpConnector, Full<Bytes>> =
+        Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+
+    async fn run<C>(
+        ejection: EjectionLayer<C>,
+        addrs: &[std::net::SocketAddr],
+        hyper_client: Client<HttpConnector, Full<Bytes>>,
+    ) -> Result<(usize, usize), seawall::BoxError>
+    where
+        C: seawall::classify::Classify<
+                http::Response<hyper::body::Incoming>,
+                hyper_util::client::legacy::Error,
+            > + Clone
+            + Send
+            + Sync
+            + 'static,
+    {
+        // --- README balanced HTTP endpoints begins ---
+        let endpoints: Vec<_> = addrs
+            .iter()
+            .map(|&addr| {
+                let authority: http::uri::Authority = addr.to_string().parse().expect("an address");
+                ejection.layer(
+                    ServiceBuilder::new()
+                        .map_request(move |mut req: http::Request<Full<Bytes>>| {
+                            let mut parts = req.uri().clone().into_parts();
+                            parts.scheme = Some(http::uri::Scheme::HTTP);
+                            parts.authority = Some(authority.clone());
+                            *req.uri_mut() =
+                                http::Uri::from_parts(parts).expect("a path and an authority");
+                            req
+                        })
+                        .service(hyper_client.clone()),
+                )
+            })
+            .collect();
+        // --- README balanced HTTP endpoints ends ---
+        let balanced = tower::buffer::Buffer::new(
+            Balance::new(PendingRequestsDiscover::new(
+                ServiceList::new(endpoints),
+                CompleteOnResponse::default(),
+            )),
+            1024,
+        );
+        let client = ClientStack::http("items")
+            .total_budget(Duration::from_secs(1))
+            .attempt_timeout(Duration::from_millis(500))
+            .retry(|r| r.seed(7))
+            .breaker(|b| b.seed(7))
+            .build()?
+            .layer(balanced);
+        let mut served = 0;
+        for _ in 0..300 {
+            let req = http::Request::get("/items/7").body(Full::new(Bytes::new()))?;
+            let res = client.clone().oneshot(req).await?;
+            served += usize::from(res.status() == 200);
+        }
+        Ok((served, ejection.ejected()))
+    }
+
+    let (served, ejected) =
+        run(EjectionLayer::http().build()?, &addrs, hyper_client.clone()).await?;
+    let sick = calls[0].swap(0, Ordering::Relaxed);
+    println!("EjectionLayer::http(): {served} of 300 served, {sick} calls to the sick replica");
+    assert_eq!((served, ejected), (300, 1), "served, ejected");
+    assert!(sick <= 15, "{sick} calls reached the sick replica");
+
+    let (_, ejected) = run(EjectionLayer::builder().build()?, &addrs, hyper_client).await?;
+    let sick = calls[0].load(Ordering::Relaxed);
+    println!("EjectionLayer::builder(): {sick} calls to the sick replica");
+    assert_eq!(ejected, 0, "a 500 is a success to errors-as-failures");
+    assert!(sick >= 100, "{sick} calls reached the sick replica");
+    Ok(())
+}
