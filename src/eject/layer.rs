@@ -137,7 +137,7 @@ impl EjectionLayer<crate::http::HttpStatusClassifier> {
     /// one replica): [`builder`](EjectionLayer::builder)'s defaults, with
     /// statuses judged by
     /// [`HttpStatusClassifier`](crate::http::HttpStatusClassifier): a `500`
-    /// is a failure (a `503` or `429` is "busy", counted only with
+    /// is a failure (a `503` or `429` is "busy": see
     /// [`count_overload`](EjectionLayerBuilder::count_overload)). With
     /// `builder()`'s classifier every answer is an `Ok` response, a
     /// success: in an outside trial (3 replicas, one answering `500` to
@@ -166,8 +166,8 @@ impl EjectionLayer<crate::grpc::GrpcStatusClassifier> {
     /// [`GrpcStatusClassifier`](crate::grpc::GrpcStatusClassifier): an
     /// `INTERNAL` answer, or an `UNAVAILABLE` from a transport that could
     /// not reach the endpoint, is a failure (an `UNAVAILABLE` or
-    /// `RESOURCE_EXHAUSTED` that a server answered is "busy", counted only
-    /// with [`count_overload`](EjectionLayerBuilder::count_overload)).
+    /// `RESOURCE_EXHAUSTED` that a server answered is "busy": see
+    /// [`count_overload`](EjectionLayerBuilder::count_overload)).
     ///
     /// ```
     /// use seawall::eject::EjectionLayer;
@@ -244,7 +244,8 @@ impl<C> EjectionLayerBuilder<C> {
     /// [`EjectionLayer::grpc`] judge statuses). A local refusal never
     /// counts; an answer the classifier calls "busy" (HTTP `503` and `429`,
     /// a gRPC `UNAVAILABLE` or `RESOURCE_EXHAUSTED` that a server sent)
-    /// counts only with [`count_overload`](Self::count_overload).
+    /// ejects an endpoint busy alone (see
+    /// [`count_overload`](Self::count_overload)).
     pub fn classifier<C2>(self, classifier: C2) -> EjectionLayerBuilder<C2> {
         EjectionLayerBuilder {
             classifier,
@@ -252,9 +253,19 @@ impl<C> EjectionLayerBuilder<C> {
         }
     }
 
-    /// Whether an endpoint answering "busy" counts as failing (default
-    /// off: an overloaded endpoint sheds its own load; taking it out would
-    /// move that load onto the others).
+    /// Whether an endpoint answering "busy" counts as failing, whatever
+    /// the rest of the set answers (default off). Off, "busy" answers eject
+    /// an endpoint only when it is busy alone: 5 of them since its last
+    /// success (the [`consecutive_failures`](Self::consecutive_failures)),
+    /// while the other endpoints answered "busy" to at most one call in ten
+    /// this interval; a probe so answered fails. A set busy all over is
+    /// overloaded, and taking endpoints out would only load the others
+    /// more; an endpoint busy alone is broken in a way that says "busy":
+    /// in an outside trial over HTTP (3 replicas, 600 requests a second),
+    /// one answering a bare `503` to every call, as a proxy with no
+    /// upstream does, drew 10 238 of 12 024 calls in 20 s with its fast
+    /// answers while it was never ejected (56 % served; 42 % with no
+    /// protection).
     pub fn count_overload(mut self, yes: bool) -> Self {
         self.common.count_overload = yes;
         self

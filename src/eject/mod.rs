@@ -49,9 +49,14 @@
 //! # Rules (Envoy's, with defaults chosen by the replica scenario)
 //!
 //! - **Failures in a row**: 5 remote failures in a row eject an endpoint
-//!   ([`DEFAULT_CONSECUTIVE_FAILURES`]). A local refusal never counts; a
-//!   remote overload counts only with
-//!   [`count_overload`](EjectionLayerBuilder::count_overload). A call that
+//!   ([`DEFAULT_CONSECUTIVE_FAILURES`]). A local refusal never counts. A
+//!   remote overload ("busy") is no failure, but 5 of them since the
+//!   endpoint's last success eject it while the rest of the set answered
+//!   "busy" to at most one call in ten this interval (busy alone: a proxy
+//!   with no upstream answering a bare `503`; a set busy all over keeps its
+//!   endpoints); with
+//!   [`count_overload`](EjectionLayerBuilder::count_overload) it is a
+//!   failure. A call that
 //!   an attempt timeout above the balancer ends (seawall's
 //!   [`AttemptTimeoutLayer`](crate::deadline::AttemptTimeoutLayer), the
 //!   client stacks') is a failure too: an endpoint that hangs is ejected

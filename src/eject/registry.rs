@@ -41,6 +41,8 @@ pub(crate) struct Slot {
     /// Nanoseconds since the registry's origin when the ejection ends.
     pub(crate) until: AtomicU64,
     pub(crate) consecutive: AtomicU32,
+    /// "Busy" answers since its last success (see [`Registry::busy`]).
+    pub(crate) busy_run: AtomicU32,
     pub(crate) times_ejected: AtomicU32,
     /// Ejected (or its probe failed) since the last sweep.
     pub(crate) offended: AtomicBool,
@@ -48,20 +50,48 @@ pub(crate) struct Slot {
     pub(crate) calls: AtomicU64,
     pub(crate) successes: AtomicU64,
     pub(crate) latency_us: AtomicU64,
+    /// Its recent share of "busy" answers: a moving average over about
+    /// the last 16 answers, in 1/65 536ths (see [`Registry::busy`]).
+    pub(crate) busy_share: AtomicU32,
     /// The endpoint's `poll_ready` waiting for a probe in flight.
     pub(crate) waker: futures_util::task::AtomicWaker,
 }
 
+/// [`Slot::busy_share`]'s one.
+const SHARE_ONE: u32 = 1 << 16;
+
 impl Slot {
+    /// An answer that was not "busy": its busy share decays (a load alone
+    /// while it is nil, as on a healthy endpoint; a lost update between
+    /// racing answers moves a heuristic by a sixteenth).
+    #[inline]
+    fn answered_not_busy(&self) {
+        let share = self.busy_share.load(Ordering::Relaxed);
+        if share != 0 {
+            self.busy_share
+                .store(share - share.div_ceil(16), Ordering::Relaxed);
+        }
+    }
+
+    /// A "busy" answer: its busy share grows by a sixteenth of the rest.
+    fn answered_busy(&self) -> u32 {
+        let share = self.busy_share.load(Ordering::Relaxed);
+        let share = share + (SHARE_ONE - share) / 16;
+        self.busy_share.store(share, Ordering::Relaxed);
+        share
+    }
+
     /// Empties the slot's history; its state is set by the caller.
     fn clear(&self) {
         self.until.store(0, Ordering::Relaxed);
         self.consecutive.store(0, Ordering::Relaxed);
+        self.busy_run.store(0, Ordering::Relaxed);
         self.times_ejected.store(0, Ordering::Relaxed);
         self.offended.store(false, Ordering::Relaxed);
         self.calls.store(0, Ordering::Relaxed);
         self.successes.store(0, Ordering::Relaxed);
         self.latency_us.store(0, Ordering::Relaxed);
+        self.busy_share.store(0, Ordering::Relaxed);
     }
 }
 
@@ -72,6 +102,7 @@ pub(crate) enum Why {
     SuccessRate,
     Latency,
     ProbeFailed,
+    Busy,
 }
 
 impl Why {
@@ -81,6 +112,7 @@ impl Why {
             Why::SuccessRate => "success_rate",
             Why::Latency => "latency",
             Why::ProbeFailed => "probe_failed",
+            Why::Busy => "busy_alone",
         }
     }
 }
@@ -272,6 +304,7 @@ impl Registry {
             match failure {
                 Some(false) => {
                     slot.consecutive.store(0, Ordering::Relaxed);
+                    slot.busy_share.store(0, Ordering::Relaxed);
                     if slot
                         .state
                         .compare_exchange(PROBE_SENT, HEALTHY, Ordering::AcqRel, Ordering::Acquire)
@@ -325,6 +358,7 @@ impl Registry {
             return;
         }
         let Some(failure) = failure else { return };
+        slot.answered_not_busy();
         slot.calls.fetch_add(1, Ordering::Relaxed);
         slot.latency_us.fetch_add(
             u64::try_from(latency.as_micros()).unwrap_or(u64::MAX),
@@ -340,10 +374,65 @@ impl Registry {
             if slot.consecutive.load(Ordering::Relaxed) != 0 {
                 slot.consecutive.store(0, Ordering::Relaxed);
             }
+            if slot.busy_run.load(Ordering::Relaxed) != 0 {
+                slot.busy_run.store(0, Ordering::Relaxed);
+            }
         }
         if self.nanos(now) >= self.next_sweep.load(Ordering::Relaxed) {
             self.sweep(now);
         }
+    }
+
+    /// A call on endpoint `i` was answered "busy" (an overload it
+    /// signalled, not counted as a failure). An endpoint busy alone is
+    /// ejected: `consecutive_failures` busy answers (or a multiple) since
+    /// its last success, "busy" to at least half of its recent answers (a
+    /// moving average over about 16), while at least half of the other
+    /// endpoints taking calls answer "busy" to under a tenth of theirs. It
+    /// says "busy" to everyone while its peers serve: a proxy with no
+    /// upstream answering a bare `503`, drawing the balancer's calls with
+    /// its fast answers. While its peers are busy too, the set is
+    /// overloaded, and taking one out would only load the others more (the
+    /// recent shares, not the interval's counts: as an overload begins, a
+    /// peer's calls of the last seconds, served, hid that it was busy now).
+    /// Whether a probe so answered failed.
+    pub(crate) fn busy(&self, i: usize, probe: bool, now: Instant) -> bool {
+        let slot = &self.slots[i];
+        let share = slot.answered_busy();
+        if probe {
+            return self.busy_alone(i);
+        }
+        let n = slot.busy_run.fetch_add(1, Ordering::AcqRel) + 1;
+        // Judged every `consecutive_failures` busy answers in a row: the
+        // look at the set is a pass over its slots.
+        let every = self.settings.consecutive_failures.max(1);
+        if n % every == 0 && share >= SHARE_ONE / 2 && self.busy_alone(i) {
+            self.eject(i, Why::Busy, now);
+        }
+        if self.nanos(now) >= self.next_sweep.load(Ordering::Relaxed) {
+            self.sweep(now);
+        }
+        false
+    }
+
+    /// Whether at least half of the endpoints other than `i` taking calls
+    /// (and at least one) answer "busy" to under a tenth of their calls.
+    fn busy_alone(&self, i: usize) -> bool {
+        let (mut calm, mut busy) = (0usize, 0usize);
+        for (j, slot) in self.slots.iter().enumerate() {
+            if j == i
+                || !slot.present.load(Ordering::Acquire)
+                || slot.state.load(Ordering::Acquire) != HEALTHY
+            {
+                continue;
+            }
+            if slot.busy_share.load(Ordering::Relaxed) < SHARE_ONE / 10 {
+                calm += 1;
+            } else {
+                busy += 1;
+            }
+        }
+        calm > 0 && calm >= busy
     }
 
     /// How long the `n`-th ejection of an endpoint lasts: the base time `n`
@@ -409,6 +498,7 @@ impl Registry {
         slot.times_ejected.fetch_add(1, Ordering::AcqRel);
         slot.offended.store(true, Ordering::Release);
         slot.consecutive.store(0, Ordering::Relaxed);
+        slot.busy_run.store(0, Ordering::Relaxed);
         self.emit(i, State::Healthy, State::Open);
         self.observer.emit(
             LayerKind::Ejection,
@@ -567,6 +657,64 @@ mod tests {
         r.record(ids[0], Some(false), MS, true, again);
         assert_eq!(r.admit(ids[0], again), Ok(false));
         assert_eq!(r.ejected.load(Ordering::Acquire), 0);
+    }
+
+    /// "Busy" answers eject an endpoint busy alone: a multiple of 3 (the
+    /// settings' failures in a row) since its last success, busy to half
+    /// its recent answers, while the others serve; not while the others are
+    /// busy too, nor when a success came between; a probe answered busy
+    /// while the others serve fails.
+    #[tokio::test(start_paused = true)]
+    async fn busy_answers_eject_an_endpoint_busy_alone() {
+        let (r, ids) = registry(4);
+        let t0 = crate::clock::edge_now();
+        // A set busy all over: the others busy to one call in three.
+        for &other in &ids[1..] {
+            for _ in 0..10 {
+                r.record(other, Some(false), MS, false, t0);
+                r.record(other, Some(false), MS, false, t0);
+                assert!(!r.busy(other, false, t0));
+            }
+        }
+        for _ in 0..15 {
+            assert!(!r.busy(ids[0], false, t0));
+        }
+        assert_eq!(r.admit(ids[0], t0), Ok(false), "the others are busy too");
+        // The others serve again (their shares decay under a tenth).
+        for &other in &ids[1..] {
+            for _ in 0..20 {
+                r.record(other, Some(false), MS, false, t0);
+            }
+        }
+        r.record(ids[0], Some(false), MS, false, t0);
+        for _ in 0..2 {
+            r.busy(ids[0], false, t0);
+        }
+        r.record(ids[0], Some(false), MS, false, t0);
+        for _ in 0..2 {
+            r.busy(ids[0], false, t0);
+        }
+        assert_eq!(r.admit(ids[0], t0), Ok(false), "a success resets the run");
+        r.busy(ids[0], false, t0);
+        let back = t0 + Duration::from_secs(5);
+        assert_eq!(r.admit(ids[0], t0), Err(Some(back)), "busy alone: out");
+        assert_eq!(r.admit(ids[0], back), Ok(true));
+        assert!(r.take_probe(ids[0]));
+        let failed = r.busy(ids[0], true, back);
+        assert!(failed, "a probe answered busy while the others serve");
+        r.record(ids[0], Some(failed), MS, true, back);
+        assert!(r.admit(ids[0], back).is_err(), "out again");
+
+        // From a clean start, busy alone: out once busy to half its recent
+        // answers (at the 12th busy answer in a row, the 4th multiple of 3).
+        let (r, ids) = registry(4);
+        for &other in &ids[1..] {
+            r.record(other, Some(false), MS, false, t0);
+        }
+        for k in 1..=12 {
+            r.busy(ids[0], false, t0);
+            assert_eq!(r.admit(ids[0], t0).is_err(), k == 12, "after {k}");
+        }
     }
 
     /// At most half the set is ejected, and never the last endpoint.

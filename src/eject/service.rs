@@ -271,6 +271,11 @@ where
                     Outcome::Success => Some(false),
                     Outcome::Failure => Some(true),
                     Outcome::Overloaded if shared.count_overload => Some(true),
+                    // Busy: a failure only for an endpoint busy alone.
+                    Outcome::Overloaded => shared
+                        .registry
+                        .busy(i, *this.probe, clock::edge_now())
+                        .then_some(true),
                     _ => None,
                 };
                 let now = clock::edge_now();

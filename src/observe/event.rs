@@ -390,7 +390,8 @@ pub enum EventKind {
     /// An endpoint was taken out of its balanced set.
     EndpointEjected {
         /// Why (`"consecutive_failures"`, `"success_rate"`, `"latency"`,
-        /// `"probe_failed"`).
+        /// `"probe_failed"`, `"busy_alone"`: "busy" answers in a row while
+        /// the rest of the set served).
         reason: &'static str,
         /// For how long.
         duration: Duration,
