@@ -255,10 +255,13 @@ impl<C> EjectionLayerBuilder<C> {
 
     /// Whether an endpoint answering "busy" counts as failing, whatever
     /// the rest of the set answers (default off). Off, "busy" answers eject
-    /// an endpoint only when it is busy alone: 5 of them since its last
-    /// success (the [`consecutive_failures`](Self::consecutive_failures)),
-    /// while the other endpoints answered "busy" to at most one call in ten
-    /// this interval; a probe so answered fails. A set busy all over is
+    /// an endpoint only when it is busy alone: 5 of them in a row (the
+    /// [`consecutive_failures`](Self::consecutive_failures), checked at each
+    /// multiple), from an endpoint busy to at least half of its recent
+    /// answers (a moving average over about 16: from a clean record, at the
+    /// 15th busy answer in a row), while at least half of the other
+    /// endpoints taking calls are busy to under a tenth of theirs; a probe
+    /// so answered fails. A set busy all over is
     /// overloaded, and taking endpoints out would only load the others
     /// more; an endpoint busy alone is broken in a way that says "busy":
     /// in an outside trial over HTTP (3 replicas, 600 requests a second),

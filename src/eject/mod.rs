@@ -50,10 +50,11 @@
 //!
 //! - **Failures in a row**: 5 remote failures in a row eject an endpoint
 //!   ([`DEFAULT_CONSECUTIVE_FAILURES`]). A local refusal never counts. A
-//!   remote overload ("busy") is no failure, but 5 of them since the
-//!   endpoint's last success eject it while the rest of the set answered
-//!   "busy" to at most one call in ten this interval (busy alone: a proxy
-//!   with no upstream answering a bare `503`; a set busy all over keeps its
+//!   remote overload ("busy") is no failure, but an endpoint busy alone is
+//!   ejected: 5 busy answers in a row (checked at each multiple), busy to
+//!   half of its recent answers (about the last 16), while at least half of
+//!   the others are busy to under a tenth of theirs (a proxy with no
+//!   upstream answering a bare `503`; a set busy all over keeps its
 //!   endpoints); with
 //!   [`count_overload`](EjectionLayerBuilder::count_overload) it is a
 //!   failure. A call that
