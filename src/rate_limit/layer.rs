@@ -757,11 +757,15 @@ impl<X, D> RateLimitLayer<X, D> {
         Ok(())
     }
 
-    /// The state of the limit's backend: `Some(Healthy)` while Redis
-    /// answers, `Some(Degraded)` while it does not and the
+    /// The state of the limit's backend, as the last request that asked
+    /// Redis found it: `Some(Healthy)` while Redis answers,
+    /// `Some(Degraded)` while it does not and the
     /// [`FailurePolicy`](crate::rate_limit::FailurePolicy) decides (each
     /// change is also a `StateChanged` event), `None` for a limit kept in
-    /// this process alone (no backend to lose).
+    /// this process alone (no backend to lose). An instance that has sent
+    /// no request to Redis yet says `Healthy`. For an alert, not for a
+    /// readiness check: every instance loses Redis at once, and each goes
+    /// on serving under its policy.
     ///
     /// ```
     /// use seawall::rate_limit::{Quota, RateLimitLayer};

@@ -1773,7 +1773,7 @@ async fn the_readme_fleet_limit_over_http() -> Result<(), BoxError> {
                     .redis(redis)
             })
             .build()?;
-        let limit = stack.rate_limit().clone(); // for a readiness check: limit.backend_state()
+        let limit = stack.rate_limit().clone(); // limit.backend_state(): for an alert, not for readiness
         // --- README fleet rate limit ends ---
         let app = Router::new()
             .route("/", get(|| async { "hello" }))
