@@ -651,6 +651,23 @@ mod read_count_tests {
         );
     }
 
+    /// An ejection layer on a healthy endpoint reads the clock as a call
+    /// goes in and as it ends (its latency), none to make it ready (3 a
+    /// call before: its admission read it too); under a client stack, it
+    /// shares the stack's two.
+    #[cfg(feature = "eject")]
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn a_healthy_endpoint_reads_the_clock_twice_per_call() {
+        let ejection = crate::eject::EjectionLayer::builder().build().unwrap();
+        assert_eq!(reads_per_call(ejection.layer(noop()), 100).await, 2.0);
+        let under = client(Observer::none()).layer(ejection.layer(noop()));
+        assert_eq!(
+            reads_per_call(under, 100).await,
+            2.0,
+            "under a client stack"
+        );
+    }
+
     /// A closed breaker with a count window, no slow calls and no hook reads
     /// no clock; a time window (the default) reads it as a call ends (the
     /// call's bucket); a slow-call duration or a hook make it read the

@@ -39,6 +39,20 @@ impl<E> tower::retry::Policy<u64, u64, E> for Trivial {
     }
 }
 
+/// A hedging policy for tower's `Hedge` that may copy every request.
+#[derive(Clone)]
+pub struct TrivialHedge;
+
+impl tower::hedge::Policy<u64> for TrivialHedge {
+    fn clone_request(&self, req: &u64) -> Option<u64> {
+        Some(*req)
+    }
+
+    fn can_retry(&self, _req: &u64) -> bool {
+        true
+    }
+}
+
 /// `iters` calls through `svc`, one at a time.
 pub async fn drive<S>(svc: &mut S, iters: u64)
 where
@@ -361,6 +375,25 @@ macro_rules! per_layer {
         });
         let tq = tr_ratelimiter();
         $f!("rate_limit/tower_resilience", |_: ()| tq.layer(noop()));
+        // hedge: the no-op answers at once, so no copy is ever sent; the
+        // cost of watching for one (and of feeding the latency estimate)
+        let sg = seawall::hedge::HedgeLayer::builder().build().expect("hedge");
+        $f!(@single "hedge/seawall", |_: ()| sg.layer(noop()));
+        $f!(@single "hedge/tower", |_: ()| {
+            tower::hedge::Hedge::new(noop(), TrivialHedge, 20, 0.95, Duration::from_secs(1))
+        });
+        // outlier ejection (tower has none): one endpoint, no balancer
+        let se = seawall::eject::EjectionLayer::builder().build().expect("ejection");
+        $f!(@single "eject/seawall", |_: ()| se.layer(noop()));
+        // fallback (tower has none): every call succeeds, none falls back
+        let sf = seawall::fallback::FallbackLayer::builder(seawall::fallback::fallback_fn(
+            |_: seawall::observe::FallbackReason, _: Result<&u64, &BoxError>| {
+                std::future::ready(Some(0u64))
+            },
+        ))
+        .build()
+        .expect("fallback");
+        $f!(@single "fallback/seawall", |_: ()| sf.layer(noop()));
     }};
 }
 

@@ -273,6 +273,13 @@ impl Registry {
         }
     }
 
+    /// Whether endpoint `i` takes calls as usual (not ejected, nor back on
+    /// probation).
+    #[inline]
+    pub(crate) fn is_healthy(&self, i: usize) -> bool {
+        self.slots[i].state.load(Ordering::Acquire) == HEALTHY
+    }
+
     /// Whether endpoint `i`'s probe is taken (held by a clone made ready,
     /// or in flight).
     pub(crate) fn probe_taken(&self, i: usize) -> bool {

@@ -148,6 +148,8 @@ where
             // unless the ejection ended meanwhile (the set had no other
             // endpoint taking calls): then it is admitted as any call is.
             Some(i) if self.probing && self.presence.slot.shared.registry.probe_taken(i) => {}
+            // Healthy (nearly always): admitted without reading the clock.
+            Some(i) if !self.probing && self.presence.slot.shared.registry.is_healthy(i) => {}
             Some(i) => {
                 self.probing = false;
                 let registry = &self.presence.slot.shared.registry;
@@ -261,7 +263,11 @@ where
     type Output = Result<T, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let _edge = clock::Edge::enter();
+        // No edge of its own: the instant read as the answer comes back is
+        // read at the depth of the layer polling this one, and shared with
+        // it (an adaptive limit above forgets a read deeper than its own,
+        // as one made inside its handler, and read again: 3 clock reads a
+        // call under the client stack where its own 2 suffice).
         let this = self.project();
         let result = ready!(this.inner.poll(cx));
         if let Some(slot) = this.slot.take() {
