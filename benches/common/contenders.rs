@@ -394,6 +394,20 @@ macro_rules! per_layer {
         .build()
         .expect("fallback");
         $f!(@single "fallback/seawall", |_: ()| sf.layer(noop()));
+        // a bulkhead per key (16 keys, each call's key its number modulo
+        // 16): the table's lookup over the bulkhead alone
+        let sk = seawall::keyed::KeyedLayer::builder(
+            |x: &u64| Some(seawall::rate_limit::Key::from_u64(*x % 16)),
+            |_: &seawall::rate_limit::Key| {
+                seawall::bulkhead::BulkheadLayer::builder()
+                    .max_concurrent(LIMIT)
+                    .build()
+                    .expect("bulkhead")
+            },
+        )
+        .build()
+        .expect("keyed");
+        $f!(@single "keyed/seawall_bulkhead", |_: ()| sk.layer(noop()));
     }};
 }
 
