@@ -59,7 +59,12 @@
 //!   most, not 2.
 //! - **Deadline**: no hedge that cannot get as much time as the request
 //!   waited before it ([`deadline::current`](crate::deadline::current)); an
-//!   attempt timeout below bounds each copy by the time left.
+//!   attempt timeout below bounds each copy, as it bounds any attempt it
+//!   may cut: under the gRPC preset, whose policy does not retry a
+//!   timeout, the first attempt runs to the request's deadline (its
+//!   `grpc-timeout` says the whole budget) while a copy, a second attempt,
+//!   gets the attempt timeout (its `grpc-timeout` says that, or the time
+//!   left if shorter).
 //! - **Only what is safe to repeat**: the [`RetryPolicy`](crate::retry::RetryPolicy)
 //!   decides (`may_hedge`, `clone_request`), so the HTTP and gRPC retry
 //!   policies hedge idempotent methods and opted-in gRPC methods only (a

@@ -88,6 +88,9 @@ pub struct GrpcRetry {
     /// as hashes of their paths; none: every method.
     scope: [u64; MAX_RETRIED_NAMES],
     scope_len: u8,
+    /// Names refused (not a method path or a service name, or past the
+    /// most): the stack's `build` says so.
+    refused: u8,
 }
 
 impl std::fmt::Debug for GrpcRetry {
@@ -113,13 +116,31 @@ pub const MAX_HEDGED_METHODS: usize = 16;
 pub const MAX_RETRIED_NAMES: usize = 16;
 
 /// Adds `h` to the first `len` of `set`, if there is room and it is not in
-/// yet (more are ignored).
-fn add_hash(set: &mut [u64], len: &mut u8, h: u64) {
+/// yet; whether it is in now (`false`: no room).
+fn add_hash(set: &mut [u64], len: &mut u8, h: u64) -> bool {
     let n = usize::from(*len);
-    if n < set.len() && !set[..n].contains(&h) {
+    if set[..n].contains(&h) {
+        return true;
+    }
+    if n < set.len() {
         set[n] = h;
         *len += 1;
+        return true;
     }
+    false
+}
+
+/// Whether `path` is a method's path: `/`, a service name, `/`, a method
+/// name, neither empty, no wildcard.
+fn is_method_path(path: &str) -> bool {
+    path.strip_prefix('/')
+        .and_then(|rest| rest.split_once('/'))
+        .is_some_and(|(service, method)| {
+            !service.is_empty()
+                && !method.is_empty()
+                && !method.contains('/')
+                && !path.contains('*')
+        })
 }
 
 /// The hash of a service's paths' common prefix, `/pkg.Svc/`.
@@ -157,6 +178,7 @@ impl GrpcRetry {
             hedged_len: 0,
             scope: [0; MAX_RETRIED_NAMES],
             scope_len: 0,
+            refused: 0,
         }
     }
 
@@ -168,7 +190,11 @@ impl GrpcRetry {
     /// all; more are ignored (those methods are not retried).
     #[must_use]
     pub fn retry_method(mut self, path: &str) -> Self {
-        self.add_retried(path_hash(path));
+        if is_method_path(path) {
+            self.add_retried(path_hash(path));
+        } else {
+            self.refused = self.refused.saturating_add(1);
+        }
         self
     }
 
@@ -176,12 +202,18 @@ impl GrpcRetry {
     /// others opted in; see [`retry_method`](Self::retry_method).
     #[must_use]
     pub fn retry_service(mut self, service: &str) -> Self {
-        self.add_retried(service_hash(service));
+        if !service.is_empty() && !service.contains(['/', '*']) {
+            self.add_retried(service_hash(service));
+        } else {
+            self.refused = self.refused.saturating_add(1);
+        }
         self
     }
 
     fn add_retried(&mut self, h: u64) {
-        add_hash(&mut self.scope, &mut self.scope_len, h);
+        if !add_hash(&mut self.scope, &mut self.scope_len, h) {
+            self.refused = self.refused.saturating_add(1);
+        }
     }
 
     /// Whether calls to the method `path` may be retried: every method when
@@ -210,14 +242,42 @@ impl GrpcRetry {
     /// opted in; at most [`MAX_HEDGED_METHODS`] (more are ignored).
     #[must_use]
     pub fn hedge_method(mut self, path: &str) -> Self {
-        self.add_hedged(path_hash(path));
+        if is_method_path(path) {
+            self.add_hedged(path_hash(path));
+        } else {
+            self.refused = self.refused.saturating_add(1);
+        }
         self
     }
 
     /// Opts in the method whose path hashes to `h`, if there is room and it
     /// is not in yet.
     fn add_hedged(&mut self, h: u64) {
-        add_hash(&mut self.hedged, &mut self.hedged_len, h);
+        if !add_hash(&mut self.hedged, &mut self.hedged_len, h) {
+            self.refused = self.refused.saturating_add(1);
+        }
+    }
+
+    /// Refuses a policy given a name that is not a method's path
+    /// (`"/pkg.Svc/Method"`) or a service's name (`"pkg.Svc"`), or more
+    /// than the most: a typo would have left that method unretried or
+    /// unhedged without a word. Called by the client stacks' `build`.
+    pub(crate) fn check(&self) -> Result<(), crate::error::ConfigError> {
+        if self.refused == 0 {
+            return Ok(());
+        }
+        Err(crate::error::ConfigError::new(
+            "retry",
+            format!(
+                "GrpcRetry: {} method name(s) refused: a method is named by its path, \"/pkg.Service/Method\" (no wildcard), a service by \"pkg.Service\", at most {MAX_HEDGED_METHODS} hedged and {MAX_RETRIED_NAMES} retried",
+                self.refused
+            ),
+        ))
+    }
+
+    /// Whether any method is opted in to hedging.
+    pub(crate) fn hedges_any(&self) -> bool {
+        self.hedged_len > 0
     }
 
     /// These codes, with the methods `earlier` opted in to hedging kept

@@ -191,6 +191,13 @@ pub struct RetryLayerBuilder<P = RetryErrors> {
     policy: P,
 }
 
+impl<P> RetryLayerBuilder<P> {
+    /// The policy given so far.
+    pub(crate) fn policy_ref(&self) -> &P {
+        &self.policy
+    }
+}
+
 /// The settings of a [`RetryLayerBuilder`] that its type parameters do not
 /// touch: one field to move when a method changes a parameter.
 #[derive(Debug, Clone)]

@@ -589,10 +589,25 @@ impl<P, C, L, O, H> ClientStackBuilder<P, C, L, O, H> {
     #[allow(clippy::type_complexity)]
     pub fn build(self) -> Result<ClientStackLayer<P, C, L::Layer, O, H::Layer>, ConfigError>
     where
+        P: 'static,
         L: StackPart,
         H: HedgePart<P>,
         C: Send + Sync + 'static,
     {
+        #[cfg(feature = "tonic")]
+        if let Some(grpc) = (self.retry.policy_ref() as &dyn std::any::Any)
+            .downcast_ref::<crate::retry::grpc::GrpcRetry>()
+        {
+            grpc.check()?;
+            if self.hedge.hedges() && !grpc.hedges_any() {
+                // A new user's hedge that hedged nothing: the tail's p99
+                // stayed 203 ms, and nothing said why.
+                return Err(ConfigError::new(
+                    KIND,
+                    "hedge: the gRPC policy hedges no method; opt the idempotent ones in with .retry(|r| r.policy(GrpcRetry::new().hedge_method(\"/pkg.Service/Method\")))",
+                ));
+            }
+        }
         let total = self
             .common
             .total_budget

@@ -279,6 +279,7 @@ impl crate::config::ServiceConfig {
         builder: ClientStackBuilder<P, C, L, O, H>,
     ) -> Result<ClientStackLayer<P, C, L::Layer, O, H::Layer>, ConfigError>
     where
+        P: 'static,
         L: super::part::StackPart,
         H: super::part::HedgePart<P>,
         C: Send + Sync + 'static,

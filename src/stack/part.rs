@@ -77,6 +77,12 @@ pub trait HedgePart<P>: sealed::Sealed {
     /// The layer this part builds.
     type Layer;
 
+    /// Whether this part hedges (a hedge layer, not [`Skip`]).
+    #[doc(hidden)]
+    fn hedges(&self) -> bool {
+        true
+    }
+
     /// Builds the layer with the stack's retry policy and observer.
     #[doc(hidden)]
     fn build_hedge(
@@ -88,6 +94,10 @@ pub trait HedgePart<P>: sealed::Sealed {
 
 impl<P> HedgePart<P> for Skip {
     type Layer = Identity;
+
+    fn hedges(&self) -> bool {
+        false
+    }
 
     #[inline]
     fn build_hedge(self, _: &P, _: Option<&Observer>) -> Result<Identity, ConfigError> {

@@ -562,3 +562,73 @@ async fn random_drops_leave_no_permit_behind() {
     assert_eq!(permits.available_permits(), 64);
     assert_eq!(permits.in_flight(), 0);
 }
+
+/// A gRPC client stack that hedges checks its policy's method names when
+/// built: a hedge with no method opted in (it would send no copy), or a
+/// name that is not a method's path (a typo, a wildcard), is refused,
+/// saying how to name one; a path opted in builds. A new user's hedge on
+/// `ClientStack::grpc` with no method, or `"kv.Kv/Get"`, built, sent no
+/// copy, and the tail's p99 stayed 203 ms.
+#[cfg(feature = "tonic")]
+#[test]
+fn a_grpc_hedge_that_hedges_no_method_is_refused_when_built() {
+    use seawall::ClientStack;
+    use seawall::retry::grpc::GrpcRetry;
+    let stack = |policy: Option<GrpcRetry>| {
+        let b = ClientStack::grpc("kv")
+            .total_budget(Duration::from_secs(1))
+            .attempt_timeout(Duration::from_millis(500));
+        match policy {
+            Some(p) => b.retry(|r| r.policy(p)).hedge(|h| h).build().map(|_| ()),
+            None => b.hedge(|h| h).build().map(|_| ()),
+        }
+    };
+    let err = stack(None).unwrap_err().to_string();
+    assert!(
+        err.contains("hedges no method") && err.contains("hedge_method"),
+        "{err}"
+    );
+    for bad in [
+        "kv.Kv/Get",
+        "/kv.Kv/*",
+        "kv.Kv",
+        "/kv.Kv/",
+        "//Get",
+        "/kv.Kv/Get/x",
+    ] {
+        let err = stack(Some(
+            GrpcRetry::new()
+                .hedge_method("/kv.Kv/Get")
+                .hedge_method(bad),
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("\"/pkg.Service/Method\""), "{bad}: {err}");
+    }
+    let err = stack(Some(
+        GrpcRetry::new()
+            .hedge_method("/kv.Kv/Get")
+            .retry_service("kv.Kv/"),
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("refused"), "{err}");
+    assert!(stack(Some(GrpcRetry::new().hedge_method("/kv.Kv/Get"))).is_ok());
+    assert!(
+        stack(Some(
+            GrpcRetry::new()
+                .hedge_method("/kv.Kv/Get")
+                .retry_method("/kv.Kv/Put")
+                .retry_service("kv.Admin")
+        ))
+        .is_ok()
+    );
+    // No hedge: no method needs opting in.
+    assert!(
+        ClientStack::grpc("kv")
+            .total_budget(Duration::from_secs(1))
+            .attempt_timeout(Duration::from_millis(500))
+            .build()
+            .is_ok()
+    );
+}

@@ -1812,11 +1812,13 @@ async fn grpc_preset_hedges_only_the_methods_opted_in() {
     assert_eq!(reply.message, "hello preset from call 2");
     assert_eq!(hits.load(Ordering::SeqCst), 2);
 
-    // Without the opt-in, the same call is sent once.
+    // Without its opt-in (another method's only: with none, `build`
+    // refuses the hedge), the same call is sent once.
     hits.store(0, Ordering::SeqCst);
     let plain = ClientStack::grpc("dep")
         .total_budget(Duration::from_secs(2))
         .attempt_timeout(Duration::from_secs(1))
+        .retry(|r| r.policy(GrpcRetry::new().hedge_method("/helloworld.Greeter/Other")))
         .hedge(|h| h.delay(Duration::from_millis(100)))
         .build()
         .unwrap();
