@@ -192,7 +192,8 @@ pub struct RetryLayerBuilder<P = RetryErrors> {
 }
 
 impl<P> RetryLayerBuilder<P> {
-    /// The policy given so far.
+    /// The policy given so far (a client stack checks a gRPC one).
+    #[cfg_attr(not(feature = "tonic"), allow(dead_code))]
     pub(crate) fn policy_ref(&self) -> &P {
         &self.policy
     }
