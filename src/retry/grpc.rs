@@ -88,8 +88,9 @@ pub struct GrpcRetry {
     /// as hashes of their paths; none: every method.
     scope: [u64; MAX_RETRIED_NAMES],
     scope_len: u8,
-    /// Names refused (not a method path or a service name, or past the
-    /// most): the stack's `build` says so.
+    /// The calls given a name refused (not a method path or a service
+    /// name, or past the most), as `REFUSED_*` bits: the stack's `build`
+    /// says which.
     refused: u8,
 }
 
@@ -106,6 +107,13 @@ impl std::fmt::Debug for GrpcRetry {
             .finish()
     }
 }
+
+/// [`GrpcRetry::refused`]'s bits: the call given a name refused, and
+/// whether one was past the most.
+const REFUSED_HEDGE_METHOD: u8 = 1;
+const REFUSED_RETRY_METHOD: u8 = 2;
+const REFUSED_RETRY_SERVICE: u8 = 4;
+const REFUSED_TOO_MANY: u8 = 8;
 
 /// The most methods one [`GrpcRetry`] opts in to hedging.
 pub const MAX_HEDGED_METHODS: usize = 16;
@@ -187,13 +195,14 @@ impl GrpcRetry {
     /// a call to any other method is sent once, as gRPC does for a method
     /// no `retryPolicy` names. Without either, every method is retried on
     /// the policy's codes (the default). At most [`MAX_RETRIED_NAMES`] in
-    /// all; more are ignored (those methods are not retried).
+    /// all; a name past the most, or not a method's path, is refused by the
+    /// client stack's `build`.
     #[must_use]
     pub fn retry_method(mut self, path: &str) -> Self {
         if is_method_path(path) {
-            self.add_retried(path_hash(path));
+            self.add_retried(path_hash(path), REFUSED_RETRY_METHOD);
         } else {
-            self.refused = self.refused.saturating_add(1);
+            self.refused |= REFUSED_RETRY_METHOD;
         }
         self
     }
@@ -203,16 +212,16 @@ impl GrpcRetry {
     #[must_use]
     pub fn retry_service(mut self, service: &str) -> Self {
         if !service.is_empty() && !service.contains(['/', '*']) {
-            self.add_retried(service_hash(service));
+            self.add_retried(service_hash(service), REFUSED_RETRY_SERVICE);
         } else {
-            self.refused = self.refused.saturating_add(1);
+            self.refused |= REFUSED_RETRY_SERVICE;
         }
         self
     }
 
-    fn add_retried(&mut self, h: u64) {
+    fn add_retried(&mut self, h: u64, by: u8) {
         if !add_hash(&mut self.scope, &mut self.scope_len, h) {
-            self.refused = self.refused.saturating_add(1);
+            self.refused |= by | REFUSED_TOO_MANY;
         }
     }
 
@@ -239,13 +248,16 @@ impl GrpcRetry {
     /// preset's [`hedge`](crate::stack::ClientStackBuilder::hedge)), a call
     /// to it still running after the hedge delay gets a copy. Only for
     /// idempotent methods: both copies may run. No method is hedged unless
-    /// opted in; at most [`MAX_HEDGED_METHODS`] (more are ignored).
+    /// opted in; at most [`MAX_HEDGED_METHODS`]. A path not of the form
+    /// `"/package.Service/Method"`, or one past the most, is refused by the
+    /// client stack's `build` (a path is compared as it is, case
+    /// included).
     #[must_use]
     pub fn hedge_method(mut self, path: &str) -> Self {
         if is_method_path(path) {
             self.add_hedged(path_hash(path));
         } else {
-            self.refused = self.refused.saturating_add(1);
+            self.refused |= REFUSED_HEDGE_METHOD;
         }
         self
     }
@@ -254,7 +266,7 @@ impl GrpcRetry {
     /// is not in yet.
     fn add_hedged(&mut self, h: u64) {
         if !add_hash(&mut self.hedged, &mut self.hedged_len, h) {
-            self.refused = self.refused.saturating_add(1);
+            self.refused |= REFUSED_HEDGE_METHOD | REFUSED_TOO_MANY;
         }
     }
 
@@ -266,11 +278,27 @@ impl GrpcRetry {
         if self.refused == 0 {
             return Ok(());
         }
+        let calls: Vec<&str> = [
+            (REFUSED_HEDGE_METHOD, "hedge_method"),
+            (REFUSED_RETRY_METHOD, "retry_method"),
+            (REFUSED_RETRY_SERVICE, "retry_service"),
+        ]
+        .into_iter()
+        .filter(|(bit, _)| self.refused & bit != 0)
+        .map(|(_, call)| call)
+        .collect();
+        let why = if self.refused & REFUSED_TOO_MANY != 0 {
+            format!(
+                "more than the most ({MAX_HEDGED_METHODS} hedged methods, {MAX_RETRIED_NAMES} retried names), or "
+            )
+        } else {
+            String::new()
+        };
         Err(crate::error::ConfigError::new(
             "retry",
             format!(
-                "GrpcRetry: {} method name(s) refused: a method is named by its path, \"/pkg.Service/Method\" (no wildcard), a service by \"pkg.Service\", at most {MAX_HEDGED_METHODS} hedged and {MAX_RETRIED_NAMES} retried",
-                self.refused
+                "GrpcRetry: {} given {why}a name refused: a method is named by its path as in the .proto, \"/package.Service/Method\" (case included, no wildcard); a service (retry_service) by \"package.Service\"",
+                calls.join(" / ")
             ),
         ))
     }

@@ -487,8 +487,11 @@ impl<P, C, L, O, H> ClientStackBuilder<P, C, L, O, H> {
     /// recent calls, within a budget of 10 % of requests (see
     /// [`hedge`](crate::hedge)), configured from those defaults in `f`. The
     /// stack gives it its name (`"{name}.hedge"`), its observer and the retry
-    /// policy, so it hedges only what the stack would retry (with the
-    /// protocol presets: idempotent HTTP methods, opted-in gRPC methods).
+    /// policy, which decides what may be hedged: with the HTTP preset,
+    /// idempotent methods; with the gRPC preset, the methods opted in with
+    /// [`GrpcRetry::hedge_method`](crate::retry::grpc::GrpcRetry::hedge_method),
+    /// whatever `retry_method` restricts retries to (`build` refuses a gRPC
+    /// hedge with no method opted in).
     ///
     /// Each copy goes through the breaker, the bulkhead and the attempt
     /// timeout like an attempt; a copy that loses is cancelled and not
@@ -582,7 +585,17 @@ impl<P, C, L, O, H> ClientStackBuilder<P, C, L, O, H> {
     /// - the slow-call duration is not below `attempt_timeout` (a call
     ///   cannot take longer than its attempt timeout to answer, and a
     ///   streamed body is judged by its head, so such a threshold never
-    ///   trips).
+    ///   trips);
+    /// - with a [`hedge`](Self::hedge) and the gRPC policy
+    ///   ([`GrpcRetry`](crate::retry::grpc::GrpcRetry)), no method is opted
+    ///   in to hedging (no copy would be sent).
+    ///
+    /// A [`ConfigError`] (layer `"retry"`) when a `GrpcRetry` was given a
+    /// name that is not a method's path (`"/package.Service/Method"`) in
+    /// `hedge_method` or `retry_method`, or a service's (`"package.Service"`)
+    /// in `retry_service`, or more than the most of either. (A well-formed
+    /// path that names no method, `"/kv.Kv/get"` for `Get`, cannot be told
+    /// from a real one: check it against your `.proto`.)
     ///
     /// A layer's own refusal (a zero budget, `max_attempts(0)`, a breaker
     /// threshold outside `(0, 1]`, …) is returned as that layer's error.

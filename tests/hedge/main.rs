@@ -603,7 +603,10 @@ fn a_grpc_hedge_that_hedges_no_method_is_refused_when_built() {
         ))
         .unwrap_err()
         .to_string();
-        assert!(err.contains("\"/pkg.Service/Method\""), "{bad}: {err}");
+        assert!(
+            err.contains("hedge_method given") && err.contains("\"/package.Service/Method\""),
+            "{bad}: {err}"
+        );
     }
     let err = stack(Some(
         GrpcRetry::new()
@@ -612,7 +615,12 @@ fn a_grpc_hedge_that_hedges_no_method_is_refused_when_built() {
     ))
     .unwrap_err()
     .to_string();
-    assert!(err.contains("refused"), "{err}");
+    assert!(err.contains("retry_service given"), "{err}");
+    let too_many = (0..17).fold(GrpcRetry::new(), |p, i| {
+        p.hedge_method(&format!("/kv.Kv/M{i}"))
+    });
+    let err = stack(Some(too_many)).unwrap_err().to_string();
+    assert!(err.contains("more than the most"), "{err}");
     assert!(stack(Some(GrpcRetry::new().hedge_method("/kv.Kv/Get"))).is_ok());
     assert!(
         stack(Some(
