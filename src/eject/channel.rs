@@ -90,11 +90,10 @@ wrapper_service!(
 /// ```no_run
 /// # async fn doc() -> Result<(), seawall::BoxError> {
 /// use seawall::eject::{balance_channel, EjectionLayer};
-/// use seawall::grpc::GrpcStatusClassifier;
 /// use tonic::transport::Endpoint;
 /// use tower::discover::Change;
 ///
-/// let ejection = EjectionLayer::builder().classifier(GrpcStatusClassifier::new()).build()?;
+/// let ejection = EjectionLayer::grpc().build()?;
 /// let (channel, changes) = balance_channel(&ejection, 64);
 /// changes.send(Change::Insert("a", Endpoint::from_static("http://127.0.0.1:50051"))).await?;
 /// changes.send(Change::Insert("b", Endpoint::from_static("http://127.0.0.1:50052"))).await?;

@@ -532,7 +532,6 @@ async fn greeter_on(
 /// restarted (its probe finds it, and it takes calls again).
 #[tokio::test]
 async fn a_balanced_tonic_client_rides_out_a_killed_server_and_takes_it_back() {
-    use seawall::grpc::GrpcStatusClassifier;
     use seawall::stack::ClientStack;
     use tonic::transport::Endpoint;
 
@@ -542,12 +541,9 @@ async fn a_balanced_tonic_client_rides_out_a_killed_server_and_takes_it_back() {
     for h in &hits {
         servers.push(greeter_on(any, h.clone()).await);
     }
-    let ejection = EjectionLayer::builder()
-        .classifier(GrpcStatusClassifier::new())
-        .build()
-        .unwrap();
     let addrs: Vec<std::net::SocketAddr> = servers.iter().map(|(a, _)| *a).collect();
     // The README's recipe, as written there.
+    let ejection = EjectionLayer::grpc().build().unwrap();
     let endpoints = addrs
         .iter()
         .map(|a| Ok(ejection.layer(Endpoint::from_shared(format!("http://{a}"))?.connect_lazy())))

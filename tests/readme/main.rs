@@ -598,8 +598,8 @@ async fn a_stack_per_group_of_routes() -> Result<(), seawall::BoxError> {
 /// than 5 endpoints, only failures in a row eject). Each endpoint is the hyper client
 /// with the replica's address written in, judged by `EjectionLayer::http()`:
 /// the sick replica is ejected after 5 failures in a row and gets a few
-/// calls of 300, every request is served (the preset retries the 500s it
-/// got). With `EjectionLayer::builder()`, whose classifier fails only an
+/// calls of 300, and the requests are served (the preset retries the 500s
+/// it got). With `EjectionLayer::builder()`, whose classifier fails only an
 /// `Err`, the 500s are successes: the replica stays in and gets a third of
 /// the calls or more.
 #[cfg(feature = "eject")]
@@ -700,13 +700,17 @@ async fn a_balanced_http_client_ejects_a_replica_answering_500() -> Result<(), s
         run(EjectionLayer::http().build()?, &addrs, hyper_client.clone()).await?;
     let sick = calls[0].swap(0, Ordering::Relaxed);
     println!("EjectionLayer::http(): {served} of 300 served, {sick} calls to the sick replica");
-    assert_eq!((served, ejected), (300, 1), "served, ejected");
+    // (p2c picks at random: a request whose three attempts all land on
+    // the sick replica in its first five calls, before it is out, fails.)
+    assert!(served >= 297, "{served} of 300 served");
+    assert_eq!(ejected, 1);
     assert!(sick <= 15, "{sick} calls reached the sick replica");
 
     let (_, ejected) = run(EjectionLayer::builder().build()?, &addrs, hyper_client).await?;
     let sick = calls[0].load(Ordering::Relaxed);
     println!("EjectionLayer::builder(): {sick} calls to the sick replica");
     assert_eq!(ejected, 0, "a 500 is a success to errors-as-failures");
-    assert!(sick >= 100, "{sick} calls reached the sick replica");
+    // About a third of the calls and their retries (118 in one run).
+    assert!(sick >= 60, "{sick} calls reached the sick replica");
     Ok(())
 }
