@@ -385,9 +385,7 @@ impl Registry {
                 slot.busy_run.store(0, Ordering::Relaxed);
             }
         }
-        if self.nanos(now) >= self.next_sweep.load(Ordering::Relaxed) {
-            self.sweep(now);
-        }
+        self.sweep_if_due(now);
     }
 
     /// A call on endpoint `i` was answered "busy" (an overload it
@@ -416,10 +414,16 @@ impl Registry {
         if n % every == 0 && share >= SHARE_ONE / 2 && self.busy_alone(i) {
             self.eject(i, Why::Busy, now);
         }
+        self.sweep_if_due(now);
+        false
+    }
+
+    /// Runs the interval's sweep if it is due.
+    #[inline]
+    fn sweep_if_due(&self, now: Instant) {
         if self.nanos(now) >= self.next_sweep.load(Ordering::Relaxed) {
             self.sweep(now);
         }
-        false
     }
 
     /// Whether at least half of the endpoints other than `i` taking calls

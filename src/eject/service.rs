@@ -273,18 +273,17 @@ where
         if let Some(slot) = this.slot.take() {
             if let Some(i) = slot.index {
                 let shared = &slot.shared;
+                let now = clock::edge_now();
                 let failure = match judge(&shared.classifier, result.as_ref()) {
                     Outcome::Success => Some(false),
                     Outcome::Failure => Some(true),
                     Outcome::Overloaded if shared.count_overload => Some(true),
                     // Busy: a failure only for an endpoint busy alone.
-                    Outcome::Overloaded => shared
-                        .registry
-                        .busy(i, *this.probe, clock::edge_now())
-                        .then_some(true),
+                    Outcome::Overloaded => {
+                        shared.registry.busy(i, *this.probe, now).then_some(true)
+                    }
                     _ => None,
                 };
-                let now = clock::edge_now();
                 shared.registry.record(
                     i,
                     failure,

@@ -269,9 +269,25 @@ impl<P> HedgeLayerBuilder<P> {
     ///
     /// A [`ConfigError`] (layer `"hedge"`) when `max_attempts` is outside
     /// `2..=5`, the fixed delay is zero, the quantile is not in `(0, 1)`, the
-    /// window is zero, or the budget ratio is not in `0..=1`.
-    pub fn build(self) -> Result<HedgeLayer<P>, ConfigError> {
+    /// window is zero, or the budget ratio is not in `0..=1`; for the gRPC
+    /// policy ([`GrpcRetry`](crate::retry::grpc::GrpcRetry)), when no method
+    /// is opted in to hedging (no copy would be sent).
+    pub fn build(self) -> Result<HedgeLayer<P>, ConfigError>
+    where
+        P: 'static,
+    {
         let err = |m: String| ConfigError::new("hedge", m);
+        #[cfg(feature = "tonic")]
+        if (&self.policy as &dyn std::any::Any)
+            .downcast_ref::<crate::retry::grpc::GrpcRetry>()
+            .is_some_and(|grpc| !grpc.hedges_any())
+        {
+            // A new user's hedge that hedged nothing: the tail's p99 stayed
+            // 203 ms, and nothing said why.
+            return Err(err(
+                "the gRPC policy hedges no method; opt the idempotent ones in with .retry(|r| r.policy(GrpcRetry::new().hedge_method(\"/pkg.Service/Method\")))".into(),
+            ));
+        }
         if !(2..=MAX_ATTEMPTS_LIMIT).contains(&self.settings.max_attempts) {
             return Err(err(format!(
                 "max_attempts must be in 2..={MAX_ATTEMPTS_LIMIT}, got {}",

@@ -191,14 +191,6 @@ pub struct RetryLayerBuilder<P = RetryErrors> {
     policy: P,
 }
 
-impl<P> RetryLayerBuilder<P> {
-    /// The policy given so far (a client stack checks a gRPC one).
-    #[cfg_attr(not(feature = "tonic"), allow(dead_code))]
-    pub(crate) fn policy_ref(&self) -> &P {
-        &self.policy
-    }
-}
-
 /// The settings of a [`RetryLayerBuilder`] that its type parameters do not
 /// touch: one field to move when a method changes a parameter.
 #[derive(Debug, Clone)]
@@ -386,9 +378,20 @@ impl<P> RetryLayerBuilder<P> {
     ///
     /// A [`ConfigError`] naming the setting when `max_attempts` is outside
     /// `1..=100`, the backoff is invalid (see [`Backoff::new`]), the budget is
-    /// invalid (see [`RetryBudget::new`]), or `max_retry_after` is above one day.
-    pub fn build(self) -> Result<RetryLayer<P>, ConfigError> {
+    /// invalid (see [`RetryBudget::new`]), or `max_retry_after` is above one day;
+    /// for a [`GrpcRetry`](super::grpc::GrpcRetry) given a name that is not
+    /// a method's path or a service's (see its `hedge_method`).
+    pub fn build(self) -> Result<RetryLayer<P>, ConfigError>
+    where
+        P: 'static,
+    {
         check_max_attempts(self.settings.max_attempts)?;
+        #[cfg(feature = "tonic")]
+        if let Some(grpc) =
+            (&self.policy as &dyn std::any::Any).downcast_ref::<super::grpc::GrpcRetry>()
+        {
+            grpc.check()?;
+        }
         if self.settings.max_retry_after > Backoff::MAX_CAP {
             return Err(ConfigError::new(
                 "retry",

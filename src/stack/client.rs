@@ -585,12 +585,13 @@ impl<P, C, L, O, H> ClientStackBuilder<P, C, L, O, H> {
     /// - the slow-call duration is not below `attempt_timeout` (a call
     ///   cannot take longer than its attempt timeout to answer, and a
     ///   streamed body is judged by its head, so such a threshold never
-    ///   trips);
-    /// - with a [`hedge`](Self::hedge) and the gRPC policy
-    ///   ([`GrpcRetry`](crate::retry::grpc::GrpcRetry)), no method is opted
-    ///   in to hedging (no copy would be sent).
+    ///   trips).
     ///
-    /// A [`ConfigError`] (layer `"retry"`) when a `GrpcRetry` was given a
+    /// A [`ConfigError`] (layer `"hedge"`) when, with a
+    /// [`hedge`](Self::hedge) and the gRPC policy
+    /// ([`GrpcRetry`](crate::retry::grpc::GrpcRetry)), no method is opted
+    /// in to hedging (no copy would be sent); (layer `"retry"`) when a
+    /// `GrpcRetry` was given a
     /// name that is not a method's path (`"/package.Service/Method"`) in
     /// `hedge_method` or `retry_method`, or a service's (`"package.Service"`)
     /// in `retry_service`, or more than the most of either. (A well-formed
@@ -607,20 +608,6 @@ impl<P, C, L, O, H> ClientStackBuilder<P, C, L, O, H> {
         H: HedgePart<P>,
         C: Send + Sync + 'static,
     {
-        #[cfg(feature = "tonic")]
-        if let Some(grpc) = (self.retry.policy_ref() as &dyn std::any::Any)
-            .downcast_ref::<crate::retry::grpc::GrpcRetry>()
-        {
-            grpc.check()?;
-            if self.hedge.hedges() && !grpc.hedges_any() {
-                // A new user's hedge that hedged nothing: the tail's p99
-                // stayed 203 ms, and nothing said why.
-                return Err(ConfigError::new(
-                    KIND,
-                    "hedge: the gRPC policy hedges no method; opt the idempotent ones in with .retry(|r| r.policy(GrpcRetry::new().hedge_method(\"/pkg.Service/Method\")))",
-                ));
-            }
-        }
         let total = self
             .common
             .total_budget

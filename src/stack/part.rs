@@ -77,12 +77,6 @@ pub trait HedgePart<P>: sealed::Sealed {
     /// The layer this part builds.
     type Layer;
 
-    /// Whether this part hedges (a hedge layer, not [`Skip`]).
-    #[doc(hidden)]
-    fn hedges(&self) -> bool {
-        true
-    }
-
     /// Builds the layer with the stack's retry policy and observer.
     #[doc(hidden)]
     fn build_hedge(
@@ -95,10 +89,6 @@ pub trait HedgePart<P>: sealed::Sealed {
 impl<P> HedgePart<P> for Skip {
     type Layer = Identity;
 
-    fn hedges(&self) -> bool {
-        false
-    }
-
     #[inline]
     fn build_hedge(self, _: &P, _: Option<&Observer>) -> Result<Identity, ConfigError> {
         Ok(Identity::new())
@@ -106,7 +96,7 @@ impl<P> HedgePart<P> for Skip {
 }
 
 #[cfg(feature = "hedge")]
-impl<P: Clone, Q> HedgePart<P> for crate::hedge::HedgeLayerBuilder<Q> {
+impl<P: Clone + 'static, Q> HedgePart<P> for crate::hedge::HedgeLayerBuilder<Q> {
     type Layer = crate::hedge::HedgeLayer<P>;
 
     fn build_hedge(
