@@ -370,6 +370,13 @@ macro_rules! per_layer {
             .build()
             .expect("rate limit");
         $f!("rate_limit/seawall", |_: ()| sl.layer(noop()));
+        // a bucket per key (1024 keys, each call's key its number modulo
+        // 1024): the key map's lookup over the global limit's check
+        let slk = seawall::rate_limit::RateLimitLayer::builder(seawall::rate_limit::Quota::per_second(BIG))
+            .keyed(|x: &u64| Some(seawall::rate_limit::Key::from_u64(*x % 1024)))
+            .build()
+            .expect("keyed rate limit");
+        $f!("rate_limit/seawall_keyed", |_: ()| slk.layer(noop()));
         $f!(@single "rate_limit/tower", |_: ()| {
             tower::limit::RateLimitLayer::new(u64::from(BIG), Duration::from_secs(1)).layer(noop())
         });

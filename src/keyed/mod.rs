@@ -149,7 +149,7 @@ struct Table<X, F, L> {
     factory: F,
     /// At most `max_keys`, swept at most once a second (so a spray of new
     /// keys at the cap costs a map read each, not a walk of the table).
-    map: BoundedMap<Arc<Entry<L>>>,
+    map: BoundedMap<Entry<L>>,
     overflow: Arc<Entry<L>>,
     idle_after: Duration,
     origin: Instant,
@@ -205,11 +205,9 @@ where
     fn try_entry(&self, key: &Key, now: u64) -> Option<Arc<Entry<L>>> {
         self.map.with(
             key,
-            || {
-                Arc::new(Entry {
-                    layer: (self.factory)(key),
-                    last_used: AtomicU64::new(now),
-                })
+            || Entry {
+                layer: (self.factory)(key),
+                last_used: AtomicU64::new(now),
             },
             |e, new| {
                 // Written at most once a second per key: a busy key's calls
@@ -273,7 +271,7 @@ impl<X, F, L: Clone> KeyedLayer<X, F, L> {
     /// The layer of `key`, if the key is in the table: its handle reads or
     /// forces that key's state (`.handle().force_open()` for a breaker).
     pub fn get(&self, key: &Key) -> Option<L> {
-        self.table.map.get_cloned(key).map(|e| e.layer.clone())
+        self.table.map.get(key).map(|e| e.layer.clone())
     }
 
     /// The layer requests go through when the table is full or their key

@@ -1,22 +1,30 @@
 //! A map of keys under a cap, for the state a layer keeps per key (the keyed
 //! rate limiter's buckets, `KeyedLayer`'s instances): a known key costs one
-//! map read; a new key reserves its place atomically before it is inserted,
-//! so threads adding keys at once never take the map past the cap; idle
-//! entries are evicted by sweeps the callers run, at most one at a time and
-//! at most once per interval.
+//! lock-free map read; a new key reserves its place atomically before it is
+//! inserted, so threads adding keys at once never take the map past the cap;
+//! idle entries are evicted by sweeps the callers run, at most one at a time
+//! and at most once per interval.
+//!
+//! The map is `scc`'s `HashIndex`: a read takes no lock and waits on no
+//! writer (a new key's insertion or a sweep locks one bucket at a time, and
+//! readers go on). It may move an entry when it grows or shrinks, reading a
+//! copy meanwhile, so each value sits behind an `Arc`: every copy is the one
+//! value, its atomics included.
 
+use std::hash::{BuildHasher, RandomState};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use dashmap::DashMap;
-use dashmap::mapref::entry::Entry;
+use scc::hash_index::Entry;
+use scc::{Guard, HashIndex};
+use siphasher::sip::SipHasher13;
 
 use super::Key;
 
 /// At most `max` keys, each with a `V`.
-#[derive(Debug)]
 pub(crate) struct BoundedMap<V> {
-    map: DashMap<Key, V>,
+    map: HashIndex<Key, Arc<V>, KeyHash>,
     /// Keys in the map or about to be.
     held: AtomicUsize,
     max: usize,
@@ -30,12 +38,22 @@ pub(crate) struct BoundedMap<V> {
     evicted: AtomicU64,
 }
 
+impl<V> std::fmt::Debug for BoundedMap<V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BoundedMap")
+            .field("held", &self.held)
+            .field("max", &self.max)
+            .field("evicted", &self.evicted)
+            .finish_non_exhaustive()
+    }
+}
+
 impl<V> BoundedMap<V> {
     /// A map of at most `max` keys (at least 1), swept at most once per
     /// `min_sweep`.
     pub(crate) fn new(max: usize, min_sweep: Duration) -> Self {
         BoundedMap {
-            map: DashMap::new(),
+            map: HashIndex::with_hasher(KeyHash::new()),
             held: AtomicUsize::new(0),
             max: max.max(1),
             min_sweep,
@@ -53,12 +71,27 @@ impl<V> BoundedMap<V> {
         &self,
         key: &Key,
         make: impl FnOnce() -> V,
-        with: impl FnOnce(&V, bool) -> R,
+        with: impl FnOnce(&Arc<V>, bool) -> R,
     ) -> Option<R> {
-        if let Some(v) = self.map.get(key) {
-            return Some(with(&v, false));
+        {
+            let guard = Guard::new();
+            if let Some(v) = self.map.peek(key, &guard) {
+                return Some(with(v, false));
+            }
         }
-        match self.map.entry(*key) {
+        self.insert(key, make, with)
+    }
+
+    /// A key not found by a read: inserted unless another thread just did
+    /// (or the map is full). Out of line: a known key never reaches it.
+    #[inline(never)]
+    fn insert<R>(
+        &self,
+        key: &Key,
+        make: impl FnOnce() -> V,
+        with: impl FnOnce(&Arc<V>, bool) -> R,
+    ) -> Option<R> {
+        match self.map.entry_sync(*key) {
             Entry::Occupied(e) => Some(with(e.get(), false)),
             Entry::Vacant(v) => {
                 if !self.reserve() {
@@ -66,9 +99,11 @@ impl<V> BoundedMap<V> {
                 }
                 // A `make` that panics gives its place back.
                 let unreserve = Unreserve(&self.held);
-                let value = v.insert(make());
+                let value = Arc::new(make());
                 std::mem::forget(unreserve);
-                Some(with(&value, true))
+                let r = with(&value, true);
+                v.insert_entry(value);
+                Some(r)
             }
         }
     }
@@ -85,7 +120,8 @@ impl<V> BoundedMap<V> {
     /// `min_sweep` (and none is running): the number evicted, or `None` when
     /// no sweep ran. `now`: the caller's time (nanoseconds since its own
     /// origin, the same one on every call), already read for the request.
-    pub(crate) fn sweep(&self, now: u64, mut keep: impl FnMut(&V) -> bool) -> Option<usize> {
+    /// Readers go on meanwhile; the map gives memory back as it empties.
+    pub(crate) fn sweep(&self, now: u64, mut keep: impl FnMut(&Arc<V>) -> bool) -> Option<usize> {
         if now < self.next_sweep.load(Ordering::Acquire)
             || self.sweeping.swap(true, Ordering::AcqRel)
         {
@@ -100,7 +136,9 @@ impl<V> BoundedMap<V> {
         self.next_sweep
             .store(now.saturating_add(min), Ordering::Release);
         let mut gone = 0;
-        self.map.retain(|_, v| {
+        // Each entry is seen under its bucket's lock: one refused is removed
+        // once, and counted once.
+        self.map.retain_sync(|_, v| {
             let kept = keep(v);
             gone += usize::from(!kept);
             kept
@@ -108,9 +146,6 @@ impl<V> BoundedMap<V> {
         if gone > 0 {
             self.held.fetch_sub(gone, Ordering::AcqRel);
             self.evicted.fetch_add(gone as u64, Ordering::Relaxed);
-            if self.map.len().saturating_mul(4) < self.map.capacity() {
-                self.map.shrink_to_fit();
-            }
         }
         self.sweeping.store(false, Ordering::Release);
         Some(gone)
@@ -139,23 +174,53 @@ impl<V> BoundedMap<V> {
 
     /// `f` applied to the value of `key`, if it is held (no insertion).
     pub(crate) fn read<R>(&self, key: &Key, f: impl FnOnce(&V) -> R) -> Option<R> {
-        self.map.get(key).map(|v| f(&v))
+        let guard = Guard::new();
+        self.map.peek(key, &guard).map(|v| f(v))
     }
 
-    /// `f` applied to every value held (each shard read-locked in turn).
+    /// `f` applied to every value held (no lock that stops a reader).
     pub(crate) fn for_each(&self, mut f: impl FnMut(&V)) {
-        for entry in self.map.iter() {
-            f(entry.value());
+        let guard = Guard::new();
+        for (_, v) in self.map.iter(&guard) {
+            f(v);
         }
     }
 
-    /// A clone of the value of `key`, if it is held.
+    /// The value of `key`, if it is held.
     #[cfg_attr(not(feature = "keyed"), allow(dead_code))]
-    pub(crate) fn get_cloned(&self, key: &Key) -> Option<V>
-    where
-        V: Clone,
-    {
-        self.map.get(key).map(|v| v.clone())
+    pub(crate) fn get(&self, key: &Key) -> Option<Arc<V>> {
+        let guard = Guard::new();
+        self.map.peek(key, &guard).cloned()
+    }
+}
+
+/// SipHash-1-3 (std's `HashMap` hash) under keys drawn at random for each
+/// map, so that keys from outside (addresses, API keys) cannot be chosen to
+/// fall on one bucket. [`Key`] feeds it whole words.
+#[derive(Clone)]
+struct KeyHash {
+    k0: u64,
+    k1: u64,
+}
+
+impl KeyHash {
+    fn new() -> Self {
+        // std's `RandomState` is seeded from the OS: what it makes of two
+        // numbers is as unpredictable as its own keys.
+        let seed = RandomState::new();
+        KeyHash {
+            k0: seed.hash_one(0u64),
+            k1: seed.hash_one(1u64),
+        }
+    }
+}
+
+impl BuildHasher for KeyHash {
+    type Hasher = SipHasher13;
+
+    #[inline]
+    fn build_hasher(&self) -> SipHasher13 {
+        SipHasher13::new_with_keys(self.k0, self.k1)
     }
 }
 
@@ -182,21 +247,24 @@ mod tests {
     #[test]
     fn the_cap_holds_and_sweeps_wait_their_interval() {
         let m: BoundedMap<u64> = BoundedMap::new(2, Duration::from_secs(1));
-        assert_eq!(m.with(&key(1), || 10, |v, new| (*v, new)), Some((10, true)));
         assert_eq!(
-            m.with(&key(1), || 99, |v, new| (*v, new)),
+            m.with(&key(1), || 10, |v, new| (**v, new)),
+            Some((10, true))
+        );
+        assert_eq!(
+            m.with(&key(1), || 99, |v, new| (**v, new)),
             Some((10, false))
         );
-        assert_eq!(m.with(&key(2), || 20, |v, _| *v), Some(20));
-        assert_eq!(m.with(&key(3), || 30, |v, _| *v), None, "full");
+        assert_eq!(m.with(&key(2), || 20, |v, _| **v), Some(20));
+        assert_eq!(m.with(&key(3), || 30, |v, _| **v), None, "full");
         assert_eq!(m.len(), 2);
         // A sweep keeping only 20; the next one must wait a second.
-        assert_eq!(m.sweep(0, |v| *v == 20), Some(1));
+        assert_eq!(m.sweep(0, |v| **v == 20), Some(1));
         assert_eq!(m.sweep(SECOND - 1, |_| false), None);
-        assert_eq!(m.with(&key(3), || 30, |v, _| *v), Some(30));
+        assert_eq!(m.with(&key(3), || 30, |v, _| **v), Some(30));
         assert_eq!((m.len(), m.evicted()), (2, 1));
         assert_eq!(m.sweep(SECOND, |_| false), Some(2));
-        assert_eq!((m.len(), m.evicted(), m.get_cloned(&key(2))), (0, 3, None));
+        assert_eq!((m.len(), m.evicted(), m.get(&key(2))), (0, 3, None));
     }
 
     /// A factory that panics for a key leaves no place taken: after as many
@@ -206,14 +274,47 @@ mod tests {
         let m: BoundedMap<u64> = BoundedMap::new(2, Duration::from_secs(1));
         for n in 0..4 {
             let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                m.with(&key(100 + n), || panic!("no such tenant"), |v, _| *v)
+                m.with(&key(100 + n), || panic!("no such tenant"), |v, _| **v)
             }));
             assert!(r.is_err());
         }
         assert_eq!(m.len(), 0);
-        assert_eq!(m.with(&key(1), || 10, |v, _| *v), Some(10));
-        assert_eq!(m.with(&key(2), || 20, |v, _| *v), Some(20));
-        assert_eq!(m.with(&key(3), || 30, |v, _| *v), None, "full");
+        assert_eq!(m.with(&key(1), || 10, |v, _| **v), Some(10));
+        assert_eq!(m.with(&key(2), || 20, |v, _| **v), Some(20));
+        assert_eq!(m.with(&key(3), || 30, |v, _| **v), None, "full");
+    }
+
+    /// A sweep holds a bucket's lock while it judges the entries there; a
+    /// read of a key in that very bucket does not wait for it (with a
+    /// `DashMap`, a sweep write-locked the shard and the read waited).
+    #[test]
+    fn a_read_never_waits_on_a_sweep() {
+        use std::sync::mpsc::channel;
+        let m: BoundedMap<u64> = BoundedMap::new(4, Duration::ZERO);
+        assert_eq!(m.with(&key(1), || 10, |v, _| **v), Some(10));
+        let (judging, judged) = channel();
+        let (release, released) = channel::<()>();
+        let (read, got) = channel();
+        std::thread::scope(|scope| {
+            let m = &m;
+            scope.spawn(move || {
+                m.sweep(0, |_| {
+                    // The sweep holds the key's bucket until released.
+                    let _ = judging.send(());
+                    let _ = released.recv();
+                    true
+                })
+            });
+            judged.recv().expect("the sweep reached the key");
+            scope.spawn(move || {
+                let _ = read.send(m.with(&key(1), || 99, |v, new| (**v, new)));
+            });
+            // Bounded only so that a read that waits fails the test instead
+            // of hanging it: the read does not wait on the sweep.
+            let r = got.recv_timeout(Duration::from_secs(30));
+            let _ = release.send(());
+            assert_eq!(r, Ok(Some((10, false))), "the read waited on the sweep");
+        });
     }
 
     #[test]

@@ -257,13 +257,14 @@ impl<X, D> RateLimitLayerBuilder<X, D> {
     /// networks are still admitted (the table holds about 0.5 MB at most).
     /// Other keys, and IP keys once the overflow table is full too (a spray
     /// across more than 4096 /24s or /48s), follow the [`Fallback`] rule
-    /// (with [`Fallback::Reject`] there is no overflow table). The cap is exact: a slot is taken with an atomic
-    /// compare-and-swap under the map shard's lock before a key is inserted.
-    /// Memory is therefore bounded by about 81 bytes per map slot (an inline
-    /// key of up to [`MAX_KEY_LEN`](crate::rate_limit::MAX_KEY_LEN) bytes and
-    /// its GCRA state) times the map's capacity, which stays within a small
-    /// factor of the cap (10 000 keys → 14 336 slots, about 1.2 MB), whatever
-    /// the clients send.
+    /// (with [`Fallback::Reject`] there is no overflow table). The cap is
+    /// exact: a slot is taken with an atomic compare-and-swap before a key is
+    /// inserted. Memory is therefore bounded by about 80 bytes per map slot
+    /// (an inline key of up to [`MAX_KEY_LEN`](crate::rate_limit::MAX_KEY_LEN)
+    /// bytes and a pointer to its GCRA state) times the map's capacity, which
+    /// stays within a small factor of the cap, plus 32 bytes per key held
+    /// (10 000 keys → 16 384 slots, about 1.6 MB; 131 bytes a key measured at
+    /// the default cap), whatever the clients send.
     pub fn max_keys(mut self, max_keys: usize) -> Self {
         self.settings.keys.max_keys = max_keys;
         self

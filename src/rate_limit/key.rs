@@ -148,9 +148,16 @@ impl PartialEq for Key {
 impl Eq for Key {}
 
 impl Hash for Key {
+    /// Whole words: the tag and length, then the bytes (the last word
+    /// padded with zeros), each taken by a word-wise hasher in one step.
+    #[inline]
     fn hash<H: Hasher>(&self, state: &mut H) {
-        state.write_u8(self.tag);
-        state.write(self.as_bytes());
+        state.write_u64(u64::from(self.tag) | (u64::from(self.len) << 8));
+        for chunk in self.as_bytes().chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            state.write_u64(u64::from_le_bytes(word));
+        }
     }
 }
 

@@ -695,7 +695,7 @@ impl<X, D> RateLimitLayer<X, D> {
     /// one decision, never refuses for good a cost both quotas' bursts
     /// allow, and may leave its bucket owing up to one burst window of the
     /// old quota. What each bucket owes is cut here, in one pass over the
-    /// keys (each shard of the key map read-locked in turn), not on the
+    /// keys (no lock that stops a request), not on the
     /// request path. Lock-free and
     /// allocation-free on the request path (the quota lives in atomics).
     /// Reported as a [`Reconfigured`](crate::observe::EventKind::Reconfigured)

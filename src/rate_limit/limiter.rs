@@ -438,9 +438,9 @@ pub(crate) enum KeyedCheck {
 
 /// Per-key GCRA buckets, at most `max_keys` of them.
 ///
-/// A known key costs one map lookup (a shard read lock) and one
-/// compare-and-swap. A new key takes a slot under the cap (an atomic
-/// compare-and-swap, under the map shard's lock) before it is inserted;
+/// A known key costs one map lookup (no lock: it waits on no insertion and
+/// no sweep) and one compare-and-swap. A new key takes a slot under the cap
+/// (an atomic compare-and-swap, under its bucket's lock) before it is inserted;
 /// when no slot is free, the key is not inserted and the check is
 /// [`KeyedCheck::Full`]. Idle keys (whose bucket is full again) are evicted
 /// by the calls themselves: every `sweep_every` insertions, and when a new
