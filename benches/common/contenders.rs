@@ -269,6 +269,42 @@ macro_rules! http_unary {
     ($f:ident) => {{}};
 }
 
+// ------------------------------------------------------------------ governor
+
+/// governor's keyed limiter in front of a service (a call's key: its number
+/// modulo 1024), the peer of a keyed seawall rate limit; a refused call
+/// fails at once.
+#[derive(Clone)]
+pub struct GovernorKeyed<S> {
+    pub limiter: std::sync::Arc<governor::DefaultKeyedRateLimiter<u64>>,
+    pub inner: S,
+}
+
+impl<S> Service<u64> for GovernorKeyed<S>
+where
+    S: Service<u64, Error = BoxError>,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future =
+        futures::future::Either<S::Future, std::future::Ready<Result<S::Response, BoxError>>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, x: u64) -> Self::Future {
+        if self.limiter.check_key(&(x % 1024)).is_ok() {
+            futures::future::Either::Left(self.inner.call(x))
+        } else {
+            futures::future::Either::Right(std::future::ready(Err("rate limited".into())))
+        }
+    }
+}
+
 // ------------------------------------------------------------------ tower-resilience
 
 pub fn tr_timelimiter(
@@ -371,12 +407,21 @@ macro_rules! per_layer {
             .expect("rate limit");
         $f!("rate_limit/seawall", |_: ()| sl.layer(noop()));
         // a bucket per key (1024 keys, each call's key its number modulo
-        // 1024): the key map's lookup over the global limit's check
+        // 1024): the key map's lookup over the global limit's check;
+        // governor's keyed limiter (its `DashMap` store, its own clock) the
+        // peer
         let slk = seawall::rate_limit::RateLimitLayer::builder(seawall::rate_limit::Quota::per_second(BIG))
             .keyed(|x: &u64| Some(seawall::rate_limit::Key::from_u64(*x % 1024)))
             .build()
             .expect("keyed rate limit");
-        $f!("rate_limit/seawall_keyed", |_: ()| slk.layer(noop()));
+        $f!("rate_limit_keyed/seawall", |_: ()| slk.layer(noop()));
+        let gk = std::sync::Arc::new(governor::RateLimiter::keyed(governor::Quota::per_second(
+            std::num::NonZeroU32::new(BIG).expect("nonzero"),
+        )));
+        $f!("rate_limit_keyed/governor", |_: ()| GovernorKeyed {
+            limiter: gk.clone(),
+            inner: noop(),
+        });
         $f!(@single "rate_limit/tower", |_: ()| {
             tower::limit::RateLimitLayer::new(u64::from(BIG), Duration::from_secs(1)).layer(noop())
         });

@@ -148,15 +148,17 @@ impl PartialEq for Key {
 impl Eq for Key {}
 
 impl Hash for Key {
-    /// Whole words: the tag and length, then the bytes (the last word
-    /// padded with zeros), each taken by a word-wise hasher in one step.
+    /// Whole words: the tag and length, then the bytes' words (the last
+    /// one with the zeros past the end: every key is made with its unused
+    /// bytes zero), each taken by a word-wise hasher in one step.
     #[inline]
     fn hash<H: Hasher>(&self, state: &mut H) {
         state.write_u64(u64::from(self.tag) | (u64::from(self.len) << 8));
-        for chunk in self.as_bytes().chunks(8) {
-            let mut word = [0u8; 8];
-            word[..chunk.len()].copy_from_slice(chunk);
-            state.write_u64(u64::from_le_bytes(word));
+        let words = usize::from(self.len).div_ceil(8);
+        for word in self.bytes.chunks_exact(8).take(words) {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(word);
+            state.write_u64(u64::from_le_bytes(w));
         }
     }
 }
@@ -597,6 +599,32 @@ mod tests {
         assert_eq!(Key::from_ip(v4).ip(), Some(v4));
         assert!(Key::from_bytes(&[0; MAX_KEY_LEN]).is_some());
         assert!(Key::from_bytes(&[0; MAX_KEY_LEN + 1]).is_none());
+    }
+
+    /// The hash takes whole words: keys that differ only in their length
+    /// (a trailing zero byte), in their last byte of a word, or in their
+    /// tag, hash apart; every length up to the longest is hashed.
+    #[test]
+    fn keys_hash_apart_by_length_tag_and_every_byte() {
+        let mut seen = std::collections::HashSet::new();
+        for len in 0..=MAX_KEY_LEN {
+            let zeros = Key::from_bytes(&vec![0; len]).unwrap();
+            assert!(seen.insert(h(&zeros)), "{len} zero bytes");
+            let mut bytes = vec![7u8; len];
+            if let Some(last) = bytes.last_mut() {
+                *last = 8;
+                assert!(seen.insert(h(&Key::from_bytes(&bytes).unwrap())), "{len}");
+            }
+        }
+        let v4: IpAddr = "1.2.3.4".parse().unwrap();
+        assert_ne!(
+            h(&Key::from_ip(v4)),
+            h(&Key::from_bytes(&[1, 2, 3, 4]).unwrap())
+        );
+        assert_ne!(
+            h(&Key::from_u64(5)),
+            h(&Key::from_bytes(&5u64.to_le_bytes()).unwrap())
+        );
     }
 
     #[test]
