@@ -266,6 +266,8 @@ impl BulkheadBuilder {
             codel_interval: self.codel_interval,
             unbounded_readiness: self.backpressure && self.max_queue == 0,
         };
+        self.observer
+            .layer_built(crate::observe::LayerKind::Bulkhead, self.name.as_str());
         let engine = Striped::new(Engine::new(settings, self.name, self.observer));
         // Reported once as built (from the limit to itself), so that a
         // limit gauge has the bulkhead's value from the start, as a state

@@ -466,6 +466,10 @@ impl<C> CircuitBreakerBuilder<C> {
         C: Send + Sync + 'static,
     {
         let config = self.validate()?;
+        self.settings.observer.layer_built(
+            crate::observe::LayerKind::CircuitBreaker,
+            self.settings.name.as_str(),
+        );
         let core = Core::new(self.settings.name, self.settings.observer, config);
         Ok(CircuitBreakerLayer {
             shared: Striped::new(Shared {

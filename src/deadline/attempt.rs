@@ -142,6 +142,10 @@ impl AttemptTimeoutLayerBuilder {
                 "per_try must be greater than zero, got 0ns",
             ));
         }
+        self.observer.layer_built(
+            crate::observe::LayerKind::AttemptTimeout,
+            self.name.as_str(),
+        );
         Ok(AttemptTimeoutLayer {
             shared: Striped::new(Shared {
                 own_end: self.own_end.min(self.per_try / 10),

@@ -206,6 +206,8 @@ impl DeadlineLayerBuilder {
                 "budget must be greater than zero, got 0ns",
             ));
         }
+        self.observer
+            .layer_built(crate::observe::LayerKind::Deadline, self.name.as_str());
         Ok(DeadlineLayer {
             shared: Striped::new(Shared {
                 upstream_margin: self.upstream_margin,

@@ -398,6 +398,10 @@ impl<C> EjectionLayerBuilder<C> {
                 self.common.max_endpoints
             ));
         }
+        self.common.observer.layer_built(
+            crate::observe::LayerKind::Ejection,
+            self.common.name.as_str(),
+        );
         Ok(EjectionLayer {
             shared: Arc::new(Shared {
                 registry: Registry::new(

@@ -168,6 +168,10 @@ impl<F, C> FallbackLayerBuilder<F, C> {
                 "no reason to answer for: give at least one FallbackOn",
             ));
         }
+        self.settings.observer.layer_built(
+            crate::observe::LayerKind::Fallback,
+            self.settings.name.as_str(),
+        );
         Ok(FallbackLayer {
             shared: Arc::new(Shared {
                 name: self.settings.name,

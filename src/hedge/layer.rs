@@ -325,6 +325,10 @@ impl<P> HedgeLayerBuilder<P> {
                 true,
             ),
         };
+        self.settings.observer.layer_built(
+            crate::observe::LayerKind::Hedge,
+            self.settings.name.as_str(),
+        );
         Ok(HedgeLayer {
             shared: Arc::new(Shared {
                 name: self.settings.name,

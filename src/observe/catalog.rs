@@ -64,7 +64,7 @@ pub(crate) const CATALOG: &[Spec] = &[
         "seawall.rejections",
         Kind::Counter,
         "{request}",
-        "Requests a seawall layer refused, by reason and detail.",
+        "Requests a seawall layer refused, and calls it cut short by a timeout, by reason and detail.",
     ),
     spec(
         "seawall.state",
@@ -120,7 +120,7 @@ pub(crate) const CATALOG: &[Spec] = &[
         "seawall.retry.gave_up",
         Kind::Counter,
         "{request}",
-        "Requests a seawall retry layer stopped retrying, by reason.",
+        "Requests a seawall retry layer stopped retrying, by reason (circuit_open: an open breaker below turned them away).",
     ),
     spec(
         "seawall.retry.budget_exhausted",

@@ -216,7 +216,9 @@ pub enum GiveUpReason {
     Deadline,
     /// The server asked for a wait longer than allowed, or said not to retry.
     Pushback,
-    /// The outcome is not retryable (or the request is not safe to retry).
+    /// The outcome is not retryable by the policy (a `4xx`, a status it
+    /// does not retry, an error it fails; or the request is not safe to
+    /// retry).
     NotRetryable,
     /// The request could not be replayed (body too large to buffer, or not cloneable).
     NotReplayable,
@@ -224,6 +226,11 @@ pub enum GiveUpReason {
     /// slow for everyone, as a saturated queue is): a retry would not be
     /// faster (see the [retry module](crate::retry), "Timeouts").
     TimeoutsCommon,
+    /// An open circuit breaker below refused the attempt (it was never
+    /// sent): not retried while the breaker is open. During an outage,
+    /// every request the breaker turns away; reported as `not_retryable`
+    /// before, which read as requests unsafe to retry.
+    CircuitOpen,
 }
 
 impl GiveUpReason {
@@ -237,6 +244,7 @@ impl GiveUpReason {
             GiveUpReason::NotRetryable => "not_retryable",
             GiveUpReason::NotReplayable => "not_replayable",
             GiveUpReason::TimeoutsCommon => "timeouts_common",
+            GiveUpReason::CircuitOpen => "circuit_open",
         }
     }
 }
@@ -350,7 +358,10 @@ pub enum EventKind {
     /// An adaptive limit closed a sampling window (about once a second): its
     /// limit after the window, the most calls in flight during it, and
     /// their average latency. What a dashboard draws as "limit vs in
-    /// flight", at no cost per call.
+    /// flight", at no cost per call. While its calls end without closing
+    /// one (every one failing, or too few to judge), about once a window
+    /// length after two have passed: its limit, the calls in flight then,
+    /// and no latency (zero).
     LimitSampled {
         /// The limit after the window.
         limit: usize,
@@ -447,4 +458,136 @@ impl<'a> Event<'a> {
     pub const fn new(layer: LayerKind, name: &'a str, kind: EventKind) -> Self {
         Event { layer, name, kind }
     }
+}
+
+/// The events that count something a layer of `kind` may report, one per
+/// series (its calls by outcome, its refusals by reason and detail, its
+/// retries, …), with nothing in them that a series is keyed by but their
+/// kind: given to [`Hook::on_layer_built`](super::Hook::on_layer_built) as
+/// each layer is built, so that a metrics hook publishes them at zero.
+#[cfg_attr(
+    not(any(
+        feature = "deadline",
+        feature = "retry",
+        feature = "circuit-breaker",
+        feature = "bulkhead",
+        feature = "shed",
+        feature = "rate-limit",
+        feature = "hedge",
+        feature = "fallback",
+        feature = "eject"
+    )),
+    allow(dead_code)
+)]
+pub(crate) fn counted_by(kind: LayerKind, name: &str) -> Vec<Event<'_>> {
+    use RejectionKind as R;
+    let refused = |reason, detail| EventKind::Rejected {
+        reason,
+        detail,
+        retry_after: None,
+    };
+    let mut kinds: Vec<EventKind> = Vec::new();
+    if matches!(
+        kind,
+        LayerKind::Retry
+            | LayerKind::CircuitBreaker
+            | LayerKind::Bulkhead
+            | LayerKind::AdaptiveLimit
+            | LayerKind::Throttle
+    ) {
+        kinds.extend(
+            [
+                Outcome::Success,
+                Outcome::Failure,
+                Outcome::Overloaded,
+                Outcome::Refused,
+                Outcome::Ignored,
+            ]
+            .map(|outcome| EventKind::CallFinished {
+                outcome,
+                latency: Duration::ZERO,
+            }),
+        );
+    }
+    let rejections: &[(RejectionKind, &'static str)] = match kind {
+        LayerKind::Deadline => &[
+            (R::DeadlineExceeded, "expired_on_arrival"),
+            (R::DeadlineExceeded, "expired_waiting_ready"),
+            (R::DeadlineExceeded, "timed_out"),
+        ],
+        LayerKind::AttemptTimeout => &[(R::AttemptTimeout, "timed_out")],
+        LayerKind::Retry => &[(R::DeadlineExceeded, "deadline_spent")],
+        LayerKind::CircuitBreaker => &[
+            (R::CircuitOpen, "open"),
+            (R::CircuitOpen, "half_open_full"),
+            (R::CircuitOpen, "forced_open"),
+        ],
+        LayerKind::Bulkhead => &[
+            (R::BulkheadFull, "queue_full"),
+            (R::BulkheadFull, "max_wait"),
+            (R::BulkheadFull, "codel"),
+            (R::DeadlineExceeded, "deadline"),
+        ],
+        LayerKind::AdaptiveLimit => &[(R::Overloaded, "limit"), (R::Overloaded, "doomed")],
+        LayerKind::Throttle => &[(R::Overloaded, "throttled")],
+        LayerKind::RateLimit => &[(R::RateLimited, "limit")],
+        _ => &[],
+    };
+    kinds.extend(rejections.iter().map(|&(r, d)| refused(r, d)));
+    match kind {
+        LayerKind::Retry => {
+            kinds.push(EventKind::RetryScheduled {
+                attempt: 2,
+                delay: Duration::ZERO,
+            });
+            kinds.push(EventKind::BudgetExhausted);
+            kinds.extend(
+                [
+                    GiveUpReason::MaxAttempts,
+                    GiveUpReason::BudgetExhausted,
+                    GiveUpReason::Deadline,
+                    GiveUpReason::Pushback,
+                    GiveUpReason::NotRetryable,
+                    GiveUpReason::NotReplayable,
+                    GiveUpReason::TimeoutsCommon,
+                    GiveUpReason::CircuitOpen,
+                ]
+                .map(|reason| EventKind::RetryGaveUp {
+                    attempts: 1,
+                    reason,
+                }),
+            );
+        }
+        LayerKind::Ejection => kinds.extend(
+            [
+                "consecutive_failures",
+                "success_rate",
+                "latency",
+                "probe_failed",
+                "busy_alone",
+            ]
+            .map(|reason| EventKind::EndpointEjected {
+                reason,
+                duration: Duration::ZERO,
+            }),
+        ),
+        LayerKind::Hedge => kinds.push(EventKind::HedgeSent {
+            attempt: 2,
+            delay: Duration::ZERO,
+        }),
+        LayerKind::Fallback => kinds.extend(
+            [
+                FallbackReason::Refused,
+                FallbackReason::Overloaded,
+                FallbackReason::Failure,
+                FallbackReason::Deadline,
+            ]
+            .map(|reason| EventKind::FallbackUsed { reason }),
+        ),
+        _ => {}
+    }
+    kinds
+        .into_iter()
+        .map(|k| Event::new(kind, name, k))
+        .collect()
 }

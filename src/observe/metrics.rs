@@ -62,6 +62,22 @@ impl MetricsHook {
 
 impl Hook for MetricsHook {
     fn on_event(&self, e: &Event<'_>) {
+        self.count(e, 1);
+    }
+
+    /// Each counter at zero (`increment(0)`: a series already there keeps
+    /// its count); no histogram sample, no gauge.
+    fn on_layer_built(&self, events: &[Event<'_>]) {
+        for e in events {
+            self.count(e, 0);
+        }
+    }
+}
+
+impl MetricsHook {
+    /// Records `e`, its counters incremented by `n` (0: the series published
+    /// with nothing counted, and no histogram sample or gauge set).
+    fn count(&self, e: &Event<'_>, n: u64) {
         // Nothing recorded for a call's start: no label made (a copy of the
         // name) for it, on every admitted call.
         if matches!(e.kind, EventKind::CallStarted) {
@@ -69,32 +85,37 @@ impl Hook for MetricsHook {
         }
         let layer = e.layer.as_str();
         let name = e.name.to_owned();
+        let sampled = n > 0;
         match e.kind {
             EventKind::CallStarted => {}
             EventKind::CallFinished { outcome, latency } => {
                 metrics::counter!("seawall.calls", "layer" => layer, "name" => name.clone(), "outcome" => outcome.as_str())
-                    .increment(1);
-                metrics::histogram!("seawall.call.duration.seconds", "layer" => layer, "name" => name, "outcome" => outcome.as_str())
-                    .record(latency.as_secs_f64());
+                    .increment(n);
+                if sampled {
+                    metrics::histogram!("seawall.call.duration.seconds", "layer" => layer, "name" => name, "outcome" => outcome.as_str())
+                        .record(latency.as_secs_f64());
+                }
             }
             EventKind::Rejected { reason, detail, .. } => {
                 metrics::counter!("seawall.rejections", "layer" => layer, "name" => name, "reason" => reason.as_str(), "detail" => detail)
-                    .increment(1);
+                    .increment(n);
             }
             EventKind::StateChanged { to, .. } => self.set_state(e.layer, e.name, to),
             EventKind::RetryScheduled { delay, .. } => {
                 metrics::counter!("seawall.retries", "layer" => layer, "name" => name.clone())
-                    .increment(1);
-                metrics::histogram!("seawall.retry.delay.seconds", "layer" => layer, "name" => name)
-                    .record(delay.as_secs_f64());
+                    .increment(n);
+                if sampled {
+                    metrics::histogram!("seawall.retry.delay.seconds", "layer" => layer, "name" => name)
+                        .record(delay.as_secs_f64());
+                }
             }
             EventKind::RetryGaveUp { reason, .. } => {
                 metrics::counter!("seawall.retry.gave_up", "layer" => layer, "name" => name, "reason" => reason.as_str())
-                    .increment(1);
+                    .increment(n);
             }
             EventKind::BudgetExhausted => {
                 metrics::counter!("seawall.retry.budget_exhausted", "layer" => layer, "name" => name)
-                    .increment(1);
+                    .increment(n);
             }
             EventKind::LimitChanged { to, .. } => {
                 metrics::gauge!("seawall.limit", "layer" => layer, "name" => name).set(to as f64);
@@ -111,26 +132,26 @@ impl Hook for MetricsHook {
             }
             EventKind::InputIgnored { input, reason } => {
                 metrics::counter!("seawall.input.ignored", "layer" => layer, "name" => name, "input" => input, "reason" => reason)
-                    .increment(1);
+                    .increment(n);
             }
             EventKind::HedgeSent { .. } => {
-                metrics::counter!("seawall.hedges", "layer" => layer, "name" => name).increment(1);
+                metrics::counter!("seawall.hedges", "layer" => layer, "name" => name).increment(n);
             }
             EventKind::FallbackUsed { reason } => {
                 metrics::counter!("seawall.fallbacks", "layer" => layer, "name" => name, "reason" => reason.as_str())
-                    .increment(1);
+                    .increment(n);
             }
             EventKind::Reconfigured => {
                 metrics::counter!("seawall.reconfigurations", "layer" => layer, "name" => name)
-                    .increment(1);
+                    .increment(n);
             }
             EventKind::EndpointEjected { reason, .. } => {
                 metrics::counter!("seawall.ejections", "layer" => layer, "name" => name, "reason" => reason)
-                    .increment(1);
+                    .increment(n);
             }
             EventKind::BackendError { backend, cause } => {
                 metrics::counter!("seawall.backend.errors", "layer" => layer, "name" => name, "backend" => backend, "reason" => cause)
-                    .increment(1);
+                    .increment(n);
             }
         }
     }

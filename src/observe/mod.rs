@@ -43,7 +43,9 @@
 //! naming, add `_total` to counters; durations are in seconds and say so in
 //! their names, as Prometheus wants. Labels: `layer` (the [`LayerKind`]
 //! label), `name` (the instance name), and `outcome` ([`Outcome`]) /
-//! `reason` / `state` / … where stated.
+//! `reason` / `state` / … where stated. Every counter a layer may report
+//! is published at zero as the layer is built (see [`Hook::on_layer_built`]),
+//! so that a rate over it sees its first increase.
 //!
 //! [`OtelHook`] (feature `opentelemetry`) records the same events on
 //! OpenTelemetry instruments, named by OpenTelemetry's rules: the unit is
@@ -56,14 +58,14 @@
 //! |---|---|---|---|
 //! | `seawall_calls_total` | `seawall.calls` counter, `{call}` | calls let through and finished | layer, name, outcome; OTel: `error.type` = the outcome unless success |
 //! | `seawall_call_duration_seconds` | `seawall.call.duration` histogram, `s` | their durations | as above |
-//! | `seawall_rejections_total` | `seawall.rejections` counter, `{request}` | requests refused | layer, name, reason (OTel `error.type`), detail (a short static word: `limit`, `doomed`, `queue_full`, `open`, …; OTel `seawall.rejection.detail`) |
+//! | `seawall_rejections_total` | `seawall.rejections` counter, `{request}` | requests refused, and calls cut short by a timeout (`attempt_timeout` / `timed_out`) | layer, name, reason (OTel `error.type`), detail (a short static word: `limit`, `doomed`, `queue_full`, `open`, …; OTel `seawall.rejection.detail`) |
 //! | `seawall_state` | `seawall.state` gauge, `{state}` | a stateful layer's state, exactly one at 1 | layer, name, state |
 //! | `seawall_retries_total` | `seawall.retries` counter, `{retry}` | retries scheduled | layer, name |
 //! | `seawall_retry_delay_seconds` | `seawall.retry.delay` histogram, `s` | their backoffs | layer, name |
-//! | `seawall_retry_gave_up_total` | `seawall.retry.gave_up` counter | requests no longer retried | layer, name, reason |
+//! | `seawall_retry_gave_up_total` | `seawall.retry.gave_up` counter | requests no longer retried | layer, name, reason ([`GiveUpReason`]: `circuit_open` for those an open breaker below turned away) |
 //! | `seawall_retry_budget_exhausted_total` | `seawall.retry.budget_exhausted` counter | retries the budget refused | layer, name |
 //! | `seawall_limit` | `seawall.limit` gauge, `{call}` | a concurrency limit (adaptive or bulkhead) | layer, name |
-//! | `seawall_limit_inflight` | `seawall.limit.inflight` gauge, `{call}` | the most calls in flight under an adaptive limit in its last window (a burst's over the limit included) | layer, name |
+//! | `seawall_limit_inflight` | `seawall.limit.inflight` gauge, `{call}` | the most calls in flight under an adaptive limit in its last window (a burst's over the limit included); while no window can close (every call failing), the calls in flight | layer, name |
 //! | `seawall_hedges_total` | `seawall.hedges` counter | hedges sent | layer, name |
 //! | `seawall_fallbacks_total` | `seawall.fallbacks` counter | calls a fallback answered | layer, name, reason |
 //! | `seawall_reconfigurations_total` | `seawall.reconfigurations` counter | settings taken at run time | layer, name |
@@ -134,6 +136,20 @@ pub(crate) use name_and_observer;
 pub trait Hook: Send + Sync + 'static {
     /// Called for every event.
     fn on_event(&self, event: &Event<'_>);
+
+    /// Called once as a layer is built with this hook, with the events that
+    /// count something it may report, one per series: its calls by outcome,
+    /// its refusals by reason and detail, its retries and give-ups by
+    /// reason, its hedges, its fallbacks by reason (events of no count:
+    /// zero latencies, no `retry_after`). `MetricsHook` and `OtelHook`
+    /// publish each counter at zero, so that a rate over it sees its first
+    /// increase: a series that first appears with a burst already in it
+    /// shows none to Prometheus' `rate()` and `increase()` (in an outside
+    /// trial, a client's adaptive limit refused 197 calls in one second and
+    /// `increase()` over the run said 0). Default: nothing.
+    fn on_layer_built(&self, events: &[Event<'_>]) {
+        let _ = events;
+    }
 }
 
 /// The no-op hook.
@@ -159,12 +175,21 @@ impl<A: Hook, B: Hook> Hook for (A, B) {
         self.0.on_event(event);
         self.1.on_event(event);
     }
+
+    fn on_layer_built(&self, events: &[Event<'_>]) {
+        self.0.on_layer_built(events);
+        self.1.on_layer_built(events);
+    }
 }
 
 impl<H: Hook + ?Sized> Hook for Arc<H> {
     #[inline]
     fn on_event(&self, event: &Event<'_>) {
         (**self).on_event(event)
+    }
+
+    fn on_layer_built(&self, events: &[Event<'_>]) {
+        (**self).on_layer_built(events)
     }
 }
 
@@ -205,6 +230,28 @@ impl Observer {
     pub fn emit(&self, layer: LayerKind, name: &str, kind: EventKind) {
         if let Some(hook) = &self.hook {
             hook.on_event(&Event::new(layer, name, kind));
+        }
+    }
+
+    /// Tells the hook, if one listens, that a layer of `kind` named `name`
+    /// was built (see [`Hook::on_layer_built`]).
+    #[cfg_attr(
+        not(any(
+            feature = "deadline",
+            feature = "retry",
+            feature = "circuit-breaker",
+            feature = "bulkhead",
+            feature = "shed",
+            feature = "rate-limit",
+            feature = "hedge",
+            feature = "fallback",
+            feature = "eject"
+        )),
+        allow(dead_code)
+    )]
+    pub(crate) fn layer_built(&self, kind: LayerKind, name: &str) {
+        if let Some(hook) = &self.hook {
+            hook.on_layer_built(&event::counted_by(kind, name));
         }
     }
 

@@ -127,6 +127,22 @@ impl OtelHook {
 
 impl Hook for OtelHook {
     fn on_event(&self, e: &Event<'_>) {
+        self.count(e, 1);
+    }
+
+    /// Each counter at zero (`add(0, ..)`); no histogram sample, no gauge.
+    fn on_layer_built(&self, events: &[Event<'_>]) {
+        for e in events {
+            self.count(e, 0);
+        }
+    }
+}
+
+impl OtelHook {
+    /// Records `e`, its counters added `n` (0: the series published with
+    /// nothing counted, and no histogram sample or gauge set).
+    fn count(&self, e: &Event<'_>, n: u64) {
+        let sampled = n > 0;
         let layer = KeyValue::new("seawall.layer", e.layer.as_str());
         let name = KeyValue::new("seawall.name", e.name.to_owned());
         match e.kind {
@@ -145,11 +161,13 @@ impl Hook for OtelHook {
                 } else {
                     &all[..]
                 };
-                self.calls.add(1, attrs);
-                self.duration.record(latency.as_secs_f64(), attrs);
+                self.calls.add(n, attrs);
+                if sampled {
+                    self.duration.record(latency.as_secs_f64(), attrs);
+                }
             }
             EventKind::Rejected { reason, detail, .. } => self.rejections.add(
-                1,
+                n,
                 &[
                     layer,
                     name,
@@ -160,18 +178,20 @@ impl Hook for OtelHook {
             EventKind::StateChanged { to, .. } => self.set_state(e.layer, e.name, to),
             EventKind::RetryScheduled { delay, .. } => {
                 let attrs = [layer, name];
-                self.retries.add(1, &attrs);
-                self.retry_delay.record(delay.as_secs_f64(), &attrs);
+                self.retries.add(n, &attrs);
+                if sampled {
+                    self.retry_delay.record(delay.as_secs_f64(), &attrs);
+                }
             }
             EventKind::RetryGaveUp { reason, .. } => self.gave_up.add(
-                1,
+                n,
                 &[
                     layer,
                     name,
                     KeyValue::new("seawall.reason", reason.as_str()),
                 ],
             ),
-            EventKind::BudgetExhausted => self.budget_exhausted.add(1, &[layer, name]),
+            EventKind::BudgetExhausted => self.budget_exhausted.add(n, &[layer, name]),
             EventKind::LimitChanged { to, .. } => self.limit.record(to as u64, &[layer, name]),
             EventKind::LimitSampled {
                 limit,
@@ -183,7 +203,7 @@ impl Hook for OtelHook {
                 self.inflight.record(peak_inflight as u64, &attrs);
             }
             EventKind::InputIgnored { input, reason } => self.input_ignored.add(
-                1,
+                n,
                 &[
                     layer,
                     name,
@@ -191,21 +211,21 @@ impl Hook for OtelHook {
                     KeyValue::new("seawall.reason", reason),
                 ],
             ),
-            EventKind::HedgeSent { .. } => self.hedges.add(1, &[layer, name]),
+            EventKind::HedgeSent { .. } => self.hedges.add(n, &[layer, name]),
             EventKind::FallbackUsed { reason } => self.fallbacks.add(
-                1,
+                n,
                 &[
                     layer,
                     name,
                     KeyValue::new("seawall.reason", reason.as_str()),
                 ],
             ),
-            EventKind::Reconfigured => self.reconfigurations.add(1, &[layer, name]),
+            EventKind::Reconfigured => self.reconfigurations.add(n, &[layer, name]),
             EventKind::EndpointEjected { reason, .. } => self
                 .ejections
-                .add(1, &[layer, name, KeyValue::new("seawall.reason", reason)]),
+                .add(n, &[layer, name, KeyValue::new("seawall.reason", reason)]),
             EventKind::BackendError { backend, cause } => self.backend_errors.add(
-                1,
+                n,
                 &[
                     layer,
                     name,

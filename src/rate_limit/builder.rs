@@ -362,12 +362,16 @@ impl<X, D> RateLimitLayerBuilder<X, D> {
             ),
             _ => None,
         };
+        let name = self
+            .settings
+            .name
+            .unwrap_or_else(|| Name::from("rate_limit"));
+        self.settings
+            .observer
+            .layer_built(crate::observe::LayerKind::RateLimit, name.as_str());
         Ok(RateLimitLayer {
             shared: Arc::new(Shared {
-                name: self
-                    .settings
-                    .name
-                    .unwrap_or_else(|| Name::from("rate_limit")),
+                name,
                 observer: self.settings.observer,
                 extractor: self.extractor,
                 decorator: self.decorator,

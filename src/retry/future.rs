@@ -310,7 +310,16 @@ where
                             succeeded(shared, this.started, this.counted, || Outcome::Success);
                             return Poll::Ready(result);
                         }
-                        Verdict::Fail => GiveUp::new(GiveUpReason::NotRetryable),
+                        Verdict::Fail => GiveUp::new(match &result {
+                            Err(e)
+                                if crate::error::rejection_in(e).is_some_and(|r| {
+                                    r.kind() == crate::error::RejectionKind::CircuitOpen
+                                }) =>
+                            {
+                                GiveUpReason::CircuitOpen
+                            }
+                            _ => GiveUpReason::NotRetryable,
+                        }),
                         Verdict::DoNotRetry => GiveUp::new(GiveUpReason::Pushback),
                         Verdict::Retry { after } => {
                             match plan(

@@ -413,6 +413,10 @@ impl<P> RetryLayerBuilder<P> {
             Some(s) => s,
             None => SmallRng::from_os_rng().next_u64(),
         };
+        self.settings.observer.layer_built(
+            crate::observe::LayerKind::Retry,
+            self.settings.name.as_str(),
+        );
         Ok(RetryLayer {
             shared: Arc::new(Shared {
                 name: self.settings.name,

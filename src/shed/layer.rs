@@ -435,6 +435,10 @@ impl<P> AdaptiveLimitLayerBuilder<P> {
         // bulkhead's is: a limit gauge has its value from the start, not
         // from the first window that closes (one needs calls).
         let limit = limiter.limit();
+        limiter.observer.layer_built(
+            crate::observe::LayerKind::AdaptiveLimit,
+            limiter.name.as_str(),
+        );
         limiter.observer.emit(
             crate::observe::LayerKind::AdaptiveLimit,
             limiter.name.as_str(),

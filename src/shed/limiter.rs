@@ -59,7 +59,8 @@ pub(crate) struct Config {
     pub(crate) burst: Duration,
     /// Leave the handler's waits on calls out through a client stack out
     /// of the count and the latency (a server's limit; not a client
-    /// stack's, whose calls are all out).
+    /// stack's, whose calls are all out, and whose refusals are therefore
+    /// local: see [`Limiter::guards_calls_out`]).
     pub(crate) waits_apart: bool,
 }
 
@@ -181,6 +182,9 @@ pub(crate) struct Limiter {
     /// (a burst's, a class's share): what `LimitSampled` reports with the
     /// limit's own peak, not the algorithm's load. 0 when never above.
     win_over_peak: AtomicUsize,
+    /// When a window that could not close was last reported (see
+    /// `report_stalled`), in nanoseconds since `epoch`.
+    stalled_report_ns: AtomicU64,
     /// Average RTT of the last closed window, in nanoseconds (0: unknown).
     expected_rtt_ns: AtomicU64,
     /// When `expected_rtt_ns` was measured (ns since `epoch`).
@@ -275,6 +279,7 @@ impl Limiter {
             win_burst_count: AtomicU64::new(0),
             win_max_inflight: AtomicUsize::new(0),
             win_over_peak: AtomicUsize::new(0),
+            stalled_report_ns: AtomicU64::new(0),
             expected_rtt_ns: AtomicU64::new(0),
             expected_at_ns: AtomicU64::new(0),
             idle: AtomicU64::new(0),
@@ -653,6 +658,9 @@ impl Limiter {
                 // `window_ended`.)
                 self.win_failed_sum_ns.fetch_add(ns, Ordering::Relaxed);
                 self.win_failed.fetch_add(1, Ordering::Relaxed);
+                if self.observer.is_enabled() {
+                    self.report_stalled(crate::clock::nanos_between(self.epoch, now));
+                }
                 return;
             }
             Completion::Drop => {
@@ -679,6 +687,39 @@ impl Limiter {
             }
         }
         self.maybe_close_window(now, idle);
+    }
+
+    /// A window that cannot close (every call ending failed, or too few to
+    /// judge: a dependency down behind a breaker that lets only probes
+    /// through) keeps the limit where it is; what the calls in flight are
+    /// then is reported as a `LimitSampled` with no latency, once per
+    /// window length after two have passed. Else the gauges kept the last
+    /// closed window's peak (161 calls in flight, for the 12 s of an
+    /// outage, in an outside trial, while only probes went out).
+    #[cold]
+    #[inline(never)]
+    fn report_stalled(&self, now_ns: u64) {
+        let window = self.cur_window_ns.load(Ordering::Relaxed);
+        let start = self.win_start_ns.load(Ordering::Relaxed);
+        let last = self.stalled_report_ns.load(Ordering::Relaxed);
+        if now_ns.saturating_sub(start) < window.saturating_mul(2)
+            || now_ns.saturating_sub(last.max(start)) < window
+            || self
+                .stalled_report_ns
+                .compare_exchange(last, now_ns, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        self.observer.emit(
+            LayerKind::AdaptiveLimit,
+            self.name.as_str(),
+            EventKind::LimitSampled {
+                limit: self.limit.load(Ordering::Relaxed),
+                peak_inflight: self.inflight.load(Ordering::Relaxed),
+                rtt: Duration::ZERO,
+            },
+        );
     }
 
     /// `idle`: the idle count while the closing call was in flight.
@@ -715,6 +756,9 @@ impl Limiter {
             })
             < self.min_window_samples
         {
+            if self.observer.is_enabled() {
+                self.report_stalled(now_ns);
+            }
             return;
         }
         let mut algorithm = match self.algorithm.try_lock() {
@@ -949,6 +993,15 @@ impl Limiter {
                 retry_after: Some(retry_after),
             },
         );
+    }
+
+    /// A client stack's limit (its calls are all out): its refusal is a
+    /// local one ([`Overloaded::local`](crate::error::Overloaded::local)),
+    /// this process declining to send, which the layers above report as
+    /// refused, not as the dependency's "busy" (a server's limit refusing
+    /// its callers is their remote overload).
+    pub(crate) fn guards_calls_out(&self) -> bool {
+        !self.waits_apart
     }
 
     /// The `retry_after` of a refusal: the expected service time (by then

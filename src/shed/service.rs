@@ -117,5 +117,9 @@ where
 fn refused(limiter: &Limiter, refusal: Refusal) -> BoxError {
     let hint = limiter.retry_hint(crate::clock::edge_now());
     limiter.emit_rejected(refusal, hint);
-    Overloaded::new(limiter.name.clone(), Some(hint)).into()
+    if limiter.guards_calls_out() {
+        Overloaded::local(limiter.name.clone(), Some(hint)).into()
+    } else {
+        Overloaded::new(limiter.name.clone(), Some(hint)).into()
+    }
 }

@@ -80,6 +80,20 @@ async fn prometheus_sees_conventional_names_help_and_one_state() {
         let _ = svc.clone().oneshot(i >= 2).await;
     }
     more_events(&observer).await;
+    // A layer built and never called: its counters are there at zero, so
+    // that a rate over them sees their first increase. And a layer built
+    // again under a name that counted already (a reload) takes nothing
+    // from its counts.
+    let _idle = CircuitBreakerLayer::builder()
+        .name("idle")
+        .observer(observer.clone())
+        .build()
+        .unwrap();
+    let _again = RateLimitLayer::builder(Quota::per_second(30))
+        .name("api")
+        .observer(observer.clone())
+        .build()
+        .unwrap();
 
     // The listener serves once the recorder's exporter task runs.
     let mut text = String::new();
@@ -183,6 +197,35 @@ async fn prometheus_sees_conventional_names_help_and_one_state() {
                 && s.contains("reason=\"rate_limited\"")),
         "the limiter refused the excess"
     );
+    // Built, never called: each counter of the layer at 0 (its calls by
+    // outcome, its refusals by detail); built again: its counts kept.
+    let value = |prefix: &str, labels: &[&str]| -> Option<f64> {
+        series
+            .iter()
+            .find(|s| s.starts_with(prefix) && labels.iter().all(|l| s.contains(l)))
+            .map(|s| s.rsplit(' ').next().unwrap().parse().unwrap())
+    };
+    for outcome in ["success", "failure", "overloaded", "refused", "ignored"] {
+        let label = format!("outcome=\"{outcome}\"");
+        assert_eq!(
+            value("seawall_calls_total{", &["name=\"idle\"", &label]),
+            Some(0.0),
+            "{outcome}"
+        );
+    }
+    for detail in ["open", "half_open_full", "forced_open"] {
+        let label = format!("detail=\"{detail}\"");
+        assert_eq!(
+            value("seawall_rejections_total{", &["name=\"idle\"", &label]),
+            Some(0.0),
+            "{detail}"
+        );
+    }
+    let refused = value(
+        "seawall_rejections_total{",
+        &["name=\"api\"", "detail=\"limit\""],
+    );
+    assert!(refused.is_some_and(|n| n >= 5.0), "kept: {refused:?}");
     // The breaker's state gauge: one series per state, exactly one at 1.
     let states: Vec<(&str, f64)> = series
         .iter()

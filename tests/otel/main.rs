@@ -162,9 +162,37 @@ async fn opentelemetry_sees_the_same_events_with_its_names() {
         server.clone().oneshot(()).await.unwrap();
     }
     limit.set_quota(Quota::per_second(60)).unwrap();
+    // Built and never called: its counters are there at zero.
+    let _idle = CircuitBreakerLayer::builder()
+        .name("idle")
+        .observer(observer.clone())
+        .build()
+        .unwrap();
 
     provider.force_flush().unwrap();
     let got = read(&exporter);
+    let idle = |i: &Instrument, key: &str| -> Vec<(String, f64)> {
+        let mut v: Vec<_> = i
+            .points
+            .iter()
+            .filter(|p| p.attrs.get("seawall.name").is_some_and(|n| n == "idle"))
+            .map(|p| (p.attrs.get(key).cloned().unwrap_or_default(), p.value))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    };
+    assert_eq!(
+        idle(&got["seawall.calls"], "seawall.outcome"),
+        ["failure", "ignored", "overloaded", "refused", "success"]
+            .map(|o| (o.to_owned(), 0.0))
+            .to_vec()
+    );
+    assert_eq!(
+        idle(&got["seawall.rejections"], "seawall.rejection.detail"),
+        ["forced_open", "half_open_full", "open"]
+            .map(|d| (d.to_owned(), 0.0))
+            .to_vec()
+    );
     let recorded = |f: &dyn Fn(&EventKind) -> bool| recorder.count(|e| f(&e.kind)) as f64;
 
     for (name, kind, unit) in [

@@ -686,7 +686,7 @@ async fn circuit_open_is_not_retried_by_default() {
     assert_eq!(open.retry_after(), Some(100 * MS));
     assert_eq!(start.elapsed(), Duration::ZERO);
     assert_eq!(log.lock().unwrap().len(), 1);
-    assert_eq!(gave_up(&rec), [(1, GiveUpReason::NotRetryable)]);
+    assert_eq!(gave_up(&rec), [(1, GiveUpReason::CircuitOpen)]);
 }
 
 // ---------------------------------------------------------------- cancellation

@@ -3085,3 +3085,73 @@ async fn a_call_out_spawned_on_its_own_task_is_not_the_handler_s_wait() {
         .expect("windows closed on the handler's own time");
     assert!(rtt >= ms(20) && rtt < ms(21), "{rtt:?}");
 }
+
+/// While every call fails (a dependency down behind a breaker that lets
+/// only probes through), no window can close and the limit stays where it
+/// was; the in-flight gauge follows the calls in flight instead of keeping
+/// the last window's peak (an outside trial saw 161 for the 12 s of an
+/// outage while only probes went out): about once a window length after
+/// two have passed, with no latency.
+#[tokio::test(start_paused = true)]
+async fn while_every_call_fails_the_in_flight_gauge_follows_the_calls() {
+    let rec = Recorder::new();
+    let layer = AdaptiveLimitLayer::builder()
+        .window(ms(100))
+        .min_window_samples(5)
+        .observer(Observer::new(rec.clone()))
+        .build()
+        .unwrap();
+    let down = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = down.clone();
+    let svc = layer.layer(service_fn(move |ms_: u64| {
+        let down = flag.clone();
+        async move {
+            sleep(ms(ms_)).await;
+            if down.load(Ordering::Relaxed) {
+                Err::<u64, BoxError>("down".into())
+            } else {
+                Ok(ms_)
+            }
+        }
+    }));
+    // 10 calls in flight at a time for 500 ms: windows close with a peak of 10.
+    for _ in 0..10 {
+        let calls: Vec<_> = (0..10)
+            .map(|_| tokio::spawn(svc.clone().oneshot(50)))
+            .collect();
+        for c in calls {
+            c.await.unwrap().unwrap();
+        }
+    }
+    let sampled = |rec: &Recorder| -> Vec<(usize, Duration)> {
+        rec.events()
+            .iter()
+            .filter_map(|e| match e.kind {
+                EventKind::LimitSampled {
+                    peak_inflight, rtt, ..
+                } => Some((peak_inflight, rtt)),
+                _ => None,
+            })
+            .collect()
+    };
+    assert!(
+        sampled(&rec).iter().any(|&(peak, _)| peak == 10),
+        "{:?}",
+        sampled(&rec)
+    );
+    let before = sampled(&rec).len();
+    // Down for 2 s: one call at a time, each failing after 5 ms.
+    down.store(true, Ordering::Relaxed);
+    let limit = layer.limit();
+    let start = Instant::now();
+    while start.elapsed() < ms(2000) {
+        assert!(svc.clone().oneshot(5).await.is_err());
+    }
+    let during = sampled(&rec).split_off(before);
+    assert!((3..=20).contains(&during.len()), "{during:?}");
+    assert!(
+        during.iter().all(|&(peak, rtt)| peak <= 1 && rtt.is_zero()),
+        "{during:?}"
+    );
+    assert_eq!(layer.limit(), limit, "no window judged");
+}

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use seawall::BoxError;
 use seawall::error::{RejectionKind, rejection_of};
-use seawall::observe::{EventKind, LayerKind, Observer, Outcome, Recorder, State};
+use seawall::observe::{EventKind, GiveUpReason, LayerKind, Observer, Outcome, Recorder, State};
 use seawall::retry::Jitter;
 use seawall::stack::{ClientStack, ServerStack};
 use tokio::time::Instant;
@@ -472,6 +472,20 @@ async fn open_breaker_stops_retries_from_reaching_the_backend() {
         recorder.count(|e| matches!(e.kind, EventKind::RetryScheduled { .. })),
         4
     );
+    // Given up: request 1 at its attempt limit, the 11 others on the open
+    // breaker (said so: not "not retryable", which reads as unsafe).
+    let gave_up = |reason: GiveUpReason| {
+        recorder
+            .count(|e| matches!(e.kind, EventKind::RetryGaveUp { reason: r, .. } if r == reason))
+    };
+    assert_eq!(
+        (
+            gave_up(GiveUpReason::MaxAttempts),
+            gave_up(GiveUpReason::CircuitOpen),
+            gave_up(GiveUpReason::NotRetryable)
+        ),
+        (1, 11, 0)
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -623,6 +637,56 @@ async fn full_bulkhead_is_not_a_dependency_failure() {
         ),
         (1, 1, 0)
     );
+}
+
+/// The client stack's adaptive limit refusing an attempt is this process
+/// declining to send: the breaker and the retry layer above report it
+/// refused, as a full bulkhead's, not as the dependency's "busy"; a breaker
+/// that counts overloads does not count it (it did, and its own limit
+/// could open it).
+#[tokio::test(start_paused = true)]
+async fn the_client_limits_refusal_is_refused_not_the_dependencys_overload() {
+    let recorder = Recorder::new();
+    let stack = ClientStack::builder("db")
+        .observer(Observer::new(recorder.clone()))
+        .total_budget(ms(1000))
+        .attempt_timeout(ms(300))
+        .retry(|r| r.max_attempts(1))
+        .breaker(|b| b.consecutive_failures_only(1).count_overload(true))
+        .adaptive_limit(|l| l.limits(Some(1), Some(1)))
+        .build()
+        .unwrap();
+    let handle = stack.breaker_handle();
+    let mut svc = stack.layer(service_fn(|_: u32| async {
+        tokio::time::sleep(ms(100)).await;
+        Ok::<u32, BoxError>(7)
+    }));
+    let first = svc.ready().await.unwrap().call(1);
+    let second = svc.ready().await.unwrap().call(2);
+    let (a, b) = tokio::join!(first, second);
+    assert_eq!(a.unwrap(), 7);
+    let err = b.unwrap_err();
+    assert_eq!(kind(&err), RejectionKind::Overloaded);
+    assert!(seawall::error::rejection(&*err).is_some_and(|r| r.is_local()));
+    // One failure in a row would open it: the refusal is not counted.
+    assert_eq!(handle.state(), State::Closed);
+    let finished = |layer: LayerKind, outcome: Outcome| {
+        recorder.count(|e| {
+            e.layer == layer
+                && matches!(e.kind, EventKind::CallFinished { outcome: o, .. } if o == outcome)
+        })
+    };
+    for layer in [LayerKind::CircuitBreaker, LayerKind::Retry] {
+        assert_eq!(
+            (
+                finished(layer, Outcome::Success),
+                finished(layer, Outcome::Refused),
+                finished(layer, Outcome::Overloaded)
+            ),
+            (1, 1, 0),
+            "{layer:?}"
+        );
+    }
 }
 
 // ---------------------------------------------------------------- server behaviour

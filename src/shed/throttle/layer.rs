@@ -265,6 +265,10 @@ impl<C> ThrottleLayerBuilder<C> {
             self.settings.max_probability,
             self.settings.seed,
         );
+        self.settings.observer.layer_built(
+            crate::observe::LayerKind::Throttle,
+            self.settings.name.as_str(),
+        );
         Ok(ThrottleLayer {
             shared: Arc::new(ThrottleShared {
                 window,
