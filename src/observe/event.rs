@@ -361,7 +361,8 @@ pub enum EventKind {
     /// flight", at no cost per call. While its calls end without closing
     /// one (every one failing, or too few to judge), about once a window
     /// length after two have passed: its limit, the calls in flight then,
-    /// and no latency (zero).
+    /// and no latency (zero); the window that closes after that reports
+    /// the calls in flight as it closes.
     LimitSampled {
         /// The limit after the window.
         limit: usize,

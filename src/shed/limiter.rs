@@ -693,9 +693,12 @@ impl Limiter {
     /// judge: a dependency down behind a breaker that lets only probes
     /// through) keeps the limit where it is; what the calls in flight are
     /// then is reported as a `LimitSampled` with no latency, once per
-    /// window length after two have passed. Else the gauges kept the last
-    /// closed window's peak (161 calls in flight, for the 12 s of an
-    /// outage, in an outside trial, while only probes went out).
+    /// window length after two have passed, and the window that closes at
+    /// last reports its calls in flight as it closes, not its peak (which
+    /// the algorithm still judges by). Else the gauge kept the last closed
+    /// window's peak (161 calls in flight, for the 12 s of an outage, in an
+    /// outside trial, while only probes went out), and the window that
+    /// spanned the outage reported it again as it closed.
     #[cold]
     #[inline(never)]
     fn report_stalled(&self, now_ns: u64) {
@@ -804,8 +807,13 @@ impl Limiter {
             Ordering::Relaxed,
         );
         // What a dashboard draws against the limit: every call in flight,
-        // a burst's included.
-        let peak_inflight = max_inflight.max(over_peak);
+        // a burst's included; after a window reported as stalled, the calls
+        // in flight now (its peak may be from before, see `report_stalled`).
+        let peak_inflight = if self.stalled_report_ns.load(Ordering::Relaxed) > start {
+            inflight_now
+        } else {
+            max_inflight.max(over_peak)
+        };
         // What a request should expect: every answer's latency, a burst's
         // included (the queue it made is there for the requests after it).
         let expected_ns = sum
