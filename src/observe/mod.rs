@@ -76,6 +76,7 @@
 use std::fmt;
 use std::sync::Arc;
 
+mod built;
 #[cfg(any(feature = "metrics", feature = "opentelemetry"))]
 mod catalog;
 mod event;
@@ -230,28 +231,6 @@ impl Observer {
     pub fn emit(&self, layer: LayerKind, name: &str, kind: EventKind) {
         if let Some(hook) = &self.hook {
             hook.on_event(&Event::new(layer, name, kind));
-        }
-    }
-
-    /// Tells the hook, if one listens, that a layer of `kind` named `name`
-    /// was built (see [`Hook::on_layer_built`]).
-    #[cfg_attr(
-        not(any(
-            feature = "deadline",
-            feature = "retry",
-            feature = "circuit-breaker",
-            feature = "bulkhead",
-            feature = "shed",
-            feature = "rate-limit",
-            feature = "hedge",
-            feature = "fallback",
-            feature = "eject"
-        )),
-        allow(dead_code)
-    )]
-    pub(crate) fn layer_built(&self, kind: LayerKind, name: &str) {
-        if let Some(hook) = &self.hook {
-            hook.on_layer_built(&event::counted_by(kind, name));
         }
     }
 

@@ -23,6 +23,28 @@ use seawall::stack::{ClientStack, ServerStack};
 use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt, service_fn};
 
+/// Two calls at once through `stack`, over a dependency answering 7 after
+/// 100 ms.
+async fn two_at_once(
+    stack: &seawall::stack::ClientStackLayer,
+) -> (Result<u32, BoxError>, Result<u32, BoxError>) {
+    let mut svc = stack.layer(service_fn(|_: u32| async {
+        tokio::time::sleep(ms(100)).await;
+        Ok::<u32, BoxError>(7)
+    }));
+    let first = svc.ready().await.unwrap().call(1);
+    let second = svc.ready().await.unwrap().call(2);
+    tokio::join!(first, second)
+}
+
+/// Calls `layer` reported finished with `outcome`.
+fn finished(recorder: &Recorder, layer: LayerKind, outcome: Outcome) -> usize {
+    recorder.count(|e| {
+        e.layer == layer
+            && matches!(e.kind, EventKind::CallFinished { outcome: o, .. } if o == outcome)
+    })
+}
+
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
@@ -597,13 +619,7 @@ async fn full_bulkhead_is_not_a_dependency_failure() {
         .build()
         .unwrap();
     let handle = stack.breaker_handle();
-    let mut svc = stack.layer(service_fn(|_: u32| async {
-        tokio::time::sleep(ms(100)).await;
-        Ok::<u32, BoxError>(7)
-    }));
-    let first = svc.ready().await.unwrap().call(1);
-    let second = svc.ready().await.unwrap().call(2);
-    let (a, b) = tokio::join!(first, second);
+    let (a, b) = two_at_once(&stack).await;
     assert_eq!(a.unwrap(), 7);
     assert_eq!(kind(&b.unwrap_err()), RejectionKind::BulkheadFull);
     // With one failure in a row opening it, the breaker is still closed.
@@ -612,23 +628,13 @@ async fn full_bulkhead_is_not_a_dependency_failure() {
     // success): the window holds only the call that reached the dependency.
     let m = handle.metrics();
     assert_eq!((m.calls, m.failures, m.slow_calls), (1, 0, 0));
-    let breaker_finished = |outcome: Outcome| {
-        recorder.count(|e| {
-            e.layer == LayerKind::CircuitBreaker
-                && matches!(e.kind, EventKind::CallFinished { outcome: o, .. } if o == outcome)
-        })
-    };
+    let breaker_finished = |outcome| finished(&recorder, LayerKind::CircuitBreaker, outcome);
     assert_eq!(breaker_finished(Outcome::Success), 1);
     assert_eq!(breaker_finished(Outcome::Refused), 1);
     assert_eq!(breaker_finished(Outcome::Failure), 0);
     // The retry layer above reports the attempts alike: the bulkhead's
     // refusal is refused there too, not failed.
-    let retry_finished = |outcome: Outcome| {
-        recorder.count(|e| {
-            e.layer == LayerKind::Retry
-                && matches!(e.kind, EventKind::CallFinished { outcome: o, .. } if o == outcome)
-        })
-    };
+    let retry_finished = |outcome| finished(&recorder, LayerKind::Retry, outcome);
     assert_eq!(
         (
             retry_finished(Outcome::Success),
@@ -657,31 +663,19 @@ async fn the_client_limits_refusal_is_refused_not_the_dependencys_overload() {
         .build()
         .unwrap();
     let handle = stack.breaker_handle();
-    let mut svc = stack.layer(service_fn(|_: u32| async {
-        tokio::time::sleep(ms(100)).await;
-        Ok::<u32, BoxError>(7)
-    }));
-    let first = svc.ready().await.unwrap().call(1);
-    let second = svc.ready().await.unwrap().call(2);
-    let (a, b) = tokio::join!(first, second);
+    let (a, b) = two_at_once(&stack).await;
     assert_eq!(a.unwrap(), 7);
     let err = b.unwrap_err();
     assert_eq!(kind(&err), RejectionKind::Overloaded);
     assert!(seawall::error::rejection(&*err).is_some_and(|r| r.is_local()));
     // One failure in a row would open it: the refusal is not counted.
     assert_eq!(handle.state(), State::Closed);
-    let finished = |layer: LayerKind, outcome: Outcome| {
-        recorder.count(|e| {
-            e.layer == layer
-                && matches!(e.kind, EventKind::CallFinished { outcome: o, .. } if o == outcome)
-        })
-    };
     for layer in [LayerKind::CircuitBreaker, LayerKind::Retry] {
         assert_eq!(
             (
-                finished(layer, Outcome::Success),
-                finished(layer, Outcome::Refused),
-                finished(layer, Outcome::Overloaded)
+                finished(&recorder, layer, Outcome::Success),
+                finished(&recorder, layer, Outcome::Refused),
+                finished(&recorder, layer, Outcome::Overloaded)
             ),
             (1, 1, 0),
             "{layer:?}"
