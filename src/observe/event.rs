@@ -164,6 +164,15 @@ pub enum State {
     Healthy,
     /// A backend failed; the layer follows its failure policy.
     Degraded,
+    /// A retry layer's attempts rarely time out: an attempt that does is
+    /// cut at its attempt timeout and retried.
+    TimeoutsRare,
+    /// A retry layer's attempts time out often (the dependency is slow for
+    /// everyone): an attempt is not cut at its attempt timeout but runs on
+    /// to the request's deadline, and a timed-out one is not retried (see
+    /// the [retry module](crate::retry), "Timeouts"). The sign of a
+    /// dependency slowed down while `attempt_timeout` refusals stop.
+    TimeoutsCommon,
 }
 
 impl State {
@@ -178,6 +187,8 @@ impl State {
             State::MetricsOnly => "metrics_only",
             State::Healthy => "healthy",
             State::Degraded => "degraded",
+            State::TimeoutsRare => "timeouts_rare",
+            State::TimeoutsCommon => "timeouts_common",
         }
     }
 
@@ -193,6 +204,7 @@ impl State {
                 State::MetricsOnly,
             ],
             LayerKind::Ejection => &[State::Healthy, State::Open, State::HalfOpen],
+            LayerKind::Retry => &[State::TimeoutsRare, State::TimeoutsCommon],
             _ => &[State::Healthy, State::Degraded],
         }
     }

@@ -61,7 +61,10 @@ impl Hook for TracingHook {
                         state = to.as_str(),
                         "initial state"
                     )
-                } else if matches!(to, State::Open | State::ForcedOpen | State::Degraded) {
+                } else if matches!(
+                    to,
+                    State::Open | State::ForcedOpen | State::Degraded | State::TimeoutsCommon
+                ) {
                     tracing::warn!(
                         target: "seawall",
                         layer,

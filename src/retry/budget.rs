@@ -129,6 +129,9 @@ struct Inner {
     /// Per slice: its number and the attempts that timed out in it (in
     /// the requests' place of the word).
     timeouts: [AtomicU64; BUCKETS],
+    /// Who hears when timeouts become common or rare again (the retry
+    /// layer's observer and name; set once, as the layer is built).
+    watch: std::sync::OnceLock<(crate::observe::Observer, crate::error::Name)>,
 }
 
 struct Ring {
@@ -264,8 +267,34 @@ impl RetryBudget {
                 }),
                 timeouts_common: AtomicU64::new(0),
                 timeouts: std::array::from_fn(|_| AtomicU64::new(0)),
+                watch: std::sync::OnceLock::new(),
             }),
         })
+    }
+
+    /// Reports to `observer`, under the retry layer `name`, when timeouts
+    /// become common (attempts are then not cut, nor timed-out ones
+    /// retried) and rare again, as the state `timeouts_common` or
+    /// `timeouts_rare` (the first watcher only); the state it is in now is
+    /// reported at once.
+    pub(crate) fn watch(&self, observer: crate::observe::Observer, name: crate::error::Name) {
+        use crate::observe::{EventKind, LayerKind, State};
+        let state = if self.inner.timeouts_common.load(Ordering::Relaxed) != 0 {
+            State::TimeoutsCommon
+        } else {
+            State::TimeoutsRare
+        };
+        observer.emit(
+            LayerKind::Retry,
+            name.as_str(),
+            EventKind::StateChanged {
+                from: state,
+                to: state,
+                failure_rate: None,
+                slow_call_rate: None,
+            },
+        );
+        let _ = self.inner.watch.set((observer, name));
     }
 
     /// The fraction of requests that may be retried, in parts per million.
@@ -649,9 +678,36 @@ impl Inner {
         let common = self.common_with(epoch, 0);
         let mark = if common { epoch + 1 } else { 0 };
         if self.timeouts_common.load(Ordering::Relaxed) != mark {
-            self.timeouts_common.store(mark, Ordering::Relaxed);
+            let before = self.timeouts_common.swap(mark, Ordering::Relaxed);
+            if (before != 0) != common {
+                self.report_timeouts(common);
+            }
         }
         common
+    }
+
+    /// Tells the watching layer's observer that timeouts became common (or
+    /// rare again).
+    #[cold]
+    fn report_timeouts(&self, common: bool) {
+        use crate::observe::{EventKind, LayerKind, State};
+        if let Some((observer, name)) = self.watch.get() {
+            let (from, to) = if common {
+                (State::TimeoutsRare, State::TimeoutsCommon)
+            } else {
+                (State::TimeoutsCommon, State::TimeoutsRare)
+            };
+            observer.emit(
+                LayerKind::Retry,
+                name.as_str(),
+                EventKind::StateChanged {
+                    from,
+                    to,
+                    failure_rate: None,
+                    slow_call_rate: None,
+                },
+            );
+        }
     }
 
     /// Whether timeouts are common at `epoch`, with `extra` more counted.

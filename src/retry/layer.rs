@@ -417,6 +417,9 @@ impl<P> RetryLayerBuilder<P> {
             crate::observe::LayerKind::Retry,
             self.settings.name.as_str(),
         );
+        if self.settings.observer.is_enabled() {
+            budget.watch(self.settings.observer.clone(), self.settings.name.clone());
+        }
         Ok(RetryLayer {
             shared: Arc::new(Shared {
                 name: self.settings.name,

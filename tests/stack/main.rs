@@ -11,7 +11,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -1060,6 +1060,63 @@ async fn timeouts_common_to_every_call_are_not_retried() {
     assert_eq!(first_calls, 40 + 2);
     // The second wave, timeouts still common: each request sent once.
     assert_eq!(second_calls, 40);
+}
+
+/// Timeouts becoming common, and rare again, are a state of the retry
+/// layer (`seawall_state{state="timeouts_common"}`): while they are common
+/// no attempt is cut, so no `attempt_timeout` refusal says the dependency
+/// is still slow (in an outside trial they stopped 3 s into a 15 s
+/// slowdown and nothing else but the latency said so).
+#[tokio::test(start_paused = true)]
+async fn timeouts_common_and_rare_again_are_reported_as_the_retry_layers_state() {
+    let recorder = Recorder::new();
+    let delay = Arc::new(AtomicU64::new(500));
+    let d = delay.clone();
+    let stack = ClientStack::builder("dep")
+        .observer(Observer::new(recorder.clone()))
+        .total_budget(ms(2000))
+        .attempt_timeout(ms(200))
+        .retry(|r| r.backoff(ms(50), ms(1000)).jitter(Jitter::None))
+        .build()
+        .unwrap();
+    let svc = stack.layer(service_fn(move |i: u32| {
+        let d = d.load(Ordering::Relaxed);
+        async move {
+            tokio::time::sleep(ms(d)).await;
+            Ok::<u32, BoxError>(i)
+        }
+    }));
+    let states = || -> Vec<(State, State)> {
+        recorder
+            .events()
+            .iter()
+            .filter(|e| e.name == "dep.retry")
+            .filter_map(|e| match e.kind {
+                EventKind::StateChanged { from, to, .. } => Some((from, to)),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(states(), [(State::TimeoutsRare, State::TimeoutsRare)]);
+    let all = (0..40).map(|i| svc.clone().oneshot(i));
+    futures::future::join_all(all).await;
+    assert_eq!(
+        states()[1..],
+        [(State::TimeoutsRare, State::TimeoutsCommon)]
+    );
+    // The dependency fast again: 5 s of calls, 20 a second.
+    delay.store(5, Ordering::Relaxed);
+    for i in 0..100 {
+        svc.clone().oneshot(i).await.unwrap();
+        tokio::time::sleep(ms(45)).await;
+    }
+    assert_eq!(
+        states()[1..],
+        [
+            (State::TimeoutsRare, State::TimeoutsCommon),
+            (State::TimeoutsCommon, State::TimeoutsRare)
+        ]
+    );
 }
 
 /// An attempt no retry can follow is not cut when it waited in the
