@@ -18,7 +18,7 @@
 
 use std::time::Duration;
 
-use super::{Event, EventKind, FallbackReason, GiveUpReason, LayerKind, Observer, Outcome};
+use super::{Event, EventKind, FallbackReason, GiveUpReason, LayerKind, Observer, Outcome, State};
 use crate::error::RejectionKind;
 
 impl Observer {
@@ -91,6 +91,19 @@ pub(crate) fn counted_by(kind: LayerKind, name: &str) -> Vec<Event<'_>> {
         _ => &[],
     };
     kinds.extend(rejections.iter().map(|&(r, d)| refused(r, d)));
+    if matches!(
+        kind,
+        LayerKind::CircuitBreaker | LayerKind::Retry | LayerKind::RateLimit
+    ) {
+        // Each state entered, from another (a rate limit's: with Redis).
+        let states = State::all_for(kind);
+        kinds.extend(states.iter().map(|&to| EventKind::StateChanged {
+            from: *states.iter().find(|&&s| s != to).unwrap_or(&to),
+            to,
+            failure_rate: None,
+            slow_call_rate: None,
+        }));
+    }
     match kind {
         LayerKind::Retry => {
             kinds.push(EventKind::RetryScheduled {

@@ -74,6 +74,13 @@ pub(crate) const CATALOG: &[Spec] = &[
         "The state of a stateful seawall layer: exactly one state at 1.",
     ),
     spec(
+        "seawall.state.changes",
+        "seawall.state.changes",
+        Kind::Counter,
+        "{change}",
+        "Changes of a stateful seawall layer's state, by the state entered (a breaker's opens, say, however short).",
+    ),
+    spec(
         "seawall.hedges",
         "seawall.hedges",
         Kind::Counter,

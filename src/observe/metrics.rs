@@ -100,7 +100,15 @@ impl MetricsHook {
                 metrics::counter!("seawall.rejections", "layer" => layer, "name" => name, "reason" => reason.as_str(), "detail" => detail)
                     .increment(n);
             }
-            EventKind::StateChanged { to, .. } => self.set_state(e.layer, e.name, to),
+            EventKind::StateChanged { from, to, .. } => {
+                if sampled {
+                    self.set_state(e.layer, e.name, to);
+                }
+                if from != to {
+                    metrics::counter!("seawall.state.changes", "layer" => layer, "name" => name, "state" => to.as_str())
+                        .increment(n);
+                }
+            }
             EventKind::RetryScheduled { delay, .. } => {
                 metrics::counter!("seawall.retries", "layer" => layer, "name" => name.clone())
                     .increment(n);

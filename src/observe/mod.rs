@@ -60,6 +60,7 @@
 //! | `seawall_call_duration_seconds` | `seawall.call.duration` histogram, `s` | their durations | as above |
 //! | `seawall_rejections_total` | `seawall.rejections` counter, `{request}` | requests refused, and calls cut short by a timeout (`attempt_timeout` / `timed_out`) | layer, name, reason (OTel `error.type`), detail (a short static word: `limit`, `doomed`, `queue_full`, `open`, …; OTel `seawall.rejection.detail`) |
 //! | `seawall_state` | `seawall.state` gauge, `{state}` | a stateful layer's state, exactly one at 1 | layer, name, state |
+//! | `seawall_state_changes_total` | `seawall.state.changes` counter, `{change}` | changes of state, by the state entered | layer, name, state |
 //! | `seawall_retries_total` | `seawall.retries` counter, `{retry}` | retries scheduled | layer, name |
 //! | `seawall_retry_delay_seconds` | `seawall.retry.delay` histogram, `s` | their backoffs | layer, name |
 //! | `seawall_retry_gave_up_total` | `seawall.retry.gave_up` counter | requests no longer retried | layer, name, reason ([`GiveUpReason`]: `circuit_open` for those an open breaker below turned away) |

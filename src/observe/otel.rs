@@ -33,6 +33,7 @@ pub struct OtelHook {
     duration: Histogram<f64>,
     rejections: Counter<u64>,
     state: Gauge<i64>,
+    state_changes: Counter<u64>,
     retries: Counter<u64>,
     retry_delay: Histogram<f64>,
     gave_up: Counter<u64>,
@@ -88,6 +89,7 @@ impl OtelHook {
             ),
             rejections: instrument!(meter, u64_counter, "seawall.rejections"),
             state: instrument!(meter, i64_gauge, "seawall.state"),
+            state_changes: instrument!(meter, u64_counter, "seawall.state.changes"),
             retries: instrument!(meter, u64_counter, "seawall.retries"),
             retry_delay: instrument!(
                 meter,
@@ -175,7 +177,17 @@ impl OtelHook {
                     KeyValue::new("seawall.rejection.detail", detail),
                 ],
             ),
-            EventKind::StateChanged { to, .. } => self.set_state(e.layer, e.name, to),
+            EventKind::StateChanged { from, to, .. } => {
+                if sampled {
+                    self.set_state(e.layer, e.name, to);
+                }
+                if from != to {
+                    self.state_changes.add(
+                        n,
+                        &[layer, name, KeyValue::new("seawall.state", to.as_str())],
+                    );
+                }
+            }
             EventKind::RetryScheduled { delay, .. } => {
                 let attrs = [layer, name];
                 self.retries.add(n, &attrs);

@@ -226,6 +226,23 @@ async fn prometheus_sees_conventional_names_help_and_one_state() {
         &["name=\"api\"", "detail=\"limit\""],
     );
     assert!(refused.is_some_and(|n| n >= 5.0), "kept: {refused:?}");
+    // The breaker's changes of state, by the state entered: opened once;
+    // the idle one's at 0.
+    assert_eq!(
+        value(
+            "seawall_state_changes_total{",
+            &["name=\"backend\"", "state=\"open\""]
+        ),
+        Some(1.0)
+    );
+    for state in ["closed", "open", "half_open"] {
+        let label = format!("state=\"{state}\"");
+        assert_eq!(
+            value("seawall_state_changes_total{", &["name=\"idle\"", &label]),
+            Some(0.0),
+            "{state}"
+        );
+    }
     // The breaker's state gauge: one series per state, exactly one at 1.
     let states: Vec<(&str, f64)> = series
         .iter()
