@@ -1,5 +1,5 @@
 use super::catalog::Kind;
-use super::{Event, EventKind, Hook, State};
+use super::{Event, EventKind, Hook, Outcome, State};
 
 /// A [`Hook`] that reports through the [`metrics`] facade (feature `metrics`).
 ///
@@ -91,9 +91,15 @@ impl MetricsHook {
             EventKind::CallFinished { outcome, latency } => {
                 metrics::counter!("seawall.calls", "layer" => layer, "name" => name.clone(), "outcome" => outcome.as_str())
                     .increment(n);
-                if sampled {
-                    metrics::histogram!("seawall.call.duration.seconds", "layer" => layer, "name" => name, "outcome" => outcome.as_str())
-                        .record(latency.as_secs_f64());
+                // Registered at zero too (no sample) for successes and
+                // failures, the latencies a dashboard draws: their `_count`
+                // and buckets are there before the first call. (Not the
+                // other outcomes': a dozen buckets each, for every layer.)
+                if sampled || matches!(outcome, Outcome::Success | Outcome::Failure) {
+                    let h = metrics::histogram!("seawall.call.duration.seconds", "layer" => layer, "name" => name, "outcome" => outcome.as_str());
+                    if sampled {
+                        h.record(latency.as_secs_f64());
+                    }
                 }
             }
             EventKind::Rejected { reason, detail, .. } => {
@@ -112,9 +118,9 @@ impl MetricsHook {
             EventKind::RetryScheduled { delay, .. } => {
                 metrics::counter!("seawall.retries", "layer" => layer, "name" => name.clone())
                     .increment(n);
+                let h = metrics::histogram!("seawall.retry.delay.seconds", "layer" => layer, "name" => name);
                 if sampled {
-                    metrics::histogram!("seawall.retry.delay.seconds", "layer" => layer, "name" => name)
-                        .record(delay.as_secs_f64());
+                    h.record(delay.as_secs_f64());
                 }
             }
             EventKind::RetryGaveUp { reason, .. } => {
@@ -125,7 +131,13 @@ impl MetricsHook {
                 metrics::counter!("seawall.retry.budget_exhausted", "layer" => layer, "name" => name)
                     .increment(n);
             }
-            EventKind::LimitChanged { to, .. } => {
+            EventKind::LimitChanged { from, to } => {
+                // As built (from the limit to itself): an adaptive limit's
+                // in-flight gauge is there too, at 0, before a window closes.
+                if from == to && e.layer == super::LayerKind::AdaptiveLimit {
+                    metrics::gauge!("seawall.limit.inflight", "layer" => layer, "name" => name.clone())
+                        .set(0.0);
+                }
                 metrics::gauge!("seawall.limit", "layer" => layer, "name" => name).set(to as f64);
             }
             EventKind::LimitSampled {

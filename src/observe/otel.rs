@@ -204,7 +204,14 @@ impl OtelHook {
                 ],
             ),
             EventKind::BudgetExhausted => self.budget_exhausted.add(n, &[layer, name]),
-            EventKind::LimitChanged { to, .. } => self.limit.record(to as u64, &[layer, name]),
+            EventKind::LimitChanged { from, to } => {
+                let attrs = [layer, name];
+                // As built: the in-flight gauge too, at 0 (see `MetricsHook`).
+                if from == to && e.layer == LayerKind::AdaptiveLimit {
+                    self.inflight.record(0, &attrs);
+                }
+                self.limit.record(to as u64, &attrs);
+            }
             EventKind::LimitSampled {
                 limit,
                 peak_inflight,

@@ -459,10 +459,14 @@ where
                     // is made: what its body holds (a permit of the
                     // bulkhead below, a connection) is free for it.
                     *last = None;
-                    let may_follow = attempt < shared.max_attempts
+                    // The budget asked first, whatever follows: timeouts
+                    // judged common are judged again as attempts go on (a
+                    // layer that never retries a timeout, the gRPC
+                    // preset's, kept its `timeouts_common` state for good).
+                    let may_follow = shared.budget.may_retry_timeout()
+                        && attempt < shared.max_attempts
                         && this.request.is_some()
-                        && shared.policy.may_retry_timeout(&req)
-                        && shared.budget.may_retry_timeout();
+                        && shared.policy.may_retry_timeout(&req);
                     let future =
                         crate::deadline::call_with_retry_gate(may_follow, || service.call(req));
                     this.state.set(State::Calling { future });

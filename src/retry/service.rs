@@ -174,9 +174,11 @@ where
         };
         // Whether a retry may follow a timeout of this attempt: an
         // attempt timeout below does not cut one that none can follow.
-        let may_follow = copy.is_some()
-            && shared.policy.may_retry_timeout(&req)
-            && shared.budget.may_retry_timeout();
+        // The budget asked first, whatever follows: timeouts judged common
+        // are judged again as requests go on (see `ResponseFuture`).
+        let may_follow = shared.budget.may_retry_timeout()
+            && copy.is_some()
+            && shared.policy.may_retry_timeout(&req);
         let inner = &mut self.inner;
         ResponseFuture::new(
             self.local.clone(),

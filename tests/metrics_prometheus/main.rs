@@ -1,7 +1,8 @@
 #![cfg(all(
     feature = "metrics",
     feature = "circuit-breaker",
-    feature = "rate-limit"
+    feature = "rate-limit",
+    feature = "shed"
 ))]
 //! seawall's metrics as Prometheus scrapes them: the real
 //! `metrics-exporter-prometheus` recorder and its HTTP listener on a free
@@ -86,6 +87,11 @@ async fn prometheus_sees_conventional_names_help_and_one_state() {
     // from its counts.
     let _idle = CircuitBreakerLayer::builder()
         .name("idle")
+        .observer(observer.clone())
+        .build()
+        .unwrap();
+    let _idle_limit = seawall::shed::AdaptiveLimitLayer::builder()
+        .name("idle.limit")
         .observer(observer.clone())
         .build()
         .unwrap();
@@ -213,6 +219,20 @@ async fn prometheus_sees_conventional_names_help_and_one_state() {
             "{outcome}"
         );
     }
+    // An adaptive limit's gauges, both there as it is built.
+    assert_eq!(
+        value("seawall_limit_inflight{", &["name=\"idle.limit\""]),
+        Some(0.0)
+    );
+    assert!(value("seawall_limit{", &["name=\"idle.limit\""]).is_some_and(|l| l >= 1.0));
+    assert_eq!(
+        value(
+            "seawall_call_duration_seconds_count{",
+            &["name=\"idle\"", "outcome=\"failure\""]
+        ),
+        Some(0.0),
+        "the duration histogram, registered at zero"
+    );
     for detail in ["open", "half_open_full", "forced_open"] {
         let label = format!("detail=\"{detail}\"");
         assert_eq!(

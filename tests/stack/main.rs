@@ -1069,6 +1069,15 @@ async fn timeouts_common_to_every_call_are_not_retried() {
 /// slowdown and nothing else but the latency said so).
 #[tokio::test(start_paused = true)]
 async fn timeouts_common_and_rare_again_are_reported_as_the_retry_layers_state() {
+    // Three attempts, and one (no attempt is cut, none retried: judged again
+    // all the same, as with the gRPC preset's policy, which retries no
+    // timeout).
+    for attempts in [3, 1] {
+        timeouts_state_with(attempts).await;
+    }
+}
+
+async fn timeouts_state_with(attempts: u32) {
     let recorder = Recorder::new();
     let delay = Arc::new(AtomicU64::new(500));
     let d = delay.clone();
@@ -1076,7 +1085,11 @@ async fn timeouts_common_and_rare_again_are_reported_as_the_retry_layers_state()
         .observer(Observer::new(recorder.clone()))
         .total_budget(ms(2000))
         .attempt_timeout(ms(200))
-        .retry(|r| r.backoff(ms(50), ms(1000)).jitter(Jitter::None))
+        .retry(|r| {
+            r.max_attempts(attempts)
+                .backoff(ms(50), ms(1000))
+                .jitter(Jitter::None)
+        })
         .build()
         .unwrap();
     let svc = stack.layer(service_fn(move |i: u32| {

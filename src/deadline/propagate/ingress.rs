@@ -32,6 +32,9 @@ struct IngressConfig {
     margin: Duration,
     default_budget: Option<Duration>,
     on_invalid: OnInvalid,
+    /// A deadline cut to the server's own budget is no bad input (see
+    /// `cap_at`): not reported.
+    quiet_clamp: bool,
     shared: Arc<Shared>,
 }
 
@@ -66,6 +69,7 @@ impl DeadlineFromHeadersLayer {
             margin: Duration::ZERO,
             default_budget: None,
             on_invalid: OnInvalid::Ignore,
+            quiet_clamp: false,
             name: Name::from("deadline_from_headers"),
             observer: Observer::none(),
         }
@@ -114,6 +118,7 @@ pub struct DeadlineFromHeadersLayerBuilder {
     margin: Duration,
     default_budget: Option<Duration>,
     on_invalid: OnInvalid,
+    quiet_clamp: bool,
     name: Name,
     observer: Observer,
 }
@@ -141,6 +146,12 @@ impl DeadlineFromHeadersLayerBuilder {
     #[cfg(all(feature = "retry", feature = "circuit-breaker", feature = "shed"))]
     pub(crate) fn cap_at(mut self, budget: Duration) -> Self {
         let max = self.max.map_or(budget, |m| m.min(budget));
+        // A caller's deadline longer than the server's budget is what the
+        // presets' advice makes of every caller's (a budget a little under
+        // what they wait): cut, not reported (an outside trial's "ignored
+        // input" counted every request). A lower `max` set by hand still
+        // reports what it cuts.
+        self.quiet_clamp = max == budget;
         self.max = Some(max);
         // A default budget set by hand above `max` is still refused by
         // `build`; one not set is the cap.
@@ -153,7 +164,9 @@ impl DeadlineFromHeadersLayerBuilder {
     /// The longest timeout a caller may ask for (default 30 s; in a
     /// [`ServerStack`](crate::stack::ServerStack), the stack's total
     /// budget). Longer values are clamped to it and reported as
-    /// `InputIgnored { reason: "clamped" }`.
+    /// `InputIgnored { reason: "clamped" }`, but in a server stack those
+    /// cut to the stack's own budget (a caller waiting longer than the
+    /// server works is no bad input; only a lower `max` set here reports).
     pub fn max(mut self, max: Duration) -> Self {
         self.max = Some(max);
         self
@@ -232,6 +245,7 @@ impl DeadlineFromHeadersLayerBuilder {
                 margin: self.margin,
                 default_budget: self.default_budget,
                 on_invalid: self.on_invalid,
+                quiet_clamp: self.quiet_clamp,
                 shared: Arc::new(Shared::new(max, self.name, self.observer)),
             }),
         })
@@ -298,7 +312,9 @@ impl IngressConfig {
         }
         Ok(asked.map(|(d, input)| {
             if d > self.max {
-                self.ignored(input, CLAMPED);
+                if !self.quiet_clamp {
+                    self.ignored(input, CLAMPED);
+                }
                 self.max
             } else {
                 d
