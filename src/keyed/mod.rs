@@ -83,7 +83,7 @@
 //! client picks (addresses, headers). With a metrics hook, an instance
 //! publishes its counters at zero as it is built (a breaker's calls by
 //! outcome, refusals, state changes, and its success and failure latency
-//! histograms: about 40 series with a dozen buckets), so a per-key name
+//! histograms: about 50 series with a dozen buckets), so a per-key name
 //! costs that per key from the key's first request. A bulkhead built with a `max_queue`
 //! keeps its first 64 queue places allocated (32 bytes each), per key.
 //!
