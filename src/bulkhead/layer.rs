@@ -266,8 +266,31 @@ impl BulkheadBuilder {
             codel_interval: self.codel_interval,
             unbounded_readiness: self.backpressure && self.max_queue == 0,
         };
-        self.observer
-            .layer_built(crate::observe::LayerKind::Bulkhead, self.name.as_str());
+        {
+            use super::queue::GiveUp;
+            self.observer.layer_built(
+                crate::observe::LayerKind::Bulkhead,
+                self.name.as_str(),
+                &[
+                    crate::observe::refusal(
+                        crate::error::RejectionKind::BulkheadFull,
+                        GiveUp::QueueFull.detail(),
+                    ),
+                    crate::observe::refusal(
+                        crate::error::RejectionKind::BulkheadFull,
+                        GiveUp::MaxWait.detail(),
+                    ),
+                    crate::observe::refusal(
+                        crate::error::RejectionKind::BulkheadFull,
+                        GiveUp::Codel.detail(),
+                    ),
+                    crate::observe::refusal(
+                        crate::error::RejectionKind::DeadlineExceeded,
+                        GiveUp::Deadline.detail(),
+                    ),
+                ],
+            );
+        }
         let engine = Striped::new(Engine::new(settings, self.name, self.observer));
         // Reported once as built (from the limit to itself), so that a
         // limit gauge has the bulkhead's value from the start, as a state

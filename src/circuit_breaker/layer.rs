@@ -469,6 +469,20 @@ impl<C> CircuitBreakerBuilder<C> {
         self.settings.observer.layer_built(
             crate::observe::LayerKind::CircuitBreaker,
             self.settings.name.as_str(),
+            &[
+                crate::observe::refusal(
+                    crate::error::RejectionKind::CircuitOpen,
+                    super::state::DETAIL_OPEN,
+                ),
+                crate::observe::refusal(
+                    crate::error::RejectionKind::CircuitOpen,
+                    super::state::DETAIL_HALF_OPEN_FULL,
+                ),
+                crate::observe::refusal(
+                    crate::error::RejectionKind::CircuitOpen,
+                    super::state::DETAIL_FORCED_OPEN,
+                ),
+            ],
         );
         let core = Core::new(self.settings.name, self.settings.observer, config);
         Ok(CircuitBreakerLayer {

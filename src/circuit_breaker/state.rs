@@ -18,6 +18,13 @@ use super::window::{Code, CountWindow, Padded, TimeWindow, Window, WindowSnapsho
 use crate::error::Name;
 use crate::observe::{EventKind, LayerKind, Observer, State};
 
+/// The `detail` of a refusal while open.
+pub(crate) const DETAIL_OPEN: &str = "open";
+/// The `detail` of a refusal while half open with every probe out.
+pub(crate) const DETAIL_HALF_OPEN_FULL: &str = "half_open_full";
+/// The `detail` of a refusal while forced open.
+pub(crate) const DETAIL_FORCED_OPEN: &str = "forced_open";
+
 pub(crate) const CLOSED: u8 = 0;
 pub(crate) const OPEN: u8 = 1;
 pub(crate) const HALF_OPEN: u8 = 2;
@@ -432,7 +439,7 @@ impl Core {
                 FORCED_OPEN => {
                     return Err(Refusal {
                         retry_after: None,
-                        detail: "forced_open",
+                        detail: DETAIL_FORCED_OPEN,
                     });
                 }
                 OPEN => {
@@ -442,7 +449,7 @@ impl Core {
                     if at < until {
                         return Err(Refusal {
                             retry_after: Some(nanos_to_duration(until.saturating_sub(at))),
-                            detail: "open",
+                            detail: DETAIL_OPEN,
                         });
                     }
                     self.to_half_open(generation, now);
@@ -528,7 +535,7 @@ impl Core {
         // breaker's).
         Err(Refusal {
             retry_after: Some(crate::clock::MIN_HINT),
-            detail: "half_open_full",
+            detail: DETAIL_HALF_OPEN_FULL,
         })
     }
 

@@ -145,6 +145,10 @@ impl AttemptTimeoutLayerBuilder {
         self.observer.layer_built(
             crate::observe::LayerKind::AttemptTimeout,
             self.name.as_str(),
+            &[crate::observe::refusal(
+                crate::error::RejectionKind::AttemptTimeout,
+                super::service::TIMED_OUT,
+            )],
         );
         Ok(AttemptTimeoutLayer {
             shared: Striped::new(Shared {

@@ -206,8 +206,27 @@ impl DeadlineLayerBuilder {
                 "budget must be greater than zero, got 0ns",
             ));
         }
-        self.observer
-            .layer_built(crate::observe::LayerKind::Deadline, self.name.as_str());
+        {
+            use super::service::{EXPIRED_ON_ARRIVAL, EXPIRED_WAITING_READY, TIMED_OUT};
+            self.observer.layer_built(
+                crate::observe::LayerKind::Deadline,
+                self.name.as_str(),
+                &[
+                    crate::observe::refusal(
+                        crate::error::RejectionKind::DeadlineExceeded,
+                        EXPIRED_ON_ARRIVAL,
+                    ),
+                    crate::observe::refusal(
+                        crate::error::RejectionKind::DeadlineExceeded,
+                        EXPIRED_WAITING_READY,
+                    ),
+                    crate::observe::refusal(
+                        crate::error::RejectionKind::DeadlineExceeded,
+                        TIMED_OUT,
+                    ),
+                ],
+            );
+        }
         Ok(DeadlineLayer {
             shared: Striped::new(Shared {
                 upstream_margin: self.upstream_margin,

@@ -401,6 +401,10 @@ impl<C> EjectionLayerBuilder<C> {
         self.common.observer.layer_built(
             crate::observe::LayerKind::Ejection,
             self.common.name.as_str(),
+            &super::registry::Why::ALL.map(|why| crate::observe::EventKind::EndpointEjected {
+                reason: why.as_str(),
+                duration: std::time::Duration::ZERO,
+            }),
         );
         Ok(EjectionLayer {
             shared: Arc::new(Shared {

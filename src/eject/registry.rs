@@ -106,6 +106,15 @@ pub(crate) enum Why {
 }
 
 impl Why {
+    /// Every reason.
+    pub(crate) const ALL: [Why; 5] = [
+        Why::Consecutive,
+        Why::SuccessRate,
+        Why::Latency,
+        Why::ProbeFailed,
+        Why::Busy,
+    ];
+
     pub(crate) fn as_str(self) -> &'static str {
         match self {
             Why::Consecutive => "consecutive_failures",

@@ -171,6 +171,7 @@ impl<F, C> FallbackLayerBuilder<F, C> {
         self.settings.observer.layer_built(
             crate::observe::LayerKind::Fallback,
             self.settings.name.as_str(),
+            &[],
         );
         Ok(FallbackLayer {
             shared: Arc::new(Shared {

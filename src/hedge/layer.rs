@@ -328,6 +328,7 @@ impl<P> HedgeLayerBuilder<P> {
         self.settings.observer.layer_built(
             crate::observe::LayerKind::Hedge,
             self.settings.name.as_str(),
+            &[],
         );
         Ok(HedgeLayer {
             shared: Arc::new(Shared {

@@ -23,26 +23,30 @@ use crate::error::RejectionKind;
 
 impl Observer {
     /// Tells the hook, if one listens, that a layer of `kind` named `name`
-    /// was built (see [`Hook::on_layer_built`](super::Hook::on_layer_built)).
-    pub(crate) fn layer_built(&self, kind: LayerKind, name: &str) {
+    /// was built (see [`Hook::on_layer_built`](super::Hook::on_layer_built)):
+    /// the events every layer of its kind may count, and `own`, those of
+    /// its own (its refusals by reason and detail, in the words its module
+    /// reports them with; see [`refusal`]).
+    pub(crate) fn layer_built(&self, kind: LayerKind, name: &str, own: &[EventKind]) {
         if let Some(hook) = &self.hook {
-            hook.on_layer_built(&counted_by(kind, name));
+            hook.on_layer_built(&counted_by(kind, name, own));
         }
     }
 }
 
-/// The events that count something a layer of `kind` may report, one per
-/// series (its calls by outcome, its refusals by reason and detail, its
-/// retries, …), with nothing in them that a series is keyed by but their
-/// kind: given to [`Hook::on_layer_built`](super::Hook::on_layer_built) as
-/// each layer is built, so that a metrics hook publishes them at zero.
-pub(crate) fn counted_by(kind: LayerKind, name: &str) -> Vec<Event<'_>> {
-    use RejectionKind as R;
-    let refused = |reason, detail| EventKind::Rejected {
+/// A refusal's event as a layer lists it for [`Observer::layer_built`].
+pub(crate) const fn refusal(reason: RejectionKind, detail: &'static str) -> EventKind {
+    EventKind::Rejected {
         reason,
         detail,
         retry_after: None,
-    };
+    }
+}
+
+/// The events that count something a layer of `kind` may report, one per
+/// series (its calls by outcome, its state changes, its retries, …, and
+/// `own`), with nothing in them that a series is keyed by but their kind.
+fn counted_by<'a>(kind: LayerKind, name: &'a str, own: &[EventKind]) -> Vec<Event<'a>> {
     let mut kinds: Vec<EventKind> = Vec::new();
     if matches!(
         kind,
@@ -66,31 +70,7 @@ pub(crate) fn counted_by(kind: LayerKind, name: &str) -> Vec<Event<'_>> {
             }),
         );
     }
-    let rejections: &[(RejectionKind, &'static str)] = match kind {
-        LayerKind::Deadline => &[
-            (R::DeadlineExceeded, "expired_on_arrival"),
-            (R::DeadlineExceeded, "expired_waiting_ready"),
-            (R::DeadlineExceeded, "timed_out"),
-        ],
-        LayerKind::AttemptTimeout => &[(R::AttemptTimeout, "timed_out")],
-        LayerKind::Retry => &[(R::DeadlineExceeded, "deadline_spent")],
-        LayerKind::CircuitBreaker => &[
-            (R::CircuitOpen, "open"),
-            (R::CircuitOpen, "half_open_full"),
-            (R::CircuitOpen, "forced_open"),
-        ],
-        LayerKind::Bulkhead => &[
-            (R::BulkheadFull, "queue_full"),
-            (R::BulkheadFull, "max_wait"),
-            (R::BulkheadFull, "codel"),
-            (R::DeadlineExceeded, "deadline"),
-        ],
-        LayerKind::AdaptiveLimit => &[(R::Overloaded, "limit"), (R::Overloaded, "doomed")],
-        LayerKind::Throttle => &[(R::Overloaded, "throttled")],
-        LayerKind::RateLimit => &[(R::RateLimited, "limit")],
-        _ => &[],
-    };
-    kinds.extend(rejections.iter().map(|&(r, d)| refused(r, d)));
+    kinds.extend_from_slice(own);
     if matches!(
         kind,
         LayerKind::CircuitBreaker | LayerKind::Retry | LayerKind::RateLimit
@@ -128,19 +108,6 @@ pub(crate) fn counted_by(kind: LayerKind, name: &str) -> Vec<Event<'_>> {
                 }),
             );
         }
-        LayerKind::Ejection => kinds.extend(
-            [
-                "consecutive_failures",
-                "success_rate",
-                "latency",
-                "probe_failed",
-                "busy_alone",
-            ]
-            .map(|reason| EventKind::EndpointEjected {
-                reason,
-                duration: Duration::ZERO,
-            }),
-        ),
         LayerKind::Hedge => kinds.push(EventKind::HedgeSent {
             attempt: 2,
             delay: Duration::ZERO,

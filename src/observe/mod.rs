@@ -88,6 +88,15 @@ mod otel;
 mod recorder;
 mod tracing;
 
+#[cfg(any(
+    feature = "deadline",
+    feature = "retry",
+    feature = "circuit-breaker",
+    feature = "bulkhead",
+    feature = "shed",
+    feature = "rate-limit"
+))]
+pub(crate) use self::built::refusal;
 pub use self::event::{Event, EventKind, FallbackReason, GiveUpReason, LayerKind, Outcome, State};
 #[cfg(feature = "metrics")]
 pub use self::metrics::MetricsHook;

@@ -366,9 +366,14 @@ impl<X, D> RateLimitLayerBuilder<X, D> {
             .settings
             .name
             .unwrap_or_else(|| Name::from("rate_limit"));
-        self.settings
-            .observer
-            .layer_built(crate::observe::LayerKind::RateLimit, name.as_str());
+        self.settings.observer.layer_built(
+            crate::observe::LayerKind::RateLimit,
+            name.as_str(),
+            &[crate::observe::refusal(
+                crate::error::RejectionKind::RateLimited,
+                super::layer::DETAIL_LIMIT,
+            )],
+        );
         Ok(RateLimitLayer {
             shared: Arc::new(Shared {
                 name,

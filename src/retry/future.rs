@@ -16,6 +16,9 @@ use super::policy::{RetryPolicy, Verdict};
 use super::service::Local;
 use crate::deadline::Deadline;
 use crate::error::{BoxError, DeadlineExceeded, RejectionKind};
+
+/// The `detail` of the refusal of a retry the deadline left no time for.
+pub(crate) const DEADLINE_SPENT: &str = "deadline_spent";
 use crate::observe::{EventKind, GiveUpReason, LayerKind, Outcome};
 
 pin_project! {
@@ -649,7 +652,7 @@ fn give_up_with<P, R>(
             name,
             EventKind::Rejected {
                 reason: RejectionKind::DeadlineExceeded,
-                detail: "deadline_spent",
+                detail: DEADLINE_SPENT,
                 retry_after: None,
             },
         );

@@ -416,6 +416,10 @@ impl<P> RetryLayerBuilder<P> {
         self.settings.observer.layer_built(
             crate::observe::LayerKind::Retry,
             self.settings.name.as_str(),
+            &[crate::observe::refusal(
+                crate::error::RejectionKind::DeadlineExceeded,
+                super::future::DEADLINE_SPENT,
+            )],
         );
         if self.settings.observer.is_enabled() {
             budget.watch(self.settings.observer.clone(), self.settings.name.clone());

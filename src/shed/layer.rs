@@ -438,6 +438,16 @@ impl<P> AdaptiveLimitLayerBuilder<P> {
         limiter.observer.layer_built(
             crate::observe::LayerKind::AdaptiveLimit,
             limiter.name.as_str(),
+            &[
+                crate::observe::refusal(
+                    crate::error::RejectionKind::Overloaded,
+                    super::limiter::Refusal::Limit.detail(),
+                ),
+                crate::observe::refusal(
+                    crate::error::RejectionKind::Overloaded,
+                    super::limiter::Refusal::Doomed.detail(),
+                ),
+            ],
         );
         limiter.observer.emit(
             crate::observe::LayerKind::AdaptiveLimit,

@@ -658,9 +658,7 @@ impl Limiter {
                 // `window_ended`.)
                 self.win_failed_sum_ns.fetch_add(ns, Ordering::Relaxed);
                 self.win_failed.fetch_add(1, Ordering::Relaxed);
-                if self.observer.is_enabled() {
-                    self.report_stalled(crate::clock::nanos_between(self.epoch, now));
-                }
+                self.report_stalled(crate::clock::nanos_between(self.epoch, now));
                 return;
             }
             Completion::Drop => {
@@ -699,9 +697,13 @@ impl Limiter {
     /// window's peak (161 calls in flight, for the 12 s of an outage, in an
     /// outside trial, while only probes went out), and the window that
     /// spanned the outage reported it again as it closed.
+    /// `now_ns`: since `epoch`. Nothing without an observer.
     #[cold]
     #[inline(never)]
     fn report_stalled(&self, now_ns: u64) {
+        if !self.observer.is_enabled() {
+            return;
+        }
         let window = self.cur_window_ns.load(Ordering::Relaxed);
         let start = self.win_start_ns.load(Ordering::Relaxed);
         let last = self.stalled_report_ns.load(Ordering::Relaxed);
@@ -759,9 +761,7 @@ impl Limiter {
             })
             < self.min_window_samples
         {
-            if self.observer.is_enabled() {
-                self.report_stalled(now_ns);
-            }
+            self.report_stalled(now_ns);
             return;
         }
         let mut algorithm = match self.algorithm.try_lock() {

@@ -268,6 +268,10 @@ impl<C> ThrottleLayerBuilder<C> {
         self.settings.observer.layer_built(
             crate::observe::LayerKind::Throttle,
             self.settings.name.as_str(),
+            &[crate::observe::refusal(
+                crate::error::RejectionKind::Overloaded,
+                super::service::DETAIL_THROTTLED,
+            )],
         );
         Ok(ThrottleLayer {
             shared: Arc::new(ThrottleShared {

@@ -11,6 +11,9 @@ use super::layer::ThrottleShared;
 use crate::classify::{Classify, ErrorsAsFailures};
 use crate::error::{BoxError, Overloaded};
 use crate::hold::{Head, HoldVerdict};
+
+/// The `detail` of a refusal.
+pub(crate) const DETAIL_THROTTLED: &str = "throttled";
 use crate::observe::{EventKind, LayerKind};
 
 /// A client service under adaptive throttling; built by
@@ -104,7 +107,7 @@ where
                 self.shared.name.as_str(),
                 EventKind::Rejected {
                     reason: crate::error::RejectionKind::Overloaded,
-                    detail: "throttled",
+                    detail: DETAIL_THROTTLED,
                     retry_after: None,
                 },
             );
