@@ -232,6 +232,11 @@ fn main() -> Result<(), seawall::BoxError> {
             Scenario::started_under_load(if quick { 3 } else { 5 }),
         ),
         (
+            "slow dependency, client stacks only (400 workers, never all busy): every call x15 \
+             (150-450 ms, within the attempt timeout) for 10 s between 5 s healthy, 400 req/s",
+            Scenario::slow_dependency(10, 15.0, 400.0),
+        ),
+        (
             "queueing dependency, client stacks only (a service you do not own, 4 workers, its \
              queue unbounded): 110% of capacity for 6 s between 5 s at 60%",
             Scenario::queueing(6, 1.1),

@@ -242,6 +242,33 @@ impl Scenario {
         s
     }
 
+    /// A dependency that gets slower without queueing (client stacks only):
+    /// 400 workers x 20 ms, offered `rate` requests a second, whose every
+    /// call takes `factor` times as long for `secs` seconds, between 5 s
+    /// healthy before and after. Its workers are never all busy: a caller
+    /// that waits is served, slowly, and needs more calls in flight (at
+    /// x15 and 400 a second, 300 ms calls, about 120 where the client
+    /// stack's limit starts at 100).
+    pub fn slow_dependency(secs: u64, factor: f64, rate: f64) -> Self {
+        let mut s = Scenario::quick();
+        s.client_only = true;
+        s.workers = 400;
+        let load = rate / s.capacity();
+        s.phases = framed(
+            Condition::Healthy,
+            Phase {
+                name: "slow",
+                duration: Duration::from_secs(secs),
+                load,
+                condition: Condition::Slow(factor),
+            },
+        );
+        for p in &mut s.phases {
+            p.load = load;
+        }
+        s
+    }
+
     /// A server started under a steady load (a deploy, a restart): a
     /// backend of 80 workers x 20 ms (4000 requests a second) offered 60 %
     /// of it from the first instant, 48 calls in flight where a fresh

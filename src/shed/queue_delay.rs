@@ -29,7 +29,12 @@ const PROVISIONAL_RISE: f64 = 0.5;
 ///    still above the knee and the next window at the limit drains again.
 ///    If it does not
 ///    fall, no queue was there and the drain's latency *is* the service's,
-///    slower or faster than before. A drain runs only when a queue may be
+///    slower or faster than before; with a queue allowance (a client
+///    stack's limit), a drain after a window at the limit whose latency
+///    stays a quarter or more above `base` is a slower dependency, and the
+///    limit follows it as in rule 4 (the storm's "slow dependency": 300 ms
+///    calls at 400 a second need 120 in flight; back to its limit of 105,
+///    growing 5 % a window, the limit refused for all of a 10 s slowdown). A drain runs only when a queue may be
 ///    hiding: the limit was reached two windows in a row, or the latency
 ///    stayed above the tolerance two windows in a row with at least half
 ///    the limit in flight and a queue that stood (see 3); then at most every
@@ -602,6 +607,31 @@ impl QueueDelay {
             if rtt < before_rtt * 0.9 {
                 self.queue_seen = Some(self.windows);
             }
+            // No fall, at a latency a quarter or more above `base`, after a
+            // window that reached the limit: the dependency got slower, not
+            // busier, and under a queue allowance (a client stack's limit,
+            // whose dependency may run any number of calls at once) the
+            // limit follows it as for a latency beyond any queue of ours
+            // (rule 4): at once to what the window asked for, at most four
+            // times the limit before the drain, and ×2 per window while it
+            // is reached. (Back to where it was, growing 5 % a window, it
+            // refused for the whole of a 10 s slowdown in the storm's "slow
+            // dependency": 300 ms calls at 400 a second need 120 in flight,
+            // and every other window drained again.)
+            if self.allowance > 0.0
+                && self.base > 0.0
+                && rtt >= before_rtt * 0.9
+                && rtt > self.base * 1.25
+                && before_busy >= before_limit.floor()
+            {
+                self.follow_slower(rtt, true);
+                let asked = sample
+                    .asked_per_sec()
+                    .map_or(0.0, |r| (1.25 * r * rtt / 1e9).ceil());
+                self.limit = self.clamp((before_limit * 2.0).max(asked.min(before_limit * 4.0)));
+                self.previous = Some((before_rtt, before_busy, before_limit));
+                return self.limit();
+            }
             if self.base <= 0.0 || rtt < self.base || rtt >= before_rtt * 0.9 {
                 // (No fall: no queue of ours at the drained limit, so this is
                 // the service's own latency, slower or faster than `base`.)
@@ -1005,6 +1035,49 @@ mod tests {
         let mut plain = QueueDelay::builder().initial_limit(100).build().unwrap();
         feed(&mut plain, 3, 20.0, |_| 10);
         assert!(plain.update(&window(280.0, 100)) < 100);
+    }
+
+    /// With a queue allowance, a drain that finds no queue of its own after
+    /// the dependency got slower (300 ms where it answered in 20, the limit
+    /// reached two windows in a row) follows it as a slower service: to
+    /// what the drain's window asked for (Little's law, a quarter more), at
+    /// most four times the limit before the drain, and no drain while it
+    /// grows. Without an allowance (a server's own work), back to where
+    /// it was.
+    #[test]
+    fn a_drain_that_finds_a_slower_dependency_follows_it() {
+        let mut q = with_allowance();
+        assert_eq!(feed(&mut q, 3, 20.0, |_| 10), 100);
+        // At the limit, slower: a queue within the allowance, then a drain.
+        assert_eq!(q.update(&window(290.0, 100)), 105);
+        q.update(&window(300.0, 105));
+        let drained = q.limit();
+        assert_eq!(drained, 70);
+        // The drain: 300 ms still, 400 requests a second asked.
+        let drain = window(300.0, 70).with_refused(100, Duration::from_secs(1));
+        q.update(&drain);
+        // 1.25 × (100 + 100) a second × 0.3 s = 75, less than 2 × 105.
+        assert_eq!(q.limit(), 210);
+        assert!((q.base_rtt_secs() - 0.300).abs() < 1e-6);
+        assert_eq!(q.growth, Growth::DoublingAfterSlowdown);
+        // Asked for more: up to four times the limit before the drain.
+        let mut asked = with_allowance();
+        feed(&mut asked, 3, 20.0, |_| 10);
+        asked.update(&window(290.0, 100));
+        asked.update(&window(300.0, 105));
+        asked.update(&window(300.0, 70).with_refused(1000, Duration::from_secs(1)));
+        // 1.25 × 1100 × 0.3 = 413 (at most 420).
+        assert_eq!(asked.limit(), 413);
+        // A server's limit, no allowance: the same drain goes back to where it was.
+        let mut plain = QueueDelay::builder().initial_limit(100).build().unwrap();
+        feed(&mut plain, 3, 20.0, |_| 10);
+        plain.update(&window(20.0, 100));
+        let before = plain.limit();
+        plain.update(&window(21.0, before));
+        let drained = plain.limit();
+        assert!(drained < before, "{drained} < {before}");
+        plain.update(&window(21.0, drained));
+        assert_eq!(plain.limit(), before);
     }
 
     /// A window of `answered` answers at `ms` and `drops` out of time, with
