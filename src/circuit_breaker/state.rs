@@ -343,7 +343,7 @@ impl Core {
             }
             let snap = self.window.snapshot(now);
             if self.rates_trip(&snap) {
-                self.trip_closed(gen_of(word), now, snap);
+                self.trip_closed(gen_of(word), now, snap, false);
             }
         }
     }
@@ -657,12 +657,12 @@ impl Core {
             if let Some(snap) = snap
                 && self.rates_trip(&snap)
             {
-                self.trip_closed(permit.generation, now(), snap);
+                self.trip_closed(permit.generation, now(), snap, false);
             }
         } else if trip {
             let now = now();
             let snap = snap.unwrap_or_else(|| self.window.snapshot(now));
-            self.trip_closed(permit.generation, now, snap);
+            self.trip_closed(permit.generation, now, snap, true);
         }
     }
 
@@ -687,7 +687,7 @@ impl Core {
                 // whatever the window holds, as at any other time.
                 if in_a_row {
                     let snap = snap.unwrap_or_else(|| self.window.snapshot(now));
-                    self.trip_closed(generation, now, snap);
+                    self.trip_closed(generation, now, snap, true);
                 }
                 return;
             }
@@ -698,7 +698,7 @@ impl Core {
         }
         let snap = snap.unwrap_or_else(|| self.window.snapshot(now));
         if in_a_row || (self.config.rate_trips && self.rates_trip(&snap)) {
-            self.trip_closed(generation, now, snap);
+            self.trip_closed(generation, now, snap, in_a_row);
         }
     }
 
@@ -772,19 +772,29 @@ impl Core {
         self.emit_state(public_state(from), State::Open, fr, sr);
     }
 
+    /// Opens a closed breaker, reporting the failure rate that opened it:
+    /// the window's, or 1 for a run of failures in a row (`in_a_row`), whose
+    /// window may hold a low rate (the run opened it: a log that read
+    /// `failure_rate=0.031` at the open of a breaker that 50 failures in a
+    /// row had opened misled a new user's reading of an outage).
     #[cold]
-    fn trip_closed(&self, generation: u64, now: Instant, snap: WindowSnapshot) {
+    fn trip_closed(&self, generation: u64, now: Instant, snap: WindowSnapshot, in_a_row: bool) {
         let mut control = self.lock();
         let word = self.word.load(Ordering::Acquire);
         if gen_of(word) != generation || state_of(word) != CLOSED {
             return;
         }
+        let failure_rate = if in_a_row {
+            Some(1.0)
+        } else {
+            snap.failure_rate()
+        };
         self.open_locked(
             &mut control,
             CLOSED,
             generation,
             now,
-            snap.failure_rate(),
+            failure_rate,
             snap.slow_call_rate(),
         );
     }

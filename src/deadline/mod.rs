@@ -11,7 +11,10 @@
 //!   below and the handler itself can read it with [`current()`] whatever the
 //!   request type.
 //!
-//! On the wire it travels as a *relative* timeout (no clock skew between hosts).
+//! On the wire it travels as a *relative* timeout (no clock skew between
+//! hosts): a receiver counts it from when it reads the request, so time
+//! the request spent in its socket buffers or accept queue (a receiver
+//! paused by a long GC or `SIGSTOP`) is not taken off.
 //!
 //! # Example
 //!

@@ -335,9 +335,9 @@ pub enum EventKind {
         /// The state entered.
         to: State,
         /// The window's failure rate (0..=1) at the change, if it applies.
-        /// A breaker opened by failures in a row
-        /// (`consecutive_failures`) reports its window's rate too, which
-        /// may be low: the run, not the rate, opened it.
+        /// A breaker opened by failures in a row (`consecutive_failures`)
+        /// reports 1, the rate of the run that opened it: its window's
+        /// may be low (a few hundred successes before the run).
         failure_rate: Option<f64>,
         /// The window's slow-call rate (0..=1) at the change, if it applies.
         slow_call_rate: Option<f64>,

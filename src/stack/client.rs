@@ -341,7 +341,11 @@ impl ClientStack {
 ///   possible, 29 to 31 % of the workers' time cut). The cost: a small
 ///   dependency is held to its workers later (4 workers at twice their
 ///   capacity: after a minute, 22 of the last 800 requests out of time;
-///   after 20 s, 44);
+///   after 20 s, 44); and a dependency that got 15 times slower without
+///   queueing (the storm's "slow dependency": 120 in flight needed at
+///   400 requests a second) is refused for its first 3 s, until a drain
+///   finds no queue of the limit's own and the limit follows it (97.6 %
+///   served, 100 % by a caller that waits);
 /// - a retry budget that grows with success ([`RetryLayer`]'s default,
 ///   [`RetryBudget::DEFAULT_SUCCESS_RATIO`]): a partial failure of 30 % is
 ///   retried to 97 % success;

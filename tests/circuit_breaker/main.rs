@@ -1886,6 +1886,60 @@ async fn a_reset_wakes_the_tasks_waiting_for_the_open_time() {
         .unwrap();
 }
 
+/// The open of a breaker reports the failure rate that opened it: 1 for a
+/// run of failures in a row (the default 50), though its window holds 500
+/// successes before them (its rate 50 of 550); the window's rate when the
+/// rate opened it. (The window's 0.09 at an open by a run misled a new
+/// user's reading of an outage's log.)
+#[tokio::test(start_paused = true)]
+async fn an_open_reports_the_failure_rate_that_opened_it() {
+    let opened_at = |rec: &Recorder| {
+        rec.events()
+            .into_iter()
+            .find_map(|e| match e.kind {
+                EventKind::StateChanged {
+                    to: State::Open,
+                    failure_rate,
+                    ..
+                } => Some(failure_rate),
+                _ => None,
+            })
+            .expect("opened")
+    };
+    let rec = Recorder::new();
+    let layer = CircuitBreakerLayer::builder()
+        .window(SlidingWindow::count(1000))
+        .observer(Observer::new(rec.clone()))
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let mut svc = wrap(&layer);
+    for _ in 0..500 {
+        call(&mut svc, OK).await.unwrap();
+    }
+    for _ in 0..49 {
+        let _ = call(&mut svc, FAIL).await;
+    }
+    assert_eq!(handle.state(), State::Closed, "49 in a row");
+    let _ = call(&mut svc, FAIL).await;
+    assert_eq!(handle.state(), State::Open, "50 in a row");
+    assert_eq!(opened_at(&rec), Some(1.0));
+    // Opened by its rate: the window's.
+    let rec = Recorder::new();
+    let layer = CircuitBreakerLayer::builder()
+        .window(SlidingWindow::count(10))
+        .minimum_calls(10)
+        .observer(Observer::new(rec.clone()))
+        .build()
+        .unwrap();
+    let mut svc = wrap(&layer);
+    for i in 0..10 {
+        let _ = call(&mut svc, if i < 1 { OK } else { FAIL }).await;
+    }
+    assert_eq!(layer.handle().state(), State::Open);
+    assert_eq!(opened_at(&rec), Some(0.9));
+}
+
 /// A run of failures counted before `consecutive_failures` was turned off
 /// does not survive its being turned on again (successes in between ended
 /// it).
