@@ -224,7 +224,10 @@ pub enum GiveUpReason {
     MaxAttempts,
     /// The retry budget was empty.
     BudgetExhausted,
-    /// The next attempt would not fit the request's deadline.
+    /// The next attempt would not fit the request's deadline, or the
+    /// dependency answered to that deadline as it ended (an HTTP `504`, a
+    /// gRPC `DEADLINE_EXCEEDED`: see
+    /// [`RetryPolicy::is_deadline_answer`](crate::retry::RetryPolicy::is_deadline_answer)).
     Deadline,
     /// The server asked for a wait longer than allowed, or said not to retry.
     Pushback,

@@ -431,6 +431,13 @@ where
         }
     }
 
+    fn is_deadline_answer(&self, result: Result<&Response<RB>, &BoxError>) -> bool {
+        crate::classify::Classify::is_deadline_answer(
+            &crate::grpc::GrpcStatusClassifier::new(),
+            result,
+        )
+    }
+
     fn clone_request(&self, req: &Request<B>) -> Option<Request<B>> {
         Some(copy_request(req, req.body().replay()?))
     }

@@ -77,6 +77,19 @@ pub trait RetryPolicy<Req, Res>: Send + Sync + 'static {
         })
     }
 
+    /// Whether `result` is the dependency's answer to the deadline it was
+    /// sent (an HTTP `504`, a gRPC `DEADLINE_EXCEEDED` or `CANCELLED`): a
+    /// failure the retry layer gives up on for the request's deadline
+    /// ([`GiveUpReason::Deadline`](crate::observe::GiveUpReason::Deadline))
+    /// when it came back with 20 ms or less of that deadline left, not as
+    /// not retryable. Default: `false`; the protocol policies say it as
+    /// their classifiers do
+    /// ([`Classify::is_deadline_answer`](crate::classify::Classify::is_deadline_answer)).
+    fn is_deadline_answer(&self, result: Result<&Res, &BoxError>) -> bool {
+        let _ = result;
+        false
+    }
+
     /// Whether `req` may be retried at all (for example, only idempotent HTTP
     /// methods). Asked once, before the first attempt. Default: yes.
     fn may_retry(&self, req: &Req) -> bool {

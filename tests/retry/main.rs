@@ -1272,6 +1272,40 @@ mod grpc_tests {
         assert_eq!(log.lock().unwrap().len(), 1);
         assert_eq!(gave_up(&rec), [(1, GiveUpReason::Pushback)]);
     }
+
+    /// A `DEADLINE_EXCEEDED` the dependency answers as the request's
+    /// deadline ends (not retried by the gRPC policy's default) is given up
+    /// on for the deadline, not as not retryable; one answered with time
+    /// left is not retryable, as before.
+    #[tokio::test(start_paused = true)]
+    async fn a_deadline_answer_at_the_deadline_gives_up_for_the_deadline() {
+        for (answer_after, reason) in [
+            (990 * MS, GiveUpReason::Deadline),
+            (100 * MS, GiveUpReason::NotRetryable),
+        ] {
+            let rec = Recorder::new();
+            let dep = tower::service_fn(move |_: Request<()>| async move {
+                tokio::time::sleep(answer_after).await;
+                Ok::<_, BoxError>(Response::builder().header("grpc-status", "4").body(())?)
+            });
+            let mut svc = RetryLayer::builder()
+                .policy(GrpcRetry::new())
+                .observer(rec.clone())
+                .build()
+                .unwrap()
+                .layer(dep);
+            let fut = svc.ready().await.unwrap().call(Request::new(()));
+            let res = deadline::scope(Deadline::after(Duration::from_secs(1)), fut)
+                .await
+                .unwrap();
+            assert_eq!(res.headers()["grpc-status"], "4");
+            assert_eq!(
+                gave_up(&rec),
+                [(1, reason)],
+                "answered after {answer_after:?}"
+            );
+        }
+    }
 }
 
 /// The default budget grows with success: in the same brownout (the first
