@@ -637,8 +637,6 @@ fn take_last<P, R>(
     }
 }
 
-/// Reports the give-up and returns what the caller gets: the last outcome,
-/// or `DeadlineExceeded` when the deadline itself is spent.
 /// Whether a failed attempt is the dependency's answer to the request's
 /// deadline (see [`RetryPolicy::is_deadline_answer`]), come back with
 /// [`ANSWER_MARGIN`](crate::deadline::ANSWER_MARGIN) or less of it left:
@@ -661,6 +659,8 @@ where
         && shared.policy.is_deadline_answer(result)
 }
 
+/// Reports the give-up and returns what the caller gets: the last outcome,
+/// or `DeadlineExceeded` when the deadline itself is spent.
 fn give_up_with<P, R>(
     shared: &Shared<P>,
     attempts: u32,

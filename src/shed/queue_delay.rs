@@ -34,7 +34,8 @@ const PROVISIONAL_RISE: f64 = 0.5;
 ///    stays a quarter or more above `base` is a slower dependency, and the
 ///    limit follows it as in rule 4 (the storm's "slow dependency": 300 ms
 ///    calls at 400 a second need 120 in flight; back to its limit of 105,
-///    growing 5 % a window, the limit refused for all of a 10 s slowdown). A drain runs only when a queue may be
+///    growing 5 % a window, the limit refused for all of a 10 s
+///    slowdown). A drain runs only when a queue may be
 ///    hiding: the limit was reached two windows in a row, or the latency
 ///    stayed above the tolerance two windows in a row with at least half
 ///    the limit in flight and a queue that stood (see 3); then at most every
