@@ -93,7 +93,9 @@
 //! the keyed layer outside the server preset (`ServerStack::http`), with a
 //! [`RejectionResponseLayer`](crate::http::RejectionResponseLayer) around
 //! it so that a tenant's full bulkhead is answered `503` with a
-//! `Retry-After`; the tenant's excess is then refused before it takes a
+//! `Retry-After` (on a tonic server, `ServerStack::grpc` and
+//! `GrpcRejectionLayer` from the `grpc` module, outermost: `UNAVAILABLE`
+//! with pushback); the tenant's excess is then refused before it takes a
 //! place under the server's adaptive limit. The README's "One tenant must
 //! not starve the rest" shows the code, run by `tests/tenants`. Key by a
 //! header your own edge sets or checks

@@ -166,3 +166,117 @@ async fn a_bulkhead_per_tenant_keeps_a_noisy_tenant_from_starving_the_quiet_ones
         "{recipe:?}"
     );
 }
+
+#[cfg(feature = "tonic")]
+#[path = "../../examples/common/greeter.rs"]
+mod greeter;
+
+/// The recipe on a real tonic server, as the README writes it for tonic:
+/// `GrpcRejectionLayer` outermost, then the tenants' bulkheads, then the
+/// gRPC server preset (tonic's `Server::builder().layer(..)` puts the
+/// first layer outermost, as `ServiceBuilder` does; axum's `Router::layer`
+/// is the other way round). A tenant holding its 4 places has its fifth
+/// call refused `UNAVAILABLE` with `grpc-retry-pushback-ms`, while another
+/// tenant's call is served meanwhile.
+#[cfg(feature = "tonic")]
+#[tokio::test]
+async fn on_tonic_a_full_tenant_is_refused_with_pushback_while_another_is_served() {
+    use greeter::{GreeterServer, HelloReply, HelloRequest};
+    use seawall::grpc::GrpcRejectionLayer;
+
+    let release = Arc::new(Semaphore::new(0));
+    let inside = Arc::new(tokio::sync::watch::Sender::new(0usize));
+    let (gate, arrived) = (release.clone(), inside.clone());
+    let server = GreeterServer::new(move |req: tonic::Request<HelloRequest>| {
+        let (gate, arrived) = (gate.clone(), arrived.clone());
+        async move {
+            // The noisy tenant's calls wait until the test lets them go.
+            if req.metadata().get("x-tenant").is_some_and(|t| t == "noisy") {
+                arrived.send_modify(|n| *n += 1);
+                gate.acquire().await.expect("open").forget();
+            }
+            Ok(HelloReply {
+                message: "hi".into(),
+                ..Default::default()
+            })
+        }
+    });
+    // The README's recipe for tonic.
+    let stack = ServerStack::grpc("api")
+        .total_budget(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let tenants = KeyedLayer::builder(
+        HeaderKey::new(HeaderName::from_static("x-tenant")),
+        |_: &Key| {
+            BulkheadLayer::builder()
+                .max_concurrent(4)
+                .build()
+                .expect("valid")
+        },
+    )
+    .build()
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .layer(GrpcRejectionLayer::new()) // a full tenant: UNAVAILABLE with pushback
+            .layer(tenants)
+            .layer(stack)
+            .add_service(server)
+            .serve_with_incoming(
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            ),
+    );
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let call = |tenant: &'static str| {
+        let channel = channel.clone();
+        async move {
+            let mut req = tonic::Request::new(HelloRequest::default());
+            req.metadata_mut()
+                .insert("x-tenant", tenant.parse().unwrap());
+            let mut grpc = tonic::client::Grpc::new(channel);
+            grpc.ready().await.unwrap();
+            grpc.unary(
+                req,
+                http::uri::PathAndQuery::from_static(greeter::SAY_HELLO),
+                tonic_prost::ProstCodec::<HelloRequest, HelloReply>::default(),
+            )
+            .await
+        }
+    };
+    // The noisy tenant takes its 4 places (its calls wait in the handler).
+    let held: Vec<_> = (0..4).map(|_| tokio::spawn(call("noisy"))).collect();
+    // Once the 4 are in the handler, a fifth is refused at once.
+    inside
+        .subscribe()
+        .wait_for(|n| *n == 4)
+        .await
+        .expect("the server runs");
+    let status = call("noisy")
+        .await
+        .expect_err("a fifth noisy call is refused");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert_eq!(status.message(), "bulkhead full");
+    let pushback: u64 = status
+        .metadata()
+        .get("grpc-retry-pushback-ms")
+        .expect("pushback")
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=1500).contains(&pushback), "{pushback}");
+    // Another tenant is served meanwhile.
+    let quiet = call("quiet").await.expect("the quiet tenant is served");
+    assert_eq!(quiet.into_inner().message, "hi");
+    release.add_permits(4);
+    for h in held {
+        assert_eq!(h.await.unwrap().unwrap().into_inner().message, "hi");
+    }
+}
