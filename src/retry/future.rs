@@ -654,9 +654,10 @@ fn answered_to_the_deadline<P, Req, R>(
 where
     P: RetryPolicy<Req, R>,
 {
-    crate::deadline::earliest(deadline)
-        .is_some_and(|d| d.remaining() <= crate::deadline::ANSWER_MARGIN)
-        && shared.policy.is_deadline_answer(result)
+    // (The answer first: the clock is read only for a deadline answer.)
+    shared.policy.is_deadline_answer(result)
+        && crate::deadline::earliest(deadline)
+            .is_some_and(|d| d.remaining() <= crate::deadline::ANSWER_MARGIN)
 }
 
 /// Reports the give-up and returns what the caller gets: the last outcome,

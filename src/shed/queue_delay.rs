@@ -317,6 +317,18 @@ impl QueueDelay {
         limit.clamp(self.min_limit as f64, self.max_limit as f64)
     }
 
+    /// The first step after a slowdown from a limit of `from` reached: to
+    /// what the window asked for if that is more than twice `from` (the
+    /// requests that came per second × `rtt` (ns), Little's law, and a
+    /// quarter more), at most four times `from` (refused requests that came
+    /// back are counted each time).
+    fn asked_after_slowdown(&self, sample: &WindowSample, rtt: f64, from: f64) -> f64 {
+        let asked = sample
+            .asked_per_sec()
+            .map_or(0.0, |r| (1.25 * r * rtt / 1e9).ceil());
+        self.clamp((from * 2.0).max(asked.min(from * 4.0)))
+    }
+
     /// The service (or what it waits on) got slower, not busier: its
     /// latency `rtt` (ns) is its own now, and the same calls may need more
     /// in flight. How many is not known (a service of a few workers that
@@ -626,10 +638,7 @@ impl QueueDelay {
                 && before_busy >= before_limit.floor()
             {
                 self.follow_slower(rtt, true);
-                let asked = sample
-                    .asked_per_sec()
-                    .map_or(0.0, |r| (1.25 * r * rtt / 1e9).ceil());
-                self.limit = self.clamp((before_limit * 2.0).max(asked.min(before_limit * 4.0)));
+                self.limit = self.asked_after_slowdown(sample, rtt, before_limit);
                 self.previous = Some((before_rtt, before_busy, before_limit));
                 return self.limit();
             }
@@ -695,10 +704,7 @@ impl QueueDelay {
                 // flight, reached in one window instead of three doublings
                 // from 20), at most four times the limit (refused requests
                 // that came back are counted each time).
-                let asked = sample
-                    .asked_per_sec()
-                    .map_or(0.0, |r| (1.25 * r * slower_rtt / 1e9).ceil());
-                self.limit = self.clamp((self.limit * 2.0).max(asked.min(self.limit * 4.0)));
+                self.limit = self.asked_after_slowdown(sample, slower_rtt, self.limit);
             }
             return self.limit();
         }
