@@ -89,16 +89,19 @@
 //!
 //! # On a server: a share per tenant
 //!
-//! A bulkhead per tenant keeps one tenant from taking every handler: put
-//! the keyed layer outside the server preset (`ServerStack::http`), with a
+//! A bulkhead per tenant keeps one tenant from taking every handler: the
+//! server presets have it built in,
+//! [`ServerStackBuilder::tenant_bulkhead`](crate::stack::ServerStackBuilder::tenant_bulkhead)
+//! (this table of bulkheads, below the preset's deadline and above its
+//! adaptive limit, its refusals answered as the preset's). The README's
+//! "One tenant must not starve the rest" shows the code, run by
+//! `tests/tenants`. Another layer per tenant (a breaker) goes around the
+//! preset, with a
 //! [`RejectionResponseLayer`](crate::http::RejectionResponseLayer) around
-//! it so that a tenant's full bulkhead is answered `503` with a
-//! `Retry-After` (on a tonic server, `ServerStack::grpc` and
-//! `GrpcRejectionLayer` from the `grpc` module, outermost: `UNAVAILABLE`
-//! with pushback); the tenant's excess is then refused before it takes a
-//! place under the server's adaptive limit. The README's "One tenant must
-//! not starve the rest" shows the code, run by `tests/tenants`. Key by a
-//! header your own edge sets or checks
+//! it so that its refusals are answered (on a tonic server,
+//! `GrpcRejectionLayer` from the `grpc` module, outermost); its waits then
+//! come before the preset reads the caller's deadline. Key by a header
+//! your own edge sets or checks
 //! ([`HeaderKey`](crate::rate_limit::HeaderKey)), or by address
 //! ([`ClientIp`](crate::rate_limit::ClientIp)).
 //!

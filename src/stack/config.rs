@@ -126,7 +126,7 @@ impl ClientStack {
     }
 }
 
-impl<O, R: RateLimitSetting, P> ServerStackBuilder<O, R, P> {
+impl<O, R: RateLimitSetting, P, T> ServerStackBuilder<O, R, P, T> {
     /// Applies a [`ServerSettings`] section (read from a file): each setting
     /// present replaces the builder's. Its `rate_limit` replaces the quota of
     /// the builder's rate limit; a rate limit changes the stack's type, so
@@ -299,13 +299,14 @@ impl crate::config::ServiceConfig {
     /// A [`ConfigError`] naming the section, or the path of the refused
     /// setting.
     #[allow(clippy::type_complexity)]
-    pub fn build_server<O, R, P>(
+    pub fn build_server<O, R, P, T>(
         &self,
-        builder: ServerStackBuilder<O, R, P>,
-    ) -> Result<ServerStackLayer<O::Layer, R::Layer, P, O::Innermost>, ConfigError>
+        builder: ServerStackBuilder<O, R, P, T>,
+    ) -> Result<ServerStackLayer<O::Layer, R::Layer, P, O::Innermost, T::Layer>, ConfigError>
     where
         O: super::part::IngressPart,
         R: super::part::StackPart + RateLimitSetting,
+        T: super::part::StackPart,
     {
         builder
             .configure(self.server_settings()?)
@@ -504,7 +505,7 @@ fn reloading() -> std::sync::MutexGuard<'static, ()> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-impl<O, R: RateLimitReload, P, I> ServerStackLayer<O, R, P, I> {
+impl<O, R: RateLimitReload, P, I, T> ServerStackLayer<O, R, P, I, T> {
     /// Reloads what can change in a running server stack from a section
     /// (feature `serde`): the adaptive limit's bounds (what it learned is
     /// kept, the limit clamped into them), the bulkhead's limit (calls in

@@ -176,11 +176,12 @@
 //!      └─ [MarkInboundAttemptLayer]  (presets) a retried request is not retried again below
 //!          └─ DeadlineLayer            the server's own cap; the earlier deadline wins
 //!              └─ [RateLimitLayer]     (rate-limit) abusive or runaway callers
-//!                  └─ AdaptiveLimitLayer   load shedding: adaptive limit, priorities, doomed work
-//!                      └─ BulkheadLayer    hard cap on handlers in flight (a pool size)
-//!                          └─ AttemptTimeoutLayer   handler timeout
-//!                              └─ [CallBodyLayer]   (presets) answers held to the deadline and their end
-//!                                  └─ your handler
+//!                  └─ [TenantBulkheadLayer]  (keyed) a share of the handler per tenant
+//!                      └─ AdaptiveLimitLayer   load shedding: adaptive limit, priorities, doomed work
+//!                          └─ BulkheadLayer    hard cap on handlers in flight (a pool size)
+//!                              └─ AttemptTimeoutLayer   handler timeout
+//!                                  └─ [CallBodyLayer]   (presets) answers held to the deadline and their end
+//!                                      └─ your handler
 //! ```
 //!
 //! The bracketed parts marked "presets" are what `ServerStack::http` and
@@ -194,6 +195,12 @@
 //!   for a global limit) and it is about *who* calls, not about load. Over-quota
 //!   traffic is turned away with `429` before it can take capacity from the
 //!   others or feed the adaptive limit's latency samples.
+//! - **A bulkhead per tenant before the adaptive limit**
+//!   ([`ServerStackBuilder::tenant_bulkhead`], when you add it): the limit
+//!   refuses every caller alike, so under one tenant's flood the others
+//!   would be refused as often as the flooder; a tenant's own bulkhead
+//!   refuses its excess before it takes a place under the limit. Below the
+//!   deadline, so a wait in a tenant's queue ends by the request's deadline.
 //! - **Adaptive limit before the bulkhead**: the limit decides how much work
 //!   the service can take right now and sheds the excess at once (`503`,
 //!   lowest priorities first); the bulkhead below is a fixed hard cap (for
@@ -276,6 +283,8 @@ mod part;
 #[cfg(feature = "http")]
 mod preset;
 mod server;
+#[cfg(feature = "keyed")]
+mod tenants;
 
 pub use self::classify::DependencyFailures;
 pub use self::client::{ClientStack, ClientStackBuilder, ClientStackLayer, ClientStackService};
@@ -293,3 +302,5 @@ pub use self::server::Named;
 pub use self::server::{
     ServerCore, ServerStack, ServerStackBuilder, ServerStackLayer, ServerStackService,
 };
+#[cfg(feature = "keyed")]
+pub use self::tenants::{TenantBulkhead, TenantBulkheadLayer, TenantBulkheads};

@@ -8,8 +8,9 @@
 //! run 8 requests at once (20 ms each, about 400 a second), a noisy tenant
 //! sending 1500 requests a second and four quiet ones 40 a second each,
 //! for 5 s of paused time, each tenant a Poisson stream. The README's
-//! recipe (the server preset and a bulkhead per tenant with a short queue,
-//! keyed by a header) against the preset alone and against no protection;
+//! recipe (the server preset with a bulkhead per tenant,
+//! `.tenant_bulkhead(..)`, keyed by a header, its queue of 4 and wait of
+//! 100 ms by default) against the preset alone and against no protection;
 //! a quiet request counts as served when its `200` arrives within 1 s. The
 //! tonic version of the recipe runs on a real tonic server.
 
@@ -21,12 +22,9 @@ use axum::body::Body;
 use axum::routing::get;
 use http::{HeaderName, Request, StatusCode};
 use seawall::ServerStack;
-use seawall::bulkhead::BulkheadLayer;
-use seawall::http::RejectionResponseLayer;
-use seawall::keyed::KeyedLayer;
 use seawall::rate_limit::{HeaderKey, Key};
 use tokio::sync::Semaphore;
-use tower::{ServiceBuilder, ServiceExt};
+use tower::ServiceExt;
 
 /// The handler: one of 8 workers for 20 ms (waiting for a free one in an
 /// unbounded queue, as a pool does).
@@ -44,36 +42,33 @@ fn app(workers: Arc<Semaphore>) -> Router {
     )
 }
 
-/// The README's recipe: a bulkhead per tenant, outside the server preset,
-/// so that a tenant's excess is refused before it takes a place under the
-/// server's limit; its queue of 4 takes a tenant's own bursts, for at most
-/// 100 ms (that wait is outside the preset's budget).
+/// The README's recipe: the server preset with a bulkhead per tenant
+/// (4 places, half the handler's 8 workers, and the part's default queue
+/// of 4 for at most 100 ms), so that a tenant's excess is refused before
+/// it takes a place under the server's limit.
 fn per_tenant(router: Router) -> Result<Router, seawall::BoxError> {
-    per_tenant_queueing(router, 4)
-}
-
-/// [`per_tenant`] with a queue of `queue` places per tenant.
-fn per_tenant_queueing(router: Router, queue: usize) -> Result<Router, seawall::BoxError> {
     let stack = ServerStack::http("api")
         .total_budget(Duration::from_secs(5))
+        .tenant_bulkhead(
+            HeaderKey::new(HeaderName::from_static("x-tenant")),
+            4,
+            |b| b,
+        )
         .build()?;
-    let tenants = KeyedLayer::builder(
-        HeaderKey::new(HeaderName::from_static("x-tenant")),
-        move |_: &Key| {
-            BulkheadLayer::builder()
-                .max_concurrent(4) // half the handler's 8 workers
-                .max_queue(queue) // 4: a tenant's own bursts wait a little
-                .max_wait(Duration::from_millis(100)) // outside the budget: keep it short
-                .build()
-                .expect("valid settings")
-        },
-    )
-    .build()?;
-    Ok(router.layer(stack).layer(
-        ServiceBuilder::new()
-            .layer(RejectionResponseLayer::new())
-            .layer(tenants),
-    ))
+    Ok(router.layer(stack))
+}
+
+/// [`per_tenant`] with no queue.
+fn per_tenant_queueless(router: Router) -> Result<Router, seawall::BoxError> {
+    let stack = ServerStack::http("api")
+        .total_budget(Duration::from_secs(5))
+        .tenant_bulkhead(
+            HeaderKey::new(HeaderName::from_static("x-tenant")),
+            4,
+            |b| b.max_queue(0),
+        )
+        .build()?;
+    Ok(router.layer(stack))
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -200,7 +195,7 @@ async fn a_bulkhead_per_tenant_keeps_a_noisy_tenant_from_starving_the_quiet_ones
     // (about 1 % refused, flood or not, in an outside trial over tonic).
     let calm = run_with(per_tenant(app(Arc::new(Semaphore::new(8)))).unwrap(), 40.0).await;
     let queueless = |noisy| async move {
-        let router = per_tenant_queueing(app(Arc::new(Semaphore::new(8))), 0).unwrap();
+        let router = per_tenant_queueless(app(Arc::new(Semaphore::new(8)))).unwrap();
         quiet_served(&run_with(router, noisy).await)
     };
     let (calm_queueless, flood_queueless) = (queueless(40.0).await, queueless(1500.0).await);
@@ -217,18 +212,14 @@ async fn a_bulkhead_per_tenant_keeps_a_noisy_tenant_from_starving_the_quiet_ones
 mod greeter;
 
 /// The recipe on a real tonic server, as the README writes it for tonic:
-/// `GrpcRejectionLayer` outermost, then the tenants' bulkheads, then the
-/// gRPC server preset (tonic's `Server::builder().layer(..)` puts the
-/// first layer outermost, as `ServiceBuilder` does; axum's `Router::layer`
-/// is the other way round). A tenant holding its 4 places and its 4 queue
-/// places has its next call refused `UNAVAILABLE` with
-/// `grpc-retry-pushback-ms`, while another tenant's call is served
-/// meanwhile.
+/// the gRPC server preset with a bulkhead per tenant. A tenant holding its
+/// 4 places and its 4 queue places has its next call refused
+/// `UNAVAILABLE` with `grpc-retry-pushback-ms`, while another tenant's
+/// call is served meanwhile.
 #[cfg(feature = "tonic")]
 #[tokio::test]
 async fn on_tonic_a_full_tenant_is_refused_with_pushback_while_another_is_served() {
     use greeter::{GreeterServer, HelloReply, HelloRequest};
-    use seawall::grpc::GrpcRejectionLayer;
 
     let release = Arc::new(Semaphore::new(0));
     let inside = Arc::new(tokio::sync::watch::Sender::new(0usize));
@@ -250,27 +241,18 @@ async fn on_tonic_a_full_tenant_is_refused_with_pushback_while_another_is_served
     // The README's recipe for tonic.
     let stack = ServerStack::grpc("api")
         .total_budget(Duration::from_secs(5))
+        .tenant_bulkhead(
+            HeaderKey::new(HeaderName::from_static("x-tenant")),
+            4,
+            |b| b,
+        )
         .build()
         .unwrap();
-    let tenants = KeyedLayer::builder(
-        HeaderKey::new(HeaderName::from_static("x-tenant")),
-        |_: &Key| {
-            BulkheadLayer::builder()
-                .max_concurrent(4)
-                .max_queue(4)
-                .max_wait(Duration::from_millis(100))
-                .build()
-                .expect("valid")
-        },
-    )
-    .build()
-    .unwrap();
+    let tenants = stack.tenants().clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(
         tonic::transport::Server::builder()
-            .layer(GrpcRejectionLayer::new()) // a full tenant: UNAVAILABLE with pushback
-            .layer(tenants)
             .layer(stack)
             .add_service(server)
             .serve_with_incoming(
@@ -298,8 +280,8 @@ async fn on_tonic_a_full_tenant_is_refused_with_pushback_while_another_is_served
             .await
         }
     };
-    // The noisy tenant takes its 4 places (its calls wait in the handler).
-    // The noisy tenant takes its 4 places and its 4 queue places.
+    // The noisy tenant takes its 4 places (its calls wait in the handler)
+    // and its 4 queue places.
     let mut held: Vec<_> = (0..8).map(|_| tokio::spawn(call("noisy"))).collect();
     inside
         .subscribe()
@@ -335,6 +317,18 @@ async fn on_tonic_a_full_tenant_is_refused_with_pushback_while_another_is_served
     // Another tenant is served meanwhile.
     let quiet = call("quiet").await.expect("the quiet tenant is served");
     assert_eq!(quiet.into_inner().message, "hi");
+    let noisy = tenants
+        .get(&Key::from_bytes(b"noisy").unwrap())
+        .expect("a tenant held");
+    assert_eq!(noisy.available_permits(), 0);
+    assert_eq!(
+        tenants
+            .get(&Key::from_bytes(b"quiet").unwrap())
+            .expect("held")
+            .available_permits(),
+        4
+    );
+    assert_eq!(tenants.len(), 2);
     release.add_permits(held.len());
     // The 4 in the handler are answered; the 4 queued are answered too, or
     // refused the same way if they waited their 100 ms first.
@@ -352,4 +346,48 @@ async fn on_tonic_a_full_tenant_is_refused_with_pushback_while_another_is_served
         }
     }
     assert!(answered >= 4, "{answered}");
+}
+
+/// Inside the preset, a tenant's wait in its queue is within the caller's
+/// deadline: a request queued behind its tenant's busy place, with 200 ms
+/// left by its header (190 after the hop's margin) and a queue that would
+/// wait 500 ms, is answered `504` when its deadline comes, not served
+/// late; another tenant is served meanwhile.
+#[tokio::test(start_paused = true)]
+async fn a_tenants_queue_wait_ends_at_the_callers_deadline() {
+    let stack = ServerStack::http("api")
+        .total_budget(Duration::from_secs(5))
+        .tenant_bulkhead(
+            HeaderKey::new(HeaderName::from_static("x-tenant")),
+            1,
+            |b| b.max_wait(Duration::from_millis(500)),
+        )
+        .build()
+        .unwrap();
+    let router = Router::new()
+        .route(
+            "/",
+            get(|| async {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                "done"
+            }),
+        )
+        .layer(stack);
+    let req = |tenant: &str, timeout_ms: Option<u32>| {
+        let mut b = Request::get("/").header("x-tenant", tenant);
+        if let Some(ms) = timeout_ms {
+            b = b.header("x-request-timeout-ms", ms);
+        }
+        b.body(Body::empty()).unwrap()
+    };
+    let first = tokio::spawn(router.clone().oneshot(req("a", None)));
+    tokio::task::yield_now().await;
+    let start = tokio::time::Instant::now();
+    let queued = router.clone().oneshot(req("a", Some(200))).await.unwrap();
+    assert_eq!(queued.status(), StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(start.elapsed(), Duration::from_millis(190));
+    // Tenant b has a place of its own.
+    let other = router.oneshot(req("b", Some(2000))).await.unwrap();
+    assert_eq!(other.status(), StatusCode::OK);
+    assert_eq!(first.await.unwrap().unwrap().status(), StatusCode::OK);
 }

@@ -66,7 +66,7 @@ macro_rules! ingress_part {
             }
         }
 
-        impl<R, P> ServerStackBuilder<$ingress, R, P> {
+        impl<R, P, T> ServerStackBuilder<$ingress, R, P, T> {
             /// Configures how the client's deadline is read (header
             /// names, cap, margin, what to do with bad input).
             pub fn deadline_from_headers(
@@ -85,13 +85,14 @@ macro_rules! ingress_part {
             deadline: DeadlineFromHeadersLayer,
         }
 
-        impl<S, P, R> Layer<Core<S, P, R>> for $layer
+        impl<S, P, R, T> Layer<Core<S, P, R, T>> for $layer
         where
-            R: Layer<ServerCore<CallBodyService<S>, P, BodyEnd>>,
+            T: Layer<ServerCore<CallBodyService<S>, P, BodyEnd>>,
+            R: Layer<T::Service>,
         {
-            type Service = $server<S, P, R>;
+            type Service = $server<S, P, R, T>;
 
-            fn layer(&self, inner: Core<S, P, R>) -> Self::Service {
+            fn layer(&self, inner: Core<S, P, R, T>) -> Self::Service {
                 let marked = MarkInboundAttemptLayer::new().layer(inner);
                 $server {
                     inner: $answer::new().layer(self.deadline.layer(marked)),
@@ -102,29 +103,30 @@ macro_rules! ingress_part {
         $(#[$server_meta])*
         ///
         /// `S` is your service, `P` the adaptive limit's criticality
-        /// source and `R` the rate-limit part
-        /// ([`Identity`](tower::layer::util::Identity) when the stack has
-        /// none). A named type (not an alias of the layers inside), so
-        /// that signatures and type mismatches say its name; it forwards
-        /// `poll_ready` and `call` to them unchanged.
-        pub struct $server<S, P = FromTaskLocal, R = Identity>
+        /// source, `R` the rate-limit part and `T` the bulkheads per
+        /// tenant ([`Identity`](tower::layer::util::Identity) when the
+        /// stack has none). A named type (not an alias of the layers
+        /// inside), so that signatures and type mismatches say its name;
+        /// it forwards `poll_ready` and `call` to them unchanged.
+        pub struct $server<S, P = FromTaskLocal, R = Identity, T = Identity>
         where
-            R: Layer<ServerCore<CallBodyService<S>, P, BodyEnd>>,
+            T: Layer<ServerCore<CallBodyService<S>, P, BodyEnd>>,
+            R: Layer<T::Service>,
         {
-            inner: $answered<DeadlineFromHeaders<MarkInboundAttempt<Core<S, P, R>>>>,
+            inner: $answered<DeadlineFromHeaders<MarkInboundAttempt<Core<S, P, R, T>>>>,
         }
 
         wrapper_service!(
-            $server<S, P, R>,
-            $answered<DeadlineFromHeaders<MarkInboundAttempt<Core<S, P, R>>>>,
-            where R: Layer<ServerCore<CallBodyService<S>, P, BodyEnd>>,
+            $server<S, P, R, T>,
+            $answered<DeadlineFromHeaders<MarkInboundAttempt<Core<S, P, R, T>>>>,
+            where T: Layer<ServerCore<CallBodyService<S>, P, BodyEnd>>, R: Layer<T::Service>,
         );
     };
 }
 
 /// The generic server stack's service around a preset's body layer and
 /// `S`: what a preset's ingress wraps.
-type Core<S, P, R> = ServerStackService<CallBodyService<S>, P, BodyEnd, R>;
+type Core<S, P, R, T> = ServerStackService<CallBodyService<S>, P, BodyEnd, R, T>;
 
 ingress_part!(
     HttpIngress, RejectionResponseLayer, RejectionResponse,
