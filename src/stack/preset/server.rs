@@ -186,7 +186,9 @@ impl ServerStack {
     /// (`seawall::stack::ServerStackLayer`, `seawall::stack::HttpIngressLayer`,
     /// `tower::layer::util::Identity`, `seawall::shed::criticality::FromTaskLocal`,
     /// `seawall::body::CallBodyLayer`; `Identity` becomes the
-    /// `RateLimitLayer` once the stack has a rate limit). Put it on the
+    /// `RateLimitLayer` once the stack has a rate limit, and a fifth
+    /// parameter, [`TenantBulkheadLayer`](crate::stack::TenantBulkheadLayer),
+    /// comes with [`tenant_bulkhead`](ServerStackBuilder::tenant_bulkhead)). Put it on the
     /// router with `Router::layer`: axum turns the answers'
     /// [`CallBody`](crate::body::CallBody) bodies into its own.
     /// The service it makes around a router is an [`HttpServer`]; to
@@ -272,7 +274,10 @@ mod grpc {
         /// `ServerStackLayer<GrpcIngressLayer, Identity, FromTaskLocal, CallBodyLayer>`
         /// (`seawall::stack::ServerStackLayer`, `seawall::stack::GrpcIngressLayer`,
         /// `tower::layer::util::Identity`, `seawall::shed::criticality::FromTaskLocal`,
-        /// `seawall::body::CallBodyLayer`).
+        /// `seawall::body::CallBodyLayer`; `Identity` becomes the
+        /// `RateLimitLayer` once the stack has a rate limit, and a fifth
+        /// parameter, [`TenantBulkheadLayer`](crate::stack::TenantBulkheadLayer),
+        /// comes with [`tenant_bulkhead`](ServerStackBuilder::tenant_bulkhead)).
         ///
         /// On top of the generic stack, outermost: every rejection is
         /// answered as a gRPC status (`RESOURCE_EXHAUSTED` for a rate
