@@ -514,6 +514,22 @@ macro_rules! full_stacks {
         // server: deadline → rate limit → shed → bulkhead → handler timeout
         let ss = sw_server();
         $f!("server/seawall", |_: ()| ss.layer(noop()));
+        // The same stack with a bulkhead per tenant (every call one tenant's,
+        // already in the table): what `tenant_bulkhead` adds.
+        let sst = seawall::stack::ServerStack::builder("server")
+            .total_budget(Duration::from_secs(2))
+            .handler_timeout(Duration::from_millis(500))
+            .rate_limit(seawall::rate_limit::Quota::per_second(BIG), |r| r)
+            .bulkhead(|b| b.max_concurrent(LIMIT))
+            .adaptive_limit(|l| l.limits(Some(2), None))
+            .tenant_bulkhead(
+                |_: &u64| Some(seawall::rate_limit::Key::from_u64(7)),
+                LIMIT,
+                |b| b,
+            )
+            .build()
+            .expect("server stack");
+        $f!("server/seawall_tenants", |_: ()| sst.layer(noop()));
         // The same stack's layers without its adaptive limit (tower's
         // limit is a fixed one): what the adaptive limit adds.
         $f!("server/seawall_without_adaptive_limit", |_: ()| {

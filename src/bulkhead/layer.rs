@@ -89,6 +89,13 @@ impl<M> BulkheadLayer<M> {
     pub fn name(&self) -> &str {
         self.engine.name.as_str()
     }
+
+    /// Its engine (a tenant's bulkhead in the server stack calls through
+    /// it directly).
+    #[cfg(feature = "keyed")]
+    pub(crate) fn engine(&self) -> &Striped<Engine> {
+        &self.engine
+    }
 }
 
 impl<S, M> Layer<S> for BulkheadLayer<M> {

@@ -107,3 +107,5 @@ pub(crate) use self::layer::check_max_concurrent;
 pub use self::layer::{BulkheadBuilder, BulkheadLayer, MAX_LIMIT};
 pub use self::queue::QueueOrder;
 pub use self::service::Bulkhead;
+#[cfg(feature = "keyed")]
+pub(crate) use self::service::admit;

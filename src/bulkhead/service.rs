@@ -150,60 +150,75 @@ where
         // No edge of the clock of its own: the bulkhead reads the clock
         // only for an observer's times and a queue's wait, and shares the
         // edge of the layers around it (see `clock::edge_now`).
-        let permit = match self.ready {
-            Ready::Reserved(_) => match std::mem::replace(&mut self.ready, Ready::Idle) {
-                Ready::Reserved(permit) => Some(permit),
-                _ => None,
-            },
-            _ => self.engine.try_acquire(),
-        };
-        if let Some(permit) = permit {
-            return ResponseFuture::running(permit, || self.inner.call(req));
+        if let Ready::Reserved(_) = self.ready {
+            if let Ready::Reserved(permit) = std::mem::replace(&mut self.ready, Ready::Idle) {
+                return ResponseFuture::running(permit, || self.inner.call(req));
+            }
         }
-        self.call_without_permit(req)
+        admit(&self.engine, self.backpressure, &mut self.inner, req)
     }
 }
 
-impl<S, M> Bulkhead<S, M> {
-    /// No permit free: refused at once, or queued. Out of line, so that an
-    /// admitted call's `call` stays small.
-    #[inline(never)]
-    fn call_without_permit<Req>(&mut self, req: Req) -> ResponseFuture<S, Req, M>
-    where
-        S: Service<Req> + Clone,
-        S::Error: Into<BoxError>,
-        Req: crate::deadline::HasDeadline,
-        M: Hold<S::Response>,
-    {
-        if self.backpressure || self.engine.settings.max_queue == 0 {
-            // No queue, or (backpressure mode) `call` without a reserved
-            // permit while none is free: refuse at once.
-            return ResponseFuture::rejected(reject(&self.engine, GiveUp::QueueFull));
-        }
-        let now = crate::clock::edge_now();
-        match self.engine.acquire(None, Some(now)) {
-            Acquire::Permit(permit) => ResponseFuture::running(permit, || self.inner.call(req)),
-            Acquire::Full => ResponseFuture::rejected(reject(&self.engine, GiveUp::QueueFull)),
-            Acquire::Queued {
-                waiter,
-                codel_until,
-            } => {
-                // The waiting request keeps the instance that was polled
-                // ready; this service continues with a fresh clone.
-                let clone = self.inner.clone();
-                let service = std::mem::replace(&mut self.inner, clone);
-                // The request's own deadline, or the task-local one.
-                let deadline = crate::deadline::of(&req);
-                ResponseFuture::waiting(
-                    waiter,
-                    service,
-                    req,
-                    now,
-                    codel_until,
-                    &self.engine,
-                    deadline,
-                )
-            }
+/// A call through the bulkhead `engine` to `inner` (already polled
+/// ready), without a reserved permit: admitted at once when a permit is
+/// free; otherwise refused, or (with a queue, outside backpressure mode)
+/// queued with a clone of `inner` in the response future. The bulkhead's
+/// `call`, and a tenant's bulkhead in the server stack, which picks the
+/// engine per request.
+#[inline(always)]
+pub(crate) fn admit<S, M, Req>(
+    engine: &Striped<Engine>,
+    backpressure: bool,
+    inner: &mut S,
+    req: Req,
+) -> ResponseFuture<S, Req, M>
+where
+    S: Service<Req> + Clone,
+    S::Error: Into<BoxError>,
+    Req: crate::deadline::HasDeadline,
+    M: Hold<S::Response>,
+{
+    if let Some(permit) = engine.try_acquire() {
+        return ResponseFuture::running(permit, || inner.call(req));
+    }
+    call_without_permit(engine, backpressure, inner, req)
+}
+
+/// No permit free: refused at once, or queued. Out of line, so that an
+/// admitted call's `call` stays small.
+#[inline(never)]
+fn call_without_permit<S, M, Req>(
+    engine: &Striped<Engine>,
+    backpressure: bool,
+    inner: &mut S,
+    req: Req,
+) -> ResponseFuture<S, Req, M>
+where
+    S: Service<Req> + Clone,
+    S::Error: Into<BoxError>,
+    Req: crate::deadline::HasDeadline,
+    M: Hold<S::Response>,
+{
+    if backpressure || engine.settings.max_queue == 0 {
+        // No queue, or (backpressure mode) `call` without a reserved
+        // permit while none is free: refuse at once.
+        return ResponseFuture::rejected(reject(engine, GiveUp::QueueFull));
+    }
+    let now = crate::clock::edge_now();
+    match engine.acquire(None, Some(now)) {
+        Acquire::Permit(permit) => ResponseFuture::running(permit, || inner.call(req)),
+        Acquire::Full => ResponseFuture::rejected(reject(engine, GiveUp::QueueFull)),
+        Acquire::Queued {
+            waiter,
+            codel_until,
+        } => {
+            // The waiting request keeps the instance that was polled
+            // ready; the caller's service continues with a fresh clone.
+            let clone = inner.clone();
+            let service = std::mem::replace(inner, clone);
+            // The request's own deadline, or the task-local one.
+            let deadline = crate::deadline::of(&req);
+            ResponseFuture::waiting(waiter, service, req, now, codel_until, engine, deadline)
         }
     }
 }

@@ -145,16 +145,16 @@ const LAST_USED_GRAIN: u64 = 1_000_000_000;
 /// The least time between two eviction sweeps: 1 s.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
-struct Entry<L> {
-    layer: L,
+pub(crate) struct Entry<L> {
+    pub(crate) layer: L,
     /// Nanoseconds since the table's origin of the last call.
     last_used: AtomicU64,
 }
 
-struct Table<X, F, L> {
+pub(crate) struct Table<X, F, L> {
     name: Name,
     observer: Observer,
-    extractor: X,
+    pub(crate) extractor: X,
     factory: F,
     /// At most `max_keys`, swept at most once a second (so a spray of new
     /// keys at the cap costs a map read each, not a walk of the table).
@@ -176,7 +176,7 @@ where
     /// The entry of `key`: a map read for a known key; a new instance for a
     /// new one (after evicting idle keys when the table is full), or the
     /// overflow instance when no room is left.
-    fn entry(&self, key: Option<Key>) -> Arc<Entry<L>> {
+    pub(crate) fn entry(&self, key: Option<Key>) -> Arc<Entry<L>> {
         let now = self.nanos(crate::clock::edge_now());
         let Some(key) = key else {
             return self.overflow.clone();
@@ -234,7 +234,7 @@ where
 
 /// A layer per key; see the [module docs](self).
 pub struct KeyedLayer<X, F, L> {
-    table: Arc<Table<X, F, L>>,
+    pub(crate) table: Arc<Table<X, F, L>>,
 }
 
 impl<X, F, L> Clone for KeyedLayer<X, F, L> {

@@ -303,4 +303,4 @@ pub use self::server::{
     ServerCore, ServerStack, ServerStackBuilder, ServerStackLayer, ServerStackService,
 };
 #[cfg(feature = "keyed")]
-pub use self::tenants::{TenantBulkhead, TenantBulkheadLayer, TenantBulkheads};
+pub use self::tenants::{TenantBulkhead, TenantBulkheadLayer, TenantBulkheads, TenantFuture};

@@ -1,16 +1,23 @@
 //! A bulkhead per tenant inside the server stack (feature `keyed`).
 
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use pin_project_lite::pin_project;
 use tower_layer::Layer;
+use tower_service::Service;
 
 use super::part::StackPart;
 use crate::bulkhead::{BulkheadBuilder, BulkheadHandle, BulkheadLayer};
-use crate::error::ConfigError;
-use crate::keyed::{Keyed, KeyedLayer};
+use crate::error::{BoxError, ConfigError};
+use crate::hold::Head;
+use crate::keyed::{Entry, KeyedLayer, Table};
 use crate::observe::Observer;
-use crate::rate_limit::Key;
+use crate::rate_limit::{Key, KeyExtractor};
 
 /// A tenant's bulkhead starts with a queue of 4: a tenant's own random
 /// bursts wait a little instead of being refused (`tests/tenants`, four
@@ -139,20 +146,98 @@ impl<S, X> Layer<S> for TenantBulkheadLayer<X> {
 
     fn layer(&self, inner: S) -> Self::Service {
         TenantBulkhead {
-            inner: self.keyed.layer(inner),
+            inner,
+            table: self.keyed.table.clone(),
         }
     }
 }
 
 /// The service of a [`TenantBulkheadLayer`]: each request through its
-/// tenant's bulkhead, around a clone of the stack's inner part. A named
-/// type, forwarding `poll_ready` and `call`.
+/// tenant's bulkhead. The tenant's bulkhead is found in the table as the
+/// request comes in, and the request goes on to the service inside at once
+/// when it has a place (no clone of the service inside, no allocation);
+/// one that waits in its tenant's queue takes a clone along, as a
+/// [`Bulkhead`](crate::bulkhead::Bulkhead) does.
+///
+/// `poll_ready` is the inner service's.
 pub struct TenantBulkhead<S, X> {
-    inner: Keyed<S, X, TenantFactory, BulkheadLayer>,
+    inner: S,
+    table: Arc<Table<X, TenantFactory, BulkheadLayer>>,
 }
 
-wrapper_service!(
-    TenantBulkhead<S, X>,
-    Keyed<S, X, TenantFactory, BulkheadLayer>,
+impl<S: Clone, X> Clone for TenantBulkhead<S, X> {
+    fn clone(&self) -> Self {
+        TenantBulkhead {
+            inner: self.inner.clone(),
+            table: self.table.clone(),
+        }
+    }
+}
+
+impl<S: fmt::Debug, X> fmt::Debug for TenantBulkhead<S, X> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TenantBulkhead")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, X, Req> Service<Req> for TenantBulkhead<S, X>
+where
+    S: Service<Req> + Clone,
+    S::Error: Into<BoxError>,
+    X: KeyExtractor<Req>,
+    Req: crate::deadline::HasDeadline,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = TenantFuture<S, Req>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    #[inline]
+    fn call(&mut self, req: Req) -> Self::Future {
+        let entry = self.table.entry(self.table.extractor.extract(&req).ok());
+        let inner = crate::bulkhead::admit(entry.layer.engine(), false, &mut self.inner, req);
+        TenantFuture {
+            inner,
+            _entry: entry,
+        }
+    }
+}
+
+pin_project! {
+    /// The response future of a [`TenantBulkhead`]: the tenant's
+    /// bulkhead's. It holds the tenant's entry, so that a tenant with a call
+    /// in flight is never evicted.
+    pub struct TenantFuture<S, Req>
     where
-);
+        S: Service<Req>,
+    {
+        #[pin]
+        inner: crate::bulkhead::ResponseFuture<S, Req, Head>,
+        _entry: Arc<Entry<BulkheadLayer>>,
+    }
+}
+
+impl<S: Service<Req>, Req> fmt::Debug for TenantFuture<S, Req> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TenantFuture").finish_non_exhaustive()
+    }
+}
+
+impl<S, Req> Future for TenantFuture<S, Req>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+{
+    type Output = Result<S::Response, BoxError>;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.project().inner.poll(cx)
+    }
+}

@@ -343,29 +343,75 @@ mod http_requests {
     /// caller's is shorter, and a first attempt is not marked.
     #[test]
     fn http_server_preset_costs_one_extension_insert() {
-        use http_body::Body as _;
         let stack = seawall::stack::ServerStack::http("api")
             .total_budget(Duration::from_secs(5))
             .build()
             .unwrap();
-        let mut svc = stack.layer(service_fn(|_: http::Request<_>| {
+        let per_call = server_preset_per_call(stack.layer(handler()), None);
+        println!("http server preset with a header deadline: {per_call} allocations per call");
+        // One extension insert into an empty `http::Extensions`: its box,
+        // its table and the value's box.
+        assert_eq!(per_call, 3.0, "one extension insert");
+    }
+
+    /// A bulkhead per tenant adds no allocation for a tenant already in
+    /// its table: a map read, the tenant's bulkhead made once.
+    #[test]
+    fn http_server_preset_with_tenant_bulkheads_costs_the_same() {
+        let stack = seawall::stack::ServerStack::http("api")
+            .total_budget(Duration::from_secs(5))
+            .tenant_bulkhead(
+                seawall::rate_limit::HeaderKey::new(http::HeaderName::from_static("x-tenant")),
+                4,
+                |b| b,
+            )
+            .build()
+            .unwrap();
+        let per_call = server_preset_per_call(stack.layer(handler()), Some("acme"));
+        println!("http server preset with tenant bulkheads: {per_call} allocations per call");
+        assert_eq!(per_call, 3.0, "one extension insert, nothing per tenant");
+        assert_eq!(stack.tenants().len(), 1);
+    }
+
+    fn handler() -> impl Service<
+        http::Request<seawall::body::CallBody<()>>,
+        Response = Res,
+        Error = BoxError,
+        Future: Send,
+    > + Clone {
+        service_fn(|_: http::Request<_>| {
             std::future::ready(Ok::<_, BoxError>(http::Response::new(
                 http_body_util::Full::new(bytes::Bytes::from_static(b"ok")),
             )))
-        }));
+        })
+    }
+
+    /// Allocations per call through a server preset's service, with the
+    /// caller's deadline in a header (and `x-tenant: tenant` if given), the
+    /// answer's body read to its end; the request's own (its header map's
+    /// tables and values), measured alone, taken off.
+    fn server_preset_per_call<S, B>(mut svc: S, tenant: Option<&str>) -> f64
+    where
+        S: Service<
+                http::Request<()>,
+                Response = http::Response<B>,
+                Error = std::convert::Infallible,
+            >,
+        B: http_body::Body<Error: std::fmt::Debug>,
+    {
         let rt = runtime();
         let _guard = rt.enter();
         let mut cx = Context::from_waker(Waker::noop());
+        let request = || {
+            let mut b = http::Request::builder().header("x-request-timeout-ms", "500");
+            if let Some(t) = tenant {
+                b = b.header("x-tenant", t);
+            }
+            b.body(()).unwrap()
+        };
         let mut call = || {
-            assert!(matches!(
-                tower::Service::<http::Request<()>>::poll_ready(&mut svc, &mut cx),
-                Poll::Ready(Ok(()))
-            ));
-            let req = http::Request::builder()
-                .header("x-request-timeout-ms", "500")
-                .body(())
-                .unwrap();
-            let mut fut = pin!(svc.call(req));
+            assert!(matches!(svc.poll_ready(&mut cx), Poll::Ready(Ok(()))));
+            let mut fut = pin!(svc.call(request()));
             let Poll::Ready(Ok(res)) = fut.as_mut().poll(&mut cx) else {
                 panic!("answered at once")
             };
@@ -383,22 +429,7 @@ mod http_requests {
                 call();
             }
         });
-        let per_call = allocs as f64 / CALLS as f64;
-        println!("http server preset with a header deadline: {per_call} allocations per call");
-        // The request itself (its header map's tables and the header's
-        // value) is built inside the count: measured alone, and taken off.
-        let (request_allocs, _) = count_allocations(|| {
-            http::Request::builder()
-                .header("x-request-timeout-ms", "500")
-                .body(())
-                .unwrap()
-        });
-        // One extension insert into an empty `http::Extensions`: its box,
-        // its table and the value's box.
-        assert_eq!(
-            per_call - request_allocs as f64,
-            3.0,
-            "one extension insert"
-        );
+        let (request_allocs, _) = count_allocations(request);
+        (allocs - request_allocs * CALLS as u64) as f64 / CALLS as f64
     }
 }
