@@ -308,7 +308,6 @@ async fn run_async(scenario: Replicas, protection: Protection) -> Result<Replica
     let client = tower::util::BoxCloneService::<u64, u64, BoxError>::new(
         ClientStack::builder("replicas")
             .total_budget(scenario.deadline)
-            .attempt_timeout(scenario.deadline / 2)
             // The seed only makes the backoff draws reproducible from run
             // to run (by default they are seeded from the OS).
             .retry(|r| r.seed(0x5EA_3A11))

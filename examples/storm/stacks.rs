@@ -9,7 +9,7 @@
 //!   RetryLayer               at most 3 attempts, jittered backoff, retry budget
 //!     CircuitBreakerLayer    stop calling a backend that fails; probe to come back
 //!       BulkheadLayer        this client's attempts in flight
-//!         AttemptTimeoutLayer  500 ms per attempt (never past the deadline)
+//!         AttemptTimeoutLayer  500 ms per attempt: half the budget, by default (never past the deadline)
 //! ```
 //!
 //! Server, in front of the backend:
@@ -100,7 +100,6 @@ fn client(
     let stack = ClientStack::builder(name.to_owned())
         .observer(observer.clone())
         .total_budget(scenario.deadline)
-        .attempt_timeout(Duration::from_millis(500))
         .retry(|r| r.seed(scenario.seed))
         .build()?;
     if !breaker {

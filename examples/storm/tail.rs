@@ -245,11 +245,7 @@ async fn run_async(tail: Tail, mode: TailMode) -> Result<TailRun, BoxError> {
         brownout_at: Duration::from_secs(tail.tail_secs),
         seed: tail.seed,
     };
-    let stack = || {
-        ClientStack::builder("tail")
-            .total_budget(tail.deadline)
-            .attempt_timeout(tail.deadline / 2)
-    };
+    let stack = || ClientStack::builder("tail").total_budget(tail.deadline);
     let svc: Svc = match mode {
         TailMode::Plain => Svc::new(stack().build()?.layer(backend)),
         TailMode::Hedged => Svc::new(stack().hedge(|h| h).build()?.layer(backend)),

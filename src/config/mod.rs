@@ -169,7 +169,8 @@ pub struct ClientSettings {
     /// The total budget of a request (required to build).
     #[serde(default, deserialize_with = "duration::opt")]
     pub total_budget: Option<Duration>,
-    /// The limit of each attempt (required to build).
+    /// The limit of each attempt (default: half the total budget, or all
+    /// of it with one attempt).
     #[serde(default, deserialize_with = "duration::opt")]
     pub attempt_timeout: Option<Duration>,
     /// The breaker's slow-call duration.

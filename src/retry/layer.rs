@@ -293,6 +293,12 @@ impl<P> RetryLayerBuilder<P> {
         self
     }
 
+    /// The attempts set so far (the stacks' default attempt timeout
+    /// depends on whether a retry can follow).
+    pub(crate) fn max_attempts_setting(&self) -> u32 {
+        self.settings.max_attempts
+    }
+
     /// The backoff's base and cap set so far.
     #[cfg(feature = "serde")]
     pub(crate) fn backoff_bounds(&self) -> (Duration, Duration) {

@@ -64,6 +64,9 @@ pub struct ClientStackLayer<
     limit: AdaptiveLimitLayer,
     bulkhead: BulkheadLayer,
     attempt: AttemptTimeoutLayer,
+    // The attempt timeout was set on the builder (not the budget's
+    // default): a reload checks it as the next build will take it.
+    attempt_set: bool,
     inner: L,
     outer: O,
 }
@@ -166,6 +169,12 @@ impl<P, C, L, O, H> ClientStackLayer<P, C, L, O, H> {
         &self.attempt
     }
 
+    /// Whether the attempt timeout was set on the builder.
+    #[cfg_attr(not(feature = "serde"), allow(dead_code))]
+    pub(crate) fn attempt_set(&self) -> bool {
+        self.attempt_set
+    }
+
     /// The optional innermost layer ([`Identity`](tower::layer::util::Identity)
     /// when none was configured).
     pub fn innermost(&self) -> &L {
@@ -211,6 +220,7 @@ where
             limit: self.limit.clone(),
             bulkhead: self.bulkhead.clone(),
             attempt: self.attempt.clone(),
+            attempt_set: self.attempt_set,
             inner: self.inner.clone(),
             outer: self.outer.clone(),
         }
@@ -246,10 +256,10 @@ impl ClientStack {
     /// `payments.retry`, `payments.breaker`, `payments.bulkhead`,
     /// `payments.attempt` and, with propagation, `payments.propagate`.
     ///
-    /// [`total_budget`](ClientStackBuilder::total_budget) and
-    /// [`attempt_timeout`](ClientStackBuilder::attempt_timeout) must be set;
-    /// every other setting has the default of its layer, except the ones the
-    /// stack chooses (listed on [`ClientStackBuilder`]).
+    /// [`total_budget`](ClientStackBuilder::total_budget) must be set;
+    /// [`attempt_timeout`](ClientStackBuilder::attempt_timeout) defaults to
+    /// half of it; every other setting has the default of its layer, except
+    /// the ones the stack chooses (listed on [`ClientStackBuilder`]).
     ///
     /// For an HTTP or gRPC dependency, start from a protocol preset
     /// instead (`ClientStack::http` with feature `http`, `ClientStack::grpc`
@@ -434,7 +444,14 @@ impl<P, C, L, O, H> ClientStackBuilder<P, C, L, O, H> {
         self
     }
 
-    /// The time limit of each attempt (required; at most the total budget).
+    /// The time limit of each attempt (at most the total budget). Default:
+    /// half the total budget, which leaves room for a retry after an
+    /// attempt that timed out (the storm runs 1 s and 500 ms), or the whole
+    /// budget with `max_attempts(1)`. Set it when half the budget is not
+    /// at least twice the dependency's usual latency and above its slow
+    /// but healthy latency (see the README's "Choosing the budgets"), and
+    /// for a budget under 140 ms, where half of it leaves no room for the
+    /// first backoff (`build` says so).
     pub fn attempt_timeout(mut self, per_try: Duration) -> Self {
         self.common.attempt_timeout = Some(per_try);
         self
@@ -575,7 +592,7 @@ impl<P, C, L, O, H> ClientStackBuilder<P, C, L, O, H> {
     ///
     /// A [`ConfigError`] (layer `"client_stack"`) when:
     ///
-    /// - `total_budget` or `attempt_timeout` was not set;
+    /// - `total_budget` was not set;
     /// - `attempt_timeout` is above `total_budget`;
     /// - with `max_attempts` of 2 or more, the retry schedule does not fit the
     ///   budget: `attempt_timeout` plus the longest first backoff (the first
@@ -616,10 +633,11 @@ impl<P, C, L, O, H> ClientStackBuilder<P, C, L, O, H> {
             .common
             .total_budget
             .ok_or_else(|| ConfigError::new(KIND, "total_budget must be set"))?;
+        let attempt_set = self.common.attempt_timeout.is_some();
         let per_try = self
             .common
             .attempt_timeout
-            .ok_or_else(|| ConfigError::new(KIND, "attempt_timeout must be set"))?;
+            .unwrap_or_else(|| default_attempt_timeout(total, self.retry.max_attempts_setting()));
         let obs = self.common.observer.as_ref();
 
         // The deadline travels with the call inside the stack (and as a
@@ -676,7 +694,20 @@ impl<P, C, L, O, H> ClientStackBuilder<P, C, L, O, H> {
                 min_remaining: retry.min_remaining(),
             },
             slow,
-        )?;
+        )
+        .map_err(|e| {
+            if attempt_set {
+                e
+            } else {
+                ConfigError::new(
+                    KIND,
+                    format!(
+                        "{} (attempt_timeout was not set: it defaults to half the total_budget)",
+                        e.message()
+                    ),
+                )
+            }
+        })?;
         let mut breaker = match slow {
             Some(slow) => self.breaker.slow_call_duration(slow),
             None => self.breaker,
@@ -697,6 +728,7 @@ impl<P, C, L, O, H> ClientStackBuilder<P, C, L, O, H> {
             limit,
             bulkhead,
             attempt,
+            attempt_set,
             inner,
             outer: self.outer,
         })
@@ -802,6 +834,13 @@ pub(crate) struct Schedule {
 /// build and at reload: the attempt timeout within the total budget, room
 /// for a second attempt, and a slow-call duration, when set, below the
 /// attempt timeout.
+/// The attempt timeout a client stack takes when none is set: half the
+/// total budget, room for a retry after an attempt that timed out (the
+/// storm's 1 s and 500 ms), or the whole budget when no retry can follow.
+pub(crate) fn default_attempt_timeout(total: Duration, max_attempts: u32) -> Duration {
+    if max_attempts >= 2 { total / 2 } else { total }
+}
+
 pub(crate) fn check_schedule(s: Schedule, slow: Option<Duration>) -> Result<(), ConfigError> {
     let Schedule {
         total,

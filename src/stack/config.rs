@@ -424,9 +424,18 @@ impl<P, C: Send + Sync + 'static, L, O, H> ClientStackLayer<P, C, L, O, H> {
         super::client::check_schedule(
             super::client::Schedule {
                 total: s.total_budget.unwrap_or(self.deadline().budget()),
-                per_try: s
-                    .attempt_timeout
-                    .unwrap_or(self.attempt_timeout().per_try()),
+                // What the next build takes: the file's, or the one set on
+                // the builder, or the default from the budget it will have.
+                per_try: s.attempt_timeout.unwrap_or_else(|| {
+                    if self.attempt_set() {
+                        self.attempt_timeout().per_try()
+                    } else {
+                        super::client::default_attempt_timeout(
+                            s.total_budget.unwrap_or(self.deadline().budget()),
+                            s.retry.max_attempts.unwrap_or(retry.max_attempts()),
+                        )
+                    }
+                }),
                 max_attempts: s.retry.max_attempts.unwrap_or(retry.max_attempts()),
                 backoff,
                 min_remaining: retry.min_remaining(),

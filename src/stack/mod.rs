@@ -143,7 +143,7 @@
 //!
 //! | rule | message |
 //! |---|---|
-//! | both durations set | `total_budget must be set`, `attempt_timeout must be set` |
+//! | `total_budget` set (`attempt_timeout` defaults to half of it) | `total_budget must be set` |
 //! | `attempt_timeout ≤ total_budget` | `attempt_timeout must be at most total_budget (…), got …` |
 //! | with `max_attempts ≥ 2`: `attempt_timeout + longest first backoff + min_remaining ≤ total_budget` | `retry schedule does not fit total_budget (…): …` |
 //! | `slow_call_duration < attempt_timeout` (when set) | `slow_call_duration must be below attempt_timeout (…), got …` |

@@ -994,6 +994,38 @@ async fn a_reload_refuses_a_section_its_next_build_would_refuse() {
     assert_eq!(payments.bulkhead_handle().max_concurrent(), 7);
 }
 
+/// A stack with no attempt timeout set has half its total budget: a reload
+/// of the budget alone is checked with half the new budget, as the next
+/// build will take it.
+#[tokio::test(start_paused = true)]
+async fn a_reload_checks_the_default_attempt_timeout_against_the_new_budget() {
+    let payments = ClientStack::builder("payments")
+        .total_budget(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    assert_eq!(
+        payments.attempt_timeout().per_try(),
+        Duration::from_millis(500)
+    );
+    let section = |text: &str| {
+        toml::from_str::<ServiceConfig>(text)
+            .unwrap()
+            .client_settings("payments")
+            .unwrap()
+            .clone()
+    };
+    // 2 s: 1 s attempts fit.
+    payments
+        .reload(&section("[clients.payments]\ntotal_budget = \"2s\""))
+        .unwrap();
+    // 100 ms: 50 ms attempts leave no room for the first backoff.
+    let e = payments
+        .reload(&section("[clients.payments]\ntotal_budget = \"100ms\""))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("attempt_timeout (50ms)"), "{e}");
+}
+
 /// A slow-call time set in code stays at the next build when the file sets
 /// none: a reload to an attempt timeout at or below it is refused, as that
 /// build would be (it was taken).

@@ -72,15 +72,54 @@ fn client_err(b: seawall::stack::ClientStackBuilder) -> String {
 }
 
 #[test]
-fn client_requires_both_durations() {
+fn client_requires_its_total_budget() {
     assert_eq!(
         client_err(ClientStack::builder("p").attempt_timeout(ms(300))),
         "invalid client_stack configuration: total_budget must be set"
     );
-    assert_eq!(
-        client_err(ClientStack::builder("p").total_budget(ms(300))),
-        "invalid client_stack configuration: attempt_timeout must be set"
+}
+
+/// The attempt timeout defaults to half the total budget (room for a
+/// retry after an attempt that timed out), or all of it when no retry can
+/// follow; a budget too short for half of it and the first backoff is
+/// refused, saying the attempt timeout was the default.
+#[test]
+fn client_attempt_timeout_defaults_to_half_the_budget() {
+    let stack = ClientStack::builder("p")
+        .total_budget(ms(1000))
+        .build()
+        .unwrap();
+    assert_eq!(stack.attempt_timeout().per_try(), ms(500));
+    let stack = ClientStack::builder("p")
+        .total_budget(ms(1000))
+        .retry(|r| r.max_attempts(1))
+        .build()
+        .unwrap();
+    assert_eq!(stack.attempt_timeout().per_try(), ms(1000));
+    #[cfg(feature = "http")]
+    {
+        let stack = ClientStack::http("p")
+            .total_budget(ms(2000))
+            .build()
+            .unwrap();
+        assert_eq!(stack.attempt_timeout().per_try(), ms(1000));
+    }
+    let err = client_err(ClientStack::builder("p").total_budget(ms(100)));
+    assert!(
+        err.starts_with("invalid client_stack configuration: retry schedule does not fit total_budget (100ms): attempt_timeout (50ms)"),
+        "{err}"
     );
+    assert!(
+        err.ends_with("(attempt_timeout was not set: it defaults to half the total_budget)"),
+        "{err}"
+    );
+    // Set, it is taken as it is.
+    let stack = ClientStack::builder("p")
+        .total_budget(ms(100))
+        .attempt_timeout(ms(30))
+        .build()
+        .unwrap();
+    assert_eq!(stack.attempt_timeout().per_try(), ms(30));
 }
 
 #[test]
