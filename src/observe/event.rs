@@ -332,6 +332,12 @@ pub enum EventKind {
     /// A stateful layer changed state (and once as a breaker is built, from
     /// its state to itself, so that a state gauge has its value from the
     /// start).
+    ///
+    /// A breaker opens from `Closed` once per outage, then again from
+    /// `HalfOpen` after each failed probe: with the defaults (open 100 ms,
+    /// then one probe) about ten times a second while the dependency is
+    /// down. To count or alert on outages, take the changes from `Closed`
+    /// to `Open`, and their end from `HalfOpen` to `Closed`.
     StateChanged {
         /// The state left.
         from: State,

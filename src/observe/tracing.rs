@@ -5,7 +5,9 @@ use super::{Event, EventKind, Hook, State};
 ///
 /// Levels: calls at `trace`; rejections, retries and ignored input at `debug`;
 /// state transitions at `info` (`warn` when a breaker opens or a backend
-/// degrades); limit changes and an exhausted retry budget (one event per
+/// degrades; a breaker that opens again after a failed probe, about ten
+/// times a second through an outage with the defaults, at `debug`: the
+/// outage was said once as it opened); limit changes and an exhausted retry budget (one event per
 /// retry refused) at `debug`; backend errors at `warn`.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct TracingHook;
@@ -60,6 +62,18 @@ impl Hook for TracingHook {
                         name,
                         state = to.as_str(),
                         "initial state"
+                    )
+                } else if from == State::HalfOpen && to == State::Open {
+                    // A failed probe: the outage goes on.
+                    tracing::debug!(
+                        target: "seawall",
+                        layer,
+                        name,
+                        from = from.as_str(),
+                        to = to.as_str(),
+                        failure_rate,
+                        slow_call_rate,
+                        "probe failed, open again"
                     )
                 } else if matches!(
                     to,

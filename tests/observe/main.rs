@@ -207,6 +207,18 @@ fn tracing_hook_levels_and_fields() {
                 slow_call_rate: Some(0.0),
             },
         );
+        // A failed probe: open again, about ten times a second through an
+        // outage; said at debug, not as a warning each time.
+        obs.emit(
+            LayerKind::CircuitBreaker,
+            "payments",
+            EventKind::StateChanged {
+                from: State::HalfOpen,
+                to: State::Open,
+                failure_rate: Some(1.0),
+                slow_call_rate: Some(0.0),
+            },
+        );
         obs.emit(
             LayerKind::CircuitBreaker,
             "payments",
@@ -220,14 +232,20 @@ fn tracing_hook_levels_and_fields() {
     });
     let out = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
     let lines: Vec<&str> = out.lines().collect();
-    assert_eq!(lines.len(), 3, "{out}");
+    assert_eq!(lines.len(), 4, "{out}");
     assert!(lines[0].starts_with("DEBUG"), "{}", lines[0]);
     assert!(lines[0].contains("reason=\"rate_limited\""), "{}", lines[0]);
     assert!(lines[0].contains("retry_after_s=0.4"), "{}", lines[0]);
     assert!(lines[0].contains("name=\"api\""), "{}", lines[0]);
     assert!(lines[1].starts_with(" WARN"), "{}", lines[1]);
     assert!(lines[1].contains("to=\"open\""), "{}", lines[1]);
-    assert!(lines[2].starts_with(" INFO"), "{}", lines[2]);
+    assert!(lines[2].starts_with("DEBUG"), "{}", lines[2]);
+    assert!(
+        lines[2].contains("probe failed, open again"),
+        "{}",
+        lines[2]
+    );
+    assert!(lines[3].starts_with(" INFO"), "{}", lines[3]);
 }
 
 #[tokio::test(start_paused = true)]

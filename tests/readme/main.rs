@@ -11,7 +11,7 @@ use tower::ServiceExt;
 async fn quick_start_server_stack() -> Result<(), seawall::BoxError> {
     // --- README quick start begins ---
     let stack = ServerStack::http("api")
-        .total_budget(Duration::from_secs(5)) // no request may hold the server longer
+        .total_budget(Duration::from_millis(950)) // a little under what callers wait (1 s)
         .build()?; // refuses nonsense: a handler timeout above the budget, …
 
     let app: Router = Router::new()
@@ -32,6 +32,10 @@ async fn quick_start_server_stack() -> Result<(), seawall::BoxError> {
         .header("grpc-timeout", "1H")
         .body(Body::empty())?;
     assert_eq!(app.oneshot(greedy).await?.status(), 200);
+    // The README's closure hook compiles as written.
+    let _observer = seawall::Observer::new(|e: &seawall::observe::Event<'_>| {
+        println!("{} {}: {:?}", e.layer.as_str(), e.name, e.kind)
+    });
     Ok(())
 }
 
