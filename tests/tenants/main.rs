@@ -27,15 +27,18 @@ use tokio::sync::Semaphore;
 use tower::ServiceExt;
 
 /// The handler: one of 8 workers for 20 ms (waiting for a free one in an
-/// unbounded queue, as a pool does).
+/// unbounded queue, as a pool does); 400 ms for the tenant `slow`, whose
+/// requests are expensive.
 fn app(workers: Arc<Semaphore>) -> Router {
     Router::new().route(
         "/",
-        get(move || {
+        get(move |headers: http::HeaderMap| {
             let workers = workers.clone();
+            let slow = headers.get("x-tenant").is_some_and(|t| t == "slow");
             async move {
                 let _worker = workers.acquire().await.expect("open");
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                let ms = if slow { 400 } else { 20 };
+                tokio::time::sleep(Duration::from_millis(ms)).await;
                 "done"
             }
         }),
@@ -97,8 +100,13 @@ async fn run(router: Router) -> Vec<Tally> {
 /// seed (a quiet tenant's requests come in random bursts, as real ones
 /// do); the noisy tenant sends `noisy` a second.
 async fn run_with(router: Router, noisy: f64) -> Vec<Tally> {
+    run_tenants(router, "noisy", noisy).await
+}
+
+/// [`run_with`], the first tenant named `first`.
+async fn run_tenants(router: Router, first: &'static str, rate: f64) -> Vec<Tally> {
     let tenants: [(&str, f64); 5] = [
-        ("noisy", noisy),
+        (first, rate),
         ("quiet-1", 40.0),
         ("quiet-2", 40.0),
         ("quiet-3", 40.0),
@@ -205,6 +213,50 @@ async fn a_bulkhead_per_tenant_keeps_a_noisy_tenant_from_starving_the_quiet_ones
     );
     assert_eq!(quiet_served(&calm), 1.0);
     assert!(calm_queueless < 1.0 && flood_queueless < 1.0);
+}
+
+/// A tenant whose requests are slow rather than many: 25 a second of
+/// 400 ms each want 10 of the handler's 8 workers. Without protection the
+/// quiet tenants are served (their 20 ms fit in what is left of a second
+/// after the queue's wait) and the slow tenant's requests mostly pass
+/// their deadline in the queue; the preset alone refuses every request
+/// alike, whatever it costs, so the slow tenant's load costs the quiet
+/// ones too; a bulkhead per tenant holds the slow tenant to its 4
+/// workers: the quiet tenants served in full, and the slow one more than
+/// with no protection.
+#[tokio::test(start_paused = true)]
+async fn a_tenant_of_slow_requests_is_kept_to_its_share() {
+    let none = run_tenants(app(Arc::new(Semaphore::new(8))), "slow", 25.0).await;
+    let preset = run_tenants(
+        app(Arc::new(Semaphore::new(8))).layer(
+            ServerStack::http("api")
+                .total_budget(Duration::from_secs(5))
+                .build()
+                .unwrap(),
+        ),
+        "slow",
+        25.0,
+    )
+    .await;
+    let recipe = run_tenants(
+        per_tenant(app(Arc::new(Semaphore::new(8)))).unwrap(),
+        "slow",
+        25.0,
+    )
+    .await;
+    let served = [&none, &preset, &recipe].map(|t| quiet_served(t));
+    println!(
+        "slow tenant: quiet tenants served within 1 s: none {:.3}, preset {:.3}, per tenant {:.3}; \
+         the slow one {} / {} / {} of {}",
+        served[0], served[1], served[2], none[0].served, preset[0].served, recipe[0].served,
+        recipe[0].sent
+    );
+    assert!(served[1] < 0.8, "{served:?}");
+    assert_eq!(served[2], 1.0, "{served:?}");
+    // Its 4 workers' worth: 10 a second of 400 ms requests, 50 in 5 s;
+    // with no protection, most of its requests waited past their deadline.
+    assert!((40..=55).contains(&recipe[0].served), "{recipe:?}");
+    assert!(recipe[0].served > 2 * none[0].served, "{none:?}");
 }
 
 #[cfg(feature = "tonic")]
