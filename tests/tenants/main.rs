@@ -248,7 +248,12 @@ async fn a_tenant_of_slow_requests_is_kept_to_its_share() {
     println!(
         "slow tenant: quiet tenants served within 1 s: none {:.3}, preset {:.3}, per tenant {:.3}; \
          the slow one {} / {} / {} of {}",
-        served[0], served[1], served[2], none[0].served, preset[0].served, recipe[0].served,
+        served[0],
+        served[1],
+        served[2],
+        none[0].served,
+        preset[0].served,
+        recipe[0].served,
         recipe[0].sent
     );
     assert!(served[1] < 0.8, "{served:?}");
