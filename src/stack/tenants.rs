@@ -13,7 +13,7 @@ use tower_service::Service;
 
 use super::part::StackPart;
 use crate::bulkhead::{BulkheadBuilder, BulkheadHandle, BulkheadLayer};
-use crate::error::{BoxError, ConfigError};
+use crate::error::{BoxError, ConfigError, Name};
 use crate::hold::Head;
 use crate::keyed::{Entry, KeyedLayer, Table};
 use crate::observe::Observer;
@@ -42,8 +42,6 @@ pub struct TenantBulkheads<X> {
     bulkhead: BulkheadBuilder,
     table: Name,
 }
-
-type Name = crate::error::Name;
 
 impl<X> TenantBulkheads<X> {
     pub(crate) fn new(key: X, bulkhead: BulkheadBuilder, table: Name) -> Self {
