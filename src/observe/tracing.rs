@@ -63,43 +63,33 @@ impl Hook for TracingHook {
                         state = to.as_str(),
                         "initial state"
                     )
-                } else if from == State::HalfOpen && to == State::Open {
-                    // A failed probe: the outage goes on.
-                    tracing::debug!(
-                        target: "seawall",
-                        layer,
-                        name,
-                        from = from.as_str(),
-                        to = to.as_str(),
-                        failure_rate,
-                        slow_call_rate,
-                        "probe failed, open again"
-                    )
-                } else if matches!(
-                    to,
-                    State::Open | State::ForcedOpen | State::Degraded | State::TimeoutsCommon
-                ) {
-                    tracing::warn!(
-                        target: "seawall",
-                        layer,
-                        name,
-                        from = from.as_str(),
-                        to = to.as_str(),
-                        failure_rate,
-                        slow_call_rate,
-                        "state changed"
-                    )
                 } else {
-                    tracing::info!(
-                        target: "seawall",
-                        layer,
-                        name,
-                        from = from.as_str(),
-                        to = to.as_str(),
-                        failure_rate,
-                        slow_call_rate,
-                        "state changed"
-                    )
+                    // One event, its level and message by the change.
+                    macro_rules! changed {
+                        ($level:ident, $message:literal) => {
+                            tracing::$level!(
+                                target: "seawall",
+                                layer,
+                                name,
+                                from = from.as_str(),
+                                to = to.as_str(),
+                                failure_rate,
+                                slow_call_rate,
+                                $message
+                            )
+                        };
+                    }
+                    if from == State::HalfOpen && to == State::Open {
+                        // A failed probe: the outage goes on.
+                        changed!(debug, "probe failed, open again")
+                    } else if matches!(
+                        to,
+                        State::Open | State::ForcedOpen | State::Degraded | State::TimeoutsCommon
+                    ) {
+                        changed!(warn, "state changed")
+                    } else {
+                        changed!(info, "state changed")
+                    }
                 }
             }
             EventKind::RetryScheduled { attempt, delay } => tracing::debug!(
