@@ -298,7 +298,7 @@ pub use self::preset::{
 #[cfg(feature = "http")]
 pub use self::preset::{HttpClient, HttpIngress, HttpIngressLayer, HttpOutermost, HttpServer};
 #[cfg(feature = "tonic")]
-pub use self::server::Named;
+pub use self::server::{ByMethod, ByMethodFuture, Named};
 pub use self::server::{
     ServerCore, ServerStack, ServerStackBuilder, ServerStackLayer, ServerStackService,
 };

@@ -279,6 +279,167 @@ impl<S: fmt::Debug, N: tonic::server::NamedService> fmt::Debug for Named<S, N> {
     }
 }
 
+/// Some methods of one tonic service through one service (a stack of
+/// their own), the rest through another, under the service's name: for a
+/// service whose streaming methods want budgets of their own (a stream
+/// lasts longer than a unary call should) when they cannot be moved to a
+/// service of their own in the `.proto`.
+///
+/// `methods` are full paths (`"/market.Market/Watch"`); a request whose
+/// path is one of them goes to `matched`, any other to `rest`. Its name is
+/// `matched`'s (both wrap the same tonic service, with
+/// [`ServerStackLayer::layer_named`]). `poll_ready` is ready when both
+/// are.
+///
+/// ```no_run
+/// # use std::convert::Infallible;
+/// # use std::task::{Context, Poll};
+/// # #[derive(Clone)]
+/// # struct MarketServer;
+/// # impl tonic::server::NamedService for MarketServer {
+/// #     const NAME: &'static str = "market.Market";
+/// # }
+/// # impl<B> tower::Service<http::Request<B>> for MarketServer {
+/// #     type Response = http::Response<tonic::body::Body>;
+/// #     type Error = Infallible;
+/// #     type Future = std::future::Ready<Result<Self::Response, Infallible>>;
+/// #     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+/// #         Poll::Ready(Ok(()))
+/// #     }
+/// #     fn call(&mut self, _: http::Request<B>) -> Self::Future {
+/// #         std::future::ready(Ok(tonic::Status::ok("").into_http()))
+/// #     }
+/// # }
+/// # async fn run(market: MarketServer) -> Result<(), seawall::BoxError> {
+/// use std::time::Duration;
+/// use seawall::stack::{ByMethod, ServerStack};
+///
+/// // `Watch` streams for as long as its callers watch; `Quote` answers in
+/// // milliseconds.
+/// let streams = ServerStack::grpc("market.watch")
+///     .total_budget(Duration::from_secs(3600))
+///     .build()?;
+/// let unary = ServerStack::grpc("market")
+///     .total_budget(Duration::from_millis(950))
+///     .build()?;
+/// tonic::transport::Server::builder()
+///     .add_service(ByMethod::new(
+///         ["/market.Market/Watch"],
+///         streams.layer_named(market.clone()),
+///         unary.layer_named(market),
+///     ))
+///     .serve("127.0.0.1:50051".parse()?)
+///     .await?;
+/// # Ok(())
+/// # }
+/// ```
+#[cfg(feature = "tonic")]
+#[derive(Clone, Debug)]
+pub struct ByMethod<A, B> {
+    methods: std::sync::Arc<[Box<str>]>,
+    matched: A,
+    rest: B,
+}
+
+#[cfg(feature = "tonic")]
+impl<A, B> ByMethod<A, B> {
+    /// The calls of `methods` (full paths) to `matched`, any other to
+    /// `rest`.
+    pub fn new<M: AsRef<str>>(methods: impl IntoIterator<Item = M>, matched: A, rest: B) -> Self {
+        ByMethod {
+            methods: methods.into_iter().map(|m| Box::from(m.as_ref())).collect(),
+            matched,
+            rest,
+        }
+    }
+}
+
+#[cfg(feature = "tonic")]
+impl<A: tonic::server::NamedService, B> tonic::server::NamedService for ByMethod<A, B> {
+    const NAME: &'static str = A::NAME;
+}
+
+#[cfg(feature = "tonic")]
+impl<A, B, Body> tower_service::Service<http::Request<Body>> for ByMethod<A, B>
+where
+    A: tower_service::Service<http::Request<Body>>,
+    B: tower_service::Service<http::Request<Body>, Response = A::Response, Error = A::Error>,
+{
+    type Response = A::Response;
+    type Error = A::Error;
+    type Future = ByMethodFuture<A::Future, B::Future>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        let matched = self.matched.poll_ready(cx)?;
+        let rest = self.rest.poll_ready(cx)?;
+        if matched.is_ready() && rest.is_ready() {
+            std::task::Poll::Ready(Ok(()))
+        } else {
+            std::task::Poll::Pending
+        }
+    }
+
+    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
+        let path = req.uri().path();
+        if self.methods.iter().any(|m| **m == *path) {
+            ByMethodFuture {
+                side: Side::Matched {
+                    inner: self.matched.call(req),
+                },
+            }
+        } else {
+            ByMethodFuture {
+                side: Side::Rest {
+                    inner: self.rest.call(req),
+                },
+            }
+        }
+    }
+}
+
+#[cfg(feature = "tonic")]
+pin_project_lite::pin_project! {
+    /// The response future of [`ByMethod`]: the one of the service the
+    /// call went to.
+    #[derive(Debug)]
+    pub struct ByMethodFuture<F, G> {
+        #[pin]
+        side: Side<F, G>,
+    }
+}
+
+#[cfg(feature = "tonic")]
+pin_project_lite::pin_project! {
+    #[project = SideProj]
+    #[derive(Debug)]
+    enum Side<F, G> {
+        Matched { #[pin] inner: F },
+        Rest { #[pin] inner: G },
+    }
+}
+
+#[cfg(feature = "tonic")]
+impl<F, G, T, E> std::future::Future for ByMethodFuture<F, G>
+where
+    F: std::future::Future<Output = Result<T, E>>,
+    G: std::future::Future<Output = Result<T, E>>,
+{
+    type Output = Result<T, E>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        match self.project().side.project() {
+            SideProj::Matched { inner } => inner.poll(cx),
+            SideProj::Rest { inner } => inner.poll(cx),
+        }
+    }
+}
+
 impl<O, R, P, I, T> ServerStackLayer<O, R, P, I, T> {
     /// The optional ingress layer ([`Identity`] when none was configured).
     pub fn ingress(&self) -> &O {

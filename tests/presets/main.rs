@@ -2421,3 +2421,57 @@ async fn a_stack_per_tonic_service_keeps_the_services_name() {
     assert_eq!(started(&stock_events), 3, "demo.Stock in its own stack");
     assert_eq!(started(&health_events), 2, "demo.Health in its own stack");
 }
+
+/// `ByMethod` (the README's streaming methods in a stack of their own):
+/// one tonic service served through two stacks, the calls of the listed
+/// method through one, every other through the other, under the
+/// service's name, on a real tonic server.
+#[tokio::test]
+async fn by_method_sends_a_services_listed_methods_through_their_own_stack() {
+    use seawall::observe::{EventKind, LayerKind, Observer, Recorder};
+    use seawall::stack::ByMethod;
+    let (stream_events, unary_events) = (Recorder::new(), Recorder::new());
+    let stack = |name: &'static str, budget: Duration, rec: &Recorder| {
+        seawall::ServerStack::grpc(name)
+            .total_budget(budget)
+            .observer(Observer::new(rec.clone()))
+            .build()
+            .unwrap()
+    };
+    let streams = stack("stock.watch", Duration::from_secs(3600), &stream_events);
+    let unary = stack("stock", Duration::from_millis(950), &unary_events);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let router = tonic::transport::Server::builder().add_service(ByMethod::new(
+        ["/demo.Stock/Watch"],
+        streams.layer_named(Check::<true>),
+        unary.layer_named(Check::<true>),
+    ));
+    tokio::spawn(router.serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)));
+    let h2: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http();
+    let call = |path: &str| {
+        h2.request(
+            http::Request::post(format!("http://{addr}{path}"))
+                .header("content-type", "application/grpc")
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+    };
+    for (path, n) in [("/demo.Stock/Watch", 2), ("/demo.Stock/Get", 3)] {
+        for _ in 0..n {
+            let res = call(path).await.unwrap();
+            assert_eq!(res.headers()["grpc-status"], "0", "{path}: {res:?}");
+        }
+    }
+    let started = |rec: &Recorder| {
+        rec.count(|e| e.layer == LayerKind::AdaptiveLimit && e.kind == EventKind::CallStarted)
+    };
+    assert_eq!(
+        started(&stream_events),
+        2,
+        "Watch through the streams' stack"
+    );
+    assert_eq!(started(&unary_events), 3, "the rest through the other");
+}
