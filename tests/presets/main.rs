@@ -2369,6 +2369,27 @@ impl<const STOCK: bool, B> tower::Service<http::Request<B>> for Check<STOCK> {
     }
 }
 
+/// Serves `router` on a loopback port; the caller it returns sends an
+/// empty gRPC call to a path over HTTP/2 and gives back the answer.
+async fn serve_routes(
+    router: tonic::transport::server::Router,
+) -> impl Fn(&str) -> hyper_util::client::legacy::ResponseFuture {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(router.serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)));
+    let h2: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http();
+    move |path: &str| {
+        h2.request(
+            http::Request::post(format!("http://{addr}{path}"))
+                .header("content-type", "application/grpc")
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+    }
+}
+
 /// `ServerStackLayer::layer_named` (the README's stack per group of
 /// services, on tonic): two services on one tonic server, each in a stack
 /// of its own, are found under their own names, and each one's calls go
@@ -2389,23 +2410,12 @@ async fn a_stack_per_tonic_service_keeps_the_services_name() {
         stack("inventory", &stock_events),
         stack("api", &health_events),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let router = tonic::transport::Server::builder()
-        .add_service(calls_the_dependency.layer_named(Check::<true>))
-        .add_service(local.layer_named(Check::<false>));
-    tokio::spawn(router.serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)));
-    let h2: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new())
-        .http2_only(true)
-        .build_http();
-    let call = |path: &str| {
-        h2.request(
-            http::Request::post(format!("http://{addr}{path}"))
-                .header("content-type", "application/grpc")
-                .body(Full::new(Bytes::new()))
-                .unwrap(),
-        )
-    };
+    let call = serve_routes(
+        tonic::transport::Server::builder()
+            .add_service(calls_the_dependency.layer_named(Check::<true>))
+            .add_service(local.layer_named(Check::<false>)),
+    )
+    .await;
     for (path, n) in [("/demo.Stock/Get", 3), ("/demo.Health/Check", 2)] {
         for _ in 0..n {
             let res = call(path).await.unwrap();
@@ -2440,25 +2450,14 @@ async fn by_method_sends_a_services_listed_methods_through_their_own_stack() {
     };
     let streams = stack("stock.watch", Duration::from_secs(3600), &stream_events);
     let unary = stack("stock", Duration::from_millis(950), &unary_events);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let router = tonic::transport::Server::builder().add_service(ByMethod::new(
-        ["/demo.Stock/Watch"],
-        streams.layer_named(Check::<true>),
-        unary.layer_named(Check::<true>),
-    ));
-    tokio::spawn(router.serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)));
-    let h2: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new())
-        .http2_only(true)
-        .build_http();
-    let call = |path: &str| {
-        h2.request(
-            http::Request::post(format!("http://{addr}{path}"))
-                .header("content-type", "application/grpc")
-                .body(Full::new(Bytes::new()))
-                .unwrap(),
-        )
-    };
+    let call = serve_routes(
+        tonic::transport::Server::builder().add_service(ByMethod::new(
+            ["/demo.Stock/Watch"],
+            streams.layer_named(Check::<true>),
+            unary.layer_named(Check::<true>),
+        )),
+    )
+    .await;
     for (path, n) in [("/demo.Stock/Watch", 2), ("/demo.Stock/Get", 3)] {
         for _ in 0..n {
             let res = call(path).await.unwrap();
