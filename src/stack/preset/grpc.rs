@@ -111,8 +111,9 @@ impl StackPart for GrpcTransportPart {
 impl ClientStack {
     /// The client stack for a gRPC dependency (feature `tonic`), around a
     /// tonic `Channel`: the [generic stack](ClientStack::builder) with
-    /// what gRPC needs, so that a newcomer gets it right with the two
-    /// budgets alone.
+    /// what gRPC needs, so that a newcomer gets it right with its budget
+    /// alone (`total_budget`; each attempt gets half of it unless
+    /// `attempt_timeout` says otherwise).
     ///
     /// | part | gRPC preset |
     /// |---|---|

@@ -91,7 +91,8 @@ where
 impl ClientStack {
     /// The client stack for an HTTP dependency (feature `http`): the
     /// [generic stack](ClientStack::builder) with what HTTP needs, so that
-    /// a newcomer gets it right with the two budgets alone.
+    /// a newcomer gets it right with its budget alone (`total_budget`;
+    /// each attempt gets half of it unless `attempt_timeout` says otherwise).
     ///
     /// | part | HTTP preset |
     /// |---|---|
