@@ -285,11 +285,16 @@ impl<S: fmt::Debug, N: tonic::server::NamedService> fmt::Debug for Named<S, N> {
 /// lasts longer than a unary call should) when they cannot be moved to a
 /// service of their own in the `.proto`.
 ///
-/// `methods` are full paths (`"/market.Market/Watch"`); a request whose
-/// path is one of them goes to `matched`, any other to `rest`. Its name is
-/// `matched`'s (both wrap the same tonic service, with
-/// [`ServerStackLayer::layer_named`]). `poll_ready` is ready when both
-/// are.
+/// `methods` are full paths (`"/market.Market/Watch"`), each checked to
+/// name a method of `matched`'s service (a path of another service is
+/// refused; a method's own name cannot be checked: copy it from the
+/// `.proto`, case and all); a request whose path is one of them goes to
+/// `matched`, any other to `rest`. Its name is `matched`'s (both wrap the
+/// same tonic service, with [`ServerStackLayer::layer_named`]; any two
+/// gRPC server presets fit together, a rate limit or tenants' bulkheads
+/// in either or not). `poll_ready` is ready when both are: the server
+/// stacks wait for nothing of their own there (their refusals are
+/// answers), so one side's load does not hold the other's calls.
 ///
 /// ```no_run
 /// # use std::convert::Infallible;
@@ -327,7 +332,7 @@ impl<S: fmt::Debug, N: tonic::server::NamedService> fmt::Debug for Named<S, N> {
 ///         ["/market.Market/Watch"],
 ///         streams.layer_named(market.clone()),
 ///         unary.layer_named(market),
-///     ))
+///     )?)
 ///     .serve("127.0.0.1:50051".parse()?)
 ///     .await?;
 /// # Ok(())
@@ -342,15 +347,49 @@ pub struct ByMethod<A, B> {
 }
 
 #[cfg(feature = "tonic")]
-impl<A, B> ByMethod<A, B> {
+impl<A: tonic::server::NamedService, B> ByMethod<A, B> {
     /// The calls of `methods` (full paths) to `matched`, any other to
     /// `rest`.
-    pub fn new<M: AsRef<str>>(methods: impl IntoIterator<Item = M>, matched: A, rest: B) -> Self {
-        ByMethod {
-            methods: methods.into_iter().map(|m| Box::from(m.as_ref())).collect(),
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] (layer `"by_method"`) when a path is not
+    /// `/{service}/{Method}` with `matched`'s service name, or none is
+    /// given.
+    pub fn new<M: AsRef<str>>(
+        methods: impl IntoIterator<Item = M>,
+        matched: A,
+        rest: B,
+    ) -> Result<Self, ConfigError> {
+        let methods: std::sync::Arc<[Box<str>]> =
+            methods.into_iter().map(|m| Box::from(m.as_ref())).collect();
+        if methods.is_empty() {
+            return Err(ConfigError::new(
+                "by_method",
+                "at least one method must be given",
+            ));
+        }
+        for m in methods.iter() {
+            let method = m
+                .strip_prefix('/')
+                .and_then(|p| p.strip_prefix(A::NAME))
+                .and_then(|p| p.strip_prefix('/'));
+            if !method.is_some_and(|name| !name.is_empty() && !name.contains('/')) {
+                return Err(ConfigError::new(
+                    "by_method",
+                    format!(
+                        "{m:?} is not a method of {}: a path is \"/{}/Method\"",
+                        A::NAME,
+                        A::NAME
+                    ),
+                ));
+            }
+        }
+        Ok(ByMethod {
+            methods,
             matched,
             rest,
-        }
+        })
     }
 }
 

@@ -2344,7 +2344,7 @@ async fn a_hanging_dependency_behind_a_sheddable_route_leaves_the_other_routes_w
 
 /// A tonic service that answers every call `OK` at once, under one of two
 /// names; any request body, as tonic's generated servers take.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 struct Check<const STOCK: bool>;
 
 impl NamedService for Check<true> {
@@ -2450,12 +2450,39 @@ async fn by_method_sends_a_services_listed_methods_through_their_own_stack() {
     };
     let streams = stack("stock.watch", Duration::from_secs(3600), &stream_events);
     let unary = stack("stock", Duration::from_millis(950), &unary_events);
+    // A path of another service, or none, is refused as built.
+    let refused = |paths: &[&str]| {
+        ByMethod::new(paths.iter().copied(), Check::<true>, Check::<true>)
+            .unwrap_err()
+            .to_string()
+    };
+    let not_a_method = |path: &str| {
+        format!(
+            "invalid by_method configuration: {path:?} is not a method of demo.Stock: a path is \"/demo.Stock/Method\""
+        )
+    };
+    assert_eq!(
+        refused(&["/demo.Stock/Watch", "/demo.Stocks/Watch"]),
+        not_a_method("/demo.Stocks/Watch")
+    );
+    assert_eq!(
+        refused(&["demo.Stock/Watch"]),
+        not_a_method("demo.Stock/Watch")
+    );
+    assert_eq!(refused(&["/demo.Stock/"]), not_a_method("/demo.Stock/"));
+    assert_eq!(
+        refused(&[]),
+        "invalid by_method configuration: at least one method must be given"
+    );
     let call = serve_routes(
-        tonic::transport::Server::builder().add_service(ByMethod::new(
-            ["/demo.Stock/Watch"],
-            streams.layer_named(Check::<true>),
-            unary.layer_named(Check::<true>),
-        )),
+        tonic::transport::Server::builder().add_service(
+            ByMethod::new(
+                ["/demo.Stock/Watch"],
+                streams.layer_named(Check::<true>),
+                unary.layer_named(Check::<true>),
+            )
+            .unwrap(),
+        ),
     )
     .await;
     for (path, n) in [("/demo.Stock/Watch", 2), ("/demo.Stock/Get", 3)] {
