@@ -448,3 +448,60 @@ async fn a_tenants_queue_wait_ends_at_the_callers_deadline() {
     assert_eq!(other.status(), StatusCode::OK);
     assert_eq!(first.await.unwrap().unwrap().status(), StatusCode::OK);
 }
+
+/// The tenants' bulkheads compose with the preset's other parts in either
+/// order of the builder calls: a rate limit refuses first (429), then a
+/// full tenant (503), and another tenant is served.
+#[tokio::test(start_paused = true)]
+async fn tenant_bulkheads_and_a_rate_limit_build_in_either_order() {
+    use seawall::rate_limit::Quota;
+    let key = || HeaderKey::new(HeaderName::from_static("x-tenant"));
+    let stacks = [
+        ServerStack::http("api")
+            .total_budget(Duration::from_secs(5))
+            .rate_limit(Quota::per_minute(3), |r| r)
+            .tenant_bulkhead(key(), 1, |b| b.max_queue(0))
+            .build()
+            .unwrap(),
+        ServerStack::http("api")
+            .total_budget(Duration::from_secs(5))
+            .tenant_bulkhead(key(), 1, |b| b.max_queue(0))
+            .rate_limit(Quota::per_minute(3), |r| r)
+            .build()
+            .unwrap(),
+    ];
+    for stack in stacks {
+        let router = Router::new()
+            .route(
+                "/",
+                get(|| async {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    "done"
+                }),
+            )
+            .layer(stack);
+        let req = |tenant: &str| {
+            Request::get("/")
+                .header("x-tenant", tenant)
+                .body(Body::empty())
+                .unwrap()
+        };
+        let first = tokio::spawn(router.clone().oneshot(req("a")));
+        tokio::task::yield_now().await;
+        let statuses = [
+            router.clone().oneshot(req("a")).await.unwrap().status(),
+            router.clone().oneshot(req("b")).await.unwrap().status(),
+            router.clone().oneshot(req("c")).await.unwrap().status(),
+        ];
+        // The quota of 3 a minute is spent by a, a and b: c is rate limited.
+        assert_eq!(
+            statuses,
+            [
+                StatusCode::SERVICE_UNAVAILABLE,
+                StatusCode::OK,
+                StatusCode::TOO_MANY_REQUESTS
+            ]
+        );
+        assert_eq!(first.await.unwrap().unwrap().status(), StatusCode::OK);
+    }
+}
