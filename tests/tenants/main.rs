@@ -421,22 +421,8 @@ async fn a_tenants_queue_wait_ends_at_the_callers_deadline() {
         )
         .build()
         .unwrap();
-    let router = Router::new()
-        .route(
-            "/",
-            get(|| async {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                "done"
-            }),
-        )
-        .layer(stack);
-    let req = |tenant: &str, timeout_ms: Option<u32>| {
-        let mut b = Request::get("/").header("x-tenant", tenant);
-        if let Some(ms) = timeout_ms {
-            b = b.header("x-request-timeout-ms", ms);
-        }
-        b.body(Body::empty()).unwrap()
-    };
+    let router = one_second_handler().layer(stack);
+    let req = tenant_request;
     let first = tokio::spawn(router.clone().oneshot(req("a", None)));
     tokio::task::yield_now().await;
     let start = tokio::time::Instant::now();
@@ -471,21 +457,8 @@ async fn tenant_bulkheads_and_a_rate_limit_build_in_either_order() {
             .unwrap(),
     ];
     for stack in stacks {
-        let router = Router::new()
-            .route(
-                "/",
-                get(|| async {
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    "done"
-                }),
-            )
-            .layer(stack);
-        let req = |tenant: &str| {
-            Request::get("/")
-                .header("x-tenant", tenant)
-                .body(Body::empty())
-                .unwrap()
-        };
+        let router = one_second_handler().layer(stack);
+        let req = |tenant: &str| tenant_request(tenant, None);
         let first = tokio::spawn(router.clone().oneshot(req("a")));
         tokio::task::yield_now().await;
         let statuses = [
@@ -504,4 +477,24 @@ async fn tenant_bulkheads_and_a_rate_limit_build_in_either_order() {
         );
         assert_eq!(first.await.unwrap().unwrap().status(), StatusCode::OK);
     }
+}
+
+/// A handler that takes 1 s.
+fn one_second_handler() -> Router {
+    Router::new().route(
+        "/",
+        get(|| async {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            "done"
+        }),
+    )
+}
+
+/// A request of `tenant`, with `x-request-timeout-ms` if given.
+fn tenant_request(tenant: &str, timeout_ms: Option<u32>) -> Request<Body> {
+    let mut b = Request::get("/").header("x-tenant", tenant);
+    if let Some(ms) = timeout_ms {
+        b = b.header("x-request-timeout-ms", ms);
+    }
+    b.body(Body::empty()).unwrap()
 }
