@@ -29,7 +29,12 @@
 //! time are the head's, so a long healthy stream is not a slow call; the
 //! permits are held until the end. The breaker judges a head that looks like
 //! a success again at the end: a body that fails, is cut by its deadline,
-//! or ends with a gRPC error status in its trailers is a failure; a body
+//! or ends with a gRPC error status in its trailers is a failure, but a
+//! gRPC stream (a reply that started a second message) that a deadline
+//! ends after it delivered, `DEADLINE_EXCEEDED` in its trailers or this
+//! process's own cut, counts neither way (a budget ended it, not a fault:
+//! 50 streams cut at one instant were 50 failures in a row and opened the
+//! breaker on their stack's unary calls in an outside trial); a body
 //! the reader drops before its end counts as its head said, a success (a
 //! caller that reads the status and drops the body has its answer; leaving
 //! those out left only failures in the window, and a healthy dependency's

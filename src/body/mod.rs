@@ -41,6 +41,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
+use bytes::Buf as _;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use tokio::time::Sleep;
@@ -120,7 +121,56 @@ pin_project! {
         // is checked against the deadline; past it, `sleep` is set to the
         // end of the late reader's grace).
         frames: u8,
+        // A gRPC reply: the messages it started, up to 2 (two make it a
+        // stream), and the bytes left of the one under way.
+        messages: Messages,
         held: Held,
+    }
+}
+
+/// The messages a gRPC reply has started, read from their length prefixes
+/// until a second one starts: a unary reply has one, so a second makes the
+/// reply a stream. A stream ended by a deadline after it delivered is no
+/// failure of the dependency: its budget ended it, and the breaker counts
+/// nothing for it (50 streams cut at one instant were 50 failures in a row,
+/// and opened the breaker on the unary calls of their stack in an outside
+/// trial). A unary reply cut part way still counts as failed.
+#[derive(Debug, Clone, Copy, Default)]
+struct Messages {
+    started: u8,
+    /// Bytes of the message under way still to come.
+    skip: u32,
+    /// A prefix split across frames: counting stops (the reply counts as
+    /// unary, its cut as a failure).
+    lost: bool,
+}
+
+impl Messages {
+    /// Whether the reply started a second message.
+    fn stream(&self) -> bool {
+        self.started >= 2
+    }
+
+    /// Reads the prefixes in `data`, until a second message starts.
+    fn count(&mut self, data: &[u8]) {
+        let mut rest = data;
+        while !self.lost && self.started < 2 && !rest.is_empty() {
+            if self.skip > 0 {
+                let n = rest.len().min(self.skip as usize);
+                self.skip -= n as u32;
+                rest = &rest[n..];
+                continue;
+            }
+            let Some((prefix, after)) = rest.split_first_chunk::<5>() else {
+                self.lost = true;
+                return;
+            };
+            self.started += 1;
+            let len = u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]);
+            let n = after.len().min(len as usize);
+            self.skip = len - n as u32;
+            rest = &after[n..];
+        }
     }
 }
 
@@ -195,6 +245,13 @@ impl Held {
         let _ = waiting;
     }
 
+    /// Lets go of everything, the verdicts counting nothing (a stream its
+    /// deadline ended after it delivered).
+    fn let_go_uncounted(&mut self) {
+        self.set_waiting(true);
+        drop(std::mem::take(self));
+    }
+
     /// Lets go of everything: the breaker's verdict first, then the permit.
     #[cfg_attr(
         not(any(feature = "circuit-breaker", feature = "shed")),
@@ -246,6 +303,7 @@ impl<B> CallBody<B> {
             fresh: false,
             expired: false,
             frames: 0,
+            messages: Messages::default(),
             held: Held::default(),
         }
     }
@@ -273,6 +331,7 @@ impl<B> CallBody<B> {
             fresh: false,
             expired: false,
             frames: 0,
+            messages: Messages::default(),
             held: Held::default(),
         }
     }
@@ -372,7 +431,17 @@ where
                 // to its deadline too: past it, frames are handed over for
                 // `LATE_GRACE` more (what came in time, to a late reader),
                 // then it is cut.
-                if matches!(polled, Some(Ok(_))) {
+                if let Some(Ok(frame)) = &polled {
+                    if *this.ending == Ending::GrpcStatus && !this.messages.stream() {
+                        if let Some(data) = frame.data_ref() {
+                            let chunk = data.chunk();
+                            if chunk.len() == data.remaining() {
+                                this.messages.count(chunk);
+                            } else {
+                                this.messages.lost = true;
+                            }
+                        }
+                    }
                     if *this.frames < 2 {
                         *this.frames += 1;
                     } else if past_grace(deadline, this.sleep.as_mut()) {
@@ -392,7 +461,12 @@ where
                         error.into()
                     })
                 });
-                return Poll::Ready(settle(this.held, polled, || this.inner.is_end_stream()));
+                return Poll::Ready(settle_reply(
+                    this.held,
+                    polled,
+                    || this.inner.is_end_stream(),
+                    this.messages.stream(),
+                ));
             }
         }
         // An answer's first poll: its head was checked against the
@@ -424,7 +498,11 @@ where
             if sleep.poll(cx).is_ready() {
                 *this.expired = true;
                 let error = reject_deadline(LayerKind::Deadline, shared, TIMED_OUT);
-                this.held.release(Some(&error));
+                if this.messages.stream() {
+                    this.held.let_go_uncounted();
+                } else {
+                    this.held.release(Some(&error));
+                }
                 return Poll::Ready(Some(cut_frame(error, *this.ending)));
             }
         }
@@ -598,6 +676,30 @@ fn timed_out(shared: &Shared, ending: Ending) -> BoxError {
     }
 }
 
+/// [`settle`] for a reply read by this process: a gRPC stream (a second
+/// message started) that its deadline ended, `DEADLINE_EXCEEDED` in its
+/// trailers, counts nothing (see [`Messages`]).
+fn settle_reply<D>(
+    held: &mut Held,
+    polled: Option<Result<Frame<D>, BoxError>>,
+    at_end: impl FnOnce() -> bool,
+    stream: bool,
+) -> Option<Result<Frame<D>, BoxError>> {
+    if stream && held.any {
+        if let Some(Ok(frame)) = &polled {
+            if frame
+                .trailers_ref()
+                .and_then(|t| t.get(crate::http::GRPC_STATUS))
+                .is_some_and(|status| status == "4")
+            {
+                held.let_go_uncounted();
+                return polled;
+            }
+        }
+    }
+    settle(held, polled, at_end)
+}
+
 /// Lets go of what the body holds when `polled` ends it (its end, an error,
 /// trailers, or data after which the body is at its end).
 fn settle<D>(
@@ -684,6 +786,45 @@ pub(crate) fn is_grpc<B>(response: &http::Response<B>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A gRPC message: its 5-byte prefix (uncompressed, length) and body.
+    fn message(len: usize) -> Vec<u8> {
+        let mut m = vec![0u8];
+        m.extend_from_slice(&(len as u32).to_be_bytes());
+        m.extend(std::iter::repeat_n(7u8, len));
+        m
+    }
+
+    #[test]
+    fn a_second_message_makes_a_reply_a_stream() {
+        // A unary reply of 40 000 bytes in three frames: one message.
+        let unary = message(40_000);
+        let mut m = Messages::default();
+        for frame in unary.chunks(16_384) {
+            m.count(frame);
+        }
+        assert_eq!(
+            (m.started, m.skip, m.lost, m.stream()),
+            (1, 0, false, false)
+        );
+        // Two messages in one frame, or the second in a frame of its own.
+        let mut two = message(3);
+        two.extend(message(4));
+        let mut m = Messages::default();
+        m.count(&two);
+        assert!(m.stream());
+        let mut m = Messages::default();
+        m.count(&message(3));
+        assert!(!m.stream());
+        m.count(&message(0));
+        assert!(m.stream());
+        // A prefix split across frames stops the count: the reply stays
+        // unary (its cut a failure, as before).
+        let mut m = Messages::default();
+        m.count(&two[..10]);
+        m.count(&two[10..]);
+        assert!(m.lost && !m.stream());
+    }
 
     fn trailers(pairs: &[(&'static str, &'static str)]) -> http::HeaderMap {
         let mut map = http::HeaderMap::new();

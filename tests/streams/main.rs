@@ -458,21 +458,27 @@ fn grpc_preset() -> seawall::stack::ClientStackBuilder<
 
 #[tokio::test]
 async fn grpc_client_preset_counts_a_status_in_trailers_after_messages() {
-    // (end, calls the breaker counts, failures among them): a server's
-    // `UNAVAILABLE` in the trailers is "busy", as in a head, and counts
-    // neither way (it was a failure here, busy in a head: a 20 ms race).
-    for (end, calls, failures) in [
-        (End::Ok, 1, 0),
-        (End::Unavailable, 0, 0),
-        (End::DeadlineExceeded, 1, 1),
+    // (messages, end, calls the breaker counts, failures among them): a
+    // server's `UNAVAILABLE` in the trailers is "busy", as in a head, and
+    // counts neither way (it was a failure here, busy in a head: a 20 ms
+    // race); a stream (two messages or more) that a deadline ended after
+    // it delivered counts nothing: a budget ended it, not a fault (50
+    // streams cut at one instant opened a breaker in an outside trial);
+    // one message then `DEADLINE_EXCEEDED` is a unary answer that timed
+    // out: a failure.
+    for (messages, end, calls, failures) in [
+        (2, End::Ok, 1, 0),
+        (2, End::Unavailable, 0, 0),
+        (2, End::DeadlineExceeded, 0, 0),
+        (1, End::DeadlineExceeded, 1, 1),
     ] {
-        let (channel, hits) = serve_streamer(2, Duration::from_millis(20), end).await;
+        let (channel, hits) = serve_streamer(messages, Duration::from_millis(20), end).await;
         let stack = grpc_preset().build().unwrap();
         let (bulkhead, breaker) = (stack.bulkhead_handle(), stack.breaker_handle());
         let stream = stream_hello(stack.layer(channel)).await.unwrap();
         assert_eq!(bulkhead.in_flight(), 1, "{end:?}: streaming");
         let (got, code) = drain(stream).await;
-        assert_eq!(got, ["m0", "m1"], "{end:?}");
+        assert_eq!(got, ["m0", "m1"][..messages], "{end:?}");
         let expected = match end {
             End::Ok => None,
             End::Unavailable => Some(Code::Unavailable),
@@ -493,8 +499,8 @@ async fn grpc_client_preset_counts_a_status_in_trailers_after_messages() {
 #[tokio::test]
 async fn grpc_client_preset_cuts_a_stream_at_the_deadline_and_frees_a_dropped_one() {
     // 30 messages 100 ms apart outlive the 2 s budget: the stream ends
-    // DEADLINE_EXCEEDED after the messages sent in time, counted as a
-    // failure; the permit is back. (The 600 ms attempt timeout does not cut
+    // DEADLINE_EXCEEDED after the messages sent in time, counted neither
+    // way (a budget ended a stream that delivered); the permit is back. (The 600 ms attempt timeout does not cut
     // it: the preset would not retry a timed-out attempt, so the attempt
     // runs on under the request's deadline.)
     let (channel, _) = serve_streamer(30, Duration::from_millis(100), End::Ok).await;
@@ -511,7 +517,7 @@ async fn grpc_client_preset_cuts_a_stream_at_the_deadline_and_frees_a_dropped_on
     );
     assert_eq!(bulkhead.in_flight(), 0);
     let m = breaker.metrics();
-    assert_eq!((m.calls, m.failures), (1, 1));
+    assert_eq!((m.calls, m.failures), (0, 0));
 
     // Dropped after two messages: given back, counted as its head said.
     let mut stream = stream_hello(svc).await.unwrap();
@@ -521,7 +527,37 @@ async fn grpc_client_preset_cuts_a_stream_at_the_deadline_and_frees_a_dropped_on
     drop(stream);
     assert_eq!(bulkhead.in_flight(), 0);
     let m = breaker.metrics();
-    assert_eq!((m.calls, m.failures), (2, 1));
+    assert_eq!((m.calls, m.failures), (1, 0));
+}
+
+/// The outside trial's case: 50 streams opened together through one
+/// client preset all outlive its budget and are cut at one instant. They
+/// delivered; a budget ended them: the breaker counts none of them, stays
+/// closed, and the next call is let through (50 failures in a row opened
+/// it before, and it refused the stack's healthy unary calls).
+#[tokio::test]
+async fn fifty_streams_cut_together_by_the_budget_do_not_open_the_breaker() {
+    let (channel, _) = serve_streamer(30, Duration::from_millis(100), End::Ok).await;
+    let stack = grpc_preset().build().unwrap();
+    let breaker = stack.breaker_handle();
+    let svc = stack.layer(channel);
+    let streams: Vec<_> = (0..50)
+        .map(|_| {
+            let svc = svc.clone();
+            tokio::spawn(async move { drain(stream_hello(svc).await.unwrap()).await })
+        })
+        .collect();
+    for s in streams {
+        let (got, code) = s.await.unwrap();
+        assert_eq!(code, Some(Code::DeadlineExceeded));
+        assert!(got.len() >= 15, "{}", got.len());
+    }
+    let m = breaker.metrics();
+    assert_eq!((m.calls, m.failures), (0, 0));
+    assert_eq!(breaker.state(), seawall::observe::State::Closed);
+    // The next call goes through (and is cut the same way).
+    let (got, _) = drain(stream_hello(svc).await.unwrap()).await;
+    assert!(!got.is_empty());
 }
 
 /// A bidirectional echo server: one reply for each request message, as it
