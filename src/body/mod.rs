@@ -41,7 +41,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
-use bytes::Buf as _;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use tokio::time::Sleep;
@@ -135,42 +134,86 @@ pin_project! {
 /// nothing for it (50 streams cut at one instant were 50 failures in a row,
 /// and opened the breaker on the unary calls of their stack in an outside
 /// trial). A unary reply cut part way still counts as failed.
+///
+/// Three bytes, so that the body does not grow: the messages started (0
+/// to 2), whether the count was lost, and the bytes still to come of the
+/// message under way (up to 2 MiB − 1; a message spanning frames beyond
+/// that loses the count).
 #[derive(Debug, Clone, Copy, Default)]
-struct Messages {
-    started: u8,
-    /// Bytes of the message under way still to come.
-    skip: u32,
-    /// A prefix split across frames: counting stops (the reply counts as
-    /// unary, its cut as a failure).
-    lost: bool,
-}
+struct Messages([u8; 3]);
+
+const LOST: u32 = 1 << 2;
+const SKIP_SHIFT: u32 = 3;
+const MAX_SKIP: u32 = (1 << 21) - 1;
 
 impl Messages {
+    fn bits(self) -> u32 {
+        u32::from_le_bytes([self.0[0], self.0[1], self.0[2], 0])
+    }
+
+    fn started(self) -> u32 {
+        self.bits() & 0b11
+    }
+
+    fn lost(self) -> bool {
+        self.bits() & LOST != 0
+    }
+
+    fn skip(self) -> u32 {
+        self.bits() >> SKIP_SHIFT
+    }
+
+    fn store(&mut self, started: u32, lost: bool, skip: u32) {
+        let bits = if skip > MAX_SKIP {
+            started | LOST
+        } else {
+            started | if lost { LOST } else { 0 } | skip << SKIP_SHIFT
+        };
+        let [a, b, c, _] = bits.to_le_bytes();
+        self.0 = [a, b, c];
+    }
+
     /// Whether the reply started a second message.
     fn stream(&self) -> bool {
-        self.started >= 2
+        self.started() >= 2
+    }
+
+    /// Reads a gRPC reply's frame (out of line: an HTTP reply never
+    /// comes here, and a gRPC one only until its second message).
+    #[inline(never)]
+    fn read<D: bytes::Buf>(&mut self, frame: &Frame<D>) {
+        if let Some(data) = frame.data_ref() {
+            let chunk = data.chunk();
+            if chunk.len() == data.remaining() {
+                self.count(chunk);
+            } else {
+                self.store(self.started(), true, 0);
+            }
+        }
     }
 
     /// Reads the prefixes in `data`, until a second message starts.
     fn count(&mut self, data: &[u8]) {
+        let (mut started, mut lost, mut skip) = (self.started(), self.lost(), self.skip());
         let mut rest = data;
-        while !self.lost && self.started < 2 && !rest.is_empty() {
-            if self.skip > 0 {
-                let n = rest.len().min(self.skip as usize);
-                self.skip -= n as u32;
+        while !lost && started < 2 && !rest.is_empty() {
+            if skip > 0 {
+                let n = rest.len().min(skip as usize);
+                skip -= n as u32;
                 rest = &rest[n..];
                 continue;
             }
             let Some((prefix, after)) = rest.split_first_chunk::<5>() else {
-                self.lost = true;
-                return;
+                lost = true;
+                break;
             };
-            self.started += 1;
+            started += 1;
             let len = u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]);
             let n = after.len().min(len as usize);
-            self.skip = len - n as u32;
+            skip = len - n as u32;
             rest = &after[n..];
         }
+        self.store(started, lost, skip);
     }
 }
 
@@ -433,14 +476,7 @@ where
                 // then it is cut.
                 if let Some(Ok(frame)) = &polled {
                     if *this.ending == Ending::GrpcStatus && !this.messages.stream() {
-                        if let Some(data) = frame.data_ref() {
-                            let chunk = data.chunk();
-                            if chunk.len() == data.remaining() {
-                                this.messages.count(chunk);
-                            } else {
-                                this.messages.lost = true;
-                            }
-                        }
+                        this.messages.read(frame);
                     }
                     if *this.frames < 2 {
                         *this.frames += 1;
@@ -804,9 +840,13 @@ mod tests {
             m.count(frame);
         }
         assert_eq!(
-            (m.started, m.skip, m.lost, m.stream()),
+            (m.started(), m.skip(), m.lost(), m.stream()),
             (1, 0, false, false)
         );
+        // Part way through it: the rest of the message still to come.
+        let mut m = Messages::default();
+        m.count(&unary[..16_384]);
+        assert_eq!((m.started(), m.skip()), (1, 40_005 - 16_384));
         // Two messages in one frame, or the second in a frame of its own.
         let mut two = message(3);
         two.extend(message(4));
@@ -823,7 +863,11 @@ mod tests {
         let mut m = Messages::default();
         m.count(&two[..10]);
         m.count(&two[10..]);
-        assert!(m.lost && !m.stream());
+        assert!(m.lost() && !m.stream());
+        // A message spanning frames beyond 2 MiB loses the count too.
+        let mut m = Messages::default();
+        m.count(&message(3_000_000)[..100]);
+        assert!(m.lost() && !m.stream());
     }
 
     fn trailers(pairs: &[(&'static str, &'static str)]) -> http::HeaderMap {
