@@ -150,12 +150,17 @@ where
         // No edge of the clock of its own: the bulkhead reads the clock
         // only for an observer's times and a queue's wait, and shares the
         // edge of the layers around it (see `clock::edge_now`).
-        if let Ready::Reserved(_) = self.ready {
-            if let Ready::Reserved(permit) = std::mem::replace(&mut self.ready, Ready::Idle) {
-                return ResponseFuture::running(permit, || self.inner.call(req));
-            }
+        let permit = match self.ready {
+            Ready::Reserved(_) => match std::mem::replace(&mut self.ready, Ready::Idle) {
+                Ready::Reserved(permit) => Some(permit),
+                _ => None,
+            },
+            _ => self.engine.try_acquire(),
+        };
+        if let Some(permit) = permit {
+            return ResponseFuture::running(permit, || self.inner.call(req));
         }
-        admit(&self.engine, self.backpressure, &mut self.inner, req)
+        call_without_permit(&self.engine, self.backpressure, &mut self.inner, req)
     }
 }
 
