@@ -96,6 +96,23 @@ impl<M> BulkheadLayer<M> {
     pub(crate) fn engine(&self) -> &Striped<Engine> {
         &self.engine
     }
+
+    /// A new bulkhead with this one's settings, name and observer, and
+    /// permits of its own (a new tenant's): the settings were checked and
+    /// the layer announced to the observer when this one was built.
+    #[cfg(feature = "keyed")]
+    pub(crate) fn fresh(&self) -> Self {
+        let engine = &self.engine;
+        BulkheadLayer {
+            engine: Striped::new(Engine::new(
+                engine.settings.clone(),
+                engine.name.clone(),
+                engine.observer.clone(),
+            )),
+            backpressure: self.backpressure,
+            hold: PhantomData,
+        }
+    }
 }
 
 impl<S, M> Layer<S> for BulkheadLayer<M> {

@@ -165,15 +165,14 @@ where
 }
 
 /// A call through the bulkhead `engine` to `inner` (already polled
-/// ready), without a reserved permit: admitted at once when a permit is
-/// free; otherwise refused, or (with a queue, outside backpressure mode)
-/// queued with a clone of `inner` in the response future. The bulkhead's
-/// `call`, and a tenant's bulkhead in the server stack, which picks the
-/// engine per request.
+/// ready), outside backpressure mode: admitted at once when a permit is
+/// free; otherwise refused, or (with a queue) queued with a clone of
+/// `inner` in the response future. What `Bulkhead::call` does without a
+/// reserved permit, for a tenant's bulkhead in the server stack, which
+/// picks the engine per request.
 #[inline(always)]
 pub(crate) fn admit<S, M, Req>(
     engine: &Striped<Engine>,
-    backpressure: bool,
     inner: &mut S,
     req: Req,
 ) -> ResponseFuture<S, Req, M>
@@ -186,7 +185,7 @@ where
     if let Some(permit) = engine.try_acquire() {
         return ResponseFuture::running(permit, || inner.call(req));
     }
-    call_without_permit(engine, backpressure, inner, req)
+    call_without_permit(engine, false, inner, req)
 }
 
 /// No permit free: refused at once, or queued. Out of line, so that an

@@ -31,7 +31,7 @@ pub(crate) const TENANT_QUEUE: usize = 4;
 /// quiet request at either wait).
 pub(crate) const TENANT_MAX_WAIT: Duration = Duration::from_millis(100);
 
-/// Makes a new tenant's bulkhead (a fresh instance of the validated
+/// Makes a new tenant's bulkhead (a fresh instance of the checked
 /// settings): called once per new key, never per request.
 type TenantFactory = Box<dyn Fn(&Key) -> BulkheadLayer + Send + Sync>;
 
@@ -71,15 +71,10 @@ impl<X> StackPart for TenantBulkheads<X> {
         if let Some(o) = observer {
             bulkhead = bulkhead.observer(o.clone());
         }
-        // Checked here, once: every tenant's instance is built from the
-        // same settings, so the factory's builds cannot fail.
-        let first = bulkhead.clone().build()?;
-        let factory: TenantFactory = Box::new(move |_: &Key| match bulkhead.clone().build() {
-            Ok(layer) => layer,
-            // Unreachable (the settings were built above); sharing the
-            // first instance would still bound the tenant.
-            Err(_) => first.clone(),
-        });
+        // Checked and announced to the observer here, once: every tenant's
+        // instance is a fresh one of the same settings.
+        let template = bulkhead.build()?;
+        let factory: TenantFactory = Box::new(move |_: &Key| template.fresh());
         let mut table = KeyedLayer::builder(self.key, factory).name(self.table);
         if let Some(o) = observer {
             table = table.observer(o.clone());
@@ -199,7 +194,7 @@ where
     #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
         let entry = self.table.entry(self.table.extractor.extract(&req).ok());
-        let inner = crate::bulkhead::admit(entry.layer.engine(), false, &mut self.inner, req);
+        let inner = crate::bulkhead::admit(entry.layer.engine(), &mut self.inner, req);
         TenantFuture {
             inner,
             _entry: entry,
