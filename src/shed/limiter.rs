@@ -382,7 +382,9 @@ impl Limiter {
     /// random come in bursts that a queue absorbs within a few service
     /// times, and fall back between them. A queue that stands at the limit
     /// for all of `burst` is held at it: from then on the limit refuses,
-    /// and a new burst waits until it has refused nothing for `burst`.
+    /// and a new burst waits until it has refused nothing for `burst`, or
+    /// until the calls in flight have fallen to half the limit (the queue
+    /// that stood there drained: see `try_acquire`).
     #[cold]
     #[inline(never)]
     fn bursting(&self, class: Criticality, before: usize, now: Instant) -> bool {
@@ -1074,6 +1076,10 @@ impl Striped<Limiter> {
         }
         if before + 1 == limit {
             self.reached(now);
+        } else if before <= limit / 2 && self.refused_ns.load(Ordering::Relaxed) != 0 {
+            // The calls in flight fell to half the limit since it last
+            // refused: the queue that stood there has drained.
+            self.refused_ns.store(0, Ordering::Relaxed);
         }
         let inflight = before + 1;
         // (A burst's calls are not the limit's load: the algorithm learns

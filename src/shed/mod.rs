@@ -94,7 +94,8 @@
 //!   `CriticalPlus` requests over it are admitted, up to four times the
 //!   limit in flight (no more than its upper bound); a queue that stands
 //!   at the limit longer is held there, and a new burst waits until the
-//!   limit has refused nothing for 100 ms (the rules in full at
+//!   limit has refused nothing for 100 ms, or the calls in flight fell to
+//!   half of it (the rules in full at
 //!   [`burst`](AdaptiveLimitLayerBuilder::burst), which sets the time;
 //!   zero: no bursts). A burst's calls are no samples of the algorithm's.
 //! - Every service and clone built from one layer shares one limit.

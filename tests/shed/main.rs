@@ -1845,12 +1845,33 @@ async fn poisson<S>(svc: &S, per_sec: f64, secs: u64, deadline_ms: u64, seed: u6
 where
     S: Service<u64, Response = u64, Error = BoxError, Future: Send> + Clone + Send + 'static,
 {
+    poisson_fan_out(svc, per_sec, 1, secs, deadline_ms, seed)
+        .await
+        .0
+}
+
+/// [`poisson`] for requests that fan out: each arrival is `fan_out` calls
+/// at once (a front that calls its dependency `fan_out` times in
+/// parallel), counted one by one; with the requests whose calls were all
+/// served.
+async fn poisson_fan_out<S>(
+    svc: &S,
+    per_sec: f64,
+    fan_out: usize,
+    secs: u64,
+    deadline_ms: u64,
+    seed: u64,
+) -> (Served, u64)
+where
+    S: Service<u64, Response = u64, Error = BoxError, Future: Send> + Clone + Send + 'static,
+{
     let counts = Arc::new([
         AtomicU64::new(0),
         AtomicU64::new(0),
         AtomicU64::new(0),
         AtomicU64::new(0),
     ]);
+    let mut requests = Vec::new();
     let mut rng = seed | 1;
     let mut uniform = move || {
         rng ^= rng << 13;
@@ -1869,7 +1890,11 @@ where
             p *= uniform();
             n += 1;
         }
-        for _ in 0..n {
+        for _ in 0..n * fan_out {
+            if requests.len() * fan_out <= tasks.len() {
+                requests.push(Arc::new(AtomicUsize::new(0)));
+            }
+            let served = requests.last().expect("a request").clone();
             let (svc, counts) = (svc.clone(), counts.clone());
             tasks.push(tokio::spawn(async move {
                 let d = Deadline::after(ms(deadline_ms));
@@ -1888,18 +1913,24 @@ where
                     Err(_) => 2,
                 };
                 counts[at].fetch_add(1, Ordering::Relaxed);
+                served.fetch_add(usize::from(at == 0), Ordering::Relaxed);
             }));
         }
     }
     for t in tasks {
         t.await.unwrap();
     }
-    Served {
+    let whole = requests
+        .iter()
+        .filter(|r| r.load(Ordering::Relaxed) == fan_out)
+        .count() as u64;
+    let served = Served {
         ok: counts[0].load(Ordering::Relaxed),
         refused: counts[1].load(Ordering::Relaxed),
         late: counts[2].load(Ordering::Relaxed),
         slowest_ms: counts[3].load(Ordering::Relaxed),
-    }
+    };
+    (served, whole)
 }
 
 /// Random arrivals below capacity (8 workers of 20 ms, 400 requests a
@@ -1967,6 +1998,54 @@ async fn requests_out_of_time_under_light_load_do_not_cut_the_limit() {
     }
     assert_eq!(refused, 0, "{:?}", rejection_details(&rec));
     assert!(layer.limit() >= 20, "limit {}", layer.limit());
+}
+
+/// Requests that fan out: each arrival is 8 calls at once (a front that
+/// calls this service 8 times in parallel and needs every answer), 16
+/// workers of 5 ms. Such arrivals come in bursts far above their average,
+/// and the limit is reached at any load near capacity; once a queue stood
+/// there for a burst's length the limit refuses, and it refused until it
+/// had refused nothing for 100 ms, which a load near capacity never gave
+/// it. Now a queue that drained (the calls in flight fell to half the
+/// limit) lets the next burst in. Against a plain pool (a FIFO queue, the
+/// callers leaving at their 1 s deadline), requests whose 8 calls were all
+/// served: 80 %: 6342 against 6365 (6295 before); 91 %: 6943 against 7201
+/// (4951 before, an outside trial over tonic saw 65–99 % of the front's
+/// requests served at 95 %, where the plain service served all); 125 %:
+/// 7628 against 6819 (5711 before), and none out of time where the plain
+/// pool had 24 864 calls late.
+#[tokio::test(start_paused = true)]
+async fn fan_out_near_capacity_is_served_as_a_plain_pool_serves_it() {
+    let plain = || {
+        let pool = Arc::new(tokio::sync::Semaphore::new(16));
+        tower::util::BoxCloneService::new(service_fn(move |n: u64| {
+            let pool = pool.clone();
+            async move {
+                let _worker = pool.acquire().await.unwrap();
+                sleep(ms(5)).await;
+                Ok::<_, BoxError>(n)
+            }
+        }))
+    };
+    for (load, per_sec, share) in [
+        ("80 %", 320.0, 0.99),
+        ("91 %", 364.0, 0.95),
+        ("125 %", 500.0, 1.05),
+    ] {
+        let (_rec, layer, svc) = limit_over_workers(16, 5);
+        poisson_fan_out(&svc, 100.0, 8, 5, 1000, 5).await;
+        let (served, whole) = poisson_fan_out(&svc, per_sec, 8, 20, 1000, 9).await;
+        let (plain_served, plain_whole) = poisson_fan_out(&plain(), per_sec, 8, 20, 1000, 9).await;
+        println!(
+            "{load}: limit {}, whole requests {whole} ({served:?}); plain {plain_whole} ({plain_served:?})",
+            layer.limit()
+        );
+        assert!(
+            whole as f64 >= share * plain_whole as f64,
+            "{load}: {whole} against {plain_whole}"
+        );
+        assert_eq!(served.late, 0, "{load}: {served:?}");
+    }
 }
 
 /// Near capacity (95 %: a queue that forms and drains at random) and in a
