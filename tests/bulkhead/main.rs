@@ -137,7 +137,8 @@ fn assert_bulkhead_full(r: &Result<u32, BoxError>) {
     assert_eq!(view.kind(), RejectionKind::BulkheadFull);
     assert_eq!(view.name(), "db");
     assert!(view.is_local());
-    // max(max_wait, 100 ms), stretched by [1, 1.5).
+    // 100 ms (a full queue) or `max_wait` (a wait without a place), at
+    // least 100 ms, stretched by [1, 1.5).
     let hint = view
         .retry_after()
         .expect("a full bulkhead says when to come back");
@@ -157,11 +158,13 @@ fn assert_deadline_exceeded(r: &Result<u32, BoxError>) {
 
 #[tokio::test(start_paused = true)]
 async fn bulkhead_full_says_when_to_come_back_jittered() {
-    // (max_queue, max_wait, base): no queue, 100 ms; with one, max_wait (at least 100 ms).
+    // (max_queue, max_wait, base): a request that finds the places and the
+    // queue taken comes back in 100 ms, queue or not (with `max_wait`'s
+    // 1 s, a caller with a budget of 1 s never came back).
     for (queue, max_wait, base) in [
         (0, Duration::from_secs(1), 100 * MS),
         (1, 40 * MS, 100 * MS),
-        (1, Duration::from_secs(1), Duration::from_secs(1)),
+        (1, Duration::from_secs(1), 100 * MS),
     ] {
         let b = BulkheadLayer::builder()
             .max_concurrent(1)
@@ -169,7 +172,7 @@ async fn bulkhead_full_says_when_to_come_back_jittered() {
             .max_wait(max_wait);
         let mut f = Fixture::new(b);
         let _running = f.call(0, 10_000);
-        let _queued = (queue > 0).then(|| f.call(99, 1));
+        let queued = (queue > 0).then(|| f.call(99, 1));
         let mut hints = Vec::new();
         for i in 1..=20 {
             let err = f.call(i, 1).await.expect_err("full");
@@ -189,6 +192,17 @@ async fn bulkhead_full_says_when_to_come_back_jittered() {
             "jittered: {} distinct hints of 20",
             hints.len()
         );
+        // A waiter that waited `max_wait` without a place is told
+        // `max_wait` (at least 100 ms): that is how long waiting takes.
+        if let Some(queued) = queued {
+            let err = queued.await.expect_err("waited max_wait");
+            let hint = rejection_of(&err).unwrap().retry_after().unwrap();
+            let base = max_wait.max(100 * MS);
+            assert!(
+                hint >= base && hint < base.mul_f64(1.5),
+                "{hint:?} after waiting {max_wait:?}"
+            );
+        }
     }
 }
 
