@@ -253,7 +253,8 @@ pub struct ClientStack {
 impl ClientStack {
     /// A builder for the stack of the dependency `name` (for example
     /// `"payments"`). Every layer is named after it: `payments.deadline`,
-    /// `payments.retry`, `payments.breaker`, `payments.bulkhead`,
+    /// `payments.retry`, `payments.breaker`, `payments.limit` (the
+    /// adaptive limit on its attempts), `payments.bulkhead`,
     /// `payments.attempt` and, with propagation, `payments.propagate`.
     ///
     /// [`total_budget`](ClientStackBuilder::total_budget) must be set;

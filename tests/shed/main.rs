@@ -1907,7 +1907,10 @@ where
                         0
                     }
                     Ok(Err(e)) => {
-                        assert_eq!(rejection_of(&e).unwrap().kind(), RejectionKind::Overloaded);
+                        assert!(matches!(
+                            rejection_of(&e).unwrap().kind(),
+                            RejectionKind::Overloaded | RejectionKind::BulkheadFull
+                        ));
                         1
                     }
                     Err(_) => 2,
@@ -2000,6 +2003,20 @@ async fn requests_out_of_time_under_light_load_do_not_cut_the_limit() {
     assert!(layer.limit() >= 20, "limit {}", layer.limit());
 }
 
+/// A pool of `workers` of `work_ms` each with no protection: a FIFO queue
+/// without bound (the callers leave at their deadline).
+fn plain_pool(workers: usize, work_ms: u64) -> tower::util::BoxCloneService<u64, u64, BoxError> {
+    let pool = Arc::new(tokio::sync::Semaphore::new(workers));
+    tower::util::BoxCloneService::new(service_fn(move |n: u64| {
+        let pool = pool.clone();
+        async move {
+            let _worker = pool.acquire().await.unwrap();
+            sleep(ms(work_ms)).await;
+            Ok::<_, BoxError>(n)
+        }
+    }))
+}
+
 /// Requests that fan out: each arrival is 8 calls at once (a front that
 /// calls this service 8 times in parallel and needs every answer), 16
 /// workers of 5 ms. Such arrivals come in bursts far above their average,
@@ -2016,17 +2033,7 @@ async fn requests_out_of_time_under_light_load_do_not_cut_the_limit() {
 /// pool had 24 864 calls late.
 #[tokio::test(start_paused = true)]
 async fn fan_out_near_capacity_is_served_as_a_plain_pool_serves_it() {
-    let plain = || {
-        let pool = Arc::new(tokio::sync::Semaphore::new(16));
-        tower::util::BoxCloneService::new(service_fn(move |n: u64| {
-            let pool = pool.clone();
-            async move {
-                let _worker = pool.acquire().await.unwrap();
-                sleep(ms(5)).await;
-                Ok::<_, BoxError>(n)
-            }
-        }))
-    };
+    let plain = || plain_pool(16, 5);
     for (load, per_sec, share) in [
         ("80 %", 320.0, 0.99),
         ("91 %", 364.0, 0.95),
@@ -2046,6 +2053,52 @@ async fn fan_out_near_capacity_is_served_as_a_plain_pool_serves_it() {
         );
         assert_eq!(served.late, 0, "{load}: {served:?}");
     }
+}
+
+/// A pool's bulkhead in front of requests that fan out (8 calls at once,
+/// 16 workers of 5 ms): its queue takes a burst of whole requests. With a
+/// queue of twice the pool (the README's advice for single calls) it
+/// refused calls at half the pool's capacity (8 of 31 824) and cost 6.7 %
+/// of the requests at 91 % (a plain pool: 1.1 %); with a queue of the
+/// pool's size times the fan-out (128), none refused at half capacity,
+/// 7175 requests whole of 7280 at 91 % (plain 7201), and at 125 % 8005 of
+/// 10 000 against the plain pool's 6819, none out of time and none waiting
+/// more than 45 ms.
+#[tokio::test(start_paused = true)]
+async fn a_pool_bulkhead_for_fan_out_takes_a_queue_of_the_pool_times_the_fan_out() {
+    let pooled = |queue: usize| {
+        let bulkhead = seawall::bulkhead::BulkheadLayer::builder()
+            .max_concurrent(16)
+            .max_queue(queue)
+            .build()
+            .unwrap();
+        tower::util::BoxCloneService::new(bulkhead.layer(plain_pool(16, 5)))
+    };
+    let run = |svc, per_sec| async move { poisson_fan_out(&svc, per_sec, 8, 20, 1000, 9).await };
+    let (half, _) = run(pooled(32), 200.0).await;
+    let (half_fan, _) = run(pooled(128), 200.0).await;
+    let (_, near) = run(pooled(32), 364.0).await;
+    let (_, near_fan) = run(pooled(128), 364.0).await;
+    let (_, near_plain) = run(plain_pool(16, 5), 364.0).await;
+    let (over_fan, over_whole) = run(pooled(128), 500.0).await;
+    let (over_plain, over_plain_whole) = run(plain_pool(16, 5), 500.0).await;
+    println!(
+        "50 %: {half:?} / {half_fan:?}; 91 %: {near} / {near_fan} / plain {near_plain}; \
+         125 %: {over_whole} {over_fan:?} / plain {over_plain_whole} {over_plain:?}"
+    );
+    assert!(half.refused > 0, "{half:?}");
+    assert_eq!(half_fan.refused, 0, "{half_fan:?}");
+    assert!(near < near_plain * 95 / 100, "{near} against {near_plain}");
+    assert!(
+        near_fan >= near_plain * 99 / 100,
+        "{near_fan} against {near_plain}"
+    );
+    assert!(
+        over_whole > over_plain_whole,
+        "{over_whole} against {over_plain_whole}"
+    );
+    assert_eq!(over_fan.late, 0, "{over_fan:?}");
+    assert!(over_fan.slowest_ms <= 50, "{over_fan:?}");
 }
 
 /// Near capacity (95 %: a queue that forms and drains at random) and in a
