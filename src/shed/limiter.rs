@@ -1076,9 +1076,10 @@ impl Striped<Limiter> {
         }
         if before + 1 == limit {
             self.reached(now);
-        } else if before <= limit / 2 && self.refused_ns.load(Ordering::Relaxed) != 0 {
+        } else if before == limit / 2 && self.refused_ns.load(Ordering::Relaxed) != 0 {
             // The calls in flight fell to half the limit since it last
-            // refused: the queue that stood there has drained.
+            // refused (they move one at a time: rising again, they pass
+            // half): the queue that stood there has drained.
             self.refused_ns.store(0, Ordering::Relaxed);
         }
         let inflight = before + 1;
