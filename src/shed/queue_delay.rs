@@ -178,8 +178,8 @@ const PROVISIONAL_RISE: f64 = 0.5;
 /// steady rate. Arrivals at random, which queue for a while at any rate
 /// near capacity, it keeps to a tenth of the service time as well: the
 /// layer's bursts over the limit serve their peaks (`tests/shed`, 8
-/// workers at 95 % of capacity: 1.8 % refused, 4.3 % without bursts; none
-/// at 80 %).
+/// workers at 95 % of capacity: 0.7 % refused, 3.7 % without bursts, 1.8 %
+/// before a queue that drained let the next burst in; none at 80 %).
 /// Over handlers that only wait on a dependency that gets 60 times slower
 /// (5 ms to 300 ms at 200 requests a second, `tests/shed`), the server
 /// stack refuses during the window it takes to learn it (3.1 % of the slow
