@@ -831,10 +831,6 @@ pub(crate) struct Schedule {
     pub(crate) min_remaining: Duration,
 }
 
-/// The timing rules of a client stack (see the [module docs](super)), at
-/// build and at reload: the attempt timeout within the total budget, room
-/// for a second attempt, and a slow-call duration, when set, below the
-/// attempt timeout.
 /// The attempt timeout a client stack takes when none is set: half the
 /// total budget, room for a retry after an attempt that timed out (the
 /// storm's 1 s and 500 ms), or the whole budget when no retry can follow.
@@ -842,6 +838,10 @@ pub(crate) fn default_attempt_timeout(total: Duration, max_attempts: u32) -> Dur
     if max_attempts >= 2 { total / 2 } else { total }
 }
 
+/// The timing rules of a client stack (see the [module docs](super)), at
+/// build and at reload: the attempt timeout within the total budget, room
+/// for a second attempt, and a slow-call duration, when set, below the
+/// attempt timeout.
 pub(crate) fn check_schedule(s: Schedule, slow: Option<Duration>) -> Result<(), ConfigError> {
     let Schedule {
         total,
