@@ -10,7 +10,7 @@ use tower_service::Service;
 
 use super::queue::{Engine, GiveUp, Permit, Waiter};
 use crate::error::{BoxError, BulkheadFull, DeadlineExceeded};
-use crate::hold::{Duty, DutyKind, Head, Hold};
+use crate::hold::{Duty, DutyKind, Head, Hold, Release};
 use crate::observe::{EventKind, LayerKind, Outcome};
 use crate::{clock, deadline};
 
@@ -221,7 +221,7 @@ impl<S, Req, M> Future for ResponseFuture<S, Req, M>
 where
     S: Service<Req>,
     S::Error: Into<BoxError>,
-    M: Hold<S::Response>,
+    M: Hold<S::Response> + Release<Req>,
 {
     type Output = Result<S::Response, BoxError>;
 
@@ -287,6 +287,9 @@ where
                         }
                         None => {
                             let error = reject(waiter.engine(), *why);
+                            if let Some(request) = request.take() {
+                                M::release(request);
+                            }
                             this.state.set(State::Done);
                             return Poll::Ready(Err(error));
                         }

@@ -9,7 +9,7 @@ use super::future::{ResponseFuture, reject};
 use super::handle::BulkheadHandle;
 use super::queue::{Acquire, Engine, GiveUp, Permit, Waiter};
 use crate::error::BoxError;
-use crate::hold::{Head, Hold};
+use crate::hold::{Head, Hold, Release};
 use crate::stripe::Striped;
 
 /// A service with a bulkhead in front: at most `max_concurrent` calls in
@@ -122,7 +122,7 @@ where
     S: Service<Req> + Clone,
     S::Error: Into<BoxError>,
     Req: crate::deadline::HasDeadline,
-    M: Hold<S::Response>,
+    M: Hold<S::Response> + Release<Req>,
 {
     type Response = S::Response;
     type Error = BoxError;
@@ -180,7 +180,7 @@ where
     S: Service<Req> + Clone,
     S::Error: Into<BoxError>,
     Req: crate::deadline::HasDeadline,
-    M: Hold<S::Response>,
+    M: Hold<S::Response> + Release<Req>,
 {
     if let Some(permit) = engine.try_acquire() {
         return ResponseFuture::running(permit, || inner.call(req));
@@ -201,17 +201,23 @@ where
     S: Service<Req> + Clone,
     S::Error: Into<BoxError>,
     Req: crate::deadline::HasDeadline,
-    M: Hold<S::Response>,
+    M: Hold<S::Response> + Release<Req>,
 {
     if backpressure || engine.settings.max_queue == 0 {
         // No queue, or (backpressure mode) `call` without a reserved
         // permit while none is free: refuse at once.
-        return ResponseFuture::rejected(reject(engine, GiveUp::QueueFull));
+        let error = reject(engine, GiveUp::QueueFull);
+        M::release(req);
+        return ResponseFuture::rejected(error);
     }
     let now = crate::clock::edge_now();
     match engine.acquire(None, Some(now)) {
         Acquire::Permit(permit) => ResponseFuture::running(permit, || inner.call(req)),
-        Acquire::Full => ResponseFuture::rejected(reject(engine, GiveUp::QueueFull)),
+        Acquire::Full => {
+            let error = reject(engine, GiveUp::QueueFull);
+            M::release(req);
+            ResponseFuture::rejected(error)
+        }
         Acquire::Queued {
             waiter,
             codel_until,

@@ -9,7 +9,7 @@ use super::criticality::{CriticalityOf, FromTaskLocal};
 use super::future::ResponseFuture;
 use super::limiter::{Limiter, Refusal};
 use crate::error::{BoxError, Overloaded};
-use crate::hold::{Head, Hold};
+use crate::hold::{Head, Hold, Release};
 use crate::observe::{EventKind, LayerKind};
 use crate::stripe::Striped;
 
@@ -83,7 +83,7 @@ where
     S: Service<Req>,
     S::Error: Into<BoxError>,
     P: CriticalityOf<Req>,
-    M: Hold<S::Response>,
+    M: Hold<S::Response> + Release<Req>,
 {
     type Response = S::Response;
     type Error = BoxError;
@@ -100,7 +100,11 @@ where
         let class = self.extractor.criticality_of(&req);
         let permit = match self.limiter.try_acquire(class, crate::clock::edge_now()) {
             Ok(permit) => permit,
-            Err(refusal) => return ResponseFuture::rejected(refused(&self.limiter, refusal)),
+            Err(refusal) => {
+                let error = refused(&self.limiter, refusal);
+                M::release(req);
+                return ResponseFuture::rejected(error);
+            }
         };
         self.limiter.observer.emit(
             LayerKind::AdaptiveLimit,

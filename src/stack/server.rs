@@ -13,7 +13,7 @@ use crate::deadline::{
     AttemptTimeoutLayer, AttemptTimeoutService, DeadlineLayer, DeadlineService, InnerTimers,
 };
 use crate::error::{ConfigError, Name};
-use crate::hold::Head;
+use crate::hold::{Head, Inbound};
 use crate::observe::Observer;
 use crate::shed::criticality::FromTaskLocal;
 use crate::shed::{AdaptiveLimit, AdaptiveLimitLayer, AdaptiveLimitLayerBuilder};
@@ -88,7 +88,10 @@ pub struct ServerStackLayer<
 /// ingress wrap it (see [`ServerStackLayer`]'s `Layer` impl). `M` is where
 /// the bulkhead lets go of a call ([`Head`], or with an HTTP ingress
 /// [`BodyEnd`](crate::hold::BodyEnd): see [`hold`](crate::hold)); the
-/// limit gives its place back at the head either way.
+/// limit gives its place back at the head either way. Both let go of a
+/// request they refuse as [`Inbound<M>`](Inbound) does: with an HTTP
+/// ingress, the rest of a body the client is still sending is read first
+/// (see [`Release`](crate::hold::Release)).
 ///
 /// A named type (not an alias of the layers inside), so that signatures
 /// and type mismatches say `ServerCore<…>`; it forwards `poll_ready` and
@@ -96,12 +99,12 @@ pub struct ServerStackLayer<
 /// as a request body that is not `Clone` for a retry, is still reported on
 /// the layer that needs it.)
 pub struct ServerCore<S, P = FromTaskLocal, M = Head> {
-    inner: AdaptiveLimit<Bulkhead<AttemptTimeoutService<S>, M>, P, M>,
+    inner: AdaptiveLimit<Bulkhead<AttemptTimeoutService<S>, Inbound<M>>, P, Inbound<M>>,
 }
 
 wrapper_service!(
     ServerCore<S, P, M>,
-    AdaptiveLimit<Bulkhead<AttemptTimeoutService<S>, M>, P, M>,
+    AdaptiveLimit<Bulkhead<AttemptTimeoutService<S>, Inbound<M>>, P, Inbound<M>>,
     where
 );
 
@@ -151,9 +154,13 @@ where
     fn layer(&self, service: S) -> Self::Service {
         let s = self.innermost.layer(service);
         let s = self.handler.layer(s);
-        let s = self.bulkhead.clone().hold_until::<I::Hold>().layer(s);
+        let s = self
+            .bulkhead
+            .clone()
+            .hold_until::<Inbound<I::Hold>>()
+            .layer(s);
         let s = ServerCore {
-            inner: self.limit.clone().hold_until::<I::Hold>().layer(s),
+            inner: self.limit.clone().hold_until::<Inbound<I::Hold>>().layer(s),
         };
         let s = self.tenants.layer(s);
         let s = self.rate_limit.layer(s);

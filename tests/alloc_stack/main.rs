@@ -374,7 +374,7 @@ mod http_requests {
     }
 
     fn handler() -> impl Service<
-        http::Request<seawall::body::CallBody<()>>,
+        http::Request<seawall::body::CallBody<http_body_util::Empty<bytes::Bytes>>>,
         Response = Res,
         Error = BoxError,
         Future: Send,
@@ -393,7 +393,7 @@ mod http_requests {
     fn server_preset_per_call<S, B>(mut svc: S, tenant: Option<&str>) -> f64
     where
         S: Service<
-                http::Request<()>,
+                http::Request<http_body_util::Empty<bytes::Bytes>>,
                 Response = http::Response<B>,
                 Error = std::convert::Infallible,
             >,
@@ -407,7 +407,7 @@ mod http_requests {
             if let Some(t) = tenant {
                 b = b.header("x-tenant", t);
             }
-            b.body(()).unwrap()
+            b.body(http_body_util::Empty::new()).unwrap()
         };
         let mut call = || {
             assert!(matches!(svc.poll_ready(&mut cx), Poll::Ready(Ok(()))));

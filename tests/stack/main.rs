@@ -861,7 +861,7 @@ async fn server_takes_the_clients_shorter_deadline() {
     }));
     let req = http::Request::builder()
         .header("grpc-timeout", "120m")
-        .body(())
+        .body(String::new())
         .unwrap();
     let start = Instant::now();
     let err = svc.clone().oneshot(req).await.unwrap_err();
@@ -869,7 +869,10 @@ async fn server_takes_the_clients_shorter_deadline() {
     assert_eq!(kind(&err), RejectionKind::DeadlineExceeded);
     // Without a header, the server's own budget applies.
     let start = Instant::now();
-    let err = svc.oneshot(http::Request::new(())).await.unwrap_err();
+    let err = svc
+        .oneshot(http::Request::new(String::new()))
+        .await
+        .unwrap_err();
     assert_eq!(start.elapsed(), Duration::from_secs(2));
     assert_eq!(kind(&err), RejectionKind::DeadlineExceeded);
 }
