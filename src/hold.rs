@@ -221,7 +221,11 @@ impl<T, M: Hold<T>> Hold<T> for Inbound<M> {
 /// calls lost a run (`tests/presets`,
 /// `refused_calls_keep_the_http2_connection_open`). At most
 /// [`DRAIN_BYTES`] and [`DRAIN_TIME`] are read; a longer body is dropped
-/// (its frames are large, and large frames are not counted).
+/// (its frames are large, and large frames are not counted). A request a
+/// bulkhead refuses after a wait in its queue has its body read too. One
+/// a rate limit refuses after waiting for a cell or for Redis's answer, or
+/// a deadline refuses on arrival, is still dropped: by then a small body
+/// has arrived, or its caller sent it with no time left.
 pub trait Release<Req>: sealed::Sealed {
     /// Lets go of `request`, refused.
     #[doc(hidden)]

@@ -810,6 +810,15 @@ impl<X, D> RateLimitLayer<X, D> {
     }
 }
 
+impl<X, D> RateLimitLayer<X, D> {
+    /// This layer around `inner`, letting go of a request it refuses at
+    /// once as `M` does (a server stack's: see `stack::OuterPart`).
+    #[allow(dead_code)]
+    pub(crate) fn layer_held<S, M>(&self, inner: S) -> RateLimit<S, X, D, M> {
+        RateLimit::new(inner, self.shared.clone())
+    }
+}
+
 impl<S, X, D> Layer<S> for RateLimitLayer<X, D> {
     type Service = RateLimit<S, X, D>;
 

@@ -1,4 +1,5 @@
 use std::fmt;
+use std::marker::PhantomData;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -11,6 +12,7 @@ use super::key::{Key, KeyExtractor};
 use super::layer::{Mode, Reserve, Shared, Step};
 use super::limiter::Verdict;
 use crate::error::BoxError;
+use crate::hold::{Head, Release};
 
 /// The rate-limiting service built by [`RateLimitLayer`](super::RateLimitLayer).
 ///
@@ -27,14 +29,23 @@ use crate::error::BoxError;
 /// said "ready" (a `ConcurrencyLimit` permit, a `Buffer` slot, a
 /// backpressure bulkhead's permit) is given back at once, neither held by
 /// a request waiting for its cell nor kept by the layer.
-pub struct RateLimit<S, X, D> {
+///
+/// `M` is how it lets go of a request it refuses at once ([`Head`]: drops
+/// it; in a [server stack](crate::stack::ServerStack), the stack's
+/// [`Inbound`](crate::hold::Inbound): see [`Release`]).
+pub struct RateLimit<S, X, D, M = Head> {
     inner: S,
     shared: Arc<Shared<X, D>>,
+    hold: PhantomData<fn() -> M>,
 }
 
-impl<S, X, D> RateLimit<S, X, D> {
+impl<S, X, D, M> RateLimit<S, X, D, M> {
     pub(crate) fn new(inner: S, shared: Arc<Shared<X, D>>) -> Self {
-        RateLimit { inner, shared }
+        RateLimit {
+            inner,
+            shared,
+            hold: PhantomData,
+        }
     }
 
     /// The inner service.
@@ -53,16 +64,17 @@ impl<S, X, D> RateLimit<S, X, D> {
     }
 }
 
-impl<S: Clone, X, D> Clone for RateLimit<S, X, D> {
+impl<S: Clone, X, D, M> Clone for RateLimit<S, X, D, M> {
     fn clone(&self) -> Self {
         RateLimit {
             inner: self.inner.clone(),
             shared: self.shared.clone(),
+            hold: PhantomData,
         }
     }
 }
 
-impl<S: fmt::Debug, X, D> fmt::Debug for RateLimit<S, X, D> {
+impl<S: fmt::Debug, X, D, M> fmt::Debug for RateLimit<S, X, D, M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RateLimit")
             .field("inner", &self.inner)
@@ -71,12 +83,13 @@ impl<S: fmt::Debug, X, D> fmt::Debug for RateLimit<S, X, D> {
     }
 }
 
-impl<S, X, D, Req> Service<Req> for RateLimit<S, X, D>
+impl<S, X, D, M, Req> Service<Req> for RateLimit<S, X, D, M>
 where
     S: Service<Req> + Clone,
     S::Error: Into<BoxError>,
     X: KeyExtractor<Req>,
     D: Decorate<S::Response>,
+    M: Release<Req>,
     Req: crate::deadline::HasDeadline,
 {
     type Response = S::Response;
@@ -114,7 +127,11 @@ where
                 (Mode::Wait { max }, Some(w)) => {
                     wait_for_cells(&mut self.inner, shared, max, w, cost, key(), req)
                 }
-                _ => ResponseFuture::rejected(shared, wait, detail),
+                _ => {
+                    let refused = ResponseFuture::rejected(shared, wait, detail);
+                    M::release(req);
+                    refused
+                }
             },
             #[cfg(feature = "redis")]
             Step::Redis(call) => {

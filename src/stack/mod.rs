@@ -300,7 +300,8 @@ pub use self::preset::{HttpClient, HttpIngress, HttpIngressLayer, HttpOutermost,
 #[cfg(feature = "tonic")]
 pub use self::server::{ByMethod, ByMethodFuture, Named};
 pub use self::server::{
-    ServerCore, ServerStack, ServerStackBuilder, ServerStackLayer, ServerStackService,
+    OuterPart, ServerCore, ServerInner, ServerStack, ServerStackBuilder, ServerStackLayer,
+    ServerStackService,
 };
 #[cfg(feature = "keyed")]
 pub use self::tenants::{TenantBulkhead, TenantBulkheadLayer, TenantBulkheads, TenantFuture};

@@ -102,6 +102,66 @@ pub struct ServerCore<S, P = FromTaskLocal, M = Head> {
     inner: AdaptiveLimit<Bulkhead<AttemptTimeoutService<S>, Inbound<M>>, P, Inbound<M>>,
 }
 
+/// A service the outer parts of a server stack wrap (its
+/// [`ServerCore`], or a part around it): `Hold` is where they let go of a
+/// call and how they let go of a request they refuse, as the stack's
+/// adaptive limit and bulkhead do ([`Inbound<M>`](Inbound): with an HTTP
+/// ingress, a refused request's body is read to its end first). Sealed.
+pub trait ServerInner: server_inner::Sealed {
+    /// [`Inbound<M>`](Inbound), `M` being the stack's hold point.
+    type Hold;
+}
+
+pub(crate) mod server_inner {
+    pub trait Sealed {}
+}
+
+impl<S, P, M> server_inner::Sealed for ServerCore<S, P, M> {}
+
+impl<S, P, M> ServerInner for ServerCore<S, P, M> {
+    type Hold = Inbound<M>;
+}
+
+/// The rate-limit part of a built server stack around `S`, the service
+/// inside it: [`Identity`], or a
+/// [`RateLimitLayer`](crate::rate_limit::RateLimitLayer) whose refusals are
+/// let go of as the stack's adaptive limit lets go of its own (see
+/// [`ServerInner`]). Sealed.
+pub trait OuterPart<S>: outer_part::Sealed {
+    /// The service it makes around `S`.
+    type Service;
+
+    /// Wraps `inner`.
+    #[doc(hidden)]
+    fn layer_outer(&self, inner: S) -> Self::Service;
+}
+
+mod outer_part {
+    pub trait Sealed {}
+    impl Sealed for tower::layer::util::Identity {}
+    #[cfg(feature = "rate-limit")]
+    impl<X, D> Sealed for crate::rate_limit::RateLimitLayer<X, D> {}
+}
+
+impl<S> OuterPart<S> for Identity {
+    type Service = S;
+
+    #[inline]
+    fn layer_outer(&self, inner: S) -> S {
+        inner
+    }
+}
+
+#[cfg(feature = "rate-limit")]
+impl<S: ServerInner, X, D> OuterPart<S> for crate::rate_limit::RateLimitLayer<X, D> {
+    type Service = crate::rate_limit::RateLimit<S, X, D, S::Hold>;
+
+    #[inline]
+    fn layer_outer(&self, inner: S) -> Self::Service {
+        self.layer_held(inner)
+    }
+}
+
 wrapper_service!(
     ServerCore<S, P, M>,
     AdaptiveLimit<Bulkhead<AttemptTimeoutService<S>, Inbound<M>>, P, Inbound<M>>,
@@ -131,7 +191,7 @@ pub struct ServerStackService<
     T = tower::layer::util::Identity,
 > where
     T: Layer<ServerCore<S, P, M>>,
-    R: Layer<T::Service>,
+    R: OuterPart<T::Service>,
 {
     inner: DeadlineService<R::Service, InnerTimers>,
 }
@@ -139,14 +199,14 @@ pub struct ServerStackService<
 wrapper_service!(
     ServerStackService<S, P, M, R, T>,
     DeadlineService<R::Service, InnerTimers>,
-    where T: Layer<ServerCore<S, P, M>>, R: Layer<T::Service>,
+    where T: Layer<ServerCore<S, P, M>>, R: OuterPart<T::Service>,
 );
 
 impl<S, O, R, P, I, T> Layer<S> for ServerStackLayer<O, R, P, I, T>
 where
     I: Layer<S> + HoldPoint,
     T: Layer<ServerCore<I::Service, P, I::Hold>>,
-    R: Layer<T::Service>,
+    R: OuterPart<T::Service>,
     O: Layer<ServerStackService<I::Service, P, I::Hold, R, T>>,
 {
     type Service = O::Service;
@@ -163,7 +223,7 @@ where
             inner: self.limit.clone().hold_until::<Inbound<I::Hold>>().layer(s),
         };
         let s = self.tenants.layer(s);
-        let s = self.rate_limit.layer(s);
+        let s = self.rate_limit.layer_outer(s);
         self.ingress.layer(ServerStackService {
             inner: self.deadline.layer_with(s),
         })

@@ -12,9 +12,10 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::part::StackPart;
+use super::server::ServerInner;
 use crate::bulkhead::{BulkheadBuilder, BulkheadHandle, BulkheadLayer};
 use crate::error::{BoxError, ConfigError, Name};
-use crate::hold::Head;
+use crate::hold::{Hold, Release};
 use crate::keyed::{Entry, KeyedLayer, Table};
 use crate::observe::Observer;
 use crate::rate_limit::{Key, KeyExtractor};
@@ -134,7 +135,7 @@ impl<X> fmt::Debug for TenantBulkheadLayer<X> {
     }
 }
 
-impl<S, X> Layer<S> for TenantBulkheadLayer<X> {
+impl<S: ServerInner, X> Layer<S> for TenantBulkheadLayer<X> {
     type Service = TenantBulkhead<S, X>;
 
     fn layer(&self, inner: S) -> Self::Service {
@@ -158,6 +159,12 @@ pub struct TenantBulkhead<S, X> {
     table: Arc<Table<X, TenantFactory, BulkheadLayer>>,
 }
 
+impl<S: ServerInner, X> super::server::server_inner::Sealed for TenantBulkhead<S, X> {}
+
+impl<S: ServerInner, X> ServerInner for TenantBulkhead<S, X> {
+    type Hold = S::Hold;
+}
+
 impl<S: Clone, X> Clone for TenantBulkhead<S, X> {
     fn clone(&self) -> Self {
         TenantBulkhead {
@@ -177,8 +184,9 @@ impl<S: fmt::Debug, X> fmt::Debug for TenantBulkhead<S, X> {
 
 impl<S, X, Req> Service<Req> for TenantBulkhead<S, X>
 where
-    S: Service<Req> + Clone,
+    S: Service<Req> + Clone + ServerInner,
     S::Error: Into<BoxError>,
+    S::Hold: Hold<S::Response> + Release<Req>,
     X: KeyExtractor<Req>,
     Req: crate::deadline::HasDeadline,
 {
@@ -209,14 +217,15 @@ pin_project! {
     pub struct TenantFuture<S, Req>
     where
         S: Service<Req>,
+        S: ServerInner,
     {
         #[pin]
-        inner: crate::bulkhead::ResponseFuture<S, Req, Head>,
+        inner: crate::bulkhead::ResponseFuture<S, Req, S::Hold>,
         _entry: Arc<Entry<BulkheadLayer>>,
     }
 }
 
-impl<S: Service<Req>, Req> fmt::Debug for TenantFuture<S, Req> {
+impl<S: Service<Req> + ServerInner, Req> fmt::Debug for TenantFuture<S, Req> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TenantFuture").finish_non_exhaustive()
     }
@@ -224,8 +233,9 @@ impl<S: Service<Req>, Req> fmt::Debug for TenantFuture<S, Req> {
 
 impl<S, Req> Future for TenantFuture<S, Req>
 where
-    S: Service<Req>,
+    S: Service<Req> + ServerInner,
     S::Error: Into<BoxError>,
+    S::Hold: Hold<S::Response> + Release<Req>,
 {
     type Output = Result<S::Response, BoxError>;
 

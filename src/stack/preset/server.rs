@@ -88,7 +88,7 @@ macro_rules! ingress_part {
         impl<S, P, R, T> Layer<Core<S, P, R, T>> for $layer
         where
             T: Layer<ServerCore<CallBodyService<S>, P, BodyEnd>>,
-            R: Layer<T::Service>,
+            R: crate::stack::OuterPart<T::Service>,
         {
             type Service = $server<S, P, R, T>;
 
@@ -111,7 +111,7 @@ macro_rules! ingress_part {
         pub struct $server<S, P = FromTaskLocal, R = Identity, T = Identity>
         where
             T: Layer<ServerCore<CallBodyService<S>, P, BodyEnd>>,
-            R: Layer<T::Service>,
+            R: crate::stack::OuterPart<T::Service>,
         {
             inner: $answered<DeadlineFromHeaders<MarkInboundAttempt<Core<S, P, R, T>>>>,
         }
@@ -119,7 +119,7 @@ macro_rules! ingress_part {
         wrapper_service!(
             $server<S, P, R, T>,
             $answered<DeadlineFromHeaders<MarkInboundAttempt<Core<S, P, R, T>>>>,
-            where T: Layer<ServerCore<CallBodyService<S>, P, BodyEnd>>, R: Layer<T::Service>,
+            where T: Layer<ServerCore<CallBodyService<S>, P, BodyEnd>>, R: crate::stack::OuterPart<T::Service>,
         );
     };
 }
