@@ -221,11 +221,13 @@ impl<T, M: Hold<T>> Hold<T> for Inbound<M> {
 /// calls lost a run (`tests/presets`,
 /// `refused_calls_keep_the_http2_connection_open`). At most
 /// [`DRAIN_BYTES`] and [`DRAIN_TIME`] are read; a longer body is dropped
-/// (its frames are large, and large frames are not counted). A request a
-/// bulkhead refuses after a wait in its queue has its body read too. One
-/// a rate limit refuses after waiting for a cell or for Redis's answer, or
-/// a deadline refuses on arrival, is still dropped: by then a small body
-/// has arrived, or its caller sent it with no time left.
+/// (its frames are large, and large frames are not counted). The server
+/// presets' layers that refuse a request at once all read it: the
+/// deadline read from headers (a call sent with no time left), the rate
+/// limit, the bulkheads per tenant, the adaptive limit and the bulkhead;
+/// the bulkhead also after a wait in its queue. A request a rate limit
+/// refuses after waiting for a cell or for Redis's answer is still
+/// dropped: by then a small body has arrived.
 pub trait Release<Req>: sealed::Sealed {
     /// Lets go of `request`, refused.
     #[doc(hidden)]
@@ -259,8 +261,9 @@ where
 }
 
 /// The most of a refused request's body an [`Inbound<BodyEnd>`] layer
-/// reads (64 KiB, the initial window of an HTTP/2 stream: what a client
-/// can have on its way before the server reads).
+/// reads (64 KiB, HTTP/2's default window of a stream: a small message
+/// and its frames many times over; the frames of a larger upload are
+/// large, and it is dropped as before).
 pub const DRAIN_BYTES: usize = 64 * 1024;
 
 /// The longest an [`Inbound<BodyEnd>`] layer reads a refused request's

@@ -2716,21 +2716,22 @@ macro_rules! serve_held {
 }
 
 /// On one HTTP/2 connection to `addr`: stream 1 is a call held in the
-/// handler (`limit`, the stack's adaptive limit, counts it), then
-/// `refusals` calls with the fields `extra` are each refused at their
-/// head, and only then is each call's message sent, as the frames a real
+/// handler (`limit`, the stack's adaptive limit, counts it; its head has
+/// the fields `held`), then `refusals` calls with the fields `extra` are
+/// each refused at their head, and only then is each call's message sent, as the frames a real
 /// client had on their way; then `release` lets the held call answer, on
 /// the same connection. Panics if the server closes it.
 async fn refusals_on_one_connection(
     addr: SocketAddr,
     limit: &seawall::shed::AdaptiveLimitLayer,
     release: &tokio::sync::Semaphore,
+    held: &[(&str, &str)],
     extra: &[(&str, &str)],
     refusals: u32,
 ) {
     let path = "/demo.Greeter/SayHello";
     let mut conn = raw_h2::Conn::connect(addr).await;
-    conn.head(1, path, extra).await;
+    conn.head(1, path, held).await;
     conn.data(1, &SMALL_MESSAGE, false).await;
     conn.data(1, &[], true).await;
     for _ in 0..500 {
@@ -2798,7 +2799,7 @@ async fn refused_calls_keep_the_http2_connection_open() {
         .unwrap();
     let limit = stack.adaptive_limit().clone();
     let addr = serve_held!(stack, release);
-    refusals_on_one_connection(addr, &limit, &release, &[], 3000).await;
+    refusals_on_one_connection(addr, &limit, &release, &[], &[], 3000).await;
     assert_eq!(
         refused_by(&rec, seawall::observe::LayerKind::AdaptiveLimit),
         3000
@@ -2806,13 +2807,13 @@ async fn refused_calls_keep_the_http2_connection_open() {
 }
 
 /// The same through the preset's other refusals: a tenant's bulkhead (one
-/// place, no queue) and the rate limit (one call an hour), 3000 each on
-/// one connection, which stays open (it stopped taking calls after about
-/// 2100 tenant refusals, and with the rate limit's the held call ran out
-/// of its 30 s first: each refusal took about 13 ms, its reset written
-/// apart).
+/// place, no queue), the rate limit (one call an hour) and the deadline
+/// (calls sent with 1 ms left), 3000 each on one connection, which stays
+/// open. Before, it stopped taking calls after about 2100 tenant
+/// refusals; with the rate limit's and the deadline's, the refusals came
+/// about 13 ms apart and the held call ran out of its 30 s first.
 #[tokio::test]
-async fn tenant_and_rate_limit_refusals_keep_the_http2_connection_open() {
+async fn tenant_rate_limit_and_deadline_refusals_keep_the_http2_connection_open() {
     use seawall::observe::LayerKind;
 
     let release = Arc::new(tokio::sync::Semaphore::new(0));
@@ -2829,7 +2830,8 @@ async fn tenant_and_rate_limit_refusals_keep_the_http2_connection_open() {
         .unwrap();
     let limit = stack.adaptive_limit().clone();
     let addr = serve_held!(stack, release);
-    refusals_on_one_connection(addr, &limit, &release, &[("x-tenant", "acme")], 3000).await;
+    let acme = [("x-tenant", "acme")];
+    refusals_on_one_connection(addr, &limit, &release, &acme, &acme, 3000).await;
     assert_eq!(
         refused_by(&rec, LayerKind::Bulkhead),
         3000,
@@ -2846,6 +2848,21 @@ async fn tenant_and_rate_limit_refusals_keep_the_http2_connection_open() {
         .unwrap();
     let limit = stack.adaptive_limit().clone();
     let addr = serve_held!(stack, release);
-    refusals_on_one_connection(addr, &limit, &release, &[], 3000).await;
+    refusals_on_one_connection(addr, &limit, &release, &[], &[], 3000).await;
     assert_eq!(refused_by(&rec, LayerKind::RateLimit), 3000);
+
+    // Calls sent with 1 ms left, less than the preset's 10 ms margin for
+    // the hop: out of time on arrival.
+    let release = Arc::new(tokio::sync::Semaphore::new(0));
+    let rec = seawall::observe::Recorder::new();
+    let stack = seawall::stack::ServerStack::grpc("dep")
+        .total_budget(Duration::from_secs(30))
+        .observer(rec.clone())
+        .build()
+        .unwrap();
+    let limit = stack.adaptive_limit().clone();
+    let addr = serve_held!(stack, release);
+    let late = [("grpc-timeout", "1m")];
+    refusals_on_one_connection(addr, &limit, &release, &[], &late, 3000).await;
+    assert_eq!(refused_by(&rec, LayerKind::Deadline), 3000);
 }

@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::future::Future;
+use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -22,6 +23,7 @@ use crate::deadline::service::{EXPIRED_ON_ARRIVAL, reject_deadline};
 use crate::deadline::wire::{ParseTimeoutError, parse_grpc_timeout, parse_timeout_ms};
 use crate::deadline::{Deadline, HasDeadline};
 use crate::error::{BoxError, ConfigError, Name};
+use crate::hold::{Head, Release};
 use crate::local::Scoped;
 use crate::observe::{EventKind, LayerKind, Observer};
 
@@ -101,9 +103,19 @@ impl<S> Layer<S> for DeadlineFromHeadersLayer {
     type Service = DeadlineFromHeaders<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
+        self.layer_held(inner)
+    }
+}
+
+impl DeadlineFromHeadersLayer {
+    /// This layer around `inner`, letting go of a request it refuses as
+    /// `M` does (the server presets': see [`Release`]).
+    #[allow(dead_code)]
+    pub(crate) fn layer_held<S, M>(&self, inner: S) -> DeadlineFromHeaders<S, M> {
         DeadlineFromHeaders {
             inner,
             cfg: self.cfg.clone(),
+            hold: PhantomData,
         }
     }
 }
@@ -254,13 +266,28 @@ impl DeadlineFromHeadersLayerBuilder {
 
 /// The service built by [`DeadlineFromHeadersLayer`]. `poll_ready` passes the
 /// inner readiness through.
-#[derive(Clone)]
-pub struct DeadlineFromHeaders<S> {
+///
+/// `M` is how it lets go of a request it refuses (out of time on arrival,
+/// or with a header it rejects): [`Head`] drops it; the server presets'
+/// [`Inbound`](crate::hold::Inbound) reads the rest of its body first (see
+/// [`Release`]).
+pub struct DeadlineFromHeaders<S, M = Head> {
     inner: S,
     cfg: Arc<IngressConfig>,
+    hold: PhantomData<fn() -> M>,
 }
 
-impl<S: fmt::Debug> fmt::Debug for DeadlineFromHeaders<S> {
+impl<S: Clone, M> Clone for DeadlineFromHeaders<S, M> {
+    fn clone(&self) -> Self {
+        DeadlineFromHeaders {
+            inner: self.inner.clone(),
+            cfg: self.cfg.clone(),
+            hold: PhantomData,
+        }
+    }
+}
+
+impl<S: fmt::Debug, M> fmt::Debug for DeadlineFromHeaders<S, M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DeadlineFromHeaders")
             .field("inner", &self.inner)
@@ -323,10 +350,11 @@ impl IngressConfig {
     }
 }
 
-impl<S, B> Service<http::Request<B>> for DeadlineFromHeaders<S>
+impl<S, B, M> Service<http::Request<B>> for DeadlineFromHeaders<S, M>
 where
     S: Service<http::Request<B>>,
     S::Error: Into<BoxError>,
+    M: Release<http::Request<B>>,
 {
     type Response = S::Response;
     type Error = BoxError;
@@ -346,6 +374,7 @@ where
                 .map(|d| d.saturating_sub(cfg.margin))
                 .or(cfg.default_budget),
             Err(invalid) => {
+                M::release(req);
                 return IngressFuture {
                     state: IngressState::Rejected {
                         error: Some(invalid.into()),
@@ -366,14 +395,10 @@ where
             }
         };
         if deadline.instant() <= now {
+            let error = reject_deadline(LayerKind::Deadline, &cfg.shared, EXPIRED_ON_ARRIVAL);
+            M::release(req);
             return IngressFuture {
-                state: IngressState::Rejected {
-                    error: Some(reject_deadline(
-                        LayerKind::Deadline,
-                        &cfg.shared,
-                        EXPIRED_ON_ARRIVAL,
-                    )),
-                },
+                state: IngressState::Rejected { error: Some(error) },
             };
         }
         req.set_deadline(deadline);

@@ -11,7 +11,7 @@ use crate::deadline::propagate::{
     DeadlineFromHeaders, DeadlineFromHeadersLayer, DeadlineFromHeadersLayerBuilder,
 };
 use crate::error::{ConfigError, Name};
-use crate::hold::BodyEnd;
+use crate::hold::{BodyEnd, Inbound};
 use crate::http::{RejectionResponse, RejectionResponseLayer};
 use crate::observe::Observer;
 use crate::retry::http::{MarkInboundAttempt, MarkInboundAttemptLayer};
@@ -95,7 +95,9 @@ macro_rules! ingress_part {
             fn layer(&self, inner: Core<S, P, R, T>) -> Self::Service {
                 let marked = MarkInboundAttemptLayer::new().layer(inner);
                 $server {
-                    inner: $answer::new().layer(self.deadline.layer(marked)),
+                    inner: $answer::new().layer(
+                        self.deadline.layer_held::<_, Inbound<BodyEnd>>(marked),
+                    ),
                 }
             }
         }
@@ -113,12 +115,12 @@ macro_rules! ingress_part {
             T: Layer<ServerCore<CallBodyService<S>, P, BodyEnd>>,
             R: crate::stack::OuterPart<T::Service>,
         {
-            inner: $answered<DeadlineFromHeaders<MarkInboundAttempt<Core<S, P, R, T>>>>,
+            inner: $answered<DeadlineFromHeaders<MarkInboundAttempt<Core<S, P, R, T>>, Inbound>>,
         }
 
         wrapper_service!(
             $server<S, P, R, T>,
-            $answered<DeadlineFromHeaders<MarkInboundAttempt<Core<S, P, R, T>>>>,
+            $answered<DeadlineFromHeaders<MarkInboundAttempt<Core<S, P, R, T>>, Inbound>>,
             where T: Layer<ServerCore<CallBodyService<S>, P, BodyEnd>>, R: crate::stack::OuterPart<T::Service>,
         );
     };
