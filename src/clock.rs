@@ -333,14 +333,22 @@ pub(crate) const MIN_HINT: std::time::Duration = std::time::Duration::from_milli
 /// The sequence is a hash of the instance name and a counter: lock-free, no
 /// clock read, and the same from one run to the next (simulations in paused
 /// time stay reproducible).
-#[cfg(any(feature = "bulkhead", feature = "circuit-breaker"))]
+#[cfg(any(
+    feature = "bulkhead",
+    feature = "circuit-breaker",
+    feature = "rate-limit"
+))]
 #[derive(Debug)]
 pub(crate) struct Jitter {
     seed: u64,
     counter: std::sync::atomic::AtomicU64,
 }
 
-#[cfg(any(feature = "bulkhead", feature = "circuit-breaker"))]
+#[cfg(any(
+    feature = "bulkhead",
+    feature = "circuit-breaker",
+    feature = "rate-limit"
+))]
 impl Jitter {
     pub(crate) fn new(name: &str) -> Self {
         // FNV-1a over the name.
@@ -372,11 +380,21 @@ impl Jitter {
 }
 
 /// 2⁶⁴ divided by the golden ratio: splitmix64's increment.
-#[cfg(any(feature = "bulkhead", feature = "retry", feature = "circuit-breaker"))]
+#[cfg(any(
+    feature = "bulkhead",
+    feature = "retry",
+    feature = "circuit-breaker",
+    feature = "rate-limit"
+))]
 pub(crate) const GOLDEN: u64 = 0x9e37_79b9_7f4a_7c15;
 
 /// The splitmix64 finaliser: a well-mixed 64-bit hash of `z + golden ratio`.
-#[cfg(any(feature = "bulkhead", feature = "retry", feature = "circuit-breaker"))]
+#[cfg(any(
+    feature = "bulkhead",
+    feature = "retry",
+    feature = "circuit-breaker",
+    feature = "rate-limit"
+))]
 pub(crate) fn splitmix64(mut z: u64) -> u64 {
     z = z.wrapping_add(GOLDEN);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);

@@ -375,8 +375,9 @@ marker!(
     Overloaded, Overloaded, retry_after
 );
 marker!(
-    /// A rate limiter refused the request. `retry_after` is the exact wait until
-    /// the request would conform. Maps to HTTP 429 and gRPC `RESOURCE_EXHAUSTED`.
+    /// A rate limiter refused the request. `retry_after` is the wait until
+    /// the request would conform, stretched by a factor in `[1, 1.5)` (never
+    /// shorter). Maps to HTTP 429 and gRPC `RESOURCE_EXHAUSTED`.
     RateLimited, RateLimited, retry_after
 );
 marker!(

@@ -376,6 +376,7 @@ impl<X, D> RateLimitLayerBuilder<X, D> {
         );
         Ok(RateLimitLayer {
             shared: Arc::new(Shared {
+                jitter: crate::clock::Jitter::new(name.as_str()),
                 name,
                 observer: self.settings.observer,
                 extractor: self.extractor,

@@ -190,16 +190,19 @@ pub(crate) fn reject<X, D>(
     wait: Option<Duration>,
     detail: &'static str,
 ) -> BoxError {
+    // The time to the next cell, stretched so that callers refused
+    // together do not all come back at the instant it frees.
+    let hint = wait.map(|w| shared.jitter.stretch(w));
     shared.observer.emit(
         LayerKind::RateLimit,
         shared.name.as_str(),
         EventKind::Rejected {
             reason: RejectionKind::RateLimited,
             detail,
-            retry_after: wait,
+            retry_after: hint,
         },
     );
-    RateLimited::new(shared.name.clone(), wait).into()
+    RateLimited::new(shared.name.clone(), hint).into()
 }
 
 impl<F, S, Req, X, D> ResponseFuture<F, S, Req, X, D> {

@@ -20,8 +20,10 @@ use crate::observe::{EventKind, LayerKind, Observer};
 #[non_exhaustive]
 pub enum Mode {
     /// Fail at once with [`RateLimited`](crate::error::RateLimited), whose
-    /// `retry_after` is the exact wait until the request would conform
-    /// (the default).
+    /// `retry_after` is the wait until the request would conform, stretched
+    /// by a factor in `[1, 1.5)` so that callers refused together do not
+    /// all come back at the instant a cell frees (never shorter than the
+    /// wait; the default).
     #[default]
     Reject,
     /// Wait for a cell, up to `max` — and never past the request's deadline
@@ -194,6 +196,8 @@ pub(crate) struct Shared<X, D> {
     pub(super) overflow: Option<KeyedBuckets>,
     #[cfg(feature = "redis")]
     pub(crate) redis: Option<Arc<super::redis::RedisState>>,
+    /// Stretches the hints of refusals.
+    pub(crate) jitter: crate::clock::Jitter,
 }
 
 impl<X, D> Shared<X, D> {

@@ -82,7 +82,10 @@
 //! let err = svc.ready().await.unwrap().call(3).await.unwrap_err();
 //! let r = rejection_of(&err).unwrap();
 //! assert_eq!(r.kind(), RejectionKind::RateLimited);
-//! assert_eq!(r.retry_after(), Some(Duration::from_millis(500)));
+//! // The time to the next cell, 500 ms, stretched by up to half so that
+//! // callers refused together do not come back at one instant.
+//! let hint = r.retry_after().unwrap();
+//! assert!(hint >= Duration::from_millis(500) && hint < Duration::from_millis(750));
 //!
 //! tokio::time::advance(Duration::from_millis(500)).await;
 //! assert_eq!(svc.ready().await.unwrap().call(4).await.unwrap(), 4);

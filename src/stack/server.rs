@@ -885,7 +885,12 @@ impl<O, R, P> ServerStackBuilder<O, R, P> {
     /// [`HeaderKey`](crate::rate_limit::HeaderKey) your own edge sets or
     /// checks, a [`ClientIp`](crate::rate_limit::ClientIp), or a closure
     /// `Fn(&Req) -> Option<Key>`. Size `max_concurrent` to the share of the
-    /// handler's concurrency one tenant may take.
+    /// handler's concurrency one tenant may take, and no smaller than what a
+    /// tenant has in flight on its own (its rate times the handler's time)
+    /// with room for its bursts: quiet tenants with about 2 calls in flight
+    /// each were served 99.3 to 99.9 % with 4 places, 100 % with 8, in a new
+    /// user's trial over tonic. Places are not lent: those a quiet tenant
+    /// leaves idle stay idle while another tenant is refused.
     ///
     /// `f` configures the bulkhead from the part's defaults: a queue of 4,
     /// so that a tenant's own random bursts wait instead of being refused,

@@ -257,8 +257,8 @@ async fn two_instances_sharing_redis_enforce_one_quota() {
     );
     let w = first_wait.unwrap();
     assert!(
-        w > Duration::ZERO && w <= Duration::from_millis(600),
-        "retry_after {w:?} within one period"
+        w > Duration::ZERO && w < Duration::from_millis(900),
+        "retry_after {w:?} within one period, stretched by up to half"
     );
 }
 
@@ -920,8 +920,8 @@ async fn weighted_costs_through_redis() {
     let err = call(&mut sb, 6).await.unwrap_err();
     let wait = rejection_of(&err).unwrap().retry_after().unwrap();
     assert!(
-        wait > Duration::from_millis(100) && wait <= Duration::from_millis(200),
-        "the 2 missing cells take about 200 ms: {wait:?}"
+        wait > Duration::from_millis(100) && wait < Duration::from_millis(300),
+        "the 2 missing cells take about 200 ms, stretched by up to half: {wait:?}"
     );
     assert!(call(&mut sb, 4).await.is_ok(), "the 4 cells left");
     let err = call(&mut sa, 11).await.unwrap_err();
