@@ -32,7 +32,7 @@ use seawall::deadline::propagate::PropagateDeadlineLayerBuilder;
 use seawall::error::{RejectionKind, rejection_of};
 use seawall::grpc::GrpcStatusClassifier;
 use seawall::http::HttpStatusClassifier;
-use seawall::observe::State;
+use seawall::observe::{LayerKind, State};
 use seawall::retry::grpc::GrpcRetry;
 use seawall::retry::http::HttpRetry;
 use seawall::stack::{
@@ -675,18 +675,21 @@ enum Answer {
     SlowFirstMessage,
 }
 
-/// A gRPC server that answers every call the same way, counting calls.
+/// A gRPC service `demo.Greeter` whose every call `F` answers (tonic
+/// takes it as it takes a generated server: named, cloned per
+/// connection).
 #[derive(Clone)]
-struct Raw {
-    answer: Answer,
-    hits: Arc<AtomicUsize>,
-}
+struct GreeterFn<F>(F);
 
-impl NamedService for Raw {
+impl<F> NamedService for GreeterFn<F> {
     const NAME: &'static str = "demo.Greeter";
 }
 
-impl tower::Service<http::Request<Body>> for Raw {
+impl<F, Fut> tower::Service<http::Request<Body>> for GreeterFn<F>
+where
+    F: FnMut(http::Request<Body>) -> Fut,
+    Fut: Future<Output = http::Response<Body>> + Send + 'static,
+{
     type Response = http::Response<Body>;
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
@@ -695,74 +698,76 @@ impl tower::Service<http::Request<Body>> for Raw {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, _req: http::Request<Body>) -> Self::Future {
-        self.hits.fetch_add(1, Ordering::SeqCst);
-        let answer = self.answer;
-        Box::pin(async move {
-            Ok(match answer {
-                Answer::TrailersOnly => Status::internal("down").into_http(),
-                Answer::Unavailable => Status::unavailable("overloaded").into_http(),
-                Answer::Busy => {
-                    let mut s = Status::unavailable("busy");
-                    s.metadata_mut()
-                        .insert("grpc-retry-pushback-ms", "0".parse().unwrap());
-                    s.into_http()
-                }
-                Answer::HeadersThenTrailers | Answer::HeadersEmptyDataThenTrailers => {
-                    let mut trailers = http::HeaderMap::new();
-                    trailers.insert("grpc-status", "13".parse().unwrap());
-                    trailers.insert("grpc-message", "down".parse().unwrap());
-                    // Metadata with two values: both reach the client.
-                    trailers.append("x-failed-shard", "3".parse().unwrap());
-                    trailers.append("x-failed-shard", "7".parse().unwrap());
-                    let mut frames = Vec::new();
-                    if answer == Answer::HeadersEmptyDataThenTrailers {
-                        frames.push(Ok::<_, Status>(http_body::Frame::data(Bytes::new())));
-                    }
-                    frames.push(Ok(http_body::Frame::trailers(trailers)));
-                    http::Response::builder()
-                        .header("content-type", "application/grpc")
-                        .header("x-handler-metadata", "set before failing")
-                        .body(Body::new(StreamBody::new(futures::stream::iter(frames))))
-                        .unwrap()
-                }
-                Answer::SlowFirstMessage => {
-                    use prost::Message as _;
-                    let reply = greeter::HelloReply {
-                        message: "late but fine".into(),
-                        ..Default::default()
-                    }
-                    .encode_to_vec();
-                    let mut framed = vec![0u8];
-                    framed.extend_from_slice(&(reply.len() as u32).to_be_bytes());
-                    framed.extend_from_slice(&reply);
-                    let mut trailers = http::HeaderMap::new();
-                    trailers.insert("grpc-status", "0".parse().unwrap());
-                    let frames = futures::stream::once(async move {
-                        tokio::time::sleep(Duration::from_millis(800)).await;
-                        Ok::<_, Status>(http_body::Frame::data(Bytes::from(framed)))
-                    })
-                    .chain(futures::stream::iter([Ok(
-                        http_body::Frame::trailers(trailers),
-                    )]));
-                    http::Response::builder()
-                        .header("content-type", "application/grpc")
-                        .body(Body::new(StreamBody::new(frames)))
-                        .unwrap()
-                }
-            })
-        })
+    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
+        let answer = (self.0)(req);
+        Box::pin(async move { Ok(answer.await) })
     }
 }
 
-/// A [`Raw`] server answering every call with `answer`, and its count of
-/// calls.
+/// The answer of a gRPC server that answers every call the same way.
+async fn raw_answer(answer: Answer) -> http::Response<Body> {
+    match answer {
+        Answer::TrailersOnly => Status::internal("down").into_http(),
+        Answer::Unavailable => Status::unavailable("overloaded").into_http(),
+        Answer::Busy => {
+            let mut s = Status::unavailable("busy");
+            s.metadata_mut()
+                .insert("grpc-retry-pushback-ms", "0".parse().unwrap());
+            s.into_http()
+        }
+        Answer::HeadersThenTrailers | Answer::HeadersEmptyDataThenTrailers => {
+            let mut trailers = http::HeaderMap::new();
+            trailers.insert("grpc-status", "13".parse().unwrap());
+            trailers.insert("grpc-message", "down".parse().unwrap());
+            // Metadata with two values: both reach the client.
+            trailers.append("x-failed-shard", "3".parse().unwrap());
+            trailers.append("x-failed-shard", "7".parse().unwrap());
+            let mut frames = Vec::new();
+            if answer == Answer::HeadersEmptyDataThenTrailers {
+                frames.push(Ok::<_, Status>(http_body::Frame::data(Bytes::new())));
+            }
+            frames.push(Ok(http_body::Frame::trailers(trailers)));
+            http::Response::builder()
+                .header("content-type", "application/grpc")
+                .header("x-handler-metadata", "set before failing")
+                .body(Body::new(StreamBody::new(futures::stream::iter(frames))))
+                .unwrap()
+        }
+        Answer::SlowFirstMessage => {
+            use prost::Message as _;
+            let reply = greeter::HelloReply {
+                message: "late but fine".into(),
+                ..Default::default()
+            }
+            .encode_to_vec();
+            let mut framed = vec![0u8];
+            framed.extend_from_slice(&(reply.len() as u32).to_be_bytes());
+            framed.extend_from_slice(&reply);
+            let mut trailers = http::HeaderMap::new();
+            trailers.insert("grpc-status", "0".parse().unwrap());
+            let frames = futures::stream::once(async move {
+                tokio::time::sleep(Duration::from_millis(800)).await;
+                Ok::<_, Status>(http_body::Frame::data(Bytes::from(framed)))
+            })
+            .chain(futures::stream::iter([Ok(http_body::Frame::trailers(
+                trailers,
+            ))]));
+            http::Response::builder()
+                .header("content-type", "application/grpc")
+                .body(Body::new(StreamBody::new(frames)))
+                .unwrap()
+        }
+    }
+}
+
+/// A server answering every call with `answer`, and its count of calls.
 async fn serve_raw(answer: Answer) -> (Channel, Arc<AtomicUsize>) {
     let hits = Arc::new(AtomicUsize::new(0));
-    let channel = serve_grpc(Raw {
-        answer,
-        hits: hits.clone(),
-    })
+    let counted = hits.clone();
+    let channel = serve_grpc(GreeterFn(move |_| {
+        counted.fetch_add(1, Ordering::SeqCst);
+        raw_answer(answer)
+    }))
     .await;
     (channel, hits)
 }
@@ -788,9 +793,9 @@ where
         .unwrap()
 }
 
-/// A tonic server on loopback with the layer `$stack` around `$svc`, and a
-/// channel to it (a macro: tonic's bounds on a layered server are long).
-macro_rules! serve_grpc_in {
+/// A tonic server on loopback with the layer `$stack` around `$svc`; its
+/// address (a macro: tonic's bounds on a layered server are long).
+macro_rules! serve_addr_in {
     ($stack:expr, $svc:expr) => {{
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -800,6 +805,14 @@ macro_rules! serve_grpc_in {
         tokio::spawn(
             router.serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
         );
+        addr
+    }};
+}
+
+/// The same server, and a channel to it.
+macro_rules! serve_grpc_in {
+    ($stack:expr, $svc:expr) => {{
+        let addr = serve_addr_in!($stack, $svc);
         Channel::from_shared(format!("http://{addr}"))
             .unwrap()
             .connect()
@@ -2506,32 +2519,20 @@ async fn by_method_sends_a_services_listed_methods_through_their_own_stack() {
 
 /// A gRPC service `demo.Greeter` whose every call waits for a permit of
 /// `release`, then answers OK (trailers-only).
-#[derive(Clone)]
-struct HeldGreeter {
+fn held_greeter(
     release: Arc<tokio::sync::Semaphore>,
-}
-
-impl NamedService for HeldGreeter {
-    const NAME: &'static str = "demo.Greeter";
-}
-
-impl tower::Service<http::Request<Body>> for HeldGreeter {
-    type Response = http::Response<Body>;
-    type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _req: http::Request<Body>) -> Self::Future {
-        let release = self.release.clone();
+) -> GreeterFn<impl FnMut(http::Request<Body>) -> Answering + Clone> {
+    GreeterFn(move |_| {
+        let release = release.clone();
         Box::pin(async move {
             let _permit = release.acquire().await.unwrap();
-            Ok(Status::new(Code::Ok, "").into_http())
-        })
-    }
+            Status::new(Code::Ok, "").into_http()
+        }) as Answering
+    })
 }
+
+/// An answer on its way.
+type Answering = Pin<Box<dyn Future<Output = http::Response<Body>> + Send>>;
 
 /// An HTTP/2 client written frame by frame, so that a test decides when
 /// each frame leaves (a real client's next frames are already on their
@@ -2697,24 +2698,6 @@ mod raw_h2 {
 /// small DATA frame, then an empty one ending the stream.
 const SMALL_MESSAGE: [u8; 8] = [0, 0, 0, 0, 3, 0x0a, 0x01, b'x'];
 
-/// A tonic server on loopback with the layer `$stack` around a
-/// [`HeldGreeter`] answering once `$release` has a permit; its address.
-macro_rules! serve_held {
-    ($stack:expr, $release:expr) => {{
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let router = tonic::transport::Server::builder()
-            .layer($stack)
-            .add_service(HeldGreeter {
-                release: $release.clone(),
-            });
-        tokio::spawn(
-            router.serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
-        );
-        addr
-    }};
-}
-
 /// On one HTTP/2 connection to `addr`: stream 1 is a call held in the
 /// handler (`limit`, the stack's adaptive limit, counts it; its head has
 /// the fields `held`), then `refusals` calls with the fields `extra` are
@@ -2770,8 +2753,24 @@ async fn refusals_on_one_connection(
     assert_eq!(limit.inflight(), 0);
 }
 
+/// [`refusals_on_one_connection`] against the gRPC preset (30 s, an
+/// observer, and what `$configure` adds to the builder `$b`), around
+/// [`held_greeter`]: 3000 refusals, every one by the layer `$layer`.
+macro_rules! refusals_by {
+    ($layer:expr, $held:expr, $extra:expr, |$b:ident| $configure:expr) => {{
+        let release = Arc::new(tokio::sync::Semaphore::new(0));
+        let rec = seawall::observe::Recorder::new();
+        let $b = seawall::stack::ServerStack::grpc("dep").total_budget(Duration::from_secs(30));
+        let stack = ($configure).observer(rec.clone()).build().unwrap();
+        let limit = stack.adaptive_limit().clone();
+        let addr = serve_addr_in!(stack, held_greeter(release.clone()));
+        refusals_on_one_connection(addr, &limit, &release, $held, $extra, 3000).await;
+        assert_eq!(refused_by(&rec, $layer), 3000, "{:?}", $layer);
+    }};
+}
+
 /// How many calls the layer `layer` of the stack refused.
-fn refused_by(rec: &seawall::observe::Recorder, layer: seawall::observe::LayerKind) -> usize {
+fn refused_by(rec: &seawall::observe::Recorder, layer: LayerKind) -> usize {
     rec.count(|e| {
         e.layer == layer && matches!(e.kind, seawall::observe::EventKind::Rejected { .. })
     })
@@ -2789,21 +2788,8 @@ fn refused_by(rec: &seawall::observe::Recorder, layer: seawall::observe::LayerKi
 /// on one connection, and the call held all along is answered on it.
 #[tokio::test]
 async fn refused_calls_keep_the_http2_connection_open() {
-    let release = Arc::new(tokio::sync::Semaphore::new(0));
-    let rec = seawall::observe::Recorder::new();
-    let stack = seawall::stack::ServerStack::grpc("dep")
-        .total_budget(Duration::from_secs(30))
-        .adaptive_limit(|l| l.algorithm(limit_of_one()))
-        .observer(rec.clone())
-        .build()
-        .unwrap();
-    let limit = stack.adaptive_limit().clone();
-    let addr = serve_held!(stack, release);
-    refusals_on_one_connection(addr, &limit, &release, &[], &[], 3000).await;
-    assert_eq!(
-        refused_by(&rec, seawall::observe::LayerKind::AdaptiveLimit),
-        3000
-    );
+    refusals_by!(LayerKind::AdaptiveLimit, &[], &[], |b| b
+        .adaptive_limit(|l| l.algorithm(limit_of_one())));
 }
 
 /// The same through the preset's other refusals: a tenant's bulkhead (one
@@ -2814,55 +2800,17 @@ async fn refused_calls_keep_the_http2_connection_open() {
 /// about 13 ms apart and the held call ran out of its 30 s first.
 #[tokio::test]
 async fn tenant_rate_limit_and_deadline_refusals_keep_the_http2_connection_open() {
-    use seawall::observe::LayerKind;
-
-    let release = Arc::new(tokio::sync::Semaphore::new(0));
-    let rec = seawall::observe::Recorder::new();
-    let stack = seawall::stack::ServerStack::grpc("dep")
-        .total_budget(Duration::from_secs(30))
-        .tenant_bulkhead(
-            seawall::rate_limit::HeaderKey::new(http::HeaderName::from_static("x-tenant")),
-            1,
-            |b| b.max_queue(0),
-        )
-        .observer(rec.clone())
-        .build()
-        .unwrap();
-    let limit = stack.adaptive_limit().clone();
-    let addr = serve_held!(stack, release);
     let acme = [("x-tenant", "acme")];
-    refusals_on_one_connection(addr, &limit, &release, &acme, &acme, 3000).await;
-    assert_eq!(
-        refused_by(&rec, LayerKind::Bulkhead),
-        3000,
-        "by the tenant's bulkhead"
-    );
-
-    let release = Arc::new(tokio::sync::Semaphore::new(0));
-    let rec = seawall::observe::Recorder::new();
-    let stack = seawall::stack::ServerStack::grpc("dep")
-        .total_budget(Duration::from_secs(30))
-        .rate_limit(seawall::rate_limit::Quota::per_hour(1), |r| r)
-        .observer(rec.clone())
-        .build()
-        .unwrap();
-    let limit = stack.adaptive_limit().clone();
-    let addr = serve_held!(stack, release);
-    refusals_on_one_connection(addr, &limit, &release, &[], &[], 3000).await;
-    assert_eq!(refused_by(&rec, LayerKind::RateLimit), 3000);
-
+    let tenant = seawall::rate_limit::HeaderKey::new(http::HeaderName::from_static("x-tenant"));
+    // A tenant's bulkhead reports its refusals as a bulkhead.
+    refusals_by!(LayerKind::Bulkhead, &acme, &acme, |b| b.tenant_bulkhead(
+        tenant,
+        1,
+        |b| b.max_queue(0)
+    ));
+    refusals_by!(LayerKind::RateLimit, &[], &[], |b| b
+        .rate_limit(seawall::rate_limit::Quota::per_hour(1), |r| r));
     // Calls sent with 1 ms left, less than the preset's 10 ms margin for
     // the hop: out of time on arrival.
-    let release = Arc::new(tokio::sync::Semaphore::new(0));
-    let rec = seawall::observe::Recorder::new();
-    let stack = seawall::stack::ServerStack::grpc("dep")
-        .total_budget(Duration::from_secs(30))
-        .observer(rec.clone())
-        .build()
-        .unwrap();
-    let limit = stack.adaptive_limit().clone();
-    let addr = serve_held!(stack, release);
-    let late = [("grpc-timeout", "1m")];
-    refusals_on_one_connection(addr, &limit, &release, &[], &late, 3000).await;
-    assert_eq!(refused_by(&rec, LayerKind::Deadline), 3000);
+    refusals_by!(LayerKind::Deadline, &[], &[("grpc-timeout", "1m")], |b| b);
 }
