@@ -218,8 +218,9 @@ impl<T, M: Hold<T>> Hold<T> for Inbound<M> {
 /// (`GOAWAY`, `ENHANCE_YOUR_CALM`) when it runs out, with every call in
 /// flight on it. A server preset refusing a third of the calls of plain
 /// tonic clients had its connections closed every 4 s or so, 211 to 440
-/// calls lost a run (`tests/presets`,
-/// `refused_calls_keep_the_http2_connection_open`). At most
+/// calls lost a run; an axum server's connection closed the same way
+/// (`tests/presets`, `refused_calls_keep_the_http2_connection_open` and
+/// its neighbours). At most
 /// [`DRAIN_BYTES`] and [`DRAIN_TIME`] are read; a longer body is dropped
 /// (its frames are large, and large frames are not counted). The server
 /// presets' layers that refuse a request at once all read it: the

@@ -1180,25 +1180,27 @@ fn held_until_released(
         seawall::shed::AdaptiveLimitLayerBuilder,
     ) -> seawall::shed::AdaptiveLimitLayerBuilder,
 ) -> Router {
+    hold_route(release).layer(
+        seawall::stack::ServerStack::http("api")
+            .total_budget(Duration::from_secs(5))
+            .adaptive_limit(|l| limit(l.algorithm(limit_of_one())))
+            .build()
+            .unwrap(),
+    )
+}
+
+/// A route `/hold` (`GET` and `POST`) answering once `release` gives it a
+/// permit.
+fn hold_route(release: &Arc<tokio::sync::Semaphore>) -> Router {
     let r = release.clone();
-    Router::new()
-        .route(
-            "/hold",
-            get(move || {
-                let r = r.clone();
-                async move {
-                    let _permit = r.acquire().await.unwrap();
-                    "released"
-                }
-            }),
-        )
-        .layer(
-            seawall::stack::ServerStack::http("api")
-                .total_budget(Duration::from_secs(5))
-                .adaptive_limit(|l| limit(l.algorithm(limit_of_one())))
-                .build()
-                .unwrap(),
-        )
+    let held = move || {
+        let r = r.clone();
+        async move {
+            let _permit = r.acquire().await.unwrap();
+            "released"
+        }
+    };
+    Router::new().route("/hold", get(held.clone()).post(held))
 }
 
 #[tokio::test]
@@ -2650,17 +2652,20 @@ mod raw_h2 {
             conn
         }
 
-        /// Opens `stream` with a gRPC call's head to `path`, with the
-        /// fields `extra`.
-        pub async fn head(&mut self, stream: u32, path: &str, extra: &[(&str, &str)]) {
+        /// Opens `stream` with a `POST` to `path` (a gRPC call's head if
+        /// `grpc`), with the fields `extra`.
+        pub async fn head(&mut self, stream: u32, path: &str, grpc: bool, extra: &[(&str, &str)]) {
             let mut fields = vec![
                 (":method", "POST"),
                 (":scheme", "http"),
                 (":path", path),
                 (":authority", "localhost"),
-                ("content-type", "application/grpc"),
-                ("te", "trailers"),
             ];
+            if grpc {
+                fields.extend([("content-type", "application/grpc"), ("te", "trailers")]);
+            } else {
+                fields.push(("content-type", "text/plain"));
+            }
             fields.extend_from_slice(extra);
             let fields = block(&fields);
             self.write
@@ -2698,23 +2703,49 @@ mod raw_h2 {
 /// small DATA frame, then an empty one ending the stream.
 const SMALL_MESSAGE: [u8; 8] = [0, 0, 0, 0, 3, 0x0a, 0x01, b'x'];
 
+/// The calls of [`refusals_on_one_connection`]: `POST`s to `path` (gRPC
+/// calls if `grpc`), the held one with the fields `held`, the refused ones
+/// with `refused`.
+struct Calls<'a> {
+    path: &'a str,
+    grpc: bool,
+    held: &'a [(&'a str, &'a str)],
+    refused: &'a [(&'a str, &'a str)],
+}
+
+impl Calls<'_> {
+    /// gRPC calls to `demo.Greeter`.
+    fn grpc<'a>(held: &'a [(&'a str, &'a str)], refused: &'a [(&'a str, &'a str)]) -> Calls<'a> {
+        Calls {
+            path: "/demo.Greeter/SayHello",
+            grpc: true,
+            held,
+            refused,
+        }
+    }
+}
+
 /// On one HTTP/2 connection to `addr`: stream 1 is a call held in the
-/// handler (`limit`, the stack's adaptive limit, counts it; its head has
-/// the fields `held`), then `refusals` calls with the fields `extra` are
-/// each refused at their head, and only then is each call's message sent, as the frames a real
-/// client had on their way; then `release` lets the held call answer, on
-/// the same connection. Panics if the server closes it.
+/// handler (`limit`, the stack's adaptive limit, counts it), then
+/// `refusals` calls are each refused at their head, and only then is
+/// each call's message sent, as the frames a real client had on their
+/// way; then `release` lets the held call answer, on the same connection.
+/// Panics if the server closes it.
 async fn refusals_on_one_connection(
     addr: SocketAddr,
+    calls: Calls<'_>,
     limit: &seawall::shed::AdaptiveLimitLayer,
     release: &tokio::sync::Semaphore,
-    held: &[(&str, &str)],
-    extra: &[(&str, &str)],
     refusals: u32,
 ) {
-    let path = "/demo.Greeter/SayHello";
+    let Calls {
+        path,
+        grpc,
+        held,
+        refused: extra,
+    } = calls;
     let mut conn = raw_h2::Conn::connect(addr).await;
-    conn.head(1, path, held).await;
+    conn.head(1, path, grpc, held).await;
     conn.data(1, &SMALL_MESSAGE, false).await;
     conn.data(1, &[], true).await;
     for _ in 0..500 {
@@ -2726,7 +2757,7 @@ async fn refusals_on_one_connection(
     assert_eq!(limit.inflight(), 1, "stream 1 is in the handler");
     for i in 0..refusals {
         let stream = 3 + 2 * i;
-        conn.head(stream, path, extra).await;
+        conn.head(stream, path, grpc, extra).await;
         let answer = conn.answer(stream).await;
         let answer = answer
             .unwrap_or_else(|| panic!("no answer to call {i}: the connection takes no more calls"));
@@ -2736,11 +2767,13 @@ async fn refusals_on_one_connection(
             "the server closed the connection after {i} refusals: GOAWAY {:?}",
             answer.goaway()
         );
-        assert_eq!(
-            answer.flags & raw_h2::END_STREAM,
-            raw_h2::END_STREAM,
-            "call {i} is refused with a trailers-only answer"
-        );
+        if grpc {
+            assert_eq!(
+                answer.flags & raw_h2::END_STREAM,
+                raw_h2::END_STREAM,
+                "call {i} is refused with a trailers-only answer"
+            );
+        }
         // The message the client had on its way.
         conn.data(stream, &SMALL_MESSAGE, false).await;
         conn.data(stream, &[], true).await;
@@ -2749,7 +2782,6 @@ async fn refusals_on_one_connection(
     release.add_permits(1);
     let answer = conn.answer(1).await.expect("an answer to the held call");
     assert_eq!(answer.kind, raw_h2::HEADERS, "{answer:?}");
-    assert_eq!(answer.flags & raw_h2::END_STREAM, raw_h2::END_STREAM);
     assert_eq!(limit.inflight(), 0);
 }
 
@@ -2764,7 +2796,8 @@ macro_rules! refusals_by {
         let stack = ($configure).observer(rec.clone()).build().unwrap();
         let limit = stack.adaptive_limit().clone();
         let addr = serve_addr_in!(stack, held_greeter(release.clone()));
-        refusals_on_one_connection(addr, &limit, &release, $held, $extra, 3000).await;
+        let calls = Calls::grpc($held, $extra);
+        refusals_on_one_connection(addr, calls, &limit, &release, 3000).await;
         assert_eq!(refused_by(&rec, $layer), 3000, "{:?}", $layer);
     }};
 }
@@ -2813,4 +2846,30 @@ async fn tenant_rate_limit_and_deadline_refusals_keep_the_http2_connection_open(
     // Calls sent with 1 ms left, less than the preset's 10 ms margin for
     // the hop: out of time on arrival.
     refusals_by!(LayerKind::Deadline, &[], &[("grpc-timeout", "1m")], |b| b);
+}
+
+/// The HTTP preset over HTTP/2 (axum, with prior knowledge): 3000 `POST`s
+/// its adaptive limit refuses with a `503`, each body sent after its
+/// answer, on one connection, which stays open, and the held request is
+/// answered on it.
+#[tokio::test]
+async fn http_preset_refusals_keep_the_http2_connection_open() {
+    let release = Arc::new(tokio::sync::Semaphore::new(0));
+    let rec = seawall::observe::Recorder::new();
+    let stack = seawall::stack::ServerStack::http("api")
+        .total_budget(Duration::from_secs(30))
+        .adaptive_limit(|l| l.algorithm(limit_of_one()))
+        .observer(rec.clone())
+        .build()
+        .unwrap();
+    let limit = stack.adaptive_limit().clone();
+    let addr = serve_axum(hold_route(&release).layer(stack)).await;
+    let calls = Calls {
+        path: "/hold",
+        grpc: false,
+        held: &[],
+        refused: &[],
+    };
+    refusals_on_one_connection(addr, calls, &limit, &release, 3000).await;
+    assert_eq!(refused_by(&rec, LayerKind::AdaptiveLimit), 3000);
 }
