@@ -226,9 +226,10 @@ impl<T, M: Hold<T>> Hold<T> for Inbound<M> {
 /// presets' layers that refuse a request at once all read it: the
 /// deadline read from headers (a call sent with no time left), the rate
 /// limit, the bulkheads per tenant, the adaptive limit and the bulkhead;
-/// the bulkhead also after a wait in its queue. A request a rate limit
-/// refuses after waiting for a cell or for Redis's answer is still
-/// dropped: by then a small body has arrived.
+/// the bulkhead also after a wait in its queue, and the rate limit also
+/// in `Mode::Wait` (a request whose cell would come too late). A request
+/// a rate limit refuses after waiting for its cell or for Redis's answer
+/// is still dropped: by then a small body has arrived.
 pub trait Release<Req>: sealed::Sealed {
     /// Lets go of `request`, refused.
     #[doc(hidden)]

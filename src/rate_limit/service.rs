@@ -124,9 +124,15 @@ where
                 ResponseFuture::called(shared, status, || self.inner.call(req))
             }
             Step::Now(Verdict::Deny { wait, detail }, _) => match (shared.mode, wait) {
-                (Mode::Wait { max }, Some(w)) => {
-                    wait_for_cells(&mut self.inner, shared, max, w, cost, key(), req)
-                }
+                (Mode::Wait { max }, Some(w)) => wait_for_cells::<_, _, _, M, _>(
+                    &mut self.inner,
+                    shared,
+                    max,
+                    w,
+                    cost,
+                    key(),
+                    req,
+                ),
                 _ => {
                     let refused = ResponseFuture::rejected(shared, wait, detail);
                     M::release(req);
@@ -153,7 +159,7 @@ where
 /// asks again. A request whose time comes after the layer's maximum wait
 /// or its deadline fails at once.
 #[inline(never)]
-fn wait_for_cells<S, X, D, Req>(
+fn wait_for_cells<S, X, D, M, Req>(
     inner: &mut S,
     shared: &Arc<Shared<X, D>>,
     max: std::time::Duration,
@@ -165,6 +171,7 @@ fn wait_for_cells<S, X, D, Req>(
 where
     S: Service<Req> + Clone,
     D: Decorate<S::Response>,
+    M: Release<Req>,
     Req: crate::deadline::HasDeadline,
 {
     let now = crate::clock::edge_now();
@@ -186,7 +193,9 @@ where
             }
             Reserve::Now(Verdict::Deny { wait: Some(w), .. }, _) => w,
             Reserve::Now(Verdict::Deny { wait: None, detail }, _) => {
-                return ResponseFuture::rejected(shared, None, detail);
+                let refused = ResponseFuture::rejected(shared, None, detail);
+                M::release(req);
+                return refused;
             }
         }
     } else if now + w <= limit {
@@ -197,12 +206,14 @@ where
     if deadline.is_some_and(|d| d.instant() == limit) && now + w <= by_max {
         // The wait itself would be allowed, but the cell comes after the
         // request's deadline: the request cannot be served in time at all.
-        return ResponseFuture::deadline_exceeded(
-            shared,
-            super::layer::DETAIL_DEADLINE_BEFORE_CELL,
-        );
+        let refused =
+            ResponseFuture::deadline_exceeded(shared, super::layer::DETAIL_DEADLINE_BEFORE_CELL);
+        M::release(req);
+        return refused;
     }
-    ResponseFuture::rejected(shared, Some(w), super::layer::DETAIL_WAIT_TOO_LONG)
+    let refused = ResponseFuture::rejected(shared, Some(w), super::layer::DETAIL_WAIT_TOO_LONG);
+    M::release(req);
+    refused
 }
 
 /// A clone of the inner service for a request that waits (for its cell, or

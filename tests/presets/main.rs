@@ -2826,7 +2826,8 @@ async fn refused_calls_keep_the_http2_connection_open() {
 }
 
 /// The same through the preset's other refusals: a tenant's bulkhead (one
-/// place, no queue), the rate limit (one call an hour) and the deadline
+/// place, no queue), the rate limit (one call an hour, refusing or
+/// waiting up to 1 s) and the deadline
 /// (calls sent with 1 ms left), 3000 each on one connection, which stays
 /// open. Before, it stopped taking calls after about 2100 tenant
 /// refusals; with the rate limit's and the deadline's, the refusals came
@@ -2843,6 +2844,11 @@ async fn tenant_rate_limit_and_deadline_refusals_keep_the_http2_connection_open(
     ));
     refusals_by!(LayerKind::RateLimit, &[], &[], |b| b
         .rate_limit(seawall::rate_limit::Quota::per_hour(1), |r| r));
+    // Waiting for a cell up to 1 s: the next cell, an hour away, is
+    // refused at once.
+    refusals_by!(LayerKind::RateLimit, &[], &[], |b| b
+        .rate_limit(seawall::rate_limit::Quota::per_hour(1), |r| r
+            .wait(Duration::from_secs(1))));
     // Calls sent with 1 ms left, less than the preset's 10 ms margin for
     // the hop: out of time on arrival.
     refusals_by!(LayerKind::Deadline, &[], &[("grpc-timeout", "1m")], |b| b);
