@@ -262,10 +262,11 @@ where
     }
 }
 
-/// The most of a refused request's body an [`Inbound<BodyEnd>`] layer
-/// reads (64 KiB, HTTP/2's default window of a stream: a small message
-/// and its frames many times over; the frames of a larger upload are
-/// large, and it is dropped as before).
+/// How much of a refused request's body an [`Inbound<BodyEnd>`] layer
+/// reads before it stops (64 KiB and the frame that crosses it; 64 KiB is
+/// HTTP/2's default window of a stream, a small message and its frames
+/// many times over; the frames of a larger upload are large, and it is
+/// dropped as before).
 pub const DRAIN_BYTES: usize = 64 * 1024;
 
 /// The longest an [`Inbound<BodyEnd>`] layer reads a refused request's
@@ -273,7 +274,8 @@ pub const DRAIN_BYTES: usize = 64 * 1024;
 pub const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Reads `body` to its end (at most [`DRAIN_BYTES`] and [`DRAIN_TIME`]) in
-/// a task of its own, then drops it. Out of line: a refusal's path.
+/// a task of its own, then drops it; outside a tokio runtime it is dropped
+/// at once. Out of line: a refusal's path.
 #[cfg(feature = "http")]
 #[inline(never)]
 fn drain<B>(body: B)
@@ -297,7 +299,7 @@ where
             {
                 if let Some(data) = frame.data_ref() {
                     read += data.remaining();
-                    if read > DRAIN_BYTES {
+                    if read >= DRAIN_BYTES {
                         break;
                     }
                 }

@@ -192,14 +192,19 @@ where
         codel_until: Option<Instant>,
         engine: &Engine,
         deadline: Option<deadline::Deadline>,
-    ) -> Self {
+    ) -> Self
+    where
+        M: Release<Req>,
+    {
         let max_wait_until = now.checked_add(engine.settings.max_wait);
         let (until, why) = give_up_at(max_wait_until, codel_until, deadline);
         if until.is_some_and(|u| u <= now) {
             // Nothing left to wait for (the deadline has passed): leave the
             // queue (dropping the waiter) and say so at once.
             drop(waiter);
-            return Self::rejected(reject(engine, why));
+            let error = reject(engine, why);
+            M::release(request);
+            return Self::rejected(error);
         }
         ResponseFuture {
             state: State::Waiting {

@@ -35,7 +35,7 @@ pub enum Mode {
     /// called at that instant without another check: waiting requests are
     /// served in the order they came, each at its own time. One whose time
     /// would come after `max` fails at once with `RateLimited` (its
-    /// `retry_after` the wait until that time); after its deadline, at once
+    /// `retry_after` the wait until that time, stretched by up to half); after its deadline, at once
     /// with `DeadlineExceeded`. Dropped before its time, a request gives
     /// its cells back, unless a later request took cells after them (those
     /// stay spent, and the later requests keep their times). Through Redis

@@ -39,9 +39,9 @@
 //!   refilled, each keeps what it owes within the new burst.
 //! - **Headers** (feature `http`): [`IetfHeaders`](headers::IetfHeaders) writes the IETF
 //!   `RateLimit-Policy: "default";q=100;w=60` and `RateLimit: "default";r=50;t=30`
-//!   fields on admitted responses. A refusal's `Retry-After` (its wait
-//!   rounded *up* to whole seconds) is written by the HTTP mapping of the
-//!   rejection, below.
+//!   fields on admitted responses. A refusal's `Retry-After` (its
+//!   stretched wait rounded *up* to whole seconds) is written by the HTTP
+//!   mapping of the rejection, below.
 //! - **On an HTTP server** (feature `axum` or `http`): add the limit to the
 //!   server preset, `ServerStack::http(..).rate_limit(quota, |r| r.keyed(ClientIp::new()))`
 //!   (see [`ServerStackBuilder::rate_limit`](crate::stack::ServerStackBuilder::rate_limit)),
@@ -86,7 +86,7 @@
 //! // The time to the next cell, 500 ms, stretched by up to half so that
 //! // callers refused together do not come back at one instant.
 //! let hint = r.retry_after().unwrap();
-//! assert!(hint >= Duration::from_millis(500) && hint < Duration::from_millis(750));
+//! assert!(hint >= Duration::from_millis(500) && hint <= Duration::from_millis(750));
 //!
 //! tokio::time::advance(Duration::from_millis(500)).await;
 //! assert_eq!(svc.ready().await.unwrap().call(4).await.unwrap(), 4);

@@ -251,7 +251,7 @@
 //! assert_eq!(view.kind(), RejectionKind::RateLimited);
 //! assert_eq!(view.name(), "api.rate_limit");
 //! let hint = view.retry_after().unwrap(); // the next cell's 10 ms, stretched
-//! assert!(hint >= Duration::from_millis(10) && hint < Duration::from_millis(15));
+//! assert!(hint >= Duration::from_millis(10) && hint <= Duration::from_millis(15));
 //! # Ok(())
 //! # }
 //! ```

@@ -125,14 +125,17 @@ impl StackPart for crate::deadline::propagate::PropagateDeadlineLayerBuilder {
 }
 
 #[cfg(feature = "http")]
+/// A server stack's ingress: a request it refuses has the rest of its body
+/// read first (see [`Release`](crate::hold::Release)).
 impl StackPart for crate::deadline::propagate::DeadlineFromHeadersLayerBuilder {
-    type Layer = crate::deadline::propagate::DeadlineFromHeadersLayer;
+    type Layer = crate::deadline::propagate::DeadlineFromHeadersLayer<crate::hold::Inbound>;
 
     fn build_part(self, observer: Option<&Observer>) -> Result<Self::Layer, ConfigError> {
-        match observer {
+        let built = match observer {
             Some(o) => self.observer(o.clone()).build(),
             None => self.build(),
-        }
+        };
+        built.map(|layer| layer.held())
     }
 
     /// The cap a caller may ask for is the stack's budget (or a lower

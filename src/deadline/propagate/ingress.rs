@@ -47,9 +47,22 @@ struct IngressConfig {
 /// 30 s, margin 0, no default budget, ignores invalid values, name
 /// `"deadline_from_headers"`, no observer. The configuration is shared (an
 /// `Arc`) by every service built from one layer.
-#[derive(Clone)]
-pub struct DeadlineFromHeadersLayer {
+///
+/// `M` is how its services let go of a request they refuse ([`Head`]: drop
+/// it; a server stack's ingress reads the rest of its body first, see
+/// [`Release`]).
+pub struct DeadlineFromHeadersLayer<M = Head> {
     cfg: Arc<IngressConfig>,
+    hold: PhantomData<fn() -> M>,
+}
+
+impl<M> Clone for DeadlineFromHeadersLayer<M> {
+    fn clone(&self) -> Self {
+        DeadlineFromHeadersLayer {
+            cfg: self.cfg.clone(),
+            hold: PhantomData,
+        }
+    }
 }
 
 impl DeadlineFromHeadersLayer {
@@ -84,7 +97,7 @@ impl Default for DeadlineFromHeadersLayer {
     }
 }
 
-impl fmt::Debug for DeadlineFromHeadersLayer {
+impl<M> fmt::Debug for DeadlineFromHeadersLayer<M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let c = &self.cfg;
         f.debug_struct("DeadlineFromHeadersLayer")
@@ -99,19 +112,28 @@ impl fmt::Debug for DeadlineFromHeadersLayer {
     }
 }
 
-impl<S> Layer<S> for DeadlineFromHeadersLayer {
-    type Service = DeadlineFromHeaders<S>;
+impl<S, M> Layer<S> for DeadlineFromHeadersLayer<M> {
+    type Service = DeadlineFromHeaders<S, M>;
 
     fn layer(&self, inner: S) -> Self::Service {
         self.layer_held(inner)
     }
 }
 
-impl DeadlineFromHeadersLayer {
-    /// This layer around `inner`, letting go of a request it refuses as
-    /// `M` does (the server presets': see [`Release`]).
+impl<M> DeadlineFromHeadersLayer<M> {
+    /// The same layer, letting go of a request it refuses as `M2` does.
     #[allow(dead_code)]
-    pub(crate) fn layer_held<S, M>(&self, inner: S) -> DeadlineFromHeaders<S, M> {
+    pub(crate) fn held<M2>(self) -> DeadlineFromHeadersLayer<M2> {
+        DeadlineFromHeadersLayer {
+            cfg: self.cfg,
+            hold: PhantomData,
+        }
+    }
+
+    /// This layer around `inner`, letting go of a request it refuses as
+    /// `M2` does (see [`Release`]).
+    #[allow(dead_code)]
+    pub(crate) fn layer_held<S, M2>(&self, inner: S) -> DeadlineFromHeaders<S, M2> {
         DeadlineFromHeaders {
             inner,
             cfg: self.cfg.clone(),
@@ -260,6 +282,7 @@ impl DeadlineFromHeadersLayerBuilder {
                 quiet_clamp: self.quiet_clamp,
                 shared: Arc::new(Shared::new(max, self.name, self.observer)),
             }),
+            hold: PhantomData,
         })
     }
 }

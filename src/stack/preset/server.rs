@@ -82,7 +82,7 @@ macro_rules! ingress_part {
         $(#[$layer_meta])*
         #[derive(Debug, Clone)]
         pub struct $layer {
-            deadline: DeadlineFromHeadersLayer,
+            deadline: DeadlineFromHeadersLayer<Inbound>,
         }
 
         impl<S, P, R, T> Layer<Core<S, P, R, T>> for $layer
@@ -95,9 +95,7 @@ macro_rules! ingress_part {
             fn layer(&self, inner: Core<S, P, R, T>) -> Self::Service {
                 let marked = MarkInboundAttemptLayer::new().layer(inner);
                 $server {
-                    inner: $answer::new().layer(
-                        self.deadline.layer_held::<_, Inbound<BodyEnd>>(marked),
-                    ),
+                    inner: $answer::new().layer(self.deadline.layer(marked)),
                 }
             }
         }
