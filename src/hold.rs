@@ -110,8 +110,8 @@ pub struct BodyEnd;
 /// protocol presets), and a request refused before the service behind the
 /// layer saw it is let go as [`Release`] says: an `http::Request` whose
 /// body the client is still sending has the rest of it read first. The
-/// [server stacks](crate::stack::ServerStack) give it to their adaptive
-/// limit and bulkhead; you meet it only in their types.
+/// [server stacks](crate::stack::ServerStack) give it to every layer that
+/// refuses a request at once; you meet it only in their types.
 pub struct Inbound<M = BodyEnd>(PhantomData<fn() -> M>);
 
 impl<M> fmt::Debug for Inbound<M> {
@@ -220,9 +220,9 @@ impl<T, M: Hold<T>> Hold<T> for Inbound<M> {
 /// tonic clients had its connections closed every 4 s or so, 211 to 440
 /// calls lost a run; an axum server's connection closed the same way
 /// (`tests/presets`, `refused_calls_keep_the_http2_connection_open` and
-/// its neighbours). At most
-/// [`DRAIN_BYTES`] and [`DRAIN_TIME`] are read; a longer body is dropped
-/// (its frames are large, and large frames are not counted). The server
+/// its neighbours). About [`DRAIN_BYTES`], for at most [`DRAIN_TIME`],
+/// are read; a longer body is dropped (its frames are large, and large
+/// frames are not counted). The server
 /// presets' layers that refuse a request at once all read it: the
 /// deadline read from headers (a call sent with no time left), the rate
 /// limit, the bulkheads per tenant, the adaptive limit and the bulkhead;

@@ -35,8 +35,8 @@ pub enum Mode {
     /// called at that instant without another check: waiting requests are
     /// served in the order they came, each at its own time. One whose time
     /// would come after `max` fails at once with `RateLimited` (its
-    /// `retry_after` the wait until that time, stretched by up to half); after its deadline, at once
-    /// with `DeadlineExceeded`. Dropped before its time, a request gives
+    /// `retry_after` the wait until that time, stretched by up to half);
+    /// after its deadline, at once with `DeadlineExceeded`. Dropped before its time, a request gives
     /// its cells back, unless a later request took cells after them (those
     /// stay spent, and the later requests keep their times). Through Redis
     /// (requests with a key) a waiting request takes no cells: it waits for
@@ -812,11 +812,10 @@ impl<X, D> RateLimitLayer<X, D> {
             Primary::Keyed(k) => k.capacity(),
         }
     }
-}
 
-impl<X, D> RateLimitLayer<X, D> {
     /// This layer around `inner`, letting go of a request it refuses at
     /// once as `M` does (a server stack's: see `stack::OuterPart`).
+    // For the stacks (a build without them does not call it).
     #[allow(dead_code)]
     pub(crate) fn layer_held<S, M>(&self, inner: S) -> RateLimit<S, X, D, M> {
         RateLimit::new(inner, self.shared.clone())

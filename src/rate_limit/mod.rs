@@ -7,8 +7,9 @@
 //! wait until it would conform (the same admissions, waits and remaining
 //! counts as governor's limiters, checked cell for cell in tests),
 //! stretched by a factor in `[1, 1.5)` so that callers refused together do
-//! not all come back at one instant, or — in [`Mode::Wait`] — waits for its cell, up to a maximum and never past
-//! the request's [deadline](crate::deadline::current); a waiting request takes
+//! not all come back at one instant, or — in [`Mode::Wait`] — waits for
+//! its cell, up to a maximum and never past the request's
+//! [deadline](crate::deadline::current); a waiting request takes
 //! its cells when it starts to wait, so waiting requests are served in the
 //! order they came, and one that could not be served in time is refused at
 //! once.

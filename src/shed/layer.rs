@@ -340,9 +340,11 @@ impl<P> AdaptiveLimitLayerBuilder<P> {
     /// began). Requests that fan out (a caller's 8 calls at once) reach
     /// the limit at any load near capacity: waiting for a spell without a
     /// refusal, which such a load never gives, the limit cost 32 % of such
-    /// requests a call at 91 % of capacity, 4.6 % now (`tests/shed`).
-    /// `Sheddable` and `SheddablePlus` requests never burst. A burst's calls are no latency samples of the
-    /// algorithm's (they waited in the burst's queue by choice), and do not
+    /// requests a call at 91 % of capacity; letting the next burst in once
+    /// the queue drained, 4.6 % (`tests/shed`). `Sheddable` and
+    /// `SheddablePlus` requests never burst. A burst's calls are no latency
+    /// samples of the algorithm's (they waited in the burst's queue by
+    /// choice), and do not
     /// count in a window's calls in flight. At the start (for an algorithm
     /// that [judges it](super::LimitAlgorithm::judges_start)), after each
     /// window that doubled the limit a burst goes on until a burst's

@@ -116,27 +116,21 @@ impl<S, M> Layer<S> for DeadlineFromHeadersLayer<M> {
     type Service = DeadlineFromHeaders<S, M>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        self.layer_held(inner)
+        DeadlineFromHeaders {
+            inner,
+            cfg: self.cfg.clone(),
+            hold: PhantomData,
+        }
     }
 }
 
 impl<M> DeadlineFromHeadersLayer<M> {
-    /// The same layer, letting go of a request it refuses as `M2` does.
+    /// The same layer, letting go of a request it refuses as `M2` does
+    /// (see [`Release`]).
     #[allow(dead_code)]
     pub(crate) fn held<M2>(self) -> DeadlineFromHeadersLayer<M2> {
         DeadlineFromHeadersLayer {
             cfg: self.cfg,
-            hold: PhantomData,
-        }
-    }
-
-    /// This layer around `inner`, letting go of a request it refuses as
-    /// `M2` does (see [`Release`]).
-    #[allow(dead_code)]
-    pub(crate) fn layer_held<S, M2>(&self, inner: S) -> DeadlineFromHeaders<S, M2> {
-        DeadlineFromHeaders {
-            inner,
-            cfg: self.cfg.clone(),
             hold: PhantomData,
         }
     }
