@@ -373,10 +373,28 @@ impl Jitter {
             self.seed
                 .wrapping_add(n.wrapping_sub(1).wrapping_mul(GOLDEN)),
         );
-        let unit = (z >> 11) as f64 / (1u64 << 53) as f64;
-        // Through f64: never below `base`, whatever its rounding.
-        base.mul_f64(1.0 + unit / 2.0).max(base)
+        stretch_by(base, z >> 11)
     }
+}
+
+/// `base` plus `base × m / 2⁵⁴` for `m` below 2⁵³, the extra in whole
+/// nanoseconds rounded down: below half of `base`, so the factor stays
+/// under 1.5 after rounding (through `f64` it could reach 1.5), and never
+/// below `base`. In two parts, so that no product overflows.
+#[cfg(any(
+    feature = "bulkhead",
+    feature = "circuit-breaker",
+    feature = "rate-limit"
+))]
+fn stretch_by(base: std::time::Duration, m: u64) -> std::time::Duration {
+    let m = u128::from(m);
+    let ns = base.as_nanos();
+    let extra = (ns >> 54) * m + (((ns & ((1 << 54) - 1)) * m) >> 54);
+    let extra = std::time::Duration::new(
+        (extra / 1_000_000_000) as u64,
+        (extra % 1_000_000_000) as u32,
+    );
+    base.saturating_add(extra)
 }
 
 /// 2⁶⁴ divided by the golden ratio: splitmix64's increment.
@@ -400,6 +418,50 @@ pub(crate) fn splitmix64(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)
+}
+
+#[cfg(all(
+    test,
+    any(
+        feature = "bulkhead",
+        feature = "circuit-breaker",
+        feature = "rate-limit"
+    )
+))]
+mod jitter_tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn the_factor_stays_in_one_to_one_and_a_half_after_rounding() {
+        let top = (1u64 << 53) - 1;
+        for base in [
+            Duration::from_nanos(1),
+            Duration::from_nanos(3),
+            Duration::from_millis(100),
+            Duration::from_secs(1),
+            Duration::from_secs(86_400 * 365),
+            Duration::MAX / 3,
+        ] {
+            assert_eq!(stretch_by(base, 0), base);
+            let most = stretch_by(base, top);
+            assert!(
+                most >= base && most.as_nanos() * 2 < base.as_nanos() * 3,
+                "{base:?}: {most:?}"
+            );
+            // Half-way: a quarter more, to the nanosecond below.
+            let half = stretch_by(base, 1 << 52);
+            assert_eq!(half.as_nanos(), base.as_nanos() + base.as_nanos() / 4);
+        }
+        assert_eq!(stretch_by(Duration::MAX, top), Duration::MAX);
+        assert_eq!(stretch_by(Duration::ZERO, top), Duration::ZERO);
+        let jitter = Jitter::new("x");
+        for _ in 0..10_000 {
+            let hint = jitter.stretch(Duration::from_millis(100));
+            assert!(hint >= Duration::from_millis(100) && hint < Duration::from_millis(150));
+        }
+    }
 }
 
 #[cfg(test)]

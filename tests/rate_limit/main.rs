@@ -40,7 +40,7 @@ fn retry_after(err: &BoxError) -> Option<Duration> {
 /// Whether `hint` is the time to the next cell, `base`, stretched as the
 /// layer stretches its hints: by a factor in `[1, 1.5)`.
 fn stretched(hint: Duration, base: Duration) -> bool {
-    hint >= base && hint <= base.mul_f64(1.5)
+    hint >= base && hint < base.mul_f64(1.5)
 }
 
 /// Asserts `err` is a rate-limit refusal whose hint is `base` stretched.
