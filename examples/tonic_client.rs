@@ -12,6 +12,9 @@
 //! CircuitBreakerLayer       this example's: opens at 50 % failures over the last 20
 //!                           calls (10 at least), 5 s (the preset's defaults are in the
 //!                           README's "Layers and their defaults")
+//! AdaptiveLimitLayer        the attempts in flight, learned from the dependency's
+//!                           answers (from 100, at most 1000): refuses locally,
+//!                           before the dependency's queue outlasts the attempt
 //! BulkheadLayer             64 attempts in flight at most
 //! AttemptTimeoutLayer       600 ms per attempt, or what is left of the 2 s
 //! PropagateDeadlineLayer    grpc-timeout = the attempt's time left

@@ -145,6 +145,8 @@ pub struct BulkheadBuilder {
     backpressure: bool,
     name: Name,
     observer: Observer,
+    /// `max_concurrent` was set (a server stack derives its own otherwise).
+    max_set: bool,
 }
 
 impl Default for BulkheadBuilder {
@@ -159,6 +161,7 @@ impl Default for BulkheadBuilder {
             backpressure: false,
             name: Name::from(KIND),
             observer: Observer::none(),
+            max_set: false,
         }
     }
 }
@@ -168,7 +171,19 @@ impl BulkheadBuilder {
     /// `maxConcurrentCalls`). Must be in `1..=1_000_000`.
     pub fn max_concurrent(mut self, n: usize) -> Self {
         self.max_concurrent = n;
+        self.max_set = true;
         self
+    }
+
+    /// A default `max_concurrent` of a stack's own, not marked as set.
+    pub(crate) fn default_max_concurrent(mut self, n: usize) -> Self {
+        self.max_concurrent = n;
+        self
+    }
+
+    /// Whether [`max_concurrent`](Self::max_concurrent) was called.
+    pub(crate) fn max_concurrent_set(&self) -> bool {
+        self.max_set
     }
 
     /// Callers allowed to wait for a permit (default 0: reject at once when

@@ -40,9 +40,7 @@ pub(crate) const MAX_OPEN: Duration = crate::deadline::MAX_BUDGET;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum SlidingWindow {
-    /// The last `n` calls (`1..=1_000_000`; `SlidingWindow::default()` is
-    /// `Count(100)`, but a breaker built without a window judges a time
-    /// window of 10 s: see [`CircuitBreakerBuilder::window`]). Calls made on
+    /// The last `n` calls (`1..=1_000_000`). Calls made on
     /// one thread fill it in order. Threads calling one breaker take
     /// positions in short runs (at most `n / 8` shared among the machine's
     /// threads, and 16), so that they do not write one counter on every
@@ -76,9 +74,11 @@ impl SlidingWindow {
     }
 }
 
+/// The breaker's own default: the last 10 s, in 10 buckets (see
+/// [`CircuitBreakerBuilder::window`]).
 impl Default for SlidingWindow {
     fn default() -> Self {
-        SlidingWindow::Count(100)
+        SlidingWindow::time(DEFAULT_WINDOW)
     }
 }
 

@@ -207,6 +207,9 @@ struct RetryLayerBuilderSettings {
     min_per_sec: u32,
     window: Duration,
     min_remaining: Duration,
+    /// `min_remaining` was set (a stack that propagates its deadline
+    /// raises its own otherwise).
+    min_remaining_set: bool,
     max_retry_after: Duration,
     honor_inbound: bool,
 }
@@ -228,6 +231,7 @@ impl RetryLayerBuilder<RetryErrors> {
                 min_per_sec: RetryBudget::DEFAULT_MIN_PER_SEC,
                 window: RetryBudget::DEFAULT_WINDOW,
                 min_remaining: DEFAULT_MIN_REMAINING,
+                min_remaining_set: false,
                 max_retry_after: DEFAULT_MAX_RETRY_AFTER,
                 honor_inbound: true,
             },
@@ -356,9 +360,23 @@ impl<P> RetryLayerBuilder<P> {
     }
 
     /// A retry is not started when less than this is left of the request's
-    /// deadline, nor scheduled when its backoff would leave less (default 10 ms).
+    /// deadline, nor scheduled when its backoff would leave less (default
+    /// 10 ms; 20 ms in the protocol presets and in a client stack that
+    /// propagates its deadline, which leaves a seawall server 10 ms after
+    /// its own margin per hop).
     pub fn min_remaining(mut self, min: Duration) -> Self {
         self.settings.min_remaining = min;
+        self.settings.min_remaining_set = true;
+        self
+    }
+
+    /// A stack's own default `min_remaining`: taken unless
+    /// [`min_remaining`](Self::min_remaining) was set.
+    #[cfg(feature = "http")]
+    pub(crate) fn default_min_remaining(mut self, min: Duration) -> Self {
+        if !self.settings.min_remaining_set {
+            self.settings.min_remaining = min;
+        }
         self
     }
 

@@ -923,6 +923,14 @@ impl Limiter {
         }
     }
 
+    /// The algorithm's bounds, `(min, max)`, if it has them.
+    pub(crate) fn bounds(&self) -> Option<(usize, usize)> {
+        self.algorithm
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .bounds()
+    }
+
     #[cfg(feature = "serde")]
     pub(crate) fn check_bounds(
         &self,

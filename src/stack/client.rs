@@ -379,8 +379,15 @@ impl ClientStack {
 ///   (`grpc-timeout`, `x-request-timeout-ms`), which a dependency that
 ///   reads it keeps to. The
 ///   scenario: a dependency queueing at 110 % of its capacity (the storm's
-///   "queueing dependency"), served 99.1 % where cutting and retrying
-///   attempts as its queue passed the attempt timeout served 83.6 %.
+///   "queueing dependency"), served 99.0 % where cutting and retrying
+///   attempts as its queue passed the attempt timeout served 83.6 %;
+/// - under a deadline from above (a handler's, from its server stack),
+///   10 ms of it, at most a tenth, kept for the handler to answer in, so
+///   that the client's error, not the server's timer, answers; and the
+///   deadline not stored in the request's extensions (it travels with
+///   the call);
+/// - with [`propagate_deadline`](Self::propagate_deadline), a retry's
+///   `min_remaining` of 20 ms (see there).
 ///
 /// [`build`](Self::build) checks the settings against each other; see
 /// [`build`](Self::build) for the rules.
@@ -451,7 +458,8 @@ impl<P, C, L, O, H> ClientStackBuilder<P, C, L, O, H> {
     /// budget with `max_attempts(1)`. Set it when half the budget is not
     /// at least twice the dependency's usual latency and above its slow
     /// but healthy latency (see the README's "Choosing the budgets"), and
-    /// for a budget under 140 ms, where half of it leaves no room for the
+    /// for a budget under 140 ms (120 ms with the retry's own
+    /// `min_remaining` of 10 ms), where half of it leaves no room for the
     /// first backoff (`build` says so).
     pub fn attempt_timeout(mut self, per_try: Duration) -> Self {
         self.common.attempt_timeout = Some(per_try);
@@ -599,7 +607,8 @@ impl<P, C, L, O, H> ClientStackBuilder<P, C, L, O, H> {
     ///   budget: `attempt_timeout` plus the longest first backoff (the first
     ///   delay's upper bound for the jitter in use: the base for full, equal
     ///   and no jitter, up to 3 × base for decorrelated) plus the retry's
-    ///   `min_remaining` (default 10 ms; 20 ms in the protocol presets) must be
+    ///   `min_remaining` (default 10 ms; 20 ms in the protocol presets and
+    ///   with [`propagate_deadline`](Self::propagate_deadline)) must be
     ///   at most `total_budget`, or
     ///   a request whose first attempt times out may get no second one (the
     ///   retry layer schedules a retry only when its delay plus
@@ -782,6 +791,13 @@ impl<P, C, O, H> ClientStackBuilder<P, C, Skip, O, H> {
     /// it has left as `grpc-timeout` and `x-request-timeout-ms` (configure
     /// which in `f`; `|b| b` keeps both).
     ///
+    /// The retry's `min_remaining` becomes 20 ms, as in the protocol
+    /// presets, unless set in [`retry`](Self::retry): a seawall server
+    /// takes 10 ms off the time it is told for the answer's way back, and
+    /// in an outside trial of a three-tier chain, retries sent with the
+    /// retry layer's own 10 ms left (171 of them) reached such a server
+    /// with no time and were refused `504`.
+    ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
     /// # async fn main() -> Result<(), seawall::BoxError> {
@@ -818,7 +834,13 @@ impl<P, C, O, H> ClientStackBuilder<P, C, Skip, O, H> {
             crate::deadline::propagate::PropagateDeadlineLayer::builder()
                 .name(part_name(self.stack_name(), "propagate")),
         );
-        self.with_innermost(part)
+        let mut this = self;
+        // A dependency told the time left takes its own margin off it: a
+        // retry needs more left than that (see `PRESET_MIN_REMAINING`).
+        this.retry = this
+            .retry
+            .default_min_remaining(super::preset::PRESET_MIN_REMAINING);
+        this.with_innermost(part)
     }
 }
 

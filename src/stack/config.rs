@@ -568,6 +568,8 @@ impl<O, R: RateLimitReload, P, I, T> ServerStackLayer<O, R, P, I, T> {
                 None,
             )
             .map_err(|e| named(stack, e))?;
+            super::server::check_margin(total, self.ingress_margin())
+                .map_err(|e| named(stack, e))?;
         }
         check_limit(self.bulkhead_handle().name(), s.bulkhead.max_concurrent)?;
         check_queue(&s.bulkhead, self.bulkhead_handle().name())?;
@@ -582,7 +584,20 @@ impl<O, R: RateLimitReload, P, I, T> ServerStackLayer<O, R, P, I, T> {
                 .set_limits(s.limit.min_limit, s.limit.max_limit)
                 .map_err(|e| named(limit.name(), e))?;
         }
-        if let Some(n) = s.bulkhead.max_concurrent {
+        // A bulkhead neither the builder nor a reload set follows the
+        // limit's maximum (see `ServerStackBuilder::bulkhead`).
+        use std::sync::atomic::Ordering::Relaxed;
+        let bulkhead = match s.bulkhead.max_concurrent {
+            Some(n) => {
+                self.bulkhead_derived().store(false, Relaxed);
+                Some(n)
+            }
+            None if self.bulkhead_derived().load(Relaxed) && s.limit.max_limit.is_some() => {
+                Some(super::server::derived_bulkhead(limit.max_limit()))
+            }
+            None => None,
+        };
+        if let Some(n) = bulkhead {
             self.bulkhead_handle().set_max_concurrent(n)?;
         }
         if let Some(rate) = &s.rate_limit {

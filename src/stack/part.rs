@@ -261,6 +261,13 @@ pub trait IngressPart: StackPart {
     /// Builds it (before the ingress itself), with the stack's observer.
     #[doc(hidden)]
     fn build_innermost(&self, observer: Option<&Observer>) -> Result<Self::Innermost, ConfigError>;
+
+    /// The time this ingress takes off a caller's for the hop back (none
+    /// by default): the stack's budget must be above it.
+    #[doc(hidden)]
+    fn margin(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
+    }
 }
 
 impl IngressPart for Skip {
@@ -280,5 +287,9 @@ impl IngressPart for crate::deadline::propagate::DeadlineFromHeadersLayerBuilder
         observer: Option<&Observer>,
     ) -> Result<crate::body::CallBodyLayer, ConfigError> {
         self.answer_layer(observer)
+    }
+
+    fn margin(&self) -> std::time::Duration {
+        self.margin_value()
     }
 }

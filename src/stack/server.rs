@@ -37,8 +37,35 @@ pub(crate) const HOP_MARGIN: Duration = Duration::from_millis(10);
 /// admit up to 1.8 times the limit in flight. At 1000, a limit of 900 held
 /// by sheddable work let 100 of the 450 critical requests its share
 /// guarantees in, and refused the rest `BulkheadFull`, blind to priority.
-/// Raise it with the limit's maximum.
+/// A limit's maximum set higher raises it (see [`derived_bulkhead`]).
 const BULKHEAD_MAX_CONCURRENT: usize = 2000;
+
+/// The bulkhead of a server stack whose bulkhead limit was not set: twice
+/// the adaptive limit's maximum, at least [`BULKHEAD_MAX_CONCURRENT`] and
+/// at most the bulkhead's largest, so that a maximum raised by the builder
+/// or by a reload still leaves the adaptive limit to decide by priority.
+pub(crate) fn derived_bulkhead(max_limit: Option<usize>) -> usize {
+    max_limit
+        .map_or(BULKHEAD_MAX_CONCURRENT, |m| {
+            m.saturating_mul(2).max(BULKHEAD_MAX_CONCURRENT)
+        })
+        .min(crate::bulkhead::MAX_LIMIT)
+}
+
+/// A server stack's total budget must leave its ingress's margin per hop
+/// some time.
+pub(crate) fn check_margin(total: Duration, margin: Duration) -> Result<(), ConfigError> {
+    if total <= margin {
+        return Err(ConfigError::new(
+            KIND,
+            format!(
+                "total_budget must be above the margin per hop the header deadline \
+                 takes off ({margin:?}), got {total:?}"
+            ),
+        ));
+    }
+    Ok(())
+}
 
 /// The recommended server stack, as one layer; start with
 /// [`ServerStack::builder`].
@@ -80,6 +107,11 @@ pub struct ServerStackLayer<
     // The handler timeout was set on the builder (not the budget's): a
     // reload checks it as the next build will take it.
     handler_set: bool,
+    // The ingress's margin per hop, which a reloaded budget must exceed.
+    ingress_margin: Duration,
+    // The bulkhead's limit follows the adaptive limit's maximum (neither
+    // the builder nor a reload set it).
+    bulkhead_derived: std::sync::Arc<std::sync::atomic::AtomicBool>,
     innermost: I,
 }
 
@@ -596,6 +628,18 @@ impl<O, R, P, I, T> ServerStackLayer<O, R, P, I, T> {
     pub(crate) fn handler_set(&self) -> bool {
         self.handler_set
     }
+
+    /// The ingress's margin per hop (zero without one).
+    #[cfg_attr(not(feature = "serde"), allow(dead_code))]
+    pub(crate) fn ingress_margin(&self) -> Duration {
+        self.ingress_margin
+    }
+
+    /// Whether the bulkhead's limit follows the adaptive limit's maximum.
+    #[cfg_attr(not(feature = "serde"), allow(dead_code))]
+    pub(crate) fn bulkhead_derived(&self) -> &std::sync::atomic::AtomicBool {
+        &self.bulkhead_derived
+    }
 }
 
 impl<O: Clone, R: Clone, P, I: Clone, T: Clone> Clone for ServerStackLayer<O, R, P, I, T> {
@@ -610,6 +654,8 @@ impl<O: Clone, R: Clone, P, I: Clone, T: Clone> Clone for ServerStackLayer<O, R,
             bulkhead: self.bulkhead.clone(),
             handler: self.handler.clone(),
             handler_set: self.handler_set,
+            ingress_margin: self.ingress_margin,
+            bulkhead_derived: self.bulkhead_derived.clone(),
         }
     }
 }
@@ -645,7 +691,11 @@ impl ServerStack {
     ///
     /// [`total_budget`](ServerStackBuilder::total_budget) must be set; every
     /// other setting has the default of its layer, except the bulkhead
-    /// (2000 handlers: see [`bulkhead`](ServerStackBuilder::bulkhead)). The
+    /// (2000 handlers, or twice the adaptive limit's maximum when higher:
+    /// see [`bulkhead`](ServerStackBuilder::bulkhead)) and the header
+    /// deadline of [`deadline_from_headers`](ServerStackBuilder::deadline_from_headers)
+    /// and of the presets (a margin per hop of 10 ms, capped at the total
+    /// budget). The
     /// handler timeout defaults to the total budget.
     pub fn builder(name: impl Into<Name>) -> ServerStackBuilder {
         let name = name.into();
@@ -657,7 +707,7 @@ impl ServerStack {
             common: Common {
                 bulkhead: BulkheadLayer::builder()
                     .name(part_name(&name, "bulkhead"))
-                    .max_concurrent(BULKHEAD_MAX_CONCURRENT),
+                    .default_max_concurrent(BULKHEAD_MAX_CONCURRENT),
                 deferred: None,
                 name,
                 observer: None,
@@ -767,7 +817,10 @@ impl<O, R, P, T> ServerStackBuilder<O, R, P, T> {
     /// refused critical and sheddable requests alike, and by a limit of 900
     /// held by sheddable work, where a bulkhead of 1000 refused 350 of the
     /// 450 critical requests the limit's share admits) and the stack's
-    /// name. Raising the limit's maximum, raise this with it.
+    /// name. Unless `max_concurrent` is set here (or by a settings file),
+    /// it follows the adaptive limit's maximum: twice it when that is above
+    /// 1000, when the stack is built and when a reload changes the maximum
+    /// (`limits(None, Some(5000))` gives a bulkhead of 10 000).
     pub fn bulkhead(mut self, f: impl FnOnce(BulkheadBuilder) -> BulkheadBuilder) -> Self {
         self.common.bulkhead = f(self.common.bulkhead);
         self
@@ -839,6 +892,8 @@ impl<O, R, P, T> ServerStackBuilder<O, R, P, T> {
             .ok_or_else(|| ConfigError::new(KIND, "total_budget must be set"))?;
         let handler_set = self.common.handler_timeout.is_some();
         let handler_timeout = self.common.handler_timeout.unwrap_or(total);
+        let ingress_margin = self.ingress.margin();
+        check_margin(total, ingress_margin)?;
         let obs = self.common.observer.as_ref();
         let (deadline, handler) = stack_timers(
             &self.common.name,
@@ -861,16 +916,23 @@ impl<O, R, P, T> ServerStackBuilder<O, R, P, T> {
             bulkhead = bulkhead.observer(o.clone());
         }
         let innermost = self.ingress.build_innermost(obs)?;
+        let limit = limit.build()?;
+        let bulkhead_derived = !bulkhead.max_concurrent_set();
+        if bulkhead_derived {
+            bulkhead = bulkhead.default_max_concurrent(derived_bulkhead(limit.max_limit()));
+        }
         Ok(ServerStackLayer {
             innermost,
             ingress: self.ingress.with_budget(total).build_part(obs)?,
             deadline,
             rate_limit: self.rate_limit.build_part(obs)?,
             tenants: self.tenants.build_part(obs)?,
-            limit: limit.build()?,
+            limit,
             bulkhead: bulkhead.build()?,
             handler,
             handler_set,
+            ingress_margin,
+            bulkhead_derived: std::sync::Arc::new(bulkhead_derived.into()),
         })
     }
 }
@@ -894,8 +956,10 @@ impl<O, R, P> ServerStackBuilder<O, R, P> {
     ///
     /// `f` configures the bulkhead from the part's defaults: a queue of 4,
     /// so that a tenant's own random bursts wait instead of being refused,
-    /// and a wait of at most 100 ms, so that a full tenant is told to come
-    /// back after 100 to 150 ms (chosen by `tests/tenants`, four tenants at
+    /// and a wait of at most 100 ms, a few handler times, so that a request
+    /// queued that long without a place is let go and told to come back
+    /// after 100 to 150 ms, as a request that finds the queue full is
+    /// (the queue's chosen by `tests/tenants`, four tenants at
     /// 40 requests a second and one at 1500 against a handler of 8
     /// workers: the quiet tenants served 100 %, with or without the flood;
     /// without the queue, 0.4 % of their requests were refused with no

@@ -27,9 +27,12 @@ use crate::rate_limit::{Key, KeyExtractor};
 /// with no flood at all, with it none).
 pub(crate) const TENANT_QUEUE: usize = 4;
 /// A tenant's queued request waits at most 100 ms, a few handler times:
-/// the pushback of a full tenant is then 100 to 150 ms, not the bulkhead's
-/// default 1 to 1.5 s (the same scenario, with the queue, serves every
-/// quiet request at either wait).
+/// one that waited that long without a place is let go and told to come
+/// back after 100 to 150 ms, as one that finds the queue full is (a full
+/// bulkhead's hint), where the bulkhead's default wait of 1 s held it, and
+/// then told it, 1 to 1.5 s. No scenario chose between them: the same
+/// scenario, with the queue, serves every quiet request at either wait;
+/// the shorter frees a flooding tenant's callers sooner.
 pub(crate) const TENANT_MAX_WAIT: Duration = Duration::from_millis(100);
 
 /// Makes a new tenant's bulkhead (a fresh instance of the checked

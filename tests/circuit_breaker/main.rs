@@ -320,6 +320,38 @@ async fn slow_calls_trip_with_zero_errors() {
     );
 }
 
+/// `SlidingWindow::default()` is the window a breaker built without one
+/// judges: the last 10 s. Nineteen failures, then eleven seconds, then one
+/// more: the first nineteen have left such a window, so it holds too few
+/// calls to judge; a count window of 100 still holds all twenty, and opens.
+#[tokio::test(start_paused = true)]
+async fn the_default_window_is_the_breaker_s_own_ten_seconds() {
+    let built = |window: Option<SlidingWindow>| {
+        let b = CircuitBreakerLayer::builder();
+        match window {
+            Some(w) => b.window(w),
+            None => b,
+        }
+        .build()
+        .unwrap()
+    };
+    for (window, opens) in [
+        (None, false),
+        (Some(SlidingWindow::default()), false),
+        (Some(SlidingWindow::count(100)), true),
+    ] {
+        let layer = built(window);
+        let mut svc = wrap(&layer);
+        for _ in 0..19 {
+            call(&mut svc, FAIL).await.unwrap_err();
+        }
+        advance(Duration::from_secs(11)).await;
+        call(&mut svc, FAIL).await.unwrap_err();
+        let open = layer.handle().state() == State::Open;
+        assert_eq!(open, opens, "{window:?}");
+    }
+}
+
 /// With the defaults no call is slow, however long it takes, and the
 /// breaker, keeping no time while closed (a count window), still opens for its full open
 /// time from the call that opened it, and turns half-open exactly then.

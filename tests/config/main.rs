@@ -1113,6 +1113,108 @@ async fn a_server_reload_checks_a_handler_timeout_set_in_code() {
     unset.reload(&section).unwrap();
 }
 
+/// A server stack's bulkhead not set follows the adaptive limit's
+/// maximum, at twice it (so that the limit's priority shares still
+/// decide), when built and when a reload changes the maximum; one set in
+/// code or by a reload stays as set.
+#[tokio::test(start_paused = true)]
+async fn a_server_bulkhead_not_set_follows_the_limit_maximum() {
+    let section = |text: &str| {
+        toml::from_str::<ServiceConfig>(text)
+            .unwrap()
+            .server_settings()
+            .unwrap()
+            .clone()
+    };
+    let budget = Duration::from_secs(1);
+    let default = ServerStack::http("api")
+        .total_budget(budget)
+        .build()
+        .unwrap();
+    assert_eq!(default.bulkhead_handle().max_concurrent(), 2000);
+    let raised = ServerStack::http("api")
+        .total_budget(budget)
+        .adaptive_limit(|l| l.limits(None, Some(5000)))
+        .build()
+        .unwrap();
+    assert_eq!(raised.bulkhead_handle().max_concurrent(), 10_000);
+    let lower = ServerStack::builder("api")
+        .total_budget(budget)
+        .adaptive_limit(|l| l.limits(None, Some(100)))
+        .build()
+        .unwrap();
+    assert_eq!(lower.bulkhead_handle().max_concurrent(), 2000);
+    let set = ServerStack::builder("api")
+        .total_budget(budget)
+        .adaptive_limit(|l| l.limits(None, Some(5000)))
+        .bulkhead(|b| b.max_concurrent(300))
+        .build()
+        .unwrap();
+    assert_eq!(set.bulkhead_handle().max_concurrent(), 300);
+
+    // Reloads: the maximum raised, then lowered, moves the bulkhead with it.
+    default
+        .reload(&section("[server]\nlimit = { max_limit = 4000 }"))
+        .unwrap();
+    assert_eq!(default.bulkhead_handle().max_concurrent(), 8000);
+    default
+        .reload(&section("[server]\nlimit = { max_limit = 500 }"))
+        .unwrap();
+    assert_eq!(default.bulkhead_handle().max_concurrent(), 2000);
+    // A reload that sets the bulkhead: it stays as set from then on.
+    default
+        .reload(&section("[server]\nbulkhead = { max_concurrent = 700 }"))
+        .unwrap();
+    default
+        .reload(&section("[server]\nlimit = { max_limit = 4000 }"))
+        .unwrap();
+    assert_eq!(default.bulkhead_handle().max_concurrent(), 700);
+    set.reload(&section("[server]\nlimit = { max_limit = 9000 }"))
+        .unwrap();
+    assert_eq!(set.bulkhead_handle().max_concurrent(), 300);
+}
+
+/// A budget at or below the header deadline's margin per hop (10 ms in
+/// the presets) is refused as such, at build and at reload (a file that
+/// reloads is a file that builds).
+#[tokio::test(start_paused = true)]
+async fn a_server_budget_within_the_hop_margin_is_refused_alike_at_build_and_reload() {
+    let e = ServerStack::http("api")
+        .total_budget(Duration::from_millis(10))
+        .build()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("total_budget must be above the margin per hop the header deadline takes off (10ms), got 10ms"),
+        "{e}"
+    );
+    let preset = ServerStack::grpc("api")
+        .total_budget(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let section = toml::from_str::<ServiceConfig>("[server]\ntotal_budget = \"10ms\"")
+        .unwrap()
+        .server_settings()
+        .unwrap()
+        .clone();
+    let e = preset.reload(&section).unwrap_err().to_string();
+    assert!(
+        e.contains("api: total_budget must be above the margin per hop"),
+        "{e}"
+    );
+    // Without a header deadline there is no margin: the same budget builds
+    // and reloads.
+    let plain = ServerStack::builder("api")
+        .total_budget(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    plain.reload(&section).unwrap();
+    ServerStack::builder("api")
+        .total_budget(Duration::from_millis(10))
+        .build()
+        .unwrap();
+}
+
 /// The server's time budgets take effect at its next build; a reload
 /// checks them as that build will, and a reload of values already in
 /// place reports no change.

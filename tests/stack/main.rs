@@ -184,6 +184,33 @@ fn client_refuses_a_retry_schedule_that_cannot_fit() {
     assert!(b(1000).retry(|r| r.max_attempts(1)).build().is_ok());
 }
 
+/// A stack that propagates its deadline keeps 20 ms for a retry, as the
+/// presets do (a seawall server takes 10 ms off what it is told), unless
+/// `min_remaining` is set, before or after.
+#[cfg(feature = "http")]
+#[test]
+fn a_stack_that_propagates_its_deadline_keeps_20_ms_for_a_retry() {
+    let b = |per_try| {
+        ClientStack::builder("p")
+            .total_budget(ms(1000))
+            .attempt_timeout(ms(per_try))
+    };
+    // 931 + 50 + 20 = 1001: refused with propagation, fine without.
+    assert!(b(931).build().is_ok());
+    let err = b(931).propagate_deadline(|p| p).build().unwrap_err();
+    assert!(err.to_string().contains("min_remaining (20ms)"), "{err}");
+    assert!(b(930).propagate_deadline(|p| p).build().is_ok());
+    // Set before or after, the retry's own setting stays.
+    let before = b(931)
+        .retry(|r| r.min_remaining(ms(5)))
+        .propagate_deadline(|p| p);
+    assert_eq!(before.build().unwrap().retry().min_remaining(), ms(5));
+    let after = b(931)
+        .propagate_deadline(|p| p)
+        .retry(|r| r.min_remaining(ms(10)));
+    assert_eq!(after.build().unwrap().retry().min_remaining(), ms(10));
+}
+
 #[tokio::test(start_paused = true)]
 async fn the_tightest_accepted_schedule_still_makes_its_second_attempt() {
     // 940 ms + at most 50 ms of backoff + 10 ms: the second attempt always

@@ -195,7 +195,8 @@ impl<P, C, O, H> ClientStackBuilder<P, C, GrpcTransportPart, O, H> {
     }
 
     /// The largest request body kept for a retry (default 64 KiB); a
-    /// larger one is sent once.
+    /// larger one is sent once (so with 0 every call is sent once: no
+    /// retry, no hedged copy).
     pub fn replay_limit(
         self,
         limit: usize,

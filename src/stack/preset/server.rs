@@ -48,6 +48,10 @@ macro_rules! ingress_part {
             ) -> Result<Self::Innermost, ConfigError> {
                 self.deadline.answer_layer(observer)
             }
+
+            fn margin(&self) -> std::time::Duration {
+                self.deadline.margin_value()
+            }
         }
 
         impl StackPart for $ingress {
