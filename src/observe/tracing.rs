@@ -5,9 +5,10 @@ use super::{Event, EventKind, Hook, State};
 ///
 /// Levels: calls at `trace`; rejections, retries and ignored input at `debug`;
 /// state transitions at `info` (`warn` when a breaker opens or a backend
-/// degrades; a breaker that opens again after a failed probe, about ten
-/// times a second through an outage with the defaults, at `debug`: the
-/// outage was said once as it opened); limit changes and an exhausted retry budget (one event per
+/// degrades; a breaker's turns between open and half-open through an
+/// outage, each about ten times a second with the defaults, at `debug`:
+/// the outage was said once as it opened, and its end is said as the
+/// breaker closes); limit changes and an exhausted retry budget (one event per
 /// retry refused) at `debug`; backend errors at `warn`.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct TracingHook;
@@ -82,6 +83,10 @@ impl Hook for TracingHook {
                     if from == State::HalfOpen && to == State::Open {
                         // A failed probe: the outage goes on.
                         changed!(debug, "probe failed, open again")
+                    } else if from == State::Open && to == State::HalfOpen {
+                        // The open time is over: a probe goes (as often
+                        // as a failed one reopens it).
+                        changed!(debug, "open time over, probing")
                     } else if matches!(
                         to,
                         State::Open | State::ForcedOpen | State::Degraded | State::TimeoutsCommon

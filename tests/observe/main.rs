@@ -207,8 +207,19 @@ fn tracing_hook_levels_and_fields() {
                 slow_call_rate: Some(0.0),
             },
         );
-        // A failed probe: open again, about ten times a second through an
-        // outage; said at debug, not as a warning each time.
+        // The open time over, then a failed probe: open again, about ten
+        // times a second each through an outage; said at debug, not as
+        // news each time.
+        obs.emit(
+            LayerKind::CircuitBreaker,
+            "payments",
+            EventKind::StateChanged {
+                from: State::Open,
+                to: State::HalfOpen,
+                failure_rate: Some(1.0),
+                slow_call_rate: Some(0.0),
+            },
+        );
         obs.emit(
             LayerKind::CircuitBreaker,
             "payments",
@@ -232,7 +243,7 @@ fn tracing_hook_levels_and_fields() {
     });
     let out = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
     let lines: Vec<&str> = out.lines().collect();
-    assert_eq!(lines.len(), 4, "{out}");
+    assert_eq!(lines.len(), 5, "{out}");
     assert!(lines[0].starts_with("DEBUG"), "{}", lines[0]);
     assert!(lines[0].contains("reason=\"rate_limited\""), "{}", lines[0]);
     assert!(lines[0].contains("retry_after_s=0.4"), "{}", lines[0]);
@@ -240,12 +251,15 @@ fn tracing_hook_levels_and_fields() {
     assert!(lines[1].starts_with(" WARN"), "{}", lines[1]);
     assert!(lines[1].contains("to=\"open\""), "{}", lines[1]);
     assert!(lines[2].starts_with("DEBUG"), "{}", lines[2]);
+    assert!(lines[2].contains("open time over, probing"), "{}", lines[2]);
+    assert!(lines[3].starts_with("DEBUG"), "{}", lines[3]);
     assert!(
-        lines[2].contains("probe failed, open again"),
+        lines[3].contains("probe failed, open again"),
         "{}",
-        lines[2]
+        lines[3]
     );
-    assert!(lines[3].starts_with(" INFO"), "{}", lines[3]);
+    assert!(lines[4].starts_with(" INFO"), "{}", lines[4]);
+    assert!(lines[4].contains("to=\"closed\""), "{}", lines[4]);
 }
 
 #[tokio::test(start_paused = true)]
