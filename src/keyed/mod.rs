@@ -350,7 +350,9 @@ impl<X, F> KeyedLayerBuilder<X, F> {
         self
     }
 
-    /// How long a key must go without calls to be evicted (default 60 s).
+    /// How long a key must go without calls to be evicted (default 60 s;
+    /// above zero: a key evicted at once would lose its layer's state,
+    /// a breaker's window or a bulkhead's count, between its calls).
     pub fn idle_after(mut self, idle: Duration) -> Self {
         self.idle_after = idle;
         self
@@ -360,13 +362,20 @@ impl<X, F> KeyedLayerBuilder<X, F> {
     ///
     /// # Errors
     ///
-    /// A [`ConfigError`] (layer `"keyed"`) when `max_keys` is zero.
+    /// A [`ConfigError`] (layer `"keyed"`) when `max_keys` or
+    /// `idle_after` is zero.
     pub fn build<L>(self) -> Result<KeyedLayer<X, F, L>, ConfigError>
     where
         F: Fn(&Key) -> L,
     {
         if self.max_keys == 0 {
             return Err(ConfigError::new("keyed", "max_keys must be at least 1"));
+        }
+        if self.idle_after.is_zero() {
+            return Err(ConfigError::new(
+                "keyed",
+                "idle_after must be above zero, got 0ns",
+            ));
         }
         let overflow = Arc::new(Entry {
             layer: (self.factory)(&Key::GLOBAL),

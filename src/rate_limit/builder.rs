@@ -278,8 +278,8 @@ impl<X, D> RateLimitLayerBuilder<X, D> {
     }
 
     /// Sweep at most once per `interval` (default
-    /// [`DEFAULT_MIN_SWEEP_INTERVAL`]), so that a flood of new keys at the cap
-    /// cannot make every request scan the map.
+    /// [`DEFAULT_MIN_SWEEP_INTERVAL`]; above zero), so that a flood of new
+    /// keys at the cap cannot make every request scan the map.
     pub fn min_sweep_interval(mut self, interval: Duration) -> Self {
         self.settings.keys.min_sweep_interval = interval;
         self

@@ -473,6 +473,13 @@ impl KeyedBuckets {
                 "sweep_every must be at least 1 key, got 0",
             ));
         }
+        if settings.min_sweep_interval.is_zero() {
+            return Err(ConfigError::new(
+                "rate_limit",
+                "min_sweep_interval must be above zero (a flood of new keys at the cap \
+                 would scan the map on every request), got 0ns",
+            ));
+        }
         Ok(KeyedBuckets {
             quota,
             start: crate::clock::edge_now(),

@@ -113,6 +113,25 @@ async fn a_bulkhead_per_key_keeps_one_key_from_taking_every_slot() {
     assert_eq!(other.await.unwrap().unwrap(), 2009);
 }
 
+/// A table with no room, or whose keys would be evicted between their
+/// calls (their layers' state lost), is refused when built.
+#[test]
+fn a_table_of_no_keys_or_of_keys_idle_at_once_is_refused() {
+    let e = KeyedLayer::builder(tenant, breaker)
+        .max_keys(0)
+        .build()
+        .unwrap_err();
+    assert!(e.to_string().contains("max_keys must be at least 1"), "{e}");
+    let e = KeyedLayer::builder(tenant, breaker)
+        .idle_after(Duration::ZERO)
+        .build()
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("idle_after must be above zero"),
+        "{e}"
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn idle_keys_are_evicted_for_new_ones_and_busy_keys_never_are() {
     let rec = Recorder::new();

@@ -798,6 +798,16 @@ fn nonsense_configuration_is_refused() {
         .unwrap_err();
     assert!(e.to_string().contains("max_keys"), "{e}");
     let e = RateLimitLayer::builder(Quota::per_second(5))
+        .keyed(|x: &u64| Some(Key::from_u64(*x)))
+        .min_sweep_interval(Duration::ZERO)
+        .build()
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("min_sweep_interval must be above zero"),
+        "{e}"
+    );
+    let e = RateLimitLayer::builder(Quota::per_second(5))
         .wait(Duration::ZERO)
         .build()
         .unwrap_err();
