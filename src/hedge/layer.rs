@@ -225,6 +225,14 @@ impl<P> HedgeLayerBuilder<P> {
         self
     }
 
+    /// The fixed delay set with [`delay`](Self::delay), if any.
+    pub(crate) fn fixed_delay_setting(&self) -> Option<Duration> {
+        match self.settings.delay {
+            Delay::Fixed(d) => Some(d),
+            Delay::Quantile { .. } => None,
+        }
+    }
+
     /// Hedge after a fixed delay (as gRPC's `hedgingDelay` and Polly do),
     /// instead of a latency quantile.
     pub fn delay(mut self, delay: Duration) -> Self {

@@ -627,7 +627,10 @@ impl<P, C, L, O, H> ClientStackBuilder<P, C, L, O, H> {
     /// `hedge_method` or `retry_method`, or a service's (`"package.Service"`)
     /// in `retry_service`, or more than the most of either. (A well-formed
     /// path that names no method, `"/kv.Kv/get"` for `Get`, cannot be told
-    /// from a real one: check it against your `.proto`.)
+    /// from a real one: check it against your `.proto`.) Also (layer
+    /// `"hedge"`) when the hedge's fixed [`delay`](crate::hedge::HedgeLayerBuilder::delay)
+    /// is not below the attempt timeout: a copy is sent only while the
+    /// first attempt runs, so none would ever go.
     ///
     /// A layer's own refusal (a zero budget, `max_attempts(0)`, a breaker
     /// threshold outside `(0, 1]`, …) is returned as that layer's error.
@@ -729,6 +732,18 @@ impl<P, C, L, O, H> ClientStackBuilder<P, C, L, O, H> {
         let bulkhead = bulkhead.build()?;
         let limit = limit.build()?;
         let inner = self.inner.build_part(obs)?;
+        if let Some(delay) = self.hedge.fixed_delay() {
+            // A copy goes only while its attempt runs.
+            if delay >= per_try {
+                return Err(ConfigError::new(
+                    "hedge",
+                    format!(
+                        "delay ({delay:?}) must be below the stack's attempt_timeout \
+                         ({per_try:?}): a copy is sent only while the first attempt runs"
+                    ),
+                ));
+            }
+        }
         let hedge = self.hedge.build_hedge(retry.policy(), obs)?;
         Ok(ClientStackLayer {
             deadline,

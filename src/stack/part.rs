@@ -84,6 +84,12 @@ pub trait HedgePart<P>: sealed::Sealed {
         policy: &P,
         observer: Option<&Observer>,
     ) -> Result<Self::Layer, ConfigError>;
+
+    /// The fixed delay before a copy, if one was set.
+    #[doc(hidden)]
+    fn fixed_delay(&self) -> Option<std::time::Duration> {
+        None
+    }
 }
 
 impl<P> HedgePart<P> for Skip {
@@ -109,6 +115,10 @@ impl<P: Clone + 'static, Q> HedgePart<P> for crate::hedge::HedgeLayerBuilder<Q> 
             Some(o) => builder.observer(o.clone()).build(),
             None => builder.build(),
         }
+    }
+
+    fn fixed_delay(&self) -> Option<std::time::Duration> {
+        self.fixed_delay_setting()
     }
 }
 

@@ -184,6 +184,26 @@ fn client_refuses_a_retry_schedule_that_cannot_fit() {
     assert!(b(1000).retry(|r| r.max_attempts(1)).build().is_ok());
 }
 
+/// A hedge's fixed delay must fall within the attempt it copies: a copy
+/// is sent only while the first attempt runs.
+#[cfg(feature = "hedge")]
+#[test]
+fn a_hedge_delay_at_or_past_the_attempt_timeout_is_refused() {
+    let b = |delay| {
+        ClientStack::builder("p")
+            .total_budget(ms(1000))
+            .attempt_timeout(ms(300))
+            .hedge(move |h| h.delay(ms(delay)))
+            .build()
+    };
+    let e = b(300).unwrap_err().to_string();
+    assert!(
+        e.contains("delay (300ms) must be below the stack's attempt_timeout (300ms)"),
+        "{e}"
+    );
+    assert!(b(299).is_ok());
+}
+
 /// A stack that propagates its deadline keeps 20 ms for a retry, as the
 /// presets do (a seawall server takes 10 ms off what it is told), unless
 /// `min_remaining` is set, before or after.
