@@ -171,6 +171,16 @@ where
 /// reserved permit, for a tenant's bulkhead in the server stack, which
 /// picks the engine per request.
 #[inline(always)]
+#[cfg_attr(
+    not(all(
+        feature = "deadline",
+        feature = "retry",
+        feature = "circuit-breaker",
+        feature = "shed",
+        feature = "keyed"
+    )),
+    allow(dead_code)
+)]
 pub(crate) fn admit<S, M, Req>(
     engine: &Striped<Engine>,
     inner: &mut S,

@@ -226,6 +226,15 @@ impl<P> HedgeLayerBuilder<P> {
     }
 
     /// The fixed delay set with [`delay`](Self::delay), if any.
+    #[cfg_attr(
+        not(all(
+            feature = "deadline",
+            feature = "retry",
+            feature = "circuit-breaker",
+            feature = "shed"
+        )),
+        allow(dead_code)
+    )]
     pub(crate) fn fixed_delay_setting(&self) -> Option<Duration> {
         match self.settings.delay {
             Delay::Fixed(d) => Some(d),

@@ -351,8 +351,9 @@ impl<X, F> KeyedLayerBuilder<X, F> {
     }
 
     /// How long a key must go without calls to be evicted (default 60 s;
-    /// above zero: a key evicted at once would lose its layer's state,
-    /// a breaker's window or a bulkhead's count, between its calls).
+    /// above zero: with none, every key not in a call would be evicted
+    /// by the next sweep of a full table, its layer's state, a breaker's
+    /// window or a bulkhead's count, lost between its calls).
     pub fn idle_after(mut self, idle: Duration) -> Self {
         self.idle_after = idle;
         self

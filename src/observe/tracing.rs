@@ -83,7 +83,10 @@ impl Hook for TracingHook {
                     if from == State::HalfOpen && to == State::Open {
                         // A failed probe: the outage goes on.
                         changed!(debug, "probe failed, open again")
-                    } else if from == State::Open && to == State::HalfOpen {
+                    } else if from == State::Open
+                        && to == State::HalfOpen
+                        && e.layer == super::LayerKind::CircuitBreaker
+                    {
                         // The open time is over: a probe goes (as often
                         // as a failed one reopens it).
                         changed!(debug, "open time over, probing")

@@ -299,6 +299,10 @@ impl<P> RetryLayerBuilder<P> {
 
     /// The attempts set so far (the stacks' default attempt timeout
     /// depends on whether a retry can follow).
+    #[cfg_attr(
+        not(all(feature = "deadline", feature = "circuit-breaker", feature = "shed")),
+        allow(dead_code)
+    )]
     pub(crate) fn max_attempts_setting(&self) -> u32 {
         self.settings.max_attempts
     }

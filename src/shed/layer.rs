@@ -127,6 +127,15 @@ impl<P, M> AdaptiveLimitLayer<P, M> {
 
     /// The limit's maximum, for an algorithm with bounds (the built-in
     /// ones).
+    #[cfg_attr(
+        not(all(
+            feature = "deadline",
+            feature = "retry",
+            feature = "circuit-breaker",
+            feature = "shed"
+        )),
+        allow(dead_code)
+    )]
     pub(crate) fn max_limit(&self) -> Option<usize> {
         self.limiter.bounds().map(|(_, max)| max)
     }

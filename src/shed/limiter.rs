@@ -924,6 +924,15 @@ impl Limiter {
     }
 
     /// The algorithm's bounds, `(min, max)`, if it has them.
+    #[cfg_attr(
+        not(all(
+            feature = "deadline",
+            feature = "retry",
+            feature = "circuit-breaker",
+            feature = "shed"
+        )),
+        allow(dead_code)
+    )]
     pub(crate) fn bounds(&self) -> Option<(usize, usize)> {
         self.algorithm
             .lock()

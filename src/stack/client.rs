@@ -629,8 +629,8 @@ impl<P, C, L, O, H> ClientStackBuilder<P, C, L, O, H> {
     /// path that names no method, `"/kv.Kv/get"` for `Get`, cannot be told
     /// from a real one: check it against your `.proto`.) Also (layer
     /// `"hedge"`) when the hedge's fixed [`delay`](crate::hedge::HedgeLayerBuilder::delay)
-    /// is not below the attempt timeout: a copy is sent only while the
-    /// first attempt runs, so none would ever go.
+    /// is over half the total budget: a copy is sent only with as much
+    /// time left as the request has waited, so none would ever go.
     ///
     /// A layer's own refusal (a zero budget, `max_attempts(0)`, a breaker
     /// threshold outside `(0, 1]`, …) is returned as that layer's error.
@@ -733,13 +733,14 @@ impl<P, C, L, O, H> ClientStackBuilder<P, C, L, O, H> {
         let limit = limit.build()?;
         let inner = self.inner.build_part(obs)?;
         if let Some(delay) = self.hedge.fixed_delay() {
-            // A copy goes only while its attempt runs.
-            if delay >= per_try {
+            // A copy goes only with as much time left as the request waited.
+            if delay > total / 2 {
                 return Err(ConfigError::new(
                     "hedge",
                     format!(
-                        "delay ({delay:?}) must be below the stack's attempt_timeout \
-                         ({per_try:?}): a copy is sent only while the first attempt runs"
+                        "delay ({delay:?}) must be at most half the stack's total_budget \
+                         ({total:?}): a copy is sent only with as much time left as the \
+                         request has waited"
                     ),
                 ));
             }

@@ -155,7 +155,9 @@
 //! least its `min_remaining` (default 10 ms; 20 ms in the protocol presets
 //! and with `propagate_deadline`) of budget left. With the defaults (50 ms
 //! base, full jitter) and a 1 s budget, the longest attempt timeout
-//! accepted is 940 ms (930 ms in the presets). The slow-call rule: the attempt timeout cuts every call
+//! accepted is 940 ms (930 ms in the presets).
+//!
+//! The slow-call rule: the attempt timeout cuts every call
 //! at `attempt_timeout`, so a slow-call threshold at or above it can never
 //! trip. By default the stack counts no call as slow (a call answered
 //! within its attempt timeout was answered); a slow-call duration set with

@@ -892,8 +892,6 @@ impl<O, R, P, T> ServerStackBuilder<O, R, P, T> {
             .ok_or_else(|| ConfigError::new(KIND, "total_budget must be set"))?;
         let handler_set = self.common.handler_timeout.is_some();
         let handler_timeout = self.common.handler_timeout.unwrap_or(total);
-        let ingress_margin = self.ingress.margin();
-        check_margin(total, ingress_margin)?;
         let obs = self.common.observer.as_ref();
         let (deadline, handler) = stack_timers(
             &self.common.name,
@@ -909,6 +907,8 @@ impl<O, R, P, T> ServerStackBuilder<O, R, P, T> {
             std::time::Duration::ZERO,
             obs,
         )?;
+        let ingress_margin = self.ingress.margin();
+        check_margin(total, ingress_margin)?;
         let mut limit = self.limit;
         let mut bulkhead = self.common.bulkhead;
         if let Some(o) = obs {

@@ -1188,7 +1188,7 @@ async fn a_server_budget_within_the_hop_margin_is_refused_alike_at_build_and_rel
         e.contains("total_budget must be above the margin per hop the header deadline takes off (10ms), got 10ms"),
         "{e}"
     );
-    let preset = ServerStack::grpc("api")
+    let preset = ServerStack::http("api")
         .total_budget(Duration::from_secs(1))
         .build()
         .unwrap();

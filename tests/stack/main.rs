@@ -184,11 +184,13 @@ fn client_refuses_a_retry_schedule_that_cannot_fit() {
     assert!(b(1000).retry(|r| r.max_attempts(1)).build().is_ok());
 }
 
-/// A hedge's fixed delay must fall within the attempt it copies: a copy
-/// is sent only while the first attempt runs.
+/// A hedge's fixed delay over half the budget is refused: a copy is sent
+/// only with as much time left as the request has waited, so none would
+/// go. Past the attempt timeout is fine: an attempt no retry can follow
+/// (every one of the gRPC preset's by default) is not cut there.
 #[cfg(feature = "hedge")]
 #[test]
-fn a_hedge_delay_at_or_past_the_attempt_timeout_is_refused() {
+fn a_hedge_delay_over_half_the_budget_is_refused() {
     let b = |delay| {
         ClientStack::builder("p")
             .total_budget(ms(1000))
@@ -196,12 +198,22 @@ fn a_hedge_delay_at_or_past_the_attempt_timeout_is_refused() {
             .hedge(move |h| h.delay(ms(delay)))
             .build()
     };
-    let e = b(300).unwrap_err().to_string();
+    let e = b(501).unwrap_err().to_string();
     assert!(
-        e.contains("delay (300ms) must be below the stack's attempt_timeout (300ms)"),
+        e.contains("delay (501ms) must be at most half the stack's total_budget (1s)"),
         "{e}"
     );
-    assert!(b(299).is_ok());
+    assert!(b(500).is_ok());
+    #[cfg(feature = "tonic")]
+    assert!(
+        ClientStack::grpc("p")
+            .total_budget(ms(2000))
+            .attempt_timeout(ms(300))
+            .hedge(|h| h.delay(ms(500)))
+            .retry(|r| r.policy(seawall::retry::grpc::GrpcRetry::new().hedge_method("/p.P/Get")))
+            .build()
+            .is_ok()
+    );
 }
 
 /// A stack that propagates its deadline keeps 20 ms for a retry, as the
