@@ -837,6 +837,37 @@ fn hello() -> tonic::Request<HelloRequest> {
     })
 }
 
+/// A tonic channel keeps the `grpc-timeout` the preset sends it, and ends
+/// a hung call a moment before the attempt's own timer would, as the
+/// attempt's `AttemptTimeout`: each is reported by the attempt layer, as
+/// its timer's would be (an outside trial over tonic counted 1 of 52).
+#[tokio::test]
+async fn grpc_preset_reports_the_attempt_timeouts_its_channel_keeps() {
+    let channel = serve_grpc(GreeterFn(|_| std::future::pending())).await;
+    let rec = seawall::observe::Recorder::new();
+    let stack = ClientStack::grpc("dep")
+        .total_budget(Duration::from_millis(300))
+        .observer(rec.clone())
+        .build()
+        .unwrap();
+    let client: GrpcClient<Channel> = stack.layer(channel);
+    for _ in 0..4 {
+        let status = call_say_hello(client.clone(), hello()).await.unwrap_err();
+        assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    }
+    let timed_out = rec.count(|e| {
+        e.layer == LayerKind::AttemptTimeout
+            && matches!(
+                e.kind,
+                seawall::observe::EventKind::Rejected {
+                    reason: RejectionKind::AttemptTimeout | RejectionKind::DeadlineExceeded,
+                    ..
+                }
+            )
+    });
+    assert_eq!(timed_out, 4);
+}
+
 #[tokio::test]
 async fn grpc_preset_breaker_opens_on_internal_then_refuses_fast() {
     let (channel, hits) = serve_raw(Answer::TrailersOnly).await;
