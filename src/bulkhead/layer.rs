@@ -146,15 +146,6 @@ pub struct BulkheadBuilder {
     name: Name,
     observer: Observer,
     /// `max_concurrent` was set (a server stack derives its own otherwise).
-    #[cfg_attr(
-        not(all(
-            feature = "deadline",
-            feature = "retry",
-            feature = "circuit-breaker",
-            feature = "shed"
-        )),
-        allow(dead_code)
-    )]
     max_set: bool,
 }
 
@@ -184,33 +175,19 @@ impl BulkheadBuilder {
         self
     }
 
-    /// A default `max_concurrent` of a stack's own, not marked as set.
-    #[cfg_attr(
-        not(all(
-            feature = "deadline",
-            feature = "retry",
-            feature = "circuit-breaker",
-            feature = "shed"
-        )),
-        allow(dead_code)
-    )]
-    pub(crate) fn default_max_concurrent(mut self, n: usize) -> Self {
-        self.max_concurrent = n;
-        self
+    stacks_only! {
+        /// A default `max_concurrent` of a stack's own, not marked as set.
+        pub(crate) fn default_max_concurrent(mut self, n: usize) -> Self {
+            self.max_concurrent = n;
+            self
+        }
     }
 
-    /// Whether [`max_concurrent`](Self::max_concurrent) was called.
-    #[cfg_attr(
-        not(all(
-            feature = "deadline",
-            feature = "retry",
-            feature = "circuit-breaker",
-            feature = "shed"
-        )),
-        allow(dead_code)
-    )]
-    pub(crate) fn max_concurrent_set(&self) -> bool {
-        self.max_set
+    stacks_only! {
+        /// Whether [`max_concurrent`](Self::max_concurrent) was called.
+        pub(crate) fn max_concurrent_set(&self) -> bool {
+            self.max_set
+        }
     }
 
     /// Callers allowed to wait for a permit (default 0: reject at once when

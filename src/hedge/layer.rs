@@ -225,20 +225,13 @@ impl<P> HedgeLayerBuilder<P> {
         self
     }
 
-    /// The fixed delay set with [`delay`](Self::delay), if any.
-    #[cfg_attr(
-        not(all(
-            feature = "deadline",
-            feature = "retry",
-            feature = "circuit-breaker",
-            feature = "shed"
-        )),
-        allow(dead_code)
-    )]
-    pub(crate) fn fixed_delay_setting(&self) -> Option<Duration> {
-        match self.settings.delay {
-            Delay::Fixed(d) => Some(d),
-            Delay::Quantile { .. } => None,
+    stacks_only! {
+        /// The fixed delay set with [`delay`](Self::delay), if any.
+        pub(crate) fn fixed_delay_setting(&self) -> Option<Duration> {
+            match self.settings.delay {
+                Delay::Fixed(d) => Some(d),
+                Delay::Quantile { .. } => None,
+            }
         }
     }
 

@@ -125,19 +125,12 @@ impl<P, M> AdaptiveLimitLayer<P, M> {
         self.limiter.set_bounds(min_limit, max_limit)
     }
 
-    /// The limit's maximum, for an algorithm with bounds (the built-in
-    /// ones).
-    #[cfg_attr(
-        not(all(
-            feature = "deadline",
-            feature = "retry",
-            feature = "circuit-breaker",
-            feature = "shed"
-        )),
-        allow(dead_code)
-    )]
-    pub(crate) fn max_limit(&self) -> Option<usize> {
-        self.limiter.bounds().map(|(_, max)| max)
+    stacks_only! {
+        /// The limit's maximum, for an algorithm with bounds (the built-in
+        /// ones).
+        pub(crate) fn max_limit(&self) -> Option<usize> {
+            self.limiter.bounds().map(|(_, max)| max)
+        }
     }
 
     /// Whether [`set_limits`](Self::set_limits) would take these bounds.

@@ -923,21 +923,14 @@ impl Limiter {
         }
     }
 
-    /// The algorithm's bounds, `(min, max)`, if it has them.
-    #[cfg_attr(
-        not(all(
-            feature = "deadline",
-            feature = "retry",
-            feature = "circuit-breaker",
-            feature = "shed"
-        )),
-        allow(dead_code)
-    )]
-    pub(crate) fn bounds(&self) -> Option<(usize, usize)> {
-        self.algorithm
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .bounds()
+    stacks_only! {
+        /// The algorithm's bounds, `(min, max)`, if it has them.
+        pub(crate) fn bounds(&self) -> Option<(usize, usize)> {
+            self.algorithm
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .bounds()
+        }
     }
 
     #[cfg(feature = "serde")]

@@ -18,6 +18,15 @@ fn example() -> ServiceConfig {
     toml::from_str(&text).expect("the example file parses")
 }
 
+/// The `[server]` section of a settings file's `text`.
+fn server_section(text: &str) -> seawall::config::ServerSettings {
+    toml::from_str::<ServiceConfig>(text)
+        .unwrap()
+        .server_settings()
+        .unwrap()
+        .clone()
+}
+
 #[test]
 fn the_example_file_reads_into_its_settings() {
     let c = example();
@@ -1091,11 +1100,7 @@ async fn a_reload_refused_for_its_retry_floor_changes_nothing() {
 /// one left unset follows the budget down.
 #[tokio::test(start_paused = true)]
 async fn a_server_reload_checks_a_handler_timeout_set_in_code() {
-    let section = toml::from_str::<ServiceConfig>("[server]\ntotal_budget = \"1s\"")
-        .unwrap()
-        .server_settings()
-        .unwrap()
-        .clone();
+    let section = server_section("[server]\ntotal_budget = \"1s\"");
     let set = ServerStack::builder("api")
         .total_budget(Duration::from_secs(5))
         .handler_timeout(Duration::from_secs(2))
@@ -1119,13 +1124,6 @@ async fn a_server_reload_checks_a_handler_timeout_set_in_code() {
 /// code or by a reload stays as set.
 #[tokio::test(start_paused = true)]
 async fn a_server_bulkhead_not_set_follows_the_limit_maximum() {
-    let section = |text: &str| {
-        toml::from_str::<ServiceConfig>(text)
-            .unwrap()
-            .server_settings()
-            .unwrap()
-            .clone()
-    };
     let budget = Duration::from_secs(1);
     let default = ServerStack::http("api")
         .total_budget(budget)
@@ -1154,22 +1152,24 @@ async fn a_server_bulkhead_not_set_follows_the_limit_maximum() {
 
     // Reloads: the maximum raised, then lowered, moves the bulkhead with it.
     default
-        .reload(&section("[server]\nlimit = { max_limit = 4000 }"))
+        .reload(&server_section("[server]\nlimit = { max_limit = 4000 }"))
         .unwrap();
     assert_eq!(default.bulkhead_handle().max_concurrent(), 8000);
     default
-        .reload(&section("[server]\nlimit = { max_limit = 500 }"))
+        .reload(&server_section("[server]\nlimit = { max_limit = 500 }"))
         .unwrap();
     assert_eq!(default.bulkhead_handle().max_concurrent(), 2000);
     // A reload that sets the bulkhead: it stays as set from then on.
     default
-        .reload(&section("[server]\nbulkhead = { max_concurrent = 700 }"))
+        .reload(&server_section(
+            "[server]\nbulkhead = { max_concurrent = 700 }",
+        ))
         .unwrap();
     default
-        .reload(&section("[server]\nlimit = { max_limit = 4000 }"))
+        .reload(&server_section("[server]\nlimit = { max_limit = 4000 }"))
         .unwrap();
     assert_eq!(default.bulkhead_handle().max_concurrent(), 700);
-    set.reload(&section("[server]\nlimit = { max_limit = 9000 }"))
+    set.reload(&server_section("[server]\nlimit = { max_limit = 9000 }"))
         .unwrap();
     assert_eq!(set.bulkhead_handle().max_concurrent(), 300);
 }
@@ -1192,11 +1192,7 @@ async fn a_server_budget_within_the_hop_margin_is_refused_alike_at_build_and_rel
         .total_budget(Duration::from_secs(1))
         .build()
         .unwrap();
-    let section = toml::from_str::<ServiceConfig>("[server]\ntotal_budget = \"10ms\"")
-        .unwrap()
-        .server_settings()
-        .unwrap()
-        .clone();
+    let section = server_section("[server]\ntotal_budget = \"10ms\"");
     let e = preset.reload(&section).unwrap_err().to_string();
     assert!(
         e.contains("api: total_budget must be above the margin per hop"),
@@ -1230,17 +1226,10 @@ async fn a_server_reload_checks_its_budgets_and_reports_only_changes() {
                 .rate_limit(Quota::per_second(1), |r| r),
         )
         .unwrap();
-    let section = |text: &str| {
-        toml::from_str::<ServiceConfig>(text)
-            .unwrap()
-            .server_settings()
-            .unwrap()
-            .clone()
-    };
     // A handler timeout above the budget: refused, named, nothing changed.
     let before = server.bulkhead_handle().max_concurrent();
     let e = server
-        .reload(&section(
+        .reload(&server_section(
             r#"
             [server]
             total_budget = "5s"
