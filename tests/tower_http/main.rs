@@ -1,10 +1,11 @@
 //! The HTTP server preset among tower-http's layers, in the order the
-//! README gives ("Among tower-http's layers"): the trace, the body limit,
-//! CORS, a cheap authentication and compression outside it, the preset
-//! innermost, over a real axum server on loopback. What is refused outside
-//! it (a missing credential, a body over the limit, a CORS preflight) is
-//! answered as before while the preset sheds, and is no call of its; its
-//! refusals carry CORS headers and reach the trace.
+//! README gives ("Among tower-http's layers"): the trace, CORS, the body
+//! limit, a cheap authentication and compression outside it, the preset
+//! innermost, and a health route in none of them, over a real axum server
+//! on loopback. What is refused outside it (a missing credential, a body
+//! over the limit, a CORS preflight) is answered as before while the
+//! preset sheds, and is no call of its; its refusals carry CORS headers
+//! and reach the trace; the health route answers.
 #![cfg(all(feature = "axum", feature = "full"))]
 
 use std::net::SocketAddr;
@@ -24,7 +25,7 @@ use hyper_util::rt::TokioExecutor;
 use seawall::error::RejectionKind;
 use seawall::observe::{EventKind, LayerKind, Recorder};
 use seawall::stack::ServerStack;
-use tower::{ServiceBuilder, ServiceExt};
+use tower::ServiceExt;
 use tower_http::compression::CompressionLayer;
 use tower_http::cors::CorsLayer;
 use tower_http::limit::RequestBodyLimitLayer;
@@ -101,16 +102,15 @@ async fn the_preset_innermost_among_tower_http_layers() {
         .layer(stack)
         .layer(CompressionLayer::new())
         .layer(middleware::from_fn(auth))
-        .layer(
-            ServiceBuilder::new()
-                .layer(TraceLayer::new_for_http().on_response(
-                    move |res: &Response<_>, _: Duration, _: &tracing::Span| {
-                        t.lock().unwrap().push(res.status().as_u16());
-                    },
-                ))
-                .layer(RequestBodyLimitLayer::new(1024))
-                .layer(CorsLayer::permissive()),
-        );
+        .layer(RequestBodyLimitLayer::new(1024))
+        .layer(CorsLayer::permissive())
+        .layer(TraceLayer::new_for_http().on_response(
+            move |res: &Response<_>, _: Duration, _: &tracing::Span| {
+                t.lock().unwrap().push(res.status().as_u16());
+            },
+        ))
+        // After the layers: in none of them.
+        .route("/health", get(|| async { "ok" }));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -151,10 +151,13 @@ async fn the_preset_innermost_among_tower_http_layers() {
         .header(http::header::CONTENT_LENGTH, "4096")
         .body(Full::new(Bytes::from(vec![b'x'; 4096])))
         .unwrap();
-    assert_eq!(
-        client.clone().oneshot(oversize).await.unwrap().status(),
-        413
-    );
+    let oversize = client.clone().oneshot(oversize).await.unwrap();
+    assert_eq!(oversize.status(), 413);
+    assert_eq!(oversize.headers()["access-control-allow-origin"], "*");
+    let health = request(addr, "GET", "/health")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(client.clone().oneshot(health).await.unwrap().status(), 200);
     let preflight = request(addr, "OPTIONS", "/hold")
         .header(http::header::ACCESS_CONTROL_REQUEST_METHOD, "POST")
         .body(Full::new(Bytes::new()))
