@@ -293,13 +293,20 @@ fn run_on(deadline: &mut Deadline, uncut: &mut bool) -> bool {
     }
 }
 
-/// An attempt's failure. A transport below that keeps the time itself
-/// (tonic's channel, from the `grpc-timeout` it is sent) ends the call as
-/// this layer's `AttemptTimeout`, a moment before this layer's timer
-/// would: reported here as the timer's own would be (it was counted by
-/// no one: 52 attempts timed out in an outside trial over tonic, 1
-/// reported), as the request's deadline when that is what ended it.
-/// Out of line: the success path never reaches it.
+/// An attempt's failure. A timeout below it ends as this layer's would
+/// have:
+/// - a transport that keeps the time itself (tonic's channel, from the
+///   `grpc-timeout` the attempt sent) ends the call as this layer's
+///   `AttemptTimeout` a moment before this layer's timer: reported here as
+///   the timer's own would be (it was counted by no one: 52 attempts timed
+///   out in an outside trial over tonic, 1 reported);
+/// - when the request's deadline ended the attempt (within 20 ms of it), a
+///   timer below that ran to the same deadline ends as the request's
+///   deadline, [`DeadlineExceeded`](crate::error::DeadlineExceeded) (it is
+///   not the dependency's failure).
+///
+/// Any other error is handed back as it is. Out of line: only a failed
+/// attempt reaches it.
 #[inline(never)]
 fn attempt_error(
     error: BoxError,
@@ -307,52 +314,19 @@ fn attempt_error(
     cut_short: bool,
     shared: Option<&Shared>,
 ) -> BoxError {
-    let below = match (crate::error::rejection_of(&error), shared) {
-        (Some(r), Some(s)) => {
-            r.kind() == RejectionKind::AttemptTimeout && r.name() == s.name.as_str()
-        }
-        _ => false,
+    let Some(r) =
+        crate::error::rejection_of(&error).filter(|r| r.kind() == RejectionKind::AttemptTimeout)
+    else {
+        return error;
     };
-    match shared {
-        Some(shared) if below => {
-            if cut_short && deadline.remaining() <= super::ANSWER_MARGIN {
-                return reject_deadline(LayerKind::AttemptTimeout, shared, TIMED_OUT);
-            }
-            shared.observer.emit(
-                LayerKind::AttemptTimeout,
-                shared.name.as_str(),
-                EventKind::Rejected {
-                    reason: RejectionKind::AttemptTimeout,
-                    detail: TIMED_OUT,
-                    retry_after: None,
-                },
-            );
-            error
-        }
-        _ if cut_short => the_requests_deadline(error, deadline),
-        _ => error,
+    let the_deadline = cut_short && deadline.remaining() <= super::ANSWER_MARGIN;
+    if let Some(shared) = shared.filter(|s| r.name() == s.name.as_str()) {
+        return expired(LayerKind::AttemptTimeout, Some(shared), the_deadline);
     }
-}
-
-/// An attempt's error, when the request's deadline ended the attempt
-/// before its own timeout: a timer below that ran to the same deadline (a
-/// tonic channel's, to the `grpc-timeout` the attempt sent) ends as the
-/// request's deadline, [`DeadlineExceeded`](crate::error::DeadlineExceeded),
-/// as this layer's own timer would have (it is not the dependency's
-/// failure). Any other error, or a timeout that came while the deadline
-/// had more than 20 ms to go (a shorter one below), is handed back as it
-/// is. Out of line: only a failed attempt reaches it.
-#[inline(never)]
-fn the_requests_deadline(error: BoxError, deadline: Deadline) -> BoxError {
-    match crate::error::rejection_of(&error) {
-        Some(r)
-            if r.kind() == RejectionKind::AttemptTimeout
-                && deadline.remaining() <= super::ANSWER_MARGIN =>
-        {
-            crate::error::DeadlineExceeded::new(r.name().to_owned()).into()
-        }
-        _ => error,
+    if the_deadline {
+        return crate::error::DeadlineExceeded::new(r.name().to_owned()).into();
     }
+    error
 }
 
 /// The error of a call whose timer fired (reported to the observer): the

@@ -813,12 +813,12 @@ impl<X, D> RateLimitLayer<X, D> {
         }
     }
 
-    /// This layer around `inner`, letting go of a request it refuses at
-    /// once as `M` does (a server stack's: see `stack::OuterPart`).
-    // For the stacks (a build without them does not call it).
-    #[allow(dead_code)]
-    pub(crate) fn layer_held<S, M>(&self, inner: S) -> RateLimit<S, X, D, M> {
-        RateLimit::new(inner, self.shared.clone())
+    stacks_only! {
+        /// This layer around `inner`, letting go of a request it refuses at
+        /// once as `M` does (a server stack's: see `stack::OuterPart`).
+        pub(crate) fn layer_held<S, M>(&self, inner: S) -> RateLimit<S, X, D, M> {
+            RateLimit::new(inner, self.shared.clone())
+        }
     }
 }
 

@@ -125,13 +125,14 @@ impl<S, M> Layer<S> for DeadlineFromHeadersLayer<M> {
 }
 
 impl<M> DeadlineFromHeadersLayer<M> {
-    /// The same layer, letting go of a request it refuses as `M2` does
-    /// (see [`Release`]).
-    #[allow(dead_code)]
-    pub(crate) fn held<M2>(self) -> DeadlineFromHeadersLayer<M2> {
-        DeadlineFromHeadersLayer {
-            cfg: self.cfg,
-            hold: PhantomData,
+    stacks_only! {
+        /// The same layer, letting go of a request it refuses as `M2` does
+        /// (see [`Release`]).
+        pub(crate) fn held<M2>(self) -> DeadlineFromHeadersLayer<M2> {
+            DeadlineFromHeadersLayer {
+                cfg: self.cfg,
+                hold: PhantomData,
+            }
         }
     }
 }
