@@ -79,6 +79,8 @@ mod classify;
 mod future;
 pub(crate) mod response;
 mod service;
+#[cfg(feature = "deadline")]
+pub(crate) mod value;
 
 #[cfg(feature = "tonic")]
 pub(crate) use self::answer::AnswerError;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use http::header::{HeaderName, HeaderValue};
+use http::header::HeaderName;
 use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
@@ -20,6 +20,7 @@ use crate::deadline::layer::Shared;
 use crate::deadline::service::{EXPIRED_ON_ARRIVAL, reject_deadline};
 use crate::deadline::wire::{format_grpc_timeout, parse_grpc_timeout, parse_timeout_ms};
 use crate::error::{BoxError, ConfigError, Name};
+use crate::http::value::header_value;
 use crate::observe::{LayerKind, Observer};
 
 struct EgressConfig {
@@ -233,7 +234,7 @@ where
                 .and_then(|v| parse_grpc_timeout(v.as_bytes()).ok())
                 .is_some_and(|existing| existing <= left);
             if !keep {
-                if let Ok(v) = HeaderValue::from_str(format_grpc_timeout(left).as_str()) {
+                if let Some(v) = header_value(format_grpc_timeout(left).as_bytes()) {
                     headers.insert(GRPC_TIMEOUT_NAME, v);
                 }
             }
@@ -245,10 +246,10 @@ where
                 .is_some_and(|existing| existing <= left);
             if !keep {
                 let ms = u64::try_from(left.as_millis()).unwrap_or(u64::MAX);
-                // Digits on the stack, copied once into the value.
+                // Digits on the stack, copied once into this thread's
+                // buffer of values (no allocation per value).
                 let mut buf = [0u8; 20];
-                if let Ok(v) = HeaderValue::from_bytes(crate::deadline::wire::decimal(ms, &mut buf))
-                {
+                if let Some(v) = header_value(crate::deadline::wire::decimal(ms, &mut buf)) {
                     headers.insert(name.clone(), v);
                 }
             }
