@@ -162,7 +162,8 @@ const PROVISIONAL_RISE: f64 = 0.5;
 ///    out of time) halved the limit, the first window answered within
 ///    `target` and with no drops puts it back to what it was before them,
 ///    at most the initial limit (the hang's first calls, keeping their
-///    places, may have doubled it). A hang says nothing of a queue of ours,
+///    places, may have doubled it), unless an answered window cut it
+///    meanwhile (a queue of ours, learned again). A hang says nothing of a queue of ours,
 ///    and below half the limit in flight nothing makes a limit grow: at
 ///    200 requests a second of 5 ms, a client stack's limit stayed at the
 ///    25 a hang left, and a slowdown to 300 ms after it (60 in flight) was
@@ -474,6 +475,19 @@ impl LimitAlgorithm for QueueDelay {
 impl QueueDelay {
     /// Judges one window (see [`QueueDelay`]'s rules): the limit after it.
     fn judge(&mut self, sample: &WindowSample) -> usize {
+        let before = self.limit;
+        let limit = self.judge_rules(sample);
+        // An answered window that cut the limit after a hang (a queue of
+        // ours, drops behind one, a drain): the limit is learned again
+        // from the answers, and the hang's is not restored over it.
+        if self.hang_from.is_some() && sample.rtt() > Duration::ZERO && self.limit < before {
+            self.hang_from = None;
+        }
+        limit
+    }
+
+    /// [`judge`](Self::judge)'s rules.
+    fn judge_rules(&mut self, sample: &WindowSample) -> usize {
         let rtt = sample.rtt().as_nanos() as f64;
         // Calls at the limit that keep their places (the layer found them:
         // `WindowSample::kept`), while the window's answers took at most
@@ -1385,6 +1399,19 @@ mod tests {
         assert_eq!(q.update(&window(5.0, 2)), 100);
         // Once: a later hang starts from there again.
         assert_eq!(q.update(&window(5.0, 2)), 100);
+
+        // A queue of ours found after a hang (calls out of time behind
+        // answers slowed by it) is learned from, and not undone by a quiet
+        // window later.
+        for _ in 0..3 {
+            let busy = q.limit();
+            q.update(&WindowSample::new(Duration::ZERO, busy, busy as u64));
+        }
+        assert_eq!(q.limit(), 12);
+        let queued =
+            q.update(&WindowSample::new(Duration::from_millis(40), 12, 5).with_samples(100));
+        assert!(queued < 12, "cut by the queue: {queued}");
+        assert_eq!(q.update(&window(5.0, 2)), queued);
     }
 
     /// A service that got ten times slower while the limit and the calls in
