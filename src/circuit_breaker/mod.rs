@@ -163,7 +163,11 @@
 //!   of calls, and 0.25 s still refused up to a quarter of one;
 //!   Resilience4j's 60 s doubling to 600 s left it refused for the rest of
 //!   the run). A dead dependency gets a probe every 100 ms or so: 0.07
-//!   attempts per request in the flapping dependency's down phases;
+//!   attempts per request in the flapping dependency's down phases. A
+//!   dependency called less often than once in 100 ms would be probed by
+//!   every call: a [`ClientStack`](crate::ClientStack)'s breaker waits for
+//!   5 calls refused, or 2 s, before a probe
+//!   ([`probe_after_refused`](CircuitBreakerBuilder::probe_after_refused));
 //! - **no slow calls** unless `slow_call_duration` is set (Resilience4j
 //!   counts a call over 60 s as slow and opens when all of the window's
 //!   calls are). A dependency answering every call within its timeout,
@@ -187,6 +191,7 @@
 //! | `permitted_calls_in_half_open` | 1 |
 //! | `open_duration` | 100 ms |
 //! | `open_multiplier` | 1 (the same open time on every trip) |
+//! | `probe_after_refused` | 0 (5 in a `ClientStack`) |
 //! | `max_open_duration` | 600 s |
 //! | `open_jitter` | 0 |
 //! | `backpressure` | off |

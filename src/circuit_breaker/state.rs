@@ -71,6 +71,12 @@ pub(crate) enum WindowConfig {
     Time { span: Duration, buckets: u32 },
 }
 
+/// With `probe_after_refused` set, how long after the breaker opened (or
+/// let the last late probe in) a probe goes whatever the calls refused
+/// (see `Core::wait_to_probe`): a dependency called rarely is probed every
+/// 2 s, not every 100 ms; an open time of 2 s or more is not lengthened.
+const PROBE_WITHIN_NANOS: i64 = 2_000_000_000;
+
 /// A validated configuration.
 #[derive(Debug, Clone)]
 pub(crate) struct Config {
@@ -81,6 +87,8 @@ pub(crate) struct Config {
     pub(crate) slow_call_nanos: u64,
     pub(crate) rate_trips: bool,
     pub(crate) permitted_in_half_open: u32,
+    /// Calls refused before a probe once the open time is over (0: none).
+    pub(crate) probe_after_refused: u32,
     pub(crate) open_jitter: f64,
     pub(crate) seed: Option<u64>,
     pub(crate) backpressure: bool,
@@ -176,6 +184,9 @@ pub(crate) struct Core {
     /// The open time of the last trip, in nanoseconds: also how long the
     /// half-open probes may all be out before one more is let in.
     open_nanos: AtomicI64,
+    /// Calls refused since the breaker opened, or since the last late
+    /// probe (see [`wait_to_probe`](Self::wait_to_probe)).
+    refused: AtomicU32,
     /// After a close from half-open: until when (ns after `origin`) the
     /// fresh window is not judged (0: judged). It fills with the fastest
     /// answers first: the failures of a dependency that fails half its
@@ -227,6 +238,7 @@ impl Core {
             in_a_row: AtomicU32::new(config.tuning.consecutive_failures.unwrap_or(0)),
             open_until: AtomicI64::new(0),
             open_nanos: AtomicI64::new(0),
+            refused: AtomicU32::new(0),
             judge_after: AtomicI64::new(0),
             open_tuning: Mutex::new((
                 config.tuning.open_duration,
@@ -446,9 +458,9 @@ impl Core {
                     let now = if timed { now } else { crate::clock::edge_now() };
                     let until = self.open_until.load(Ordering::Acquire);
                     let at = self.nanos(now);
-                    if at < until {
+                    if let Some(wait) = self.wait_to_probe(at, until) {
                         return Err(Refusal {
-                            retry_after: Some(nanos_to_duration(until.saturating_sub(at))),
+                            retry_after: Some(wait),
                             detail: DETAIL_OPEN,
                         });
                     }
@@ -511,7 +523,8 @@ impl Core {
     fn late_probe(&self, generation: u64, now: Instant) -> Result<Permit, Refusal> {
         let at = self.nanos(now);
         let until = self.open_until.load(Ordering::Acquire);
-        if at >= until
+        let wait = self.wait_to_probe(at, until);
+        if wait.is_none()
             && self
                 .open_until
                 .compare_exchange(
@@ -524,6 +537,7 @@ impl Core {
         {
             let word = self.word.load(Ordering::Acquire);
             if state_of(word) == HALF_OPEN && gen_of(word) == generation {
+                self.refused.store(0, Ordering::Relaxed);
                 return Ok(Permit {
                     generation,
                     kind: PermitKind::LateProbe,
@@ -532,9 +546,13 @@ impl Core {
         }
         // The probes decide within about a round trip: come back soon
         // (stretched when the refusal is made, as every hint of the
-        // breaker's).
+        // breaker's); with every probe out for an open time already, when
+        // the next may go at the latest.
         Err(Refusal {
-            retry_after: Some(crate::clock::MIN_HINT),
+            retry_after: Some(
+                wait.filter(|_| at >= until)
+                    .unwrap_or(crate::clock::MIN_HINT),
+            ),
             detail: DETAIL_HALF_OPEN_FULL,
         })
     }
@@ -761,6 +779,7 @@ impl Core {
         control.trips = control.trips.saturating_add(1);
         let d = i64::try_from(d.as_nanos()).unwrap_or(i64::MAX);
         self.open_nanos.store(d, Ordering::Relaxed);
+        self.refused.store(0, Ordering::Relaxed);
         let until = self.nanos(now).saturating_add(d);
         self.open_until.store(until, Ordering::Release);
         self.consecutive.store(0, Ordering::Release);
@@ -799,6 +818,30 @@ impl Core {
         );
     }
 
+    /// How long until a probe may go, at `at` (ns after `origin`), the
+    /// open time (or the last probe's) over at `until`, counting this call
+    /// as refused; `None`: it may go now. With `probe_after_refused` set,
+    /// a probe after the open time waits for that many calls refused since
+    /// the breaker opened (or since the last late probe), or until
+    /// [`PROBE_WITHIN_NANOS`] after it.
+    #[inline]
+    fn wait_to_probe(&self, at: i64, until: i64) -> Option<Duration> {
+        let needed = self.config.probe_after_refused;
+        if needed == 0 || self.config.backpressure {
+            // (In backpressure mode calls wait for the open time instead
+            // of being refused: the first after it probes.)
+            return (at < until).then(|| nanos_to_duration(until.saturating_sub(at)));
+        }
+        let opened = until.saturating_sub(self.open_nanos.load(Ordering::Relaxed));
+        let latest = until.max(opened.saturating_add(PROBE_WITHIN_NANOS));
+        if at >= latest || (at >= until && self.refused.load(Ordering::Relaxed) >= needed) {
+            return None;
+        }
+        self.refused.fetch_add(1, Ordering::Relaxed);
+        let next = if at < until { until } else { latest };
+        Some(nanos_to_duration(next.saturating_sub(at)))
+    }
+
     #[cold]
     fn to_half_open(&self, generation: u64, now: Instant) {
         let mut control = self.lock();
@@ -813,6 +856,7 @@ impl Core {
         control.probe_failures = 0;
         control.probe_slow = 0;
         control.half_open_at = self.nanos(now);
+        self.refused.store(0, Ordering::Relaxed);
         self.word.store(
             pack(
                 HALF_OPEN,
@@ -963,6 +1007,7 @@ mod tests {
             slow_call_nanos: 1_000_000_000,
             rate_trips: true,
             permitted_in_half_open: 2,
+            probe_after_refused: 0,
             open_jitter: 0.0,
             seed: Some(1),
             backpressure: false,

@@ -30,6 +30,15 @@ const KIND: &str = "client_stack";
 /// Attempts in flight to one dependency at most.
 const BULKHEAD_MAX_CONCURRENT: usize = 1024;
 
+/// Calls a client stack's open breaker refuses before a probe, once its
+/// open time is over ([`CircuitBreakerBuilder::probe_after_refused`](crate::circuit_breaker::CircuitBreakerBuilder::probe_after_refused)).
+/// Chosen by an outside trial at 2, 10 and 40 requests a second through a
+/// chain of presets: with a probe at the end of every 100 ms open time, a
+/// dead dependency called twice a second took 2.18 calls per request (one
+/// without seawall). 5: at most one probe in 6 calls below 50 a second,
+/// and the storm (600 a second, 60 calls an open time) unchanged.
+const STACK_PROBE_AFTER_REFUSED: u32 = 5;
+
 /// The adaptive limit's first limit on the attempts in flight (see
 /// [`ClientStackBuilder`]).
 const CLIENT_INITIAL_LIMIT: usize = 100;
@@ -275,7 +284,11 @@ impl ClientStack {
                 .name(part_name(&name, "breaker"))
                 // The breaker's own defaults, chosen by the storm; no
                 // call is slow unless `slow_call_duration` is set: a call
-                // that ends within its attempt timeout was answered.
+                // that ends within its attempt timeout was answered. A
+                // probe waits for 5 calls refused (or 2 s): a dependency
+                // called less often than every 100 ms is not probed by
+                // every call.
+                .probe_after_refused(STACK_PROBE_AFTER_REFUSED)
                 .classifier(DependencyFailures),
             inner: Skip,
             outer: Identity::new(),

@@ -608,6 +608,76 @@ async fn open_breaker_stops_retries_from_reaching_the_backend() {
     );
 }
 
+/// At 2 requests a second, a breaker open 100 ms at a time is half-open
+/// again for every request: each probes a dependency that fails every
+/// call, and the breaker spares it nothing. The client stack's breaker
+/// waits for 5 calls refused (or 2 s) before a probe: of 100 requests
+/// over a 50 s outage, a quarter reach the dependency (one in 2 s),
+/// against all of them with a probe after every open time; once it is
+/// back, the first request after the next probe is answered, 1.96 s later
+/// (0.48 s).
+#[tokio::test(start_paused = true)]
+async fn a_rarely_called_dependency_is_not_probed_by_every_call() {
+    async fn outage(probe_after_refused: Option<u32>) -> (u32, u32, Duration) {
+        let calls = Arc::new(AtomicU32::new(0));
+        let down = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let dependency = {
+            let (calls, down) = (calls.clone(), down.clone());
+            service_fn(move |n: u32| {
+                calls.fetch_add(1, Ordering::SeqCst);
+                let down = down.load(Ordering::SeqCst);
+                async move {
+                    if down {
+                        Err::<u32, BoxError>("connection reset".into())
+                    } else {
+                        Ok(n)
+                    }
+                }
+            })
+        };
+        let mut builder = ClientStack::builder("rare").total_budget(ms(1000));
+        if let Some(n) = probe_after_refused {
+            builder = builder.breaker(move |b| b.probe_after_refused(n));
+        }
+        let stack = builder.build().unwrap();
+        let handle = stack.breaker_handle();
+        let svc = stack.layer(dependency);
+        let mut tick = tokio::time::interval(ms(500));
+        // 10 s to open it (20 calls in its window, failures every one),
+        // then 100 requests (50 s) while it is down.
+        let mut during = 0;
+        for i in 0..120 {
+            tick.tick().await;
+            if i == 20 {
+                assert_eq!(handle.state(), State::Open);
+                during = calls.load(Ordering::SeqCst);
+            }
+            let _ = svc.clone().oneshot(i).await;
+        }
+        let during = calls.load(Ordering::SeqCst) - during;
+        // Back: how long until a request is answered.
+        down.store(false, Ordering::SeqCst);
+        let back = Instant::now();
+        let mut answered = 0;
+        while answered == 0 {
+            tick.tick().await;
+            if svc.clone().oneshot(0).await.is_ok() {
+                answered = 1;
+            }
+        }
+        (during, answered, back.elapsed())
+    }
+    let (stack, _, back) = outage(None).await;
+    let (every_open_time, _, back_at_once) = outage(Some(0)).await;
+    println!(
+        "calls during 100 requests: {stack} (every open time: {every_open_time}); back after {back:?} ({back_at_once:?})"
+    );
+    assert_eq!(every_open_time, 100);
+    assert_eq!(stack, 25);
+    assert!(back <= ms(2500), "{back:?}");
+    assert!(back_at_once <= ms(500), "{back_at_once:?}");
+}
+
 #[tokio::test(start_paused = true)]
 async fn total_deadline_bounds_elapsed_time_exactly() {
     let calls = Arc::new(AtomicU32::new(0));
