@@ -316,9 +316,11 @@ impl<C> CircuitBreakerBuilder<C> {
     }
 
     /// Once its open time is over, the breaker lets a probe through only
-    /// after `calls` calls were refused since it opened (or since the last
-    /// probe let past a stuck one), or once 2 s have passed since then (an
-    /// open time of 2 s or more is not lengthened). Default: 0 (a probe at
+    /// after `calls` calls were refused since it opened (half-open with
+    /// every probe out, since the last probe went), or once 2 s have passed
+    /// since then (an open time of 2 s or more is not lengthened; the 2 s
+    /// are not jittered). [`CircuitBreakerHandle::retry_after`](super::CircuitBreakerHandle::retry_after)
+    /// says the 2 s meanwhile. Default: 0 (a probe at
     /// the end of every open time); the
     /// [`ClientStack`](crate::ClientStack)'s breaker: 5.
     ///

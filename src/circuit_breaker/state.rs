@@ -379,7 +379,29 @@ impl Core {
             return None;
         }
         let until = self.open_until.load(Ordering::Acquire);
-        Some(nanos_to_duration(until.saturating_sub(self.nanos(now))))
+        let at = self.nanos(now);
+        let next = match self.probe_latest(until) {
+            // Past the open time, the calls refused decide, or the latest.
+            Some(latest) if at >= until && !self.refused_enough() => latest,
+            _ => until,
+        };
+        Some(nanos_to_duration(next.saturating_sub(at)))
+    }
+
+    /// With `probe_after_refused` set (and no backpressure), when a probe
+    /// goes whatever the calls refused, for an open time over at `until`.
+    fn probe_latest(&self, until: i64) -> Option<i64> {
+        if self.config.probe_after_refused == 0 || self.config.backpressure {
+            return None;
+        }
+        let opened = until.saturating_sub(self.open_nanos.load(Ordering::Relaxed));
+        Some(until.max(opened.saturating_add(PROBE_WITHIN_NANOS)))
+    }
+
+    /// Whether enough calls were refused for a probe (see
+    /// [`wait_to_probe`](Self::wait_to_probe)).
+    fn refused_enough(&self) -> bool {
+        self.refused.load(Ordering::Relaxed) >= self.config.probe_after_refused
     }
 
     /// What a `poll_ready` in backpressure mode waits for: an open time to
@@ -826,18 +848,19 @@ impl Core {
     /// [`PROBE_WITHIN_NANOS`] after it.
     #[inline]
     fn wait_to_probe(&self, at: i64, until: i64) -> Option<Duration> {
-        let needed = self.config.probe_after_refused;
-        if needed == 0 || self.config.backpressure {
-            // (In backpressure mode calls wait for the open time instead
-            // of being refused: the first after it probes.)
+        // (In backpressure mode calls wait for the open time instead of
+        // being refused: the first after it probes.)
+        let Some(latest) = self.probe_latest(until) else {
             return (at < until).then(|| nanos_to_duration(until.saturating_sub(at)));
-        }
-        let opened = until.saturating_sub(self.open_nanos.load(Ordering::Relaxed));
-        let latest = until.max(opened.saturating_add(PROBE_WITHIN_NANOS));
-        if at >= latest || (at >= until && self.refused.load(Ordering::Relaxed) >= needed) {
+        };
+        let enough = self.refused_enough();
+        if at >= latest || (at >= until && enough) {
             return None;
         }
-        self.refused.fetch_add(1, Ordering::Relaxed);
+        if !enough {
+            // Bounded, and no write on the shared line once enough.
+            self.refused.fetch_add(1, Ordering::Relaxed);
+        }
         let next = if at < until { until } else { latest };
         Some(nanos_to_duration(next.saturating_sub(at)))
     }
@@ -1013,6 +1036,55 @@ mod tests {
             backpressure: false,
             count_overload: false,
         }
+    }
+
+    /// With `probe_after_refused(3)` and an open time of 100 ms: past the
+    /// open time, calls are refused until 3 were, or until 2 s after the
+    /// open; the handle's `retry_after` says the latter meanwhile; a probe
+    /// stuck in half-open lets one more through on the same terms.
+    #[tokio::test(start_paused = true)]
+    async fn a_probe_waits_for_calls_refused_or_two_seconds() {
+        let mut c = config();
+        c.probe_after_refused = 3;
+        c.permitted_in_half_open = 1;
+        c.tuning.open_duration = Duration::from_millis(100);
+        c.tuning.open_multiplier = 1.0;
+        let core = Core::new(Name::from("t"), Observer::none(), c);
+        let t0 = Instant::now();
+        for failure in [false, false, true, true] {
+            let p = core.try_acquire(t0, true).unwrap();
+            core.on_complete(p, t0, true, failure, false);
+        }
+        assert_eq!(core.state(), State::Open);
+        let ms = Duration::from_millis;
+        // Within the open time: refused, counted (1).
+        assert_eq!(
+            core.try_acquire(t0 + ms(50), true).unwrap_err().retry_after,
+            Some(ms(50))
+        );
+        // Past it: the handle says 2 s after the open, and two more are
+        // refused with that (2, 3).
+        assert_eq!(core.open_remaining(t0 + ms(500)), Some(ms(1500)));
+        for at in [500, 900] {
+            let r = core.try_acquire(t0 + ms(at), true).unwrap_err();
+            assert_eq!(r.retry_after, Some(ms(2000 - at)), "at {at} ms");
+        }
+        assert_eq!(core.open_remaining(t0 + ms(950)), Some(Duration::ZERO));
+        // 3 refused: the next call probes, and stays out.
+        let _stuck = core.try_acquire(t0 + ms(1000), true).unwrap();
+        assert_eq!(core.state(), State::HalfOpen);
+        // Every slot out for its open time: one more probe once 3 calls
+        // were refused since, or 2 s after the stuck one went.
+        for at in [1200, 1300, 1400] {
+            let r = core.try_acquire(t0 + ms(at), true).unwrap_err();
+            assert_eq!(r.detail, "half_open_full", "at {at} ms");
+        }
+        let late = core.try_acquire(t0 + ms(1500), true).unwrap();
+        assert_eq!(late.kind, PermitKind::LateProbe);
+        // The count starts again: 2 s after that one, with no call between.
+        assert!(core.try_acquire(t0 + ms(1700), true).is_err());
+        let again = core.try_acquire(t0 + ms(3500), true).unwrap();
+        assert_eq!(again.kind, PermitKind::LateProbe);
     }
 
     #[tokio::test(start_paused = true)]

@@ -9,7 +9,9 @@
 //! buffer, two allocations (its bytes and its count), every [`ARENA_BYTES`]
 //! bytes of values, about a hundred requests. A buffer is freed when the
 //! last value cut from it is dropped, so a value kept alive keeps at most
-//! [`ARENA_BYTES`] with it.
+//! [`ARENA_BYTES`] with it. The values are marked sensitive, so that
+//! HTTP/2's header compression never keeps them in its table (where each
+//! would keep its buffer for the connection's life).
 
 use std::cell::RefCell;
 
@@ -42,11 +44,16 @@ pub(crate) fn header_value(bytes: &[u8]) -> Option<HeaderValue> {
         arena.extend_from_slice(bytes);
         Some(arena.split_to(bytes.len()).freeze())
     });
-    match cut {
-        Ok(Some(shared)) => HeaderValue::from_maybe_shared(shared).ok(),
+    let mut value = match cut {
+        Ok(Some(shared)) => HeaderValue::from_maybe_shared(shared).ok()?,
         // This thread's storage is being torn down.
-        _ => HeaderValue::from_bytes(bytes).ok(),
-    }
+        _ => HeaderValue::from_bytes(bytes).ok()?,
+    };
+    // Never indexed by HTTP/2's header compression: a value that changes
+    // with every request is no use in its table, where it would evict the
+    // ones that repeat, and keep its buffer alive with the connection.
+    value.set_sensitive(true);
+    Some(value)
 }
 
 #[cfg(test)]
@@ -65,6 +72,7 @@ mod tests {
         }
         // Values cut earlier are untouched by the ones after them.
         assert_eq!(first.as_bytes(), b"12345678");
+        assert!(first.is_sensitive(), "never indexed by HPACK");
         assert_eq!(kept[1].as_bytes(), b"00000000");
         assert_eq!(
             kept.last().unwrap().as_bytes(),

@@ -160,9 +160,9 @@ const PROVISIONAL_RISE: f64 = 0.5;
 ///    one before.
 /// 7. A hang's cuts are undone: after windows of drops only (every call
 ///    out of time) halved the limit, the first window answered within
-///    `target` and with no drops puts it back to what it was before them,
-///    at most the initial limit (the hang's first calls, keeping their
-///    places, may have doubled it), unless an answered window cut it
+///    `target` and with no drops puts it back to what it was before them
+///    (before the doublings for its first calls, which keep their places:
+///    rule 5), at most the initial limit, unless an answered window cut it
 ///    meanwhile (a queue of ours, learned again). A hang says nothing of a queue of ours,
 ///    and below half the limit in flight nothing makes a limit grow: at
 ///    200 requests a second of 5 ms, a client stack's limit stayed at the
@@ -287,6 +287,9 @@ pub struct QueueDelay {
     draining: Option<(f64, f64, f64)>,
     /// The initial limit.
     initial: f64,
+    /// The limit before a run of doublings for calls that keep their
+    /// places (rule 5), until an answered window without them.
+    kept_from: Option<f64>,
     /// The limit before a hang's first cut (windows of drops only), while
     /// no window has been answered without a queue since: see
     /// [`QueueDelay`]'s rule 7.
@@ -476,6 +479,11 @@ impl QueueDelay {
     /// Judges one window (see [`QueueDelay`]'s rules): the limit after it.
     fn judge(&mut self, sample: &WindowSample) -> usize {
         let before = self.limit;
+        if sample.kept() == 0 && sample.rtt() > Duration::ZERO {
+            // An answered window: a run of doublings for kept places, if
+            // any, is over.
+            self.kept_from = None;
+        }
         let limit = self.judge_rules(sample);
         // An answered window that cut the limit after a hang (a queue of
         // ours, drops behind one, a drain): the limit is learned again
@@ -508,6 +516,9 @@ impl QueueDelay {
                 if self.growth == Growth::Additive {
                     self.growth = Growth::Doubling;
                 }
+                // (A hang's first calls keep their places too: the limit
+                // before this run of doublings is the one rule 7 restores.)
+                self.kept_from.get_or_insert(self.limit);
                 self.limit = self.clamp(self.limit * 2.0);
             }
             // (Otherwise closed early for them, but with answers slowed by
@@ -519,7 +530,8 @@ impl QueueDelay {
             // less than half the limit in flight are no queue of ours (calls
             // that could not make their deadline at any load): no cut.
             if sample.did_drop() && sample.max_inflight() as f64 >= self.limit / 2.0 {
-                self.hang_from.get_or_insert(self.limit);
+                self.hang_from
+                    .get_or_insert(self.kept_from.unwrap_or(self.limit));
                 self.limit = self.clamp(self.limit / 2.0);
                 // Every call timed out: a dependency hung, not a queue of
                 // ours. Once calls are answered again, the limit doubles
@@ -1034,6 +1046,7 @@ impl QueueDelayBuilder {
             above: false,
             draining: None,
             initial: self.initial_limit as f64,
+            kept_from: None,
             hang_from: None,
         }
     }
@@ -1412,6 +1425,30 @@ mod tests {
             q.update(&WindowSample::new(Duration::from_millis(40), 12, 5).with_samples(100));
         assert!(queued < 12, "cut by the queue: {queued}");
         assert_eq!(q.update(&window(5.0, 2)), queued);
+    }
+
+    /// A hang's first calls keep their places, and rule 5 doubles the
+    /// limit for them before the windows of drops: rule 7 restores the
+    /// limit from before those doublings, a learned 8 (not 20, the
+    /// initial limit, nor the 32 they reached).
+    #[test]
+    fn a_hang_restores_the_limit_from_before_its_doublings() {
+        let mut q = QueueDelay::default();
+        for _ in 0..5 {
+            q.update(&window(5.0, 2));
+        }
+        q.limit = 8.0;
+        let kept = WindowSample::new(Duration::from_millis(5), 8, 0)
+            .with_samples(20)
+            .with_kept(4);
+        assert_eq!(q.update(&kept), 16);
+        assert_eq!(q.update(&kept), 32);
+        for _ in 0..4 {
+            let busy = q.limit();
+            q.update(&WindowSample::new(Duration::ZERO, busy, busy as u64));
+        }
+        assert_eq!(q.limit(), 2);
+        assert_eq!(q.update(&window(5.0, 1)), 8);
     }
 
     /// A service that got ten times slower while the limit and the calls in

@@ -3303,9 +3303,9 @@ async fn while_every_call_fails_the_in_flight_gauge_follows_the_calls() {
 
 /// A client stack's limit after its dependency hung: the hang's windows
 /// (every call out of time, then the breaker's probes) halved it from 200
-/// to 50, and at 5 ms a call with one or two in flight nothing made it grow
+/// to 25, and at 5 ms a call with one or two in flight nothing made it grow
 /// again; a slowdown to 300 ms afterwards, 60 in flight at 200 requests a
-/// second, was refused 21 requests in its first second (an outside trial
+/// second, was refused 98 requests in its first two seconds (an outside trial
 /// through two client presets in a chain: 5.8–13.5 % of an 8 s slowdown
 /// lost, where a chain without them lost none). The hang's cuts are no
 /// evidence of a queue: once the dependency answers again without one,
