@@ -380,12 +380,23 @@ impl Core {
         }
         let until = self.open_until.load(Ordering::Acquire);
         let at = self.nanos(now);
-        let next = match self.probe_latest(until) {
-            // Past the open time, the calls refused decide, or the latest.
-            Some(latest) if at >= until && !self.refused_enough() => latest,
+        Some(nanos_to_duration(
+            self.next_probe(at, until).saturating_sub(at),
+        ))
+    }
+
+    /// The instant (ns after `origin`) a probe may go, seen at `at`, the
+    /// open time (or the last probe's) over at `until`; at or before `at`:
+    /// now. Past the open time, with `probe_after_refused` set, the calls
+    /// refused decide, or the latest instant.
+    fn next_probe(&self, at: i64, until: i64) -> i64 {
+        if at < until {
+            return until;
+        }
+        match self.probe_latest(until) {
+            Some(latest) if !self.refused_enough() => latest,
             _ => until,
-        };
-        Some(nanos_to_duration(next.saturating_sub(at)))
+        }
     }
 
     /// With `probe_after_refused` set (and no backpressure), when a probe
@@ -848,21 +859,17 @@ impl Core {
     /// [`PROBE_WITHIN_NANOS`] after it.
     #[inline]
     fn wait_to_probe(&self, at: i64, until: i64) -> Option<Duration> {
-        // (In backpressure mode calls wait for the open time instead of
-        // being refused: the first after it probes.)
-        let Some(latest) = self.probe_latest(until) else {
-            return (at < until).then(|| nanos_to_duration(until.saturating_sub(at)));
-        };
-        let enough = self.refused_enough();
-        if at >= latest || (at >= until && enough) {
+        let next = self.next_probe(at, until);
+        if next <= at {
             return None;
         }
-        if !enough {
-            // Bounded, and no write on the shared line once enough.
+        // (Counted only with the gate on: in backpressure mode calls wait
+        // for the open time instead of being refused. Bounded, and no write
+        // on the shared line once enough.)
+        if self.probe_latest(until).is_some() && !self.refused_enough() {
             self.refused.fetch_add(1, Ordering::Relaxed);
         }
-        let next = if at < until { until } else { latest };
-        Some(nanos_to_duration(next.saturating_sub(at)))
+        Some(nanos_to_duration(next - at))
     }
 
     #[cold]
