@@ -35,7 +35,12 @@ const PROVISIONAL_RISE: f64 = 0.5;
 ///    limit follows it as in rule 4 (the storm's "slow dependency": 300 ms
 ///    calls at 400 a second need 120 in flight; back to its limit of 105,
 ///    growing 5 % a window, the limit refused for all of a 10 s
-///    slowdown). A drain runs only when a queue may be
+///    slowdown), unless the answers a second held through the drain (fell
+///    by less than a quarter of what it took): a dependency of fixed
+///    throughput, whose queue the window before the drain was still
+///    filling, and `base` stays (`tests/shed`: one worker sent three times
+///    what it answers, the limit went from 105 to 362 and 852 callers
+///    waited out their budgets, 130 now). A drain runs only when a queue may be
 ///    hiding: the limit was reached two windows in a row, or the latency
 ///    stayed above the tolerance two windows in a row with at least half
 ///    the limit in flight and a queue that stood (see 3); then at most every
@@ -282,9 +287,9 @@ pub struct QueueDelay {
     provisional: bool,
     /// Whether the last window's latency was above the tolerance.
     above: bool,
-    /// In a draining window: the limit, the calls in flight and the latency
-    /// (ns) of the window before it.
-    draining: Option<(f64, f64, f64)>,
+    /// In a draining window: the limit, the calls in flight, the latency
+    /// (ns) and the answers a second of the window before it.
+    draining: Option<(f64, f64, f64, Option<f64>)>,
     /// The initial limit.
     initial: f64,
     /// The limit before a run of doublings for calls that keep their
@@ -434,7 +439,7 @@ impl LimitAlgorithm for QueueDelay {
     fn next_window(&self, configured: Duration) -> Duration {
         let rtt = |n: f64, r: f64| Duration::from_nanos((n * r) as u64);
         match (self.draining, self.previous) {
-            (Some((_, _, before_rtt)), _) => configured
+            (Some((_, _, before_rtt, _)), _) => configured
                 .div_f64(4.0)
                 .max(rtt(4.0, before_rtt))
                 .min(configured * 4),
@@ -645,7 +650,7 @@ impl QueueDelay {
                 }
             }
         }
-        if let Some((before_limit, before_busy, before_rtt)) = self.draining.take() {
+        if let Some((before_limit, before_busy, before_rtt, before_rate)) = self.draining.take() {
             if censored {
                 // The drain kept most calls out of time: still above the
                 // knee, and its latency is no measure of the service's.
@@ -673,6 +678,35 @@ impl QueueDelay {
             if rtt < before_rtt * 0.9 {
                 self.queue_seen = Some(self.windows);
             }
+            // The answers a second held (fell by less than a quarter of
+            // what the drain took from the calls in flight): what bounds them is
+            // the service's throughput, not its latency, and calls above
+            // it queue. With fewer calls in flight a queue's latency falls
+            // as well, once the calls from before the drain are through; if
+            // it did not, the window before the drain was still filling
+            // the queue (its latency an average of calls that found it
+            // shorter), or the drain held back no call. Either way no
+            // measure of a slower service: `base` stays. Judged so under a queue
+            // allowance (a client stack's limit), where the verdict of a
+            // slower service grows the limit at once and moves the queue
+            // it tolerates with `base`; a server's limit without one only
+            // takes the latency for `base`, which its next drain corrects
+            // (judged so, it refused 90 of 3600 critical requests at three
+            // times its capacity, not 12). (A service that got slower
+            // answers fewer calls a second at a lower limit: 300 ms calls
+            // at 105 in flight, 350 a second, then about 260 through a
+            // drain to 70. Taken for a slower one, a queue at a dependency
+            // of one worker, sent three times what it answers, had the
+            // client stack's limit go from 105 to 362, and 852 callers of
+            // 12 s wait out their budgets for nothing: `tests/shed`.)
+            let drained = 1.0 - self.limit / before_busy.max(1.0);
+            let held = self.allowance > 0.0
+                && before_rate
+                    .zip(answered_rate)
+                    .is_some_and(|(before, now)| now >= before * (1.0 - drained / 4.0));
+            if held {
+                self.queue_seen = Some(self.windows);
+            }
             // No fall, at a latency a quarter or more above `base`, after a
             // window that reached the limit: the dependency got slower, not
             // busier, and under a queue allowance (a client stack's limit,
@@ -685,6 +719,7 @@ impl QueueDelay {
             // dependency": 300 ms calls at 400 a second need 120 in flight,
             // and every other window drained again.)
             if self.allowance > 0.0
+                && !held
                 && self.base > 0.0
                 && rtt >= before_rtt * 0.9
                 && rtt > self.base * 1.25
@@ -695,7 +730,7 @@ impl QueueDelay {
                 self.previous = Some((before_rtt, before_busy, before_limit));
                 return self.limit();
             }
-            if self.base <= 0.0 || rtt < self.base || rtt >= before_rtt * 0.9 {
+            if self.base <= 0.0 || rtt < self.base || (rtt >= before_rtt * 0.9 && !held) {
                 // (No fall: no queue of ours at the drained limit, so this is
                 // the service's own latency, slower or faster than `base`.)
                 self.base = rtt;
@@ -851,7 +886,7 @@ impl QueueDelay {
             } else {
                 2.0
             };
-            self.draining = Some((self.limit, self.limit.min(busy), rtt));
+            self.draining = Some((self.limit, self.limit.min(busy), rtt, answered_rate));
             self.limit = self.clamp((self.limit.min(busy) / depth).ceil());
             return self.limit();
         }

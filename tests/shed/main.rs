@@ -3368,3 +3368,76 @@ async fn a_client_limit_cut_by_a_hang_is_restored_once_the_dependency_answers() 
     assert_eq!(by_limit[24..].iter().sum::<u64>(), 0, "{by_limit:?}");
     assert!(answered[24..].iter().all(|&a| a == 200), "{answered:?}");
 }
+
+/// A dependency of one worker at 5 ms (200 calls a second, first come
+/// first served), sent 100 requests a second, then three times what it can
+/// answer from 3.65 s, through a client stack with its defaults and
+/// callers' budgets of 1 s. The window after the overload began still
+/// filled the queue there (its latency an average of calls that found it
+/// shorter), so a drain from it found no fall in latency; but the answers a
+/// second held while the calls in flight fell by a third: a queue at a
+/// dependency of fixed throughput, not a slower one. Taken for a slower
+/// one, the limit went from 105 to 362, the queue grew past the budget,
+/// 852 callers waited it out for nothing and 2832 were answered; now the
+/// limit stays at 105 or below, 130 wait it out and 2953 are answered.
+#[cfg(all(feature = "deadline", feature = "retry", feature = "circuit-breaker"))]
+#[tokio::test(start_paused = true)]
+async fn a_queue_at_a_dependency_still_filling_before_a_drain_is_not_a_slower_dependency() {
+    let stack = seawall::ClientStack::builder("dep")
+        .total_budget(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let worker = Arc::new(tokio::sync::Semaphore::new(1));
+    let svc = stack.layer(service_fn(move |_: u64| {
+        let worker = worker.clone();
+        async move {
+            let _w = worker.acquire().await.unwrap();
+            sleep(ms(5)).await;
+            Ok::<_, Infallible>(())
+        }
+    }));
+    // 100 a second for 3.65 s, then 600 a second to 16 s.
+    const SECS: usize = 16;
+    let mut sends = Vec::new();
+    let mut at = 0;
+    while at < 16_000_000 {
+        sends.push(at);
+        at += if at < 3_650_000 { 10_000 } else { 1_667 };
+    }
+    let answered: Arc<Vec<AtomicU64>> = Arc::new((0..SECS).map(|_| AtomicU64::new(0)).collect());
+    let waited: Arc<Vec<AtomicU64>> = Arc::new((0..SECS).map(|_| AtomicU64::new(0)).collect());
+    let mut highest = [0; SECS];
+    let mut tasks = Vec::new();
+    let start = Instant::now();
+    for at in sends {
+        tokio::time::sleep_until(start + Duration::from_micros(at)).await;
+        let second = (at / 1_000_000) as usize;
+        highest[second] = highest[second].max(stack.adaptive_limit().limit());
+        let (svc, answered, waited) = (svc.clone(), answered.clone(), waited.clone());
+        tasks.push(tokio::spawn(async move {
+            let sent = Instant::now();
+            match svc.oneshot(0).await {
+                Ok(()) => {
+                    answered[second].fetch_add(1, Ordering::Relaxed);
+                }
+                Err(_) if sent.elapsed() >= ms(900) => {
+                    waited[second].fetch_add(1, Ordering::Relaxed);
+                }
+                Err(_) => {}
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let answered: Vec<u64> = answered.iter().map(|a| a.load(Ordering::Relaxed)).collect();
+    let waited: Vec<u64> = waited.iter().map(|a| a.load(Ordering::Relaxed)).collect();
+    println!(
+        "answered {answered:?}\nrefused after 900 ms or more {waited:?}\nhighest limit {highest:?}"
+    );
+    assert_eq!(answered[..3].iter().sum::<u64>(), 300, "{answered:?}");
+    // No growth as for a slower dependency.
+    assert!(highest.iter().all(|&l| l <= 105), "{highest:?}");
+    assert!(waited.iter().sum::<u64>() <= 200, "{waited:?}");
+    assert!(answered.iter().sum::<u64>() >= 2900, "{answered:?}");
+}
