@@ -182,7 +182,10 @@ impl RetryBudget {
     /// plain 10 % budget saved 78 %; with 0.05 + 0.5 × (≈ 0.97 succeeded) ≈
     /// 0.53 retries per request available it saves 97 %+. In a total outage
     /// nothing succeeds, so only the 5 % and the floor are left: the budget
-    /// is tight exactly when retries only add load.
+    /// is tight exactly when retries only add load. A retry of a "busy"
+    /// answer (an overload answer, or one that asks for a wait) does not
+    /// draw on this share: a busy dependency's answers are its capacity or
+    /// its quota, and a retry there takes another request's place.
     pub const DEFAULT_SUCCESS_RATIO: f64 = 0.5;
     /// The default floor: 10 retries per second.
     pub const DEFAULT_MIN_PER_SEC: u32 = 10;
@@ -561,6 +564,17 @@ impl RetryBudget {
     /// [`try_withdraw`](Self::try_withdraw) at `now`.
     pub(crate) fn try_withdraw_at(&self, now: Instant) -> Option<Withdrawal> {
         self.withdraw_at(now, true)
+    }
+
+    /// Takes one retry of an answer that said the dependency is busy (an
+    /// overload answer, or one that asked for a wait), from the budget
+    /// without the share of succeeded requests: that share is for failures
+    /// a retry saves (some calls failing while the rest succeed), where a
+    /// busy dependency's answers are its capacity or its quota, and a retry
+    /// there takes another request's place. At most `ratio` of the
+    /// requests and the floor (5 % + 10 a second by default).
+    pub(crate) fn try_withdraw_busy(&self) -> Option<Withdrawal> {
+        self.withdraw_at(crate::clock::edge_now(), false)
     }
 
     /// Takes one retry for an attempt that timed out, only while timeouts
@@ -968,6 +982,30 @@ mod tests {
             plain.inner.counted(plain.inner.epoch(plain.inner.start)),
             (0, 0)
         );
+    }
+
+    #[test]
+    fn a_busy_answer_is_retried_without_the_share_of_successes() {
+        let b = RetryBudget::adaptive(0.05, 0.5, 1, Duration::from_secs(10)).unwrap();
+        let t0 = b.inner.start;
+        // 300 requests, 200 of them succeeded.
+        for _ in 0..100 {
+            b.deposit_at(t0);
+        }
+        for _ in 0..200 {
+            bump(
+                &b.inner.counts,
+                b.inner.epoch(t0),
+                ONE_REQUEST | ONE_SUCCESS,
+            );
+        }
+        // 0.05 × 300 + 1 × 10 for a busy answer's retries: 25.
+        let busy = std::iter::from_fn(|| b.withdraw_at(t0, false)).count();
+        assert_eq!(busy, 25);
+        // Others take the share of successes too: 0.05 × 300 + 0.5 × 200 +
+        // 10 = 125, of which the busy answers' 25 are taken.
+        assert_eq!(std::iter::from_fn(|| b.try_withdraw_at(t0)).count(), 100);
+        assert!(b.withdraw_at(t0, false).is_none());
     }
 
     #[test]

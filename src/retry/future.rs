@@ -333,9 +333,22 @@ where
                         }),
                         Verdict::DoNotRetry => GiveUp::new(GiveUpReason::Pushback),
                         Verdict::Retry { after } => {
+                            // The dependency said it is busy (or asked for
+                            // a wait): a retry takes another's place there
+                            // rather than saving a request. (Not a refusal
+                            // of a layer below, such as the stack's own
+                            // limit: the retry passes it again, admitted
+                            // only where it has room.)
+                            let busy = !matches!(&result, Err(e) if crate::classify::is_local_refusal(e))
+                                && (after.is_some()
+                                    || matches!(
+                                        shared.policy.outcome(result.as_ref(), verdict),
+                                        Outcome::Overloaded
+                                    ));
                             match plan(
                                 shared,
                                 timed_out,
+                                busy,
                                 *this.attempts,
                                 this.request.is_some(),
                                 *this.no_retry,
@@ -549,6 +562,7 @@ fn call_finished<P>(shared: &Shared<P>, outcome: Outcome, started: Instant) {
 fn plan<P>(
     shared: &Shared<P>,
     timed_out: bool,
+    busy: bool,
     attempts: u32,
     replayable: bool,
     no_retry: GiveUpReason,
@@ -597,6 +611,7 @@ fn plan<P>(
             Err(TimeoutRefusal::Budget) => None,
             Ok(w) => Some(w),
         },
+        false if busy => shared.budget.try_withdraw_busy(),
         false => shared.budget.try_withdraw(),
     };
     match granted {

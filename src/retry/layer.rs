@@ -344,7 +344,9 @@ impl<P> RetryLayerBuilder<P> {
     /// The fraction of *succeeded* requests added to the budget, in
     /// `0.0..=1.0` (default 0.5; 0 gives Finagle's plain budget). See
     /// [`RetryBudget::adaptive`] and [`RetryBudget::DEFAULT_SUCCESS_RATIO`]
-    /// for the scenarios that chose the default.
+    /// for the scenarios that chose the default. A retry of a "busy" answer
+    /// (the policy's outcome `Overloaded`, or a wait asked for) does not
+    /// draw on it: only on the fraction of requests and the floor.
     pub fn budget_success_ratio(mut self, ratio: f64) -> Self {
         self.settings.success_ratio = ratio;
         self

@@ -330,7 +330,7 @@ impl ClientStack {
 ///   healthy route's were turned away (61.3 % served over the run against
 ///   66.4 % without protection; 66.4 % at 1024). The
 ///   cost: requests the server sheds are retried within the budget, so
-///   in the storm's surge 1.32 attempts per request reached the server
+///   in the storm's surge 1.06 attempts per request reached the server
 ///   (0.54 when the client's bulkhead turned them away), for the same
 ///   goodput;
 /// - an adaptive limit on the attempts in flight
