@@ -2913,23 +2913,18 @@ async fn http_preset_refusals_keep_the_http2_connection_open() {
 
 /// A third-party API that allows 100 requests a second (a bucket of 100)
 /// and answers `429` with `Retry-After: 1` beyond it, sent 150 a second for
-/// 10 s through the HTTP client preset, callers with 3 s. A retry of its
-/// `429` takes another request's place under its quota: it draws on the
-/// retry budget's 5 % of requests and its floor of 10 a second, not on its
-/// share of succeeded requests (which is for failures a retry saves): 1.12
-/// calls per request, 1106 served (the quota's 1100 over the load, and
-/// retries after it). With that share too (as before), 1.48 calls per
-/// request, 1169 served: the API sent 1.9 times the `429`s for 6 % more
-/// served, all after the load, when its quota had room again.
-#[tokio::test(start_paused = true)]
-async fn http_preset_retries_a_rate_limited_api_within_the_budgets_floor() {
+/// 10 s through the HTTP client preset, callers with 3 s, with `quota`
+/// below the stack if given: calls that reached the API, `429`s it sent,
+/// requests served.
+async fn rate_limited_api(quota: Option<seawall::rate_limit::RateLimitLayer>) -> [usize; 3] {
     use axum::response::IntoResponse;
     let calls = Arc::new(AtomicUsize::new(0));
+    let too_many = Arc::new(AtomicUsize::new(0));
     let bucket = Arc::new(std::sync::Mutex::new((
         100.0f64,
         tokio::time::Instant::now(),
     )));
-    let (c, b) = (calls.clone(), bucket.clone());
+    let (c, t, b) = (calls.clone(), too_many.clone(), bucket.clone());
     let app = Router::new().route(
         "/api",
         get(move || {
@@ -2945,6 +2940,9 @@ async fn http_preset_retries_a_rate_limited_api_within_the_budgets_floor() {
                 }
                 ok
             };
+            if !ok {
+                t.fetch_add(1, Ordering::SeqCst);
+            }
             async move {
                 if ok {
                     "ok".into_response()
@@ -2964,7 +2962,30 @@ async fn http_preset_retries_a_rate_limited_api_within_the_budgets_floor() {
         .total_budget(Duration::from_secs(3))
         .build()
         .unwrap();
-    let client = stack.layer(hyper());
+    let served = match quota {
+        Some(quota) => rate_limited_load(addr, stack.layer(quota.layer(hyper()))).await,
+        None => rate_limited_load(addr, stack.layer(hyper())).await,
+    };
+    [
+        calls.load(Ordering::SeqCst),
+        too_many.load(Ordering::SeqCst),
+        served,
+    ]
+}
+
+/// 150 requests a second for 10 s to `/api` at `addr` through `client`: the
+/// requests served.
+async fn rate_limited_load<S>(addr: SocketAddr, client: S) -> usize
+where
+    S: tower::Service<
+            http::Request<Full<Bytes>>,
+            Response = http::Response<seawall::body::CallBody<hyper::body::Incoming>>,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+    S::Error: Send,
+{
     let served = Arc::new(AtomicUsize::new(0));
     let start = tokio::time::Instant::now();
     let mut tasks = Vec::new();
@@ -2985,11 +3006,43 @@ async fn http_preset_retries_a_rate_limited_api_within_the_budgets_floor() {
     for t in tasks {
         t.await.unwrap();
     }
-    let (calls, served) = (calls.load(Ordering::SeqCst), served.load(Ordering::SeqCst));
+    served.load(Ordering::SeqCst)
+}
+
+/// The API above through the preset alone. A retry of its `429` takes
+/// another request's place under its quota: it draws on the retry budget's
+/// 5 % of requests and its floor of 10 a second, not on its share of
+/// succeeded requests (which is for failures a retry saves): 1.12 calls per
+/// request, 1106 served (the quota's 1100 over the load, and retries after
+/// it). With that share too (as before), 1.48 calls per request, 1169
+/// served: the API sent 1.9 times the `429`s for 6 % more served, all
+/// after the load, when its quota had room again.
+#[tokio::test(start_paused = true)]
+async fn http_preset_retries_a_rate_limited_api_within_the_budgets_floor() {
+    let [calls, too_many, served] = rate_limited_api(None).await;
     let per_request = calls as f64 / 1500.0;
-    println!("{calls} calls ({per_request:.2} a request), {served} served");
+    println!("{calls} calls ({per_request:.2} a request), {too_many} 429s, {served} served");
     // The quota: 100 a second and the bucket's 100 at the start (and
     // retries for up to 3 s after the load).
     assert!(served >= 1050, "{served}");
     assert!(per_request <= 1.15, "{per_request:.2} calls a request");
+}
+
+/// The README's recipe for a dependency with a quota: a `RateLimitLayer` at
+/// the quota below the client preset, requests waiting up to 200 ms for
+/// their turn. Every attempt, retries included, takes its cell before it
+/// is sent: the API sends no `429`, and as many requests are served.
+#[tokio::test(start_paused = true)]
+async fn a_quota_below_the_http_preset_keeps_a_rate_limited_api_within_it() {
+    use seawall::rate_limit::{Quota, RateLimitLayer};
+    let quota = RateLimitLayer::builder(Quota::per_second(100))
+        .name("api.quota")
+        .wait(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let [calls, too_many, served] = rate_limited_api(Some(quota)).await;
+    println!("{calls} calls, {too_many} 429s, {served} served");
+    assert_eq!(too_many, 0);
+    assert!(served >= 1050, "{served}");
+    assert!(calls <= served + 10, "{calls} calls for {served} served");
 }
