@@ -3441,3 +3441,97 @@ async fn a_queue_at_a_dependency_still_filling_before_a_drain_is_not_a_slower_de
     assert!(waited.iter().sum::<u64>() <= 200, "{waited:?}");
     assert!(answered.iter().sum::<u64>() >= 2900, "{answered:?}");
 }
+
+/// A handler of 4 workers at 10 ms (400 a second).
+fn four_workers()
+-> impl Service<u32, Response = (), Error = BoxError, Future = impl Send> + Clone + Send + 'static {
+    let workers = Arc::new(tokio::sync::Semaphore::new(4));
+    service_fn(move |_: u32| {
+        let workers = workers.clone();
+        async move {
+            let _w = workers.acquire().await.unwrap();
+            sleep(ms(10)).await;
+            Ok::<_, BoxError>(())
+        }
+    })
+}
+
+/// A herd at the top of the minute: 2000 requests at once at `svc`,
+/// callers with 2 s, then nothing. The requests served in time.
+#[cfg(all(feature = "deadline", feature = "bulkhead"))]
+async fn herd<S>(svc: S) -> u64
+where
+    S: Service<u32, Response = ()> + Clone + Send + 'static,
+    S::Error: Send,
+    S::Future: Send,
+{
+    let served = Arc::new(AtomicU64::new(0));
+    let tasks: Vec<_> = (0..2000u32)
+        .map(|i| {
+            let (svc, served) = (svc.clone(), served.clone());
+            tokio::spawn(async move {
+                let call = deadline::scope(Deadline::after(Duration::from_secs(2)), svc.oneshot(i));
+                if let Ok(Ok(())) = timeout(Duration::from_secs(2), call).await {
+                    served.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    served.load(Ordering::Relaxed)
+}
+
+/// The herd above. The server stack keeps the queue in front of the
+/// handler short, as for an overload that lasts: it admits a burst and
+/// refuses the rest at once, each told to come back in about 100 ms, and
+/// serves few of the 2000 unless they come back. A plain service queues
+/// them all and serves what fits in 2 s. For traffic that comes in herds
+/// (the README's recipe): the adaptive limit held high and a bulkhead of
+/// the workers with a queue, each request waiting at most its deadline,
+/// serves as many as the plain service, none of them after its caller
+/// gave up.
+#[cfg(all(feature = "deadline", feature = "bulkhead"))]
+#[tokio::test(start_paused = true)]
+async fn a_herd_is_served_from_a_bulkhead_queue_bounded_by_the_deadline() {
+    let preset = || seawall::ServerStack::builder("api").total_budget(Duration::from_secs(10));
+    let defaults = herd(preset().build().unwrap().layer(four_workers())).await;
+    let queued = herd(
+        preset()
+            .adaptive_limit(|l| l.limits(Some(1000), Some(1000)))
+            .bulkhead(|b| {
+                b.max_concurrent(4)
+                    .max_queue(4000)
+                    .max_wait(Duration::from_secs(10))
+            })
+            .build()
+            .unwrap()
+            .layer(four_workers()),
+    )
+    .await;
+    let newest_first = herd(
+        preset()
+            .adaptive_limit(|l| l.limits(Some(1000), Some(1000)))
+            .bulkhead(|b| {
+                b.max_concurrent(4)
+                    .max_queue(4000)
+                    .max_wait(Duration::from_secs(10))
+                    .lifo()
+            })
+            .build()
+            .unwrap()
+            .layer(four_workers()),
+    )
+    .await;
+    let plain = herd(four_workers()).await;
+    println!(
+        "herd of 2000: defaults {defaults}, queued {queued}, newest first {newest_first}, plain {plain}"
+    );
+    // What 4 workers do in 2 s.
+    assert_eq!(plain, 800);
+    assert_eq!(queued, plain);
+    assert_eq!(newest_first, plain);
+    // The defaults: a burst admitted, the rest refused at once.
+    assert!(defaults <= 100, "{defaults}");
+}
