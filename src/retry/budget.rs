@@ -950,21 +950,27 @@ mod tests {
         assert!(b.try_withdraw_at(t0).is_some());
     }
 
-    #[test]
-    fn a_succeeded_request_counts_as_a_request_and_a_success_in_one_word() {
-        let b = RetryBudget::adaptive(0.1, 0.5, 0, Duration::from_secs(10)).unwrap();
+    /// Counts `failed` requests and `succeeded` ones (as `deposit_succeeded`
+    /// does) at `b`'s start, and returns that instant.
+    fn counted_at_start(b: &RetryBudget, failed: usize, succeeded: usize) -> Instant {
         let t0 = b.inner.start;
-        for _ in 0..100 {
+        for _ in 0..failed {
             b.deposit_at(t0);
         }
-        // As `deposit_succeeded`, at `t0`.
-        for _ in 0..100 {
+        for _ in 0..succeeded {
             bump(
                 &b.inner.counts,
                 b.inner.epoch(t0),
                 ONE_REQUEST | ONE_SUCCESS,
             );
         }
+        t0
+    }
+
+    #[test]
+    fn a_succeeded_request_counts_as_a_request_and_a_success_in_one_word() {
+        let b = RetryBudget::adaptive(0.1, 0.5, 0, Duration::from_secs(10)).unwrap();
+        let t0 = counted_at_start(&b, 100, 100);
         let epoch = b.inner.epoch(t0);
         assert_eq!(b.inner.counted(epoch), (200, 100));
         // 0.1 × 200 + 0.5 × 100.
@@ -987,18 +993,8 @@ mod tests {
     #[test]
     fn a_busy_answer_is_retried_without_the_share_of_successes() {
         let b = RetryBudget::adaptive(0.05, 0.5, 1, Duration::from_secs(10)).unwrap();
-        let t0 = b.inner.start;
         // 300 requests, 200 of them succeeded.
-        for _ in 0..100 {
-            b.deposit_at(t0);
-        }
-        for _ in 0..200 {
-            bump(
-                &b.inner.counts,
-                b.inner.epoch(t0),
-                ONE_REQUEST | ONE_SUCCESS,
-            );
-        }
+        let t0 = counted_at_start(&b, 100, 200);
         // 0.05 × 300 + 1 × 10 for a busy answer's retries: 25.
         let busy = std::iter::from_fn(|| b.withdraw_at(t0, false)).count();
         assert_eq!(busy, 25);

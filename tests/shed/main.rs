@@ -3497,33 +3497,23 @@ where
 async fn a_herd_is_served_from_a_bulkhead_queue_bounded_by_the_deadline() {
     let preset = || seawall::ServerStack::builder("api").total_budget(Duration::from_secs(10));
     let defaults = herd(preset().build().unwrap().layer(four_workers())).await;
-    let queued = herd(
+    // The recipe: the limit held at its maximum, a bulkhead of the
+    // workers whose queue each request waits in at most to its deadline.
+    let recipe = |order: seawall::bulkhead::QueueOrder| {
         preset()
             .adaptive_limit(|l| l.limits(Some(1000), Some(1000)))
             .bulkhead(|b| {
                 b.max_concurrent(4)
                     .max_queue(4000)
                     .max_wait(Duration::from_secs(10))
+                    .queue_order(order)
             })
             .build()
             .unwrap()
-            .layer(four_workers()),
-    )
-    .await;
-    let newest_first = herd(
-        preset()
-            .adaptive_limit(|l| l.limits(Some(1000), Some(1000)))
-            .bulkhead(|b| {
-                b.max_concurrent(4)
-                    .max_queue(4000)
-                    .max_wait(Duration::from_secs(10))
-                    .lifo()
-            })
-            .build()
-            .unwrap()
-            .layer(four_workers()),
-    )
-    .await;
+            .layer(four_workers())
+    };
+    let queued = herd(recipe(seawall::bulkhead::QueueOrder::Fifo)).await;
+    let newest_first = herd(recipe(seawall::bulkhead::QueueOrder::Lifo)).await;
     let plain = herd(four_workers()).await;
     println!(
         "herd of 2000: defaults {defaults}, queued {queued}, newest first {newest_first}, plain {plain}"
