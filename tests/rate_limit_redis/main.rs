@@ -34,11 +34,7 @@ impl RedisServer {
     /// Starts a server, or returns `None` (with a message) when the binary is
     /// absent and `CI` is unset.
     fn start() -> Option<RedisServer> {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("a free loopback port");
-        Self::start_on(port)
+        Self::start_on(free_port())
     }
 
     /// Starts a server on `port` (see [`RedisServer::start`]).
@@ -942,12 +938,30 @@ struct Cluster {
 }
 
 /// A free port whose cluster bus port (+10000) is free too.
-fn free_cluster_port(taken: &[u16]) -> u16 {
-    for _ in 0..1000 {
+/// A free loopback port, never one handed out before in this process: the
+/// tests run at once, and one may start its server on a port a while after
+/// it picked it (a Redis that comes back), while the kernel, which saw the
+/// port free, gives it to another test's cluster node.
+fn free_port() -> u16 {
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    loop {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
             .expect("a free loopback port");
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
+}
+
+fn free_cluster_port(taken: &[u16]) -> u16 {
+    for _ in 0..1000 {
+        let port = free_port();
         if port < 55_000
             && !taken.contains(&port)
             && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok()
@@ -1429,10 +1443,7 @@ async fn connect_starts_with_redis_down_and_follows_a_restart() {
     if !redis_available() {
         return;
     }
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap();
+    let port = free_port();
     let recorder = Recorder::new();
     let backend = RedisBackend::connect(&format!("redis://127.0.0.1:{port}/"))
         .await
