@@ -227,7 +227,7 @@ fn nanos(n: u128) -> Duration {
     Duration::from_nanos(u64::try_from(n).unwrap_or(u64::MAX))
 }
 
-fn draw<R: Rng + ?Sized>(rng: &mut R, lo: Duration, hi: Duration) -> Duration {
+pub(crate) fn draw<R: Rng + ?Sized>(rng: &mut R, lo: Duration, hi: Duration) -> Duration {
     let lo_n = crate::clock::nanos(lo);
     let hi_n = crate::clock::nanos(hi);
     if hi_n <= lo_n {

@@ -573,14 +573,22 @@ fn plan<P>(
     if !replayable {
         return Err(GiveUp::new(no_retry));
     }
-    let delay = match after {
+    let mut delay = match after {
         Some(wait) if wait > shared.max_retry_after => {
             return Err(GiveUp::new(GiveUpReason::Pushback));
         }
         Some(wait) => {
             // As gRPC does: after a pushback, the backoff starts over.
             backoff.reset();
-            wait
+            // A wait in whole seconds is at HTTP `Retry-After`'s
+            // resolution: every caller told "1" in a second would come
+            // back at one instant. Spread over a fifth more.
+            if wait >= Duration::from_secs(1) && wait.subsec_nanos() == 0 {
+                let rng = rng.get_or_insert_with(|| shared.session_rng());
+                super::backoff::draw(rng, wait, wait + wait / 5)
+            } else {
+                wait
+            }
         }
         None => {
             let rng = rng.get_or_insert_with(|| shared.session_rng());
@@ -596,7 +604,13 @@ fn plan<P>(
             });
         }
         if delay.saturating_add(shared.min_remaining) > remaining {
-            return Err(GiveUp::new(GiveUpReason::Deadline));
+            // (A spread wait is cut to what fits, if the wait asked for does.)
+            match after {
+                Some(wait) if wait.saturating_add(shared.min_remaining) <= remaining => {
+                    delay = remaining - shared.min_remaining;
+                }
+                _ => return Err(GiveUp::new(GiveUpReason::Deadline)),
+            }
         }
     }
     let granted = match timed_out {

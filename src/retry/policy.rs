@@ -13,9 +13,11 @@ pub enum Verdict {
     /// A failure that must not be retried: return it.
     Fail,
     /// A failure worth retrying. `after` is the server's hint, if it gave one:
-    /// the next attempt waits exactly that long instead of the backoff (so at
-    /// least as long as asked), provided the wait fits the deadline and the
-    /// configured maximum.
+    /// the next attempt waits that long instead of the backoff, provided the
+    /// wait fits the deadline and the configured maximum: exactly, or, for
+    /// a wait in whole seconds (HTTP `Retry-After`'s resolution, which
+    /// would bring every caller told "1" back at one instant), a random
+    /// wait up to a fifth longer, cut to what fits the deadline.
     Retry {
         /// The server's `retry_after` / `Retry-After` / pushback, if any.
         after: Option<Duration>,

@@ -3047,3 +3047,68 @@ async fn a_quota_below_the_http_preset_keeps_a_rate_limited_api_within_it() {
     assert!(served >= 1050, "{served}");
     assert!(calls <= served + 10, "{calls} calls for {served} served");
 }
+
+/// `Retry-After` counts whole seconds: 100 callers told "1" at one instant
+/// would all come back at one instant. The HTTP client preset spreads a
+/// wait in whole seconds over a fifth more: the retries come between 1 s
+/// and 1.2 s, none before (all at 1 s before).
+#[tokio::test(start_paused = true)]
+async fn http_preset_spreads_a_retry_after_in_whole_seconds() {
+    let seen: Arc<std::sync::Mutex<std::collections::HashMap<String, u32>>> = Arc::default();
+    let retried: Arc<std::sync::Mutex<Vec<Duration>>> = Arc::default();
+    let start = tokio::time::Instant::now();
+    let (s, r) = (seen.clone(), retried.clone());
+    let api = tower::service_fn(move |req: http::Request<Full<Bytes>>| {
+        let id = req.headers()["x-id"].to_str().unwrap().to_owned();
+        let n = {
+            let mut seen = s.lock().unwrap();
+            let n = seen.entry(id).or_default();
+            *n += 1;
+            *n
+        };
+        if n > 1 {
+            r.lock().unwrap().push(start.elapsed());
+        }
+        async move {
+            let res = if n == 1 {
+                http::Response::builder()
+                    .status(429)
+                    .header("retry-after", "1")
+                    .body(Full::new(Bytes::new()))
+            } else {
+                http::Response::builder().body(Full::new(Bytes::from_static(b"ok")))
+            };
+            Ok::<_, Infallible>(res.unwrap())
+        }
+    });
+    let client = ClientStack::http("api")
+        .total_budget(Duration::from_secs(3))
+        .build()
+        .unwrap()
+        .layer(api);
+    let calls: Vec<_> = (0..100)
+        .map(|i| {
+            let req = http::Request::get("http://api.test/")
+                .header("x-id", i.to_string())
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            tokio::spawn(client.clone().oneshot(req))
+        })
+        .collect();
+    for c in calls {
+        assert_eq!(c.await.unwrap().unwrap().status(), 200);
+    }
+    let retried = retried.lock().unwrap().clone();
+    assert_eq!(retried.len(), 100);
+    let (first, last) = (
+        *retried.iter().min().unwrap(),
+        *retried.iter().max().unwrap(),
+    );
+    println!("retries between {first:?} and {last:?}");
+    assert!(first >= Duration::from_secs(1), "{first:?}");
+    assert!(last <= Duration::from_millis(1200), "{last:?}");
+    assert!(
+        last - first >= Duration::from_millis(100),
+        "{first:?}..{last:?}"
+    );
+}
