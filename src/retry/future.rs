@@ -340,7 +340,8 @@ where
                             // limit: the retry passes it again, admitted
                             // only where it has room.)
                             let busy = !matches!(&result, Err(e) if crate::classify::is_local_refusal(e))
-                                && shared.policy.is_busy_answer(result.as_ref(), verdict);
+                                && (after.is_some()
+                                    || shared.policy.is_busy_answer(result.as_ref()));
                             match plan(
                                 shared,
                                 timed_out,

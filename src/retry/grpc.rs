@@ -438,13 +438,12 @@ where
         )
     }
 
-    fn is_busy_answer(&self, result: Result<&Response<RB>, &BoxError>, verdict: Verdict) -> bool {
+    fn is_busy_answer(&self, result: Result<&Response<RB>, &BoxError>) -> bool {
         let code = match result {
             Ok(res) => crate::grpc::status::head_code(res),
-            Err(e) => crate::grpc::status::status_for_error(&**e).code().into(),
+            Err(e) => crate::grpc::status::status_in(&**e).map(tonic::Status::code),
         };
-        matches!(verdict, Verdict::Retry { after: Some(_) })
-            || code == Some(tonic::Code::ResourceExhausted)
+        code == Some(tonic::Code::ResourceExhausted)
     }
 
     fn clone_request(&self, req: &Request<B>) -> Option<Request<B>> {
@@ -499,25 +498,17 @@ mod tests {
         ));
     }
 
-    /// Busy: `RESOURCE_EXHAUSTED`, or an answer with pushback; a bare
-    /// `UNAVAILABLE` is not.
+    /// Busy: `RESOURCE_EXHAUSTED` (and, in the retry layer, any answer
+    /// with pushback); a bare `UNAVAILABLE` is not.
     #[test]
     fn busy_answers() {
         let policy = GrpcRetry::new();
-        let busy = |status: tonic::Status, after: Option<Duration>| {
+        let busy = |status: tonic::Status| {
             let e: BoxError = Box::new(status);
-            RetryPolicy::<Request<()>, Response<()>>::is_busy_answer(
-                &policy,
-                Err(&e),
-                Verdict::Retry { after },
-            )
+            RetryPolicy::<Request<()>, Response<()>>::is_busy_answer(&policy, Err(&e))
         };
-        assert!(busy(tonic::Status::resource_exhausted("quota"), None));
-        assert!(busy(
-            tonic::Status::unavailable("busy"),
-            Some(Duration::from_millis(40))
-        ));
-        assert!(!busy(tonic::Status::unavailable("down"), None));
+        assert!(busy(tonic::Status::resource_exhausted("quota")));
+        assert!(!busy(tonic::Status::unavailable("down")));
         let head = |code: &'static str| {
             http::Response::builder()
                 .header("grpc-status", code)
@@ -527,14 +518,12 @@ mod tests {
         let res = head("8");
         assert!(RetryPolicy::<Request<()>, _>::is_busy_answer(
             &policy,
-            Ok(&res),
-            Verdict::RETRY
+            Ok(&res)
         ));
         let res = head("14");
         assert!(!RetryPolicy::<Request<()>, _>::is_busy_answer(
             &policy,
-            Ok(&res),
-            Verdict::RETRY
+            Ok(&res)
         ));
     }
 

@@ -92,20 +92,20 @@ pub trait RetryPolicy<Req, Res>: Send + Sync + 'static {
         false
     }
 
-    /// Whether `result`, a failure to be retried after `verdict`, is the
-    /// dependency saying it is busy: at its capacity or its quota, where a
-    /// retry takes another request's place rather than saving one. Its
-    /// retry draws on the budget's fraction of requests and floor only,
-    /// not its share of succeeded requests (see
+    /// Whether `result`, a failure to be retried, is the dependency saying
+    /// it is busy: at its capacity or its quota, where a retry takes
+    /// another request's place rather than saving one. Its retry draws on
+    /// the budget's fraction of requests and floor only, not its share of
+    /// succeeded requests (see
     /// [`RetryBudget::DEFAULT_SUCCESS_RATIO`](super::RetryBudget::DEFAULT_SUCCESS_RATIO)).
-    /// Default: the answer asked for a wait (`Verdict::Retry { after:
-    /// Some(_) }`); the protocol policies add an HTTP `429` and a gRPC
-    /// `RESOURCE_EXHAUSTED`. A bare `503` or `UNAVAILABLE` is not busy to
-    /// them: one instance of several down says so too, where a retry to
-    /// another saves the request.
-    fn is_busy_answer(&self, result: Result<&Res, &BoxError>, verdict: Verdict) -> bool {
+    /// An answer that asked for a wait (`Verdict::Retry { after: Some(_) }`)
+    /// is busy whatever this says. Default: nothing else; the protocol
+    /// policies add an HTTP `429` and a gRPC `RESOURCE_EXHAUSTED`. A bare
+    /// `503` or `UNAVAILABLE` is not busy to them: one instance of several
+    /// down says so too, where a retry to another saves the request.
+    fn is_busy_answer(&self, result: Result<&Res, &BoxError>) -> bool {
         let _ = result;
-        matches!(verdict, Verdict::Retry { after: Some(_) })
+        false
     }
 
     /// Whether `req` may be retried at all (for example, only idempotent HTTP

@@ -411,6 +411,13 @@ fn fewer_beyond_chance(rate: f64, sample: &WindowSample) -> bool {
     expected - sample.samples() as f64 > 2.0 * expected.sqrt()
 }
 
+/// Whether a window's answers are more than `rate` a second would give by
+/// more than chance (see [`fewer_beyond_chance`]).
+fn more_beyond_chance(rate: f64, sample: &WindowSample) -> bool {
+    let expected = rate * sample.span().as_secs_f64();
+    sample.samples() as f64 - expected > 2.0 * expected.sqrt()
+}
+
 /// The requests a second a window's limit refused.
 fn refused_per_sec(sample: &WindowSample) -> f64 {
     let span = sample.span().as_secs_f64();
@@ -691,8 +698,8 @@ impl QueueDelay {
             // slower service grows the limit at once and moves the queue
             // it tolerates with `base`; a server's limit without one only
             // takes the latency for `base`, which its next drain corrects
-            // (judged so, it refused 90 of 3600 critical requests at three
-            // times its capacity, not 12). (A service that got slower
+            // (judged so, an earlier form of this check refused 90 of 3600
+            // critical requests at three times its capacity, not 12). (A service that got slower
             // answers fewer calls a second at a lower limit: 300 ms calls
             // at 105 in flight, 350 a second, then about 260 through a
             // drain to 70. Taken for a slower one, a queue at a dependency
@@ -704,15 +711,11 @@ impl QueueDelay {
             // it answering at the old rate for a latency; and only after a
             // drain that took a tenth or more.)
             let drained = 1.0 - self.limit / before_busy.max(1.0);
-            let span = sample.span().as_secs_f64();
             let rate_held = self.allowance > 0.0
                 && drained >= 0.1
-                && span > 0.0
-                && before_rate.is_some_and(|before| {
-                    let now = sample.samples() as f64;
-                    let if_slower = before * (1.0 - 0.75 * drained) * span;
-                    now >= before * (1.0 - drained / 4.0) * span
-                        && now > if_slower + 2.0 * if_slower.sqrt()
+                && before_rate.zip(answered_rate).is_some_and(|(before, now)| {
+                    now >= before * (1.0 - drained / 4.0)
+                        && more_beyond_chance(before * (1.0 - 0.75 * drained), sample)
                 });
             if rate_held {
                 self.queue_seen = Some(self.windows);

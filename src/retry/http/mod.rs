@@ -264,9 +264,8 @@ where
         )
     }
 
-    fn is_busy_answer(&self, result: Result<&Response<RB>, &BoxError>, verdict: Verdict) -> bool {
-        matches!(verdict, Verdict::Retry { after: Some(_) })
-            || matches!(result, Ok(res) if res.status() == http::StatusCode::TOO_MANY_REQUESTS)
+    fn is_busy_answer(&self, result: Result<&Response<RB>, &BoxError>) -> bool {
+        matches!(result, Ok(res) if res.status() == http::StatusCode::TOO_MANY_REQUESTS)
     }
 
     fn clone_request(&self, req: &Request<B>) -> Option<Request<B>> {
@@ -349,23 +348,19 @@ mod tests {
         assert_eq!(attempt_of(&r("grpc-previous-rpc-attempts", "1")), 2);
     }
 
-    /// Busy: a `429`, or an answer that asks for a wait; a bare `503` (one
-    /// instance of several down gives it too) is not.
+    /// Busy: a `429` (and, in the retry layer, any answer that asks for a
+    /// wait); a bare `503` (one instance of several down gives it too) is
+    /// not.
     #[test]
     fn busy_answers() {
         let policy = HttpRetry::new();
-        let busy = |code: u16, after: Option<Duration>| {
+        let busy = |code: u16| {
             let res = Response::builder().status(code).body(()).unwrap();
-            RetryPolicy::<Request<()>, _>::is_busy_answer(
-                &policy,
-                Ok(&res),
-                Verdict::Retry { after },
-            )
+            RetryPolicy::<Request<()>, _>::is_busy_answer(&policy, Ok(&res))
         };
-        assert!(busy(429, None));
-        assert!(busy(503, Some(Duration::from_secs(1))));
-        assert!(!busy(503, None));
-        assert!(!busy(500, None));
+        assert!(busy(429));
+        assert!(!busy(503));
+        assert!(!busy(500));
     }
 
     #[test]
