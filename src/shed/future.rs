@@ -5,11 +5,14 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use pin_project_lite::pin_project;
+use tokio::time::Sleep;
+use tower_service::Service;
 
-use super::limiter::{Completion, Permit};
+use super::limiter::{Completion, Limiter, Permit};
 use crate::error::{BoxError, RejectionKind, rejection};
-use crate::hold::{Head, Hold};
+use crate::hold::{Head, Hold, Release};
 use crate::observe::Outcome;
+use crate::stripe::Ticket;
 
 pin_project! {
     /// The response future of [`AdaptiveLimit`](super::AdaptiveLimit).
@@ -33,24 +36,105 @@ pin_project! {
     /// as the handler's own time; the handler's own work while a call out
     /// is open (a `join!` of the two) counts as outside. A client stack's
     /// own limit keeps nothing apart (its calls are all out).
-    pub struct ResponseFuture<F, M = Head> {
+    ///
+    /// A request queued for a herd (see
+    /// [`max_queue`](super::AdaptiveLimitLayerBuilder::max_queue)) waits
+    /// here for its place, holding its request and a clone of the inner
+    /// service (polled ready), in one allocation; dropped while it waits,
+    /// it leaves the queue, and gives back a place it was handed.
+    pub struct ResponseFuture<S, Req, M = Head>
+    where
+        S: Service<Req>,
+    {
         #[pin]
-        state: State<F>,
+        state: State<S, Req>,
         hold: PhantomData<fn() -> M>,
     }
 }
 
 pin_project! {
     #[project = StateProj]
-    enum State<F> {
-        Admitted { #[pin] future: F, permit: Option<Permit> },
+    enum State<S, Req>
+    where
+        S: Service<Req>,
+    {
+        Admitted { #[pin] future: S::Future, permit: Option<Permit> },
+        Queued { waiting: Pin<Box<Waiting<S, Req>>> },
         Rejected { error: Option<BoxError> },
     }
 }
 
-impl<F, M> ResponseFuture<F, M> {
+/// A request's place in the queue for a herd: leaves it when dropped.
+pub(crate) struct Place {
+    limiter: Ticket<Limiter>,
+    idx: u32,
+    left: bool,
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        if !self.left {
+            self.limiter.leave(self.idx);
+        }
+    }
+}
+
+pin_project! {
+    /// A queued request, until its place comes (or it is refused).
+    pub(crate) struct Waiting<S, Req> {
+        place: Place,
+        service: Option<S>,
+        request: Option<Req>,
+        // What a retry layer above said of this attempt as it was called
+        // (whether a retry may follow a timeout of it), said again around
+        // the call made later.
+        gate: Option<bool>,
+        // Its deadline; the sleep ends at its patience first (see
+        // `Limiter::out_of_patience`), then at the deadline.
+        deadline: tokio::time::Instant,
+        patient: bool,
+        #[pin]
+        sleep: Sleep,
+    }
+}
+
+impl<S, Req, M> ResponseFuture<S, Req, M>
+where
+    S: Service<Req>,
+{
+    /// A request queued at `idx`, to be called on `service` (polled ready)
+    /// once its place comes; refused at `patience` if no call ended
+    /// meanwhile, and at its `deadline` at the latest.
+    pub(crate) fn queued(
+        limiter: Ticket<Limiter>,
+        idx: u32,
+        service: S,
+        request: Req,
+        deadline: tokio::time::Instant,
+        patience: tokio::time::Instant,
+    ) -> Self {
+        ResponseFuture {
+            state: State::Queued {
+                waiting: Box::pin(Waiting {
+                    place: Place {
+                        limiter,
+                        idx,
+                        left: false,
+                    },
+                    service: Some(service),
+                    request: Some(request),
+                    gate: crate::deadline::retry_may_follow(),
+                    deadline,
+                    patient: patience < deadline,
+                    sleep: tokio::time::sleep_until(patience.min(deadline)),
+                }),
+            },
+            hold: PhantomData,
+        }
+    }
+
     #[inline]
-    pub(crate) fn admitted(future: F, permit: Permit) -> Self {
+    pub(crate) fn admitted(future: S::Future, permit: Permit) -> Self {
         ResponseFuture {
             state: State::Admitted {
                 future,
@@ -68,9 +152,16 @@ impl<F, M> ResponseFuture<F, M> {
     }
 }
 
-impl<F, M> fmt::Debug for ResponseFuture<F, M> {
+impl<S, Req, M> fmt::Debug for ResponseFuture<S, Req, M>
+where
+    S: Service<Req>,
+{
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.state {
+            State::Queued { .. } => f
+                .debug_struct("ResponseFuture")
+                .field("queued", &true)
+                .finish_non_exhaustive(),
             State::Admitted { permit, .. } => f
                 .debug_struct("ResponseFuture")
                 .field("permit", permit)
@@ -110,18 +201,31 @@ fn failed(err: &BoxError) -> Completion {
     }
 }
 
-impl<F, M, T, E> Future for ResponseFuture<F, M>
+impl<S, Req, M> Future for ResponseFuture<S, Req, M>
 where
-    F: Future<Output = Result<T, E>>,
-    E: Into<BoxError>,
-    M: Hold<T>,
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+    M: Hold<S::Response> + Release<Req>,
 {
-    type Output = Result<T, BoxError>;
+    type Output = Result<S::Response, BoxError>;
 
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let _edge = crate::clock::Edge::enter();
-        match self.project().state.project() {
+        let mut this = self.project();
+        if let StateProj::Queued { waiting } = this.state.as_mut().project() {
+            match ready!(poll_place::<S, Req, M>(waiting.as_mut(), cx)) {
+                Ok((future, permit)) => this.state.set(State::Admitted {
+                    future,
+                    permit: Some(permit),
+                }),
+                Err(error) => {
+                    this.state.set(State::Rejected { error: None });
+                    return Poll::Ready(Err(error));
+                }
+            }
+        }
+        match this.state.project() {
             StateProj::Admitted { future, permit } => {
                 // An answer is seen where it lies and handed back from
                 // there (see ARCHITECTURE.md).
@@ -172,6 +276,75 @@ where
                 poll.map_err(Into::into)
             }
             StateProj::Rejected { error } => crate::error::poll_rejected(error),
+            StateProj::Queued { .. } => Poll::Pending,
+        }
+    }
+}
+
+/// A queued request: once its place comes, the inner service called (and
+/// its permit); refused (too late to be served), or at its deadline, the
+/// error. Out of line: no admitted call comes here.
+#[cold]
+#[inline(never)]
+fn poll_place<S, Req, M>(
+    waiting: Pin<&mut Waiting<S, Req>>,
+    cx: &mut Context<'_>,
+) -> Poll<Result<(S::Future, Permit), BoxError>>
+where
+    S: Service<Req>,
+    M: Release<Req>,
+{
+    let mut this = waiting.project();
+    let limiter = &this.place.limiter;
+    let stands = loop {
+        match limiter.poll_place(this.place.idx, cx) {
+            Poll::Pending if this.sleep.as_mut().poll(cx).is_ready() => {
+                if *this.patient {
+                    *this.patient = false;
+                    let now = crate::clock::edge_now();
+                    if let Some(hint) = limiter.out_of_patience(this.place.idx, now) {
+                        this.place.left = true;
+                        limiter.leave(this.place.idx);
+                        break Err(Some(hint));
+                    }
+                    // The calls at the limit move: on to its deadline.
+                    this.sleep.as_mut().reset(*this.deadline);
+                    continue;
+                }
+                // Its deadline came first.
+                this.place.left = true;
+                limiter.leave(this.place.idx);
+                break Err(None);
+            }
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(stands) => {
+                this.place.left = true;
+                break stands.map_err(Some);
+            }
+        }
+    };
+    match stands {
+        Ok(class) => {
+            let permit = Permit::granted(this.place.limiter.clone(), class);
+            let (Some(mut svc), Some(req)) = (this.service.take(), this.request.take()) else {
+                return Poll::Ready(Err("future polled after completion".into()));
+            };
+            let future = match *this.gate {
+                Some(may_follow) => {
+                    crate::deadline::call_with_retry_gate(may_follow, || svc.call(req))
+                }
+                None => svc.call(req),
+            };
+            Poll::Ready(Ok((future, permit)))
+        }
+        Err(hint) => {
+            if let Some(request) = this.request.take() {
+                M::release(request);
+            }
+            Poll::Ready(Err(super::service::refused_from_queue(
+                &this.place.limiter,
+                hint,
+            )))
         }
     }
 }

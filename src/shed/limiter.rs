@@ -11,6 +11,7 @@ use tokio::time::Instant;
 
 use super::algorithm::{LimitAlgorithm, WindowSample};
 use super::criticality::Criticality;
+use super::queue::{Place, Queue};
 use crate::error::{Name, RejectionKind};
 use crate::observe::{EventKind, LayerKind, Observer, Outcome};
 use crate::stripe::{Striped, Ticket};
@@ -22,13 +23,20 @@ pub(crate) enum Refusal {
     Limit,
     /// The request's deadline is shorter than the expected service time.
     Doomed,
+    /// The request waited in the queue for a herd, and the rate places came
+    /// free at said it could not be served in time (or its deadline came).
+    Queue,
+    /// As `Limit`, during a burst: it may wait in the queue for a herd
+    /// instead (see `Limiter::try_queue`); reported as `Limit` if not.
+    LimitMayWait,
 }
 
 impl Refusal {
     pub(crate) const fn detail(self) -> &'static str {
         match self {
-            Refusal::Limit => "limit",
+            Refusal::Limit | Refusal::LimitMayWait => "limit",
             Refusal::Doomed => "doomed",
+            Refusal::Queue => "queue",
         }
     }
 }
@@ -57,6 +65,9 @@ pub(crate) struct Config {
     pub(crate) shares: [f64; 4],
     pub(crate) reject_doomed: bool,
     pub(crate) burst: Duration,
+    /// The most requests that wait in the queue for a herd (0: none; see
+    /// `try_queue`).
+    pub(crate) max_queue: usize,
     /// Leave the handler's waits on calls out through a client stack out
     /// of the count and the latency (a server's limit; not a client
     /// stack's, whose calls are all out, and whose refusals are therefore
@@ -80,6 +91,17 @@ const EARLY: Duration = Duration::from_millis(50);
 /// it is judged (see `Limiter::over_limit`).
 fn early_ns(expected: u64) -> u64 {
     crate::clock::nanos(EARLY).max(expected.saturating_mul(4))
+}
+
+/// What a burst says of a request over the limit past its class's share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Burst {
+    /// Admitted over the limit.
+    Admit,
+    /// Refused here, but a burst goes on: it may wait in the queue.
+    Queue,
+    /// Refused.
+    Refuse,
 }
 
 /// A burst is admitted up to this many times the limit in flight.
@@ -225,6 +247,8 @@ pub(crate) struct Limiter {
     waits_apart: bool,
     /// [`BURST`], or as configured (ns; 0: no bursts).
     burst_ns: u64,
+    /// The queue for a herd's bound (0: no queue).
+    max_queue: usize,
     algorithm: Mutex<Box<dyn LimitAlgorithm>>,
     /// Whether the algorithm judges windows closed early for calls that
     /// keep their places ([`LimitAlgorithm::judges_kept`]).
@@ -237,6 +261,17 @@ pub(crate) struct Limiter {
     /// The run of requests over the limit (that path only, never waited
     /// for): see `over_limit`.
     over_run: Mutex<Run>,
+    /// Requests waiting in `queue` (written under its lock, read without:
+    /// a call that ends looks at it, and takes the lock only if someone
+    /// waits).
+    waiting: AtomicUsize,
+    /// The queue for a herd (see `try_queue`); taken only by requests over
+    /// the limit and by calls that end while someone waits.
+    queue: Mutex<Queue>,
+    /// A waiter ran out of patience (see `out_of_patience`): nothing waits
+    /// until the calls in flight fall below the limit and reach it again
+    /// (see `reached`).
+    stalled: AtomicBool,
     pub(crate) name: Name,
     pub(crate) observer: Observer,
 }
@@ -298,10 +333,14 @@ impl Limiter {
             reject_doomed: config.reject_doomed,
             waits_apart: config.waits_apart,
             burst_ns: crate::clock::nanos(config.burst),
+            max_queue: config.max_queue,
             judges_kept: algorithm.judges_kept(),
             starting: AtomicBool::new(algorithm.judges_start()),
             algorithm: Mutex::new(algorithm),
             over_run: Mutex::new(Run::default()),
+            waiting: AtomicUsize::new(0),
+            queue: Mutex::new(Queue::new(config.max_queue)),
+            stalled: AtomicBool::new(false),
             jitter: crate::clock::Jitter::new(name.as_str()),
             name,
             observer,
@@ -316,6 +355,10 @@ impl Limiter {
     #[inline]
     pub(crate) fn inflight(&self) -> usize {
         self.inflight.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn queued(&self) -> usize {
+        self.waiting.load(Ordering::Relaxed)
     }
 
     pub(crate) fn inflight_of(&self, class: Criticality) -> usize {
@@ -385,37 +428,47 @@ impl Limiter {
     /// and a new burst waits until it has refused nothing for `burst`, or
     /// until the calls in flight have fallen to half the limit (the queue
     /// that stood there drained: see `try_acquire`).
+    /// Past the burst's cap while a burst goes on (or would begin), the
+    /// request may wait in the queue for a herd instead of being refused
+    /// ([`Burst::Queue`]: see `try_queue`; it counts as refused here).
     #[cold]
     #[inline(never)]
-    fn bursting(&self, class: Criticality, before: usize, now: Instant) -> bool {
+    fn bursting(&self, class: Criticality, before: usize, now: Instant) -> Burst {
         if self.burst_ns == 0 {
-            return false;
+            return Burst::Refuse;
         }
         let now_ns = self.stamp(now);
-        if class.index() <= Criticality::Critical.index()
-            && before < self.burst_cap.load(Ordering::Relaxed)
-        {
+        let mut open = false;
+        if class.index() <= Criticality::Critical.index() {
             let start = self.burst_start_ns.load(Ordering::Relaxed);
             let age = now_ns.saturating_sub(start);
+            let under_cap = before < self.burst_cap.load(Ordering::Relaxed);
             if start != 0 && age < self.burst_ns {
-                return true;
-            }
-            let refused = self.refused_ns.load(Ordering::Relaxed);
-            let quiet = refused == 0 || now_ns.saturating_sub(refused) >= self.burst_ns;
-            let rested = start == 0 || age >= self.burst_ns.saturating_mul(2);
-            if quiet && rested {
-                // (Whoever starts it, a burst has begun.)
-                let _ = self.burst_start_ns.compare_exchange(
-                    start,
-                    now_ns,
-                    Ordering::Relaxed,
-                    Ordering::Relaxed,
-                );
-                return true;
+                if under_cap {
+                    return Burst::Admit;
+                }
+                open = true;
+            } else {
+                let refused = self.refused_ns.load(Ordering::Relaxed);
+                let quiet = refused == 0 || now_ns.saturating_sub(refused) >= self.burst_ns;
+                let rested = start == 0 || age >= self.burst_ns.saturating_mul(2);
+                if quiet && rested {
+                    // (Whoever starts it, a burst has begun.)
+                    let _ = self.burst_start_ns.compare_exchange(
+                        start,
+                        now_ns,
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                    );
+                    if under_cap {
+                        return Burst::Admit;
+                    }
+                    open = true;
+                }
             }
         }
         self.refused_ns.store(now_ns, Ordering::Relaxed);
-        false
+        if open { Burst::Queue } else { Burst::Refuse }
     }
 
     /// `now` as a burst's stamps keep it: ns since `epoch`, plus one (0
@@ -430,6 +483,10 @@ impl Limiter {
     #[cold]
     #[inline(never)]
     fn reached(&self, now: Instant) {
+        if self.stalled.load(Ordering::Relaxed) {
+            // The calls at the limit moved.
+            self.stalled.store(false, Ordering::Relaxed);
+        }
         let start = self.burst_start_ns.load(Ordering::Relaxed);
         if start == 0 {
             return;
@@ -626,9 +683,12 @@ impl Limiter {
     fn release(&self, class: Criticality) -> u64 {
         let idle = self.idle.load(Ordering::Relaxed);
         self.by_class[class.index()].fetch_sub(1, Ordering::AcqRel);
-        if self.inflight.fetch_sub(1, Ordering::AcqRel) == 1 {
+        if self.inflight.fetch_sub(1, Ordering::SeqCst) == 1 {
             // Nothing in flight any more.
             self.idle.fetch_add(1, Ordering::Relaxed);
+        }
+        if self.waiting.load(Ordering::SeqCst) != 0 {
+            self.place_freed(true);
         }
         idle
     }
@@ -870,6 +930,10 @@ impl Limiter {
         self.burst_cap
             .store(burst_cap(new, algorithm.bounds()), Ordering::Relaxed);
         drop(algorithm);
+        if new > old && self.waiting.load(Ordering::SeqCst) != 0 {
+            // More places: the waiters take them.
+            self.place_freed(false);
+        }
         if let Some(expected_ns) = expected_ns {
             self.expected_rtt_ns
                 .store(expected_ns.max(1), Ordering::Relaxed);
@@ -1035,21 +1099,235 @@ impl Limiter {
     /// server held at a limit of one, each call emptying it, would hint the
     /// floor to every refusal.)
     pub(crate) fn retry_hint(&self, now: Instant) -> Duration {
+        let base = self
+            .fresh_expected_ns(now)
+            .map_or(crate::clock::MIN_HINT, Duration::from_nanos)
+            .max(crate::clock::MIN_HINT);
+        self.jitter.stretch(base)
+    }
+
+    /// The expected service time (ns), unless it is older than a window of
+    /// such calls takes (see [`retry_hint`](Self::retry_hint)).
+    fn fresh_expected_ns(&self, now: Instant) -> Option<u64> {
         let age = crate::clock::nanos_between(self.epoch, now)
             .saturating_sub(self.expected_at_ns.load(Ordering::Relaxed));
         let expected = self.expected_rtt_ns.load(Ordering::Relaxed);
         let lasts = expected
             .saturating_mul(self.min_window_samples)
             .saturating_add(self.window_ns.saturating_mul(2));
-        let fresh = age < lasts;
-        let base = self
-            .expected_rtt()
-            .filter(|_| fresh)
-            .unwrap_or(crate::clock::MIN_HINT)
-            .max(crate::clock::MIN_HINT);
-        self.jitter.stretch(base)
+        (expected != 0 && age < lasts).then_some(expected)
+    }
+
+    fn lock_queue(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.queue
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// How long a place under the limit takes to come free while the queue
+    /// stands (ns; 0: unknown): measured, once [`DRAIN_EVIDENCE`] calls
+    /// ended since it began; before, the last window's service time over
+    /// the limit (Little's law: the calls at the limit leave at `limit`
+    /// per service time), while fresh. Measured, it leans to the fast side
+    /// (as if [`DRAIN_EVIDENCE`] more had ended): calls that end together
+    /// (workers of equal service times) make the rate look slow just as
+    /// the first of a batch ends (5 ended in 20 ms, where 4 end every 10
+    /// ms), and a waiter refused is not taken back; one kept too long is
+    /// refused a few calls later.
+    fn drain_ns(&self, q: &Queue, now: Instant, limit: usize) -> u64 {
+        if q.len > 0 && q.ended >= DRAIN_EVIDENCE {
+            return self
+                .stamp(now)
+                .saturating_sub(q.opened_ns)
+                .checked_div(q.ended + DRAIN_EVIDENCE)
+                .unwrap_or(0);
+        }
+        self.fresh_expected_ns(now)
+            .map_or(0, |expected| expected / limit.max(1) as u64)
+    }
+
+    /// Whether a waiter with `ahead` calls to leave before its place comes
+    /// free (those over the limit, the waiters before it and itself) can
+    /// be served within `remaining`: its place, then as long as a call at
+    /// the limit takes (`limit` places' drain). Unknown drain: yes.
+    fn fits(drain_ns: u64, ahead: usize, limit: usize, remaining: Duration) -> bool {
+        drain_ns == 0
+            || u128::from(drain_ns) * (ahead as u128 + limit as u128) <= remaining.as_nanos()
+    }
+
+    /// A request the limit refused during a burst ([`Refusal::LimitMayWait`],
+    /// the first [`BURST`] of a run over the limit after a quiet spell: see
+    /// `bursting`; `Critical` and `CriticalPlus` only), at `now`: whether it
+    /// waits in the queue for a herd instead, and where. It does when the
+    /// queue has room, the request has a deadline, and it can be served
+    /// within its deadline at the rate places come free (see `fits`; at
+    /// once, when that rate is not yet known, as long as calls end: one
+    /// that waited four expected service times (100 ms at least; a window,
+    /// 1 s by default, when none is known) with none ended meanwhile is
+    /// refused, see `out_of_patience`). A herd (many requests at one
+    /// instant, then none) is then served as far as the deadlines allow,
+    /// first come first served, and the rest refused as soon as the rate
+    /// says they cannot be (see `place_freed`), each told when the queue
+    /// will have drained; an overload that lasts queues only its first
+    /// burst, and is refused at once from then on, as before.
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn try_queue(&self, class: Criticality, now: Instant) -> Option<(u32, Duration)> {
+        let deadline = crate::deadline::current()?;
+        if self.stalled.load(Ordering::Relaxed) {
+            return None;
+        }
+        let now_ns = self.stamp(now);
+        let mut q = self.lock_queue();
+        if q.max == 0 {
+            return None;
+        }
+        let limit = self.limit.load(Ordering::Relaxed);
+        let drain = self.drain_ns(&q, now, limit);
+        let over = self.inflight.load(Ordering::SeqCst).saturating_sub(limit);
+        if !Self::fits(drain, over + q.len + 1, limit, deadline.remaining_from(now)) {
+            return None;
+        }
+        let idx = q.push(class, deadline.instant(), now_ns)?;
+        self.waiting.store(q.len, Ordering::SeqCst);
+        // A place may have come free meanwhile.
+        self.grant(&mut q);
+        let patience = match self.fresh_expected_ns(now) {
+            Some(expected) => Duration::from_nanos(expected.saturating_mul(4))
+                .max(Duration::from_nanos(self.burst_ns)),
+            None => Duration::from_nanos(self.window_ns),
+        };
+        Some((idx, patience))
+    }
+
+    /// Waiter `idx`'s patience ran out: unless a call ended since it joined
+    /// (the calls at the limit move), it leaves, refused with the limit's
+    /// hint (the calls at the limit may be stuck: a dependency that hung
+    /// behind them). `None`: it waits on, to its deadline.
+    #[cold]
+    pub(crate) fn out_of_patience(&self, idx: u32, now: Instant) -> Option<Duration> {
+        let mut q = self.lock_queue();
+        if q.place(idx) != Place::Waiting || q.moved_since(idx) {
+            return None;
+        }
+        let hint = self.retry_hint(now);
+        drop(q.settle(idx, Place::Refused(hint)));
+        self.waiting.store(q.len, Ordering::SeqCst);
+        // Nothing waits again until the calls at the limit move: a hung
+        // dependency behind them would make every request that comes wait
+        // its patience (see `reached`). A refusal, as any.
+        self.stalled.store(true, Ordering::Relaxed);
+        self.refused_ns.store(self.stamp(now), Ordering::Relaxed);
+        Some(hint)
+    }
+
+    /// A place under the limit came free (`ended`: a call ended) while
+    /// requests wait: the oldest waiters take the free places; then, by the
+    /// rate places come free, the newest that can no longer be served in
+    /// time are refused, each told when the queue before it will have
+    /// drained.
+    #[cold]
+    #[inline(never)]
+    fn place_freed(&self, ended: bool) {
+        let now = crate::clock::edge_now();
+        let mut q = self.lock_queue();
+        if ended {
+            q.ended = q.ended.saturating_add(1);
+        }
+        self.grant(&mut q);
+        let limit = self.limit.load(Ordering::Relaxed);
+        let drain = self.drain_ns(&q, now, limit);
+        if drain != 0 {
+            let over = self.inflight.load(Ordering::SeqCst).saturating_sub(limit);
+            while let Some(idx) = q.tail() {
+                let ahead = over + q.len;
+                if Self::fits(
+                    drain,
+                    ahead,
+                    limit,
+                    crate::clock::elapsed(now, q.deadline(idx)),
+                ) {
+                    break;
+                }
+                let wait = Duration::from_nanos(drain.saturating_mul(ahead as u64));
+                let hint = self.jitter.stretch(wait.max(crate::clock::MIN_HINT));
+                if let Some(waker) = q.settle(idx, Place::Refused(hint)) {
+                    waker.wake();
+                }
+                self.refused_ns.store(self.stamp(now), Ordering::Relaxed);
+            }
+        }
+        self.waiting.store(q.len, Ordering::SeqCst);
+    }
+
+    /// Hands the free places under the limit to the oldest waiters.
+    fn grant(&self, q: &mut Queue) {
+        while let Some(idx) = q.head() {
+            let limit = self.limit.load(Ordering::Relaxed);
+            let before = self.inflight.fetch_add(1, Ordering::SeqCst);
+            if before >= limit {
+                self.inflight.fetch_sub(1, Ordering::SeqCst);
+                break;
+            }
+            self.by_class[q.class(idx).index()].fetch_add(1, Ordering::AcqRel);
+            self.note_inflight(before + 1, limit);
+            if let Some(waker) = q.settle(idx, Place::Granted) {
+                waker.wake();
+            }
+        }
+        self.waiting.store(q.len, Ordering::SeqCst);
+    }
+
+    /// Where waiter `idx` stands: granted (with its class; its slot given
+    /// back), refused (with the time to come back), or still waiting (its
+    /// waker kept).
+    pub(crate) fn poll_place(
+        &self,
+        idx: u32,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<Criticality, Duration>> {
+        let mut q = self.lock_queue();
+        match q.place(idx) {
+            Place::Waiting => {
+                q.set_waker(idx, cx.waker());
+                std::task::Poll::Pending
+            }
+            Place::Granted => {
+                let class = q.class(idx);
+                q.free(idx);
+                std::task::Poll::Ready(Ok(class))
+            }
+            Place::Refused(hint) => {
+                q.free(idx);
+                std::task::Poll::Ready(Err(hint))
+            }
+            Place::Free => std::task::Poll::Ready(Err(crate::clock::MIN_HINT)),
+        }
+    }
+
+    /// Waiter `idx` went (its caller did, or its deadline passed) before it
+    /// found where it stands: out of the queue; a place it was granted is
+    /// given back.
+    pub(crate) fn leave(&self, idx: u32) {
+        let mut q = self.lock_queue();
+        let granted = (q.place(idx) == Place::Granted).then(|| q.class(idx));
+        q.free(idx);
+        if let Some(class) = granted {
+            // Given back, counting nothing, as a permit dropped (see
+            // `Permit::drop`), to the next waiter if any.
+            self.by_class[class.index()].fetch_sub(1, Ordering::AcqRel);
+            if self.inflight.fetch_sub(1, Ordering::SeqCst) == 1 {
+                self.idle.fetch_add(1, Ordering::Relaxed);
+            }
+            self.grant(&mut q);
+        }
+        self.waiting.store(q.len, Ordering::SeqCst);
     }
 }
+
+/// Calls that end while the queue stands before the rate they end at is
+/// taken for the rate places come free (see `Limiter::drain_ns`).
+const DRAIN_EVIDENCE: u64 = 4;
 
 /// Admission makes permits: the limiter with its per-thread handles (a
 /// permit keeps its thread's, see [`crate::stripe`]).
@@ -1072,12 +1350,17 @@ impl Striped<Limiter> {
         let mut burst = false;
         if before >= limit {
             if !self.under_share(idx, limit, class_before) {
-                if !self.bursting(class, before, now) {
+                let verdict = self.bursting(class, before, now);
+                if verdict != Burst::Admit {
                     self.by_class[idx].fetch_sub(1, Ordering::AcqRel);
                     self.inflight.fetch_sub(1, Ordering::AcqRel);
                     self.win_refused.fetch_add(1, Ordering::Relaxed);
                     self.over_limit(limit, now);
-                    return Err(Refusal::Limit);
+                    return Err(if verdict == Burst::Queue && self.max_queue != 0 {
+                        Refusal::LimitMayWait
+                    } else {
+                        Refusal::Limit
+                    });
                 }
                 self.over_limit(limit, now);
                 burst = true;
@@ -1137,6 +1420,19 @@ impl fmt::Debug for Permit {
 }
 
 impl Permit {
+    /// The permit of a queued request handed a place (already counted in
+    /// flight: see `Limiter::grant`).
+    pub(crate) fn granted(limiter: Ticket<Limiter>, class: Criticality) -> Self {
+        let mut waits = crate::outbound::Waits::new(crate::clock::edge_now());
+        waits.owner = [class.index() as u8, 0];
+        limiter.observer.emit(
+            LayerKind::AdaptiveLimit,
+            limiter.name.as_str(),
+            EventKind::CallStarted,
+        );
+        Permit { limiter, waits }
+    }
+
     /// Its class.
     #[inline]
     fn class(&self) -> Criticality {
@@ -1319,6 +1615,7 @@ mod tests {
                 shares,
                 reject_doomed: true,
                 burst: Duration::ZERO,
+                max_queue: 0,
                 waits_apart: true,
             },
             Name::from("t"),

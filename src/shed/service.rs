@@ -18,8 +18,10 @@ use crate::stripe::Striped;
 ///
 /// `poll_ready` forwards the inner service's readiness. The admission
 /// decision is made in `call` (it needs the request's criticality and
-/// deadline): over the limit the call fails at once with
-/// [`Overloaded`], it never waits.
+/// deadline): over the limit the call fails at once with [`Overloaded`],
+/// unless it waits in the queue for a herd during a burst (see
+/// [`max_queue`](super::AdaptiveLimitLayerBuilder::max_queue)); a waiting
+/// request holds a clone of the inner service, which must be `Clone`.
 pub struct AdaptiveLimit<S, P = FromTaskLocal, M = Head> {
     inner: S,
     limiter: Striped<Limiter>,
@@ -80,14 +82,14 @@ impl<S: fmt::Debug, P, M> fmt::Debug for AdaptiveLimit<S, P, M> {
 
 impl<S, P, M, Req> Service<Req> for AdaptiveLimit<S, P, M>
 where
-    S: Service<Req>,
+    S: Service<Req> + Clone,
     S::Error: Into<BoxError>,
     P: CriticalityOf<Req>,
     M: Hold<S::Response> + Release<Req>,
 {
     type Response = S::Response;
     type Error = BoxError;
-    type Future = ResponseFuture<S::Future, M>;
+    type Future = ResponseFuture<S, Req, M>;
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
@@ -101,6 +103,16 @@ where
         let permit = match self.limiter.try_acquire(class, crate::clock::edge_now()) {
             Ok(permit) => permit,
             Err(refusal) => {
+                let refusal = match refusal {
+                    Refusal::LimitMayWait => {
+                        let now = crate::clock::edge_now();
+                        if let Some((idx, patience)) = self.limiter.try_queue(class, now) {
+                            return queued(self, idx, patience, now, req);
+                        }
+                        Refusal::Limit
+                    }
+                    refusal => refusal,
+                };
                 let error = refused(&self.limiter, refusal);
                 M::release(req);
                 return ResponseFuture::rejected(error);
@@ -112,6 +124,59 @@ where
             EventKind::CallStarted,
         );
         ResponseFuture::admitted(self.inner.call(req), permit)
+    }
+}
+
+/// A request queued for a herd at `idx`: its future, with the inner
+/// service polled ready (a clone is left in its place). Out of line.
+#[cold]
+#[inline(never)]
+fn queued<S, P, M, Req>(
+    svc: &mut AdaptiveLimit<S, P, M>,
+    idx: u32,
+    patience: std::time::Duration,
+    now: tokio::time::Instant,
+    req: Req,
+) -> ResponseFuture<S, Req, M>
+where
+    S: Service<Req> + Clone,
+{
+    let clone = svc.inner.clone();
+    let ready = std::mem::replace(&mut svc.inner, clone);
+    // At its deadline at the latest (it has one: see `try_queue`).
+    let deadline = crate::deadline::current().map_or(now, crate::deadline::Deadline::instant);
+    ResponseFuture::queued(
+        svc.limiter.ticket(),
+        idx,
+        ready,
+        req,
+        deadline,
+        now.checked_add(patience).unwrap_or(deadline),
+    )
+}
+
+/// A queued request that leaves the queue without its place: refused with
+/// `hint` (it could not be served in time, or the calls at the limit did
+/// not move), or at its deadline (`None`).
+#[cold]
+pub(crate) fn refused_from_queue(limiter: &Limiter, hint: Option<std::time::Duration>) -> BoxError {
+    let Some(hint) = hint else {
+        limiter.observer.emit(
+            LayerKind::AdaptiveLimit,
+            limiter.name.as_str(),
+            EventKind::Rejected {
+                reason: crate::error::RejectionKind::DeadlineExceeded,
+                detail: Refusal::Queue.detail(),
+                retry_after: None,
+            },
+        );
+        return crate::error::DeadlineExceeded::before_sending(limiter.name.clone()).into();
+    };
+    limiter.emit_rejected(Refusal::Queue, hint);
+    if limiter.guards_calls_out() {
+        Overloaded::local(limiter.name.clone(), Some(hint)).into()
+    } else {
+        Overloaded::new(limiter.name.clone(), Some(hint)).into()
     }
 }
 

@@ -704,8 +704,13 @@ async fn the_adaptive_limit_bounds_reload_under_load() {
     )
     .unwrap();
     let events = seawall::observe::Recorder::new();
+    // (No queue for a herd: the requests over the burst are refused.)
     let server = c
-        .build_server(ServerStack::builder("api").observer(events.clone()))
+        .build_server(
+            ServerStack::builder("api")
+                .observer(events.clone())
+                .adaptive_limit(|l| l.max_queue(0)),
+        )
         .unwrap();
     // QueueDelay starts at 20: clamped into 30..=60.
     assert_eq!(server.adaptive_limit().limit(), 30);

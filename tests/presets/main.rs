@@ -1421,12 +1421,13 @@ async fn a_busy_leaf_stays_busy_through_a_grpc_middle_tier_to_the_http_front() {
 
 #[tokio::test]
 async fn server_shedding_never_opens_the_client_breaker() {
-    // A seawall gRPC server that runs one call at a time and sheds the rest,
+    // A seawall gRPC server that runs one call at a time and sheds the rest
+    // (no queue for a herd, which would serve them one after the other),
     // called by the gRPC client preset with a breaker that opens on a single
     // counted failure.
     let stack = seawall::stack::ServerStack::grpc("greeter")
         .total_budget(Duration::from_secs(5))
-        .adaptive_limit(|l| l.algorithm(limit_of_one()))
+        .adaptive_limit(|l| l.algorithm(limit_of_one()).max_queue(0))
         .build()
         .unwrap();
     let greeter = GreeterServer::new(|_req| async {

@@ -3483,20 +3483,27 @@ where
     served.load(Ordering::Relaxed)
 }
 
-/// The herd above. The server stack keeps the queue in front of the
-/// handler short, as for an overload that lasts: it admits a burst and
-/// refuses the rest at once, each told to come back in about 100 ms, and
-/// serves few of the 2000 unless they come back. A plain service queues
-/// them all and serves what fits in 2 s. For traffic that comes in herds
-/// (the README's recipe): the adaptive limit held high and a bulkhead of
-/// the workers with a queue, each request waiting at most its deadline,
-/// serves as many as the plain service, none of them after its caller
-/// gave up.
+/// The herd above. A plain service queues them all and serves what fits
+/// in 2 s (800). The server stack admits a burst (80 calls in flight, four
+/// times its first limit) and, during it, queues the rest in its limit's
+/// queue for a herd while the rate places come free says they can be
+/// served in time: 797 served, the rest refused within 0.7 s (without
+/// the queue, 80: the rest refused at once). A bulkhead of the workers
+/// with a queue, each request waiting at most its deadline, under a limit
+/// held high, serves 800, FIFO or LIFO.
 #[cfg(all(feature = "deadline", feature = "bulkhead"))]
 #[tokio::test(start_paused = true)]
-async fn a_herd_is_served_from_a_bulkhead_queue_bounded_by_the_deadline() {
+async fn a_herd_is_served_from_the_limits_queue_as_far_as_deadlines_allow() {
     let preset = || seawall::ServerStack::builder("api").total_budget(Duration::from_secs(10));
     let defaults = herd(preset().build().unwrap().layer(four_workers())).await;
+    let unqueued = herd(
+        preset()
+            .adaptive_limit(|l| l.max_queue(0))
+            .build()
+            .unwrap()
+            .layer(four_workers()),
+    )
+    .await;
     // The recipe: the limit held at its maximum, a bulkhead of the
     // workers whose queue each request waits in at most to its deadline.
     let recipe = |order: seawall::bulkhead::QueueOrder| {
@@ -3516,12 +3523,128 @@ async fn a_herd_is_served_from_a_bulkhead_queue_bounded_by_the_deadline() {
     let newest_first = herd(recipe(seawall::bulkhead::QueueOrder::Lifo)).await;
     let plain = herd(four_workers()).await;
     println!(
-        "herd of 2000: defaults {defaults}, queued {queued}, newest first {newest_first}, plain {plain}"
+        "herd of 2000: defaults {defaults} (no queue {unqueued}), bulkhead queued {queued}, newest first {newest_first}, plain {plain}"
     );
     // What 4 workers do in 2 s.
     assert_eq!(plain, 800);
     assert_eq!(queued, plain);
     assert_eq!(newest_first, plain);
-    // The defaults: a burst admitted, the rest refused at once.
-    assert!(defaults <= 100, "{defaults}");
+    assert!(defaults >= 790, "{defaults}");
+    // Without the queue: a burst admitted, the rest refused at once.
+    assert!(unqueued <= 100, "{unqueued}");
+}
+
+/// The queue for a herd gives every place back. Under a limit of 2 held
+/// there (no burst over it: its queue still opens), requests over it wait:
+/// one whose deadline comes first leaves with `DeadlineExceeded`; one
+/// dropped while it waits leaves the queue; one dropped after it was
+/// handed a place (before it was polled again) gives the place to the next
+/// waiter. A request without a deadline, or `Sheddable` (no share), is refused at
+/// once, as before.
+#[cfg(feature = "deadline")]
+#[tokio::test(start_paused = true)]
+async fn the_herd_queue_leaks_no_place_when_its_waiters_go() {
+    let layer = AdaptiveLimitLayer::builder()
+        .algorithm(
+            Aimd::builder()
+                .initial_limit(2)
+                .min_limit(2)
+                .max_limit(2)
+                .build()
+                .unwrap(),
+        )
+        .build()
+        .unwrap();
+    let mut svc = layer.layer(service_fn(|ms: u64| async move {
+        sleep(Duration::from_millis(ms)).await;
+        Ok::<_, BoxError>(ms)
+    }));
+    let d = Deadline::after(Duration::from_secs(10));
+    let a = tokio::spawn(deadline::sync_scope(d, || svc.call(100)));
+    let b = tokio::spawn(deadline::sync_scope(d, || svc.call(100)));
+    assert_eq!(layer.inflight(), 2);
+    // Queued: the first waits its deadline out (no call ends before it).
+    let short = deadline::sync_scope(Deadline::after(ms(50)), || svc.call(1));
+    let c = tokio::spawn(deadline::sync_scope(d, || svc.call(100)));
+    let dropped = deadline::sync_scope(d, || svc.call(100));
+    let e = deadline::sync_scope(d, || svc.call(100));
+    let f = deadline::sync_scope(d, || svc.call(100));
+    assert_eq!((layer.inflight(), layer.queued()), (2, 5));
+    // Refused at once: no deadline, or a class that never waits.
+    let err = svc.call(1).await.unwrap_err();
+    assert_eq!(
+        rejection_of(&err).unwrap().kind(),
+        RejectionKind::Overloaded
+    );
+    let err = criticality::sync_scope(Criticality::Sheddable, || {
+        deadline::sync_scope(d, || svc.call(1))
+    })
+    .await
+    .unwrap_err();
+    assert_eq!(
+        rejection_of(&err).unwrap().kind(),
+        RejectionKind::Overloaded
+    );
+    let err = short.await.unwrap_err();
+    assert_eq!(
+        rejection_of(&err).unwrap().kind(),
+        RejectionKind::DeadlineExceeded
+    );
+    drop(dropped);
+    assert_eq!((layer.inflight(), layer.queued()), (2, 3));
+    // a and b end at 100 ms: c and e are handed their places, f waits.
+    sleep(ms(60)).await;
+    assert_eq!(a.await.unwrap().unwrap() + b.await.unwrap().unwrap(), 200);
+    assert_eq!((layer.inflight(), layer.queued()), (2, 1));
+    // e, handed its place but never polled, goes: f takes its place.
+    drop(e);
+    assert_eq!((layer.inflight(), layer.queued()), (2, 0));
+    assert_eq!(c.await.unwrap().unwrap() + f.await.unwrap(), 200);
+    assert_eq!((layer.inflight(), layer.queued()), (0, 0));
+}
+
+/// The herd of [`herd`] at the server stack: a request refused from the
+/// queue for a herd is refused early (within 0.7 s of the 2 s) and told
+/// to come back once the queue before it will have drained, about when
+/// the herd is over; none of those served waited past its deadline.
+#[cfg(all(feature = "deadline", feature = "bulkhead"))]
+#[tokio::test(start_paused = true)]
+async fn a_herd_refused_from_the_queue_is_told_when_it_will_have_drained() {
+    let rec = Recorder::new();
+    let stack = seawall::ServerStack::builder("api")
+        .total_budget(Duration::from_secs(10))
+        .observer(rec.clone())
+        .build()
+        .unwrap();
+    let start = Instant::now();
+    assert!(herd(stack.layer(four_workers())).await >= 790);
+    let refusals: Vec<(Duration, Duration)> = rec
+        .events()
+        .into_iter()
+        .filter_map(|e| match e.kind {
+            EventKind::Rejected {
+                detail: "queue",
+                retry_after: Some(after),
+                ..
+            } => Some((e.at.duration_since(start), after)),
+            _ => None,
+        })
+        .collect();
+    println!(
+        "{} refused from the queue, the last at {:?}; hints {:?} to {:?}",
+        refusals.len(),
+        refusals.iter().map(|r| r.0).max(),
+        refusals.iter().map(|r| r.1).min(),
+        refusals.iter().map(|r| r.1).max(),
+    );
+    assert!(refusals.len() >= 250, "{}", refusals.len());
+    for &(at, after) in &refusals {
+        assert!(at <= ms(1100), "refused late: at {at:?}");
+        // Back no sooner than the herd's queue drains (2 s from its start,
+        // less one call at the limit).
+        assert!(
+            at + after + ms(100) >= ms(2000),
+            "at {at:?}, told {after:?}"
+        );
+    }
 }

@@ -827,7 +827,8 @@ async fn the_client_limits_refusal_is_refused_not_the_dependencys_overload() {
         .attempt_timeout(ms(300))
         .retry(|r| r.max_attempts(1))
         .breaker(|b| b.consecutive_failures_only(1).count_overload(true))
-        .adaptive_limit(|l| l.limits(Some(1), Some(1)))
+        // (No queue for a herd: the second attempt is refused, not queued.)
+        .adaptive_limit(|l| l.limits(Some(1), Some(1)).max_queue(0))
         .build()
         .unwrap();
     let handle = stack.breaker_handle();
@@ -876,6 +877,8 @@ async fn server_rejections_come_in_layer_order() {
                     .build()
                     .unwrap(),
             )
+            // (No queue for a herd: refused at the limit, not queued.)
+            .max_queue(0)
         })
         .bulkhead(|b| b.max_concurrent(2))
         .build()
@@ -1718,21 +1721,28 @@ async fn busy_start(
 /// client (200 in flight from its first instant) is refused nothing while
 /// the limit doubles to what it needs. Started at 20, as a server's, the
 /// same client had requests refused (an outside trial over real HTTP: 89
-/// to 241 in the first second at 4000 a second).
+/// to 241 in the first second at 4000 a second); with the queue for a
+/// herd, which holds what its first burst did not admit, none, and still
+/// some without it.
 #[tokio::test(start_paused = true)]
 async fn a_busy_client_is_refused_nothing_at_its_start() {
+    let at_20 = |queue| {
+        move |l: seawall::shed::AdaptiveLimitLayerBuilder| {
+            l.algorithm(
+                seawall::shed::QueueDelay::builder()
+                    .initial_limit(20)
+                    .queue_allowance(ms(500))
+                    .build()
+                    .unwrap(),
+            )
+            .max_queue(queue)
+        }
+    };
     let default = busy_start(|l| l).await;
-    let at_20 = busy_start(|l| {
-        l.algorithm(
-            seawall::shed::QueueDelay::builder()
-                .initial_limit(20)
-                .queue_allowance(ms(500))
-                .build()
-                .unwrap(),
-        )
-    })
-    .await;
-    println!("initial 100: {default:?}; initial 20: {at_20:?}");
+    let queued = busy_start(at_20(1000)).await;
+    let unqueued = busy_start(at_20(0)).await;
+    println!("initial 100: {default:?}; initial 20: {queued:?}, without a queue {unqueued:?}");
     assert_eq!(default, [8000, 0, 0, 0]);
-    assert!(at_20[2] > 0, "{at_20:?}");
+    assert_eq!(queued, [8000, 0, 0, 0]);
+    assert!(unqueued[2] > 0, "{unqueued:?}");
 }

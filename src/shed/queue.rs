@@ -1,0 +1,241 @@
+//! The adaptive limit's queue for a herd: the requests the limit would
+//! refuse in the first [`BURST`](super::limiter::BURST) of an overload that
+//! began after a quiet spell wait here, first come first served, for a
+//! place under the limit, while their deadlines let them be served.
+//!
+//! The slots live in one `Vec` reused for the life of the limit and are
+//! linked into an index-based doubly linked list (as the bulkhead's queue),
+//! so that joining, leaving from anywhere and being served or refused are
+//! O(1) and allocate nothing once the slab reached its high-water mark.
+//! The list is only ever touched on the paths of requests over the limit
+//! and of calls that end while someone waits.
+
+use std::task::Waker;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::criticality::Criticality;
+
+const NIL: u32 = u32::MAX;
+
+/// Where a waiter stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Place {
+    /// Free slot.
+    Free,
+    /// Waiting in the list.
+    Waiting,
+    /// Handed a place under the limit (counted in flight).
+    Granted,
+    /// Refused: it cannot be served in time; come back after the hint.
+    Refused(Duration),
+}
+
+#[derive(Debug)]
+struct Slot {
+    prev: u32,
+    next: u32,
+    place: Place,
+    class: Criticality,
+    deadline: Instant,
+    /// `Queue::ended` when it joined.
+    joined: u64,
+    waker: Option<Waker>,
+}
+
+/// The waiters, oldest at `head`, and what the limit's drain rate is
+/// measured from.
+#[derive(Debug)]
+pub(crate) struct Queue {
+    slots: Vec<Slot>,
+    free: u32,
+    head: u32,
+    tail: u32,
+    pub(crate) len: usize,
+    pub(crate) max: usize,
+    /// When the queue last went from empty to waiting (ns since the
+    /// limiter's epoch) and the calls that ended since: how fast places
+    /// come free while it stands.
+    pub(crate) opened_ns: u64,
+    pub(crate) ended: u64,
+}
+
+impl Queue {
+    pub(crate) fn new(max: usize) -> Self {
+        Queue {
+            slots: Vec::new(),
+            free: NIL,
+            head: NIL,
+            tail: NIL,
+            len: 0,
+            max,
+            opened_ns: 0,
+            ended: 0,
+        }
+    }
+
+    /// Joins at the tail; `None` when it is full.
+    pub(crate) fn push(
+        &mut self,
+        class: Criticality,
+        deadline: Instant,
+        now_ns: u64,
+    ) -> Option<u32> {
+        if self.len >= self.max {
+            return None;
+        }
+        let idx = if self.free != NIL {
+            let idx = self.free;
+            self.free = self.slots[idx as usize].next;
+            idx
+        } else {
+            // (Waiters and slots handed an answer not yet polled: at most
+            // twice `max`, well within `u32`.)
+            let idx = u32::try_from(self.slots.len()).ok().filter(|&i| i != NIL)?;
+            self.slots.push(Slot {
+                prev: NIL,
+                next: NIL,
+                place: Place::Free,
+                class,
+                deadline,
+                joined: 0,
+                waker: None,
+            });
+            idx
+        };
+        if self.len == 0 {
+            self.opened_ns = now_ns;
+            self.ended = 0;
+        }
+        let tail = self.tail;
+        let slot = &mut self.slots[idx as usize];
+        slot.place = Place::Waiting;
+        slot.class = class;
+        slot.deadline = deadline;
+        slot.joined = self.ended;
+        slot.waker = None;
+        slot.prev = tail;
+        slot.next = NIL;
+        if tail == NIL {
+            self.head = idx;
+        } else {
+            self.slots[tail as usize].next = idx;
+        }
+        self.tail = idx;
+        self.len += 1;
+        Some(idx)
+    }
+
+    /// The oldest waiter.
+    pub(crate) fn head(&self) -> Option<u32> {
+        (self.head != NIL).then_some(self.head)
+    }
+
+    /// The newest waiter.
+    pub(crate) fn tail(&self) -> Option<u32> {
+        (self.tail != NIL).then_some(self.tail)
+    }
+
+    pub(crate) fn class(&self, idx: u32) -> Criticality {
+        self.slots[idx as usize].class
+    }
+
+    pub(crate) fn deadline(&self, idx: u32) -> Instant {
+        self.slots[idx as usize].deadline
+    }
+
+    pub(crate) fn place(&self, idx: u32) -> Place {
+        self.slots[idx as usize].place
+    }
+
+    /// Whether a call ended since waiter `idx` joined.
+    pub(crate) fn moved_since(&self, idx: u32) -> bool {
+        self.ended > self.slots[idx as usize].joined
+    }
+
+    /// Takes waiter `idx` out of the list and gives it `place` (granted or
+    /// refused); returns its waker, to wake once the lock is let go.
+    pub(crate) fn settle(&mut self, idx: u32, place: Place) -> Option<Waker> {
+        self.unlink(idx);
+        let slot = &mut self.slots[idx as usize];
+        slot.place = place;
+        slot.waker.take()
+    }
+
+    /// Keeps the waker of waiter `idx`, to be woken when it is settled.
+    pub(crate) fn set_waker(&mut self, idx: u32, waker: &Waker) {
+        let slot = &mut self.slots[idx as usize];
+        match &slot.waker {
+            Some(w) if w.will_wake(waker) => {}
+            _ => slot.waker = Some(waker.clone()),
+        }
+    }
+
+    /// Gives slot `idx` back, out of the list if it still waits.
+    pub(crate) fn free(&mut self, idx: u32) {
+        if self.slots[idx as usize].place == Place::Waiting {
+            self.unlink(idx);
+        }
+        let slot = &mut self.slots[idx as usize];
+        slot.place = Place::Free;
+        slot.waker = None;
+        slot.prev = NIL;
+        slot.next = self.free;
+        self.free = idx;
+    }
+
+    fn unlink(&mut self, idx: u32) {
+        let (prev, next) = {
+            let s = &self.slots[idx as usize];
+            (s.prev, s.next)
+        };
+        if prev == NIL {
+            self.head = next;
+        } else {
+            self.slots[prev as usize].next = next;
+        }
+        if next == NIL {
+            self.tail = prev;
+        } else {
+            self.slots[next as usize].prev = prev;
+        }
+        let s = &mut self.slots[idx as usize];
+        s.prev = NIL;
+        s.next = NIL;
+        self.len -= 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn joins_leaves_and_reuses_its_slots() {
+        let now = Instant::now();
+        let mut q = Queue::new(3);
+        let a = q.push(Criticality::Critical, now, 1).unwrap();
+        let b = q.push(Criticality::CriticalPlus, now, 2).unwrap();
+        let c = q.push(Criticality::Critical, now, 3).unwrap();
+        assert_eq!(q.push(Criticality::Critical, now, 4), None, "full at 3");
+        assert_eq!(q.opened_ns, 1);
+        assert_eq!((q.head(), q.tail()), (Some(a), Some(c)));
+        // Leaves from the middle.
+        q.free(b);
+        assert_eq!(q.len, 2);
+        assert!(q.settle(a, Place::Granted).is_none());
+        assert_eq!(q.place(a), Place::Granted);
+        assert_eq!((q.head(), q.tail()), (Some(c), Some(c)));
+        q.settle(c, Place::Refused(Duration::from_millis(5)));
+        assert_eq!((q.head(), q.tail(), q.len), (None, None, 0));
+        q.free(a);
+        q.free(c);
+        // The freed slots are reused: no fourth one.
+        for _ in 0..3 {
+            q.push(Criticality::Critical, now, 9).unwrap();
+        }
+        assert_eq!(q.slots.len(), 3);
+        assert_eq!(q.opened_ns, 9);
+    }
+}
