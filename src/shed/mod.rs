@@ -141,23 +141,23 @@
 //!
 //! A herd, many requests at one instant and then none (a job at the top of
 //! the minute, clients reconnecting after a deploy), is more than a burst
-//! admits. During a burst, a `Critical` or `CriticalPlus` request with a
-//! deadline that the limit would refuse waits in the limit's queue
-//! instead (first come, first served; at most
-//! [`max_queue`](AdaptiveLimitLayerBuilder::max_queue), 1000 by default),
-//! for a place under the limit, as long as it can be served within its
-//! deadline at the rate places come free (measured as calls end). As they
-//! end, the newest waiters that can no longer be served in time are
-//! refused (detail `"queue"`), each told to come back when the queue
-//! before it will have drained; a waiter that sees no call end within its
-//! patience (four service times, a window when none is known) is refused
-//! with the limit's hint, and nothing waits again until the calls at the
-//! limit move (a dependency hung behind them must not make each request
-//! wait). Requests that come once the burst is over are refused at once:
-//! an overload that lasts queues its first burst only, and no queue
-//! stands. 2000 requests at once at 4 workers of 10 ms, callers with 2 s:
-//! 797 served, the rest refused within 1.1 s; without the queue 80, the
-//! rest refused at once; without seawall, 800 (`tests/shed`).
+//! admits. During a burst, and for 1 s after a burst began the queue, a
+//! `Critical` or `CriticalPlus` request with a deadline that the limit
+//! would refuse waits in the limit's queue instead (first come, first
+//! served; at most [`max_queue`](AdaptiveLimitLayerBuilder::max_queue),
+//! 1000 by default), for a place under the limit, as long as it can be
+//! served within its deadline at the rate places come free. As calls end,
+//! the newest waiters that can no longer be served in time are refused
+//! (detail `"queue"`), each told
+//! to come back when the queue before it will have drained; a waiter that
+//! sees no call end within its patience (a window, or four expected
+//! service times if longer) is refused with the
+//! limit's hint, and nothing waits again until the calls at the limit
+//! move (a dependency hung behind them must not make each request wait).
+//! Requests that come after that second are refused at once: an overload
+//! that lasts queues its first second only. 2000 requests at once at 4
+//! workers of 10 ms, callers with 2 s: 797 served; without the queue 80,
+//! the rest refused at once; without seawall, 800 (`tests/shed`).
 //!
 //! Otherwise the limit does not queue: what it admits goes on at once,
 //! bursts included, and what it refuses is refused at once, with a

@@ -59,6 +59,12 @@ pub(crate) struct Queue {
     /// come free while it stands.
     pub(crate) opened_ns: u64,
     pub(crate) ended: u64,
+    /// The last span the drain was measured over: when it ended, `ended`
+    /// then, and the time a place took to come free in it (ns; 0: none
+    /// yet).
+    pub(crate) mark_ns: u64,
+    pub(crate) mark_ended: u64,
+    pub(crate) recent_drain_ns: u64,
 }
 
 impl Queue {
@@ -72,6 +78,9 @@ impl Queue {
             max,
             opened_ns: 0,
             ended: 0,
+            mark_ns: 0,
+            mark_ended: 0,
+            recent_drain_ns: 0,
         }
     }
 
@@ -90,8 +99,8 @@ impl Queue {
             self.free = self.slots[idx as usize].next;
             idx
         } else {
-            // (Waiters and slots handed an answer not yet polled: at most
-            // twice `max`, well within `u32`.)
+            // (Waiters, and slots settled whose futures have not been
+            // polled since: as many as such futures live; never shrunk.)
             let idx = u32::try_from(self.slots.len()).ok().filter(|&i| i != NIL)?;
             self.slots.push(Slot {
                 prev: NIL,
@@ -107,6 +116,9 @@ impl Queue {
         if self.len == 0 {
             self.opened_ns = now_ns;
             self.ended = 0;
+            self.mark_ns = now_ns;
+            self.mark_ended = 0;
+            self.recent_drain_ns = 0;
         }
         let tail = self.tail;
         let slot = &mut self.slots[idx as usize];
@@ -155,7 +167,8 @@ impl Queue {
     }
 
     /// Takes waiter `idx` out of the list and gives it `place` (granted or
-    /// refused); returns its waker, to wake once the lock is let go.
+    /// refused); returns its waker (woken with the lock held: a tokio
+    /// waker only schedules its task).
     pub(crate) fn settle(&mut self, idx: u32, place: Place) -> Option<Waker> {
         self.unlink(idx);
         let slot = &mut self.slots[idx as usize];
@@ -174,6 +187,7 @@ impl Queue {
 
     /// Gives slot `idx` back, out of the list if it still waits.
     pub(crate) fn free(&mut self, idx: u32) {
+        debug_assert!(self.slots[idx as usize].place != Place::Free, "freed twice");
         if self.slots[idx as usize].place == Place::Waiting {
             self.unlink(idx);
         }

@@ -109,6 +109,7 @@ where
                         if let Some((idx, patience)) = self.limiter.try_queue(class, now) {
                             return queued(self, idx, patience, now, req);
                         }
+                        self.limiter.note_refused();
                         Refusal::Limit
                     }
                     refusal => refusal,

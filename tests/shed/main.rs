@@ -2105,8 +2105,12 @@ async fn a_pool_bulkhead_for_fan_out_takes_a_queue_of_the_pool_times_the_fan_out
 /// surge (3×), against the same limit without bursts: near capacity the
 /// bursts halve what is refused, and the little left goes where a queue
 /// stood for 100 ms; in the surge the limit holds after the first burst
-/// (the same goodput), and the surge's first 100 ms cost its requests at
-/// most a few service times of waiting, nothing out of time.
+/// and the second its queue for a herd takes (the same goodput). That
+/// queue makes its requests wait up to their deadlines (999 ms of 1 s;
+/// 120 ms without bursts, and so without the queue), nothing out of time:
+/// a waiter is let in only while it can be served in time, and refused
+/// when its place comes too late for a call at the limit (6 answered late
+/// before that check).
 #[tokio::test(start_paused = true)]
 async fn bursts_near_capacity_and_in_a_surge() {
     let mut runs = Vec::new();
@@ -2137,7 +2141,7 @@ async fn bursts_near_capacity_and_in_a_surge() {
         surge.ok >= surge0.ok && surge.ok >= 3900,
         "{surge:?} {surge0:?}"
     );
-    assert!(surge.slowest_ms <= 400, "{surge:?}");
+    assert!(surge.slowest_ms <= 1000, "{surge:?}");
     assert_eq!(after.refused, 0);
 }
 
@@ -3487,7 +3491,7 @@ where
 /// in 2 s (800). The server stack admits a burst (80 calls in flight, four
 /// times its first limit) and, during it, queues the rest in its limit's
 /// queue for a herd while the rate places come free says they can be
-/// served in time: 797 served, the rest refused within 0.7 s (without
+/// served in time: 797 served, the rest refused within 0.11 s (without
 /// the queue, 80: the rest refused at once). A bulkhead of the workers
 /// with a queue, each request waiting at most its deadline, under a limit
 /// held high, serves 800, FIFO or LIFO.
@@ -3604,7 +3608,7 @@ async fn the_herd_queue_leaks_no_place_when_its_waiters_go() {
 }
 
 /// The herd of [`herd`] at the server stack: a request refused from the
-/// queue for a herd is refused early (within 0.7 s of the 2 s) and told
+/// queue for a herd is refused early (within 0.11 s of the 2 s) and told
 /// to come back once the queue before it will have drained, about when
 /// the herd is over; none of those served waited past its deadline.
 #[cfg(all(feature = "deadline", feature = "bulkhead"))]
@@ -3639,7 +3643,7 @@ async fn a_herd_refused_from_the_queue_is_told_when_it_will_have_drained() {
     );
     assert!(refusals.len() >= 250, "{}", refusals.len());
     for &(at, after) in &refusals {
-        assert!(at <= ms(1100), "refused late: at {at:?}");
+        assert!(at <= ms(200), "refused late: at {at:?}");
         // Back no sooner than the herd's queue drains (2 s from its start,
         // less one call at the limit).
         assert!(
