@@ -421,7 +421,7 @@ impl<P> AdaptiveLimitLayerBuilder<P> {
     /// reached the server over 300 to 440 ms (new connections, on 2
     /// cores), while the server, busy taking them in, answered few calls:
     /// hence the second of arrivals, and the rate measured over the last
-    /// span rather than since the queue began (629 and 652 served, plain
+    /// span rather than since the queue began (621 to 664 served, plain
     /// axum 632 to 713; with a queue open for 100 ms, 148 to 232). The
     /// price, in the storm's surge (180 % of capacity): its first second
     /// queues, p99 185 ms → 338 ms, goodput the same.
