@@ -117,7 +117,61 @@ pub(crate) struct Settings {
     pub(crate) unbounded_readiness: bool,
 }
 
-const NIL: u32 = u32::MAX;
+/// No slot: the end of an index-based list.
+pub(crate) const NIL: u32 = u32::MAX;
+
+/// A slot of an index-based doubly linked list kept in a slab (this
+/// bulkhead's waiters, the adaptive limit's queue for a herd).
+pub(crate) trait Linked {
+    fn links(&mut self) -> (&mut u32, &mut u32);
+}
+
+/// The ends and length of an index-based doubly linked list over `slots`.
+pub(crate) struct Ends<'a> {
+    pub(crate) head: &'a mut u32,
+    pub(crate) tail: &'a mut u32,
+    pub(crate) len: &'a mut usize,
+}
+
+impl Ends<'_> {
+    /// Links slot `idx` at the tail.
+    pub(crate) fn push_back<S: Linked>(self, slots: &mut [S], idx: u32) {
+        let tail = *self.tail;
+        {
+            let (prev, next) = slots[idx as usize].links();
+            *prev = tail;
+            *next = NIL;
+        }
+        if tail == NIL {
+            *self.head = idx;
+        } else {
+            *slots[tail as usize].links().1 = idx;
+        }
+        *self.tail = idx;
+        *self.len += 1;
+    }
+
+    /// Takes slot `idx` out of the list.
+    pub(crate) fn unlink<S: Linked>(self, slots: &mut [S], idx: u32) {
+        let (prev, next) = {
+            let (p, n) = slots[idx as usize].links();
+            let links = (*p, *n);
+            (*p, *n) = (NIL, NIL);
+            links
+        };
+        if prev == NIL {
+            *self.head = next;
+        } else {
+            *slots[prev as usize].links().1 = next;
+        }
+        if next == NIL {
+            *self.tail = prev;
+        } else {
+            *slots[next as usize].links().0 = prev;
+        }
+        *self.len -= 1;
+    }
+}
 
 /// Slots preallocated at build time (more, up to the bound, are added on
 /// demand and then reused).
@@ -136,6 +190,12 @@ struct Slot {
     next: u32,
     state: SlotState,
     waker: Option<Waker>,
+}
+
+impl Linked for Slot {
+    fn links(&mut self) -> (&mut u32, &mut u32) {
+        (&mut self.prev, &mut self.next)
+    }
 }
 
 /// The wait list: a slab of slots with an intrusive doubly linked list of the
@@ -203,47 +263,32 @@ impl WaitList {
         self.free = idx;
     }
 
+    fn ends(&mut self) -> (Ends<'_>, &mut [Slot]) {
+        (
+            Ends {
+                head: &mut self.head,
+                tail: &mut self.tail,
+                len: &mut self.len,
+            },
+            &mut self.slots,
+        )
+    }
+
     /// Appends slot `idx` at the tail, in state `Waiting`.
     fn push_back(&mut self, idx: u32, waker: Option<Waker>, now: Option<Instant>) {
         if self.len == 0 {
             self.busy_since = now;
         }
-        let tail = self.tail;
-        {
-            let slot = &mut self.slots[idx as usize];
-            slot.state = SlotState::Waiting;
-            slot.waker = waker;
-            slot.prev = tail;
-            slot.next = NIL;
-        }
-        if tail == NIL {
-            self.head = idx;
-        } else {
-            self.slots[tail as usize].next = idx;
-        }
-        self.tail = idx;
-        self.len += 1;
+        let slot = &mut self.slots[idx as usize];
+        slot.state = SlotState::Waiting;
+        slot.waker = waker;
+        let (ends, slots) = self.ends();
+        ends.push_back(slots, idx);
     }
 
     fn unlink(&mut self, idx: u32) {
-        let (prev, next) = {
-            let s = &self.slots[idx as usize];
-            (s.prev, s.next)
-        };
-        if prev == NIL {
-            self.head = next;
-        } else {
-            self.slots[prev as usize].next = next;
-        }
-        if next == NIL {
-            self.tail = prev;
-        } else {
-            self.slots[next as usize].prev = prev;
-        }
-        let s = &mut self.slots[idx as usize];
-        s.prev = NIL;
-        s.next = NIL;
-        self.len -= 1;
+        let (ends, slots) = self.ends();
+        ends.unlink(slots, idx);
         if self.len == 0 {
             self.busy_since = None;
         }

@@ -388,8 +388,11 @@ impl<P> AdaptiveLimitLayerBuilder<P> {
     /// guard on memory: each holds its request and a clone of the inner
     /// service; zero: no queue; at most 100 000).
     ///
-    /// During a [burst](Self::burst), and for 1 s after a burst began the
-    /// queue, a `Critical` or `CriticalPlus` request with a deadline that
+    /// During a [burst](Self::burst) that began after a window (1 s by
+    /// default) without a refusal at the limit (a herd comes after a quiet
+    /// spell; a server held at its limit refuses all along), and for 1 s
+    /// after such a burst began the queue, a `Critical` or `CriticalPlus`
+    /// request with a deadline that
     /// the limit would refuse waits instead, first come first served, for a
     /// place under the limit, if it can be served within its deadline at
     /// the rate places come free (the faster of the rate measured as calls
@@ -408,9 +411,11 @@ impl<P> AdaptiveLimitLayerBuilder<P> {
     /// and reach it again: a dependency hung behind the calls at the limit
     /// must not make every request wait. A waiter's latency sample begins
     /// when its task is polled with its place (its place is counted in
-    /// flight from when it is handed over). After that second, requests over the limit are
-    /// refused at once, as before: an overload that lasts queues its first
-    /// second only.
+    /// flight from when it is handed over). After that second, requests
+    /// over the limit are refused at once, as before; while requests wait,
+    /// each refusal at the limit is told when the queue will have drained
+    /// (by the measured rate, at most the newest waiter's deadline), not the
+    /// limit's usual 100 to 150 ms.
     ///
     /// Chosen by a herd, many requests at one instant and then none (a job
     /// at the top of the minute, clients reconnecting after a deploy): 2000
@@ -423,8 +428,10 @@ impl<P> AdaptiveLimitLayerBuilder<P> {
     /// hence the second of arrivals, and the rate measured over the last
     /// span rather than since the queue began (621 to 664 served, plain
     /// axum 632 to 713; with a queue open for 100 ms, 148 to 232). The
-    /// price, in the storm's surge (180 % of capacity): its first second
-    /// queues, p99 185 ms → 338 ms, goodput the same.
+    /// quiet window, by the storm: its surges come at a server that refused
+    /// within the second before; without the window their first second
+    /// queued, and the surge's p99 went from 185 ms to 338 ms, goodput the
+    /// same.
     pub fn max_queue(mut self, max: usize) -> Self {
         self.settings.max_queue = max;
         self

@@ -141,8 +141,9 @@
 //!
 //! A herd, many requests at one instant and then none (a job at the top of
 //! the minute, clients reconnecting after a deploy), is more than a burst
-//! admits. During a burst, and for 1 s after a burst began the queue, a
-//! `Critical` or `CriticalPlus` request with a deadline that the limit
+//! admits. During a burst that began after a window without a refusal (a
+//! herd comes after a quiet spell), and for 1 s after such a burst began
+//! the queue, a `Critical` or `CriticalPlus` request with a deadline that the limit
 //! would refuse waits in the limit's queue instead (first come, first
 //! served; at most [`max_queue`](AdaptiveLimitLayerBuilder::max_queue),
 //! 1000 by default), for a place under the limit, as long as it can be
@@ -154,8 +155,9 @@
 //! service times if longer) is refused with the
 //! limit's hint, and nothing waits again until the calls at the limit
 //! move (a dependency hung behind them must not make each request wait).
-//! Requests that come after that second are refused at once: an overload
-//! that lasts queues its first second only. 2000 requests at once at 4
+//! Requests that come after that second are refused at once, told when the
+//! queue will have drained; an overload that lasts, refusing all along,
+//! never begins a queue after its first. 2000 requests at once at 4
 //! workers of 10 ms, callers with 2 s: 797 served; without the queue 80,
 //! the rest refused at once; without seawall, 800 (`tests/shed`).
 //!

@@ -16,8 +16,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::criticality::Criticality;
-
-const NIL: u32 = u32::MAX;
+use crate::bulkhead::queue::{Ends, Linked, NIL};
 
 /// Where a waiter stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,6 +41,12 @@ struct Slot {
     /// `Queue::ended` when it joined.
     joined: u64,
     waker: Option<Waker>,
+}
+
+impl Linked for Slot {
+    fn links(&mut self) -> (&mut u32, &mut u32) {
+        (&mut self.prev, &mut self.next)
+    }
 }
 
 /// The waiters, oldest at `head`, and what the limit's drain rate is
@@ -120,22 +125,14 @@ impl Queue {
             self.mark_ended = 0;
             self.recent_drain_ns = 0;
         }
-        let tail = self.tail;
         let slot = &mut self.slots[idx as usize];
         slot.place = Place::Waiting;
         slot.class = class;
         slot.deadline = deadline;
         slot.joined = self.ended;
         slot.waker = None;
-        slot.prev = tail;
-        slot.next = NIL;
-        if tail == NIL {
-            self.head = idx;
-        } else {
-            self.slots[tail as usize].next = idx;
-        }
-        self.tail = idx;
-        self.len += 1;
+        let (ends, slots) = self.ends();
+        ends.push_back(slots, idx);
         Some(idx)
     }
 
@@ -199,25 +196,20 @@ impl Queue {
         self.free = idx;
     }
 
+    fn ends(&mut self) -> (Ends<'_>, &mut [Slot]) {
+        (
+            Ends {
+                head: &mut self.head,
+                tail: &mut self.tail,
+                len: &mut self.len,
+            },
+            &mut self.slots,
+        )
+    }
+
     fn unlink(&mut self, idx: u32) {
-        let (prev, next) = {
-            let s = &self.slots[idx as usize];
-            (s.prev, s.next)
-        };
-        if prev == NIL {
-            self.head = next;
-        } else {
-            self.slots[prev as usize].next = next;
-        }
-        if next == NIL {
-            self.tail = prev;
-        } else {
-            self.slots[next as usize].prev = prev;
-        }
-        let s = &mut self.slots[idx as usize];
-        s.prev = NIL;
-        s.next = NIL;
-        self.len -= 1;
+        let (ends, slots) = self.ends();
+        ends.unlink(slots, idx);
     }
 }
 

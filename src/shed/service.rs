@@ -161,6 +161,7 @@ where
 /// not move), or at its deadline (`None`).
 #[cold]
 pub(crate) fn refused_from_queue(limiter: &Limiter, hint: Option<std::time::Duration>) -> BoxError {
+    limiter.note_refusal(crate::clock::edge_now());
     let Some(hint) = hint else {
         limiter.observer.emit(
             LayerKind::AdaptiveLimit,
@@ -185,7 +186,9 @@ pub(crate) fn refused_from_queue(limiter: &Limiter, hint: Option<std::time::Dura
 /// of line: an admitted call never reaches it.
 #[inline(never)]
 fn refused(limiter: &Limiter, refusal: Refusal) -> BoxError {
-    let hint = limiter.retry_hint(crate::clock::edge_now());
+    let now = crate::clock::edge_now();
+    limiter.note_refusal(now);
+    let hint = limiter.refusal_hint(now);
     limiter.emit_rejected(refusal, hint);
     if limiter.guards_calls_out() {
         Overloaded::local(limiter.name.clone(), Some(hint)).into()
