@@ -213,16 +213,9 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let _edge = crate::clock::Edge::enter();
         let mut this = self.project();
-        if let StateProj::Queued { waiting } = this.state.as_mut().project() {
-            match ready!(poll_place::<S, Req, M>(waiting.as_mut(), cx)) {
-                Ok((future, permit)) => this.state.set(State::Admitted {
-                    future,
-                    permit: Some(permit),
-                }),
-                Err(error) => {
-                    this.state.set(State::Rejected { error: None });
-                    return Poll::Ready(Err(error));
-                }
+        if let State::Queued { .. } = &*this.state {
+            if let Some(error) = ready!(poll_queued::<S, Req, M>(this.state.as_mut(), cx)) {
+                return Poll::Ready(Err(error));
             }
         }
         match this.state.project() {
@@ -277,6 +270,38 @@ where
             }
             StateProj::Rejected { error } => crate::error::poll_rejected(error),
             StateProj::Queued { .. } => Poll::Pending,
+        }
+    }
+}
+
+/// A queued request's state: `Ready(None)` once it was handed its place
+/// (the state is then `Admitted`), `Ready(Some(error))` refused (the state
+/// is then `Rejected`). Out of line: the admitted calls' poll only looks
+/// at the state's tag.
+#[cold]
+#[inline(never)]
+fn poll_queued<S, Req, M>(
+    mut state: Pin<&mut State<S, Req>>,
+    cx: &mut Context<'_>,
+) -> Poll<Option<BoxError>>
+where
+    S: Service<Req>,
+    M: Release<Req>,
+{
+    let StateProj::Queued { waiting } = state.as_mut().project() else {
+        return Poll::Ready(None);
+    };
+    match ready!(poll_place::<S, Req, M>(waiting.as_mut(), cx)) {
+        Ok((future, permit)) => {
+            state.set(State::Admitted {
+                future,
+                permit: Some(permit),
+            });
+            Poll::Ready(None)
+        }
+        Err(error) => {
+            state.set(State::Rejected { error: None });
+            Poll::Ready(Some(error))
         }
     }
 }
