@@ -1306,10 +1306,8 @@ impl Limiter {
             return None;
         }
         let now_ns = self.stamp(now);
+        // (With no queue, `Queue::push` finds it full.)
         let mut q = self.lock_queue();
-        if q.max == 0 {
-            return None;
-        }
         let limit = self.limit.load(Ordering::Relaxed);
         let drain = self.joining_drain_ns(&mut q, now, limit);
         let over = self.inflight.load(Ordering::SeqCst).saturating_sub(limit);
@@ -1356,15 +1354,24 @@ impl Limiter {
             return None;
         }
         let hint = self.retry_hint(now);
-        drop(q.settle(idx, Place::Refused(hint)));
+        self.refuse_waiter(&mut q, idx, hint, now);
         self.waiting.store(q.len, Ordering::SeqCst);
         // Nothing waits again until the calls at the limit move: a hung
         // dependency behind them would make every request that comes wait
-        // its patience (see `reached`). A refusal, as any.
+        // its patience (see `reached`).
         self.stalled.store(true, Ordering::Relaxed);
-        self.refused_ns.store(self.stamp(now), Ordering::Relaxed);
-        self.note_refused();
         Some(hint)
+    }
+
+    /// Waiter `idx` is refused, told `hint`: out of the queue and woken,
+    /// and counted as any refusal at the limit (in the window's count, and
+    /// for the next burst).
+    fn refuse_waiter(&self, q: &mut Queue, idx: u32, hint: Duration, now: Instant) {
+        if let Some(waker) = q.settle(idx, Place::Refused(hint)) {
+            waker.wake();
+        }
+        self.note_refused();
+        self.refused_ns.store(self.stamp(now), Ordering::Relaxed);
     }
 
     /// A place under the limit came free (`ended`: a call ended) while
@@ -1406,11 +1413,7 @@ impl Limiter {
                 }
                 let wait = Self::drained_in(&q, now, drain, ahead);
                 let hint = self.jitter.stretch(wait.max(crate::clock::MIN_HINT));
-                if let Some(waker) = q.settle(idx, Place::Refused(hint)) {
-                    waker.wake();
-                }
-                self.note_refused();
-                self.refused_ns.store(self.stamp(now), Ordering::Relaxed);
+                self.refuse_waiter(&mut q, idx, hint, now);
             }
         }
         self.waiting.store(q.len, Ordering::SeqCst);
@@ -1432,11 +1435,7 @@ impl Limiter {
         };
         while let Some(idx) = q.head() {
             if takes > crate::clock::elapsed(now, q.deadline(idx)).as_nanos() {
-                if let Some(waker) = q.settle(idx, Place::Refused(self.retry_hint(now))) {
-                    waker.wake();
-                }
-                self.note_refused();
-                self.refused_ns.store(self.stamp(now), Ordering::Relaxed);
+                self.refuse_waiter(q, idx, self.retry_hint(now), now);
                 continue;
             }
             let limit = self.limit.load(Ordering::Relaxed);
@@ -1505,8 +1504,7 @@ impl Limiter {
 /// the limit: a herd of new connections reaches a server over a few
 /// hundred milliseconds (2000 at once over real HTTP on 2 cores: over 400
 /// ms, half of them 334 ms or more after the first).
-pub(crate) const JOINS: Duration = Duration::from_millis(QUEUE_JOINS_MS);
-const QUEUE_JOINS_MS: u64 = 1000;
+pub(crate) const JOINS: Duration = Duration::from_secs(1);
 
 /// Calls that end while the queue stands before the rate they end at is
 /// taken for the rate places come free (see `Limiter::measured_drain_ns`).
