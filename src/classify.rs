@@ -87,6 +87,23 @@ pub trait Classify<Res, E>: Send + Sync + 'static {
         let _ = result;
         false
     }
+
+    /// Whether `result`, a "busy" answer ([`Outcome::Overloaded`]), paces
+    /// its caller: a quota's refusal (HTTP `429`, gRPC
+    /// `RESOURCE_EXHAUSTED`) or an answer that names a wait (`Retry-After`,
+    /// `retry-after-ms`, `grpc-retry-pushback-ms`), as a server that sheds
+    /// or whose own breaker is open answers. A circuit breaker opens on a
+    /// run of busy answers with no success between (a dependency that
+    /// serves nothing, down behind its proxy) only if none of them paces
+    /// its caller: such a server is up, and says when to come back (see
+    /// the [`circuit_breaker`](crate::circuit_breaker) module). The
+    /// default is `false`; a seawall rejection with a `retry_after` in
+    /// the error is recognised by the breaker by itself.
+    #[inline]
+    fn is_paced_answer(&self, result: Result<&Res, &E>) -> bool {
+        let _ = result;
+        false
+    }
 }
 
 /// The generic classifier: `Ok` is a success; an `Err` is a failure, except

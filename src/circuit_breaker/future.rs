@@ -192,6 +192,9 @@ where
         {
             outcome = Outcome::Ignored;
         }
+        // A busy answer that paces its caller is no sign of a dependency
+        // that serves nothing (see `Core::on_busy`).
+        let run = outcome == Outcome::Overloaded && !paced(&shared.classifier, result.as_ref());
         // Judged (a classifier that panicked has left the guard to give a
         // probe's slot back).
         guard.done = true;
@@ -228,10 +231,27 @@ where
                 now,
                 timed: CLOCK != UNTIMED,
             };
-            finish(&shared.core, guard.permit(), latency, outcome, at);
+            finish(&shared.core, guard.permit(), latency, outcome, at, run);
         }
     }
     poll.map_err(Into::into)
+}
+
+/// Whether a busy answer paces its caller: the classifier says so
+/// ([`Classify::is_paced_answer`]), or the error is a seawall rejection
+/// with a `retry_after`. Out of line: only a busy answer asks.
+#[cold]
+#[inline(never)]
+fn paced<C, T, E>(classifier: &C, result: Result<&T, &E>) -> bool
+where
+    C: Classify<T, E>,
+    E: 'static,
+{
+    classifier.is_paced_answer(result)
+        || result
+            .err()
+            .and_then(|e| crate::error::rejection_in(e))
+            .is_some_and(|r| r.retry_after().is_some())
 }
 
 /// Whether a failed call was ended by the request's own deadline, while a
@@ -305,9 +325,10 @@ enum At {
 }
 
 /// Records a finished call's outcome (or gives its slot back when it is
-/// not counted) and reports it.
+/// not counted) and reports it; `run`: a busy answer that may extend a
+/// run of them (see `Core::on_busy`).
 #[inline(always)]
-fn finish(core: &Core, permit: Permit, latency: u64, outcome: Outcome, at: At) {
+fn finish(core: &Core, permit: Permit, latency: u64, outcome: Outcome, at: At, run: bool) {
     let failure = match outcome {
         Outcome::Success => Some(false),
         Outcome::Failure => Some(true),
@@ -324,6 +345,14 @@ fn finish(core: &Core, permit: Permit, latency: u64, outcome: Outcome, at: At) {
                 At::BodyEnd { head } => core.on_late_complete(permit, head, failure, slow),
             }
         }
+        // A "busy" answer: not counted, unless every answer has been busy
+        // for a while (see `Core::on_busy`).
+        None if run => match at {
+            At::Now { now, timed } => {
+                core.on_busy(permit, || if timed { now } else { clock::edge_now() })
+            }
+            At::BodyEnd { .. } => core.on_busy(permit, clock::edge_now),
+        },
         None => core.on_cancel(permit),
     }
     core.observer.emit(
@@ -375,12 +404,15 @@ impl Pending {
     fn settle_as(&mut self, outcome: Outcome) {
         self.done = true;
         let core = self.shared.core();
+        // (A body that ends busy, a stream's status in its trailers, is
+        // left out of runs of busy answers: not counted, as ever.)
         finish(
             core,
             self.permit,
             self.latency,
             outcome,
             At::BodyEnd { head: self.head },
+            false,
         );
     }
 }

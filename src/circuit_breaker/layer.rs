@@ -407,6 +407,17 @@ impl<C> CircuitBreakerBuilder<C> {
     /// built for it: the retry budget, the client throttle, the adaptive
     /// limit. Turn this on for a dependency whose "busy" answers really mean
     /// it is down (a proxy answering 503 for a dead backend).
+    ///
+    /// Off, a dependency that answers *nothing but* a bare "busy" still
+    /// opens the breaker: a run of busy answers with no success between
+    /// that lasts a second and holds `minimum_calls` calls (a dependency
+    /// down behind its proxy serves nothing, and its callers' retries sent
+    /// it twice their calls), and while the breaker is open for that, a
+    /// probe answered "busy" keeps it open. A server that sheds part of
+    /// its load serves the rest, and each success ends the run; an answer
+    /// that paces its caller ([`Classify::is_paced_answer`](crate::classify::Classify::is_paced_answer): a quota's
+    /// refusal, or a wait named, as a seawall server's refusals, its own
+    /// open breaker's included) is in no run: that server is up.
     pub fn count_overload(mut self, enabled: bool) -> Self {
         self.settings.count_overload = enabled;
         self

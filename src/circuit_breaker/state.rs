@@ -7,7 +7,7 @@
 //! a short `Mutex` section; no lock is ever held across an `.await`.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use rand::rngs::SmallRng;
@@ -171,6 +171,13 @@ pub(crate) struct Core {
     word: Padded<AtomicU64>,
     window: Window,
     consecutive: AtomicU32,
+    /// The run of "busy" answers (not counted) with no success since: its
+    /// first one's time (ms after `origin`, wrapping) in the high half,
+    /// how many in the low half; 0: no run (see [`on_busy`](Self::on_busy)).
+    busy: AtomicU64,
+    /// The breaker opened on such a run: a probe answered "busy" is a
+    /// failed probe, not a slot given back.
+    busy_open: AtomicBool,
     /// The settings a retune changes, read per call: failure and slow-call
     /// rate thresholds (f64 bits), minimum calls, failures in a row (0: off).
     failure_rate: AtomicU64,
@@ -232,6 +239,8 @@ impl Core {
             word: Padded(AtomicU64::new(pack(CLOSED, 0, 0))),
             window,
             consecutive: AtomicU32::new(0),
+            busy: AtomicU64::new(0),
+            busy_open: AtomicBool::new(false),
             failure_rate: AtomicU64::new(config.tuning.failure_rate_threshold.to_bits()),
             slow_rate: AtomicU64::new(config.tuning.slow_call_rate_threshold.to_bits()),
             minimum_calls: AtomicU32::new(config.tuning.minimum_calls),
@@ -666,6 +675,72 @@ impl Core {
         }
     }
 
+    /// A call admitted with `permit` was answered "busy"
+    /// ([`Outcome::Overloaded`](crate::observe::Outcome::Overloaded), not
+    /// counted as a failure) that does not pace its caller (a busy answer
+    /// that does is a call not counted: that server is up): as a call not
+    /// counted ([`on_cancel`](Self::on_cancel)),
+    /// except that a closed breaker whose answers have all been "busy"
+    /// for [`BUSY_RUN`], at least `minimum_calls` of them with no success
+    /// between, opens: the dependency serves nothing (a server that sheds
+    /// part of its load serves the rest, and its successes end the run);
+    /// and while it is open for that, a probe answered "busy" is a failed
+    /// probe. Out of line: only a busy answer comes here.
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn on_busy(&self, permit: Permit, now: impl FnOnce() -> Instant) {
+        match permit.kind {
+            PermitKind::Record => {}
+            PermitKind::Probe | PermitKind::LateProbe if self.busy_open.load(Ordering::Acquire) => {
+                return self.record_probe(permit, true, false, now);
+            }
+            _ => return self.on_cancel(permit),
+        }
+        let word = self.word.load(Ordering::Acquire);
+        if gen_of(word) != permit.generation || state_of(word) != CLOSED {
+            return;
+        }
+        let now = now();
+        // (Wrapping milliseconds: a run is judged over a second or so.)
+        let ms = (self.nanos(now) / 1_000_000) as u32;
+        let minimum = self.minimum_calls.load(Ordering::Relaxed).max(1);
+        let mut run = self.busy.load(Ordering::Acquire);
+        loop {
+            let (first, n) = if run == 0 {
+                (ms, 1)
+            } else {
+                ((run >> 32) as u32, (run as u32).saturating_add(1))
+            };
+            let next = (u64::from(first) << 32) | u64::from(n);
+            match self
+                .busy
+                .compare_exchange_weak(run, next, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => {
+                    let lasted = ms.wrapping_sub(first);
+                    if n >= minimum && (BUSY_RUN_MS..1 << 31).contains(&lasted) {
+                        self.trip_busy(permit.generation, now);
+                    }
+                    return;
+                }
+                Err(current) => run = current,
+            }
+        }
+    }
+
+    /// Opens a closed breaker on a run of "busy" answers (no failure rate:
+    /// none was counted).
+    #[cold]
+    fn trip_busy(&self, generation: u64, now: Instant) {
+        let mut control = self.lock();
+        let word = self.word.load(Ordering::Acquire);
+        if gen_of(word) != generation || state_of(word) != CLOSED {
+            return;
+        }
+        self.open_locked(&mut control, CLOSED, generation, now, None, None);
+        self.busy_open.store(true, Ordering::Release);
+    }
+
     #[inline(always)]
     fn record_closed(
         &self,
@@ -697,6 +772,11 @@ impl Core {
             } else if self.consecutive.load(Ordering::Relaxed) != 0 {
                 self.consecutive.store(0, Ordering::Release);
             }
+        }
+        // A success ends a run of "busy" answers (a failure does not: a
+        // dependency that fails or sheds every call serves nothing).
+        if !failure && self.busy.load(Ordering::Relaxed) != 0 {
+            self.busy.store(0, Ordering::Release);
         }
         if self.judge_after.load(Ordering::Relaxed) != 0 {
             return self.record_after_close(permit.generation, snap, trip, now());
@@ -816,6 +896,11 @@ impl Core {
         let until = self.nanos(now).saturating_add(d);
         self.open_until.store(until, Ordering::Release);
         self.consecutive.store(0, Ordering::Release);
+        self.busy.store(0, Ordering::Release);
+        if from == CLOSED {
+            // (A run of busy answers sets it again: see `trip_busy`.)
+            self.busy_open.store(false, Ordering::Release);
+        }
         self.word
             .store(pack(OPEN, 0, next_gen(generation)), Ordering::Release);
         // Again: a half-open admission that read the state before it
@@ -967,6 +1052,8 @@ impl Core {
         control.trips = 0;
         self.window.reset();
         self.consecutive.store(0, Ordering::Release);
+        self.busy.store(0, Ordering::Release);
+        self.busy_open.store(false, Ordering::Release);
         self.judge_after.store(judge_after, Ordering::Release);
         self.word
             .store(pack(CLOSED, 0, next_gen(generation)), Ordering::Release);
@@ -1004,6 +1091,12 @@ impl Core {
         self.emit_state(public_state(from), public_state(to), None, None);
     }
 }
+
+/// How long a run of "busy" answers with no success between (at least
+/// `minimum_calls` of them) lasts before it opens a closed breaker (see
+/// [`Core::on_busy`]).
+pub(crate) const BUSY_RUN: Duration = Duration::from_secs(1);
+const BUSY_RUN_MS: u32 = BUSY_RUN.as_millis() as u32;
 
 /// The longest a fresh window waits after a close before it is judged (ns).
 const MAX_JUDGE_DELAY: i64 = 1_000_000_000;

@@ -345,6 +345,28 @@ impl<B, E: 'static> Classify<http::Response<B>, E> for GrpcStatusClassifier {
         };
         matches!(code, Some(Code::DeadlineExceeded | Code::Cancelled))
     }
+
+    /// `RESOURCE_EXHAUSTED`, or a status with `grpc-retry-pushback-ms`, in
+    /// the head, the trailers or the error; a proxy's `429`, or `503` with
+    /// a wait, with no `grpc-status`.
+    #[inline]
+    fn is_paced_answer(&self, result: Result<&http::Response<B>, &E>) -> bool {
+        let paced = |code: Code, metadata: &http::HeaderMap| {
+            code == Code::ResourceExhausted
+                || metadata.contains_key(&crate::grpc::status::PUSHBACK_NAME)
+        };
+        match result {
+            Ok(res) => match res.headers().contains_key(Status::GRPC_STATUS) {
+                true => {
+                    super::status::head_code(res).is_some_and(|code| paced(code, res.headers()))
+                }
+                false => crate::http::says_busy(res),
+            },
+            Err(err) => super::status::in_trailers(err)
+                .or_else(|| super::status::status_of(err))
+                .is_some_and(|s| paced(s.code(), s.metadata().as_ref())),
+        }
+    }
 }
 
 #[cfg(test)]

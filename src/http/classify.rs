@@ -234,6 +234,12 @@ impl<B, E: 'static> Classify<http::Response<B>, E> for HttpStatusClassifier {
     fn is_deadline_answer(&self, result: Result<&http::Response<B>, &E>) -> bool {
         result.is_ok_and(|res| res.status() == StatusCode::GATEWAY_TIMEOUT)
     }
+
+    /// A `429`, or a `503` with `Retry-After` or `retry-after-ms`.
+    #[inline]
+    fn is_paced_answer(&self, result: Result<&http::Response<B>, &E>) -> bool {
+        result.is_ok_and(says_busy)
+    }
 }
 
 #[cfg(test)]

@@ -70,7 +70,7 @@ impl fmt::Display for LayerKind {
 /// |---|---|---|---|
 /// | [`Success`](Outcome::Success) | the dependency answered well | a call | an accept |
 /// | [`Failure`](Outcome::Failure) | the dependency is broken (5xx, connection error, attempt timeout, `INTERNAL`) | a failed call | a request, no accept |
-/// | [`Overloaded`](Outcome::Overloaded) | the dependency said "busy" (429, 503, `RESOURCE_EXHAUSTED`, a server's `UNAVAILABLE`) | not counted (opt in with `count_overload`) | a request, no accept |
+/// | [`Overloaded`](Outcome::Overloaded) | the dependency said "busy" (429, 503, `RESOURCE_EXHAUSTED`, a server's `UNAVAILABLE`) | not counted (opt in with `count_overload`), but a second of bare busy answers only (none saying when to come back) opens it | a request, no accept |
 /// | [`Refused`](Outcome::Refused) | this process refused it (bulkhead, rate limit, open breaker, spent budget) | never counted | not counted |
 /// | [`Ignored`](Outcome::Ignored) | the caller's own mistake (most 4xx), or a call not to count | not counted | not counted |
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

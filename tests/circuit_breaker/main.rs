@@ -2410,3 +2410,169 @@ async fn backpressure_wakes_a_waiter_when_a_probe_is_given_back() {
     ready.expect("woken by the slot given back").unwrap();
     assert_eq!(start.elapsed(), Duration::from_millis(300));
 }
+
+/// Status codes: 503 is the dependency's "busy" (not counted), 5xx other
+/// than 503 fail, the rest succeed.
+fn busy_503(r: Result<&u16, &BoxError>) -> Outcome {
+    match r {
+        Ok(503) => Outcome::Overloaded,
+        Ok(code) if *code < 500 => Outcome::Success,
+        _ => Outcome::Failure,
+    }
+}
+
+/// `code` from the status backend through `svc`, every 10 ms of paused
+/// time, for `n` calls: how many reached the backend is counted there.
+async fn every_10ms<S>(svc: &mut S, code: impl Fn(u32) -> u16, n: u32)
+where
+    S: Service<(u16, Duration), Response = u16, Error = BoxError>,
+{
+    for i in 0..n {
+        let _ = svc
+            .ready()
+            .await
+            .unwrap()
+            .call((code(i), Duration::ZERO))
+            .await;
+        advance(Duration::from_millis(10)).await;
+    }
+}
+
+/// A dependency that answers nothing but "busy" (a 503 for every call:
+/// down behind a proxy, or a gRPC server answering `UNAVAILABLE` to all)
+/// serves nothing, however its answers are worded: with the defaults, a
+/// run of busy answers with no success between that lasts a second (and
+/// holds `minimum_calls`) opens the breaker. While it is open for that, a
+/// probe answered "busy" reopens it, rather than giving its slot to the
+/// next call (which made every call a probe); a probe that succeeds closes
+/// it. Busy answers are still not counted in the window.
+#[tokio::test(start_paused = true)]
+async fn a_dependency_that_answers_only_busy_opens_the_breaker_after_a_second() {
+    let rec = Recorder::new();
+    let layer = CircuitBreakerLayer::builder()
+        .classifier(busy_503)
+        .observer(Observer::new(rec.clone()))
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let mut svc = layer.layer(status_backend(calls.clone()));
+    // 100 busy answers over 990 ms: closed, nothing counted.
+    every_10ms(&mut svc, |_| 503, 100).await;
+    assert_eq!(handle.state(), State::Closed);
+    assert_eq!(counts(handle.metrics()), (0, 0, 0));
+    // The 101st, a second after the first: open, for the default 100 ms.
+    every_10ms(&mut svc, |_| 503, 1).await;
+    assert_eq!(handle.state(), State::Open);
+    assert_eq!(calls.load(Ordering::SeqCst), 101);
+    assert_eq!(
+        rec.events().into_iter().find_map(|e| match e.kind {
+            EventKind::StateChanged {
+                to: State::Open,
+                failure_rate,
+                ..
+            } => Some(failure_rate),
+            _ => None,
+        }),
+        Some(None),
+        "no failure was counted"
+    );
+    let refused = svc
+        .ready()
+        .await
+        .unwrap()
+        .call((200, Duration::ZERO))
+        .await
+        .map(|_| "");
+    assert_hint!(retry_after(refused), Some(Duration::from_millis(90)));
+    // The probe is answered busy: open again, the next call refused.
+    advance(Duration::from_millis(100)).await;
+    every_10ms(&mut svc, |_| 503, 1).await;
+    assert_eq!(handle.state(), State::Open, "a busy probe reopens it");
+    every_10ms(&mut svc, |_| 503, 5).await;
+    assert_eq!(calls.load(Ordering::SeqCst), 102, "refused while open");
+    // Served again: the next probe closes it.
+    advance(Duration::from_millis(100)).await;
+    every_10ms(&mut svc, |_| 200, 1).await;
+    assert_eq!(handle.state(), State::Closed);
+    assert_eq!(
+        transitions(&rec),
+        vec![
+            (State::Closed, State::Closed),
+            (State::Closed, State::Open),
+            (State::Open, State::HalfOpen),
+            (State::HalfOpen, State::Open),
+            (State::Open, State::HalfOpen),
+            (State::HalfOpen, State::Closed),
+        ]
+    );
+}
+
+/// A dependency that sheds most of its load but serves the rest (one
+/// call in ten served, the others answered 503, for 10 s) is busy, not
+/// broken: each success ends the run of busy answers, and the breaker
+/// stays closed. So does one that answers only busy to too few calls
+/// to judge (one every 100 ms: 19 calls over 1.8 s, under the 20 of
+/// `minimum_calls`), until the 20th.
+#[tokio::test(start_paused = true)]
+async fn a_dependency_that_serves_part_of_its_load_keeps_the_breaker_closed() {
+    let layer = CircuitBreakerLayer::builder()
+        .classifier(busy_503)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let mut svc = layer.layer(status_backend(calls.clone()));
+    every_10ms(&mut svc, |i| if i % 10 == 9 { 200 } else { 503 }, 1000).await;
+    assert_eq!(handle.state(), State::Closed);
+    assert_eq!(calls.load(Ordering::SeqCst), 1000);
+    // The successes of the window's last 9 s (its first bucket has left).
+    assert_eq!(counts(handle.metrics()), (90, 0, 0));
+
+    let layer = CircuitBreakerLayer::builder()
+        .classifier(busy_503)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let mut svc = layer.layer(status_backend(calls.clone()));
+    for _ in 0..19 {
+        let _ = svc.ready().await.unwrap().call((503, Duration::ZERO)).await;
+        advance(Duration::from_millis(100)).await;
+    }
+    assert_eq!(handle.state(), State::Closed, "19 busy answers in 1.9 s");
+    let _ = svc.ready().await.unwrap().call((503, Duration::ZERO)).await;
+    assert_eq!(handle.state(), State::Open, "the 20th");
+}
+
+/// A run of busy answers that pace their caller (a shedder's `Overloaded`
+/// with a `retry_after`, as a seawall server's refusal arrives: its load
+/// shed, or its own breaker open) is a server that is up and says when to
+/// come back: 300 of them over 3 s leave the breaker closed (a chain of
+/// stacks whose middle hop's breaker was open opened every breaker above
+/// it, and recovered slower). The same answers with no wait open it a
+/// second after the first.
+#[tokio::test(start_paused = true)]
+async fn busy_answers_that_say_when_to_come_back_do_not_open_the_breaker() {
+    for (wait, opens) in [(Some(Duration::from_millis(100)), false), (None, true)] {
+        let layer = CircuitBreakerLayer::builder().build().unwrap();
+        let handle = layer.handle();
+        let mut svc = layer.layer(service_fn(move |_: ()| async move {
+            Err::<(), BoxError>(seawall::error::Overloaded::new("dependency", wait).into())
+        }));
+        let mut opened_after = None;
+        for i in 1..=300u32 {
+            let _ = svc.ready().await.unwrap().call(()).await;
+            if handle.state() == State::Open {
+                opened_after = Some(i);
+                break;
+            }
+            advance(Duration::from_millis(10)).await;
+        }
+        assert_eq!(counts(handle.metrics()), (0, 0, 0), "busy is not counted");
+        if opens {
+            assert_eq!(opened_after, Some(101), "{wait:?}");
+        } else {
+            assert_eq!(opened_after, None, "{wait:?}");
+        }
+    }
+}
