@@ -170,11 +170,13 @@ pub(crate) struct Core {
     /// Read by every call, written on transitions: a line of its own.
     word: Padded<AtomicU64>,
     window: Window,
-    consecutive: AtomicU32,
-    /// The run of "busy" answers (not counted) with no success since: its
-    /// first one's time (ms after `origin`, wrapping) in the high half,
-    /// how many in the low half; 0: no run (see [`on_busy`](Self::on_busy)).
-    busy: AtomicU64,
+    /// The runs a success ends, in one word that a success reads once:
+    /// failures in a row in the low half; in the high half, when the run
+    /// of "busy" answers with no success since began (ms after `origin`,
+    /// wrapping; 0: no run; see [`on_busy`](Self::on_busy)).
+    runs: AtomicU64,
+    /// The busy answers of that run.
+    busy_calls: AtomicU32,
     /// The breaker opened on such a run: a probe answered "busy" is a
     /// failed probe, not a slot given back.
     busy_open: AtomicBool,
@@ -238,8 +240,8 @@ impl Core {
             origin,
             word: Padded(AtomicU64::new(pack(CLOSED, 0, 0))),
             window,
-            consecutive: AtomicU32::new(0),
-            busy: AtomicU64::new(0),
+            runs: AtomicU64::new(0),
+            busy_calls: AtomicU32::new(0),
             busy_open: AtomicBool::new(false),
             failure_rate: AtomicU64::new(config.tuning.failure_rate_threshold.to_bits()),
             slow_rate: AtomicU64::new(config.tuning.slow_call_rate_threshold.to_bits()),
@@ -338,7 +340,7 @@ impl Core {
         if self.in_a_row.swap(in_a_row, Ordering::AcqRel) == 0 && in_a_row != 0 {
             // Successes while the rule was off did not end the run it
             // counted: it starts anew.
-            self.consecutive.store(0, Ordering::Release);
+            self.runs.store(0, Ordering::Release);
         }
         control.open = (t.open_duration, t.open_multiplier, t.max_open_duration);
         *self
@@ -701,30 +703,39 @@ impl Core {
             return;
         }
         let now = now();
-        // (Wrapping milliseconds: a run is judged over a second or so.)
-        let ms = (self.nanos(now) / 1_000_000) as u32;
-        let minimum = self.minimum_calls.load(Ordering::Relaxed).max(1);
-        let mut run = self.busy.load(Ordering::Acquire);
-        loop {
-            let (first, n) = if run == 0 {
-                (ms, 1)
-            } else {
-                ((run >> 32) as u32, (run as u32).saturating_add(1))
-            };
-            let next = (u64::from(first) << 32) | u64::from(n);
+        // (Milliseconds after `origin`, plus one, wrapping, never 0: a run
+        // is judged over a second or so.)
+        let ms = ((self.nanos(now) / 1_000_000) as u32)
+            .wrapping_add(1)
+            .max(1);
+        let mut runs = self.runs.load(Ordering::Acquire);
+        let first = loop {
+            let first = (runs >> 32) as u32;
+            if first != 0 {
+                break first;
+            }
+            // The run begins.
+            let next = (u64::from(ms) << 32) | (runs & u64::from(u32::MAX));
             match self
-                .busy
-                .compare_exchange_weak(run, next, Ordering::AcqRel, Ordering::Acquire)
+                .runs
+                .compare_exchange_weak(runs, next, Ordering::AcqRel, Ordering::Acquire)
             {
                 Ok(_) => {
-                    let lasted = ms.wrapping_sub(first);
-                    if n >= minimum && (BUSY_RUN_MS..1 << 31).contains(&lasted) {
-                        self.trip_busy(permit.generation, now);
-                    }
+                    self.busy_calls.store(1, Ordering::Release);
                     return;
                 }
-                Err(current) => run = current,
+                Err(current) => runs = current,
             }
+        };
+        let n = self
+            .busy_calls
+            .fetch_add(1, Ordering::AcqRel)
+            .saturating_add(1);
+        let lasted = ms.wrapping_sub(first);
+        if n >= self.minimum_calls.load(Ordering::Relaxed).max(1)
+            && (BUSY_RUN_MS..1 << 31).contains(&lasted)
+        {
+            self.trip_busy(permit.generation, now);
         }
     }
 
@@ -765,18 +776,17 @@ impl Core {
             return;
         }
         let mut trip = false;
-        let limit = self.in_a_row.load(Ordering::Relaxed);
-        if limit != 0 {
-            if failure {
-                trip = self.consecutive.fetch_add(1, Ordering::AcqRel) + 1 >= limit;
-            } else if self.consecutive.load(Ordering::Relaxed) != 0 {
-                self.consecutive.store(0, Ordering::Release);
+        if failure {
+            // (A failure leaves a run of busy answers as it is: a
+            // dependency that fails or sheds every call serves nothing.)
+            let limit = self.in_a_row.load(Ordering::Relaxed);
+            if limit != 0 {
+                let before = self.runs.fetch_add(1, Ordering::AcqRel) as u32;
+                trip = before.saturating_add(1) >= limit;
             }
-        }
-        // A success ends a run of "busy" answers (a failure does not: a
-        // dependency that fails or sheds every call serves nothing).
-        if !failure && self.busy.load(Ordering::Relaxed) != 0 {
-            self.busy.store(0, Ordering::Release);
+        } else if self.runs.load(Ordering::Relaxed) != 0 {
+            // A success ends both runs.
+            self.runs.store(0, Ordering::Release);
         }
         if self.judge_after.load(Ordering::Relaxed) != 0 {
             return self.record_after_close(permit.generation, snap, trip, now());
@@ -895,8 +905,7 @@ impl Core {
         self.refused.store(0, Ordering::Relaxed);
         let until = self.nanos(now).saturating_add(d);
         self.open_until.store(until, Ordering::Release);
-        self.consecutive.store(0, Ordering::Release);
-        self.busy.store(0, Ordering::Release);
+        self.runs.store(0, Ordering::Release);
         if from == CLOSED {
             // (A run of busy answers sets it again: see `trip_busy`.)
             self.busy_open.store(false, Ordering::Release);
@@ -1051,8 +1060,7 @@ impl Core {
     ) {
         control.trips = 0;
         self.window.reset();
-        self.consecutive.store(0, Ordering::Release);
-        self.busy.store(0, Ordering::Release);
+        self.runs.store(0, Ordering::Release);
         self.busy_open.store(false, Ordering::Release);
         self.judge_after.store(judge_after, Ordering::Release);
         self.word
