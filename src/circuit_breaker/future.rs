@@ -192,9 +192,11 @@ where
         {
             outcome = Outcome::Ignored;
         }
-        // A busy answer that paces its caller is no sign of a dependency
-        // that serves nothing (see `Core::on_busy`).
-        let run = outcome == Outcome::Overloaded && !paced(&shared.classifier, result.as_ref());
+        // A busy answer: a bare one may be a dependency that serves
+        // nothing; one that paces its caller is from a server that is up
+        // (see `Core::on_busy`).
+        let busy = (outcome == Outcome::Overloaded && !shared.core.config.count_overload)
+            .then(|| !paced(&shared.classifier, result.as_ref()));
         // Judged (a classifier that panicked has left the guard to give a
         // probe's slot back).
         guard.done = true;
@@ -225,13 +227,17 @@ where
             }),
             _ => None,
         };
-        if held.is_none() {
+        if held.is_some() {
+            // Judged at its body's end, which may come long after: the
+            // dependency served its head.
+            shared.core.end_busy_run();
+        } else {
             let (now, latency) = elapsed::<C, CLOCK>(guard);
             let at = At::Now {
                 now,
                 timed: CLOCK != UNTIMED,
             };
-            finish(&shared.core, guard.permit(), latency, outcome, at, run);
+            finish(&shared.core, guard.permit(), latency, outcome, at, busy);
         }
     }
     poll.map_err(Into::into)
@@ -325,10 +331,11 @@ enum At {
 }
 
 /// Records a finished call's outcome (or gives its slot back when it is
-/// not counted) and reports it; `run`: a busy answer that may extend a
-/// run of them (see `Core::on_busy`).
+/// not counted) and reports it; `busy`, for a busy answer not counted:
+/// whether it is bare (`Some(true)`: it may extend a run of them, see
+/// `Core::on_busy`) or paces its caller (`Some(false)`: it ends one).
 #[inline(always)]
-fn finish(core: &Core, permit: Permit, latency: u64, outcome: Outcome, at: At, run: bool) {
+fn finish(core: &Core, permit: Permit, latency: u64, outcome: Outcome, at: At, busy: Option<bool>) {
     let failure = match outcome {
         Outcome::Success => Some(false),
         Outcome::Failure => Some(true),
@@ -347,13 +354,18 @@ fn finish(core: &Core, permit: Permit, latency: u64, outcome: Outcome, at: At, r
         }
         // A "busy" answer: not counted, unless every answer has been busy
         // for a while (see `Core::on_busy`).
-        None if run => match at {
+        None if busy == Some(true) => match at {
             At::Now { now, timed } => {
                 core.on_busy(permit, || if timed { now } else { clock::edge_now() })
             }
             At::BodyEnd { .. } => core.on_busy(permit, clock::edge_now),
         },
-        None => core.on_cancel(permit),
+        None => {
+            if busy == Some(false) {
+                core.end_busy_run();
+            }
+            core.on_cancel(permit)
+        }
     }
     core.observer.emit(
         LayerKind::CircuitBreaker,
@@ -405,14 +417,14 @@ impl Pending {
         self.done = true;
         let core = self.shared.core();
         // (A body that ends busy, a stream's status in its trailers, is
-        // left out of runs of busy answers: not counted, as ever.)
+        // in no run of busy answers, nor ends one: not counted, as ever.)
         finish(
             core,
             self.permit,
             self.latency,
             outcome,
             At::BodyEnd { head: self.head },
-            false,
+            None,
         );
     }
 }

@@ -301,6 +301,8 @@ impl<C> CircuitBreakerBuilder<C> {
 
     /// Open **only** after `n` failures in a row: the window still counts (its
     /// rates stay readable through the handle) but never opens the breaker.
+    /// (A dependency that answers nothing but a bare "busy" for a second
+    /// opens it all the same: see [`count_overload`](Self::count_overload).)
     pub fn consecutive_failures_only(mut self, n: u32) -> Self {
         self.settings.tuning.consecutive_failures = Some(n);
         self.settings.rate_trips = false;
@@ -409,15 +411,17 @@ impl<C> CircuitBreakerBuilder<C> {
     /// it is down (a proxy answering 503 for a dead backend).
     ///
     /// Off, a dependency that answers *nothing but* a bare "busy" still
-    /// opens the breaker: a run of busy answers with no success between
-    /// that lasts a second and holds `minimum_calls` calls (a dependency
-    /// down behind its proxy serves nothing, and its callers' retries sent
-    /// it twice their calls), and while the breaker is open for that, a
-    /// probe answered "busy" keeps it open. A server that sheds part of
-    /// its load serves the rest, and each success ends the run; an answer
+    /// opens the breaker: a run of busy answers with no success between,
+    /// each within a second of the last, that lasts a second and holds
+    /// `minimum_calls` calls (a dependency down behind its proxy serves
+    /// nothing, and its callers' retries sent it twice their calls); and
+    /// a probe answered a bare "busy" is a failed probe, whatever opened
+    /// the breaker (given back, its slot made every call a probe). A
+    /// server that sheds part of its load serves the rest, and each
+    /// success (or head that looks like one) ends the run; an answer
     /// that paces its caller ([`Classify::is_paced_answer`](crate::classify::Classify::is_paced_answer): a quota's
     /// refusal, or a wait named, as a seawall server's refusals, its own
-    /// open breaker's included) is in no run: that server is up.
+    /// open breaker's included) ends it too: that server is up.
     pub fn count_overload(mut self, enabled: bool) -> Self {
         self.settings.count_overload = enabled;
         self

@@ -54,9 +54,9 @@
 //!   `consecutive_failures` in a row (50 by default) opens it whatever the
 //!   window holds, and so does a run of bare "busy" answers
 //!   ([`Outcome::Overloaded`](crate::observe::Outcome::Overloaded), not
-//!   counted, none pacing its caller) with no success between that lasts
-//!   a second and holds `minimum_calls` calls: a dependency that serves
-//!   nothing (see
+//!   counted, none pacing its caller) with no success between, each
+//!   within a second of the last, that lasts a second and holds
+//!   `minimum_calls` calls: a dependency that serves nothing (see
 //!   [`count_overload`](CircuitBreakerBuilder::count_overload)). After a close from half-open, the fresh window is judged
 //!   from three times the probe's time after the close on (at most 1 s):
 //!   it fills with the fastest answers first, and a dependency failing half
@@ -85,9 +85,10 @@
 //!   the protocol presets end a body at its attempt timeout, and the late
 //!   probes below go meanwhile. A
 //!   probe whose future is dropped before it finishes, or that the classifier
-//!   calls [`Ignored`](crate::observe::Outcome::Ignored) or "busy", frees its slot for
-//!   another probe and does not count toward the verdict (a busy one is a
-//!   failed probe when a run of busy answers opened the breaker). A probe that hangs
+//!   calls [`Ignored`](crate::observe::Outcome::Ignored), or "busy" with a
+//!   wait named (see [`Classify::is_paced_answer`](crate::classify::Classify::is_paced_answer)),
+//!   frees its slot for another probe and does not count toward the
+//!   verdict; a probe answered a bare "busy" is a failed probe. A probe that hangs
 //!   holds its slot until it ends (an attempt timeout below the breaker ends
 //!   it, as a failure); meanwhile, once every slot has been out for the last
 //!   open time, the next call goes as one more probe (one per open time),

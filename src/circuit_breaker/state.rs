@@ -7,7 +7,7 @@
 //! a short `Mutex` section; no lock is ever held across an `.await`.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use rand::rngs::SmallRng;
@@ -172,14 +172,16 @@ pub(crate) struct Core {
     window: Window,
     /// The runs a success ends, in one word that a success reads once:
     /// failures in a row in the low half; in the high half, when the run
-    /// of "busy" answers with no success since began (ms after `origin`,
-    /// wrapping; 0: no run; see [`on_busy`](Self::on_busy)).
+    /// of bare "busy" answers with no success since began (a stamp: ms
+    /// after `origin` plus one, wrapping; 0: no run; see
+    /// [`on_busy`](Self::on_busy)).
     runs: AtomicU64,
-    /// The busy answers of that run.
-    busy_calls: AtomicU32,
-    /// The breaker opened on such a run: a probe answered "busy" is a
-    /// failed probe, not a slot given back.
-    busy_open: AtomicBool,
+    /// The busy answers of that run: its stamp in the high half (a count
+    /// kept for another run starts again), the count in the low half.
+    busy_calls: AtomicU64,
+    /// The stamp of the last bare busy answer: a run goes on while they
+    /// come within [`BUSY_RUN`] of each other.
+    busy_last: AtomicU32,
     /// The settings a retune changes, read per call: failure and slow-call
     /// rate thresholds (f64 bits), minimum calls, failures in a row (0: off).
     failure_rate: AtomicU64,
@@ -241,8 +243,8 @@ impl Core {
             word: Padded(AtomicU64::new(pack(CLOSED, 0, 0))),
             window,
             runs: AtomicU64::new(0),
-            busy_calls: AtomicU32::new(0),
-            busy_open: AtomicBool::new(false),
+            busy_calls: AtomicU64::new(0),
+            busy_last: AtomicU32::new(0),
             failure_rate: AtomicU64::new(config.tuning.failure_rate_threshold.to_bits()),
             slow_rate: AtomicU64::new(config.tuning.slow_call_rate_threshold.to_bits()),
             minimum_calls: AtomicU32::new(config.tuning.minimum_calls),
@@ -339,8 +341,8 @@ impl Core {
         let in_a_row = t.consecutive_failures.unwrap_or(0);
         if self.in_a_row.swap(in_a_row, Ordering::AcqRel) == 0 && in_a_row != 0 {
             // Successes while the rule was off did not end the run it
-            // counted: it starts anew.
-            self.runs.store(0, Ordering::Release);
+            // counted: it starts anew (a run of busy answers goes on).
+            self.runs.fetch_and(!LOW_HALF, Ordering::AcqRel);
         }
         control.open = (t.open_duration, t.open_multiplier, t.max_open_duration);
         *self
@@ -677,26 +679,26 @@ impl Core {
         }
     }
 
-    /// A call admitted with `permit` was answered "busy"
+    /// A call admitted with `permit` was answered a bare "busy"
     /// ([`Outcome::Overloaded`](crate::observe::Outcome::Overloaded), not
-    /// counted as a failure) that does not pace its caller (a busy answer
-    /// that does is a call not counted: that server is up): as a call not
-    /// counted ([`on_cancel`](Self::on_cancel)),
-    /// except that a closed breaker whose answers have all been "busy"
-    /// for [`BUSY_RUN`], at least `minimum_calls` of them with no success
-    /// between, opens: the dependency serves nothing (a server that sheds
-    /// part of its load serves the rest, and its successes end the run);
-    /// and while it is open for that, a probe answered "busy" is a failed
-    /// probe. Out of line: only a busy answer comes here.
+    /// counted as a failure, and not pacing its caller: see
+    /// [`end_busy_run`](Self::end_busy_run) for one that does). A closed
+    /// breaker whose answers have all been such for [`BUSY_RUN`], at least
+    /// `minimum_calls` of them (each within [`BUSY_RUN`] of the last) with
+    /// no success between, opens: the dependency serves nothing (a server
+    /// that sheds part of its load serves the rest, and its successes end
+    /// the run). A probe answered so is a failed probe: the dependency
+    /// still serves nothing (given back, its slot made every call a
+    /// probe). Out of line: only a busy answer comes here.
     #[cold]
     #[inline(never)]
     pub(crate) fn on_busy(&self, permit: Permit, now: impl FnOnce() -> Instant) {
         match permit.kind {
             PermitKind::Record => {}
-            PermitKind::Probe | PermitKind::LateProbe if self.busy_open.load(Ordering::Acquire) => {
+            PermitKind::Probe | PermitKind::LateProbe => {
                 return self.record_probe(permit, true, false, now);
             }
-            _ => return self.on_cancel(permit),
+            PermitKind::Ignore => return,
         }
         let word = self.word.load(Ordering::Acquire);
         if gen_of(word) != permit.generation || state_of(word) != CLOSED {
@@ -708,34 +710,68 @@ impl Core {
         let ms = ((self.nanos(now) / 1_000_000) as u32)
             .wrapping_add(1)
             .max(1);
+        // The run this answer is in: the one going on, unless the last
+        // busy answer came longer ago than `BUSY_RUN` (sporadic ones among
+        // other answers are no run), or a new one.
+        let gap = ms.wrapping_sub(self.busy_last.swap(ms, Ordering::AcqRel)) as i32;
         let mut runs = self.runs.load(Ordering::Acquire);
         let first = loop {
             let first = (runs >> 32) as u32;
-            if first != 0 {
+            if first != 0 && gap < BUSY_RUN_MS as i32 {
                 break first;
             }
-            // The run begins.
-            let next = (u64::from(ms) << 32) | (runs & u64::from(u32::MAX));
+            let next = (u64::from(ms) << 32) | (runs & LOW_HALF);
             match self
                 .runs
                 .compare_exchange_weak(runs, next, Ordering::AcqRel, Ordering::Acquire)
             {
-                Ok(_) => {
-                    self.busy_calls.store(1, Ordering::Release);
-                    return;
-                }
+                Ok(_) => break ms,
                 Err(current) => runs = current,
             }
         };
-        let n = self
-            .busy_calls
-            .fetch_add(1, Ordering::AcqRel)
-            .saturating_add(1);
+        let mut calls = self.busy_calls.load(Ordering::Acquire);
+        let n = loop {
+            let n = if (calls >> 32) as u32 == first {
+                (calls as u32).saturating_add(1)
+            } else {
+                1
+            };
+            let next = (u64::from(first) << 32) | u64::from(n);
+            match self.busy_calls.compare_exchange_weak(
+                calls,
+                next,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => break n,
+                Err(current) => calls = current,
+            }
+        };
         let lasted = ms.wrapping_sub(first);
-        if n >= self.minimum_calls.load(Ordering::Relaxed).max(1)
-            && (BUSY_RUN_MS..1 << 31).contains(&lasted)
-        {
+        if n >= self.busy_minimum() && (BUSY_RUN_MS..1 << 31).contains(&lasted) {
             self.trip_busy(permit.generation, now);
+        }
+    }
+
+    /// The busy answers a run needs to open the breaker: `minimum_calls`,
+    /// or a count window's size if smaller (as its rates are judged).
+    fn busy_minimum(&self) -> u32 {
+        let minimum = self.minimum_calls.load(Ordering::Relaxed);
+        match self.config.window {
+            WindowConfig::Count(n) => minimum.min(n),
+            WindowConfig::Time { .. } => minimum,
+        }
+        .max(1)
+    }
+
+    /// An answer that says the dependency is up ends a run of bare busy
+    /// answers: a head that looks like a success (held to its body's end,
+    /// which may come seconds later), or a busy answer that paces its
+    /// caller (a quota's refusal, a wait named: that server is up).
+    #[inline]
+    pub(crate) fn end_busy_run(&self) {
+        if self.runs.load(Ordering::Relaxed) >> 32 != 0 {
+            self.runs.fetch_and(LOW_HALF, Ordering::AcqRel);
         }
     }
 
@@ -749,7 +785,6 @@ impl Core {
             return;
         }
         self.open_locked(&mut control, CLOSED, generation, now, None, None);
-        self.busy_open.store(true, Ordering::Release);
     }
 
     #[inline(always)]
@@ -906,10 +941,6 @@ impl Core {
         let until = self.nanos(now).saturating_add(d);
         self.open_until.store(until, Ordering::Release);
         self.runs.store(0, Ordering::Release);
-        if from == CLOSED {
-            // (A run of busy answers sets it again: see `trip_busy`.)
-            self.busy_open.store(false, Ordering::Release);
-        }
         self.word
             .store(pack(OPEN, 0, next_gen(generation)), Ordering::Release);
         // Again: a half-open admission that read the state before it
@@ -1061,7 +1092,6 @@ impl Core {
         control.trips = 0;
         self.window.reset();
         self.runs.store(0, Ordering::Release);
-        self.busy_open.store(false, Ordering::Release);
         self.judge_after.store(judge_after, Ordering::Release);
         self.word
             .store(pack(CLOSED, 0, next_gen(generation)), Ordering::Release);
@@ -1105,6 +1135,9 @@ impl Core {
 /// [`Core::on_busy`]).
 pub(crate) const BUSY_RUN: Duration = Duration::from_secs(1);
 const BUSY_RUN_MS: u32 = BUSY_RUN.as_millis() as u32;
+
+/// The low half of a word of two halves.
+const LOW_HALF: u64 = u32::MAX as u64;
 
 /// The longest a fresh window waits after a close before it is judged (ns).
 const MAX_JUDGE_DELAY: i64 = 1_000_000_000;

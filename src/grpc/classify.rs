@@ -347,8 +347,8 @@ impl<B, E: 'static> Classify<http::Response<B>, E> for GrpcStatusClassifier {
     }
 
     /// `RESOURCE_EXHAUSTED`, or a status with `grpc-retry-pushback-ms`, in
-    /// the head, the trailers or the error; a proxy's `429`, or `503` with
-    /// a wait, with no `grpc-status`.
+    /// the head, the trailers or the error; with no `grpc-status`, a
+    /// proxy's `429`, or an answer with `Retry-After` or `retry-after-ms`.
     #[inline]
     fn is_paced_answer(&self, result: Result<&http::Response<B>, &E>) -> bool {
         let paced = |code: Code, metadata: &http::HeaderMap| {
@@ -360,7 +360,7 @@ impl<B, E: 'static> Classify<http::Response<B>, E> for GrpcStatusClassifier {
                 true => {
                     super::status::head_code(res).is_some_and(|code| paced(code, res.headers()))
                 }
-                false => crate::http::says_busy(res),
+                false => crate::http::paces(res),
             },
             Err(err) => super::status::in_trailers(err)
                 .or_else(|| super::status::status_of(err))

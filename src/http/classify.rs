@@ -188,6 +188,14 @@ pub(crate) fn says_busy<B>(res: &http::Response<B>) -> bool {
     }
 }
 
+/// Whether a response head paces its caller: a `429` (a quota's
+/// refusal), or any answer with `Retry-After` or `retry-after-ms`.
+pub(crate) fn paces<B>(res: &http::Response<B>) -> bool {
+    res.status() == StatusCode::TOO_MANY_REQUESTS
+        || res.headers().contains_key(http::header::RETRY_AFTER)
+        || res.headers().contains_key(super::RETRY_AFTER_MS)
+}
+
 impl Default for HttpStatusClassifier {
     fn default() -> Self {
         HttpStatusClassifier::new()
@@ -235,10 +243,10 @@ impl<B, E: 'static> Classify<http::Response<B>, E> for HttpStatusClassifier {
         result.is_ok_and(|res| res.status() == StatusCode::GATEWAY_TIMEOUT)
     }
 
-    /// A `429`, or a `503` with `Retry-After` or `retry-after-ms`.
+    /// A `429`, or any answer with `Retry-After` or `retry-after-ms`.
     #[inline]
     fn is_paced_answer(&self, result: Result<&http::Response<B>, &E>) -> bool {
-        result.is_ok_and(says_busy)
+        result.is_ok_and(paces)
     }
 }
 

@@ -89,7 +89,7 @@ pub(crate) use self::answer::Named;
 use self::answer::TextAnswer;
 pub use self::classify::HttpStatusClassifier;
 #[cfg(feature = "tonic")]
-pub(crate) use self::classify::says_busy;
+pub(crate) use self::classify::{paces, says_busy};
 pub(crate) use self::future::AnswerErrorsFuture;
 pub use self::response::{RETRY_AFTER_MS, body_for, retry_after_header, status_for};
 pub(crate) use self::service::AnswerErrors;

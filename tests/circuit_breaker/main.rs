@@ -2411,11 +2411,12 @@ async fn backpressure_wakes_a_waiter_when_a_probe_is_given_back() {
     assert_eq!(start.elapsed(), Duration::from_millis(300));
 }
 
-/// Status codes: 503 is the dependency's "busy" (not counted), 5xx other
-/// than 503 fail, the rest succeed.
+/// Status codes: 503 is the dependency's "busy" (not counted), 404 is not
+/// counted either, 5xx other than 503 fail, the rest succeed.
 fn busy_503(r: Result<&u16, &BoxError>) -> Outcome {
     match r {
         Ok(503) => Outcome::Overloaded,
+        Ok(404) => Outcome::Ignored,
         Ok(code) if *code < 500 => Outcome::Success,
         _ => Outcome::Failure,
     }
@@ -2575,4 +2576,63 @@ async fn busy_answers_that_say_when_to_come_back_do_not_open_the_breaker() {
             assert_eq!(opened_after, None, "{wait:?}");
         }
     }
+}
+
+/// A breaker opened by failures whose dependency then answers only a
+/// bare "busy": its probe is a failed probe, and it opens again (its slot,
+/// given back, made every call a probe while the dependency served
+/// nothing); a probe that is served closes it.
+#[tokio::test(start_paused = true)]
+async fn a_probe_answered_a_bare_busy_reopens_the_breaker() {
+    let layer = CircuitBreakerLayer::builder()
+        .classifier(busy_503)
+        .consecutive_failures(3)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let mut svc = layer.layer(status_backend(calls.clone()));
+    every_10ms(&mut svc, |_| 500, 3).await;
+    assert_eq!(handle.state(), State::Open);
+    advance(Duration::from_millis(100)).await;
+    every_10ms(&mut svc, |_| 503, 1).await;
+    assert_eq!(handle.state(), State::Open, "the busy probe failed");
+    every_10ms(&mut svc, |_| 503, 5).await;
+    assert_eq!(calls.load(Ordering::SeqCst), 4, "one probe, then refused");
+    advance(Duration::from_millis(100)).await;
+    every_10ms(&mut svc, |_| 200, 1).await;
+    assert_eq!(handle.state(), State::Closed);
+}
+
+/// No run of busy answers: bare ones more than a second apart among
+/// answers not counted (404s every 10 ms, a 503 every 1.1 s, for 60 s);
+/// nor bare ones that an answer pacing its caller interrupts every half
+/// second (a seawall `Overloaded` with a `retry_after`: that server is up),
+/// for 5 s at one every 10 ms.
+#[tokio::test(start_paused = true)]
+async fn sporadic_or_paced_busy_answers_make_no_run() {
+    let layer = CircuitBreakerLayer::builder()
+        .classifier(busy_503)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let mut svc = layer.layer(status_backend(Arc::new(AtomicUsize::new(0))));
+    every_10ms(&mut svc, |i| if i % 110 == 0 { 503 } else { 404 }, 6000).await;
+    assert_eq!(handle.state(), State::Closed, "55 busy answers 1.1 s apart");
+
+    let layer = CircuitBreakerLayer::builder().build().unwrap();
+    let handle = layer.handle();
+    let n = Arc::new(AtomicUsize::new(0));
+    let mut svc = layer.layer(service_fn(move |_: ()| {
+        let i = n.fetch_add(1, Ordering::SeqCst);
+        async move {
+            let wait = (i % 50 == 49).then_some(Duration::from_millis(100));
+            Err::<(), BoxError>(seawall::error::Overloaded::new("dependency", wait).into())
+        }
+    }));
+    for _ in 0..500 {
+        let _ = svc.ready().await.unwrap().call(()).await;
+        advance(Duration::from_millis(10)).await;
+    }
+    assert_eq!(handle.state(), State::Closed, "a paced answer every 0.5 s");
 }

@@ -411,7 +411,7 @@ async fn http_preset_retry_lets_the_failed_answer_go_before_the_next_attempt() {
 /// (19 answers: under the 20 that a run of busy answers needs to open
 /// the breaker, as a dependency that answers nothing else does.)
 #[tokio::test]
-async fn http_preset_busy_answers_never_open_the_breaker() {
+async fn http_preset_busy_answers_are_not_counted_by_the_breaker() {
     let server = http_server().await;
     let stack = http_preset()
         .breaker(|b| b.consecutive_failures(1))
@@ -1008,7 +1008,7 @@ async fn grpc_preset_reads_a_failure_sent_as_headers_then_trailers() {
 /// breaker, as a dependency that answers nothing else does: see
 /// `grpc_preset_breaker_opens_on_a_dependency_that_answers_only_unavailable`.)
 #[tokio::test]
-async fn grpc_preset_busy_answers_never_open_the_breaker() {
+async fn grpc_preset_busy_answers_are_not_counted_by_the_breaker() {
     for answer in [Answer::Busy, Answer::Unavailable] {
         let (channel, hits) = serve_raw(answer).await;
         let stack = grpc_preset(Duration::from_millis(500))
@@ -3261,4 +3261,79 @@ async fn http_preset_breaker_opens_on_bare_503s_only_not_on_paced_ones() {
         }
     }
     assert!(hits.load(Ordering::SeqCst) >= 20);
+}
+
+/// A dependency that takes one new call per 200 ms, streams each answer
+/// it takes for 1.5 s, and sheds the rest with a bare `503`: the breaker
+/// judges a success at its body's end, but its head says the dependency
+/// serves, and ends the run of busy answers (judged only at the bodies'
+/// ends, the first 1.5 s were a run of 503s only, and the breaker opened
+/// on a dependency that was serving all it could).
+#[tokio::test]
+async fn http_preset_a_streamed_success_ends_a_run_of_bare_503s() {
+    use axum::response::IntoResponse;
+    let last = Arc::new(std::sync::Mutex::new(None::<tokio::time::Instant>));
+    let app = Router::new().route(
+        "/stream",
+        get(move || {
+            let last = last.clone();
+            async move {
+                {
+                    let mut last = last.lock().unwrap();
+                    if last.is_some_and(|t| t.elapsed() < Duration::from_millis(200)) {
+                        return http::StatusCode::SERVICE_UNAVAILABLE.into_response();
+                    }
+                    *last = Some(tokio::time::Instant::now());
+                }
+                let body = futures::stream::once(async move {
+                    tokio::time::sleep(Duration::from_millis(1500)).await;
+                    Ok::<_, Infallible>(Bytes::from_static(b"done"))
+                });
+                axum::body::Body::from_stream(body).into_response()
+            }
+        }),
+    );
+    let addr = serve_axum(app).await;
+    let rec = seawall::observe::Recorder::new();
+    let stack = http_preset()
+        .total_budget(Duration::from_secs(5))
+        .attempt_timeout(Duration::from_secs(5))
+        .retry(|r| r.max_attempts(1))
+        .observer(rec.clone())
+        .build()
+        .unwrap();
+    let breaker = stack.breaker_handle();
+    let client = stack.layer(hyper());
+    let mut calls = Vec::new();
+    for _ in 0..250 {
+        let client = client.clone();
+        calls.push(tokio::spawn(async move {
+            let res = client.oneshot(get_req(addr, "/stream")).await?;
+            let status = res.status().as_u16();
+            res.into_body().collect().await?;
+            Ok::<u16, seawall::BoxError>(status)
+        }));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let answers: Vec<_> = futures::future::join_all(calls)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap().map_err(|e| e.to_string()))
+        .collect();
+    let opened = rec.count(|e| {
+        matches!(
+            e.kind,
+            seawall::EventKind::StateChanged {
+                to: State::Open,
+                ..
+            }
+        )
+    });
+    assert_eq!(opened, 0, "{:?}", breaker.metrics());
+    let served = answers.iter().filter(|a| matches!(a, Ok(200))).count();
+    assert!(served >= 10, "{answers:?}");
+    assert!(
+        answers.iter().all(|a| matches!(a, Ok(200 | 503))),
+        "{answers:?}"
+    );
 }

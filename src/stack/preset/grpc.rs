@@ -117,7 +117,7 @@ impl ClientStack {
     ///
     /// | part | gRPC preset |
     /// |---|---|
-    /// | breaker classifier | [`GrpcStatusClassifier`]: `INTERNAL`, `UNKNOWN`, `DEADLINE_EXCEEDED`, `CANCELLED` (a tonic server's timeout), `DATA_LOSS` fail, and `UNAVAILABLE` when no server answered it (a connection refused or lost); `RESOURCE_EXHAUSTED` and a server's `UNAVAILABLE`, with or without pushback, are "busy" (not counted by the breaker); other codes ignored; this process's own refusals never count |
+    /// | breaker classifier | [`GrpcStatusClassifier`]: `INTERNAL`, `UNKNOWN`, `DEADLINE_EXCEEDED`, `CANCELLED` (a tonic server's timeout), `DATA_LOSS` fail, and `UNAVAILABLE` when no server answered it (a connection refused or lost); `RESOURCE_EXHAUSTED` and a server's `UNAVAILABLE`, with or without pushback, are "busy" (not counted by the breaker, but a second of bare `UNAVAILABLE` only, from 20 calls, opens it: see [`count_overload`](crate::circuit_breaker::CircuitBreakerBuilder::count_overload)); other codes ignored; this process's own refusals never count |
     /// | status of a failure sent as headers then trailers | read below the breaker ([`TonicTransport`]): classified and retried like a trailers-only one |
     /// | retry policy | [`GrpcRetry`]: `UNAVAILABLE` only (the server did not process the call), `grpc-retry-pushback-ms` honoured; opt more codes in with `.retry(\|r\| r.policy(GrpcRetry::new().with_code(Code::DeadlineExceeded)))` for idempotent methods |
     /// | body replay | request bodies up to 64 KiB are kept for a retry |

@@ -96,7 +96,7 @@ impl ClientStack {
     ///
     /// | part | HTTP preset |
     /// |---|---|
-    /// | breaker classifier | [`HttpStatusClassifier`]: 5xx (but 501 and 503) and 408 fail; 429 and 503 are "busy", with or without `Retry-After` (not counted by the breaker); other 4xx ignored; connection errors and attempt timeouts fail; this process's own refusals never count |
+    /// | breaker classifier | [`HttpStatusClassifier`]: 5xx (but 501 and 503) and 408 fail; 429 and 503 are "busy", with or without `Retry-After` (not counted by the breaker, but a second of bare 503s only, from 20 calls, opens it: see [`count_overload`](crate::circuit_breaker::CircuitBreakerBuilder::count_overload)); other 4xx ignored; connection errors and attempt timeouts fail; this process's own refusals never count |
     /// | retry policy | [`HttpRetry`]: only idempotent methods (GET, HEAD, OPTIONS, TRACE, PUT, DELETE) or requests with an `Idempotency-Key`; 5xx (not 501), 408, 429, connection errors, attempt timeouts; `retry-after-ms` honoured, else `Retry-After`; `x-seawall-attempt` stamped |
     /// | propagation | each attempt carries its time left as `x-request-timeout-ms` and `grpc-timeout` ([`propagate_deadline`](ClientStackBuilder::propagate_deadline) to change) |
     /// | the response body | held to the attempt's deadline; the bulkhead permit and the breaker's verdict are held until it ends, fails or is dropped (a body that fails counts as a failure, one dropped before its end as its head said, a success: see [`hold`](crate::hold)) — read or drop the bodies you get |
