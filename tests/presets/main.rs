@@ -618,15 +618,7 @@ async fn http_preset_breaker_stays_closed_on_a_shedders_bare_503s() {
         .into_iter()
         .flatten()
         .collect();
-    let opened = rec.count(|e| {
-        matches!(
-            e.kind,
-            seawall::EventKind::StateChanged {
-                to: State::Open,
-                ..
-            }
-        )
-    });
+    let opened = opens(&rec);
     assert_eq!(opened, 0, "{:?}", breaker.metrics());
     assert!(
         answers.iter().all(|a| matches!(a, Ok(200 | 503))),
@@ -830,6 +822,19 @@ macro_rules! serve_grpc_in {
             .await
             .unwrap()
     }};
+}
+
+/// How many times the breaker that `rec` hears opened.
+fn opens(rec: &seawall::observe::Recorder) -> usize {
+    rec.count(|e| {
+        matches!(
+            e.kind,
+            seawall::EventKind::StateChanged {
+                to: State::Open,
+                ..
+            }
+        )
+    })
 }
 
 /// The status's `grpc-retry-pushback-ms`.
@@ -3320,15 +3325,7 @@ async fn http_preset_a_streamed_success_ends_a_run_of_bare_503s() {
         .into_iter()
         .map(|r| r.unwrap().map_err(|e| e.to_string()))
         .collect();
-    let opened = rec.count(|e| {
-        matches!(
-            e.kind,
-            seawall::EventKind::StateChanged {
-                to: State::Open,
-                ..
-            }
-        )
-    });
+    let opened = opens(&rec);
     assert_eq!(opened, 0, "{:?}", breaker.metrics());
     let served = answers.iter().filter(|a| matches!(a, Ok(200))).count();
     assert!(served >= 10, "{answers:?}");
