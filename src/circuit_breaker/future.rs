@@ -362,7 +362,7 @@ fn finish(core: &Core, permit: Permit, latency: u64, outcome: Outcome, at: At, b
         },
         None => {
             if busy == Some(false) {
-                core.end_busy_run();
+                core.end_runs();
             }
             core.on_cancel(permit)
         }

@@ -421,7 +421,8 @@ impl<C> CircuitBreakerBuilder<C> {
     /// success (or head that looks like one) ends the run; an answer
     /// that paces its caller ([`Classify::is_paced_answer`](crate::classify::Classify::is_paced_answer): a quota's
     /// refusal, or a wait named, as a seawall server's refusals, its own
-    /// open breaker's included) ends it too: that server is up.
+    /// open breaker's included) ends it, and a run of failures in a row
+    /// too: that server is up and answering.
     pub fn count_overload(mut self, enabled: bool) -> Self {
         self.settings.count_overload = enabled;
         self

@@ -52,7 +52,8 @@
 //!   above `slow_call_rate_threshold`. The window really slides: after 1 000
 //!   successes, a 10-call window at 50 % opens after 5 failures. A run of
 //!   `consecutive_failures` in a row (50 by default) opens it whatever the
-//!   window holds, and so does a run of bare "busy" answers
+//!   window holds (a "busy" answer that paces its caller, a server up and
+//!   answering, ends the run), and so does a run of bare "busy" answers
 //!   ([`Outcome::Overloaded`](crate::observe::Outcome::Overloaded), not
 //!   counted, none pacing its caller) with no success between, each
 //!   within a second of the last, that lasts a second and holds

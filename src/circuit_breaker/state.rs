@@ -764,14 +764,29 @@ impl Core {
         .max(1)
     }
 
-    /// An answer that says the dependency is up ends a run of bare busy
-    /// answers: a head that looks like a success (held to its body's end,
-    /// which may come seconds later), or a busy answer that paces its
-    /// caller (a quota's refusal, a wait named: that server is up).
+    /// A head that looks like a success (held to its body's end, which may
+    /// come seconds later) ends a run of bare busy answers: the dependency
+    /// serves. (Not a run of failures: the body may still fail, as a
+    /// stream that fails after its first message does.)
     #[inline]
     pub(crate) fn end_busy_run(&self) {
         if self.runs.load(Ordering::Relaxed) >> 32 != 0 {
             self.runs.fetch_and(LOW_HALF, Ordering::AcqRel);
+        }
+    }
+
+    /// A busy answer that paces its caller (a quota's refusal, a wait
+    /// named) ends both runs, of bare busy answers and of failures in a
+    /// row: that server is up and answering. (A seawall server that
+    /// admitted a burst and shed the rest answered some of its queue `504`
+    /// at the client's attempt deadline between its `503`s with
+    /// `Retry-After`; not counted, those `503`s left the `504`s in a row,
+    /// and the client's breaker opened at start in 7 of 11 runs of a new
+    /// user's trial.)
+    #[cold]
+    pub(crate) fn end_runs(&self) {
+        if self.runs.load(Ordering::Relaxed) != 0 {
+            self.runs.store(0, Ordering::Release);
         }
     }
 

@@ -2636,3 +2636,34 @@ async fn sporadic_or_paced_busy_answers_make_no_run() {
     }
     assert_eq!(handle.state(), State::Closed, "a paced answer every 0.5 s");
 }
+
+/// A busy answer that paces its caller (a seawall `Overloaded` with a
+/// `retry_after`, as a server that shed a burst answers between the `504`s
+/// of the calls it queued past their deadline) is a server up and
+/// answering: it ends a run of failures in a row. Two failures, one such
+/// answer, two failures, for 30 calls: closed; the third failure in a row
+/// opens it.
+#[tokio::test(start_paused = true)]
+async fn a_busy_answer_that_paces_its_caller_ends_a_run_of_failures() {
+    let layer = CircuitBreakerLayer::builder()
+        .consecutive_failures_only(3)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let mut svc = layer.layer(service_fn(|paced: bool| async move {
+        Err::<(), BoxError>(if paced {
+            seawall::error::Overloaded::new("dependency", Some(Duration::from_millis(100))).into()
+        } else {
+            "failed".into()
+        })
+    }));
+    for i in 0..30 {
+        let _ = svc.ready().await.unwrap().call(i % 3 == 2).await;
+    }
+    assert_eq!(handle.state(), State::Closed);
+    assert_eq!(counts(handle.metrics()), (20, 20, 0));
+    for _ in 0..3 {
+        let _ = svc.ready().await.unwrap().call(false).await;
+    }
+    assert_eq!(handle.state(), State::Open, "the third failure in a row");
+}
