@@ -341,7 +341,10 @@ where
                             // only where it has room.)
                             let busy = !matches!(&result, Err(e) if crate::classify::is_local_refusal(e))
                                 && (after.is_some()
-                                    || shared.policy.is_busy_answer(result.as_ref()));
+                                    || shared.policy.is_busy_answer(result.as_ref())
+                                    || (shared.policy.outcome(result.as_ref(), verdict)
+                                        == Outcome::Overloaded
+                                        && shared.budget.busy_run()));
                             match plan(
                                 shared,
                                 timed_out,

@@ -102,7 +102,9 @@ pub trait RetryPolicy<Req, Res>: Send + Sync + 'static {
     /// is busy whatever this says. Default: nothing else; the protocol
     /// policies add an HTTP `429` and a gRPC `RESOURCE_EXHAUSTED`. A bare
     /// `503` or `UNAVAILABLE` is not busy to them: one instance of several
-    /// down says so too, where a retry to another saves the request.
+    /// down says so too, where a retry to another saves the request (the
+    /// retry layer takes it for busy once 10 such answers come with no
+    /// request succeeding since: then the dependency serves nothing).
     fn is_busy_answer(&self, result: Result<&Res, &BoxError>) -> bool {
         let _ = result;
         false

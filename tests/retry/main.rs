@@ -1578,3 +1578,40 @@ async fn timeouts_common_are_reported_as_such() {
     assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 2);
     assert_eq!(calls.load(Ordering::SeqCst), 42);
 }
+
+/// A dependency that served 200 requests, then answers a bare "busy" (a
+/// shedder's `Overloaded` with no wait: a `503` or a server's
+/// `UNAVAILABLE` without one) to the next 100: a retry of such an answer
+/// may draw on the successes' credit (one instance of several down
+/// answers it too), but once 10 come with no request succeeding since,
+/// the dependency serves nothing, and its retries draw on the budget's
+/// fraction of requests and floor only: 100 + 5 % of the requests. (The
+/// successes' credit paid for 200 here, every retry the 100 could make.)
+#[tokio::test(start_paused = true)]
+async fn a_run_of_bare_busy_answers_is_retried_within_the_floor_and_the_fraction() {
+    let calls = Arc::new(AtomicU32::new(0));
+    let c = calls.clone();
+    let svc = tower::service_fn(move |i: u32| {
+        c.fetch_add(1, Ordering::SeqCst);
+        async move {
+            if i < 200 {
+                Ok(i)
+            } else {
+                Err::<u32, BoxError>(seawall::error::Overloaded::new("dependency", None).into())
+            }
+        }
+    });
+    let layer = RetryLayer::builder()
+        .backoff(MS, MS)
+        .jitter(Jitter::None)
+        .build()
+        .unwrap();
+    let mut svc = layer.layer(svc);
+    for i in 0..300 {
+        let _ = svc.ready().await.unwrap().call(i).await;
+    }
+    // 100 requests and 115 retries: the floor's 100 and 5 % of 300.
+    assert_eq!(count(&calls) - 200, 215);
+    let snap = layer.budget().snapshot();
+    assert_eq!((snap.requests, snap.retries), (300, 115));
+}
