@@ -26,6 +26,15 @@ fn counts(s: BudgetSnapshot) -> (u64, u64, u64) {
     (s.requests, s.retries, s.available)
 }
 
+/// The layer's defaults (its budget), retries 1 ms apart, unjittered.
+fn default_budget_1ms_apart() -> RetryLayer {
+    RetryLayer::builder()
+        .backoff(MS, MS)
+        .jitter(Jitter::None)
+        .build()
+        .unwrap()
+}
+
 fn scheduled(rec: &Recorder) -> Vec<(u32, Duration)> {
     rec.events()
         .iter()
@@ -1327,11 +1336,7 @@ mod grpc_tests {
 async fn the_default_budget_grows_with_success() {
     let calls = Arc::new(AtomicU32::new(0));
     let svc = brownout(Arc::new(AtomicBool::new(false)), calls.clone());
-    let layer = RetryLayer::builder()
-        .backoff(MS, MS)
-        .jitter(Jitter::None)
-        .build()
-        .unwrap();
+    let layer = default_budget_1ms_apart();
     let mut svc = layer.layer(svc);
     let mut ok = 0;
     for i in 0..300 {
@@ -1601,11 +1606,7 @@ async fn a_run_of_bare_busy_answers_is_retried_within_the_floor_and_the_fraction
             }
         }
     });
-    let layer = RetryLayer::builder()
-        .backoff(MS, MS)
-        .jitter(Jitter::None)
-        .build()
-        .unwrap();
+    let layer = default_budget_1ms_apart();
     let mut svc = layer.layer(svc);
     for i in 0..300 {
         let _ = svc.ready().await.unwrap().call(i).await;
