@@ -346,7 +346,11 @@ pub enum EventKind {
         /// The window's failure rate (0..=1) at the change, if it applies.
         /// A breaker opened by failures in a row (`consecutive_failures`)
         /// reports 1, the rate of the run that opened it: its window's
-        /// may be low (a few hundred successes before the run).
+        /// may be low (a few hundred successes before the run). One
+        /// opened by a run of bare "busy" answers (a dependency that
+        /// serves nothing; see
+        /// [`count_overload`](crate::circuit_breaker::CircuitBreakerBuilder::count_overload))
+        /// reports none: no failure was counted.
         failure_rate: Option<f64>,
         /// The window's slow-call rate (0..=1) at the change, if it applies.
         slow_call_rate: Option<f64>,
