@@ -59,9 +59,21 @@ pin_project! {
         S: Service<Req>,
     {
         Admitted { #[pin] future: S::Future, permit: Option<Permit> },
-        Queued { waiting: Pin<Box<Waiting<S, Req>>> },
-        Rejected { error: Option<BoxError> },
+        // Queued for a herd, or refused: one state, so that an admitted
+        // call's poll and drop tell two states apart, not three.
+        Cold { cold: Cold<S, Req> },
     }
+}
+
+/// A future that is no admitted call's.
+enum Cold<S, Req>
+where
+    S: Service<Req>,
+{
+    /// Queued for a herd, waiting for a place.
+    Queued(Pin<Box<Waiting<S, Req>>>),
+    /// Refused (the error taken once it was returned).
+    Refused(Option<BoxError>),
 }
 
 /// A request's place in the queue for a herd: leaves it when dropped.
@@ -114,8 +126,8 @@ where
         patience: tokio::time::Instant,
     ) -> Self {
         ResponseFuture {
-            state: State::Queued {
-                waiting: Box::pin(Waiting {
+            state: State::Cold {
+                cold: Cold::Queued(Box::pin(Waiting {
                     place: Place {
                         limiter,
                         idx,
@@ -127,7 +139,7 @@ where
                     deadline,
                     patient: patience < deadline,
                     sleep: tokio::time::sleep_until(patience.min(deadline)),
-                }),
+                })),
             },
             hold: PhantomData,
         }
@@ -146,7 +158,9 @@ where
 
     pub(crate) fn rejected(error: BoxError) -> Self {
         ResponseFuture {
-            state: State::Rejected { error: Some(error) },
+            state: State::Cold {
+                cold: Cold::Refused(Some(error)),
+            },
             hold: PhantomData,
         }
     }
@@ -158,7 +172,9 @@ where
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.state {
-            State::Queued { .. } => f
+            State::Cold {
+                cold: Cold::Queued(_),
+            } => f
                 .debug_struct("ResponseFuture")
                 .field("queued", &true)
                 .finish_non_exhaustive(),
@@ -166,7 +182,9 @@ where
                 .debug_struct("ResponseFuture")
                 .field("permit", permit)
                 .finish_non_exhaustive(),
-            State::Rejected { error } => f
+            State::Cold {
+                cold: Cold::Refused(error),
+            } => f
                 .debug_struct("ResponseFuture")
                 .field("error", error)
                 .finish(),
@@ -213,8 +231,8 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let _edge = crate::clock::Edge::enter();
         let mut this = self.project();
-        if let State::Queued { .. } = &*this.state {
-            if let Some(error) = ready!(poll_queued::<S, Req, M>(this.state.as_mut(), cx)) {
+        if let State::Cold { .. } = &*this.state {
+            if let Some(error) = ready!(poll_cold::<S, Req, M>(this.state.as_mut(), cx)) {
                 return Poll::Ready(Err(error));
             }
         }
@@ -268,19 +286,19 @@ where
                 }
                 poll.map_err(Into::into)
             }
-            StateProj::Rejected { error } => crate::error::poll_rejected(error),
-            StateProj::Queued { .. } => Poll::Pending,
+            // (Left by `poll_cold` only once admitted.)
+            StateProj::Cold { .. } => Poll::Pending,
         }
     }
 }
 
-/// A queued request's state: `Ready(None)` once it was handed its place
-/// (the state is then `Admitted`), `Ready(Some(error))` refused (the state
-/// is then `Rejected`). Out of line: the admitted calls' poll only looks
-/// at the state's tag.
+/// A future that is no admitted call's: `Ready(None)` once a queued
+/// request was handed its place (the state is then `Admitted`),
+/// `Ready(Some(error))` refused (its error, once). Out of line: the
+/// admitted calls' poll only looks at the state's tag.
 #[cold]
 #[inline(never)]
-fn poll_queued<S, Req, M>(
+fn poll_cold<S, Req, M>(
     mut state: Pin<&mut State<S, Req>>,
     cx: &mut Context<'_>,
 ) -> Poll<Option<BoxError>>
@@ -288,8 +306,18 @@ where
     S: Service<Req>,
     M: Release<Req>,
 {
-    let StateProj::Queued { waiting } = state.as_mut().project() else {
+    let StateProj::Cold { cold } = state.as_mut().project() else {
         return Poll::Ready(None);
+    };
+    let waiting = match cold {
+        Cold::Queued(waiting) => waiting,
+        Cold::Refused(error) => {
+            return Poll::Ready(Some(
+                error
+                    .take()
+                    .unwrap_or_else(|| "future polled after completion".into()),
+            ));
+        }
     };
     match ready!(poll_place::<S, Req, M>(waiting.as_mut(), cx)) {
         Ok((future, permit)) => {
@@ -300,7 +328,9 @@ where
             Poll::Ready(None)
         }
         Err(error) => {
-            state.set(State::Rejected { error: None });
+            state.set(State::Cold {
+                cold: Cold::Refused(None),
+            });
             Poll::Ready(Some(error))
         }
     }
