@@ -127,32 +127,43 @@ pub(crate) trait Linked {
 }
 
 /// The ends and length of an index-based doubly linked list over `slots`.
-pub(crate) struct Ends<'a> {
-    pub(crate) head: &'a mut u32,
-    pub(crate) tail: &'a mut u32,
-    pub(crate) len: &'a mut usize,
+#[derive(Debug)]
+pub(crate) struct Ends {
+    /// The oldest slot in the list (`NIL`: none).
+    pub(crate) head: u32,
+    /// The newest slot in the list (`NIL`: none).
+    pub(crate) tail: u32,
+    /// The slots in the list.
+    pub(crate) len: usize,
 }
 
-impl Ends<'_> {
+impl Ends {
+    /// An empty list.
+    pub(crate) const EMPTY: Ends = Ends {
+        head: NIL,
+        tail: NIL,
+        len: 0,
+    };
+
     /// Links slot `idx` at the tail.
-    pub(crate) fn push_back<S: Linked>(self, slots: &mut [S], idx: u32) {
-        let tail = *self.tail;
+    pub(crate) fn push_back<S: Linked>(&mut self, slots: &mut [S], idx: u32) {
+        let tail = self.tail;
         {
             let (prev, next) = slots[idx as usize].links();
             *prev = tail;
             *next = NIL;
         }
         if tail == NIL {
-            *self.head = idx;
+            self.head = idx;
         } else {
             *slots[tail as usize].links().1 = idx;
         }
-        *self.tail = idx;
-        *self.len += 1;
+        self.tail = idx;
+        self.len += 1;
     }
 
     /// Takes slot `idx` out of the list.
-    pub(crate) fn unlink<S: Linked>(self, slots: &mut [S], idx: u32) {
+    pub(crate) fn unlink<S: Linked>(&mut self, slots: &mut [S], idx: u32) {
         let (prev, next) = {
             let (p, n) = slots[idx as usize].links();
             let links = (*p, *n);
@@ -160,16 +171,16 @@ impl Ends<'_> {
             links
         };
         if prev == NIL {
-            *self.head = next;
+            self.head = next;
         } else {
             *slots[prev as usize].links().1 = next;
         }
         if next == NIL {
-            *self.tail = prev;
+            self.tail = prev;
         } else {
             *slots[next as usize].links().0 = prev;
         }
-        *self.len -= 1;
+        self.len -= 1;
     }
 }
 
@@ -205,9 +216,7 @@ struct WaitList {
     slots: Vec<Slot>,
     max_slots: usize,
     free: u32,
-    head: u32,
-    tail: u32,
-    len: usize,
+    ends: Ends,
     /// When the queue last went from empty to non-empty.
     busy_since: Option<Instant>,
 }
@@ -228,9 +237,7 @@ impl WaitList {
             slots: Vec::with_capacity(max_queue.min(PREALLOCATED_SLOTS)),
             max_slots,
             free: NIL,
-            head: NIL,
-            tail: NIL,
-            len: 0,
+            ends: Ends::EMPTY,
             busy_since: None,
         }
     }
@@ -263,33 +270,20 @@ impl WaitList {
         self.free = idx;
     }
 
-    fn ends(&mut self) -> (Ends<'_>, &mut [Slot]) {
-        (
-            Ends {
-                head: &mut self.head,
-                tail: &mut self.tail,
-                len: &mut self.len,
-            },
-            &mut self.slots,
-        )
-    }
-
     /// Appends slot `idx` at the tail, in state `Waiting`.
     fn push_back(&mut self, idx: u32, waker: Option<Waker>, now: Option<Instant>) {
-        if self.len == 0 {
+        if self.ends.len == 0 {
             self.busy_since = now;
         }
         let slot = &mut self.slots[idx as usize];
         slot.state = SlotState::Waiting;
         slot.waker = waker;
-        let (ends, slots) = self.ends();
-        ends.push_back(slots, idx);
+        self.ends.push_back(&mut self.slots, idx);
     }
 
     fn unlink(&mut self, idx: u32) {
-        let (ends, slots) = self.ends();
-        ends.unlink(slots, idx);
-        if self.len == 0 {
+        self.ends.unlink(&mut self.slots, idx);
+        if self.ends.len == 0 {
             self.busy_since = None;
         }
     }
@@ -462,7 +456,7 @@ impl Engine {
         loop {
             let waker = {
                 let mut list = self.lock();
-                if list.len == 0 {
+                if list.ends.len == 0 {
                     return;
                 }
                 let lifo = match self.settings.order {
@@ -473,7 +467,7 @@ impl Engine {
                     }),
                     QueueOrder::Fifo | QueueOrder::Codel => false,
                 };
-                let idx = if lifo { list.tail } else { list.head };
+                let idx = if lifo { list.ends.tail } else { list.ends.head };
                 if !self.take() {
                     return;
                 }
@@ -541,13 +535,13 @@ impl Striped<Engine> {
             return Acquire::Full;
         }
         let mut list = self.lock();
-        if list.len == 0 && self.take() {
+        if list.ends.len == 0 && self.take() {
             // The waiters left meanwhile and a permit is free.
             return Acquire::Permit(Permit {
                 engine: self.ticket(),
             });
         }
-        if list.len >= max_queue {
+        if list.ends.len >= max_queue {
             // Any permit freed now goes to the waiters already queued.
             return Acquire::Full;
         }
@@ -734,7 +728,7 @@ mod tests {
         };
         drop((p2, p3, w));
         assert_eq!(e.available_permits(), 2);
-        assert_eq!(e.lock().len, 0);
+        assert_eq!(e.lock().ends.len, 0);
     }
 
     #[test]
@@ -785,9 +779,9 @@ mod tests {
         drop(w1);
         assert_eq!(e.available_permits(), 1);
         let list = e.lock();
-        assert_eq!(list.len, 0);
-        assert_eq!(list.head, NIL);
-        assert_eq!(list.tail, NIL);
+        assert_eq!(list.ends.len, 0);
+        assert_eq!(list.ends.head, NIL);
+        assert_eq!(list.ends.tail, NIL);
     }
 
     #[test]

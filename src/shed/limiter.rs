@@ -1185,7 +1185,7 @@ impl Limiter {
     /// rate look slow just as the first of a batch ends (5 ended in 20 ms,
     /// where 4 end every 10 ms).
     fn measured_drain_ns(&self, q: &mut Queue, now: Instant) -> u64 {
-        if q.len == 0 {
+        if q.ends.len == 0 {
             return 0;
         }
         let now_ns = self.stamp(now);
@@ -1251,7 +1251,7 @@ impl Limiter {
         let mut q = self.lock_queue();
         let limit = self.limit.load(Ordering::Relaxed);
         let drain = self.measured_drain_ns(&mut q, now);
-        let ahead = self.inflight.load(Ordering::Relaxed).saturating_sub(limit) + q.len;
+        let ahead = self.inflight.load(Ordering::Relaxed).saturating_sub(limit) + q.ends.len;
         let wait = Self::drained_in(&q, now, drain, ahead);
         drop(q);
         if wait <= hint {
@@ -1311,10 +1311,15 @@ impl Limiter {
         let limit = self.limit.load(Ordering::Relaxed);
         let drain = self.joining_drain_ns(&mut q, now, limit);
         let over = self.inflight.load(Ordering::SeqCst).saturating_sub(limit);
-        if !Self::fits(drain, over + q.len + 1, limit, deadline.remaining_from(now)) {
+        if !Self::fits(
+            drain,
+            over + q.ends.len + 1,
+            limit,
+            deadline.remaining_from(now),
+        ) {
             return None;
         }
-        if q.len == 0 && now_ns >= self.joins_until_ns.load(Ordering::Relaxed) {
+        if q.ends.len == 0 && now_ns >= self.joins_until_ns.load(Ordering::Relaxed) {
             // A queue begins, if its burst began after a window without a
             // refusal (see `bursting`): it takes arrivals for `JOINS`.
             // Else each time
@@ -1331,7 +1336,7 @@ impl Limiter {
             );
         }
         let idx = q.push(class, deadline.instant(), now_ns)?;
-        self.waiting.store(q.len, Ordering::SeqCst);
+        self.waiting.store(q.ends.len, Ordering::SeqCst);
         // A place may have come free meanwhile.
         self.grant(&mut q, now);
         let patience = Duration::from_nanos(
@@ -1355,7 +1360,7 @@ impl Limiter {
         }
         let hint = self.retry_hint(now);
         self.refuse_waiter(&mut q, idx, hint, now);
-        self.waiting.store(q.len, Ordering::SeqCst);
+        self.waiting.store(q.ends.len, Ordering::SeqCst);
         // Nothing waits again until the calls at the limit move: a hung
         // dependency behind them would make every request that comes wait
         // its patience (see `reached`).
@@ -1402,7 +1407,7 @@ impl Limiter {
         if drain != 0 {
             let over = self.inflight.load(Ordering::SeqCst).saturating_sub(limit);
             while let Some(idx) = q.tail() {
-                let ahead = over + q.len;
+                let ahead = over + q.ends.len;
                 if Self::fits(
                     drain,
                     ahead,
@@ -1416,7 +1421,7 @@ impl Limiter {
                 self.refuse_waiter(&mut q, idx, hint, now);
             }
         }
-        self.waiting.store(q.len, Ordering::SeqCst);
+        self.waiting.store(q.ends.len, Ordering::SeqCst);
     }
 
     /// Hands the free places under the limit to the oldest waiters.
@@ -1450,7 +1455,7 @@ impl Limiter {
                 waker.wake();
             }
         }
-        self.waiting.store(q.len, Ordering::SeqCst);
+        self.waiting.store(q.ends.len, Ordering::SeqCst);
     }
 
     /// Where waiter `idx` stands: granted (with its class; its slot given
@@ -1496,7 +1501,7 @@ impl Limiter {
             }
             self.grant(&mut q, crate::clock::edge_now());
         }
-        self.waiting.store(q.len, Ordering::SeqCst);
+        self.waiting.store(q.ends.len, Ordering::SeqCst);
     }
 }
 

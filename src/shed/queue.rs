@@ -55,9 +55,7 @@ impl Linked for Slot {
 pub(crate) struct Queue {
     slots: Vec<Slot>,
     free: u32,
-    head: u32,
-    tail: u32,
-    pub(crate) len: usize,
+    pub(crate) ends: Ends,
     pub(crate) max: usize,
     /// When the queue last went from empty to waiting (ns since the
     /// limiter's epoch) and the calls that ended since: how fast places
@@ -77,9 +75,7 @@ impl Queue {
         Queue {
             slots: Vec::new(),
             free: NIL,
-            head: NIL,
-            tail: NIL,
-            len: 0,
+            ends: Ends::EMPTY,
             max,
             opened_ns: 0,
             ended: 0,
@@ -96,7 +92,7 @@ impl Queue {
         deadline: Instant,
         now_ns: u64,
     ) -> Option<u32> {
-        if self.len >= self.max {
+        if self.ends.len >= self.max {
             return None;
         }
         let idx = if self.free != NIL {
@@ -118,7 +114,7 @@ impl Queue {
             });
             idx
         };
-        if self.len == 0 {
+        if self.ends.len == 0 {
             self.opened_ns = now_ns;
             self.ended = 0;
             self.mark_ns = now_ns;
@@ -131,19 +127,18 @@ impl Queue {
         slot.deadline = deadline;
         slot.joined = self.ended;
         slot.waker = None;
-        let (ends, slots) = self.ends();
-        ends.push_back(slots, idx);
+        self.ends.push_back(&mut self.slots, idx);
         Some(idx)
     }
 
     /// The oldest waiter.
     pub(crate) fn head(&self) -> Option<u32> {
-        (self.head != NIL).then_some(self.head)
+        (self.ends.head != NIL).then_some(self.ends.head)
     }
 
     /// The newest waiter.
     pub(crate) fn tail(&self) -> Option<u32> {
-        (self.tail != NIL).then_some(self.tail)
+        (self.ends.tail != NIL).then_some(self.ends.tail)
     }
 
     pub(crate) fn class(&self, idx: u32) -> Criticality {
@@ -196,20 +191,8 @@ impl Queue {
         self.free = idx;
     }
 
-    fn ends(&mut self) -> (Ends<'_>, &mut [Slot]) {
-        (
-            Ends {
-                head: &mut self.head,
-                tail: &mut self.tail,
-                len: &mut self.len,
-            },
-            &mut self.slots,
-        )
-    }
-
     fn unlink(&mut self, idx: u32) {
-        let (ends, slots) = self.ends();
-        ends.unlink(slots, idx);
+        self.ends.unlink(&mut self.slots, idx);
     }
 }
 
@@ -229,12 +212,12 @@ mod tests {
         assert_eq!((q.head(), q.tail()), (Some(a), Some(c)));
         // Leaves from the middle.
         q.free(b);
-        assert_eq!(q.len, 2);
+        assert_eq!(q.ends.len, 2);
         assert!(q.settle(a, Place::Granted).is_none());
         assert_eq!(q.place(a), Place::Granted);
         assert_eq!((q.head(), q.tail()), (Some(c), Some(c)));
         q.settle(c, Place::Refused(Duration::from_millis(5)));
-        assert_eq!((q.head(), q.tail(), q.len), (None, None, 0));
+        assert_eq!((q.head(), q.tail(), q.ends.len), (None, None, 0));
         q.free(a);
         q.free(c);
         // The freed slots are reused: no fourth one.
