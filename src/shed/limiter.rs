@@ -76,6 +76,9 @@ pub(crate) struct Config {
     /// stack's, whose calls are all out, and whose refusals are therefore
     /// local: see [`Limiter::guards_calls_out`]).
     pub(crate) waits_apart: bool,
+    /// A request the limit refuses waits for a place instead (see
+    /// [`Limiter::try_queue`]).
+    pub(crate) wait_at_limit: bool,
 }
 
 /// How long a burst above the limit is admitted (see `bursting`):
@@ -248,6 +251,9 @@ pub(crate) struct Limiter {
     shares: [f64; 4],
     reject_doomed: bool,
     waits_apart: bool,
+    /// A request the limit refuses waits in the queue for a place instead,
+    /// to its deadline (see `try_queue` and `grant`).
+    wait_at_limit: bool,
     /// [`BURST`], or as configured (ns; 0: no bursts).
     burst_ns: u64,
     /// The queue for a herd's bound (0: no queue).
@@ -345,6 +351,7 @@ impl Limiter {
             shares: config.shares,
             reject_doomed: config.reject_doomed,
             waits_apart: config.waits_apart,
+            wait_at_limit: config.wait_at_limit,
             burst_ns: crate::clock::nanos(config.burst),
             max_queue: config.max_queue,
             judges_kept: algorithm.judges_kept(),
@@ -1298,6 +1305,12 @@ impl Limiter {
     /// have drained; an
     /// overload that lasts queues its first [`JOINS`] only, and is refused
     /// at once from then on, as before.
+    ///
+    /// A limit that waits at the limit (`wait_at_limit`, a client
+    /// stack's) takes any request it refused at the limit, whenever, with
+    /// no judgement by the rate: it waits to its deadline, and `grant`
+    /// hands the places out (the oldest first while it can be served in
+    /// time, else the newest).
     #[cold]
     #[inline(never)]
     pub(crate) fn try_queue(&self, class: Criticality, now: Instant) -> Option<(u32, Duration)> {
@@ -1309,17 +1322,19 @@ impl Limiter {
         // (With no queue, `Queue::push` finds it full.)
         let mut q = self.lock_queue();
         let limit = self.limit.load(Ordering::Relaxed);
-        let drain = self.joining_drain_ns(&mut q, now, limit);
-        let over = self.inflight.load(Ordering::SeqCst).saturating_sub(limit);
-        if !Self::fits(
-            drain,
-            over + q.ends.len + 1,
+        if self.wait_at_limit {
+            // Waits to its deadline (see `grant`).
+        } else if !Self::fits(
+            self.joining_drain_ns(&mut q, now, limit),
+            self.inflight
+                .load(Ordering::SeqCst)
+                .saturating_sub(limit)
+                .saturating_add(q.ends.len + 1),
             limit,
             deadline.remaining_from(now),
         ) {
             return None;
-        }
-        if q.ends.len == 0 && now_ns >= self.joins_until_ns.load(Ordering::Relaxed) {
+        } else if q.ends.len == 0 && now_ns >= self.joins_until_ns.load(Ordering::Relaxed) {
             // A queue begins, if its burst began after a window without a
             // refusal (see `bursting`): it takes arrivals for `JOINS`.
             // Else each time
@@ -1336,6 +1351,12 @@ impl Limiter {
             );
         }
         let idx = q.push(class, deadline.instant(), now_ns)?;
+        if self.wait_at_limit {
+            // Counted as refused at the limit, as it would have been (the
+            // algorithm reads the requests a second the limit turned away:
+            // what the window asked for).
+            self.note_refused();
+        }
         self.waiting.store(q.ends.len, Ordering::SeqCst);
         // A place may have come free meanwhile.
         self.grant(&mut q, now);
@@ -1375,7 +1396,10 @@ impl Limiter {
         if let Some(waker) = q.settle(idx, Place::Refused(hint)) {
             waker.wake();
         }
-        self.note_refused();
+        if !self.wait_at_limit {
+            // (A limit that waits at the limit counted it as it joined.)
+            self.note_refused();
+        }
         self.refused_ns.store(self.stamp(now), Ordering::Relaxed);
     }
 
@@ -1398,8 +1422,11 @@ impl Limiter {
         // While the queue still takes arrivals, by the rate they join by
         // (the faster of the measured one and the window's): a herd of new
         // connections arrives over a few hundred milliseconds, while the
-        // server, busy taking them in, ends few calls.
-        let drain = if self.stamp(now) < self.joins_until_ns.load(Ordering::Relaxed) {
+        // server, busy taking them in, ends few calls. (A limit that waits
+        // at the limit refuses no waiter by the rate.)
+        let drain = if self.wait_at_limit {
+            0
+        } else if self.stamp(now) < self.joins_until_ns.load(Ordering::Relaxed) {
             self.joining_drain_ns(&mut q, now, limit)
         } else {
             self.measured_drain_ns(&mut q, now)
@@ -1429,7 +1456,27 @@ impl Limiter {
     /// (`limit` places' drain, as measured; else the last window's fastest
     /// answer, while fresh) is refused instead: its place would go to work
     /// that ends after its caller gave up.
+    ///
+    /// A limit that waits at the limit (`wait_at_limit`) hands them to the
+    /// newest waiters instead, each if the last window's fastest answer
+    /// fits its deadline (while that estimate is fresh and the limit busy,
+    /// as a request's admission is judged), else to the next arrival
+    /// (adaptive LIFO: an overload that stands serves the requests with
+    /// the most time left). It refuses no waiter: the others wait on to
+    /// their deadlines (the estimate may be stale: a dependency that
+    /// recovers serves them).
     fn grant(&self, q: &mut Queue, now: Instant) {
+        if self.wait_at_limit {
+            while let Some(idx) = q.tail() {
+                if self.doomed_by_evidence(crate::clock::elapsed(now, q.deadline(idx)), now)
+                    || !self.hand_place(q, idx)
+                {
+                    break;
+                }
+            }
+            self.waiting.store(q.ends.len, Ordering::SeqCst);
+            return;
+        }
         let limit = self.limit.load(Ordering::Relaxed);
         let takes = match self.measured_drain_ns(q, now) {
             0 if self.fresh_expected_ns(now).is_some() => {
@@ -1443,19 +1490,27 @@ impl Limiter {
                 self.refuse_waiter(q, idx, self.retry_hint(now), now);
                 continue;
             }
-            let limit = self.limit.load(Ordering::Relaxed);
-            let before = self.inflight.fetch_add(1, Ordering::SeqCst);
-            if before >= limit {
-                self.inflight.fetch_sub(1, Ordering::SeqCst);
+            if !self.hand_place(q, idx) {
                 break;
-            }
-            self.by_class[q.class(idx).index()].fetch_add(1, Ordering::AcqRel);
-            self.note_inflight(before + 1, limit);
-            if let Some(waker) = q.settle(idx, Place::Granted) {
-                waker.wake();
             }
         }
         self.waiting.store(q.ends.len, Ordering::SeqCst);
+    }
+
+    /// Waiter `idx` takes a place under the limit, if one is free.
+    fn hand_place(&self, q: &mut Queue, idx: u32) -> bool {
+        let limit = self.limit.load(Ordering::Relaxed);
+        let before = self.inflight.fetch_add(1, Ordering::SeqCst);
+        if before >= limit {
+            self.inflight.fetch_sub(1, Ordering::SeqCst);
+            return false;
+        }
+        self.by_class[q.class(idx).index()].fetch_add(1, Ordering::AcqRel);
+        self.note_inflight(before + 1, limit);
+        if let Some(waker) = q.settle(idx, Place::Granted) {
+            waker.wake();
+        }
+        true
     }
 
     /// Where waiter `idx` stands: granted (with its class; its slot given
@@ -1545,7 +1600,9 @@ impl Striped<Limiter> {
                         // by this request's count, and gave it to no one.
                         self.place_freed(false);
                     }
-                    let may_wait = verdict == Burst::Queue && self.max_queue != 0;
+                    let may_wait = (verdict == Burst::Queue
+                        || (self.wait_at_limit && class.index() <= Criticality::Critical.index()))
+                        && self.max_queue != 0;
                     if !may_wait {
                         // (One that may wait is counted if it does not: see
                         // `note_refused`.)
@@ -1820,6 +1877,7 @@ mod tests {
                 burst: Duration::ZERO,
                 max_queue: 0,
                 waits_apart: true,
+                wait_at_limit: false,
             },
             Name::from("t"),
             Observer::default(),

@@ -161,6 +161,19 @@
 //! workers of 10 ms, callers with 2 s: 797 served; without the queue 80,
 //! the rest refused at once; without seawall, 800 (`tests/shed`).
 //!
+//! ## A client stack's limit waits
+//!
+//! A [`ClientStack`](crate::stack::ClientStack)'s limit, whose calls all
+//! go out to one dependency, queues at any time
+//! ([`wait_at_limit`](AdaptiveLimitLayerBuilder::wait_at_limit)): a
+//! `Critical` or `CriticalPlus` request with a deadline that it refuses
+//! waits for a place, never sent, to its deadline (up to `max_queue`; a
+//! waiter that sees no call end for its patience is refused, as in a
+//! herd), as a plain client's request waits at the dependency. The places
+//! that come free go to the newest waiters first, if the last window's
+//! fastest answer fits their deadlines; no waiter is refused for the
+//! estimate: a dependency that recovers serves them.
+//!
 //! Otherwise the limit does not queue: what it admits goes on at once,
 //! bursts included, and what it refuses is refused at once, with a
 //! `retry_after` (its `poll_ready` is the inner service's). A bulkhead

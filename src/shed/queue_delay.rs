@@ -843,7 +843,8 @@ impl QueueDelay {
             // under. Without one, a server's cuts so are undone after a
             // window: in the storm's "queueing dependency past the
             // deadline", skipping that for them served 80.2 % where this
-            // serves 81.6 %.)
+            // served 81.6 %, before the client stack's limit held the
+            // requests over it in its queue.)
             if taken >= 0.1 && rtt > before_rtt * (1.0 - taken / 2.0) && rtt > self.target() {
                 self.limit = self.clamp(before_limit);
                 self.follow_slower(rtt, false);

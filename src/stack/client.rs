@@ -338,10 +338,14 @@ impl ClientStack {
 ///   1000, doubling at the start as a server's does), that tolerates a
 ///   queue at the dependency up to the attempt timeout
 ///   ([`QueueDelayBuilder::queue_allowance`](crate::shed::QueueDelayBuilder::queue_allowance))
-///   and is cut by attempts that time out. The scenarios: a dependency
-///   queueing past the deadline (the storm's, 130 % of its capacity for
-///   10 s) served 81.6 % where the breaker alone kept 64.8 %; one within
-///   the deadline (110 % for 6 s) 99.0 %, 99.1 % before the stack had the
+///   and is cut by attempts that time out. A request over it waits in its
+///   queue, never sent, for a place or its deadline, the newest first
+///   ([`wait_at_limit`](crate::shed::AdaptiveLimitLayerBuilder::wait_at_limit)),
+///   as a plain client's request waits at the dependency. The scenarios: a
+///   dependency queueing past the deadline (the storm's, 130 % of its
+///   capacity for 10 s) served 85.1 % (81.6 % refusing those requests at
+///   once) where the breaker alone kept 64.8 %; one within
+///   the deadline (110 % for 6 s) 99.1 %, as before the stack had the
 ///   limit (a limit that kept the dependency's queue to a tenth of its
 ///   service time refused the callers who could have waited: 97.8 %, and
 ///   94.7 % at half the attempt timeout); a route of a server whose
@@ -368,7 +372,7 @@ impl ClientStack {
 ///   after 20 s, 44); and a dependency that got 15 times slower without
 ///   queueing (the storm's "slow dependency": 120 in flight needed at
 ///   400 requests a second) is refused for its first 3 s, until a drain
-///   finds no queue of the limit's own and the limit follows it (97.6 %
+///   finds no queue of the limit's own and the limit follows it (97.8 %
 ///   served, 100 % by a caller that waits);
 /// - a retry budget that grows with success ([`RetryLayer`]'s default,
 ///   [`RetryBudget::DEFAULT_SUCCESS_RATIO`]): a partial failure of 30 % is
