@@ -102,8 +102,10 @@ impl<P, M> AdaptiveLimitLayer<P, M> {
         self.limiter.inflight()
     }
 
-    /// Requests waiting in the queue for a herd now (see
-    /// [`AdaptiveLimitLayerBuilder::max_queue`]).
+    /// Requests waiting in the limit's queue now: for a herd (see
+    /// [`AdaptiveLimitLayerBuilder::max_queue`]), or for a place at any
+    /// time in a limit that
+    /// [waits at the limit](AdaptiveLimitLayerBuilder::wait_at_limit).
     pub fn queued(&self) -> usize {
         self.limiter.queued()
     }
@@ -386,9 +388,10 @@ impl<P> AdaptiveLimitLayerBuilder<P> {
         self
     }
 
-    /// How many requests may wait in the queue for a herd (default 1000, a
-    /// guard on memory: each holds its request and a clone of the inner
-    /// service; zero: no queue; at most 100 000).
+    /// How many requests may wait in the queue for a herd, or for a place
+    /// in a limit that [waits at the limit](Self::wait_at_limit) (default
+    /// 1000, a guard on memory: each holds its request and a clone of the
+    /// inner service; zero: no queue; at most 100 000).
     ///
     /// During a [burst](Self::burst) that began after a window (1 s by
     /// default) without a refusal at the limit (a herd comes after a quiet

@@ -3844,3 +3844,94 @@ async fn a_limit_that_waits_at_the_limit_serves_its_newest_waiters_first() {
     );
     assert_eq!(details, ["limit"; 6]);
 }
+
+/// A limit that waits at the limit, under random deadlines and callers
+/// that leave at random (while they wait, or once admitted): 3000
+/// requests, never more than the limit in flight at the service, and
+/// nothing left counted in flight or waiting once they are all gone.
+#[tokio::test(start_paused = true)]
+async fn a_limit_that_waits_at_the_limit_leaks_nothing_when_callers_leave() {
+    let layer = AdaptiveLimitLayer::builder()
+        .algorithm(
+            Aimd::builder()
+                .initial_limit(4)
+                .min_limit(4)
+                .max_limit(4)
+                .build()
+                .unwrap(),
+        )
+        .burst(Duration::ZERO)
+        .wait_at_limit(true)
+        .build()
+        .unwrap();
+    let at_service = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    let svc = {
+        let (at_service, most) = (at_service.clone(), most.clone());
+        layer.clone().layer(service_fn(move |latency: u64| {
+            let (at_service, most) = (at_service.clone(), most.clone());
+            async move {
+                struct Out(Arc<AtomicUsize>);
+                impl Drop for Out {
+                    fn drop(&mut self) {
+                        self.0.fetch_sub(1, Ordering::SeqCst);
+                    }
+                }
+                let n = at_service.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(n, Ordering::SeqCst);
+                let _out = Out(at_service);
+                sleep(ms(latency)).await;
+                Ok::<_, Infallible>(latency)
+            }
+        }))
+    };
+    // splitmix64: the same draws every run.
+    let mut state = 0x05ea_3a11_u64;
+    let mut draw = move |n: u64| {
+        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        (z ^ (z >> 31)) % n
+    };
+    let outcomes: Arc<[AtomicU64; 4]> = Arc::default();
+    let mut tasks = Vec::new();
+    for _ in 0..3000 {
+        sleep(Duration::from_micros(200 + draw(2000))).await;
+        let latency = 1 + draw(30);
+        let budget = 5 + draw(200);
+        let leaves_after = draw(300);
+        let (svc, outcomes) = (svc.clone(), outcomes.clone());
+        tasks.push(tokio::spawn(async move {
+            let call = deadline::scope(Deadline::after(ms(budget)), svc.oneshot(latency));
+            let slot = match timeout(ms(leaves_after), call).await {
+                Err(_) => 3,
+                Ok(Ok(_)) => 0,
+                Ok(Err(e)) => match rejection_of(&e).map(|r| r.kind()) {
+                    Some(RejectionKind::DeadlineExceeded) => 1,
+                    Some(RejectionKind::Overloaded) => 2,
+                    other => panic!("{other:?}: {e}"),
+                },
+            };
+            outcomes[slot].fetch_add(1, Ordering::Relaxed);
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let outcomes = outcomes.each_ref().map(|a| a.load(Ordering::Relaxed));
+    println!(
+        "answered, out of time, refused, left: {outcomes:?}; at most {} at the service",
+        most.load(Ordering::SeqCst)
+    );
+    assert_eq!(outcomes.iter().sum::<u64>(), 3000);
+    // Answered, out of time (in the queue or at the service) and left,
+    // each many times.
+    assert!(
+        [0, 1, 3].iter().all(|&i| outcomes[i] >= 300),
+        "{outcomes:?}"
+    );
+    assert_eq!(most.load(Ordering::SeqCst), 4);
+    assert_eq!(at_service.load(Ordering::SeqCst), 0);
+    assert_eq!((layer.inflight(), layer.queued()), (0, 0));
+}
