@@ -38,8 +38,10 @@ pin_project! {
     /// own limit keeps nothing apart (its calls are all out).
     ///
     /// A request queued for a herd (see
-    /// [`max_queue`](super::AdaptiveLimitLayerBuilder::max_queue)) waits
-    /// here for its place, holding its request and a clone of the inner
+    /// [`max_queue`](super::AdaptiveLimitLayerBuilder::max_queue)), or
+    /// over a limit that
+    /// [waits at the limit](super::AdaptiveLimitLayerBuilder::wait_at_limit),
+    /// waits here for its place, holding its request and a clone of the inner
     /// service (polled ready), in one allocation; dropped while it waits,
     /// it leaves the queue, and gives back a place it was handed.
     pub struct ResponseFuture<S, Req, M = Head>

@@ -449,18 +449,27 @@ impl<P> AdaptiveLimitLayerBuilder<P> {
     /// all go out to one dependency).
     ///
     /// The waiter holds no place at the dependency, and waits to its
-    /// deadline (up to [`max_queue`](Self::max_queue) waiters; a waiter
-    /// that sees no call end for its patience is refused, as in a herd).
-    /// As places come free, the newest waiter takes one if the last
-    /// window's fastest answer fits its deadline (while that estimate is
-    /// fresh and half the limit in flight, as the doomed check judges an
-    /// arrival), else the next arrival does: an overload that stands
-    /// serves the requests with the most time left (LIFO, as Facebook's
-    /// adaptive LIFO does under load). No waiter is refused for the
-    /// estimate, which may be stale: when the dependency recovers, the
+    /// deadline, up to [`max_queue`](Self::max_queue) waiters (a full
+    /// queue refuses its oldest to make room). As places come free, the
+    /// newest waiter takes one if the last window's fastest answer fits
+    /// its deadline (while that estimate is fresh and half the limit in
+    /// flight, as the doomed check judges an arrival; any waiter with
+    /// [`reject_doomed(false)`](Self::reject_doomed)), else the newest of
+    /// the next few that it fits, else the next arrival does: an overload
+    /// that stands serves the requests with the most time left (LIFO, as
+    /// Facebook's adaptive LIFO does under load). No waiter is refused for
+    /// the estimate, which may be stale: when the dependency recovers, the
     /// places come free fast and the waiters are served. A waiter counts,
-    /// for the algorithm, as a request the limit turned away when it
-    /// joins.
+    /// for the algorithm, as a request the limit turned away, unless it is
+    /// handed a place within the window it joined in (its answer is then a
+    /// sample). As in a herd, a waiter that sees no call end for its
+    /// patience (a window, or four expected service times if longer) is
+    /// refused, and nothing waits again until the calls at the limit move
+    /// (a dependency that hangs: refused at once meanwhile). With hedging
+    /// above (a client stack's `.hedge(..)`), a request that waits past
+    /// the hedge delay may be copied, within the hedge budget. While
+    /// requests wait, each call's end and each request over the limit
+    /// takes the queue's lock (no request under the limit does).
     ///
     /// Chosen by a dependency that slows for a few seconds, then recovers
     /// (an outside trial: 8 workers from 10 to 500 ms for 5 s, 200

@@ -28,9 +28,10 @@ pub(crate) enum Refusal {
     /// place came too late for a call at the limit, no call ended within
     /// its patience, or its deadline came.
     Queue,
-    /// As `Limit`, during a burst or while its queue takes arrivals: it may
-    /// wait in the queue for a herd instead (see `Limiter::try_queue`);
-    /// reported as `Limit` if not.
+    /// As `Limit`, during a burst or while its queue takes arrivals, or at
+    /// any time in a limit that waits at the limit: it may wait in the
+    /// queue instead (see `Limiter::try_queue`); reported as `Limit` if
+    /// not.
     LimitMayWait,
 }
 
@@ -274,8 +275,10 @@ pub(crate) struct Limiter {
     /// a call that ends looks at it, and takes the lock only if someone
     /// waits).
     waiting: AtomicUsize,
-    /// The queue for a herd (see `try_queue`); taken only by requests over
-    /// the limit and by calls that end while someone waits.
+    /// The queue for a herd, or of a limit that waits at the limit (see
+    /// `try_queue`); taken only by requests over the limit and by calls
+    /// that end while someone waits (while a queue stands, in a limit that
+    /// waits at the limit, each call's end and each request over it).
     queue: Mutex<Queue>,
     /// A waiter ran out of patience (see `out_of_patience`): nothing waits
     /// until the calls in flight fall below the limit and reach it again
@@ -1309,8 +1312,8 @@ impl Limiter {
     /// A limit that waits at the limit (`wait_at_limit`, a client
     /// stack's) takes any request it refused at the limit, whenever, with
     /// no judgement by the rate: it waits to its deadline, and `grant`
-    /// hands the places out (the oldest first while it can be served in
-    /// time, else the newest).
+    /// hands the places out, the newest first. A full queue refuses its
+    /// oldest waiter to make room.
     #[cold]
     #[inline(never)]
     pub(crate) fn try_queue(&self, class: Criticality, now: Instant) -> Option<(u32, Duration)> {
@@ -1350,11 +1353,20 @@ impl Limiter {
                 Ordering::Relaxed,
             );
         }
-        let idx = q.push(class, deadline.instant(), now_ns)?;
+        if self.wait_at_limit && q.ends.len >= q.max {
+            // Full: the oldest waiter, the least likely to be served (the
+            // newest are), is refused to make room.
+            if let Some(oldest) = q.head() {
+                self.refuse_waiter(&mut q, oldest, self.retry_hint(now), now);
+            }
+        }
+        let window = self.win_gen.load(Ordering::SeqCst);
+        let idx = q.push(class, deadline.instant(), now_ns, window)?;
         if self.wait_at_limit {
-            // Counted as refused at the limit, as it would have been (the
-            // algorithm reads the requests a second the limit turned away:
-            // what the window asked for).
+            // Counted as turned away at the limit, as it would have been
+            // (the algorithm reads what the window asked for: its answers
+            // and the requests the limit turned away), until it is handed
+            // a place (see `hand_place`).
             self.note_refused();
         }
         self.waiting.store(q.ends.len, Ordering::SeqCst);
@@ -1458,21 +1470,36 @@ impl Limiter {
     /// that ends after its caller gave up.
     ///
     /// A limit that waits at the limit (`wait_at_limit`) hands them to the
-    /// newest waiters instead, each if the last window's fastest answer
-    /// fits its deadline (while that estimate is fresh and the limit busy,
-    /// as a request's admission is judged), else to the next arrival
+    /// newest waiters instead, each to the newest of the last [`WALK`]
+    /// whose deadline the last window's fastest answer fits (while that
+    /// estimate is fresh and the limit busy, as a request's admission is
+    /// judged; any, with `reject_doomed(false)`), else to the next arrival
     /// (adaptive LIFO: an overload that stands serves the requests with
     /// the most time left). It refuses no waiter: the others wait on to
     /// their deadlines (the estimate may be stale: a dependency that
     /// recovers serves them).
     fn grant(&self, q: &mut Queue, now: Instant) {
         if self.wait_at_limit {
-            while let Some(idx) = q.tail() {
-                if self.doomed_by_evidence(crate::clock::elapsed(now, q.deadline(idx)), now)
-                    || !self.hand_place(q, idx)
-                {
-                    break;
+            'places: while self.inflight.load(Ordering::SeqCst) < self.limit.load(Ordering::Relaxed)
+            {
+                // The newest that can make it, among the newest few (with
+                // deadlines of their callers', an older one may have more
+                // time left).
+                let mut next = q.tail();
+                for _ in 0..WALK {
+                    let Some(idx) = next else { break };
+                    let doomed = self.reject_doomed
+                        && self
+                            .doomed_by_evidence(crate::clock::elapsed(now, q.deadline(idx)), now);
+                    if !doomed {
+                        if self.hand_place(q, idx) {
+                            continue 'places;
+                        }
+                        break 'places;
+                    }
+                    next = q.older(idx);
                 }
+                break;
             }
             self.waiting.store(q.ends.len, Ordering::SeqCst);
             return;
@@ -1504,6 +1531,14 @@ impl Limiter {
         if before >= limit {
             self.inflight.fetch_sub(1, Ordering::SeqCst);
             return false;
+        }
+        if self.wait_at_limit && q.window(idx) == self.win_gen.load(Ordering::SeqCst) {
+            // Served after all: no longer a request the window turned away
+            // (its answer will be a sample; counted once). In a later
+            // window it stays one of the earlier window's.
+            let _ = self
+                .win_refused
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
         }
         self.by_class[q.class(idx).index()].fetch_add(1, Ordering::AcqRel);
         self.note_inflight(before + 1, limit);
@@ -1555,6 +1590,9 @@ impl Limiter {
                 self.idle.fetch_add(1, Ordering::Relaxed);
             }
             self.grant(&mut q, crate::clock::edge_now());
+        } else if self.wait_at_limit && q.ends.len != 0 {
+            // A place left free for a newer waiter, who went: to the others.
+            self.grant(&mut q, crate::clock::edge_now());
         }
         self.waiting.store(q.ends.len, Ordering::SeqCst);
     }
@@ -1564,6 +1602,10 @@ impl Limiter {
 /// the limit: a herd of new connections reaches a server over a few
 /// hundred milliseconds (2000 at once over real HTTP on 2 cores: over 400
 /// ms, half of them 334 ms or more after the first).
+/// How many of the newest waiters a limit that waits at the limit looks
+/// at for one that can make it, per place (see `Limiter::grant`).
+const WALK: usize = 8;
+
 pub(crate) const JOINS: Duration = Duration::from_secs(1);
 
 /// Calls that end while the queue stands before the rate they end at is

@@ -174,7 +174,10 @@
 //! fastest answer fits their deadlines; no waiter is refused for the
 //! estimate: a dependency that recovers serves them.
 //!
-//! Otherwise the limit does not queue: what it admits goes on at once,
+//! ## Otherwise, no queue
+//!
+//! Outside a herd, and in a limit that does not wait at the limit (a
+//! server's), the limit does not queue: what it admits goes on at once,
 //! bursts included, and what it refuses is refused at once, with a
 //! `retry_after` (its `poll_ready` is the inner service's). A bulkhead
 //! queue in front of it does not hold those back: the bulkhead's queue

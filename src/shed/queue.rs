@@ -1,7 +1,9 @@
-//! The adaptive limit's queue for a herd: the requests the limit would
-//! refuse in the first [`BURST`](super::limiter::BURST) of an overload that
-//! began after a quiet spell wait here, first come first served, for a
-//! place under the limit, while their deadlines let them be served.
+//! The adaptive limit's queue: the requests the limit would refuse in the
+//! first [`BURST`](super::limiter::BURST) of an overload that began after a
+//! quiet spell (a herd) wait here, first come first served, for a place
+//! under the limit, while their deadlines let them be served; in a limit
+//! that waits at the limit (a client stack's), any request it refuses
+//! waits here, the newest served first.
 //!
 //! The slots live in one `Vec` reused for the life of the limit and are
 //! linked into an index-based doubly linked list (as the bulkhead's queue),
@@ -40,6 +42,9 @@ struct Slot {
     deadline: Instant,
     /// `Queue::ended` when it joined.
     joined: u64,
+    /// The limiter's window generation when it joined (see
+    /// `Limiter::hand_place`).
+    window: u64,
     waker: Option<Waker>,
 }
 
@@ -91,6 +96,7 @@ impl Queue {
         class: Criticality,
         deadline: Instant,
         now_ns: u64,
+        window: u64,
     ) -> Option<u32> {
         if self.ends.len >= self.max {
             return None;
@@ -110,6 +116,7 @@ impl Queue {
                 class,
                 deadline,
                 joined: 0,
+                window: 0,
                 waker: None,
             });
             idx
@@ -126,6 +133,7 @@ impl Queue {
         slot.class = class;
         slot.deadline = deadline;
         slot.joined = self.ended;
+        slot.window = window;
         slot.waker = None;
         self.ends.push_back(&mut self.slots, idx);
         Some(idx)
@@ -139,6 +147,17 @@ impl Queue {
     /// The newest waiter.
     pub(crate) fn tail(&self) -> Option<u32> {
         (self.ends.tail != NIL).then_some(self.ends.tail)
+    }
+
+    /// The waiter before `idx` (older), if any.
+    pub(crate) fn older(&self, idx: u32) -> Option<u32> {
+        let prev = self.slots[idx as usize].prev;
+        (prev != NIL).then_some(prev)
+    }
+
+    /// The limiter's window generation when waiter `idx` joined.
+    pub(crate) fn window(&self, idx: u32) -> u64 {
+        self.slots[idx as usize].window
     }
 
     pub(crate) fn class(&self, idx: u32) -> Criticality {
@@ -204,10 +223,10 @@ mod tests {
     fn joins_leaves_and_reuses_its_slots() {
         let now = Instant::now();
         let mut q = Queue::new(3);
-        let a = q.push(Criticality::Critical, now, 1).unwrap();
-        let b = q.push(Criticality::CriticalPlus, now, 2).unwrap();
-        let c = q.push(Criticality::Critical, now, 3).unwrap();
-        assert_eq!(q.push(Criticality::Critical, now, 4), None, "full at 3");
+        let a = q.push(Criticality::Critical, now, 1, 0).unwrap();
+        let b = q.push(Criticality::CriticalPlus, now, 2, 0).unwrap();
+        let c = q.push(Criticality::Critical, now, 3, 0).unwrap();
+        assert_eq!(q.push(Criticality::Critical, now, 4, 0), None, "full at 3");
         assert_eq!(q.opened_ns, 1);
         assert_eq!((q.head(), q.tail()), (Some(a), Some(c)));
         // Leaves from the middle.
@@ -222,7 +241,7 @@ mod tests {
         q.free(c);
         // The freed slots are reused: no fourth one.
         for _ in 0..3 {
-            q.push(Criticality::Critical, now, 9).unwrap();
+            q.push(Criticality::Critical, now, 9, 0).unwrap();
         }
         assert_eq!(q.slots.len(), 3);
         assert_eq!(q.opened_ns, 9);

@@ -19,9 +19,12 @@ use crate::stripe::Striped;
 /// `poll_ready` forwards the inner service's readiness. The admission
 /// decision is made in `call` (it needs the request's criticality and
 /// deadline): over the limit the call fails at once with [`Overloaded`],
-/// unless it waits in the queue for a herd during a burst (see
-/// [`max_queue`](super::AdaptiveLimitLayerBuilder::max_queue)); a waiting
-/// request holds a clone of the inner service, which must be `Clone`.
+/// unless it waits in the limit's queue, for a herd during a burst (see
+/// [`max_queue`](super::AdaptiveLimitLayerBuilder::max_queue)) or at any
+/// time in a limit that
+/// [waits at the limit](super::AdaptiveLimitLayerBuilder::wait_at_limit);
+/// a waiting request holds a clone of the inner service, which must be
+/// `Clone`.
 pub struct AdaptiveLimit<S, P = FromTaskLocal, M = Head> {
     inner: S,
     limiter: Striped<Limiter>,

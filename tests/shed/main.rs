@@ -3935,3 +3935,116 @@ async fn a_limit_that_waits_at_the_limit_leaks_nothing_when_callers_leave() {
     assert_eq!(at_service.load(Ordering::SeqCst), 0);
     assert_eq!((layer.inflight(), layer.queued()), (0, 0));
 }
+
+/// A limit that waits at the limit, with its callers' deadlines (not one
+/// budget for all): a place that comes free goes to the newest waiter that
+/// can make it by the last window's fastest answer (50 ms), passing over a
+/// newer one with 20 ms left, which waits on until the limit is no longer
+/// busy (with `reject_doomed(false)`, the newest takes it). A full queue
+/// refuses its oldest waiter to make room for a new one.
+#[tokio::test(start_paused = true)]
+async fn a_limit_that_waits_at_the_limit_passes_over_a_waiter_that_cannot_make_it() {
+    async fn run(reject_doomed: bool) -> (Vec<(u64, Duration)>, Vec<Result<(), RejectionKind>>) {
+        let layer = AdaptiveLimitLayer::builder()
+            .algorithm(
+                Aimd::builder()
+                    .initial_limit(3)
+                    .min_limit(3)
+                    .max_limit(3)
+                    .build()
+                    .unwrap(),
+            )
+            .window(ms(1000))
+            .min_window_samples(2)
+            .burst(Duration::ZERO)
+            .reject_doomed(reject_doomed)
+            .wait_at_limit(true)
+            .max_queue(2)
+            .build()
+            .unwrap();
+        let start = Instant::now();
+        let sent: Arc<std::sync::Mutex<Vec<(u64, Duration)>>> = Arc::default();
+        let svc = {
+            let sent = sent.clone();
+            layer
+                .clone()
+                .layer(service_fn(move |(n, latency): (u64, u64)| {
+                    sent.lock().unwrap().push((n, start.elapsed()));
+                    async move {
+                        sleep(ms(latency)).await;
+                        Ok::<_, Infallible>(n)
+                    }
+                }))
+        };
+        let call = |n: u64, latency: u64, budget: u64| {
+            let svc = svc.clone();
+            tokio::spawn(async move {
+                deadline::scope(Deadline::after(ms(budget)), svc.oneshot((n, latency)))
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| rejection_of(&e).unwrap().kind())
+            })
+        };
+        // An anchor keeps a call in flight throughout; two answers of 50 ms
+        // close the first window: the fastest answer is 50 ms.
+        let mut calls = vec![call(0, 2000, 5000), call(1, 50, 5000)];
+        sleep(ms(950)).await;
+        calls.push(call(2, 50, 5000));
+        sleep(ms(60)).await;
+        // 1.01 s: the limit of 3 full until 1.31 s.
+        calls.push(call(3, 300, 5000));
+        calls.push(call(4, 300, 5000));
+        sleep(ms(10)).await;
+        calls.push(call(5, 10, 900)); // waits, with time enough
+        sleep(ms(230)).await;
+        // 1.25 s: waits (80 ms left, more than the fastest answer); 20 ms
+        // left at 1.31 s.
+        calls.push(call(6, 10, 80));
+        let mut results = Vec::new();
+        for c in calls {
+            results.push(c.await.unwrap());
+        }
+        // A full queue: the oldest waiter makes room.
+        let full = [call(7, 500, 5000), call(8, 500, 5000), call(9, 500, 5000)];
+        sleep(ms(1)).await;
+        let (w10, w11) = (call(10, 10, 5000), call(11, 10, 5000));
+        sleep(ms(1)).await;
+        let w12 = call(12, 10, 5000);
+        sleep(ms(1)).await;
+        assert_eq!(layer.queued(), 2);
+        results.push(w10.await.unwrap());
+        for c in full {
+            c.await.unwrap().unwrap();
+        }
+        results.push(w11.await.unwrap());
+        results.push(w12.await.unwrap());
+        assert_eq!((layer.inflight(), layer.queued()), (0, 0));
+        let sent = sent.lock().unwrap().clone();
+        (sent, results)
+    }
+    use RejectionKind::Overloaded;
+    let (sent, results) = run(true).await;
+    println!("{sent:?}\n{results:?}");
+    let at = |n: u64| sent.iter().find(|s| s.0 == n).map(|s| s.1);
+    assert_eq!(at(5), Some(ms(1310)), "the waiter that can make it");
+    // Passed over at 1.31 s (20 ms left, the fastest answer 50 ms); sent
+    // at 1.32 s, when the limit is no longer busy (no doomed check under
+    // half the limit in flight, as for an arrival).
+    assert_eq!(at(6), Some(ms(1320)));
+    assert_eq!(results[5], Ok(()));
+    assert_eq!(
+        &results[7..],
+        [Err(Overloaded), Ok(()), Ok(())],
+        "the oldest refused"
+    );
+    assert_eq!(at(10), None);
+    let (sent, results) = run(false).await;
+    println!("{sent:?}\n{results:?}");
+    let at = |n: u64| sent.iter().find(|s| s.0 == n).map(|s| s.1);
+    assert_eq!(
+        (at(5), at(6)),
+        (Some(ms(1310)), Some(ms(1310))),
+        "no doomed check"
+    );
+    assert_eq!(results[6], Ok(()));
+}
