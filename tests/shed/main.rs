@@ -25,6 +25,16 @@ fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
 
+/// An AIMD limit held at `limit`.
+fn fixed(limit: usize) -> Aimd {
+    Aimd::builder()
+        .initial_limit(limit)
+        .min_limit(limit)
+        .max_limit(limit)
+        .build()
+        .unwrap()
+}
+
 /// A backend of fixed capacity: up to `CAPACITY` concurrent calls take
 /// `BASE`; past it, each call takes `BASE × inflight / CAPACITY` (the work is
 /// shared, throughput stays at CAPACITY / BASE = 2000/s). A cancelled call
@@ -720,14 +730,7 @@ async fn doomed_requests_are_rejected_at_admission() {
 async fn a_cheap_route_is_not_doomed_by_a_costly_one() {
     let rec = Recorder::new();
     let layer = AdaptiveLimitLayer::builder()
-        .algorithm(
-            Aimd::builder()
-                .initial_limit(4)
-                .min_limit(4)
-                .max_limit(4)
-                .build()
-                .unwrap(),
-        )
+        .algorithm(fixed(4))
         .burst(Duration::ZERO)
         .window(ms(2000))
         .min_window_samples(5)
@@ -3619,14 +3622,7 @@ async fn an_overload_that_lasts_begins_no_queue_after_its_first() {
 #[tokio::test(start_paused = true)]
 async fn the_herd_queue_leaks_no_place_when_its_waiters_go() {
     let layer = AdaptiveLimitLayer::builder()
-        .algorithm(
-            Aimd::builder()
-                .initial_limit(2)
-                .min_limit(2)
-                .max_limit(2)
-                .build()
-                .unwrap(),
-        )
+        .algorithm(fixed(2))
         .build()
         .unwrap();
     let mut svc = layer.layer(service_fn(|ms: u64| async move {
@@ -3852,14 +3848,7 @@ async fn a_limit_that_waits_at_the_limit_serves_its_newest_waiters_first() {
 #[tokio::test(start_paused = true)]
 async fn a_limit_that_waits_at_the_limit_leaks_nothing_when_callers_leave() {
     let layer = AdaptiveLimitLayer::builder()
-        .algorithm(
-            Aimd::builder()
-                .initial_limit(4)
-                .min_limit(4)
-                .max_limit(4)
-                .build()
-                .unwrap(),
-        )
+        .algorithm(fixed(4))
         .burst(Duration::ZERO)
         .wait_at_limit(true)
         .build()
@@ -3946,14 +3935,7 @@ async fn a_limit_that_waits_at_the_limit_leaks_nothing_when_callers_leave() {
 async fn a_limit_that_waits_at_the_limit_passes_over_a_waiter_that_cannot_make_it() {
     async fn run(reject_doomed: bool) -> (Vec<(u64, Duration)>, Vec<Result<(), RejectionKind>>) {
         let layer = AdaptiveLimitLayer::builder()
-            .algorithm(
-                Aimd::builder()
-                    .initial_limit(3)
-                    .min_limit(3)
-                    .max_limit(3)
-                    .build()
-                    .unwrap(),
-            )
+            .algorithm(fixed(3))
             .window(ms(1000))
             .min_window_samples(2)
             .burst(Duration::ZERO)
