@@ -667,7 +667,8 @@ fn take_last<P, R>(
 }
 
 /// Whether a failed attempt is the dependency's answer to the request's
-/// deadline (see [`RetryPolicy::is_deadline_answer`]), come back with
+/// deadline (see [`RetryPolicy::is_deadline_answer`]), or a layer below's
+/// `DeadlineExceeded` or `AttemptTimeout`, come back with
 /// [`ANSWER_MARGIN`](crate::deadline::ANSWER_MARGIN) or less of it left:
 /// given up on for the deadline, not as not retryable (a gRPC
 /// `DEADLINE_EXCEEDED`, which the gRPC policy does not retry by default,
@@ -684,7 +685,17 @@ where
     P: RetryPolicy<Req, R>,
 {
     // (The answer first: the clock is read only for a deadline answer.)
-    shared.policy.is_deadline_answer(result)
+    // A layer below that ran out of the request's time (its attempt
+    // timeout, let run on to the deadline; a wait in a client stack's
+    // limit) is given up on for the deadline too: a new user's dashboard
+    // read 1714 such requests a run as `not_retryable`.
+    let out_of_time_below = || {
+        matches!(result, Err(e) if crate::error::rejection_in(e).is_some_and(|r| matches!(
+            r.kind(),
+            crate::error::RejectionKind::DeadlineExceeded | crate::error::RejectionKind::AttemptTimeout
+        )))
+    };
+    (shared.policy.is_deadline_answer(result) || out_of_time_below())
         && crate::deadline::earliest(deadline)
             .is_some_and(|d| d.remaining() <= crate::deadline::ANSWER_MARGIN)
 }

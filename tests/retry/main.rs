@@ -272,6 +272,50 @@ async fn deadline_exceeded_is_never_retried_attempt_timeout_is() {
     assert_eq!(gave_up(&rec), [(2, GiveUpReason::NotRetryable)]);
 }
 
+/// A layer below that ran out of the request's time (a `DeadlineExceeded`
+/// of a client stack's limit, for a request that waited there; an
+/// attempt timeout let run on to the deadline) is given up on for the
+/// deadline, not as not retryable; with time left, a `DeadlineExceeded`
+/// from below is still not retryable.
+#[tokio::test(start_paused = true)]
+async fn a_layer_below_out_of_the_requests_time_is_given_up_on_for_the_deadline() {
+    for error in [
+        || BoxError::from(DeadlineExceeded::before_sending("dep.limit")),
+        || BoxError::from(AttemptTimeout::new("dep.attempt")),
+    ] {
+        let rec = Recorder::new();
+        let mut svc = RetryLayer::builder()
+            .observer(rec.clone())
+            .build()
+            .unwrap()
+            .layer(tower::service_fn(move |_: u32| async move {
+                // Runs to the request's deadline.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                Err::<u32, BoxError>(error())
+            }));
+        let fut = svc.ready().await.unwrap().call(1);
+        let err = deadline::scope(Deadline::after(Duration::from_millis(200)), fut)
+            .await
+            .unwrap_err();
+        assert!(seawall::error::rejection_of(&err).is_some(), "{err}");
+        assert_eq!(gave_up(&rec), [(1, GiveUpReason::Deadline)], "{err}");
+    }
+    // With time left: not retryable, as before.
+    let rec = Recorder::new();
+    let mut svc = RetryLayer::builder()
+        .observer(rec.clone())
+        .build()
+        .unwrap()
+        .layer(tower::service_fn(|_: u32| async {
+            Err::<u32, BoxError>(DeadlineExceeded::before_sending("dep.limit").into())
+        }));
+    let fut = svc.ready().await.unwrap().call(1);
+    deadline::scope(Deadline::after(Duration::from_millis(200)), fut)
+        .await
+        .unwrap_err();
+    assert_eq!(gave_up(&rec), [(1, GiveUpReason::NotRetryable)]);
+}
+
 // ---------------------------------------------------------------- budget
 
 #[derive(Clone)]
