@@ -73,9 +73,15 @@ impl crate::bulkhead::BulkheadBuilder {
 impl<P> crate::shed::AdaptiveLimitLayerBuilder<P> {
     /// Applies a [`LimitSettings`] section (feature `serde`): the bounds of
     /// the algorithm's limit (see
-    /// [`limits`](crate::shed::AdaptiveLimitLayerBuilder::limits)).
+    /// [`limits`](crate::shed::AdaptiveLimitLayerBuilder::limits)), and the
+    /// wait at the limit if present (see
+    /// [`wait_at_limit`](crate::shed::AdaptiveLimitLayerBuilder::wait_at_limit)).
     pub fn configure(self, s: &LimitSettings) -> Self {
-        self.limits(s.min_limit, s.max_limit)
+        let b = self.limits(s.min_limit, s.max_limit);
+        match s.wait_at_limit {
+            Some(wait) => b.wait_at_limit(wait),
+            None => b,
+        }
     }
 }
 

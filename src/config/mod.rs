@@ -337,6 +337,10 @@ pub struct LimitSettings {
     pub min_limit: Option<usize>,
     /// The highest concurrency limit.
     pub max_limit: Option<usize>,
+    /// Whether a request the limit refuses waits for a place instead
+    /// (default: `true` in a client stack, `false` in a server stack; see
+    /// [`AdaptiveLimitLayerBuilder::wait_at_limit`](crate::shed::AdaptiveLimitLayerBuilder::wait_at_limit)).
+    pub wait_at_limit: Option<bool>,
 }
 
 /// A server stack's settings; each absent field keeps the stack's default.

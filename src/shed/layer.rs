@@ -137,6 +137,21 @@ impl<P, M> AdaptiveLimitLayer<P, M> {
         self.limiter.set_bounds(min_limit, max_limit)
     }
 
+    /// Whether a request the limit refuses waits in its queue for a place
+    /// instead (see
+    /// [`AdaptiveLimitLayerBuilder::wait_at_limit`]).
+    pub fn wait_at_limit(&self) -> bool {
+        self.limiter.waits_at_limit()
+    }
+
+    /// Turns the wait at the limit on or off at run time (what a settings
+    /// file's `limit = { wait_at_limit = .. }` reloads). Requests that wait
+    /// already wait on; turned off, they are judged as a herd's waiters
+    /// are (served while they can be in time, refused once they cannot).
+    pub fn set_wait_at_limit(&self, wait: bool) {
+        self.limiter.set_wait_at_limit(wait);
+    }
+
     stacks_only! {
         /// The limit's maximum, for an algorithm with bounds (the built-in
         /// ones).

@@ -253,8 +253,10 @@ pub(crate) struct Limiter {
     reject_doomed: bool,
     waits_apart: bool,
     /// A request the limit refuses waits in the queue for a place instead,
-    /// to its deadline (see `try_queue` and `grant`).
-    wait_at_limit: bool,
+    /// to its deadline (see `try_queue` and `grant`); a reload may change
+    /// it (read on the paths of requests over the limit and of calls that
+    /// end while someone waits only).
+    wait_at_limit: AtomicBool,
     /// [`BURST`], or as configured (ns; 0: no bursts).
     burst_ns: u64,
     /// The queue for a herd's bound (0: no queue).
@@ -354,7 +356,7 @@ impl Limiter {
             shares: config.shares,
             reject_doomed: config.reject_doomed,
             waits_apart: config.waits_apart,
-            wait_at_limit: config.wait_at_limit,
+            wait_at_limit: AtomicBool::new(config.wait_at_limit),
             burst_ns: crate::clock::nanos(config.burst),
             max_queue: config.max_queue,
             judges_kept: algorithm.judges_kept(),
@@ -1122,6 +1124,22 @@ impl Limiter {
         );
     }
 
+    /// Whether a request the limit refuses waits for a place instead (see
+    /// `try_queue`).
+    pub(crate) fn waits_at_limit(&self) -> bool {
+        self.wait_at_limit.load(Ordering::Relaxed)
+    }
+
+    /// Turns the wait at the limit on or off (a reload): requests that wait
+    /// already wait on.
+    pub(crate) fn set_wait_at_limit(&self, wait: bool) {
+        self.wait_at_limit.store(wait, Ordering::Relaxed);
+        if !wait && self.waiting.load(Ordering::SeqCst) != 0 {
+            // The waiters are now judged as a herd's (see `grant`).
+            self.place_freed(false);
+        }
+    }
+
     /// A client stack's limit (its calls are all out): its refusal is a
     /// local one ([`Overloaded::local`](crate::error::Overloaded::local)),
     /// this process declining to send, which the layers above report as
@@ -1325,7 +1343,7 @@ impl Limiter {
         // (With no queue, `Queue::push` finds it full.)
         let mut q = self.lock_queue();
         let limit = self.limit.load(Ordering::Relaxed);
-        if self.wait_at_limit {
+        if self.waits_at_limit() {
             // Waits to its deadline (see `grant`).
         } else if !Self::fits(
             self.joining_drain_ns(&mut q, now, limit),
@@ -1353,7 +1371,7 @@ impl Limiter {
                 Ordering::Relaxed,
             );
         }
-        if self.wait_at_limit && q.ends.len >= q.max {
+        if self.waits_at_limit() && q.ends.len >= q.max {
             // Full: the oldest waiter, the least likely to be served (the
             // newest are), is refused to make room.
             if let Some(oldest) = q.head() {
@@ -1362,7 +1380,7 @@ impl Limiter {
         }
         let window = self.win_gen.load(Ordering::SeqCst);
         let idx = q.push(class, deadline.instant(), now_ns, window)?;
-        if self.wait_at_limit {
+        if self.waits_at_limit() {
             // Counted as turned away at the limit, as it would have been
             // (the algorithm reads what the window asked for: its answers
             // and the requests the limit turned away), until it is handed
@@ -1408,7 +1426,7 @@ impl Limiter {
         if let Some(waker) = q.settle(idx, Place::Refused(hint)) {
             waker.wake();
         }
-        if !self.wait_at_limit {
+        if !self.waits_at_limit() {
             // (A limit that waits at the limit counted it as it joined.)
             self.note_refused();
         }
@@ -1436,7 +1454,7 @@ impl Limiter {
         // connections arrives over a few hundred milliseconds, while the
         // server, busy taking them in, ends few calls. (A limit that waits
         // at the limit refuses no waiter by the rate.)
-        let drain = if self.wait_at_limit {
+        let drain = if self.waits_at_limit() {
             0
         } else if self.stamp(now) < self.joins_until_ns.load(Ordering::Relaxed) {
             self.joining_drain_ns(&mut q, now, limit)
@@ -1479,7 +1497,7 @@ impl Limiter {
     /// their deadlines (the estimate may be stale: a dependency that
     /// recovers serves them).
     fn grant(&self, q: &mut Queue, now: Instant) {
-        if self.wait_at_limit {
+        if self.waits_at_limit() {
             'places: while self.inflight.load(Ordering::SeqCst) < self.limit.load(Ordering::Relaxed)
             {
                 // The newest that can make it, among the newest few (with
@@ -1532,7 +1550,7 @@ impl Limiter {
             self.inflight.fetch_sub(1, Ordering::SeqCst);
             return false;
         }
-        if self.wait_at_limit && q.window(idx) == self.win_gen.load(Ordering::SeqCst) {
+        if self.waits_at_limit() && q.window(idx) == self.win_gen.load(Ordering::SeqCst) {
             // Served after all: no longer a request the window turned away
             // (its answer will be a sample; counted once). In a later
             // window it stays one of the earlier window's.
@@ -1590,7 +1608,7 @@ impl Limiter {
                 self.idle.fetch_add(1, Ordering::Relaxed);
             }
             self.grant(&mut q, crate::clock::edge_now());
-        } else if self.wait_at_limit && q.ends.len != 0 {
+        } else if self.waits_at_limit() && q.ends.len != 0 {
             // A place left free for a newer waiter, who went: to the others.
             self.grant(&mut q, crate::clock::edge_now());
         }
@@ -1643,7 +1661,8 @@ impl Striped<Limiter> {
                         self.place_freed(false);
                     }
                     let may_wait = (verdict == Burst::Queue
-                        || (self.wait_at_limit && class.index() <= Criticality::Critical.index()))
+                        || (self.waits_at_limit()
+                            && class.index() <= Criticality::Critical.index()))
                         && self.max_queue != 0;
                     if !may_wait {
                         // (One that may wait is counted if it does not: see

@@ -366,7 +366,8 @@ impl<P, C: Send + Sync + 'static, L, O, H> ClientStackLayer<P, C, L, O, H> {
     /// `serde`): the breaker's thresholds, failures in a row and open time
     /// (its state and window kept), the bulkhead's limit (calls in flight
     /// keep their permits), the adaptive limit's bounds (what it learned is
-    /// kept, the limit clamped into them) and the retry budget's shares
+    /// kept, the limit clamped into them) and its wait at the limit
+    /// (requests that wait already wait on), and the retry budget's shares
     /// and floor (its window and counts kept). Other settings of the section (time
     /// budgets, attempts, backoff, the slow-call time, the breaker's
     /// half-open calls and `count_overload`, the bulkhead's queue) take
@@ -500,6 +501,9 @@ impl<P, C: Send + Sync + 'static, L, O, H> ClientStackLayer<P, C, L, O, H> {
                 .set_limits(bounds.0, bounds.1)
                 .map_err(|e| named(limit.name(), e))?;
         }
+        if let Some(wait) = s.limit.wait_at_limit {
+            limit.set_wait_at_limit(wait);
+        }
         Ok(())
     }
 }
@@ -517,7 +521,8 @@ fn reloading() -> std::sync::MutexGuard<'static, ()> {
 impl<O, R: RateLimitReload, P, I, T> ServerStackLayer<O, R, P, I, T> {
     /// Reloads what can change in a running server stack from a section
     /// (feature `serde`): the adaptive limit's bounds (what it learned is
-    /// kept, the limit clamped into them), the bulkhead's limit (calls in
+    /// kept, the limit clamped into them) and its wait at the limit, the
+    /// bulkhead's limit (calls in
     /// flight keep their permits) and the rate limit's quota (every bucket keeps what it
     /// owes, within the new burst: see
     /// [`RateLimitLayer::set_quota`](crate::rate_limit::RateLimitLayer::set_quota)).
@@ -602,6 +607,9 @@ impl<O, R: RateLimitReload, P, I, T> ServerStackLayer<O, R, P, I, T> {
         }
         if let Some(rate) = &s.rate_limit {
             self.rate_limit().reload_rate(rate)?;
+        }
+        if let Some(wait) = s.limit.wait_at_limit {
+            limit.set_wait_at_limit(wait);
         }
         Ok(())
     }

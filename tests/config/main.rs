@@ -1415,3 +1415,41 @@ async fn a_client_section_bounds_the_client_stack_s_adaptive_limit() {
     assert_eq!(stack.adaptive_limit().limit(), 1000);
     assert_eq!(stack.breaker_handle().tuning(), before, "nothing changed");
 }
+
+/// A client section's `limit = { wait_at_limit = .. }` reaches the client
+/// stack's limit, which waits at the limit by default, and a reload turns
+/// it back on; a server stack's limit does not wait unless told to.
+#[tokio::test(start_paused = true)]
+async fn a_section_sets_the_wait_at_the_limit_and_a_reload_changes_it() {
+    let default: ServiceConfig =
+        toml::from_str("[clients.payments]\ntotal_budget = \"2s\"").unwrap();
+    let stack =
+        ClientStack::from_config("payments", default.client_settings("payments").unwrap()).unwrap();
+    assert!(
+        stack.adaptive_limit().wait_at_limit(),
+        "a client stack's default"
+    );
+    let off: ServiceConfig = toml::from_str(
+        "[clients.payments]\ntotal_budget = \"2s\"\nlimit = { wait_at_limit = false }",
+    )
+    .unwrap();
+    let stack =
+        ClientStack::from_config("payments", off.client_settings("payments").unwrap()).unwrap();
+    assert!(!stack.adaptive_limit().wait_at_limit());
+    let on: ServiceConfig =
+        toml::from_str("[clients.payments]\nlimit = { wait_at_limit = true }").unwrap();
+    stack
+        .reload(on.client_settings("payments").unwrap())
+        .unwrap();
+    assert!(stack.adaptive_limit().wait_at_limit());
+
+    let server: ServiceConfig = toml::from_str("[server]\ntotal_budget = \"1s\"").unwrap();
+    let api = ServerStack::from_config("api", server.server_settings().unwrap()).unwrap();
+    assert!(
+        !api.adaptive_limit().wait_at_limit(),
+        "a server stack's default"
+    );
+    let on: ServiceConfig = toml::from_str("[server]\nlimit = { wait_at_limit = true }").unwrap();
+    api.reload(on.server_settings().unwrap()).unwrap();
+    assert!(api.adaptive_limit().wait_at_limit());
+}
