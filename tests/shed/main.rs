@@ -4030,3 +4030,54 @@ async fn a_limit_that_waits_at_the_limit_passes_over_a_waiter_that_cannot_make_i
     );
     assert_eq!(results[6], Ok(()));
 }
+
+/// The wait at the limit turned off while requests wait (a reload): they
+/// wait on, and are served as a herd's waiters are, the oldest first; a
+/// request over the limit after it is refused at once.
+#[tokio::test(start_paused = true)]
+async fn a_limit_whose_wait_is_turned_off_serves_its_waiters_oldest_first() {
+    let layer = AdaptiveLimitLayer::builder()
+        .algorithm(fixed(2))
+        .burst(Duration::ZERO)
+        .wait_at_limit(true)
+        .build()
+        .unwrap();
+    let sent: Arc<std::sync::Mutex<Vec<u64>>> = Arc::default();
+    let svc = {
+        let sent = sent.clone();
+        layer
+            .clone()
+            .layer(service_fn(move |(n, latency): (u64, u64)| {
+                sent.lock().unwrap().push(n);
+                async move {
+                    sleep(ms(latency)).await;
+                    Ok::<_, Infallible>(n)
+                }
+            }))
+    };
+    let call = |n: u64, latency: u64| {
+        let svc = svc.clone();
+        tokio::spawn(async move {
+            deadline::scope(Deadline::after(ms(1000)), svc.oneshot((n, latency)))
+                .await
+                .map_err(|e| rejection_of(&e).unwrap().kind())
+        })
+    };
+    let mut calls = vec![call(0, 500), call(1, 500)];
+    for n in 2..5 {
+        sleep(ms(10)).await;
+        calls.push(call(n, 10));
+    }
+    sleep(ms(10)).await;
+    assert_eq!(layer.queued(), 3);
+    layer.set_wait_at_limit(false);
+    assert!(!layer.wait_at_limit());
+    assert_eq!(layer.queued(), 3, "the waiters wait on");
+    let refused = call(5, 10).await.unwrap();
+    assert_eq!(refused, Err(RejectionKind::Overloaded));
+    for c in calls {
+        c.await.unwrap().unwrap();
+    }
+    assert_eq!(*sent.lock().unwrap(), [0, 1, 2, 3, 4], "oldest first");
+    assert_eq!((layer.inflight(), layer.queued()), (0, 0));
+}
