@@ -185,7 +185,8 @@ pub struct ClientSettings {
     /// The bulkhead.
     #[serde(default)]
     pub bulkhead: BulkheadSettings,
-    /// The adaptive limit's bounds, on the attempts in flight.
+    /// The adaptive limit's bounds, on the attempts in flight, and whether
+    /// it waits at the limit.
     #[serde(default)]
     pub limit: LimitSettings,
 }
@@ -328,7 +329,7 @@ pub struct EjectionSettings {
 }
 
 /// The adaptive limit's bounds (the algorithm keeps what it learns within
-/// them).
+/// them), and whether it waits at the limit.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]
@@ -357,7 +358,7 @@ pub struct ServerSettings {
     /// The bulkhead.
     #[serde(default)]
     pub bulkhead: BulkheadSettings,
-    /// The adaptive limit's bounds.
+    /// The adaptive limit's bounds, and whether it waits at the limit.
     #[serde(default)]
     pub limit: LimitSettings,
     /// The rate limit's quota. The stack's builder must have a rate limit

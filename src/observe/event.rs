@@ -227,7 +227,10 @@ pub enum GiveUpReason {
     /// The next attempt would not fit the request's deadline, or the
     /// dependency answered to that deadline as it ended (an HTTP `504`, a
     /// gRPC `DEADLINE_EXCEEDED`: see
-    /// [`RetryPolicy::is_deadline_answer`](crate::retry::RetryPolicy::is_deadline_answer)).
+    /// [`RetryPolicy::is_deadline_answer`](crate::retry::RetryPolicy::is_deadline_answer)),
+    /// or a layer below ran out of it (a `DeadlineExceeded` or an
+    /// `AttemptTimeout` with 20 ms or less of the deadline left: a wait in
+    /// a client stack limit's queue, an attempt run on to the deadline).
     Deadline,
     /// The server asked for a wait longer than allowed, or said not to retry.
     Pushback,

@@ -413,7 +413,8 @@ impl<P> AdaptiveLimitLayerBuilder<P> {
     /// spell; a server held at its limit refuses all along), and for 1 s
     /// after such a burst began the queue, a `Critical` or `CriticalPlus`
     /// request with a deadline that
-    /// the limit would refuse waits instead, first come first served, for a
+    /// the limit would refuse waits instead, first come first served (in a
+    /// limit that [waits at the limit](Self::wait_at_limit): newest first), for a
     /// place under the limit, if it can be served within its deadline at
     /// the rate places come free (the faster of the rate measured as calls
     /// end and the last window's service time over the limit; unknown, it
@@ -496,7 +497,7 @@ impl<P> AdaptiveLimitLayerBuilder<P> {
     /// refusing at once, 3215 without seawall), and the dependency does
     /// not queue them. A brownout past the callers' deadline
     /// (`tests/stack`): 807 answered of the 800 the dependency could
-    /// answer in time, 725 refusing at once. The storm's "queueing
+    /// answer in time (some queued before), 725 refusing at once. The storm's "queueing
     /// dependency past the deadline" goes from 81.6 % to 85.1 %, its
     /// "slow dependency" from 97.6 % to 97.8 %. The price: under an
     /// overload that lasts, the requests the dependency cannot serve fail

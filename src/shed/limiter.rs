@@ -23,10 +23,11 @@ pub(crate) enum Refusal {
     Limit,
     /// The request's deadline is shorter than the expected service time.
     Doomed,
-    /// The request waited in the queue for a herd, and was refused: the
-    /// rate places came free at said it could not be served in time, its
-    /// place came too late for a call at the limit, no call ended within
-    /// its patience, or its deadline came.
+    /// The request waited in the queue, and was refused: the rate places
+    /// came free at said it could not be served in time, its place came
+    /// too late for a call at the limit (a herd's waiter), no call ended
+    /// within its patience, it was the oldest waiter of a full queue (in a
+    /// limit that waits at the limit), or its deadline came.
     Queue,
     /// As `Limit`, during a burst or while its queue takes arrivals, or at
     /// any time in a limit that waits at the limit: it may wait in the
@@ -1133,7 +1134,13 @@ impl Limiter {
     /// Turns the wait at the limit on or off (a reload): requests that wait
     /// already wait on.
     pub(crate) fn set_wait_at_limit(&self, wait: bool) {
-        self.wait_at_limit.store(wait, Ordering::Relaxed);
+        if self.wait_at_limit.swap(wait, Ordering::Relaxed) != wait {
+            self.observer.emit(
+                LayerKind::AdaptiveLimit,
+                self.name.as_str(),
+                EventKind::Reconfigured,
+            );
+        }
         if !wait && self.waiting.load(Ordering::SeqCst) != 0 {
             // The waiters are now judged as a herd's (see `grant`).
             self.place_freed(false);
@@ -1434,11 +1441,11 @@ impl Limiter {
     }
 
     /// A place under the limit came free (`ended`: a call ended) while
-    /// requests wait: the oldest waiters take the free places; then, by the
-    /// rate places come free (the joining one while the queue takes
-    /// arrivals, the measured one after), the newest that can no longer be
-    /// served in time are refused, each told when the queue before it will
-    /// have drained.
+    /// requests wait: the waiters take the free places (see `grant`); then,
+    /// in a limit that does not wait at the limit, by the rate places come
+    /// free (the joining one while the queue takes arrivals, the measured
+    /// one after), the newest that can no longer be served in time are
+    /// refused, each told when the queue before it will have drained.
     #[cold]
     #[inline(never)]
     fn place_freed(&self, ended: bool) {
@@ -1616,14 +1623,14 @@ impl Limiter {
     }
 }
 
-/// How long a queue for a herd, once a burst began it, takes requests over
-/// the limit: a herd of new connections reaches a server over a few
-/// hundred milliseconds (2000 at once over real HTTP on 2 cores: over 400
-/// ms, half of them 334 ms or more after the first).
 /// How many of the newest waiters a limit that waits at the limit looks
 /// at for one that can make it, per place (see `Limiter::grant`).
 const WALK: usize = 8;
 
+/// How long a queue for a herd, once a burst began it, takes requests over
+/// the limit: a herd of new connections reaches a server over a few
+/// hundred milliseconds (2000 at once over real HTTP on 2 cores: over 400
+/// ms, half of them 334 ms or more after the first).
 pub(crate) const JOINS: Duration = Duration::from_secs(1);
 
 /// Calls that end while the queue stands before the rate they end at is

@@ -145,7 +145,7 @@
 //! herd comes after a quiet spell), and for 1 s after such a burst began
 //! the queue, a `Critical` or `CriticalPlus` request with a deadline that the limit
 //! would refuse waits in the limit's queue instead (first come, first
-//! served; at most [`max_queue`](AdaptiveLimitLayerBuilder::max_queue),
+//! served, but in a client stack's limit: see below; at most [`max_queue`](AdaptiveLimitLayerBuilder::max_queue),
 //! 1000 by default), for a place under the limit, as long as it can be
 //! served within its deadline at the rate places come free. As calls end,
 //! the newest waiters that can no longer be served in time are refused
@@ -176,8 +176,8 @@
 //!
 //! ## Otherwise, no queue
 //!
-//! Outside a herd, and in a limit that does not wait at the limit (a
-//! server's), the limit does not queue: what it admits goes on at once,
+//! Outside a herd, a limit that does not wait at the limit (a server's)
+//! does not queue: what it admits goes on at once,
 //! bursts included, and what it refuses is refused at once, with a
 //! `retry_after` (its `poll_ready` is the inner service's). A bulkhead
 //! queue in front of it does not hold those back: the bulkhead's queue

@@ -1,9 +1,10 @@
-//! The adaptive limit's queue: the requests the limit would refuse in the
-//! first [`BURST`](super::limiter::BURST) of an overload that began after a
-//! quiet spell (a herd) wait here, first come first served, for a place
-//! under the limit, while their deadlines let them be served; in a limit
-//! that waits at the limit (a client stack's), any request it refuses
-//! waits here, the newest served first.
+//! The adaptive limit's queue: the requests the limit would refuse for
+//! [`JOINS`](super::limiter::JOINS) after a burst that began after a quiet
+//! spell (a herd) wait here, first come first served, for a place under
+//! the limit, while their deadlines let them be served; in a limit that
+//! waits at the limit (a client stack's), a `Critical` or `CriticalPlus`
+//! request with a deadline that it refuses waits here at any time (not
+//! while a waiter's patience has run out), the newest served first.
 //!
 //! The slots live in one `Vec` reused for the life of the limit and are
 //! linked into an index-based doubly linked list (as the bulkhead's queue),

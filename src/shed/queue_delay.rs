@@ -103,8 +103,9 @@ const PROVISIONAL_RISE: f64 = 0.5;
 ///    latency is `base`. The run of such cuts ends with the first window
 ///    that is not cut off so, or four windows after its first cut. (`tests/stack`: 8 workers whose latency went from
 ///    10 to 100 ms, sent five times what they then answer, by callers with
-///    490 ms: 725 of the 800 answerable answered in time, and 9.6 s of the
-///    workers' 80 spent on calls cut before their answer; judged by the
+///    490 ms: 807 of the 800 answerable answered in time (some queued
+///    before; 725 with the limit refusing the requests over it at once),
+///    and 8.5 s of the workers' 80 spent on calls cut before their answer; judged by the
 ///    answers' latency alone, the limit stayed at 60 to 100, 457 answered
 ///    and 46 s cut. A dependency made slower with no queue, 30 % of its
 ///    calls past a 130 ms deadline at any load, sent 1000 requests a

@@ -349,7 +349,7 @@ impl ClientStack {
 ///   limit (a limit that kept the dependency's queue to a tenth of its
 ///   service time refused the callers who could have waited: 97.8 %, and
 ///   94.7 % at half the attempt timeout); a route of a server whose
-///   dependency restarted cold (`tests/shed`: 1047 of its 1800 requests
+///   dependency restarted cold (`tests/shed`: 1037 of its 1800 requests
 ///   answered, the dependency able to answer about 960 in that time plus
 ///   what its warm phase queued, where a limit of its own on the server
 ///   kept it to 888), the server's other route served in full; and a busy
@@ -363,15 +363,17 @@ impl ClientStack {
 ///   callers left): the limit is cut by the share of calls answered in
 ///   time when a fifth or more run out of time behind a queue (see
 ///   [`QueueDelay`](crate::shed::QueueDelay), rule 3), and `tests/stack`
-///   answers 725 of the 800 answerable, with 9.6 s of the workers' 80
-///   spent on calls cut before their answer (457 and 46 s when the limit
+///   answers 807 of the 800 answerable (some queued before; 725
+///   refusing the requests over the limit at once), with 8.5 s of the
+///   workers' 80 spent on calls cut before their answer (457 and 46 s when the limit
 ///   judged by the answers' latency alone; the trial: 80 to 84 % of the
 ///   possible, 29 to 31 % of the workers' time cut). The cost: a small
 ///   dependency is held to its workers later (4 workers at twice their
 ///   capacity: after a minute, 22 of the last 800 requests out of time;
 ///   after 20 s, 44); and a dependency that got 15 times slower without
 ///   queueing (the storm's "slow dependency": 120 in flight needed at
-///   400 requests a second) is refused for its first 3 s, until a drain
+///   400 requests a second) has the requests over the limit held back
+///   for its first 3 s, until a drain
 ///   finds no queue of the limit's own and the limit follows it (97.8 %
 ///   served, 100 % by a caller that waits);
 /// - a retry budget that grows with success ([`RetryLayer`]'s default,
@@ -396,7 +398,7 @@ impl ClientStack {
 ///   (`grpc-timeout`, `x-request-timeout-ms`), which a dependency that
 ///   reads it keeps to. The
 ///   scenario: a dependency queueing at 110 % of its capacity (the storm's
-///   "queueing dependency"), served 99.0 % where cutting and retrying
+///   "queueing dependency"), served 99.1 % where cutting and retrying
 ///   attempts as its queue passed the attempt timeout served 83.6 %;
 /// - under a deadline from above (a handler's, from its server stack),
 ///   10 ms of it, at most a tenth, kept for the handler to answer in, so
