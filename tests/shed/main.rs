@@ -4036,12 +4036,20 @@ async fn a_limit_that_waits_at_the_limit_passes_over_a_waiter_that_cannot_make_i
 /// request over the limit after it is refused at once.
 #[tokio::test(start_paused = true)]
 async fn a_limit_whose_wait_is_turned_off_serves_its_waiters_oldest_first() {
+    let rec = Recorder::new();
     let layer = AdaptiveLimitLayer::builder()
         .algorithm(fixed(2))
         .burst(Duration::ZERO)
         .wait_at_limit(true)
+        .observer(Observer::new(rec.clone()))
         .build()
         .unwrap();
+    let reconfigured = |rec: &Recorder| {
+        rec.events()
+            .iter()
+            .filter(|e| matches!(e.kind, EventKind::Reconfigured))
+            .count()
+    };
     let sent: Arc<std::sync::Mutex<Vec<u64>>> = Arc::default();
     let svc = {
         let sent = sent.clone();
@@ -4072,6 +4080,9 @@ async fn a_limit_whose_wait_is_turned_off_serves_its_waiters_oldest_first() {
     assert_eq!(layer.queued(), 3);
     layer.set_wait_at_limit(false);
     assert!(!layer.wait_at_limit());
+    // Reported once: a value equal to the one in place reports nothing.
+    layer.set_wait_at_limit(false);
+    assert_eq!(reconfigured(&rec), 1);
     assert_eq!(layer.queued(), 3, "the waiters wait on");
     let refused = call(5, 10).await.unwrap();
     assert_eq!(refused, Err(RejectionKind::Overloaded));
