@@ -749,7 +749,8 @@ impl Core {
         };
         let lasted = ms.wrapping_sub(first);
         if n >= self.busy_minimum() && (BUSY_RUN_MS..1 << 31).contains(&lasted) {
-            self.trip_busy(permit.generation, now);
+            // (No failure rate: none was counted.)
+            self.trip(permit.generation, now, None, None);
         }
     }
 
@@ -788,18 +789,6 @@ impl Core {
         if self.runs.load(Ordering::Relaxed) != 0 {
             self.runs.store(0, Ordering::Release);
         }
-    }
-
-    /// Opens a closed breaker on a run of "busy" answers (no failure rate:
-    /// none was counted).
-    #[cold]
-    fn trip_busy(&self, generation: u64, now: Instant) {
-        let mut control = self.lock();
-        let word = self.word.load(Ordering::Acquire);
-        if gen_of(word) != generation || state_of(word) != CLOSED {
-            return;
-        }
-        self.open_locked(&mut control, CLOSED, generation, now, None, None);
     }
 
     #[inline(always)]
@@ -971,24 +960,24 @@ impl Core {
     /// row had opened misled a new user's reading of an outage).
     #[cold]
     fn trip_closed(&self, generation: u64, now: Instant, snap: WindowSnapshot, in_a_row: bool) {
-        let mut control = self.lock();
-        let word = self.word.load(Ordering::Acquire);
-        if gen_of(word) != generation || state_of(word) != CLOSED {
-            return;
-        }
         let failure_rate = if in_a_row {
             Some(1.0)
         } else {
             snap.failure_rate()
         };
-        self.open_locked(
-            &mut control,
-            CLOSED,
-            generation,
-            now,
-            failure_rate,
-            snap.slow_call_rate(),
-        );
+        self.trip(generation, now, failure_rate, snap.slow_call_rate());
+    }
+
+    /// Opens the breaker if it is still closed in `generation`, reporting
+    /// the rates that opened it (none for a run of "busy" answers).
+    #[cold]
+    fn trip(&self, generation: u64, now: Instant, fr: Option<f64>, sr: Option<f64>) {
+        let mut control = self.lock();
+        let word = self.word.load(Ordering::Acquire);
+        if gen_of(word) != generation || state_of(word) != CLOSED {
+            return;
+        }
+        self.open_locked(&mut control, CLOSED, generation, now, fr, sr);
     }
 
     /// How long until a probe may go, at `at` (ns after `origin`), the

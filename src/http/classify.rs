@@ -176,16 +176,9 @@ impl HttpStatusClassifier {
 }
 
 /// Whether a response head says "busy, come back later": a 429, or a 503
-/// with a `Retry-After`.
+/// with a `Retry-After` (a busy answer that [`paces`] its caller).
 pub(crate) fn says_busy<B>(res: &http::Response<B>) -> bool {
-    match res.status().as_u16() {
-        429 => true,
-        503 => {
-            res.headers().contains_key(http::header::RETRY_AFTER)
-                || res.headers().contains_key(super::RETRY_AFTER_MS)
-        }
-        _ => false,
-    }
+    matches!(res.status().as_u16(), 429 | 503) && paces(res)
 }
 
 /// Whether a response head paces its caller: a `429` (a quota's
