@@ -373,9 +373,10 @@ impl ClientStack {
 ///   after 20 s, 44); and a dependency that got 15 times slower without
 ///   queueing (the storm's "slow dependency": 120 in flight needed at
 ///   400 requests a second) has the requests over the limit held back
-///   for its first 3 s, until a drain
-///   finds no queue of the limit's own and the limit follows it (97.8 %
-///   served, 100 % by a caller that waits);
+///   for its first 2 s, until a growth test (a quarter more, in the
+///   first window whose every call slowed) finds no queue of the limit's
+///   own and the limit follows it (99.4 % served, 100 % by a caller that
+///   waits);
 /// - a retry budget that grows with success ([`RetryLayer`]'s default,
 ///   [`RetryBudget::DEFAULT_SUCCESS_RATIO`]): a partial failure of 30 % is
 ///   retried to 97 % success;

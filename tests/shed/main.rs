@@ -3386,7 +3386,7 @@ async fn a_client_limit_cut_by_a_hang_is_restored_once_the_dependency_answers() 
 /// one, the limit went from 105 to 362, the queue grew past the budget,
 /// 852 callers waited it out for nothing and 2832 were answered; now the
 /// limit stays at 110 or below (steps of 5 %), 51 wait it out at the
-/// dependency and 2987 are answered (130 and 2953 when the limit refused
+/// dependency and 2992 are answered (130 and 2953 when the limit refused
 /// the requests over it at once; now they wait in its queue, never sent).
 #[cfg(all(feature = "deadline", feature = "retry", feature = "circuit-breaker"))]
 #[tokio::test(start_paused = true)]

@@ -676,14 +676,17 @@ fn a_queueing_dependency_past_the_deadline() {
 /// every call x15 (150-450 ms, within the attempt timeout) for 10 s, at
 /// 400 requests a second, needs about 120 calls in flight where the
 /// client stack's limit starts at 100. A caller that waits is served
-/// every request. seawall's limit refuses for the first seconds only: its
-/// drain, the window after it reached the limit twice, finds no queue of
-/// its own, and it follows the dependency to what the requests ask for.
-/// 97.8 % served (95.7 % of the slow phase), no request failed from 3 s
-/// into the slowdown on; before
-/// it did (back to its limit of 105 after the drain, growing 5 % a
-/// window, and draining again every few windows), 91.4 %, refusals to the
-/// end of the slowdown.
+/// every request. seawall's limit holds back requests for the first
+/// seconds only: the window after it reached the limit, every call slowed
+/// within the attempt timeout, is a growth test (a quarter more); the next
+/// window's latency does not rise with its calls, so the limit follows
+/// the dependency to what the requests ask for. 99.4 % served (98.8 % of
+/// the slow phase), no request failed from 2 s into the slowdown on.
+/// When a drain looked for the queue instead (two thirds of the calls for
+/// four latencies), 97.8 % (95.7 %), failures to 3 s in; before that
+/// drain followed a slower dependency (back to its limit of 105, growing
+/// 5 % a window, and draining again every few windows), 91.4 %, refusals
+/// to the end of the slowdown.
 #[test]
 fn a_dependency_that_got_slower_is_followed_not_refused() {
     let s = Scenario::slow_dependency(10, 15.0, 400.0);
@@ -709,11 +712,11 @@ fn a_dependency_that_got_slower_is_followed_not_refused() {
     for (i, g) in g.iter().enumerate().take(SW) {
         assert_eq!(*g, 1.0, "{}", runs[i].mode.label());
     }
-    assert!(g[SW] >= 0.97, "{g:?}");
-    // 95.3 % of the slow phase itself (3957 requests).
-    assert!(slow >= 0.95, "{slow}");
-    // Refusals at the onset only: none from 3 s into the slowdown.
-    let settled = (a + 3.0) as usize;
+    assert!(g[SW] >= 0.99, "{g:?}");
+    // 98.8 % of the slow phase itself (3957 requests).
+    assert!(slow >= 0.985, "{slow}");
+    // Refusals at the onset only: none from 2 s into the slowdown.
+    let settled = (a + 2.0) as usize;
     assert!(
         failed_per_second[settled..=b as usize]
             .iter()
