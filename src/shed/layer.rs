@@ -410,8 +410,9 @@ impl<P> AdaptiveLimitLayerBuilder<P> {
     ///
     /// During a [burst](Self::burst) that began after a window (1 s by
     /// default) without a refusal at the limit (a herd comes after a quiet
-    /// spell; a server held at its limit refuses all along), and for 1 s
-    /// after such a burst began the queue, a `Critical` or `CriticalPlus`
+    /// spell; a server held at its limit refuses all along), after it
+    /// within 1 s of its start (a herd that came slower than the burst's
+    /// cap), and for 1 s after such a burst began the queue, a `Critical` or `CriticalPlus`
     /// request with a deadline that
     /// the limit would refuse waits instead, first come first served (in a
     /// limit that [waits at the limit](Self::wait_at_limit): newest first), for a

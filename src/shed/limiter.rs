@@ -457,9 +457,11 @@ impl Limiter {
     /// and a new burst waits until it has refused nothing for `burst`, or
     /// until the calls in flight have fallen to half the limit (the queue
     /// that stood there drained: see `try_acquire`).
-    /// Past the burst's cap while a burst goes on (or would begin), the
-    /// request may wait in the queue for a herd instead of being refused
-    /// ([`Burst::Queue`]: see `try_queue`; it counts as refused here).
+    /// Past the burst's cap while a burst goes on (or would begin), or over
+    /// the limit after a burst that may queue within [`JOINS`] of its
+    /// start, the request may wait in the queue for a herd instead of
+    /// being refused ([`Burst::Queue`]: see `try_queue`; it counts as
+    /// refused here).
     #[cold]
     #[inline(never)]
     fn bursting(&self, class: Criticality, before: usize, now: Instant) -> Burst {
@@ -506,6 +508,20 @@ impl Limiter {
                     if under_cap {
                         return Burst::Admit;
                     }
+                    open = true;
+                } else if start != 0
+                    && age < crate::clock::nanos(JOINS)
+                    && self.max_queue != 0
+                    && self.burst_may_queue.load(Ordering::Relaxed)
+                {
+                    // A herd longer than its burst: the burst, begun after
+                    // a quiet spell, ended within its cap, and requests
+                    // still come over the limit within `JOINS` of its
+                    // start. Its queue takes them, as if the burst had
+                    // passed its cap (1 s bursts at three times a
+                    // server's capacity, callers with 1 s, over real
+                    // HTTP: refused at once, 60.2 to 61.3 % served, plain
+                    // axum 64.8 to 66.6 %).
                     open = true;
                 }
             }

@@ -98,8 +98,8 @@
 //!   half of it (the rules in full at
 //!   [`burst`](AdaptiveLimitLayerBuilder::burst), which sets the time;
 //!   zero: no bursts). A burst's calls are no samples of the algorithm's.
-//!   During a burst, the requests past it may wait in the queue for a herd
-//!   (below).
+//!   During a burst, and within 1 s of its start, the requests past it
+//!   may wait in the queue for a herd (below).
 //! - Every service and clone built from one layer shares one limit.
 //! - `poll_ready` forwards the inner service's readiness; the decision is made
 //!   in `call`, and a rejection is immediate.
@@ -142,8 +142,9 @@
 //! A herd, many requests at one instant and then none (a job at the top of
 //! the minute, clients reconnecting after a deploy), is more than a burst
 //! admits. During a burst that began after a window without a refusal (a
-//! herd comes after a quiet spell), and for 1 s after such a burst began
-//! the queue, a `Critical` or `CriticalPlus` request with a deadline that the limit
+//! herd comes after a quiet spell), after it within 1 s of its start (a
+//! herd that came slower than the burst's cap), and for 1 s after such a
+//! burst began the queue, a `Critical` or `CriticalPlus` request with a deadline that the limit
 //! would refuse waits in the limit's queue instead (first come, first
 //! served, but in a client stack's limit: see below; at most [`max_queue`](AdaptiveLimitLayerBuilder::max_queue),
 //! 1000 by default), for a place under the limit, as long as it can be

@@ -218,7 +218,7 @@ const PROVISIONAL_RISE: f64 = 0.5;
 /// phase's first 20 s; 3.5 % when the limit doubled from 20, 5.5 % before
 /// the layer's bursts), then nothing; before rule 4's last part it refused
 /// 76 %. A slowdown of 5 s to 400 ms, with one caller in five waiting
-/// 300 ms, is refused 176 requests of its 1000, all in its first 1.3 s
+/// 300 ms, is refused 119 requests of its 1000, all in its first 1.3 s
 /// (268 over 2.5 s by doublings). (Rule 5 does not see these: every answer
 /// got slower, as in a brownout of a dependency with fewer workers, where
 /// doubling the limit would queue more in front of it.) A dependency that

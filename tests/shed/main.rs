@@ -2372,8 +2372,11 @@ async fn a_refusal_holds_the_limit_and_a_drained_queue_renews_a_burst() {
 /// defaults reads the slowdown as the dependency's at its first window and
 /// goes at once to what the window asked for (Little's law: the requests
 /// per second × the latency, and a quarter more, at most four times the
-/// limit), not by doublings from 20: 176 requests refused, all within the first window and a bit, where
-/// three doublings refused 268 over three windows.
+/// limit), not by doublings from 20: 119 requests refused, all within the
+/// first window and a bit (the limit's queue takes the requests over it
+/// for the first second, as for a herd: 696 of the slow phase's 1000
+/// answered; 176 refused and 668 answered when only a burst past its cap
+/// began a queue), where three doublings refused 268 over three windows.
 #[cfg(all(feature = "deadline", feature = "retry", feature = "circuit-breaker"))]
 #[tokio::test(start_paused = true)]
 async fn a_short_slowdown_is_followed_in_one_window() {
@@ -2423,7 +2426,8 @@ async fn a_short_slowdown_is_followed_in_one_window() {
     let (ok, refused, gave_up) = (per(0), per(1), per(2));
     println!("answered {ok:?}\nrefused  {refused:?}\ngave up  {gave_up:?}");
     assert_eq!(refused[..5].iter().sum::<u64>(), 0, "healthy: none refused");
-    assert_eq!(refused.iter().sum::<u64>(), 176);
+    assert_eq!(refused.iter().sum::<u64>(), 119);
+    assert_eq!(ok[5..10].iter().sum::<u64>(), 696);
     assert!(refused[7..].iter().all(|&r| r == 0), "none after 2 s of it");
     // The 1 s callers of the slowdown's last three seconds all answered.
     assert_eq!(ok[7..10], [160, 160, 160]);
@@ -3451,6 +3455,87 @@ async fn a_queue_at_a_dependency_still_filling_before_a_drain_is_not_a_slower_de
     assert!(highest.iter().all(|&l| l <= 110), "{highest:?}");
     assert!(waited.iter().sum::<u64>() <= 100, "{waited:?}");
     assert!(answered.iter().sum::<u64>() >= 2900, "{answered:?}");
+}
+
+/// A herd spread over a second, slower than a burst's cap: 100 requests a
+/// second for 3 s, then 600 a second for 1 s (one and a half times what 4
+/// workers at 10 ms serve), then 100 a second for 2 s, each caller waiting
+/// 1 s.
+/// The burst (its first 100 ms, four times the limit in flight at most)
+/// never passes its cap; the requests that come over the limit after it,
+/// within 1 s of its start, wait in the limit's queue as a herd's do.
+/// Served, of the 1200 sent in the herd's second and of the 200 after it.
+async fn slow_herd<S>(svc: S) -> (u64, u64)
+where
+    S: Service<u32, Response = ()> + Clone + Send + 'static,
+    S::Error: Send,
+    S::Future: Send,
+{
+    let served: Arc<[AtomicU64; 2]> = Arc::new(Default::default());
+    let start = Instant::now();
+    let mut sends = Vec::new();
+    let mut at = Duration::ZERO;
+    while at < Duration::from_secs(6) {
+        sends.push(at);
+        let rate = if (3..4).contains(&at.as_secs()) {
+            600
+        } else {
+            100
+        };
+        at += Duration::from_secs(1) / rate;
+    }
+    let mut tasks = Vec::new();
+    for (i, at) in sends.into_iter().enumerate() {
+        tokio::time::sleep_until(start + at).await;
+        let (svc, served) = (svc.clone(), served.clone());
+        let phase = match at.as_secs() {
+            3 => Some(0),
+            4 | 5 => Some(1),
+            _ => None,
+        };
+        tasks.push(tokio::spawn(async move {
+            let call = deadline::scope(Deadline::after(ms(1000)), svc.oneshot(i as u32));
+            if let (Ok(Ok(())), Some(p)) = (timeout(ms(1000), call).await, phase) {
+                served[p].fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    (
+        served[0].load(Ordering::Relaxed),
+        served[1].load(Ordering::Relaxed),
+    )
+}
+
+/// The herd spread over a second above, at the server stack with its
+/// defaults: its burst never passes the cap, and the requests over the
+/// limit after it wait in the queue for a herd: all 601 of the herd's
+/// second served, as by a plain service that queues them all, and 165 of
+/// the 200 after it (the queue takes arrivals for 1 s; those that come
+/// while it drains after that are refused). When only a burst past its
+/// cap began a queue, as without one (`max_queue(0)`): 416 and 197.
+#[cfg(all(feature = "deadline", feature = "bulkhead"))]
+#[tokio::test(start_paused = true)]
+async fn a_herd_slower_than_a_burst_is_served_from_the_limits_queue() {
+    let preset = || seawall::ServerStack::builder("api").total_budget(ms(950));
+    let defaults = slow_herd(preset().build().unwrap().layer(four_workers())).await;
+    let unqueued = slow_herd(
+        preset()
+            .adaptive_limit(|l| l.max_queue(0))
+            .build()
+            .unwrap()
+            .layer(four_workers()),
+    )
+    .await;
+    let plain = slow_herd(four_workers()).await;
+    println!("herd over a second: defaults {defaults:?}, no queue {unqueued:?}, plain {plain:?}");
+    assert_eq!(plain, (601, 200));
+    assert_eq!(defaults.0, plain.0, "{defaults:?}");
+    assert!(defaults.1 >= 150, "{defaults:?}");
+    assert!(unqueued.0 <= 430, "{unqueued:?}");
+    assert!(defaults.0 + defaults.1 >= unqueued.0 + unqueued.1 + 100);
 }
 
 /// A handler of 4 workers at 10 ms (400 a second).

@@ -1546,7 +1546,9 @@ fn limit_slot(result: Result<u32, BoxError>) -> usize {
 /// answered (the dependency can answer 400 in 5 s, and some queued before
 /// them), 31 out of time, 363 held back, the breaker never open. Refusing
 /// them at once instead (`wait_at_limit(false)`, as the stack did before
-/// its limit waited): 402, 13 and 385. (From its start at 100 it takes a
+/// its limit waited): 426, 9 and 365 (its queue for a herd takes the
+/// requests over it for a second after a quiet spell: 402, 13 and 385
+/// when only a burst past its cap began one). (From its start at 100 it takes a
 /// while to come down to 4 workers: 135 of the 800 out of time after 20 s;
 /// started at 20, 26 after 10 s.) Held at 1000 (as the stack was before
 /// it had the limit), the queue grows toward the deadline: 269 answered,
@@ -1564,7 +1566,7 @@ async fn the_client_limit_sends_a_queueing_dependency_what_it_answers_in_time() 
     assert!(limited[0] >= 370, "{limited:?}");
     assert!(limited[1] <= 40, "{limited:?}");
     assert_eq!(limited[3], 0, "the breaker stays closed: {limited:?}");
-    assert!(limited[0] >= refusing[0], "refusing at once: {refusing:?}");
+    assert!(refusing[0] >= 400, "refusing at once: {refusing:?}");
     assert!(refusing[1] <= 30, "refusing at once: {refusing:?}");
     assert_eq!(held[2], 0, "held at 1000: nothing refused by the limit");
     assert!(held[0] + 80 <= limited[0], "held at 1000: {held:?}");
