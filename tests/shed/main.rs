@@ -2432,11 +2432,14 @@ async fn a_short_slowdown_is_followed_in_one_window() {
     // The 1 s callers of the slowdown's last three seconds all answered.
     assert_eq!(ok[7..10], [160, 160, 160]);
     let limits = adaptive_limits(&rec);
-    // 87 asked; four times the limit at most.
+    // What was asked: 69 (87 when the requests over the limit were
+    // refused; the queue for a herd's waiters count once answered); four
+    // times the limit at most.
     assert_eq!(
-        limits[0], 80,
+        limits[0], 69,
         "one step from 20 to what was asked: {limits:?}"
     );
+    assert!(limits[1] >= 138, "{limits:?}");
 }
 
 /// A front in the HTTP server preset, at 400 requests a second, whose
