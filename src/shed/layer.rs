@@ -434,7 +434,9 @@ impl<P> AdaptiveLimitLayerBuilder<P> {
     /// must not make every request wait. A waiter's latency sample begins
     /// when its task is polled with its place (its place is counted in
     /// flight from when it is handed over). After that second, requests
-    /// over the limit are refused at once, as before; while requests wait,
+    /// over the limit join the queue while it drains only if they come
+    /// slower than places free, by a third at least (the traffic after a
+    /// herd); faster, they are refused at once; while requests wait,
     /// each refusal at the limit is told when the queue will have drained
     /// (by the measured rate, at most the newest waiter's deadline), not the
     /// limit's usual 100 to 150 ms.

@@ -523,6 +523,11 @@ impl Limiter {
                     // HTTP: refused at once, 60.2 to 61.3 % served, plain
                     // axum 64.8 to 66.6 %).
                     open = true;
+                } else if self.waiting.load(Ordering::SeqCst) != 0 && !self.waits_at_limit() {
+                    // A herd's queue drains: a request that comes after it
+                    // stopped taking arrivals joins it if requests come
+                    // slower than places free (see `try_queue`).
+                    open = true;
                 }
             }
         }
@@ -1366,10 +1371,15 @@ impl Limiter {
         // (With no queue, `Queue::push` finds it full.)
         let mut q = self.lock_queue();
         let limit = self.limit.load(Ordering::Relaxed);
+        let drain_ns = if self.waits_at_limit() {
+            0
+        } else {
+            self.joining_drain_ns(&mut q, now, limit)
+        };
         if self.waits_at_limit() {
             // Waits to its deadline (see `grant`).
         } else if !Self::fits(
-            self.joining_drain_ns(&mut q, now, limit),
+            drain_ns,
             self.inflight
                 .load(Ordering::SeqCst)
                 .saturating_sub(limit)
@@ -1393,6 +1403,26 @@ impl Limiter {
                 now_ns.saturating_add(crate::clock::nanos(JOINS)),
                 Ordering::Relaxed,
             );
+            q.late_ns = 0;
+        } else if now_ns >= self.joins_until_ns.load(Ordering::Relaxed) {
+            // The queue stopped taking arrivals and drains: a request over
+            // the limit joins it only while they come slower than places
+            // free, by a third at least (the herd is over, and the traffic
+            // after it waits less than it would come back after a
+            // refusal: 1 s herds at three times a server's capacity, with
+            // 150 requests a second between them, refused those for the
+            // half second the queue took to drain). An overload that lasts
+            // comes faster, and is refused at once as before.
+            if q.late_ns == 0 {
+                q.late_ns = self.joins_until_ns.load(Ordering::Relaxed).max(1);
+                q.late = 0;
+            }
+            q.late = q.late.saturating_add(1);
+            let span = now_ns.saturating_sub(q.late_ns);
+            if drain_ns == 0 || u128::from(q.late) * u128::from(drain_ns) * 3 > u128::from(span) * 2
+            {
+                return None;
+            }
         }
         if self.waits_at_limit() && q.ends.len >= q.max {
             // Full: the oldest waiter, the least likely to be served (the

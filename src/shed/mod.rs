@@ -47,7 +47,9 @@
 //! # The adaptive limit
 //!
 //! Admission is one atomic in-flight counter compared with an atomic limit:
-//! no lock, no allocation, no queue. Each finished call adds its round-trip
+//! no lock, no allocation. A request over the limit is refused at once,
+//! but in the queue for a herd and, in a client stack, the wait at the
+//! limit (both below). Each finished call adds its round-trip
 //! time to a sampling window (atomics); when a window closes (default: 1 s
 //! and at least 10 samples) the [`LimitAlgorithm`] runs once, under a short
 //! lock that no request waits on, and the new limit is reported with
@@ -102,7 +104,7 @@
 //!   may wait in the queue for a herd (below).
 //! - Every service and clone built from one layer shares one limit.
 //! - `poll_ready` forwards the inner service's readiness; the decision is made
-//!   in `call`, and a rejection is immediate.
+//!   in `call` (a rejection is at once, or after a wait in the limit's queue).
 //!
 //! ## Priorities
 //!
@@ -156,9 +158,11 @@
 //! service times if longer) is refused with the
 //! limit's hint, and nothing waits again until the calls at the limit
 //! move (a dependency hung behind them must not make each request wait).
-//! Requests that come after that second are refused at once, told when the
-//! queue will have drained; an overload that lasts, refusing all along,
-//! never begins a queue after its first. 2000 requests at once at 4
+//! Requests that come after that second join the queue while it drains
+//! only if they come slower than places free, by a third at least (the
+//! traffic after a herd); otherwise they are refused at once, told when
+//! the queue will have drained. An overload that lasts, refusing all
+//! along, never begins a queue after its first. 2000 requests at once at 4
 //! workers of 10 ms, callers with 2 s: 797 served; without the queue 80,
 //! the rest refused at once; without seawall, 800 (`tests/shed`).
 //!

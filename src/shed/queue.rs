@@ -74,6 +74,12 @@ pub(crate) struct Queue {
     pub(crate) mark_ns: u64,
     pub(crate) mark_ended: u64,
     pub(crate) recent_drain_ns: u64,
+    /// Requests over the limit since a herd's queue stopped taking
+    /// arrivals while it drains (the limiter's `try_queue`), and when that
+    /// began (ns since the limiter's epoch, plus one; 0: not since the
+    /// queue last began): how fast they come.
+    pub(crate) late_ns: u64,
+    pub(crate) late: u64,
 }
 
 impl Queue {
@@ -88,6 +94,8 @@ impl Queue {
             mark_ns: 0,
             mark_ended: 0,
             recent_drain_ns: 0,
+            late_ns: 0,
+            late: 0,
         }
     }
 

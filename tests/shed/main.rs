@@ -3515,10 +3515,11 @@ where
 /// The herd spread over a second above, at the server stack with its
 /// defaults: its burst never passes the cap, and the requests over the
 /// limit after it wait in the queue for a herd: all 601 of the herd's
-/// second served, as by a plain service that queues them all, and 165 of
-/// the 200 after it (the queue takes arrivals for 1 s; those that come
-/// while it drains after that are refused). When only a burst past its
-/// cap began a queue, as without one (`max_queue(0)`): 416 and 197.
+/// second served, as by a plain service that queues them all, and all 200
+/// after it: the queue takes arrivals for 1 s, and after that, while it
+/// drains, those that come slower than places free (when they were
+/// refused, 165). When only a burst past its cap began a queue, as
+/// without one (`max_queue(0)`): 416 and 197.
 #[cfg(all(feature = "deadline", feature = "bulkhead"))]
 #[tokio::test(start_paused = true)]
 async fn a_herd_slower_than_a_burst_is_served_from_the_limits_queue() {
@@ -3535,8 +3536,7 @@ async fn a_herd_slower_than_a_burst_is_served_from_the_limits_queue() {
     let plain = slow_herd(four_workers()).await;
     println!("herd over a second: defaults {defaults:?}, no queue {unqueued:?}, plain {plain:?}");
     assert_eq!(plain, (601, 200));
-    assert_eq!(defaults.0, plain.0, "{defaults:?}");
-    assert!(defaults.1 >= 150, "{defaults:?}");
+    assert_eq!(defaults, plain);
     assert!(unqueued.0 <= 430, "{unqueued:?}");
     assert!(defaults.0 + defaults.1 >= unqueued.0 + unqueued.1 + 100);
 }
