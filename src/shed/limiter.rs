@@ -29,8 +29,9 @@ pub(crate) enum Refusal {
     /// within its patience, it was the oldest waiter of a full queue (in a
     /// limit that waits at the limit), or its deadline came.
     Queue,
-    /// As `Limit`, during a burst or while its queue takes arrivals, or at
-    /// any time in a limit that waits at the limit: it may wait in the
+    /// As `Limit`, during a burst, within [`JOINS`] of the start of a
+    /// burst that may queue, while its queue takes arrivals or drains, or
+    /// at any time in a limit that waits at the limit: it may wait in the
     /// queue instead (see `Limiter::try_queue`); reported as `Limit` if
     /// not.
     LimitMayWait,
@@ -106,7 +107,9 @@ fn early_ns(expected: u64) -> u64 {
 enum Burst {
     /// Admitted over the limit.
     Admit,
-    /// Refused here, but a burst goes on: it may wait in the queue.
+    /// Refused here, but a herd's queue may take it (a burst goes on, or
+    /// began it within [`JOINS`], or the queue drains): it may wait in the
+    /// queue.
     Queue,
     /// Refused.
     Refuse,
@@ -521,7 +524,7 @@ impl Limiter {
                     // passed its cap (1 s bursts at three times a
                     // server's capacity, callers with 1 s, over real
                     // HTTP: refused at once, 60.2 to 61.3 % served, plain
-                    // axum 64.8 to 66.6 %).
+                    // axum 64.8 to 66.7 %).
                     open = true;
                 } else if self.waiting.load(Ordering::SeqCst) != 0 && !self.waits_at_limit() {
                     // A herd's queue drains: a request that comes after it
@@ -1371,8 +1374,16 @@ impl Limiter {
         // (With no queue, `Queue::push` finds it full.)
         let mut q = self.lock_queue();
         let limit = self.limit.load(Ordering::Relaxed);
+        let joins_until = self.joins_until_ns.load(Ordering::Relaxed);
+        // A request after the queue's `JOINS`, while it drains (see
+        // below): judged by the rate measured, as `place_freed` judges
+        // the waiters then (the last window's may be several times too
+        // fast).
+        let late = q.ends.len != 0 && now_ns >= joins_until;
         let drain_ns = if self.waits_at_limit() {
             0
+        } else if late {
+            self.measured_drain_ns(&mut q, now)
         } else {
             self.joining_drain_ns(&mut q, now, limit)
         };
@@ -1396,15 +1407,20 @@ impl Limiter {
             // limit, a burst began, and a queue with it: under an overload
             // that lasts, requests sent after its first second waited
             // 0.65 to 0.9 s (p50) on a warm server (a new user's trial).
-            if !self.burst_may_queue.load(Ordering::Relaxed) {
+            // (Within `JOINS` of its burst's start: a request that found
+            // a queue draining, which emptied meanwhile, begins none.)
+            let start = self.burst_start_ns.load(Ordering::Relaxed);
+            if !self.burst_may_queue.load(Ordering::Relaxed)
+                || start == 0
+                || now_ns.saturating_sub(start) >= crate::clock::nanos(JOINS)
+            {
                 return None;
             }
             self.joins_until_ns.store(
                 now_ns.saturating_add(crate::clock::nanos(JOINS)),
                 Ordering::Relaxed,
             );
-            q.late_ns = 0;
-        } else if now_ns >= self.joins_until_ns.load(Ordering::Relaxed) {
+        } else if late {
             // The queue stopped taking arrivals and drains: a request over
             // the limit joins it only while they come slower than places
             // free, by a third at least (the herd is over, and the traffic
@@ -1412,10 +1428,17 @@ impl Limiter {
             // refusal: 1 s herds at three times a server's capacity, with
             // 150 requests a second between them, refused those for the
             // half second the queue took to drain). An overload that lasts
-            // comes faster, and is refused at once as before.
-            if q.late_ns == 0 {
-                q.late_ns = self.joins_until_ns.load(Ordering::Relaxed).max(1);
+            // comes faster, and is refused at once as before. Measured
+            // over the last `LATE_SPAN` or so: a rate of now, not since
+            // the queue began.
+            let from = joins_until.max(q.opened_ns).max(1);
+            if q.late_ns < from {
+                q.late_ns = from;
                 q.late = 0;
+            } else if now_ns.saturating_sub(q.late_ns) >= crate::clock::nanos(LATE_SPAN) {
+                // Halved, span and count: the same rate, half the weight.
+                q.late_ns += now_ns.saturating_sub(q.late_ns) / 2;
+                q.late /= 2;
             }
             q.late = q.late.saturating_add(1);
             let span = now_ns.saturating_sub(q.late_ns);
@@ -1443,12 +1466,18 @@ impl Limiter {
         self.waiting.store(q.ends.len, Ordering::SeqCst);
         // A place may have come free meanwhile.
         self.grant(&mut q, now);
-        let patience = Duration::from_nanos(
+        // (In a herd's queue, at most half the time left: a waiter behind
+        // calls that hung leaves with the limit's hint, not at its
+        // deadline.)
+        let mut patience = Duration::from_nanos(
             self.fresh_expected_ns(now)
                 .unwrap_or(0)
                 .saturating_mul(4)
                 .max(self.window_ns),
         );
+        if !self.waits_at_limit() {
+            patience = patience.min(deadline.remaining_from(now) / 2);
+        }
         Some((idx, patience))
     }
 
@@ -1678,6 +1707,11 @@ const WALK: usize = 8;
 /// hundred milliseconds (2000 at once over real HTTP on 2 cores: over 400
 /// ms, half of them 334 ms or more after the first).
 pub(crate) const JOINS: Duration = Duration::from_secs(1);
+
+/// The span over which the requests that come after a herd's queue
+/// stopped taking arrivals are measured (halved, with their count, once
+/// it passes this).
+const LATE_SPAN: Duration = Duration::from_millis(250);
 
 /// Calls that end while the queue stands before the rate they end at is
 /// taken for the rate places come free (see `Limiter::measured_drain_ns`).

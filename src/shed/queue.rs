@@ -1,6 +1,7 @@
 //! The adaptive limit's queue: the requests the limit would refuse for
 //! [`JOINS`](super::limiter::JOINS) after a burst that began after a quiet
-//! spell (a herd) wait here, first come first served, for a place under
+//! spell (a herd), and after that while it drains if they come slower than
+//! places free, wait here, first come first served, for a place under
 //! the limit, while their deadlines let them be served; in a limit that
 //! waits at the limit (a client stack's), a `Critical` or `CriticalPlus`
 //! request with a deadline that it refuses waits here at any time (not

@@ -61,11 +61,16 @@ const PROVISIONAL_RISE: f64 = 0.5;
 ///    last `drain_every` windows, it is a *growth test* in place of a
 ///    drain: the limit grows to where a queue of ours would fill the
 ///    allowance (`limit × target / rtt`), by a quarter at most (a tenth at
-///    least, or no test). If the next window's latency rises by less than
-///    half as much as its calls in flight did, no queue of ours is there:
-///    the dependency got slower, and the limit follows it as in rule 4 (at
-///    once to what the window asked for, ×2 at least). If it rises, or
-///    calls run out of time, a queue of ours was seen. (A dependency with
+///    least, or no test; one in `drain_every` windows at most). If the
+///    next window's calls in flight rose by a tenth or more, its latency
+///    by less than half as much (and fell by a tenth at most), and its
+///    answers a second by a quarter as much or more, no queue of ours is
+///    there: the dependency got slower, and the limit follows it as in
+///    rule 4 (if that window reached the limit, at once to what it asked
+///    for, ×2 at least). If the latency rose with the calls, the answers a
+///    second held, or calls ran out of time, a queue of ours was seen.
+///    Calls in flight that did not rise, or a latency that fell (a
+///    dependency recovering), tell nothing. (A dependency with
 ///    workers to spare that went from 10 to 450 ms, 300 requests a
 ///    second, callers with 1 s, `tests/stack`: 2835 of 3000 answered; 2672
 ///    when a drain to two thirds of the calls looked for the queue, four
@@ -317,6 +322,9 @@ pub struct QueueDelay {
     hang_from: Option<f64>,
     /// A growth test under way (see [`Probe`]).
     probe: Option<Probe>,
+    /// The window of the last growth test: one in `drain_every` windows
+    /// at most.
+    probed_at: Option<usize>,
 }
 
 /// A growth test: under a queue allowance, a window at the limit whose
@@ -330,9 +338,10 @@ pub struct QueueDelay {
 struct Probe {
     /// The window that grew the limit.
     at: usize,
-    /// Its calls in flight and latency (ns).
+    /// Its calls in flight, latency (ns) and answers a second.
     busy: f64,
     rtt: f64,
+    rate: Option<f64>,
 }
 
 /// How the limit grows while it is reached with no queue of ours.
@@ -696,8 +705,22 @@ impl QueueDelay {
             // limit; did the latency?
             let rose = busy / probe.busy.max(1.0) - 1.0;
             if probe.at + 1 == self.windows && (rose >= 0.1 || did_drop || censored) {
-                // (Calls out of time say a queue of ours as well.)
-                if !did_drop && !censored && rtt <= probe.rtt * (1.0 + rose / 2.0) {
+                // (Calls out of time say a queue of ours as well; so do
+                // answers a second that held while the calls rose, a
+                // dependency of fixed throughput whose queue was still
+                // filling. A latency that fell is a dependency recovering:
+                // no verdict.)
+                let rate_rose = probe
+                    .rate
+                    .zip(answered_rate)
+                    .is_none_or(|(before, now)| now >= before * (1.0 + rose / 4.0));
+                if !did_drop
+                    && !censored
+                    && rate_rose
+                    && rtt <= probe.rtt * (1.0 + rose / 2.0)
+                    && rtt >= probe.rtt * 0.9
+                    && rtt > self.base * 1.25
+                {
                     // No queue of ours: a slower dependency (rule 4).
                     self.follow_slower(rtt, true);
                     if saturated {
@@ -705,7 +728,11 @@ impl QueueDelay {
                     }
                     return self.limit();
                 }
-                self.queue_seen = Some(self.windows);
+                if !did_drop && !censored && rtt < probe.rtt * 0.9 {
+                    // (Faster again: no verdict.)
+                } else {
+                    self.queue_seen = Some(self.windows);
+                }
             }
         }
         if let Some((before_limit, before_busy, before_rtt, before_rate)) = self.draining.take() {
@@ -946,7 +973,12 @@ impl QueueDelay {
         // lately. The limit grows to where a queue of ours would fill the
         // allowance, by a quarter at most and a tenth at least.
         let grow_by = (target / rtt).min(1.25);
+        let grown = self.clamp((self.limit * grow_by).max(self.limit + 1.0));
         if self.allowance > 0.0
+            && grown > self.limit
+            && self
+                .probed_at
+                .is_none_or(|at| self.windows >= at + self.drain_every)
             && saturated
             && !self.starting
             && !above
@@ -965,8 +997,10 @@ impl QueueDelay {
                 at: self.windows,
                 busy,
                 rtt,
+                rate: answered_rate,
             });
-            self.limit = self.clamp((self.limit * grow_by).max(self.limit + 1.0));
+            self.probed_at = Some(self.windows);
+            self.limit = grown;
             return self.limit();
         }
         if suspect
@@ -1178,6 +1212,7 @@ impl QueueDelayBuilder {
             kept_from: None,
             hang_from: None,
             probe: None,
+            probed_at: None,
         }
     }
 }
@@ -1311,6 +1346,14 @@ mod tests {
         assert!(after <= 131, "{after}");
         assert_eq!(queue.queue_seen, Some(queue.windows));
         assert_ne!(queue.growth, Growth::DoublingAfterSlowdown);
+        // Faster again (a dependency recovering): no verdict, and no new
+        // test within `drain_every` windows.
+        let mut recovering = start();
+        assert!(recovering.update(&slowed(200.0, 131)) <= 131);
+        assert_ne!(recovering.growth, Growth::DoublingAfterSlowdown);
+        assert_eq!(recovering.queue_seen, None);
+        recovering.update(&slowed(300.0, 131));
+        assert!(recovering.probe.is_none());
         // Calls out of time in the test's window say a queue too.
         let mut dropped = start();
         let late = WindowSample::new(Duration::from_millis(300), 131, 40)

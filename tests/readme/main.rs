@@ -593,11 +593,11 @@ async fn a_stack_per_group_of_routes() -> Result<(), seawall::BoxError> {
             piled.push(tokio::spawn(app.clone().oneshot(req("/inventory"))));
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
-        // The limit is full of /inventory's calls: the next is not served
-        // (it waits in the limit's queue for a herd, for a place, until its
-        // patience or its deadline).
+        // The limit is full of /inventory's calls: the next is not
+        // answered within 100 ms.
         assert_eq!(within(app.clone(), "/inventory").await?, None, "{name}");
-        // One stack: /health is held back with them.
+        // /health: served at once by a stack of its own group; held back
+        // with them by one stack.
         let health = within(app.clone(), "/health").await?;
         assert_eq!(health == Some(200), health_served, "{name}: {health:?}");
         for p in piled {

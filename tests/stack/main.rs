@@ -1544,11 +1544,12 @@ fn limit_slot(result: Result<u32, BoxError>) -> usize {
 /// answers, and holds the rest back in its queue, where they wait to their
 /// deadline without being sent: of the last 800 requests of a minute, 406
 /// answered (the dependency can answer 400 in 5 s, and some queued before
-/// them), 31 out of time, 363 held back, the breaker never open. Refusing
-/// them at once instead (`wait_at_limit(false)`, as the stack did before
-/// its limit waited): 426, 9 and 365 (its queue for a herd takes the
-/// requests over it for a second after a quiet spell: 402, 13 and 385
-/// when only a burst past its cap began one). (From its start at 100 it takes a
+/// them), 31 out of time, 363 held back, the breaker never open. With
+/// `wait_at_limit(false)` (the stack before its limit waited), which
+/// refuses the requests over it at once but for those its queue for a
+/// herd takes in the overload's first second: 426, 9 and 365 (402, 13
+/// and 385 when only a burst past its cap began that queue; here the
+/// herd's first-come order serves more than waiting newest first). (From its start at 100 it takes a
 /// while to come down to 4 workers: 135 of the 800 out of time after 20 s;
 /// started at 20, 26 after 10 s.) Held at 1000 (as the stack was before
 /// it had the limit), the queue grows toward the deadline: 269 answered,
@@ -1753,7 +1754,8 @@ async fn a_dependency_too_slow_for_the_deadline_at_any_limit_keeps_its_limit() {
 /// window whose calls all slowed, within the attempt timeout, grows the
 /// limit by 13 % (to where a queue of ours would fill the timeout); the
 /// next window's latency does not rise with its calls in flight, so the
-/// dependency got slower and the limit doubles, 3.7 s into the slowdown:
+/// dependency got slower and the limit doubles, 3.7 s into this slowdown
+/// (its windows three latencies of 450 ms long):
 /// 2835 of the 3000 answered. Before this growth test, the limit drained
 /// to two thirds of its calls to look for a queue, for four latencies
 /// (1.8 s): 2672 answered (an outside trial over real HTTP, 20 to 450 ms
