@@ -3523,22 +3523,30 @@ where
 #[cfg(all(feature = "deadline", feature = "bulkhead"))]
 #[tokio::test(start_paused = true)]
 async fn a_herd_slower_than_a_burst_is_served_from_the_limits_queue() {
-    let preset = || seawall::ServerStack::builder("api").total_budget(ms(950));
-    let defaults = slow_herd(preset().build().unwrap().layer(four_workers())).await;
-    let unqueued = slow_herd(
-        preset()
-            .adaptive_limit(|l| l.max_queue(0))
-            .build()
-            .unwrap()
-            .layer(four_workers()),
-    )
-    .await;
+    let defaults = slow_herd(server_of_four_workers(ms(950), true)).await;
+    let unqueued = slow_herd(server_of_four_workers(ms(950), false)).await;
     let plain = slow_herd(four_workers()).await;
     println!("herd over a second: defaults {defaults:?}, no queue {unqueued:?}, plain {plain:?}");
     assert_eq!(plain, (601, 200));
     assert_eq!(defaults, plain);
     assert!(unqueued.0 <= 430, "{unqueued:?}");
     assert!(defaults.0 + defaults.1 >= unqueued.0 + unqueued.1 + 100);
+}
+
+/// [`four_workers`] behind a server stack of `budget`, with its defaults
+/// (`queue`) or without the queue for a herd (`max_queue(0)`).
+#[cfg(all(feature = "deadline", feature = "bulkhead"))]
+fn server_of_four_workers(
+    budget: Duration,
+    queue: bool,
+) -> impl Service<u32, Response = (), Error = BoxError, Future = impl Send> + Clone + Send + 'static
+{
+    seawall::ServerStack::builder("api")
+        .total_budget(budget)
+        .adaptive_limit(|l| if queue { l } else { l.max_queue(0) })
+        .build()
+        .unwrap()
+        .layer(four_workers())
 }
 
 /// A handler of 4 workers at 10 ms (400 a second).
@@ -3594,15 +3602,8 @@ where
 #[tokio::test(start_paused = true)]
 async fn a_herd_is_served_from_the_limits_queue_as_far_as_deadlines_allow() {
     let preset = || seawall::ServerStack::builder("api").total_budget(Duration::from_secs(10));
-    let defaults = herd(preset().build().unwrap().layer(four_workers())).await;
-    let unqueued = herd(
-        preset()
-            .adaptive_limit(|l| l.max_queue(0))
-            .build()
-            .unwrap()
-            .layer(four_workers()),
-    )
-    .await;
+    let defaults = herd(server_of_four_workers(Duration::from_secs(10), true)).await;
+    let unqueued = herd(server_of_four_workers(Duration::from_secs(10), false)).await;
     // The recipe: the limit held at its maximum, a bulkhead of the
     // workers whose queue each request waits in at most to its deadline.
     let recipe = |order: seawall::bulkhead::QueueOrder| {
