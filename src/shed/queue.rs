@@ -75,10 +75,11 @@ pub(crate) struct Queue {
     pub(crate) mark_ns: u64,
     pub(crate) mark_ended: u64,
     pub(crate) recent_drain_ns: u64,
-    /// Requests over the limit since a herd's queue stopped taking
-    /// arrivals while it drains (the limiter's `try_queue`), and when that
-    /// began (ns since the limiter's epoch, plus one; 0: not since the
-    /// queue last began): how fast they come.
+    /// Requests over the limit that came while a herd's queue drains,
+    /// after it stopped taking arrivals (the limiter's `try_queue`), and
+    /// since when they are counted (ns since the limiter's epoch, plus one;
+    /// before this queue began or stopped taking arrivals: none counted
+    /// yet): how fast they come.
     pub(crate) late_ns: u64,
     pub(crate) late: u64,
 }

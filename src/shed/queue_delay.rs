@@ -410,14 +410,16 @@ impl QueueDelay {
         self.base = rtt;
         self.cut = None;
         self.above = false;
-        if beyond_queueing
-            || self
-                .queue_seen
-                .is_none_or(|at| self.windows >= at + self.drain_every)
-        {
+        if beyond_queueing || self.over(self.queue_seen) {
             // (No drain while it grows: the first queueing ends the growth.)
             self.growth = Growth::DoublingAfterSlowdown;
         }
+    }
+
+    /// Whether `drain_every` windows or more have passed since window
+    /// `at` (none: yes).
+    fn over(&self, at: Option<usize>) -> bool {
+        at.is_none_or(|at| self.windows >= at + self.drain_every)
     }
 }
 
@@ -728,9 +730,8 @@ impl QueueDelay {
                     }
                     return self.limit();
                 }
-                if !did_drop && !censored && rtt < probe.rtt * 0.9 {
-                    // (Faster again: no verdict.)
-                } else {
+                // (Faster again: no verdict.)
+                if did_drop || censored || rtt >= probe.rtt * 0.9 {
                     self.queue_seen = Some(self.windows);
                 }
             }
@@ -969,29 +970,24 @@ impl QueueDelay {
             (saturated && was_saturated && !self.starting) || (above && was_above && used && stood);
         // A growth test in place of a drain: under a queue allowance, at
         // the limit, every call slowed (the window's fastest too, well
-        // above `base`), the latency within the allowance, and no queue of ours seen
-        // lately. The limit grows to where a queue of ours would fill the
+        // above `base`), the latency within the allowance, and no queue of
+        // ours seen lately. The limit grows to where a queue of ours would fill the
         // allowance, by a quarter at most and a tenth at least.
         let grow_by = (target / rtt).min(1.25);
         let grown = self.clamp((self.limit * grow_by).max(self.limit + 1.0));
         if self.allowance > 0.0
             && grown > self.limit
-            && self
-                .probed_at
-                .is_none_or(|at| self.windows >= at + self.drain_every)
+            && self.over(self.probed_at)
             && saturated
             && !self.starting
             && !above
             && !did_drop
             && grow_by >= 1.1
-            && rtt > self.base * 1.25
             && sample
                 .fastest()
                 .is_some_and(|f| f.as_nanos() as f64 > self.base * 1.25)
             && self.growth != Growth::DoublingAfterSlowdown
-            && self
-                .queue_seen
-                .is_none_or(|at| self.windows >= at + self.drain_every)
+            && self.over(self.queue_seen)
         {
             self.probe = Some(Probe {
                 at: self.windows,
