@@ -93,8 +93,8 @@
 //! server presets have it built in,
 //! [`ServerStackBuilder::tenant_bulkhead`](crate::stack::ServerStackBuilder::tenant_bulkhead)
 //! (this table of bulkheads, below the preset's deadline and above its
-//! adaptive limit, its refusals answered as the preset's). The README's
-//! "One tenant must not starve the rest" shows the code, run by
+//! adaptive limit, its refusals answered as the preset's). The guide's
+//! (`docs/guide.md`) "One tenant must not starve the rest" shows the code, run by
 //! `tests/tenants`. Another layer per tenant (a breaker) goes around the
 //! preset, with a
 //! [`RejectionResponseLayer`](crate::http::RejectionResponseLayer) around

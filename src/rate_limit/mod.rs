@@ -54,8 +54,8 @@
 //!   only when served with
 //!   `app.into_make_service_with_connect_info::<SocketAddr>()`: served
 //!   plainly, every request lacks a key and all share the fallback bucket
-//!   (an `InputIgnored` event says so). The README's "A rate limit per
-//!   client" runs this over real HTTP.
+//!   (an `InputIgnored` event says so). The guide's (`docs/guide.md`) "A
+//!   rate limit per client" runs this over real HTTP.
 //! - **Redis** (feature `redis`): the same layer backed by one GCRA Lua script
 //!   per request on Redis server time, with a failure policy and a per-call
 //!   timeout (see [`RedisBackend`]; connect to one server with

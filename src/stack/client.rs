@@ -477,7 +477,7 @@ impl<P, C, L, O, H> ClientStackBuilder<P, C, L, O, H> {
     /// attempt that timed out (the storm runs 1 s and 500 ms), or the whole
     /// budget with `max_attempts(1)`. Set it when half the budget is not
     /// at least twice the dependency's usual latency and above its slow
-    /// but healthy latency (see the README's "Choosing the budgets"), and
+    /// but healthy latency (see "Choosing the budgets" in `docs/guide.md`), and
     /// for a budget under 140 ms (120 ms with the retry's own
     /// `min_remaining` of 10 ms), where half of it leaves no room for the
     /// first backoff (`build` says so).

@@ -267,7 +267,7 @@ impl<O, R, P, I, T> ServerStackLayer<O, R, P, I, T> {
     /// This stack around one tonic service, keeping the service's name, so
     /// that tonic's `Server::builder().add_service(..)` takes it: a stack of
     /// its own for the services that wait on one dependency, and another
-    /// for the rest (the README, "One route's dependency queues"), where
+    /// for the rest (`docs/guide.md`, "One route's dependency queues"), where
     /// `Server::builder().layer(stack)` puts every service under one limit.
     /// The service takes any request body, as tonic's generated servers do
     /// (the stack hands it the body wrapped, to hold it to the deadline).

@@ -542,7 +542,7 @@ async fn a_balanced_tonic_client_rides_out_a_killed_server_and_takes_it_back() {
         servers.push(greeter_on(any, h.clone()).await);
     }
     let addrs: Vec<std::net::SocketAddr> = servers.iter().map(|(a, _)| *a).collect();
-    // The README's recipe, as written there.
+    // The guide's recipe, as written there.
     let ejection = EjectionLayer::grpc().build().unwrap();
     let endpoints = addrs
         .iter()

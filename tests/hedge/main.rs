@@ -148,7 +148,7 @@ async fn hedging_at_p95_cuts_a_heavy_tail_p99_ninefold_for_under_ten_percent_mor
 /// latency, and the defaults send no copy before it; a quantile below the
 /// slow share, a budget above it and a third attempt (a copy is slow one
 /// time in ten as well) cut the tail: p99 200 ms to 32 ms for 10.2 % more
-/// calls (what the README and the module docs advise).
+/// calls (what the guide and the module docs advise).
 #[tokio::test(start_paused = true)]
 async fn a_tail_heavier_than_five_percent_takes_a_lower_quantile() {
     const N: u64 = 4000;

@@ -1108,18 +1108,19 @@ fn readme_grpc_handler_answer(
     result: Result<tonic::Response<greeter::HelloReply>, Status>,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
-    // --- README gRPC handler begins ---
     match result {
+        // --- README gRPC handler begins ---
         Ok(reply) => reply.into_inner().message.into_response(),
         // This process refused or gave up (breaker open, budget spent, out of
         // time): 503 or 429 with Retry-After, or 504. The dependency was busy
-        // (a server's UNAVAILABLE, with pushback or not): 503 with its wait, if
-        // any, which the caller's breaker does not count. It ran out of the
+        // (a server's UNAVAILABLE, with pushback or not, or RESOURCE_EXHAUSTED
+        // with pushback): 503 with its wait, if any, which the caller's breaker
+        // does not count (RESOURCE_EXHAUSTED without one: 429). It ran out of the
         // time it was sent (DEADLINE_EXCEEDED, or CANCELLED from a plain tonic
         // server): 504. It failed or could not be reached: 502.
         Err(status) => seawall::grpc::response_for_status(&status),
+        // --- README gRPC handler ends ---
     }
-    // --- README gRPC handler ends ---
 }
 
 #[tokio::test]
@@ -1369,9 +1370,10 @@ async fn a_busy_leaf_stays_busy_through_a_grpc_middle_tier_to_the_http_front() {
         let to_leaf = to_leaf.clone();
         runs.fetch_add(1, Ordering::SeqCst);
         async move {
+            let (inventory, req) = (to_leaf, get_req(leaf, "/hold"));
             // --- README tonic handler begins ---
-            let res = to_leaf
-                .oneshot(get_req(leaf, "/hold"))
+            let res = inventory
+                .oneshot(req)
                 .await
                 .map_err(|err| seawall::grpc::status_for(&err))?;
             if let Some(status) = seawall::grpc::status_for_response(&res) {

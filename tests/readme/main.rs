@@ -1,4 +1,6 @@
-//! The README's quick start, compiled and run: if this breaks, the README is wrong.
+//! The code of the README and of `docs/guide.md`, compiled and run: if
+//! this breaks, the docs are wrong. Each block marked `--- README …
+//! begins ---` here is shown in one of them as it runs here.
 #![cfg(all(feature = "axum", feature = "rate-limit"))]
 
 use std::time::Duration;
@@ -39,7 +41,7 @@ async fn quick_start_server_stack() -> Result<(), seawall::BoxError> {
     Ok(())
 }
 
-/// The README's fix for a lone layer on a route: the answer layer outside it.
+/// The guide's fix for a lone layer on a route: the answer layer outside it.
 #[tokio::test(start_paused = true)]
 async fn a_lone_layer_on_a_route_answers_through_rejection_response()
 -> Result<(), seawall::BoxError> {
@@ -86,7 +88,7 @@ async fn a_lone_layer_on_a_route_answers_through_rejection_response()
     Ok(())
 }
 
-/// The README's priorities by route: checkout critical, the rest sheddable.
+/// The guide's priorities by route: checkout critical, the rest sheddable.
 #[tokio::test(start_paused = true)]
 async fn priorities_by_route() -> Result<(), seawall::BoxError> {
     // --- README priorities begin ---
@@ -95,7 +97,7 @@ async fn priorities_by_route() -> Result<(), seawall::BoxError> {
     let stack = ServerStack::http("api")
         .total_budget(Duration::from_secs(5))
         .adaptive_limit(|l| {
-            l.criticality(|req: &axum::http::Request<Body>| {
+            l.criticality(|req: &axum::http::Request<axum::body::Body>| {
                 if req.uri().path().starts_with("/checkout") {
                     Criticality::Critical
                 } else {
@@ -143,7 +145,7 @@ async fn priorities_by_route() -> Result<(), seawall::BoxError> {
     Ok(())
 }
 
-/// The README's rate limit per client, over real HTTP on loopback from two
+/// The guide's rate limit per client, over real HTTP on loopback from two
 /// source addresses: served with the connection's address, each client
 /// has its own bucket; served without it, all share one.
 #[tokio::test]
@@ -453,7 +455,7 @@ async fn the_handler_passes_on_a_busy_dependencys_retry_after_and_a_502_when_unr
     Ok(())
 }
 
-/// The README's breaker per host: two servers on loopback, one answering
+/// The guide's breaker per host: two servers on loopback, one answering
 /// `500` to every call. Its breaker opens after its 20 calls and refuses the
 /// rest without sending them; every call to the other host is served.
 #[cfg(all(feature = "keyed", feature = "circuit-breaker"))]
@@ -474,7 +476,8 @@ async fn a_breaker_per_host() -> Result<(), seawall::BoxError> {
     let healthy = serve_app(Router::new().route("/", get(|| async { "fine" }))).await;
     let hyper_client: Client<HttpConnector, Full<Bytes>> =
         Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
-    // --- README begins ---
+    use tower::Layer;
+    // --- README breaker per host begins ---
     use seawall::circuit_breaker::CircuitBreakerLayer;
     use seawall::http::HttpStatusClassifier;
     use seawall::keyed::KeyedLayer;
@@ -497,8 +500,8 @@ async fn a_breaker_per_host() -> Result<(), seawall::BoxError> {
         },
     )
     .build()?;
-    let client = tower::Layer::layer(&per_host, hyper_client); // or below a ClientStack::http
-    // --- README ends ---
+    let client = per_host.layer(hyper_client); // or below a ClientStack::http
+    // --- README breaker per host ends ---
     let get = |addr: std::net::SocketAddr| {
         http::Request::get(format!("http://{addr}/"))
             .body(Full::new(Bytes::new()))
@@ -527,10 +530,11 @@ async fn a_breaker_per_host() -> Result<(), seawall::BoxError> {
     Ok(())
 }
 
-/// The README's stack per group of routes ("One route's dependency
-/// queues"): the routes' limits are apart, so calls piling up behind
-/// `/inventory` fill its limit only, and `/health` is served at once;
-/// around both routes, one stack holds `/health` back with them.
+/// The guide's stack per group of routes ("One route's dependency
+/// queues"): the groups' limits are apart, so calls piling up behind
+/// `/inventory` fill its limit only, and `/catalog` is served at once, as
+/// `/health` in no stack is; around every route, one stack holds both back
+/// with them.
 #[tokio::test(start_paused = true)]
 async fn a_stack_per_group_of_routes() -> Result<(), seawall::BoxError> {
     #[derive(Clone)]
@@ -552,15 +556,15 @@ async fn a_stack_per_group_of_routes() -> Result<(), seawall::BoxError> {
             .total_budget(Duration::from_millis(950))
             .build()?,
     );
-    let local = Router::new()
+    let local = Router::new().route("/catalog", get(catalog)).layer(
+        ServerStack::http("api")
+            .total_budget(Duration::from_millis(950))
+            .build()?,
+    );
+    let app = calls_the_dependency
+        .merge(local)
         .route("/health", get(health))
-        .route("/catalog", get(catalog))
-        .layer(
-            ServerStack::http("api")
-                .total_budget(Duration::from_millis(950))
-                .build()?,
-        );
-    let app = calls_the_dependency.merge(local).with_state(state);
+        .with_state(state);
     // --- README stack per group of routes ends ---
     let one_stack = Router::new()
         .route("/inventory", get(inventory))
@@ -582,7 +586,7 @@ async fn a_stack_per_group_of_routes() -> Result<(), seawall::BoxError> {
             .map(|r| r.map(|r| r.status().as_u16()))
             .transpose()
     };
-    for (name, app, health_served) in [
+    for (name, app, others_served) in [
         ("a stack per group", app, true),
         ("one stack", one_stack, false),
     ] {
@@ -596,10 +600,12 @@ async fn a_stack_per_group_of_routes() -> Result<(), seawall::BoxError> {
         // The limit is full of /inventory's calls: the next is not
         // answered within 100 ms.
         assert_eq!(within(app.clone(), "/inventory").await?, None, "{name}");
-        // /health: served at once by a stack of its own group; held back
-        // with them by one stack.
-        let health = within(app.clone(), "/health").await?;
-        assert_eq!(health == Some(200), health_served, "{name}: {health:?}");
+        // /catalog: served at once by a stack of its own group, and
+        // /health by none; held back with them by one stack.
+        for path in ["/catalog", "/health"] {
+            let got = within(app.clone(), path).await?;
+            assert_eq!(got == Some(200), others_served, "{name} {path}: {got:?}");
+        }
         for p in piled {
             p.abort();
         }
@@ -607,7 +613,7 @@ async fn a_stack_per_group_of_routes() -> Result<(), seawall::BoxError> {
     Ok(())
 }
 
-/// The README's balanced HTTP client: three replicas on loopback, one
+/// The guide's balanced HTTP client: three replicas on loopback, one
 /// answering `500` to half its calls (5 in a row of every 10: with fewer
 /// than 5 endpoints, only failures in a row eject). Each endpoint is the hyper client
 /// with the replica's address written in, judged by `EjectionLayer::http()`:
@@ -727,4 +733,57 @@ async fn a_balanced_http_client_ejects_a_replica_answering_500() -> Result<(), s
     // About a third of the calls and their retries (118 in one run).
     assert!(sick >= 60, "{sick} calls reached the sick replica");
     Ok(())
+}
+
+/// Each block these tests and `tests/presets` run, between `--- README …
+/// begins ---` and `--- README … ends ---`, is in the README or in
+/// `docs/guide.md` as it runs (whitespace aside): a change to one without
+/// the other fails here.
+#[test]
+fn the_docs_show_the_code_their_tests_run() {
+    fn words(text: &str) -> String {
+        text.split_whitespace().collect()
+    }
+    fn marker<'a>(line: &'a str, edge: &str) -> Option<&'a str> {
+        let name = line
+            .trim()
+            .strip_prefix("// --- README ")?
+            .strip_suffix(" ---")?;
+        [format!(" {edge}s"), format!(" {edge}")]
+            .iter()
+            .find_map(|end| name.strip_suffix(end.as_str()))
+    }
+    let docs = words(
+        &[
+            include_str!("../../README.md"),
+            include_str!("../../docs/guide.md"),
+        ]
+        .concat(),
+    );
+    for (file, source, expected) in [
+        ("tests/readme/main.rs", include_str!("main.rs"), 8),
+        (
+            "tests/presets/main.rs",
+            include_str!("../presets/main.rs"),
+            2,
+        ),
+    ] {
+        let mut names = Vec::new();
+        let mut lines = source.lines();
+        while let Some(line) = lines.next() {
+            let Some(name) = marker(line, "begin") else {
+                continue;
+            };
+            let block: Vec<&str> = lines
+                .by_ref()
+                .take_while(|l| marker(l, "end").is_none())
+                .collect();
+            assert!(
+                docs.contains(&words(&block.join("\n"))),
+                "{file}: the block `{name}` is not shown in the README or docs/guide.md as it runs"
+            );
+            names.push(name);
+        }
+        assert_eq!(names.len(), expected, "{file}: {names:?}");
+    }
 }

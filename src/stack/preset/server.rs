@@ -198,7 +198,7 @@ impl ServerStack {
     /// tower-http's layers it goes innermost, its own `layer` call first,
     /// with CORS, the body limit, a cheap authentication and the trace
     /// outside it, and a health route added after the layers (the README's
-    /// "Among tower-http's layers": outermost, it answered `503` to
+    /// axum server, and the guide's "Among tower-http's layers": outermost, it answered `503` to
     /// requests that were `401`, `413` and preflights, without CORS
     /// headers).
     /// The service it makes around a router is an [`HttpServer`]; to
