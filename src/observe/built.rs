@@ -101,6 +101,7 @@ fn counted_by<'a>(kind: LayerKind, name: &'a str, own: &[EventKind]) -> Vec<Even
                     GiveUpReason::NotReplayable,
                     GiveUpReason::TimeoutsCommon,
                     GiveUpReason::CircuitOpen,
+                    GiveUpReason::RetriesFutile,
                 ]
                 .map(|reason| EventKind::RetryGaveUp {
                     attempts: 1,

@@ -249,6 +249,12 @@ pub enum GiveUpReason {
     /// every request the breaker turns away; reported as `not_retryable`
     /// before, which read as requests unsafe to retry.
     CircuitOpen,
+    /// The dependency failed, and retries of its failures have lately
+    /// failed again (fewer than 1 in 10 saved its request, as for a
+    /// request that fails every time it is sent): not retried, but 1 in 8
+    /// such failures, which tell when retries save requests again (see
+    /// the [retry module](crate::retry), "Retries that save nothing").
+    RetriesFutile,
 }
 
 impl GiveUpReason {
@@ -263,6 +269,7 @@ impl GiveUpReason {
             GiveUpReason::NotReplayable => "not_replayable",
             GiveUpReason::TimeoutsCommon => "timeouts_common",
             GiveUpReason::CircuitOpen => "circuit_open",
+            GiveUpReason::RetriesFutile => "retries_futile",
         }
     }
 }

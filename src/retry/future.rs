@@ -10,7 +10,7 @@ use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 
 use super::backoff::BackoffState;
-use super::budget::{RequestTicket, TimeoutRefusal, Withdrawal};
+use super::budget::{FailureRetry, RequestTicket, TimeoutRefusal, Withdrawal};
 use super::layer::{SessionRng, Shared};
 use super::policy::{RetryPolicy, Verdict};
 use super::service::Local;
@@ -83,6 +83,9 @@ pin_project! {
         // in (see `outbound`), closed when it ends.
         outbound: Option<std::num::NonZeroU32>,
         polled: bool,
+        // The attempt in flight is a retry after the dependency failed:
+        // whether it saves the request is told to the budget as it ends.
+        after_failure: bool,
     }
 
     impl<S, Req, P> PinnedDrop for ResponseFuture<S, Req, P>
@@ -126,6 +129,7 @@ where
             overran: false,
             outbound: None,
             polled: false,
+            after_failure: false,
             state: State::Calling { future: call() },
             local,
             request,
@@ -238,17 +242,25 @@ where
                 _ => None,
             };
             if let (Some(Verdict::Success), Poll::Ready(Ok(response))) = (judged, &poll) {
-                succeeded(shared, this.started, this.counted, || {
-                    shared.policy.outcome(Ok(response), Verdict::Success)
-                });
+                succeeded(
+                    shared,
+                    this.started,
+                    this.counted,
+                    this.after_failure,
+                    || shared.policy.outcome(Ok(response), Verdict::Success),
+                );
                 return poll.map_err(Into::into);
             }
             let result = ready!(poll).map_err(Into::into);
             let verdict = judged.unwrap_or_else(|| shared.policy.classify(result.as_ref()));
             if matches!(verdict, Verdict::Success) {
-                succeeded(shared, this.started, this.counted, || {
-                    shared.policy.outcome(result.as_ref(), verdict)
-                });
+                succeeded(
+                    shared,
+                    this.started,
+                    this.counted,
+                    this.after_failure,
+                    || shared.policy.outcome(result.as_ref(), verdict),
+                );
                 return Poll::Ready(result);
             }
             return self.poll_slow(cx, Some((result, verdict)));
@@ -281,6 +293,13 @@ where
                         }
                     };
                     let shared = &*this.local.shared;
+                    let local = matches!(&result, Err(e) if crate::classify::is_local_refusal(e));
+                    if std::mem::take(this.after_failure)
+                        && !local
+                        && !matches!(verdict, Verdict::Success)
+                    {
+                        shared.budget.retried_failure_ended(false);
+                    }
                     if *this.counted == Counted::NOT && !matches!(verdict, Verdict::Success) {
                         // The first attempt failed: the request is counted
                         // now, before any retry is taken from the budget
@@ -310,7 +329,13 @@ where
                     let give_up = match verdict {
                         Verdict::Success => {
                             // (Reported above already.)
-                            succeeded(shared, this.started, this.counted, || Outcome::Success);
+                            succeeded(
+                                shared,
+                                this.started,
+                                this.counted,
+                                this.after_failure,
+                                || Outcome::Success,
+                            );
                             return Poll::Ready(result);
                         }
                         Verdict::Fail => GiveUp::new(match &result {
@@ -339,16 +364,20 @@ where
                             // of a layer below, such as the stack's own
                             // limit: the retry passes it again, admitted
                             // only where it has room.)
-                            let busy = !matches!(&result, Err(e) if crate::classify::is_local_refusal(e))
+                            let busy = !local
                                 && (after.is_some()
                                     || shared.policy.is_busy_answer(result.as_ref())
                                     || (shared.policy.outcome(result.as_ref(), verdict)
                                         == Outcome::Overloaded
                                         && shared.budget.busy_run()));
+                            // The dependency failed (not busy, no timeout,
+                            // no refusal of this process's).
+                            let failed = !busy && !timed_out && !local;
                             match plan(
                                 shared,
                                 timed_out,
                                 busy,
+                                failed,
                                 *this.attempts,
                                 this.request.is_some(),
                                 *this.no_retry,
@@ -358,6 +387,7 @@ where
                                 *this.deadline,
                             ) {
                                 Ok((delay, withdrawal)) => {
+                                    *this.after_failure = failed;
                                     shared.observer.emit(
                                         LayerKind::Retry,
                                         shared.name.as_str(),
@@ -526,8 +556,13 @@ fn succeeded<P>(
     shared: &Shared<P>,
     started: &mut Option<Instant>,
     counted: &mut Counted,
+    after_failure: &mut bool,
     outcome: impl FnOnce() -> Outcome,
 ) {
+    if *after_failure {
+        *after_failure = false;
+        shared.budget.retried_failure_ended(true);
+    }
     if let Some(started) = started.take() {
         // (The outcome is asked only when an observer listens: a success
         // is not always `Success` to it, a 404 being `Ignored`.)
@@ -563,6 +598,7 @@ fn plan<P>(
     shared: &Shared<P>,
     timed_out: bool,
     busy: bool,
+    failed: bool,
     attempts: u32,
     replayable: bool,
     no_retry: GiveUpReason,
@@ -617,6 +653,12 @@ fn plan<P>(
             }
         }
     }
+    let probe = failed
+        && match shared.budget.failure_retry() {
+            FailureRetry::Saves => false,
+            FailureRetry::Probe => true,
+            FailureRetry::Futile => return Err(GiveUp::new(GiveUpReason::RetriesFutile)),
+        };
     let granted = match timed_out {
         true => match shared.budget.try_withdraw_after_timeout() {
             Err(TimeoutRefusal::Common) => {
@@ -625,7 +667,7 @@ fn plan<P>(
             Err(TimeoutRefusal::Budget) => None,
             Ok(w) => Some(w),
         },
-        false if busy => shared.budget.try_withdraw_busy(),
+        false if busy || probe => shared.budget.try_withdraw_busy(),
         false => shared.budget.try_withdraw(),
     };
     match granted {

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use axum::{Router, body::Body, routing::get};
 use seawall::ServerStack;
-use tower::ServiceExt;
 
 #[tokio::test(start_paused = true)]
 async fn quick_start_server_stack() -> Result<(), seawall::BoxError> {
@@ -246,6 +245,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{Client, connect::HttpConnector};
 use seawall::stack::HttpClient;
+use tower::ServiceExt; // oneshot
 
 type Inventory = HttpClient<Client<HttpConnector, Full<Bytes>>>;
 

@@ -1811,3 +1811,65 @@ async fn a_busy_client_is_refused_nothing_at_its_start() {
     assert_eq!(queued, [8000, 0, 0, 0]);
     assert!(unqueued[2] > 0, "{unqueued:?}");
 }
+
+/// A "poison" request: one in 20 fails every time it is sent, after 150 ms
+/// of one of the dependency's 8 workers; the others take 10 ms. Sent once,
+/// they keep the workers 64 % busy; sent three times (the HTTP preset's
+/// attempts), 120 %, and every request waits behind them. Retries of its
+/// failures save nothing, so after about 36 retries that failed again the
+/// preset sends such a failure once (and 1 in 8 again, to tell when
+/// retries save requests): the healthy requests are served as a plain
+/// client serves them: 2850 of 2850, 213 calls for the 150 poison
+/// requests. With every failure retried, as before, 2775 and 421 (a new
+/// user's trial over real HTTP, its callers retrying a 500 once: 92 % where
+/// a plain client served them all).
+#[tokio::test(start_paused = true)]
+async fn a_request_that_fails_every_time_is_not_sent_three_times() {
+    let workers = Arc::new(tokio::sync::Semaphore::new(8));
+    let poison_calls = Arc::new(AtomicU32::new(0));
+    let (w, p) = (workers.clone(), poison_calls.clone());
+    let stack = ClientStack::http("dep")
+        .total_budget(ms(1000))
+        .build()
+        .unwrap();
+    let client = stack.layer(service_fn(move |req: http::Request<String>| {
+        let (w, p) = (w.clone(), p.clone());
+        async move {
+            let poison = req.uri().path() == "/poison";
+            let _worker = w.acquire_owned().await.unwrap();
+            if poison {
+                p.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(ms(150)).await;
+            } else {
+                tokio::time::sleep(ms(10)).await;
+            }
+            Ok::<_, std::convert::Infallible>(
+                http::Response::builder()
+                    .status(if poison { 500 } else { 200 })
+                    .body(String::new())
+                    .unwrap(),
+            )
+        }
+    }));
+    // 300 requests a second for 10 s, evenly spaced; each caller waits 1 s.
+    let mut calls = Vec::new();
+    let start = Instant::now();
+    for i in 0..3000u32 {
+        tokio::time::sleep_until(start + Duration::from_micros(3333) * i).await;
+        let path = if i % 20 == 19 { "/poison" } else { "/" };
+        let req = http::Request::get(path).body(String::new()).unwrap();
+        let call = client.clone().oneshot(req);
+        calls.push(tokio::spawn(async move {
+            matches!(tokio::time::timeout(ms(1000), call).await, Ok(Ok(res)) if res.status() == 200)
+        }));
+    }
+    let mut served = 0;
+    for c in calls {
+        served += u32::from(c.await.unwrap());
+    }
+    let poison = poison_calls.load(Ordering::SeqCst);
+    println!("healthy served {served} of 2850; poison calls {poison} for 150 requests");
+    assert!(served >= 2840, "{served}");
+    // Three attempts for the first ones, about 1.1 once retries are futile.
+    assert!(poison <= 230, "{poison}");
+}

@@ -398,20 +398,27 @@ fn latency_creep() {
     judge_whole("latency creep", &all(&s), &s);
 }
 
-/// A total outage with the breaker off: the retry budget alone holds the
-/// load to at most 1.1 attempts per request (nothing succeeds, so only its
-/// base share and floor are left).
+/// A total outage with the breaker off: the retry layer alone holds the
+/// load to at most 1.12 attempts per request, its first second included.
+/// Its first retries save nothing, so after 36 of them failures are
+/// retried 1 in 8 only, on the budget's base share (5 % of the window's
+/// requests, the surge's included) and floor: 1.109 from start to end.
+/// When every failure was retried until the budget was spent, the first
+/// second spent the successes' credit at three attempts a request: 1.41
+/// over the outage, 1.08 from its second second.
 #[test]
 fn outage_without_breaker_is_held_by_the_budget() {
     let s = scenario(LONGER);
     let r = run(&s, Mode::SeawallWithoutBreaker);
     let (a, b) = phase(&s, "outage");
     let x = r.summary(a + 1.0, b);
+    let whole = r.summary(a, b);
     println!(
-        "outage, breaker off: {:.3} attempts per request",
-        x.amplification
+        "outage, breaker off: {:.3} attempts per request from its second second, {:.3} over it",
+        x.amplification, whole.amplification
     );
-    assert!(x.amplification <= 1.1, "{}", x.amplification);
+    assert!(x.amplification <= 1.12, "{}", x.amplification);
+    assert!(whole.amplification <= 1.12, "{}", whole.amplification);
     assert!(!x.failures.iter().any(|(r, _)| *r == "circuit_open"));
 }
 

@@ -825,9 +825,11 @@ mod drops {
         let mut opened = 0;
         let (mut admitted, mut refused) = (0, 0);
         for batch in 0..1250 {
-            // A short outage now and then opens the breaker; the calls after
+            // A short outage now and then opens the breaker (7 batches of 8:
+            // once retries of failures save nothing, they are not retried,
+            // and the breaker opens on 50 failures in a row); the calls after
             // its open time are its half-open probes, dropped like the rest.
-            let outage = batch % 125 < 3;
+            let outage = batch % 125 < 7;
             let calls: Vec<_> = (0..8)
                 .map(|_| {
                     let drop_at = match rng.random_range(0..3) {
