@@ -12,7 +12,11 @@
 //! limit's count of calls in flight, and the limit takes the time its call
 //! had at least one wait open (overlapping calls out counted once) off
 //! its latency sample. A call out polled on a task of its own opens no
-//! wait (the handler's time stays its own).
+//! wait (the handler's time stays its own). A read of a body this process
+//! reads (`CallBody`: a request's body on a server, a dependency's reply)
+//! that waits for more is such a wait too, from the read that found
+//! nothing to the one that found a frame: clients uploading slowly are no
+//! queue of the server's.
 
 // A build with the server's limit and no retry layer (or the reverse) has
 // one side of it only.

@@ -4184,3 +4184,99 @@ async fn a_limit_whose_wait_is_turned_off_serves_its_waiters_oldest_first() {
     assert_eq!(*sent.lock().unwrap(), [0, 1, 2, 3, 4], "oldest first");
     assert_eq!((layer.inflight(), layer.queued()), (0, 0));
 }
+
+/// Clients on a slow network: half of 400 requests a second (random
+/// arrivals) send their body in 12 chunks 50 ms apart (550 ms on the
+/// wire), the rest at once, to a handler that reads the body, then works
+/// 5 ms. A read waiting for more of the body is a wait on the network, not
+/// the server's work: the limit leaves it out of its latency and its calls
+/// in flight, as it does a wait on a client stack's call. It learns the
+/// handler's 5 ms and sees at most 8 calls in flight, and refuses none.
+/// Counted as the handler's time, the uploads made its latency 379 ms and
+/// its calls in flight 133, the limit chased them (20 → 160), and a
+/// new user's trial over real HTTP saw it halve (160 → 80) and refuse 47 to
+/// 97 requests in the first 5 s while the server and its dependency were
+/// idle.
+#[cfg(feature = "http")]
+#[tokio::test(start_paused = true)]
+async fn a_slow_upload_is_no_queue_of_the_servers() {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, StreamBody};
+    let rec = Recorder::new();
+    let stack = seawall::ServerStack::http("front")
+        .total_budget(Duration::from_millis(950))
+        .observer(Observer::new(rec.clone()))
+        .build()
+        .unwrap();
+    type Upload = http_body_util::combinators::UnsyncBoxBody<Bytes, Infallible>;
+    let svc = stack.clone().layer(service_fn(
+        |req: http::Request<seawall::body::CallBody<Upload>>| async move {
+            let body = req.into_body().collect().await?.to_bytes();
+            sleep(ms(5)).await;
+            Ok::<_, BoxError>(http::Response::new(http_body_util::Full::new(body)))
+        },
+    ));
+    // Random (Poisson) arrivals, 400 a second for 20 s.
+    let mut rng = 0x2545_f491_4f6c_dd1d_u64;
+    let mut at = 0.0f64;
+    let arrivals: Vec<f64> = (0..8000)
+        .map(|_| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            let u = (rng >> 11) as f64 / (1u64 << 53) as f64;
+            at += -(1.0 - u).ln() / 400.0;
+            at
+        })
+        .collect();
+    let start = Instant::now();
+    let calls = arrivals.into_iter().enumerate().map(|(n, at)| {
+        let svc = svc.clone();
+        async move {
+            tokio::time::sleep_until(start + Duration::from_secs_f64(at)).await;
+            let chunks = if n % 2 == 0 { 12 } else { 1 };
+            let gap = if n % 2 == 0 { ms(50) } else { ms(0) };
+            let body = StreamBody::new(futures::StreamExt::then(
+                futures::stream::iter(0..chunks),
+                move |i| async move {
+                    if i > 0 {
+                        sleep(gap).await;
+                    }
+                    Ok::<_, Infallible>(http_body::Frame::data(Bytes::from(vec![0u8; 1024])))
+                },
+            ));
+            let body: Upload = BodyExt::boxed_unsync(body);
+            let res = svc.oneshot(http::Request::new(body)).await.unwrap();
+            res.status().as_u16()
+        }
+    });
+    let statuses = futures::future::join_all(calls).await;
+    let refused = statuses.iter().filter(|&&s| s == 503).count();
+    let served = statuses.iter().filter(|&&s| s == 200).count();
+    let limits = adaptive_limits(&rec);
+    let rtt = stack.adaptive_limit().expected_rtt();
+    let inflight = rec
+        .events()
+        .iter()
+        .filter_map(|e| match e.kind {
+            EventKind::LimitSampled { peak_inflight, .. }
+                if e.layer == LayerKind::AdaptiveLimit =>
+            {
+                Some(peak_inflight)
+            }
+            _ => None,
+        })
+        .max();
+    println!(
+        "served {served}, refused {refused}; limits {limits:?}, rtt {rtt:?}, peak in flight {inflight:?}"
+    );
+    assert_eq!((served, refused), (8000, 0), "limits {limits:?}");
+    assert!(
+        rtt.is_some_and(|d| d <= ms(10)),
+        "the handler's own time: {rtt:?}"
+    );
+    assert!(
+        inflight.is_some_and(|n| n <= 20),
+        "uploads hold no place: {inflight:?}"
+    );
+}
