@@ -309,3 +309,78 @@ pub use self::server::{
 };
 #[cfg(feature = "keyed")]
 pub use self::tenants::{TenantBulkhead, TenantBulkheadLayer, TenantBulkheads, TenantFuture};
+
+/// The built HTTP client preset, `ClientStack::http(..).build()?`: the
+/// type to keep it in a struct field (`H`: `HedgeLayer<HttpRetry>` with
+/// `.hedge(..)`). The service it makes is an [`HttpClient<S>`].
+///
+/// ```
+/// use std::time::Duration;
+/// use seawall::stack::{ClientStack, HttpClientStack};
+///
+/// struct Clients {
+///     inventory: HttpClientStack,
+/// }
+/// let clients = Clients {
+///     inventory: ClientStack::http("inventory")
+///         .total_budget(Duration::from_secs(1))
+///         .build()?,
+/// };
+/// # let _ = clients.inventory;
+/// # Ok::<(), seawall::BoxError>(())
+/// ```
+#[cfg(feature = "http")]
+pub type HttpClientStack<H = tower::layer::util::Identity> = ClientStackLayer<
+    crate::retry::http::HttpRetry,
+    crate::http::HttpStatusClassifier,
+    crate::deadline::propagate::PropagateDeadlineLayer,
+    HttpOutermost,
+    H,
+>;
+
+/// The built gRPC client preset, `ClientStack::grpc(..).build()?`: the
+/// type to keep it in a struct field (`H`: `HedgeLayer<GrpcRetry>` with
+/// `.hedge(..)`). The service it makes is a [`GrpcClient<S>`].
+#[cfg(feature = "tonic")]
+pub type GrpcClientStack<H = tower::layer::util::Identity> = ClientStackLayer<
+    crate::retry::grpc::GrpcRetry,
+    crate::grpc::GrpcStatusClassifier,
+    tower::layer::util::Stack<
+        crate::grpc::TonicTransportLayer,
+        crate::deadline::propagate::PropagateDeadlineLayer,
+    >,
+    GrpcOutermost,
+    H,
+>;
+
+/// The built HTTP server preset, `ServerStack::http(..).build()?`: the
+/// type to keep it in a struct field. `R` is the rate limit's layer with
+/// `.rate_limit(..)`, `P` the criticality extractor set on its adaptive
+/// limit, `T` the tenants' bulkheads' layer with `.tenant_bulkhead(..)`.
+///
+/// ```
+/// use std::time::Duration;
+/// use seawall::stack::{HttpServerStack, ServerStack};
+///
+/// let stack: HttpServerStack = ServerStack::http("api")
+///     .total_budget(Duration::from_millis(950))
+///     .build()?;
+/// # let _ = stack;
+/// # Ok::<(), seawall::BoxError>(())
+/// ```
+#[cfg(feature = "http")]
+pub type HttpServerStack<
+    R = tower::layer::util::Identity,
+    P = crate::shed::criticality::FromTaskLocal,
+    T = tower::layer::util::Identity,
+> = ServerStackLayer<HttpIngressLayer, R, P, crate::body::CallBodyLayer, T>;
+
+/// The built gRPC server preset, `ServerStack::grpc(..).build()?`: the
+/// type to keep it in a struct field (`R`, `P`, `T` as for
+/// [`HttpServerStack`]).
+#[cfg(feature = "tonic")]
+pub type GrpcServerStack<
+    R = tower::layer::util::Identity,
+    P = crate::shed::criticality::FromTaskLocal,
+    T = tower::layer::util::Identity,
+> = ServerStackLayer<GrpcIngressLayer, R, P, crate::body::CallBodyLayer, T>;

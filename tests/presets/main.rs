@@ -3339,3 +3339,35 @@ async fn http_preset_a_streamed_success_ends_a_run_of_bare_503s() {
         "{answers:?}"
     );
 }
+
+/// The built presets' types have names a struct field can take, with and
+/// without their optional layers.
+#[test]
+fn the_built_presets_types_have_names() {
+    use seawall::stack::ServerStack;
+    use seawall::stack::{GrpcClientStack, GrpcServerStack, HttpClientStack, HttpServerStack};
+    struct Stacks {
+        http_client: HttpClientStack,
+        hedged: HttpClientStack<seawall::hedge::HedgeLayer<HttpRetry>>,
+        grpc_client: GrpcClientStack,
+        http_server: HttpServerStack,
+        grpc_server: GrpcServerStack,
+    }
+    let budget = Duration::from_secs(1);
+    let stacks = Stacks {
+        http_client: ClientStack::http("a").total_budget(budget).build().unwrap(),
+        hedged: ClientStack::http("b")
+            .total_budget(budget)
+            .hedge(|h| h)
+            .build()
+            .unwrap(),
+        grpc_client: ClientStack::grpc("c").total_budget(budget).build().unwrap(),
+        http_server: ServerStack::http("d").total_budget(budget).build().unwrap(),
+        grpc_server: ServerStack::grpc("e").total_budget(budget).build().unwrap(),
+    };
+    assert_eq!(stacks.http_client.breaker_handle().state(), State::Closed);
+    assert_eq!(stacks.hedged.breaker_handle().state(), State::Closed);
+    assert_eq!(stacks.grpc_client.breaker_handle().state(), State::Closed);
+    assert_eq!(stacks.http_server.adaptive_limit().limit(), 20);
+    assert_eq!(stacks.grpc_server.adaptive_limit().limit(), 20);
+}
