@@ -130,26 +130,32 @@ pin_project! {
 /// A read of a body this process reads, waiting for more: in a server call
 /// (a handler reading a request's body, or a dependency's reply), that
 /// time is spent waiting on the network, not on the server's own work, so
-/// it is a wait out of the call (see `outbound`), left out of the server's
-/// adaptive limit's latency sample and its count of calls in flight, as a
-/// wait on a client stack's call is. Clients uploading a request body
+/// it is a wait out of the call, as a wait on a client stack's call is
+/// (see `outbound`): left out of the server's adaptive limit's latency
+/// sample and, while it lasts, the call out of its count of calls in
+/// flight (a read waiting on a client holds none of the handler's
+/// resources; counted, slow uploads kept the limit at the uploads in
+/// flight, 133 in `tests/shed` where the handler needs 8, and growing).
+/// Clients uploading a request body
 /// slowly read as a queue before: in a new user's trial over real HTTP
 /// (half of 400 requests a second sending 12 KiB over 550 ms to a handler
 /// of 5 ms), the limit halved and refused 47 to 97 requests in the first
 /// 5 s while the server and its dependency were idle.
+///
+/// Opened where a read finds nothing, closed by the next read (woken, as
+/// more came), or when the body is dropped, in the server call it opened
+/// in; the clock is read afresh each time (an instant cached by the
+/// layers may be older than the handler's own work before the read).
 #[derive(Debug, Default)]
 struct WaitOut(Option<std::num::NonZeroU32>);
 
 impl WaitOut {
-    /// A read found nothing: a wait opens. The instant is read in an edge
-    /// of its own, deeper than the server call's: read inside a handler, it
-    /// is forgotten once the handler has run (see `clock::handler_ran`),
-    /// so that the handler's own work after the read stays in the latency.
+    /// A read found nothing: a wait opens.
     #[cold]
     fn pending(&mut self) {
+        #[cfg(any(feature = "shed", feature = "retry"))]
         if self.0.is_none() {
-            let _edge = crate::clock::Edge::enter();
-            self.0 = crate::outbound::begin(crate::clock::edge_now);
+            self.0 = crate::outbound::begin(crate::clock::now);
         }
     }
 
@@ -163,17 +169,16 @@ impl WaitOut {
 
     #[cold]
     fn close(token: std::num::NonZeroU32) {
-        let _edge = crate::clock::Edge::enter();
-        crate::outbound::end(token, crate::clock::edge_now);
+        #[cfg(any(feature = "shed", feature = "retry"))]
+        crate::outbound::end(token, crate::clock::now);
+        #[cfg(not(any(feature = "shed", feature = "retry")))]
+        let _ = token;
     }
 }
 
 impl Drop for WaitOut {
     fn drop(&mut self) {
-        if let Some(token) = self.0.take() {
-            let _edge = crate::clock::Edge::enter();
-            crate::outbound::end(token, crate::clock::edge_now);
-        }
+        self.read();
     }
 }
 

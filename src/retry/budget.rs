@@ -149,6 +149,10 @@ struct Inner {
     /// Failures met while retries were futile, for one in
     /// [`FUTILE_PROBE_EVERY`] to be retried all the same.
     futile_failures: AtomicU64,
+    /// The slice in which a retry after a failure last ended: a judgement
+    /// of futility that no retry has confirmed for a whole window is
+    /// forgotten.
+    yield_slice: AtomicU64,
     /// Per slice: its number and the attempts that timed out in it (in
     /// the requests' place of the word).
     timeouts: [AtomicU64; BUCKETS],
@@ -295,6 +299,7 @@ impl RetryBudget {
                 busy_since_success: AtomicU64::new(0),
                 retry_yield_ppm: AtomicU64::new(PPM),
                 futile_failures: AtomicU64::new(0),
+                yield_slice: AtomicU64::new(0),
                 timeouts: std::array::from_fn(|_| AtomicU64::new(0)),
                 watch: std::sync::OnceLock::new(),
             }),
@@ -511,6 +516,8 @@ impl RetryBudget {
     /// average, by a sixteenth of the way per retry).
     #[cold]
     pub(crate) fn retried_failure_ended(&self, saved: bool) {
+        let slice = self.inner.epoch(crate::clock::edge_now());
+        self.inner.yield_slice.store(slice, Ordering::Relaxed);
         let _ =
             self.inner
                 .retry_yield_ppm
@@ -697,9 +704,23 @@ impl RetryBudget {
     }
 
     /// Whether retries after failures have lately saved fewer than 1 in 10
-    /// of their requests.
+    /// of their requests. A judgement that no retry has confirmed for a
+    /// whole window (10 s by default: the failures since were too rare to
+    /// probe, or an open breaker refused the retries) is forgotten, and
+    /// retries are taken to save requests again: a dependency that failed
+    /// for a while and then only now and then has its occasional failures
+    /// retried, not 1 in 8 of them for as long as no probe succeeds.
     fn retries_futile(&self) -> bool {
-        self.inner.retry_yield_ppm.load(Ordering::Relaxed) < FUTILE_YIELD_PPM
+        self.inner.retry_yield_ppm.load(Ordering::Relaxed) < FUTILE_YIELD_PPM && {
+            let now = self.inner.epoch(crate::clock::edge_now());
+            let last = self.inner.yield_slice.load(Ordering::Relaxed);
+            if now.saturating_sub(last) >= BUCKETS as u64 {
+                self.inner.retry_yield_ppm.store(PPM, Ordering::Relaxed);
+                false
+            } else {
+                true
+            }
+        }
     }
 
     /// Counts an attempt that timed out, and judges whether timeouts are

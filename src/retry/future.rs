@@ -294,9 +294,11 @@ where
                     };
                     let shared = &*this.local.shared;
                     let local = matches!(&result, Err(e) if crate::classify::is_local_refusal(e));
-                    if std::mem::take(this.after_failure)
+                    // (A success is told by `succeeded`, below, which
+                    // takes the flag itself.)
+                    if !matches!(verdict, Verdict::Success)
+                        && std::mem::take(this.after_failure)
                         && !local
-                        && !matches!(verdict, Verdict::Success)
                     {
                         shared.budget.retried_failure_ended(false);
                     }

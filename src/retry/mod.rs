@@ -96,7 +96,12 @@
 //!   request that fails every time it is sent (a "poison" request, a broken
 //!   route) is then sent about once rather than `max_attempts` times, while
 //!   failures that a retry cures (30 % of calls failing at random: 7 retries
-//!   in 10 succeed) are retried as before. Chosen by `tests/stack`'s poison
+//!   in 10 succeed) are retried as before. A judgement that no retry has
+//!   confirmed for a whole budget window (10 s) is forgotten. It is one
+//!   judgement per layer, over every route it serves: a route that always
+//!   fails, carrying most of the failures, makes retries futile for a
+//!   route whose rarer failures a retry would cure (give such a route a
+//!   stack of its own). Chosen by `tests/stack`'s poison
 //!   request (1 in 20 failing after 150 ms of one of 8 workers: retried
 //!   three times, they pushed the dependency past its capacity, and 2775 of
 //!   the 2850 healthy requests were served; now all of them, as by a plain

@@ -1673,3 +1673,94 @@ async fn a_run_of_bare_busy_answers_is_retried_within_the_floor_and_the_fraction
     let snap = layer.budget().snapshot();
     assert_eq!((snap.requests, snap.retries), (300, 115));
 }
+
+/// A dependency whose answers are ready at once, 3 calls in 10 failing at
+/// random: 7 retries in 10 save their request, so retries of failures are
+/// never judged futile, whether the retry's answer comes on its first poll
+/// or later. (A retry that succeeded on its first poll was not counted as
+/// a save, and after 36 failed retries, 7 failures in 8 were given up.)
+#[tokio::test(start_paused = true)]
+async fn retries_that_save_requests_are_never_judged_futile() {
+    let rec = Recorder::new();
+    let layer = RetryLayer::builder()
+        .backoff(MS, MS)
+        .jitter(Jitter::None)
+        .observer(rec.clone())
+        .build()
+        .unwrap();
+    let calls = Arc::new(AtomicU32::new(0));
+    let c = calls.clone();
+    let svc = layer.layer(tower::service_fn(move |_req: u32| {
+        // A fixed draw per call: 3 in 10 fail.
+        let n = c.fetch_add(1, Ordering::SeqCst);
+        let fail = n.wrapping_mul(2_654_435_761) % 10 < 3;
+        async move {
+            if fail {
+                Err::<u32, BoxError>("boom".into())
+            } else {
+                Ok(7)
+            }
+        }
+    }));
+    let mut served = 0;
+    for i in 0..2000 {
+        served += u32::from(svc.clone().oneshot(i).await.is_ok());
+    }
+    let futile = gave_up(&rec)
+        .iter()
+        .filter(|(_, r)| *r == GiveUpReason::RetriesFutile)
+        .count();
+    println!("served {served} of 2000, {futile} given up as futile");
+    assert_eq!(futile, 0);
+    assert!(served >= 1940, "{served}");
+}
+
+/// Retries judged futile (a dependency failing every call) are taken to
+/// save requests again once a whole budget window (10 s) has passed with no
+/// retry to confirm it: an occasional failure later is retried, not given
+/// up 7 times in 8.
+#[tokio::test(start_paused = true)]
+async fn a_judgement_of_futility_is_forgotten_after_a_window() {
+    let rec = Recorder::new();
+    let layer = RetryLayer::builder()
+        .backoff(MS, MS)
+        .jitter(Jitter::None)
+        .observer(rec.clone())
+        .build()
+        .unwrap();
+    let broken = Arc::new(AtomicBool::new(true));
+    let b = broken.clone();
+    let svc = layer.layer(tower::service_fn(move |req: u32| {
+        // Broken: every call fails. Then: only the odd requests fail.
+        let fail = b.load(Ordering::SeqCst) || req % 2 == 1;
+        async move {
+            if fail {
+                Err::<u32, BoxError>("boom".into())
+            } else {
+                Ok(req)
+            }
+        }
+    }));
+    for i in 0..40 {
+        assert!(svc.clone().oneshot(i * 2).await.is_err());
+    }
+    let futile = |rec: &Recorder| {
+        gave_up(rec)
+            .iter()
+            .filter(|(_, r)| *r == GiveUpReason::RetriesFutile)
+            .count()
+    };
+    let judged = futile(&rec);
+    assert!(
+        judged > 0,
+        "retries of an always failing dependency are futile"
+    );
+    broken.store(false, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    // A failing request is retried (twice: its retries fail too), not
+    // given up as futile.
+    let attempts_before = scheduled(&rec).len();
+    let _ = svc.clone().oneshot(1).await;
+    assert_eq!(futile(&rec), judged, "not given up as futile any more");
+    assert_eq!(scheduled(&rec).len(), attempts_before + 2, "retried");
+}
