@@ -1674,13 +1674,8 @@ async fn a_run_of_bare_busy_answers_is_retried_within_the_floor_and_the_fraction
     assert_eq!((snap.requests, snap.retries), (300, 115));
 }
 
-/// A dependency whose answers are ready at once, 3 calls in 10 failing at
-/// random: 7 retries in 10 save their request, so retries of failures are
-/// never judged futile, whether the retry's answer comes on its first poll
-/// or later. (A retry that succeeded on its first poll was not counted as
-/// a save, and after 36 failed retries, 7 failures in 8 were given up.)
-#[tokio::test(start_paused = true)]
-async fn retries_that_save_requests_are_never_judged_futile() {
+/// [`default_budget_1ms_apart`], observed.
+fn observed_1ms_apart() -> (Recorder, RetryLayer) {
     let rec = Recorder::new();
     let layer = RetryLayer::builder()
         .backoff(MS, MS)
@@ -1688,6 +1683,25 @@ async fn retries_that_save_requests_are_never_judged_futile() {
         .observer(rec.clone())
         .build()
         .unwrap();
+    (rec, layer)
+}
+
+/// Requests given up because retries of failures were futile.
+fn futile(rec: &Recorder) -> usize {
+    gave_up(rec)
+        .iter()
+        .filter(|(_, r)| *r == GiveUpReason::RetriesFutile)
+        .count()
+}
+
+/// A dependency whose answers are ready at once, 3 calls in 10 failing at
+/// random: 7 retries in 10 save their request, so retries of failures are
+/// never judged futile, whether the retry's answer comes on its first poll
+/// or later. (A retry that succeeded on its first poll was not counted as
+/// a save, and after 36 failed retries, 7 failures in 8 were given up.)
+#[tokio::test(start_paused = true)]
+async fn retries_that_save_requests_are_never_judged_futile() {
+    let (rec, layer) = observed_1ms_apart();
     let calls = Arc::new(AtomicU32::new(0));
     let c = calls.clone();
     let svc = layer.layer(tower::service_fn(move |_req: u32| {
@@ -1706,10 +1720,7 @@ async fn retries_that_save_requests_are_never_judged_futile() {
     for i in 0..2000 {
         served += u32::from(svc.clone().oneshot(i).await.is_ok());
     }
-    let futile = gave_up(&rec)
-        .iter()
-        .filter(|(_, r)| *r == GiveUpReason::RetriesFutile)
-        .count();
+    let futile = futile(&rec);
     println!("served {served} of 2000, {futile} given up as futile");
     assert_eq!(futile, 0);
     assert!(served >= 1940, "{served}");
@@ -1721,13 +1732,7 @@ async fn retries_that_save_requests_are_never_judged_futile() {
 /// up 7 times in 8.
 #[tokio::test(start_paused = true)]
 async fn a_judgement_of_futility_is_forgotten_after_a_window() {
-    let rec = Recorder::new();
-    let layer = RetryLayer::builder()
-        .backoff(MS, MS)
-        .jitter(Jitter::None)
-        .observer(rec.clone())
-        .build()
-        .unwrap();
+    let (rec, layer) = observed_1ms_apart();
     let broken = Arc::new(AtomicBool::new(true));
     let b = broken.clone();
     let svc = layer.layer(tower::service_fn(move |req: u32| {
@@ -1744,12 +1749,6 @@ async fn a_judgement_of_futility_is_forgotten_after_a_window() {
     for i in 0..40 {
         assert!(svc.clone().oneshot(i * 2).await.is_err());
     }
-    let futile = |rec: &Recorder| {
-        gave_up(rec)
-            .iter()
-            .filter(|(_, r)| *r == GiveUpReason::RetriesFutile)
-            .count()
-    };
     let judged = futile(&rec);
     assert!(
         judged > 0,

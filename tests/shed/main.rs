@@ -2442,6 +2442,18 @@ async fn a_short_slowdown_is_followed_in_one_window() {
     assert!(limits[1] >= 138, "{limits:?}");
 }
 
+/// The HTTP server preset as a front (950 ms), observed.
+#[cfg(feature = "http")]
+fn observed_front() -> (Recorder, seawall::stack::HttpServerStack) {
+    let rec = Recorder::new();
+    let stack = seawall::ServerStack::http("front")
+        .total_budget(Duration::from_millis(950))
+        .observer(Observer::new(rec.clone()))
+        .build()
+        .unwrap();
+    (rec, stack)
+}
+
 /// A front in the HTTP server preset, at 400 requests a second, whose
 /// dependency slows from 5 ms to 400 ms for 5 s and meanwhile refuses four
 /// calls in five at once (its own limit full): the front answers those
@@ -2454,12 +2466,7 @@ async fn a_short_slowdown_is_followed_in_one_window() {
 #[tokio::test(start_paused = true)]
 async fn failed_answers_are_no_latency_samples() {
     use http_body_util::BodyExt;
-    let rec = Recorder::new();
-    let stack = seawall::ServerStack::http("front")
-        .total_budget(Duration::from_millis(950))
-        .observer(Observer::new(rec.clone()))
-        .build()
-        .unwrap();
+    let (rec, stack) = observed_front();
     type Body = http_body_util::Full<bytes::Bytes>;
     let svc = stack.layer(service_fn(|req: http::Request<_>| async move {
         let n: u64 = req.headers()["x-n"].to_str().unwrap().parse().unwrap();
@@ -4202,12 +4209,7 @@ async fn a_limit_whose_wait_is_turned_off_serves_its_waiters_oldest_first() {
 async fn a_slow_upload_is_no_queue_of_the_servers() {
     use bytes::Bytes;
     use http_body_util::{BodyExt, StreamBody};
-    let rec = Recorder::new();
-    let stack = seawall::ServerStack::http("front")
-        .total_budget(Duration::from_millis(950))
-        .observer(Observer::new(rec.clone()))
-        .build()
-        .unwrap();
+    let (rec, stack) = observed_front();
     type Upload = http_body_util::combinators::UnsyncBoxBody<Bytes, Infallible>;
     let svc = stack.clone().layer(service_fn(
         |req: http::Request<seawall::body::CallBody<Upload>>| async move {
