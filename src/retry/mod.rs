@@ -85,7 +85,9 @@
 //!   them (then it asks as its timer fires, and lets them run on). Other
 //!   failures are retried as before.
 //! - **Retries that save nothing.** A failure of the dependency (not a
-//!   busy answer, a timeout or a refusal of this process) is retried only
+//!   timeout, a refusal of this process, or a busy answer that asks for a
+//!   wait or says "over quota"; a bare `503` or `UNAVAILABLE`, which a
+//!   retry to another instance may cure, counts as a failure) is retried only
 //!   while such retries save their requests: the layer keeps the share of
 //!   retries after a failure that succeeded, a moving average over the
 //!   last few dozen, and while fewer than 1 in 10 do, it retries 1 failure
