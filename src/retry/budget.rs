@@ -529,17 +529,21 @@ impl RetryBudget {
     /// Whether a failure of the dependency may be retried: while retries
     /// after failures save their requests (1 in 10 or more of them lately),
     /// and, while they do not, 1 failure in 8 as a probe, which tells when
-    /// they do again. A probe draws on the budget's share of requests and
-    /// its floor only, not on the successes' credit: retries that save
-    /// nothing must not spend, a few at a time, the credit of the
-    /// successes before an outage (the storm's outage with the breaker
-    /// off: 1.14 attempts per request from its second second on, where the
-    /// budget alone held it to 1.1). A request that fails every time it is sent (a "poison"
-    /// request, a route that is broken) is then sent about once, not three
-    /// times: in a new user's trial, 1 request in 20 failing after 120 ms
-    /// of a dependency's worker, retried by the HTTP preset, pushed the
+    /// they do again.
+    ///
+    /// A request that fails every time it is sent (a "poison" request, a
+    /// route that is broken) is then sent about once, not three times: in
+    /// a new user's trial, 1 request in 20 failing after 120 ms of a
+    /// dependency's worker, retried by the HTTP preset, pushed the
     /// dependency past its capacity, and the healthy requests were served
     /// 92 % where a plain client served them all.
+    ///
+    /// A probe draws on the budget's share of requests and its floor only,
+    /// not on the successes' credit: retries that save nothing must not
+    /// spend, a few at a time, the credit of the successes before an
+    /// outage (the storm's outage with the breaker off: 1.14 attempts per
+    /// request from its second second on, where the budget alone held it
+    /// to 1.1).
     pub(crate) fn failure_retry(&self) -> FailureRetry {
         if !self.retries_futile() {
             FailureRetry::Saves
@@ -689,6 +693,7 @@ impl RetryBudget {
     /// its tail: a retry cannot be faster, and it adds load to a dependency
     /// that has none to spare (a timed-out call may still be running
     /// there).
+    ///
     /// While retries of failures save nothing (see
     /// [`failure_retry`](Self::failure_retry)), such a retry too draws on
     /// the budget's share of requests and its floor only: the successes'
