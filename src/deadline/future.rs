@@ -76,6 +76,8 @@ pub(crate) mod sealed {
         fn fired(slot: Pin<&mut Self::Slot>, at: Instant, cx: &mut Context<'_>) -> bool;
         /// Moves an armed timer to `at`.
         fn rearm(slot: Pin<&mut Self::Slot>, at: Instant);
+        /// Whether the timer was armed (the inner future was pending).
+        fn armed(slot: &Self::Slot) -> bool;
         /// What the response future keeps of the layer: its shared state,
         /// for the rejection when the timer fires, or nothing without a
         /// timer.
@@ -127,6 +129,11 @@ pub(crate) mod sealed {
             }
         }
 
+        #[inline(always)]
+        fn armed(slot: &Self::Slot) -> bool {
+            slot.is_some()
+        }
+
         type Owner = Kept;
 
         #[inline(always)]
@@ -152,6 +159,11 @@ pub(crate) mod sealed {
         }
 
         fn rearm(_: Pin<&mut Self::Slot>, _: Instant) {}
+
+        #[inline(always)]
+        fn armed(_: &Self::Slot) -> bool {
+            false
+        }
 
         // No timer, no rejection of its own: nothing of the layer to keep
         // (no reference count touched per call).
@@ -228,6 +240,13 @@ impl<F: Future, X: Expiry> State<F, X> {
                         if *cut_short {
                             super::note_cut_short(*deadline);
                         }
+                        // An attempt that waited (its timer armed), cut at
+                        // its own limit, linked to a retry layer above,
+                        // answered near that limit: noted (see
+                        // `deadline::AT_LIMIT`).
+                        if X::armed(&sleep) && !*overall_binds {
+                            at_limit(*deadline, X::kept(shared));
+                        }
                         if matches!(polled, Poll::Ready(Err(_))) {
                             let (deadline, cut_short) = (*deadline, *cut_short);
                             let shared = X::kept(shared).map(sealed::Kept::get);
@@ -273,6 +292,19 @@ fn timeouts_common(kept: &sealed::Kept) -> bool {
         .retry_signal
         .as_ref()
         .is_some_and(|common| common())
+}
+
+/// Notes an attempt answered within `ANSWER_MARGIN` of its own limit
+/// `deadline` (see `deadline::AT_LIMIT`), if a retry layer above is linked
+/// to this attempt timeout (a client stack's). Out of line: only an
+/// attempt that waited (its timer armed) reaches it.
+#[inline(never)]
+fn at_limit(deadline: Deadline, kept: Option<&sealed::Kept>) {
+    if kept.is_some_and(|k| k.get().retry_signal.is_some())
+        && deadline.remaining_from(crate::clock::edge_now()) <= super::ANSWER_MARGIN
+    {
+        super::note_at_limit();
+    }
 }
 
 /// An attempt left uncut at its own limit (no retry can follow it): the

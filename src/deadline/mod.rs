@@ -84,7 +84,11 @@
 //!   (what a breaker between counts: a dependency that hangs is counted),
 //!   which the caller gets when it was the last attempt (`DeadlineExceeded`
 //!   from the retry layer when a retry was still allowed but the deadline
-//!   is spent). The scenario: a dependency you do not
+//!   is spent). An attempt a retry can follow, answered within 20 ms of
+//!   its own limit with the dependency's answer to the deadline it was
+//!   sent (a seawall server's `504`, met a moment before this layer's
+//!   timer), timed out too, to the retry layer and its budget. The
+//!   scenario: a dependency you do not
 //!   own, queueing at 110 % of its capacity for 6 s (`cargo run --example
 //!   storm`, "queueing dependency"), whose queue stays within a 1 s
 //!   deadline: a client that waits serves everyone; the client stack with a
@@ -329,10 +333,24 @@ pub(crate) fn retry_may_follow() -> Option<bool> {
 pub(crate) type RetrySignal = std::sync::Arc<dyn Fn() -> bool + Send + Sync>;
 
 thread_local! {
-    /// Set when an attempt left uncut passes its own limit, for the retry
-    /// layer above to count as a timeout (see [`take_overran`]).
-    static OVERRAN: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// What an attempt timeout noted of its attempt for the retry layer
+    /// above ([`OVERRAN`], [`AT_LIMIT`]; see [`take_attempt_notes`]).
+    static ATTEMPT_NOTES: std::cell::Cell<u8> = const { std::cell::Cell::new(0) };
 }
+
+/// A note of [`take_attempt_notes`]: an attempt left uncut passed its own
+/// limit, a timeout to the retry layer above.
+#[cfg_attr(not(feature = "retry"), allow(dead_code))]
+pub(crate) const OVERRAN: u8 = 1;
+
+/// A note of [`take_attempt_notes`]: an attempt cut at its own limit was
+/// answered within [`ANSWER_MARGIN`] of that limit. The dependency's
+/// answer to the deadline it was sent (a seawall server's `504`) is then
+/// this attempt's timeout, met by the dependency a moment before its
+/// timer: in a chain A → B → C, B answers `504` at the deadline A's
+/// attempt sent it.
+#[cfg_attr(not(feature = "retry"), allow(dead_code))]
+pub(crate) const AT_LIMIT: u8 = 2;
 
 /// Notes that an attempt no retry could follow ran past its own limit (it
 /// goes on to the request's deadline): to the retry layer above, whose poll
@@ -340,15 +358,23 @@ thread_local! {
 #[cfg_attr(not(feature = "deadline"), allow(dead_code))]
 #[cold]
 pub(crate) fn note_overran() {
-    let _ = OVERRAN.try_with(|c| c.set(true));
+    let _ = ATTEMPT_NOTES.try_with(|c| c.set(c.get() | OVERRAN));
 }
 
-/// Whether an attempt polled under this poll ran past its own limit (see
-/// [`note_overran`]); clears the note.
+/// Notes that an attempt cut at its own limit was answered within
+/// [`ANSWER_MARGIN`] of it (see [`AT_LIMIT`]).
+#[cfg_attr(not(feature = "deadline"), allow(dead_code))]
+#[cold]
+pub(crate) fn note_at_limit() {
+    let _ = ATTEMPT_NOTES.try_with(|c| c.set(c.get() | AT_LIMIT));
+}
+
+/// What the attempts polled under this poll noted ([`OVERRAN`],
+/// [`AT_LIMIT`]); clears the notes.
 #[inline]
 #[cfg_attr(not(feature = "retry"), allow(dead_code))]
-pub(crate) fn take_overran() -> bool {
-    OVERRAN.try_with(|c| c.replace(false)).unwrap_or(false)
+pub(crate) fn take_attempt_notes() -> u8 {
+    ATTEMPT_NOTES.try_with(|c| c.replace(0)).unwrap_or(0)
 }
 
 /// The deadline of the request being handled on this task, if a seawall layer

@@ -220,7 +220,7 @@ where
                 // An attempt of the others may have noted that it ran on,
                 // for a retry layer above that sees only this answer: the
                 // note goes with it.
-                let _ = crate::deadline::take_overran();
+                let _ = crate::deadline::take_attempt_notes();
                 // The others are cancelled now, not when this future is dropped.
                 this.first.set(None);
                 for slot in this.extras.iter_mut() {

@@ -232,7 +232,7 @@ where
             let poll = future.poll(cx);
             let shared = &*this.local.shared;
             if poll.is_pending() {
-                if crate::deadline::take_overran() {
+                if crate::deadline::take_attempt_notes() & crate::deadline::OVERRAN != 0 {
                     overran(shared, this.overran);
                 }
                 return Poll::Pending;
@@ -284,7 +284,10 @@ where
                         Some(ended) => ended,
                         None => {
                             let polled = future.poll(cx);
-                            if polled.is_pending() && crate::deadline::take_overran() {
+                            if polled.is_pending()
+                                && crate::deadline::take_attempt_notes() & crate::deadline::OVERRAN
+                                    != 0
+                            {
                                 overran(&this.local.shared, this.overran);
                             }
                             let result = ready!(polled).map_err(Into::into);
@@ -312,8 +315,17 @@ where
                     // An attempt that ran on and ended in the same poll
                     // left its note: taken here, so that it is neither
                     // counted twice nor left for another request's poll.
-                    let noted = crate::deadline::take_overran();
-                    let timed_out = matches!(&result, Err(e) if super::is_attempt_timeout(e));
+                    let notes = crate::deadline::take_attempt_notes();
+                    let noted = notes & crate::deadline::OVERRAN != 0;
+                    // The dependency's answer to the deadline the attempt
+                    // sent, come at the attempt's own limit, is that
+                    // attempt's timeout: what the budget judges timeouts
+                    // by, and what a retry after a timeout needs (in a
+                    // chain A → B → C over HTTP, B's `504` at the time A's
+                    // attempt gave it, while C is slow).
+                    let timed_out = matches!(&result, Err(e) if super::is_attempt_timeout(e))
+                        || (notes & crate::deadline::AT_LIMIT != 0
+                            && shared.policy.is_deadline_answer(result.as_ref()));
                     let counted = std::mem::take(this.overran);
                     if (timed_out || noted) && !counted {
                         shared.budget.deposit_timeout();

@@ -84,7 +84,12 @@ pub trait RetryPolicy<Req, Res>: Send + Sync + 'static {
     /// failure the retry layer gives up on for the request's deadline
     /// ([`GiveUpReason::Deadline`](crate::observe::GiveUpReason::Deadline))
     /// when it came back with 20 ms or less of that deadline left, not as
-    /// not retryable. Default: `false`; the protocol policies say it as
+    /// not retryable. In a client stack, one that came back with 20 ms or
+    /// less left of the attempt's own limit (the deadline that attempt
+    /// sent) is that attempt's timeout: judged and retried as one (see
+    /// [`RetryBudget`](super::RetryBudget) on timeouts that are common; in
+    /// a chain A → B → C, B's `504` at the time A's attempt gave it).
+    /// Default: `false`; the protocol policies say it as
     /// their classifiers do
     /// ([`Classify::is_deadline_answer`](crate::classify::Classify::is_deadline_answer)).
     fn is_deadline_answer(&self, result: Result<&Res, &BoxError>) -> bool {

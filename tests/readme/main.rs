@@ -787,3 +787,87 @@ fn the_docs_show_the_code_their_tests_run() {
         assert_eq!(names.len(), expected, "{file}: {names:?}");
     }
 }
+
+/// A chain over real HTTP, every hop with the presets' defaults and only
+/// the budgets set as the guide says: a caller's client stack (1 s; its
+/// attempts 500 ms) → the README's handler behind the server preset
+/// (950 ms, what its callers wait, a little under) calling a leaf through
+/// the client preset (1 s) → a plain leaf that has slowed to 600 ms.
+/// The first hop's attempt sends the middle tier 500 ms, and the middle
+/// tier answers `504` at that deadline, a moment before the attempt's own
+/// timer: that answer is the attempt's timeout, so the caller's retry
+/// layer finds timeouts common, as it does for its own timer, and sends
+/// the middle tier the whole time left, whose call to the leaf is then
+/// answered. When such a `504` was a failure like any other, retried
+/// into another 500 ms, every request failed (an outside trial: the
+/// presets did worse than none while a leaf was slow).
+#[tokio::test]
+async fn a_chain_gives_a_slowed_leaf_the_callers_time() -> Result<(), seawall::BoxError> {
+    use hyper_util::rt::TokioExecutor;
+    use seawall::ClientStack;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tower::Layer;
+
+    let hits = Arc::new(AtomicUsize::new(0));
+    let h = hits.clone();
+    let leaf = Router::new().route(
+        "/item/7",
+        get(move || {
+            h.fetch_add(1, Ordering::SeqCst);
+            async {
+                tokio::time::sleep(Duration::from_millis(600)).await;
+                "item 7"
+            }
+        }),
+    );
+    let leaf_addr = serve_app(leaf).await;
+    let to_leaf: Inventory = ClientStack::http("leaf")
+        .total_budget(Duration::from_secs(1))
+        .build()?
+        .layer(Client::builder(TokioExecutor::new()).build_http());
+    let middle = Router::new()
+        .route("/", get(item))
+        .with_state((to_leaf, format!("http://{leaf_addr}")))
+        .layer(
+            ServerStack::http("middle")
+                .total_budget(Duration::from_millis(950))
+                .build()?,
+        );
+    let middle_addr = serve_app(middle).await;
+    let to_middle = ClientStack::http("middle")
+        .total_budget(Duration::from_secs(1))
+        .build()?
+        .layer(Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>());
+    let mut waves = Vec::new();
+    for _ in 0..3 {
+        let calls = (0..10).map(|_| {
+            let req = http::Request::get(format!("http://{middle_addr}/"))
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            to_middle.clone().oneshot(req)
+        });
+        let answers = futures::future::join_all(calls).await;
+        let served = answers
+            .iter()
+            .filter(|a| a.as_ref().is_ok_and(|r| r.status() == 200))
+            .count();
+        waves.push(served);
+    }
+    let hits = hits.load(Ordering::SeqCst);
+    println!("served per wave of 10: {waves:?}; the leaf was called {hits} times");
+    // The first wave's attempts reach the middle tier's deadline together:
+    // the first two are retried (timeouts are rare yet), into the time
+    // left, and the others are not; none is served (nor was any, when the
+    // `504`s were retried as failures: [0, 0, 0]). The second wave is
+    // sent with the time left, and the middle tier's own first two
+    // attempts to the leaf are cut at its 500 ms attempt timeout before
+    // it finds timeouts common in turn; the third wave is served whole.
+    assert_eq!(waves[0], 0, "{waves:?}");
+    assert!(waves[1] >= 7, "{waves:?}");
+    assert_eq!(waves[2], 10, "{waves:?}");
+    // Each request reached the leaf about once: 30 requests, and the
+    // retries of the few first timeouts.
+    assert!(hits <= 40, "{hits}");
+    Ok(())
+}
