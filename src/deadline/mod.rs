@@ -369,6 +369,13 @@ pub(crate) fn note_at_limit() {
     let _ = ATTEMPT_NOTES.try_with(|c| c.set(c.get() | AT_LIMIT));
 }
 
+/// Clears an [`AT_LIMIT`] note (an answer at the limit that succeeded).
+#[inline]
+#[cfg_attr(not(feature = "retry"), allow(dead_code))]
+pub(crate) fn clear_at_limit() {
+    let _ = ATTEMPT_NOTES.try_with(|c| c.set(c.get() & !AT_LIMIT));
+}
+
 /// What the attempts polled under this poll noted ([`OVERRAN`],
 /// [`AT_LIMIT`]); clears the notes.
 #[inline]

