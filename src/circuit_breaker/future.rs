@@ -269,7 +269,9 @@ where
 /// deadline it was sent ([`Classify::is_deadline_answer`]: HTTP 504, gRPC
 /// `DEADLINE_EXCEEDED` or `CANCELLED`) when an attempt timeout below saw
 /// that deadline cut the attempt short (not one whose timeout is the
-/// whole budget: that dependency had its attempt). The dependency was not given its
+/// whole budget: that dependency had its attempt), or let the attempt run
+/// on to it past its own limit (the dependency answered, given the
+/// caller's whole time). The dependency was not given its
 /// attempt timeout, so the call says nothing of its health and is not
 /// counted: callers with short budgets do not open a breaker on a healthy
 /// dependency for callers with longer ones. Counted: an attempt timeout,

@@ -125,7 +125,12 @@
 //! ([`Classify::is_deadline_answer`](crate::classify::Classify::is_deadline_answer):
 //! a 504, gRPC `DEADLINE_EXCEEDED` or `CANCELLED`; a seawall server
 //! answers 10 ms before the deadline) when an attempt timeout below saw
-//! the deadline cut the attempt short. Counted: an attempt timeout (also
+//! the deadline cut the attempt short, or let the attempt run on past its
+//! own limit to the deadline (no retry could follow it, or timeouts were
+//! common: the dependency had the caller's whole time and answered; a
+//! middle tier slowed by its own dependency opened its callers' breakers
+//! when these were counted, `tests/presets`
+//! `answers_at_the_requests_deadline_do_not_open_the_breaker`). Counted: an attempt timeout (also
 //! one as long as the budget, and a deadline answer under it: the
 //! dependency had its attempt), any
 //! other failure however little time was left (a refused connection

@@ -239,6 +239,8 @@ impl<F: Future, X: Expiry> State<F, X> {
                     if layer == LayerKind::AttemptTimeout {
                         if *cut_short {
                             super::note_cut_short(*deadline);
+                        } else if *uncut {
+                            ran_on_to(*deadline);
                         }
                         // An attempt that waited (its timer armed), cut at
                         // its own limit, linked to a retry layer above,
@@ -314,14 +316,32 @@ fn at_limit(deadline: Deadline, kept: Option<&sealed::Kept>) {
 #[cold]
 #[inline(never)]
 fn run_on(deadline: &mut Deadline, uncut: &mut bool) -> bool {
-    *uncut = false;
     match super::current() {
         Some(overall) if overall > *deadline => {
             super::note_overran();
             *deadline = overall;
+            // (Kept: the attempt runs to the request's deadline; a fire
+            // there finds nothing later to run on to.)
+            *uncut = true;
             true
         }
-        _ => false,
+        _ => {
+            *uncut = false;
+            false
+        }
+    }
+}
+
+/// An attempt that ran on past its own limit, answered by the dependency
+/// at the request's deadline: noted as that deadline's end (a breaker
+/// above does not count the dependency's answer to it: the dependency had
+/// the caller's whole time, and answered). Out of line: only an uncut
+/// attempt reaches it.
+#[cold]
+#[inline(never)]
+fn ran_on_to(deadline: Deadline) {
+    if super::current() == Some(deadline) {
+        super::note_cut_short(deadline);
     }
 }
 

@@ -3371,3 +3371,78 @@ fn the_built_presets_types_have_names() {
     assert_eq!(stacks.http_server.adaptive_limit().limit(), 20);
     assert_eq!(stacks.grpc_server.adaptive_limit().limit(), 20);
 }
+
+/// A dependency slow for everyone, behind the server preset, answers `504`
+/// at the deadline each attempt sends it. Once the HTTP client preset finds
+/// timeouts common, its attempts run on and send the whole time left, and
+/// those `504`s come at the request's own deadline: the dependency had the
+/// caller's whole time and answered, which its breaker does not count (it
+/// counted them, and opened on a dependency that answers, when its own
+/// slow dependency made it slow: a middle tier in an outside trial). Only
+/// the first requests' answers at the 500 ms attempt timeout are counted,
+/// as its own timer's timeouts are.
+#[tokio::test(start_paused = true)]
+async fn answers_at_the_requests_deadline_do_not_open_the_breaker() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let slow = tower::service_fn(move |_: http::Request<_>| {
+        c.fetch_add(1, Ordering::SeqCst);
+        async {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            Ok::<_, Infallible>(http::Response::new(axum::body::Body::empty()))
+        }
+    });
+    // (No shorter than what its callers send: the guide's rule.)
+    let server = seawall::stack::ServerStack::http("dep")
+        .total_budget(Duration::from_secs(2))
+        .build()
+        .unwrap()
+        .layer(slow);
+    let client = ClientStack::http("dep")
+        .total_budget(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let breaker = client.breaker_handle();
+    let client = client.layer(server);
+    let mut statuses = Vec::new();
+    let mut after_first_wave = None;
+    for _ in 0..4 {
+        let wave = (0..10).map(|_| {
+            let req = http::Request::get("http://dep/")
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            client.clone().oneshot(req)
+        });
+        for answer in futures::future::join_all(wave).await {
+            statuses.push(match answer {
+                Ok(res) => res.status().as_u16(),
+                Err(e) => rejection_of(&e).map_or(0, |r| match r.kind() {
+                    RejectionKind::CircuitOpen => 1,
+                    _ => 2,
+                }),
+            });
+        }
+        after_first_wave.get_or_insert(breaker.metrics().failures);
+    }
+    let m = breaker.metrics();
+    println!(
+        "statuses {statuses:?}; breaker {:?}, calls {} failures {}; the dependency called {} times",
+        breaker.state(),
+        m.calls,
+        m.failures,
+        calls.load(Ordering::SeqCst)
+    );
+    // Every request reached the dependency and got its answer: none
+    // refused by an open breaker (it opened at the 20th when they were
+    // counted, and refused the last 20).
+    assert!(statuses.iter().all(|s| *s == 504), "{statuses:?}");
+    assert_eq!(breaker.state(), State::Closed);
+    // The first wave's answers at the attempt timeout are counted (ten,
+    // and one more when a retry of its first timeouts meets the attempt
+    // timeout before the request's deadline); the three waves sent with
+    // the time left, not.
+    let first = after_first_wave.unwrap();
+    assert!((10..=12).contains(&first), "{first}");
+    assert_eq!(m.failures, first);
+    assert_eq!(calls.load(Ordering::SeqCst), 42);
+}
