@@ -239,7 +239,8 @@ impl<F: Future, X: Expiry> State<F, X> {
                     if layer == LayerKind::AttemptTimeout {
                         if *cut_short {
                             super::note_cut_short(*deadline);
-                        } else if *uncut {
+                        } else if *uncut && X::armed(&sleep) {
+                            // (Only an attempt whose timer fired ran on.)
                             ran_on_to(*deadline);
                         }
                         // An attempt that waited (its timer armed), cut at
