@@ -239,16 +239,15 @@ impl<F: Future, X: Expiry> State<F, X> {
                     if layer == LayerKind::AttemptTimeout {
                         if *cut_short {
                             super::note_cut_short(*deadline);
-                        } else if *uncut && X::armed(&sleep) {
-                            // (Only an attempt whose timer fired ran on.)
-                            ran_on_to(*deadline);
-                        }
-                        // An attempt that waited (its timer armed), cut at
-                        // its own limit, linked to a retry layer above,
-                        // answered near that limit: noted (see
-                        // `deadline::AT_LIMIT`).
-                        if X::armed(&sleep) && !*overall_binds {
-                            at_limit(*deadline, X::kept(shared));
+                        } else if X::armed(&sleep) {
+                            // An attempt that waited (its timer armed; only
+                            // one whose timer fired ran on).
+                            answered_after_waiting(
+                                *deadline,
+                                *uncut,
+                                *overall_binds,
+                                X::kept(shared),
+                            );
                         }
                         if matches!(polled, Poll::Ready(Err(_))) {
                             let (deadline, cut_short) = (*deadline, *cut_short);
@@ -297,13 +296,27 @@ fn timeouts_common(kept: &sealed::Kept) -> bool {
         .is_some_and(|common| common())
 }
 
-/// Notes an attempt answered within `ANSWER_MARGIN` of its own limit
-/// `deadline` (see `deadline::AT_LIMIT`), if a retry layer above is linked
-/// to this attempt timeout (a client stack's). Out of line: only an
-/// attempt that waited (its timer armed) reaches it.
+/// What the layers above are told of an attempt that waited (its timer
+/// armed) and was answered at `deadline`, its deadline now. One that ran on
+/// past its own limit to the request's deadline: that deadline's end (a
+/// breaker above does not count the dependency's answer to it: the
+/// dependency had the caller's whole time, and answered). One cut at its
+/// own limit and answered within `ANSWER_MARGIN` of it: `AT_LIMIT`, for
+/// the retry layer linked above (a client stack's). Out of line: only an
+/// attempt that waited reaches it.
 #[inline(never)]
-fn at_limit(deadline: Deadline, kept: Option<&sealed::Kept>) {
-    if kept.is_some_and(|k| k.get().retry_signal.is_some())
+fn answered_after_waiting(
+    deadline: Deadline,
+    uncut: bool,
+    overall_binds: bool,
+    kept: Option<&sealed::Kept>,
+) {
+    if uncut {
+        if super::current() == Some(deadline) {
+            super::note_cut_short(deadline);
+        }
+    } else if !overall_binds
+        && kept.is_some_and(|k| k.get().retry_signal.is_some())
         && deadline.remaining_from(crate::clock::edge_now()) <= super::ANSWER_MARGIN
     {
         super::note_at_limit();
@@ -330,19 +343,6 @@ fn run_on(deadline: &mut Deadline, uncut: &mut bool) -> bool {
             *uncut = false;
             false
         }
-    }
-}
-
-/// An attempt that ran on past its own limit, answered by the dependency
-/// at the request's deadline: noted as that deadline's end (a breaker
-/// above does not count the dependency's answer to it: the dependency had
-/// the caller's whole time, and answered). Out of line: only an uncut
-/// attempt reaches it.
-#[cold]
-#[inline(never)]
-fn ran_on_to(deadline: Deadline) {
-    if super::current() == Some(deadline) {
-        super::note_cut_short(deadline);
     }
 }
 
