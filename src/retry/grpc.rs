@@ -28,8 +28,9 @@
 //! that may run twice ([`GrpcRetry::retry_method`],
 //! [`GrpcRetry::retry_service`]; what a gRPC service config's `retryPolicy`
 //! for named methods becomes).
-//! Requests carry the [`ATTEMPT_HEADER`](super::ATTEMPT_HEADER) and, on retries,
-//! gRPC's `grpc-previous-rpc-attempts`. A tonic `Channel` takes
+//! Retries carry their attempt number in the
+//! [`ATTEMPT_HEADER`](super::ATTEMPT_HEADER) and gRPC's
+//! `grpc-previous-rpc-attempts` (a first attempt neither). A tonic `Channel` takes
 //! `http::Request<tonic::body::Body>`: the gRPC client preset
 //! ([`ClientStack::grpc`](crate::stack::ClientStack::grpc)) puts
 //! [`ReplayBodyLayer`](super::http::ReplayBodyLayer) above the retry layer and

@@ -122,8 +122,10 @@
 //!   (default 10 s); otherwise the request is not retried. A negative or
 //!   unparseable pushback means "do not retry". After a hint the backoff
 //!   starts over.
-//! - **Retry at one layer.** Outbound HTTP/gRPC requests carry the 1-based
-//!   attempt number in the [`ATTEMPT_HEADER`] (`x-seawall-attempt`). A server
+//! - **Retry at one layer.** Outbound HTTP/gRPC retries carry their
+//!   attempt number (2, 3, …) in the [`ATTEMPT_HEADER`] (`x-seawall-attempt`;
+//!   a first attempt carries none, and one copied from an inbound request
+//!   is taken off). A server
 //!   that receives attempt 2 or later can record it
 //!   ([`http::MarkInboundAttemptLayer`], or [`scope_inbound_attempt`]); the
 //!   retry layers of the client stacks called while handling it then send
@@ -186,8 +188,9 @@ pub use self::layer::{
 pub use self::policy::{PolicyFn, RetryErrors, RetryPolicy, Verdict, classify_error, policy_fn};
 pub use self::service::Retry;
 
-/// The header carrying the 1-based attempt number on outbound HTTP and gRPC
-/// requests: `x-seawall-attempt` (1 for the first call, 2 for the first retry…).
+/// The header carrying a retry's attempt number on outbound HTTP and gRPC
+/// requests: `x-seawall-attempt` (2 for the first retry, 3 for the
+/// next…). A first attempt carries none: a server reads its absence as 1.
 pub const ATTEMPT_HEADER: &str = "x-seawall-attempt";
 
 /// gRPC's header counting the attempts made before this one

@@ -157,7 +157,8 @@ pub trait RetryPolicy<Req, Res>: Send + Sync + 'static {
 
     /// Stamps the 1-based attempt number on an outbound request, just before
     /// it is sent (the HTTP and gRPC policies set the
-    /// [`ATTEMPT_HEADER`](super::ATTEMPT_HEADER)). Default: nothing.
+    /// [`ATTEMPT_HEADER`](super::ATTEMPT_HEADER) on retries, and take a
+    /// copied one off a first attempt). Default: nothing.
     fn on_attempt(&self, req: &mut Req, attempt: u32) {
         let _ = (req, attempt);
     }

@@ -51,7 +51,8 @@ type BoxedClient = tower::util::BoxCloneSyncService<
 #[derive(Debug, Clone)]
 struct Seen {
     name: String,
-    /// The `x-seawall-attempt` header the client stack writes.
+    /// The `x-seawall-attempt` header the client stack writes on retries
+    /// (a first attempt carries none).
     attempt: Option<String>,
     /// The deadline budget on arrival (`seawall::deadline::remaining()`).
     budget: Option<Duration>,
@@ -241,7 +242,7 @@ async fn handler_sees_the_propagated_deadline() {
     let seen = server.probe.seen();
     assert_eq!(seen.len(), 3);
     assert_eq!(seen[2].name, "stack");
-    assert_eq!(seen[2].attempt.as_deref(), Some("1"));
+    assert_eq!(seen[2].attempt, None);
     assert!(seen[2].budget.unwrap() <= Duration::from_millis(595));
     assert_eq!(seen[0].attempt, None);
     assert!(rejections(&server.recorder).is_empty());
@@ -400,13 +401,8 @@ async fn client_retries_unavailable_and_its_breaker_opens_on_failures() {
         .unwrap_err();
     assert_eq!(status.code(), Code::Unavailable);
     assert_eq!(status.message(), "try again later");
-    let attempts: Vec<_> = server
-        .probe
-        .seen()
-        .into_iter()
-        .map(|s| s.attempt.unwrap())
-        .collect();
-    assert_eq!(attempts, ["1", "2", "3"]);
+    let attempts: Vec<_> = server.probe.seen().into_iter().map(|s| s.attempt).collect();
+    assert_eq!(attempts, [None, Some("2".into()), Some("3".into())]);
     assert_eq!(
         recorder.count(|e| matches!(e.kind, EventKind::RetryScheduled { .. })),
         2
@@ -458,7 +454,7 @@ async fn client_budget_is_propagated_and_enforced() {
     // client's 1 s (less what had passed), minus the server's 5 ms margin.
     let seen = server.probe.seen();
     assert_eq!(seen.len(), 1, "{seen:?}");
-    assert_eq!(seen[0].attempt.as_deref(), Some("1"));
+    assert_eq!(seen[0].attempt, None);
     let budget = seen[0].budget.expect("a deadline");
     assert!(budget <= Duration::from_millis(995), "{budget:?}");
 }
@@ -481,8 +477,8 @@ async fn timed_out_attempt_is_retried_within_the_total_budget() {
     assert_eq!(reply.message, "hello, hang-once");
 
     let seen = server.probe.seen();
-    let attempts: Vec<_> = seen.iter().map(|s| s.attempt.clone().unwrap()).collect();
-    assert_eq!(attempts, ["1", "2"]);
+    let attempts: Vec<_> = seen.iter().map(|s| s.attempt.clone()).collect();
+    assert_eq!(attempts, [None, Some("2".into())]);
     // Each attempt advertised its own 500 ms, not the 30 s of the call.
     for s in &seen {
         assert!(s.budget.unwrap() <= Duration::from_millis(495), "{s:?}");

@@ -1837,8 +1837,8 @@ async fn http_preset_with_hedging_answers_from_the_copy_and_never_hedges_a_post(
     assert_eq!(&body[..], b"hit 2", "the copy answered");
     assert_eq!(
         *seen.lock().unwrap(),
-        vec![Some("1".to_owned()), Some("2".to_owned())],
-        "the copy carries attempt 2"
+        vec![None, Some("2".to_owned())],
+        "the copy carries attempt 2 (the first attempt none)"
     );
 
     // A POST is not idempotent: sent once, answered by the slow first call.
@@ -1850,6 +1850,88 @@ async fn http_preset_with_hedging_answers_from_the_copy_and_never_hedges_a_post(
     let body = res.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(&body[..], b"hit 1");
     assert_eq!(seen.lock().unwrap().len(), 1, "the POST was hedged");
+}
+
+/// What each attempt of the HTTP preset carries: its time left as
+/// `x-request-timeout-ms` only (a plain HTTP dependency reads no
+/// `grpc-timeout`; `grpc_timeout(true)` adds it), and a retry's attempt
+/// number; a first attempt carries none, and one copied from an inbound
+/// request (a handler that forwards its headers) is taken off.
+#[tokio::test(start_paused = true)]
+async fn http_preset_sends_one_header_for_the_time_left_and_none_on_a_first_attempt() {
+    type Seen = Arc<std::sync::Mutex<Vec<[Option<String>; 3]>>>;
+    let backend = |seen: Seen| {
+        tower::service_fn(move |req: http::Request<Full<Bytes>>| {
+            let header = |name: &str| {
+                req.headers()
+                    .get(name)
+                    .map(|v| v.to_str().unwrap().to_owned())
+            };
+            let mut seen = seen.lock().unwrap();
+            seen.push(["x-request-timeout-ms", "grpc-timeout", "x-seawall-attempt"].map(header));
+            // The first attempt is refused, the retry served.
+            let status = if seen.len() == 1 { 503 } else { 200 };
+            std::future::ready(
+                http::Response::builder()
+                    .status(status)
+                    .body(Full::new(Bytes::new()))
+                    .map_err(seawall::BoxError::from),
+            )
+        })
+    };
+    let request = || {
+        http::Request::get("http://dep/item")
+            .header("x-seawall-attempt", "5")
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    let some = |s: &str| Some(s.to_owned());
+
+    let seen = Seen::default();
+    let stack = ClientStack::http("dep")
+        .total_budget(Duration::from_secs(2))
+        .attempt_timeout(Duration::from_millis(500))
+        .retry(|r| {
+            r.backoff(Duration::from_millis(50), Duration::from_secs(1))
+                .jitter(seawall::retry::Jitter::None)
+        })
+        .build()
+        .unwrap();
+    let res = stack
+        .layer(backend(seen.clone()))
+        .oneshot(request())
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [[some("500"), None, None], [some("500"), None, some("2")]]
+    );
+
+    let seen = Seen::default();
+    let stack = ClientStack::http("dep")
+        .total_budget(Duration::from_secs(2))
+        .attempt_timeout(Duration::from_millis(500))
+        .retry(|r| {
+            r.backoff(Duration::from_millis(50), Duration::from_secs(1))
+                .jitter(seawall::retry::Jitter::None)
+        })
+        .propagate_deadline(|p| p.grpc_timeout(true))
+        .build()
+        .unwrap();
+    let res = stack
+        .layer(backend(seen.clone()))
+        .oneshot(request())
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [
+            [some("500"), some("500m"), None],
+            [some("500"), some("500m"), some("2")]
+        ]
+    );
 }
 
 #[tokio::test]

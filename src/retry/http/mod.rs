@@ -9,8 +9,11 @@
 //!   wait in milliseconds) is honoured as the wait, else a `Retry-After` in
 //!   delay-seconds; a `Retry-After` given as an
 //!   HTTP-date (or unparseable) means no retry, since seawall reads only
-//!   tokio's clock and cannot tell how far away a calendar date is. Every
-//!   outbound attempt carries [`ATTEMPT_HEADER`].
+//!   tokio's clock and cannot tell how far away a calendar date is. A
+//!   retry carries its attempt number (2, 3, …) in [`ATTEMPT_HEADER`]; a
+//!   first attempt carries none (its absence means attempt 1, as gRPC's
+//!   `grpc-previous-rpc-attempts` is sent on retries only), and one
+//!   copied from an inbound request is taken off.
 //! - Bodies: `http::Request<B>` is not `Clone`. Put [`ReplayBodyLayer`] above
 //!   the retry layer: it reads the body once, up to a limit (default 64 KiB),
 //!   and hands the retry layer an `http::Request<ReplayBody<B>>` that can be
@@ -37,9 +40,10 @@
 //! use tower::{Service, ServiceBuilder, ServiceExt};
 //!
 //! let upstream = tower::service_fn(|req: Request<ReplayBody<Full<Bytes>>>| async move {
-//!     let attempt = req.headers()["x-seawall-attempt"].to_str()?.to_owned();
+//!     // Retries carry their attempt number; a first attempt none.
+//!     let retry = req.headers().contains_key("x-seawall-attempt");
 //!     let body = req.into_body().collect().await?.to_bytes();
-//!     let status = if attempt == "1" { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
+//!     let status = if retry { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
 //!     let mut res = Response::new(body);
 //!     *res.status_mut() = status;
 //!     Ok::<_, BoxError>(res)
@@ -180,13 +184,19 @@ pub(crate) const PREVIOUS_ATTEMPTS_NAME: HeaderName =
 /// [`IDEMPOTENCY_KEY`] as a header name, made at compile time.
 const IDEMPOTENCY_KEY_NAME: HeaderName = HeaderName::from_static(IDEMPOTENCY_KEY);
 
-/// Writes the attempt number into [`ATTEMPT_HEADER`].
+/// Writes a retry's attempt number into [`ATTEMPT_HEADER`]. A first
+/// attempt carries none (a server reads its absence as attempt 1): written
+/// into every request, the header cost the HTTP client preset 813
+/// instructions a call of its 8808 (`.ci/instructions`). One the request
+/// already carries (copied
+/// from an inbound request by a handler that forwards its headers) is
+/// taken off, as the first attempt's `1` replaced it.
 pub(crate) fn stamp_attempt(headers: &mut HeaderMap, attempt: u32) {
-    let value = match attempt {
-        1 => HeaderValue::from_static("1"),
-        n => HeaderValue::from(n),
-    };
-    headers.insert(ATTEMPT_NAME, value);
+    if attempt > 1 {
+        headers.insert(ATTEMPT_NAME, HeaderValue::from(attempt));
+    } else if !headers.is_empty() {
+        headers.remove(ATTEMPT_NAME);
+    }
 }
 
 /// Whether `req` was marked as a retried inbound request

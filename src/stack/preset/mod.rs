@@ -97,8 +97,8 @@ impl ClientStack {
     /// | part | HTTP preset |
     /// |---|---|
     /// | breaker classifier | [`HttpStatusClassifier`]: 5xx (but 501 and 503) and 408 fail; 429 and 503 are "busy", with or without `Retry-After` (not counted by the breaker, but a second of bare 503s only, from 20 calls, opens it: see [`count_overload`](crate::circuit_breaker::CircuitBreakerBuilder::count_overload)); other 4xx ignored; connection errors and attempt timeouts fail; this process's own refusals never count |
-    /// | retry policy | [`HttpRetry`]: only idempotent methods (GET, HEAD, OPTIONS, TRACE, PUT, DELETE) or requests with an `Idempotency-Key`; 5xx (not 501), 408, 429, connection errors, attempt timeouts; `retry-after-ms` honoured, else `Retry-After`; `x-seawall-attempt` stamped |
-    /// | propagation | each attempt carries its time left as `x-request-timeout-ms` and `grpc-timeout` ([`propagate_deadline`](ClientStackBuilder::propagate_deadline) to change) |
+    /// | retry policy | [`HttpRetry`]: only idempotent methods (GET, HEAD, OPTIONS, TRACE, PUT, DELETE) or requests with an `Idempotency-Key`; 5xx (not 501), 408, 429, connection errors, attempt timeouts; `retry-after-ms` honoured, else `Retry-After`; `x-seawall-attempt` on retries |
+    /// | propagation | each attempt carries its time left as `x-request-timeout-ms` (`.propagate_deadline(\|p\| p.grpc_timeout(true))` adds `grpc-timeout`: see [`propagate_deadline`](ClientStackBuilder::propagate_deadline)) |
     /// | the response body | held to the attempt's deadline; the bulkhead permit and the breaker's verdict are held until it ends, fails or is dropped (a body that fails counts as a failure, one dropped before its end as its head said, a success: see [`hold`](crate::hold)) — read or drop the bodies you get |
     ///
     /// Request bodies must be `Clone` to be retried (`Full<Bytes>`,
@@ -161,7 +161,13 @@ impl ClientStack {
         HttpOutermost,
     > {
         let name = name.into();
-        let propagate = PropagateDeadlineLayer::builder().name(part_name(&name, "propagate"));
+        // `x-request-timeout-ms` only: a plain HTTP dependency reads no
+        // `grpc-timeout` (a seawall server reads either), and the second
+        // header cost 842 instructions a call of the preset's 8808
+        // (`.ci/instructions`).
+        let propagate = PropagateDeadlineLayer::builder()
+            .name(part_name(&name, "propagate"))
+            .grpc_timeout(false);
         ClientStack::builder(name)
             .retry(|r| {
                 r.policy(HttpRetry::new())
@@ -174,8 +180,9 @@ impl ClientStack {
 }
 
 impl<P, C, O, H> ClientStackBuilder<P, C, PropagateDeadlineLayerBuilder, O, H> {
-    /// Configures the deadline propagation of this stack (`|p| p.no_ms_header()`
-    /// for a gRPC backend, `|p| p.grpc_timeout(false)` for a plain HTTP one).
+    /// Configures the deadline propagation of this stack (the HTTP preset
+    /// writes `x-request-timeout-ms` only, `|p| p.grpc_timeout(true)` adds
+    /// `grpc-timeout`; the gRPC preset `grpc-timeout` only).
     pub fn propagate_deadline(
         self,
         f: impl FnOnce(PropagateDeadlineLayerBuilder) -> PropagateDeadlineLayerBuilder,
