@@ -376,7 +376,7 @@ macro_rules! per_layer {
             .expect("breaker");
         $f!("breaker/seawall", |_: ()| sb.layer(noop()));
         let sbd = seawall::circuit_breaker::CircuitBreakerLayer::builder().build().expect("breaker");
-        $f!(@single "breaker/seawall_default", |_: ()| sbd.layer(noop()));
+        $f!("breaker/seawall_default", |_: ()| sbd.layer(noop()));
         let tb = tr_breaker();
         $f!("breaker/tower_resilience", |_: ()| tb.layer(noop()));
         // bulkhead / concurrency limit

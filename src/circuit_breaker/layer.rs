@@ -53,7 +53,11 @@ pub enum SlidingWindow {
     /// The calls of the last `span`, kept in `buckets` buckets of
     /// `span / buckets` (`1..=1_000` buckets, each at least 1 ms wide). A call
     /// counts from the moment it finishes until its bucket leaves the window:
-    /// for at least `span - span / buckets` and less than `span`.
+    /// for at least `span - span / buckets` and less than `span`. Each of
+    /// the machine's thread slots (up to 16) counts its calls in buckets of
+    /// its own, so that threads calling one breaker write no counter in
+    /// common: 24 bytes per bucket and slot, 144 more per slot (10 buckets
+    /// on 16 slots: 6 KiB).
     Time {
         /// How far back the window reaches.
         span: Duration,

@@ -336,8 +336,12 @@ impl Core {
         self.slow_rate
             .store(t.slow_call_rate_threshold.to_bits(), Ordering::Release);
         // (Sequentially consistent with a time window's success, which
-        // reads it after counting itself: see `TimeWindow::record`.)
+        // reads it after counting itself: see `TimeWindow::filling`.)
         self.minimum_calls.store(t.minimum_calls, Ordering::SeqCst);
+        if let Window::Time(w) = &self.window {
+            // A raised minimum: the window may no longer hold it.
+            w.forget_filled();
+        }
         let in_a_row = t.consecutive_failures.unwrap_or(0);
         if self.in_a_row.swap(in_a_row, Ordering::AcqRel) == 0 && in_a_row != 0 {
             // Successes while the rule was off did not end the run it

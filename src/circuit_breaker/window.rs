@@ -21,10 +21,11 @@
 //!   100 calls on two lanes: runs of 6), and 1 — the shared cursor on every
 //!   call, exactly the last `n` — when the window is too small to share.
 //! - [`TimeWindow`]: the calls of the last `T`, kept in a ring of buckets of
-//!   `T / buckets` each, with running totals. When time moves to a new bucket,
-//!   a short mutex section resets the stale buckets it passes over (at most the
-//!   number of buckets, whatever `T` and the call rate) and subtracts what they
-//!   held from the totals.
+//!   `T / buckets` each, with running totals, a ring and totals per thread
+//!   slot (a lane), summed where the counts are judged. When time moves to a
+//!   new bucket, a short mutex section resets the stale buckets it passes
+//!   over in every lane (at most the number of buckets, whatever `T` and the
+//!   call rate) and subtracts what they held from the lane's totals.
 //!
 //! Totals stay exact under concurrency: every change to a slot or bucket is
 //! made with an atomic read-modify-write and its exact difference is applied
@@ -262,31 +263,52 @@ struct Counts {
 }
 
 impl Counts {
-    /// Adds one call; the calls counted before it.
+    /// Adds one call.
     #[inline]
-    fn add(&self, code: Code) -> u64 {
-        // (Sequentially consistent: see `TimeWindow::record`.)
-        let before = self.calls.fetch_add(1, Ordering::SeqCst);
+    fn add(&self, code: Code) {
+        // (Sequentially consistent: see `TimeWindow::filling`.)
+        self.calls.fetch_add(1, Ordering::SeqCst);
         if code.0 & 2 != 0 {
             self.failures.fetch_add(1, Ordering::AcqRel);
         }
         if code.0 & 4 != 0 {
             self.slow.fetch_add(1, Ordering::AcqRel);
         }
-        before
     }
 }
 
-/// The calls of the last `T`, in a ring of buckets.
+/// The calls of the last `T`, in a ring of buckets, kept per thread slot.
+///
+/// Each thread slot (a lane, see [`crate::stripe`]) counts its calls in a
+/// ring of its own, with its own totals, on cache lines of its own: threads
+/// calling one breaker write no count in common (with one shared ring and
+/// totals, each call wrote two lines every calling thread took in turn: 11
+/// million calls a second on two threads, where a count window made 50 to
+/// 77). The window's counts are the sum of the lanes' totals, read where a
+/// call is judged. A success is judged only when the window may open the
+/// breaker on it: while the window holds fewer than the minimum of calls
+/// (the success that brings it there is judged), or when it moved (see
+/// [`record`](Self::record)); `filled` remembers the epoch whose window was
+/// last seen holding the minimum.
 #[derive(Debug)]
 pub(crate) struct TimeWindow {
     origin: Instant,
     bucket_nanos: i64,
-    buckets: Box<[Counts]>,
+    /// Buckets per lane.
+    ring: usize,
+    /// Counts per lane: its totals, then its ring, then [`LANE_GAP`] unused
+    /// (`stride` each), so that two lanes' counts are never on one line.
+    counts: Box<[Counts]>,
+    stride: usize,
+    /// Lanes less one (their number is a power of two).
+    lane_mask: usize,
     /// The newest bucket's epoch (bucket-width ticks since `origin`); starts
     /// far in the past, so the first call resets every bucket once.
     head: Padded<AtomicI64>,
-    totals: Padded<Counts>,
+    /// The epoch at which the window was last seen holding at least the
+    /// minimum of calls ([`NOT_FILLED`]: not since the last reset or
+    /// retune).
+    filled: AtomicI64,
     /// The window moved on a read of its counts, not on a call: the next
     /// call's counts are judged whatever its outcome (see
     /// [`record`](Self::record)).
@@ -294,19 +316,39 @@ pub(crate) struct TimeWindow {
     rotate: Mutex<()>,
 }
 
+/// The unused counts after a lane's ring (with more than one lane): 5 of
+/// 24 bytes, so that the counts of two lanes are at least 128 bytes (two
+/// cache lines, for adjacent-line prefetchers) apart.
+const LANE_GAP: usize = 5;
+
+/// `filled` when the window is not known to hold the minimum of calls.
+const NOT_FILLED: i64 = i64::MIN;
+
 impl TimeWindow {
     /// A window of `span` in `buckets` buckets (both at least 1; the bucket
-    /// width is at least 1 ns).
+    /// width is at least 1 ns), a lane per thread slot.
     pub(crate) fn new(origin: Instant, span: Duration, buckets: u32) -> Self {
+        Self::with_lanes(origin, span, buckets, crate::stripe::stripe_count())
+    }
+
+    /// A window of `span` in `buckets` buckets counted in `lanes` lanes (a
+    /// power of two).
+    fn with_lanes(origin: Instant, span: Duration, buckets: u32, lanes: usize) -> Self {
         let buckets = buckets.max(1);
         let nanos = i64::try_from(span.as_nanos()).unwrap_or(i64::MAX);
         let bucket_nanos = (nanos / buckets as i64).max(1);
+        let lanes = lanes.max(1).next_power_of_two();
+        let ring = buckets as usize;
+        let stride = ring + 1 + if lanes > 1 { LANE_GAP } else { 0 };
         TimeWindow {
             origin,
             bucket_nanos,
-            buckets: (0..buckets).map(|_| Counts::default()).collect(),
+            ring,
+            counts: (0..lanes * stride).map(|_| Counts::default()).collect(),
+            stride,
+            lane_mask: lanes - 1,
             head: Padded(AtomicI64::new(i64::MIN / 4)),
-            totals: Padded(Counts::default()),
+            filled: AtomicI64::new(NOT_FILLED),
             moved_on_read: AtomicBool::new(false),
             rotate: Mutex::new(()),
         }
@@ -325,16 +367,29 @@ impl TimeWindow {
         }
     }
 
-    /// The bucket of `epoch` in the ring.
+    /// The index in a lane's ring of `epoch`'s bucket.
     #[inline(always)]
-    fn bucket(&self, epoch: i64) -> &Counts {
-        let n = self.buckets.len();
-        let i = if epoch >= 0 {
+    fn index(&self, epoch: i64) -> usize {
+        let n = self.ring;
+        if epoch >= 0 {
             (epoch as u64 % n as u64) as usize
         } else {
             epoch.rem_euclid(n as i64) as usize
-        };
-        &self.buckets[i]
+        }
+    }
+
+    /// A lane's totals and ring.
+    #[inline(always)]
+    fn lane(&self, lane: usize) -> (&Counts, &[Counts]) {
+        let at = (lane & self.lane_mask) * self.stride;
+        let lane = &self.counts[at..at + 1 + self.ring];
+        (&lane[0], &lane[1..])
+    }
+
+    /// The number of lanes.
+    #[inline]
+    fn lanes(&self) -> usize {
+        self.lane_mask + 1
     }
 
     /// Moves the head to `epoch`, resetting the buckets passed over; `on_read`:
@@ -348,10 +403,13 @@ impl TimeWindow {
         if epoch <= head {
             return;
         }
-        let n = self.buckets.len() as i64;
+        let n = self.ring as i64;
         let steps = epoch.saturating_sub(head).min(n);
-        for ep in (epoch - steps + 1)..=epoch {
-            self.drain(self.bucket(ep));
+        for lane in 0..self.lanes() {
+            let (totals, ring) = self.lane(lane);
+            for ep in (epoch - steps + 1)..=epoch {
+                drain(totals, &ring[self.index(ep)]);
+            }
         }
         if on_read {
             // Before the head: a call that sees the new head sees the flag.
@@ -369,7 +427,7 @@ impl TimeWindow {
         if epoch > head {
             self.advance(epoch, on_read);
             (epoch, true)
-        } else if head - epoch >= self.buckets.len() as i64 {
+        } else if head - epoch >= self.ring as i64 {
             // A clock read that lagged a whole window behind: count it now.
             (head, false)
         } else {
@@ -381,27 +439,47 @@ impl TimeWindow {
     /// breaker now, for a breaker that judges from `minimum` calls: a
     /// failure or a slow call raises their rate; a success lowers both, so
     /// it can open the breaker only when it brings the calls up to the
-    /// `minimum` (exactly one call's count does, each time the window
-    /// climbs back to it), or when the window moved since the last call
-    /// (buckets of successes that left it may leave a higher failure
-    /// rate), on this call or on a read of its counts. `minimum` is read
-    /// after the call is counted (sequentially consistent with a retune's
-    /// store of it and its read of the counts: one of the two sees the
-    /// other's change).
+    /// `minimum` (the first success that finds the window holding that many
+    /// since it moved, was reset or retuned is judged: see
+    /// [`filling`](Self::filling)), or when the window moved since the last
+    /// call (buckets of successes that left it may leave a higher failure
+    /// rate), on this call or on a read of its counts.
     #[inline(always)]
     pub(crate) fn record(&self, now: Instant, code: Code, minimum: impl FnOnce() -> u64) -> bool {
         let (epoch, moved) = self.current(now, false);
-        let b = self.bucket(epoch);
+        // This thread's lane: its totals, then its ring (see `lane`).
+        let at = (crate::stripe::thread_slot() & self.lane_mask) * self.stride;
         // Totals first, bucket second: a reset that takes the bucket's count
         // subtracts only what was already added.
-        let before = self.totals.add(code);
-        b.add(code);
+        self.counts[at].add(code);
+        self.counts[at + 1 + self.index(epoch)].add(code);
         code.0 != 1
             || moved
             // (After the count: a read that moved the window since is seen.)
             || (self.moved_on_read.load(Ordering::Relaxed)
                 && self.moved_on_read.swap(false, Ordering::AcqRel))
-            || before + 1 == minimum()
+            || (self.filled.load(Ordering::Relaxed) != epoch && self.filling(epoch, minimum))
+    }
+
+    /// A success in a window not known to hold the minimum of calls at
+    /// `epoch`: whether it does now (the window is judged, and remembered
+    /// as filled at `epoch`). The calls are summed after this one was
+    /// counted, and `minimum` read after them (sequentially consistent with
+    /// other calls' counts, and with a retune's store of the minimum and its
+    /// read of the counts: of two such, one sees the other's change). Out of
+    /// line: once per bucket width, and on each success of a window short of
+    /// the minimum (light traffic).
+    #[cold]
+    #[inline(never)]
+    fn filling(&self, epoch: i64, minimum: impl FnOnce() -> u64) -> bool {
+        let calls = self.totals().calls;
+        if calls < minimum() {
+            return false;
+        }
+        // (A call whose clock read lagged behind the head's, counted in an
+        // older bucket, leaves the newest epoch seen.)
+        self.filled.fetch_max(epoch, Ordering::SeqCst);
+        true
     }
 
     /// The counts of the window ending at `now`.
@@ -412,37 +490,55 @@ impl TimeWindow {
     }
 
     /// The counts as they stand, without moving the window: right after a
-    /// [`record`](Self::record), which moved it already.
+    /// [`record`](Self::record), which moved it already. The sum of the
+    /// lanes' totals.
     #[inline]
     fn totals(&self) -> WindowSnapshot {
-        // (Sequentially consistent: see `record`.)
-        let calls = self.totals.calls.load(Ordering::SeqCst);
+        let (mut calls, mut failures, mut slow) = (0u64, 0u64, 0u64);
+        for lane in 0..self.lanes() {
+            let (totals, _) = self.lane(lane);
+            // (Sequentially consistent: see `record` and `filling`.)
+            calls += totals.calls.load(Ordering::SeqCst);
+            failures += totals.failures.load(Ordering::Acquire);
+            slow += totals.slow.load(Ordering::Acquire);
+        }
         WindowSnapshot {
             calls,
-            failures: self.totals.failures.load(Ordering::Acquire).min(calls),
-            slow_calls: self.totals.slow.load(Ordering::Acquire).min(calls),
+            failures: failures.min(calls),
+            slow_calls: slow.min(calls),
         }
     }
 
-    /// Empties the window. O(buckets); called on state transitions only.
+    /// Forgets that the window held the minimum of calls: a retune may have
+    /// raised it.
+    pub(crate) fn forget_filled(&self) {
+        self.filled.store(NOT_FILLED, Ordering::SeqCst);
+    }
+
+    /// Empties the window. O(lanes × buckets); called on state transitions
+    /// only.
     pub(crate) fn reset(&self) {
         let _guard = self.rotate.lock().unwrap_or_else(|p| p.into_inner());
-        for b in self.buckets.iter() {
-            self.drain(b);
+        for lane in 0..self.lanes() {
+            let (totals, ring) = self.lane(lane);
+            for b in ring {
+                drain(totals, b);
+            }
         }
+        self.forget_filled();
     }
+}
 
-    /// Empties one bucket out of the totals. Same discipline as the count
-    /// window: take exactly what the bucket held, then subtract exactly that.
-    /// Under the rotation lock.
-    fn drain(&self, b: &Counts) {
-        let c = b.calls.swap(0, Ordering::AcqRel);
-        let f = b.failures.swap(0, Ordering::AcqRel);
-        let s = b.slow.swap(0, Ordering::AcqRel);
-        self.totals.calls.fetch_sub(c, Ordering::AcqRel);
-        self.totals.failures.fetch_sub(f, Ordering::AcqRel);
-        self.totals.slow.fetch_sub(s, Ordering::AcqRel);
-    }
+/// Empties one bucket out of its lane's totals. Same discipline as the
+/// count window: take exactly what the bucket held, then subtract exactly
+/// that. Under the rotation lock.
+fn drain(totals: &Counts, b: &Counts) {
+    let c = b.calls.swap(0, Ordering::AcqRel);
+    let f = b.failures.swap(0, Ordering::AcqRel);
+    let s = b.slow.swap(0, Ordering::AcqRel);
+    totals.calls.fetch_sub(c, Ordering::AcqRel);
+    totals.failures.fetch_sub(f, Ordering::AcqRel);
+    totals.slow.fetch_sub(s, Ordering::AcqRel);
 }
 
 /// Keeps a hot atomic on a cache line of its own (two lines, for adjacent-line
@@ -559,38 +655,109 @@ mod tests {
     #[test]
     fn time_window_totals_stay_exact_while_buckets_rotate_under_contention() {
         let t0 = Instant::now();
-        let w = std::sync::Arc::new(TimeWindow::new(t0, Duration::from_millis(10), 10));
-        let threads: Vec<_> = (0..4u64)
-            .map(|t| {
-                let w = w.clone();
-                std::thread::spawn(move || {
-                    for i in 0..50_000u64 {
-                        // Each thread walks its own clock (1 µs a call, offset
-                        // per thread), so buckets rotate while others record,
-                        // and some records arrive late.
-                        let now = t0 + Duration::from_micros(i + t * 300);
-                        w.record(now, Code::new(i % 3 == 0, i % 5 == 0), || 0);
-                    }
+        // One lane shared by four threads, and a lane each.
+        for lanes in [1, 4] {
+            let w = std::sync::Arc::new(TimeWindow::with_lanes(
+                t0,
+                Duration::from_millis(10),
+                10,
+                lanes,
+            ));
+            let threads: Vec<_> = (0..4u64)
+                .map(|t| {
+                    let w = w.clone();
+                    std::thread::spawn(move || {
+                        for i in 0..50_000u64 {
+                            // Each thread walks its own clock (1 µs a call,
+                            // offset per thread), so buckets rotate while
+                            // others record, and some records arrive late.
+                            let now = t0 + Duration::from_micros(i + t * 300);
+                            w.record(now, Code::new(i % 3 == 0, i % 5 == 0), || 0);
+                        }
+                    })
                 })
-            })
-            .collect();
-        for t in threads {
-            t.join().unwrap();
+                .collect();
+            for t in threads {
+                t.join().unwrap();
+            }
+            for lane in 0..lanes {
+                let (totals, ring) = w.lane(lane);
+                let sum = |f: fn(&Counts) -> &AtomicU64| -> u64 {
+                    ring.iter().map(|b| f(b).load(Ordering::Relaxed)).sum()
+                };
+                assert_eq!(totals.calls.load(Ordering::Relaxed), sum(|c| &c.calls));
+                assert_eq!(
+                    totals.failures.load(Ordering::Relaxed),
+                    sum(|c| &c.failures)
+                );
+                assert_eq!(totals.slow.load(Ordering::Relaxed), sum(|c| &c.slow));
+            }
+            // Once everything has aged out, the totals are exactly zero (no
+            // underflow, nothing left behind).
+            let later = t0 + Duration::from_secs(10);
+            assert_eq!(w.snapshot(later), WindowSnapshot::default());
+            assert!(
+                w.counts
+                    .iter()
+                    .all(|c| c.calls.load(Ordering::Relaxed) == 0),
+                "lanes {lanes}"
+            );
         }
-        let sum = |f: fn(&Counts) -> &AtomicU64| -> u64 {
-            w.buckets.iter().map(|b| f(b).load(Ordering::Relaxed)).sum()
+    }
+
+    /// Two threads on lanes of their own write no count on a line the
+    /// other writes: their totals and rings are two cache lines apart.
+    #[test]
+    fn lanes_keep_their_counts_two_lines_apart() {
+        let w = TimeWindow::with_lanes(Instant::now(), Duration::from_secs(10), 10, 4);
+        let span = |lane| {
+            let (totals, ring) = w.lane(lane);
+            let first = totals as *const Counts as usize;
+            let last = &ring[ring.len() - 1] as *const Counts as usize;
+            (first, last + std::mem::size_of::<Counts>())
         };
-        assert_eq!(w.totals.calls.load(Ordering::Relaxed), sum(|c| &c.calls));
+        for lane in 0..3 {
+            let (_, end) = span(lane);
+            let (next, _) = span(lane + 1);
+            assert!(next - end >= 120, "lane {lane}: {end} to {next}");
+        }
         assert_eq!(
-            w.totals.failures.load(Ordering::Relaxed),
-            sum(|c| &c.failures)
+            TimeWindow::with_lanes(Instant::now(), Duration::from_secs(10), 10, 1)
+                .counts
+                .len(),
+            11
         );
-        assert_eq!(w.totals.slow.load(Ordering::Relaxed), sum(|c| &c.slow));
-        // Once everything has aged out, the totals are exactly zero (no
-        // underflow, nothing left behind).
-        let later = t0 + Duration::from_secs(10);
-        assert_eq!(w.snapshot(later), WindowSnapshot::default());
-        assert_eq!(w.totals.calls.load(Ordering::Relaxed), 0);
+    }
+
+    /// A success is judged while the window holds fewer calls than the
+    /// minimum, and by the first that finds it holding them (the one that
+    /// brings it there); then not until the window moves or is reset.
+    #[tokio::test(start_paused = true)]
+    async fn time_window_judges_the_success_that_fills_it() {
+        let t0 = Instant::now();
+        let w = TimeWindow::with_lanes(t0, Duration::from_secs(10), 10, 2);
+        let at = |ms| t0 + Duration::from_millis(ms);
+        // The first call moves the window: judged.
+        assert!(w.record(at(0), OK, || 3));
+        assert!(!w.record(at(1), OK, || 3));
+        assert!(w.record(at(2), OK, || 3), "the third brings it to 3");
+        assert!(!w.record(at(3), OK, || 3));
+        assert!(w.record(at(4), FAIL, || 3), "a failure is always judged");
+        assert!(!w.record(at(5), OK, || 3));
+        // A new bucket: the window moved.
+        assert!(w.record(at(1_000), OK, || 3));
+        // Then the first success in it is judged once more (the epoch it
+        // was seen filled at is gone), and no other.
+        assert!(w.record(at(1_001), OK, || 3));
+        assert!(!w.record(at(1_002), OK, || 3));
+        // A raised minimum: judged again until the window holds it.
+        w.forget_filled();
+        assert!(!w.record(at(1_003), OK, || 11));
+        assert!(w.record(at(1_004), OK, || 11), "the eleventh call");
+        assert!(!w.record(at(1_005), OK, || 11));
+        w.reset();
+        assert!(!w.record(at(1_006), OK, || 2));
+        assert!(w.record(at(1_007), OK, || 2));
     }
 
     #[test]
