@@ -128,6 +128,18 @@ impl<T> Striped<T> {
         }
     }
 
+    /// The handle of thread slot `slot` (this thread's, read once for
+    /// several uses).
+    #[cfg_attr(not(feature = "circuit-breaker"), allow(dead_code))]
+    #[inline]
+    pub(crate) fn ticket_at(&self, slot: usize) -> Ticket<T> {
+        let slot = &self.0.slots[slot & (MAX_STRIPES - 1)];
+        match slot.get() {
+            Some(stripe) => Ticket(stripe.clone()),
+            None => self.first_ticket(slot),
+        }
+    }
+
     /// The first call of a thread slot makes the slot's handle. Out of
     /// line: once per slot.
     #[inline(never)]

@@ -28,6 +28,7 @@ pub(crate) struct Guard<C> {
     // share its padding (8 bytes off the future).
     generation: u64,
     kind: PermitKind,
+    lane: u8,
     /// When the call went in (an untimed call: the breaker's origin).
     start: Instant,
     /// How the call keeps time: [`UNTIMED`], [`CLOCKED`] or [`TIMED`].
@@ -54,6 +55,7 @@ impl<C> Guard<C> {
             shared,
             generation: permit.generation,
             kind: permit.kind,
+            lane: permit.lane,
             start,
             clock,
             done: false,
@@ -68,6 +70,7 @@ impl<C> Guard<C> {
         Permit {
             generation: self.generation,
             kind: self.kind,
+            lane: self.lane,
         }
     }
 }

@@ -140,20 +140,28 @@ impl<S, C, M> CircuitBreaker<S, C, M> {
             core.origin
         };
         let clock = core.clock;
+        // This thread's slot: its handle on the state, and the lane of the
+        // window the call is counted in.
+        let slot = crate::stripe::thread_slot();
         match core.try_acquire(now, TIMED) {
             // The inner call made where the future is built: no copy of
             // it on the way. (A late probe took no slot; a disabled breaker
             // none.)
-            Ok(permit) if permit.kind != PermitKind::Probe => {
+            Ok(mut permit) if permit.kind != PermitKind::Probe => {
+                permit.lane = slot as u8;
                 started(core);
                 ResponseFuture::called(
                     self.inner.call(req),
-                    Guard::new(self.shared.ticket(), permit, now, clock),
+                    Guard::new(self.shared.ticket_at(slot), permit, now, clock),
                 )
             }
-            Ok(permit) => {
+            Ok(mut permit) => {
+                permit.lane = slot as u8;
                 let future = call_probe(&mut self.inner, req, core, permit);
-                ResponseFuture::called(future, Guard::new(self.shared.ticket(), permit, now, clock))
+                ResponseFuture::called(
+                    future,
+                    Guard::new(self.shared.ticket_at(slot), permit, now, clock),
+                )
             }
             Err(refusal) => ResponseFuture::rejected(refused(core, refusal)),
         }

@@ -115,6 +115,9 @@ pub(crate) enum PermitKind {
 pub(crate) struct Permit {
     pub(crate) generation: u64,
     pub(crate) kind: PermitKind,
+    /// The thread slot of the call's layer handle: the lane its outcome is
+    /// counted in (see `TimeWindow`; 0 until the service sets it).
+    pub(crate) lane: u8,
 }
 
 /// Why a call was refused.
@@ -473,6 +476,7 @@ impl Core {
             return Ok(Permit {
                 generation: gen_of(word),
                 kind: PermitKind::Record,
+                lane: 0,
             });
         }
         self.try_acquire_slow(now, timed)
@@ -490,12 +494,14 @@ impl Core {
                     return Ok(Permit {
                         generation,
                         kind: PermitKind::Record,
+                        lane: 0,
                     });
                 }
                 DISABLED => {
                     return Ok(Permit {
                         generation,
                         kind: PermitKind::Ignore,
+                        lane: 0,
                     });
                 }
                 FORCED_OPEN => {
@@ -551,6 +557,7 @@ impl Core {
                         return Ok(Permit {
                             generation,
                             kind: PermitKind::Probe,
+                            lane: 0,
                         });
                     }
                     let _ = self.open_until.compare_exchange(
@@ -591,6 +598,7 @@ impl Core {
                 return Ok(Permit {
                     generation,
                     kind: PermitKind::LateProbe,
+                    lane: 0,
                 });
             }
         }
@@ -809,11 +817,12 @@ impl Core {
             // Admitted before a transition: not part of this state's window.
             return;
         }
-        let snap = self
-            .window
-            .record_and_snapshot(at, Code::new(failure, slow), || {
-                u64::from(self.minimum_calls.load(Ordering::SeqCst))
-            });
+        let snap = self.window.record_and_snapshot(
+            at,
+            Code::new(failure, slow),
+            permit.lane.into(),
+            || u64::from(self.minimum_calls.load(Ordering::SeqCst)),
+        );
         if state_of(word) != CLOSED {
             // Metrics-only: counts, never trips.
             return;

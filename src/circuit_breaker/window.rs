@@ -201,15 +201,16 @@ impl CountWindow {
 
     /// Records one call, evicting the oldest once the window is full;
     /// whether the totals changed.
-    #[inline]
-    pub(crate) fn record(&self, code: Code) -> bool {
+    #[cfg(test)]
+    fn record(&self, code: Code) -> bool {
         self.record_on(crate::stripe::thread_slot(), code)
     }
 
-    /// Records one call made on the thread numbered `thread`; whether the
+    /// Records one call made on the thread numbered `thread` (the thread
+    /// slot of the call's layer handle, taken as it went in); whether the
     /// totals changed.
     #[inline]
-    fn record_on(&self, thread: usize, code: Code) -> bool {
+    pub(crate) fn record_on(&self, thread: usize, code: Code) -> bool {
         let slot = &self.slots[self.position(thread)];
         if slot.load(Ordering::Relaxed) == code.0 {
             // The evicted outcome equals the new one: nothing changes.
@@ -288,7 +289,7 @@ impl Counts {
 /// call is judged. A success is judged only when the window may open the
 /// breaker on it: while the window holds fewer than the minimum of calls
 /// (the success that brings it there is judged), or when it moved (see
-/// [`record`](Self::record)); `filled` remembers the epoch whose window was
+/// [`record_in`](Self::record_in)); `filled` remembers the epoch whose window was
 /// last seen holding the minimum.
 #[derive(Debug)]
 pub(crate) struct TimeWindow {
@@ -311,7 +312,7 @@ pub(crate) struct TimeWindow {
     filled: AtomicI64,
     /// The window moved on a read of its counts, not on a call: the next
     /// call's counts are judged whatever its outcome (see
-    /// [`record`](Self::record)).
+    /// [`record_in`](Self::record_in)).
     moved_on_read: AtomicBool,
     rotate: Mutex<()>,
 }
@@ -435,7 +436,10 @@ impl TimeWindow {
         }
     }
 
-    /// Records one call made at `now`; whether the counts may open the
+    /// Records one call made at `now` in `lane` (the thread slot of the
+    /// call's layer handle, taken as the call went in: a call that ends on
+    /// another thread counts in its first thread's lane, exact all the
+    /// same); whether the counts may open the
     /// breaker now, for a breaker that judges from `minimum` calls: a
     /// failure or a slow call raises their rate; a success lowers both, so
     /// it can open the breaker only when it brings the calls up to the
@@ -445,10 +449,16 @@ impl TimeWindow {
     /// call (buckets of successes that left it may leave a higher failure
     /// rate), on this call or on a read of its counts.
     #[inline(always)]
-    pub(crate) fn record(&self, now: Instant, code: Code, minimum: impl FnOnce() -> u64) -> bool {
+    pub(crate) fn record_in(
+        &self,
+        lane: usize,
+        now: Instant,
+        code: Code,
+        minimum: impl FnOnce() -> u64,
+    ) -> bool {
         let (epoch, moved) = self.current(now, false);
-        // This thread's lane: its totals, then its ring (see `lane`).
-        let at = (crate::stripe::thread_slot() & self.lane_mask) * self.stride;
+        // The lane's totals, then its ring (see `lane`).
+        let at = (lane & self.lane_mask) * self.stride;
         // Totals first, bucket second: a reset that takes the bucket's count
         // subtracts only what was already added.
         self.counts[at].add(code);
@@ -490,7 +500,7 @@ impl TimeWindow {
     }
 
     /// The counts as they stand, without moving the window: right after a
-    /// [`record`](Self::record), which moved it already. The sum of the
+    /// [`record_in`](Self::record_in), which moved it already. The sum of the
     /// lanes' totals.
     #[inline]
     fn totals(&self) -> WindowSnapshot {
@@ -577,7 +587,7 @@ impl Window {
     /// evicting one with the same outcome (the counts are those the call
     /// that made them was judged by), a time window's success that neither
     /// brought the calls up to `minimum` nor moved the window (see
-    /// [`TimeWindow::record`]).
+    /// [`TimeWindow::record_in`]).
     // Always: on the success path of every call (the compiler's own choice
     // moves with unrelated code and cost up to 36 instructions per call).
     #[inline(always)]
@@ -585,11 +595,12 @@ impl Window {
         &self,
         now: Instant,
         code: Code,
+        lane: usize,
         minimum: impl FnOnce() -> u64,
     ) -> Option<WindowSnapshot> {
         match self {
-            Window::Count(w) => w.record(code).then(|| w.snapshot()),
-            Window::Time(w) => w.record(now, code, minimum).then(|| w.totals()),
+            Window::Count(w) => w.record_on(lane, code).then(|| w.snapshot()),
+            Window::Time(w) => w.record_in(lane, now, code, minimum).then(|| w.totals()),
         }
     }
 
@@ -604,6 +615,13 @@ impl Window {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl TimeWindow {
+        /// Records in this thread's lane.
+        fn record(&self, now: Instant, code: Code, minimum: impl FnOnce() -> u64) -> bool {
+            self.record_in(crate::stripe::thread_slot(), now, code, minimum)
+        }
+    }
 
     const OK: Code = Code(1);
     const FAIL: Code = Code(3);
