@@ -56,8 +56,8 @@ pub enum SlidingWindow {
     /// for at least `span - span / buckets` and less than `span`. Each of
     /// the machine's thread slots (up to 16) counts its calls in buckets of
     /// its own, so that threads calling one breaker write no counter in
-    /// common: 24 bytes per bucket and slot, 144 more per slot (10 buckets
-    /// on 16 slots: 6 KiB).
+    /// common: 24 bytes per bucket and slot, 168 more per slot (10 buckets
+    /// on 16 slots: 6.4 KiB).
     Time {
         /// How far back the window reaches.
         span: Duration,

@@ -257,12 +257,14 @@
 //! In the closed state a call takes no lock and allocates nothing: an atomic
 //! load of the state, a reference-count increment, the window's atomics (a
 //! success replacing a success in a count window writes only the cursor; a
-//! success in a time window is not judged unless it brings the window to its
-//! minimum calls or the window moved), one clock read as the call ends with
+//! time window counts each thread slot's calls apart, and a success there is
+//! not judged unless it brings the window to its minimum calls or the window
+//! moved), one clock read as the call ends with
 //! the default time window (none with a count window, two with slow calls or
 //! an observer; in a stack, shared with the layers around). State
 //! transitions take a short mutex section (never held across an `.await`);
-//! resetting the window on close is O(window size).
+//! resetting the window on close is O(window size) (a time window's: its
+//! buckets times the thread slots).
 
 mod future;
 mod handle;

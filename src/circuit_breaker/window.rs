@@ -1,6 +1,7 @@
 //! Sliding windows of call outcomes, free of tower types.
 //!
-//! Two kinds, both lock-free when recording and O(1) per call and per read:
+//! Two kinds, both lock-free when recording and O(1) per call (a time
+//! window's read sums its lanes: O(thread slots)):
 //!
 //! - [`CountWindow`]: the last `n` calls. A ring of one-byte outcome slots;
 //!   the running totals (calls, failures, slow calls, packed in one
@@ -287,10 +288,11 @@ impl Counts {
 /// million calls a second on two threads, where a count window made 50 to
 /// 77). The window's counts are the sum of the lanes' totals, read where a
 /// call is judged. A success is judged only when the window may open the
-/// breaker on it: while the window holds fewer than the minimum of calls
-/// (the success that brings it there is judged), or when it moved (see
-/// [`record_in`](Self::record_in)); `filled` remembers the epoch whose window was
-/// last seen holding the minimum.
+/// breaker on it: by the first success that finds the window holding the
+/// minimum of calls (successes before it, while the window holds fewer,
+/// sum the lanes to check), or when it moved (see
+/// [`record_in`](Self::record_in)); `filled` remembers the head's epoch
+/// at which the window was last seen holding the minimum.
 #[derive(Debug)]
 pub(crate) struct TimeWindow {
     origin: Instant,
@@ -306,10 +308,13 @@ pub(crate) struct TimeWindow {
     /// The newest bucket's epoch (bucket-width ticks since `origin`); starts
     /// far in the past, so the first call resets every bucket once.
     head: Padded<AtomicI64>,
-    /// The epoch at which the window was last seen holding at least the
-    /// minimum of calls ([`NOT_FILLED`]: not since the last reset or
+    /// The head's epoch at which the window was last seen holding at least
+    /// the minimum of calls ([`NOT_FILLED`]: not since the last reset or
     /// retune).
     filled: AtomicI64,
+    /// Resets and retunes so far: a check of the minimum that one overtook
+    /// does not leave `filled` behind it (see [`filling`](Self::filling)).
+    forgets: AtomicU64,
     /// The window moved on a read of its counts, not on a call: the next
     /// call's counts are judged whatever its outcome (see
     /// [`record_in`](Self::record_in)).
@@ -317,10 +322,10 @@ pub(crate) struct TimeWindow {
     rotate: Mutex<()>,
 }
 
-/// The unused counts after a lane's ring (with more than one lane): 5 of
-/// 24 bytes, so that the counts of two lanes are at least 128 bytes (two
-/// cache lines, for adjacent-line prefetchers) apart.
-const LANE_GAP: usize = 5;
+/// The unused counts after a lane's ring (with more than one lane): 6 of
+/// 24 bytes, so that the counts of two lanes are at least 144 bytes apart,
+/// never on one pair of cache lines (adjacent-line prefetchers take two).
+const LANE_GAP: usize = 6;
 
 /// `filled` when the window is not known to hold the minimum of calls.
 const NOT_FILLED: i64 = i64::MIN;
@@ -350,6 +355,7 @@ impl TimeWindow {
             lane_mask: lanes - 1,
             head: Padded(AtomicI64::new(i64::MIN / 4)),
             filled: AtomicI64::new(NOT_FILLED),
+            forgets: AtomicU64::new(0),
             moved_on_read: AtomicBool::new(false),
             rotate: Mutex::new(()),
         }
@@ -419,20 +425,22 @@ impl TimeWindow {
         self.head.store(epoch, Ordering::Release);
     }
 
-    /// The epoch `now` counts in, and whether the window moved to it
-    /// (buckets left it); `on_read`: see [`advance`](Self::advance).
+    /// The epoch `now` counts in, whether the window moved to it (buckets
+    /// left it), and the head's epoch (a clock read that lagged behind
+    /// another call's counts in an older bucket); `on_read`: see
+    /// [`advance`](Self::advance).
     #[inline(always)]
-    fn current(&self, now: Instant, on_read: bool) -> (i64, bool) {
+    fn current(&self, now: Instant, on_read: bool) -> (i64, bool, i64) {
         let epoch = self.epoch(now);
         let head = self.head.load(Ordering::Acquire);
         if epoch > head {
             self.advance(epoch, on_read);
-            (epoch, true)
+            (epoch, true, epoch)
         } else if head - epoch >= self.ring as i64 {
             // A clock read that lagged a whole window behind: count it now.
-            (head, false)
+            (head, false, head)
         } else {
-            (epoch, false)
+            (epoch, false, head)
         }
     }
 
@@ -456,7 +464,7 @@ impl TimeWindow {
         code: Code,
         minimum: impl FnOnce() -> u64,
     ) -> bool {
-        let (epoch, moved) = self.current(now, false);
+        let (epoch, moved, head) = self.current(now, false);
         // The lane's totals, then its ring (see `lane`).
         let at = (lane & self.lane_mask) * self.stride;
         // Totals first, bucket second: a reset that takes the bucket's count
@@ -468,27 +476,33 @@ impl TimeWindow {
             // (After the count: a read that moved the window since is seen.)
             || (self.moved_on_read.load(Ordering::Relaxed)
                 && self.moved_on_read.swap(false, Ordering::AcqRel))
-            || (self.filled.load(Ordering::Relaxed) != epoch && self.filling(epoch, minimum))
+            // (Sequentially consistent: see `filling`.)
+            || (self.filled.load(Ordering::SeqCst) != head && self.filling(head, minimum))
     }
 
-    /// A success in a window not known to hold the minimum of calls at
-    /// `epoch`: whether it does now (the window is judged, and remembered
-    /// as filled at `epoch`). The calls are summed after this one was
-    /// counted, and `minimum` read after them (sequentially consistent with
-    /// other calls' counts, and with a retune's store of the minimum and its
-    /// read of the counts: of two such, one sees the other's change). Out of
-    /// line: once per bucket width, and on each success of a window short of
-    /// the minimum (light traffic).
+    /// A success in a window not known to hold the minimum of calls with
+    /// its head at `head`: whether it does now (the window is judged, and
+    /// remembered as filled at `head`). The calls are summed after this one
+    /// was counted, and `minimum` read after them (sequentially consistent
+    /// with other calls' counts, and with a retune's store of the minimum,
+    /// its forget and its read of the counts: of two such, one sees the
+    /// other's change). A reset or retune that came between the check and
+    /// the remembering undoes it. Out of line: once per bucket width, and
+    /// on each success of a window short of the minimum (light traffic).
     #[cold]
     #[inline(never)]
-    fn filling(&self, epoch: i64, minimum: impl FnOnce() -> u64) -> bool {
+    fn filling(&self, head: i64, minimum: impl FnOnce() -> u64) -> bool {
+        let forgets = self.forgets.load(Ordering::SeqCst);
         let calls = self.totals().calls;
         if calls < minimum() {
             return false;
         }
-        // (A call whose clock read lagged behind the head's, counted in an
-        // older bucket, leaves the newest epoch seen.)
-        self.filled.fetch_max(epoch, Ordering::SeqCst);
+        self.filled.fetch_max(head, Ordering::SeqCst);
+        if self.forgets.load(Ordering::SeqCst) != forgets {
+            // The minimum may have been raised, or the window emptied,
+            // since the check.
+            self.filled.store(NOT_FILLED, Ordering::SeqCst);
+        }
         true
     }
 
@@ -507,7 +521,7 @@ impl TimeWindow {
         let (mut calls, mut failures, mut slow) = (0u64, 0u64, 0u64);
         for lane in 0..self.lanes() {
             let (totals, _) = self.lane(lane);
-            // (Sequentially consistent: see `record` and `filling`.)
+            // (Sequentially consistent: see `filling`.)
             calls += totals.calls.load(Ordering::SeqCst);
             failures += totals.failures.load(Ordering::Acquire);
             slow += totals.slow.load(Ordering::Acquire);
@@ -522,6 +536,7 @@ impl TimeWindow {
     /// Forgets that the window held the minimum of calls: a retune may have
     /// raised it.
     pub(crate) fn forget_filled(&self) {
+        self.forgets.fetch_add(1, Ordering::SeqCst);
         self.filled.store(NOT_FILLED, Ordering::SeqCst);
     }
 
@@ -673,7 +688,9 @@ mod tests {
     #[test]
     fn time_window_totals_stay_exact_while_buckets_rotate_under_contention() {
         let t0 = Instant::now();
-        // One lane shared by four threads, and a lane each.
+        // One lane shared by four threads, and four lanes (each thread's
+        // slot masked to them: a lane each on a machine of 4 threads or
+        // more, shared in pairs on 2).
         for lanes in [1, 4] {
             let w = std::sync::Arc::new(TimeWindow::with_lanes(
                 t0,
@@ -737,7 +754,7 @@ mod tests {
         for lane in 0..3 {
             let (_, end) = span(lane);
             let (next, _) = span(lane + 1);
-            assert!(next - end >= 120, "lane {lane}: {end} to {next}");
+            assert!(next - end >= 128, "lane {lane}: {end} to {next}");
         }
         assert_eq!(
             TimeWindow::with_lanes(Instant::now(), Duration::from_secs(10), 10, 1)
@@ -747,9 +764,9 @@ mod tests {
         );
     }
 
-    /// A success is judged while the window holds fewer calls than the
-    /// minimum, and by the first that finds it holding them (the one that
-    /// brings it there); then not until the window moves or is reset.
+    /// A success is judged by the first that finds the window holding the
+    /// minimum of calls (the one that brings it there; those before it only
+    /// check); then not until the window moves, is reset or retuned.
     #[tokio::test(start_paused = true)]
     async fn time_window_judges_the_success_that_fills_it() {
         let t0 = Instant::now();
