@@ -1887,46 +1887,37 @@ async fn http_preset_sends_one_header_for_the_time_left_and_none_on_a_first_atte
     };
     let some = |s: &str| Some(s.to_owned());
 
-    let seen = Seen::default();
-    let stack = ClientStack::http("dep")
-        .total_budget(Duration::from_secs(2))
-        .attempt_timeout(Duration::from_millis(500))
-        .retry(|r| {
-            r.backoff(Duration::from_millis(50), Duration::from_secs(1))
-                .jitter(seawall::retry::Jitter::None)
-        })
-        .build()
-        .unwrap();
-    let res = stack
-        .layer(backend(seen.clone()))
-        .oneshot(request())
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
+    // The attempts each header of a request saw, through the preset with
+    // `grpc-timeout` left as it is or added.
+    let seen_through = |grpc_timeout: Option<bool>| async move {
+        let seen = Seen::default();
+        let stack = ClientStack::http("dep")
+            .total_budget(Duration::from_secs(2))
+            .attempt_timeout(Duration::from_millis(500))
+            .retry(|r| {
+                r.backoff(Duration::from_millis(50), Duration::from_secs(1))
+                    .jitter(seawall::retry::Jitter::None)
+            })
+            .propagate_deadline(|p| match grpc_timeout {
+                Some(on) => p.grpc_timeout(on),
+                None => p,
+            })
+            .build()
+            .unwrap();
+        let res = stack
+            .layer(backend(seen.clone()))
+            .oneshot(request())
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        seen.lock().unwrap().clone()
+    };
     assert_eq!(
-        *seen.lock().unwrap(),
+        seen_through(None).await,
         [[some("500"), None, None], [some("500"), None, some("2")]]
     );
-
-    let seen = Seen::default();
-    let stack = ClientStack::http("dep")
-        .total_budget(Duration::from_secs(2))
-        .attempt_timeout(Duration::from_millis(500))
-        .retry(|r| {
-            r.backoff(Duration::from_millis(50), Duration::from_secs(1))
-                .jitter(seawall::retry::Jitter::None)
-        })
-        .propagate_deadline(|p| p.grpc_timeout(true))
-        .build()
-        .unwrap();
-    let res = stack
-        .layer(backend(seen.clone()))
-        .oneshot(request())
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
     assert_eq!(
-        *seen.lock().unwrap(),
+        seen_through(Some(true)).await,
         [
             [some("500"), some("500m"), None],
             [some("500"), some("500m"), some("2")]
